@@ -1,0 +1,1 @@
+"""CarVault access package."""

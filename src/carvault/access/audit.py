@@ -1,0 +1,114 @@
+"""The audit log: who read, exported, shared or deleted an owner's data, when, why and on what basis.
+
+Append-only and hash-chained per owner: each entry's hash covers its content and the previous
+entry's hash, so an owner holding any entry hash can detect a rewritten history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from carvault.errors import Unavailable
+from carvault.protocol import GENESIS_PREV
+from carvault.store.metadata import AuditEvent, Database, now_ms
+
+# Legal bases recorded with every access (PIPL art. 13 / GDPR art. 6 wording, shortened).
+OWNER_REQUEST = "owner's own request (access right)"
+CONTRACT = "performance of the service contract"
+LEGAL_OBLIGATION = "legal obligation"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something: an owner, a third party, an operator or the system."""
+
+    kind: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+def chain_of(owner_id: int | None) -> str:
+    """The name of the chain an event belongs to."""
+    return f"owner:{owner_id}" if owner_id is not None else "region"
+
+
+def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    """SHA-256 over the previous hash and the entry's canonical JSON."""
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + "\n" + body).encode()).hexdigest()
+
+
+def _fields(e: AuditEvent) -> dict[str, Any]:
+    return {"chain": e.chain, "owner_id": e.owner_id, "vin": e.vin, "actor": e.actor, "action": e.action,
+            "detail": json.loads(e.detail), "legal_basis": e.legal_basis, "at_ms": e.at_ms}
+
+
+class AuditLog:
+    """Records and lists audit events."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, *, owner_id: int | None, actor: Actor | str, action: str, legal_basis: str,
+               vin: str | None = None, detail: dict[str, Any] | None = None) -> AuditEvent:
+        """Append one event to the owner's chain (retrying if another process appended first)."""
+        chain = chain_of(owner_id)
+        for _ in range(50):
+            try:
+                with self.db.session() as s:
+                    head = s.scalar(select(AuditEvent.hash).where(AuditEvent.chain == chain)
+                                    .order_by(AuditEvent.id.desc()).limit(1))
+                    prev = head or GENESIS_PREV
+                    e = AuditEvent(chain=chain, owner_id=owner_id, vin=vin, actor=str(actor), action=action,
+                                   detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
+                                   legal_basis=legal_basis, at_ms=now_ms(), prev_hash=prev, hash="")
+                    e.hash = entry_hash(prev, _fields(e))
+                    s.add(e)
+                return e
+            except IntegrityError:
+                continue
+        raise Unavailable("audit log is too busy to record an event; the request was not served")
+
+    def list(self, owner_id: int, *, action: str | None = None, actor: str | None = None,
+             since_ms: int | None = None, until_ms: int | None = None, limit: int = 100,
+             before_id: int | None = None) -> list[AuditEvent]:
+        """Events of one owner's chain, newest first, filtered."""
+        q = select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id))
+        if action:
+            q = q.where(AuditEvent.action == action)
+        if actor:
+            q = q.where(AuditEvent.actor == actor)
+        if since_ms is not None:
+            q = q.where(AuditEvent.at_ms >= since_ms)
+        if until_ms is not None:
+            q = q.where(AuditEvent.at_ms < until_ms)
+        if before_id is not None:
+            q = q.where(AuditEvent.id < before_id)
+        with self.db.session() as s:
+            return list(s.scalars(q.order_by(AuditEvent.id.desc()).limit(max(1, min(limit, 1000)))))
+
+    def verify_chain(self, owner_id: int | None) -> int:
+        """Recompute the whole chain; return its length or raise ValueError at the first broken link."""
+        prev = GENESIS_PREV
+        n = 0
+        with self.db.session() as s:
+            for e in s.scalars(select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id))
+                               .order_by(AuditEvent.id)):
+                if e.prev_hash != prev or entry_hash(prev, _fields(e)) != e.hash:
+                    raise ValueError(f"audit chain {chain_of(owner_id)} breaks at entry {e.id}")
+                prev = e.hash
+                n += 1
+        return n
+
+
+def event_json(e: AuditEvent) -> dict[str, Any]:
+    """An audit event as the API shows it."""
+    return {"id": e.id, **_fields(e), "prev_hash": e.prev_hash, "hash": e.hash}

@@ -1,0 +1,70 @@
+"""Machine-readable copies of telemetry: JSON, CSV and Parquet, free of charge and complete."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from carvault.errors import InvalidQuery
+
+FORMATS = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+def iso_times(t: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """UTC timestamps as ISO 8601 strings with milliseconds."""
+    return pc.strftime(t, format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_values(col: pa.ChunkedArray) -> list[Any]:
+    if pa.types.is_float32(col.type):
+        # float32 -> shortest decimal text -> float64 keeps "12.3" instead of 12.300000190734863.
+        return pc.cast(pc.cast(col, pa.string()), pa.float64()).to_pylist()
+    return col.to_pylist()
+
+
+def to_json(table: pa.Table, meta: dict[str, Any]) -> bytes:
+    """Columnar JSON: ``t`` as epoch milliseconds and one array per signal (null = not sampled)."""
+    body = {
+        **meta,
+        "rows": table.num_rows,
+        "t": table.column("t").cast(pa.int64()).to_pylist(),
+        "signals": {name: _json_values(table.column(name)) for name in table.column_names if name != "t"},
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def to_csv(table: pa.Table) -> bytes:
+    """CSV with a header row: ``t`` in ISO 8601 UTC, then one column per signal path."""
+    out = table.set_column(0, "t", iso_times(table.column("t")))
+    sink = io.BytesIO()
+    pcsv.write_csv(out, sink, pcsv.WriteOptions(quoting_style="needed"))
+    return sink.getvalue()
+
+
+def to_parquet(table: pa.Table, meta: dict[str, Any]) -> bytes:
+    """Parquet (zstd) with the query description in the file's key-value metadata."""
+    sink = io.BytesIO()
+    schema = table.schema.with_metadata({b"carvault.export": json.dumps(meta).encode()})
+    pq.write_table(table.cast(schema), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def render(table: pa.Table, fmt: str, meta: dict[str, Any]) -> tuple[bytes, str]:
+    """Encode a table in the requested format; return (body, media type)."""
+    if fmt == "json":
+        return to_json(table, meta), FORMATS["json"]
+    if fmt == "csv":
+        return to_csv(table), FORMATS["csv"]
+    if fmt == "parquet":
+        return to_parquet(table, meta), FORMATS["parquet"]
+    raise InvalidQuery(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", format=fmt)

@@ -1,0 +1,77 @@
+"""Vehicles on the region side: registration at provisioning, pairing with an owner, ownership checks.
+
+An owner only ever learns of vehicles they own: every lookup by VIN for an owner answers
+``NotFound`` alike for a vehicle that does not exist and one that belongs to someone else.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from carvault.access.accounts import FailureLimiter, hash_password, verify_password
+from carvault.errors import AlreadyExists, NotFound, WrongRegion
+from carvault.store.metadata import Database, Vehicle, now_ms
+
+
+class Vehicles:
+    """Region-side vehicle registry."""
+
+    def __init__(self, db: Database, region: str) -> None:
+        self.db = db
+        self.region = region
+        self.limiter = FailureLimiter(db)
+
+    def register(self, vin: str, public_key: bytes, pairing_code: str, model: str = "",
+                 region: str | None = None, certificate_pem: str | None = None) -> Vehicle:
+        """Register a provisioned vehicle's public key and pairing code with this region."""
+        home = region or self.region
+        if home != self.region:
+            raise WrongRegion(f"vehicle {vin} is provisioned for region {home}, not {self.region}",
+                              home_region=home)
+        if len(public_key) != 32:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        v = Vehicle(vin=vin, region=home, model=model, public_key=public_key, certificate_pem=certificate_pem,
+                    pairing_code_hash=hash_password(pairing_code.upper()))
+        try:
+            with self.db.session() as s:
+                s.add(v)
+        except IntegrityError:
+            raise AlreadyExists(f"vehicle {vin} is already registered", vin=vin) from None
+        return v
+
+    def claim(self, owner_id: int, vin: str, pairing_code: str) -> Vehicle:
+        """Pair a vehicle with the owner who can read the code shown in the car."""
+        keys = [f"claim:{owner_id}"]
+        self.limiter.check(keys, "too many wrong pairing codes")
+        vin = vin.strip().upper()
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin)
+            ok = v is not None and verify_password(v.pairing_code_hash, pairing_code.strip().upper())
+            if v is None or not ok:
+                self.limiter.fail(keys)
+                raise NotFound("no vehicle with that VIN shows this pairing code", vin=vin)
+            if v.owner_id is not None and v.owner_id != owner_id:
+                raise AlreadyExists("this vehicle is already paired with another account; the current owner "
+                                    "must release it first", vin=vin)
+            v.owner_id = owner_id
+            v.claimed_ms = now_ms()
+        return v
+
+    def owned(self, owner_id: int) -> list[Vehicle]:
+        """The owner's vehicles."""
+        with self.db.session() as s:
+            return list(s.scalars(select(Vehicle).where(Vehicle.owner_id == owner_id).order_by(Vehicle.vin)))
+
+    def owned_one(self, owner_id: int, vin: str) -> Vehicle:
+        """One of the owner's vehicles, or ``NotFound`` (also when it is someone else's)."""
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin.upper())
+        if v is None or v.owner_id != owner_id:
+            raise NotFound(f"you have no vehicle {vin}", vin=vin)
+        return v
+
+    def get(self, vin: str) -> Vehicle | None:
+        """Any vehicle of this region (operator use)."""
+        with self.db.session() as s:
+            return s.get(Vehicle, vin)

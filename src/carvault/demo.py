@@ -1,0 +1,172 @@
+"""`carvault demo`: two regions, an owner, three simulated cars, a day of driving uploaded over HTTP."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.server import BackgroundServer, free_port
+from carvault.settings import Settings
+from carvault.vehicle.agent import UploadRefused, VehicleAgent
+from carvault.vehicle.simulator import fleet_vins, simulate_day
+
+DEMO_EMAIL = "owner@carvault.example"
+BATCH_SECONDS = 60
+
+
+@dataclass
+class DemoResult:
+    """What the demo did, step by step."""
+
+    steps: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        """Record one step."""
+        self.steps.append((name, ok, detail))
+
+    @property
+    def ok(self) -> bool:
+        """True when every step worked."""
+        return all(ok for _, ok, _ in self.steps)
+
+
+def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, port: int | None = None) -> DemoResult:
+    """Set up regions cn and eu, upload a simulated day, check it, then serve (unless ``serve`` is False)."""
+    started = time.monotonic()
+    result = DemoResult()
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    cn_port = port or (8400 if serve else free_port())
+    eu_port = free_port()
+    endpoints = {"cn": f"http://127.0.0.1:{cn_port}", "eu": f"http://127.0.0.1:{eu_port}"}
+    cn = Region(Settings(data_dir=data_dir / "region-cn", region="cn", port=cn_port, region_endpoints=endpoints))
+    eu = Region(Settings(data_dir=data_dir / "region-eu", region="eu", port=eu_port, region_endpoints=endpoints))
+    cn_server = BackgroundServer(cn, port=cn_port).start()
+    eu_server = BackgroundServer(eu, port=eu_port).start()
+    console.print(f"[bold]Regions up[/]: cn at {cn_server.url}, eu at {eu_server.url}")
+    try:
+        _run_steps(data_dir, cn, eu, cn_server, eu_server, result, console, seed)
+        result.add("whole set-up", True, f"{time.monotonic() - started:.1f} s")
+        _report(result, console)
+        if serve and result.ok:
+            console.print(f"\nOpen [bold]{cn_server.url}/api/v1/docs[/] (API), log in with the credentials "
+                          "above; press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        cn_server.stop()
+        eu_server.stop()
+        cn.close()
+        eu.close()
+    return result
+
+
+def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServer, eu_server: BackgroundServer,
+               result: DemoResult, console: Console, seed: int) -> None:
+    password = secrets.token_urlsafe(12)
+    cn.accounts.register(DEMO_EMAIL, password, "Demo Owner")
+    result.add("owner account", True, f"{DEMO_EMAIL} / {password}")
+
+    vins = fleet_vins(4, seed)
+    cars = [provision(cn, vin, data_dir / "vehicles") for vin in vins[:3]]
+    foreign = provision(eu, vins[3], data_dir / "vehicles")
+    result.add("provisioning", True, f"3 vehicles in cn ({', '.join(vins[:3])}), 1 in eu ({vins[3]})")
+
+    api = httpx.Client(base_url=cn_server.url, timeout=60)
+    r = api.post("/api/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
+    token = r.json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    claimed = [api.post("/api/v1/vehicles/claim", headers=auth,
+                        json={"vin": c.vin, "pairing_code": c.pairing_code}).status_code for c in cars]
+    result.add("pairing", claimed == [201, 201, 201], f"claim answers {claimed}")
+
+    day = (datetime.now(UTC) - timedelta(days=1)).date()
+    days = []
+    for i, car in enumerate(cars):
+        days.append(simulate_day(car.vin, seed + i, day, incident=(i == 0)))
+    samples = sum(_samples(d.table) for d in days)
+    result.add("simulation", True, f"{samples:,} samples over {sum(d.table.num_rows for d in days):,} instants")
+
+    agents = [VehicleAgent(c, data_dir / "vehicles" / c.vin, cn_server.url) for c in cars]
+    total = sum(a.record(d.table, BATCH_SECONDS) for a, d in zip(agents, days, strict=True))
+    first_blob = agents[0].pending()[0].read_bytes()
+    t0 = time.monotonic()
+    uploaded = 0
+    with Progress(TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("upload", total=total)
+        for a in agents:
+            while a.pending():
+                got = a.upload_pending(limit=20)
+                if a is agents[0] and uploaded == 0:
+                    first_receipt = got[0]
+                uploaded += len(got)
+                bar.advance(task, len(got))
+    secs = time.monotonic() - t0
+    result.add("upload over HTTP", uploaded == total,
+               f"{uploaded}/{total} batches, {samples / secs / 1e6:.2f} M samples/s")
+
+    # The first batch again: the same receipt, nothing stored twice.
+    again = agents[0].upload_one(first_blob)
+    result.add("re-send gives the same receipt", again["log_index"] == first_receipt["log_index"]
+               and again["batch_hash"] == first_receipt["batch_hash"], f"log index {again['log_index']}")
+
+    foreign_agent = VehicleAgent(foreign, data_dir / "vehicles" / foreign.vin, cn_server.url)
+    foreign_day = simulate_day(foreign.vin, seed + 99, day)
+    foreign_agent.record(foreign_day.table.slice(0, 600), BATCH_SECONDS)
+    try:
+        foreign_agent.upload_pending(limit=1)
+        result.add("foreign vehicle refused (421)", False, "the cn gateway accepted an eu vehicle")
+    except UploadRefused as e:
+        result.add("foreign vehicle refused (421)", e.status == 421 and e.body["error"].get("home_region") == "eu",
+                   f"HTTP {e.status} {e.code}: home region {e.body['error'].get('home_region')}, "
+                   f"endpoint {e.body['error'].get('endpoint')}")
+    foreign_agent.endpoint = eu_server.url
+    sent_home = foreign_agent.upload_pending()
+    result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
+
+    incident = next((e for e in days[0].events if e.kind == "crash"), days[0].events[0] if days[0].events else None)
+    if incident is not None:
+        start = incident.t_ms - 30 * 60_000
+        r = api.get(f"/api/v1/vehicles/{cars[0].vin}/telemetry", headers=auth,
+                    params={"start": start, "end": incident.t_ms + 60_000, "format": "json"})
+        rows = r.json().get("rows", 0) if r.status_code == 200 else 0
+        result.add("incident window query", r.status_code == 200 and rows > 0,
+                   f"30 min before the {incident.kind}: {rows:,} instants")
+    audit = api.get("/api/v1/audit", headers=auth).json()["events"]
+    result.add("audit log", any(e["action"] == "telemetry.read" for e in audit), f"{len(audit)} entries")
+    cp = api.get("/api/v1/log/checkpoint").text
+    result.add("transparency log", cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
+               f"checkpoint tree size {cp.splitlines()[1]}")
+
+
+def _samples(table: object) -> int:
+    import pyarrow as pa
+
+    assert isinstance(table, pa.Table)
+    return sum(len(c) - c.null_count for c in table.columns[1:])
+
+
+def _report(result: DemoResult, console: Console) -> None:
+    t = Table(title="CarVault demo")
+    t.add_column("step")
+    t.add_column("ok")
+    t.add_column("detail")
+    for name, ok, detail in result.steps:
+        t.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]", detail)
+    console.print(t)
+

@@ -1,0 +1,210 @@
+"""The CarVault error hierarchy: every refusal has a stable machine code, an HTTP status and a message.
+
+    CarVaultError                      500 internal_error
+    ├── BadRequest                     400 bad_request
+    │   ├── MalformedBatch             400 malformed_batch       (framing, Parquet, header JSON)
+    │   ├── UnknownSignal              400 unknown_signal
+    │   ├── WrongSignalType            400 wrong_signal_type
+    │   ├── ValueOutOfRange            400 value_out_of_range    (also non-finite values)
+    │   ├── TimestampOutOfSpan         400 timestamp_out_of_span (outside the header span, unordered)
+    │   ├── TimestampInFuture          400 timestamp_in_future
+    │   ├── InvalidQuery               400 invalid_query
+    │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
+    ├── Unauthenticated                401 unauthenticated
+    │   ├── BadSignature               401 bad_signature
+    │   └── UnknownVehicle             401 unknown_vehicle
+    ├── Forbidden                      403 forbidden
+    ├── NotFound                       404 not_found
+    ├── Conflict                       409 conflict
+    │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
+    │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
+    │   └── AlreadyExists              409 already_exists
+    ├── PayloadTooLarge                413 payload_too_large
+    ├── UnsupportedMediaType           415 unsupported_media_type
+    ├── WrongRegion                    421 wrong_region          (carries the home region and endpoint)
+    ├── TooManyRequests                429 too_many_requests
+    └── Unavailable                    503 unavailable
+
+The web layer maps every ``CarVaultError`` to ``{"error": {"code", "message", ...details}}`` in one
+handler (``carvault.web.errors``); the CLI prints the message and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CarVaultError(Exception):
+    """Base of every error CarVault raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body sent to clients."""
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class BadRequest(CarVaultError):
+    """The request cannot be understood as sent."""
+
+    code = "bad_request"
+    status = 400
+
+
+class MalformedBatch(BadRequest):
+    """The batch envelope, its header or its columnar payload cannot be decoded."""
+
+    code = "malformed_batch"
+
+
+class UnknownSignal(BadRequest):
+    """A column names a signal that is not in the catalogue (unclassified data is refused)."""
+
+    code = "unknown_signal"
+
+
+class WrongSignalType(BadRequest):
+    """A column's type is not the catalogue's datatype for that signal."""
+
+    code = "wrong_signal_type"
+
+
+class ValueOutOfRange(BadRequest):
+    """A value lies outside the signal's allowed range, is not finite, or not an allowed enum value."""
+
+    code = "value_out_of_range"
+
+
+class TimestampOutOfSpan(BadRequest):
+    """A record's timestamp is outside the span the header declares, or timestamps are not increasing."""
+
+    code = "timestamp_out_of_span"
+
+
+class TimestampInFuture(BadRequest):
+    """The batch claims data from further in the future than clock skew allows."""
+
+    code = "timestamp_in_future"
+
+
+class InvalidQuery(BadRequest):
+    """Query parameters are inconsistent (window, signals, format, resampling)."""
+
+    code = "invalid_query"
+
+
+class ValidationFailed(BadRequest):
+    """A request body or parameter does not match the API schema."""
+
+    code = "validation_failed"
+    status = 422
+
+
+class Unauthenticated(CarVaultError):
+    """No valid credentials came with the request."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class BadSignature(Unauthenticated):
+    """The batch signature does not verify against the vehicle's registered key."""
+
+    code = "bad_signature"
+
+
+class UnknownVehicle(Unauthenticated):
+    """The VIN is not provisioned in this region."""
+
+    code = "unknown_vehicle"
+
+
+class Forbidden(CarVaultError):
+    """Authenticated, but not allowed to do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(CarVaultError):
+    """The thing does not exist, or the caller may not know that it does."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(CarVaultError):
+    """The request conflicts with stored state."""
+
+    code = "conflict"
+    status = 409
+
+
+class SeqConflict(Conflict):
+    """A different batch was already accepted with this sequence number."""
+
+    code = "seq_conflict"
+
+
+class BrokenChain(Conflict):
+    """The batch does not continue the vehicle's hash chain (wrong prev hash, or a gap before it)."""
+
+    code = "broken_chain"
+
+
+class AlreadyExists(Conflict):
+    """A unique thing (email, VIN claim) already exists."""
+
+    code = "already_exists"
+
+
+class PayloadTooLarge(CarVaultError):
+    """The request body exceeds the configured limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(CarVaultError):
+    """The request's Content-Type is not one this endpoint takes."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class WrongRegion(CarVaultError):
+    """The vehicle belongs to another region; its data is neither accepted nor stored here."""
+
+    code = "wrong_region"
+    status = 421
+
+
+class TooManyRequests(CarVaultError):
+    """Rate limit reached; retry later."""
+
+    code = "too_many_requests"
+    status = 429
+
+
+class Unavailable(CarVaultError):
+    """A backing store is unavailable or misconfigured."""
+
+    code = "unavailable"
+    status = 503
+
+
+def all_error_classes() -> list[type[CarVaultError]]:
+    """Every error class, for documentation and the test that each code is unique."""
+    seen: list[type[CarVaultError]] = []
+    stack: list[type[CarVaultError]] = [CarVaultError]
+    while stack:
+        cls = stack.pop()
+        seen.append(cls)
+        stack.extend(cls.__subclasses__())
+    return seen

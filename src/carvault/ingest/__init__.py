@@ -1,0 +1,1 @@
+"""CarVault ingest package."""

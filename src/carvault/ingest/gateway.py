@@ -1,0 +1,232 @@
+"""The gateway: verifies an uploaded batch, makes it durable, logs it, and answers with a receipt.
+
+Checks run in the request thread (they are CPU work that needs no lock). Accepted batches then go
+to a *group committer*: one thread that takes every batch waiting, writes them all to the segment
+with a single fsync, advances each vehicle's chain head in one DB transaction, appends the group to
+the transparency log, and only then releases the receipts. Concurrency across processes is safe
+because the chain head advances with a conditional UPDATE (``WHERE last_seq = seq - 1``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select, update
+
+from carvault.errors import (
+    BrokenChain,
+    CarVaultError,
+    PayloadTooLarge,
+    SeqConflict,
+    Unavailable,
+    UnknownVehicle,
+    UnsupportedMediaType,
+    WrongRegion,
+)
+from carvault.ingest.validation import PayloadSummary, validate_payload
+from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
+from carvault.settings import Settings
+from carvault.signals import Catalogue
+from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
+from carvault.store.segments import SegmentWriter
+
+
+class AppendOnlyLog(Protocol):
+    """What the gateway needs of the transparency log."""
+
+    def append(self, entries: list[bytes]) -> int: ...
+
+
+@dataclass
+class _Pending:
+    env: Envelope
+    summary: PayloadSummary
+    future: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+class Gateway:
+    """Region gateway for vehicle uploads (protocol v1)."""
+
+    def __init__(self, settings: Settings, db: Database, segments: SegmentWriter, log: AppendOnlyLog,
+                 catalogue: Catalogue) -> None:
+        self.settings = settings
+        self.db = db
+        self.segments = segments
+        self.log = log
+        self.catalogue = catalogue
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ checks
+    def accept(self, body: bytes, content_type: str | None) -> dict[str, Any]:
+        """Check and store one batch; return its receipt, or raise the reason it was refused."""
+        media = (content_type or "").split(";")[0].strip().lower()
+        if media != BATCH_MEDIA_TYPE:
+            raise UnsupportedMediaType(f"batches are sent as {BATCH_MEDIA_TYPE}, not {media or 'nothing'}",
+                                       expected=BATCH_MEDIA_TYPE)
+        if len(body) > self.settings.max_batch_bytes:
+            raise PayloadTooLarge(f"batch is {len(body)} bytes; the limit is {self.settings.max_batch_bytes}",
+                                  limit=self.settings.max_batch_bytes)
+        env = decode_envelope(body)
+        h = env.header
+        if h.region != self.settings.region:
+            raise WrongRegion(
+                f"vehicle {h.vin} belongs to region {h.region!r}; this gateway serves {self.settings.region!r} "
+                "and stores nothing for other regions",
+                home_region=h.region, endpoint=self.settings.endpoint_of(h.region),
+            )
+        env.verify(self._public_key(h.vin))
+        existing = self._existing(h.vin, h.seq)
+        if existing is not None:
+            return self._replay(env, existing)
+        self._check_chain(env)
+        summary = validate_payload(
+            h, env.table(), self.catalogue, now_ms=now_ms(),
+            max_future_skew_ms=self.settings.max_future_skew_s * 1000, max_rows=self.settings.max_batch_rows,
+        )
+        pending = _Pending(env, summary)
+        self._queue.put(pending)
+        return pending.future.result(timeout=120)
+
+    def _public_key(self, vin: str) -> Ed25519PublicKey:
+        key = self._keys.get(vin)
+        if key is None:
+            with self.db.session() as s:
+                raw = s.scalar(select(Vehicle.public_key).where(Vehicle.vin == vin))
+            if raw is None:
+                raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.settings.region}", vin=vin)
+            key = Ed25519PublicKey.from_public_bytes(raw)
+            self._keys[vin] = key
+        return key
+
+    def _existing(self, vin: str, seq: int) -> BatchRecord | None:
+        with self.db.session() as s:
+            return s.scalar(select(BatchRecord).where(BatchRecord.vin == vin, BatchRecord.seq == seq))
+
+    def _replay(self, env: Envelope, rec: BatchRecord) -> dict[str, Any]:
+        """An identical re-send gets the original receipt; a different batch with that seq is refused."""
+        if rec.batch_hash != env.batch_hash:
+            raise SeqConflict(
+                f"seq {rec.seq} of {rec.vin} was already accepted with different content",
+                vin=rec.vin, seq=rec.seq, accepted_hash=rec.batch_hash,
+            )
+        log_index = rec.log_index
+        deadline = time.monotonic() + 10
+        while log_index is None and time.monotonic() < deadline:
+            # The first upload may still be in flight in some committer; wait for its log append.
+            time.sleep(0.05)
+            refreshed = self._existing(rec.vin, rec.seq)
+            log_index = refreshed.log_index if refreshed else None
+        if log_index is None:
+            log_index = self._log_records([rec])[0]
+        return receipt_json(region=self.settings.region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
+                            log_index=log_index, received_ms=rec.received_ms, duplicate=True)
+
+    def _check_chain(self, env: Envelope) -> None:
+        h = env.header
+        with self.db.session() as s:
+            head = s.execute(select(Vehicle.last_seq, Vehicle.last_hash).where(Vehicle.vin == h.vin)).one()
+        if h.seq != head.last_seq + 1:
+            raise BrokenChain(
+                f"batch seq {h.seq} does not follow the last accepted seq {head.last_seq}; "
+                f"send seq {head.last_seq + 1} first", expected_seq=head.last_seq + 1, got_seq=h.seq,
+            )
+        if h.prev != head.last_hash:
+            raise BrokenChain(
+                f"batch prev hash does not match the hash of accepted batch {head.last_seq}",
+                expected_prev=head.last_hash, got_prev=h.prev,
+            )
+
+    # ------------------------------------------------------------------ group commit
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < 512:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                group.append(item)
+            try:
+                self._commit(group)
+            except CarVaultError as e:
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - the committer must survive and report any failure
+                err = Unavailable(f"batch could not be stored: {type(e).__name__}: {e}")
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+
+    def _commit(self, group: list[_Pending]) -> None:
+        locations = self.segments.append_many([p.env.raw for p in group])
+        received = now_ms()
+        accepted: list[tuple[_Pending, BatchRecord]] = []
+        with self.db.session() as s:
+            for p, (segment, offset, length) in zip(group, locations, strict=True):
+                h = p.env.header
+                moved = s.execute(
+                    update(Vehicle)
+                    .where(Vehicle.vin == h.vin, Vehicle.last_seq == h.seq - 1, Vehicle.last_hash == h.prev)
+                    .values(last_seq=h.seq, last_hash=p.env.batch_hash)
+                ).rowcount
+                if moved != 1:
+                    continue  # lost a race with another process; resolved below
+                rec = BatchRecord(
+                    vin=h.vin, seq=h.seq, kind=h.kind, batch_hash=p.env.batch_hash, prev_hash=h.prev,
+                    t0=h.t0, t1=h.t1, rows=p.summary.rows, samples=p.summary.samples,
+                    columns=",".join(p.summary.columns), segment=segment, offset=offset, length=length,
+                    log_index=None, received_ms=received,
+                )
+                s.add(rec)
+                accepted.append((p, rec))
+        indices = self._log_records([rec for _, rec in accepted]) if accepted else []
+        for (p, rec), idx in zip(accepted, indices, strict=True):
+            p.future.set_result(receipt_json(
+                region=self.settings.region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
+                log_index=idx, received_ms=rec.received_ms,
+            ))
+        for p in group:
+            if not p.future.done():
+                # Another process advanced this vehicle's chain first: answer as a re-send would.
+                try:
+                    existing = self._existing(p.env.header.vin, p.env.header.seq)
+                    if existing is not None:
+                        p.future.set_result(self._replay(p.env, existing))
+                    else:
+                        self._check_chain(p.env)
+                        raise BrokenChain("the vehicle's chain moved while this batch was being stored")
+                except CarVaultError as e:
+                    p.future.set_exception(e)
+
+    def _log_records(self, records: list[BatchRecord]) -> list[int]:
+        """Append records to the transparency log and store their leaf indices."""
+        leaves = [leaf_data(region=self.settings.region, vin=r.vin, seq=r.seq, batch_hash=r.batch_hash,
+                            received_ms=r.received_ms) for r in records]
+        first = self.log.append(leaves)
+        indices = list(range(first, first + len(records)))
+        with self.db.session() as s:
+            for r, idx in zip(records, indices, strict=True):
+                s.execute(update(BatchRecord).where(BatchRecord.batch_hash == r.batch_hash)
+                          .values(log_index=idx))
+        return indices
+
+    def close(self) -> None:
+        """Stop the committer after the batches already queued."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)

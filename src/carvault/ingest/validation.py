@@ -1,0 +1,110 @@
+"""Checks a decoded batch payload against its header and the signal catalogue, column by column.
+
+Every check is vectorised (pyarrow.compute); a batch that fails any check is refused whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from carvault.errors import (
+    MalformedBatch,
+    PayloadTooLarge,
+    TimestampInFuture,
+    TimestampOutOfSpan,
+    UnknownSignal,
+    ValueOutOfRange,
+    WrongSignalType,
+)
+from carvault.protocol import BatchHeader
+from carvault.signals import Catalogue
+
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is plausible telemetry
+
+
+@dataclass(frozen=True)
+class PayloadSummary:
+    """What a valid payload holds."""
+
+    rows: int
+    samples: int
+    columns: tuple[str, ...]
+
+
+def validate_payload(
+    header: BatchHeader, table: pa.Table, catalogue: Catalogue, *, now_ms: int, max_future_skew_ms: int,
+    max_rows: int,
+) -> PayloadSummary:
+    """Raise the matching ``BadRequest`` for the first defect; return a summary if the batch is sound."""
+    if table.num_rows != header.rows:
+        raise MalformedBatch(f"header says {header.rows} rows but the payload has {table.num_rows}")
+    if table.num_rows > max_rows:
+        raise PayloadTooLarge(f"batch has {table.num_rows} rows; the limit is {max_rows}", limit=max_rows)
+    names = table.column_names
+    if not names or names[0] != "t":
+        raise MalformedBatch("the first payload column must be 't' (UTC milliseconds)")
+    if len(set(names)) != len(names):
+        raise MalformedBatch("payload has duplicate column names")
+    if table.schema.field("t").type != TIME_TYPE:
+        raise WrongSignalType(f"column 't' must be {TIME_TYPE}, got {table.schema.field('t').type}", signal="t")
+    _check_time(header, table.column("t"), now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+
+    samples = 0
+    for name in names[1:]:
+        sig = catalogue.get(name)
+        if sig is None:
+            raise UnknownSignal(f"signal {name!r} is not in the catalogue; unclassified data is refused",
+                                signal=name)
+        col = table.column(name)
+        if col.type != sig.arrow_type:
+            raise WrongSignalType(f"signal {name} must be {sig.datatype} ({sig.arrow_type}), got {col.type}",
+                                  signal=name, expected=sig.datatype, got=str(col.type))
+        present = len(col) - col.null_count
+        samples += present
+        if present == 0:
+            continue
+        if pa.types.is_floating(col.type):
+            finite = pc.all(pc.is_finite(col)).as_py()
+            if finite is False:
+                raise ValueOutOfRange(f"signal {name} has a NaN or infinite value", signal=name)
+        if sig.allowed is not None:
+            ok = pc.all(pc.is_in(col, value_set=pa.array(sig.allowed))).as_py()
+            if ok is False:
+                raise ValueOutOfRange(f"signal {name} has a value outside {list(sig.allowed)}", signal=name)
+        elif (sig.min is not None or sig.max is not None) and not pa.types.is_boolean(col.type):
+            mm = pc.min_max(col).as_py()
+            lo, hi = mm["min"], mm["max"]
+            if (sig.min is not None and lo < sig.min) or (sig.max is not None and hi > sig.max):
+                raise ValueOutOfRange(
+                    f"signal {name} ranges {lo}..{hi}, outside its allowed {sig.min}..{sig.max} {sig.unit}",
+                    signal=name, min=sig.min, max=sig.max, got_min=lo, got_max=hi,
+                )
+    return PayloadSummary(rows=table.num_rows, samples=samples, columns=tuple(names[1:]))
+
+
+def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_future_skew_ms: int) -> None:
+    if t.null_count:
+        raise TimestampOutOfSpan("column 't' has null timestamps")
+    ms = t.cast(pa.int64())
+    lo, hi = pc.min_max(ms).as_py().values()
+    if header.t0 < EARLIEST_MS:
+        raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=header.t0)
+    if header.t1 > now_ms + max_future_skew_ms:
+        raise TimestampInFuture(
+            f"batch reaches {(header.t1 - now_ms) / 1000:.0f} s into the future "
+            f"(allowed skew {max_future_skew_ms // 1000} s)", t1=header.t1, server_ms=now_ms,
+        )
+    if lo < header.t0 or hi > header.t1:
+        raise TimestampOutOfSpan(
+            f"timestamps {lo}..{hi} fall outside the header span {header.t0}..{header.t1}",
+            t0=header.t0, t1=header.t1,
+        )
+    if len(ms) > 1:
+        flat = ms.combine_chunks() if isinstance(ms, pa.ChunkedArray) else ms
+        steps = pc.subtract(flat[1:], flat[:-1])
+        if pc.min(steps).as_py() <= 0:
+            raise TimestampOutOfSpan("timestamps must be strictly increasing")

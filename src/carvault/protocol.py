@@ -1,0 +1,237 @@
+"""Vehicle upload protocol v1: the batch envelope, shared by the vehicle agent and the gateway.
+
+A batch is one byte string (docs/protocol.md is the normative description)::
+
+    offset      size  field
+    0           4     magic b"CVB1"
+    4           4     H = header length, uint32 big-endian
+    8           H     header, a UTF-8 JSON object (fields in ``BatchHeader``)
+    8+H         8     P = payload length, uint64 big-endian
+    16+H        P     payload: a Parquet file (column ``t`` + one column per VSS signal path)
+    16+H+P      64    Ed25519 signature by the vehicle key over bytes [0, 16+H+P)
+
+The batch hash is SHA-256 over the whole envelope, signature included; the next batch of the same
+vehicle names it in ``prev`` (a per-vehicle hash chain). The gateway keeps these exact bytes.
+This module depends only on ``cryptography`` and ``pyarrow`` so the verifier can use it offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from carvault.errors import BadSignature, MalformedBatch
+
+MAGIC = b"CVB1"
+VERSION = 1
+SIGNATURE_LEN = 64
+GENESIS_PREV = "0" * 64
+BATCH_MEDIA_TYPE = "application/vnd.carvault.batch.v1"
+PAYLOAD_FORMAT = "parquet"
+BATCH_KINDS = ("telemetry", "event")
+_HEADER_FIELDS = {"v", "vin", "region", "seq", "prev", "t0", "t1", "rows", "payload", "kind"}
+_MAX_HEADER = 64 * 1024
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    """Lower-case hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    """The signed header of a batch."""
+
+    vin: str
+    region: str
+    seq: int
+    prev: str
+    t0: int
+    t1: int
+    rows: int
+    kind: str = "telemetry"
+    payload: str = PAYLOAD_FORMAT
+    v: int = VERSION
+
+    def to_json_bytes(self) -> bytes:
+        """Serialised header (sorted keys, no spaces)."""
+        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> BatchHeader:
+        """Parse and type-check a header; any defect is a ``MalformedBatch``."""
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MalformedBatch(f"batch header is not UTF-8 JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise MalformedBatch("batch header must be a JSON object")
+        missing = _HEADER_FIELDS - obj.keys()
+        extra = obj.keys() - _HEADER_FIELDS
+        if missing or extra:
+            raise MalformedBatch("batch header fields are wrong", missing=sorted(missing), unexpected=sorted(extra))
+        ints = ("v", "seq", "t0", "t1", "rows")
+        strs = ("vin", "region", "prev", "payload", "kind")
+        for k in ints:
+            if type(obj[k]) is not int:
+                raise MalformedBatch(f"header field {k!r} must be an integer", field=k)
+        for k in strs:
+            if not isinstance(obj[k], str):
+                raise MalformedBatch(f"header field {k!r} must be a string", field=k)
+        h = cls(**obj)
+        if h.v != VERSION:
+            raise MalformedBatch(f"protocol version {h.v} is not supported (this gateway speaks v{VERSION})")
+        if h.payload != PAYLOAD_FORMAT:
+            raise MalformedBatch(f"payload format {h.payload!r} is not supported (use 'parquet')")
+        if h.kind not in BATCH_KINDS:
+            raise MalformedBatch(f"batch kind {h.kind!r} is not one of {', '.join(BATCH_KINDS)}")
+        if not (len(h.vin) == 17 and h.vin.isalnum() and h.vin.isascii() and h.vin.upper() == h.vin):
+            raise MalformedBatch("vin must be 17 upper-case letters and digits", field="vin")
+        if h.seq < 1:
+            raise MalformedBatch("seq starts at 1", field="seq")
+        if len(h.prev) != 64 or any(c not in "0123456789abcdef" for c in h.prev):
+            raise MalformedBatch("prev must be 64 lower-case hex digits", field="prev")
+        if h.t1 < h.t0:
+            raise MalformedBatch("t1 is before t0", field="t1")
+        if h.rows < 1:
+            raise MalformedBatch("a batch holds at least one row", field="rows")
+        return h
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded batch: the header, the payload bytes, the signature and the exact original bytes."""
+
+    header: BatchHeader
+    payload: bytes
+    signature: bytes
+    raw: bytes
+
+    @property
+    def signed_part(self) -> bytes:
+        """The bytes the signature covers."""
+        return self.raw[: len(self.raw) - SIGNATURE_LEN]
+
+    @property
+    def batch_hash(self) -> str:
+        """SHA-256 (hex) of the whole envelope."""
+        return sha256_hex(self.raw)
+
+    def verify(self, public_key: Ed25519PublicKey) -> None:
+        """Check the Ed25519 signature; raise ``BadSignature`` if it fails."""
+        try:
+            public_key.verify(self.signature, self.signed_part)
+        except InvalidSignature:
+            raise BadSignature(
+                "batch signature does not verify against the vehicle's registered key",
+                vin=self.header.vin, seq=self.header.seq,
+            ) from None
+
+    def table(self) -> pa.Table:
+        """Decode the Parquet payload."""
+        return decode_payload(self.payload)
+
+
+def encode_envelope(header: BatchHeader, payload: bytes, key: Ed25519PrivateKey) -> bytes:
+    """Frame and sign a batch."""
+    hb = header.to_json_bytes()
+    body = MAGIC + struct.pack(">I", len(hb)) + hb + struct.pack(">Q", len(payload)) + payload
+    return body + key.sign(body)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Split a batch into its parts, checking the framing; raise ``MalformedBatch`` on any defect."""
+    n = len(data)
+    if n < 4 + 4 + 8 + SIGNATURE_LEN:
+        raise MalformedBatch(f"batch is truncated: {n} bytes is shorter than an empty envelope")
+    if data[:4] != MAGIC:
+        raise MalformedBatch("batch does not start with the magic bytes 'CVB1'")
+    (hlen,) = struct.unpack_from(">I", data, 4)
+    if hlen > _MAX_HEADER or 8 + hlen + 8 + SIGNATURE_LEN > n:
+        raise MalformedBatch(f"batch is truncated or its header length ({hlen}) is wrong")
+    header = BatchHeader.from_json_bytes(bytes(data[8 : 8 + hlen]))
+    (plen,) = struct.unpack_from(">Q", data, 8 + hlen)
+    start = 16 + hlen
+    if start + plen + SIGNATURE_LEN != n:
+        raise MalformedBatch(
+            f"batch length does not add up: payload says {plen} bytes, envelope has "
+            f"{n - start - SIGNATURE_LEN} (truncated or trailing bytes)"
+        )
+    raw = bytes(data)
+    return Envelope(header=header, payload=raw[start : start + plen], signature=raw[n - SIGNATURE_LEN :], raw=raw)
+
+
+def encode_payload(table: pa.Table) -> bytes:
+    """Write a batch table as the compact Parquet payload (zstd, dictionary and byte-stream-split)."""
+    float_cols = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+    sink = io.BytesIO()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=9,
+        use_dictionary=[f.name for f in table.schema if not pa.types.is_floating(f.type) and f.name != "t"],
+        use_byte_stream_split=float_cols or False,
+        column_encoding={"t": "DELTA_BINARY_PACKED"},
+        write_statistics=["t"],
+        store_schema=True,
+        row_group_size=max(table.num_rows, 1),
+    )
+    return sink.getvalue()
+
+
+def decode_payload(payload: bytes) -> pa.Table:
+    """Read a Parquet payload; raise ``MalformedBatch`` if it is not one."""
+    try:
+        return pq.read_table(pa.BufferReader(payload))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise MalformedBatch(f"batch payload is not a readable Parquet file: {e}") from None
+
+
+def make_batch(
+    *,
+    vin: str,
+    region: str,
+    seq: int,
+    prev: str,
+    table: pa.Table,
+    key: Ed25519PrivateKey,
+    kind: str = "telemetry",
+    t0: int | None = None,
+    t1: int | None = None,
+) -> bytes:
+    """Build a signed batch from a table (``t`` column first); the span defaults to the table's."""
+    ts = table.column("t").cast(pa.int64())
+    lo = int(ts[0].as_py()) if t0 is None else t0
+    hi = int(ts[-1].as_py()) if t1 is None else t1
+    header = BatchHeader(vin=vin, region=region, seq=seq, prev=prev, t0=lo, t1=hi, rows=table.num_rows, kind=kind)
+    return encode_envelope(header, encode_payload(table), key)
+
+
+def leaf_data(*, region: str, vin: str, seq: int, batch_hash: str, received_ms: int) -> bytes:
+    """The transparency-log leaf for an accepted batch (docs/transparency-log.md)."""
+    return f"carvault-leaf-v1\n{region}\n{vin}\n{seq}\n{batch_hash}\n{received_ms}\n".encode()
+
+
+def receipt_json(
+    *, region: str, vin: str, seq: int, batch_hash: str, log_index: int, received_ms: int, duplicate: bool = False
+) -> dict[str, Any]:
+    """The gateway's answer for a durable batch."""
+    return {
+        "region": region,
+        "vin": vin,
+        "seq": seq,
+        "batch_hash": batch_hash,
+        "log_index": log_index,
+        "received_ms": received_ms,
+        "duplicate": duplicate,
+    }

@@ -1,0 +1,86 @@
+"""A region deployment: the one object that the server, the CLI and the tests all build from settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from carvault.access.accounts import Accounts
+from carvault.access.audit import AuditLog
+from carvault.access.vehicles import Vehicles
+from carvault.ingest.gateway import Gateway
+from carvault.ledger.log import TransparencyLog
+from carvault.settings import Settings
+from carvault.signals import Catalogue, catalogue
+from carvault.store.metadata import Database
+from carvault.store.segments import SegmentReader, SegmentWriter
+from carvault.store.telemetry import TelemetryStore
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key kept as PKCS#8 PEM (mode 0600), created on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 key")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # atomic and fails if another process created it first
+    except FileExistsError:
+        tmp.unlink()
+        return load_or_create_key(path)
+    tmp.unlink()
+    return key
+
+
+def log_origin(region: str) -> str:
+    """The checkpoint origin line of a region's transparency log."""
+    return f"{region}.carvault.example/log"
+
+
+class Region:
+    """Every store and service of one region, wired together."""
+
+    def __init__(self, settings: Settings, *, catalogue_: Catalogue | None = None) -> None:
+        self.settings = settings
+        self.name = settings.region
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.resolved_database_url)
+        self.db.create_schema()
+        self.catalogue = catalogue_ or catalogue()
+        self.log_key = load_or_create_key(settings.data_dir / "keys" / "log-ed25519.pem")
+        self.log = TransparencyLog(settings.data_dir / "log", origin=log_origin(self.name),
+                                   private_key=self.log_key, key_name=log_origin(self.name))
+        self.segments = SegmentWriter(settings.data_dir / "segments", settings.segment_max_bytes)
+        self.segment_reader = SegmentReader(settings.data_dir / "segments")
+        self.accounts = Accounts(self.db, settings.session_ttl_s)
+        self.vehicles = Vehicles(self.db, self.name)
+        self.audit = AuditLog(self.db)
+        self.telemetry = TelemetryStore(self.db, self.segment_reader)
+        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue)
+
+    def close(self) -> None:
+        """Stop background work and release files and connections."""
+        self.gateway.close()
+        self.segments.close()
+        self.segment_reader.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

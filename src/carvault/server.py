@@ -1,0 +1,62 @@
+"""Running a region's app under uvicorn: in the foreground (``carvault serve``) or in a thread (demo, tests)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from carvault.region import Region
+from carvault.web.app import create_app
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_config(region: Region, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
+    """The uvicorn configuration CarVault uses."""
+    return uvicorn.Config(create_app(region), host=host, port=port, log_level=log_level, access_log=False,
+                          timeout_keep_alive=30, limit_concurrency=2000)
+
+
+class BackgroundServer:
+    """A real HTTP server for a region on loopback, in a thread of this process."""
+
+    def __init__(self, region: Region, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.region = region
+        self.host = host
+        self.port = port or free_port(host)
+        self.server = uvicorn.Server(uvicorn_config(region, self.host, self.port))
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{region.name}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20) -> BackgroundServer:
+        """Start and wait until it accepts connections."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server for region {self.region.name} did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (the region stays open)."""
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,224 @@
+"""The signal catalogue: every signal CarVault knows, by COVESA VSS 6.0 path, with its type and class.
+
+Signals that VSS lacks live in the documented overlay branch ``Vehicle.EDR.*`` (see docs/signals.md).
+Every signal belongs to a category, and every category has a privacy class; a column naming a path
+that is not here is refused at the gateway (unclassified data is never stored).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+
+import pyarrow as pa
+
+from carvault.errors import InvalidQuery
+
+OVERLAY_BRANCH = "Vehicle.EDR"
+
+
+class PrivacyClass(StrEnum):
+    """The four privacy classes of the automotive data rules, from least to most protected."""
+
+    TECHNICAL = "technical"
+    PERSONAL = "personal"
+    SENSITIVE = "sensitive"
+    IMPORTANT = "important"
+
+
+@dataclass(frozen=True)
+class Category:
+    """A family of signals that consent, retention and privacy rules act on together."""
+
+    name: str
+    title: str
+    privacy: PrivacyClass
+    purpose: str
+    retention_days: int
+
+
+CATEGORIES: dict[str, Category] = {
+    c.name: c
+    for c in (
+        Category("driving_dynamics", "Driving dynamics", PrivacyClass.PERSONAL,
+                 "Trip history, incident reconstruction", 3 * 365),
+        Category("adas", "Driver assistance and brake systems", PrivacyClass.PERSONAL,
+                 "Incident reconstruction, safety analysis", 3 * 365),
+        Category("safety", "Restraints (belts, airbags)", PrivacyClass.PERSONAL,
+                 "Incident reconstruction", 3 * 365),
+        Category("edr", "Event data recorder", PrivacyClass.PERSONAL,
+                 "Crash reconstruction (GB 39732, 49 CFR 563)", 10 * 365),
+        Category("powertrain", "Powertrain", PrivacyClass.TECHNICAL, "Diagnostics and warranty", 3 * 365),
+        Category("battery_charging", "Battery and charging", PrivacyClass.TECHNICAL,
+                 "Charging history, battery health", 3 * 365),
+        Category("body", "Body, lights and tyres", PrivacyClass.TECHNICAL, "Diagnostics", 365),
+        Category("location", "Location track", PrivacyClass.SENSITIVE, "Route history for the owner", 365),
+        Category("cabin", "Cabin climate and occupancy", PrivacyClass.PERSONAL, "Comfort history", 365),
+        Category("driver_monitoring", "Driver monitoring (biometrics)", PrivacyClass.SENSITIVE,
+                 "Drowsiness warnings; stays in the car by default", 30),
+        Category("cabin_media", "Cabin audio, video and images", PrivacyClass.SENSITIVE,
+                 "Never leaves the car by default", 0),
+        Category("exterior_camera", "Exterior camera images", PrivacyClass.IMPORTANT,
+                 "Incident evidence, de-identified in the car", 90),
+    )
+}
+
+# VSS datatype -> Arrow type used on the wire and in the store.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "int8": pa.int8(),
+    "uint8": pa.uint8(),
+    "int16": pa.int16(),
+    "uint16": pa.uint16(),
+    "int32": pa.int32(),
+    "uint32": pa.uint32(),
+    "int64": pa.int64(),
+    "uint64": pa.uint64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "string": pa.string(),
+}
+
+# Allowed values of the enumerated string signals (from VSS 6.0).
+ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
+    "Vehicle.Body.Lights.Brake.IsActive": ("INACTIVE", "ACTIVE", "ADAPTIVE"),
+    "Vehicle.LowVoltageSystemState": ("UNDEFINED", "LOCK", "OFF", "ACC", "ON", "START"),
+}
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One catalogue entry."""
+
+    path: str
+    datatype: str
+    unit: str
+    min: float | None
+    max: float | None
+    resolution: float | None
+    rate_hz: int
+    category: str
+    overlay: bool
+    description: str
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        """The Arrow type of this signal's column."""
+        return ARROW_TYPES[self.datatype]
+
+    @property
+    def privacy(self) -> PrivacyClass:
+        """The privacy class, inherited from the category."""
+        return CATEGORIES[self.category].privacy
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        """Allowed values for enumerated string signals."""
+        return ALLOWED_VALUES.get(self.path)
+
+    def to_json(self) -> dict[str, object]:
+        """Catalogue entry as served by the API."""
+        return {
+            "path": self.path,
+            "datatype": self.datatype,
+            "unit": self.unit or None,
+            "min": self.min,
+            "max": self.max,
+            "resolution": self.resolution,
+            "rate_hz": self.rate_hz,
+            "category": self.category,
+            "privacy": self.privacy.value,
+            "overlay": self.overlay,
+            "allowed": list(self.allowed) if self.allowed else None,
+            "description": self.description or None,
+        }
+
+
+def _num(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+class Catalogue:
+    """The set of known signals, looked up by path or branch."""
+
+    def __init__(self, signals: Iterable[Signal]) -> None:
+        self._by_path = {s.path: s for s in signals}
+
+    def __iter__(self) -> Iterator[Signal]:
+        return iter(self._by_path.values())
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._by_path
+
+    def get(self, path: str) -> Signal | None:
+        """The signal at ``path``, or None."""
+        return self._by_path.get(path)
+
+    def __getitem__(self, path: str) -> Signal:
+        return self._by_path[path]
+
+    @property
+    def paths(self) -> list[str]:
+        """All signal paths in catalogue order."""
+        return list(self._by_path)
+
+    def select(self, selectors: Iterable[str] | None) -> list[Signal]:
+        """Signals named by VSS paths or branches (``Vehicle.ADAS`` selects everything under it)."""
+        if not selectors:
+            return list(self)
+        chosen: dict[str, Signal] = {}
+        for sel in selectors:
+            sel = sel.strip()
+            if not sel:
+                continue
+            hits = [s for s in self if s.path == sel or s.path.startswith(sel + ".")]
+            if not hits:
+                raise InvalidQuery(f"no signal or branch named {sel!r} in the catalogue", selector=sel)
+            for s in hits:
+                chosen[s.path] = s
+        return [s for s in self if s.path in chosen]
+
+    def arrow_schema(self, paths: Iterable[str] | None = None) -> pa.Schema:
+        """Wire schema: ``t`` (UTC milliseconds) then one nullable column per signal."""
+        sigs = [self[p] for p in paths] if paths is not None else list(self)
+        return pa.schema([pa.field("t", pa.timestamp("ms", tz="UTC"), nullable=False)]
+                         + [pa.field(s.path, s.arrow_type) for s in sigs])
+
+    def by_category(self, category: str) -> list[Signal]:
+        """Signals of one category."""
+        return [s for s in self if s.category == category]
+
+
+@cache
+def catalogue() -> Catalogue:
+    """The catalogue shipped with CarVault (``carvault/data/signals.csv``)."""
+    text = resources.files("carvault").joinpath("data/signals.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(text.splitlines())
+    sigs = []
+    for r in rows:
+        sigs.append(Signal(
+            path=r["path"],
+            datatype=r["datatype"],
+            unit=r["unit"],
+            min=_num(r["min"]),
+            max=_num(r["max"]),
+            resolution=_num(r["resolution"]),
+            rate_hz=int(r["rate_hz"]),
+            category=r["category"],
+            overlay=r["overlay"] == "1",
+            description=r["description"],
+        ))
+    for s in sigs:
+        if s.category not in CATEGORIES:
+            raise ValueError(f"signal {s.path} has unknown category {s.category}")
+        if s.min is not None and s.max is not None and not (math.isfinite(s.min) and s.min <= s.max):
+            raise ValueError(f"signal {s.path} has a bad range")
+    return Catalogue(sigs)

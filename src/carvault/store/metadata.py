@@ -1,0 +1,199 @@
+"""The region's metadata database: owners, vehicles, credentials, the batch index and the audit log.
+
+One SQLAlchemy 2 schema serves both backends: SQLite (the embedded default, WAL mode so several
+gateway processes can share it) and PostgreSQL (at scale). Nothing here assumes one process: the
+per-vehicle chain head advances with a conditional UPDATE, and uniqueness of (vin, seq) and of the
+batch hash is enforced by the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from carvault.errors import Unavailable
+from carvault.protocol import GENESIS_PREV
+
+
+def now_ms() -> int:
+    """Wall-clock time in UTC milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every metadata table."""
+
+
+class Owner(Base):
+    """A person who owns vehicles and logs into the portal/API."""
+
+    __tablename__ = "owners"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    locale: Mapped[str] = mapped_column(String(16), default="en")
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Vehicle(Base):
+    """A provisioned vehicle of this region, its key, its pairing code and its chain head."""
+
+    __tablename__ = "vehicles"
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    region: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(100), default="")
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pairing_code_hash: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    claimed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    provisioned_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64), default=GENESIS_PREV)
+
+
+class Credential(Base):
+    """A browser session or an API bearer token; only a hash of the secret is stored."""
+
+    __tablename__ = "credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "session" | "token"
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_used_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class BatchRecord(Base):
+    """Index entry of one accepted batch: where its exact bytes are and what they cover."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("vin", "seq", name="uq_batches_vin_seq"),
+        Index("ix_batches_vin_span", "vin", "t0", "t1"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    batch_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    t0: Mapped[int] = mapped_column(BigInteger)
+    t1: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    columns: Mapped[str] = mapped_column(Text)  # comma-separated signal paths present in the batch
+    segment: Mapped[str] = mapped_column(String(200))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(Integer)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEvent(Base):
+    """One entry of the append-only, hash-chained audit log of access to owners' data."""
+
+    __tablename__ = "audit_events"
+    # One chain per owner (and one for region-level events); a unique (chain, prev_hash) makes a fork
+    # impossible even when several processes append at once: the loser retries on the new head.
+    __table_args__ = (UniqueConstraint("chain", "prev_hash", name="uq_audit_chain_prev"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(64), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    vin: Mapped[str | None] = mapped_column(String(17), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    legal_basis: Mapped[str] = mapped_column(String(200))
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class LoginAttempt(Base):
+    """Failed logins, for rate limiting across processes."""
+
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), index=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers and one writer (from any process) work at once; FULL makes a commit durable
+    # before we acknowledge it; busy_timeout makes concurrent writers wait instead of failing.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    """An engine plus a session factory over the metadata schema."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            if url.startswith("sqlite"):
+                self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                                    pool_size=20, max_overflow=20)
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        except (ArgumentError, NoSuchModuleError, ImportError) as e:
+            raise Unavailable(f"metadata database URL {url!r} is not usable: {e}") from None
+        self.url = url
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite backend."""
+        return self.engine.dialect.name == "sqlite"
+
+    def create_schema(self) -> None:
+        """Create every table that does not exist yet."""
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise Unavailable(f"metadata database at {self.engine.url!r} is unavailable: {e.orig}") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""CarVault web package."""

@@ -1,0 +1,52 @@
+"""The ASGI application of a region: ``create_app(region)`` is what ``carvault serve`` and the tests run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from carvault import __version__
+from carvault.region import Region
+from carvault.web import errors
+from carvault.web.routes import audit, auth, catalogue, ingest, log, vehicles
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def create_app(region: Region) -> FastAPI:
+    """Build the API (and pages) for one region."""
+    app = FastAPI(
+        title=f"CarVault region {region.name}",
+        version=__version__,
+        description="Owner and third-party API of a CarVault region. Errors are JSON: "
+                    '{"error": {"code": "<stable code>", "message": "<for people>"}}.',
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.region = region
+    errors.install(app)
+    for r in (ingest.router, auth.router, vehicles.router, catalogue.router, audit.router, log.router):
+        app.include_router(r)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.get("/api/v1/health", tags=["operations"], summary="Liveness and the region served")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "region": region.name, "version": __version__, "log_size": region.log.size}
+
+    return app

@@ -1,0 +1,82 @@
+"""Named dependencies of the API routes: the region, the current owner, common query parameters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from carvault.access.accounts import Principal
+from carvault.errors import Forbidden, InvalidQuery, Unauthenticated
+from carvault.region import Region
+
+SESSION_COOKIE = "carvault_session"
+CSRF_HEADER = "X-CarVault-CSRF"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_region(request: Request) -> Region:
+    """The region this app serves."""
+    return request.app.state.region
+
+
+RegionDep = Annotated[Region, Depends(get_region)]
+
+
+def current_owner(request: Request, region: RegionDep) -> Principal:
+    """The owner behind the bearer token or session cookie; cookie writes need the CSRF header."""
+    auth = request.headers.get("authorization", "")
+    if auth:
+        scheme, _, secret = auth.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("use 'Authorization: Bearer <token>'")
+        return region.accounts.resolve(secret.strip())
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthenticated("log in first (session cookie or bearer token)")
+    principal = region.accounts.resolve(cookie)
+    # A cross-site form cannot set a custom header, so this (with SameSite=Lax) blocks CSRF on the API.
+    if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+        raise Forbidden(f"requests authenticated by cookie must send the header {CSRF_HEADER}: 1")
+    return principal
+
+
+CurrentOwner = Annotated[Principal, Depends(current_owner)]
+
+
+def parse_time(value: str, name: str) -> int:
+    """Epoch milliseconds from an ISO 8601 time (UTC if no zone) or an integer of epoch milliseconds."""
+    v = value.strip()
+    if v.lstrip("-").isdigit():
+        return int(v)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidQuery(f"{name} must be ISO 8601 (2026-11-24T08:00:00Z) or epoch milliseconds",
+                           parameter=name) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def parse_interval(value: str) -> int:
+    """Milliseconds from '500ms', '1s', '5min', '1h' (or a plain number of milliseconds)."""
+    v = value.strip().lower()
+    units = (("ms", 1), ("min", 60_000), ("s", 1000), ("h", 3_600_000))
+    for suffix, factor in units:
+        if v.endswith(suffix) and v[: -len(suffix)].replace(".", "", 1).isdigit():
+            ms = int(float(v[: -len(suffix)]) * factor)
+            break
+    else:
+        if not v.isdigit():
+            raise InvalidQuery("resample must look like 100ms, 1s, 5min or 1h", parameter="resample")
+        ms = int(v)
+    if ms < 10:
+        raise InvalidQuery("resample interval must be at least 10 ms", parameter="resample")
+    return ms
+
+
+def client_address(request: Request) -> str:
+    """The peer address (for rate limiting)."""
+    return request.client.host if request.client else ""

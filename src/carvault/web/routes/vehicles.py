@@ -1,0 +1,89 @@
+"""An owner's vehicles: pairing, listing, telemetry windows and batch coverage."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from carvault.access.audit import OWNER_REQUEST, Actor
+from carvault.access.exports import render
+from carvault.store.metadata import Vehicle
+from carvault.store.telemetry import resample
+from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
+
+router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
+
+
+class ClaimRequest(BaseModel):
+    vin: str = Field(min_length=17, max_length=17)
+    pairing_code: str = Field(min_length=4, max_length=32)
+
+
+def vehicle_json(v: Vehicle) -> dict[str, Any]:
+    """A vehicle as its owner sees it."""
+    return {"vin": v.vin, "region": v.region, "model": v.model, "claimed_ms": v.claimed_ms,
+            "last_seq": v.last_seq, "last_hash": v.last_hash}
+
+
+@router.get("", summary="My vehicles")
+def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]]:
+    return [vehicle_json(v) for v in region.vehicles.owned(owner.owner_id)]
+
+
+@router.post("/claim", status_code=201, summary="Pair a vehicle with the code it shows")
+def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    v = region.vehicles.claim(owner.owner_id, req.vin, req.pairing_code)
+    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
+                        action="vehicle.claim", legal_basis=OWNER_REQUEST)
+    return vehicle_json(v)
+
+
+@router.get("/{vin}", summary="One of my vehicles")
+def get_vehicle(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    return vehicle_json(region.vehicles.owned_one(owner.owner_id, vin))
+
+
+@router.get("/{vin}/telemetry", summary="A window of telemetry as JSON, CSV or Parquet",
+            responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+def telemetry(
+    vin: str,
+    owner: CurrentOwner,
+    region: RegionDep,
+    start: str = Query(description="window start, ISO 8601 or epoch ms (inclusive)"),
+    end: str = Query(description="window end, ISO 8601 or epoch ms (exclusive)"),
+    signals: str | None = Query(None, description="comma-separated VSS paths or branches; default all"),
+    format: Literal["json", "csv", "parquet"] = Query("json"),
+    resample_: str | None = Query(None, alias="resample", description="e.g. 1s, 5min: mean per interval"),
+) -> Response:
+    v = region.vehicles.owned_one(owner.owner_id, vin)
+    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
+    chosen = region.catalogue.select(signals.split(",") if signals else None)
+    interval = parse_interval(resample_) if resample_ else None
+    table = region.telemetry.window(v.vin, start_ms, end_ms, chosen)
+    if interval:
+        table = resample(table, interval)
+    meta = {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms, "resample_ms": interval,
+            "units": {s.path: s.unit or None for s in chosen}}
+    body, media = render(table, format, meta)
+    region.audit.record(
+        owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)), action="telemetry.read",
+        legal_basis=OWNER_REQUEST,
+        detail={"start_ms": start_ms, "end_ms": end_ms, "signals": signals or "*", "format": format,
+                "resample_ms": interval, "rows": table.num_rows},
+    )
+    headers = {}
+    if format != "json":
+        headers["Content-Disposition"] = f'attachment; filename="{v.vin}-{start_ms}-{end_ms}.{format}"'
+    return Response(body, media_type=media, headers=headers)
+
+
+@router.get("/{vin}/batches", summary="Accepted batches (coverage, chain and log positions)")
+def batches(vin: str, owner: CurrentOwner, region: RegionDep, start: str = "0",
+            end: str = "9999999999999") -> dict[str, Any]:
+    v = region.vehicles.owned_one(owner.owner_id, vin)
+    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
+    refs = region.telemetry.batches(v.vin, start_ms, end_ms, None)
+    return {"vin": v.vin, "count": len(refs),
+            "batches": [{"seq": r.seq, "t0": r.t0, "t1": r.t1, "bytes": r.length} for r in refs]}
