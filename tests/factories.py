@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from carvault.signals import catalogue
 
-BASE_MS = 1_763_000_000_000  # 2025-11-13, safely in the past
+BASE_MS = 1_762_999_980_000  # 2025-11-13, a whole minute, safely in the past
 
 
 def vin_for(n: int) -> str:

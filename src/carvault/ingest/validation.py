@@ -72,7 +72,7 @@ def validate_payload(
             if finite is False:
                 raise ValueOutOfRange(f"signal {name} has a NaN or infinite value", signal=name)
         if sig.allowed is not None:
-            ok = pc.all(pc.is_in(col, value_set=pa.array(sig.allowed))).as_py()
+            ok = pc.all(pc.is_in(col.drop_null(), value_set=pa.array(sig.allowed))).as_py()
             if ok is False:
                 raise ValueOutOfRange(f"signal {name} has a value outside {list(sig.allowed)}", signal=name)
         elif (sig.min is not None or sig.max is not None) and not pa.types.is_boolean(col.type):

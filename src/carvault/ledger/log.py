@@ -227,6 +227,12 @@ class TransparencyLog:
             # An unacknowledged (possibly torn) tail from a writer that died before committing.
             os.ftruncate(self._nodes_fd, want)
 
+    def _commit(self, new_size: int, current_slot: int) -> None:
+        """Make ``new_size`` the committed size (caller holds the lock and has synced the records)."""
+        # The other slot: if this write tears, the current one still holds the previous size.
+        _pwrite_all(self._size_fd, _pack_slot(new_size), _SLOT_OFFSETS[1 - current_slot])
+        os.fdatasync(self._size_fd)
+
     def _node(self, level: int, index: int) -> bytes:
         raw = os.pread(self._nodes_fd, HASH_SIZE, node_position(level, index) * HASH_SIZE)
         if len(raw) != HASH_SIZE:
@@ -295,8 +301,7 @@ class TransparencyLog:
             _pwrite_all(self._nodes_fd, records, node_count(size) * HASH_SIZE)
             os.fdatasync(self._nodes_fd)
             # Only now may the new size become visible: it must never point at records not on disk.
-            _pwrite_all(self._size_fd, _pack_slot(size + len(hashes)), _SLOT_OFFSETS[1 - slot])
-            os.fdatasync(self._size_fd)
+            self._commit(size + len(hashes), slot)
             return size
 
     def root(self, size: int | None = None) -> bytes:
