@@ -1,0 +1,75 @@
+"""The signal catalogue against the COVESA VSS 6.0 reference, and its own rules."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from carvault.errors import InvalidQuery
+from carvault.signals import ARROW_TYPES, CATEGORIES, OVERLAY_BRANCH, PrivacyClass, catalogue
+
+REFERENCE = Path(os.environ.get("CARVAULT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+VSS_CSV = REFERENCE / "vss" / "vss_v6.0_tag_generated.csv"
+
+
+@pytest.fixture(scope="module")
+def vss() -> dict[str, dict[str, str]]:
+    if not VSS_CSV.exists():
+        pytest.fail(f"VSS reference not found at {VSS_CSV}; set CARVAULT_REFERENCE_DIR")
+    return {r["Signal"]: r for r in csv.DictReader(VSS_CSV.open(encoding="utf-8"))}
+
+
+def test_every_vss_signal_matches_the_reference(vss: dict[str, dict[str, str]]) -> None:
+    for s in catalogue():
+        if s.overlay:
+            continue
+        ref = vss.get(s.path)
+        assert ref is not None, f"{s.path} is not a VSS 6.0 path"
+        assert ref["Type"] in {"sensor", "actuator", "attribute"}, s.path
+        assert ref["DataType"] == s.datatype, (s.path, ref["DataType"], s.datatype)
+        assert ref["Unit"] == s.unit, (s.path, ref["Unit"], s.unit)
+        # Our plausibility range must lie within any range VSS declares.
+        if ref["Min"]:
+            assert s.min is not None and s.min >= float(ref["Min"]), s.path
+        if ref["Max"]:
+            assert s.max is not None and s.max <= float(ref["Max"]), s.path
+        if ref["Allowed"]:
+            assert s.allowed is not None and set(s.allowed) <= set(eval(ref["Allowed"])), s.path  # noqa: S307
+
+
+def test_overlay_signals_are_not_in_vss_and_live_in_the_overlay_branch(vss: dict[str, dict[str, str]]) -> None:
+    overlay = [s for s in catalogue() if s.overlay]
+    assert overlay
+    for s in overlay:
+        assert s.path.startswith(OVERLAY_BRANCH + "."), s.path
+        assert s.path not in vss and s.description
+
+
+def test_catalogue_is_big_enough_and_fully_classified() -> None:
+    cat = catalogue()
+    assert len(cat) >= 40
+    for s in cat:
+        assert s.category in CATEGORIES and isinstance(s.privacy, PrivacyClass)
+        assert s.datatype in ARROW_TYPES and s.rate_hz in (1, 10)
+    needed = ["Vehicle.Speed", "Vehicle.Chassis.Accelerator.PedalPosition", "Vehicle.Chassis.Brake.PedalPosition",
+              "Vehicle.EDR.BrakeMasterCylinderPressure", "Vehicle.ADAS.ABS.IsEngaged", "Vehicle.ADAS.ESC.IsEngaged",
+              "Vehicle.EDR.AEB.IsEngaged", "Vehicle.Chassis.SteeringWheel.Angle", "Vehicle.Acceleration.Longitudinal",
+              "Vehicle.Acceleration.Lateral", "Vehicle.AngularVelocity.Yaw", "Vehicle.Powertrain.Transmission.CurrentGear",
+              "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted", "Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed",
+              "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude", "Vehicle.EDR.DeltaV.Longitudinal"]
+    for p in needed:
+        assert p in cat, p
+    assert cat["Vehicle.CurrentLocation.Latitude"].privacy is PrivacyClass.SENSITIVE
+    assert cat["Vehicle.Driver.HeartRate"].privacy is PrivacyClass.SENSITIVE
+
+
+def test_select_by_path_and_branch() -> None:
+    cat = catalogue()
+    assert [s.path for s in cat.select(["Vehicle.Speed"])] == ["Vehicle.Speed"]
+    adas = cat.select(["Vehicle.ADAS"])
+    assert adas and all(s.path.startswith("Vehicle.ADAS.") for s in adas)
+    with pytest.raises(InvalidQuery):
+        cat.select(["Vehicle.Spee"])  # a prefix that is not a branch boundary selects nothing
