@@ -66,11 +66,24 @@ def bench(out: Annotated[Path, typer.Option(help="JSON file for the figures.")] 
           docs: Annotated[Path, typer.Option(help="Markdown report to rewrite.")] = Path("docs/benchmarks.md"),
           vehicles: Annotated[int, typer.Option(help="Vehicles in the store.")] = 20,
           hours: Annotated[float, typer.Option(help="Hours of driving per vehicle.")] = 2.0,
-          postgres: Annotated[bool, typer.Option(help="Also measure the PostgreSQL peer.")] = True) -> None:
+          postgres: Annotated[bool, typer.Option(help="Also measure the PostgreSQL peer.")] = True,
+          quick: Annotated[bool, typer.Option("--quick", help="Tiny run (2 vehicles x 5 min, no store growth), "
+                                              "< 1 min; checks the machinery, figures mean nothing.")] = False,
+          batch_seconds: Annotated[int, typer.Option(help="Seconds of driving per signed batch.")] = 60,
+          store_samples: Annotated[int | None, typer.Option(
+              help="Grow the store to this many samples before timing windows (0: no growth).")] = None,
+          windows: Annotated[int | None, typer.Option(help="Random windows timed (p50/p95).")] = None,
+          log_proof_leaves: Annotated[int | None, typer.Option(
+              help="Size of the log bulk-built for the proof figures (0: skip).")] = None,
+          work_dir: Annotated[Path | None, typer.Option(help="Keep the data here (default: a temp folder, "
+                                                       "deleted afterwards).")] = None) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench import run_bench
 
-    run_bench(out=out, docs=docs, vehicles=vehicles, hours=hours, postgres=postgres, console=console)
+    more = {k: v for k, v in {"store_samples": store_samples, "windows": windows,
+                              "log_proof_leaves": log_proof_leaves, "work_dir": work_dir}.items() if v is not None}
+    run_bench(out=out, docs=docs, vehicles=vehicles, hours=hours, postgres=postgres, console=console, quick=quick,
+              batch_seconds=batch_seconds, **more)
 
 
 @app.command("provision")
@@ -91,7 +104,7 @@ def simulate(vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned veh
              endpoint: Annotated[str, typer.Option(help="The home region's gateway URL.")],
              day: Annotated[str | None, typer.Option(help="Date to simulate, YYYY-MM-DD (default yesterday).")]
              = None,
-             seed: int = 1, incident: bool = False, batch_seconds: int = 60) -> None:
+             seed: int = 1, incident: bool = False, batch_seconds: int = 300) -> None:
     """Simulate a day of driving for a provisioned vehicle and upload it."""
     from datetime import UTC, date, datetime, timedelta
 
@@ -115,6 +128,65 @@ def simulate(vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned veh
             console.print(f"[red]refused:[/] {e}")
             raise typer.Exit(1) from None
     console.print(f"uploaded {n} batches for {ident.vin}; events: {[e.kind for e in sim.events]}")
+
+
+@app.command()
+def verify(package: Annotated[Path, typer.Argument(help="The incident package (ZIP).", exists=True, dir_okay=False)],
+           checkpoint: Annotated[Path | None, typer.Option(
+               "--checkpoint", help="A checkpoint you saved earlier: prove the log was not rewritten since.")] = None,
+           trust: Annotated[Path | None, typer.Option(
+               "--trust", help="The region's published trust file (GET /api/v1/region/trust).")] = None,
+           json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
+    """Verify an incident package offline: signatures, certificates, chain, log proofs, tables."""
+    import json
+
+    from rich.table import Table
+
+    from carvault.verifier import verify_package
+
+    trust_doc = json.loads(trust.read_text()) if trust else None
+    saved = checkpoint.read_text() if checkpoint else None
+    verdict = verify_package(package, saved_checkpoint=saved, trust=trust_doc)
+    if json_out:
+        print(json.dumps({"ok": verdict.ok, "checks": [c.__dict__ for c in verdict.checks]}, indent=2))
+    else:
+        t = Table(title=f"carvault verify {package.name}")
+        t.add_column("check")
+        t.add_column("result")
+        t.add_column("detail")
+        for c in verdict.checks:
+            mark = "[green]holds[/]" if c.ok else ("[red]FAILS[/]" if c.ok is False else "[yellow]note[/]")
+            t.add_row(c.name, mark, c.detail)
+        console.print(t)
+        if verdict.ok:
+            console.print("[bold green]VERIFIED[/]: every check holds; this is what the car signed and the log holds.")
+        else:
+            names = ", ".join(c.name for c in verdict.failures())
+            console.print(f"[bold red]NOT VERIFIED[/]: {names}")
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+@app.command()
+def order(vin: str,
+          start: Annotated[str, typer.Option(help="Window start (ISO 8601 or epoch ms).")],
+          end: Annotated[str, typer.Option(help="Window end (ISO 8601 or epoch ms).")],
+          authority: Annotated[str, typer.Option(help="Ordering authority, e.g. 'Zhengzhou market supervision'.")],
+          reference: Annotated[str, typer.Option(help="The order's reference number.")],
+          legal_basis: Annotated[str, typer.Option(help="Legal basis of the order.")] = "authority order",
+          out: Annotated[Path | None, typer.Option(help="Also write the package here.")] = None,
+          data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+    """Record an authority's order to release a window of data to the vehicle's owner, and build the package."""
+    from carvault.access.orders import release_to_owner
+    from carvault.region import Region
+    from carvault.web.deps import parse_time
+
+    with Region(_settings(data_dir, region, database_url)) as r:
+        pkg, blob = release_to_owner(r, vin.upper(), parse_time(start, "start"), parse_time(end, "end"),
+                                     authority=authority, reference=reference, legal_basis=legal_basis)
+    if out:
+        out.write_bytes(blob)
+    console.print(f"order recorded; package {pkg.id} ({pkg.batches} batches, sha256 {pkg.sha256[:16]}…) "
+                  f"released to the owner{f', written to {out}' if out else ''}")
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from carvault.vehicle.agent import UploadRefused, VehicleAgent
 from carvault.vehicle.simulator import fleet_vins, simulate_day
 
 DEMO_EMAIL = "owner@carvault.example"
-BATCH_SECONDS = 60
+BATCH_SECONDS = 300
 
 
 @dataclass

@@ -9,8 +9,11 @@ from carvault.vehicle.identity import VehicleIdentity
 
 
 def provision(region: Region, vin: str, vehicles_dir: Path, model: str = "CarVault EV") -> VehicleIdentity:
-    """Create the car's identity (key made on the car's side) and register its public key with the region."""
+    """Make the car's key (on the car's side), certify it by the region CA, and register it with the region."""
     identity = VehicleIdentity.create(vin, region.name, model)
+    certificate = region.ca.issue(vin, identity.public_key_bytes)
+    identity.certificate_pem = certificate
     identity.save(vehicles_dir / vin)
-    region.vehicles.register(vin, identity.public_key_bytes, identity.pairing_code, model=model)
+    region.vehicles.register(vin, identity.public_key_bytes, identity.pairing_code, model=model,
+                             certificate_pem=certificate)
     return identity

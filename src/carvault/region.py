@@ -13,6 +13,7 @@ from carvault.access.audit import AuditLog
 from carvault.access.vehicles import Vehicles
 from carvault.ingest.gateway import Gateway
 from carvault.ledger.log import TransparencyLog
+from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
 from carvault.store.metadata import Database
@@ -61,7 +62,9 @@ class Region:
         self.db = Database(settings.resolved_database_url)
         self.db.create_schema()
         self.catalogue = catalogue_ or catalogue()
-        self.log_key = load_or_create_key(settings.data_dir / "keys" / "log-ed25519.pem")
+        keys = settings.data_dir / "keys"
+        self.log_key = load_or_create_key(keys / "log-ed25519.pem")
+        self.ca = RegionCA.load_or_create(load_or_create_key(keys / "ca-ed25519.pem"), keys / "ca.pem", self.name)
         self.log = TransparencyLog(settings.data_dir / "log", origin=log_origin(self.name),
                                    private_key=self.log_key, key_name=log_origin(self.name))
         self.segments = SegmentWriter(settings.data_dir / "segments", settings.segment_max_bytes)
@@ -70,7 +73,7 @@ class Region:
         self.vehicles = Vehicles(self.db, self.name)
         self.audit = AuditLog(self.db)
         self.telemetry = TelemetryStore(self.db, self.segment_reader)
-        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue)
+        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem)
 
     def close(self) -> None:
         """Stop background work and release files and connections."""

@@ -183,3 +183,17 @@ def test_different_batch_with_used_seq_is_refused(http: httpx.Client, region: Re
     r = post(http, other)
     assert r.status_code == 409 and r.json()["error"]["code"] == "seq_conflict"
     assert stored(region) == before
+
+
+def test_vehicle_without_a_valid_certificate_is_refused(http: httpx.Client, region: Region,
+                                                        vehicle: VehicleIdentity) -> None:
+    from carvault.pki import RegionCA
+
+    rogue = RegionCA.load_or_create(Ed25519PrivateKey.generate(), region.settings.data_dir / "rogue.pem", "cn")
+    with region.db.session() as s:
+        s.get(Vehicle, vehicle.vin).certificate_pem = rogue.issue(vehicle.vin, vehicle.public_key_bytes)
+    region.gateway._keys.clear()
+    r = post(http, batch(vehicle))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unknown_vehicle"
+    assert "certificate" in r.json()["error"]["message"]
+    assert stored(region)[:2] == (0, 0)

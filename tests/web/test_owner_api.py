@@ -115,22 +115,28 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=csv", None),
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=parquet", None),
     ("GET", "/api/v1/vehicles/{vin}/batches", None),
+    ("POST", "/api/v1/vehicles/{vin}/packages", {"start": BASE_MS, "end": BASE_MS + 60_000}),
+    ("GET", "/api/v1/vehicles/{vin}/packages", None),
+    ("GET", "/api/v1/vehicles/{vin}/packages/{pid}/download", None),
+    ("GET", "/api/v1/vehicles/{vin}/packages/{pid}/verification", None),
 ]
 
 
 def test_owner_b_never_sees_owner_a_vehicle(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
                                             uploaded: pa.Table) -> None:
     claim(http, owner, vehicle)
+    pid = http.post(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers,
+                    json={"start": BASE_MS, "end": BASE_MS + 60_000}).json()["id"]
     stranger = make_owner(http)
     assert http.get("/api/v1/vehicles", headers=stranger.headers).json() == []
     for method, path, body in OWNER_ROUTES:
-        url = path.format(vin=vehicle.vin)
+        url = path.format(vin=vehicle.vin, pid=pid)
         r = http.request(method, url, headers=stranger.headers, json=body)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (url, r.text)
         # ... and the same answer as for a VIN that does not exist at all.
-        r2 = http.request(method, path.format(vin="LRWNOSUCHVIN00000"), headers=stranger.headers, json=body)
+        r2 = http.request(method, path.format(vin="LRWNOSUCHVIN00000", pid=pid), headers=stranger.headers, json=body)
         assert r2.status_code == 404 and r2.json()["error"]["code"] == "not_found"
-        assert http.request(method, url, headers=owner.headers, json=body).status_code == 200
+        assert http.request(method, url, headers=owner.headers, json=body).status_code in (200, 201)
     # Claiming someone else's car without its code fails the same way.
     r = http.post("/api/v1/vehicles/claim", headers=stranger.headers, json={"vin": vehicle.vin, "pairing_code": "ABCDEFGH"})
     assert r.status_code == 404
@@ -138,7 +144,7 @@ def test_owner_b_never_sees_owner_a_vehicle(http: httpx.Client, owner: OwnerClie
     # Every route that lists the app's /api/v1/vehicles/{vin}... paths is covered above.
     spec = http.get("/api/v1/openapi.json").json()
     vin_routes = {p for p in spec["paths"] if p.startswith("/api/v1/vehicles/{vin}")}
-    covered = {p.split("?")[0] for _, p, _ in OWNER_ROUTES}
+    covered = {p.split("?")[0].replace("{pid}", "{package_id}") for _, p, _ in OWNER_ROUTES}
     assert vin_routes <= covered, vin_routes - covered
 
 

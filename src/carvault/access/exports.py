@@ -8,21 +8,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from carvault.errors import InvalidQuery
+from carvault.windows import to_csv
 
 FORMATS = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
 }
-
-
-def iso_times(t: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """UTC timestamps as ISO 8601 strings with milliseconds."""
-    return pc.strftime(t, format="%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json_values(col: pa.ChunkedArray) -> list[Any]:
@@ -41,14 +36,6 @@ def to_json(table: pa.Table, meta: dict[str, Any]) -> bytes:
         "signals": {name: _json_values(table.column(name)) for name in table.column_names if name != "t"},
     }
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def to_csv(table: pa.Table) -> bytes:
-    """CSV with a header row: ``t`` in ISO 8601 UTC, then one column per signal path."""
-    out = table.set_column(0, "t", iso_times(table.column("t")))
-    sink = io.BytesIO()
-    pcsv.write_csv(out, sink, pcsv.WriteOptions(quoting_style="needed"))
-    return sink.getvalue()
 
 
 def to_parquet(table: pa.Table, meta: dict[str, Any]) -> bytes:

@@ -30,6 +30,7 @@ from carvault.errors import (
     WrongRegion,
 )
 from carvault.ingest.validation import PayloadSummary, validate_payload
+from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
@@ -54,12 +55,13 @@ class Gateway:
     """Region gateway for vehicle uploads (protocol v1)."""
 
     def __init__(self, settings: Settings, db: Database, segments: SegmentWriter, log: AppendOnlyLog,
-                 catalogue: Catalogue) -> None:
+                 catalogue: Catalogue, ca_pem: str) -> None:
         self.settings = settings
         self.db = db
         self.segments = segments
         self.log = log
         self.catalogue = catalogue
+        self.ca_pem = ca_pem
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -100,10 +102,18 @@ class Gateway:
         key = self._keys.get(vin)
         if key is None:
             with self.db.session() as s:
-                raw = s.scalar(select(Vehicle.public_key).where(Vehicle.vin == vin))
-            if raw is None:
+                row = s.execute(select(Vehicle.public_key, Vehicle.certificate_pem).where(Vehicle.vin == vin)).first()
+            if row is None:
                 raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.settings.region}", vin=vin)
-            key = Ed25519PublicKey.from_public_bytes(raw)
+            key = Ed25519PublicKey.from_public_bytes(row.public_key)
+            if row.certificate_pem:
+                try:
+                    certified = vehicle_key_from_certificate(row.certificate_pem, self.ca_pem, vin)
+                except CertificateError as e:
+                    raise UnknownVehicle(f"vehicle {vin} has no valid certificate from this region's CA: {e}",
+                                         vin=vin) from None
+                if certified.public_bytes_raw() != row.public_key:
+                    raise UnknownVehicle(f"vehicle {vin}'s certificate does not match its registered key", vin=vin)
             self._keys[vin] = key
         return key
 

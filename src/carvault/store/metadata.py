@@ -133,6 +133,54 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class IncidentPackage(Base):
+    """A built incident package: who asked, for which window, and where its file is."""
+
+    __tablename__ = "incident_packages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    event_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    event_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("authority_orders.id"), nullable=True)
+    file_name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    batches: Mapped[int] = mapped_column(Integer)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class AuthorityOrder(Base):
+    """An authority's order to release a vehicle's data (e.g. to its owner in a dispute)."""
+
+    __tablename__ = "authority_orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    authority: Mapped[str] = mapped_column(String(200))
+    reference: Mapped[str] = mapped_column(String(200))
+    legal_basis: Mapped[str] = mapped_column(String(400))
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    recipient_owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class SavedCheckpoint(Base):
+    """A log checkpoint an owner saw and kept, to prove later that the log was not rewritten."""
+
+    __tablename__ = "saved_checkpoints"
+    __table_args__ = (UniqueConstraint("owner_id", "tree_size", name="uq_saved_checkpoint_size"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text)
+    saved_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
 class LoginAttempt(Base):
     """Failed logins, for rate limiting across processes."""
 

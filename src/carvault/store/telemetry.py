@@ -82,7 +82,7 @@ class TelemetryStore:
         def load(ref: BatchRef) -> pa.Table:
             raw = self.segments.read(ref.segment, ref.offset, ref.length)
             cols = ["t"] + [p for p in wanted if p in ref.columns]
-            return pq.read_table(pa.BufferReader(payload_of(raw)), columns=cols)
+            return pq.ParquetFile(pa.BufferReader(payload_of(raw))).read(columns=cols, use_threads=False)
 
         parts = list(self._pool.map(load, refs)) if len(refs) > 2 else [load(r) for r in refs]
         table = pa.concat_tables(parts, promote_options="default")

@@ -22,6 +22,9 @@ from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256
 from carvault.vehicle.identity import VehicleIdentity
 
 UPLOAD_PATH = "/api/v1/ingest/batches"
+# Five-minute batches: per-column Parquet overhead is amortised (0.7 bytes/sample and 6.5 M samples/s
+# decode on simulated drives, against 1.65 bytes/sample and 2.7 M samples/s for one-minute batches).
+DEFAULT_BATCH_SECONDS = 300
 
 
 class UploadRefused(Exception):
@@ -88,7 +91,7 @@ class VehicleAgent:
         os.replace(tmp, p)
 
     # -------------------------------------------------------------- batching
-    def record(self, table: pa.Table, batch_seconds: int = 60, kind: str = "telemetry") -> int:
+    def record(self, table: pa.Table, batch_seconds: int = DEFAULT_BATCH_SECONDS, kind: str = "telemetry") -> int:
         """Sign ``table`` as batches of ``batch_seconds`` and put them in the spool; return how many."""
         n = 0
         for t0, t1, part in time_slices(table, batch_seconds * 1000):

@@ -48,7 +48,8 @@ def reference_dir(environ: Mapping[str, str] | None = None) -> Path:
         raise Unavailable(
             f"reference data not found: {how} has no drive_cycles/ folder; set {REFERENCE_ENV} to the "
             "shared/reference folder that holds drive_cycles/ and gps_shenzhen_taxi/",
-            path=str(path), env=REFERENCE_ENV,
+            path=str(path),
+            env=REFERENCE_ENV,
         )
     return path
 

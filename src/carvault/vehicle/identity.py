@@ -32,6 +32,7 @@ class VehicleIdentity:
     model: str
     key: Ed25519PrivateKey
     pairing_code: str
+    certificate_pem: str | None = None
 
     @property
     def public_key_bytes(self) -> bytes:
@@ -55,6 +56,8 @@ class VehicleIdentity:
         (folder / "identity.json").write_text(json.dumps(
             {"vin": self.vin, "region": self.region, "model": self.model, "pairing_code": self.pairing_code},
             indent=2))
+        if self.certificate_pem:
+            (folder / "vehicle-cert.pem").write_text(self.certificate_pem)
 
     @classmethod
     def load(cls, folder: Path) -> VehicleIdentity:
@@ -63,5 +66,12 @@ class VehicleIdentity:
         key = serialization.load_pem_private_key((folder / "vehicle-key.pem").read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{folder} holds no Ed25519 vehicle key")
-        return cls(vin=meta["vin"], region=meta["region"], model=meta["model"], key=key,
-                   pairing_code=meta["pairing_code"])
+        cert = folder / "vehicle-cert.pem"
+        return cls(
+            vin=meta["vin"],
+            region=meta["region"],
+            model=meta["model"],
+            key=key,
+            pairing_code=meta["pairing_code"],
+            certificate_pem=cert.read_text() if cert.exists() else None,
+        )

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from carvault import __version__
 from carvault.region import Region
 from carvault.web import errors
-from carvault.web.routes import audit, auth, catalogue, ingest, log, vehicles
+from carvault.web.routes import audit, auth, catalogue, ingest, log, packages, vehicles
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -33,7 +33,8 @@ def create_app(region: Region) -> FastAPI:
     )
     app.state.region = region
     errors.install(app)
-    for r in (ingest.router, auth.router, vehicles.router, catalogue.router, audit.router, log.router):
+    for r in (ingest.router, auth.router, vehicles.router, packages.router, catalogue.router, audit.router,
+              log.router):
         app.include_router(r)
 
     @app.middleware("http")

@@ -1,0 +1,1 @@
+"""Tests of the region transparency log (carvault.ledger)."""

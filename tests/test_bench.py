@@ -1,0 +1,63 @@
+"""`carvault bench --quick` end to end: every figure is measured and the report is written (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from carvault.bench import ANALYSIS_END, ANALYSIS_START, run_bench
+from carvault.store.pg_cluster import pg_bindir
+
+FIGURES = (
+    "ingest_samples_per_s",
+    "storage_bytes_per_sample",
+    "storage_bytes_per_sample_with_metadata",
+    "window_p50_ms",
+    "window_p95_ms",
+    "window_http_parquet_p50_ms",
+    "window_http_parquet_p95_ms",
+    "peer_wide_copy_samples_per_s",
+    "peer_wide_batch_samples_per_s",
+    "peer_long_copy_samples_per_s",
+    "peer_wide_bytes_per_sample",
+    "peer_long_bytes_per_sample",
+    "peer_wide_window_p50_ms",
+    "peer_wide_window_p95_ms",
+    "peer_long_window_p50_ms",
+    "peer_long_window_p95_ms",
+    "log_append_leaves_per_s",
+    "log_inclusion_proof_ms_p50",
+    "log_consistency_proof_ms_p50",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL server binaries are not installed")
+def test_quick_bench_writes_every_figure_and_the_report(tmp_path: Path) -> None:
+    out, docs = tmp_path / "bench.json", tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    # A hand-written analysis in the existing report must survive the rewrite.
+    docs.write_text(f"old\n{ANALYSIS_START}\nhot spots: the committer\n{ANALYSIS_END}\n")
+
+    result = run_bench(out=out, docs=docs, quick=True, console=Console(file=(tmp_path / "console.txt").open("w")))
+
+    saved = json.loads(out.read_text())
+    assert saved["figures"] == json.loads(json.dumps(result["figures"]))
+    for name in FIGURES:
+        value = saved["figures"].get(name)
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
+    assert saved["dataset"]["samples"] == saved["details"]["storage"]["samples"] > 0
+    assert saved["details"]["ingest"]["batches"] == saved["dataset"]["batches"]
+    assert {r["figure"] for r in saved["not_measured"]} >= {"Incident package build, 30-min window"}
+    assert saved["machine"]["nproc"] >= 1
+
+    report = docs.read_text()
+    assert report.startswith("# Benchmarks")
+    assert "| figure | CarVault | peer | ratio CarVault/peer | target | met? |" in report
+    assert "not yet measured" in report
+    assert "hot spots: the committer" in report and "old\n" not in report
