@@ -73,3 +73,9 @@ def test_select_by_path_and_branch() -> None:
     assert adas and all(s.path.startswith("Vehicle.ADAS.") for s in adas)
     with pytest.raises(InvalidQuery):
         cat.select(["Vehicle.Spee"])  # a prefix that is not a branch boundary selects nothing
+
+
+def test_every_signal_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "signals.md").read_text()
+    for s in catalogue():
+        assert f"`{s.path}`" in doc, s.path

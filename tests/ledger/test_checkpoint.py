@@ -195,12 +195,16 @@ def test_invalid_signing_input_is_refused() -> None:
         sign_checkpoint(ORIGIN, 1, ROOT, KEY, "two words")
     with pytest.raises(VerificationError):
         sign_note("no final newline", KEY, ORIGIN)
+    with pytest.raises(VerificationError):
+        sign_checkpoint("lone \ud800 surrogate", 1, ROOT, KEY, ORIGIN)
+    with pytest.raises(VerificationError):
+        sign_checkpoint(ORIGIN, 1, ROOT, KEY, "\ud800")
 
 
 SIGNED = sign_checkpoint(ORIGIN, 123456, ROOT, KEY, ORIGIN)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=len(SIGNED) - 1), st.characters(codec="utf-8"))
 def test_any_single_character_change_fails(position: int, replacement: str) -> None:
     altered = SIGNED[:position] + replacement + SIGNED[position + 1 :]
@@ -210,14 +214,14 @@ def test_any_single_character_change_fails(position: int, replacement: str) -> N
         verify_checkpoint(altered, KEY.public_key(), ORIGIN)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
-    st.text(alphabet=st.characters(blacklist_categories=["Cc", "Zs", "Zl", "Zp"]), min_size=1, max_size=30),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Zs", "Zl", "Zp"]), max_size=30),
     st.integers(min_value=0, max_value=2**64 - 1),
     st.binary(min_size=32, max_size=32),
 )
 def test_round_trip_property(origin: str, size: int, root: bytes) -> None:
-    origin = origin.replace("+", "-")
+    origin = "o" + origin.replace("+", "-")
     if any(c.isspace() for c in origin):
         return
     note = sign_checkpoint(origin, size, root, KEY, origin)

@@ -215,8 +215,9 @@ def test_soc_falls_driving_and_rises_charging(day: SimulatedDay) -> None:
     assert np.all(col(day, "Vehicle.Powertrain.TractionBattery.CurrentCurrent")[ramped] > 0)
     dc_amps = col(day, "Vehicle.Powertrain.TractionBattery.Charging.ChargeCurrent.DC")[m]
     assert np.all(dc_amps > 0) if c.kind == "DC" else np.all(dc_amps == 0)
-    charging = col(day, "Vehicle.Powertrain.TractionBattery.Charging.IsCharging")
-    assert np.nansum(charging) == pytest.approx((c.end_ms - c.start_ms) / 1000 + 1, abs=1)
+    sec = t % 1000 == 0
+    charging = col(day, "Vehicle.Powertrain.TractionBattery.Charging.IsCharging")[sec] == 1
+    assert np.array_equal(charging, (t[sec] >= c.start_ms) & (t[sec] <= c.end_ms))
 
 
 def test_odometer_counts_the_drives(day: SimulatedDay) -> None:
@@ -328,7 +329,7 @@ def test_crash(incident: SimulatedDay) -> None:
     assert at(incident, "Vehicle.Acceleration.Longitudinal", crash + 100) < -30
     hazard = col(incident, "Vehicle.Body.Lights.Hazard.IsSignaling")
     assert np.nanmax(hazard[t > crash]) == 1 and np.nanmax(hazard[t <= crash]) == 0
-    assert incident.drives[-1].end_ms < crash + 2000 and t[-1] - crash < 200_000  # the day's driving ends
+    assert incident.drives[-1].end_ms < crash + 3000 and t[-1] - crash < 200_000  # the day's driving ends
 
 
 def test_ordinary_day_has_no_incident(normal: SimulatedDay) -> None:

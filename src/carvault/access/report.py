@@ -31,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from carvault.access.edr import EdrElement, Samples
 
@@ -62,13 +63,16 @@ class Chart:
 
 
 CHARTS: tuple[Chart, ...] = (
-    Chart(SPEED, "Speed (km/h)", False),
-    Chart(ACCEL, "Accelerator pedal (%)", False),
-    Chart(PEDAL, "Brake pedal (%)", False),
-    Chart(PRESSURE, "Brake master-cylinder\npressure (bar)", False),
-    Chart(ABS, "ABS engaged", True),
-    Chart(AEB, "AEB engaged", True),
+    Chart(SPEED, "Speed\n(km/h)", False),
+    Chart(ACCEL, "Accelerator\npedal (%)", False),
+    Chart(PEDAL, "Brake\npedal (%)", False),
+    Chart(PRESSURE, "Brake master-\ncylinder\npressure (bar)", False),
+    Chart(ABS, "ABS\nengaged", True),
+    Chart(AEB, "AEB\n(automatic\nemergency\nbraking)", True),
 )
+
+#: The detail column shows this span around the event (ms), when the window is longer than it.
+DETAIL_MS = (-15_000, 3_000)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,38 +239,98 @@ def _plot_series(s: Samples, path: str, a: int, b: int) -> tuple[np.ndarray, np.
     return et, ev
 
 
+def _grid(ax: Axes, xticks: np.ndarray, yticks: Sequence[float]) -> None:
+    # Grid lines drawn as two collections instead of matplotlib tick gridlines: each tick is a handful of
+    # artists, and six to twelve panels of them were most of the chart's drawing time.
+    style = {"linewidth": 0.3, "color": "0.8", "zorder": 0}
+    ax.vlines(xticks, 0, 1, transform=ax.get_xaxis_transform(), **style)
+    ax.hlines(yticks, 0, 1, transform=ax.get_yaxis_transform(), **style)
+
+
+def _yticks(chart: Chart, lo: float, hi: float) -> list[float]:
+    if chart.step:
+        return [0.0, 1.0]
+    ticks = MaxNLocator(nbins=3).tick_values(lo, hi)
+    return [float(t) for t in ticks if lo <= t <= hi]
+
+
+def _xticks(x0: float, x1: float, nbins: int) -> np.ndarray:
+    ticks = MaxNLocator(nbins=nbins).tick_values(x0, x1)
+    return ticks[(ticks >= x0) & (ticks <= x1)]
+
+
 def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int], summary: Summary) -> Figure:
-    """Stacked panels sharing a time axis in seconds from time zero, the event marked."""
+    """Stacked panels sharing a time axis in seconds from time zero, the event marked, plus a detail column.
+
+    The detail column (``DETAIL_MS`` around the event) is there because in a 30-minute window the seconds that
+    matter are a few pixels wide; it is drawn only with an event and a window longer than the detail span.
+    """
     s = Samples(table)
     present = set(table.column_names)
     a, b = window
     zero = summary.zero_ms
-    fig = Figure(figsize=A4_LANDSCAPE, dpi=PNG_DPI)
-    axes: Sequence[Axes] = fig.subplots(len(CHARTS), 1, sharex=True, squeeze=False)[:, 0]
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.94, bottom=0.07, hspace=0.12)
-    x0, x1 = (a - zero) / 1000, (b - zero) / 1000
-    for ax, chart in zip(axes, CHARTS, strict=True):
-        ax.set_ylabel(chart.label, fontsize=8, rotation=0, ha="right", va="center")
-        ax.tick_params(labelsize=7)
-        ax.grid(True, linewidth=0.3, alpha=0.6)
-        data = _plot_series(s, chart.path, a, b) if chart.path in present else None
-        if data is None:
-            ax.text(0.5, 0.5, "not recorded in this window", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=8, color="0.4")
-        else:
-            t, v = data
-            x = (t - zero) / 1000
-            ax.plot(x, v, linewidth=0.8, color="tab:blue", drawstyle="steps-post" if chart.step else "default")
-        if chart.step:
-            ax.set_ylim(-0.15, 1.15)
-            ax.set_yticks([0, 1], ["off", "on"])
-        if event_ms is not None:
-            ax.axvline(0.0, color="tab:red", linewidth=0.9, linestyle="--")
+    detail = None
     if event_ms is not None:
-        axes[0].annotate("event (time zero)", xy=(0.0, 1.0), xycoords=("data", "axes fraction"),
-                         xytext=(3, 2), textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
-    axes[-1].set_xlim(x0, x1)
-    axes[-1].set_xlabel(f"seconds from {summary.zero_label} ({utc_text(zero)})", fontsize=8)
+        da, db = max(a, event_ms + DETAIL_MS[0]), min(b, event_ms + DETAIL_MS[1])
+        if da < db and (da, db) != (a, b):
+            detail = (da, db)
+    fig = Figure(figsize=A4_LANDSCAPE, dpi=PNG_DPI)
+    ncols = 2 if detail else 1
+    grid = fig.subplots(len(CHARTS), ncols, sharex="col", sharey="row", squeeze=False,
+                        gridspec_kw={"width_ratios": [3, 2] if detail else [1]})
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.93, bottom=0.08, hspace=0.15, wspace=0.03)
+    spans = [(a, b)] + ([detail] if detail else [])
+    for col, (ca, cb) in enumerate(spans):
+        x0, x1 = (ca - zero) / 1000, (cb - zero) / 1000
+        xticks = _xticks(x0, x1, 10 if col == 0 else 6)
+        for row, chart in enumerate(CHARTS):
+            ax: Axes = grid[row, col]
+            data = _plot_series(s, chart.path, ca, cb) if chart.path in present else None
+            if data is None:
+                ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                        color="0.4")
+            else:
+                t, v = data
+                ax.plot((t - zero) / 1000, v, linewidth=0.8, color="tab:blue",
+                        drawstyle="steps-post" if chart.step else "default")
+            if event_ms is not None:
+                ax.axvline(0.0, color="tab:red", linewidth=0.9, linestyle="--")
+            if col == 0 and detail:
+                ax.axvspan((detail[0] - zero) / 1000, (detail[1] - zero) / 1000, color="tab:orange", alpha=0.15,
+                           linewidth=0)
+            ax.set_xlim(x0, x1)
+            if row < len(CHARTS) - 1:
+                ax.xaxis.set_visible(False)
+            else:
+                ax.xaxis.set_major_locator(FixedLocator(xticks))
+                ax.tick_params(axis="x", labelsize=7)
+            if col > 0:
+                ax.yaxis.set_visible(False)
+    for row, chart in enumerate(CHARTS):
+        left = grid[row, 0]
+        if chart.step:
+            left.set_ylim(-0.15, 1.15)
+        lo, hi = left.get_ylim()
+        yticks = _yticks(chart, lo, hi)
+        left.yaxis.set_major_locator(FixedLocator(yticks))
+        if chart.step:
+            left.set_yticklabels(["off", "on"])
+        left.tick_params(axis="y", labelsize=7)
+        left.set_ylabel(chart.label, fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+        for col in range(ncols):
+            ax = grid[row, col]
+            _grid(ax, np.asarray(ax.xaxis.get_major_locator()() if row == len(CHARTS) - 1 else
+                                 grid[-1, col].xaxis.get_major_locator()()), yticks)
+    grid[0, 0].set_title("Whole window" + (" (the shaded part is enlarged on the right)" if detail else ""),
+                         fontsize=9, loc="left")
+    if detail:
+        grid[0, 1].set_title(f"Detail: {DETAIL_MS[0] // 1000} s to +{DETAIL_MS[1] // 1000} s around the event",
+                             fontsize=9, loc="left")
+    if event_ms is not None:
+        top = grid[0, ncols - 1]
+        top.annotate("event", xy=(0.0, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
+                     textcoords="offset points", fontsize=8, color="tab:red", va="bottom", ha="center")
+    fig.supxlabel(f"seconds from {summary.zero_label}, {utc_text(zero)} = {china_text(zero)}", fontsize=8)
     return fig
 
 

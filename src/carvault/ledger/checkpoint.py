@@ -113,14 +113,9 @@ def _load_public(public_key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
 
 def _check_key_name(name: str) -> str:
     # signed-note: non-empty, no Unicode spaces, no '+'; controls are banned from notes altogether.
-    if (
-        not isinstance(name, str)
-        or not name
-        or "+" in name
-        or any(c.isspace() for c in name)
-        or _CONTROL_RE.search(name)
-    ):
+    if not isinstance(name, str) or not name or "+" in name or any(c.isspace() for c in name):
         raise VerificationError("invalid key name", expected="non-empty, no spaces or '+'", actual=name)
+    _check_note_chars(name)
     return name
 
 
@@ -183,6 +178,11 @@ def parse_vkey(vkey: str) -> VerifierKey:
 
 
 def _check_note_chars(text: str) -> None:
+    # signed-note: valid UTF-8 (a lone surrogate in a str is not) and no ASCII controls but newline.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise VerificationError("note text is not valid UTF-8", expected="UTF-8", actual=text) from exc
     match = _CONTROL_RE.search(text)
     if match:
         raise VerificationError("note contains a control character", expected="none", actual=match.group())
@@ -263,8 +263,9 @@ def open_note(note: str | bytes, public_key: Ed25519PublicKey | bytes, key_name:
 
 def checkpoint_body(origin: str, size: int, root: bytes, extensions: tuple[str, ...] = ()) -> str:
     """The checkpoint note text: origin, size and base64 root lines (then extension lines), each + newline."""
-    if not isinstance(origin, str) or not origin or "\n" in origin or _CONTROL_RE.search(origin):
+    if not isinstance(origin, str) or not origin or "\n" in origin:
         raise VerificationError("invalid origin", expected="non-empty single line", actual=origin)
+    _check_note_chars(origin)
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_TREE_SIZE:
         raise VerificationError("invalid tree size", expected="0 <= size < 2**64", actual=size)
     if not isinstance(root, bytes | bytearray) or len(root) != HASH_SIZE:
@@ -272,6 +273,7 @@ def checkpoint_body(origin: str, size: int, root: bytes, extensions: tuple[str, 
     for line in extensions:
         if not line or "\n" in line:
             raise VerificationError("invalid extension line", expected="non-empty single line", actual=line)
+        _check_note_chars(line)
     lines = [origin, str(size), base64.b64encode(bytes(root)).decode("ascii"), *extensions]
     return "".join(line + "\n" for line in lines)
 
