@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import carvault.region  # noqa: F401 - defines every error class
 from carvault.errors import CarVaultError, all_error_classes
 
 

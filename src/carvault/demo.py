@@ -147,11 +147,46 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
         rows = r.json().get("rows", 0) if r.status_code == 200 else 0
         result.add("incident window query", r.status_code == 200 and rows > 0,
                    f"30 min before the {incident.kind}: {rows:,} instants")
+        _package_steps(api, auth, cars[0].vin, incident, data_dir, result)
     audit = api.get("/api/v1/audit", headers=auth).json()["events"]
     result.add("audit log", any(e["action"] == "telemetry.read" for e in audit), f"{len(audit)} entries")
     cp = api.get("/api/v1/log/checkpoint").text
     result.add("transparency log", cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
                f"checkpoint tree size {cp.splitlines()[1]}")
+
+
+def _package_steps(api: httpx.Client, auth: dict[str, str], vin: str, incident: object, data_dir: Path,
+                   result: DemoResult) -> None:
+    """Save a checkpoint, request the incident package for the event, verify it offline."""
+    import json
+
+    from carvault.verifier import verify_package
+
+    note = api.get("/api/v1/log/checkpoint").text
+    saved = api.post("/api/v1/log/saved-checkpoints", headers=auth, json={"note": note})
+    (data_dir / "saved-checkpoint.txt").write_text(note)
+    result.add("owner keeps a checkpoint", saved.status_code == 201, f"tree size {saved.json().get('tree_size')}")
+    t0 = time.monotonic()
+    r = api.post(f"/api/v1/vehicles/{vin}/packages", headers=auth,
+                 json={"event_time": incident.t_ms, "event_kind": incident.kind,  # type: ignore[attr-defined]
+                       "minutes_before": 30, "minutes_after": 1})
+    built = time.monotonic() - t0
+    if r.status_code != 201:
+        result.add("incident package", False, r.text[:200])
+        return
+    pkg = data_dir / f"incident-{vin}.zip"
+    pkg.write_bytes(api.get(r.json()["download"], headers=auth).content)
+    trust = data_dir / "region-cn-trust.json"
+    trust.write_text(json.dumps(api.get("/api/v1/region/trust").json(), indent=1))
+    result.add("incident package", True, f"{r.json()['batches']} batches, {pkg.stat().st_size:,} bytes, "
+               f"built in {built:.2f} s → {pkg}")
+    t0 = time.monotonic()
+    verdict = verify_package(pkg, saved_checkpoint=note, trust=json.loads(trust.read_text()))
+    failed = ", ".join(c.name for c in verdict.failures())
+    result.add("offline verification", verdict.ok,
+               f"{len(verdict.checks)} checks in {time.monotonic() - t0:.2f} s; "
+               f"carvault verify {pkg} --trust {trust} --checkpoint {data_dir / 'saved-checkpoint.txt'}"
+               if verdict.ok else f"failed: {failed}")
 
 
 def _samples(table: object) -> int:

@@ -141,8 +141,9 @@ def test_values_in_range_finite_and_quantised(day: SimulatedDay) -> None:
 def test_table_survives_the_wire_format(normal: SimulatedDay) -> None:
     t = t_ms(normal)
     first_drive = normal.drives[0].start_ms
-    part = normal.table.filter(pc.and_(pc.greater_equal(pa.array(t), first_drive),
-                                       pc.less(pa.array(t), first_drive + 60_000)))
+    part = normal.table.filter(
+        pc.and_(pc.greater_equal(pa.array(t), first_drive), pc.less(pa.array(t), first_drive + 60_000))
+    )
     assert part.num_rows == 600
     assert decode_payload(encode_payload(part)).equals(part)
 
@@ -252,7 +253,10 @@ def test_positions_follow_the_speed(day: SimulatedDay) -> None:
 def test_heading_follows_the_track(normal: SimulatedDay) -> None:
     t = t_ms(normal)
     sec = t % 1000 == 0
-    lat, lon = col(normal, "Vehicle.CurrentLocation.Latitude")[sec], col(normal, "Vehicle.CurrentLocation.Longitude")[sec]
+    lat, lon = (
+        col(normal, "Vehicle.CurrentLocation.Latitude")[sec],
+        col(normal, "Vehicle.CurrentLocation.Longitude")[sec],
+    )
     heading = col(normal, "Vehicle.CurrentLocation.Heading")[sec]
     v = col(normal, "Vehicle.Speed")[sec]
     east = np.diff(lon) * np.cos(np.radians(22.54))
@@ -307,7 +311,8 @@ def test_aeb_raises_master_cylinder_pressure(incident: SimulatedDay) -> None:
     assert crash - aeb == 1000  # the last second
     p = "Vehicle.EDR.BrakeMasterCylinderPressure"
     assert [at(incident, p, aeb), at(incident, p, aeb + 500), at(incident, p, crash)] == pytest.approx(
-        list(AEB_PRESSURE_BAR), abs=0.05)
+        list(AEB_PRESSURE_BAR), abs=0.05
+    )
     t = t_ms(incident)
     window = (t >= aeb) & (t <= crash)
     assert np.all(np.diff(col(incident, p)[window]) > 0)
@@ -334,8 +339,12 @@ def test_crash(incident: SimulatedDay) -> None:
 
 def test_ordinary_day_has_no_incident(normal: SimulatedDay) -> None:
     assert {e.kind for e in normal.events} <= {"hard_braking"}
-    for p in ("Vehicle.ADAS.ABS.IsEngaged", "Vehicle.EDR.AEB.IsEngaged",
-              "Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed", "Vehicle.EDR.DeltaV.Longitudinal"):
+    for p in (
+        "Vehicle.ADAS.ABS.IsEngaged",
+        "Vehicle.EDR.AEB.IsEngaged",
+        "Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed",
+        "Vehicle.EDR.DeltaV.Longitudinal",
+    ):
         assert np.all(col(normal, p) == 0), p
 
 

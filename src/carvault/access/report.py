@@ -278,7 +278,7 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
     ncols = 2 if detail else 1
     grid = fig.subplots(len(CHARTS), ncols, sharex="col", sharey="row", squeeze=False,
                         gridspec_kw={"width_ratios": [3, 2] if detail else [1]})
-    fig.subplots_adjust(left=0.11, right=0.98, top=0.93, bottom=0.08, hspace=0.15, wspace=0.03)
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.93, bottom=0.08, hspace=0.15, wspace=0.06)
     spans = [(a, b)] + ([detail] if detail else [])
     for col, (ca, cb) in enumerate(spans):
         x0, x1 = (ca - zero) / 1000, (cb - zero) / 1000
@@ -358,7 +358,8 @@ _HTML = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>Vehicle data incident report: {{ vin }}</title>
 <style>
-body { font-family: Georgia, "Times New Roman", serif; margin: 2em auto; max-width: 70em; color: #111; line-height: 1.4; }
+body { font-family: Georgia, "Times New Roman", serif; margin: 2em auto; max-width: 70em; color: #111;
+       line-height: 1.4; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; border-bottom: 1px solid #999; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
@@ -414,8 +415,8 @@ src="data:image/png;base64,{{ chart_png }}">
 {% if gaps %}
 <table>
 <tr><th>Kind</th><th>From</th><th>To</th><th>Length</th><th>Details</th></tr>
-{% for g in gaps %}<tr><td>{{ g.kind }}</td><td>{{ g.from_utc }}<br>{{ g.from_rel }}</td><td>{{ g.to_utc }}<br>{{ g.to_rel }}</td>
-<td class="num">{{ g.length }}</td><td>{{ g.detail }}</td></tr>
+{% for g in gaps %}<tr><td>{{ g.kind }}</td><td>{{ g.from_utc }}<br>{{ g.from_rel }}</td>
+<td>{{ g.to_utc }}<br>{{ g.to_rel }}</td><td class="num">{{ g.length }}</td><td>{{ g.detail }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No gaps: the vehicle's batches cover the window without interruption.</p>{% endif %}
 
@@ -429,7 +430,8 @@ sent no data for it. The same table is in the package as a CSV file.</p>
 <table>
 <tr>{% for h in edr_headers %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for r in edr %}<tr class="{{ r.status|replace(' ', '-') }}"><td>{{ r.element }}</td><td>{{ r.table }}</td>
-<td class="num">{{ r.offset_s }}</td><td class="num">{{ r.value }}</td><td>{{ r.unit }}</td><td class="num">{{ r.resolution }}</td>
+<td class="num">{{ r.offset_s }}</td><td class="num">{{ r.value }}</td><td>{{ r.unit }}</td>
+<td class="num">{{ r.resolution }}</td>
 <td class="num">{{ r.rate_hz }}</td><td>{{ r.status }}</td><td>{{ r.source }}</td><td>{{ r.note }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No event was given, so no event data recorder elements were computed.</p>{% endif %}

@@ -298,12 +298,6 @@ def _gauss_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(x, w / w.sum(), mode="same")
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) index pairs of the True runs of a boolean array."""
-    e = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    return list(zip(np.flatnonzero(e == 1).tolist(), np.flatnonzero(e == -1).tolist(), strict=True))
-
-
 # ---------------------------------------------------------------------------- environment
 def _ambient_c(local_h: np.ndarray, doy: int, offset: float) -> np.ndarray:
     """Shenzhen air temperature: ~15 C in January, ~29 C in July, warmest mid-afternoon."""
@@ -337,7 +331,7 @@ def _stitch(
     min_m: float,
     fast: int,
     need_highway: bool,
-) -> tuple[np.ndarray, list[str]]:
+) -> np.ndarray:
     """A 1 Hz speed trace (m/s) from standstill to standstill, at least ``min_m`` long."""
     urban = [m for m in trips if m.max_speed_kmh < 60]
     road = [m for m in trips if 60 <= m.max_speed_kmh < 100 and m.distance_m >= 1000]
@@ -366,7 +360,7 @@ def _stitch(
         if i + 1 < len(pieces):  # a red light or a queue between micro-trips
             parts.append(np.zeros(int(stops[int(rng.integers(len(stops)))]) + int(rng.integers(0, 20))))
     parts.append(np.zeros(1))
-    return np.concatenate(parts), [m.cycle for m in pieces]
+    return np.concatenate(parts)
 
 
 def _turn_candidates(v1: np.ndarray) -> np.ndarray:
@@ -524,43 +518,15 @@ def _route(
 
 
 # ------------------------------------------------------------------------------------- segments
-_FLOAT_KEYS = (
-    "v",
-    "kappa",
-    "x",
-    "y",
-    "theta",
-    "charge_w",
-    "p_override",
-    "pedal_override",
-    "dv_long",
-    "dv_lat",
-    "hr_boost",
-)
-_BOOL_KEYS = (
-    "gear_d",
-    "door",
-    "occ",
-    "belt_d",
-    "belt_p",
-    "hvac",
-    "charging",
-    "dc",
-    "hazard",
-    "abs",
-    "aeb",
-    "eba",
-    "emerg",
-    "airbag_d",
-    "airbag_p",
-    "cruise",
-    "ldw",
-    "driving",
-    "postcrash",
-)
+# Per-row state every segment carries (floats default 0, booleans False).
+_FLOAT_KEYS: tuple[str, ...] = ("v", "kappa", "x", "y", "theta", "charge_w", "dv_long", "dv_lat", "hr_boost")
+_FLOAT_KEYS += ("p_override", "pedal_override")  # NaN where the physics decides
+_BOOL_KEYS: tuple[str, ...] = ("gear_d", "door", "occ", "belt_d", "belt_p", "hvac", "charging", "dc", "hazard")
+_BOOL_KEYS += ("abs", "aeb", "eba", "emerg", "airbag_d", "airbag_p", "driving", "postcrash", "cruise", "ldw")
 
 
 def _blank(n: int, *, x: float, y: float, theta: float) -> dict[str, np.ndarray]:
+    """A parked, powered-on segment of ``n`` rows at one position."""
     seg: dict[str, np.ndarray] = {k: np.zeros(n) for k in _FLOAT_KEYS}
     seg.update({k: np.zeros(n, dtype=bool) for k in _BOOL_KEYS})
     seg["x"][:], seg["y"][:], seg["theta"][:] = x, y, theta
@@ -826,9 +792,7 @@ def simulate_day(
         passenger = bool(rng.random() < 0.35)
         chord = abs(places[leg.dest] - places[leg.origin])
         inc_here = incident and last
-        v1, _ = _stitch(
-            rng, trips, stops, max(1.3 * chord, 1_500.0), fast=1 + int(chord > 6_000), need_highway=inc_here
-        )
+        v1 = _stitch(rng, trips, stops, max(1.3 * chord, 1_500.0), fast=1 + int(chord > 6_000), need_highway=inc_here)
         v10 = np.maximum(_hermite_upsample(v1, HZ), 0.0)
         v10[v10 < 1e-3] = 0.0
         inc: _Incident | None = None
