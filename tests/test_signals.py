@@ -11,8 +11,10 @@ import pytest
 from carvault.errors import InvalidQuery
 from carvault.signals import ARROW_TYPES, CATEGORIES, OVERLAY_BRANCH, PrivacyClass, catalogue
 
-REFERENCE = Path(os.environ.get("CARVAULT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
-VSS_CSV = REFERENCE / "vss" / "vss_v6.0_tag_generated.csv"
+SHARED = Path(os.environ.get("CARVAULT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+# The shared reference when present; else the identical MPL-2.0 copy kept in tests/assets/vss/.
+VSS_CSV = next(p for p in (SHARED / "vss" / "vss_v6.0_tag_generated.csv",
+                           Path(__file__).parent / "assets" / "vss" / "vss_v6.0_tag_generated.csv") if p.exists())
 
 
 @pytest.fixture(scope="module")

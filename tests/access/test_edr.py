@@ -77,8 +77,14 @@ def crash_columns(x: np.ndarray) -> Columns:
     }
 
 
-def crash_table(event_ms: int = EVENT_MS, *, before_s: int = 60, after_s: int = 5, phase_ms: int = PHASE_MS,
-                edit: Callable[[np.ndarray, Columns], Columns] | None = None) -> pa.Table:
+def crash_table(
+    event_ms: int = EVENT_MS,
+    *,
+    before_s: int = 60,
+    after_s: int = 5,
+    phase_ms: int = PHASE_MS,
+    edit: Callable[[np.ndarray, Columns], Columns] | None = None,
+) -> pa.Table:
     """A 10 Hz table (1 Hz signals null except once a second) around a crash at ``event_ms``."""
     rel = np.arange(-before_s * 1000 + phase_ms, after_s * 1000, 100, dtype=np.int64)
     x = rel / 1000.0
@@ -122,8 +128,12 @@ def crash() -> list[EdrElement]:
 def test_element_list_is_part563_in_order() -> None:
     specs = part563_elements()
     names = [s.name for s in specs]
-    assert names[:4] == ["Delta-V longitudinal", "Maximum delta-V longitudinal",
-                         "Time to maximum delta-V longitudinal", "Speed vehicle indicated"]
+    assert names[:4] == [
+        "Delta-V longitudinal",
+        "Maximum delta-V longitudinal",
+        "Time to maximum delta-V longitudinal",
+        "Speed vehicle indicated",
+    ]
     assert {s.table for s in specs} == {"I", "II"}
     assert len([s for s in specs if s.table == "I"]) == 15
     for s in specs:
@@ -137,7 +147,8 @@ def test_speed_is_eleven_samples_at_2_hz_latest_at_or_before(crash: list[EdrElem
     # Nearest-sample would give 55 at -2.5 s (the sample 30 ms after); at-or-before takes the one 70 ms before.
     assert [e.value for e in speed] == ["60", "60", "60", "60", "60", "56", "51", "46", "41", "36", "31"]
     assert {(e.unit, e.resolution, e.status, e.source, e.rate_hz, e.table) for e in speed} == {
-        ("km/h", "1", OK, SPEED, 2.0, "I")}
+        ("km/h", "1", OK, SPEED, 2.0, "I")
+    }
 
 
 def test_accelerator_percent(crash: list[EdrElement]) -> None:
@@ -198,15 +209,25 @@ def test_single_instant_and_download_elements(crash: list[EdrElement]) -> None:
 
 def test_table_two_only_when_source_present(crash: list[EdrElement]) -> None:
     names = {e.name for e in crash if e.table == "II"}
-    assert names == {"Delta-V lateral", "Maximum delta-V lateral", "Time to maximum delta-V lateral",
-                     "Time to maximum delta-V resultant", "Engine rpm", "ABS activity"}
+    assert names == {
+        "Delta-V lateral",
+        "Maximum delta-V lateral",
+        "Time to maximum delta-V lateral",
+        "Time to maximum delta-V resultant",
+        "Engine rpm",
+        "ABS activity",
+    }
     assert values(crash, "ABS activity") == ["off"] * 9 + ["on"] * 2
     assert values(crash, "Engine rpm") == ["5000"] * 11  # resolution 100 rpm
 
 
 def test_not_recorded_for_absent_sources(crash: list[EdrElement]) -> None:
-    for name in ("Frontal air bag warning lamp", "Multi-event number of events", "Time from event 1 to 2",
-                 "Complete file recorded"):
+    for name in (
+        "Frontal air bag warning lamp",
+        "Multi-event number of events",
+        "Time from event 1 to 2",
+        "Complete file recorded",
+    ):
         (e,) = rows(crash, name)
         assert (e.status, e.value, e.offset_s) == (NOT_RECORDED, "", None)
 
@@ -215,8 +236,13 @@ def test_not_recorded_for_absent_sources(crash: list[EdrElement]) -> None:
         return cols
 
     elements = edr_elements(crash_table(edit=no_accel), EVENT_MS)
-    for name in ("Engine throttle or accelerator pedal % full", "Delta-V longitudinal",
-                 "Maximum delta-V longitudinal", "Time to maximum delta-V longitudinal", "Ignition cycle download"):
+    for name in (
+        "Engine throttle or accelerator pedal % full",
+        "Delta-V longitudinal",
+        "Maximum delta-V longitudinal",
+        "Time to maximum delta-V longitudinal",
+        "Ignition cycle download",
+    ):
         (e,) = rows(elements, name)
         assert e.status == NOT_RECORDED, name
     assert "Time to maximum delta-V resultant" not in {e.name for e in elements}
@@ -272,9 +298,18 @@ def test_csv_round_trip_is_deterministic(crash: list[EdrElement]) -> None:
     parsed = parse_edr_csv(data)
     assert parsed == [e.to_row() for e in crash]
     first_speed = next(r for r in parsed if r["element"] == "Speed vehicle indicated")
-    assert first_speed == {"element": "Speed vehicle indicated", "table": "I", "offset_s": "-5.000", "value": "60",
-                           "unit": "km/h", "resolution": "1", "rate_hz": "2", "status": "ok", "source": SPEED,
-                           "note": ""}
+    assert first_speed == {
+        "element": "Speed vehicle indicated",
+        "table": "I",
+        "offset_s": "-5.000",
+        "value": "60",
+        "unit": "km/h",
+        "resolution": "1",
+        "rate_hz": "2",
+        "status": "ok",
+        "source": SPEED,
+        "note": "",
+    }
     with pytest.raises(ValueError, match="header"):
         parse_edr_csv(b"a,b\n1,2\n")
     with pytest.raises(ValueError, match="line 2"):
@@ -294,5 +329,21 @@ def test_timing_30_minutes_at_10_hz() -> None:
     elements = edr_elements(table, EVENT_MS, ignition_cycle_download=1240)
     data = edr_csv(elements)
     took = time.perf_counter() - start
-    print(f"\nEDR elements + CSV for {table.num_rows} rows x {table.num_columns} columns: {took * 1000:.1f} ms, "
-          f"{len(elements)} rows, {len(data)} bytes")
+    print(
+        f"\nEDR elements + CSV for {table.num_rows} rows x {table.num_columns} columns: {took * 1000:.1f} ms, "
+        f"{len(elements)} rows, {len(data)} bytes"
+    )
+
+
+def test_air_bag_deployed_before_time_zero_is_clipped_not_negative() -> None:
+    def early(x: np.ndarray, cols: Columns) -> Columns:
+        cols[BAG_DRIVER] = x >= -0.5
+        cols[BAG_PASSENGER] = np.where(x > 0, np.nan, 0.0)  # nothing sent after time zero
+        return cols
+
+    elements = edr_elements(crash_table(edit=early), EVENT_MS)
+    (driver,) = rows(elements, "Frontal air bag deployment time driver")
+    assert (driver.value, driver.status) == ("0", CLIPPED)
+    assert "before time zero" in driver.note
+    (passenger,) = rows(elements, "Frontal air bag deployment time right front passenger")
+    assert passenger.status == NOT_RECORDED

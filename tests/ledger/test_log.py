@@ -114,7 +114,9 @@ def test_inclusion_proofs_verify_and_mutations_fail(
     other_size = data.draw(st.integers(index + 1, MAX + 1).filter(lambda n: n != size), label="other_size")
     fails(leaf, index, other_size, proof, roots[other_size] if other_size <= MAX else root)
     fails(leaf, index, size, proof, roots[size - 1])
-    fails(leaf, index, size, proof, data.draw(st.binary(min_size=32, max_size=32).filter(lambda r: r != root)))
+    fails(
+        leaf, index, size, proof, data.draw(st.binary(min_size=32, max_size=32).filter(lambda r: r != root))
+    )
     fails(HASHES[(index + 1) % MAX], index, size, proof, root)
 
 
@@ -273,3 +275,48 @@ def test_two_instances_in_one_process_share_the_log(tmp_path: Path) -> None:
         assert b.append(DATA[3:5]) == 3
         assert a.size == b.size == 5
         assert a.root() == b.root() == merkle.root_from_leaf_hashes(HASHES[:5])
+
+
+def test_concurrent_appends_share_commits(log: TransparencyLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs = 0
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    firsts: list[int] = []
+
+    def worker(tag: int) -> None:
+        for k in range(50):
+            firsts.append(log.append([b"single %d %d" % (tag, k)]))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(firsts) == list(range(400))
+    assert syncs // 2 < 400  # group commit: fewer (records, size) sync pairs than appends
+    assert log.check_integrity() == 400
+
+
+def test_a_failed_write_is_reported_and_leaves_the_log_usable(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.append(DATA[:5])
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        log.append(DATA[5:9])
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert log.size == 5
+    assert log.append(DATA[5:9]) == 5
+    assert log.root() == merkle.root_from_leaf_hashes(HASHES[:9])
+    assert log.check_integrity() == 9

@@ -93,7 +93,9 @@ def test_published_proofs(vectors: dict[str, Any]) -> None:
     for case in vectors["inclusion_proofs"]:
         proof = [bytes.fromhex(x) for x in case["proof_hex"]]
         assert merkle.inclusion_proof(hashes, case["index"], case["size"]) == proof
-        merkle.verify_inclusion(hashes[case["index"]], case["index"], case["size"], proof, roots[case["size"]])
+        merkle.verify_inclusion(
+            hashes[case["index"]], case["index"], case["size"], proof, roots[case["size"]]
+        )
     for case in vectors["consistency_proofs"]:
         proof = [bytes.fromhex(x) for x in case["proof_hex"]]
         assert merkle.consistency_proof(hashes, case["old"], case["new"]) == proof
@@ -186,7 +188,7 @@ def test_malformed_generation_input_is_a_verification_error() -> None:
         lambda: merkle.inclusion_proof(L, 0, 0),
         lambda: merkle.consistency_proof(L, 5, 4),
         lambda: merkle.consistency_proof(L, 2, 9),
-        lambda: merkle.consistency_proof(b"not a list", 1, 2),
+        lambda: merkle.consistency_proof(b"not a list", 1, 2),  # type: ignore[arg-type]
         lambda: merkle.root_from_leaf_hashes([b"short"]),
         lambda: merkle.leaf_hash("text"),  # type: ignore[arg-type]
     ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,5 +44,35 @@ def crash_writer(directory: str, tag: int) -> None:
             k += count
 
 
+def die_during_append(directory: str, point: str) -> None:
+    """Acknowledge one batch, then SIGKILL this process at ``point`` inside the second append."""
+    from carvault.ledger import log as log_module
+
+    real_pwrite_all = log_module._pwrite_all
+    calls = 0
+
+    def pwrite_then_die(fd: int, data: bytes | memoryview, offset: int) -> None:
+        nonlocal calls
+        calls += 1  # call 1 writes the records, call 2 the size slot
+        target = {"torn-records": 1, "unsynced-records": 1, "torn-size": 2, "unsynced-size": 2}[point]
+        if calls == target and point.startswith("torn"):
+            real_pwrite_all(fd, bytes(data)[: len(data) // 2 + 3], offset)
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_pwrite_all(fd, data, offset)
+        if calls == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with open_log(Path(directory)) as log:
+        first = log.append([entry(0, k) for k in range(100)])
+        sys.stdout.write(f"{first} 100 0\n")
+        sys.stdout.flush()
+        log_module._pwrite_all = pwrite_then_die  # type: ignore[assignment]
+        log.append([entry(0, k) for k in range(100, 150)])
+    raise AssertionError("unreachable: the append above kills the process")
+
+
 if __name__ == "__main__":
-    crash_writer(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "die":
+        die_during_append(sys.argv[2], sys.argv[3])
+    else:
+        crash_writer(sys.argv[1], int(sys.argv[2]))

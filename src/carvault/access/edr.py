@@ -64,7 +64,16 @@ import pyarrow.compute as pc
 from carvault.signals import catalogue
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "element", "table", "offset_s", "value", "unit", "resolution", "rate_hz", "status", "source", "note",
+    "element",
+    "table",
+    "offset_s",
+    "value",
+    "unit",
+    "resolution",
+    "rate_hz",
+    "status",
+    "source",
+    "note",
 )
 
 OK = "ok"
@@ -116,8 +125,10 @@ class Part563Element:
     @property
     def window_ms(self) -> tuple[int, int]:
         """The window in ms from time zero ("event" counts as 0)."""
+
         def ms(text: str) -> int:
             return 0 if text in ("event", "download") else round(float(text) * 1000)
+
         return ms(self.window_start), ms(self.window_end)
 
     @property
@@ -169,19 +180,21 @@ def part563_elements() -> tuple[Part563Element, ...]:
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     out = []
     for r in csv.DictReader(lines):
-        out.append(Part563Element(
-            name=r["element"],
-            table=r["table"],
-            window_start=r["window_start_s"],
-            window_end=r["window_end_s"],
-            sample_rate_hz=float(r["sample_rate_hz"]) if r["sample_rate_hz"] else None,
-            range=r["range"],
-            accuracy=r["accuracy"],
-            resolution=r["resolution"],
-            unit=r["unit"],
-            method=r["method"],
-            sources=tuple(p for p in r["source"].split("|") if p),
-        ))
+        out.append(
+            Part563Element(
+                name=r["element"],
+                table=r["table"],
+                window_start=r["window_start_s"],
+                window_end=r["window_end_s"],
+                sample_rate_hz=float(r["sample_rate_hz"]) if r["sample_rate_hz"] else None,
+                range=r["range"],
+                accuracy=r["accuracy"],
+                resolution=r["resolution"],
+                unit=r["unit"],
+                method=r["method"],
+                sources=tuple(p for p in r["source"].split("|") if p),
+            )
+        )
     return tuple(out)
 
 
@@ -230,8 +243,9 @@ class Samples:
     def latest(self, path: str, instants: np.ndarray, max_age_ms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Latest value at or before each instant, and whether there is one no older than ``max_age_ms``."""
         ts, vs = self.series(path)
-        return _latest(ts, vs, np.asarray(instants, dtype=np.int64),
-                       _max_age_ms(path) if max_age_ms is None else max_age_ms)
+        return _latest(
+            ts, vs, np.asarray(instants, dtype=np.int64), _max_age_ms(path) if max_age_ms is None else max_age_ms
+        )
 
 
 def _latest(ts: np.ndarray, vs: np.ndarray, instants: np.ndarray, max_age_ms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -323,10 +337,27 @@ def _res(spec: Part563Element) -> str:
     return "" if spec.is_on_off else spec.resolution
 
 
-def _row(spec: Part563Element, offset_s: float | None, value: str, source: str, status: str,
-         rate_hz: float | None = None, note: str = "") -> EdrElement:
-    return EdrElement(name=spec.name, table=spec.table, offset_s=offset_s, value=value, unit=_unit(spec),
-                      resolution=_res(spec), source=source, status=status, rate_hz=rate_hz, note=note)
+def _row(
+    spec: Part563Element,
+    offset_s: float | None,
+    value: str,
+    source: str,
+    status: str,
+    rate_hz: float | None = None,
+    note: str = "",
+) -> EdrElement:
+    return EdrElement(
+        name=spec.name,
+        table=spec.table,
+        offset_s=offset_s,
+        value=value,
+        unit=_unit(spec),
+        resolution=_res(spec),
+        source=source,
+        status=status,
+        rate_hz=rate_hz,
+        note=note,
+    )
 
 
 def _not_recorded(spec: Part563Element, source: str, note: str) -> list[EdrElement]:
@@ -341,8 +372,10 @@ def _window_text(spec: Part563Element) -> str:
 def _coarse_note(spec: Part563Element, rate: float | None) -> str:
     if rate is None or spec.sample_rate_hz is None or rate >= spec.sample_rate_hz:
         return ""
-    return (f"the vehicle sent this signal at {_fmt_rate(rate)} Hz; Part 563 asks for "
-            f"{_fmt_rate(spec.sample_rate_hz)} Hz, so only the samples that exist are listed")
+    return (
+        f"the vehicle sent this signal at {_fmt_rate(rate)} Hz; Part 563 asks for "
+        f"{_fmt_rate(spec.sample_rate_hz)} Hz, so only the samples that exist are listed"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,11 +400,23 @@ def _sampled(spec: Part563Element, s: Samples, event_ms: int) -> list[EdrElement
     out = []
     for off, good, (value, status, note) in zip(offsets, ok, _values(spec, raw), strict=True):
         if not good:
-            out.append(_row(spec, off / 1000, "", path, NOT_RECORDED, spec.sample_rate_hz,
-                            f"no sample in the {max_age / 1000:g} s up to this instant"))
+            out.append(
+                _row(
+                    spec,
+                    off / 1000,
+                    "",
+                    path,
+                    NOT_RECORDED,
+                    spec.sample_rate_hz,
+                    f"no sample in the {max_age / 1000:g} s up to this instant",
+                )
+            )
         else:
-            out.append(_row(spec, off / 1000, value, path, status, spec.sample_rate_hz,
-                            "; ".join(n for n in (note, slow) if n)))
+            out.append(
+                _row(
+                    spec, off / 1000, value, path, status, spec.sample_rate_hz, "; ".join(n for n in (note, slow) if n)
+                )
+            )
     return out
 
 
@@ -396,8 +441,17 @@ def _brake_switch(spec: Part563Element, s: Samples, event_ms: int) -> list[EdrEl
     out = []
     for off, k, o in zip(offsets, known, on, strict=True):
         if not k:
-            out.append(_row(spec, off / 1000, "", source, NOT_RECORDED, spec.sample_rate_hz,
-                            f"no brake sample in the {MAX_SAMPLE_AGE_MS / 1000:g} s up to this instant"))
+            out.append(
+                _row(
+                    spec,
+                    off / 1000,
+                    "",
+                    source,
+                    NOT_RECORDED,
+                    spec.sample_rate_hz,
+                    f"no brake sample in the {MAX_SAMPLE_AGE_MS / 1000:g} s up to this instant",
+                )
+            )
         else:
             out.append(_row(spec, off / 1000, "on" if o else "off", source, OK, spec.sample_rate_hz, base_note))
     return out
@@ -416,8 +470,9 @@ def _native(spec: Part563Element, s: Samples, event_ms: int) -> list[EdrElement]
     coarse = _coarse_note(spec, rate)
     out = []
     for t, (value, status, note) in zip(ts[win], _values(spec, vs[win] * _factor(path, spec.unit)), strict=True):
-        out.append(_row(spec, (int(t) - event_ms) / 1000, value, path, status, rate,
-                        "; ".join(n for n in (note, coarse) if n)))
+        out.append(
+            _row(spec, (int(t) - event_ms) / 1000, value, path, status, rate, "; ".join(n for n in (note, coarse) if n))
+        )
     return out
 
 
@@ -479,17 +534,23 @@ def _first_true_ms(spec: Part563Element, s: Samples, event_ms: int) -> list[EdrE
         # Deployed before time zero: report the range floor and say why, never a negative time.
         value, status, _ = _values(spec, np.array([-1.0]))[0]
         return [_row(spec, None, value, source, CLIPPED, None, "already deployed at the last sample before time zero")]
-    if win.start == win.stop and not ok[0]:
+    if win.start == win.stop:
         return _not_recorded(spec, source, f"no sample from 0 to {hi / 1000:g} s")
     hits = np.flatnonzero(vs[win] > 0.5)
     if len(hits) == 0:
-        return [_row(spec, None, "not deployed", source, OK, None,
-                     f"no sample from 0 to {hi / 1000:g} s reports deployment")]
+        return [
+            _row(
+                spec, None, "not deployed", source, OK, None, f"no sample from 0 to {hi / 1000:g} s reports deployment"
+            )
+        ]
     k = win.start + int(hits[0])
     prev = int(ts[k - 1]) - event_ms if k > 0 else None
     value, status, note = _values(spec, np.array([float(int(ts[k]) - event_ms)]))[0]
-    bound = (f"deployed after {prev} ms and by {int(ts[k]) - event_ms} ms (the signal's sample times)"
-             if prev is not None else "the first sample in the data already reports deployment")
+    bound = (
+        f"deployed after {prev} ms and by {int(ts[k]) - event_ms} ms (the signal's sample times)"
+        if prev is not None
+        else "the first sample in the data already reports deployment"
+    )
     return [_row(spec, None, value, source, status, None, "; ".join(n for n in (note, bound) if n))]
 
 

@@ -95,7 +95,7 @@ def _fmt(ms: int, tz: timezone, name: str) -> str:
 
 
 def _rel(ms: int, zero_ms: int) -> str:
-    return f"{(ms - zero_ms) / 1000:+.1f} s"
+    return f"{(ms - zero_ms) / 1000:+.2f} s"
 
 
 def _duration(ms: int) -> str:
@@ -170,10 +170,18 @@ def summarise(table: pa.Table, event_ms: int | None, window: tuple[int, int]) ->
         else:
             # With an event, the press that matters is the braking that led up to it: the last one to begin.
             press = presses[-1] if event_ms is not None else presses[0]
-            what = "Brake pressed (start of the last braking before the event)" if event_ms is not None \
+            what = (
+                "Brake pressed (start of the last braking before the event)"
+                if event_ms is not None
                 else "Brake first pressed in the window"
-            lines.append((what, f"{_rel(press.start_ms, zero)} ({utc_text(press.start_ms)}), "
-                                f"speed {_speed_at(s, present, press.start_ms)}"))
+            )
+            lines.append(
+                (
+                    what,
+                    f"{_rel(press.start_ms, zero)} ({utc_text(press.start_ms)}), "
+                    f"speed {_speed_at(s, present, press.start_ms)}",
+                )
+            )
     if event_ms is not None:
         lines.append(("Speed at the event", _speed_at(s, present, event_ms)))
     if PRESSURE in present:
@@ -181,8 +189,9 @@ def summarise(table: pa.Table, event_ms: int | None, window: tuple[int, int]) ->
         sel = (ts >= a) & (ts <= b)
         if sel.any():
             i = int(np.argmax(vs[sel]))
-            lines.append(("Highest brake master-cylinder pressure",
-                          f"{vs[sel][i]:.1f} bar at {_rel(int(ts[sel][i]), zero)}"))
+            lines.append(
+                ("Highest brake master-cylinder pressure", f"{vs[sel][i]:.1f} bar at {_rel(int(ts[sel][i]), zero)}")
+            )
         else:
             lines.append(("Highest brake master-cylinder pressure", "no sample in the window"))
     else:
@@ -239,12 +248,11 @@ def _plot_series(s: Samples, path: str, a: int, b: int) -> tuple[np.ndarray, np.
     return et, ev
 
 
-def _grid(ax: Axes, xticks: np.ndarray, yticks: Sequence[float]) -> None:
+def _grid(ax: Axes, xticks: Sequence[float], yticks: Sequence[float]) -> None:
     # Grid lines drawn as two collections instead of matplotlib tick gridlines: each tick is a handful of
     # artists, and six to twelve panels of them were most of the chart's drawing time.
-    style = {"linewidth": 0.3, "color": "0.8", "zorder": 0}
-    ax.vlines(xticks, 0, 1, transform=ax.get_xaxis_transform(), **style)
-    ax.hlines(yticks, 0, 1, transform=ax.get_yaxis_transform(), **style)
+    ax.vlines(xticks, 0, 1, transform=ax.get_xaxis_transform(), linewidth=0.3, color="0.8", zorder=0)
+    ax.hlines(yticks, 0, 1, transform=ax.get_yaxis_transform(), linewidth=0.3, color="0.8", zorder=0)
 
 
 def _yticks(chart: Chart, lo: float, hi: float) -> list[float]:
@@ -254,9 +262,8 @@ def _yticks(chart: Chart, lo: float, hi: float) -> list[float]:
     return [float(t) for t in ticks if lo <= t <= hi]
 
 
-def _xticks(x0: float, x1: float, nbins: int) -> np.ndarray:
-    ticks = MaxNLocator(nbins=nbins).tick_values(x0, x1)
-    return ticks[(ticks >= x0) & (ticks <= x1)]
+def _xticks(x0: float, x1: float, nbins: int) -> list[float]:
+    return [float(t) for t in MaxNLocator(nbins=nbins).tick_values(x0, x1) if x0 <= t <= x1]
 
 
 def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int], summary: Summary) -> Figure:
@@ -267,7 +274,7 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
     """
     s = Samples(table)
     present = set(table.column_names)
-    a, b = window
+    a, b = window[0], max(window[1], window[0] + 1)  # a zero-length window still needs an x range
     zero = summary.zero_ms
     detail = None
     if event_ms is not None:
@@ -276,60 +283,90 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
             detail = (da, db)
     fig = Figure(figsize=A4_LANDSCAPE, dpi=PNG_DPI)
     ncols = 2 if detail else 1
-    grid = fig.subplots(len(CHARTS), ncols, sharex="col", sharey="row", squeeze=False,
-                        gridspec_kw={"width_ratios": [3, 2] if detail else [1]})
+    grid = fig.subplots(
+        len(CHARTS),
+        ncols,
+        sharex="col",
+        sharey="row",
+        squeeze=False,
+        gridspec_kw={"width_ratios": [3, 2] if detail else [1]},
+    )
     fig.subplots_adjust(left=0.11, right=0.98, top=0.93, bottom=0.08, hspace=0.15, wspace=0.06)
     spans = [(a, b)] + ([detail] if detail else [])
+    col_xticks = [
+        _xticks((ca - zero) / 1000, (cb - zero) / 1000, 10 if col == 0 else 6) for col, (ca, cb) in enumerate(spans)
+    ]
+    last = len(CHARTS) - 1
+    drawn: set[int] = set()  # rows with data in some column; the others get no meaningless y scale
     for col, (ca, cb) in enumerate(spans):
-        x0, x1 = (ca - zero) / 1000, (cb - zero) / 1000
-        xticks = _xticks(x0, x1, 10 if col == 0 else 6)
         for row, chart in enumerate(CHARTS):
             ax: Axes = grid[row, col]
             data = _plot_series(s, chart.path, ca, cb) if chart.path in present else None
             if data is None:
-                ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center", fontsize=8,
-                        color="0.4")
+                ax.text(
+                    0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4"
+                )
             else:
                 t, v = data
-                ax.plot((t - zero) / 1000, v, linewidth=0.8, color="tab:blue",
-                        drawstyle="steps-post" if chart.step else "default")
+                drawn.add(row)
+                ax.plot(
+                    (t - zero) / 1000,
+                    v,
+                    linewidth=0.8,
+                    color="tab:blue",
+                    drawstyle="steps-post" if chart.step else "default",
+                )
             if event_ms is not None:
                 ax.axvline(0.0, color="tab:red", linewidth=0.9, linestyle="--")
             if col == 0 and detail:
-                ax.axvspan((detail[0] - zero) / 1000, (detail[1] - zero) / 1000, color="tab:orange", alpha=0.15,
-                           linewidth=0)
-            ax.set_xlim(x0, x1)
-            if row < len(CHARTS) - 1:
-                ax.xaxis.set_visible(False)
+                ax.axvspan(
+                    (detail[0] - zero) / 1000, (detail[1] - zero) / 1000, color="tab:orange", alpha=0.15, linewidth=0
+                )
+            ax.set_xlim((ca - zero) / 1000, (cb - zero) / 1000)
+            if row < last:
+                ax.xaxis.set_visible(False)  # shared axis: only the bottom panel needs ticks
             else:
-                ax.xaxis.set_major_locator(FixedLocator(xticks))
+                ax.xaxis.set_major_locator(FixedLocator(col_xticks[col]))
                 ax.tick_params(axis="x", labelsize=7)
             if col > 0:
-                ax.yaxis.set_visible(False)
+                ax.yaxis.set_visible(False)  # shared with the panel on its left
     for row, chart in enumerate(CHARTS):
         left = grid[row, 0]
         if chart.step:
             left.set_ylim(-0.15, 1.15)
-        lo, hi = left.get_ylim()
-        yticks = _yticks(chart, lo, hi)
+        else:
+            lo, hi = left.get_ylim()
+            left.set_ylim(min(lo, 0.0), hi)  # from zero, so a drop in speed or pressure is not exaggerated
+        yticks = _yticks(chart, *left.get_ylim()) if row in drawn else []
         left.yaxis.set_major_locator(FixedLocator(yticks))
-        if chart.step:
+        if chart.step and yticks:
             left.set_yticklabels(["off", "on"])
         left.tick_params(axis="y", labelsize=7)
         left.set_ylabel(chart.label, fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
         for col in range(ncols):
-            ax = grid[row, col]
-            _grid(ax, np.asarray(ax.xaxis.get_major_locator()() if row == len(CHARTS) - 1 else
-                                 grid[-1, col].xaxis.get_major_locator()()), yticks)
-    grid[0, 0].set_title("Whole window" + (" (the shaded part is enlarged on the right)" if detail else ""),
-                         fontsize=9, loc="left")
+            _grid(grid[row, col], col_xticks[col], yticks)
+    grid[0, 0].set_title(
+        "Whole window" + (" (the shaded part is enlarged on the right)" if detail else ""), fontsize=9, loc="left"
+    )
     if detail:
-        grid[0, 1].set_title(f"Detail: {DETAIL_MS[0] // 1000} s to +{DETAIL_MS[1] // 1000} s around the event",
-                             fontsize=9, loc="left")
+        grid[0, 1].set_title(
+            f"Detail: {(detail[0] - zero) / 1000:+g} s to {(detail[1] - zero) / 1000:+g} s around the event",
+            fontsize=9,
+            loc="left",
+        )
     if event_ms is not None:
-        top = grid[0, ncols - 1]
-        top.annotate("event", xy=(0.0, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
-                     textcoords="offset points", fontsize=8, color="tab:red", va="bottom", ha="center")
+        for col in range(ncols):
+            grid[0, col].annotate(
+                "event" if detail else "event (time zero)",
+                xy=(0.0, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=8,
+                color="tab:red",
+                va="bottom",
+                ha="right" if col == 0 else "center",
+            )
     fig.supxlabel(f"seconds from {summary.zero_label}, {utc_text(zero)} = {china_text(zero)}", fontsize=8)
     return fig
 
@@ -344,7 +381,8 @@ def chart_pixels(fig: Figure) -> np.ndarray:
 def png_bytes(rgb: np.ndarray) -> bytes:
     """The pixels as a PNG without time or software metadata."""
     buf = io.BytesIO()
-    mpimg.imsave(buf, rgb, format="png", metadata={"Software": None})
+    no_metadata: dict[str, Any] = {"Software": None}
+    mpimg.imsave(buf, rgb, format="png", metadata=no_metadata)
     return buf.getvalue()
 
 
@@ -400,8 +438,9 @@ times are counted from the start of the window{% endif %}</td></tr>
 
 <h2>Charts</h2>
 <p class="small">Speed, accelerator pedal, brake pedal, brake master-cylinder pressure, ABS and AEB over the whole
-window{% if event %}; the dashed red line is the event{% endif %}. A break in a line means the vehicle sent no data
-for that time. Long windows are drawn from each interval's lowest and highest values, so short spikes stay visible.
+window{% if event %}; the dashed red line is the event, and when the window is long the right-hand column
+enlarges the seconds around it{% endif %}. A break in a line means the vehicle sent no data for that time.
+Long windows are drawn from each interval's lowest and highest values, so short spikes stay visible.
 </p>
 <img class="chart" alt="Charts of speed, accelerator pedal, brake pedal, brake pressure, ABS and AEB over time"
 src="data:image/png;base64,{{ chart_png }}">
@@ -456,27 +495,60 @@ def _gaps(coverage: dict[str, Any], zero: int) -> list[dict[str, str]]:
     out = []
     for g in coverage.get("gaps", []) or []:
         a, b = int(g.get("from_ms", 0)), int(g.get("to_ms", 0))
-        out.append({"kind": str(g.get("kind", "")), "detail": str(g.get("detail", "") or ""),
-                    "from_utc": utc_text(a), "to_utc": utc_text(b), "from_rel": _rel(a, zero),
-                    "to_rel": _rel(b, zero), "length": _duration(max(0, b - a))})
+        out.append(
+            {
+                "kind": str(g.get("kind", "")),
+                "detail": str(g.get("detail", "") or ""),
+                "from_utc": utc_text(a),
+                "to_utc": utc_text(b),
+                "from_rel": _rel(a, zero),
+                "to_rel": _rel(b, zero),
+                "length": _duration(max(0, b - a)),
+            }
+        )
     return out
 
 
-def render_html(*, table: pa.Table, event_ms: int | None, window: tuple[int, int], vin: str, region: str,
-                coverage: dict[str, Any], edr: Iterable[EdrElement], verification_hint: str, summary: Summary,
-                chart_png: bytes) -> bytes:
+def _rows_in(table: pa.Table, window: tuple[int, int]) -> int:
+    t = np.asarray(table.column("t").cast(pa.int64()).to_numpy())
+    return int(np.count_nonzero((t >= window[0]) & (t <= window[1])))
+
+
+def render_html(
+    *,
+    table: pa.Table,
+    event_ms: int | None,
+    window: tuple[int, int],
+    vin: str,
+    region: str,
+    coverage: dict[str, Any],
+    edr: Iterable[EdrElement],
+    verification_hint: str,
+    summary: Summary,
+    chart_png: bytes,
+) -> bytes:
     """The self-contained HTML report (UTF-8)."""
     chain = str(coverage.get("chain", "unknown"))
     html = _TEMPLATE.render(
-        vin=vin, region=region, window_from=_times(window[0]), window_to=_times(window[1]),
-        window_length=_duration(window[1] - window[0]), event=_times(event_ms) if event_ms is not None else None,
-        rows=table.num_rows, summary=summary.lines, zero_label=summary.zero_label,
+        vin=vin,
+        region=region,
+        window_from=_times(window[0]),
+        window_to=_times(window[1]),
+        window_length=_duration(window[1] - window[0]),
+        event=_times(event_ms) if event_ms is not None else None,
+        rows=_rows_in(table, window),
+        summary=summary.lines,
+        zero_label=summary.zero_label,
         chart_png=base64.b64encode(chart_png).decode("ascii"),
         batches=coverage.get("batches", "unknown"),
-        chain={"continuous": "continuous: no batch is missing",
-               "broken": "BROKEN: at least one batch is missing or out of order"}.get(chain, chain),
+        chain={
+            "continuous": "continuous: no batch is missing",
+            "broken": "BROKEN: at least one batch is missing or out of order",
+        }.get(chain, chain),
         chain_class=chain if chain in ("continuous", "broken") else "",
-        gaps=_gaps(coverage, summary.zero_ms), edr=[e.to_row() for e in edr], edr_headers=_EDR_HEADERS,
+        gaps=_gaps(coverage, summary.zero_ms),
+        edr=[e.to_row() for e in edr],
+        edr_headers=_EDR_HEADERS,
         verification_hint=verification_hint,
     )
     return html.encode("utf-8")
@@ -489,17 +561,18 @@ def render_html(*, table: pa.Table, event_ms: int | None, window: tuple[int, int
 # PDF text in the 14 standard PDF fonts is written as strings; matplotlib's embedded fonts lay out and track every
 # glyph in Python, which costs seconds for a few pages of table. The setting is global, so it is changed only
 # under this lock, around our own PDF writing.
-_PDF_RC = {"pdf.use14corefonts": True, "pdf.compression": 6}
+_PDF_RC: dict[Any, Any] = {"pdf.use14corefonts": True, "pdf.compression": 6}
 _PDF_LOCK = threading.Lock()
-_SANS = {"family": "Helvetica", "weight": "medium", "parse_math": False}  # parse_math off: "$" in a VIN must print as "$", not TeX
+# parse_math off: a "$" in a VIN or a note must print as "$", not start TeX math. "medium" is the weight the
+# core-font metrics declare; asking for "normal" makes matplotlib log a fallback warning on every page.
+_SANS = {"family": "Helvetica", "weight": "medium", "parse_math": False}
 _MONO = {"family": "Courier", "weight": "medium", "parse_math": False}
 
 
 def _text_page(pdf: PdfPages, title: str, lines: list[str], *, mono: bool, size: float) -> None:
     fig = Figure(figsize=A4_LANDSCAPE)
     fig.text(0.05, 0.95, title, fontsize=15, va="top", **_SANS)  # type: ignore[arg-type]
-    fig.text(0.05, 0.89, "\n".join(lines), fontsize=size, va="top", linespacing=1.25,
-             **(_MONO if mono else _SANS))  # type: ignore[arg-type]
+    fig.text(0.05, 0.89, "\n".join(lines), fontsize=size, va="top", linespacing=1.25, **(_MONO if mono else _SANS))  # type: ignore[arg-type]
     pdf.savefig(fig)
 
 
@@ -514,7 +587,7 @@ def _image_page(pdf: PdfPages, rgb: np.ndarray) -> None:
 
 
 def _paginate(lines: list[str], per_page: int) -> list[list[str]]:
-    return [lines[i:i + per_page] for i in range(0, len(lines), per_page)] or [[]]
+    return [lines[i : i + per_page] for i in range(0, len(lines), per_page)] or [[]]
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -540,24 +613,53 @@ def _edr_lines(edr: Iterable[EdrElement]) -> list[str]:
         src = _wrap(r["source"], 95)
         # Element names longer than the column continue on the next line rather than being cut.
         name = _wrap(r["element"], _EDR_WIDTHS[0])
-        out.append(_edr_line((name[0], r["table"], r["offset_s"], r["value"], r["unit"], r["resolution"],
-                              r["rate_hz"], r["status"], src[0])))
+        out.append(
+            _edr_line(
+                (
+                    name[0],
+                    r["table"],
+                    r["offset_s"],
+                    r["value"],
+                    r["unit"],
+                    r["resolution"],
+                    r["rate_hz"],
+                    r["status"],
+                    src[0],
+                )
+            )
+        )
         out.extend("  " + n for n in name[1:])
         out.extend(indent + x for x in src[1:])
-        out.extend(indent + "note: " + n for n in (_wrap(r["note"], 89) if r["note"] else []))
+        note = _wrap(r["note"], 89) if r["note"] else []
+        out.extend(indent + ("note: " if i == 0 else "      ") + n for i, n in enumerate(note))
     return out
 
 
 _EDR_HEAD = _edr_line(("Element", "Tbl", "Time s", "Value", "Unit", "Res", "Hz", "Status", "Source / note"))
 
 
-def render_pdf(*, event_ms: int | None, window: tuple[int, int], vin: str, region: str, coverage: dict[str, Any],
-               edr: Sequence[EdrElement], verification_hint: str, summary: Summary, chart_rgb: np.ndarray) -> bytes:
+def render_pdf(
+    *,
+    event_ms: int | None,
+    window: tuple[int, int],
+    vin: str,
+    region: str,
+    coverage: dict[str, Any],
+    edr: Sequence[EdrElement],
+    verification_hint: str,
+    summary: Summary,
+    chart_rgb: np.ndarray,
+) -> bytes:
     """Title page, chart page, EDR table pages, then coverage and verification (PDF bytes)."""
-    title = [f"Vehicle (VIN): {vin}", f"Data stored in region: {region}", "",
-             f"Window start: {utc_text(window[0])}  =  {china_text(window[0])}",
-             f"Window end:   {utc_text(window[1])}  =  {china_text(window[1])}",
-             f"Window length: {_duration(window[1] - window[0])}", ""]
+    title = [
+        f"Vehicle (VIN): {vin}",
+        f"Data stored in region: {region}",
+        "",
+        f"Window start: {utc_text(window[0])}  =  {china_text(window[0])}",
+        f"Window end:   {utc_text(window[1])}  =  {china_text(window[1])}",
+        f"Window length: {_duration(window[1] - window[0])}",
+        "",
+    ]
     if event_ms is not None:
         title += [f"Event (time zero): {utc_text(event_ms)}  =  {china_text(event_ms)}"]
     else:
@@ -566,15 +668,21 @@ def render_pdf(*, event_ms: int | None, window: tuple[int, int], vin: str, regio
     for name, value in summary.lines:
         title += _wrap(f"    {name}: {value}", 140)
     gaps = _gaps(coverage, summary.zero_ms)
-    title += ["", f"Signed batches: {coverage.get('batches', 'unknown')}.   Hash chain: "
-                  f"{coverage.get('chain', 'unknown')}.   Gaps: {len(gaps)} (listed on the last page).", "",
-              "Pages: 1 this summary; 2 charts; then the event data recorder (EDR) table; then completeness and",
-              "how to verify. The HTML report in the same package holds the same content."]
+    title += [
+        "",
+        f"Signed batches: {coverage.get('batches', 'unknown')}.   Hash chain: "
+        f"{coverage.get('chain', 'unknown')}.   Gaps: {len(gaps)} (listed on the last page).",
+        "",
+        "Pages: 1 this summary; 2 charts; then the event data recorder (EDR) table; then completeness and",
+        "how to verify. The HTML report in the same package holds the same content.",
+    ]
     edr_lines = _edr_lines(edr) if edr else ["No event was given, so no EDR elements were computed."]
     edr_pages = _paginate(edr_lines, 60)
-    cover = [f"{g['kind'][:14]:<14} {g['from_utc']} to {g['to_utc']}  ({g['from_rel']} to {g['to_rel']}, "
-             f"{g['length']})" + "".join("\n" + " " * 15 + d for d in _wrap(g["detail"], 120) if d)
-             for g in gaps] or ["No gaps: the vehicle's batches cover the window without interruption."]
+    cover = [
+        f"{g['kind'][:14]:<14} {g['from_utc']} to {g['to_utc']}  ({g['from_rel']} to {g['to_rel']}, "
+        f"{g['length']})" + "".join("\n" + " " * 15 + d for d in _wrap(g["detail"], 120) if d)
+        for g in gaps
+    ] or ["No gaps: the vehicle's batches cover the window without interruption."]
     cover = [x for line in cover for x in line.split("\n")]
     tail = cover + ["", "How to verify this package:", ""] + _wrap(verification_hint, 150)
 
@@ -585,25 +693,59 @@ def render_pdf(*, event_ms: int | None, window: tuple[int, int], vin: str, regio
         _image_page(pdf, chart_rgb)
         for i, page in enumerate(edr_pages, start=1):
             head = [_EDR_HEAD, "-" * 200] if edr else []
-            _text_page(pdf, f"Event data recorder elements, 49 CFR Part 563 ({i}/{len(edr_pages)})", head + page,
-                       mono=True, size=6.2)
+            _text_page(
+                pdf,
+                f"Event data recorder elements, 49 CFR Part 563 ({i}/{len(edr_pages)})",
+                head + page,
+                mono=True,
+                size=6.2,
+            )
         tail_pages = _paginate(tail, 60)
         for i, page in enumerate(tail_pages, start=1):
-            _text_page(pdf, f"Completeness of the data and how to verify ({i}/{len(tail_pages)})", page,
-                       mono=True, size=7)
+            _text_page(
+                pdf, f"Completeness of the data and how to verify ({i}/{len(tail_pages)})", page, mono=True, size=7
+            )
     return buf.getvalue()
 
 
-def render_report(*, table: pa.Table, event_ms: int | None, window: tuple[int, int], vin: str, region: str,
-                  coverage: dict[str, Any], edr: list[EdrElement], verification_hint: str) -> tuple[bytes, bytes]:
+def render_report(
+    *,
+    table: pa.Table,
+    event_ms: int | None,
+    window: tuple[int, int],
+    vin: str,
+    region: str,
+    coverage: dict[str, Any],
+    edr: list[EdrElement],
+    verification_hint: str,
+) -> tuple[bytes, bytes]:
     """The incident report as (HTML bytes, PDF bytes)."""
     window = (int(window[0]), int(window[1]))
     event = int(event_ms) if event_ms is not None else None
     summary = summarise(table, event, window)
     rgb = chart_pixels(chart_figure(table, event, window, summary))
     png = png_bytes(rgb)
-    html = render_html(table=table, event_ms=event, window=window, vin=vin, region=region, coverage=coverage,
-                       edr=edr, verification_hint=verification_hint, summary=summary, chart_png=png)
-    pdf = render_pdf(event_ms=event, window=window, vin=vin, region=region, coverage=coverage, edr=edr,
-                     verification_hint=verification_hint, summary=summary, chart_rgb=rgb)
+    html = render_html(
+        table=table,
+        event_ms=event,
+        window=window,
+        vin=vin,
+        region=region,
+        coverage=coverage,
+        edr=edr,
+        verification_hint=verification_hint,
+        summary=summary,
+        chart_png=png,
+    )
+    pdf = render_pdf(
+        event_ms=event,
+        window=window,
+        vin=vin,
+        region=region,
+        coverage=coverage,
+        edr=edr,
+        verification_hint=verification_hint,
+        summary=summary,
+        chart_rgb=rgb,
+    )
     return html, pdf

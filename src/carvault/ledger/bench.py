@@ -19,6 +19,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,15 @@ from carvault.ledger.checkpoint import verify_checkpoint
 from carvault.ledger.log import TransparencyLog, node_count, node_position
 from carvault.ledger.merkle import HASH_SIZE
 
-__all__ = ["BENCH_ORIGIN", "bench_leaf", "bench_log", "build_large_log", "proof_figures"]
+__all__ = [
+    "BENCH_ORIGIN",
+    "bench_key",
+    "bench_leaf",
+    "bench_log",
+    "build_large_log",
+    "open_bench_log",
+    "proof_figures",
+]
 
 BENCH_ORIGIN = "bench.carvault.example/log"
 
@@ -45,9 +54,14 @@ def bench_leaf(i: int) -> bytes:
     return _LEAF_PREFIX + i.to_bytes(8, "big") * 13
 
 
-def _open(directory: Path, key: Ed25519PrivateKey | None) -> TransparencyLog:
-    key = key or Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"carvault bench key").digest())
-    return TransparencyLog(directory, BENCH_ORIGIN, key, BENCH_ORIGIN)
+def bench_key() -> Ed25519PrivateKey:
+    """The fixed, public (so: never for production) log key of bench logs."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"carvault bench key").digest())
+
+
+def open_bench_log(directory: Path | str) -> TransparencyLog:
+    """Open (or create) a bench log in ``directory``."""
+    return TransparencyLog(directory, BENCH_ORIGIN, bench_key(), BENCH_ORIGIN)
 
 
 def _ms_quantiles(samples: list[float]) -> tuple[float, float]:
@@ -106,7 +120,7 @@ def bench_log(
     directory: Path | str, n_leaves: int, *, batch_size: int = 1000, proof_samples: int = 200
 ) -> dict[str, Any]:
     """Append ``n_leaves`` in batches through ``TransparencyLog.append``, then time proofs at the end."""
-    with _open(Path(directory), None) as log:
+    with open_bench_log(directory) as log:
         start = log.size
         append_seconds = 0.0
         for first in range(start, start + n_leaves, batch_size):
@@ -114,14 +128,38 @@ def bench_log(
             t0 = time.perf_counter()
             log.append(batch)
             append_seconds += time.perf_counter() - t0
-        figures = {
+        figures: dict[str, Any] = {
             "appended": n_leaves,
             "batch_size": batch_size,
             "append_seconds": round(append_seconds, 3),
             "append_leaves_per_s": round(n_leaves / append_seconds) if append_seconds else None,
         }
+        figures.update(_concurrent_single_appends(log))
         figures.update(proof_figures(log, proof_samples))
         return figures
+
+
+def _concurrent_single_appends(
+    log: TransparencyLog, threads: int = 16, per_thread: int = 200
+) -> dict[str, Any]:
+    """One leaf per call from many threads at once, as gateway request handlers append."""
+    base = 10**12  # leaf numbers apart from the batched ones
+
+    def worker(tag: int) -> None:
+        for k in range(per_thread):
+            log.append([bench_leaf(base + tag * per_thread + k)])
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    seconds = time.perf_counter() - t0
+    return {
+        "single_leaf_threads": threads,
+        "single_leaf_appends_per_s": round(threads * per_thread / seconds),
+    }
 
 
 def _chunk_postorder(first_leaf: int, chunk_log2: int) -> tuple[bytes, bytes]:
@@ -169,7 +207,7 @@ def build_large_log(
     directory = Path(directory)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    with _open(directory, None) as log:
+    with open_bench_log(directory) as log:
         if log.size != 0:
             raise ValueError(f"{directory} is not an empty log")
         chunks = n_leaves >> chunk_log2
@@ -216,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.build:
         figures = build_large_log(args.directory, args.n_leaves)
-        with _open(args.directory, None) as log:
+        with open_bench_log(args.directory) as log:
             figures.update(proof_figures(log, args.samples))
     else:
         figures = bench_log(args.directory, args.n_leaves, proof_samples=args.samples)

@@ -119,6 +119,18 @@ def _encode_appended(stack: list[tuple[int, bytes]], leaf_hashes: Sequence[bytes
     return b"".join(out)
 
 
+class _Request:
+    """One caller's pending append: its leaf hashes, then its first index or the error."""
+
+    __slots__ = ("done", "error", "first", "hashes")
+
+    def __init__(self, hashes: list[bytes]) -> None:
+        self.hashes = hashes
+        self.first = -1
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class TransparencyLog:
     """One region's append-only Merkle log in ``directory``; safe for many threads and processes."""
 
@@ -139,6 +151,8 @@ class TransparencyLog:
             ) from exc
         # flock excludes other open files (other processes, other instances); threads share ours.
         self._mutex = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Request] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._nodes_fd = -1
@@ -283,26 +297,50 @@ class TransparencyLog:
         """The verifier key string that owners configure to check checkpoints."""
         return self._vkey
 
-    def append(self, entries: Sequence[bytes]) -> int:
+    def append(self, entries: Sequence[bytes | bytearray | memoryview]) -> int:
         """Append many leaves (their data, hashed here); durable on return; returns the first index."""
         sha256 = hashlib.sha256
         for e in entries:
             if not isinstance(e, bytes | bytearray | memoryview):
                 raise TypeError(f"log entries must be bytes, not {type(e).__name__}")
-        hashes = [sha256(b"\x00" + bytes(e)).digest() for e in entries]
-        with self._mutex, self._exclusive():
-            size, slot = self._committed()
-            # Another process may have appended (or died mid-append) since we last looked.
-            self._truncate_tail(size)
-            if not hashes:
-                return size
-            stack = self._peaks(size)
-            records = _encode_appended(stack, hashes)
-            _pwrite_all(self._nodes_fd, records, node_count(size) * HASH_SIZE)
-            os.fdatasync(self._nodes_fd)
-            # Only now may the new size become visible: it must never point at records not on disk.
-            self._commit(size + len(hashes), slot)
-            return size
+        request = _Request([sha256(b"\x00" + bytes(e)).digest() for e in entries])
+        with self._queue_lock:
+            self._queue.append(request)
+        # Group commit: whichever thread holds the mutex writes every queued request with one pair of
+        # fsyncs; a thread whose request was written while it waited just returns its index.
+        with self._mutex:
+            if not request.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._write_group(group)
+        if request.error is not None:
+            raise request.error
+        return request.first
+
+    def _write_group(self, group: list[_Request]) -> None:
+        """Write queued requests as one append (caller holds the mutex); each gets its index or the error."""
+        try:
+            with self._exclusive():
+                size, slot = self._committed()
+                # Another process may have appended (or died mid-append) since we last looked.
+                self._truncate_tail(size)
+                first = size
+                for request in group:
+                    request.first = first
+                    first += len(request.hashes)
+                if first > size:
+                    stack = self._peaks(size)
+                    records = _encode_appended(stack, [h for r in group for h in r.hashes])
+                    _pwrite_all(self._nodes_fd, records, node_count(size) * HASH_SIZE)
+                    os.fdatasync(self._nodes_fd)
+                    # Only now may the new size become visible: it must never point at records not on disk.
+                    self._commit(first, slot)
+        except BaseException as exc:
+            for request in group:
+                request.error = exc
+        finally:
+            for request in group:
+                request.done = True
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first ``size`` leaves (default: the committed size)."""

@@ -2,7 +2,7 @@
 
 The cycles are the published speed traces at 1 Hz, read unchanged from ``drive_cycles/`` in the
 reference folder (``shared/reference``; see its SOURCES.md). The folder lives outside the repository,
-so it is located through ``CARVAULT_REFERENCE_DIR`` or, by default, ``<repo>/../shared/reference``.
+so it is located through ``CARVAULT_REFERENCE_DIR`` or, by default, the copy shipped in the package.
 The simulator stitches its drives from the *micro-trips* of these cycles (stop to stop).
 """
 
@@ -21,7 +21,9 @@ from carvault.errors import Unavailable
 
 REFERENCE_ENV = "CARVAULT_REFERENCE_DIR"
 # src/carvault/vehicle/cycles.py -> parents[3] is the repository root.
-DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
+# The cycles and the taxi fixes ship inside the package (permissive licenses, see data/reference/SOURCES.md),
+# so a fresh machine needs nothing else; CARVAULT_REFERENCE_DIR may point at the full shared/reference.
+DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
 KMH = 3.6
 
 # name -> (file, format, speed column); "fastsim" files are `cycSecs,cycMps,...` (m/s).
@@ -39,7 +41,7 @@ STANDARD_CYCLES: tuple[str, ...] = ("CLTC-P", "WLTC-3b", "UDDS", "HWFET", "US06"
 
 
 def reference_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The reference-data folder: ``$CARVAULT_REFERENCE_DIR`` or ``<repo>/../shared/reference``."""
+    """The reference-data folder: ``$CARVAULT_REFERENCE_DIR`` or the copy shipped in ``carvault/data/reference``."""
     env = os.environ if environ is None else environ
     raw = env.get(REFERENCE_ENV, "").strip()
     path = Path(raw).expanduser() if raw else DEFAULT_REFERENCE_DIR
