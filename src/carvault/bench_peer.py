@@ -3,11 +3,16 @@
 Two layouts, both in a throwaway PostgreSQL 15 server (``TemporaryPostgres``, fsync on, default
 ``synchronous_commit``), loaded with the exact tables CarVault ingests:
 
-* **wide**: one row per timestamp, ``(vin, ts, c00 .. c39)`` with typed columns and the primary key
-  ``(vin, ts)``, like TeslaMate's ``positions``. Loaded by one bulk ``COPY`` (CSV) and, into a second
+* **wide**: one row per timestamp, ``(car_id, ts, c00 .. c39)`` with typed columns and the primary key
+  ``(car_id, ts)``, like TeslaMate's ``positions``. Loaded by one bulk ``COPY`` (CSV) and, into a second
   table, by a ``COPY`` plus commit per 10-second batch from several connections.
-* **long**: one row per sample, ``(vin, ts, signal_id smallint, value double precision)`` with the
-  primary key ``(vin, signal_id, ts)``. Loaded by one bulk binary ``COPY``.
+* **long**: one row per sample, ``(car_id, ts, signal_id smallint, value double precision)`` with the
+  primary key ``(car_id, ts, signal_id)``. Loaded by one bulk binary ``COPY``.
+
+A vehicle is a ``smallint`` ``car_id`` (a ``cars`` table maps it to the VIN), as in TeslaMate: a 17-byte
+VIN on every row would make the peer needlessly larger and slower. The long table's key leads with
+``ts`` after the car so that rows arriving in time order append at one place per car, and a window of
+all signals is one range scan: the peer's best layout for these figures.
 
 Load data is encoded before timing starts, as CarVault's batches are signed before timing starts. A
 window read is ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed by ``pyarrow.csv`` into an Arrow
@@ -71,23 +76,24 @@ def column_name(i: int) -> str:
 def wide_ddl(name: str, signals: Sequence[Signal]) -> str:
     """CREATE TABLE of a wide table for ``signals``."""
     cols = ",\n  ".join(f"{column_name(i)} {PG_TYPES[s.datatype]}" for i, s in enumerate(signals))
-    return (f"CREATE TABLE {name} (\n  vin text NOT NULL,\n  ts timestamptz NOT NULL,\n  {cols},\n"
-            f"  PRIMARY KEY (vin, ts)\n)")
+    return (f"CREATE TABLE {name} (\n  car_id smallint NOT NULL REFERENCES cars,\n  ts timestamptz NOT NULL,\n"
+            f"  {cols},\n  PRIMARY KEY (car_id, ts)\n)")
 
 
+CARS_DDL = "CREATE TABLE cars (id smallint PRIMARY KEY, vin text NOT NULL UNIQUE)"
 LONG_DDL = """CREATE TABLE long (
-  vin text NOT NULL,
+  car_id smallint NOT NULL REFERENCES cars,
   ts timestamptz NOT NULL,
   signal_id smallint NOT NULL,
   value double precision NOT NULL,
-  PRIMARY KEY (vin, signal_id, ts)
+  PRIMARY KEY (car_id, ts, signal_id)
 )"""
 
 
-def wide_csv(vin: str, table: pa.Table) -> bytes:
-    """CSV rows (no header) for the wide table: vin, ts, then the signal columns; nulls are empty fields."""
+def wide_csv(car_id: int, table: pa.Table) -> bytes:
+    """CSV rows (no header) for the wide table: car_id, ts, then the signal columns; nulls are empty fields."""
     out = table.rename_columns(["ts"] + [column_name(i) for i in range(table.num_columns - 1)])
-    out = out.add_column(0, "vin", pa.array([vin] * table.num_rows, pa.string()))
+    out = out.add_column(0, "car_id", pa.array(np.full(table.num_rows, car_id, dtype=np.int16)))
     sink = io.BytesIO()
     pacsv.write_csv(out, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     return sink.getvalue()
@@ -101,11 +107,11 @@ def _as_float(col: pa.ChunkedArray, sig: Signal) -> pa.Array:
     return arr.cast(pa.float64())
 
 
-_LONG_ROW = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("vin", "S17"), ("l2", ">i4"), ("ts", ">i8"),
+_LONG_ROW = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("car", ">i2"), ("l2", ">i4"), ("ts", ">i8"),
                       ("l3", ">i4"), ("sid", ">i2"), ("l4", ">i4"), ("val", ">f8")])
 
 
-def long_copy_binary(vin: str, table: pa.Table, signals: Sequence[Signal]) -> bytes:
+def long_copy_binary(car_id: int, table: pa.Table, signals: Sequence[Signal]) -> bytes:
     """The long table's rows for one vehicle in PostgreSQL's binary COPY format, in time order."""
     t_us = table.column("t").cast(pa.int64()).to_numpy() * 1000 - PG_EPOCH_US
     parts_t, parts_s, parts_v = [], [], []
@@ -119,7 +125,7 @@ def long_copy_binary(vin: str, table: pa.Table, signals: Sequence[Signal]) -> by
     ts, sid, val = np.concatenate(parts_t), np.concatenate(parts_s), np.concatenate(parts_v)
     order = np.lexsort((sid, ts))  # a logger writes samples as they arrive: by time, then signal
     rows = np.empty(len(ts), dtype=_LONG_ROW)
-    rows["nf"], rows["l1"], rows["vin"], rows["l2"], rows["l3"], rows["l4"] = 4, 17, vin.encode(), 8, 2, 8
+    rows["nf"], rows["l1"], rows["car"], rows["l2"], rows["l3"], rows["l4"] = 4, 2, car_id, 8, 2, 8
     rows["ts"], rows["sid"], rows["val"] = ts[order], sid[order], val[order]
     return rows.tobytes()
 
@@ -161,6 +167,7 @@ class PostgresPeer:
         self.batch_seconds = batch_seconds
         self.clients = clients
         self.pg = TemporaryPostgres(fsync=True)
+        self.car_ids: dict[str, int] = {}
 
     def start(self) -> PostgresPeer:
         """Start the server; give it room for WAL between checkpoints (a bulk-loading DBA would)."""
@@ -188,9 +195,18 @@ class PostgresPeer:
             return int(conn.execute(f"SELECT pg_total_relation_size('{table}')").fetchone()[0])  # type: ignore[index]
 
     # ------------------------------------------------------------------ loads
+    def register_cars(self, data: Sequence[PeerVehicle]) -> None:
+        """The ``cars`` table: a smallint id per VIN."""
+        self.car_ids = {v.vin: i for i, v in enumerate(data, start=1)}
+        with self.connect() as conn:
+            conn.execute(CARS_DDL)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO cars (id, vin) VALUES (%s, %s)", [(i, v) for v, i in self.car_ids.items()])
+            conn.commit()
+
     def load_wide_copy(self, data: Sequence[PeerVehicle], progress: Progress | None = None) -> dict[str, Any]:
         """One bulk COPY of every vehicle's rows into ``wide``; returns seconds, rate and size."""
-        blobs = [wide_csv(v.vin, v.table) for v in data]
+        blobs = [wide_csv(self.car_ids[v.vin], v.table) for v in data]
         samples = sum(v.samples for v in data)
         with self.connect() as conn:
             conn.execute(wide_ddl("wide", self.signals))
@@ -207,7 +223,7 @@ class PostgresPeer:
         """A COPY and a commit per ``batch_seconds`` of one vehicle, from ``clients`` connections at once."""
         from carvault.vehicle.agent import time_slices
 
-        per_vehicle = [[wide_csv(v.vin, part) for _, _, part in time_slices(v.table, self.batch_seconds * 1000)]
+        per_vehicle = [[wide_csv(self.car_ids[v.vin], part) for _, _, part in time_slices(v.table, self.batch_seconds * 1000)]
                        for v in data]
         samples = sum(v.samples for v in data)
         with self.connect() as conn:
@@ -244,7 +260,7 @@ class PostgresPeer:
 
     def load_long_copy(self, data: Sequence[PeerVehicle], progress: Progress | None = None) -> dict[str, Any]:
         """One bulk binary COPY of every sample into ``long``; returns seconds, rate and size."""
-        blobs = [long_copy_binary(v.vin, v.table, self.signals) for v in data]
+        blobs = [long_copy_binary(self.car_ids[v.vin], v.table, self.signals) for v in data]
         samples = sum(v.samples for v in data)
         with self.connect() as conn:
             conn.execute(LONG_DDL)
@@ -261,7 +277,7 @@ class PostgresPeer:
     # ------------------------------------------------------------------ window reads
     def _wide_window(self, conn: psycopg.Connection[Any], vin: str, start_ms: int, end_ms: int) -> pa.Table:
         cols = ", ".join(column_name(i) for i in range(len(self.signals)))
-        sql = (f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE vin = '{vin}' AND ts >= {_ts_literal(start_ms)} "
+        sql = (f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE car_id = {self.car_ids[vin]} AND ts >= {_ts_literal(start_ms)} "
                f"AND ts < {_ts_literal(end_ms)} ORDER BY ts) TO STDOUT (FORMAT csv)")
         types: dict[str, pa.DataType] = {"ts": pa.int64()}
         types.update({column_name(i): s.arrow_type for i, s in enumerate(self.signals)})
@@ -269,8 +285,9 @@ class PostgresPeer:
 
     def _long_window(self, conn: psycopg.Connection[Any], vin: str, start_ms: int, end_ms: int) -> pa.Table:
         ids = ",".join(str(i) for i in range(len(self.signals)))
-        sql = (f"COPY (SELECT {_EPOCH_MS}, signal_id, value FROM long WHERE vin = '{vin}' AND signal_id IN ({ids}) "
-               f"AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} ORDER BY ts, signal_id) "
+        sql = (f"COPY (SELECT {_EPOCH_MS}, signal_id, value FROM long WHERE car_id = {self.car_ids[vin]} "
+               f"AND signal_id IN ({ids}) AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} "
+               f"ORDER BY ts, signal_id) "
                f"TO STDOUT (FORMAT csv)")
         types = {"ts": pa.int64(), "signal_id": pa.int16(), "value": pa.float64()}
         return self._fetch(conn, sql, ["ts", "signal_id", "value"], types)

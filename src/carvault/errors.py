@@ -8,6 +8,7 @@
     │   ├── ValueOutOfRange            400 value_out_of_range    (also non-finite values)
     │   ├── TimestampOutOfSpan         400 timestamp_out_of_span (outside the header span, unordered)
     │   ├── TimestampInFuture          400 timestamp_in_future
+    │   ├── DeIdentificationMissing    422 deidentification_missing (camera frame not blurred in the car)
     │   ├── InvalidQuery               400 invalid_query
     │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
     ├── Unauthenticated                401 unauthenticated
@@ -91,6 +92,13 @@ class TimestampInFuture(BadRequest):
     """The batch claims data from further in the future than clock skew allows."""
 
     code = "timestamp_in_future"
+
+
+class DeIdentificationMissing(BadRequest):
+    """An exterior camera frame is not marked as de-identified (faces, plates blurred) by the agent."""
+
+    code = "deidentification_missing"
+    status = 422
 
 
 class InvalidQuery(BadRequest):

@@ -37,7 +37,7 @@ SIGNATURE_LEN = 64
 GENESIS_PREV = "0" * 64
 BATCH_MEDIA_TYPE = "application/vnd.carvault.batch.v1"
 PAYLOAD_FORMAT = "parquet"
-BATCH_KINDS = ("telemetry", "event")
+BATCH_KINDS = ("telemetry", "event", "media")
 _HEADER_FIELDS = {"v", "vin", "region", "seq", "prev", "t0", "t1", "rows", "payload", "kind"}
 _MAX_HEADER = 64 * 1024
 

@@ -20,6 +20,8 @@ import pyarrow as pa
 from carvault.errors import InvalidQuery
 
 OVERLAY_BRANCH = "Vehicle.EDR"
+# Overlay branches: event-recorder data VSS lacks, and CarVault's own records (camera frames bound to batches).
+OVERLAY_BRANCHES = (OVERLAY_BRANCH, "Vehicle.CarVault")
 
 
 class PrivacyClass(StrEnum):
@@ -88,6 +90,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "Vehicle.Body.Lights.Brake.IsActive": ("INACTIVE", "ACTIVE", "ADAPTIVE"),
     "Vehicle.LowVoltageSystemState": ("UNDEFINED", "LOCK", "OFF", "ACC", "ON", "START"),
+    "Vehicle.CarVault.Camera.Position": ("FRONT", "REAR", "LEFT", "RIGHT"),
 }
 
 

@@ -96,7 +96,10 @@ def crash_table(
     arrays: dict[str, pa.Array] = {"t": pa.array(event_ms + rel).cast(pa.timestamp("ms", tz="UTC"))}
     for path, values in cols.items():
         sig = cat[path]
-        mask = ~once_a_second if sig.rate_hz == 1 else None
+        # NaN in a column means "the vehicle sent nothing here": it becomes a null, as on the wire.
+        mask = ~once_a_second if sig.rate_hz == 1 else np.zeros(len(rel), dtype=bool)
+        if values.dtype.kind == "f":
+            mask |= np.isnan(values)
         if sig.datatype == "string":
             arr = pa.array(values.tolist(), pa.string(), mask=mask)
         else:
@@ -250,7 +253,7 @@ def test_not_recorded_for_absent_sources(crash: list[EdrElement]) -> None:
 
 def test_gap_makes_instants_not_recorded() -> None:
     def gap(x: np.ndarray, cols: Columns) -> Columns:
-        cols[SPEED] = np.where((x > -4.0) & (x < -0.9), np.nan, cols[SPEED])  # NaN: the vehicle sent no value
+        cols[SPEED] = np.where((x > -4.0) & (x < -0.9), np.nan, cols[SPEED])
         return cols
 
     speed = rows(edr_elements(crash_table(edit=gap), EVENT_MS), "Speed vehicle indicated")
@@ -347,3 +350,13 @@ def test_air_bag_deployed_before_time_zero_is_clipped_not_negative() -> None:
     assert "before time zero" in driver.note
     (passenger,) = rows(elements, "Frontal air bag deployment time right front passenger")
     assert passenger.status == NOT_RECORDED
+
+
+def test_nan_values_count_as_missing() -> None:
+    table = crash_table()
+    speed = table.column(SPEED).to_numpy().copy()
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    speed[(t > EVENT_MS - 4000) & (t < EVENT_MS - 900)] = np.nan  # a NaN sent as a value, not a null
+    table = table.set_column(table.schema.get_field_index(SPEED), SPEED, pa.array(speed, pa.float32()))
+    statuses = [e.status for e in rows(edr_elements(table, EVENT_MS), "Speed vehicle indicated")]
+    assert statuses == [OK] * 4 + [NOT_RECORDED] * 5 + [OK] * 2

@@ -30,6 +30,7 @@ import pyarrow as pa
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
@@ -248,11 +249,22 @@ def _plot_series(s: Samples, path: str, a: int, b: int) -> tuple[np.ndarray, np.
     return et, ev
 
 
-def _grid(ax: Axes, xticks: Sequence[float], yticks: Sequence[float]) -> None:
-    # Grid lines drawn as two collections instead of matplotlib tick gridlines: each tick is a handful of
-    # artists, and six to twelve panels of them were most of the chart's drawing time.
-    ax.vlines(xticks, 0, 1, transform=ax.get_xaxis_transform(), linewidth=0.3, color="0.8", zorder=0)
-    ax.hlines(yticks, 0, 1, transform=ax.get_yaxis_transform(), linewidth=0.3, color="0.8", zorder=0)
+def _guides(ax: Axes, xticks: Sequence[float], yticks: Sequence[float], event_x: float | None) -> None:
+    """Grid lines and the event line of one panel, as a single collection in data coordinates."""
+    # One LineCollection per panel instead of matplotlib's tick gridlines and an axvline: every tick gridline is
+    # several artists, and across twelve panels they were most of the chart's build and drawing time. Limits
+    # must be final when this is called, since the segments span them.
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    segments = [[(x, y0), (x, y1)] for x in xticks] + [[(x0, y), (x1, y)] for y in yticks]
+    colors, widths, styles = ["0.8"] * len(segments), [0.3] * len(segments), ["solid"] * len(segments)
+    if event_x is not None and x0 <= event_x <= x1:
+        segments.append([(event_x, y0), (event_x, y1)])
+        colors.append("tab:red")
+        widths.append(0.9)
+        styles.append("--")
+    ax.add_collection(
+        LineCollection(segments, colors=colors, linewidths=widths, linestyles=styles, zorder=0.5), autolim=False
+    )
 
 
 def _yticks(chart: Chart, lo: float, hi: float) -> list[float]:
@@ -316,8 +328,6 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
                     color="tab:blue",
                     drawstyle="steps-post" if chart.step else "default",
                 )
-            if event_ms is not None:
-                ax.axvline(0.0, color="tab:red", linewidth=0.9, linestyle="--")
             if col == 0 and detail:
                 ax.axvspan(
                     (detail[0] - zero) / 1000, (detail[1] - zero) / 1000, color="tab:orange", alpha=0.15, linewidth=0
@@ -344,7 +354,7 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
         left.tick_params(axis="y", labelsize=7)
         left.set_ylabel(chart.label, fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
         for col in range(ncols):
-            _grid(grid[row, col], col_xticks[col], yticks)
+            _guides(grid[row, col], col_xticks[col], yticks, 0.0 if event_ms is not None else None)
     grid[0, 0].set_title(
         "Whole window" + (" (the shaded part is enlarged on the right)" if detail else ""), fontsize=9, loc="left"
     )

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from carvault.errors import (
+    DeIdentificationMissing,
     MalformedBatch,
     PayloadTooLarge,
     TimestampInFuture,
@@ -83,7 +84,34 @@ def validate_payload(
                     f"signal {name} ranges {lo}..{hi}, outside its allowed {sig.min}..{sig.max} {sig.unit}",
                     signal=name, min=sig.min, max=sig.max, got_min=lo, got_max=hi,
                 )
+    _check_camera_frames(table, names)
     return PayloadSummary(rows=table.num_rows, samples=samples, columns=tuple(names[1:]))
+
+
+CAMERA = "Vehicle.CarVault.Camera."
+
+
+def _check_camera_frames(table: pa.Table, names: list[str]) -> None:
+    """Exterior frames are accepted only when the agent marks them de-identified and says how."""
+    if CAMERA + "FrameHash" not in names:
+        if any(n.startswith(CAMERA) for n in names):
+            raise MalformedBatch("camera columns without Vehicle.CarVault.Camera.FrameHash")
+        return
+    hashes = table.column(CAMERA + "FrameHash")
+    framed = pc.is_valid(hashes)
+    for col in ("DeIdentified", "Redactions", "Detectors"):
+        if CAMERA + col not in names:
+            raise DeIdentificationMissing(f"camera frames must carry {CAMERA + col}; the platform refuses "
+                                          "images not de-identified in the car", signal=CAMERA + col)
+    marked = pc.fill_null(table.column(CAMERA + "DeIdentified"), False)
+    if not pc.all(pc.or_(pc.invert(framed), marked)).as_py():
+        raise DeIdentificationMissing("a camera frame is not marked as de-identified in the car; faces and "
+                                      "licence plates must be blurred before a frame leaves the vehicle")
+    for col in ("Redactions", "Detectors"):
+        if not pc.all(pc.or_(pc.invert(framed), pc.is_valid(table.column(CAMERA + col)))).as_py():
+            raise DeIdentificationMissing(f"a camera frame lacks {CAMERA + col}", signal=CAMERA + col)
+    if not pc.all(pc.match_substring_regex(hashes.drop_null(), "^[0-9a-f]{64}$")).as_py():
+        raise ValueOutOfRange("FrameHash must be 64 lower-case hex digits", signal=CAMERA + "FrameHash")
 
 
 def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_future_skew_ms: int) -> None:
