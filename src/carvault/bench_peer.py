@@ -223,8 +223,8 @@ class PostgresPeer:
         """A COPY and a commit per ``batch_seconds`` of one vehicle, from ``clients`` connections at once."""
         from carvault.vehicle.agent import time_slices
 
-        per_vehicle = [[wide_csv(self.car_ids[v.vin], part) for _, _, part in time_slices(v.table, self.batch_seconds * 1000)]
-                       for v in data]
+        ms = self.batch_seconds * 1000
+        per_vehicle = [[wide_csv(self.car_ids[v.vin], part) for _, _, part in time_slices(v.table, ms)] for v in data]
         samples = sum(v.samples for v in data)
         with self.connect() as conn:
             conn.execute(wide_ddl("wide_batches", self.signals))
@@ -277,8 +277,8 @@ class PostgresPeer:
     # ------------------------------------------------------------------ window reads
     def _wide_window(self, conn: psycopg.Connection[Any], vin: str, start_ms: int, end_ms: int) -> pa.Table:
         cols = ", ".join(column_name(i) for i in range(len(self.signals)))
-        sql = (f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE car_id = {self.car_ids[vin]} AND ts >= {_ts_literal(start_ms)} "
-               f"AND ts < {_ts_literal(end_ms)} ORDER BY ts) TO STDOUT (FORMAT csv)")
+        sql = (f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE car_id = {self.car_ids[vin]} "
+               f"AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} ORDER BY ts) TO STDOUT (FORMAT csv)")
         types: dict[str, pa.DataType] = {"ts": pa.int64()}
         types.update({column_name(i): s.arrow_type for i, s in enumerate(self.signals)})
         return self._fetch(conn, sql, ["ts", *(column_name(i) for i in range(len(self.signals)))], types)

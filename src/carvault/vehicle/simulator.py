@@ -730,7 +730,8 @@ def simulate_day(
 ) -> SimulatedDay:
     """Simulate one local calendar day of a car; ``signals`` picks (and orders) the columns by VSS path."""
     cat = catalogue()
-    paths = list(signals) if signals is not None else cat.paths
+    # Camera frames are not time series the simulator models; every other catalogue signal is simulated.
+    paths = list(signals) if signals is not None else [p for p in cat.paths if cat[p].category != "exterior_camera"]
     unknown = [p for p in paths if p not in cat]
     if unknown:
         raise UnknownSignal(f"no signal {unknown[0]!r} in the catalogue", signal=unknown[0])

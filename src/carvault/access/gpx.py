@@ -1,0 +1,97 @@
+"""Routes as GPX 1.1 (https://www.topografix.com/GPX/1/1/): one track, a segment per stretch without a gap.
+
+Written incrementally (``GpxWriter``), so a whole history streams to a file in constant memory. Only
+samples that have both latitude and longitude become track points; a new segment starts wherever the
+car stopped sending location for more than ``gap_s`` seconds (asleep, or location collection off).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LATITUDE = "Vehicle.CurrentLocation.Latitude"
+LONGITUDE = "Vehicle.CurrentLocation.Longitude"
+ALTITUDE = "Vehicle.CurrentLocation.Altitude"
+ROUTE_SIGNALS = (LATITUDE, LONGITUDE, ALTITUDE)
+MEDIA_TYPE = "application/gpx+xml"
+GAP_S = 60
+
+
+class GpxWriter:
+    """Streams track points from telemetry tables into a GPX 1.1 document."""
+
+    def __init__(self, out: BinaryIO, name: str, description: str = "", gap_s: float = GAP_S) -> None:
+        self.out = out
+        self.gap_ms = int(gap_s * 1000)
+        self.points = 0
+        self._last_t: int | None = None
+        self._open_segment = False
+        out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n'
+                  b'<gpx version="1.1" creator="CarVault" xmlns="http://www.topografix.com/GPX/1/1">\n'
+                  b"<trk><name>" + escape(name).encode() + b"</name>")
+        if description:
+            out.write(b"<desc>" + escape(description).encode() + b"</desc>")
+        out.write(b"\n")
+
+    def write(self, table: pa.Table) -> int:
+        """Append the located samples of ``table`` (columns ``t`` and the location paths); return how many."""
+        if table.num_rows == 0 or LATITUDE not in table.column_names or LONGITUDE not in table.column_names:
+            return 0
+        located = pc.and_(pc.is_valid(table.column(LATITUDE)), pc.is_valid(table.column(LONGITUDE)))
+        table = table.filter(located)
+        if table.num_rows == 0:
+            return 0
+        t = table.column("t").cast(pa.int64()).to_numpy()
+        lat = table.column(LATITUDE).to_numpy()
+        lon = table.column(LONGITUDE).to_numpy()
+        alt = (pc.cast(table.column(ALTITUDE), pa.float64()).to_numpy(zero_copy_only=False)
+               if ALTITUDE in table.column_names else np.full(len(t), np.nan))
+        times = pc.strftime(table.column("t"), format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
+        prev = np.r_[self._last_t if self._last_t is not None else t[0] - 2 * self.gap_ms - 1, t[:-1]]
+        new_segment = (t - prev) > self.gap_ms
+        parts: list[str] = []
+        for i in range(len(t)):
+            if new_segment[i]:
+                if self._open_segment:
+                    parts.append("</trkseg>\n")
+                parts.append("<trkseg>\n")
+                self._open_segment = True
+            ele = "" if np.isnan(alt[i]) else f"<ele>{alt[i]:.1f}</ele>"
+            parts.append(f'<trkpt lat="{lat[i]:.7f}" lon="{lon[i]:.7f}">{ele}<time>{times[i]}</time></trkpt>\n')
+        self.out.write("".join(parts).encode())
+        self._last_t = int(t[-1])
+        self.points += len(t)
+        return len(t)
+
+    def close(self) -> None:
+        """Finish the document (the stream stays open)."""
+        if self._open_segment:
+            self.out.write(b"</trkseg>\n")
+        self.out.write(b"</trk>\n</gpx>\n")
+
+
+def to_gpx(table: pa.Table, name: str, description: str = "") -> bytes:
+    """A whole window as one GPX document."""
+    sink = io.BytesIO()
+    w = GpxWriter(sink, name, description)
+    w.write(table)
+    w.close()
+    return sink.getvalue()
+
+
+def gpx_name(vin: str, start_ms: int, end_ms: int) -> str:
+    """The track name CarVault gives a window."""
+    return f"{vin} {_iso(start_ms)} – {_iso(end_ms)}"
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
