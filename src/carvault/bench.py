@@ -10,7 +10,8 @@ What one run does (docs/benchmarks.md describes it for readers of the figures):
    vehicles provisioned beforehand through a ``Region`` on the same folder, batches POSTed over
    loopback by an asyncio client (one keep-alive connection per vehicle, each vehicle's batches in
    order, the next sent only after the receipt). The figure is samples acknowledged per second.
-3. **Storage**: segment bytes per sample, and the same with the metadata DB and the log added.
+3. **Storage**: segment bytes per sample, and the same with the metadata DB and the log added; then
+   ingest and storage once more in a fresh region with ``alt_batch_seconds`` batches (the trade-off).
 4. **Window**: the store grows to ``store_samples`` (the same tables re-signed for more VINs), then a
    30-minute all-signal window is read with ``Region.telemetry.window`` in this process (and, for
    information, through HTTP as Parquet), p50/p95 over random windows inside driving time.
@@ -820,11 +821,12 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         lines += [
             f"- **Peer**: PostgreSQL {p['version']} started for the run (`TemporaryPostgres`; "
             + ", ".join(f"{k}={v}" for k, v in p["settings"].items())
-            + "), the same tables. *wide*: `(vin, ts, c00..c39)` typed columns, primary key `(vin, ts)`, one "
-            f"bulk `COPY ... (FORMAT csv)` ({p['wide_copy']['rows']:,} rows), and into a second table a `COPY` + "
-            f"commit per {p['wide_batch']['batch_seconds']} s batch from {p['wide_batch']['clients']} connections "
-            f"({p['wide_batch']['batches']:,} commits). *long*: `(vin, ts, signal_id smallint, value double "
-            f"precision)`, primary key `(vin, signal_id, ts)`, one bulk binary `COPY`. Load data was encoded "
+            + "), the same tables, a vehicle being a `smallint car_id` as in TeslaMate. *wide*: "
+            f"`(car_id, ts, c00..c39)` typed columns, primary key `(car_id, ts)`, one bulk `COPY ... (FORMAT csv)` "
+            f"({p['wide_copy']['rows']:,} rows), and into a second table a `COPY` + commit per "
+            f"{p['wide_batch']['batch_seconds']} s batch of one vehicle from {p['wide_batch']['clients']} connections "
+            f"at once ({p['wide_batch']['batches']:,} commits). *long*: `(car_id, ts, signal_id smallint, value "
+            f"double precision)`, primary key `(car_id, ts, signal_id)`, one bulk binary `COPY`. Load data was encoded "
             f"before timing. Sizes are `pg_total_relation_size` after `VACUUM ANALYZE`. Windows: `COPY (SELECT "
             f"...) TO STDOUT (FORMAT csv)` parsed by `pyarrow.csv` into Arrow, {p['wide_window']['n']} windows "
             f"(the first {p['wide_window']['n']} of CarVault's list).",

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from carvault.access import jobs as _jobs  # noqa: F401  (registers the export_jobs table before create_schema)
 from carvault.access.accounts import Accounts
 from carvault.access.audit import AuditLog
+from carvault.access.consents import Consents
 from carvault.access.vehicles import Vehicles
 from carvault.ingest.gateway import Gateway
 from carvault.ledger.log import TransparencyLog
@@ -73,6 +74,7 @@ class Region:
         self.accounts = Accounts(self.db, settings.session_ttl_s)
         self.vehicles = Vehicles(self.db, self.name)
         self.audit = AuditLog(self.db)
+        self.consents = Consents(self.db, self.audit, self.name)
         self.telemetry = TelemetryStore(self.db, self.segment_reader)
         self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem)
 

@@ -31,6 +31,10 @@ def assemble(tables: Sequence[pa.Table], start_ms: int, end_ms: int, catalogue: 
     table = pa.concat_tables(list(tables), promote_options="default")
     t = table.column("t").cast(pa.int64())
     table = table.filter(pc.and_(pc.greater_equal(t, start_ms), pc.less(t, end_ms))).sort_by("t")
+    if table.num_rows and pc.count_distinct(table.column("t")).as_py() < table.num_rows:
+        # An event batch repeats instants a routine batch also holds: merge them, first value per signal.
+        grouped = table.group_by("t", use_threads=False).aggregate([(p, "first") for p in order])
+        table = grouped.select(["t", *[f"{p}_first" for p in order]]).rename_columns(["t", *order]).sort_by("t")
     cols = [table.column("t")] + [table.column(p) for p in order]
     return pa.Table.from_arrays(cols, schema=schema)
 

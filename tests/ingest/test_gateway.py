@@ -197,3 +197,16 @@ def test_vehicle_without_a_valid_certificate_is_refused(http: httpx.Client, regi
     assert r.status_code == 401 and r.json()["error"]["code"] == "unknown_vehicle"
     assert "certificate" in r.json()["error"]["message"]
     assert stored(region)[:2] == (0, 0)
+
+
+def test_crash_between_log_append_and_index_write_does_not_log_twice(
+        http: httpx.Client, region: Region, vehicle: VehicleIdentity) -> None:
+    blob = batch(vehicle)
+    first = post(http, blob).json()
+    from sqlalchemy import update
+
+    with region.db.session() as s:  # the index write was lost in a crash
+        s.execute(update(BatchRecord).values(log_index=None))
+    again = post(http, blob)
+    assert again.status_code == 200 and again.json()["log_index"] == first["log_index"]
+    assert region.log.size == 1

@@ -124,7 +124,9 @@ def test_unknown_signatures_are_ignored_but_a_bad_known_one_rejects() -> None:
     bad = key_id(ORIGIN, KEY.public_key()) + bytes(64)
     with pytest.raises(VerificationError, match="does not verify"):
         verify_checkpoint(
-            note + f"\u2014 {ORIGIN} {base64.b64encode(bad).decode()}\n", KEY.public_key(), ORIGIN
+            note + f"\u2014 {ORIGIN} {base64.b64encode(bad).decode()}\n",
+            KEY.public_key(),
+            ORIGIN,
         )
 
 

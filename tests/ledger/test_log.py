@@ -119,7 +119,11 @@ def test_inclusion_proofs_verify_and_mutations_fail(
         fails(leaf, index, other_size, proof, roots[other_size])
     fails(leaf, index, size, proof, roots[size - 1])
     fails(
-        leaf, index, size, proof, data.draw(st.binary(min_size=32, max_size=32).filter(lambda r: r != root))
+        leaf,
+        index,
+        size,
+        proof,
+        data.draw(st.binary(min_size=32, max_size=32).filter(lambda r: r != root)),
     )
     fails(HASHES[(index + 1) % MAX], index, size, proof, root)
 
@@ -234,6 +238,16 @@ def test_contradictory_files_are_a_log_error(tmp_path: Path) -> None:
     (tmp_path / "size").write_bytes(bytes(8192))
     with pytest.raises(LogError, match="no valid committed size"):
         open_log(tmp_path)
+
+
+def test_a_log_without_meta_is_never_reinitialised(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        log.append(DATA[:3])
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "size").unlink()
+    with pytest.raises(LogError, match="no meta.json"):
+        open_log(tmp_path)
+    assert os.path.getsize(tmp_path / "nodes") == node_count(3) * 32
 
 
 def test_check_integrity_finds_a_damaged_node(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def test_two_processes_append_concurrently_and_lose_nothing(tmp_path: Path) -> N
     start_at = time.time() + 2.0  # both children are up (imports done) before either appends
     with ctx.Pool(2) as pool:
         results = pool.starmap(
-            append_until, [(str(tmp_path), 0, start_at, 1.0), (str(tmp_path), 1, start_at, 1.0)]
+            append_until,
+            [(str(tmp_path), 0, start_at, 1.0), (str(tmp_path), 1, start_at, 1.0)],
         )
     acks = [(tag, first, count, k0) for tag, done in enumerate(results) for first, count, k0 in done]
     owner = sorted((first, first + count, tag) for tag, first, count, _ in acks)
@@ -113,7 +114,11 @@ def test_sigkill_mid_stream_loses_no_acknowledged_leaf(tmp_path: Path) -> None:
                 before = verify_checkpoint(note, log_key().public_key(), ORIGIN, ORIGIN)
                 assert log.root(before.size) == before.root
                 merkle.verify_consistency(
-                    before.size, size, before.root, root, log.consistency_proof(before.size)
+                    before.size,
+                    size,
+                    before.root,
+                    root,
+                    log.consistency_proof(before.size),
                 )
             for _, first, count, _ in acks[-3:]:
                 index = first + count - 1
@@ -141,9 +146,8 @@ def test_kill_at_each_point_of_an_append(tmp_path: Path, point: str, survives: b
         assert log.size == (150 if survives else 100)
         assert tail >= node_count(log.size) * 32
         assert os.path.getsize(tmp_path / "nodes") == node_count(log.size) * 32
-        assert [log.leaf_hash(i) for i in range(log.size)] == [
-            merkle.leaf_hash(entry(0, k)) for k in range(log.size)
-        ]
+        expected = [merkle.leaf_hash(entry(0, k)) for k in range(log.size)]
+        assert [log.leaf_hash(i) for i in range(log.size)] == expected
         assert log.check_integrity() == log.size
         assert log.append([b"after the crash"]) == log.size - 1
         assert log.check_integrity() == log.size

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -94,7 +96,11 @@ def test_published_proofs(vectors: dict[str, Any]) -> None:
         proof = [bytes.fromhex(x) for x in case["proof_hex"]]
         assert merkle.inclusion_proof(hashes, case["index"], case["size"]) == proof
         merkle.verify_inclusion(
-            hashes[case["index"]], case["index"], case["size"], proof, roots[case["size"]]
+            hashes[case["index"]],
+            case["index"],
+            case["size"],
+            proof,
+            roots[case["size"]],
         )
     for case in vectors["consistency_proofs"]:
         proof = [bytes.fromhex(x) for x in case["proof_hex"]]
@@ -213,3 +219,14 @@ def test_arbitrary_input_only_ever_raises_verification_error(args: tuple[Any, ..
             verify(*args)
         except VerificationError:
             pass
+
+
+def test_merkle_imports_only_the_standard_library() -> None:
+    # The offline verifier relies on this: no server code, no third-party package.
+    code = (
+        "import sys; before = set(sys.modules); import carvault.ledger.merkle; "
+        "new = set(sys.modules) - before; "
+        "print(sorted(m for m in new if m.split('.')[0] not in sys.stdlib_module_names))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['carvault', 'carvault.ledger', 'carvault.ledger.merkle']"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from carvault.access.audit import Actor
 from carvault.errors import InvalidQuery, NotFound, Unavailable
@@ -116,9 +116,13 @@ class PackageBuilder:
             vehicle = s.get(Vehicle, vin)
             if vehicle is None:
                 raise NotFound(f"no vehicle {vin}")
+            seqs = s.execute(select(func.min(BatchRecord.seq), func.max(BatchRecord.seq)).where(
+                BatchRecord.vin == vin, BatchRecord.t0 < end_ms, BatchRecord.t1 >= start_ms)).one()
+            # Every batch signed between the window's first and last one (event records included), so the
+            # hash chain across the window is complete and a dropped batch cannot go unnoticed.
             recs = list(s.scalars(select(BatchRecord).where(
-                BatchRecord.vin == vin, BatchRecord.t0 < end_ms, BatchRecord.t1 >= start_ms
-            ).order_by(BatchRecord.seq)))
+                BatchRecord.vin == vin, BatchRecord.seq >= (seqs[0] or 0), BatchRecord.seq <= (seqs[1] or -1)
+            ).order_by(BatchRecord.seq))) if seqs[0] is not None else []
             saved = list(s.scalars(select(SavedCheckpoint).where(SavedCheckpoint.owner_id == owner_id))
                          ) if owner_id is not None else []
         if not recs:

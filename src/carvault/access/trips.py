@@ -95,6 +95,12 @@ class Timeline:
     charges: list[Charge]
 
 
+def _opt(x: Any) -> float | None:
+    """A float, or None for NaN (not measured)."""
+    v = float(x)
+    return None if np.isnan(v) else v
+
+
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -224,10 +230,10 @@ def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, m
                 continue
             drives.append(Drive(
                 start_ms=int(start_ms[k]), end_ms=int(end_ms[k]), duration_s=float(dur[k]),
-                distance_m=float(dist[k]), energy_kwh=float(energy[k]), top_speed_kmh=float(top[k]),
+                distance_m=float(dist[k]), energy_kwh=_opt(energy[k]), top_speed_kmh=_opt(top[k]),
                 avg_speed_kmh=float(dist[k] / dur[k] * 3.6) if dur[k] > 0 else None,
-                soc_start=float(soc0[k]), soc_end=float(soc1[k]),
-                start_lat=float(lat0[k]), start_lon=float(lon0[k]), end_lat=float(lat1[k]), end_lon=float(lon1[k])))
+                soc_start=_opt(soc0[k]), soc_end=_opt(soc1[k]),
+                start_lat=_opt(lat0[k]), start_lon=_opt(lon0[k]), end_lat=_opt(lat1[k]), end_lon=_opt(lon1[k])))
 
     c0, c1 = _runs(charging_flag > 0.5, sec, max_pause_s, gap_id)
     charges: list[Charge] = []
@@ -243,6 +249,6 @@ def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, m
             kind = None if np.isnan(dcmax[k]) else ("DC" if dcmax[k] > DC_MIN_A else "AC")
             charges.append(Charge(
                 start_ms=int(cstart[k]), end_ms=int(cend[k]), duration_s=float((cend[k] - cstart[k]) / 1000.0),
-                energy_kwh=float(added[k]), max_power_kw=float(pmax[k]), soc_start=float(soc0[k]),
-                soc_end=float(soc1[k]), kind=kind, lat=float(clat[k]), lon=float(clon[k])))
+                energy_kwh=_opt(added[k]), max_power_kw=_opt(pmax[k]), soc_start=_opt(soc0[k]),
+                soc_end=_opt(soc1[k]), kind=kind, lat=_opt(clat[k]), lon=_opt(clon[k])))
     return Timeline(drives, charges)

@@ -9,6 +9,7 @@ because the chain head advances with a conditional UPDATE (``WHERE last_seq = se
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -34,8 +35,11 @@ from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
-from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
+from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms
 from carvault.store.segments import SegmentWriter
+
+
+RECOVERY_TAIL = 1 << 16  # leaves searched for a batch logged just before a crash
 
 
 class AppendOnlyLog(Protocol):
@@ -85,7 +89,7 @@ class Gateway:
                 "and stores nothing for other regions",
                 home_region=h.region, endpoint=self.settings.endpoint_of(h.region),
             )
-        env.verify(self._public_key(h.vin))
+        env.verify(self.vehicle_key(h.vin))
         existing = self._existing(h.vin, h.seq)
         if existing is not None:
             return self._replay(env, existing)
@@ -98,7 +102,8 @@ class Gateway:
         self._queue.put(pending)
         return pending.future.result(timeout=120)
 
-    def _public_key(self, vin: str) -> Ed25519PublicKey:
+    def vehicle_key(self, vin: str) -> Ed25519PublicKey:
+        """The vehicle's certified public key (cached), or ``UnknownVehicle``."""
         key = self._keys.get(vin)
         if key is None:
             with self.db.session() as s:
@@ -128,13 +133,15 @@ class Gateway:
                 f"seq {rec.seq} of {rec.vin} was already accepted with different content",
                 vin=rec.vin, seq=rec.seq, accepted_hash=rec.batch_hash,
             )
-        log_index = rec.log_index
+        log_index = rec.log_index if rec.log_index is not None else self._recover_log_index(rec)
         deadline = time.monotonic() + 10
         while log_index is None and time.monotonic() < deadline:
             # The first upload may still be in flight in some committer; wait for its log append.
             time.sleep(0.05)
             refreshed = self._existing(rec.vin, rec.seq)
             log_index = refreshed.log_index if refreshed else None
+        if log_index is None:
+            log_index = self._recover_log_index(rec)
         if log_index is None:
             log_index = self._log_records([rec])[0]
         return receipt_json(region=self.settings.region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
@@ -204,6 +211,12 @@ class Gateway:
                     log_index=None, received_ms=received,
                 )
                 s.add(rec)
+                if p.summary.event is not None:
+                    ev = p.summary.event
+                    s.add(VehicleEvent(vin=h.vin, kind=ev["kind"], t_ms=ev["trigger_ms"], batch_seq=h.seq,
+                                       legal_basis=ev["legal_basis"],
+                                       detail=json.dumps({k: v for k, v in ev.items()
+                                                          if k not in ("kind", "trigger_ms", "legal_basis")})))
                 accepted.append((p, rec))
         indices = self._log_records([rec for _, rec in accepted]) if accepted else []
         for (p, rec), idx in zip(accepted, indices, strict=True):
@@ -223,6 +236,21 @@ class Gateway:
                         raise BrokenChain("the vehicle's chain moved while this batch was being stored")
                 except CarVaultError as e:
                     p.future.set_exception(e)
+
+    def _recover_log_index(self, rec: BatchRecord, tail: int = RECOVERY_TAIL) -> int | None:
+        """After a crash between log append and index write: find the batch's leaf in the log's recent tail."""
+        from carvault.ledger.merkle import leaf_hash
+
+        target = leaf_hash(leaf_data(region=self.settings.region, vin=rec.vin, seq=rec.seq,
+                                     batch_hash=rec.batch_hash, received_ms=rec.received_ms))
+        size = self.log.size  # type: ignore[attr-defined]
+        for i in range(size - 1, max(-1, size - 1 - tail), -1):
+            if self.log.leaf_hash(i) == target:  # type: ignore[attr-defined]
+                with self.db.session() as s:
+                    s.execute(update(BatchRecord).where(BatchRecord.batch_hash == rec.batch_hash)
+                              .values(log_index=i))
+                return i
+        return None
 
     def _log_records(self, records: list[BatchRecord]) -> list[int]:
         """Append records to the transparency log and store their leaf indices."""

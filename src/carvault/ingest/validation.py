@@ -5,7 +5,9 @@ Every check is vectorised (pyarrow.compute); a batch that fails any check is ref
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +29,10 @@ TIME_TYPE = pa.timestamp("ms", tz="UTC")
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is plausible telemetry
 
 
+EVENT_KINDS = ("crash", "restraint", "hard_braking", "abs", "aeb", "manual")
+EVENT_META_KEY = b"carvault.event"
+
+
 @dataclass(frozen=True)
 class PayloadSummary:
     """What a valid payload holds."""
@@ -34,6 +40,29 @@ class PayloadSummary:
     rows: int
     samples: int
     columns: tuple[str, ...]
+    event: dict[str, Any] | None = None
+
+
+def event_meta(header: BatchHeader, table: pa.Table) -> dict[str, Any] | None:
+    """The signed event description of an event batch (Parquet key-value metadata ``carvault.event``)."""
+    raw = (table.schema.metadata or {}).get(EVENT_META_KEY)
+    if header.kind != "event":
+        if raw is not None:
+            raise MalformedBatch("only event batches carry carvault.event metadata")
+        return None
+    if raw is None:
+        raise MalformedBatch("an event batch must describe its event in the payload metadata 'carvault.event'")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise MalformedBatch("carvault.event metadata is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in EVENT_KINDS or type(meta.get("trigger_ms")) is not int \
+            or not isinstance(meta.get("legal_basis"), str) or not meta["legal_basis"].strip():
+        raise MalformedBatch(f"carvault.event needs kind (one of {', '.join(EVENT_KINDS)}), integer trigger_ms "
+                             "and a legal_basis")
+    if not header.t0 <= meta["trigger_ms"] <= header.t1:
+        raise TimestampOutOfSpan("the event's trigger time is outside the batch span", trigger_ms=meta["trigger_ms"])
+    return meta
 
 
 def validate_payload(
@@ -85,7 +114,8 @@ def validate_payload(
                     signal=name, min=sig.min, max=sig.max, got_min=lo, got_max=hi,
                 )
     _check_camera_frames(table, names)
-    return PayloadSummary(rows=table.num_rows, samples=samples, columns=tuple(names[1:]))
+    return PayloadSummary(rows=table.num_rows, samples=samples, columns=tuple(names[1:]),
+                          event=event_meta(header, table))
 
 
 CAMERA = "Vehicle.CarVault.Camera."

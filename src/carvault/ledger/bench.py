@@ -169,24 +169,34 @@ def _concurrent_single_appends(directory: Path, threads: int, per_thread: int = 
     }
 
 
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits per element of a non-negative int64 array (np.bitwise_count needs numpy 2)."""
+    if hasattr(np, "bitwise_count"):
+        counted: np.ndarray = np.bitwise_count(values).astype(np.int64)
+        return counted
+    counts = np.zeros_like(values)
+    rest = values.copy()
+    while rest.any():
+        counts += rest & 1
+        rest >>= 1
+    return counts
+
+
 def _chunk_postorder(first_leaf: int, chunk_log2: int) -> tuple[bytes, bytes]:
     """(post-order records, root) of the aligned subtree of 2^chunk_log2 leaves starting at first_leaf."""
     sha256 = hashlib.sha256
     n = 1 << chunk_log2
     levels = [b"".join(sha256(b"\x00" + bench_leaf(i)).digest() for i in range(first_leaf, first_leaf + n))]
+    pair = 2 * HASH_SIZE
     for _ in range(chunk_log2):
         below = memoryview(levels[-1])
-        levels.append(
-            b"".join(
-                sha256(b"\x01" + below[o : o + 2 * HASH_SIZE]).digest()
-                for o in range(0, len(below), 2 * HASH_SIZE)
-            )
-        )
+        parents = (sha256(b"\x01" + below[o : o + pair]).digest() for o in range(0, len(below), pair))
+        levels.append(b"".join(parents))
     # Scatter each level into post-order: node (k, j) sits at record node_count((j+1)·2^k − 1) + k.
     out = np.empty((node_count(n), HASH_SIZE), dtype=np.uint8)
     for level, data in enumerate(levels):
         last_leaf = ((np.arange(n >> level, dtype=np.int64) + 1) << level) - 1
-        positions = 2 * last_leaf - np.bitwise_count(last_leaf).astype(np.int64) + level
+        positions = 2 * last_leaf - _popcount(last_leaf) + level
         out[positions] = np.frombuffer(data, dtype=np.uint8).reshape(-1, HASH_SIZE)
     return out.tobytes(), levels[-1]
 

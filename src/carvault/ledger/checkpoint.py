@@ -97,7 +97,9 @@ def _raw_public(public_key: Ed25519PublicKey | bytes) -> bytes:
     if isinstance(public_key, bytes | bytearray) and len(public_key) == 32:
         return bytes(public_key)
     raise VerificationError(
-        "not an Ed25519 public key", expected="32 bytes", actual=type(public_key).__name__
+        "not an Ed25519 public key",
+        expected="32 bytes",
+        actual=type(public_key).__name__,
     )
 
 
@@ -124,12 +126,16 @@ def _b64decode(text: str, what: str) -> bytes:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise VerificationError(
-            f"{what} is not valid base64", expected="RFC 4648 base64", actual=text
+            f"{what} is not valid base64",
+            expected="RFC 4648 base64",
+            actual=text,
         ) from exc
     # Only the canonical encoding is accepted, so one value has exactly one textual form.
     if base64.b64encode(raw).decode("ascii") != text:
         raise VerificationError(
-            f"{what} is not canonical base64", expected=base64.b64encode(raw).decode(), actual=text
+            f"{what} is not canonical base64",
+            expected=base64.b64encode(raw).decode(),
+            actual=text,
         )
     return raw
 
@@ -163,7 +169,9 @@ def parse_vkey(vkey: str) -> VerifierKey:
     raw = _b64decode(material, "vkey key material")
     if len(raw) != 33 or raw[0] != SIGNATURE_TYPE_ED25519:
         raise VerificationError(
-            "vkey is not an Ed25519 key", expected="0x01 || 32 bytes", actual=raw[:1].hex()
+            "vkey is not an Ed25519 key",
+            expected="0x01 || 32 bytes",
+            actual=raw[:1].hex(),
         )
     want = key_id(name, raw[1:])
     if want.hex() != hex_id:
@@ -172,7 +180,9 @@ def parse_vkey(vkey: str) -> VerifierKey:
         public = Ed25519PublicKey.from_public_bytes(raw[1:])
     except ValueError as exc:
         raise VerificationError(
-            "vkey holds an invalid Ed25519 key", expected="valid key", actual=raw.hex()
+            "vkey holds an invalid Ed25519 key",
+            expected="valid key",
+            actual=raw.hex(),
         ) from exc
     return VerifierKey(name=name, key_id=want, public_key=public)
 
@@ -213,7 +223,9 @@ def parse_note(note: str | bytes) -> tuple[str, tuple[NoteSignature, ...]]:
     split = note.rfind("\n\n")
     if split < 0:
         raise VerificationError(
-            "note has no signature block", expected="text, blank line, signatures", actual=None
+            "note has no signature block",
+            expected="text, blank line, signatures",
+            actual=None,
         )
     text, block = note[: split + 1], note[split + 2 :]
     if not block.endswith("\n"):
@@ -248,7 +260,9 @@ def open_note(note: str | bytes, public_key: Ed25519PublicKey | bytes, key_name:
     if not known:
         names = [f"{s.key_name}/{s.key_id.hex()}" for s in signatures]
         raise VerificationError(
-            "no signature by the trusted key", expected=f"{key_name}/{want_id.hex()}", actual=names
+            "no signature by the trusted key",
+            expected=f"{key_name}/{want_id.hex()}",
+            actual=names,
         )
     message = text.encode("utf-8")
     for sig in known:
@@ -256,7 +270,9 @@ def open_note(note: str | bytes, public_key: Ed25519PublicKey | bytes, key_name:
             public.verify(sig.signature, message)
         except InvalidSignature as exc:
             raise VerificationError(
-                "signature does not verify", expected=key_name, actual=sig.signature
+                "signature does not verify",
+                expected=key_name,
+                actual=sig.signature,
             ) from exc
     return text
 
@@ -279,7 +295,11 @@ def checkpoint_body(origin: str, size: int, root: bytes, extensions: tuple[str, 
 
 
 def sign_checkpoint(
-    origin: str, size: int, root: bytes, private_key: Ed25519PrivateKey, key_name: str
+    origin: str,
+    size: int,
+    root: bytes,
+    private_key: Ed25519PrivateKey,
+    key_name: str,
 ) -> str:
     """A signed checkpoint note for the tree (size, root) of the log ``origin``."""
     return sign_note(checkpoint_body(origin, size, root), private_key, key_name)

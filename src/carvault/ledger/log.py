@@ -135,7 +135,11 @@ class TransparencyLog:
     """One region's append-only Merkle log in ``directory``; safe for many threads and processes."""
 
     def __init__(
-        self, directory: Path | str, origin: str, private_key: Ed25519PrivateKey, key_name: str
+        self,
+        directory: Path | str,
+        origin: str,
+        private_key: Ed25519PrivateKey,
+        key_name: str,
     ) -> None:
         self.directory = Path(directory)
         self.origin = origin
@@ -147,11 +151,14 @@ class TransparencyLog:
             self._vkey = format_vkey(key_name, private_key.public_key())
         except VerificationError as exc:
             raise LogError(
-                f"invalid log configuration: {exc.message}", origin=origin, key_name=key_name
+                f"invalid log configuration: {exc.message}",
+                origin=origin,
+                key_name=key_name,
             ) from exc
-        # flock excludes other open files (other processes, other instances); threads share ours.
-        self._mutex = threading.Lock()
-        self._queue_lock = threading.Lock()
+        # flock excludes other open files (other processes, other instances); threads share ours, so
+        # appends within this object are serialised by _cond/_writing below.
+        self._cond = threading.Condition()
+        self._writing = False
         self._queue: list[_Request] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,7 +187,10 @@ class TransparencyLog:
         nodes_path = self.directory / "nodes"
         size_path = self.directory / "size"
         fresh = not meta_path.exists()
-        if fresh and nodes_path.exists() and nodes_path.stat().st_size > 0 and self._peek_size(size_path) > 0:
+        # Records are only written once meta.json exists, so without it any data means a damaged log,
+        # never an interrupted initialisation: refuse rather than wipe it.
+        has_records = nodes_path.exists() and nodes_path.stat().st_size > 0
+        if fresh and (has_records or self._peek_size(size_path) > 0):
             raise LogError("log directory has data but no meta.json", directory=str(self.directory))
         self._nodes_fd = os.open(nodes_path, os.O_RDWR | os.O_CREAT, 0o644)
         self._size_fd = os.open(size_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -209,7 +219,9 @@ class TransparencyLog:
             raise LogError("unknown log format", expected=FORMAT, actual=meta.get("format"))
         if meta.get("origin") != self.origin:
             raise LogError(
-                "log directory belongs to another origin", expected=self.origin, actual=meta.get("origin")
+                "log directory belongs to another origin",
+                expected=self.origin,
+                actual=meta.get("origin"),
             )
 
     @staticmethod
@@ -304,21 +316,29 @@ class TransparencyLog:
             if not isinstance(e, bytes | bytearray | memoryview):
                 raise TypeError(f"log entries must be bytes, not {type(e).__name__}")
         request = _Request([sha256(b"\x00" + bytes(e)).digest() for e in entries])
-        with self._queue_lock:
+        # Group commit: one thread at a time writes; requests queued meanwhile are written together by
+        # the next writer with one pair of syncs, and their threads just wait to be told their index.
+        leader = False
+        with self._cond:
             self._queue.append(request)
-        # Group commit: whichever thread holds the mutex writes every queued request with one pair of
-        # fsyncs; a thread whose request was written while it waited just returns its index.
-        with self._mutex:
+            while self._writing and not request.done:
+                self._cond.wait()
             if not request.done:
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
+                leader, self._writing = True, True
+                group, self._queue = self._queue, []
+        if leader:
+            try:
                 self._write_group(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
         if request.error is not None:
             raise request.error
         return request.first
 
     def _write_group(self, group: list[_Request]) -> None:
-        """Write queued requests as one append (caller holds the mutex); each gets its index or the error."""
+        """Write queued requests as one append (caller is the sole writer); each gets its index or error."""
         try:
             with self._exclusive():
                 size, slot = self._committed()
@@ -390,11 +410,8 @@ class TransparencyLog:
             ]
             expected = _encode_appended(stack, leaves)
             if expected != stored:
-                bad = next(
-                    i
-                    for i in range(0, len(expected), HASH_SIZE)
-                    if expected[i : i + 32] != stored[i : i + 32]
-                )
+                offsets = range(0, len(expected), HASH_SIZE)
+                bad = next(o for o in offsets if expected[o : o + HASH_SIZE] != stored[o : o + HASH_SIZE])
                 raise LogError("stored node does not match its children", record=first + bad // HASH_SIZE)
         root = stack[-1][1] if stack else EMPTY_ROOT
         for _, h in reversed(stack[:-1]):

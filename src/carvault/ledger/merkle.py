@@ -103,7 +103,9 @@ def _check_int(value: Any, what: str) -> int:
 def _check_proof(proof: Any) -> list[bytes]:
     if isinstance(proof, bytes | bytearray | str) or not isinstance(proof, Sequence):
         raise VerificationError(
-            "proof must be a sequence of hashes", expected="list", actual=type(proof).__name__
+            "proof must be a sequence of hashes",
+            expected="list",
+            actual=type(proof).__name__,
         )
     return [_check_hash(p, f"proof[{i}]") for i, p in enumerate(proof)]
 
@@ -133,7 +135,9 @@ def _provider(source: Sequence[bytes] | SubtreeProvider, size: int) -> SubtreePr
         return source
     if isinstance(source, bytes | bytearray | str) or not isinstance(source, Sequence):
         raise VerificationError(
-            "leaf hashes must be a sequence", expected="list", actual=type(source).__name__
+            "leaf hashes must be a sequence",
+            expected="list",
+            actual=type(source).__name__,
         )
     if size > len(source):
         raise VerificationError("tree size exceeds the number of leaves", expected=len(source), actual=size)
@@ -238,7 +242,11 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 
 
 def verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+    old_size: int,
+    new_size: int,
+    old_root: bytes,
+    new_root: bytes,
+    proof: Sequence[bytes],
 ) -> None:
     """Raise VerificationError unless ``proof`` shows tree (old_size, old_root) is a prefix of the new one.
 
@@ -295,9 +303,13 @@ def verify_consistency(
         raise VerificationError("consistency proof too short", expected="more hashes", actual=len(proof))
     if fr != first_hash:
         raise VerificationError(
-            "consistency proof leads to a different old root", expected=first_hash, actual=fr
+            "consistency proof leads to a different old root",
+            expected=first_hash,
+            actual=fr,
         )
     if sr != second_hash:
         raise VerificationError(
-            "consistency proof leads to a different new root", expected=second_hash, actual=sr
+            "consistency proof leads to a different new root",
+            expected=second_hash,
+            actual=sr,
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -69,6 +70,7 @@ class Vehicle(Base):
     provisioned_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64), default=GENESIS_PREV)
+    policy_applied: Mapped[int] = mapped_column(BigInteger, default=0)  # consent version the car last fetched
 
 
 class Credential(Base):
@@ -179,6 +181,35 @@ class SavedCheckpoint(Base):
     tree_size: Mapped[int] = mapped_column(BigInteger)
     note: Mapped[str] = mapped_column(Text)
     saved_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class ConsentRecord(Base):
+    """One owner decision about one category of one vehicle (append-only: a stop is a new row)."""
+
+    __tablename__ = "consents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), index=True)
+    category: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    purpose: Mapped[str] = mapped_column(String(400), default="")
+    lasting: Mapped[bool] = mapped_column(Boolean, default=False)
+    starts_ms: Mapped[int] = mapped_column(BigInteger)
+    ends_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    granted_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    granted_by: Mapped[str] = mapped_column(String(200))
+
+
+class VehicleEvent(Base):
+    """An event the car recorded (hard braking, ABS, AEB, crash), uploaded as a signed event batch."""
+
+    __tablename__ = "vehicle_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    t_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    batch_seq: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    legal_basis: Mapped[str] = mapped_column(String(400))
 
 
 class LoginAttempt(Base):

@@ -1,0 +1,97 @@
+"""A vehicle's timeline (drives and charging sessions derived from its telemetry) and its route as GPX/GeoJSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import func, select
+
+from carvault.access.audit import OWNER_REQUEST, Actor
+from carvault.access.gpx import LATITUDE, LONGITUDE, MEDIA_TYPE, ROUTE_SIGNALS, gpx_name, to_gpx
+from carvault.access.trips import TIMELINE_SIGNALS, detect
+from carvault.errors import InvalidQuery
+from carvault.region import Region
+from carvault.store.metadata import BatchRecord, now_ms
+from carvault.web.deps import CurrentOwner, RegionDep, parse_time
+
+router = APIRouter(prefix="/api/v1/vehicles", tags=["timeline"])
+
+DAY_MS = 86_400_000
+DEFAULT_DAYS = 7
+MAX_TIMELINE_MS = 92 * DAY_MS
+MAX_ROUTE_MS = 31 * DAY_MS
+
+
+def data_span(region: Region, vin: str) -> tuple[int | None, int | None]:
+    """First and last instant the vehicle's telemetry batches cover (None, None before any upload)."""
+    with region.db.session() as s:
+        lo, hi = s.execute(select(func.min(BatchRecord.t0), func.max(BatchRecord.t1))
+                           .where(BatchRecord.vin == vin, BatchRecord.kind == "telemetry")).one()
+    return (int(lo), int(hi) + 1) if lo is not None else (None, None)
+
+
+def window_or_default(region: Region, vin: str, start: str | None, end: str | None, limit_ms: int
+                      ) -> tuple[int, int, int | None, int | None]:
+    """The asked window, or the last week of data; refuses windows longer than ``limit_ms``."""
+    lo, hi = data_span(region, vin)
+    end_ms = parse_time(end, "end") if end else (hi if hi is not None else now_ms())
+    start_ms = parse_time(start, "start") if start else end_ms - DEFAULT_DAYS * DAY_MS
+    if end_ms <= start_ms:
+        raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
+    if end_ms - start_ms > limit_ms:
+        raise InvalidQuery(f"this window may span at most {limit_ms // DAY_MS} days", start_ms=start_ms,
+                           end_ms=end_ms)
+    return start_ms, end_ms, lo, hi
+
+
+@router.get("/{vin}/timeline", summary="Drives and charging sessions derived from the telemetry of a window")
+def timeline(
+    vin: str,
+    owner: CurrentOwner,
+    region: RegionDep,
+    start: str | None = Query(None, description="ISO 8601 or epoch ms (inclusive); default: a week before end"),
+    end: str | None = Query(None, description="ISO 8601 or epoch ms (exclusive); default: the end of the data"),
+) -> dict[str, Any]:
+    """Recomputed from the signed data on every call; a drive crossing the window's edges is cut at them."""
+    v = region.vehicles.owned_one(owner.owner_id, vin)
+    start_ms, end_ms, lo, hi = window_or_default(region, v.vin, start, end, MAX_TIMELINE_MS)
+    signals = [region.catalogue[p] for p in TIMELINE_SIGNALS if p in region.catalogue]
+    found = detect(region.telemetry.window(v.vin, start_ms, end_ms, signals))
+    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
+                        action="timeline.read", legal_basis=OWNER_REQUEST,
+                        detail={"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives),
+                                "charges": len(found.charges)})
+    return {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms, "data_start_ms": lo, "data_end_ms": hi,
+            "drives": [d.to_json() for d in found.drives], "charges": [c.to_json() for c in found.charges]}
+
+
+@router.get("/{vin}/route", summary="Where the vehicle went in a window, as GPX 1.1 or GeoJSON",
+            responses={200: {"content": {MEDIA_TYPE: {}, "application/geo+json": {}}}})
+def route(
+    vin: str,
+    owner: CurrentOwner,
+    region: RegionDep,
+    start: str = Query(description="ISO 8601 or epoch ms (inclusive)"),
+    end: str = Query(description="ISO 8601 or epoch ms (exclusive)"),
+    format: Literal["gpx", "geojson"] = Query("gpx"),
+) -> Response:
+    v = region.vehicles.owned_one(owner.owner_id, vin)
+    start_ms, end_ms, _, _ = window_or_default(region, v.vin, start, end, MAX_ROUTE_MS)
+    table = region.telemetry.window(v.vin, start_ms, end_ms, [region.catalogue[p] for p in ROUTE_SIGNALS])
+    if format == "gpx":
+        body = to_gpx(table, gpx_name(v.vin, start_ms, end_ms), "Exported by CarVault")
+        media = MEDIA_TYPE
+    else:
+        lat, lon = table.column(LATITUDE).to_pylist(), table.column(LONGITUDE).to_pylist()
+        coords = [[x, y] for x, y in zip(lon, lat, strict=True) if x is not None and y is not None]
+        body = json.dumps({"type": "Feature", "properties": {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms},
+                           "geometry": {"type": "LineString", "coordinates": coords}}).encode()
+        media = "application/geo+json"
+    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
+                        action="telemetry.read", legal_basis=OWNER_REQUEST,
+                        detail={"start_ms": start_ms, "end_ms": end_ms, "signals": ",".join(ROUTE_SIGNALS),
+                                "format": format, "resample_ms": None, "rows": table.num_rows})
+    return Response(body, media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="{v.vin}-{start_ms}-{end_ms}.{format}"'})

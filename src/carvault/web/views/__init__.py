@@ -1,0 +1,17 @@
+"""The owner portal: server-rendered pages, one module per page group, all built on the /api/v1 routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from carvault.web.views import access, account, base, consent, deletion, downloads, drives, packages, vehicles
+
+router = APIRouter(include_in_schema=False)
+for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion):
+    router.include_router(_module.router)
+
+
+def install(app: FastAPI) -> None:
+    """Add the portal's pages, static files and error pages to an app."""
+    base.install(app)
+    app.include_router(router)

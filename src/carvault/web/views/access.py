@@ -1,0 +1,79 @@
+"""Who accessed my data: the owner's audit log, filterable by actor, action and time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from carvault.web.views.base import FormError, Page, page
+
+router = APIRouter(include_in_schema=False)
+PAGE_SIZE = 50
+KNOWN_ACTIONS = ("telemetry.read", "timeline.read", "telemetry.export", "export.create", "export.download",
+                 "package.create", "package.download", "vehicle.claim", "session.create", "credential.revoke",
+                 "password.change", "token.create", "account.create")
+
+
+def actor_label(p: Page, actor: str) -> str:
+    """"You" for the owner, else the kind of actor and its id."""
+    kind, _, ident = actor.partition(":")
+    if p.me and kind == "owner" and ident == str(p.owner_id):
+        return p.t("access.you")
+    return f"{p.t.maybe(f'actor.{kind}', kind)} {ident}".strip()
+
+
+def summary(p: Page, e: dict[str, Any]) -> str:
+    """A short line on what was accessed."""
+    d = e.get("detail") or {}
+    parts = []
+    if "start_ms" in d and "end_ms" in d:
+        parts.append(f"{p.t.dt(d['start_ms'], 'datetime_s')} – {p.t.dt(d['end_ms'], 'datetime_s')}")
+    if d.get("format"):
+        parts.append(str(d["format"]).upper())
+    if d.get("rows") is not None:
+        parts.append(p.t("access.rows", n=f"{d['rows']:,}"))
+    if d.get("package_id"):
+        parts.append(p.t("access.package", id=d["package_id"]))
+    if d.get("export_id"):
+        parts.append(p.t("access.export", id=d["export_id"]))
+    if d.get("signals") and d["signals"] != "*":
+        n = len(str(d["signals"]).split(","))
+        parts.append(p.t("access.signals", n=n))
+    return " · ".join(parts)
+
+
+@router.get("/access")
+async def access(request: Request) -> Response:
+    p = await page(request)
+    q = request.query_params
+    params: dict[str, Any] = {"limit": PAGE_SIZE}
+    error = None
+    for name in ("actor", "action"):
+        if q.get(name):
+            params[name] = q[name]
+    try:
+        if q.get("since"):
+            params["since"] = p.time_input(q["since"], "since")
+        if q.get("until"):
+            until = datetime.fromtimestamp(p.time_input(q["until"], "until") / 1000, p.t.tz) + timedelta(days=1)
+            params["until"] = int(until.timestamp() * 1000)
+    except FormError as e:
+        error = str(e)
+    if q.get("before", "").isdigit():
+        params["before_id"] = int(q["before"])
+    events = (await p.get_json("/api/v1/audit", params=params))["events"]
+    recent = (await p.get_json("/api/v1/audit", params={"limit": 1000}))["events"]
+    actors = sorted({e["actor"] for e in recent} | ({q["actor"]} if q.get("actor") else set()))
+    actions = sorted(set(KNOWN_ACTIONS) | {e["action"] for e in recent})
+    rows = [{**e, "who": actor_label(p, e["actor"]), "what": p.t.maybe(f"action.{e['action']}", e["action"]),
+             "summary": summary(p, e)} for e in events]
+    older = None
+    if len(events) == PAGE_SIZE:
+        keep = {k: v for k, v in q.items() if k not in ("before", "notice")}
+        older = "&".join(f"{k}={v}" for k, v in {**keep, "before": events[-1]["id"]}.items())
+    return p.render("access.html", title=p.t("access.title"), rows=rows, error=error, actors=actors,
+                    actor_labels={a: actor_label(p, a) for a in actors}, actions=actions,
+                    filters={k: q.get(k, "") for k in ("actor", "action", "since", "until")}, older=older)
