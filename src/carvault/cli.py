@@ -189,6 +189,68 @@ def order(vin: str,
                   f"released to the owner{f', written to {out}' if out else ''}")
 
 
+@app.command("import-can")
+def import_can_cmd(
+        log: Annotated[Path, typer.Argument(help="CAN log: candump -L text (.log, .gz) or any format python-can "
+                                                  "reads (.asc, .blf, .trc ...).", exists=True, dir_okay=False)],
+        mapping: Annotated[str, typer.Option(help="Mapping file (TOML), or a shipped one: tesla_model3_party, "
+                                                  "toyota_rav4.")],
+        vehicle_dir: Annotated[Path, typer.Option(help="The provisioned vehicle's folder (key, spool).")],
+        dbc: Annotated[str | None, typer.Option(help="DBC file, or opendbc:NAME for one in the opendbc package "
+                                                     "(default: the one the mapping names).")] = None,
+        endpoint: Annotated[str | None, typer.Option(help="The home region's gateway URL.")] = None,
+        batch_seconds: Annotated[int, typer.Option(help="Seconds of data per signed batch.")] = 300,
+        no_upload: Annotated[bool, typer.Option("--no-upload", help="Sign and spool only; upload later.")] = False,
+        start: Annotated[str | None, typer.Option(help="UTC time of the first frame, for logs whose clock "
+                                                       "counts from boot (ISO 8601 or epoch ms).")] = None) -> None:
+    """Import a CAN log: decode it with a DBC, map it to VSS, sign it as the car and upload it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from carvault.vehicle.agent import UploadRefused, VehicleAgent
+    from carvault.vehicle.can import describe_ids, import_can
+    from carvault.vehicle.identity import VehicleIdentity
+    from carvault.web.deps import parse_time
+
+    if not no_upload and not endpoint:
+        console.print("[red]give --endpoint (the gateway URL), or --no-upload to only sign and spool[/]")
+        raise typer.Exit(2)
+    try:
+        ident = VehicleIdentity.load(vehicle_dir)
+        start_us = parse_time(start, "start") * 1000 if start else None
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"decoding {log.name}", total=log.stat().st_size)
+            result = import_can(log, dbc=dbc, mapping=mapping, start_us=start_us,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        info = result.summary()
+        console.print(f"{info['frames']:,} frames ({info['frames_per_s']:,} frames/s) -> {info['rows']:,} rows, "
+                      f"{info['samples']:,} samples of {len(result.table.column_names) - 1} signals")
+        if result.unknown_ids:
+            console.print(f"[yellow]{len(result.unknown_ids)} IDs not decoded:[/] {describe_ids(result.unknown_ids)}")
+        for path, n in info["out_of_range"].items():
+            console.print(f"[yellow]{n} values of {path} outside the catalogue range were left out[/]")
+        if result.table.num_rows == 0:
+            console.print("[red]nothing to record: no frame of the mapped messages is in the log[/]")
+            raise typer.Exit(1)
+        agent = VehicleAgent(ident, vehicle_dir, endpoint or "")
+        n = agent.record(result.table, batch_seconds)
+        console.print(f"signed {n} batches for {ident.vin}")
+        if no_upload:
+            console.print(f"{len(agent.pending())} batches wait in {agent.spool_dir}")
+            return
+        with Progress(console=console) as bar:
+            task = bar.add_task(f"uploading {len(agent.pending())} batches", total=len(agent.pending()))
+            while agent.pending():
+                bar.advance(task, len(agent.upload_pending(limit=10)))
+        console.print(f"uploaded {n} batches for {ident.vin}")
+    except UploadRefused as e:
+        console.print(f"[red]refused:[/] {e}")
+        raise typer.Exit(1) from None
+    except CarVaultError as e:
+        console.print(f"[red]{e.code}:[/] {e.message}")
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""
     try:

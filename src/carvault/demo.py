@@ -95,6 +95,12 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     result.add("pairing", claimed == [201, 201, 201], f"claim answers {claimed}")
 
     day = (datetime.now(UTC) - timedelta(days=1)).date()
+    # The owner opted in to location (coarse) for route history when buying the cars, before the simulated day.
+    bought = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1000)
+    for c in cars:
+        cn.consents.decide(c.vin, 1, "location", enabled=True, purpose="route history in my portal",
+                           ends_ms=bought + 365 * 86_400_000, lasting=True, at_ms=bought)
+    result.add("consent", True, "location (coarse H3 cells) opted in, lasting, 1 year; biometrics stay in the car")
     days = []
     for i, car in enumerate(cars):
         days.append(simulate_day(car.vin, seed + i, day, incident=(i == 0)))
@@ -102,7 +108,10 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     result.add("simulation", True, f"{samples:,} samples over {sum(d.table.num_rows for d in days):,} instants")
 
     agents = [VehicleAgent(c, data_dir / "vehicles" / c.vin, cn_server.url) for c in cars]
-    total = sum(a.record(d.table, BATCH_SECONDS) for a, d in zip(agents, days, strict=True))
+    total = 0
+    for a, d in zip(agents, days, strict=True):
+        a.fetch_policy()
+        total += a.process(d.table, BATCH_SECONDS) + a.finish()
     first_blob = agents[0].pending()[0].read_bytes()
     t0 = time.monotonic()
     uploaded = 0
@@ -127,7 +136,7 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
 
     foreign_agent = VehicleAgent(foreign, data_dir / "vehicles" / foreign.vin, cn_server.url)
     foreign_day = simulate_day(foreign.vin, seed + 99, day)
-    foreign_agent.record(foreign_day.table.slice(0, 600), BATCH_SECONDS)
+    foreign_agent.process(foreign_day.table.slice(0, 600), BATCH_SECONDS)
     try:
         foreign_agent.upload_pending(limit=1)
         result.add("foreign vehicle refused (421)", False, "the cn gateway accepted an eu vehicle")
@@ -139,7 +148,11 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     sent_home = foreign_agent.upload_pending()
     result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
 
-    incident = next((e for e in days[0].events if e.kind == "crash"), days[0].events[0] if days[0].events else None)
+    events = api.get(f"/api/v1/vehicles/{cars[0].vin}/events", headers=auth).json()
+    result.add("events recorded in the car", any(e["kind"] == "crash" for e in events),
+               ", ".join(f"{e['kind']}" for e in reversed(events)))
+    crash = next((e for e in events if e["kind"] == "crash"), None)
+    incident = _Event(crash["kind"], crash["t_ms"]) if crash else None
     if incident is not None:
         start = incident.t_ms - 30 * 60_000
         r = api.get(f"/api/v1/vehicles/{cars[0].vin}/telemetry", headers=auth,
@@ -153,6 +166,12 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     cp = api.get("/api/v1/log/checkpoint").text
     result.add("transparency log", cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
                f"checkpoint tree size {cp.splitlines()[1]}")
+
+
+@dataclass(frozen=True)
+class _Event:
+    kind: str
+    t_ms: int
 
 
 def _package_steps(api: httpx.Client, auth: dict[str, str], vin: str, incident: object, data_dir: Path,

@@ -35,11 +35,11 @@ class Consents:
         return Policy(vin=vin, consents=tuple(_consent(r) for r in rows), version=rows[-1].id if rows else 0)
 
     def decide(self, vin: str, owner_id: int, category: str, *, enabled: bool, purpose: str = "",
-               ends_ms: int | None = None, lasting: bool = False) -> Consent:
-        """Record a grant (with an end date) or a stop, effective at once; audited."""
+               ends_ms: int | None = None, lasting: bool = False, at_ms: int | None = None) -> Consent:
+        """Record a grant (with an end date) or a stop, effective at once (or ``at_ms``, for set-up); audited."""
         if category not in CATEGORIES:
             raise ValidationFailed(f"no data category {category!r}", field="category")
-        now = now_ms()
+        now = at_ms if at_ms is not None else now_ms()
         if enabled:
             if ends_ms is None:
                 raise ValidationFailed("a consent must have an end date; permanent consent is not allowed",

@@ -142,7 +142,9 @@ def _swar8(word: np.ndarray) -> np.ndarray:
 def _decimal(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(values, bad rows) of up to 16 ASCII decimal digits per row."""
     n, k = cols.shape
-    bad = ((cols - np.uint8(48)) > 9).any(axis=1)
+    wrong = (cols - np.uint8(48)) > 9
+    # A whole-block check first: per-row reductions over a few columns are slow in numpy.
+    bad = wrong.any(axis=1) if wrong.any() else np.zeros(n, bool)
     buf = np.full((n, 16), 48, np.uint8)
     buf[:, 16 - k :] = cols
     words = buf.view("<u8")
@@ -244,7 +246,11 @@ def parse_candump(data: bytes, *, first_line: int = 1, source: str = "<log>") ->
         frac, bad_f = _decimal(rows[:, o_dp + 1 : o_cp])
         ident = _HEX[rows[:, o_id:o_hash]]
         nib = _HEX[rows[:, o_hash + 1 : L]]
-        bad_rows = bad_s | bad_f | (ident == 255).any(axis=1) | (nib == 255).any(axis=1)
+        bad_rows = bad_s | bad_f
+        for hexes in (ident, nib):
+            wrong = hexes == 255
+            if wrong.any():
+                bad_rows |= wrong.any(axis=1)
         us = sec * 1_000_000 + (frac * 10 ** (6 - nf) if nf <= 6 else frac // 10 ** (nf - 6))
         t_us[sel] = us
         k = np.zeros(len(sel), np.uint32)

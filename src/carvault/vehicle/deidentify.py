@@ -237,34 +237,42 @@ class FaceDetector:
 # ---------------------------------------------------------------------------------------------- plates
 @dataclass(frozen=True)
 class PlateColour:
-    """How one plate family looks: its background in HSV and the channel where its characters stand out."""
+    """How one plate family looks, and how its glyphs differ from its background."""
 
     name: str
-    hsv_low: tuple[int, int, int]
+    hsv_low: tuple[int, int, int]  # OpenCV HSV: hue 0..180
     hsv_high: tuple[int, int, int]
-    channel: int  # BGR index: characters contrast with the background most in this channel
+    channel: int  # BGR index where the glyphs contrast most with the background
+    dark_glyphs: bool
+    glyph_axis: int  # HSV index on which glyph pixels are well below the background: 1 (whiter) or 2 (darker)
+    glyph_ratio: float  # glyph mean / background mean on that axis must not exceed this
+    glyph_colour: float  # share of glyph pixels that may still look plate-coloured
 
 
-# OpenCV HSV: hue 0..180. Blue plates measured on CCPD photos: H 95..116, S >= 70, V >= 80 (night).
-BLUE_PLATE = PlateColour("blue", (95, 60, 40), (130, 255, 255), channel=2)  # white glyphs: bright in red
-GREEN_PLATE = PlateColour("green", (35, 35, 60), (95, 255, 255), channel=1)  # black glyphs: dark in green
+# Measured on the CCPD photos: blue background H 95..116, S >= 70, V >= 80 at night; white glyphs have S
+# about half the background's. New-energy plates: green H 35..95, black glyphs below half the brightness.
+BLUE_PLATE = PlateColour("blue", (95, 60, 40), (130, 255, 255), channel=2, dark_glyphs=False, glyph_axis=1,
+                         glyph_ratio=0.7, glyph_colour=1.0)
+GREEN_PLATE = PlateColour("green", (35, 35, 60), (95, 255, 255), channel=1, dark_glyphs=True, glyph_axis=2,
+                          glyph_ratio=0.5, glyph_colour=0.7)
 
 
 class PlateDetector:
-    """Chinese blue and green plates by colour, stroke density and shape, at a few image scales."""
+    """Chinese blue and green plates by colour, stroke density and glyph shapes, at a few image scales."""
 
     name = "carvault-plates"
     algorithm = "1"
 
     def __init__(self, *, colours: tuple[PlateColour, ...] = (BLUE_PLATE, GREEN_PLATE),
                  scales: tuple[float, ...] = (1.0, 0.5, 0.25), kernel: int = 15, edge_threshold: int = 100,
-                 min_runs: float = 8.0, min_colour: float = 0.35) -> None:
+                 min_runs: float = 6.0, min_colour: float = 0.3, min_glyphs: int = 4) -> None:
         self.colours = colours
         self.scales = scales
         self.kernel = kernel
         self.edge_threshold = edge_threshold
         self.min_runs = min_runs
         self.min_colour = min_colour
+        self.min_glyphs = min_glyphs
         self.version = f"{self.name}/{self.algorithm}+opencv-{cv2.__version__}"
         k = kernel
         self._close_row = cv2.getStructuringElement(cv2.MORPH_RECT, (k, 1))
@@ -283,7 +291,7 @@ class PlateDetector:
             img = bgr if s == 1.0 else cv2.resize(bgr, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
             hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
             for colour in self.colours:
-                for (x, y, bw, bh), score in self._text_lines(img, hsv, colour):
+                for (x, y, bw, bh), score in self._plates(img, hsv, colour):
                     found.append(((round(x / s), round(y / s), round(bw / s), round(bh / s)), score))
         if not found:
             return []
@@ -292,9 +300,22 @@ class PlateDetector:
         keep = _nms(boxes, scores, 0.3)
         return [Redaction(PLATE, self.version, _clip_box(found[i][0], w, h), float(scores[i])) for i in keep]
 
-    def _text_lines(self, img: np.ndarray, hsv: np.ndarray, colour: PlateColour) -> list[tuple[Box, float]]:
-        """Plate candidates at one scale: rows of strong vertical edges next to plate-coloured pixels."""
+    def _plates(self, img: np.ndarray, hsv: np.ndarray, colour: PlateColour) -> list[tuple[Box, float]]:
+        """Plates of one colour at one scale: text lines whose glyphs look like a plate's."""
         mask = cv2.inRange(hsv, colour.hsv_low, colour.hsv_high)
+        out: list[tuple[Box, float]] = []
+        for x, y, w, h, colour_share in self._text_lines(img, mask, colour):
+            glyphs = self._glyphs(img, hsv, mask, (x, y, w, h), colour)
+            if glyphs < self.min_glyphs:
+                continue
+            # The glyphs span the text line; the plate reaches a little beyond them on every side.
+            px, py = round(0.25 * h), round(0.3 * h)
+            score = 0.5 * min(1.0, glyphs / 7) + 0.5 * min(1.0, colour_share / 0.7)
+            out.append(((x - px, y - py, w + 2 * px, h + 2 * py), score))
+        return out
+
+    def _text_lines(self, img: np.ndarray, mask: np.ndarray, colour: PlateColour) -> list[tuple[int, ...]]:
+        """Rows of strong vertical edges next to plate-coloured pixels, joined into text-line boxes."""
         gx = cv2.Sobel(img[:, :, colour.channel], cv2.CV_16S, 1, 0, ksize=3)
         edges = cv2.compare(cv2.convertScaleAbs(gx), self.edge_threshold, cv2.CMP_GT)
         # Glyph strokes sit inside the plate's background colour; most other edges do not.
@@ -304,9 +325,9 @@ class PlateDetector:
         line = cv2.morphologyEx(line, cv2.MORPH_OPEN, self._open_col)
         line = cv2.morphologyEx(line, cv2.MORPH_OPEN, self._open_row)
         line = cv2.morphologyEx(line, cv2.MORPH_CLOSE, self._close_box)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(line, connectivity=8)
-        out: list[tuple[Box, float]] = []
-        for x, y, w, h, area in stats[1:]:
+        _, _, stats, _ = cv2.connectedComponentsWithStats(line, connectivity=8)
+        out = []
+        for x, y, w, h, area in stats[1:].tolist():
             if h < 6 or w < 1.5 * h or w > 10 * h or area < 0.4 * w * h:
                 continue
             colour_share = float(np.count_nonzero(mask[y : y + h, x : x + w])) / (w * h)
@@ -314,13 +335,28 @@ class PlateDetector:
                 continue
             band = e[y + h // 4 : y + 3 * h // 4 + 1, x : x + w]
             runs = float(np.median(np.count_nonzero(np.diff(band, axis=1) == 1, axis=1)))
-            if runs < self.min_runs:
-                continue
-            # A text line is the glyphs; the plate reaches a little beyond them on every side.
-            px, py = round(0.25 * h), round(0.3 * h)
-            score = 0.5 * min(1.0, runs / 16) + 0.5 * min(1.0, colour_share / 0.7)
-            out.append(((int(x) - px, int(y) - py, int(w) + 2 * px, int(h) + 2 * py), score))
+            if runs >= self.min_runs:
+                out.append((x, y, w, h, colour_share))
         return out
+
+    def _glyphs(self, img: np.ndarray, hsv: np.ndarray, mask: np.ndarray, box: Box, colour: PlateColour) -> int:
+        """How many glyph-like shapes (tall, narrow, unlike the background) the text line holds."""
+        x, y, w, h = box
+        roi = img[y : y + h, x : x + w, colour.channel]
+        mode = cv2.THRESH_BINARY_INV if colour.dark_glyphs else cv2.THRESH_BINARY
+        _, g = cv2.threshold(roi, 0, 1, mode + cv2.THRESH_OTSU)
+        glyph = g.astype(bool)
+        share = float(glyph.mean())
+        if not 0.12 <= share <= 0.55:  # glyphs cover about a third of a text line
+            return 0
+        axis = hsv[y : y + h, x : x + w, colour.glyph_axis].astype(np.float32)
+        if axis[glyph].mean() > colour.glyph_ratio * max(1.0, float(axis[~glyph].mean())):
+            return 0
+        if float(np.count_nonzero(mask[y : y + h, x : x + w][glyph])) / np.count_nonzero(glyph) > colour.glyph_colour:
+            return 0
+        _, _, stats, _ = cv2.connectedComponentsWithStats(g, connectivity=8)
+        gh, gw = stats[1:, 3], stats[1:, 2]
+        return int(np.count_nonzero((gh >= 0.45 * h) & (gw <= 0.35 * w)))
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
