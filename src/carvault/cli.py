@@ -251,6 +251,28 @@ def import_can_cmd(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def hold(vin: str, authority: Annotated[str, typer.Option(help="Who orders the hold.")],
+         reason: Annotated[str, typer.Option(help="Case or reason.")],
+         data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+    """Place a legal hold: the vehicle's data is kept (not deleted) until released."""
+    from carvault.region import Region
+
+    with Region(_settings(data_dir, region, database_url)) as r:
+        h = r.deletions.place_hold(vin.upper(), authority, reason)
+    console.print(f"legal hold {h.id} placed on {vin.upper()}")
+
+
+@app.command("release-hold")
+def release_hold(hold_id: int, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+    """Release a legal hold; deletion requests it held are carried out."""
+    from carvault.region import Region
+
+    with Region(_settings(data_dir, region, database_url)) as r:
+        done = r.deletions.release_hold(hold_id)
+    console.print(f"hold {hold_id} released; {len(done)} waiting deletion request(s) processed")
+
+
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""
     try:

@@ -15,6 +15,7 @@
     │   ├── BadSignature               401 bad_signature
     │   └── UnknownVehicle             401 unknown_vehicle
     ├── Forbidden                      403 forbidden
+    │   └── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
     ├── NotFound                       404 not_found
     ├── Conflict                       409 conflict
     │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
@@ -138,6 +139,12 @@ class Forbidden(CarVaultError):
 
     code = "forbidden"
     status = 403
+
+
+class DataFrozen(Forbidden):
+    """The data is under a legal hold after a deletion request: kept, but not served."""
+
+    code = "data_frozen"
 
 
 class NotFound(CarVaultError):

@@ -12,6 +12,7 @@ from carvault.access import jobs as _jobs  # noqa: F401  (registers the export_j
 from carvault.access.accounts import Accounts
 from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
+from carvault.access.deletion import Deletions
 from carvault.access.vehicles import Vehicles
 from carvault.ingest.gateway import Gateway
 from carvault.ledger.log import TransparencyLog
@@ -76,6 +77,7 @@ class Region:
         self.audit = AuditLog(self.db)
         self.consents = Consents(self.db, self.audit, self.name)
         self.telemetry = TelemetryStore(self.db, self.segment_reader)
+        self.deletions = Deletions(self)
         self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem)
 
     def close(self) -> None:

@@ -212,6 +212,33 @@ class VehicleEvent(Base):
     legal_basis: Mapped[str] = mapped_column(String(400))
 
 
+class DeletionRequest(Base):
+    """An owner's request to delete off-vehicle copies of their data, with its deadline and receipt."""
+
+    __tablename__ = "deletion_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    vin: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    reason: Mapped[str] = mapped_column(String(1000), default="")
+    status: Mapped[str] = mapped_column(String(16))  # pending | held | completed
+    requested_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    deadline_ms: Mapped[int] = mapped_column(BigInteger)
+    completed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    receipt: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class LegalHold(Base):
+    """A legal hold on a vehicle's data: kept (frozen, not served), not deleted, until released."""
+
+    __tablename__ = "legal_holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    authority: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(1000))
+    since_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class LoginAttempt(Base):
     """Failed logins, for rate limiting across processes."""
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from carvault import __version__
 from carvault.region import Region
 from carvault.web import errors
-from carvault.web.routes import audit, auth, catalogue, consents, events, exports, ingest, log, packages, timeline, vehicles
+from carvault.web.routes import audit, auth, catalogue, consents, deletion, events, exports, ingest, log, packages, timeline, vehicles
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -34,7 +34,7 @@ def create_app(region: Region) -> FastAPI:
     app.state.region = region
     errors.install(app)
     for r in (ingest.router, auth.router, vehicles.router, packages.router, catalogue.router, audit.router,
-              log.router, consents.router, events.router):
+              log.router, consents.router, events.router, deletion.router):
         app.include_router(r)
     for r in (timeline.router, exports.router):  # the owner portal's API (issue 5)
         app.include_router(r)

@@ -58,6 +58,7 @@ def _owned_package(region: Any, owner_id: int, vin: str, package_id: int) -> Inc
 @router.post("/vehicles/{vin}/packages", status_code=201, summary="Build an incident package")
 def create_package(vin: str, req: PackageRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.owned_one(owner.owner_id, vin)
+    region.deletions.check_served(v.vin)
     event = None
     if req.event_time is not None:
         t = parse_time(str(req.event_time), "event_time")

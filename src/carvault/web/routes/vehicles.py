@@ -58,6 +58,7 @@ def telemetry(
     resample_: str | None = Query(None, alias="resample", description="e.g. 1s, 5min: mean per interval"),
 ) -> Response:
     v = region.vehicles.owned_one(owner.owner_id, vin)
+    region.deletions.check_served(v.vin)
     start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
     chosen = region.catalogue.select(signals.split(",") if signals else None)
     interval = parse_interval(resample_) if resample_ else None

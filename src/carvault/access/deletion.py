@@ -1,0 +1,195 @@
+"""The owner's right to deletion: off-vehicle copies erased within 10 working days, with a signed receipt.
+
+What is erased: the exact batch bytes (overwritten with zeros in their segments and fsynced), the batch
+index, recorded events, incident packages. What is kept, and why, is stated in the receipt: consent and
+audit records (proof of lawful processing), the transparency-log leaves (hashes and the VIN only: the
+log is append-only, and erasing a leaf would break every later proof). Data under a legal hold is not
+erased: the request waits as ``held`` and the data is frozen (kept, not served) until the hold ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+
+from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor
+from carvault.errors import DataFrozen, NotFound
+from carvault.store.metadata import (
+    BatchRecord,
+    DeletionRequest,
+    IncidentPackage,
+    LegalHold,
+    Vehicle,
+    VehicleEvent,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from carvault.region import Region
+
+RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
+WORKING_DAYS = 10
+RETAINED = [
+    {"what": "consent and audit records", "why": "proof of lawful processing (PIPL art. 54; audit duty)"},
+    {"what": "transparency-log leaves (VIN, batch hashes)",
+     "why": "the log is append-only; removing a leaf would break every later inclusion proof"},
+    {"what": "the vehicle registration and chain head", "why": "so the car can keep uploading if you wish"},
+]
+
+
+def add_working_days(start_ms: int, days: int) -> int:
+    """``days`` working days (Monday–Friday) after ``start_ms`` (public holidays are not modelled)."""
+    d = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
+    left = days
+    while left:
+        d += dt.timedelta(days=1)
+        if d.weekday() < 5:
+            left -= 1
+    return int(d.timestamp() * 1000)
+
+
+def request_json(r: DeletionRequest, holds: list[LegalHold]) -> dict[str, Any]:
+    """A deletion request as the API shows it."""
+    return {"id": r.id, "vin": r.vin, "status": r.status, "reason": r.reason, "requested_ms": r.requested_ms,
+            "deadline_ms": r.deadline_ms, "completed_ms": r.completed_ms,
+            "receipt": json.loads(r.receipt) if r.receipt else None,
+            "holds": [{"vin": h.vin, "reason": h.reason, "authority": h.authority, "since_ms": h.since_ms}
+                      for h in holds]}
+
+
+class Deletions:
+    """Deletion requests and legal holds of one region."""
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.db = region.db
+
+    # -------------------------------------------------------------- holds
+    def active_holds(self, vins: list[str]) -> list[LegalHold]:
+        """Holds in force on any of these vehicles."""
+        with self.db.session() as s:
+            return list(s.scalars(select(LegalHold).where(LegalHold.vin.in_(vins), LegalHold.released_ms.is_(None))))
+
+    def place_hold(self, vin: str, authority: str, reason: str) -> LegalHold:
+        """Freeze a vehicle's data against deletion."""
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin)
+            if v is None:
+                raise NotFound(f"no vehicle {vin}")
+            hold = LegalHold(vin=vin, authority=authority, reason=reason)
+            s.add(hold)
+        self.region.audit.record(owner_id=v.owner_id, vin=vin, actor=Actor("authority", authority),
+                                 action="hold.place", legal_basis=LEGAL_OBLIGATION, detail={"reason": reason})
+        return hold
+
+    def release_hold(self, hold_id: int) -> list[DeletionRequest]:
+        """End a hold; waiting deletion requests then proceed."""
+        with self.db.session() as s:
+            hold = s.get(LegalHold, hold_id)
+            if hold is None:
+                raise NotFound(f"no legal hold {hold_id}")
+            hold.released_ms = now_ms()
+            v = s.get(Vehicle, hold.vin)
+            waiting = list(s.scalars(select(DeletionRequest).where(DeletionRequest.status == "held")))
+        self.region.audit.record(owner_id=v.owner_id if v else None, vin=hold.vin,
+                                 actor=Actor("authority", hold.authority), action="hold.release",
+                                 legal_basis=LEGAL_OBLIGATION, detail={"hold_id": hold_id})
+        return [self.process(r.id) for r in waiting]
+
+    def check_served(self, vin: str) -> None:
+        """Refuse to serve data frozen by a hold after the owner asked for its deletion."""
+        holds = self.active_holds([vin])
+        if not holds:
+            return
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin)
+            waiting = s.scalar(select(DeletionRequest.id).where(
+                DeletionRequest.status == "held", DeletionRequest.owner_id == (v.owner_id if v else -1),
+                (DeletionRequest.vin == vin) | DeletionRequest.vin.is_(None)).limit(1))
+        if waiting is not None:
+            h = holds[0]
+            raise DataFrozen(f"this data is under a legal hold ({h.authority}: {h.reason}); it is kept, not served, "
+                             "and will be deleted when the hold ends", authority=h.authority)
+
+    # -------------------------------------------------------------- requests
+    def request(self, owner_id: int, vin: str | None, reason: str) -> DeletionRequest:
+        """Record a request (all my data, or one vehicle) and carry it out unless a hold stops it."""
+        if vin is not None:
+            vin = self.region.vehicles.owned_one(owner_id, vin).vin
+        now = now_ms()
+        req = DeletionRequest(owner_id=owner_id, vin=vin, reason=reason[:1000], status="pending",
+                              requested_ms=now, deadline_ms=add_working_days(now, WORKING_DAYS))
+        with self.db.session() as s:
+            s.add(req)
+        self.region.audit.record(owner_id=owner_id, vin=vin, actor=Actor("owner", str(owner_id)),
+                                 action="deletion.request", legal_basis=OWNER_REQUEST,
+                                 detail={"request_id": req.id, "deadline_ms": req.deadline_ms})
+        return self.process(req.id)
+
+    def _vins(self, req: DeletionRequest) -> list[str]:
+        if req.vin is not None:
+            return [req.vin]
+        return [v.vin for v in self.region.vehicles.owned(req.owner_id)]
+
+    def process(self, request_id: int) -> DeletionRequest:
+        """Erase the request's data now, or mark it held; return the updated request."""
+        with self.db.session() as s:
+            req = s.get(DeletionRequest, request_id)
+            assert req is not None
+        if req.status == "completed":
+            return req
+        vins = self._vins(req)
+        if self.active_holds(vins):
+            with self.db.session() as s:
+                s.get(DeletionRequest, request_id).status = "held"  # type: ignore[union-attr]
+                req.status = "held"
+            return req
+        erased_bytes, batches, packages, events = 0, 0, 0, 0
+        reader = self.region.segment_reader
+        for vin in vins:
+            with self.db.session() as s:
+                recs = list(s.scalars(select(BatchRecord).where(BatchRecord.vin == vin)))
+                pkgs = list(s.scalars(select(IncidentPackage).where(IncidentPackage.vin == vin)))
+            for rec in recs:  # overwrite the exact bytes in place: other writers' offsets never move
+                fd = os.open(reader.directory / rec.segment, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, bytes(rec.length), rec.offset)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                erased_bytes += rec.length
+            for p in pkgs:
+                (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
+            with self.db.session() as s:
+                batches += s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)).rowcount
+                events += s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)).rowcount
+                packages += s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)).rowcount
+        done = now_ms()
+        body = {"request_id": req.id, "region": self.region.name, "vins": vins, "batches_erased": batches,
+                "bytes_overwritten": erased_bytes, "events_erased": events, "packages_erased": packages,
+                "requested_ms": req.requested_ms, "completed_ms": done, "deadline_ms": req.deadline_ms,
+                "retained": RETAINED}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        receipt = {**body, "signature": base64.b64encode(self.region.log_key.sign(RECEIPT_CONTEXT + canonical)).decode(),
+                   "signed_by": self.region.log.vkey}
+        with self.db.session() as s:
+            row = s.get(DeletionRequest, request_id)
+            assert row is not None
+            row.status, row.completed_ms, row.receipt = "completed", done, json.dumps(receipt)
+            req = row
+        self.region.audit.record(owner_id=req.owner_id, vin=req.vin, actor=Actor("system", "deletion"),
+                                 action="deletion.complete", legal_basis=OWNER_REQUEST,
+                                 detail={"request_id": req.id, "batches_erased": batches})
+        return req
+
+    def list(self, owner_id: int) -> list[dict[str, Any]]:
+        """The owner's requests, newest first, with any holds that stop them."""
+        with self.db.session() as s:
+            reqs = list(s.scalars(select(DeletionRequest).where(DeletionRequest.owner_id == owner_id)
+                                  .order_by(DeletionRequest.id.desc())))
+        return [request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []) for r in reqs]
