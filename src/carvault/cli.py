@@ -32,14 +32,26 @@ def _settings(data_dir: Path | None = None, region: str | None = None, database_
 @app.command()
 def serve(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None,
           host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-          port: Annotated[int | None, typer.Option(help="Listen port.")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+          workers: Annotated[int, typer.Option(help="Worker processes sharing the region's store.")] = 1) -> None:
     """Serve a region: the vehicle gateway, the owner API and the transparency log."""
+    import os
+
     import uvicorn
 
     from carvault.region import Region
     from carvault.server import uvicorn_config
 
     s = _settings(data_dir, region, database_url, host=host, port=port)
+    if workers > 1:
+        os.environ.update({"CARVAULT_DATA_DIR": str(s.data_dir), "CARVAULT_REGION": s.region,
+                           "CARVAULT_DATABASE_URL": s.database_url,
+                           "CARVAULT_REGION_ENDPOINTS": ",".join(f"{k}={v}" for k, v in s.region_endpoints.items())})
+        Region(s).close()  # create keys, CA and schema once, before the workers race to
+        console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} with {workers} workers")
+        uvicorn.run("carvault.web.asgi:create_from_env", factory=True, host=s.host, port=s.port, workers=workers,
+                    log_level="info", access_log=False, timeout_keep_alive=30)
+        return
     with Region(s) as r:
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         uvicorn.Server(uvicorn_config(r, s.host, s.port, log_level="info")).run()
@@ -226,11 +238,12 @@ def import_can_cmd(
         console.print(f"{info['frames']:,} frames ({info['frames_per_s']:,} frames/s) -> {info['rows']:,} rows, "
                       f"{info['samples']:,} samples of {len(result.table.column_names) - 1} signals")
         if result.unknown_ids:
-            console.print(f"[yellow]{len(result.unknown_ids)} IDs not decoded:[/] {describe_ids(result.unknown_ids)}")
+            console.print(f"[yellow]{len(result.unknown_ids)} IDs are not in the DBC:[/] "
+                          f"{describe_ids(result.unknown_ids)}")
         for path, n in info["out_of_range"].items():
             console.print(f"[yellow]{n} values of {path} outside the catalogue range were left out[/]")
         if result.table.num_rows == 0:
-            console.print("[red]nothing to record: no frame of the mapped messages is in the log[/]")
+            console.print("[red]nothing to record: the mapped signals have no value in the log[/]")
             raise typer.Exit(1)
         agent = VehicleAgent(ident, vehicle_dir, endpoint or "")
         n = agent.record(result.table, batch_seconds)

@@ -98,3 +98,30 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
                              received_ms=rec.received_ms)
             assert r.log.leaf_hash(rec.log_index) == leaf_hash(leaf)
             verify_inclusion(leaf_hash(leaf), rec.log_index, r.log.size, r.log.inclusion_proof(rec.log_index), root)
+
+
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    data = tmp_path / "region"
+    with Region(Settings(data_dir=data, region="cn")) as r:
+        cars = [provision(r, vin_for(200 + i), tmp_path / "vehicles") for i in range(4)]
+    port = free_port()
+    env = {**os.environ, "CARVAULT_DATA_DIR": str(data), "CARVAULT_REGION": "cn"}
+    proc = subprocess.Popen([sys.executable, "-m", "carvault.cli", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc)
+
+        def drive(i: int) -> int:
+            agent = VehicleAgent(cars[i], tmp_path / "vehicles" / cars[i].vin, url)
+            agent.record(drive_table(BASE_MS, seconds=50, paths=PATHS, seed=i), batch_seconds=10)
+            return len(agent.upload_pending())
+
+        with ThreadPoolExecutor(4) as pool:
+            assert sum(pool.map(drive, range(4))) == 20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with Region(Settings(data_dir=data, region="cn")) as r:
+        assert r.log.size == 20
+        assert len({p.name.rsplit("-", 1)[0] for p in (data / "segments").glob("*.cvseg")}) >= 1

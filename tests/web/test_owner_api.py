@@ -119,6 +119,11 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}/packages", None),
     ("GET", "/api/v1/vehicles/{vin}/packages/{pid}/download", None),
     ("GET", "/api/v1/vehicles/{vin}/packages/{pid}/verification", None),
+    ("GET", "/api/v1/vehicles/{vin}/consents", None),
+    ("PUT", "/api/v1/vehicles/{vin}/consents/location", {"enabled": False}),
+    ("GET", "/api/v1/vehicles/{vin}/events", None),
+    ("GET", "/api/v1/vehicles/{vin}/timeline?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
+    ("GET", "/api/v1/vehicles/{vin}/route?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
 ]
 
 
@@ -144,7 +149,8 @@ def test_owner_b_never_sees_owner_a_vehicle(http: httpx.Client, owner: OwnerClie
     # Every route that lists the app's /api/v1/vehicles/{vin}... paths is covered above.
     spec = http.get("/api/v1/openapi.json").json()
     vin_routes = {p for p in spec["paths"] if p.startswith("/api/v1/vehicles/{vin}")}
-    covered = {p.split("?")[0].replace("{pid}", "{package_id}") for _, p, _ in OWNER_ROUTES}
+    covered = {p.split("?")[0].replace("{pid}", "{package_id}").replace("consents/location", "consents/{category}")
+               for _, p, _ in OWNER_ROUTES}
     assert vin_routes <= covered, vin_routes - covered
 
 

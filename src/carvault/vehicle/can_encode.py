@@ -128,89 +128,181 @@ def tesla_model3_party_plan(db: Any) -> list[MessagePlan]:
 
     speed = "Vehicle.Speed"
     return [
-        MessagePlan("DI_speed", 20, {
-            "DI_vehicleSpeed": lambda col: col[speed],
-            "DI_uiSpeed": lambda col: np.round(np.abs(col[speed])),
-            "DI_uiSpeedUnits": lambda col: np.full(len(col[speed]), c("DI_speed", "DI_uiSpeedUnits", "DI_SPEED_KPH")),
-        }, counter="DI_speedCounter", checksum="DI_speedChecksum"),
-        MessagePlan("DI_systemStatus", 20, {
-            "DI_accelPedalPos": lambda col: col["Vehicle.Chassis.Accelerator.PedalPosition"],
-            "DI_brakePedalState": lambda col: pick(pedal_on(col), c("DI_systemStatus", "DI_brakePedalState", "ON"),
-                                                   c("DI_systemStatus", "DI_brakePedalState", "OFF")),
-            "DI_gear": gear,
-            "DI_systemState": lambda col: np.full(len(col[speed]), c("DI_systemStatus", "DI_systemState",
-                                                                      "DI_SYS_ENABLE")),
-        }, counter="DI_systemStatusCounter", checksum="DI_systemStatusChecksum"),
-        MessagePlan("DI_torque", 10, {
-            "DI_torqueActual": lambda col: col["Vehicle.Powertrain.ElectricMotor.Torque"],
-            "DI_torqueCommand": lambda col: col["Vehicle.Powertrain.ElectricMotor.Torque"],
-            "DI_axleSpeed": lambda col: col["axle_rpm"],
-        }, counter="DI_torqueCounter", checksum="DI_torqueChecksum"),
-        MessagePlan("IBST_status", 20, {
-            "IBST_sInputRodDriver": lambda col: col["Vehicle.Chassis.Brake.PedalPosition"] * IBST_FULL_STROKE_MM / 100,
-            "IBST_driverBrakeApply": lambda col: pick(pedal_on(col),
-                                                      c("IBST_status", "IBST_driverBrakeApply", "DRIVER_APPLYING_BRAKES"),
-                                                      c("IBST_status", "IBST_driverBrakeApply", "BRAKES_NOT_APPLIED")),
-            "IBST_iBoosterStatus": lambda col: np.full(len(col[speed]), c("IBST_status", "IBST_iBoosterStatus",
-                                                                           "IBOOSTER_READY")),
-        }, counter="IBST_statusCounter", checksum="IBST_statusChecksum"),
-        MessagePlan("ESP_status", 20, {
-            "ESP_absBrakeEvent2": lambda col: pick(col["Vehicle.ADAS.ABS.IsEngaged"] > 0,
-                                                   c("ESP_status", "ESP_absBrakeEvent2", "ACTIVE_FRONT_REAR"),
-                                                   c("ESP_status", "ESP_absBrakeEvent2", "NOT_ACTIVE")),
-            "ESP_brakeLamp": lambda col: col["Vehicle.Body.Lights.Brake.IsActive"],
-            "ESP_brakeApply": lambda col: pedal_on(col).astype(np.float64),
-            "ESP_driverBrakeApply": lambda col: pick(pedal_on(col), 2.0, 1.0),
-            "ESP_stabilityControlSts2": lambda col: pick(col["Vehicle.ADAS.ESC.IsEngaged"] > 0,
-                                                         c("ESP_status", "ESP_stabilityControlSts2", "ENGAGED"),
-                                                         c("ESP_status", "ESP_stabilityControlSts2", "ON")),
-        }, counter="ESP_statusCounter", checksum="ESP_statusChecksum"),
-        MessagePlan("ESP_B", 20, {
-            "ESP_vehicleSpeed": lambda col: np.abs(col[speed]),
-            "ESP_vehicleStandstillSts": lambda col: pick(col[speed] == 0, 1.0, 0.0),
-            "ESP_wheelSpeedsQF": lambda col: np.ones(len(col[speed])),
-        }, counter="ESP_wheelRotationCounter", checksum="ESP_wheelRotationChecksum"),
-        MessagePlan("ESP_wheelSpeeds", 20, {
-            "ESP_wheelSpeedFrL": lambda col: col["Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed"],
-            "ESP_wheelSpeedFrR": lambda col: np.abs(col[speed]),
-            "ESP_wheelSpeedReL": lambda col: np.abs(col[speed]),
-            "ESP_wheelSpeedReR": lambda col: np.abs(col[speed]),
-        }, counter="ESP_wheelSpeedsCounter", checksum="ESP_wheelSpeedsChecksum"),
-        MessagePlan("SCCM_steeringAngleSensor", 10, {
-            # Tesla counts steering angles positive to the right; VSS to the left.
-            "SCCM_steeringAngle": lambda col: -col["Vehicle.Chassis.SteeringWheel.Angle"],
-            "SCCM_steeringAngleSpeed": lambda col: -col["steer_rate"],
-            "SCCM_steeringAngleValidity": lambda col: np.full(len(col[speed]), c(
-                "SCCM_steeringAngleSensor", "SCCM_steeringAngleValidity", "VALID")),
-        }, counter="SCCM_steeringAngleCounter"),
-        MessagePlan("DAS_control", 40, {
-            "DAS_aebEvent": lambda col: pick(col["Vehicle.EDR.AEB.IsEngaged"] > 0,
-                                             c("DAS_control", "DAS_aebEvent", "AEB_ACTIVE"),
-                                             c("DAS_control", "DAS_aebEvent", "AEB_NOT_ACTIVE")),
-            "DAS_setSpeed": lambda col: np.full(len(col[speed]), np.nan),
-            "DAS_accelMin": lambda col: np.full(len(col[speed]), np.nan),
-            "DAS_accelMax": lambda col: np.full(len(col[speed]), np.nan),
-        }, counter="DAS_controlCounter", checksum="DAS_controlChecksum"),
-        MessagePlan("DI_state", 100, {
-            "DI_cruiseState": lambda col: pick(col["Vehicle.ADAS.CruiseControl.IsActive"] > 0,
-                                               c("DI_state", "DI_cruiseState", "ENABLED"),
-                                               c("DI_state", "DI_cruiseState", "STANDBY"),
-                                               known=~np.isnan(col["Vehicle.ADAS.CruiseControl.IsActive"])),
-            "DI_speedUnits": lambda col: np.full(len(col[speed]), c("DI_state", "DI_speedUnits", "KPH")),
-        }, counter="DI_locStatusCounter", checksum="DI_locStatusChecksum"),
-        MessagePlan("DAS_status", 100, {
-            "DAS_laneDepartureWarning": lambda col: pick(
-                col["Vehicle.ADAS.LaneDepartureDetection.IsWarning"] > 0,
-                c("DAS_status", "DAS_laneDepartureWarning", "LEFT_WARNING"),
-                c("DAS_status", "DAS_laneDepartureWarning", "NONE"),
-                known=~np.isnan(col["Vehicle.ADAS.LaneDepartureDetection.IsWarning"])),
-        }, counter="DAS_statusCounter", checksum="DAS_statusChecksum"),
-        MessagePlan("UI_warning", 100, {
-            "buckleStatus": lambda col: col["Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted"],
-            "leftBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
-            "rightBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
-            "anyDoorOpen": lambda col: col["Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"],
-        }, counter="UI_warningCounter", checksum="UI_warningChecksum"),
+        MessagePlan(
+            "DI_speed",
+            20,
+            {
+                "DI_vehicleSpeed": lambda col: col[speed],
+                "DI_uiSpeed": lambda col: np.round(np.abs(col[speed])),
+                "DI_uiSpeedUnits": lambda col: np.full(
+                    len(col[speed]), c("DI_speed", "DI_uiSpeedUnits", "DI_SPEED_KPH")
+                ),
+            },
+            counter="DI_speedCounter",
+            checksum="DI_speedChecksum",
+        ),
+        MessagePlan(
+            "DI_systemStatus",
+            20,
+            {
+                "DI_accelPedalPos": lambda col: col["Vehicle.Chassis.Accelerator.PedalPosition"],
+                "DI_brakePedalState": lambda col: pick(
+                    pedal_on(col),
+                    c("DI_systemStatus", "DI_brakePedalState", "ON"),
+                    c("DI_systemStatus", "DI_brakePedalState", "OFF"),
+                ),
+                "DI_gear": gear,
+                "DI_systemState": lambda col: np.full(
+                    len(col[speed]), c("DI_systemStatus", "DI_systemState", "DI_SYS_ENABLE")
+                ),
+            },
+            counter="DI_systemStatusCounter",
+            checksum="DI_systemStatusChecksum",
+        ),
+        MessagePlan(
+            "DI_torque",
+            10,
+            {
+                "DI_torqueActual": lambda col: col["Vehicle.Powertrain.ElectricMotor.Torque"],
+                "DI_torqueCommand": lambda col: col["Vehicle.Powertrain.ElectricMotor.Torque"],
+                "DI_axleSpeed": lambda col: col["axle_rpm"],
+            },
+            counter="DI_torqueCounter",
+            checksum="DI_torqueChecksum",
+        ),
+        MessagePlan(
+            "IBST_status",
+            20,
+            {
+                "IBST_sInputRodDriver": lambda col: (
+                    col["Vehicle.Chassis.Brake.PedalPosition"] * IBST_FULL_STROKE_MM / 100
+                ),
+                "IBST_driverBrakeApply": lambda col: pick(
+                    pedal_on(col),
+                    c("IBST_status", "IBST_driverBrakeApply", "DRIVER_APPLYING_BRAKES"),
+                    c("IBST_status", "IBST_driverBrakeApply", "BRAKES_NOT_APPLIED"),
+                ),
+                "IBST_iBoosterStatus": lambda col: np.full(
+                    len(col[speed]), c("IBST_status", "IBST_iBoosterStatus", "IBOOSTER_READY")
+                ),
+            },
+            counter="IBST_statusCounter",
+            checksum="IBST_statusChecksum",
+        ),
+        MessagePlan(
+            "ESP_status",
+            20,
+            {
+                "ESP_absBrakeEvent2": lambda col: pick(
+                    col["Vehicle.ADAS.ABS.IsEngaged"] > 0,
+                    c("ESP_status", "ESP_absBrakeEvent2", "ACTIVE_FRONT_REAR"),
+                    c("ESP_status", "ESP_absBrakeEvent2", "NOT_ACTIVE"),
+                ),
+                "ESP_brakeLamp": lambda col: col["Vehicle.Body.Lights.Brake.IsActive"],
+                "ESP_brakeApply": lambda col: pedal_on(col).astype(np.float64),
+                "ESP_driverBrakeApply": lambda col: pick(pedal_on(col), 2.0, 1.0),
+                "ESP_stabilityControlSts2": lambda col: pick(
+                    col["Vehicle.ADAS.ESC.IsEngaged"] > 0,
+                    c("ESP_status", "ESP_stabilityControlSts2", "ENGAGED"),
+                    c("ESP_status", "ESP_stabilityControlSts2", "ON"),
+                ),
+            },
+            counter="ESP_statusCounter",
+            checksum="ESP_statusChecksum",
+        ),
+        MessagePlan(
+            "ESP_B",
+            20,
+            {
+                "ESP_vehicleSpeed": lambda col: np.abs(col[speed]),
+                "ESP_vehicleStandstillSts": lambda col: pick(col[speed] == 0, 1.0, 0.0),
+                "ESP_wheelSpeedsQF": lambda col: np.ones(len(col[speed])),
+            },
+            counter="ESP_wheelRotationCounter",
+            checksum="ESP_wheelRotationChecksum",
+        ),
+        MessagePlan(
+            "ESP_wheelSpeeds",
+            20,
+            {
+                "ESP_wheelSpeedFrL": lambda col: col["Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed"],
+                "ESP_wheelSpeedFrR": lambda col: np.abs(col[speed]),
+                "ESP_wheelSpeedReL": lambda col: np.abs(col[speed]),
+                "ESP_wheelSpeedReR": lambda col: np.abs(col[speed]),
+            },
+            counter="ESP_wheelSpeedsCounter",
+            checksum="ESP_wheelSpeedsChecksum",
+        ),
+        MessagePlan(
+            "SCCM_steeringAngleSensor",
+            10,
+            {
+                # Tesla counts steering angles positive to the right; VSS to the left.
+                "SCCM_steeringAngle": lambda col: -col["Vehicle.Chassis.SteeringWheel.Angle"],
+                "SCCM_steeringAngleSpeed": lambda col: -col["steer_rate"],
+                "SCCM_steeringAngleValidity": lambda col: np.full(
+                    len(col[speed]), c("SCCM_steeringAngleSensor", "SCCM_steeringAngleValidity", "VALID")
+                ),
+            },
+            counter="SCCM_steeringAngleCounter",
+        ),
+        MessagePlan(
+            "DAS_control",
+            40,
+            {
+                "DAS_aebEvent": lambda col: pick(
+                    col["Vehicle.EDR.AEB.IsEngaged"] > 0,
+                    c("DAS_control", "DAS_aebEvent", "AEB_ACTIVE"),
+                    c("DAS_control", "DAS_aebEvent", "AEB_NOT_ACTIVE"),
+                ),
+                "DAS_setSpeed": lambda col: np.full(len(col[speed]), np.nan),
+                "DAS_accelMin": lambda col: np.full(len(col[speed]), np.nan),
+                "DAS_accelMax": lambda col: np.full(len(col[speed]), np.nan),
+            },
+            counter="DAS_controlCounter",
+            checksum="DAS_controlChecksum",
+        ),
+        MessagePlan(
+            "DI_state",
+            100,
+            {
+                "DI_cruiseState": lambda col: pick(
+                    col["Vehicle.ADAS.CruiseControl.IsActive"] > 0,
+                    c("DI_state", "DI_cruiseState", "ENABLED"),
+                    c("DI_state", "DI_cruiseState", "STANDBY"),
+                    known=~np.isnan(col["Vehicle.ADAS.CruiseControl.IsActive"]),
+                ),
+                "DI_speedUnits": lambda col: np.full(len(col[speed]), c("DI_state", "DI_speedUnits", "KPH")),
+            },
+            counter="DI_locStatusCounter",
+            checksum="DI_locStatusChecksum",
+        ),
+        MessagePlan(
+            "DAS_status",
+            100,
+            {
+                "DAS_laneDepartureWarning": lambda col: pick(
+                    col["Vehicle.ADAS.LaneDepartureDetection.IsWarning"] > 0,
+                    c("DAS_status", "DAS_laneDepartureWarning", "LEFT_WARNING"),
+                    c("DAS_status", "DAS_laneDepartureWarning", "NONE"),
+                    known=~np.isnan(col["Vehicle.ADAS.LaneDepartureDetection.IsWarning"]),
+                ),
+            },
+            counter="DAS_statusCounter",
+            checksum="DAS_statusChecksum",
+        ),
+        MessagePlan(
+            "UI_warning",
+            100,
+            {
+                "buckleStatus": lambda col: col["Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted"],
+                "leftBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
+                "rightBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
+                "anyDoorOpen": lambda col: col["Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"],
+            },
+            counter="UI_warningCounter",
+            checksum="UI_warningChecksum",
+        ),
     ]
 
 
@@ -227,10 +319,13 @@ def _columns(table: pa.Table, gear_ratio: float = 9.04, wheel_radius_m: float = 
     seg = _segments(t)
     col: Columns = {"t_ms": t}
     for name in table.column_names[1:]:
-        arr = table.column(name).combine_chunks() if isinstance(table.column(name), pa.ChunkedArray) else table.column(name)
+        arr = (
+            table.column(name).combine_chunks()
+            if isinstance(table.column(name), pa.ChunkedArray)
+            else table.column(name)
+        )
         if pa.types.is_string(arr.type):
-            vals = np.asarray(pc.equal(arr, "ACTIVE").fill_null(False).to_numpy(zero_copy_only=False),
-                              np.float64)
+            vals = np.asarray(pc.equal(arr, "ACTIVE").fill_null(False).to_numpy(zero_copy_only=False), np.float64)
             vals[np.asarray(arr.is_null().to_numpy(zero_copy_only=False))] = np.nan
         else:
             vals = arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -281,8 +376,11 @@ def encode_table(table: pa.Table, db: Any, plans: Sequence[MessagePlan], *, gear
             sig = msg.get_signal_by_name(plan.checksum)
             lsb, _ = _place(sig)
             data |= tesla_checksum(msg.frame_id, data, msg.length, sig) << np.uint64(lsb)
-        parts.append(Frames(t_us.astype(np.int64), np.full(len(row), key, np.uint32),
-                            np.full(len(row), msg.length, np.uint8), data))
+        parts.append(
+            Frames(
+                t_us.astype(np.int64), np.full(len(row), key, np.uint32), np.full(len(row), msg.length, np.uint8), data
+            )
+        )
         order.append(np.full(len(row), rank))
     frames = Frames.concat(parts)
     ranks = np.concatenate(order)
@@ -377,8 +475,9 @@ def simulate_frames(table: pa.Table, *, gear_ratio: float = 9.04, dbc: str = TES
 
 
 # --------------------------------------------------------------------------------------- bench logs
-def write_bench_log(path: Path, *, frames: int, bus_rate: int = 50_000, seed: int = 1,
-                    window_rows: int = 600, channel: str = "can0") -> int:
+def write_bench_log(
+    path: Path, *, frames: int, bus_rate: int = 50_000, seed: int = 1, window_rows: int = 600, channel: str = "can0"
+) -> int:
     """A candump log of exactly ``frames`` frames: a simulated Tesla drive plus filler IDs up to ``bus_rate``/s."""
     from carvault.vehicle.simulator import simulate_day
 
@@ -404,8 +503,12 @@ def write_bench_log(path: Path, *, frames: int, bus_rate: int = 50_000, seed: in
                 extra = np.maximum(per_row - per, 0)
                 m = int(extra.sum())
                 row = np.repeat(np.arange(len(t_ms)), extra)
-                filler = Frames(t_ms[row] * 1000 + rng.integers(0, 100_000, m), rng.choice(filler_ids, m),
-                                np.full(m, 8, np.uint8), rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64))
+                filler = Frames(
+                    t_ms[row] * 1000 + rng.integers(0, 100_000, m),
+                    rng.choice(filler_ids, m),
+                    np.full(m, 8, np.uint8),
+                    rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64),
+                )
                 both = Frames.concat([car, filler])
                 block = both.take(np.argsort(both.t_us, kind="stable"))
                 if written + len(block) > frames:
@@ -420,11 +523,22 @@ def write_bench_log(path: Path, *, frames: int, bus_rate: int = 50_000, seed: in
 
 # VSS paths the Tesla plan carries and the shipped mapping reads back.
 ROUNDTRIP_PATHS = (
-    "Vehicle.Speed", "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed", "Vehicle.Chassis.Accelerator.PedalPosition",
-    "Vehicle.Chassis.Brake.PedalPosition", "Vehicle.Chassis.SteeringWheel.Angle", "Vehicle.Body.Lights.Brake.IsActive",
-    "Vehicle.Powertrain.ElectricMotor.Torque", "Vehicle.Powertrain.ElectricMotor.Speed", "Vehicle.ADAS.ABS.IsEngaged",
-    "Vehicle.ADAS.ESC.IsEngaged", "Vehicle.EDR.AEB.IsEngaged", "Vehicle.Powertrain.Transmission.SelectedGear",
-    "Vehicle.Powertrain.Transmission.CurrentGear", "Vehicle.IsMoving", "Vehicle.ADAS.CruiseControl.IsActive",
-    "Vehicle.ADAS.LaneDepartureDetection.IsWarning", "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted",
+    "Vehicle.Speed",
+    "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed",
+    "Vehicle.Chassis.Accelerator.PedalPosition",
+    "Vehicle.Chassis.Brake.PedalPosition",
+    "Vehicle.Chassis.SteeringWheel.Angle",
+    "Vehicle.Body.Lights.Brake.IsActive",
+    "Vehicle.Powertrain.ElectricMotor.Torque",
+    "Vehicle.Powertrain.ElectricMotor.Speed",
+    "Vehicle.ADAS.ABS.IsEngaged",
+    "Vehicle.ADAS.ESC.IsEngaged",
+    "Vehicle.EDR.AEB.IsEngaged",
+    "Vehicle.Powertrain.Transmission.SelectedGear",
+    "Vehicle.Powertrain.Transmission.CurrentGear",
+    "Vehicle.IsMoving",
+    "Vehicle.ADAS.CruiseControl.IsActive",
+    "Vehicle.ADAS.LaneDepartureDetection.IsWarning",
+    "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted",
     "Vehicle.Body.Lights.Hazard.IsSignaling",
 )

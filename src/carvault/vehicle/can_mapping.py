@@ -15,7 +15,7 @@ Resampling: each signal is sampled on its rate's grid (``rate_hz``, by default t
 -> every 100 ms, 1 Hz -> whole seconds, UTC) by taking the last frame at or before the grid time. A
 grid time gets a row only if the bus carried some frame in the step before it (nothing is invented
 while the car sleeps or before the first frame); a value whose message is older than ``stale_s``
-(default 1 s) is null.
+(default 1 s; for messages sent less often, 1.5 times their median period in the log) is null.
 """
 
 from __future__ import annotations
@@ -105,8 +105,22 @@ def _mapping_error(message: str, **details: Any) -> BadRequest:
 
 
 # --------------------------------------------------------------------------------------- the file
-_RULE_KEYS = {"message", "signal", "expr", "when", "map", "default", "scale", "offset", "unit", "clip", "rate_hz",
-              "stale_s", "null", "note"}
+_RULE_KEYS = {
+    "message",
+    "signal",
+    "expr",
+    "when",
+    "map",
+    "default",
+    "scale",
+    "offset",
+    "unit",
+    "clip",
+    "rate_hz",
+    "stale_s",
+    "null",
+    "note",
+}
 _HEAD_KEYS = {"name", "description", "dbc", "stale_s", "null_choices", "note"}
 
 
@@ -161,8 +175,11 @@ def _read_source(spec: str | Path) -> tuple[str, str]:
     shipped = resources.files(SHIPPED_PACKAGE).joinpath(SHIPPED_FOLDER, f"{name}.toml")
     if "/" not in name and shipped.is_file():
         return shipped.read_text(encoding="utf-8"), f"{name} (shipped)"
-    raise NotFound(f"mapping {spec} not found: neither a file nor one of the shipped mappings "
-                   f"({', '.join(shipped_mappings())})", kind="mapping_missing", mapping=str(spec))
+    raise NotFound(
+        f"mapping {spec} not found: neither a file nor one of the shipped mappings ({', '.join(shipped_mappings())})",
+        kind="mapping_missing",
+        mapping=str(spec),
+    )
 
 
 def _num(value: Any, what: str, where: str) -> float:
@@ -186,7 +203,7 @@ def parse_mapping(doc: dict[str, Any], *, source: str = "<mapping>", cat: Catalo
     cat = cat or catalogue()
     extra = set(doc) - {"mapping", "signals"}
     if extra:
-        raise _mapping_error(f"{source}: unknown top-level tables {sorted(extra)} (use [mapping] and [signals.\"...\"])")
+        raise _mapping_error(f'{source}: unknown top-level tables {sorted(extra)} (use [mapping] and [signals."..."])')
     head = doc.get("mapping", {})
     bad = set(head) - _HEAD_KEYS
     if bad:
@@ -197,20 +214,28 @@ def parse_mapping(doc: dict[str, Any], *, source: str = "<mapping>", cat: Catalo
         raise _mapping_error(f"{source}: null_choices must be a list of value-name patterns")
     signals = doc.get("signals")
     if not isinstance(signals, dict) or not signals:
-        raise _mapping_error(f"{source}: no [signals.\"<VSS path>\"] tables")
+        raise _mapping_error(f'{source}: no [signals."<VSS path>"] tables')
     rules = tuple(_parse_rule(path, body, cat, stale, source) for path, body in signals.items())
-    return CanMapping(name=str(head.get("name", Path(source).stem)), description=str(head.get("description", "")),
-                      dbc=head.get("dbc"), stale_s=stale, null_choices=tuple(nulls), rules=rules, source=source)
+    return CanMapping(
+        name=str(head.get("name", Path(source).stem)),
+        description=str(head.get("description", "")),
+        dbc=head.get("dbc"),
+        stale_s=stale,
+        null_choices=tuple(nulls),
+        rules=rules,
+        source=source,
+    )
 
 
 def _parse_rule(path: str, body: Any, cat: Catalogue, stale: float, source: str) -> Rule:
-    where = f"{source} [signals.\"{path}\"]"
+    where = f'{source} [signals."{path}"]'
     sig = cat.get(path)
     if sig is None:
         close = difflib.get_close_matches(path, cat.paths, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UnknownSignal(f"{where}: {path!r} is not a VSS path in the signal catalogue{hint}", signal=path,
-                            mapping=source)
+        raise UnknownSignal(
+            f"{where}: {path!r} is not a VSS path in the signal catalogue{hint}", signal=path, mapping=source
+        )
     if not isinstance(body, dict):
         raise _mapping_error(f"{where} must be a table")
     bad = set(body) - _RULE_KEYS
@@ -251,11 +276,22 @@ def _parse_rule(path: str, body: Any, cat: Catalogue, stale: float, source: str)
     nulls = body.get("null", [])
     if not isinstance(nulls, list):
         raise _mapping_error(f"{where}: null must be a list of DBC value names or raw numbers")
-    return Rule(path=path, message=body.get("message"), signal=body.get("signal"), expr=body.get("expr"),
-                when=body.get("when"), map=mp, default=body.get("default"),
-                scale=_num(body.get("scale", 1.0), "scale", where), offset=_num(body.get("offset", 0.0), "offset", where),
-                unit=unit, clip=clip, rate_hz=int(rate), stale_s=_num(body.get("stale_s", stale), "stale_s", where),
-                null=tuple(nulls))
+    return Rule(
+        path=path,
+        message=body.get("message"),
+        signal=body.get("signal"),
+        expr=body.get("expr"),
+        when=body.get("when"),
+        map=mp,
+        default=body.get("default"),
+        scale=_num(body.get("scale", 1.0), "scale", where),
+        offset=_num(body.get("offset", 0.0), "offset", where),
+        unit=unit,
+        clip=clip,
+        rate_hz=int(rate),
+        stale_s=_num(body.get("stale_s", stale), "stale_s", where),
+        null=tuple(nulls),
+    )
 
 
 def _check_vss_value(sig: Signal, v: Any, where: str) -> None:
@@ -276,11 +312,20 @@ Value = tuple[Any, Any]  # (float64 values or scalar, bool validity or scalar)
 Env = Callable[[tuple[str, str]], np.ndarray]
 
 _BIN: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _CMP: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
 _FUNCS = ("abs", "min", "max", "clip", "where", "mean")
@@ -306,24 +351,36 @@ class _Resolver:
             except KeyError:
                 close = difflib.get_close_matches(message, [m.name for m in self.db.messages], n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise BadRequest(f"{where}: {self.source} has no message {message!r}{hint}",
-                                 kind="unknown_dbc_signal", message=message) from None
+                raise BadRequest(
+                    f"{where}: {self.source} has no message {message!r}{hint}",
+                    kind="unknown_dbc_signal",
+                    dbc_message=message,
+                ) from None
             names = [s.name for s in msg.signals]
             if signal not in names:
                 close = difflib.get_close_matches(signal, names, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise BadRequest(f"{where}: message {message} in {self.source} has no signal {signal!r}{hint}",
-                                 kind="unknown_dbc_signal", message=message, signal=signal)
+                raise BadRequest(
+                    f"{where}: message {message} in {self.source} has no signal {signal!r}{hint}",
+                    kind="unknown_dbc_signal",
+                    dbc_message=message,
+                    signal=signal,
+                )
             return msg, msg.get_signal_by_name(signal)
         found = self.by_name.get(signal, [])
         if not found:
             close = difflib.get_close_matches(signal, list(self.by_name), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise BadRequest(f"{where}: {self.source} has no signal {signal!r}{hint}", kind="unknown_dbc_signal",
-                             signal=signal)
+            raise BadRequest(
+                f"{where}: {self.source} has no signal {signal!r}{hint}", kind="unknown_dbc_signal", signal=signal
+            )
         if len(found) > 1:
-            raise BadRequest(f"{where}: signal {signal!r} is in several messages ({', '.join(m.name for m in found)});"
-                             " write Message.Signal", kind="unknown_dbc_signal", signal=signal)
+            raise BadRequest(
+                f"{where}: signal {signal!r} is in several messages ({', '.join(m.name for m in found)});"
+                " write Message.Signal",
+                kind="unknown_dbc_signal",
+                signal=signal,
+            )
         return found[0], found[0].get_signal_by_name(signal)
 
 
@@ -343,8 +400,11 @@ def _choice_value(sig: Any, name: Any, where: str) -> float:
     except ValueError:
         pass
     choices = ", ".join(str(v) for v in (sig.choices or {}).values()) if sig is not None else ""
-    raise BadRequest(f"{where}: {getattr(sig, 'name', 'the value')} has no value named {name!r}"
-                     + (f" (values: {choices})" if choices else ""), kind="invalid_can_mapping")
+    raise BadRequest(
+        f"{where}: {getattr(sig, 'name', 'the value')} has no value named {name!r}"
+        + (f" (values: {choices})" if choices else ""),
+        kind="invalid_can_mapping",
+    )
 
 
 def _kleene_and(a: Value, b: Value) -> Value:
@@ -451,15 +511,21 @@ class Expression:
                 raise self._fail(node, "keyword arguments are not supported")
             args = [self._compile(a) for a in node.args]
             return self._call(node, node.func.id, args)
-        raise self._fail(node, f"{type(node).__name__} is not allowed (use + - * / // % **, comparisons, and/or/not, "
-                               f"x if c else y, {', '.join(_FUNCS)})")
+        raise self._fail(
+            node,
+            f"{type(node).__name__} is not allowed (use + - * / // % **, comparisons, and/or/not, "
+            f"x if c else y, {', '.join(_FUNCS)})",
+        )
 
     @staticmethod
-    def _where(c: Callable[[Env], Value], a: Callable[[Env], Value], b: Callable[[Env], Value]) -> Callable[[Env], Value]:
+    def _where(
+        c: Callable[[Env], Value], a: Callable[[Env], Value], b: Callable[[Env], Value]
+    ) -> Callable[[Env], Value]:
         def where(env: Env) -> Value:
             (cv, co), (av, ao), (bv, bo) = c(env), a(env), b(env)
             pick = np.asarray(cv) != 0
-            return np.where(pick, av, bv).astype(np.float64), np.asarray(co) & np.where(pick, ao, bo)
+            out = np.asarray(np.where(pick, av, bv), np.float64)
+            return out, np.asarray(co) & np.where(pick, ao, bo)
 
         return where
 
@@ -491,6 +557,10 @@ class Expression:
 
         return call
 
+    @staticmethod
+    def _const_fn(c: float) -> Callable[[Env], Value]:
+        return lambda env: (c, True)
+
     def _compare(self, node: ast.Compare) -> Callable[[Env], Value]:
         steps: list[Callable[[Env], Value]] = []
         left_node = node.left
@@ -498,7 +568,7 @@ class Expression:
             lref, rref = self._ref(left_node), self._ref(right_node)
             if isinstance(op, ast.In | ast.NotIn):
                 if not isinstance(right_node, ast.Tuple | ast.List | ast.Set):
-                    raise self._fail(node, "'in' needs a literal list, e.g. X in (\"A\", \"B\")")
+                    raise self._fail(node, '\'in\' needs a literal list, e.g. X in ("A", "B")')
                 against = lref[1] if lref else None
                 values = np.array([self._constant(e, against) for e in right_node.elts], np.float64)
                 left = self._compile(left_node)
@@ -512,13 +582,11 @@ class Expression:
                 steps.append(member)
             else:
                 if isinstance(right_node, ast.Constant) and isinstance(right_node.value, str):
-                    c = self._constant(right_node, lref[1] if lref else None)
-                    right: Callable[[Env], Value] = lambda env, c=c: (c, True)  # noqa: E731
+                    right = self._const_fn(self._constant(right_node, lref[1] if lref else None))
                 else:
                     right = self._compile(right_node)
                 if isinstance(left_node, ast.Constant) and isinstance(left_node.value, str):
-                    c = self._constant(left_node, rref[1] if rref else None)
-                    left = lambda env, c=c: (c, True)  # noqa: E731
+                    left = self._const_fn(self._constant(left_node, rref[1] if rref else None))
                 else:
                     left = self._compile(left_node)
                 fn = _CMP[type(op)]
@@ -585,7 +653,7 @@ class BoundMapping:
         self.tick_ms = 1000 // max(b.rule.rate_hz for b in self.rules)
 
     def _bind(self, rule: Rule) -> _Bound:
-        where = f"{self.mapping.source} [signals.\"{rule.path}\"]"
+        where = f'{self.mapping.source} [signals."{rule.path}"]'
         sig = catalogue()[rule.path]
         src_sig = None
         if rule.signal is not None:
@@ -593,9 +661,11 @@ class BoundMapping:
             key = (msg.name, src_sig.name)
             inputs = {key: src_sig}
 
-            def value(env: Env, key: tuple[str, str] = key) -> Value:
+            def load(env: Env, key: tuple[str, str] = key) -> Value:
                 v = env(key)
                 return v, ~np.isnan(v)
+
+            value: Callable[[Env], Value] = load
         else:
             expr = Expression(rule.expr or "", self.resolver, where)
             inputs = dict(expr.refs)
@@ -630,11 +700,15 @@ class BoundMapping:
         if sig.unit and rule.map is None and sig.datatype != "boolean":
             src_unit = rule.unit or self._infer_unit(inputs, sig, where)
             if src_unit not in _UNIT_TABLE:
-                raise _mapping_error(f"{where}: the DBC unit {src_unit!r} is not one CarVault converts; "
-                                     f"say which unit the value is in (unit = \"...\")")
+                raise _mapping_error(
+                    f"{where}: the DBC unit {src_unit!r} is not one CarVault converts; "
+                    f'say which unit the value is in (unit = "...")'
+                )
             if sig.unit in _UNIT_TABLE and _UNIT_TABLE[src_unit][0] != _UNIT_TABLE[sig.unit][0]:
-                raise _mapping_error(f"{where}: cannot convert {src_unit} to {sig.unit}; scale the value and "
-                                     f"declare its unit (unit = \"{sig.unit}\")")
+                raise _mapping_error(
+                    f"{where}: cannot convert {src_unit} to {sig.unit}; scale the value and "
+                    f'declare its unit (unit = "{sig.unit}")'
+                )
         return _Bound(rule, sig, value, when, inputs, nulls, map_keys, map_values, default, src_unit)
 
     @staticmethod
@@ -643,8 +717,10 @@ class BoundMapping:
         units = {(s.unit or "").strip() for s in inputs.values()} - {""}
         units = {u for u in units if not (u in _UNIT_TABLE and _UNIT_TABLE[u][0] == "none")}
         if len(units) > 1:
-            raise _mapping_error(f"{where}: the inputs have different units {sorted(units)}; declare the unit of "
-                                 f"the result (unit = \"...\")")
+            raise _mapping_error(
+                f"{where}: the inputs have different units {sorted(units)}; declare the unit of "
+                f'the result (unit = "...")'
+            )
         return units.pop() if units else sig.unit
 
     # ------------------------------------------------------------------------------------ apply
@@ -654,6 +730,12 @@ class BoundMapping:
         g_us = ticks * 1000
         placed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # message -> (index, age µs)
         cache: dict[tuple[str, str, int], np.ndarray] = {}
+
+        def slow_limit(msg: str) -> int:
+            # Messages sent about once a second or less often (with jitter) would read as stale between
+            # frames; they stay valid for 1.5 of their typical period (the median interval in the log).
+            t = decoded.messages[msg].t_us
+            return int(1.5 * np.median(np.diff(t))) if len(t) >= 3 else 0
 
         def resampled(msg: str, sig: str, stale_us: int) -> np.ndarray:
             ck = (msg, sig, stale_us)
@@ -669,7 +751,8 @@ class BoundMapping:
                     placed[msg] = (idx, age)
                 idx, age = placed[msg]
                 vals = dm.values[sig]
-                out = np.where((idx >= 0) & (age <= stale_us), vals[np.maximum(idx, 0)], np.nan)
+                limit = max(stale_us, slow_limit(msg))
+                out = np.where((idx >= 0) & (age <= limit), vals[np.maximum(idx, 0)], np.nan)
             cache[ck] = out
             return out
 

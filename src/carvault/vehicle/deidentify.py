@@ -265,7 +265,8 @@ class PlateDetector:
 
     def __init__(self, *, colours: tuple[PlateColour, ...] = (BLUE_PLATE, GREEN_PLATE),
                  scales: tuple[float, ...] = (1.0, 0.5, 0.25), kernel: int = 15, edge_threshold: int = 100,
-                 min_runs: float = 6.0, min_colour: float = 0.3, min_glyphs: int = 4) -> None:
+                 min_runs: float = 6.0, min_colour: float = 0.3, min_glyphs: int = 4, min_glyph_width: float = 0.3,
+                 stretch_below: int = 256) -> None:
         self.colours = colours
         self.scales = scales
         self.kernel = kernel
@@ -273,6 +274,8 @@ class PlateDetector:
         self.min_runs = min_runs
         self.min_colour = min_colour
         self.min_glyphs = min_glyphs
+        self.min_glyph_width = min_glyph_width
+        self.stretch_below = stretch_below
         self.version = f"{self.name}/{self.algorithm}+opencv-{cv2.__version__}"
         k = kernel
         self._close_row = cv2.getStructuringElement(cv2.MORPH_RECT, (k, 1))
@@ -284,6 +287,7 @@ class PlateDetector:
     def detect(self, bgr: np.ndarray) -> list[Redaction]:
         """Plates in a BGR frame, as boxes in frame pixels."""
         h, w = bgr.shape[:2]
+        bgr = stretch_contrast(bgr, self.stretch_below)
         found: list[tuple[Box, float]] = []
         for s in self.scales:
             if min(h, w) * s < 3 * self.kernel:
@@ -356,7 +360,30 @@ class PlateDetector:
             return 0
         _, _, stats, _ = cv2.connectedComponentsWithStats(g, connectivity=8)
         gh, gw = stats[1:, 3], stats[1:, 2]
-        return int(np.count_nonzero((gh >= 0.45 * h) & (gw <= 0.35 * w)))
+        tall = (gh >= 0.45 * h) & (gw <= 0.35 * w)
+        # Most plate glyphs are about half as wide as tall ("1" is the exception); bars of a radiator grille
+        # or a fence are tall too, but all thin.
+        if np.count_nonzero(tall & (gw >= self.min_glyph_width * gh)) < 3:
+            return 0
+        return int(np.count_nonzero(tall))
+
+
+def stretch_contrast(bgr: np.ndarray, below: int = 256) -> np.ndarray:
+    """Spread each channel's 0.5..99.5 percentile range over 0..255 when it is narrower than ``below``.
+
+    Haze, dusk and colour casts compress a plate's colour and glyph contrast; stretching each channel on
+    its own also evens out the white balance (a grey-world correction), so the fixed colour ranges hold.
+    """
+    out = bgr.copy()
+    for c in range(3):
+        cum = cv2.calcHist([bgr], [c], None, [256], [0, 256]).ravel().cumsum()
+        lo, hi = int(np.searchsorted(cum, 0.005 * cum[-1])), int(np.searchsorted(cum, 0.995 * cum[-1]))
+        if hi - lo >= below:
+            continue
+        hi = max(hi, lo + 64)  # never amplify more than 4x: noise would become texture
+        lut = np.clip((np.arange(256) - lo) * 255.0 / (hi - lo), 0, 255).astype(np.uint8)
+        out[:, :, c] = cv2.LUT(bgr[:, :, c], lut)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- pipeline

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
 from carvault import __version__
 from carvault.region import Region
-from carvault.web import errors
-from carvault.web.routes import audit, auth, catalogue, consents, deletion, events, exports, ingest, log, packages, timeline, vehicles
+from carvault.web import errors, views
+from carvault.web.routes import (
+    audit,
+    auth,
+    catalogue,
+    consents,
+    deletion,
+    events,
+    exports,
+    ingest,
+    log,
+    packages,
+    timeline,
+    vehicles,
+)
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -20,9 +35,17 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(region: Region) -> FastAPI:
+def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> FastAPI:
     """Build the API (and pages) for one region."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_region_on_shutdown:
+            region.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title=f"CarVault region {region.name}",
         version=__version__,
         description="Owner and third-party API of a CarVault region. Errors are JSON: "
@@ -38,6 +61,7 @@ def create_app(region: Region) -> FastAPI:
         app.include_router(r)
     for r in (timeline.router, exports.router):  # the owner portal's API (issue 5)
         app.include_router(r)
+    views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:

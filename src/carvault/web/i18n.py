@@ -98,6 +98,8 @@ class Translator:
         if ms is None:
             return "—"
         d = datetime.fromtimestamp(ms / 1000, self.tz)
+        if fmt == "time_ms":
+            return d.strftime("%H:%M:%S.") + f"{d.microsecond // 100_000}"
         patterns = {"datetime": "%Y-%m-%d %H:%M", "date": "%Y-%m-%d", "time": "%H:%M", "time_s": "%H:%M:%S",
                     "datetime_s": "%Y-%m-%d %H:%M:%S", "input": "%Y-%m-%dT%H:%M:%S", "input_date": "%Y-%m-%d"}
         return d.strftime(patterns[fmt])
@@ -128,6 +130,14 @@ class Translator:
             return "—"
         text = f"{value:,.{digits}f}"
         return f"{text} {unit}".strip()
+
+    def retention(self, days: int | None) -> str:
+        """A retention period: whole years as years, else days."""
+        if not days:
+            return self("consent.not_kept")
+        if days % 365 == 0:
+            return self("consent.years", n=days // 365)
+        return self("consent.days", n=days)
 
     def km(self, metres: float | None) -> str:
         """A distance in km."""

@@ -14,7 +14,8 @@ router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 KNOWN_ACTIONS = ("telemetry.read", "timeline.read", "telemetry.export", "export.create", "export.download",
                  "package.create", "package.download", "vehicle.claim", "session.create", "credential.revoke",
-                 "password.change", "token.create", "account.create")
+                 "password.change", "token.create", "account.create", "consent.grant", "consent.stop",
+                 "deletion.request", "deletion.complete", "hold.place", "hold.release", "order.release")
 
 
 def actor_label(p: Page, actor: str) -> str:
@@ -35,6 +36,8 @@ def summary(p: Page, e: dict[str, Any]) -> str:
         parts.append(str(d["format"]).upper())
     if d.get("rows") is not None:
         parts.append(p.t("access.rows", n=f"{d['rows']:,}"))
+    if d.get("category"):
+        parts.append(p.t.maybe(f"category.{d['category']}", str(d["category"])))
     if d.get("package_id"):
         parts.append(p.t("access.package", id=d["package_id"]))
     if d.get("export_id"):

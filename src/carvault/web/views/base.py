@@ -26,7 +26,16 @@ from carvault import __version__
 from carvault.errors import Forbidden
 from carvault.web import csrf
 from carvault.web.deps import SESSION_COOKIE, client_address
-from carvault.web.i18n import LANG_COOKIE, LANGUAGES, TZ_COOKIE, Translator, negotiate, supported, translator
+from carvault.web.i18n import (
+    DEFAULT_LANGUAGE,
+    LANG_COOKIE,
+    LANGUAGES,
+    TZ_COOKIE,
+    Translator,
+    negotiate,
+    supported,
+    translator,
+)
 
 WEB_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = WEB_DIR / "templates"
@@ -199,7 +208,10 @@ async def page(request: Request, *, login: bool = True) -> Page:
         me = r.json() if r.status_code == 200 else None
     if login and me is None:
         raise LoginRequired(_current_path(request))
-    language = (supported(request.cookies.get(LANG_COOKIE)) or (supported(me.get("locale")) if me else None)
+    # The browser's explicit choice, then the account's (every account starts as "en", so only another
+    # language counts as a choice), then what the browser asks for.
+    chosen = supported(me.get("locale")) if me else None
+    language = (supported(request.cookies.get(LANG_COOKIE)) or (chosen if chosen != DEFAULT_LANGUAGE else None)
                 or negotiate(request.headers.get("accept-language")))
     t = translator(language, request.cookies.get(TZ_COOKIE), request.app.state.region.name)
     token, fresh = csrf.issue(request)

@@ -97,6 +97,9 @@ async def drive(vin: str, request: Request) -> Response:
         "start": start, "end": end, "signals": ",".join((*CHART_SIGNALS, LAT, LON)), "resample": interval})
     tl = await p.get_json(f"/api/v1/vehicles/{car['vin']}/timeline", params={"start": start, "end": end})
     evs = await events(p, car["vin"], start, end)
+    r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/consents")
+    precise = r.status_code == 200 and any(c["category"] == "location_precise" and c["status"] == "collecting"
+                                           for c in r.json()["categories"])
     sig = data["signals"]
     route = route_svg(data["t"], sig.get(LAT, []), sig.get(LON, []),
                       [{"kind": e["kind"], "t_ms": e["t_ms"], "label": p.t.maybe(f"event.{e['kind']}", e["kind"])}
@@ -119,10 +122,10 @@ async def drive(vin: str, request: Request) -> Response:
     chart_data = {"vin": car["vin"], "tz": p.t.tz_name, "start": start, "end": end, "resample": interval,
                   "t": data["t"], "signals": {k: v for k, v in sig.items() if k in CHART_SIGNALS}, "charts": charts,
                   "route": route["points"] if route else [],
-                  "labels": {"reset": p.t("drive.reset_zoom"), "loading": p.t("drive.loading"),
+                  "labels": {"time": p.t("chart.time"), "loading": p.t("drive.loading"),
                              "full": p.t("drive.full_resolution")}}
     return p.render("drive.html", title=p.t("drive.title_at", day=p.t.dt(start, "date"),
                                             start=p.t.dt(start, "time"), end=p.t.dt(end, "time")),
                     car=car, start=start, end=end, stats=stats, drives=drives, route=route, events=evs,
                     charts=charts, chart_data=chart_data, downloads=downloads, interval=interval,
-                    rows=data["rows"], has_location=route is not None)
+                    rows=data["rows"], coarse=route is not None and not precise)

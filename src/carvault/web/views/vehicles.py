@@ -33,6 +33,34 @@ async def events(p: Page, vin: str, start_ms: int | None = None, end_ms: int | N
                    and (end_ms is None or e["t_ms"] < end_ms)), key=lambda e: e["t_ms"])
 
 
+def describe_event(p: Page, e: dict[str, Any]) -> list[str]:
+    """Readable lines about an event's recorded detail (triggers, recorded window, lock)."""
+    d = e.get("detail") or {}
+    lines: list[str] = []
+    triggers = []
+    for trig in d.get("triggers") or []:
+        if not isinstance(trig, dict):
+            continue
+        text = f"{p.t.maybe('event.' + str(trig.get('kind')), str(trig.get('kind')))} {p.t.dt(trig.get('t_ms'), 'time_ms')}"
+        if trig.get("deceleration_g") is not None:
+            text += f" ({trig['deceleration_g']:.2f} g)"
+        if trig.get("delta_v_kmh") is not None:
+            text += f" (Δv {trig['delta_v_kmh']:+.1f} km/h)"
+        triggers.append(text)
+    if triggers:
+        lines.append(p.t("event.triggers", list=" · ".join(triggers)))
+    if d.get("pre_s") is not None and d.get("post_s") is not None:
+        lines.append(p.t("event.recorded", pre=f"{d['pre_s']:g}", post=f"{d['post_s']:g}"))
+    if d.get("locked"):
+        lines.append(p.t("event.locked"))
+    known = {"triggers", "pre_s", "post_s", "locked"}
+    extra = [f"{p.t.maybe('detail.' + k, k)}: {v}" for k, v in d.items()
+             if k not in known and isinstance(v, str | int | float | bool)]
+    if extra:
+        lines.append(" · ".join(extra))
+    return lines
+
+
 async def _list(p: Page, status: int = 200, error: str | None = None, form: dict[str, str] | None = None
                 ) -> HTMLResponse:
     cars = await p.get_json("/api/v1/vehicles")
@@ -88,7 +116,8 @@ async def timeline(vin: str, request: Request) -> Response:
     tl = r.json()
     evs = await events(p, car["vin"], tl["start_ms"], tl["end_ms"])
     items: list[dict[str, Any]] = [*tl["drives"], *tl["charges"]]
-    items += [{**e, "kind": "event", "event_kind": e["kind"], "start_ms": e["t_ms"]} for e in evs]
+    items += [{**e, "kind": "event", "event_kind": e["kind"], "start_ms": e["t_ms"], "lines": describe_event(p, e)}
+              for e in evs]
     items.sort(key=lambda x: x["start_ms"], reverse=True)
     days: list[tuple[int, list[dict[str, Any]]]] = []
     for item in items:

@@ -1,0 +1,247 @@
+/* CarVault owner portal: progressive enhancement only. Every page and form works without this file;
+   it adds charts and zoom, live progress, confirmations and small conveniences. No inline scripts (CSP). */
+(function () {
+  "use strict";
+
+  // --- display time zone: remember the browser's, so the server formats times in it --------------
+  function rememberTimeZone() {
+    var tz;
+    try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) { return; }
+    if (!tz || /(^|;\s*)carvault_tz=/.test(document.cookie)) return;
+    document.cookie = "carvault_tz=" + encodeURIComponent(tz) + "; path=/; max-age=31536000; samesite=lax";
+    var shown = document.body.getAttribute("data-tz");
+    if (shown && shown !== tz && !sessionStorage.getItem("carvault_tz_reloaded")) {
+      sessionStorage.setItem("carvault_tz_reloaded", "1");
+      location.reload();
+    }
+  }
+
+  // --- forms -----------------------------------------------------------------------------------------
+  function enhanceForms() {
+    document.querySelectorAll("form[data-autosubmit]").forEach(function (form) {
+      form.querySelectorAll(".js-hide").forEach(function (b) { b.hidden = true; });
+      form.querySelectorAll("select").forEach(function (s) {
+        s.addEventListener("change", function () { form.submit(); });
+      });
+    });
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (ev) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) ev.preventDefault();
+      });
+    });
+    // Blocks that only matter for one choice of a radio group: data-show-when="name=value".
+    var blocks = document.querySelectorAll("[data-show-when]");
+    blocks.forEach(function (block) {
+      var rule = block.getAttribute("data-show-when").split("=");
+      var form = block.closest("form");
+      if (!form) return;
+      function update() {
+        var checked = form.querySelector('input[name="' + rule[0] + '"]:checked');
+        block.hidden = !checked || checked.value !== rule[1];
+      }
+      form.querySelectorAll('input[name="' + rule[0] + '"]').forEach(function (r) { r.addEventListener("change", update); });
+      update();
+    });
+  }
+
+  // --- export jobs: live progress ----------------------------------------------------------------
+  function formatBytes(n) {
+    if (n == null) return "—";
+    var units = ["B", "KB", "MB", "GB"], i = 0, v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i === 0 ? v.toFixed(0) : v.toFixed(1)) + " " + units[i];
+  }
+
+  function watchJobs() {
+    var labels = document.getElementById("job-labels");
+    document.querySelectorAll("[data-job]").forEach(function (el) {
+      var status = el.getAttribute("data-status");
+      if (status !== "queued" && status !== "running") return;
+      var id = el.getAttribute("data-job");
+      var onList = el.tagName === "LI";
+      function tick() {
+        fetch("/api/v1/exports/" + id, { credentials: "same-origin", headers: { Accept: "application/json" } })
+          .then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (job) {
+            if (!job) return;
+            var bar = el.querySelector("[data-job-progress]");
+            if (bar) { bar.value = job.progress; bar.textContent = Math.round(job.progress * 100) + "%"; }
+            var pct = el.querySelector("[data-job-percent]");
+            if (pct) pct.textContent = Math.round(job.progress * 100) + "%";
+            var rows = el.querySelector("[data-job-rows]");
+            if (rows) rows.textContent = job.rows.toLocaleString();
+            var badge = el.querySelector("[data-job-status]");
+            if (badge && labels) {
+              badge.textContent = labels.getAttribute("data-" + job.status) || job.status;
+              badge.className = "badge badge-" + job.status;
+            }
+            if (job.status === "queued" || job.status === "running") { setTimeout(tick, 600); return; }
+            el.setAttribute("data-status", job.status);
+            if (onList) { location.reload(); return; }
+            var size = el.querySelector("[data-job-size]");
+            if (size) size.textContent = formatBytes(job.size);
+            var link = document.getElementById("job-download");
+            if (link && job.status === "done") { link.hidden = false; link.focus(); }
+          })
+          .catch(function () { setTimeout(tick, 2000); });
+      }
+      setTimeout(tick, 300);
+    });
+  }
+
+  // --- drive page: charts, zoom, window downloads, route highlight ---------------------------------
+  function localInput(ms, tz) {
+    var parts = {};
+    new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" })
+      .formatToParts(new Date(ms)).forEach(function (p) { parts[p.type] = p.value; });
+    return parts.year + "-" + parts.month + "-" + parts.day + "T" + parts.hour + ":" + parts.minute + ":" + parts.second;
+  }
+
+  function seriesValues(values, path) {
+    if (!values) return [];
+    if (path === "Vehicle.ADAS.ABS.IsEngaged") {
+      return values.map(function (v) { return v == null ? null : (v ? 100 : 0); });
+    }
+    return values;
+  }
+
+  function drivePage() {
+    var block = document.getElementById("drive-data");
+    if (!block || typeof uPlot === "undefined") return;
+    var data = JSON.parse(block.textContent);
+    var status = document.getElementById("chart-status");
+    var resetBtn = document.getElementById("reset-zoom");
+    var plots = [];
+    var original = { t: data.t, signals: data.signals };
+    var full = null;  // full-resolution data for a narrow window
+
+    function columns(src) {
+      var xs = src.t.map(function (ms) { return ms / 1000; });
+      return data.charts.map(function (c) {
+        return [xs].concat(c.series.map(function (s) { return seriesValues(src.signals[s.path], s.path); }));
+      });
+    }
+
+    var lang = document.documentElement.lang || "en";
+    function timeFormat(withSeconds) {
+      return new Intl.DateTimeFormat(lang, { timeZone: data.tz, hour: "2-digit", minute: "2-digit",
+        second: withSeconds ? "2-digit" : undefined, hourCycle: "h23" });
+    }
+    var hm = timeFormat(false), hms = timeFormat(true);
+    var cols = columns(original);
+    data.charts.forEach(function (c, i) {
+      var el = document.getElementById("chart-" + c.id);
+      var opts = {
+        width: Math.max(280, el.clientWidth), height: c.id === "speed" ? 200 : 150,
+        tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), data.tz); },
+        cursor: { sync: { key: "drive" }, drag: { x: true, y: false, setScale: false } },
+        scales: { x: { time: true } },
+        legend: { live: true },
+        series: [{ label: data.labels.time, value: function (u, ts) { return ts == null ? "—" : hms.format(new Date(ts * 1e3)); } }].concat(c.series.map(function (s) {
+          return { label: s.label, stroke: s.color, width: 1.6, spanGaps: false,
+            fill: c.series.length === 1 ? s.color + "14" : undefined,
+            paths: s.path === "Vehicle.ADAS.ABS.IsEngaged" ? uPlot.paths.stepped({ align: 1 }) : undefined,
+            value: function (u, v) { return v == null ? "—" : (Math.round(v * 10) / 10) + (s.unit ? " " + s.unit : ""); } };
+        })),
+        axes: [{ stroke: "#5c6b80", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
+                 values: function (u, splits) {
+                   var span = u.scales.x.max - u.scales.x.min;
+                   var f = span < 300 ? hms : hm;
+                   return splits.map(function (s) { return f.format(new Date(s * 1e3)); });
+                 } },
+               { stroke: "#5c6b80", size: 48, grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" } }],
+        hooks: { setSelect: [function (u) {
+          if (u.select.width > 3) {
+            var lo = u.posToVal(u.select.left, "x"), hi = u.posToVal(u.select.left + u.select.width, "x");
+            zoomTo(Math.round(lo * 1000), Math.round(hi * 1000));
+          }
+          u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+        }] }
+      };
+      plots.push(new uPlot(opts, cols[i], el));
+    });
+
+    window.addEventListener("resize", function () {
+      plots.forEach(function (u, i) {
+        var el = document.getElementById("chart-" + data.charts[i].id);
+        u.setSize({ width: Math.max(280, el.clientWidth), height: u.height });
+      });
+    });
+
+    function setWindow(startMs, endMs) {
+      var from = document.getElementById("from"), to = document.getElementById("to");
+      if (from) from.value = localInput(startMs, data.tz);
+      if (to) to.value = localInput(endMs, data.tz);
+      document.querySelectorAll("a[data-window-link]").forEach(function (a) {
+        var url = new URL(a.href);
+        url.searchParams.set("start", startMs);
+        url.searchParams.set("end", endMs);
+        a.href = url.pathname + url.search;
+      });
+      var pkg = document.querySelector("a[data-window-link-package]");
+      if (pkg) {
+        var purl = new URL(pkg.href);
+        purl.searchParams.set("from", localInput(startMs, data.tz));
+        purl.searchParams.set("to", localInput(endMs, data.tz));
+        pkg.href = purl.pathname + purl.search;
+      }
+      var hl = document.getElementById("route-highlight");
+      if (hl) {
+        var inside = data.route.filter(function (p) { return p[2] >= startMs && p[2] <= endMs; });
+        var zoomed = startMs > data.start || endMs < data.end;
+        hl.setAttribute("d", zoomed && inside.length > 1 ? inside.map(function (p, k) {
+          return (k ? "L" : "M") + p[0] + "," + p[1];
+        }).join(" ") : "");
+      }
+      var u = new URL(location.href);
+      u.searchParams.delete("from"); u.searchParams.delete("to"); u.searchParams.delete("notice");
+      u.searchParams.set("start", startMs); u.searchParams.set("end", endMs);
+      history.replaceState(null, "", u.pathname + u.search);
+    }
+
+    function load(src) { columns(src).forEach(function (c, i) { plots[i].setData(c, false); }); }
+
+    function zoomTo(startMs, endMs) {
+      startMs = Math.max(startMs, data.start); endMs = Math.min(endMs, data.end);
+      if (endMs - startMs < 1000) return;
+      resetBtn.hidden = false;
+      setWindow(startMs, endMs);
+      var narrow = endMs - startMs <= 10 * 60 * 1000 && data.resample !== "100ms";
+      if (narrow) {
+        status.textContent = data.labels.loading;
+        var paths = [];
+        data.charts.forEach(function (c) { c.series.forEach(function (s) { paths.push(s.path); }); });
+        var q = "start=" + startMs + "&end=" + endMs + "&format=json&signals=" + encodeURIComponent(paths.join(","));
+        fetch("/api/v1/vehicles/" + data.vin + "/telemetry?" + q, { credentials: "same-origin" })
+          .then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (body) {
+            if (!body) { status.textContent = ""; return; }
+            full = body;
+            load(full);
+            plots.forEach(function (u) { u.setScale("x", { min: startMs / 1000, max: endMs / 1000 }); });
+            status.textContent = data.labels.full;
+          });
+      } else {
+        if (full) { load(original); full = null; }
+        status.textContent = "";
+      }
+      plots.forEach(function (u) { u.setScale("x", { min: startMs / 1000, max: endMs / 1000 }); });
+    }
+
+    resetBtn.addEventListener("click", function () {
+      if (full) { load(original); full = null; }
+      plots.forEach(function (u) { u.setScale("x", { min: data.start / 1000, max: data.end / 1000 }); });
+      setWindow(data.start, data.end);
+      resetBtn.hidden = true;
+      status.textContent = "";
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    rememberTimeZone();
+    enhanceForms();
+    watchJobs();
+    drivePage();
+  });
+})();
