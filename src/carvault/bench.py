@@ -147,7 +147,9 @@ class BenchConfig:
     vehicles: int = 20
     hours: float = 2.0
     batch_seconds: int = 60
-    alt_batch_seconds: int = 300  # a second, ingest-only run with longer batches (0: skip)
+    server_workers: int = 1
+    # Ingest-only runs in fresh regions, as (batch seconds, `carvault serve --workers`): the trade-offs.
+    extra_ingests: tuple[tuple[int, int], ...] = ((300, 1), (60, 2), (300, 2))
     store_samples: int = TARGET_STORE_SAMPLES
     windows: int = 100
     dense_windows: int = 20
@@ -166,10 +168,9 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
         """2 vehicles x 5 minutes, no growth, a small peer and log: well under a minute."""
-        base: dict[str, Any] = dict(vehicles=2, hours=5 / 60, alt_batch_seconds=120, store_samples=0, windows=50,
-                                    dense_windows=5,
-                                    window_minutes=2.0,
-                                    peer_windows=50, log_append_leaves=5_000, log_proof_leaves=0, quick=True)
+        base: dict[str, Any] = dict(vehicles=2, hours=5 / 60, extra_ingests=((120, 2),), store_samples=0,
+                                    windows=30, dense_windows=5, window_minutes=2.0, peer_windows=30,
+                                    log_append_leaves=5_000, log_proof_leaves=0, quick=True)
         base.update(overrides)
         return cls(**base)
 
@@ -299,9 +300,15 @@ def sign_vehicle(vin: str, key: Ed25519PrivateKey, source: int, data: VehicleDat
 
 # ---------------------------------------------------------------------------------------- server
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process (all its threads) and of its live descendants, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    # uvicorn --workers runs the gateways as child processes of the supervisor.
+    return own + sum(_cpu_seconds(int(c)) for c in children)
 
 
 def _loadavg() -> float:
@@ -321,10 +328,11 @@ def machine_busy_seconds() -> float:
 class ServerProcess:
     """``carvault serve`` in a subprocess on loopback, over its own data folder."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log_path: Path, workers: int = 1) -> None:
         self.data_dir = data_dir
         self.port = port
         self.log_path = log_path
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -337,6 +345,8 @@ class ServerProcess:
         env = dict(os.environ, CARVAULT_REGION_ENDPOINTS=f"{REGION}={self.url}")
         cmd = [sys.executable, "-m", "carvault.cli", "serve", "--data-dir", str(self.data_dir), "--region", REGION,
                "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -468,26 +478,29 @@ def upload(server: ServerProcess, vehicles: Sequence[SignedVehicle], concurrency
                         concurrency=min(concurrency, len(vehicles)), latencies_ms=latencies)
 
 
-def ingest_with_batch_length(work: Path, data: Sequence[VehicleData], batch_seconds: int, console: Console,
-                             bar: Progress) -> dict[str, Any]:
-    """The ingest and storage figures again, in a fresh region, with batches of ``batch_seconds``."""
+def ingest_variant(work: Path, data: Sequence[VehicleData], batch_seconds: int, workers: int, console: Console,
+                   bar: Progress, encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]]) -> dict[str, Any]:
+    """The ingest and storage figures again, in a fresh region, with other batches and server processes."""
     from carvault.server import free_port
 
-    alt_dir = work / f"region-cn-{batch_seconds}s"
-    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(data)),
-                             mp_context=get_context("spawn")) as pool:
-        slices = list(pool.map(_encode_slices, [(v.table, batch_seconds) for v in data]))
-    keys, _ = _provision(alt_dir, [v.vin for v in data], work / f"vehicles-{batch_seconds}s", [])
+    name = f"{batch_seconds}s-{workers}w"
+    alt_dir = work / f"region-cn-{name}"
+    if batch_seconds not in encoded:  # payloads depend on the batch length only; signing is per region
+        with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(data)),
+                                 mp_context=get_context("spawn")) as pool:
+            encoded[batch_seconds] = list(pool.map(_encode_slices, [(v.table, batch_seconds) for v in data]))
+    slices = encoded[batch_seconds]
+    keys, _ = _provision(alt_dir, [v.vin for v in data], work / f"vehicles-{name}", [])
     signed = [sign_vehicle(v.vin, keys[v.vin], i, VehicleData(v.vin, v.table, v.samples, sl))
               for i, (v, sl) in enumerate(zip(data, slices, strict=True))]
-    server = ServerProcess(alt_dir, free_port(), work / f"server-{batch_seconds}s.log").start()
+    server = ServerProcess(alt_dir, free_port(), work / f"server-{name}.log", workers).start()
     try:
         n = sum(len(v.batches) for v in signed)
-        with _step(console, bar, f"ingest again with {batch_seconds} s batches", n) as adv:
+        with _step(console, bar, f"ingest again: {batch_seconds} s batches, {workers} server process(es)", n) as adv:
             result = upload(server, signed, len(signed), adv)
     finally:
         server.stop()
-    out = {"batch_seconds": batch_seconds, **result.to_json(),
+    out = {"batch_seconds": batch_seconds, "server_workers": workers, **result.to_json(),
            "mean_batch_bytes": sum(len(b) for v in signed for b in v.batches) / n}
     out["storage"] = storage_figures(alt_dir, result.samples)
     shutil.rmtree(alt_dir, ignore_errors=True)
@@ -652,7 +665,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def build_rows(fig: dict[str, float], minutes: float = 30.0, alt_seconds: int = 300) -> list[dict[str, Any]]:
+def build_rows(fig: dict[str, float], minutes: float = 30.0,
+               extra: Sequence[tuple[int, int]] = ()) -> list[dict[str, Any]]:
     """The comparison table: figure, CarVault, peer, ratio CarVault/peer, target, met."""
     rows: list[dict[str, Any]] = []
     ingest = fig.get("ingest_samples_per_s")
@@ -667,12 +681,14 @@ def build_rows(fig: dict[str, float], minutes: float = 30.0, alt_seconds: int = 
         rows.append({"figure": f"Ingest, full path (samples/s) vs peer {label}", "carvault": _fmt_rate(ingest),
                      "peer": _fmt_rate(peer), "ratio": _ratio(ingest, peer),
                      "target": "≥ 5 M/s and ≥ 2× peer best", "met": met_ingest})
-    alt = fig.get("ingest_alt_samples_per_s")
-    if alt is not None:
-        rows.append({"figure": f"Ingest, full path, {alt_seconds} s batches instead (samples/s) vs peer wide COPY",
-                     "carvault": _fmt_rate(alt), "peer": _fmt_rate(fig.get("peer_wide_copy_samples_per_s")),
-                     "ratio": _ratio(alt, fig.get("peer_wide_copy_samples_per_s")), "target": "(information)",
-                     "met": None})
+    for batch_s, workers in extra:
+        alt = fig.get(f"ingest_{batch_s}s_{workers}w_samples_per_s")
+        if alt is None:
+            continue
+        rows.append({"figure": f"Ingest, full path, {batch_s} s batches, {workers} server process"
+                               f"{'es' if workers > 1 else ''} (samples/s) vs peer best",
+                     "carvault": _fmt_rate(alt), "peer": _fmt_rate(peer_best), "ratio": _ratio(alt, peer_best),
+                     "target": "(information)", "met": None})
     b = fig.get("storage_bytes_per_sample")
     for key, label in (("peer_wide_bytes_per_sample", "wide"), ("peer_long_bytes_per_sample", "long")):
         peer = fig.get(key)
@@ -682,9 +698,11 @@ def build_rows(fig: dict[str, float], minutes: float = 30.0, alt_seconds: int = 
         rows.append({"figure": f"Storage, bytes/sample (segments) vs peer {label}", "carvault": _fmt(b, " B"),
                      "peer": _fmt(peer, " B"), "ratio": _ratio(b, peer), "target": "≤ 1.5 B and ≥ 9× smaller than wide",
                      "met": met})
-    ba = fig.get("storage_alt_bytes_per_sample")
-    if ba is not None:
-        rows.append({"figure": f"Storage, bytes/sample (segments), {alt_seconds} s batches instead vs peer wide",
+    for batch_s in sorted({b for b, _ in extra}):
+        ba = fig.get(f"storage_{batch_s}s_bytes_per_sample")
+        if ba is None:
+            continue
+        rows.append({"figure": f"Storage, bytes/sample (segments), {batch_s} s batches vs peer wide",
                      "carvault": _fmt(ba, " B"), "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
                      "ratio": _ratio(ba, fig.get("peer_wide_bytes_per_sample")), "target": "(information)",
                      "met": None})
@@ -767,7 +785,8 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         f"Parquet payload as `carvault.protocol.encode_payload` writes it. Encoding and Ed25519 signing happened "
         f"before timing ({d['prepare_seconds']:.1f} s for simulation and encoding on all cores, "
         f"{d['sign_seconds']:.1f} s to sign): they are the vehicle's cost.",
-        f"- **Ingest**: `carvault serve` in a subprocess (SQLite metadata, segments and log in its data folder, "
+        f"- **Ingest**: `carvault serve --workers {c['server_workers']}` in a subprocess (SQLite metadata, "
+        "segments and log in its data folder, "
         f"fsync on every group commit), vehicles provisioned beforehand through a `Region` on the same folder. "
         f"An asyncio client POSTs the batches over loopback, one keep-alive connection per vehicle, "
         f"{ing['concurrent_vehicles']} vehicles at once, each vehicle's batches in order and the next only after "
@@ -782,14 +801,13 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         f"{ing['other_processes_cpu_seconds']:.1f} CPU-seconds meanwhile (load average "
         f"{result['load_average']['start']} at the start of the run, {result['load_average']['end']} at the end).",
     ]
-    if det.get("ingest_alt"):
-        alt = det["ingest_alt"]
-        lines.append(f"- **Longer batches**: the same {d['samples']:,} samples cut into {alt['batch_seconds']} s "
-                     "batches "
-                     f"({alt['batches']:,} batches, {alt['mean_batch_bytes'] / 1024:.1f} KiB each on average), "
-                     f"ingested into a fresh region by a fresh server the same way: "
+    for alt in det.get("ingest_variants", []):
+        lines.append(f"- **Variant**: the same {d['samples']:,} samples in {alt['batch_seconds']} s batches "
+                     f"({alt['batches']:,} batches, {alt['mean_batch_bytes'] / 1024:.1f} KiB each on average) into a "
+                     f"fresh region, `carvault serve --workers {alt['server_workers']}`, the same client: "
                      f"{alt['samples_per_s'] / 1e6:.2f} M samples/s ({alt['server_cpu_ms_per_batch']:.2f} ms of server "
-                     f"CPU per batch, {alt['server_cores_busy']:.2f} cores busy), "
+                     f"CPU per batch, {alt['server_cores_busy']:.2f} cores busy, other processes "
+                     f"{alt['other_processes_cpu_seconds']:.1f} CPU-s), "
                      f"{alt['storage']['bytes_per_sample']:.2f} bytes/sample in segments.")
     if det.get("ingest_growth"):
         g = det["ingest_growth"]
@@ -962,7 +980,7 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
             }
 
             # 2. ingest through the full path
-            server = ServerProcess(data_dir, free_port(), work / "server.log").start()
+            server = ServerProcess(data_dir, free_port(), work / "server.log", cfg.server_workers).start()
             with _step(console, bar, f"ingest {samples / 1e6:.1f} M samples over HTTP", n_batches) as adv:
                 ingest = upload(server, main_set, len(main_set), adv)
             details["ingest"] = ingest.to_json()
@@ -999,12 +1017,15 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
             server = None
             del signed, main_set, growth
 
-            # the same ingest with longer batches, for the batch-length trade-off
-            if cfg.alt_batch_seconds:
-                alt = ingest_with_batch_length(work, data, cfg.alt_batch_seconds, console, bar)
-                details["ingest_alt"] = alt
-                fig["ingest_alt_samples_per_s"] = alt["samples_per_s"]
-                fig["storage_alt_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
+            # the same ingest with other batch lengths and server processes, for the trade-offs
+            details["ingest_variants"] = []
+            encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]] = {
+                cfg.batch_seconds: [v.slices for v in data]}
+            for batch_s, workers in cfg.extra_ingests:
+                alt = ingest_variant(work, data, batch_s, workers, console, bar, encoded)
+                details["ingest_variants"].append(alt)
+                fig[f"ingest_{batch_s}s_{workers}w_samples_per_s"] = alt["samples_per_s"]
+                fig[f"storage_{batch_s}s_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
 
             # 5. the PostgreSQL peer, same data
             if cfg.postgres:
@@ -1052,7 +1073,7 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
         "details": details,
         "not_measured": [{"figure": w, "target": t} for w, t in NOT_YET_MEASURED],
     }
-    result["rows"] = build_rows(fig, cfg.window_minutes, cfg.alt_batch_seconds)
+    result["rows"] = build_rows(fig, cfg.window_minutes, cfg.extra_ingests)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     docs.parent.mkdir(parents=True, exist_ok=True)

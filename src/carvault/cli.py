@@ -23,7 +23,7 @@ DbUrl = Annotated[str | None, typer.Option("--database-url", help="Metadata DB U
 def _settings(data_dir: Path | None = None, region: str | None = None, database_url: str | None = None,
               **more: object) -> Settings:
     try:
-        return Settings.from_env(data_dir=data_dir, region=region, database_url=database_url, **more)
+        return Settings.from_env(None, data_dir=data_dir, region=region, database_url=database_url, **more)
     except ValueError as e:
         console.print(f"[red]bad setting:[/] {e}")
         raise typer.Exit(2) from None
@@ -87,13 +87,16 @@ def bench(out: Annotated[Path, typer.Option(help="JSON file for the figures.")] 
           windows: Annotated[int | None, typer.Option(help="Random windows timed (p50/p95).")] = None,
           log_proof_leaves: Annotated[int | None, typer.Option(
               help="Size of the log bulk-built for the proof figures (0: skip).")] = None,
+          server_workers: Annotated[int | None, typer.Option(
+              help="`carvault serve --workers` of the main ingest (default 1).")] = None,
           work_dir: Annotated[Path | None, typer.Option(help="Keep the data here (default: a temp folder, "
                                                        "deleted afterwards).")] = None) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench import run_bench
 
     more = {k: v for k, v in {"store_samples": store_samples, "windows": windows,
-                              "log_proof_leaves": log_proof_leaves, "work_dir": work_dir}.items() if v is not None}
+                              "log_proof_leaves": log_proof_leaves, "server_workers": server_workers,
+                              "work_dir": work_dir}.items() if v is not None}
     run_bench(out=out, docs=docs, vehicles=vehicles, hours=hours, postgres=postgres, console=console, quick=quick,
               batch_seconds=batch_seconds, **more)
 
@@ -246,8 +249,15 @@ def import_can_cmd(
             console.print("[red]nothing to record: the mapped signals have no value in the log[/]")
             raise typer.Exit(1)
         agent = VehicleAgent(ident, vehicle_dir, endpoint or "")
-        n = agent.record(result.table, batch_seconds)
-        console.print(f"signed {n} batches for {ident.vin}")
+        if not no_upload:
+            agent.fetch_policy()  # the owner's current consents decide what leaves the car
+        # The car's own pipeline: event recorder, consent filter, location precision, signing, spool.
+        n = agent.process(result.table, batch_seconds) + agent.finish()
+        status = agent.collection_status()
+        held = sorted({agent.catalogue[p].category for p in result.table.column_names[1:]}
+                      - {c for c, s in status.items() if s == "collecting"})
+        console.print(f"signed {n} batches for {ident.vin}"
+                      + (f"; not collected (no consent): {', '.join(held)}" if held else ""))
         if no_upload:
             console.print(f"{len(agent.pending())} batches wait in {agent.spool_dir}")
             return

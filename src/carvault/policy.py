@@ -110,7 +110,7 @@ class Policy:
 
 def change_points(policy: Policy, category: str) -> list[int]:
     """Instants at which a category's status may change (grants, starts, ends)."""
-    pts = set()
+    pts: set[int] = set()
     for c in policy.consents:
         if c.category == category:
             pts.update(x for x in (c.granted_ms, c.starts_ms, c.ends_ms) if x is not None)

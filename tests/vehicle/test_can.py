@@ -342,6 +342,7 @@ def test_mapping_a_signal_the_dbc_lacks_is_refused(tmp_path: Path, tesla_db: can
         ('expr = "DI_vehicleSpeed +"', "cannot parse"),
         ('signal = "DI_vehicleSpeed"\nrate_hz = 3', "rate_hz"),
         ('signal = "DI_vehicleSpeed"\nscael = 2', "unknown keys"),
+        ('signal = "DI_vehicleSpeed"\nnull = ["NOPE"]', "not a value of any input"),
     ],
 )
 def test_bad_mapping_rules_are_explained(body: str, error: str, tesla_db: cantools.database.can.Database) -> None:
@@ -364,6 +365,27 @@ def test_missing_dbc_is_a_clear_error(tmp_path: Path) -> None:
         load_dbc("opendbc:tesla_model9")
     with pytest.raises(NotFound, match="shipped mappings"):
         load_mapping("no_such_car")
+
+
+def test_units_are_converted_to_the_catalogue_unit(tmp_path: Path, tesla_db: cantools.database.can.Database) -> None:
+    msg = tesla_db.get_message_by_name("DAS_status2")  # DAS_accSpeedLimit is in mph, 0.4 mph steps
+    n = 30
+    data = can_encode.pack_signals(msg, {"DAS_accSpeedLimit": np.full(n, 50.0)}, n)
+    t_us = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64) * 100_000
+    key = np.full(n, frame_key(msg.frame_id, False), np.uint32)
+    log = tmp_path / "mph.log"
+    can_encode.write_candump(Frames(t_us, key, np.full(n, msg.length, np.uint8), data), log)
+    mapping = _write(
+        tmp_path,
+        '[mapping]\ndbc = "opendbc:tesla_model3_party"\n'
+        '[signals."Vehicle.Speed"]\nsignal = "DAS_accSpeedLimit"\n'
+        '[signals."Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed"]\nsignal = "DAS_accSpeedLimit"\n'
+        'scale = 0.44704\nunit = "m/s"\n',
+    )
+    table = import_can(log, mapping=mapping).table
+    assert table.num_rows == n
+    for path in ("Vehicle.Speed", "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed"):  # 50 mph, two ways
+        np.testing.assert_allclose(table.column(path).to_numpy(), 80.47, atol=1e-4)
 
 
 def test_expressions_use_three_valued_logic(tesla_db: cantools.database.can.Database) -> None:
@@ -459,6 +481,9 @@ def test_import_can_cli_end_to_end(
             },
         )
         assert r.status_code == 200, r.text
+        # The car's event recorder ran on the imported drive: the scripted incident is on record.
+        kinds = {e["kind"] for e in http.get(f"/api/v1/vehicles/{vehicle.vin}/events", headers=owner.headers).json()}
+        assert kinds & {"crash", "abs", "aeb", "hard_braking"}
     got = pq.read_table(io.BytesIO(r.content))
     assert got.num_rows == expected.num_rows
     for name in expected.column_names:
@@ -471,3 +496,15 @@ def test_bench_can_import_reports_rates(tmp_path: Path) -> None:
     assert figures["frames"] == 120_000 and figures["rows"] > 0
     for k in ("parse_frames_per_s", "import_frames_per_s", "end_to_end_frames_per_s"):
         assert figures[k] > 50_000, k
+
+
+def test_the_doc_describes_every_shipped_mapping() -> None:
+    from carvault.vehicle.can_mapping import shipped_mappings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "can-import.md").read_text()
+    assert set(shipped_mappings()) == {"tesla_model3_party", "toyota_rav4"}
+    for name in shipped_mappings():
+        assert f"`{name}`" in doc
+        for rule in load_mapping(name).rules:
+            leaf = rule.path.split(".", 2)[-1] if rule.path.count(".") > 2 else rule.path
+            assert leaf.split(".")[-1] in doc, (name, rule.path)

@@ -27,6 +27,7 @@ from carvault.store.metadata import (
     Vehicle,
     VehicleEvent,
     now_ms,
+    rowcount,
 )
 
 if TYPE_CHECKING:
@@ -166,9 +167,9 @@ class Deletions:
             for p in pkgs:
                 (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
             with self.db.session() as s:
-                batches += s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)).rowcount
-                events += s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)).rowcount
-                packages += s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)).rowcount
+                batches += rowcount(s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)))
+                events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
+                packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
         done = now_ms()
         body = {"request_id": req.id, "region": self.region.name, "vins": vins, "batches_erased": batches,
                 "bytes_overwritten": erased_bytes, "events_erased": events, "packages_erased": packages,

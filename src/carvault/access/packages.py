@@ -77,9 +77,9 @@ def coverage_report(records: list[dict[str, Any]], tables: list[pa.Table], start
         else np.empty(0, np.int64)
     ts = ts[(ts >= start_ms) & (ts < end_ms)]
     for i in np.flatnonzero(np.diff(ts) > TIME_GAP_MS).tolist():
-        a, b = int(ts[i]), int(ts[i + 1])
-        gaps.append({"kind": "no samples", "from_ms": a, "to_ms": b,
-                     "detail": f"{(b - a) / 1000:.1f} s without samples inside covered batches"})
+        lo, hi = int(ts[i]), int(ts[i + 1])
+        gaps.append({"kind": "no samples", "from_ms": lo, "to_ms": hi,
+                     "detail": f"{(hi - lo) / 1000:.1f} s without samples inside covered batches"})
     return {"window": {"start_ms": start_ms, "end_ms": end_ms}, "batches": len(recs),
             "first_seq": recs[0]["seq"] if recs else None, "last_seq": recs[-1]["seq"] if recs else None,
             "chain": chain, "gaps": gaps}
@@ -148,7 +148,7 @@ class PackageBuilder:
             proofs.append({"seq": rec.seq, "batch_hash": rec.batch_hash, "received_ms": rec.received_ms,
                            "leaf_index": rec.log_index,
                            "proof": [base64.b64encode(h).decode()
-                                     for h in r.log.inclusion_proof(rec.log_index, tree_size)]})
+                                     for h in r.log.inclusion_proof(rec.log_index or 0, tree_size)]})
         consistency = [{"old_size": c.tree_size, "new_size": tree_size,
                         "proof": [base64.b64encode(h).decode() for h in r.log.consistency_proof(c.tree_size,
                                                                                                   tree_size)]}

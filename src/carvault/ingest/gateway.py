@@ -35,9 +35,8 @@ from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
-from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms
+from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms, rowcount
 from carvault.store.segments import SegmentWriter
-
 
 RECOVERY_TAIL = 1 << 16  # leaves searched for a batch logged just before a crash
 
@@ -197,11 +196,11 @@ class Gateway:
         with self.db.session() as s:
             for p, (segment, offset, length) in zip(group, locations, strict=True):
                 h = p.env.header
-                moved = s.execute(
+                moved = rowcount(s.execute(
                     update(Vehicle)
                     .where(Vehicle.vin == h.vin, Vehicle.last_seq == h.seq - 1, Vehicle.last_hash == h.prev)
                     .values(last_seq=h.seq, last_hash=p.env.batch_hash)
-                ).rowcount
+                ))
                 if moved != 1:
                     continue  # lost a race with another process; resolved below
                 rec = BatchRecord(

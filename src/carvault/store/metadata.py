@@ -34,6 +34,11 @@ from carvault.errors import Unavailable
 from carvault.protocol import GENESIS_PREV
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE (typed access to ``CursorResult.rowcount``)."""
+    return int(result.rowcount)
+
+
 def now_ms() -> int:
     """Wall-clock time in UTC milliseconds."""
     return time.time_ns() // 1_000_000

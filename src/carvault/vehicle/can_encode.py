@@ -476,7 +476,7 @@ def simulate_frames(table: pa.Table, *, gear_ratio: float = 9.04, dbc: str = TES
 
 # --------------------------------------------------------------------------------------- bench logs
 def write_bench_log(
-    path: Path, *, frames: int, bus_rate: int = 50_000, seed: int = 1, window_rows: int = 600, channel: str = "can0"
+    path: Path, *, frames: int, bus_rate: int = 50_000, seed: int = 1, window_rows: int = 100, channel: str = "can0"
 ) -> int:
     """A candump log of exactly ``frames`` frames: a simulated Tesla drive plus filler IDs up to ``bus_rate``/s."""
     from carvault.vehicle.simulator import simulate_day

@@ -676,19 +676,24 @@ class BoundMapping:
             inputs.update(cond.refs)
             when = cond.fn
         nulls: dict[tuple[str, str], np.ndarray] = {}
+        used: set[int] = set()
         for key, s in inputs.items():
             vals = []
             for raw, label in (s.choices or {}).items():
                 if any(fnmatch.fnmatchcase(str(label), pat) for pat in self.mapping.null_choices):
                     vals.append(float(raw) * float(s.scale) + float(s.offset))
-            for item in rule.null:
+            for i, item in enumerate(rule.null):
+                # A name applies to the inputs that have it; a number to every input.
                 try:
                     vals.append(_choice_value(s, item, where))
+                    used.add(i)
                 except BadRequest:
-                    if len(inputs) == 1:
-                        raise
+                    continue
             if vals:
                 nulls[key] = np.array(sorted(set(vals)), np.float64)
+        unused = [item for i, item in enumerate(rule.null) if i not in used]
+        if unused:
+            raise _mapping_error(f"{where}: null value {unused[0]!r} is not a value of any input signal")
         map_keys = map_values = None
         default = None
         if rule.map is not None:

@@ -19,6 +19,7 @@ from carvault.web.routes import (
     deletion,
     events,
     exports,
+    frames,
     ingest,
     log,
     packages,
@@ -57,7 +58,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     app.state.region = region
     errors.install(app)
     for r in (ingest.router, auth.router, vehicles.router, packages.router, catalogue.router, audit.router,
-              log.router, consents.router, events.router, deletion.router):
+              log.router, consents.router, events.router, deletion.router, frames.router):
         app.include_router(r)
     for r in (timeline.router, exports.router):  # the owner portal's API (issue 5)
         app.include_router(r)

@@ -1,0 +1,61 @@
+"""Exterior camera frames: vehicles upload de-identified JPEGs bound to a signed batch; owners download them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from carvault.access.audit import OWNER_REQUEST, Actor
+from carvault.errors import PayloadTooLarge
+from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore
+from carvault.web.deps import CurrentOwner, RegionDep
+
+router = APIRouter(tags=["camera frames"])
+
+
+def get_frames(request: Request, region: RegionDep) -> FrameStore:
+    """The region's frame store (built on first use and kept on the app)."""
+    store = getattr(region, "frames", None) or getattr(request.app.state, "frames", None)
+    if store is None:
+        store = FrameStore(region.db, region.segment_reader, region.settings.data_dir / "blobs")
+        request.app.state.frames = store
+    return store
+
+
+FramesDep = Annotated[FrameStore, Depends(get_frames)]
+
+
+@router.post("/api/v1/ingest/frames", tags=["vehicle upload"],
+             summary="Upload one de-identified camera frame named by an accepted media batch",
+             openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}}})
+async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
+    """Take one JPEG (Content-Type image/jpeg, header CarVault-Vin) whose SHA-256 a signed batch names."""
+    limit = frames.max_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"frame is {declared} bytes; the limit is {limit}", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"frame exceeds the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return await run_in_threadpool(frames.accept, request.headers.get(VIN_HEADER), b"".join(chunks),
+                                   request.headers.get("content-type"))
+
+
+@router.get("/api/v1/vehicles/{vin}/frames/{sha256}", tags=["vehicles"],
+            summary="One de-identified camera frame of my vehicle (JPEG)",
+            response_class=Response, responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}})
+def download_frame(vin: str, sha256: str, owner: CurrentOwner, region: RegionDep, frames: FramesDep) -> Response:
+    v = region.vehicles.owned_one(owner.owner_id, vin)
+    rec, data = frames.read(v.vin, sha256)
+    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
+                        action="frame.read", legal_basis=OWNER_REQUEST,
+                        detail={"sha256": rec.sha256, "seq": rec.seq, "t_ms": rec.t_ms, "bytes": len(data)})
+    return Response(data, media_type=FRAME_MEDIA_TYPE,
+                    headers={"ETag": f'"{rec.sha256}"', "Content-Disposition": f'inline; filename="{rec.sha256}.jpg"'})
