@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 system-deps:
 	./scripts/install-system-deps.sh
 
+# The portal's chart library (uPlot) is pinned in frontend/package-lock.json and vendored, with its licence,
+# in src/carvault/web/static/vendor/: installs and CI need no npm. This refreshes it reproducibly.
+.PHONY: vendor-js
+vendor-js: $(STAMP)
+	cd frontend && npm ci --ignore-scripts --no-audit --no-fund
+	$(PY) frontend/vendor.py
+
 demo: $(STAMP)
 	$(VENV)/bin/carvault demo
 

@@ -19,6 +19,7 @@ from carvault.ledger.log import TransparencyLog
 from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
+from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import Database
 from carvault.store.segments import SegmentReader, SegmentWriter
 from carvault.store.telemetry import TelemetryStore
@@ -76,9 +77,11 @@ class Region:
         self.vehicles = Vehicles(self.db, self.name)
         self.audit = AuditLog(self.db)
         self.consents = Consents(self.db, self.audit, self.name)
-        self.telemetry = TelemetryStore(self.db, self.segment_reader)
+        self.derived = DerivedCopies(settings.data_dir / "derived")
+        self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.deletions = Deletions(self)
-        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem)
+        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem,
+                               self.derived)
 
     def close(self) -> None:
         """Stop background work and release files and connections."""

@@ -368,6 +368,13 @@ def test_missing_dbc_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_units_are_converted_to_the_catalogue_unit(tmp_path: Path, tesla_db: cantools.database.can.Database) -> None:
+    from carvault.signals import catalogue
+    from carvault.vehicle.can_mapping import convert_units, known_unit
+
+    assert all(known_unit(sig.unit) for sig in catalogue())
+    assert convert_units(np.array([10.0]), "m/s", "km/h")[0] == pytest.approx(36.0)
+    assert convert_units(np.array([212.0]), "degF", "Celsius")[0] == pytest.approx(100.0)
+    assert convert_units(np.array([60.0]), "rpm", "degrees/s")[0] == pytest.approx(360.0)
     msg = tesla_db.get_message_by_name("DAS_status2")  # DAS_accSpeedLimit is in mph, 0.4 mph steps
     n = 30
     data = can_encode.pack_signals(msg, {"DAS_accSpeedLimit": np.full(n, 50.0)}, n)
@@ -505,6 +512,6 @@ def test_the_doc_describes_every_shipped_mapping() -> None:
     assert set(shipped_mappings()) == {"tesla_model3_party", "toyota_rav4"}
     for name in shipped_mappings():
         assert f"`{name}`" in doc
+        section = doc.split(f"### `{name}`")[1].split("###")[0]
         for rule in load_mapping(name).rules:
-            leaf = rule.path.split(".", 2)[-1] if rule.path.count(".") > 2 else rule.path
-            assert leaf.split(".")[-1] in doc, (name, rule.path)
+            assert f"`{rule.path}`" in section, (name, rule.path)

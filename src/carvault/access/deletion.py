@@ -166,6 +166,7 @@ class Deletions:
                 erased_bytes += rec.length
             for p in pkgs:
                 (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
+            self.region.derived.delete_vehicle(vin)
             with self.db.session() as s:
                 batches += rowcount(s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)))
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))

@@ -25,12 +25,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, func, select, update
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carvault.access.audit import OWNER_REQUEST, Actor
@@ -180,7 +181,7 @@ class ExportJobs:
             raise NotFound("no such export")
         return j
 
-    def list(self, owner_id: int, vin: str | None = None, limit: int = 50) -> list[ExportJob]:
+    def for_owner(self, owner_id: int, vin: str | None = None, limit: int = 50) -> list[ExportJob]:
         """The owner's jobs, newest first."""
         self.kick()
         q = select(ExportJob).where(ExportJob.owner_id == owner_id)
@@ -266,20 +267,20 @@ class ExportJobs:
         """Take the job for this worker if nobody holds it; True when this worker now owns it."""
         now = now_ms()
         with self.region.db.session() as s:
-            res = s.execute(update(ExportJob).where(
+            res = _cursor(s.execute(update(ExportJob).where(
                 ExportJob.id == job_id,
                 (ExportJob.status == "queued")
                 | ((ExportJob.status == "running") & (ExportJob.lease_until_ms < now)),
             ).values(status="running", worker=self.worker_id, lease_until_ms=now + self.lease_ms,
                      started_ms=func.coalesce(ExportJob.started_ms, now), attempts=ExportJob.attempts + 1,
-                     progress=0.0, rows=0))
+                     progress=0.0, rows=0)))
             return bool(res.rowcount == 1)
 
     def _heartbeat(self, job_id: int, progress: float, rows: int) -> None:
         with self.region.db.session() as s:
-            res = s.execute(update(ExportJob).where(
+            res = _cursor(s.execute(update(ExportJob).where(
                 ExportJob.id == job_id, ExportJob.worker == self.worker_id, ExportJob.status == "running",
-            ).values(progress=progress, rows=rows, lease_until_ms=now_ms() + self.lease_ms))
+            ).values(progress=progress, rows=rows, lease_until_ms=now_ms() + self.lease_ms)))
             if res.rowcount != 1:
                 raise _LeaseLost()
 
@@ -302,10 +303,10 @@ class ExportJobs:
             size = part.stat().st_size
             os.replace(part, self.folder / final)
             with self.region.db.session() as s:
-                res = s.execute(update(ExportJob).where(
+                res = _cursor(s.execute(update(ExportJob).where(
                     ExportJob.id == job.id, ExportJob.worker == self.worker_id, ExportJob.status == "running",
                 ).values(status="done", progress=1.0, rows=rows, size=size, sha256=digest, file_name=final,
-                         finished_ms=now_ms(), lease_until_ms=None, expires_ms=now_ms() + KEEP_MS))
+                         finished_ms=now_ms(), lease_until_ms=None, expires_ms=now_ms() + KEEP_MS)))
                 if res.rowcount != 1:
                     raise _LeaseLost()
             self.region.audit.record(
@@ -429,6 +430,11 @@ def _parquet_to_json(path: Path, meta: dict[str, Any], out: BinaryIO) -> None:
         out.write((b"," if k else b"") + json.dumps(name).encode() + b":")
         column(name)
     out.write(b"}}")
+
+
+def _cursor(result: Result[Any]) -> CursorResult[Any]:
+    """An UPDATE's result, typed so that ``rowcount`` is known."""
+    return cast("CursorResult[Any]", result)
 
 
 def _sha256(path: Path) -> str:

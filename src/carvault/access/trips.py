@@ -219,7 +219,8 @@ def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, m
         before = np.maximum(i0 - 1, 0)
         after = np.minimum(i1 + 1, n - 1)
         odo_d = _at(odo, after) - _at(odo, before)
-        dist = np.where(np.isnan(odo_d), d_speed[i1 + 1] - d_speed[i0], odo_d)
+        # An odometer that went backwards (replaced unit, bad data) says nothing: integrate speed instead.
+        dist = np.where(np.isnan(odo_d) | (odo_d < 0), d_speed[i1 + 1] - d_speed[i0], odo_d)
         energy = np.where(has_power[i1 + 1] - has_power[i0] > 0, e_out[i1 + 1] - e_out[i0], np.nan)
         top = _range_reduce(speed, i0, i1 + 1, np.fmax)
         dur = (end_ms - start_ms) / 1000.0

@@ -112,7 +112,8 @@ class FrameStore:
         self.blob_dir = blob_dir
         self.max_bytes = max_bytes
         # Region creates the schema at start-up; these tables may be newer than that process's imports.
-        Base.metadata.create_all(db.engine, tables=[FrameRecord.__table__, FrameScan.__table__])
+        Base.metadata.create_all(db.engine, tables=[Base.metadata.tables[FrameRecord.__tablename__],
+                                                    Base.metadata.tables[FrameScan.__tablename__]])
 
     def blob_path(self, sha256: str) -> Path:
         """Where a frame's bytes live: ``blobs/<first two hex digits>/<sha256>.jpg``."""

@@ -35,6 +35,7 @@ from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
+from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms, rowcount
 from carvault.store.segments import SegmentWriter
 
@@ -58,13 +59,14 @@ class Gateway:
     """Region gateway for vehicle uploads (protocol v1)."""
 
     def __init__(self, settings: Settings, db: Database, segments: SegmentWriter, log: AppendOnlyLog,
-                 catalogue: Catalogue, ca_pem: str) -> None:
+                 catalogue: Catalogue, ca_pem: str, derived: DerivedCopies | None = None) -> None:
         self.settings = settings
         self.db = db
         self.segments = segments
         self.log = log
         self.catalogue = catalogue
         self.ca_pem = ca_pem
+        self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -93,13 +95,17 @@ class Gateway:
         if existing is not None:
             return self._replay(env, existing)
         self._check_chain(env)
+        table = env.table()
         summary = validate_payload(
-            h, env.table(), self.catalogue, now_ms=now_ms(),
+            h, table, self.catalogue, now_ms=now_ms(),
             max_future_skew_ms=self.settings.max_future_skew_s * 1000, max_rows=self.settings.max_batch_rows,
         )
         pending = _Pending(env, summary)
         self._queue.put(pending)
-        return pending.future.result(timeout=120)
+        receipt = pending.future.result(timeout=120)
+        if self.derived is not None and not receipt["duplicate"] and h.kind == "telemetry":
+            self.derived.write(h.vin, receipt["batch_hash"], table)  # after the receipt: never the evidence
+        return receipt
 
     def vehicle_key(self, vin: str) -> Ed25519PublicKey:
         """The vehicle's certified public key (cached), or ``UnknownVehicle``."""

@@ -89,6 +89,11 @@ _units("frequency", 1.0, "bpm")
 _units("none", 1.0, "", "1")
 
 
+def known_unit(name: str) -> bool:
+    """True if the engine can convert from or to this unit name."""
+    return name in _UNIT_TABLE
+
+
 def convert_units(values: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Convert ``values`` from unit ``src`` to unit ``dst`` (both names from the unit table)."""
     if src == dst:

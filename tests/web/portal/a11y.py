@@ -15,13 +15,14 @@ CHECK_JS = r"""
   let last = 0;
   document.querySelectorAll('h1, h2, h3, h4, h5, h6').forEach(h => {
     const level = Number(h.tagName[1]);
-    if (last && level > last + 1) problems.push(`heading skips a level: h${last} -> h${level} "${h.textContent.trim()}"`);
+    if (last && level > last + 1) problems.push(`heading skips: h${last} -> h${level} "${h.textContent.trim()}"`);
     last = level;
   });
   document.querySelectorAll('input, select, textarea').forEach(el => {
     const type = (el.getAttribute('type') || '').toLowerCase();
     if (['hidden', 'submit', 'button'].includes(type) || el.hidden) return;
-    const named = (el.labels && el.labels.length) || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    const named = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+      || el.getAttribute('aria-labelledby');
     if (!named) problems.push(`${el.tagName.toLowerCase()}[name=${el.name}] has no label`);
   });
   document.querySelectorAll('button, a[href]').forEach(el => {
@@ -50,6 +51,7 @@ def tab_through(page: Any, presses: int = 40) -> list[str]:
     seen = []
     for _ in range(presses):
         page.keyboard.press("Tab")
-        seen.append(page.evaluate("""() => { const e = document.activeElement;
-            return e ? (e.id || e.getAttribute('name') || e.getAttribute('href') || e.textContent.trim()).slice(0, 80) : ''; }"""))
+        seen.append(page.evaluate("""() => { const e = document.activeElement; if (!e) return '';
+            const d = e.id || e.getAttribute('name') || e.getAttribute('href') || e.textContent.trim();
+            return d.slice(0, 80); }"""))
     return seen

@@ -78,6 +78,7 @@ def screenshot(page: Any, name: str) -> Path:
     """Save a full-page screenshot as a test artifact."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
+    page.evaluate("() => window.scrollTo(0, 0)")  # the sticky header belongs at the top of a full-page shot
     page.screenshot(path=str(path), full_page=True)
     return path
 

@@ -55,7 +55,7 @@ def create_export(req: ExportRequest, request: Request, owner: CurrentOwner, reg
 
 @router.get("", summary="My export jobs, newest first")
 def list_exports(request: Request, owner: CurrentOwner, vin: str | None = None) -> list[dict[str, Any]]:
-    return [job_json(j) for j in get_jobs(request).list(owner.owner_id, vin.upper() if vin else None)]
+    return [job_json(j) for j in get_jobs(request).for_owner(owner.owner_id, vin.upper() if vin else None)]
 
 
 @router.get("/{export_id}", summary="One export job: status and progress (0..1)")

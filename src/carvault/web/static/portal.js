@@ -139,12 +139,13 @@
         scales: { x: { time: true } },
         legend: { live: true },
         series: [{ label: data.labels.time, value: function (u, ts) { return ts == null ? "—" : hms.format(new Date(ts * 1e3)); } }].concat(c.series.map(function (s) {
-          return { label: s.label, stroke: s.color, width: 1.6, spanGaps: false,
+          // 1 Hz signals are null on the 10 Hz rows between their samples: draw through those.
+          return { label: s.label, stroke: s.color, width: 1.6, spanGaps: true,
             fill: c.series.length === 1 ? s.color + "14" : undefined,
             paths: s.path === "Vehicle.ADAS.ABS.IsEngaged" ? uPlot.paths.stepped({ align: 1 }) : undefined,
             value: function (u, v) { return v == null ? "—" : (Math.round(v * 10) / 10) + (s.unit ? " " + s.unit : ""); } };
         })),
-        axes: [{ stroke: "#5c6b80", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
+        axes: [{ stroke: "#5c6b80", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" }, space: 72,
                  values: function (u, splits) {
                    var span = u.scales.x.max - u.scales.x.min;
                    var f = span < 300 ? hms : hm;

@@ -72,7 +72,8 @@ async def signup_page(request: Request) -> Response:
 async def signup(request: Request) -> Response:
     p = await page(request, login=False)
     form = await p.form()
-    email, name, password = form.get("email", "").strip(), form.get("display_name", "").strip(), form.get("password", "")
+    email, name = form.get("email", "").strip(), form.get("display_name", "").strip()
+    password = form.get("password", "")
     error = None
     if password != form.get("password_confirm", ""):
         error = p.t("error.passwords_differ")

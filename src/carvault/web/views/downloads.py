@@ -26,8 +26,8 @@ async def _page(p: Page, vin: str, status: int = 200, error: str | None = None,
     car = await vehicle(p, vin)
     jobs = await p.get_json("/api/v1/exports", params={"vin": car["vin"]})
     q = p.request.query_params
-    defaults = {"scope": "window" if q.get("from") else "all", "from": q.get("from", ""), "to": q.get("to", ""),
-                "format": "csv", "resample": "", "categories": []}
+    defaults: dict[str, Any] = {"scope": "window" if q.get("from") else "all", "from": q.get("from", ""),
+                                "to": q.get("to", ""), "format": "csv", "resample": "", "categories": []}
     return p.render("downloads.html", status=status, title=p.t("downloads.title"), car=car, jobs=jobs,
                     error=error, form={**defaults, **(form or {})}, formats=FORMATS, resample=RESAMPLE,
                     categories=categories(p))

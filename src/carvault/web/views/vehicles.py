@@ -41,7 +41,8 @@ def describe_event(p: Page, e: dict[str, Any]) -> list[str]:
     for trig in d.get("triggers") or []:
         if not isinstance(trig, dict):
             continue
-        text = f"{p.t.maybe('event.' + str(trig.get('kind')), str(trig.get('kind')))} {p.t.dt(trig.get('t_ms'), 'time_ms')}"
+        kind = str(trig.get("kind"))
+        text = f"{p.t.maybe('event.' + kind, kind)} {p.t.dt(trig.get('t_ms'), 'time_ms')}"
         if trig.get("deceleration_g") is not None:
             text += f" ({trig['deceleration_g']:.2f} g)"
         if trig.get("delta_v_kmh") is not None:
