@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import carvault.region  # noqa: F401 - imports every module that defines an error class
+import carvault.web.app  # noqa: F401
 from carvault.errors import all_error_classes
 from carvault.signals import CATEGORIES, catalogue
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import carvault.region  # noqa: F401 - defines every error class
+import carvault.web.app  # noqa: F401
 from carvault.errors import CarVaultError, all_error_classes
 
 
