@@ -149,7 +149,7 @@ class BenchConfig:
     batch_seconds: int = 60
     server_workers: int = 1
     # Ingest-only runs in fresh regions, as (batch seconds, `carvault serve --workers`): the trade-offs.
-    extra_ingests: tuple[tuple[int, int], ...] = ((300, 1), (60, 2), (300, 2))
+    extra_ingests: tuple[tuple[int, int], ...] = ((300, 1), (60, 2))
     store_samples: int = TARGET_STORE_SAMPLES
     windows: int = 100
     dense_windows: int = 20

@@ -175,6 +175,10 @@ class PostgresPeer:
         with psycopg.connect(self.pg.dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET max_wal_size = '4GB'")
             conn.execute("SELECT pg_reload_conf()")
+            # The reload is asynchronous: wait until it is in force before loading anything.
+            deadline = time.monotonic() + 10
+            while (conn.execute("SHOW max_wal_size").fetchone() or ("",))[0] != "4GB" and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             self.settings = {k: str(conn.execute(f"SHOW {k}").fetchone()[0])  # type: ignore[index]
                              for k in ("shared_buffers", "max_wal_size", "fsync", "synchronous_commit",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import zipfile
 from pathlib import Path
@@ -83,12 +85,12 @@ def test_request_an_incident_package_and_see_it_verified(page: Any, world: World
     assert "Verified" in page.locator("#verdict-h").inner_text()
     screenshot(page, "package-verified-en-desktop")
     blob = _download(page, "a:has-text('Download package (ZIP)')")
-    with zipfile.ZipFile(__import__("io").BytesIO(blob)) as z:
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
         assert "manifest.json" in z.namelist() and any(n.startswith("batches/") for n in z.namelist())
     pid = int(page.url.split("/packages/")[1].split("?")[0])
     pkg = next(p for p in api(world, f"/api/v1/vehicles/{vin}/packages").json() if p["id"] == pid)
     assert pkg["event_kind"] == "crash" and pkg["event_ms"] == crash["t_ms"]
-    assert __import__("hashlib").sha256(blob).hexdigest() == pkg["sha256"]
+    assert hashlib.sha256(blob).hexdigest() == pkg["sha256"]
 
 
 def test_switch_location_off_and_on(page: Any, world: World) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.web.portal.a11y import accessibility_problems, tab_through
@@ -24,16 +25,12 @@ def owner_pages(world: World) -> dict[str, str]:
     packages = api(world, f"/api/v1/vehicles/{vin}/packages").json()
     if not packages:
         crash = next(e for e in events if e["kind"] == "crash")
-        import httpx
-
         r = httpx.post(f"{world.url}/api/v1/vehicles/{vin}/packages", headers=world.auth, timeout=60,
                        json={"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5})
         assert r.status_code == 201, r.text
         packages = [r.json()]
     jobs = api(world, "/api/v1/exports", vin=vin).json()
     if not jobs:
-        import httpx
-
         r = httpx.post(f"{world.url}/api/v1/exports", headers=world.auth, timeout=60,
                        json={"vin": vin, "format": "gpx"})
         jobs = [r.json()]
@@ -108,8 +105,6 @@ def test_pages_are_refused_to_strangers(browser: Any, world: World) -> None:
         page.wait_for_url(re.compile(r".*/consent$"))
         ctx.clear_cookies()
         # Another owner: someone else's vehicle pages are 404, exactly like a VIN that does not exist.
-        import httpx
-
         with httpx.Client(base_url=world.url) as http:
             register(http, "stranger@example.com")
         login(page, "stranger@example.com")

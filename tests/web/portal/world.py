@@ -4,7 +4,7 @@ real gateway by the car's own pipeline (consent policy, event recorder, signed b
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -33,8 +33,6 @@ class World:
     token: str
     cars: list[VehicleIdentity]
     days: list[SimulatedDay]
-    stranger_email: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
