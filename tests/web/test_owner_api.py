@@ -190,3 +190,9 @@ def test_openapi_and_catalogue(http: httpx.Client) -> None:
     sigs = http.get("/api/v1/signals").json()
     assert len(sigs) >= 40 and all(s["privacy"] in {"technical", "personal", "sensitive", "important"} for s in sigs)
     assert http.get("/api/v1/nope").json()["error"]["code"] == "not_found"
+
+
+def test_unknown_page_is_html_and_unknown_api_route_is_json(http: httpx.Client) -> None:
+    page = http.get("/no-such-page")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert http.get("/api/v1/no-such-route").json()["error"]["code"] == "not_found"

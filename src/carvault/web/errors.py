@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carvault.errors import CarVaultError, TooManyRequests, WrongRegion
@@ -48,7 +48,10 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, e: StarletteHTTPException) -> Response:
+        html_error = getattr(request.app.state, "html_error", None)
+        if html_error is not None and not request.url.path.startswith("/api/"):
+            return await html_error(request, e.status_code, str(e.detail))  # people browsing get a page
         code = _HTTP_CODES.get(e.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code)
 

@@ -234,8 +234,13 @@ def install(app: FastAPI) -> None:
         return RedirectResponse(f"/login?next={quote(e.next_path, safe='/')}", status_code=303,
                                 headers={"Cache-Control": "no-store"})
 
+    async def html_error(request: Request, status: int, message: str) -> HTMLResponse:
+        p = await page(request, login=False)
+        key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(status, "error.other")
+        return p.render("error.html", status=status, title=p.t(key), message=message, status_code=status)
+
+    app.state.html_error = html_error
+
     @app.exception_handler(PageError)
     async def _error(request: Request, e: PageError) -> HTMLResponse:
-        p = await page(request, login=False)
-        key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(e.status, "error.other")
-        return p.render("error.html", status=e.status, title=p.t(key), message=e.message, status_code=e.status)
+        return await html_error(request, e.status, e.message)
