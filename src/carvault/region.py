@@ -14,6 +14,7 @@ from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
 from carvault.access.deletion import Deletions
 from carvault.access.vehicles import Vehicles
+from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ledger.log import TransparencyLog
 from carvault.pki import RegionCA
@@ -79,6 +80,7 @@ class Region:
         self.consents = Consents(self.db, self.audit, self.name)
         self.derived = DerivedCopies(settings.data_dir / "derived")
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
+        self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
         self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem,
                                self.derived)

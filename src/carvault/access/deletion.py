@@ -150,7 +150,7 @@ class Deletions:
                 s.get(DeletionRequest, request_id).status = "held"  # type: ignore[union-attr]
                 req.status = "held"
             return req
-        erased_bytes, batches, packages, events = 0, 0, 0, 0
+        erased_bytes, batches, packages, events, frames = 0, 0, 0, 0, 0
         reader = self.region.segment_reader
         for vin in vins:
             with self.db.session() as s:
@@ -167,13 +167,14 @@ class Deletions:
             for p in pkgs:
                 (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
             self.region.derived.delete_vehicle(vin)
+            frames += self.region.frames.delete_vehicle(vin)
             with self.db.session() as s:
                 batches += rowcount(s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)))
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
                 packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
         done = now_ms()
         body = {"request_id": req.id, "region": self.region.name, "vins": vins, "batches_erased": batches,
-                "bytes_overwritten": erased_bytes, "events_erased": events, "packages_erased": packages,
+                "bytes_overwritten": erased_bytes, "events_erased": events, "packages_erased": packages, "frames_erased": frames,
                 "requested_ms": req.requested_ms, "completed_ms": done, "deadline_ms": req.deadline_ms,
                 "retained": RETAINED}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

@@ -115,6 +115,19 @@ class FrameStore:
         Base.metadata.create_all(db.engine, tables=[Base.metadata.tables[FrameRecord.__tablename__],
                                                     Base.metadata.tables[FrameScan.__tablename__]])
 
+    def delete_vehicle(self, vin: str) -> int:
+        """Erase a vehicle's frames (blobs and index); return how many."""
+        from sqlalchemy import delete as sql_delete
+        from sqlalchemy import select as sql_select
+
+        with self.db.session() as s:
+            hashes = list(s.scalars(sql_select(FrameRecord.sha256).where(FrameRecord.vin == vin)))
+            s.execute(sql_delete(FrameRecord).where(FrameRecord.vin == vin))
+            s.execute(sql_delete(FrameScan).where(FrameScan.vin == vin))
+        for h in hashes:
+            self.blob_path(h).unlink(missing_ok=True)
+        return len(hashes)
+
     def blob_path(self, sha256: str) -> Path:
         """Where a frame's bytes live: ``blobs/<first two hex digits>/<sha256>.jpg``."""
         return self.blob_dir / sha256[:2] / f"{sha256}.jpg"

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from carvault.policy import COLLECTING
 from carvault.signals import ALLOWED_VALUES, catalogue
 from carvault.vehicle.agent import UploadRefused, VehicleAgent
 from carvault.vehicle.deidentify import Deidentifier, default_deidentifier
@@ -32,6 +33,10 @@ FRAME_MEDIA_TYPE = "image/jpeg"
 VIN_HEADER = "CarVault-Vin"
 
 Frame = tuple[int, str, bytes]  # (t in UTC ms, camera position, JPEG bytes as shot)
+
+
+class ConsentMissing(Exception):
+    """The owner has not consented to exterior camera frames leaving the car."""
 
 
 def frame_rows(frames: Sequence[Frame], deidentifier: Deidentifier | None = None) -> tuple[pa.Table, list[bytes]]:
@@ -89,6 +94,9 @@ def spool_frames(agent: VehicleAgent, frames: Sequence[Frame],
 
     Returns the signed batch (already in the agent's batch spool) and the de-identified frames.
     """
+    when = max(f[0] for f in frames) if frames else 0
+    if agent.policy.status("exterior_camera", int(when), agent._ignition_on) != COLLECTING:
+        raise ConsentMissing("exterior camera frames leave the car only while the owner consents to them")
     table, blobs = frame_rows(frames, deidentifier)
     folder = frame_spool(agent)
     for blob in blobs:

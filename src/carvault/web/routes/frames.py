@@ -53,6 +53,7 @@ async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
             response_class=Response, responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}})
 def download_frame(vin: str, sha256: str, owner: CurrentOwner, region: RegionDep, frames: FramesDep) -> Response:
     v = region.vehicles.owned_one(owner.owner_id, vin)
+    region.deletions.check_served(v.vin)
     rec, data = frames.read(v.vin, sha256)
     region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
                         action="frame.read", legal_basis=OWNER_REQUEST,
