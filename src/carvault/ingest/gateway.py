@@ -13,10 +13,11 @@ import json
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
@@ -52,6 +53,7 @@ class AppendOnlyLog(Protocol):
 class _Pending:
     env: Envelope
     summary: PayloadSummary
+    table: pa.Table
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
 
@@ -68,6 +70,7 @@ class Gateway:
         self.ca_pem = ca_pem
         self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
         self._thread.start()
@@ -75,6 +78,20 @@ class Gateway:
     # ------------------------------------------------------------------ checks
     def accept(self, body: bytes, content_type: str | None) -> dict[str, Any]:
         """Check and store one batch; return its receipt, or raise the reason it was refused."""
+        checked = self.check(body, content_type)
+        if isinstance(checked, dict):
+            return checked
+        return self.committed(checked, checked.future.result(timeout=120))
+
+    def committed(self, pending: _Pending, receipt: dict[str, Any]) -> dict[str, Any]:
+        """After the receipt: queue the query-optimised copy (never the evidence) off the request path."""
+        if self.derived is not None and not receipt["duplicate"] and pending.env.header.kind == "telemetry":
+            self._derived_pool.submit(self.derived.write, pending.env.header.vin, receipt["batch_hash"],
+                                      pending.table)
+        return receipt
+
+    def check(self, body: bytes, content_type: str | None) -> dict[str, Any] | _Pending:
+        """Every check of a batch (CPU work, no lock); a replay's receipt, or the batch queued for commit."""
         media = (content_type or "").split(";")[0].strip().lower()
         if media != BATCH_MEDIA_TYPE:
             raise UnsupportedMediaType(f"batches are sent as {BATCH_MEDIA_TYPE}, not {media or 'nothing'}",
@@ -100,12 +117,9 @@ class Gateway:
             h, table, self.catalogue, now_ms=now_ms(),
             max_future_skew_ms=self.settings.max_future_skew_s * 1000, max_rows=self.settings.max_batch_rows,
         )
-        pending = _Pending(env, summary)
+        pending = _Pending(env, summary, table)
         self._queue.put(pending)
-        receipt = pending.future.result(timeout=120)
-        if self.derived is not None and not receipt["duplicate"] and h.kind == "telemetry":
-            self.derived.write(h.vin, receipt["batch_hash"], table)  # after the receipt: never the evidence
-        return receipt
+        return pending
 
     def vehicle_key(self, vin: str) -> Ed25519PublicKey:
         """The vehicle's certified public key (cached), or ``UnknownVehicle``."""
@@ -273,3 +287,4 @@ class Gateway:
         """Stop the committer after the batches already queued."""
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self._derived_pool.shutdown(wait=True)
