@@ -81,7 +81,7 @@ def bench(out: Annotated[Path, typer.Option(help="JSON file for the figures.")] 
           postgres: Annotated[bool, typer.Option(help="Also measure the PostgreSQL peer.")] = True,
           quick: Annotated[bool, typer.Option("--quick", help="Tiny run (2 vehicles x 5 min, no store growth), "
                                               "< 1 min; checks the machinery, figures mean nothing.")] = False,
-          batch_seconds: Annotated[int, typer.Option(help="Seconds of driving per signed batch.")] = 60,
+          batch_seconds: Annotated[int, typer.Option(help="Seconds of driving per signed batch.")] = 300,
           store_samples: Annotated[int | None, typer.Option(
               help="Grow the store to this many samples before timing windows (0: no growth).")] = None,
           windows: Annotated[int | None, typer.Option(help="Random windows timed (p50/p95).")] = None,
@@ -133,7 +133,8 @@ def simulate(vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned veh
     d = date.fromisoformat(day) if day else (datetime.now(UTC) - timedelta(days=1)).date()
     sim = simulate_day(ident.vin, seed, d, incident=incident)
     agent = VehicleAgent(ident, vehicle_dir, endpoint)
-    n = agent.record(sim.table, batch_seconds)
+    agent.fetch_policy()  # the owner's consents decide what leaves the car
+    n = agent.process(sim.table, batch_seconds) + agent.finish()
     with Progress(console=console) as bar:
         task = bar.add_task(f"uploading {n} batches", total=len(agent.pending()))
         try:
