@@ -38,7 +38,7 @@ from carvault.errors import (
     UnsupportedMediaType,
 )
 from carvault.store.metadata import Base, BatchRecord, Database, Vehicle, now_ms
-from carvault.store.segments import SegmentReader
+from carvault.store.segments import SegmentReader, fsync_dir
 from carvault.store.telemetry import payload_of
 
 FRAME_MEDIA_TYPE = "image/jpeg"
@@ -92,14 +92,6 @@ def frame_json(f: FrameRecord) -> dict[str, Any]:
 def is_sha256_hex(text: str) -> bool:
     """64 lower-case hex digits."""
     return len(text) == 64 and set(text) <= _HEX
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FrameStore:
@@ -184,7 +176,7 @@ class FrameStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise Unavailable(f"frame could not be stored: {e}") from None

@@ -42,6 +42,7 @@ from carvault.errors import CarVaultError, InvalidQuery
 from carvault.ledger import merkle
 from carvault.ledger.checkpoint import checkpoint_body, format_vkey, sign_checkpoint
 from carvault.ledger.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError
+from carvault.store.segments import fsync_dir
 
 __all__ = ["FORMAT", "LogError", "TransparencyLog", "node_count", "node_position"]
 
@@ -92,14 +93,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode_appended(stack: list[tuple[int, bytes]], leaf_hashes: Sequence[bytes]) -> bytes:
@@ -209,7 +202,7 @@ class TransparencyLog:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, meta_path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return
         try:
             meta = json.loads(meta_path.read_text())

@@ -18,7 +18,8 @@ from pathlib import Path
 from carvault.errors import Unavailable
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new or renamed files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -47,7 +48,7 @@ class SegmentWriter:
         self._name = f"{self.writer_id}-{self._n:06d}.cvseg"
         self._fd = os.open(self.directory / self._name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._size = os.fstat(self._fd).st_size
-        _fsync_dir(self.directory)  # the new file's name must survive a crash too
+        fsync_dir(self.directory)  # the new file's name must survive a crash too
 
     def append_many(self, blobs: Sequence[bytes]) -> list[tuple[str, int, int]]:
         """Append blobs durably (one write, one fsync); return (segment, offset, length) for each."""

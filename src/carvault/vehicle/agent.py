@@ -46,6 +46,16 @@ class UploadRefused(Exception):
         self.body = body
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a file so that it is complete or absent after a crash (temporary name, fsync, rename)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def time_slices(table: pa.Table, batch_ms: int) -> Iterator[tuple[int, int, pa.Table]]:
     """Split a table into aligned windows of ``batch_ms``: yields (span start, span end, rows)."""
     if table.num_rows == 0:
@@ -191,13 +201,7 @@ class VehicleAgent:
         seq = self.head.seq + 1
         blob = make_batch(vin=self.identity.vin, region=self.identity.region, seq=seq, prev=self.head.prev,
                           table=part, key=self.identity.key, kind=kind, t0=t0, t1=t1)
-        path = self.spool_dir / f"{seq:012d}.cvb"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_durably(self.spool_dir / f"{seq:012d}.cvb", blob)
         self.head = ChainHead(seq=seq, prev=sha256_hex(blob))
         self._save_head()
         return blob

@@ -14,7 +14,6 @@ signed, so a crash never leaves a signed batch that points at a frame the car no
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from carvault.policy import COLLECTING
 from carvault.signals import ALLOWED_VALUES, catalogue
-from carvault.vehicle.agent import UploadRefused, VehicleAgent
+from carvault.vehicle.agent import UploadRefused, VehicleAgent, write_durably
 from carvault.vehicle.deidentify import Deidentifier, default_deidentifier
 
 CAMERA = "Vehicle.CarVault.Camera."
@@ -79,15 +78,6 @@ def frame_spool(agent: VehicleAgent) -> Path:
     return path
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def spool_frames(agent: VehicleAgent, frames: Sequence[Frame],
                  deidentifier: Deidentifier | None = None) -> tuple[bytes, list[bytes]]:
     """De-identify frames, keep them in the frame spool, then sign their rows as one media batch.
@@ -100,7 +90,7 @@ def spool_frames(agent: VehicleAgent, frames: Sequence[Frame],
     table, blobs = frame_rows(frames, deidentifier)
     folder = frame_spool(agent)
     for blob in blobs:
-        _write_durably(folder / f"{hashlib.sha256(blob).hexdigest()}.jpg", blob)
+        write_durably(folder / f"{hashlib.sha256(blob).hexdigest()}.jpg", blob)
     t = table.column("t").cast(pa.int64())
     batch = agent.spool(table, t0=int(t[0].as_py()), t1=int(t[-1].as_py()), kind="media")
     return batch, blobs

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from carvault.access.accounts import Principal
-from carvault.errors import Forbidden, InvalidQuery, Unauthenticated
+from carvault.errors import Forbidden, InvalidQuery, PayloadTooLarge, Unauthenticated
 from carvault.region import Region
 
 SESSION_COOKIE = "carvault_session"
@@ -75,6 +75,21 @@ def parse_interval(value: str) -> int:
     if ms < 10:
         raise InvalidQuery("resample interval must be at least 10 ms", parameter="resample")
     return ms
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with ``PayloadTooLarge`` as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit}", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def client_address(request: Request) -> str:

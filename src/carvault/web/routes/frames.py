@@ -8,9 +8,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from carvault.access.audit import OWNER_REQUEST, Actor
-from carvault.errors import PayloadTooLarge
 from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore
-from carvault.web.deps import CurrentOwner, RegionDep
+from carvault.web.deps import CurrentOwner, RegionDep, read_body
 
 router = APIRouter(tags=["camera frames"])
 
@@ -33,18 +32,8 @@ FramesDep = Annotated[FrameStore, Depends(get_frames)]
                                                                                     "format": "binary"}}}}})
 async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
     """Take one JPEG (Content-Type image/jpeg, header CarVault-Vin) whose SHA-256 a signed batch names."""
-    limit = frames.max_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"frame is {declared} bytes; the limit is {limit}", limit=limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"frame exceeds the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return await run_in_threadpool(frames.accept, request.headers.get(VIN_HEADER), b"".join(chunks),
+    body = await read_body(request, frames.max_bytes, "frame")
+    return await run_in_threadpool(frames.accept, request.headers.get(VIN_HEADER), body,
                                    request.headers.get("content-type"))
 
 

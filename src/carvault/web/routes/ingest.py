@@ -8,8 +8,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
-from carvault.errors import PayloadTooLarge
-from carvault.web.deps import RegionDep
+from carvault.web.deps import RegionDep, read_body
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["vehicle upload"])
 CHECK_THREADS = 4
@@ -26,18 +25,7 @@ def _limiter(request: Request) -> anyio.CapacityLimiter:
 @router.post("/batches", summary="Upload one signed batch; answered with a receipt once it is durable")
 async def upload_batch(request: Request, region: RegionDep) -> dict[str, Any]:
     """Take one batch envelope (Content-Type application/vnd.carvault.batch.v1)."""
-    limit = region.settings.max_batch_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"batch is {declared} bytes; the limit is {limit}", limit=limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"batch exceeds the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request, region.settings.max_batch_bytes, "batch")
     # The checks are CPU work: a few threads keep both cores busy; more only fight over the GIL. The wait for
     # the group commit happens outside the cap, so many batches still share each fsync.
     checked = await anyio.to_thread.run_sync(region.gateway.check, body, request.headers.get("content-type"),
