@@ -21,11 +21,16 @@ def error_rows() -> str:
 
 def signal_rows() -> str:
     """Markdown rows of every signal."""
+
     def rng(s: object) -> str:
         lo, hi = s.min, s.max  # type: ignore[attr-defined]
         return f"{'' if lo is None else f'{lo:g}'}..{'' if hi is None else f'{hi:g}'}"
-    return "\n".join(f"| `{s.path}` | {s.datatype} | {s.unit} | {rng(s)} | {s.rate_hz} Hz | {s.category} | "
-                     f"{s.privacy.value} | {'overlay' if s.overlay else 'VSS 6.0'} |" for s in catalogue())
+
+    return "\n".join(
+        f"| `{s.path}` | {s.datatype} | {s.unit} | {rng(s)} | {s.rate_hz} Hz | {s.category} | "
+        f"{s.privacy.value} | {'overlay' if s.overlay else 'VSS 6.0'} |"
+        for s in catalogue()
+    )
 
 
 def replace_table(text: str, header: str, rows: str) -> str:
@@ -39,19 +44,30 @@ def replace_table(text: str, header: str, rows: str) -> str:
 def main() -> None:
     """Rewrite docs/api.md (errors) and docs/signals.md (signals, categories, overlay)."""
     api = DOCS / "api.md"
-    api.write_text(replace_table(api.read_text(), "| code | HTTP | meaning |\n|---|---|---|\n",
-                                 error_rows() + "\n| `validation_failed` (schema) | 422 | a body or query parameter "
-                                 "does not match the OpenAPI schema; `problems` lists each |\n| `method_not_allowed` "
-                                 "| 405 | the route exists, the method does not |"))
+    api.write_text(
+        replace_table(
+            api.read_text(),
+            "| code | HTTP | meaning |\n|---|---|---|\n",
+            error_rows() + "\n| `validation_failed` (schema) | 422 | a body or query parameter "
+            "does not match the OpenAPI schema; `problems` lists each |\n| `method_not_allowed` "
+            "| 405 | the route exists, the method does not |",
+        )
+    )
     sig = DOCS / "signals.md"
     text = sig.read_text()
     text = re.sub(r"## Signals \(\d+\)", f"## Signals ({len(catalogue())})", text)
-    text = replace_table(text, "| path | datatype | unit | range | rate | category | privacy | source |\n"
-                               "|---|---|---|---|---|---|---|---|\n", signal_rows())
-    cats = "\n".join(f"| `{c.name}` | {c.title} | {c.privacy.value} | {c.purpose} | {c.retention_days} |"
-                     for c in CATEGORIES.values())
-    text = replace_table(text, "| category | title | privacy class | purpose | retention (days) |\n"
-                               "|---|---|---|---|---|\n", cats)
+    text = replace_table(
+        text,
+        "| path | datatype | unit | range | rate | category | privacy | source |\n|---|---|---|---|---|---|---|---|\n",
+        signal_rows(),
+    )
+    cats = "\n".join(
+        f"| `{c.name}` | {c.title} | {c.privacy.value} | {c.purpose} | {c.retention_days} |"
+        for c in CATEGORIES.values()
+    )
+    text = replace_table(
+        text, "| category | title | privacy class | purpose | retention (days) |\n|---|---|---|---|---|\n", cats
+    )
     sig.write_text(text)
 
 

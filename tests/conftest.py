@@ -22,8 +22,12 @@ from tests.factories import vin_for
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     cn, eu = free_port(), free_port()
-    return Settings(data_dir=tmp_path / "region-cn", region="cn", port=cn,
-                    region_endpoints={"cn": f"http://127.0.0.1:{cn}", "eu": f"http://127.0.0.1:{eu}"})
+    return Settings(
+        data_dir=tmp_path / "region-cn",
+        region="cn",
+        port=cn,
+        region_endpoints={"cn": f"http://127.0.0.1:{cn}", "eu": f"http://127.0.0.1:{eu}"},
+    )
 
 
 @pytest.fixture

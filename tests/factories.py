@@ -15,8 +15,7 @@ def vin_for(n: int) -> str:
     return f"LRWTEST{n:010d}"
 
 
-def drive_table(start_ms: int = BASE_MS, seconds: int = 120, paths: list[str] | None = None,
-                seed: int = 0) -> pa.Table:
+def drive_table(start_ms: int = BASE_MS, seconds: int = 120, paths: list[str] | None = None, seed: int = 0) -> pa.Table:
     """A plausible table at 10 Hz (1 Hz signals only on whole seconds), every value inside its range."""
     cat = catalogue()
     # Camera rows reference frames and need the in-car de-identification marks: not generic test data.

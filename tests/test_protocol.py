@@ -84,8 +84,12 @@ def test_mutations_never_verify(pos: int, byte: int) -> None:
 
 
 def test_payload_written_by_vehicle_reads_back_with_exact_types() -> None:
-    env = decode_envelope(encode_envelope(
-        BatchHeader(vin=vin_for(2), region="cn", seq=3, prev="a" * 64, t0=1, t1=2, rows=TABLE.num_rows),
-        b"not parquet", KEY))
+    env = decode_envelope(
+        encode_envelope(
+            BatchHeader(vin=vin_for(2), region="cn", seq=3, prev="a" * 64, t0=1, t1=2, rows=TABLE.num_rows),
+            b"not parquet",
+            KEY,
+        )
+    )
     with pytest.raises(MalformedBatch, match="Parquet"):
         env.table()

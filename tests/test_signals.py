@@ -13,8 +13,14 @@ from carvault.signals import ARROW_TYPES, CATEGORIES, OVERLAY_BRANCHES, PrivacyC
 
 SHARED = Path(os.environ.get("CARVAULT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 # The shared reference when present; else the identical MPL-2.0 copy kept in tests/assets/vss/.
-VSS_CSV = next(p for p in (SHARED / "vss" / "vss_v6.0_tag_generated.csv",
-                           Path(__file__).parent / "assets" / "vss" / "vss_v6.0_tag_generated.csv") if p.exists())
+VSS_CSV = next(
+    p
+    for p in (
+        SHARED / "vss" / "vss_v6.0_tag_generated.csv",
+        Path(__file__).parent / "assets" / "vss" / "vss_v6.0_tag_generated.csv",
+    )
+    if p.exists()
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +62,25 @@ def test_catalogue_is_big_enough_and_fully_classified() -> None:
     for s in cat:
         assert s.category in CATEGORIES and isinstance(s.privacy, PrivacyClass)
         assert s.datatype in ARROW_TYPES and s.rate_hz in (1, 10)
-    needed = ["Vehicle.Speed", "Vehicle.Chassis.Accelerator.PedalPosition", "Vehicle.Chassis.Brake.PedalPosition",
-              "Vehicle.EDR.BrakeMasterCylinderPressure", "Vehicle.ADAS.ABS.IsEngaged", "Vehicle.ADAS.ESC.IsEngaged",
-              "Vehicle.EDR.AEB.IsEngaged", "Vehicle.Chassis.SteeringWheel.Angle", "Vehicle.Acceleration.Longitudinal",
-              "Vehicle.Acceleration.Lateral", "Vehicle.AngularVelocity.Yaw", "Vehicle.Powertrain.Transmission.CurrentGear",
-              "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted", "Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed",
-              "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude", "Vehicle.EDR.DeltaV.Longitudinal"]
+    needed = [
+        "Vehicle.Speed",
+        "Vehicle.Chassis.Accelerator.PedalPosition",
+        "Vehicle.Chassis.Brake.PedalPosition",
+        "Vehicle.EDR.BrakeMasterCylinderPressure",
+        "Vehicle.ADAS.ABS.IsEngaged",
+        "Vehicle.ADAS.ESC.IsEngaged",
+        "Vehicle.EDR.AEB.IsEngaged",
+        "Vehicle.Chassis.SteeringWheel.Angle",
+        "Vehicle.Acceleration.Longitudinal",
+        "Vehicle.Acceleration.Lateral",
+        "Vehicle.AngularVelocity.Yaw",
+        "Vehicle.Powertrain.Transmission.CurrentGear",
+        "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted",
+        "Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed",
+        "Vehicle.CurrentLocation.Latitude",
+        "Vehicle.CurrentLocation.Longitude",
+        "Vehicle.EDR.DeltaV.Longitudinal",
+    ]
     for p in needed:
         assert p in cat, p
     assert cat["Vehicle.CurrentLocation.Latitude"].privacy is PrivacyClass.SENSITIVE

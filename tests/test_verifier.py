@@ -38,14 +38,24 @@ EVENT_MS = BASE_MS + 200_000
 
 
 @pytest.fixture
-def package(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent,
-            tmp_path: Path) -> tuple[Path, dict]:
+def package(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, tmp_path: Path
+) -> tuple[Path, dict]:
     agent.record(drive_table(BASE_MS, seconds=300), batch_seconds=60)
     agent.upload_pending()
-    assert http.post("/api/v1/vehicles/claim", headers=owner.headers,
-                     json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}).status_code == 201
-    r = http.post(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers,
-                  json={"event_time": EVENT_MS, "event_kind": "crash", "minutes_before": 3, "minutes_after": 1})
+    assert (
+        http.post(
+            "/api/v1/vehicles/claim",
+            headers=owner.headers,
+            json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code},
+        ).status_code
+        == 201
+    )
+    r = http.post(
+        f"/api/v1/vehicles/{vehicle.vin}/packages",
+        headers=owner.headers,
+        json={"event_time": EVENT_MS, "event_kind": "crash", "minutes_before": 3, "minutes_after": 1},
+    )
     assert r.status_code == 201, r.text
     meta = r.json()
     blob = http.get(meta["download"], headers=owner.headers).content
@@ -55,19 +65,37 @@ def package(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, ag
     return path, trust
 
 
-def test_package_verifies_and_holds_what_the_contract_lists(package: tuple[Path, dict], http: httpx.Client,
-                                                            owner: OwnerClient, vehicle: VehicleIdentity) -> None:
+def test_package_verifies_and_holds_what_the_contract_lists(
+    package: tuple[Path, dict], http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     path, trust = package
     names = set(zipfile.ZipFile(path).namelist())
-    assert {"manifest.json", "manifest.sig", "certs/vehicle.pem", "certs/region-ca.pem", "log/checkpoint.txt",
-            "log/proofs.json", "coverage.json", "data/window.csv", "edr/part563.csv", "report/report.html",
-            "report/report.pdf"} <= names
+    assert {
+        "manifest.json",
+        "manifest.sig",
+        "certs/vehicle.pem",
+        "certs/region-ca.pem",
+        "log/checkpoint.txt",
+        "log/proofs.json",
+        "coverage.json",
+        "data/window.csv",
+        "edr/part563.csv",
+        "report/report.html",
+        "report/report.pdf",
+    } <= names
     assert sum(n.startswith("batches/") for n in names) == 5  # window 20 s..260 s overlaps all 5 one-minute batches
     verdict = verify_package(path, trust=trust)
     assert verdict.ok, [c for c in verdict.checks if not c.ok]
-    assert {c.name for c in verdict.checks} >= {"batch signatures", "hash chain", "certificate chain",
-                                                "log inclusion", "checkpoint signature", "CSV equals the signed data",
-                                                "EDR table equals the signed data", "manifest signed by the region"}
+    assert {c.name for c in verdict.checks} >= {
+        "batch signatures",
+        "hash chain",
+        "certificate chain",
+        "log inclusion",
+        "checkpoint signature",
+        "CSV equals the signed data",
+        "EDR table equals the signed data",
+        "manifest signed by the region",
+    }
     # The server-side verification answer agrees, and the owner's audit log shows the package.
     pid = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers).json()[0]["id"]
     assert http.get(f"/api/v1/vehicles/{vehicle.vin}/packages/{pid}/verification", headers=owner.headers).json()["ok"]
@@ -146,8 +174,10 @@ def _forge_checkpoint(f: dict[str, bytes]) -> None:
 def _forge_checkpoint_same_key(region_key: Ed25519PrivateKey) -> Callable[[dict[str, bytes]], None]:
     def forge(f: dict[str, bytes]) -> None:
         lines = f["log/checkpoint.txt"].decode().split("\n")
-        f["log/checkpoint.txt"] = sign_checkpoint(lines[0], int(lines[1]), hashlib.sha256(b"other").digest(),
-                                                  region_key, lines[0]).encode()
+        f["log/checkpoint.txt"] = sign_checkpoint(
+            lines[0], int(lines[1]), hashlib.sha256(b"other").digest(), region_key, lines[0]
+        ).encode()
+
     return forge
 
 
@@ -162,8 +192,9 @@ TAMPER = [
 
 
 @pytest.mark.parametrize(("name", "mutate", "check"), TAMPER, ids=[t[0] for t in TAMPER])
-def test_tampering_by_the_operator_is_caught_and_named(package: tuple[Path, dict], region: Region, tmp_path: Path,
-                                                      name: str, mutate: Callable, check: str) -> None:
+def test_tampering_by_the_operator_is_caught_and_named(
+    package: tuple[Path, dict], region: Region, tmp_path: Path, name: str, mutate: Callable, check: str
+) -> None:
     path, trust = package
     bad = tmp_path / "tampered.zip"
     rewrite(path, bad, mutate, region.log_key)
@@ -180,8 +211,9 @@ def test_tampering_without_the_region_key_breaks_the_manifest(package: tuple[Pat
     assert "files match the manifest" in failed
 
 
-def test_forged_root_with_the_region_key_fails_inclusion(package: tuple[Path, dict], region: Region,
-                                                         tmp_path: Path) -> None:
+def test_forged_root_with_the_region_key_fails_inclusion(
+    package: tuple[Path, dict], region: Region, tmp_path: Path
+) -> None:
     path, trust = package
     bad = tmp_path / "tampered.zip"
     rewrite(path, bad, _forge_checkpoint_same_key(region.log_key), region.log_key)
@@ -214,19 +246,29 @@ def test_untrusted_keys_are_flagged(package: tuple[Path, dict]) -> None:
     assert anchor.ok is None and "package itself" in anchor.detail
 
 
-def test_log_rewritten_behind_a_saved_checkpoint(http: httpx.Client, owner: OwnerClient, region: Region,
-                                                 vehicle: VehicleIdentity, agent: VehicleAgent, tmp_path: Path) -> None:
+def test_log_rewritten_behind_a_saved_checkpoint(
+    http: httpx.Client,
+    owner: OwnerClient,
+    region: Region,
+    vehicle: VehicleIdentity,
+    agent: VehicleAgent,
+    tmp_path: Path,
+) -> None:
     agent.record(drive_table(BASE_MS, seconds=180), batch_seconds=60)
     agent.upload_pending()
-    http.post("/api/v1/vehicles/claim", headers=owner.headers,
-              json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code})
+    http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
     saved = http.get("/api/v1/log/checkpoint").text
     assert http.post("/api/v1/log/saved-checkpoints", headers=owner.headers, json={"note": saved}).status_code == 201
     (tmp_path / "saved.txt").write_text(saved)
 
     def package_now() -> Path:
-        r = http.post(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers,
-                      json={"start": BASE_MS, "end": BASE_MS + 180_000})
+        r = http.post(
+            f"/api/v1/vehicles/{vehicle.vin}/packages",
+            headers=owner.headers,
+            json={"start": BASE_MS, "end": BASE_MS + 180_000},
+        )
         assert r.status_code == 201, r.text
         p = tmp_path / f"pkg-{r.json()['id']}.zip"
         p.write_bytes(http.get(r.json()["download"], headers=owner.headers).content)
@@ -241,13 +283,19 @@ def test_log_rewritten_behind_a_saved_checkpoint(http: httpx.Client, owner: Owne
     logdir = region.settings.data_dir / "log"
     region.log.close()
     shutil.move(logdir, tmp_path / "old-log")
-    region.log = TransparencyLog(logdir, origin=region.log.origin, private_key=region.log_key,
-                                 key_name=region.log.key_name)
+    region.log = TransparencyLog(
+        logdir, origin=region.log.origin, private_key=region.log_key, key_name=region.log.key_name
+    )
     region.log.append([b"rewritten history"] * 5)
     with region.db.session() as s:
         for rec in s.scalars(select(BatchRecord).order_by(BatchRecord.seq)):
-            rec.log_index = region.log.append([leaf_data(region="cn", vin=rec.vin, seq=rec.seq,
-                                                         batch_hash=rec.batch_hash, received_ms=rec.received_ms)])
+            rec.log_index = region.log.append(
+                [
+                    leaf_data(
+                        region="cn", vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash, received_ms=rec.received_ms
+                    )
+                ]
+            )
     forged = package_now()
     assert verify_package(forged, trust=trust).ok  # alone it looks fine ...
     verdict = verify_package(forged, saved_checkpoint=saved, trust=trust)  # ... but not against what the owner saw

@@ -124,12 +124,16 @@ TARGET_BYTES_PEER_FACTOR = 9.0
 TARGET_WINDOW_MS = 10.0
 TARGET_WINDOW_PEER_FACTOR = 4.0
 TARGET_STORE_SAMPLES = 100_000_000
-REFERENCE_PEER = {"wide_copy_samples_per_s": 4.7e6, "wide_batch_samples_per_s": 2.4e6,
-                  "wide_bytes_per_sample": 13.6, "wide_window_p50_ms": "43–52",
-                  "long_copy_samples_per_s": 0.66e6, "long_bytes_per_sample": 85.5, "long_window_p50_ms": 333}
-NOT_YET_MEASURED = (
-    ("Vehicle-year export stream", "≥ 10 M samples/s"),
-)
+REFERENCE_PEER = {
+    "wide_copy_samples_per_s": 4.7e6,
+    "wide_batch_samples_per_s": 2.4e6,
+    "wide_bytes_per_sample": 13.6,
+    "wide_window_p50_ms": "43–52",
+    "long_copy_samples_per_s": 0.66e6,
+    "long_bytes_per_sample": 85.5,
+    "long_window_p50_ms": 333,
+}
+NOT_YET_MEASURED = (("Vehicle-year export stream", "≥ 10 M samples/s"),)
 DEID_LABELS = Path(__file__).resolve().parents[2] / "tests" / "assets" / "images" / "labels-check.json"
 ANALYSIS_START = "<!-- analysis:start -->"
 ANALYSIS_END = "<!-- analysis:end -->"
@@ -168,9 +172,20 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
         """2 vehicles x 5 minutes, no growth, a small peer and log: well under a minute."""
-        base: dict[str, Any] = dict(vehicles=2, hours=5 / 60, extra_ingests=((120, 2),), store_samples=0,
-                                    windows=30, dense_windows=5, window_minutes=2.0, peer_windows=30,
-                                    log_append_leaves=5_000, log_proof_leaves=0, quick=True, can_frames=50_000)
+        base: dict[str, Any] = dict(
+            vehicles=2,
+            hours=5 / 60,
+            extra_ingests=((120, 2),),
+            store_samples=0,
+            windows=30,
+            dense_windows=5,
+            window_minutes=2.0,
+            peer_windows=30,
+            log_append_leaves=5_000,
+            log_proof_leaves=0,
+            quick=True,
+            can_frames=50_000,
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -192,8 +207,15 @@ def machine_info() -> dict[str, Any]:
         mem_gib = round(kb / 1024 / 1024, 1)
     except (OSError, AttributeError):
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem_gib, "kernel": platform.release(),
-            "python": platform.python_version(), "pyarrow": pa.__version__, "sqlite": sqlite3.sqlite_version}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+        "sqlite": sqlite3.sqlite_version,
+    }
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -253,8 +275,10 @@ def _encode_slices(args: tuple[pa.Table, int]) -> list[tuple[int, int, int, int,
     from carvault.vehicle.agent import time_slices
 
     table, batch_seconds = args
-    return [(t0, t1, part.num_rows, _count_samples(part), encode_payload(part))
-            for t0, t1, part in time_slices(table, batch_seconds * 1000)]
+    return [
+        (t0, t1, part.num_rows, _count_samples(part), encode_payload(part))
+        for t0, t1, part in time_slices(table, batch_seconds * 1000)
+    ]
 
 
 def make_dataset(vins: Sequence[str], cfg: BenchConfig, advance: Callable[[int], None]) -> list[VehicleData]:
@@ -262,8 +286,7 @@ def make_dataset(vins: Sequence[str], cfg: BenchConfig, advance: Callable[[int],
     last_day = dt.date.today() - dt.timedelta(days=2)  # wholly in the past, whatever the time zone
     jobs = [(vin, cfg.seed + i, cfg.hours, BENCH_SIGNALS, last_day, cfg.batch_seconds) for i, vin in enumerate(vins)]
     out = []
-    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(jobs)),
-                             mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(jobs)), mp_context=get_context("spawn")) as pool:
         for v in pool.map(_prepare_vehicle, jobs):
             out.append(v)
             advance(1)
@@ -343,8 +366,20 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         """Start and wait for /api/v1/health."""
         env = dict(os.environ, CARVAULT_REGION_ENDPOINTS=f"{REGION}={self.url}")
-        cmd = [sys.executable, "-m", "carvault.cli", "serve", "--data-dir", str(self.data_dir), "--region", REGION,
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "carvault.cli",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--region",
+            REGION,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:
@@ -402,8 +437,11 @@ class IngestResult:
         """Figures for the JSON file."""
         lat = sorted(self.latencies_ms)
         return {
-            "batches": self.batches, "samples": self.samples, "seconds": round(self.seconds, 3),
-            "samples_per_s": round(self.samples_per_s), "batches_per_s": round(self.batches / self.seconds, 1),
+            "batches": self.batches,
+            "samples": self.samples,
+            "seconds": round(self.seconds, 3),
+            "samples_per_s": round(self.samples_per_s),
+            "batches_per_s": round(self.batches / self.seconds, 1),
             "concurrent_vehicles": self.concurrency,
             "client_cpu_seconds": round(self.client_cpu_s, 2),
             "client_cpu_share_of_machine": round(self.client_cpu_s / (self.seconds * (os.cpu_count() or 1)), 3),
@@ -412,22 +450,24 @@ class IngestResult:
             "server_cpu_ms_per_batch": round(self.server_cpu_s * 1000 / self.batches, 3),
             # CPU that neither the server nor the client used: other work on the machine disturbing the figure.
             "other_processes_cpu_seconds": round(
-                max(0.0, self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s), 2),
+                max(0.0, self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s), 2
+            ),
             "receipt_latency_ms_p50": round(statistics.median(lat), 2) if lat else None,
             "receipt_latency_ms_p95": round(lat[int(0.95 * (len(lat) - 1))], 2) if lat else None,
         }
 
 
-async def _upload_one_vehicle(port: int, v: SignedVehicle, done: Callable[[int], None],
-                              latencies: list[float]) -> None:
+async def _upload_one_vehicle(port: int, v: SignedVehicle, done: Callable[[int], None], latencies: list[float]) -> None:
     # A raw HTTP/1.1 keep-alive client: a few microseconds per request, so the client costs the
     # machine next to nothing and the server is what is measured.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for seq, blob in enumerate(v.batches, start=1):
             t0 = time.perf_counter()
-            writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-                         % (INGEST_PATH.encode(), BATCH_MEDIA_TYPE.encode(), len(blob)))
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                % (INGEST_PATH.encode(), BATCH_MEDIA_TYPE.encode(), len(blob))
+            )
             writer.write(blob)
             status_line = await reader.readline()
             length = 0
@@ -452,8 +492,9 @@ async def _upload_one_vehicle(port: int, v: SignedVehicle, done: Callable[[int],
         await writer.wait_closed()
 
 
-def upload(server: ServerProcess, vehicles: Sequence[SignedVehicle], concurrency: int,
-           done: Callable[[int], None]) -> IngestResult:
+def upload(
+    server: ServerProcess, vehicles: Sequence[SignedVehicle], concurrency: int, done: Callable[[int], None]
+) -> IngestResult:
     """POST every vehicle's batches, ``concurrency`` vehicles at a time, each vehicle in order."""
     latencies: list[float] = []
 
@@ -471,28 +512,43 @@ def upload(server: ServerProcess, vehicles: Sequence[SignedVehicle], concurrency
     asyncio.run(main())
     seconds = time.perf_counter() - t0
     machine = machine_busy_seconds() - all0
-    return IngestResult(batches=sum(len(v.batches) for v in vehicles),
-                        samples=sum(v.total_samples for v in vehicles), seconds=seconds,
-                        client_cpu_s=time.process_time() - cpu0, server_cpu_s=server.cpu_seconds() - srv0,
-                        machine_cpu_s=machine,
-                        concurrency=min(concurrency, len(vehicles)), latencies_ms=latencies)
+    return IngestResult(
+        batches=sum(len(v.batches) for v in vehicles),
+        samples=sum(v.total_samples for v in vehicles),
+        seconds=seconds,
+        client_cpu_s=time.process_time() - cpu0,
+        server_cpu_s=server.cpu_seconds() - srv0,
+        machine_cpu_s=machine,
+        concurrency=min(concurrency, len(vehicles)),
+        latencies_ms=latencies,
+    )
 
 
-def ingest_variant(work: Path, data: Sequence[VehicleData], batch_seconds: int, workers: int, console: Console,
-                   bar: Progress, encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]]) -> dict[str, Any]:
+def ingest_variant(
+    work: Path,
+    data: Sequence[VehicleData],
+    batch_seconds: int,
+    workers: int,
+    console: Console,
+    bar: Progress,
+    encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]],
+) -> dict[str, Any]:
     """The ingest and storage figures again, in a fresh region, with other batches and server processes."""
     from carvault.server import free_port
 
     name = f"{batch_seconds}s-{workers}w"
     alt_dir = work / f"region-cn-{name}"
     if batch_seconds not in encoded:  # payloads depend on the batch length only; signing is per region
-        with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(data)),
-                                 mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(os.cpu_count() or 1, len(data)), mp_context=get_context("spawn")
+        ) as pool:
             encoded[batch_seconds] = list(pool.map(_encode_slices, [(v.table, batch_seconds) for v in data]))
     slices = encoded[batch_seconds]
     keys, _ = _provision(alt_dir, [v.vin for v in data], work / f"vehicles-{name}", [])
-    signed = [sign_vehicle(v.vin, keys[v.vin], i, VehicleData(v.vin, v.table, v.samples, sl))
-              for i, (v, sl) in enumerate(zip(data, slices, strict=True))]
+    signed = [
+        sign_vehicle(v.vin, keys[v.vin], i, VehicleData(v.vin, v.table, v.samples, sl))
+        for i, (v, sl) in enumerate(zip(data, slices, strict=True))
+    ]
     server = ServerProcess(alt_dir, free_port(), work / f"server-{name}.log", workers).start()
     try:
         n = sum(len(v.batches) for v in signed)
@@ -500,8 +556,12 @@ def ingest_variant(work: Path, data: Sequence[VehicleData], batch_seconds: int, 
             result = upload(server, signed, len(signed), adv)
     finally:
         server.stop()
-    out = {"batch_seconds": batch_seconds, "server_workers": workers, **result.to_json(),
-           "mean_batch_bytes": sum(len(b) for v in signed for b in v.batches) / n}
+    out = {
+        "batch_seconds": batch_seconds,
+        "server_workers": workers,
+        **result.to_json(),
+        "mean_batch_bytes": sum(len(b) for v in signed for b in v.batches) / n,
+    }
     out["storage"] = storage_figures(alt_dir, result.samples)
     shutil.rmtree(alt_dir, ignore_errors=True)
     return out
@@ -542,13 +602,17 @@ def pick_dense_windows(data: Sequence[VehicleData], n: int, minutes: float, seed
 
 def _quantiles(ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 3),
-            "p95_ms": round(ordered[int(round(0.95 * (len(ordered) - 1)))], 3),
-            "min_ms": round(ordered[0], 3), "n": len(ordered)}
+    return {
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p95_ms": round(ordered[int(round(0.95 * (len(ordered) - 1)))], 3),
+        "min_ms": round(ordered[0], 3),
+        "n": len(ordered),
+    }
 
 
-def time_windows_in_process(data_dir: Path, sets: dict[str, Sequence[tuple[str, int, int]]],
-                            advance: Callable[[int], None]) -> dict[str, dict[str, Any]]:
+def time_windows_in_process(
+    data_dir: Path, sets: dict[str, Sequence[tuple[str, int, int]]], advance: Callable[[int], None]
+) -> dict[str, dict[str, Any]]:
     """p50/p95 of ``Region.telemetry.window`` for each set of (vin, start, end), every bench signal, Arrow out."""
     from carvault.region import Region
     from carvault.settings import Settings
@@ -574,8 +638,9 @@ def time_windows_in_process(data_dir: Path, sets: dict[str, Sequence[tuple[str, 
     return results
 
 
-def time_windows_http(server: ServerProcess, token: str, windows: Sequence[tuple[str, int, int]],
-                      advance: Callable[[int], None]) -> dict[str, Any]:
+def time_windows_http(
+    server: ServerProcess, token: str, windows: Sequence[tuple[str, int, int]], advance: Callable[[int], None]
+) -> dict[str, Any]:
     """The same windows through GET /api/v1/vehicles/{vin}/telemetry?format=parquet, decoded to Arrow."""
     times = []
     with httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
@@ -616,10 +681,17 @@ def storage_figures(data_dir: Path, samples: int) -> dict[str, Any]:
     derived = _dir_bytes(data_dir / "derived", "*/*.arrow")
     if int(stored[0]) != samples:
         raise BenchError(f"the batch index holds {stored[0]} samples, the dataset {samples}")
-    return {"samples": samples, "batches": int(stored[1]), "segment_bytes": seg, "metadata_db_bytes": meta,
-            "log_bytes": log, "derived_bytes": derived, "bytes_per_sample": seg / samples,
-            "bytes_per_sample_with_metadata": (seg + meta + log) / samples,
-            "bytes_per_sample_with_derived": (seg + meta + log + derived) / samples}
+    return {
+        "samples": samples,
+        "batches": int(stored[1]),
+        "segment_bytes": seg,
+        "metadata_db_bytes": meta,
+        "log_bytes": log,
+        "derived_bytes": derived,
+        "bytes_per_sample": seg / samples,
+        "bytes_per_sample_with_metadata": (seg + meta + log) / samples,
+        "bytes_per_sample_with_derived": (seg + meta + log + derived) / samples,
+    }
 
 
 # ---------------------------------------------------------------------------------------- log
@@ -645,8 +717,14 @@ def log_figures(work: Path, cfg: BenchConfig, console: Console) -> dict[str, Any
 
 # ---------------------------------------------------------------------------------------- report
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 @contextmanager
@@ -672,106 +750,226 @@ def _parts(absolute: bool, relative: bool | None) -> dict[str, Any]:
     """``met`` of a two-part target (absolute figure and ratio to the peer), with which part failed."""
     if relative is None:
         return {"met": absolute, "met_detail": None}
-    return {"met": absolute and relative,
-            "met_detail": f"absolute {'yes' if absolute else 'no'}, vs peer {'yes' if relative else 'no'}"}
+    return {
+        "met": absolute and relative,
+        "met_detail": f"absolute {'yes' if absolute else 'no'}, vs peer {'yes' if relative else 'no'}",
+    }
 
 
-def build_rows(fig: dict[str, float], minutes: float = 30.0,
-               extra: Sequence[tuple[int, int]] = ()) -> list[dict[str, Any]]:
+def build_rows(
+    fig: dict[str, float], minutes: float = 30.0, extra: Sequence[tuple[int, int]] = ()
+) -> list[dict[str, Any]]:
     """The comparison table: figure, CarVault, peer, ratio CarVault/peer, target, met."""
     rows: list[dict[str, Any]] = []
     ingest = fig.get("ingest_samples_per_s")
-    peer_best = max((fig[k] for k in ("peer_wide_copy_samples_per_s", "peer_wide_batch_samples_per_s",
-                                      "peer_long_copy_samples_per_s") if k in fig), default=None)
-    met_ingest = _parts(ingest is not None and ingest >= TARGET_INGEST,
-                        None if peer_best is None or ingest is None
-                        else ingest >= TARGET_INGEST_PEER_FACTOR * peer_best)
-    for key, label in (("peer_wide_copy_samples_per_s", "wide, bulk COPY"),
-                       ("peer_wide_batch_samples_per_s", "wide, COPY + commit per 10 s batch"),
-                       ("peer_long_copy_samples_per_s", "long, bulk COPY")):
+    peer_best = max(
+        (
+            fig[k]
+            for k in ("peer_wide_copy_samples_per_s", "peer_wide_batch_samples_per_s", "peer_long_copy_samples_per_s")
+            if k in fig
+        ),
+        default=None,
+    )
+    met_ingest = _parts(
+        ingest is not None and ingest >= TARGET_INGEST,
+        None if peer_best is None or ingest is None else ingest >= TARGET_INGEST_PEER_FACTOR * peer_best,
+    )
+    for key, label in (
+        ("peer_wide_copy_samples_per_s", "wide, bulk COPY"),
+        ("peer_wide_batch_samples_per_s", "wide, COPY + commit per 10 s batch"),
+        ("peer_long_copy_samples_per_s", "long, bulk COPY"),
+    ):
         peer = fig.get(key)
-        rows.append({"figure": f"Ingest, full path (samples/s) vs peer {label}", "carvault": _fmt_rate(ingest),
-                     "peer": _fmt_rate(peer), "ratio": _ratio(ingest, peer),
-                     "target": "≥ 5 M/s and ≥ 2× peer best", **met_ingest})
+        rows.append(
+            {
+                "figure": f"Ingest, full path (samples/s) vs peer {label}",
+                "carvault": _fmt_rate(ingest),
+                "peer": _fmt_rate(peer),
+                "ratio": _ratio(ingest, peer),
+                "target": "≥ 5 M/s and ≥ 2× peer best",
+                **met_ingest,
+            }
+        )
     for batch_s, workers in extra:
         alt = fig.get(f"ingest_{batch_s}s_{workers}w_samples_per_s")
         if alt is None:
             continue
-        rows.append({"figure": f"Ingest, full path, {batch_s} s batches, {workers} server process"
-                               f"{'es' if workers > 1 else ''} (samples/s) vs peer best",
-                     "carvault": _fmt_rate(alt), "peer": _fmt_rate(peer_best), "ratio": _ratio(alt, peer_best),
-                     "target": "(information)", "met": None})
+        rows.append(
+            {
+                "figure": f"Ingest, full path, {batch_s} s batches, {workers} server process"
+                f"{'es' if workers > 1 else ''} (samples/s) vs peer best",
+                "carvault": _fmt_rate(alt),
+                "peer": _fmt_rate(peer_best),
+                "ratio": _ratio(alt, peer_best),
+                "target": "(information)",
+                "met": None,
+            }
+        )
     b = fig.get("storage_bytes_per_sample")
     for key, label in (("peer_wide_bytes_per_sample", "wide"), ("peer_long_bytes_per_sample", "long")):
         peer = fig.get(key)
-        met = _parts(b is not None and b <= TARGET_BYTES,
-                     None if b is None or "peer_wide_bytes_per_sample" not in fig
-                     else b * TARGET_BYTES_PEER_FACTOR <= fig["peer_wide_bytes_per_sample"])
-        rows.append({"figure": f"Storage, bytes/sample (segments) vs peer {label}", "carvault": _fmt(b, " B"),
-                     "peer": _fmt(peer, " B"), "ratio": _ratio(b, peer), "target": "≤ 1.5 B and ≥ 9× smaller than wide",
-                     **met})
+        met = _parts(
+            b is not None and b <= TARGET_BYTES,
+            None
+            if b is None or "peer_wide_bytes_per_sample" not in fig
+            else b * TARGET_BYTES_PEER_FACTOR <= fig["peer_wide_bytes_per_sample"],
+        )
+        rows.append(
+            {
+                "figure": f"Storage, bytes/sample (segments) vs peer {label}",
+                "carvault": _fmt(b, " B"),
+                "peer": _fmt(peer, " B"),
+                "ratio": _ratio(b, peer),
+                "target": "≤ 1.5 B and ≥ 9× smaller than wide",
+                **met,
+            }
+        )
     for batch_s in sorted({b for b, _ in extra}):
         ba = fig.get(f"storage_{batch_s}s_bytes_per_sample")
         if ba is None:
             continue
-        rows.append({"figure": f"Storage, bytes/sample (segments), {batch_s} s batches vs peer wide",
-                     "carvault": _fmt(ba, " B"), "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-                     "ratio": _ratio(ba, fig.get("peer_wide_bytes_per_sample")), "target": "(information)",
-                     "met": None})
+        rows.append(
+            {
+                "figure": f"Storage, bytes/sample (segments), {batch_s} s batches vs peer wide",
+                "carvault": _fmt(ba, " B"),
+                "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
+                "ratio": _ratio(ba, fig.get("peer_wide_bytes_per_sample")),
+                "target": "(information)",
+                "met": None,
+            }
+        )
     bm = fig.get("storage_bytes_per_sample_with_metadata")
-    rows.append({"figure": "Storage, bytes/sample incl. metadata DB and log vs peer wide", "carvault": _fmt(bm, " B"),
-                 "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-                 "ratio": _ratio(bm, fig.get("peer_wide_bytes_per_sample")), "target": "(information)", "met": None})
+    rows.append(
+        {
+            "figure": "Storage, bytes/sample incl. metadata DB and log vs peer wide",
+            "carvault": _fmt(bm, " B"),
+            "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
+            "ratio": _ratio(bm, fig.get("peer_wide_bytes_per_sample")),
+            "target": "(information)",
+            "met": None,
+        }
+    )
     bd = fig.get("storage_bytes_per_sample_with_derived")
     if bd is not None:
-        rows.append({"figure": "Storage, bytes/sample incl. metadata, log and derived query copies vs peer wide",
-                     "carvault": _fmt(bd, " B"), "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-                     "ratio": _ratio(bd, fig.get("peer_wide_bytes_per_sample")), "target": "(information)",
-                     "met": None})
+        rows.append(
+            {
+                "figure": "Storage, bytes/sample incl. metadata, log and derived query copies vs peer wide",
+                "carvault": _fmt(bd, " B"),
+                "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
+                "ratio": _ratio(bd, fig.get("peer_wide_bytes_per_sample")),
+                "target": "(information)",
+                "met": None,
+            }
+        )
     w = fig.get("window_p50_ms")
     wide_w = fig.get("peer_wide_window_p50_ms")
-    met_w = _parts(w is not None and w <= TARGET_WINDOW_MS,
-                   None if w is None or wide_w is None else w * TARGET_WINDOW_PEER_FACTOR <= wide_w)
+    met_w = _parts(
+        w is not None and w <= TARGET_WINDOW_MS,
+        None if w is None or wide_w is None else w * TARGET_WINDOW_PEER_FACTOR <= wide_w,
+    )
     for q in ("p50", "p95"):
         for layout in ("wide", "long"):
             cv, peer = fig.get(f"window_{q}_ms"), fig.get(f"peer_{layout}_window_{q}_ms")
-            rows.append({"figure": f"{minutes:g}-min all-signal window to Arrow, {q} vs peer {layout}",
-                         "carvault": _fmt(cv, " ms"), "peer": _fmt(peer, " ms"), "ratio": _ratio(cv, peer),
-                         "target": "≤ 10 ms p50 and ≥ 4× faster than wide" if q == "p50" else "(information)",
-                         **(met_w if q == "p50" else {"met": None})})
+            rows.append(
+                {
+                    "figure": f"{minutes:g}-min all-signal window to Arrow, {q} vs peer {layout}",
+                    "carvault": _fmt(cv, " ms"),
+                    "peer": _fmt(peer, " ms"),
+                    "ratio": _ratio(cv, peer),
+                    "target": "≤ 10 ms p50 and ≥ 4× faster than wide" if q == "p50" else "(information)",
+                    **(met_w if q == "p50" else {"met": None}),
+                }
+            )
     cv, peer = fig.get("window_dense_p50_ms"), fig.get("peer_wide_window_dense_p50_ms")
-    rows.append({"figure": f"Window of {minutes:g} min of *driving* (stops skipped), p50 vs peer wide",
-                 "carvault": _fmt(cv, " ms"), "peer": _fmt(peer, " ms"), "ratio": _ratio(cv, peer),
-                 "target": "(information)", "met": None})
+    rows.append(
+        {
+            "figure": f"Window of {minutes:g} min of *driving* (stops skipped), p50 vs peer wide",
+            "carvault": _fmt(cv, " ms"),
+            "peer": _fmt(peer, " ms"),
+            "ratio": _ratio(cv, peer),
+            "target": "(information)",
+            "met": None,
+        }
+    )
     h = fig.get("window_http_parquet_p50_ms")
-    rows.append({"figure": "Same window over HTTP as Parquet, p50 (client-side Arrow) vs peer wide",
-                 "carvault": _fmt(h, " ms"), "peer": _fmt(wide_w, " ms"), "ratio": _ratio(h, wide_w),
-                 "target": "(information)", "met": None})
+    rows.append(
+        {
+            "figure": "Same window over HTTP as Parquet, p50 (client-side Arrow) vs peer wide",
+            "carvault": _fmt(h, " ms"),
+            "peer": _fmt(wide_w, " ms"),
+            "ratio": _ratio(h, wide_w),
+            "target": "(information)",
+            "met": None,
+        }
+    )
     if "log_append_leaves_per_s" in fig:
-        rows.append({"figure": "Transparency log append (leaves/s, batches of 1000)",
-                     "carvault": f"{fig['log_append_leaves_per_s'] / 1e3:.0f} k/s", "peer": "—", "ratio": None,
-                     "target": "(information)", "met": None})
+        rows.append(
+            {
+                "figure": "Transparency log append (leaves/s, batches of 1000)",
+                "carvault": f"{fig['log_append_leaves_per_s'] / 1e3:.0f} k/s",
+                "peer": "—",
+                "ratio": None,
+                "target": "(information)",
+                "met": None,
+            }
+        )
     if "package_build_s" in fig:
-        rows.append({"figure": "Incident package build, 30-min window before a crash (median of 3)",
-                     "carvault": _fmt(fig["package_build_s"], " s"), "peer": "—", "ratio": None,
-                     "target": "≤ 1 s", "met": fig["package_build_s"] <= 1.0})
-        rows.append({"figure": "Incident package offline verify, same package (median of 3)",
-                     "carvault": _fmt(fig["package_verify_s"], " s"), "peer": "—", "ratio": None,
-                     "target": "≤ 1 s", "met": fig["package_verify_s"] <= 1.0})
+        rows.append(
+            {
+                "figure": "Incident package build, 30-min window before a crash (median of 3)",
+                "carvault": _fmt(fig["package_build_s"], " s"),
+                "peer": "—",
+                "ratio": None,
+                "target": "≤ 1 s",
+                "met": fig["package_build_s"] <= 1.0,
+            }
+        )
+        rows.append(
+            {
+                "figure": "Incident package offline verify, same package (median of 3)",
+                "carvault": _fmt(fig["package_verify_s"], " s"),
+                "peer": "—",
+                "ratio": None,
+                "target": "≤ 1 s",
+                "met": fig["package_verify_s"] <= 1.0,
+            }
+        )
     if "can_import_frames_per_s" in fig:
-        rows.append({"figure": "CAN import, Tesla party bus candump at 50k frames/s (frames/s, wall)",
-                     "carvault": f"{fig['can_import_frames_per_s'] / 1e6:.2f} M/s", "peer": "—", "ratio": None,
-                     "target": "well under real time (≥ 50 k/s)", "met": fig["can_import_frames_per_s"] >= 50_000})
+        rows.append(
+            {
+                "figure": "CAN import, Tesla party bus candump at 50k frames/s (frames/s, wall)",
+                "carvault": f"{fig['can_import_frames_per_s'] / 1e6:.2f} M/s",
+                "peer": "—",
+                "ratio": None,
+                "target": "well under real time (≥ 50 k/s)",
+                "met": fig["can_import_frames_per_s"] >= 50_000,
+            }
+        )
     if "deid_rate" in fig:
-        rows.append({"figure": "De-identification detection rate (plates + faces, check set, IoU ≥ 0.3)",
-                     "carvault": f"{fig['deid_rate'] * 100:.1f} %", "peer": "—", "ratio": None,
-                     "target": "≥ 90 %", "met": fig["deid_rate"] >= 0.9})
-        rows.append({"figure": "De-identification time per 720×1160 frame (wall, ms)",
-                     "carvault": _fmt(fig.get("deid_ms_per_frame"), " ms"), "peer": "—", "ratio": None,
-                     "target": "(information)", "met": None})
+        rows.append(
+            {
+                "figure": "De-identification detection rate (plates + faces, check set, IoU ≥ 0.3)",
+                "carvault": f"{fig['deid_rate'] * 100:.1f} %",
+                "peer": "—",
+                "ratio": None,
+                "target": "≥ 90 %",
+                "met": fig["deid_rate"] >= 0.9,
+            }
+        )
+        rows.append(
+            {
+                "figure": "De-identification time per 720×1160 frame (wall, ms)",
+                "carvault": _fmt(fig.get("deid_ms_per_frame"), " ms"),
+                "peer": "—",
+                "ratio": None,
+                "target": "(information)",
+                "met": None,
+            }
+        )
     for what, target in NOT_YET_MEASURED:
-        rows.append({"figure": what, "carvault": "not yet measured", "peer": "—", "ratio": None, "target": target,
-                     "met": None})
+        rows.append(
+            {"figure": what, "carvault": "not yet measured", "peer": "—", "ratio": None, "target": target, "met": None}
+        )
     return rows
 
 
@@ -808,9 +1006,15 @@ def car_figures(work: Path, cfg: BenchConfig) -> dict[str, Any]:
             trust = trust_document(region)
             for _ in range(3):
                 t0 = time.perf_counter()
-                pkg = PackageBuilder(region).build(car.vin, crash.t_ms - 30 * 60_000, crash.t_ms + 60_000,
-                                                   event=Event("crash", crash.t_ms), requested_by=Actor("bench", "1"),
-                                                   owner_id=None, legal_basis="benchmark")
+                pkg = PackageBuilder(region).build(
+                    car.vin,
+                    crash.t_ms - 30 * 60_000,
+                    crash.t_ms + 60_000,
+                    event=Event("crash", crash.t_ms),
+                    requested_by=Actor("bench", "1"),
+                    owner_id=None,
+                    legal_basis="benchmark",
+                )
                 builds.append(time.perf_counter() - t0)
                 path = folder / "package.zip"
                 path.write_bytes(PackageBuilder(region).read(pkg))
@@ -818,23 +1022,32 @@ def car_figures(work: Path, cfg: BenchConfig) -> dict[str, Any]:
                 verdict = verify_package(path, trust=trust)
                 verifies.append(time.perf_counter() - t0)
                 assert verdict.ok, [c for c in verdict.checks if c.ok is False]
-            out.update(package_build_s=round(float(np.median(builds)), 3),
-                       package_verify_s=round(float(np.median(verifies)), 3),
-                       package_bytes=path.stat().st_size, package_batches=pkg.batches)
+            out.update(
+                package_build_s=round(float(np.median(builds)), 3),
+                package_verify_s=round(float(np.median(verifies)), 3),
+                package_bytes=path.stat().st_size,
+                package_batches=pkg.batches,
+            )
     finally:
         region.close()
     from carvault.vehicle.can import bench_can_import
 
     can = bench_can_import(cfg.can_frames, sign=False)
-    out.update(can_import_frames_per_s=can["import_frames_per_s"], can_frames=can["frames"],
-               can_decode_frames_per_s=can["decode_frames_per_s"])
+    out.update(
+        can_import_frames_per_s=can["import_frames_per_s"],
+        can_frames=can["frames"],
+        can_decode_frames_per_s=can["decode_frames_per_s"],
+    )
     if DEID_LABELS.exists() and not cfg.quick:
         from carvault.vehicle.deidentify import measure
 
         m = measure(DEID_LABELS)
-        out.update(deid_rate=m["all"]["rate"], deid_objects=m["objects"],
-                   deid_ms_per_frame=m["ms_per_frame"].get("720x1160"),
-                   deid_false_positives_per_image=m["false_positives"]["per_image"])
+        out.update(
+            deid_rate=m["all"]["rate"],
+            deid_objects=m["objects"],
+            deid_ms_per_frame=m["ms_per_frame"].get("720x1160"),
+            deid_false_positives_per_image=m["false_positives"]["per_image"],
+        )
         out["deid"] = m
     return out
 
@@ -851,7 +1064,7 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         "# Benchmarks",
         "",
         "Written by `carvault bench` (do not edit the generated parts by hand: re-run it). The figures are those of",
-        "ARCHITECTURE.md \"Numbers it must reach\", measured in one run next to a PostgreSQL peer holding the same",
+        'ARCHITECTURE.md "Numbers it must reach", measured in one run next to a PostgreSQL peer holding the same',
         "data.",
         f"Run {'(quick mode: tiny data, figures not meaningful) ' if c['quick'] else ''}finished "
         f"{result['finished']} in {result['seconds']:.0f} s; JSON: `{result['json']}`.",
@@ -904,19 +1117,23 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         f"{result['load_average']['start']} at the start of the run, {result['load_average']['end']} at the end).",
     ]
     for alt in det.get("ingest_variants", []):
-        lines.append(f"- **Variant**: the same {d['samples']:,} samples in {alt['batch_seconds']} s batches "
-                     f"({alt['batches']:,} batches, {alt['mean_batch_bytes'] / 1024:.1f} KiB each on average) into a "
-                     f"fresh region, `carvault serve --workers {alt['server_workers']}`, the same client: "
-                     f"{alt['samples_per_s'] / 1e6:.2f} M samples/s ({alt['server_cpu_ms_per_batch']:.2f} ms of server "
-                     f"CPU per batch, {alt['server_cores_busy']:.2f} cores busy, other processes "
-                     f"{alt['other_processes_cpu_seconds']:.1f} CPU-s), "
-                     f"{alt['storage']['bytes_per_sample']:.2f} bytes/sample in segments.")
+        lines.append(
+            f"- **Variant**: the same {d['samples']:,} samples in {alt['batch_seconds']} s batches "
+            f"({alt['batches']:,} batches, {alt['mean_batch_bytes'] / 1024:.1f} KiB each on average) into a "
+            f"fresh region, `carvault serve --workers {alt['server_workers']}`, the same client: "
+            f"{alt['samples_per_s'] / 1e6:.2f} M samples/s ({alt['server_cpu_ms_per_batch']:.2f} ms of server "
+            f"CPU per batch, {alt['server_cores_busy']:.2f} cores busy, other processes "
+            f"{alt['other_processes_cpu_seconds']:.1f} CPU-s), "
+            f"{alt['storage']['bytes_per_sample']:.2f} bytes/sample in segments."
+        )
     if det.get("ingest_growth"):
         g = det["ingest_growth"]
-        lines.append(f"- **Store growth**: {g['vehicles']} more VINs carrying the same tables, re-signed with their "
-                     "own "
-                     f"keys, ingested the same way at {g['samples_per_s'] / 1e6:.2f} M samples/s: the store then holds "
-                     f"{det['store_samples']:,} samples.")
+        lines.append(
+            f"- **Store growth**: {g['vehicles']} more VINs carrying the same tables, re-signed with their "
+            "own "
+            f"keys, ingested the same way at {g['samples_per_s'] / 1e6:.2f} M samples/s: the store then holds "
+            f"{det['store_samples']:,} samples."
+        )
     win = det["window"]
     lines += [
         f"- **Storage**: segment bytes (the exact signed batches, the evidence) / samples after the "
@@ -955,9 +1172,11 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
     if det.get("log"):
         lg = det["log"]
         a = lg["append"]
-        lines.append(f"- **Transparency log**: {a['appended']:,} leaves appended in batches of {a['batch_size']} "
-                     f"through `TransparencyLog.append` (fdatasync per append): "
-                     f"{a['append_leaves_per_s']:,} leaves/s.")
+        lines.append(
+            f"- **Transparency log**: {a['appended']:,} leaves appended in batches of {a['batch_size']} "
+            f"through `TransparencyLog.append` (fdatasync per append): "
+            f"{a['append_leaves_per_s']:,} leaves/s."
+        )
         if lg.get("large"):
             lg_l = lg["large"]
             lines.append(
@@ -965,7 +1184,8 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
                 f"proof p50 {lg_l['inclusion_proof_ms_p50']} ms (p99 {lg_l['inclusion_proof_ms_p99']}), "
                 f"verify {lg_l['inclusion_verify_ms_p50']} ms; consistency proof p50 "
                 f"{lg_l['consistency_proof_ms_p50']} ms (p99 {lg_l['consistency_proof_ms_p99']}), verify "
-                f"{lg_l['consistency_verify_ms_p50']} ms; checkpoint sign {lg_l['checkpoint_sign_ms']} ms.")
+                f"{lg_l['consistency_verify_ms_p50']} ms; checkpoint sign {lg_l['checkpoint_sign_ms']} ms."
+            )
     lines += ["", "## Targets missed", ""]
     missed = [r for r in result["rows"] if r["met"] is False]
     seen = set()
@@ -978,9 +1198,17 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         lines.append(f"- {r['figure'].split(' vs ')[0]}: {r['carvault']} (target {r['target']}{detail}).")
     if not missed:
         lines.append("- none of the measured targets.")
-    lines += ["", "## Analysis", "", ANALYSIS_START, analysis.strip() if analysis else
-              "_Not written yet: hand-written notes on what dominates go here and survive re-runs._",
-              ANALYSIS_END, ""]
+    lines += [
+        "",
+        "## Analysis",
+        "",
+        ANALYSIS_START,
+        analysis.strip()
+        if analysis
+        else "_Not written yet: hand-written notes on what dominates go here and survive re-runs._",
+        ANALYSIS_END,
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -992,13 +1220,14 @@ def _existing_analysis(path: Path) -> str | None:
     a, b = text.find(ANALYSIS_START), text.find(ANALYSIS_END)
     if a < 0 or b < a:
         return None
-    body = text[a + len(ANALYSIS_START): b].strip()
+    body = text[a + len(ANALYSIS_START) : b].strip()
     return None if body.startswith("_Not written yet") else body
 
 
 # ---------------------------------------------------------------------------------------- run
-def _provision(data_dir: Path, vins: Sequence[str], vehicles_dir: Path, owner_vins: Sequence[str]
-               ) -> tuple[dict[str, Ed25519PrivateKey], str]:
+def _provision(
+    data_dir: Path, vins: Sequence[str], vehicles_dir: Path, owner_vins: Sequence[str]
+) -> tuple[dict[str, Ed25519PrivateKey], str]:
     """Provision every VIN and make an owner (with an API token) of ``owner_vins``."""
     from carvault.provisioning import provision
     from carvault.region import Region
@@ -1018,9 +1247,18 @@ def _provision(data_dir: Path, vins: Sequence[str], vehicles_dir: Path, owner_vi
     return keys, token
 
 
-def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, postgres: bool = True,
-              console: Console | None = None, *, quick: bool = False, config: BenchConfig | None = None,
-              **overrides: Any) -> dict[str, Any]:
+def run_bench(
+    out: Path,
+    docs: Path,
+    vehicles: int = 20,
+    hours: float = 2.0,
+    postgres: bool = True,
+    console: Console | None = None,
+    *,
+    quick: bool = False,
+    config: BenchConfig | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Run every measurement, write the JSON to ``out`` and the report to ``docs``; return the result."""
     from carvault.server import free_port
 
@@ -1035,8 +1273,9 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
     started = time.perf_counter()
     load_start = _loadavg()
     if load_start > 0.5:
-        console.print(f"[yellow]warning:[/] load average is {load_start}: other work on this machine will "
-                      "distort the figures")
+        console.print(
+            f"[yellow]warning:[/] load average is {load_start}: other work on this machine will distort the figures"
+        )
     work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="carvault-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     data_dir = work / "region-cn"
@@ -1073,14 +1312,20 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
                     signed.append(sign_vehicle(vin, keys[vin], i % len(data), data[i % len(data)]))
                     adv(1)
             sign_s = time.perf_counter() - t0
-            main_set, growth = signed[: cfg.vehicles], signed[cfg.vehicles:]
+            main_set, growth = signed[: cfg.vehicles], signed[cfg.vehicles :]
             n_batches = sum(len(v.batches) for v in main_set)
             details["dataset"] = {
-                "vehicles": cfg.vehicles, "hours": cfg.hours, "samples": samples,
-                "rows": sum(v.table.num_rows for v in data), "batches": n_batches,
+                "vehicles": cfg.vehicles,
+                "hours": cfg.hours,
+                "samples": samples,
+                "rows": sum(v.table.num_rows for v in data),
+                "batches": n_batches,
                 "mean_batch_bytes": sum(len(b) for v in main_set for b in v.batches) / n_batches,
-                "mean_batch_samples": samples / n_batches, "prepare_seconds": round(prepare_s, 2),
-                "sign_seconds": round(sign_s, 2), "signals_10hz": list(SIGNALS_10HZ), "signals_1hz": list(SIGNALS_1HZ),
+                "mean_batch_samples": samples / n_batches,
+                "prepare_seconds": round(prepare_s, 2),
+                "sign_seconds": round(sign_s, 2),
+                "signals_10hz": list(SIGNALS_10HZ),
+                "signals_1hz": list(SIGNALS_1HZ),
             }
 
             # 2. ingest through the full path
@@ -1126,7 +1371,8 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
             # the same ingest with other batch lengths and server processes, for the trade-offs
             details["ingest_variants"] = []
             encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]] = {
-                cfg.batch_seconds: [v.slices for v in data]}
+                cfg.batch_seconds: [v.slices for v in data]
+            }
             for batch_s, workers in cfg.extra_ingests:
                 alt = ingest_variant(work, data, batch_s, workers, console, bar, encoded)
                 details["ingest_variants"].append(alt)
@@ -1138,18 +1384,20 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
             if cfg.postgres:
                 details["peer"] = _run_peer(cfg, data, sigs, windows, dense, console, bar)
                 p = details["peer"]
-                fig.update({
-                    "peer_wide_copy_samples_per_s": p["wide_copy"]["samples_per_s"],
-                    "peer_wide_batch_samples_per_s": p["wide_batch"]["samples_per_s"],
-                    "peer_long_copy_samples_per_s": p["long_copy"]["samples_per_s"],
-                    "peer_wide_bytes_per_sample": p["wide_copy"]["bytes_per_sample"],
-                    "peer_long_bytes_per_sample": p["long_copy"]["bytes_per_sample"],
-                    "peer_wide_window_p50_ms": p["wide_window"]["p50_ms"],
-                    "peer_wide_window_p95_ms": p["wide_window"]["p95_ms"],
-                    "peer_long_window_p50_ms": p["long_window"]["p50_ms"],
-                    "peer_long_window_p95_ms": p["long_window"]["p95_ms"],
-                    "peer_wide_window_dense_p50_ms": p["wide_window_dense"]["p50_ms"],
-                })
+                fig.update(
+                    {
+                        "peer_wide_copy_samples_per_s": p["wide_copy"]["samples_per_s"],
+                        "peer_wide_batch_samples_per_s": p["wide_batch"]["samples_per_s"],
+                        "peer_long_copy_samples_per_s": p["long_copy"]["samples_per_s"],
+                        "peer_wide_bytes_per_sample": p["wide_copy"]["bytes_per_sample"],
+                        "peer_long_bytes_per_sample": p["long_copy"]["bytes_per_sample"],
+                        "peer_wide_window_p50_ms": p["wide_window"]["p50_ms"],
+                        "peer_wide_window_p95_ms": p["wide_window"]["p95_ms"],
+                        "peer_long_window_p50_ms": p["long_window"]["p50_ms"],
+                        "peer_long_window_p95_ms": p["long_window"]["p95_ms"],
+                        "peer_wide_window_dense_p50_ms": p["wide_window_dense"]["p50_ms"],
+                    }
+                )
 
         # 6. transparency log (its own progress output)
         console.print("transparency log figures ...")
@@ -1193,9 +1441,15 @@ def run_bench(out: Path, docs: Path, vehicles: int = 20, hours: float = 2.0, pos
     return result
 
 
-def _run_peer(cfg: BenchConfig, data: Sequence[VehicleData], sigs: Sequence[Signal],
-              windows: Sequence[tuple[str, int, int]], dense: Sequence[tuple[str, int, int]], console: Console,
-              bar: Progress) -> dict[str, Any]:
+def _run_peer(
+    cfg: BenchConfig,
+    data: Sequence[VehicleData],
+    sigs: Sequence[Signal],
+    windows: Sequence[tuple[str, int, int]],
+    dense: Sequence[tuple[str, int, int]],
+    console: Console,
+    bar: Progress,
+) -> dict[str, Any]:
     from carvault.bench_peer import PeerVehicle, PostgresPeer
 
     peer_data = [PeerVehicle(v.vin, v.table, v.samples) for v in data]
@@ -1232,7 +1486,13 @@ def _print_summary(console: Console, result: dict[str, Any]) -> None:
     for col in ("figure", "CarVault", "peer", "ratio", "target", "met?"):
         t.add_column(col)
     for r in result["rows"]:
-        t.add_row(r["figure"], r["carvault"], r["peer"], "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
-                  r["target"], _met(r["met"]))
+        t.add_row(
+            r["figure"],
+            r["carvault"],
+            r["peer"],
+            "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            r["target"],
+            _met(r["met"]),
+        )
     console.print(t)
     console.print(f"figures written to {result['json']}")

@@ -76,8 +76,10 @@ def column_name(i: int) -> str:
 def wide_ddl(name: str, signals: Sequence[Signal]) -> str:
     """CREATE TABLE of a wide table for ``signals``."""
     cols = ",\n  ".join(f"{column_name(i)} {PG_TYPES[s.datatype]}" for i, s in enumerate(signals))
-    return (f"CREATE TABLE {name} (\n  car_id smallint NOT NULL REFERENCES cars,\n  ts timestamptz NOT NULL,\n"
-            f"  {cols},\n  PRIMARY KEY (car_id, ts)\n)")
+    return (
+        f"CREATE TABLE {name} (\n  car_id smallint NOT NULL REFERENCES cars,\n  ts timestamptz NOT NULL,\n"
+        f"  {cols},\n  PRIMARY KEY (car_id, ts)\n)"
+    )
 
 
 CARS_DDL = "CREATE TABLE cars (id smallint PRIMARY KEY, vin text NOT NULL UNIQUE)"
@@ -107,8 +109,19 @@ def _as_float(col: pa.ChunkedArray, sig: Signal) -> pa.Array:
     return arr.cast(pa.float64())
 
 
-_LONG_ROW = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("car", ">i2"), ("l2", ">i4"), ("ts", ">i8"),
-                      ("l3", ">i4"), ("sid", ">i2"), ("l4", ">i4"), ("val", ">f8")])
+_LONG_ROW = np.dtype(
+    [
+        ("nf", ">i2"),
+        ("l1", ">i4"),
+        ("car", ">i2"),
+        ("l2", ">i4"),
+        ("ts", ">i8"),
+        ("l3", ">i4"),
+        ("sid", ">i2"),
+        ("l4", ">i4"),
+        ("val", ">f8"),
+    ]
+)
 
 
 def long_copy_binary(car_id: int, table: pa.Table, signals: Sequence[Signal]) -> bytes:
@@ -139,7 +152,7 @@ def _copy(conn: psycopg.Connection[Any], sql: str, blobs: Sequence[bytes], progr
         for blob in blobs:
             view = memoryview(blob)
             for off in range(0, len(view), COPY_CHUNK):
-                cp.write(view[off: off + COPY_CHUNK])
+                cp.write(view[off : off + COPY_CHUNK])
             if progress:
                 progress(1)
 
@@ -154,9 +167,11 @@ def _ts_literal(ms: int) -> str:
 
 def _quantiles(ms: list[float]) -> dict[str, float]:
     ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 3),
-            "p95_ms": round(ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))], 3),
-            "n": len(ordered)}
+    return {
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))], 3),
+        "n": len(ordered),
+    }
 
 
 class PostgresPeer:
@@ -180,9 +195,17 @@ class PostgresPeer:
             while (conn.execute("SHOW max_wal_size").fetchone() or ("",))[0] != "4GB" and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-            self.settings = {k: str(conn.execute(f"SHOW {k}").fetchone()[0])  # type: ignore[index]
-                             for k in ("shared_buffers", "max_wal_size", "fsync", "synchronous_commit",
-                                       "wal_level", "full_page_writes")}
+            self.settings = {
+                k: str(conn.execute(f"SHOW {k}").fetchone()[0])  # type: ignore[index]
+                for k in (
+                    "shared_buffers",
+                    "max_wal_size",
+                    "fsync",
+                    "synchronous_commit",
+                    "wal_level",
+                    "full_page_writes",
+                )
+            }
         return self
 
     def stop(self) -> None:
@@ -220,8 +243,13 @@ class PostgresPeer:
             conn.commit()
             seconds = time.perf_counter() - t0
         size = self._size("wide")
-        return {"seconds": round(seconds, 3), "samples_per_s": samples / seconds, "bytes": size,
-                "bytes_per_sample": size / samples, "rows": sum(v.table.num_rows for v in data)}
+        return {
+            "seconds": round(seconds, 3),
+            "samples_per_s": samples / seconds,
+            "bytes": size,
+            "bytes_per_sample": size / samples,
+            "rows": sum(v.table.num_rows for v in data),
+        }
 
     def load_wide_batches(self, data: Sequence[PeerVehicle], progress: Progress | None = None) -> dict[str, Any]:
         """A COPY and a commit per ``batch_seconds`` of one vehicle, from ``clients`` connections at once."""
@@ -238,7 +266,7 @@ class PostgresPeer:
         def worker(k: int) -> None:
             try:
                 with self.connect() as conn:
-                    for batches in per_vehicle[k:: self.clients]:
+                    for batches in per_vehicle[k :: self.clients]:
                         for blob in batches:
                             _copy(conn, "COPY wide_batches FROM STDIN (FORMAT csv)", [blob], None)
                             conn.commit()
@@ -259,8 +287,13 @@ class PostgresPeer:
         n = sum(len(b) for b in per_vehicle)
         with psycopg.connect(self.pg.dsn, autocommit=True) as conn:
             conn.execute("DROP TABLE wide_batches")  # same content as ``wide``; free the disk and the cache
-        return {"seconds": round(seconds, 3), "samples_per_s": samples / seconds, "batches": n,
-                "clients": self.clients, "batch_seconds": self.batch_seconds}
+        return {
+            "seconds": round(seconds, 3),
+            "samples_per_s": samples / seconds,
+            "batches": n,
+            "clients": self.clients,
+            "batch_seconds": self.batch_seconds,
+        }
 
     def load_long_copy(self, data: Sequence[PeerVehicle], progress: Progress | None = None) -> dict[str, Any]:
         """One bulk binary COPY of every sample into ``long``; returns seconds, rate and size."""
@@ -270,29 +303,37 @@ class PostgresPeer:
             conn.execute(LONG_DDL)
             conn.commit()
             t0 = time.perf_counter()
-            _copy(conn, "COPY long FROM STDIN (FORMAT binary)", [BINARY_HEADER, *blobs, BINARY_TRAILER],
-                  progress)
+            _copy(conn, "COPY long FROM STDIN (FORMAT binary)", [BINARY_HEADER, *blobs, BINARY_TRAILER], progress)
             conn.commit()
             seconds = time.perf_counter() - t0
         size = self._size("long")
-        return {"seconds": round(seconds, 3), "samples_per_s": samples / seconds, "bytes": size,
-                "bytes_per_sample": size / samples, "rows": samples}
+        return {
+            "seconds": round(seconds, 3),
+            "samples_per_s": samples / seconds,
+            "bytes": size,
+            "bytes_per_sample": size / samples,
+            "rows": samples,
+        }
 
     # ------------------------------------------------------------------ window reads
     def _wide_window(self, conn: psycopg.Connection[Any], vin: str, start_ms: int, end_ms: int) -> pa.Table:
         cols = ", ".join(column_name(i) for i in range(len(self.signals)))
-        sql = (f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE car_id = {self.car_ids[vin]} "
-               f"AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} ORDER BY ts) TO STDOUT (FORMAT csv)")
+        sql = (
+            f"COPY (SELECT {_EPOCH_MS}, {cols} FROM wide WHERE car_id = {self.car_ids[vin]} "
+            f"AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} ORDER BY ts) TO STDOUT (FORMAT csv)"
+        )
         types: dict[str, pa.DataType] = {"ts": pa.int64()}
         types.update({column_name(i): s.arrow_type for i, s in enumerate(self.signals)})
         return self._fetch(conn, sql, ["ts", *(column_name(i) for i in range(len(self.signals)))], types)
 
     def _long_window(self, conn: psycopg.Connection[Any], vin: str, start_ms: int, end_ms: int) -> pa.Table:
         ids = ",".join(str(i) for i in range(len(self.signals)))
-        sql = (f"COPY (SELECT {_EPOCH_MS}, signal_id, value FROM long WHERE car_id = {self.car_ids[vin]} "
-               f"AND signal_id IN ({ids}) AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} "
-               f"ORDER BY ts, signal_id) "
-               f"TO STDOUT (FORMAT csv)")
+        sql = (
+            f"COPY (SELECT {_EPOCH_MS}, signal_id, value FROM long WHERE car_id = {self.car_ids[vin]} "
+            f"AND signal_id IN ({ids}) AND ts >= {_ts_literal(start_ms)} AND ts < {_ts_literal(end_ms)} "
+            f"ORDER BY ts, signal_id) "
+            f"TO STDOUT (FORMAT csv)"
+        )
         types = {"ts": pa.int64(), "signal_id": pa.int16(), "value": pa.float64()}
         return self._fetch(conn, sql, ["ts", "signal_id", "value"], types)
 
@@ -302,13 +343,18 @@ class PostgresPeer:
         with conn.cursor() as cur, cur.copy(sql) as cp:
             for chunk in cp:
                 buf += chunk
-        table = pacsv.read_csv(pa.BufferReader(bytes(buf)), read_options=pacsv.ReadOptions(column_names=names),
-                               convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                                    true_values=["t"], false_values=["f"]))
+        table = pacsv.read_csv(
+            pa.BufferReader(bytes(buf)),
+            read_options=pacsv.ReadOptions(column_names=names),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, strings_can_be_null=True, true_values=["t"], false_values=["f"]
+            ),
+        )
         return table.set_column(0, "ts", table.column("ts").cast(pa.timestamp("ms", tz="UTC")))
 
-    def windows(self, layout: str, windows: Sequence[tuple[str, int, int]], warmup: int = 3,
-                progress: Progress | None = None) -> dict[str, Any]:
+    def windows(
+        self, layout: str, windows: Sequence[tuple[str, int, int]], warmup: int = 3, progress: Progress | None = None
+    ) -> dict[str, Any]:
         """p50/p95 milliseconds of ``windows`` (vin, start, end) read into Arrow from ``layout``."""
         read = self._wide_window if layout == "wide" else self._long_window
         times: list[float] = []
@@ -322,8 +368,7 @@ class PostgresPeer:
                 table = read(conn, vin, a, b)
                 times.append((time.perf_counter() - t0) * 1000)
                 rows += table.num_rows
-                samples += (table.num_rows if layout == "long"
-                            else sum(len(c) - c.null_count for c in table.columns[1:]))
+                samples += table.num_rows if layout == "long" else sum(len(c) - c.null_count for c in table.columns[1:])
                 if progress:
                     progress(1)
         out = _quantiles(times)

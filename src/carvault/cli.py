@@ -11,8 +11,11 @@ from rich.console import Console
 from carvault.errors import CarVaultError
 from carvault.settings import Settings
 
-app = typer.Typer(help="CarVault: owners' access to their vehicle's data, signed, logged, kept in its region.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="CarVault: owners' access to their vehicle's data, signed, logged, kept in its region.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Region data folder (CARVAULT_DATA_DIR).")]
@@ -20,8 +23,9 @@ RegionOpt = Annotated[str | None, typer.Option("--region", help="Region served, 
 DbUrl = Annotated[str | None, typer.Option("--database-url", help="Metadata DB URL; default SQLite in data dir.")]
 
 
-def _settings(data_dir: Path | None = None, region: str | None = None, database_url: str | None = None,
-              **more: object) -> Settings:
+def _settings(
+    data_dir: Path | None = None, region: str | None = None, database_url: str | None = None, **more: object
+) -> Settings:
     try:
         return Settings.from_env(None, data_dir=data_dir, region=region, database_url=database_url, **more)
     except ValueError as e:
@@ -30,10 +34,14 @@ def _settings(data_dir: Path | None = None, region: str | None = None, database_
 
 
 @app.command()
-def serve(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None,
-          host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-          port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-          workers: Annotated[int, typer.Option(help="Worker processes sharing the region's store.")] = 1) -> None:
+def serve(
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the region's store.")] = 1,
+) -> None:
     """Serve a region: the vehicle gateway, the owner API and the transparency log."""
     import os
 
@@ -44,13 +52,26 @@ def serve(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUr
 
     s = _settings(data_dir, region, database_url, host=host, port=port)
     if workers > 1:
-        os.environ.update({"CARVAULT_DATA_DIR": str(s.data_dir), "CARVAULT_REGION": s.region,
-                           "CARVAULT_DATABASE_URL": s.database_url,
-                           "CARVAULT_REGION_ENDPOINTS": ",".join(f"{k}={v}" for k, v in s.region_endpoints.items())})
+        os.environ.update(
+            {
+                "CARVAULT_DATA_DIR": str(s.data_dir),
+                "CARVAULT_REGION": s.region,
+                "CARVAULT_DATABASE_URL": s.database_url,
+                "CARVAULT_REGION_ENDPOINTS": ",".join(f"{k}={v}" for k, v in s.region_endpoints.items()),
+            }
+        )
         Region(s).close()  # create keys, CA and schema once, before the workers race to
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} with {workers} workers")
-        uvicorn.run("carvault.web.asgi:create_from_env", factory=True, host=s.host, port=s.port, workers=workers,
-                    log_level="info", access_log=False, timeout_keep_alive=30)
+        uvicorn.run(
+            "carvault.web.asgi:create_from_env",
+            factory=True,
+            host=s.host,
+            port=s.port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+            timeout_keep_alive=30,
+        )
         return
     with Region(s) as r:
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
@@ -58,12 +79,12 @@ def serve(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUr
 
 
 @app.command()
-def demo(data_dir: Annotated[Path, typer.Option(help="Folder for the demo (wiped first).")] = Path(
-             "carvault-data/demo"),
-         check: Annotated[bool, typer.Option("--check", help="Run every step, do not serve, exit 0 if all worked.")]
-         = False,
-         port: Annotated[int | None, typer.Option(help="Port of region cn (default 8400).")] = None,
-         seed: int = 7) -> None:
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Folder for the demo (wiped first).")] = Path("carvault-data/demo"),
+    check: Annotated[bool, typer.Option("--check", help="Run every step, do not serve, exit 0 if all worked.")] = False,
+    port: Annotated[int | None, typer.Option(help="Port of region cn (default 8400).")] = None,
+    seed: int = 7,
+) -> None:
     """Provision regions cn and eu, three cars and an owner; upload a simulated day; serve it."""
     from carvault.demo import run_demo
 
@@ -74,37 +95,70 @@ def demo(data_dir: Annotated[Path, typer.Option(help="Folder for the demo (wiped
 
 
 @app.command()
-def bench(out: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("bench-results/bench.json"),
-          docs: Annotated[Path, typer.Option(help="Markdown report to rewrite.")] = Path("docs/benchmarks.md"),
-          vehicles: Annotated[int, typer.Option(help="Vehicles in the store.")] = 20,
-          hours: Annotated[float, typer.Option(help="Hours of driving per vehicle.")] = 2.0,
-          postgres: Annotated[bool, typer.Option(help="Also measure the PostgreSQL peer.")] = True,
-          quick: Annotated[bool, typer.Option("--quick", help="Tiny run (2 vehicles x 5 min, no store growth), "
-                                              "< 1 min; checks the machinery, figures mean nothing.")] = False,
-          batch_seconds: Annotated[int, typer.Option(help="Seconds of driving per signed batch.")] = 300,
-          store_samples: Annotated[int | None, typer.Option(
-              help="Grow the store to this many samples before timing windows (0: no growth).")] = None,
-          windows: Annotated[int | None, typer.Option(help="Random windows timed (p50/p95).")] = None,
-          log_proof_leaves: Annotated[int | None, typer.Option(
-              help="Size of the log bulk-built for the proof figures (0: skip).")] = None,
-          server_workers: Annotated[int | None, typer.Option(
-              help="`carvault serve --workers` of the main ingest (default 1).")] = None,
-          work_dir: Annotated[Path | None, typer.Option(help="Keep the data here (default: a temp folder, "
-                                                       "deleted afterwards).")] = None) -> None:
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("bench-results/bench.json"),
+    docs: Annotated[Path, typer.Option(help="Markdown report to rewrite.")] = Path("docs/benchmarks.md"),
+    vehicles: Annotated[int, typer.Option(help="Vehicles in the store.")] = 20,
+    hours: Annotated[float, typer.Option(help="Hours of driving per vehicle.")] = 2.0,
+    postgres: Annotated[bool, typer.Option(help="Also measure the PostgreSQL peer.")] = True,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Tiny run (2 vehicles x 5 min, no store growth), < 1 min; checks the machinery, figures mean nothing.",
+        ),
+    ] = False,
+    batch_seconds: Annotated[int, typer.Option(help="Seconds of driving per signed batch.")] = 300,
+    store_samples: Annotated[
+        int | None, typer.Option(help="Grow the store to this many samples before timing windows (0: no growth).")
+    ] = None,
+    windows: Annotated[int | None, typer.Option(help="Random windows timed (p50/p95).")] = None,
+    log_proof_leaves: Annotated[
+        int | None, typer.Option(help="Size of the log bulk-built for the proof figures (0: skip).")
+    ] = None,
+    server_workers: Annotated[
+        int | None, typer.Option(help="`carvault serve --workers` of the main ingest (default 1).")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep the data here (default: a temp folder, deleted afterwards).")
+    ] = None,
+) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench import run_bench
 
-    more = {k: v for k, v in {"store_samples": store_samples, "windows": windows,
-                              "log_proof_leaves": log_proof_leaves, "server_workers": server_workers,
-                              "work_dir": work_dir}.items() if v is not None}
-    run_bench(out=out, docs=docs, vehicles=vehicles, hours=hours, postgres=postgres, console=console, quick=quick,
-              batch_seconds=batch_seconds, **more)
+    more = {
+        k: v
+        for k, v in {
+            "store_samples": store_samples,
+            "windows": windows,
+            "log_proof_leaves": log_proof_leaves,
+            "server_workers": server_workers,
+            "work_dir": work_dir,
+        }.items()
+        if v is not None
+    }
+    run_bench(
+        out=out,
+        docs=docs,
+        vehicles=vehicles,
+        hours=hours,
+        postgres=postgres,
+        console=console,
+        quick=quick,
+        batch_seconds=batch_seconds,
+        **more,
+    )
 
 
 @app.command("provision")
-def provision_cmd(vin: str, vehicles_dir: Annotated[Path, typer.Option(help="Where the car keeps its key.")],
-                  data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None,
-                  model: str = "CarVault EV") -> None:
+def provision_cmd(
+    vin: str,
+    vehicles_dir: Annotated[Path, typer.Option(help="Where the car keeps its key.")],
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+    model: str = "CarVault EV",
+) -> None:
     """Provision one vehicle: make its key, register it with its home region, print its pairing code."""
     from carvault.provisioning import provision
     from carvault.region import Region
@@ -115,11 +169,14 @@ def provision_cmd(vin: str, vehicles_dir: Annotated[Path, typer.Option(help="Whe
 
 
 @app.command()
-def simulate(vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned vehicle's folder.")],
-             endpoint: Annotated[str, typer.Option(help="The home region's gateway URL.")],
-             day: Annotated[str | None, typer.Option(help="Date to simulate, YYYY-MM-DD (default yesterday).")]
-             = None,
-             seed: int = 1, incident: bool = False, batch_seconds: int = 300) -> None:
+def simulate(
+    vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned vehicle's folder.")],
+    endpoint: Annotated[str, typer.Option(help="The home region's gateway URL.")],
+    day: Annotated[str | None, typer.Option(help="Date to simulate, YYYY-MM-DD (default yesterday).")] = None,
+    seed: int = 1,
+    incident: bool = False,
+    batch_seconds: int = 300,
+) -> None:
     """Simulate a day of driving for a provisioned vehicle and upload it."""
     from datetime import UTC, date, datetime, timedelta
 
@@ -147,12 +204,17 @@ def simulate(vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned veh
 
 
 @app.command()
-def verify(package: Annotated[Path, typer.Argument(help="The incident package (ZIP).", exists=True, dir_okay=False)],
-           checkpoint: Annotated[Path | None, typer.Option(
-               "--checkpoint", help="A checkpoint you saved earlier: prove the log was not rewritten since.")] = None,
-           trust: Annotated[Path | None, typer.Option(
-               "--trust", help="The region's published trust file (GET /api/v1/region/trust).")] = None,
-           json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
+def verify(
+    package: Annotated[Path, typer.Argument(help="The incident package (ZIP).", exists=True, dir_okay=False)],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="A checkpoint you saved earlier: prove the log was not rewritten since."),
+    ] = None,
+    trust: Annotated[
+        Path | None, typer.Option("--trust", help="The region's published trust file (GET /api/v1/region/trust).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
     """Verify an incident package offline: signatures, certificates, chain, log proofs, tables."""
     import json
 
@@ -183,42 +245,69 @@ def verify(package: Annotated[Path, typer.Argument(help="The incident package (Z
 
 
 @app.command()
-def order(vin: str,
-          start: Annotated[str, typer.Option(help="Window start (ISO 8601 or epoch ms).")],
-          end: Annotated[str, typer.Option(help="Window end (ISO 8601 or epoch ms).")],
-          authority: Annotated[str, typer.Option(help="Ordering authority, e.g. 'Zhengzhou market supervision'.")],
-          reference: Annotated[str, typer.Option(help="The order's reference number.")],
-          legal_basis: Annotated[str, typer.Option(help="Legal basis of the order.")] = "authority order",
-          out: Annotated[Path | None, typer.Option(help="Also write the package here.")] = None,
-          data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+def order(
+    vin: str,
+    start: Annotated[str, typer.Option(help="Window start (ISO 8601 or epoch ms).")],
+    end: Annotated[str, typer.Option(help="Window end (ISO 8601 or epoch ms).")],
+    authority: Annotated[str, typer.Option(help="Ordering authority, e.g. 'Zhengzhou market supervision'.")],
+    reference: Annotated[str, typer.Option(help="The order's reference number.")],
+    legal_basis: Annotated[str, typer.Option(help="Legal basis of the order.")] = "authority order",
+    out: Annotated[Path | None, typer.Option(help="Also write the package here.")] = None,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
     """Record an authority's order to release a window of data to the vehicle's owner, and build the package."""
     from carvault.access.orders import release_to_owner
     from carvault.region import Region
     from carvault.web.deps import parse_time
 
     with Region(_settings(data_dir, region, database_url)) as r:
-        pkg, blob = release_to_owner(r, vin.upper(), parse_time(start, "start"), parse_time(end, "end"),
-                                     authority=authority, reference=reference, legal_basis=legal_basis)
+        pkg, blob = release_to_owner(
+            r,
+            vin.upper(),
+            parse_time(start, "start"),
+            parse_time(end, "end"),
+            authority=authority,
+            reference=reference,
+            legal_basis=legal_basis,
+        )
     if out:
         out.write_bytes(blob)
-    console.print(f"order recorded; package {pkg.id} ({pkg.batches} batches, sha256 {pkg.sha256[:16]}…) "
-                  f"released to the owner{f', written to {out}' if out else ''}")
+    console.print(
+        f"order recorded; package {pkg.id} ({pkg.batches} batches, sha256 {pkg.sha256[:16]}…) "
+        f"released to the owner{f', written to {out}' if out else ''}"
+    )
 
 
 @app.command("import-can")
 def import_can_cmd(
-        log: Annotated[Path, typer.Argument(help="CAN log: candump -L text (.log, .gz) or any format python-can "
-                                                  "reads (.asc, .blf, .trc ...).", exists=True, dir_okay=False)],
-        mapping: Annotated[str, typer.Option(help="Mapping file (TOML), or a shipped one: tesla_model3_party, "
-                                                  "toyota_rav4.")],
-        vehicle_dir: Annotated[Path, typer.Option(help="The provisioned vehicle's folder (key, spool).")],
-        dbc: Annotated[str | None, typer.Option(help="DBC file, or opendbc:NAME for one in the opendbc package "
-                                                     "(default: the one the mapping names).")] = None,
-        endpoint: Annotated[str | None, typer.Option(help="The home region's gateway URL.")] = None,
-        batch_seconds: Annotated[int, typer.Option(help="Seconds of data per signed batch.")] = 300,
-        no_upload: Annotated[bool, typer.Option("--no-upload", help="Sign and spool only; upload later.")] = False,
-        start: Annotated[str | None, typer.Option(help="UTC time of the first frame, for logs whose clock "
-                                                       "counts from boot (ISO 8601 or epoch ms).")] = None) -> None:
+    log: Annotated[
+        Path,
+        typer.Argument(
+            help="CAN log: candump -L text (.log, .gz) or any format python-can reads (.asc, .blf, .trc ...).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    mapping: Annotated[
+        str, typer.Option(help="Mapping file (TOML), or a shipped one: tesla_model3_party, toyota_rav4.")
+    ],
+    vehicle_dir: Annotated[Path, typer.Option(help="The provisioned vehicle's folder (key, spool).")],
+    dbc: Annotated[
+        str | None,
+        typer.Option(
+            help="DBC file, or opendbc:NAME for one in the opendbc package (default: the one the mapping names)."
+        ),
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="The home region's gateway URL.")] = None,
+    batch_seconds: Annotated[int, typer.Option(help="Seconds of data per signed batch.")] = 300,
+    no_upload: Annotated[bool, typer.Option("--no-upload", help="Sign and spool only; upload later.")] = False,
+    start: Annotated[
+        str | None,
+        typer.Option(help="UTC time of the first frame, for logs whose clock counts from boot (ISO 8601 or epoch ms)."),
+    ] = None,
+) -> None:
     """Import a CAN log: decode it with a DBC, map it to VSS, sign it as the car and upload it."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -236,14 +325,22 @@ def import_can_cmd(
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(f"decoding {log.name}", total=log.stat().st_size)
-            result = import_can(log, dbc=dbc, mapping=mapping, start_us=start_us,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+            result = import_can(
+                log,
+                dbc=dbc,
+                mapping=mapping,
+                start_us=start_us,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         info = result.summary()
-        console.print(f"{info['frames']:,} frames ({info['frames_per_s']:,} frames/s) -> {info['rows']:,} rows, "
-                      f"{info['samples']:,} samples of {len(result.table.column_names) - 1} signals")
+        console.print(
+            f"{info['frames']:,} frames ({info['frames_per_s']:,} frames/s) -> {info['rows']:,} rows, "
+            f"{info['samples']:,} samples of {len(result.table.column_names) - 1} signals"
+        )
         if result.unknown_ids:
-            console.print(f"[yellow]{len(result.unknown_ids)} IDs are not in the DBC:[/] "
-                          f"{describe_ids(result.unknown_ids)}")
+            console.print(
+                f"[yellow]{len(result.unknown_ids)} IDs are not in the DBC:[/] {describe_ids(result.unknown_ids)}"
+            )
         for path, n in info["out_of_range"].items():
             console.print(f"[yellow]{n} values of {path} outside the catalogue range were left out[/]")
         if result.table.num_rows == 0:
@@ -255,10 +352,13 @@ def import_can_cmd(
         # The car's own pipeline: event recorder, consent filter, location precision, signing, spool.
         n = agent.process(result.table, batch_seconds) + agent.finish()
         status = agent.collection_status()
-        held = sorted({agent.catalogue[p].category for p in result.table.column_names[1:]}
-                      - {c for c, s in status.items() if s == "collecting"})
-        console.print(f"signed {n} batches for {ident.vin}"
-                      + (f"; not collected (no consent): {', '.join(held)}" if held else ""))
+        held = sorted(
+            {agent.catalogue[p].category for p in result.table.column_names[1:]}
+            - {c for c, s in status.items() if s == "collecting"}
+        )
+        console.print(
+            f"signed {n} batches for {ident.vin}" + (f"; not collected (no consent): {', '.join(held)}" if held else "")
+        )
         if no_upload:
             console.print(f"{len(agent.pending())} batches wait in {agent.spool_dir}")
             return
@@ -276,9 +376,14 @@ def import_can_cmd(
 
 
 @app.command()
-def hold(vin: str, authority: Annotated[str, typer.Option(help="Who orders the hold.")],
-         reason: Annotated[str, typer.Option(help="Case or reason.")],
-         data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+def hold(
+    vin: str,
+    authority: Annotated[str, typer.Option(help="Who orders the hold.")],
+    reason: Annotated[str, typer.Option(help="Case or reason.")],
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
     """Place a legal hold: the vehicle's data is kept (not deleted) until released."""
     from carvault.region import Region
 

@@ -60,8 +60,10 @@ def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, po
         result.add("whole set-up", True, f"{time.monotonic() - started:.1f} s")
         _report(result, console)
         if serve and result.ok:
-            console.print(f"\nOpen [bold]{cn_server.url}/api/v1/docs[/] (API), log in with the credentials "
-                          "above; press Ctrl-C to stop.")
+            console.print(
+                f"\nOpen [bold]{cn_server.url}/[/] (the owner portal; API at {cn_server.url}/api/v1/docs) "
+                "and log in with the credentials above; press Ctrl-C to stop."
+            )
             try:
                 while True:
                     time.sleep(3600)
@@ -75,8 +77,16 @@ def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, po
     return result
 
 
-def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServer, eu_server: BackgroundServer,
-               result: DemoResult, console: Console, seed: int) -> None:
+def _run_steps(
+    data_dir: Path,
+    cn: Region,
+    eu: Region,
+    cn_server: BackgroundServer,
+    eu_server: BackgroundServer,
+    result: DemoResult,
+    console: Console,
+    seed: int,
+) -> None:
     password = secrets.token_urlsafe(12)
     cn.accounts.register(DEMO_EMAIL, password, "Demo Owner")
     result.add("owner account", True, f"{DEMO_EMAIL} / {password}")
@@ -90,16 +100,28 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     r = api.post("/api/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
     token = r.json()["token"]
     auth = {"Authorization": f"Bearer {token}"}
-    claimed = [api.post("/api/v1/vehicles/claim", headers=auth,
-                        json={"vin": c.vin, "pairing_code": c.pairing_code}).status_code for c in cars]
+    claimed = [
+        api.post(
+            "/api/v1/vehicles/claim", headers=auth, json={"vin": c.vin, "pairing_code": c.pairing_code}
+        ).status_code
+        for c in cars
+    ]
     result.add("pairing", claimed == [201, 201, 201], f"claim answers {claimed}")
 
     day = (datetime.now(UTC) - timedelta(days=1)).date()
     # The owner opted in to location (coarse) for route history when buying the cars, before the simulated day.
     bought = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1000)
     for c in cars:
-        cn.consents.decide(c.vin, 1, "location", enabled=True, purpose="route history in my portal",
-                           ends_ms=bought + 365 * 86_400_000, lasting=True, at_ms=bought)
+        cn.consents.decide(
+            c.vin,
+            1,
+            "location",
+            enabled=True,
+            purpose="route history in my portal",
+            ends_ms=bought + 365 * 86_400_000,
+            lasting=True,
+            at_ms=bought,
+        )
     result.add("consent", True, "location (coarse H3 cells) opted in, lasting, 1 year; biometrics stay in the car")
     days = []
     for i, car in enumerate(cars):
@@ -115,8 +137,9 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
     first_blob = agents[0].pending()[0].read_bytes()
     t0 = time.monotonic()
     uploaded = 0
-    with Progress(TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
         task = bar.add_task("upload", total=total)
         for a in agents:
             while a.pending():
@@ -126,13 +149,17 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
                 uploaded += len(got)
                 bar.advance(task, len(got))
     secs = time.monotonic() - t0
-    result.add("upload over HTTP", uploaded == total,
-               f"{uploaded}/{total} batches, {samples / secs / 1e6:.2f} M samples/s")
+    result.add(
+        "upload over HTTP", uploaded == total, f"{uploaded}/{total} batches, {samples / secs / 1e6:.2f} M samples/s"
+    )
 
     # The first batch again: the same receipt, nothing stored twice.
     again = agents[0].upload_one(first_blob)
-    result.add("re-send gives the same receipt", again["log_index"] == first_receipt["log_index"]
-               and again["batch_hash"] == first_receipt["batch_hash"], f"log index {again['log_index']}")
+    result.add(
+        "re-send gives the same receipt",
+        again["log_index"] == first_receipt["log_index"] and again["batch_hash"] == first_receipt["batch_hash"],
+        f"log index {again['log_index']}",
+    )
 
     foreign_agent = VehicleAgent(foreign, data_dir / "vehicles" / foreign.vin, cn_server.url)
     foreign_day = simulate_day(foreign.vin, seed + 99, day)
@@ -141,31 +168,46 @@ def _run_steps(data_dir: Path, cn: Region, eu: Region, cn_server: BackgroundServ
         foreign_agent.upload_pending(limit=1)
         result.add("foreign vehicle refused (421)", False, "the cn gateway accepted an eu vehicle")
     except UploadRefused as e:
-        result.add("foreign vehicle refused (421)", e.status == 421 and e.body["error"].get("home_region") == "eu",
-                   f"HTTP {e.status} {e.code}: home region {e.body['error'].get('home_region')}, "
-                   f"endpoint {e.body['error'].get('endpoint')}")
+        result.add(
+            "foreign vehicle refused (421)",
+            e.status == 421 and e.body["error"].get("home_region") == "eu",
+            f"HTTP {e.status} {e.code}: home region {e.body['error'].get('home_region')}, "
+            f"endpoint {e.body['error'].get('endpoint')}",
+        )
     foreign_agent.endpoint = eu_server.url
     sent_home = foreign_agent.upload_pending()
     result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
 
     events = api.get(f"/api/v1/vehicles/{cars[0].vin}/events", headers=auth).json()
-    result.add("events recorded in the car", any(e["kind"] == "crash" for e in events),
-               ", ".join(f"{e['kind']}" for e in reversed(events)))
+    result.add(
+        "events recorded in the car",
+        any(e["kind"] == "crash" for e in events),
+        ", ".join(f"{e['kind']}" for e in reversed(events)),
+    )
     crash = next((e for e in events if e["kind"] == "crash"), None)
     incident = _Event(crash["kind"], crash["t_ms"]) if crash else None
     if incident is not None:
         start = incident.t_ms - 30 * 60_000
-        r = api.get(f"/api/v1/vehicles/{cars[0].vin}/telemetry", headers=auth,
-                    params={"start": start, "end": incident.t_ms + 60_000, "format": "json"})
+        r = api.get(
+            f"/api/v1/vehicles/{cars[0].vin}/telemetry",
+            headers=auth,
+            params={"start": start, "end": incident.t_ms + 60_000, "format": "json"},
+        )
         rows = r.json().get("rows", 0) if r.status_code == 200 else 0
-        result.add("incident window query", r.status_code == 200 and rows > 0,
-                   f"30 min before the {incident.kind}: {rows:,} instants")
+        result.add(
+            "incident window query",
+            r.status_code == 200 and rows > 0,
+            f"30 min before the {incident.kind}: {rows:,} instants",
+        )
         _package_steps(api, auth, cars[0].vin, incident, data_dir, result)
     audit = api.get("/api/v1/audit", headers=auth).json()["events"]
     result.add("audit log", any(e["action"] == "telemetry.read" for e in audit), f"{len(audit)} entries")
     cp = api.get("/api/v1/log/checkpoint").text
-    result.add("transparency log", cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
-               f"checkpoint tree size {cp.splitlines()[1]}")
+    result.add(
+        "transparency log",
+        cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
+        f"checkpoint tree size {cp.splitlines()[1]}",
+    )
 
 
 @dataclass(frozen=True)
@@ -174,8 +216,9 @@ class _Event:
     t_ms: int
 
 
-def _package_steps(api: httpx.Client, auth: dict[str, str], vin: str, incident: object, data_dir: Path,
-                   result: DemoResult) -> None:
+def _package_steps(
+    api: httpx.Client, auth: dict[str, str], vin: str, incident: object, data_dir: Path, result: DemoResult
+) -> None:
     """Save a checkpoint, request the incident package for the event, verify it offline."""
     import json
 
@@ -186,9 +229,16 @@ def _package_steps(api: httpx.Client, auth: dict[str, str], vin: str, incident: 
     (data_dir / "saved-checkpoint.txt").write_text(note)
     result.add("owner keeps a checkpoint", saved.status_code == 201, f"tree size {saved.json().get('tree_size')}")
     t0 = time.monotonic()
-    r = api.post(f"/api/v1/vehicles/{vin}/packages", headers=auth,
-                 json={"event_time": incident.t_ms, "event_kind": incident.kind,  # type: ignore[attr-defined]
-                       "minutes_before": 30, "minutes_after": 1})
+    r = api.post(
+        f"/api/v1/vehicles/{vin}/packages",
+        headers=auth,
+        json={
+            "event_time": incident.t_ms,
+            "event_kind": incident.kind,  # type: ignore[attr-defined]
+            "minutes_before": 30,
+            "minutes_after": 1,
+        },
+    )
     built = time.monotonic() - t0
     if r.status_code != 201:
         result.add("incident package", False, r.text[:200])
@@ -197,15 +247,22 @@ def _package_steps(api: httpx.Client, auth: dict[str, str], vin: str, incident: 
     pkg.write_bytes(api.get(r.json()["download"], headers=auth).content)
     trust = data_dir / "region-cn-trust.json"
     trust.write_text(json.dumps(api.get("/api/v1/region/trust").json(), indent=1))
-    result.add("incident package", True, f"{r.json()['batches']} batches, {pkg.stat().st_size:,} bytes, "
-               f"built in {built:.2f} s → {pkg}")
+    result.add(
+        "incident package",
+        True,
+        f"{r.json()['batches']} batches, {pkg.stat().st_size:,} bytes, built in {built:.2f} s → {pkg}",
+    )
     t0 = time.monotonic()
     verdict = verify_package(pkg, saved_checkpoint=note, trust=json.loads(trust.read_text()))
     failed = ", ".join(c.name for c in verdict.failures())
-    result.add("offline verification", verdict.ok,
-               f"{len(verdict.checks)} checks in {time.monotonic() - t0:.2f} s; "
-               f"carvault verify {pkg} --trust {trust} --checkpoint {data_dir / 'saved-checkpoint.txt'}"
-               if verdict.ok else f"failed: {failed}")
+    result.add(
+        "offline verification",
+        verdict.ok,
+        f"{len(verdict.checks)} checks in {time.monotonic() - t0:.2f} s; "
+        f"carvault verify {pkg} --trust {trust} --checkpoint {data_dir / 'saved-checkpoint.txt'}"
+        if verdict.ok
+        else f"failed: {failed}",
+    )
 
 
 def _samples(table: object) -> int:
@@ -223,4 +280,3 @@ def _report(result: DemoResult, console: Console) -> None:
     for name, ok, detail in result.steps:
         t.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]", detail)
     console.print(t)
-

@@ -26,9 +26,11 @@ class CertificateError(Exception):
 
 
 def _name(common: str, region: str, vin: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CarVault"),
-             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"region {region}"),
-             x509.NameAttribute(NameOID.COMMON_NAME, common)]
+    attrs = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CarVault"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"region {region}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common),
+    ]
     if vin:
         attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, vin))
     return x509.Name(attrs)
@@ -64,13 +66,27 @@ class RegionCA:
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         cert = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(ski, critical=False)
             .sign(key, algorithm=None)
         )
@@ -91,14 +107,27 @@ class RegionCA:
         pub = Ed25519PublicKey.from_public_bytes(public_key)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(vin, self.region, vin)).issuer_name(self.cert.subject).public_key(pub)
+            .subject_name(_name(vin, self.region, vin))
+            .issuer_name(self.cert.subject)
+            .public_key(pub)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=365 * VEHICLE_CERT_YEARS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=True,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, algorithm=None)
@@ -106,8 +135,9 @@ class RegionCA:
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def vehicle_key_from_certificate(cert_pem: bytes | str, ca_pem: bytes | str, vin: str,
-                                 at: dt.datetime | None = None) -> Ed25519PublicKey:
+def vehicle_key_from_certificate(
+    cert_pem: bytes | str, ca_pem: bytes | str, vin: str, at: dt.datetime | None = None
+) -> Ed25519PublicKey:
     """Check that the certificate was issued by the CA to ``vin`` and is valid ``at``; return the vehicle key."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)

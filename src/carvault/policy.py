@@ -45,22 +45,36 @@ class Consent:
 
     def to_json(self) -> dict[str, Any]:
         """Wire form."""
-        return {"category": self.category, "enabled": self.enabled, "purpose": self.purpose,
-                "lasting": self.lasting, "starts_ms": self.starts_ms, "ends_ms": self.ends_ms,
-                "granted_ms": self.granted_ms}
+        return {
+            "category": self.category,
+            "enabled": self.enabled,
+            "purpose": self.purpose,
+            "lasting": self.lasting,
+            "starts_ms": self.starts_ms,
+            "ends_ms": self.ends_ms,
+            "granted_ms": self.granted_ms,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Consent:
         """Parse the wire form."""
-        return cls(category=d["category"], enabled=bool(d["enabled"]), purpose=d.get("purpose", ""),
-                   lasting=bool(d.get("lasting", False)), starts_ms=int(d["starts_ms"]),
-                   ends_ms=None if d.get("ends_ms") is None else int(d["ends_ms"]), granted_ms=int(d["granted_ms"]))
+        return cls(
+            category=d["category"],
+            enabled=bool(d["enabled"]),
+            purpose=d.get("purpose", ""),
+            lasting=bool(d.get("lasting", False)),
+            starts_ms=int(d["starts_ms"]),
+            ends_ms=None if d.get("ends_ms") is None else int(d["ends_ms"]),
+            granted_ms=int(d["granted_ms"]),
+        )
 
 
 def default_on(category: str) -> bool:
     """Collected without an explicit opt-in (technical and personal data under the contract)."""
-    return CATEGORIES[category].privacy in (PrivacyClass.TECHNICAL, PrivacyClass.PERSONAL) \
+    return (
+        CATEGORIES[category].privacy in (PrivacyClass.TECHNICAL, PrivacyClass.PERSONAL)
         and category not in IN_CAR_CATEGORIES
+    )
 
 
 def needs_opt_in(category: str) -> bool:
@@ -104,8 +118,11 @@ class Policy:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Policy:
         """Parse the wire form."""
-        return cls(vin=d["vin"], version=int(d.get("version", 0)),
-                   consents=tuple(Consent.from_json(c) for c in d.get("consents", [])))
+        return cls(
+            vin=d["vin"],
+            version=int(d.get("version", 0)),
+            consents=tuple(Consent.from_json(c) for c in d.get("consents", [])),
+        )
 
 
 def change_points(policy: Policy, category: str) -> list[int]:
@@ -117,8 +134,9 @@ def change_points(policy: Policy, category: str) -> list[int]:
     return sorted(pts)
 
 
-def allowed_mask(policy: Policy, category: str, t_ms: np.ndarray, ignition_on_ms: np.ndarray | None = None
-                 ) -> np.ndarray:
+def allowed_mask(
+    policy: Policy, category: str, t_ms: np.ndarray, ignition_on_ms: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean mask of the instants at which ``category`` may leave the car (vectorised over segments)."""
     if len(t_ms) == 0:
         return np.zeros(0, dtype=bool)
@@ -127,14 +145,19 @@ def allowed_mask(policy: Policy, category: str, t_ms: np.ndarray, ignition_on_ms
     piece = np.searchsorted(cuts, t_ms, side="right").astype(np.int64)
     ign = ignition_on_ms if ignition_on_ms is not None else np.zeros(len(t_ms), dtype=np.int64)
     _, first, inverse = np.unique(np.stack([piece, ign]), axis=1, return_index=True, return_inverse=True)
-    values = np.array([policy.status(category, int(t_ms[i]),
-                                     int(ign[i]) if ignition_on_ms is not None else None) == COLLECTING
-                       for i in first.tolist()], dtype=bool)
+    values = np.array(
+        [
+            policy.status(category, int(t_ms[i]), int(ign[i]) if ignition_on_ms is not None else None) == COLLECTING
+            for i in first.tolist()
+        ],
+        dtype=bool,
+    )
     return values[inverse.reshape(-1)]
 
 
-def filter_table(table: pa.Table, policy: Policy, catalogue: Catalogue,
-                 ignition_on_ms: np.ndarray | None = None) -> pa.Table:
+def filter_table(
+    table: pa.Table, policy: Policy, catalogue: Catalogue, ignition_on_ms: np.ndarray | None = None
+) -> pa.Table:
     """Null every sample of a category at instants it may not leave the car; drop columns left empty."""
     t = table.column("t").cast(pa.int64()).to_numpy()
     cols: list[pa.ChunkedArray] = [table.column("t")]
@@ -168,7 +191,8 @@ def filter_table(table: pa.Table, policy: Policy, catalogue: Catalogue,
     return out if keep.all() else out.filter(pa.array(keep))
 
 
-def statuses(policy: Policy, at_ms: int, categories: Iterable[str] = CATEGORIES,
-             ignition_on_ms: int | None = None) -> dict[str, str]:
+def statuses(
+    policy: Policy, at_ms: int, categories: Iterable[str] = CATEGORIES, ignition_on_ms: int | None = None
+) -> dict[str, str]:
     """Status of every category at an instant."""
     return {c: policy.status(c, at_ms, ignition_on_ms) for c in categories}

@@ -133,7 +133,8 @@ class Envelope:
         except InvalidSignature:
             raise BadSignature(
                 "batch signature does not verify against the vehicle's registered key",
-                vin=self.header.vin, seq=self.header.seq,
+                vin=self.header.vin,
+                seq=self.header.seq,
             ) from None
 
     def table(self) -> pa.Table:

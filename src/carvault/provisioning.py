@@ -14,6 +14,7 @@ def provision(region: Region, vin: str, vehicles_dir: Path, model: str = "CarVau
     certificate = region.ca.issue(vin, identity.public_key_bytes)
     identity.certificate_pem = certificate
     identity.save(vehicles_dir / vin)
-    region.vehicles.register(vin, identity.public_key_bytes, identity.pairing_code, model=model,
-                             certificate_pem=certificate)
+    region.vehicles.register(
+        vin, identity.public_key_bytes, identity.pairing_code, model=model, certificate_pem=certificate
+    )
     return identity

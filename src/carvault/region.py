@@ -35,8 +35,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -70,8 +69,12 @@ class Region:
         keys = settings.data_dir / "keys"
         self.log_key = load_or_create_key(keys / "log-ed25519.pem")
         self.ca = RegionCA.load_or_create(load_or_create_key(keys / "ca-ed25519.pem"), keys / "ca.pem", self.name)
-        self.log = TransparencyLog(settings.data_dir / "log", origin=log_origin(self.name),
-                                   private_key=self.log_key, key_name=log_origin(self.name))
+        self.log = TransparencyLog(
+            settings.data_dir / "log",
+            origin=log_origin(self.name),
+            private_key=self.log_key,
+            key_name=log_origin(self.name),
+        )
         self.segments = SegmentWriter(settings.data_dir / "segments", settings.segment_max_bytes)
         self.segment_reader = SegmentReader(settings.data_dir / "segments")
         self.accounts = Accounts(self.db, settings.session_ttl_s)
@@ -82,8 +85,9 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
-        self.gateway = Gateway(settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem,
-                               self.derived)
+        self.gateway = Gateway(
+            settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem, self.derived
+        )
 
     def close(self) -> None:
         """Stop background work and release files and connections."""

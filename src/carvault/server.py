@@ -21,8 +21,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def uvicorn_config(region: Region, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     """The uvicorn configuration CarVault uses."""
-    return uvicorn.Config(create_app(region), host=host, port=port, log_level=log_level, access_log=False,
-                          timeout_keep_alive=30, limit_concurrency=2000)
+    return uvicorn.Config(
+        create_app(region),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+        limit_concurrency=2000,
+    )
 
 
 class BackgroundServer:

@@ -91,8 +91,14 @@ class Settings:
                 typed[name] = Path(value)
             elif name == "region_endpoints":
                 typed[name] = _parse_endpoints(value) if isinstance(value, str) else dict(value)
-            elif name in {"port", "max_batch_bytes", "max_batch_rows", "max_future_skew_s", "session_ttl_s",
-                          "segment_max_bytes"}:
+            elif name in {
+                "port",
+                "max_batch_bytes",
+                "max_batch_rows",
+                "max_future_skew_s",
+                "session_ttl_s",
+                "segment_max_bytes",
+            }:
                 try:
                     typed[name] = int(value)
                 except (TypeError, ValueError):

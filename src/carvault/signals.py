@@ -47,29 +47,61 @@ class Category:
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("driving_dynamics", "Driving dynamics", PrivacyClass.PERSONAL,
-                 "Trip history, incident reconstruction", 3 * 365),
-        Category("adas", "Driver assistance and brake systems", PrivacyClass.PERSONAL,
-                 "Incident reconstruction, safety analysis", 3 * 365),
-        Category("safety", "Restraints (belts, airbags)", PrivacyClass.PERSONAL,
-                 "Incident reconstruction", 3 * 365),
-        Category("edr", "Event data recorder", PrivacyClass.PERSONAL,
-                 "Crash reconstruction (GB 39732, 49 CFR 563)", 10 * 365),
+        Category(
+            "driving_dynamics",
+            "Driving dynamics",
+            PrivacyClass.PERSONAL,
+            "Trip history, incident reconstruction",
+            3 * 365,
+        ),
+        Category(
+            "adas",
+            "Driver assistance and brake systems",
+            PrivacyClass.PERSONAL,
+            "Incident reconstruction, safety analysis",
+            3 * 365,
+        ),
+        Category("safety", "Restraints (belts, airbags)", PrivacyClass.PERSONAL, "Incident reconstruction", 3 * 365),
+        Category(
+            "edr", "Event data recorder", PrivacyClass.PERSONAL, "Crash reconstruction (GB 39732, 49 CFR 563)", 10 * 365
+        ),
         Category("powertrain", "Powertrain", PrivacyClass.TECHNICAL, "Diagnostics and warranty", 3 * 365),
-        Category("battery_charging", "Battery and charging", PrivacyClass.TECHNICAL,
-                 "Charging history, battery health", 3 * 365),
+        Category(
+            "battery_charging",
+            "Battery and charging",
+            PrivacyClass.TECHNICAL,
+            "Charging history, battery health",
+            3 * 365,
+        ),
         Category("body", "Body, lights and tyres", PrivacyClass.TECHNICAL, "Diagnostics", 365),
-        Category("location", "Location track (coarse: H3 cells)", PrivacyClass.SENSITIVE,
-                 "Route history for the owner", 365),
-        Category("location_precise", "Precise location (exact coordinates)", PrivacyClass.SENSITIVE,
-                 "Exact positions, e.g. for incident evidence; its own consent", 365),
+        Category(
+            "location", "Location track (coarse: H3 cells)", PrivacyClass.SENSITIVE, "Route history for the owner", 365
+        ),
+        Category(
+            "location_precise",
+            "Precise location (exact coordinates)",
+            PrivacyClass.SENSITIVE,
+            "Exact positions, e.g. for incident evidence; its own consent",
+            365,
+        ),
         Category("cabin", "Cabin climate and occupancy", PrivacyClass.PERSONAL, "Comfort history", 365),
-        Category("driver_monitoring", "Driver monitoring (biometrics)", PrivacyClass.SENSITIVE,
-                 "Drowsiness warnings; stays in the car by default", 30),
-        Category("cabin_media", "Cabin audio, video and images", PrivacyClass.SENSITIVE,
-                 "Never leaves the car by default", 0),
-        Category("exterior_camera", "Exterior camera images", PrivacyClass.IMPORTANT,
-                 "Incident evidence, de-identified in the car", 90),
+        Category(
+            "driver_monitoring",
+            "Driver monitoring (biometrics)",
+            PrivacyClass.SENSITIVE,
+            "Drowsiness warnings; stays in the car by default",
+            30,
+        ),
+        Category(
+            "cabin_media", "Cabin audio, video and images", PrivacyClass.SENSITIVE, "Never leaves the car by default", 0
+        ),
+        Category(
+            "exterior_camera",
+            "Exterior camera images",
+            PrivacyClass.IMPORTANT,
+            "Incident evidence, de-identified in the car",
+            90,
+        ),
     )
 }
 
@@ -195,8 +227,10 @@ class Catalogue:
     def arrow_schema(self, paths: Iterable[str] | None = None) -> pa.Schema:
         """Wire schema: ``t`` (UTC milliseconds) then one nullable column per signal."""
         sigs = [self[p] for p in paths] if paths is not None else list(self)
-        return pa.schema([pa.field("t", pa.timestamp("ms", tz="UTC"), nullable=False)]
-                         + [pa.field(s.path, s.arrow_type) for s in sigs])
+        return pa.schema(
+            [pa.field("t", pa.timestamp("ms", tz="UTC"), nullable=False)]
+            + [pa.field(s.path, s.arrow_type) for s in sigs]
+        )
 
     def by_category(self, category: str) -> list[Signal]:
         """Signals of one category."""
@@ -210,18 +244,20 @@ def catalogue() -> Catalogue:
     rows = csv.DictReader(text.splitlines())
     sigs = []
     for r in rows:
-        sigs.append(Signal(
-            path=r["path"],
-            datatype=r["datatype"],
-            unit=r["unit"],
-            min=_num(r["min"]),
-            max=_num(r["max"]),
-            resolution=_num(r["resolution"]),
-            rate_hz=int(r["rate_hz"]),
-            category=r["category"],
-            overlay=r["overlay"] == "1",
-            description=r["description"],
-        ))
+        sigs.append(
+            Signal(
+                path=r["path"],
+                datatype=r["datatype"],
+                unit=r["unit"],
+                min=_num(r["min"]),
+                max=_num(r["max"]),
+                resolution=_num(r["resolution"]),
+                rate_hz=int(r["rate_hz"]),
+                category=r["category"],
+                overlay=r["overlay"] == "1",
+                description=r["description"],
+            )
+        )
     for s in sigs:
         if s.category not in CATEGORIES:
             raise ValueError(f"signal {s.path} has unknown category {s.category}")

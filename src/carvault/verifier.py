@@ -61,8 +61,9 @@ class _Stop(Exception):
     """Nothing further can be checked."""
 
 
-def verify_package(path: Path | str, *, saved_checkpoint: str | None = None,
-                   trust: dict[str, Any] | None = None) -> Verdict:
+def verify_package(
+    path: Path | str, *, saved_checkpoint: str | None = None, trust: dict[str, Any] | None = None
+) -> Verdict:
     """Check everything in a package; never raises for a bad package, it reports."""
     v = Verdict(str(path))
     try:
@@ -98,8 +99,11 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
     except (KeyError, VerificationError) as e:
         v.add("trust anchors", False, f"no usable log key / CA in {source}: {e}")
         raise _Stop from None
-    v.add("trust anchors", True if trust else None,
-          f"log key {vkey.name} and CA sha256 {fingerprint(ca_pem)[:16]}… from {source}")
+    v.add(
+        "trust anchors",
+        True if trust else None,
+        f"log key {vkey.name} and CA sha256 {fingerprint(ca_pem)[:16]}… from {source}",
+    )
 
     try:
         vkey.public_key.verify(signature, MANIFEST_CONTEXT + manifest_bytes)
@@ -110,9 +114,13 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
     listed = manifest.get("files", {})
     bad = [n for n, h in listed.items() if n not in files or hashlib.sha256(files[n]).hexdigest() != h]
     extra = sorted(set(files) - set(listed))
-    v.add("files match the manifest", not bad and not extra,
-          "every file is listed with its SHA-256" if not bad and not extra
-          else f"changed or missing: {bad[:5]}; not listed: {extra[:5]}")
+    v.add(
+        "files match the manifest",
+        not bad and not extra,
+        "every file is listed with its SHA-256"
+        if not bad and not extra
+        else f"changed or missing: {bad[:5]}; not listed: {extra[:5]}",
+    )
 
     # 3. Vehicle certificate -> key ---------------------------------------------------------------
     batches = {n: d for n, d in files.items() if n.startswith("batches/")}
@@ -142,9 +150,11 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
             envs.append(env)
         except Exception as e:  # noqa: BLE001 - any defect of a batch is reported by name
             bad_sig.append(f"{name}: {getattr(e, 'message', e)}")
-    v.add("batch signatures", not bad_sig and bool(envs) and key is not None,
-          f"{len(envs)} batches signed by the vehicle over their exact bytes" if not bad_sig
-          else "; ".join(bad_sig[:5]))
+    v.add(
+        "batch signatures",
+        not bad_sig and bool(envs) and key is not None,
+        f"{len(envs)} batches signed by the vehicle over their exact bytes" if not bad_sig else "; ".join(bad_sig[:5]),
+    )
     envs.sort(key=lambda e: e.header.seq)
     breaks = []
     for a, b in zip(envs, envs[1:], strict=False):
@@ -153,14 +163,16 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
         elif b.header.prev != a.batch_hash:
             breaks.append(f"batch {b.header.seq} does not follow batch {a.header.seq}")
     if envs:
-        v.add("hash chain", not breaks, f"seq {envs[0].header.seq}..{envs[-1].header.seq} continuous"
-              if not breaks else "; ".join(breaks[:5]))
+        v.add(
+            "hash chain",
+            not breaks,
+            f"seq {envs[0].header.seq}..{envs[-1].header.seq} continuous" if not breaks else "; ".join(breaks[:5]),
+        )
 
     # 5. Checkpoint and inclusion proofs ------------------------------------------------------------
     cp = None
     try:
-        cp = verify_checkpoint(files["log/checkpoint.txt"], vkey.public_key, vkey.name,
-                               origin=manifest["log_origin"])
+        cp = verify_checkpoint(files["log/checkpoint.txt"], vkey.public_key, vkey.name, origin=manifest["log_origin"])
         v.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {vkey.name}")
     except (KeyError, VerificationError) as e:
         v.add("checkpoint signature", False, f"checkpoint is not signed by the region log key: {e}")
@@ -172,17 +184,20 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
                 if p is None:
                     raise VerificationError("no inclusion proof")
                 if p["batch_hash"] != env.batch_hash:
-                    raise VerificationError("proof is for other bytes", expected=env.batch_hash,
-                                            actual=p["batch_hash"])
-                leaf = leaf_data(region=region, vin=vin, seq=env.header.seq, batch_hash=env.batch_hash,
-                                 received_ms=p["received_ms"])
-                verify_inclusion(leaf_hash(leaf), p["leaf_index"], cp.size,
-                                 [base64.b64decode(x) for x in p["proof"]], cp.root)
+                    raise VerificationError("proof is for other bytes", expected=env.batch_hash, actual=p["batch_hash"])
+                leaf = leaf_data(
+                    region=region, vin=vin, seq=env.header.seq, batch_hash=env.batch_hash, received_ms=p["received_ms"]
+                )
+                verify_inclusion(
+                    leaf_hash(leaf), p["leaf_index"], cp.size, [base64.b64decode(x) for x in p["proof"]], cp.root
+                )
             except (VerificationError, KeyError, ValueError) as e:
                 failed.append(f"batch {env.header.seq}: {e}")
-        v.add("log inclusion", not failed and bool(envs),
-              f"all {len(envs)} batches are in the log at tree size {cp.size}" if not failed
-              else "; ".join(failed[:5]))
+        v.add(
+            "log inclusion",
+            not failed and bool(envs),
+            f"all {len(envs)} batches are in the log at tree size {cp.size}" if not failed else "; ".join(failed[:5]),
+        )
 
     # 6. Consistency with a checkpoint the owner saved earlier ------------------------------------
     if saved is not None and cp is not None:
@@ -194,18 +209,32 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
         tables = [e.table() for e in envs]
         window = assemble(tables, start, end, catalogue())
         same_csv = files.get("data/window.csv") == to_csv(window)
-        v.add("CSV equals the signed data", same_csv, f"{window.num_rows} rows recomputed from the batches"
-              if same_csv else "data/window.csv differs from the data in the signed batches")
+        v.add(
+            "CSV equals the signed data",
+            same_csv,
+            f"{window.num_rows} rows recomputed from the batches"
+            if same_csv
+            else "data/window.csv differs from the data in the signed batches",
+        )
         if manifest.get("event"):
             from carvault.access.edr import edr_csv, edr_elements
 
             same_edr = files.get("edr/part563.csv") == edr_csv(edr_elements(window, manifest["event"]["t_ms"]))
-            v.add("EDR table equals the signed data", same_edr, "49 CFR 563 elements recomputed from the batches"
-                  if same_edr else "edr/part563.csv differs from the data in the signed batches")
+            v.add(
+                "EDR table equals the signed data",
+                same_edr,
+                "49 CFR 563 elements recomputed from the batches"
+                if same_edr
+                else "edr/part563.csv differs from the data in the signed batches",
+            )
         cov = json.loads(files.get("coverage.json", b"{}"))
-        v.add("coverage report", cov.get("batches") == len(envs),
-              f"{len(cov.get('gaps', []))} gaps listed, chain {cov.get('chain')}" if cov.get("batches") == len(envs)
-              else "coverage.json does not describe the batches in the package")
+        v.add(
+            "coverage report",
+            cov.get("batches") == len(envs),
+            f"{len(cov.get('gaps', []))} gaps listed, chain {cov.get('chain')}"
+            if cov.get("batches") == len(envs)
+            else "coverage.json does not describe the batches in the package",
+        )
 
 
 def _check_saved(v: Verdict, saved: str, cp: Any, vkey: Any, origin: str, files: dict[str, bytes]) -> None:
@@ -215,23 +244,32 @@ def _check_saved(v: Verdict, saved: str, cp: Any, vkey: Any, origin: str, files:
         v.add("consistency with saved checkpoint", False, f"the saved checkpoint does not verify: {e}")
         return
     if old.size > cp.size:
-        v.add("consistency with saved checkpoint", None,
-              f"saved checkpoint (size {old.size}) is newer than the package's ({cp.size}); not checkable offline")
+        v.add(
+            "consistency with saved checkpoint",
+            None,
+            f"saved checkpoint (size {old.size}) is newer than the package's ({cp.size}); not checkable offline",
+        )
         return
     doc = json.loads(files.get("log/consistency.json", b'{"proofs": []}'))
     entry = next((p for p in doc.get("proofs", []) if p["old_size"] == old.size and p["new_size"] == cp.size), None)
     if old.size == cp.size:
         proof: list[bytes] = []
     elif entry is None:
-        v.add("consistency with saved checkpoint", False,
-              f"the package holds no consistency proof from the saved size {old.size} to {cp.size}")
+        v.add(
+            "consistency with saved checkpoint",
+            False,
+            f"the package holds no consistency proof from the saved size {old.size} to {cp.size}",
+        )
         return
     else:
         proof = [base64.b64decode(x) for x in entry["proof"]]
     try:
         verify_consistency(old.size, cp.size, old.root, cp.root, proof)
-        v.add("consistency with saved checkpoint", True,
-              f"the log at size {cp.size} extends the one you saved at size {old.size}: history not rewritten")
+        v.add(
+            "consistency with saved checkpoint",
+            True,
+            f"the log at size {cp.size} extends the one you saved at size {old.size}: history not rewritten",
+        )
     except VerificationError as e:
         v.add("consistency with saved checkpoint", False, f"THE LOG WAS REWRITTEN since your checkpoint: {e}")
 

@@ -24,8 +24,9 @@ def assemble(tables: Sequence[pa.Table], start_ms: int, end_ms: int, catalogue: 
     for t in tables:
         present.update(c for c in t.column_names if c != "t")
     order = [p for p in catalogue.paths if p in present]
-    schema = pa.schema([pa.field("t", TIME_TYPE, nullable=False)] + [pa.field(p, catalogue[p].arrow_type)
-                                                                      for p in order])
+    schema = pa.schema(
+        [pa.field("t", TIME_TYPE, nullable=False)] + [pa.field(p, catalogue[p].arrow_type) for p in order]
+    )
     if not tables:
         return schema.empty_table()
     table = pa.concat_tables(list(tables), promote_options="default")

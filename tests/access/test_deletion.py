@@ -22,7 +22,9 @@ def _setup(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, age
     table = drive_table(BASE_MS, seconds=120, paths=["Vehicle.Speed"])
     agent.record(table, batch_seconds=60)
     agent.upload_pending()
-    http.post("/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code})
+    http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
     return table
 
 
@@ -31,12 +33,15 @@ def test_deadline_is_ten_working_days() -> None:
     assert dt.datetime.fromtimestamp(add_working_days(friday, 10) / 1000, dt.UTC).date() == dt.date(2026, 12, 4)
 
 
-def test_deletion_erases_and_signs_a_receipt(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                                             agent: VehicleAgent, region: Region) -> None:
+def test_deletion_erases_and_signs_a_receipt(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     _setup(http, owner, vehicle, agent)
     segs = list((region.settings.data_dir / "segments").glob("*.cvseg"))
     assert any(b"CVB1" in p.read_bytes() for p in segs)
-    r = http.post("/api/v1/deletion-requests", headers=owner.headers, json={"vin": vehicle.vin, "reason": "sold the car"})
+    r = http.post(
+        "/api/v1/deletion-requests", headers=owner.headers, json={"vin": vehicle.vin, "reason": "sold the car"}
+    )
     assert r.status_code == 201, r.text
     req = r.json()
     assert req["status"] == "completed" and req["deadline_ms"] > req["requested_ms"]
@@ -45,24 +50,33 @@ def test_deletion_erases_and_signs_a_receipt(http: httpx.Client, owner: OwnerCli
     # The receipt is signed by the region key and the bytes are gone from disk.
     body = {k: v for k, v in receipt.items() if k not in ("signature", "signed_by")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    parse_vkey(receipt["signed_by"]).public_key.verify(base64.b64decode(receipt["signature"]), RECEIPT_CONTEXT + canonical)
+    parse_vkey(receipt["signed_by"]).public_key.verify(
+        base64.b64decode(receipt["signature"]), RECEIPT_CONTEXT + canonical
+    )
     assert not any(b"CVB1" in p.read_bytes() for p in segs)
-    q = http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers,
-                 params={"start": BASE_MS, "end": BASE_MS + 120_000})
+    q = http.get(
+        f"/api/v1/vehicles/{vehicle.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 120_000},
+    )
     assert q.json()["rows"] == 0
     actions = [e["action"] for e in http.get("/api/v1/audit", headers=owner.headers).json()["events"]]
     assert "deletion.request" in actions and "deletion.complete" in actions
 
 
-def test_legal_hold_freezes_instead_of_deleting(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                                                agent: VehicleAgent, region: Region) -> None:
+def test_legal_hold_freezes_instead_of_deleting(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     _setup(http, owner, vehicle, agent)
     hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 123")
     r = http.post("/api/v1/deletion-requests", headers=owner.headers, json={"vin": None, "reason": "all"})
     req = r.json()
     assert req["status"] == "held" and req["holds"][0]["authority"] == "Shenzhen Intermediate Court"
-    q = http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers,
-                 params={"start": BASE_MS, "end": BASE_MS + 120_000})
+    q = http.get(
+        f"/api/v1/vehicles/{vehicle.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 120_000},
+    )
     assert q.status_code == 403 and q.json()["error"]["code"] == "data_frozen"  # kept, not served
     assert region.telemetry.batches(vehicle.vin, 0, 10**13)  # still kept
     region.deletions.release_hold(hold.id)

@@ -28,8 +28,9 @@ SECONDS = 600
 def claimed(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> OwnerClient:
     agent.record(drive_table(seconds=SECONDS), batch_seconds=120)
     agent.upload_pending()
-    r = http.post("/api/v1/vehicles/claim", headers=owner.headers,
-                  json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code})
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
     assert r.status_code == 201
     return owner
 
@@ -47,8 +48,9 @@ def _run(jobs: ExportJobs, job: ExportJob) -> ExportJob:
     return done
 
 
-def test_files_equal_the_api_answer_in_every_format(region: Region, http: httpx.Client, claimed: OwnerClient,
-                                                     vehicle: VehicleIdentity) -> None:
+def test_files_equal_the_api_answer_in_every_format(
+    region: Region, http: httpx.Client, claimed: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     # Small chunks so the window spans several (with edges that cut through batches).
     jobs = ExportJobs(region, background=False, chunk_ms=70_000)
     start, end = BASE_MS + 15_000, BASE_MS + 500_000
@@ -65,10 +67,21 @@ def test_files_equal_the_api_answer_in_every_format(region: Region, http: httpx.
             assert pq.read_table(io.BytesIO(got)).equals(pq.read_table(io.BytesIO(want)))
         assert job.rows == (end - start) // 100 and job.progress == 1.0 and job.size == len(got)
     # Resampled, the chunks' buckets line up with the API's.
-    job = _run(jobs, jobs.create(claimed.owner_id, vehicle.vin, start_ms=start, end_ms=end, fmt="csv",
-                                 signals="Vehicle.Speed", resample_ms=30_000))
-    assert jobs.open_file(job).read_bytes() == _api(http, claimed, vehicle.vin, start=start, end=end,
-                                                    signals="Vehicle.Speed", format="csv", resample="30s")
+    job = _run(
+        jobs,
+        jobs.create(
+            claimed.owner_id,
+            vehicle.vin,
+            start_ms=start,
+            end_ms=end,
+            fmt="csv",
+            signals="Vehicle.Speed",
+            resample_ms=30_000,
+        ),
+    )
+    assert jobs.open_file(job).read_bytes() == _api(
+        http, claimed, vehicle.vin, start=start, end=end, signals="Vehicle.Speed", format="csv", resample="30s"
+    )
 
 
 def test_whole_history_gpx_and_audit(region: Region, claimed: OwnerClient, vehicle: VehicleIdentity) -> None:
@@ -85,8 +98,9 @@ def test_whole_history_gpx_and_audit(region: Region, claimed: OwnerClient, vehic
     assert "telemetry.export" in actions
 
 
-def test_one_worker_per_job_and_takeover_after_a_stalled_lease(region: Region, claimed: OwnerClient,
-                                                                vehicle: VehicleIdentity) -> None:
+def test_one_worker_per_job_and_takeover_after_a_stalled_lease(
+    region: Region, claimed: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     a = ExportJobs(region, background=False, lease_ms=60_000)
     b = ExportJobs(region, background=False)
     job = a.create(claimed.owner_id, vehicle.vin, start_ms=BASE_MS, end_ms=BASE_MS + 60_000, fmt="csv")
@@ -136,8 +150,9 @@ def _other_process(settings: Settings, job_id: int, out: multiprocessing.Queue) 
 
 
 @pytest.mark.slow
-def test_a_job_queued_by_one_process_is_run_by_another(region: Region, claimed: OwnerClient,
-                                                        vehicle: VehicleIdentity) -> None:
+def test_a_job_queued_by_one_process_is_run_by_another(
+    region: Region, claimed: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     jobs = ExportJobs(region, background=False)
     job = jobs.create(claimed.owner_id, vehicle.vin, start_ms=None, end_ms=None, fmt="parquet")
     ctx = multiprocessing.get_context("spawn")
@@ -153,8 +168,11 @@ def test_a_job_queued_by_one_process_is_run_by_another(region: Region, claimed: 
 
 
 def test_background_worker_through_the_api(http: httpx.Client, claimed: OwnerClient, vehicle: VehicleIdentity) -> None:
-    r = http.post("/api/v1/exports", headers=claimed.headers, json={"vin": vehicle.vin, "format": "csv",
-                                                                    "signals": "Vehicle.Speed"})
+    r = http.post(
+        "/api/v1/exports",
+        headers=claimed.headers,
+        json={"vin": vehicle.vin, "format": "csv", "signals": "Vehicle.Speed"},
+    )
     assert r.status_code == 202, r.text
     job = r.json()
     deadline = time.monotonic() + 30
@@ -164,6 +182,7 @@ def test_background_worker_through_the_api(http: httpx.Client, claimed: OwnerCli
     assert job["status"] == "done" and job["download"]
     d = http.get(job["download"], headers=claimed.headers)
     assert d.status_code == 200 and d.headers["content-type"].startswith("text/csv")
-    assert d.content == _api(http, claimed, vehicle.vin, start=job["start_ms"], end=job["end_ms"],
-                             signals="Vehicle.Speed", format="csv")
+    assert d.content == _api(
+        http, claimed, vehicle.vin, start=job["start_ms"], end=job["end_ms"], signals="Vehicle.Speed", format="csv"
+    )
     assert [j["id"] for j in http.get("/api/v1/exports", headers=claimed.headers).json()] == [job["id"]]

@@ -18,8 +18,9 @@ DAY = dt.date(2026, 11, 20)
 @pytest.fixture(scope="module")
 def days() -> list[SimulatedDay]:
     vins = fleet_vins(3, 7)
-    return [simulate_day(vin, 7 + i, DAY, incident=(i == 0), signals=list(TIMELINE_SIGNALS))
-            for i, vin in enumerate(vins)]
+    return [
+        simulate_day(vin, 7 + i, DAY, incident=(i == 0), signals=list(TIMELINE_SIGNALS)) for i, vin in enumerate(vins)
+    ]
 
 
 def test_drives_and_charges_match_the_simulated_day(days: list[SimulatedDay]) -> None:
@@ -57,8 +58,7 @@ def test_resampled_windows_give_the_same_drives(days: list[SimulatedDay], interv
 
 def _trace(speeds_kmh: list[float], t0: int = 1_700_000_000_000, step_ms: int = 1000) -> pa.Table:
     t = t0 + np.arange(len(speeds_kmh), dtype=np.int64) * step_ms
-    return pa.table({"t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")),
-                     SPEED: pa.array(speeds_kmh, pa.float32())})
+    return pa.table({"t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")), SPEED: pa.array(speeds_kmh, pa.float32())})
 
 
 def test_speed_alone_is_enough_and_short_stops_do_not_split_a_drive() -> None:
@@ -86,9 +86,13 @@ def test_parking_manoeuvres_odometer_and_empty_windows() -> None:
     assert detect(_trace([])).drives == [] and detect(_trace([])).charges == []
     t = 1_700_000_000_000 + np.arange(400, dtype=np.int64) * 1000
     odo = 10_000 + np.concatenate([np.zeros(50), np.arange(300) * 10.0, np.full(50, 2990.0)])
-    table = pa.table({"t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")),
-                      IS_MOVING: pa.array(np.r_[np.zeros(50), np.ones(300), np.zeros(50)].astype(bool)),
-                      ODOMETER: pa.array(odo.astype(np.uint32))})
+    table = pa.table(
+        {
+            "t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")),
+            IS_MOVING: pa.array(np.r_[np.zeros(50), np.ones(300), np.zeros(50)].astype(bool)),
+            ODOMETER: pa.array(odo.astype(np.uint32)),
+        }
+    )
     (d,) = detect(table).drives
     assert d.distance_m == 2990 and d.start_ms == t[50] and d.end_ms == t[350]
     assert d.to_json()["kind"] == "drive" and d.to_json()["top_speed_kmh"] is None

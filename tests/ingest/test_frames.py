@@ -59,13 +59,22 @@ def rows() -> tuple[pa.Table, list[bytes]]:
 
 def consent_to_camera(region: Region, vehicle: VehicleIdentity, agent: VehicleAgent, owner: OwnerClient) -> None:
     """The owner opted in to exterior camera frames (before the recorded time), and the car fetched it."""
-    region.consents.decide(vehicle.vin, owner.owner_id, "exterior_camera", enabled=True, purpose="incident evidence",
-                           ends_ms=int(time.time() * 1000) + 86_400_000, lasting=True, at_ms=BASE_MS - 60_000)
+    region.consents.decide(
+        vehicle.vin,
+        owner.owner_id,
+        "exterior_camera",
+        enabled=True,
+        purpose="incident evidence",
+        ends_ms=int(time.time() * 1000) + 86_400_000,
+        lasting=True,
+        at_ms=BASE_MS - 60_000,
+    )
     agent.fetch_policy()
 
 
-def test_frames_need_the_owners_consent(region: Region, vehicle: VehicleIdentity, agent: VehicleAgent,
-                                        owner: OwnerClient) -> None:
+def test_frames_need_the_owners_consent(
+    region: Region, vehicle: VehicleIdentity, agent: VehicleAgent, owner: OwnerClient
+) -> None:
     from carvault.vehicle.camera import ConsentMissing
 
     with pytest.raises(ConsentMissing):
@@ -74,7 +83,11 @@ def test_frames_need_the_owners_consent(region: Region, vehicle: VehicleIdentity
 
 
 def test_the_car_uploads_the_batch_then_the_frames_and_the_owner_gets_the_blurred_frame(
-    http: httpx.Client, region: Region, vehicle: VehicleIdentity, agent: VehicleAgent, owner: OwnerClient,
+    http: httpx.Client,
+    region: Region,
+    vehicle: VehicleIdentity,
+    agent: VehicleAgent,
+    owner: OwnerClient,
 ) -> None:
     consent_to_camera(region, vehicle, agent, owner)
     batch, blobs = spool_frames(agent, [(BASE_MS, "FRONT", PLATE_PHOTO), (BASE_MS + 1000, "REAR", FACE_PHOTO)])
@@ -97,39 +110,55 @@ def test_the_car_uploads_the_batch_then_the_frames_and_the_owner_gets_the_blurre
     again = upload_frames(agent, blobs[:1])[0]
     assert again["duplicate"] and again["sha256"] == sha and len(blobs_on_disk(region)) == 2
 
-    assert http.post("/api/v1/vehicles/claim", headers=owner.headers,
-                     json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}).status_code == 201
+    assert (
+        http.post(
+            "/api/v1/vehicles/claim",
+            headers=owner.headers,
+            json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code},
+        ).status_code
+        == 201
+    )
     for blob, raw in zip(blobs, (PLATE_PHOTO, FACE_PHOTO), strict=True):
         digest = hashlib.sha256(blob).hexdigest()
         r = http.get(f"/api/v1/vehicles/{vehicle.vin}/frames/{digest}", headers=owner.headers)
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert r.content == blob and r.content != raw  # the de-identified frame, never what the camera shot
     events = http.get("/api/v1/audit", headers=owner.headers, params={"action": "frame.read"}).json()["events"]
-    assert len(events) == 2 and {e["detail"]["sha256"] for e in events} == {hashlib.sha256(b).hexdigest()
-                                                                           for b in blobs}
+    assert len(events) == 2 and {e["detail"]["sha256"] for e in events} == {
+        hashlib.sha256(b).hexdigest() for b in blobs
+    }
     # The batch that binds the frames is in the transparency log like any other.
     assert receipts[0]["log_index"] >= 0
 
     # Other owners' vehicles answer 404 exactly like vehicles that do not exist; so do unknown frames.
     stranger = make_owner(http)
-    for vin, digest in ((vehicle.vin, sha), ("LRWNOSUCHVIN00000", sha), (vehicle.vin, "0" * 64),
-                        (vehicle.vin, "not-a-hash")):
-        r = http.get(f"/api/v1/vehicles/{vin}/frames/{digest}",
-                     headers=owner.headers if digest != sha else stranger.headers)
+    for vin, digest in (
+        (vehicle.vin, sha),
+        ("LRWNOSUCHVIN00000", sha),
+        (vehicle.vin, "0" * 64),
+        (vehicle.vin, "not-a-hash"),
+    ):
+        r = http.get(
+            f"/api/v1/vehicles/{vin}/frames/{digest}", headers=owner.headers if digest != sha else stranger.headers
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (vin, digest)
     assert http.get(f"/api/v1/vehicles/{vehicle.vin}/frames/{sha}").status_code == 401
 
 
 def test_frames_without_the_de_identification_mark_are_refused(
-    http: httpx.Client, region: Region, vehicle: VehicleIdentity, rows: tuple[pa.Table, list[bytes]],
+    http: httpx.Client,
+    region: Region,
+    vehicle: VehicleIdentity,
+    rows: tuple[pa.Table, list[bytes]],
 ) -> None:
     table, blobs = rows
     mark = table.column_names.index(CAMERA + "DeIdentified")
     unmarked = table.set_column(mark, pa.field(CAMERA + "DeIdentified", pa.bool_()), pa.array([True, False]))
     without = table.drop_columns([CAMERA + "Redactions"])
     for bad in (unmarked, without):
-        blob = make_batch(vin=vehicle.vin, region="cn", seq=1, prev=GENESIS_PREV, table=bad, key=vehicle.key,
-                          kind="media")
+        blob = make_batch(
+            vin=vehicle.vin, region="cn", seq=1, prev=GENESIS_PREV, table=bad, key=vehicle.key, kind="media"
+        )
         r = http.post("/api/v1/ingest/batches", content=blob, headers={"Content-Type": BATCH_MEDIA_TYPE})
         assert r.status_code == 422 and r.json()["error"]["code"] == "deidentification_missing", r.text
     # Nothing binds the frames, so they are refused too, and nothing is written.
@@ -140,13 +169,19 @@ def test_frames_without_the_de_identification_mark_are_refused(
 
 
 def test_unreferenced_and_malformed_frames_are_refused_and_nothing_is_stored(
-    http: httpx.Client, region: Region, vehicle: VehicleIdentity, rows: tuple[pa.Table, list[bytes]],
+    http: httpx.Client,
+    region: Region,
+    vehicle: VehicleIdentity,
+    rows: tuple[pa.Table, list[bytes]],
 ) -> None:
     table, blobs = rows
-    batch = make_batch(vin=vehicle.vin, region="cn", seq=1, prev=GENESIS_PREV, table=table, key=vehicle.key,
-                       kind="media")
-    assert http.post("/api/v1/ingest/batches", content=batch,
-                     headers={"Content-Type": BATCH_MEDIA_TYPE}).status_code == 200
+    batch = make_batch(
+        vin=vehicle.vin, region="cn", seq=1, prev=GENESIS_PREV, table=table, key=vehicle.key, kind="media"
+    )
+    assert (
+        http.post("/api/v1/ingest/batches", content=batch, headers={"Content-Type": BATCH_MEDIA_TYPE}).status_code
+        == 200
+    )
     cases = [
         # The photo as shot: its hash is not the de-identified frame's, so no batch names it.
         ("raw photo", PLATE_PHOTO, vehicle.vin, "image/jpeg", 409, "unknown_frame"),

@@ -20,18 +20,31 @@ from carvault.vehicle.identity import VehicleIdentity
 from tests.factories import BASE_MS, drive_table, vin_for
 
 UPLOAD = "/api/v1/ingest/batches"
-SMALL = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition", "Vehicle.ADAS.ABS.IsEngaged",
-         "Vehicle.Body.Lights.Brake.IsActive", "Vehicle.CurrentLocation.Latitude"]
+SMALL = [
+    "Vehicle.Speed",
+    "Vehicle.Chassis.Brake.PedalPosition",
+    "Vehicle.ADAS.ABS.IsEngaged",
+    "Vehicle.Body.Lights.Brake.IsActive",
+    "Vehicle.CurrentLocation.Latitude",
+]
 
 
 def post(http: httpx.Client, blob: bytes, content_type: str = BATCH_MEDIA_TYPE) -> httpx.Response:
     return http.post(UPLOAD, content=blob, headers={"Content-Type": content_type})
 
 
-def batch(v: VehicleIdentity, table: pa.Table | None = None, seq: int = 1, prev: str = GENESIS_PREV,
-          **kw: object) -> bytes:
-    return make_batch(vin=v.vin, region=v.region, seq=seq, prev=prev,
-                      table=table if table is not None else drive_table(seconds=10, paths=SMALL), key=v.key, **kw)
+def batch(
+    v: VehicleIdentity, table: pa.Table | None = None, seq: int = 1, prev: str = GENESIS_PREV, **kw: object
+) -> bytes:
+    return make_batch(
+        vin=v.vin,
+        region=v.region,
+        seq=seq,
+        prev=prev,
+        table=table if table is not None else drive_table(seconds=10, paths=SMALL),
+        key=v.key,
+        **kw,
+    )
 
 
 def stored(region: Region) -> tuple[int, int, int]:
@@ -55,14 +68,14 @@ def test_accepts_and_answers_with_a_receipt(http: httpx.Client, region: Region, 
     assert region.segment_reader.read(rec.segment, rec.offset, rec.length) == blob
 
 
-def test_identical_resend_gets_the_same_receipt(http: httpx.Client, region: Region,
-                                                vehicle: VehicleIdentity) -> None:
+def test_identical_resend_gets_the_same_receipt(http: httpx.Client, region: Region, vehicle: VehicleIdentity) -> None:
     blob = batch(vehicle)
     first = post(http, blob).json()
     again = post(http, blob)
     assert again.status_code == 200
     assert {k: v for k, v in again.json().items() if k != "duplicate"} == {
-        k: v for k, v in first.items() if k != "duplicate"}
+        k: v for k, v in first.items() if k != "duplicate"
+    }
     assert again.json()["duplicate"] is True
     assert stored(region)[:2] == (1, 1)
 
@@ -92,8 +105,9 @@ def _replace(path: str, values: Callable[[int], pa.Array]) -> pa.Table:
 
 def _raw_envelope(v: VehicleIdentity, table: pa.Table, **header: object) -> bytes:
     ts = table.column("t").cast(pa.int64())
-    fields = dict(vin=v.vin, region=v.region, seq=1, prev=GENESIS_PREV, t0=ts[0].as_py(), t1=ts[-1].as_py(),
-                  rows=table.num_rows)
+    fields = dict(
+        vin=v.vin, region=v.region, seq=1, prev=GENESIS_PREV, t0=ts[0].as_py(), t1=ts[-1].as_py(), rows=table.num_rows
+    )
     fields.update(header)
     return encode_envelope(BatchHeader(**fields), encode_payload(table), v.key)  # type: ignore[arg-type]
 
@@ -103,59 +117,134 @@ def _future_table() -> pa.Table:
 
 
 CASES: list[tuple[str, int, str, Callable[[VehicleIdentity], bytes], str]] = [
-    ("unknown vehicle", 401, "unknown_vehicle",
-     lambda v: make_batch(vin=vin_for(999), region="cn", seq=1, prev=GENESIS_PREV,
-                          table=drive_table(seconds=10, paths=SMALL), key=v.key), BATCH_MEDIA_TYPE),
-    ("bad signature", 401, "bad_signature",
-     lambda v: make_batch(vin=v.vin, region="cn", seq=1, prev=GENESIS_PREV,
-                          table=drive_table(seconds=10, paths=SMALL), key=Ed25519PrivateKey.generate()),
-     BATCH_MEDIA_TYPE),
+    (
+        "unknown vehicle",
+        401,
+        "unknown_vehicle",
+        lambda v: make_batch(
+            vin=vin_for(999),
+            region="cn",
+            seq=1,
+            prev=GENESIS_PREV,
+            table=drive_table(seconds=10, paths=SMALL),
+            key=v.key,
+        ),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "bad signature",
+        401,
+        "bad_signature",
+        lambda v: make_batch(
+            vin=v.vin,
+            region="cn",
+            seq=1,
+            prev=GENESIS_PREV,
+            table=drive_table(seconds=10, paths=SMALL),
+            key=Ed25519PrivateKey.generate(),
+        ),
+        BATCH_MEDIA_TYPE,
+    ),
     ("broken chain: wrong prev", 409, "broken_chain", lambda v: batch(v, prev="ab" * 32), BATCH_MEDIA_TYPE),
     ("broken chain: gap", 409, "broken_chain", lambda v: batch(v, seq=2), BATCH_MEDIA_TYPE),
     ("malformed: garbage", 400, "malformed_batch", lambda v: b"hello, gateway" * 10, BATCH_MEDIA_TYPE),
     ("malformed: truncated", 400, "malformed_batch", lambda v: batch(v)[:-100], BATCH_MEDIA_TYPE),
     ("malformed: trailing bytes", 400, "malformed_batch", lambda v: batch(v) + b"\0", BATCH_MEDIA_TYPE),
-    ("malformed: header not json", 400, "malformed_batch",
-     lambda v: b"CVB1" + struct.pack(">I", 3) + b"{{{" + struct.pack(">Q", 0) + bytes(64), BATCH_MEDIA_TYPE),
-    ("malformed: payload not parquet", 400, "malformed_batch",
-     lambda v: encode_envelope(BatchHeader(vin=v.vin, region="cn", seq=1, prev=GENESIS_PREV, t0=BASE_MS,
-                                           t1=BASE_MS + 1, rows=1), b"PAR1 nonsense", v.key), BATCH_MEDIA_TYPE),
-    ("malformed: row count", 400, "malformed_batch",
-     lambda v: _raw_envelope(v, drive_table(seconds=10, paths=SMALL), rows=5), BATCH_MEDIA_TYPE),
+    (
+        "malformed: header not json",
+        400,
+        "malformed_batch",
+        lambda v: b"CVB1" + struct.pack(">I", 3) + b"{{{" + struct.pack(">Q", 0) + bytes(64),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "malformed: payload not parquet",
+        400,
+        "malformed_batch",
+        lambda v: encode_envelope(
+            BatchHeader(vin=v.vin, region="cn", seq=1, prev=GENESIS_PREV, t0=BASE_MS, t1=BASE_MS + 1, rows=1),
+            b"PAR1 nonsense",
+            v.key,
+        ),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "malformed: row count",
+        400,
+        "malformed_batch",
+        lambda v: _raw_envelope(v, drive_table(seconds=10, paths=SMALL), rows=5),
+        BATCH_MEDIA_TYPE,
+    ),
     ("wrong content type", 415, "unsupported_media_type", lambda v: batch(v), "application/json"),
-    ("unknown signal", 400, "unknown_signal",
-     lambda v: batch(v, _with_column("Vehicle.Cabin.Secret", lambda n: pa.array(np.ones(n), pa.float32()))),
-     BATCH_MEDIA_TYPE),
-    ("wrong type", 400, "wrong_signal_type",
-     lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.ones(n), pa.float64()))),
-     BATCH_MEDIA_TYPE),
-    ("out of range", 400, "value_out_of_range",
-     lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.full(n, 999.0), pa.float32()))),
-     BATCH_MEDIA_TYPE),
-    ("not finite", 400, "value_out_of_range",
-     lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.full(n, np.nan), pa.float32()))),
-     BATCH_MEDIA_TYPE),
-    ("enum value not allowed", 400, "value_out_of_range",
-     lambda v: batch(v, _replace("Vehicle.Body.Lights.Brake.IsActive", lambda n: pa.array(["ON"] * n))),
-     BATCH_MEDIA_TYPE),
-    ("timestamps outside span", 400, "timestamp_out_of_span",
-     lambda v: batch(v, t0=BASE_MS + 5000), BATCH_MEDIA_TYPE),
-    ("timestamps not increasing", 400, "timestamp_out_of_span",
-     lambda v: batch(v, drive_table(seconds=10, paths=SMALL).take(list(range(99, -1, -1))),
-                     t0=BASE_MS, t1=BASE_MS + 10_000), BATCH_MEDIA_TYPE),
+    (
+        "unknown signal",
+        400,
+        "unknown_signal",
+        lambda v: batch(v, _with_column("Vehicle.Cabin.Secret", lambda n: pa.array(np.ones(n), pa.float32()))),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "wrong type",
+        400,
+        "wrong_signal_type",
+        lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.ones(n), pa.float64()))),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "out of range",
+        400,
+        "value_out_of_range",
+        lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.full(n, 999.0), pa.float32()))),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "not finite",
+        400,
+        "value_out_of_range",
+        lambda v: batch(v, _replace("Vehicle.Speed", lambda n: pa.array(np.full(n, np.nan), pa.float32()))),
+        BATCH_MEDIA_TYPE,
+    ),
+    (
+        "enum value not allowed",
+        400,
+        "value_out_of_range",
+        lambda v: batch(v, _replace("Vehicle.Body.Lights.Brake.IsActive", lambda n: pa.array(["ON"] * n))),
+        BATCH_MEDIA_TYPE,
+    ),
+    ("timestamps outside span", 400, "timestamp_out_of_span", lambda v: batch(v, t0=BASE_MS + 5000), BATCH_MEDIA_TYPE),
+    (
+        "timestamps not increasing",
+        400,
+        "timestamp_out_of_span",
+        lambda v: batch(
+            v, drive_table(seconds=10, paths=SMALL).take(list(range(99, -1, -1))), t0=BASE_MS, t1=BASE_MS + 10_000
+        ),
+        BATCH_MEDIA_TYPE,
+    ),
     ("far in the future", 400, "timestamp_in_future", lambda v: batch(v, _future_table()), BATCH_MEDIA_TYPE),
-    ("oversized", 413, "payload_too_large",
-     lambda v: batch(v, drive_table(seconds=200, seed=3)), BATCH_MEDIA_TYPE),
-    ("other region", 421, "wrong_region",
-     lambda v: make_batch(vin=v.vin, region="eu", seq=1, prev=GENESIS_PREV,
-                          table=drive_table(seconds=10, paths=SMALL), key=v.key), BATCH_MEDIA_TYPE),
+    ("oversized", 413, "payload_too_large", lambda v: batch(v, drive_table(seconds=200, seed=3)), BATCH_MEDIA_TYPE),
+    (
+        "other region",
+        421,
+        "wrong_region",
+        lambda v: make_batch(
+            vin=v.vin, region="eu", seq=1, prev=GENESIS_PREV, table=drive_table(seconds=10, paths=SMALL), key=v.key
+        ),
+        BATCH_MEDIA_TYPE,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "status", "code", "build", "ctype"), CASES, ids=[c[0] for c in CASES])
 def test_refusals_store_nothing_and_keep_serving(
-    http: httpx.Client, region: Region, vehicle: VehicleIdentity, name: str, status: int, code: str,
-    build: Callable[[VehicleIdentity], bytes], ctype: str,
+    http: httpx.Client,
+    region: Region,
+    vehicle: VehicleIdentity,
+    name: str,
+    status: int,
+    code: str,
+    build: Callable[[VehicleIdentity], bytes],
+    ctype: str,
 ) -> None:
     before = stored(region)
     blob = build(vehicle)
@@ -175,8 +264,7 @@ def test_refusals_store_nothing_and_keep_serving(
     assert good.status_code == 200, good.text
 
 
-def test_different_batch_with_used_seq_is_refused(http: httpx.Client, region: Region,
-                                                  vehicle: VehicleIdentity) -> None:
+def test_different_batch_with_used_seq_is_refused(http: httpx.Client, region: Region, vehicle: VehicleIdentity) -> None:
     assert post(http, batch(vehicle)).status_code == 200
     before = stored(region)
     other = batch(vehicle, drive_table(seconds=10, paths=SMALL, seed=5))
@@ -185,8 +273,9 @@ def test_different_batch_with_used_seq_is_refused(http: httpx.Client, region: Re
     assert stored(region) == before
 
 
-def test_vehicle_without_a_valid_certificate_is_refused(http: httpx.Client, region: Region,
-                                                        vehicle: VehicleIdentity) -> None:
+def test_vehicle_without_a_valid_certificate_is_refused(
+    http: httpx.Client, region: Region, vehicle: VehicleIdentity
+) -> None:
     from carvault.pki import RegionCA
 
     rogue = RegionCA.load_or_create(Ed25519PrivateKey.generate(), region.settings.data_dir / "rogue.pem", "cn")
@@ -200,7 +289,8 @@ def test_vehicle_without_a_valid_certificate_is_refused(http: httpx.Client, regi
 
 
 def test_crash_between_log_append_and_index_write_does_not_log_twice(
-        http: httpx.Client, region: Region, vehicle: VehicleIdentity) -> None:
+    http: httpx.Client, region: Region, vehicle: VehicleIdentity
+) -> None:
     blob = batch(vehicle)
     first = post(http, blob).json()
     from sqlalchemy import update

@@ -39,10 +39,19 @@ def test_region_on_postgres(postgres: TemporaryPostgres, tmp_path: Path) -> None
             assert [r["log_index"] for r in receipts] == [0, 1, 2]
             # Re-sending the first batch gives the same receipt; a forged seq is refused.
             owner = make_owner(http)
-            assert http.post("/api/v1/vehicles/claim", headers=owner.headers,
-                             json={"vin": car.vin, "pairing_code": car.pairing_code}).status_code == 201
-            r = http.get(f"/api/v1/vehicles/{car.vin}/telemetry", headers=owner.headers,
-                         params={"start": BASE_MS, "end": BASE_MS + 180_000, "signals": "Vehicle.Speed"})
+            assert (
+                http.post(
+                    "/api/v1/vehicles/claim",
+                    headers=owner.headers,
+                    json={"vin": car.vin, "pairing_code": car.pairing_code},
+                ).status_code
+                == 201
+            )
+            r = http.get(
+                f"/api/v1/vehicles/{car.vin}/telemetry",
+                headers=owner.headers,
+                params={"start": BASE_MS, "end": BASE_MS + 180_000, "signals": "Vehicle.Speed"},
+            )
             assert r.json()["rows"] == 1800
             assert region.audit.verify_chain(owner.owner_id) >= 3
             agent.head.seq = 1  # pretend the car forgot: seq 2 again with different content

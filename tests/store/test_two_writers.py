@@ -32,8 +32,9 @@ PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition", "Vehicle.Curren
 
 def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
-    return subprocess.Popen([sys.executable, "-m", "carvault.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "carvault.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -94,8 +95,9 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
             assert sha256_hex(raw) == rec.batch_hash
             assert rec.prev_hash == by_vin.get(rec.vin, "0" * 64)  # each chain continuous across processes
             by_vin[rec.vin] = rec.batch_hash
-            leaf = leaf_data(region="cn", vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
-                             received_ms=rec.received_ms)
+            leaf = leaf_data(
+                region="cn", vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash, received_ms=rec.received_ms
+            )
             assert r.log.leaf_hash(rec.log_index) == leaf_hash(leaf)
             verify_inclusion(leaf_hash(leaf), rec.log_index, r.log.size, r.log.inclusion_proof(rec.log_index), root)
 
@@ -106,8 +108,12 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         cars = [provision(r, vin_for(200 + i), tmp_path / "vehicles") for i in range(4)]
     port = free_port()
     env = {**os.environ, "CARVAULT_DATA_DIR": str(data), "CARVAULT_REGION": "cn"}
-    proc = subprocess.Popen([sys.executable, "-m", "carvault.cli", "serve", "--port", str(port), "--workers", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "carvault.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url, proc)

@@ -68,8 +68,9 @@ def since(region: Region, vin: str, before: int) -> pa.Table:
     return pa.concat_tables(uploaded_tables(region, vin)[before:], promote_options="default")
 
 
-def test_sensitive_categories_are_off_by_default(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                                                 agent: VehicleAgent, region: Region) -> None:
+def test_sensitive_categories_are_off_by_default(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     claim(http, owner, vehicle)
     overview = http.get(f"/api/v1/vehicles/{vehicle.vin}/consents", headers=owner.headers).json()
     status = {c["category"]: c["status"] for c in overview["categories"]}
@@ -80,27 +81,44 @@ def test_sensitive_categories_are_off_by_default(http: httpx.Client, owner: Owne
     agent.process(drive_table(BASE_MS, seconds=120, paths=LOCATION), batch_seconds=60)
     agent.upload_pending()
     tables = uploaded_tables(region, vehicle.vin)
-    assert tables and all(LAT not in t.column_names and "Vehicle.Driver.HeartRate" not in t.column_names
-                          for t in tables)
+    assert tables and all(
+        LAT not in t.column_names and "Vehicle.Driver.HeartRate" not in t.column_names for t in tables
+    )
     assert all("Vehicle.Speed" in t.column_names for t in tables)
 
 
-def test_consent_needs_an_end_date_and_a_purpose(http: httpx.Client, owner: OwnerClient,
-                                                 vehicle: VehicleIdentity) -> None:
+def test_consent_needs_an_end_date_and_a_purpose(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     claim(http, owner, vehicle)
-    for body in ({"enabled": True, "purpose": "route history"}, {"enabled": True, "ends": in_one_year()},
-                 {"enabled": True, "purpose": "x", "ends": "2000-01-01"},
-                 {"enabled": True, "purpose": "x", "ends": in_one_year() + 10 * 365 * 86_400_000}):
+    for body in (
+        {"enabled": True, "purpose": "route history"},
+        {"enabled": True, "ends": in_one_year()},
+        {"enabled": True, "purpose": "x", "ends": "2000-01-01"},
+        {"enabled": True, "purpose": "x", "ends": in_one_year() + 10 * 365 * 86_400_000},
+    ):
         r = consent(http, owner, vehicle.vin, "location", **body)
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", body
     assert consent(http, owner, vehicle.vin, "nonsense", enabled=False).status_code == 422
 
 
-def test_grant_coarse_then_precise_then_stop(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                                             agent: VehicleAgent, region: Region) -> None:
+def test_grant_coarse_then_precise_then_stop(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     claim(http, owner, vehicle)
-    assert consent(http, owner, vehicle.vin, "location", enabled=True, purpose="my route history",
-                   ends=in_one_year(), lasting=True).json()["status"] == "collecting"
+    assert (
+        consent(
+            http,
+            owner,
+            vehicle.vin,
+            "location",
+            enabled=True,
+            purpose="my route history",
+            ends=in_one_year(),
+            lasting=True,
+        ).json()["status"]
+        == "collecting"
+    )
     agent.fetch_policy()
     agent.process(fresh(60), batch_seconds=60)
     agent.upload_pending()
@@ -113,8 +131,9 @@ def test_grant_coarse_then_precise_then_stop(http: httpx.Client, owner: OwnerCli
         assert h3.cell_to_latlng(h3.latlng_to_cell(a, b, 8)) == pytest.approx((a, b), abs=1e-6)
     assert coarse.column("Vehicle.CurrentLocation.Altitude").null_count == coarse.num_rows
 
-    consent(http, owner, vehicle.vin, "location_precise", enabled=True, purpose="evidence", ends=in_one_year(),
-            lasting=True)
+    consent(
+        http, owner, vehicle.vin, "location_precise", enabled=True, purpose="evidence", ends=in_one_year(), lasting=True
+    )
     agent.fetch_policy()
     before = len(uploaded_tables(region, vehicle.vin))
     sent = fresh(60)
@@ -138,9 +157,9 @@ def test_grant_coarse_then_precise_then_stop(http: httpx.Client, owner: OwnerCli
     assert actions.count("consent.grant") == 2 and actions.count("consent.stop") == 1
 
 
-def test_one_drive_opt_in_lapses_at_the_next_ignition(http: httpx.Client, owner: OwnerClient,
-                                                      vehicle: VehicleIdentity, agent: VehicleAgent,
-                                                      region: Region) -> None:
+def test_one_drive_opt_in_lapses_at_the_next_ignition(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     claim(http, owner, vehicle)
     consent(http, owner, vehicle.vin, "location", enabled=True, purpose="this trip", ends=in_one_year(), lasting=False)
     agent.fetch_policy()
@@ -157,12 +176,19 @@ def test_one_drive_opt_in_lapses_at_the_next_ignition(http: httpx.Client, owner:
     assert LAT in tables[0].column_names and LAT not in tables[-1].column_names
 
 
-def test_masked_places_hide_trip_ends(vehicle: VehicleIdentity, server: BackgroundServer, region: Region,
-                                      http: httpx.Client, owner: OwnerClient, tmp_path: Path) -> None:
+def test_masked_places_hide_trip_ends(
+    vehicle: VehicleIdentity,
+    server: BackgroundServer,
+    region: Region,
+    http: httpx.Client,
+    owner: OwnerClient,
+    tmp_path: Path,
+) -> None:
     claim(http, owner, vehicle)
     consent(http, owner, vehicle.vin, "location", enabled=True, purpose="route", ends=in_one_year(), lasting=True)
-    consent(http, owner, vehicle.vin, "location_precise", enabled=True, purpose="route", ends=in_one_year(),
-            lasting=True)
+    consent(
+        http, owner, vehicle.vin, "location_precise", enabled=True, purpose="route", ends=in_one_year(), lasting=True
+    )
     table = fresh(60)
     lat0, lon0 = table.column(LAT).drop_null()[0].as_py(), table.column(LON).drop_null()[0].as_py()
     home = Place(lat0, lon0, 200.0)
@@ -179,7 +205,8 @@ def test_masked_places_hide_trip_ends(vehicle: VehicleIdentity, server: Backgrou
 
 
 def test_events_are_recorded_and_uploaded_even_when_routine_collection_is_off(
-        http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region) -> None:
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
     claim(http, owner, vehicle)
     day = simulate_day(vehicle.vin, 3, date(2026, 11, 20), incident=True)
     agent.fetch_policy()
@@ -202,8 +229,11 @@ def test_events_are_recorded_and_uploaded_even_when_routine_collection_is_off(
     # ... and never biometrics.
     assert all("Vehicle.Driver.HeartRate" not in t.column_names for t in event_tables)
     # The incident package around the crash holds the event batch and verifies.
-    r = http.post(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers,
-                  json={"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5, "minutes_after": 1})
+    r = http.post(
+        f"/api/v1/vehicles/{vehicle.vin}/packages",
+        headers=owner.headers,
+        json={"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5, "minutes_after": 1},
+    )
     assert r.status_code == 201, r.text
     check = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages/{r.json()['id']}/verification", headers=owner.headers)
     assert check.json()["ok"], [c for c in check.json()["checks"] if c["ok"] is False]
@@ -212,12 +242,17 @@ def test_events_are_recorded_and_uploaded_even_when_routine_collection_is_off(
 def steady(start_ms: int, seconds: int) -> pa.Table:
     """A steady cruise: nothing the event recorder would trigger on."""
     t = start_ms + np.arange(seconds * 10, dtype=np.int64) * 100
-    return pa.table({"t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")),
-                     "Vehicle.Speed": pa.array(np.full(len(t), 50.0), pa.float32())})
+    return pa.table(
+        {
+            "t": pa.array(t).cast(pa.timestamp("ms", tz="UTC")),
+            "Vehicle.Speed": pa.array(np.full(len(t), 50.0), pa.float32()),
+        }
+    )
 
 
-def test_gateway_down_mid_drive_loses_and_duplicates_nothing(region: Region, vehicle: VehicleIdentity,
-                                                             tmp_path: Path) -> None:
+def test_gateway_down_mid_drive_loses_and_duplicates_nothing(
+    region: Region, vehicle: VehicleIdentity, tmp_path: Path
+) -> None:
     server = BackgroundServer(region).start()
     agent = VehicleAgent(vehicle, tmp_path / "car", server.url)
     agent.process(steady(BASE_MS, 300), batch_seconds=60)
@@ -241,6 +276,7 @@ def test_gateway_down_mid_drive_loses_and_duplicates_nothing(region: Region, veh
         assert s.scalar(select(func.count()).select_from(BatchRecord)) == 10
         hashes = {rec.seq: rec.batch_hash for rec in s.scalars(select(BatchRecord))}
     import hashlib
+
     for name, blob in pending.items():
         assert hashes[int(name.split(".")[0])] == hashlib.sha256(blob).hexdigest()  # same bytes, never re-signed
     assert region.log.size == 10
@@ -249,8 +285,9 @@ def test_gateway_down_mid_drive_loses_and_duplicates_nothing(region: Region, veh
 def test_refusal_is_not_retried_forever(agent: VehicleAgent) -> None:
     agent.spool(drive_table(BASE_MS, seconds=10, paths=["Vehicle.Speed"]), t0=BASE_MS, t1=BASE_MS + 10_000)
     agent.identity.region = "eu"  # a misconfigured car: its next batch claims another region
-    agent.spool(drive_table(BASE_MS + 10_000, seconds=10, paths=["Vehicle.Speed"]), t0=BASE_MS + 10_000,
-                t1=BASE_MS + 20_000)
+    agent.spool(
+        drive_table(BASE_MS + 10_000, seconds=10, paths=["Vehicle.Speed"]), t0=BASE_MS + 10_000, t1=BASE_MS + 20_000
+    )
     with pytest.raises(UploadRefused) as e:
         agent.upload_with_retry(attempts=3, first_delay_s=0.01)
     assert e.value.status == 421 and len(agent.pending()) == 1

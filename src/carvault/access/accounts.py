@@ -78,11 +78,18 @@ class FailureLimiter:
         with self.db.session() as s:
             s.execute(delete(LoginAttempt).where(LoginAttempt.at_ms < since))
             for k in keys:
-                n = s.scalar(select(func.count()).select_from(LoginAttempt)
-                             .where(LoginAttempt.key == k, LoginAttempt.at_ms >= since)) or 0
+                n = (
+                    s.scalar(
+                        select(func.count())
+                        .select_from(LoginAttempt)
+                        .where(LoginAttempt.key == k, LoginAttempt.at_ms >= since)
+                    )
+                    or 0
+                )
                 if n >= self.max_failures:
-                    raise TooManyRequests(f"{what}; try again in {self.window_ms // 60000} minutes",
-                                          retry_after_s=self.window_ms // 1000)
+                    raise TooManyRequests(
+                        f"{what}; try again in {self.window_ms // 60000} minutes", retry_after_s=self.window_ms // 1000
+                    )
 
     def fail(self, keys: list[str]) -> None:
         """Record one failure for each key."""
@@ -132,8 +139,13 @@ class Accounts:
         if kind not in ("session", "token"):
             raise ValueError(kind)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        cred = Credential(owner_id=owner_id, kind=kind, token_hash=token_hash(secret), label=label[:200],
-                          expires_ms=now_ms() + (ttl_ms or self.ttl_ms))
+        cred = Credential(
+            owner_id=owner_id,
+            kind=kind,
+            token_hash=token_hash(secret),
+            label=label[:200],
+            expires_ms=now_ms() + (ttl_ms or self.ttl_ms),
+        )
         with self.db.session() as s:
             s.add(cred)
         return secret, cred
@@ -143,7 +155,8 @@ class Accounts:
         now = now_ms()
         with self.db.session() as s:
             row = s.execute(
-                select(Credential, Owner.email).join(Owner, Owner.id == Credential.owner_id)
+                select(Credential, Owner.email)
+                .join(Owner, Owner.id == Credential.owner_id)
                 .where(Credential.token_hash == token_hash(secret))
             ).first()
             if row is None:
@@ -160,9 +173,17 @@ class Accounts:
     def credentials(self, owner_id: int) -> list[Credential]:
         """An owner's live sessions and tokens."""
         with self.db.session() as s:
-            return list(s.scalars(select(Credential).where(
-                Credential.owner_id == owner_id, Credential.revoked_ms.is_(None),
-                Credential.expires_ms > now_ms()).order_by(Credential.id)))
+            return list(
+                s.scalars(
+                    select(Credential)
+                    .where(
+                        Credential.owner_id == owner_id,
+                        Credential.revoked_ms.is_(None),
+                        Credential.expires_ms > now_ms(),
+                    )
+                    .order_by(Credential.id)
+                )
+            )
 
     def revoke(self, owner_id: int, credential_id: int) -> None:
         """Revoke one of the owner's credentials, effective on the next request."""
@@ -182,8 +203,11 @@ class Accounts:
             if owner is None or not verify_password(owner.password_hash, old):
                 raise Forbidden("the current password is wrong")
             owner.password_hash = hash_password(new)
-            s.execute(update(Credential).where(Credential.owner_id == owner_id, Credential.revoked_ms.is_(None))
-                      .values(revoked_ms=now_ms()))
+            s.execute(
+                update(Credential)
+                .where(Credential.owner_id == owner_id, Credential.revoked_ms.is_(None))
+                .values(revoked_ms=now_ms())
+            )
 
 
 _DUMMY_HASH = hash_password("carvault-timing-equaliser")

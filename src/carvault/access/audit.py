@@ -47,8 +47,16 @@ def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
 
 
 def _fields(e: AuditEvent) -> dict[str, Any]:
-    return {"chain": e.chain, "owner_id": e.owner_id, "vin": e.vin, "actor": e.actor, "action": e.action,
-            "detail": json.loads(e.detail), "legal_basis": e.legal_basis, "at_ms": e.at_ms}
+    return {
+        "chain": e.chain,
+        "owner_id": e.owner_id,
+        "vin": e.vin,
+        "actor": e.actor,
+        "action": e.action,
+        "detail": json.loads(e.detail),
+        "legal_basis": e.legal_basis,
+        "at_ms": e.at_ms,
+    }
 
 
 class AuditLog:
@@ -57,19 +65,37 @@ class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def record(self, *, owner_id: int | None, actor: Actor | str, action: str, legal_basis: str,
-               vin: str | None = None, detail: dict[str, Any] | None = None) -> AuditEvent:
+    def record(
+        self,
+        *,
+        owner_id: int | None,
+        actor: Actor | str,
+        action: str,
+        legal_basis: str,
+        vin: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEvent:
         """Append one event to the owner's chain (retrying if another process appended first)."""
         chain = chain_of(owner_id)
         for _ in range(50):
             try:
                 with self.db.session() as s:
-                    head = s.scalar(select(AuditEvent.hash).where(AuditEvent.chain == chain)
-                                    .order_by(AuditEvent.id.desc()).limit(1))
+                    head = s.scalar(
+                        select(AuditEvent.hash).where(AuditEvent.chain == chain).order_by(AuditEvent.id.desc()).limit(1)
+                    )
                     prev = head or GENESIS_PREV
-                    e = AuditEvent(chain=chain, owner_id=owner_id, vin=vin, actor=str(actor), action=action,
-                                   detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
-                                   legal_basis=legal_basis, at_ms=now_ms(), prev_hash=prev, hash="")
+                    e = AuditEvent(
+                        chain=chain,
+                        owner_id=owner_id,
+                        vin=vin,
+                        actor=str(actor),
+                        action=action,
+                        detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
+                        legal_basis=legal_basis,
+                        at_ms=now_ms(),
+                        prev_hash=prev,
+                        hash="",
+                    )
                     e.hash = entry_hash(prev, _fields(e))
                     s.add(e)
                 return e
@@ -77,9 +103,17 @@ class AuditLog:
                 continue
         raise Unavailable("audit log is too busy to record an event; the request was not served")
 
-    def list(self, owner_id: int, *, action: str | None = None, actor: str | None = None,
-             since_ms: int | None = None, until_ms: int | None = None, limit: int = 100,
-             before_id: int | None = None) -> list[AuditEvent]:
+    def list(
+        self,
+        owner_id: int,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
         """Events of one owner's chain, newest first, filtered."""
         q = select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id))
         if action:
@@ -100,8 +134,9 @@ class AuditLog:
         prev = GENESIS_PREV
         n = 0
         with self.db.session() as s:
-            for e in s.scalars(select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id))
-                               .order_by(AuditEvent.id)):
+            for e in s.scalars(
+                select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id)).order_by(AuditEvent.id)
+            ):
                 if e.prev_hash != prev or entry_hash(prev, _fields(e)) != e.hash:
                     raise ValueError(f"audit chain {chain_of(owner_id)} breaks at entry {e.id}")
                 prev = e.hash

@@ -37,8 +37,10 @@ RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
 WORKING_DAYS = 10
 RETAINED = [
     {"what": "consent and audit records", "why": "proof of lawful processing (PIPL art. 54; audit duty)"},
-    {"what": "transparency-log leaves (VIN, batch hashes)",
-     "why": "the log is append-only; removing a leaf would break every later inclusion proof"},
+    {
+        "what": "transparency-log leaves (VIN, batch hashes)",
+        "why": "the log is append-only; removing a leaf would break every later inclusion proof",
+    },
     {"what": "the vehicle registration and chain head", "why": "so the car can keep uploading if you wish"},
 ]
 
@@ -56,11 +58,17 @@ def add_working_days(start_ms: int, days: int) -> int:
 
 def request_json(r: DeletionRequest, holds: list[LegalHold]) -> dict[str, Any]:
     """A deletion request as the API shows it."""
-    return {"id": r.id, "vin": r.vin, "status": r.status, "reason": r.reason, "requested_ms": r.requested_ms,
-            "deadline_ms": r.deadline_ms, "completed_ms": r.completed_ms,
-            "receipt": json.loads(r.receipt) if r.receipt else None,
-            "holds": [{"vin": h.vin, "reason": h.reason, "authority": h.authority, "since_ms": h.since_ms}
-                      for h in holds]}
+    return {
+        "id": r.id,
+        "vin": r.vin,
+        "status": r.status,
+        "reason": r.reason,
+        "requested_ms": r.requested_ms,
+        "deadline_ms": r.deadline_ms,
+        "completed_ms": r.completed_ms,
+        "receipt": json.loads(r.receipt) if r.receipt else None,
+        "holds": [{"vin": h.vin, "reason": h.reason, "authority": h.authority, "since_ms": h.since_ms} for h in holds],
+    }
 
 
 class Deletions:
@@ -84,8 +92,14 @@ class Deletions:
                 raise NotFound(f"no vehicle {vin}")
             hold = LegalHold(vin=vin, authority=authority, reason=reason)
             s.add(hold)
-        self.region.audit.record(owner_id=v.owner_id, vin=vin, actor=Actor("authority", authority),
-                                 action="hold.place", legal_basis=LEGAL_OBLIGATION, detail={"reason": reason})
+        self.region.audit.record(
+            owner_id=v.owner_id,
+            vin=vin,
+            actor=Actor("authority", authority),
+            action="hold.place",
+            legal_basis=LEGAL_OBLIGATION,
+            detail={"reason": reason},
+        )
         return hold
 
     def release_hold(self, hold_id: int) -> list[DeletionRequest]:
@@ -97,9 +111,14 @@ class Deletions:
             hold.released_ms = now_ms()
             v = s.get(Vehicle, hold.vin)
             waiting = list(s.scalars(select(DeletionRequest).where(DeletionRequest.status == "held")))
-        self.region.audit.record(owner_id=v.owner_id if v else None, vin=hold.vin,
-                                 actor=Actor("authority", hold.authority), action="hold.release",
-                                 legal_basis=LEGAL_OBLIGATION, detail={"hold_id": hold_id})
+        self.region.audit.record(
+            owner_id=v.owner_id if v else None,
+            vin=hold.vin,
+            actor=Actor("authority", hold.authority),
+            action="hold.release",
+            legal_basis=LEGAL_OBLIGATION,
+            detail={"hold_id": hold_id},
+        )
         return [self.process(r.id) for r in waiting]
 
     def check_served(self, vin: str) -> None:
@@ -109,13 +128,22 @@ class Deletions:
             return
         with self.db.session() as s:
             v = s.get(Vehicle, vin)
-            waiting = s.scalar(select(DeletionRequest.id).where(
-                DeletionRequest.status == "held", DeletionRequest.owner_id == (v.owner_id if v else -1),
-                (DeletionRequest.vin == vin) | DeletionRequest.vin.is_(None)).limit(1))
+            waiting = s.scalar(
+                select(DeletionRequest.id)
+                .where(
+                    DeletionRequest.status == "held",
+                    DeletionRequest.owner_id == (v.owner_id if v else -1),
+                    (DeletionRequest.vin == vin) | DeletionRequest.vin.is_(None),
+                )
+                .limit(1)
+            )
         if waiting is not None:
             h = holds[0]
-            raise DataFrozen(f"this data is under a legal hold ({h.authority}: {h.reason}); it is kept, not served, "
-                             "and will be deleted when the hold ends", authority=h.authority)
+            raise DataFrozen(
+                f"this data is under a legal hold ({h.authority}: {h.reason}); it is kept, not served, "
+                "and will be deleted when the hold ends",
+                authority=h.authority,
+            )
 
     # -------------------------------------------------------------- requests
     def request(self, owner_id: int, vin: str | None, reason: str) -> DeletionRequest:
@@ -123,13 +151,24 @@ class Deletions:
         if vin is not None:
             vin = self.region.vehicles.owned_one(owner_id, vin).vin
         now = now_ms()
-        req = DeletionRequest(owner_id=owner_id, vin=vin, reason=reason[:1000], status="pending",
-                              requested_ms=now, deadline_ms=add_working_days(now, WORKING_DAYS))
+        req = DeletionRequest(
+            owner_id=owner_id,
+            vin=vin,
+            reason=reason[:1000],
+            status="pending",
+            requested_ms=now,
+            deadline_ms=add_working_days(now, WORKING_DAYS),
+        )
         with self.db.session() as s:
             s.add(req)
-        self.region.audit.record(owner_id=owner_id, vin=vin, actor=Actor("owner", str(owner_id)),
-                                 action="deletion.request", legal_basis=OWNER_REQUEST,
-                                 detail={"request_id": req.id, "deadline_ms": req.deadline_ms})
+        self.region.audit.record(
+            owner_id=owner_id,
+            vin=vin,
+            actor=Actor("owner", str(owner_id)),
+            action="deletion.request",
+            legal_basis=OWNER_REQUEST,
+            detail={"request_id": req.id, "deadline_ms": req.deadline_ms},
+        )
         return self.process(req.id)
 
     def _vins(self, req: DeletionRequest) -> list[str]:
@@ -173,26 +212,49 @@ class Deletions:
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
                 packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
         done = now_ms()
-        body = {"request_id": req.id, "region": self.region.name, "vins": vins, "batches_erased": batches,
-                "bytes_overwritten": erased_bytes, "events_erased": events, "packages_erased": packages, "frames_erased": frames,
-                "requested_ms": req.requested_ms, "completed_ms": done, "deadline_ms": req.deadline_ms,
-                "retained": RETAINED}
+        body = {
+            "request_id": req.id,
+            "region": self.region.name,
+            "vins": vins,
+            "batches_erased": batches,
+            "bytes_overwritten": erased_bytes,
+            "events_erased": events,
+            "packages_erased": packages,
+            "frames_erased": frames,
+            "requested_ms": req.requested_ms,
+            "completed_ms": done,
+            "deadline_ms": req.deadline_ms,
+            "retained": RETAINED,
+        }
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        receipt = {**body, "signature": base64.b64encode(self.region.log_key.sign(RECEIPT_CONTEXT + canonical)).decode(),
-                   "signed_by": self.region.log.vkey}
+        receipt = {
+            **body,
+            "signature": base64.b64encode(self.region.log_key.sign(RECEIPT_CONTEXT + canonical)).decode(),
+            "signed_by": self.region.log.vkey,
+        }
         with self.db.session() as s:
             row = s.get(DeletionRequest, request_id)
             assert row is not None
             row.status, row.completed_ms, row.receipt = "completed", done, json.dumps(receipt)
             req = row
-        self.region.audit.record(owner_id=req.owner_id, vin=req.vin, actor=Actor("system", "deletion"),
-                                 action="deletion.complete", legal_basis=OWNER_REQUEST,
-                                 detail={"request_id": req.id, "batches_erased": batches})
+        self.region.audit.record(
+            owner_id=req.owner_id,
+            vin=req.vin,
+            actor=Actor("system", "deletion"),
+            action="deletion.complete",
+            legal_basis=OWNER_REQUEST,
+            detail={"request_id": req.id, "batches_erased": batches},
+        )
         return req
 
     def list(self, owner_id: int) -> list[dict[str, Any]]:
         """The owner's requests, newest first, with any holds that stop them."""
         with self.db.session() as s:
-            reqs = list(s.scalars(select(DeletionRequest).where(DeletionRequest.owner_id == owner_id)
-                                  .order_by(DeletionRequest.id.desc())))
+            reqs = list(
+                s.scalars(
+                    select(DeletionRequest)
+                    .where(DeletionRequest.owner_id == owner_id)
+                    .order_by(DeletionRequest.id.desc())
+                )
+            )
         return [request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []) for r in reqs]

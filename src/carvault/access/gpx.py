@@ -32,9 +32,11 @@ class GpxWriter:
         self.points = 0
         self._last_t: int | None = None
         self._open_segment = False
-        out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n'
-                  b'<gpx version="1.1" creator="CarVault" xmlns="http://www.topografix.com/GPX/1/1">\n'
-                  b"<trk><name>" + escape(name).encode() + b"</name>")
+        out.write(
+            b'<?xml version="1.0" encoding="UTF-8"?>\n'
+            b'<gpx version="1.1" creator="CarVault" xmlns="http://www.topografix.com/GPX/1/1">\n'
+            b"<trk><name>" + escape(name).encode() + b"</name>"
+        )
         if description:
             out.write(b"<desc>" + escape(description).encode() + b"</desc>")
         out.write(b"\n")
@@ -50,8 +52,11 @@ class GpxWriter:
         t = table.column("t").cast(pa.int64()).to_numpy()
         lat = table.column(LATITUDE).to_numpy()
         lon = table.column(LONGITUDE).to_numpy()
-        alt = (pc.cast(table.column(ALTITUDE), pa.float64()).to_numpy(zero_copy_only=False)
-               if ALTITUDE in table.column_names else np.full(len(t), np.nan))
+        alt = (
+            pc.cast(table.column(ALTITUDE), pa.float64()).to_numpy(zero_copy_only=False)
+            if ALTITUDE in table.column_names
+            else np.full(len(t), np.nan)
+        )
         times = pc.strftime(table.column("t"), format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
         prev = np.r_[self._last_t if self._last_t is not None else t[0] - 2 * self.gap_ms - 1, t[:-1]]
         new_segment = (t - prev) > self.gap_ms
@@ -94,4 +99,3 @@ def _iso(ms: int) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-

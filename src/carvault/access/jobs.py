@@ -49,8 +49,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("carvault.jobs")
 
 FORMATS = ("csv", "parquet", "json", "gpx")
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet",
-               "json": "application/json", "gpx": "application/gpx+xml"}
+MEDIA_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "json": "application/json",
+    "gpx": "application/gpx+xml",
+}
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
 LEASE_MS = 60_000
 CHUNK_MS = 3_600_000
@@ -88,12 +92,27 @@ class ExportJob(Base):
 
 def job_json(j: ExportJob) -> dict[str, Any]:
     """A job as the API shows it."""
-    return {"id": j.id, "vin": j.vin, "start_ms": j.start_ms, "end_ms": j.end_ms, "whole_history": j.whole_history,
-            "format": j.format, "signals": j.signals or None, "resample_ms": j.resample_ms, "status": j.status,
-            "progress": round(j.progress, 4), "rows": j.rows, "size": j.size, "sha256": j.sha256,
-            "error": j.error, "created_ms": j.created_ms, "started_ms": j.started_ms,
-            "finished_ms": j.finished_ms, "expires_ms": j.expires_ms,
-            "download": f"/api/v1/exports/{j.id}/download" if j.status == "done" else None}
+    return {
+        "id": j.id,
+        "vin": j.vin,
+        "start_ms": j.start_ms,
+        "end_ms": j.end_ms,
+        "whole_history": j.whole_history,
+        "format": j.format,
+        "signals": j.signals or None,
+        "resample_ms": j.resample_ms,
+        "status": j.status,
+        "progress": round(j.progress, 4),
+        "rows": j.rows,
+        "size": j.size,
+        "sha256": j.sha256,
+        "error": j.error,
+        "created_ms": j.created_ms,
+        "started_ms": j.started_ms,
+        "finished_ms": j.finished_ms,
+        "expires_ms": j.expires_ms,
+        "download": f"/api/v1/exports/{j.id}/download" if j.status == "done" else None,
+    }
 
 
 class _LeaseLost(Exception):
@@ -130,8 +149,15 @@ def chunks(start_ms: int, end_ms: int, chunk_ms: int, spans: list[tuple[int, int
 class ExportJobs:
     """Creates, runs and serves export jobs for one region (one instance per process)."""
 
-    def __init__(self, region: Region, *, threads: int = 1, lease_ms: int = LEASE_MS, chunk_ms: int = CHUNK_MS,
-                 background: bool = True) -> None:
+    def __init__(
+        self,
+        region: Region,
+        *,
+        threads: int = 1,
+        lease_ms: int = LEASE_MS,
+        chunk_ms: int = CHUNK_MS,
+        background: bool = True,
+    ) -> None:
         self.region = region
         self.folder = region.settings.data_dir / "exports"
         self.lease_ms = lease_ms
@@ -141,14 +167,25 @@ class ExportJobs:
         self._queue: queue.Queue[int] = queue.Queue()
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, name=f"export-{i}", daemon=True)
-                         for i in range(threads if background else 0)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"export-{i}", daemon=True)
+            for i in range(threads if background else 0)
+        ]
         for t in self._threads:
             t.start()
 
     # ------------------------------------------------------------------ owner-facing
-    def create(self, owner_id: int, vin: str, *, start_ms: int | None, end_ms: int | None, fmt: str,
-               signals: str | None = None, resample_ms: int | None = None) -> ExportJob:
+    def create(
+        self,
+        owner_id: int,
+        vin: str,
+        *,
+        start_ms: int | None,
+        end_ms: int | None,
+        fmt: str,
+        signals: str | None = None,
+        resample_ms: int | None = None,
+    ) -> ExportJob:
         """Queue an export of [start_ms, end_ms), or of everything when both are None."""
         if fmt not in FORMATS:
             raise InvalidQuery(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", format=fmt)
@@ -156,8 +193,11 @@ class ExportJobs:
         whole = start_ms is None and end_ms is None
         if whole:
             with self.region.db.session() as s:
-                lo, hi = s.execute(select(func.min(BatchRecord.t0), func.max(BatchRecord.t1))
-                                   .where(BatchRecord.vin == vin, BatchRecord.kind == "telemetry")).one()
+                lo, hi = s.execute(
+                    select(func.min(BatchRecord.t0), func.max(BatchRecord.t1)).where(
+                        BatchRecord.vin == vin, BatchRecord.kind == "telemetry"
+                    )
+                ).one()
             if lo is None:
                 raise NotFound("this vehicle has not uploaded any data yet", vin=vin)
             start_ms, end_ms = int(lo), int(hi) + 1
@@ -165,8 +205,16 @@ class ExportJobs:
             raise InvalidQuery("give both start and end, or neither for the whole history")
         if end_ms <= start_ms:
             raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
-        job = ExportJob(owner_id=owner_id, vin=vin, start_ms=start_ms, end_ms=end_ms, whole_history=whole,
-                        format=fmt, signals=(signals or "").strip(), resample_ms=resample_ms)
+        job = ExportJob(
+            owner_id=owner_id,
+            vin=vin,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            whole_history=whole,
+            format=fmt,
+            signals=(signals or "").strip(),
+            resample_ms=resample_ms,
+        )
         with self.region.db.session() as s:
             s.add(job)
         self.submit(job.id)
@@ -194,9 +242,11 @@ class ExportJobs:
         """Stop a job (its worker notices at its next progress update) or delete a finished job's file."""
         j = self.get(owner_id, job_id)
         with self.region.db.session() as s:
-            s.execute(update(ExportJob).where(ExportJob.id == j.id, ExportJob.status.in_(("queued", "running",
-                                                                                            "done", "failed")))
-                      .values(status="cancelled", finished_ms=now_ms(), lease_until_ms=None))
+            s.execute(
+                update(ExportJob)
+                .where(ExportJob.id == j.id, ExportJob.status.in_(("queued", "running", "done", "failed")))
+                .values(status="cancelled", finished_ms=now_ms(), lease_until_ms=None)
+            )
         if j.file_name:
             (self.folder / j.file_name).unlink(missing_ok=True)
         return self.get(owner_id, job_id)
@@ -212,8 +262,10 @@ class ExportJobs:
 
     def file_name(self, job: ExportJob) -> str:
         """The name a download is saved under."""
-        return (f"{job.vin}-{'all' if job.whole_history else f'{job.start_ms}-{job.end_ms}'}"
-                f"{f'-{job.resample_ms}ms' if job.resample_ms else ''}.{job.format}")
+        return (
+            f"{job.vin}-{'all' if job.whole_history else f'{job.start_ms}-{job.end_ms}'}"
+            f"{f'-{job.resample_ms}ms' if job.resample_ms else ''}.{job.format}"
+        )
 
     # ------------------------------------------------------------------ scheduling
     def submit(self, job_id: int) -> None:
@@ -230,9 +282,16 @@ class ExportJobs:
         """Jobs nobody is running: queued, or running under a lease that ran out."""
         now = now_ms()
         with self.region.db.session() as s:
-            return list(s.scalars(select(ExportJob.id).where(
-                (ExportJob.status == "queued")
-                | ((ExportJob.status == "running") & (ExportJob.lease_until_ms < now))).order_by(ExportJob.id)))
+            return list(
+                s.scalars(
+                    select(ExportJob.id)
+                    .where(
+                        (ExportJob.status == "queued")
+                        | ((ExportJob.status == "running") & (ExportJob.lease_until_ms < now))
+                    )
+                    .order_by(ExportJob.id)
+                )
+            )
 
     def kick(self) -> None:
         """Take up orphaned jobs and delete expired files; cheap enough to call on every look."""
@@ -267,20 +326,40 @@ class ExportJobs:
         """Take the job for this worker if nobody holds it; True when this worker now owns it."""
         now = now_ms()
         with self.region.db.session() as s:
-            res = _cursor(s.execute(update(ExportJob).where(
-                ExportJob.id == job_id,
-                (ExportJob.status == "queued")
-                | ((ExportJob.status == "running") & (ExportJob.lease_until_ms < now)),
-            ).values(status="running", worker=self.worker_id, lease_until_ms=now + self.lease_ms,
-                     started_ms=func.coalesce(ExportJob.started_ms, now), attempts=ExportJob.attempts + 1,
-                     progress=0.0, rows=0)))
+            res = _cursor(
+                s.execute(
+                    update(ExportJob)
+                    .where(
+                        ExportJob.id == job_id,
+                        (ExportJob.status == "queued")
+                        | ((ExportJob.status == "running") & (ExportJob.lease_until_ms < now)),
+                    )
+                    .values(
+                        status="running",
+                        worker=self.worker_id,
+                        lease_until_ms=now + self.lease_ms,
+                        started_ms=func.coalesce(ExportJob.started_ms, now),
+                        attempts=ExportJob.attempts + 1,
+                        progress=0.0,
+                        rows=0,
+                    )
+                )
+            )
             return bool(res.rowcount == 1)
 
     def _heartbeat(self, job_id: int, progress: float, rows: int) -> None:
         with self.region.db.session() as s:
-            res = _cursor(s.execute(update(ExportJob).where(
-                ExportJob.id == job_id, ExportJob.worker == self.worker_id, ExportJob.status == "running",
-            ).values(progress=progress, rows=rows, lease_until_ms=now_ms() + self.lease_ms)))
+            res = _cursor(
+                s.execute(
+                    update(ExportJob)
+                    .where(
+                        ExportJob.id == job_id,
+                        ExportJob.worker == self.worker_id,
+                        ExportJob.status == "running",
+                    )
+                    .values(progress=progress, rows=rows, lease_until_ms=now_ms() + self.lease_ms)
+                )
+            )
             if res.rowcount != 1:
                 raise _LeaseLost()
 
@@ -303,18 +382,46 @@ class ExportJobs:
             size = part.stat().st_size
             os.replace(part, self.folder / final)
             with self.region.db.session() as s:
-                res = _cursor(s.execute(update(ExportJob).where(
-                    ExportJob.id == job.id, ExportJob.worker == self.worker_id, ExportJob.status == "running",
-                ).values(status="done", progress=1.0, rows=rows, size=size, sha256=digest, file_name=final,
-                         finished_ms=now_ms(), lease_until_ms=None, expires_ms=now_ms() + KEEP_MS)))
+                res = _cursor(
+                    s.execute(
+                        update(ExportJob)
+                        .where(
+                            ExportJob.id == job.id,
+                            ExportJob.worker == self.worker_id,
+                            ExportJob.status == "running",
+                        )
+                        .values(
+                            status="done",
+                            progress=1.0,
+                            rows=rows,
+                            size=size,
+                            sha256=digest,
+                            file_name=final,
+                            finished_ms=now_ms(),
+                            lease_until_ms=None,
+                            expires_ms=now_ms() + KEEP_MS,
+                        )
+                    )
+                )
                 if res.rowcount != 1:
                     raise _LeaseLost()
             self.region.audit.record(
-                owner_id=job.owner_id, vin=job.vin, actor=Actor("owner", str(job.owner_id)),
-                action="telemetry.export", legal_basis=OWNER_REQUEST,
-                detail={"export_id": job.id, "start_ms": job.start_ms, "end_ms": job.end_ms, "format": job.format,
-                        "signals": job.signals or "*", "resample_ms": job.resample_ms, "rows": rows,
-                        "sha256": digest})
+                owner_id=job.owner_id,
+                vin=job.vin,
+                actor=Actor("owner", str(job.owner_id)),
+                action="telemetry.export",
+                legal_basis=OWNER_REQUEST,
+                detail={
+                    "export_id": job.id,
+                    "start_ms": job.start_ms,
+                    "end_ms": job.end_ms,
+                    "format": job.format,
+                    "signals": job.signals or "*",
+                    "resample_ms": job.resample_ms,
+                    "rows": rows,
+                    "sha256": digest,
+                },
+            )
             return True
         except _LeaseLost:
             part.unlink(missing_ok=True)
@@ -326,9 +433,11 @@ class ExportJobs:
             if not isinstance(e, CarVaultError):
                 log.exception("export job %s failed", job.id)
             with self.region.db.session() as s:
-                s.execute(update(ExportJob).where(ExportJob.id == job.id, ExportJob.worker == self.worker_id,
-                                                  ExportJob.status == "running")
-                          .values(status="failed", error=message, finished_ms=now_ms(), lease_until_ms=None))
+                s.execute(
+                    update(ExportJob)
+                    .where(ExportJob.id == job.id, ExportJob.worker == self.worker_id, ExportJob.status == "running")
+                    .values(status="failed", error=message, finished_ms=now_ms(), lease_until_ms=None)
+                )
             return True
 
     # ------------------------------------------------------------------ building
@@ -353,8 +462,13 @@ class ExportJobs:
 
     def _build(self, job: ExportJob, out: BinaryIO) -> int:
         signals = self._signals(job.signals, job.format)
-        meta = {"vin": job.vin, "start_ms": job.start_ms, "end_ms": job.end_ms, "resample_ms": job.resample_ms,
-                "units": {s.path: s.unit or None for s in signals}}
+        meta = {
+            "vin": job.vin,
+            "start_ms": job.start_ms,
+            "end_ms": job.end_ms,
+            "resample_ms": job.resample_ms,
+            "units": {s.path: s.unit or None for s in signals},
+        }
         empty = self.region.telemetry.window(job.vin, 0, 1, signals).slice(0, 0)  # the schema, typed
         rows = 0
 

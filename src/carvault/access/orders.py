@@ -13,20 +13,41 @@ if TYPE_CHECKING:
     from carvault.region import Region
 
 
-def release_to_owner(region: Region, vin: str, start_ms: int, end_ms: int, *, authority: str, reference: str,
-                     legal_basis: str) -> tuple[IncidentPackage, bytes]:
+def release_to_owner(
+    region: Region, vin: str, start_ms: int, end_ms: int, *, authority: str, reference: str, legal_basis: str
+) -> tuple[IncidentPackage, bytes]:
     """Record the order, build the package with the same builder owners use, and give it to the owner."""
     with region.db.session() as s:
         v = s.get(Vehicle, vin)
         if v is None:
             raise NotFound(f"no vehicle {vin} in region {region.name}")
-        order = AuthorityOrder(authority=authority, reference=reference, legal_basis=legal_basis, vin=vin,
-                               start_ms=start_ms, end_ms=end_ms, recipient_owner_id=v.owner_id)
+        order = AuthorityOrder(
+            authority=authority,
+            reference=reference,
+            legal_basis=legal_basis,
+            vin=vin,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            recipient_owner_id=v.owner_id,
+        )
         s.add(order)
     actor = Actor("authority", authority)
-    region.audit.record(owner_id=v.owner_id, vin=vin, actor=actor, action="order.release",
-                        legal_basis=f"{LEGAL_OBLIGATION}: {legal_basis}",
-                        detail={"order_id": order.id, "reference": reference, "start_ms": start_ms, "end_ms": end_ms})
-    pkg = PackageBuilder(region).build(vin, start_ms, end_ms, event=None, requested_by=actor, owner_id=v.owner_id,
-                                       legal_basis=f"{LEGAL_OBLIGATION}: {legal_basis}", order_id=order.id)
+    region.audit.record(
+        owner_id=v.owner_id,
+        vin=vin,
+        actor=actor,
+        action="order.release",
+        legal_basis=f"{LEGAL_OBLIGATION}: {legal_basis}",
+        detail={"order_id": order.id, "reference": reference, "start_ms": start_ms, "end_ms": end_ms},
+    )
+    pkg = PackageBuilder(region).build(
+        vin,
+        start_ms,
+        end_ms,
+        event=None,
+        requested_by=actor,
+        owner_id=v.owner_id,
+        legal_basis=f"{LEGAL_OBLIGATION}: {legal_basis}",
+        order_id=order.id,
+    )
     return pkg, PackageBuilder(region).read(pkg)

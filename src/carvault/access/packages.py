@@ -36,9 +36,11 @@ if TYPE_CHECKING:
 PACKAGE_VERSION = 1
 MAX_WINDOW_MS = 24 * 3600 * 1000
 TIME_GAP_MS = 2000
-VERIFY_HINT = ("Run `carvault verify <this file> --trust <region trust file>` on any computer, offline. It "
-               "checks every vehicle signature over the original bytes, the certificate chain, the hash chain, "
-               "every log inclusion proof and the checkpoint signature, and that the tables equal the signed data.")
+VERIFY_HINT = (
+    "Run `carvault verify <this file> --trust <region trust file>` on any computer, offline. It "
+    "checks every vehicle signature over the original bytes, the certificate chain, the hash chain, "
+    "every log inclusion proof and the checkpoint signature, and that the tables equal the signed data."
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class Event:
     t_ms: int
 
 
-def coverage_report(records: list[dict[str, Any]], tables: list[pa.Table], start_ms: int, end_ms: int
-                    ) -> dict[str, Any]:
+def coverage_report(
+    records: list[dict[str, Any]], tables: list[pa.Table], start_ms: int, end_ms: int
+) -> dict[str, Any]:
     """Chain continuity and every gap (in the chain, in batch spans, in samples) over the window."""
     gaps: list[dict[str, Any]] = []
     recs = sorted(records, key=lambda r: r["seq"])
@@ -58,31 +61,69 @@ def coverage_report(records: list[dict[str, Any]], tables: list[pa.Table], start
     for a, b in zip(recs, recs[1:], strict=False):
         if b["seq"] != a["seq"] + 1:
             chain = "broken"
-            gaps.append({"kind": "chain", "from_ms": a["t1"], "to_ms": b["t0"],
-                         "detail": f"batches {a['seq'] + 1}..{b['seq'] - 1} are not in the package"})
+            gaps.append(
+                {
+                    "kind": "chain",
+                    "from_ms": a["t1"],
+                    "to_ms": b["t0"],
+                    "detail": f"batches {a['seq'] + 1}..{b['seq'] - 1} are not in the package",
+                }
+            )
         elif b["prev"] != a["batch_hash"]:
             chain = "broken"
-            gaps.append({"kind": "chain", "from_ms": a["t1"], "to_ms": b["t0"],
-                         "detail": f"batch {b['seq']} does not name batch {a['seq']} as its predecessor"})
+            gaps.append(
+                {
+                    "kind": "chain",
+                    "from_ms": a["t1"],
+                    "to_ms": b["t0"],
+                    "detail": f"batch {b['seq']} does not name batch {a['seq']} as its predecessor",
+                }
+            )
     cursor = start_ms
     for r in sorted(recs, key=lambda r: r["t0"]):
         if r["t0"] > cursor and r["t0"] > start_ms:
-            gaps.append({"kind": "no batch", "from_ms": cursor, "to_ms": min(r["t0"], end_ms),
-                         "detail": "no batch covers this time (vehicle off or data not uploaded)"})
+            gaps.append(
+                {
+                    "kind": "no batch",
+                    "from_ms": cursor,
+                    "to_ms": min(r["t0"], end_ms),
+                    "detail": "no batch covers this time (vehicle off or data not uploaded)",
+                }
+            )
         cursor = max(cursor, r["t1"] + 1)
     if cursor < end_ms:
-        gaps.append({"kind": "no batch", "from_ms": cursor, "to_ms": end_ms,
-                     "detail": "no batch covers this time (vehicle off or data not uploaded)"})
-    ts = np.sort(np.concatenate([t.column("t").cast(pa.int64()).to_numpy() for t in tables])) if tables \
+        gaps.append(
+            {
+                "kind": "no batch",
+                "from_ms": cursor,
+                "to_ms": end_ms,
+                "detail": "no batch covers this time (vehicle off or data not uploaded)",
+            }
+        )
+    ts = (
+        np.sort(np.concatenate([t.column("t").cast(pa.int64()).to_numpy() for t in tables]))
+        if tables
         else np.empty(0, np.int64)
+    )
     ts = ts[(ts >= start_ms) & (ts < end_ms)]
     for i in np.flatnonzero(np.diff(ts) > TIME_GAP_MS).tolist():
         lo, hi = int(ts[i]), int(ts[i + 1])
-        gaps.append({"kind": "no samples", "from_ms": lo, "to_ms": hi,
-                     "detail": f"{(hi - lo) / 1000:.1f} s without samples inside covered batches"})
-    return {"window": {"start_ms": start_ms, "end_ms": end_ms}, "batches": len(recs),
-            "first_seq": recs[0]["seq"] if recs else None, "last_seq": recs[-1]["seq"] if recs else None,
-            "chain": chain, "gaps": gaps}
+        gaps.append(
+            {
+                "kind": "no samples",
+                "from_ms": lo,
+                "to_ms": hi,
+                "detail": f"{(hi - lo) / 1000:.1f} s without samples inside covered batches",
+            }
+        )
+    return {
+        "window": {"start_ms": start_ms, "end_ms": end_ms},
+        "batches": len(recs),
+        "first_seq": recs[0]["seq"] if recs else None,
+        "last_seq": recs[-1]["seq"] if recs else None,
+        "chain": chain,
+        "gaps": gaps,
+    }
 
 
 def sign_manifest(manifest: bytes, region: Region) -> str:
@@ -92,8 +133,13 @@ def sign_manifest(manifest: bytes, region: Region) -> str:
 
 def trust_document(region: Region) -> dict[str, Any]:
     """What a verifier must trust for this region: log origin and key, and the vehicle CA."""
-    return {"region": region.name, "log_origin": region.log.origin, "log_vkey": region.log.vkey,
-            "ca_pem": region.ca.cert_pem, "ca_sha256": fingerprint(region.ca.cert_pem)}
+    return {
+        "region": region.name,
+        "log_origin": region.log.origin,
+        "log_vkey": region.log.vkey,
+        "ca_pem": region.ca.cert_pem,
+        "ca_sha256": fingerprint(region.ca.cert_pem),
+    }
 
 
 class PackageBuilder:
@@ -103,8 +149,18 @@ class PackageBuilder:
         self.region = region
         self.folder = region.settings.data_dir / "packages"
 
-    def build(self, vin: str, start_ms: int, end_ms: int, *, event: Event | None, requested_by: Actor,
-              owner_id: int | None, legal_basis: str, order_id: int | None = None) -> IncidentPackage:
+    def build(
+        self,
+        vin: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        event: Event | None,
+        requested_by: Actor,
+        owner_id: int | None,
+        legal_basis: str,
+        order_id: int | None = None,
+    ) -> IncidentPackage:
         """Build, store and record a package for ``vin`` over [start_ms, end_ms)."""
         from carvault.access.edr import edr_csv, edr_elements
         from carvault.access.report import render_report
@@ -116,15 +172,33 @@ class PackageBuilder:
             vehicle = s.get(Vehicle, vin)
             if vehicle is None:
                 raise NotFound(f"no vehicle {vin}")
-            seqs = s.execute(select(func.min(BatchRecord.seq), func.max(BatchRecord.seq)).where(
-                BatchRecord.vin == vin, BatchRecord.t0 < end_ms, BatchRecord.t1 >= start_ms)).one()
+            seqs = s.execute(
+                select(func.min(BatchRecord.seq), func.max(BatchRecord.seq)).where(
+                    BatchRecord.vin == vin, BatchRecord.t0 < end_ms, BatchRecord.t1 >= start_ms
+                )
+            ).one()
             # Every batch signed between the window's first and last one (event records included), so the
             # hash chain across the window is complete and a dropped batch cannot go unnoticed.
-            recs = list(s.scalars(select(BatchRecord).where(
-                BatchRecord.vin == vin, BatchRecord.seq >= (seqs[0] or 0), BatchRecord.seq <= (seqs[1] or -1)
-            ).order_by(BatchRecord.seq))) if seqs[0] is not None else []
-            saved = list(s.scalars(select(SavedCheckpoint).where(SavedCheckpoint.owner_id == owner_id))
-                         ) if owner_id is not None else []
+            recs = (
+                list(
+                    s.scalars(
+                        select(BatchRecord)
+                        .where(
+                            BatchRecord.vin == vin,
+                            BatchRecord.seq >= (seqs[0] or 0),
+                            BatchRecord.seq <= (seqs[1] or -1),
+                        )
+                        .order_by(BatchRecord.seq)
+                    )
+                )
+                if seqs[0] is not None
+                else []
+            )
+            saved = (
+                list(s.scalars(select(SavedCheckpoint).where(SavedCheckpoint.owner_id == owner_id)))
+                if owner_id is not None
+                else []
+            )
         if not recs:
             raise NotFound("no data of this vehicle in that window", vin=vin, start_ms=start_ms, end_ms=end_ms)
         if any(rec.log_index is None for rec in recs):
@@ -143,22 +217,42 @@ class PackageBuilder:
             env = decode_envelope(raw)
             files[f"batches/{rec.seq:012d}.cvb"] = raw
             tables.append(env.table())
-            records.append({"seq": rec.seq, "t0": rec.t0, "t1": rec.t1, "prev": rec.prev_hash,
-                            "batch_hash": rec.batch_hash})
-            proofs.append({"seq": rec.seq, "batch_hash": rec.batch_hash, "received_ms": rec.received_ms,
-                           "leaf_index": rec.log_index,
-                           "proof": [base64.b64encode(h).decode()
-                                     for h in r.log.inclusion_proof(rec.log_index or 0, tree_size)]})
-        consistency = [{"old_size": c.tree_size, "new_size": tree_size,
-                        "proof": [base64.b64encode(h).decode() for h in r.log.consistency_proof(c.tree_size,
-                                                                                                  tree_size)]}
-                       for c in saved if 0 < c.tree_size <= tree_size]
+            records.append(
+                {"seq": rec.seq, "t0": rec.t0, "t1": rec.t1, "prev": rec.prev_hash, "batch_hash": rec.batch_hash}
+            )
+            proofs.append(
+                {
+                    "seq": rec.seq,
+                    "batch_hash": rec.batch_hash,
+                    "received_ms": rec.received_ms,
+                    "leaf_index": rec.log_index,
+                    "proof": [
+                        base64.b64encode(h).decode() for h in r.log.inclusion_proof(rec.log_index or 0, tree_size)
+                    ],
+                }
+            )
+        consistency = [
+            {
+                "old_size": c.tree_size,
+                "new_size": tree_size,
+                "proof": [base64.b64encode(h).decode() for h in r.log.consistency_proof(c.tree_size, tree_size)],
+            }
+            for c in saved
+            if 0 < c.tree_size <= tree_size
+        ]
         window = assemble(tables, start_ms, end_ms, r.catalogue)
         coverage = coverage_report(records, tables, start_ms, end_ms)
         elements = edr_elements(window, event.t_ms) if event else []
-        html, pdf = render_report(table=window, event_ms=event.t_ms if event else None,
-                                  window=(start_ms, end_ms), vin=vin, region=r.name, coverage=coverage,
-                                  edr=elements, verification_hint=VERIFY_HINT)
+        html, pdf = render_report(
+            table=window,
+            event_ms=event.t_ms if event else None,
+            window=(start_ms, end_ms),
+            vin=vin,
+            region=r.name,
+            coverage=coverage,
+            edr=elements,
+            verification_hint=VERIFY_HINT,
+        )
         files["certs/vehicle.pem"] = vehicle.certificate_pem.encode()
         files["certs/region-ca.pem"] = r.ca.cert_pem.encode()
         files["log/checkpoint.txt"] = checkpoint.encode()
@@ -172,14 +266,22 @@ class PackageBuilder:
         files["report/report.html"] = html
         files["report/report.pdf"] = pdf
         created = now_ms()
-        manifest = _json({
-            "format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "region": r.name, "vin": vin,
-            "window": {"start_ms": start_ms, "end_ms": end_ms},
-            "event": {"kind": event.kind, "t_ms": event.t_ms} if event else None,
-            "created_ms": created, "log_origin": r.log.origin, "tree_size": tree_size,
-            "requested_by": str(requested_by), "legal_basis": legal_basis,
-            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-        })
+        manifest = _json(
+            {
+                "format": PACKAGE_FORMAT,
+                "version": PACKAGE_VERSION,
+                "region": r.name,
+                "vin": vin,
+                "window": {"start_ms": start_ms, "end_ms": end_ms},
+                "event": {"kind": event.kind, "t_ms": event.t_ms} if event else None,
+                "created_ms": created,
+                "log_origin": r.log.origin,
+                "tree_size": tree_size,
+                "requested_by": str(requested_by),
+                "legal_basis": legal_basis,
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+            }
+        )
         blob = _zip(files, manifest, sign_manifest(manifest, r), created)
         name = f"{vin}-{start_ms}-{end_ms}-{uuid.uuid4().hex[:8]}.zip"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -188,17 +290,39 @@ class PackageBuilder:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        row = IncidentPackage(owner_id=owner_id, vin=vin, start_ms=start_ms, end_ms=end_ms,
-                              event_kind=event.kind if event else None, event_ms=event.t_ms if event else None,
-                              requested_by=str(requested_by), order_id=order_id, file_name=name,
-                              sha256=hashlib.sha256(blob).hexdigest(), size=len(blob), batches=len(recs),
-                              tree_size=tree_size, created_ms=created)
+        row = IncidentPackage(
+            owner_id=owner_id,
+            vin=vin,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            event_kind=event.kind if event else None,
+            event_ms=event.t_ms if event else None,
+            requested_by=str(requested_by),
+            order_id=order_id,
+            file_name=name,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            size=len(blob),
+            batches=len(recs),
+            tree_size=tree_size,
+            created_ms=created,
+        )
         with r.db.session() as s:
             s.add(row)
-        r.audit.record(owner_id=owner_id, vin=vin, actor=requested_by, action="package.create",
-                       legal_basis=legal_basis,
-                       detail={"package_id": row.id, "start_ms": start_ms, "end_ms": end_ms, "batches": len(recs),
-                               "sha256": row.sha256, "order_id": order_id})
+        r.audit.record(
+            owner_id=owner_id,
+            vin=vin,
+            actor=requested_by,
+            action="package.create",
+            legal_basis=legal_basis,
+            detail={
+                "package_id": row.id,
+                "start_ms": start_ms,
+                "end_ms": end_ms,
+                "batches": len(recs),
+                "sha256": row.sha256,
+                "order_id": order_id,
+            },
+        )
         return row
 
     def read(self, row: IncidentPackage) -> bytes:
@@ -216,8 +340,7 @@ def _zip(files: dict[str, bytes], manifest: bytes, signature: str, created_ms: i
     when = dt.datetime.fromtimestamp(created_ms / 1000, dt.UTC).timetuple()[:6]
     sink = io.BytesIO()
     with zipfile.ZipFile(sink, "w") as z:
-        for name, data in [("manifest.json", manifest), ("manifest.sig", signature.encode()),
-                           *sorted(files.items())]:
+        for name, data in [("manifest.json", manifest), ("manifest.sig", signature.encode()), *sorted(files.items())]:
             info = zipfile.ZipInfo(name, date_time=when)
             # Batches and PDFs are already compressed; deflate the text.
             info.compress_type = zipfile.ZIP_STORED if name.endswith((".cvb", ".pdf")) else zipfile.ZIP_DEFLATED

@@ -162,8 +162,7 @@ def _range_reduce(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, ufunc: np.ufunc
     return ufunc.reduceat(padded, idx)[0::2]
 
 
-def _runs(flag: np.ndarray, sec: np.ndarray, max_pause_s: float, gap_id: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def _runs(flag: np.ndarray, sec: np.ndarray, max_pause_s: float, gap_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and last group index of runs of ``flag``, joining pauses up to ``max_pause_s`` within one awake span."""
     on = np.flatnonzero(flag)
     if len(on) == 0:
@@ -174,8 +173,14 @@ def _runs(flag: np.ndarray, sec: np.ndarray, max_pause_s: float, gap_id: np.ndar
 
 
 # ---------------------------------------------------------------------------------------- detection
-def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, max_pause_s: float = 120,
-           min_drive_m: float = MIN_DRIVE_M) -> Timeline:
+def detect(
+    table: pa.Table,
+    *,
+    max_stop_s: float = 300,
+    max_gap_s: float = 60,
+    max_pause_s: float = 120,
+    min_drive_m: float = MIN_DRIVE_M,
+) -> Timeline:
     """Drives and charging sessions in a telemetry window (see the module docstring for the rules)."""
     if table.num_rows == 0:
         return Timeline([], [])
@@ -229,12 +234,23 @@ def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, m
         for k in range(len(i0)):
             if dist[k] < min_drive_m:
                 continue
-            drives.append(Drive(
-                start_ms=int(start_ms[k]), end_ms=int(end_ms[k]), duration_s=float(dur[k]),
-                distance_m=float(dist[k]), energy_kwh=_opt(energy[k]), top_speed_kmh=_opt(top[k]),
-                avg_speed_kmh=float(dist[k] / dur[k] * 3.6) if dur[k] > 0 else None,
-                soc_start=_opt(soc0[k]), soc_end=_opt(soc1[k]),
-                start_lat=_opt(lat0[k]), start_lon=_opt(lon0[k]), end_lat=_opt(lat1[k]), end_lon=_opt(lon1[k])))
+            drives.append(
+                Drive(
+                    start_ms=int(start_ms[k]),
+                    end_ms=int(end_ms[k]),
+                    duration_s=float(dur[k]),
+                    distance_m=float(dist[k]),
+                    energy_kwh=_opt(energy[k]),
+                    top_speed_kmh=_opt(top[k]),
+                    avg_speed_kmh=float(dist[k] / dur[k] * 3.6) if dur[k] > 0 else None,
+                    soc_start=_opt(soc0[k]),
+                    soc_end=_opt(soc1[k]),
+                    start_lat=_opt(lat0[k]),
+                    start_lon=_opt(lon0[k]),
+                    end_lat=_opt(lat1[k]),
+                    end_lon=_opt(lon1[k]),
+                )
+            )
 
     c0, c1 = _runs(charging_flag > 0.5, sec, max_pause_s, gap_id)
     charges: list[Charge] = []
@@ -248,8 +264,18 @@ def detect(table: pa.Table, *, max_stop_s: float = 300, max_gap_s: float = 60, m
         clat, clon = _at(lat, c0), _at(lon, c0)
         for k in range(len(c0)):
             kind = None if np.isnan(dcmax[k]) else ("DC" if dcmax[k] > DC_MIN_A else "AC")
-            charges.append(Charge(
-                start_ms=int(cstart[k]), end_ms=int(cend[k]), duration_s=float((cend[k] - cstart[k]) / 1000.0),
-                energy_kwh=_opt(added[k]), max_power_kw=_opt(pmax[k]), soc_start=_opt(soc0[k]),
-                soc_end=_opt(soc1[k]), kind=kind, lat=_opt(clat[k]), lon=_opt(clon[k])))
+            charges.append(
+                Charge(
+                    start_ms=int(cstart[k]),
+                    end_ms=int(cend[k]),
+                    duration_s=float((cend[k] - cstart[k]) / 1000.0),
+                    energy_kwh=_opt(added[k]),
+                    max_power_kw=_opt(pmax[k]),
+                    soc_start=_opt(soc0[k]),
+                    soc_end=_opt(soc1[k]),
+                    kind=kind,
+                    lat=_opt(clat[k]),
+                    lon=_opt(clon[k]),
+                )
+            )
     return Timeline(drives, charges)

@@ -22,17 +22,29 @@ class Vehicles:
         self.region = region
         self.limiter = FailureLimiter(db)
 
-    def register(self, vin: str, public_key: bytes, pairing_code: str, model: str = "",
-                 region: str | None = None, certificate_pem: str | None = None) -> Vehicle:
+    def register(
+        self,
+        vin: str,
+        public_key: bytes,
+        pairing_code: str,
+        model: str = "",
+        region: str | None = None,
+        certificate_pem: str | None = None,
+    ) -> Vehicle:
         """Register a provisioned vehicle's public key and pairing code with this region."""
         home = region or self.region
         if home != self.region:
-            raise WrongRegion(f"vehicle {vin} is provisioned for region {home}, not {self.region}",
-                              home_region=home)
+            raise WrongRegion(f"vehicle {vin} is provisioned for region {home}, not {self.region}", home_region=home)
         if len(public_key) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
-        v = Vehicle(vin=vin, region=home, model=model, public_key=public_key, certificate_pem=certificate_pem,
-                    pairing_code_hash=hash_password(pairing_code.upper()))
+        v = Vehicle(
+            vin=vin,
+            region=home,
+            model=model,
+            public_key=public_key,
+            certificate_pem=certificate_pem,
+            pairing_code_hash=hash_password(pairing_code.upper()),
+        )
         try:
             with self.db.session() as s:
                 s.add(v)
@@ -52,8 +64,10 @@ class Vehicles:
                 self.limiter.fail(keys)
                 raise NotFound("no vehicle with that VIN shows this pairing code", vin=vin)
             if v.owner_id is not None and v.owner_id != owner_id:
-                raise AlreadyExists("this vehicle is already paired with another account; the current owner "
-                                    "must release it first", vin=vin)
+                raise AlreadyExists(
+                    "this vehicle is already paired with another account; the current owner must release it first",
+                    vin=vin,
+                )
             v.owner_id = owner_id
             v.claimed_ms = now_ms()
         return v

@@ -84,9 +84,19 @@ class FrameScan(Base):
 
 def frame_json(f: FrameRecord) -> dict[str, Any]:
     """A frame's index entry as the API shows it."""
-    return {"vin": f.vin, "sha256": f.sha256, "seq": f.seq, "batch_hash": f.batch_hash, "t_ms": f.t_ms,
-            "position": f.position, "deidentified": f.deidentified, "redactions": json.loads(f.redactions),
-            "detectors": json.loads(f.detectors), "bytes": f.size, "stored_ms": f.stored_ms}
+    return {
+        "vin": f.vin,
+        "sha256": f.sha256,
+        "seq": f.seq,
+        "batch_hash": f.batch_hash,
+        "t_ms": f.t_ms,
+        "position": f.position,
+        "deidentified": f.deidentified,
+        "redactions": json.loads(f.redactions),
+        "detectors": json.loads(f.detectors),
+        "bytes": f.size,
+        "stored_ms": f.stored_ms,
+    }
 
 
 def is_sha256_hex(text: str) -> bool:
@@ -97,15 +107,18 @@ def is_sha256_hex(text: str) -> bool:
 class FrameStore:
     """Accepts, indexes and serves one region's camera frames."""
 
-    def __init__(self, db: Database, segments: SegmentReader, blob_dir: Path, *,
-                 max_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, db: Database, segments: SegmentReader, blob_dir: Path, *, max_bytes: int = MAX_FRAME_BYTES
+    ) -> None:
         self.db = db
         self.segments = segments
         self.blob_dir = blob_dir
         self.max_bytes = max_bytes
         # Region creates the schema at start-up; these tables may be newer than that process's imports.
-        Base.metadata.create_all(db.engine, tables=[Base.metadata.tables[FrameRecord.__tablename__],
-                                                    Base.metadata.tables[FrameScan.__tablename__]])
+        Base.metadata.create_all(
+            db.engine,
+            tables=[Base.metadata.tables[FrameRecord.__tablename__], Base.metadata.tables[FrameScan.__tablename__]],
+        )
 
     def delete_vehicle(self, vin: str) -> int:
         """Erase a vehicle's frames (blobs and index); return how many."""
@@ -129,8 +142,9 @@ class FrameStore:
         """Store one frame if an accepted batch of ``vin`` names it as de-identified; else raise why not."""
         media = (content_type or "").split(";")[0].strip().lower()
         if media != FRAME_MEDIA_TYPE:
-            raise UnsupportedMediaType(f"frames are sent as {FRAME_MEDIA_TYPE}, not {media or 'nothing'}",
-                                       expected=FRAME_MEDIA_TYPE)
+            raise UnsupportedMediaType(
+                f"frames are sent as {FRAME_MEDIA_TYPE}, not {media or 'nothing'}", expected=FRAME_MEDIA_TYPE
+            )
         if len(body) > self.max_bytes:
             raise PayloadTooLarge(f"frame is {len(body)} bytes; the limit is {self.max_bytes}", limit=self.max_bytes)
         if not body.startswith(_JPEG_START):
@@ -147,21 +161,41 @@ class FrameStore:
             self.refresh(vin)
             rec = self.find(vin, sha)
         if rec is None:
-            raise UnknownFrame(f"no accepted media batch of {vin} names a frame with SHA-256 {sha}; upload the "
-                               "signed batch that describes the frame first", vin=vin, sha256=sha)
+            raise UnknownFrame(
+                f"no accepted media batch of {vin} names a frame with SHA-256 {sha}; upload the "
+                "signed batch that describes the frame first",
+                vin=vin,
+                sha256=sha,
+            )
         if not rec.deidentified:
-            raise DeIdentificationMissing("the batch naming this frame does not mark it as de-identified in the "
-                                          "car; faces and licence plates must be blurred before it leaves the "
-                                          "vehicle", vin=vin, sha256=sha, seq=rec.seq)
+            raise DeIdentificationMissing(
+                "the batch naming this frame does not mark it as de-identified in the "
+                "car; faces and licence plates must be blurred before it leaves the "
+                "vehicle",
+                vin=vin,
+                sha256=sha,
+                seq=rec.seq,
+            )
         duplicate = rec.stored_ms is not None and self.blob_path(sha).is_file()
         if not duplicate:
             self._write_blob(sha, body)
             with self.db.session() as s:
-                s.execute(update(FrameRecord).where(FrameRecord.id == rec.id, FrameRecord.stored_ms.is_(None))
-                          .values(size=len(body), stored_ms=now_ms()))
+                s.execute(
+                    update(FrameRecord)
+                    .where(FrameRecord.id == rec.id, FrameRecord.stored_ms.is_(None))
+                    .values(size=len(body), stored_ms=now_ms())
+                )
             rec = self.find(vin, sha) or rec
-        return {"vin": vin, "sha256": sha, "bytes": len(body), "seq": rec.seq, "batch_hash": rec.batch_hash,
-                "t_ms": rec.t_ms, "stored_ms": rec.stored_ms, "duplicate": duplicate}
+        return {
+            "vin": vin,
+            "sha256": sha,
+            "bytes": len(body),
+            "seq": rec.seq,
+            "batch_hash": rec.batch_hash,
+            "t_ms": rec.t_ms,
+            "stored_ms": rec.stored_ms,
+            "duplicate": duplicate,
+        }
 
     def _write_blob(self, sha256: str, body: bytes) -> None:
         """Write once, durably: temp file, fsync, rename, fsync the folder."""
@@ -192,10 +226,17 @@ class FrameStore:
         with self.db.session() as s:
             scanned = s.scalar(select(FrameScan.scanned_seq).where(FrameScan.vin == vin)) or 0
             batches = s.execute(
-                select(BatchRecord.seq, BatchRecord.batch_hash, BatchRecord.segment, BatchRecord.offset,
-                       BatchRecord.length, BatchRecord.columns)
+                select(
+                    BatchRecord.seq,
+                    BatchRecord.batch_hash,
+                    BatchRecord.segment,
+                    BatchRecord.offset,
+                    BatchRecord.length,
+                    BatchRecord.columns,
+                )
                 .where(BatchRecord.vin == vin, BatchRecord.kind == "media", BatchRecord.seq > scanned)
-                .order_by(BatchRecord.seq)).all()
+                .order_by(BatchRecord.seq)
+            ).all()
         added = 0
         for b in batches:
             if CAMERA + "FrameHash" in b.columns.split(","):
@@ -216,8 +257,13 @@ class FrameStore:
         for _ in range(3):
             try:
                 with self.db.session() as s:
-                    known = set(s.scalars(select(FrameRecord.sha256).where(
-                        FrameRecord.vin == vin, FrameRecord.sha256.in_([r["sha256"] for r in rows]))))
+                    known = set(
+                        s.scalars(
+                            select(FrameRecord.sha256).where(
+                                FrameRecord.vin == vin, FrameRecord.sha256.in_([r["sha256"] for r in rows])
+                            )
+                        )
+                    )
                     new = 0
                     for r in rows:
                         if r["sha256"] in known:
@@ -245,8 +291,11 @@ class FrameStore:
 
 def _camera_rows(envelope: bytes, columns: list[str]) -> list[dict[str, Any]]:
     """The framed rows of a stored media batch, read from its exact bytes."""
-    wanted = ["t"] + [CAMERA + c for c in ("FrameHash", "DeIdentified", "Position", "Redactions", "Detectors")
-                      if CAMERA + c in columns]
+    wanted = ["t"] + [
+        CAMERA + c
+        for c in ("FrameHash", "DeIdentified", "Position", "Redactions", "Detectors")
+        if CAMERA + c in columns
+    ]
     table = pq.ParquetFile(pa.BufferReader(payload_of(envelope))).read(columns=wanted, use_threads=False)
     cols = {name: table.column(name).to_pylist() for name in wanted if name != "t"}
     t = table.column("t").cast(pa.int64()).to_pylist()
@@ -255,8 +304,12 @@ def _camera_rows(envelope: bytes, columns: list[str]) -> list[dict[str, Any]]:
         if sha is None or sha in rows:
             continue
         deid = cols.get(CAMERA + "DeIdentified", [None] * len(t))[i]
-        rows[sha] = {"sha256": sha, "t_ms": t[i], "deidentified": bool(deid),
-                     "position": cols.get(CAMERA + "Position", [None] * len(t))[i],
-                     "redactions": cols.get(CAMERA + "Redactions", [None] * len(t))[i] or "[]",
-                     "detectors": cols.get(CAMERA + "Detectors", [None] * len(t))[i] or "[]"}
+        rows[sha] = {
+            "sha256": sha,
+            "t_ms": t[i],
+            "deidentified": bool(deid),
+            "position": cols.get(CAMERA + "Position", [None] * len(t))[i],
+            "redactions": cols.get(CAMERA + "Redactions", [None] * len(t))[i] or "[]",
+            "detectors": cols.get(CAMERA + "Detectors", [None] * len(t))[i] or "[]",
+        }
     return list(rows.values())

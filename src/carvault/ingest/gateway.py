@@ -60,8 +60,16 @@ class _Pending:
 class Gateway:
     """Region gateway for vehicle uploads (protocol v1)."""
 
-    def __init__(self, settings: Settings, db: Database, segments: SegmentWriter, log: AppendOnlyLog,
-                 catalogue: Catalogue, ca_pem: str, derived: DerivedCopies | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        segments: SegmentWriter,
+        log: AppendOnlyLog,
+        catalogue: Catalogue,
+        ca_pem: str,
+        derived: DerivedCopies | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.segments = segments
@@ -86,26 +94,29 @@ class Gateway:
     def committed(self, pending: _Pending, receipt: dict[str, Any]) -> dict[str, Any]:
         """After the receipt: queue the query-optimised copy (never the evidence) off the request path."""
         if self.derived is not None and not receipt["duplicate"] and pending.env.header.kind == "telemetry":
-            self._derived_pool.submit(self.derived.write, pending.env.header.vin, receipt["batch_hash"],
-                                      pending.table)
+            self._derived_pool.submit(self.derived.write, pending.env.header.vin, receipt["batch_hash"], pending.table)
         return receipt
 
     def check(self, body: bytes, content_type: str | None) -> dict[str, Any] | _Pending:
         """Every check of a batch (CPU work, no lock); a replay's receipt, or the batch queued for commit."""
         media = (content_type or "").split(";")[0].strip().lower()
         if media != BATCH_MEDIA_TYPE:
-            raise UnsupportedMediaType(f"batches are sent as {BATCH_MEDIA_TYPE}, not {media or 'nothing'}",
-                                       expected=BATCH_MEDIA_TYPE)
+            raise UnsupportedMediaType(
+                f"batches are sent as {BATCH_MEDIA_TYPE}, not {media or 'nothing'}", expected=BATCH_MEDIA_TYPE
+            )
         if len(body) > self.settings.max_batch_bytes:
-            raise PayloadTooLarge(f"batch is {len(body)} bytes; the limit is {self.settings.max_batch_bytes}",
-                                  limit=self.settings.max_batch_bytes)
+            raise PayloadTooLarge(
+                f"batch is {len(body)} bytes; the limit is {self.settings.max_batch_bytes}",
+                limit=self.settings.max_batch_bytes,
+            )
         env = decode_envelope(body)
         h = env.header
         if h.region != self.settings.region:
             raise WrongRegion(
                 f"vehicle {h.vin} belongs to region {h.region!r}; this gateway serves {self.settings.region!r} "
                 "and stores nothing for other regions",
-                home_region=h.region, endpoint=self.settings.endpoint_of(h.region),
+                home_region=h.region,
+                endpoint=self.settings.endpoint_of(h.region),
             )
         env.verify(self.vehicle_key(h.vin))
         existing = self._existing(h.vin, h.seq)
@@ -114,8 +125,12 @@ class Gateway:
         self._check_chain(env)
         table = env.table()
         summary = validate_payload(
-            h, table, self.catalogue, now_ms=now_ms(),
-            max_future_skew_ms=self.settings.max_future_skew_s * 1000, max_rows=self.settings.max_batch_rows,
+            h,
+            table,
+            self.catalogue,
+            now_ms=now_ms(),
+            max_future_skew_ms=self.settings.max_future_skew_s * 1000,
+            max_rows=self.settings.max_batch_rows,
         )
         pending = _Pending(env, summary, table)
         self._queue.put(pending)
@@ -134,8 +149,9 @@ class Gateway:
                 try:
                     certified = vehicle_key_from_certificate(row.certificate_pem, self.ca_pem, vin)
                 except CertificateError as e:
-                    raise UnknownVehicle(f"vehicle {vin} has no valid certificate from this region's CA: {e}",
-                                         vin=vin) from None
+                    raise UnknownVehicle(
+                        f"vehicle {vin} has no valid certificate from this region's CA: {e}", vin=vin
+                    ) from None
                 if certified.public_bytes_raw() != row.public_key:
                     raise UnknownVehicle(f"vehicle {vin}'s certificate does not match its registered key", vin=vin)
             self._keys[vin] = key
@@ -150,7 +166,9 @@ class Gateway:
         if rec.batch_hash != env.batch_hash:
             raise SeqConflict(
                 f"seq {rec.seq} of {rec.vin} was already accepted with different content",
-                vin=rec.vin, seq=rec.seq, accepted_hash=rec.batch_hash,
+                vin=rec.vin,
+                seq=rec.seq,
+                accepted_hash=rec.batch_hash,
             )
         log_index = rec.log_index if rec.log_index is not None else self._recover_log_index(rec)
         deadline = time.monotonic() + 10
@@ -163,8 +181,15 @@ class Gateway:
             log_index = self._recover_log_index(rec)
         if log_index is None:
             log_index = self._log_records([rec])[0]
-        return receipt_json(region=self.settings.region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
-                            log_index=log_index, received_ms=rec.received_ms, duplicate=True)
+        return receipt_json(
+            region=self.settings.region,
+            vin=rec.vin,
+            seq=rec.seq,
+            batch_hash=rec.batch_hash,
+            log_index=log_index,
+            received_ms=rec.received_ms,
+            duplicate=True,
+        )
 
     def _check_chain(self, env: Envelope) -> None:
         h = env.header
@@ -173,12 +198,15 @@ class Gateway:
         if h.seq != head.last_seq + 1:
             raise BrokenChain(
                 f"batch seq {h.seq} does not follow the last accepted seq {head.last_seq}; "
-                f"send seq {head.last_seq + 1} first", expected_seq=head.last_seq + 1, got_seq=h.seq,
+                f"send seq {head.last_seq + 1} first",
+                expected_seq=head.last_seq + 1,
+                got_seq=h.seq,
             )
         if h.prev != head.last_hash:
             raise BrokenChain(
                 f"batch prev hash does not match the hash of accepted batch {head.last_seq}",
-                expected_prev=head.last_hash, got_prev=h.prev,
+                expected_prev=head.last_hash,
+                got_prev=h.prev,
             )
 
     # ------------------------------------------------------------------ group commit
@@ -216,33 +244,60 @@ class Gateway:
         with self.db.session() as s:
             for p, (segment, offset, length) in zip(group, locations, strict=True):
                 h = p.env.header
-                moved = rowcount(s.execute(
-                    update(Vehicle)
-                    .where(Vehicle.vin == h.vin, Vehicle.last_seq == h.seq - 1, Vehicle.last_hash == h.prev)
-                    .values(last_seq=h.seq, last_hash=p.env.batch_hash)
-                ))
+                moved = rowcount(
+                    s.execute(
+                        update(Vehicle)
+                        .where(Vehicle.vin == h.vin, Vehicle.last_seq == h.seq - 1, Vehicle.last_hash == h.prev)
+                        .values(last_seq=h.seq, last_hash=p.env.batch_hash)
+                    )
+                )
                 if moved != 1:
                     continue  # lost a race with another process; resolved below
                 rec = BatchRecord(
-                    vin=h.vin, seq=h.seq, kind=h.kind, batch_hash=p.env.batch_hash, prev_hash=h.prev,
-                    t0=h.t0, t1=h.t1, rows=p.summary.rows, samples=p.summary.samples,
-                    columns=",".join(p.summary.columns), segment=segment, offset=offset, length=length,
-                    log_index=None, received_ms=received,
+                    vin=h.vin,
+                    seq=h.seq,
+                    kind=h.kind,
+                    batch_hash=p.env.batch_hash,
+                    prev_hash=h.prev,
+                    t0=h.t0,
+                    t1=h.t1,
+                    rows=p.summary.rows,
+                    samples=p.summary.samples,
+                    columns=",".join(p.summary.columns),
+                    segment=segment,
+                    offset=offset,
+                    length=length,
+                    log_index=None,
+                    received_ms=received,
                 )
                 s.add(rec)
                 if p.summary.event is not None:
                     ev = p.summary.event
-                    s.add(VehicleEvent(vin=h.vin, kind=ev["kind"], t_ms=ev["trigger_ms"], batch_seq=h.seq,
-                                       legal_basis=ev["legal_basis"],
-                                       detail=json.dumps({k: v for k, v in ev.items()
-                                                          if k not in ("kind", "trigger_ms", "legal_basis")})))
+                    s.add(
+                        VehicleEvent(
+                            vin=h.vin,
+                            kind=ev["kind"],
+                            t_ms=ev["trigger_ms"],
+                            batch_seq=h.seq,
+                            legal_basis=ev["legal_basis"],
+                            detail=json.dumps(
+                                {k: v for k, v in ev.items() if k not in ("kind", "trigger_ms", "legal_basis")}
+                            ),
+                        )
+                    )
                 accepted.append((p, rec))
         indices = self._log_records([rec for _, rec in accepted]) if accepted else []
         for (p, rec), idx in zip(accepted, indices, strict=True):
-            p.future.set_result(receipt_json(
-                region=self.settings.region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash,
-                log_index=idx, received_ms=rec.received_ms,
-            ))
+            p.future.set_result(
+                receipt_json(
+                    region=self.settings.region,
+                    vin=rec.vin,
+                    seq=rec.seq,
+                    batch_hash=rec.batch_hash,
+                    log_index=idx,
+                    received_ms=rec.received_ms,
+                )
+            )
         for p in group:
             if not p.future.done():
                 # Another process advanced this vehicle's chain first: answer as a re-send would.
@@ -260,27 +315,36 @@ class Gateway:
         """After a crash between log append and index write: find the batch's leaf in the log's recent tail."""
         from carvault.ledger.merkle import leaf_hash
 
-        target = leaf_hash(leaf_data(region=self.settings.region, vin=rec.vin, seq=rec.seq,
-                                     batch_hash=rec.batch_hash, received_ms=rec.received_ms))
+        target = leaf_hash(
+            leaf_data(
+                region=self.settings.region,
+                vin=rec.vin,
+                seq=rec.seq,
+                batch_hash=rec.batch_hash,
+                received_ms=rec.received_ms,
+            )
+        )
         size = self.log.size  # type: ignore[attr-defined]
         for i in range(size - 1, max(-1, size - 1 - tail), -1):
             if self.log.leaf_hash(i) == target:  # type: ignore[attr-defined]
                 with self.db.session() as s:
-                    s.execute(update(BatchRecord).where(BatchRecord.batch_hash == rec.batch_hash)
-                              .values(log_index=i))
+                    s.execute(update(BatchRecord).where(BatchRecord.batch_hash == rec.batch_hash).values(log_index=i))
                 return i
         return None
 
     def _log_records(self, records: list[BatchRecord]) -> list[int]:
         """Append records to the transparency log and store their leaf indices."""
-        leaves = [leaf_data(region=self.settings.region, vin=r.vin, seq=r.seq, batch_hash=r.batch_hash,
-                            received_ms=r.received_ms) for r in records]
+        leaves = [
+            leaf_data(
+                region=self.settings.region, vin=r.vin, seq=r.seq, batch_hash=r.batch_hash, received_ms=r.received_ms
+            )
+            for r in records
+        ]
         first = self.log.append(leaves)
         indices = list(range(first, first + len(records)))
         with self.db.session() as s:
             for r, idx in zip(records, indices, strict=True):
-                s.execute(update(BatchRecord).where(BatchRecord.batch_hash == r.batch_hash)
-                          .values(log_index=idx))
+                s.execute(update(BatchRecord).where(BatchRecord.batch_hash == r.batch_hash).values(log_index=idx))
         return indices
 
     def close(self) -> None:

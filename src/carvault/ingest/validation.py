@@ -56,17 +56,28 @@ def event_meta(header: BatchHeader, table: pa.Table) -> dict[str, Any] | None:
         meta = json.loads(raw)
     except ValueError:
         raise MalformedBatch("carvault.event metadata is not JSON") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in EVENT_KINDS or type(meta.get("trigger_ms")) is not int \
-            or not isinstance(meta.get("legal_basis"), str) or not meta["legal_basis"].strip():
-        raise MalformedBatch(f"carvault.event needs kind (one of {', '.join(EVENT_KINDS)}), integer trigger_ms "
-                             "and a legal_basis")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("kind") not in EVENT_KINDS
+        or type(meta.get("trigger_ms")) is not int
+        or not isinstance(meta.get("legal_basis"), str)
+        or not meta["legal_basis"].strip()
+    ):
+        raise MalformedBatch(
+            f"carvault.event needs kind (one of {', '.join(EVENT_KINDS)}), integer trigger_ms and a legal_basis"
+        )
     if not header.t0 <= meta["trigger_ms"] <= header.t1:
         raise TimestampOutOfSpan("the event's trigger time is outside the batch span", trigger_ms=meta["trigger_ms"])
     return meta
 
 
 def validate_payload(
-    header: BatchHeader, table: pa.Table, catalogue: Catalogue, *, now_ms: int, max_future_skew_ms: int,
+    header: BatchHeader,
+    table: pa.Table,
+    catalogue: Catalogue,
+    *,
+    now_ms: int,
+    max_future_skew_ms: int,
     max_rows: int,
 ) -> PayloadSummary:
     """Raise the matching ``BadRequest`` for the first defect; return a summary if the batch is sound."""
@@ -87,12 +98,15 @@ def validate_payload(
     for name in names[1:]:
         sig = catalogue.get(name)
         if sig is None:
-            raise UnknownSignal(f"signal {name!r} is not in the catalogue; unclassified data is refused",
-                                signal=name)
+            raise UnknownSignal(f"signal {name!r} is not in the catalogue; unclassified data is refused", signal=name)
         col = table.column(name)
         if col.type != sig.arrow_type:
-            raise WrongSignalType(f"signal {name} must be {sig.datatype} ({sig.arrow_type}), got {col.type}",
-                                  signal=name, expected=sig.datatype, got=str(col.type))
+            raise WrongSignalType(
+                f"signal {name} must be {sig.datatype} ({sig.arrow_type}), got {col.type}",
+                signal=name,
+                expected=sig.datatype,
+                got=str(col.type),
+            )
         present = len(col) - col.null_count
         samples += present
         if present == 0:
@@ -111,11 +125,16 @@ def validate_payload(
             if (sig.min is not None and lo < sig.min) or (sig.max is not None and hi > sig.max):
                 raise ValueOutOfRange(
                     f"signal {name} ranges {lo}..{hi}, outside its allowed {sig.min}..{sig.max} {sig.unit}",
-                    signal=name, min=sig.min, max=sig.max, got_min=lo, got_max=hi,
+                    signal=name,
+                    min=sig.min,
+                    max=sig.max,
+                    got_min=lo,
+                    got_max=hi,
                 )
     _check_camera_frames(table, names)
-    return PayloadSummary(rows=table.num_rows, samples=samples, columns=tuple(names[1:]),
-                          event=event_meta(header, table))
+    return PayloadSummary(
+        rows=table.num_rows, samples=samples, columns=tuple(names[1:]), event=event_meta(header, table)
+    )
 
 
 CAMERA = "Vehicle.CarVault.Camera."
@@ -131,12 +150,16 @@ def _check_camera_frames(table: pa.Table, names: list[str]) -> None:
     framed = pc.is_valid(hashes)
     for col in ("DeIdentified", "Redactions", "Detectors"):
         if CAMERA + col not in names:
-            raise DeIdentificationMissing(f"camera frames must carry {CAMERA + col}; the platform refuses "
-                                          "images not de-identified in the car", signal=CAMERA + col)
+            raise DeIdentificationMissing(
+                f"camera frames must carry {CAMERA + col}; the platform refuses images not de-identified in the car",
+                signal=CAMERA + col,
+            )
     marked = pc.fill_null(table.column(CAMERA + "DeIdentified"), False)
     if not pc.all(pc.or_(pc.invert(framed), marked)).as_py():
-        raise DeIdentificationMissing("a camera frame is not marked as de-identified in the car; faces and "
-                                      "licence plates must be blurred before a frame leaves the vehicle")
+        raise DeIdentificationMissing(
+            "a camera frame is not marked as de-identified in the car; faces and "
+            "licence plates must be blurred before a frame leaves the vehicle"
+        )
     for col in ("Redactions", "Detectors"):
         if not pc.all(pc.or_(pc.invert(framed), pc.is_valid(table.column(CAMERA + col)))).as_py():
             raise DeIdentificationMissing(f"a camera frame lacks {CAMERA + col}", signal=CAMERA + col)
@@ -154,12 +177,15 @@ def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_fut
     if header.t1 > now_ms + max_future_skew_ms:
         raise TimestampInFuture(
             f"batch reaches {(header.t1 - now_ms) / 1000:.0f} s into the future "
-            f"(allowed skew {max_future_skew_ms // 1000} s)", t1=header.t1, server_ms=now_ms,
+            f"(allowed skew {max_future_skew_ms // 1000} s)",
+            t1=header.t1,
+            server_ms=now_ms,
         )
     if lo < header.t0 or hi > header.t1:
         raise TimestampOutOfSpan(
             f"timestamps {lo}..{hi} fall outside the header span {header.t0}..{header.t1}",
-            t0=header.t0, t1=header.t1,
+            t0=header.t0,
+            t1=header.t1,
         )
     if len(ms) > 1:
         flat = ms.combine_chunks() if isinstance(ms, pa.ChunkedArray) else ms

@@ -26,8 +26,9 @@ def request_message(method: str, path: str, vin: str, time_ms: int) -> bytes:
     return f"carvault-vehicle-request-v1\n{method.upper()}\n{path}\n{vin}\n{time_ms}".encode()
 
 
-def sign_request(key: Ed25519PrivateKey, method: str, path: str, vin: str, time_ms: int | None = None
-                 ) -> dict[str, str]:
+def sign_request(
+    key: Ed25519PrivateKey, method: str, path: str, vin: str, time_ms: int | None = None
+) -> dict[str, str]:
     """Headers for a vehicle-signed request."""
     t = time_ms if time_ms is not None else now_ms()
     sig = base64.b64encode(key.sign(request_message(method, path, vin, t))).decode()

@@ -101,8 +101,7 @@ class BatchRecord(Base):
         UniqueConstraint("vin", "seq", name="uq_batches_vin_seq"),
         Index("ix_batches_vin_span", "vin", "t0", "t1"),
     )
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"))
     seq: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
@@ -270,8 +269,9 @@ class Database:
     def __init__(self, url: str) -> None:
         try:
             if url.startswith("sqlite"):
-                self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                                                    pool_size=20, max_overflow=20)
+                self.engine: Engine = create_engine(
+                    url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20
+                )
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
                 self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)

@@ -31,8 +31,10 @@ class TemporaryPostgres:
     def __init__(self, port: int | None = None, fsync: bool = True) -> None:
         bindir = pg_bindir()
         if bindir is None:
-            raise Unavailable("PostgreSQL server binaries are not installed (apt-get install postgresql; "
-                              "`make test` does this via scripts/install-system-deps.sh)")
+            raise Unavailable(
+                "PostgreSQL server binaries are not installed (apt-get install postgresql; "
+                "`make test` does this via scripts/install-system-deps.sh)"
+            )
         from carvault.server import free_port
 
         self.bindir = bindir
@@ -55,11 +57,32 @@ class TemporaryPostgres:
         if self.as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
             os.chmod(self.root, 0o700)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-locale")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", opts, "-l",
-                  str(self.root / "server.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-o",
+            opts,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -60,15 +60,24 @@ class TelemetryStore:
 
     def batches(self, vin: str, start_ms: int, end_ms: int, kind: str | None = "telemetry") -> list[BatchRef]:
         """Batches of ``vin`` whose span overlaps [start_ms, end_ms], in seq order."""
-        q = select(BatchRecord.seq, BatchRecord.t0, BatchRecord.t1, BatchRecord.segment, BatchRecord.offset,
-                   BatchRecord.length, BatchRecord.columns, BatchRecord.batch_hash).where(
-            BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
+        q = select(
+            BatchRecord.seq,
+            BatchRecord.t0,
+            BatchRecord.t1,
+            BatchRecord.segment,
+            BatchRecord.offset,
+            BatchRecord.length,
+            BatchRecord.columns,
+            BatchRecord.batch_hash,
+        ).where(BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
         if kind is not None:
             q = q.where(BatchRecord.kind == kind)
         with self.db.session() as s:
             rows = s.execute(q.order_by(BatchRecord.seq)).all()
-        return [BatchRef(r.seq, r.t0, r.t1, r.segment, r.offset, r.length, frozenset(r.columns.split(",")),
-                         r.batch_hash) for r in rows]
+        return [
+            BatchRef(r.seq, r.t0, r.t1, r.segment, r.offset, r.length, frozenset(r.columns.split(",")), r.batch_hash)
+            for r in rows
+        ]
 
     def window(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> pa.Table:
         """All samples of ``signals`` with start_ms <= t < end_ms, sorted by t, one column per signal."""
@@ -78,8 +87,9 @@ class TelemetryStore:
             raise InvalidQuery("a window may span at most 400 days; use a bulk export for more")
         refs = self.batches(vin, start_ms, end_ms - 1)
         wanted = [s.path for s in signals]
-        schema = pa.schema([pa.field("t", TIME_TYPE, nullable=False)] + [pa.field(s.path, s.arrow_type)
-                                                                          for s in signals])
+        schema = pa.schema(
+            [pa.field("t", TIME_TYPE, nullable=False)] + [pa.field(s.path, s.arrow_type) for s in signals]
+        )
         if not refs:
             return schema.empty_table()
 
@@ -105,8 +115,7 @@ class TelemetryStore:
         for f in schema:
             if f.name == "t":
                 continue
-            columns.append(table.column(f.name) if f.name in table.column_names
-                           else pa.nulls(table.num_rows, f.type))
+            columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
         return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -139,7 +148,7 @@ def resample(table: pa.Table, interval_ms: int) -> pa.Table:
     grouped = work.group_by("bucket", use_threads=False).aggregate(aggs).sort_by("bucket")
     out = [grouped.column("bucket").cast(TIME_TYPE)]
     fields = [pa.field("t", TIME_TYPE, nullable=False)]
-    for (name, fn) in aggs:
+    for name, fn in aggs:
         col = grouped.column(f"{name}_{fn}")
         out.append(col)
         fields.append(pa.field(name, col.type))

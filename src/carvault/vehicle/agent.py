@@ -81,9 +81,16 @@ class ChainHead:
 class VehicleAgent:
     """Batching, signing, spooling and uploading for one vehicle."""
 
-    def __init__(self, identity: VehicleIdentity, state_dir: Path, endpoint: str,
-                 client: httpx.Client | None = None, *, places: Sequence[Place] = (),
-                 location_resolution: int = DEFAULT_RESOLUTION) -> None:
+    def __init__(
+        self,
+        identity: VehicleIdentity,
+        state_dir: Path,
+        endpoint: str,
+        client: httpx.Client | None = None,
+        *,
+        places: Sequence[Place] = (),
+        location_resolution: int = DEFAULT_RESOLUTION,
+    ) -> None:
         self.identity = identity
         self.state_dir = state_dir
         self.spool_dir = state_dir / "spool"
@@ -167,8 +174,12 @@ class VehicleAgent:
     def spool_event(self, rec: EventRecord) -> bytes:
         """Sign a frozen event window as an event batch."""
         ts = rec.table.column("t").cast(pa.int64())
-        return self.spool(rec.batch_table(self.recorder.pre_s, self.recorder.post_s), t0=int(ts[0].as_py()),
-                          t1=int(ts[-1].as_py()), kind="event")
+        return self.spool(
+            rec.batch_table(self.recorder.pre_s, self.recorder.post_s),
+            t0=int(ts[0].as_py()),
+            t1=int(ts[-1].as_py()),
+            kind="event",
+        )
 
     # -------------------------------------------------------------- chain state
     def _load_head(self) -> ChainHead:
@@ -199,8 +210,17 @@ class VehicleAgent:
     def spool(self, part: pa.Table, *, t0: int, t1: int, kind: str = "telemetry") -> bytes:
         """Sign one batch, write it durably to the spool, then advance the chain head."""
         seq = self.head.seq + 1
-        blob = make_batch(vin=self.identity.vin, region=self.identity.region, seq=seq, prev=self.head.prev,
-                          table=part, key=self.identity.key, kind=kind, t0=t0, t1=t1)
+        blob = make_batch(
+            vin=self.identity.vin,
+            region=self.identity.region,
+            seq=seq,
+            prev=self.head.prev,
+            table=part,
+            key=self.identity.key,
+            kind=kind,
+            t0=t0,
+            t1=t1,
+        )
         write_durably(self.spool_dir / f"{seq:012d}.cvb", blob)
         self.head = ChainHead(seq=seq, prev=sha256_hex(blob))
         self._save_head()
@@ -213,8 +233,7 @@ class VehicleAgent:
     # -------------------------------------------------------------- upload
     def upload_one(self, blob: bytes) -> dict[str, Any]:
         """POST one batch; return the receipt or raise ``UploadRefused`` / ``httpx.HTTPError``."""
-        r = self.client.post(self.endpoint + UPLOAD_PATH, content=blob,
-                             headers={"Content-Type": BATCH_MEDIA_TYPE})
+        r = self.client.post(self.endpoint + UPLOAD_PATH, content=blob, headers={"Content-Type": BATCH_MEDIA_TYPE})
         if r.status_code == 200:
             return r.json()
         try:
@@ -223,8 +242,9 @@ class VehicleAgent:
             body = {"error": {"code": "http_error", "message": r.text[:200]}}
         raise UploadRefused(r.status_code, body)
 
-    def upload_with_retry(self, attempts: int = 8, first_delay_s: float = 0.2, max_delay_s: float = 30.0
-                          ) -> list[dict[str, Any]]:
+    def upload_with_retry(
+        self, attempts: int = 8, first_delay_s: float = 0.2, max_delay_s: float = 30.0
+    ) -> list[dict[str, Any]]:
         """Upload the spool, backing off exponentially while the gateway is unreachable or busy.
 
         The same spooled bytes are re-sent each time (never re-signed); a batch the gateway accepted before

@@ -78,8 +78,9 @@ def frame_spool(agent: VehicleAgent) -> Path:
     return path
 
 
-def spool_frames(agent: VehicleAgent, frames: Sequence[Frame],
-                 deidentifier: Deidentifier | None = None) -> tuple[bytes, list[bytes]]:
+def spool_frames(
+    agent: VehicleAgent, frames: Sequence[Frame], deidentifier: Deidentifier | None = None
+) -> tuple[bytes, list[bytes]]:
     """De-identify frames, keep them in the frame spool, then sign their rows as one media batch.
 
     Returns the signed batch (already in the agent's batch spool) and the de-identified frames.
@@ -103,8 +104,11 @@ def pending_frames(agent: VehicleAgent) -> list[Path]:
 
 def upload_frame(agent: VehicleAgent, blob: bytes) -> dict[str, Any]:
     """POST one de-identified frame; return the platform's answer or raise ``UploadRefused``."""
-    r = agent.client.post(agent.endpoint + FRAME_UPLOAD_PATH, content=blob,
-                          headers={"Content-Type": FRAME_MEDIA_TYPE, VIN_HEADER: agent.identity.vin})
+    r = agent.client.post(
+        agent.endpoint + FRAME_UPLOAD_PATH,
+        content=blob,
+        headers={"Content-Type": FRAME_MEDIA_TYPE, VIN_HEADER: agent.identity.vin},
+    )
     try:
         body = r.json()
     except ValueError:

@@ -186,8 +186,9 @@ class FaceDetector:
 
     name = "centerface"
 
-    def __init__(self, model_path: Path | None = None, *, threshold: float = 0.4, max_side: int = 960,
-                 threads: int = 2) -> None:
+    def __init__(
+        self, model_path: Path | None = None, *, threshold: float = 0.4, max_side: int = 960, threads: int = 2
+    ) -> None:
         import onnxruntime as ort  # imported here: the platform side never needs it
 
         opts = ort.SessionOptions()
@@ -246,10 +247,20 @@ class PlateColour:
 
 # Measured on the CCPD photos: blue background H 95..116, S >= 70, V >= 80 at night; white glyphs have S
 # about half the background's. New-energy plates: green H 35..95, black glyphs below half the brightness.
-BLUE_PLATE = PlateColour("blue", (95, 60, 40), (130, 255, 255), channel=2, dark_glyphs=False, glyph_axis=1,
-                         glyph_ratio=0.7, glyph_colour=1.0)
-GREEN_PLATE = PlateColour("green", (35, 35, 60), (95, 255, 255), channel=1, dark_glyphs=True, glyph_axis=2,
-                          glyph_ratio=0.5, glyph_colour=0.7, grow_up=0.8)
+BLUE_PLATE = PlateColour(
+    "blue", (95, 60, 40), (130, 255, 255), channel=2, dark_glyphs=False, glyph_axis=1, glyph_ratio=0.7, glyph_colour=1.0
+)
+GREEN_PLATE = PlateColour(
+    "green",
+    (35, 35, 60),
+    (95, 255, 255),
+    channel=1,
+    dark_glyphs=True,
+    glyph_axis=2,
+    glyph_ratio=0.5,
+    glyph_colour=0.7,
+    grow_up=0.8,
+)
 
 
 class PlateDetector:
@@ -258,10 +269,19 @@ class PlateDetector:
     name = "carvault-plates"
     algorithm = "2"
 
-    def __init__(self, *, colours: tuple[PlateColour, ...] = (BLUE_PLATE, GREEN_PLATE),
-                 scales: tuple[float, ...] = (1.0, 0.5, 0.25), kernel: int = 15, edge_threshold: int = 100,
-                 min_runs: float = 6.0, min_colour: float = 0.3, min_glyphs: int = 4, min_glyph_width: float = 0.2,
-                 stretch_below: int = 160) -> None:
+    def __init__(
+        self,
+        *,
+        colours: tuple[PlateColour, ...] = (BLUE_PLATE, GREEN_PLATE),
+        scales: tuple[float, ...] = (1.0, 0.5, 0.25),
+        kernel: int = 15,
+        edge_threshold: int = 100,
+        min_runs: float = 6.0,
+        min_colour: float = 0.3,
+        min_glyphs: int = 4,
+        min_glyph_width: float = 0.2,
+        stretch_below: int = 160,
+    ) -> None:
         self.colours = colours
         self.scales = scales
         self.kernel = kernel
@@ -322,8 +342,9 @@ class PlateDetector:
             out.append(((x - px, by, bw, bh), score))
         return out
 
-    def _text_lines(self, img: np.ndarray, mask: np.ndarray,
-                    colour: PlateColour) -> list[tuple[int, int, int, int, float]]:
+    def _text_lines(
+        self, img: np.ndarray, mask: np.ndarray, colour: PlateColour
+    ) -> list[tuple[int, int, int, int, float]]:
         """Rows of strong vertical edges next to plate-coloured pixels, joined into text-line boxes."""
         gx = cv2.Sobel(img[:, :, colour.channel], cv2.CV_16S, 1, 0, ksize=3)
         _, edges = cv2.threshold(cv2.convertScaleAbs(gx), self.edge_threshold, 255, cv2.THRESH_BINARY)
@@ -462,8 +483,14 @@ def blur_region(bgr: np.ndarray, box: Box) -> None:
 class Deidentifier:
     """Finds faces and plates in a frame and blurs them; one instance is reused for every frame."""
 
-    def __init__(self, faces: FaceDetector | None = None, plates: PlateDetector | None = None, *,
-                 margins: dict[str, float] | None = None, jpeg_quality: int = 90) -> None:
+    def __init__(
+        self,
+        faces: FaceDetector | None = None,
+        plates: PlateDetector | None = None,
+        *,
+        margins: dict[str, float] | None = None,
+        jpeg_quality: int = 90,
+    ) -> None:
         self.faces = faces if faces is not None else FaceDetector()
         self.plates = plates if plates is not None else PlateDetector()
         # Share of a box's width/height added on each side before blurring. CenterFace boxes are tight and
@@ -537,8 +564,9 @@ class Sample:
     objects: list[dict[str, Any]] = field(default_factory=list)  # {"kind", "colour"?, "box"}
 
 
-def _variant(bgr: np.ndarray, objects: list[dict[str, Any]], v: dict[str, Any],
-             rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _variant(
+    bgr: np.ndarray, objects: list[dict[str, Any]], v: dict[str, Any], rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Apply one recipe of labels.json (scale, rotate, gain/bias, colour cast, noise, blur, jpeg) to an image."""
     img, objs = bgr, [dict(o) for o in objects]
     if "scale" in v:
@@ -682,8 +710,9 @@ def labelled_set(labels_path: Path, variants: Collection[str] | None = None) -> 
             yield Sample(f"frame-{colour}-{j}", frame, objects)
 
 
-def _paste_face(frame: np.ndarray, img: np.ndarray, face: list[int], height: int,
-                at: tuple[int, int]) -> dict[str, Any]:
+def _paste_face(
+    frame: np.ndarray, img: np.ndarray, face: list[int], height: int, at: tuple[int, int]
+) -> dict[str, Any]:
     """Paste a head (the face box with room for hair and neck) scaled to ``height`` px of face at ``at``."""
     x, y, w, h = face
     x0, y0 = max(0, x - w // 2), max(0, y - h // 2)
@@ -723,8 +752,13 @@ def _covered(shape: tuple[int, ...], box: list[int], blurred: list[Box], need: f
     return bool(region.size and region.mean() >= need)
 
 
-def measure(labels_path: Path | str, deidentifier: Deidentifier | None = None, *,
-            variants: Collection[str] | None = None, timing_frames: int = 3) -> dict[str, Any]:
+def measure(
+    labels_path: Path | str,
+    deidentifier: Deidentifier | None = None,
+    *,
+    variants: Collection[str] | None = None,
+    timing_frames: int = 3,
+) -> dict[str, Any]:
     """Detection rate per kind, false positives per image and ms per frame on the labelled set.
 
     A label counts as detected when a detection of its kind overlaps it with IoU >= ``iou_threshold``
@@ -756,8 +790,10 @@ def measure(labels_path: Path | str, deidentifier: Deidentifier | None = None, *
             if not hit:
                 misses.append(f"{sample.name} {key} {o['box']}")
         by_size.setdefault(f"{w}x{h}", []).append(sample.bgr)
-    kinds = {k: {"labelled": n, "detected": d, "rate": round(d / n, 3), "covered_by_blur": round(c / n, 3)}
-             for k, (n, d, c) in sorted(counts.items())}
+    kinds = {
+        k: {"labelled": n, "detected": d, "rate": round(d / n, 3), "covered_by_blur": round(c / n, 3)}
+        for k, (n, d, c) in sorted(counts.items())
+    }
     covered = sum(c[2] for c in counts.values())
     plates = [counts[k] for k in counts if k.startswith("plate")]
     n_pl, d_pl = sum(c[0] for c in plates), sum(c[1] for c in plates)
@@ -781,8 +817,11 @@ def measure(labels_path: Path | str, deidentifier: Deidentifier | None = None, *
         "by_kind": kinds,
         "plates": {"labelled": n_pl, "detected": d_pl, "rate": round(d_pl / n_pl, 3) if n_pl else None},
         "faces": kinds.get(FACE),
-        "all": {"labelled": labelled, "detected": sum(c[1] for c in counts.values()),
-                "rate": round(sum(c[1] for c in counts.values()) / labelled, 3) if labelled else None},
+        "all": {
+            "labelled": labelled,
+            "detected": sum(c[1] for c in counts.values()),
+            "rate": round(sum(c[1] for c in counts.values()) / labelled, 3) if labelled else None,
+        },
         "covered_by_blur": round(covered / labelled, 3) if labelled else None,
         "false_positives": {**fp, "per_image": round((fp[FACE] + fp[PLATE]) / images, 3) if images else None},
         "ms_per_frame": timing,

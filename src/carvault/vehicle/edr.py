@@ -59,9 +59,15 @@ class EventRecord:
 
     def meta(self, pre_s: float, post_s: float) -> dict[str, Any]:
         """The ``carvault.event`` description signed with the batch."""
-        return {"kind": self.kind, "trigger_ms": self.trigger_ms, "legal_basis": LEGAL_BASIS[self.kind],
-                "locked": self.locked, "pre_s": pre_s, "post_s": post_s,
-                "triggers": [{"kind": t.kind, "t_ms": t.t_ms, **t.detail} for t in self.triggers]}
+        return {
+            "kind": self.kind,
+            "trigger_ms": self.trigger_ms,
+            "legal_basis": LEGAL_BASIS[self.kind],
+            "locked": self.locked,
+            "pre_s": pre_s,
+            "post_s": post_s,
+            "triggers": [{"kind": t.kind, "t_ms": t.t_ms, **t.detail} for t in self.triggers],
+        }
 
     def batch_table(self, pre_s: float, post_s: float) -> pa.Table:
         """The window with its event description in the Parquet metadata."""
@@ -98,25 +104,40 @@ def detect(table: pa.Table) -> list[Trigger]:
         valid = ~np.isnan(dv) & (t - t[j] <= DELTA_V_WINDOW_MS + 50)
         hit = valid & (np.abs(dv) >= DELTA_V_TRIGGER_KMH)
         for i in np.flatnonzero(_rising(hit)).tolist():
-            found.append(Trigger("crash", int(t[i]), {"delta_v_kmh": round(float(dv[i]), 1),
-                                                      "locked": bool(abs(dv[i]) >= DELTA_V_LOCK_KMH)}))
+            found.append(
+                Trigger(
+                    "crash",
+                    int(t[i]),
+                    {"delta_v_kmh": round(float(dv[i]), 1), "locked": bool(abs(dv[i]) >= DELTA_V_LOCK_KMH)},
+                )
+            )
     edr_dv = _float_col(table, "Vehicle.EDR.DeltaV.Longitudinal")
     if edr_dv is not None:
         hit = np.nan_to_num(np.abs(edr_dv)) >= DELTA_V_TRIGGER_KMH
         for i in np.flatnonzero(_rising(hit)).tolist():
-            found.append(Trigger("crash", int(t[i]), {"delta_v_kmh": float(edr_dv[i]),
-                                                      "locked": bool(abs(edr_dv[i]) >= DELTA_V_LOCK_KMH)}))
-    for name, kind in (("Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed", "restraint"),
-                       ("Vehicle.Cabin.Seat.Row1.PassengerSide.Airbag.IsDeployed", "restraint"),
-                       ("Vehicle.ADAS.ABS.IsEngaged", "abs"), ("Vehicle.EDR.AEB.IsEngaged", "aeb")):
+            found.append(
+                Trigger(
+                    "crash",
+                    int(t[i]),
+                    {"delta_v_kmh": float(edr_dv[i]), "locked": bool(abs(edr_dv[i]) >= DELTA_V_LOCK_KMH)},
+                )
+            )
+    for name, kind in (
+        ("Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed", "restraint"),
+        ("Vehicle.Cabin.Seat.Row1.PassengerSide.Airbag.IsDeployed", "restraint"),
+        ("Vehicle.ADAS.ABS.IsEngaged", "abs"),
+        ("Vehicle.EDR.AEB.IsEngaged", "aeb"),
+    ):
         col = _bool_col(table, name)
         if col is not None:
             found.extend(Trigger(kind, int(t[i]), {"signal": name}) for i in np.flatnonzero(_rising(col)).tolist())
     acc = _float_col(table, "Vehicle.Acceleration.Longitudinal")
     if acc is not None:
         hard = np.nan_to_num(acc) <= HARD_BRAKING_MS2
-        found.extend(Trigger("hard_braking", int(t[i]), {"deceleration_g": round(float(-acc[i] / 9.80665), 2)})
-                     for i in np.flatnonzero(_rising(hard)).tolist())
+        found.extend(
+            Trigger("hard_braking", int(t[i]), {"deceleration_g": round(float(-acc[i] / 9.80665), 2)})
+            for i in np.flatnonzero(_rising(hard)).tolist()
+        )
     found.sort(key=lambda x: (x.t_ms, SEVERITY.index(x.kind)))
     last: dict[str, int] = {}
     out = []
@@ -193,5 +214,5 @@ class EventRecorder:
             main = next(g for g in group if g.kind == kind)
             locked = kind == "restraint" or any(g.detail.get("locked") for g in group)
             records.append(EventRecord(kind, main.t_ms, tuple(group), locked, buf.slice(a, b - a)))
-            self._pending = self._pending[len(group):]
+            self._pending = self._pending[len(group) :]
         return records

@@ -42,20 +42,25 @@ class VehicleIdentity:
     @classmethod
     def create(cls, vin: str, region: str, model: str = "CarVault EV") -> VehicleIdentity:
         """A fresh identity with a new key and pairing code."""
-        return cls(vin=vin, region=region, model=model, key=Ed25519PrivateKey.generate(),
-                   pairing_code=new_pairing_code())
+        return cls(
+            vin=vin, region=region, model=model, key=Ed25519PrivateKey.generate(), pairing_code=new_pairing_code()
+        )
 
     def save(self, folder: Path) -> None:
         """Keep the identity in the car's folder (key file mode 0600)."""
         folder.mkdir(parents=True, exist_ok=True)
-        pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
+        pem = self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd = os.open(folder / "vehicle-key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        (folder / "identity.json").write_text(json.dumps(
-            {"vin": self.vin, "region": self.region, "model": self.model, "pairing_code": self.pairing_code},
-            indent=2))
+        (folder / "identity.json").write_text(
+            json.dumps(
+                {"vin": self.vin, "region": self.region, "model": self.model, "pairing_code": self.pairing_code},
+                indent=2,
+            )
+        )
         if self.certificate_pem:
             (folder / "vehicle-cert.pem").write_text(self.certificate_pem)
 

@@ -50,15 +50,26 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         title=f"CarVault region {region.name}",
         version=__version__,
         description="Owner and third-party API of a CarVault region. Errors are JSON: "
-                    '{"error": {"code": "<stable code>", "message": "<for people>"}}.',
+        '{"error": {"code": "<stable code>", "message": "<for people>"}}.',
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
     )
     app.state.region = region
     errors.install(app)
-    for r in (ingest.router, auth.router, vehicles.router, packages.router, catalogue.router, audit.router,
-              log.router, consents.router, events.router, deletion.router, frames.router):
+    for r in (
+        ingest.router,
+        auth.router,
+        vehicles.router,
+        packages.router,
+        catalogue.router,
+        audit.router,
+        log.router,
+        consents.router,
+        events.router,
+        deletion.router,
+        frames.router,
+    ):
         app.include_router(r)
     for r in (timeline.router, exports.router):  # the owner portal's API (issue 5)
         app.include_router(r)

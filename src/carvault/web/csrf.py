@@ -46,8 +46,15 @@ def issue(request: Request) -> tuple[str, str | None]:
 
 def set_presession(response: Response, request: Request, secret: str) -> None:
     """Store a new pre-session secret (HttpOnly, SameSite=Strict, a day)."""
-    response.set_cookie(PRESESSION_COOKIE, secret, max_age=86_400, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+    response.set_cookie(
+        PRESESSION_COOKIE,
+        secret,
+        max_age=86_400,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
 
 
 def same_origin(request: Request) -> bool:

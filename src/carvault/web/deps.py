@@ -53,8 +53,9 @@ def parse_time(value: str, name: str) -> int:
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidQuery(f"{name} must be ISO 8601 (2026-11-24T08:00:00Z) or epoch milliseconds",
-                           parameter=name) from None
+        raise InvalidQuery(
+            f"{name} must be ISO 8601 (2026-11-24T08:00:00Z) or epoch milliseconds", parameter=name
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

@@ -13,8 +13,15 @@ from carvault.errors import CarVaultError, TooManyRequests, WrongRegion
 
 log = logging.getLogger("carvault.web")
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def error_response(e: CarVaultError) -> JSONResponse:
@@ -40,11 +47,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        problems = [{"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")}
-                    for err in e.errors()]
+        problems = [
+            {"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")} for err in e.errors()
+        ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
-        body = {"error": {"code": "validation_failed",
-                          "message": f"{first['where']}: {first['problem']}", "problems": problems}}
+        body = {
+            "error": {
+                "code": "validation_failed",
+                "message": f"{first['where']}: {first['problem']}",
+                "problems": problems,
+            }
+        }
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -58,5 +71,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse({"error": {"code": "internal_error",
-                                       "message": "the server failed to handle this request"}}, status_code=500)
+        return JSONResponse(
+            {"error": {"code": "internal_error", "message": "the server failed to handle this request"}},
+            status_code=500,
+        )

@@ -100,8 +100,15 @@ class Translator:
         d = datetime.fromtimestamp(ms / 1000, self.tz)
         if fmt == "time_ms":
             return d.strftime("%H:%M:%S.") + f"{d.microsecond // 100_000}"
-        patterns = {"datetime": "%Y-%m-%d %H:%M", "date": "%Y-%m-%d", "time": "%H:%M", "time_s": "%H:%M:%S",
-                    "datetime_s": "%Y-%m-%d %H:%M:%S", "input": "%Y-%m-%dT%H:%M:%S", "input_date": "%Y-%m-%d"}
+        patterns = {
+            "datetime": "%Y-%m-%d %H:%M",
+            "date": "%Y-%m-%d",
+            "time": "%H:%M",
+            "time_s": "%H:%M:%S",
+            "datetime_s": "%Y-%m-%d %H:%M:%S",
+            "input": "%Y-%m-%dT%H:%M:%S",
+            "input_date": "%Y-%m-%d",
+        }
         return d.strftime(patterns[fmt])
 
     def day(self, ms: int) -> str:

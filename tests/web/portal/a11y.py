@@ -51,7 +51,9 @@ def tab_through(page: Any, presses: int = 40) -> list[str]:
     seen = []
     for _ in range(presses):
         page.keyboard.press("Tab")
-        seen.append(page.evaluate("""() => { const e = document.activeElement; if (!e) return '';
+        seen.append(
+            page.evaluate("""() => { const e = document.activeElement; if (!e) return '';
             const d = e.id || e.getAttribute('name') || e.getAttribute('href') || e.textContent.trim();
-            return d.slice(0, 80); }"""))
+            return d.slice(0, 80); }""")
+        )
     return seen

@@ -15,8 +15,15 @@ from tests.web.portal.world import PASSWORD, World, build
 ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 TIMEZONE = "Asia/Shanghai"
 
@@ -42,8 +49,13 @@ def browser() -> Iterator[Any]:
 
 def new_context(browser: Any, world: World, size: str = "desktop", lang: str = "en") -> Any:
     """A fresh browser profile (no cookies) at a screen size, in a language and the owner's time zone."""
-    ctx = browser.new_context(base_url=world.url, viewport=SIZES[size], timezone_id=TIMEZONE,
-                              locale="zh-CN" if lang == "zh-CN" else "en-GB", accept_downloads=True)
+    ctx = browser.new_context(
+        base_url=world.url,
+        viewport=SIZES[size],
+        timezone_id=TIMEZONE,
+        locale="zh-CN" if lang == "zh-CN" else "en-GB",
+        accept_downloads=True,
+    )
     ctx.set_default_timeout(15_000)
     return ctx
 

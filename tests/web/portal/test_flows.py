@@ -116,8 +116,9 @@ def test_switch_location_off_and_on(page: Any, world: World) -> None:
     card.locator("button:has-text('Turn on')").click()
     page.wait_for_url(re.compile(r".*notice=consent_on.*"))
     assert page.locator("#cat-location").get_attribute("data-status") == "collecting"
-    consent = next(c for c in api(world, f"/api/v1/vehicles/{vin}/consents").json()["categories"]
-                   if c["category"] == "location")["consent"]
+    consent = next(
+        c for c in api(world, f"/api/v1/vehicles/{vin}/consents").json()["categories"] if c["category"] == "location"
+    )["consent"]
     assert consent["lasting"] is True and consent["ends_ms"] > consent["starts_ms"]
 
 
@@ -141,8 +142,15 @@ def test_background_export_with_progress_and_download(page: Any, world: World) -
     job_id = int(page.url.rstrip("/").split("/downloads/")[1].split("?")[0])
     job = api(world, f"/api/v1/exports/{job_id}").json()
     assert job["whole_history"] and job["resample_ms"] == 10_000
-    want = api(world, f"/api/v1/vehicles/{vin}/telemetry", start=job["start_ms"], end=job["end_ms"], format="csv",
-               signals=job["signals"], resample="10s")
+    want = api(
+        world,
+        f"/api/v1/vehicles/{vin}/telemetry",
+        start=job["start_ms"],
+        end=job["end_ms"],
+        format="csv",
+        signals=job["signals"],
+        resample="10s",
+    )
     assert got == want.content
     page.goto(f"/vehicles/{vin}/downloads")
     assert page.locator(f"li[data-job='{job_id}'] a:has-text('Download')").count() == 1

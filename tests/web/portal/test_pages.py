@@ -25,14 +25,19 @@ def owner_pages(world: World) -> dict[str, str]:
     packages = api(world, f"/api/v1/vehicles/{vin}/packages").json()
     if not packages:
         crash = next(e for e in events if e["kind"] == "crash")
-        r = httpx.post(f"{world.url}/api/v1/vehicles/{vin}/packages", headers=world.auth, timeout=60,
-                       json={"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5})
+        r = httpx.post(
+            f"{world.url}/api/v1/vehicles/{vin}/packages",
+            headers=world.auth,
+            timeout=60,
+            json={"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5},
+        )
         assert r.status_code == 201, r.text
         packages = [r.json()]
     jobs = api(world, "/api/v1/exports", vin=vin).json()
     if not jobs:
-        r = httpx.post(f"{world.url}/api/v1/exports", headers=world.auth, timeout=60,
-                       json={"vin": vin, "format": "gpx"})
+        r = httpx.post(
+            f"{world.url}/api/v1/exports", headers=world.auth, timeout=60, json={"vin": vin, "format": "gpx"}
+        )
         jobs = [r.json()]
     return {
         "vehicles": "/vehicles",
@@ -49,13 +54,34 @@ def owner_pages(world: World) -> dict[str, str]:
     }
 
 
-H1 = {"en": {"vehicles": "My vehicles", "timeline": "Timeline", "drive": "Drive on", "downloads": "Downloads",
-             "download-job": "Download #", "packages": "Incident packages", "package": "Incident package #",
-             "consent": "Data and consent", "access": "Who accessed my data", "deletion": "Delete my data",
-             "account": "Account"},
-      "zh-CN": {"vehicles": "我的车辆", "timeline": "时间线", "drive": "的行程", "downloads": "下载",
-                "download-job": "下载 #", "packages": "事故数据包", "package": "事故数据包 #",
-                "consent": "数据与授权", "access": "谁访问了我的数据", "deletion": "删除我的数据", "account": "账户"}}
+H1 = {
+    "en": {
+        "vehicles": "My vehicles",
+        "timeline": "Timeline",
+        "drive": "Drive on",
+        "downloads": "Downloads",
+        "download-job": "Download #",
+        "packages": "Incident packages",
+        "package": "Incident package #",
+        "consent": "Data and consent",
+        "access": "Who accessed my data",
+        "deletion": "Delete my data",
+        "account": "Account",
+    },
+    "zh-CN": {
+        "vehicles": "我的车辆",
+        "timeline": "时间线",
+        "drive": "的行程",
+        "downloads": "下载",
+        "download-job": "下载 #",
+        "packages": "事故数据包",
+        "package": "事故数据包 #",
+        "consent": "数据与授权",
+        "access": "谁访问了我的数据",
+        "deletion": "删除我的数据",
+        "account": "账户",
+    },
+}
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-CN"])

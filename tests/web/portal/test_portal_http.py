@@ -75,8 +75,13 @@ def test_forms_need_the_csrf_token_of_this_browser(http: httpx.Client, owner: Ow
     assert "carvault_session=" in session and "HttpOnly" in session and "SameSite=lax" in session
     # Logged in, the token is bound to the session: the pre-login token no longer works.
     assert http.post("/logout", data={"csrf_token": token}).status_code == 403
-    assert http.post("/account/password", data={"current_password": owner.password, "new_password": "x" * 12,
-                                                 "new_password_confirm": "x" * 12}).status_code == 403
+    assert (
+        http.post(
+            "/account/password",
+            data={"current_password": owner.password, "new_password": "x" * 12, "new_password_confirm": "x" * 12},
+        ).status_code
+        == 403
+    )
     page = http.get("/account")
     assert page.status_code == 200 and owner.email in page.text
     assert http.post("/logout", data={"csrf_token": _token(page.text)}).status_code == 303
@@ -89,8 +94,11 @@ def test_portal_log_in_is_rate_limited(http: httpx.Client, owner: OwnerClient) -
         r = http.post("/login", data={"email": owner.email, "password": "not the password", "csrf_token": token})
         assert r.status_code == 401 and "Wrong email or password" in r.text
     r = http.post("/login", data={"email": owner.email, "password": owner.password, "csrf_token": token})
-    assert r.status_code == 429 and "Too many failed log-ins" in r.text and "carvault_session" not in r.headers.get(
-        "set-cookie", "")
+    assert (
+        r.status_code == 429
+        and "Too many failed log-ins" in r.text
+        and "carvault_session" not in r.headers.get("set-cookie", "")
+    )
 
 
 def test_language_from_the_browser_or_the_switch(http: httpx.Client) -> None:
@@ -131,13 +139,19 @@ def test_message_catalogues_are_complete_and_consistent() -> None:
     from carvault.access.jobs import FORMATS, STATUSES
     from carvault.signals import CATEGORIES
     from carvault.web.views.base import NOTICES
-    dynamic = ([f"notice.{n}" for n in NOTICES] + [f"job.{s}" for s in STATUSES] + [f"format.{f}" for f in FORMATS]
-               + [f"category.{c}" for c in CATEGORIES] + [f"purpose.{c}" for c in CATEGORIES]
-               + [f"privacy.{p}" for p in ("technical", "personal", "sensitive", "important")]
-               + [f"status.{s}" for s in ("collecting", "off", "in_car_only")]
-               + [f"deletion.status.{s}" for s in ("pending", "completed", "held")]
-               + [f"event.{k}" for k in ("hard_braking", "abs", "aeb", "crash")]
-               + [f"field.{f}" for f in ("from", "to", "ends", "since", "until")])
+
+    dynamic = (
+        [f"notice.{n}" for n in NOTICES]
+        + [f"job.{s}" for s in STATUSES]
+        + [f"format.{f}" for f in FORMATS]
+        + [f"category.{c}" for c in CATEGORIES]
+        + [f"purpose.{c}" for c in CATEGORIES]
+        + [f"privacy.{p}" for p in ("technical", "personal", "sensitive", "important")]
+        + [f"status.{s}" for s in ("collecting", "off", "in_car_only")]
+        + [f"deletion.status.{s}" for s in ("pending", "completed", "held")]
+        + [f"event.{k}" for k in ("hard_braking", "abs", "aeb", "crash")]
+        + [f"field.{f}" for f in ("from", "to", "ends", "since", "until")]
+    )
     assert not [k for k in dynamic if k not in en]
 
 
@@ -163,13 +177,20 @@ def test_static_files_are_served(http: httpx.Client) -> None:
 def uploaded(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> OwnerClient:
     agent.record(drive_table(seconds=240), batch_seconds=60)
     agent.upload_pending()
-    assert http.post("/api/v1/vehicles/claim", headers=owner.headers,
-                     json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}).status_code == 201
+    assert (
+        http.post(
+            "/api/v1/vehicles/claim",
+            headers=owner.headers,
+            json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code},
+        ).status_code
+        == 201
+    )
     return owner
 
 
-def test_timeline_and_route_api(http: httpx.Client, uploaded: OwnerClient, vehicle: VehicleIdentity,
-                                region: Region) -> None:
+def test_timeline_and_route_api(
+    http: httpx.Client, uploaded: OwnerClient, vehicle: VehicleIdentity, region: Region
+) -> None:
     base = f"/api/v1/vehicles/{vehicle.vin}"
     tl = http.get(f"{base}/timeline", headers=uploaded.headers).json()
     assert tl["data_start_ms"] <= BASE_MS and tl["end_ms"] == tl["data_end_ms"]
@@ -187,8 +208,9 @@ def test_timeline_and_route_api(http: httpx.Client, uploaded: OwnerClient, vehic
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query"
 
 
-def test_portal_api_routes_are_the_owners_only(http: httpx.Client, uploaded: OwnerClient,
-                                              vehicle: VehicleIdentity) -> None:
+def test_portal_api_routes_are_the_owners_only(
+    http: httpx.Client, uploaded: OwnerClient, vehicle: VehicleIdentity
+) -> None:
     job = http.post("/api/v1/exports", headers=uploaded.headers, json={"vin": vehicle.vin, "format": "json"}).json()
     stranger = make_owner(http)
     for vin in (vehicle.vin, "LRWNOSUCHVIN00000"):
@@ -206,8 +228,13 @@ def test_portal_api_routes_are_the_owners_only(http: httpx.Client, uploaded: Own
 
 def test_gpx_splits_segments_at_gaps() -> None:
     t = pa.array([0, 1000, 2000, 200_000, 201_000], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-    table = pa.table({"t": t, "Vehicle.CurrentLocation.Latitude": [22.5, 22.5001, None, 22.6, 22.6001],
-                      "Vehicle.CurrentLocation.Longitude": [114.0, 114.0001, 114.1, 114.2, 114.2001]})
+    table = pa.table(
+        {
+            "t": t,
+            "Vehicle.CurrentLocation.Latitude": [22.5, 22.5001, None, 22.6, 22.6001],
+            "Vehicle.CurrentLocation.Longitude": [114.0, 114.0001, 114.1, 114.2, 114.2001],
+        }
+    )
     root = ET.fromstring(to_gpx(table, "a & b <test>"))
     ns = {"g": "http://www.topografix.com/GPX/1/1"}
     segments = root.findall(".//g:trkseg", ns)

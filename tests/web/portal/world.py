@@ -68,8 +68,9 @@ def upload_day(region: Region, server: BackgroundServer, car: VehicleIdentity, d
 def build(folder: Path) -> World:
     """Start a region on loopback and fill it."""
     port = free_port()
-    settings = Settings(data_dir=folder / "region-cn", region="cn", port=port,
-                        region_endpoints={"cn": f"http://127.0.0.1:{port}"})
+    settings = Settings(
+        data_dir=folder / "region-cn", region="cn", port=port, region_endpoints={"cn": f"http://127.0.0.1:{port}"}
+    )
     region = Region(settings)
     server = BackgroundServer(region, port=port).start()
     http = httpx.Client(base_url=server.url, timeout=60)
@@ -77,19 +78,40 @@ def build(folder: Path) -> World:
     owner_id, token = register(http, email)
     auth = {"Authorization": f"Bearer {token}"}
     vins = fleet_vins(2, 11)
-    cars = [provision(region, vin, folder / "vehicles", model=m) for vin, m in zip(vins, ("Model 3", "Model Y"),
-                                                                                    strict=True)]
+    cars = [
+        provision(region, vin, folder / "vehicles", model=m)
+        for vin, m in zip(vins, ("Model 3", "Model Y"), strict=True)
+    ]
     days = []
     for i, car in enumerate(cars):
-        assert http.post("/api/v1/vehicles/claim", headers=auth,
-                         json={"vin": car.vin, "pairing_code": car.pairing_code}).status_code == 201
+        assert (
+            http.post(
+                "/api/v1/vehicles/claim", headers=auth, json={"vin": car.vin, "pairing_code": car.pairing_code}
+            ).status_code
+            == 201
+        )
         # Location is sensitive: off by default. The owner turned it on (lasting) the week before the day.
-        region.consents.decide(car.vin, owner_id, "location", enabled=True, purpose="route history in my portal",
-                               ends_ms=BOUGHT_MS + 365 * 86_400_000, lasting=True, at_ms=BOUGHT_MS)
+        region.consents.decide(
+            car.vin,
+            owner_id,
+            "location",
+            enabled=True,
+            purpose="route history in my portal",
+            ends_ms=BOUGHT_MS + 365 * 86_400_000,
+            lasting=True,
+            at_ms=BOUGHT_MS,
+        )
         if i == 0:  # ... and, for the first car, precise location too (its own consent)
-            region.consents.decide(car.vin, owner_id, "location_precise", enabled=True,
-                                   purpose="exact routes for my records", ends_ms=BOUGHT_MS + 365 * 86_400_000,
-                                   lasting=True, at_ms=BOUGHT_MS)
+            region.consents.decide(
+                car.vin,
+                owner_id,
+                "location_precise",
+                enabled=True,
+                purpose="exact routes for my records",
+                ends_ms=BOUGHT_MS + 365 * 86_400_000,
+                lasting=True,
+                at_ms=BOUGHT_MS,
+            )
         day = simulate_day(car.vin, 3 + i, DAY, incident=(i == 0))
         upload_day(region, server, car, day, folder / "vehicles")
         days.append(day)

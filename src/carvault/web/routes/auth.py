@@ -37,21 +37,34 @@ class PasswordChange(BaseModel):
 
 def owner_json(o: Owner) -> dict[str, Any]:
     """An owner as the API shows it."""
-    return {"id": o.id, "email": o.email, "display_name": o.display_name, "locale": o.locale,
-            "created_ms": o.created_ms}
+    return {
+        "id": o.id,
+        "email": o.email,
+        "display_name": o.display_name,
+        "locale": o.locale,
+        "created_ms": o.created_ms,
+    }
 
 
 def credential_json(c: Credential, current_id: int | None = None) -> dict[str, Any]:
     """A session or token, without its secret."""
-    return {"id": c.id, "kind": c.kind, "label": c.label, "created_ms": c.created_ms, "expires_ms": c.expires_ms,
-            "last_used_ms": c.last_used_ms, "current": c.id == current_id}
+    return {
+        "id": c.id,
+        "kind": c.kind,
+        "label": c.label,
+        "created_ms": c.created_ms,
+        "expires_ms": c.expires_ms,
+        "last_used_ms": c.last_used_ms,
+        "current": c.id == current_id,
+    }
 
 
 @router.post("/auth/register", status_code=201, summary="Create an owner account")
 def register(form: Registration, region: RegionDep) -> dict[str, Any]:
     owner = region.accounts.register(form.email, form.password, form.display_name)
-    region.audit.record(owner_id=owner.id, actor=Actor("owner", str(owner.id)), action="account.create",
-                        legal_basis=OWNER_REQUEST)
+    region.audit.record(
+        owner_id=owner.id, actor=Actor("owner", str(owner.id)), action="account.create", legal_basis=OWNER_REQUEST
+    )
     return owner_json(owner)
 
 
@@ -59,10 +72,22 @@ def register(form: Registration, region: RegionDep) -> dict[str, Any]:
 def login(form: LoginForm, request: Request, response: Response, region: RegionDep) -> dict[str, Any]:
     owner = region.accounts.authenticate(form.email, form.password, client_address(request))
     secret, cred = region.accounts.issue(owner.id, "session", label=request.headers.get("user-agent", "")[:200])
-    response.set_cookie(SESSION_COOKIE, secret, max_age=region.settings.session_ttl_s, httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https", path="/")
-    region.audit.record(owner_id=owner.id, actor=Actor("owner", str(owner.id)), action="session.create",
-                        legal_basis=OWNER_REQUEST, detail={"client": client_address(request)})
+    response.set_cookie(
+        SESSION_COOKIE,
+        secret,
+        max_age=region.settings.session_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    region.audit.record(
+        owner_id=owner.id,
+        actor=Actor("owner", str(owner.id)),
+        action="session.create",
+        legal_basis=OWNER_REQUEST,
+        detail={"client": client_address(request)},
+    )
     return {"owner": owner_json(owner), "session": credential_json(cred, cred.id), "token": secret}
 
 
@@ -75,10 +100,14 @@ def logout(owner: CurrentOwner, response: Response, region: RegionDep) -> dict[s
 
 @router.post("/auth/tokens", status_code=201, summary="Create an API bearer token (shown once)")
 def create_token(req: TokenRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
-    secret, cred = region.accounts.issue(owner.owner_id, "token", label=req.label,
-                                         ttl_ms=req.ttl_days * 86_400_000)
-    region.audit.record(owner_id=owner.owner_id, actor=Actor("owner", str(owner.owner_id)),
-                        action="token.create", legal_basis=OWNER_REQUEST, detail={"credential_id": cred.id})
+    secret, cred = region.accounts.issue(owner.owner_id, "token", label=req.label, ttl_ms=req.ttl_days * 86_400_000)
+    region.audit.record(
+        owner_id=owner.owner_id,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="token.create",
+        legal_basis=OWNER_REQUEST,
+        detail={"credential_id": cred.id},
+    )
     return {"token": secret, **credential_json(cred)}
 
 
@@ -90,17 +119,25 @@ def list_credentials(owner: CurrentOwner, region: RegionDep) -> list[dict[str, A
 @router.delete("/auth/credentials/{credential_id}", summary="Revoke a session or token at once")
 def revoke_credential(credential_id: int, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.revoke(owner.owner_id, credential_id)
-    region.audit.record(owner_id=owner.owner_id, actor=Actor("owner", str(owner.owner_id)),
-                        action="credential.revoke", legal_basis=OWNER_REQUEST,
-                        detail={"credential_id": credential_id})
+    region.audit.record(
+        owner_id=owner.owner_id,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="credential.revoke",
+        legal_basis=OWNER_REQUEST,
+        detail={"credential_id": credential_id},
+    )
     return {"revoked": credential_id}
 
 
 @router.post("/auth/password", summary="Change the password (revokes every session and token)")
 def change_password(form: PasswordChange, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.change_password(owner.owner_id, form.current_password, form.new_password)
-    region.audit.record(owner_id=owner.owner_id, actor=Actor("owner", str(owner.owner_id)),
-                        action="password.change", legal_basis=OWNER_REQUEST)
+    region.audit.record(
+        owner_id=owner.owner_id,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="password.change",
+        legal_basis=OWNER_REQUEST,
+    )
     return {"changed": True}
 
 

@@ -19,5 +19,13 @@ def signals(region: RegionDep, category: str | None = None) -> list[dict[str, An
 
 @router.get("/categories", summary="Data categories with privacy class, purpose and retention")
 def categories() -> list[dict[str, Any]]:
-    return [{"name": c.name, "title": c.title, "privacy": c.privacy.value, "purpose": c.purpose,
-             "retention_days": c.retention_days} for c in CATEGORIES.values()]
+    return [
+        {
+            "name": c.name,
+            "title": c.title,
+            "privacy": c.privacy.value,
+            "purpose": c.purpose,
+            "retention_days": c.retention_days,
+        }
+        for c in CATEGORIES.values()
+    ]

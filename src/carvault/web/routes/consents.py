@@ -31,12 +31,20 @@ def get_consents(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, 
 
 
 @router.put("/vehicles/{vin}/consents/{category}", summary="Turn a category on (with an end date) or off")
-def put_consent(vin: str, category: str, change: ConsentChange, owner: CurrentOwner,
-                region: RegionDep) -> dict[str, Any]:
+def put_consent(
+    vin: str, category: str, change: ConsentChange, owner: CurrentOwner, region: RegionDep
+) -> dict[str, Any]:
     v = region.vehicles.owned_one(owner.owner_id, vin)
     ends = parse_time(str(change.ends), "ends") if change.ends is not None else None
-    region.consents.decide(v.vin, owner.owner_id, category, enabled=change.enabled, purpose=change.purpose,
-                           ends_ms=ends, lasting=change.lasting)
+    region.consents.decide(
+        v.vin,
+        owner.owner_id,
+        category,
+        enabled=change.enabled,
+        purpose=change.purpose,
+        ends_ms=ends,
+        lasting=change.lasting,
+    )
     return _category(region.consents.overview(v.vin), category)
 
 
@@ -47,8 +55,11 @@ def stop_consent(vin: str, category: str, owner: CurrentOwner, region: RegionDep
     return _category(region.consents.overview(v.vin), category)
 
 
-@router.get("/vehicle/policy", tags=["vehicle upload"],
-            summary="The car fetches its collection policy (vehicle-signed request, docs/protocol.md §6)")
+@router.get(
+    "/vehicle/policy",
+    tags=["vehicle upload"],
+    summary="The car fetches its collection policy (vehicle-signed request, docs/protocol.md §6)",
+)
 def vehicle_policy(request: Request, region: RegionDep) -> dict[str, Any]:
     vin = authenticate_vehicle(region.gateway, "GET", request.url.path, request.headers)
     policy = region.consents.policy(vin)

@@ -21,7 +21,9 @@ class DeletionForm(BaseModel):
 @router.post("/deletion-requests", status_code=201, summary="Ask for deletion of off-vehicle copies")
 def create(form: DeletionForm, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     req = region.deletions.request(owner.owner_id, form.vin, form.reason)
-    holds = region.deletions.active_holds([req.vin] if req.vin else [v.vin for v in region.vehicles.owned(owner.owner_id)])
+    holds = region.deletions.active_holds(
+        [req.vin] if req.vin else [v.vin for v in region.vehicles.owned(owner.owner_id)]
+    )
     return request_json(req, holds if req.status == "held" else [])
 
 

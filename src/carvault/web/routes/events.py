@@ -19,5 +19,14 @@ def list_events(vin: str, owner: CurrentOwner, region: RegionDep) -> list[dict[s
     v = region.vehicles.owned_one(owner.owner_id, vin)
     with region.db.session() as s:
         rows = s.scalars(select(VehicleEvent).where(VehicleEvent.vin == v.vin).order_by(VehicleEvent.t_ms.desc()))
-        return [{"id": e.id, "kind": e.kind, "t_ms": e.t_ms, "batch_seq": e.batch_seq, "detail": json.loads(e.detail),
-                 "legal_basis": e.legal_basis} for e in rows]
+        return [
+            {
+                "id": e.id,
+                "kind": e.kind,
+                "t_ms": e.t_ms,
+                "batch_seq": e.batch_seq,
+                "detail": json.loads(e.detail),
+                "legal_basis": e.legal_basis,
+            }
+            for e in rows
+        ]

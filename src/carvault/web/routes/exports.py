@@ -43,13 +43,25 @@ def create_export(req: ExportRequest, request: Request, owner: CurrentOwner, reg
     start = parse_time(str(req.start), "start") if req.start is not None else None
     end = parse_time(str(req.end), "end") if req.end is not None else None
     interval = parse_interval(req.resample) if req.resample else None
-    job = get_jobs(request).create(owner.owner_id, v.vin, start_ms=start, end_ms=end, fmt=req.format,
-                                   signals=req.signals, resample_ms=interval)
-    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="export.create", legal_basis=OWNER_REQUEST,
-                        detail={"export_id": job.id, "start_ms": job.start_ms, "end_ms": job.end_ms,
-                                "format": job.format, "signals": job.signals or "*", "resample_ms": interval,
-                                "whole_history": job.whole_history})
+    job = get_jobs(request).create(
+        owner.owner_id, v.vin, start_ms=start, end_ms=end, fmt=req.format, signals=req.signals, resample_ms=interval
+    )
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="export.create",
+        legal_basis=OWNER_REQUEST,
+        detail={
+            "export_id": job.id,
+            "start_ms": job.start_ms,
+            "end_ms": job.end_ms,
+            "format": job.format,
+            "signals": job.signals or "*",
+            "resample_ms": interval,
+            "whole_history": job.whole_history,
+        },
+    )
     return job_json(job)
 
 
@@ -63,17 +75,29 @@ def get_export(export_id: int, request: Request, owner: CurrentOwner) -> dict[st
     return job_json(get_jobs(request).get(owner.owner_id, export_id))
 
 
-@router.get("/{export_id}/download", summary="The finished file",
-            responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}})
+@router.get(
+    "/{export_id}/download",
+    summary="The finished file",
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
+)
 def download_export(export_id: int, request: Request, owner: CurrentOwner, region: RegionDep) -> FileResponse:
     jobs = get_jobs(request)
     job = jobs.get(owner.owner_id, export_id)
     path = jobs.open_file(job)
-    region.audit.record(owner_id=owner.owner_id, vin=job.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="export.download", legal_basis=OWNER_REQUEST,
-                        detail={"export_id": job.id, "sha256": job.sha256})
-    return FileResponse(path, media_type=MEDIA_TYPES[job.format], filename=jobs.file_name(job),
-                        headers={"X-Content-SHA256": job.sha256 or ""})
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=job.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="export.download",
+        legal_basis=OWNER_REQUEST,
+        detail={"export_id": job.id, "sha256": job.sha256},
+    )
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[job.format],
+        filename=jobs.file_name(job),
+        headers={"X-Content-SHA256": job.sha256 or ""},
+    )
 
 
 @router.delete("/{export_id}", summary="Cancel a job, or delete a finished export's file")

@@ -26,26 +26,41 @@ def get_frames(request: Request, region: RegionDep) -> FrameStore:
 FramesDep = Annotated[FrameStore, Depends(get_frames)]
 
 
-@router.post("/api/v1/ingest/frames", tags=["vehicle upload"],
-             summary="Upload one de-identified camera frame named by an accepted media batch",
-             openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string",
-                                                                                    "format": "binary"}}}}})
+@router.post(
+    "/api/v1/ingest/frames",
+    tags=["vehicle upload"],
+    summary="Upload one de-identified camera frame named by an accepted media batch",
+    openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+)
 async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
     """Take one JPEG (Content-Type image/jpeg, header CarVault-Vin) whose SHA-256 a signed batch names."""
     body = await read_body(request, frames.max_bytes, "frame")
-    return await run_in_threadpool(frames.accept, request.headers.get(VIN_HEADER), body,
-                                   request.headers.get("content-type"))
+    return await run_in_threadpool(
+        frames.accept, request.headers.get(VIN_HEADER), body, request.headers.get("content-type")
+    )
 
 
-@router.get("/api/v1/vehicles/{vin}/frames/{sha256}", tags=["vehicles"],
-            summary="One de-identified camera frame of my vehicle (JPEG)",
-            response_class=Response, responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}})
+@router.get(
+    "/api/v1/vehicles/{vin}/frames/{sha256}",
+    tags=["vehicles"],
+    summary="One de-identified camera frame of my vehicle (JPEG)",
+    response_class=Response,
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}},
+)
 def download_frame(vin: str, sha256: str, owner: CurrentOwner, region: RegionDep, frames: FramesDep) -> Response:
     v = region.vehicles.owned_one(owner.owner_id, vin)
     region.deletions.check_served(v.vin)
     rec, data = frames.read(v.vin, sha256)
-    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="frame.read", legal_basis=OWNER_REQUEST,
-                        detail={"sha256": rec.sha256, "seq": rec.seq, "t_ms": rec.t_ms, "bytes": len(data)})
-    return Response(data, media_type=FRAME_MEDIA_TYPE,
-                    headers={"ETag": f'"{rec.sha256}"', "Content-Disposition": f'inline; filename="{rec.sha256}.jpg"'})
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="frame.read",
+        legal_basis=OWNER_REQUEST,
+        detail={"sha256": rec.sha256, "seq": rec.seq, "t_ms": rec.t_ms, "bytes": len(data)},
+    )
+    return Response(
+        data,
+        media_type=FRAME_MEDIA_TYPE,
+        headers={"ETag": f'"{rec.sha256}"', "Content-Disposition": f'inline; filename="{rec.sha256}.jpg"'},
+    )

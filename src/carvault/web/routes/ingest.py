@@ -28,8 +28,9 @@ async def upload_batch(request: Request, region: RegionDep) -> dict[str, Any]:
     body = await read_body(request, region.settings.max_batch_bytes, "batch")
     # The checks are CPU work: a few threads keep both cores busy; more only fight over the GIL. The wait for
     # the group commit happens outside the cap, so many batches still share each fsync.
-    checked = await anyio.to_thread.run_sync(region.gateway.check, body, request.headers.get("content-type"),
-                                             limiter=_limiter(request))
+    checked = await anyio.to_thread.run_sync(
+        region.gateway.check, body, request.headers.get("content-type"), limiter=_limiter(request)
+    )
     if isinstance(checked, dict):
         return checked
     return region.gateway.committed(checked, await asyncio.wrap_future(checked.future))

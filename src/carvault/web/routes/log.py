@@ -20,8 +20,9 @@ def _b64(items: list[bytes]) -> list[str]:
     return [base64.b64encode(x).decode() for x in items]
 
 
-@router.get("/checkpoint", response_class=PlainTextResponse,
-            summary="Latest checkpoint (C2SP tlog-checkpoint signed note)")
+@router.get(
+    "/checkpoint", response_class=PlainTextResponse, summary="Latest checkpoint (C2SP tlog-checkpoint signed note)"
+)
 def checkpoint(region: RegionDep) -> str:
     return region.log.checkpoint()
 
@@ -36,8 +37,12 @@ def inclusion(region: RegionDep, index: int = Query(ge=0), size: int | None = Qu
     n = size or region.log.size
     if index >= n or n > region.log.size:
         raise InvalidQuery(f"need index < size <= {region.log.size}", index=index, size=n)
-    return {"index": index, "size": n, "leaf_hash": base64.b64encode(region.log.leaf_hash(index)).decode(),
-            "proof": _b64(region.log.inclusion_proof(index, n))}
+    return {
+        "index": index,
+        "size": n,
+        "leaf_hash": base64.b64encode(region.log.leaf_hash(index)).decode(),
+        "proof": _b64(region.log.inclusion_proof(index, n)),
+    }
 
 
 @router.get("/proof/consistency", summary="Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
@@ -55,5 +60,12 @@ def batch_entry(vin: str, seq: int, region: RegionDep) -> dict[str, Any]:
     if rec is None or rec.log_index is None:
         raise NotFound(f"no logged batch {seq} of {vin}")
     n = region.log.size
-    return {"vin": rec.vin, "seq": rec.seq, "batch_hash": rec.batch_hash, "received_ms": rec.received_ms,
-            "index": rec.log_index, "size": n, "proof": _b64(region.log.inclusion_proof(rec.log_index, n))}
+    return {
+        "vin": rec.vin,
+        "seq": rec.seq,
+        "batch_hash": rec.batch_hash,
+        "received_ms": rec.received_ms,
+        "index": rec.log_index,
+        "size": n,
+        "proof": _b64(region.log.inclusion_proof(rec.log_index, n)),
+    }

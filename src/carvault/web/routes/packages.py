@@ -40,10 +40,22 @@ class PackageRequest(BaseModel):
 
 def package_json(p: IncidentPackage) -> dict[str, Any]:
     """A package as the API lists it."""
-    return {"id": p.id, "vin": p.vin, "start_ms": p.start_ms, "end_ms": p.end_ms, "event_kind": p.event_kind,
-            "event_ms": p.event_ms, "requested_by": p.requested_by, "order_id": p.order_id, "sha256": p.sha256,
-            "size": p.size, "batches": p.batches, "tree_size": p.tree_size, "created_ms": p.created_ms,
-            "download": f"/api/v1/vehicles/{p.vin}/packages/{p.id}/download"}
+    return {
+        "id": p.id,
+        "vin": p.vin,
+        "start_ms": p.start_ms,
+        "end_ms": p.end_ms,
+        "event_kind": p.event_kind,
+        "event_ms": p.event_ms,
+        "requested_by": p.requested_by,
+        "order_id": p.order_id,
+        "sha256": p.sha256,
+        "size": p.size,
+        "batches": p.batches,
+        "tree_size": p.tree_size,
+        "created_ms": p.created_ms,
+        "download": f"/api/v1/vehicles/{p.vin}/packages/{p.id}/download",
+    }
 
 
 def _owned_package(region: Any, owner_id: int, vin: str, package_id: int) -> IncidentPackage:
@@ -66,8 +78,15 @@ def create_package(vin: str, req: PackageRequest, owner: CurrentOwner, region: R
         start, end = t - int(req.minutes_before * 60_000), t + int(req.minutes_after * 60_000)
     else:
         start, end = parse_time(str(req.start), "start"), parse_time(str(req.end), "end")
-    row = PackageBuilder(region).build(v.vin, start, end, event=event, requested_by=Actor("owner", str(owner.owner_id)),
-                                       owner_id=owner.owner_id, legal_basis=OWNER_REQUEST)
+    row = PackageBuilder(region).build(
+        v.vin,
+        start,
+        end,
+        event=event,
+        requested_by=Actor("owner", str(owner.owner_id)),
+        owner_id=owner.owner_id,
+        legal_basis=OWNER_REQUEST,
+    )
     return package_json(row)
 
 
@@ -75,24 +94,40 @@ def create_package(vin: str, req: PackageRequest, owner: CurrentOwner, region: R
 def list_packages(vin: str, owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]]:
     v = region.vehicles.owned_one(owner.owner_id, vin)
     with region.db.session() as s:
-        rows = s.scalars(select(IncidentPackage).where(IncidentPackage.vin == v.vin,
-                                                       IncidentPackage.owner_id == owner.owner_id)
-                         .order_by(IncidentPackage.id.desc()))
+        rows = s.scalars(
+            select(IncidentPackage)
+            .where(IncidentPackage.vin == v.vin, IncidentPackage.owner_id == owner.owner_id)
+            .order_by(IncidentPackage.id.desc())
+        )
         return [package_json(p) for p in rows]
 
 
-@router.get("/vehicles/{vin}/packages/{package_id}/download", summary="Download a package (ZIP)",
-            responses={200: {"content": {"application/zip": {}}}})
+@router.get(
+    "/vehicles/{vin}/packages/{package_id}/download",
+    summary="Download a package (ZIP)",
+    responses={200: {"content": {"application/zip": {}}}},
+)
 def download_package(vin: str, package_id: int, owner: CurrentOwner, region: RegionDep) -> Response:
     p = _owned_package(region, owner.owner_id, vin, package_id)
-    region.audit.record(owner_id=owner.owner_id, vin=p.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="package.download", legal_basis=OWNER_REQUEST, detail={"package_id": p.id})
-    return Response(PackageBuilder(region).read(p), media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="carvault-{p.file_name}"'})
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=p.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="package.download",
+        legal_basis=OWNER_REQUEST,
+        detail={"package_id": p.id},
+    )
+    return Response(
+        PackageBuilder(region).read(p),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="carvault-{p.file_name}"'},
+    )
 
 
-@router.get("/vehicles/{vin}/packages/{package_id}/verification",
-            summary="Run the offline verifier on the stored package (the same checks `carvault verify` does)")
+@router.get(
+    "/vehicles/{vin}/packages/{package_id}/verification",
+    summary="Run the offline verifier on the stored package (the same checks `carvault verify` does)",
+)
 def verification(vin: str, package_id: int, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     p = _owned_package(region, owner.owner_id, vin, package_id)
     with tempfile.TemporaryDirectory() as d:
@@ -102,8 +137,11 @@ def verification(vin: str, package_id: int, owner: CurrentOwner, region: RegionD
     return {"ok": verdict.ok, "checks": [asdict(c) for c in verdict.checks]}
 
 
-@router.get("/region/trust", tags=["transparency log"],
-            summary="What verifiers trust for this region: log origin and key, vehicle CA (save it as a file)")
+@router.get(
+    "/region/trust",
+    tags=["transparency log"],
+    summary="What verifiers trust for this region: log origin and key, vehicle CA (save it as a file)",
+)
 def trust(region: RegionDep) -> dict[str, Any]:
     return trust_document(region)
 
@@ -112,8 +150,12 @@ class SaveCheckpoint(BaseModel):
     note: str = Field(max_length=10_000, description="a checkpoint as served by /api/v1/log/checkpoint")
 
 
-@router.post("/log/saved-checkpoints", status_code=201, tags=["transparency log"],
-             summary="Keep a checkpoint you were shown (packages then prove consistency with it)")
+@router.post(
+    "/log/saved-checkpoints",
+    status_code=201,
+    tags=["transparency log"],
+    summary="Keep a checkpoint you were shown (packages then prove consistency with it)",
+)
 def save_checkpoint(req: SaveCheckpoint, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     from carvault.errors import ValidationFailed
     from carvault.ledger.checkpoint import verify_checkpoint
@@ -124,8 +166,11 @@ def save_checkpoint(req: SaveCheckpoint, owner: CurrentOwner, region: RegionDep)
     except VerificationError as e:
         raise ValidationFailed(f"not a checkpoint of this region's log: {e}") from None
     with region.db.session() as s:
-        existing = s.scalar(select(SavedCheckpoint).where(SavedCheckpoint.owner_id == owner.owner_id,
-                                                          SavedCheckpoint.tree_size == cp.size))
+        existing = s.scalar(
+            select(SavedCheckpoint).where(
+                SavedCheckpoint.owner_id == owner.owner_id, SavedCheckpoint.tree_size == cp.size
+            )
+        )
         if existing is None:
             s.add(SavedCheckpoint(owner_id=owner.owner_id, tree_size=cp.size, note=req.note))
     return {"tree_size": cp.size, "root": cp.root.hex()}
@@ -134,6 +179,9 @@ def save_checkpoint(req: SaveCheckpoint, owner: CurrentOwner, region: RegionDep)
 @router.get("/log/saved-checkpoints", tags=["transparency log"], summary="Checkpoints I kept")
 def saved_checkpoints(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]]:
     with region.db.session() as s:
-        rows = s.scalars(select(SavedCheckpoint).where(SavedCheckpoint.owner_id == owner.owner_id)
-                         .order_by(SavedCheckpoint.tree_size))
+        rows = s.scalars(
+            select(SavedCheckpoint)
+            .where(SavedCheckpoint.owner_id == owner.owner_id)
+            .order_by(SavedCheckpoint.tree_size)
+        )
         return [{"tree_size": c.tree_size, "note": c.note, "saved_ms": c.saved_ms} for c in rows]

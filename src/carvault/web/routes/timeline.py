@@ -27,13 +27,17 @@ MAX_ROUTE_MS = 31 * DAY_MS
 def data_span(region: Region, vin: str) -> tuple[int | None, int | None]:
     """First and last instant the vehicle's telemetry batches cover (None, None before any upload)."""
     with region.db.session() as s:
-        lo, hi = s.execute(select(func.min(BatchRecord.t0), func.max(BatchRecord.t1))
-                           .where(BatchRecord.vin == vin, BatchRecord.kind == "telemetry")).one()
+        lo, hi = s.execute(
+            select(func.min(BatchRecord.t0), func.max(BatchRecord.t1)).where(
+                BatchRecord.vin == vin, BatchRecord.kind == "telemetry"
+            )
+        ).one()
     return (int(lo), int(hi) + 1) if lo is not None else (None, None)
 
 
-def window_or_default(region: Region, vin: str, start: str | None, end: str | None, limit_ms: int
-                      ) -> tuple[int, int, int | None, int | None]:
+def window_or_default(
+    region: Region, vin: str, start: str | None, end: str | None, limit_ms: int
+) -> tuple[int, int, int | None, int | None]:
     """The asked window, or the last week of data; refuses windows longer than ``limit_ms``."""
     lo, hi = data_span(region, vin)
     end_ms = parse_time(end, "end") if end else (hi if hi is not None else now_ms())
@@ -41,8 +45,7 @@ def window_or_default(region: Region, vin: str, start: str | None, end: str | No
     if end_ms <= start_ms:
         raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
     if end_ms - start_ms > limit_ms:
-        raise InvalidQuery(f"this window may span at most {limit_ms // DAY_MS} days", start_ms=start_ms,
-                           end_ms=end_ms)
+        raise InvalidQuery(f"this window may span at most {limit_ms // DAY_MS} days", start_ms=start_ms, end_ms=end_ms)
     return start_ms, end_ms, lo, hi
 
 
@@ -59,16 +62,30 @@ def timeline(
     start_ms, end_ms, lo, hi = window_or_default(region, v.vin, start, end, MAX_TIMELINE_MS)
     signals = [region.catalogue[p] for p in TIMELINE_SIGNALS if p in region.catalogue]
     found = detect(region.telemetry.window(v.vin, start_ms, end_ms, signals))
-    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="timeline.read", legal_basis=OWNER_REQUEST,
-                        detail={"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives),
-                                "charges": len(found.charges)})
-    return {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms, "data_start_ms": lo, "data_end_ms": hi,
-            "drives": [d.to_json() for d in found.drives], "charges": [c.to_json() for c in found.charges]}
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="timeline.read",
+        legal_basis=OWNER_REQUEST,
+        detail={"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives), "charges": len(found.charges)},
+    )
+    return {
+        "vin": v.vin,
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "data_start_ms": lo,
+        "data_end_ms": hi,
+        "drives": [d.to_json() for d in found.drives],
+        "charges": [c.to_json() for c in found.charges],
+    }
 
 
-@router.get("/{vin}/route", summary="Where the vehicle went in a window, as GPX 1.1 or GeoJSON",
-            responses={200: {"content": {MEDIA_TYPE: {}, "application/geo+json": {}}}})
+@router.get(
+    "/{vin}/route",
+    summary="Where the vehicle went in a window, as GPX 1.1 or GeoJSON",
+    responses={200: {"content": {MEDIA_TYPE: {}, "application/geo+json": {}}}},
+)
 def route(
     vin: str,
     owner: CurrentOwner,
@@ -86,12 +103,31 @@ def route(
     else:
         lat, lon = table.column(LATITUDE).to_pylist(), table.column(LONGITUDE).to_pylist()
         coords = [[x, y] for x, y in zip(lon, lat, strict=True) if x is not None and y is not None]
-        body = json.dumps({"type": "Feature", "properties": {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms},
-                           "geometry": {"type": "LineString", "coordinates": coords}}).encode()
+        body = json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms},
+                "geometry": {"type": "LineString", "coordinates": coords},
+            }
+        ).encode()
         media = "application/geo+json"
-    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="telemetry.read", legal_basis=OWNER_REQUEST,
-                        detail={"start_ms": start_ms, "end_ms": end_ms, "signals": ",".join(ROUTE_SIGNALS),
-                                "format": format, "resample_ms": None, "rows": table.num_rows})
-    return Response(body, media_type=media, headers={
-        "Content-Disposition": f'attachment; filename="{v.vin}-{start_ms}-{end_ms}.{format}"'})
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="telemetry.read",
+        legal_basis=OWNER_REQUEST,
+        detail={
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "signals": ",".join(ROUTE_SIGNALS),
+            "format": format,
+            "resample_ms": None,
+            "rows": table.num_rows,
+        },
+    )
+    return Response(
+        body,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{v.vin}-{start_ms}-{end_ms}.{format}"'},
+    )

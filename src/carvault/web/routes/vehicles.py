@@ -23,8 +23,14 @@ class ClaimRequest(BaseModel):
 
 def vehicle_json(v: Vehicle) -> dict[str, Any]:
     """A vehicle as its owner sees it."""
-    return {"vin": v.vin, "region": v.region, "model": v.model, "claimed_ms": v.claimed_ms,
-            "last_seq": v.last_seq, "last_hash": v.last_hash}
+    return {
+        "vin": v.vin,
+        "region": v.region,
+        "model": v.model,
+        "claimed_ms": v.claimed_ms,
+        "last_seq": v.last_seq,
+        "last_hash": v.last_hash,
+    }
 
 
 @router.get("", summary="My vehicles")
@@ -35,8 +41,13 @@ def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]
 @router.post("/claim", status_code=201, summary="Pair a vehicle with the code it shows")
 def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.claim(owner.owner_id, req.vin, req.pairing_code)
-    region.audit.record(owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)),
-                        action="vehicle.claim", legal_basis=OWNER_REQUEST)
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="vehicle.claim",
+        legal_basis=OWNER_REQUEST,
+    )
     return vehicle_json(v)
 
 
@@ -45,8 +56,11 @@ def get_vehicle(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, A
     return vehicle_json(region.vehicles.owned_one(owner.owner_id, vin))
 
 
-@router.get("/{vin}/telemetry", summary="A window of telemetry as JSON, CSV or Parquet",
-            responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+@router.get(
+    "/{vin}/telemetry",
+    summary="A window of telemetry as JSON, CSV or Parquet",
+    responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+)
 def telemetry(
     vin: str,
     owner: CurrentOwner,
@@ -65,14 +79,28 @@ def telemetry(
     table = region.telemetry.window(v.vin, start_ms, end_ms, chosen)
     if interval:
         table = resample(table, interval)
-    meta = {"vin": v.vin, "start_ms": start_ms, "end_ms": end_ms, "resample_ms": interval,
-            "units": {s.path: s.unit or None for s in chosen}}
+    meta = {
+        "vin": v.vin,
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "resample_ms": interval,
+        "units": {s.path: s.unit or None for s in chosen},
+    }
     body, media = render(table, format, meta)
     region.audit.record(
-        owner_id=owner.owner_id, vin=v.vin, actor=Actor("owner", str(owner.owner_id)), action="telemetry.read",
+        owner_id=owner.owner_id,
+        vin=v.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="telemetry.read",
         legal_basis=OWNER_REQUEST,
-        detail={"start_ms": start_ms, "end_ms": end_ms, "signals": signals or "*", "format": format,
-                "resample_ms": interval, "rows": table.num_rows},
+        detail={
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "signals": signals or "*",
+            "format": format,
+            "resample_ms": interval,
+            "rows": table.num_rows,
+        },
     )
     headers = {}
     if format != "json":
@@ -81,10 +109,14 @@ def telemetry(
 
 
 @router.get("/{vin}/batches", summary="Accepted batches (coverage, chain and log positions)")
-def batches(vin: str, owner: CurrentOwner, region: RegionDep, start: str = "0",
-            end: str = "9999999999999") -> dict[str, Any]:
+def batches(
+    vin: str, owner: CurrentOwner, region: RegionDep, start: str = "0", end: str = "9999999999999"
+) -> dict[str, Any]:
     v = region.vehicles.owned_one(owner.owner_id, vin)
     start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
     refs = region.telemetry.batches(v.vin, start_ms, end_ms, None)
-    return {"vin": v.vin, "count": len(refs),
-            "batches": [{"seq": r.seq, "t0": r.t0, "t1": r.t1, "bytes": r.length} for r in refs]}
+    return {
+        "vin": v.vin,
+        "count": len(refs),
+        "batches": [{"seq": r.seq, "t0": r.t0, "t1": r.t1, "bytes": r.length} for r in refs],
+    }

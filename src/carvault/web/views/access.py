@@ -12,14 +12,32 @@ from carvault.web.views.base import FormError, Page, page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
-KNOWN_ACTIONS = ("telemetry.read", "timeline.read", "telemetry.export", "export.create", "export.download",
-                 "package.create", "package.download", "vehicle.claim", "session.create", "credential.revoke",
-                 "password.change", "token.create", "account.create", "consent.grant", "consent.stop",
-                 "deletion.request", "deletion.complete", "hold.place", "hold.release", "order.release")
+KNOWN_ACTIONS = (
+    "telemetry.read",
+    "timeline.read",
+    "telemetry.export",
+    "export.create",
+    "export.download",
+    "package.create",
+    "package.download",
+    "vehicle.claim",
+    "session.create",
+    "credential.revoke",
+    "password.change",
+    "token.create",
+    "account.create",
+    "consent.grant",
+    "consent.stop",
+    "deletion.request",
+    "deletion.complete",
+    "hold.place",
+    "hold.release",
+    "order.release",
+)
 
 
 def actor_label(p: Page, actor: str) -> str:
-    """"You" for the owner, else the kind of actor and its id."""
+    """ "You" for the owner, else the kind of actor and its id."""
     kind, _, ident = actor.partition(":")
     if p.me and kind == "owner" and ident == str(p.owner_id):
         return p.t("access.you")
@@ -71,12 +89,27 @@ async def access(request: Request) -> Response:
     recent = (await p.get_json("/api/v1/audit", params={"limit": 1000}))["events"]
     actors = sorted({e["actor"] for e in recent} | ({q["actor"]} if q.get("actor") else set()))
     actions = sorted(set(KNOWN_ACTIONS) | {e["action"] for e in recent})
-    rows = [{**e, "who": actor_label(p, e["actor"]), "what": p.t.maybe(f"action.{e['action']}", e["action"]),
-             "summary": summary(p, e)} for e in events]
+    rows = [
+        {
+            **e,
+            "who": actor_label(p, e["actor"]),
+            "what": p.t.maybe(f"action.{e['action']}", e["action"]),
+            "summary": summary(p, e),
+        }
+        for e in events
+    ]
     older = None
     if len(events) == PAGE_SIZE:
         keep = {k: v for k, v in q.items() if k not in ("before", "notice")}
         older = "&".join(f"{k}={v}" for k, v in {**keep, "before": events[-1]["id"]}.items())
-    return p.render("access.html", title=p.t("access.title"), rows=rows, error=error, actors=actors,
-                    actor_labels={a: actor_label(p, a) for a in actors}, actions=actions,
-                    filters={k: q.get(k, "") for k in ("actor", "action", "since", "until")}, older=older)
+    return p.render(
+        "access.html",
+        title=p.t("access.title"),
+        rows=rows,
+        error=error,
+        actors=actors,
+        actor_labels={a: actor_label(p, a) for a in actors},
+        actions=actions,
+        filters={k: q.get(k, "") for k in ("actor", "action", "since", "until")},
+        older=older,
+    )

@@ -25,8 +25,15 @@ async def home(request: Request) -> Response:
 
 def _log_in(p: Page, token: str, to: str, notice: str | None = None) -> RedirectResponse:
     response = p.redirect(to, notice)
-    response.set_cookie(SESSION_COOKIE, token, max_age=p.request.app.state.region.settings.session_ttl_s,
-                        httponly=True, samesite="lax", secure=p.request.url.scheme == "https", path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=p.request.app.state.region.settings.session_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=p.request.url.scheme == "https",
+        path="/",
+    )
     response.delete_cookie(csrf.PRESESSION_COOKIE, path="/")
     return response
 
@@ -43,8 +50,7 @@ async def login_page(request: Request) -> Response:
     p = await page(request, login=False)
     if p.me:
         return p.redirect(safe_next(request.query_params.get("next")))
-    return p.render("login.html", title=p.t("login.title"), email="",
-                    next=safe_next(request.query_params.get("next")))
+    return p.render("login.html", title=p.t("login.title"), email="", next=safe_next(request.query_params.get("next")))
 
 
 @router.post("/login")
@@ -52,12 +58,19 @@ async def login(request: Request) -> Response:
     p = await page(request, login=False)
     form = await p.form()
     email, to = form.get("email", "").strip(), safe_next(form.get("next"))
-    r = await p.api("POST", "/api/v1/auth/login", json_body={"email": email, "password": form.get("password", "")},
-                    secret="")
+    r = await p.api(
+        "POST", "/api/v1/auth/login", json_body={"email": email, "password": form.get("password", "")}, secret=""
+    )
     if r.status_code == 200:
         return _log_in(p, r.json()["token"], to)
-    return p.render("login.html", status=r.status_code if r.status_code in (401, 429) else 400,
-                    title=p.t("login.title"), email=email, next=to, error=_login_error(p, r.status_code, r.json()))
+    return p.render(
+        "login.html",
+        status=r.status_code if r.status_code in (401, 429) else 400,
+        title=p.t("login.title"),
+        email=email,
+        next=to,
+        error=_login_error(p, r.status_code, r.json()),
+    )
 
 
 @router.get("/signup")
@@ -78,8 +91,12 @@ async def signup(request: Request) -> Response:
     if password != form.get("password_confirm", ""):
         error = p.t("error.passwords_differ")
     else:
-        r = await p.api("POST", "/api/v1/auth/register", json_body={"email": email, "password": password,
-                                                                      "display_name": name}, secret="")
+        r = await p.api(
+            "POST",
+            "/api/v1/auth/register",
+            json_body={"email": email, "password": password, "display_name": name},
+            secret="",
+        )
         if r.status_code == 201:
             r = await p.api("POST", "/api/v1/auth/login", json_body={"email": email, "password": password}, secret="")
             if r.status_code == 200:
@@ -87,7 +104,8 @@ async def signup(request: Request) -> Response:
             return p.redirect("/login")
         err = r.json().get("error", {})
         error = {"email": p.t("error.email_invalid"), "password": p.t("error.password_short", n=10)}.get(
-            err.get("field"), p.t("error.email_taken") if r.status_code == 409 else err.get("message", ""))
+            err.get("field"), p.t("error.email_taken") if r.status_code == 409 else err.get("message", "")
+        )
     return p.render("signup.html", status=400, title=p.t("signup.title"), email=email, display_name=name, error=error)
 
 
@@ -119,15 +137,19 @@ async def change_password(request: Request) -> Response:
     new = form.get("new_password", "")
     if new != form.get("new_password_confirm", ""):
         return await _account(p, 400, p.t("error.passwords_differ"))
-    r = await p.api("POST", "/api/v1/auth/password",
-                    json_body={"current_password": form.get("current_password", ""), "new_password": new})
+    r = await p.api(
+        "POST",
+        "/api/v1/auth/password",
+        json_body={"current_password": form.get("current_password", ""), "new_password": new},
+    )
     if r.status_code != 200:
         field = r.json().get("error", {}).get("field")
         msg = p.t("error.password_short", n=10) if field == "password" else p.t("error.password_wrong")
         return await _account(p, 400, msg)
     # Changing the password ended every session, this one too: log this browser back in.
-    r = await p.api("POST", "/api/v1/auth/login", json_body={"email": p.me["email"] if p.me else "", "password": new},
-                    secret="")
+    r = await p.api(
+        "POST", "/api/v1/auth/login", json_body={"email": p.me["email"] if p.me else "", "password": new}, secret=""
+    )
     if r.status_code != 200:
         return p.redirect("/login")
     return _log_in(p, r.json()["token"], "/account", "password_changed")

@@ -45,14 +45,25 @@ STATIC_DIR = WEB_DIR / "static"
 # post only here, and the Origin header is sent on same-site posts (the CSRF check reads it).
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-                               "form-action 'self'; frame-ancestors 'none'",
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Permissions-Policy": "geolocation=(), camera=(), microphone=(), payment=()",
 }
-NOTICES = {"password_changed", "session_revoked", "vehicle_paired", "package_built", "consent_on", "consent_off",
-           "deletion_requested", "export_started", "export_cancelled", "language_changed", "signed_up"}
+NOTICES = {
+    "password_changed",
+    "session_revoked",
+    "vehicle_paired",
+    "package_built",
+    "consent_on",
+    "consent_off",
+    "deletion_requested",
+    "export_started",
+    "export_cancelled",
+    "language_changed",
+    "signed_up",
+}
 
 
 class LoginRequired(Exception):
@@ -72,8 +83,13 @@ class PageError(Exception):
         self.message = message
 
 
-env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html", "svg"]),
-                  undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+env = Environment(
+    loader=FileSystemLoader(TEMPLATES_DIR),
+    autoescape=select_autoescape(["html", "svg"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 env.filters["tojson_attr"] = lambda v: Markup(json.dumps(v, separators=(",", ":")).replace("<", "\\u003c"))
 
 
@@ -101,11 +117,24 @@ class Page:
         return str(self.request.app.state.region.name)
 
     # ------------------------------------------------------------------ the API, in-process
-    async def api(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
-                  secret: str | None = None) -> httpx.Response:
+    async def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        secret: str | None = None,
+    ) -> httpx.Response:
         """Call ``/api/v1`` as this owner (or anonymously when not logged in)."""
-        return await call_api(self.request, method, path, json_body=json_body, params=params,
-                              secret=secret if secret is not None else self.secret)
+        return await call_api(
+            self.request,
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            secret=secret if secret is not None else self.secret,
+        )
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """GET from the API; an error becomes the error page (a 404 stays a 404)."""
@@ -121,9 +150,18 @@ class Page:
         """Render a template into a page response with the portal's headers."""
         notice = self.request.query_params.get("notice")
         body = env.get_template(template).render(
-            t=self.t, lang=self.t.language, languages=LANGUAGES, me=self.me, csrf_token=self.csrf_token,
-            csrf_field=csrf.FIELD, region=self.region, path=_current_path(self.request), version=__version__,
-            notice=notice if notice in NOTICES else None, **{"error": None, **context})
+            t=self.t,
+            lang=self.t.language,
+            languages=LANGUAGES,
+            me=self.me,
+            csrf_token=self.csrf_token,
+            csrf_field=csrf.FIELD,
+            region=self.region,
+            path=_current_path(self.request),
+            version=__version__,
+            notice=notice if notice in NOTICES else None,
+            **{"error": None, **context},
+        )
         response = HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
         self.finish(response)
         return response
@@ -141,8 +179,15 @@ class Page:
         if self.new_presession:
             csrf.set_presession(response, self.request, self.new_presession)
         for name, value in self.cookies.items():
-            response.set_cookie(name, value, max_age=365 * 86_400, httponly=True, samesite="lax",
-                                secure=self.request.url.scheme == "https", path="/")
+            response.set_cookie(
+                name,
+                value,
+                max_age=365 * 86_400,
+                httponly=True,
+                samesite="lax",
+                secure=self.request.url.scheme == "https",
+                path="/",
+            )
 
     async def form(self) -> dict[str, str]:
         """The posted form, after checking its CSRF token (``Forbidden`` otherwise)."""
@@ -186,11 +231,20 @@ def api_message(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}"
 
 
-async def call_api(request: Request, method: str, path: str, *, json_body: Any = None,
-                   params: dict[str, Any] | None = None, secret: str | None = None) -> httpx.Response:
+async def call_api(
+    request: Request,
+    method: str,
+    path: str,
+    *,
+    json_body: Any = None,
+    params: dict[str, Any] | None = None,
+    secret: str | None = None,
+) -> httpx.Response:
     """One in-process API request on behalf of the browser behind ``request``."""
-    headers = {"User-Agent": request.headers.get("user-agent", "")[:200] or "CarVault portal",
-               "Accept-Language": request.headers.get("accept-language", "")}
+    headers = {
+        "User-Agent": request.headers.get("user-agent", "")[:200] or "CarVault portal",
+        "Accept-Language": request.headers.get("accept-language", ""),
+    }
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
     client = (client_address(request) or "127.0.0.1", request.client.port if request.client else 0)
@@ -211,8 +265,11 @@ async def page(request: Request, *, login: bool = True) -> Page:
     # The browser's explicit choice, then the account's (every account starts as "en", so only another
     # language counts as a choice), then what the browser asks for.
     chosen = supported(me.get("locale")) if me else None
-    language = (supported(request.cookies.get(LANG_COOKIE)) or (chosen if chosen != DEFAULT_LANGUAGE else None)
-                or negotiate(request.headers.get("accept-language")))
+    language = (
+        supported(request.cookies.get(LANG_COOKIE))
+        or (chosen if chosen != DEFAULT_LANGUAGE else None)
+        or negotiate(request.headers.get("accept-language"))
+    )
     t = translator(language, request.cookies.get(TZ_COOKIE), request.app.state.region.name)
     token, fresh = csrf.issue(request)
     return Page(request=request, t=t, csrf_token=token, me=me, secret=secret if me else None, new_presession=fresh)
@@ -231,8 +288,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LoginRequired)
     async def _login(_: Request, e: LoginRequired) -> RedirectResponse:
-        return RedirectResponse(f"/login?next={quote(e.next_path, safe='/')}", status_code=303,
-                                headers={"Cache-Control": "no-store"})
+        return RedirectResponse(
+            f"/login?next={quote(e.next_path, safe='/')}", status_code=303, headers={"Cache-Control": "no-store"}
+        )
 
     async def html_error(request: Request, status: int, message: str) -> HTMLResponse:
         p = await page(request, login=False)

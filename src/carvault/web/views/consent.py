@@ -15,16 +15,25 @@ router = APIRouter(include_in_schema=False)
 MAX_CONSENT_DAYS = 3 * 365
 
 
-async def _page(p: Page, vin: str, status: int = 200, error: str | None = None,
-                failed: str | None = None) -> HTMLResponse:
+async def _page(
+    p: Page, vin: str, status: int = 200, error: str | None = None, failed: str | None = None
+) -> HTMLResponse:
     car = await vehicle(p, vin)
     r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/consents")
     consents: dict[str, Any] | None = r.json() if r.status_code == 200 else None
     today = datetime.now(p.t.tz).date()
-    return p.render("consent.html", status=status, title=p.t("consent.title"), car=car, consents=consents,
-                    error=error, failed=failed, default_end=(today + timedelta(days=365)).isoformat(),
-                    min_end=(today + timedelta(days=1)).isoformat(),
-                    max_end=(today + timedelta(days=MAX_CONSENT_DAYS)).isoformat())
+    return p.render(
+        "consent.html",
+        status=status,
+        title=p.t("consent.title"),
+        car=car,
+        consents=consents,
+        error=error,
+        failed=failed,
+        default_end=(today + timedelta(days=365)).isoformat(),
+        min_end=(today + timedelta(days=1)).isoformat(),
+        max_end=(today + timedelta(days=MAX_CONSENT_DAYS)).isoformat(),
+    )
 
 
 @router.get("/vehicles/{vin}/consent")
@@ -46,8 +55,12 @@ async def change(vin: str, category: str, request: Request) -> Response:
             # The consent lasts to the end of the chosen day in the owner's time zone.
             ends = p.time_input(form.get("ends"), "ends")
             end_of_day = datetime.fromtimestamp(ends / 1000, p.t.tz) + timedelta(days=1)
-            body = {"enabled": True, "purpose": form.get("purpose", "").strip(),
-                    "ends": int(end_of_day.timestamp() * 1000) - 1, "lasting": form.get("lasting") == "on"}
+            body = {
+                "enabled": True,
+                "purpose": form.get("purpose", "").strip(),
+                "ends": int(end_of_day.timestamp() * 1000) - 1,
+                "lasting": form.get("lasting") == "on",
+            }
         except FormError as e:
             return await _page(p, vin, 400, str(e), category)
         if not body["purpose"]:

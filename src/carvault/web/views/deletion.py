@@ -16,8 +16,15 @@ async def _page(p: Page, status: int = 200, error: str | None = None, reason: st
     requests = r.json() if r.status_code == 200 else None
     if isinstance(requests, dict):
         requests = requests.get("requests", [])
-    return p.render("deletion.html", status=status, title=p.t("deletion.title"), vehicles=cars, requests=requests,
-                    error=error, reason=reason)
+    return p.render(
+        "deletion.html",
+        status=status,
+        title=p.t("deletion.title"),
+        vehicles=cars,
+        requests=requests,
+        error=error,
+        reason=reason,
+    )
 
 
 @router.get("/deletion")
@@ -33,8 +40,11 @@ async def request_deletion(request: Request) -> Response:
     if form.get("confirm") != "on":
         return await _page(p, 400, p.t("deletion.confirm_needed"), reason)
     scope = form.get("scope", "")
-    r = await p.api("POST", "/api/v1/deletion-requests",
-                    json_body={"vin": scope if scope and scope != "all" else None, "reason": reason})
+    r = await p.api(
+        "POST",
+        "/api/v1/deletion-requests",
+        json_body={"vin": scope if scope and scope != "all" else None, "reason": reason},
+    )
     if r.status_code >= 400:
         return await _page(p, 400, r.json().get("error", {}).get("message", ""), reason)
     return p.redirect("/deletion", "deletion_requested")

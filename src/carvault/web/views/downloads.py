@@ -21,16 +21,32 @@ def categories(p: Page) -> list[dict[str, Any]]:
     return [{"name": c.name, "title": p.t.maybe(f"category.{c.name}", c.title)} for c in CATEGORIES.values()]
 
 
-async def _page(p: Page, vin: str, status: int = 200, error: str | None = None,
-                form: dict[str, Any] | None = None) -> HTMLResponse:
+async def _page(
+    p: Page, vin: str, status: int = 200, error: str | None = None, form: dict[str, Any] | None = None
+) -> HTMLResponse:
     car = await vehicle(p, vin)
     jobs = await p.get_json("/api/v1/exports", params={"vin": car["vin"]})
     q = p.request.query_params
-    defaults: dict[str, Any] = {"scope": "window" if q.get("from") else "all", "from": q.get("from", ""),
-                                "to": q.get("to", ""), "format": "csv", "resample": "", "categories": []}
-    return p.render("downloads.html", status=status, title=p.t("downloads.title"), car=car, jobs=jobs,
-                    error=error, form={**defaults, **(form or {})}, formats=FORMATS, resample=RESAMPLE,
-                    categories=categories(p))
+    defaults: dict[str, Any] = {
+        "scope": "window" if q.get("from") else "all",
+        "from": q.get("from", ""),
+        "to": q.get("to", ""),
+        "format": "csv",
+        "resample": "",
+        "categories": [],
+    }
+    return p.render(
+        "downloads.html",
+        status=status,
+        title=p.t("downloads.title"),
+        car=car,
+        jobs=jobs,
+        error=error,
+        form={**defaults, **(form or {})},
+        formats=FORMATS,
+        resample=RESAMPLE,
+        categories=categories(p),
+    )
 
 
 @router.get("/vehicles/{vin}/downloads")

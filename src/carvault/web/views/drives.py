@@ -25,8 +25,14 @@ CHART_SIGNALS = (SPEED, ACCEL, BRAKE, ABS, PRESSURE, SOC)
 # Chart id -> series (path, message key, unit, colour); colours are the CSS palette's.
 CHARTS = (
     ("speed", ((SPEED, "signal.speed", "km/h", "#0b6e4f"),)),
-    ("pedals", ((ACCEL, "signal.accelerator", "%", "#1d4ed8"), (BRAKE, "signal.brake", "%", "#b91c1c"),
-                (ABS, "signal.abs", "", "#b45309"))),
+    (
+        "pedals",
+        (
+            (ACCEL, "signal.accelerator", "%", "#1d4ed8"),
+            (BRAKE, "signal.brake", "%", "#b91c1c"),
+            (ABS, "signal.abs", "", "#b45309"),
+        ),
+    ),
     ("pressure", ((PRESSURE, "signal.pressure", "bar", "#7c3aed"),)),
     ("soc", ((SOC, "signal.soc", "%", "#0e7490"),)),
 )
@@ -41,8 +47,9 @@ def resample_for(window_ms: int) -> str:
     return f"{max(1, math.ceil(window_ms / 1000 / MAX_POINTS))}s"
 
 
-def route_svg(t: list[int], lat: list[float | None], lon: list[float | None],
-              marks: list[dict[str, Any]]) -> dict[str, Any] | None:
+def route_svg(
+    t: list[int], lat: list[float | None], lon: list[float | None], marks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """The route projected into an SVG box: polyline segments, start/end/event marks, a scale bar."""
     pts = [(ti, la, lo) for ti, la, lo in zip(t, lat, lon, strict=True) if la is not None and lo is not None]
     if len(pts) < 2:
@@ -72,10 +79,17 @@ def route_svg(t: list[int], lat: list[float | None], lon: list[float | None],
         return px[k]
 
     nice = next((m for m in NICE_M if m * scale >= 60), NICE_M[-1])
-    return {"w": SVG_W, "h": SVG_H, "segments": segments, "start": px[0], "end": px[-1],
-            "marks": [{**m, "xy": at(m["t_ms"])} for m in marks],
-            "scale_px": round(nice * scale, 1), "scale_m": nice,
-            "points": [[x, y, pts[i][0]] for i, (x, y) in enumerate(px)][::step]}
+    return {
+        "w": SVG_W,
+        "h": SVG_H,
+        "segments": segments,
+        "start": px[0],
+        "end": px[-1],
+        "marks": [{**m, "xy": at(m["t_ms"])} for m in marks],
+        "scale_px": round(nice * scale, 1),
+        "scale_m": nice,
+        "points": [[x, y, pts[i][0]] for i, (x, y) in enumerate(px)][::step],
+    }
 
 
 @router.get("/vehicles/{vin}/drive")
@@ -93,39 +107,78 @@ async def drive(vin: str, request: Request) -> Response:
     if not 0 < end - start <= MAX_WINDOW_MS:
         raise PageError(400, p.t("drive.window_limit"))
     interval = resample_for(end - start)
-    data = await p.get_json(f"/api/v1/vehicles/{car['vin']}/telemetry", params={
-        "start": start, "end": end, "signals": ",".join((*CHART_SIGNALS, LAT, LON)), "resample": interval})
+    data = await p.get_json(
+        f"/api/v1/vehicles/{car['vin']}/telemetry",
+        params={"start": start, "end": end, "signals": ",".join((*CHART_SIGNALS, LAT, LON)), "resample": interval},
+    )
     tl = await p.get_json(f"/api/v1/vehicles/{car['vin']}/timeline", params={"start": start, "end": end})
     evs = await events(p, car["vin"], start, end)
     r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/consents")
-    precise = r.status_code == 200 and any(c["category"] == "location_precise" and c["status"] == "collecting"
-                                           for c in r.json()["categories"])
+    precise = r.status_code == 200 and any(
+        c["category"] == "location_precise" and c["status"] == "collecting" for c in r.json()["categories"]
+    )
     sig = data["signals"]
-    route = route_svg(data["t"], sig.get(LAT, []), sig.get(LON, []),
-                      [{"kind": e["kind"], "t_ms": e["t_ms"], "label": p.t.maybe(f"event.{e['kind']}", e["kind"])}
-                       for e in evs])
+    route = route_svg(
+        data["t"],
+        sig.get(LAT, []),
+        sig.get(LON, []),
+        [{"kind": e["kind"], "t_ms": e["t_ms"], "label": p.t.maybe(f"event.{e['kind']}", e["kind"])} for e in evs],
+    )
     drives = tl["drives"]
     speeds = [d["top_speed_kmh"] for d in drives if d["top_speed_kmh"] is not None]
-    stats = {"distance_m": sum(d["distance_m"] for d in drives), "duration_s": (end - start) / 1000,
-             "energy_kwh": sum(d["energy_kwh"] or 0 for d in drives) if drives else None,
-             "top_speed_kmh": max(speeds) if speeds else None,
-             "soc_start": drives[0]["soc_start"] if drives else None,
-             "soc_end": drives[-1]["soc_end"] if drives else None}
-    charts = [{"id": cid, "title": p.t(f"chart.{cid}"),
-               "series": [{"path": path, "label": p.t(key), "unit": unit, "color": colour} for path, key, unit, colour
-                          in series]} for cid, series in CHARTS]
+    stats = {
+        "distance_m": sum(d["distance_m"] for d in drives),
+        "duration_s": (end - start) / 1000,
+        "energy_kwh": sum(d["energy_kwh"] or 0 for d in drives) if drives else None,
+        "top_speed_kmh": max(speeds) if speeds else None,
+        "soc_start": drives[0]["soc_start"] if drives else None,
+        "soc_end": drives[-1]["soc_end"] if drives else None,
+    }
+    charts = [
+        {
+            "id": cid,
+            "title": p.t(f"chart.{cid}"),
+            "series": [
+                {"path": path, "label": p.t(key), "unit": unit, "color": colour} for path, key, unit, colour in series
+            ],
+        }
+        for cid, series in CHARTS
+    ]
     window = {"start": start, "end": end}
-    downloads = [(fmt.upper() if fmt != "parquet" else "Parquet",
-                  f"/api/v1/vehicles/{car['vin']}/telemetry?" + urlencode({**window, "format": fmt}))
-                 for fmt in ("csv", "json", "parquet")]
+    downloads = [
+        (
+            fmt.upper() if fmt != "parquet" else "Parquet",
+            f"/api/v1/vehicles/{car['vin']}/telemetry?" + urlencode({**window, "format": fmt}),
+        )
+        for fmt in ("csv", "json", "parquet")
+    ]
     downloads.append(("GPX", f"/api/v1/vehicles/{car['vin']}/route?" + urlencode({**window, "format": "gpx"})))
-    chart_data = {"vin": car["vin"], "tz": p.t.tz_name, "start": start, "end": end, "resample": interval,
-                  "t": data["t"], "signals": {k: v for k, v in sig.items() if k in CHART_SIGNALS}, "charts": charts,
-                  "route": route["points"] if route else [],
-                  "labels": {"time": p.t("chart.time"), "loading": p.t("drive.loading"),
-                             "full": p.t("drive.full_resolution")}}
-    return p.render("drive.html", title=p.t("drive.title_at", day=p.t.dt(start, "date"),
-                                            start=p.t.dt(start, "time"), end=p.t.dt(end, "time")),
-                    car=car, start=start, end=end, stats=stats, drives=drives, route=route, events=evs,
-                    charts=charts, chart_data=chart_data, downloads=downloads, interval=interval,
-                    rows=data["rows"], coarse=route is not None and not precise)
+    chart_data = {
+        "vin": car["vin"],
+        "tz": p.t.tz_name,
+        "start": start,
+        "end": end,
+        "resample": interval,
+        "t": data["t"],
+        "signals": {k: v for k, v in sig.items() if k in CHART_SIGNALS},
+        "charts": charts,
+        "route": route["points"] if route else [],
+        "labels": {"time": p.t("chart.time"), "loading": p.t("drive.loading"), "full": p.t("drive.full_resolution")},
+    }
+    return p.render(
+        "drive.html",
+        title=p.t("drive.title_at", day=p.t.dt(start, "date"), start=p.t.dt(start, "time"), end=p.t.dt(end, "time")),
+        car=car,
+        start=start,
+        end=end,
+        stats=stats,
+        drives=drives,
+        route=route,
+        events=evs,
+        charts=charts,
+        chart_data=chart_data,
+        downloads=downloads,
+        interval=interval,
+        rows=data["rows"],
+        coarse=route is not None and not precise,
+    )

@@ -13,17 +13,32 @@ from carvault.web.views.vehicles import events, vehicle
 router = APIRouter(include_in_schema=False)
 
 
-async def _page(p: Page, vin: str, status: int = 200, error: str | None = None,
-                form: dict[str, Any] | None = None) -> HTMLResponse:
+async def _page(
+    p: Page, vin: str, status: int = 200, error: str | None = None, form: dict[str, Any] | None = None
+) -> HTMLResponse:
     car = await vehicle(p, vin)
     packages = await p.get_json(f"/api/v1/vehicles/{car['vin']}/packages")
     evs = list(reversed(await events(p, car["vin"])))
     q = p.request.query_params
     chosen = q.get("event", "")
-    defaults = {"mode": "window" if q.get("from") and not chosen else "event", "event": chosen,
-                "from": q.get("from", ""), "to": q.get("to", ""), "minutes_before": "30", "minutes_after": "1"}
-    return p.render("packages.html", status=status, title=p.t("packages.title"), car=car, packages=packages,
-                    events=evs, error=error, form={**defaults, **(form or {})})
+    defaults = {
+        "mode": "window" if q.get("from") and not chosen else "event",
+        "event": chosen,
+        "from": q.get("from", ""),
+        "to": q.get("to", ""),
+        "minutes_before": "30",
+        "minutes_after": "1",
+    }
+    return p.render(
+        "packages.html",
+        status=status,
+        title=p.t("packages.title"),
+        car=car,
+        packages=packages,
+        events=evs,
+        error=error,
+        form={**defaults, **(form or {})},
+    )
 
 
 @router.get("/vehicles/{vin}/packages")
@@ -44,15 +59,19 @@ async def request_package(vin: str, request: Request) -> Response:
             kind, _, t_ms = form.get("event", "").partition("@")
             if not t_ms.isdigit():
                 raise FormError(p.t("packages.pick_event"))
-            body = {"event_time": int(t_ms), "event_kind": kind[:32] or "incident",
-                    "minutes_before": float(form.get("minutes_before") or 30),
-                    "minutes_after": float(form.get("minutes_after") or 1)}
+            body = {
+                "event_time": int(t_ms),
+                "event_kind": kind[:32] or "incident",
+                "minutes_before": float(form.get("minutes_before") or 30),
+                "minutes_after": float(form.get("minutes_after") or 1),
+            }
     except (FormError, ValueError) as e:
         return await _page(p, vin, 400, str(e) if isinstance(e, FormError) else p.t("error.window"), form)
     r = await p.api("POST", f"/api/v1/vehicles/{car['vin']}/packages", json_body=body)
     if r.status_code != 201:
-        return await _page(p, vin, 400 if r.status_code < 500 else 503,
-                           r.json().get("error", {}).get("message", ""), form)
+        return await _page(
+            p, vin, 400 if r.status_code < 500 else 503, r.json().get("error", {}).get("message", ""), form
+        )
     return p.redirect(f"/vehicles/{car['vin']}/packages/{r.json()['id']}", "package_built")
 
 
@@ -65,5 +84,6 @@ async def package(vin: str, package_id: int, request: Request) -> Response:
         raise PageError(404, p.t("error.404"))
     verdict = await p.get_json(f"/api/v1/vehicles/{car['vin']}/packages/{package_id}/verification")
     checks = [{**c, "title": p.t.maybe(f"check.{c['name']}", c["name"])} for c in verdict["checks"]]
-    return p.render("package.html", title=p.t("package.title", id=package_id), car=car, pkg=found[0],
-                    verdict=verdict, checks=checks)
+    return p.render(
+        "package.html", title=p.t("package.title", id=package_id), car=car, pkg=found[0], verdict=verdict, checks=checks
+    )

@@ -29,8 +29,10 @@ async def events(p: Page, vin: str, start_ms: int | None = None, end_ms: int | N
         return []
     body = r.json()
     items = body.get("events", []) if isinstance(body, dict) else body
-    return sorted((e for e in items if (start_ms is None or e["t_ms"] >= start_ms)
-                   and (end_ms is None or e["t_ms"] < end_ms)), key=lambda e: e["t_ms"])
+    return sorted(
+        (e for e in items if (start_ms is None or e["t_ms"] >= start_ms) and (end_ms is None or e["t_ms"] < end_ms)),
+        key=lambda e: e["t_ms"],
+    )
 
 
 def describe_event(p: Page, e: dict[str, Any]) -> list[str]:
@@ -55,18 +57,23 @@ def describe_event(p: Page, e: dict[str, Any]) -> list[str]:
     if d.get("locked"):
         lines.append(p.t("event.locked"))
     known = {"triggers", "pre_s", "post_s", "locked"}
-    extra = [f"{p.t.maybe('detail.' + k, k)}: {v}" for k, v in d.items()
-             if k not in known and isinstance(v, str | int | float | bool)]
+    extra = [
+        f"{p.t.maybe('detail.' + k, k)}: {v}"
+        for k, v in d.items()
+        if k not in known and isinstance(v, str | int | float | bool)
+    ]
     if extra:
         lines.append(" · ".join(extra))
     return lines
 
 
-async def _list(p: Page, status: int = 200, error: str | None = None, form: dict[str, str] | None = None
-                ) -> HTMLResponse:
+async def _list(
+    p: Page, status: int = 200, error: str | None = None, form: dict[str, str] | None = None
+) -> HTMLResponse:
     cars = await p.get_json("/api/v1/vehicles")
-    return p.render("vehicles.html", status=status, title=p.t("vehicles.title"), vehicles=cars, error=error,
-                    form=form or {})
+    return p.render(
+        "vehicles.html", status=status, title=p.t("vehicles.title"), vehicles=cars, error=error, form=form or {}
+    )
 
 
 @router.get("/vehicles")
@@ -82,8 +89,12 @@ async def pair(request: Request) -> Response:
     r = await p.api("POST", "/api/v1/vehicles/claim", json_body={"vin": vin, "pairing_code": code})
     if r.status_code == 201:
         return p.redirect(f"/vehicles/{vin}", "vehicle_paired")
-    error = {404: p.t("pair.wrong_code"), 409: p.t("pair.taken"), 422: p.t("pair.invalid"),
-             429: p.t("pair.too_many")}.get(r.status_code, p.t("error.other"))
+    error = {
+        404: p.t("pair.wrong_code"),
+        409: p.t("pair.taken"),
+        422: p.t("pair.invalid"),
+        429: p.t("pair.too_many"),
+    }.get(r.status_code, p.t("error.other"))
     return await _list(p, 400 if r.status_code != 429 else 429, error, {"vin": vin})
 
 
@@ -117,8 +128,10 @@ async def timeline(vin: str, request: Request) -> Response:
     tl = r.json()
     evs = await events(p, car["vin"], tl["start_ms"], tl["end_ms"])
     items: list[dict[str, Any]] = [*tl["drives"], *tl["charges"]]
-    items += [{**e, "kind": "event", "event_kind": e["kind"], "start_ms": e["t_ms"], "lines": describe_event(p, e)}
-              for e in evs]
+    items += [
+        {**e, "kind": "event", "event_kind": e["kind"], "start_ms": e["t_ms"], "lines": describe_event(p, e)}
+        for e in evs
+    ]
     items.sort(key=lambda x: x["start_ms"], reverse=True)
     days: list[tuple[int, list[dict[str, Any]]]] = []
     for item in items:
@@ -127,16 +140,28 @@ async def timeline(vin: str, request: Request) -> Response:
             days.append((day, []))
         days[-1][1].append(item)
     drives = tl["drives"]
-    totals = {"drives": len(drives), "distance_m": sum(d["distance_m"] for d in drives),
-              "duration_s": sum(d["duration_s"] for d in drives),
-              "energy_kwh": sum(d["energy_kwh"] or 0 for d in drives),
-              "charges": len(tl["charges"]), "added_kwh": sum(c["energy_kwh"] or 0 for c in tl["charges"]),
-              "events": len(evs)}
+    totals = {
+        "drives": len(drives),
+        "distance_m": sum(d["distance_m"] for d in drives),
+        "duration_s": sum(d["duration_s"] for d in drives),
+        "energy_kwh": sum(d["energy_kwh"] or 0 for d in drives),
+        "charges": len(tl["charges"]),
+        "added_kwh": sum(c["energy_kwh"] or 0 for c in tl["charges"]),
+        "events": len(evs),
+    }
     span = tl["end_ms"] - tl["start_ms"]
     newer = tl["data_end_ms"] is not None and tl["end_ms"] < tl["data_end_ms"]
-    return p.render("timeline.html", title=p.t("timeline.title"), car=car, tl=tl, days=days, totals=totals,
-                    error=error, event_window_ms=EVENT_WINDOW_MS, first_day=p.t.dt(tl["start_ms"], "input_date"),
-                    last_day=p.t.dt(tl["end_ms"] - 1, "input_date"),
-                    older=(p.t.dt(tl["start_ms"] - span, "input_date"), p.t.dt(tl["start_ms"] - 1, "input_date")),
-                    newer=(p.t.dt(tl["end_ms"], "input_date"), p.t.dt(tl["end_ms"] + span - 1, "input_date"))
-                    if newer else None)
+    return p.render(
+        "timeline.html",
+        title=p.t("timeline.title"),
+        car=car,
+        tl=tl,
+        days=days,
+        totals=totals,
+        error=error,
+        event_window_ms=EVENT_WINDOW_MS,
+        first_day=p.t.dt(tl["start_ms"], "input_date"),
+        last_day=p.t.dt(tl["end_ms"] - 1, "input_date"),
+        older=(p.t.dt(tl["start_ms"] - span, "input_date"), p.t.dt(tl["start_ms"] - 1, "input_date")),
+        newer=(p.t.dt(tl["end_ms"], "input_date"), p.t.dt(tl["end_ms"] + span - 1, "input_date")) if newer else None,
+    )
