@@ -22,6 +22,7 @@ import io
 import json
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -121,7 +122,7 @@ class Envelope:
         """The bytes the signature covers."""
         return self.raw[: len(self.raw) - SIGNATURE_LEN]
 
-    @property
+    @cached_property
     def batch_hash(self) -> str:
         """SHA-256 (hex) of the whole envelope."""
         return sha256_hex(self.raw)
