@@ -103,6 +103,19 @@ class AuditLog:
                 continue
         raise Unavailable("audit log is too busy to record an event; the request was not served")
 
+    def by_owner(
+        self, owner_id: int, action: str, *, vin: str | None = None, detail: dict[str, Any] | None = None
+    ) -> AuditEvent:
+        """Record what an owner did with their own data (actor and legal basis: the owner's request)."""
+        return self.record(
+            owner_id=owner_id,
+            vin=vin,
+            actor=Actor("owner", str(owner_id)),
+            action=action,
+            legal_basis=OWNER_REQUEST,
+            detail=detail,
+        )
+
     def list(
         self,
         owner_id: int,

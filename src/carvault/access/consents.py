@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from carvault.access.audit import OWNER_REQUEST, Actor, AuditLog
+from carvault.access.audit import Actor, AuditLog
 from carvault.errors import ValidationFailed
 from carvault.policy import MAX_CONSENT_DAYS, Consent, Policy, default_on, needs_opt_in, statuses
 from carvault.signals import CATEGORIES
@@ -81,12 +81,10 @@ class Consents:
         )
         with self.db.session() as s:
             s.add(rec)
-        self.audit.record(
-            owner_id=owner_id,
+        self.audit.by_owner(
+            owner_id,
+            "consent.grant" if enabled else "consent.stop",
             vin=vin,
-            actor=Actor("owner", str(owner_id)),
-            action="consent.grant" if enabled else "consent.stop",
-            legal_basis=OWNER_REQUEST,
             detail={"category": category, "purpose": rec.purpose, "ends_ms": rec.ends_ms, "lasting": rec.lasting},
         )
         return _consent(rec)

@@ -161,13 +161,8 @@ class Deletions:
         )
         with self.db.session() as s:
             s.add(req)
-        self.region.audit.record(
-            owner_id=owner_id,
-            vin=vin,
-            actor=Actor("owner", str(owner_id)),
-            action="deletion.request",
-            legal_basis=OWNER_REQUEST,
-            detail={"request_id": req.id, "deadline_ms": req.deadline_ms},
+        self.region.audit.by_owner(
+            owner_id, "deletion.request", vin=vin, detail={"request_id": req.id, "deadline_ms": req.deadline_ms}
         )
         return self.process(req.id)
 

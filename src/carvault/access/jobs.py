@@ -34,7 +34,6 @@ from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, fun
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Mapped, mapped_column
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.access.exports import _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
@@ -405,12 +404,10 @@ class ExportJobs:
                 )
                 if res.rowcount != 1:
                     raise _LeaseLost()
-            self.region.audit.record(
-                owner_id=job.owner_id,
+            self.region.audit.by_owner(
+                job.owner_id,
+                "telemetry.export",
                 vin=job.vin,
-                actor=Actor("owner", str(job.owner_id)),
-                action="telemetry.export",
-                legal_basis=OWNER_REQUEST,
                 detail={
                     "export_id": job.id,
                     "start_ms": job.start_ms,

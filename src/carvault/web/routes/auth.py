@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.store.metadata import Credential, Owner
 from carvault.web.deps import SESSION_COOKIE, CurrentOwner, RegionDep, client_address
 
@@ -62,9 +61,7 @@ def credential_json(c: Credential, current_id: int | None = None) -> dict[str, A
 @router.post("/auth/register", status_code=201, summary="Create an owner account")
 def register(form: Registration, region: RegionDep) -> dict[str, Any]:
     owner = region.accounts.register(form.email, form.password, form.display_name)
-    region.audit.record(
-        owner_id=owner.id, actor=Actor("owner", str(owner.id)), action="account.create", legal_basis=OWNER_REQUEST
-    )
+    region.audit.by_owner(owner.id, "account.create")
     return owner_json(owner)
 
 
@@ -81,13 +78,7 @@ def login(form: LoginForm, request: Request, response: Response, region: RegionD
         secure=request.url.scheme == "https",
         path="/",
     )
-    region.audit.record(
-        owner_id=owner.id,
-        actor=Actor("owner", str(owner.id)),
-        action="session.create",
-        legal_basis=OWNER_REQUEST,
-        detail={"client": client_address(request)},
-    )
+    region.audit.by_owner(owner.id, "session.create", detail={"client": client_address(request)})
     return {"owner": owner_json(owner), "session": credential_json(cred, cred.id), "token": secret}
 
 
@@ -101,13 +92,7 @@ def logout(owner: CurrentOwner, response: Response, region: RegionDep) -> dict[s
 @router.post("/auth/tokens", status_code=201, summary="Create an API bearer token (shown once)")
 def create_token(req: TokenRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     secret, cred = region.accounts.issue(owner.owner_id, "token", label=req.label, ttl_ms=req.ttl_days * 86_400_000)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="token.create",
-        legal_basis=OWNER_REQUEST,
-        detail={"credential_id": cred.id},
-    )
+    region.audit.by_owner(owner.owner_id, "token.create", detail={"credential_id": cred.id})
     return {"token": secret, **credential_json(cred)}
 
 
@@ -119,25 +104,14 @@ def list_credentials(owner: CurrentOwner, region: RegionDep) -> list[dict[str, A
 @router.delete("/auth/credentials/{credential_id}", summary="Revoke a session or token at once")
 def revoke_credential(credential_id: int, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.revoke(owner.owner_id, credential_id)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="credential.revoke",
-        legal_basis=OWNER_REQUEST,
-        detail={"credential_id": credential_id},
-    )
+    region.audit.by_owner(owner.owner_id, "credential.revoke", detail={"credential_id": credential_id})
     return {"revoked": credential_id}
 
 
 @router.post("/auth/password", summary="Change the password (revokes every session and token)")
 def change_password(form: PasswordChange, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.change_password(owner.owner_id, form.current_password, form.new_password)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="password.change",
-        legal_basis=OWNER_REQUEST,
-    )
+    region.audit.by_owner(owner.owner_id, "password.change")
     return {"changed": True}
 
 

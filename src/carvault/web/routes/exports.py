@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.access.jobs import MEDIA_TYPES, ExportJobs, job_json
 from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
 
@@ -46,12 +45,10 @@ def create_export(req: ExportRequest, request: Request, owner: CurrentOwner, reg
     job = get_jobs(request).create(
         owner.owner_id, v.vin, start_ms=start, end_ms=end, fmt=req.format, signals=req.signals, resample_ms=interval
     )
-    region.audit.record(
-        owner_id=owner.owner_id,
+    region.audit.by_owner(
+        owner.owner_id,
+        "export.create",
         vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="export.create",
-        legal_basis=OWNER_REQUEST,
         detail={
             "export_id": job.id,
             "start_ms": job.start_ms,
@@ -84,13 +81,8 @@ def download_export(export_id: int, request: Request, owner: CurrentOwner, regio
     jobs = get_jobs(request)
     job = jobs.get(owner.owner_id, export_id)
     path = jobs.open_file(job)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        vin=job.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="export.download",
-        legal_basis=OWNER_REQUEST,
-        detail={"export_id": job.id, "sha256": job.sha256},
+    region.audit.by_owner(
+        owner.owner_id, "export.download", vin=job.vin, detail={"export_id": job.id, "sha256": job.sha256}
     )
     return FileResponse(
         path,

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore
 from carvault.web.deps import CurrentOwner, RegionDep, read_body
 
@@ -51,12 +50,10 @@ def download_frame(vin: str, sha256: str, owner: CurrentOwner, region: RegionDep
     v = region.vehicles.owned_one(owner.owner_id, vin)
     region.deletions.check_served(v.vin)
     rec, data = frames.read(v.vin, sha256)
-    region.audit.record(
-        owner_id=owner.owner_id,
+    region.audit.by_owner(
+        owner.owner_id,
+        "frame.read",
         vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="frame.read",
-        legal_basis=OWNER_REQUEST,
         detail={"sha256": rec.sha256, "seq": rec.seq, "t_ms": rec.t_ms, "bytes": len(data)},
     )
     return Response(

@@ -109,14 +109,7 @@ def list_packages(vin: str, owner: CurrentOwner, region: RegionDep) -> list[dict
 )
 def download_package(vin: str, package_id: int, owner: CurrentOwner, region: RegionDep) -> Response:
     p = _owned_package(region, owner.owner_id, vin, package_id)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        vin=p.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="package.download",
-        legal_basis=OWNER_REQUEST,
-        detail={"package_id": p.id},
-    )
+    region.audit.by_owner(owner.owner_id, "package.download", vin=p.vin, detail={"package_id": p.id})
     return Response(
         PackageBuilder(region).read(p),
         media_type="application/zip",

@@ -8,7 +8,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.access.gpx import LATITUDE, LONGITUDE, MEDIA_TYPE, ROUTE_SIGNALS, gpx_name, to_gpx
 from carvault.access.trips import TIMELINE_SIGNALS, detect
 from carvault.errors import InvalidQuery
@@ -62,12 +61,10 @@ def timeline(
     start_ms, end_ms, lo, hi = window_or_default(region, v.vin, start, end, MAX_TIMELINE_MS)
     signals = [region.catalogue[p] for p in TIMELINE_SIGNALS if p in region.catalogue]
     found = detect(region.telemetry.window(v.vin, start_ms, end_ms, signals))
-    region.audit.record(
-        owner_id=owner.owner_id,
+    region.audit.by_owner(
+        owner.owner_id,
+        "timeline.read",
         vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="timeline.read",
-        legal_basis=OWNER_REQUEST,
         detail={"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives), "charges": len(found.charges)},
     )
     return {
@@ -111,12 +108,10 @@ def route(
             }
         ).encode()
         media = "application/geo+json"
-    region.audit.record(
-        owner_id=owner.owner_id,
+    region.audit.by_owner(
+        owner.owner_id,
+        "telemetry.read",
         vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="telemetry.read",
-        legal_basis=OWNER_REQUEST,
         detail={
             "start_ms": start_ms,
             "end_ms": end_ms,

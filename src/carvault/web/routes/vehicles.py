@@ -7,7 +7,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.access.exports import render
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
@@ -41,13 +40,7 @@ def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]
 @router.post("/claim", status_code=201, summary="Pair a vehicle with the code it shows")
 def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.claim(owner.owner_id, req.vin, req.pairing_code)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="vehicle.claim",
-        legal_basis=OWNER_REQUEST,
-    )
+    region.audit.by_owner(owner.owner_id, "vehicle.claim", vin=v.vin)
     return vehicle_json(v)
 
 
@@ -87,12 +80,10 @@ def telemetry(
         "units": {s.path: s.unit or None for s in chosen},
     }
     body, media = render(table, format, meta)
-    region.audit.record(
-        owner_id=owner.owner_id,
+    region.audit.by_owner(
+        owner.owner_id,
+        "telemetry.read",
         vin=v.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="telemetry.read",
-        legal_basis=OWNER_REQUEST,
         detail={
             "start_ms": start_ms,
             "end_ms": end_ms,
