@@ -234,3 +234,29 @@ def test_unknown_page_is_html_and_unknown_api_route_is_json(http: httpx.Client) 
     page = http.get("/no-such-page")
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
     assert http.get("/api/v1/no-such-route").json()["error"]["code"] == "not_found"
+
+
+HUGE = "9" * 23  # beyond a signed 64-bit integer: must be refused, never reach the database
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/api/v1/vehicles/{vin}/batches?start=" + HUGE, "invalid_query"),
+        ("GET", "/api/v1/vehicles/{vin}/telemetry?start=0&end=" + HUGE, "invalid_query"),
+        ("GET", "/api/v1/vehicles/{vin}/timeline?start=" + HUGE, "invalid_query"),
+        ("GET", "/api/v1/audit?since=" + HUGE, "invalid_query"),
+        ("GET", "/api/v1/audit?before_id=" + HUGE, "validation_failed"),
+        ("GET", "/api/v1/log/batches/{vin}/" + HUGE, "validation_failed"),
+        ("GET", "/api/v1/log/proof/inclusion?index=" + HUGE, "validation_failed"),
+        ("GET", "/api/v1/exports/" + HUGE, "validation_failed"),
+        ("DELETE", "/api/v1/auth/credentials/" + HUGE, "validation_failed"),
+        ("GET", "/api/v1/vehicles/{vin}/packages/" + HUGE + "/download", "validation_failed"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_not_500(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, method: str, path: str, code: str
+) -> None:
+    claim(http, owner, vehicle)
+    r = http.request(method, path.format(vin=vehicle.vin), headers=owner.headers)
+    assert 400 <= r.status_code < 500 and r.json()["error"]["code"] == code, r.text

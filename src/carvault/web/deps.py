@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from carvault.access.accounts import Principal
 from carvault.errors import Forbidden, InvalidQuery, PayloadTooLarge, Unauthenticated
 from carvault.region import Region
 
 SESSION_COOKIE = "carvault_session"
+MAX_DB_INT = 2**63 - 1  # every integer column is a signed 64-bit integer (SQLite, PostgreSQL BIGINT)
+# Latest instant a time parameter may name: 9999-12-31T23:59:59.999Z (what ISO 8601 can spell).
+MAX_TIME_MS = 253_402_300_799_999
+RowId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="an id or sequence number")]
 CSRF_HEADER = "X-CarVault-CSRF"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -49,7 +53,7 @@ def parse_time(value: str, name: str) -> int:
     """Epoch milliseconds from an ISO 8601 time (UTC if no zone) or an integer of epoch milliseconds."""
     v = value.strip()
     if v.lstrip("-").isdigit():
-        return int(v)
+        return _in_range(int(v), name)
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
@@ -58,7 +62,13 @@ def parse_time(value: str, name: str) -> int:
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    return _in_range(int(dt.timestamp() * 1000), name)
+
+
+def _in_range(ms: int, name: str) -> int:
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise InvalidQuery(f"{name} must lie between 1970 and 9999", parameter=name)
+    return ms
 
 
 def parse_interval(value: str) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from carvault.access.audit import event_json
-from carvault.web.deps import CurrentOwner, RegionDep, parse_time
+from carvault.web.deps import MAX_DB_INT, CurrentOwner, RegionDep, parse_time
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -21,7 +21,7 @@ def list_audit(
     since: str | None = None,
     until: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = None,
+    before_id: int | None = Query(None, ge=1, le=MAX_DB_INT),
 ) -> dict[str, Any]:
     events = region.audit.list(
         owner.owner_id,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from carvault.store.metadata import Credential, Owner
-from carvault.web.deps import SESSION_COOKIE, CurrentOwner, RegionDep, client_address
+from carvault.web.deps import SESSION_COOKIE, CurrentOwner, RegionDep, RowId, client_address
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -102,7 +102,7 @@ def list_credentials(owner: CurrentOwner, region: RegionDep) -> list[dict[str, A
 
 
 @router.delete("/auth/credentials/{credential_id}", summary="Revoke a session or token at once")
-def revoke_credential(credential_id: int, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+def revoke_credential(credential_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.revoke(owner.owner_id, credential_id)
     region.audit.by_owner(owner.owner_id, "credential.revoke", detail={"credential_id": credential_id})
     return {"revoked": credential_id}

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from carvault.access.jobs import MEDIA_TYPES, ExportJobs, job_json
-from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
+from carvault.web.deps import CurrentOwner, RegionDep, RowId, parse_interval, parse_time
 
 router = APIRouter(prefix="/api/v1/exports", tags=["exports"])
 _create_lock = threading.Lock()
@@ -68,7 +68,7 @@ def list_exports(request: Request, owner: CurrentOwner, vin: str | None = None) 
 
 
 @router.get("/{export_id}", summary="One export job: status and progress (0..1)")
-def get_export(export_id: int, request: Request, owner: CurrentOwner) -> dict[str, Any]:
+def get_export(export_id: RowId, request: Request, owner: CurrentOwner) -> dict[str, Any]:
     return job_json(get_jobs(request).get(owner.owner_id, export_id))
 
 
@@ -77,7 +77,7 @@ def get_export(export_id: int, request: Request, owner: CurrentOwner) -> dict[st
     summary="The finished file",
     responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
 )
-def download_export(export_id: int, request: Request, owner: CurrentOwner, region: RegionDep) -> FileResponse:
+def download_export(export_id: RowId, request: Request, owner: CurrentOwner, region: RegionDep) -> FileResponse:
     jobs = get_jobs(request)
     job = jobs.get(owner.owner_id, export_id)
     path = jobs.open_file(job)
@@ -93,5 +93,5 @@ def download_export(export_id: int, request: Request, owner: CurrentOwner, regio
 
 
 @router.delete("/{export_id}", summary="Cancel a job, or delete a finished export's file")
-def cancel_export(export_id: int, request: Request, owner: CurrentOwner) -> dict[str, Any]:
+def cancel_export(export_id: RowId, request: Request, owner: CurrentOwner) -> dict[str, Any]:
     return job_json(get_jobs(request).cancel(owner.owner_id, export_id))

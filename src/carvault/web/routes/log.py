@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from carvault.errors import InvalidQuery, NotFound
 from carvault.store.metadata import BatchRecord
-from carvault.web.deps import RegionDep
+from carvault.web.deps import MAX_DB_INT, RegionDep, RowId
 
 router = APIRouter(prefix="/api/v1/log", tags=["transparency log"])
 
@@ -33,7 +33,9 @@ def key(region: RegionDep) -> dict[str, Any]:
 
 
 @router.get("/proof/inclusion", summary="Inclusion proof of a leaf (RFC 9162 §2.1.3)")
-def inclusion(region: RegionDep, index: int = Query(ge=0), size: int | None = Query(None, ge=1)) -> dict[str, Any]:
+def inclusion(
+    region: RegionDep, index: int = Query(ge=0, le=MAX_DB_INT), size: int | None = Query(None, ge=1, le=MAX_DB_INT)
+) -> dict[str, Any]:
     n = size or region.log.size
     if index >= n or n > region.log.size:
         raise InvalidQuery(f"need index < size <= {region.log.size}", index=index, size=n)
@@ -46,7 +48,9 @@ def inclusion(region: RegionDep, index: int = Query(ge=0), size: int | None = Qu
 
 
 @router.get("/proof/consistency", summary="Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
-def consistency(region: RegionDep, old: int = Query(ge=1), new: int | None = Query(None, ge=1)) -> dict[str, Any]:
+def consistency(
+    region: RegionDep, old: int = Query(ge=1, le=MAX_DB_INT), new: int | None = Query(None, ge=1, le=MAX_DB_INT)
+) -> dict[str, Any]:
     n = new or region.log.size
     if old > n or n > region.log.size:
         raise InvalidQuery(f"need old <= new <= {region.log.size}", old=old, new=n)
@@ -54,7 +58,7 @@ def consistency(region: RegionDep, old: int = Query(ge=1), new: int | None = Que
 
 
 @router.get("/batches/{vin}/{seq}", summary="Where a batch sits in the log, with its inclusion proof")
-def batch_entry(vin: str, seq: int, region: RegionDep) -> dict[str, Any]:
+def batch_entry(vin: str, seq: RowId, region: RegionDep) -> dict[str, Any]:
     with region.db.session() as s:
         rec = s.scalar(select(BatchRecord).where(BatchRecord.vin == vin.upper(), BatchRecord.seq == seq))
     if rec is None or rec.log_index is None:

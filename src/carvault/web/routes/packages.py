@@ -16,7 +16,7 @@ from carvault.access.packages import Event, PackageBuilder, trust_document
 from carvault.errors import NotFound
 from carvault.store.metadata import IncidentPackage, SavedCheckpoint
 from carvault.verifier import verify_package
-from carvault.web.deps import CurrentOwner, RegionDep, parse_time
+from carvault.web.deps import CurrentOwner, RegionDep, RowId, parse_time
 
 router = APIRouter(prefix="/api/v1", tags=["incident packages"])
 
@@ -107,7 +107,7 @@ def list_packages(vin: str, owner: CurrentOwner, region: RegionDep) -> list[dict
     summary="Download a package (ZIP)",
     responses={200: {"content": {"application/zip": {}}}},
 )
-def download_package(vin: str, package_id: int, owner: CurrentOwner, region: RegionDep) -> Response:
+def download_package(vin: str, package_id: RowId, owner: CurrentOwner, region: RegionDep) -> Response:
     p = _owned_package(region, owner.owner_id, vin, package_id)
     region.audit.by_owner(owner.owner_id, "package.download", vin=p.vin, detail={"package_id": p.id})
     return Response(
@@ -121,7 +121,7 @@ def download_package(vin: str, package_id: int, owner: CurrentOwner, region: Reg
     "/vehicles/{vin}/packages/{package_id}/verification",
     summary="Run the offline verifier on the stored package (the same checks `carvault verify` does)",
 )
-def verification(vin: str, package_id: int, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+def verification(vin: str, package_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     p = _owned_package(region, owner.owner_id, vin, package_id)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "package.zip"

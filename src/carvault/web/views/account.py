@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from carvault.store.metadata import Owner
 from carvault.web import csrf
-from carvault.web.deps import SESSION_COOKIE
+from carvault.web.deps import SESSION_COOKIE, RowId
 from carvault.web.i18n import LANG_COOKIE, LANGUAGES
 from carvault.web.views.base import Page, PageError, page, safe_next
 
@@ -156,7 +156,7 @@ async def change_password(request: Request) -> Response:
 
 
 @router.post("/account/sessions/{credential_id}/revoke")
-async def revoke(credential_id: int, request: Request) -> Response:
+async def revoke(credential_id: RowId, request: Request) -> Response:
     p = await page(request)
     await p.form()
     creds = await p.get_json("/api/v1/auth/credentials")

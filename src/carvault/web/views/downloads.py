@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from carvault.signals import CATEGORIES
+from carvault.web.deps import RowId
 from carvault.web.views.base import FormError, Page, PageError, page
 from carvault.web.views.vehicles import vehicle
 
@@ -88,14 +89,14 @@ async def _job(p: Page, vin: str, job_id: int) -> tuple[dict[str, Any], dict[str
 
 
 @router.get("/vehicles/{vin}/downloads/{job_id}")
-async def job_page(vin: str, job_id: int, request: Request) -> Response:
+async def job_page(vin: str, job_id: RowId, request: Request) -> Response:
     p = await page(request)
     car, job = await _job(p, vin, job_id)
     return p.render("download_job.html", title=p.t("job.title", id=job["id"]), car=car, job=job)
 
 
 @router.post("/vehicles/{vin}/downloads/{job_id}/cancel")
-async def cancel(vin: str, job_id: int, request: Request) -> Response:
+async def cancel(vin: str, job_id: RowId, request: Request) -> Response:
     p = await page(request)
     await p.form()
     car, job = await _job(p, vin, job_id)

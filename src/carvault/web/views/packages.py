@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from carvault.web.deps import RowId
 from carvault.web.views.base import FormError, Page, PageError, page
 from carvault.web.views.vehicles import events, vehicle
 
@@ -76,7 +77,7 @@ async def request_package(vin: str, request: Request) -> Response:
 
 
 @router.get("/vehicles/{vin}/packages/{package_id}")
-async def package(vin: str, package_id: int, request: Request) -> Response:
+async def package(vin: str, package_id: RowId, request: Request) -> Response:
     p = await page(request)
     car = await vehicle(p, vin)
     found = [x for x in await p.get_json(f"/api/v1/vehicles/{car['vin']}/packages") if x["id"] == package_id]
