@@ -126,7 +126,7 @@ def _run_steps(
     days = []
     for i, car in enumerate(cars):
         days.append(simulate_day(car.vin, seed + i, day, incident=(i == 0)))
-    samples = sum(_samples(d.table) for d in days)
+    samples = sum(d.samples for d in days)
     result.add("simulation", True, f"{samples:,} samples over {sum(d.table.num_rows for d in days):,} instants")
 
     agents = [VehicleAgent(c, data_dir / "vehicles" / c.vin, cn_server.url) for c in cars]
@@ -263,13 +263,6 @@ def _package_steps(
         if verdict.ok
         else f"failed: {failed}",
     )
-
-
-def _samples(table: object) -> int:
-    import pyarrow as pa
-
-    assert isinstance(table, pa.Table)
-    return sum(len(c) - c.null_count for c in table.columns[1:])
 
 
 def _report(result: DemoResult, console: Console) -> None:

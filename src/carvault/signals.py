@@ -232,10 +232,6 @@ class Catalogue:
             + [pa.field(s.path, s.arrow_type) for s in sigs]
         )
 
-    def by_category(self, category: str) -> list[Signal]:
-        """Signals of one category."""
-        return [s for s in self if s.category == category]
-
 
 @cache
 def catalogue() -> Catalogue:

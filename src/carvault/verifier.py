@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carvault.ledger.checkpoint import parse_checkpoint, parse_vkey, verify_checkpoint
+from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import Envelope, decode_envelope, leaf_data
@@ -272,8 +272,3 @@ def _check_saved(v: Verdict, saved: str, cp: Any, vkey: Any, origin: str, files:
         )
     except VerificationError as e:
         v.add("consistency with saved checkpoint", False, f"THE LOG WAS REWRITTEN since your checkpoint: {e}")
-
-
-def checkpoint_size(note: str) -> int:
-    """Tree size of a checkpoint note (unverified)."""
-    return parse_checkpoint(note).size

@@ -37,9 +37,9 @@ from carvault.errors import (
     UnknownVehicle,
     UnsupportedMediaType,
 )
+from carvault.protocol import payload_view
 from carvault.store.metadata import Base, BatchRecord, Database, Vehicle, now_ms
 from carvault.store.segments import SegmentReader, fsync_dir
-from carvault.store.telemetry import payload_of
 
 FRAME_MEDIA_TYPE = "image/jpeg"
 VIN_HEADER = "CarVault-Vin"
@@ -296,7 +296,7 @@ def _camera_rows(envelope: bytes, columns: list[str]) -> list[dict[str, Any]]:
         for c in ("FrameHash", "DeIdentified", "Position", "Redactions", "Detectors")
         if CAMERA + c in columns
     ]
-    table = pq.ParquetFile(pa.BufferReader(payload_of(envelope))).read(columns=wanted, use_threads=False)
+    table = pq.ParquetFile(pa.BufferReader(payload_view(envelope))).read(columns=wanted, use_threads=False)
     cols = {name: table.column(name).to_pylist() for name in wanted if name != "t"}
     t = table.column("t").cast(pa.int64()).to_pylist()
     rows: dict[str, dict[str, Any]] = {}

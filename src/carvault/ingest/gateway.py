@@ -46,7 +46,12 @@ RECOVERY_TAIL = 1 << 16  # leaves searched for a batch logged just before a cras
 class AppendOnlyLog(Protocol):
     """What the gateway needs of the transparency log."""
 
+    @property
+    def size(self) -> int: ...
+
     def append(self, entries: list[bytes]) -> int: ...
+
+    def leaf_hash(self, index: int) -> bytes: ...
 
 
 @dataclass
@@ -324,9 +329,9 @@ class Gateway:
                 received_ms=rec.received_ms,
             )
         )
-        size = self.log.size  # type: ignore[attr-defined]
+        size = self.log.size
         for i in range(size - 1, max(-1, size - 1 - tail), -1):
-            if self.log.leaf_hash(i) == target:  # type: ignore[attr-defined]
+            if self.log.leaf_hash(i) == target:
                 with self.db.session() as s:
                     s.execute(update(BatchRecord).where(BatchRecord.batch_hash == rec.batch_hash).values(log_index=i))
                 return i

@@ -52,7 +52,3 @@ class DerivedCopies:
         size = sum(p.stat().st_size for p in folder.glob("*.arrow")) if folder.exists() else 0
         shutil.rmtree(folder, ignore_errors=True)
         return size
-
-    def bytes_used(self) -> int:
-        """Total size of all copies."""
-        return sum(p.stat().st_size for p in self.directory.rglob("*.arrow")) if self.directory.exists() else 0

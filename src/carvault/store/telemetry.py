@@ -7,7 +7,6 @@ releases the GIL while decoding).
 
 from __future__ import annotations
 
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from carvault.errors import InvalidQuery
+from carvault.protocol import payload_view
 from carvault.signals import Signal
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
@@ -39,14 +39,6 @@ class BatchRef:
     length: int
     columns: frozenset[str]
     batch_hash: str
-
-
-def payload_of(envelope: bytes) -> memoryview:
-    """The Parquet payload inside an envelope (the stored bytes are trusted: they passed the gateway)."""
-    (hlen,) = struct.unpack_from(">I", envelope, 4)
-    (plen,) = struct.unpack_from(">Q", envelope, 8 + hlen)
-    start = 16 + hlen
-    return memoryview(envelope)[start : start + plen]
 
 
 class TelemetryStore:
@@ -98,7 +90,7 @@ class TelemetryStore:
             copy = self.derived.read(vin, ref.batch_hash)
             if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
                 raw = self.segments.read(ref.segment, ref.offset, ref.length)
-                copy = pq.ParquetFile(pa.BufferReader(payload_of(raw))).read(use_threads=False)
+                copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
                 self.derived.write(vin, ref.batch_hash, copy)
             part = copy.select(cols)
             # Rows of a batch are strictly increasing in t: cut the window with a zero-copy slice.
