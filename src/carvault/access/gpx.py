@@ -50,26 +50,43 @@ class GpxWriter:
         if table.num_rows == 0:
             return 0
         t = table.column("t").cast(pa.int64()).to_numpy()
-        lat = table.column(LATITUDE).to_numpy()
-        lon = table.column(LONGITUDE).to_numpy()
-        alt = (
-            pc.cast(table.column(ALTITUDE), pa.float64()).to_numpy(zero_copy_only=False)
-            if ALTITUDE in table.column_names
-            else np.full(len(t), np.nan)
-        )
-        times = pc.strftime(table.column("t"), format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
+        # Every point is formatted by Arrow string kernels (no Python loop over samples).
+        lat = pc.cast(pc.round(pc.cast(table.column(LATITUDE), pa.float64()), 7), pa.string())
+        lon = pc.cast(pc.round(pc.cast(table.column(LONGITUDE), pa.float64()), 7), pa.string())
+        if ALTITUDE in table.column_names:
+            alt = pc.cast(pc.round(pc.cast(table.column(ALTITUDE), pa.float64()), 1), pa.string())
+            ele = pc.fill_null(pc.binary_join_element_wise("<ele>", alt, "</ele>", ""), "")
+        else:
+            ele = pa.array([""] * len(t), pa.string())
+        times = pc.strftime(table.column("t"), format="%Y-%m-%dT%H:%M:%SZ")
         prev = np.r_[self._last_t if self._last_t is not None else t[0] - 2 * self.gap_ms - 1, t[:-1]]
         new_segment = (t - prev) > self.gap_ms
-        parts: list[str] = []
-        for i in range(len(t)):
-            if new_segment[i]:
-                if self._open_segment:
-                    parts.append("</trkseg>\n")
-                parts.append("<trkseg>\n")
-                self._open_segment = True
-            ele = "" if np.isnan(alt[i]) else f"<ele>{alt[i]:.1f}</ele>"
-            parts.append(f'<trkpt lat="{lat[i]:.7f}" lon="{lon[i]:.7f}">{ele}<time>{times[i]}</time></trkpt>\n')
-        self.out.write("".join(parts).encode())
+        # A gap closes the open segment (if any) and opens a new one before the point.
+        opener = np.where(new_segment, "</trkseg>\n<trkseg>\n", "")
+        if new_segment[0] and not self._open_segment:
+            opener[0] = "<trkseg>\n"
+        points = pc.binary_join_element_wise(
+            pa.array(opener, pa.string()),
+            '<trkpt lat="',
+            lat,
+            '" lon="',
+            lon,
+            '">',
+            ele,
+            "<time>",
+            times,
+            "</time></trkpt>\n",
+            "",
+        )
+        document = pc.binary_join(
+            pa.ListArray.from_arrays(
+                pa.array([0, len(points)], pa.int32()),
+                points.combine_chunks() if isinstance(points, pa.ChunkedArray) else points,
+            ),
+            "",
+        )
+        self.out.write(document[0].as_py().encode())
+        self._open_segment = True
         self._last_t = int(t[-1])
         self.points += len(t)
         return len(t)

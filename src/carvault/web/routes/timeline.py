@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow.compute as pc
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 
@@ -98,8 +100,8 @@ def route(
         body = to_gpx(table, gpx_name(v.vin, start_ms, end_ms), "Exported by CarVault")
         media = MEDIA_TYPE
     else:
-        lat, lon = table.column(LATITUDE).to_pylist(), table.column(LONGITUDE).to_pylist()
-        coords = [[x, y] for x, y in zip(lon, lat, strict=True) if x is not None and y is not None]
+        located = table.filter(pc.and_(pc.is_valid(table.column(LATITUDE)), pc.is_valid(table.column(LONGITUDE))))
+        coords = np.column_stack([located.column(LONGITUDE).to_numpy(), located.column(LATITUDE).to_numpy()]).tolist()
         body = json.dumps(
             {
                 "type": "Feature",
