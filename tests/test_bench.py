@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from carvault.bench import ANALYSIS_END, ANALYSIS_START, run_bench
-from carvault.store.pg_cluster import pg_bindir
+from carvault.bench.pg_cluster import pg_bindir
+from carvault.bench.run import ANALYSIS_END, ANALYSIS_START, run_bench
 
 FIGURES = (
     "ingest_samples_per_s",

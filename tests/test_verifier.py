@@ -30,7 +30,7 @@ from carvault.region import Region
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
-from carvault.verifier import MANIFEST_CONTEXT, verify_package
+from carvault.verify.package import MANIFEST_CONTEXT, verify_package
 from tests.conftest import OwnerClient
 from tests.factories import BASE_MS, drive_table, vin_for
 

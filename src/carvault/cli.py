@@ -124,7 +124,7 @@ def bench(
     ] = None,
 ) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
-    from carvault.bench import run_bench
+    from carvault.bench.run import run_bench
 
     more = {
         k: v
@@ -220,7 +220,7 @@ def verify(
 
     from rich.table import Table
 
-    from carvault.verifier import verify_package
+    from carvault.verify.package import verify_package
 
     trust_doc = json.loads(trust.read_text()) if trust else None
     saved = checkpoint.read_text() if checkpoint else None
@@ -258,7 +258,7 @@ def order(
     database_url: DbUrl = None,
 ) -> None:
     """Record an authority's order to release a window of data to the vehicle's owner, and build the package."""
-    from carvault.access.orders import release_to_owner
+    from carvault.compliance.orders import release_to_owner
     from carvault.region import Region
     from carvault.web.deps import parse_time
 

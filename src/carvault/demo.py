@@ -222,7 +222,7 @@ def _package_steps(
     """Save a checkpoint, request the incident package for the event, verify it offline."""
     import json
 
-    from carvault.verifier import verify_package
+    from carvault.verify.package import verify_package
 
     note = api.get("/api/v1/log/checkpoint").text
     saved = api.post("/api/v1/log/saved-checkpoints", headers=auth, json={"note": note})

@@ -12,8 +12,8 @@ from carvault.access import jobs as _jobs  # noqa: F401  (registers the export_j
 from carvault.access.accounts import Accounts
 from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
-from carvault.access.deletion import Deletions
 from carvault.access.vehicles import Vehicles
+from carvault.compliance.deletion import Deletions
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ledger.log import TransparencyLog

@@ -9,7 +9,7 @@ import json
 import httpx
 import pyarrow as pa
 
-from carvault.access.deletion import RECEIPT_CONTEXT, add_working_days
+from carvault.compliance.deletion import RECEIPT_CONTEXT, add_working_days
 from carvault.ledger.checkpoint import parse_vkey
 from carvault.region import Region
 from carvault.vehicle.agent import VehicleAgent

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from carvault.access.edr import (
+from carvault.signals import catalogue
+from carvault.verify.edr import (
     CLIPPED,
     CSV_COLUMNS,
     NOT_RECORDED,
@@ -20,7 +21,6 @@ from carvault.access.edr import (
     parse_edr_csv,
     part563_elements,
 )
-from carvault.signals import catalogue
 
 EVENT_MS = 1_762_999_980_000 + 60_000
 # Samples sit 30 ms past each 100 ms step, so every 2 Hz instant falls 70 ms after one sample and 30 ms before the

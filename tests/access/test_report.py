@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from carvault.access.edr import edr_elements
 from carvault.access.report import MAX_PLOT_POINTS, china_text, envelope, render_report, summarise, utc_text
 from carvault.signals import catalogue
+from carvault.verify.edr import edr_elements
 from tests.access.test_edr import ABS, AEB, EVENT_MS, PRESSURE, crash_table
 from tests.factories import drive_table
 

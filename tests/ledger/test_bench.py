@@ -1,11 +1,11 @@
-"""carvault.ledger.bench: the figures come out, and the bulk builder writes what append would."""
+"""carvault.bench.ledger: the figures come out, and the bulk builder writes what append would."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from carvault.bench.ledger import bench_leaf, bench_log, build_large_log, open_bench_log, proof_figures
 from carvault.ledger import merkle
-from carvault.ledger.bench import bench_leaf, bench_log, build_large_log, open_bench_log, proof_figures
 
 
 def test_bench_log_reports_figures(tmp_path: Path) -> None:

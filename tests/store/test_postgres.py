@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from carvault.bench.pg_cluster import TemporaryPostgres
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
-from carvault.store.pg_cluster import TemporaryPostgres
 from carvault.vehicle.agent import UploadRefused, VehicleAgent
 from tests.conftest import make_owner
 from tests.factories import BASE_MS, drive_table, vin_for

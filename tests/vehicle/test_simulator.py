@@ -15,7 +15,7 @@ from carvault.protocol import decode_payload, encode_payload
 from carvault.signals import catalogue
 from carvault.vehicle.simulator import (
     AEB_PRESSURE_BAR,
-    EVENT_KINDS,
+    SCRIPTED_EVENTS,
     SimulatedDay,
     fleet_vins,
     is_valid_vin,
@@ -284,7 +284,7 @@ def test_driving_state(day: SimulatedDay) -> None:
 # ------------------------------------------------------------------------------------------ incidents
 def test_incident_events(incident: SimulatedDay) -> None:
     kinds = [e.kind for e in incident.events]
-    assert kinds == list(EVENT_KINDS)
+    assert kinds == list(SCRIPTED_EVENTS)
     ev = {e.kind: e for e in incident.events}
     last = incident.drives[-1]
     assert all(last.start_ms < e.t_ms <= last.end_ms for e in incident.events)

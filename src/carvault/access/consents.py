@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from carvault.access.audit import Actor, AuditLog
+from carvault.compliance.consent import MAX_CONSENT_DAYS, Consent, Policy, default_on, needs_opt_in, statuses
 from carvault.errors import ValidationFailed
-from carvault.policy import MAX_CONSENT_DAYS, Consent, Policy, default_on, needs_opt_in, statuses
 from carvault.signals import CATEGORIES
 from carvault.store.metadata import ConsentRecord, Database, Vehicle, now_ms
 

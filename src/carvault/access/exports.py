@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from carvault.errors import InvalidQuery
-from carvault.windows import to_csv
+from carvault.verify.window import to_csv
 
 FORMATS = {
     "json": "application/json",

@@ -40,7 +40,7 @@ from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
 from carvault.signals import Signal
 from carvault.store.metadata import Base, BatchRecord, now_ms
 from carvault.store.telemetry import resample
-from carvault.windows import iso_times
+from carvault.verify.window import iso_times
 
 if TYPE_CHECKING:
     from carvault.region import Region

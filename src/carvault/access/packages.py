@@ -27,8 +27,8 @@ from carvault.errors import InvalidQuery, NotFound, Unavailable
 from carvault.pki import fingerprint
 from carvault.protocol import decode_envelope
 from carvault.store.metadata import BatchRecord, IncidentPackage, SavedCheckpoint, Vehicle, now_ms
-from carvault.verifier import MANIFEST_CONTEXT, PACKAGE_FORMAT
-from carvault.windows import assemble, to_csv
+from carvault.verify.package import MANIFEST_CONTEXT, PACKAGE_FORMAT
+from carvault.verify.window import assemble, to_csv
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -162,8 +162,8 @@ class PackageBuilder:
         order_id: int | None = None,
     ) -> IncidentPackage:
         """Build, store and record a package for ``vin`` over [start_ms, end_ms)."""
-        from carvault.access.edr import edr_csv, edr_elements
         from carvault.access.report import render_report
+        from carvault.verify.edr import edr_csv, edr_elements
 
         if end_ms <= start_ms or end_ms - start_ms > MAX_WINDOW_MS:
             raise InvalidQuery("a package window must be positive and at most 24 hours")

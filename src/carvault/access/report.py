@@ -34,7 +34,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
-from carvault.access.edr import EdrElement, Samples
+from carvault.verify.edr import EdrElement, Samples
 
 #: Most points drawn per series (a min/max envelope above that).
 MAX_PLOT_POINTS = 3000

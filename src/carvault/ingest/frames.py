@@ -37,14 +37,13 @@ from carvault.errors import (
     UnknownVehicle,
     UnsupportedMediaType,
 )
-from carvault.protocol import payload_view
+from carvault.protocol import CAMERA, payload_view
 from carvault.store.metadata import Base, BatchRecord, Database, Vehicle, now_ms
 from carvault.store.segments import SegmentReader, fsync_dir
 
 FRAME_MEDIA_TYPE = "image/jpeg"
 VIN_HEADER = "CarVault-Vin"
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a 1280x720 JPEG at quality 90 is 0.1-0.3 MB
-CAMERA = "Vehicle.CarVault.Camera."
 _JPEG_START = b"\xff\xd8\xff"
 _HEX = frozenset("0123456789abcdef")
 

@@ -22,15 +22,10 @@ from carvault.errors import (
     ValueOutOfRange,
     WrongSignalType,
 )
-from carvault.protocol import BatchHeader
+from carvault.protocol import CAMERA, EVENT_KINDS, EVENT_META_KEY, TIME_TYPE, BatchHeader
 from carvault.signals import Catalogue
 
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is plausible telemetry
-
-
-EVENT_KINDS = ("crash", "restraint", "hard_braking", "abs", "aeb", "manual")
-EVENT_META_KEY = b"carvault.event"
 
 
 @dataclass(frozen=True)
@@ -135,9 +130,6 @@ def validate_payload(
     return PayloadSummary(
         rows=table.num_rows, samples=samples, columns=tuple(names[1:]), event=event_meta(header, table)
     )
-
-
-CAMERA = "Vehicle.CarVault.Camera."
 
 
 def _check_camera_frames(table: pa.Table, names: list[str]) -> None:

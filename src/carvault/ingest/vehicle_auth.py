@@ -1,4 +1,4 @@
-"""Vehicle-signed requests (policy fetch): the car proves its identity with its Ed25519 key.
+"""Checks vehicle-signed requests (format in ``carvault.protocol.requests``): the car proves its identity.
 
 Headers: ``CarVault-Vin``, ``CarVault-Time`` (epoch ms, within ±5 minutes of the server clock) and
 ``CarVault-Signature`` = base64 Ed25519 over the UTF-8 lines (joined by newlines, no final newline)
@@ -12,27 +12,11 @@ import binascii
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carvault.errors import BadSignature, Unauthenticated
 from carvault.ingest.gateway import Gateway
+from carvault.protocol.requests import MAX_SKEW_MS, request_message
 from carvault.store.metadata import now_ms
-
-MAX_SKEW_MS = 5 * 60_000
-
-
-def request_message(method: str, path: str, vin: str, time_ms: int) -> bytes:
-    """The bytes a vehicle signs for a request."""
-    return f"carvault-vehicle-request-v1\n{method.upper()}\n{path}\n{vin}\n{time_ms}".encode()
-
-
-def sign_request(
-    key: Ed25519PrivateKey, method: str, path: str, vin: str, time_ms: int | None = None
-) -> dict[str, str]:
-    """Headers for a vehicle-signed request."""
-    t = time_ms if time_ms is not None else now_ms()
-    sig = base64.b64encode(key.sign(request_message(method, path, vin, t))).decode()
-    return {"CarVault-Vin": vin, "CarVault-Time": str(t), "CarVault-Signature": sig}
 
 
 def authenticate_vehicle(gateway: Gateway, method: str, path: str, headers: Mapping[str, str]) -> str:

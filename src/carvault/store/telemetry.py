@@ -17,13 +17,12 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from carvault.errors import InvalidQuery
-from carvault.protocol import payload_view
+from carvault.protocol import TIME_TYPE, payload_view
 from carvault.signals import Signal
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader
 
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
 
 

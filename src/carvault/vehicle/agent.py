@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
+from carvault.compliance.consent import COLLECTING, Policy, filter_table, statuses
 from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
-from carvault.policy import COLLECTING, Policy, filter_table, statuses
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
 from carvault.signals import catalogue
 from carvault.vehicle.edr import EventRecord, EventRecorder
@@ -113,7 +113,7 @@ class VehicleAgent:
 
     def fetch_policy(self) -> Policy:
         """Fetch the owner's current consents from the home region (vehicle-signed request) and keep them."""
-        from carvault.ingest.vehicle_auth import sign_request
+        from carvault.protocol.requests import sign_request
 
         headers = sign_request(self.identity.key, "GET", POLICY_PATH, self.identity.vin)
         r = self.client.get(self.endpoint + POLICY_PATH, headers=headers)

@@ -20,13 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from carvault.policy import COLLECTING
+from carvault.compliance.consent import COLLECTING
+from carvault.protocol import CAMERA, CAMERA_COLUMNS
 from carvault.signals import ALLOWED_VALUES, catalogue
 from carvault.vehicle.agent import UploadRefused, VehicleAgent, write_durably
 from carvault.vehicle.deidentify import Deidentifier, default_deidentifier
 
-CAMERA = "Vehicle.CarVault.Camera."
-CAMERA_COLUMNS = tuple(CAMERA + c for c in ("FrameHash", "Position", "DeIdentified", "Redactions", "Detectors"))
 FRAME_UPLOAD_PATH = "/api/v1/ingest/frames"
 FRAME_MEDIA_TYPE = "image/jpeg"
 VIN_HEADER = "CarVault-Vin"

@@ -39,7 +39,12 @@ KMH = 3.6
 AIR_DENSITY = 1.2
 EARTH_RADIUS_M = 6_378_137.0
 ANCHOR = (22.54, 114.06)  # lat, lon of the local east/north frame (Futian, Shenzhen)
-EVENT_KINDS = ("hard_braking", "abs", "aeb", "crash")
+SCRIPTED_EVENTS = (
+    "hard_braking",
+    "abs",
+    "aeb",
+    "crash",
+)  # incident script order (protocol.EVENT_KINDS)
 AEB_PRESSURE_BAR = (45.9, 92.7, 140.7)  # last second before impact, as released in the 2021 dispute
 HARD_BRAKING_MPS2 = 0.5 * G
 ODOMETER_EPOCH = dt.date(2020, 1, 1)
@@ -62,7 +67,7 @@ _TERRAIN_BASE_M = 24.0
 # ----------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class SimEvent:
-    """A scripted or detected event: ``kind`` is one of ``EVENT_KINDS``; ``t_ms`` is UTC ms."""
+    """A scripted or detected event: ``kind`` is one of ``carvault.protocol.EVENT_KINDS``; ``t_ms`` is UTC ms."""
 
     kind: str
     t_ms: int

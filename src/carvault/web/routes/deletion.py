@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from carvault.access.deletion import request_json
+from carvault.compliance.deletion import request_json
 from carvault.web.deps import CurrentOwner, RegionDep
 
 router = APIRouter(prefix="/api/v1", tags=["deletion"])

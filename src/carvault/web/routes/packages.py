@@ -15,7 +15,7 @@ from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.access.packages import Event, PackageBuilder, trust_document
 from carvault.errors import NotFound
 from carvault.store.metadata import IncidentPackage, SavedCheckpoint
-from carvault.verifier import verify_package
+from carvault.verify.package import verify_package
 from carvault.web.deps import CurrentOwner, RegionDep, RowId, parse_time
 
 router = APIRouter(prefix="/api/v1", tags=["incident packages"])

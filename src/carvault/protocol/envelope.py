@@ -23,7 +23,6 @@ import json
 import struct
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -232,23 +231,3 @@ def make_batch(
     hi = int(ts[-1].as_py()) if t1 is None else t1
     header = BatchHeader(vin=vin, region=region, seq=seq, prev=prev, t0=lo, t1=hi, rows=table.num_rows, kind=kind)
     return encode_envelope(header, encode_payload(table), key)
-
-
-def leaf_data(*, region: str, vin: str, seq: int, batch_hash: str, received_ms: int) -> bytes:
-    """The transparency-log leaf for an accepted batch (docs/transparency-log.md)."""
-    return f"carvault-leaf-v1\n{region}\n{vin}\n{seq}\n{batch_hash}\n{received_ms}\n".encode()
-
-
-def receipt_json(
-    *, region: str, vin: str, seq: int, batch_hash: str, log_index: int, received_ms: int, duplicate: bool = False
-) -> dict[str, Any]:
-    """The gateway's answer for a durable batch."""
-    return {
-        "region": region,
-        "vin": vin,
-        "seq": seq,
-        "batch_hash": batch_hash,
-        "log_index": log_index,
-        "received_ms": received_ms,
-        "duplicate": duplicate,
-    }

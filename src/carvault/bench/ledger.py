@@ -6,7 +6,7 @@ leaves in worker processes, lays each chunk's subtree out in post-order with num
 final offset, then links the chunk roots in the parent and commits the size — the same bytes
 ``append`` would have written (``TransparencyLog.check_integrity`` proves it on small builds).
 
-Run ``python -m carvault.ledger.bench DIR N_LEAVES [--build]`` to print the figures as JSON.
+Run ``python -m carvault.bench.ledger DIR N_LEAVES [--build]`` to print the figures as JSON.
 """
 
 from __future__ import annotations

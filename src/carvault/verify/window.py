@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from carvault.protocol.columns import TIME_TYPE
 from carvault.signals import Catalogue
-
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
 
 
 def assemble(tables: Sequence[pa.Table], start_ms: int, end_ms: int, catalogue: Catalogue) -> pa.Table:

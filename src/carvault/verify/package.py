@@ -21,7 +21,7 @@ from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consiste
 from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import Envelope, decode_envelope, leaf_data
 from carvault.signals import catalogue
-from carvault.windows import assemble, to_csv
+from carvault.verify.window import assemble, to_csv
 
 MANIFEST_CONTEXT = b"carvault-package-manifest-v1\n"
 PACKAGE_FORMAT = "carvault-incident-package"
@@ -217,7 +217,7 @@ def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | N
             else "data/window.csv differs from the data in the signed batches",
         )
         if manifest.get("event"):
-            from carvault.access.edr import edr_csv, edr_elements
+            from carvault.verify.edr import edr_csv, edr_elements
 
             same_edr = files.get("edr/part563.csv") == edr_csv(edr_elements(window, manifest["event"]["t_ms"]))
             v.add(

@@ -15,8 +15,8 @@ What one run does (docs/benchmarks.md describes it for readers of the figures):
 4. **Window**: the store grows to ``store_samples`` (the same tables re-signed for more VINs), then a
    30-minute all-signal window is read with ``Region.telemetry.window`` in this process (and, for
    information, through HTTP as Parquet), p50/p95 over random windows inside driving time.
-5. **Peer**: the same data in PostgreSQL 15 (``carvault.bench_peer``), wide and long layouts.
-6. **Transparency log**: append rate and proof times (``carvault.ledger.bench``).
+5. **Peer**: the same data in PostgreSQL 15 (``carvault.bench.peer``), wide and long layouts.
+6. **Transparency log**: append rate and proof times (``carvault.bench.ledger``).
 
 Figures go to a JSON file; docs/benchmarks.md is rewritten from them. A hand-written section between
 ``<!-- analysis:start -->`` and ``<!-- analysis:end -->`` in the existing file is carried over.
@@ -698,7 +698,7 @@ def storage_figures(data_dir: Path, samples: int) -> dict[str, Any]:
 def log_figures(work: Path, cfg: BenchConfig, console: Console) -> dict[str, Any]:
     """Append rate through ``TransparencyLog.append``; proof times at the largest affordable size."""
     try:
-        from carvault.ledger.bench import BENCH_ORIGIN, bench_log, build_large_log, proof_figures
+        from carvault.bench.ledger import BENCH_ORIGIN, bench_log, build_large_log, proof_figures
         from carvault.ledger.log import TransparencyLog
     except ImportError:
         return {}
@@ -986,7 +986,7 @@ def car_figures(work: Path, cfg: BenchConfig) -> dict[str, Any]:
     from carvault.store.metadata import VehicleEvent
     from carvault.vehicle.agent import VehicleAgent
     from carvault.vehicle.simulator import simulate_day
-    from carvault.verifier import verify_package
+    from carvault.verify.package import verify_package
 
     out: dict[str, Any] = {}
     folder = work / "car-figures"
@@ -1094,7 +1094,7 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         f"- **Dataset**: {d['vehicles']} simulated vehicles × {d['hours']:g} h of drive rows "
         f"(`carvault.vehicle.simulator`, rows from pull-away to standstill, earlier days added until there is "
         f"enough driving), {len(SIGNALS_10HZ)} signals at 10 Hz + {len(SIGNALS_1HZ)} at 1 Hz "
-        f"(`carvault.bench.BENCH_SIGNALS`): **{d['samples']:,} samples** in {d['rows']:,} rows.",
+        f"(`carvault.bench.run.BENCH_SIGNALS`): **{d['samples']:,} samples** in {d['rows']:,} rows.",
         f"- **Batches**: {c['batch_seconds']} s each ({d['batches']:,} batches, "
         f"{d['mean_batch_bytes'] / 1024:.1f} KiB and {d['mean_batch_samples']:,.0f} samples on average), "
         f"Parquet payload as `carvault.protocol.encode_payload` writes it. Encoding and Ed25519 signing happened "
@@ -1450,7 +1450,7 @@ def _run_peer(
     console: Console,
     bar: Progress,
 ) -> dict[str, Any]:
-    from carvault.bench_peer import PeerVehicle, PostgresPeer
+    from carvault.bench.peer import PeerVehicle, PostgresPeer
 
     peer_data = [PeerVehicle(v.vin, v.table, v.samples) for v in data]
     peer = PostgresPeer(sigs, batch_seconds=cfg.peer_batch_seconds, clients=cfg.peer_clients)

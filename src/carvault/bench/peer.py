@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from carvault.bench.pg_cluster import TemporaryPostgres
 from carvault.signals import Signal
-from carvault.store.pg_cluster import TemporaryPostgres
 
 # VSS datatype -> PostgreSQL column type of the wide table (the narrowest type that holds the range).
 PG_TYPES: dict[str, str] = {

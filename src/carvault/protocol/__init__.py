@@ -1,0 +1,54 @@
+"""The wire format, the one source shared by the car, the gateway and the verifier (docs/protocol.md).
+
+``envelope``: the signed, hash-chained batch; ``columns``: names and types every payload uses;
+``receipt``: the gateway's receipt and the transparency-log leaf; ``requests``: vehicle-signed requests.
+This package depends only on ``cryptography`` and ``pyarrow`` so the offline verifier can use it.
+"""
+
+from carvault.protocol.columns import CAMERA, CAMERA_COLUMNS, EVENT_KINDS, EVENT_META_KEY, TIME_COLUMN, TIME_TYPE
+from carvault.protocol.envelope import (
+    BATCH_KINDS,
+    BATCH_MEDIA_TYPE,
+    GENESIS_PREV,
+    MAGIC,
+    PAYLOAD_FORMAT,
+    SIGNATURE_LEN,
+    VERSION,
+    BatchHeader,
+    Envelope,
+    decode_envelope,
+    decode_payload,
+    encode_envelope,
+    encode_payload,
+    make_batch,
+    payload_view,
+    sha256_hex,
+)
+from carvault.protocol.receipt import leaf_data, receipt_json
+
+__all__ = [
+    "BATCH_KINDS",
+    "BATCH_MEDIA_TYPE",
+    "CAMERA",
+    "CAMERA_COLUMNS",
+    "EVENT_KINDS",
+    "EVENT_META_KEY",
+    "GENESIS_PREV",
+    "MAGIC",
+    "PAYLOAD_FORMAT",
+    "SIGNATURE_LEN",
+    "TIME_COLUMN",
+    "TIME_TYPE",
+    "VERSION",
+    "BatchHeader",
+    "Envelope",
+    "decode_envelope",
+    "decode_payload",
+    "encode_envelope",
+    "encode_payload",
+    "leaf_data",
+    "make_batch",
+    "payload_view",
+    "receipt_json",
+    "sha256_hex",
+]

@@ -1,0 +1,19 @@
+"""Names and types of the wire format shared by car, gateway and verifier: the time column, camera columns, events."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TIME_COLUMN = "t"
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+"""Every payload's first column: UTC milliseconds."""
+
+CAMERA = "Vehicle.CarVault.Camera."
+CAMERA_COLUMNS = tuple(CAMERA + c for c in ("FrameHash", "Position", "DeIdentified", "Redactions", "Detectors"))
+"""The columns describing one camera frame in a media batch (the frame bytes travel separately)."""
+
+EVENT_KINDS = ("crash", "restraint", "hard_braking", "abs", "aeb", "manual")
+"""Kinds of event an event batch may describe (``carvault.event`` metadata ``kind``)."""
+
+EVENT_META_KEY = b"carvault.event"
+"""Parquet key-value metadata key holding an event batch's signed description."""
