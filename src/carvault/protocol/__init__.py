@@ -24,7 +24,16 @@ from carvault.protocol.envelope import (
     payload_view,
     sha256_hex,
 )
-from carvault.protocol.receipt import leaf_data, receipt_json
+from carvault.protocol.receipt import (
+    LEAF_V1_PREFIX,
+    LEAF_V2_PREFIX,
+    LOG_KEY_LEN,
+    leaf_data,
+    leaf_data_v1,
+    leaf_data_v2,
+    leaf_salt,
+    receipt_json,
+)
 
 __all__ = [
     "BATCH_KINDS",
@@ -46,7 +55,13 @@ __all__ = [
     "decode_payload",
     "encode_envelope",
     "encode_payload",
+    "LEAF_V1_PREFIX",
+    "LEAF_V2_PREFIX",
+    "LOG_KEY_LEN",
     "leaf_data",
+    "leaf_data_v1",
+    "leaf_data_v2",
+    "leaf_salt",
     "make_batch",
     "payload_view",
     "receipt_json",
