@@ -76,6 +76,8 @@ class Vehicle(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64), default=GENESIS_PREV)
     policy_applied: Mapped[int] = mapped_column(BigInteger, default=0)  # consent version the car last fetched
+    # 32 random bytes that open this vehicle's v2 log leaves (docs/transparency-log.md); never served publicly.
+    log_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
 
 
 class Credential(Base):
@@ -116,6 +118,7 @@ class BatchRecord(Base):
     offset: Mapped[int] = mapped_column(BigInteger)
     length: Mapped[int] = mapped_column(Integer)
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
+    leaf_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # set when logged; NULL = v1
     received_ms: Mapped[int] = mapped_column(BigInteger)
 
 
