@@ -1,52 +1,103 @@
-"""Offline verification of an incident package (docs/incident-package.md §4).
+"""Offline verification of an incident package (docs/incident-package.md §4), one function per check.
 
-Imports nothing from the server side: only the wire format (``protocol``), RFC 9162 proofs
-(``ledger.merkle``), signed-note checkpoints (``ledger.checkpoint``), certificate checks (``pki``), and the
-pure table code (``windows``, ``access.edr``, ``signals``). No network, no database.
+``open_package`` reads the ZIP within bounded limits (``container``) and parses the manifest strictly
+(``documents``); each ``check_*`` function then records one named check in a ``Verdict``. Nothing here raises
+for a bad package: every defect is a failed check. No network, no database.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
-import json
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
-from carvault.protocol import Envelope, decode_envelope, leaf_data
-from carvault.signals import catalogue
-from carvault.verify.window import assemble, to_csv
+from carvault.protocol import Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
+from carvault.verify.container import FIXED_NAMES, ContainerError, is_package_name, read_container
+from carvault.verify.documents import (
+    PACKAGE_FORMAT,
+    DocumentError,
+    InclusionEntry,
+    Manifest,
+    TrustDocument,
+    b64,
+    load_json,
+    parse_consistency,
+    parse_coverage,
+    parse_manifest,
+    parse_proofs,
+    parse_trust,
+)
 
 MANIFEST_CONTEXT = b"carvault-package-manifest-v1\n"
-PACKAGE_FORMAT = "carvault-incident-package"
+SIGNATURE_LEN = 64
+#: Files every package holds (edr/part563.csv only with an event).
+REQUIRED = ("certs/vehicle.pem", "log/checkpoint.txt", "log/proofs.json", "trust.json", "coverage.json")
+
+# Exit codes of `carvault verify` (docs/incident-package.md §5).
+EXIT_VERIFIED = 0
+EXIT_FAILED = 1
+EXIT_NOT_ANCHORED = 2
+EXIT_UNREADABLE = 3
+EXIT_USAGE = 4
+
+__all__ = ["MANIFEST_CONTEXT", "PACKAGE_FORMAT", "Check", "Pins", "Verdict", "open_package", "verify_package"]
 
 
 @dataclass
 class Check:
-    """One verification step and its outcome (``ok`` None means not applicable / skipped)."""
+    """One verification step and its outcome (``ok`` None means a note: not applicable or not anchored)."""
 
     name: str
     ok: bool | None
     detail: str
 
 
+@dataclass(frozen=True)
+class Pins:
+    """Trust anchors pinned from the region's published trust page: the log key and the CA fingerprint."""
+
+    log_vkey: str
+    ca_sha256: str
+
+
 @dataclass
 class Verdict:
-    """Every check of one package."""
+    """Every check of one package, and whether its keys were anchored outside it."""
 
     path: str
     checks: list[Check] = field(default_factory=list)
+    readable: bool = True
+    anchored: bool = False
+    log_vkey: str = ""
+    ca_sha256: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when no check failed and the essential ones ran."""
-        return bool(self.checks) and all(c.ok is not False for c in self.checks)
+        """True when the package was read and no check failed (anchored or not: see ``verified``)."""
+        return self.readable and bool(self.checks) and all(c.ok is not False for c in self.checks)
+
+    @property
+    def verified(self) -> bool:
+        """True when no check failed and the keys came from outside the package."""
+        return self.ok and self.anchored
+
+    @property
+    def exit_code(self) -> int:
+        """0 verified and anchored, 1 a check failed, 2 consistent but not anchored, 3 unreadable package."""
+        if not self.readable:
+            return EXIT_UNREADABLE
+        if not self.ok:
+            return EXIT_FAILED
+        return EXIT_VERIFIED if self.anchored else EXIT_NOT_ANCHORED
 
     def add(self, name: str, ok: bool | None, detail: str) -> None:
         """Record a check."""
@@ -57,218 +108,426 @@ class Verdict:
         return [c for c in self.checks if c.ok is False]
 
 
+class Unreadable(Exception):
+    """The package cannot be read as a package; ``check`` names the rule it breaks."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(detail)
+        self.check = check
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Package:
+    """A package read within the container limits, with its manifest parsed and its signature decoded."""
+
+    path: str
+    files: dict[str, bytes]
+    manifest_bytes: bytes
+    manifest: Manifest
+    signature: bytes
+
+
+def open_package(path: Path | str) -> Package:
+    """Read and parse a package; raises ``Unreadable`` naming the failed check."""
+    try:
+        members = read_container(Path(path)).files
+    except ContainerError as e:
+        raise Unreadable("ZIP container", e.detail) from None
+    files = dict(members)
+    manifest_bytes = files.pop("manifest.json", None)
+    sig_text = files.pop("manifest.sig", None)
+    if manifest_bytes is None or sig_text is None:
+        raise Unreadable("package readable", "the package has no manifest.json or no manifest.sig")
+    try:
+        manifest = parse_manifest(manifest_bytes)
+        signature = b64(sig_text.decode("ascii", "replace").strip(), "manifest.sig", SIGNATURE_LEN)
+    except DocumentError as e:
+        raise Unreadable("package readable", e.detail) from None
+    return Package(str(path), files, manifest_bytes, manifest, signature)
+
+
+@dataclass
+class _Run:
+    """What the checks learn as they go (the anchors, the vehicle key, the batches, the checkpoint)."""
+
+    pkg: Package
+    verdict: Verdict
+    trust: Any
+    pins: Pins | None
+    saved: str | None
+    vkey: VerifierKey | None = None
+    ca_pem: str = ""
+    key: Ed25519PublicKey | None = None
+    envs: list[Envelope] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+
+    def add(self, name: str, ok: bool | None, detail: str) -> None:
+        """Record a check."""
+        self.verdict.add(name, ok, detail)
+
+
 class _Stop(Exception):
     """Nothing further can be checked."""
 
 
 def verify_package(
-    path: Path | str, *, saved_checkpoint: str | None = None, trust: dict[str, Any] | None = None
+    path: Path | str,
+    *,
+    saved_checkpoint: str | None = None,
+    trust: Any = None,
+    pins: Pins | None = None,
 ) -> Verdict:
-    """Check everything in a package; never raises for a bad package, it reports."""
-    v = Verdict(str(path))
+    """Check everything in a package; never raises for a bad package, it reports.
+
+    ``trust`` is the region's published trust document (parsed JSON); ``pins`` pins its log key and CA
+    fingerprint instead. With neither, the package's own keys are used and the verdict is not anchored.
+    """
+    verdict = Verdict(str(path))
     try:
-        _verify(Path(path), v, saved_checkpoint, trust)
+        pkg = open_package(path)
+    except Unreadable as e:
+        verdict.readable = False
+        verdict.add(e.check, False, e.detail)
+        return verdict
+    m = pkg.manifest
+    verdict.add("package readable", True, f"vehicle {m.vin}, region {m.region}, {len(pkg.files)} files")
+    run = _Run(pkg, verdict, trust, pins, saved_checkpoint)
+    try:
+        for check in CHECKS:
+            check(run)
     except _Stop:
         pass
-    return v
+    return verdict
 
 
-def _verify(path: Path, v: Verdict, saved: str | None, trust: dict[str, Any] | None) -> None:
-    # 1. Structure and manifest ------------------------------------------------------------------
-    try:
-        z = zipfile.ZipFile(path)
-        files = {i.filename: z.read(i) for i in z.infolist()}
-        manifest_bytes = files.pop("manifest.json")
-        signature = base64.b64decode(files.pop("manifest.sig"), validate=True)
-        manifest = json.loads(manifest_bytes)
-        if manifest.get("format") != PACKAGE_FORMAT or manifest.get("version") != 1:
-            raise ValueError("not a CarVault incident package v1")
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
-        v.add("package readable", False, f"cannot read the package: {e}")
-        raise _Stop from None
-    vin, region = manifest["vin"], manifest["region"]
-    v.add("package readable", True, f"vehicle {vin}, region {region}, {len(files)} files")
+# --------------------------------------------------------------------------------------------------------------
+# Structure and anchors
 
-    # 2. Trust anchors: published region keys if given, else the package's own copy (said plainly).
-    own = json.loads(files.get("trust.json", b"{}") or b"{}")
-    anchor = trust or own
-    source = "the trust file given" if trust else "the package itself (compare with the region's published keys)"
-    try:
-        vkey = parse_vkey(anchor["log_vkey"])
-        ca_pem = anchor["ca_pem"].encode()
-    except (KeyError, VerificationError) as e:
-        v.add("trust anchors", False, f"no usable log key / CA in {source}: {e}")
-        raise _Stop from None
-    v.add(
-        "trust anchors",
-        True if trust else None,
-        f"log key {vkey.name} and CA sha256 {fingerprint(ca_pem)[:16]}… from {source}",
+
+def check_layout(run: _Run) -> None:
+    """Every file is one the format defines, and the required ones are there."""
+    names = set(run.pkg.files)
+    unknown = sorted(n for n in names if not is_package_name(n))
+    required = [*REQUIRED, *(("edr/part563.csv",) if run.pkg.manifest.event_ms is not None else ())]
+    missing = [n for n in required if n not in names]
+    batches = sum(n.startswith("batches/") for n in names)
+    problems = ([f"not part of the package format: {unknown[:5]}"] if unknown else []) + (
+        [f"missing: {missing}"] if missing else []
+    )
+    if not batches:
+        problems.append("no batch")
+    ok = not problems
+    run.add(
+        "package layout", ok, f"{batches} batches and {len(names & FIXED_NAMES)} files" if ok else "; ".join(problems)
     )
 
-    try:
-        vkey.public_key.verify(signature, MANIFEST_CONTEXT + manifest_bytes)
-        v.add("manifest signed by the region", True, f"signed by log key {vkey.name}")
-    except Exception:  # noqa: BLE001 - cryptography raises InvalidSignature without a message
-        v.add("manifest signed by the region", False, "the manifest signature does not verify with the region key")
 
-    listed = manifest.get("files", {})
-    bad = [n for n, h in listed.items() if n not in files or hashlib.sha256(files[n]).hexdigest() != h]
+def check_trust(run: _Run) -> None:
+    """Take the anchors from the trust file given, the pins given, or (said plainly) the package itself."""
+    own: TrustDocument | None = None
+    own_error = ""
+    try:
+        own = parse_trust(load_json(run.pkg.files.get("trust.json", b"null"), "trust.json"), "trust.json")
+    except DocumentError as e:
+        own_error = e.detail
+    try:
+        anchor, source = _anchor(run, own, own_error)
+        run.vkey, run.ca_pem = parse_vkey(anchor.log_vkey), anchor.ca_pem
+        ca_sha256 = fingerprint(anchor.ca_pem)
+    except (DocumentError, VerificationError, CertificateError, ValueError) as e:
+        run.add("trust anchors", False, f"no usable log key and CA: {getattr(e, 'detail', e)}")
+        raise _Stop from None
+    v = run.verdict
+    v.log_vkey, v.ca_sha256, v.anchored = anchor.log_vkey, ca_sha256, source != "package"
+    contradictions = _contradictions(run, own, own_error, ca_sha256)
+    where = {"trust": "the trust file given", "pins": "the pinned key and CA fingerprint"}.get(source, "")
+    if contradictions:
+        run.add("trust anchors", False, "; ".join(contradictions))
+    elif v.anchored:
+        run.add("trust anchors", True, f"log key {run.vkey.name} and CA sha256 {ca_sha256[:16]}… from {where}")
+    else:
+        run.add(
+            "trust anchors",
+            None,
+            f"NOT ANCHORED: log key and CA come from the package itself; compare log key {anchor.log_vkey} "
+            f"and CA sha256 {ca_sha256} with the region's published ones",
+        )
+
+
+def _anchor(run: _Run, own: TrustDocument | None, own_error: str) -> tuple[TrustDocument, str]:
+    """The anchor document and where it came from ("trust", "pins" or "package")."""
+    if run.trust is not None:
+        return parse_trust(run.trust, "the trust file"), "trust"
+    if own is None:
+        raise DocumentError(own_error)
+    if run.pins is not None:
+        if run.pins.log_vkey != own.log_vkey:
+            raise DocumentError(f"the package's log key {own.log_vkey} is not the pinned one {run.pins.log_vkey}")
+        if fingerprint(own.ca_pem) != run.pins.ca_sha256.lower():
+            raise DocumentError(f"the package's CA (sha256 {fingerprint(own.ca_pem)}) is not the pinned one")
+        return own, "pins"
+    return own, "package"
+
+
+def _contradictions(run: _Run, own: TrustDocument | None, own_error: str, ca_sha256: str) -> list[str]:
+    """Where the package's own copies of the anchors disagree with the anchors used."""
+    out = [own_error] if own_error else []
+    if own is not None:
+        if run.vkey is not None and own.log_vkey != run.verdict.log_vkey:
+            out.append("trust.json names another log key than the trusted one")
+        if own.ca_sha256 is not None and own.ca_sha256 != fingerprint(own.ca_pem):
+            out.append("trust.json ca_sha256 is not the SHA-256 of its ca_pem")
+        if fingerprint(own.ca_pem) != ca_sha256:
+            out.append("trust.json holds another CA than the trusted one")
+    ca_copy = run.pkg.files.get("certs/region-ca.pem")
+    if ca_copy is not None and _fingerprint_or_none(ca_copy) != ca_sha256:
+        out.append("certs/region-ca.pem is not the trusted CA")
+    return out
+
+
+def _fingerprint_or_none(pem: bytes) -> str | None:
+    try:
+        return fingerprint(pem)
+    except ValueError:
+        return None
+
+
+def check_manifest_signature(run: _Run) -> None:
+    """manifest.sig is the log key's Ed25519 signature over the context and manifest.json."""
+    assert run.vkey is not None
+    try:
+        run.vkey.public_key.verify(run.pkg.signature, MANIFEST_CONTEXT + run.pkg.manifest_bytes)
+        run.add("manifest signed by the region", True, f"signed by log key {run.vkey.name}")
+    except InvalidSignature:
+        run.add("manifest signed by the region", False, "the manifest signature does not verify with the region key")
+
+
+def check_files(run: _Run) -> None:
+    """Every file is listed in the manifest with its SHA-256, and nothing else is in the package."""
+    files, listed = run.pkg.files, run.pkg.manifest.files
+    bad = sorted(n for n, h in listed.items() if n not in files or hashlib.sha256(files[n]).hexdigest() != h)
     extra = sorted(set(files) - set(listed))
-    v.add(
-        "files match the manifest",
-        not bad and not extra,
-        "every file is listed with its SHA-256"
-        if not bad and not extra
-        else f"changed or missing: {bad[:5]}; not listed: {extra[:5]}",
+    ok = not bad and not extra
+    detail = (
+        "every file is listed with its SHA-256" if ok else f"changed or missing: {bad[:5]}; not listed: {extra[:5]}"
     )
+    run.add("files match the manifest", ok, detail)
 
-    # 3. Vehicle certificate -> key ---------------------------------------------------------------
-    batches = {n: d for n, d in files.items() if n.startswith("batches/")}
-    proofs_doc = json.loads(files.get("log/proofs.json", b"{}"))
-    proofs = {p["seq"]: p for p in proofs_doc.get("proofs", [])}
-    received = [p["received_ms"] for p in proofs.values()] or [manifest["created_ms"]]
-    at = dt.datetime.fromtimestamp(min(received) / 1000, dt.UTC)
+
+# --------------------------------------------------------------------------------------------------------------
+# The vehicle's evidence
+
+
+def check_certificate(run: _Run) -> None:
+    """certs/vehicle.pem is issued by the trusted CA to the manifest's VIN, valid when the batches arrived."""
+    m = run.pkg.manifest
     try:
-        key = vehicle_key_from_certificate(files["certs/vehicle.pem"], ca_pem, vin, at=at)
-        v.add("certificate chain", True, f"vehicle certificate for {vin} issued by the region CA")
-    except (KeyError, CertificateError) as e:
-        v.add("certificate chain", False, f"vehicle certificate does not chain to the region CA: {e}")
-        key = None
+        _, entries = parse_proofs(run.pkg.files.get("log/proofs.json", b""))
+        received = [e.received_ms for e in entries.values()]
+    except DocumentError:
+        received = []  # reported by the log inclusion check
+    at = dt.datetime.fromtimestamp(min(received or [m.created_ms]) / 1000, dt.UTC)
+    cert = run.pkg.files.get("certs/vehicle.pem")
+    try:
+        if cert is None:
+            raise CertificateError("the package has no certs/vehicle.pem")
+        run.key = vehicle_key_from_certificate(cert, run.ca_pem, m.vin, at=at)
+        run.add("certificate chain", True, f"vehicle certificate for {m.vin} issued by the region CA")
+    except (CertificateError, ValueError, OverflowError) as e:
+        run.add("certificate chain", False, f"vehicle certificate does not chain to the region CA: {e}")
 
-    # 4. Batches: framing, signatures over the exact bytes, hash chain ----------------------------
-    envs: list[Envelope] = []
-    bad_sig = []
-    for name in sorted(batches):
+
+def check_batches(run: _Run) -> None:
+    """Each batch decodes, belongs to the vehicle and seq its name says, and is signed over its exact bytes."""
+    m = run.pkg.manifest
+    names = sorted(n for n in run.pkg.files if n.startswith("batches/"))
+    problems = []
+    for name in names:
         try:
-            env = decode_envelope(batches[name])
-            if env.header.vin != vin or env.header.region != region:
-                raise ValueError(f"{name} is a batch of {env.header.vin}/{env.header.region}")
+            env = decode_envelope(run.pkg.files[name])
+            if env.header.vin != m.vin or env.header.region != m.region:
+                raise ValueError(f"it is a batch of {env.header.vin}/{env.header.region}")
             if name != f"batches/{env.header.seq:012d}.cvb":
-                raise ValueError(f"{name} holds batch seq {env.header.seq}")
-            if key is not None:
-                env.verify(key)
-            envs.append(env)
+                raise ValueError(f"it holds batch seq {env.header.seq}")
+            if run.key is not None:
+                env.verify(run.key)
+                run.envs.append(env)
         except Exception as e:  # noqa: BLE001 - any defect of a batch is reported by name
-            bad_sig.append(f"{name}: {getattr(e, 'message', e)}")
-    v.add(
-        "batch signatures",
-        not bad_sig and bool(envs) and key is not None,
-        f"{len(envs)} batches signed by the vehicle over their exact bytes" if not bad_sig else "; ".join(bad_sig[:5]),
-    )
-    envs.sort(key=lambda e: e.header.seq)
+            problems.append(f"{name}: {getattr(e, 'message', e)}")
+    run.envs.sort(key=lambda e: e.header.seq)
+    if run.key is None:
+        run.add("batch signatures", False, "no vehicle key to check the batches with (see certificate chain)")
+    elif problems or not run.envs:
+        run.add("batch signatures", False, "; ".join(problems[:5]) or "no batch")
+    else:
+        run.add("batch signatures", True, f"{len(run.envs)} batches signed by the vehicle over their exact bytes")
+
+
+def check_chain(run: _Run) -> None:
+    """Sorted by seq, the batches are consecutive and each names the previous one's hash."""
+    envs = run.envs
+    if not envs:
+        return
     breaks = []
     for a, b in zip(envs, envs[1:], strict=False):
         if b.header.seq != a.header.seq + 1:
             breaks.append(f"batches {a.header.seq + 1}..{b.header.seq - 1} missing")
         elif b.header.prev != a.batch_hash:
             breaks.append(f"batch {b.header.seq} does not follow batch {a.header.seq}")
-    if envs:
-        v.add(
-            "hash chain",
-            not breaks,
-            f"seq {envs[0].header.seq}..{envs[-1].header.seq} continuous" if not breaks else "; ".join(breaks[:5]),
-        )
+    first, last = envs[0].header.seq, envs[-1].header.seq
+    run.add("hash chain", not breaks, f"seq {first}..{last} continuous" if not breaks else "; ".join(breaks[:5]))
 
-    # 5. Checkpoint and inclusion proofs ------------------------------------------------------------
-    cp = None
+
+# --------------------------------------------------------------------------------------------------------------
+# The log
+
+
+def check_checkpoint(run: _Run) -> None:
+    """log/checkpoint.txt is signed by the trusted log key, for the manifest's origin and tree size."""
+    assert run.vkey is not None
+    m = run.pkg.manifest
     try:
-        cp = verify_checkpoint(files["log/checkpoint.txt"], vkey.public_key, vkey.name, origin=manifest["log_origin"])
-        v.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {vkey.name}")
-    except (KeyError, VerificationError) as e:
-        v.add("checkpoint signature", False, f"checkpoint is not signed by the region log key: {e}")
-    if cp is not None:
-        failed = []
-        for env in envs:
-            p = proofs.get(env.header.seq)
-            try:
-                if p is None:
-                    raise VerificationError("no inclusion proof")
-                if p["batch_hash"] != env.batch_hash:
-                    raise VerificationError("proof is for other bytes", expected=env.batch_hash, actual=p["batch_hash"])
-                leaf = leaf_data(
-                    region=region, vin=vin, seq=env.header.seq, batch_hash=env.batch_hash, received_ms=p["received_ms"]
-                )
-                verify_inclusion(
-                    leaf_hash(leaf), p["leaf_index"], cp.size, [base64.b64decode(x) for x in p["proof"]], cp.root
-                )
-            except (VerificationError, KeyError, ValueError) as e:
-                failed.append(f"batch {env.header.seq}: {e}")
-        v.add(
-            "log inclusion",
-            not failed and bool(envs),
-            f"all {len(envs)} batches are in the log at tree size {cp.size}" if not failed else "; ".join(failed[:5]),
-        )
-
-    # 6. Consistency with a checkpoint the owner saved earlier ------------------------------------
-    if saved is not None and cp is not None:
-        _check_saved(v, saved, cp, vkey, manifest["log_origin"], files)
-
-    # 7. The readable tables equal what the signed batches say ------------------------------------
-    if envs:
-        start, end = manifest["window"]["start_ms"], manifest["window"]["end_ms"]
-        tables = [e.table() for e in envs]
-        window = assemble(tables, start, end, catalogue())
-        same_csv = files.get("data/window.csv") == to_csv(window)
-        v.add(
-            "CSV equals the signed data",
-            same_csv,
-            f"{window.num_rows} rows recomputed from the batches"
-            if same_csv
-            else "data/window.csv differs from the data in the signed batches",
-        )
-        if manifest.get("event"):
-            from carvault.verify.edr import edr_csv, edr_elements
-
-            same_edr = files.get("edr/part563.csv") == edr_csv(edr_elements(window, manifest["event"]["t_ms"]))
-            v.add(
-                "EDR table equals the signed data",
-                same_edr,
-                "49 CFR 563 elements recomputed from the batches"
-                if same_edr
-                else "edr/part563.csv differs from the data in the signed batches",
-            )
-        cov = json.loads(files.get("coverage.json", b"{}"))
-        v.add(
-            "coverage report",
-            cov.get("batches") == len(envs),
-            f"{len(cov.get('gaps', []))} gaps listed, chain {cov.get('chain')}"
-            if cov.get("batches") == len(envs)
-            else "coverage.json does not describe the batches in the package",
-        )
+        text = run.pkg.files.get("log/checkpoint.txt")
+        if text is None:
+            raise VerificationError("the package has no log/checkpoint.txt")
+        cp = verify_checkpoint(text, run.vkey.public_key, run.vkey.name, origin=m.log_origin)
+        if cp.size != m.tree_size:
+            raise VerificationError("the manifest names another tree size", expected=cp.size, actual=m.tree_size)
+    except (VerificationError, ValueError) as e:
+        run.add("checkpoint signature", False, f"checkpoint is not signed by the region log key: {e}")
+        return
+    run.checkpoint = cp
+    run.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {run.vkey.name}")
 
 
-def _check_saved(v: Verdict, saved: str, cp: Any, vkey: Any, origin: str, files: dict[str, bytes]) -> None:
+def leaf_for(entry: InclusionEntry, *, region: str, vin: str) -> bytes:
+    """The leaf data a proof entry commits to: leaf v1 (fields in clear) or v2 (keyed by the entry's salt)."""
+    fields = {
+        "region": region,
+        "vin": vin,
+        "seq": entry.seq,
+        "batch_hash": entry.batch_hash,
+        "received_ms": entry.received_ms,
+    }
+    if entry.leaf_version == 2 and entry.leaf_salt is not None:
+        return leaf_data_v2(salt=entry.leaf_salt, **fields)
+    return leaf_data_v1(**fields)
+
+
+def check_inclusion(run: _Run) -> None:
+    """Each batch has an RFC 9162 inclusion proof to the checkpoint's root (leaf v1 or v2)."""
+    cp, m = run.checkpoint, run.pkg.manifest
+    if cp is None or not run.envs:
+        return
     try:
-        old = verify_checkpoint(saved, vkey.public_key, vkey.name, origin=origin)
-    except VerificationError as e:
-        v.add("consistency with saved checkpoint", False, f"the saved checkpoint does not verify: {e}")
+        tree_size, entries = parse_proofs(run.pkg.files.get("log/proofs.json", b""))
+    except DocumentError as e:
+        run.add("log inclusion", False, e.detail)
+        return
+    failed = [] if tree_size == cp.size else [f"proofs.json is for tree size {tree_size}, the checkpoint {cp.size}"]
+    versions = set()
+    for env in run.envs:
+        entry = entries.get(env.header.seq)
+        try:
+            if entry is None:
+                raise VerificationError("no inclusion proof")
+            if entry.batch_hash != env.batch_hash:
+                raise VerificationError("proof is for other bytes", expected=env.batch_hash, actual=entry.batch_hash)
+            leaf = leaf_for(entry, region=m.region, vin=m.vin)
+            verify_inclusion(leaf_hash(leaf), entry.leaf_index, cp.size, list(entry.proof), cp.root)
+            versions.add(entry.leaf_version)
+        except VerificationError as e:
+            failed.append(f"batch {env.header.seq}: {e}")
+    leaves = "/".join(f"v{v}" for v in sorted(versions))
+    detail = f"all {len(run.envs)} batches are in the log at tree size {cp.size} (leaf {leaves})"
+    run.add("log inclusion", not failed, detail if not failed else "; ".join(failed[:5]))
+
+
+def check_saved(run: _Run) -> None:
+    """The log at the package's size extends the checkpoint the owner saved (RFC 9162 consistency)."""
+    cp, vkey, name = run.checkpoint, run.vkey, "consistency with saved checkpoint"
+    if run.saved is None or cp is None or vkey is None:
+        return
+    try:
+        old = verify_checkpoint(run.saved, vkey.public_key, vkey.name, origin=run.pkg.manifest.log_origin)
+    except (VerificationError, ValueError) as e:
+        run.add(name, False, f"the saved checkpoint does not verify: {e}")
         return
     if old.size > cp.size:
-        v.add(
-            "consistency with saved checkpoint",
-            None,
-            f"saved checkpoint (size {old.size}) is newer than the package's ({cp.size}); not checkable offline",
+        run.add(
+            name, None, f"saved checkpoint (size {old.size}) is newer than the package's ({cp.size}); not checkable"
         )
         return
-    doc = json.loads(files.get("log/consistency.json", b'{"proofs": []}'))
-    entry = next((p for p in doc.get("proofs", []) if p["old_size"] == old.size and p["new_size"] == cp.size), None)
-    if old.size == cp.size:
-        proof: list[bytes] = []
-    elif entry is None:
-        v.add(
-            "consistency with saved checkpoint",
-            False,
-            f"the package holds no consistency proof from the saved size {old.size} to {cp.size}",
-        )
-        return
-    else:
-        proof = [base64.b64decode(x) for x in entry["proof"]]
     try:
-        verify_consistency(old.size, cp.size, old.root, cp.root, proof)
-        v.add(
-            "consistency with saved checkpoint",
-            True,
-            f"the log at size {cp.size} extends the one you saved at size {old.size}: history not rewritten",
-        )
+        entries = parse_consistency(run.pkg.files.get("log/consistency.json", b'{"proofs": []}'))
+    except DocumentError as e:
+        run.add(name, False, e.detail)
+        return
+    entry = next((p for p in entries if p.old_size == old.size and p.new_size == cp.size), None)
+    if entry is None and old.size != cp.size:
+        run.add(name, False, f"the package holds no consistency proof from the saved size {old.size} to {cp.size}")
+        return
+    try:
+        verify_consistency(old.size, cp.size, old.root, cp.root, list(entry.proof) if entry else [])
+        run.add(name, True, f"the log at size {cp.size} extends the one you saved at size {old.size}: not rewritten")
     except VerificationError as e:
-        v.add("consistency with saved checkpoint", False, f"THE LOG WAS REWRITTEN since your checkpoint: {e}")
+        run.add(name, False, f"THE LOG WAS REWRITTEN since your checkpoint: {e}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The readable tables
+
+
+def check_tables(run: _Run) -> None:
+    """data/window.csv and edr/part563.csv equal what the signed batches say."""
+    if not run.envs or run.key is None:
+        return
+    from carvault.signals import catalogue
+    from carvault.verify.window import assemble, to_csv
+
+    m = run.pkg.manifest
+    try:
+        window = assemble([e.table() for e in run.envs], m.start_ms, m.end_ms, catalogue())
+    except Exception as e:  # noqa: BLE001 - a signed payload the kernel cannot read is reported, not raised
+        run.add("CSV equals the signed data", False, f"the signed batches cannot be read as tables: {e}")
+        return
+    same = run.pkg.files.get("data/window.csv") == to_csv(window)
+    detail = f"{window.num_rows} rows recomputed from the batches" if same else "data/window.csv differs"
+    run.add("CSV equals the signed data", same, detail + ("" if same else " from the data in the signed batches"))
+    if m.event_ms is not None:
+        from carvault.verify.edr import edr_csv, edr_elements
+
+        same = run.pkg.files.get("edr/part563.csv") == edr_csv(edr_elements(window, m.event_ms))
+        detail = "49 CFR 563 elements recomputed from the batches" if same else "edr/part563.csv differs"
+        run.add("EDR table equals the signed data", same, detail + ("" if same else " from the signed batches"))
+
+
+def check_coverage(run: _Run) -> None:
+    """coverage.json is well formed and describes the batches in the package."""
+    if not run.envs:
+        return
+    try:
+        cov = parse_coverage(run.pkg.files.get("coverage.json", b""))
+    except DocumentError as e:
+        run.add("coverage report", False, e.detail)
+        return
+    ok = cov.batches == len(run.envs)
+    detail = f"{cov.gaps} gaps listed, chain {cov.chain}" if ok else "coverage.json does not describe the batches"
+    run.add("coverage report", ok, detail)
+
+
+CHECKS: tuple[Callable[[_Run], None], ...] = (
+    check_layout,
+    check_trust,
+    check_manifest_signature,
+    check_files,
+    check_certificate,
+    check_batches,
+    check_chain,
+    check_checkpoint,
+    check_inclusion,
+    check_saved,
+    check_tables,
+    check_coverage,
+)
