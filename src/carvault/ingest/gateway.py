@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
+from carvault.compliance.consent import Policy, check_batch
+from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
     CarVaultError,
@@ -29,18 +32,16 @@ from carvault.errors import (
     Unavailable,
     UnknownVehicle,
     UnsupportedMediaType,
-    WrongRegion,
 )
 from carvault.ingest.validation import PayloadSummary, validate_payload
+from carvault.ledger.leaves import RECOVERY_TAIL, log_batches
 from carvault.pki import CertificateError, vehicle_key_from_certificate
-from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, leaf_data, receipt_json
+from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms, rowcount
 from carvault.store.segments import SegmentWriter
-
-RECOVERY_TAIL = 1 << 16  # leaves searched for a batch logged just before a crash
 
 
 class AppendOnlyLog(Protocol):
@@ -74,6 +75,9 @@ class Gateway:
         catalogue: Catalogue,
         ca_pem: str,
         derived: DerivedCopies | None = None,
+        *,
+        policy_of: Callable[[str], Policy] | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -83,6 +87,12 @@ class Gateway:
         self.ca_pem = ca_pem
         self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
+        # The owner's decisions, read afresh for every batch so that a stop counts from the very next one (and
+        # in every worker process); without a source, no decision is on record and only the defaults allow.
+        self.policy_of: Callable[[str], Policy] = policy_of or (lambda vin: Policy(vin, ()))
+        self.residency = residency or Residency.of_database(
+            db, settings.region, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
+        )
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -116,14 +126,10 @@ class Gateway:
             )
         env = decode_envelope(body)
         h = env.header
-        if h.region != self.settings.region:
-            raise WrongRegion(
-                f"vehicle {h.vin} belongs to region {h.region!r}; this gateway serves {self.settings.region!r} "
-                "and stores nothing for other regions",
-                home_region=h.region,
-                endpoint=self.settings.endpoint_of(h.region),
-            )
+        # Residency from the registrations (this region's vehicles, the region directory), never the header.
+        self.residency.admit(h.vin)
         env.verify(self.vehicle_key(h.vin))
+        self.residency.check_claim(h.vin, h.region)
         existing = self._existing(h.vin, h.seq)
         if existing is not None:
             return self._replay(env, existing)
@@ -137,6 +143,8 @@ class Gateway:
             max_future_skew_ms=self.settings.max_future_skew_s * 1000,
             max_rows=self.settings.max_batch_rows,
         )
+        # The owner's consent, applied here again with the car's own rule module: the car's filtering is not proof.
+        check_batch(self.policy_of(h.vin), table, self.catalogue, kind=h.kind)
         pending = _Pending(env, summary, table)
         self._queue.put(pending)
         return pending
@@ -317,40 +325,14 @@ class Gateway:
                     p.future.set_exception(e)
 
     def _recover_log_index(self, rec: BatchRecord, tail: int = RECOVERY_TAIL) -> int | None:
-        """After a crash between log append and index write: find the batch's leaf in the log's recent tail."""
-        from carvault.ledger.merkle import leaf_hash
-
-        target = leaf_hash(
-            leaf_data(
-                region=self.settings.region,
-                vin=rec.vin,
-                seq=rec.seq,
-                batch_hash=rec.batch_hash,
-                received_ms=rec.received_ms,
-            )
-        )
-        size = self.log.size
-        for i in range(size - 1, max(-1, size - 1 - tail), -1):
-            if self.log.leaf_hash(i) == target:
-                with self.db.session() as s:
-                    s.execute(update(BatchRecord).where(BatchRecord.batch_hash == rec.batch_hash).values(log_index=i))
-                return i
-        return None
+        """The batch's leaf index: found in the log's tail (its writer died before the index write), else appended."""
+        return log_batches(
+            self.db, self.log, self.settings.region, [rec], fence_dir=self.settings.data_dir, tail=tail
+        )[0]
 
     def _log_records(self, records: list[BatchRecord]) -> list[int]:
-        """Append records to the transparency log and store their leaf indices."""
-        leaves = [
-            leaf_data(
-                region=self.settings.region, vin=r.vin, seq=r.seq, batch_hash=r.batch_hash, received_ms=r.received_ms
-            )
-            for r in records
-        ]
-        first = self.log.append(leaves)
-        indices = list(range(first, first + len(records)))
-        with self.db.session() as s:
-            for r, idx in zip(records, indices, strict=True):
-                s.execute(update(BatchRecord).where(BatchRecord.batch_hash == r.batch_hash).values(log_index=idx))
-        return indices
+        """Append the records' v2 leaves to the transparency log (exactly once) and store their indices."""
+        return log_batches(self.db, self.log, self.settings.region, records, fence_dir=self.settings.data_dir)
 
     def close(self) -> None:
         """Stop the committer after the batches already queued."""
