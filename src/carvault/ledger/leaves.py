@@ -1,0 +1,160 @@
+"""Which leaf a batch has in the region's log, and how each batch gets exactly one (docs/transparency-log.md).
+
+Every vehicle has a *log key*: 32 random bytes made when it is registered (or, for a vehicle registered
+before leaf v2, when its first batch is logged after the upgrade). New batches get leaf v2, a keyed
+commitment that names no VIN, seq or time; batches logged before keep their v1 leaf, and
+``BatchRecord.leaf_version`` says which (NULL on a logged row means v1).
+
+Exactly once across threads and processes: whoever appends a batch's leaf holds the *fence* (an
+``flock`` on a file next to the log, opened afresh per holder so threads exclude each other too) from
+re-reading the batch's row, through the append, to writing ``log_index`` (``WHERE log_index IS NULL``).
+So a row still unlogged under the fence has no leaf, except when its writer died between append and
+update; start-up reconciliation and re-sends therefore search the log's tail for the leaf first.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+
+from carvault.ledger.merkle import leaf_hash
+from carvault.protocol import LOG_KEY_LEN, leaf_data_v1, leaf_data_v2, leaf_salt
+from carvault.store.metadata import BatchRecord, Database, Vehicle
+
+LEAF_V1 = 1
+LEAF_V2 = 2
+CURRENT_LEAF = LEAF_V2
+FENCE_FILE = "log-fence.lock"
+RECOVERY_TAIL = 1 << 16  # leaves searched for a batch whose writer died between append and index write
+
+
+class Log(Protocol):
+    """What logging a batch needs of the transparency log."""
+
+    @property
+    def size(self) -> int: ...
+
+    def append(self, entries: list[bytes]) -> int: ...
+
+    def leaf_hash(self, index: int) -> bytes: ...
+
+
+def log_key_of(db: Database, vin: str) -> bytes:
+    """The vehicle's log key, made (once, whoever asks first) if it has none yet."""
+    with db.session() as s:
+        key = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
+        if key is not None:
+            return bytes(key)
+        s.execute(
+            update(Vehicle)
+            .where(Vehicle.vin == vin, Vehicle.log_key.is_(None))
+            .values(log_key=secrets.token_bytes(LOG_KEY_LEN))
+        )
+    with db.session() as s:
+        key = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
+    if key is None:
+        raise LookupError(f"no vehicle {vin}")
+    return bytes(key)
+
+
+def batch_leaf(region: str, rec: BatchRecord, log_key: bytes | None, version: int | None = None) -> bytes:
+    """The leaf bytes of a batch in the given version (default: the version it was logged with)."""
+    version = version or rec.leaf_version or LEAF_V1
+    if version == LEAF_V1:
+        return leaf_data_v1(
+            region=region, vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash, received_ms=rec.received_ms
+        )
+    if log_key is None:
+        raise ValueError("a v2 leaf needs the vehicle's log key")
+    return leaf_data_v2(
+        salt=leaf_salt(log_key, rec.seq),
+        region=region,
+        vin=rec.vin,
+        seq=rec.seq,
+        batch_hash=rec.batch_hash,
+        received_ms=rec.received_ms,
+    )
+
+
+def leaf_opening(rec: BatchRecord, log_key: bytes | None) -> dict[str, Any]:
+    """What a proof entry needs to open the batch's leaf: nothing for v1; version and base64 salt for v2."""
+    if (rec.leaf_version or LEAF_V1) == LEAF_V1:
+        return {}
+    if log_key is None:
+        raise ValueError("a v2 leaf needs the vehicle's log key")
+    return {"leaf_version": LEAF_V2, "leaf_salt": base64.b64encode(leaf_salt(log_key, rec.seq)).decode()}
+
+
+@contextmanager
+def fence(directory: Path) -> Iterator[None]:
+    """Hold the log-writer fence (exclusive across processes and threads) for the block."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / FENCE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def log_batches(
+    db: Database, log: Log, region: str, records: Sequence[BatchRecord], *, fence_dir: Path, tail: int = 0
+) -> list[int]:
+    """Each record's leaf index, appending v2 leaves only for records no one has logged (exactly once).
+
+    With ``tail`` > 0, the last ``tail`` leaves are first searched for leaves of unlogged records (v2 or v1),
+    for a writer that died between its append and its index write.
+    """
+    if not records:
+        return []
+    with fence(fence_dir):
+        ids = [r.id for r in records]
+        with db.session() as s:
+            rows = {r.id: r for r in s.scalars(select(BatchRecord).where(BatchRecord.id.in_(ids)))}
+        known = {i: r.log_index for i, r in rows.items() if r.log_index is not None}
+        todo = [rows[i] for i in dict.fromkeys(ids) if i in rows and i not in known]
+        keys = {vin: log_key_of(db, vin) for vin in {r.vin for r in todo}}
+        found = _search_tail(log, region, todo, keys, tail) if tail and todo else {}
+        fresh = [r for r in todo if r.id not in found]
+        if fresh:
+            first = log.append([batch_leaf(region, r, keys[r.vin], CURRENT_LEAF) for r in fresh])
+            found.update({r.id: (first + n, CURRENT_LEAF) for n, r in enumerate(fresh)})
+        with db.session() as s:
+            for rid, (index, version) in found.items():
+                s.execute(
+                    update(BatchRecord)
+                    .where(BatchRecord.id == rid, BatchRecord.log_index.is_(None))
+                    .values(log_index=index, leaf_version=version)
+                )
+    known.update({i: index for i, (index, _) in found.items()})
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise LookupError(f"batch rows {missing} do not exist")
+    return [known[i] for i in ids]
+
+
+def _search_tail(
+    log: Log, region: str, records: list[BatchRecord], keys: dict[str, bytes], tail: int
+) -> dict[int, tuple[int, int]]:
+    """Record id -> (index, leaf version) for the records whose leaf (v2 or v1) is among the last leaves."""
+    wanted: dict[bytes, tuple[int, int]] = {}
+    for r in records:
+        for version in (LEAF_V2, LEAF_V1):
+            wanted[leaf_hash(batch_leaf(region, r, keys[r.vin], version))] = (r.id, version)
+    found: dict[int, tuple[int, int]] = {}
+    size = log.size
+    for index in range(size - 1, max(-1, size - 1 - tail), -1):
+        hit = wanted.get(log.leaf_hash(index))
+        if hit is not None and hit[0] not in found:
+            found[hit[0]] = (index, hit[1])
+            if len(found) == len(records):
+                break
+    return found
