@@ -213,35 +213,18 @@ def verify(
     trust: Annotated[
         Path | None, typer.Option("--trust", help="The region's published trust file (GET /api/v1/region/trust).")
     ] = None,
+    log_key: Annotated[str | None, typer.Option("--log-key", help="Pin the region's published log key.")] = None,
+    ca_sha256: Annotated[str | None, typer.Option("--ca-sha256", help="Pin the published CA SHA-256.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Verify an incident package offline: signatures, certificates, chain, log proofs, tables."""
-    import json
+    """Verify an incident package offline. Exit 0 verified, 1 a check failed, 2 NOT anchored, 3 unreadable, 4 usage.
 
-    from rich.table import Table
+    `carvault verify` itself runs carvault.verify.cli without loading this module (see carvault.__main__).
+    """
+    from carvault.verify.cli import run
 
-    from carvault.verify.package import verify_package
-
-    trust_doc = json.loads(trust.read_text()) if trust else None
-    saved = checkpoint.read_text() if checkpoint else None
-    verdict = verify_package(package, saved_checkpoint=saved, trust=trust_doc)
-    if json_out:
-        print(json.dumps({"ok": verdict.ok, "checks": [c.__dict__ for c in verdict.checks]}, indent=2))
-    else:
-        t = Table(title=f"carvault verify {package.name}")
-        t.add_column("check")
-        t.add_column("result")
-        t.add_column("detail")
-        for c in verdict.checks:
-            mark = "[green]holds[/]" if c.ok else ("[red]FAILS[/]" if c.ok is False else "[yellow]note[/]")
-            t.add_row(c.name, mark, c.detail)
-        console.print(t)
-        if verdict.ok:
-            console.print("[bold green]VERIFIED[/]: every check holds; this is what the car signed and the log holds.")
-        else:
-            names = ", ".join(c.name for c in verdict.failures())
-            console.print(f"[bold red]NOT VERIFIED[/]: {names}")
-    raise typer.Exit(0 if verdict.ok else 1)
+    code = run(package, trust=trust, checkpoint=checkpoint, log_key=log_key, ca_sha256=ca_sha256, json_out=json_out)
+    raise typer.Exit(code)
 
 
 @app.command()
