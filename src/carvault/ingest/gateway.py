@@ -13,7 +13,6 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,8 +21,6 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
-from carvault.compliance.consent import Policy, check_batch
-from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
     CarVaultError,
@@ -32,6 +29,7 @@ from carvault.errors import (
     Unavailable,
     UnknownVehicle,
     UnsupportedMediaType,
+    WrongRegion,
 )
 from carvault.ingest.validation import PayloadSummary, validate_payload
 from carvault.ledger.leaves import RECOVERY_TAIL, log_batches
@@ -75,9 +73,6 @@ class Gateway:
         catalogue: Catalogue,
         ca_pem: str,
         derived: DerivedCopies | None = None,
-        *,
-        policy_of: Callable[[str], Policy] | None = None,
-        residency: Residency | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -87,12 +82,6 @@ class Gateway:
         self.ca_pem = ca_pem
         self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
-        # The owner's decisions, read afresh for every batch so that a stop counts from the very next one (and
-        # in every worker process); without a source, no decision is on record and only the defaults allow.
-        self.policy_of: Callable[[str], Policy] = policy_of or (lambda vin: Policy(vin, ()))
-        self.residency = residency or Residency.of_database(
-            db, settings.region, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
-        )
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -126,10 +115,14 @@ class Gateway:
             )
         env = decode_envelope(body)
         h = env.header
-        # Residency from the registrations (this region's vehicles, the region directory), never the header.
-        self.residency.admit(h.vin)
+        if h.region != self.settings.region:
+            raise WrongRegion(
+                f"vehicle {h.vin} belongs to region {h.region!r}; this gateway serves {self.settings.region!r} "
+                "and stores nothing for other regions",
+                home_region=h.region,
+                endpoint=self.settings.endpoint_of(h.region),
+            )
         env.verify(self.vehicle_key(h.vin))
-        self.residency.check_claim(h.vin, h.region)
         existing = self._existing(h.vin, h.seq)
         if existing is not None:
             return self._replay(env, existing)
@@ -143,8 +136,6 @@ class Gateway:
             max_future_skew_ms=self.settings.max_future_skew_s * 1000,
             max_rows=self.settings.max_batch_rows,
         )
-        # The owner's consent, applied here again with the car's own rule module: the car's filtering is not proof.
-        check_batch(self.policy_of(h.vin), table, self.catalogue, kind=h.kind)
         pending = _Pending(env, summary, table)
         self._queue.put(pending)
         return pending
