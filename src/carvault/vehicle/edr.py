@@ -4,7 +4,12 @@ Triggers (detected vectorised over each chunk, with the ring buffer as context):
 - ``crash``: longitudinal velocity change of at least 8 km/h within 150 ms (from ``Vehicle.Speed`` or
   ``Vehicle.EDR.DeltaV.Longitudinal``); *locked* (never overwritten) at 25 km/h or more;
 - ``restraint``: an airbag deploys (locked);
-- ``hard_braking``: longitudinal deceleration of 0.45 g or more; ``abs``, ``aeb``: the system engages.
+- ``hard_braking``: longitudinal deceleration of 0.45 g or more, from ``Vehicle.Acceleration.Longitudinal``; on
+  rows where the car reports no acceleration (many CAN mappings carry none) from ``Vehicle.Speed`` instead: the
+  mean speed over the latest 0.5 s minus the mean over the 0.5 s before, divided by the time between the two
+  halves' mean sample instants (robust to noise and uneven sample spacing); a window with fewer than two speed
+  samples in a half, or a gap of more than 300 ms between speed samples, gives no value;
+- ``abs``, ``aeb``: the system engages.
 Triggers closer than the post-event time merge into one record whose kind is the most severe. The
 window from ``pre_s`` before the first trigger to ``post_s`` after the last is frozen at full rate, with
 every category but biometrics and cabin media, because event recording rests on its own legal basis.
@@ -34,8 +39,13 @@ EXCLUDED_CATEGORIES = frozenset({"driver_monitoring", "cabin_media", "exterior_c
 DELTA_V_TRIGGER_KMH = 8.0
 DELTA_V_LOCK_KMH = 25.0
 DELTA_V_WINDOW_MS = 150
-HARD_BRAKING_MS2 = -0.45 * 9.80665
+G = 9.80665
+HARD_BRAKING_MS2 = -0.45 * G
+SPEED_SLOPE_WINDOW_MS = 1000  # two halves of 500 ms
+SPEED_SLOPE_MIN_SAMPLES = 2  # per half
+SPEED_SLOPE_MAX_GAP_MS = 300
 DEBOUNCE_MS = 10_000
+CONTEXT_MS = 2 * SPEED_SLOPE_WINDOW_MS  # rows before each chunk that detection sees again
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,41 @@ def _float_col(table: pa.Table, name: str) -> np.ndarray | None:
     return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def detect(table: pa.Table) -> list[Trigger]:
-    """Every trigger instant in a table (10 Hz rows), debounced per kind."""
-    if table.num_rows == 0:
-        return []
-    t = table.column("t").cast(pa.int64()).to_numpy()
+def speed_acceleration(t_ms: np.ndarray, speed_kmh: np.ndarray) -> np.ndarray:
+    """Longitudinal acceleration (m/s^2) from speed: half-window means over the last second; NaN without data."""
+    n_rows = len(t_ms)
+    ok = ~np.isnan(speed_kmh)
+    ts = (t_ms - t_ms[0]) / 1000.0
+    count = np.concatenate(([0], np.cumsum(ok)))
+    sum_v = np.concatenate(([0.0], np.cumsum(np.where(ok, speed_kmh, 0.0))))
+    sum_t = np.concatenate(([0.0], np.cumsum(np.where(ok, ts, 0.0))))
+    lo = np.searchsorted(t_ms, t_ms - SPEED_SLOPE_WINDOW_MS, side="right")
+    mid = np.searchsorted(t_ms, t_ms - SPEED_SLOPE_WINDOW_MS // 2, side="right")
+    hi = np.arange(1, n_rows + 1)
+    n1, n2 = count[mid] - count[lo], count[hi] - count[mid]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dv = (sum_v[hi] - sum_v[mid]) / n2 - (sum_v[mid] - sum_v[lo]) / n1
+        dt = (sum_t[hi] - sum_t[mid]) / n2 - (sum_t[mid] - sum_t[lo]) / n1
+        acc = dv / 3.6 / dt
+    # Coverage: valid samples reach both ends of the window, with no gap between them above the limit.
+    tv = t_ms[ok]
+    a, b = count[lo], count[hi]
+    has = (n1 >= SPEED_SLOPE_MIN_SAMPLES) & (n2 >= SPEED_SLOPE_MIN_SAMPLES)
+    first = tv[np.minimum(a, len(tv) - 1)] if len(tv) else t_ms
+    last = tv[np.maximum(b - 1, 0)] if len(tv) else t_ms
+    big = np.concatenate(([0], np.cumsum(np.diff(tv) > SPEED_SLOPE_MAX_GAP_MS)))
+    gaps = big[np.maximum(b - 1, 0)] - big[np.minimum(a, len(big) - 1)] if len(tv) else np.zeros(n_rows)
+    covered = (
+        has
+        & (first - (t_ms - SPEED_SLOPE_WINDOW_MS) <= SPEED_SLOPE_MAX_GAP_MS)
+        & (t_ms - last <= SPEED_SLOPE_MAX_GAP_MS)
+        & (gaps == 0)
+    )
+    return np.where(covered & (dt > 0), acc, np.nan)
+
+
+def _crash_triggers(table: pa.Table, t: np.ndarray) -> list[Trigger]:
+    """Crash triggers from speed (delta-V within 150 ms) and from the recorder's own delta-V."""
     found: list[Trigger] = []
     speed = _float_col(table, "Vehicle.Speed")
     if speed is not None:
@@ -122,6 +162,38 @@ def detect(table: pa.Table) -> list[Trigger]:
                     {"delta_v_kmh": float(edr_dv[i]), "locked": bool(abs(edr_dv[i]) >= DELTA_V_LOCK_KMH)},
                 )
             )
+    return found
+
+
+def _hard_braking_triggers(table: pa.Table, t: np.ndarray) -> list[Trigger]:
+    """Hard braking from the accelerometer, or from the speed trace on rows without one."""
+    acc = _float_col(table, "Vehicle.Acceleration.Longitudinal")
+    if acc is None:
+        acc = np.full(len(t), np.nan)
+    speed = _float_col(table, "Vehicle.Speed")
+    from_speed = np.isnan(acc) & (speed is not None)
+    if from_speed.any() and speed is not None:
+        acc = np.where(from_speed, speed_acceleration(t, speed), acc)
+    hard = np.nan_to_num(acc) <= HARD_BRAKING_MS2
+    return [
+        Trigger(
+            "hard_braking",
+            int(t[i]),
+            {
+                "deceleration_g": round(float(-acc[i] / G), 2),
+                "signal": "Vehicle.Speed" if from_speed[i] else "Vehicle.Acceleration.Longitudinal",
+            },
+        )
+        for i in np.flatnonzero(_rising(hard)).tolist()
+    ]
+
+
+def detect(table: pa.Table) -> list[Trigger]:
+    """Every trigger instant in a table (10 Hz rows), debounced per kind."""
+    if table.num_rows == 0:
+        return []
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    found = _crash_triggers(table, t)
     for name, kind in (
         ("Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed", "restraint"),
         ("Vehicle.Cabin.Seat.Row1.PassengerSide.Airbag.IsDeployed", "restraint"),
@@ -131,13 +203,7 @@ def detect(table: pa.Table) -> list[Trigger]:
         col = _bool_col(table, name)
         if col is not None:
             found.extend(Trigger(kind, int(t[i]), {"signal": name}) for i in np.flatnonzero(_rising(col)).tolist())
-    acc = _float_col(table, "Vehicle.Acceleration.Longitudinal")
-    if acc is not None:
-        hard = np.nan_to_num(acc) <= HARD_BRAKING_MS2
-        found.extend(
-            Trigger("hard_braking", int(t[i]), {"deceleration_g": round(float(-acc[i] / 9.80665), 2)})
-            for i in np.flatnonzero(_rising(hard)).tolist()
-        )
+    found.extend(_hard_braking_triggers(table, t))
     found.sort(key=lambda x: (x.t_ms, SEVERITY.index(x.kind)))
     last: dict[str, int] = {}
     out = []
@@ -180,7 +246,7 @@ class EventRecorder:
             self._last_seen_ms = first - 1
         buf = chunk if self._buffer is None else pa.concat_tables([self._buffer, chunk], promote_options="default")
         t = buf.column("t").cast(pa.int64()).to_numpy()
-        context_start = int(np.searchsorted(t, int(chunk.column("t")[0].cast(pa.int64()).as_py()) - 1000))
+        context_start = int(np.searchsorted(t, int(chunk.column("t")[0].cast(pa.int64()).as_py()) - CONTEXT_MS))
         new = [x for x in detect(buf.slice(context_start)) if x.t_ms > self._last_seen_ms]
         self._last_seen_ms = int(t[-1])
         self._pending.extend(new)
