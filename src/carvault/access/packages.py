@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from carvault.access.audit import Actor
 from carvault.errors import InvalidQuery, NotFound, Unavailable
+from carvault.ledger.leaves import leaf_opening
 from carvault.pki import fingerprint
 from carvault.protocol import decode_envelope
 from carvault.store.metadata import BatchRecord, IncidentPackage, SavedCheckpoint, Vehicle, now_ms
@@ -229,6 +230,7 @@ class PackageBuilder:
                     "proof": [
                         base64.b64encode(h).decode() for h in r.log.inclusion_proof(rec.log_index or 0, tree_size)
                     ],
+                    **leaf_opening(rec, vehicle.log_key),  # v2: leaf_version and the salt that opens this leaf
                 }
             )
         consistency = [
