@@ -119,6 +119,7 @@ class BatchRecord(Base):
     length: Mapped[int] = mapped_column(Integer)
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
     leaf_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # set when logged; NULL = v1
+    leaf_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True, index=True)  # public anyway
     received_ms: Mapped[int] = mapped_column(BigInteger)
 
 
