@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from carvault.bench.can_bench import bench_can_import
 from carvault.cli import app as cli
 from carvault.errors import BadRequest, NotFound, UnknownSignal
 from carvault.server import BackgroundServer
@@ -22,7 +23,6 @@ from carvault.vehicle import can_encode
 from carvault.vehicle.can import (
     Frames,
     MessageDecoder,
-    bench_can_import,
     decode_with_cantools,
     frame_key,
     import_can,

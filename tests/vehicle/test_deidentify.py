@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from carvault.bench.deidentify_eval import measure, render_green_plate
 from carvault.ingest.validation import validate_payload
 from carvault.protocol import GENESIS_PREV, BatchHeader
 from carvault.signals import catalogue
@@ -24,8 +25,6 @@ from carvault.vehicle.deidentify import (
     box_iou,
     centerface_model_path,
     default_deidentifier,
-    measure,
-    render_green_plate,
 )
 from tests.factories import BASE_MS, vin_for
 

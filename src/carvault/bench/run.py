@@ -1030,7 +1030,7 @@ def car_figures(work: Path, cfg: BenchConfig) -> dict[str, Any]:
             )
     finally:
         region.close()
-    from carvault.vehicle.can import bench_can_import
+    from carvault.bench.can_bench import bench_can_import
 
     can = bench_can_import(cfg.can_frames, sign=False)
     out.update(
@@ -1039,7 +1039,7 @@ def car_figures(work: Path, cfg: BenchConfig) -> dict[str, Any]:
         can_decode_frames_per_s=can["decode_frames_per_s"],
     )
     if DEID_LABELS.exists() and not cfg.quick:
-        from carvault.vehicle.deidentify import measure
+        from carvault.bench.deidentify_eval import measure
 
         m = measure(DEID_LABELS)
         out.update(
