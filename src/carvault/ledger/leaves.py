@@ -128,11 +128,16 @@ def log_batches(
             first = log.append([batch_leaf(region, r, keys[r.vin], CURRENT_LEAF) for r in fresh])
             found.update({r.id: (first + n, CURRENT_LEAF) for n, r in enumerate(fresh)})
         with db.session() as s:
-            for rid, (index, version) in found.items():
+            for r in todo:
+                index, version = found[r.id]
                 s.execute(
                     update(BatchRecord)
-                    .where(BatchRecord.id == rid, BatchRecord.log_index.is_(None))
-                    .values(log_index=index, leaf_version=version)
+                    .where(BatchRecord.id == r.id, BatchRecord.log_index.is_(None))
+                    .values(
+                        log_index=index,
+                        leaf_version=version,
+                        leaf_hash=leaf_hash(batch_leaf(region, r, keys[r.vin], version)),
+                    )
                 )
     known.update({i: index for i, (index, _) in found.items()})
     missing = [i for i in ids if i not in known]

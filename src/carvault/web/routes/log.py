@@ -1,17 +1,25 @@
-"""The region's transparency log: checkpoints and proofs, public to anyone."""
+"""The region's transparency log: checkpoints and proofs for anyone; lookups by vehicle for its owner only.
+
+A public answer names no VIN, seq or receive time: leaf indices, leaf hashes, tree sizes and hashes only
+(docs/transparency-log.md). Where a vehicle's batch sits in the log, and the log key that opens its leaves,
+are answered only to the vehicle's owner (bearer token or session), alike 404 for a vehicle not theirs.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from carvault.access.audit import OWNER_REQUEST, Actor
 from carvault.errors import InvalidQuery, NotFound
+from carvault.ledger.leaves import LEAF_V2, leaf_opening, log_key_of
 from carvault.store.metadata import BatchRecord
-from carvault.web.deps import MAX_DB_INT, RegionDep, RowId
+from carvault.web.deps import MAX_DB_INT, CurrentOwner, RegionDep, RowId
 
 router = APIRouter(prefix="/api/v1/log", tags=["transparency log"])
 
@@ -32,10 +40,33 @@ def key(region: RegionDep) -> dict[str, Any]:
     return {"origin": region.log.origin, "vkey": region.log.vkey}
 
 
-@router.get("/proof/inclusion", summary="Inclusion proof of a leaf (RFC 9162 §2.1.3)")
+def _leaf_index(region: RegionDep, leaf_hash: str) -> int:
+    """The index of a leaf given its hash (base64 or hex), or NotFound."""
+    text = leaf_hash.strip()
+    try:
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidQuery("leaf_hash must be 32 bytes, in base64 or hex", parameter="leaf_hash")
+    with region.db.session() as s:
+        index = s.scalar(select(BatchRecord.log_index).where(BatchRecord.leaf_hash == raw))
+    if index is None:
+        raise NotFound("no logged leaf has this hash")
+    return index
+
+
+@router.get("/proof/inclusion", summary="Inclusion proof of a leaf by index or leaf hash (RFC 9162 §2.1.3)")
 def inclusion(
-    region: RegionDep, index: int = Query(ge=0, le=MAX_DB_INT), size: int | None = Query(None, ge=1, le=MAX_DB_INT)
+    region: RegionDep,
+    index: int | None = Query(None, ge=0, le=MAX_DB_INT),
+    leaf_hash: str | None = Query(None, max_length=100, description="the leaf's hash, base64 or hex"),
+    size: int | None = Query(None, ge=1, le=MAX_DB_INT),
 ) -> dict[str, Any]:
+    if (index is None) == (leaf_hash is None):
+        raise InvalidQuery("give exactly one of index and leaf_hash")
+    if index is None:
+        index = _leaf_index(region, leaf_hash or "")
     n = size or region.log.size
     if index >= n or n > region.log.size:
         raise InvalidQuery(f"need index < size <= {region.log.size}", index=index, size=n)
@@ -57,10 +88,11 @@ def consistency(
     return {"old": old, "new": n, "proof": _b64(region.log.consistency_proof(old, n))}
 
 
-@router.get("/batches/{vin}/{seq}", summary="Where a batch sits in the log, with its inclusion proof")
-def batch_entry(vin: str, seq: RowId, region: RegionDep) -> dict[str, Any]:
+@router.get("/batches/{vin}/{seq}", summary="Where one of my vehicle's batches sits in the log (owner only)")
+def batch_entry(vin: str, seq: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    vehicle = region.vehicles.owned_one(owner.owner_id, vin)
     with region.db.session() as s:
-        rec = s.scalar(select(BatchRecord).where(BatchRecord.vin == vin.upper(), BatchRecord.seq == seq))
+        rec = s.scalar(select(BatchRecord).where(BatchRecord.vin == vehicle.vin, BatchRecord.seq == seq))
     if rec is None or rec.log_index is None:
         raise NotFound(f"no logged batch {seq} of {vin}")
     n = region.log.size
@@ -71,5 +103,21 @@ def batch_entry(vin: str, seq: RowId, region: RegionDep) -> dict[str, Any]:
         "received_ms": rec.received_ms,
         "index": rec.log_index,
         "size": n,
+        "leaf_version": rec.leaf_version or 1,
+        **{k: v for k, v in leaf_opening(rec, vehicle.log_key).items() if k == "leaf_salt"},
         "proof": _b64(region.log.inclusion_proof(rec.log_index, n)),
     }
+
+
+@router.get("/vehicles/{vin}/log-key", summary="My vehicle's log key, which opens its v2 leaves (owner only)")
+def vehicle_log_key(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    vehicle = region.vehicles.owned_one(owner.owner_id, vin)
+    key = log_key_of(region.db, vehicle.vin)
+    region.audit.record(
+        owner_id=owner.owner_id,
+        vin=vehicle.vin,
+        actor=Actor("owner", str(owner.owner_id)),
+        action="log_key.read",
+        legal_basis=OWNER_REQUEST,
+    )
+    return {"vin": vehicle.vin, "leaf_version": LEAF_V2, "log_key": base64.b64encode(key).decode()}
