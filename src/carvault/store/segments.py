@@ -9,6 +9,7 @@ DB commit) are unreferenced and harmless.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -42,44 +43,67 @@ class SegmentWriter:
         self._lock = threading.Lock()
 
     def _roll(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        self._drop()
         self._n += 1
-        self._name = f"{self.writer_id}-{self._n:06d}.cvseg"
-        self._fd = os.open(self.directory / self._name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._size = os.fstat(self._fd).st_size
-        fsync_dir(self.directory)  # the new file's name must survive a crash too
+        name = f"{self.writer_id}-{self._n:06d}.cvseg"
+        try:
+            fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError as e:
+            raise Unavailable(f"cannot create batch segment: {e.strerror}") from None
+        self._fd, self._name, self._size = fd, name, os.fstat(fd).st_size
+        try:
+            fsync_dir(self.directory)  # the new file's name must survive a crash too
+        except OSError as e:
+            self._drop()
+            raise Unavailable(f"cannot create batch segment: {e.strerror}") from None
+
+    def _drop(self) -> None:
+        """Close the current segment, removing it if it holds nothing (a refused first write leaves no file)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        if self._size == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / self._name)
+
+    def _write(self, data: bytes) -> None:
+        """Write and fsync ``data``; on failure cut the segment back to its last good size, or drop it."""
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
+        except OSError as e:
+            # Offsets must stay exact: cut off whatever reached the file (freeing it, too). A segment left empty
+            # is removed, and if the cut fails this segment is closed and the next write starts a fresh one.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._size = -1  # unknown content: keep the file, never reuse it
+            if self._size <= 0:
+                self._drop()
+            raise Unavailable(f"cannot write batch segment: {e.strerror}") from None
 
     def append_many(self, blobs: Sequence[bytes]) -> list[tuple[str, int, int]]:
         """Append blobs durably (one write, one fsync); return (segment, offset, length) for each."""
         with self._lock:
             if self._fd is None or self._size >= self.max_bytes:
                 self._roll()
-            assert self._fd is not None
             locations = []
             offset = self._size
             for b in blobs:
                 locations.append((self._name, offset, len(b)))
                 offset += len(b)
-            data = b"".join(blobs)
-            try:
-                written = os.write(self._fd, data)
-                while written < len(data):
-                    written += os.write(self._fd, data[written:])
-                os.fsync(self._fd)
-            except OSError as e:
-                # Whatever reached the file is unreferenced; start a fresh segment so offsets stay exact.
-                self._fd = None
-                raise Unavailable(f"cannot write batch segment: {e.strerror}") from None
+            self._write(b"".join(blobs))
             self._size = offset
             return locations
 
     def close(self) -> None:
         """Close the current segment."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._drop()
 
 
 class SegmentReader:

@@ -1,4 +1,9 @@
-"""The one place where errors become HTTP answers: ``{"error": {"code", "message", ...}}``."""
+"""The one place where errors become HTTP answers: ``{"error": {"code", "message", ...}}``.
+
+Every code comes from the error classes in ``carvault.errors``: framework errors (routing's 404 and 405, a body
+that fails the schema) are answered as the class of their status, and storage failures (disk full, database
+gone) that escape a store are answered ``Unavailable`` (503), never as a dropped connection.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,30 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from carvault.errors import CarVaultError, TooManyRequests, WrongRegion
+from carvault.errors import (
+    BadRequest,
+    CarVaultError,
+    TooManyRequests,
+    ValidationFailed,
+    WrongRegion,
+)
+from carvault.store.metadata import storage_failure
 
 log = logging.getLogger("carvault.web")
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
+# The most general class of each status (the direct children of the root), for errors the framework raises.
+ERROR_FOR_STATUS: dict[int, type[CarVaultError]] = {
+    c.status: c for c in CarVaultError.__subclasses__() if c.__module__ == CarVaultError.__module__
+} | {ValidationFailed.status: ValidationFailed}
+
+
+def error_for_status(status: int, message: str) -> CarVaultError:
+    """The CarVault error answering a framework error of this HTTP status."""
+    cls = ERROR_FOR_STATUS.get(status) or (BadRequest if status < 500 else CarVaultError)
+    return cls(message)
 
 
 def error_response(e: CarVaultError) -> JSONResponse:
@@ -34,6 +48,15 @@ def error_response(e: CarVaultError) -> JSONResponse:
     if e.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="carvault"'
     return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
+
+
+def _storage_or_raise(e: Exception) -> JSONResponse:
+    """503 for a storage failure; anything else is a bug and goes on to the internal-error answer."""
+    failure = storage_failure(e)
+    if failure is None:
+        raise e
+    log.error("%s: %s", failure.code, failure.message)
+    return error_response(failure)
 
 
 def install(app: FastAPI) -> None:
@@ -51,27 +74,26 @@ def install(app: FastAPI) -> None:
             {"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")} for err in e.errors()
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
-        body = {
-            "error": {
-                "code": "validation_failed",
-                "message": f"{first['where']}: {first['problem']}",
-                "problems": problems,
-            }
-        }
-        return JSONResponse(body, status_code=422)
+        return error_response(ValidationFailed(f"{first['where']}: {first['problem']}", problems=problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> Response:
         html_error = getattr(request.app.state, "html_error", None)
         if html_error is not None and not request.url.path.startswith("/api/"):
             return await html_error(request, e.status_code, str(e.detail))  # people browsing get a page
-        code = _HTTP_CODES.get(e.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code)
+        body = error_for_status(e.status_code, str(e.detail)).to_json()
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)  # 405 keeps its Allow header
+
+    @app.exception_handler(OSError)
+    async def _os(_: Request, e: OSError) -> JSONResponse:
+        return _storage_or_raise(e)
+
+    @app.exception_handler(DBAPIError)
+    async def _db(_: Request, e: DBAPIError) -> JSONResponse:
+        return _storage_or_raise(e)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(
-            {"error": {"code": "internal_error", "message": "the server failed to handle this request"}},
-            status_code=500,
-        )
+        body = CarVaultError("the server failed to handle this request").to_json()
+        return JSONResponse(body, status_code=CarVaultError.status)
