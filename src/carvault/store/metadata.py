@@ -8,6 +8,8 @@ batch hash is enforced by the database.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from carvault.errors import Unavailable
@@ -267,6 +269,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# What a failing store looks like from here, per backend: the disk is full or failing, the database cannot be
+# opened or reached. Each is answered ``Unavailable`` (503) instead of escaping as an internal error.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+SQLITE_STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+POSTGRES_STORAGE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system/IO
+
+
+def storage_failure(e: BaseException) -> Unavailable | None:
+    """``Unavailable`` if ``e`` (an OSError, a DB-API error or SQLAlchemy's wrapper of one) is a storage failure."""
+    orig = e.orig if isinstance(e, DBAPIError) else e
+    if isinstance(orig, OSError) and orig.errno in STORAGE_ERRNOS:
+        return Unavailable(f"storage unavailable: {orig.strerror}")
+    if isinstance(orig, sqlite3.Error) and (getattr(orig, "sqlite_errorcode", -1) & 0xFF) in SQLITE_STORAGE_CODES:
+        return Unavailable(f"metadata database unavailable: {orig}")
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in POSTGRES_STORAGE_CLASSES:
+        return Unavailable(f"metadata database unavailable: {str(orig).strip()}")
+    return None
+
+
 class Database:
     """An engine plus a session factory over the metadata schema."""
 
@@ -303,8 +325,11 @@ class Database:
         try:
             yield s
             s.commit()
-        except BaseException:
+        except BaseException as e:
             s.rollback()
+            failure = storage_failure(e)
+            if failure is not None:
+                raise failure from e
             raise
         finally:
             s.close()
