@@ -15,8 +15,10 @@
     │   ├── BadSignature               401 bad_signature
     │   └── UnknownVehicle             401 unknown_vehicle
     ├── Forbidden                      403 forbidden
-    │   └── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
+    │   ├── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
+    │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
     ├── NotFound                       404 not_found
+    ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
     ├── Conflict                       409 conflict
     │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
@@ -152,6 +154,13 @@ class NotFound(CarVaultError):
 
     code = "not_found"
     status = 404
+
+
+class MethodNotAllowed(CarVaultError):
+    """The path exists but does not take this method; the answer's ``Allow`` header lists the ones it takes."""
+
+    code = "method_not_allowed"
+    status = 405
 
 
 class Conflict(CarVaultError):
