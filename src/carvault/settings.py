@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 ENV_PREFIX = "CARVAULT_"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """Declaration of one setting: its name, default and help text (documented in docs/operations.md)."""
+    """One row of the settings table: name, type, default and help text (documented in docs/operations.md)."""
 
     name: str
-    default: Any
+    type: Any
+    default: Any  # as written in the environment when ``parse`` reads it from text
     help: str
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("data_dir", "./carvault-data", "Folder holding this region's batch segments, log and SQLite DB."),
-    Setting("region", "cn", "The region this deployment serves (cn, eu, us ...)."),
-    Setting("database_url", "", "SQLAlchemy URL of the metadata DB; empty means SQLite in data_dir."),
-    Setting("host", "127.0.0.1", "Listen address of `carvault serve`."),
-    Setting("port", 8400, "Listen port of `carvault serve`."),
-    Setting(
-        "region_endpoints",
-        "cn=http://127.0.0.1:8400,eu=http://127.0.0.1:8401",
-        "Directory of region gateways, `name=url,...`, used to send foreign vehicles home (HTTP 421).",
-    ),
-    Setting("max_batch_bytes", 8 * 1024 * 1024, "Largest accepted batch envelope in bytes."),
-    Setting("max_batch_rows", 200_000, "Largest accepted number of rows (timestamps) in one batch."),
-    Setting("max_future_skew_s", 300, "How far ahead of the server clock a batch may reach, in seconds."),
-    Setting("session_ttl_s", 7 * 24 * 3600, "Lifetime of a browser session or API token, in seconds."),
-    Setting("segment_max_bytes", 256 * 1024 * 1024, "Size at which a writer rolls to a new segment file."),
-)
+    parse: Callable[[Any], Any]
 
 
 def _parse_endpoints(text: str) -> dict[str, str]:
@@ -49,23 +32,44 @@ def _parse_endpoints(text: str) -> dict[str, str]:
     return out
 
 
+def _endpoints(value: Any) -> dict[str, str]:
+    return _parse_endpoints(value) if isinstance(value, str) else dict(value)
+
+
+def _setting(default: Any, help: str, *, parse: Callable[[Any], Any] | None = None) -> Any:
+    """Declare one setting in the ``Settings`` table; with ``parse`` the default is its text form."""
+    meta = {"help": help, "default": default, "parse": parse}
+    if parse is not None:
+        return field(default_factory=lambda: parse(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything a region deployment needs to know, typed."""
+    """Everything a region deployment needs to know, typed: each field is one row of the settings table."""
 
-    data_dir: Path = Path("./carvault-data")
-    region: str = "cn"
-    database_url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8400
-    region_endpoints: Mapping[str, str] = field(
-        default_factory=lambda: _parse_endpoints("cn=http://127.0.0.1:8400,eu=http://127.0.0.1:8401")
+    data_dir: Path = _setting(
+        "./carvault-data", "Folder holding this region's batch segments, log and SQLite DB.", parse=Path
     )
-    max_batch_bytes: int = 8 * 1024 * 1024
-    max_batch_rows: int = 200_000
-    max_future_skew_s: int = 300
-    session_ttl_s: int = 7 * 24 * 3600
-    segment_max_bytes: int = 256 * 1024 * 1024
+    region: str = _setting("cn", "The region this deployment serves (cn, eu, us ...).")
+    database_url: str = _setting("", "SQLAlchemy URL of the metadata DB; empty means SQLite in data_dir.")
+    host: str = _setting("127.0.0.1", "Listen address of `carvault serve`.")
+    port: int = _setting(8400, "Listen port of `carvault serve`.")
+    region_endpoints: Mapping[str, str] = _setting(
+        "cn=http://127.0.0.1:8400,eu=http://127.0.0.1:8401",
+        "Directory of region gateways, `name=url,...`, used to send foreign vehicles home (HTTP 421).",
+        parse=_endpoints,
+    )
+    region_directory: str = _setting(
+        "",
+        "Region directory file (`VIN region` per line) shared by all regions; provisioning appends to it; "
+        "empty means none (only vehicles registered here are known).",
+    )
+    max_batch_bytes: int = _setting(8 * 1024 * 1024, "Largest accepted batch envelope in bytes.")
+    max_batch_rows: int = _setting(200_000, "Largest accepted number of rows (timestamps) in one batch.")
+    max_future_skew_s: int = _setting(300, "How far ahead of the server clock a batch may reach, in seconds.")
+    session_ttl_s: int = _setting(7 * 24 * 3600, "Lifetime of a browser session or API token, in seconds.")
+    segment_max_bytes: int = _setting(256 * 1024 * 1024, "Size at which a writer rolls to a new segment file.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -82,29 +86,12 @@ class Settings:
     @classmethod
     def coerce(cls, values: Mapping[str, Any]) -> Settings:
         """Turn loose values (strings from env or flags) into typed settings, failing clearly."""
+        table = {row.name: row for row in SETTINGS}
         typed: dict[str, Any] = {}
-        known = {f.name for f in fields(cls)}
         for name, value in values.items():
-            if name not in known:
+            if name not in table:
                 raise ValueError(f"unknown setting {name!r}")
-            if name == "data_dir":
-                typed[name] = Path(value)
-            elif name == "region_endpoints":
-                typed[name] = _parse_endpoints(value) if isinstance(value, str) else dict(value)
-            elif name in {
-                "port",
-                "max_batch_bytes",
-                "max_batch_rows",
-                "max_future_skew_s",
-                "session_ttl_s",
-                "segment_max_bytes",
-            }:
-                try:
-                    typed[name] = int(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"setting {name} must be an integer, got {value!r}") from None
-            else:
-                typed[name] = str(value)
+            typed[name] = table[name].parse(value)
         s = cls(**typed)
         if not s.region.isalnum() or not s.region.islower():
             raise ValueError(f"region must be a short lowercase name like 'cn', got {s.region!r}")
@@ -124,3 +111,34 @@ class Settings:
     def endpoint_of(self, region: str) -> str | None:
         """The gateway URL of a region, if the directory knows it."""
         return self.region_endpoints.get(region)
+
+
+def _to_int(name: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name} must be an integer, got {value!r}") from None
+
+    return parse
+
+
+# How a value of each declared type is read from text (env, flags); a setting may bring its own parser.
+_PARSERS: dict[Any, Callable[[str], Callable[[Any], Any]]] = {
+    int: _to_int,
+    str: lambda _name: str,
+    Path: lambda _name: Path,
+}
+
+
+def _table() -> tuple[Setting, ...]:
+    """The settings table, read from the ``Settings`` fields (the one place each setting is declared)."""
+    hints = get_type_hints(Settings)
+    rows = []
+    for f in fields(Settings):
+        parse = f.metadata["parse"] or _PARSERS[hints[f.name]](f.name)
+        rows.append(Setting(f.name, hints[f.name], f.metadata["default"], f.metadata["help"], parse))
+    return tuple(rows)
+
+
+SETTINGS: tuple[Setting, ...] = _table()
