@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from carvault.ledger.leaves import log_key_of
 from carvault.region import Region
 from carvault.vehicle.identity import VehicleIdentity
 
@@ -17,4 +18,6 @@ def provision(region: Region, vin: str, vehicles_dir: Path, model: str = "CarVau
     region.vehicles.register(
         vin, identity.public_key_bytes, identity.pairing_code, model=model, certificate_pem=certificate
     )
+    identity.log_key = log_key_of(region.db, vin)  # opens the car's log leaves (docs/transparency-log.md)
+    identity.save(vehicles_dir / vin)
     return identity
