@@ -54,6 +54,20 @@ BATCH_NAME = re.compile(r"batches/[0-9]{12}\.cvb")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The container limits (the defaults above); tests and callers with other needs may pass tighter ones."""
+
+    max_members: int = MAX_MEMBERS
+    max_member_bytes: int = MAX_MEMBER_BYTES
+    max_total_bytes: int = MAX_TOTAL_BYTES
+    max_ratio: int = MAX_RATIO
+    ratio_floor_bytes: int = RATIO_FLOOR_BYTES
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class ContainerError(Exception):
     """The ZIP container breaks a rule; nothing in it is read further."""
 
@@ -75,15 +89,15 @@ def is_package_name(name: str) -> bool:
     return name in FIXED_NAMES or BATCH_NAME.fullmatch(name) is not None
 
 
-def read_container(path: Path) -> Container:
+def read_container(path: Path, limits: Limits = DEFAULT_LIMITS) -> Container:
     """Every member of the ZIP at ``path``; raises ContainerError for any broken rule or unreadable archive."""
     try:
         with open(path, "rb") as f:
-            _check_directory_record(f)
+            _check_directory_record(f, limits)
             with zipfile.ZipFile(f) as z:
                 infos = z.infolist()
-                _check_names(infos)
-                return _read_members(z, infos)
+                _check_names(infos, limits)
+                return _read_members(z, infos, limits)
     except ContainerError:
         raise
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError) as e:
@@ -92,7 +106,7 @@ def read_container(path: Path) -> Container:
         raise ContainerError(f"the ZIP archive is malformed: {e}") from None
 
 
-def _check_directory_record(f: BinaryIO) -> None:
+def _check_directory_record(f: BinaryIO, limits: Limits) -> None:
     """Refuse a central directory declaring too many members before zipfile builds it in memory."""
     f.seek(0, 2)
     size = f.tell()
@@ -107,16 +121,16 @@ def _check_directory_record(f: BinaryIO) -> None:
         raise ContainerError("multi-volume ZIP archives are not incident packages")
     if entries == 0xFFFF or cd_size == 0xFFFFFFFF:
         raise ContainerError("ZIP64 archives are not incident packages")
-    if entries > MAX_MEMBERS:
-        raise ContainerError(f"the archive declares {entries} members; at most {MAX_MEMBERS} are allowed")
-    if cd_size > MAX_MEMBERS * (46 + MAX_NAME_LEN + 64):
+    if entries > limits.max_members:
+        raise ContainerError(f"the archive declares {entries} members; at most {limits.max_members} are allowed")
+    if cd_size > limits.max_members * (46 + MAX_NAME_LEN + 64):
         raise ContainerError(f"the archive's central directory is {cd_size} bytes, too large for a package")
 
 
-def _check_names(infos: list[zipfile.ZipInfo]) -> None:
+def _check_names(infos: list[zipfile.ZipInfo], limits: Limits) -> None:
     """Member count, and names: safe relative paths, each once."""
-    if len(infos) > MAX_MEMBERS:
-        raise ContainerError(f"the archive holds {len(infos)} members; at most {MAX_MEMBERS} are allowed")
+    if len(infos) > limits.max_members:
+        raise ContainerError(f"the archive holds {len(infos)} members; at most {limits.max_members} are allowed")
     for info in infos:
         name = info.orig_filename
         if len(name) > MAX_NAME_LEN or not _SAFE_NAME.fullmatch(name) or ".." in name.split("/"):
@@ -130,33 +144,34 @@ def _check_names(infos: list[zipfile.ZipInfo]) -> None:
         raise ContainerError(f"member names appear more than once: {dupes[:5]}")
 
 
-def _read_members(z: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> Container:
+def _read_members(z: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limits: Limits) -> Container:
     """Read each member in chunks, counting the bytes produced, never the sizes declared."""
     files: dict[str, bytes] = {}
     total = 0
     for info in infos:
-        budget = min(MAX_MEMBER_BYTES, MAX_TOTAL_BYTES - total)
-        data = _read_member(z, info, budget)
+        data = _read_member(z, info, limits, total)
         total += len(data)
         files[info.orig_filename] = data
     return Container(files, total)
 
 
-def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
-    """One member, refused as soon as it passes ``budget`` or the ratio limit."""
-    ratio_cap = max(RATIO_FLOOR_BYTES, MAX_RATIO * max(info.compress_size, 1))
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits, total_before: int) -> bytes:
+    """One member, refused as soon as it passes a size limit or the ratio limit."""
+    ratio_cap = max(limits.ratio_floor_bytes, limits.max_ratio * max(info.compress_size, 1))
     chunks: list[bytes] = []
     got = 0
     with z.open(info) as member:
         while chunk := member.read(_CHUNK):
             got += len(chunk)
-            if got > budget:
-                which = "member" if budget == MAX_MEMBER_BYTES else "total"
-                limit = MAX_MEMBER_BYTES if which == "member" else MAX_TOTAL_BYTES
-                raise ContainerError(f"{info.orig_filename} passes the {which} size limit of {limit} bytes")
+            if got > limits.max_member_bytes:
+                raise ContainerError(
+                    f"{info.orig_filename} passes the member size limit of {limits.max_member_bytes} bytes"
+                )
+            if total_before + got > limits.max_total_bytes:
+                raise ContainerError(f"the members pass the total size limit of {limits.max_total_bytes} bytes")
             if got > ratio_cap:
                 raise ContainerError(
-                    f"{info.orig_filename} expands more than {MAX_RATIO} times its compressed size "
+                    f"{info.orig_filename} expands more than {limits.max_ratio} times its compressed size "
                     f"({info.compress_size} bytes)"
                 )
             chunks.append(chunk)

@@ -21,7 +21,14 @@ from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, veri
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
-from carvault.verify.container import FIXED_NAMES, ContainerError, is_package_name, read_container
+from carvault.verify.container import (
+    DEFAULT_LIMITS,
+    FIXED_NAMES,
+    ContainerError,
+    Limits,
+    is_package_name,
+    read_container,
+)
 from carvault.verify.documents import (
     PACKAGE_FORMAT,
     DocumentError,
@@ -49,7 +56,16 @@ EXIT_NOT_ANCHORED = 2
 EXIT_UNREADABLE = 3
 EXIT_USAGE = 4
 
-__all__ = ["MANIFEST_CONTEXT", "PACKAGE_FORMAT", "Check", "Pins", "Verdict", "open_package", "verify_package"]
+__all__ = [
+    "MANIFEST_CONTEXT",
+    "PACKAGE_FORMAT",
+    "Check",
+    "Limits",
+    "Pins",
+    "Verdict",
+    "open_package",
+    "verify_package",
+]
 
 
 @dataclass
@@ -128,10 +144,10 @@ class Package:
     signature: bytes
 
 
-def open_package(path: Path | str) -> Package:
+def open_package(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> Package:
     """Read and parse a package; raises ``Unreadable`` naming the failed check."""
     try:
-        members = read_container(Path(path)).files
+        members = read_container(Path(path), limits).files
     except ContainerError as e:
         raise Unreadable("ZIP container", e.detail) from None
     files = dict(members)
@@ -177,6 +193,7 @@ def verify_package(
     saved_checkpoint: str | None = None,
     trust: Any = None,
     pins: Pins | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Verdict:
     """Check everything in a package; never raises for a bad package, it reports.
 
@@ -185,7 +202,7 @@ def verify_package(
     """
     verdict = Verdict(str(path))
     try:
-        pkg = open_package(path)
+        pkg = open_package(path, limits)
     except Unreadable as e:
         verdict.readable = False
         verdict.add(e.check, False, e.detail)
