@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
@@ -22,6 +23,43 @@ from carvault.store.metadata import AuditEvent, Database, now_ms
 OWNER_REQUEST = "owner's own request (access right)"
 CONTRACT = "performance of the service contract"
 LEGAL_OBLIGATION = "legal obligation"
+
+
+class AuditAction(StrEnum):
+    """Every action the audit log records; each has English and Chinese text in web/messages (a test checks)."""
+
+    ACCOUNT_CREATE = "account.create"
+    SESSION_CREATE = "session.create"
+    TOKEN_CREATE = "token.create"
+    CREDENTIAL_REVOKE = "credential.revoke"
+    PASSWORD_CHANGE = "password.change"
+    VEHICLE_CLAIM = "vehicle.claim"
+    CONSENT_GRANT = "consent.grant"
+    CONSENT_STOP = "consent.stop"
+    TELEMETRY_READ = "telemetry.read"
+    TIMELINE_READ = "timeline.read"
+    FRAME_READ = "frame.read"
+    LOG_KEY_READ = "log_key.read"
+    TELEMETRY_EXPORT = "telemetry.export"
+    EXPORT_CREATE = "export.create"
+    EXPORT_DOWNLOAD = "export.download"
+    PACKAGE_CREATE = "package.create"
+    PACKAGE_DOWNLOAD = "package.download"
+    DELETION_REQUEST = "deletion.request"
+    DELETION_COMPLETE = "deletion.complete"
+    HOLD_PLACE = "hold.place"
+    HOLD_RELEASE = "hold.release"
+    ORDER_RELEASE = "order.release"
+
+
+def audit_action(action: AuditAction | str) -> AuditAction:
+    """The enum member for an action; an action not in ``AuditAction`` is a programming error, refused."""
+    try:
+        return AuditAction(action)
+    except ValueError:
+        raise ValueError(
+            f"unknown audit action {action!r}: add it to AuditAction with its English and Chinese text"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -70,13 +108,14 @@ class AuditLog:
         *,
         owner_id: int | None,
         actor: Actor | str,
-        action: str,
+        action: AuditAction | str,
         legal_basis: str,
         vin: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> AuditEvent:
         """Append one event to the owner's chain (retrying if another process appended first)."""
         chain = chain_of(owner_id)
+        action = audit_action(action)
         for _ in range(50):
             try:
                 with self.db.session() as s:
@@ -89,7 +128,7 @@ class AuditLog:
                         owner_id=owner_id,
                         vin=vin,
                         actor=str(actor),
-                        action=action,
+                        action=action.value,
                         detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
                         legal_basis=legal_basis,
                         at_ms=now_ms(),
@@ -104,7 +143,7 @@ class AuditLog:
         raise Unavailable("audit log is too busy to record an event; the request was not served")
 
     def by_owner(
-        self, owner_id: int, action: str, *, vin: str | None = None, detail: dict[str, Any] | None = None
+        self, owner_id: int, action: AuditAction | str, *, vin: str | None = None, detail: dict[str, Any] | None = None
     ) -> AuditEvent:
         """Record what an owner did with their own data (actor and legal basis: the owner's request)."""
         return self.record(

@@ -34,6 +34,7 @@ from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, fun
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Mapped, mapped_column
 
+from carvault.access.audit import AuditAction
 from carvault.access.exports import _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
@@ -406,7 +407,7 @@ class ExportJobs:
                     raise _LeaseLost()
             self.region.audit.by_owner(
                 job.owner_id,
-                "telemetry.export",
+                AuditAction.TELEMETRY_EXPORT,
                 vin=job.vin,
                 detail={
                     "export_id": job.id,

@@ -8,32 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from carvault.access.audit import AuditAction
 from carvault.web.views.base import FormError, Page, page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
-KNOWN_ACTIONS = (
-    "telemetry.read",
-    "timeline.read",
-    "telemetry.export",
-    "export.create",
-    "export.download",
-    "package.create",
-    "package.download",
-    "vehicle.claim",
-    "session.create",
-    "credential.revoke",
-    "password.change",
-    "token.create",
-    "account.create",
-    "consent.grant",
-    "consent.stop",
-    "deletion.request",
-    "deletion.complete",
-    "hold.place",
-    "hold.release",
-    "order.release",
-)
 
 
 def actor_label(p: Page, actor: str) -> str:
@@ -88,7 +67,7 @@ async def access(request: Request) -> Response:
     events = (await p.get_json("/api/v1/audit", params=params))["events"]
     recent = (await p.get_json("/api/v1/audit", params={"limit": 1000}))["events"]
     actors = sorted({e["actor"] for e in recent} | ({q["actor"]} if q.get("actor") else set()))
-    actions = sorted(set(KNOWN_ACTIONS) | {e["action"] for e in recent})
+    actions = sorted({a.value for a in AuditAction} | {e["action"] for e in recent})
     rows = [
         {
             **e,
