@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from pathlib import Path
 
 from carvault.ledger import merkle
 from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
-from carvault.protocol import leaf_data
+from carvault.protocol import leaf_data_v1, leaf_data_v2, leaf_salt
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "transparency-log.md").read_text()
 
@@ -19,7 +20,7 @@ def _blocks() -> list[str]:
 
 def _leaves() -> list[bytes]:
     return [
-        leaf_data(
+        leaf_data_v1(
             region="cn",
             vin="LRW3E7FA0NC000001",
             seq=i,
@@ -30,10 +31,26 @@ def _leaves() -> list[bytes]:
     ]
 
 
-def test_the_leaf_example_is_what_protocol_leaf_data_makes() -> None:
+def test_the_v1_leaf_example_is_what_protocol_leaf_data_v1_makes() -> None:
     leaf = _leaves()[2]
     assert leaf.decode() in _blocks()
     assert f"That is the {len(leaf)} bytes" in DOC
+    assert merkle.leaf_hash(leaf).hex() in DOC
+
+
+def test_the_v2_leaf_example_opens_with_the_documented_key_and_salt() -> None:
+    key = hashlib.sha256(b"carvault example log key").digest()
+    salt = leaf_salt(key, 2)
+    leaf = leaf_data_v2(
+        salt=salt,
+        region="cn",
+        vin="LRW3E7FA0NC000001",
+        seq=2,
+        batch_hash=hashlib.sha256(b"batch 2").hexdigest(),
+        received_ms=1_700_000_000_002,
+    )
+    assert key.hex() in DOC and salt.hex() in DOC and base64.b64encode(salt).decode() in DOC
+    assert leaf.decode() in _blocks() and f"{len(leaf)} bytes, whose leaf hash is" in DOC
     assert merkle.leaf_hash(leaf).hex() in DOC
 
 

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from carvault.ledger.leaves import LEAF_V2, batch_leaf, log_key_of
 from carvault.ledger.merkle import leaf_hash, verify_inclusion
-from carvault.protocol import leaf_data, sha256_hex
+from carvault.protocol import sha256_hex
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import free_port
@@ -95,9 +96,9 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
             assert sha256_hex(raw) == rec.batch_hash
             assert rec.prev_hash == by_vin.get(rec.vin, "0" * 64)  # each chain continuous across processes
             by_vin[rec.vin] = rec.batch_hash
-            leaf = leaf_data(
-                region="cn", vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash, received_ms=rec.received_ms
-            )
+            assert rec.leaf_version == LEAF_V2
+            leaf = batch_leaf("cn", rec, log_key_of(r.db, rec.vin))
+            assert rec.leaf_hash == leaf_hash(leaf) and rec.vin.encode() not in leaf
             assert r.log.leaf_hash(rec.log_index) == leaf_hash(leaf)
             verify_inclusion(leaf_hash(leaf), rec.log_index, r.log.size, r.log.inclusion_proof(rec.log_index), root)
 
