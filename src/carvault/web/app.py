@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 
 from carvault import __version__
 from carvault.region import Region
@@ -57,7 +58,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     app.state.region = region
     errors.install(app)
-    for r in (
+    routers = (
         ingest.router,
         auth.router,
         vehicles.router,
@@ -69,10 +70,15 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         events.router,
         deletion.router,
         frames.router,
-    ):
+        timeline.router,  # the owner portal's API (issue 5)
+        exports.router,
+        _operations(region),
+    )
+    for r in routers:
         app.include_router(r)
-    for r in (timeline.router, exports.router):  # the owner portal's API (issue 5)
-        app.include_router(r)
+    app.state.api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
+    generate = app.openapi
+    app.openapi = lambda: errors.declare(generate(), app.state.api_routes)  # type: ignore[method-assign]
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
     @app.middleware("http")
@@ -84,8 +90,15 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @app.get("/api/v1/health", tags=["operations"], summary="Liveness and the region served")
+    return app
+
+
+def _operations(region: Region) -> APIRouter:
+    """Liveness."""
+    router = APIRouter(prefix="/api/v1", tags=["operations"])
+
+    @router.get("/health", summary="Liveness and the region served")
     def health() -> dict[str, Any]:
         return {"status": "ok", "region": region.name, "version": __version__, "log_size": region.log.size}
 
-    return app
+    return router

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
@@ -106,3 +106,30 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
 def client_address(request: Request) -> str:
     """The peer address (for rate limiting)."""
     return request.client.host if request.client else ""
+
+
+def header_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI header parameter that a route reads from the request itself (declared, and so fuzzed)."""
+    return {"name": name, "in": "header", "required": True, "description": description, "schema": schema}
+
+
+def binary_body(media_type: str, description: str) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads raw bytes of one media type itself."""
+    content = {media_type: {"schema": {"type": "string", "format": "binary"}}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+# The vehicle-signed request (carvault.protocol.requests): who signs, when, and the Ed25519 signature.
+VEHICLE_SIGNATURE = {
+    "parameters": [
+        header_parameter(
+            "CarVault-Vin", "the signing vehicle's VIN", {"type": "string", "minLength": 17, "maxLength": 17}
+        ),
+        header_parameter(
+            "CarVault-Time",
+            "epoch ms, within 5 minutes of the server clock",
+            {"type": "string", "pattern": "^[0-9]{1,19}$"},
+        ),
+        header_parameter("CarVault-Signature", "base64 Ed25519 signature of the request lines", {"type": "string"}),
+    ]
+}

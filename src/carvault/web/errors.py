@@ -8,21 +8,45 @@ gone) that escape a store are answered ``Unavailable`` (503), never as a dropped
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carvault.errors import (
     BadRequest,
+    BadSignature,
+    BrokenChain,
     CarVaultError,
+    ConsentNotGiven,
+    DeIdentificationMissing,
+    Forbidden,
+    MalformedBatch,
+    NotFound,
+    PayloadTooLarge,
+    RegionMismatch,
+    SeqConflict,
+    TimestampInFuture,
+    TimestampOutOfSpan,
     TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+    UnknownSignal,
+    UnknownVehicle,
+    UnsupportedMediaType,
     ValidationFailed,
+    ValueOutOfRange,
     WrongRegion,
+    WrongSignalType,
+    all_error_classes,
 )
 from carvault.store.metadata import storage_failure
+from carvault.web.deps import current_owner
 
 log = logging.getLogger("carvault.web")
 
@@ -48,6 +72,124 @@ def error_response(e: CarVaultError) -> JSONResponse:
     if e.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="carvault"'
     return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
+
+
+# ----------------------------------------------------------------------------- the OpenAPI contract
+ERROR_SCHEMA = "Error"
+CODES_KEY = "x-carvault-codes"  # the codes ``raises`` declares, read (and kept) by ``declare``
+# Headers an error answer of a status carries (set in ``error_response``).
+ERROR_HEADERS: dict[int, dict[str, str]] = {
+    401: {"WWW-Authenticate": "the scheme to use: Bearer"},
+    421: {"CarVault-Region-Endpoint": "base URL of the vehicle's home region"},
+    429: {"Retry-After": "seconds to wait before trying again"},
+}
+# What a dependency answers, whichever route uses it (the owner: no or bad credentials; a cookie write without the
+# CSRF header).
+# What the gateway can refuse a batch with (carvault.ingest): framing, catalogue, signature, consent, chain, size.
+INGEST_ERRORS: tuple[type[CarVaultError], ...] = (
+    MalformedBatch,
+    UnknownSignal,
+    WrongSignalType,
+    ValueOutOfRange,
+    TimestampOutOfSpan,
+    TimestampInFuture,
+    RegionMismatch,
+    DeIdentificationMissing,
+    BadSignature,
+    UnknownVehicle,
+    ConsentNotGiven,
+    SeqConflict,
+    BrokenChain,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WrongRegion,
+)
+DEPENDENCY_ERRORS: dict[Any, tuple[type[CarVaultError], ...]] = {current_owner: (Unauthenticated, Forbidden)}
+
+
+def error_component() -> dict[str, Any]:
+    """The JSON schema of every error answer, with every stable code the region uses."""
+    codes = sorted({c.code for c in all_error_classes()})
+    detail = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "enum": codes, "description": "stable machine code"},
+            "message": {"type": "string", "description": "for people"},
+        },
+        "additionalProperties": True,
+    }
+    return {"type": "object", "required": ["error"], "properties": {"error": detail}, "title": ERROR_SCHEMA}
+
+
+def raises(*classes: type[CarVaultError]) -> dict[int | str, dict[str, Any]]:
+    """Route ``responses`` for the errors its service can raise (completed by ``declare``)."""
+    by_status: dict[int, list[str]] = {}
+    for c in classes:
+        by_status.setdefault(c.status, []).append(c.code)
+    return {status: {"description": ", ".join(codes), CODES_KEY: codes} for status, codes in by_status.items()}
+
+
+def route_errors(route: APIRoute) -> set[type[CarVaultError]]:
+    """The errors a route can answer because of its dependencies and parameters."""
+    found: set[type[CarVaultError]] = {Unavailable}  # any store may be full or gone
+    stack = [route.dependant]
+    while stack:
+        dep = stack.pop()
+        found.update(DEPENDENCY_ERRORS.get(dep.call, ()))
+        stack.extend(dep.dependencies)
+    flat = route.dependant
+    if flat.path_params:
+        found.add(NotFound)
+    if flat.path_params or flat.query_params or flat.header_params or flat.body_params:
+        found.update((BadRequest, ValidationFailed))
+    return found
+
+
+def _codes_by_status(declared: dict[str, Any], classes: Iterable[type[CarVaultError]]) -> dict[int, set[str]]:
+    by_status: dict[int, set[str]] = {}
+    for status, answer in declared.items():
+        if status.isdigit() and int(status) >= 400:
+            by_status.setdefault(int(status), set()).update(answer.get(CODES_KEY, ()))
+    for c in classes:
+        by_status.setdefault(c.status, set()).add(c.code)
+    return by_status
+
+
+def _error_answer(status: int, codes: set[str]) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": "error codes: " + ", ".join(sorted(codes)),
+        CODES_KEY: sorted(codes),
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}}},
+    }
+    if status in ERROR_HEADERS:
+        answer["headers"] = {
+            h: {"description": d, "schema": {"type": "string"}} for h, d in ERROR_HEADERS[status].items()
+        }
+    return answer
+
+
+def declare(schema: dict[str, Any], routes: Iterable[APIRoute]) -> dict[str, Any]:
+    """Complete the OpenAPI document: every error status each operation can answer, all with the error schema."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components[ERROR_SCHEMA] = error_component()
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shape; ours is the error schema
+        components.pop(name, None)
+    for route in routes:
+        item = schema["paths"].get(route.path_format, {})
+        for method in route.methods:
+            op = item.get(method.lower())
+            if op is None:
+                continue
+            responses = op.setdefault("responses", {})
+            for status, codes in _codes_by_status(responses, route_errors(route)).items():
+                responses[str(status)] = _error_answer(status, codes)
+    return schema
+
+
+def allowed_methods(routes: Iterable[APIRoute], path: str) -> list[str]:
+    """Every method some route takes at ``path`` (for the ``Allow`` header of a 405)."""
+    return sorted({m for r in routes if r.path_regex.match(path) for m in r.methods})
 
 
 def _storage_or_raise(e: Exception) -> JSONResponse:
@@ -82,7 +224,10 @@ def install(app: FastAPI) -> None:
         if html_error is not None and not request.url.path.startswith("/api/"):
             return await html_error(request, e.status_code, str(e.detail))  # people browsing get a page
         body = error_for_status(e.status_code, str(e.detail)).to_json()
-        return JSONResponse(body, status_code=e.status_code, headers=e.headers)  # 405 keeps its Allow header
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # every method of the path, not only those of the first route that matched it
+            headers["Allow"] = ", ".join(allowed_methods(request.app.state.api_routes, request.url.path))
+        return JSONResponse(body, status_code=e.status_code, headers=headers)
 
     @app.exception_handler(OSError)
     async def _os(_: Request, e: OSError) -> JSONResponse:

@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from carvault.errors import AlreadyExists, TooManyRequests, Unauthenticated, ValidationFailed
 from carvault.store.metadata import Credential, Owner
 from carvault.web.deps import SESSION_COOKIE, CurrentOwner, RegionDep, RowId, client_address
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -58,14 +60,23 @@ def credential_json(c: Credential, current_id: int | None = None) -> dict[str, A
     }
 
 
-@router.post("/auth/register", status_code=201, summary="Create an owner account")
+@router.post(
+    "/auth/register",
+    status_code=201,
+    summary="Create an owner account",
+    responses=raises(AlreadyExists, ValidationFailed),
+)
 def register(form: Registration, region: RegionDep) -> dict[str, Any]:
     owner = region.accounts.register(form.email, form.password, form.display_name)
     region.audit.by_owner(owner.id, "account.create")
     return owner_json(owner)
 
 
-@router.post("/auth/login", summary="Log in: sets the session cookie and returns a session token")
+@router.post(
+    "/auth/login",
+    summary="Log in: sets the session cookie and returns a session token",
+    responses=raises(Unauthenticated, TooManyRequests),
+)
 def login(form: LoginForm, request: Request, response: Response, region: RegionDep) -> dict[str, Any]:
     owner = region.accounts.authenticate(form.email, form.password, client_address(request))
     secret, cred = region.accounts.issue(owner.id, "session", label=request.headers.get("user-agent", "")[:200])
@@ -108,7 +119,11 @@ def revoke_credential(credential_id: RowId, owner: CurrentOwner, region: RegionD
     return {"revoked": credential_id}
 
 
-@router.post("/auth/password", summary="Change the password (revokes every session and token)")
+@router.post(
+    "/auth/password",
+    summary="Change the password (revokes every session and token)",
+    responses=raises(TooManyRequests, ValidationFailed),
+)
 def change_password(form: PasswordChange, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     region.accounts.change_password(owner.owner_id, form.current_password, form.new_password)
     region.audit.by_owner(owner.owner_id, "password.change")

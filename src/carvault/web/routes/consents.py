@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from carvault.errors import BadSignature, Unauthenticated, UnknownVehicle
 from carvault.ingest.vehicle_auth import authenticate_vehicle
-from carvault.web.deps import CurrentOwner, RegionDep, parse_time
+from carvault.web.deps import VEHICLE_SIGNATURE, CurrentOwner, RegionDep, parse_time
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1", tags=["consent"])
 
@@ -59,6 +61,8 @@ def stop_consent(vin: str, category: str, owner: CurrentOwner, region: RegionDep
     "/vehicle/policy",
     tags=["vehicle upload"],
     summary="The car fetches its collection policy (vehicle-signed request, docs/protocol.md §6)",
+    openapi_extra=VEHICLE_SIGNATURE,
+    responses=raises(Unauthenticated, BadSignature, UnknownVehicle),
 )
 def vehicle_policy(request: Request, region: RegionDep) -> dict[str, Any]:
     vin = authenticate_vehicle(region.gateway, "GET", request.url.path, request.headers)

@@ -8,7 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from carvault.compliance.deletion import request_json
+from carvault.errors import NotFound
 from carvault.web.deps import CurrentOwner, RegionDep
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1", tags=["deletion"])
 
@@ -18,7 +20,12 @@ class DeletionForm(BaseModel):
     reason: str = Field("", max_length=1000)
 
 
-@router.post("/deletion-requests", status_code=201, summary="Ask for deletion of off-vehicle copies")
+@router.post(
+    "/deletion-requests",
+    status_code=201,
+    summary="Ask for deletion of off-vehicle copies",
+    responses=raises(NotFound),
+)
 def create(form: DeletionForm, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     req = region.deletions.request(owner.owner_id, form.vin, form.reason)
     holds = region.deletions.active_holds(

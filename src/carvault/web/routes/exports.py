@@ -10,7 +10,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from carvault.access.jobs import MEDIA_TYPES, ExportJobs, job_json
+from carvault.errors import Conflict, DataFrozen, NotFound
 from carvault.web.deps import CurrentOwner, RegionDep, RowId, parse_interval, parse_time
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1/exports", tags=["exports"])
 _create_lock = threading.Lock()
@@ -36,7 +38,12 @@ class ExportRequest(BaseModel):
     resample: str | None = Field(None, max_length=16, description="e.g. 1s, 5min: mean per interval")
 
 
-@router.post("", status_code=202, summary="Start an export job (answered at once; poll it for progress)")
+@router.post(
+    "",
+    status_code=202,
+    summary="Start an export job (answered at once; poll it for progress)",
+    responses=raises(NotFound, Conflict, DataFrozen),
+)
 def create_export(req: ExportRequest, request: Request, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.owned_one(owner.owner_id, req.vin)
     start = parse_time(str(req.start), "start") if req.start is not None else None
@@ -75,7 +82,7 @@ def get_export(export_id: RowId, request: Request, owner: CurrentOwner) -> dict[
 @router.get(
     "/{export_id}/download",
     summary="The finished file",
-    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **raises(Conflict)},
 )
 def download_export(export_id: RowId, request: Request, owner: CurrentOwner, region: RegionDep) -> FileResponse:
     jobs = get_jobs(request)
@@ -92,6 +99,6 @@ def download_export(export_id: RowId, request: Request, owner: CurrentOwner, reg
     )
 
 
-@router.delete("/{export_id}", summary="Cancel a job, or delete a finished export's file")
+@router.delete("/{export_id}", summary="Cancel a job, or delete a finished export's file", responses=raises(Conflict))
 def cancel_export(export_id: RowId, request: Request, owner: CurrentOwner) -> dict[str, Any]:
     return job_json(get_jobs(request).cancel(owner.owner_id, export_id))

@@ -7,8 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore
-from carvault.web.deps import CurrentOwner, RegionDep, read_body
+from carvault.errors import (
+    BadRequest,
+    DeIdentificationMissing,
+    PayloadTooLarge,
+    UnknownVehicle,
+    UnsupportedMediaType,
+)
+from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore, UnknownFrame
+from carvault.web.deps import CurrentOwner, RegionDep, binary_body, header_parameter, read_body
+from carvault.web.errors import raises
 
 router = APIRouter(tags=["camera frames"])
 
@@ -29,7 +37,13 @@ FramesDep = Annotated[FrameStore, Depends(get_frames)]
     "/api/v1/ingest/frames",
     tags=["vehicle upload"],
     summary="Upload one de-identified camera frame named by an accepted media batch",
-    openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        **binary_body(FRAME_MEDIA_TYPE, "one de-identified JPEG whose SHA-256 an accepted media batch names"),
+        "parameters": [header_parameter(VIN_HEADER, "the vehicle's VIN", {"type": "string", "minLength": 1})],
+    },
+    responses=raises(
+        BadRequest, UnknownVehicle, UnknownFrame, PayloadTooLarge, UnsupportedMediaType, DeIdentificationMissing
+    ),
 )
 async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
     """Take one JPEG (Content-Type image/jpeg, header CarVault-Vin) whose SHA-256 a signed batch names."""

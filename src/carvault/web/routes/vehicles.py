@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from carvault.access.exports import render
+from carvault.errors import AlreadyExists, NotFound
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
 from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
@@ -37,7 +39,12 @@ def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]
     return [vehicle_json(v) for v in region.vehicles.owned(owner.owner_id)]
 
 
-@router.post("/claim", status_code=201, summary="Pair a vehicle with the code it shows")
+@router.post(
+    "/claim",
+    status_code=201,
+    summary="Pair a vehicle with the code it shows",
+    responses=raises(NotFound, AlreadyExists),
+)
 def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.claim(owner.owner_id, req.vin, req.pairing_code)
     region.audit.by_owner(owner.owner_id, "vehicle.claim", vin=v.vin)
