@@ -8,7 +8,9 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
-from carvault.web.deps import RegionDep, read_body
+from carvault.protocol.envelope import BATCH_MEDIA_TYPE
+from carvault.web.deps import RegionDep, binary_body, read_body
+from carvault.web.errors import INGEST_ERRORS, raises
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["vehicle upload"])
 CHECK_THREADS = 4
@@ -22,7 +24,12 @@ def _limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
-@router.post("/batches", summary="Upload one signed batch; answered with a receipt once it is durable")
+@router.post(
+    "/batches",
+    summary="Upload one signed batch; answered with a receipt once it is durable",
+    openapi_extra=binary_body(BATCH_MEDIA_TYPE, "one signed batch envelope (docs/protocol.md), no Content-Encoding"),
+    responses=raises(*INGEST_ERRORS),
+)
 async def upload_batch(request: Request, region: RegionDep) -> dict[str, Any]:
     """Take one batch envelope (Content-Type application/vnd.carvault.batch.v1)."""
     body = await read_body(request, region.settings.max_batch_bytes, "batch")
