@@ -40,9 +40,6 @@ def leaf_data_v2(*, salt: bytes, region: str, vin: str, seq: int, batch_hash: st
     return LEAF_V2_PREFIX + hmac.new(salt, fields, hashlib.sha256).hexdigest().encode() + b"\n"
 
 
-leaf_data = leaf_data_v1  # the gateway's current leaf; switched to v2 with the log-key rollout
-
-
 def receipt_json(
     *, region: str, vin: str, seq: int, batch_hash: str, log_index: int, received_ms: int, duplicate: bool = False
 ) -> dict[str, Any]:
