@@ -1,8 +1,12 @@
-"""Regenerate the generated parts of the docs from the code: the error-code table and the signal catalogue."""
+"""Regenerate the generated parts of the docs from the code: the error-code table and the signal catalogue.
+
+``python scripts/gen_docs.py`` rewrites both; ``python scripts/gen_docs.py signals`` only docs/signals.md.
+"""
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import carvault.region  # noqa: F401 - imports every module that defines an error class
@@ -11,6 +15,16 @@ from carvault.errors import all_error_classes
 from carvault.signals import CATEGORIES, catalogue
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+SIGNAL_HEADER = (
+    "| path | datatype | unit | range | rate | category | privacy | source |\n|---|---|---|---|---|---|---|---|\n"
+)
+CATEGORY_HEADER = "| category | title | privacy class | purpose | retention (days) |\n|---|---|---|---|---|\n"
+ENUM_HEADER = "| signal | datatype | values | source |\n|---|---|---|---|\n"
+ENUM_SECTION = (
+    "\n## Enumerations\n"
+    "A string enumeration carries only these values (VSS 6.0's allowed values, or the overlay's own); any other\n"
+    "value is refused at the gateway. Integer signals whose values VSS gives a meaning are listed with it.\n\n"
+)
 
 
 def error_rows() -> str:
@@ -33,6 +47,20 @@ def signal_rows() -> str:
     )
 
 
+def enum_rows() -> str:
+    """Markdown rows of every enumerated or coded signal with its values, in catalogue order."""
+    rows = []
+    for s in catalogue():
+        if s.allowed:
+            values = ", ".join(f"`{v}`" for v in s.allowed)
+        elif s.coded:
+            values = ", ".join(f"`{k}` {meaning}" for k, meaning in s.coded.items())
+        else:
+            continue
+        rows.append(f"| `{s.path}` | {s.datatype} | {values} | {'overlay' if s.overlay else 'VSS 6.0'} |")
+    return "\n".join(rows)
+
+
 def replace_table(text: str, header: str, rows: str) -> str:
     """Replace the body of the markdown table that starts with ``header``."""
     start = text.index(header) + len(header)
@@ -41,8 +69,8 @@ def replace_table(text: str, header: str, rows: str) -> str:
     return text[:start] + rows + text[end:]
 
 
-def main() -> None:
-    """Rewrite docs/api.md (errors) and docs/signals.md (signals, categories, overlay)."""
+def write_errors() -> None:
+    """Rewrite the error-code table of docs/api.md."""
     api = DOCS / "api.md"
     api.write_text(
         replace_table(
@@ -53,23 +81,35 @@ def main() -> None:
             "| 405 | the route exists, the method does not |",
         )
     )
+
+
+def write_signals() -> None:
+    """Rewrite the generated tables of docs/signals.md: signals, enumerations, categories."""
     sig = DOCS / "signals.md"
     text = sig.read_text()
     text = re.sub(r"## Signals \(\d+\)", f"## Signals ({len(catalogue())})", text)
-    text = replace_table(
-        text,
-        "| path | datatype | unit | range | rate | category | privacy | source |\n|---|---|---|---|---|---|---|---|\n",
-        signal_rows(),
-    )
+    text = replace_table(text, SIGNAL_HEADER, signal_rows())
+    if ENUM_HEADER not in text:
+        text = text.rstrip("\n") + "\n" + ENUM_SECTION + ENUM_HEADER + "\n"
+    text = replace_table(text, ENUM_HEADER, enum_rows())
     cats = "\n".join(
         f"| `{c.name}` | {c.title} | {c.privacy.value} | {c.purpose} | {c.retention_days} |"
         for c in CATEGORIES.values()
     )
-    text = replace_table(
-        text, "| category | title | privacy class | purpose | retention (days) |\n|---|---|---|---|---|\n", cats
-    )
-    sig.write_text(text)
+    sig.write_text(replace_table(text, CATEGORY_HEADER, cats))
+
+
+def main(argv: list[str]) -> None:
+    """Rewrite docs/api.md (errors) and docs/signals.md, or only the parts named in ``argv``."""
+    parts = set(argv) or {"errors", "signals"}
+    unknown = parts - {"errors", "signals"}
+    if unknown:
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}: give errors and/or signals")
+    if "errors" in parts:
+        write_errors()
+    if "signals" in parts:
+        write_signals()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -100,3 +100,14 @@ def test_every_signal_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "signals.md").read_text()
     for s in catalogue():
         assert f"`{s.path}`" in doc, s.path
+
+
+def test_every_enumeration_lists_its_values_in_the_doc() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "signals.md").read_text()
+    table = doc.split("## Enumerations")[1]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `")}
+    enums = [s for s in catalogue() if s.allowed or s.coded]
+    assert len(enums) >= 5 and set(rows) == {s.path for s in enums}
+    for s in enums:
+        for value in s.allowed or [str(k) for k in s.coded or {}]:
+            assert f"`{value}`" in rows[s.path], (s.path, value)

@@ -128,6 +128,18 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "Vehicle.CarVault.Camera.Position": ("FRONT", "REAR", "LEFT", "RIGHT"),
 }
 
+# Integer signals whose values VSS 6.0 gives a meaning (its descriptions), within the catalogue's range.
+CODED_VALUES: dict[str, dict[int, str]] = {
+    "Vehicle.Powertrain.Transmission.CurrentGear": {-1: "reverse", 0: "neutral", 1: "forward"},
+    "Vehicle.Powertrain.Transmission.SelectedGear": {
+        -1: "reverse",
+        0: "neutral",
+        1: "forward gear 1 (2 to 125: higher forward gears)",
+        126: "park",
+        127: "drive",
+    },
+}
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -158,6 +170,11 @@ class Signal:
     def allowed(self) -> tuple[str, ...] | None:
         """Allowed values for enumerated string signals."""
         return ALLOWED_VALUES.get(self.path)
+
+    @property
+    def coded(self) -> dict[int, str] | None:
+        """Meanings of the coded values of an integer signal (gears), if VSS gives them."""
+        return CODED_VALUES.get(self.path)
 
     def to_json(self) -> dict[str, object]:
         """Catalogue entry as served by the API."""

@@ -229,6 +229,72 @@ def test_rav4_speed_matches_comma_reference(rav4: pa.Table) -> None:
     assert 60 < speed.max() < 160  # highway 280
 
 
+@pytest.mark.parametrize(
+    ("path", "ref_column"),
+    [
+        ("Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed", 2),
+        ("Vehicle.Chassis.Axle.Row1.Wheel.Right.Speed", 3),
+        ("Vehicle.Chassis.Axle.Row2.Wheel.Left.Speed", 4),
+        ("Vehicle.Chassis.Axle.Row2.Wheel.Right.Speed", 5),
+    ],
+)
+def test_rav4_every_wheel_speed_matches_comma_reference(rav4: pa.Table, path: str, ref_column: int) -> None:
+    ref = _csv("comma2k19_rav4_seg40_can_decoded_reference.csv.gz")
+    t = _ms(rav4)
+    wheel = rav4.column(path).to_numpy()
+    assert np.abs(wheel - _last_at_or_before(ref[:, 0], ref[:, ref_column], t) * KMH).max() <= 0.01
+    others = [c for c in range(2, 6) if c != ref_column]
+    # Each wheel is told apart from the others: on this drive they differ by more than the tolerance.
+    for c in others:
+        assert np.abs(wheel - _last_at_or_before(ref[:, 0], ref[:, c], t) * KMH).max() > 0.05, (path, c)
+
+
+def test_rav4_longitudinal_acceleration_follows_the_speed(rav4: pa.Table) -> None:
+    """The stability controller's G sensor against the slope of the speed, on the real drive."""
+    from carvault.vehicle.edr import speed_acceleration
+
+    acc = rav4.column("Vehicle.Acceleration.Longitudinal").to_numpy(zero_copy_only=False).astype(np.float64)
+    slope = speed_acceleration(_ms(rav4), rav4.column("Vehicle.Speed").to_numpy().astype(np.float64))
+    # The G sensor is instantaneous, the slope spans the last second: compare each with the G sensor's mean.
+    window = np.convolve(acc, np.ones(10) / 10, mode="full")[: len(acc)]
+    both = ~np.isnan(slope)
+    both[:10] = False
+    assert both.sum() > 550 and acc.min() < -2.0
+    assert np.corrcoef(window[both], slope[both])[0, 1] > 0.95
+    assert np.abs(window[both] - slope[both]).mean() < 0.2
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [
+        ("Vehicle.Body.Lights.DirectionIndicator.Left.IsSignaling", {False}),
+        ("Vehicle.Body.Lights.DirectionIndicator.Right.IsSignaling", {False}),
+        ("Vehicle.Powertrain.CombustionEngine.Speed", None),
+        ("Vehicle.ADAS.CruiseControl.IsEnabled", {True}),
+        ("Vehicle.ADAS.CruiseControl.SpeedSet", {67.0, 69.0, 71.0, 72.0, 74.0, 76.0, 78.0}),
+        ("Vehicle.ADAS.TCS.IsEnabled", {True}),
+        ("Vehicle.ADAS.ESC.IsEnabled", {True}),
+        ("Vehicle.Chassis.ParkingBrake.IsEngaged", {False}),
+        ("Vehicle.Cabin.Door.Row1.PassengerSide.IsOpen", {False}),
+        ("Vehicle.Cabin.Door.Row2.DriverSide.IsOpen", {False}),
+        ("Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen", {False}),
+        ("Vehicle.Body.Lights.Beam.High.IsOn", {False}),
+        ("Vehicle.Body.Lights.Fog.Front.IsOn", {False}),
+        ("Vehicle.Body.Lights.Parking.IsOn", {False}),
+        ("Vehicle.Body.Lights.Running.IsOn", {False}),
+    ],
+)
+def test_rav4_signals_the_log_carries_are_kept(rav4: pa.Table, path: str, values: set[object] | None) -> None:
+    """Signals the DBC decodes from this log and VSS has a home for are in the import, with the log's values."""
+    col = rav4.column(path).drop_null()
+    assert len(col) > 0, path
+    if values is None:  # engine speed: a running engine on the highway, in rpm
+        x = col.to_numpy()
+        assert x.min() > 900 and x.max() < 2600
+    else:
+        assert set(col.to_pylist()) <= values and len(set(col.to_pylist())) >= 1, path
+
+
 def test_rav4_steering_matches_comma_reference(rav4: pa.Table) -> None:
     ref = _csv("comma2k19_rav4_seg40_steering_angle_reference.csv.gz")
     t = _ms(rav4)
@@ -271,6 +337,9 @@ def test_simulated_drive_survives_encode_and_import(tmp_path: Path, drive: tuple
     tolerance = {  # half the DBC resolution, plus half the catalogue's when it rounds again
         "Vehicle.Speed": 0.04 + 0.005,
         "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed": 0.02 + 0.005,
+        "Vehicle.Chassis.Axle.Row1.Wheel.Right.Speed": 0.02 + 0.005,
+        "Vehicle.Chassis.Axle.Row2.Wheel.Left.Speed": 0.02 + 0.005,
+        "Vehicle.Chassis.Axle.Row2.Wheel.Right.Speed": 0.02 + 0.005,
         "Vehicle.Powertrain.ElectricMotor.Torque": 1.0,
     }
     for path in can_encode.ROUNDTRIP_PATHS:

@@ -31,13 +31,16 @@ def _ms(table: pa.Table) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rav4() -> pa.Table:
-    """The real comma2k19 RAV4 log, imported: 10 Hz speed from the wheel speeds, no accelerometer."""
+    """The real comma2k19 RAV4 log, imported: 10 Hz speed from the wheel speeds."""
     return import_can(RAV4_LOG, dbc=RAV4_DBC, mapping="toyota_rav4").table
 
 
-def test_the_real_rav4_log_has_no_accelerometer_and_no_hard_braking(rav4: pa.Table) -> None:
-    assert ACC not in rav4.column_names
-    assert [x for x in detect(rav4) if x.kind == "hard_braking"] == []
+@pytest.mark.parametrize("with_accelerometer", [True, False])
+def test_the_real_rav4_drive_has_no_hard_braking(rav4: pa.Table, with_accelerometer: bool) -> None:
+    """A real highway drive with ordinary braking (down to -2.4 m/s^2): no trigger from either source."""
+    table = rav4 if with_accelerometer else rav4.drop_columns([ACC])
+    assert (ACC in table.column_names) is with_accelerometer
+    assert [x for x in detect(table) if x.kind == "hard_braking"] == []
 
 
 def test_speed_acceleration_agrees_with_a_fit_of_comma_reference_speed(rav4: pa.Table) -> None:

@@ -226,9 +226,9 @@ def tesla_model3_party_plan(db: Any) -> list[MessagePlan]:
             20,
             {
                 "ESP_wheelSpeedFrL": lambda col: col["Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed"],
-                "ESP_wheelSpeedFrR": lambda col: np.abs(col[speed]),
-                "ESP_wheelSpeedReL": lambda col: np.abs(col[speed]),
-                "ESP_wheelSpeedReR": lambda col: np.abs(col[speed]),
+                "ESP_wheelSpeedFrR": lambda col: col["Vehicle.Chassis.Axle.Row1.Wheel.Right.Speed"],
+                "ESP_wheelSpeedReL": lambda col: col["Vehicle.Chassis.Axle.Row2.Wheel.Left.Speed"],
+                "ESP_wheelSpeedReR": lambda col: col["Vehicle.Chassis.Axle.Row2.Wheel.Right.Speed"],
             },
             counter="ESP_wheelSpeedsCounter",
             checksum="ESP_wheelSpeedsChecksum",
@@ -296,8 +296,12 @@ def tesla_model3_party_plan(db: Any) -> list[MessagePlan]:
             100,
             {
                 "buckleStatus": lambda col: col["Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted"],
-                "leftBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
-                "rightBlinkerBlinking": lambda col: pick(col["Vehicle.Body.Lights.Hazard.IsSignaling"] > 0, 2.0, 0.0),
+                "leftBlinkerBlinking": lambda col: pick(
+                    col["Vehicle.Body.Lights.DirectionIndicator.Left.IsSignaling"] > 0, 2.0, 0.0
+                ),
+                "rightBlinkerBlinking": lambda col: pick(
+                    col["Vehicle.Body.Lights.DirectionIndicator.Right.IsSignaling"] > 0, 2.0, 0.0
+                ),
                 "anyDoorOpen": lambda col: col["Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"],
             },
             counter="UI_warningCounter",
@@ -525,6 +529,11 @@ def write_bench_log(
 ROUNDTRIP_PATHS = (
     "Vehicle.Speed",
     "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed",
+    "Vehicle.Chassis.Axle.Row1.Wheel.Right.Speed",
+    "Vehicle.Chassis.Axle.Row2.Wheel.Left.Speed",
+    "Vehicle.Chassis.Axle.Row2.Wheel.Right.Speed",
+    "Vehicle.Body.Lights.DirectionIndicator.Left.IsSignaling",
+    "Vehicle.Body.Lights.DirectionIndicator.Right.IsSignaling",
     "Vehicle.Chassis.Accelerator.PedalPosition",
     "Vehicle.Chassis.Brake.PedalPosition",
     "Vehicle.Chassis.SteeringWheel.Angle",

@@ -736,7 +736,16 @@ def simulate_day(
     """Simulate one local calendar day of a car; ``signals`` picks (and orders) the columns by VSS path."""
     cat = catalogue()
     # Camera frames are not time series the simulator models; every other catalogue signal is simulated.
-    paths = list(signals) if signals is not None else [p for p in cat.paths if cat[p].category != "exterior_camera"]
+    # The simulated car is electric: it has no combustion engine to report on.
+    paths = (
+        list(signals)
+        if signals is not None
+        else [
+            p
+            for p in cat.paths
+            if cat[p].category != "exterior_camera" and not p.startswith("Vehicle.Powertrain.CombustionEngine.")
+        ]
+    )
     unknown = [p for p in paths if p not in cat]
     if unknown:
         raise UnknownSignal(f"no signal {unknown[0]!r} in the catalogue", signal=unknown[0])
@@ -1071,6 +1080,7 @@ def _table(
     braking = (pressure > 0.5) | (brake_pedal >= 0.5) | (moving & (a < -1.3)) | d["aeb"]
     slip = np.where(d["abs"], 0.08 + 0.12 * (np.arange(n) % 3 == 0), 0.0)
     wheel = v * (1 - kappa * spec.track_m / 2) * (1 - slip)
+    wheel_r = v * (1 + kappa * spec.track_m / 2) * (1 - slip)
     motor_rpm = v / spec.wheel_radius_m * spec.gear_ratio * 60 / (2 * np.pi)
     torque = np.clip(
         (d["f_trac"] - d["f_regen"]) * spec.wheel_radius_m / spec.gear_ratio, -spec.motor_max_nm, spec.motor_max_nm
@@ -1090,6 +1100,14 @@ def _table(
         "Vehicle.Chassis.Brake.IsDriverEmergencyBrakingDetected": d["emerg"],
         "Vehicle.Chassis.SteeringWheel.Angle": steer,
         "Vehicle.Chassis.Axle.Row1.Wheel.Left.Speed": (wheel * KMH + noise(0.04, moving)) * moving,
+        "Vehicle.Chassis.Axle.Row1.Wheel.Right.Speed": (wheel_r * KMH + noise(0.04, moving)) * moving,
+        "Vehicle.Chassis.Axle.Row2.Wheel.Left.Speed": (wheel * KMH + noise(0.04, moving)) * moving,
+        "Vehicle.Chassis.Axle.Row2.Wheel.Right.Speed": (wheel_r * KMH + noise(0.04, moving)) * moving,
+        "Vehicle.Body.Lights.DirectionIndicator.Left.IsSignaling": (drv & (steer > 45)) | d["hazard"],
+        "Vehicle.Body.Lights.DirectionIndicator.Right.IsSignaling": (drv & (steer < -45)) | d["hazard"],
+        "Vehicle.ADAS.ObstacleDetection.Front.Center.IsWarning": d["aeb"],
+        "Vehicle.ADAS.ObstacleDetection.Rear.Left.IsWarning": np.zeros(n, dtype=bool),
+        "Vehicle.ADAS.ObstacleDetection.Rear.Right.IsWarning": np.zeros(n, dtype=bool),
         "Vehicle.Body.Lights.Brake.IsActive": braking.astype(np.int8),
         "Vehicle.ADAS.ABS.IsEngaged": d["abs"],
         "Vehicle.ADAS.ESC.IsEngaged": np.zeros(n, dtype=bool),
@@ -1128,6 +1146,11 @@ def _table(
     lv_volts = np.where(ready | s["charging"], 14.3, 12.7 - 0.1 * (s["lv"] == LV_LOCK))
     lv_volts = lv_volts + 0.02 * _smooth_noise(rng, ns, 30.0)
     dc = s["dc"]
+    # Cruise set speed: the speed when cruise last engaged, held (0 before the first engagement).
+    engaged = s["cruise"].astype(bool) & ~np.r_[False, s["cruise"][:-1].astype(bool)]
+    set_at = np.maximum.accumulate(np.where(engaged, np.arange(ns), 0))
+    speed_set = np.where(np.cumsum(engaged) > 0, np.round(s["v"][set_at] * KMH), 0.0)
+    never = np.zeros(ns, dtype=bool)
     one_hz: dict[str, np.ndarray] = {
         "Vehicle.CurrentLocation.Latitude": lat,
         "Vehicle.CurrentLocation.Longitude": lon,
@@ -1159,11 +1182,25 @@ def _table(
         "Vehicle.Exterior.AirTemperature": s["amb"] + 0.8 * (s["v"] < 1.0) * (~dark),  # sun-baked sensor at stops
         "Vehicle.Body.Lights.Hazard.IsSignaling": s["hazard"],
         "Vehicle.Body.Lights.Beam.Low.IsOn": dark & (ready | s["driving"]),
+        "Vehicle.Body.Lights.Beam.High.IsOn": never,
+        "Vehicle.Body.Lights.Fog.Front.IsOn": never,
+        "Vehicle.Body.Lights.Parking.IsOn": never,
+        "Vehicle.Body.Lights.Running.IsOn": ~dark & (ready | s["driving"]),
         "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen": s["door"],
+        "Vehicle.Cabin.Door.Row1.PassengerSide.IsOpen": never,
+        "Vehicle.Cabin.Door.Row2.DriverSide.IsOpen": never,
+        "Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen": never,
+        "Vehicle.Chassis.ParkingBrake.IsEngaged": ~s["gear_d"].astype(bool),
         "Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted": s["belt_d"],
         "Vehicle.Cabin.Seat.Row1.PassengerSide.IsBelted": s["belt_p"],
         "Vehicle.Cabin.HVAC.AmbientAirTemperature": s["t_cabin"],
         "Vehicle.ADAS.CruiseControl.IsActive": s["cruise"],
+        "Vehicle.ADAS.CruiseControl.IsEnabled": s["driving"].astype(bool),
+        "Vehicle.ADAS.CruiseControl.SpeedSet": speed_set,
+        "Vehicle.ADAS.ABS.IsError": never,
+        "Vehicle.ADAS.ESC.IsError": never,
+        "Vehicle.ADAS.ESC.IsEnabled": ~never,
+        "Vehicle.ADAS.TCS.IsEnabled": ~never,
         "Vehicle.ADAS.LaneDepartureDetection.IsWarning": s["ldw"],
         "Vehicle.EDR.IgnitionCycle": s["ign"].astype(np.float64),
         "Vehicle.Driver.AttentiveProbability": attentive,
