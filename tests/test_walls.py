@@ -63,6 +63,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
             "carvault.compliance.deletion",
             "carvault.store.segments",
             "carvault.store.telemetry",
+            "carvault.store.tables",
         )
     },
 }
@@ -118,3 +119,17 @@ def test_no_product_module_imports_the_bench() -> None:
         and any(word in p.read_text(encoding="utf-8") for word in ("from carvault.bench", "import carvault.bench"))
     ]
     assert not offenders, f"product modules import benchmark code: {offenders}"
+
+
+def test_every_table_is_defined_in_store() -> None:
+    from pathlib import Path
+
+    import carvault
+
+    root = Path(carvault.__file__).parent
+    outside = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.relative_to(root).parts[0] != "store" and "__tablename__" in p.read_text(encoding="utf-8")
+    ]
+    assert not outside, f"tables defined outside store/: {outside}"

@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult, Result
-from sqlalchemy.orm import Mapped, mapped_column
 
 from carvault.access.audit import AuditAction
 from carvault.access.exports import _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
 from carvault.signals import Signal
-from carvault.store.metadata import Base, BatchRecord, now_ms
+from carvault.store.metadata import BatchRecord, now_ms
+from carvault.store.tables import ExportJob
 from carvault.store.telemetry import resample
 from carvault.verify.window import iso_times
 
@@ -59,35 +59,6 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
 LEASE_MS = 60_000
 CHUNK_MS = 3_600_000
 KEEP_MS = 7 * 24 * 3_600_000  # finished files are kept a week, then deleted
-
-
-class ExportJob(Base):
-    """One export an owner asked for: what, how far it got, and where the file is."""
-
-    __tablename__ = "export_jobs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
-    vin: Mapped[str] = mapped_column(String(17), index=True)
-    start_ms: Mapped[int] = mapped_column(BigInteger)
-    end_ms: Mapped[int] = mapped_column(BigInteger)
-    whole_history: Mapped[bool] = mapped_column(default=False)
-    format: Mapped[str] = mapped_column(String(16))
-    signals: Mapped[str] = mapped_column(Text, default="")  # the owner's selectors; "" = all
-    resample_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
-    rows: Mapped[int] = mapped_column(BigInteger, default=0)
-    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    file_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    lease_until_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
-    started_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    finished_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 def job_json(j: ExportJob) -> dict[str, Any]:

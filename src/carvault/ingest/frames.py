@@ -23,9 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from carvault.errors import (
     BadRequest,
@@ -38,8 +37,9 @@ from carvault.errors import (
     UnsupportedMediaType,
 )
 from carvault.protocol import CAMERA, payload_view
-from carvault.store.metadata import Base, BatchRecord, Database, Vehicle, now_ms
+from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
 from carvault.store.segments import SegmentReader, fsync_dir
+from carvault.store.tables import FrameRecord, FrameScan
 
 FRAME_MEDIA_TYPE = "image/jpeg"
 VIN_HEADER = "CarVault-Vin"
@@ -52,33 +52,6 @@ class UnknownFrame(Conflict):
     """No accepted media batch of this vehicle names the frame's SHA-256 (upload that batch first)."""
 
     code = "unknown_frame"
-
-
-class FrameRecord(Base):
-    """One frame named by an accepted media batch: which batch, what the car said of it, and whether it arrived."""
-
-    __tablename__ = "camera_frames"
-    __table_args__ = (UniqueConstraint("vin", "sha256", name="uq_camera_frames_vin_sha256"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), index=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(BigInteger)
-    batch_hash: Mapped[str] = mapped_column(String(64))
-    t_ms: Mapped[int] = mapped_column(BigInteger)
-    position: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    deidentified: Mapped[bool] = mapped_column(Boolean)
-    redactions: Mapped[str] = mapped_column(Text, default="[]")
-    detectors: Mapped[str] = mapped_column(Text, default="[]")
-    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    stored_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-
-
-class FrameScan(Base):
-    """How far a vehicle's media batches have been read into ``camera_frames``."""
-
-    __tablename__ = "camera_frame_scans"
-    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), primary_key=True)
-    scanned_seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def frame_json(f: FrameRecord) -> dict[str, Any]:
@@ -113,11 +86,6 @@ class FrameStore:
         self.segments = segments
         self.blob_dir = blob_dir
         self.max_bytes = max_bytes
-        # Region creates the schema at start-up; these tables may be newer than that process's imports.
-        Base.metadata.create_all(
-            db.engine,
-            tables=[Base.metadata.tables[FrameRecord.__tablename__], Base.metadata.tables[FrameScan.__tablename__]],
-        )
 
     def delete_vehicle(self, vin: str) -> int:
         """Erase a vehicle's frames (blobs and index); return how many."""

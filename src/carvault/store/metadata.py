@@ -337,3 +337,8 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+# The tables that belong to one service each (export jobs, camera frames) live in store/tables.py; importing it
+# here puts them in the schema that create_schema builds.
+from carvault.store import tables as _tables  # noqa: E402, F401
