@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from carvault.access.audit import OWNER_REQUEST, Actor
+from carvault.access.audit import AuditAction
 from carvault.errors import InvalidQuery, NotFound
 from carvault.ledger.leaves import LEAF_V2, leaf_opening, log_key_of
 from carvault.store.metadata import BatchRecord
@@ -113,11 +113,5 @@ def batch_entry(vin: str, seq: RowId, owner: CurrentOwner, region: RegionDep) ->
 def vehicle_log_key(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     vehicle = region.vehicles.owned_one(owner.owner_id, vin)
     key = log_key_of(region.db, vehicle.vin)
-    region.audit.record(
-        owner_id=owner.owner_id,
-        vin=vehicle.vin,
-        actor=Actor("owner", str(owner.owner_id)),
-        action="log_key.read",
-        legal_basis=OWNER_REQUEST,
-    )
+    region.audit.by_owner(owner.owner_id, AuditAction.LOG_KEY_READ, vin=vehicle.vin)
     return {"vin": vehicle.vin, "leaf_version": LEAF_V2, "log_key": base64.b64encode(key).decode()}
