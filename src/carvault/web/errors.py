@@ -216,7 +216,10 @@ def install(app: FastAPI) -> None:
             {"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")} for err in e.errors()
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
-        return error_response(ValidationFailed(f"{first['where']}: {first['problem']}", problems=problems))
+        loc = e.errors()[0].get("loc", ()) if problems else ()
+        # Like the services' own ValidationFailed: name the body field at fault, so forms can point at it.
+        field = {"field": str(loc[-1])} if len(loc) > 1 and loc[0] == "body" else {}
+        return error_response(ValidationFailed(f"{first['where']}: {first['problem']}", problems=problems, **field))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from carvault.access.accounts import EMAIL_RE, MIN_PASSWORD
 from carvault.errors import AlreadyExists, TooManyRequests, Unauthenticated, ValidationFailed
 from carvault.store.metadata import Credential, Owner
 from carvault.web.deps import SESSION_COOKIE, CurrentOwner, RegionDep, RowId, client_address
@@ -16,8 +17,8 @@ router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
 
 class Registration(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=1000)
+    email: str = Field(max_length=320, pattern=EMAIL_RE.pattern)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=1000)
     display_name: str = Field(default="", max_length=200)
 
 
@@ -33,7 +34,7 @@ class TokenRequest(BaseModel):
 
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=1000)
-    new_password: str = Field(max_length=1000)
+    new_password: str = Field(min_length=MIN_PASSWORD, max_length=1000)
 
 
 def owner_json(o: Owner) -> dict[str, Any]:
