@@ -1,7 +1,9 @@
 """Incident packages end to end and the offline verifier's tamper table.
 
 Most tampering is done as a dishonest operator would: holding the region key, re-signing the manifest.
-Each case must still be caught, and by the check that names it.
+Each case must still be caught, and by the check that names it. The container table feeds the verifier
+hostile ZIPs (bombs, duplicate and unsafe names, malformed JSON): each is a named failed check and an exit
+code, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,38 +13,61 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
+import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from carvault.access.packages import trust_document
 from carvault.cli import app as cli
+from carvault.compliance.consent import default_on
 from carvault.ledger.checkpoint import sign_checkpoint
+from carvault.ledger.leaves import batch_leaf, log_key_of
 from carvault.ledger.log import TransparencyLog
-from carvault.protocol import leaf_data
+from carvault.ledger.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
+from carvault.protocol import leaf_data_v1, leaf_data_v2
 from carvault.provisioning import provision
 from carvault.region import Region
+from carvault.server import BackgroundServer, free_port
+from carvault.settings import Settings
+from carvault.signals import catalogue
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
-from carvault.verify.package import MANIFEST_CONTEXT, verify_package
-from tests.conftest import OwnerClient
+from carvault.verify.package import (
+    EXIT_NOT_ANCHORED,
+    EXIT_UNREADABLE,
+    MANIFEST_CONTEXT,
+    Limits,
+    Pins,
+    verify_package,
+)
+from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS, drive_table, vin_for
 
 EVENT_MS = BASE_MS + 200_000
+
+
+def consented_drive(seconds: int) -> pa.Table:
+    """A drive of every signal collected without the owner's opt-in (the gateway refuses the others)."""
+    paths = [s.path for s in catalogue() if default_on(s.category) and s.category != "exterior_camera"]
+    return drive_table(BASE_MS, seconds=seconds, paths=paths)
 
 
 @pytest.fixture
 def package(
     http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, tmp_path: Path
 ) -> tuple[Path, dict]:
-    agent.record(drive_table(BASE_MS, seconds=300), batch_seconds=60)
-    agent.upload_pending()
     assert (
         http.post(
             "/api/v1/vehicles/claim",
@@ -51,6 +76,8 @@ def package(
         ).status_code
         == 201
     )
+    agent.record(consented_drive(300), batch_seconds=60)
+    agent.upload_pending()
     r = http.post(
         f"/api/v1/vehicles/{vehicle.vin}/packages",
         headers=owner.headers,
@@ -115,7 +142,13 @@ def test_cli_verify_exit_codes(package: tuple[Path, dict], tmp_path: Path) -> No
     assert out.exit_code == 1 and "NOT VERIFIED" in out.output
 
 
-def rewrite(src: Path, dst: Path, mutate: Callable[[dict[str, bytes]], None], key: Ed25519PrivateKey | None) -> None:
+def rewrite(
+    src: Path,
+    dst: Path,
+    mutate: Callable[[dict[str, bytes]], None],
+    key: Ed25519PrivateKey | None,
+    manifest_changes: dict | None = None,
+) -> None:
     """Copy a package with its files mutated; re-sign the manifest with ``key`` (an operator) if given."""
     z = zipfile.ZipFile(src)
     files = {n: z.read(n) for n in z.namelist()}
@@ -123,6 +156,7 @@ def rewrite(src: Path, dst: Path, mutate: Callable[[dict[str, bytes]], None], ke
     sig = files.pop("manifest.sig")
     mutate(files)
     if key is not None:
+        manifest.update(manifest_changes or {})
         manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())}
         mbytes = json.dumps(manifest, sort_keys=True, indent=1).encode()
         sig = base64.b64encode(key.sign(MANIFEST_CONTEXT + mbytes))
@@ -254,7 +288,7 @@ def test_log_rewritten_behind_a_saved_checkpoint(
     agent: VehicleAgent,
     tmp_path: Path,
 ) -> None:
-    agent.record(drive_table(BASE_MS, seconds=180), batch_seconds=60)
+    agent.record(consented_drive(180), batch_seconds=60)
     agent.upload_pending()
     http.post(
         "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
@@ -289,14 +323,358 @@ def test_log_rewritten_behind_a_saved_checkpoint(
     region.log.append([b"rewritten history"] * 5)
     with region.db.session() as s:
         for rec in s.scalars(select(BatchRecord).order_by(BatchRecord.seq)):
-            rec.log_index = region.log.append(
-                [
-                    leaf_data(
-                        region="cn", vin=rec.vin, seq=rec.seq, batch_hash=rec.batch_hash, received_ms=rec.received_ms
-                    )
-                ]
-            )
+            rec.log_index = region.log.append([batch_leaf("cn", rec, log_key_of(region.db, rec.vin))])
     forged = package_now()
     assert verify_package(forged, trust=trust).ok  # alone it looks fine ...
     verdict = verify_package(forged, saved_checkpoint=saved, trust=trust)  # ... but not against what the owner saw
     assert "consistency with saved checkpoint" in {c.name for c in verdict.failures()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hostile containers, malformed documents, anchoring and leaf v2: one package built once for the module.
+
+
+@dataclass(frozen=True)
+class Built:
+    """A real package from a real region, the region's published trust document and its log key."""
+
+    path: Path
+    trust: dict
+    log_key: Ed25519PrivateKey
+    origin: str
+    key_name: str
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    folder = tmp_path_factory.mktemp("built")
+    settings = Settings(data_dir=folder / "region", region="cn", port=free_port())
+    region = Region(settings)
+    try:
+        with BackgroundServer(region, port=settings.port) as server, httpx.Client(base_url=server.url) as http:
+            ident = provision(region, vin_for(7), folder / "vehicles")
+            agent = VehicleAgent(ident, folder / "vehicles" / ident.vin, server.url)
+            owner = make_owner(http)
+            claim = {"vin": ident.vin, "pairing_code": ident.pairing_code}
+            assert http.post("/api/v1/vehicles/claim", headers=owner.headers, json=claim).status_code == 201
+            agent.record(consented_drive(300), batch_seconds=60)
+            agent.upload_pending()
+            r = http.post(
+                f"/api/v1/vehicles/{ident.vin}/packages",
+                headers=owner.headers,
+                json={"event_time": EVENT_MS, "event_kind": "crash", "minutes_before": 3, "minutes_after": 1},
+            )
+            assert r.status_code == 201, r.text
+            path = folder / "package.zip"
+            path.write_bytes(http.get(r.json()["download"], headers=owner.headers).content)
+            trust = http.get("/api/v1/region/trust").json()
+        yield Built(path, trust, region.log_key, region.log.origin, region.log.key_name)
+    finally:
+        region.close()
+
+
+def members(path: Path) -> list[tuple[str, bytes]]:
+    """The package's members in order."""
+    z = zipfile.ZipFile(path)
+    return [(i.filename, z.read(i)) for i in z.infolist()]
+
+
+def write_zip(dst: Path, entries: list[tuple[str, bytes]], compress: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A ZIP holding exactly ``entries`` (duplicates and unsafe names included)."""
+    with warnings.catch_warnings(), zipfile.ZipFile(dst, "w", compression=compress) as z:
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names; writing one is the point
+        for name, data in entries:
+            z.writestr(name, data)
+    return dst
+
+
+def _replace(entries: list[tuple[str, bytes]], name: str, data: bytes) -> list[tuple[str, bytes]]:
+    return [(n, data if n == name else d) for n, d in entries]
+
+
+def _zeros(n: int) -> bytes:
+    return bytes(n)
+
+
+def _edited_duplicate(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    csv = dict(entries)["data/window.csv"]
+    return [*entries, ("data/window.csv", csv.replace(b",", b";", 1))]
+
+
+def _edited_duplicate_first(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    csv = dict(entries)["data/window.csv"]
+    return [("data/window.csv", csv.replace(b",", b";", 1)), *entries]
+
+
+CONTAINER = [
+    # (case, make the entries from the good ones, compression, limits, failed check, exit code)
+    ("ratio bomb", lambda e: _replace(e, "data/window.csv", _zeros(64 << 20)), zipfile.ZIP_DEFLATED, None),
+    ("member over the size limit", lambda e: e, zipfile.ZIP_STORED, Limits(max_member_bytes=100_000)),
+    ("total over the size limit", lambda e: e, zipfile.ZIP_STORED, Limits(max_total_bytes=1_000_000)),
+    ("too many members", lambda e: e + [(f"batches/{i:012d}.cvb", b"") for i in range(10**6, 10**6 + 5001)], 0, None),
+    ("duplicate name, edited one last", _edited_duplicate, zipfile.ZIP_DEFLATED, None),
+    ("duplicate name, edited one first", _edited_duplicate_first, zipfile.ZIP_DEFLATED, None),
+    ("path traversal", lambda e: [*e, ("../../etc/evil.txt", b"x")], zipfile.ZIP_DEFLATED, None),
+    ("absolute name", lambda e: [*e, ("/tmp/evil.txt", b"x")], zipfile.ZIP_DEFLATED, None),
+    ("dot-dot inside", lambda e: [*e, ("batches/../manifest.json", b"x")], zipfile.ZIP_DEFLATED, None),
+    ("backslash name", lambda e: [*e, ("data\\window.csv", b"x")], zipfile.ZIP_DEFLATED, None),
+    ("directory entry", lambda e: [*e, ("extra/", b"")], zipfile.ZIP_DEFLATED, None),
+]
+
+
+@pytest.mark.parametrize(("case", "make", "compress", "limits"), CONTAINER, ids=[c[0] for c in CONTAINER])
+def test_hostile_container_is_refused_by_name(
+    built: Built, tmp_path: Path, case: str, make: Callable, compress: int, limits: Limits | None
+) -> None:
+    bad = write_zip(tmp_path / "hostile.zip", make(members(built.path)), compress or zipfile.ZIP_STORED)
+    verdict = verify_package(bad, trust=built.trust, limits=limits or Limits())
+    assert not verdict.readable and verdict.exit_code == EXIT_UNREADABLE
+    assert [c.name for c in verdict.failures()] == ["ZIP container"], verdict.checks
+
+
+def test_the_default_limits_hold_the_packages_we_build(built: Built) -> None:
+    verdict = verify_package(built.path, trust=built.trust, limits=Limits())
+    assert verdict.verified and verdict.exit_code == 0, verdict.failures()
+
+
+def test_not_a_zip_and_truncated_zip_are_unreadable(built: Built, tmp_path: Path) -> None:
+    blob = built.path.read_bytes()
+    for name, data in [("text", b"hello, court"), ("truncated", blob[: len(blob) // 2]), ("empty", b"")]:
+        f = tmp_path / f"{name}.zip"
+        f.write_bytes(data)
+        verdict = verify_package(f, trust=built.trust)
+        assert verdict.exit_code == EXIT_UNREADABLE and verdict.failures()[0].name == "ZIP container", name
+
+
+def _manifest(text: bytes) -> Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]:
+    return lambda e: _replace(e, "manifest.json", text)
+
+
+def _manifest_without(key: str) -> Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]:
+    def make(e: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        doc = json.loads(dict(e)["manifest.json"])
+        del doc[key]
+        return _replace(e, "manifest.json", json.dumps(doc).encode())
+
+    return make
+
+
+def _manifest_with(key: str, value: object) -> Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]:
+    def make(e: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        doc = json.loads(dict(e)["manifest.json"])
+        doc[key] = value
+        return _replace(e, "manifest.json", json.dumps(doc).encode())
+
+    return make
+
+
+UNREADABLE_MANIFEST = [
+    ("manifest not JSON", _manifest(b"{not json")),
+    ("manifest a list", _manifest(b"[1, 2, 3]")),
+    ("manifest not UTF-8", _manifest(b'{"format": "\xff"}')),
+    ("manifest with a duplicate key", _manifest(b'{"format": "carvault-incident-package", "format": "x"}')),
+    ("manifest without vin", _manifest_without("vin")),
+    ("manifest without files", _manifest_without("files")),
+    ("window a string", _manifest_with("window", "yesterday")),
+    ("tree_size a boolean", _manifest_with("tree_size", True)),
+    ("tree_size a float", _manifest_with("tree_size", 12.0)),
+    ("files not hashes", _manifest_with("files", {"data/window.csv": 12})),
+    ("event without t_ms", _manifest_with("event", {"kind": "crash"})),
+    ("NaN created_ms", _manifest(b'{"format": "carvault-incident-package", "version": 1, "created_ms": NaN}')),
+    ("manifest.sig not base64", lambda e: _replace(e, "manifest.sig", b"!!!")),
+    ("no manifest", lambda e: [(n, d) for n, d in e if n != "manifest.json"]),
+]
+
+
+@pytest.mark.parametrize(("case", "make"), UNREADABLE_MANIFEST, ids=[c[0] for c in UNREADABLE_MANIFEST])
+def test_malformed_manifest_is_unreadable_not_a_traceback(
+    built: Built, tmp_path: Path, case: str, make: Callable
+) -> None:
+    bad = write_zip(tmp_path / "bad.zip", make(members(built.path)))
+    verdict = verify_package(bad, trust=built.trust)
+    assert verdict.exit_code == EXIT_UNREADABLE
+    assert [c.name for c in verdict.failures()] == ["package readable"], verdict.checks
+
+
+def _set_json(name: str, value: object) -> Callable[[dict[str, bytes]], None]:
+    return lambda f: f.__setitem__(name, json.dumps(value).encode())
+
+
+def _proofs_edit(edit: Callable[[dict], None]) -> Callable[[dict[str, bytes]], None]:
+    def mutate(f: dict[str, bytes]) -> None:
+        doc = json.loads(f["log/proofs.json"])
+        edit(doc)
+        f["log/proofs.json"] = json.dumps(doc).encode()
+
+    return mutate
+
+
+def _add_file(f: dict[str, bytes]) -> None:
+    f["notes/readme.txt"] = b"trust me"
+
+
+def _without_salt(entry: dict) -> None:
+    entry["leaf_version"] = 2
+    entry.pop("leaf_salt", None)
+
+
+def _with_salt(entry: dict, salt: bytes) -> None:
+    entry.update(leaf_version=2, leaf_salt=base64.b64encode(salt).decode())
+
+
+MALFORMED_SIGNED = [
+    # Re-signed by the operator, so only the named check can catch it.
+    ("extra file", _add_file, "package layout"),
+    ("proofs.json not JSON", lambda f: f.__setitem__("log/proofs.json", b"{"), "log inclusion"),
+    ("proofs.json a list", _set_json("log/proofs.json", []), "log inclusion"),
+    ("leaf_index a string", _proofs_edit(lambda d: d["proofs"][0].__setitem__("leaf_index", "3")), "log inclusion"),
+    ("proof hash not base64", _proofs_edit(lambda d: d["proofs"][0].__setitem__("proof", ["%%%"])), "log inclusion"),
+    ("proofs without seq", _proofs_edit(lambda d: d["proofs"][0].pop("seq")), "log inclusion"),
+    ("unknown leaf version", _proofs_edit(lambda d: d["proofs"][0].__setitem__("leaf_version", 3)), "log inclusion"),
+    ("v2 without salt", _proofs_edit(lambda d: _without_salt(d["proofs"][0])), "log inclusion"),
+    ("salt of 16 bytes", _proofs_edit(lambda d: _with_salt(d["proofs"][0], bytes(16))), "log inclusion"),
+    ("trust.json garbage", lambda f: f.__setitem__("trust.json", b"\x00garbage"), "trust anchors"),
+    ("trust.json wrong types", _set_json("trust.json", {"log_vkey": 5, "ca_pem": []}), "trust anchors"),
+    ("coverage.json wrong types", _set_json("coverage.json", {"batches": "5", "gaps": {}}), "coverage report"),
+    ("no checkpoint", lambda f: f.pop("log/checkpoint.txt"), "checkpoint signature"),
+    ("no vehicle certificate", lambda f: f.pop("certs/vehicle.pem"), "certificate chain"),
+    ("certificate garbage", lambda f: f.__setitem__("certs/vehicle.pem", b"-----BEGIN junk"), "certificate chain"),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "check"), MALFORMED_SIGNED, ids=[c[0] for c in MALFORMED_SIGNED])
+def test_malformed_documents_fail_a_named_check(
+    built: Built, tmp_path: Path, case: str, mutate: Callable, check: str
+) -> None:
+    bad = tmp_path / "bad.zip"
+    rewrite(built.path, bad, mutate, built.log_key)
+    verdict = verify_package(bad, trust=built.trust)
+    assert verdict.exit_code == 1
+    assert check in {c.name for c in verdict.failures()}, verdict.checks
+
+
+def test_a_package_from_someone_elses_keys_is_not_anchored(built: Built, tmp_path: Path) -> None:
+    # A package is internally consistent whoever built it: here, a region the court has never heard of.
+    alone = verify_package(built.path)
+    assert alone.ok and not alone.anchored and not alone.verified and alone.exit_code == EXIT_NOT_ANCHORED
+    assert alone.log_vkey == built.trust["log_vkey"] and alone.ca_sha256 == built.trust["ca_sha256"]
+    # Against the real region's published keys it fails; pinned to the right ones it is anchored.
+    real = Region(Settings(data_dir=tmp_path / "real-region", region="cn"))
+    try:
+        other = verify_package(built.path, trust=trust_document(real))
+    finally:
+        real.close()
+    assert other.exit_code == 1 and "trust anchors" in {c.name for c in other.failures()}
+    pinned = verify_package(built.path, pins=Pins(built.trust["log_vkey"], built.trust["ca_sha256"]))
+    assert pinned.verified and pinned.exit_code == 0
+    wrong_pin = verify_package(built.path, pins=Pins(built.trust["log_vkey"], "00" * 32))
+    assert wrong_pin.exit_code == 1 and "trust anchors" in {c.name for c in wrong_pin.failures()}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real `carvault verify`, as a user runs it."""
+    exe = Path(sys.executable).with_name("carvault")
+    return subprocess.run([str(exe), "verify", *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_exit_codes_and_messages(built: Built, tmp_path: Path) -> None:
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps(built.trust))
+    bomb = write_zip(tmp_path / "bomb.zip", _replace(members(built.path), "data/window.csv", _zeros(64 << 20)))
+    no_json = write_zip(tmp_path / "nojson.zip", _manifest(b"{")(members(built.path)))
+    edited = tmp_path / "edited.zip"
+    rewrite(built.path, edited, _edit_csv, built.log_key)
+    cases = [
+        ((str(built.path), "--trust", str(trust)), 0, "VERIFIED"),
+        ((str(built.path),), 2, "NOT ANCHORED"),
+        ((str(edited), "--trust", str(trust)), 1, "NOT VERIFIED: CSV equals the signed data"),
+        ((str(bomb), "--trust", str(trust)), 3, "UNREADABLE"),
+        ((str(no_json), "--trust", str(trust)), 3, "package readable"),
+        ((str(tmp_path / "missing.zip"),), 4, ""),
+        ((str(built.path), "--trust", str(bomb)), 4, ""),
+        ((str(built.path), "--log-key", built.trust["log_vkey"]), 4, ""),
+    ]
+    for args, code, text in cases:
+        out = _cli(*args)
+        assert out.returncode == code, (args, out.stdout, out.stderr)
+        assert text in out.stdout and "Traceback" not in out.stderr, (args, out.stdout, out.stderr)
+    unanchored = _cli(str(built.path)).stdout
+    assert built.trust["log_vkey"] in unanchored and built.trust["ca_sha256"] in unanchored
+    as_json = json.loads(_cli(str(built.path), "--json").stdout)
+    assert as_json["anchored"] is False and as_json["consistent"] is True and as_json["ok"] is False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Leaf v2: proofs.json entries with "leaf_version": 2 and the batch's salt; v1 entries still verify.
+
+
+def relog(
+    built: Built, dst: Path, versions: Callable[[int], int], salt_for: Callable[[int], bytes]
+) -> tuple[dict, list[bytes]]:
+    """Re-log the package's batches in a fresh log (leaf v1 or v2 per batch), as a region on leaf v2 would."""
+    z = zipfile.ZipFile(built.path)
+    manifest = json.loads(z.read("manifest.json"))
+    proofs = json.loads(z.read("log/proofs.json"))
+    leaves, entries = [b"an earlier leaf"], []
+    for p in sorted(proofs["proofs"], key=lambda p: p["seq"]):
+        fields = {
+            "region": manifest["region"],
+            "vin": manifest["vin"],
+            "seq": p["seq"],
+            "batch_hash": p["batch_hash"],
+            "received_ms": p["received_ms"],
+        }
+        v = versions(p["seq"])
+        salt = salt_for(p["seq"])
+        leaves.append(leaf_data_v2(salt=salt, **fields) if v == 2 else leaf_data_v1(**fields))
+        entry = {k: x for k, x in p.items() if k not in ("leaf_version", "leaf_salt")} | {"leaf_index": len(leaves) - 1}
+        if v == 2:
+            entry.update(leaf_version=2, leaf_salt=base64.b64encode(salt).decode())
+        entries.append(entry)
+    hashes = [leaf_hash(x) for x in leaves]
+    size, root = len(hashes), root_from_leaf_hashes(hashes)
+    for e in entries:
+        e["proof"] = [base64.b64encode(h).decode() for h in inclusion_proof(hashes, e["leaf_index"], size)]
+    checkpoint = sign_checkpoint(built.origin, size, root, built.log_key, built.key_name)
+
+    def mutate(f: dict[str, bytes]) -> None:
+        f["log/proofs.json"] = json.dumps({"tree_size": size, "region": manifest["region"], "proofs": entries}).encode()
+        f["log/checkpoint.txt"] = checkpoint.encode()
+
+    rewrite(built.path, dst, mutate, built.log_key, manifest_changes={"tree_size": size})
+    return manifest, leaves
+
+
+LEAF_CASES = [
+    # (case, leaf version per seq, salt in the package per seq, verifies)
+    ("all v2", lambda s: 2, lambda s: hashlib.sha256(b"salt %d" % s).digest(), True),
+    ("v1 and v2 mixed", lambda s: 2 if s % 2 else 1, lambda s: hashlib.sha256(b"salt %d" % s).digest(), True),
+    ("all v1 (old packages)", lambda s: 1, lambda s: bytes(32), True),
+]
+
+
+@pytest.mark.parametrize(("case", "versions", "salt", "ok"), LEAF_CASES, ids=[c[0] for c in LEAF_CASES])
+def test_leaf_versions_verify(
+    built: Built, tmp_path: Path, case: str, versions: Callable, salt: Callable, ok: bool
+) -> None:
+    pkg = tmp_path / "relogged.zip"
+    relog(built, pkg, versions, salt)
+    verdict = verify_package(pkg, trust=built.trust)
+    assert verdict.verified is ok, verdict.failures()
+    detail = next(c.detail for c in verdict.checks if c.name == "log inclusion")
+    assert ("v2" in detail) is (versions(1) == 2 or versions(2) == 2)
+
+
+def test_a_wrong_salt_fails_inclusion(built: Built, tmp_path: Path) -> None:
+    pkg = tmp_path / "relogged.zip"
+    relog(built, pkg, lambda s: 2, lambda s: hashlib.sha256(b"salt %d" % s).digest())
+    bad = tmp_path / "wrong-salt.zip"
+
+    def swap_salt(f: dict[str, bytes]) -> None:
+        doc = json.loads(f["log/proofs.json"])
+        doc["proofs"][0]["leaf_salt"] = base64.b64encode(bytes(32)).decode()
+        f["log/proofs.json"] = json.dumps(doc).encode()
+
+    rewrite(pkg, bad, swap_salt, built.log_key)
+    verdict = verify_package(bad, trust=built.trust)
+    assert "log inclusion" in {c.name for c in verdict.failures()}
