@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from carvault.access.report import MAX_PLOT_POINTS, china_text, envelope, render_report, summarise, utc_text
+from carvault.access.report import MAX_PLOT_POINTS, envelope, render_report, summarise, utc_text
 from carvault.signals import catalogue
+from carvault.timezones import REGION_TIME_ZONES, local_text
 from carvault.verify.edr import edr_elements
-from tests.access.test_edr import ABS, AEB, EVENT_MS, PRESSURE, crash_table
 from tests.factories import drive_table
+from tests.verify.test_edr import ABS, AEB, EVENT_MS, PRESSURE, crash_table
 
 WINDOW = (EVENT_MS - 60_000, EVENT_MS + 5_000)
 COVERAGE = {
@@ -42,6 +43,7 @@ def render(
     event_ms: int | None = EVENT_MS,
     vin: str = "LRWTEST0000000001",
     window: tuple[int, int] = WINDOW,
+    region: str = "cn",
 ) -> tuple[bytes, bytes]:
     table = crash_table() if table is None else table
     edr = edr_elements(table, event_ms, ignition_cycle_download=1240) if event_ms is not None else []
@@ -50,7 +52,7 @@ def render(
         event_ms=event_ms,
         window=window,
         vin=vin,
-        region="cn",
+        region=region,
         coverage=COVERAGE,
         edr=edr,
         verification_hint=HINT,
@@ -75,9 +77,8 @@ def test_html_is_self_contained_with_the_chart(report: tuple[str, bytes]) -> Non
 
 def test_html_has_window_summary_coverage_edr_and_hint(report: tuple[str, bytes]) -> None:
     html, _ = report
-    assert utc_text(WINDOW[0]) in html and china_text(WINDOW[0]) in html
-    assert utc_text(EVENT_MS) in html and "China time (UTC+8)" in html
-    assert "10:14:00.000" in china_text(EVENT_MS)  # 02:14 UTC is 10:14 in China
+    assert utc_text(WINDOW[0]) in html and str(local_text(WINDOW[0], "cn")) in html
+    assert utc_text(EVENT_MS) in html and "China time (Asia/Shanghai, UTC+8)" in html
     # Summary from every sample: the brake press at -2.47 s (speed 55.1), speed 31.1 at the event.
     assert "-2.47 s (2025-11-13 02:13:57.530 UTC), speed 55.1 km/h" in html
     assert "Speed at the event</th><td>31.1 km/h" in html
@@ -191,3 +192,36 @@ def test_timing_30_minute_window() -> None:
         f"EDR + report {wall * 1000:.0f} ms wall / {cpu * 1000:.0f} ms CPU; "
         f"HTML {len(html) // 1024} KiB, PDF {len(pdf) // 1024} KiB, {pdf_pages(pdf)} PDF pages"
     )
+
+
+JUNE_MS = 1_749_000_000_000  # 2025-06-04 01:20:00 UTC: summer time in Europe and the US
+
+
+@pytest.mark.parametrize(
+    ("region", "ms", "local"),
+    [
+        ("cn", EVENT_MS, "2025-11-13 10:14:00.000 China time (Asia/Shanghai, UTC+8)"),
+        ("cn", JUNE_MS, "2025-06-04 09:20:00.000 China time (Asia/Shanghai, UTC+8)"),
+        ("eu", EVENT_MS, "2025-11-13 03:14:00.000 Central European time (Europe/Brussels, UTC+1)"),
+        ("eu", JUNE_MS, "2025-06-04 03:20:00.000 Central European time (Europe/Brussels, UTC+2)"),
+        ("us", EVENT_MS, "2025-11-12 21:14:00.000 US Eastern time (America/New_York, UTC-5)"),
+        ("us", JUNE_MS, "2025-06-03 21:20:00.000 US Eastern time (America/New_York, UTC-4)"),
+        ("CN", EVENT_MS, "2025-11-13 10:14:00.000 China time (Asia/Shanghai, UTC+8)"),
+        ("xx", EVENT_MS, None),
+    ],
+)
+def test_local_time_follows_the_region(region: str, ms: int, local: str | None) -> None:
+    assert local_text(ms, region) == local
+
+
+@pytest.mark.parametrize("region", ["cn", "eu", "us", "xx"])
+def test_report_times_are_in_utc_and_the_regions_own_zone(region: str) -> None:
+    html = render(region=region)[0].decode()
+    assert utc_text(EVENT_MS) in html
+    local = local_text(EVENT_MS, region)
+    if local is None:  # a region without a listed zone: UTC only
+        assert not any(f"({zone}," in html for zone in REGION_TIME_ZONES.values())
+    else:
+        assert local in html
+        others = [z for r, z in REGION_TIME_ZONES.items() if r != region]
+        assert not any(f"({zone}," in html for zone in others), region

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from carvault.bench.can_bench import bench_can_import
 from carvault.cli import app as cli
 from carvault.errors import BadRequest, NotFound, UnknownSignal
 from carvault.server import BackgroundServer
@@ -567,13 +566,6 @@ def test_import_can_cli_end_to_end(
 
 
 # ------------------------------------------------------------------------------------ the benchmark
-def test_bench_can_import_reports_rates(tmp_path: Path) -> None:
-    figures = bench_can_import(120_000, work_dir=tmp_path)
-    assert figures["frames"] == 120_000 and figures["rows"] > 0
-    for k in ("parse_frames_per_s", "import_frames_per_s", "end_to_end_frames_per_s"):
-        assert figures[k] > 50_000, k
-
-
 def test_the_doc_describes_every_shipped_mapping() -> None:
     from carvault.vehicle.can_mapping import shipped_mappings
 
