@@ -1,7 +1,8 @@
 """The human part of an incident package: an HTML report and a PDF with charts, summary, coverage and EDR table.
 
-Written for a reader who is not an engineer (a court clerk, an appraiser): plain words, times in UTC and China
-time (UTC+8), what was and was not recorded. Everything the vehicle or the owner supplied is escaped (Jinja2
+Written for a reader who is not an engineer (a court clerk, an appraiser): plain words, times in UTC and in the
+region's local time (``carvault.timezones``: China time for cn, none for a region without one), what was and was
+not recorded. Everything the vehicle or the owner supplied is escaped (Jinja2
 autoescape in HTML; matplotlib text with math parsing off in the PDF). The HTML is self-contained: the chart is
 an embedded base64 PNG, the style is inline, nothing is fetched.
 
@@ -19,7 +20,7 @@ import textwrap
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -34,6 +35,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
+from carvault.timezones import local_text
 from carvault.verify.edr import EdrElement, Samples
 
 #: Most points drawn per series (a min/max envelope above that).
@@ -41,7 +43,6 @@ MAX_PLOT_POINTS = 3000
 #: A series is drawn broken where consecutive samples are further apart than this many typical intervals.
 GAP_FACTOR = 5
 
-CHINA = timezone(timedelta(hours=8), "UTC+8")
 A4_LANDSCAPE = (11.69, 8.27)
 PNG_DPI = 110
 
@@ -82,17 +83,14 @@ DETAIL_MS = (-15_000, 3_000)
 
 def utc_text(ms: int) -> str:
     """A UTC instant as 'YYYY-MM-DD HH:MM:SS.mmm UTC'."""
-    return _fmt(ms, UTC, "UTC")
-
-
-def china_text(ms: int) -> str:
-    """The same instant in China time, as 'YYYY-MM-DD HH:MM:SS.mmm China time (UTC+8)'."""
-    return _fmt(ms, CHINA, "China time (UTC+8)")
-
-
-def _fmt(ms: int, tz: timezone, name: str) -> str:
     dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(ms))
-    return f"{dt.astimezone(tz):%Y-%m-%d %H:%M:%S}.{int(ms) % 1000:03d} {name}"
+    return f"{dt:%Y-%m-%d %H:%M:%S}.{int(ms) % 1000:03d} UTC"
+
+
+def both_times(ms: int, region: str) -> str:
+    """UTC, then the region's local time when it has one: 'UTC text  =  local text'."""
+    local = local_text(ms, region)
+    return utc_text(ms) if local is None else f"{utc_text(ms)}  =  {local}"
 
 
 def _rel(ms: int, zero_ms: int) -> str:
@@ -278,7 +276,9 @@ def _xticks(x0: float, x1: float, nbins: int) -> list[float]:
     return [float(t) for t in MaxNLocator(nbins=nbins).tick_values(x0, x1) if x0 <= t <= x1]
 
 
-def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int], summary: Summary) -> Figure:
+def chart_figure(
+    table: pa.Table, event_ms: int | None, window: tuple[int, int], summary: Summary, region: str
+) -> Figure:
     """Stacked panels sharing a time axis in seconds from time zero, the event marked, plus a detail column.
 
     The detail column (``DETAIL_MS`` around the event) is there because in a 30-minute window the seconds that
@@ -377,7 +377,7 @@ def chart_figure(table: pa.Table, event_ms: int | None, window: tuple[int, int],
                 va="bottom",
                 ha="right" if col == 0 else "center",
             )
-    fig.supxlabel(f"seconds from {summary.zero_label}, {utc_text(zero)} = {china_text(zero)}", fontsize=8)
+    fig.supxlabel(f"seconds from {summary.zero_label}, {both_times(zero, region)}", fontsize=8)
     return fig
 
 
@@ -432,10 +432,12 @@ the signed data in this package (see "How to verify this package").</p>
 <table>
 <tr><th>Vehicle (VIN)</th><td>{{ vin }}</td></tr>
 <tr><th>Data stored in region</th><td>{{ region }}</td></tr>
-<tr><th>Window start</th><td>{{ window_from.utc }}<br>{{ window_from.cn }}</td></tr>
-<tr><th>Window end</th><td>{{ window_to.utc }}<br>{{ window_to.cn }}</td></tr>
+<tr><th>Window start</th><td>{{ window_from.utc }}{% if window_from.local %}<br>{{ window_from.local }}
+{% endif %}</td></tr>
+<tr><th>Window end</th><td>{{ window_to.utc }}{% if window_to.local %}<br>{{ window_to.local }}{% endif %}</td></tr>
 <tr><th>Window length</th><td>{{ window_length }}</td></tr>
-<tr><th>Event (time zero)</th><td>{% if event %}{{ event.utc }}<br>{{ event.cn }}{% else %}no event given;
+<tr><th>Event (time zero)</th><td>{% if event %}{{ event.utc }}{% if event.local %}<br>{{ event.local }}{% endif %}
+{% else %}no event given;
 times are counted from the start of the window{% endif %}</td></tr>
 <tr><th>Rows of data in the window</th><td>{{ rows }}</td></tr>
 </table>
@@ -497,8 +499,8 @@ _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, kee
 _TEMPLATE = _ENV.from_string(_HTML)
 
 
-def _times(ms: int) -> dict[str, str]:
-    return {"utc": utc_text(ms), "cn": china_text(ms)}
+def _times(ms: int, region: str) -> dict[str, str | None]:
+    return {"utc": utc_text(ms), "local": local_text(ms, region)}
 
 
 def _gaps(coverage: dict[str, Any], zero: int) -> list[dict[str, str]]:
@@ -542,10 +544,10 @@ def render_html(
     html = _TEMPLATE.render(
         vin=vin,
         region=region,
-        window_from=_times(window[0]),
-        window_to=_times(window[1]),
+        window_from=_times(window[0], region),
+        window_to=_times(window[1], region),
         window_length=_duration(window[1] - window[0]),
-        event=_times(event_ms) if event_ms is not None else None,
+        event=_times(event_ms, region) if event_ms is not None else None,
         rows=_rows_in(table, window),
         summary=summary.lines,
         zero_label=summary.zero_label,
@@ -665,13 +667,13 @@ def render_pdf(
         f"Vehicle (VIN): {vin}",
         f"Data stored in region: {region}",
         "",
-        f"Window start: {utc_text(window[0])}  =  {china_text(window[0])}",
-        f"Window end:   {utc_text(window[1])}  =  {china_text(window[1])}",
+        f"Window start: {both_times(window[0], region)}",
+        f"Window end:   {both_times(window[1], region)}",
         f"Window length: {_duration(window[1] - window[0])}",
         "",
     ]
     if event_ms is not None:
-        title += [f"Event (time zero): {utc_text(event_ms)}  =  {china_text(event_ms)}"]
+        title += [f"Event (time zero): {both_times(event_ms, region)}"]
     else:
         title += ["No event given; times are counted from the start of the window."]
     title += ["", f"Summary (times in seconds from {summary.zero_label}):"]
@@ -733,7 +735,7 @@ def render_report(
     window = (int(window[0]), int(window[1]))
     event = int(event_ms) if event_ms is not None else None
     summary = summarise(table, event, window)
-    rgb = chart_pixels(chart_figure(table, event, window, summary))
+    rgb = chart_pixels(chart_figure(table, event, window, summary, region))
     png = png_bytes(rgb)
     html = render_html(
         table=table,

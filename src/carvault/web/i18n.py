@@ -16,11 +16,13 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from carvault.timezones import REGION_TIME_ZONES
+
 LANGUAGES: dict[str, str] = {"en": "English", "zh-CN": "简体中文"}
 DEFAULT_LANGUAGE = "en"
 LANG_COOKIE = "carvault_lang"
 TZ_COOKIE = "carvault_tz"
-REGION_TIMEZONES = {"cn": "Asia/Shanghai", "eu": "Europe/Berlin", "us": "America/New_York"}
+REGION_TIMEZONES = REGION_TIME_ZONES  # one table for the portal and the incident report
 
 
 @cache
