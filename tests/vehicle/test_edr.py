@@ -142,3 +142,26 @@ def test_a_simulated_stop_through_tesla_can_is_recorded(tmp_path: Path, seed: in
     trig = records[0].triggers[0]
     assert trig.detail["signal"] == SPEED and 0 <= trig.t_ms - truth.t_ms <= 1000
     assert abs(trig.detail["deceleration_g"] - 0.47) <= 0.05
+
+
+@pytest.mark.parametrize(
+    ("case", "t_ms", "speed", "last"),
+    [
+        ("no speed at all", [0, 100, 200], [np.nan] * 3, None),
+        ("one sample", [5], [50.0], None),
+        ("constant 20 km/h/s, duplicated timestamps", [0, 0, *range(100, 1100, 100)], None, -20 / 3.6),
+        ("constant 20 km/h/s at 50 Hz", list(range(0, 1020, 20)), None, -20 / 3.6),
+        ("constant 20 km/h/s at 2 Hz: too few samples per half", list(range(0, 3000, 500)), None, None),
+    ],
+)
+def test_speed_acceleration_edge_cases(
+    case: str, t_ms: list[int], speed: list[float] | None, last: float | None
+) -> None:
+    t = np.array(t_ms, dtype=np.int64)
+    v = np.array(speed, dtype=np.float64) if speed is not None else 100 - 20 * t / 1000
+    got = speed_acceleration(t, v)
+    assert len(got) == len(t), case
+    if last is None:
+        assert np.isnan(got[-1]), case
+    else:
+        assert got[-1] == pytest.approx(last, abs=1e-9), case
