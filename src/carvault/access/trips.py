@@ -173,6 +173,135 @@ def _runs(flag: np.ndarray, sec: np.ndarray, max_pause_s: float, gap_id: np.ndar
 
 
 # ---------------------------------------------------------------------------------------- detection
+@dataclass(frozen=True)
+class _Seconds:
+    """A window reduced to one group per second (per interval when resampled coarser), with running integrals."""
+
+    sec: np.ndarray  # the group's second
+    first_t: np.ndarray  # ms of the group's first row
+    dt: np.ndarray  # how long each group stands for (nothing across a sleep)
+    gap_id: np.ndarray  # groups after a sleep get a new id
+    speed: np.ndarray
+    moving: np.ndarray
+    odo: np.ndarray
+    soc: np.ndarray
+    power: np.ndarray
+    charging: np.ndarray
+    dc: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    e_out: np.ndarray  # cumulative kWh leaving the battery (net of regen), one longer than the groups
+    e_in: np.ndarray  # cumulative kWh into the battery
+    d_speed: np.ndarray  # cumulative metres from integrating speed
+    has_power: np.ndarray  # cumulative count of groups with a power sample
+
+    def end_ms(self, last: np.ndarray) -> np.ndarray:
+        """The end time of runs whose last group is ``last``."""
+        return ((self.sec[last] + self.dt[last]) * 1000).astype(np.int64)
+
+
+def _seconds(table: pa.Table, max_gap_s: float) -> _Seconds:
+    """Group a non-empty window by second and integrate power and speed over the groups."""
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    sec_all = t // 1000
+    starts = np.flatnonzero(np.r_[True, sec_all[1:] != sec_all[:-1]])
+    sec = sec_all[starts].astype(np.float64)
+
+    def group(path: str, how: str) -> np.ndarray:
+        return _per_group(_floats(table, path), starts, how)
+
+    speed, power = group(SPEED, "max"), group(POWER, "mean")
+    step = np.diff(sec, append=sec[-1] + (np.median(np.diff(sec)) if len(sec) > 1 else 1.0))
+    gap = step > max_gap_s
+    dt = np.where(gap, np.minimum(step, 1.0), step)
+    # Cumulative integrals, so any range is one subtraction.
+    p = np.nan_to_num(power)
+    return _Seconds(
+        sec=sec,
+        first_t=t[starts],
+        dt=dt,
+        gap_id=np.r_[0, np.cumsum(gap[:-1])],
+        speed=speed,
+        moving=group(IS_MOVING, "max"),
+        odo=group(ODOMETER, "max"),
+        soc=group(SOC, "mean"),
+        power=power,
+        charging=group(IS_CHARGING, "max"),
+        dc=group(DC_CURRENT, "max"),
+        lat=group(LATITUDE, "mean"),
+        lon=group(LONGITUDE, "mean"),
+        e_out=np.r_[0.0, np.cumsum(-p * dt)] / 3.6e6,
+        e_in=np.r_[0.0, np.cumsum(np.maximum(p, 0.0) * dt)] / 3.6e6,
+        d_speed=np.r_[0.0, np.cumsum(np.nan_to_num(speed) / 3.6 * dt)],
+        has_power=np.r_[0, np.cumsum(~np.isnan(power))],
+    )
+
+
+def _drives(g: _Seconds, max_stop_s: float, min_drive_m: float) -> list[Drive]:
+    """Runs of moving seconds with stops of at most ``max_stop_s``, at least ``min_drive_m`` long."""
+    moving = (g.moving > 0.5) | (g.speed > MOVING_KMH)
+    i0, i1 = _runs(moving, g.sec, max_stop_s, g.gap_id)
+    if not len(i0):
+        return []
+    start_ms, end_ms = g.first_t[i0], g.end_ms(i1)
+    before, after = np.maximum(i0 - 1, 0), np.minimum(i1 + 1, len(g.sec) - 1)
+    odo_d = _at(g.odo, after) - _at(g.odo, before)
+    # An odometer that went backwards (replaced unit, bad data) says nothing: integrate speed instead.
+    dist = np.where(np.isnan(odo_d) | (odo_d < 0), g.d_speed[i1 + 1] - g.d_speed[i0], odo_d)
+    energy = np.where(g.has_power[i1 + 1] - g.has_power[i0] > 0, g.e_out[i1 + 1] - g.e_out[i0], np.nan)
+    top = _range_reduce(g.speed, i0, i1 + 1, np.fmax)
+    dur = (end_ms - start_ms) / 1000.0
+    soc0, soc1 = _at(g.soc, before), _at(g.soc, after)
+    lat0, lon0, lat1, lon1 = _at(g.lat, i0), _at(g.lon, i0), _at(g.lat, i1), _at(g.lon, i1)
+    return [
+        Drive(
+            start_ms=int(start_ms[k]),
+            end_ms=int(end_ms[k]),
+            duration_s=float(dur[k]),
+            distance_m=float(dist[k]),
+            energy_kwh=_opt(energy[k]),
+            top_speed_kmh=_opt(top[k]),
+            avg_speed_kmh=float(dist[k] / dur[k] * 3.6) if dur[k] > 0 else None,
+            soc_start=_opt(soc0[k]),
+            soc_end=_opt(soc1[k]),
+            start_lat=_opt(lat0[k]),
+            start_lon=_opt(lon0[k]),
+            end_lat=_opt(lat1[k]),
+            end_lon=_opt(lon1[k]),
+        )
+        for k in range(len(i0))
+        if dist[k] >= min_drive_m
+    ]
+
+
+def _charges(g: _Seconds, max_pause_s: float) -> list[Charge]:
+    """Runs of charging seconds with pauses of at most ``max_pause_s``."""
+    c0, c1 = _runs(g.charging > 0.5, g.sec, max_pause_s, g.gap_id)
+    if not len(c0):
+        return []
+    cstart, cend = g.first_t[c0], g.end_ms(c1)
+    added = np.where(g.has_power[c1 + 1] - g.has_power[c0] > 0, g.e_in[c1 + 1] - g.e_in[c0], np.nan)
+    pmax = _range_reduce(g.power, c0, c1 + 1, np.fmax) / 1000.0
+    dcmax = _range_reduce(g.dc, c0, c1 + 1, np.fmax)
+    soc0, soc1 = _at(g.soc, c0), _at(g.soc, c1)
+    clat, clon = _at(g.lat, c0), _at(g.lon, c0)
+    return [
+        Charge(
+            start_ms=int(cstart[k]),
+            end_ms=int(cend[k]),
+            duration_s=float((cend[k] - cstart[k]) / 1000.0),
+            energy_kwh=_opt(added[k]),
+            max_power_kw=_opt(pmax[k]),
+            soc_start=_opt(soc0[k]),
+            soc_end=_opt(soc1[k]),
+            kind=None if np.isnan(dcmax[k]) else ("DC" if dcmax[k] > DC_MIN_A else "AC"),
+            lat=_opt(clat[k]),
+            lon=_opt(clon[k]),
+        )
+        for k in range(len(c0))
+    ]
+
+
 def detect(
     table: pa.Table,
     *,
@@ -184,98 +313,5 @@ def detect(
     """Drives and charging sessions in a telemetry window (see the module docstring for the rules)."""
     if table.num_rows == 0:
         return Timeline([], [])
-    t = table.column("t").cast(pa.int64()).to_numpy()
-    # One group per second (per interval when the window was resampled coarser than that).
-    sec_all = t // 1000
-    starts = np.flatnonzero(np.r_[True, sec_all[1:] != sec_all[:-1]])
-    sec = sec_all[starts].astype(np.float64)
-    first_t = t[starts]
-    n = len(sec)
-
-    speed = _per_group(_floats(table, SPEED), starts, "max")
-    moving_flag = _per_group(_floats(table, IS_MOVING), starts, "max")
-    odo = _per_group(_floats(table, ODOMETER), starts, "max")
-    soc = _per_group(_floats(table, SOC), starts, "mean")
-    power = _per_group(_floats(table, POWER), starts, "mean")
-    charging_flag = _per_group(_floats(table, IS_CHARGING), starts, "max")
-    dc = _per_group(_floats(table, DC_CURRENT), starts, "max")
-    lat = _per_group(_floats(table, LATITUDE), starts, "mean")
-    lon = _per_group(_floats(table, LONGITUDE), starts, "mean")
-
-    # How long each group stands for: up to the next one, but nothing across a sleep.
-    step = np.diff(sec, append=sec[-1] + (np.median(np.diff(sec)) if n > 1 else 1.0))
-    gap = step > max_gap_s
-    dt = np.where(gap, np.minimum(step, 1.0), step)
-    gap_id = np.r_[0, np.cumsum(gap[:-1])]  # groups after a sleep get a new id
-
-    # Cumulative integrals, so any range is one subtraction.
-    p = np.nan_to_num(power)
-    e_out = np.r_[0.0, np.cumsum(-p * dt)] / 3.6e6  # kWh leaving the battery (net of regen)
-    e_in = np.r_[0.0, np.cumsum(np.maximum(p, 0.0) * dt)] / 3.6e6
-    d_speed = np.r_[0.0, np.cumsum(np.nan_to_num(speed) / 3.6 * dt)]
-    has_power = np.r_[0, np.cumsum(~np.isnan(power))]
-
-    moving = (moving_flag > 0.5) | (speed > MOVING_KMH)
-    i0, i1 = _runs(moving, sec, max_stop_s, gap_id)
-    drives: list[Drive] = []
-    if len(i0):
-        start_ms = first_t[i0]
-        end_ms = ((sec[i1] + dt[i1]) * 1000).astype(np.int64)
-        before = np.maximum(i0 - 1, 0)
-        after = np.minimum(i1 + 1, n - 1)
-        odo_d = _at(odo, after) - _at(odo, before)
-        # An odometer that went backwards (replaced unit, bad data) says nothing: integrate speed instead.
-        dist = np.where(np.isnan(odo_d) | (odo_d < 0), d_speed[i1 + 1] - d_speed[i0], odo_d)
-        energy = np.where(has_power[i1 + 1] - has_power[i0] > 0, e_out[i1 + 1] - e_out[i0], np.nan)
-        top = _range_reduce(speed, i0, i1 + 1, np.fmax)
-        dur = (end_ms - start_ms) / 1000.0
-        soc0, soc1 = _at(soc, before), _at(soc, after)
-        lat0, lon0, lat1, lon1 = _at(lat, i0), _at(lon, i0), _at(lat, i1), _at(lon, i1)
-        for k in range(len(i0)):
-            if dist[k] < min_drive_m:
-                continue
-            drives.append(
-                Drive(
-                    start_ms=int(start_ms[k]),
-                    end_ms=int(end_ms[k]),
-                    duration_s=float(dur[k]),
-                    distance_m=float(dist[k]),
-                    energy_kwh=_opt(energy[k]),
-                    top_speed_kmh=_opt(top[k]),
-                    avg_speed_kmh=float(dist[k] / dur[k] * 3.6) if dur[k] > 0 else None,
-                    soc_start=_opt(soc0[k]),
-                    soc_end=_opt(soc1[k]),
-                    start_lat=_opt(lat0[k]),
-                    start_lon=_opt(lon0[k]),
-                    end_lat=_opt(lat1[k]),
-                    end_lon=_opt(lon1[k]),
-                )
-            )
-
-    c0, c1 = _runs(charging_flag > 0.5, sec, max_pause_s, gap_id)
-    charges: list[Charge] = []
-    if len(c0):
-        cstart = first_t[c0]
-        cend = ((sec[c1] + dt[c1]) * 1000).astype(np.int64)
-        added = np.where(has_power[c1 + 1] - has_power[c0] > 0, e_in[c1 + 1] - e_in[c0], np.nan)
-        pmax = _range_reduce(power, c0, c1 + 1, np.fmax) / 1000.0
-        dcmax = _range_reduce(dc, c0, c1 + 1, np.fmax)
-        soc0, soc1 = _at(soc, c0), _at(soc, c1)
-        clat, clon = _at(lat, c0), _at(lon, c0)
-        for k in range(len(c0)):
-            kind = None if np.isnan(dcmax[k]) else ("DC" if dcmax[k] > DC_MIN_A else "AC")
-            charges.append(
-                Charge(
-                    start_ms=int(cstart[k]),
-                    end_ms=int(cend[k]),
-                    duration_s=float((cend[k] - cstart[k]) / 1000.0),
-                    energy_kwh=_opt(added[k]),
-                    max_power_kw=_opt(pmax[k]),
-                    soc_start=_opt(soc0[k]),
-                    soc_end=_opt(soc1[k]),
-                    kind=kind,
-                    lat=_opt(clat[k]),
-                    lon=_opt(clon[k]),
-                )
-            )
-    return Timeline(drives, charges)
+    g = _seconds(table, max_gap_s)
+    return Timeline(_drives(g, max_stop_s, min_drive_m), _charges(g, max_pause_s))
