@@ -737,84 +737,108 @@ class BoundMapping:
     def apply(self, decoded: Any) -> MappedTable:
         """Resample, evaluate and type every rule over a ``DecodedLog``; rows with no value are dropped."""
         ticks = np.asarray(decoded.ticks, np.int64)
-        g_us = ticks * 1000
-        placed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # message -> (index, age µs)
-        cache: dict[tuple[str, str, int], np.ndarray] = {}
-
-        def slow_limit(msg: str) -> int:
-            # Messages sent about once a second or less often (with jitter) would read as stale between
-            # frames; they stay valid for 1.5 of their typical period (the median interval in the log).
-            t = decoded.messages[msg].t_us
-            return int(1.5 * np.median(np.diff(t))) if len(t) >= 3 else 0
-
-        def resampled(msg: str, sig: str, stale_us: int) -> np.ndarray:
-            ck = (msg, sig, stale_us)
-            if ck in cache:
-                return cache[ck]
-            dm = decoded.messages.get(msg)
-            if dm is None or len(dm.t_us) == 0:
-                out = np.full(len(ticks), np.nan)
-            else:
-                if msg not in placed:
-                    idx = np.searchsorted(dm.t_us, g_us, side="right") - 1
-                    age = np.where(idx >= 0, g_us - dm.t_us[np.maximum(idx, 0)], np.iinfo(np.int64).max)
-                    placed[msg] = (idx, age)
-                idx, age = placed[msg]
-                vals = dm.values[sig]
-                limit = max(stale_us, slow_limit(msg))
-                out = np.where((idx >= 0) & (age <= limit), vals[np.maximum(idx, 0)], np.nan)
-            cache[ck] = out
-            return out
-
+        resampled = _Resampler(decoded, ticks)
         cat = catalogue()
         paths = [p for p in cat.paths if any(b.rule.path == p for b in self.rules)]
         by_path = {b.rule.path: b for b in self.rules}
         columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         out_of_range: dict[str, int] = {}
         for p in paths:
-            b = by_path[p]
-            stale_us = int(round(b.rule.stale_s * 1e6))
-
-            def env(key: tuple[str, str], b: _Bound = b, stale_us: int = stale_us) -> np.ndarray:
-                v = resampled(key[0], key[1], stale_us)
-                nv = b.nulls.get(key)
-                return np.where(np.isin(v, nv), np.nan, v) if nv is not None else v
-
-            vals, ok = b.value(env)
-            vals = np.broadcast_to(np.asarray(vals, np.float64), ticks.shape).copy()
-            ok = np.broadcast_to(np.asarray(ok, bool), ticks.shape) & np.isfinite(vals)
-            if b.when is not None:
-                wv, wo = b.when(env)
-                ok &= np.broadcast_to(np.asarray(wo, bool) & (np.asarray(wv) != 0), ticks.shape)
-            ok &= ticks % (1000 // b.rule.rate_hz) == 0
-            if b.map_keys is not None and b.map_values is not None:
-                mapped = np.full(len(ticks), np.nan if b.default is None else b.default)
-                for k, v in zip(b.map_keys.tolist(), b.map_values.tolist(), strict=True):
-                    mapped[vals == k] = v
-                vals = mapped
-                ok &= ~np.isnan(vals)
-            else:
-                vals = vals * b.rule.scale + b.rule.offset
-                if b.src_unit is not None and b.sig.unit in _UNIT_TABLE:
-                    vals = convert_units(vals, b.src_unit, b.sig.unit)
-            if b.rule.clip is not None:
-                vals = np.clip(vals, *b.rule.clip)
-            vals, inside = _to_catalogue(b.sig, vals)
+            vals, ok, inside = _evaluate(by_path[p], resampled, ticks)
             out_of_range[p] = int((ok & ~inside).sum())
             columns[p] = (vals, ok & inside)
+        return _assemble(cat, paths, ticks, columns, out_of_range)
 
-        keep = np.zeros(len(ticks), bool)
-        for _, ok in columns.values():
-            keep |= ok
-        rows = np.flatnonzero(keep)
-        schema = cat.arrow_schema(paths)
-        arrays: list[pa.Array] = [pa.array(ticks[rows], pa.int64()).cast(schema.field("t").type)]
-        samples = {}
-        for p in paths:
-            vals, ok = columns[p]
-            arrays.append(_arrow(cat[p], vals[rows], ~ok[rows]))
-            samples[p] = int(ok[rows].sum())
-        return MappedTable(pa.Table.from_arrays(arrays, schema=schema), samples, out_of_range)
+
+class _Resampler:
+    """A decoded signal's last value at each output tick, or NaN when none is fresh enough."""
+
+    def __init__(self, decoded: Any, ticks: np.ndarray) -> None:
+        self.decoded = decoded
+        self.ticks = ticks
+        self.g_us = ticks * 1000
+        self.placed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # message -> (index, age µs)
+        self.cache: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def slow_limit(self, msg: str) -> int:
+        """How long a rarely sent message stays valid, in µs (0 for frequent ones)."""
+        # Messages sent about once a second or less often (with jitter) would read as stale between
+        # frames; they stay valid for 1.5 of their typical period (the median interval in the log).
+        t = self.decoded.messages[msg].t_us
+        return int(1.5 * np.median(np.diff(t))) if len(t) >= 3 else 0
+
+    def __call__(self, msg: str, sig: str, stale_us: int) -> np.ndarray:
+        """Signal ``sig`` of message ``msg`` at every tick, NaN where older than ``stale_us``."""
+        ck = (msg, sig, stale_us)
+        if ck in self.cache:
+            return self.cache[ck]
+        dm = self.decoded.messages.get(msg)
+        if dm is None or len(dm.t_us) == 0:
+            out = np.full(len(self.ticks), np.nan)
+        else:
+            if msg not in self.placed:
+                idx = np.searchsorted(dm.t_us, self.g_us, side="right") - 1
+                age = np.where(idx >= 0, self.g_us - dm.t_us[np.maximum(idx, 0)], np.iinfo(np.int64).max)
+                self.placed[msg] = (idx, age)
+            idx, age = self.placed[msg]
+            limit = max(stale_us, self.slow_limit(msg))
+            out = np.where((idx >= 0) & (age <= limit), dm.values[sig][np.maximum(idx, 0)], np.nan)
+        self.cache[ck] = out
+        return out
+
+
+def _evaluate(b: _Bound, resampled: _Resampler, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One rule's values at every tick, where they are valid, and where they fit the catalogue's type."""
+    stale_us = int(round(b.rule.stale_s * 1e6))
+
+    def env(key: tuple[str, str]) -> np.ndarray:
+        v = resampled(key[0], key[1], stale_us)
+        nv = b.nulls.get(key)
+        return np.where(np.isin(v, nv), np.nan, v) if nv is not None else v
+
+    vals, ok = b.value(env)
+    vals = np.broadcast_to(np.asarray(vals, np.float64), ticks.shape).copy()
+    ok = np.broadcast_to(np.asarray(ok, bool), ticks.shape) & np.isfinite(vals)
+    if b.when is not None:
+        wv, wo = b.when(env)
+        ok &= np.broadcast_to(np.asarray(wo, bool) & (np.asarray(wv) != 0), ticks.shape)
+    ok &= ticks % (1000 // b.rule.rate_hz) == 0
+    if b.map_keys is not None and b.map_values is not None:
+        mapped = np.full(len(ticks), np.nan if b.default is None else b.default)
+        for k, v in zip(b.map_keys.tolist(), b.map_values.tolist(), strict=True):
+            mapped[vals == k] = v
+        vals = mapped
+        ok &= ~np.isnan(vals)
+    else:
+        vals = vals * b.rule.scale + b.rule.offset
+        if b.src_unit is not None and b.sig.unit in _UNIT_TABLE:
+            vals = convert_units(vals, b.src_unit, b.sig.unit)
+    if b.rule.clip is not None:
+        vals = np.clip(vals, *b.rule.clip)
+    vals, inside = _to_catalogue(b.sig, vals)
+    return vals, ok, inside
+
+
+def _assemble(
+    cat: Catalogue,
+    paths: list[str],
+    ticks: np.ndarray,
+    columns: dict[str, tuple[np.ndarray, np.ndarray]],
+    out_of_range: dict[str, int],
+) -> MappedTable:
+    """The catalogue-typed table of every tick where at least one signal has a value."""
+    keep = np.zeros(len(ticks), bool)
+    for _, ok in columns.values():
+        keep |= ok
+    rows = np.flatnonzero(keep)
+    schema = cat.arrow_schema(paths)
+    arrays: list[pa.Array] = [pa.array(ticks[rows], pa.int64()).cast(schema.field("t").type)]
+    samples = {}
+    for p in paths:
+        vals, ok = columns[p]
+        arrays.append(_arrow(cat[p], vals[rows], ~ok[rows]))
+        samples[p] = int(ok[rows].sum())
+    return MappedTable(pa.Table.from_arrays(arrays, schema=schema), samples, out_of_range)
 
 
 def quantise(sig: Signal, x: np.ndarray) -> np.ndarray:
