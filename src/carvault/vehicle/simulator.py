@@ -723,17 +723,8 @@ def _plan(rng: np.random.Generator, incident: bool) -> list[_Leg]:
 
 
 # --------------------------------------------------------------------------------- simulate_day
-def simulate_day(
-    vin: str,
-    seed: int,
-    day: dt.date,
-    *,
-    incident: bool = False,
-    tz_offset_h: int = 8,
-    signals: Sequence[str] | None = None,
-    reference: Path | None = None,
-) -> SimulatedDay:
-    """Simulate one local calendar day of a car; ``signals`` picks (and orders) the columns by VSS path."""
+def _day_paths(signals: Sequence[str] | None) -> list[str]:
+    """The VSS paths a day is simulated for: those asked for, or every signal the simulated car has."""
     cat = catalogue()
     # Camera frames are not time series the simulator models; every other catalogue signal is simulated.
     # The simulated car is electric: it has no combustion engine to report on.
@@ -749,20 +740,58 @@ def simulate_day(
     unknown = [p for p in paths if p not in cat]
     if unknown:
         raise UnknownSignal(f"no signal {unknown[0]!r} in the catalogue", signal=unknown[0])
-    ref = reference if reference is not None else reference_dir()
+    return paths
+
+
+@dataclass
+class _Day:
+    """The running state of one simulated day: the car, its clock, its plan and what it recorded so far."""
+
+    spec: VehicleSpec
+    rng: np.random.Generator
+    doy: int
+    temp_offset: float
+    midnight_ms: int
+    incident: bool
+    legs: list[_Leg]
+    places: dict[str, complex]
+    hard_leg: int
+    st: _State
+    pos: tuple[float, float, float]
+    t_leave: float
+    segs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    events: list[SimEvent] = field(default_factory=list)
+    drives: list[DriveSummary] = field(default_factory=list)
+    charges: list[ChargeSummary] = field(default_factory=list)
+
+    def local_h(self, t_ms: np.ndarray | float) -> np.ndarray:
+        """Hours since local midnight."""
+        return np.asarray((np.asarray(t_ms, dtype=np.float64) - self.midnight_ms) / 3.6e6)
+
+    def amb_at(self, t_ms: np.ndarray | float) -> np.ndarray:
+        """Ambient temperature (°C) at a time."""
+        return _ambient_c(self.local_h(t_ms), self.doy, self.temp_offset)
+
+    def place(self, seg: dict[str, np.ndarray], t0: int) -> int:
+        """Put a segment on the clock at ``t0``, run its physics and keep it; return the time after it."""
+        n = len(seg["v"])
+        seg["t_ms"] = t0 + 100 * np.arange(n, dtype=np.int64)
+        seg["amb"] = self.amb_at(seg["t_ms"])
+        seg.setdefault("a", np.zeros(n))
+        seg["ign"] = np.full(n, self.st.ign)
+        _physics(seg, self.spec, self.st, seg["amb"])
+        self.segs.append(seg)
+        return t0 + 100 * n
+
+
+def _start_day(vin: str, seed: int, day: dt.date, incident: bool, tz_offset_h: int, ref: Path) -> _Day:
+    """The day's weather, plan, places and the car's state at dawn (random draws in a fixed order)."""
     spec = vehicle_spec(vin, ref)
-    trips, stops = microtrip_library(ref)
     rng = _rng("day", vin, seed, day.isoformat())
     doy = day.timetuple().tm_yday
     temp_offset = float(rng.normal(0, 1.5))
     midnight_ms = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
     midnight_ms -= tz_offset_h * 3_600_000
-
-    def local_h(t_ms: np.ndarray | float) -> np.ndarray:
-        return np.asarray((np.asarray(t_ms, dtype=np.float64) - midnight_ms) / 3.6e6)
-
-    def amb_at(t_ms: np.ndarray | float) -> np.ndarray:
-        return _ambient_c(local_h(t_ms), doy, temp_offset)
 
     legs = _plan(rng, incident)
     places = {"home": complex(*spec.home_xy), "work": complex(*spec.work_xy)}
@@ -776,7 +805,7 @@ def simulate_day(
     # Low enough that the day's charge has room to add at least ~15 %, high enough for the day's driving.
     soc0 = min(max(float(rng.uniform(30, 65)), need_pct + 12.0), 90.0)
     days_in = max((day - ODOMETER_EPOCH).days, 0)
-    amb0 = float(amb_at(midnight_ms + 6 * 3.6e6))
+    amb0 = float(_ambient_c(np.asarray(6.0), doy, temp_offset))
     st = _State(
         soc=soc0,
         odo_m=float(spec.odometer_base_m + days_in * ODOMETER_M_PER_DAY),
@@ -786,103 +815,119 @@ def simulate_day(
         t_cabin=amb0,
         t_tyre=amb0,
     )
-
-    segs: list[dict[str, np.ndarray]] = []
-    events: list[SimEvent] = []
-    drives: list[DriveSummary] = []
-    charges: list[ChargeSummary] = []
     pos = (spec.home_xy[0], spec.home_xy[1], float(rng.uniform(0, 2 * np.pi)))
     t_leave = float(midnight_ms + 5 * 3_600_000)  # nothing happens before 05:00 local
+    return _Day(spec, rng, doy, temp_offset, midnight_ms, incident, legs, places, hard_leg, st, pos, t_leave)
 
-    def place(seg: dict[str, np.ndarray], t0: int) -> int:
-        n = len(seg["v"])
-        seg["t_ms"] = t0 + 100 * np.arange(n, dtype=np.int64)
-        seg["amb"] = amb_at(seg["t_ms"])
-        seg.setdefault("a", np.zeros(n))
-        seg["ign"] = np.full(n, st.ign)
-        _physics(seg, spec, st, seg["amb"])
-        segs.append(seg)
-        return t0 + 100 * n
 
-    for li, leg in enumerate(legs):
-        last = li == len(legs) - 1
-        passenger = bool(rng.random() < 0.35)
-        chord = abs(places[leg.dest] - places[leg.origin])
-        inc_here = incident and last
-        v1 = _stitch(rng, trips, stops, max(1.3 * chord, 1_500.0), fast=1 + int(chord > 6_000), need_highway=inc_here)
-        v10 = np.maximum(_hermite_upsample(v1, HZ), 0.0)
-        v10[v10 < 1e-3] = 0.0
-        inc: _Incident | None = None
-        hard: tuple[int, int] | None = None
-        if inc_here:
-            v10, inc = _insert_incident(rng, v10)
-        elif li == hard_leg:
-            hard = _insert_hard_braking(rng, v10)
-        turns = _turn_candidates(v10[::HZ])
-        here = complex(pos[0], pos[1])  # where the car really is (a route closes to within metres)
-        z, theta, kappa = _route(rng, v10, turns, here, places[leg.dest], solve=inc is None)
+def _depart(d: _Day, leg: _Leg, n_pre: int) -> int:
+    """When the car wakes for a leg: on a whole second, after the planned time and after it last slept."""
+    rng = d.rng
+    planned = d.midnight_ms + int(leg.depart_h * 3.6e6) + int(rng.integers(0, 300)) * 1000
+    start_ms = max(planned, int(d.t_leave) + int(rng.integers(300, 900)) * 1000) - n_pre * 1000
+    start_ms -= start_ms % 1000
+    if d.segs:
+        gap = (start_ms - int(d.segs[-1]["t_ms"][-1])) / 1000.0
+        amb = float(d.amb_at(start_ms))
+        _sleep(d.st, gap, amb, amb + 10.0 * float(_daylight(d.local_h(start_ms), d.doy)))
+    return start_ms
 
-        # Depart on a whole second, after the planned time and after the car last went to sleep.
-        n_pre = int(rng.integers(20, 46))
-        planned = midnight_ms + int(leg.depart_h * 3.6e6) + int(rng.integers(0, 300)) * 1000
-        start_ms = max(planned, int(t_leave) + int(rng.integers(300, 900)) * 1000) - n_pre * 1000
-        start_ms -= start_ms % 1000
-        if segs:
-            gap = (start_ms - int(segs[-1]["t_ms"][-1])) / 1000.0
-            amb = float(amb_at(start_ms))
-            _sleep(st, gap, amb, amb + 10.0 * float(_daylight(local_h(start_ms), doy)))
-        st.ign += 1  # this drive's ignition cycle
-        pos = (pos[0], pos[1], float(theta[0]))
-        t = place(_pre_drive(n_pre, pos, passenger), start_ms)
 
-        drive = _blank(len(v10), x=0.0, y=0.0, theta=0.0)
-        drive.update(v=v10, a=np.gradient(v10, DT), kappa=kappa, x=z.real, y=z.imag, theta=theta)
-        drive["driving"][:] = True
-        drive["gear_d"][:] = True
-        drive["occ"][:] = True
-        drive["belt_d"][:] = True
-        drive["belt_p"][:] = passenger
-        drive["hvac"][:] = True
-        drive_start = t
-        if hard is not None:
-            events += _hard_braking(drive, hard, t)
-        if inc is not None:
-            events += _script_incident(drive, inc, passenger, t)
-        _cruise_and_lane(rng, drive, bool(rng.random() < 0.5))
-        soc_a, odo_a = st.soc, st.odo_m
-        t = place(drive, t)
-        drives.append(
-            DriveSummary(
-                start_ms=drive_start,
-                end_ms=t - 100,
-                distance_m=st.odo_m - odo_a,
-                energy_kwh=float(-drive["p_into"].sum() * DT / 3.6e6),
-                soc_start=soc_a,
-                soc_end=st.soc,
-                purpose=leg.purpose,
-                origin=leg.origin,
-                destination=leg.dest if inc is None else "crash site",
-            )
+def _drive_leg(d: _Day, li: int, leg: _Leg, trips: Any, stops: Any) -> bool:
+    """Wake, drive one leg, park (and charge); return True when the day's incident ended it."""
+    rng = d.rng
+    last = li == len(d.legs) - 1
+    passenger = bool(rng.random() < 0.35)
+    chord = abs(d.places[leg.dest] - d.places[leg.origin])
+    inc_here = d.incident and last
+    v1 = _stitch(rng, trips, stops, max(1.3 * chord, 1_500.0), fast=1 + int(chord > 6_000), need_highway=inc_here)
+    v10 = np.maximum(_hermite_upsample(v1, HZ), 0.0)
+    v10[v10 < 1e-3] = 0.0
+    inc: _Incident | None = None
+    hard: tuple[int, int] | None = None
+    if inc_here:
+        v10, inc = _insert_incident(rng, v10)
+    elif li == d.hard_leg:
+        hard = _insert_hard_braking(rng, v10)
+    turns = _turn_candidates(v10[::HZ])
+    here = complex(d.pos[0], d.pos[1])  # where the car really is (a route closes to within metres)
+    z, theta, kappa = _route(rng, v10, turns, here, d.places[leg.dest], solve=inc is None)
+
+    n_pre = int(rng.integers(20, 46))
+    start_ms = _depart(d, leg, n_pre)
+    d.st.ign += 1  # this drive's ignition cycle
+    d.pos = (d.pos[0], d.pos[1], float(theta[0]))
+    t = d.place(_pre_drive(n_pre, d.pos, passenger), start_ms)
+
+    drive = _blank(len(v10), x=0.0, y=0.0, theta=0.0)
+    drive.update(v=v10, a=np.gradient(v10, DT), kappa=kappa, x=z.real, y=z.imag, theta=theta)
+    for flag in ("driving", "gear_d", "occ", "belt_d", "hvac"):
+        drive[flag][:] = True
+    drive["belt_p"][:] = passenger
+    drive_start = t
+    if hard is not None:
+        d.events += _hard_braking(drive, hard, t)
+    if inc is not None:
+        d.events += _script_incident(drive, inc, passenger, t)
+    _cruise_and_lane(rng, drive, bool(rng.random() < 0.5))
+    soc_a, odo_a = d.st.soc, d.st.odo_m
+    t = d.place(drive, t)
+    d.drives.append(
+        DriveSummary(
+            start_ms=drive_start,
+            end_ms=t - 100,
+            distance_m=d.st.odo_m - odo_a,
+            energy_kwh=float(-drive["p_into"].sum() * DT / 3.6e6),
+            soc_start=soc_a,
+            soc_end=d.st.soc,
+            purpose=leg.purpose,
+            origin=leg.origin,
+            destination=leg.dest if inc is None else "crash site",
         )
-        pos = (float(z.real[-1]), float(z.imag[-1]), float(theta[-1]))
+    )
+    d.pos = (float(z.real[-1]), float(z.imag[-1]), float(theta[-1]))
+    return _park(d, leg, passenger, inc, t)
 
-        if inc is not None:
-            t = place(_post_crash(int(rng.integers(90, 150)), pos, passenger, inc), t)
-            t_leave = t
+
+def _park(d: _Day, leg: _Leg, passenger: bool, inc: _Incident | None, t: int) -> bool:
+    """After a leg: the crash scene, or parking, charging and the stay; return True after a crash."""
+    rng = d.rng
+    if inc is not None:
+        d.t_leave = d.place(_post_crash(int(rng.integers(90, 150)), d.pos, passenger, inc), t)
+        return True
+    t = d.place(_post_drive(int(rng.integers(15, 41)), d.pos, passenger), t)
+    if leg.charge is not None:
+        t = _charge(rng, leg.charge, d.spec, d.st, d.pos, t, d.midnight_ms, d.charges, d.place)
+    d.t_leave = t + leg.dwell_h * 3.6e6
+    return False
+
+
+def simulate_day(
+    vin: str,
+    seed: int,
+    day: dt.date,
+    *,
+    incident: bool = False,
+    tz_offset_h: int = 8,
+    signals: Sequence[str] | None = None,
+    reference: Path | None = None,
+) -> SimulatedDay:
+    """Simulate one local calendar day of a car; ``signals`` picks (and orders) the columns by VSS path."""
+    paths = _day_paths(signals)
+    ref = reference if reference is not None else reference_dir()
+    trips, stops = microtrip_library(ref)
+    d = _start_day(vin, seed, day, incident, tz_offset_h, ref)
+    for li, leg in enumerate(d.legs):
+        if _drive_leg(d, li, leg, trips, stops):
             break
-        t = place(_post_drive(int(rng.integers(15, 41)), pos, passenger), t)
-        if leg.charge is not None:
-            t = _charge(rng, leg.charge, spec, st, pos, t, midnight_ms, charges, place)
-        t_leave = t + leg.dwell_h * 3.6e6
-
     return SimulatedDay(
         vin=vin,
         day=day,
-        table=_table(segs, spec, rng, paths, doy, midnight_ms),
-        events=sorted(events, key=lambda e: e.t_ms),
-        drives=drives,
-        charges=charges,
-        vehicle=spec,
+        table=_table(d.segs, d.spec, d.rng, paths, d.doy, d.midnight_ms),
+        events=sorted(d.events, key=lambda e: e.t_ms),
+        drives=d.drives,
+        charges=d.charges,
+        vehicle=d.spec,
     )
 
 
