@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from carvault.access.exports import render
-from carvault.errors import AlreadyExists, NotFound
+from carvault.errors import AlreadyExists, NotFound, TooManyRequests
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
 from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
@@ -43,7 +43,7 @@ def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]
     "/claim",
     status_code=201,
     summary="Pair a vehicle with the code it shows",
-    responses=raises(NotFound, AlreadyExists),
+    responses=raises(NotFound, AlreadyExists, TooManyRequests),
 )
 def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     v = region.vehicles.claim(owner.owner_id, req.vin, req.pairing_code)
