@@ -1094,15 +1094,22 @@ def _table(
     midnight_ms: int,
 ) -> pa.Table:
     """Sensor readings from the simulated state, as the catalogue-typed wire table."""
-    cat = catalogue()
     d = {k: np.concatenate([s[k] for s in segs]) for k in segs[0]}
-    n = len(d["t_ms"])
     t_ms = d["t_ms"]
     sec = np.flatnonzero(t_ms % 1000 == 0)
+    col = _ten_hz(d, spec, rng)
+    # 1 Hz signals are computed on whole-second rows only.
+    dark = ~_daylight((t_ms[sec] - midnight_ms) / 3.6e6, doy)
+    one_hz = _one_hz({k: arr[sec] for k, arr in d.items()}, spec, rng, dark)
+    return _wire_table(paths, t_ms, sec, col, one_hz)
+
+
+def _ten_hz(d: dict[str, np.ndarray], spec: VehicleSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The 10 Hz signals (dynamics, brakes, pedals, wheels, motor, EDR) at every row."""
+    n = len(d["t_ms"])
     v, a, kappa = d["v"], d["a"], d["kappa"]
     moving = v > 0.05  # below ~0.2 km/h wheel-speed sensors and the resolver read zero
     drv = d["driving"]
-    local_h = (t_ms - midnight_ms) / 3.6e6
 
     def noise(sigma: float, where: np.ndarray | None = None) -> np.ndarray:
         z = rng.normal(0.0, sigma, n)
@@ -1134,7 +1141,7 @@ def _table(
     steer += 1.5 * _smooth_noise(rng, n, 30.0) * drv
     tcs = drv & (a > 3.2) & (v < 8.0)
 
-    col: dict[str, np.ndarray] = {
+    return {
         "Vehicle.Speed": (v * KMH + noise(0.03, moving)) * moving,
         "Vehicle.Acceleration.Longitudinal": a + noise(0.04, drv),
         "Vehicle.Acceleration.Lateral": kappa * v**2 + noise(0.04, drv),
@@ -1169,9 +1176,10 @@ def _table(
         "Vehicle.Cabin.Seat.Row1.PassengerSide.Airbag.IsDeployed": d["airbag_p"],
     }
 
-    # 1 Hz signals are computed on whole-second rows only.
-    s = {k: arr[sec] for k, arr in d.items()}
-    ns = len(sec)
+
+def _gnss_fixes(s: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Held-index, latitude, longitude, heading and terrain height of the 1 Hz GNSS fixes."""
+    ns = len(s["v"])
     # GNSS error wanders while moving and is frozen at a standstill (receivers' static hold).
     held = np.cumsum(s["v"] > 0.05)
     x_gnss = s["x"] + 1.5 * _smooth_noise(rng, ns + 1, 20.0)[held]
@@ -1180,10 +1188,18 @@ def _table(
     lat = ANCHOR[0] + np.degrees(y_gnss / EARTH_RADIUS_M)
     lon = ANCHOR[1] + np.degrees(x_gnss / (EARTH_RADIUS_M * np.cos(np.radians(ANCHOR[0]))))
     heading = np.mod(90.0 - np.degrees(s["theta"]) + rng.normal(0, 0.2, ns + 1)[held], 360.0)
+    return held, lat, lon, heading, height
+
+
+def _one_hz(
+    s: dict[str, np.ndarray], spec: VehicleSpec, rng: np.random.Generator, dark: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The 1 Hz signals (location, battery, body, cabin, driver) at the whole-second rows ``s``."""
+    ns = len(s["v"])
+    held, lat, lon, heading, height = _gnss_fixes(s, rng)
     soc_disp = np.clip((s["soc"] - 3.0) / 0.94, 0.0, 100.0)
     ready = s["lv"] == LV_ON
     occ = s["occ"]
-    dark = ~_daylight(local_h[sec], doy)
     hr = (68 + 4 * _smooth_noise(rng, ns, 60.0) + 6 * s["driving"] + s["hr_boost"]) * occ
     attentive = np.clip(93 + 4 * _smooth_noise(rng, ns, 90.0), 0, 100) * occ
     wh_km = spec.rated_wh_km + 4.0 * np.abs(s["amb"] - spec.hvac_setpoint_c)
@@ -1196,7 +1212,7 @@ def _table(
     set_at = np.maximum.accumulate(np.where(engaged, np.arange(ns), 0))
     speed_set = np.where(np.cumsum(engaged) > 0, np.round(s["v"][set_at] * KMH), 0.0)
     never = np.zeros(ns, dtype=bool)
-    one_hz: dict[str, np.ndarray] = {
+    return {
         "Vehicle.CurrentLocation.Latitude": lat,
         "Vehicle.CurrentLocation.Longitude": lon,
         "Vehicle.CurrentLocation.Altitude": height + 2.5 * _smooth_noise(rng, ns + 1, 30.0)[held],
@@ -1252,6 +1268,13 @@ def _table(
         "Vehicle.Driver.HeartRate": hr,
     }
 
+
+def _wire_table(
+    paths: list[str], t_ms: np.ndarray, sec: np.ndarray, col: dict[str, np.ndarray], one_hz: dict[str, np.ndarray]
+) -> pa.Table:
+    """The catalogue-typed table of ``paths``: 10 Hz columns on every row, 1 Hz ones on whole seconds only."""
+    cat = catalogue()
+    n = len(t_ms)
     schema = cat.arrow_schema(paths)
     arrays: list[pa.Array] = [pa.array(t_ms, type=schema.field("t").type)]
     null_mask = np.ones(n, dtype=bool)
