@@ -756,11 +756,21 @@ def _parts(absolute: bool, relative: bool | None) -> dict[str, Any]:
     }
 
 
-def build_rows(
-    fig: dict[str, float], minutes: float = 30.0, extra: Sequence[tuple[int, int]] = ()
-) -> list[dict[str, Any]]:
-    """The comparison table: figure, CarVault, peer, ratio CarVault/peer, target, met."""
-    rows: list[dict[str, Any]] = []
+def _row(
+    figure: str,
+    carvault: str,
+    peer: str = "—",
+    ratio: float | None = None,
+    target: str = "(information)",
+    met: bool | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """One row of the comparison table (``more``: ``met_detail`` of a two-part target)."""
+    return {"figure": figure, "carvault": carvault, "peer": peer, "ratio": ratio, "target": target, "met": met, **more}
+
+
+def _ingest_rows(fig: dict[str, float], extra: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Ingest against each peer load, and the variants with other batch lengths and server processes."""
     ingest = fig.get("ingest_samples_per_s")
     peer_best = max(
         (
@@ -774,93 +784,92 @@ def build_rows(
         ingest is not None and ingest >= TARGET_INGEST,
         None if peer_best is None or ingest is None else ingest >= TARGET_INGEST_PEER_FACTOR * peer_best,
     )
-    for key, label in (
-        ("peer_wide_copy_samples_per_s", "wide, bulk COPY"),
-        ("peer_wide_batch_samples_per_s", "wide, COPY + commit per 10 s batch"),
-        ("peer_long_copy_samples_per_s", "long, bulk COPY"),
-    ):
-        peer = fig.get(key)
-        rows.append(
-            {
-                "figure": f"Ingest, full path (samples/s) vs peer {label}",
-                "carvault": _fmt_rate(ingest),
-                "peer": _fmt_rate(peer),
-                "ratio": _ratio(ingest, peer),
-                "target": "≥ 5 M/s and ≥ 2× peer best",
-                **met_ingest,
-            }
+    rows = [
+        _row(
+            f"Ingest, full path (samples/s) vs peer {label}",
+            _fmt_rate(ingest),
+            _fmt_rate(fig.get(key)),
+            _ratio(ingest, fig.get(key)),
+            "≥ 5 M/s and ≥ 2× peer best",
+            **met_ingest,
         )
+        for key, label in (
+            ("peer_wide_copy_samples_per_s", "wide, bulk COPY"),
+            ("peer_wide_batch_samples_per_s", "wide, COPY + commit per 10 s batch"),
+            ("peer_long_copy_samples_per_s", "long, bulk COPY"),
+        )
+    ]
     for batch_s, workers in extra:
         alt = fig.get(f"ingest_{batch_s}s_{workers}w_samples_per_s")
-        if alt is None:
-            continue
-        rows.append(
-            {
-                "figure": f"Ingest, full path, {batch_s} s batches, {workers} server process"
-                f"{'es' if workers > 1 else ''} (samples/s) vs peer best",
-                "carvault": _fmt_rate(alt),
-                "peer": _fmt_rate(peer_best),
-                "ratio": _ratio(alt, peer_best),
-                "target": "(information)",
-                "met": None,
-            }
-        )
+        if alt is not None:
+            rows.append(
+                _row(
+                    f"Ingest, full path, {batch_s} s batches, {workers} server process"
+                    f"{'es' if workers > 1 else ''} (samples/s) vs peer best",
+                    _fmt_rate(alt),
+                    _fmt_rate(peer_best),
+                    _ratio(alt, peer_best),
+                )
+            )
+    return rows
+
+
+def _storage_rows(fig: dict[str, float], extra: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Bytes per sample in segments against the peer, per batch length, and with metadata, log and copies."""
+    rows = []
     b = fig.get("storage_bytes_per_sample")
+    wide = fig.get("peer_wide_bytes_per_sample")
     for key, label in (("peer_wide_bytes_per_sample", "wide"), ("peer_long_bytes_per_sample", "long")):
-        peer = fig.get(key)
         met = _parts(
             b is not None and b <= TARGET_BYTES,
-            None
-            if b is None or "peer_wide_bytes_per_sample" not in fig
-            else b * TARGET_BYTES_PEER_FACTOR <= fig["peer_wide_bytes_per_sample"],
+            None if b is None or wide is None else b * TARGET_BYTES_PEER_FACTOR <= wide,
         )
         rows.append(
-            {
-                "figure": f"Storage, bytes/sample (segments) vs peer {label}",
-                "carvault": _fmt(b, " B"),
-                "peer": _fmt(peer, " B"),
-                "ratio": _ratio(b, peer),
-                "target": "≤ 1.5 B and ≥ 9× smaller than wide",
+            _row(
+                f"Storage, bytes/sample (segments) vs peer {label}",
+                _fmt(b, " B"),
+                _fmt(fig.get(key), " B"),
+                _ratio(b, fig.get(key)),
+                "≤ 1.5 B and ≥ 9× smaller than wide",
                 **met,
-            }
+            )
         )
     for batch_s in sorted({b for b, _ in extra}):
         ba = fig.get(f"storage_{batch_s}s_bytes_per_sample")
-        if ba is None:
-            continue
-        rows.append(
-            {
-                "figure": f"Storage, bytes/sample (segments), {batch_s} s batches vs peer wide",
-                "carvault": _fmt(ba, " B"),
-                "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-                "ratio": _ratio(ba, fig.get("peer_wide_bytes_per_sample")),
-                "target": "(information)",
-                "met": None,
-            }
-        )
+        if ba is not None:
+            rows.append(
+                _row(
+                    f"Storage, bytes/sample (segments), {batch_s} s batches vs peer wide",
+                    _fmt(ba, " B"),
+                    _fmt(wide, " B"),
+                    _ratio(ba, wide),
+                )
+            )
     bm = fig.get("storage_bytes_per_sample_with_metadata")
     rows.append(
-        {
-            "figure": "Storage, bytes/sample incl. metadata DB and log vs peer wide",
-            "carvault": _fmt(bm, " B"),
-            "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-            "ratio": _ratio(bm, fig.get("peer_wide_bytes_per_sample")),
-            "target": "(information)",
-            "met": None,
-        }
+        _row(
+            "Storage, bytes/sample incl. metadata DB and log vs peer wide",
+            _fmt(bm, " B"),
+            _fmt(wide, " B"),
+            _ratio(bm, wide),
+        )
     )
     bd = fig.get("storage_bytes_per_sample_with_derived")
     if bd is not None:
         rows.append(
-            {
-                "figure": "Storage, bytes/sample incl. metadata, log and derived query copies vs peer wide",
-                "carvault": _fmt(bd, " B"),
-                "peer": _fmt(fig.get("peer_wide_bytes_per_sample"), " B"),
-                "ratio": _ratio(bd, fig.get("peer_wide_bytes_per_sample")),
-                "target": "(information)",
-                "met": None,
-            }
+            _row(
+                "Storage, bytes/sample incl. metadata, log and derived query copies vs peer wide",
+                _fmt(bd, " B"),
+                _fmt(wide, " B"),
+                _ratio(bd, wide),
+            )
         )
+    return rows
+
+
+def _window_rows(fig: dict[str, float], minutes: float) -> list[dict[str, Any]]:
+    """Window reads (p50, p95, driving-only, over HTTP) against the peer layouts."""
+    rows = []
     w = fig.get("window_p50_ms")
     wide_w = fig.get("peer_wide_window_p50_ms")
     met_w = _parts(
@@ -871,117 +880,108 @@ def build_rows(
         for layout in ("wide", "long"):
             cv, peer = fig.get(f"window_{q}_ms"), fig.get(f"peer_{layout}_window_{q}_ms")
             rows.append(
-                {
-                    "figure": f"{minutes:g}-min all-signal window to Arrow, {q} vs peer {layout}",
-                    "carvault": _fmt(cv, " ms"),
-                    "peer": _fmt(peer, " ms"),
-                    "ratio": _ratio(cv, peer),
-                    "target": "≤ 10 ms p50 and ≥ 4× faster than wide" if q == "p50" else "(information)",
+                _row(
+                    f"{minutes:g}-min all-signal window to Arrow, {q} vs peer {layout}",
+                    _fmt(cv, " ms"),
+                    _fmt(peer, " ms"),
+                    _ratio(cv, peer),
+                    "≤ 10 ms p50 and ≥ 4× faster than wide" if q == "p50" else "(information)",
                     **(met_w if q == "p50" else {"met": None}),
-                }
+                )
             )
     cv, peer = fig.get("window_dense_p50_ms"), fig.get("peer_wide_window_dense_p50_ms")
     rows.append(
-        {
-            "figure": f"Window of {minutes:g} min of *driving* (stops skipped), p50 vs peer wide",
-            "carvault": _fmt(cv, " ms"),
-            "peer": _fmt(peer, " ms"),
-            "ratio": _ratio(cv, peer),
-            "target": "(information)",
-            "met": None,
-        }
+        _row(
+            f"Window of {minutes:g} min of *driving* (stops skipped), p50 vs peer wide",
+            _fmt(cv, " ms"),
+            _fmt(peer, " ms"),
+            _ratio(cv, peer),
+        )
     )
     h = fig.get("window_http_parquet_p50_ms")
     rows.append(
-        {
-            "figure": "Same window over HTTP as Parquet, p50 (client-side Arrow) vs peer wide",
-            "carvault": _fmt(h, " ms"),
-            "peer": _fmt(wide_w, " ms"),
-            "ratio": _ratio(h, wide_w),
-            "target": "(information)",
-            "met": None,
-        }
+        _row(
+            "Same window over HTTP as Parquet, p50 (client-side Arrow) vs peer wide",
+            _fmt(h, " ms"),
+            _fmt(wide_w, " ms"),
+            _ratio(h, wide_w),
+        )
     )
+    return rows
+
+
+def _other_rows(fig: dict[str, float]) -> list[dict[str, Any]]:
+    """Figures without a peer: the log, incident packages, CAN import, de-identification."""
+    rows = []
     if "log_append_leaves_per_s" in fig:
         rows.append(
-            {
-                "figure": "Transparency log append (leaves/s, batches of 1000)",
-                "carvault": f"{fig['log_append_leaves_per_s'] / 1e3:.0f} k/s",
-                "peer": "—",
-                "ratio": None,
-                "target": "(information)",
-                "met": None,
-            }
+            _row(
+                "Transparency log append (leaves/s, batches of 1000)",
+                f"{fig['log_append_leaves_per_s'] / 1e3:.0f} k/s",
+            )
         )
     if "package_build_s" in fig:
+        build, verify = fig["package_build_s"], fig["package_verify_s"]
         rows.append(
-            {
-                "figure": "Incident package build, 30-min window before a crash (median of 3)",
-                "carvault": _fmt(fig["package_build_s"], " s"),
-                "peer": "—",
-                "ratio": None,
-                "target": "≤ 1 s",
-                "met": fig["package_build_s"] <= 1.0,
-            }
+            _row(
+                "Incident package build, 30-min window before a crash (median of 3)",
+                _fmt(build, " s"),
+                target="≤ 1 s",
+                met=build <= 1.0,
+            )
         )
         rows.append(
-            {
-                "figure": "Incident package offline verify, same package (median of 3)",
-                "carvault": _fmt(fig["package_verify_s"], " s"),
-                "peer": "—",
-                "ratio": None,
-                "target": "≤ 1 s",
-                "met": fig["package_verify_s"] <= 1.0,
-            }
+            _row(
+                "Incident package offline verify, same package (median of 3)",
+                _fmt(verify, " s"),
+                target="≤ 1 s",
+                met=verify <= 1.0,
+            )
         )
     if "package_verify_process_s" in fig:
         rows.append(
-            {
-                "figure": "`carvault verify` of the same package as a whole process (median of 7)",
-                "carvault": _fmt(fig["package_verify_process_s"], " s"),
-                "peer": "—",
-                "ratio": None,
-                "target": "≤ 0.3 s",
-                "met": fig["package_verify_process_s"] <= 0.3,
-            }
+            _row(
+                "`carvault verify` of the same package as a whole process (median of 7)",
+                _fmt(fig["package_verify_process_s"], " s"),
+                target="≤ 0.3 s",
+                met=fig["package_verify_process_s"] <= 0.3,
+            )
         )
     if "can_import_frames_per_s" in fig:
         rows.append(
-            {
-                "figure": "CAN import, Tesla party bus candump at 50k frames/s (frames/s, wall)",
-                "carvault": f"{fig['can_import_frames_per_s'] / 1e6:.2f} M/s",
-                "peer": "—",
-                "ratio": None,
-                "target": "well under real time (≥ 50 k/s)",
-                "met": fig["can_import_frames_per_s"] >= 50_000,
-            }
+            _row(
+                "CAN import, Tesla party bus candump at 50k frames/s (frames/s, wall)",
+                f"{fig['can_import_frames_per_s'] / 1e6:.2f} M/s",
+                target="well under real time (≥ 50 k/s)",
+                met=fig["can_import_frames_per_s"] >= 50_000,
+            )
         )
     if "deid_rate" in fig:
         rows.append(
-            {
-                "figure": "De-identification detection rate (plates + faces, check set, IoU ≥ 0.3)",
-                "carvault": f"{fig['deid_rate'] * 100:.1f} %",
-                "peer": "—",
-                "ratio": None,
-                "target": "≥ 90 %",
-                "met": fig["deid_rate"] >= 0.9,
-            }
+            _row(
+                "De-identification detection rate (plates + faces, check set, IoU ≥ 0.3)",
+                f"{fig['deid_rate'] * 100:.1f} %",
+                target="≥ 90 %",
+                met=fig["deid_rate"] >= 0.9,
+            )
         )
         rows.append(
-            {
-                "figure": "De-identification time per 720×1160 frame (wall, ms)",
-                "carvault": _fmt(fig.get("deid_ms_per_frame"), " ms"),
-                "peer": "—",
-                "ratio": None,
-                "target": "(information)",
-                "met": None,
-            }
-        )
-    for what, target in NOT_YET_MEASURED:
-        rows.append(
-            {"figure": what, "carvault": "not yet measured", "peer": "—", "ratio": None, "target": target, "met": None}
+            _row("De-identification time per 720×1160 frame (wall, ms)", _fmt(fig.get("deid_ms_per_frame"), " ms"))
         )
     return rows
+
+
+def build_rows(
+    fig: dict[str, float], minutes: float = 30.0, extra: Sequence[tuple[int, int]] = ()
+) -> list[dict[str, Any]]:
+    """The comparison table: figure, CarVault, peer, ratio CarVault/peer, target, met."""
+    return (
+        _ingest_rows(fig, extra)
+        + _storage_rows(fig, extra)
+        + _window_rows(fig, minutes)
+        + _other_rows(fig)
+        + [_row(what, "not yet measured", target=target) for what, target in NOT_YET_MEASURED]
+    )
 
 
 def verify_process_s(package: Path, trust: dict[str, Any], trust_file: Path, runs: int = 7) -> float:
