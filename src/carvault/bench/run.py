@@ -1091,10 +1091,9 @@ def _met(m: bool | None) -> str:
     return "—" if m is None else ("yes" if m else "**no**")
 
 
-def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
-    """docs/benchmarks.md from a result."""
-    m, c, d, det = result["machine"], result["config"], result["dataset"], result["details"]
-    ing = det["ingest"]
+def _results_lines(result: dict[str, Any]) -> list[str]:
+    """The title, the machine and the results table."""
+    m, c, det = result["machine"], result["config"], result["details"]
     lines = [
         "# Benchmarks",
         "",
@@ -1120,7 +1119,14 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
         met = _met(r["met"]) + (f" ({r['met_detail']})" if r.get("met_detail") else "")
         lines.append(f"| {r['figure']} | {r['carvault']} | {r['peer']} | {ratio} | {r['target']} | {met} |")
-    lines += [
+    return lines
+
+
+def _measured_lines(result: dict[str, Any]) -> list[str]:
+    """What was measured: dataset, batches, ingest and its variants."""
+    c, d, det = result["config"], result["dataset"], result["details"]
+    ing = det["ingest"]
+    lines = [
         "",
         "Ratios are CarVault divided by peer: above 1 is better for ingest, below 1 is better for bytes and latency.",
         "",
@@ -1169,8 +1175,14 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
             f"keys, ingested the same way at {g['samples_per_s'] / 1e6:.2f} M samples/s: the store then holds "
             f"{det['store_samples']:,} samples."
         )
+    return lines
+
+
+def _storage_window_lines(result: dict[str, Any]) -> list[str]:
+    """What was measured: storage and window reads."""
+    c, d, det = result["config"], result["dataset"], result["details"]
     win = det["window"]
-    lines += [
+    return [
         f"- **Storage**: segment bytes (the exact signed batches, the evidence) / samples after the "
         f"{d['samples']:,}-sample ingest: {det['storage']['segment_bytes']:,} B. With the metadata DB "
         f"(checkpointed) and the transparency log: "
@@ -1189,6 +1201,11 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         f"`GET /api/v1/vehicles/{{vin}}/telemetry?format=parquet` (bearer token, audit record written) for the "
         f"random windows, timed to a decoded Arrow table in the client.",
     ]
+
+
+def _peer_log_lines(det: dict[str, Any]) -> list[str]:
+    """What was measured: the PostgreSQL peer and the transparency log."""
+    lines: list[str] = []
     if det.get("peer"):
         p = det["peer"]
         lines += [
@@ -1221,8 +1238,13 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
                 f"{lg_l['consistency_proof_ms_p50']} ms (p99 {lg_l['consistency_proof_ms_p99']}), verify "
                 f"{lg_l['consistency_verify_ms_p50']} ms; checkpoint sign {lg_l['checkpoint_sign_ms']} ms."
             )
-    lines += ["", "## Targets missed", ""]
-    missed = [r for r in result["rows"] if r["met"] is False]
+    return lines
+
+
+def _closing_lines(rows: list[dict[str, Any]], analysis: str | None) -> list[str]:
+    """Targets missed and the hand-written analysis."""
+    lines = ["", "## Targets missed", ""]
+    missed = [r for r in rows if r["met"] is False]
     seen = set()
     for r in missed:
         key = r["target"]
@@ -1244,6 +1266,13 @@ def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
         ANALYSIS_END,
         "",
     ]
+    return lines
+
+
+def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
+    """docs/benchmarks.md from a result."""
+    lines = _results_lines(result) + _measured_lines(result) + _storage_window_lines(result)
+    lines += _peer_log_lines(result["details"]) + _closing_lines(result["rows"], analysis)
     return "\n".join(lines)
 
 
