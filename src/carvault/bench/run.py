@@ -1311,6 +1311,194 @@ def _provision(
     return keys, token
 
 
+Figures = dict[str, float]
+
+
+def _bench_config(
+    vehicles: int, hours: float, postgres: bool, quick: bool, config: BenchConfig | None, overrides: dict[str, Any]
+) -> BenchConfig:
+    """The configuration given, or the quick or full one with ``overrides``."""
+    if config is not None:
+        return config
+    if quick:
+        return BenchConfig.quick_config(postgres=postgres, **overrides)
+    return BenchConfig(vehicles=vehicles, hours=hours, postgres=postgres, **overrides)
+
+
+def _dataset_step(
+    cfg: BenchConfig, console: Console, bar: Progress, data_dir: Path, work: Path, details: dict[str, Any]
+) -> tuple[list[VehicleData], list[SignedVehicle], str]:
+    """1. Simulate and encode in parallel, provision, then sign (the vehicle's side, before any timing)."""
+    from carvault.vehicle.simulator import fleet_vins
+
+    t0 = time.perf_counter()
+    per_vehicle_samples = max(1, int(cfg.hours * 3600 * (10 * len(SIGNALS_10HZ) + len(SIGNALS_1HZ))))
+    extra = max(0, -(-(cfg.store_samples - cfg.vehicles * per_vehicle_samples) // per_vehicle_samples))
+    all_vins = fleet_vins(cfg.vehicles + extra, cfg.seed)
+    with _step(console, bar, "simulate + encode batches", cfg.vehicles) as adv:
+        data = make_dataset(all_vins[: cfg.vehicles], cfg, adv)
+    prepare_s = time.perf_counter() - t0
+    samples = sum(v.samples for v in data)
+    with _step(console, bar, "provision vehicles", 1) as adv:
+        keys, token = _provision(data_dir, all_vins, work / "vehicles", [v.vin for v in data])
+        adv(1)
+    t0 = time.perf_counter()
+    with _step(console, bar, "sign batches (vehicle side)", len(all_vins)) as adv:
+        signed = []
+        for i, vin in enumerate(all_vins):
+            signed.append(sign_vehicle(vin, keys[vin], i % len(data), data[i % len(data)]))
+            adv(1)
+    sign_s = time.perf_counter() - t0
+    main_set = signed[: cfg.vehicles]
+    n_batches = sum(len(v.batches) for v in main_set)
+    details["dataset"] = {
+        "vehicles": cfg.vehicles,
+        "hours": cfg.hours,
+        "samples": samples,
+        "rows": sum(v.table.num_rows for v in data),
+        "batches": n_batches,
+        "mean_batch_bytes": sum(len(b) for v in main_set for b in v.batches) / n_batches,
+        "mean_batch_samples": samples / n_batches,
+        "prepare_seconds": round(prepare_s, 2),
+        "sign_seconds": round(sign_s, 2),
+        "signals_10hz": list(SIGNALS_10HZ),
+        "signals_1hz": list(SIGNALS_1HZ),
+    }
+    return data, signed, token
+
+
+def _ingest_step(
+    server: ServerProcess,
+    main_set: list[SignedVehicle],
+    data_dir: Path,
+    console: Console,
+    bar: Progress,
+    details: dict[str, Any],
+    fig: Figures,
+) -> None:
+    """2. Ingest through the full path; 3. storage, on the dataset alone."""
+    samples, n_batches = details["dataset"]["samples"], details["dataset"]["batches"]
+    with _step(console, bar, f"ingest {samples / 1e6:.1f} M samples over HTTP", n_batches) as adv:
+        ingest = upload(server, main_set, len(main_set), adv)
+    details["ingest"] = ingest.to_json()
+    fig["ingest_samples_per_s"] = ingest.samples_per_s
+
+    details["storage"] = storage_figures(data_dir, samples)
+    fig["storage_bytes_per_sample"] = details["storage"]["bytes_per_sample"]
+    fig["storage_bytes_per_sample_with_metadata"] = details["storage"]["bytes_per_sample_with_metadata"]
+    if details["storage"]["derived_bytes"]:
+        fig["storage_bytes_per_sample_with_derived"] = details["storage"]["bytes_per_sample_with_derived"]
+
+
+def _window_step(
+    server: ServerProcess,
+    growth: list[SignedVehicle],
+    data: list[VehicleData],
+    token: str,
+    cfg: BenchConfig,
+    console: Console,
+    bar: Progress,
+    details: dict[str, Any],
+    fig: Figures,
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """4. Grow the store, then time window reads in-process and over HTTP; return the windows read."""
+    store_samples = details["dataset"]["samples"]
+    if growth:
+        g_batches = sum(len(v.batches) for v in growth)
+        with _step(console, bar, f"grow store by {len(growth)} VINs", g_batches) as adv:
+            g = upload(server, growth, len(growth), adv)
+        details["ingest_growth"] = {"vehicles": len(growth), **g.to_json()}
+        store_samples += g.samples
+        fig["ingest_growth_samples_per_s"] = g.samples_per_s
+    details["store_samples"] = store_samples
+    windows = pick_windows(data, cfg.windows, cfg.window_minutes, cfg.seed)
+    dense = pick_dense_windows(data, cfg.dense_windows, cfg.window_minutes, cfg.seed)
+    with _step(console, bar, "window reads in-process", len(windows) + len(dense)) as adv:
+        timed = time_windows_in_process(server.data_dir, {"random": windows, "dense": dense}, adv)
+    details["window"], details["window_dense"] = timed["random"], timed["dense"]
+    fig["window_p50_ms"] = details["window"]["p50_ms"]
+    fig["window_p95_ms"] = details["window"]["p95_ms"]
+    fig["window_dense_p50_ms"] = details["window_dense"]["p50_ms"]
+    with _step(console, bar, "window reads over HTTP (Parquet)", cfg.windows) as adv:
+        details["window_http"] = time_windows_http(server, token, windows, adv)
+    fig["window_http_parquet_p50_ms"] = details["window_http"]["p50_ms"]
+    fig["window_http_parquet_p95_ms"] = details["window_http"]["p95_ms"]
+    return windows, dense
+
+
+def _variants_step(
+    work: Path,
+    data: list[VehicleData],
+    cfg: BenchConfig,
+    console: Console,
+    bar: Progress,
+    details: dict[str, Any],
+    fig: Figures,
+) -> None:
+    """The same ingest with other batch lengths and server processes, for the trade-offs."""
+    details["ingest_variants"] = []
+    encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]] = {cfg.batch_seconds: [v.slices for v in data]}
+    for batch_s, workers in cfg.extra_ingests:
+        alt = ingest_variant(work, data, batch_s, workers, console, bar, encoded)
+        details["ingest_variants"].append(alt)
+        fig[f"ingest_{batch_s}s_{workers}w_samples_per_s"] = alt["samples_per_s"]
+        if batch_s != cfg.batch_seconds:  # the main run already gave this batch length's figure
+            fig[f"storage_{batch_s}s_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
+
+
+def _peer_figures(p: dict[str, Any]) -> Figures:
+    """5. The PostgreSQL peer's headline figures."""
+    return {
+        "peer_wide_copy_samples_per_s": p["wide_copy"]["samples_per_s"],
+        "peer_wide_batch_samples_per_s": p["wide_batch"]["samples_per_s"],
+        "peer_long_copy_samples_per_s": p["long_copy"]["samples_per_s"],
+        "peer_wide_bytes_per_sample": p["wide_copy"]["bytes_per_sample"],
+        "peer_long_bytes_per_sample": p["long_copy"]["bytes_per_sample"],
+        "peer_wide_window_p50_ms": p["wide_window"]["p50_ms"],
+        "peer_wide_window_p95_ms": p["wide_window"]["p95_ms"],
+        "peer_long_window_p50_ms": p["long_window"]["p50_ms"],
+        "peer_long_window_p95_ms": p["long_window"]["p95_ms"],
+        "peer_wide_window_dense_p50_ms": p["wide_window_dense"]["p50_ms"],
+    }
+
+
+def _log_and_car_step(work: Path, cfg: BenchConfig, console: Console, details: dict[str, Any], fig: Figures) -> None:
+    """6. The transparency log; 7. the car and the evidence (package build and verify, CAN import, de-id)."""
+    console.print("transparency log figures ...")
+    lg = log_figures(work, cfg, console)
+    if lg:
+        details["log"] = lg
+        fig["log_append_leaves_per_s"] = lg["append"]["append_leaves_per_s"]
+        src = lg.get("large") or lg["append"]
+        fig["log_inclusion_proof_ms_p50"] = src["inclusion_proof_ms_p50"]
+        fig["log_consistency_proof_ms_p50"] = src["consistency_proof_ms_p50"]
+        fig["log_proof_tree_size"] = src["size"]
+    console.print("incident package, CAN import and de-identification figures ...")
+    details["car"] = car_figures(work, cfg)
+    fig.update({k: v for k, v in details["car"].items() if isinstance(v, int | float)})
+
+
+def _result(
+    out: Path, cfg: BenchConfig, started: float, load_start: float, details: dict[str, Any], fig: Figures
+) -> dict[str, Any]:
+    """The whole result as written to JSON, with the comparison rows."""
+    result: dict[str, Any] = {
+        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "json": str(out),
+        "machine": machine_info(),
+        "load_average": {"start": load_start, "end": _loadavg()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "dataset": details["dataset"],
+        "figures": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()},
+        "reference_peer": REFERENCE_PEER,
+        "details": details,
+        "not_measured": [{"figure": w, "target": t} for w, t in NOT_YET_MEASURED],
+    }
+    result["rows"] = build_rows(fig, cfg.window_minutes, cfg.extra_ingests)
+    return result
+
+
 def run_bench(
     out: Path,
     docs: Path,
@@ -1327,13 +1515,7 @@ def run_bench(
     from carvault.server import free_port
 
     console = console or Console()
-    if config is None:
-        opts: dict[str, Any] = dict(overrides)
-        if quick:
-            config = BenchConfig.quick_config(postgres=postgres, **opts)
-        else:
-            config = BenchConfig(vehicles=vehicles, hours=hours, postgres=postgres, **opts)
-    cfg = config
+    cfg = _bench_config(vehicles, hours, postgres, quick, config, overrides)
     started = time.perf_counter()
     load_start = _loadavg()
     if load_start > 0.5:
@@ -1345,158 +1527,34 @@ def run_bench(
     data_dir = work / "region-cn"
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    cat = catalogue()
-    sigs: list[Signal] = [cat[p] for p in BENCH_SIGNALS]
+    sigs: list[Signal] = [catalogue()[p] for p in BENCH_SIGNALS]
     details: dict[str, Any] = {}
-    fig: dict[str, float] = {}
+    fig: Figures = {}
     console.rule("[bold]carvault bench" + (" (quick)" if cfg.quick else ""))
     console.print(f"work folder {work}; {cfg.vehicles} vehicles × {cfg.hours:g} h, {cfg.batch_seconds} s batches")
 
     server: ServerProcess | None = None
     try:
         with _progress(console) as bar:
-            # 1. dataset: simulate + encode in parallel, then sign (vehicle side, before any timing)
-            from carvault.vehicle.simulator import fleet_vins
-
-            t0 = time.perf_counter()
-            per_vehicle_samples = max(1, int(cfg.hours * 3600 * (10 * len(SIGNALS_10HZ) + len(SIGNALS_1HZ))))
-            extra = max(0, -(-(cfg.store_samples - cfg.vehicles * per_vehicle_samples) // per_vehicle_samples))
-            all_vins = fleet_vins(cfg.vehicles + extra, cfg.seed)
-            with _step(console, bar, "simulate + encode batches", cfg.vehicles) as adv:
-                data = make_dataset(all_vins[: cfg.vehicles], cfg, adv)
-            prepare_s = time.perf_counter() - t0
-            samples = sum(v.samples for v in data)
-            with _step(console, bar, "provision vehicles", 1) as adv:
-                keys, token = _provision(data_dir, all_vins, work / "vehicles", [v.vin for v in data])
-                adv(1)
-            t0 = time.perf_counter()
-            with _step(console, bar, "sign batches (vehicle side)", len(all_vins)) as adv:
-                signed = []
-                for i, vin in enumerate(all_vins):
-                    signed.append(sign_vehicle(vin, keys[vin], i % len(data), data[i % len(data)]))
-                    adv(1)
-            sign_s = time.perf_counter() - t0
-            main_set, growth = signed[: cfg.vehicles], signed[cfg.vehicles :]
-            n_batches = sum(len(v.batches) for v in main_set)
-            details["dataset"] = {
-                "vehicles": cfg.vehicles,
-                "hours": cfg.hours,
-                "samples": samples,
-                "rows": sum(v.table.num_rows for v in data),
-                "batches": n_batches,
-                "mean_batch_bytes": sum(len(b) for v in main_set for b in v.batches) / n_batches,
-                "mean_batch_samples": samples / n_batches,
-                "prepare_seconds": round(prepare_s, 2),
-                "sign_seconds": round(sign_s, 2),
-                "signals_10hz": list(SIGNALS_10HZ),
-                "signals_1hz": list(SIGNALS_1HZ),
-            }
-
-            # 2. ingest through the full path
+            data, signed, token = _dataset_step(cfg, console, bar, data_dir, work, details)
             server = ServerProcess(data_dir, free_port(), work / "server.log", cfg.server_workers).start()
-            with _step(console, bar, f"ingest {samples / 1e6:.1f} M samples over HTTP", n_batches) as adv:
-                ingest = upload(server, main_set, len(main_set), adv)
-            details["ingest"] = ingest.to_json()
-            fig["ingest_samples_per_s"] = ingest.samples_per_s
-
-            # 3. storage, on the dataset alone
-            details["storage"] = storage_figures(data_dir, samples)
-            fig["storage_bytes_per_sample"] = details["storage"]["bytes_per_sample"]
-            fig["storage_bytes_per_sample_with_metadata"] = details["storage"]["bytes_per_sample_with_metadata"]
-            if details["storage"]["derived_bytes"]:
-                fig["storage_bytes_per_sample_with_derived"] = details["storage"]["bytes_per_sample_with_derived"]
-
-            # 4. grow the store, then time windows
-            store_samples = samples
-            if growth:
-                g_batches = sum(len(v.batches) for v in growth)
-                with _step(console, bar, f"grow store by {len(growth)} VINs", g_batches) as adv:
-                    g = upload(server, growth, len(growth), adv)
-                details["ingest_growth"] = {"vehicles": len(growth), **g.to_json()}
-                store_samples += g.samples
-                fig["ingest_growth_samples_per_s"] = g.samples_per_s
-            details["store_samples"] = store_samples
-            windows = pick_windows(data, cfg.windows, cfg.window_minutes, cfg.seed)
-            dense = pick_dense_windows(data, cfg.dense_windows, cfg.window_minutes, cfg.seed)
-            with _step(console, bar, "window reads in-process", len(windows) + len(dense)) as adv:
-                timed = time_windows_in_process(data_dir, {"random": windows, "dense": dense}, adv)
-            details["window"], details["window_dense"] = timed["random"], timed["dense"]
-            fig["window_p50_ms"] = details["window"]["p50_ms"]
-            fig["window_p95_ms"] = details["window"]["p95_ms"]
-            fig["window_dense_p50_ms"] = details["window_dense"]["p50_ms"]
-            with _step(console, bar, "window reads over HTTP (Parquet)", cfg.windows) as adv:
-                details["window_http"] = time_windows_http(server, token, windows, adv)
-            fig["window_http_parquet_p50_ms"] = details["window_http"]["p50_ms"]
-            fig["window_http_parquet_p95_ms"] = details["window_http"]["p95_ms"]
+            _ingest_step(server, signed[: cfg.vehicles], data_dir, console, bar, details, fig)
+            windows, dense = _window_step(server, signed[cfg.vehicles :], data, token, cfg, console, bar, details, fig)
             server.stop()
             server = None
-            del signed, main_set, growth
-
-            # the same ingest with other batch lengths and server processes, for the trade-offs
-            details["ingest_variants"] = []
-            encoded: dict[int, list[list[tuple[int, int, int, int, bytes]]]] = {
-                cfg.batch_seconds: [v.slices for v in data]
-            }
-            for batch_s, workers in cfg.extra_ingests:
-                alt = ingest_variant(work, data, batch_s, workers, console, bar, encoded)
-                details["ingest_variants"].append(alt)
-                fig[f"ingest_{batch_s}s_{workers}w_samples_per_s"] = alt["samples_per_s"]
-                if batch_s != cfg.batch_seconds:  # the main run already gave this batch length's figure
-                    fig[f"storage_{batch_s}s_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
-
-            # 5. the PostgreSQL peer, same data
+            del signed  # the signed batches are the largest thing held; the rest needs only the tables
+            _variants_step(work, data, cfg, console, bar, details, fig)
             if cfg.postgres:
                 details["peer"] = _run_peer(cfg, data, sigs, windows, dense, console, bar)
-                p = details["peer"]
-                fig.update(
-                    {
-                        "peer_wide_copy_samples_per_s": p["wide_copy"]["samples_per_s"],
-                        "peer_wide_batch_samples_per_s": p["wide_batch"]["samples_per_s"],
-                        "peer_long_copy_samples_per_s": p["long_copy"]["samples_per_s"],
-                        "peer_wide_bytes_per_sample": p["wide_copy"]["bytes_per_sample"],
-                        "peer_long_bytes_per_sample": p["long_copy"]["bytes_per_sample"],
-                        "peer_wide_window_p50_ms": p["wide_window"]["p50_ms"],
-                        "peer_wide_window_p95_ms": p["wide_window"]["p95_ms"],
-                        "peer_long_window_p50_ms": p["long_window"]["p50_ms"],
-                        "peer_long_window_p95_ms": p["long_window"]["p95_ms"],
-                        "peer_wide_window_dense_p50_ms": p["wide_window_dense"]["p50_ms"],
-                    }
-                )
-
-        # 6. transparency log (its own progress output)
-        console.print("transparency log figures ...")
-        lg = log_figures(work, cfg, console)
-        if lg:
-            details["log"] = lg
-            fig["log_append_leaves_per_s"] = lg["append"]["append_leaves_per_s"]
-            src = lg.get("large") or lg["append"]
-            fig["log_inclusion_proof_ms_p50"] = src["inclusion_proof_ms_p50"]
-            fig["log_consistency_proof_ms_p50"] = src["consistency_proof_ms_p50"]
-            fig["log_proof_tree_size"] = src["size"]
-        # 7. the car and the evidence: incident package build and offline verify, CAN import, de-identification
-        console.print("incident package, CAN import and de-identification figures ...")
-        details["car"] = car_figures(work, cfg)
-        fig.update({k: v for k, v in details["car"].items() if isinstance(v, int | float)})
+                fig.update(_peer_figures(details["peer"]))
+        _log_and_car_step(work, cfg, console, details, fig)
     finally:
         if server is not None:
             server.stop()
         if not cfg.keep and cfg.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    result: dict[str, Any] = {
-        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "seconds": round(time.perf_counter() - started, 1),
-        "json": str(out),
-        "machine": machine_info(),
-        "load_average": {"start": load_start, "end": _loadavg()},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "dataset": details["dataset"],
-        "figures": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()},
-        "reference_peer": REFERENCE_PEER,
-        "details": details,
-        "not_measured": [{"figure": w, "target": t} for w, t in NOT_YET_MEASURED],
-    }
-    result["rows"] = build_rows(fig, cfg.window_minutes, cfg.extra_ingests)
+    result = _result(out, cfg, started, load_start, details, fig)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     docs.parent.mkdir(parents=True, exist_ok=True)
