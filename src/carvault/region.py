@@ -8,7 +8,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carvault.access import jobs as _jobs  # noqa: F401  (registers the export_jobs table before create_schema)
 from carvault.access.accounts import Accounts
 from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
