@@ -419,6 +419,7 @@ CONTAINER = [
     ("dot-dot inside", lambda e: [*e, ("batches/../manifest.json", b"x")], zipfile.ZIP_DEFLATED, None),
     ("backslash name", lambda e: [*e, ("data\\window.csv", b"x")], zipfile.ZIP_DEFLATED, None),
     ("directory entry", lambda e: [*e, ("extra/", b"")], zipfile.ZIP_DEFLATED, None),
+    ("bzip2 members", lambda e: e, zipfile.ZIP_BZIP2, None),
 ]
 
 

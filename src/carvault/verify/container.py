@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import struct
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,9 @@ def read_container(path: Path, limits: Limits = DEFAULT_LIMITS) -> Container:
                 return _read_members(z, infos, limits)
     except ContainerError:
         raise
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError) as e:
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError) as e:
         raise ContainerError(f"not a readable ZIP archive: {e}") from None
-    except (ValueError, struct.error, UnicodeDecodeError) as e:
+    except (ValueError, struct.error, UnicodeDecodeError, RuntimeError) as e:
         raise ContainerError(f"the ZIP archive is malformed: {e}") from None
 
 
@@ -139,6 +140,8 @@ def _check_names(infos: list[zipfile.ZipInfo], limits: Limits) -> None:
             raise ContainerError(f"member {name!r} is a directory entry")
         if info.flag_bits & 0x1:
             raise ContainerError(f"member {name!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ContainerError(f"member {name!r} is neither stored nor deflated")
     dupes = sorted(n for n, k in Counter(i.orig_filename for i in infos).items() if k > 1)
     if dupes:
         raise ContainerError(f"member names appear more than once: {dupes[:5]}")

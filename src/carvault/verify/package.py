@@ -210,11 +210,14 @@ def verify_package(
     m = pkg.manifest
     verdict.add("package readable", True, f"vehicle {m.vin}, region {m.region}, {len(pkg.files)} files")
     run = _Run(pkg, verdict, trust, pins, saved_checkpoint)
-    try:
-        for check in CHECKS:
+    for check in CHECKS:
+        try:
             check(run)
-    except _Stop:
-        pass
+        except _Stop:
+            break
+        except Exception as e:  # noqa: BLE001 - hostile input must give a failed check, never a traceback
+            name = (check.__doc__ or check.__name__).split(".")[0]
+            verdict.add(check.__name__.removeprefix("check_"), False, f"could not be checked ({name}): {e!r}")
     return verdict
 
 
@@ -291,11 +294,14 @@ def _contradictions(run: _Run, own: TrustDocument | None, own_error: str, ca_sha
     """Where the package's own copies of the anchors disagree with the anchors used."""
     out = [own_error] if own_error else []
     if own is not None:
-        if run.vkey is not None and own.log_vkey != run.verdict.log_vkey:
+        own_sha256 = _fingerprint_or_none(own.ca_pem.encode())
+        if own.log_vkey != run.verdict.log_vkey:
             out.append("trust.json names another log key than the trusted one")
-        if own.ca_sha256 is not None and own.ca_sha256 != fingerprint(own.ca_pem):
+        if own_sha256 is None:
+            out.append("trust.json ca_pem is not a PEM certificate")
+        elif own.ca_sha256 is not None and own.ca_sha256 != own_sha256:
             out.append("trust.json ca_sha256 is not the SHA-256 of its ca_pem")
-        if fingerprint(own.ca_pem) != ca_sha256:
+        elif own_sha256 != ca_sha256:
             out.append("trust.json holds another CA than the trusted one")
     ca_copy = run.pkg.files.get("certs/region-ca.pem")
     if ca_copy is not None and _fingerprint_or_none(ca_copy) != ca_sha256:
@@ -344,14 +350,14 @@ def check_certificate(run: _Run) -> None:
         received = [e.received_ms for e in entries.values()]
     except DocumentError:
         received = []  # reported by the log inclusion check
-    at = dt.datetime.fromtimestamp(min(received or [m.created_ms]) / 1000, dt.UTC)
     cert = run.pkg.files.get("certs/vehicle.pem")
     try:
+        at = dt.datetime.fromtimestamp(min(received or [m.created_ms]) / 1000, dt.UTC)
         if cert is None:
             raise CertificateError("the package has no certs/vehicle.pem")
         run.key = vehicle_key_from_certificate(cert, run.ca_pem, m.vin, at=at)
         run.add("certificate chain", True, f"vehicle certificate for {m.vin} issued by the region CA")
-    except (CertificateError, ValueError, OverflowError) as e:
+    except (CertificateError, ValueError, OverflowError, OSError) as e:
         run.add("certificate chain", False, f"vehicle certificate does not chain to the region CA: {e}")
 
 
