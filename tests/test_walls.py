@@ -64,16 +64,35 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
             "carvault.store.segments",
             "carvault.store.telemetry",
             "carvault.store.tables",
+            "carvault.store.derived",
+            "carvault.access.consents",
+            "carvault.access.vehicles",
+            "carvault.access.exports",
+            "carvault.compliance.orders",
+            "carvault.compliance.residency",
+            "carvault.ingest.reconcile",
+            "carvault.ingest.validation",
         )
     },
 }
+
+# The wire format, the log, the verifier and the car load no database or web framework at all.
+NO_SERVER_LIBRARIES = ("sqlalchemy", "fastapi", "starlette", "uvicorn", "jinja2")
+SERVERLESS = (
+    "carvault.protocol",
+    "carvault.ledger.log",
+    "carvault.verify.package",
+    "carvault.verify.cli",
+    "carvault.vehicle.agent",
+    "carvault.signals",
+)
 
 # Product code may name the bench only here: the CLI's ``bench`` command runs it.
 MAY_IMPORT_BENCH = {"cli.py"}
 
 
-def _loaded(module: str) -> list[str]:
-    code = f"import sys, json, {module}; print(json.dumps(sorted(m for m in sys.modules if m.startswith('carvault'))))"
+def _loaded(module: str, prefix: str = "carvault") -> list[str]:
+    code = f"import sys, json, {module}; print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefix!r}))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -89,6 +108,12 @@ def test_module_imports_only_what_it_may(module: str) -> None:
 def test_module_stays_behind_its_wall(module: str) -> None:
     stray = [m for m in _loaded(module) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN[module])]
     assert not stray, f"{module} pulls in {stray}"
+
+
+@pytest.mark.parametrize("module", SERVERLESS)
+def test_module_loads_no_database_or_web_framework(module: str) -> None:
+    stray = [m for m in _loaded(module, "") if m.split(".")[0] in NO_SERVER_LIBRARIES]
+    assert not stray, f"{module} loads {sorted({m.split('.')[0] for m in stray})}"
 
 
 def test_no_product_module_reads_tests() -> None:
