@@ -22,7 +22,7 @@ from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS, drive_table
 
-PATHS = ["Vehicle.Speed", "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"]
+PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by default: no consent needed
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """Incident packages: one ZIP an owner can hand to a court, verifiable offline (docs/incident-package.md).
 
 The builder gathers the window's original signed batches byte for byte, the vehicle certificate and the
-region CA, a fresh checkpoint with an inclusion proof per batch, consistency proofs from the owner's
-saved checkpoints, the coverage and gap list, readable CSV, the 49 CFR 563 EDR table and a report,
-then signs the manifest (the list of files and their SHA-256) with the region's log key.
+region CA, a fresh checkpoint with an inclusion proof per batch (and the salt that opens its v2 leaf),
+consistency proofs from the owner's saved checkpoints, the coverage and gap list, readable CSV, the
+49 CFR 563 EDR table and a report, then signs the manifest (the list of files and their SHA-256)
+with the region's log key.
 """
 
 from __future__ import annotations

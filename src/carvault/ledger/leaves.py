@@ -65,6 +65,16 @@ def log_key_of(db: Database, vin: str) -> bytes:
     return bytes(key)
 
 
+def log_keys_of(db: Database, vins: set[str]) -> dict[str, bytes]:
+    """The log keys of several vehicles in one read (each made first if missing)."""
+    if not vins:
+        return {}
+    with db.session() as s:
+        rows = s.execute(select(Vehicle.vin, Vehicle.log_key).where(Vehicle.vin.in_(vins))).all()
+    keys = {row.vin: bytes(row.log_key) for row in rows if row.log_key is not None}
+    return keys | {vin: log_key_of(db, vin) for vin in vins - keys.keys()}
+
+
 def batch_leaf(region: str, rec: BatchRecord, log_key: bytes | None, version: int | None = None) -> bytes:
     """The leaf bytes of a batch in the given version (default: the version it was logged with)."""
     version = version or rec.leaf_version or LEAF_V1
@@ -121,7 +131,7 @@ def log_batches(
             rows = {r.id: r for r in s.scalars(select(BatchRecord).where(BatchRecord.id.in_(ids)))}
         known = {i: r.log_index for i, r in rows.items() if r.log_index is not None}
         todo = [rows[i] for i in dict.fromkeys(ids) if i in rows and i not in known]
-        keys = {vin: log_key_of(db, vin) for vin in {r.vin for r in todo}}
+        keys = log_keys_of(db, {r.vin for r in todo})
         found = _search_tail(log, region, todo, keys, tail) if tail and todo else {}
         fresh = [r for r in todo if r.id not in found]
         if fresh:
