@@ -140,3 +140,21 @@ def test_package_proofs_open_with_their_salt(
         )
         proof = [base64.b64decode(h) for h in p["proof"]]
         merkle.verify_inclusion(merkle.leaf_hash(leaf), p["leaf_index"], proofs["tree_size"], proof, root)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({}, 400, "invalid_query"),
+        ({"index": 0, "leaf_hash": "AA=="}, 400, "invalid_query"),
+        ({"leaf_hash": "not base64!"}, 400, "invalid_query"),
+        ({"leaf_hash": base64.b64encode(b"\x00" * 31).decode()}, 400, "invalid_query"),
+        ({"leaf_hash": "00" * 32}, 404, "not_found"),
+        ({"index": 99}, 400, "invalid_query"),
+    ],
+)
+def test_inclusion_lookups_that_name_no_leaf(
+    http: httpx.Client, logged: list[BatchRecord], params: dict[str, object], status: int, code: str
+) -> None:
+    r = http.get("/api/v1/log/proof/inclusion", params=params)
+    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
