@@ -229,7 +229,7 @@ class Samples:
             col = self._table.column(path)
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                 # The only string source is the brake light: map its enum to "brake applied".
-                num = pc.cast(pc.is_in(col, value_set=pa.array(BRAKE_LIGHT_ON)), pa.float64())
+                num = pc.cast(pc.is_in(col, value_set=pa.array(list(BRAKE_LIGHT_ON), pa.string())), pa.float64())
             else:
                 num = pc.cast(col, pa.float64())
             vals = np.asarray(pc.fill_null(num, 0.0).to_numpy(), dtype=np.float64)
