@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from carvault.ledger.leaves import LEAF_V1, LEAF_V2, batch_leaf, log_key_of
+from carvault.ledger.leaves import LEAF_V1, LEAF_V2, batch_leaf, fence, log_key_of
 from carvault.ledger.merkle import leaf_hash, verify_inclusion
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, decode_envelope, make_batch
 from carvault.provisioning import provision
 from carvault.region import Region
+from carvault.server import free_port
 from carvault.settings import Settings
-from carvault.store.metadata import BatchRecord, Vehicle, now_ms
+from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
 from carvault.vehicle.identity import VehicleIdentity
 from tests.factories import BASE_MS, drive_table, opt_in, vin_for
 
@@ -125,3 +130,64 @@ def test_a_resend_of_an_unlogged_batch_is_answered_at_once(tmp_path: Path, when:
         assert again == receipt and region.log.size == 1
     finally:
         region.close()
+
+
+def _serve_until_ready(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "carvault.cli", "serve"], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "server died"
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def _post_expecting_no_answer(url: str, blob: bytes) -> None:
+    """Upload a batch to a server that is killed before it answers."""
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(url + "/api/v1/ingest/batches", content=blob, headers={"Content-Type": BATCH_MEDIA_TYPE}, timeout=30)
+
+
+def _rows(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(BatchRecord)) or 0
+
+
+def test_a_server_killed_between_commit_and_log_append(tmp_path: Path) -> None:
+    """A real server is SIGKILLed while its committer waits for the log fence, after its DB commit."""
+    settings = Settings(data_dir=tmp_path / "region", region="cn")
+    with Region(settings) as region:
+        car = provision(region, vin_for(320), tmp_path / "vehicles")
+    blob = _blob(car, 1, GENESIS_PREV)
+    proc, url = _serve_until_ready(settings.data_dir)
+    db = Database(settings.resolved_database_url)
+    try:
+        with fence(settings.data_dir):  # the server's log append must wait here
+            upload = threading.Thread(target=_post_expecting_no_answer, args=(url, blob), daemon=True)
+            upload.start()
+            deadline = time.monotonic() + 30
+            while _rows(db) == 0:
+                assert time.monotonic() < deadline, "the batch was never committed"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        with db.session() as s:
+            assert s.scalar(select(BatchRecord.log_index)) is None  # committed, never logged
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        db.dispose()
+    with Region(settings) as region:
+        assert region.reconciled.indices == (0,) and region.log.size == 1
+        receipt = region.gateway.accept(blob, BATCH_MEDIA_TYPE)
+        assert receipt["duplicate"] is True and receipt["log_index"] == 0 and region.log.size == 1
+        with region.db.session() as s:
+            rec = s.scalars(select(BatchRecord)).one()
+        leaf = leaf_hash(batch_leaf(region.name, rec, log_key_of(region.db, rec.vin)))
+        verify_inclusion(leaf, 0, 1, region.log.inclusion_proof(0), region.log.root())
