@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from carvault.verify.documents import DocumentError, load_json
 from carvault.verify.package import EXIT_USAGE, Pins, Verdict, verify_package
 
 _MARKS = {True: "holds", False: "FAILS", None: "note"}
@@ -122,9 +123,11 @@ def _read_text(path: Path) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise _Usage(f"{path} is not JSON: {e}") from None
+        return load_json(path.read_bytes(), str(path))
+    except OSError as e:
+        raise _Usage(f"cannot read {path}: {e}") from None
+    except DocumentError as e:
+        raise _Usage(e.detail) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
