@@ -537,6 +537,12 @@ MALFORMED_SIGNED = [
     ("trust.json garbage", lambda f: f.__setitem__("trust.json", b"\x00garbage"), "trust anchors"),
     ("trust.json wrong types", _set_json("trust.json", {"log_vkey": 5, "ca_pem": []}), "trust anchors"),
     ("coverage.json wrong types", _set_json("coverage.json", {"batches": "5", "gaps": {}}), "coverage report"),
+    ("consistency.json a string", _set_json("log/consistency.json", "proofs"), "consistency proofs"),
+    (
+        "consistency proof sizes as text",
+        _set_json("log/consistency.json", {"proofs": [{"old_size": "1"}]}),
+        "consistency proofs",
+    ),
     ("no checkpoint", lambda f: f.pop("log/checkpoint.txt"), "checkpoint signature"),
     ("no vehicle certificate", lambda f: f.pop("certs/vehicle.pem"), "certificate chain"),
     ("certificate garbage", lambda f: f.__setitem__("certs/vehicle.pem", b"-----BEGIN junk"), "certificate chain"),

@@ -465,6 +465,17 @@ def check_inclusion(run: _Run) -> None:
     run.add("log inclusion", not failed, detail if not failed else "; ".join(failed[:5]))
 
 
+def check_consistency_document(run: _Run) -> None:
+    """log/consistency.json, when present, is well formed even if no saved checkpoint is given to use it."""
+    data = run.pkg.files.get("log/consistency.json")
+    if data is None:
+        return
+    try:
+        parse_consistency(data)
+    except DocumentError as e:
+        run.add("consistency proofs", False, e.detail)
+
+
 def check_saved(run: _Run) -> None:
     """The log at the package's size extends the checkpoint the owner saved (RFC 9162 consistency)."""
     cp, vkey, name = run.checkpoint, run.vkey, "consistency with saved checkpoint"
@@ -548,6 +559,7 @@ CHECKS: tuple[Callable[[_Run], None], ...] = (
     check_chain,
     check_checkpoint,
     check_inclusion,
+    check_consistency_document,
     check_saved,
     check_tables,
     check_coverage,
