@@ -720,3 +720,27 @@ def test_carvault_verify_loads_only_the_kernel(built: Built, tmp_path: Path) -> 
     assert result["code"] == 0
     stray = [m for m in result["modules"] if m.split(".")[0] in NOT_IN_VERIFY or m.startswith(NOT_IN_VERIFY_CARVAULT)]
     assert not stray, stray
+
+
+def _declare_size(blob: bytes, name: bytes, size: int) -> bytes:
+    """The archive with the central directory's uncompressed size of ``name`` replaced (a lying header)."""
+    out = bytearray(blob)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = int.from_bytes(out[at + 28 : at + 30], "little")
+        if out[at + 46 : at + 46 + name_len] == name:
+            out[at + 24 : at + 28] = size.to_bytes(4, "little")
+            return bytes(out)
+        at = out.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(f"{name!r} not in the archive")
+
+
+@pytest.mark.parametrize("declared", [10, 2**32 - 1], ids=["smaller than it is", "4 GiB"])
+def test_declared_sizes_are_not_trusted(built: Built, tmp_path: Path, declared: int) -> None:
+    blob = write_zip(
+        tmp_path / "ok.zip", _replace(members(built.path), "data/window.csv", _zeros(8 << 20))
+    ).read_bytes()
+    bad = tmp_path / "lying.zip"
+    bad.write_bytes(_declare_size(blob, b"data/window.csv", declared))
+    verdict = verify_package(bad, trust=built.trust)
+    assert verdict.exit_code == EXIT_UNREADABLE and verdict.failures()[0].name == "ZIP container", verdict.checks
