@@ -178,4 +178,6 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits, tota
                     f"({info.compress_size} bytes)"
                 )
             chunks.append(chunk)
+    if got != info.file_size:
+        raise ContainerError(f"{info.orig_filename} declares {info.file_size} bytes but holds {got}")
     return b"".join(chunks)
