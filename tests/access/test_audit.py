@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,22 @@ def test_the_log_refuses_an_unknown_action_and_stores_known_ones(tmp_path: Path)
     assert [e["action"] for e in events] == ["consent.stop", "telemetry.read"]
     assert all(type(e["action"]) is str for e in events)  # stored and hashed as plain text
     assert log.verify_chain(owner) == 2
+
+
+def test_concurrent_records_from_two_processes_keep_every_chain_whole(tmp_path: Path) -> None:
+    """Group commit and the write gate: many threads of two 'processes' (own engines) append at once."""
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    first = Database(url)
+    first.create_schema()
+    accounts = Accounts(first, session_ttl_s=60)
+    owners = [accounts.register(f"busy-{i}@example.com", "correct horse battery").id for i in range(3)]
+    logs = [AuditLog(first), AuditLog(Database(url))]
+
+    def append(n: int) -> list[int]:
+        log = logs[n % 2]
+        return [log.by_owner(owners[(n + i) % 3], AuditAction.TELEMETRY_READ).id for i in range(15)]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        ids = [i for batch in pool.map(append, range(12)) for i in batch]
+    assert len(set(ids)) == len(ids) == 12 * 15
+    assert sum(logs[0].verify_chain(o) for o in owners) == 12 * 15

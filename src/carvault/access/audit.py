@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -97,11 +98,23 @@ def _fields(e: AuditEvent) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Waiting:
+    """An event waiting for the group commit, and how it ended."""
+
+    event: AuditEvent
+    done: bool = False
+    error: Exception | None = None
+
+
 class AuditLog:
     """Records and lists audit events."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._turn = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._writing = False
 
     def record(
         self,
@@ -113,34 +126,73 @@ class AuditLog:
         vin: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        """Append one event to the owner's chain (retrying if another process appended first)."""
-        chain = chain_of(owner_id)
-        action = audit_action(action)
-        for _ in range(50):
-            try:
-                with self.db.session() as s:
-                    head = s.scalar(
-                        select(AuditEvent.hash).where(AuditEvent.chain == chain).order_by(AuditEvent.id.desc()).limit(1)
-                    )
-                    prev = head or GENESIS_PREV
-                    e = AuditEvent(
-                        chain=chain,
-                        owner_id=owner_id,
-                        vin=vin,
-                        actor=str(actor),
-                        action=action.value,
-                        detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
-                        legal_basis=legal_basis,
-                        at_ms=now_ms(),
-                        prev_hash=prev,
-                        hash="",
-                    )
-                    e.hash = entry_hash(prev, _fields(e))
-                    s.add(e)
-                return e
-            except IntegrityError:
-                continue
-        raise Unavailable("audit log is too busy to record an event; the request was not served")
+        """Append one event to the owner's chain; it is durable when this returns (else the error says why)."""
+        e = AuditEvent(
+            chain=chain_of(owner_id),
+            owner_id=owner_id,
+            vin=vin,
+            actor=str(actor),
+            action=audit_action(action).value,
+            detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
+            legal_basis=legal_basis,
+            at_ms=0,  # set when written, with the chain position
+            prev_hash="",
+            hash="",
+        )
+        return self._append(_Waiting(e))
+
+    def _append(self, waiting: _Waiting) -> AuditEvent:
+        """Group commit: whoever finds no writer busy writes every event waiting, in one transaction and fsync.
+
+        Every owner read records an event before it is served; written one transaction each, concurrent reads
+        queued behind each other's fsync (issue 8: reads starving under load).
+        """
+        with self._turn:
+            self._waiting.append(waiting)
+            while not waiting.done:
+                if self._writing:
+                    self._turn.wait()
+                    continue
+                group, self._waiting, self._writing = self._waiting, [], True
+                self._turn.release()
+                try:
+                    self._write_group(group)
+                finally:
+                    self._turn.acquire()
+                    self._writing = False
+                    self._turn.notify_all()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.event
+
+    def _write_group(self, group: list[_Waiting]) -> None:
+        """Chain and store a group of events (retrying if another process appended to one of the chains first)."""
+        try:
+            for _ in range(50):
+                try:
+                    with self.db.session() as s:
+                        heads: dict[str, str] = {}
+                        for w in group:
+                            e = w.event
+                            prev = heads.get(e.chain) or s.scalar(
+                                select(AuditEvent.hash)
+                                .where(AuditEvent.chain == e.chain)
+                                .order_by(AuditEvent.id.desc())
+                                .limit(1)
+                            )
+                            e.prev_hash, e.at_ms = prev or GENESIS_PREV, now_ms()
+                            e.hash = heads[e.chain] = entry_hash(e.prev_hash, _fields(e))
+                            s.add(e)
+                    break
+                except IntegrityError:
+                    continue
+            else:
+                raise Unavailable("audit log is too busy to record an event; the request was not served")
+        except Exception as error:  # noqa: BLE001 - every waiter must learn the failure, whatever it is
+            for w in group:
+                w.error = error
+        for w in group:
+            w.done = True
 
     def by_owner(
         self, owner_id: int, action: AuditAction | str, *, vin: str | None = None, detail: dict[str, Any] | None = None

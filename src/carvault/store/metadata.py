@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -289,18 +290,62 @@ def storage_failure(e: BaseException) -> Unavailable | None:
     return None
 
 
+SQLITE_BUSY_S = 30  # how long a writer waits for SQLite's one write lock before the store counts as unavailable
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+_HOLDS_WRITE_GATE = "carvault_holds_write_gate"
+
+
+class WriteGate:
+    """This process's queue for SQLite's single write lock.
+
+    SQLite lets one transaction write at a time; a writer that finds the lock taken sleeps in its busy handler
+    (up to 100 ms a nap) and retries, so under steady ingest an owner read's audit record could lose the race
+    again and again and wait for seconds (issue 8, measured by ``carvault.bench.contention``). Here writers of
+    this process queue on a lock instead, taken before a transaction's first write statement and given back when
+    its connection returns to the pool, so each is woken the moment the previous writer is done. Other processes
+    sharing the file still meet SQLite's own busy handler.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        event.listen(engine, "before_cursor_execute", self._before_execute)
+        event.listen(engine.pool, "checkin", self._release)
+        event.listen(engine.pool, "invalidate", self._release_invalidated)
+
+    def _before_execute(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if conn.info.get(_HOLDS_WRITE_GATE) or not statement.lstrip()[:7].upper().startswith(_WRITES):
+            return
+        if not self._lock.acquire(timeout=SQLITE_BUSY_S):
+            raise Unavailable(f"the metadata database stayed busy for {SQLITE_BUSY_S} s")
+        conn.info[_HOLDS_WRITE_GATE] = True
+
+    def _release(self, _dbapi_conn: Any, record: Any) -> None:
+        if record is not None and record.info.pop(_HOLDS_WRITE_GATE, False):
+            self._lock.release()
+
+    def _release_invalidated(self, _dbapi_conn: Any, record: Any, _exc: Any) -> None:
+        self._release(_dbapi_conn, record)
+
+
 class Database:
     """An engine plus a session factory over the metadata schema."""
 
     def __init__(self, url: str) -> None:
         try:
             if url.startswith("sqlite"):
+                # As many pooled connections as the ASGI server has worker threads (anyio's default 40), so a busy
+                # moment does not open and close overflow connections (each one re-running the pragmas).
                 self.engine: Engine = create_engine(
-                    url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20
+                    url,
+                    connect_args={"timeout": SQLITE_BUSY_S, "check_same_thread": False},
+                    pool_size=40,
+                    max_overflow=20,
                 )
                 event.listen(self.engine, "connect", _sqlite_pragmas)
+                self.write_gate: WriteGate | None = WriteGate(self.engine)
             else:
                 self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+                self.write_gate = None
         except (ArgumentError, NoSuchModuleError, ImportError) as e:
             raise Unavailable(f"metadata database URL {url!r} is not usable: {e}") from None
         self.url = url
