@@ -122,7 +122,8 @@ def parse_manifest(data: bytes) -> Manifest:
     """manifest.json, every member checked."""
     what = "manifest.json"
     doc = obj(load_json(data, what), what)
-    if doc.get("format") != PACKAGE_FORMAT or doc.get("version") != PACKAGE_VERSION:
+    version = doc.get("version")
+    if doc.get("format") != PACKAGE_FORMAT or type(version) is not int or version != PACKAGE_VERSION:
         raise DocumentError(f"{what} is not a {PACKAGE_FORMAT} version {PACKAGE_VERSION}")
     window = obj(member(doc, "window", dict, what), f"{what} window")
     event = member(doc, "event", (dict, type(None)), what)
