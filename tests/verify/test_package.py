@@ -228,31 +228,26 @@ TAMPER = [
 
 @pytest.mark.parametrize(("name", "mutate", "check"), TAMPER, ids=[t[0] for t in TAMPER])
 def test_tampering_by_the_operator_is_caught_and_named(
-    package: tuple[Path, dict], region: Region, tmp_path: Path, name: str, mutate: Callable, check: str
+    built: Built, tmp_path: Path, name: str, mutate: Callable, check: str
 ) -> None:
-    path, trust = package
     bad = tmp_path / "tampered.zip"
-    rewrite(path, bad, mutate, region.log_key)
-    verdict = verify_package(bad, trust=trust)
+    rewrite(built.path, bad, mutate, built.log_key)
+    verdict = verify_package(bad, trust=built.trust)
     assert not verdict.ok
     assert check in {c.name for c in verdict.failures()}, verdict.checks
 
 
-def test_tampering_without_the_region_key_breaks_the_manifest(package: tuple[Path, dict], tmp_path: Path) -> None:
-    path, trust = package
+def test_tampering_without_the_region_key_breaks_the_manifest(built: Built, tmp_path: Path) -> None:
     bad = tmp_path / "tampered.zip"
-    rewrite(path, bad, _edit_csv, None)
-    failed = {c.name for c in verify_package(bad, trust=trust).failures()}
+    rewrite(built.path, bad, _edit_csv, None)
+    failed = {c.name for c in verify_package(bad, trust=built.trust).failures()}
     assert "files match the manifest" in failed
 
 
-def test_forged_root_with_the_region_key_fails_inclusion(
-    package: tuple[Path, dict], region: Region, tmp_path: Path
-) -> None:
-    path, trust = package
+def test_forged_root_with_the_region_key_fails_inclusion(built: Built, tmp_path: Path) -> None:
     bad = tmp_path / "tampered.zip"
-    rewrite(path, bad, _forge_checkpoint_same_key(region.log_key), region.log_key)
-    assert "log inclusion" in {c.name for c in verify_package(bad, trust=trust).failures()}
+    rewrite(built.path, bad, _forge_checkpoint_same_key(built.log_key), built.log_key)
+    assert "log inclusion" in {c.name for c in verify_package(bad, trust=built.trust).failures()}
 
 
 def test_swapped_certificate_is_caught(package: tuple[Path, dict], region: Region, tmp_path: Path) -> None:
@@ -274,9 +269,8 @@ def test_swapped_certificate_is_caught(package: tuple[Path, dict], region: Regio
     assert "certificate chain" in {c.name for c in verify_package(bad, trust=trust).failures()}
 
 
-def test_untrusted_keys_are_flagged(package: tuple[Path, dict]) -> None:
-    path, _ = package
-    verdict = verify_package(path)  # no trust file: works, but says where the keys came from
+def test_untrusted_keys_are_flagged(built: Built) -> None:
+    verdict = verify_package(built.path)  # no trust file: works, but says where the keys came from
     anchor = next(c for c in verdict.checks if c.name == "trust anchors")
     assert anchor.ok is None and "package itself" in anchor.detail
 
