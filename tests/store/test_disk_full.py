@@ -196,7 +196,7 @@ def test_full_disk_refuses_uploads_and_unauditable_reads_then_heals(
         agent = VehicleAgent(ident, vehicles / vin, url)
         agent.record(drive_table(seconds=120, paths=SIGNALS), batch_seconds=60)
         assert len(agent.upload_pending()) == 2
-        window = {"start": BASE_MS, "end": BASE_MS + 120_000, "signals": "Vehicle.Speed"}
+        window: dict[str, str | int] = {"start": BASE_MS, "end": BASE_MS + 120_000, "signals": "Vehicle.Speed"}
         read = f"/api/v1/vehicles/{vin}/telemetry"
         assert http.get(read, headers=owner.headers, params=window).status_code == 200
 

@@ -177,7 +177,7 @@ def declare(schema: dict[str, Any], routes: Iterable[APIRoute]) -> dict[str, Any
         components.pop(name, None)
     for route in routes:
         item = schema["paths"].get(route.path_format, {})
-        for method in route.methods:
+        for method in route.methods or ():
             op = item.get(method.lower())
             if op is None:
                 continue
@@ -189,7 +189,7 @@ def declare(schema: dict[str, Any], routes: Iterable[APIRoute]) -> dict[str, Any
 
 def allowed_methods(routes: Iterable[APIRoute], path: str) -> list[str]:
     """Every method some route takes at ``path`` (for the ``Allow`` header of a 405)."""
-    return sorted({m for r in routes if r.path_regex.match(path) for m in r.methods})
+    return sorted({m for r in routes if r.path_regex.match(path) for m in r.methods or ()})
 
 
 def _storage_or_raise(e: Exception) -> JSONResponse:
@@ -216,7 +216,7 @@ def install(app: FastAPI) -> None:
             {"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")} for err in e.errors()
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
-        loc = e.errors()[0].get("loc", ()) if problems else ()
+        loc: tuple[Any, ...] = tuple(e.errors()[0].get("loc", ())) if problems else ()
         # Like the services' own ValidationFailed: name the body field at fault, so forms can point at it.
         field = {"field": str(loc[-1])} if len(loc) > 1 and loc[0] == "body" else {}
         return error_response(ValidationFailed(f"{first['where']}: {first['problem']}", problems=problems, **field))
