@@ -48,16 +48,30 @@ def _merge_instants(table: pa.Table) -> pa.Table:
     starts = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
     if len(starts) == len(t):
         return table
+    table = table.combine_chunks()
+    merged = table.take(_indices(starts))  # each instant's first row; fixed below where it is null
     n = len(t)
     rows = np.arange(n, dtype=np.int64)
-    cols = [table.column("t").take(_indices(starts))]
-    for name in table.column_names[1:]:
-        col = table.column(name)
-        valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    for i, name in enumerate(table.column_names[1:], start=1):
+        valid = _validity(table.column(name))
+        if valid is None:
+            continue  # no nulls: the first row of every instant has the value
         first = np.minimum.reduceat(np.where(valid, rows, n), starts)
         missing = first == n
-        cols.append(col.take(_indices(np.where(missing, 0, first), missing)))
-    return pa.Table.from_arrays(cols, schema=table.schema)
+        if np.array_equal(first[~missing], starts[~missing]):
+            continue  # wherever an instant has a value, its first row has it
+        merged = merged.set_column(i, name, table.column(name).take(_indices(np.where(missing, 0, first), missing)))
+    return merged
+
+
+def _validity(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Which rows of a one-chunk column are non-null, from its validity bitmap (None: no nulls)."""
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    bitmap = arr.buffers()[0]
+    if arr.null_count == 0 or bitmap is None:
+        return None if arr.null_count == 0 else np.zeros(len(arr), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little", count=arr.offset + len(arr))
+    return bits[arr.offset :].astype(bool)
 
 
 def _indices(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
