@@ -34,6 +34,7 @@ FIGURES = (
     "log_consistency_proof_ms_p50",
     "package_build_s",
     "package_verify_s",
+    "package_verify_process_s",
     "can_import_frames_per_s",
 )
 
