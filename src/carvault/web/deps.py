@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,10 @@ MAX_TIME_MS = 253_402_300_799_999
 RowId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="an id or sequence number")]
 CSRF_HEADER = "X-CarVault-CSRF"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# ASCII digits only (str.isdigit also takes '¹' or '٣', which int() refuses) and never more than an int64 holds.
+_EPOCH_MS = re.compile(r"-?[0-9]{1,19}")
+_INTERVAL = re.compile(r"(?P<number>[0-9]{1,12}(?:\.[0-9]{1,6})?)(?P<unit>ms|min|s|h)?")
+_INTERVAL_UNITS = {"ms": 1, "min": 60_000, "s": 1000, "h": 3_600_000}
 
 
 def get_region(request: Request) -> Region:
@@ -52,7 +57,7 @@ CurrentOwner = Annotated[Principal, Depends(current_owner)]
 def parse_time(value: str, name: str) -> int:
     """Epoch milliseconds from an ISO 8601 time (UTC if no zone) or an integer of epoch milliseconds."""
     v = value.strip()
-    if v.lstrip("-").isdigit():
+    if _EPOCH_MS.fullmatch(v):
         return _in_range(int(v), name)
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
@@ -73,16 +78,10 @@ def _in_range(ms: int, name: str) -> int:
 
 def parse_interval(value: str) -> int:
     """Milliseconds from '500ms', '1s', '5min', '1h' (or a plain number of milliseconds)."""
-    v = value.strip().lower()
-    units = (("ms", 1), ("min", 60_000), ("s", 1000), ("h", 3_600_000))
-    for suffix, factor in units:
-        if v.endswith(suffix) and v[: -len(suffix)].replace(".", "", 1).isdigit():
-            ms = int(float(v[: -len(suffix)]) * factor)
-            break
-    else:
-        if not v.isdigit():
-            raise InvalidQuery("resample must look like 100ms, 1s, 5min or 1h", parameter="resample")
-        ms = int(v)
+    m = _INTERVAL.fullmatch(value.strip().lower())
+    if m is None or (m["unit"] is None and "." in m["number"]):
+        raise InvalidQuery("resample must look like 100ms, 1s, 5min or 1h", parameter="resample")
+    ms = int(float(m["number"]) * _INTERVAL_UNITS[m["unit"] or "ms"])
     if ms < 10:
         raise InvalidQuery("resample interval must be at least 10 ms", parameter="resample")
     return ms
