@@ -180,3 +180,25 @@ def test_schemathesis_finds_no_undocumented_status_and_no_server_error(
     )
     assert run.returncode == 0, run.stdout[-6000:]
     assert json.loads(report.read_text()) is not None
+
+
+VEHICLE_HEADERS = {"CarVault-Vin": "LRWTEST0000000001", "CarVault-Signature": "AAAA"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/api/v1/vehicle/policy", {**VEHICLE_HEADERS, "CarVault-Time": b"\xb9"}, 401),  # latin-1 '¹' is a digit
+        ("/api/v1/vehicle/policy", {**VEHICLE_HEADERS, "CarVault-Time": "9" * 5000}, 401),
+        ("/api/v1/vehicles/LRWTEST0000000001/telemetry?start=0&end=%C2%B9", {}, 400),
+        ("/api/v1/log/proof/consistency?old=1&new=%C2%B9", {}, 422),
+    ],
+    ids=["time-superscript", "time-5000-digits", "window-superscript", "log-superscript"],
+)
+def test_hostile_values_get_a_4xx_never_a_500(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, path: str, headers: dict[str, Any], status: int
+) -> None:
+    pairing = {"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    assert http.post("/api/v1/vehicles/claim", headers=owner.headers, json=pairing).status_code == 201
+    r = http.get(path, headers={**owner.headers, **headers})
+    assert r.status_code == status, r.text

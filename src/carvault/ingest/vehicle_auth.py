@@ -24,7 +24,7 @@ def authenticate_vehicle(gateway: Gateway, method: str, path: str, headers: Mapp
     vin = headers.get("carvault-vin", "")
     raw_time = headers.get("carvault-time", "")
     raw_sig = headers.get("carvault-signature", "")
-    if not vin or not raw_time.isdigit() or not raw_sig:
+    if not vin or not (raw_time.isascii() and raw_time.isdigit() and len(raw_time) <= 19) or not raw_sig:
         raise Unauthenticated("vehicle requests need CarVault-Vin, CarVault-Time and CarVault-Signature headers")
     t = int(raw_time)
     if abs(t - now_ms()) > MAX_SKEW_MS:

@@ -90,7 +90,7 @@ def parse_interval(value: str) -> int:
 async def read_body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused with ``PayloadTooLarge`` as soon as it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit}", limit=limit)
     chunks: list[bytes] = []
     size = 0

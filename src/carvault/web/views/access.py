@@ -62,7 +62,7 @@ async def access(request: Request) -> Response:
             params["until"] = int(until.timestamp() * 1000)
     except FormError as e:
         error = str(e)
-    if q.get("before", "").isdigit():
+    if q.get("before", "").isascii() and q.get("before", "").isdigit() and len(q["before"]) <= 19:
         params["before_id"] = int(q["before"])
     events = (await p.get_json("/api/v1/audit", params=params))["events"]
     recent = (await p.get_json("/api/v1/audit", params={"limit": 1000}))["events"]

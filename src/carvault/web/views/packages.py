@@ -58,7 +58,7 @@ async def request_package(vin: str, request: Request) -> Response:
             body = {"start": p.time_input(form.get("from"), "from"), "end": p.time_input(form.get("to"), "to")}
         else:
             kind, _, t_ms = form.get("event", "").partition("@")
-            if not t_ms.isdigit():
+            if not (t_ms.isascii() and t_ms.isdigit() and len(t_ms) <= 19):
                 raise FormError(p.t("packages.pick_event"))
             body = {
                 "event_time": int(t_ms),
