@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from carvault.errors import BadSignature, MalformedBatch
+from carvault.errors import BadSignature, MalformedBatch, TimestampInFuture, TimestampOutOfSpan
+from carvault.protocol.json import JSONRejected, strict_loads
 
 MAGIC = b"CVB1"
 VERSION = 1
@@ -40,6 +41,13 @@ PAYLOAD_FORMAT = "parquet"
 BATCH_KINDS = ("telemetry", "event", "media")
 _HEADER_FIELDS = {"v", "vin", "region", "seq", "prev", "t0", "t1", "rows", "payload", "kind"}
 _MAX_HEADER = 64 * 1024
+# Integer bounds of the header (docs/protocol.md §2.1). Every one fits a signed 64-bit database column and
+# is read exactly by every JSON parser (I-JSON, at most 2^53 - 1).
+MAX_SEQ = 2**53 - 1
+MAX_ROWS = 2**31 - 1
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, as ingest.validation: nothing older is plausible telemetry
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant ISO 8601 can spell
+MAX_REGION_LEN = 32
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
@@ -68,43 +76,69 @@ class BatchHeader:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> BatchHeader:
-        """Parse and type-check a header; any defect is a ``MalformedBatch``."""
+        """Parse and check a header: ``MalformedBatch`` for any defect of form, the time codes for its span.
+
+        The JSON is strict (``carvault.protocol.json``): no duplicate members, no floats, NaN or
+        out-of-range integers, so the signed header has one reading for every parser.
+        """
         try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MalformedBatch(f"batch header is not UTF-8 JSON: {e}") from None
+            obj = strict_loads(data)
+        except JSONRejected as e:
+            raise MalformedBatch(f"batch header is not strict UTF-8 JSON: {e}") from None
         if not isinstance(obj, dict):
             raise MalformedBatch("batch header must be a JSON object")
         missing = _HEADER_FIELDS - obj.keys()
         extra = obj.keys() - _HEADER_FIELDS
         if missing or extra:
-            raise MalformedBatch("batch header fields are wrong", missing=sorted(missing), unexpected=sorted(extra))
-        ints = ("v", "seq", "t0", "t1", "rows")
-        strs = ("vin", "region", "prev", "payload", "kind")
-        for k in ints:
+            raise MalformedBatch(
+                "batch header fields are wrong",
+                missing=sorted(missing),
+                unexpected=[k[:40] for k in sorted(extra)[:10]],
+            )
+        for k in ("v", "seq", "t0", "t1", "rows"):
             if type(obj[k]) is not int:
                 raise MalformedBatch(f"header field {k!r} must be an integer", field=k)
-        for k in strs:
+        for k in ("vin", "region", "prev", "payload", "kind"):
             if not isinstance(obj[k], str):
                 raise MalformedBatch(f"header field {k!r} must be a string", field=k)
         h = cls(**obj)
-        if h.v != VERSION:
-            raise MalformedBatch(f"protocol version {h.v} is not supported (this gateway speaks v{VERSION})")
-        if h.payload != PAYLOAD_FORMAT:
-            raise MalformedBatch(f"payload format {h.payload!r} is not supported (use 'parquet')")
-        if h.kind not in BATCH_KINDS:
-            raise MalformedBatch(f"batch kind {h.kind!r} is not one of {', '.join(BATCH_KINDS)}")
-        if not (len(h.vin) == 17 and h.vin.isalnum() and h.vin.isascii() and h.vin.upper() == h.vin):
-            raise MalformedBatch("vin must be 17 upper-case letters and digits", field="vin")
-        if h.seq < 1:
-            raise MalformedBatch("seq starts at 1", field="seq")
-        if len(h.prev) != 64 or any(c not in "0123456789abcdef" for c in h.prev):
-            raise MalformedBatch("prev must be 64 lower-case hex digits", field="prev")
-        if h.t1 < h.t0:
-            raise MalformedBatch("t1 is before t0", field="t1")
-        if h.rows < 1:
-            raise MalformedBatch("a batch holds at least one row", field="rows")
+        h.check()
         return h
+
+    def check(self) -> None:
+        """Check the values against the protocol's bounds (types are the caller's or the parser's)."""
+        if self.v != VERSION:
+            raise MalformedBatch(
+                f"protocol version {self.v} is not supported (this gateway speaks v{VERSION})", field="v"
+            )
+        if self.payload != PAYLOAD_FORMAT:
+            raise MalformedBatch(
+                f"payload format {self.payload[:40]!r} is not supported (use 'parquet')", field="payload"
+            )
+        if self.kind not in BATCH_KINDS:
+            raise MalformedBatch(f"batch kind {self.kind[:40]!r} is not one of {', '.join(BATCH_KINDS)}", field="kind")
+        v = self.vin
+        if not (len(v) == 17 and v.isascii() and v.isalnum() and v.upper() == v):
+            raise MalformedBatch("vin must be 17 upper-case letters and digits", field="vin")
+        r = self.region
+        if not (1 <= len(r) <= MAX_REGION_LEN and r.isascii() and r.isprintable() and " " not in r):
+            raise MalformedBatch(
+                f"region must be a name of 1 to {MAX_REGION_LEN} printable ASCII characters", field="region"
+            )
+        if not 1 <= self.seq <= MAX_SEQ:
+            raise MalformedBatch(f"seq must lie in 1..{MAX_SEQ} (it starts at 1)", field="seq")
+        if len(self.prev) != 64 or any(c not in "0123456789abcdef" for c in self.prev):
+            raise MalformedBatch("prev must be 64 lower-case hex digits", field="prev")
+        if not 1 <= self.rows <= MAX_ROWS:
+            raise MalformedBatch(f"rows must lie in 1..{MAX_ROWS} (a batch holds at least one row)", field="rows")
+        if self.t0 < EARLIEST_MS:
+            raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=self.t0)
+        if self.t1 > LATEST_MS:
+            raise TimestampInFuture("batch span ends after 9999-12-31", t1=self.t1)
+        if self.t1 < self.t0:
+            raise TimestampOutOfSpan(
+                f"the header span is empty: t1 {self.t1} is before t0 {self.t0}", t0=self.t0, t1=self.t1
+            )
 
 
 @dataclass(frozen=True)
@@ -150,7 +184,11 @@ def encode_envelope(header: BatchHeader, payload: bytes, key: Ed25519PrivateKey)
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    """Split a batch into its parts, checking the framing; raise ``MalformedBatch`` on any defect."""
+    """Split a batch into its parts, checking the framing, then the header.
+
+    Any defect of form raises ``MalformedBatch``; a header span outside 2000..9999 or inverted raises the time
+    codes ``TimestampOutOfSpan`` / ``TimestampInFuture`` (``BatchHeader.check``). All are ``BadRequest``.
+    """
     n = len(data)
     if n < 4 + 4 + 8 + SIGNATURE_LEN:
         raise MalformedBatch(f"batch is truncated: {n} bytes is shorter than an empty envelope")
@@ -159,7 +197,6 @@ def decode_envelope(data: bytes) -> Envelope:
     (hlen,) = struct.unpack_from(">I", data, 4)
     if hlen > _MAX_HEADER or 8 + hlen + 8 + SIGNATURE_LEN > n:
         raise MalformedBatch(f"batch is truncated or its header length ({hlen}) is wrong")
-    header = BatchHeader.from_json_bytes(bytes(data[8 : 8 + hlen]))
     (plen,) = struct.unpack_from(">Q", data, 8 + hlen)
     start = 16 + hlen
     if start + plen + SIGNATURE_LEN != n:
@@ -167,6 +204,7 @@ def decode_envelope(data: bytes) -> Envelope:
             f"batch length does not add up: payload says {plen} bytes, envelope has "
             f"{n - start - SIGNATURE_LEN} (truncated or trailing bytes)"
         )
+    header = BatchHeader.from_json_bytes(bytes(data[8 : 8 + hlen]))
     raw = bytes(data)
     return Envelope(header=header, payload=raw[start : start + plen], signature=raw[n - SIGNATURE_LEN :], raw=raw)
 

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
+from carvault.errors import UnsupportedMediaType
 from carvault.protocol.envelope import BATCH_MEDIA_TYPE
 from carvault.web.deps import RegionDep, binary_body, read_body
 from carvault.web.errors import INGEST_ERRORS, raises
@@ -32,6 +33,15 @@ def _limiter(request: Request) -> anyio.CapacityLimiter:
 )
 async def upload_batch(request: Request, region: RegionDep) -> dict[str, Any]:
     """Take one batch envelope (Content-Type application/vnd.carvault.batch.v1)."""
+    # The signature covers the exact envelope bytes and the payload is already compressed: a content coding
+    # would only add a second reading of the body (and a decompression bomb), so none is taken (docs/protocol.md §3.3).
+    codings = [c.strip().lower() for v in request.headers.getlist("content-encoding") for c in v.split(",")]
+    if any(c not in ("", "identity") for c in codings):
+        raise UnsupportedMediaType(
+            f"batches are sent without a Content-Encoding (got {', '.join(codings)[:60]}); "
+            "the envelope's payload is compressed already",
+            accept_encoding="identity",
+        )
     body = await read_body(request, region.settings.max_batch_bytes, "batch")
     # The checks are CPU work: a few threads keep both cores busy; more only fight over the GIL. The wait for
     # the group commit happens outside the cap, so many batches still share each fsync.
