@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
 from carvault.signals import catalogue
+
+if TYPE_CHECKING:
+    from carvault.region import Region
 
 BASE_MS = 1_762_999_980_000  # 2025-11-13, a whole minute, safely in the past
 
@@ -40,3 +46,27 @@ def drive_table(start_ms: int = BASE_MS, seconds: int = 120, paths: list[str] | 
             vals = pa.array(np.where(whole, vals.to_numpy(zero_copy_only=False), None).tolist(), s.arrow_type)
         cols.append(vals)
     return pa.Table.from_arrays(cols, schema=cat.arrow_schema([s.path for s in sigs]))
+
+
+def opt_in(region: Region, vin: str, *categories: str, at_ms: int = BASE_MS - 60_000) -> None:
+    """The owner's lasting opt-in to categories the test data carries (the gateway checks consent itself).
+
+    Default: every category of ``drive_table()`` that needs one. Given a minute before ``BASE_MS`` for a
+    year, by an owner account made for it.
+    """
+    from carvault.compliance.consent import needs_opt_in
+
+    if not categories:
+        categories = tuple(sorted({s.category for s in catalogue() if s.category != "exterior_camera"}))
+    owner = region.accounts.register(f"consent-{secrets.token_hex(4)}@example.com", "correct horse battery")
+    for category in filter(needs_opt_in, categories):
+        region.consents.decide(
+            vin,
+            owner.id,
+            category,
+            enabled=True,
+            purpose="test data",
+            ends_ms=at_ms + 365 * 86_400_000,
+            lasting=True,
+            at_ms=at_ms,
+        )

@@ -50,8 +50,25 @@ def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, po
     cn_port = port or (8400 if serve else free_port())
     eu_port = free_port()
     endpoints = {"cn": f"http://127.0.0.1:{cn_port}", "eu": f"http://127.0.0.1:{eu_port}"}
-    cn = Region(Settings(data_dir=data_dir / "region-cn", region="cn", port=cn_port, region_endpoints=endpoints))
-    eu = Region(Settings(data_dir=data_dir / "region-eu", region="eu", port=eu_port, region_endpoints=endpoints))
+    directory = str(data_dir / "region-directory.txt")  # VIN -> home region: provisioning writes, both read
+    cn = Region(
+        Settings(
+            data_dir=data_dir / "region-cn",
+            region="cn",
+            port=cn_port,
+            region_endpoints=endpoints,
+            region_directory=directory,
+        )
+    )
+    eu = Region(
+        Settings(
+            data_dir=data_dir / "region-eu",
+            region="eu",
+            port=eu_port,
+            region_endpoints=endpoints,
+            region_directory=directory,
+        )
+    )
     cn_server = BackgroundServer(cn, port=cn_port).start()
     eu_server = BackgroundServer(eu, port=eu_port).start()
     console.print(f"[bold]Regions up[/]: cn at {cn_server.url}, eu at {eu_server.url}")

@@ -9,6 +9,7 @@
     │   ├── TimestampOutOfSpan         400 timestamp_out_of_span (outside the header span, unordered)
     │   ├── TimestampInFuture          400 timestamp_in_future
     │   ├── DeIdentificationMissing    422 deidentification_missing (camera frame not blurred in the car)
+    │   ├── RegionMismatch             400 region_mismatch       (header region is not the registered home)
     │   ├── InvalidQuery               400 invalid_query
     │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
     ├── Unauthenticated                401 unauthenticated
@@ -86,13 +87,16 @@ class ValueOutOfRange(BadRequest):
 
 
 class TimestampOutOfSpan(BadRequest):
-    """A record's timestamp is outside the span the header declares, or timestamps are not increasing."""
+    """A record's timestamp is outside the span the header declares, or timestamps are not increasing.
+
+    Also a header span that starts before 2000 or is empty (``t1 < t0``).
+    """
 
     code = "timestamp_out_of_span"
 
 
 class TimestampInFuture(BadRequest):
-    """The batch claims data from further in the future than clock skew allows."""
+    """The batch claims data from further in the future than clock skew allows (or after 9999-12-31)."""
 
     code = "timestamp_in_future"
 
@@ -102,6 +106,12 @@ class DeIdentificationMissing(BadRequest):
 
     code = "deidentification_missing"
     status = 422
+
+
+class RegionMismatch(BadRequest):
+    """The batch header names a region other than the vehicle's registered home region."""
+
+    code = "region_mismatch"
 
 
 class InvalidQuery(BadRequest):
@@ -147,6 +157,12 @@ class DataFrozen(Forbidden):
     """The data is under a legal hold after a deletion request: kept, but not served."""
 
     code = "data_frozen"
+
+
+class ConsentNotGiven(Forbidden):
+    """A batch carries samples of a category the owner had not consented to (or had stopped) at their time."""
+
+    code = "consent_not_given"
 
 
 class NotFound(CarVaultError):

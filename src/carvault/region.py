@@ -13,6 +13,7 @@ from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
+from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.reconcile import reconcile
@@ -80,7 +81,10 @@ class Region:
         self.segments = SegmentWriter(settings.data_dir / "segments", settings.segment_max_bytes)
         self.segment_reader = SegmentReader(settings.data_dir / "segments")
         self.accounts = Accounts(self.db, settings.session_ttl_s)
-        self.vehicles = Vehicles(self.db, self.name)
+        self.residency = Residency.of_database(
+            self.db, self.name, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
+        )
+        self.vehicles = Vehicles(self.db, self.name, self.residency)
         self.audit = AuditLog(self.db)
         self.consents = Consents(self.db, self.audit, self.name)
         self.derived = DerivedCopies(settings.data_dir / "derived")
@@ -88,7 +92,15 @@ class Region:
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
         self.gateway = Gateway(
-            settings, self.db, self.segments, self.log, self.catalogue, self.ca.cert_pem, self.derived
+            settings,
+            self.db,
+            self.segments,
+            self.log,
+            self.catalogue,
+            self.ca.cert_pem,
+            self.derived,
+            policy_of=self.consents.policy,  # no cache: a stop applies to the very next batch, in every worker
+            residency=self.residency,
         )
 
     def close(self) -> None:

@@ -19,13 +19,16 @@ from carvault.store.metadata import now_ms
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
-from tests.factories import BASE_MS, drive_table
+from tests.factories import BASE_MS, drive_table, opt_in
 
 SECONDS = 600
 
 
 @pytest.fixture
-def claimed(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> OwnerClient:
+def claimed(
+    http: httpx.Client, region: Region, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> OwnerClient:
+    opt_in(region, vehicle.vin)  # the table carries location and biometrics: the gateway checks consent
     agent.record(drive_table(seconds=SECONDS), batch_seconds=120)
     agent.upload_pending()
     r = http.post(

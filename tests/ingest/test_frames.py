@@ -28,7 +28,7 @@ from carvault.vehicle.camera import (
 )
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import BASE_MS
+from tests.factories import BASE_MS, opt_in
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "images"
 PLATE_PHOTO = (ASSETS / "ccpd_demo_3.jpg").read_bytes()
@@ -175,6 +175,7 @@ def test_unreferenced_and_malformed_frames_are_refused_and_nothing_is_stored(
     rows: tuple[pa.Table, list[bytes]],
 ) -> None:
     table, blobs = rows
+    opt_in(region, vehicle.vin, "exterior_camera")  # the gateway takes frames only under the owner's consent
     batch = make_batch(
         vin=vehicle.vin, region="cn", seq=1, prev=GENESIS_PREV, table=table, key=vehicle.key, kind="media"
     )

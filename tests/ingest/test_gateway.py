@@ -17,7 +17,7 @@ from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, BatchHeader, encod
 from carvault.region import Region
 from carvault.store.metadata import BatchRecord, Vehicle
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, vin_for
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
 
 UPLOAD = "/api/v1/ingest/batches"
 SMALL = [
@@ -27,6 +27,12 @@ SMALL = [
     "Vehicle.Body.Lights.Brake.IsActive",
     "Vehicle.CurrentLocation.Latitude",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _owner_opted_in_to_location(region: Region, vehicle: VehicleIdentity) -> None:
+    """SMALL carries the location track, which the gateway takes only under the owner's consent."""
+    opt_in(region, vehicle.vin, "location")
 
 
 def post(http: httpx.Client, blob: bytes, content_type: str = BATCH_MEDIA_TYPE) -> httpx.Response:
@@ -224,9 +230,10 @@ CASES: list[tuple[str, int, str, Callable[[VehicleIdentity], bytes], str]] = [
     ("far in the future", 400, "timestamp_in_future", lambda v: batch(v, _future_table()), BATCH_MEDIA_TYPE),
     ("oversized", 413, "payload_too_large", lambda v: batch(v, drive_table(seconds=200, seed=3)), BATCH_MEDIA_TYPE),
     (
-        "other region",
-        421,
-        "wrong_region",
+        # Residency comes from the registration, not the header (421 for foreign VINs: tests/ingest/test_trust.py).
+        "header claims another region",
+        400,
+        "region_mismatch",
         lambda v: make_batch(
             vin=v.vin, region="eu", seq=1, prev=GENESIS_PREV, table=drive_table(seconds=10, paths=SMALL), key=v.key
         ),
@@ -257,8 +264,8 @@ def test_refusals_store_nothing_and_keep_serving(
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
     assert stored(region) == before
-    if code == "wrong_region":
-        assert err["home_region"] == "eu" and err["endpoint"] == region.settings.endpoint_of("eu")
+    if code == "region_mismatch":
+        assert err["registered_region"] == "cn" and err["header_region"] == "eu"
     # Still serving, and the vehicle can still upload its real first batch.
     good = post(http, batch(vehicle))
     assert good.status_code == 200, good.text

@@ -23,7 +23,7 @@ from carvault.server import free_port
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS, drive_table, vin_for
 
 PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by default: no consent needed
 
@@ -83,7 +83,6 @@ def test_every_unlogged_batch_is_logged_once_at_start_up(tmp_path: Path, died: s
     with Region(settings) as region:
         cars = [provision(region, vin_for(300 + i), tmp_path / "vehicles") for i in range(2)]
         for car in cars:
-            opt_in(region, car.vin, "location")  # PATHS carry the location track
             first = region.gateway.accept(_blob(car, 1, GENESIS_PREV), BATCH_MEDIA_TYPE)
             prev = first["batch_hash"]
             for seq in (2, 3):

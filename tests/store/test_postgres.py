@@ -15,7 +15,7 @@ from carvault.server import BackgroundServer
 from carvault.settings import Settings
 from carvault.vehicle.agent import UploadRefused, VehicleAgent
 from tests.conftest import make_owner
-from tests.factories import BASE_MS, drive_table, vin_for
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -32,6 +32,7 @@ def test_region_on_postgres(postgres: TemporaryPostgres, tmp_path: Path) -> None
     try:
         assert not region.db.is_sqlite
         car = provision(region, vin_for(7), tmp_path / "vehicles")
+        opt_in(region, car.vin)  # the table carries location and biometrics: the gateway checks consent
         with BackgroundServer(region) as server, httpx.Client(base_url=server.url) as http:
             agent = VehicleAgent(car, tmp_path / "vehicles" / car.vin, server.url)
             agent.record(drive_table(BASE_MS, seconds=180), batch_seconds=60)

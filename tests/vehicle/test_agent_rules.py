@@ -290,7 +290,7 @@ def test_refusal_is_not_retried_forever(agent: VehicleAgent) -> None:
     )
     with pytest.raises(UploadRefused) as e:
         agent.upload_with_retry(attempts=3, first_delay_s=0.01)
-    assert e.value.status == 421 and len(agent.pending()) == 1
+    assert e.value.status == 400 and e.value.code == "region_mismatch" and len(agent.pending()) == 1
 
 
 def test_recorder_survives_a_clock_step_back() -> None:

@@ -10,16 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.accounts import FailureLimiter, hash_password, verify_password
-from carvault.errors import AlreadyExists, NotFound, WrongRegion
+from carvault.compliance.residency import RegionDirectory, Residency
+from carvault.errors import AlreadyExists, NotFound
 from carvault.store.metadata import Database, Vehicle, now_ms
 
 
 class Vehicles:
     """Region-side vehicle registry."""
 
-    def __init__(self, db: Database, region: str) -> None:
+    def __init__(self, db: Database, region: str, residency: Residency | None = None) -> None:
         self.db = db
         self.region = region
+        self.residency = residency or Residency.of_database(db, region, {}, RegionDirectory(None))
         self.limiter = FailureLimiter(db)
 
     def register(
@@ -31,10 +33,11 @@ class Vehicles:
         region: str | None = None,
         certificate_pem: str | None = None,
     ) -> Vehicle:
-        """Register a provisioned vehicle's public key and pairing code with this region."""
-        home = region or self.region
-        if home != self.region:
-            raise WrongRegion(f"vehicle {vin} is provisioned for region {home}, not {self.region}", home_region=home)
+        """Register a provisioned vehicle's public key and pairing code with this region.
+
+        ``WrongRegion`` if ``region`` (any case) is not this one, or the region directory gives the VIN another home.
+        """
+        home = self.residency.check_registration(vin, region or self.region)
         if len(public_key) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
         v = Vehicle(

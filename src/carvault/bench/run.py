@@ -1306,6 +1306,20 @@ def _provision(
             codes[vin] = ident.pairing_code
         owner = region.accounts.register("bench-owner@carvault.example", "bench password, long enough")
         token, _ = region.accounts.issue(owner.id, "token", label="bench")
+        # BENCH_SIGNALS carry the location track, which the gateway takes only under the owner's consent: the
+        # fleet's owner opted in (lasting) before the simulated days, which lie within the last ~60 days.
+        since = int(time.time() * 1000) - 180 * 86_400_000
+        for vin in vins:
+            region.consents.decide(
+                vin,
+                owner.id,
+                "location",
+                enabled=True,
+                purpose="benchmark fleet route history",
+                ends_ms=since + 365 * 86_400_000,
+                lasting=True,
+                at_ms=since,
+            )
         for vin in owner_vins:
             region.vehicles.claim(owner.id, vin, codes[vin])
     return keys, token

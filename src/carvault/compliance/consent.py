@@ -10,6 +10,9 @@ The same code runs in the car (to filter what leaves it) and on the platform (to
   in: at every ignition-on, sensitive categories fall back to off unless the opt-in is lasting;
 - cabin audio/video/images and biometrics stay in the car unless consented (status ``in_car_only``);
 - after a stop (revocation or end date) nothing more of that category leaves the car.
+
+The region applies the same rules again to every batch it receives (``check_batch``): it never takes the
+car's filtering on trust.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.errors import ConsentNotGiven
 from carvault.signals import CATEGORIES, Catalogue, PrivacyClass
 
 COLLECTING = "collecting"
@@ -29,6 +33,12 @@ OFF = "off"
 IN_CAR_ONLY = "in_car_only"
 IN_CAR_CATEGORIES = frozenset({"cabin_media", "driver_monitoring"})
 MAX_CONSENT_DAYS = 3 * 365
+ROUTINE_KINDS = frozenset({"telemetry", "media"})
+# Event windows rest on their own legal basis (docs/protocol.md §7) for every category but biometrics and
+# cabin media: for those the owner's consent still decides, in event batches as in routine ones.
+EVENT_BASIS_EXCLUDES = IN_CAR_CATEGORIES
+IGNITION_CYCLE = "Vehicle.EDR.IgnitionCycle"
+NO_IGNITION_MS = -(10**15)  # "no ignition-on known": older than any grant
 
 
 @dataclass(frozen=True)
@@ -140,11 +150,14 @@ def allowed_mask(
     """Boolean mask of the instants at which ``category`` may leave the car (vectorised over segments)."""
     if len(t_ms) == 0:
         return np.zeros(0, dtype=bool)
-    # Status is constant between change points and within an ignition cycle: evaluate once per such piece.
+    # Status is constant between change points and within an ignition cycle: evaluate once per run of such a
+    # piece (times come in order, so a piece is one run; out of order it is merely evaluated more than once).
     cuts = np.array(change_points(policy, category), dtype=np.int64)
     piece = np.searchsorted(cuts, t_ms, side="right").astype(np.int64)
     ign = ignition_on_ms if ignition_on_ms is not None else np.zeros(len(t_ms), dtype=np.int64)
-    _, first, inverse = np.unique(np.stack([piece, ign]), axis=1, return_index=True, return_inverse=True)
+    starts = np.ones(len(t_ms), dtype=bool)
+    starts[1:] = (piece[1:] != piece[:-1]) | (ign[1:] != ign[:-1])
+    first = np.flatnonzero(starts)
     values = np.array(
         [
             policy.status(category, int(t_ms[i]), int(ign[i]) if ignition_on_ms is not None else None) == COLLECTING
@@ -152,7 +165,7 @@ def allowed_mask(
         ],
         dtype=bool,
     )
-    return values[inverse.reshape(-1)]
+    return values[np.cumsum(starts) - 1]
 
 
 def filter_table(
@@ -196,3 +209,89 @@ def statuses(
 ) -> dict[str, str]:
     """Status of every category at an instant."""
     return {c: policy.status(c, at_ms, ignition_on_ms) for c in categories}
+
+
+def ignition_starts(table: pa.Table) -> np.ndarray | None:
+    """Per row, a lower bound of the current ignition cycle's start that the batch itself proves, or None.
+
+    The region sees only what the car sent, so it cannot tell where the car's cycles begin from gaps in the
+    rows (the car drops rows it may not send). The signed ``Vehicle.EDR.IgnitionCycle`` counter proves a
+    cycle boundary: where its value rises, a new cycle began after the last sample of the lower count, so a
+    decision taken at or before that sample was taken in an earlier cycle. Rows before the first rise (and
+    batches without the counter) get ``NO_IGNITION_MS``: no boundary is known there.
+    """
+    if IGNITION_CYCLE not in table.column_names:
+        return None
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    col = table.column(IGNITION_CYCLE)
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(valid)
+    if len(idx) < 2:
+        return None
+    counts = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)[idx]
+    # A boundary lies between consecutive samples where the count rises; afterwards a count lower than one
+    # already seen (a car that lies or wraps) proves nothing, so compare with the running maximum.
+    running = np.maximum.accumulate(counts)
+    rises = np.flatnonzero(counts[1:] > running[:-1]) + 1
+    if len(rises) == 0:
+        return None
+    # The cycle that starts at sample ``idx[r]`` began after the previous sample; "+1" makes a decision taken
+    # at that instant count as an earlier cycle's (``granted_ms < ignition_on_ms``).
+    bound = t[idx[rises - 1]] + 1
+    at = np.searchsorted(t[idx[rises]], t, side="right") - 1
+    return np.where(at >= 0, bound[np.maximum(at, 0)], NO_IGNITION_MS).astype(np.int64)
+
+
+def check_batch(policy: Policy, table: pa.Table, catalogue: Catalogue, *, kind: str = "telemetry") -> None:
+    """The region's own consent check of a received batch; raise ``ConsentNotGiven`` naming the first offence.
+
+    A routine batch (``telemetry``, ``media``) is refused whole when it carries a non-null sample of a
+    category whose status at that sample's time, under the owner's decisions, was not ``collecting``. An
+    event batch rests on its own legal basis except for ``EVENT_BASIS_EXCLUDES`` (biometrics, cabin media),
+    which are checked as in a routine batch. Vectorised: one mask per category, the status evaluated once
+    per piece of time between the owner's decisions (``allowed_mask``). Unknown columns are left to payload
+    validation, which runs first.
+    """
+    checked = None if kind in ROUTINE_KINDS else EVENT_BASIS_EXCLUDES
+    decided = {c.category for c in policy.consents}
+    present: dict[str, np.ndarray] = {}
+    for name in table.column_names[1:]:
+        sig = catalogue.get(name)
+        if sig is None or (checked is not None and sig.category not in checked):
+            continue
+        if sig.category not in decided and default_on(sig.category):
+            continue  # collected under the contract and never stopped: allowed at every instant
+        col = table.column(name)
+        if col.null_count == len(col):
+            continue
+        valid = (
+            np.ones(len(col), dtype=bool) if col.null_count == 0 else pc.is_valid(col).to_numpy(zero_copy_only=False)
+        )
+        prev = present.get(sig.category)
+        present[sig.category] = valid if prev is None else prev | valid
+    if not present:
+        return
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    ign = ignition_starts(table)
+    for category, mask in present.items():
+        rows = np.flatnonzero(mask)
+        ok = allowed_mask(policy, category, t[rows], None if ign is None else ign[rows])
+        if ok.all():
+            continue
+        bad = t[rows[~ok]]
+        first = int(bad[0])
+        status = policy.status(category, first)
+        if status == COLLECTING:  # on at that instant, but for an earlier ignition cycle only
+            status = "lapsed"
+            why = "the owner's opt-in covered one ignition cycle and the batch shows a later one"
+        else:
+            why = f"its status was {status!r}"
+        raise ConsentNotGiven(
+            f"batch carries {len(bad)} instant(s) of category {category!r} from {first} to {int(bad[-1])} "
+            f"(UTC ms) when {why}; the region stores nothing the owner has not consented to",
+            category=category,
+            status=status,
+            from_ms=first,
+            to_ms=int(bad[-1]),
+            instants=len(bad),
+        )

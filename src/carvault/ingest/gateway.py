@@ -13,14 +13,18 @@ import json
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
+from carvault.compliance.consent import Policy, check_batch
+from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
     CarVaultError,
@@ -29,7 +33,6 @@ from carvault.errors import (
     Unavailable,
     UnknownVehicle,
     UnsupportedMediaType,
-    WrongRegion,
 )
 from carvault.ingest.validation import PayloadSummary, validate_payload
 from carvault.ledger.leaves import RECOVERY_TAIL, log_batches
@@ -40,6 +43,8 @@ from carvault.signals import Catalogue
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms, rowcount
 from carvault.store.segments import SegmentWriter
+
+REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
 
 
 class AppendOnlyLog(Protocol):
@@ -61,6 +66,30 @@ class _Pending:
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
 
+def _answer(
+    future: Future[dict[str, Any]], receipt: dict[str, Any] | None = None, *, error: BaseException | None = None
+) -> None:
+    """Answer a pending upload once; a later answer (two threads settling one batch) is dropped."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(receipt or {})
+    except InvalidStateError:
+        pass
+
+
+def _answer_as_resend(future: Future[dict[str, Any]], original: Future[dict[str, Any]]) -> None:
+    """A copy of a batch in the same group: the original's receipt with ``duplicate: true``, or its refusal."""
+    error = original.exception()
+    if error is not None:
+        _answer(future, error=error)
+    else:
+        _answer(future, {**original.result(), "duplicate": True})
+
+
 class Gateway:
     """Region gateway for vehicle uploads (protocol v1)."""
 
@@ -73,6 +102,9 @@ class Gateway:
         catalogue: Catalogue,
         ca_pem: str,
         derived: DerivedCopies | None = None,
+        *,
+        policy_of: Callable[[str], Policy] | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -82,6 +114,12 @@ class Gateway:
         self.ca_pem = ca_pem
         self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
+        # The owner's decisions, read afresh for every batch so that a stop counts from the very next one (and
+        # in every worker process); without a source, no decision is on record and only the defaults allow.
+        self.policy_of: Callable[[str], Policy] = policy_of or (lambda vin: Policy(vin, ()))
+        self.residency = residency or Residency.of_database(
+            db, settings.region, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
+        )
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -115,14 +153,10 @@ class Gateway:
             )
         env = decode_envelope(body)
         h = env.header
-        if h.region != self.settings.region:
-            raise WrongRegion(
-                f"vehicle {h.vin} belongs to region {h.region!r}; this gateway serves {self.settings.region!r} "
-                "and stores nothing for other regions",
-                home_region=h.region,
-                endpoint=self.settings.endpoint_of(h.region),
-            )
+        # Residency from the registrations (this region's vehicles, the region directory), never the header.
+        self.residency.admit(h.vin)
         env.verify(self.vehicle_key(h.vin))
+        self.residency.check_claim(h.vin, h.region)
         existing = self._existing(h.vin, h.seq)
         if existing is not None:
             return self._replay(env, existing)
@@ -136,6 +170,8 @@ class Gateway:
             max_future_skew_ms=self.settings.max_future_skew_s * 1000,
             max_rows=self.settings.max_batch_rows,
         )
+        # The owner's consent, applied here again with the car's own rule module: the car's filtering is not proof.
+        check_batch(self.policy_of(h.vin), table, self.catalogue, kind=h.kind)
         pending = _Pending(env, summary, table)
         self._queue.put(pending)
         return pending
@@ -166,7 +202,14 @@ class Gateway:
             return s.scalar(select(BatchRecord).where(BatchRecord.vin == vin, BatchRecord.seq == seq))
 
     def _replay(self, env: Envelope, rec: BatchRecord) -> dict[str, Any]:
-        """An identical re-send gets the original receipt; a different batch with that seq is refused."""
+        """An identical re-send gets the original receipt (``duplicate: true``); different content is refused.
+
+        The receipt is read from the batch's row, so every re-send gets the same ``log_index`` and
+        ``received_ms`` however it raced the original. If the row has no leaf index yet, the original's
+        committer (in this or another process) is between its DB commit and its log append: wait a moment
+        for it, then log the batch through the exactly-once path, which finds the original's leaf or
+        appends the only one (docs/protocol.md §3.4).
+        """
         if rec.batch_hash != env.batch_hash:
             raise SeqConflict(
                 f"seq {rec.seq} of {rec.vin} was already accepted with different content",
@@ -174,17 +217,21 @@ class Gateway:
                 seq=rec.seq,
                 accepted_hash=rec.batch_hash,
             )
-        log_index = rec.log_index if rec.log_index is not None else self._recover_log_index(rec)
-        deadline = time.monotonic() + 10
-        while log_index is None and time.monotonic() < deadline:
-            # The first upload may still be in flight in some committer; wait for its log append.
-            time.sleep(0.05)
-            refreshed = self._existing(rec.vin, rec.seq)
-            log_index = refreshed.log_index if refreshed else None
+        log_index = rec.log_index
         if log_index is None:
-            log_index = self._recover_log_index(rec)
+            # Only a fresh row is worth waiting for; an old unlogged one lost its writer (a crash).
+            deadline = time.monotonic() + max(0, REPLAY_WAIT_MS - (now_ms() - rec.received_ms)) / 1000
+            while log_index is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                refreshed = self._existing(rec.vin, rec.seq)
+                log_index = refreshed.log_index if refreshed is not None else None
         if log_index is None:
-            log_index = self._log_records([rec])[0]
+            try:
+                log_index = self._recover_log_index(rec)
+            except LookupError:
+                raise Unavailable(f"seq {rec.seq} of {rec.vin} is being removed; try again later") from None
+        if log_index is None:
+            raise Unavailable(f"seq {rec.seq} of {rec.vin} is stored but not yet logged; re-send the same bytes")
         return receipt_json(
             region=self.settings.region,
             vin=rec.vin,
@@ -196,9 +243,28 @@ class Gateway:
         )
 
     def _check_chain(self, env: Envelope) -> None:
+        """Raise ``BrokenChain`` unless the batch continues its vehicle's chain (or ``SeqConflict``, see below).
+
+        A batch whose seq is already accepted *with these very bytes* passes: it is a re-send that raced
+        the original past ``_existing`` (the original committed in between). The committer then answers it
+        with the original's receipt and stores nothing, exactly as if ``_existing`` had seen the row.
+        """
         h = env.header
         with self.db.session() as s:
             head = s.execute(select(Vehicle.last_seq, Vehicle.last_hash).where(Vehicle.vin == h.vin)).one()
+        if h.seq == head.last_seq + 1 and h.prev == head.last_hash:
+            return
+        if h.seq <= head.last_seq:
+            rec = self._existing(h.vin, h.seq)
+            if rec is not None and rec.batch_hash == env.batch_hash:
+                return
+            if rec is not None:
+                raise SeqConflict(
+                    f"seq {rec.seq} of {rec.vin} was already accepted with different content",
+                    vin=rec.vin,
+                    seq=rec.seq,
+                    accepted_hash=rec.batch_hash,
+                )
         if h.seq != head.last_seq + 1:
             raise BrokenChain(
                 f"batch seq {h.seq} does not follow the last accepted seq {head.last_seq}; "
@@ -206,12 +272,11 @@ class Gateway:
                 expected_seq=head.last_seq + 1,
                 got_seq=h.seq,
             )
-        if h.prev != head.last_hash:
-            raise BrokenChain(
-                f"batch prev hash does not match the hash of accepted batch {head.last_seq}",
-                expected_prev=head.last_hash,
-                got_prev=h.prev,
-            )
+        raise BrokenChain(
+            f"batch prev hash does not match the hash of accepted batch {head.last_seq}",
+            expected_prev=head.last_hash,
+            got_prev=h.prev,
+        )
 
     # ------------------------------------------------------------------ group commit
     def _run(self) -> None:
@@ -233,15 +298,55 @@ class Gateway:
                 self._commit(group)
             except CarVaultError as e:
                 for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+                    _answer(p.future, error=e)
             except Exception as e:  # noqa: BLE001 - the committer must survive and report any failure
                 err = Unavailable(f"batch could not be stored: {type(e).__name__}: {e}")
                 for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+                    _answer(p.future, error=err)
 
     def _commit(self, group: list[_Pending]) -> None:
+        """Store a group: one segment write and fsync, one DB transaction, one log append, then the receipts.
+
+        Identical batches (same hash) are stored once: the first of them in the group is committed and the
+        others get its receipt as re-sends; a batch already accepted before the group (a re-send that raced
+        its original through the checks) is answered from its row without writing anything.
+        """
+        firsts: dict[str, _Pending] = {}
+        for p in group:
+            first = firsts.setdefault(p.env.batch_hash, p)
+            if first is not p:
+                first.future.add_done_callback(partial(_answer_as_resend, p.future))
+        with self.db.session() as s:
+            done = {
+                r.batch_hash: r for r in s.scalars(select(BatchRecord).where(BatchRecord.batch_hash.in_(list(firsts))))
+            }
+        for h, rec in done.items():
+            self._settle_replay(firsts[h], rec)
+        self._store([p for h, p in firsts.items() if h not in done])
+
+    def _settle_replay(self, p: _Pending, rec: BatchRecord) -> None:
+        """Answer a queued batch that turned out to be accepted already, as a re-send is answered.
+
+        A row without its leaf index yet (another process is logging it) is waited for off the committer
+        thread, so one slow log append elsewhere never holds up this process's group commit.
+        """
+
+        def settle() -> None:
+            try:
+                _answer(p.future, self._replay(p.env, rec))
+            except CarVaultError as e:
+                _answer(p.future, error=e)
+            except Exception as e:  # noqa: BLE001 - always answer the request
+                _answer(p.future, error=Unavailable(f"batch could not be stored: {type(e).__name__}: {e}"))
+
+        if rec.log_index is not None or rec.batch_hash != p.env.batch_hash:
+            settle()
+        else:
+            threading.Thread(target=settle, name="replay-settle", daemon=True).start()
+
+    def _store(self, group: list[_Pending]) -> None:
+        if not group:
+            return
         locations = self.segments.append_many([p.env.raw for p in group])
         received = now_ms()
         accepted: list[tuple[_Pending, BatchRecord]] = []
@@ -256,7 +361,7 @@ class Gateway:
                     )
                 )
                 if moved != 1:
-                    continue  # lost a race with another process; resolved below
+                    continue  # lost a race (another process, or a different batch with this seq); resolved below
                 rec = BatchRecord(
                     vin=h.vin,
                     seq=h.seq,
@@ -292,7 +397,8 @@ class Gateway:
                 accepted.append((p, rec))
         indices = self._log_records([rec for _, rec in accepted]) if accepted else []
         for (p, rec), idx in zip(accepted, indices, strict=True):
-            p.future.set_result(
+            _answer(
+                p.future,
                 receipt_json(
                     region=self.settings.region,
                     vin=rec.vin,
@@ -300,26 +406,27 @@ class Gateway:
                     batch_hash=rec.batch_hash,
                     log_index=idx,
                     received_ms=rec.received_ms,
-                )
+                ),
             )
         for p in group:
             if not p.future.done():
-                # Another process advanced this vehicle's chain first: answer as a re-send would.
+                # Another process advanced this vehicle's chain first (or another batch took this seq in the
+                # group): answer as a re-send of what was accepted would be answered.
                 try:
                     existing = self._existing(p.env.header.vin, p.env.header.seq)
-                    if existing is not None:
-                        p.future.set_result(self._replay(p.env, existing))
-                    else:
+                    if existing is None:
                         self._check_chain(p.env)
                         raise BrokenChain("the vehicle's chain moved while this batch was being stored")
                 except CarVaultError as e:
-                    p.future.set_exception(e)
+                    _answer(p.future, error=e)
+                    continue
+                self._settle_replay(p, existing)
 
     def _recover_log_index(self, rec: BatchRecord, tail: int = RECOVERY_TAIL) -> int | None:
         """The batch's leaf index: found in the log's tail (its writer died before the index write), else appended."""
-        return log_batches(
-            self.db, self.log, self.settings.region, [rec], fence_dir=self.settings.data_dir, tail=tail
-        )[0]
+        return log_batches(self.db, self.log, self.settings.region, [rec], fence_dir=self.settings.data_dir, tail=tail)[
+            0
+        ]
 
     def _log_records(self, records: list[BatchRecord]) -> list[int]:
         """Append the records' v2 leaves to the transparency log (exactly once) and store their indices."""

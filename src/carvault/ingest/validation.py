@@ -5,7 +5,6 @@ Every check is vectorised (pyarrow.compute); a batch that fails any check is ref
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from carvault.errors import (
     WrongSignalType,
 )
 from carvault.protocol import CAMERA, EVENT_KINDS, EVENT_META_KEY, TIME_TYPE, BatchHeader
+from carvault.protocol.json import strict_loads
 from carvault.signals import Catalogue
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is plausible telemetry
@@ -48,9 +48,9 @@ def event_meta(header: BatchHeader, table: pa.Table) -> dict[str, Any] | None:
     if raw is None:
         raise MalformedBatch("an event batch must describe its event in the payload metadata 'carvault.event'")
     try:
-        meta = json.loads(raw)
-    except ValueError:
-        raise MalformedBatch("carvault.event metadata is not JSON") from None
+        meta = strict_loads(raw, allow_floats=True)  # one reading: no duplicate members, big ints or NaN
+    except ValueError as e:
+        raise MalformedBatch(f"carvault.event metadata is not strict JSON: {e}") from None
     if (
         not isinstance(meta, dict)
         or meta.get("kind") not in EVENT_KINDS
@@ -157,6 +157,80 @@ def _check_camera_frames(table: pa.Table, names: list[str]) -> None:
             raise DeIdentificationMissing(f"a camera frame lacks {CAMERA + col}", signal=CAMERA + col)
     if not pc.all(pc.match_substring_regex(hashes.drop_null(), "^[0-9a-f]{64}$")).as_py():
         raise ValueOutOfRange("FrameHash must be 64 lower-case hex digits", signal=CAMERA + "FrameHash")
+    # The marks must say how the frame was de-identified, in the documented shape: parsed for frame rows only
+    # (a few per batch), so the cost is a couple of small JSON documents per frame.
+    frames = table.filter(framed).select(["t", CAMERA + "Redactions", CAMERA + "Detectors"]).to_pydict()
+    for t, redactions, detectors in zip(
+        frames["t"], frames[CAMERA + "Redactions"], frames[CAMERA + "Detectors"], strict=True
+    ):
+        ran = _detectors(detectors, t)
+        _redactions(redactions, ran, t)
+
+
+REDACTION_KINDS = ("face", "plate")
+"""What the car blurs (docs/deidentification.md): ``kind`` of every ``Redactions`` entry."""
+_REDACTION_KEYS = frozenset({"kind", "detector", "box", "score"})
+
+
+def _unmarked(column: str, t: Any, problem: str) -> DeIdentificationMissing:
+    at = t.isoformat() if hasattr(t, "isoformat") else str(t)
+    return DeIdentificationMissing(
+        f"{CAMERA + column} of the frame at {at} {problem}; the platform takes only frames whose "
+        "de-identification is described as docs/protocol.md says",
+        signal=CAMERA + column,
+        problem=problem,
+    )
+
+
+def _json(text: str, column: str, t: Any) -> Any:
+    try:
+        return strict_loads(text, allow_floats=True)  # signed evidence: one reading for every parser
+    except ValueError as e:
+        raise _unmarked(column, t, f"is not strict JSON ({e})") from None
+
+
+def _detectors(text: str, t: Any) -> set[str]:
+    """A non-empty JSON list of ``"name/version"`` strings: the detectors that ran on the frame."""
+    value = _json(text, "Detectors", t)
+    if not isinstance(value, list) or not value:
+        raise _unmarked("Detectors", t, "is not a non-empty JSON list")
+    for d in value:
+        name, _, version = d.partition("/") if isinstance(d, str) else ("", "", "")
+        if not (name.strip() and version.strip()) or d != d.strip():
+            raise _unmarked("Detectors", t, f"has an entry that is not 'name/version': {d!r}")
+    return set(value)
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def _redactions(text: str, detectors: set[str], t: Any) -> None:
+    """A JSON list (empty when nothing was found) of ``{"kind", "detector", "box": [x, y, w, h], "score"}``."""
+    value = _json(text, "Redactions", t)
+    if not isinstance(value, list):
+        raise _unmarked("Redactions", t, "is not a JSON list")
+    for r in value:
+        if not isinstance(r, dict) or r.keys() != _REDACTION_KEYS:
+            raise _unmarked("Redactions", t, "has an entry that is not {kind, detector, box, score}")
+        if r["kind"] not in REDACTION_KINDS:
+            raise _unmarked("Redactions", t, f"has kind {r['kind']!r}, not one of {', '.join(REDACTION_KINDS)}")
+        if not isinstance(r["detector"], str) or r["detector"] not in detectors:
+            raise _unmarked("Redactions", t, f"names detector {r['detector']!r}, which Detectors does not list")
+        box = r["box"]
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(_is_int(v) for v in box)
+            and box[0] >= 0
+            and box[1] >= 0
+            and box[2] > 0
+            and box[3] > 0
+        ):
+            raise _unmarked("Redactions", t, f"has box {box!r}, not [x, y, width, height] in whole pixels")
+        score = r["score"]
+        if not (isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1):
+            raise _unmarked("Redactions", t, f"has score {score!r}, not a number from 0 to 1")
 
 
 def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_future_skew_ms: int) -> None:

@@ -20,7 +20,7 @@ from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from carvault.web import i18n
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import BASE_MS, drive_table
+from tests.factories import BASE_MS, drive_table, opt_in
 
 WEB = Path(i18n.__file__).parent
 ROOT = Path(__file__).resolve().parents[3]
@@ -174,7 +174,10 @@ def test_static_files_are_served(http: httpx.Client) -> None:
 
 
 @pytest.fixture
-def uploaded(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> OwnerClient:
+def uploaded(
+    http: httpx.Client, region: Region, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> OwnerClient:
+    opt_in(region, vehicle.vin)  # the table carries location and biometrics: the gateway checks consent
     agent.record(drive_table(seconds=240), batch_seconds=60)
     agent.upload_pending()
     assert (
