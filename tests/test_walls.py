@@ -25,6 +25,8 @@ WALLS: dict[str, tuple[str, ...]] = {
     "carvault.protocol": ("carvault.protocol", "carvault.errors"),
     # The log's proof and checkpoint code knows no database.
     "carvault.ledger.checkpoint": ("carvault.ledger", "carvault.errors"),
+    # The on-disk log knows no store or database: only its own proofs, checkpoints and durable writes.
+    "carvault.ledger.log": ("carvault.ledger", "carvault.errors", "carvault.durable"),
 }
 
 CAR_MAY_NOT = ("carvault.ingest", "carvault.store", "carvault.web", "carvault.region", "carvault.bench")

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from carvault.durable import fsync_dir
 from carvault.errors import (
     BadRequest,
     Conflict,
@@ -38,7 +39,7 @@ from carvault.errors import (
 )
 from carvault.protocol import CAMERA, payload_view
 from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
-from carvault.store.segments import SegmentReader, fsync_dir
+from carvault.store.segments import SegmentReader
 from carvault.store.tables import FrameRecord, FrameScan
 
 FRAME_MEDIA_TYPE = "image/jpeg"

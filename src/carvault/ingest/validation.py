@@ -21,7 +21,7 @@ from carvault.errors import (
     ValueOutOfRange,
     WrongSignalType,
 )
-from carvault.protocol import CAMERA, EVENT_KINDS, EVENT_META_KEY, TIME_TYPE, BatchHeader
+from carvault.protocol import CAMERA, EVENT_KINDS, EVENT_META_KEY, REDACTION_KINDS, TIME_TYPE, BatchHeader
 from carvault.protocol.json import strict_loads
 from carvault.signals import Catalogue
 
@@ -167,8 +167,6 @@ def _check_camera_frames(table: pa.Table, names: list[str]) -> None:
         _redactions(redactions, ran, t)
 
 
-REDACTION_KINDS = ("face", "plate")
-"""What the car blurs (docs/deidentification.md): ``kind`` of every ``Redactions`` entry."""
 _REDACTION_KEYS = frozenset({"kind", "detector", "box", "score"})
 
 

@@ -38,11 +38,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from carvault.durable import fsync_dir
 from carvault.errors import CarVaultError, InvalidQuery
 from carvault.ledger import merkle
 from carvault.ledger.checkpoint import checkpoint_body, format_vkey, sign_checkpoint
 from carvault.ledger.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError
-from carvault.store.segments import fsync_dir
 
 __all__ = ["FORMAT", "LogError", "TransparencyLog", "node_count", "node_position"]
 

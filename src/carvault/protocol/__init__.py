@@ -5,7 +5,15 @@
 This package depends only on ``cryptography`` and ``pyarrow`` so the offline verifier can use it.
 """
 
-from carvault.protocol.columns import CAMERA, CAMERA_COLUMNS, EVENT_KINDS, EVENT_META_KEY, TIME_COLUMN, TIME_TYPE
+from carvault.protocol.columns import (
+    CAMERA,
+    CAMERA_COLUMNS,
+    EVENT_KINDS,
+    EVENT_META_KEY,
+    REDACTION_KINDS,
+    TIME_COLUMN,
+    TIME_TYPE,
+)
 from carvault.protocol.envelope import (
     BATCH_KINDS,
     BATCH_MEDIA_TYPE,
@@ -44,6 +52,7 @@ __all__ = [
     "GENESIS_PREV",
     "MAGIC",
     "PAYLOAD_FORMAT",
+    "REDACTION_KINDS",
     "SIGNATURE_LEN",
     "TIME_COLUMN",
     "TIME_TYPE",

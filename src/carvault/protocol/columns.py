@@ -12,6 +12,9 @@ CAMERA = "Vehicle.CarVault.Camera."
 CAMERA_COLUMNS = tuple(CAMERA + c for c in ("FrameHash", "Position", "DeIdentified", "Redactions", "Detectors"))
 """The columns describing one camera frame in a media batch (the frame bytes travel separately)."""
 
+REDACTION_KINDS = ("face", "plate")
+"""What the car blurs in an exterior frame; each entry of a frame's ``Redactions`` names one of these."""
+
 EVENT_KINDS = ("crash", "restraint", "hard_braking", "abs", "aeb", "manual")
 """Kinds of event an event batch may describe (``carvault.event`` metadata ``kind``)."""
 

@@ -19,19 +19,24 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateColumn, CreateIndex
 
 from carvault.errors import Unavailable
 from carvault.protocol import GENESIS_PREV
@@ -327,6 +332,92 @@ class WriteGate:
         self._release(_dbapi_conn, record)
 
 
+def _has_column(engine: Engine, table: str, column: str) -> bool:
+    """Whether the database's table has the column now (a fresh look, no inspector cache)."""
+    return column in {c["name"] for c in inspect(engine).get_columns(table)}
+
+
+def _has_index(engine: Engine, table: str, name: str) -> bool:
+    """Whether the database's table has an index (or unique constraint) of that name now."""
+    insp = inspect(engine)
+    names = {i["name"] for i in insp.get_indexes(table)} | {u["name"] for u in insp.get_unique_constraints(table)}
+    return name in names
+
+
+def _missing_columns(engine: Engine, metadata: MetaData) -> list[tuple[Table, Column[Any]]]:
+    """The model's columns that the database's existing tables lack; refused if one cannot be added in place."""
+    insp = inspect(engine)
+    existing = set(insp.get_table_names())
+    missing: list[tuple[Table, Column[Any]]] = []
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue  # create_all makes it whole
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise Unavailable(
+                    f"the metadata database lacks column {table.name}.{column.name}, which is NOT NULL without a "
+                    "server default, so it cannot be added in place; upgrade this database by hand "
+                    "(docs/operations.md)"
+                )
+            if column.primary_key:
+                raise Unavailable(f"the metadata database lacks primary-key column {table.name}.{column.name}")
+            missing.append((table, column))
+    return missing
+
+
+def upgrade_schema(engine: Engine, metadata: MetaData) -> list[str]:
+    """Add the nullable or server-defaulted columns and the indexes that existing tables lack; names what it added.
+
+    ``create_all`` creates missing tables only, so a database made by an earlier release would lack the columns
+    added since. Each column is added with ``ALTER TABLE ... ADD COLUMN`` compiled for the dialect, each in its own
+    transaction; then the table's missing indexes are created (a unique column gets a unique index, since SQLite
+    cannot add constraints). Several processes may start at once: one that loses the race to add a column or an
+    index gets an error, looks again, and goes on if the other process added it.
+    """
+    missing = _missing_columns(engine, metadata)  # refuses before anything is altered
+    quote = engine.dialect.identifier_preparer
+    added: list[str] = []
+    for table, column in missing:
+        definition = CreateColumn(column).compile(dialect=engine.dialect)
+        ddl = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {definition}"
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(ddl)
+            added.append(f"{table.name}.{column.name}")
+        except DBAPIError:
+            if not _has_column(engine, table.name, column.name):
+                raise
+    tables = {table for table, _ in missing}
+    for table in metadata.sorted_tables:
+        if table not in tables:
+            continue
+        statements = {str(index.name): CreateIndex(index, if_not_exists=True) for index in table.indexes}
+        for t, column in missing:
+            if t is table and column.unique:  # SQLite cannot ADD CONSTRAINT: a unique index does the same
+                name = f"uq_{table.name}_{column.name}"
+                statements[name] = (
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {quote.quote(name)} "
+                    f"ON {quote.format_table(table)} ({quote.quote(column.name)})"
+                )
+        for name, statement in statements.items():
+            if _has_index(engine, table.name, name):
+                continue
+            try:
+                with engine.begin() as conn:
+                    if isinstance(statement, str):
+                        conn.exec_driver_sql(statement)
+                    else:
+                        conn.execute(statement)
+                added.append(name)
+            except DBAPIError:
+                if not _has_index(engine, table.name, name):
+                    raise
+    return added
+
+
 class Database:
     """An engine plus a session factory over the metadata schema."""
 
@@ -356,10 +447,11 @@ class Database:
         """True for the embedded SQLite backend."""
         return self.engine.dialect.name == "sqlite"
 
-    def create_schema(self) -> None:
-        """Create every table that does not exist yet."""
+    def create_schema(self) -> list[str]:
+        """Create every table that does not exist yet and add the columns and indexes older tables lack."""
         try:
             Base.metadata.create_all(self.engine)
+            return upgrade_schema(self.engine, Base.metadata)
         except OperationalError as e:
             raise Unavailable(f"metadata database at {self.engine.url!r} is unavailable: {e.orig}") from None
 

@@ -16,16 +16,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from carvault.durable import fsync_dir
 from carvault.errors import Unavailable
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new or renamed files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentWriter:

@@ -8,7 +8,6 @@ outage never re-signs anything differently, loses anything, or duplicates anythi
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from carvault.compliance.consent import COLLECTING, Policy, filter_table, statuses
+from carvault.durable import write_durably
 from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
 from carvault.signals import catalogue
@@ -44,16 +44,6 @@ class UploadRefused(Exception):
         self.status = status
         self.code = err.get("code")
         self.body = body
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write a file so that it is complete or absent after a crash (temporary name, fsync, rename)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def time_slices(table: pa.Table, batch_ms: int) -> Iterator[tuple[int, int, pa.Table]]:
@@ -190,13 +180,9 @@ class VehicleAgent:
         return ChainHead()
 
     def _save_head(self) -> None:
-        p = self.state_dir / "chain.json"
-        tmp = p.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"seq": self.head.seq, "prev": self.head.prev}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        write_durably(
+            self.state_dir / "chain.json", json.dumps({"seq": self.head.seq, "prev": self.head.prev}).encode()
+        )
 
     # -------------------------------------------------------------- batching
     def record(self, table: pa.Table, batch_seconds: int = DEFAULT_BATCH_SECONDS, kind: str = "telemetry") -> int:

@@ -21,9 +21,10 @@ from typing import Any
 import pyarrow as pa
 
 from carvault.compliance.consent import COLLECTING
+from carvault.durable import write_durably
 from carvault.protocol import CAMERA, CAMERA_COLUMNS
 from carvault.signals import ALLOWED_VALUES, catalogue
-from carvault.vehicle.agent import UploadRefused, VehicleAgent, write_durably
+from carvault.vehicle.agent import UploadRefused, VehicleAgent
 from carvault.vehicle.deidentify import Deidentifier, default_deidentifier
 
 FRAME_UPLOAD_PATH = "/api/v1/ingest/frames"

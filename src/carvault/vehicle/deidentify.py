@@ -30,8 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-FACE = "face"
-PLATE = "plate"
+from carvault.protocol.columns import REDACTION_KINDS
+
+FACE, PLATE = REDACTION_KINDS
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the frame
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from carvault.protocol.json import JSONRejected, strict_loads
 
 PACKAGE_FORMAT = "carvault-incident-package"
 PACKAGE_VERSION = 1
@@ -30,29 +31,12 @@ class DocumentError(Exception):
         self.detail = detail
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise DocumentError(f"member {k!r} appears twice")
-        out[k] = v
-    return out
-
-
-def _no_constant(word: str) -> Any:
-    raise DocumentError(f"{word} is not a JSON number")
-
-
 def load_json(data: bytes, what: str) -> Any:
-    """Parse ``data`` as strict JSON; ``what`` names the file in errors."""
+    """Parse ``data`` as strict JSON (``carvault.protocol.json``, one reading for every parser); ``what``: the file."""
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except DocumentError as e:
-        raise DocumentError(f"{what}: {e.detail}") from None
-    except UnicodeDecodeError:
-        raise DocumentError(f"{what} is not UTF-8 text") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise DocumentError(f"{what} is not JSON: {e}") from None
+        return strict_loads(data, allow_floats=True)
+    except JSONRejected as e:
+        raise DocumentError(f"{what}: {e}") from None
 
 
 def obj(value: Any, what: str) -> dict[str, Any]:
