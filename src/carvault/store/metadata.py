@@ -394,7 +394,9 @@ def upgrade_schema(engine: Engine, metadata: MetaData) -> list[str]:
     for table in metadata.sorted_tables:
         if table not in tables:
             continue
-        statements = {str(index.name): CreateIndex(index, if_not_exists=True) for index in table.indexes}
+        statements: dict[str, CreateIndex | str] = {
+            str(index.name): CreateIndex(index, if_not_exists=True) for index in table.indexes
+        }
         for t, column in missing:
             if t is table and column.unique:  # SQLite cannot ADD CONSTRAINT: a unique index does the same
                 name = f"uq_{table.name}_{column.name}"
