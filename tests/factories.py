@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pyarrow as pa
 
@@ -70,3 +76,24 @@ def opt_in(region: Region, vin: str, *categories: str, at_ms: int = BASE_MS - 60
             lasting=True,
             at_ms=at_ms,
         )
+
+
+def serve_process(data_dir: Path, port: int, *, stderr: int | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """A real `carvault serve` process for region cn over ``data_dir`` on ``port``."""
+    env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "carvault.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+    )
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Poll a server's health route until it answers 200; fail with its stderr if it dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not start")

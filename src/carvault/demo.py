@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -19,6 +20,7 @@ from carvault.region import Region
 from carvault.server import BackgroundServer, free_port
 from carvault.settings import Settings
 from carvault.vehicle.agent import UploadRefused, VehicleAgent
+from carvault.vehicle.identity import VehicleIdentity
 from carvault.vehicle.simulator import fleet_vins, simulate_day
 
 DEMO_EMAIL = "owner@carvault.example"
@@ -51,23 +53,18 @@ def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, po
     eu_port = free_port()
     endpoints = {"cn": f"http://127.0.0.1:{cn_port}", "eu": f"http://127.0.0.1:{eu_port}"}
     directory = str(data_dir / "region-directory.txt")  # VIN -> home region: provisioning writes, both read
-    cn = Region(
-        Settings(
-            data_dir=data_dir / "region-cn",
-            region="cn",
-            port=cn_port,
-            region_endpoints=endpoints,
-            region_directory=directory,
+    ports = {"cn": cn_port, "eu": eu_port}
+    cn, eu = (
+        Region(
+            Settings(
+                data_dir=data_dir / f"region-{name}",
+                region=name,
+                port=ports[name],
+                region_endpoints=endpoints,
+                region_directory=directory,
+            )
         )
-    )
-    eu = Region(
-        Settings(
-            data_dir=data_dir / "region-eu",
-            region="eu",
-            port=eu_port,
-            region_endpoints=endpoints,
-            region_directory=directory,
-        )
+        for name in ("cn", "eu")
     )
     cn_server = BackgroundServer(cn, port=cn_port).start()
     eu_server = BackgroundServer(eu, port=eu_port).start()
@@ -94,6 +91,24 @@ def run_demo(data_dir: Path, *, serve: bool, console: Console, seed: int = 7, po
     return result
 
 
+@dataclass
+class _World:
+    """What the demo steps share: the regions, their servers, the owner's API client and the cars."""
+
+    data_dir: Path
+    cn: Region
+    eu: Region
+    cn_server: BackgroundServer
+    eu_server: BackgroundServer
+    result: DemoResult
+    console: Console
+    seed: int
+    api: httpx.Client | None = None
+    auth: dict[str, str] | None = None
+    cars: list[VehicleIdentity] | None = None
+    foreign: VehicleIdentity | None = None
+
+
 def _run_steps(
     data_dir: Path,
     cn: Region,
@@ -104,32 +119,39 @@ def _run_steps(
     console: Console,
     seed: int,
 ) -> None:
+    w = _World(data_dir, cn, eu, cn_server, eu_server, result, console, seed)
+    _owner_and_cars(w)
+    total, first_blob, first_receipt, agent = _simulate_and_upload(w)
+    _refusals(w, agent, first_blob, first_receipt)
+    _records(w, total)
+
+
+def _owner_and_cars(w: _World) -> None:
+    """An owner account, three cars in cn and one in eu, pairing over the API, a lasting location opt-in."""
     password = secrets.token_urlsafe(12)
-    cn.accounts.register(DEMO_EMAIL, password, "Demo Owner")
-    result.add("owner account", True, f"{DEMO_EMAIL} / {password}")
+    w.cn.accounts.register(DEMO_EMAIL, password, "Demo Owner")
+    w.result.add("owner account", True, f"{DEMO_EMAIL} / {password}")
 
-    vins = fleet_vins(4, seed)
-    cars = [provision(cn, vin, data_dir / "vehicles") for vin in vins[:3]]
-    foreign = provision(eu, vins[3], data_dir / "vehicles")
-    result.add("provisioning", True, f"3 vehicles in cn ({', '.join(vins[:3])}), 1 in eu ({vins[3]})")
+    vins = fleet_vins(4, w.seed)
+    w.cars = [provision(w.cn, vin, w.data_dir / "vehicles") for vin in vins[:3]]
+    w.foreign = provision(w.eu, vins[3], w.data_dir / "vehicles")
+    w.result.add("provisioning", True, f"3 vehicles in cn ({', '.join(vins[:3])}), 1 in eu ({vins[3]})")
 
-    api = httpx.Client(base_url=cn_server.url, timeout=60)
-    r = api.post("/api/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
-    token = r.json()["token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    w.api = httpx.Client(base_url=w.cn_server.url, timeout=60)
+    r = w.api.post("/api/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
+    w.auth = {"Authorization": f"Bearer {r.json()['token']}"}
     claimed = [
-        api.post(
-            "/api/v1/vehicles/claim", headers=auth, json={"vin": c.vin, "pairing_code": c.pairing_code}
+        w.api.post(
+            "/api/v1/vehicles/claim", headers=w.auth, json={"vin": c.vin, "pairing_code": c.pairing_code}
         ).status_code
-        for c in cars
+        for c in w.cars
     ]
-    result.add("pairing", claimed == [201, 201, 201], f"claim answers {claimed}")
+    w.result.add("pairing", claimed == [201, 201, 201], f"claim answers {claimed}")
 
-    day = (datetime.now(UTC) - timedelta(days=1)).date()
     # The owner opted in to location (coarse) for route history when buying the cars, before the simulated day.
     bought = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1000)
-    for c in cars:
-        cn.consents.decide(
+    for c in w.cars:
+        w.cn.consents.decide(
             c.vin,
             1,
             "location",
@@ -139,23 +161,33 @@ def _run_steps(
             lasting=True,
             at_ms=bought,
         )
-    result.add("consent", True, "location (coarse H3 cells) opted in, lasting, 1 year; biometrics stay in the car")
-    days = []
-    for i, car in enumerate(cars):
-        days.append(simulate_day(car.vin, seed + i, day, incident=(i == 0)))
-    samples = sum(d.samples for d in days)
-    result.add("simulation", True, f"{samples:,} samples over {sum(d.table.num_rows for d in days):,} instants")
+    w.result.add("consent", True, "location (coarse H3 cells) opted in, lasting, 1 year; biometrics stay in the car")
 
-    agents = [VehicleAgent(c, data_dir / "vehicles" / c.vin, cn_server.url) for c in cars]
+
+def _simulate_and_upload(w: _World) -> tuple[int, bytes, dict[str, Any], VehicleAgent]:
+    """Simulate yesterday for each car and upload it through the car pipeline, with a progress bar."""
+    assert w.cars is not None
+    day = (datetime.now(UTC) - timedelta(days=1)).date()
+    days = [simulate_day(car.vin, w.seed + i, day, incident=(i == 0)) for i, car in enumerate(w.cars)]
+    samples = sum(d.samples for d in days)
+    w.result.add("simulation", True, f"{samples:,} samples over {sum(d.table.num_rows for d in days):,} instants")
+
+    agents = [VehicleAgent(c, w.data_dir / "vehicles" / c.vin, w.cn_server.url) for c in w.cars]
     total = 0
     for a, d in zip(agents, days, strict=True):
         a.fetch_policy()
         total += a.process(d.table, BATCH_SECONDS) + a.finish()
     first_blob = agents[0].pending()[0].read_bytes()
+    first_receipt: dict[str, Any] = {}
     t0 = time.monotonic()
     uploaded = 0
     with Progress(
-        TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+        TextColumn("uploading"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=w.console,
+        transient=True,
     ) as bar:
         task = bar.add_task("upload", total=total)
         for a in agents:
@@ -166,37 +198,48 @@ def _run_steps(
                 uploaded += len(got)
                 bar.advance(task, len(got))
     secs = time.monotonic() - t0
-    result.add(
+    w.result.add(
         "upload over HTTP", uploaded == total, f"{uploaded}/{total} batches, {samples / secs / 1e6:.2f} M samples/s"
     )
+    return total, first_blob, first_receipt, agents[0]
 
+
+def _refusals(w: _World, agent: VehicleAgent, first_blob: bytes, first_receipt: dict[str, Any]) -> None:
+    """The refusals that matter: an identical re-send, a foreign car sent to the wrong region."""
+    assert w.foreign is not None
     # The first batch again: the same receipt, nothing stored twice.
-    again = agents[0].upload_one(first_blob)
-    result.add(
+    again = agent.upload_one(first_blob)
+    w.result.add(
         "re-send gives the same receipt",
         again["log_index"] == first_receipt["log_index"] and again["batch_hash"] == first_receipt["batch_hash"],
         f"log index {again['log_index']}",
     )
 
-    foreign_agent = VehicleAgent(foreign, data_dir / "vehicles" / foreign.vin, cn_server.url)
-    foreign_day = simulate_day(foreign.vin, seed + 99, day)
+    foreign_agent = VehicleAgent(w.foreign, w.data_dir / "vehicles" / w.foreign.vin, w.cn_server.url)
+    day = (datetime.now(UTC) - timedelta(days=1)).date()
+    foreign_day = simulate_day(w.foreign.vin, w.seed + 99, day)
     foreign_agent.process(foreign_day.table.slice(0, 600), BATCH_SECONDS)
     try:
         foreign_agent.upload_pending(limit=1)
-        result.add("foreign vehicle refused (421)", False, "the cn gateway accepted an eu vehicle")
+        w.result.add("foreign vehicle refused (421)", False, "the cn gateway accepted an eu vehicle")
     except UploadRefused as e:
-        result.add(
+        w.result.add(
             "foreign vehicle refused (421)",
             e.status == 421 and e.body["error"].get("home_region") == "eu",
             f"HTTP {e.status} {e.code}: home region {e.body['error'].get('home_region')}, "
             f"endpoint {e.body['error'].get('endpoint')}",
         )
-    foreign_agent.endpoint = eu_server.url
+    foreign_agent.endpoint = w.eu_server.url
     sent_home = foreign_agent.upload_pending()
-    result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
+    w.result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
 
-    events = api.get(f"/api/v1/vehicles/{cars[0].vin}/events", headers=auth).json()
-    result.add(
+
+def _records(w: _World, total: int) -> None:
+    """Events, the incident window and its package, the audit log and the transparency log."""
+    assert w.api is not None and w.auth is not None and w.cars is not None
+    api, auth, vin = w.api, w.auth, w.cars[0].vin
+    events = api.get(f"/api/v1/vehicles/{vin}/events", headers=auth).json()
+    w.result.add(
         "events recorded in the car",
         any(e["kind"] == "crash" for e in events),
         ", ".join(f"{e['kind']}" for e in reversed(events)),
@@ -206,21 +249,21 @@ def _run_steps(
     if incident is not None:
         start = incident.t_ms - 30 * 60_000
         r = api.get(
-            f"/api/v1/vehicles/{cars[0].vin}/telemetry",
+            f"/api/v1/vehicles/{vin}/telemetry",
             headers=auth,
             params={"start": start, "end": incident.t_ms + 60_000, "format": "json"},
         )
         rows = r.json().get("rows", 0) if r.status_code == 200 else 0
-        result.add(
+        w.result.add(
             "incident window query",
             r.status_code == 200 and rows > 0,
             f"30 min before the {incident.kind}: {rows:,} instants",
         )
-        _package_steps(api, auth, cars[0].vin, incident, data_dir, result)
+        _package_steps(api, auth, vin, incident, w.data_dir, w.result)
     audit = api.get("/api/v1/audit", headers=auth).json()["events"]
-    result.add("audit log", any(e["action"] == "telemetry.read" for e in audit), f"{len(audit)} entries")
+    w.result.add("audit log", any(e["action"] == "telemetry.read" for e in audit), f"{len(audit)} entries")
     cp = api.get("/api/v1/log/checkpoint").text
-    result.add(
+    w.result.add(
         "transparency log",
         cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
         f"checkpoint tree size {cp.splitlines()[1]}",

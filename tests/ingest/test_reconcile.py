@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from carvault.server import free_port
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, vin_for
+from tests.factories import BASE_MS, drive_table, serve_process, vin_for, wait_until_up
 
 PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by default: no consent needed
 
@@ -133,18 +132,10 @@ def test_a_resend_of_an_unlogged_batch_is_answered_at_once(tmp_path: Path, when:
 
 def _serve_until_ready(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "carvault.cli", "serve"], env=env, stderr=subprocess.DEVNULL)
+    proc = serve_process(data_dir, port, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server died"
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
+    wait_until_up(url, proc)
+    return proc, url
 
 
 def _post_expecting_no_answer(url: str, blob: bytes) -> None:

@@ -8,9 +8,6 @@ copy may be told ``broken_chain``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +26,7 @@ from carvault.server import BackgroundServer, free_port
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, vin_for
+from tests.factories import BASE_MS, drive_table, serve_process, vin_for, wait_until_up
 
 UPLOAD = "/api/v1/ingest/batches"
 N = 12
@@ -218,37 +215,18 @@ def test_resend_while_the_original_is_between_commit_and_log(
 
 
 # --------------------------------------------------------------------------- two processes
-def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "carvault.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not start")
-
-
 @pytest.mark.slow
 def test_identical_uploads_to_two_processes_get_one_receipt(tmp_path: Path) -> None:
     data = tmp_path / "region"
     with Region(Settings(data_dir=data, region="cn")) as r:
         car = provision(r, vin_for(300), tmp_path / "vehicles")
     ports = [free_port(), free_port()]
-    procs = [_serve(data, p) for p in ports]
+    procs = [serve_process(data, p) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     receipts = []
     try:
         for u, p in zip(urls, procs, strict=True):
-            _wait_up(u, p)
+            wait_until_up(u, p)
         prev = GENESIS_PREV
         for seq in range(1, 5):
             blob = _batch(car, seq, prev)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -22,7 +20,7 @@ from carvault.server import free_port
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
-from tests.factories import BASE_MS, drive_table, vin_for
+from tests.factories import BASE_MS, drive_table, serve_process, vin_for, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -31,35 +29,16 @@ N_BATCHES = 12
 PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by default: no consent needed
 
 
-def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CARVAULT_DATA_DIR": str(data_dir), "CARVAULT_REGION": "cn", "CARVAULT_PORT": str(port)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "carvault.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not start")
-
-
 def test_two_processes_share_one_store(tmp_path: Path) -> None:
     data = tmp_path / "region"
     with Region(Settings(data_dir=data, region="cn")) as r:
         cars = [provision(r, vin_for(100 + i), tmp_path / "vehicles") for i in range(N_VEHICLES)]
     ports = [free_port(), free_port()]
-    procs = [_serve(data, p) for p in ports]
+    procs = [serve_process(data, p) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for u, p in zip(urls, procs, strict=True):
-            _wait(u, p)
+            wait_until_up(u, p)
 
         def drive(i: int) -> list[dict]:
             agent = VehicleAgent(cars[i], tmp_path / "vehicles" / cars[i].vin, urls[0])
@@ -117,7 +96,7 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url, proc)
+        wait_until_up(url, proc)
 
         def drive(i: int) -> int:
             agent = VehicleAgent(cars[i], tmp_path / "vehicles" / cars[i].vin, url)

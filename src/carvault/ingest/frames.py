@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from carvault.durable import fsync_dir
+from carvault.durable import write_durably
 from carvault.errors import (
     BadRequest,
     Conflict,
@@ -171,16 +169,9 @@ class FrameStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
             return  # another replica stored it first
-        tmp = path.parent / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
+            write_durably(path, body)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise Unavailable(f"frame could not be stored: {e}") from None
 
     # ------------------------------------------------------------------ index
