@@ -17,6 +17,7 @@ from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.reconcile import reconcile
+from carvault.ledger.leaves import DATA_KEY_FILE, seal_clear_log_keys
 from carvault.ledger.log import TransparencyLog
 from carvault.pki import RegionCA
 from carvault.settings import Settings
@@ -52,6 +53,33 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+DATA_KEY_LEN = 32
+
+
+def load_or_create_data_key(path: Path) -> bytes:
+    """A 32-byte symmetric key kept raw (mode 0600), created on first use; the same file in every process."""
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) != DATA_KEY_LEN:
+            raise ValueError(f"{path} is not a {DATA_KEY_LEN}-byte key")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(DATA_KEY_LEN)
+    tmp = path.with_suffix(f".{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # atomic and fails if another process created it first
+    except FileExistsError:
+        tmp.unlink()
+        return load_or_create_data_key(path)
+    tmp.unlink()
+    return key
+
+
 def log_origin(region: str) -> str:
     """The checkpoint origin line of a region's transparency log."""
     return f"{region}.carvault.example/log"
@@ -68,6 +96,8 @@ class Region:
         self.db.create_schema()
         self.catalogue = catalogue_ or catalogue()
         keys = settings.data_dir / "keys"
+        self.db.data_key = load_or_create_data_key(keys / DATA_KEY_FILE)  # seals vehicles' log keys at rest
+        seal_clear_log_keys(self.db)  # log keys written in the clear before sealing
         self.log_key = load_or_create_key(keys / "log-ed25519.pem")
         self.ca = RegionCA.load_or_create(load_or_create_key(keys / "ca-ed25519.pem"), keys / "ca.pem", self.name)
         self.log = TransparencyLog(

@@ -10,6 +10,13 @@ Exactly once across threads and processes: whoever appends a batch's leaf holds 
 re-reading the batch's row, through the append, to writing ``log_index`` (``WHERE log_index IS NULL``).
 So a row still unlogged under the fence has no leaf, except when its writer died between append and
 update; start-up reconciliation and re-sends therefore search the log's tail for the leaf first.
+
+Log keys are sealed at rest: ``vehicles.log_key`` holds ``SEALED_MAGIC || nonce || AES-256-GCM(key)``
+under the region's data key (``keys/log-keys-aes256.key``, ``Database.data_key``) with the VIN as associated
+data, so a copy of the database alone opens no leaf and a sealed key moved to another car's row does not
+open. ``seal_log_key`` is the one writer, ``open_log_key`` the one reader; vehicles loaded through the ORM
+get their key opened on load (so ``Vehicle.log_key`` in memory is the clear key). A 32-byte value is a
+clear key written before sealing; ``seal_clear_log_keys`` (run by the region on start) seals those.
 """
 
 from __future__ import annotations
@@ -23,17 +30,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import attributes
 
+from carvault.errors import Unavailable
 from carvault.ledger.merkle import leaf_hash
 from carvault.protocol import LOG_KEY_LEN, leaf_data_v1, leaf_data_v2, leaf_salt
-from carvault.store.metadata import BatchRecord, Database, Vehicle
+from carvault.store.metadata import BatchRecord, Database, Vehicle, rowcount
 
 LEAF_V1 = 1
 LEAF_V2 = 2
 CURRENT_LEAF = LEAF_V2
 FENCE_FILE = "log-fence.lock"
 RECOVERY_TAIL = 1 << 16  # leaves searched for a batch whose writer died between append and index write
+DATA_KEY_FILE = "log-keys-aes256.key"  # in <data_dir>/keys/: 32 random bytes, the AES-256-GCM key of log keys
+SEALED_MAGIC = b"cvk1"  # sealed log key: magic (4) || nonce (12) || ciphertext (32) || tag (16)
+NONCE_LEN = 12
+SEALED_LEN = len(SEALED_MAGIC) + NONCE_LEN + LOG_KEY_LEN + 16
 
 
 class Log(Protocol):
@@ -47,22 +62,74 @@ class Log(Protocol):
     def leaf_hash(self, index: int) -> bytes: ...
 
 
+def _aad(vin: str) -> bytes:
+    """The associated data of a vehicle's sealed log key: it opens only in that vehicle's row."""
+    return b"carvault-log-key-v1\n" + vin.encode()
+
+
+def _data_key(db: Database) -> bytes:
+    """The region's data key, loaded by ``Region``; a bare ``Database`` cannot seal or open log keys."""
+    if db.data_key is None:
+        raise Unavailable("vehicle log keys are sealed and this database was opened without the region's data key")
+    return db.data_key
+
+
+def seal_log_key(data_key: bytes, vin: str, log_key: bytes) -> bytes:
+    """What ``vehicles.log_key`` stores for a vehicle's log key: AES-256-GCM under the data key, the VIN bound."""
+    if len(log_key) != LOG_KEY_LEN:
+        raise ValueError(f"a log key is {LOG_KEY_LEN} bytes")
+    nonce = secrets.token_bytes(NONCE_LEN)
+    return SEALED_MAGIC + nonce + AESGCM(data_key).encrypt(nonce, log_key, _aad(vin))
+
+
+def open_log_key(data_key: bytes, vin: str, stored: bytes) -> bytes:
+    """The clear log key from a stored value (sealed, or a 32-byte clear key written before sealing)."""
+    stored = bytes(stored)
+    if len(stored) == LOG_KEY_LEN:
+        return stored
+    if len(stored) != SEALED_LEN or not stored.startswith(SEALED_MAGIC):
+        raise Unavailable(f"the stored log key of {vin} is neither sealed nor a {LOG_KEY_LEN}-byte key")
+    nonce = stored[len(SEALED_MAGIC) : len(SEALED_MAGIC) + NONCE_LEN]
+    try:
+        return AESGCM(data_key).decrypt(nonce, stored[len(SEALED_MAGIC) + NONCE_LEN :], _aad(vin))
+    except InvalidTag:
+        raise Unavailable(
+            f"the log key of {vin} does not open with this region's data key (keys/{DATA_KEY_FILE} is not the "
+            "one it was sealed with, or the row was altered)"
+        ) from None
+
+
+def _open_on_load(target: Vehicle, context: Any, *_: Any) -> None:
+    """Give a vehicle loaded through the ORM its clear log key (the column holds it sealed)."""
+    stored = target.__dict__.get("log_key")
+    if stored is None or len(stored) == LOG_KEY_LEN:
+        return
+    db = context.session.info.get("database") if context.session is not None else None
+    if not isinstance(db, Database):
+        raise Unavailable("a sealed log key was loaded outside a CarVault database session")
+    attributes.set_committed_value(target, "log_key", open_log_key(_data_key(db), target.vin, stored))
+
+
+event.listen(Vehicle, "load", _open_on_load)
+event.listen(Vehicle, "refresh", _open_on_load)
+
+
 def log_key_of(db: Database, vin: str) -> bytes:
-    """The vehicle's log key, made (once, whoever asks first) if it has none yet."""
+    """The vehicle's log key, made (once, whoever asks first) and stored sealed if it has none yet."""
     with db.session() as s:
-        key = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
-        if key is not None:
-            return bytes(key)
+        stored = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
+        if stored is not None:
+            return open_log_key(_data_key(db), vin, stored)
         s.execute(
             update(Vehicle)
             .where(Vehicle.vin == vin, Vehicle.log_key.is_(None))
-            .values(log_key=secrets.token_bytes(LOG_KEY_LEN))
+            .values(log_key=seal_log_key(_data_key(db), vin, secrets.token_bytes(LOG_KEY_LEN)))
         )
     with db.session() as s:
-        key = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
-    if key is None:
+        stored = s.scalar(select(Vehicle.log_key).where(Vehicle.vin == vin))
+    if stored is None:
         raise LookupError(f"no vehicle {vin}")
-    return bytes(key)
+    return open_log_key(_data_key(db), vin, stored)
 
 
 def log_keys_of(db: Database, vins: set[str]) -> dict[str, bytes]:
@@ -71,8 +138,25 @@ def log_keys_of(db: Database, vins: set[str]) -> dict[str, bytes]:
         return {}
     with db.session() as s:
         rows = s.execute(select(Vehicle.vin, Vehicle.log_key).where(Vehicle.vin.in_(vins))).all()
-    keys = {row.vin: bytes(row.log_key) for row in rows if row.log_key is not None}
+    keys = {row.vin: open_log_key(_data_key(db), row.vin, row.log_key) for row in rows if row.log_key is not None}
     return keys | {vin: log_key_of(db, vin) for vin in vins - keys.keys()}
+
+
+def seal_clear_log_keys(db: Database) -> int:
+    """Seal every log key still stored in the clear (written before sealing); how many this call sealed."""
+    with db.session() as s:
+        rows = s.execute(select(Vehicle.vin, Vehicle.log_key).where(func.length(Vehicle.log_key) == LOG_KEY_LEN)).all()
+    sealed = 0
+    for row in rows:
+        clear = bytes(row.log_key)
+        with db.session() as s:  # conditional: a process sealing the same row at once leaves it to the first
+            result = s.execute(
+                update(Vehicle)
+                .where(Vehicle.vin == row.vin, Vehicle.log_key == clear)
+                .values(log_key=seal_log_key(_data_key(db), row.vin, clear))
+            )
+            sealed += rowcount(result)
+    return sealed
 
 
 def batch_leaf(region: str, rec: BatchRecord, log_key: bytes | None, version: int | None = None) -> bytes:

@@ -442,7 +442,9 @@ class Database:
         except (ArgumentError, NoSuchModuleError, ImportError) as e:
             raise Unavailable(f"metadata database URL {url!r} is not usable: {e}") from None
         self.url = url
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # The region's key for sealing vehicle log keys at rest (ledger.leaves); set by Region, None in bare use.
+        self.data_key: bytes | None = None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"database": self})
 
     @property
     def is_sqlite(self) -> bool:
