@@ -30,7 +30,7 @@ ENUM_SECTION = (
 def error_rows() -> str:
     """Markdown rows of every error code."""
     classes = sorted(all_error_classes(), key=lambda c: (c.status, c.code))
-    return "\n".join(f"| `{c.code}` | {c.status} | {(c.__doc__ or '').strip()} |" for c in classes)
+    return "\n".join(f"| `{c.code}` | {c.status} | {' '.join((c.__doc__ or '').split())} |" for c in classes)
 
 
 def signal_rows() -> str:
@@ -77,8 +77,7 @@ def write_errors() -> None:
             api.read_text(),
             "| code | HTTP | meaning |\n|---|---|---|\n",
             error_rows() + "\n| `validation_failed` (schema) | 422 | a body or query parameter "
-            "does not match the OpenAPI schema; `problems` lists each |\n| `method_not_allowed` "
-            "| 405 | the route exists, the method does not |",
+            "does not match the OpenAPI schema; `problems` lists each |",
         )
     )
 

@@ -9,7 +9,7 @@ A vehicle's home region is fixed at provisioning. Two records say where it is:
   ``region_endpoints``). The first line for a VIN is the one that counts; provisioning never writes a second
   one that disagrees.
 
-Rules (docs/protocol.md §3.1, docs/operations.md):
+Rules (docs/protocol.md §3.2, docs/operations.md):
 
 - a VIN registered here is at home here, whatever its batches say; a batch whose signed header names another
   region (``region`` must be the registered name exactly, lower case) is refused with ``region_mismatch``;

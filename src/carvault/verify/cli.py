@@ -1,7 +1,7 @@
 """`carvault verify`: the offline verifier's command line, lean enough to start in a fraction of a second.
 
 It loads only the verification kernel (no web framework, database or region code) and prints plain text.
-Exit codes (docs/incident-package.md §5): 0 verified and anchored, 1 a check failed, 2 consistent but not
+Exit codes (docs/incident-package.md §4): 0 verified and anchored, 1 a check failed, 2 consistent but not
 anchored, 3 the package is unreadable, 4 a usage error (bad option, unreadable trust or checkpoint file).
 """
 

@@ -49,7 +49,7 @@ SIGNATURE_LEN = 64
 #: Files every package holds (edr/part563.csv only with an event).
 REQUIRED = ("certs/vehicle.pem", "log/checkpoint.txt", "log/proofs.json", "trust.json", "coverage.json")
 
-# Exit codes of `carvault verify` (docs/incident-package.md §5).
+# Exit codes of `carvault verify` (docs/incident-package.md §4).
 EXIT_VERIFIED = 0
 EXIT_FAILED = 1
 EXIT_NOT_ANCHORED = 2
