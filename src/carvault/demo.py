@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from carvault.protocol import TIME_TYPE, make_batch
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import BackgroundServer, free_port
@@ -215,6 +217,8 @@ def _refusals(w: _World, agent: VehicleAgent, first_blob: bytes, first_receipt: 
         f"log index {again['log_index']}",
     )
 
+    _modified_car(w, agent)
+
     foreign_agent = VehicleAgent(w.foreign, w.data_dir / "vehicles" / w.foreign.vin, w.cn_server.url)
     day = (datetime.now(UTC) - timedelta(days=1)).date()
     foreign_day = simulate_day(w.foreign.vin, w.seed + 99, day)
@@ -232,6 +236,30 @@ def _refusals(w: _World, agent: VehicleAgent, first_blob: bytes, first_receipt: 
     foreign_agent.endpoint = w.eu_server.url
     sent_home = foreign_agent.upload_pending()
     w.result.add("foreign vehicle uploads at home", len(sent_home) >= 1, f"{len(sent_home)} batches accepted by eu")
+
+
+def _modified_car(w: _World, agent: VehicleAgent) -> None:
+    """A car whose software ignores the owner's consent sends heart rate: the region refuses it by its own rule."""
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    t = pa.array([now - 2000, now - 1000], type=TIME_TYPE)
+    rogue = pa.table({"t": t, "Vehicle.Driver.HeartRate": pa.array([72, 74], type=pa.uint16())})
+    blob = make_batch(
+        vin=agent.identity.vin,
+        region=agent.identity.region,
+        seq=agent.head.seq + 1,
+        prev=agent.head.prev,
+        table=rogue,
+        key=agent.identity.key,
+    )
+    try:
+        agent.upload_one(blob)
+        w.result.add("region enforces consent itself", False, "the gateway stored biometrics without consent")
+    except UploadRefused as e:
+        w.result.add(
+            "region enforces consent itself",
+            e.status == 403 and e.code == "consent_not_given",
+            f"HTTP {e.status} {e.code}: heart rate (biometrics) from a car that ignored the owner's choice",
+        )
 
 
 def _records(w: _World, total: int) -> None:

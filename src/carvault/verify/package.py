@@ -545,7 +545,8 @@ def check_coverage(run: _Run) -> None:
         run.add("coverage report", False, e.detail)
         return
     ok = cov.batches == len(run.envs)
-    detail = f"{cov.gaps} gaps listed, chain {cov.chain}" if ok else "coverage.json does not describe the batches"
+    gaps = f"{cov.gaps} gap{'' if cov.gaps == 1 else 's'}"
+    detail = f"{gaps} listed, chain {cov.chain}" if ok else "coverage.json does not describe the batches"
     run.add("coverage report", ok, detail)
 
 
