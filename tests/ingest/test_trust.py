@@ -592,3 +592,64 @@ def test_frame_marks_of_rows_without_a_frame_are_not_parsed(
     marks = t.column_names.index(CAMERA + "Redactions")
     t = t.set_column(marks, pa.field(CAMERA + "Redactions", pa.string()), pa.array([REDACTIONS, "not json"]))
     assert post(http, sign(vehicle, t, kind="media")).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------- ignition across batches
+HOUR_MS = 3_600_000
+
+
+def cycle(n: int | None, start_ms: int) -> pa.Table:
+    """A 10 s location batch whose ignition counter reads ``n`` throughout (``None``: no counter column)."""
+    if n is None:
+        return table([SPEED, LAT], start_ms=start_ms)
+    return with_ignition(table([SPEED, LAT, IGNITION], start_ms=start_ms), rise_at_ms=start_ms + 60_000, before=n)
+
+
+@dataclass
+class CycleCase:
+    name: str
+    lasting: bool
+    batches: list[tuple[int | None, int]]  # (counter or None, start offset from BASE_MS) in chain order
+    expect: list[str | None]  # per batch: None (accepted) or the refusal's status
+
+
+CYCLE_CASES = [
+    CycleCase(
+        "one-drive: rise between batches, then no counter",
+        False,
+        [(41, 0), (42, HOUR_MS), (None, HOUR_MS)],
+        [None, "lapsed", "unverifiable"],
+    ),
+    CycleCase(
+        "one-drive: same cycle across batches", False, [(41, 0), (41, HOUR_MS), (41, 2 * HOUR_MS)], [None, None, None]
+    ),
+    CycleCase("one-drive: counter goes down", False, [(41, 0), (40, HOUR_MS)], [None, "unverifiable"]),
+    CycleCase("one-drive: no counter in the first batch", False, [(None, 0)], ["unverifiable"]),
+    CycleCase(
+        "lasting: rise, no counter, counter down",
+        True,
+        [(41, 0), (42, HOUR_MS), (None, 2 * HOUR_MS), (40, 3 * HOUR_MS)],
+        [None, None, None, None],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CYCLE_CASES, ids=[c.name for c in CYCLE_CASES])
+def test_one_drive_opt_in_across_batches(
+    http: httpx.Client, region: Region, vehicle: VehicleIdentity, owner_id: int, case: CycleCase
+) -> None:
+    """The region remembers the last signed ignition counter: a rise between batches is a new cycle, and a
+    one-drive opt-in is refused when the batch cannot show its cycle (no counter, or a lower one)."""
+    opt_in("location", lasting=case.lasting)(region, vehicle.vin, owner_id)
+    seq, prev = 1, GENESIS_PREV
+    for (n, offset), expected in zip(case.batches, case.expect, strict=True):
+        before = stored(region)
+        r = post(http, sign(vehicle, cycle(n, BASE_MS + offset), seq=seq, prev=prev))
+        if expected is None:
+            assert r.status_code == 200, r.text
+            seq, prev = seq + 1, r.json()["batch_hash"]
+            continue
+        assert r.status_code == 403, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["category"], err["status"]) == ("consent_not_given", "location", expected)
+        assert stored(region) == before

@@ -279,7 +279,7 @@ CREATE INDEX ix_vehicle_events_t_ms ON vehicle_events (t_ms);
 CREATE INDEX ix_vehicle_events_vin ON vehicle_events (vin);
 """
 
-NEW_COLUMNS = {"vehicles": {"log_key"}, "batches": {"leaf_version", "leaf_hash"}}
+NEW_COLUMNS = {"vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms"}, "batches": {"leaf_version", "leaf_hash"}}
 VIN = "WVWZZZ1JZXW000001"
 BATCH_HASH = "ab" * 32
 
@@ -335,7 +335,14 @@ def check_upgrade(url: str, data_dir: Path, **settings: Any) -> None:
         for table, new in NEW_COLUMNS.items():
             assert not new & columns_of(db.engine, table)  # really the old schema
         added = db.create_schema()
-        assert set(added) == {"vehicles.log_key", "batches.leaf_version", "batches.leaf_hash", "ix_batches_leaf_hash"}
+        assert set(added) == {
+            "vehicles.log_key",
+            "vehicles.ignition_cycle",
+            "vehicles.ignition_seen_ms",
+            "batches.leaf_version",
+            "batches.leaf_hash",
+            "ix_batches_leaf_hash",
+        }
         for table, new in NEW_COLUMNS.items():
             assert new <= columns_of(db.engine, table)
         assert "ix_batches_leaf_hash" in {i["name"] for i in inspect(db.engine).get_indexes("batches")}
@@ -442,7 +449,13 @@ def test_several_starts_at_once_all_succeed(tmp_path: Path) -> None:
     added = [name for r in results for name in r]
     # Each column is added by exactly one starter (the others met a duplicate); CREATE INDEX IF NOT EXISTS may
     # report the index from more than one.
-    assert sorted(n for n in added if "." in n) == ["batches.leaf_hash", "batches.leaf_version", "vehicles.log_key"]
+    assert sorted(n for n in added if "." in n) == [
+        "batches.leaf_hash",
+        "batches.leaf_version",
+        "vehicles.ignition_cycle",
+        "vehicles.ignition_seen_ms",
+        "vehicles.log_key",
+    ]
     assert "ix_batches_leaf_hash" in added
 
 

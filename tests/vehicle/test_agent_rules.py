@@ -157,6 +157,16 @@ def test_grant_coarse_then_precise_then_stop(
     assert actions.count("consent.grant") == 2 and actions.count("consent.stop") == 1
 
 
+def with_ignition_counter(t: pa.Table, n: int) -> pa.Table:
+    """Add the signed ignition counter (1 Hz, ``n`` for the whole drive) as the simulator records it: the region
+    accepts a one-drive opt-in only from batches that show their ignition cycle."""
+    ms = t.column("t").cast(pa.int64()).to_numpy()
+    return t.append_column(
+        pa.field("Vehicle.EDR.IgnitionCycle", pa.uint32()),
+        pa.array(np.full(len(ms), n), pa.uint32(), mask=ms % 1000 != 0),
+    )
+
+
 def test_one_drive_opt_in_lapses_at_the_next_ignition(
     http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
 ) -> None:
@@ -166,11 +176,13 @@ def test_one_drive_opt_in_lapses_at_the_next_ignition(
     # The drive in progress when the owner opted in (ignition was on before) ...
     agent._ignition_on = int(time.time() * 1000) - 60_000
     agent._last_t = int(time.time() * 1000) - 500
-    first = fresh(20)
+    first = with_ignition_counter(fresh(20), 41)
     agent.process(first, batch_seconds=60)
     # ... then the car sleeps and the next ignition-on starts a new cycle: the one-drive opt-in has lapsed.
     t_next = int(first.column("t")[-1].cast(pa.int64()).as_py()) + 2 * 60_000 + 300
-    agent.process(drive_table(t_next - t_next % 1000, seconds=20, paths=LOCATION), batch_seconds=60)
+    agent.process(
+        with_ignition_counter(drive_table(t_next - t_next % 1000, seconds=20, paths=LOCATION), 42), batch_seconds=60
+    )
     agent.upload_pending()
     tables = uploaded_tables(region, vehicle.vin)
     assert LAT in tables[0].column_names and LAT not in tables[-1].column_names

@@ -211,38 +211,96 @@ def statuses(
     return {c: policy.status(c, at_ms, ignition_on_ms) for c in categories}
 
 
-def ignition_starts(table: pa.Table) -> np.ndarray | None:
+def _counter_samples(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices and values of the batch's valid ``Vehicle.EDR.IgnitionCycle`` samples (both empty if none)."""
+    if IGNITION_CYCLE not in table.column_names:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    col = table.column(IGNITION_CYCLE)
+    idx = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+    counts = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)[idx]
+    return idx, counts
+
+
+def ignition_summary(table: pa.Table) -> tuple[int, int] | None:
+    """``(cycle, seen_ms)``: the highest ignition counter of the batch and the time of its last sample, or None.
+
+    The region keeps this per vehicle (``Vehicle.ignition_cycle``, ``ignition_seen_ms``) so that the next batch
+    can tell whether a new ignition cycle began in between (``ignition_starts``'s ``previous``).
+    """
+    idx, counts = _counter_samples(table)
+    if len(idx) == 0:
+        return None
+    top = int(counts.max())
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    return top, int(t[idx[counts == top]].max())
+
+
+def ignition_starts(table: pa.Table, previous: tuple[int | None, int | None] | None = None) -> np.ndarray | None:
     """Per row, a lower bound of the current ignition cycle's start that the batch itself proves, or None.
 
     The region sees only what the car sent, so it cannot tell where the car's cycles begin from gaps in the
     rows (the car drops rows it may not send). The signed ``Vehicle.EDR.IgnitionCycle`` counter proves a
     cycle boundary: where its value rises, a new cycle began after the last sample of the lower count, so a
-    decision taken at or before that sample was taken in an earlier cycle. Rows before the first rise (and
-    batches without the counter) get ``NO_IGNITION_MS``: no boundary is known there.
+    decision taken at or before that sample was taken in an earlier cycle. ``previous`` is the vehicle's
+    last accepted ``(cycle, seen_ms)`` (``ignition_summary`` of earlier batches): it counts as a sample just
+    before the batch, so a rise between two batches is a boundary too (the new cycle began after
+    ``seen_ms``). Rows before the first rise (and batches without the counter) get ``NO_IGNITION_MS``: no
+    boundary is known there.
     """
-    if IGNITION_CYCLE not in table.column_names:
+    idx, counts = _counter_samples(table)
+    if len(idx) == 0:
         return None
     t = table.column("t").cast(pa.int64()).to_numpy()
-    col = table.column(IGNITION_CYCLE)
-    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(valid)
-    if len(idx) < 2:
+    times = t[idx]
+    if previous is not None and previous[0] is not None and previous[1] is not None:
+        counts = np.concatenate(([int(previous[0])], counts))
+        times = np.concatenate(([int(previous[1])], times))
+    if len(counts) < 2:
         return None
-    counts = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)[idx]
     # A boundary lies between consecutive samples where the count rises; afterwards a count lower than one
     # already seen (a car that lies or wraps) proves nothing, so compare with the running maximum.
     running = np.maximum.accumulate(counts)
     rises = np.flatnonzero(counts[1:] > running[:-1]) + 1
     if len(rises) == 0:
         return None
-    # The cycle that starts at sample ``idx[r]`` began after the previous sample; "+1" makes a decision taken
+    # The cycle that starts at sample ``rises`` began after the previous sample; "+1" makes a decision taken
     # at that instant count as an earlier cycle's (``granted_ms < ignition_on_ms``).
-    bound = t[idx[rises - 1]] + 1
-    at = np.searchsorted(t[idx[rises]], t, side="right") - 1
+    bound = times[rises - 1] + 1
+    at = np.searchsorted(times[rises], t, side="right") - 1
     return np.where(at >= 0, bound[np.maximum(at, 0)], NO_IGNITION_MS).astype(np.int64)
 
 
-def check_batch(policy: Policy, table: pa.Table, catalogue: Catalogue, *, kind: str = "telemetry") -> None:
+def cycle_unverifiable(table: pa.Table, previous: tuple[int | None, int | None] | None = None) -> bool:
+    """The region cannot tell the batch's ignition cycle: no counter value at all, or one lower than stored."""
+    _, counts = _counter_samples(table)
+    if len(counts) == 0:
+        return True
+    return previous is not None and previous[0] is not None and int(counts.min()) < int(previous[0])
+
+
+def _one_drive_rows(policy: Policy, category: str, t: np.ndarray) -> np.ndarray:
+    """Rows at which ``category`` is collected only under a non-lasting opt-in (one status call per piece)."""
+    if default_on(category) or len(t) == 0:
+        return np.zeros(len(t), dtype=bool)
+    cuts = np.array(change_points(policy, category), dtype=np.int64)
+    piece = np.searchsorted(cuts, t, side="right")
+    out = np.zeros(len(t), dtype=bool)
+    for p in np.unique(piece).tolist():
+        rows = piece == p
+        at = int(t[np.argmax(rows)])
+        c = policy.latest(category, at)
+        out[rows] = c is not None and not c.lasting and policy.status(category, at) == COLLECTING
+    return out
+
+
+def check_batch(
+    policy: Policy,
+    table: pa.Table,
+    catalogue: Catalogue,
+    *,
+    kind: str = "telemetry",
+    previous: tuple[int | None, int | None] | None = None,
+) -> None:
     """The region's own consent check of a received batch; raise ``ConsentNotGiven`` naming the first offence.
 
     A routine batch (``telemetry``, ``media``) is refused whole when it carries a non-null sample of a
@@ -251,6 +309,11 @@ def check_batch(policy: Policy, table: pa.Table, catalogue: Catalogue, *, kind: 
     which are checked as in a routine batch. Vectorised: one mask per category, the status evaluated once
     per piece of time between the owner's decisions (``allowed_mask``). Unknown columns are left to payload
     validation, which runs first.
+
+    ``previous`` is the vehicle's last accepted ignition counter and the time of its last sample
+    (``ignition_summary``): a rise since then is a new cycle. A category allowed only by a non-lasting
+    (one-drive) opt-in is refused (status ``unverifiable``) when the region cannot tell the batch's cycle:
+    no counter value in the batch, or a counter lower than ``previous``.
     """
     checked = None if kind in ROUTINE_KINDS else EVENT_BASIS_EXCLUDES
     decided = {c.category for c in policy.consents}
@@ -272,10 +335,26 @@ def check_batch(policy: Policy, table: pa.Table, catalogue: Catalogue, *, kind: 
     if not present:
         return
     t = table.column("t").cast(pa.int64()).to_numpy()
-    ign = ignition_starts(table)
+    ign = ignition_starts(table, previous)
+    unverifiable = cycle_unverifiable(table, previous)
     for category, mask in present.items():
         rows = np.flatnonzero(mask)
         ok = allowed_mask(policy, category, t[rows], None if ign is None else ign[rows])
+        if ok.all() and unverifiable:
+            one_drive = _one_drive_rows(policy, category, t[rows])
+            if one_drive.any():
+                span = t[rows[one_drive]]
+                raise ConsentNotGiven(
+                    f"batch carries {len(span)} instant(s) of category {category!r} from {int(span[0])} to "
+                    f"{int(span[-1])} (UTC ms) under a one-drive (non-lasting) opt-in, but the region cannot tell "
+                    f"the ignition cycle: a one-drive opt-in needs the signed ignition counter "
+                    f"{IGNITION_CYCLE!r} in the batch, never lower than the vehicle's last accepted value",
+                    category=category,
+                    status="unverifiable",
+                    from_ms=int(span[0]),
+                    to_ms=int(span[-1]),
+                    instants=len(span),
+                )
         if ok.all():
             continue
         bad = t[rows[~ok]]

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
-from carvault.compliance.consent import Policy, check_batch
+from carvault.compliance.consent import Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
@@ -63,6 +63,7 @@ class _Pending:
     env: Envelope
     summary: PayloadSummary
     table: pa.Table
+    ignition: tuple[int, int] | None = None  # (highest IgnitionCycle, time of its last sample) in the batch
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
 
@@ -171,8 +172,19 @@ class Gateway:
             max_rows=self.settings.max_batch_rows,
         )
         # The owner's consent, applied here again with the car's own rule module: the car's filtering is not proof.
-        check_batch(self.policy_of(h.vin), table, self.catalogue, kind=h.kind)
-        pending = _Pending(env, summary, table)
+        # The vehicle's last accepted ignition counter lets a rise between batches count as a new cycle.
+        with self.db.session() as s:
+            previous = s.execute(
+                select(Vehicle.ignition_cycle, Vehicle.ignition_seen_ms).where(Vehicle.vin == h.vin)
+            ).one()
+        check_batch(
+            self.policy_of(h.vin),
+            table,
+            self.catalogue,
+            kind=h.kind,
+            previous=(previous.ignition_cycle, previous.ignition_seen_ms),
+        )
+        pending = _Pending(env, summary, table, ignition_summary(table))
         self._queue.put(pending)
         return pending
 
@@ -362,6 +374,24 @@ class Gateway:
                 )
                 if moved != 1:
                     continue  # lost a race (another process, or a different batch with this seq); resolved below
+                if p.ignition is not None:
+                    # Same transaction as the chain head; only forward (a lower counter proves nothing).
+                    cycle, seen = p.ignition
+                    s.execute(
+                        update(Vehicle)
+                        .where(
+                            Vehicle.vin == h.vin,
+                            or_(
+                                Vehicle.ignition_cycle.is_(None),
+                                Vehicle.ignition_cycle < cycle,
+                                and_(
+                                    Vehicle.ignition_cycle == cycle,
+                                    or_(Vehicle.ignition_seen_ms.is_(None), Vehicle.ignition_seen_ms < seen),
+                                ),
+                            ),
+                        )
+                        .values(ignition_cycle=cycle, ignition_seen_ms=seen)
+                    )
                 rec = BatchRecord(
                     vin=h.vin,
                     seq=h.seq,

@@ -86,6 +86,10 @@ class Vehicle(Base):
     policy_applied: Mapped[int] = mapped_column(BigInteger, default=0)  # consent version the car last fetched
     # 32 random bytes that open this vehicle's v2 log leaves (docs/transparency-log.md); never served publicly.
     log_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    # Highest signed ignition counter (Vehicle.EDR.IgnitionCycle) accepted and the time of its last sample:
+    # a rise in a later batch is a new ignition cycle (compliance/consent.py ``ignition_starts``).
+    ignition_cycle: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ignition_seen_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Credential(Base):
