@@ -63,7 +63,45 @@ def event_meta(header: BatchHeader, table: pa.Table) -> dict[str, Any] | None:
         )
     if not header.t0 <= meta["trigger_ms"] <= header.t1:
         raise TimestampOutOfSpan("the event's trigger time is outside the batch span", trigger_ms=meta["trigger_ms"])
+    _check_event_window(header, table, meta)
     return meta
+
+
+EVENT_PRE_MS = 30_000  # an event window starts at most this long before its first trigger (GB 39732 / UN R160)
+EVENT_POST_MS = 10_000  # and ends at most this long after its last; triggers closer than this share a window
+EVENT_MAX_SPAN_MS = 5 * 60_000  # however many triggers chain up, one window never covers more than this
+
+
+def _check_event_window(header: BatchHeader, table: pa.Table, meta: dict[str, Any]) -> None:
+    """An event batch covers only its triggers' window, so its legal basis cannot carry routine data past consent.
+
+    The window is the region's own rule, whatever ``pre_s``/``post_s`` the car states: from 30 s before the first
+    trigger to 10 s after the last, triggers at most 10 s apart, at most 5 minutes in all; no camera columns;
+    ``manual`` events come from the owner, never from a car.
+    """
+    if meta["kind"] == "manual":
+        raise MalformedBatch("a car does not send manual events; the owner records them in the portal")
+    if any(n.startswith(CAMERA) for n in table.column_names):
+        raise MalformedBatch("event batches carry no camera columns; frames travel in media batches")
+    triggers = meta.get("triggers", [])
+    if not isinstance(triggers, list) or not all(
+        isinstance(t, dict) and t.get("kind") in EVENT_KINDS and type(t.get("t_ms")) is int for t in triggers
+    ):
+        raise MalformedBatch(
+            f"carvault.event triggers must be objects with kind (one of {', '.join(EVENT_KINDS)}) and integer t_ms"
+        )
+    times = sorted({meta["trigger_ms"], *(t["t_ms"] for t in triggers)})
+    if any(b - a > EVENT_POST_MS for a, b in zip(times, times[1:], strict=False)):
+        raise MalformedBatch("event triggers more than 10 s apart belong to separate event windows")
+    lo, hi = times[0] - EVENT_PRE_MS, times[-1] + EVENT_POST_MS
+    if header.t0 < lo or header.t1 > hi or header.t1 - header.t0 > EVENT_MAX_SPAN_MS:
+        raise TimestampOutOfSpan(
+            "an event batch covers at most 30 s before its first trigger to 10 s after its last (5 minutes in all)",
+            t0=header.t0,
+            t1=header.t1,
+            window_start_ms=lo,
+            window_end_ms=hi,
+        )
 
 
 def validate_payload(

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from carvault.errors import BadSignature, MalformedBatch, TimestampInFuture, TimestampOutOfSpan
+from carvault.errors import BadSignature, MalformedBatch, PayloadTooLarge, TimestampInFuture, TimestampOutOfSpan
 from carvault.protocol.json import JSONRejected, strict_loads
 
 MAGIC = b"CVB1"
@@ -48,6 +48,9 @@ MAX_ROWS = 2**31 - 1
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, as ingest.validation: nothing older is plausible telemetry
 LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant ISO 8601 can spell
 MAX_REGION_LEN = 32
+
+MAX_PAYLOAD_ROWS = 1_000_000  # far above any region's max_batch_rows; refused before anything is decoded
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # what one payload may take in memory once decoded
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
@@ -171,9 +174,9 @@ class Envelope:
                 seq=self.header.seq,
             ) from None
 
-    def table(self) -> pa.Table:
-        """Decode the Parquet payload."""
-        return decode_payload(self.payload)
+    def table(self, *, max_rows: int = MAX_PAYLOAD_ROWS, max_bytes: int = MAX_DECODED_BYTES) -> pa.Table:
+        """Decode the Parquet payload within bounds (``decode_payload``)."""
+        return decode_payload(self.payload, max_rows=max_rows, max_bytes=max_bytes)
 
 
 def encode_envelope(header: BatchHeader, payload: bytes, key: Ed25519PrivateKey) -> bytes:
@@ -242,13 +245,56 @@ def encode_payload(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def decode_payload(payload: bytes) -> pa.Table:
-    """Read a Parquet payload; raise ``MalformedBatch`` if it is not one."""
+def decode_payload(
+    payload: bytes | memoryview, *, max_rows: int = MAX_PAYLOAD_ROWS, max_bytes: int = MAX_DECODED_BYTES
+) -> pa.Table:
+    """Read a Parquet payload within bounds; ``MalformedBatch`` if it is not one, ``PayloadTooLarge`` if too big.
+
+    A few hundred bytes of Parquet can describe gigabytes (one long string repeated through a dictionary, or a
+    page that inflates a thousandfold), so the footer's row count and uncompressed sizes are checked first, string
+    columns are read as dictionaries, and their size once expanded is computed before any is expanded.
+    """
     try:
+        md = pq.read_metadata(pa.BufferReader(payload))
+        if md.num_rows > max_rows:
+            raise PayloadTooLarge(f"payload has {md.num_rows} rows; the limit is {max_rows}", limit=max_rows)
+        stored = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        if stored > max_bytes:
+            raise PayloadTooLarge(f"payload expands to {stored} bytes; the limit is {max_bytes}", limit=max_bytes)
+        arrow_schema = md.schema.to_arrow_schema()  # a stored Arrow schema may ask for dictionary columns
+        texts = [f.name for f in _plain(arrow_schema) if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+        pf = pq.ParquetFile(pa.BufferReader(payload), metadata=md, read_dictionary=texts or None)
         # ParquetFile.read without threads is ~35% faster than read_table for small batch files.
-        return pq.ParquetFile(pa.BufferReader(payload)).read(use_threads=False)
+        table = pf.read(use_threads=False)
+        if table.nbytes > max_bytes:
+            raise PayloadTooLarge(f"payload decodes to {table.nbytes} bytes; the limit is {max_bytes}", limit=max_bytes)
+        return _expand_dictionaries(table, arrow_schema, texts, max_bytes - table.nbytes)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise MalformedBatch(f"batch payload is not a readable Parquet file: {e}") from None
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """The schema with dictionary types replaced by their value types (a stored Arrow schema may ask for them)."""
+    fields = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _expand_dictionaries(table: pa.Table, schema: pa.Schema, texts: list[str], budget: int) -> pa.Table:
+    """Turn the dictionary-read text columns back into plain ones, refusing if they would outgrow ``budget``."""
+    if not texts:
+        return table
+    import pyarrow.compute as pc  # only payloads with text columns need it
+
+    for name in texts:
+        col = table.column(name).combine_chunks()
+        if isinstance(col, pa.DictionaryArray):
+            lengths = pc.binary_length(col.dictionary)
+            budget -= int(pc.sum(pc.take(lengths, col.indices)).as_py() or 0)
+            if budget < 0:
+                raise PayloadTooLarge("payload text columns expand beyond the decode limit", signal=name)
+    # Columns the file itself declares as dictionaries stay so (and payload validation refuses them).
+    columns = [table.column(f.name).cast(f.type) if f.name in texts else table.column(f.name) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema.with_metadata(table.schema.metadata))
 
 
 def make_batch(

@@ -19,6 +19,7 @@ PACKAGE_FORMAT = "carvault-incident-package"
 PACKAGE_VERSION = 1
 LEAF_VERSIONS = (1, 2)
 SALT_LEN = 32
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a day's proofs.json is well under 1 MiB; parsing costs ~70 B per value
 MAX_PROOF_HASHES = 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -33,6 +34,8 @@ class DocumentError(Exception):
 
 def load_json(data: bytes, what: str) -> Any:
     """Parse ``data`` as strict JSON (``carvault.protocol.json``, one reading for every parser); ``what``: the file."""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DocumentError(f"{what} is {len(data):,} bytes; a package document is at most {MAX_DOCUMENT_BYTES:,}")
     try:
         return strict_loads(data, allow_floats=True)
     except JSONRejected as e:

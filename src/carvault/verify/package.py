@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
-from carvault.protocol import Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
+from carvault.protocol import MAX_DECODED_BYTES, Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
 from carvault.verify.container import (
     DEFAULT_LIMITS,
     FIXED_NAMES,
@@ -201,6 +201,17 @@ def verify_package(
     fingerprint instead. With neither, the package's own keys are used and the verdict is not anchored.
     """
     verdict = Verdict(str(path))
+    try:
+        return _verify(verdict, path, saved_checkpoint, trust, pins, limits)
+    except MemoryError:
+        verdict.readable = False
+        verdict.add("package readable", False, "checking this package needs more memory than this computer has")
+        return verdict
+
+
+def _verify(
+    verdict: Verdict, path: Path | str, saved_checkpoint: str | None, trust: Any, pins: Pins | None, limits: Limits
+) -> Verdict:
     try:
         pkg = open_package(path, limits)
     except Unreadable as e:
@@ -520,7 +531,11 @@ def check_tables(run: _Run) -> None:
 
     m = run.pkg.manifest
     try:
-        window = assemble([e.table() for e in run.envs], m.start_ms, m.end_ms, catalogue())
+        budget, tables = MAX_DECODED_BYTES, []
+        for env in run.envs:  # one decode budget for the whole package, however many batches it holds
+            tables.append(env.table(max_bytes=budget))
+            budget -= tables[-1].nbytes
+        window = assemble(tables, m.start_ms, m.end_ms, catalogue())
     except Exception as e:  # noqa: BLE001 - a signed payload the kernel cannot read is reported, not raised
         run.add("CSV equals the signed data", False, f"the signed batches cannot be read as tables: {e}")
         return
