@@ -738,3 +738,12 @@ def test_declared_sizes_are_not_trusted(built: Built, tmp_path: Path, declared: 
     bad.write_bytes(_declare_size(blob, b"data/window.csv", declared))
     verdict = verify_package(bad, trust=built.trust)
     assert verdict.exit_code == EXIT_UNREADABLE and verdict.failures()[0].name == "ZIP container", verdict.checks
+
+
+def test_an_edr_table_without_an_event_fails_the_layout(built: Built, tmp_path: Path) -> None:
+    """With no event nothing recomputes edr/part563.csv, so a package carrying one is refused, not half-checked."""
+    bad = tmp_path / "edr-without-event.zip"
+    rewrite(built.path, bad, lambda files: None, built.log_key, manifest_changes={"event": None})
+    verdict = verify_package(bad, trust=built.trust)
+    layout = next(c for c in verdict.checks if c.name == "package layout")
+    assert layout.ok is False and "EDR table without an event" in layout.detail

@@ -248,6 +248,8 @@ def check_layout(run: _Run) -> None:
     )
     if not batches:
         problems.append("no batch")
+    if run.pkg.manifest.event_ms is None and "edr/part563.csv" in names:
+        problems.append("an EDR table without an event, which nothing could recompute")
     ok = not problems
     run.add(
         "package layout", ok, f"{batches} batches and {len(names & FIXED_NAMES)} files" if ok else "; ".join(problems)
