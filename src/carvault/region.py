@@ -14,6 +14,7 @@ from carvault.access.consents import Consents
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.residency import RegionDirectory, Residency
+from carvault.durable import create_exclusively
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.reconcile import reconcile
@@ -30,26 +31,16 @@ from carvault.store.telemetry import TelemetryStore
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """An Ed25519 private key kept as PKCS#8 PEM (mode 0600), created on first use."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 key")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)  # atomic and fails if another process created it first
-    except FileExistsError:
-        tmp.unlink()
-        return load_or_create_key(path)
-    tmp.unlink()
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        if create_exclusively(path, pem):
+            return key
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)  # ours, or the race winner's
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 key")
     return key
 
 
@@ -58,25 +49,13 @@ DATA_KEY_LEN = 32
 
 def load_or_create_data_key(path: Path) -> bytes:
     """A 32-byte symmetric key kept raw (mode 0600), created on first use; the same file in every process."""
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) != DATA_KEY_LEN:
-            raise ValueError(f"{path} is not a {DATA_KEY_LEN}-byte key")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = os.urandom(DATA_KEY_LEN)
-    tmp = path.with_suffix(f".{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)  # atomic and fails if another process created it first
-    except FileExistsError:
-        tmp.unlink()
-        return load_or_create_data_key(path)
-    tmp.unlink()
+    if not path.exists():
+        key = os.urandom(DATA_KEY_LEN)
+        if create_exclusively(path, key):
+            return key
+    key = path.read_bytes()
+    if len(key) != DATA_KEY_LEN:
+        raise ValueError(f"{path} is not a {DATA_KEY_LEN}-byte key")
     return key
 
 
