@@ -29,13 +29,13 @@ from carvault.ledger.leaves import leaf_opening
 from carvault.pki import fingerprint
 from carvault.protocol import decode_envelope
 from carvault.store.metadata import BatchRecord, IncidentPackage, SavedCheckpoint, Vehicle, now_ms
+from carvault.verify.documents import PACKAGE_VERSION
 from carvault.verify.package import MANIFEST_CONTEXT, PACKAGE_FORMAT
 from carvault.verify.window import assemble, to_csv
 
 if TYPE_CHECKING:
     from carvault.region import Region
 
-PACKAGE_VERSION = 1
 MAX_WINDOW_MS = 24 * 3600 * 1000
 TIME_GAP_MS = 2000
 VERIFY_HINT = (
