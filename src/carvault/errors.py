@@ -165,6 +165,42 @@ class ConsentNotGiven(Forbidden):
     code = "consent_not_given"
 
 
+class OutOfScope(Forbidden):
+    """The request reaches beyond the grant (signal, vehicle, window, live or precision)."""
+
+    code = "out_of_scope"
+
+
+class OwnerOnly(Forbidden):
+    """Only the owner (session or full token) may use this route; grant tokens may not."""
+
+    code = "owner_only"
+
+
+class NotShareable(Forbidden):
+    """Camera frames, biometrics and cabin data are never shared through grants."""
+
+    code = "not_shareable"
+
+
+class GatekeeperRefused(Forbidden):
+    """The recipient is a designated gatekeeper (EU Data Act Art. 5(3))."""
+
+    code = "gatekeeper_refused"
+
+
+class CrossBorderTransfer(Forbidden):
+    """The recipient is outside the data's region: a cross-border transfer, refused until a transfer gate covers it."""
+
+    code = "cross_border_transfer"
+
+
+class AppNotApproved(Forbidden):
+    """The app is not (or no longer) approved by the operator."""
+
+    code = "app_not_approved"
+
+
 class NotFound(CarVaultError):
     """The thing does not exist, or the caller may not know that it does."""
 

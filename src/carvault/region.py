@@ -9,8 +9,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carvault.access.accounts import Accounts
+from carvault.access.apps import Apps
 from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
+from carvault.access.grants import Grants
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -96,6 +98,8 @@ class Region:
         self.vehicles = Vehicles(self.db, self.name, self.residency)
         self.audit = AuditLog(self.db)
         self.consents = Consents(self.db, self.audit, self.name)
+        self.apps = Apps(self.db)
+        self.grants = Grants(self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name)
         self.derived = DerivedCopies(settings.data_dir / "derived")
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")

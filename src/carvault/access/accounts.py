@@ -54,14 +54,25 @@ def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# Credential kinds a request may authenticate with; a refresh token only ever goes to the token endpoint.
+BEARER_KINDS = ("session", "token", "access")
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of a request."""
+    """The authenticated caller of a request: the owner, or a holder of one of the owner's grants."""
 
     owner_id: int
     email: str
     credential_id: int
     kind: str
+    grant_id: int | None = None  # set: the caller acts within this grant only (access/grants.py)
+    client_id: str | None = None  # the app, for OAuth access tokens
+
+    @property
+    def is_owner(self) -> bool:
+        """The owner's own, unscoped access (a session or an unscoped personal token)."""
+        return self.grant_id is None
 
 
 class FailureLimiter:
@@ -134,17 +145,37 @@ class Accounts:
             raise Unauthenticated("wrong email or password")
         return owner
 
-    def issue(self, owner_id: int, kind: str, label: str = "", ttl_ms: int | None = None) -> tuple[str, Credential]:
-        """A new session or API token; the secret is returned once and never stored."""
-        if kind not in ("session", "token"):
+    def issue(
+        self,
+        owner_id: int,
+        kind: str,
+        label: str = "",
+        ttl_ms: int | None = None,
+        *,
+        grant_id: int | None = None,
+        client_id: str | None = None,
+        family: str | None = None,
+        scope: str | None = None,
+        expires_ms: int | None = None,
+    ) -> tuple[str, Credential]:
+        """A new session, token, or OAuth access/refresh token; the secret is returned once and never stored.
+
+        ``expires_ms`` (an absolute time) caps the lifetime: no credential outlives the grant it acts for.
+        """
+        if kind not in ("session", "token", "access", "refresh"):
             raise ValueError(kind)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        ends = now_ms() + (ttl_ms or self.ttl_ms)
         cred = Credential(
             owner_id=owner_id,
             kind=kind,
             token_hash=token_hash(secret),
             label=label[:200],
-            expires_ms=now_ms() + (ttl_ms or self.ttl_ms),
+            expires_ms=min(ends, expires_ms) if expires_ms is not None else ends,
+            grant_id=grant_id,
+            client_id=client_id,
+            family=family,
+            scope=scope,
         )
         with self.db.session() as s:
             s.add(cred)
@@ -162,22 +193,32 @@ class Accounts:
             if row is None:
                 raise Unauthenticated("the session or token is not valid")
             cred, email = row
+            if cred.kind not in BEARER_KINDS:
+                raise Unauthenticated("a refresh token is only accepted by the token endpoint")
             if cred.revoked_ms is not None:
                 raise Unauthenticated("the session or token was revoked")
             if cred.expires_ms <= now:
                 raise Unauthenticated("the session or token has expired")
             if cred.last_used_ms is None or now - cred.last_used_ms > 60_000:
                 s.execute(update(Credential).where(Credential.id == cred.id).values(last_used_ms=now))
-        return Principal(owner_id=cred.owner_id, email=email, credential_id=cred.id, kind=cred.kind)
+        return Principal(
+            owner_id=cred.owner_id,
+            email=email,
+            credential_id=cred.id,
+            kind=cred.kind,
+            grant_id=cred.grant_id,
+            client_id=cred.client_id,
+        )
 
     def credentials(self, owner_id: int) -> list[Credential]:
-        """An owner's live sessions and tokens."""
+        """An owner's live sessions and personal tokens (apps' OAuth tokens are listed as grants)."""
         with self.db.session() as s:
             return list(
                 s.scalars(
                     select(Credential)
                     .where(
                         Credential.owner_id == owner_id,
+                        Credential.kind.in_(("session", "token")),
                         Credential.revoked_ms.is_(None),
                         Credential.expires_ms > now_ms(),
                     )

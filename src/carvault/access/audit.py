@@ -51,6 +51,15 @@ class AuditAction(StrEnum):
     HOLD_PLACE = "hold.place"
     HOLD_RELEASE = "hold.release"
     ORDER_RELEASE = "order.release"
+    GRANT_CREATE = "grant.create"
+    GRANT_REVOKE = "grant.revoke"
+    BATCHES_READ = "batches.read"
+    EVENTS_READ = "events.read"
+    VEHICLE_READ = "vehicle.read"
+    APP_REGISTER = "app.register"
+    APP_DECIDE = "app.decide"
+    PORTABILITY_EXPORT = "portability.export"
+    PORTABILITY_FETCH = "portability.fetch"
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

@@ -93,18 +93,108 @@ class Vehicle(Base):
 
 
 class Credential(Base):
-    """A browser session or an API bearer token; only a hash of the secret is stored."""
+    """A bearer secret; only its SHA-256 is stored.
+
+    Kinds: ``session`` (browser), ``token`` (personal access token), ``access`` and ``refresh`` (OAuth tokens
+    of an app). A credential with a ``grant_id`` acts within that grant's scope only (access/grants.py);
+    one without is the owner's own, full access (sessions, unscoped personal tokens).
+    """
 
     __tablename__ = "credentials"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "session" | "token"
+    kind: Mapped[str] = mapped_column(String(16))  # "session" | "token" | "access" | "refresh"
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(200), default="")
     created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     expires_ms: Mapped[int] = mapped_column(BigInteger)
     revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_used_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True, index=True)
+    # OAuth refresh rotation: every token issued from one authorization shares a family; a refresh token used
+    # twice revokes the whole family (RFC 9700 §4.14.2).
+    family: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scope: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class App(Base):
+    """A registered third-party application (a data recipient): who it is, where, for what, and its status."""
+
+    __tablename__ = "apps"
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    legal_entity: Mapped[str] = mapped_column(String(300))
+    jurisdiction: Mapped[str] = mapped_column(String(16))  # a region name: where the recipient processes data
+    contact: Mapped[str] = mapped_column(String(320))
+    purposes: Mapped[str] = mapped_column(Text)  # JSON list, from compliance.sharing.PURPOSES
+    redirect_uris: Mapped[str] = mapped_column(Text)  # JSON list
+    gatekeeper: Mapped[bool] = mapped_column(Boolean, default=False)  # Data Act Art. 5(3): refused as recipient
+    client_secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: public (PKCE) client
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | suspended | rejected
+    description: Mapped[str] = mapped_column(Text, default="")
+    website: Mapped[str] = mapped_column(String(500), default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    decided_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class Grant(Base):
+    """What an owner allowed a recipient (an app, their own script, a portability recipient) to read, until when.
+
+    The scope's meaning and every rule applied to it live in compliance/sharing.py.
+    """
+
+    __tablename__ = "grants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "app" | "pat" | "portability"
+    client_id: Mapped[str | None] = mapped_column(ForeignKey("apps.client_id"), nullable=True, index=True)
+    vins: Mapped[str] = mapped_column(Text)  # JSON list of VINs
+    signals: Mapped[str] = mapped_column(Text)  # JSON list of VSS branches or paths
+    from_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: from the start of the data
+    to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: open-ended (until the end date)
+    live: Mapped[bool] = mapped_column(Boolean, default=False)
+    precise_location: Mapped[bool] = mapped_column(Boolean, default=False)
+    purpose: Mapped[str] = mapped_column(String(64))
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_access_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reads: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    label: Mapped[str] = mapped_column(String(200), default="")
+
+
+class OAuthCode(Base):
+    """A one-time authorization code (RFC 6749 §4.1) bound to its grant, redirect URI and PKCE challenge."""
+
+    __tablename__ = "oauth_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id"))
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8))
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    used_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class DeviceAuthorization(Base):
+    """A pending device authorization (RFC 8628): the device polls with its code, the owner approves by user code."""
+
+    __tablename__ = "device_authorizations"
+    device_code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_code: Mapped[str] = mapped_column(String(16), unique=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id"))
+    scope: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(64), default="")
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    interval_s: Mapped[int] = mapped_column(Integer, default=5)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | denied | used
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    last_poll_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class BatchRecord(Base):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from carvault.access.accounts import Principal
-from carvault.errors import Forbidden, InvalidQuery, PayloadTooLarge, Unauthenticated
+from carvault.errors import Forbidden, InvalidQuery, OwnerOnly, PayloadTooLarge, Unauthenticated
 from carvault.region import Region
 
 SESSION_COOKIE = "carvault_session"
@@ -33,8 +33,11 @@ def get_region(request: Request) -> Region:
 RegionDep = Annotated[Region, Depends(get_region)]
 
 
-def current_owner(request: Request, region: RegionDep) -> Principal:
-    """The owner behind the bearer token or session cookie; cookie writes need the CSRF header."""
+def current_caller(request: Request, region: RegionDep) -> Principal:
+    """The owner or grant holder behind the bearer token or session cookie; cookie writes need the CSRF header.
+
+    A grant holder's reach is decided per vehicle by ``region.grants.access`` (compliance/sharing.py).
+    """
     auth = request.headers.get("authorization", "")
     if auth:
         scheme, _, secret = auth.partition(" ")
@@ -49,6 +52,16 @@ def current_owner(request: Request, region: RegionDep) -> Principal:
     if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
         raise Forbidden(f"requests authenticated by cookie must send the header {CSRF_HEADER}: 1")
     return principal
+
+
+Caller = Annotated[Principal, Depends(current_caller)]
+
+
+def current_owner(caller: Caller) -> Principal:
+    """The owner's own access (session or unscoped token): grant tokens are refused with ``owner_only``."""
+    if not caller.is_owner:
+        raise OwnerOnly("this route is for the owner only; a grant token does not cover it")
+    return caller
 
 
 CurrentOwner = Annotated[Principal, Depends(current_owner)]

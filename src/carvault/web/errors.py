@@ -19,15 +19,21 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carvault.errors import (
+    AppNotApproved,
     BadRequest,
     BadSignature,
     BrokenChain,
     CarVaultError,
     ConsentNotGiven,
+    CrossBorderTransfer,
     DeIdentificationMissing,
     Forbidden,
+    GatekeeperRefused,
     MalformedBatch,
     NotFound,
+    NotShareable,
+    OutOfScope,
+    OwnerOnly,
     PayloadTooLarge,
     RegionMismatch,
     SeqConflict,
@@ -46,7 +52,7 @@ from carvault.errors import (
     all_error_classes,
 )
 from carvault.store.metadata import storage_failure
-from carvault.web.deps import current_owner
+from carvault.web.deps import current_caller, current_owner
 
 log = logging.getLogger("carvault.web")
 
@@ -104,7 +110,19 @@ INGEST_ERRORS: tuple[type[CarVaultError], ...] = (
     UnsupportedMediaType,
     WrongRegion,
 )
-DEPENDENCY_ERRORS: dict[Any, tuple[type[CarVaultError], ...]] = {current_owner: (Unauthenticated, Forbidden)}
+# A grant holder's request can be refused for any part of its grant (compliance/sharing.py).
+DEPENDENCY_ERRORS: dict[Any, tuple[type[CarVaultError], ...]] = {
+    current_caller: (
+        Unauthenticated,
+        Forbidden,
+        OutOfScope,
+        NotShareable,
+        GatekeeperRefused,
+        CrossBorderTransfer,
+        AppNotApproved,
+    ),
+    current_owner: (OwnerOnly,),
+}
 
 
 def error_component() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from carvault.access.audit import AuditAction
 from carvault.errors import InvalidQuery, NotFound
 from carvault.ledger.leaves import LEAF_V2, leaf_opening, log_key_of
 from carvault.store.metadata import BatchRecord
-from carvault.web.deps import MAX_DB_INT, CurrentOwner, RegionDep, RowId
+from carvault.web.deps import MAX_DB_INT, Caller, CurrentOwner, RegionDep, RowId
 
 router = APIRouter(prefix="/api/v1/log", tags=["transparency log"])
 
@@ -88,13 +88,18 @@ def consistency(
     return {"old": old, "new": n, "proof": _b64(region.log.consistency_proof(old, n))}
 
 
-@router.get("/batches/{vin}/{seq}", summary="Where one of my vehicle's batches sits in the log (owner only)")
-def batch_entry(vin: str, seq: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
-    vehicle = region.vehicles.owned_one(owner.owner_id, vin)
+@router.get(
+    "/batches/{vin}/{seq}",
+    summary="Where one of my vehicle's batches sits in the log (owner, or a grant whose window holds the batch)",
+)
+def batch_entry(vin: str, seq: RowId, caller: Caller, region: RegionDep) -> dict[str, Any]:
+    access = region.grants.access(caller, vin)
+    vehicle = access.vehicle
     with region.db.session() as s:
         rec = s.scalar(select(BatchRecord).where(BatchRecord.vin == vehicle.vin, BatchRecord.seq == seq))
     if rec is None or rec.log_index is None:
         raise NotFound(f"no logged batch {seq} of {vin}")
+    access.view.window(rec.t0, rec.t1 + 1)
     n = region.log.size
     return {
         "vin": rec.vin,

@@ -10,12 +10,14 @@ import pyarrow.compute as pc
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 
+from carvault.access.audit import AuditAction
 from carvault.access.gpx import LATITUDE, LONGITUDE, MEDIA_TYPE, ROUTE_SIGNALS, gpx_name, to_gpx
 from carvault.access.trips import TIMELINE_SIGNALS, detect
+from carvault.compliance.sharing import ScopedView
 from carvault.errors import InvalidQuery
 from carvault.region import Region
 from carvault.store.metadata import BatchRecord, now_ms
-from carvault.web.deps import CurrentOwner, RegionDep, parse_time
+from carvault.web.deps import Caller, RegionDep, parse_time
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["timeline"])
 
@@ -37,12 +39,21 @@ def data_span(region: Region, vin: str) -> tuple[int | None, int | None]:
 
 
 def window_or_default(
-    region: Region, vin: str, start: str | None, end: str | None, limit_ms: int
+    region: Region, view: ScopedView, start: str | None, end: str | None, limit_ms: int
 ) -> tuple[int, int, int | None, int | None]:
-    """The asked window, or the last week of data; refuses windows longer than ``limit_ms``."""
-    lo, hi = data_span(region, vin)
+    """The asked window, or the last week of data; refuses windows longer than ``limit_ms``.
+
+    For a grant holder a named window must lie inside the grant's history window; a default one is cut to it.
+    """
+    lo, hi = data_span(region, view.vin)
+    if not view.is_owner:
+        lo, hi = view.clip(lo or 0, hi or 0) if lo is not None else (lo, hi)
     end_ms = parse_time(end, "end") if end else (hi if hi is not None else now_ms())
     start_ms = parse_time(start, "start") if start else end_ms - DEFAULT_DAYS * DAY_MS
+    if start or end:
+        view.window(start_ms, end_ms)
+    else:
+        start_ms, end_ms = view.clip(start_ms, end_ms)
     if end_ms <= start_ms:
         raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
     if end_ms - start_ms > limit_ms:
@@ -53,21 +64,23 @@ def window_or_default(
 @router.get("/{vin}/timeline", summary="Drives and charging sessions derived from the telemetry of a window")
 def timeline(
     vin: str,
-    owner: CurrentOwner,
+    caller: Caller,
     region: RegionDep,
     start: str | None = Query(None, description="ISO 8601 or epoch ms (inclusive); default: a week before end"),
     end: str | None = Query(None, description="ISO 8601 or epoch ms (exclusive); default: the end of the data"),
 ) -> dict[str, Any]:
     """Recomputed from the signed data on every call; a drive crossing the window's edges is cut at them."""
-    v = region.vehicles.owned_one(owner.owner_id, vin)
-    start_ms, end_ms, lo, hi = window_or_default(region, v.vin, start, end, MAX_TIMELINE_MS)
+    access = region.grants.access(caller, vin)
+    v, view = access.vehicle, access.view
+    view.require(TIMELINE_SIGNALS, "the timeline")
+    region.deletions.check_served(v.vin)
+    start_ms, end_ms, lo, hi = window_or_default(region, view, start, end, MAX_TIMELINE_MS)
     signals = [region.catalogue[p] for p in TIMELINE_SIGNALS if p in region.catalogue]
-    found = detect(region.telemetry.window(v.vin, start_ms, end_ms, signals))
-    region.audit.by_owner(
-        owner.owner_id,
-        "timeline.read",
-        vin=v.vin,
-        detail={"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives), "charges": len(found.charges)},
+    found = detect(view.location(region.telemetry.window(v.vin, start_ms, end_ms, signals)))
+    region.grants.record_read(
+        access,
+        AuditAction.TIMELINE_READ,
+        {"start_ms": start_ms, "end_ms": end_ms, "drives": len(found.drives), "charges": len(found.charges)},
     )
     return {
         "vin": v.vin,
@@ -87,15 +100,20 @@ def timeline(
 )
 def route(
     vin: str,
-    owner: CurrentOwner,
+    caller: Caller,
     region: RegionDep,
     start: str = Query(description="ISO 8601 or epoch ms (inclusive)"),
     end: str = Query(description="ISO 8601 or epoch ms (exclusive)"),
     format: Literal["gpx", "geojson"] = Query("gpx"),
 ) -> Response:
-    v = region.vehicles.owned_one(owner.owner_id, vin)
-    start_ms, end_ms, _, _ = window_or_default(region, v.vin, start, end, MAX_ROUTE_MS)
-    table = region.telemetry.window(v.vin, start_ms, end_ms, [region.catalogue[p] for p in ROUTE_SIGNALS])
+    access = region.grants.access(caller, vin)
+    v, view = access.vehicle, access.view
+    view.require(ROUTE_SIGNALS, "the route")
+    region.deletions.check_served(v.vin)
+    start_ms, end_ms, _, _ = window_or_default(region, view, start, end, MAX_ROUTE_MS)
+    table = view.location(
+        region.telemetry.window(v.vin, start_ms, end_ms, [region.catalogue[p] for p in ROUTE_SIGNALS])
+    )
     if format == "gpx":
         body = to_gpx(table, gpx_name(v.vin, start_ms, end_ms), "Exported by CarVault")
         media = MEDIA_TYPE
@@ -110,11 +128,10 @@ def route(
             }
         ).encode()
         media = "application/geo+json"
-    region.audit.by_owner(
-        owner.owner_id,
-        "telemetry.read",
-        vin=v.vin,
-        detail={
+    region.grants.record_read(
+        access,
+        AuditAction.TELEMETRY_READ,
+        {
             "start_ms": start_ms,
             "end_ms": end_ms,
             "signals": ",".join(ROUTE_SIGNALS),
@@ -122,6 +139,7 @@ def route(
             "resample_ms": None,
             "rows": table.num_rows,
         },
+        rows=table.num_rows,
     )
     return Response(
         body,

@@ -7,11 +7,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from carvault.access.audit import AuditAction
 from carvault.access.exports import render
 from carvault.errors import AlreadyExists, NotFound, TooManyRequests
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
-from carvault.web.deps import CurrentOwner, RegionDep, parse_interval, parse_time
+from carvault.web.deps import MAX_TIME_MS, Caller, CurrentOwner, RegionDep, parse_interval, parse_time
 from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
@@ -34,9 +35,9 @@ def vehicle_json(v: Vehicle) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="My vehicles")
-def list_vehicles(owner: CurrentOwner, region: RegionDep) -> list[dict[str, Any]]:
-    return [vehicle_json(v) for v in region.vehicles.owned(owner.owner_id)]
+@router.get("", summary="My vehicles (for a grant token: the vehicles its grant covers)")
+def list_vehicles(caller: Caller, region: RegionDep) -> list[dict[str, Any]]:
+    return [vehicle_json(v) for v in region.grants.vehicles(caller)]
 
 
 @router.post(
@@ -52,8 +53,8 @@ def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str
 
 
 @router.get("/{vin}", summary="One of my vehicles")
-def get_vehicle(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
-    return vehicle_json(region.vehicles.owned_one(owner.owner_id, vin))
+def get_vehicle(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any]:
+    return vehicle_json(region.grants.access(caller, vin).vehicle)
 
 
 @router.get(
@@ -63,22 +64,26 @@ def get_vehicle(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[str, A
 )
 def telemetry(
     vin: str,
-    owner: CurrentOwner,
+    caller: Caller,
     region: RegionDep,
     start: str = Query(description="window start, ISO 8601 or epoch ms (inclusive)"),
     end: str = Query(description="window end, ISO 8601 or epoch ms (exclusive)"),
-    signals: str | None = Query(None, description="comma-separated VSS paths or branches; default all"),
+    signals: str | None = Query(
+        None, description="comma-separated VSS paths or branches; default all (for a grant: all it covers)"
+    ),
     format: Literal["json", "csv", "parquet"] = Query("json"),
     resample_: str | None = Query(None, alias="resample", description="e.g. 1s, 5min: mean per interval"),
 ) -> Response:
-    v = region.vehicles.owned_one(owner.owner_id, vin)
+    access = region.grants.access(caller, vin)
+    v, view = access.vehicle, access.view
     region.deletions.check_served(v.vin)
-    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
-    chosen = region.catalogue.select(signals.split(",") if signals else None)
+    start_ms, end_ms = view.window(parse_time(start, "start"), parse_time(end, "end"))
+    chosen = view.signals(signals.split(",") if signals else None)
     interval = parse_interval(resample_) if resample_ else None
     table = region.telemetry.window(v.vin, start_ms, end_ms, chosen)
     if interval:
         table = resample(table, interval)
+    table = view.location(table)
     meta = {
         "vin": v.vin,
         "start_ms": start_ms,
@@ -87,11 +92,10 @@ def telemetry(
         "units": {s.path: s.unit or None for s in chosen},
     }
     body, media = render(table, format, meta)
-    region.audit.by_owner(
-        owner.owner_id,
-        "telemetry.read",
-        vin=v.vin,
-        detail={
+    region.grants.record_read(
+        access,
+        AuditAction.TELEMETRY_READ,
+        {
             "start_ms": start_ms,
             "end_ms": end_ms,
             "signals": signals or "*",
@@ -99,6 +103,7 @@ def telemetry(
             "resample_ms": interval,
             "rows": table.num_rows,
         },
+        rows=table.num_rows,
     )
     headers = {}
     if format != "json":
@@ -108,11 +113,17 @@ def telemetry(
 
 @router.get("/{vin}/batches", summary="Accepted batches (coverage, chain and log positions)")
 def batches(
-    vin: str, owner: CurrentOwner, region: RegionDep, start: str = "0", end: str = "9999999999999"
+    vin: str, caller: Caller, region: RegionDep, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
-    v = region.vehicles.owned_one(owner.owner_id, vin)
-    start_ms, end_ms = parse_time(start, "start"), parse_time(end, "end")
+    access = region.grants.access(caller, vin)
+    v, view = access.vehicle, access.view
+    start_ms = parse_time(start, "start") if start is not None else 0
+    end_ms = parse_time(end, "end") if end is not None else MAX_TIME_MS
+    # A window the caller named must lie inside a grant's; the default one is cut to it.
+    start_ms, end_ms = view.window(start_ms, end_ms) if start or end else view.clip(start_ms, end_ms)
     refs = region.telemetry.batches(v.vin, start_ms, end_ms, None)
+    if not view.is_owner:
+        region.grants.record_read(access, AuditAction.BATCHES_READ, {"start_ms": start_ms, "end_ms": end_ms})
     return {
         "vin": v.vin,
         "count": len(refs),
