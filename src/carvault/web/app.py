@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from carvault import __version__
 from carvault.region import Region
 from carvault.web import errors, views
+from carvault.web.deps import declare_security
 from carvault.web.routes import (
     audit,
     auth,
@@ -78,7 +79,9 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         app.include_router(r)
     app.state.api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
     generate = app.openapi
-    app.openapi = lambda: errors.declare(generate(), app.state.api_routes)  # type: ignore[method-assign]
+    app.openapi = lambda: declare_security(  # type: ignore[method-assign]
+        errors.declare(generate(), app.state.api_routes), app.state.api_routes
+    )
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
     @app.middleware("http")

@@ -145,3 +145,59 @@ VEHICLE_SIGNATURE = {
         header_parameter("CarVault-Signature", "base64 Ed25519 signature of the request lines", {"type": "string"}),
     ]
 }
+
+
+# OpenAPI security schemes (docs/sharing.md): how each kind of caller authenticates.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A session token, a personal access token, or an app's OAuth access token (grant token)",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": SESSION_COOKIE,
+        "description": f"The portal's session cookie; writes also send {CSRF_HEADER}: 1",
+    },
+    "oauth2": {
+        "type": "oauth2",
+        "description": "Apps: authorization code with PKCE (S256), or the device authorization grant (RFC 8628)",
+        "flows": {
+            "authorizationCode": {
+                "authorizationUrl": "/oauth/authorize",
+                "tokenUrl": "/oauth/token",
+                "refreshUrl": "/oauth/token",
+                "scopes": {
+                    "vss:<branch>": "signals under a VSS branch or one path, e.g. vss:Vehicle.Powertrain",
+                    "history": "stored history within the window the owner approves",
+                    "live": "live values",
+                    "location:precise": "exact coordinates (otherwise H3 cell centres)",
+                },
+            }
+        },
+    },
+}
+
+
+def declare_security(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any]:
+    """Add the security schemes and, per operation, the ones it accepts (owner-only routes take no app tokens)."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for route in routes:
+        calls = set()
+        stack = [route.dependant]
+        while stack:
+            dep = stack.pop()
+            calls.add(dep.call)
+            stack.extend(dep.dependencies)
+        if current_owner in calls:
+            security = [{"bearer": []}, {"session": []}]
+        elif current_caller in calls:
+            security = [{"bearer": []}, {"session": []}, {"oauth2": []}]
+        else:
+            continue
+        operations = schema.get("paths", {}).get(route.path_format, {})
+        for method in route.methods:
+            if method.lower() in operations:
+                operations[method.lower()]["security"] = security
+    return schema
