@@ -245,7 +245,11 @@ class ScopedView:
         return self._allowed
 
     def signals(self, requested: Sequence[str] | None) -> list[Signal]:
-        """The signals to serve: the request (default: all allowed); ``OutOfScope`` for any outside the grant."""
+        """The signals to serve: the request (default: all allowed); ``OutOfScope`` for any outside the grant.
+
+        Blank selectors (``signals=,``) name nothing, so they mean the default rather than an empty answer.
+        """
+        requested = [p.strip() for p in requested or () if p.strip()]
         if self.scope is None:
             return self.catalogue.select(list(requested) if requested else None)
         allowed = {s.path for s in self.allowed()}
