@@ -385,6 +385,11 @@ def release_hold(hold_id: int, data_dir: DataDir = None, region: RegionOpt = Non
     console.print(f"hold {hold_id} released; {len(done)} waiting deletion request(s) processed")
 
 
+from carvault.apps_cli import apps  # noqa: E402 - the sub-app reuses the options above
+
+app.add_typer(apps, name="apps")
+
+
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""
     try:

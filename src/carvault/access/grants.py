@@ -207,6 +207,11 @@ class Grants:
         with self.db.session() as s:
             return [(g, a) for g, a in s.execute(q).all()]
 
+    def of_app(self, client_id: str) -> list[Grant]:
+        """Every grant an app holds or held (the operator's view: counts and use, no data), newest first."""
+        with self.db.session() as s:
+            return list(s.scalars(select(Grant).where(Grant.client_id == client_id).order_by(Grant.id.desc())))
+
     def live(self, grant_id: int) -> Grant:
         """The grant a token acts for, if it is still in force; ``Unauthenticated`` once revoked or expired."""
         with self.db.session() as s:

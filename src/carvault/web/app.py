@@ -14,6 +14,7 @@ from carvault.region import Region
 from carvault.web import errors, views
 from carvault.web.deps import declare_security
 from carvault.web.routes import (
+    apps,
     audit,
     auth,
     catalogue,
@@ -22,6 +23,7 @@ from carvault.web.routes import (
     events,
     exports,
     frames,
+    grants,
     ingest,
     log,
     packages,
@@ -73,6 +75,8 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
         exports.router,
+        grants.router,  # sharing (issue 9): the owner's grants and personal access tokens
+        apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
         _operations(region),
     )
     for r in routers:
