@@ -389,6 +389,10 @@ from carvault.apps_cli import apps  # noqa: E402 - the sub-app reuses the option
 
 app.add_typer(apps, name="apps")
 
+from carvault.portability_cli import portability  # noqa: E402 - the sub-app reuses the options above
+
+app.add_typer(portability, name="portability")
+
 
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""

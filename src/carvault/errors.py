@@ -11,6 +11,8 @@
     │   ├── DeIdentificationMissing    422 deidentification_missing (camera frame not blurred in the car)
     │   ├── RegionMismatch             400 region_mismatch       (header region is not the registered home)
     │   ├── InvalidQuery               400 invalid_query
+    │   ├── BundleUnreadable           400 bundle_unreadable     (not a readable portability bundle ZIP)
+    │   ├── BundleRejected             422 bundle_rejected       (a portability bundle fails verification)
     │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
     ├── Unauthenticated                401 unauthenticated
     │   ├── BadSignature               401 bad_signature
@@ -118,6 +120,19 @@ class InvalidQuery(BadRequest):
     """Query parameters are inconsistent (window, signals, format, resampling)."""
 
     code = "invalid_query"
+
+
+class BundleUnreadable(BadRequest):
+    """A portability bundle cannot be read: not a ZIP within the container limits, or no valid manifest."""
+
+    code = "bundle_unreadable"
+
+
+class BundleRejected(BadRequest):
+    """A portability bundle fails a verification check; the whole bundle is refused and nothing is stored."""
+
+    code = "bundle_rejected"
+    status = 422
 
 
 class ValidationFailed(BadRequest):

@@ -60,6 +60,7 @@ class AuditAction(StrEnum):
     APP_DECIDE = "app.decide"
     PORTABILITY_EXPORT = "portability.export"
     PORTABILITY_FETCH = "portability.fetch"
+    PORTABILITY_IMPORT = "portability.import"
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

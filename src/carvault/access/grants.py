@@ -240,6 +240,8 @@ class Grants:
                 v, ScopedView(self.catalogue, v.vin, None), Actor("owner", str(caller.owner_id)), OWNER_REQUEST
             )
         grant, app = self._in_force(caller)
+        if grant.kind == "portability":  # its one use is fetching its bundle (access/portability.py)
+            raise OutOfScope("a portability token only fetches its bundle; it reads nothing else", vin=vin)
         scope = Scope.of_grant(grant)
         with self.db.session() as s:
             v = s.get(Vehicle, vin)
@@ -254,6 +256,8 @@ class Grants:
             if caller.grant_id is None:
                 return list(s.scalars(select(Vehicle).where(Vehicle.owner_id == caller.owner_id).order_by(Vehicle.vin)))
         grant, _ = self._in_force(caller)
+        if grant.kind == "portability":
+            return []
         vins = json.loads(grant.vins)
         with self.db.session() as s:
             return list(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -159,18 +160,26 @@ def check_recipient(app: App, region: str) -> None:
     """An app may receive this region's data: approved, not a gatekeeper, and in this region's jurisdiction."""
     if app.status != "approved":
         raise AppNotApproved(f"app {app.name!r} is {app.status}, not approved by the operator", client_id=app.client_id)
-    if app.gatekeeper:
+    check_processor(
+        app.name, app.legal_entity, app.jurisdiction, gatekeeper=app.gatekeeper, region=region, client_id=app.client_id
+    )
+
+
+def check_processor(
+    name: str, legal_entity: str, jurisdiction: str, *, gatekeeper: bool, region: str, **details: Any
+) -> None:
+    """Any recipient (an app, or a processor named for a portability transfer): no gatekeeper, and in this region."""
+    if gatekeeper:
         raise GatekeeperRefused(
-            f"{app.name} ({app.legal_entity}) is a designated gatekeeper and cannot receive data "
-            "(EU Data Act Art. 5(3))",
-            client_id=app.client_id,
+            f"{name} ({legal_entity}) is a designated gatekeeper and cannot receive data (EU Data Act Art. 5(3))",
+            **details,
         )
-    if app.jurisdiction != region:
+    if jurisdiction != region:
         raise CrossBorderTransfer(
-            f"{app.name} processes data in {app.jurisdiction!r}, outside this region ({region!r}): a cross-border "
+            f"{name} processes data in {jurisdiction!r}, outside this region ({region!r}): a cross-border "
             "transfer, refused until a transfer record covers it",
-            client_id=app.client_id,
-            recipient_jurisdiction=app.jurisdiction,
+            **details,
+            recipient_jurisdiction=jurisdiction,
             region=region,
         )
 

@@ -349,6 +349,49 @@ class LegalHold(Base):
     released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+class PortabilityBundle(Base):
+    """A portability bundle built for a recipient the owner named, fetched once with its one-time grant."""
+
+    __tablename__ = "portability_bundles"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random, unguessable; part of the fetch URL
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"))
+    recipient: Mapped[str] = mapped_column(Text)  # JSON: name, legal_entity, jurisdiction
+    include_sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    file_name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    batches: Mapped[int] = mapped_column(Integer)
+    batch_hashes: Mapped[str] = mapped_column(Text)  # JSON list: what the file holds (checked against deletions)
+    excluded: Mapped[int] = mapped_column(Integer, default=0)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    fetch_started_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    fetched_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ImportedBundle(Base):
+    """A portability bundle another deployment built, verified and imported here: the imported data's provenance."""
+
+    __tablename__ = "imported_bundles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the bundle file: the same file imports once
+    bundle_id: Mapped[str] = mapped_column(String(64))
+    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    origin_region: Mapped[str] = mapped_column(String(16))
+    origin_log_origin: Mapped[str] = mapped_column(String(200))
+    origin_log_vkey: Mapped[str] = mapped_column(Text)
+    origin_checkpoint: Mapped[str] = mapped_column(Text)
+    anchored: Mapped[bool] = mapped_column(Boolean, default=False)  # origin keys given from outside the bundle
+    batches: Mapped[int] = mapped_column(Integer)  # batches in the bundle
+    added: Mapped[int] = mapped_column(Integer)  # of them, new here
+    file_name: Mapped[str] = mapped_column(String(200))  # the bundle, kept: it holds the origin proofs
+    imported_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
 class LoginAttempt(Base):
     """Failed logins, for rate limiting across processes."""
 

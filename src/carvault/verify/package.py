@@ -220,8 +220,21 @@ def _verify(
         return verdict
     m = pkg.manifest
     verdict.add("package readable", True, f"vehicle {m.vin}, region {m.region}, {len(pkg.files)} files")
+    return run_checks(pkg, CHECKS, verdict, trust=trust, pins=pins, saved_checkpoint=saved_checkpoint)
+
+
+def run_checks(
+    pkg: Package,
+    checks: tuple[Callable[[_Run], None], ...],
+    verdict: Verdict,
+    *,
+    trust: Any = None,
+    pins: Pins | None = None,
+    saved_checkpoint: str | None = None,
+) -> Verdict:
+    """Run ``checks`` over an opened package, in order (also used for portability bundles, which share them)."""
     run = _Run(pkg, verdict, trust, pins, saved_checkpoint)
-    for check in CHECKS:
+    for check in checks:
         try:
             check(run)
         except _Stop:
