@@ -7,15 +7,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from carvault.access.audit import AuditAction
 from carvault.errors import (
     BadRequest,
     DeIdentificationMissing,
+    NotShareable,
     PayloadTooLarge,
     UnknownVehicle,
     UnsupportedMediaType,
 )
 from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore, UnknownFrame
-from carvault.web.deps import CurrentOwner, RegionDep, binary_body, header_parameter, read_body
+from carvault.web.deps import Caller, RegionDep, binary_body, header_parameter, read_body
 from carvault.web.errors import raises
 
 router = APIRouter(tags=["camera frames"])
@@ -56,17 +58,21 @@ async def upload_frame(request: Request, frames: FramesDep) -> dict[str, Any]:
 @router.get(
     "/api/v1/vehicles/{vin}/frames/{sha256}",
     tags=["vehicles"],
-    summary="One de-identified camera frame of my vehicle (JPEG)",
+    summary="One de-identified camera frame of my vehicle (JPEG; never served to a grant)",
     response_class=Response,
-    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}},
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **raises(NotShareable)},
 )
-def download_frame(vin: str, sha256: str, owner: CurrentOwner, region: RegionDep, frames: FramesDep) -> Response:
-    v = region.vehicles.owned_one(owner.owner_id, vin)
+def download_frame(vin: str, sha256: str, caller: Caller, region: RegionDep, frames: FramesDep) -> Response:
+    """The owner's own frame; a grant holder is told camera frames are never shareable (compliance/sharing.py)."""
+    access = region.grants.access(caller, vin)
+    if not access.view.is_owner:
+        raise NotShareable("camera frames are never shared through grants", categories=["exterior_camera"])
+    v = access.vehicle
     region.deletions.check_served(v.vin)
     rec, data = frames.read(v.vin, sha256)
     region.audit.by_owner(
-        owner.owner_id,
-        "frame.read",
+        caller.owner_id,
+        AuditAction.FRAME_READ,
         vin=v.vin,
         detail={"sha256": rec.sha256, "seq": rec.seq, "t_ms": rec.t_ms, "bytes": len(data)},
     )

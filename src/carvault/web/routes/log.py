@@ -100,6 +100,8 @@ def batch_entry(vin: str, seq: RowId, caller: Caller, region: RegionDep) -> dict
     if rec is None or rec.log_index is None:
         raise NotFound(f"no logged batch {seq} of {vin}")
     access.view.window(rec.t0, rec.t1 + 1)
+    if not access.view.is_owner:
+        region.grants.record_read(access, AuditAction.BATCHES_READ, {"seq": rec.seq, "log_index": rec.log_index})
     n = region.log.size
     return {
         "vin": rec.vin,

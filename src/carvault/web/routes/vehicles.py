@@ -54,7 +54,10 @@ def claim(req: ClaimRequest, owner: CurrentOwner, region: RegionDep) -> dict[str
 
 @router.get("/{vin}", summary="One of my vehicles")
 def get_vehicle(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any]:
-    return vehicle_json(region.grants.access(caller, vin).vehicle)
+    access = region.grants.access(caller, vin)
+    if not access.view.is_owner:  # every third-party read is in the owner's access log
+        region.grants.record_read(access, AuditAction.VEHICLE_READ, {})
+    return vehicle_json(access.vehicle)
 
 
 @router.get(
@@ -121,7 +124,9 @@ def batches(
     end_ms = parse_time(end, "end") if end is not None else MAX_TIME_MS
     # A window the caller named must lie inside a grant's; the default one is cut to it.
     start_ms, end_ms = view.window(start_ms, end_ms) if start or end else view.clip(start_ms, end_ms)
-    refs = region.telemetry.batches(v.vin, start_ms, end_ms, None)
+    # The store's span test is inclusive at both ends; the window's end is exclusive (a batch starting exactly at a
+    # grant's end lies wholly outside it).
+    refs = region.telemetry.batches(v.vin, start_ms, end_ms - 1, None)
     if not view.is_owner:
         region.grants.record_read(access, AuditAction.BATCHES_READ, {"start_ms": start_ms, "end_ms": end_ms})
     return {
