@@ -18,7 +18,9 @@ from carvault.compliance.deletion import Deletions
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.durable import create_exclusively
 from carvault.ingest.frames import FrameStore
+from carvault.ingest.broker import broker_of
 from carvault.ingest.gateway import Gateway
+from carvault.ingest.live import LiveHub
 from carvault.ingest.reconcile import reconcile
 from carvault.ledger.leaves import DATA_KEY_FILE, seal_clear_log_keys
 from carvault.ledger.log import TransparencyLog
@@ -104,6 +106,8 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
+        # Live frames (issue 10): last values and subscriptions, fanned out to every replica through the broker.
+        self.live = LiveHub(broker_of(settings.live_broker, self.name, settings.resolved_database_url))
         self.gateway = Gateway(
             settings,
             self.db,

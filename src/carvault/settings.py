@@ -70,6 +70,12 @@ class Settings:
     max_future_skew_s: int = _setting(300, "How far ahead of the server clock a batch may reach, in seconds.")
     session_ttl_s: int = _setting(7 * 24 * 3600, "Lifetime of a browser session or API token, in seconds.")
     segment_max_bytes: int = _setting(256 * 1024 * 1024, "Size at which a writer rolls to a new segment file.")
+    live_broker: str = _setting(
+        "memory",
+        "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "
+        "server) or `postgres` (LISTEN/NOTIFY on the PostgreSQL metadata database).",
+    )
+    live_interval_ms: int = _setting(1000, "Default interval at which a car streams live frames, in milliseconds.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

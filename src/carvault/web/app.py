@@ -26,7 +26,9 @@ from carvault.web.routes import (
     grants,
     ingest,
     log,
+    oauth,
     packages,
+    portability,
     timeline,
     vehicles,
 )
@@ -45,7 +47,9 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await region.live.start()  # this replica receives every live frame from the broker from now on
         yield
+        await region.live.close()
         if close_region_on_shutdown:
             region.close()
 
@@ -75,6 +79,8 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
         exports.router,
+        oauth.router,  # OAuth 2.0 for apps (issue 9); RFC 8414 metadata describes it
+        portability.router,
         grants.router,  # sharing (issue 9): the owner's grants and personal access tokens
         apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
         _operations(region),
