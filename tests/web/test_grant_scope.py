@@ -36,6 +36,7 @@ from carvault.web.app import create_app
 from carvault.web.deps import current_caller, current_owner
 from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.web.test_route_access import DELEGATED
 
 pytestmark = pytest.mark.slow
 
@@ -268,7 +269,8 @@ def test_every_grant_aware_route_is_in_the_table(region: Region) -> None:
     aware = set()
     for route in create_app(region).state.api_routes:
         calls = _calls(route)
-        if current_caller in calls and current_owner not in calls:
+        # Routes that hand the caller to a service applying its own grant are tested with that service.
+        if current_caller in calls and current_owner not in calls and route.path not in DELEGATED:
             aware.add(route.path)
     assert aware == set(ROUTES)
 

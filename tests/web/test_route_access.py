@@ -1,0 +1,229 @@
+"""Guard: every route of the app is classified by who may call it, so a new route cannot leak owner data.
+
+Classes (docs/sharing.md, "How a grant is enforced"):
+
+- **public** — an explicit allow-list below, each with its reason; none takes a ``{vin}``.
+- **vehicle-signed** — the car's own uploads and policy fetch (tag "vehicle upload"), authenticated by the car's
+  Ed25519 key or bound to a batch the car signed; none takes a ``{vin}`` in its path.
+- **owner-only** — depends on ``current_owner`` (grant tokens get ``403 owner_only``).
+- **grant-aware** — depends on ``current_caller`` and its endpoint reaches vehicles only through
+  ``region.grants.access`` (or ``region.grants.vehicles`` for the listing), which hands back the grant's
+  ``ScopedView``.
+- **portal page** — HTML pages of ``carvault.web.views`` outside ``/api/``; they read through the API in-process.
+
+A route that reads through ``current_caller`` without the grants door, or a public route with a ``{vin}``, fails.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
+
+from carvault.region import Region
+from carvault.web.app import create_app
+from carvault.web.deps import Caller, CurrentOwner, RegionDep, current_caller, current_owner
+
+# Public API routes and why each may answer anyone. Keys: (METHOD, path) or a path prefix ending in '/'.
+PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/api/v1/health"): "liveness; names the region and the log size only",
+    ("POST", "/api/v1/auth/register"): "account sign-up",
+    ("POST", "/api/v1/auth/login"): "log-in (rate limited); answers only the account's own token",
+    ("GET", "/api/v1/signals"): "the public signal catalogue",
+    ("GET", "/api/v1/categories"): "the public category catalogue (privacy classes)",
+    ("GET", "/api/v1/region/trust"): "the region's CA and log keys, for offline verification",
+    ("GET", "/api/v1/log/checkpoint"): "transparency log: the signed checkpoint is public by design",
+    ("GET", "/api/v1/log/key"): "transparency log verifier key",
+    ("GET", "/api/v1/log/proof/inclusion"): "transparency log proofs: leaf indices and hashes, no VIN",
+    ("GET", "/api/v1/log/proof/consistency"): "transparency log proofs between tree sizes",
+}
+# Prefixes of public protocol endpoints: OAuth 2.0 (RFC 6749/7009/7662/8628: clients authenticate there with their
+# own credentials, never as an owner), server metadata (RFC 8414), developer sign-up (apps apply; the operator
+# approves), and the public log tiles (C2SP tlog-tiles).
+PUBLIC_PREFIXES: dict[str, str] = {
+    "/oauth/": "OAuth 2.0 endpoints; the client authenticates itself, owner consent happens on portal pages",
+    "/api/v1/oauth/": "OAuth 2.0 endpoints under the API prefix",
+    "/.well-known/": "RFC 8414 authorization server metadata",
+    "/api/v1/apps": "developer sign-up of an app (pending until the operator approves it)",
+    "/api/v1/log/tile": "public log tiles",
+    "/api/v1/log/witness": "witness cosignatures of public checkpoints",
+}
+# FastAPI's own documentation routes.
+FRAMEWORK = {"/api/v1/openapi.json", "/api/v1/docs", "/docs/oauth2-redirect"}
+VEHICLE_TAG = "vehicle upload"
+# The only ways a grant-aware endpoint may reach a vehicle.
+GRANT_DOORS = ("grants.access(", "grants.vehicles(")
+# Routes whose endpoint hands the caller to a service that applies the grant itself: the service (named in the
+# endpoint module) must go through the grants door. Keep this list short; each entry says why.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "/api/v1/portability/{bundle_id}": (
+        "Portability.start_fetch",
+        "a bundle is fetched once under its one-time portability grant, checked by the service",
+    ),
+    "/api/v1/viss/{vin}": ("VissSession", "VISS WebSocket: authenticates per message and asks grants.access"),
+}
+DELEGATED_DOORS = (*GRANT_DOORS, "grants.live(")
+# What grant-aware endpoints must never do: reach a vehicle around the grant.
+AROUND_THE_DOOR = ("owned_one(", "vehicles.owned(", "vehicles.get(")
+
+
+def _calls(route: APIRoute) -> set[Callable[..., Any]]:
+    calls: set[Callable[..., Any]] = set()
+    stack = [route.dependant]
+    while stack:
+        dep = stack.pop()
+        if dep.call is not None:
+            calls.add(dep.call)
+        stack.extend(dep.dependencies)
+    return calls
+
+
+def _routes(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, BaseRoute]]:
+    """Every route the app serves, with its full path (included routers are walked)."""
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes, prefix + getattr(r.include_context, "prefix", ""))
+        else:
+            yield prefix + getattr(r, "path", ""), r
+
+
+def _public(method: str, path: str) -> str | None:
+    if (method, path) in PUBLIC:
+        return PUBLIC[(method, path)]
+    return next((why for p, why in PUBLIC_PREFIXES.items() if path.startswith(p)), None)
+
+
+def _delegate_source(route: APIRoute | APIWebSocketRoute, dotted: str) -> str:
+    """The source of the service a delegated route's endpoint uses (resolved from the endpoint's module)."""
+    head, *rest = dotted.split(".")
+    obj: Any = route.endpoint.__globals__[head]
+    for name in rest:
+        obj = getattr(obj, name)
+    return inspect.getsource(obj)
+
+
+def _delegated(path: str, route: APIRoute | APIWebSocketRoute) -> tuple[str, str]:
+    dotted, _ = DELEGATED[path]
+    if not any(door in _delegate_source(route, dotted) for door in DELEGATED_DOORS):
+        return "grant-aware", f"{path}: {dotted} does not go through region.grants"
+    return "grant-aware", ""
+
+
+def classify(path: str, route: BaseRoute) -> tuple[str, str]:
+    """(class, problem) of one route; problem is '' when the route is acceptable."""
+    if isinstance(route, APIWebSocketRoute):
+        if path in DELEGATED:
+            return _delegated(path, route)
+        return "unknown", f"{path}: a WebSocket route the guard does not know (add it to DELEGATED with its door)"
+    if isinstance(route, Mount):
+        return "static", "" if path == "/static" else f"unexpected mount {path}"
+    if not isinstance(route, APIRoute):
+        if isinstance(route, Route) and path in FRAMEWORK:
+            return "framework", ""
+        return "unknown", f"{path}: not an API route, a portal page or a framework route"
+    module = route.endpoint.__module__
+    if module.startswith("carvault.web.views."):
+        if path.startswith("/api/"):
+            return "portal", f"{path}: a portal page under /api/"
+        return "portal", ""
+    calls = _calls(route)
+    source = inspect.getsource(route.endpoint)
+    methods = sorted(route.methods)
+    if current_owner in calls:
+        return "owner-only", ""
+    if current_caller in calls:
+        if path in DELEGATED:
+            return _delegated(path, route)
+        if not any(door in source for door in GRANT_DOORS):
+            return "grant-aware", f"{methods} {path} reads as current_caller without region.grants.access"
+        around = [a for a in AROUND_THE_DOOR if a in source]
+        if around:
+            return "grant-aware", f"{methods} {path} also reaches vehicles around the grant: {around}"
+        return "grant-aware", ""
+    if VEHICLE_TAG in route.tags:
+        if "{vin}" in path:
+            return "vehicle-signed", f"{methods} {path}: a vehicle route names its VIN in a signed header, not the path"
+        return "vehicle-signed", ""
+    if "{vin}" in path:
+        return "public", f"{methods} {path} takes a {{vin}} but asks for no owner or grant"
+    unlisted = [m for m in methods if _public(m, path) is None]
+    if unlisted:
+        return "public", f"{unlisted} {path} is public but not in the allow-list (add it with a reason, or protect it)"
+    return "public", ""
+
+
+def _app(region: Region) -> FastAPI:
+    return create_app(region)
+
+
+def test_every_route_is_classified(region: Region) -> None:
+    app = _app(region)
+    seen: dict[str, list[str]] = {}
+    problems = []
+    for path, route in _routes(app.routes):
+        kind, problem = classify(path, route)
+        seen.setdefault(kind, []).append(path)
+        if problem:
+            problems.append(problem)
+    assert not problems, "\n".join(problems)
+    # The classes are all populated: the walk really saw the app (a guard that sees nothing proves nothing).
+    assert {"public", "vehicle-signed", "owner-only", "grant-aware", "portal"} <= set(seen)
+    assert "/api/v1/vehicles/{vin}/telemetry" in seen["grant-aware"]
+    assert "/api/v1/vehicles/{vin}/packages" in seen["owner-only"]
+    assert "/api/v1/ingest/batches" in seen["vehicle-signed"]
+    # Every API route the app keeps in state was walked.
+    assert {r.path for r in app.state.api_routes} <= {p for paths in seen.values() for p in paths}
+
+
+def test_the_allow_list_names_only_routes_that_exist(region: Region) -> None:
+    served = {(m, p) for p, r in _routes(_app(region).routes) if isinstance(r, APIRoute) for m in r.methods}
+    assert set(PUBLIC) <= served, set(PUBLIC) - served
+    assert all(why.strip() for why in [*PUBLIC.values(), *PUBLIC_PREFIXES.values()])
+
+
+def _fake_route(path: str, endpoint: Callable[..., Any], **kw: Any) -> APIRoute:
+    return APIRoute(path, endpoint, methods=["GET"], **kw)
+
+
+def test_the_guard_catches_leaky_routes(region: Region) -> None:
+    """The classifier refuses the mistakes it exists for (so the guard can fail)."""
+
+    def leaky(vin: str, caller: Caller, region: RegionDep) -> Any:
+        return region.telemetry.window(vin, 0, 1, [])
+
+    def around(vin: str, caller: Caller, region: RegionDep) -> Any:
+        region.grants.access(caller, vin)
+        return region.vehicles.owned_one(caller.owner_id, vin)
+
+    def public_vin(vin: str, region: RegionDep) -> Any:
+        return region.vehicles.get(vin)
+
+    def unlisted(region: RegionDep) -> Any:
+        return region.name
+
+    def fine(vin: str, caller: Caller, region: RegionDep) -> Any:
+        return region.grants.access(caller, vin).vin
+
+    def owner(vin: str, owner: CurrentOwner) -> Any:
+        return vin
+
+    cases = [
+        ("/api/v1/vehicles/{vin}/leak", leaky, "without region.grants.access"),
+        ("/api/v1/vehicles/{vin}/around", around, "around the grant"),
+        ("/api/v1/cars/{vin}", public_vin, "takes a {vin}"),
+        ("/api/v1/secret", unlisted, "not in the allow-list"),
+        ("/api/v1/vehicles/{vin}/fine", fine, ""),
+        ("/api/v1/vehicles/{vin}/mine", owner, ""),
+    ]
+    for path, endpoint, expected in cases:
+        _, problem = classify(path, _fake_route(path, endpoint))
+        assert (expected in problem) if expected else problem == "", (path, problem)
+    _, problem = classify(
+        "/api/v1/vehicle/{vin}/x", _fake_route("/api/v1/vehicle/{vin}/x", unlisted, tags=[VEHICLE_TAG])
+    )
+    assert "signed header" in problem
