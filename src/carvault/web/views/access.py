@@ -15,12 +15,36 @@ router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 
 
-def actor_label(p: Page, actor: str) -> str:
-    """ "You" for the owner, else the kind of actor and its id."""
+def actor_label(p: Page, actor: str, apps: dict[str, str] | None = None) -> str:
+    """ "You" for the owner, an app by its name, else the kind of actor and its id."""
     kind, _, ident = actor.partition(":")
     if p.me and kind == "owner" and ident == str(p.owner_id):
         return p.t("access.you")
+    if kind == "app" and apps and ident in apps:
+        return f"{p.t('actor.app')} {apps[ident]}"
+    if kind == "token":
+        return f"{p.t('actor.token')} #{ident}"
     return f"{p.t.maybe(f'actor.{kind}', kind)} {ident}".strip()
+
+
+def reader_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) -> str | None:
+    """A personal access token's reads named by the token's label (its grant says which)."""
+    d = e.get("detail") or {}
+    g = grants.get(d.get("grant_id")) if isinstance(d.get("grant_id"), int) else None
+    if g is None or not e["actor"].startswith("token:"):
+        return None
+    return f"{p.t('actor.token')} “{g['label'] or p.t('sharing.unnamed_token')}”"
+
+
+def basis_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) -> str:
+    """The legal basis in the reader's language: for a read under a grant, whose consent, for whom and why."""
+    d = e.get("detail") or {}
+    g = grants.get(d.get("grant_id")) if isinstance(d.get("grant_id"), int) else None
+    if g is None or not d.get("purpose") or e["actor"].partition(":")[0] not in ("app", "token"):
+        return p.t.maybe(f"basis.{e['legal_basis']}", e["legal_basis"])
+    who = g["app"]["name"] if g["app"] else g["label"] or p.t("sharing.unnamed_token")
+    purpose = p.t.maybe(f"purpose.{d['purpose']}", str(d["purpose"]))
+    return f"{p.t('access.basis_grant', app=who, purpose=purpose)} ({p.t('access.via_grant', id=g['id'])})"
 
 
 def summary(p: Page, e: dict[str, Any]) -> str:
@@ -68,12 +92,16 @@ async def access(request: Request) -> Response:
     recent = (await p.get_json("/api/v1/audit", params={"limit": 1000}))["events"]
     actors = sorted({e["actor"] for e in recent} | ({q["actor"]} if q.get("actor") else set()))
     actions = sorted({a.value for a in AuditAction} | {e["action"] for e in recent})
+    # Third-party reads are named by app, purpose and legal basis: the owner's grants say who is behind each.
+    grants = {g["id"]: g for g in (await p.get_json("/api/v1/grants", params={"all": "true"}))["grants"]}
+    apps = {g["app"]["client_id"]: g["app"]["name"] for g in grants.values() if g["app"]}
     rows = [
         {
             **e,
-            "who": actor_label(p, e["actor"]),
+            "who": reader_label(p, e, grants) or actor_label(p, e["actor"], apps),
             "what": p.t.maybe(f"action.{e['action']}", e["action"]),
             "summary": summary(p, e),
+            "basis": basis_label(p, e, grants),
         }
         for e in events
     ]
@@ -87,7 +115,7 @@ async def access(request: Request) -> Response:
         rows=rows,
         error=error,
         actors=actors,
-        actor_labels={a: actor_label(p, a) for a in actors},
+        actor_labels={a: actor_label(p, a, apps) for a in actors},
         actions=actions,
         filters={k: q.get(k, "") for k in ("actor", "action", "since", "until")},
         older=older,

@@ -63,6 +63,7 @@ NOTICES = {
     "export_cancelled",
     "language_changed",
     "signed_up",
+    "grant_revoked",
 }
 
 
