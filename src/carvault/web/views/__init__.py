@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from carvault.web.views import access, account, base, consent, deletion, downloads, drives, packages, vehicles
+from carvault.web.views import access, account, base, consent, deletion, downloads, drives, oauth, packages, vehicles
 
 router = APIRouter(include_in_schema=False)
-for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion):
+for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion, oauth):
     router.include_router(_module.router)
 
 
