@@ -60,6 +60,8 @@ class AuditAction(StrEnum):
     APP_DECIDE = "app.decide"
     PORTABILITY_EXPORT = "portability.export"
     PORTABILITY_FETCH = "portability.fetch"
+    LIVE_READ = "live.read"
+    LIVE_SUBSCRIBE = "live.subscribe"
     PORTABILITY_IMPORT = "portability.import"
 
 

@@ -31,6 +31,7 @@ from carvault.web.routes import (
     portability,
     timeline,
     vehicles,
+    viss,
 )
 
 SECURITY_HEADERS = {
@@ -83,6 +84,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         portability.router,
         grants.router,  # sharing (issue 9): the owner's grants and personal access tokens
         apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
+        viss.router,  # live (issue 10): VISS v3 over WebSocket
         _operations(region),
     )
     for r in routers:
