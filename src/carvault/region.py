@@ -17,8 +17,8 @@ from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.durable import create_exclusively
-from carvault.ingest.frames import FrameStore
 from carvault.ingest.broker import broker_of
+from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.live import LiveHub
 from carvault.ingest.reconcile import reconcile
