@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from carvault.access.accounts import Principal
 from carvault.access.packages import trust_document
@@ -199,10 +199,11 @@ def test_fetch_once_then_the_token_is_dead(world: World) -> None:
     assert json.loads(fetch.detail)["recipient"]["name"] == INSURER.name
 
 
-def test_bundle_of_deleted_data_is_withdrawn(world: World) -> None:
-    _, row, token = bundle_file(world)
+def test_bundle_of_deleted_data_is_erased_and_withdrawn(world: World) -> None:
+    path, row, token = bundle_file(world)
     caller = principal(world.a, token)
     world.a.deletions.request(world.owner_a, world.ident.vin, "erase everything")
+    assert not path.exists()  # the deletion erased the unfetched copy too
     with pytest.raises(NotFound):
         Portability(world.a).start_fetch(caller, row.id)
     with pytest.raises(Unauthenticated):
@@ -343,3 +344,12 @@ def test_vehicle_of_another_account_here_is_not_imported_over(world: World) -> N
     with pytest.raises(NotFound):
         importer(world.b).import_bundle(second, owner_id=stranger)
     assert stored_in(world.b) == (1, 4, 1)
+
+
+def test_unfetched_bundles_are_removed_when_their_grant_ends(world: World) -> None:
+    path, row, _ = bundle_file(world)
+    service = Portability(world.a)
+    assert service.sweep() == 0 and path.exists()
+    with world.a.db.session() as s:
+        s.execute(update(PortabilityBundle).where(PortabilityBundle.id == row.id).values(expires_ms=1))
+    assert service.sweep() == 1 and not path.exists()

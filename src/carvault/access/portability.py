@@ -120,6 +120,7 @@ class Portability:
             region=r.name,
         )
         r.deletions.check_served(v.vin)
+        self.sweep()
         bundle_id = secrets.token_urlsafe(18)
         built = self.build(v, bundle_id, recipient, include_sensitive=include_sensitive)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -353,6 +354,24 @@ class Portability:
             },
         )
         (self.folder / b.file_name).unlink(missing_ok=True)
+
+    def sweep(self) -> int:
+        """Remove the files of bundles whose grant ended unfetched (no copy outlives its 7 days); how many."""
+        with self.region.db.session() as s:
+            ended = list(
+                s.scalars(
+                    select(PortabilityBundle.file_name).where(
+                        PortabilityBundle.fetched_ms.is_(None), PortabilityBundle.expires_ms <= now_ms()
+                    )
+                )
+            )
+        gone = 0
+        for name in ended:
+            path = self.folder / name
+            if path.exists():
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone
 
     def withdraw(self, b: PortabilityBundle) -> None:
         """End a bundle that may no longer be served: its grant revoked, its file removed."""

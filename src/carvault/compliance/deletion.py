@@ -24,6 +24,7 @@ from carvault.store.metadata import (
     DeletionRequest,
     IncidentPackage,
     LegalHold,
+    PortabilityBundle,
     Vehicle,
     VehicleEvent,
     now_ms,
@@ -200,6 +201,10 @@ class Deletions:
                 erased_bytes += rec.length
             for p in pkgs:
                 (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
+            with self.db.session() as s:  # portability bundles not yet fetched hold copies of the batches too
+                bundles = list(s.scalars(select(PortabilityBundle.file_name).where(PortabilityBundle.vin == vin)))
+            for name in bundles:
+                (self.region.settings.data_dir / "portability" / name).unlink(missing_ok=True)
             self.region.derived.delete_vehicle(vin)
             frames += self.region.frames.delete_vehicle(vin)
             with self.db.session() as s:
