@@ -373,6 +373,13 @@ def test_default_windows_are_cut_to_the_grant(world: World) -> None:
     assert events == {"owner": [BASE_MS + 250_000, BASE_MS + 90_000, BASE_MS + 30_000], "app": [BASE_MS + 90_000]}
     tl = w.http.get(f"/api/v1/vehicles/{V1}/timeline", headers=w.headers("app")).json()
     assert LO <= tl["start_ms"] < tl["end_ms"] <= HI and tl["data_start_ms"] >= LO and tl["data_end_ms"] <= HI
+    # A grant whose window starts after the data: the default timeline is empty, not an error.
+    later = w.region.grants.personal_token(
+        w.a.owner_id, label="later", vins=[V1], signals=GRANTED, from_ms=BASE_MS + 3_600_000
+    )[0]
+    empty = w.http.get(f"/api/v1/vehicles/{V1}/timeline", headers={"Authorization": f"Bearer {later}"})
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["drives"] == [] and empty.json()["start_ms"] == empty.json()["end_ms"]
     geo = w.http.get(f"/api/v1/vehicles/{V1}/route", headers=w.headers("app"), params={**WIN_IN, "format": "geojson"})
     coords = geo.json()["geometry"]["coordinates"]
     assert coords and all(_is_cell_centre(lat, lon) for lon, lat in coords)
