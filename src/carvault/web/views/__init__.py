@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from carvault.web.views import access, account, base, consent, deletion, downloads, drives, oauth, packages, vehicles
+from carvault.web.views import (
+    access,
+    account,
+    base,
+    consent,
+    deletion,
+    developers,
+    downloads,
+    drives,
+    oauth,
+    packages,
+    sharing,
+    vehicles,
+)
 
 router = APIRouter(include_in_schema=False)
-for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion, oauth):
+for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion, oauth, sharing, developers):
     router.include_router(_module.router)
 
 
