@@ -672,7 +672,7 @@ def test_introspection_active_then_inactive(
     assert other.introspect_token("/oauth/introspect", token["access_token"]).json() == {"active": False}
     public = register_app(region, confidential=False, name="Public")
     anonymous = http.post("/oauth/introspect", data={"token": token["access_token"], "client_id": public.client_id})
-    assert anonymous.status_code == 400 and anonymous.json()["error"] == "invalid_client"
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "invalid_client"
     # The owner revokes the grant: every token of it is inactive at once.
     region.grants.revoke(owner.owner_id, grant.id)
     assert client.introspect_token("/oauth/introspect", token["access_token"]).json() == {"active": False}

@@ -344,12 +344,10 @@ class RotatingRefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     server: OAuthServer
 
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
-        return self.server.spend_refresh_token(refresh_token, self.request.client)
+        return self.server.spend_refresh_token(refresh_token, self.request.client, self.request.payload.scope)
 
     def _validate_token_scope(self, token: Token) -> None:
-        asked = set((self.request.payload.scope or "").split())
-        if asked and asked != set(token.get_scope().split()):
-            raise InvalidScopeError("a refreshed token carries its grant's scope; ask the owner for a new grant")
+        """Checked before the token is spent (``spend_refresh_token``), so a refused scope costs the app nothing."""
 
     def authenticate_user(self, refresh_token: Token) -> Approval:
         cred = refresh_token.cred
@@ -656,8 +654,12 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidGrantError("this code has expired (codes live 60 seconds)")
         return AuthorizationCode(row)
 
-    def spend_refresh_token(self, secret: str, client: OAuthClient) -> Token | None:
-        """A live refresh token of this client, spent now; a spent one presented again revokes its family."""
+    def spend_refresh_token(self, secret: str, client: OAuthClient, scope: str | None = None) -> Token | None:
+        """A live refresh token of this client, spent now; a spent one presented again revokes its family.
+
+        A refreshed token carries its grant's scope: asking for another one is ``invalid_scope`` (and spends
+        nothing).
+        """
         if not isinstance(secret, str) or len(secret) > 200:
             return None
         now = now_ms()
@@ -665,6 +667,9 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             cred = s.scalar(select(Credential).where(Credential.token_hash == token_hash(secret)))
             if cred is None or cred.kind != "refresh" or cred.client_id != client.get_client_id():
                 return None
+            asked = set((scope or "").split())
+            if asked and asked != set((cred.scope or "").split()):
+                raise InvalidScopeError("a refreshed token carries its grant's scope; ask the owner for a new grant")
             spent = s.execute(
                 update(Credential)
                 .where(Credential.id == cred.id, Credential.revoked_ms.is_(None))
