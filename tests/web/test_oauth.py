@@ -22,11 +22,15 @@ from authlib.integrations.httpx_client import OAuth2Client
 from sqlalchemy import select, update
 
 from carvault.access.accounts import token_hash
+from carvault.access.oauth import normal_user_code, oauth_text
+from carvault.compliance.sharing import PURPOSES
+from carvault.errors import AppNotApproved, CrossBorderTransfer, GatekeeperRefused
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import App, Credential, DeviceAuthorization, Grant, OAuthCode
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
+from carvault.web.i18n import messages
 from tests.conftest import OwnerClient
 from tests.factories import BASE_MS, drive_table, opt_in
 
@@ -801,3 +805,24 @@ def test_apps_are_only_rows_with_hashed_secrets(region: Region, app: Registered)
     with region.db.session() as s:
         row = s.get(App, app.client_id)
     assert row is not None and app.secret and row.client_secret_hash == token_hash(app.secret)
+
+
+def test_every_purpose_and_refusal_has_words_in_both_languages() -> None:
+    """Keys the consent screen builds at run time (purposes, CarVault's recipient refusals) exist in en and zh-CN."""
+    keys = [f"oauth.purpose.{p}" for p in PURPOSES] + [
+        f"oauth.refusal.{c.code}" for c in (AppNotApproved, GatekeeperRefused, CrossBorderTransfer)
+    ]
+    for lang in ("en", "zh-CN"):
+        assert [k for k in keys if k not in messages(lang)] == [], lang
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [("wdjb-mjht", "WDJB-MJHT"), (" WDJB MJHT ", "WDJB-MJHT"), ("WDJBMJHT", "WDJB-MJHT"), ("WDJ-MJHT", ""), ("", "")],
+)
+def test_user_codes_are_read_as_people_type_them(typed: str, stored: str) -> None:
+    assert normal_user_code(typed) == stored
+
+
+def test_error_descriptions_stay_within_rfc_6749_characters() -> None:
+    assert oauth_text('Acme "Insure" \\ 平安') == "Acme ?Insure? ? ??"
