@@ -13,6 +13,7 @@ from carvault.web.views import (
     developers,
     downloads,
     drives,
+    live,
     oauth,
     packages,
     sharing,
@@ -22,6 +23,7 @@ from carvault.web.views import (
 router = APIRouter(include_in_schema=False)
 for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion, oauth, sharing, developers):
     router.include_router(_module.router)
+router.include_router(live.router)  # issue 10: a vehicle's Live page
 
 
 def install(app: FastAPI) -> None:
