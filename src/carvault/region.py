@@ -20,7 +20,7 @@ from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
-from carvault.ingest.live import LiveHub
+from carvault.ingest.live import LiveChannel, LiveHub
 from carvault.ingest.reconcile import reconcile
 from carvault.ledger.leaves import DATA_KEY_FILE, seal_clear_log_keys
 from carvault.ledger.log import TransparencyLog
@@ -119,6 +119,9 @@ class Region:
             policy_of=self.consents.policy,  # no cache: a stop applies to the very next batch, in every worker
             residency=self.residency,
         )
+        # Cars streaming live frames to this replica: checked like batches, fanned out through region.live.
+        self.live_channel = LiveChannel(self.gateway, self.catalogue, self.live)
+        self.gateway.live_root_check = self.live_channel.evidence.check_root
 
     def close(self) -> None:
         """Stop background work and release files and connections."""

@@ -5,6 +5,11 @@ to a *group committer*: one thread that takes every batch waiting, writes them a
 with a single fsync, advances each vehicle's chain head in one DB transaction, appends the group to
 the transparency log, and only then releases the receipts. Concurrency across processes is safe
 because the chain head advances with a conditional UPDATE (``WHERE last_seq = seq - 1``).
+
+The fixed cost per batch is kept small (issue 10): the checks read the chain head, the ignition counter and
+whether the seq is taken in one statement; the committer advances each vehicle's head with one statement per
+group and inserts the group's rows with one multi-row INSERT. Those statements are built once (SQLAlchemy Core,
+compiled once and cached) instead of through the ORM per batch.
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, bindparam, case, func, insert, or_, select, update
 
 from carvault.compliance.consent import Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -37,14 +43,78 @@ from carvault.errors import (
 from carvault.ingest.validation import PayloadSummary, validate_payload
 from carvault.ledger.leaves import RECOVERY_TAIL, log_batches
 from carvault.pki import CertificateError, vehicle_key_from_certificate
-from carvault.protocol import BATCH_MEDIA_TYPE, Envelope, decode_envelope, receipt_json
+from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, Envelope, decode_envelope, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
 from carvault.store.derived import DerivedCopies
-from carvault.store.metadata import BatchRecord, Database, Vehicle, VehicleEvent, now_ms, rowcount
+from carvault.store.metadata import (
+    BatchRecord,
+    ConsentRecord,
+    Database,
+    Vehicle,
+    VehicleEvent,
+    now_ms,
+    rowcount,
+    storage_failure,
+)
 from carvault.store.segments import SegmentWriter
 
 REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
+
+_VEHICLES = Vehicle.__table__
+_BATCHES = BatchRecord.__table__
+_EVENTS = VehicleEvent.__table__
+_CONSENTS = ConsentRecord.__table__
+
+# What the checks need of the database, in one read: the chain head, the ignition counter, whether a batch
+# already holds this seq (then the batch is answered as a re-send, docs/protocol.md §3.4), and which consent
+# decisions are on record. Decisions are append-only (a stop is a new row), so their count and newest id name the
+# vehicle's policy exactly: the policy is read again whenever they change, and a stop counts from the next batch.
+_DECISIONS = _CONSENTS.c.vin == _VEHICLES.c.vin
+_HEAD = (
+    select(
+        _VEHICLES.c.last_seq,
+        _VEHICLES.c.last_hash,
+        _VEHICLES.c.ignition_cycle,
+        _VEHICLES.c.ignition_seen_ms,
+        _BATCHES.c.id.label("taken"),
+        select(func.count(_CONSENTS.c.id))
+        .where(_CONSENTS.c.vin == _VEHICLES.c.vin)
+        .scalar_subquery()
+        .label("decisions"),
+        select(func.max(_CONSENTS.c.id)).where(_CONSENTS.c.vin == _VEHICLES.c.vin).scalar_subquery().label("newest"),
+    )
+    .select_from(
+        _VEHICLES.outerjoin(_BATCHES, and_(_BATCHES.c.vin == _VEHICLES.c.vin, _BATCHES.c.seq == bindparam("seq")))
+    )
+    .where(_VEHICLES.c.vin == bindparam("vin"))
+)
+# Which of a group's batch hashes are stored already (re-sends that raced their original through the checks).
+_STORED = select(_BATCHES.c.batch_hash).where(_BATCHES.c.batch_hash.in_(bindparam("hashes", expanding=True)))
+# A vehicle's chain head moves over all of its batches in a group at once, only from the head they were checked
+# against. The ignition counter moves in the same statement, forward only (a lower counter proves nothing).
+_FORWARD = or_(
+    _VEHICLES.c.ignition_cycle.is_(None),
+    _VEHICLES.c.ignition_cycle < bindparam("cycle"),
+    and_(
+        _VEHICLES.c.ignition_cycle == bindparam("cycle"),
+        or_(_VEHICLES.c.ignition_seen_ms.is_(None), _VEHICLES.c.ignition_seen_ms < bindparam("seen")),
+    ),
+)
+_HEAD_MOVES = update(_VEHICLES).where(
+    _VEHICLES.c.vin == bindparam("b_vin"),
+    _VEHICLES.c.last_seq == bindparam("from_seq"),
+    _VEHICLES.c.last_hash == bindparam("from_hash"),
+)
+_ADVANCE = _HEAD_MOVES.values(last_seq=bindparam("to_seq"), last_hash=bindparam("to_hash"))
+_ADVANCE_WITH_IGNITION = _HEAD_MOVES.values(
+    last_seq=bindparam("to_seq"),
+    last_hash=bindparam("to_hash"),
+    ignition_cycle=case((_FORWARD, bindparam("cycle")), else_=_VEHICLES.c.ignition_cycle),
+    ignition_seen_ms=case((_FORWARD, bindparam("seen")), else_=_VEHICLES.c.ignition_seen_ms),
+)
+_INSERT_BATCHES = insert(_BATCHES).returning(_BATCHES.c.id, sort_by_parameter_order=True)
+_INSERT_EVENTS = insert(_EVENTS)
 
 
 class AppendOnlyLog(Protocol):
@@ -65,6 +135,19 @@ class _Pending:
     table: pa.Table
     ignition: tuple[int, int] | None = None  # (highest IgnitionCycle, time of its last sample) in the batch
     future: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+@contextmanager
+def _core(db: Database, *, write: bool = False) -> Iterator[Connection]:
+    """A Core connection, one transaction (committed on success if ``write``); storage failures are ``Unavailable``."""
+    try:
+        with db.engine.begin() if write else db.engine.connect() as conn:
+            yield conn
+    except Exception as e:
+        failure = storage_failure(e)
+        if failure is not None:
+            raise failure from e
+        raise
 
 
 def _answer(
@@ -91,6 +174,44 @@ def _answer_as_resend(future: Future[dict[str, Any]], original: Future[dict[str,
         _answer(future, {**original.result(), "duplicate": True})
 
 
+_BATCH_COLUMNS = (
+    "vin",
+    "seq",
+    "kind",
+    "batch_hash",
+    "prev_hash",
+    "t0",
+    "t1",
+    "rows",
+    "samples",
+    "columns",
+    "segment",
+    "offset",
+    "length",
+    "log_index",
+    "received_ms",
+)
+
+
+def _row(rec: BatchRecord) -> dict[str, Any]:
+    """The ``batches`` row of a record about to be inserted."""
+    return {name: getattr(rec, name) for name in _BATCH_COLUMNS}
+
+
+def _event_row(p: _Pending) -> dict[str, Any]:
+    """The ``vehicle_events`` row of an event batch."""
+    ev = p.summary.event
+    assert ev is not None
+    return {
+        "vin": p.env.header.vin,
+        "kind": ev["kind"],
+        "t_ms": ev["trigger_ms"],
+        "batch_seq": p.env.header.seq,
+        "legal_basis": ev["legal_basis"],
+        "detail": json.dumps({k: v for k, v in ev.items() if k not in ("kind", "trigger_ms", "legal_basis")}),
+    }
+
+
 class Gateway:
     """Region gateway for vehicle uploads (protocol v1)."""
 
@@ -115,12 +236,16 @@ class Gateway:
         self.ca_pem = ca_pem
         self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
-        # The owner's decisions, read afresh for every batch so that a stop counts from the very next one (and
-        # in every worker process); without a source, no decision is on record and only the defaults allow.
+        # The owner's decisions (``policy_of`` reads them from the consents table); every batch reads which decisions
+        # are on record, so a stop counts from the very next one, in every worker process. The policy built from
+        # them is kept until they change. Without a source, no decision is on record and only the defaults allow.
         self.policy_of: Callable[[str], Policy] = policy_of or (lambda vin: Policy(vin, ()))
+        self._policies: dict[str, tuple[tuple[int, int | None], Policy]] = {}
         self.residency = residency or Residency.of_database(
             db, settings.region, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
         )
+        # The live extension (docs/protocol.md §8): checks a header's live_root against the frames received.
+        self.live_root_check: Callable[[BatchHeader], None] | None = None
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
@@ -158,10 +283,12 @@ class Gateway:
         self.residency.admit(h.vin)
         env.verify(self.vehicle_key(h.vin))
         self.residency.check_claim(h.vin, h.region)
-        existing = self._existing(h.vin, h.seq)
-        if existing is not None:
-            return self._replay(env, existing)
-        self._check_chain(env)
+        head = self._head(h.vin, h.seq)
+        if head["taken"] is not None:
+            existing = self._existing(h.vin, h.seq)
+            if existing is not None:
+                return self._replay(env, existing)
+        self._check_chain(env, head)
         table = env.table()
         summary = validate_payload(
             h,
@@ -171,18 +298,16 @@ class Gateway:
             max_future_skew_ms=self.settings.max_future_skew_s * 1000,
             max_rows=self.settings.max_batch_rows,
         )
+        if self.live_root_check is not None:
+            self.live_root_check(h)
         # The owner's consent, applied here again with the car's own rule module: the car's filtering is not proof.
         # The vehicle's last accepted ignition counter lets a rise between batches count as a new cycle.
-        with self.db.session() as s:
-            previous = s.execute(
-                select(Vehicle.ignition_cycle, Vehicle.ignition_seen_ms).where(Vehicle.vin == h.vin)
-            ).one()
         check_batch(
-            self.policy_of(h.vin),
+            self._policy(h.vin, head),
             table,
             self.catalogue,
             kind=h.kind,
-            previous=(previous.ignition_cycle, previous.ignition_seen_ms),
+            previous=(head["ignition_cycle"], head["ignition_seen_ms"]),
         )
         pending = _Pending(env, summary, table, ignition_summary(table))
         self._queue.put(pending)
@@ -208,6 +333,25 @@ class Gateway:
                     raise UnknownVehicle(f"vehicle {vin}'s certificate does not match its registered key", vin=vin)
             self._keys[vin] = key
         return key
+
+    def _head(self, vin: str, seq: int) -> RowMapping:
+        """The vehicle's chain head and ignition counter, and ``taken``: the id of a batch with this seq, or None."""
+        with _core(self.db) as conn:
+            head = conn.execute(_HEAD, {"vin": vin, "seq": seq}).mappings().first()
+        if head is None:
+            raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.settings.region}", vin=vin)
+        return head
+
+    def _policy(self, vin: str, head: RowMapping) -> Policy:
+        """The vehicle's consent policy as of ``head``'s read: kept while the decisions on record are the same."""
+        on_record = (head["decisions"], head["newest"])
+        kept = self._policies.get(vin)
+        if kept is not None and kept[0] == on_record:
+            return kept[1]
+        policy = self.policy_of(vin)
+        if (len(policy.consents), policy.version or None) == on_record:  # else a decision came in between: no keeping
+            self._policies[vin] = (on_record, policy)
+        return policy
 
     def _existing(self, vin: str, seq: int) -> BatchRecord | None:
         with self.db.session() as s:
@@ -254,19 +398,21 @@ class Gateway:
             duplicate=True,
         )
 
-    def _check_chain(self, env: Envelope) -> None:
+    def _check_chain(self, env: Envelope, head: RowMapping | None = None) -> None:
         """Raise ``BrokenChain`` unless the batch continues its vehicle's chain (or ``SeqConflict``, see below).
 
-        A batch whose seq is already accepted *with these very bytes* passes: it is a re-send that raced
-        the original past ``_existing`` (the original committed in between). The committer then answers it
-        with the original's receipt and stores nothing, exactly as if ``_existing`` had seen the row.
+        ``head`` is the vehicle's chain head as ``_head`` read it (read afresh if not given). A batch whose seq is
+        already accepted *with these very bytes* passes: it is a re-send that raced the original past
+        ``_existing`` (the original committed in between). The committer then answers it with the original's
+        receipt and stores nothing, exactly as if ``_existing`` had seen the row.
         """
         h = env.header
-        with self.db.session() as s:
-            head = s.execute(select(Vehicle.last_seq, Vehicle.last_hash).where(Vehicle.vin == h.vin)).one()
-        if h.seq == head.last_seq + 1 and h.prev == head.last_hash:
+        if head is None:
+            head = self._head(h.vin, h.seq)
+        last_seq, last_hash = head["last_seq"], head["last_hash"]
+        if h.seq == last_seq + 1 and h.prev == last_hash:
             return
-        if h.seq <= head.last_seq:
+        if h.seq <= last_seq:
             rec = self._existing(h.vin, h.seq)
             if rec is not None and rec.batch_hash == env.batch_hash:
                 return
@@ -277,16 +423,15 @@ class Gateway:
                     seq=rec.seq,
                     accepted_hash=rec.batch_hash,
                 )
-        if h.seq != head.last_seq + 1:
+        if h.seq != last_seq + 1:
             raise BrokenChain(
-                f"batch seq {h.seq} does not follow the last accepted seq {head.last_seq}; "
-                f"send seq {head.last_seq + 1} first",
-                expected_seq=head.last_seq + 1,
+                f"batch seq {h.seq} does not follow the last accepted seq {last_seq}; send seq {last_seq + 1} first",
+                expected_seq=last_seq + 1,
                 got_seq=h.seq,
             )
         raise BrokenChain(
-            f"batch prev hash does not match the hash of accepted batch {head.last_seq}",
-            expected_prev=head.last_hash,
+            f"batch prev hash does not match the hash of accepted batch {last_seq}",
+            expected_prev=last_hash,
             got_prev=h.prev,
         )
 
@@ -328,10 +473,13 @@ class Gateway:
             first = firsts.setdefault(p.env.batch_hash, p)
             if first is not p:
                 first.future.add_done_callback(partial(_answer_as_resend, p.future))
-        with self.db.session() as s:
-            done = {
-                r.batch_hash: r for r in s.scalars(select(BatchRecord).where(BatchRecord.batch_hash.in_(list(firsts))))
-            }
+        with _core(self.db) as conn:
+            stored = conn.execute(_STORED, {"hashes": list(firsts)}).scalars().all()
+        done: dict[str, BatchRecord] = {}
+        if stored:  # rare: read those rows whole to answer them as re-sends
+            with self.db.session() as s:
+                rows = s.scalars(select(BatchRecord).where(BatchRecord.batch_hash.in_(stored)))
+                done = {r.batch_hash: r for r in rows}
         for h, rec in done.items():
             self._settle_replay(firsts[h], rec)
         self._store([p for h, p in firsts.items() if h not in done])
@@ -361,70 +509,62 @@ class Gateway:
             return
         locations = self.segments.append_many([p.env.raw for p in group])
         received = now_ms()
+        # Each vehicle's batches in the group, in order, as far as they continue one another: checked against the
+        # same head, they can only all follow it if each follows the one before. One that does not (another batch
+        # with a seq just taken, say) is not stored here and is answered below.
+        chains: dict[str, list[tuple[_Pending, tuple[str, int, int]]]] = {}
+        for p, location in zip(group, locations, strict=True):
+            h = p.env.header
+            chain = chains.setdefault(h.vin, [])
+            if not chain or (h.seq == chain[-1][0].env.header.seq + 1 and h.prev == chain[-1][0].env.batch_hash):
+                chain.append((p, location))
         accepted: list[tuple[_Pending, BatchRecord]] = []
-        with self.db.session() as s:
-            for p, (segment, offset, length) in zip(group, locations, strict=True):
-                h = p.env.header
-                moved = rowcount(
-                    s.execute(
-                        update(Vehicle)
-                        .where(Vehicle.vin == h.vin, Vehicle.last_seq == h.seq - 1, Vehicle.last_hash == h.prev)
-                        .values(last_seq=h.seq, last_hash=p.env.batch_hash)
-                    )
-                )
+        with _core(self.db, write=True) as conn:
+            for vin, chain in chains.items():
+                first, last = chain[0][0], chain[-1][0]
+                ignition = max((p.ignition for p, _ in chain if p.ignition is not None), default=None)
+                params: dict[str, Any] = {
+                    "b_vin": vin,
+                    "from_seq": first.env.header.seq - 1,
+                    "from_hash": first.env.header.prev,
+                    "to_seq": last.env.header.seq,
+                    "to_hash": last.env.batch_hash,
+                }
+                if ignition is None:
+                    moved = rowcount(conn.execute(_ADVANCE, params))
+                else:
+                    params["cycle"], params["seen"] = ignition
+                    moved = rowcount(conn.execute(_ADVANCE_WITH_IGNITION, params))
                 if moved != 1:
                     continue  # lost a race (another process, or a different batch with this seq); resolved below
-                if p.ignition is not None:
-                    # Same transaction as the chain head; only forward (a lower counter proves nothing).
-                    cycle, seen = p.ignition
-                    s.execute(
-                        update(Vehicle)
-                        .where(
-                            Vehicle.vin == h.vin,
-                            or_(
-                                Vehicle.ignition_cycle.is_(None),
-                                Vehicle.ignition_cycle < cycle,
-                                and_(
-                                    Vehicle.ignition_cycle == cycle,
-                                    or_(Vehicle.ignition_seen_ms.is_(None), Vehicle.ignition_seen_ms < seen),
-                                ),
-                            ),
-                        )
-                        .values(ignition_cycle=cycle, ignition_seen_ms=seen)
+                for p, (segment, offset, length) in chain:
+                    h = p.env.header
+                    rec = BatchRecord(
+                        vin=h.vin,
+                        seq=h.seq,
+                        kind=h.kind,
+                        batch_hash=p.env.batch_hash,
+                        prev_hash=h.prev,
+                        t0=h.t0,
+                        t1=h.t1,
+                        rows=p.summary.rows,
+                        samples=p.summary.samples,
+                        columns=",".join(p.summary.columns),
+                        segment=segment,
+                        offset=offset,
+                        length=length,
+                        log_index=None,
+                        received_ms=received,
                     )
-                rec = BatchRecord(
-                    vin=h.vin,
-                    seq=h.seq,
-                    kind=h.kind,
-                    batch_hash=p.env.batch_hash,
-                    prev_hash=h.prev,
-                    t0=h.t0,
-                    t1=h.t1,
-                    rows=p.summary.rows,
-                    samples=p.summary.samples,
-                    columns=",".join(p.summary.columns),
-                    segment=segment,
-                    offset=offset,
-                    length=length,
-                    log_index=None,
-                    received_ms=received,
-                )
-                s.add(rec)
-                if p.summary.event is not None:
-                    ev = p.summary.event
-                    s.add(
-                        VehicleEvent(
-                            vin=h.vin,
-                            kind=ev["kind"],
-                            t_ms=ev["trigger_ms"],
-                            batch_seq=h.seq,
-                            legal_basis=ev["legal_basis"],
-                            detail=json.dumps(
-                                {k: v for k, v in ev.items() if k not in ("kind", "trigger_ms", "legal_basis")}
-                            ),
-                        )
-                    )
-                accepted.append((p, rec))
+                    accepted.append((p, rec))
+            if accepted:
+                rows = [_row(rec) for _, rec in accepted]
+                ids = conn.execute(_INSERT_BATCHES, rows).scalars().all()
+                for (_, rec), row_id in zip(accepted, ids, strict=True):
+                    rec.id = row_id
+                events = [_event_row(p) for p, _ in accepted if p.summary.event is not None]
+                if events:
+                    conn.execute(_INSERT_EVENTS, events)
         indices = self._log_records([rec for _, rec in accepted]) if accepted else []
         for (p, rec), idx in zip(accepted, indices, strict=True):
             _answer(

@@ -15,7 +15,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
+from carvault.compliance.consent import Policy, check_batch
+from carvault.errors import (
+    LiveRootMismatch,
+    TimestampOutOfSpan,
+    Unauthenticated,
+    UnknownSignal,
+    ValueOutOfRange,
+    WrongSignalType,
+)
 from carvault.ingest.broker import Broker, MemoryBroker
+from carvault.ingest.gateway import Gateway
+from carvault.ingest.validation import validate_payload
+from carvault.ledger.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
+from carvault.protocol.columns import TIME_TYPE
+from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, BatchHeader
+from carvault.protocol.live import LiveFrame, decode_frame
+from carvault.signals import Catalogue
 
 Scalar = bool | int | float | str | None
 
@@ -205,3 +223,196 @@ class LiveHub:
             subs = list(self._subs.get(update.vin, ()))
         for sub in subs:
             sub._offer(update)
+
+
+# ---------------------------------------------------------------------------------------------- the car channel
+POLICY_TTL_MS = 1000  # a consent stop reaches live frames within a second (a batch reads it afresh each time)
+EVIDENCE_TTL_MS = 2 * 3600 * 1000  # frame hashes kept for root checks and proofs; long enough for 5-min batches
+_TAGS = {bool: "boolean", int: "integer", float: "float", str: "string"}
+
+
+def _family(datatype: str) -> type:
+    """The value kind a catalogue datatype takes in a frame."""
+    if datatype == "boolean":
+        return bool
+    if datatype in ("float", "double"):
+        return float
+    if datatype == "string":
+        return str
+    return int
+
+
+def frame_table(frame: LiveFrame, catalogue: Catalogue) -> pa.Table:
+    """A frame as a one-row batch table, typed by the catalogue, so it meets the batch checks unchanged."""
+    columns: list[pa.Array] = [pa.array([frame.t_ms], type=pa.int64()).cast(TIME_TYPE)]
+    names = ["t"]
+    for path in sorted(frame.values):
+        value = frame.values[path]
+        sig = catalogue.get(path)
+        if sig is None:
+            raise UnknownSignal(f"signal {path!r} is not in the catalogue; unclassified data is refused", signal=path)
+        if type(value) is not _family(sig.datatype):
+            raise WrongSignalType(
+                f"signal {path} must be {sig.datatype}, the frame carries a {_TAGS[type(value)]}",
+                signal=path,
+                expected=sig.datatype,
+                got=_TAGS[type(value)],
+            )
+        try:
+            columns.append(pa.array([value], type=sig.arrow_type))
+        except (pa.ArrowInvalid, OverflowError):
+            raise ValueOutOfRange(f"signal {path} value {value!r} does not fit {sig.datatype}", signal=path) from None
+        names.append(path)
+    return pa.Table.from_arrays(columns, names=names)
+
+
+class LiveEvidence:
+    """The hashes of the frames this replica accepted, per vehicle, kept for a limited time (never the evidence).
+
+    They let the region check a batch's ``live_root`` against the frames it received and hand out a frame's
+    inclusion path while it keeps them. 32 bytes per frame, in memory, dropped after ``ttl_ms``.
+    """
+
+    def __init__(self, ttl_ms: int = EVIDENCE_TTL_MS) -> None:
+        self.ttl_ms = ttl_ms
+        self._lock = threading.Lock()
+        self._hashes: dict[str, dict[int, tuple[int, bytes]]] = {}  # vin -> counter -> (received_ms, hash)
+
+    def add(self, vin: str, counter: int, frame_hash: bytes, received_ms: int) -> None:
+        """Keep one accepted frame's hash; drop this vehicle's hashes older than the time to keep them."""
+        with self._lock:
+            kept = self._hashes.setdefault(vin, {})
+            kept[counter] = (received_ms, frame_hash)
+            if len(kept) % 256 == 0:
+                old = received_ms - self.ttl_ms
+                for c in [c for c, (r, _) in kept.items() if r < old]:
+                    del kept[c]
+
+    def hashes(self, vin: str, first: int, last: int) -> list[bytes] | None:
+        """The frame hashes of ``first..last`` in counter order, or None when any of them was not received."""
+        with self._lock:
+            kept = self._hashes.get(vin, {})
+            if last - first + 1 > len(kept):
+                return None
+            out = [kept.get(c) for c in range(first, last + 1)]
+        if any(h is None for h in out):
+            return None
+        return [h[1] for h in out if h is not None]
+
+    def received(self, vin: str, first: int, last: int) -> int:
+        """How many of the frames ``first..last`` this replica holds."""
+        with self._lock:
+            kept = self._hashes.get(vin, {})
+            return sum(1 for c in kept if first <= c <= last)
+
+    def check_root(self, header: BatchHeader) -> None:
+        """A batch's ``live_root`` must match the frames received for its range when all of them were received.
+
+        The car is the authority for its own frames: when the region missed any frame of the range (the car was
+        offline, a frame was refused or dropped) it cannot recompute the root and accepts the car's.
+        """
+        if header.live_first is None or header.live_last is None or header.live_root is None:
+            return
+        hashes = self.hashes(header.vin, header.live_first, header.live_last)
+        if hashes is None:
+            return
+        root = root_from_leaf_hashes([leaf_hash(h) for h in hashes]).hex()
+        if root != header.live_root:
+            raise LiveRootMismatch(
+                f"live_root does not match the {len(hashes)} live frames {header.live_first}..{header.live_last} "
+                "the region received and the car signed",
+                expected=root,
+                got=header.live_root,
+            )
+
+    def proof(self, vin: str, counter: int, first: int, last: int) -> list[bytes] | None:
+        """The inclusion path of frame ``counter`` in the tree of ``first..last``, if every hash is still kept."""
+        hashes = self.hashes(vin, first, last)
+        if hashes is None or not first <= counter <= last:
+            return None
+        return inclusion_proof([leaf_hash(h) for h in hashes], counter - first, len(hashes))
+
+
+class LiveChannel:
+    """Checks a car's live frames exactly as the gateway checks a batch, then hands them to the hub."""
+
+    def __init__(
+        self, gateway: Gateway, catalogue: Catalogue, hub: LiveHub, evidence: LiveEvidence | None = None
+    ) -> None:
+        self.gateway = gateway
+        self.catalogue = catalogue
+        self.hub = hub
+        self.evidence = evidence or LiveEvidence()
+        self._last: dict[str, int] = {}  # vin -> highest counter accepted here
+        self._policies: dict[str, tuple[int, Policy, tuple[int | None, int | None]]] = {}
+
+    def admit(self, vin: str) -> None:
+        """A car may stream here only if it lives here (``WrongRegion`` / ``UnknownVehicle`` otherwise)."""
+        self.gateway.residency.admit(vin)
+        self.gateway.vehicle_key(vin)
+
+    def _policy(self, vin: str, at_ms: int) -> tuple[Policy, tuple[int | None, int | None]]:
+        kept = self._policies.get(vin)
+        if kept is not None and at_ms - kept[0] < POLICY_TTL_MS:
+            return kept[1], kept[2]
+        head = self.gateway._head(vin, 0)
+        policy = self.gateway.policy_of(vin)
+        previous = (head["ignition_cycle"], head["ignition_seen_ms"])
+        self._policies[vin] = (at_ms, policy, previous)
+        return policy, previous
+
+    def check(self, vin: str, data: bytes) -> LiveFrame | None:
+        """Every check of one frame from the car connected as ``vin``; None for a counter already accepted."""
+        frame = decode_frame(data)
+        if frame.vin != vin:
+            raise Unauthenticated(f"this connection streams vehicle {vin}, the frame is for {frame.vin}", vin=vin)
+        self.gateway.residency.admit(frame.vin)
+        frame.verify(self.gateway.vehicle_key(frame.vin))
+        self.gateway.residency.check_claim(frame.vin, frame.region)
+        if frame.counter <= self._last.get(vin, 0):
+            return None
+        if frame.t_ms < EARLIEST_MS:
+            raise TimestampOutOfSpan("a live frame's t_ms lies before 2000-01-01", t_ms=frame.t_ms)
+        table = frame_table(frame, self.catalogue)
+        header = BatchHeader(
+            vin=vin, region=frame.region, seq=1, prev=GENESIS_PREV, t0=frame.t_ms, t1=frame.t_ms, rows=1
+        )
+        settings = self.gateway.settings
+        validate_payload(
+            header,
+            table,
+            self.catalogue,
+            now_ms=now_ms(),
+            max_future_skew_ms=settings.max_future_skew_s * 1000,
+            max_rows=1,
+        )
+        policy, previous = self._policy(vin, now_ms())
+        check_batch(policy, table, self.catalogue, kind="telemetry", previous=previous)
+        return frame
+
+    async def accept(self, vin: str, data: bytes) -> dict[str, Any]:
+        """Check one frame, keep its hash, update every replica's last values; the acknowledgement to send back."""
+        return await self.publish(vin, data, self.check(vin, data))
+
+    async def publish(self, vin: str, data: bytes, frame: LiveFrame | None) -> dict[str, Any]:
+        """After ``check``: keep the frame's hash and fan it out; the acknowledgement to send back."""
+        if frame is None or frame.counter <= self._last.get(vin, 0):
+            return {"type": "ack", "counter": decode_frame(data).counter, "duplicate": True}
+        received = now_ms()
+        self._last[vin] = frame.counter
+        self.evidence.add(vin, frame.counter, frame.frame_hash, received)
+        values = {p: LiveValue(p, frame.t_ms, v, received) for p, v in frame.values.items()}
+        await self.hub.publish_local(LiveUpdate(vin, frame.counter, frame.t_ms, values))
+        return {"type": "ack", "counter": frame.counter, "duplicate": False}
+
+
+__all__ = [
+    "LiveChannel",
+    "LiveEvidence",
+    "LiveHub",
+    "LiveSubscription",
+    "LiveUpdate",
+    "LiveValue",
+    "frame_table",
+    "now_ms",
+]

@@ -40,6 +40,8 @@ BATCH_MEDIA_TYPE = "application/vnd.carvault.batch.v1"
 PAYLOAD_FORMAT = "parquet"
 BATCH_KINDS = ("telemetry", "event", "media")
 _HEADER_FIELDS = {"v", "vin", "region", "seq", "prev", "t0", "t1", "rows", "payload", "kind"}
+# The live extension (docs/protocol.md §8): all three or none; a header without them is signed exactly as before.
+LIVE_FIELDS = ("live_first", "live_last", "live_root")
 _MAX_HEADER = 64 * 1024
 # Integer bounds of the header (docs/protocol.md §2.1). Every one fits a signed 64-bit database column and
 # is read exactly by every JSON parser (I-JSON, at most 2^53 - 1).
@@ -72,10 +74,14 @@ class BatchHeader:
     kind: str = "telemetry"
     payload: str = PAYLOAD_FORMAT
     v: int = VERSION
+    live_first: int | None = None  # §8: the live-frame counters this batch commits to, and their Merkle root
+    live_last: int | None = None
+    live_root: str | None = None
 
     def to_json_bytes(self) -> bytes:
-        """Serialised header (sorted keys, no spaces)."""
-        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()
+        """Serialised header (sorted keys, no spaces); the live members only when the batch has them."""
+        doc = {k: v for k, v in self.__dict__.items() if v is not None or k not in LIVE_FIELDS}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> BatchHeader:
@@ -91,7 +97,10 @@ class BatchHeader:
         if not isinstance(obj, dict):
             raise MalformedBatch("batch header must be a JSON object")
         missing = _HEADER_FIELDS - obj.keys()
-        extra = obj.keys() - _HEADER_FIELDS
+        extra = obj.keys() - _HEADER_FIELDS - set(LIVE_FIELDS)
+        live = [k for k in LIVE_FIELDS if k in obj]
+        if live and len(live) != len(LIVE_FIELDS):
+            missing |= set(LIVE_FIELDS) - set(live)
         if missing or extra:
             raise MalformedBatch(
                 "batch header fields are wrong",
@@ -104,6 +113,10 @@ class BatchHeader:
         for k in ("vin", "region", "prev", "payload", "kind"):
             if not isinstance(obj[k], str):
                 raise MalformedBatch(f"header field {k!r} must be a string", field=k)
+        if live and (type(obj["live_first"]) is not int or type(obj["live_last"]) is not int):
+            raise MalformedBatch("header fields live_first and live_last must be integers", field="live_first")
+        if live and not isinstance(obj["live_root"], str):
+            raise MalformedBatch("header field 'live_root' must be a string", field="live_root")
         h = cls(**obj)
         h.check()
         return h
@@ -134,6 +147,7 @@ class BatchHeader:
             raise MalformedBatch("prev must be 64 lower-case hex digits", field="prev")
         if not 1 <= self.rows <= MAX_ROWS:
             raise MalformedBatch(f"rows must lie in 1..{MAX_ROWS} (a batch holds at least one row)", field="rows")
+        self._check_live()
         if self.t0 < EARLIEST_MS:
             raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=self.t0)
         if self.t1 > LATEST_MS:
@@ -142,6 +156,31 @@ class BatchHeader:
             raise TimestampOutOfSpan(
                 f"the header span is empty: t1 {self.t1} is before t0 {self.t0}", t0=self.t0, t1=self.t1
             )
+
+    def _check_live(self) -> None:
+        """The live extension's members (§8): all or none, counters in order, the root 64 lower-case hex digits."""
+        given = [getattr(self, k) is not None for k in LIVE_FIELDS]
+        if not any(given):
+            return
+        if not all(given):
+            raise MalformedBatch("live_first, live_last and live_root come together", field="live_root")
+        first, last, root = int(self.live_first or 0), int(self.live_last or 0), str(self.live_root)
+        if not 1 <= first <= last <= MAX_SEQ or last - first >= MAX_ROWS:
+            raise MalformedBatch(
+                f"live_first..live_last must be a counter range within 1..{MAX_SEQ} of at most {MAX_ROWS} frames",
+                field="live_first",
+            )
+        if self.kind != "telemetry":
+            raise MalformedBatch("only a telemetry batch commits to live frames", field="live_root")
+        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+            raise MalformedBatch("live_root must be 64 lower-case hex digits", field="live_root")
+
+    @property
+    def live_size(self) -> int:
+        """How many live frames the batch commits to (0 without the extension)."""
+        if self.live_first is None or self.live_last is None:
+            return 0
+        return self.live_last - self.live_first + 1
 
 
 @dataclass(frozen=True)
@@ -308,10 +347,29 @@ def make_batch(
     kind: str = "telemetry",
     t0: int | None = None,
     t1: int | None = None,
+    live: tuple[int, int, str] | None = None,
 ) -> bytes:
-    """Build a signed batch from a table (``t`` column first); the span defaults to the table's."""
+    """Build a signed batch from a table (``t`` column first); the span defaults to the table's.
+
+    ``live`` is (first counter, last counter, hex Merkle root) of the live frames the batch commits to (§8).
+    """
     ts = table.column("t").cast(pa.int64())
     lo = int(ts[0].as_py()) if t0 is None else t0
     hi = int(ts[-1].as_py()) if t1 is None else t1
-    header = BatchHeader(vin=vin, region=region, seq=seq, prev=prev, t0=lo, t1=hi, rows=table.num_rows, kind=kind)
+    first, last, root = live if live is not None else (None, None, None)
+    header = BatchHeader(
+        vin=vin,
+        region=region,
+        seq=seq,
+        prev=prev,
+        t0=lo,
+        t1=hi,
+        rows=table.num_rows,
+        kind=kind,
+        live_first=first,
+        live_last=last,
+        live_root=root,
+    )
+    if live is not None:
+        header._check_live()
     return encode_envelope(header, encode_payload(table), key)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -68,6 +68,16 @@ class ChainHead:
     prev: str = GENESIS_PREV
 
 
+class LiveCommitments(Protocol):
+    """What the agent asks of a live sender (``vehicle.live.LiveSender``) when it signs a telemetry batch."""
+
+    def pending_root(self, t1: int) -> tuple[int, int, str] | None:
+        """(first counter, last counter, hex Merkle root) of the frames not yet committed, up to ``t1``."""
+
+    def committed(self, seq: int, live: tuple[int, int, str]) -> None:
+        """Batch ``seq`` now commits to those frames."""
+
+
 class VehicleAgent:
     """Batching, signing, spooling and uploading for one vehicle."""
 
@@ -95,6 +105,8 @@ class VehicleAgent:
         self.location_resolution = location_resolution
         self._last_t = -(10**15)
         self._ignition_on = -(10**15)
+        # The live extension (docs/protocol.md §8): the frames a telemetry batch commits to (vehicle.live).
+        self.live: LiveCommitments | None = None
 
     # -------------------------------------------------------------- policy (consent)
     def _load_policy(self) -> Policy:
@@ -142,17 +154,27 @@ class VehicleAgent:
             for rec in self.recorder.feed(part):  # events go first: they rest on their own legal basis
                 self.spool_event(rec)
                 n += 1
-            routine = filter_table(part, self.policy, self.catalogue, ignition_on_ms=ign)
-            if LAT in routine.column_names:
-                t = routine.column("t").cast(pa.int64()).to_numpy()
-                if len(t) and self.policy.status("location_precise", int(t[-1]), int(ign[-1])) != COLLECTING:
-                    routine = coarsen(routine, self.location_resolution)
-                routine = mask_places(routine, self.places)
+            routine = self.routine(part, ign)
             if routine.num_columns > 1 and routine.num_rows:
                 self.spool(routine, t0=t0, t1=t1)
                 n += 1
         self._last_t, self._ignition_on = int(t_all[-1]), int(ign_all[-1])
         return n
+
+    def routine(self, part: pa.Table, ign: np.ndarray) -> pa.Table:
+        """What consent lets leave the car of these rows, at the consented location precision (``ign``: ignition-on
+        instant of each row). Batches and live frames both go through here."""
+        routine = filter_table(part, self.policy, self.catalogue, ignition_on_ms=ign)
+        if LAT in routine.column_names:
+            t = routine.column("t").cast(pa.int64()).to_numpy()
+            if len(t) and self.policy.status("location_precise", int(t[-1]), int(ign[-1])) != COLLECTING:
+                routine = coarsen(routine, self.location_resolution)
+            routine = mask_places(routine, self.places)
+        return routine
+
+    def ignition_of(self, t: np.ndarray) -> np.ndarray:
+        """The ignition-on instant of rows recorded after everything processed so far (live frames use it)."""
+        return self._ignition_starts(t)
 
     def finish(self) -> int:
         """Ignition off: freeze pending event windows."""
@@ -196,6 +218,7 @@ class VehicleAgent:
     def spool(self, part: pa.Table, *, t0: int, t1: int, kind: str = "telemetry") -> bytes:
         """Sign one batch, write it durably to the spool, then advance the chain head."""
         seq = self.head.seq + 1
+        live = self.live.pending_root(t1) if self.live is not None and kind == "telemetry" else None
         blob = make_batch(
             vin=self.identity.vin,
             region=self.identity.region,
@@ -206,10 +229,13 @@ class VehicleAgent:
             kind=kind,
             t0=t0,
             t1=t1,
+            live=live,
         )
         write_durably(self.spool_dir / f"{seq:012d}.cvb", blob)
         self.head = ChainHead(seq=seq, prev=sha256_hex(blob))
         self._save_head()
+        if live is not None and self.live is not None:
+            self.live.committed(seq, live)
         return blob
 
     def pending(self) -> list[Path]:

@@ -25,6 +25,7 @@ from carvault.web.routes import (
     frames,
     grants,
     ingest,
+    live,
     log,
     oauth,
     packages,
@@ -85,6 +86,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         grants.router,  # sharing (issue 9): the owner's grants and personal access tokens
         apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
         viss.router,  # live (issue 10): VISS v3 over WebSocket
+        live.router,  # live (issue 10): the car's live channel (WebSocket, docs/protocol.md §8)
         _operations(region),
     )
     for r in routers:
