@@ -3,6 +3,8 @@
     CarVaultError                      500 internal_error
     ├── BadRequest                     400 bad_request
     │   ├── MalformedBatch             400 malformed_batch       (framing, Parquet, header JSON)
+    │   ├── MalformedFrame             400 malformed_frame       (a live frame's bytes, §8 of protocol.md)
+    │   ├── LiveRootMismatch           400 live_root_mismatch    (batch live_root vs the frames received)
     │   ├── UnknownSignal              400 unknown_signal
     │   ├── WrongSignalType            400 wrong_signal_type
     │   ├── ValueOutOfRange            400 value_out_of_range    (also non-finite values)
@@ -68,6 +70,18 @@ class MalformedBatch(BadRequest):
     """The batch envelope, its header or its columnar payload cannot be decoded."""
 
     code = "malformed_batch"
+
+
+class MalformedFrame(BadRequest):
+    """A live frame (docs/protocol.md §8) cannot be decoded, or is not in its one canonical form."""
+
+    code = "malformed_frame"
+
+
+class LiveRootMismatch(BadRequest):
+    """A batch's live_root differs from the Merkle root of the live frames the region received for its range."""
+
+    code = "live_root_mismatch"
 
 
 class UnknownSignal(BadRequest):
