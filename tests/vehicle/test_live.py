@@ -1,0 +1,79 @@
+"""The car's live link over a real server: signed upgrade, frames acknowledged or refused, the stream keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from carvault.protocol.live import LIVE_PATH, encode_frame
+from carvault.protocol.requests import sign_request
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.vehicle.agent import VehicleAgent
+from carvault.vehicle.live import LiveLink, LiveSender
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+
+pytestmark = pytest.mark.slow
+SPEED = "Vehicle.Speed"
+
+
+def test_car_streams_over_websocket_and_region_keeps_serving(
+    region: Region, server: BackgroundServer, tmp_path: Path
+) -> None:
+    car = provision(region, vin_for(1), tmp_path / "vehicles")
+    opt_in(region, car.vin)
+    agent = VehicleAgent(car, tmp_path / "car", server.url)
+    agent.fetch_policy()  # the vehicle-signed policy fetch, as the batch path
+    sender = LiveSender(agent, signals=[SPEED, "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"])
+    frames = sender.frames(drive_table(BASE_MS, seconds=5))
+    assert len(frames) == 5
+
+    async def run() -> None:
+        link = LiveLink(sender, server.url)
+        ready = await link.open()
+        assert ready == {"type": "ready", "vin": car.vin, "region": "cn"}
+        answers = await link.send(frames[:3])
+        assert [a["counter"] for a in answers] == [1, 2, 3] and all(a["type"] == "ack" for a in answers)
+        # a refused frame is answered with the batch code and the stream goes on
+        bad = encode_frame(car.vin, "cn", 99, BASE_MS + 9000, {"Vehicle.NoSuch": 1.0}, car.key)
+        forged = encode_frame(car.vin, "cn", 98, BASE_MS + 9000, {SPEED: 1.0}, Ed25519PrivateKey.generate())
+        (unknown, sig) = await link.send([bad, forged])
+        assert unknown["type"] == "error" and unknown["error"]["code"] == "unknown_signal"
+        assert unknown["counter"] == 99
+        assert sig["error"]["code"] == "bad_signature"
+        assert (await link.send([b"not a frame"]))[0]["error"]["code"] == "malformed_frame"
+        assert [a["counter"] for a in await link.send(frames[3:])] == [4, 5]
+        await link.close()
+
+    asyncio.run(run())
+    latest = region.live.latest(car.vin)
+    assert set(latest) == {SPEED, "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"}
+    assert latest[SPEED].t_ms == BASE_MS + 4000
+    assert region.live.last_seen_ms(car.vin) is not None
+
+
+@pytest.mark.parametrize(("vin_n", "close_code", "code"), [(77, 4401, "unknown_vehicle"), (1, 4401, "bad_signature")])
+def test_refused_upgrades_close_with_a_code(
+    region: Region, server: BackgroundServer, tmp_path: Path, vin_n: int, close_code: int, code: str
+) -> None:
+    car = provision(region, vin_for(1), tmp_path / "vehicles")
+    key = car.key if vin_n != 1 else Ed25519PrivateKey.generate()
+    headers = sign_request(key, "GET", LIVE_PATH, vin_for(vin_n))
+
+    async def run() -> None:
+        url = "ws://" + server.url.split("://", 1)[1] + LIVE_PATH
+        async with connect(url, additional_headers=headers) as ws:
+            first = json.loads(await ws.recv())
+            assert first["error"]["code"] == code
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == close_code
+
+    asyncio.run(run())
