@@ -25,6 +25,7 @@ import base64
 import fcntl
 import os
 import secrets
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import event, func, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.orm import attributes
 
 from carvault.errors import Unavailable
@@ -132,14 +133,35 @@ def log_key_of(db: Database, vin: str) -> bytes:
     return open_log_key(_data_key(db), vin, stored)
 
 
+# A vehicle's log key never changes once made (sealing re-encrypts the same key), so each process keeps the keys it
+# has opened, per database: logging a group then reads no vehicle row and decrypts nothing.
+_OPENED_KEYS: weakref.WeakKeyDictionary[Database, dict[str, bytes]] = weakref.WeakKeyDictionary()
+
+
 def log_keys_of(db: Database, vins: set[str]) -> dict[str, bytes]:
     """The log keys of several vehicles in one read (each made first if missing)."""
     if not vins:
         return {}
+    opened = _OPENED_KEYS.setdefault(db, {})
+    keys = {vin: opened[vin] for vin in vins if vin in opened}
+    wanted = vins - keys.keys()
+    if not wanted:
+        return keys
     with db.session() as s:
-        rows = s.execute(select(Vehicle.vin, Vehicle.log_key).where(Vehicle.vin.in_(vins))).all()
-    keys = {row.vin: open_log_key(_data_key(db), row.vin, row.log_key) for row in rows if row.log_key is not None}
-    return keys | {vin: log_key_of(db, vin) for vin in vins - keys.keys()}
+        rows = s.execute(select(Vehicle.vin, Vehicle.log_key).where(Vehicle.vin.in_(wanted))).all()
+    keys |= {row.vin: open_log_key(_data_key(db), row.vin, row.log_key) for row in rows if row.log_key is not None}
+    keys |= {vin: log_key_of(db, vin) for vin in vins - keys.keys()}
+    opened.update(keys)
+    return keys
+
+
+_BATCHES = BatchRecord.__table__
+_LOG_STATE = select(_BATCHES.c.id, _BATCHES.c.log_index).where(_BATCHES.c.id.in_(bindparam("ids", expanding=True)))
+_SET_LEAF = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("b_id"), _BATCHES.c.log_index.is_(None))
+    .values(log_index=bindparam("b_index"), leaf_version=bindparam("b_version"), leaf_hash=bindparam("b_leaf_hash"))
+)
 
 
 def seal_clear_log_keys(db: Database) -> int:
@@ -209,29 +231,32 @@ def log_batches(
     """
     if not records:
         return []
+    given = {r.id: r for r in reversed(records)}  # vin, seq, hash and time of a row never change: only its index
     with fence(fence_dir):
         ids = [r.id for r in records]
         with db.session() as s:
-            rows = {r.id: r for r in s.scalars(select(BatchRecord).where(BatchRecord.id.in_(ids)))}
-        known = {i: r.log_index for i, r in rows.items() if r.log_index is not None}
-        todo = [rows[i] for i in dict.fromkeys(ids) if i in rows and i not in known]
+            state = {i: index for i, index in s.execute(_LOG_STATE, {"ids": list(given)})}
+        known = {i: index for i, index in state.items() if index is not None}
+        todo = [given[i] for i in dict.fromkeys(ids) if i in state and i not in known]
         keys = log_keys_of(db, {r.vin for r in todo})
         found = _search_tail(log, region, todo, keys, tail) if tail and todo else {}
         fresh = [r for r in todo if r.id not in found]
         if fresh:
             first = log.append([batch_leaf(region, r, keys[r.vin], CURRENT_LEAF) for r in fresh])
             found.update({r.id: (first + n, CURRENT_LEAF) for n, r in enumerate(fresh)})
-        with db.session() as s:
-            for r in todo:
-                index, version = found[r.id]
+        if todo:
+            with db.session() as s:  # one statement for the group, each row only if no one has indexed it
                 s.execute(
-                    update(BatchRecord)
-                    .where(BatchRecord.id == r.id, BatchRecord.log_index.is_(None))
-                    .values(
-                        log_index=index,
-                        leaf_version=version,
-                        leaf_hash=leaf_hash(batch_leaf(region, r, keys[r.vin], version)),
-                    )
+                    _SET_LEAF,
+                    [
+                        {
+                            "b_id": r.id,
+                            "b_index": found[r.id][0],
+                            "b_version": found[r.id][1],
+                            "b_leaf_hash": leaf_hash(batch_leaf(region, r, keys[r.vin], found[r.id][1])),
+                        }
+                        for r in todo
+                    ],
                 )
     known.update({i: index for i, (index, _) in found.items()})
     missing = [i for i in ids if i not in known]
