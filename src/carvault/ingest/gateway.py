@@ -78,11 +78,8 @@ _HEAD = (
         _VEHICLES.c.ignition_cycle,
         _VEHICLES.c.ignition_seen_ms,
         _BATCHES.c.id.label("taken"),
-        select(func.count(_CONSENTS.c.id))
-        .where(_CONSENTS.c.vin == _VEHICLES.c.vin)
-        .scalar_subquery()
-        .label("decisions"),
-        select(func.max(_CONSENTS.c.id)).where(_CONSENTS.c.vin == _VEHICLES.c.vin).scalar_subquery().label("newest"),
+        select(func.count(_CONSENTS.c.id)).where(_DECISIONS).scalar_subquery().label("decisions"),
+        select(func.max(_CONSENTS.c.id)).where(_DECISIONS).scalar_subquery().label("newest"),
     )
     .select_from(
         _VEHICLES.outerjoin(_BATCHES, and_(_BATCHES.c.vin == _VEHICLES.c.vin, _BATCHES.c.seq == bindparam("seq")))
