@@ -224,8 +224,11 @@ def test_bad_token_requests_get_a_stable_code_and_store_nothing(
 
 
 def test_grant_ids_out_of_range_are_refused(http: httpx.Client, owner: OwnerClient) -> None:
-    for path in ("/api/v1/grants/0", "/api/v1/grants/99999999999999999999", "/api/v1/grants/abc"):
+    for path in ("/api/v1/grants/0", "/api/v1/grants/99999999999999999999"):
         r = http.get(path, headers=owner.headers)
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", path
-    r = http.get("/api/v1/grants/12345", headers=owner.headers)
-    assert r.status_code == 404
+    for path in ("/api/v1/grants/abc", "/api/v1/grants/12345"):
+        assert http.get(path, headers=owner.headers).status_code == 404, path
+    # /grants/tokens is not read as a grant id: it only creates tokens.
+    r = http.get("/api/v1/grants/tokens", headers=owner.headers)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"

@@ -48,14 +48,14 @@ def list_grants(
     return {"grants": [grant_json(g, app) for g, app in rows]}
 
 
-@router.get("/{grant_id}", summary="One of my grants", responses=raises(NotFound))
+@router.get("/{grant_id:int}", summary="One of my grants", responses=raises(NotFound))
 def get_grant(grant_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     g = region.grants.get(owner.owner_id, grant_id)
     return grant_json(g, region.apps.find(g.client_id) if g.client_id else None)
 
 
 @router.delete(
-    "/{grant_id}",
+    "/{grant_id:int}",
     summary="Revoke a grant and every token acting for it, in one step (effective on the next request)",
     responses=raises(NotFound),
 )
