@@ -137,72 +137,72 @@ def _ms(ts: str) -> int:
     return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-@pytest.mark.parametrize(
-    ("message", "number", "reason"),
-    [
-        ("not json", "400", "bad_request"),
-        ('["get"]', "400", "bad_request"),
-        ('{"action": "get", "path": "Vehicle.Speed"}', "400", "bad_request"),  # no requestId
-        ('{"action": "fly", "path": "Vehicle.Speed", "requestId": "1"}', "400", "bad_request"),
-        ('{"action": "set", "path": "Vehicle.Speed", "value": "1", "requestId": "1"}', "400", "invalid_data"),
-        ('{"action": "get", "path": "Vehicle.*", "requestId": "1"}', "400", "bad_request"),
-        ('{"action": "get", "path": "Vehicle.Speed/X", "requestId": "1"}', "400", "bad_request"),
-        ('{"action": "get", "path": "Vehicle.Warp.Drive", "requestId": "1"}', "404", "unavailable_data"),
-        ('{"action": "get", "path": "Aircraft.Speed", "requestId": "1"}', "404", "unavailable_data"),
-        (
-            '{"action": "get", "path": "Vehicle", "requestId": "1",'
-            ' "filter": {"variant": "paths", "parameter": "No.*"}}',
-            "404",
-            "unavailable_data",
-        ),
-        (
-            '{"action": "get", "path": "Vehicle.Speed", "requestId": "1",'
-            ' "filter": {"variant": "timebased", "parameter": {"period": "500"}}}',
-            "400",
-            "bad_request",
-        ),
-        (
-            '{"action": "get", "path": "Vehicle.Speed", "requestId": "1",'
-            ' "filter": {"variant": "history", "parameter": "P1D"}}',
-            "404",
-            "unavailable_data",
-        ),
-        ('{"action": "subscribe", "path": "Vehicle.Speed", "requestId": "1"}', "400", "bad_request"),
-        (
-            '{"action": "subscribe", "path": "Vehicle.Speed", "requestId": "1",'
-            ' "filter": {"variant": "timebased", "parameter": {"period": "5"}}}',
-            "400",
-            "bad_request",
-        ),
-        (
-            '{"action": "subscribe", "path": "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen", "requestId": "1",'
-            ' "filter": {"variant": "range", "parameter": {"logic-op": "gt", "boundary": "1"}}}',
-            "400",
-            "invalid_data",
-        ),
-        (
-            '{"action": "subscribe", "path": "Vehicle.Cabin", "requestId": "1",'
-            ' "filter": {"variant": "change", "parameter": {"logic-op": "ne", "diff": "0"}}}',
-            "400",
-            "bad_request",
-        ),
-        ('{"action": "unsubscribe", "subscriptionId": "999", "requestId": "1"}', "404", "unavailable_data"),
-    ],
-)
-def test_bad_requests_get_the_spec_errors_and_the_connection_goes_on(
-    region: Region, viss: Client, car: str, message: str, number: str, reason: str
-) -> None:
-    doc = json.loads(message) if message.startswith("{") else None
-    if doc is not None and "requestId" in doc:
-        doc["authorization"] = viss.token
-        message = json.dumps(doc)
-    viss.ws.send(message)
-    r = json.loads(viss.ws.recv(timeout=10))
-    assert r["error"]["number"] == number and r["error"]["reason"] == reason, r
-    assert r["error"]["description"] and r["error"]["code"]
-    assert r["ts"].endswith("Z")
-    if doc is not None and "requestId" in doc:
-        assert r["requestId"] == "1"
+BAD_REQUESTS = [
+    ("not json", "400", "bad_request"),
+    ("[" + " " * 20_000 + "]", "400", "bad_request"),  # longer than a request may be
+    ('["get"]', "400", "bad_request"),
+    ('{"action": "get", "path": "Vehicle.Speed"}', "400", "bad_request"),  # no requestId
+    ('{"action": "fly", "path": "Vehicle.Speed", "requestId": "1"}', "400", "bad_request"),
+    ('{"action": "set", "path": "Vehicle.Speed", "value": "1", "requestId": "1"}', "400", "invalid_data"),
+    ('{"action": "get", "path": "Vehicle.*", "requestId": "1"}', "400", "bad_request"),
+    ('{"action": "get", "path": "Vehicle.Speed/X", "requestId": "1"}', "400", "bad_request"),
+    ('{"action": "get", "path": "Vehicle.Warp.Drive", "requestId": "1"}', "404", "unavailable_data"),
+    ('{"action": "get", "path": "Aircraft.Speed", "requestId": "1"}', "404", "unavailable_data"),
+    (
+        '{"action": "get", "path": "Vehicle", "requestId": "1", "filter": {"variant": "paths", "parameter": "No.*"}}',
+        "404",
+        "unavailable_data",
+    ),
+    (
+        '{"action": "get", "path": "Vehicle.Speed", "requestId": "1",'
+        ' "filter": {"variant": "timebased", "parameter": {"period": "500"}}}',
+        "400",
+        "bad_request",
+    ),
+    (
+        '{"action": "get", "path": "Vehicle.Speed", "requestId": "1",'
+        ' "filter": {"variant": "history", "parameter": "P1D"}}',
+        "404",
+        "unavailable_data",
+    ),
+    ('{"action": "subscribe", "path": "Vehicle.Speed", "requestId": "1"}', "400", "bad_request"),
+    (
+        '{"action": "subscribe", "path": "Vehicle.Speed", "requestId": "1",'
+        ' "filter": {"variant": "timebased", "parameter": {"period": "5"}}}',
+        "400",
+        "bad_request",
+    ),
+    (
+        '{"action": "subscribe", "path": "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen", "requestId": "1",'
+        ' "filter": {"variant": "range", "parameter": {"logic-op": "gt", "boundary": "1"}}}',
+        "400",
+        "invalid_data",
+    ),
+    (
+        '{"action": "subscribe", "path": "Vehicle.Cabin", "requestId": "1",'
+        ' "filter": {"variant": "change", "parameter": {"logic-op": "ne", "diff": "0"}}}',
+        "400",
+        "bad_request",
+    ),
+    ('{"action": "unsubscribe", "subscriptionId": "999", "requestId": "1"}', "404", "unavailable_data"),
+]
+
+
+def test_bad_requests_get_the_spec_errors_and_the_connection_goes_on(region: Region, viss: Client, car: str) -> None:
+    for message, number, reason in BAD_REQUESTS:
+        doc = json.loads(message) if message.startswith("{") else None
+        if doc is not None and "requestId" in doc:
+            doc["authorization"] = viss.token
+            message = json.dumps(doc)
+        viss.ws.send(message)
+        r = json.loads(viss.ws.recv(timeout=10))
+        assert r["error"]["number"] == number and r["error"]["reason"] == reason, (message, r)
+        assert r["error"]["description"] and r["error"]["code"]
+        assert r["ts"].endswith("Z")
+        if doc is not None and "requestId" in doc:
+            assert r["requestId"] == "1"
+    viss.ws.send(b"\xff\xfe")  # a binary frame that is not UTF-8 JSON
+    assert json.loads(viss.ws.recv(timeout=10))["error"]["reason"] == "bad_request"
     publish(region, car, {SPEED: 7.0})
     assert viss.request("get", path=SPEED)["data"]["dp"]["value"] == "7.0"  # still serving
 
@@ -331,6 +331,7 @@ def test_grant_holder_sees_exactly_the_grant(
     with connect(ws_url(server, car)) as ws:
         c = Client(ws, secret)
         assert c.request("get", path=SPEED)["data"]["dp"]["value"] == "55.0"
+        assert c.request("get", path=SPEED)["data"]["dp"]["value"] == "55.0"  # recorded once per connection
         r = c.request("get", path=SOC)
         assert (r["error"]["number"], r["error"]["reason"], r["error"]["code"]) == (
             "403",
@@ -359,10 +360,13 @@ def test_grant_holder_sees_exactly_the_grant(
         r = Client(ws, token_of(owner)).request("get", path="Vehicle.CurrentLocation")
         assert float(dp(r["data"])[LAT]["value"]) == lat
     reads = region.audit.list(owner.owner_id, action="live.read")
-    assert any(e.actor.startswith("token:") for e in reads) and any(e.actor.startswith("owner:") for e in reads)
+    by_token = [e for e in reads if e.actor.startswith("token:")]
+    assert len(by_token) == 2 and any(e.actor.startswith("owner:") for e in reads)  # speed, then the location
+    assert all(json.loads(e.detail)["purpose"] == "personal" for e in by_token)
     assert region.audit.list(owner.owner_id, action="live.subscribe") == []  # the subscription was refused
 
 
+@pytest.mark.slow  # waits for the re-check of grants, consent and holds
 def test_revocation_ends_the_subscription(
     region: Region, server: BackgroundServer, owner: OwnerClient, car: str
 ) -> None:
@@ -384,6 +388,7 @@ def test_revocation_ends_the_subscription(
         assert r["error"]["number"] == "404"  # the server ended it
 
 
+@pytest.mark.slow  # waits for the re-check of grants, consent and holds
 def test_consent_stop_and_legal_hold_end_the_subscription(
     region: Region, viss: Client, owner: OwnerClient, car: str
 ) -> None:
@@ -408,3 +413,31 @@ def test_consent_stop_and_legal_hold_end_the_subscription(
     while "error" not in (e := viss.event(soc["subscriptionId"])):
         assert time.monotonic() < deadline
     assert e["error"]["code"] == "data_frozen"
+
+
+@pytest.mark.slow  # waits for the re-check of grants, consent and holds
+def test_suspended_app_loses_its_stream(region: Region, server: BackgroundServer, owner: OwnerClient, car: str) -> None:
+    app, _ = region.apps.register(
+        name="Wallbox",
+        legal_entity="Wallbox Ltd",
+        jurisdiction="cn",
+        contact="dev@wallbox.example",
+        purposes=["charging"],
+        redirect_uris=["https://wallbox.example/cb"],
+    )
+    region.apps.decide(app.client_id, "approved", by="operator")
+    grant = region.grants.create(
+        owner.owner_id, kind="app", client_id=app.client_id, vins=[car], signals=[SOC], purpose="charging", live=True
+    )
+    token, _ = region.accounts.issue(owner.owner_id, "access", grant_id=grant.id, client_id=app.client_id)
+    publish(region, car, {SOC: 50.0})
+    with connect(ws_url(server, car), additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        c = Client(ws)
+        r = c.request("subscribe", path=SOC, filter={"variant": "timebased", "parameter": {"period": "200"}})
+        c.event(r["subscriptionId"])
+        region.apps.decide(app.client_id, "suspended", by="operator")
+        deadline = time.monotonic() + 5
+        while "error" not in (e := c.event(r["subscriptionId"])):
+            assert time.monotonic() < deadline
+        assert (e["error"]["number"], e["error"]["code"]) == ("403", "app_not_approved")
+    assert region.audit.list(owner.owner_id, action="live.subscribe")[0].actor == f"app:{app.client_id}"

@@ -440,6 +440,19 @@ def served(values: dict[str, LiveValue], view: ScopedView) -> dict[str, LiveValu
 
 
 # ----------------------------------------------------------------------------------------------- session
+def _once(tick: dict[Any, Any], key: Any, read: Callable[[], Any]) -> Any:
+    """``read()`` once per tick: its result, or the same refusal raised again."""
+    if key not in tick:
+        try:
+            tick[key] = (read(), None)
+        except CarVaultError as e:
+            tick[key] = (None, e)
+    value, error = tick[key]
+    if error is not None:
+        raise error
+    return value
+
+
 @dataclass
 class Allowance:
     """What a request is allowed: the caller's access, the signals it may stream now, and the token used."""
@@ -500,19 +513,21 @@ class VissSession:
         self._next_id = 1
         self._send_lock = asyncio.Lock()
         self._checker: asyncio.Task[None] | None = None
+        self._recorded: set[tuple[str, tuple[str, ...]]] = set()
 
     # ----------------------------------------------------------------- authorisation
-    def authorise(self, token: str | None, selection: Selection) -> Allowance:
-        """The caller behind ``token`` may stream ``selection`` of this vehicle now (blocking: DB reads)."""
+    def authorise(self, token: str | None, selection: Selection, tick: dict[Any, Any] | None = None) -> Allowance:
+        """The caller behind ``token`` may stream ``selection`` of this vehicle now (blocking: DB reads).
+
+        ``tick`` shares the reads (token, grant, hold, consent) between the subscriptions re-checked together.
+        """
         if not token:
             raise Unauthenticated("Access token is missing: send it as authorization or at the WebSocket upgrade")
-        principal = self.accounts.resolve(token)
-        access = self.grants.access(principal, self.vin)
-        if access.view.scope is not None and not access.view.scope.live:
-            raise OutOfScope("this grant does not include live access (scope 'live')", vin=self.vin)
+        tick = {} if tick is None else tick
+        access = _once(tick, ("access", token), lambda: self._access(token))
         access.view.signals(list(selection.leaves))  # OutOfScope for anything beyond the grant
-        self.check_served(access.vin)  # a legal hold after a deletion request freezes the data
-        policy = self.policy_of(access.vin)
+        _once(tick, "hold", lambda: self.check_served(access.vin))  # a hold after a deletion request freezes data
+        policy = _once(tick, "policy", lambda: self.policy_of(access.vin))
         at = now_ms()
         stopped = {s: self.catalogue[s].category for s in selection.leaves}
         stopped = {s: c for s, c in stopped.items() if policy.status(c, at) != COLLECTING}
@@ -524,8 +539,21 @@ class VissSession:
             raise ConsentNotGiven("collection of every signal named is stopped")
         return Allowance(access, leaves, token)
 
-    def _record(self, grant: Allowance, action: AuditAction, detail: dict[str, Any], rows: int = 0) -> None:
-        self.grants.record_read(grant.access, action, {"via": "viss", "signals": len(grant.leaves), **detail}, rows)
+    def _access(self, token: str) -> Access:
+        """The token's access to this vehicle, with live access for a grant holder."""
+        access = self.grants.access(self.accounts.resolve(token), self.vin)
+        if access.view.scope is not None and not access.view.scope.live:
+            raise OutOfScope("this grant does not include live access (scope 'live')", vin=self.vin)
+        return access
+
+    async def _record(self, grant: Allowance, action: AuditAction, detail: dict[str, Any], rows: int = 0) -> None:
+        """Record a live read in the owner's access log: once per connection, token and set of signals."""
+        key = (grant.token, grant.leaves)
+        if key in self._recorded:
+            return
+        self._recorded.add(key)
+        detail = {"via": "viss", "signals": len(grant.leaves), **detail}
+        await asyncio.to_thread(self.grants.record_read, grant.access, action, detail, rows)
 
     # -------------------------------------------------------------------- messages in
     async def handle(self, text: str | bytes) -> None:
@@ -544,6 +572,8 @@ class VissSession:
                 await self.send(await self._unsubscribe(request))
         except CarVaultError as e:
             await self.send(error_message(action, rid, e))
+        except SQLAlchemyError:
+            await self.send(error_message(action, rid, Unavailable("The server is temporarily unable to answer")))
 
     async def _get(self, request: Request) -> dict[str, Any]:
         assert request.path is not None
@@ -555,7 +585,7 @@ class VissSession:
         )
         if not values:
             raise NotFound("Data temporarily unaccessible: the car has sent no live value for this yet", vin=self.vin)
-        await asyncio.to_thread(self._record, grant, AuditAction.LIVE_READ, {"path": request.path}, len(values))
+        await self._record(grant, AuditAction.LIVE_READ, {"path": request.path}, len(values))
         return {
             "action": "get",
             "requestId": request.request_id,
@@ -574,7 +604,7 @@ class VissSession:
         if selection.trigger is not None:
             baseline = served(self.live.latest(self.vin), grant.access.view).get(selection.trigger)
             sub.previous = baseline.value if baseline else None
-        await asyncio.to_thread(self._record, grant, AuditAction.LIVE_SUBSCRIBE, {"path": request.path})
+        await self._record(grant, AuditAction.LIVE_SUBSCRIBE, {"path": request.path})
         stream = None if isinstance(request.trigger, TimeBased) else self.live.subscribe(self.vin)
         self.subscriptions[sub.id] = sub
         await self.send(
@@ -642,17 +672,30 @@ class VissSession:
         """Re-authorise every open subscription; end those no longer allowed with the spec's error event."""
         while True:
             await asyncio.sleep(RECHECK_S)
-            for sub in list(self.subscriptions.values()):
-                try:
-                    fresh = await asyncio.to_thread(self.authorise, sub.grant.token, sub.selection)
-                except CarVaultError as e:
-                    await self.end(sub, e)
-                    continue
-                except SQLAlchemyError:  # the metadata DB is unreachable: end rather than stream unchecked
-                    await self.end(sub, Unavailable("The server is temporarily unable to check this subscription"))
-                    continue
-                if set(fresh.leaves) != set(sub.grant.leaves):
-                    await self.end(sub, ConsentNotGiven("collection of some signals of this subscription stopped"))
+            subs = list(self.subscriptions.values())
+            if subs:
+                for sub, problem in await asyncio.to_thread(self._verdicts, subs):
+                    if problem is not None:
+                        await self.end(sub, problem)
+
+    def _verdicts(self, subs: list[Subscription]) -> list[tuple[Subscription, CarVaultError | None]]:
+        """For each subscription, why it may no longer stream (None: it may), from one round of reads."""
+        tick: dict[Any, Any] = {}
+        out: list[tuple[Subscription, CarVaultError | None]] = []
+        for sub in subs:
+            try:
+                fresh = self.authorise(sub.grant.token, sub.selection, tick)
+            except CarVaultError as e:
+                out.append((sub, e))
+                continue
+            except SQLAlchemyError:  # the metadata DB is unreachable: end rather than stream unchecked
+                out.append((sub, Unavailable("The server is temporarily unable to check this subscription")))
+                continue
+            changed = set(fresh.leaves) != set(sub.grant.leaves)
+            out.append(
+                (sub, ConsentNotGiven("collection of some signals of this subscription stopped") if changed else None)
+            )
+        return out
 
     async def end(self, sub: Subscription, e: CarVaultError) -> None:
         """End a subscription with an error event (VISS: the server terminates it after the event)."""
