@@ -279,7 +279,12 @@ CREATE INDEX ix_vehicle_events_t_ms ON vehicle_events (t_ms);
 CREATE INDEX ix_vehicle_events_vin ON vehicle_events (vin);
 """
 
-NEW_COLUMNS = {"vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms"}, "batches": {"leaf_version", "leaf_hash"}}
+NEW_COLUMNS = {
+    "vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms"},
+    "batches": {"leaf_version", "leaf_hash"},
+    "credentials": {"grant_id", "client_id", "family", "scope"},  # sharing (issue 9): tokens acting for a grant
+    "export_jobs": {"grant_id"},  # sharing: an export a grant holder asked for
+}
 VIN = "WVWZZZ1JZXW000001"
 BATCH_HASH = "ab" * 32
 
@@ -342,6 +347,13 @@ def check_upgrade(url: str, data_dir: Path, **settings: Any) -> None:
             "batches.leaf_version",
             "batches.leaf_hash",
             "ix_batches_leaf_hash",
+            "credentials.grant_id",
+            "credentials.client_id",
+            "credentials.family",
+            "credentials.scope",
+            "ix_credentials_grant_id",
+            "ix_credentials_family",
+            "export_jobs.grant_id",
         }
         for table, new in NEW_COLUMNS.items():
             assert new <= columns_of(db.engine, table)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -272,7 +273,7 @@ def test_every_grant_aware_route_is_in_the_table(region: Region) -> None:
         # Routes that hand the caller to a service applying its own grant are tested with that service.
         if current_caller in calls and current_owner not in calls and route.path not in DELEGATED:
             aware.add(route.path)
-    assert aware == set(ROUTES)
+    assert aware == set(ROUTES) | EXPORT_ROUTES
 
 
 def test_scope_table(world: World) -> None:
@@ -442,3 +443,95 @@ def test_a_sold_car_leaves_the_old_owners_grants(world: World) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (403, "out_of_scope")
         assert w.http.get("/api/v1/vehicles", headers=w.headers(caller)).json() == []
     assert json.loads(w.grants["app"].vins) == [V1]  # the grant still names it; it just covers nothing now
+
+
+# ------------------------------------------------------------------------------------------------ exports
+EXPORT_ROUTES = {"/api/v1/exports", "/api/v1/exports/{export_id}", "/api/v1/exports/{export_id}/download"}
+
+
+def _finished(w: World, caller: str, job_id: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = w.http.get(f"/api/v1/exports/{job_id}", headers=w.headers(caller)).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"export {job_id} did not finish")
+
+
+def test_grant_holders_export_within_their_grant(world: World) -> None:
+    w = world
+
+    def start(caller: str, **body: Any) -> httpx.Response:
+        return w.http.post("/api/v1/exports", headers=w.headers(caller), json={"vin": V1, **body})
+
+    # Refused at once: outside the window, outside the signals, another car, a GPX without location.
+    for caller, body, code in (
+        ("app", {"start": LO - 1, "end": HI, "format": "csv"}, "out_of_scope"),
+        ("app", {"start": LO, "end": HI + 1, "format": "csv"}, "out_of_scope"),
+        ("app", {"format": "csv", "signals": "Vehicle.Powertrain"}, "out_of_scope"),
+        ("narrow", {"format": "gpx"}, "out_of_scope"),
+        ("car2", {"format": "csv"}, "out_of_scope"),
+        ("suspended", {"format": "csv"}, "app_not_approved"),
+        ("expired", {"format": "csv"}, "unauthenticated"),
+    ):
+        r = start(caller, **body)
+        assert r.json()["error"]["code"] == code, (caller, body, r.text)
+    # The whole history, for a grant, is the grant's window; its file holds the granted signals, coarse location.
+    r = start("app", format="json")
+    assert r.status_code == 202, r.text
+    job = _finished(w, "app", r.json()["id"])
+    assert job["status"] == "done" and (job["start_ms"], job["end_ms"]) == (LO, HI) and job["grant_id"]
+    body = w.http.get(job["download"], headers=w.headers("app")).json()
+    allowed = {s.path for s in w.region.catalogue.select(GRANTED)}
+    assert set(body["signals"]) <= allowed and "Vehicle.Speed" in body["signals"] and body["rows"] == 1800
+    assert body["t"][0] == LO and body["t"][-1] == HI - 100
+    pairs = [(a, b) for a, b in zip(body["signals"][LAT], body["signals"][LON], strict=True) if a is not None]
+    assert pairs and all(_is_cell_centre(a, b) for a, b in pairs)
+    # Resampled exports are coarsened after averaging.
+    res = _finished(w, "app", start("app", format="json", resample="10s", signals=f"{LAT},{LON}").json()["id"])
+    got = w.http.get(res["download"], headers=w.headers("app")).json()
+    assert got["rows"] == 18 and all(
+        _is_cell_centre(a, b) for a, b in zip(got["signals"][LAT], got["signals"][LON], strict=True) if a is not None
+    )
+    # The personal token holds precise location: its GPX is the owner's.
+    gpx = _finished(w, "pat", start("pat", format="gpx", start=LO, end=LO + 60_000).json()["id"])
+    own = _finished(w, "owner", start("owner", format="gpx", start=LO, end=LO + 60_000).json()["id"])
+    assert (
+        w.http.get(gpx["download"], headers=w.headers("pat")).content.split(b"<trkseg>")[1]
+        == (w.http.get(own["download"], headers=w.a.headers).content.split(b"<trkseg>")[1])
+    )
+    # Each holder sees only the jobs made under its grant; the owner sees all of them.
+    mine = {j["id"] for j in w.http.get("/api/v1/exports", headers=w.headers("app")).json()}
+    assert mine == {job["id"], res["id"]}
+    assert {job["id"], res["id"], gpx["id"], own["id"]} <= {
+        j["id"] for j in w.http.get("/api/v1/exports", headers=w.a.headers).json()
+    }
+    assert w.http.get("/api/v1/exports", headers=w.headers("narrow")).json() == []
+    for path in (f"/api/v1/exports/{job['id']}", job["download"]):
+        r = w.http.get(path, headers=w.headers("pat"))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    # Every step is in the owner's log under the app's name, and the download counts as served rows.
+    events = w.region.audit.list(w.a.owner_id, actor=f"app:{w.client_id}", limit=1000)
+    assert {"export.create", "export.download"} <= {e.action for e in events}
+    assert not [e for e in w.region.audit.list(w.a.owner_id, action="telemetry.export") if "app" in e.actor]
+    assert w.region.grants.get(w.a.owner_id, w.grants["app"].id).rows_served == 1800 + 18
+    # Revocation reaches the job at once: status and download answer 401; the owner still has it.
+    w.region.grants.revoke(w.a.owner_id, w.grants["app"].id)
+    for path in (f"/api/v1/exports/{job['id']}", job["download"]):
+        assert w.http.get(path, headers=w.headers("app")).status_code == 401
+    assert w.http.get(f"/api/v1/exports/{job['id']}", headers=w.a.headers).status_code == 200
+
+
+def test_an_export_queued_under_a_grant_fails_once_the_grant_ends(world: World) -> None:
+    from carvault.access.jobs import ExportJobs
+
+    w = world
+    jobs = ExportJobs(w.region, background=False)
+    g = w.grants["pat"]
+    view = w.region.grants.access(w.region.accounts.resolve(w.tokens["pat"]), V1).view
+    job = jobs.create(w.a.owner_id, V1, start_ms=LO, end_ms=HI, fmt="csv", view=view, grant_id=g.id)
+    w.region.grants.revoke(w.a.owner_id, g.id)
+    assert jobs.run(job.id)
+    failed = jobs.get(w.a.owner_id, job.id)
+    assert failed.status == "failed" and "revoked" in (failed.error or "") and failed.file_name is None

@@ -3,8 +3,9 @@
 Classes (docs/sharing.md, "How a grant is enforced"):
 
 - **public** — an explicit allow-list below, each with its reason; none takes a ``{vin}``.
-- **vehicle-signed** — the car's own uploads and policy fetch (tag "vehicle upload"), authenticated by the car's
-  Ed25519 key or bound to a batch the car signed; none takes a ``{vin}`` in its path.
+- **vehicle-signed** — the car's own uploads, live channel and policy fetch (tag "vehicle upload", or a WebSocket
+  calling ``authenticate_vehicle``), authenticated by the car's Ed25519 key or bound to a batch the car signed;
+  none takes a ``{vin}`` in its path.
 - **owner-only** — depends on ``current_owner`` (grant tokens get ``403 owner_only``).
 - **grant-aware** — depends on ``current_caller`` and its endpoint reaches vehicles only through
   ``region.grants.access`` (or ``region.grants.vehicles`` for the listing), which hands back the grant's
@@ -119,6 +120,10 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
     if isinstance(route, APIWebSocketRoute):
         if path in DELEGATED:
             return _delegated(path, route)
+        if "authenticate_vehicle" in inspect.getsource(route.endpoint):  # the car's own signed channel
+            if "{vin}" in path:
+                return "vehicle-signed", f"{path}: a vehicle route names its VIN in a signed header, not the path"
+            return "vehicle-signed", ""
         return "unknown", f"{path}: a WebSocket route the guard does not know (add it to DELEGATED with its door)"
     if isinstance(route, Mount):
         return "static", "" if path == "/static" else f"unexpected mount {path}"

@@ -271,7 +271,11 @@ class Grants:
     def _in_force(self, caller: Principal) -> tuple[Grant, App | None]:
         """The caller's grant and app, re-read now: revoked, ended, suspended or foreign recipients stop here."""
         assert caller.grant_id is not None
-        grant = self.live(caller.grant_id)
+        return self.in_force(caller.grant_id)
+
+    def in_force(self, grant_id: int) -> tuple[Grant, App | None]:
+        """A grant and its app, re-read now (work done later for a grant holder, e.g. an export, asks again)."""
+        grant = self.live(grant_id)
         app = None
         if grant.client_id is not None:
             app = self.apps.get(grant.client_id)

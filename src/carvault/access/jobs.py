@@ -7,6 +7,10 @@ while it works it renews the lease with every progress update, and stops as soon
 job no longer its own (cancelled, or taken over after the worker stalled). A job whose process died is
 picked up again by any process when its lease runs out (``kick``, called when anyone looks at jobs).
 
+A grant holder's job (``grant_id`` set) is built within that grant, re-read when the job runs: only the granted
+signals, a window inside the grant's, and location coarsened after resampling unless precise location is granted
+(compliance/sharing.py). A revoked or ended grant fails the job.
+
 The file is built chunk by chunk (an hour of data, or one resampling interval if longer, with edges on
 multiples of the interval so resampled buckets are never split), which keeps memory flat and makes the
 result equal to what ``GET /api/v1/vehicles/{vin}/telemetry`` answers for the same window and format.
@@ -36,6 +40,7 @@ from sqlalchemy.engine import CursorResult, Result
 from carvault.access.audit import AuditAction
 from carvault.access.exports import _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
+from carvault.compliance.sharing import Scope, ScopedView
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
 from carvault.signals import Signal
 from carvault.store.metadata import BatchRecord, now_ms
@@ -72,6 +77,7 @@ def job_json(j: ExportJob) -> dict[str, Any]:
         "format": j.format,
         "signals": j.signals or None,
         "resample_ms": j.resample_ms,
+        "grant_id": j.grant_id,
         "status": j.status,
         "progress": round(j.progress, 4),
         "rows": j.rows,
@@ -156,11 +162,19 @@ class ExportJobs:
         fmt: str,
         signals: str | None = None,
         resample_ms: int | None = None,
+        view: ScopedView | None = None,
+        grant_id: int | None = None,
     ) -> ExportJob:
-        """Queue an export of [start_ms, end_ms), or of everything when both are None."""
+        """Queue an export of [start_ms, end_ms), or of everything when both are None.
+
+        ``view`` and ``grant_id`` for a grant holder: the signals and the window must lie inside the grant (the
+        whole history is cut to the grant's window), else ``OutOfScope``.
+        """
         if fmt not in FORMATS:
             raise InvalidQuery(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", format=fmt)
-        self._signals(signals, fmt)  # fail now, not in the background
+        if (view is None or view.is_owner) != (grant_id is None):
+            raise ValueError("a grant holder's export names its grant and its view, an owner's neither")
+        self._signals(signals, fmt, view)  # fail now, not in the background
         whole = start_ms is None and end_ms is None
         if whole:
             with self.region.db.session() as s:
@@ -172,8 +186,14 @@ class ExportJobs:
             if lo is None:
                 raise NotFound("this vehicle has not uploaded any data yet", vin=vin)
             start_ms, end_ms = int(lo), int(hi) + 1
+            if view is not None:
+                start_ms, end_ms = view.clip(start_ms, end_ms)
+                if end_ms <= start_ms:
+                    raise NotFound("this vehicle has no data within the grant's window", vin=vin)
         elif start_ms is None or end_ms is None:
             raise InvalidQuery("give both start and end, or neither for the whole history")
+        elif view is not None:
+            view.window(start_ms, end_ms)
         if end_ms <= start_ms:
             raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
         job = ExportJob(
@@ -185,33 +205,38 @@ class ExportJobs:
             format=fmt,
             signals=(signals or "").strip(),
             resample_ms=resample_ms,
+            grant_id=grant_id,
         )
         with self.region.db.session() as s:
             s.add(job)
         self.submit(job.id)
         return job
 
-    def get(self, owner_id: int, job_id: int) -> ExportJob:
-        """One of the owner's jobs (``NotFound`` for anyone else's)."""
+    def get(self, owner_id: int, job_id: int, grant_id: int | None = None) -> ExportJob:
+        """One of the owner's jobs (``NotFound`` for anyone else's); a grant holder's own jobs only."""
         self.kick()
         with self.region.db.session() as s:
             j = s.get(ExportJob, job_id)
-        if j is None or j.owner_id != owner_id:
+        if j is None or j.owner_id != owner_id or (grant_id is not None and j.grant_id != grant_id):
             raise NotFound("no such export")
         return j
 
-    def for_owner(self, owner_id: int, vin: str | None = None, limit: int = 50) -> list[ExportJob]:
-        """The owner's jobs, newest first."""
+    def for_owner(
+        self, owner_id: int, vin: str | None = None, limit: int = 50, grant_id: int | None = None
+    ) -> list[ExportJob]:
+        """The owner's jobs (a grant holder: those made under its grant), newest first."""
         self.kick()
         q = select(ExportJob).where(ExportJob.owner_id == owner_id)
+        if grant_id is not None:
+            q = q.where(ExportJob.grant_id == grant_id)
         if vin:
             q = q.where(ExportJob.vin == vin)
         with self.region.db.session() as s:
             return list(s.scalars(q.order_by(ExportJob.id.desc()).limit(limit)))
 
-    def cancel(self, owner_id: int, job_id: int) -> ExportJob:
+    def cancel(self, owner_id: int, job_id: int, grant_id: int | None = None) -> ExportJob:
         """Stop a job (its worker notices at its next progress update) or delete a finished job's file."""
-        j = self.get(owner_id, job_id)
+        j = self.get(owner_id, job_id, grant_id)
         with self.region.db.session() as s:
             s.execute(
                 update(ExportJob)
@@ -220,7 +245,7 @@ class ExportJobs:
             )
         if j.file_name:
             (self.folder / j.file_name).unlink(missing_ok=True)
-        return self.get(owner_id, job_id)
+        return self.get(owner_id, job_id, grant_id)
 
     def open_file(self, job: ExportJob) -> Path:
         """The finished file of a job."""
@@ -376,21 +401,9 @@ class ExportJobs:
                 )
                 if res.rowcount != 1:
                     raise _LeaseLost()
-            self.region.audit.by_owner(
-                job.owner_id,
-                AuditAction.TELEMETRY_EXPORT,
-                vin=job.vin,
-                detail={
-                    "export_id": job.id,
-                    "start_ms": job.start_ms,
-                    "end_ms": job.end_ms,
-                    "format": job.format,
-                    "signals": job.signals or "*",
-                    "resample_ms": job.resample_ms,
-                    "rows": rows,
-                    "sha256": digest,
-                },
-            )
+            # A grant holder's export is recorded when it asks for it and when it downloads the file (routes/exports).
+            if job.grant_id is None:
+                self._record_done(job, rows, digest)
             return True
         except _LeaseLost:
             part.unlink(missing_ok=True)
@@ -409,14 +422,45 @@ class ExportJobs:
                 )
             return True
 
+    def _record_done(self, job: ExportJob, rows: int, digest: str) -> None:
+        """The owner's own finished export, in their audit log."""
+        self.region.audit.by_owner(
+            job.owner_id,
+            AuditAction.TELEMETRY_EXPORT,
+            vin=job.vin,
+            detail={
+                "export_id": job.id,
+                "start_ms": job.start_ms,
+                "end_ms": job.end_ms,
+                "format": job.format,
+                "signals": job.signals or "*",
+                "resample_ms": job.resample_ms,
+                "rows": rows,
+                "sha256": digest,
+            },
+        )
+
     # ------------------------------------------------------------------ building
-    def _signals(self, selectors: str | None, fmt: str) -> list[Signal]:
+    def _signals(self, selectors: str | None, fmt: str, view: ScopedView | None = None) -> list[Signal]:
+        """The signals a job exports; within a grant's view only what it covers (``OutOfScope`` otherwise)."""
         cat = self.region.catalogue
         if fmt == "gpx":
+            if view is not None:
+                view.require(ROUTE_SIGNALS, "a GPX export")
             return [cat[p] for p in ROUTE_SIGNALS]
-        return cat.select(selectors.split(",") if selectors else None)
+        wanted = selectors.split(",") if selectors else None
+        return view.signals(wanted) if view is not None else cat.select(wanted)
 
-    def _tables(self, job: ExportJob, signals: list[Signal]) -> Iterator[tuple[pa.Table, float]]:
+    def _view(self, job: ExportJob) -> ScopedView | None:
+        """A grant holder's job: the grant's view as it stands now (refused once revoked, ended or suspended)."""
+        if job.grant_id is None:
+            return None
+        grant, _ = self.region.grants.in_force(job.grant_id)
+        return ScopedView(self.region.catalogue, job.vin, Scope.of_grant(grant))
+
+    def _tables(
+        self, job: ExportJob, signals: list[Signal], view: ScopedView | None = None
+    ) -> Iterator[tuple[pa.Table, float]]:
         """The window chunk by chunk, with the fraction done after each chunk."""
         r = self.region
         interval = job.resample_ms
@@ -427,10 +471,15 @@ class ExportJobs:
             table = r.telemetry.window(job.vin, a, b, signals)
             if interval and table.num_rows:
                 table = resample(table, interval)
+            if view is not None:  # after resampling, so averaged positions are cell centres too
+                table = view.location(table)
             yield table, (k + 1) / len(todo)
 
     def _build(self, job: ExportJob, out: BinaryIO) -> int:
-        signals = self._signals(job.signals, job.format)
+        view = self._view(job)
+        if view is not None:
+            view.window(job.start_ms, job.end_ms)  # the grant may have been narrowed since; never widen it
+        signals = self._signals(job.signals, job.format, view)
         meta = {
             "vin": job.vin,
             "start_ms": job.start_ms,
@@ -446,13 +495,13 @@ class ExportJobs:
 
         if job.format == "csv":
             out.write(_csv(empty, header=True))
-            for table, done in self._tables(job, signals):
+            for table, done in self._tables(job, signals, view):
                 out.write(_csv(table, header=False))
                 rows += table.num_rows
                 progress(done)
         elif job.format == "gpx":
             gpx = GpxWriter(out, gpx_name(job.vin, job.start_ms, job.end_ms), "Exported by CarVault")
-            for table, done in self._tables(job, signals):
+            for table, done in self._tables(job, signals, view):
                 rows += gpx.write(table)
                 progress(done)
             gpx.close()
@@ -460,7 +509,7 @@ class ExportJobs:
             with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
                 target = out if job.format == "parquet" else open(Path(tmp) / "data.parquet", "wb")  # noqa: SIM115
                 writer: pq.ParquetWriter | None = None
-                for table, done in self._tables(job, signals):
+                for table, done in self._tables(job, signals, view):
                     if table.num_rows:
                         if writer is None:
                             schema = table.schema.with_metadata({b"carvault.export": json.dumps(meta).encode()})

@@ -25,6 +25,8 @@ class ExportJob(Base):
     format: Mapped[str] = mapped_column(String(16))
     signals: Mapped[str] = mapped_column(Text, default="")  # the owner's selectors; "" = all
     resample_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Set when a grant holder asked for it: the job is built, listed and served within that grant (grants.py).
+    grant_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
