@@ -10,6 +10,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import h3
@@ -18,14 +19,17 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from carvault.access.viss import iso
 from carvault.ingest.live import LiveUpdate, LiveValue
 from carvault.location import LAT, LON
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import now_ms
+from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
+from carvault.vehicle.live import LiveLink, LiveSender
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import opt_in
+from tests.factories import BASE_MS, drive_table, opt_in
 
 SPEED = "Vehicle.Speed"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
@@ -441,3 +445,38 @@ def test_suspended_app_loses_its_stream(region: Region, server: BackgroundServer
             assert time.monotonic() < deadline
         assert (e["error"]["number"], e["error"]["code"]) == ("403", "app_not_approved")
     assert region.audit.list(owner.owner_id, action="live.subscribe")[0].actor == f"app:{app.client_id}"
+
+
+@pytest.mark.slow  # a real car streaming over its own signed WebSocket
+def test_values_from_the_car_reach_a_subscriber(
+    region: Region, server: BackgroundServer, viss: Client, car: str, vehicle: VehicleIdentity, tmp_path: Path
+) -> None:
+    agent = VehicleAgent(vehicle, tmp_path / "car", server.url)
+    agent.fetch_policy()
+    sender = LiveSender(agent, signals=[SPEED])
+    table = drive_table(BASE_MS, seconds=4, paths=[SPEED])
+    frames = sender.frames(table)
+    assert len(frames) == 4
+    sub = viss.request(
+        "subscribe", path=SPEED, filter={"variant": "change", "parameter": {"logic-op": "ne", "diff": "0"}}
+    )
+    assert "error" not in sub, sub
+
+    async def stream() -> None:
+        link = LiveLink(sender, server.url)
+        await link.open()
+        assert all(a["type"] == "ack" for a in await link.send(frames))
+        await link.close()
+
+    asyncio.run(stream())
+    sent = {
+        t: v for t, v in zip(table.column("t").cast("int64").to_pylist(), table.column(SPEED).to_pylist(), strict=True)
+    }
+    got = []
+    while len(got) < 3:  # the first frame sets the baseline; each later one changes speed
+        got.append(viss.event(sub["subscriptionId"])["data"]["dp"])
+    for dp_ in got:
+        t = _ms(dp_["ts"])
+        assert dp_["ts"] == iso(t) and float(dp_["value"]) == pytest.approx(sent[t], rel=1e-6)
+    assert [d["ts"] for d in got] == [iso(BASE_MS + k * 1000) for k in (1, 2, 3)]
+    assert viss.request("get", path=SPEED)["data"]["dp"]["ts"] == iso(BASE_MS + 3000)
