@@ -38,6 +38,7 @@ REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens: the test reads the 
 SCOPE = "vss:Vehicle.Speed vss:Vehicle.Chassis.Brake history"
 NARROWED_AWAY = "Vehicle.Chassis.Brake.PedalPosition"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+FORM = "application/x-www-form-urlencoded"
 WINDOW = {"start": BASE_MS, "end": BASE_MS + 60_000}
 
 
@@ -826,3 +827,43 @@ def test_user_codes_are_read_as_people_type_them(typed: str, stored: str) -> Non
 
 def test_error_descriptions_stay_within_rfc_6749_characters() -> None:
     assert oauth_text('Acme "Insure" \\ 平安') == "Acme ?Insure? ? ??"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"response_type": 'code"'},
+        {"redirect_uri": "http://127.0.0.1:9/\u5e73\u5b89"},
+        {"redirect_uri": 'http://127.0.0.1:9/"x'},
+        {"scope": "vss:\u8f66 history"},
+        {"state": '\u5e73\\"'},
+        {"client_id": "x" * 5000},
+    ],
+    ids=["response-type-quote", "redirect-unicode", "redirect-quote", "scope-unicode", "state-unicode", "long-client"],
+)
+def test_hostile_authorization_requests_get_a_4xx_never_a_500(
+    browser: httpx.Client, server: BackgroundServer, app: Registered, params: dict[str, str]
+) -> None:
+    uri, _ = client_for(server, app).create_authorization_url("/oauth/authorize", code_verifier=generate_token(48))
+    query = {k: v[0] for k, v in parse_qs(urlsplit(uri).query).items()} | {"purpose": "insurance"} | params
+    r = browser.get("/oauth/authorize", params=query)
+    assert r.status_code in (200, 302, 400), r.text[:500]  # state is the app's opaque value: any text is fine
+
+
+def test_hostile_token_requests_get_a_4xx_never_a_500(http: httpx.Client, app: Registered) -> None:
+    for form in (
+        {"grant_type": '\u5e73"'},
+        {"grant_type": "authorization_code", "code": "\u5e73" * 300, "redirect_uri": '"', "code_verifier": "\\"},
+        {"grant_type": "refresh_token", "refresh_token": "x" * 10_000},
+        {"grant_type": DEVICE_GRANT, "device_code": "\u5e73"},
+    ):
+        r = token_request(http, app, **form)
+        assert 400 <= r.status_code < 500 and r.json()["error"], r.text
+    assert (
+        http.post("/oauth/revoke", data={"token": "\u5e73"}, auth=(app.client_id, app.secret or "")).status_code == 200
+    )
+    r = http.post(
+        "/oauth/introspect", data={"token_type_hint": "\u5e73", "token": "x"}, auth=(app.client_id, app.secret or "")
+    )
+    assert 400 <= r.status_code < 500 and r.json()["error"] == "unsupported_token_type"
+    assert http.post("/oauth/token", content=b"a" * 70_000, headers={"Content-Type": FORM}).status_code == 413

@@ -151,13 +151,22 @@ class _Payload(OAuth2Payload):
         return many
 
 
+# authlib repeats these parameters in error descriptions, which refuse characters outside RFC 6749 §5.2's set
+# (a ValueError, not an OAuth error); such a value can never match a registered one anyway.
+_ECHOED = frozenset({"response_type", "redirect_uri"})
+
+
+def _echoable(name: str, value: str) -> str:
+    return oauth_text(value) if name in _ECHOED else value
+
+
 class _Request(OAuth2Request):
     """An ``HttpRequest`` as authlib reads it."""
 
     def __init__(self, http: HttpRequest) -> None:
         super().__init__(http.method, http.url, headers=http.headers)
         self._http = http
-        self.payload = _Payload([*http.form, *http.query])
+        self.payload = _Payload([(k, _echoable(k, v)) for k, v in (*http.form, *http.query)])
 
     @property
     def args(self) -> dict[str, str]:
