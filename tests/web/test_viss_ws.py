@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +25,16 @@ from websockets.sync.client import ClientConnection, connect
 from carvault.access.viss import iso
 from carvault.ingest.live import LiveUpdate, LiveValue
 from carvault.location import LAT, LON
+from carvault.provisioning import provision
 from carvault.region import Region
-from carvault.server import BackgroundServer
+from carvault.server import BackgroundServer, free_port
+from carvault.settings import Settings
 from carvault.store.metadata import now_ms
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from carvault.vehicle.live import LiveLink, LiveSender
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import BASE_MS, drive_table, opt_in
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
 
 SPEED = "Vehicle.Speed"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
@@ -480,3 +485,67 @@ def test_values_from_the_car_reach_a_subscriber(
         assert dp_["ts"] == iso(t) and float(dp_["value"]) == pytest.approx(sent[t], rel=1e-6)
     assert [d["ts"] for d in got] == [iso(BASE_MS + k * 1000) for k in (1, 2, 3)]
     assert viss.request("get", path=SPEED)["data"]["dp"]["ts"] == iso(BASE_MS + 3000)
+
+
+def _nats_server() -> tuple[subprocess.Popen[bytes], str]:
+    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(exe).exists():
+        pytest.fail("nats-server is not installed (scripts/install-system-deps.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"nats://127.0.0.1:{port}"
+        assert time.monotonic() < deadline, "nats-server did not start"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # two replicas and a NATS server
+def test_subscriber_on_another_replica_than_the_car(settings: Settings, tmp_path: Path) -> None:
+    proc, url = _nats_server()
+    a = Region(settings.with_(live_broker=url))
+    b = Region(settings.with_(live_broker=url))  # the same data folder and metadata database: a second replica
+    try:
+        vehicle = provision(a, vin_for(1), tmp_path / "vehicles")
+        with (
+            BackgroundServer(a) as server_a,
+            BackgroundServer(b) as server_b,
+            httpx.Client(base_url=server_a.url) as http,
+        ):
+            owner = make_owner(http)
+            r = http.post(
+                "/api/v1/vehicles/claim",
+                headers=owner.headers,
+                json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code},
+            )
+            assert r.status_code in (200, 201), r.text
+            agent = VehicleAgent(vehicle, tmp_path / "car", server_a.url)
+            agent.fetch_policy()
+            sender = LiveSender(agent, signals=[SPEED])
+            frames = sender.frames(drive_table(BASE_MS, seconds=3, paths=[SPEED]))
+            with connect(ws_url(server_b, vehicle.vin)) as ws:
+                c = Client(ws, token_of(owner))
+                sub = c.request(
+                    "subscribe",
+                    path=SPEED,
+                    filter={"variant": "range", "parameter": {"logic-op": "gt", "boundary": "-100"}},
+                )
+                assert "error" not in sub, sub
+
+                async def stream() -> None:
+                    link = LiveLink(sender, server_a.url)
+                    await link.open()
+                    assert all(x["type"] == "ack" for x in await link.send(frames))
+                    await link.close()
+
+                asyncio.run(stream())
+                got = [c.event(sub["subscriptionId"])["data"]["dp"]["ts"] for _ in frames]
+                assert got == [iso(BASE_MS + k * 1000) for k in range(3)]
+                assert c.request("get", path=SPEED)["data"]["dp"]["ts"] == iso(BASE_MS + 2000)  # B's last-value store
+    finally:
+        a.close()
+        b.close()
+        proc.terminate()
+        proc.wait(10)
