@@ -46,6 +46,8 @@ def portal_login(http: httpx.Client, server: BackgroundServer, o: OwnerClient) -
 def test_pages_over_http_show_grants_and_refuse_forged_or_foreign_revokes(
     http: httpx.Client, server: BackgroundServer, owner: OwnerClient, vehicle: VehicleIdentity, shared: str
 ) -> None:
+    assert http.get("/sharing").headers["location"] == "/login?next=/sharing"  # logged out
+    assert http.get("/developers").status_code == 200  # public
     portal_login(http, server, owner)
     page = http.get("/sharing")
     assert page.status_code == 200

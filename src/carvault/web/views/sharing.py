@@ -54,7 +54,7 @@ def grant_view(p: Page, g: dict[str, Any], catalogue: list[dict[str, Any]], cars
     elif g["kind"] == "pat":
         who = g["label"] or p.t("sharing.unnamed_token")
     else:
-        who = p.t("sharing.kind.portability")
+        who = g["label"] or p.t("sharing.kind.portability")
     if g["from_ms"] is None and g["to_ms"] is None:
         window = p.t("sharing.window_all")
     elif g["to_ms"] is None:
