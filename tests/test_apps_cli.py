@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -139,3 +142,18 @@ def test_suspending_an_app_stops_its_tokens_at_once(
     ]
     assert decisions[0]["actor"] == "operator:ops-alice" and decisions[1]["reason"] == "complaint"
     assert region.audit.verify_chain(None) >= 5
+
+
+def test_runs_as_a_module_too(region: Region) -> None:
+    """`python -m carvault.cli` imports carvault.cli twice (as __main__ and by this sub-app): both must load."""
+    add(region)
+    where = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
+    done = subprocess.run(
+        [sys.executable, "-m", "carvault.cli", "apps", "list", "--status", "pending", *where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fleetwise" in done.stdout and "apps (pending): 1" in done.stdout
