@@ -7,15 +7,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
+from authlib.integrations.httpx_client import OAuth2Client
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from carvault.errors import CarVaultError
 from carvault.protocol import TIME_TYPE, make_batch
 from carvault.provisioning import provision
 from carvault.region import Region
@@ -109,6 +112,8 @@ class _World:
     auth: dict[str, str] | None = None
     cars: list[VehicleIdentity] | None = None
     foreign: VehicleIdentity | None = None
+    password: str = ""
+    owner_id: int = 0
 
 
 def _run_steps(
@@ -126,12 +131,13 @@ def _run_steps(
     total, first_blob, first_receipt, agent = _simulate_and_upload(w)
     _refusals(w, agent, first_blob, first_receipt)
     _records(w, total)
+    _sharing(w)
 
 
 def _owner_and_cars(w: _World) -> None:
     """An owner account, three cars in cn and one in eu, pairing over the API, a lasting location opt-in."""
-    password = secrets.token_urlsafe(12)
-    w.cn.accounts.register(DEMO_EMAIL, password, "Demo Owner")
+    password = w.password = secrets.token_urlsafe(12)
+    w.owner_id = w.cn.accounts.register(DEMO_EMAIL, password, "Demo Owner").id
     w.result.add("owner account", True, f"{DEMO_EMAIL} / {password}")
 
     vins = fleet_vins(4, w.seed)
@@ -296,6 +302,134 @@ def _records(w: _World, total: int) -> None:
         cp.splitlines()[1].isdigit() and int(cp.splitlines()[1]) == total,
         f"checkpoint tree size {cp.splitlines()[1]}",
     )
+
+
+class _Form(HTMLParser):
+    """The fields a browser would post from a page's form: checked boxes, hidden and text fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        kind = a.get("type", "text")
+        if tag != "input" or "name" not in a or kind == "submit":
+            return
+        if kind in ("checkbox", "radio") and "checked" not in a:
+            return
+        self.fields.append((a["name"], a.get("value", "on" if kind == "checkbox" else "")))
+
+
+def _sharing(w: _World) -> None:
+    """An insurer's app asks for speed and brakes (OAuth code + PKCE), the owner approves on the consent screen;
+    the app reads what was granted, is refused the rest, and stops at once when the owner revokes; a gatekeeper and
+    an app abroad are refused as recipients."""
+    assert w.api is not None and w.auth is not None and w.cars is not None
+    api, auth, vin, region = w.api, w.auth, w.cars[0].vin, w.cn
+    redirect = "http://127.0.0.1:9/callback"  # the app's callback: the demo reads the redirect, never follows it
+    app, secret = region.apps.register(  # what `carvault apps add` does, then `carvault apps approve`
+        name="Demo Insure",
+        legal_entity="Demo Insurance Co., Ltd.",
+        jurisdiction=region.name,
+        contact="dpo@insure.example",
+        purposes=["insurance"],
+        redirect_uris=[redirect],
+    )
+    region.apps.decide(app.client_id, "approved", by="demo operator")
+    client = OAuth2Client(
+        client_id=app.client_id,
+        client_secret=secret,
+        scope="vss:Vehicle.Speed vss:Vehicle.Chassis.Brake history",
+        redirect_uri=redirect,
+        code_challenge_method="S256",
+        base_url=w.cn_server.url,
+        timeout=60,
+    )
+    verifier = secrets.token_urlsafe(48)
+    uri, _ = client.create_authorization_url("/oauth/authorize", code_verifier=verifier, purpose="insurance")
+    with httpx.Client(base_url=w.cn_server.url, timeout=60) as browser:
+        browser.post("/api/v1/auth/login", json={"email": DEMO_EMAIL, "password": w.password})
+        page = browser.get(uri)
+        form = _Form()
+        form.feed(page.text)
+        # The owner picks one of their three cars and narrows: no brake pedal position.
+        fields = [(k, v) for k, v in form.fields if not (k == "signal" and v == "Vehicle.Chassis.Brake.PedalPosition")]
+        fields = [(k, v) for k, v in fields if k != "vin"] + [("vin", vin), ("decision", "approve")]
+        answer = browser.post("/oauth/authorize", data=_form_body(fields))
+    location = answer.headers.get("location", "")
+    if answer.status_code != 302 or "code=" not in location:
+        w.result.add("app authorised (OAuth code + PKCE)", False, f"HTTP {answer.status_code}")
+        return
+    token = client.fetch_token("/oauth/token", authorization_response=location, code_verifier=verifier)
+    w.result.add(
+        "app authorised (OAuth code + PKCE)",
+        bool(token.get("access_token")),
+        f"Demo Insure: {token.get('scope')}, {token.get('expires_in')} s, refresh token rotates",
+    )
+    batch = api.get(f"/api/v1/vehicles/{vin}/batches", headers=auth).json()["batches"][0]
+    window = {"start": batch["t0"], "end": batch["t1"] + 1, "format": "json"}
+    app_auth = {"Authorization": f"Bearer {token['access_token']}"}
+    path = f"/api/v1/vehicles/{vin}/telemetry"
+    inside = api.get(path, headers=app_auth, params={**window, "signals": "Vehicle.Speed"})
+    outside = api.get(path, headers=app_auth, params={**window, "signals": "Vehicle.CurrentLocation"})
+    w.result.add(
+        "app reads what was granted, only that",
+        inside.status_code == 200 and outside.status_code == 403 and _code(outside) == "out_of_scope",
+        f"speed: {inside.json().get('rows', 0) if inside.status_code == 200 else inside.status_code} instants; "
+        f"location: HTTP {outside.status_code} {_code(outside)}",
+    )
+    grant = next(
+        g
+        for g in api.get("/api/v1/grants", headers=auth).json()["grants"]
+        if (g.get("app") or {}).get("name") == "Demo Insure"
+    )
+    api.delete(f"/api/v1/grants/{grant['id']}", headers=auth)
+    after = api.get(path, headers=app_auth, params={**window, "signals": "Vehicle.Speed"})
+    w.result.add("owner revokes: the next read fails", after.status_code == 401, f"HTTP {after.status_code}")
+    refused = []
+    for name, where, gatekeeper in (("Giant Platform", region.name, True), ("Overseas Analytics", "eu", False)):
+        other, _ = region.apps.register(
+            name=name,
+            legal_entity=f"{name} Inc.",
+            jurisdiction=where,
+            contact="legal@other.example",
+            purposes=["research"],
+            redirect_uris=[redirect],
+            gatekeeper=gatekeeper,
+        )
+        region.apps.decide(other.client_id, "approved", by="demo operator")
+        try:
+            region.grants.create(
+                w.owner_id,
+                kind="app",
+                client_id=other.client_id,
+                vins=[vin],
+                signals=["Vehicle.Speed"],
+                purpose="research",
+            )
+            refused.append(f"{name}: accepted")
+        except CarVaultError as e:
+            refused.append(f"{name}: {e.code}")
+    w.result.add(
+        "gatekeeper and recipient abroad refused",
+        refused == ["Giant Platform: gatekeeper_refused", "Overseas Analytics: cross_border_transfer"],
+        "; ".join(refused),
+    )
+
+
+def _form_body(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def _code(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 @dataclass(frozen=True)
