@@ -93,6 +93,8 @@ def test_bad_input_exits_non_zero_with_a_message(region: Region) -> None:
     where = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
     bad = runner.invoke(cli, ["apps", "list", "--status", "maybe", *where])
     assert bad.exit_code == 2 and "--status is one of" in bad.output
+    long_name = runner.invoke(cli, ["apps", "approve", "app_nope", "--by", "x" * 101, *where])
+    assert long_name.exit_code == 2 and "--by names the operator" in long_name.output
     unknown = runner.invoke(cli, ["apps", "approve", "app_nope", *where])
     assert unknown.exit_code == 1 and "not_found" in unknown.output
     purpose = runner.invoke(

@@ -31,6 +31,7 @@ from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: 
 
 ClientIdArg = Annotated[str, typer.Argument(help="The app's client id (app_…).")]
 By = Annotated[str | None, typer.Option("--by", help="Who decides (default: the login name).")]
+MAX_BY = 100  # audit actors and apps.decided_by are bounded columns (200 characters)
 Reason = Annotated[str, typer.Option("--reason", help="Why, recorded in the region audit chain.")]
 
 
@@ -45,6 +46,15 @@ def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iter
     except CarVaultError as e:
         console.print(f"[red]{e.code}:[/] {e.message}")
         raise typer.Exit(1) from None
+
+
+def _operator(by: str | None) -> str:
+    """Who acts: ``--by`` or the login name, refused (exit 2) when empty or too long for the records."""
+    name = (by if by is not None else getpass.getuser()).strip()
+    if not name or len(name) > MAX_BY:
+        console.print(f"[red]--by names the operator in 1 to {MAX_BY} characters[/]")
+        raise typer.Exit(2)
+    return name
 
 
 def _when(ms: int | None) -> str:
@@ -86,6 +96,7 @@ def add(
     database_url: DbUrl = None,
 ) -> None:
     """Register an app (pending until approved); prints its client id and, once, its client secret."""
+    operator = _operator(by)
     with _region(data_dir, region, database_url) as r:
         app, secret = r.apps.register(
             name=name,
@@ -101,7 +112,7 @@ def add(
         )
         r.audit.record(
             owner_id=None,
-            actor=Actor("operator", by or getpass.getuser()),
+            actor=Actor("operator", operator),
             action=AuditAction.APP_REGISTER,
             legal_basis=CONTRACT,
             detail={**_facts(app), "via": "operator"},
@@ -181,12 +192,13 @@ def show(
 
 def _decide(client_id: str, status: str, by: str | None, reason: str, settings: tuple[Any, Any, Any]) -> None:
     """Record the operator's decision on an app and say what it means for its tokens."""
+    operator = _operator(by)
     with _region(*settings) as r:
         before = r.apps.get(client_id).status
-        a = r.apps.decide(client_id, status, by or getpass.getuser())
+        a = r.apps.decide(client_id, status, operator)
         r.audit.record(
             owner_id=None,
-            actor=Actor("operator", a.decided_by or ""),
+            actor=Actor("operator", operator),
             action=AuditAction.APP_DECIDE,
             legal_basis=CONTRACT,
             detail={**_facts(a), "status": status, "previous": before, "reason": reason},

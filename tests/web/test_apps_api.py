@@ -63,8 +63,10 @@ def test_sign_up_creates_a_pending_app_whose_secret_is_shown_once(http: httpx.Cl
     # The registration is in the region's audit chain; a pending app can receive nothing.
     with region.db.session() as s:
         (event,) = s.scalars(select(AuditEvent).where(AuditEvent.action == AuditAction.APP_REGISTER.value))
-    assert event.chain == "region" and event.owner_id is None and event.actor == "developer:dev@volt.example.cn"
-    assert json.loads(event.detail)["client_id"] == client_id and json.loads(event.detail)["via"] == "self-service"
+    assert event.chain == "region" and event.owner_id is None and event.actor == f"developer:{client_id}"
+    detail = json.loads(event.detail)
+    assert detail["client_id"] == client_id and detail["via"] == "self-service"
+    assert detail["contact"] == "dev@volt.example.cn"
     region.audit.verify_chain(None)
 
     region.apps.decide(client_id, "approved", "test operator")

@@ -89,10 +89,16 @@ def register_app(form: AppRegistration, request: Request, region: RegionDep) -> 
     limiter.fail(keys)  # counts sign-ups that created an app; refused forms cost nothing
     region.audit.record(
         owner_id=None,
-        actor=Actor("developer", app.contact),
+        actor=Actor("developer", app.client_id),  # the contact (up to 320 characters) goes in the detail
         action=AuditAction.APP_REGISTER,
         legal_basis=CONTRACT,
-        detail={"client_id": app.client_id, "name": app.name, "via": "self-service", **_facts(app)},
+        detail={
+            "client_id": app.client_id,
+            "name": app.name,
+            "contact": app.contact,
+            "via": "self-service",
+            **_facts(app),
+        },
     )
     return {**public_app_json(app), "client_secret": secret}
 
