@@ -225,3 +225,13 @@ def test_a_developer_signs_up_in_the_browser(chromium: Any, http: httpx.Client) 
     public = http.get(f"/api/v1/apps/{client_id}").json()
     assert public["status"] == "pending" and public["purposes"] == ["charging"] and public["jurisdiction"] == "cn"
     assert page.js_errors == []
+
+
+def test_every_purpose_and_grant_kind_has_english_and_chinese_text() -> None:
+    from carvault.access.grants import GRANT_KINDS
+    from carvault.compliance.sharing import PURPOSES
+    from carvault.web import i18n
+
+    en, zh = i18n.messages("en"), i18n.messages("zh-CN")
+    keys = [f"purpose.{p}" for p in PURPOSES] + [f"sharing.kind.{k}" for k in GRANT_KINDS]
+    assert [k for k in keys if not en.get(k) or not zh.get(k) or en[k] == zh[k]] == []
