@@ -220,10 +220,13 @@ def test_values_and_times_as_viss_writes_them() -> None:
         "0.1",
         "P",
     ]
+    assert value_text(150.12345123291016, 0.01) == "150.12" and value_text(12345.6, 10) == "12346.0"
+    assert value_text(31.2304123, 0.0000001) == "31.2304123" and value_text(7, 0.01) == "7"
     one = data_member([LiveValue(SPEED, 0, 1.5, 0)])
     assert one == {"path": SPEED, "dp": {"value": "1.5", "ts": "1970-01-01T00:00:00.000Z"}}
     two = data_member([LiveValue(SPEED, 0, 1.5, 0), LiveValue(DOOR, 1000, True, 0)])
     assert isinstance(two, list) and two[1] == {"path": DOOR, "dp": {"value": "true", "ts": "1970-01-01T00:00:01.000Z"}}
+    assert data_member([LiveValue(SPEED, 0, 88.40000152587891, 0)], CAT)["dp"]["value"] == "88.4"  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

@@ -94,11 +94,16 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def value_text(value: bool | int | float | str) -> str:
-    """A value as VISS writes simple types: a string (numbers in JSON form, booleans ``true``/``false``)."""
+def value_text(value: bool | int | float | str, resolution: float | None = None) -> str:
+    """A value as VISS writes simple types: a string (numbers in JSON form, booleans ``true``/``false``).
+
+    A float is rounded to its signal's resolution (the catalogue's), so a 32-bit sample reads as the car meant it.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
+        if resolution is not None and resolution > 0:
+            value = round(value, max(0, math.ceil(-math.log10(resolution) - 1e-9)))
         return json.dumps(value)
     return str(value)
 
@@ -126,9 +131,17 @@ def error_message(action: str | None, request_id: str | None, e: CarVaultError, 
     return doc
 
 
-def data_member(values: Sequence[LiveValue]) -> dict[str, Any] | list[dict[str, Any]]:
+def data_member(
+    values: Sequence[LiveValue], catalogue: Catalogue | None = None
+) -> dict[str, Any] | list[dict[str, Any]]:
     """The ``data`` member: one ``{path, dp: {value, ts}}`` for one signal, an array of them for several."""
-    items = [{"path": v.path, "dp": {"value": value_text(v.value), "ts": iso(v.t_ms)}} for v in values]  # type: ignore[arg-type]
+    items = []
+    for v in values:
+        if v.value is None:
+            continue
+        signal = catalogue.get(v.path) if catalogue is not None else None
+        text = value_text(v.value, signal.resolution if signal else None)
+        items.append({"path": v.path, "dp": {"value": text, "ts": iso(v.t_ms)}})
     return items[0] if len(items) == 1 else items
 
 
@@ -589,7 +602,7 @@ class VissSession:
         return {
             "action": "get",
             "requestId": request.request_id,
-            "data": data_member([values[p] for p in grant.leaves if p in values]),
+            "data": data_member([values[p] for p in grant.leaves if p in values], self.catalogue),
             "ts": iso(now_ms()),
         }
 
@@ -664,7 +677,12 @@ class VissSession:
             return
         sub.events += 1
         await self.send(
-            {"action": "subscription", "subscriptionId": sub.id, "data": data_member(chosen), "ts": iso(now_ms())}
+            {
+                "action": "subscription",
+                "subscriptionId": sub.id,
+                "data": data_member(chosen, self.catalogue),
+                "ts": iso(now_ms()),
+            }
         )
 
     # ---------------------------------------------------------------- keeping honest
