@@ -27,10 +27,15 @@ def actor_label(p: Page, actor: str, apps: dict[str, str] | None = None) -> str:
     return f"{p.t.maybe(f'actor.{kind}', kind)} {ident}".strip()
 
 
+def grant_of(e: dict[str, Any], grants: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The owner's grant an audit event names (reads under a grant carry its id), if it is one of theirs."""
+    grant_id = (e.get("detail") or {}).get("grant_id")
+    return grants.get(grant_id) if isinstance(grant_id, int) else None
+
+
 def reader_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) -> str | None:
     """A personal access token's reads named by the token's label (its grant says which)."""
-    d = e.get("detail") or {}
-    g = grants.get(d.get("grant_id")) if isinstance(d.get("grant_id"), int) else None
+    g = grant_of(e, grants)
     if g is None or not e["actor"].startswith("token:"):
         return None
     return f"{p.t('actor.token')} “{g['label'] or p.t('sharing.unnamed_token')}”"
@@ -39,7 +44,7 @@ def reader_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) 
 def basis_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) -> str:
     """The legal basis in the reader's language: for a read under a grant, whose consent, for whom and why."""
     d = e.get("detail") or {}
-    g = grants.get(d.get("grant_id")) if isinstance(d.get("grant_id"), int) else None
+    g = grant_of(e, grants)
     if g is None or not d.get("purpose") or e["actor"].partition(":")[0] not in ("app", "token"):
         return p.t.maybe(f"basis.{e['legal_basis']}", e["legal_basis"])
     who = g["app"]["name"] if g["app"] else g["label"] or p.t("sharing.unnamed_token")
