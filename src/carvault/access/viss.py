@@ -50,7 +50,7 @@ from carvault.errors import (
     ValueOutOfRange,
     WrongSignalType,
 )
-from carvault.ingest.live import LiveHub, LiveUpdate, LiveValue
+from carvault.ingest.live import LiveHub, LiveSubscription, LiveUpdate, LiveValue
 from carvault.location import LAT, LON
 from carvault.signals import Catalogue, Signal
 from carvault.store.metadata import now_ms
@@ -482,8 +482,9 @@ class Subscription:
     id: str
     request: Request
     selection: Selection
-    grant: Allowance
+    allowance: Allowance
     task: asyncio.Task[None] | None = None
+    stream: LiveSubscription | None = None  # the hub's feed, for change and range filters
     previous: bool | int | float | str | None = None
     events: int = field(default=0)
 
@@ -559,14 +560,14 @@ class VissSession:
             raise OutOfScope("this grant does not include live access (scope 'live')", vin=self.vin)
         return access
 
-    async def _record(self, grant: Allowance, action: AuditAction, detail: dict[str, Any], rows: int = 0) -> None:
+    async def _record(self, allowed: Allowance, action: AuditAction, detail: dict[str, Any], rows: int = 0) -> None:
         """Record a live read in the owner's access log: once per connection, token and set of signals."""
-        key = (grant.token, grant.leaves)
+        key = (allowed.token, allowed.leaves)
         if key in self._recorded:
             return
         self._recorded.add(key)
-        detail = {"via": "viss", "signals": len(grant.leaves), **detail}
-        await asyncio.to_thread(self.grants.record_read, grant.access, action, detail, rows)
+        detail = {"via": "viss", "signals": len(allowed.leaves), **detail}
+        await asyncio.to_thread(self.grants.record_read, allowed.access, action, detail, rows)
 
     # -------------------------------------------------------------------- messages in
     async def handle(self, text: str | bytes) -> None:
@@ -591,18 +592,18 @@ class VissSession:
     async def _get(self, request: Request) -> dict[str, Any]:
         assert request.path is not None
         selection = select(self.catalogue, request.path, request.paths, None)
-        grant = await asyncio.to_thread(self.authorise, request.authorization or self.connection_token, selection)
+        allowed = await asyncio.to_thread(self.authorise, request.authorization or self.connection_token, selection)
         latest = self.live.latest(self.vin)
         values = served(
-            {p: latest[p] for p in grant.leaves if p in latest and latest[p].value is not None}, grant.access.view
+            {p: latest[p] for p in allowed.leaves if p in latest and latest[p].value is not None}, allowed.access.view
         )
         if not values:
             raise NotFound("Data temporarily unaccessible: the car has sent no live value for this yet", vin=self.vin)
-        await self._record(grant, AuditAction.LIVE_READ, {"path": request.path}, len(values))
+        await self._record(allowed, AuditAction.LIVE_READ, {"path": request.path}, len(values))
         return {
             "action": "get",
             "requestId": request.request_id,
-            "data": data_member([values[p] for p in grant.leaves if p in values], self.catalogue),
+            "data": data_member([values[p] for p in allowed.leaves if p in values], self.catalogue),
             "ts": iso(now_ms()),
         }
 
@@ -611,19 +612,20 @@ class VissSession:
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise TooManyRequests(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
         selection = select(self.catalogue, request.path, request.paths, request.trigger)
-        grant = await asyncio.to_thread(self.authorise, request.authorization or self.connection_token, selection)
-        sub = Subscription(str(self._next_id), request, selection, grant)
+        allowed = await asyncio.to_thread(self.authorise, request.authorization or self.connection_token, selection)
+        sub = Subscription(str(self._next_id), request, selection, allowed)
         self._next_id += 1
         if selection.trigger is not None:
-            baseline = served(self.live.latest(self.vin), grant.access.view).get(selection.trigger)
+            baseline = served(self.live.latest(self.vin), allowed.access.view).get(selection.trigger)
             sub.previous = baseline.value if baseline else None
-        await self._record(grant, AuditAction.LIVE_SUBSCRIBE, {"path": request.path})
-        stream = None if isinstance(request.trigger, TimeBased) else self.live.subscribe(self.vin)
+        await self._record(allowed, AuditAction.LIVE_SUBSCRIBE, {"path": request.path})
+        if not isinstance(request.trigger, TimeBased):
+            sub.stream = self.live.subscribe(self.vin)  # before the answer: no frame after it is missed
         self.subscriptions[sub.id] = sub
         await self.send(
             {"action": "subscribe", "requestId": request.request_id, "subscriptionId": sub.id, "ts": iso(now_ms())}
         )
-        sub.task = asyncio.create_task(self._run(sub, stream), name=f"viss-{self.vin}-{sub.id}")
+        sub.task = asyncio.create_task(self._run(sub), name=f"viss-{self.vin}-{sub.id}")
         if self._checker is None:
             self._checker = asyncio.create_task(self._recheck(), name=f"viss-check-{self.vin}")
 
@@ -640,26 +642,22 @@ class VissSession:
         async with self._send_lock:
             await self._send(message)
 
-    async def _run(self, sub: Subscription, stream: Any) -> None:
+    async def _run(self, sub: Subscription) -> None:
         """Issue the subscription's events until it is stopped."""
-        try:
-            if isinstance(sub.request.trigger, TimeBased):
-                while True:
-                    await asyncio.sleep(sub.request.trigger.period_ms / 1000)
-                    await self._emit(sub, self.live.latest(self.vin))
-            else:
-                async for update in stream:
-                    await self._on_update(sub, update)
-        finally:
-            if stream is not None:
-                await stream.close()
+        if isinstance(sub.request.trigger, TimeBased):
+            while True:
+                await asyncio.sleep(sub.request.trigger.period_ms / 1000)
+                await self._emit(sub, self.live.latest(self.vin))
+        elif sub.stream is not None:
+            async for update in sub.stream:
+                await self._on_update(sub, update)
 
     async def _on_update(self, sub: Subscription, update: LiveUpdate) -> None:
         watched = sub.selection.trigger
-        if watched is None or watched not in update.values or watched not in sub.grant.leaves:
+        if watched is None or watched not in update.values or watched not in sub.allowance.leaves:
             return
         latest = {**self.live.latest(self.vin), **update.values}
-        value = served(latest, sub.grant.access.view).get(watched)
+        value = served(latest, sub.allowance.access.view).get(watched)
         if value is None or value.value is None:
             return
         trigger = sub.request.trigger
@@ -670,8 +668,8 @@ class VissSession:
             await self._emit(sub, latest, first=watched)
 
     async def _emit(self, sub: Subscription, latest: dict[str, LiveValue], first: str | None = None) -> None:
-        values = served({p: latest[p] for p in sub.grant.leaves if p in latest}, sub.grant.access.view)
-        order = ([first] if first else []) + [p for p in sub.grant.leaves if p != first]
+        values = served({p: latest[p] for p in sub.allowance.leaves if p in latest}, sub.allowance.access.view)
+        order = ([first] if first else []) + [p for p in sub.allowance.leaves if p != first]
         chosen = [values[p] for p in order if p in values and values[p].value is not None]
         if not chosen:
             return
@@ -702,14 +700,14 @@ class VissSession:
         out: list[tuple[Subscription, CarVaultError | None]] = []
         for sub in subs:
             try:
-                fresh = self.authorise(sub.grant.token, sub.selection, tick)
+                fresh = self.authorise(sub.allowance.token, sub.selection, tick)
             except CarVaultError as e:
                 out.append((sub, e))
                 continue
             except SQLAlchemyError:  # the metadata DB is unreachable: end rather than stream unchecked
                 out.append((sub, Unavailable("The server is temporarily unable to check this subscription")))
                 continue
-            changed = set(fresh.leaves) != set(sub.grant.leaves)
+            changed = set(fresh.leaves) != set(sub.allowance.leaves)
             out.append(
                 (sub, ConsentNotGiven("collection of some signals of this subscription stopped") if changed else None)
             )
@@ -727,8 +725,11 @@ class VissSession:
     async def _stop(self, sub: Subscription) -> None:
         if sub.task is not None and sub.task is not asyncio.current_task():
             sub.task.cancel()
+            # The task may already have died of a failed send (the client left); its end is all we wait for.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sub.task
+        if sub.stream is not None:
+            await sub.stream.close()
 
     async def close(self) -> None:
         """The connection ended: stop every subscription and the checker."""
