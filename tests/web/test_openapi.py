@@ -28,7 +28,7 @@ from tests.factories import BASE_MS, drive_table
 try:  # this module is also schemathesis's hooks module (SCHEMATHESIS_HOOKS): raw bodies are sent as bytes
     import schemathesis
 
-    for media in (BATCH_MEDIA_TYPE, FRAME_MEDIA_TYPE):
+    for media in (BATCH_MEDIA_TYPE, FRAME_MEDIA_TYPE, "application/zip"):
         schemathesis.serializer.alias(media, "application/octet-stream")
 except ImportError:
     pass

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 BUNDLE_DAYS = 7  # the one-time grant, its token and the stored file last this long
 FETCH_LEASE_MS = 10 * 60_000  # a download that neither finished nor failed cleanly frees the bundle after this
 MAX_NAME = 200
+BUNDLE_ID_CHARS = 24  # URL-safe base64 of 18 random bytes; the fetch route matches exactly this shape
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Portability:
         )
         r.deletions.check_served(v.vin)
         self.sweep()
-        bundle_id = secrets.token_urlsafe(18)
+        bundle_id = secrets.token_urlsafe(BUNDLE_ID_CHARS * 3 // 4)
         built = self.build(v, bundle_id, recipient, include_sensitive=include_sensitive)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{bundle_id}.zip"

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
-from carvault.access.portability import Portability, Recipient, bundle_json
+from carvault.access.portability import BUNDLE_ID_CHARS, Portability, Recipient, bundle_json
 from carvault.errors import (
     AlreadyExists,
     BundleRejected,
@@ -34,7 +35,21 @@ router = APIRouter(prefix="/api/v1", tags=["portability"])
 
 ZIP_MEDIA_TYPE = "application/zip"
 CHUNK = 1024 * 1024
-BundleId = Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the bundle's id")
+
+
+class BundleIdConvertor(Convertor[str]):
+    """A bundle id in a path: 24 URL-safe characters, so that ``/portability/import`` is never taken for one."""
+
+    regex = f"[A-Za-z0-9_-]{{{BUNDLE_ID_CHARS}}}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("portability_bundle", BundleIdConvertor())
 
 
 class RecipientIn(BaseModel):
@@ -78,12 +93,12 @@ def list_transfers(vin: str, owner: CurrentOwner, region: RegionDep) -> list[dic
 
 
 @router.get(
-    "/portability/{bundle_id}",
+    "/portability/{bundle_id:portability_bundle}",
     summary="Fetch a portability bundle (once, with its one-time token)",
     response_class=StreamingResponse,
     responses={200: {"content": {ZIP_MEDIA_TYPE: {}}}, **raises(NotFound, Conflict, DataFrozen)},
 )
-def fetch_bundle(caller: Caller, region: RegionDep, bundle_id: str = BundleId) -> StreamingResponse:
+def fetch_bundle(bundle_id: str, caller: Caller, region: RegionDep) -> StreamingResponse:
     service = Portability(region)
     bundle, path = service.start_fetch(caller, bundle_id)
     try:
