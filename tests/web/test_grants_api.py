@@ -153,6 +153,7 @@ def test_app_grant_lists_who_reads_and_how_much_and_revocation_stops_the_app(
         "legal_entity": "Ping An Auto Insurance Co., Ltd.",
         "jurisdiction": "cn",
         "contact": "dpo@insurer.example.cn",
+        "status": "approved",
     }
     # Each read is in the owner's audit log under the app's name, with purpose and legal basis.
     events = http.get("/api/v1/audit", headers=owner.headers, params={"actor": f"app:{client_id}"}).json()["events"]

@@ -343,6 +343,7 @@ def grant_json(g: Grant, app: App | None = None) -> dict[str, Any]:
                 "legal_entity": app.legal_entity,
                 "jurisdiction": app.jurisdiction,
                 "contact": app.contact,
+                "status": app.status,  # the operator's decision: only an approved app reads anything
             }
             if app
             else None

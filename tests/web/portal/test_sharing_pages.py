@@ -44,7 +44,12 @@ def portal_login(http: httpx.Client, server: BackgroundServer, o: OwnerClient) -
 
 
 def test_pages_over_http_show_grants_and_refuse_forged_or_foreign_revokes(
-    http: httpx.Client, server: BackgroundServer, owner: OwnerClient, vehicle: VehicleIdentity, shared: str
+    http: httpx.Client,
+    server: BackgroundServer,
+    region: Region,
+    owner: OwnerClient,
+    vehicle: VehicleIdentity,
+    shared: str,
 ) -> None:
     assert http.get("/sharing").headers["location"] == "/login?next=/sharing"  # logged out
     assert http.get("/developers").status_code == 200  # public
@@ -77,6 +82,12 @@ def test_pages_over_http_show_grants_and_refuse_forged_or_foreign_revokes(
     assert log.status_code == 200
     assert "App Ping An Auto Insurance" in log.text
     assert "Your consent to share with Ping An Auto Insurance for: Usage-based insurance or claims" in log.text
+
+    # The owner sees when the operator has stopped an app they shared with.
+    assert "app-status" not in http.get("/sharing").text
+    (app,) = region.apps.list()
+    region.apps.decide(app.client_id, "suspended", "test operator")
+    assert "The operator has suspended this app" in http.get("/sharing").text
 
 
 def test_token_form_refuses_what_cannot_be_shared_and_keeps_the_form(
