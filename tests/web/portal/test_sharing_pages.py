@@ -87,7 +87,7 @@ def test_pages_over_http_show_grants_and_refuse_forged_or_foreign_revokes(
     assert "app-status" not in http.get("/sharing").text
     (app,) = region.apps.list()
     region.apps.decide(app.client_id, "suspended", "test operator")
-    assert "The operator has suspended this app" in http.get("/sharing").text
+    assert "The operator has stopped this app" in http.get("/sharing").text
 
 
 def test_token_form_refuses_what_cannot_be_shared_and_keeps_the_form(
