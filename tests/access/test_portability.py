@@ -29,6 +29,7 @@ from carvault.compliance.sharing import NEVER_SHAREABLE
 from carvault.errors import (
     BundleRejected,
     BundleUnreadable,
+    Conflict,
     CrossBorderTransfer,
     DataFrozen,
     GatekeeperRefused,
@@ -353,3 +354,20 @@ def test_unfetched_bundles_are_removed_when_their_grant_ends(world: World) -> No
     with world.a.db.session() as s:
         s.execute(update(PortabilityBundle).where(PortabilityBundle.id == row.id).values(expires_ms=1))
     assert service.sweep() == 1 and not path.exists()
+
+
+def test_one_download_at_a_time_and_only_with_its_own_token(world: World) -> None:
+    _, row, token = bundle_file(world)
+    _, other, other_token = bundle_file(world)
+    service = Portability(world.a)
+    caller = principal(world.a, token)
+    with pytest.raises(NotFound):  # another bundle's token does not open this one
+        service.start_fetch(principal(world.a, other_token), row.id)
+    with pytest.raises(NotFound):  # nor does the owner's own session
+        owner = world.a.accounts.issue(world.owner_a, "session")[0]
+        service.start_fetch(principal(world.a, owner), row.id)
+    b, _ = service.start_fetch(caller, row.id)
+    with pytest.raises(Conflict):
+        service.start_fetch(caller, row.id)
+    service.finish_fetch(b, complete=True, caller=caller)
+    assert principal(world.a, other_token).grant_id == other.grant_id  # the other transfer is untouched

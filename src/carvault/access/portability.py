@@ -207,7 +207,10 @@ class Portability:
         checkpoint = r.log.checkpoint()
         tree_size = int(checkpoint.splitlines()[1])
         files: dict[str, bytes] = {}
-        proofs, records, excluded, hashes = [], [], [], []
+        proofs: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        excluded: list[dict[str, Any]] = []
+        hashes: list[str] = []
         for rec in recs:
             proofs.append(
                 {
@@ -245,7 +248,7 @@ class Portability:
                 "every batch of this vehicle holds camera, biometric or cabin data; include them to transfer",
                 field="include_sensitive",
             )
-        start, end = records[0]["t0"], max(x["t1"] for x in records) + 1
+        start, end = int(records[0]["t0"]), max(int(x["t1"]) for x in records) + 1
         files["certs/vehicle.pem"] = vehicle.certificate_pem.encode()
         files["certs/region-ca.pem"] = r.ca.cert_pem.encode()
         files["log/checkpoint.txt"] = checkpoint.encode()
