@@ -21,7 +21,7 @@ from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
 from tests.factories import opt_in
 from tests.web.portal.a11y import accessibility_problems
-from tests.web.portal.conftest import TIMEZONE, login, screenshot
+from tests.web.portal.conftest import SIZES, TIMEZONE, login, screenshot
 
 pytestmark = pytest.mark.slow
 SPEED = "Vehicle.Speed"
@@ -51,14 +51,18 @@ def car(region: Region, http: httpx.Client, owner: OwnerClient, vehicle: Vehicle
     return vehicle.vin
 
 
-def open_live(browser: Any, server: BackgroundServer, owner: OwnerClient, vin: str, lang: str = "en") -> Any:
-    ctx = browser.new_context(base_url=server.url, timezone_id=TIMEZONE, locale="zh-CN" if lang == "zh-CN" else "en-GB")
+def open_live(
+    browser: Any, server: BackgroundServer, owner: OwnerClient, vin: str, lang: str = "en", size: str = "desktop"
+) -> Any:
+    locale = "zh-CN" if lang == "zh-CN" else "en-GB"
+    ctx = browser.new_context(base_url=server.url, viewport=SIZES[size], timezone_id=TIMEZONE, locale=locale)
     ctx.set_default_timeout(15_000)
     page = ctx.new_page()
     page.js_errors = []
     page.on("pageerror", lambda e: page.js_errors.append(str(e)))
     login(page, owner.email, owner.password)
-    page.goto(f"/vehicles/{vin}/live")
+    page.click(f'a[href="/vehicles/{vin}/live"]')  # linked from the vehicle list
+    page.wait_for_url(f"**/vehicles/{vin}/live")
     return page
 
 
@@ -122,7 +126,7 @@ def test_live_page_in_chinese(
     browser: Any, region: Region, server: BackgroundServer, owner: OwnerClient, car: str
 ) -> None:
     publish(region, car, {SOC: 64.0, GEAR: 127})
-    page = open_live(browser, server, owner, car, lang="zh-CN")
+    page = open_live(browser, server, owner, car, lang="zh-CN", size="phone")
     try:
         page.wait_for_selector("#live-status.flash-ok")
         assert page.locator("html").get_attribute("lang") == "zh-CN"
@@ -135,7 +139,9 @@ def test_live_page_in_chinese(
             "() => document.querySelector('[data-tile=\"soc\"] [data-value]').textContent === '65.5 %'"
         )
         assert "前" in page.locator('[data-tile="soc"] [data-age]').inner_text()
-        screenshot(page, "live-zh-CN-desktop")
+        assert accessibility_problems(page) == []
+        assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 1  # fits a phone
+        screenshot(page, "live-zh-CN-phone")
         assert page.js_errors == []
     finally:
         page.context.close()

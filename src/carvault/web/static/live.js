@@ -31,7 +31,8 @@
 
   function age(ms) {
     var s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-    var shown = s < 90 ? s + " s" : s < 5400 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
+    var shown = s < 90 ? text("seconds", { n: s })
+      : s < 5400 ? text("minutes", { n: Math.round(s / 60) }) : text("hours", { n: Math.round(s / 3600) });
     return text("age", { age: shown });
   }
 

@@ -43,14 +43,15 @@ TILES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 )
 OFFLINE_AFTER_MS = 15_000  # no new value for this long: the car is shown offline
 TEXT_KEYS = (
-    "live.connecting",
     "live.connected",
     "live.reconnecting",
     "live.session_ended",
     "live.offline_since",
-    "live.online",
     "live.no_value",
     "live.age",
+    "live.seconds",
+    "live.minutes",
+    "live.hours",
     "live.unavailable",
     "live.open",
     "live.closed",
@@ -61,7 +62,6 @@ TEXT_KEYS = (
     "live.gear.reverse",
     "live.gear.neutral",
     "live.gear.forward",
-    "live.no_position",
     "live.position_at",
 )
 
