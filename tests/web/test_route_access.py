@@ -61,7 +61,7 @@ GRANT_DOORS = ("grants.access(", "grants.vehicles(")
 # Routes whose endpoint hands the caller to a service that applies the grant itself: the service (named in the
 # endpoint module) must go through the grants door. Keep this list short; each entry says why.
 DELEGATED: dict[str, tuple[str, str]] = {
-    "/api/v1/portability/{bundle_id}": (
+    "/api/v1/portability/{bundle_id:portability_bundle}": (
         "Portability.start_fetch",
         "a bundle is fetched once under its one-time portability grant, checked by the service",
     ),
