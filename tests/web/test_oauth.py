@@ -91,10 +91,16 @@ def client_for(server: BackgroundServer, app: Registered, scope: str = SCOPE) ->
 
 
 @pytest.fixture
-def data(region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> str:
-    """The owner's car, claimed, with a minute of every (non-camera) signal uploaded; its VIN."""
+def car(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity) -> str:
+    """The owner's car, claimed (no data: reads answer 200 with no rows); its VIN."""
     pairing = {"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
     assert http.post("/api/v1/vehicles/claim", headers=owner.headers, json=pairing).status_code == 201
+    return vehicle.vin
+
+
+@pytest.fixture
+def data(region: Region, car: str, vehicle: VehicleIdentity, agent: VehicleAgent) -> str:
+    """The owner's car with a minute of every (non-camera) signal uploaded; its VIN."""
     opt_in(region, vehicle.vin)
     agent.record(drive_table(seconds=60), batch_seconds=60)
     assert len(agent.upload_pending()) == 1
@@ -240,15 +246,15 @@ def test_pkce_flow_narrowed_by_the_owner_reads_only_what_was_approved(
 
 
 def test_public_client_uses_pkce_without_a_secret(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, car: str
 ) -> None:
     public = register_app(region, confidential=False, name="Wallbox")
     token = approve(client_for(server, public), browser)
-    assert read(http, data, token["access_token"], "Vehicle.Speed").status_code == 200
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 200
 
 
 def test_tokens_never_outlive_the_grant(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app)
     page, verifier, _ = start(client, browser, purpose="insurance")
@@ -276,7 +282,7 @@ def test_the_consent_screen_needs_the_owner_logged_in(server: BackgroundServer, 
 
 
 def test_deny_is_one_click_and_shares_nothing(
-    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     page, _, state = start(client_for(server, app), browser, purpose="insurance")
     r = browser.post(
@@ -302,7 +308,7 @@ def test_the_form_needs_its_csrf_token(browser: httpx.Client, server: Background
 
 
 def test_the_owner_can_only_narrow(
-    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     """Posted extras (a signal not asked for, live, precise location) do not widen the grant."""
     client = client_for(server, app, scope="vss:Vehicle.Speed history")
@@ -316,7 +322,7 @@ def test_the_owner_can_only_narrow(
 
 
 def test_owner_choices_become_the_grant(
-    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(
         server, app, scope="vss:Vehicle.Speed vss:Vehicle.CurrentLocation history live location:precise"
@@ -336,7 +342,7 @@ def test_owner_choices_become_the_grant(
 
 
 def test_a_grant_needs_a_vehicle_and_a_signal(
-    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     page, _, _ = start(client_for(server, app), browser, purpose="insurance")
     fields = consent_form(page).fields
@@ -384,7 +390,7 @@ class VisibleText(HTMLParser):
 
 
 def test_consent_screen_names_who_what_how_long_and_duties(
-    browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app, scope="vss:Vehicle.Speed vss:Vehicle.CurrentLocation history live")
     page, _, _ = start(client, browser, purpose="insurance")
@@ -405,14 +411,14 @@ def test_consent_screen_names_who_what_how_long_and_duties(
         "Erase the data when it is no longer needed",
         "Never pass the data on to a designated gatekeeper",
         "Use the data only for the purpose shown above",
-        data,
+        car,
     ):
         assert expected in text, expected
     assert "form-action 'self' http://127.0.0.1:9" in page.headers["content-security-policy"]
 
 
 def test_chinese_consent_screen_has_no_english_ui_text(
-    browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(
         server, app, scope="vss:Vehicle.Speed vss:Vehicle.CurrentLocation history live location:precise"
@@ -512,7 +518,7 @@ def test_recipients_the_rules_bar_are_refused_at_the_authorization_request(
 
 # --------------------------------------------------------------------------------------- token endpoint
 def test_pkce_verifier_missing_or_wrong_is_refused(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app)
     for verifier, error in ((None, "invalid_request"), (generate_token(48), "invalid_grant")):
@@ -525,7 +531,7 @@ def test_pkce_verifier_missing_or_wrong_is_refused(
 
 
 def test_token_request_redirect_uri_must_match(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     page, verifier, _ = start(client_for(server, app), browser, purpose="insurance")
     code = parse_qs(urlsplit(decide(browser, page).headers["location"]).query)["code"][0]
@@ -545,25 +551,25 @@ def test_wrong_client_secret_is_refused(http: httpx.Client, app: Registered) -> 
 
 
 def test_a_code_used_twice_is_refused_and_revokes_its_tokens(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app)
     page, verifier, _ = start(client, browser, purpose="insurance")
     location = decide(browser, page).headers["location"]
     token = client.fetch_token("/oauth/token", authorization_response=location, code_verifier=verifier)
-    assert read(http, data, token["access_token"], "Vehicle.Speed").status_code == 200
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 200
     code = parse_qs(urlsplit(location).query)["code"][0]
     again = token_request(
         http, app, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier=verifier
     )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    assert read(http, data, token["access_token"], "Vehicle.Speed").status_code == 401
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 401
     refresh = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
     assert refresh.json()["error"] == "invalid_grant"
 
 
 def test_an_expired_code_is_refused(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     page, verifier, _ = start(client_for(server, app), browser, purpose="insurance")
     code = parse_qs(urlsplit(decide(browser, page).headers["location"]).query)["code"][0]
@@ -578,26 +584,26 @@ def test_an_expired_code_is_refused(
 
 
 def test_refresh_rotates_and_reuse_revokes_the_family(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     first = approve(client_for(server, app), browser)
     r = token_request(http, app, grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert r.status_code == 200, r.text
     second = r.json()
     assert second["refresh_token"] != first["refresh_token"] and second["scope"] == first["scope"]
-    assert read(http, data, second["access_token"], "Vehicle.Speed").status_code == 200
-    assert read(http, data, first["access_token"], "Vehicle.Speed").status_code == 200  # access tokens run out alone
+    assert read(http, car, second["access_token"], "Vehicle.Speed").status_code == 200
+    assert read(http, car, first["access_token"], "Vehicle.Speed").status_code == 200  # access tokens run out alone
     # An attacker replays the first refresh token: refused, and the whole family ends.
     replay = token_request(http, app, grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
-    assert read(http, data, second["access_token"], "Vehicle.Speed").status_code == 401
-    assert read(http, data, first["access_token"], "Vehicle.Speed").status_code == 401
+    assert read(http, car, second["access_token"], "Vehicle.Speed").status_code == 401
+    assert read(http, car, first["access_token"], "Vehicle.Speed").status_code == 401
     after = token_request(http, app, grant_type="refresh_token", refresh_token=second["refresh_token"])
     assert after.json()["error"] == "invalid_grant"
 
 
 def test_refresh_is_bound_to_its_client_and_scope(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     token = approve(client_for(server, app), browser)
     other = register_app(region, name="Other")
@@ -613,25 +619,25 @@ def test_refresh_is_bound_to_its_client_and_scope(
 
 
 def test_suspending_the_app_stops_refresh_and_reads(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     token = approve(client_for(server, app), browser)
     region.apps.decide(app.client_id, "suspended", by="test")
     r = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "unauthorized_client"
     assert r.json()["carvault_code"] == "app_not_approved"
-    refused = read(http, data, token["access_token"], "Vehicle.Speed")
+    refused = read(http, car, token["access_token"], "Vehicle.Speed")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "app_not_approved"
 
 
 # ---------------------------------------------------------------------------- revocation and introspection
 def test_revoking_an_access_token_ends_it_at_the_next_request(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app)
     token = approve(client, browser)
     assert client.revoke_token("/oauth/revoke", token["access_token"]).status_code == 200
-    assert read(http, data, token["access_token"], "Vehicle.Speed").status_code == 401
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 401
     # The refresh token still works: the app can get a new access token.
     r = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
     assert r.status_code == 200
@@ -640,13 +646,13 @@ def test_revoking_an_access_token_ends_it_at_the_next_request(
 
 
 def test_revoking_a_refresh_token_ends_its_family(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     client = client_for(server, app)
     token = approve(client, browser)
     r = client.revoke_token("/oauth/revoke", token["refresh_token"], token_type_hint="refresh_token")
     assert r.status_code == 200
-    assert read(http, data, token["access_token"], "Vehicle.Speed").status_code == 401
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 401
     again = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
     assert again.json()["error"] == "invalid_grant"
 
@@ -658,7 +664,7 @@ def test_introspection_active_then_inactive(
     server: BackgroundServer,
     app: Registered,
     owner: OwnerClient,
-    data: str,
+    car: str,
 ) -> None:
     client = client_for(server, app)
     token = approve(client, browser)
@@ -666,7 +672,7 @@ def test_introspection_active_then_inactive(
     assert r.status_code == 200, r.text
     info = r.json()
     assert info["active"] is True and info["client_id"] == app.client_id and info["scope"] == token["scope"]
-    assert info["vins"] == [data] and info["purpose"] == "insurance" and info["token_type"] == "Bearer"
+    assert info["vins"] == [car] and info["purpose"] == "insurance" and info["token_type"] == "Bearer"
     assert 0 < info["exp"] - time.time() <= 3600
     with region.db.session() as s:
         grant = s.scalars(select(Grant)).one()
@@ -757,7 +763,7 @@ def test_device_flow_end_to_end(
 
 
 def test_device_flow_denied_and_expired(
-    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, data: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     denied = device_start(http, app)
     page = browser.get("/device", params={"user_code": denied["user_code"]})
