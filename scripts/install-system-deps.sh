@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and the benchmark need (PostgreSQL server for the
-# metadata-store tests and the benchmark peer; Chromium for the portal tests). Idempotent; does nothing
-# when they are present.
+# metadata-store tests and the benchmark peer; Chromium for the portal tests; nats-server for the live
+# broker). Idempotent; does nothing when they are present.
 set -euo pipefail
 need=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 # Debian's Chromium drives the portal's browser tests (Playwright, never `playwright install`); the CJK
 # font makes the Chinese pages readable in the screenshots the tests save.
 if [ ! -x /usr/bin/chromium ]; then need+=(chromium fonts-wqy-microhei); fi
+# NATS server: one of the live-broker choices (issue 10); the broker tests start it as a real process.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then need+=(nats-server); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
