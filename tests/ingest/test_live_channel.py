@@ -160,3 +160,19 @@ def test_old_batches_without_live_members_still_verify(region: Region, car: Vehi
     blob = _batch(car, None)
     assert b"live_" not in blob
     assert region.gateway.accept(blob, BATCH_MEDIA_TYPE)["seq"] == 1
+
+
+def test_evidence_keeps_hashes_in_runs_and_knows_its_gaps() -> None:
+    from carvault.ingest.live import LiveEvidence
+
+    ev = LiveEvidence(ttl_ms=10_000)
+    h = {c: c.to_bytes(32, "big") for c in range(1, 700)}
+    for c in range(1, 600):  # 599 frames: three runs of at most 256
+        ev.add("V", c, h[c], received_ms=c)
+    ev.add("V", 650, h[650], received_ms=650)  # frames 600..649 never arrived
+    assert ev.hashes("V", 200, 520) == [h[c] for c in range(200, 521)]
+    assert ev.hashes("V", 590, 650) is None
+    assert ev.hashes("V", 650, 650) == [h[650]]
+    assert ev.hashes("W", 1, 1) is None
+    ev.add("V", 651, h[651], received_ms=20_000)  # everything older than 10 s goes, run by run
+    assert ev.hashes("V", 1, 1) is None and ev.hashes("V", 650, 651) == [h[650], h[651]]

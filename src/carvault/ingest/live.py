@@ -227,7 +227,8 @@ class LiveHub:
 
 # ---------------------------------------------------------------------------------------------- the car channel
 POLICY_TTL_MS = 1000  # a consent stop reaches live frames within a second (a batch reads it afresh each time)
-EVIDENCE_TTL_MS = 2 * 3600 * 1000  # frame hashes kept for root checks and proofs; long enough for 5-min batches
+EVIDENCE_TTL_MS = 30 * 60 * 1000  # frame hashes kept for root checks and proofs: 5-minute batches, late uploads
+HASH_LEN = 32
 _TAGS = {bool: "boolean", int: "integer", float: "float", str: "string"}
 
 
@@ -266,44 +267,66 @@ def frame_table(frame: LiveFrame, catalogue: Catalogue) -> pa.Table:
     return pa.Table.from_arrays(columns, names=names)
 
 
+class _Run:
+    """Hashes of consecutive counters, packed: 32 bytes a frame."""
+
+    __slots__ = ("first", "hashes", "received_ms")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.hashes = bytearray()
+        self.received_ms = 0
+
+    @property
+    def end(self) -> int:
+        return self.first + len(self.hashes) // HASH_LEN
+
+
 class LiveEvidence:
     """The hashes of the frames this replica accepted, per vehicle, kept for a limited time (never the evidence).
 
     They let the region check a batch's ``live_root`` against the frames it received and hand out a frame's
-    inclusion path while it keeps them. 32 bytes per frame, in memory, dropped after ``ttl_ms``.
+    inclusion path while it keeps them: 32 bytes a frame, in runs of consecutive counters of at most ``RUN``
+    frames, a run dropped whole once its newest frame is older than ``ttl_ms`` (a streaming car: 30 min at 1 Hz
+    is 1,800 frames, 58 KB).
     """
+
+    RUN = 256
 
     def __init__(self, ttl_ms: int = EVIDENCE_TTL_MS) -> None:
         self.ttl_ms = ttl_ms
         self._lock = threading.Lock()
-        self._hashes: dict[str, dict[int, tuple[int, bytes]]] = {}  # vin -> counter -> (received_ms, hash)
+        self._runs: dict[str, list[_Run]] = {}
 
     def add(self, vin: str, counter: int, frame_hash: bytes, received_ms: int) -> None:
-        """Keep one accepted frame's hash; drop this vehicle's hashes older than the time to keep them."""
+        """Keep one accepted frame's hash (counters arrive increasing); drop this vehicle's expired runs."""
         with self._lock:
-            kept = self._hashes.setdefault(vin, {})
-            kept[counter] = (received_ms, frame_hash)
-            if len(kept) % 256 == 0:
-                old = received_ms - self.ttl_ms
-                for c in [c for c, (r, _) in kept.items() if r < old]:
-                    del kept[c]
+            runs = self._runs.setdefault(vin, [])
+            if not runs or runs[-1].end != counter or len(runs[-1].hashes) >= self.RUN * HASH_LEN:
+                runs.append(_Run(counter))
+            run = runs[-1]
+            run.hashes += frame_hash
+            run.received_ms = received_ms
+            while runs and runs[0].received_ms < received_ms - self.ttl_ms:
+                runs.pop(0)
 
     def hashes(self, vin: str, first: int, last: int) -> list[bytes] | None:
         """The frame hashes of ``first..last`` in counter order, or None when any of them was not received."""
+        out: list[bytes] = []
+        want = first
         with self._lock:
-            kept = self._hashes.get(vin, {})
-            if last - first + 1 > len(kept):
-                return None
-            out = [kept.get(c) for c in range(first, last + 1)]
-        if any(h is None for h in out):
-            return None
-        return [h[1] for h in out if h is not None]
-
-    def received(self, vin: str, first: int, last: int) -> int:
-        """How many of the frames ``first..last`` this replica holds."""
-        with self._lock:
-            kept = self._hashes.get(vin, {})
-            return sum(1 for c in kept if first <= c <= last)
+            for run in self._runs.get(vin, ()):
+                if run.end <= want or run.first > want:
+                    if run.first > want:
+                        return None
+                    continue
+                stop = min(run.end, last + 1)
+                raw = run.hashes[(want - run.first) * HASH_LEN : (stop - run.first) * HASH_LEN]
+                out += [bytes(raw[i : i + HASH_LEN]) for i in range(0, len(raw), HASH_LEN)]
+                want = stop
+                if want > last:
+                    return out
+        return None
 
     def check_root(self, header: BatchHeader) -> None:
         """A batch's ``live_root`` must match the frames received for its range when all of them were received.
