@@ -799,6 +799,7 @@ def _ingest_rows(fig: dict[str, float], extra: Sequence[tuple[int, int]]) -> lis
             ("peer_long_copy_samples_per_s", "long, bulk COPY"),
         )
     ]
+    rows += _ingest_cost_rows(fig)
     for batch_s, workers in extra:
         alt = fig.get(f"ingest_{batch_s}s_{workers}w_samples_per_s")
         if alt is not None:
@@ -812,6 +813,32 @@ def _ingest_rows(fig: dict[str, float], extra: Sequence[tuple[int, int]]) -> lis
                 )
             )
     return rows
+
+
+def _ingest_cost_rows(fig: dict[str, float]) -> list[dict[str, Any]]:
+    """Issue 10: 60-second batches into one process, its server CPU per batch, and the fixed part of that."""
+    rate = fig.get("ingest_cost_60s_samples_per_s")
+    if rate is None:
+        return []
+    fixed = fig.get("ingest_cost_fixed_cpu_ms_per_batch")
+    return [
+        _row(
+            "Ingest, 60-second batches, 1 process (samples/s)",
+            _fmt_rate(rate),
+            target="≥ 5 M/s",
+            met=rate >= TARGET_INGEST,
+        ),
+        _row(
+            "Ingest, 60-second batches, 1 process: server CPU per batch",
+            _fmt(fig["ingest_cost_60s_cpu_ms_per_batch"], " ms"),
+        ),
+        _row(
+            "Ingest: fixed server CPU per batch (line through 60 s and 5 s batches)",
+            _fmt(fixed, " ms"),
+            target="≤ 2 ms",
+            met=None if fixed is None else fixed <= 2.0,
+        ),
+    ]
 
 
 def _storage_rows(fig: dict[str, float], extra: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
@@ -1167,6 +1194,8 @@ def _measured_lines(result: dict[str, Any]) -> list[str]:
             f"{alt['other_processes_cpu_seconds']:.1f} CPU-s), "
             f"{alt['storage']['bytes_per_sample']:.2f} bytes/sample in segments."
         )
+    if det.get("ingest_cost"):
+        lines.append(_ingest_cost_line(det["ingest_cost"]))
     if det.get("ingest_growth"):
         g = det["ingest_growth"]
         lines.append(
@@ -1176,6 +1205,27 @@ def _measured_lines(result: dict[str, Any]) -> list[str]:
             f"{det['store_samples']:,} samples."
         )
     return lines
+
+
+def _ingest_cost_line(cost: dict[str, Any]) -> str:
+    """What the ingest-cost runs (issue 10) did and found."""
+    main, short = cost["runs"]["main"], cost["runs"]["short"]
+    fixed = cost["fixed_cpu_ms_per_batch"]
+    per_k = cost["cpu_us_per_1000_samples"]
+    return (
+        f"- **Ingest cost per batch**: the same drives in {cost['batch_seconds']} s batches ({main['batches']:,} "
+        f"batches of {main['mean_batch_samples']:,.0f} samples on average) into a fresh region, one "
+        f"`carvault serve` process, {cost['vehicles']} vehicles at once: {main['samples_per_s'] / 1e6:.2f} M "
+        f"samples/s, {main['server_cpu_ms_per_batch']:.2f} ms of server CPU per batch (other processes "
+        f"{main['other_processes_cpu_seconds']:.1f} CPU-s). The first minutes again in {short['batch_seconds']} s "
+        f"batches ({short['batches']:,} of {short['mean_batch_samples']:,.0f} samples): "
+        f"{short['server_cpu_ms_per_batch']:.2f} ms per batch. The line through both puts the fixed server CPU "
+        + (
+            f"at {fixed:.2f} ms per batch and {per_k:.0f} µs per 1,000 samples."
+            if fixed is not None and per_k is not None
+            else "out of reach (both runs had batches of one size)."
+        )
+    )
 
 
 def _storage_window_lines(result: dict[str, Any]) -> list[str]:
@@ -1460,6 +1510,29 @@ def _variants_step(
             fig[f"storage_{batch_s}s_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
 
 
+def _ingest_cost_step(
+    work: Path,
+    data: list[VehicleData],
+    cfg: BenchConfig,
+    console: Console,
+    bar: Progress,
+    details: dict[str, Any],
+    fig: Figures,
+) -> None:
+    """Ingest cost per batch (issue 10): 60-second batches into one server process, and the fixed CPU per batch."""
+    from carvault.bench.ingest_cost import IngestCostConfig, measure_ingest_cost
+
+    cost_cfg = IngestCostConfig(vehicles=len(data), hours=cfg.hours, short_minutes=min(10.0, cfg.hours * 60 / 2))
+    n = sum(-(-int(cfg.hours * 3600) // s) for s in (60, 5)) * len(data)  # about; the bar is only a guide
+    with _step(console, bar, "ingest cost: 60 s and 5 s batches, 1 server process", n) as adv:
+        cost = measure_ingest_cost(work / "ingest-cost", cost_cfg, adv, tables=[(v.vin, v.table) for v in data])
+    details["ingest_cost"] = cost
+    fig["ingest_cost_60s_samples_per_s"] = cost["samples_per_s"]
+    fig["ingest_cost_60s_cpu_ms_per_batch"] = cost["server_cpu_ms_per_batch"]
+    if (cost["fixed_cpu_ms_per_batch"] or 0) > 0:  # a line through two noisy points can miss; then no figure
+        fig["ingest_cost_fixed_cpu_ms_per_batch"] = cost["fixed_cpu_ms_per_batch"]
+
+
 def _peer_figures(p: dict[str, Any]) -> Figures:
     """5. The PostgreSQL peer's headline figures."""
     return {
@@ -1558,6 +1631,7 @@ def run_bench(
             server = None
             del signed  # the signed batches are the largest thing held; the rest needs only the tables
             _variants_step(work, data, cfg, console, bar, details, fig)
+            _ingest_cost_step(work, data, cfg, console, bar, details, fig)
             if cfg.postgres:
                 details["peer"] = _run_peer(cfg, data, sigs, windows, dense, console, bar)
                 fig.update(_peer_figures(details["peer"]))
