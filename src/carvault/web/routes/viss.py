@@ -25,13 +25,13 @@ POLICY_VIOLATION = 1008  # WebSocket close code (RFC 6455 §7.4.1)
 
 
 def same_origin(websocket: WebSocket) -> bool:
-    """The upgrade comes from a page of this site (``Origin`` is this scheme, host and port)."""
+    """The upgrade comes from a page of this site: ``Origin`` names this host and port (as the CSRF check reads it;
+    the scheme is left out, since a TLS terminator in front makes the browser's ``https`` our ``http``)."""
     origin = websocket.headers.get("origin")
     host = websocket.headers.get("host")
-    if not origin or not host:
+    if not origin or not host or origin == "null":
         return False
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    return origin.rstrip("/").lower() == f"{scheme}://{host}".lower()
+    return origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
 
 
 def upgrade_token(websocket: WebSocket) -> tuple[str | None, bool]:
