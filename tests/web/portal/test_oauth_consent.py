@@ -34,6 +34,10 @@ VISIBLE_WORDS = """() => {
   return out.join(' ');
 }"""
 
+WIDER_THAN_SCREEN = """() => [...document.querySelectorAll('main *')]
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .map((e) => e.tagName + '.' + e.className + ' ' + (e.textContent || '').slice(0, 40))"""
+
 
 def fleet_app(world: World) -> OAuth2Client:
     """An approved fleet manager's app in this region, as its own OAuth client."""
@@ -57,9 +61,11 @@ def fleet_app(world: World) -> OAuth2Client:
     )
 
 
-def to_consent(browser: Any, world: World, client: OAuth2Client, lang: str) -> tuple[Any, Any, list[str], str, str]:
+def to_consent(
+    browser: Any, world: World, client: OAuth2Client, lang: str, size: str = "desktop"
+) -> tuple[Any, Any, list[str], str, str]:
     """The app sends a fresh browser to the consent screen; the owner logs in on the way."""
-    ctx = new_context(browser, world, lang=lang)
+    ctx = new_context(browser, world, size=size, lang=lang)
     arrived: list[str] = []
 
     def callback(route: Any) -> None:
@@ -132,7 +138,7 @@ def test_owner_narrows_and_approves_in_chromium_and_the_app_reads_only_that(brow
 @pytest.mark.slow
 def test_chinese_consent_screen_and_one_click_deny(browser: Any, world: World) -> None:
     client = fleet_app(world)
-    ctx, page, arrived, _, state = to_consent(browser, world, client, "zh-CN")
+    ctx, page, arrived, _, state = to_consent(browser, world, client, "zh-CN", size="phone")
     try:
         assert page.locator("html").get_attribute("lang") == "zh-CN"
         words = re.findall(r"[A-Za-z]{2,}", page.evaluate(VISIBLE_WORDS))
@@ -141,7 +147,9 @@ def test_chinese_consent_screen_and_one_click_deny(browser: Any, world: World) -
         for fact in ("车队管理", "接收方的义务", "授权截止日期", "中国", "仅限大致区域", "敏感个人"):
             assert fact in text, fact
         assert accessibility_problems(page) == []
-        screenshot(page, "oauth-consent-zh-CN-desktop")
+        screenshot(page, "oauth-consent-zh-CN-phone")
+        wide = page.evaluate(WIDER_THAN_SCREEN)
+        assert wide == []  # long signal paths wrap at their dots on a phone
         page.click('button[name="decision"][value="deny"]')
         page.wait_for_url(re.compile(re.escape(REDIRECT) + r"\?.*"))
     finally:
