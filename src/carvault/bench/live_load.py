@@ -1,0 +1,173 @@
+"""A reusable live-load generator: N cars streaming signed live frames over WebSockets (docs/protocol.md §8).
+
+``stream_fleet`` opens one vehicle-signed connection per car, sends a frame every ``interval_ms`` per car (the
+cars' phases spread over the interval, as real cars are), and measures each frame's acknowledgement time. With
+a ``LiveHub`` it also measures sample-to-subscriber latency (frame ``t_ms`` to delivery to a hub subscriber,
+on the same or another replica). ``carvault bench`` calls it; tests call it small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from carvault.ingest.live import LiveHub
+from carvault.protocol.live import LIVE_PATH, LIVE_SUBPROTOCOL, encode_frame
+from carvault.protocol.requests import sign_request
+from carvault.vehicle.identity import VehicleIdentity
+
+# What each frame carries: plausible values of technical and personal categories (collected unless stopped).
+SPEED = "Vehicle.Speed"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 / max of a sample (nearest rank); empty -> {}."""
+    if not values:
+        return {}
+    s = sorted(values)
+
+    def rank(q: float) -> float:
+        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": s[-1], "n": float(len(s))}
+
+
+@dataclass
+class LiveLoadResult:
+    """What a run measured."""
+
+    cars: int
+    seconds: float
+    frames_sent: int = 0
+    acked: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    ack_ms: list[float] = field(default_factory=list)
+    subscriber_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Figures for the bench file."""
+        return {
+            "cars": self.cars,
+            "seconds": round(self.seconds, 2),
+            "frames_sent": self.frames_sent,
+            "acked": self.acked,
+            "refused": self.refused,
+            "frames_per_s": round(self.acked / self.seconds, 1) if self.seconds else 0.0,
+            "ack_ms": quantiles(self.ack_ms),
+            "sample_to_subscriber_ms": quantiles(self.subscriber_ms),
+        }
+
+
+def _ws_url(endpoint: str) -> str:
+    base = endpoint.rstrip("/")
+    scheme = "wss" if base.startswith("https://") else "ws"
+    return f"{scheme}://{base.split('://', 1)[-1]}{LIVE_PATH}"
+
+
+async def _one_car(
+    url: str, car: VehicleIdentity, index: int, cars: int, seconds: float, interval_ms: int, result: LiveLoadResult
+) -> None:
+    headers = sign_request(car.key, "GET", LIVE_PATH, car.vin)
+    async with connect(url, additional_headers=headers, subprotocols=[LIVE_SUBPROTOCOL], max_queue=None) as ws:  # type: ignore[list-item]
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            code = ready.get("error", {}).get("code", "refused")
+            result.refused[code] = result.refused.get(code, 0) + 1
+            return
+        sent: dict[int, float] = {}
+        n = max(1, int(seconds * 1000 // interval_ms))
+
+        async def read() -> None:
+            for _ in range(n):
+                answer = json.loads(await ws.recv())
+                at = time.perf_counter()
+                if answer.get("type") == "ack":
+                    result.acked += 1
+                    result.ack_ms.append((at - sent.pop(answer["counter"], at)) * 1000)
+                else:
+                    code = answer.get("error", {}).get("code", "error")
+                    result.refused[code] = result.refused.get(code, 0) + 1
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(interval_ms / 1000 * index / max(cars, 1))  # spread the cars over the interval
+        start = time.perf_counter()
+        base = _ms()  # counters above any earlier run's (a run sends fewer frames than milliseconds pass)
+        for i in range(n):
+            t = _ms()
+            values = {SPEED: 40.0 + 20.0 * math.sin(i / 30 + index), SOC: 80.0 - i * 0.001}
+            frame = encode_frame(car.vin, car.region, base + i, t, values, car.key)
+            sent[base + i] = time.perf_counter()
+            await ws.send(frame)
+            result.frames_sent += 1
+            delay = start + (i + 1) * interval_ms / 1000 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.wait_for(reader, timeout=30)
+
+
+async def _listen(hub: LiveHub, vins: Sequence[str], result: LiveLoadResult, stop: asyncio.Event) -> None:
+    subs = [hub.subscribe(v) for v in vins]
+
+    async def drain(sub: Any) -> None:
+        async for update in sub:
+            result.subscriber_ms.append(float(_ms() - update.t_ms))
+
+    tasks = [asyncio.create_task(drain(s)) for s in subs]
+    await stop.wait()
+    for s in subs:
+        await s.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def stream_fleet(
+    endpoint: str,
+    cars: Sequence[VehicleIdentity],
+    *,
+    seconds: float = 10.0,
+    interval_ms: int = 1000,
+    subscriber_hub: LiveHub | None = None,
+) -> LiveLoadResult:
+    """Stream every car for ``seconds``; acknowledgement and (with a hub) sample-to-subscriber latencies."""
+    result = LiveLoadResult(cars=len(cars), seconds=seconds)
+    stop = asyncio.Event()
+    listener = (
+        asyncio.create_task(_listen(subscriber_hub, [c.vin for c in cars], result, stop))
+        if subscriber_hub is not None
+        else None
+    )
+    await asyncio.sleep(0.05)
+    began = time.perf_counter()
+    url = _ws_url(endpoint)
+    await asyncio.gather(*(_one_car(url, c, i, len(cars), seconds, interval_ms, result) for i, c in enumerate(cars)))
+    result.seconds = time.perf_counter() - began
+    await asyncio.sleep(0.2)  # let the last updates reach the subscriber
+    stop.set()
+    if listener is not None:
+        await listener
+    return result
+
+
+def run_live_load(
+    endpoint: str,
+    cars: Sequence[VehicleIdentity],
+    *,
+    seconds: float = 10.0,
+    interval_ms: int = 1000,
+    subscriber_hub: LiveHub | None = None,
+) -> LiveLoadResult:
+    """``stream_fleet`` from synchronous code (the bench runner)."""
+    return asyncio.run(
+        stream_fleet(endpoint, cars, seconds=seconds, interval_ms=interval_ms, subscriber_hub=subscriber_hub)
+    )
