@@ -873,3 +873,20 @@ def test_hostile_token_requests_get_a_4xx_never_a_500(http: httpx.Client, app: R
     )
     assert 400 <= r.status_code < 500 and r.json()["error"] == "unsupported_token_type"
     assert http.post("/oauth/token", content=b"a" * 70_000, headers={"Content-Type": FORM}).status_code == 413
+
+
+def test_refusal_page_and_device_page_in_chinese(
+    region: Region, browser: httpx.Client, server: BackgroundServer, car: str
+) -> None:
+    zh = {"Accept-Language": "zh-CN"}
+    gatekeeper = register_app(region, gatekeeper=True)
+    uri, _ = client_for(server, gatekeeper).create_authorization_url(
+        "/oauth/authorize", code_verifier=generate_token(48), purpose="insurance"
+    )
+    page = browser.get(uri, headers=zh)
+    assert page.status_code == 403 and "此应用无法接收您的数据" in page.text and "守门人" in page.text
+    assert "返回应用" in page.text
+    entry = browser.get("/device", headers=zh)
+    assert entry.status_code == 200 and "请输入设备上显示的代码" in entry.text
+    wrong = browser.get("/device", params={"user_code": "BCDF-GHJK"}, headers=zh)
+    assert wrong.status_code == 404 and "没有与此代码对应的待处理请求" in wrong.text
