@@ -156,3 +156,56 @@ def test_chinese_consent_screen_and_one_click_deny(browser: Any, world: World) -
         ctx.close()
     query = parse_qs(urlsplit(arrived[0]).query)
     assert query["error"] == ["access_denied"] and query["state"] == [state] and "code" not in query
+
+
+@pytest.mark.slow
+def test_device_flow_in_chromium_on_a_phone(browser: Any, world: World) -> None:
+    """A wallbox without a browser: the owner types its code on the phone, approves, and the wallbox polls its token."""
+    app, _ = world.region.apps.register(
+        name="Garage Wallbox",
+        legal_entity="Wallbox Energy (Shenzhen) Co., Ltd.",
+        jurisdiction="cn",
+        contact="support@wallbox.example",
+        purposes=["charging"],
+        confidential=False,
+    )
+    world.region.apps.decide(app.client_id, "approved", by="test")
+    scope = "vss:Vehicle.Powertrain.TractionBattery history"
+    asked = {"client_id": app.client_id, "scope": scope, "purpose": "charging"}
+    started = httpx.post(f"{world.url}/oauth/device_authorization", data=asked, timeout=60).json()
+    poll = {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": started["device_code"]}
+    poll["client_id"] = app.client_id
+    assert httpx.post(f"{world.url}/oauth/token", data=poll, timeout=60).json()["error"] == "authorization_pending"
+
+    ctx = new_context(browser, world, size="phone")
+    try:
+        page = ctx.new_page()
+        page.goto(started["verification_uri"])
+        page.wait_for_url(re.compile(r".*/login\?next=.*"))
+        page.fill("#email", world.email)
+        page.fill("#password", PASSWORD)
+        page.click(".auth-card button[type=submit]")
+        page.wait_for_url(re.compile(r".*/device$"))
+        page.fill("#user_code", started["user_code"].lower())
+        page.click("main button[type=submit]")
+        page.wait_for_url(re.compile(r".*/device\?user_code=.*"))
+        text = page.locator("main").inner_text()
+        assert "Garage Wallbox" in text and "Smart charging control" in text and "Battery and charging" in text
+        assert accessibility_problems(page) == []
+        page.click('button[name="decision"][value="approve"]')
+        page.wait_for_selector('[data-outcome="approved"]')
+        screenshot(page, "oauth-device-approved-en-phone")
+    finally:
+        ctx.close()
+
+    token = httpx.post(f"{world.url}/oauth/token", data=poll, timeout=60)
+    assert token.status_code == 200, token.text
+    auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    params = {**day_window(world), "signals": "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"}
+    vin = world.cars[0].vin
+    soc = httpx.get(f"{world.url}/api/v1/vehicles/{vin}/telemetry", params=params, headers=auth, timeout=60)
+    assert soc.status_code == 200 and soc.json()["rows"] > 0, soc.text
+    speed = httpx.get(
+        f"{world.url}/api/v1/vehicles/{vin}/telemetry", params={**params, "signals": "Vehicle.Speed"}, headers=auth
+    )
+    assert speed.status_code == 403 and speed.json()["error"]["code"] == "out_of_scope"
