@@ -11,6 +11,7 @@ import pytest
 from carvault.access.viss import (
     MAX_MESSAGE_CHARS,
     Change,
+    Checks,
     Range,
     TimeBased,
     data_member,
@@ -266,3 +267,30 @@ def test_location_at_the_grants_precision() -> None:
     assert LAT not in served({LAT: values[LAT]}, ScopedView(CAT, "V", scope))  # no cell without both
     precise = Scope(("V",), ("Vehicle",), None, None, True, True, "personal", 2**40)
     assert served(values, ScopedView(CAT, "V", precise))[LAT].value == lat
+
+
+def test_checks_share_reads_for_a_while_refusals_included() -> None:
+    reads: list[str] = []
+
+    def read() -> str:
+        reads.append("x")
+        return "value"
+
+    def refuse() -> None:
+        reads.append("refused")
+        raise OutOfScope("no")
+
+    checks = Checks(ttl_s=60)
+    assert checks.once("a", read) == "value" and checks.once("a", read) == "value"
+    for _ in range(2):
+        with pytest.raises(OutOfScope):
+            checks.once("b", refuse)
+    assert reads == ["x", "refused"]
+    stale = Checks(ttl_s=0)
+    stale.once("a", read)
+    stale.once("a", read)
+    assert reads.count("x") == 3
+    small = Checks(ttl_s=0, limit=2)
+    for k in range(5):
+        small.once(k, read)
+    assert len(small._memo) <= 2  # expired entries are dropped rather than kept without bound

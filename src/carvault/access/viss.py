@@ -25,6 +25,7 @@ import json
 import math
 import operator
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -453,17 +454,35 @@ def served(values: dict[str, LiveValue], view: ScopedView) -> dict[str, LiveValu
 
 
 # ----------------------------------------------------------------------------------------------- session
-def _once(tick: dict[Any, Any], key: Any, read: Callable[[], Any]) -> Any:
-    """``read()`` once per tick: its result, or the same refusal raised again."""
-    if key not in tick:
-        try:
-            tick[key] = (read(), None)
-        except CarVaultError as e:
-            tick[key] = (None, e)
-    value, error = tick[key]
-    if error is not None:
-        raise error
-    return value
+class Checks:
+    """The reads behind re-checks (token and grant, hold, consent), shared for a fraction of the re-check period.
+
+    One per process: every connection re-checking the same token or vehicle within ``ttl_s`` shares one read, so
+    the database sees a few reads per vehicle per period however many subscribers watch it. A revocation still
+    ends a stream within ``ttl_s + RECHECK_S`` (under a second). Requests are always authorised with fresh reads.
+    """
+
+    def __init__(self, ttl_s: float = RECHECK_S * 0.8, limit: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self._memo: dict[Any, tuple[float, Any, CarVaultError | None]] = {}
+
+    def once(self, key: Any, read: Callable[[], Any]) -> Any:
+        """``read()``'s result (or its refusal, raised again) if read less than ``ttl_s`` ago, else read now."""
+        now = time.monotonic()
+        hit = self._memo.get(key)
+        if hit is None or hit[0] <= now:
+            if len(self._memo) >= self.limit:
+                self._memo = {k: v for k, v in self._memo.items() if v[0] > now}
+            try:
+                hit = (now + self.ttl_s, read(), None)
+            except CarVaultError as e:
+                hit = (now + self.ttl_s, None, e)
+            self._memo[key] = hit
+        _, value, error = hit
+        if error is not None:
+            raise error
+        return value
 
 
 @dataclass
@@ -513,6 +532,7 @@ class VissSession:
         check_served: Callable[[str], None],
         send: Send,
         connection_token: str | None = None,
+        checks: Checks | None = None,
     ) -> None:
         self.vin = vin.strip().upper()
         self.catalogue = catalogue
@@ -523,6 +543,7 @@ class VissSession:
         self.check_served = check_served
         self._send = send
         self.connection_token = connection_token
+        self.checks = checks or Checks()
         self.subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
         self._send_lock = asyncio.Lock()
@@ -530,18 +551,20 @@ class VissSession:
         self._recorded: set[tuple[str, tuple[str, ...]]] = set()
 
     # ----------------------------------------------------------------- authorisation
-    def authorise(self, token: str | None, selection: Selection, tick: dict[Any, Any] | None = None) -> Allowance:
+    def authorise(self, token: str | None, selection: Selection, checks: Checks | None = None) -> Allowance:
         """The caller behind ``token`` may stream ``selection`` of this vehicle now (blocking: DB reads).
 
-        ``tick`` shares the reads (token, grant, hold, consent) between the subscriptions re-checked together.
+        ``checks`` shares the reads (token and grant, hold, consent) between re-checks; without it, all are fresh.
         """
         if not token:
             raise Unauthenticated("Access token is missing: send it as authorization or at the WebSocket upgrade")
-        tick = {} if tick is None else tick
-        access = _once(tick, ("access", token), lambda: self._access(token))
+        memo = checks or Checks()
+        access = memo.once(("access", token, self.vin), lambda: self._access(token))
         access.view.signals(list(selection.leaves))  # OutOfScope for anything beyond the grant
-        _once(tick, "hold", lambda: self.check_served(access.vin))  # a hold after a deletion request freezes data
-        policy = _once(tick, "policy", lambda: self.policy_of(access.vin))
+        memo.once(
+            ("hold", access.vin), lambda: self.check_served(access.vin)
+        )  # a hold after a deletion request freezes data
+        policy = memo.once(("policy", access.vin), lambda: self.policy_of(access.vin))
         at = now_ms()
         stopped = {s: self.catalogue[s].category for s in selection.leaves}
         stopped = {s: c for s, c in stopped.items() if policy.status(c, at) != COLLECTING}
@@ -696,11 +719,10 @@ class VissSession:
 
     def _verdicts(self, subs: list[Subscription]) -> list[tuple[Subscription, CarVaultError | None]]:
         """For each subscription, why it may no longer stream (None: it may), from one round of reads."""
-        tick: dict[Any, Any] = {}
         out: list[tuple[Subscription, CarVaultError | None]] = []
         for sub in subs:
             try:
-                fresh = self.authorise(sub.allowance.token, sub.selection, tick)
+                fresh = self.authorise(sub.allowance.token, sub.selection, self.checks)
             except CarVaultError as e:
                 out.append((sub, e))
                 continue

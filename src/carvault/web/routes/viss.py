@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from carvault.access.viss import SUBPROTOCOL, VissSession
+from carvault.access.viss import SUBPROTOCOL, Checks, VissSession
 from carvault.region import Region
 from carvault.web.deps import SESSION_COOKIE
 
@@ -58,6 +58,9 @@ async def viss(websocket: WebSocket, vin: str) -> None:
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     region: Region = websocket.app.state.region
+    state = websocket.app.state
+    if getattr(state, "viss_checks", None) is None:
+        state.viss_checks = Checks()  # one per app: connections watching the same car share re-check reads
 
     async def send(message: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
@@ -72,6 +75,7 @@ async def viss(websocket: WebSocket, vin: str) -> None:
         check_served=region.deletions.check_served,
         send=send,
         connection_token=token,
+        checks=state.viss_checks,
     )
     try:
         while True:
