@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -458,7 +458,6 @@ class ConsentRequest:
     purpose: str
     redirect_uri: str | None = None
     state: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
