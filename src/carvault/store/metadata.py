@@ -590,11 +590,18 @@ class Database:
 
     def create_schema(self) -> list[str]:
         """Create every table that does not exist yet and add the columns and indexes older tables lack."""
-        try:
-            Base.metadata.create_all(self.engine)
-            return upgrade_schema(self.engine, Base.metadata)
-        except OperationalError as e:
-            raise Unavailable(f"metadata database at {self.engine.url!r} is unavailable: {e.orig}") from None
+        attempts = len(Base.metadata.tables) + 1  # each lost race means another process made one more table
+        for attempt in range(attempts):
+            try:
+                Base.metadata.create_all(self.engine)
+                return upgrade_schema(self.engine, Base.metadata)
+            except OperationalError as e:
+                # Processes starting at once on an older database race to create a new table: the loser's
+                # CREATE TABLE fails with "already exists"; inspecting again finds the winner's table.
+                if "already exists" in str(e.orig) and attempt < attempts - 1:
+                    continue
+                raise Unavailable(f"metadata database at {self.engine.url!r} is unavailable: {e.orig}") from None
+        raise AssertionError("unreachable")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
