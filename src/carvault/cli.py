@@ -176,6 +176,9 @@ def simulate(
     seed: int = 1,
     incident: bool = False,
     batch_seconds: int = 300,
+    live: Annotated[
+        bool, typer.Option("--live", help="Also stream the day as live frames (1 Hz) before its batches commit them.")
+    ] = False,
 ) -> None:
     """Simulate a day of driving for a provisioned vehicle and upload it."""
     from datetime import UTC, date, datetime, timedelta
@@ -191,6 +194,14 @@ def simulate(
     sim = simulate_day(ident.vin, seed, d, incident=incident)
     agent = VehicleAgent(ident, vehicle_dir, endpoint)
     agent.fetch_policy()  # the owner's consents decide what leaves the car
+    if live:  # docs/protocol.md §8: frames first, then the batches that commit to them
+        import asyncio
+
+        from carvault.vehicle.live import LiveSender, stream_frames
+
+        sender = LiveSender(agent)
+        report = asyncio.run(stream_frames(sender, endpoint, sender.frames(sim.table)))
+        console.print(f"live frames: {report.acked} acknowledged, refused {report.refused}, dropped {report.dropped}")
     n = agent.process(sim.table, batch_seconds) + agent.finish()
     with Progress(console=console) as bar:
         task = bar.add_task(f"uploading {n} batches", total=len(agent.pending()))

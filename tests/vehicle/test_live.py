@@ -77,3 +77,28 @@ def test_refused_upgrades_close_with_a_code(
             assert ws.close_code == close_code
 
     asyncio.run(run())
+
+
+def test_simulate_live_streams_then_batches_commit(region: Region, server: BackgroundServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from carvault.cli import app as cli
+    from carvault.protocol import decode_envelope
+    from carvault.store.metadata import BatchRecord
+
+    car = provision(region, vin_for(3), tmp_path / "vehicles")
+    folder = tmp_path / "vehicles" / car.vin
+    args = ["simulate", str(folder), "--endpoint", server.url, "--day", "2025-11-12", "--live"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    acked = int(said.split("live frames: ")[1].split(" ")[0])
+    assert acked > 100 and "dropped 0" in said and "refused {}" in said
+    assert set(region.live.latest(car.vin)) >= {"Vehicle.Speed"}
+    with region.db.session() as s:
+        rows = s.query(BatchRecord).filter(BatchRecord.vin == car.vin).all()
+        blobs = [region.segment_reader.read(r.segment, r.offset, r.length) for r in rows]
+    headers = [decode_envelope(b).header for b in blobs]
+    assert sum(h.live_size for h in headers) == acked  # every acknowledged frame is committed by a logged batch
+    ranges = sorted((h.live_first, h.live_last) for h in headers if h.live_first is not None)
+    assert ranges[0][0] == 1 and all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))

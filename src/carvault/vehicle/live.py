@@ -10,6 +10,7 @@ they are still committed by the batch (the batch stays the evidence).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 from carvault.durable import write_durably
 from carvault.ledger.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
@@ -197,3 +199,45 @@ class LiveLink:
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
+
+
+@dataclass
+class StreamReport:
+    """What became of a run of frames: acknowledged, refused (by code), or dropped (no connection)."""
+
+    acked: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+
+async def stream_frames(sender: LiveSender, endpoint: str, frames: list[bytes], *, window: int = 100) -> StreamReport:
+    """Send frames over one connection, ``window`` at a time; without a connection they are dropped, never queued."""
+    report = StreamReport()
+    link = LiveLink(sender, endpoint)
+    try:
+        ready = await link.open()
+    except (OSError, WebSocketException):
+        report.dropped = len(frames)
+        return report
+    if ready.get("type") != "ready":
+        code = str(ready.get("error", {}).get("code"))
+        report.refused[code] = len(frames)
+        await link.close()
+        return report
+    try:
+        for i in range(0, len(frames), window):
+            try:
+                answers = await link.send(frames[i : i + window])
+            except (OSError, WebSocketException):
+                report.dropped += len(frames) - i
+                break
+            for a in answers:
+                if a.get("type") == "ack":
+                    report.acked += 1
+                else:
+                    code = str(a.get("error", {}).get("code"))
+                    report.refused[code] = report.refused.get(code, 0) + 1
+    finally:
+        with contextlib.suppress(OSError, WebSocketException):
+            await link.close()
+    return report
