@@ -10,6 +10,7 @@ into a third data folder.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def test_second_fetch_is_refused_and_the_owner_sees_who_fetched(two: Two, fetche
     again = two.a.http.get(meta["fetch_url"], headers={"Authorization": f"Bearer {meta['token']}"})
     assert again.status_code == 401 and again.json()["error"]["code"] == "unauthenticated"
     events = two.a.http.get("/api/v1/audit", headers=two.a.owner.headers, params={"action": "portability.fetch"})
-    (event,) = events.json()["events"]
+    (event,) = [e for e in events.json()["events"] if e["detail"]["bundle_id"] == meta["id"]]
     assert event["actor"] == "recipient:Second Operator" and event["detail"]["bundle_id"] == meta["id"]
     listed = two.a.http.get(f"/api/v1/vehicles/{two.ident.vin}/portability", headers=two.a.owner.headers).json()
     assert listed[0]["fetched_ms"] is not None and "token" not in listed[0]
@@ -232,3 +233,35 @@ def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: 
         assert counts(c) == (1, 4, 1)
         speed = c.telemetry.window(two.ident.vin, BASE_MS, BASE_MS + 120_000, [catalogue()["Vehicle.Speed"]])
         assert speed.num_rows == 1200
+
+
+def test_portal_page_prepares_a_transfer_and_shows_the_code_once(two: Two) -> None:
+    base = str(two.a.http.base_url)
+    with httpx.Client(base_url=base, timeout=60) as browser:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/login").text)
+        assert token is not None
+        form = {"email": two.a.owner.email, "password": two.a.owner.password, "csrf_token": token[1], "next": "/"}
+        assert browser.post("/login", data=form).status_code == 303
+        for lang, title in (("en", "Move my data to another company"), ("zh-CN", "把我的数据转给另一家公司")):
+            browser.cookies.set("carvault_lang", lang)
+            page = browser.get("/portability")
+            assert page.status_code == 200 and title in page.text, lang
+        browser.cookies.set("carvault_lang", "en")
+        page = browser.get("/portability")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert csrf is not None
+        ask = {"csrf_token": csrf[1], "vin": two.ident.vin, **RECIPIENT, "confirm": "on"}
+        abroad = browser.post("/portability", data={**ask, "jurisdiction": "eu"})
+        assert abroad.status_code == 403 and "cross-border" in abroad.text
+        unconfirmed = browser.post("/portability", data={k: v for k, v in ask.items() if k != "confirm"})
+        assert unconfirmed.status_code == 400
+        made = browser.post("/portability", data=ask)
+        assert made.status_code == 201 and "The copy is ready" in made.text
+        code = re.search(r'id="token">([^<]+)<', made.text)
+        assert code is not None
+        again = browser.get("/portability")
+        assert code[1] not in again.text and "Second Operator" in again.text  # the code is shown once only
+    bundle = re.search(r"/api/v1/portability/([A-Za-z0-9_-]{24})", made.text)
+    assert bundle is not None
+    got = two.a.http.get(f"/api/v1/portability/{bundle[1]}", headers={"Authorization": f"Bearer {code[1]}"})
+    assert got.status_code == 200 and got.content[:2] == b"PK"

@@ -16,6 +16,7 @@ from carvault.web.views import (
     live,
     oauth,
     packages,
+    portability,
     sharing,
     vehicles,
 )
@@ -23,6 +24,7 @@ from carvault.web.views import (
 router = APIRouter(include_in_schema=False)
 for _module in (account, vehicles, drives, downloads, packages, consent, access, deletion, oauth, sharing, developers):
     router.include_router(_module.router)
+router.include_router(portability.router)  # issue 9: move my data to another company
 router.include_router(live.router)  # issue 10: a vehicle's Live page
 
 
