@@ -1,10 +1,12 @@
-"""The Live page in Chromium: values published after the page loaded appear without a reload, with their age,
-the offline notice, the position trail, and the page in English and Chinese."""
+"""The Live page over HTTP (who may see it, what it hands its script) and in Chromium: values published after
+the page loaded appear without a reload, with their age, the offline notice, the position trail, in English and
+Chinese."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import threading
 from typing import Any
@@ -18,12 +20,11 @@ from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import now_ms
 from carvault.vehicle.identity import VehicleIdentity
-from tests.conftest import OwnerClient
+from tests.conftest import OwnerClient, make_owner
 from tests.factories import opt_in
 from tests.web.portal.a11y import accessibility_problems
 from tests.web.portal.conftest import SIZES, TIMEZONE, login, screenshot
 
-pytestmark = pytest.mark.slow
 SPEED = "Vehicle.Speed"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 DOOR = "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"
@@ -70,6 +71,7 @@ def tile(page: Any, name: str) -> Any:
     return page.locator(f'[data-tile="{name}"] [data-value]')
 
 
+@pytest.mark.slow  # Chromium
 def test_live_page_updates_without_reload(
     browser: Any, region: Region, server: BackgroundServer, owner: OwnerClient, car: str
 ) -> None:
@@ -122,6 +124,7 @@ def test_live_page_updates_without_reload(
         page.context.close()
 
 
+@pytest.mark.slow  # Chromium
 def test_live_page_in_chinese(
     browser: Any, region: Region, server: BackgroundServer, owner: OwnerClient, car: str
 ) -> None:
@@ -145,3 +148,18 @@ def test_live_page_in_chinese(
         assert page.js_errors == []
     finally:
         page.context.close()
+
+
+def test_live_page_is_the_owners_only(http: httpx.Client, owner: OwnerClient, car: str) -> None:
+    r = http.get(f"/vehicles/{car}/live", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+    http.cookies.set("carvault_session", owner.headers["Authorization"].removeprefix("Bearer "))
+    r = http.get(f"/vehicles/{car}/live")
+    assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+    config = json.loads(re.search(r'<script type="application/json" id="live-config">(.*?)</script>', r.text, re.S)[1])
+    assert config["endpoint"] == f"/api/v1/viss/{car}" and config["texts"]["offline_since"]
+    assert {p for g in config["groups"] for p in g["paths"]} >= {LAT, LON, SPEED, SOC, GEAR, DOOR}
+    assert "<script>" not in r.text  # no inline script: the CSP would block it
+    stranger = make_owner(http)
+    http.cookies.set("carvault_session", stranger.headers["Authorization"].removeprefix("Bearer "))
+    assert http.get(f"/vehicles/{car}/live").status_code == 404
