@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from carvault import __version__
@@ -98,16 +98,38 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+class SecurityHeaders:
+    """Adds ``SECURITY_HEADERS`` (and ``Cache-Control: no-store`` under /api/) to every HTTP response lacking them.
+
+    A plain ASGI middleware: it only edits the response's start message. (Starlette's ``BaseHTTPMiddleware`` ran
+    each request through an extra task and body stream, a large part of a batch upload's fixed cost: issue 10.)
+    """
+
+    _PAGE = tuple((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
+    _API = (*_PAGE, (b"cache-control", b"no-store"))
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self._API if scope["path"].startswith("/api/") else self._PAGE
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _operations(region: Region) -> APIRouter:
