@@ -589,6 +589,7 @@ def test_refresh_rotates_and_reuse_revokes_the_family(
     first = approve(client_for(server, app), browser)
     r = token_request(http, app, grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"  # RFC 6749 §5.1
     second = r.json()
     assert second["refresh_token"] != first["refresh_token"] and second["scope"] == first["scope"]
     assert read(http, car, second["access_token"], "Vehicle.Speed").status_code == 200
