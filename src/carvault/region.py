@@ -20,7 +20,7 @@ from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
-from carvault.ingest.live import LiveChannel, LiveHub
+from carvault.ingest.live import LastValueStore, LiveChannel, LiveHub
 from carvault.ingest.reconcile import reconcile
 from carvault.ledger.leaves import DATA_KEY_FILE, seal_clear_log_keys
 from carvault.ledger.log import TransparencyLog
@@ -107,7 +107,9 @@ class Region:
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
         # Live frames (issue 10): last values and subscriptions, fanned out to every replica through the broker.
-        self.live = LiveHub(broker_of(settings.live_broker, self.name, settings.resolved_database_url))
+        self.live = LiveHub(
+            broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)
+        )
         self.gateway = Gateway(
             settings,
             self.db,

@@ -176,3 +176,18 @@ def test_evidence_keeps_hashes_in_runs_and_knows_its_gaps() -> None:
     assert ev.hashes("W", 1, 1) is None
     ev.add("V", 651, h[651], received_ms=20_000)  # everything older than 10 s goes, run by run
     assert ev.hashes("V", 1, 1) is None and ev.hashes("V", 650, 651) == [h[650], h[651]]
+
+
+def test_last_values_outlive_the_process_and_reach_late_replicas(
+    region: Region, car: VehicleIdentity, settings
+) -> None:
+    async def stream() -> None:
+        await region.live_channel.accept(car.vin, frame(car, 1, {SPEED: 10.0}, t_ms=BASE_MS))
+        await region.live_channel.accept(car.vin, frame(car, 2, {SPEED: 20.0}, t_ms=BASE_MS + 1000))
+        await region.live.close()  # writes what is not yet in the shared store
+
+    asyncio.run(stream())
+    with Region(settings) as later:  # a replica started afterwards (or this one after a restart)
+        assert later.live.latest(car.vin)[SPEED].value == 20.0
+        assert later.live.last_seen_ms(car.vin) == region.live.last_seen_ms(car.vin)
+        assert later.live.latest(vin_for(5)) == {} and later.live.last_seen_ms(vin_for(5)) is None

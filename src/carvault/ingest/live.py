@@ -8,6 +8,7 @@ replica; each replica's hub updates its last-value store and hands the update to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -16,6 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
 
 from carvault.compliance.consent import Policy, check_batch
 from carvault.errors import (
@@ -34,6 +39,7 @@ from carvault.protocol.columns import TIME_TYPE
 from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, BatchHeader
 from carvault.protocol.live import LiveFrame, decode_frame
 from carvault.signals import Catalogue
+from carvault.store.metadata import Database
 
 Scalar = bool | int | float | str | None
 
@@ -76,6 +82,63 @@ class LiveUpdate:
         doc: dict[str, Any] = json.loads(data)
         values = {p: LiveValue(str(p), int(t), v, int(r)) for p, t, v, r in doc["values"]}
         return cls(str(doc["vin"]), int(doc["seq"]), int(doc["t_ms"]), values)
+
+
+_TABLES = MetaData()
+# The last-value store shared by the replicas (and kept over a restart): one row per streaming vehicle, its newest
+# value of every streamed signal as JSON, written at most once a second by the replica that accepted the frames.
+LAST_VALUES = Table(
+    "live_last_values",
+    _TABLES,
+    Column("vin", String(17), primary_key=True),
+    Column("values_json", Text, nullable=False),
+    Column("seen_ms", BigInteger, nullable=False),
+)
+FLUSH_S = 1.0
+
+
+class LastValueStore:
+    """The ``live_last_values`` table in the region's metadata database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        _TABLES.create_all(db.engine, tables=[LAST_VALUES])
+
+    def load(self, vin: str) -> tuple[dict[str, LiveValue], int] | None:
+        """A vehicle's stored last values and last-seen time, if any."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                select(LAST_VALUES.c.values_json, LAST_VALUES.c.seen_ms).where(LAST_VALUES.c.vin == vin)
+            ).first()
+        if row is None:
+            return None
+        values = {p: LiveValue(p, int(t), v, int(r)) for p, t, v, r in json.loads(row.values_json)}
+        return values, int(row.seen_ms)
+
+    def save(self, rows: dict[str, tuple[dict[str, LiveValue], int]]) -> None:
+        """Write vehicles' last values (newest wins per row: a row only moves forward in ``seen_ms``)."""
+        if not rows:
+            return
+        params = [
+            {
+                "vin": vin,
+                "values_json": json.dumps(
+                    [[v.path, v.t_ms, v.value, v.received_ms] for v in values.values()], separators=(",", ":")
+                ),
+                "seen_ms": seen,
+            }
+            for vin, (values, seen) in rows.items()
+        ]
+        dialect = self.db.engine.dialect.name
+        insert_ = sqlite_insert if dialect == "sqlite" else pg_insert
+        stmt = insert_(LAST_VALUES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[LAST_VALUES.c.vin],
+            set_={"values_json": stmt.excluded.values_json, "seen_ms": stmt.excluded.seen_ms},
+            where=LAST_VALUES.c.seen_ms <= stmt.excluded.seen_ms,
+        )
+        with self.db.engine.begin() as conn:
+            conn.execute(stmt, params)
 
 
 def now_ms() -> int:
@@ -142,8 +205,12 @@ class LiveSubscription:
 class LiveHub:
     """The last-value store and subscriptions of one replica, fed through the broker."""
 
-    def __init__(self, broker: Broker | None = None) -> None:
+    def __init__(self, broker: Broker | None = None, store: LastValueStore | None = None) -> None:
         self.broker = broker or MemoryBroker()
+        self.store = store
+        self._loaded: set[str] = set()  # vehicles whose stored last values were merged in
+        self._dirty: set[str] = set()  # vehicles with frames accepted here and not yet written to the store
+        self._flusher: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, LiveValue]] = {}
         self._seen: dict[str, int] = {}
@@ -161,6 +228,8 @@ class LiveHub:
             if not self._started:
                 await self.broker.start(self._deliver)
                 self._started = True
+                if self.store is not None:
+                    self._flusher = asyncio.get_running_loop().create_task(self._flush_every(FLUSH_S))
 
     async def close(self) -> None:
         """End every subscription and disconnect from the broker."""
@@ -168,17 +237,67 @@ class LiveHub:
             subs = [s for group in self._subs.values() for s in group]
         for s in subs:
             await s.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+            await asyncio.to_thread(self.flush)
         if self._started:
             await self.broker.close()
             self._started = False
 
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await asyncio.to_thread(self.flush)
+            except SQLAlchemyError:
+                continue  # the database is away for a moment: the values stay dirty and go with the next flush
+
+    def flush(self) -> None:
+        """Write the last values of vehicles that streamed here since the previous flush to the shared store."""
+        if self.store is None:
+            return
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            rows = {v: (dict(self._latest.get(v, {})), self._seen.get(v, 0)) for v in dirty}
+        try:
+            self.store.save(rows)
+        except SQLAlchemyError:
+            with self._lock:
+                self._dirty |= dirty
+            raise
+
+    def _merge_stored(self, vin: str) -> None:
+        """Once per vehicle: merge in the last values other replicas (or an earlier run) stored."""
+        if self.store is None or vin in self._loaded:
+            return
+        try:
+            stored = self.store.load(vin)
+        except SQLAlchemyError:
+            return  # try again on the next read
+        with self._lock:
+            self._loaded.add(vin)
+            if stored is None:
+                return
+            values, seen = stored
+            latest = self._latest.setdefault(vin, {})
+            for path, value in values.items():
+                old = latest.get(path)
+                if old is None or old.t_ms < value.t_ms:
+                    latest[path] = value
+            self._seen[vin] = max(self._seen.get(vin, 0), seen)
+
     def latest(self, vin: str) -> dict[str, LiveValue]:
         """The last value of every streamed signal of a vehicle (a copy)."""
+        self._merge_stored(vin)
         with self._lock:
             return dict(self._latest.get(vin, {}))
 
     def last_seen_ms(self, vin: str) -> int | None:
-        """When the region last accepted a frame from the car, or None if never (since this store began)."""
+        """When the region last accepted a frame from the car, or None if never."""
+        self._merge_stored(vin)
         with self._lock:
             return self._seen.get(vin)
 
@@ -200,6 +319,8 @@ class LiveHub:
     async def publish_local(self, update: LiveUpdate) -> None:
         """Fan an accepted frame out to every replica (this one included) through the broker."""
         await self.start()
+        with self._lock:
+            self._dirty.add(update.vin)
         await self.broker.publish(update.to_bytes())
 
     def _deliver(self, message: bytes) -> None:
