@@ -666,14 +666,17 @@ class VissSession:
             await self._send(message)
 
     async def _run(self, sub: Subscription) -> None:
-        """Issue the subscription's events until it is stopped."""
-        if isinstance(sub.request.trigger, TimeBased):
-            while True:
-                await asyncio.sleep(sub.request.trigger.period_ms / 1000)
-                await self._emit(sub, self.live.latest(self.vin))
-        elif sub.stream is not None:
-            async for update in sub.stream:
-                await self._on_update(sub, update)
+        """Issue the subscription's events until it is stopped; a broker failure ends it with the error event."""
+        try:
+            if isinstance(sub.request.trigger, TimeBased):
+                while True:
+                    await asyncio.sleep(sub.request.trigger.period_ms / 1000)
+                    await self._emit(sub, self.live.latest(self.vin))
+            elif sub.stream is not None:
+                async for update in sub.stream:
+                    await self._on_update(sub, update)
+        except CarVaultError as e:  # e.g. Unavailable: the live broker cannot be reached
+            await self.end(sub, e)
 
     async def _on_update(self, sub: Subscription, update: LiveUpdate) -> None:
         watched = sub.selection.trigger
