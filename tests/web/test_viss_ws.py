@@ -557,3 +557,28 @@ def test_subscriber_on_another_replica_than_the_car(settings: Settings, tmp_path
         b.close()
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.slow  # waits for the re-check
+def test_a_category_turned_back_on_joins_a_branch_subscription(
+    region: Region, viss: Client, owner: OwnerClient, car: str
+) -> None:
+    publish(region, car, {SOC: 60.0, DOOR: True})
+    region.consents.decide(car, owner.owner_id, "body", enabled=False)
+    r = viss.request(
+        "subscribe",
+        path="Vehicle",
+        filter=[
+            {"variant": "paths", "parameter": ["Cabin.Door.*", "Powertrain.TractionBattery.StateOfCharge"]},
+            {"variant": "timebased", "parameter": {"period": "200"}},
+        ],
+    )
+    sub = r["subscriptionId"]
+    assert set(dp(viss.event(sub)["data"])) == {SOC}  # doors left out while body data is stopped
+    region.consents.decide(
+        car, owner.owner_id, "body", enabled=True, purpose="diagnostics", ends_ms=now_ms() + 86_400_000
+    )
+    deadline = time.monotonic() + 5
+    while DOOR not in dp((e := viss.event(sub))["data"]):
+        assert "error" not in e and time.monotonic() < deadline
+    assert dp(e["data"])[DOOR]["value"] == "true"

@@ -732,10 +732,11 @@ class VissSession:
             except SQLAlchemyError:  # the metadata DB is unreachable: end rather than stream unchecked
                 out.append((sub, Unavailable("The server is temporarily unable to check this subscription")))
                 continue
-            changed = set(fresh.leaves) != set(sub.allowance.leaves)
-            out.append(
-                (sub, ConsentNotGiven("collection of some signals of this subscription stopped") if changed else None)
-            )
+            if not set(sub.allowance.leaves) <= set(fresh.leaves):
+                out.append((sub, ConsentNotGiven("collection of some signals of this subscription stopped")))
+                continue
+            sub.allowance = fresh  # a category turned back on joins a branch subscription
+            out.append((sub, None))
         return out
 
     async def end(self, sub: Subscription, e: CarVaultError) -> None:
