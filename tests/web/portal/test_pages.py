@@ -50,6 +50,7 @@ def owner_pages(world: World) -> dict[str, str]:
         "consent": f"/vehicles/{vin}/consent",
         "access": "/access",
         "deletion": "/deletion",
+        "portability": "/portability",
         "account": "/account",
     }
 
@@ -66,6 +67,7 @@ H1 = {
         "consent": "Data and consent",
         "access": "Who accessed my data",
         "deletion": "Delete my data",
+        "portability": "Move my data",
         "account": "Account",
     },
     "zh-CN": {
@@ -79,6 +81,7 @@ H1 = {
         "consent": "数据与授权",
         "access": "谁访问了我的数据",
         "deletion": "删除我的数据",
+        "portability": "把我的数据转给另一家公司",
         "account": "账户",
     },
 }
@@ -137,7 +140,7 @@ def test_pages_are_refused_to_strangers(browser: Any, world: World) -> None:
         assert page.locator(".vehicle-card").count() == 0
         for name, path in pages.items():
             r = page.goto(path)
-            if name in ("vehicles", "access", "deletion", "account"):
+            if name in ("vehicles", "access", "deletion", "portability", "account"):
                 assert r.status == 200  # their own (empty) pages
                 assert world.cars[0].vin not in page.content(), name
             else:
