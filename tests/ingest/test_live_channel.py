@@ -191,3 +191,22 @@ def test_last_values_outlive_the_process_and_reach_late_replicas(
         assert later.live.latest(car.vin)[SPEED].value == 20.0
         assert later.live.last_seen_ms(car.vin) == region.live.last_seen_ms(car.vin)
         assert later.live.latest(vin_for(5)) == {} and later.live.last_seen_ms(vin_for(5)) is None
+
+
+def test_a_frame_written_from_the_protocol_page_is_accepted(region: Region, car: VehicleIdentity) -> None:
+    """docs/protocol.md §8.2 byte by byte, with struct only: the page and the code agree."""
+    import struct
+
+    entries = [(b"Vehicle.Body.Lights.Brake.IsActive", b"\x05" + struct.pack(">H", 6) + b"ACTIVE")]
+    entries.append((b"Vehicle.Chassis.Brake.IsDriverEmergencyBrakingDetected", b"\x02"))
+    entries.append((b"Vehicle.Powertrain.Transmission.CurrentGear", b"\x03" + struct.pack(">q", -1)))
+    entries.append((SPEED.encode(), b"\x04" + struct.pack(">d", 12.25)))
+    body = b"CVL1" + car.vin.encode() + bytes([2]) + b"cn" + struct.pack(">QqH", 7, BASE_MS, len(entries))
+    for path, value in sorted(entries):
+        body += bytes([len(path)]) + path + value
+    raw = body + car.key.sign(body)
+    f = decode_frame(raw)
+    assert raw == encode_frame(car.vin, "cn", 7, BASE_MS, f.values, car.key)
+    assert f.values["Vehicle.Powertrain.Transmission.CurrentGear"] == -1
+    assert f.values["Vehicle.Chassis.Brake.IsDriverEmergencyBrakingDetected"] is True
+    assert region.live_channel.check(car.vin, raw) is not None
