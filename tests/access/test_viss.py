@@ -148,6 +148,8 @@ def test_set_is_invalid_data_and_unsupported_variants_unavailable() -> None:
             parse_request(req(path=SPEED, filter={"variant": variant, "parameter": "1"}))
     with pytest.raises(NotFound):
         parse_path("Cabin.Door")  # VSS paths start at the root
+    with pytest.raises(NotFound):
+        parse_request(req(path=SPEED, dc="2+1"))  # no data compression: said, not silently ignored
 
 
 def test_decode_and_head() -> None:

@@ -247,6 +247,8 @@ def parse_request(doc: dict[str, Any]) -> Request:
     if auth is not None and (not isinstance(auth, str) or not auth.strip() or len(auth) > 512):
         raise BadRequest("Missing or invalid authorization: a token string", member="authorization")
     auth = auth.strip() if auth else None
+    if "dc" in doc or "data compression" in doc:
+        raise NotFound("Unsupported feature: data compression; values come as plain JSON", member="dc")
     if action == "unsubscribe":
         return Request(action, rid, authorization=auth, subscription_id=_text(doc, "subscriptionId", "subscriptionId"))
     path = parse_path(_text(doc, "path", "path"))
