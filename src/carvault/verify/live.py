@@ -82,13 +82,18 @@ def verify_live_frame(proof: LiveFrameProof, vehicle_key: Ed25519PublicKey, log:
         bytes.fromhex(h.live_root),
     )
     checkpoint = verify_checkpoint(log.checkpoint, log.log_key, log.log_key_name, origin=log.origin)
-    fields = {
-        "region": h.region,
-        "vin": h.vin,
-        "seq": h.seq,
-        "batch_hash": env.batch_hash,
-        "received_ms": log.received_ms,
-    }
-    leaf = leaf_data_v2(salt=log.leaf_salt, **fields) if log.leaf_salt is not None else leaf_data_v1(**fields)
+    if log.leaf_salt is not None:
+        leaf = leaf_data_v2(
+            salt=log.leaf_salt,
+            region=h.region,
+            vin=h.vin,
+            seq=h.seq,
+            batch_hash=env.batch_hash,
+            received_ms=log.received_ms,
+        )
+    else:
+        leaf = leaf_data_v1(
+            region=h.region, vin=h.vin, seq=h.seq, batch_hash=env.batch_hash, received_ms=log.received_ms
+        )
     verify_inclusion(leaf_hash(leaf), log.log_index, checkpoint.size, list(log.path), checkpoint.root)
     return frame

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -58,7 +57,7 @@ async def car_live(websocket: WebSocket) -> None:
     await websocket.send_text(json.dumps({"type": "ready", "vin": vin, "region": region.name}))
     with contextlib.suppress(WebSocketDisconnect):
         while True:
-            message: dict[str, Any] = await websocket.receive()
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
