@@ -451,3 +451,17 @@ def test_record_read_audits_the_recipient_and_counts_use(region: Region, people:
     assert app.name in reads[0].legal_basis
     with pytest.raises(NotFound):
         region.grants.get(people["b"], g.id)
+
+
+def test_tokens_act_only_for_a_grant_of_their_own_account(region: Region, people: dict[str, int]) -> None:
+    secret, _ = region.accounts.issue(people["a"], "access")  # an app token without a grant never acts as owner
+    with pytest.raises(Unauthenticated):
+        region.accounts.resolve(secret)
+    g = region.grants.create(
+        people["a"], kind="pat", vins=[vin_for(1)], signals=["Vehicle.Speed"], purpose="personal", label="x"
+    )
+    stray = _principal(region, people["b"], g)  # issued to B, naming A's grant
+    with pytest.raises(Unauthenticated):
+        region.grants.access(stray, vin_for(1))
+    with pytest.raises(Unauthenticated):
+        region.grants.vehicles(stray)

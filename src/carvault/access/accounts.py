@@ -195,6 +195,8 @@ class Accounts:
             cred, email = row
             if cred.kind not in BEARER_KINDS:
                 raise Unauthenticated("a refresh token is only accepted by the token endpoint")
+            if cred.kind == "access" and cred.grant_id is None:  # an app's token never acts as the owner
+                raise Unauthenticated("this access token names no grant")
             if cred.revoked_ms is not None:
                 raise Unauthenticated("the session or token was revoked")
             if cred.expires_ms <= now:

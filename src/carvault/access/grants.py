@@ -181,8 +181,13 @@ class Grants:
             label=label,
         )
         secret, _ = self.accounts.issue(
-            owner_id, "token", label=label, ttl_ms=grant.expires_ms - now_ms(), grant_id=grant.id
-        )
+            owner_id,
+            "token",
+            label=label,
+            ttl_ms=grant.expires_ms - now_ms(),
+            grant_id=grant.id,
+            expires_ms=grant.expires_ms,
+        )  # expires_ms caps it: the token never outlives its grant, not even by the milliseconds issuing took
         return secret, grant
 
     # ---------------------------------------------------------------- reading
@@ -271,7 +276,10 @@ class Grants:
     def _in_force(self, caller: Principal) -> tuple[Grant, App | None]:
         """The caller's grant and app, re-read now: revoked, ended, suspended or foreign recipients stop here."""
         assert caller.grant_id is not None
-        return self.in_force(caller.grant_id)
+        grant, app = self.in_force(caller.grant_id)
+        if grant.owner_id != caller.owner_id:  # a token acts only for a grant of the account it was issued to
+            raise Unauthenticated("this token does not belong to the grant it names")
+        return grant, app
 
     def in_force(self, grant_id: int) -> tuple[Grant, App | None]:
         """A grant and its app, re-read now (work done later for a grant holder, e.g. an export, asks again)."""
