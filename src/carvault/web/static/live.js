@@ -167,6 +167,7 @@
   }
 
   function refused(group, error) {
+    if (!group) return;  // an answer from before a reconnect
     unavailable[group] = error.description;
     if (error.number === "401") { ended = true; status("session_ended", "error"); ws.close(); return; }
     var g = cfg.groups.filter(function (x) { return x.id === group; })[0];
