@@ -391,6 +391,7 @@ def test_every_third_party_read_is_audited_and_counted(world: World) -> None:
     for caller in ("app", "pat"):
         r = w.http.get(f"/api/v1/vehicles/{V1}/telemetry", headers=w.headers(caller), params=WIN_IN)
         assert r.status_code == 200
+        assert [v["vin"] for v in w.http.get("/api/v1/vehicles", headers=w.headers(caller)).json()] == [V1]
         w.http.get(f"/api/v1/vehicles/{V1}", headers=w.headers(caller))
         w.http.get(f"/api/v1/log/batches/{V1}/2", headers=w.headers(caller))
     events = w.http.get("/api/v1/audit", headers=w.a.headers, params={"limit": 1000}).json()["events"]
@@ -404,10 +405,12 @@ def test_every_third_party_read_is_audited_and_counted(world: World) -> None:
     assert any("Good Insurer" in e["legal_basis"] for e in events if e["actor"] == f"app:{w.client_id}")
     assert w.region.audit.verify_chain(w.a.owner_id) == len(w.region.audit.list(w.a.owner_id, limit=1000))
     g = w.region.grants.get(w.a.owner_id, w.grants["app"].id)
-    assert g.reads == 3 and g.rows_served == 600 and g.last_access_ms is not None
+    assert g.reads == 4 and g.rows_served == 600 and g.last_access_ms is not None
+    listed = [e for e in events if e["actor"] == f"app:{w.client_id}" and e["detail"].get("list")]
+    assert len(listed) == 1 and listed[0]["action"] == "vehicle.read" and listed[0]["vin"] == V1
     # Refused reads are not counted as served.
     w.http.get(f"/api/v1/vehicles/{V1}/telemetry", headers=w.headers("app"), params=WIN_OUT)
-    assert w.region.grants.get(w.a.owner_id, w.grants["app"].id).reads == 3
+    assert w.region.grants.get(w.a.owner_id, w.grants["app"].id).reads == 4
 
 
 def test_holds_deletion_and_consent_stops_reach_grant_holders(world: World) -> None:

@@ -37,7 +37,11 @@ def vehicle_json(v: Vehicle) -> dict[str, Any]:
 
 @router.get("", summary="My vehicles (for a grant token: the vehicles its grant covers)")
 def list_vehicles(caller: Caller, region: RegionDep) -> list[dict[str, Any]]:
-    return [vehicle_json(v) for v in region.grants.vehicles(caller)]
+    found = region.grants.vehicles(caller)
+    if not caller.is_owner:  # a grant holder learning which cars it reaches is a read, in the owner's access log
+        for v in found:
+            region.grants.record_read(region.grants.access(caller, v.vin), AuditAction.VEHICLE_READ, {"list": True})
+    return [vehicle_json(v) for v in found]
 
 
 @router.post(
