@@ -432,6 +432,15 @@ def test_revoke_expire_and_suspend_stop_the_next_request(region: Region, people:
         region.grants.vehicles(p)
     region.apps.decide(app.client_id, "approved", "operator")
     assert region.grants.access(p, vin_for(1)).vin == vin_for(1)
+    # Designated a gatekeeper, or moved abroad, after the grant: refused on the next request.
+    for change, error in (({"gatekeeper": True}, GatekeeperRefused), ({"jurisdiction": "eu"}, CrossBorderTransfer)):
+        with region.db.session() as s:
+            s.execute(update(App).where(App.client_id == app.client_id).values(**change))
+        with pytest.raises(error):
+            region.grants.access(p, vin_for(1))
+        with region.db.session() as s:
+            s.execute(update(App).where(App.client_id == app.client_id).values(gatekeeper=False, jurisdiction="cn"))
+    assert region.grants.access(p, vin_for(1)).vin == vin_for(1)
 
 
 def test_record_read_audits_the_recipient_and_counts_use(region: Region, people: dict[str, int]) -> None:
