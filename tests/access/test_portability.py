@@ -27,6 +27,7 @@ from carvault.access.portability import Portability, Recipient
 from carvault.compliance.consent import default_on
 from carvault.compliance.sharing import NEVER_SHAREABLE
 from carvault.errors import (
+    AlreadyExists,
     BundleRejected,
     BundleUnreadable,
     Conflict,
@@ -371,3 +372,12 @@ def test_one_download_at_a_time_and_only_with_its_own_token(world: World) -> Non
         service.start_fetch(caller, row.id)
     service.finish_fetch(b, complete=True, caller=caller)
     assert principal(world.a, other_token).grant_id == other.grant_id  # the other transfer is untouched
+
+
+def test_vin_registered_here_with_another_key_is_not_imported_over(world: World) -> None:
+    native = provision(world.b, world.ident.vin, world.folder / "b-vehicles")  # same VIN, B's own key
+    assert native.vin == world.ident.vin
+    path, _, _ = bundle_file(world)
+    with pytest.raises(AlreadyExists):
+        importer(world.b).import_bundle(path, owner_id=world.owner_b)
+    assert stored_in(world.b) == (1, 0, 0) and world.b.log.size == 0

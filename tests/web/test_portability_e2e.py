@@ -227,6 +227,18 @@ def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: 
     assert out.exit_code == 0, out.output
     said = " ".join(out.output.split())  # rich wraps long lines
     assert "4 of 4 batches added" in said and "anchored by the trust file" in said
+    tampered = two.folder / "cli-bad.zip"
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(tampered, "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            out.writestr(info.filename, data.replace(b"BEGIN CERTIFICATE", b"BEGIN CERTIFICATF", 1))
+    refused = runner.invoke(cli, ["portability", "verify", str(tampered), "--trust", str(trust)])
+    assert refused.exit_code == 1 and "FAILED" in refused.output
+    again = runner.invoke(cli, [*args, "--owner", "carol@example.com"])
+    assert again.exit_code == 0 and "0 of 4 batches added" in " ".join(again.output.split())  # nothing new
+    bad_args = ["portability", "import", str(tampered), "--data-dir", str(c_dir), "--owner", "carol@example.com"]
+    refused = runner.invoke(cli, bad_args)
+    assert refused.exit_code == 1 and "bundle_rejected" in refused.output
     nobody = runner.invoke(cli, [*args, "--owner", "nobody@example.com"])
     assert nobody.exit_code == 1 and "not_found" in nobody.output
     with Region(Settings(data_dir=c_dir, region="cn")) as c:
