@@ -210,3 +210,19 @@ def test_a_frame_written_from_the_protocol_page_is_accepted(region: Region, car:
     assert f.values["Vehicle.Powertrain.Transmission.CurrentGear"] == -1
     assert f.values["Vehicle.Chassis.Brake.IsDriverEmergencyBrakingDetected"] is True
     assert region.live_channel.check(car.vin, raw) is not None
+
+
+def test_a_consent_stop_refuses_the_frames_of_the_next_second(region: Region, car: VehicleIdentity) -> None:
+    import time
+
+    from carvault.ingest.live import POLICY_TTL_MS, now_ms
+
+    start = now_ms()
+    opt_in(region, car.vin, "location", at_ms=start - 60_000)
+    assert region.live_channel.check(car.vin, frame(car, 1, {LAT: 31.2}, t_ms=start)) is not None
+    owner = region.accounts.register("stopper@example.com", "correct horse battery")
+    region.consents.decide(car.vin, owner.id, "location", enabled=False)
+    time.sleep(POLICY_TTL_MS / 1000 + 0.1)
+    with pytest.raises(ConsentNotGiven):
+        region.live_channel.check(car.vin, frame(car, 2, {LAT: 31.2}, t_ms=now_ms()))
+    assert region.live_channel.check(car.vin, frame(car, 3, {SPEED: 3.0}, t_ms=now_ms())) is not None

@@ -499,8 +499,8 @@ class LiveChannel:
         kept = self._policies.get(vin)
         if kept is not None and at_ms - kept[0] < POLICY_TTL_MS:
             return kept[1], kept[2]
-        head = self.gateway._head(vin, 0)
-        policy = self.gateway.policy_of(vin)
+        head = self.gateway._head(vin, 0)  # one read: the decisions on record and the ignition counter
+        policy = self.gateway._policy(vin, head)  # the policy is built again only when the decisions changed
         previous = (head["ignition_cycle"], head["ignition_seen_ms"])
         self._policies[vin] = (at_ms, policy, previous)
         return policy, previous
