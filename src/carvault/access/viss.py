@@ -64,6 +64,7 @@ MAX_PATHS = 100
 MIN_PERIOD_MS = 100
 MAX_PERIOD_MS = 3_600_000
 MAX_SUBSCRIPTIONS = 64  # per connection
+MAX_RECORDED = 1024  # signal sets remembered per connection for the access log
 RECHECK_S = 0.5  # grants, consent and holds are re-read this often for every open subscription
 UNSUPPORTED_VARIANTS = ("curvelog", "history", "metadata")
 _SEGMENT = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -590,7 +591,8 @@ class VissSession:
         key = (allowed.token, allowed.leaves)
         if key in self._recorded:
             return
-        self._recorded.add(key)
+        if len(self._recorded) < MAX_RECORDED:  # beyond it, every read is recorded (memory stays bounded)
+            self._recorded.add(key)
         detail = {"via": "viss", "signals": len(allowed.leaves), **detail}
         await asyncio.to_thread(self.grants.record_read, allowed.access, action, detail, rows)
 
