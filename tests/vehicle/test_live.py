@@ -102,3 +102,22 @@ def test_simulate_live_streams_then_batches_commit(region: Region, server: Backg
     assert sum(h.live_size for h in headers) == acked  # every acknowledged frame is committed by a logged batch
     ranges = sorted((h.live_first, h.live_last) for h in headers if h.live_first is not None)
     assert ranges[0][0] == 1 and all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_a_car_of_another_region_is_sent_home(settings, tmp_path: Path) -> None:
+    directory = tmp_path / "region-directory.txt"
+    directory.write_text(f"{vin_for(8)} eu\n")
+    with Region(settings.with_(region_directory=str(directory))) as cn, BackgroundServer(cn) as server:
+        key = Ed25519PrivateKey.generate()
+        headers = sign_request(key, "GET", LIVE_PATH, vin_for(8))
+
+        async def run() -> None:
+            async with connect("ws://" + server.url.split("://", 1)[1] + LIVE_PATH, additional_headers=headers) as ws:
+                refusal = json.loads(await ws.recv())
+                assert refusal["error"]["code"] == "wrong_region"
+                assert refusal["error"]["home_region"] == "eu" and refusal["error"]["endpoint"].startswith("http")
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4421
+
+        asyncio.run(run())
