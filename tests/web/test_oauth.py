@@ -188,6 +188,7 @@ def approve(
     assert r.status_code == 302, r.text[:2000]
     location = r.headers["location"]
     assert location.startswith(REDIRECT) and parse_qs(urlsplit(location).query)["state"] == [state]
+    assert parse_qs(urlsplit(location).query)["iss"] == [str(client.base_url).rstrip("/")]  # RFC 9207
     return dict(client.fetch_token("/oauth/token", authorization_response=location, code_verifier=verifier))
 
 
@@ -295,7 +296,7 @@ def test_deny_is_one_click_and_shares_nothing(
     )
     assert r.status_code == 302
     query = parse_qs(urlsplit(r.headers["location"]).query)
-    assert query["error"] == ["access_denied"] and query["state"] == [state]
+    assert query["error"] == ["access_denied"] and query["state"] == [state] and query["iss"] == [server.url]
     with region.db.session() as s:
         assert s.scalars(select(Grant)).all() == []
 
@@ -491,6 +492,7 @@ def test_bad_requests_go_back_to_the_app_with_an_oauth_error(
     assert r.status_code == 302, r.text[:1500]
     back = parse_qs(urlsplit(r.headers["location"]).query)
     assert r.headers["location"].startswith(REDIRECT) and back["error"] == [error] and back["state"] == [state]
+    assert back["iss"] == [server.url]
 
 
 @pytest.mark.parametrize(
@@ -705,7 +707,7 @@ def test_metadata_document(http: httpx.Client, server: BackgroundServer) -> None
     }.items():
         assert meta[name] == server.url + path
     assert meta["code_challenge_methods_supported"] == ["S256"]
-    assert meta["response_types_supported"] == ["code"]
+    assert meta["response_types_supported"] == ["code"] and meta["authorization_response_iss_parameter_supported"]
     assert set(meta["grant_types_supported"]) == {"authorization_code", "refresh_token", DEVICE_GRANT}
     assert set(meta["token_endpoint_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post", "none"}
     assert {"history", "live", "location:precise", "vss:Vehicle.Powertrain"} <= set(meta["scopes_supported"])

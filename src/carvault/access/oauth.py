@@ -49,6 +49,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE, DeviceAuthorizationEndpoint, DeviceCodeGrant
+from authlib.oauth2.rfc9207 import IssuerParameter
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -116,7 +117,7 @@ class HttpRequest:
     form: Sequence[tuple[str, str]] = ()
 
 
-@dataclass(frozen=True)
+@dataclass
 class OAuthResponse:
     """What the server answers: status, a JSON object (or empty body) and headers."""
 
@@ -128,6 +129,20 @@ class OAuthResponse:
     def location(self) -> str | None:
         """Where a redirect goes, if this is one."""
         return next((v for k, v in self.headers if k.lower() == "location"), None)
+
+    @location.setter
+    def location(self, uri: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != "location"] + [("Location", uri)]
+
+
+class Issuer(IssuerParameter):  # type: ignore[misc]
+    """RFC 9207: every redirect back to the app names this server, so an app talking to several cannot mix them up."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self.issuer
 
 
 class _Payload(OAuth2Payload):
@@ -489,6 +504,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         self.register_endpoint(DeviceEndpoint)
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
+        self.register_extension(Issuer(self.issuer))
 
     # ---------------------------------------------------------------- framework glue (authlib's integration API)
     def query_client(self, client_id: str) -> OAuthClient | None:
@@ -564,6 +580,12 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             raise
         asked, signals = self.requested_scope(grant.request.payload.scope)
         return ConsentRequest(client.app, asked, signals, purpose, redirect, state), grant
+
+    def redirect_error(self, error: OAuth2Error) -> OAuthResponse:
+        """An authorization error sent back to the app's (checked) redirect URI, naming this server (RFC 9207)."""
+        response: OAuthResponse = self.handle_error_response(None, error)
+        Issuer(self.issuer).add_issuer_parameter(self, response)
+        return response
 
     def authorize(self, http: HttpRequest, grant: Any, approval: Approval | None) -> OAuthResponse:
         """The redirect back to the app: a code for the owner's approval, ``access_denied`` when ``None``."""
@@ -875,6 +897,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             **{name: self.issuer + path for name, path in PATHS.items()},
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
+            "authorization_response_iss_parameter_supported": True,
             "grant_types_supported": list(GRANT_TYPES),
             "code_challenge_methods_supported": [CHALLENGE_METHOD],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),

@@ -109,13 +109,17 @@ def _redirect_origin(uri: str | None) -> str | None:
 async def _refusal(request: Request, server: OAuthServer, e: OAuth2Error) -> Response:
     """An authorization request that fails: back to the app when that is safe, else a page saying why."""
     if e.redirect_uri and not isinstance(e, RecipientRefused):
-        return to_response(server.handle_error_response(None, e))
+        return to_response(server.redirect_error(e))
     p = await page(request, login=False)
     back = None
     if isinstance(e, RecipientRefused):
         message, status = e.refusal.message, 403
         if e.redirect_uri:  # the owner is told why, and can let the app know
-            back = e.redirect_uri + ("&" if "?" in e.redirect_uri else "?") + urlencode(e.get_body())
+            back = (
+                e.redirect_uri
+                + ("&" if "?" in e.redirect_uri else "?")
+                + urlencode([*e.get_body(), ("iss", server.issuer)])
+            )
     else:
         message, status = e.description or e.error, 400
     return p.render(
