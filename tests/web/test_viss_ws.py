@@ -483,7 +483,7 @@ def test_values_from_the_car_reach_a_subscriber(
     sent = {
         t: v for t, v in zip(table.column("t").cast("int64").to_pylist(), table.column(SPEED).to_pylist(), strict=True)
     }
-    got = []
+    got: list[dict[str, str]] = []
     while len(got) < 3:  # the first frame sets the baseline; each later one changes speed
         got.append(viss.event(sub["subscriptionId"])["data"]["dp"])
     for dp_ in got:

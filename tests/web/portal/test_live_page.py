@@ -156,7 +156,9 @@ def test_live_page_is_the_owners_only(http: httpx.Client, owner: OwnerClient, ca
     http.cookies.set("carvault_session", owner.headers["Authorization"].removeprefix("Bearer "))
     r = http.get(f"/vehicles/{car}/live")
     assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
-    config = json.loads(re.search(r'<script type="application/json" id="live-config">(.*?)</script>', r.text, re.S)[1])
+    found = re.search(r'<script type="application/json" id="live-config">(.*?)</script>', r.text, re.S)
+    assert found is not None
+    config = json.loads(found[1])
     assert config["endpoint"] == f"/api/v1/viss/{car}" and config["texts"]["offline_since"]
     assert {p for g in config["groups"] for p in g["paths"]} >= {LAT, LON, SPEED, SOC, GEAR, DOOR}
     assert "<script>" not in r.text  # no inline script: the CSP would block it
