@@ -131,7 +131,8 @@ def test_history_window_ends_are_in_order() -> None:
     check_window(5, None)
     check_window(None, 5)
     check_window(5, 6)
-    for lo, hi in ((5, 5), (6, 5)):
+    check_window(0, 253_402_300_799_999)
+    for lo, hi in ((5, 5), (6, 5), (-1, 5), (5, 2**63), (None, -3), (2**62, None)):
         with pytest.raises(ValidationFailed):
             check_window(lo, hi)
 

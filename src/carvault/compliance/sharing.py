@@ -36,6 +36,7 @@ from carvault.errors import (
     ValidationFailed,
 )
 from carvault.location import coarsen
+from carvault.protocol.envelope import LATEST_MS
 from carvault.signals import Catalogue, Signal
 from carvault.store.metadata import App, Grant, now_ms
 
@@ -211,7 +212,10 @@ def check_end(expires_ms: int | None, now: int | None = None) -> int:
 
 
 def check_window(from_ms: int | None, to_ms: int | None) -> None:
-    """A history window's ends are in order."""
+    """A history window's ends lie between 1970 and 9999 and are in order."""
+    for ms in (from_ms, to_ms):
+        if ms is not None and not 0 <= ms <= LATEST_MS:
+            raise ValidationFailed("the history window's ends must lie between 1970 and 9999", field="window")
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ValidationFailed("the history window's end must be after its start", field="window")
 
