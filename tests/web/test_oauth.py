@@ -10,6 +10,7 @@ import html
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -893,3 +894,21 @@ def test_refusal_page_and_device_page_in_chinese(
     assert entry.status_code == 200 and "请输入设备上显示的代码" in entry.text
     wrong = browser.get("/device", params={"user_code": "BCDF-GHJK"}, headers=zh)
     assert wrong.status_code == 404 and "没有与此代码对应的待处理请求" in wrong.text
+
+
+def test_racing_refreshes_of_one_token_cannot_both_win(
+    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
+) -> None:
+    """The spend is one conditional update: of simultaneous refreshes at most one gets tokens."""
+    token = approve(client_for(server, app), browser)
+
+    def refresh(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return token_request(c, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(refresh, range(4)))
+    assert sum(r.status_code == 200 for r in answers) <= 1
+    assert sum(r.status_code == 400 and r.json()["error"] == "invalid_grant" for r in answers) >= 3
+    # The losers' reuse ended the family as it stood: the first access token is revoked.
+    assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 401
