@@ -121,3 +121,16 @@ def test_a_car_of_another_region_is_sent_home(settings, tmp_path: Path) -> None:
                 assert ws.close_code == 4421
 
         asyncio.run(run())
+
+
+def test_the_car_side_imports_no_region_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, carvault.vehicle.live, carvault.protocol.live; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('carvault'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    forbidden = ("carvault.ingest", "carvault.store", "carvault.web", "carvault.region", "carvault.access")
+    assert [m for m in json.loads(out) if m.startswith(forbidden)] == []
