@@ -65,6 +65,7 @@ class LiveUpdate:
     seq: int
     t_ms: int
     values: dict[str, LiveValue]
+    frame_hash: bytes | None = None  # SHA-256 of the signed frame: every replica can check a batch's live_root
 
     def to_bytes(self) -> bytes:
         """The broker message (compact JSON)."""
@@ -74,6 +75,8 @@ class LiveUpdate:
             "t_ms": self.t_ms,
             "values": [[v.path, v.t_ms, v.value, v.received_ms] for v in self.values.values()],
         }
+        if self.frame_hash is not None:
+            doc["hash"] = self.frame_hash.hex()
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -81,7 +84,8 @@ class LiveUpdate:
         """Read a broker message written by ``to_bytes``."""
         doc: dict[str, Any] = json.loads(data)
         values = {p: LiveValue(str(p), int(t), v, int(r)) for p, t, v, r in doc["values"]}
-        return cls(str(doc["vin"]), int(doc["seq"]), int(doc["t_ms"]), values)
+        digest = bytes.fromhex(doc["hash"]) if "hash" in doc else None
+        return cls(str(doc["vin"]), int(doc["seq"]), int(doc["t_ms"]), values, digest)
 
 
 _TABLES = MetaData()
@@ -211,6 +215,8 @@ class LiveHub:
         self._loaded: set[str] = set()  # vehicles whose stored last values were merged in
         self._dirty: set[str] = set()  # vehicles with frames accepted here and not yet written to the store
         self._flusher: asyncio.Task[None] | None = None
+        # Frame hashes of every replica's accepted frames, fed by the broker (set by LiveChannel).
+        self.evidence: LiveEvidence | None = None
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, LiveValue]] = {}
         self._seen: dict[str, int] = {}
@@ -340,6 +346,8 @@ class LiveHub:
                 if old is None or old.t_ms <= value.t_ms:
                     latest[path] = value
             received = max((v.received_ms for v in update.values.values()), default=now_ms())
+            if self.evidence is not None and update.frame_hash is not None:
+                self.evidence.add(update.vin, update.seq, update.frame_hash, received)
             self._seen[update.vin] = max(self._seen.get(update.vin, 0), received)
             subs = list(self._subs.get(update.vin, ()))
         for sub in subs:
@@ -404,7 +412,7 @@ class _Run:
 
 
 class LiveEvidence:
-    """The hashes of the frames this replica accepted, per vehicle, kept for a limited time (never the evidence).
+    """The hashes of the frames the region's replicas accepted, per vehicle, kept for a limited time (not evidence).
 
     They let the region check a batch's ``live_root`` against the frames it received and hand out a frame's
     inclusion path while it keeps them: 32 bytes a frame, in runs of consecutive counters of at most ``RUN``
@@ -423,6 +431,8 @@ class LiveEvidence:
         """Keep one accepted frame's hash (counters arrive increasing); drop this vehicle's expired runs."""
         with self._lock:
             runs = self._runs.setdefault(vin, [])
+            if runs and counter < runs[-1].end:
+                return  # a counter already kept (a replayed frame): runs stay in counter order
             if not runs or runs[-1].end != counter or len(runs[-1].hashes) >= self.RUN * HASH_LEN:
                 runs.append(_Run(counter))
             run = runs[-1]
@@ -487,6 +497,7 @@ class LiveChannel:
         self.catalogue = catalogue
         self.hub = hub
         self.evidence = evidence or LiveEvidence()
+        hub.evidence = self.evidence  # fed through the broker: a batch may arrive at another replica than its frames
         self._last: dict[str, int] = {}  # vin -> highest counter accepted here
         self._policies: dict[str, tuple[int, Policy, tuple[int | None, int | None]]] = {}
 
@@ -544,9 +555,8 @@ class LiveChannel:
             return {"type": "ack", "counter": decode_frame(data).counter, "duplicate": True}
         received = now_ms()
         self._last[vin] = frame.counter
-        self.evidence.add(vin, frame.counter, frame.frame_hash, received)
         values = {p: LiveValue(p, frame.t_ms, v, received) for p, v in frame.values.items()}
-        await self.hub.publish_local(LiveUpdate(vin, frame.counter, frame.t_ms, values))
+        await self.hub.publish_local(LiveUpdate(vin, frame.counter, frame.t_ms, values, frame.frame_hash))
         return {"type": "ack", "counter": frame.counter, "duplicate": False}
 
 
