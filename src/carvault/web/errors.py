@@ -29,6 +29,7 @@ from carvault.errors import (
     DeIdentificationMissing,
     Forbidden,
     GatekeeperRefused,
+    LiveRootMismatch,
     MalformedBatch,
     NotFound,
     NotShareable,
@@ -94,6 +95,7 @@ ERROR_HEADERS: dict[int, dict[str, str]] = {
 # What the gateway can refuse a batch with (carvault.ingest): framing, catalogue, signature, consent, chain, size.
 INGEST_ERRORS: tuple[type[CarVaultError], ...] = (
     MalformedBatch,
+    LiveRootMismatch,
     UnknownSignal,
     WrongSignalType,
     ValueOutOfRange,
