@@ -297,7 +297,7 @@ def test_owner_only_routes_refuse_every_grant_token(world: World) -> None:
     for route in create_app(world.region).state.api_routes:
         if current_owner not in _calls(route):
             continue
-        url = re.sub(r"\{(\w+)\}", lambda m: V1 if m[1] == "vin" else "1", route.path)
+        url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: V1 if m[1] == "vin" else "1", route.path)
         for method in route.methods:
             for caller in ("app", "narrow", "pat", "suspended", "expired"):
                 r = world.http.request(method, url, headers=world.headers(caller))
