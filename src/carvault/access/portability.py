@@ -212,31 +212,10 @@ class Portability:
         excluded: list[dict[str, Any]] = []
         hashes: list[str] = []
         for rec in recs:
-            proofs.append(
-                {
-                    "seq": rec.seq,
-                    "batch_hash": rec.batch_hash,
-                    "received_ms": rec.received_ms,
-                    "leaf_index": rec.log_index,
-                    "proof": [
-                        base64.b64encode(h).decode() for h in r.log.inclusion_proof(rec.log_index or 0, tree_size)
-                    ],
-                    **leaf_opening(rec, log_key),
-                }
-            )
+            proofs.append(self._proof_entry(rec, log_key, tree_size))
             barred = sorted(self._categories(rec) & NEVER_SHAREABLE)
             if barred and not include_sensitive:
-                excluded.append(
-                    {
-                        "seq": rec.seq,
-                        "batch_hash": rec.batch_hash,
-                        "prev_hash": rec.prev_hash,
-                        "t0": rec.t0,
-                        "t1": rec.t1,
-                        "kind": rec.kind,
-                        "categories": barred,
-                    }
-                )
+                excluded.append(_excluded_entry(rec, barred))
                 continue
             files[f"batches/{rec.seq:012d}.cvb"] = r.segment_reader.read(rec.segment, rec.offset, rec.length)
             records.append(
@@ -276,6 +255,18 @@ class Portability:
         )
         blob = _zip(files, manifest, sign_manifest(manifest, r), created)
         return Built(blob, hashes, excluded, tree_size)
+
+    def _proof_entry(self, rec: BatchRecord, log_key: bytes, tree_size: int) -> dict[str, Any]:
+        """A log/proofs.json entry: where the batch sits in the log, its proof, and the salt of a v2 leaf."""
+        proof = self.region.log.inclusion_proof(rec.log_index or 0, tree_size)
+        return {
+            "seq": rec.seq,
+            "batch_hash": rec.batch_hash,
+            "received_ms": rec.received_ms,
+            "leaf_index": rec.log_index,
+            "proof": [base64.b64encode(h).decode() for h in proof],
+            **leaf_opening(rec, log_key),
+        }
 
     def _categories(self, rec: BatchRecord) -> set[str]:
         """The privacy categories of the signals a batch carries (frames of a media batch are camera data)."""
@@ -381,6 +372,19 @@ class Portability:
         """End a bundle that may no longer be served: its grant revoked, its file removed."""
         self.region.grants.revoke(b.owner_id, b.grant_id, by=Actor("system", "portability"))
         (self.folder / b.file_name).unlink(missing_ok=True)
+
+
+def _excluded_entry(rec: BatchRecord, categories: list[str]) -> dict[str, Any]:
+    """A manifest ``excluded`` entry: enough to keep the hash chain checkable across the left-out batch."""
+    return {
+        "seq": rec.seq,
+        "batch_hash": rec.batch_hash,
+        "prev_hash": rec.prev_hash,
+        "t0": rec.t0,
+        "t1": rec.t1,
+        "kind": rec.kind,
+        "categories": categories,
+    }
 
 
 def shareable_paths(region: Region) -> list[str]:

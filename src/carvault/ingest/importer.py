@@ -436,7 +436,7 @@ class Importer:
         summaries = [self._summary(env) for env in fresh]
         locations = self.segments.append_many([env.raw for env in fresh]) if fresh else []
         self.folder.mkdir(parents=True, exist_ok=True)
-        file_name = f"{m.base.vin}-{bundle.sha256[:16]}.zip"
+        file_name = f"{m.base.vin}-{bundle.sha256[:16]}-{secrets.token_hex(4)}.zip"  # a racing import has its own
         write_durably(self.folder / file_name, Path(bundle.package.path).read_bytes())
         received = _received_ms(bundle)
         records: list[BatchRecord] = []
@@ -445,40 +445,12 @@ class Importer:
                 if s.get(Vehicle, m.base.vin) is None:
                     s.add(vehicle)
                     s.flush()
-                for env, summary, (segment, offset, length) in zip(fresh, summaries, locations, strict=True):
-                    h = env.header
-                    rec = BatchRecord(
-                        vin=h.vin,
-                        seq=h.seq,
-                        kind=h.kind,
-                        batch_hash=env.batch_hash,
-                        prev_hash=h.prev,
-                        t0=h.t0,
-                        t1=h.t1,
-                        rows=summary.rows,
-                        samples=summary.samples,
-                        columns=",".join(summary.columns),
-                        segment=segment,
-                        offset=offset,
-                        length=length,
-                        log_index=None,
-                        received_ms=received.get(h.seq, now_ms()),
-                    )
+                for env, summary, location in zip(fresh, summaries, locations, strict=True):
+                    rec = _record(env, summary, location, received.get(env.header.seq, now_ms()))
                     s.add(rec)
                     records.append(rec)
                     if summary.event is not None:
-                        ev = summary.event
-                        rest = {k: v for k, v in ev.items() if k not in ("kind", "trigger_ms", "legal_basis")}
-                        s.add(
-                            VehicleEvent(
-                                vin=h.vin,
-                                kind=ev["kind"],
-                                t_ms=ev["trigger_ms"],
-                                batch_seq=h.seq,
-                                legal_basis=ev["legal_basis"],
-                                detail=json.dumps(rest),
-                            )
-                        )
+                        s.add(_event(env, summary.event))
                 _advance_head(s, m.base.vin, fresh)
                 s.add(
                     ImportedBundle(
@@ -518,6 +490,42 @@ class Importer:
                 f"batch {env.header.seq} is not valid data for this deployment: {e.message}",
                 failed=[{"check": "batch payloads", "detail": e.message}],
             ) from None
+
+
+def _record(env: Envelope, summary: Any, location: tuple[str, int, int], received_ms: int) -> BatchRecord:
+    """The batch index row of an imported batch, as the gateway writes one (its leaf index comes later)."""
+    h = env.header
+    segment, offset, length = location
+    return BatchRecord(
+        vin=h.vin,
+        seq=h.seq,
+        kind=h.kind,
+        batch_hash=env.batch_hash,
+        prev_hash=h.prev,
+        t0=h.t0,
+        t1=h.t1,
+        rows=summary.rows,
+        samples=summary.samples,
+        columns=",".join(summary.columns),
+        segment=segment,
+        offset=offset,
+        length=length,
+        log_index=None,
+        received_ms=received_ms,
+    )
+
+
+def _event(env: Envelope, ev: dict[str, Any]) -> VehicleEvent:
+    """The recorded event of an imported event batch (its signed description)."""
+    rest = {k: v for k, v in ev.items() if k not in ("kind", "trigger_ms", "legal_basis")}
+    return VehicleEvent(
+        vin=env.header.vin,
+        kind=ev["kind"],
+        t_ms=ev["trigger_ms"],
+        batch_seq=env.header.seq,
+        legal_basis=ev["legal_basis"],
+        detail=json.dumps(rest),
+    )
 
 
 def _received_ms(bundle: Bundle) -> dict[int, int]:
