@@ -587,7 +587,7 @@ def test_an_expired_code_is_refused(
 
 
 def test_refresh_rotates_and_reuse_revokes_the_family(
-    http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
+    region: Region, http: httpx.Client, browser: httpx.Client, server: BackgroundServer, app: Registered, car: str
 ) -> None:
     first = approve(client_for(server, app), browser)
     r = token_request(http, app, grant_type="refresh_token", refresh_token=first["refresh_token"])
@@ -604,6 +604,11 @@ def test_refresh_rotates_and_reuse_revokes_the_family(
     assert read(http, car, first["access_token"], "Vehicle.Speed").status_code == 401
     after = token_request(http, app, grant_type="refresh_token", refresh_token=second["refresh_token"])
     assert after.json()["error"] == "invalid_grant"
+    with region.db.session() as s:
+        grant = s.scalars(select(Grant)).one()
+    assert grant.revoked_ms is not None  # and the grant it acted for: the owner sees it ended
+    entries = region.audit.list(grant.owner_id, action="grant.revoke")
+    assert [e.actor for e in entries] == ["system:oauth"]
 
 
 def test_refresh_is_bound_to_its_client_and_scope(
@@ -910,5 +915,8 @@ def test_racing_refreshes_of_one_token_cannot_both_win(
         answers = list(pool.map(refresh, range(4)))
     assert sum(r.status_code == 200 for r in answers) <= 1
     assert sum(r.status_code == 400 and r.json()["error"] == "invalid_grant" for r in answers) >= 3
-    # The losers' reuse ended the family as it stood: the first access token is revoked.
+    # The losers' replays ended the family and its grant: whatever the winner got serves nothing either.
     assert read(http, car, token["access_token"], "Vehicle.Speed").status_code == 401
+    for r in answers:
+        if r.status_code == 200:
+            assert read(http, car, r.json()["access_token"], "Vehicle.Speed").status_code == 401

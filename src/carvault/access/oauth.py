@@ -13,8 +13,8 @@ CarVault's models and rules:
 - **Tokens** are ``Credential`` rows issued through ``Accounts.issue`` (kind ``access``: 1 hour; ``refresh``:
   30 days; neither outlives the grant). Codes, device codes and tokens are stored as SHA-256 only.
 - **Rotation** (RFC 9700 §4.14.2): each refresh spends the old refresh token and issues a new one in the same
-  family; a spent refresh token presented again revokes the whole family. A code presented twice revokes what it
-  issued (RFC 6749 §4.1.2), through the same family.
+  family; a spent refresh token presented again revokes the whole family, and the grant with it. A code presented
+  twice revokes what it issued (RFC 6749 §4.1.2) the same way.
 
 The web layer hands requests over as ``HttpRequest`` (method, URL, headers, query and form pairs) and turns the
 ``OAuthResponse`` it gets back into an HTTP answer, so this module imports no web framework.
@@ -55,6 +55,7 @@ from sqlalchemy.exc import IntegrityError
 
 from carvault.access.accounts import Accounts, token_hash
 from carvault.access.apps import Apps, app_purposes, app_redirect_uris
+from carvault.access.audit import Actor
 from carvault.access.grants import Grants
 from carvault.compliance.sharing import (
     DAY_MS,
@@ -678,7 +679,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
                 update(OAuthCode).where(OAuthCode.code_hash == h, OAuthCode.used_ms.is_(None)).values(used_ms=now)
             )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
-            self.revoke_family(h)
+            self.reuse_detected(h, row.grant_id)
             raise InvalidGrantError("this code was already used; the tokens issued for it are revoked")
         if row.expires_ms <= now:
             raise InvalidGrantError("this code has expired (codes live 60 seconds)")
@@ -706,12 +707,26 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
                 .values(revoked_ms=now)
             )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
-            if cred.family:
-                self.revoke_family(cred.family)
+            self.reuse_detected(cred.family, cred.grant_id)
             raise InvalidGrantError("this refresh token was already used or revoked; its token family is revoked")
         if cred.expires_ms <= now:
             raise InvalidGrantError("this refresh token has expired")
         return Token(cred)
+
+    def reuse_detected(self, family: str | None, grant_id: int | None) -> None:
+        """A spent code or refresh token came back: end its token family and the grant it acts for.
+
+        Ending the grant closes the race a family sweep alone leaves open (a refresh that spent its token just
+        before the replay may issue new tokens just after the sweep): every request re-reads the grant.
+        """
+        if family:
+            self.revoke_family(family)
+        if grant_id is None:
+            return
+        with self.db.session() as s:
+            grant = s.get(Grant, grant_id)
+        if grant is not None:
+            self.grants.revoke(grant.owner_id, grant.id, by=Actor("system", "oauth"))
 
     def revoke_family(self, family: str) -> int:
         """Revoke every live token of one family (one code's or one device authorization's descendants)."""
