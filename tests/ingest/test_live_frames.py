@@ -51,3 +51,13 @@ def test_any_change_is_refused_with_a_typed_error(vals: dict, data: st.DataObjec
     except (MalformedFrame, BadSignature):
         return
     raise AssertionError("a changed frame was accepted")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_raw_errors(tail: bytes) -> None:
+    for data in (tail, b"CVL1" + tail, b"CVL1" + VIN.encode() + b"\x02cn" + tail):
+        try:
+            decode_frame(data)
+        except MalformedFrame:
+            pass
