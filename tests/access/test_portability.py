@@ -11,6 +11,7 @@ import base64
 import hashlib
 import io
 import json
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from carvault.errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from carvault.ingest.importer import Importer, open_bundle, verify_bundle
+from carvault.ingest.importer import Importer, ImportResult, open_bundle, verify_bundle
 from carvault.protocol import BATCH_MEDIA_TYPE
 from carvault.provisioning import provision
 from carvault.region import Region
@@ -381,3 +382,26 @@ def test_vin_registered_here_with_another_key_is_not_imported_over(world: World)
     with pytest.raises(AlreadyExists):
         importer(world.b).import_bundle(path, owner_id=world.owner_b)
     assert stored_in(world.b) == (1, 0, 0) and world.b.log.size == 0
+
+
+def test_two_imports_of_one_bundle_at_once_store_it_once(world: World) -> None:
+    path, _, _ = bundle_file(world)
+    results: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(importer(world.b).import_bundle(path, owner_id=world.owner_b))
+        except Exception as e:  # noqa: BLE001 - reported below
+            results.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, ImportResult) for r in results), results
+    assert sorted(r.added for r in results if isinstance(r, ImportResult)) == [0, 4]
+    assert stored_in(world.b) == (1, 4, 1) and world.b.log.size == 4
+    assert len(list((world.b.settings.data_dir / "imports").glob("*.zip"))) == 1
