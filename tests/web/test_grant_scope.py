@@ -11,6 +11,7 @@ Deletion (with or without a legal hold) is what removes stored data from every r
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import h3
 import httpx
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import update
@@ -346,6 +348,11 @@ def test_in_scope_answers_hold_exactly_the_grant(world: World) -> None:
     assert res["rows"] == 18 and all(
         _is_cell_centre(a, b) for a, b in zip(res["signals"][LAT], res["signals"][LON], strict=True) if a is not None
     )
+    # Every format carries the same coarse positions.
+    pq_body = w.http.get(base, headers=w.headers("app"), params={"start": LO, "end": HI, "format": "parquet"}).content
+    got = pq.read_table(io.BytesIO(pq_body))
+    assert set(got.column_names) - {"t"} == set(app["signals"])
+    assert got.column(LAT).to_pylist() == app["signals"][LAT] and got.column(LON).to_pylist() == app["signals"][LON]
     # The personal token holds precise location: it sees what the owner sees.
     pat = w.http.get(base, headers=w.headers("pat"), params={"start": LO, "end": HI, "signals": f"{LAT},{LON}"})
     assert pat.json()["signals"][LAT] == owner["signals"][LAT]
