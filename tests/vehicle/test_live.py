@@ -134,3 +134,28 @@ def test_the_car_side_imports_no_region_code() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     forbidden = ("carvault.ingest", "carvault.store", "carvault.web", "carvault.region", "carvault.access")
     assert [m for m in json.loads(out) if m.startswith(forbidden)] == []
+
+
+def test_an_offline_car_drops_frames_and_reconnects(region: Region, tmp_path: Path) -> None:
+    from carvault.vehicle.live import LiveStreamer
+
+    car = provision(region, vin_for(4), tmp_path / "vehicles")
+    agent = VehicleAgent(car, tmp_path / "car", "http://127.0.0.1:9")
+    sender = LiveSender(agent, signals=[SPEED])
+    chunks = [sender.frames(drive_table(BASE_MS + i * 2000, seconds=2, paths=[SPEED])) for i in range(3)]
+    port = region.settings.port
+
+    async def run() -> LiveStreamer:
+        streamer = LiveStreamer(sender, f"http://127.0.0.1:{port}", retry_s=0)
+        await streamer.push(chunks[0])  # no server yet: dropped, nothing queued
+        assert not streamer.connected and streamer.report.dropped == 2
+        with BackgroundServer(region, port=port):
+            await streamer.push(chunks[1])
+            assert streamer.connected and streamer.report.acked == 2
+        await streamer.push(chunks[2])  # the region went away: dropped again, the link forgotten
+        assert not streamer.connected and streamer.report.dropped == 4
+        await streamer.close()
+        return streamer
+
+    asyncio.run(run())
+    assert region.live.latest(car.vin)[SPEED].t_ms == BASE_MS + 3000  # only the frames sent while connected

@@ -10,6 +10,7 @@ they are still committed by the batch (the batch stays the evidence).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -241,3 +242,70 @@ async def stream_frames(sender: LiveSender, endpoint: str, frames: list[bytes], 
         with contextlib.suppress(OSError, WebSocketException):
             await link.close()
     return report
+
+
+class LiveStreamer:
+    """The car's standing connection: sends each batch of new frames, reconnecting when the link is down.
+
+    While there is no connection, frames are dropped (live data is perishable; the batches carry the evidence).
+    A failed connection is tried again at most every ``retry_s`` seconds, so an offline car does not spin.
+    """
+
+    def __init__(self, sender: LiveSender, endpoint: str, *, retry_s: float = 5.0) -> None:
+        self.sender = sender
+        self.endpoint = endpoint
+        self.retry_s = retry_s
+        self.report = StreamReport()
+        self._link: LiveLink | None = None
+        self._next_try = 0.0
+
+    @property
+    def connected(self) -> bool:
+        """Whether a link is open now."""
+        return self._link is not None
+
+    async def _ensure(self) -> LiveLink | None:
+        if self._link is not None:
+            return self._link
+        now = asyncio.get_running_loop().time()
+        if now < self._next_try:
+            return None
+        self._next_try = now + self.retry_s
+        link = LiveLink(self.sender, self.endpoint)
+        try:
+            ready = await link.open()
+        except (OSError, WebSocketException):
+            return None
+        if ready.get("type") != "ready":
+            await link.close()
+            return None
+        self._link = link
+        return link
+
+    async def push(self, frames: list[bytes]) -> None:
+        """Send frames now if the region can be reached, else drop them."""
+        if not frames:
+            return
+        link = await self._ensure()
+        if link is None:
+            self.report.dropped += len(frames)
+            return
+        try:
+            answers = await link.send(frames)
+        except (OSError, WebSocketException):
+            self._link = None
+            self.report.dropped += len(frames)
+            return
+        for a in answers:
+            if a.get("type") == "ack":
+                self.report.acked += 1
+            else:
+                code = str(a.get("error", {}).get("code"))
+                self.report.refused[code] = self.report.refused.get(code, 0) + 1
+
+    async def close(self) -> None:
+        """Close the link, if open."""
+        link, self._link = self._link, None
+        if link is not None:
+            with contextlib.suppress(OSError, WebSocketException):
+                await link.close()
