@@ -102,6 +102,15 @@ def test_simulate_live_streams_then_batches_commit(region: Region, server: Backg
     assert sum(h.live_size for h in headers) == acked  # every acknowledged frame is committed by a logged batch
     ranges = sorted((h.live_first, h.live_last) for h in headers if h.live_first is not None)
     assert ranges[0][0] == 1 and all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+    # Evidence stays within 1.5 bytes a sample; the live members add about 120 bytes a batch, well under 0.05.
+    samples = sum(r.samples for r in rows)
+    live_bytes = sum(
+        len(b'"live_first":,"live_last":,"live_root":"",') + 64 + 2 * len(str(h.live_last))
+        for h in headers
+        if h.live_first is not None
+    )
+    assert sum(len(b) for b in blobs) / samples <= 1.5
+    assert live_bytes / samples < 0.05
 
 
 def test_a_car_of_another_region_is_sent_home(settings, tmp_path: Path) -> None:
