@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from carvault.bench.live_load import SOC, SPEED, quantiles, run_live_load
-from carvault.provisioning import provision
+from carvault.bench.live_load import SOC, SPEED, provision_fleet, quantiles, run_live_load
 from carvault.region import Region
 from carvault.server import BackgroundServer
-from tests.factories import vin_for
 
 pytestmark = pytest.mark.slow
 
 
 def test_three_cars_stream_for_two_seconds(region: Region, server: BackgroundServer, tmp_path: Path) -> None:
-    cars = [provision(region, vin_for(n), tmp_path / "vehicles") for n in (1, 2, 3)]
+    cars = provision_fleet(region, 3, tmp_path / "vehicles")
+    assert [c.vin for c in cars] == ["LRWLIVE0000000001", "LRWLIVE0000000002", "LRWLIVE0000000003"]
     result = run_live_load(server.url, cars, seconds=2, interval_ms=250, subscriber_hub=region.live)
     figures = result.summary()
     assert figures["frames_sent"] == 24 and figures["acked"] == 24, figures

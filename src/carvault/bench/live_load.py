@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -21,6 +22,8 @@ from websockets.asyncio.client import connect
 from carvault.ingest.live import LiveHub
 from carvault.protocol.live import LIVE_PATH, LIVE_SUBPROTOCOL, encode_frame
 from carvault.protocol.requests import sign_request
+from carvault.provisioning import provision
+from carvault.region import Region
 from carvault.vehicle.identity import VehicleIdentity
 
 # What each frame carries: plausible values of technical and personal categories (collected unless stopped).
@@ -157,6 +160,12 @@ async def stream_fleet(
     if listener is not None:
         await listener
     return result
+
+
+def provision_fleet(region: Region, n: int, folder: Path, *, prefix: str = "LRWLIVE") -> list[VehicleIdentity]:
+    """``n`` cars registered in ``region`` (keys in ``folder``), VINs ``<prefix><number>`` padded to 17 characters."""
+    width = 17 - len(prefix)
+    return [provision(region, f"{prefix}{i:0{width}d}", folder) for i in range(1, n + 1)]
 
 
 def run_live_load(
