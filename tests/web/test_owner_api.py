@@ -143,6 +143,7 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}/events", None),
     ("GET", "/api/v1/vehicles/{vin}/timeline?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
     ("GET", "/api/v1/vehicles/{vin}/route?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
+    ("GET", "/api/v1/vehicles/{vin}/portability", None),
     # No frame exists here, so the owner gets 404 too; tests/ingest/test_frames.py checks a real frame.
     ("GET", "/api/v1/vehicles/{vin}/frames/" + "0" * 64, None),
 ]
