@@ -168,3 +168,20 @@ def test_an_offline_car_drops_frames_and_reconnects(region: Region, tmp_path: Pa
 
     asyncio.run(run())
     assert region.live.latest(car.vin)[SPEED].t_ms == BASE_MS + 3000  # only the frames sent while connected
+
+
+def test_frames_carry_only_what_consent_lets_leave_the_car(region: Region, tmp_path: Path) -> None:
+    from carvault.protocol.live import decode_frame
+    from carvault.signals import catalogue
+
+    car = provision(region, vin_for(5), tmp_path / "vehicles")
+    agent = VehicleAgent(car, tmp_path / "car", "http://127.0.0.1:9")  # no consents on record: defaults only
+    frames = LiveSender(agent).frames(drive_table(BASE_MS, seconds=3))
+    cat = catalogue()
+    sent = {p for f in frames for p in decode_frame(f).values}
+    assert SPEED in sent
+    assert not {cat[p].category for p in sent} & {"location", "location_precise", "driver_monitoring"}
+    # on change with a deadband: a signal is sent again only once it moved by more than its band
+    on_change = LiveSender(VehicleAgent(car, tmp_path / "car2", "http://127.0.0.1:9"), deadband={SPEED: 1e9})
+    speeds = [decode_frame(f).values.get(SPEED) for f in on_change.frames(drive_table(BASE_MS, seconds=5))]
+    assert len([s for s in speeds if s is not None]) == 1
