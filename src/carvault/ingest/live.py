@@ -550,13 +550,16 @@ class LiveChannel:
         return await self.publish(vin, data, self.check(vin, data))
 
     async def publish(self, vin: str, data: bytes, frame: LiveFrame | None) -> dict[str, Any]:
-        """After ``check``: keep the frame's hash and fan it out; the acknowledgement to send back."""
+        """After ``check``: fan the frame (values and hash) out; the acknowledgement to send back.
+
+        A broker failure raises ``Unavailable`` and accepts nothing: the same frame may be sent again.
+        """
         if frame is None or frame.counter <= self._last.get(vin, 0):
             return {"type": "ack", "counter": decode_frame(data).counter, "duplicate": True}
         received = now_ms()
-        self._last[vin] = frame.counter
         values = {p: LiveValue(p, frame.t_ms, v, received) for p, v in frame.values.items()}
         await self.hub.publish_local(LiveUpdate(vin, frame.counter, frame.t_ms, values, frame.frame_hash))
+        self._last[vin] = max(self._last.get(vin, 0), frame.counter)
         return {"type": "ack", "counter": frame.counter, "duplicate": False}
 
 
