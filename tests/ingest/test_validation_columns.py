@@ -3,6 +3,7 @@ chunks, values at the very edge of a range, and schemas seen before (their check
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -66,7 +67,7 @@ def test_a_single_non_finite_value_is_refused_wherever_it_is(bad: float) -> None
     table = drive_table(seconds=60, paths=PATHS)
     for row in (0, 299, 599):
         with pytest.raises(ValueOutOfRange, match="NaN or infinite"):
-            _check(_set(table, SPEED, lambda c, r=row: _with_value(c, r, bad)))
+            _check(_set(table, SPEED, functools.partial(_with_value, row=row, value=bad)))
     with pytest.raises(ValueOutOfRange, match="NaN or infinite"):  # among nulls, next to a sound value
         _check(_set(table, SPEED, lambda c: _sparse(c, bad)))
     chunked = pa.concat_tables([table.slice(0, 300), _set(table, SPEED, lambda c: _with_value(c, 450, bad)).slice(300)])
@@ -77,15 +78,16 @@ def test_a_single_non_finite_value_is_refused_wherever_it_is(bad: float) -> None
 def test_range_edges_pass_and_one_step_past_them_is_refused() -> None:
     sig = catalogue()[SPEED]
     assert sig.min is not None and sig.max is not None
+    low, high = sig.min, sig.max
     table = drive_table(seconds=60, paths=PATHS)
-    _check(_set(table, SPEED, lambda c: _with_value(_with_value(c, 3, sig.min), 4, sig.max)))
+    _check(_set(table, SPEED, lambda c: _with_value(_with_value(c, 3, low), 4, high)))
     above = float(np.nextafter(np.float32(sig.max), np.float32(np.inf)))
     with pytest.raises(ValueOutOfRange) as err:
         _check(_set(table, SPEED, lambda c: _sparse(c, above)))
     assert err.value.details["got_max"] == pytest.approx(above) and err.value.details["max"] == sig.max
     with pytest.raises(ValueOutOfRange) as err:
-        _check(_set(table, SPEED, lambda c: _with_value(c, 7, sig.min - 1)))
-    assert err.value.details["got_min"] == sig.min - 1
+        _check(_set(table, SPEED, lambda c: _with_value(c, 7, low - 1)))
+    assert err.value.details["got_min"] == low - 1
 
 
 def test_a_mostly_null_integer_column_is_range_checked_on_its_values() -> None:

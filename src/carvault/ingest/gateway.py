@@ -23,11 +23,11 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, RowMapping, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
 
 from carvault.compliance.consent import Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -61,10 +61,10 @@ from carvault.store.segments import SegmentWriter
 
 REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
 
-_VEHICLES = Vehicle.__table__
-_BATCHES = BatchRecord.__table__
-_EVENTS = VehicleEvent.__table__
-_CONSENTS = ConsentRecord.__table__
+_VEHICLES = cast(Table, Vehicle.__table__)
+_BATCHES = cast(Table, BatchRecord.__table__)
+_EVENTS = cast(Table, VehicleEvent.__table__)
+_CONSENTS = cast(Table, ConsentRecord.__table__)
 
 # What the checks need of the database, in one read: the chain head, the ignition counter, whether a batch
 # already holds this seq (then the batch is answered as a re-send, docs/protocol.md §3.4), and which consent

@@ -29,11 +29,11 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import Table, bindparam, event, func, select, update
 from sqlalchemy.orm import attributes
 
 from carvault.errors import Unavailable
@@ -155,7 +155,7 @@ def log_keys_of(db: Database, vins: set[str]) -> dict[str, bytes]:
     return keys
 
 
-_BATCHES = BatchRecord.__table__
+_BATCHES = cast(Table, BatchRecord.__table__)
 _LOG_STATE = select(_BATCHES.c.id, _BATCHES.c.log_index).where(_BATCHES.c.id.in_(bindparam("ids", expanding=True)))
 _SET_LEAF = (
     update(_BATCHES)
