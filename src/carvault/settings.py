@@ -75,7 +75,6 @@ class Settings:
         "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "
         "server) or `postgres` (LISTEN/NOTIFY on the PostgreSQL metadata database).",
     )
-    live_interval_ms: int = _setting(1000, "Default interval at which a car streams live frames, in milliseconds.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
