@@ -35,7 +35,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from carvault.errors import BadSignature, MalformedFrame
 
 FRAME_MAGIC = b"CVL1"
-LIVE_EXTENSION = "live-v1"  # the name the WebSocket subprotocol and the docs use for this extension
 LIVE_PATH = "/api/v1/vehicles/live"
 LIVE_SUBPROTOCOL = "carvault.live.v1"
 SIGNATURE_LEN = 64
