@@ -122,9 +122,22 @@ def bench(
     work_dir: Annotated[
         Path | None, typer.Option(help="Keep the data here (default: a temp folder, deleted afterwards).")
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Run one step alone: `live` (streaming cars and VISS subscribers; updates its section)."),
+    ] = None,
 ) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench.run import run_bench
+
+    if only is not None:
+        if only != "live":
+            console.print(f"[red]error:[/] --only takes `live`, not {only!r}")
+            raise typer.Exit(2)
+        from carvault.bench.live_bench import LiveBenchConfig, run_live_only
+
+        run_live_only(out, docs, console, LiveBenchConfig.quick() if quick else None)
+        return
 
     more = {
         k: v

@@ -168,6 +168,7 @@ class BenchConfig:
     quick: bool = False
     work_dir: Path | None = None
     keep: bool = False
+    live: bool = True  # the live step (carvault.bench.live_bench); quick runs use a handful of cars
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
@@ -351,8 +352,11 @@ def machine_busy_seconds() -> float:
 class ServerProcess:
     """``carvault serve`` in a subprocess on loopback, over its own data folder."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, log_path: Path, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.extra_env = extra_env or {}
         self.port = port
         self.log_path = log_path
         self.workers = workers
@@ -365,7 +369,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> ServerProcess:
         """Start and wait for /api/v1/health."""
-        env = dict(os.environ, CARVAULT_REGION_ENDPOINTS=f"{REGION}={self.url}")
+        env = dict(os.environ, CARVAULT_REGION_ENDPOINTS=f"{REGION}={self.url}", **self.extra_env)
         cmd = [
             sys.executable,
             "-m",
@@ -1322,7 +1326,12 @@ def _closing_lines(rows: list[dict[str, Any]], analysis: str | None) -> list[str
 def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
     """docs/benchmarks.md from a result."""
     lines = _results_lines(result) + _measured_lines(result) + _storage_window_lines(result)
-    lines += _peer_log_lines(result["details"]) + _closing_lines(result["rows"], analysis)
+    lines += _peer_log_lines(result["details"])
+    if result.get("live"):
+        from carvault.bench.live_bench import live_block
+
+        lines += ["", live_block(result["live"])]
+    lines += _closing_lines(result["rows"], analysis)
     return "\n".join(lines)
 
 
@@ -1621,6 +1630,7 @@ def run_bench(
     console.print(f"work folder {work}; {cfg.vehicles} vehicles × {cfg.hours:g} h, {cfg.batch_seconds} s batches")
 
     server: ServerProcess | None = None
+    live: dict[str, Any] | None = None
     try:
         with _progress(console) as bar:
             data, signed, token = _dataset_step(cfg, console, bar, data_dir, work, details)
@@ -1636,6 +1646,10 @@ def run_bench(
                 details["peer"] = _run_peer(cfg, data, sigs, windows, dense, console, bar)
                 fig.update(_peer_figures(details["peer"]))
         _log_and_car_step(work, cfg, console, details, fig)
+        if cfg.live:
+            from carvault.bench.live_bench import LiveBenchConfig, live_figures
+
+            live = live_figures(LiveBenchConfig.quick() if cfg.quick else LiveBenchConfig(), console, work / "live")
     finally:
         if server is not None:
             server.stop()
@@ -1643,6 +1657,8 @@ def run_bench(
             shutil.rmtree(work, ignore_errors=True)
 
     result = _result(out, cfg, started, load_start, details, fig)
+    if live is not None:
+        result["live"] = live
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     docs.parent.mkdir(parents=True, exist_ok=True)
