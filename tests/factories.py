@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from carvault.region import Region
 
 BASE_MS = 1_762_999_980_000  # 2025-11-13, a whole minute, safely in the past
+
+
+T = TypeVar("T")
 
 
 def vin_for(n: int) -> str:
@@ -97,3 +103,13 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60
         except httpx.HTTPError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not start")
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh event loop in its own thread.
+
+    ``asyncio.run`` refuses to start while the calling thread already runs a loop — as the thread holding
+    Playwright's session-scoped synchronous browser does — so tests never call it directly.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

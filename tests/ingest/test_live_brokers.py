@@ -22,7 +22,7 @@ from carvault.server import BackgroundServer, free_port
 from carvault.settings import Settings
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.live import LiveLink, LiveSender
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS, drive_table, opt_in, run_coroutine, vin_for
 
 pytestmark = pytest.mark.slow
 SPEED = "Vehicle.Speed"
@@ -95,7 +95,7 @@ def _car_on_a_subscriber_on_b(a: Region, b: Region, tmp_path: Path) -> None:
             await sub.close()
             return got
 
-        got = asyncio.run(run())
+        got = run_coroutine(run())
         assert [u.seq for u in got] == [1, 2, 3]
         latest = b.live.latest(car.vin)  # B never saw the car: its last-value store is fed by the broker
         assert latest[SPEED].t_ms == BASE_MS + 2000
@@ -143,4 +143,4 @@ def test_misconfigured_brokers_fail_clearly() -> None:
         with pytest.raises(Unavailable):
             await hub.start()
 
-    asyncio.run(unreachable())
+    run_coroutine(unreachable())

@@ -28,7 +28,7 @@ from carvault.protocol.live import decode_frame, encode_frame, frame_hash
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS, drive_table, opt_in, run_coroutine, vin_for
 
 SPEED = "Vehicle.Speed"
 LAT = "Vehicle.CurrentLocation.Latitude"
@@ -57,7 +57,7 @@ def test_a_sound_frame_is_accepted_and_reaches_latest(region: Region, car: Vehic
         assert region.live.latest(car.vin)[SPEED].value == 42.5
         await sub.close()
 
-    asyncio.run(run())
+    run_coroutine(run())
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_batch_live_root_is_checked_against_received_frames(region: Region, car:
         for f in frames:
             await region.live_channel.accept(car.vin, f)
 
-    asyncio.run(stream())
+    run_coroutine(stream())
     good = root_from_leaf_hashes([leaf_hash(frame_hash(f)) for f in frames]).hex()
     bad = root_from_leaf_hashes([leaf_hash(frame_hash(f)) for f in frames[:2]]).hex()
     with pytest.raises(LiveRootMismatch) as e:
@@ -186,7 +186,7 @@ def test_last_values_outlive_the_process_and_reach_late_replicas(
         await region.live_channel.accept(car.vin, frame(car, 2, {SPEED: 20.0}, t_ms=BASE_MS + 1000))
         await region.live.close()  # writes what is not yet in the shared store
 
-    asyncio.run(stream())
+    run_coroutine(stream())
     with Region(settings) as later:  # a replica started afterwards (or this one after a restart)
         assert later.live.latest(car.vin)[SPEED].value == 20.0
         assert later.live.last_seen_ms(car.vin) == region.live.last_seen_ms(car.vin)

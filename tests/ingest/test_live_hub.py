@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from carvault.ingest.live import LiveHub, LiveUpdate, LiveValue
+from tests.factories import run_coroutine
 
 VIN = "LRWTEST0000000001"
 
@@ -42,7 +43,7 @@ def test_subscriber_receives_updates_and_latest_is_current() -> None:
         assert hub.latest(VIN)["Vehicle.Speed"].value == 12.5
         await hub.close()
 
-    asyncio.run(run())
+    run_coroutine(run())
 
 
 def test_close_ends_a_waiting_iteration() -> None:
@@ -60,7 +61,7 @@ def test_close_ends_a_waiting_iteration() -> None:
         await hub.publish_local(_update(1, 3.0, 1000))  # no subscriber left: nothing breaks
         assert hub.latest(VIN)["Vehicle.Speed"].value == 3.0
 
-    asyncio.run(run())
+    run_coroutine(run())
 
 
 def test_update_round_trips_through_broker_bytes() -> None:

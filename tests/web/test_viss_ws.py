@@ -5,7 +5,6 @@ Live values are injected as the car channel does after accepting a frame (``regi
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import shutil
@@ -34,7 +33,7 @@ from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from carvault.vehicle.live import LiveLink, LiveSender
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS, drive_table, opt_in, run_coroutine, vin_for
 
 SPEED = "Vehicle.Speed"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
@@ -47,7 +46,7 @@ def publish(region: Region, vin: str, values: dict[str, Any], t_ms: int | None =
     """Inject one accepted live frame, as the car channel would; returns its sample time."""
     t = t_ms or now_ms()
     update = LiveUpdate(vin, next(_seq), t, {p: LiveValue(p, t, v, now_ms()) for p, v in values.items()})
-    asyncio.run(region.live.publish_local(update))
+    run_coroutine(region.live.publish_local(update))
     return t
 
 
@@ -479,7 +478,7 @@ def test_values_from_the_car_reach_a_subscriber(
         assert all(a["type"] == "ack" for a in await link.send(frames))
         await link.close()
 
-    asyncio.run(stream())
+    run_coroutine(stream())
     sent = {
         t: v for t, v in zip(table.column("t").cast("int64").to_pylist(), table.column(SPEED).to_pylist(), strict=True)
     }
@@ -548,7 +547,7 @@ def test_subscriber_on_another_replica_than_the_car(settings: Settings, tmp_path
                     assert all(x["type"] == "ack" for x in await link.send(frames))
                     await link.close()
 
-                asyncio.run(stream())
+                run_coroutine(stream())
                 got = [c.event(sub["subscriptionId"])["data"]["dp"]["ts"] for _ in frames]
                 assert got == [iso(BASE_MS + k * 1000) for k in range(3)]
                 assert c.request("get", path=SPEED)["data"]["dp"]["ts"] == iso(BASE_MS + 2000)  # B's last-value store
