@@ -206,6 +206,12 @@ class OwnerOnly(Forbidden):
     code = "owner_only"
 
 
+class ImportCodeInvalid(Forbidden):
+    """A portability import without the owner's import code, or with a wrong one (docs/portability.md §1.3)."""
+
+    code = "import_code_invalid"
+
+
 class NotShareable(Forbidden):
     """Camera frames, biometrics and cabin data are never shared through grants."""
 

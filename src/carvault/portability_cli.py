@@ -57,6 +57,12 @@ def verify(bundle: BundleArg, trust: TrustOpt = None) -> None:
 def import_(
     bundle: BundleArg,
     owner: Annotated[str, typer.Option("--owner", help="E-mail of the account here that will own the data.")],
+    import_code: Annotated[
+        str,
+        typer.Option(
+            "--import-code", help="The one-time import code the origin showed the owner (proof of ownership)."
+        ),
+    ],
     trust: TrustOpt = None,
     data_dir: DataDir = None,
     region: RegionOpt = None,
@@ -75,7 +81,7 @@ def import_(
                 console.print(f"[red]not_found:[/] no account {owner!r} in region {r.name}")
                 raise typer.Exit(1)
             importer = Importer(r.settings, r.db, r.segments, r.log, r.catalogue)
-            result = importer.import_bundle(bundle, owner_id=owner_id, trust=_trust(trust))
+            result = importer.import_bundle(bundle, owner_id=owner_id, import_code=import_code, trust=_trust(trust))
             r.audit.by_owner(
                 owner_id,
                 "portability.import",

@@ -96,10 +96,15 @@ def world(tmp_path: Path) -> Iterator[World]:
         b.close()
 
 
+# The owner's one-time import code of each bundle file made here (what the origin showed the owner).
+CODES: dict[Path, str] = {}
+
+
 def bundle_file(w: World, *, include_sensitive: bool = False) -> tuple[Path, PortabilityBundle, str]:
-    """Ask A for a transfer; the bundle file as stored, its row, and the one-time token."""
-    row, token = Portability(w.a).request(w.owner_a, w.ident.vin, INSURER, include_sensitive=include_sensitive)
+    """Ask A for a transfer; the bundle file as stored, its row, and the one-time token (the code is in CODES)."""
+    row, token, code = Portability(w.a).request(w.owner_a, w.ident.vin, INSURER, include_sensitive=include_sensitive)
     path = w.a.settings.data_dir / "portability" / row.file_name
+    CODES[path] = code
     return path, row, token
 
 
@@ -218,7 +223,9 @@ def test_bundle_of_deleted_data_is_erased_and_withdrawn(world: World) -> None:
 
 def test_import_stores_verified_batches_readable_and_logged_in_b(world: World) -> None:
     path, _, _ = bundle_file(world)
-    result = importer(world.b).import_bundle(path, owner_id=world.owner_b, trust=trust_document(world.a))
+    result = importer(world.b).import_bundle(
+        path, import_code=CODES[path], owner_id=world.owner_b, trust=trust_document(world.a)
+    )
     assert (result.added, result.batches, result.excluded, result.anchored) == (4, 4, 1, True)
     with world.b.db.session() as s:
         recs = list(s.scalars(select(BatchRecord).order_by(BatchRecord.seq)))
@@ -237,16 +244,16 @@ def test_import_stores_verified_batches_readable_and_logged_in_b(world: World) -
     left_out = pc.and_(pc.greater_equal(t, BASE_MS + 120_000), pc.less(t, BASE_MS + 180_000))
     assert want.num_rows == 3000 and got.num_rows == 2400  # A also holds the left-out minute
     assert got.equals(want.filter(pc.invert(left_out)))
-    again = importer(world.b).import_bundle(path, owner_id=world.owner_b)
+    again = importer(world.b).import_bundle(path, import_code=CODES[path], owner_id=world.owner_b)
     assert again.duplicate and again.added == 0 and stored_in(world.b) == (1, 4, 1)
     assert world.b.log.size == 4
 
 
 def test_newer_bundle_adds_only_what_is_new(world: World, tmp_path: Path) -> None:
     first, _, _ = bundle_file(world)
-    importer(world.b).import_bundle(first, owner_id=world.owner_b)
+    importer(world.b).import_bundle(first, import_code=CODES[first], owner_id=world.owner_b)
     second, _, _ = bundle_file(world, include_sensitive=True)
-    result = importer(world.b).import_bundle(second, owner_id=world.owner_b)
+    result = importer(world.b).import_bundle(second, import_code=CODES[second], owner_id=world.owner_b)
     assert (result.added, result.batches, result.duplicate) == (1, 5, False)
     assert stored_in(world.b) == (1, 5, 2)
 
@@ -341,11 +348,11 @@ def test_unreadable_bundles_are_refused_by_name(world: World, tmp_path: Path) ->
 
 def test_vehicle_of_another_account_here_is_not_imported_over(world: World) -> None:
     path, _, _ = bundle_file(world)
-    importer(world.b).import_bundle(path, owner_id=world.owner_b)
+    importer(world.b).import_bundle(path, import_code=CODES[path], owner_id=world.owner_b)
     stranger = world.b.accounts.register("eve@example.com", "correct horse battery").id
     second, _, _ = bundle_file(world, include_sensitive=True)
     with pytest.raises(NotFound):
-        importer(world.b).import_bundle(second, owner_id=stranger)
+        importer(world.b).import_bundle(second, import_code=CODES[second], owner_id=stranger)
     assert stored_in(world.b) == (1, 4, 1)
 
 
@@ -380,7 +387,7 @@ def test_vin_registered_here_with_another_key_is_not_imported_over(world: World)
     assert native.vin == world.ident.vin
     path, _, _ = bundle_file(world)
     with pytest.raises(AlreadyExists):
-        importer(world.b).import_bundle(path, owner_id=world.owner_b)
+        importer(world.b).import_bundle(path, import_code=CODES[path], owner_id=world.owner_b)
     assert stored_in(world.b) == (1, 0, 0) and world.b.log.size == 0
 
 
@@ -392,7 +399,7 @@ def test_two_imports_of_one_bundle_at_once_store_it_once(world: World) -> None:
     def run() -> None:
         barrier.wait()
         try:
-            results.append(importer(world.b).import_bundle(path, owner_id=world.owner_b))
+            results.append(importer(world.b).import_bundle(path, import_code=CODES[path], owner_id=world.owner_b))
         except Exception as e:  # noqa: BLE001 - reported below
             results.append(e)
 

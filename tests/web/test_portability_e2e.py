@@ -151,10 +151,9 @@ def counts(region: Region) -> tuple[int, int, int]:
         )
 
 
-def post_bundle(d: Deployment, data: bytes) -> httpx.Response:
-    return d.http.post(
-        "/api/v1/portability/import", headers={**d.owner.headers, "Content-Type": "application/zip"}, content=data
-    )
+def post_bundle(d: Deployment, data: bytes, code: str = "") -> httpx.Response:
+    headers = {**d.owner.headers, "Content-Type": "application/zip", "CarVault-Import-Code": code}
+    return d.http.post("/api/v1/portability/import", headers=headers, content=data)
 
 
 def test_tampered_bundle_is_refused_whole_by_b(two: Two, fetched: tuple[Path, dict]) -> None:
@@ -183,8 +182,8 @@ def test_tampered_bundle_is_refused_whole_by_b(two: Two, fetched: tuple[Path, di
 
 
 def test_b_imports_verifies_and_serves_the_data(two: Two, fetched: tuple[Path, dict]) -> None:
-    path, _ = fetched
-    r = post_bundle(two.b, path.read_bytes())
+    path, meta = fetched
+    r = post_bundle(two.b, path.read_bytes(), meta["import_code"])
     assert r.status_code == 201, r.text
     body = r.json()
     assert (body["added"], body["batches"], body["excluded"], body["origin_region"]) == (4, 4, 1, "cn")
@@ -206,13 +205,13 @@ def test_b_imports_verifies_and_serves_the_data(two: Two, fetched: tuple[Path, d
     batches = b.http.get(f"/api/v1/vehicles/{vin}/batches", headers=b.owner.headers).json()
     assert [x["seq"] for x in batches["batches"]] == [1, 2, 4, 5]
     assert b.region.log.size == 4  # B's own log now holds them too
-    again = post_bundle(b, path.read_bytes())
+    again = post_bundle(b, path.read_bytes(), meta["import_code"])
     assert again.status_code == 201 and again.json()["added"] == 0 and again.json()["duplicate"] is True
     assert counts(b.region) == (1, 4, 1) and b.region.log.size == 4
 
 
 def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: tuple[Path, dict]) -> None:
-    path, _ = fetched
+    path, meta = fetched
     trust = two.folder / "trust-a.json"
     trust.write_text(json.dumps(two.a.http.get("/api/v1/region/trust").json()))
     runner = CliRunner()
@@ -223,6 +222,7 @@ def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: 
     with Region(Settings(data_dir=c_dir, region="cn")) as c:
         c.accounts.register("carol@example.com", "correct horse battery")
     args = ["portability", "import", str(path), "--data-dir", str(c_dir), "--region", "cn"]
+    args += ["--import-code", meta["import_code"]]
     out = runner.invoke(cli, [*args, "--owner", "carol@example.com", "--trust", str(trust)])
     assert out.exit_code == 0, out.output
     said = " ".join(out.output.split())  # rich wraps long lines
@@ -237,6 +237,7 @@ def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: 
     again = runner.invoke(cli, [*args, "--owner", "carol@example.com"])
     assert again.exit_code == 0 and "0 of 4 batches added" in " ".join(again.output.split())  # nothing new
     bad_args = ["portability", "import", str(tampered), "--data-dir", str(c_dir), "--owner", "carol@example.com"]
+    bad_args += ["--import-code", meta["import_code"]]
     refused = runner.invoke(cli, bad_args)
     assert refused.exit_code == 1 and "bundle_rejected" in refused.output
     nobody = runner.invoke(cli, [*args, "--owner", "nobody@example.com"])

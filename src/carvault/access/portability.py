@@ -33,7 +33,7 @@ from carvault.access.packages import coverage_report, sign_manifest, trust_docum
 from carvault.compliance.residency import region_name
 from carvault.compliance.sharing import DAY_MS, NEVER_SHAREABLE, check_processor
 from carvault.errors import Conflict, InvalidQuery, NotFound, Unavailable, ValidationFailed
-from carvault.ingest.importer import BUNDLE_FORMAT, BUNDLE_VERSION, LOG_KEY_FILE
+from carvault.ingest.importer import BUNDLE_FORMAT, BUNDLE_VERSION, LOG_KEY_FILE, import_code_digest
 from carvault.ledger.leaves import leaf_opening, log_key_of
 from carvault.store.metadata import BatchRecord, PortabilityBundle, Vehicle, now_ms, rowcount
 
@@ -108,8 +108,10 @@ class Portability:
     # ---------------------------------------------------------------- request
     def request(
         self, owner_id: int, vin: str, recipient: Recipient, *, include_sensitive: bool = False
-    ) -> tuple[PortabilityBundle, str]:
-        """Build a bundle of the owner's vehicle for ``recipient``; the bundle row and its one-time token."""
+    ) -> tuple[PortabilityBundle, str, str]:
+        """Build a bundle of the owner's vehicle for ``recipient``: the bundle row, its one-time fetch token (for
+        the recipient) and the owner's one-time import code (proof of ownership when the copy is imported
+        elsewhere; only its digest, in the signed manifest, is kept)."""
         r = self.region
         recipient = recipient.checked()
         v = r.vehicles.owned_one(owner_id, vin)
@@ -123,7 +125,14 @@ class Portability:
         r.deletions.check_served(v.vin)
         self.sweep()
         bundle_id = secrets.token_urlsafe(BUNDLE_ID_CHARS * 3 // 4)
-        built = self.build(v, bundle_id, recipient, include_sensitive=include_sensitive)
+        import_code = secrets.token_urlsafe(16)
+        built = self.build(
+            v,
+            bundle_id,
+            recipient,
+            include_sensitive=include_sensitive,
+            import_code_sha256=import_code_digest(bundle_id, import_code),
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{bundle_id}.zip"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -187,10 +196,18 @@ class Portability:
                 "sha256": row.sha256,
             },
         )
-        return row, secret
+        return row, secret, import_code
 
     # ------------------------------------------------------------------ build
-    def build(self, vehicle: Vehicle, bundle_id: str, recipient: Recipient, *, include_sensitive: bool) -> Built:
+    def build(
+        self,
+        vehicle: Vehicle,
+        bundle_id: str,
+        recipient: Recipient,
+        *,
+        include_sensitive: bool,
+        import_code_sha256: str,
+    ) -> Built:
         """The bundle ZIP of every batch the region holds of ``vehicle`` (see the module docstring)."""
         from carvault.access.packages import _json, _zip
 
@@ -250,6 +267,7 @@ class Portability:
                 "recipient": recipient.as_json(),
                 "include_sensitive": include_sensitive,
                 "excluded": excluded,
+                "import_code_sha256": import_code_sha256,
                 "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
             }
         )

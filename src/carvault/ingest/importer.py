@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -30,7 +31,14 @@ from sqlalchemy.exc import IntegrityError
 
 from carvault.access.accounts import hash_password
 from carvault.durable import write_durably
-from carvault.errors import AlreadyExists, BundleRejected, BundleUnreadable, CarVaultError, NotFound
+from carvault.errors import (
+    AlreadyExists,
+    BundleRejected,
+    BundleUnreadable,
+    CarVaultError,
+    ImportCodeInvalid,
+    NotFound,
+)
 from carvault.ingest.validation import validate_payload
 from carvault.ledger.leaves import Log, log_batches, seal_log_key
 from carvault.pki import vehicle_key_from_certificate
@@ -71,6 +79,31 @@ BUNDLE_FILES = (
     "coverage.json",
 )
 _DOC_NAMES = {"manifest.json", "manifest.sig"}
+IMPORT_CODE_CONTEXT = b"carvault-portability-import-code-v1\n"
+MAX_IMPORT_CODE = 200
+
+
+def import_code_digest(bundle_id: str, code: str) -> str:
+    """What a bundle's signed manifest holds of its owner's one-time import code: SHA-256 bound to the bundle.
+
+    The code is 128 random bits shown once to the owner at the origin, so a plain hash cannot be guessed back.
+    """
+    return hashlib.sha256(IMPORT_CODE_CONTEXT + bundle_id.encode() + b"\n" + code.strip().encode()).hexdigest()
+
+
+def check_import_code(manifest: BundleManifest, code: str | None) -> None:
+    """Proof that whoever imports a bundle as its owner is the owner who asked for it: the code the origin gave them.
+
+    ``ImportCodeInvalid`` when it is missing or does not match the digest in the (signature-checked) manifest.
+    """
+    if not code or not code.strip():
+        raise ImportCodeInvalid(
+            "importing a bundle as its owner needs the import code the origin showed the owner with the transfer"
+        )
+    if len(code) > MAX_IMPORT_CODE or not code.isascii():
+        raise ImportCodeInvalid("this is not the import code of this bundle")
+    if not hmac.compare_digest(import_code_digest(manifest.bundle_id, code), manifest.import_code_sha256):
+        raise ImportCodeInvalid("this is not the import code of this bundle")
 
 
 @dataclass(frozen=True)
@@ -95,6 +128,7 @@ class BundleManifest:
     recipient: dict[str, str]
     include_sensitive: bool
     excluded: tuple[Excluded, ...]
+    import_code_sha256: str  # the owner's one-time import code, hashed with the bundle id (import_code_digest)
 
 
 def parse_bundle_manifest(data: bytes) -> BundleManifest:
@@ -112,6 +146,9 @@ def parse_bundle_manifest(data: bytes) -> BundleManifest:
     recipient = obj(member(doc, "recipient", dict, what), f"{what} recipient")
     who = {k: member(recipient, k, str, f"{what} recipient") for k in ("name", "legal_entity", "jurisdiction")}
     excluded = tuple(_excluded(e, f"{what} excluded[{i}]") for i, e in enumerate(member(doc, "excluded", list, what)))
+    proof = member(doc, "import_code_sha256", str, what)
+    if len(proof) != 64 or proof.strip("0123456789abcdef"):
+        raise DocumentError(f"{what}: import_code_sha256 must be a lower-case SHA-256 hex string")
     base = Manifest(
         region=member(doc, "region", str, what),
         vin=member(doc, "vin", str, what),
@@ -130,6 +167,7 @@ def parse_bundle_manifest(data: bytes) -> BundleManifest:
         recipient=who,
         include_sensitive=member(doc, "include_sensitive", bool, what),
         excluded=excluded,
+        import_code_sha256=proof,
     )
 
 
@@ -348,12 +386,24 @@ class Importer:
         self.folder = settings.data_dir / "imports"
 
     def import_bundle(
-        self, path: Path, *, owner_id: int | None, trust: Any = None, pins: Pins | None = None
+        self,
+        path: Path,
+        *,
+        owner_id: int | None,
+        import_code: str | None = None,
+        trust: Any = None,
+        pins: Pins | None = None,
     ) -> ImportResult:
-        """Verify the bundle at ``path`` and store what this region lacks of it (nothing at all if a check fails)."""
+        """Verify the bundle at ``path`` and store what this region lacks of it (nothing at all if a check fails).
+
+        Data imported for an owner (``owner_id``) needs the owner's one-time ``import_code`` from the origin:
+        holding the bundle file (as the recipient who fetched it does) is not proof of being the data's owner.
+        """
         bundle = open_bundle(path)
         verdict = verify_bundle(bundle, trust=trust, pins=pins)
         require_verified(verdict)
+        if owner_id is not None:
+            check_import_code(bundle.manifest, import_code)
         checks = [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
         m = bundle.manifest
         envs = sorted(

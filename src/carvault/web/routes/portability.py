@@ -20,6 +20,7 @@ from carvault.errors import (
     CrossBorderTransfer,
     DataFrozen,
     GatekeeperRefused,
+    ImportCodeInvalid,
     InvalidQuery,
     NotFound,
     PayloadTooLarge,
@@ -28,12 +29,13 @@ from carvault.errors import (
 from carvault.ingest.importer import Importer, import_file_bytes
 from carvault.region import Region
 from carvault.verify.container import MAX_TOTAL_BYTES
-from carvault.web.deps import Caller, CurrentOwner, RegionDep, binary_body, read_body
+from carvault.web.deps import Caller, CurrentOwner, RegionDep, binary_body, header_parameter, read_body
 from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1", tags=["portability"])
 
 ZIP_MEDIA_TYPE = "application/zip"
+IMPORT_CODE_HEADER = "CarVault-Import-Code"
 CHUNK = 1024 * 1024
 
 
@@ -78,13 +80,13 @@ class TransferRequest(BaseModel):
 )
 def request_transfer(vin: str, req: TransferRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     r = req.recipient
-    row, token = Portability(region).request(
+    row, token, import_code = Portability(region).request(
         owner.owner_id,
         vin,
         Recipient(r.name, r.legal_entity, r.jurisdiction, r.gatekeeper),
         include_sensitive=req.include_sensitive,
     )
-    return {**bundle_json(row), "token": token}
+    return {**bundle_json(row), "token": token, "import_code": import_code}
 
 
 @router.get("/vehicles/{vin}/portability", summary="My portability bundles of a vehicle")
@@ -132,22 +134,40 @@ def fetch_bundle(bundle_id: str, caller: Caller, region: RegionDep) -> Streaming
     "/portability/import",
     status_code=201,
     summary="Import a portability bundle from another deployment (re-verified; all or nothing)",
-    openapi_extra=binary_body(ZIP_MEDIA_TYPE, "a portability bundle ZIP as fetched from the origin region"),
-    responses=raises(BundleUnreadable, BundleRejected, AlreadyExists, NotFound, PayloadTooLarge, UnsupportedMediaType),
+    openapi_extra={
+        **binary_body(ZIP_MEDIA_TYPE, "a portability bundle ZIP as fetched from the origin region"),
+        "parameters": [
+            header_parameter(
+                IMPORT_CODE_HEADER,
+                "the one-time import code the origin showed the owner with the transfer (proof of ownership)",
+                {"type": "string", "minLength": 1, "maxLength": 200},
+            )
+        ],
+    },
+    responses=raises(
+        BundleUnreadable,
+        BundleRejected,
+        ImportCodeInvalid,
+        AlreadyExists,
+        NotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+    ),
 )
 async def import_bundle(request: Request, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media != ZIP_MEDIA_TYPE:
         raise UnsupportedMediaType(f"send the bundle as {ZIP_MEDIA_TYPE}", expected=ZIP_MEDIA_TYPE)
+    code = request.headers.get(IMPORT_CODE_HEADER, "")
     body = await read_body(request, MAX_TOTAL_BYTES, "bundle")
-    return await run_in_threadpool(_import, region, body, owner.owner_id)
+    return await run_in_threadpool(_import, region, body, owner.owner_id, code)
 
 
-def _import(region: Region, body: bytes, owner_id: int) -> dict[str, Any]:
+def _import(region: Region, body: bytes, owner_id: int, code: str) -> dict[str, Any]:
     path = import_file_bytes(body, region.settings.data_dir / "imports" / "incoming")
     try:
         importer = Importer(region.settings, region.db, region.segments, region.log, region.catalogue)
-        result = importer.import_bundle(path, owner_id=owner_id)
+        result = importer.import_bundle(path, owner_id=owner_id, import_code=code)
     finally:
         path.unlink(missing_ok=True)
     region.audit.by_owner(
