@@ -132,14 +132,18 @@ class Apps:
             return list(s.scalars(q))
 
     def decide(self, client_id: str, status: str, by: str) -> App:
-        """The operator approves, suspends, rejects (or re-approves) an app; suspension stops its tokens at once."""
+        """The operator approves, suspends, rejects (or re-approves a suspended) app; a rejection is final.
+
+        Suspension stops its tokens at once.
+        """
         if status not in APP_STATUSES or status == "pending":
             raise ValidationFailed(f"status must be one of {', '.join(APP_STATUSES[1:])}", field="status")
         with self.db.session() as s:
             app = s.get(App, client_id)
             if app is None:
                 raise NotFound(f"no app {client_id!r}", client_id=client_id)
-            if app.status == "rejected" and status == "approved":
+            if app.status == "rejected" and status != "rejected":
+                # Final: suspending a rejected app first must not open a way back to "approved".
                 raise Conflict("a rejected app must register again", client_id=client_id)
             app.status, app.decided_ms, app.decided_by = status, now_ms(), by
         return app

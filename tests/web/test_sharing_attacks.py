@@ -1,0 +1,89 @@
+"""Issue 9 (sharing) attacked from outside: an app or a bystander trying to get more than the owner gave.
+
+Each test is one attack an outside tester would try against a real region (and, where the attack is over HTTP, a
+real server): the operator's decisions about an app, token confusion between apps at the OAuth endpoints, and
+secrets at rest after a whole OAuth flow.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from carvault.errors import Conflict
+from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.store.metadata import App
+from tests.web import test_oauth
+from tests.web.test_oauth import (
+    approve,
+    bearer,
+    client_for,
+    register_app,
+    token_request,
+)
+
+pytestmark = pytest.mark.slow
+
+browser, car = test_oauth.browser, test_oauth.car  # the same fixtures: the owner's logged-in browser, their car
+
+
+# ------------------------------------------------------------------------------------ the operator's decisions
+def test_a_rejected_app_cannot_be_approved_by_way_of_suspension(region: Region) -> None:
+    """A rejection is final ("register again"): no path of decisions leads from rejected back to approved."""
+    app = register_app(region, status="rejected")
+    for status in ("suspended", "approved"):
+        with pytest.raises(Conflict):
+            region.apps.decide(app.client_id, status, by="operator")
+    with region.db.session() as s:
+        row = s.scalar(select(App).where(App.client_id == app.client_id))
+    assert row is not None and row.status == "rejected"
+    # Suspension alone stays reversible.
+    other = register_app(region, status="suspended", name="Other Insure")
+    assert region.apps.decide(other.client_id, "approved", by="operator").status == "approved"
+
+
+# ------------------------------------------------------------------------------- token confusion between apps
+def test_another_app_can_neither_revoke_nor_introspect_a_token(
+    server: BackgroundServer, http: httpx.Client, browser: httpx.Client, car: str, region: Region
+) -> None:
+    a = register_app(region)
+    token = approve(client_for(server, a), browser)
+    b = register_app(region, name="Beta Insure")
+    public = register_app(region, name="Gamma Public", confidential=False)
+    for other in (b, public):
+        for secret in (token["access_token"], token["refresh_token"]):
+            auth = (other.client_id, other.secret) if other.secret else None
+            form = {"token": secret} if other.secret else {"token": secret, "client_id": other.client_id}
+            http.post("/oauth/revoke", data=form, auth=auth)
+    assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(token["access_token"])).status_code == 200
+    seen = http.post("/oauth/introspect", data={"token": token["access_token"]}, auth=(b.client_id, b.secret or ""))
+    assert seen.status_code in (200, 401) and seen.json().get("active") is not True
+    # A's refresh token is still A's to use (nobody else spent or revoked it).
+    refreshed = token_request(http, a, grant_type="refresh_token", refresh_token=token["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["scope"] == token["scope"]
+    # And B cannot spend it either.
+    again = token_request(http, b, grant_type="refresh_token", refresh_token=refreshed.json()["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(refreshed.json()["access_token"])).status_code == 200
+
+
+def test_no_token_code_or_secret_is_kept_in_clear_after_a_whole_flow(
+    server: BackgroundServer, http: httpx.Client, browser: httpx.Client, car: str, region: Region
+) -> None:
+    app = register_app(region)
+    token = approve(client_for(server, app), browser)
+    device = http.post(
+        "/oauth/device_authorization",
+        data={"scope": "vss:Vehicle.Speed", "purpose": "insurance"},
+        auth=(app.client_id, app.secret or ""),
+    ).json()
+    secrets = [token["access_token"], token["refresh_token"], app.secret or "", device["device_code"]]
+    assert all(secrets)
+    for path in region.settings.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, (path, secret[:6])
