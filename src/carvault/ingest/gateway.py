@@ -60,6 +60,7 @@ from carvault.store.metadata import (
 from carvault.store.segments import SegmentWriter
 
 REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
+DERIVED_BACKLOG = 64  # query copies queued at most; past it a batch's copy is made by its first read
 
 _VEHICLES = cast(Table, Vehicle.__table__)
 _BATCHES = cast(Table, BatchRecord.__table__)
@@ -244,6 +245,9 @@ class Gateway:
         # The live extension (docs/protocol.md §8): checks a header's live_root against the frames received.
         self.live_root_check: Callable[[BatchHeader], None] | None = None
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
+        self._derived_lock = threading.Lock()
+        self._derived_backlog = 0  # copies queued and not yet written
+        self.derived_skipped = 0  # batches left for their first read to copy (the queue was full)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
         self._thread.start()
@@ -257,10 +261,31 @@ class Gateway:
         return self.committed(checked, checked.future.result(timeout=120))
 
     def committed(self, pending: _Pending, receipt: dict[str, Any]) -> dict[str, Any]:
-        """After the receipt: queue the query-optimised copy (never the evidence) off the request path."""
-        if self.derived is not None and not receipt["duplicate"] and pending.env.header.kind == "telemetry":
-            self._derived_pool.submit(self.derived.write, pending.env.header.vin, receipt["batch_hash"], pending.table)
+        """After the receipt: queue the query-optimised copy (never the evidence) off the request path.
+
+        The queue is bounded (``DERIVED_BACKLOG`` batches): when ingest outruns the copy writer, a batch gets no
+        copy now and its first read builds one from the evidence (``TelemetryStore.window``), so a burst never
+        holds decoded tables in memory without limit nor costs the acknowledgements CPU.
+        """
+        if self.derived is None or receipt["duplicate"] or pending.env.header.kind != "telemetry":
+            return receipt
+        with self._derived_lock:
+            if self._derived_backlog >= DERIVED_BACKLOG:
+                self.derived_skipped += 1
+                return receipt
+            self._derived_backlog += 1
+        self._derived_pool.submit(
+            self._write_derived, self.derived, pending.env.header.vin, receipt["batch_hash"], pending.table
+        )
         return receipt
+
+    def _write_derived(self, derived: DerivedCopies, vin: str, batch_hash: str, table: pa.Table) -> None:
+        """Write one queued copy and free its place in the queue."""
+        try:
+            derived.write(vin, batch_hash, table)
+        finally:
+            with self._derived_lock:
+                self._derived_backlog -= 1
 
     def check(self, body: bytes, content_type: str | None) -> dict[str, Any] | _Pending:
         """Every check of a batch (CPU work, no lock); a replay's receipt, or the batch queued for commit."""

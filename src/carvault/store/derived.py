@@ -8,9 +8,10 @@ whenever it is missing or unreadable. Reading one is a memory map, not a decode,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import uuid
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,16 +29,33 @@ class DerivedCopies:
         return self.directory / vin / f"{batch_hash}.arrow"
 
     def write(self, vin: str, batch_hash: str, table: pa.Table) -> None:
-        """Write a copy atomically (temporary name, then rename); failures only cost speed later."""
+        """Write a copy atomically (temporary name, then rename); failures only cost speed later.
+
+        The file is built in memory and written with one call: this runs for every accepted batch, and a
+        folder check plus Arrow's own file opening cost more than the bytes (issue 10). A vehicle's folder is
+        made only when the first write finds it missing.
+        """
         target = self.path(vin, batch_hash)
+        tmp = target.with_name(f"{batch_hash}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-            with ipc.new_file(tmp, table.schema) as w:
+            sink = pa.BufferOutputStream()
+            with ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
+            data = memoryview(sink.getvalue())
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except FileNotFoundError:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except OSError:
-            pass
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def read(self, vin: str, batch_hash: str) -> pa.Table | None:
         """The memory-mapped copy, or None when there is none (yet)."""
