@@ -15,6 +15,8 @@ from carvault.errors import Conflict
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import App
+from tests.conftest import OwnerClient
+from tests.factories import BASE_MS
 from tests.web import test_oauth
 from tests.web.test_oauth import (
     approve,
@@ -26,7 +28,8 @@ from tests.web.test_oauth import (
 
 pytestmark = pytest.mark.slow
 
-browser, car = test_oauth.browser, test_oauth.car  # the same fixtures: the owner's logged-in browser, their car
+# The same fixtures: the owner's logged-in browser, their car, and the car with a minute of data uploaded.
+browser, car, data = test_oauth.browser, test_oauth.car, test_oauth.data
 
 
 # ------------------------------------------------------------------------------------ the operator's decisions
@@ -87,3 +90,27 @@ def test_no_token_code_or_secret_is_kept_in_clear_after_a_whole_flow(
             data = path.read_bytes()
             for secret in secrets:
                 assert secret.encode() not in data, (path, secret[:6])
+
+
+# ----------------------------------------------------------------------------------------- reading beyond scope
+def test_the_vehicle_record_tells_a_grant_holder_nothing_outside_its_window(
+    http: httpx.Client, owner: OwnerClient, data: str
+) -> None:
+    """The chain head (last seq and hash) moves with every upload: it would show a grant whose window ended that
+    the car is still driving, and when. A grant holder sees the car's identity only; the owner sees it all."""
+    past = {"history_from": BASE_MS - 7_200_000, "history_to": BASE_MS - 3_600_000}
+    made = http.post(
+        "/api/v1/grants/tokens",
+        headers=owner.headers,
+        json={"label": "old window", "vins": [data], "signals": ["Vehicle.Speed"], **past},
+    )
+    assert made.status_code == 201, made.text
+    holder = bearer(made.json()["token"])
+    mine = http.get(f"/api/v1/vehicles/{data}", headers=owner.headers).json()
+    assert mine["last_seq"] == 1 and mine["last_hash"]
+    for seen in (
+        http.get(f"/api/v1/vehicles/{data}", headers=holder).json(),
+        *http.get("/api/v1/vehicles", headers=holder).json(),
+    ):
+        assert seen["vin"] == data
+        assert not {"last_seq", "last_hash", "claimed_ms"} & set(seen), seen

@@ -23,8 +23,14 @@ class ClaimRequest(BaseModel):
     pairing_code: str = Field(min_length=4, max_length=32)
 
 
-def vehicle_json(v: Vehicle) -> dict[str, Any]:
-    """A vehicle as its owner sees it."""
+def vehicle_json(v: Vehicle, *, owner: bool = True) -> dict[str, Any]:
+    """A vehicle as its owner sees it; a grant holder sees its identity only.
+
+    The chain head moves with every upload, so it would tell a grant holder that (and when) the car is still
+    sending data after its history window ended; when the owner paired the car is none of its business either.
+    """
+    if not owner:
+        return {"vin": v.vin, "region": v.region, "model": v.model}
     return {
         "vin": v.vin,
         "region": v.region,
@@ -41,7 +47,7 @@ def list_vehicles(caller: Caller, region: RegionDep) -> list[dict[str, Any]]:
     if not caller.is_owner:  # a grant holder learning which cars it reaches is a read, in the owner's access log
         for v in found:
             region.grants.record_read(region.grants.access(caller, v.vin), AuditAction.VEHICLE_READ, {"list": True})
-    return [vehicle_json(v) for v in found]
+    return [vehicle_json(v, owner=caller.is_owner) for v in found]
 
 
 @router.post(
@@ -61,7 +67,7 @@ def get_vehicle(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any]:
     access = region.grants.access(caller, vin)
     if not access.view.is_owner:  # every third-party read is in the owner's access log
         region.grants.record_read(access, AuditAction.VEHICLE_READ, {})
-    return vehicle_json(access.vehicle)
+    return vehicle_json(access.vehicle, owner=access.view.is_owner)
 
 
 @router.get(
