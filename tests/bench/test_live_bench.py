@@ -20,8 +20,10 @@ def _sane(run: dict, cars: int, seconds: float) -> None:
     e2e, region, hop = run["end_to_end_ms"], run["added_by_region_ms"], run["last_hop_ms"]
     assert e2e["n"] == region["n"] == run["frames_sent"]
     for q in (e2e, region, hop):
-        assert q["p50"] <= q["p95"] <= q["p99"] <= q["max"]
-    assert 0 <= region["p50"] and 0 <= hop["p50"] - 1  # ms timestamps: a hop may read -1 ms, never less
+        assert q["min"] <= q["p50"] <= q["p95"] <= q["p99"] <= q["max"]
+    # The event's ts is the server's clock floored to the ms: a hop is never negative, the region's share may read
+    # up to a millisecond low (the car notes its send a moment after the bytes left).
+    assert hop["min"] >= 0 and region["min"] >= -2
     assert e2e["p50"] >= region["p50"] - 1  # the sample time is taken before the send
     assert e2e["max"] < 60_000
     assert all(c > 0 for c in run["server_cpu_seconds"])
@@ -41,7 +43,7 @@ def test_live_step_with_a_handful_of_cars(tmp_path: Path) -> None:
 
     page = splice_live("# Benchmarks\n\nintro\n\n## Targets missed\n\n- none\n", live)
     assert page.index("## Live") < page.index("## Targets missed")
-    assert "| one replica | 4 |" in page and "| fan-out A→B | 3 |" in page
+    assert "| one replica | 4 / 4 |" in page and "| fan-out A→B | 3 / 3 |" in page
     again = splice_live(page, live)
     assert again.count("## Live") == 1
 
@@ -50,7 +52,7 @@ def test_only_live_updates_the_json_and_the_page(tmp_path: Path) -> None:
     out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
     out.write_text(json.dumps({"figures": {"kept": 1}}))
     docs.write_text("# Benchmarks\n\n## Targets missed\n\n- none\n")
-    cfg = LiveBenchConfig(fleets=(2,), seconds=2.0, fanout_cars=0, car_processes=1, evidence_day=None)
+    cfg = LiveBenchConfig(runs=((2, 2),), seconds=2.0, fanout_cars=0, car_processes=1, evidence_day=None)
     run_live_only(out, docs, cfg=cfg)
     result = json.loads(out.read_text())
     assert result["figures"] == {"kept": 1} and result["live"]["runs"][0]["frames_sent"] == 4

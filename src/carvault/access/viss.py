@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy.exc import SQLAlchemyError
 
-from carvault.access.accounts import Accounts
+from carvault.access.accounts import Accounts, Principal
 from carvault.access.audit import AuditAction
 from carvault.access.grants import Access, Grants
 from carvault.compliance.consent import COLLECTING, Policy
@@ -562,7 +562,9 @@ class VissSession:
         if not token:
             raise Unauthenticated("Access token is missing: send it as authorization or at the WebSocket upgrade")
         memo = checks or Checks()
-        access = memo.once(("access", token, self.vin), lambda: self._access(token))
+        # The token is read once per period for every vehicle it watches (an owner's or a fleet app's many cars).
+        principal = memo.once(("principal", token), lambda: self.accounts.resolve(token))
+        access = memo.once(("access", token, self.vin), lambda: self._access(principal))
         access.view.signals(list(selection.leaves))  # OutOfScope for anything beyond the grant
         memo.once(
             ("hold", access.vin), lambda: self.check_served(access.vin)
@@ -579,9 +581,9 @@ class VissSession:
             raise ConsentNotGiven("collection of every signal named is stopped")
         return Allowance(access, leaves, token)
 
-    def _access(self, token: str) -> Access:
-        """The token's access to this vehicle, with live access for a grant holder."""
-        access = self.grants.access(self.accounts.resolve(token), self.vin)
+    def _access(self, principal: Principal) -> Access:
+        """The token holder's access to this vehicle, with live access for a grant holder."""
+        access = self.grants.access(principal, self.vin)
         if access.view.scope is not None and not access.view.scope.live:
             raise OutOfScope("this grant does not include live access (scope 'live')", vin=self.vin)
         return access

@@ -36,7 +36,7 @@ def _ms() -> int:
 
 
 def quantiles(values: Sequence[float]) -> dict[str, float]:
-    """p50 / p95 / p99 / max of a sample (nearest rank); empty -> {}."""
+    """p50 / p95 / p99 / min / max of a sample (nearest rank); empty -> {}."""
     if not values:
         return {}
     s = sorted(values)
@@ -44,7 +44,7 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
     def rank(q: float) -> float:
         return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": s[-1], "n": float(len(s))}
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "min": s[0], "max": s[-1], "n": float(len(s))}
 
 
 @dataclass
