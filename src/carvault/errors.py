@@ -212,6 +212,12 @@ class ImportCodeInvalid(Forbidden):
     code = "import_code_invalid"
 
 
+class OriginNotTrusted(Forbidden):
+    """A portability import as an owner from a deployment whose keys this one was not given (no trust document)."""
+
+    code = "origin_not_trusted"
+
+
 class NotShareable(Forbidden):
     """Camera frames, biometrics and cabin data are never shared through grants."""
 

@@ -90,6 +90,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         agent.record(drive_table(BASE_MS + 180_000, seconds=120, paths=PLAIN), batch_seconds=60)  # seq 4, 5
         upload(a, agent)
         owner_b = b.accounts.register("alice@example.com", "correct horse battery").id
+        trust_origin(b, a)
         yield World(a, b, ident, owner_a, owner_b, tmp_path)
     finally:
         a.close()
@@ -98,6 +99,13 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 # The owner's one-time import code of each bundle file made here (what the origin showed the owner).
 CODES: dict[Path, str] = {}
+
+
+def trust_origin(importer_region: Region, origin: Region) -> None:
+    """The operator of ``importer_region`` accepts bundles from ``origin``: its trust document in imports/origins/."""
+    folder = importer_region.settings.data_dir / "imports" / "origins"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{origin.name}-{origin.settings.data_dir.name}.json").write_text(json.dumps(trust_document(origin)))
 
 
 def bundle_file(w: World, *, include_sensitive: bool = False) -> tuple[Path, PortabilityBundle, str]:

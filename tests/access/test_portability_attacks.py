@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from carvault.access.packages import trust_document
-from carvault.errors import BundleRejected, ImportCodeInvalid
-from carvault.ingest.importer import import_code_digest, open_bundle
+from carvault.errors import BundleRejected, ImportCodeInvalid, OriginNotTrusted
+from carvault.ingest.importer import ORIGINS_FOLDER, import_code_digest, open_bundle
 from carvault.store.metadata import AuditEvent, PortabilityBundle
 from tests.access import test_portability
 from tests.access.test_portability import (
@@ -84,3 +84,35 @@ def test_swapping_in_a_known_code_digest_breaks_the_manifest_signature(world: Wo
             forged, import_code="mine", owner_id=world.owner_b, trust=trust_document(world.a)
         )
     assert stored_in(world.b) == (0, 0, 0)
+
+
+def test_a_bundle_rebuilt_and_re_signed_with_a_code_of_ones_own_is_refused(world: World, tmp_path: Path) -> None:
+    """The whole bundle re-signed by another key (the holder's) with a digest of their own code: the importer
+    anchors the bundle with the origin's trust document the operator keeps, and the signature fails."""
+    path, row, _ = bundle_file(world)
+
+    def own_digest(files: dict[str, bytes]) -> None:
+        doc = json.loads(files["manifest.json"])
+        doc["import_code_sha256"] = import_code_digest(row.id, "mine")
+        files["manifest.json"] = json.dumps(doc).encode()
+
+    forged = rezip(path, tmp_path / "resigned.zip", own_digest, resign=world.b)
+    with pytest.raises(BundleRejected):
+        importer(world.b).import_bundle(forged, import_code="mine", owner_id=world.owner_b)
+    assert stored_in(world.b) == (0, 0, 0) and world.b.log.size == 0
+
+
+def test_an_import_as_owner_from_an_origin_the_operator_does_not_trust_is_refused(world: World) -> None:
+    """Without the origin's keys, a rebuilt bundle cannot be told from the real one: no owner import unanchored."""
+    path, _, _ = bundle_file(world)
+    for doc in (world.b.settings.data_dir / "imports" / ORIGINS_FOLDER).glob("*.json"):
+        doc.unlink()
+    with pytest.raises(OriginNotTrusted) as e:
+        importer(world.b).import_bundle(path, import_code=CODES[path], owner_id=world.owner_b)
+    assert e.value.code == "origin_not_trusted" and e.value.status == 403
+    assert stored_in(world.b) == (0, 0, 0) and world.b.log.size == 0
+    # The trust document given directly (the CLI's --trust) anchors it as well.
+    result = importer(world.b).import_bundle(
+        path, import_code=CODES[path], owner_id=world.owner_b, trust=trust_document(world.a)
+    )
+    assert result.anchored and result.added == 4

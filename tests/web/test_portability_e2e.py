@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from carvault.access.packages import trust_document
 from carvault.cli import app as cli
 from carvault.compliance.consent import default_on
 from carvault.compliance.sharing import NEVER_SHAREABLE
@@ -82,6 +83,9 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
             agent.record(drive_table(BASE_MS + 180_000, seconds=120, paths=PLAIN), batch_seconds=60)  # seq 4, 5
             assert len(agent.upload_pending()) == 5
             owner_b = make_owner(hb, "alice@example.com")
+            origins = regions[1].settings.data_dir / "imports" / "origins"  # B's operator accepts A's bundles
+            origins.mkdir(parents=True)
+            (origins / "a.json").write_text(json.dumps(trust_document(regions[0])))
             yield Two(Deployment(regions[0], ha, owner_a), Deployment(regions[1], hb, owner_b), ident, folder)
     finally:
         for r in regions:
@@ -234,7 +238,7 @@ def test_cli_verifies_offline_and_imports_into_a_data_folder(two: Two, fetched: 
             out.writestr(info.filename, data.replace(b"BEGIN CERTIFICATE", b"BEGIN CERTIFICATF", 1))
     refused = runner.invoke(cli, ["portability", "verify", str(tampered), "--trust", str(trust)])
     assert refused.exit_code == 1 and "FAILED" in refused.output
-    again = runner.invoke(cli, [*args, "--owner", "carol@example.com"])
+    again = runner.invoke(cli, [*args, "--owner", "carol@example.com", "--trust", str(trust)])
     assert again.exit_code == 0 and "0 of 4 batches added" in " ".join(again.output.split())  # nothing new
     bad_args = ["portability", "import", str(tampered), "--data-dir", str(c_dir), "--owner", "carol@example.com"]
     bad_args += ["--import-code", meta["import_code"]]

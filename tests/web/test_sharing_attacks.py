@@ -7,6 +7,9 @@ secrets at rest after a whole OAuth flow.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 from sqlalchemy import select
@@ -15,9 +18,9 @@ from carvault.errors import Conflict
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import App
-from tests.conftest import OwnerClient
+from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS
-from tests.web import test_oauth
+from tests.web import test_oauth, test_portability_e2e
 from tests.web.test_oauth import (
     approve,
     bearer,
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.slow
 
 # The same fixtures: the owner's logged-in browser, their car, and the car with a minute of data uploaded.
 browser, car, data = test_oauth.browser, test_oauth.car, test_oauth.data
+# Two deployments over HTTP: A holds the car's data and made a bundle the recipient fetched; B imports.
+two, fetched = test_portability_e2e.two, test_portability_e2e.fetched
 
 
 # ------------------------------------------------------------------------------------ the operator's decisions
@@ -114,3 +119,34 @@ def test_the_vehicle_record_tells_a_grant_holder_nothing_outside_its_window(
     ):
         assert seen["vin"] == data
         assert not {"last_seq", "last_hash", "claimed_ms"} & set(seen), seen
+
+
+# ------------------------------------------------------------------------------------------ portability import
+def test_the_import_api_wants_the_owners_code_and_stores_nothing_without_it(
+    two: test_portability_e2e.Two, fetched: tuple[Path, dict[str, Any]]
+) -> None:
+    path, meta = fetched
+    b = two.b
+    before = test_portability_e2e.counts(b.region), b.region.log.size
+    zip_headers = {**b.owner.headers, "Content-Type": "application/zip"}
+    for extra in (
+        {},
+        {"CarVault-Import-Code": ""},
+        {"CarVault-Import-Code": "wrong"},
+        {"CarVault-Import-Code": "é".encode()},
+    ):
+        r = b.http.post("/api/v1/portability/import", headers={**zip_headers, **extra}, content=path.read_bytes())
+        assert r.status_code == 403 and r.json()["error"]["code"] == "import_code_invalid", (extra, r.text)
+        assert r.json()["error"]["message"]
+    assert (test_portability_e2e.counts(b.region), b.region.log.size) == before
+    # Another account at B with the right code is still not the owner of a car B registered to someone else.
+    ok = test_portability_e2e.post_bundle(b, path.read_bytes(), meta["import_code"])
+    assert ok.status_code == 201, ok.text
+    mallory = make_owner(b.http, "mallory@example.com")
+    r = b.http.post(
+        "/api/v1/portability/import",
+        headers={**mallory.headers, "Content-Type": "application/zip", "CarVault-Import-Code": meta["import_code"]},
+        content=path.read_bytes(),
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert b.http.get("/api/v1/vehicles", headers=mallory.headers).json() == []

@@ -38,6 +38,7 @@ from carvault.errors import (
     CarVaultError,
     ImportCodeInvalid,
     NotFound,
+    OriginNotTrusted,
 )
 from carvault.ingest.validation import validate_payload
 from carvault.ledger.leaves import Log, log_batches, seal_log_key
@@ -80,6 +81,9 @@ BUNDLE_FILES = (
 )
 _DOC_NAMES = {"manifest.json", "manifest.sig"}
 IMPORT_CODE_CONTEXT = b"carvault-portability-import-code-v1\n"
+#: Under ``<data_dir>/imports/``: the trust documents (``GET /api/v1/region/trust``) of deployments the operator
+#: accepts bundles from; an import as an owner is anchored by the one naming the bundle's log origin.
+ORIGINS_FOLDER = "origins"
 MAX_IMPORT_CODE = 200
 
 
@@ -89,6 +93,24 @@ def import_code_digest(bundle_id: str, code: str) -> str:
     The code is 128 random bits shown once to the owner at the origin, so a plain hash cannot be guessed back.
     """
     return hashlib.sha256(IMPORT_CODE_CONTEXT + bundle_id.encode() + b"\n" + code.strip().encode()).hexdigest()
+
+
+def trusted_origin(folder: Path, manifest: BundleManifest) -> dict[str, Any] | None:
+    """The trust document the operator keeps for a bundle's origin (same region and log origin), if any."""
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a trust document; the verifier never sees it
+        if (
+            isinstance(doc, dict)
+            and doc.get("log_origin") == manifest.base.log_origin
+            and doc.get("region") == manifest.base.region
+        ):
+            return doc
+    return None
 
 
 def check_import_code(manifest: BundleManifest, code: str | None) -> None:
@@ -398,11 +420,22 @@ class Importer:
 
         Data imported for an owner (``owner_id``) needs the owner's one-time ``import_code`` from the origin:
         holding the bundle file (as the recipient who fetched it does) is not proof of being the data's owner.
+        The code's digest is only as good as the key that signed the manifest, so such an import must also be
+        anchored: by ``trust``/``pins``, or by the origin's trust document in ``imports/origins/``.
         """
         bundle = open_bundle(path)
+        if owner_id is not None and trust is None and pins is None:
+            trust = trusted_origin(self.folder / ORIGINS_FOLDER, bundle.manifest)
         verdict = verify_bundle(bundle, trust=trust, pins=pins)
         require_verified(verdict)
         if owner_id is not None:
+            if not verdict.anchored:
+                raise OriginNotTrusted(
+                    f"this deployment has no trust document for {bundle.manifest.base.log_origin!r} (region "
+                    f"{bundle.manifest.base.region!r}): without the origin's keys a rebuilt bundle cannot be told "
+                    "from the real one; the operator adds that region's trust document first",
+                    origin=bundle.manifest.base.log_origin,
+                )
             check_import_code(bundle.manifest, import_code)
         checks = [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
         m = bundle.manifest

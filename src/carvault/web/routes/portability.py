@@ -23,6 +23,7 @@ from carvault.errors import (
     ImportCodeInvalid,
     InvalidQuery,
     NotFound,
+    OriginNotTrusted,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
@@ -148,6 +149,7 @@ def fetch_bundle(bundle_id: str, caller: Caller, region: RegionDep) -> Streaming
         BundleUnreadable,
         BundleRejected,
         ImportCodeInvalid,
+        OriginNotTrusted,
         AlreadyExists,
         NotFound,
         PayloadTooLarge,
