@@ -136,7 +136,7 @@ def bench(
             raise typer.Exit(2)
         from carvault.bench.live_bench import LiveBenchConfig, run_live_only
 
-        run_live_only(out, docs, console, LiveBenchConfig.quick() if quick else None)
+        run_live_only(out, docs, console, LiveBenchConfig.quick() if quick else None, work_dir)
         return
 
     more = {

@@ -413,6 +413,7 @@ def live_figures(
     console = console or Console()
     own = work is None
     work = work or Path(tempfile.mkdtemp(prefix="carvault-live-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     data_dir = work / "region-cn"
     started = time.perf_counter()
     load_start = _loadavg()
@@ -538,11 +539,16 @@ def splice_live(markdown: str, live: dict[str, Any]) -> str:
     return markdown[:anchor] + block + "\n\n" + markdown[anchor:]
 
 
-def run_live_only(out: Path, docs: Path, console: Console | None = None, cfg: LiveBenchConfig | None = None) -> dict:
-    """``carvault bench --only live``: run the live step alone, set ``live`` in ``out``, rewrite its docs section."""
+def run_live_only(
+    out: Path, docs: Path, console: Console | None = None, cfg: LiveBenchConfig | None = None, work: Path | None = None
+) -> dict:
+    """``carvault bench --only live``: run the live step alone, set ``live`` in ``out``, rewrite its docs section.
+
+    With ``work`` the data (and the provisioned fleet, reused next time) stays there.
+    """
     import json
 
-    live = live_figures(cfg, console)
+    live = live_figures(cfg, console, work)
     try:
         result = json.loads(out.read_text(encoding="utf-8"))
     except (OSError, ValueError):
