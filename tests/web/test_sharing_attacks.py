@@ -13,11 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from starlette.testclient import TestClient
 
 from carvault.errors import Conflict
 from carvault.region import Region
 from carvault.server import BackgroundServer
+from carvault.settings import Settings
 from carvault.store.metadata import App
+from carvault.web.app import create_app
+from carvault.web.routes.oauth import MAX_ISSUERS
 from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS
 from tests.web import test_oauth, test_portability_e2e
@@ -150,3 +154,17 @@ def test_the_import_api_wants_the_owners_code_and_stores_nothing_without_it(
     )
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert b.http.get("/api/v1/vehicles", headers=mallory.headers).json() == []
+
+
+# ------------------------------------------------------------------------------------------ the OAuth endpoints
+def test_host_headers_cannot_grow_the_authorization_servers_without_bound(settings: Settings) -> None:
+    """A region without a configured public URL names its issuer after the request's Host; a client sending a
+    new Host each time must not make the region keep one authorization server per name it ever heard."""
+    with Region(settings.with_(region_endpoints={})) as region:
+        app = create_app(region)
+        client = TestClient(app, base_url="http://cn.test")  # in process, without the lifespan (no live broker)
+        for i in range(MAX_ISSUERS * 4):
+            r = client.get("/.well-known/oauth-authorization-server", headers={"Host": f"h{i}.example"})
+            assert r.status_code == 200 and r.json()["issuer"] == f"http://h{i}.example"
+        assert len(app.state.oauth_servers) <= MAX_ISSUERS
+        assert client.get("/.well-known/oauth-authorization-server").json()["issuer"] == "http://cn.test"

@@ -24,6 +24,9 @@ router = APIRouter(tags=["oauth"], include_in_schema=False)
 FORM_LIMIT = 64 * 1024  # an OAuth request is a handful of short parameters
 FORM_TYPE = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Without a configured public URL the issuer is the request's base URL, which the Host header names: keep servers
+# for a few issuers only, so that clients inventing Host names cannot grow memory without bound.
+MAX_ISSUERS = 8
 
 
 def issuer_of(request: Request) -> str:
@@ -41,7 +44,7 @@ def oauth_server(request: Request) -> OAuthServer:
     server = servers.get(issuer)
     if server is None:
         region = request.app.state.region
-        server = servers[issuer] = OAuthServer(
+        server = OAuthServer(
             db=region.db,
             apps=region.apps,
             accounts=region.accounts,
@@ -50,6 +53,8 @@ def oauth_server(request: Request) -> OAuthServer:
             region=region.name,
             issuer=issuer,
         )
+        if len(servers) < MAX_ISSUERS:  # beyond that, built per request (it holds no state of its own)
+            servers[issuer] = server
     return server
 
 
