@@ -257,10 +257,10 @@ def log_batches(
         todo = [given[i] for i in dict.fromkeys(ids) if i in state and i not in known]
         keys = log_keys_of(db, {r.vin for r in todo})
         found = _search_tail(log, region, todo, keys, tail) if tail and todo else {}
-        fresh = [r for r in todo if r.id not in found]
+        fresh = {r.id: batch_leaf(region, r, keys[r.vin], CURRENT_LEAF) for r in todo if r.id not in found}
         if fresh:
-            first = log.append([batch_leaf(region, r, keys[r.vin], CURRENT_LEAF) for r in fresh])
-            found.update({r.id: (first + n, CURRENT_LEAF) for n, r in enumerate(fresh)})
+            first = log.append(list(fresh.values()))
+            found.update({i: (first + n, CURRENT_LEAF) for n, i in enumerate(fresh)})
         if todo:
             with _core(db, write=True) as conn:  # one statement for the group, each row only if no one has indexed it
                 conn.execute(
@@ -270,7 +270,9 @@ def log_batches(
                             "b_id": r.id,
                             "b_index": found[r.id][0],
                             "b_version": found[r.id][1],
-                            "b_leaf_hash": leaf_hash(batch_leaf(region, r, keys[r.vin], found[r.id][1])),
+                            "b_leaf_hash": leaf_hash(
+                                fresh[r.id] if r.id in fresh else batch_leaf(region, r, keys[r.vin], found[r.id][1])
+                            ),
                         }
                         for r in todo
                     ],

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from carvault.errors import UnsupportedMediaType
 from carvault.protocol.envelope import BATCH_MEDIA_TYPE
-from carvault.web.deps import RegionDep, binary_body, read_body
+from carvault.web.deps import binary_body, get_region, read_body
 from carvault.web.errors import INGEST_ERRORS, raises
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["vehicle upload"])
@@ -43,7 +43,7 @@ def _receipt_response(receipt: dict[str, Any]) -> Response:
     responses=raises(*INGEST_ERRORS),
     response_model=dict[str, Any],
 )
-async def upload_batch(request: Request, region: RegionDep) -> Response:
+async def upload_batch(request: Request) -> Response:
     """Take one batch envelope (Content-Type application/vnd.carvault.batch.v1)."""
     # The signature covers the exact envelope bytes and the payload is already compressed: a content coding
     # would only add a second reading of the body (and a decompression bomb), so none is taken (docs/protocol.md §3.3).
@@ -54,6 +54,7 @@ async def upload_batch(request: Request, region: RegionDep) -> Response:
             "the envelope's payload is compressed already",
             accept_encoding="identity",
         )
+    region = get_region(request)  # called, not declared: a dependency costs a resolution per batch (issue 10)
     body = await read_body(request, region.settings.max_batch_bytes, "batch")
     # The checks are CPU work: a few threads keep both cores busy; more only fight over the GIL. The wait for
     # the group commit happens outside the cap, so many batches still share each fsync.
