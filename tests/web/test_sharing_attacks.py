@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from carvault.errors import Conflict
+from carvault.errors import Conflict, ValidationFailed
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
@@ -54,6 +54,34 @@ def test_a_rejected_app_cannot_be_approved_by_way_of_suspension(region: Region) 
     # Suspension alone stays reversible.
     other = register_app(region, status="suspended", name="Other Insure")
     assert region.apps.decide(other.client_id, "approved", by="operator").status == "approved"
+
+
+@pytest.mark.parametrize(
+    "website", ["javascript:alert(1)", "data:text/html,<script>1</script>", "//evil.example", "ftp://x.example"]
+)
+def test_an_apps_website_is_a_web_address_or_nothing(region: Region, website: str) -> None:
+    """The website is published (GET /api/v1/apps/{client_id}) for others to show as a link: never a script."""
+    before = len(region.apps.list())
+    with pytest.raises(ValidationFailed) as e:
+        region.apps.register(
+            name="Sly",
+            legal_entity="Sly Ltd",
+            jurisdiction="cn",
+            contact="dpo@sly.example",
+            purposes=["insurance"],
+            website=website,
+        )
+    assert e.value.details.get("field") == "website"
+    assert len(region.apps.list()) == before
+    ok, _ = region.apps.register(
+        name="Fine",
+        legal_entity="Fine Ltd",
+        jurisdiction="cn",
+        contact="a@fine.example",
+        purposes=["repair"],
+        website=" https://fine.example/about ",
+    )
+    assert ok.website == "https://fine.example/about"
 
 
 # ------------------------------------------------------------------------------- token confusion between apps

@@ -42,6 +42,17 @@ def check_redirect_uri(uri: str) -> str:
     return uri
 
 
+def check_website(uri: str) -> str:
+    """An app's published website: empty, or an absolute http(s) address (never a script or data URL)."""
+    uri = uri.strip()
+    if not uri:
+        return ""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("https", "http") or not parts.netloc or any(c.isspace() for c in uri):
+        raise ValidationFailed(f"website {uri[:80]!r} must be an http or https address", field="website")
+    return uri
+
+
 def app_purposes(app: App) -> list[str]:
     """The purposes an app declared."""
     return list(json.loads(app.purposes))
@@ -91,6 +102,7 @@ class Apps:
         if not purposes or unknown:
             raise ValidationFailed(f"purposes are one or more of {', '.join(PURPOSES)}", field="purposes")
         uris = [check_redirect_uri(u.strip()) for u in redirect_uris if u.strip()]
+        website = check_website(website)
         secret = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32) if confidential else None
         app = App(
             client_id=CLIENT_ID_PREFIX + secrets.token_urlsafe(12),
@@ -104,7 +116,7 @@ class Apps:
             client_secret_hash=token_hash(secret) if secret else None,
             status="pending",
             description=description.strip()[:2000],
-            website=website.strip()[:500],
+            website=website[:500],
         )
         with self.db.session() as s:
             s.add(app)
