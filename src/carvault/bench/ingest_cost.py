@@ -143,3 +143,17 @@ def measure_ingest_cost(
         "target_fixed_cpu_ms": TARGET_FIXED_CPU_MS,
         "runs": {"main": main, "short": {"batch_seconds": cfg.short_batch_seconds, **small}},
     }
+
+
+def main() -> None:
+    """``python -m carvault.bench.ingest_cost``: both runs with the default configuration, as JSON, with the load."""
+    import json
+
+    before = os.getloadavg()
+    figures = measure_ingest_cost()
+    figures["load_average"] = {"start": round(before[0], 2), "end": round(os.getloadavg()[0], 2)}
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
