@@ -110,6 +110,31 @@ def test_another_app_can_neither_revoke_nor_introspect_a_token(
     assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(refreshed.json()["access_token"])).status_code == 200
 
 
+def test_a_refresh_refused_during_a_suspension_spends_nothing(
+    server: BackgroundServer, http: httpx.Client, browser: httpx.Client, car: str, region: Region
+) -> None:
+    """Suspension is reversible: a refresh the app tries while suspended is refused without spending its refresh
+    token, so after re-approval the same token works, and is not taken for a replayed one (which would revoke
+    the owner's grant)."""
+    app = register_app(region)
+    token = approve(client_for(server, app), browser)
+    region.apps.decide(app.client_id, "suspended", by="operator")
+    refused = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
+    assert refused.status_code in (400, 401, 403), refused.text
+    assert refused.json()["error"] in ("unauthorized_client", "access_denied", "invalid_client")
+    assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(token["access_token"])).status_code == 403
+    region.apps.decide(app.client_id, "approved", by="operator")
+    again = token_request(http, app, grant_type="refresh_token", refresh_token=token["refresh_token"])
+    assert again.status_code == 200, again.text
+    assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(again.json()["access_token"])).status_code == 200
+    grants = http.get("/api/v1/grants", headers={"Authorization": browser_auth(browser)}).json()["grants"]
+    assert [g["active"] for g in grants] == [True]
+
+
+def browser_auth(browser: httpx.Client) -> str:
+    return f"Bearer {browser.cookies['carvault_session']}"
+
+
 def test_no_token_code_or_secret_is_kept_in_clear_after_a_whole_flow(
     server: BackgroundServer, http: httpx.Client, browser: httpx.Client, car: str, region: Region
 ) -> None:

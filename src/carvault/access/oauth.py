@@ -669,6 +669,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
 
     def redeem_code(self, code: str, client: OAuthClient) -> AuthorizationCode | None:
         """Spend a code (one atomic update); a code seen before revokes every token it issued."""
+        self.check_client_may_receive(client, error="unauthorized_client")  # refused: nothing spent
         h = token_hash(code)
         now = now_ms()
         with self.db.session() as s:
@@ -693,6 +694,9 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         """
         if not isinstance(secret, str) or len(secret) > 200:
             return None
+        # Checked before the token is spent: a suspension is reversible, and a refresh refused during it must
+        # leave the token usable afterwards (spent, it would later look like a replay and end the grant).
+        self.check_client_may_receive(client, error="unauthorized_client")
         now = now_ms()
         with self.db.session() as s:
             cred = s.scalar(select(Credential).where(Credential.token_hash == token_hash(secret)))
