@@ -43,7 +43,7 @@ def test_live_step_with_a_handful_of_cars(tmp_path: Path) -> None:
 
     page = splice_live("# Benchmarks\n\nintro\n\n## Targets missed\n\n- none\n", live)
     assert page.index("## Live") < page.index("## Targets missed")
-    assert "| one replica | 4 / 4 |" in page and "| fan-out A→B | 3 / 3 |" in page
+    assert "| one replica, 1 worker(s) | 4 / 4 |" in page and "| fan-out A→B | 3 / 3 |" in page
     again = splice_live(page, live)
     assert again.count("## Live") == 1
 
@@ -52,7 +52,7 @@ def test_only_live_updates_the_json_and_the_page(tmp_path: Path) -> None:
     out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
     out.write_text(json.dumps({"figures": {"kept": 1}}))
     docs.write_text("# Benchmarks\n\n## Targets missed\n\n- none\n")
-    cfg = LiveBenchConfig(runs=((2, 2),), seconds=2.0, fanout_cars=0, car_processes=1, evidence_day=None)
+    cfg = LiveBenchConfig(runs=((2, 2, 1),), seconds=2.0, fanout_cars=0, car_processes=1, evidence_day=None)
     run_live_only(out, docs, cfg=cfg)
     result = json.loads(out.read_text())
     assert result["figures"] == {"kept": 1} and result["live"]["runs"][0]["frames_sent"] == 4

@@ -61,7 +61,9 @@ class LiveBenchConfig:
     """What the live step measures with."""
 
     # (streaming cars, VISS subscribers): the subscribers watch the first cars, one connection each.
-    runs: tuple[tuple[int, int], ...] = ((100, 100), (1000, 1000), (1000, 100))
+    # (streaming cars, VISS subscribers, `carvault serve --workers`); subscribers may land on another worker
+    # process than their car: the broker joins them as it joins replicas.
+    runs: tuple[tuple[int, int, int], ...] = ((100, 100, 1), (1000, 1000, 2), (1000, 100, 2))
     seconds: float = 30.0
     interval_ms: int = 1000
     fanout_cars: int = 100
@@ -72,7 +74,7 @@ class LiveBenchConfig:
     @classmethod
     def quick(cls) -> LiveBenchConfig:
         """A handful of cars for a few seconds: the machinery, not the figures."""
-        return cls(runs=((4, 4),), seconds=3.0, fanout_cars=3, car_processes=1, evidence_day=None)
+        return cls(runs=((4, 4, 1),), seconds=3.0, fanout_cars=3, car_processes=1, evidence_day=None)
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -112,14 +114,16 @@ def nats_server() -> Iterator[str]:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (``VmRSS``), 0 if it is gone."""
+    """Resident memory of a process (``VmRSS``) and of its live descendants (uvicorn's workers), 0 if gone."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+                total = int(line.split()[1]) * 1024
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        pass
-    return 0
+        return total
+    return total + sum(rss_bytes(int(c)) for c in children)
 
 
 def _pid(server: ServerProcess) -> int:
@@ -218,13 +222,14 @@ def stream_run(
     *,
     subscribers: int | None = None,
     replicas: int = 1,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One measured run: ``cars`` cars on replica A, subscribers to the first ``subscribers`` of them (default all)
     on the last replica (A, or B for fan-out)."""
     subscribers = cars if subscribers is None else min(subscribers, cars)
     env = {"CARVAULT_LIVE_BROKER": nats_url}
     servers = [
-        ServerProcess(data_dir, _free_port(), work / f"live-server-{cars}-{i}.log", extra_env=env).start()
+        ServerProcess(data_dir, _free_port(), work / f"live-server-{cars}-{i}.log", workers, env).start()
         for i in range(replicas)
     ]
     a, b = servers[0], servers[-1]
@@ -301,6 +306,7 @@ def stream_run(
         "cars": cars,
         "subscribers": subscribers,
         "replicas": replicas,
+        "server_workers": workers,
         "cars_connected": connected,
         "subscribers_connected": subscribed,
         "seconds": round(wall, 2),
@@ -420,14 +426,19 @@ def live_figures(
     out: dict[str, Any] = {"config": asdict(cfg), "load_average": {"start": load_start}, "runs": []}
     try:
         with nats_server() as nats_url:
-            n = max([c for c, _ in cfg.runs] + [cfg.fanout_cars])
+            n = max([c for c, _, _ in cfg.runs] + [cfg.fanout_cars])
             console.print(f"live: provisioning {n} cars and pairing them with one owner")
             t = time.perf_counter()
             fleet = prepare_fleet(data_dir, n, nats_url)
             out["provision_seconds"] = round(time.perf_counter() - t, 1)
-            for cars, subscribers in cfg.runs:
-                console.print(f"live: {cars} cars streaming for {cfg.seconds:g} s, {subscribers} VISS subscribers")
-                out["runs"].append(stream_run(work, data_dir, fleet, cars, cfg, nats_url, subscribers=subscribers))
+            for cars, subscribers, workers in cfg.runs:
+                console.print(
+                    f"live: {cars} cars streaming for {cfg.seconds:g} s, {subscribers} VISS subscribers, "
+                    f"{workers} server worker(s)"
+                )
+                out["runs"].append(
+                    stream_run(work, data_dir, fleet, cars, cfg, nats_url, subscribers=subscribers, workers=workers)
+                )
                 _say(console, out["runs"][-1])
             if cfg.fanout_cars:
                 console.print(f"live: fan-out, {cfg.fanout_cars} cars on replica A, subscribers on replica B (NATS)")
@@ -480,7 +491,7 @@ def live_lines(live: dict[str, Any]) -> list[str]:
         "connection | load avg | goal met? |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    runs = [("one replica", r) for r in live.get("runs", [])]
+    runs = [(f"one replica, {r['server_workers']} worker(s)", r) for r in live.get("runs", [])]
     if live.get("fanout"):
         runs.append(("fan-out A→B", live["fanout"]))
     for name, r in runs:
