@@ -12,14 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from carvault.errors import Conflict, ValidationFailed
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
-from carvault.store.metadata import App
+from carvault.store.metadata import App, DeviceAuthorization
 from carvault.web.app import create_app
 from carvault.web.routes.oauth import MAX_ISSUERS
 from tests.conftest import OwnerClient, make_owner
@@ -29,6 +29,9 @@ from tests.web.test_oauth import (
     approve,
     bearer,
     client_for,
+    decide,
+    device_start,
+    poll,
     register_app,
     token_request,
 )
@@ -129,6 +132,26 @@ def test_a_refresh_refused_during_a_suspension_spends_nothing(
     assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(again.json()["access_token"])).status_code == 200
     grants = http.get("/api/v1/grants", headers={"Authorization": browser_auth(browser)}).json()["grants"]
     assert [g["active"] for g in grants] == [True]
+
+
+def test_a_device_approval_survives_a_suspension_of_its_app(
+    http: httpx.Client, browser: httpx.Client, car: str, region: Region
+) -> None:
+    """The owner approved on the device page; the app is suspended before its device polls: the poll is refused
+    and the approval kept, so that once the app is approved again the device gets its tokens."""
+    app = register_app(region, confidential=False, name="Wallbox", purposes=("charging",))
+    started = device_start(http, app, scope="vss:Vehicle.Speed history", purpose="charging")
+    page = browser.get("/device", params={"user_code": started["user_code"]})
+    assert 'data-outcome="approved"' in decide(browser, page, action="/device").text
+    region.apps.decide(app.client_id, "suspended", by="operator")
+    refused = poll(http, app, started["device_code"])
+    assert refused.status_code in (400, 401, 403) and refused.json()["error"] == "unauthorized_client", refused.text
+    region.apps.decide(app.client_id, "approved", by="operator")
+    with region.db.session() as s:  # the device waits its interval before polling again
+        s.execute(update(DeviceAuthorization).values(last_poll_ms=None))
+    issued = poll(http, app, started["device_code"])
+    assert issued.status_code == 200, issued.text
+    assert http.get(f"/api/v1/vehicles/{car}", headers=bearer(issued.json()["access_token"])).status_code == 200
 
 
 def browser_auth(browser: httpx.Client) -> str:

@@ -826,6 +826,10 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
                 return None
             if row.status == "denied":
                 return None, False
+            client = self.query_client(row.client_id)
+            if client is None:
+                raise InvalidClientError(description="the app of this device code no longer exists")
+            self.check_client_may_receive(client, error="unauthorized_client")  # refused: the approval is kept
             spent = s.execute(
                 update(DeviceAuthorization)
                 .where(DeviceAuthorization.device_code_hash == h, DeviceAuthorization.status == "approved")
