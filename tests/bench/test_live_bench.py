@@ -46,6 +46,8 @@ def test_live_step_with_a_handful_of_cars(tmp_path: Path) -> None:
     assert "| one replica, 1 worker(s) | 4 / 4 |" in page and "| fan-out A→B | 3 / 3 |" in page
     again = splice_live(page, live)
     assert again.count("## Live") == 1
+    noted = again.replace("_No notes yet: what dominates the live figures goes here._", "the re-checks dominate")
+    assert "the re-checks dominate" in splice_live(noted, live)  # hand-written notes survive a re-run
 
 
 def test_only_live_updates_the_json_and_the_page(tmp_path: Path) -> None:

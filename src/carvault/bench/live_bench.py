@@ -467,6 +467,8 @@ def _say(console: Console, run: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ markdown
 LIVE_START = "<!-- live:start -->"
 LIVE_END = "<!-- live:end -->"
+NOTES_START = "<!-- live-notes:start (hand-written, kept by re-runs) -->"
+NOTES_END = "<!-- live-notes:end -->"
 
 
 def _q(q: dict[str, float]) -> str:
@@ -533,14 +535,24 @@ def live_lines(live: dict[str, Any]) -> list[str]:
     return lines
 
 
-def live_block(live: dict[str, Any]) -> str:
-    """The Live section between its markers (so ``--only live`` can replace it alone)."""
-    return "\n".join([LIVE_START, *live_lines(live), LIVE_END])
+def live_block(live: dict[str, Any], notes: str | None = None) -> str:
+    """The Live section between its markers (so ``--only live`` can replace it alone), hand-written notes last."""
+    kept = notes.strip() if notes else "_No notes yet: what dominates the live figures goes here._"
+    return "\n".join([LIVE_START, *live_lines(live), "", NOTES_START, kept, NOTES_END, LIVE_END])
+
+
+def live_notes(markdown: str) -> str | None:
+    """The hand-written notes of an existing Live section, if any."""
+    a, b = markdown.find(NOTES_START), markdown.find(NOTES_END)
+    if a < 0 or b < a:
+        return None
+    body = markdown[a + len(NOTES_START) : b].strip()
+    return None if body.startswith("_No notes yet") else body
 
 
 def splice_live(markdown: str, live: dict[str, Any]) -> str:
     """Put the Live section into a benchmarks page (replacing an earlier one, else before ``## Targets missed``)."""
-    block = live_block(live)
+    block = live_block(live, live_notes(markdown))
     a, b = markdown.find(LIVE_START), markdown.find(LIVE_END)
     if a >= 0 and b > a:
         return markdown[:a] + block + markdown[b + len(LIVE_END) :]

@@ -1323,16 +1323,25 @@ def _closing_lines(rows: list[dict[str, Any]], analysis: str | None) -> list[str
     return lines
 
 
-def render_markdown(result: dict[str, Any], analysis: str | None) -> str:
+def render_markdown(result: dict[str, Any], analysis: str | None, live_notes: str | None = None) -> str:
     """docs/benchmarks.md from a result."""
     lines = _results_lines(result) + _measured_lines(result) + _storage_window_lines(result)
     lines += _peer_log_lines(result["details"])
     if result.get("live"):
         from carvault.bench.live_bench import live_block
 
-        lines += ["", live_block(result["live"])]
+        lines += ["", live_block(result["live"], live_notes)]
     lines += _closing_lines(result["rows"], analysis)
     return "\n".join(lines)
+
+
+def _existing_live_notes(path: Path) -> str | None:
+    from carvault.bench.live_bench import live_notes
+
+    try:
+        return live_notes(path.read_text(encoding="utf-8"))
+    except OSError:
+        return None
 
 
 def _existing_analysis(path: Path) -> str | None:
@@ -1662,7 +1671,7 @@ def run_bench(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(render_markdown(result, _existing_analysis(docs)), encoding="utf-8")
+    docs.write_text(render_markdown(result, _existing_analysis(docs), _existing_live_notes(docs)), encoding="utf-8")
     _print_summary(console, result)
     return result
 
