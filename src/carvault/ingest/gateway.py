@@ -274,9 +274,13 @@ class Gateway:
                 self.derived_skipped += 1
                 return receipt
             self._derived_backlog += 1
-        self._derived_pool.submit(
-            self._write_derived, self.derived, pending.env.header.vin, receipt["batch_hash"], pending.table
-        )
+        try:
+            self._derived_pool.submit(
+                self._write_derived, self.derived, pending.env.header.vin, receipt["batch_hash"], pending.table
+            )
+        except RuntimeError:  # the gateway is closing: the first read makes the copy
+            with self._derived_lock:
+                self._derived_backlog -= 1
         return receipt
 
     def _write_derived(self, derived: DerivedCopies, vin: str, batch_hash: str, table: pa.Table) -> None:
