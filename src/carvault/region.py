@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
 from carvault.access.accounts import Accounts
 from carvault.access.apps import Apps
@@ -28,7 +29,7 @@ from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
 from carvault.store.derived import DerivedCopies
-from carvault.store.metadata import Database
+from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader, SegmentWriter
 from carvault.store.telemetry import TelemetryStore
 
@@ -102,7 +103,7 @@ class Region:
         self.consents = Consents(self.db, self.audit, self.name)
         self.apps = Apps(self.db)
         self.grants = Grants(self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name)
-        self.derived = DerivedCopies(settings.data_dir / "derived")
+        self.derived = DerivedCopies(settings.data_dir / "derived", kept=self._batch_kept)
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
@@ -124,6 +125,14 @@ class Region:
         # Cars streaming live frames to this replica: checked like batches, fanned out through region.live.
         self.live_channel = LiveChannel(self.gateway, self.catalogue, self.live)
         self.gateway.live_root_check = self.live_channel.evidence.check_root
+
+    def _batch_kept(self, vin: str, batch_hash: str) -> bool:
+        """Whether a batch is still stored (a query copy of a deleted batch is removed as soon as it is written)."""
+        with self.db.session() as s:
+            found = s.scalar(
+                select(BatchRecord.seq).where(BatchRecord.vin == vin, BatchRecord.batch_hash == batch_hash).limit(1)
+            )
+        return found is not None
 
     def close(self) -> None:
         """Stop background work and release files and connections."""

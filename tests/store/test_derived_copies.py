@@ -70,3 +70,14 @@ def test_a_copy_is_whole_or_absent(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "derived").iterdir()] == ["VIN1", "VIN2"]
     assert [p.name for p in (tmp_path / "derived" / "VIN1").iterdir()] == ["a" * 64 + ".arrow"]
     assert copies.read("VIN1", "c" * 64) is None
+
+
+def test_a_copy_written_after_its_batch_was_deleted_removes_itself(region: Region, vehicle: VehicleIdentity) -> None:
+    """A queued copy (or a read racing a deletion) written once the batch's rows are gone leaves nothing behind."""
+    hashes, rows = _upload(region, vehicle, 2)
+    path = region.derived.path(vehicle.vin, hashes[0])
+    assert path.exists()
+    region.derived.write(vehicle.vin, "0" * 64, rows)  # a batch this region does not hold (any more)
+    assert not region.derived.path(vehicle.vin, "0" * 64).exists()
+    region.derived.write(vehicle.vin, hashes[0], rows)  # one it holds: kept
+    assert path.exists()

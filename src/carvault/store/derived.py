@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,8 +22,11 @@ import pyarrow.ipc as ipc
 class DerivedCopies:
     """Per-batch Arrow IPC files under ``<directory>/<vin>/<batch hash>.arrow``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, kept: Callable[[str, str], bool] | None = None) -> None:
         self.directory = directory
+        # Whether a batch (vin, hash) is still stored: a copy written while the batch was being deleted (a queued
+        # write, or a read racing the deletion) is removed again, so deleted data never reappears here.
+        self.kept = kept
 
     def path(self, vin: str, batch_hash: str) -> Path:
         """Where the copy of one batch lives."""
@@ -53,6 +57,8 @@ class DerivedCopies:
             finally:
                 os.close(fd)
             os.replace(tmp, target)
+            if self.kept is not None and not self.kept(vin, batch_hash):
+                target.unlink(missing_ok=True)  # deleted meanwhile: deletion sweeps again after dropping its rows
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
