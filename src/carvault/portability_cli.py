@@ -60,7 +60,12 @@ def import_(
     import_code: Annotated[
         str,
         typer.Option(
-            "--import-code", help="The one-time import code the origin showed the owner (proof of ownership)."
+            "--import-code",
+            envvar="CARVAULT_IMPORT_CODE",
+            prompt="Import code shown by the origin",
+            hide_input=True,
+            help="The one-time import code the origin showed the owner (proof of ownership); asked for when not "
+            "given, or read from CARVAULT_IMPORT_CODE, so it need not appear in the process list or shell history.",
         ),
     ],
     trust: TrustOpt = None,

@@ -32,7 +32,7 @@ from carvault.store.metadata import App, Credential, DeviceAuthorization, Grant,
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from carvault.web.i18n import messages
-from tests.conftest import OwnerClient
+from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS, drive_table, opt_in
 
 REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens: the test reads the redirect, it never follows it
@@ -815,6 +815,17 @@ def test_device_page_limits_code_guessing(browser: httpx.Client, app: Registered
     assert browser.get("/device", params={"user_code": "12"}).status_code == 400
     statuses = [browser.get("/device", params={"user_code": "BCDF-GHJK"}).status_code for _ in range(11)]
     assert statuses[:10] == [404] * 10 and statuses[10] == 429
+
+
+def test_more_accounts_from_one_address_do_not_multiply_the_guesses(
+    browser: httpx.Client, server: BackgroundServer, http: httpx.Client, app: Registered
+) -> None:
+    for _ in range(10):
+        assert browser.get("/device", params={"user_code": "BCDF-GHJK"}).status_code == 404
+    other = make_owner(http)
+    with httpx.Client(base_url=server.url, timeout=60) as second:
+        assert second.post("/api/v1/auth/login", json={"email": other.email, "password": other.password}).is_success
+        assert second.get("/device", params={"user_code": "BCDF-GHJK"}).status_code == 429
 
 
 def test_apps_are_only_rows_with_hashed_secrets(region: Region, app: Registered) -> None:

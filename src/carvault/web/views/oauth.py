@@ -33,6 +33,7 @@ from carvault.compliance.sharing import DAY_MS, DEFAULT_GRANT_DAYS, MAX_GRANT_DA
 from carvault.errors import CarVaultError
 from carvault.signals import CATEGORIES, Signal
 from carvault.store.metadata import now_ms
+from carvault.web.deps import client_address
 from carvault.web.routes.oauth import http_request, oauth_server, to_response
 from carvault.web.views.base import PAGE_HEADERS, FormError, Page, page
 
@@ -277,7 +278,9 @@ def _device_entry(p: Page, *, status: int = 200, error: str | None = None, code:
 
 
 def _limiter_keys(p: Page) -> list[str]:
-    return [f"user-code:{p.owner_id}"]
+    """Wrong user codes are counted per owner and per client address: many accounts from one place do not
+    multiply the guesses."""
+    return [f"user-code:{p.owner_id}", f"user-code-client:{client_address(p.request) or 'unknown'}"]
 
 
 async def _pending(p: Page, server: OAuthServer, typed: str) -> tuple[Any, ConsentRequest | None, Response | None]:
