@@ -18,16 +18,15 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, cast
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
 
 from carvault.compliance.consent import Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -55,7 +54,6 @@ from carvault.store.metadata import (
     VehicleEvent,
     now_ms,
     rowcount,
-    storage_failure,
 )
 from carvault.store.segments import SegmentWriter
 
@@ -133,19 +131,6 @@ class _Pending:
     table: pa.Table
     ignition: tuple[int, int] | None = None  # (highest IgnitionCycle, time of its last sample) in the batch
     future: Future[dict[str, Any]] = field(default_factory=Future)
-
-
-@contextmanager
-def _core(db: Database, *, write: bool = False) -> Iterator[Connection]:
-    """A Core connection, one transaction (committed on success if ``write``); storage failures are ``Unavailable``."""
-    try:
-        with db.engine.begin() if write else db.engine.connect() as conn:
-            yield conn
-    except Exception as e:
-        failure = storage_failure(e)
-        if failure is not None:
-            raise failure from e
-        raise
 
 
 def _answer(
@@ -362,7 +347,7 @@ class Gateway:
 
     def _head(self, vin: str, seq: int) -> RowMapping:
         """The vehicle's chain head and ignition counter, and ``taken``: the id of a batch with this seq, or None."""
-        with _core(self.db) as conn:
+        with self.db.connection() as conn:
             head = conn.execute(_HEAD, {"vin": vin, "seq": seq}).mappings().first()
         if head is None:
             raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.settings.region}", vin=vin)
@@ -499,7 +484,7 @@ class Gateway:
             first = firsts.setdefault(p.env.batch_hash, p)
             if first is not p:
                 first.future.add_done_callback(partial(_answer_as_resend, p.future))
-        with _core(self.db) as conn:
+        with self.db.connection() as conn:
             stored = conn.execute(_STORED, {"hashes": list(firsts)}).scalars().all()
         done: dict[str, BatchRecord] = {}
         if stored:  # rare: read those rows whole to answer them as re-sends
@@ -545,7 +530,7 @@ class Gateway:
             if not chain or (h.seq == chain[-1][0].env.header.seq + 1 and h.prev == chain[-1][0].env.batch_hash):
                 chain.append((p, location))
         accepted: list[tuple[_Pending, BatchRecord]] = []
-        with _core(self.db, write=True) as conn:
+        with self.db.connection(write=True) as conn:
             for vin, chain in chains.items():
                 first, last = chain[0][0], chain[-1][0]
                 ignition = max((p.ignition for p, _ in chain if p.ignition is not None), default=None)

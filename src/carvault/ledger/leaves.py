@@ -33,13 +33,13 @@ from typing import Any, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, Table, bindparam, event, func, select, update
+from sqlalchemy import Table, bindparam, event, func, select, update
 from sqlalchemy.orm import attributes
 
 from carvault.errors import Unavailable
 from carvault.ledger.merkle import leaf_hash
 from carvault.protocol import LOG_KEY_LEN, leaf_data_v1, leaf_data_v2, leaf_salt
-from carvault.store.metadata import BatchRecord, Database, Vehicle, rowcount, storage_failure
+from carvault.store.metadata import BatchRecord, Database, Vehicle, rowcount
 
 LEAF_V1 = 1
 LEAF_V2 = 2
@@ -210,23 +210,6 @@ def leaf_opening(rec: BatchRecord, log_key: bytes | None) -> dict[str, Any]:
 
 
 @contextmanager
-def _core(db: Database, *, write: bool = False) -> Iterator[Connection]:
-    """A plain connection, one transaction (committed on success if ``write``); storage failures are ``Unavailable``.
-
-    Logging runs for every group of batches, where an ORM session costs several times the statements' own time
-    (issue 10).
-    """
-    try:
-        with db.engine.begin() if write else db.engine.connect() as conn:
-            yield conn
-    except Exception as e:
-        failure = storage_failure(e)
-        if failure is not None:
-            raise failure from e
-        raise
-
-
-@contextmanager
 def fence(directory: Path) -> Iterator[None]:
     """Hold the log-writer fence (exclusive across processes and threads) for the block."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -251,7 +234,7 @@ def log_batches(
     given = {r.id: r for r in reversed(records)}  # vin, seq, hash and time of a row never change: only its index
     with fence(fence_dir):
         ids = [r.id for r in records]
-        with _core(db) as conn:
+        with db.connection() as conn:
             state = {i: index for i, index in conn.execute(_LOG_STATE, {"ids": list(given)})}
         known = {i: index for i, index in state.items() if index is not None}
         todo = [given[i] for i in dict.fromkeys(ids) if i in state and i not in known]
@@ -262,7 +245,9 @@ def log_batches(
             first = log.append(list(fresh.values()))
             found.update({i: (first + n, CURRENT_LEAF) for n, i in enumerate(fresh)})
         if todo:
-            with _core(db, write=True) as conn:  # one statement for the group, each row only if no one has indexed it
+            with db.connection(
+                write=True
+            ) as conn:  # one statement for the group, each row only if no one has indexed it
                 conn.execute(
                     _SET_LEAF,
                     [
