@@ -417,6 +417,10 @@ from carvault.portability_cli import portability  # noqa: E402 - the sub-app reu
 
 app.add_typer(portability, name="portability")
 
+from carvault.admin import admin  # noqa: E402 - the operator's sub-app (issue 11)
+
+app.add_typer(admin, name="admin")
+
 
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""

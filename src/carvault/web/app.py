@@ -14,6 +14,7 @@ from carvault.region import Region
 from carvault.web import errors, views
 from carvault.web.deps import declare_security
 from carvault.web.routes import (
+    admin,
     apps,
     audit,
     auth,
@@ -87,6 +88,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
         viss.router,  # live (issue 10): VISS v3 over WebSocket
         live.router,  # live (issue 10): the car's live channel (WebSocket, docs/protocol.md §8)
+        admin.router,  # the operator's API (issue 11): every route behind a staff role
         _operations(region),
     )
     for r in routers:

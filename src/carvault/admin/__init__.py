@@ -1,0 +1,14 @@
+"""`carvault admin …`: the operator's command line, thin over the same services as the console (issue 11).
+
+One module per area defines a ``typer.Typer`` and is added below, one line each.
+"""
+
+from __future__ import annotations
+
+import typer
+
+admin = typer.Typer(
+    help="Operator duties: staff, cases, rights requests, retention, transfers, incidents, reports.",
+    no_args_is_help=True,
+)
+# Areas are added here, one line each: admin.add_typer(<module>.<typer>, name="<area>")

@@ -1,0 +1,12 @@
+"""The operator's API (issue 11): every route under /api/v1/admin, one module per area, each route behind a role.
+
+Each area module defines ``router`` (paths relative to /api/v1/admin) and guards every route with
+``web.deps.staff_with(Permission.X)``; tests/web/test_admin_roles.py walks them all × every role.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/v1/admin")
+# Area routers are added here, one line each: router.include_router(<module>.router)
