@@ -7,7 +7,9 @@ need=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 # Debian's Chromium drives the portal's browser tests (Playwright, never `playwright install`); the CJK
 # font makes the Chinese pages readable in the screenshots the tests save.
-if [ ! -x /usr/bin/chromium ]; then need+=(chromium fonts-wqy-microhei); fi
+if [ ! -x /usr/bin/chromium ]; then need+=(chromium); fi
+# The CJK font also typesets the Chinese annual report (PDF, issue 11).
+if [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then need+=(fonts-wqy-microhei); fi
 # NATS server: one of the live-broker choices (issue 10); the broker tests start it as a real process.
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then need+=(nats-server); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
