@@ -401,6 +401,110 @@ class LoginAttempt(Base):
     at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 
+class RightsRequest(Base):
+    """An owner's rights request (PIPL Art. 44–50; GDPR Art. 15–22): its kind, legal deadline, status and outcome.
+
+    ``owner_id`` is the person whose data it concerns; ``requester_owner_id`` the account that filed it (the same,
+    except for next-of-kin requests, where a close relative acts for a deceased owner). The owner sees the handler's
+    role, never their name.
+    """
+
+    __tablename__ = "rights_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    requester_owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # compliance.rights.Kind
+    vin: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    details: Mapped[str] = mapped_column(Text, default="")  # what the requester asks, in their words
+    evidence: Mapped[str] = mapped_column(Text, default="")  # next of kin: relationship and proof of death
+    subject_email: Mapped[str | None] = mapped_column(String(320), nullable=True)  # next of kin: the deceased
+    deadline_rule: Mapped[str] = mapped_column(String(32))  # compliance.rights.DEADLINES key that set deadline_ms
+    status: Mapped[str] = mapped_column(String(16), index=True)  # received | in_progress | done | refused | withdrawn
+    received_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    deadline_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    handler: Mapped[str | None] = mapped_column(String(200), nullable=True)  # staff username (operator-only)
+    handler_role: Mapped[str | None] = mapped_column(String(32), nullable=True)  # shown to the owner
+    started_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    verified_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # next of kin: evidence checked
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # required for a refusal
+    case_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # compliance.cases, when data had to be read
+    # What the existing services produced when the request was carried out (one home each; nothing duplicated).
+    deletion_request_id: Mapped[int | None] = mapped_column(ForeignKey("deletion_requests.id"), nullable=True)
+    export_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    portability_bundle_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Incident(Base):
+    """A personal-information security incident (PIPL Art. 57): what happened, its scope, and whom it was told to.
+
+    ``content`` is the notification text in every portal language (JSON ``{"en": {...}, "zh-CN": {...}}`` with
+    what, cause, harm, measures, actions and contact); the scope columns are JSON lists.
+    """
+
+    __tablename__ = "incidents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | notified | closed
+    detected_ms: Mapped[int] = mapped_column(BigInteger)
+    occurred_from_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    occurred_to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    scope_vins: Mapped[str] = mapped_column(Text, default="[]")
+    scope_owner_ids: Mapped[str] = mapped_column(Text, default="[]")
+    scope_categories: Mapped[str] = mapped_column(Text, default="[]")
+    content: Mapped[str] = mapped_column(Text)
+    affected_owners: Mapped[int | None] = mapped_column(Integer, nullable=True)  # counted when owners were told
+    recorded_by: Mapped[str] = mapped_column(String(200))
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    owners_notified_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    authority: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    authority_notified_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    authority_reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    authority_content: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class IncidentNotice(Base):
+    """An incident notice to one affected owner, shown in the portal until read (content as sent, per language)."""
+
+    __tablename__ = "incident_notices"
+    __table_args__ = (UniqueConstraint("incident_id", "owner_id", name="uq_incident_notice_owner"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    content: Mapped[str] = mapped_column(Text)
+    sent_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    read_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ProcessingRecord(Base):
+    """One entry of the records of processing (Network Data Security Management Regulations Art. 12, kept ≥ 3 years).
+
+    Kinds: ``activity`` (one per signal category, from the catalogue), ``recipient`` (an app holding grants, from
+    the grants table) and ``processor`` (an entrusted processor the operator records). Rows are retired, never
+    deleted before three years have passed since retirement (compliance/records.py).
+    """
+
+    __tablename__ = "processing_records"
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_processing_record_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # activity | recipient | processor
+    key: Mapped[str] = mapped_column(String(200))  # category name, app client_id, or processor slug
+    name: Mapped[str] = mapped_column(String(300))
+    purpose: Mapped[str] = mapped_column(Text, default="")
+    categories: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of signal categories
+    legal_basis: Mapped[str] = mapped_column(Text, default="")
+    retention: Mapped[str] = mapped_column(Text, default="")
+    jurisdiction: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the rest (contact, contract, privacy classes)
+    source: Mapped[str] = mapped_column(String(16))  # catalogue | grants | operator
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    retired_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers and one writer (from any process) work at once; FULL makes a commit durable
