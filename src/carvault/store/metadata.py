@@ -66,6 +66,9 @@ class Owner(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     locale: Mapped[str] = mapped_column(String(16), default="en")
     created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # Where the owner lives, a region name; NULL means this region's own (so databases made before the column
+    # existed need no rewrite). compliance/transfers.py reads it through ``owner_jurisdiction``.
+    jurisdiction: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Vehicle(Base):
@@ -279,6 +282,8 @@ class AuthorityOrder(Base):
     end_ms: Mapped[int] = mapped_column(BigInteger)
     recipient_owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # Where the ordering authority sits, a region name; NULL means this region's own (a domestic authority).
+    jurisdiction: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class SavedCheckpoint(Base):
@@ -503,6 +508,71 @@ class ProcessingRecord(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     updated_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     retired_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class TransferRecord(Base):
+    """An approved cross-border transfer (compliance/transfers.py): route, recipient, purpose, data, scale, period."""
+
+    __tablename__ = "transfer_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    route: Mapped[str] = mapped_column(String(32))  # security_assessment | standard_contract | certification
+    recipient_kind: Mapped[str] = mapped_column(String(16))  # app | staff | authority | entity
+    recipient: Mapped[str] = mapped_column(String(300))  # client_id, staff username, authority or legal entity name
+    recipient_jurisdiction: Mapped[str] = mapped_column(String(16))  # a region name outside this one
+    purpose: Mapped[str] = mapped_column(String(1000))
+    categories: Mapped[str] = mapped_column(Text)  # JSON list of signals.CATEGORIES names
+    max_persons: Mapped[int] = mapped_column(BigInteger)  # persons per calendar year the approval covers
+    from_ms: Mapped[int] = mapped_column(BigInteger)
+    to_ms: Mapped[int] = mapped_column(BigInteger)  # the period ends here (exclusive): status reads "expired"
+    approval_reference: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="approved")  # approved | suspended
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    suspended_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    suspended_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    suspend_reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+
+
+class TransferEvent(Base):
+    """One admitted transfer abroad: when, under which record, to whom, whose data, which vehicle and categories."""
+
+    __tablename__ = "transfer_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms, index=True)
+    year: Mapped[int] = mapped_column(Integer, index=True)  # calendar year (UTC) the transfer is counted in
+    record_id: Mapped[int] = mapped_column(ForeignKey("transfer_records.id"), index=True)
+    principal: Mapped[str] = mapped_column(String(300))  # "<kind>:<id>", e.g. "app:<client_id>"
+    jurisdiction: Mapped[str] = mapped_column(String(16))  # the principal's
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), nullable=True, index=True)
+    vin: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    categories: Mapped[str] = mapped_column(Text)  # JSON list
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)  # sensitive personal information among them
+    action: Mapped[str] = mapped_column(String(16))  # query | download | export (the Guideline's three)
+
+
+class TransferPerson(Base):
+    """A person counted once per calendar year in a counter (``scope``: "region" or "record:<id>"; ``klass``)."""
+
+    __tablename__ = "transfer_persons"
+    __table_args__ = (UniqueConstraint("year", "scope", "klass", "owner_id", name="uq_transfer_persons"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    year: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(32))
+    klass: Mapped[str] = mapped_column(String(16))  # sensitive | personal | all
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class TransferCounter(Base):
+    """Distinct persons transferred in a calendar year, per scope and class; raised by conditional UPDATEs."""
+
+    __tablename__ = "transfer_counters"
+    __table_args__ = (UniqueConstraint("year", "scope", "klass", name="uq_transfer_counters"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    year: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(32))  # "region" or "record:<id>"
+    klass: Mapped[str] = mapped_column(String(16))  # sensitive | personal | all
+    persons: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
