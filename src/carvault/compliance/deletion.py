@@ -13,12 +13,14 @@ import base64
 import datetime as dt
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor
-from carvault.errors import DataFrozen, NotFound
+from carvault.errors import Conflict, DataFrozen, NotFound, ValidationFailed
 from carvault.store.metadata import (
     BatchRecord,
     DeletionRequest,
@@ -57,6 +59,29 @@ def add_working_days(start_ms: int, days: int) -> int:
     return int(d.timestamp() * 1000)
 
 
+def overwrite(path: Path, offset: int, length: int) -> int:
+    """Overwrite one batch's exact bytes with zeros in place and fsync; return the bytes erased.
+
+    In place, so other writers' offsets in the same segment never move. A segment already gone counts nothing.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        os.pwrite(fd, bytes(length), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return length
+
+
+def signed_record(body: dict[str, Any], context: bytes, key: Ed25519PrivateKey, vkey: str) -> dict[str, Any]:
+    """``body`` plus an Ed25519 signature by the region's log key over ``context`` + its canonical JSON."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return {**body, "signature": base64.b64encode(key.sign(context + canonical)).decode(), "signed_by": vkey}
+
+
 def request_json(r: DeletionRequest, holds: list[LegalHold]) -> dict[str, Any]:
     """A deletion request as the API shows it."""
     return {
@@ -85,8 +110,21 @@ class Deletions:
         with self.db.session() as s:
             return list(s.scalars(select(LegalHold).where(LegalHold.vin.in_(vins), LegalHold.released_ms.is_(None))))
 
-    def place_hold(self, vin: str, authority: str, reason: str) -> LegalHold:
-        """Freeze a vehicle's data against deletion."""
+    def holds(self, *, active: bool = True, limit: int = 500) -> list[LegalHold]:
+        """The region's legal holds (only those in force, by default), newest first: the operator's view."""
+        q = select(LegalHold).order_by(LegalHold.id.desc()).limit(limit)
+        if active:
+            q = q.where(LegalHold.released_ms.is_(None))
+        with self.db.session() as s:
+            return list(s.scalars(q))
+
+    def place_hold(self, vin: str, authority: str, reason: str, *, by: Actor | None = None) -> LegalHold:
+        """Freeze a vehicle's data against deletion (``by``: the staff member who records it for the authority)."""
+        authority, reason = authority.strip(), reason.strip()
+        if not authority or len(authority) > 200:
+            raise ValidationFailed("name the authority ordering the hold (at most 200 characters)", field="authority")
+        if not reason or len(reason) > 1000:
+            raise ValidationFailed("give the case or reason of the hold (at most 1000 characters)", field="reason")
         with self.db.session() as s:
             v = s.get(Vehicle, vin)
             if v is None:
@@ -96,26 +134,28 @@ class Deletions:
         self.region.audit.record(
             owner_id=v.owner_id,
             vin=vin,
-            actor=Actor("authority", authority),
+            actor=by or Actor("authority", authority),
             action="hold.place",
             legal_basis=LEGAL_OBLIGATION,
-            detail={"reason": reason},
+            detail={"reason": reason, "authority": authority, "hold_id": hold.id},
         )
         return hold
 
-    def release_hold(self, hold_id: int) -> list[DeletionRequest]:
-        """End a hold; waiting deletion requests then proceed."""
+    def release_hold(self, hold_id: int, *, by: Actor | None = None) -> list[DeletionRequest]:
+        """End a hold; waiting deletion requests then proceed (``by``: the staff member who records the release)."""
         with self.db.session() as s:
             hold = s.get(LegalHold, hold_id)
             if hold is None:
                 raise NotFound(f"no legal hold {hold_id}")
+            if hold.released_ms is not None:
+                raise Conflict(f"legal hold {hold_id} was already released")
             hold.released_ms = now_ms()
             v = s.get(Vehicle, hold.vin)
             waiting = list(s.scalars(select(DeletionRequest).where(DeletionRequest.status == "held")))
         self.region.audit.record(
             owner_id=v.owner_id if v else None,
             vin=hold.vin,
-            actor=Actor("authority", hold.authority),
+            actor=by or Actor("authority", hold.authority),
             action="hold.release",
             legal_basis=LEGAL_OBLIGATION,
             detail={"hold_id": hold_id},
@@ -191,14 +231,8 @@ class Deletions:
             with self.db.session() as s:
                 recs = list(s.scalars(select(BatchRecord).where(BatchRecord.vin == vin)))
                 pkgs = list(s.scalars(select(IncidentPackage).where(IncidentPackage.vin == vin)))
-            for rec in recs:  # overwrite the exact bytes in place: other writers' offsets never move
-                fd = os.open(reader.directory / rec.segment, os.O_WRONLY)
-                try:
-                    os.pwrite(fd, bytes(rec.length), rec.offset)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                erased_bytes += rec.length
+            for rec in recs:
+                erased_bytes += overwrite(reader.directory / rec.segment, rec.offset, rec.length)
             for p in pkgs:
                 (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
             with self.db.session() as s:  # portability bundles not yet fetched hold copies of the batches too
@@ -229,12 +263,7 @@ class Deletions:
             "deadline_ms": req.deadline_ms,
             "retained": RETAINED,
         }
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        receipt = {
-            **body,
-            "signature": base64.b64encode(self.region.log_key.sign(RECEIPT_CONTEXT + canonical)).decode(),
-            "signed_by": self.region.log.vkey,
-        }
+        receipt = signed_record(body, RECEIPT_CONTEXT, self.region.log_key, self.region.log.vkey)
         with self.db.session() as s:
             row = s.get(DeletionRequest, request_id)
             assert row is not None
@@ -249,6 +278,36 @@ class Deletions:
             detail={"request_id": req.id, "batches_erased": batches},
         )
         return req
+
+    def queue(self, *, limit: int = 500) -> list[dict[str, Any]]:
+        """The operator's deletion queue: every request not yet completed, nearest deadline first, with its owner
+        and the holds that stop it."""
+        with self.db.session() as s:
+            reqs = list(
+                s.scalars(
+                    select(DeletionRequest)
+                    .where(DeletionRequest.status != "completed")
+                    .order_by(DeletionRequest.deadline_ms, DeletionRequest.id)
+                    .limit(limit)
+                )
+            )
+        return [
+            {**request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []), "owner_id": r.owner_id}
+            for r in reqs
+        ]
+
+    def recent(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The last completed requests, newest first (what the queue recently carried out)."""
+        with self.db.session() as s:
+            reqs = list(
+                s.scalars(
+                    select(DeletionRequest)
+                    .where(DeletionRequest.status == "completed")
+                    .order_by(DeletionRequest.completed_ms.desc(), DeletionRequest.id.desc())
+                    .limit(limit)
+                )
+            )
+        return [{**request_json(r, []), "owner_id": r.owner_id} for r in reqs]
 
     def list(self, owner_id: int) -> list[dict[str, Any]]:
         """The owner's requests, newest first, with any holds that stop them."""

@@ -4,19 +4,57 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from carvault.access.audit import LEGAL_OBLIGATION, Actor
-from carvault.access.packages import PackageBuilder
-from carvault.errors import NotFound
-from carvault.store.metadata import AuthorityOrder, IncidentPackage, Vehicle
+from carvault.access.packages import MAX_WINDOW_MS, PackageBuilder
+from carvault.errors import InvalidQuery, NotFound, ValidationFailed
+from carvault.store.metadata import AuthorityOrder, Database, IncidentPackage, Vehicle
 
 if TYPE_CHECKING:
     from carvault.region import Region
 
 
+def orders(db: Database, *, limit: int = 200) -> list[tuple[AuthorityOrder, IncidentPackage | None]]:
+    """The region's authority orders, newest first, each with the package released under it (if built)."""
+    with db.session() as s:
+        rows = s.execute(
+            select(AuthorityOrder, IncidentPackage)
+            .outerjoin(IncidentPackage, IncidentPackage.order_id == AuthorityOrder.id)
+            .order_by(AuthorityOrder.id.desc())
+            .limit(limit)
+        ).all()
+    return [(o, p) for o, p in rows]
+
+
+def check_order(start_ms: int, end_ms: int, *, authority: str, reference: str, legal_basis: str) -> None:
+    """Refuse an order that could not be carried out, before anything is recorded (the package's own limits)."""
+    for name, value, most in (("authority", authority, 200), ("reference", reference, 200)):
+        if not value.strip() or len(value) > most:
+            raise ValidationFailed(f"{name} is required (at most {most} characters)", field=name)
+    if not legal_basis.strip() or len(legal_basis) > 400:
+        raise ValidationFailed("legal_basis is required (at most 400 characters)", field="legal_basis")
+    if end_ms <= start_ms or end_ms - start_ms > MAX_WINDOW_MS:
+        raise InvalidQuery("an order's window must be positive and at most 24 hours", parameter="end")
+
+
 def release_to_owner(
-    region: Region, vin: str, start_ms: int, end_ms: int, *, authority: str, reference: str, legal_basis: str
+    region: Region,
+    vin: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    authority: str,
+    reference: str,
+    legal_basis: str,
+    by: Actor | None = None,
 ) -> tuple[IncidentPackage, bytes]:
-    """Record the order, build the package with the same builder owners use, and give it to the owner."""
+    """Record the order, build the package with the same builder owners use, and give it to the owner.
+
+    ``by`` is the staff member who records the order for the authority (the audit entry names them; the package
+    names the authority as its requester).
+    """
+    check_order(start_ms, end_ms, authority=authority, reference=reference, legal_basis=legal_basis)
     with region.db.session() as s:
         v = s.get(Vehicle, vin)
         if v is None:
@@ -35,10 +73,16 @@ def release_to_owner(
     region.audit.record(
         owner_id=v.owner_id,
         vin=vin,
-        actor=actor,
+        actor=by or actor,
         action="order.release",
         legal_basis=f"{LEGAL_OBLIGATION}: {legal_basis}",
-        detail={"order_id": order.id, "reference": reference, "start_ms": start_ms, "end_ms": end_ms},
+        detail={
+            "order_id": order.id,
+            "authority": authority,
+            "reference": reference,
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+        },
     )
     pkg = PackageBuilder(region).build(
         vin,
