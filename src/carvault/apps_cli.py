@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from carvault.access.apps import APP_STATUSES, app_purposes, app_redirect_uris
+from carvault.access.apps import APP_STATUSES, app_facts, app_purposes, app_redirect_uris
 from carvault.access.audit import CONTRACT, Actor, AuditAction
 from carvault.errors import CarVaultError
-from carvault.store.metadata import App, now_ms
+from carvault.store.metadata import now_ms
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -61,17 +61,7 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "—"
 
 
-def _facts(app: App) -> dict[str, Any]:
-    """What the audit chain records about an app."""
-    return {
-        "client_id": app.client_id,
-        "name": app.name,
-        "legal_entity": app.legal_entity,
-        "jurisdiction": app.jurisdiction,
-        "purposes": app_purposes(app),
-        "gatekeeper": bool(app.gatekeeper),
-        "public_client": app.client_secret_hash is None,
-    }
+_facts = app_facts  # what the audit chain records about an app (one home: access/apps.py)
 
 
 @apps.command("add")
@@ -194,15 +184,7 @@ def _decide(client_id: str, status: str, by: str | None, reason: str, settings: 
     """Record the operator's decision on an app and say what it means for its tokens."""
     operator = _operator(by)
     with _region(*settings) as r:
-        before = r.apps.get(client_id).status
-        a = r.apps.decide(client_id, status, operator)
-        r.audit.record(
-            owner_id=None,
-            actor=Actor("operator", operator),
-            action=AuditAction.APP_DECIDE,
-            legal_basis=CONTRACT,
-            detail={**_facts(a), "status": status, "previous": before, "reason": reason},
-        )
+        a, before = r.apps.decide_recorded(r.audit, client_id, status, Actor("operator", operator), reason)
         region_name = r.name
     console.print(f"{a.name} ({a.client_id}): {before} → [bold]{a.status}[/]")
     if status == "approved" and a.gatekeeper:

@@ -14,11 +14,13 @@ import hmac
 import json
 import secrets
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from carvault.access.accounts import EMAIL_RE, token_hash
+from carvault.access.audit import CONTRACT, Actor, AuditAction, AuditLog
 from carvault.compliance.residency import region_name
 from carvault.compliance.sharing import PURPOSES
 from carvault.errors import Conflict, NotFound, ValidationFailed
@@ -61,6 +63,19 @@ def app_purposes(app: App) -> list[str]:
 def app_redirect_uris(app: App) -> list[str]:
     """The redirect URIs an app registered."""
     return list(json.loads(app.redirect_uris))
+
+
+def app_facts(app: App) -> dict[str, Any]:
+    """What the audit chain records about an app."""
+    return {
+        "client_id": app.client_id,
+        "name": app.name,
+        "legal_entity": app.legal_entity,
+        "jurisdiction": app.jurisdiction,
+        "purposes": app_purposes(app),
+        "gatekeeper": bool(app.gatekeeper),
+        "public_client": app.client_secret_hash is None,
+    }
 
 
 class Apps:
@@ -159,6 +174,21 @@ class Apps:
                 raise Conflict("a rejected app must register again", client_id=client_id)
             app.status, app.decided_ms, app.decided_by = status, now_ms(), by
         return app
+
+    def decide_recorded(
+        self, audit: AuditLog, client_id: str, status: str, by: Actor, reason: str = ""
+    ) -> tuple[App, str]:
+        """``decide``, recorded in the region's audit chain with who decided and why; (app, previous status)."""
+        previous = self.get(client_id).status
+        app = self.decide(client_id, status, str(by.id)[:200])
+        audit.record(
+            owner_id=None,
+            actor=by,
+            action=AuditAction.APP_DECIDE,
+            legal_basis=CONTRACT,
+            detail={**app_facts(app), "status": status, "previous": previous, "reason": reason[:1000]},
+        )
+        return app, previous
 
     def check_secret(self, app: App, secret: str | None) -> bool:
         """True when a confidential app presents its secret (constant-time); public apps have none to present."""
