@@ -113,3 +113,17 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def make_staff(region: Region, role: str, *, jurisdiction: str | None = None) -> tuple[Any, str]:
+    """A staff member of ``role`` (a compliance.roles.Role) logged in with password and TOTP code.
+
+    Returns (StaffPrincipal, bearer secret). The username is random, so each call makes a new member.
+    """
+    import pyotp
+
+    username = f"{str(role).replace('_', '-')}-{secrets.token_hex(4)}"
+    password = "staff password " + secrets.token_hex(4)
+    _, totp_secret = region.staff.create(username, password, role, jurisdiction, f"Test {role}")
+    secret, principal = region.staff.login(username, password, pyotp.TOTP(totp_secret).now())
+    return principal, secret

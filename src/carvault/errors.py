@@ -21,6 +21,7 @@
     │   └── UnknownVehicle             401 unknown_vehicle
     ├── Forbidden                      403 forbidden
     │   ├── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
+    │   ├── RoleForbidden              403 role_forbidden        (a staff role without the route's permission)
     │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
     ├── NotFound                       404 not_found
     ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
@@ -192,6 +193,12 @@ class ConsentNotGiven(Forbidden):
     """A batch carries samples of a category the owner had not consented to (or had stopped) at their time."""
 
     code = "consent_not_given"
+
+
+class RoleForbidden(Forbidden):
+    """The staff member's role does not carry the permission this operator route needs (compliance/roles.py)."""
+
+    code = "role_forbidden"
 
 
 class OutOfScope(Forbidden):

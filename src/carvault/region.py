@@ -14,6 +14,7 @@ from carvault.access.apps import Apps
 from carvault.access.audit import AuditLog
 from carvault.access.consents import Consents
 from carvault.access.grants import Grants
+from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -100,6 +101,7 @@ class Region:
         )
         self.vehicles = Vehicles(self.db, self.name, self.residency)
         self.audit = AuditLog(self.db)
+        self.staff = Staff(self.db, self.audit, self.name)  # the operator's staff accounts (issue 11)
         self.consents = Consents(self.db, self.audit, self.name)
         self.apps = Apps(self.db)
         self.grants = Grants(self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name)

@@ -63,6 +63,18 @@ class AuditAction(StrEnum):
     LIVE_READ = "live.read"
     LIVE_SUBSCRIBE = "live.subscribe"
     PORTABILITY_IMPORT = "portability.import"
+    STAFF_CREATE = "staff.create"
+    STAFF_ROLE = "staff.role"
+    STAFF_DISABLE = "staff.disable"
+    STAFF_ENABLE = "staff.enable"
+    STAFF_TOTP_RESET = "staff.totp_reset"
+    STAFF_PASSWORD = "staff.password"
+    STAFF_LOGIN = "staff.login"
+    STAFF_LOGOUT = "staff.logout"
+    CASE_OPEN = "case.open"
+    CASE_CLOSE = "case.close"
+    CASE_APPROVE = "case.approve"
+    CASE_DECLINE = "case.decline"
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

@@ -406,6 +406,38 @@ class LoginAttempt(Base):
     at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 
+class StaffMember(Base):
+    """An operator's staff account (access/staff.py): one role, a jurisdiction, a password and a TOTP second factor."""
+
+    __tablename__ = "staff_members"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(32))  # compliance.roles.Role
+    jurisdiction: Mapped[str] = mapped_column(String(16))  # a region name: where this person works from
+    password_hash: Mapped[str] = mapped_column(String(200))
+    totp_sealed: Mapped[bytes] = mapped_column(LargeBinary(200))  # the TOTP secret, sealed with the data key
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # a code is accepted once
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    disabled_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class StaffSession(Base):
+    """A staff member's session (cookie or ``cvs_`` bearer secret, only its SHA-256 kept): short idle and absolute
+    limits."""
+
+    __tablename__ = "staff_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_members.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client: Mapped[str] = mapped_column(String(100), default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    last_used_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)  # absolute end, however active the session is
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class RightsRequest(Base):
     """An owner's rights request (PIPL Art. 44–50; GDPR Art. 15–22): its kind, legal deadline, status and outcome.
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
 from carvault.access.accounts import Principal
-from carvault.errors import Forbidden, InvalidQuery, OwnerOnly, PayloadTooLarge, Unauthenticated
+from carvault.access.staff import StaffPrincipal
+from carvault.compliance.roles import Permission, allows
+from carvault.errors import Forbidden, InvalidQuery, OwnerOnly, PayloadTooLarge, RoleForbidden, Unauthenticated
 from carvault.region import Region
 
 SESSION_COOKIE = "carvault_session"
+STAFF_COOKIE = "carvault_staff"
 MAX_DB_INT = 2**63 - 1  # every integer column is a signed 64-bit integer (SQLite, PostgreSQL BIGINT)
 # Latest instant a time parameter may name: 9999-12-31T23:59:59.999Z (what ISO 8601 can spell).
 MAX_TIME_MS = 253_402_300_799_999
@@ -65,6 +70,50 @@ def current_owner(caller: Caller) -> Principal:
 
 
 CurrentOwner = Annotated[Principal, Depends(current_owner)]
+
+
+def current_staff(request: Request, region: RegionDep) -> StaffPrincipal:
+    """The staff member behind a ``cvs_`` bearer secret or the console's cookie; cookie writes need the CSRF header.
+
+    Owners' sessions and tokens and apps' grant tokens are not staff sessions: ``Unauthenticated`` (401).
+    """
+    auth = request.headers.get("authorization", "")
+    if auth:
+        scheme, _, secret = auth.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("use 'Authorization: Bearer <staff session>'")
+        return region.staff.resolve(secret.strip())
+    cookie = request.cookies.get(STAFF_COOKIE)
+    if not cookie:
+        raise Unauthenticated("staff log in first (console session cookie or a staff bearer secret)")
+    staff = region.staff.resolve(cookie)
+    if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+        raise Forbidden(f"requests authenticated by cookie must send the header {CSRF_HEADER}: 1")
+    return staff
+
+
+CurrentStaff = Annotated[StaffPrincipal, Depends(current_staff)]
+
+
+@functools.cache
+def staff_with(permission: Permission) -> Callable[[StaffPrincipal], StaffPrincipal]:
+    """A dependency admitting staff whose role has ``permission`` (``RoleForbidden`` otherwise).
+
+    The returned callable carries ``.permission``, so tests/web/test_admin_roles.py can read every admin route's
+    permission off its dependencies and try it with every role.
+    """
+    permission = Permission(permission)
+
+    def require(staff: CurrentStaff) -> StaffPrincipal:
+        if not allows(staff.role, permission):
+            raise RoleForbidden(
+                f"the role {staff.role.value} does not carry {permission.value}", permission=permission.value
+            )
+        return staff
+
+    require.permission = permission  # type: ignore[attr-defined]
+    require.__name__ = f"staff_with_{permission.name.lower()}"
+    return require
 
 
 def parse_time(value: str, name: str) -> int:
@@ -160,6 +209,17 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "name": SESSION_COOKIE,
         "description": f"The portal's session cookie; writes also send {CSRF_HEADER}: 1",
     },
+    "staff": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An operator staff session (cvs_...) from POST /api/v1/admin/session (password + TOTP code)",
+    },
+    "staff_session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": STAFF_COOKIE,
+        "description": f"The operator console's session cookie; writes also send {CSRF_HEADER}: 1",
+    },
     "oauth2": {
         "type": "oauth2",
         "description": "Apps: authorization code with PKCE (S256), or the device authorization grant (RFC 8628)",
@@ -190,7 +250,9 @@ def declare_security(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any
             dep = stack.pop()
             calls.add(dep.call)
             stack.extend(dep.dependencies)
-        if current_owner in calls:
+        if current_staff in calls:
+            security = [{"staff": []}, {"staff_session": []}]
+        elif current_owner in calls:
             security = [{"bearer": []}, {"session": []}]
         elif current_caller in calls:
             security = [{"bearer": []}, {"session": []}, {"oauth2": []}]

@@ -1,0 +1,163 @@
+"""Staff accounts: passwords, the TOTP second factor, sessions, lockout, the last region admin."""
+
+from __future__ import annotations
+
+import pyotp
+import pytest
+from sqlalchemy import update
+
+from carvault.access.staff import IDLE_MS, MAX_SESSION_MS, TOTP_STEP_S
+from carvault.compliance.roles import Role
+from carvault.errors import AlreadyExists, Conflict, TooManyRequests, Unauthenticated, ValidationFailed
+from carvault.region import Region
+from carvault.store.metadata import StaffMember, StaffSession, now_ms
+from tests.factories import make_staff
+
+PASSWORD = "a long staff password"
+
+
+def _create(region: Region, username: str = "alice", role: Role = Role.SUPPORT) -> tuple[StaffMember, pyotp.TOTP]:
+    member, secret = region.staff.create(username, PASSWORD, role, None, "Alice")
+    return member, pyotp.TOTP(secret)
+
+
+def test_create_and_login_with_password_and_code(region: Region) -> None:
+    member, totp = _create(region)
+    assert member.jurisdiction == "cn" and member.role == "support"
+    assert member.password_hash.startswith("$argon2id$")
+    assert totp.secret.encode() not in member.totp_sealed  # sealed with the data key, not in the clear
+    uri = region.staff.totp_uri(member, totp.secret)
+    assert uri.startswith("otpauth://totp/") and "issuer=CarVault" in uri
+    secret, principal = region.staff.login("alice", PASSWORD, totp.now())
+    assert secret.startswith("cvs_") and principal.role is Role.SUPPORT
+    again = region.staff.resolve(secret)
+    assert again == principal and str(again.actor) == "staff:support:alice"
+
+
+def test_wrong_password_or_code_is_refused(region: Region) -> None:
+    _, totp = _create(region)
+    with pytest.raises(Unauthenticated):
+        region.staff.login("alice", "not the password", totp.now())
+    with pytest.raises(Unauthenticated):
+        region.staff.login("alice", PASSWORD, "000000" if totp.now() != "000000" else "111111")
+    with pytest.raises(Unauthenticated):
+        region.staff.login("alice", PASSWORD, "")
+    with pytest.raises(Unauthenticated):
+        region.staff.login("nobody", PASSWORD, totp.now())
+
+
+def test_a_code_is_accepted_once(region: Region) -> None:
+    _, totp = _create(region)
+    code = totp.now()
+    region.staff.login("alice", PASSWORD, code)
+    with pytest.raises(Unauthenticated):
+        region.staff.login("alice", PASSWORD, code)
+
+
+def test_an_older_code_after_a_newer_one_is_refused(region: Region) -> None:
+    _, totp = _create(region)
+    step = now_ms() // 1000 // TOTP_STEP_S
+    region.staff.login("alice", PASSWORD, totp.at(step * TOTP_STEP_S))
+    with pytest.raises(Unauthenticated):
+        region.staff.login("alice", PASSWORD, totp.at((step - 1) * TOTP_STEP_S))
+
+
+def test_repeated_failures_lock_the_account(region: Region) -> None:
+    _, totp = _create(region)
+    for _ in range(10):
+        with pytest.raises(Unauthenticated):
+            region.staff.login("alice", "wrong password!!", totp.now(), client="10.0.0.1")
+    with pytest.raises(TooManyRequests):
+        region.staff.login("alice", PASSWORD, totp.now(), client="10.0.0.2")
+
+
+def test_repeated_failures_lock_the_address(region: Region) -> None:
+    _create(region, "bob")
+    for n in range(10):
+        with pytest.raises(Unauthenticated):
+            region.staff.login(f"guess{n}", "wrong password!!", "123456", client="10.0.0.9")
+    with pytest.raises(TooManyRequests):
+        region.staff.login("bob", "wrong password!!", "123456", client="10.0.0.9")
+
+
+def test_sessions_end_when_idle_or_too_old(region: Region) -> None:
+    principal, secret = make_staff(region, Role.DPO)
+    with region.db.session() as s:
+        s.execute(
+            update(StaffSession)
+            .where(StaffSession.id == principal.credential_id)
+            .values(last_used_ms=now_ms() - IDLE_MS - 1000)
+        )
+    with pytest.raises(Unauthenticated, match="expired"):
+        region.staff.resolve(secret)
+    principal, secret = make_staff(region, Role.DPO)
+    with region.db.session() as s:
+        s.execute(
+            update(StaffSession)
+            .where(StaffSession.id == principal.credential_id)
+            .values(created_ms=now_ms() - MAX_SESSION_MS, expires_ms=now_ms() - 1)
+        )
+    with pytest.raises(Unauthenticated, match="expired"):
+        region.staff.resolve(secret)
+
+
+def test_logout_and_disable_end_sessions(region: Region) -> None:
+    principal, secret = make_staff(region, Role.AUDITOR)
+    region.staff.logout(principal)
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(secret)
+    principal, secret = make_staff(region, Role.AUDITOR)
+    region.staff.disable(principal.staff_id)
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(secret)
+
+
+def test_owner_tokens_are_not_staff_sessions(region: Region) -> None:
+    owner = region.accounts.register("o@example.com", "correct horse battery")
+    token, _ = region.accounts.issue(owner.id, "session")
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(token)
+
+
+def test_the_last_region_admin_stays(region: Region) -> None:
+    admin, _ = make_staff(region, Role.REGION_ADMIN)
+    with pytest.raises(Conflict):
+        region.staff.disable(admin.staff_id)
+    with pytest.raises(Conflict):
+        region.staff.set_role(admin.staff_id, Role.AUDITOR)
+    other, _ = make_staff(region, Role.REGION_ADMIN)
+    region.staff.disable(admin.staff_id)
+    with pytest.raises(Conflict):
+        region.staff.set_role(other.staff_id, Role.DPO)
+
+
+def test_role_change_and_totp_reset_end_sessions(region: Region) -> None:
+    principal, secret = make_staff(region, Role.SUPPORT)
+    region.staff.set_role(principal.staff_id, Role.DPO)
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(secret)
+    principal, secret = make_staff(region, Role.SUPPORT)
+    member, new_secret = region.staff.reset_totp(principal.staff_id)
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(secret)
+    assert new_secret and member.totp_last_step is None
+
+
+def test_bad_input_is_refused(region: Region) -> None:
+    with pytest.raises(ValidationFailed):
+        region.staff.create("Bad Name", PASSWORD, Role.DPO)
+    with pytest.raises(ValidationFailed):
+        region.staff.create("carol", "short", Role.DPO)
+    with pytest.raises(ValidationFailed):
+        region.staff.create("carol", PASSWORD, "superuser")
+    with pytest.raises(ValidationFailed):
+        region.staff.create("carol", PASSWORD, Role.DPO, "not a region!")
+    region.staff.create("carol", PASSWORD, Role.DPO, "eu")
+    with pytest.raises(AlreadyExists):
+        region.staff.create("Carol", PASSWORD, Role.DPO)
+
+
+def test_staff_actions_are_in_the_region_chain(region: Region) -> None:
+    principal, _ = make_staff(region, Role.DPO)
+    region.staff.logout(principal)
+    assert region.audit.verify_chain(None) >= 3
