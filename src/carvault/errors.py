@@ -21,6 +21,7 @@
     │   └── UnknownVehicle             401 unknown_vehicle
     ├── Forbidden                      403 forbidden
     │   ├── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
+    │   ├── RecordRetained             403 record_retained       (a processing record within its 3 years)
     │   ├── RoleForbidden              403 role_forbidden        (a staff role without the route's permission)
     │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
     ├── NotFound                       404 not_found
@@ -187,6 +188,12 @@ class DataFrozen(Forbidden):
     """The data is under a legal hold after a deletion request: kept, but not served."""
 
     code = "data_frozen"
+
+
+class RecordRetained(Forbidden):
+    """A processing record may not be deleted yet: records are kept three years after they end (NDSMR Art. 12)."""
+
+    code = "record_retained"
 
 
 class ConsentNotGiven(Forbidden):

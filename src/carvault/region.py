@@ -17,7 +17,10 @@ from carvault.access.grants import Grants
 from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.deletion import Deletions
+from carvault.compliance.incidents import Incidents
 from carvault.compliance.residency import RegionDirectory, Residency
+from carvault.compliance.records import Records
+from carvault.compliance.rights import Rights
 from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
 from carvault.ingest.frames import FrameStore
@@ -109,6 +112,10 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
+        # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).
+        self.rights = Rights(self.db, self.audit, self.name)
+        self.incidents = Incidents(self.db, self.audit, self.catalogue)
+        self.records = Records(self.db, self.audit, self.catalogue, self.name)
         # Live frames (issue 10): last values and subscriptions, fanned out to every replica through the broker.
         self.live = LiveHub(
             broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)

@@ -1,0 +1,193 @@
+"""The rights desk as a service: deadlines from their table, the status machine, refusals with reasons, next of kin."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from carvault.compliance.deletion import WORKING_DAYS, add_working_days
+from carvault.compliance.rights import DEADLINES, FALLBACK_RULE, Deadline, Kind, Status, Unit, deadline_rule
+from carvault.compliance.roles import Role
+from carvault.errors import Conflict, NotFound, ValidationFailed
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.store.metadata import AuditEvent, RightsRequest
+from tests.factories import make_staff, vin_for
+
+
+def _ms(*args: int) -> int:
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+def _day(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+
+
+def _owner(region: Region, name: str) -> int:
+    return region.accounts.register(f"{name}@example.com", "correct horse battery").id
+
+
+# ---------------------------------------------------------------------------------------------- deadlines
+def test_china_deadline_is_fifteen_working_days_skipping_weekends() -> None:
+    friday = _ms(2026, 11, 20, 12)
+    assert _day(DEADLINES["cn"].due(friday)) == dt.date(2026, 12, 11)  # 3 weeks of 5 working days
+
+
+def test_deletion_deadline_is_the_deletion_services() -> None:
+    friday = _ms(2026, 11, 20, 12)
+    assert deadline_rule("cn", Kind.DELETION) == "cn.deletion"
+    assert DEADLINES["cn.deletion"].due(friday) == add_working_days(friday, WORKING_DAYS)
+
+
+def test_eu_deadline_is_one_calendar_month_clamped_to_the_months_end() -> None:
+    assert deadline_rule("eu", Kind.COMPLAINT) == "eu"
+    assert _day(DEADLINES["eu"].due(_ms(2026, 1, 31, 9))) == dt.date(2026, 2, 28)
+    assert _day(DEADLINES["eu"].due(_ms(2026, 12, 15, 9))) == dt.date(2027, 1, 15)
+    # GDPR has no deletion exception: a deletion request in the EU follows the one-month rule
+    assert deadline_rule("eu", Kind.DELETION) == "eu"
+
+
+def test_unknown_jurisdiction_takes_the_strictest_rule() -> None:
+    assert deadline_rule("xx", Kind.ACCESS) == FALLBACK_RULE
+    assert deadline_rule("xx", Kind.DELETION) == f"{FALLBACK_RULE}.deletion"
+    start = _ms(2026, 3, 2, 8)
+    assert all(DEADLINES[FALLBACK_RULE].due(start) <= d.due(start) for k, d in DEADLINES.items() if "." not in k)
+
+
+def test_every_deadline_names_its_source() -> None:
+    for key, d in DEADLINES.items():
+        assert isinstance(d, Deadline) and d.amount > 0 and len(d.source) > 20, key
+    assert Deadline(45, Unit.CALENDAR_DAYS, "x").due(0) == 45 * 86_400_000
+
+
+# ---------------------------------------------------------------------------------------------- status machine
+def test_filed_request_gets_its_deadline_and_is_visible_to_its_owner_only(region: Region) -> None:
+    alice, bob = _owner(region, "alice"), _owner(region, "bob")
+    received = _ms(2026, 11, 20, 12)
+    r = region.rights.file(region.rights.check(alice, "complaint", details="my data was shared"), now=received)
+    assert r.status == Status.RECEIVED and r.deadline_rule == "cn"
+    assert r.deadline_ms == DEADLINES["cn"].due(received)
+    assert region.rights.mine(alice, r.id).id == r.id
+    with pytest.raises(NotFound):
+        region.rights.mine(bob, r.id)
+    assert [x.id for x in region.rights.of_requester(bob)] == []
+    with pytest.raises(NotFound):
+        region.rights.withdraw(bob, r.id)
+
+
+def test_refusal_needs_a_written_reason(region: Region) -> None:
+    alice = _owner(region, "alice")
+    dpo, _ = make_staff(region, Role.DPO)
+    r = region.rights.file(region.rights.check(alice, Kind.EXPLANATION))
+    for blank in ("", "   \n"):
+        with pytest.raises(ValidationFailed) as e:
+            region.rights.refuse(r.id, dpo, blank)
+        assert e.value.details["field"] == "reason"
+    assert region.rights.get(r.id).status == Status.RECEIVED  # nothing stored by the failed refusal
+    refused = region.rights.refuse(r.id, dpo, "The processing rules are already published in full; see /catalogue.")
+    assert refused.status == Status.REFUSED and refused.reason.startswith("The processing rules")
+    assert refused.handler_role == Role.DPO and refused.closed_ms is not None
+    with pytest.raises(Conflict):
+        region.rights.refuse(r.id, dpo, "again")
+
+
+def test_transitions_follow_the_machine(region: Region) -> None:
+    alice = _owner(region, "alice")
+    dpo, _ = make_staff(region, Role.DPO)
+    r = region.rights.file(region.rights.check(alice, Kind.CORRECTION, details="my name is spelled Alicé"))
+    with pytest.raises(Conflict):
+        region.rights.complete(r.id, dpo, "done")  # not started
+    with pytest.raises(ValidationFailed):
+        region.rights.complete(r.id, dpo, "")
+    started = region.rights.start(r.id, dpo)
+    assert started.status == Status.IN_PROGRESS and started.handler == dpo.username and started.started_ms
+    with pytest.raises(Conflict):
+        region.rights.start(r.id, dpo)
+    done = region.rights.complete(r.id, dpo, "Name corrected to Alicé.")
+    assert done.status == Status.DONE and done.outcome == "Name corrected to Alicé."
+    with pytest.raises(Conflict):
+        region.rights.withdraw(alice, r.id)
+    # every step is in the owner's access log, named by role and username
+    with region.db.session() as s:
+        rows = list(s.scalars(select(AuditEvent).where(AuditEvent.owner_id == alice).order_by(AuditEvent.id)))
+    actions = [(e.action, e.actor) for e in rows if e.action.startswith("rights.")]
+    assert actions == [
+        ("rights.request", f"owner:{alice}"),
+        ("rights.start", f"staff:dpo:{dpo.username}"),
+        ("rights.complete", f"staff:dpo:{dpo.username}"),
+    ]
+    assert json.loads(rows[-1].detail)["request_id"] == r.id
+
+
+def test_withdraw_while_open(region: Region) -> None:
+    alice = _owner(region, "alice")
+    r = region.rights.file(region.rights.check(alice, Kind.RESTRICTION, details="stop using my trips for research"))
+    w = region.rights.withdraw(alice, r.id)
+    assert w.status == Status.WITHDRAWN and w.closed_ms is not None
+
+
+def test_validation_rejects_before_storing(region: Region, tmp_path: Path) -> None:
+    alice, bob = _owner(region, "alice"), _owner(region, "bob")
+    v = provision(region, vin_for(7), tmp_path / "cars")
+    region.vehicles.claim(bob, v.vin, v.pairing_code)
+    cases = [
+        dict(kind="erasure"),  # unknown kind
+        dict(kind="complaint"),  # a complaint says what it is about
+        dict(kind="portability"),  # names a vehicle
+        dict(kind="access", evidence="x"),  # evidence only for next of kin
+        dict(kind="next_of_kin", details="my father died", subject_email="dad@example.com"),  # no evidence
+        dict(kind="access", details="x" * 5000),
+    ]
+    for c in cases:
+        with pytest.raises(ValidationFailed):
+            region.rights.check(alice, **c)  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        region.rights.check(alice, "access", vin=v.vin)  # Bob's car
+    with region.db.session() as s:
+        assert s.scalar(select(RightsRequest.id)) is None
+
+
+def test_overdue_requests_surface(region: Region) -> None:
+    alice = _owner(region, "alice")
+    dpo, _ = make_staff(region, Role.DPO)
+    old = region.rights.file(region.rights.check(alice, Kind.ACCESS), now=_ms(2025, 1, 6, 9))
+    new = region.rights.file(region.rights.check(alice, Kind.EXPLANATION))
+    closed_late = region.rights.file(region.rights.check(alice, Kind.EXPLANATION), now=_ms(2025, 1, 6, 9))
+    region.rights.refuse(closed_late.id, dpo, "duplicate of an earlier request")
+    assert [r.id for r in region.rights.list(overdue=True)] == [old.id]
+    assert {r.id for r in region.rights.list(overdue=False)} == {new.id, closed_late.id}
+    assert region.rights.list()[0].id == old.id  # soonest deadline first
+    counts = region.rights.counts()
+    assert counts["overdue"] == 1 and counts["received"] == 2 and counts["refused"] == 1
+
+
+def test_next_of_kin_is_verified_before_it_completes(region: Region) -> None:
+    deceased, relative = _owner(region, "late.owner"), _owner(region, "daughter")
+    dpo, _ = make_staff(region, Role.DPO)
+    f = region.rights.check(
+        relative,
+        Kind.NEXT_OF_KIN,
+        details="Please give me a copy of my late father's trips and then delete his account.",
+        evidence="Death certificate no. 2026-123; birth certificate showing the relationship.",
+        subject_email="Late.Owner@example.com",
+    )
+    r = region.rights.file(f)
+    assert r.owner_id == deceased and r.requester_owner_id == relative
+    assert [x.id for x in region.rights.of_requester(relative)] == [r.id]
+    assert region.rights.of_requester(deceased) == []
+    region.rights.start(r.id, dpo)
+    with pytest.raises(Conflict):
+        region.rights.complete(r.id, dpo, "copy sent")
+    region.rights.verify(r.id, dpo, "certificates checked against the civil registry")
+    assert region.rights.complete(r.id, dpo, "A copy was sent to the requester.").status == Status.DONE
+    # an unknown account is accepted without saying so, and can only be refused
+    u = region.rights.file(
+        region.rights.check(relative, Kind.NEXT_OF_KIN, details="x", evidence="y", subject_email="nobody@example.com")
+    )
+    assert u.owner_id is None
+    with pytest.raises(Conflict):
+        region.rights.verify(u.id, dpo, "checked")
