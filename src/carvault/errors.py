@@ -28,6 +28,7 @@
     ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
     ├── Conflict                       409 conflict
     │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
+    │   ├── RetentionRunning           409 retention_running     (another replica's purge holds the lease)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
     │   └── AlreadyExists              409 already_exists
     ├── PayloadTooLarge                413 payload_too_large
@@ -275,6 +276,12 @@ class Conflict(CarVaultError):
 
     code = "conflict"
     status = 409
+
+
+class RetentionRunning(Conflict):
+    """A retention purge is already running (on this or another replica); one runs at a time."""
+
+    code = "retention_running"
 
 
 class SeqConflict(Conflict):

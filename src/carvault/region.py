@@ -20,6 +20,7 @@ from carvault.compliance.deletion import Deletions
 from carvault.compliance.incidents import Incidents
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.compliance.records import Records
+from carvault.compliance.retention import Retention
 from carvault.compliance.rights import Rights
 from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
@@ -116,6 +117,21 @@ class Region:
         self.rights = Rights(self.db, self.audit, self.name)
         self.incidents = Incidents(self.db, self.audit, self.catalogue)
         self.records = Records(self.db, self.audit, self.catalogue, self.name)
+        # Retention (issue 11): each category's period enforced by a purge; reads withhold what a run has cut off.
+        self.retention = Retention(
+            self.db,
+            self.catalogue,
+            self.audit,
+            segments=self.segment_reader,
+            derived=self.derived,
+            frames=self.frames,
+            data_dir=settings.data_dir,
+            region=self.name,
+            log_key=self.log_key,
+            log_vkey=self.log.vkey,
+            interval_s=settings.retention_interval_s,
+        )
+        self.telemetry.withheld = self.retention.withheld
         # Live frames (issue 10): last values and subscriptions, fanned out to every replica through the broker.
         self.live = LiveHub(
             broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)

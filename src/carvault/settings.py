@@ -70,6 +70,11 @@ class Settings:
     max_future_skew_s: int = _setting(300, "How far ahead of the server clock a batch may reach, in seconds.")
     session_ttl_s: int = _setting(7 * 24 * 3600, "Lifetime of a browser session or API token, in seconds.")
     segment_max_bytes: int = _setting(256 * 1024 * 1024, "Size at which a writer rolls to a new segment file.")
+    retention_interval_s: int = _setting(
+        3600,
+        "Seconds between the in-process retention purges of each replica (one runs at a time); 0 turns the "
+        "scheduler off, e.g. when a cron job runs `carvault admin retention run` instead (docs/retention.md).",
+    )
     live_broker: str = _setting(
         "memory",
         "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "

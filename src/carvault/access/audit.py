@@ -24,6 +24,8 @@ from carvault.store.metadata import AuditEvent, Database, now_ms
 OWNER_REQUEST = "owner's own request (access right)"
 CONTRACT = "performance of the service contract"
 LEGAL_OBLIGATION = "legal obligation"
+# Retention purges: data kept no longer than its purpose needs (PIPL Art. 19, 47(1); GDPR Art. 5(1)(e)).
+STORAGE_LIMITATION = "storage limitation: the retention period has ended"
 
 
 class AuditAction(StrEnum):
@@ -80,6 +82,8 @@ class AuditAction(StrEnum):
     RECORD_UPDATE = "record.update"
     RECORD_RETIRE = "record.retire"
     RECORD_DELETE = "record.delete"
+    RETENTION_RUN = "retention.run"
+    RETENTION_PURGE = "retention.purge"
     STAFF_CREATE = "staff.create"
     STAFF_ROLE = "staff.role"
     STAFF_DISABLE = "staff.disable"

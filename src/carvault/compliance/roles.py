@@ -40,7 +40,9 @@ class Permission(StrEnum):
     RIGHTS_HANDLE = "rights.handle"
     RIGHTS_VIEW = "rights.view"
     HOLDS_MANAGE = "holds.manage"
+    HOLDS_VIEW = "holds.view"
     ORDERS_MANAGE = "orders.manage"
+    ORDERS_VIEW = "orders.view"
     TRANSFERS_MANAGE = "transfers.manage"
     TRANSFERS_VIEW = "transfers.view"
     RETENTION_RUN = "retention.run"
@@ -98,7 +100,9 @@ MATRIX: dict[Role, frozenset[Permission]] = {
             _P.CASES_VIEW,
             _P.CASE_READ,
             _P.ORDERS_MANAGE,
+            _P.ORDERS_VIEW,
             _P.HOLDS_MANAGE,
+            _P.HOLDS_VIEW,
             _P.TRANSFERS_VIEW,
             _P.REPORTS_VIEW,
         }

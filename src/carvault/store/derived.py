@@ -70,6 +70,16 @@ class DerivedCopies:
         except (OSError, pa.ArrowInvalid):
             return None
 
+    def delete(self, vin: str, batch_hash: str) -> int:
+        """Remove the copy of one batch; return the bytes freed (0 when there was none)."""
+        target = self.path(vin, batch_hash)
+        try:
+            size = target.stat().st_size
+            target.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
     def delete_vehicle(self, vin: str) -> int:
         """Remove every copy of a vehicle's batches; return the bytes freed."""
         folder = self.directory / vin

@@ -607,6 +607,84 @@ class TransferCounter(Base):
     persons: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class RetentionRun(Base):
+    """One retention purge (compliance/retention.py): when, what it planned, what it erased and withheld, signed."""
+
+    __tablename__ = "retention_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_ms: Mapped[int] = mapped_column(BigInteger)
+    finished_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    now_ms: Mapped[int] = mapped_column(BigInteger)  # the time the plan was computed for
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    actor: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    cutoffs: Mapped[str] = mapped_column(Text)  # JSON {category: ms}: samples before it are past their period
+    summary: Mapped[str] = mapped_column(Text, default="{}")  # JSON per category counts and totals
+    record: Mapped[str | None] = mapped_column(Text, nullable=True)  # the signed purge record (JSON)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RetentionLease(Base):
+    """The one-purge-at-a-time guard shared by every replica: a named row with its holder and expiry."""
+
+    __tablename__ = "retention_leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RetentionErasure(Base):
+    """A batch whose index row a purge removed and whose bytes it has not finished erasing (crash-safe queue)."""
+
+    __tablename__ = "retention_erasures"
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    vin: Mapped[str] = mapped_column(String(17))
+    batch_hash: Mapped[str] = mapped_column(String(64))
+    segment: Mapped[str] = mapped_column(String(200))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(Integer)
+    files: Mapped[str] = mapped_column(Text, default="[]")  # JSON: frame blobs, packages, bundles to remove
+
+
+class RetentionWithheld(Base):
+    """Categories of a kept batch that are past their period: withheld from reads, dropped from its query copy."""
+
+    __tablename__ = "retention_withheld"
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    categories: Mapped[str] = mapped_column(Text)  # JSON sorted list of category names
+
+
+class OperatorProfile(Base):
+    """Who runs this region and whom to contact (compliance/operator_profile.py): the one hand-entered part of the
+    annual report and the data sheet, edited by a region admin."""
+
+    __tablename__ = "operator_profile"
+    region: Mapped[str] = mapped_column(String(16), primary_key=True)
+    operator_name: Mapped[str] = mapped_column(String(300))  # the legal entity processing the data
+    security_lead: Mapped[str] = mapped_column(String(200))  # the person responsible for data security
+    security_lead_contact: Mapped[str] = mapped_column(String(320))
+    rights_contact: Mapped[str] = mapped_column(String(200))  # whom owners contact about their rights
+    rights_contact_contact: Mapped[str] = mapped_column(String(320))
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_by: Mapped[str] = mapped_column(String(200))
+
+
+class AnnualReportFiling(Base):
+    """A finalised annual report (compliance/annual_report.py): the signed JSON as filed, never recomputed."""
+
+    __tablename__ = "annual_reports"
+    __table_args__ = (UniqueConstraint("region", "year", name="uq_annual_reports_year"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    region: Mapped[str] = mapped_column(String(16))
+    year: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)  # the signed report JSON, byte for byte as served
+    sha256: Mapped[str] = mapped_column(String(64))
+    finalised_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    finalised_by: Mapped[str] = mapped_column(String(200))
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers and one writer (from any process) work at once; FULL makes a commit durable

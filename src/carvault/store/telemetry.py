@@ -3,10 +3,16 @@
 The batch index (metadata DB) says which batches overlap the window; only those batches' bytes are
 read, and of each Parquet payload only the requested columns are decoded (in parallel: pyarrow
 releases the GIL while decoding).
+
+Samples past their category's retention period are withheld here, the one place every read of telemetry
+passes (windows, exports, timeline, route): ``withheld`` names, per signal path, the time before which its
+samples are no longer served (compliance/retention.py); a query copy rebuilt from the evidence leaves out the
+columns a whole batch has outlived.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,10 +49,19 @@ class BatchRef:
 class TelemetryStore:
     """Reads windows of telemetry for one vehicle."""
 
-    def __init__(self, db: Database, segments: SegmentReader, derived: DerivedCopies, threads: int = 4) -> None:
+    def __init__(
+        self,
+        db: Database,
+        segments: SegmentReader,
+        derived: DerivedCopies,
+        threads: int = 4,
+        *,
+        withheld: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.db = db
         self.segments = segments
         self.derived = derived
+        self.withheld = withheld
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="telemetry-read")
 
     def batches(self, vin: str, start_ms: int, end_ms: int, kind: str | None = "telemetry") -> list[BatchRef]:
@@ -83,19 +98,24 @@ class TelemetryStore:
         )
         if not refs:
             return schema.empty_table()
+        cutoffs = self.withheld() if self.withheld is not None else {}
 
         def load(ref: BatchRef) -> pa.Table:
-            cols = ["t"] + [p for p in wanted if p in ref.columns]
             copy = self.derived.read(vin, ref.batch_hash)
             if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
                 raw = self.segments.read(ref.segment, ref.offset, ref.length)
                 copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
+                outlived = [c for c in copy.column_names if cutoffs.get(c, 0) > ref.t1]
+                if outlived:  # the copy never holds what the whole batch has outlived
+                    copy = copy.drop_columns(outlived)
                 self.derived.write(vin, ref.batch_hash, copy)
-            part = copy.select(cols)
+            have = set(copy.column_names)
+            part = copy.select(["t"] + [p for p in wanted if p in ref.columns and p in have])
             # Rows of a batch are strictly increasing in t: cut the window with a zero-copy slice.
             t = part.column("t").cast(pa.int64()).to_numpy()
             a, b = np.searchsorted(t, [start_ms, end_ms])
-            return part.slice(int(a), int(b - a))
+            part = part.slice(int(a), int(b - a))
+            return withhold(part, cutoffs) if cutoffs else part
 
         need_decode = [r for r in refs if not self.derived.path(vin, r.batch_hash).exists()]
         parts = list(self._pool.map(load, refs)) if len(need_decode) > 2 else [load(r) for r in refs]
@@ -108,6 +128,22 @@ class TelemetryStore:
                 continue
             columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
         return pa.Table.from_arrays(columns, schema=schema)
+
+
+def withhold(table: pa.Table, cutoffs: Mapping[str, int]) -> pa.Table:
+    """``table`` with the values of each column before its cutoff time made null (rows sorted by ``t``)."""
+    if table.num_rows == 0:
+        return table
+    t = table.column("t").cast(pa.int64())
+    first = t[0].as_py()
+    for i, name in enumerate(table.column_names):
+        cut = cutoffs.get(name)
+        if name == "t" or cut is None or cut <= first:
+            continue
+        kept = pc.greater_equal(t, pa.scalar(cut, pa.int64()))
+        col = table.column(i)
+        table = table.set_column(i, table.field(i), pc.if_else(kept, col, pa.nulls(len(col), col.type)))
+    return table
 
 
 def _is_sorted(table: pa.Table) -> bool:

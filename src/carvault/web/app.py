@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from carvault import __version__
+from carvault.compliance.retention import RetentionScheduler
 from carvault.region import Region
 from carvault.web import errors, views
 from carvault.web.deps import declare_security
@@ -51,7 +52,10 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await region.live.start()  # this replica receives every live frame from the broker from now on
+        purges = RetentionScheduler(region.retention, region.settings.retention_interval_s)
+        purges.start()  # a retention purge every interval (docs/retention.md); the lease lets one replica at a time
         yield
+        await purges.stop()
         await region.live.close()
         if close_region_on_shutdown:
             region.close()

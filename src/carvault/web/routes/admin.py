@@ -10,3 +10,6 @@ from fastapi import APIRouter
 
 router = APIRouter(prefix="/api/v1/admin")
 # Area routers are added here, one line each: router.include_router(<module>.router)
+from carvault.web.routes import admin_retention  # noqa: E402
+
+router.include_router(admin_retention.router)

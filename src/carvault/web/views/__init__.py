@@ -9,6 +9,7 @@ from carvault.web.views import (
     account,
     base,
     consent,
+    console,
     deletion,
     developers,
     downloads,
@@ -32,3 +33,4 @@ def install(app: FastAPI) -> None:
     """Add the portal's pages, static files and error pages to an app."""
     base.install(app)
     app.include_router(router)
+    console.install(app)  # issue 11: the operator console under /console (its own log-in, nav by role)

@@ -1,0 +1,776 @@
+"""Retention: each category's period (``signals.CATEGORIES[..].retention_days``) enforced by a purge.
+
+The rule, decided in docs/retention.md:
+
+- A batch is signed by the car as a whole, so it is erased as a whole: once the *longest* period among the
+  categories it carries has run out after its last sample (``t1 + longest < now``), its evidence bytes are
+  zeroed in place and fsynced, and its index row, query copy, events, camera frames and the incident packages
+  and portability bundles holding it go too, exactly as a deletion erases. Its transparency-log leaf stays, so
+  checkpoints, inclusion proofs of the other batches and consistency proofs still verify.
+- Before that, a category whose own period has ended is *withheld*: reads serve no sample of it older than its
+  cutoff (store/telemetry.py applies the cutoffs each run publishes), and the batch's query copy is rewritten
+  without the column. Its bytes stay inside the signed evidence until the whole batch expires.
+- Vehicles under a legal hold are skipped (recorded with the hold's id) and purged by the first run after the
+  hold is released.
+- Each run is recorded in ``retention_runs`` with a record signed by the region's log key, and audited: the
+  region chain for the run, each affected owner's chain for their vehicles. A dry run plans and counts the
+  same, changes nothing and says so.
+- One purge at a time across replicas (a lease row in the metadata DB). An erased batch's row is swapped for a
+  ``retention_erasures`` row in one transaction before any byte is touched, so a run killed midway leaves
+  work the next run finishes, and reads never meet half-erased bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
+from carvault.compliance.deletion import overwrite, signed_record
+from carvault.errors import CarVaultError, NotFound, RetentionRunning
+from carvault.ingest.frames import FrameStore
+from carvault.protocol import payload_view
+from carvault.signals import CATEGORIES, Catalogue
+from carvault.store.derived import DerivedCopies
+from carvault.store.metadata import (
+    BatchRecord,
+    Database,
+    IncidentPackage,
+    LegalHold,
+    PortabilityBundle,
+    RetentionErasure,
+    RetentionLease,
+    RetentionRun,
+    RetentionWithheld,
+    Vehicle,
+    VehicleEvent,
+    now_ms,
+    rowcount,
+)
+from carvault.store.segments import SegmentReader
+from carvault.store.tables import FrameRecord
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+RECORD_CONTEXT = b"carvault-retention-record-v1\n"
+LEASE_NAME = "purge"
+LEASE_MS = 10 * 60_000  # a lease outliving its holder (a killed run) frees itself after this
+CUTOFF_CACHE_S = 5.0  # how stale the read path's cutoffs may be (another replica's run shows within this)
+SCHEDULER_ACTOR = Actor("system", "retention")
+
+
+def period_ms(category: str) -> int:
+    """A category's retention period in milliseconds (the one home of the days is ``signals.CATEGORIES``)."""
+    return CATEGORIES[category].retention_days * DAY_MS
+
+
+def cutoffs_at(now: int) -> dict[str, int]:
+    """Per category, the time before which its samples are past their period at ``now``."""
+    return {name: now - period_ms(name) for name in CATEGORIES}
+
+
+def categories_of(catalogue: Catalogue, columns: Iterable[str]) -> frozenset[str]:
+    """The categories of the signal columns a batch carries (``t`` and unknown names carry none)."""
+    return frozenset(s.category for c in columns if (s := catalogue.get(c)) is not None)
+
+
+def longest_ms(categories: Iterable[str]) -> int:
+    """How long a batch carrying these categories is kept: the longest of their periods (all, if none known)."""
+    return max((period_ms(c) for c in categories), default=max(period_ms(c) for c in CATEGORIES))
+
+
+@dataclass(frozen=True)
+class BatchAction:
+    """One batch a plan touches: where it is, what it carries, and what the plan does with it."""
+
+    batch_id: int
+    vin: str
+    seq: int
+    batch_hash: str
+    t0: int
+    t1: int
+    segment: str
+    offset: int
+    length: int
+    categories: frozenset[str]
+    withhold: frozenset[str] = frozenset()  # newly past their period (withheld batches only)
+    hold_id: int | None = None  # skipped because of this legal hold
+
+
+@dataclass
+class Plan:
+    """What a run at ``now_ms`` erases, withholds and skips."""
+
+    now_ms: int
+    cutoffs: dict[str, int]
+    erase: list[BatchAction] = field(default_factory=list)
+    withhold: list[BatchAction] = field(default_factory=list)
+    held: list[BatchAction] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts of batches per action (what ``policy`` and a dry run's caller see before any byte is read)."""
+        return {
+            "now_ms": self.now_ms,
+            "batches_to_erase": len(self.erase),
+            "batches_to_withhold": len(self.withhold),
+            "batches_held": len(self.held),
+            "holds": sorted({a.hold_id for a in self.held if a.hold_id is not None}),
+        }
+
+
+@dataclass
+class Counts:
+    """Per category figures of one run."""
+
+    erased_batches: int = 0
+    erased_samples: int = 0
+    erased_bytes: int = 0  # the category's compressed column bytes inside the erased evidence
+    withheld_batches: int = 0
+    withheld_samples: int = 0
+    withheld_bytes: int = 0  # compressed bytes of the withheld columns, still inside kept evidence
+    held_batches: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """The figures as the purge record states them."""
+        return dict(self.__dict__)
+
+
+def column_figures(raw: bytes) -> dict[str, tuple[int, int]]:
+    """Per column of a stored batch: (non-null samples, compressed bytes), from the Parquet footer.
+
+    The footer's statistics give the null counts; a column written without them is decoded to count.
+    """
+    pf = pq.ParquetFile(pa.BufferReader(payload_view(raw)))
+    md = pf.metadata
+    out: dict[str, list[int]] = {}
+    undecided: set[str] = set()
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        for i in range(rg.num_columns):
+            col = rg.column(i)
+            name = col.path_in_schema
+            figures = out.setdefault(name, [0, 0])
+            figures[1] += col.total_compressed_size
+            stats = col.statistics
+            if stats is not None and stats.has_null_count:
+                figures[0] += col.num_values - stats.null_count
+            else:
+                undecided.add(name)
+    if undecided:
+        table = pf.read(columns=sorted(undecided), use_threads=False)
+        for name in undecided:
+            column = table.column(name)
+            out[name][0] = len(column) - column.null_count
+    return {name: (v[0], v[1]) for name, v in out.items()}
+
+
+class Retention:
+    """Plans and runs retention purges of one region, and publishes the cutoffs the read path applies."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalogue: Catalogue,
+        audit: AuditLog,
+        *,
+        segments: SegmentReader,
+        derived: DerivedCopies,
+        frames: FrameStore,
+        data_dir: Path,
+        region: str,
+        log_key: Ed25519PrivateKey,
+        log_vkey: str,
+        interval_s: int = 3600,
+    ) -> None:
+        self.db = db
+        self.catalogue = catalogue
+        self.audit = audit
+        self.segments = segments
+        self.derived = derived
+        self.frames = frames
+        self.data_dir = data_dir
+        self.region = region
+        self.log_key = log_key
+        self.log_vkey = log_vkey
+        self.interval_s = interval_s
+        self._cached: tuple[float, dict[str, int]] = (-1.0, {})
+        self._cache_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the read side
+    def category_cutoffs(self) -> dict[str, int]:
+        """Per category, the cutoff the latest real run published (empty before the first run)."""
+        with self.db.session() as s:
+            text = s.scalar(
+                select(RetentionRun.cutoffs)
+                .where(RetentionRun.dry_run.is_(False))
+                .order_by(RetentionRun.id.desc())
+                .limit(1)
+            )
+        return {k: int(v) for k, v in json.loads(text).items()} if text else {}
+
+    def withheld(self) -> dict[str, int]:
+        """Per signal path, the time before which its samples are withheld (cached for a few seconds)."""
+        at, cached = self._cached
+        if time.monotonic() - at < CUTOFF_CACHE_S:
+            return cached
+        cut = self.category_cutoffs()
+        paths = {s.path: cut[s.category] for s in self.catalogue if s.category in cut}
+        with self._cache_lock:
+            self._cached = (time.monotonic(), paths)
+        return paths
+
+    def forget_cutoffs(self) -> None:
+        """Drop the cached cutoffs (a run in this process publishes new ones)."""
+        with self._cache_lock:
+            self._cached = (-1.0, {})
+
+    # ------------------------------------------------------------------ planning
+    def _holds(self) -> dict[str, int]:
+        """VIN → the id of a legal hold in force on it."""
+        with self.db.session() as s:
+            rows = s.execute(select(LegalHold.vin, LegalHold.id).where(LegalHold.released_ms.is_(None))).all()
+        return {r.vin: r.id for r in rows}
+
+    def plan(self, now: int | None = None) -> Plan:
+        """What a run at ``now`` would do: batches to erase, to withhold, and skipped under a hold.
+
+        Batches are grouped by their column set (few distinct sets), so each group's longest period and each
+        category's cutoff are one indexed range query, not a scan in Python of every batch.
+        """
+        now = now_ms() if now is None else now
+        plan = Plan(now, cutoffs_at(now))
+        holds = self._holds()
+        with self.db.session() as s:
+            column_sets = list(s.scalars(select(BatchRecord.columns).distinct()))
+        for columns in column_sets:
+            cats = categories_of(self.catalogue, columns.split(","))
+            keep_until = now - longest_ms(cats)  # batches ending before this have outlived every category
+            for row in self._rows(columns, BatchRecord.t1 < keep_until):
+                hold = holds.get(row.vin)
+                action = self._action(row, cats, hold_id=hold)
+                (plan.held if hold is not None else plan.erase).append(action)
+            shorter = {c: plan.cutoffs[c] for c in cats if plan.cutoffs[c] > keep_until}
+            if not shorter:
+                continue
+            full = json.dumps(sorted(shorter))
+            rows = self._rows(
+                columns,
+                BatchRecord.t1 >= keep_until,
+                BatchRecord.t1 < max(shorter.values()),
+                withheld=True,
+            )
+            for row in rows:
+                marked = row.categories
+                if marked == full:
+                    continue
+                due = frozenset(c for c, cut in shorter.items() if row.t1 < cut)
+                new = due - frozenset(json.loads(marked) if marked else ())
+                if not new:
+                    continue
+                hold = holds.get(row.vin)
+                action = self._action(row, cats, withhold=new, hold_id=hold)
+                (plan.held if hold is not None else plan.withhold).append(action)
+        return plan
+
+    def _rows(self, columns: str, *where: Any, withheld: bool = False) -> list[Any]:
+        q = select(
+            BatchRecord.id,
+            BatchRecord.vin,
+            BatchRecord.seq,
+            BatchRecord.batch_hash,
+            BatchRecord.t0,
+            BatchRecord.t1,
+            BatchRecord.segment,
+            BatchRecord.offset,
+            BatchRecord.length,
+        ).where(BatchRecord.columns == columns, *where)
+        if withheld:
+            q = q.add_columns(RetentionWithheld.categories).outerjoin(
+                RetentionWithheld, RetentionWithheld.batch_id == BatchRecord.id
+            )
+        with self.db.session() as s:
+            rows = s.execute(q.order_by(BatchRecord.id)).all()
+        return list(rows)
+
+    @staticmethod
+    def _action(
+        row: Any, cats: frozenset[str], *, withhold: frozenset[str] = frozenset(), hold_id: int | None
+    ) -> BatchAction:
+        return BatchAction(
+            batch_id=row.id,
+            vin=row.vin,
+            seq=row.seq,
+            batch_hash=row.batch_hash,
+            t0=row.t0,
+            t1=row.t1,
+            segment=row.segment,
+            offset=row.offset,
+            length=row.length,
+            categories=cats,
+            withhold=withhold,
+            hold_id=hold_id,
+        )
+
+    # ------------------------------------------------------------------ the lease
+    def _acquire(self, holder: str) -> None:
+        """Take the one purge lease, or ``RetentionRunning`` when a live holder has it."""
+        now = now_ms()
+        with self.db.session() as s:
+            taken = rowcount(
+                s.execute(
+                    update(RetentionLease)
+                    .where(RetentionLease.name == LEASE_NAME, RetentionLease.expires_ms < now)
+                    .values(holder=holder, expires_ms=now + LEASE_MS)
+                )
+            )
+        if taken:
+            return
+        try:
+            with self.db.session() as s:
+                s.add(RetentionLease(name=LEASE_NAME, holder=holder, expires_ms=now + LEASE_MS))
+        except IntegrityError:
+            raise RetentionRunning("a retention purge is already running; try again when it has finished") from None
+
+    def _renew(self, holder: str) -> None:
+        with self.db.session() as s:
+            s.execute(
+                update(RetentionLease)
+                .where(RetentionLease.name == LEASE_NAME, RetentionLease.holder == holder)
+                .values(expires_ms=now_ms() + LEASE_MS)
+            )
+
+    def _release(self, holder: str) -> None:
+        with self.db.session() as s:
+            s.execute(delete(RetentionLease).where(RetentionLease.name == LEASE_NAME, RetentionLease.holder == holder))
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        *,
+        dry_run: bool = False,
+        now: int | None = None,
+        actor: Actor = SCHEDULER_ACTOR,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RetentionRun:
+        """Plan and carry out a purge (or, dry, only count it); return its signed run record.
+
+        ``RetentionRunning`` if another run holds the lease. ``progress(done, total)`` is called per batch.
+        """
+        now = now_ms() if now is None else now
+        holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if not dry_run:
+            self._acquire(holder)
+        try:
+            run = RetentionRun(
+                started_ms=now_ms(),
+                now_ms=now,
+                dry_run=dry_run,
+                actor=str(actor),
+                status="running",
+                cutoffs=json.dumps(cutoffs_at(now), sort_keys=True),
+            )
+            with self.db.session() as s:
+                s.add(run)
+            if not dry_run:
+                self.forget_cutoffs()  # reads withhold by the new cutoffs from now on, before any copy changes
+            try:
+                return self._carry_out(run, holder, actor, progress)
+            except Exception as e:
+                with self.db.session() as s:
+                    s.execute(
+                        update(RetentionRun)
+                        .where(RetentionRun.id == run.id)
+                        .values(status="failed", finished_ms=now_ms(), error=f"{type(e).__name__}: {e}"[:2000])
+                    )
+                raise
+        finally:
+            if not dry_run:
+                self._release(holder)
+
+    def _carry_out(
+        self, run: RetentionRun, holder: str, actor: Actor, progress: Callable[[int, int], None] | None
+    ) -> RetentionRun:
+        finished_earlier = 0 if run.dry_run else self._finish_pending()
+        plan = self.plan(run.now_ms)
+        counts = {c: Counts() for c in CATEGORIES}
+        errors: list[dict[str, Any]] = []
+        per_vin: dict[str, dict[str, Any]] = {}
+        totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
+        total = len(plan.erase) + len(plan.withhold)
+        done = 0
+        for a in plan.erase:
+            try:
+                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
+                self._count(counts, figures, a.categories, erased=True)
+                if not run.dry_run and self._erase(a, run.id, totals):
+                    self._note(per_vin, a, "erased", a.categories)
+            except (OSError, CarVaultError, pa.ArrowException) as e:
+                errors.append({"vin": a.vin, "seq": a.seq, "error": f"{type(e).__name__}: {e}"[:300]})
+            done += 1
+            if progress:
+                progress(done, total)
+            if not run.dry_run and done % 200 == 0:
+                self._renew(holder)
+        for a in plan.withhold:
+            try:
+                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
+                self._count(counts, figures, a.withhold, erased=False)
+                if not run.dry_run:
+                    self._withhold(a, totals)
+                    self._note(per_vin, a, "withheld", a.withhold)
+            except (OSError, CarVaultError, pa.ArrowException) as e:
+                errors.append({"vin": a.vin, "seq": a.seq, "error": f"{type(e).__name__}: {e}"[:300]})
+            done += 1
+            if progress:
+                progress(done, total)
+            if not run.dry_run and done % 200 == 0:
+                self._renew(holder)
+        held: dict[str, set[int]] = {}
+        for a in plan.held:
+            for c in a.withhold or a.categories:
+                counts[c].held_batches += 1
+            held.setdefault(a.vin, set()).add(a.hold_id or 0)
+        finished = now_ms()
+        summary = {
+            "categories": {
+                c: {"retention_days": CATEGORIES[c].retention_days, "cutoff_ms": plan.cutoffs[c], **counts[c].to_json()}
+                for c in CATEGORIES
+            },
+            "batches_erased": sum(1 for v in per_vin.values() for _ in v.get("erased_seqs", ())),
+            "batches_withheld": sum(1 for v in per_vin.values() for _ in v.get("withheld_seqs", ())),
+            "batches_planned": {"erase": len(plan.erase), "withhold": len(plan.withhold), "held": len(plan.held)},
+            "skipped_by_hold": [{"vin": v, "holds": sorted(h)} for v, h in sorted(held.items())],
+            "vehicles_affected": len(per_vin),
+            "finished_from_earlier_runs": finished_earlier,
+            **totals,
+            "errors": errors,
+        }
+        body = {
+            "run_id": run.id,
+            "region": self.region,
+            "dry_run": run.dry_run,
+            "actor": run.actor,
+            "now_ms": run.now_ms,
+            "started_ms": run.started_ms,
+            "finished_ms": finished,
+            "legal_basis": STORAGE_LIMITATION,
+            **summary,
+        }
+        record = signed_record(body, RECORD_CONTEXT, self.log_key, self.log_vkey)
+        with self.db.session() as s:
+            row = s.get(RetentionRun, run.id)
+            assert row is not None
+            row.status, row.finished_ms = "done", finished
+            row.summary, row.record = json.dumps(summary, sort_keys=True), json.dumps(record, sort_keys=True)
+            run = row
+        self._audit(run, actor, summary, per_vin)
+        return run
+
+    def _count(
+        self, counts: dict[str, Counts], figures: Mapping[str, tuple[int, int]], cats: Iterable[str], *, erased: bool
+    ) -> None:
+        """Add one batch's samples and bytes of ``cats`` to the run's per category figures."""
+        wanted = set(cats)
+        by_cat: dict[str, list[int]] = {c: [0, 0] for c in wanted}
+        for name, (samples, size) in figures.items():
+            sig = self.catalogue.get(name)
+            if sig is None or sig.category not in wanted:
+                continue
+            by_cat[sig.category][0] += samples
+            by_cat[sig.category][1] += size
+        for c, (samples, size) in by_cat.items():
+            k = counts[c]
+            if erased:
+                k.erased_batches, k.erased_samples, k.erased_bytes = (
+                    k.erased_batches + 1,
+                    k.erased_samples + samples,
+                    k.erased_bytes + size,
+                )
+            else:
+                k.withheld_batches, k.withheld_samples, k.withheld_bytes = (
+                    k.withheld_batches + 1,
+                    k.withheld_samples + samples,
+                    k.withheld_bytes + size,
+                )
+
+    @staticmethod
+    def _note(per_vin: dict[str, dict[str, Any]], a: BatchAction, what: str, cats: Iterable[str]) -> None:
+        entry = per_vin.setdefault(a.vin, {})
+        entry.setdefault(f"{what}_seqs", []).append(a.seq)
+        entry.setdefault(f"{what}_categories", set()).update(cats)
+
+    # ------------------------------------------------------------------ erasing
+    def _erase(self, a: BatchAction, run_id: int, totals: dict[str, int]) -> bool:
+        """Swap the batch's row for an erasure row (one transaction), then erase; False if another run did."""
+        with self.db.session() as s:
+            held = s.scalar(
+                select(LegalHold.id).where(LegalHold.vin == a.vin, LegalHold.released_ms.is_(None)).limit(1)
+            )
+            if held is not None:  # placed since the plan: the hold wins
+                return False
+            files: list[str] = []
+            frames = list(
+                s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+            )
+            files += [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
+            files += self._copies(s, a)
+            gone = rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id)))
+            if not gone:
+                return False
+            s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+            s.execute(delete(VehicleEvent).where(VehicleEvent.vin == a.vin, VehicleEvent.batch_seq == a.seq))
+            s.execute(delete(RetentionWithheld).where(RetentionWithheld.batch_id == a.batch_id))
+            s.add(
+                RetentionErasure(
+                    batch_id=a.batch_id,
+                    run_id=run_id,
+                    vin=a.vin,
+                    batch_hash=a.batch_hash,
+                    segment=a.segment,
+                    offset=a.offset,
+                    length=a.length,
+                    files=json.dumps(files),
+                )
+            )
+        totals["frames_erased"] += len(frames)
+        totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
+        self._finish(a.batch_id, totals)
+        return True
+
+    def _copies(self, s: Any, a: BatchAction) -> list[str]:
+        """Files holding a copy of this batch's bytes or samples: incident packages over its span, bundles naming it.
+
+        The package rows go in the caller's transaction; the files are removed when the erasure finishes.
+        """
+        pkgs = list(
+            s.scalars(
+                select(IncidentPackage).where(
+                    IncidentPackage.vin == a.vin, IncidentPackage.start_ms <= a.t1, IncidentPackage.end_ms > a.t0
+                )
+            )
+        )
+        files = [f"packages/{p.file_name}" for p in pkgs]
+        for p in pkgs:
+            s.delete(p)
+        for name, hashes in s.execute(
+            select(PortabilityBundle.file_name, PortabilityBundle.batch_hashes).where(PortabilityBundle.vin == a.vin)
+        ).all():
+            if a.batch_hash in json.loads(hashes or "[]"):
+                files.append(f"portability/{name}")
+        return files
+
+    def _finish(self, batch_id: int, totals: dict[str, int]) -> None:
+        """Erase what an erasure row names (idempotent: zeroing twice or unlinking a gone file is harmless)."""
+        with self.db.session() as s:
+            e = s.get(RetentionErasure, batch_id)
+        if e is None:
+            return
+        totals["query_copy_bytes_removed"] += self.derived.delete(e.vin, e.batch_hash)
+        for name in json.loads(e.files):
+            (self.data_dir / name).unlink(missing_ok=True)
+        totals["bytes_overwritten"] += overwrite(self.segments.directory / e.segment, e.offset, e.length)
+        with self.db.session() as s:
+            s.execute(delete(RetentionErasure).where(RetentionErasure.batch_id == batch_id))
+
+    def _finish_pending(self) -> int:
+        """Finish erasures a killed run left; return how many."""
+        with self.db.session() as s:
+            ids = list(s.scalars(select(RetentionErasure.batch_id).order_by(RetentionErasure.batch_id)))
+        scratch = {"query_copy_bytes_removed": 0, "bytes_overwritten": 0}
+        for batch_id in ids:
+            self._finish(batch_id, scratch)
+        return len(ids)
+
+    # ------------------------------------------------------------------ withholding
+    def _withhold(self, a: BatchAction, totals: dict[str, int]) -> None:
+        """Mark the batch's newly expired categories and rewrite its query copy without their columns."""
+        with self.db.session() as s:
+            mark = s.get(RetentionWithheld, a.batch_id)
+            before = set(json.loads(mark.categories)) if mark else set()
+            cats = json.dumps(sorted(before | a.withhold))
+            if mark is None:
+                s.add(RetentionWithheld(batch_id=a.batch_id, vin=a.vin, categories=cats))
+            else:
+                mark.categories = cats
+            files = self._copies(s, a)  # packages over this span hold the withheld samples in readable form
+        for name in files:
+            (self.data_dir / name).unlink(missing_ok=True)
+        totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
+        copy = self.derived.read(a.vin, a.batch_hash)
+        if copy is None:
+            return  # the next read rebuilds it, already without the withheld columns
+        gone = [c for c in copy.column_names if (sig := self.catalogue.get(c)) and sig.category in a.withhold]
+        if not gone:
+            return
+        before_size = self.derived.path(a.vin, a.batch_hash).stat().st_size
+        self.derived.write(a.vin, a.batch_hash, copy.drop_columns(gone))
+        with contextlib.suppress(FileNotFoundError):
+            totals["query_copy_bytes_removed"] += max(
+                0, before_size - self.derived.path(a.vin, a.batch_hash).stat().st_size
+            )
+
+    # ------------------------------------------------------------------ records
+    def _audit(self, run: RetentionRun, actor: Actor, summary: dict[str, Any], per_vin: dict[str, Any]) -> None:
+        """The run in the region chain; each affected vehicle in its owner's chain."""
+        self.audit.record(
+            owner_id=None,
+            actor=actor,
+            action=AuditAction.RETENTION_RUN,
+            legal_basis=STORAGE_LIMITATION,
+            detail={
+                "run_id": run.id,
+                "dry_run": run.dry_run,
+                "batches_erased": summary["batches_erased"],
+                "batches_withheld": summary["batches_withheld"],
+                "vehicles_affected": summary["vehicles_affected"],
+                "errors": len(summary["errors"]),
+            },
+        )
+        if run.dry_run or not per_vin:
+            return
+        with self.db.session() as s:
+            owners = dict(s.execute(select(Vehicle.vin, Vehicle.owner_id).where(Vehicle.vin.in_(list(per_vin)))).all())
+        for vin, entry in sorted(per_vin.items()):
+            erased, withheld = entry.get("erased_seqs", []), entry.get("withheld_seqs", [])
+            self.audit.record(
+                owner_id=owners.get(vin),
+                vin=vin,
+                actor=actor,
+                action=AuditAction.RETENTION_PURGE,
+                legal_basis=STORAGE_LIMITATION,
+                detail={
+                    "run_id": run.id,
+                    "batches_erased": len(erased),
+                    "erased_seqs": _ranges(erased),
+                    "erased_categories": sorted(entry.get("erased_categories", ())),
+                    "batches_withheld": len(withheld),
+                    "withheld_categories": sorted(entry.get("withheld_categories", ())),
+                },
+            )
+
+    def runs(self, limit: int = 50) -> list[RetentionRun]:
+        """Recent runs, newest first."""
+        with self.db.session() as s:
+            return list(s.scalars(select(RetentionRun).order_by(RetentionRun.id.desc()).limit(max(1, min(limit, 500)))))
+
+    def get(self, run_id: int) -> RetentionRun:
+        """One run, or ``NotFound``."""
+        with self.db.session() as s:
+            run = s.get(RetentionRun, run_id)
+        if run is None:
+            raise NotFound(f"no retention run {run_id}", run_id=run_id)
+        return run
+
+    def policy(self, now: int | None = None) -> dict[str, Any]:
+        """The periods per category, the cutoffs in force, the last run and when the next one is due."""
+        now = now_ms() if now is None else now
+        with self.db.session() as s:
+            last = s.scalar(
+                select(RetentionRun)
+                .where(RetentionRun.dry_run.is_(False), RetentionRun.status == "done")
+                .order_by(RetentionRun.id.desc())
+                .limit(1)
+            )
+        in_force = self.category_cutoffs()
+        next_due = None
+        if self.interval_s > 0:
+            next_due = (last.finished_ms or last.started_ms) + self.interval_s * 1000 if last else now
+        return {
+            "region": self.region,
+            "interval_s": self.interval_s,
+            "scheduler": "on" if self.interval_s > 0 else "off",
+            "last_run": run_json(last) if last else None,
+            "next_due_ms": next_due,
+            "categories": [
+                {
+                    "category": c.name,
+                    "title": c.title,
+                    "privacy": c.privacy.value,
+                    "retention_days": c.retention_days,
+                    "withheld_before_ms": in_force.get(c.name),
+                    "signals": sum(1 for sig in self.catalogue if sig.category == c.name),
+                }
+                for c in CATEGORIES.values()
+            ],
+        }
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """Sorted sequence numbers as [first, last] runs (a vehicle's audit entry stays short)."""
+    out: list[list[int]] = []
+    for n in sorted(seqs):
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return out
+
+
+def run_json(run: RetentionRun) -> dict[str, Any]:
+    """A run as the API shows it: its figures and its signed record."""
+    return {
+        "id": run.id,
+        "status": run.status,
+        "dry_run": bool(run.dry_run),
+        "actor": run.actor,
+        "now_ms": run.now_ms,
+        "started_ms": run.started_ms,
+        "finished_ms": run.finished_ms,
+        "summary": json.loads(run.summary or "{}"),
+        "record": json.loads(run.record) if run.record else None,
+        "error": run.error,
+    }
+
+
+class RetentionScheduler:
+    """The in-process scheduler: a purge every ``interval_s`` seconds, in a worker thread (0 = off).
+
+    Every replica runs one; the lease lets one purge at a time, and a replica finding it taken waits for its
+    next turn. The first run comes one interval after start, not at start (a restart loop never purges in a loop).
+    """
+
+    def __init__(self, retention: Retention, interval_s: int) -> None:
+        self.retention = retention
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop on the running event loop (nothing when the interval is 0)."""
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="retention-scheduler")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.retention.run)
+            except RetentionRunning:
+                continue
+            except CarVaultError as e:  # a store failure: logged, tried again next interval
+                log.warning("retention purge failed: %s", e.message)
+
+    async def stop(self) -> None:
+        """Cancel the loop (a purge already in its thread finishes on its own; its lease expires if killed)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

@@ -1,0 +1,295 @@
+"""Retention from the outside: withheld before erased, erased as deletion erases, holds, dry runs, crashes, races."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+from sqlalchemy import select
+
+from carvault.compliance.retention import DAY_MS, RECORD_CONTEXT, period_ms
+from carvault.errors import RetentionRunning
+from carvault.ledger import merkle
+from carvault.ledger.checkpoint import parse_checkpoint, parse_vkey, verify_checkpoint
+from carvault.region import Region
+from carvault.signals import CATEGORIES
+from carvault.store.metadata import BatchRecord, RetentionErasure
+from carvault.vehicle.agent import VehicleAgent
+from carvault.vehicle.identity import VehicleIdentity
+from tests.conftest import OwnerClient
+from tests.factories import BASE_MS, drive_table
+
+SPEED = "Vehicle.Speed"  # driving_dynamics: 3 years
+VOLTAGE = "Vehicle.LowVoltageBattery.CurrentVoltage"  # body: 1 year
+PATHS = [SPEED, VOLTAGE]
+LATER_MS = BASE_MS + 30 * DAY_MS  # a batch a month younger than the first ones
+
+# Times of the runs, from the periods themselves (signals.CATEGORIES is their one home).
+BODY_GONE = BASE_MS + period_ms("body") + 2 * DAY_MS  # body withheld; nothing erased yet
+ALL_GONE = BASE_MS + period_ms("driving_dynamics") + 2 * DAY_MS  # the first batches erased; LATER's kept
+
+
+def _upload(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> None:
+    """Two one-minute batches at BASE_MS and one a month later, all carrying SPEED and VOLTAGE; claimed by owner."""
+    agent.record(drive_table(BASE_MS, seconds=120, paths=PATHS), batch_seconds=60)
+    agent.record(drive_table(LATER_MS, seconds=60, paths=PATHS, seed=1), batch_seconds=60)
+    agent.upload_pending()
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
+    assert r.status_code == 201, r.text
+
+
+def _records(region: Region, vin: str) -> list[BatchRecord]:
+    with region.db.session() as s:
+        return list(s.scalars(select(BatchRecord).where(BatchRecord.vin == vin).order_by(BatchRecord.seq)))
+
+
+def _bytes_of(region: Region, rec: BatchRecord) -> bytes:
+    with open(region.settings.data_dir / "segments" / rec.segment, "rb") as f:
+        f.seek(rec.offset)
+        return f.read(rec.length)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under a folder (what a dry run must leave as it was)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def _read(region: Region, vin: str, start: int, end: int) -> pa.Table:
+    return region.telemetry.window(vin, start, end, [region.catalogue[p] for p in PATHS])
+
+
+def _verify_record(record: dict) -> None:
+    body = {k: v for k, v in record.items() if k not in ("signature", "signed_by")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    parse_vkey(record["signed_by"]).public_key.verify(base64.b64decode(record["signature"]), RECORD_CONTEXT + canonical)
+
+
+def test_a_category_is_withheld_before_its_batch_is_erased(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    recs = _records(region, vehicle.vin)
+    before = _read(region, vehicle.vin, BASE_MS, BASE_MS + 120_000)  # builds the query copies
+    assert before.column(VOLTAGE).null_count < before.num_rows
+    evidence = [_bytes_of(region, r) for r in recs]
+    voltage_samples = before.num_rows - before.column(VOLTAGE).null_count
+
+    run = region.retention.run(now=BODY_GONE)
+    summary = json.loads(run.summary)
+    body = summary["categories"]["body"]
+    assert body["withheld_batches"] == 2 and body["withheld_samples"] == voltage_samples
+    assert body["erased_batches"] == 0 and summary["batches_erased"] == 0
+    assert summary["categories"]["driving_dynamics"]["withheld_batches"] == 0
+
+    # Reads withhold the expired category (owner API included); the other category is served whole.
+    after = _read(region, vehicle.vin, BASE_MS, BASE_MS + 120_000)
+    assert after.column(VOLTAGE).null_count == after.num_rows
+    assert after.column(SPEED).to_pylist() == before.column(SPEED).to_pylist()
+    r = http.get(
+        f"/api/v1/vehicles/{vehicle.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 120_000, "signals": VOLTAGE},
+    )
+    assert r.status_code == 200 and r.json()["rows"] > 0
+    assert set(r.json()["signals"][VOLTAGE]) == {None}
+    # The query copies lost the column; the batch a month younger is untouched; evidence bytes stay whole.
+    for rec in recs[:2]:
+        copy = region.derived.read(vehicle.vin, rec.batch_hash)
+        assert copy is None or VOLTAGE not in copy.column_names
+    young = _read(region, vehicle.vin, LATER_MS, LATER_MS + 60_000)
+    assert young.column(VOLTAGE).null_count < young.num_rows
+    assert [_bytes_of(region, r) for r in recs] == evidence
+    # A copy rebuilt from the evidence leaves the column out too.
+    region.derived.delete(vehicle.vin, recs[0].batch_hash)
+    _read(region, vehicle.vin, BASE_MS, BASE_MS + 60_000)
+    rebuilt = region.derived.read(vehicle.vin, recs[0].batch_hash)
+    assert rebuilt is not None and VOLTAGE not in rebuilt.column_names
+    # Nothing more to withhold at the same time.
+    again = json.loads(region.retention.run(now=BODY_GONE).summary)
+    assert again["batches_withheld"] == 0 and again["categories"]["body"]["withheld_batches"] == 0
+
+
+def test_purge_erases_expired_batches_and_the_log_stays_consistent(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    recs = _records(region, vehicle.vin)
+    _read(region, vehicle.vin, BASE_MS, LATER_MS + 60_000)
+    assert all(region.derived.path(vehicle.vin, r.batch_hash).exists() for r in recs)
+    old_checkpoint = region.log.checkpoint()
+
+    run = region.retention.run(now=ALL_GONE)
+    assert run.status == "done" and not run.dry_run
+    summary = json.loads(run.summary)
+    dd = summary["categories"]["driving_dynamics"]
+    assert summary["batches_erased"] == 2 and dd["erased_batches"] == 2 and dd["erased_samples"] > 0
+    assert summary["categories"]["body"]["erased_batches"] == 2
+    assert summary["bytes_overwritten"] == recs[0].length + recs[1].length
+
+    # Erased like a deletion: zeroed bytes, index rows and query copies gone; the younger batch kept whole.
+    for rec in recs[:2]:
+        assert _bytes_of(region, rec) == bytes(rec.length)
+        assert not region.derived.path(vehicle.vin, rec.batch_hash).exists()
+    assert [r.seq for r in _records(region, vehicle.vin)] == [recs[2].seq]
+    assert _read(region, vehicle.vin, BASE_MS, BASE_MS + 120_000).num_rows == 0
+    assert _read(region, vehicle.vin, LATER_MS, LATER_MS + 60_000).num_rows == 600
+
+    # The log keeps every leaf: the old checkpoint is a prefix of a newer one, and the kept batch is provable.
+    agent.record(drive_table(LATER_MS + 120_000, seconds=60, paths=PATHS, seed=2), batch_seconds=60)
+    agent.upload_pending()
+    new_checkpoint = region.log.checkpoint()
+    vkey = parse_vkey(region.log.vkey)
+    old = verify_checkpoint(old_checkpoint, vkey.public_key, vkey.name)
+    new = verify_checkpoint(new_checkpoint, vkey.public_key, vkey.name)
+    assert new.size > old.size
+    merkle.verify_consistency(old.size, new.size, old.root, new.root, region.log.consistency_proof(old.size, new.size))
+    kept = recs[2]
+    assert kept.leaf_hash is not None and kept.log_index is not None
+    proof = region.log.inclusion_proof(kept.log_index, new.size)
+    merkle.verify_inclusion(kept.leaf_hash, kept.log_index, new.size, proof, new.root)
+    erased = recs[0]  # its leaf is still in the tree, so every proof around it still holds
+    assert erased.leaf_hash is not None and erased.log_index is not None
+    merkle.verify_inclusion(
+        erased.leaf_hash, erased.log_index, new.size, region.log.inclusion_proof(erased.log_index, new.size), new.root
+    )
+
+    # The record is signed by the region's log key; the run and the purge are audited.
+    record = json.loads(run.record or "{}")
+    _verify_record(record)
+    assert record["run_id"] == run.id and record["batches_erased"] == 2
+    events = http.get("/api/v1/audit", headers=owner.headers).json()["events"]
+    purge = [e for e in events if e["action"] == "retention.purge"]
+    assert len(purge) == 1 and purge[0]["vin"] == vehicle.vin
+    assert purge[0]["detail"]["batches_erased"] == 2 and purge[0]["legal_basis"].startswith("storage limitation")
+    assert region.audit.verify_chain(owner.owner_id) > 0
+    region_events = [e.action for e in region.audit.list(None, limit=1000)]  # type: ignore[arg-type]
+    assert "retention.run" in region_events
+
+    # Idempotent: the next run finds nothing more to do.
+    again = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert again["batches_erased"] == 0 and again["errors"] == [] and again["bytes_overwritten"] == 0
+
+
+def test_a_legal_hold_keeps_the_data_until_it_is_released(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    recs = _records(region, vehicle.vin)
+    hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 123")
+    summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert summary["batches_erased"] == 0
+    assert summary["skipped_by_hold"] == [{"vin": vehicle.vin, "holds": [hold.id]}]
+    assert summary["categories"]["driving_dynamics"]["held_batches"] == 2
+    assert len(_records(region, vehicle.vin)) == 3 and _bytes_of(region, recs[0]) != bytes(recs[0].length)
+
+    region.deletions.release_hold(hold.id)
+    summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert summary["batches_erased"] == 2 and summary["skipped_by_hold"] == []
+    assert _bytes_of(region, recs[0]) == bytes(recs[0].length)
+
+
+def test_a_dry_run_plans_the_same_and_changes_nothing(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    _read(region, vehicle.vin, BASE_MS, LATER_MS + 60_000)
+    stores = region.settings.data_dir
+    files = {d: _tree(stores / d) for d in ("segments", "derived", "log")}
+    dry = region.retention.run(now=ALL_GONE, dry_run=True)
+    summary = json.loads(dry.summary)
+    assert dry.dry_run and summary["batches_planned"]["erase"] == 2
+    assert summary["categories"]["driving_dynamics"]["erased_batches"] == 2  # what a real run would erase
+    assert summary["batches_erased"] == 0 and summary["bytes_overwritten"] == 0
+    assert json.loads(dry.record or "{}")["dry_run"] is True
+    assert {d: _tree(stores / d) for d in files} == files
+    assert len(_records(region, vehicle.vin)) == 3
+    assert region.retention.category_cutoffs() == {}  # a dry run publishes no cutoffs to the read path
+    events = http.get("/api/v1/audit", headers=owner.headers).json()["events"]
+    assert not [e for e in events if e["action"] == "retention.purge"]
+    # The real run then does exactly what the dry run counted.
+    real = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert real["categories"]["driving_dynamics"] == summary["categories"]["driving_dynamics"]
+
+
+def test_a_run_stopped_midway_is_finished_by_the_next(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    recs = _records(region, vehicle.vin)
+    region.segment_reader.read(recs[0].segment, 0, 1)  # the reader holds the segment open, as a busy server's does
+    segment = region.settings.data_dir / "segments" / recs[0].segment
+    aside = segment.with_name(segment.name + ".aside")
+    segment.rename(aside)
+    segment.mkdir()  # overwriting now fails after the batch's row was swapped for an erasure row
+    try:
+        summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+    finally:
+        segment.rmdir()
+        aside.rename(segment)
+    assert summary["errors"] and summary["batches_erased"] == 0, summary["errors"]
+    with region.db.session() as s:
+        pending = list(s.scalars(select(RetentionErasure.batch_id)))
+    assert pending == [recs[0].id, recs[1].id]  # both batches sit in that segment
+    # The index no longer names the half-erased batch: reads never meet its bytes.
+    assert recs[0].seq not in [r.seq for r in _records(region, vehicle.vin)]
+
+    summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert summary["finished_from_earlier_runs"] == 2 and summary["errors"] == []
+    assert [r.seq for r in _records(region, vehicle.vin)] == [recs[2].seq]
+    for rec in recs[:2]:
+        assert _bytes_of(region, rec) == bytes(rec.length)
+    with region.db.session() as s:
+        assert not list(s.scalars(select(RetentionErasure.batch_id)))
+
+
+def test_two_runs_at_once_never_purge_twice(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    second = Region(region.settings)  # another replica over the same stores
+    try:
+        start = threading.Barrier(2)
+        outcomes: list[object] = []
+
+        def purge(r: Region) -> None:
+            start.wait()
+            try:
+                outcomes.append(json.loads(r.retention.run(now=ALL_GONE).summary))
+            except RetentionRunning as e:
+                outcomes.append(e)
+
+        threads = [threading.Thread(target=purge, args=(r,)) for r in (region, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        second.close()
+    done = [o for o in outcomes if isinstance(o, dict)]
+    assert done and sum(o["batches_erased"] for o in done) == 2
+    assert all(isinstance(o, RetentionRunning) or o["errors"] == [] for o in outcomes)
+    with pytest.raises(RetentionRunning):  # a lease held by a live run refuses another
+        region.retention._acquire("someone-else")  # noqa: SLF001 - the guard itself, taken while free
+        region.retention._acquire("a-third")  # noqa: SLF001
+
+
+def test_policy_names_every_category_with_its_period(region: Region) -> None:
+    policy = region.retention.policy(now=BASE_MS)
+    assert {c["category"]: c["retention_days"] for c in policy["categories"]} == {
+        n: c.retention_days for n, c in CATEGORIES.items()
+    }
+    assert policy["last_run"] is None and policy["next_due_ms"] == BASE_MS and policy["interval_s"] == 3600
+    run = region.retention.run(now=BASE_MS)
+    policy = region.retention.policy()
+    assert policy["last_run"]["id"] == run.id
+    assert policy["next_due_ms"] == run.finished_ms + 3600 * 1000
+    body = next(c for c in policy["categories"] if c["category"] == "body")
+    assert body["withheld_before_ms"] == BASE_MS - period_ms("body")
