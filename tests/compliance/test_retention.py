@@ -16,7 +16,7 @@ from sqlalchemy import select
 from carvault.compliance.retention import DAY_MS, RECORD_CONTEXT, period_ms
 from carvault.errors import RetentionRunning
 from carvault.ledger import merkle
-from carvault.ledger.checkpoint import parse_checkpoint, parse_vkey, verify_checkpoint
+from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
 from carvault.region import Region
 from carvault.signals import CATEGORIES
 from carvault.store.metadata import BatchRecord, RetentionErasure
@@ -59,7 +59,9 @@ def _bytes_of(region: Region, rec: BatchRecord) -> bytes:
 
 def _tree(root: Path) -> dict[str, str]:
     """SHA-256 of every file under a folder (what a dry run must leave as it was)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def _read(region: Region, vin: str, start: int, end: int) -> pa.Table:
