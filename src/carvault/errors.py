@@ -30,12 +30,14 @@
     │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
     │   ├── RetentionRunning           409 retention_running     (another replica's purge holds the lease)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
-    │   └── AlreadyExists              409 already_exists
+    │   ├── AlreadyExists              409 already_exists
+    │   └── ReportFinalised            409 report_finalised      (an annual report already filed for that year)
     ├── PayloadTooLarge                413 payload_too_large
     ├── UnsupportedMediaType           415 unsupported_media_type
     ├── WrongRegion                    421 wrong_region          (carries the home region and endpoint)
     ├── TooManyRequests                429 too_many_requests
     └── Unavailable                    503 unavailable
+        └── FontMissing                503 font_missing          (the CJK font the report PDF needs)
 
 The web layer maps every ``CarVaultError`` to ``{"error": {"code", "message", ...details}}`` in one
 handler (``carvault.web.errors``); the CLI prints the message and exits non-zero.
@@ -302,6 +304,12 @@ class AlreadyExists(Conflict):
     code = "already_exists"
 
 
+class ReportFinalised(Conflict):
+    """The annual report of that year was already finalised; a filed report is never replaced."""
+
+    code = "report_finalised"
+
+
 class PayloadTooLarge(CarVaultError):
     """The request body exceeds the configured limit."""
 
@@ -335,6 +343,12 @@ class Unavailable(CarVaultError):
 
     code = "unavailable"
     status = 503
+
+
+class FontMissing(Unavailable):
+    """The font a PDF needs (WenQuanYi Micro Hei for Chinese) is not installed (scripts/install-system-deps.sh)."""
+
+    code = "font_missing"
 
 
 def all_error_classes() -> list[type[CarVaultError]]:

@@ -16,8 +16,11 @@ from carvault.access.consents import Consents
 from carvault.access.grants import Grants
 from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
+from carvault.compliance.annual_report import AnnualReports
+from carvault.compliance.data_sheet import DataSheet
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.incidents import Incidents
+from carvault.compliance.operator_profile import OperatorProfiles
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.compliance.records import Records
 from carvault.compliance.retention import Retention
@@ -113,6 +116,12 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
+        # Reports (issue 11): the operator's identity, the annual report (signed like deletion receipts), the data sheet.
+        self.operator_profile = OperatorProfiles(self.db, self.audit, self.name)
+        self.reports = AnnualReports(
+            self.db, self.catalogue, self.name, self.operator_profile, self.audit, self.log_key, self.log.vkey
+        )
+        self.data_sheet = DataSheet(self.db, self.catalogue, self.name, self.operator_profile)
         # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).
         self.rights = Rights(self.db, self.audit, self.name)
         self.incidents = Incidents(self.db, self.audit, self.catalogue)

@@ -65,6 +65,8 @@ class AuditAction(StrEnum):
     LIVE_READ = "live.read"
     LIVE_SUBSCRIBE = "live.subscribe"
     PORTABILITY_IMPORT = "portability.import"
+    REPORT_PROFILE = "report.profile"
+    REPORT_FINALISE = "report.finalise"
     RIGHTS_REQUEST = "rights.request"
     RIGHTS_WITHDRAW = "rights.withdraw"
     RIGHTS_ASSIGN = "rights.assign"
