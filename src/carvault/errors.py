@@ -23,6 +23,7 @@
     │   ├── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
     │   ├── RecordRetained             403 record_retained       (a processing record within its 3 years)
     │   ├── RoleForbidden              403 role_forbidden        (a staff role without the route's permission)
+    │   ├── TransferCapReached         403 transfer_cap_reached  (one more person abroad passes the route's cover)
     │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
     ├── NotFound                       404 not_found
     ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
@@ -248,9 +249,15 @@ class GatekeeperRefused(Forbidden):
 
 
 class CrossBorderTransfer(Forbidden):
-    """The recipient is outside the data's region: a cross-border transfer, refused until a transfer gate covers it."""
+    """The recipient is outside the data's region (a cross-border transfer) and no transfer record covers it."""
 
     code = "cross_border_transfer"
+
+
+class TransferCapReached(CrossBorderTransfer):
+    """A transfer record covers the recipient, but one more person this year passes what its route or scale covers."""
+
+    code = "transfer_cap_reached"
 
 
 class AppNotApproved(Forbidden):

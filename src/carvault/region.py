@@ -22,6 +22,7 @@ from carvault.compliance.deletion import Deletions
 from carvault.compliance.incidents import Incidents
 from carvault.compliance.operator_profile import OperatorProfiles
 from carvault.compliance.residency import RegionDirectory, Residency
+from carvault.compliance.transfers import Transfers
 from carvault.compliance.records import Records
 from carvault.compliance.retention import Retention
 from carvault.compliance.rights import Rights
@@ -111,7 +112,11 @@ class Region:
         self.staff = Staff(self.db, self.audit, self.name)  # the operator's staff accounts (issue 11)
         self.consents = Consents(self.db, self.audit, self.name)
         self.apps = Apps(self.db)
-        self.grants = Grants(self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name)
+        # Cross-border transfers (issue 11): the gate every read by a principal outside this region passes.
+        self.transfers = Transfers(self.db, self.audit, self.name)
+        self.grants = Grants(
+            self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name, transfers=self.transfers
+        )
         self.derived = DerivedCopies(settings.data_dir / "derived", kept=self._batch_kept)
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")

@@ -98,6 +98,9 @@ class AuditAction(StrEnum):
     CASE_CLOSE = "case.close"
     CASE_APPROVE = "case.approve"
     CASE_DECLINE = "case.decline"
+    TRANSFER_RECORD = "transfer.record"
+    TRANSFER_SUSPEND = "transfer.suspend"
+    TRANSFER_WARNING = "transfer.warning"
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

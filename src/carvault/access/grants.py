@@ -30,9 +30,10 @@ from carvault.compliance.sharing import (
     check_window,
     shareable_signals,
 )
+from carvault.compliance.transfers import Transfers, transfer_note
 from carvault.errors import NotFound, Unauthenticated, ValidationFailed
 from carvault.signals import Catalogue
-from carvault.store.metadata import App, Credential, Database, Grant, Vehicle, now_ms
+from carvault.store.metadata import App, Credential, Database, Grant, TransferRecord, Vehicle, now_ms
 
 GRANT_KINDS = ("app", "pat", "portability")
 
@@ -52,6 +53,7 @@ class Access:
     actor: Actor
     legal_basis: str
     grant: Grant | None = None
+    transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
 
     @property
     def vin(self) -> str:
@@ -63,7 +65,15 @@ class Grants:
     """Creating, listing, revoking and enforcing grants."""
 
     def __init__(
-        self, db: Database, catalogue: Catalogue, apps: Apps, accounts: Accounts, audit: AuditLog, region: str
+        self,
+        db: Database,
+        catalogue: Catalogue,
+        apps: Apps,
+        accounts: Accounts,
+        audit: AuditLog,
+        region: str,
+        *,
+        transfers: Transfers | None = None,
     ) -> None:
         self.db = db
         self.catalogue = catalogue
@@ -71,6 +81,7 @@ class Grants:
         self.accounts = accounts
         self.audit = audit
         self.region = region
+        self.transfers = transfers  # None: every recipient abroad is refused (no records to consult)
 
     # ----------------------------------------------------------------- making
     def create(
@@ -97,7 +108,7 @@ class Grants:
             if client_id is None:
                 raise ValidationFailed("an app grant names its app", field="client_id")
             app = self.apps.get(client_id)
-            check_recipient(app, self.region)
+            check_recipient(app, self.region, self.transfers)
             check_purpose(purpose, app_purposes(app))
         else:
             check_purpose(purpose)
@@ -253,7 +264,19 @@ class Grants:
         if vin not in scope.vins or v is None or v.owner_id != grant.owner_id:
             raise OutOfScope(f"this grant does not cover vehicle {vin}", vin=vin)
         actor = Actor("app", app.client_id) if app else Actor("token", str(caller.credential_id))
-        return Access(v, ScopedView(self.catalogue, v.vin, scope), actor, legal_basis_of(grant, app), grant)
+        view = ScopedView(self.catalogue, v.vin, scope)
+        transfer = None
+        if app is not None and self.transfers is not None and not self.transfers.is_domestic(app.jurisdiction):
+            # A foreign app's read is an export: counted and logged under the record that covers it, or refused.
+            transfer = self.transfers.check(
+                "app",
+                app.client_id,
+                app.jurisdiction,
+                owner_id=grant.owner_id,
+                categories={s.category for s in view.allowed()},
+                vin=v.vin,
+            )
+        return Access(v, view, actor, legal_basis_of(grant, app), grant, transfer=transfer)
 
     def vehicles(self, caller: Principal) -> list[Vehicle]:
         """The vehicles a caller may see: the owner's, or those a live grant names and its owner still owns."""
@@ -287,7 +310,7 @@ class Grants:
         app = None
         if grant.client_id is not None:
             app = self.apps.get(grant.client_id)
-            check_recipient(app, self.region)
+            check_recipient(app, self.region, self.transfers)
         return grant, app
 
     def record_read(self, access: Access, action: AuditAction | str, detail: dict[str, Any], rows: int = 0) -> None:
@@ -301,6 +324,7 @@ class Grants:
             detail={
                 **detail,
                 **({"grant_id": access.grant.id, "purpose": access.grant.purpose} if access.grant else {}),
+                **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
             },
         )
         if access.grant is not None:

@@ -559,7 +559,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     def check_client_may_receive(self, client: OAuthClient, error: str = "access_denied", **kwargs: Any) -> None:
         """``RecipientRefused`` unless the app may receive this region's data (approved, no gatekeeper, local)."""
         try:
-            check_recipient(client.app, self.region)
+            check_recipient(client.app, self.region, self.grants.transfers)
         except CarVaultError as e:
             raise RecipientRefused(e, error=error, **kwargs) from None
 
@@ -770,7 +770,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         try:
             grant = self.grants.live(cred.grant_id)
             app = self.apps.get(cred.client_id or "")
-            check_recipient(app, self.region)
+            check_recipient(app, self.region, self.grants.transfers)
         except CarVaultError:
             return {"active": False}
         return {

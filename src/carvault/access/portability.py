@@ -32,6 +32,7 @@ from carvault.access.audit import OWNER_REQUEST, Actor, AuditAction
 from carvault.access.packages import coverage_report, sign_manifest, trust_document
 from carvault.compliance.residency import region_name
 from carvault.compliance.sharing import DAY_MS, NEVER_SHAREABLE, check_processor
+from carvault.compliance.transfers import transfer_note
 from carvault.errors import Conflict, InvalidQuery, NotFound, Unavailable, ValidationFailed
 from carvault.ingest.importer import BUNDLE_FORMAT, BUNDLE_VERSION, LOG_KEY_FILE, import_code_digest
 from carvault.ledger.leaves import leaf_opening, log_key_of
@@ -121,6 +122,8 @@ class Portability:
             recipient.jurisdiction,
             gatekeeper=recipient.gatekeeper,
             region=r.name,
+            transfers=r.transfers,
+            recipient=("entity", recipient.legal_entity),
         )
         r.deletions.check_served(v.vin)
         self.sweep()
@@ -132,6 +135,16 @@ class Portability:
             recipient,
             include_sensitive=include_sensitive,
             import_code_sha256=import_code_digest(bundle_id, import_code),
+        )
+        # A copy for a processor abroad is an export: counted and logged under its transfer record, or refused.
+        transfer = r.transfers.check(
+            "entity",
+            recipient.legal_entity,
+            recipient.jurisdiction,
+            owner_id=owner_id,
+            categories={s.category for s in r.catalogue if include_sensitive or s.category not in NEVER_SHAREABLE},
+            vin=v.vin,
+            action="export",
         )
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{bundle_id}.zip"
@@ -194,6 +207,7 @@ class Portability:
                 "excluded": row.excluded,
                 "include_sensitive": include_sensitive,
                 "sha256": row.sha256,
+                **({"transfer": transfer_note(transfer)} if transfer is not None else {}),
             },
         )
         return row, secret, import_code

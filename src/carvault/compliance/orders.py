@@ -8,6 +8,8 @@ from sqlalchemy import select
 
 from carvault.access.audit import LEGAL_OBLIGATION, Actor
 from carvault.access.packages import MAX_WINDOW_MS, PackageBuilder
+from carvault.compliance.residency import region_name
+from carvault.compliance.transfers import transfer_note
 from carvault.errors import InvalidQuery, NotFound, ValidationFailed
 from carvault.store.metadata import AuthorityOrder, Database, IncidentPackage, Vehicle
 
@@ -48,17 +50,31 @@ def release_to_owner(
     reference: str,
     legal_basis: str,
     by: Actor | None = None,
+    jurisdiction: str | None = None,
 ) -> tuple[IncidentPackage, bytes]:
     """Record the order, build the package with the same builder owners use, and give it to the owner.
 
     ``by`` is the staff member who records the order for the authority (the audit entry names them; the package
-    names the authority as its requester).
+    names the authority as its requester). ``jurisdiction`` is where the authority sits (None: this region): an
+    order from a foreign authority is a transfer abroad (Data Security Law Art. 36), refused unless a transfer
+    record names that authority and covers every category a package may hold.
     """
     check_order(start_ms, end_ms, authority=authority, reference=reference, legal_basis=legal_basis)
+    jurisdiction = region_name(jurisdiction) if jurisdiction is not None else None
     with region.db.session() as s:
         v = s.get(Vehicle, vin)
-        if v is None:
-            raise NotFound(f"no vehicle {vin} in region {region.name}")
+    if v is None:
+        raise NotFound(f"no vehicle {vin} in region {region.name}")
+    transfer = region.transfers.check(
+        "authority",
+        authority,
+        jurisdiction,
+        owner_id=v.owner_id,
+        categories={s.category for s in region.catalogue},
+        vin=vin,
+        action="download",
+    )
+    with region.db.session() as s:
         order = AuthorityOrder(
             authority=authority,
             reference=reference,
@@ -67,6 +83,7 @@ def release_to_owner(
             start_ms=start_ms,
             end_ms=end_ms,
             recipient_owner_id=v.owner_id,
+            jurisdiction=None if region.transfers.is_domestic(jurisdiction) else jurisdiction,
         )
         s.add(order)
     actor = Actor("authority", authority)
@@ -82,6 +99,7 @@ def release_to_owner(
             "reference": reference,
             "start_ms": start_ms,
             "end_ms": end_ms,
+            **({"transfer": transfer_note(transfer)} if transfer is not None else {}),
         },
     )
     pkg = PackageBuilder(region).build(

@@ -8,7 +8,8 @@ trusts an app's or a token's claim about its own scope.
 - **Recipients**: an app must be approved; a designated gatekeeper (EU Data Act Art. 5(3)) is refused
   (``gatekeeper_refused``); an app outside the data's region is a cross-border transfer (PIPL Art. 38–40, the
   Automotive Data Export Security Guideline: a foreign party's query *is* an export) and is refused
-  (``cross_border_transfer``) until the operator's transfer gate exists.
+  (``cross_border_transfer``) unless a current transfer record names it (compliance/transfers.py, which also
+  counts and logs each read).
 - **Scope**: VSS branches or paths × vehicles × history window (from–to, or from a start on) × live yes/no ×
   location precision (coarse unless ``location:precise`` is granted) × purpose (from ``PURPOSES``) × an end date,
   at most ``MAX_GRANT_DAYS`` away (never permanent).
@@ -19,9 +20,9 @@ trusts an app's or a token's claim about its own scope.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -157,25 +158,53 @@ def shareable_signals(catalogue: Catalogue, paths: Iterable[str]) -> list[Signal
     return chosen
 
 
-def check_recipient(app: App, region: str) -> None:
-    """An app may receive this region's data: approved, not a gatekeeper, and in this region's jurisdiction."""
+class TransferGate(Protocol):
+    """What these rules ask of the transfer gate (compliance/transfers.py): which record covers a foreign recipient."""
+
+    def covering(
+        self, principal_kind: str, principal_id: str, jurisdiction: str, categories: Collection[str] | None = None
+    ) -> object | None:
+        """The current approved transfer record naming this recipient (and categories), or None."""
+
+
+def check_recipient(app: App, region: str, transfers: TransferGate | None = None) -> None:
+    """An app may receive this region's data: approved, not a gatekeeper, and in this region's jurisdiction or
+    covered by a transfer record (each read abroad is then counted by ``Transfers.check``)."""
     if app.status != "approved":
         raise AppNotApproved(f"app {app.name!r} is {app.status}, not approved by the operator", client_id=app.client_id)
     check_processor(
-        app.name, app.legal_entity, app.jurisdiction, gatekeeper=app.gatekeeper, region=region, client_id=app.client_id
+        app.name,
+        app.legal_entity,
+        app.jurisdiction,
+        gatekeeper=app.gatekeeper,
+        region=region,
+        transfers=transfers,
+        recipient=("app", app.client_id),
+        client_id=app.client_id,
     )
 
 
 def check_processor(
-    name: str, legal_entity: str, jurisdiction: str, *, gatekeeper: bool, region: str, **details: Any
+    name: str,
+    legal_entity: str,
+    jurisdiction: str,
+    *,
+    gatekeeper: bool,
+    region: str,
+    transfers: TransferGate | None = None,
+    recipient: tuple[str, str] | None = None,
+    **details: Any,
 ) -> None:
-    """Any recipient (an app, or a processor named for a portability transfer): no gatekeeper, and in this region."""
+    """Any recipient (an app, or a processor named for a portability transfer): no gatekeeper, and in this region
+    unless a transfer record names ``recipient`` (kind, id) in its jurisdiction."""
     if gatekeeper:
         raise GatekeeperRefused(
             f"{name} ({legal_entity}) is a designated gatekeeper and cannot receive data (EU Data Act Art. 5(3))",
             **details,
         )
-    if jurisdiction != region:
+    if jurisdiction != region and not (
+        transfers is not None and recipient is not None and transfers.covering(*recipient, jurisdiction)
+    ):
         raise CrossBorderTransfer(
             f"{name} processes data in {jurisdiction!r}, outside this region ({region!r}): a cross-border "
             "transfer, refused until a transfer record covers it",

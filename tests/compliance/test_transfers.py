@@ -1,0 +1,404 @@
+"""The cross-border transfer gate (compliance/transfers.py) on a real region database.
+
+Owners are real accounts; counters near a legal threshold are seeded straight into ``transfer_counters`` (making
+10,000 owners would prove nothing more), while the counting path itself runs on real admissions.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from carvault.access.audit import Actor, AuditAction, AuditLog
+from carvault.compliance.transfers import (
+    REGION_SCOPE,
+    ROUTES,
+    THRESHOLDS,
+    Klass,
+    Route,
+    Transfers,
+    record_scope,
+    warn_mark,
+    year_of,
+)
+from carvault.errors import Conflict, CrossBorderTransfer, TransferCapReached, ValidationFailed
+from carvault.region import Region
+from carvault.settings import Settings
+from carvault.signals import CATEGORIES, PrivacyClass
+from carvault.store.metadata import (
+    AuditEvent,
+    Database,
+    TransferCounter,
+    TransferEvent,
+    TransferPerson,
+    TransferRecord,
+    now_ms,
+)
+
+DAY_MS = 86_400_000
+DPO = Actor("staff", "dpo:test")
+PERSONAL = ["driving_dynamics", "powertrain"]  # personal and technical data: non-sensitive persons
+SENSITIVE = ["location"]
+
+
+def owners(region: Region, n: int) -> list[int]:
+    """``n`` real owner accounts; their ids."""
+    return [
+        region.accounts.register(f"t-{secrets.token_hex(5)}@example.com", "correct horse battery").id for _ in range(n)
+    ]
+
+
+def add_record(
+    region: Region,
+    *,
+    route: str = "standard_contract",
+    recipient: str = "client-eu",
+    kind: str = "app",
+    jurisdiction: str = "eu",
+    categories: list[str] | None = None,
+    max_persons: int = 50_000,
+    from_ms: int | None = None,
+    days: int = 365,
+) -> TransferRecord:
+    start = now_ms() - DAY_MS if from_ms is None else from_ms
+    return region.transfers.create(
+        route=route,
+        recipient_kind=kind,
+        recipient=recipient,
+        recipient_jurisdiction=jurisdiction,
+        purpose="usage-based insurance priced in the EU",
+        categories=categories or PERSONAL + SENSITIVE,
+        max_persons=max_persons,
+        from_ms=start,
+        to_ms=start + days * DAY_MS,
+        approval_reference="SC-2026-0042",
+        by=DPO,
+    )
+
+
+def seed(region: Region, scope: str, klass: Klass, persons: int) -> None:
+    """Set a counter of this year as if ``persons`` people had already been transferred."""
+    year = year_of(now_ms())
+    with region.db.session() as s:
+        row = s.scalar(
+            select(TransferCounter).where(
+                TransferCounter.year == year, TransferCounter.scope == scope, TransferCounter.klass == klass.value
+            )
+        )
+        if row is None:
+            s.add(TransferCounter(year=year, scope=scope, klass=klass.value, persons=persons))
+        else:
+            row.persons = persons
+
+
+def counter(region: Region, scope: str, klass: Klass) -> int:
+    year = year_of(now_ms())
+    with region.db.session() as s:
+        value = s.scalar(
+            select(TransferCounter.persons).where(
+                TransferCounter.year == year, TransferCounter.scope == scope, TransferCounter.klass == klass.value
+            )
+        )
+    return int(value or 0)
+
+
+def events(region: Region) -> int:
+    with region.db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(TransferEvent)) or 0)
+
+
+def warnings_audited(region: Region) -> list[dict[str, object]]:
+    with region.db.session() as s:
+        rows = s.scalars(
+            select(AuditEvent).where(
+                AuditEvent.chain == "region", AuditEvent.action == AuditAction.TRANSFER_WARNING.value
+            )
+        )
+        return [json.loads(e.detail) for e in rows]
+
+
+def admit(region: Region, owner_id: int, categories: list[str], recipient: str = "client-eu") -> TransferRecord | None:
+    return region.transfers.check("app", recipient, "eu", owner_id=owner_id, categories=categories, vin=None)
+
+
+# ------------------------------------------------------------------------------------------------ the figures
+def test_thresholds_are_one_table_with_sources_and_routes_refer_to_them() -> None:
+    assert THRESHOLDS["assessment_sensitive"].persons == 10_000
+    assert THRESHOLDS["assessment_personal"].persons == 1_000_000
+    assert THRESHOLDS["contract_personal"].persons == 100_000
+    assert all(t.source.strip() for t in THRESHOLDS.values())
+    for cover in ROUTES.values():
+        assert all(t in THRESHOLDS.values() for t in cover.below.values())  # no figure written twice
+    # Only the security assessment lets important data out, and it has no person ceiling but the record's scale.
+    assert [r for r, c in ROUTES.items() if c.important_data] == [Route.SECURITY_ASSESSMENT]
+    assert ROUTES[Route.SECURITY_ASSESSMENT].below == {}
+    assert {c.name for c in CATEGORIES.values() if c.privacy is PrivacyClass.IMPORTANT} == {"exterior_camera"}
+
+
+# -------------------------------------------------------------------------------------------------- the gate
+def test_a_domestic_principal_and_the_owner_themself_pass_without_a_record(region: Region) -> None:
+    (o,) = owners(region, 1)
+    assert region.transfers.check("app", "client-cn", "cn", owner_id=o, categories=SENSITIVE) is None
+    assert region.transfers.check("staff", "alice", None, owner_id=o, categories=SENSITIVE) is None
+    # An owner abroad reading their own data exercises their access right; it is not a provision to a recipient.
+    assert region.transfers.check("owner", str(o), "us", owner_id=o, categories=SENSITIVE) is None
+    assert events(region) == 0
+
+
+def test_a_foreign_principal_is_refused_without_a_record_and_admitted_with_one(region: Region) -> None:
+    (o,) = owners(region, 1)
+    with pytest.raises(CrossBorderTransfer) as e:
+        admit(region, o, PERSONAL)
+    assert e.value.code == "cross_border_transfer" and "no transfer record" in e.value.message
+    assert e.value.details["recipient_jurisdiction"] == "eu" and e.value.details["region"] == "cn"
+    assert events(region) == 0
+    rec = add_record(region)
+    got = admit(region, o, PERSONAL + SENSITIVE)
+    assert got is not None and got.id == rec.id
+    assert admit(region, o, PERSONAL) is not None  # the same person again: a second event, counted once
+    with region.db.session() as s:
+        logged = list(s.scalars(select(TransferEvent).order_by(TransferEvent.id)))
+    assert [(e.record_id, e.principal, e.owner_id, e.action, e.sensitive) for e in logged] == [
+        (rec.id, "app:client-eu", o, "query", True),
+        (rec.id, "app:client-eu", o, "query", False),
+    ]
+    assert json.loads(logged[0].categories) == sorted(PERSONAL + SENSITIVE)
+    assert counter(region, REGION_SCOPE, Klass.SENSITIVE) == 1
+    assert counter(region, REGION_SCOPE, Klass.PERSONAL) == 1
+    assert counter(region, record_scope(rec.id), Klass.ALL) == 1
+    # A record covers only its recipient, jurisdiction and categories.
+    with pytest.raises(CrossBorderTransfer, match="no transfer record names"):
+        region.transfers.check("app", "client-eu", "us", owner_id=o, categories=PERSONAL)
+    with pytest.raises(CrossBorderTransfer, match="no transfer record names"):
+        admit(region, o, PERSONAL, recipient="someone-else")
+    with pytest.raises(CrossBorderTransfer, match="covers adas"):
+        admit(region, o, ["adas"])
+
+
+def test_important_data_leaves_only_under_a_security_assessment(region: Region) -> None:
+    (o,) = owners(region, 1)
+    with pytest.raises(ValidationFailed) as e:
+        add_record(region, route="standard_contract", categories=["exterior_camera", "driving_dynamics"])
+    assert e.value.details["field"] == "route" and e.value.details["important"] == ["exterior_camera"]
+    with pytest.raises(ValidationFailed):
+        add_record(region, route="certification", categories=["exterior_camera"])
+    assert region.transfers.list() == []
+    add_record(region, route="standard_contract", kind="staff", recipient="bob", categories=PERSONAL)
+    with pytest.raises(CrossBorderTransfer, match="important data"):
+        region.transfers.check("staff", "bob", "eu", owner_id=o, categories=["exterior_camera"])
+    assessed = add_record(
+        region, route="security_assessment", kind="staff", recipient="bob", categories=["exterior_camera"] + PERSONAL
+    )
+    got = region.transfers.check("staff", "bob", "eu", owner_id=o, categories=["exterior_camera"])
+    assert got is not None and got.id == assessed.id
+
+
+def test_suspension_and_expiry_take_effect_on_the_next_check(region: Region) -> None:
+    (o,) = owners(region, 1)
+    rec = add_record(region)
+    assert admit(region, o, PERSONAL) is not None
+    region.transfers.suspend(rec.id, reason="contract under review", by=DPO)
+    with pytest.raises(CrossBorderTransfer, match="suspended"):
+        admit(region, o, PERSONAL)
+    with pytest.raises(Conflict):
+        region.transfers.suspend(rec.id, reason="again", by=DPO)
+    other = add_record(region)
+    assert admit(region, o, PERSONAL) is not None
+    with region.db.session() as s:  # its period ends
+        s.execute(update(TransferRecord).where(TransferRecord.id == other.id).values(to_ms=now_ms() - 1))
+    with pytest.raises(CrossBorderTransfer, match="expired"):
+        admit(region, o, PERSONAL)
+    assert [r.id for r in region.transfers.list(status="expired")] == [other.id]
+    assert [r.id for r in region.transfers.list(status="suspended")] == [rec.id]
+    later = add_record(region, from_ms=now_ms() + DAY_MS)  # not begun yet
+    with pytest.raises(CrossBorderTransfer):
+        admit(region, o, PERSONAL)
+    assert [r.id for r in region.transfers.list(status="approved")] == []
+    assert later.status == "approved"  # stored status; the period decides what it reads as
+    with region.db.session() as s:
+        actions = list(s.scalars(select(AuditEvent.action).where(AuditEvent.chain == "region")))
+    assert actions.count(AuditAction.TRANSFER_RECORD.value) == 3
+    assert actions.count(AuditAction.TRANSFER_SUSPEND.value) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("route", {"route": "handshake"}),
+        ("recipient_kind", {"kind": "robot"}),
+        ("categories", {"categories": ["no_such_category"]}),
+        ("recipient_jurisdiction", {"jurisdiction": "cn"}),
+        ("recipient_jurisdiction", {"jurisdiction": "e u!"}),
+        ("max_persons", {"max_persons": 0}),
+        ("period", {"from_ms": now_ms() - 400 * DAY_MS, "days": 30}),
+        ("period", {"days": 4 * 366}),
+        ("recipient", {"recipient": "  "}),
+    ],
+)
+def test_a_bad_record_is_refused_with_its_field_and_nothing_is_stored(
+    region: Region, field: str, change: dict[str, object]
+) -> None:
+    with pytest.raises(ValidationFailed) as e:
+        add_record(region, **change)  # type: ignore[arg-type]
+    assert e.value.details["field"] == field
+    assert region.transfers.list() == []
+
+
+# ------------------------------------------------------------------------------------------------ counting
+def test_the_region_wide_sensitive_trigger_warns_at_80_percent_then_refuses_past_the_contract(region: Region) -> None:
+    rec = add_record(region, route="standard_contract")
+    mark = warn_mark(10_000)
+    assert mark == 8_000
+    seed(region, REGION_SCOPE, Klass.SENSITIVE, mark - 1)
+    a, b, c, d = owners(region, 4)
+    assert admit(region, a, SENSITIVE) is not None  # the 8,000th sensitive person
+    assert counter(region, REGION_SCOPE, Klass.SENSITIVE) == mark
+    warned = warnings_audited(region)
+    assert [(w["scope"], w["klass"], w["persons"], w["limit"]) for w in warned] == [
+        ("region", "sensitive", 8_000, 10_000)
+    ]
+    shown = region.transfers.counters(year_of(now_ms()))
+    assert shown["region"]["sensitive"]["persons"] == 8_000
+    assert [w["level"] for w in shown["warnings"] if w["scope"] == "region"] == ["warning"]
+    assert admit(region, b, SENSITIVE) is not None  # no second warning for the same mark
+    assert len(warnings_audited(region)) == 1
+    seed(region, REGION_SCOPE, Klass.SENSITIVE, 9_998)
+    assert admit(region, c, SENSITIVE) is not None  # the 9,999th: still below 10,000
+    before = events(region)
+    with pytest.raises(TransferCapReached) as e:
+        admit(region, d, SENSITIVE)  # the 10,000th needs a security assessment
+    assert e.value.code == "transfer_cap_reached" and isinstance(e.value, CrossBorderTransfer)
+    assert e.value.details["klass"] == "sensitive" and e.value.details["limit"] == 9_999
+    # Refused: nothing counted, nothing logged; a person already counted this year still passes.
+    assert counter(region, REGION_SCOPE, Klass.SENSITIVE) == 9_999 and events(region) == before
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(TransferPerson).where(TransferPerson.owner_id == d)) == 0
+    assert admit(region, a, SENSITIVE) is not None
+    # Non-sensitive data of the refused person is another class, still covered.
+    assert admit(region, d, PERSONAL) is not None
+    assert counter(region, record_scope(rec.id), Klass.ALL) == 4
+
+
+def test_the_non_sensitive_ceilings_of_contract_and_certification(region: Region) -> None:
+    contract = add_record(region, route="standard_contract", recipient="contracted")
+    certified = add_record(region, route="certification", recipient="certified", max_persons=1_000_000)
+    a, b, c, d = owners(region, 4)
+    seed(region, REGION_SCOPE, Klass.PERSONAL, 79_999)
+    assert admit(region, a, PERSONAL, recipient="contracted") is not None  # 80,000: 80 % of the contract's line
+    assert [(w["limit"], w["persons"]) for w in warnings_audited(region)] == [(100_000, 80_000)]
+    seed(region, REGION_SCOPE, Klass.PERSONAL, 99_999)
+    with pytest.raises(TransferCapReached):
+        admit(region, b, PERSONAL, recipient="contracted")
+    # Certification covers from 100,000 up to (not including) 1,000,000.
+    assert admit(region, b, PERSONAL, recipient="certified") is not None
+    seed(region, REGION_SCOPE, Klass.PERSONAL, 799_999)
+    assert admit(region, c, PERSONAL, recipient="certified") is not None
+    assert (1_000_000, 800_000) in [(w["limit"], w["persons"]) for w in warnings_audited(region)]
+    seed(region, REGION_SCOPE, Klass.PERSONAL, 999_999)
+    with pytest.raises(TransferCapReached):
+        admit(region, d, PERSONAL, recipient="certified")
+    assert counter(region, record_scope(contract.id), Klass.ALL) == 1
+    assert counter(region, record_scope(certified.id), Klass.ALL) == 2
+
+
+def test_a_security_assessment_is_bound_by_its_approved_scale_only(region: Region) -> None:
+    rec = add_record(region, route="security_assessment", max_persons=3)
+    seed(region, REGION_SCOPE, Klass.SENSITIVE, 50_000)  # past every route's trigger: the assessment covers it
+    people = owners(region, 4)
+    for o in people[:3]:
+        assert admit(region, o, SENSITIVE) is not None
+    assert [(w["scope"], w["limit"]) for w in warnings_audited(region)] == [(record_scope(rec.id), 3)]  # at 3 of 3
+    with pytest.raises(TransferCapReached) as e:
+        admit(region, people[3], SENSITIVE)
+    assert e.value.details["limit"] == 3
+    shown = region.transfers.counters(year_of(now_ms()))
+    (entry,) = shown["records"]
+    assert entry["record_id"] == rec.id and entry["all"]["persons"] == 3
+    assert entry["all"]["limits"][0]["level"] == "reached"
+
+
+def test_counters_start_again_each_calendar_year(region: Region) -> None:
+    add_record(region, max_persons=1)
+    (o, p) = owners(region, 2)
+    year = year_of(now_ms())
+    with region.db.session() as s:  # last year's count was full
+        s.add(TransferCounter(year=year - 1, scope=REGION_SCOPE, klass="personal", persons=99_999))
+        s.add(TransferPerson(year=year - 1, scope=REGION_SCOPE, klass="personal", owner_id=o))
+    assert admit(region, o, PERSONAL) is not None
+    assert counter(region, REGION_SCOPE, Klass.PERSONAL) == 1
+    assert region.transfers.counters(year - 1)["region"]["personal"]["persons"] == 99_999
+    with pytest.raises(TransferCapReached):
+        admit(region, p, PERSONAL)  # the record's scale, 1 person this year
+
+
+def test_two_replicas_admitting_at_once_never_pass_a_ceiling(settings: Settings, region: Region) -> None:
+    """Two processes' worth of gates over one database: the database, not Python, decides who is the last."""
+    rec = add_record(region, max_persons=5)
+    people = owners(region, 16)
+    url = settings.resolved_database_url
+    replicas = []
+    for _ in range(2):
+        db = Database(url)  # its own engine, pool and write gate, as another process would have
+        replicas.append(Transfers(db, AuditLog(db), "cn"))
+    start = threading.Barrier(len(people))
+
+    def one(i: int) -> bool:
+        start.wait()
+        try:
+            replicas[i % 2].check("app", "client-eu", "eu", owner_id=people[i], categories=PERSONAL)
+            return True
+        except TransferCapReached:
+            return False
+
+    with ThreadPoolExecutor(len(people)) as pool:
+        admitted = list(pool.map(one, range(len(people))))
+    for t in replicas:
+        t.db.dispose()
+    assert sum(admitted) == 5
+    assert counter(region, record_scope(rec.id), Klass.ALL) == 5
+    with region.db.session() as s:
+        persons = s.scalar(
+            select(func.count())
+            .select_from(TransferPerson)
+            .where(TransferPerson.scope == record_scope(rec.id), TransferPerson.klass == "all")
+        )
+    assert persons == 5 and events(region) == 5
+
+
+@pytest.fixture
+def old_database(tmp_path: Path) -> Iterator[str]:
+    """A database whose owners table predates ``owners.jurisdiction``, with an owner in it."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE owners (id INTEGER PRIMARY KEY AUTOINCREMENT, email VARCHAR(320) UNIQUE, "
+        "password_hash VARCHAR(200), display_name VARCHAR(200), locale VARCHAR(16), created_ms BIGINT)"
+    )
+    con.execute(
+        "INSERT INTO owners (email, password_hash, display_name, locale, created_ms) VALUES ('o@x', 'h', '', 'en', 1)"
+    )
+    con.commit()
+    con.close()
+    yield f"sqlite:///{path}"
+
+
+def test_an_existing_database_gains_the_jurisdiction_column_in_place(old_database: str) -> None:
+    from carvault.store.metadata import Owner
+
+    db = Database(old_database)
+    added = db.create_schema()
+    assert "owners.jurisdiction" in added
+    with db.session() as s:
+        owner = s.get(Owner, 1)
+    assert owner is not None and owner.jurisdiction is None
+    assert Transfers(db, AuditLog(db), "cn").owner_jurisdiction(owner) == "cn"  # NULL: this region's own
+    db.dispose()
