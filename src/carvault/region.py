@@ -21,11 +21,11 @@ from carvault.compliance.data_sheet import DataSheet
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.incidents import Incidents
 from carvault.compliance.operator_profile import OperatorProfiles
-from carvault.compliance.residency import RegionDirectory, Residency
-from carvault.compliance.transfers import Transfers
 from carvault.compliance.records import Records
+from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.compliance.retention import Retention
 from carvault.compliance.rights import Rights
+from carvault.compliance.transfers import Transfers
 from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
 from carvault.ingest.frames import FrameStore
