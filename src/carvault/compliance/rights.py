@@ -28,6 +28,7 @@ from carvault.access.audit import Actor, AuditAction, AuditLog
 from carvault.access.staff import staff_actor
 from carvault.compliance.deletion import WORKING_DAYS as DELETION_WORKING_DAYS
 from carvault.compliance.deletion import add_working_days
+from carvault.compliance.roles import Permission, Role, allows
 from carvault.errors import Conflict, NotFound, ValidationFailed
 from carvault.store.metadata import Database, DeletionRequest, Owner, RightsRequest, Vehicle, now_ms
 
@@ -383,6 +384,8 @@ class Rights:
 
     def assign(self, request_id: int, by: Handler, to: Handler) -> RightsRequest:
         """Give an open request to a handler (the owner then sees that handler's role)."""
+        if not allows(Role(to.role), Permission.RIGHTS_HANDLE):
+            raise ValidationFailed(f"{to.username} ({to.role}) does not handle rights requests", field="username")
         r = self.get(request_id)
         if r.status not in OPEN:
             raise Conflict(f"the request is {r.status}; only an open request is assigned", status=r.status)

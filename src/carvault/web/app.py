@@ -32,6 +32,7 @@ from carvault.web.routes import (
     oauth,
     packages,
     portability,
+    rights,
     timeline,
     vehicles,
     viss,
@@ -83,6 +84,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         consents.router,
         events.router,
         deletion.router,
+        rights.router,  # issue 11: the owner's rights requests and incident notices
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
         exports.router,

@@ -10,6 +10,11 @@ from fastapi import APIRouter
 
 router = APIRouter(prefix="/api/v1/admin")
 # Area routers are added here, one line each: router.include_router(<module>.router)
+from carvault.web.routes import admin_incidents, admin_records, admin_rights  # noqa: E402
+
+router.include_router(admin_rights.router)
+router.include_router(admin_incidents.router)
+router.include_router(admin_records.router)
 from carvault.web.routes import admin_retention  # noqa: E402
 
 router.include_router(admin_retention.router)

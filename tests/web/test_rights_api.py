@@ -1,0 +1,166 @@
+"""The rights desk over HTTP: owners file and follow requests, a DPO handles them, existing services carry them out."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from carvault.compliance.roles import Role
+from carvault.region import Region
+from carvault.store.metadata import BatchRecord, RightsRequest
+from carvault.vehicle.agent import VehicleAgent
+from carvault.vehicle.identity import VehicleIdentity
+from tests.conftest import OwnerClient, make_owner
+from tests.factories import BASE_MS, drive_table, make_staff
+
+pytestmark = pytest.mark.slow
+
+
+def _with_data(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent) -> None:
+    agent.record(drive_table(BASE_MS, seconds=120, paths=["Vehicle.Speed"]), batch_seconds=60)
+    agent.upload_pending()
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+def _dpo(region: Region) -> dict[str, str]:
+    _, secret = make_staff(region, Role.DPO)
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_deletion_request_is_carried_out_and_closed_by_the_dpo(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    r = http.post(
+        "/api/v1/rights-requests",
+        headers=owner.headers,
+        json={"kind": "deletion", "vin": vehicle.vin, "details": "I sold the car"},
+    )
+    assert r.status_code == 201, r.text
+    req = r.json()
+    assert req["status"] == "received" and req["deadline_rule"] == "cn.deletion" and not req["overdue"]
+    deletion_id = req["produced"]["deletion_request_id"]
+    assert deletion_id is not None
+    with region.db.session() as s:  # the deletion service erased the vehicle's batches
+        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) == 0
+    deletions = http.get("/api/v1/deletion-requests", headers=owner.headers).json()
+    assert [d["id"] for d in deletions] == [deletion_id] and deletions[0]["status"] == "completed"
+
+    dpo = _dpo(region)
+    listed = http.get("/api/v1/admin/rights-requests", headers=dpo, params={"kind": "deletion"}).json()
+    assert [x["id"] for x in listed["requests"]] == [req["id"]] and listed["counts"]["received"] == 1
+    assert http.post(f"/api/v1/admin/rights-requests/{req['id']}/start", headers=dpo).status_code == 200
+    done = http.post(
+        f"/api/v1/admin/rights-requests/{req['id']}/complete",
+        headers=dpo,
+        json={"outcome": "All copies erased; the signed receipt is on your deletion page."},
+    )
+    assert done.status_code == 200, done.text
+    seen = http.get(f"/api/v1/rights-requests/{req['id']}", headers=owner.headers).json()
+    assert seen["status"] == "done" and seen["handler_role"] == "dpo" and "handler" not in seen
+    assert seen["outcome"].startswith("All copies erased")
+
+
+def test_portability_request_builds_a_bundle_the_recipient_fetches(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    r = http.post(
+        "/api/v1/rights-requests",
+        headers=owner.headers,
+        json={
+            "kind": "portability",
+            "vin": vehicle.vin,
+            "recipient": {"name": "NewCar Data", "legal_entity": "NewCar Data Ltd", "jurisdiction": "cn"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    once = body["portability"]
+    assert body["produced"]["portability_bundle_id"] == once["fetch_url"].rsplit("/", 1)[1]
+    zip_ = http.get(once["fetch_url"], headers={"Authorization": f"Bearer {once['token']}"})
+    assert zip_.status_code == 200 and zip_.content[:2] == b"PK"
+    # the secrets are shown once: never again in the request's view
+    again = http.get(f"/api/v1/rights-requests/{body['id']}", headers=owner.headers).json()
+    assert "portability" not in again and once["token"] not in str(again)
+
+
+def test_access_request_prepares_an_export(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "access", "vin": vehicle.vin})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["produced"]["export_job_id"]
+    for _ in range(200):
+        job = http.get(f"/api/v1/exports/{job_id}", headers=owner.headers).json()
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "done"
+    assert http.get(f"/api/v1/exports/{job_id}/download", headers=owner.headers).status_code == 200
+
+
+def test_another_owner_sees_nothing_and_refusal_needs_a_reason(
+    http: httpx.Client, owner: OwnerClient, region: Region
+) -> None:
+    r = http.post(
+        "/api/v1/rights-requests", headers=owner.headers, json={"kind": "complaint", "details": "too many e-mails"}
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    other = make_owner(http)
+    assert http.get(f"/api/v1/rights-requests/{rid}", headers=other.headers).status_code == 404
+    assert http.post(f"/api/v1/rights-requests/{rid}/withdraw", headers=other.headers).status_code == 404
+    assert http.get("/api/v1/rights-requests", headers=other.headers).json() == []
+
+    dpo = _dpo(region)
+    bad = http.post(f"/api/v1/admin/rights-requests/{rid}/refuse", headers=dpo, json={"reason": "  "})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_failed"
+    assert http.get(f"/api/v1/rights-requests/{rid}", headers=owner.headers).json()["status"] == "received"
+    ok = http.post(
+        f"/api/v1/admin/rights-requests/{rid}/refuse",
+        headers=dpo,
+        json={"reason": "Service e-mails are required by the contract; marketing e-mails are already off."},
+    )
+    assert ok.status_code == 200
+    seen = http.get(f"/api/v1/rights-requests/{rid}", headers=owner.headers).json()
+    assert seen["status"] == "refused" and seen["reason"].startswith("Service e-mails")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "nonsense"},
+        {"kind": "complaint"},
+        {"kind": "portability", "vin": "X" * 17},
+        {"kind": "complaint", "details": "x", "recipient": {"name": "a", "legal_entity": "b", "jurisdiction": "cn"}},
+        {"kind": "access", "vin": "short"},
+        {"kind": "next_of_kin", "details": "x", "subject_email": "a@example.com"},
+    ],
+)
+def test_bad_requests_get_a_stable_error_and_store_nothing(
+    http: httpx.Client, owner: OwnerClient, region: Region, body: dict[str, object]
+) -> None:
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json=body)
+    assert r.status_code in (404, 422), r.text
+    assert r.json()["error"]["code"] in ("validation_failed", "not_found")
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(RightsRequest)) == 0
+
+
+def test_owner_and_other_roles_are_kept_out_of_the_desk(http: httpx.Client, owner: OwnerClient, region: Region) -> None:
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "explanation"})
+    rid = r.json()["id"]
+    assert http.get("/api/v1/admin/rights-requests", headers=owner.headers).status_code == 401
+    _, support = make_staff(region, Role.SUPPORT)
+    s_headers = {"Authorization": f"Bearer {support}"}
+    assert http.get("/api/v1/admin/rights-requests", headers=s_headers).status_code == 200  # support may look
+    refused = http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=s_headers)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "role_forbidden"
