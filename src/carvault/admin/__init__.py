@@ -12,3 +12,6 @@ admin = typer.Typer(
     no_args_is_help=True,
 )
 # Areas are added here, one line each: admin.add_typer(<module>.<typer>, name="<area>")
+from carvault.admin.retention import retention  # noqa: E402
+
+admin.add_typer(retention, name="retention")
