@@ -150,6 +150,7 @@ class Region:
         self.live = LiveHub(
             broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)
         )
+        self.live.withheld = self.retention.withheld  # last values past their retention period are not served
         self.gateway = Gateway(
             settings,
             self.db,

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from carvault.compliance.retention import DAY_MS, RECORD_CONTEXT, period_ms
 from carvault.errors import RetentionRunning
+from carvault.ingest.live import LiveValue
 from carvault.ledger import merkle
 from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
 from carvault.region import Region
@@ -295,3 +296,11 @@ def test_policy_names_every_category_with_its_period(region: Region) -> None:
     assert policy["next_due_ms"] == run.finished_ms + 3600 * 1000
     body = next(c for c in policy["categories"] if c["category"] == "body")
     assert body["withheld_before_ms"] == BASE_MS - period_ms("body")
+
+
+def test_live_last_values_past_their_period_are_not_served(vehicle: VehicleIdentity, region: Region) -> None:
+    values = {p: LiveValue(p, BASE_MS, 12.5, BASE_MS + 1) for p in PATHS}
+    region.live.store.save({vehicle.vin: (values, BASE_MS + 1)})  # type: ignore[union-attr]
+    assert set(region.live.latest(vehicle.vin)) == set(PATHS)
+    region.retention.run(now=BODY_GONE)
+    assert set(region.live.latest(vehicle.vin)) == {SPEED}  # the body value is a year and more old

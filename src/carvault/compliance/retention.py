@@ -45,7 +45,7 @@ from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditL
 from carvault.compliance.deletion import overwrite, signed_record
 from carvault.errors import CarVaultError, NotFound, RetentionRunning
 from carvault.ingest.frames import FrameStore
-from carvault.protocol import payload_view
+from carvault.protocol import CAMERA, payload_view
 from carvault.signals import CATEGORIES, Catalogue
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
@@ -74,6 +74,7 @@ LEASE_NAME = "purge"
 LEASE_MS = 10 * 60_000  # a lease outliving its holder (a killed run) frees itself after this
 CUTOFF_CACHE_S = 5.0  # how stale the read path's cutoffs may be (another replica's run shows within this)
 SCHEDULER_ACTOR = Actor("system", "retention")
+FRAME_COLUMNS = (CAMERA + "FrameHash",)  # the column that binds a stored frame to its batch
 
 
 def period_ms(category: str) -> int:
@@ -600,7 +601,13 @@ class Retention:
 
     # ------------------------------------------------------------------ withholding
     def _withhold(self, a: BatchAction, totals: dict[str, int]) -> None:
-        """Mark the batch's newly expired categories and rewrite its query copy without their columns."""
+        """Mark the batch's newly expired categories and rewrite its query copy without their columns.
+
+        Camera frames are not evidence (the signed batch holds only their hashes), so frames of a batch whose
+        camera category has ended are erased outright. Incident packages and portability bundles already built
+        keep the whole signed batch, as new ones do (docs/retention.md, "What stays").
+        """
+        frames: list[str] = []
         with self.db.session() as s:
             mark = s.get(RetentionWithheld, a.batch_id)
             before = set(json.loads(mark.categories)) if mark else set()
@@ -609,10 +616,14 @@ class Retention:
                 s.add(RetentionWithheld(batch_id=a.batch_id, vin=a.vin, categories=cats))
             else:
                 mark.categories = cats
-            files = self._copies(s, a)  # packages over this span hold the withheld samples in readable form
-        for name in files:
-            (self.data_dir / name).unlink(missing_ok=True)
-        totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
+            if any((sig := self.catalogue.get(c)) and sig.category in a.withhold for c in FRAME_COLUMNS):
+                frames = list(
+                    s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+                )
+                s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+        for h in frames:
+            self.frames.blob_path(h).unlink(missing_ok=True)
+        totals["frames_erased"] += len(frames)
         copy = self.derived.read(a.vin, a.batch_hash)
         if copy is None:
             return  # the next read rebuilds it, already without the withheld columns

@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +212,8 @@ class LiveHub:
     def __init__(self, broker: Broker | None = None, store: LastValueStore | None = None) -> None:
         self.broker = broker or MemoryBroker()
         self.store = store
+        # Per signal path, the time before which values are past their retention period (compliance/retention.py).
+        self.withheld: Callable[[], Mapping[str, int]] | None = None
         self._loaded: set[str] = set()  # vehicles whose stored last values were merged in
         self._dirty: set[str] = set()  # vehicles with frames accepted here and not yet written to the store
         self._flusher: asyncio.Task[None] | None = None
@@ -299,7 +301,9 @@ class LiveHub:
         """The last value of every streamed signal of a vehicle (a copy)."""
         self._merge_stored(vin)
         with self._lock:
-            return dict(self._latest.get(vin, {}))
+            values = dict(self._latest.get(vin, {}))
+        cutoffs = self.withheld() if self.withheld is not None else {}
+        return {p: v for p, v in values.items() if v.t_ms >= cutoffs.get(p, v.t_ms)} if cutoffs else values
 
     def last_seen_ms(self, vin: str) -> int | None:
         """When the region last accepted a frame from the car, or None if never."""

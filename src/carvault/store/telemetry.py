@@ -131,11 +131,11 @@ class TelemetryStore:
 
 
 def withhold(table: pa.Table, cutoffs: Mapping[str, int]) -> pa.Table:
-    """``table`` with the values of each column before its cutoff time made null (rows sorted by ``t``)."""
+    """``table`` with the values of each column before its cutoff time made null."""
     if table.num_rows == 0:
         return table
     t = table.column("t").cast(pa.int64())
-    first = t[0].as_py()
+    first = pc.min(t).as_py()
     for i, name in enumerate(table.column_names):
         cut = cutoffs.get(name)
         if name == "t" or cut is None or cut <= first:
