@@ -12,12 +12,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from carvault.errors import TooManyRequests, Unauthenticated
 from carvault.web import csrf
 from carvault.web.deps import STAFF_COOKIE
 from carvault.web.i18n import LANG_COOKIE, LANGUAGES
-from carvault.web.views import console_apps, console_deletions, console_holds, console_orders, console_staff
+from carvault.web.views import (
+    console_apps,
+    console_deletions,
+    console_holds,
+    console_orders,
+    console_rights,
+    console_staff,
+)
 from carvault.web.views.console_base import (
     CONSOLE,
     ConsoleError,
@@ -35,7 +43,14 @@ from carvault.web.views.console_base import (
 
 DASHBOARD = Section("dashboard", CONSOLE, None)
 # The console's areas in nav order; each brings its SECTION, router and dashboard tile.
-AREAS: tuple[ModuleType, ...] = (console_deletions, console_holds, console_orders, console_apps, console_staff)
+AREAS: tuple[ModuleType, ...] = (
+    console_rights,
+    console_deletions,
+    console_holds,
+    console_orders,
+    console_apps,
+    console_staff,
+)
 SECTIONS: tuple[Section, ...] = (DASHBOARD, *(m.SECTION for m in AREAS))
 
 router = APIRouter(include_in_schema=False)
@@ -70,7 +85,7 @@ async def login(request: Request) -> Response:
     username = form.get("username", "").strip()[:64]
     to = safe_console_next(form.get("next"))
     try:
-        secret, _ = await p.call(
+        secret, _ = await run_in_threadpool(
             p.region.staff.login, username, form.get("password", ""), form.get("code", ""), client_of(request)
         )
     except TooManyRequests as e:

@@ -162,8 +162,11 @@ class ConsolePage:
             raise ConsoleError(403, self.t("console.forbidden", permission=permission.value), code="role_forbidden")
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a (blocking) service call off the event loop."""
-        return await run_in_threadpool(fn, *args, **kwargs)
+        """Run a (blocking) service call off the event loop; a refusal becomes the console's error page."""
+        try:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        except CarVaultError as e:
+            raise ConsoleError(e.status, self.error_text(e), code=e.code) from None
 
     async def attempt(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T | None, str | None, int]:
         """Run a service call that may refuse: (result, None, 200) or (None, the refusal for people, its status)."""

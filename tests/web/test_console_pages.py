@@ -1,0 +1,332 @@
+"""The operator console over plain HTTP: log-in with a TOTP code, every console page × every role (a role opens only
+its pages and sees only their nav entries; the others answer 403 with the console's error page), owners' sessions
+never open it, CSRF on every form, and each area's actions going through the real services."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+from fastapi.routing import APIRoute
+
+from carvault.access.audit import AuditAction, event_json
+from carvault.compliance.rights import Kind
+from carvault.compliance.roles import Role, allows
+from carvault.region import Region
+from carvault.store.metadata import AuthorityOrder, LegalHold
+from carvault.vehicle.identity import VehicleIdentity
+from carvault.web import csrf
+from carvault.web.app import create_app
+from carvault.web.deps import STAFF_COOKIE
+from carvault.web.views.console import SECTIONS
+from tests.conftest import OwnerClient, make_owner
+from tests.factories import make_staff
+from tests.web.test_route_access import _routes as app_routes
+
+PASSWORD = "operator password 1"
+# Console routes reachable without a staff session (each says why); every other one needs console_with(...).
+OPEN_ROUTES = {
+    ("GET", "/console/login"): "the log-in form",
+    ("POST", "/console/login"): "log-in: password and TOTP code",
+    ("POST", "/console/logout"): "ends the browser's own staff session (CSRF-checked)",
+    ("POST", "/console/language"): "the language switch (CSRF-checked)",
+}
+
+
+def _token(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def _console_routes(region: Region) -> list[tuple[str, str, Any]]:
+    """(method, path, permission or "open") of every console route the app serves."""
+    found = []
+    for path, route in app_routes(create_app(region).routes):
+        if not isinstance(route, APIRoute) or not path.startswith("/console"):
+            continue
+        guards = [d.call for d in route.dependant.dependencies if getattr(d.call, "console", False)]
+        for method in route.methods:
+            if guards:
+                found.append((method, path, guards[0].permission))
+            else:
+                assert (method, path) in OPEN_ROUTES, f"{method} {path} has no console_with guard"
+                found.append((method, path, "open"))
+    return found
+
+
+def _as(http: httpx.Client, secret: str) -> httpx.Client:
+    http.cookies.clear()
+    http.cookies.set(STAFF_COOKIE, secret)
+    return http
+
+
+def _fill(path: str) -> str:
+    return re.sub(r"\{[a-z_]+\}", lambda m: "reset_totp" if m.group(0) == "{action}" else "999999", path)
+
+
+def test_log_in_needs_the_password_and_a_fresh_totp_code(region: Region, http: httpx.Client) -> None:
+    _, totp = region.staff.create("li.na", PASSWORD, Role.DPO)
+    r = http.get("/console/rights")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login?next=/console/rights"
+    page = http.get("/console/login")
+    assert page.status_code == 200 and 'autocomplete="one-time-code"' in page.text
+    token = _token(page.text)
+    form = {"username": "li.na", "password": PASSWORD, "csrf_token": token, "next": "/console/rights"}
+    code = pyotp.TOTP(totp).now()
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    r = http.post("/console/login", data={**form, "code": wrong})
+    assert (
+        r.status_code == 401
+        and "Wrong username, password or code" in r.text
+        and STAFF_COOKIE not in r.headers.get("set-cookie", "")
+    )
+    r = http.post("/console/login", data={**form, "password": "not the password", "code": code})
+    assert r.status_code == 401
+    r = http.post("/console/login", data={**form, "code": code})
+    assert r.status_code == 303 and r.headers["location"] == "/console/rights", r.text
+    cookie = r.headers["set-cookie"]
+    assert f"{STAFF_COOKIE}=cvs_" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "Max-Age" not in cookie.split(",")[0]  # a browser-session cookie; the server ends it after 30 idle min
+    assert http.get("/console/rights").status_code == 200
+    # The same code a second time is refused (a code is accepted once), even with the right password.
+    other = httpx.Client(base_url=str(http.base_url))
+    t2 = _token(other.get("/console/login").text)
+    r = other.post("/console/login", data={**form, "csrf_token": t2, "code": code})
+    assert r.status_code == 401
+    # Log-out ends the session on the server, not only in this browser.
+    secret = http.cookies[STAFF_COOKIE]
+    r = http.post("/console/logout", data={"csrf_token": csrf.token_for(secret)})
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
+    assert _as(http, secret).get("/console").status_code == 303
+
+
+def test_log_in_is_rate_limited(region: Region, http: httpx.Client) -> None:
+    region.staff.create("wang.fang", PASSWORD, Role.SUPPORT)
+    token = _token(http.get("/console/login").text)
+    statuses = [
+        http.post(
+            "/console/login", data={"username": "wang.fang", "password": "guess", "code": "000000", "csrf_token": token}
+        ).status_code
+        for _ in range(12)
+    ]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+
+
+def test_every_console_page_by_role(region: Region, http: httpx.Client) -> None:
+    routes = _console_routes(region)
+    gets = [(path, perm) for method, path, perm in routes if method == "GET" and perm != "open"]
+    assert {s.path for s in SECTIONS} <= {path for path, _ in gets}  # every nav entry is a guarded page
+    seen_forbidden = seen_allowed = 0
+    for role in Role:
+        _, secret = make_staff(region, role)
+        _as(http, secret)
+        nav = set(re.findall(r'data-section="([a-z_]+)"', http.get("/console").text))
+        assert nav == {s.key for s in SECTIONS if s.permission is None or allows(role, s.permission)}, role
+        for path, perm in gets:
+            r = http.get(_fill(path))
+            if perm is None or allows(role, perm):
+                assert r.status_code in (200, 404), (role, path, r.status_code)
+                seen_allowed += 1
+            else:
+                assert r.status_code == 403, (role, path, r.status_code)
+                assert "<h1>Not allowed</h1>" in r.text and f"({perm.value})" in r.text  # the console's error page
+                seen_forbidden += 1
+        for method, path, perm in routes:
+            if method != "POST" or perm == "open":
+                continue
+            r = http.post(_fill(path), data={"csrf_token": csrf.token_for(secret)})
+            if perm is None or allows(role, perm):
+                assert r.status_code != 403, (role, path, r.text[-400:])
+            else:
+                assert r.status_code == 403 and "Not allowed" in r.text, (role, path)
+    assert seen_forbidden > 10 and seen_allowed > 10  # the walk saw both sides
+
+
+def test_an_owner_never_opens_the_console(region: Region, http: httpx.Client) -> None:
+    owner = make_owner(http)
+    owner_token = owner.headers["Authorization"].removeprefix("Bearer ")
+    for cookies in ({STAFF_COOKIE: owner_token}, {"carvault_session": owner_token}):
+        http.cookies.clear()
+        for name, value in cookies.items():
+            http.cookies.set(name, value)
+        r = http.get("/console")
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login"), cookies
+    http.cookies.clear()
+    r = http.get("/console/rights", headers=owner.headers)
+    assert r.status_code == 303
+    # Nor does an owner's password log in to the console.
+    token = _token(http.get("/console/login").text)
+    r = http.post(
+        "/console/login",
+        data={"username": owner.email, "password": owner.password, "code": "123456", "csrf_token": token},
+    )
+    assert r.status_code == 401
+
+
+def test_console_forms_need_this_sessions_token(region: Region, http: httpx.Client) -> None:
+    _, secret = make_staff(region, Role.LIAISON)
+    _, other = make_staff(region, Role.LIAISON)
+    _as(http, secret)
+    form = {"vin": "LRWTEST0000000001", "authority": "court", "reason": "case 1"}
+    assert http.post("/console/holds", data=form).status_code == 403
+    assert http.post("/console/holds", data={**form, "csrf_token": csrf.token_for(other)}).status_code == 403
+    r = http.post(
+        "/console/holds",
+        data={**form, "csrf_token": csrf.token_for(secret)},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403
+    with region.db.session() as s:
+        assert s.query(LegalHold).count() == 0  # nothing stored by a refused form
+
+
+def test_holds_placed_and_released_name_the_staff_member(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
+    r = http.post(
+        "/api/v1/vehicles/claim", json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}, headers=owner.headers
+    )
+    assert r.status_code in (200, 201), r.text
+    liaison, secret = make_staff(region, Role.LIAISON)
+    _as(http, secret)
+    token = csrf.token_for(secret)
+    r = http.post("/console/holds", data={"vin": vehicle.vin, "authority": "", "reason": "x", "csrf_token": token})
+    assert r.status_code == 422 and "authority" in r.text  # the service's validation_failed
+    r = http.post("/console/holds", data={"vin": "SHORT", "authority": "court", "reason": "x", "csrf_token": token})
+    assert r.status_code == 400 and "17 characters" in r.text
+    form = {"vin": vehicle.vin.lower(), "authority": "Shenzhen court", "reason": "(2026) 123", "csrf_token": token}
+    r = http.post("/console/holds", data=form)
+    assert r.status_code == 303 and r.headers["location"] == "/console/holds?notice=hold_placed"
+    page = http.get("/console/holds").text
+    assert vehicle.vin in page and "Shenzhen court" in page
+    hold = region.deletions.holds()[0]
+    r = http.post(f"/console/holds/{hold.id}/release", data={"csrf_token": token})
+    assert r.status_code == 303 and not region.deletions.holds()
+    r = http.post(f"/console/holds/{hold.id}/release", data={"csrf_token": token})
+    assert r.status_code == 409  # released once only
+    log = [event_json(e) for e in region.audit.list(owner.owner_id)]
+    placed = [e for e in log if e["action"] == AuditAction.HOLD_PLACE]
+    released = [e for e in log if e["action"] == AuditAction.HOLD_RELEASE]
+    assert placed and released
+    assert placed[0]["actor"] == f"staff:authority_liaison:{liaison.username}"
+    assert placed[0]["detail"]["authority"] == "Shenzhen court"
+
+
+def test_an_order_with_a_bad_window_stores_nothing(
+    region: Region, http: httpx.Client, vehicle: VehicleIdentity
+) -> None:
+    _, secret = make_staff(region, Role.LIAISON)
+    _as(http, secret)
+    form = {
+        "authority": "Zhengzhou market supervision",
+        "reference": "(2026) 7",
+        "legal_basis": "Product Quality Law",
+        "vin": vehicle.vin,
+        "start": "2026-11-20T10:00:00",
+        "end": "2026-11-22T10:00:00",
+        "csrf_token": csrf.token_for(secret),
+    }
+    r = http.post("/console/orders", data=form)
+    assert r.status_code == 400 and "24 hours" in r.text
+    r = http.post("/console/orders", data={**form, "end": "not a time"})
+    assert r.status_code == 400
+    with region.db.session() as s:
+        assert s.query(AuthorityOrder).count() == 0
+
+
+def test_rights_request_refused_with_a_reason(region: Region, http: httpx.Client, owner: OwnerClient) -> None:
+    filed = region.rights.file(region.rights.check(owner.owner_id, Kind.COMPLAINT, details="my data was shared"))
+    dpo, secret = make_staff(region, Role.DPO)
+    _, support = make_staff(region, Role.SUPPORT)
+    _as(http, support)
+    assert http.get(f"/console/rights/{filed.id}").status_code == 200  # support sees requests...
+    r = http.post(f"/console/rights/{filed.id}/refuse", data={"reason": "no", "csrf_token": csrf.token_for(support)})
+    assert r.status_code == 403  # ...but does not decide them
+    _as(http, secret)
+    listing = http.get("/console/rights").text
+    assert f'data-request="{filed.id}"' in listing
+    token = csrf.token_for(secret)
+    r = http.post(f"/console/rights/{filed.id}/refuse", data={"reason": "  ", "csrf_token": token})
+    assert r.status_code == 422 and "reason is required" in r.text
+    assert region.rights.get(filed.id).status == "received"
+    r = http.post(f"/console/rights/{filed.id}/refuse", data={"reason": "Not ours to decide", "csrf_token": token})
+    assert r.status_code == 303
+    done = region.rights.get(filed.id)
+    assert done.status == "refused" and done.reason == "Not ours to decide" and done.handler_role == "dpo"
+    assert http.get("/console/rights/999999").status_code == 404
+
+
+def test_apps_decided_in_the_console_are_recorded(region: Region, http: httpx.Client) -> None:
+    app, _ = region.apps.register(
+        name="Fleet", legal_entity="Fleet Ltd", jurisdiction="cn", contact="dev@fleet.example", purposes=["insurance"]
+    )
+    dpo, secret = make_staff(region, Role.DPO)
+    _as(http, secret)
+    assert app.client_id in http.get("/console/apps").text
+    token = csrf.token_for(secret)
+    r = http.post(f"/console/apps/{app.client_id}/decide", data={"status": "pending", "csrf_token": token})
+    assert r.status_code == 400
+    r = http.post(
+        f"/console/apps/{app.client_id}/decide", data={"status": "approved", "reason": "ok", "csrf_token": token}
+    )
+    assert r.status_code == 303 and region.apps.get(app.client_id).status == "approved"
+    entry = event_json(region.audit.list(None, action=AuditAction.APP_DECIDE)[0])
+    assert entry["actor"] == f"staff:dpo:{dpo.username}" and entry["detail"]["previous"] == "pending"
+    r = http.post("/console/apps/app_nothing/decide", data={"status": "approved", "csrf_token": token})
+    assert r.status_code == 404
+
+
+def test_admin_creates_a_member_who_logs_in_with_the_secret_shown_once(region: Region, http: httpx.Client) -> None:
+    _, secret = make_staff(region, Role.REGION_ADMIN)
+    _as(http, secret)
+    token = csrf.token_for(secret)
+    form = {
+        "username": "zhao.lei",
+        "display_name": "Zhao Lei",
+        "role": "auditor",
+        "jurisdiction": "",
+        "password": PASSWORD,
+        "password_confirm": PASSWORD,
+        "csrf_token": token,
+    }
+    r = http.post("/console/staff", data={**form, "password_confirm": "other"})
+    assert r.status_code == 400
+    r = http.post("/console/staff", data=form)
+    assert r.status_code == 201
+    totp = re.search(r'id="totp-secret">([A-Z2-7]+)<', r.text)
+    assert totp and "otpauth://totp/" in r.text
+    assert totp.group(1) not in http.get("/console/staff").text  # shown once
+    r = http.post("/console/staff", data=form)
+    assert r.status_code == 409  # the username is taken
+    browser = httpx.Client(base_url=str(http.base_url))
+    t = _token(browser.get("/console/login").text)
+    r = browser.post(
+        "/console/login",
+        data={"username": "zhao.lei", "password": PASSWORD, "code": pyotp.TOTP(totp.group(1)).now(), "csrf_token": t},
+    )
+    assert r.status_code == 303
+    nav = set(re.findall(r'data-section="([a-z_]+)"', browser.get("/console").text))
+    assert "staff" not in nav and "rights" in nav  # an auditor sees records, not staff management
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+def test_console_pages_in_both_languages(region: Region, http: httpx.Client, lang: str) -> None:
+    _, secret = make_staff(region, Role.REGION_ADMIN)
+    _as(http, secret)
+    r = http.post(
+        "/console/language", data={"lang": lang, "next": "/console/staff", "csrf_token": csrf.token_for(secret)}
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/console/staff"
+    page = http.get("/console").text
+    assert f'<html lang="{lang}">' in page
+    assert ("总览" in page) == (lang == "zh-CN") and ("Dashboard" in page) == (lang == "en")
+    r = http.post("/console/language", data={"lang": "xx", "csrf_token": csrf.token_for(secret)})
+    assert r.status_code == 400
+    r = http.post(
+        "/console/language", data={"lang": "en", "next": "https://evil.example/", "csrf_token": csrf.token_for(secret)}
+    )
+    assert r.headers["location"] == "/console"
