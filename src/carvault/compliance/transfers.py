@@ -511,24 +511,27 @@ class Transfers:
             )
         if not named:
             return None, "no transfer record names this recipient"
-        current = [r for r in named if record_status(r, now) == RecordStatus.APPROVED]
-        if not current:
-            return None, f"its transfer record is {record_status(named[0], now).value}"
-        if categories is None:
-            return current[0], ""
-        wanted = set(categories)
+        wanted = set(categories or ())
         important = important_of(wanted)
-        fits = [
-            r
-            for r in current
-            if wanted <= set(json.loads(r.categories)) and (not important or ROUTES[Route(r.route)].important_data)
-        ]
-        if not fits:
-            if important and not any(ROUTES[Route(r.route)].important_data for r in current):
-                return None, f"{', '.join(important)} is important data, which leaves only under a security assessment"
-            return None, f"no current transfer record covers {', '.join(sorted(wanted))}"
-        fits.sort(key=lambda r: (r.route != Route.SECURITY_ASSESSMENT, -r.id))
-        return fits[0], ""
+
+        def fits(r: TransferRecord) -> bool:
+            covered = wanted <= set(json.loads(r.categories))
+            return covered and (not important or ROUTES[Route(r.route)].important_data)
+
+        current = [r for r in named if record_status(r, now) == RecordStatus.APPROVED]
+        if categories is None:
+            if current:
+                return current[0], ""
+            return None, f"its transfer record is {record_status(named[0], now).value}"
+        covering = sorted(filter(fits, current), key=lambda r: (r.route != Route.SECURITY_ASSESSMENT, -r.id))
+        if covering:
+            return covering[0], ""
+        lapsed = [r for r in named if fits(r)]
+        if lapsed:  # the newest record that would cover it is suspended or expired
+            return None, f"its transfer record {lapsed[0].id} is {record_status(lapsed[0], now).value}"
+        if important and not any(ROUTES[Route(r.route)].important_data for r in named):
+            return None, f"{', '.join(important)} is important data, which leaves only under a security assessment"
+        return None, f"no transfer record of this recipient covers {', '.join(sorted(wanted))}"
 
     def check(
         self,
@@ -672,24 +675,11 @@ class Transfers:
             k.value: _level(counts.get((REGION_SCOPE, k.value), 0), warning_marks(REGION_SCOPE, k, None))
             for k in (Klass.SENSITIVE, Klass.PERSONAL)
         }
-        per_record = []
-        for rid in sorted({int(scope.split(":")[1]) for scope, _ in counts if scope.startswith("record:")}):
-            r = records.get(rid)
-            if r is None:
-                continue
-            scope = record_scope(rid)
-            per_record.append(
-                {
-                    "record_id": rid,
-                    "route": r.route,
-                    "recipient": r.recipient,
-                    "status": record_status(r).value,
-                    **{
-                        k.value: _level(counts.get((scope, k.value), 0), warning_marks(scope, k, r))
-                        for k in (Klass.ALL, Klass.SENSITIVE, Klass.PERSONAL)
-                    },
-                }
-            )
+        per_record = [
+            _record_entry(records[rid], counts)
+            for rid in sorted({int(scope.split(":")[1]) for scope, _ in counts if scope.startswith("record:")})
+            if rid in records
+        ]
         warnings = [
             {"scope": REGION_SCOPE, "klass": k, **lim}
             for k, entry in region.items()
@@ -713,6 +703,15 @@ class Transfers:
             ],
         }
 
+    def record_counters(self, record: TransferRecord, year: int) -> dict[str, Any]:
+        """One record's persons in a year (all, sensitive, non-sensitive) with its approved scale's level."""
+        scope = record_scope(record.id)
+        with self.db.session() as s:
+            rows = list(
+                s.scalars(select(TransferCounter).where(TransferCounter.year == year, TransferCounter.scope == scope))
+            )
+        return _record_entry(record, {(c.scope, c.klass): c.persons for c in rows})
+
     def events(
         self,
         *,
@@ -734,6 +733,21 @@ class Transfers:
             q = q.where(TransferEvent.id < before_id)
         with self.db.session() as s:
             return list(s.scalars(q.order_by(TransferEvent.id.desc()).limit(max(1, min(limit, 1000)))))
+
+
+def _record_entry(r: TransferRecord, counts: dict[tuple[str, str], int]) -> dict[str, Any]:
+    """A record's counters in the shape ``counters`` shows them."""
+    scope = record_scope(r.id)
+    return {
+        "record_id": r.id,
+        "route": r.route,
+        "recipient": r.recipient,
+        "status": record_status(r).value,
+        **{
+            k.value: _level(counts.get((scope, k.value), 0), warning_marks(scope, k, r))
+            for k in (Klass.ALL, Klass.SENSITIVE, Klass.PERSONAL)
+        },
+    }
 
 
 def _level(persons: int, marks: list[tuple[int, str]]) -> dict[str, Any]:

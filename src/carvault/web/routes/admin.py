@@ -18,3 +18,6 @@ router.include_router(admin_records.router)
 from carvault.web.routes import admin_retention  # noqa: E402
 
 router.include_router(admin_retention.router)
+from carvault.web.routes import admin_transfers  # noqa: E402
+
+router.include_router(admin_transfers.router)

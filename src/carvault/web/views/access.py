@@ -71,6 +71,11 @@ def summary(p: Page, e: dict[str, Any]) -> str:
     if d.get("signals") and d["signals"] != "*":
         n = len(str(d["signals"]).split(","))
         parts.append(p.t("access.signals", n=n))
+    transfer = d.get("transfer")
+    if isinstance(transfer, dict) and transfer.get("record_id") is not None:  # a read from abroad (transfers.py)
+        route = p.t.maybe(f"transfer.route.{transfer.get('route')}", str(transfer.get("route")))
+        where = str(transfer.get("destination", ""))
+        parts.append(p.t("access.transfer_abroad", destination=where, id=transfer["record_id"], route=route))
     return " · ".join(parts)
 
 

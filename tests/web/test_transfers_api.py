@@ -1,0 +1,222 @@
+"""Cross-border transfers over a real server: a foreign app's reads through the gate, and the operator's API.
+
+The app holds an OAuth token issued by the real authorization flow; the operator acts with staff bearer tokens
+(``make_staff``). Counters near a legal threshold are seeded in the database; the counting itself runs on reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from carvault.compliance.roles import Role
+from carvault.compliance.transfers import year_of
+from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.store.metadata import App, AuditEvent, TransferCounter, TransferRecord, now_ms
+from tests.conftest import OwnerClient
+from tests.factories import make_staff
+from tests.web import test_oauth
+from tests.web.test_oauth import WINDOW, approve, bearer, client_for, register_app
+
+pytestmark = pytest.mark.slow
+
+browser, car, data = test_oauth.browser, test_oauth.car, test_oauth.data
+DAY_MS = 86_400_000
+SCOPE = "vss:Vehicle.Speed vss:Vehicle.CurrentLocation history"  # driving dynamics and (sensitive) location
+CATEGORIES = ["driving_dynamics", "location"]
+
+
+def staff(region: Region, role: Role) -> dict[str, str]:
+    _, secret = make_staff(region, role)
+    return bearer(secret)
+
+
+def new_record(client_id: str, **change: Any) -> dict[str, Any]:
+    return {
+        "route": "standard_contract",
+        "recipient_kind": "app",
+        "recipient": client_id,
+        "recipient_jurisdiction": "eu",
+        "purpose": "usage-based insurance priced by the EU parent company",
+        "categories": CATEGORIES,
+        "max_persons": 20_000,
+        "to_ms": now_ms() + 365 * DAY_MS,
+        "approval_reference": "SC-filing 2026-117",
+        **change,
+    }
+
+
+def read(http: httpx.Client, vin: str, token: str) -> httpx.Response:
+    params = {**WINDOW, "signals": "Vehicle.Speed", "format": "json"}
+    return http.get(f"/api/v1/vehicles/{vin}/telemetry", headers=bearer(token), params=params)
+
+
+def code(r: httpx.Response) -> str:
+    return str(r.json()["error"]["code"])
+
+
+def foreign_app_token(region: Region, server: BackgroundServer, browser: httpx.Client) -> tuple[str, str]:
+    """An app approved while it processed data here, then found to process it in the EU: (client_id, token)."""
+    app = register_app(region)
+    token = approve(client_for(server, app, scope=SCOPE), browser)["access_token"]
+    with region.db.session() as s:
+        s.execute(update(App).where(App.client_id == app.client_id).values(jurisdiction="eu"))
+    return app.client_id, token
+
+
+def seed(region: Region, klass: str, persons: int) -> None:
+    with region.db.session() as s:
+        row = s.scalar(
+            select(TransferCounter).where(
+                TransferCounter.year == year_of(now_ms()),
+                TransferCounter.scope == "region",
+                TransferCounter.klass == klass,
+            )
+        )
+        if row is None:
+            s.add(TransferCounter(year=year_of(now_ms()), scope="region", klass=klass, persons=persons))
+        else:
+            row.persons = persons
+
+
+def test_a_foreign_app_is_refused_without_a_record_admitted_with_one_and_stopped_by_suspension(
+    region: Region,
+    http: httpx.Client,
+    server: BackgroundServer,
+    browser: httpx.Client,
+    owner: OwnerClient,
+    data: str,
+) -> None:
+    client_id, token = foreign_app_token(region, server, browser)
+    refused = read(http, data, token)
+    assert refused.status_code == 403 and code(refused) == "cross_border_transfer", refused.text
+    assert refused.json()["error"]["recipient_jurisdiction"] == "eu"
+    dpo = staff(region, Role.DPO)
+    # A record that leaves out the sensitive location data does not cover this grant.
+    partial = http.post(
+        "/api/v1/admin/transfers/records", headers=dpo, json=new_record(client_id, categories=["driving_dynamics"])
+    )
+    assert partial.status_code == 201, partial.text
+    still = read(http, data, token)
+    assert (
+        still.status_code == 403
+        and code(still) == "cross_border_transfer"
+        and "location" in still.json()["error"]["message"]
+    )
+
+    made = http.post("/api/v1/admin/transfers/records", headers=dpo, json=new_record(client_id))
+    assert made.status_code == 201, made.text
+    rec = made.json()
+    assert rec["status"] == "approved" and rec["created_by"].startswith("staff:dpo:")
+    for _ in range(2):
+        ok = read(http, data, token)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["rows"] > 0
+
+    auditor = staff(region, Role.AUDITOR)
+    logged = http.get("/api/v1/admin/transfers/events", headers=auditor, params={"record_id": rec["id"]}).json()
+    assert [(e["principal"], e["vin"], e["action"], e["sensitive"]) for e in logged["events"]] == [
+        (f"app:{client_id}", data, "query", True)
+    ] * 2
+    counted = http.get("/api/v1/admin/transfers/counters", headers=auditor).json()
+    assert counted["region"]["sensitive"]["persons"] == 1 and counted["region"]["personal"]["persons"] == 1
+    shown = http.get(f"/api/v1/admin/transfers/records/{rec['id']}", headers=auditor).json()
+    assert shown["counters"]["all"]["persons"] == 1 and shown["counters"]["all"]["limits"][0]["limit"] == 20_000
+
+    # The owner's access log names the read as a transfer abroad: the record, its route, the destination.
+    events = http.get("/api/v1/audit", headers=owner.headers, params={"action": "telemetry.read"}).json()["events"]
+    assert events[0]["actor"] == f"app:{client_id}"
+    assert events[0]["detail"]["transfer"] == {
+        "record_id": rec["id"],
+        "route": "standard_contract",
+        "destination": "eu",
+        "recipient": client_id,
+        "approval_reference": "SC-filing 2026-117",
+    }
+    page = browser.get("/access")
+    assert page.status_code == 200 and f"transfer abroad to eu, record #{rec['id']} (standard contract)" in page.text
+
+    # Suspension takes effect on the very next request (the partial record still covers none of it).
+    support = staff(region, Role.SUPPORT)
+    barred = http.post(f"/api/v1/admin/transfers/records/{rec['id']}/suspend", headers=support, json={"reason": "x"})
+    assert barred.status_code == 403 and code(barred) == "role_forbidden"
+    stop = http.post(
+        f"/api/v1/admin/transfers/records/{rec['id']}/suspend", headers=dpo, json={"reason": "recipient breach"}
+    )
+    assert stop.status_code == 200 and stop.json()["status"] == "suspended"
+    after = read(http, data, token)
+    assert after.status_code == 403 and code(after) == "cross_border_transfer"
+    again = http.post(f"/api/v1/admin/transfers/records/{rec['id']}/suspend", headers=dpo, json={"reason": "again"})
+    assert again.status_code == 409
+
+    # A new record admits again until its period ends; the end applies on the next request too.
+    renewed = http.post("/api/v1/admin/transfers/records", headers=dpo, json=new_record(client_id)).json()
+    assert read(http, data, token).status_code == 200
+    with region.db.session() as s:
+        s.execute(update(TransferRecord).where(TransferRecord.id == renewed["id"]).values(to_ms=now_ms() - 1))
+    ended = read(http, data, token)
+    assert ended.status_code == 403 and code(ended) == "cross_border_transfer" and "expired" in ended.text
+    listed = http.get("/api/v1/admin/transfers/records", headers=auditor, params={"status": "expired"}).json()
+    assert [r["id"] for r in listed["records"]] == [renewed["id"]]
+
+
+def test_the_sensitive_trigger_warns_then_refuses_a_new_person_on_a_standard_contract(
+    region: Region, http: httpx.Client, server: BackgroundServer, browser: httpx.Client, car: str
+) -> None:
+    client_id, token = foreign_app_token(region, server, browser)
+    dpo = staff(region, Role.DPO)
+    assert http.post("/api/v1/admin/transfers/records", headers=dpo, json=new_record(client_id)).status_code == 201
+    seed(region, "sensitive", 9_999)  # this owner would be the 10,000th: only a security assessment covers that
+    full = read(http, car, token)
+    assert full.status_code == 403 and code(full) == "transfer_cap_reached", full.text
+    assert full.json()["error"]["limit"] == 9_999
+    seed(region, "sensitive", 7_999)
+    assert read(http, car, token).status_code == 200  # the 8,000th: 80 % of 10,000
+    counted = http.get("/api/v1/admin/transfers/counters", headers=dpo).json()
+    assert counted["region"]["sensitive"]["persons"] == 8_000
+    assert [(w["scope"], w["klass"], w["limit"], w["level"]) for w in counted["warnings"]] == [
+        ("region", "sensitive", 10_000, "warning")
+    ]
+    with region.db.session() as s:
+        warned = list(s.scalars(select(AuditEvent.detail).where(AuditEvent.action == "transfer.warning")))
+    assert len(warned) == 1 and '"persons": 8000' in warned[0]
+
+
+def test_the_operator_api_refuses_bad_input_and_wrong_callers(
+    region: Region, http: httpx.Client, owner: OwnerClient
+) -> None:
+    dpo, auditor = staff(region, Role.DPO), staff(region, Role.AUDITOR)
+    url = "/api/v1/admin/transfers/records"
+    important = http.post(url, headers=dpo, json=new_record("c1", categories=["exterior_camera"]))
+    assert important.status_code == 422 and important.json()["error"]["field"] == "route"
+    for body in (
+        new_record("c1", categories=["no_such"]),
+        new_record("c1", recipient_jurisdiction="cn"),  # this region: nothing to record
+        new_record("c1", route="handshake"),
+        new_record("c1", max_persons=0),
+        new_record("c1", to_ms=now_ms() - 1),
+        {**new_record("c1"), "status": "approved"},  # unknown field
+        {"route": "standard_contract"},
+        [1, 2],
+    ):
+        r = http.post(url, headers=dpo, json=body)
+        assert r.status_code == 422 and code(r) == "validation_failed", (body, r.text)
+    assert http.get(url, headers=auditor).json()["records"] == []
+    assert code(http.post(url, headers=auditor, json=new_record("c1"))) == "role_forbidden"
+    assert http.get(url, headers=owner.headers).status_code == 401
+    assert http.get(url).status_code == 401
+    assert http.get(f"{url}/999", headers=auditor).status_code == 404
+    assert http.get(f"{url}/0", headers=auditor).status_code == 422
+    assert http.post(f"{url}/999/suspend", headers=dpo, json={"reason": "x"}).status_code == 404
+    assert http.post(f"{url}/999/suspend", headers=dpo, json={"reason": ""}).status_code == 422
+    assert http.get("/api/v1/admin/transfers/events", headers=auditor, params={"limit": 0}).status_code == 422
+    assert http.get("/api/v1/admin/transfers/counters", headers=auditor, params={"year": "x"}).status_code == 422
+    made = http.post(
+        url, headers=dpo, json=new_record("c1", route="security_assessment", categories=["exterior_camera"])
+    )
+    assert made.status_code == 201, made.text
+    assert http.get(url, headers=auditor).json()["records"][0]["categories"] == ["exterior_camera"]
