@@ -124,15 +124,23 @@ def bench(
     ] = None,
     only: Annotated[
         str | None,
-        typer.Option(help="Run one step alone: `live` (streaming cars and VISS subscribers; updates its section)."),
+        typer.Option(
+            help="Run one step alone: `live` (streaming cars and VISS subscribers) or `retention` (purge rate); "
+            "updates its section."
+        ),
     ] = None,
 ) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench.run import run_bench
 
+    if only == "retention":
+        from carvault.bench.retention_bench import RetentionBenchConfig, run_retention_only
+
+        run_retention_only(out, docs, console, RetentionBenchConfig.quick() if quick else None, work_dir)
+        return
     if only is not None:
         if only != "live":
-            console.print(f"[red]error:[/] --only takes `live`, not {only!r}")
+            console.print(f"[red]error:[/] --only takes `live` or `retention`, not {only!r}")
             raise typer.Exit(2)
         from carvault.bench.live_bench import LiveBenchConfig, run_live_only
 
