@@ -23,8 +23,10 @@ from carvault.web.views import (
     console_deletions,
     console_holds,
     console_orders,
+    console_retention,
     console_rights,
     console_staff,
+    console_transfers,
 )
 from carvault.web.views.console_base import (
     CONSOLE,
@@ -48,6 +50,8 @@ AREAS: tuple[ModuleType, ...] = (
     console_deletions,
     console_holds,
     console_orders,
+    console_transfers,
+    console_retention,
     console_apps,
     console_staff,
 )
