@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from carvault.cli import app as cli_app
 from carvault.compliance.retention import RECORD_CONTEXT
 from carvault.compliance.roles import Role
 from carvault.ledger.checkpoint import parse_vkey
+from carvault.provisioning import provision
 from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.settings import Settings
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
-from tests.factories import BASE_MS, drive_table, make_staff
+from tests.factories import BASE_MS, drive_table, make_staff, vin_for
 
 BODY = "Vehicle.LowVoltageBattery.CurrentVoltage"  # body: kept a year; BASE_MS lies more than a year back
 
@@ -112,3 +118,26 @@ def test_cli_runs_lists_and_shows_the_policy(region: Region) -> None:
     region.retention._acquire("another-replica")  # noqa: SLF001
     busy = runner.invoke(cli_app, ["admin", "retention", "run", *data])
     assert busy.exit_code == 1 and "retention_running" in busy.output
+
+
+@pytest.mark.slow
+def test_the_scheduler_purges_on_its_own(settings: Settings, tmp_path: Path) -> None:
+    region = Region(settings.with_(retention_interval_s=1))
+    try:
+        identity = provision(region, vin_for(7), tmp_path / "vehicles")
+        with BackgroundServer(region, port=settings.port) as server:
+            agent = VehicleAgent(identity, tmp_path / "vehicles" / identity.vin, server.url)
+            agent.record(drive_table(BASE_MS, seconds=60, paths=["Vehicle.Speed", BODY]), batch_seconds=60)
+            agent.upload_pending()
+            deadline, withheld = time.monotonic() + 30, []
+            while not withheld and time.monotonic() < deadline:  # runs every second; one after the upload counts
+                time.sleep(0.2)
+                withheld = [
+                    r
+                    for r in region.retention.runs()
+                    if r.status == "done" and json.loads(r.summary)["categories"]["body"]["withheld_batches"] == 1
+                ]
+            assert withheld, [(r.id, r.status) for r in region.retention.runs()]
+            assert withheld[0].actor == "system:retention" and not withheld[0].dry_run  # BASE_MS is over a year back
+    finally:
+        region.close()

@@ -526,15 +526,13 @@ class Retention:
             )
             if held is not None:  # placed since the plan: the hold wins
                 return False
-            files: list[str] = []
+            if not rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id))):
+                return False  # erased meanwhile (a deletion): nothing else of this batch is touched
             frames = list(
                 s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
             )
-            files += [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
+            files = [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
             files += self._copies(s, a)
-            gone = rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id)))
-            if not gone:
-                return False
             s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
             s.execute(delete(VehicleEvent).where(VehicleEvent.vin == a.vin, VehicleEvent.batch_seq == a.seq))
             s.execute(delete(RetentionWithheld).where(RetentionWithheld.batch_id == a.batch_id))
@@ -773,9 +771,9 @@ class RetentionScheduler:
             try:
                 await asyncio.to_thread(self.retention.run)
             except RetentionRunning:
-                continue
-            except CarVaultError as e:  # a store failure: logged, tried again next interval
-                log.warning("retention purge failed: %s", e.message)
+                continue  # another replica's turn
+            except Exception:  # noqa: BLE001 - whatever failed, the loop must live to try again next interval
+                log.exception("retention purge failed; the next interval tries again")
 
     async def stop(self) -> None:
         """Cancel the loop (a purge already in its thread finishes on its own; its lease expires if killed)."""
