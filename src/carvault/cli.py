@@ -268,6 +268,10 @@ def order(
     reference: Annotated[str, typer.Option(help="The order's reference number.")],
     legal_basis: Annotated[str, typer.Option(help="Legal basis of the order.")] = "authority order",
     out: Annotated[Path | None, typer.Option(help="Also write the package here.")] = None,
+    jurisdiction: Annotated[
+        str | None,
+        typer.Option(help="Where the authority sits (a region name); abroad needs a transfer record. Default: here."),
+    ] = None,
     data_dir: DataDir = None,
     region: RegionOpt = None,
     database_url: DbUrl = None,
@@ -286,6 +290,7 @@ def order(
             authority=authority,
             reference=reference,
             legal_basis=legal_basis,
+            jurisdiction=jurisdiction,
         )
     if out:
         out.write_bytes(blob)

@@ -41,6 +41,7 @@ from carvault.store.metadata import (
     TransferRecord,
     now_ms,
 )
+from carvault.vehicle.identity import VehicleIdentity
 
 DAY_MS = 86_400_000
 DPO = Actor("staff", "dpo:test")
@@ -402,3 +403,32 @@ def test_an_existing_database_gains_the_jurisdiction_column_in_place(old_databas
     assert owner is not None and owner.jurisdiction is None
     assert Transfers(db, AuditLog(db), "cn").owner_jurisdiction(owner) == "cn"  # NULL: this region's own
     db.dispose()
+
+
+def test_an_order_from_an_authority_abroad_is_refused_without_a_record_and_stores_nothing(
+    region: Region, vehicle: VehicleIdentity
+) -> None:
+    from carvault.compliance.orders import orders, release_to_owner
+
+    def order(jurisdiction: str | None) -> None:
+        release_to_owner(
+            region,
+            vehicle.vin,
+            now_ms() - 60_000,
+            now_ms(),
+            authority="Foreign Court",
+            reference="X-1",
+            legal_basis="mutual legal assistance request",
+            jurisdiction=jurisdiction,
+        )
+
+    with pytest.raises(CrossBorderTransfer) as e:
+        order("US")
+    assert e.value.details["recipient_jurisdiction"] == "us" and "Foreign Court" in e.value.message
+    with pytest.raises(ValidationFailed):
+        order("not a region")
+    # A record that leaves out important data (camera images a package may hold) does not cover an order.
+    add_record(region, kind="authority", recipient="Foreign Court", jurisdiction="us", route="standard_contract")
+    with pytest.raises(CrossBorderTransfer):
+        order("us")
+    assert orders(region.db) == [] and events(region) == 0

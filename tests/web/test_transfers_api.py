@@ -6,14 +6,19 @@ The app holds an OAuth token issued by the real authorization flow; the operator
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select, update
+from typer.testing import CliRunner
 
+from carvault.cli import app as cli_app
 from carvault.compliance.roles import Role
 from carvault.compliance.transfers import year_of
+from carvault.errors import CrossBorderTransfer
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import App, AuditEvent, TransferCounter, TransferRecord, now_ms
@@ -220,3 +225,48 @@ def test_the_operator_api_refuses_bad_input_and_wrong_callers(
     )
     assert made.status_code == 201, made.text
     assert http.get(url, headers=auditor).json()["records"][0]["categories"] == ["exterior_camera"]
+
+
+def test_the_cli_adds_lists_shows_suspends_and_counts(region: Region) -> None:
+    data = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
+    runner = CliRunner()
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=300)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def add(*categories: str, to: str = until) -> list[str]:
+        return [
+            "admin", "transfers", "add", "--route", "certification", "--recipient", "Acme Re GmbH",
+            "--recipient-kind", "entity", "--jurisdiction", "EU", "--purpose", "reinsurance pricing",
+            *(x for c in categories for x in ("--category", c)), "--max-persons", "500000",
+            "--to", to, "--reference", "CERT-2026-9", "--as", "dpo-li", "--json", *data,
+        ]  # fmt: skip
+
+    made = runner.invoke(cli_app, add("driving_dynamics", "location"))
+    assert made.exit_code == 0, made.output
+    rec = json.loads(made.output)
+    assert rec["recipient_jurisdiction"] == "eu" and rec["created_by"] == "staff:dpo-li"
+    assert rec["categories"] == ["driving_dynamics", "location"] and rec["status"] == "approved"
+    important = runner.invoke(cli_app, add("exterior_camera"))
+    assert important.exit_code == 1, important.output
+    assert "validation_failed" in important.output and "security assessment" in important.output
+    bad_time = runner.invoke(cli_app, add("location", to="next week"))
+    assert bad_time.exit_code == 2 and "invalid_query" in bad_time.output
+    assert len(region.transfers.list()) == 1
+    # The gate admits a read under it; show and counters see the person.
+    (o,) = [region.accounts.register("cli-owner@example.com", "correct horse battery").id]
+    region.transfers.check("entity", "Acme Re GmbH", "eu", owner_id=o, categories=["location"], action="export")
+    shown = runner.invoke(cli_app, ["admin", "transfers", "show", str(rec["id"]), "--json", *data])
+    assert shown.exit_code == 0, shown.output
+    detail = json.loads(shown.output)
+    assert detail["counters"]["sensitive"]["persons"] == 1 and [e["action"] for e in detail["events"]] == ["export"]
+    table = runner.invoke(cli_app, ["admin", "transfers", "counters", *data])
+    assert table.exit_code == 0 and "10,000" in table.output and "1,000,000" in table.output, table.output
+    listed = runner.invoke(cli_app, ["admin", "transfers", "list", "--status", "approved", "--json", *data])
+    assert listed.exit_code == 0 and [x["approval_reference"] for x in json.loads(listed.output)] == ["CERT-2026-9"]
+    assert runner.invoke(cli_app, ["admin", "transfers", "list", *data]).exit_code == 0
+    stop = runner.invoke(cli_app, ["admin", "transfers", "suspend", str(rec["id"]), "--reason", "audit", *data])
+    assert stop.exit_code == 0 and "suspended" in stop.output
+    again = runner.invoke(cli_app, ["admin", "transfers", "suspend", str(rec["id"]), "--reason", "audit", *data])
+    assert again.exit_code == 1 and "conflict" in again.output
+    assert runner.invoke(cli_app, ["admin", "transfers", "show", "999", *data]).exit_code == 1
+    with pytest.raises(CrossBorderTransfer):
+        region.transfers.check("entity", "Acme Re GmbH", "eu", owner_id=o, categories=["location"])

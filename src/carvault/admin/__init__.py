@@ -15,3 +15,6 @@ admin = typer.Typer(
 from carvault.admin.retention import retention  # noqa: E402
 
 admin.add_typer(retention, name="retention")
+from carvault.admin.transfers import transfers  # noqa: E402
+
+admin.add_typer(transfers, name="transfers")
