@@ -24,6 +24,7 @@
     │   ├── RecordRetained             403 record_retained       (a processing record within its 3 years)
     │   ├── RoleForbidden              403 role_forbidden        (a staff role without the route's permission)
     │   ├── TransferCapReached         403 transfer_cap_reached  (one more person abroad passes the route's cover)
+    │   ├── CaseInactive               403 case_inactive         (a case closed, ended, or not approved by the owner)
     │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
     ├── NotFound                       404 not_found
     ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
@@ -210,6 +211,12 @@ class RoleForbidden(Forbidden):
     """The staff member's role does not carry the permission this operator route needs (compliance/roles.py)."""
 
     code = "role_forbidden"
+
+
+class CaseInactive(Forbidden):
+    """A read under a case that is closed, past its end date, or a support ticket the owner has not approved."""
+
+    code = "case_inactive"
 
 
 class OutOfScope(Forbidden):

@@ -17,6 +17,7 @@ from carvault.access.grants import Grants
 from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.annual_report import AnnualReports
+from carvault.compliance.cases import Cases
 from carvault.compliance.data_sheet import DataSheet
 from carvault.compliance.deletion import Deletions
 from carvault.compliance.incidents import Incidents
@@ -121,6 +122,15 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
+        # Operator cases (issue 11): the one way staff read an owner's data; foreign staff pass the transfer gate.
+        self.cases = Cases(
+            self.db,
+            self.catalogue,
+            self.audit,
+            self.name,
+            check_served=self.deletions.check_served,
+            transfers=lambda: getattr(self, "transfers", None),
+        )
         # Reports (issue 11): the operator's identity, the annual report (signed like deletion receipts), the data sheet.
         self.operator_profile = OperatorProfiles(self.db, self.audit, self.name)
         self.reports = AnnualReports(

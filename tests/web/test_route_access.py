@@ -11,6 +11,10 @@ Classes (docs/sharing.md, "How a grant is enforced"):
   ``region.grants.access`` (or ``region.grants.vehicles`` for the listing), which hands back the grant's
   ``ScopedView``.
 - **portal page** — HTML pages of ``carvault.web.views`` outside ``/api/``; they read through the API in-process.
+- **staff** — the operator's API under ``/api/v1/admin`` (issue 11): every route depends on ``staff_with(<permission>)``
+  (tests/web/test_admin_roles.py tries each with every role); only the staff member's own session routes
+  (``STAFF_SELF``) take any staff member, and only the log-in is public. A staff route naming a ``{vin}`` reads
+  through ``region.cases.access`` (an open case), nothing else.
 
 A route that reads through ``current_caller`` without the grants door, or a public route with a ``{vin}``, fails.
 """
@@ -19,15 +23,25 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute, Mount, Route
 
+from carvault.compliance.roles import Permission
 from carvault.region import Region
 from carvault.web.app import create_app
-from carvault.web.deps import Caller, CurrentOwner, RegionDep, current_caller, current_owner
+from carvault.web.deps import (
+    Caller,
+    CurrentOwner,
+    CurrentStaff,
+    RegionDep,
+    current_caller,
+    current_owner,
+    current_staff,
+    staff_with,
+)
 
 # Public API routes and why each may answer anyone. Keys: (METHOD, path) or a path prefix ending in '/'.
 PUBLIC: dict[tuple[str, str], str] = {
@@ -41,7 +55,18 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/log/key"): "transparency log verifier key",
     ("GET", "/api/v1/log/proof/inclusion"): "transparency log proofs: leaf indices and hashes, no VIN",
     ("GET", "/api/v1/log/proof/consistency"): "transparency log proofs between tree sizes",
+    (
+        "POST",
+        "/api/v1/admin/session",
+    ): "staff log-in (password + TOTP code, rate limited); answers only a staff session",
 }
+ADMIN_PREFIX = "/api/v1/admin/"
+# Routes any logged-in staff member may use on their own session, whatever their role.
+STAFF_SELF = {("DELETE", "/api/v1/admin/session"), ("GET", "/api/v1/admin/me")}
+# The only way a staff route reaches a vehicle: an open case (compliance/cases.py).
+CASE_DOOR = "cases.access("
+# Calls that read a vehicle's recorded data: a staff route making one must have gone through the case door.
+STAFF_DATA_READS = ("telemetry.window(", "serve_telemetry(", "frames.", "timeline(")
 # Prefixes of public protocol endpoints: OAuth 2.0 (RFC 6749/7009/7662/8628: clients authenticate there with their
 # own credentials, never as an owner), server metadata (RFC 8414), developer sign-up (apps apply; the operator
 # approves), and the public log tiles (C2SP tlog-tiles).
@@ -139,6 +164,8 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
     calls = _calls(route)
     source = inspect.getsource(route.endpoint)
     methods = sorted(route.methods)
+    if current_staff in calls or path.startswith(ADMIN_PREFIX):
+        return _staff_route(path, route, calls, source)
     if current_owner in calls:
         return "owner-only", ""
     if current_caller in calls:
@@ -162,6 +189,29 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
     return "public", ""
 
 
+def staff_permission(route: APIRoute) -> Any:
+    """The permission of a route's ``staff_with`` dependency (None if it has none)."""
+    return next((c.permission for c in _calls(route) if hasattr(c, "permission")), None)
+
+
+def _staff_route(path: str, route: APIRoute, calls: set[Callable[..., Any]], source: str) -> tuple[str, str]:
+    methods = sorted(route.methods)
+    if not path.startswith(ADMIN_PREFIX):
+        return "staff", f"{methods} {path}: a staff route outside {ADMIN_PREFIX}"
+    if all((m, path) in PUBLIC for m in methods):
+        return "public", ""
+    if current_staff not in calls:
+        return "staff", f"{methods} {path}: an operator route without staff_with(...)"
+    if staff_permission(route) is None and not all((m, path) in STAFF_SELF for m in methods):
+        return "staff", f"{methods} {path}: uses current_staff without staff_with(<permission>)"
+    reads = [r for r in STAFF_DATA_READS if r in source]
+    if ("{vin}" in path or reads) and CASE_DOOR not in source:
+        return "staff", f"{methods} {path}: a staff route reaches a vehicle's data without region.cases.access"
+    if any(d in source for d in GRANT_DOORS):
+        return "staff", f"{methods} {path}: a staff route reaches vehicles through an owner's grants door"
+    return "staff", ""
+
+
 def _app(region: Region) -> FastAPI:
     return create_app(region)
 
@@ -181,6 +231,7 @@ def test_every_route_is_classified(region: Region) -> None:
     assert "/api/v1/vehicles/{vin}/telemetry" in seen["grant-aware"]
     assert "/api/v1/vehicles/{vin}/packages" in seen["owner-only"]
     assert "/api/v1/ingest/batches" in seen["vehicle-signed"]
+    assert "/api/v1/admin/cases/{case_id}/vehicles/{vin}/telemetry" in seen["staff"]
     # Every API route the app keeps in state was walked.
     assert {r.path for r in app.state.api_routes} <= {p for paths in seen.values() for p in paths}
 
@@ -217,6 +268,23 @@ def test_the_guard_catches_leaky_routes(region: Region) -> None:
     def owner(vin: str, owner: CurrentOwner) -> Any:
         return vin
 
+    def staff_no_role(staff: CurrentStaff) -> Any:
+        return staff.username
+
+    def staff_vin(vin: str, staff: Annotated[Any, Depends(staff_with(Permission.CASE_READ))], region: RegionDep) -> Any:
+        return region.telemetry.window(vin, 0, 1, [])
+
+    def staff_read(staff: Annotated[Any, Depends(staff_with(Permission.CASE_READ))], region: RegionDep) -> Any:
+        return region.telemetry.window("LRWTEST0000000001", 0, 1, [])
+
+    def staff_case(
+        vin: str, staff: Annotated[Any, Depends(staff_with(Permission.CASE_READ))], region: RegionDep
+    ) -> Any:
+        return region.cases.access(staff, 1, vin).vin
+
+    def admin_unguarded(region: RegionDep) -> Any:
+        return region.name
+
     cases = [
         ("/api/v1/vehicles/{vin}/leak", leaky, "without region.grants.access"),
         ("/api/v1/vehicles/{vin}/around", around, "around the grant"),
@@ -224,6 +292,11 @@ def test_the_guard_catches_leaky_routes(region: Region) -> None:
         ("/api/v1/secret", unlisted, "not in the allow-list"),
         ("/api/v1/vehicles/{vin}/fine", fine, ""),
         ("/api/v1/vehicles/{vin}/mine", owner, ""),
+        ("/api/v1/admin/whoami", staff_no_role, "without staff_with(<permission>)"),
+        ("/api/v1/admin/peek/{vin}", staff_vin, "without region.cases.access"),
+        ("/api/v1/admin/peek", staff_read, "without region.cases.access"),
+        ("/api/v1/admin/cases/1/{vin}", staff_case, ""),
+        ("/api/v1/admin/open", admin_unguarded, "without staff_with(...)"),
     ]
     for path, endpoint, expected in cases:
         _, problem = classify(path, _fake_route(path, endpoint))

@@ -54,6 +54,7 @@ class Access:
     legal_basis: str
     grant: Grant | None = None
     transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
+    case_id: int | None = None  # an operator's read under a case (compliance/cases.py)
 
     @property
     def vin(self) -> str:
@@ -325,6 +326,7 @@ class Grants:
                 **detail,
                 **({"grant_id": access.grant.id, "purpose": access.grant.purpose} if access.grant else {}),
                 **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
+                **({"case_id": access.case_id} if access.case_id is not None else {}),
             },
         )
         if access.grant is not None:

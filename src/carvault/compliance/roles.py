@@ -133,3 +133,15 @@ def may_open(role: Role | str, kind: str) -> bool:
         return kind in CASE_KINDS[Role(role)]
     except ValueError:
         return False
+
+
+def matrix_markdown() -> str:
+    """The role matrix as the Markdown table in docs/operator.md (a test keeps the two equal)."""
+    roles = list(Role)
+    lines = [
+        "| permission | " + " | ".join(r.value for r in roles) + " |",
+        "| --- | " + " | ".join(":-:" for _ in roles) + " |",
+    ]
+    for p in Permission:
+        lines.append(f"| `{p.value}` | " + " | ".join("✓" if p in MATRIX[r] else "" for r in roles) + " |")
+    return "\n".join(lines) + "\n"

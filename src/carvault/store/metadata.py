@@ -438,6 +438,36 @@ class StaffSession(Base):
     revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+class Case(Base):
+    """An operator case (compliance/cases.py): the only way staff read an owner's data, bounded in vehicles and time.
+
+    Kinds: rights_request, authority_order, breach_investigation, support_ticket (read only once the owner
+    approves it in the portal: ``owner_approved_ms``).
+    """
+
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    vins: Mapped[str] = mapped_column(Text)  # JSON list of VINs
+    subject: Mapped[str] = mapped_column(String(1000), default="")  # what and why, as the owner reads it
+    legal_basis: Mapped[str] = mapped_column(String(400))
+    reference: Mapped[str] = mapped_column(String(200), default="")  # ticket, order or request reference
+    authority: Mapped[str | None] = mapped_column(String(200), nullable=True)  # authority_order: who ordered
+    jurisdiction: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the authority's; NULL = here
+    from_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the data window the case covers
+    to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    opened_by: Mapped[str] = mapped_column(String(200))  # actor: staff:<role>:<username>
+    opened_by_id: Mapped[int] = mapped_column(ForeignKey("staff_members.id"))
+    opened_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    ends_ms: Mapped[int] = mapped_column(BigInteger)  # required, at most 90 days after opening
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(1000), default="")
+    owner_approved_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    owner_declined_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class RightsRequest(Base):
     """An owner's rights request (PIPL Art. 44–50; GDPR Art. 15–22): its kind, legal deadline, status and outcome.
 

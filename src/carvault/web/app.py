@@ -33,6 +33,7 @@ from carvault.web.routes import (
     packages,
     portability,
     rights,
+    support,
     timeline,
     vehicles,
     viss,
@@ -95,6 +96,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         viss.router,  # live (issue 10): VISS v3 over WebSocket
         live.router,  # live (issue 10): the car's live channel (WebSocket, docs/protocol.md §8)
         admin.router,  # the operator's API (issue 11): every route behind a staff role
+        support.router,  # issue 11: the owner approves or declines support tickets' access
         _operations(region),
     )
     for r in routers:

@@ -37,6 +37,7 @@ from carvault.errors import (
     OwnerOnly,
     PayloadTooLarge,
     RegionMismatch,
+    RoleForbidden,
     SeqConflict,
     TimestampInFuture,
     TimestampOutOfSpan,
@@ -53,7 +54,7 @@ from carvault.errors import (
     all_error_classes,
 )
 from carvault.store.metadata import storage_failure
-from carvault.web.deps import current_caller, current_owner
+from carvault.web.deps import current_caller, current_owner, current_staff
 
 log = logging.getLogger("carvault.web")
 
@@ -124,6 +125,8 @@ DEPENDENCY_ERRORS: dict[Any, tuple[type[CarVaultError], ...]] = {
         AppNotApproved,
     ),
     current_owner: (OwnerOnly,),
+    # Staff routes (issue 11): a staff session, and a role carrying the route's permission (deps.staff_with).
+    current_staff: (Unauthenticated, Forbidden, RoleForbidden),
 }
 
 

@@ -21,3 +21,9 @@ router.include_router(admin_retention.router)
 from carvault.web.routes import admin_transfers  # noqa: E402
 
 router.include_router(admin_transfers.router)
+from carvault.web.routes import admin_staff  # noqa: E402
+
+router.include_router(admin_staff.router)
+from carvault.web.routes import admin_cases  # noqa: E402
+
+router.include_router(admin_cases.router)

@@ -9,7 +9,9 @@ from pydantic import BaseModel, Field
 
 from carvault.access.audit import AuditAction
 from carvault.access.exports import render
+from carvault.access.grants import Access
 from carvault.errors import AlreadyExists, NotFound, TooManyRequests
+from carvault.region import Region
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
 from carvault.web.deps import MAX_TIME_MS, Caller, CurrentOwner, RegionDep, parse_interval, parse_time
@@ -88,6 +90,14 @@ def telemetry(
     resample_: str | None = Query(None, alias="resample", description="e.g. 1s, 5min: mean per interval"),
 ) -> Response:
     access = region.grants.access(caller, vin)
+    return serve_telemetry(region, access, start, end, signals, format, resample_)
+
+
+def serve_telemetry(
+    region: Region, access: Access, start: str, end: str, signals: str | None, format: str, resample_: str | None
+) -> Response:
+    """A telemetry window through an access's view, recorded in the owner's access log (the owner's, a grant
+    holder's, or a staff member's under a case: compliance/cases.py)."""
     v, view = access.vehicle, access.view
     region.deletions.check_served(v.vin)
     start_ms, end_ms = view.window(parse_time(start, "start"), parse_time(end, "end"))

@@ -1,0 +1,262 @@
+"""Cases: the only way staff read an owner's data — who opens what, and every reason a read under a case is refused.
+
+Service-level tests use a real region; the end-to-end test reads real uploaded telemetry through a real server and
+finds the read in the owner's access log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from carvault.access.staff import StaffPrincipal
+from carvault.compliance.cases import case_state
+from carvault.compliance.roles import Role
+from carvault.compliance.sharing import NEVER_SHAREABLE
+from carvault.errors import (
+    CaseInactive,
+    Conflict,
+    CrossBorderTransfer,
+    DataFrozen,
+    NotFound,
+    OutOfScope,
+    RoleForbidden,
+    ValidationFailed,
+)
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.store.metadata import AuditEvent, Case, Vehicle, now_ms
+from carvault.vehicle.agent import VehicleAgent
+from carvault.vehicle.identity import VehicleIdentity
+from tests.conftest import OwnerClient
+from tests.factories import BASE_MS, drive_table, make_staff, opt_in, vin_for
+
+DAY = 86_400_000
+
+
+@pytest.fixture
+def owned(region: Region, tmp_path: Path) -> tuple[int, list[str]]:
+    """An owner with two vehicles, and another owner's vehicle (vin_for(3))."""
+    owner = region.accounts.register("case-owner@example.com", "correct horse battery")
+    other = region.accounts.register("someone-else@example.com", "correct horse battery")
+    vins = []
+    for n, who in ((1, owner.id), (2, owner.id), (3, other.id)):
+        ident = provision(region, vin_for(n), tmp_path / "vehicles")
+        region.vehicles.claim(who, ident.vin, ident.pairing_code)
+        vins.append(ident.vin)
+    return owner.id, vins
+
+
+def _open(region: Region, staff: StaffPrincipal, vins: list[str], kind: str = "support_ticket", **kw: object) -> Case:
+    fields: dict[str, object] = {
+        "legal_basis": "the owner's request for help",
+        "ends_ms": now_ms() + 7 * DAY,
+        "reference": "T-1",
+        "subject": "charging stops at 80 %",
+    }
+    fields.update(kw)
+    return region.cases.open(staff, kind=kind, vins=vins, **fields)  # type: ignore[arg-type]
+
+
+def test_support_reads_only_after_the_owner_approves(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    case = _open(region, support, vins[:1])
+    assert case.owner_id == owner_id and case_state(case) == "awaiting_owner"
+    with pytest.raises(CaseInactive):
+        region.cases.access(support, case.id, vins[0])
+    assert [c.id for c in region.cases.pending_for_owner(owner_id)] == [case.id]
+    region.cases.decide(owner_id, case.id, approve=True)
+    access = region.cases.access(support, case.id, vins[0])
+    assert str(access.actor) == f"staff:support:{support.username}" and access.case_id == case.id
+    assert access.legal_basis.startswith(f"case {case.id} (support_ticket):")
+    assert not access.view.is_owner  # a scoped view: never-shareable categories stay out
+    assert not {s.category for s in access.view.allowed()} & NEVER_SHAREABLE
+    with pytest.raises(Conflict):
+        region.cases.decide(owner_id, case.id, approve=False)  # decided once
+
+
+def test_a_declined_ticket_reads_nothing(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    case = _open(region, support, vins[:1])
+    with pytest.raises(NotFound):
+        region.cases.decide(owner_id + 1, case.id, approve=True)  # not the owner's ticket
+    region.cases.decide(owner_id, case.id, approve=False)
+    with pytest.raises(CaseInactive, match="declined"):
+        region.cases.access(support, case.id, vins[0])
+
+
+def test_roles_open_and_read_only_their_kinds(region: Region, owned: tuple[int, list[str]]) -> None:
+    _, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    liaison, _ = make_staff(region, Role.LIAISON)
+    dpo, _ = make_staff(region, Role.DPO)
+    admin, _ = make_staff(region, Role.REGION_ADMIN)
+    auditor, _ = make_staff(region, Role.AUDITOR)
+    with pytest.raises(RoleForbidden):
+        _open(region, support, vins[:1], "authority_order", authority="court", reference="X")
+    for nobody in (admin, auditor):
+        with pytest.raises(RoleForbidden):
+            _open(region, nobody, vins[:1])
+    order = _open(region, liaison, vins[:1], "authority_order", authority="Shanghai court", reference="(2026)1")
+    assert case_state(order) == "open"  # no owner approval for an authority order
+    assert region.cases.access(liaison, order.id, vins[0]).view.scope.precise_location  # type: ignore[union-attr]
+    for other in (support, dpo, admin, auditor):  # nobody else reads under the liaison's case
+        with pytest.raises(RoleForbidden):
+            region.cases.access(other, order.id, vins[0])
+    breach = _open(region, dpo, vins[:2], "breach_investigation")
+    assert region.cases.access(dpo, breach.id, vins[1]).vin == vins[1]
+
+
+def test_bad_cases_are_refused_and_nothing_is_stored(region: Region, owned: tuple[int, list[str]]) -> None:
+    _, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    liaison, _ = make_staff(region, Role.LIAISON)
+    bad = [
+        ({"ends_ms": now_ms() + 91 * DAY}, ValidationFailed),
+        ({"ends_ms": now_ms() - 1}, ValidationFailed),
+        ({"legal_basis": "  "}, ValidationFailed),
+        ({"subject": ""}, ValidationFailed),
+        ({"vins": []}, ValidationFailed),
+        ({"vins": [vins[0], vins[2]]}, ValidationFailed),  # two owners
+        ({"vins": [vin_for(77)]}, NotFound),
+        ({"kind": "fishing"}, ValidationFailed),
+        ({"from_ms": BASE_MS, "to_ms": BASE_MS}, ValidationFailed),
+    ]
+    for change, error in bad:
+        fields = {"vins": vins[:1], "kind": "support_ticket", **change}
+        with pytest.raises(error):
+            _open(region, support, **fields)  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed):
+        _open(region, liaison, vins[:1], "authority_order", reference="")  # an order names authority and reference
+    assert region.cases.list() == []
+
+
+def test_reads_stop_when_the_case_ends_closes_or_does_not_cover(region: Region, owned: tuple[int, list[str]]) -> None:
+    _, vins = owned
+    dpo, _ = make_staff(region, Role.DPO)
+    case = _open(region, dpo, vins[:1], "rights_request")
+    with pytest.raises(OutOfScope):
+        region.cases.access(dpo, case.id, vins[1])  # the owner's other car is not in the case
+    with pytest.raises(OutOfScope):
+        region.cases.access(dpo, case.id, vins[2])
+    with pytest.raises(NotFound):
+        region.cases.access(dpo, 999_999, vins[0])
+    with region.db.session() as s:
+        s.execute(update(Case).where(Case.id == case.id).values(ends_ms=now_ms() - 1))
+    with pytest.raises(CaseInactive, match="ended"):
+        region.cases.access(dpo, case.id, vins[0])
+    case = _open(region, dpo, vins[:1], "rights_request")
+    region.cases.close(dpo, case.id, "answered")
+    with pytest.raises(CaseInactive, match="closed"):
+        region.cases.access(dpo, case.id, vins[0])
+    with pytest.raises(Conflict):
+        region.cases.close(dpo, case.id)
+
+
+def test_a_car_sold_after_the_case_opened_is_not_covered(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    dpo, _ = make_staff(region, Role.DPO)
+    case = _open(region, dpo, vins[:1], "rights_request")
+    with region.db.session() as s:
+        s.execute(update(Vehicle).where(Vehicle.vin == vins[0]).values(owner_id=None))
+    with pytest.raises(OutOfScope):
+        region.cases.access(dpo, case.id, vins[0])
+    assert owner_id
+
+
+def test_frozen_data_is_not_served_under_a_case(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    dpo, _ = make_staff(region, Role.DPO)
+    case = _open(region, dpo, vins[:1], "rights_request")
+    region.deletions.place_hold(vins[0], "court", "pending litigation")
+    region.deletions.request(owner_id, vins[0], "please delete")
+    with pytest.raises(DataFrozen):
+        region.cases.access(dpo, case.id, vins[0])
+
+
+def test_staff_abroad_need_a_transfer_record(region: Region, owned: tuple[int, list[str]]) -> None:
+    _, vins = owned
+    dpo, _ = make_staff(region, Role.DPO, jurisdiction="eu")
+    case = _open(region, dpo, vins[:1], "rights_request")
+    with pytest.raises(CrossBorderTransfer):
+        region.cases.access(dpo, case.id, vins[0])
+
+
+def test_opening_and_closing_are_in_both_chains(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    case = _open(region, support, vins[:1])
+    region.cases.decide(owner_id, case.id, approve=True)
+    region.cases.close(support, case.id, "fixed")
+    mine = [(e.action, e.actor) for e in reversed(region.audit.list(owner_id))]
+    actor = f"staff:support:{support.username}"
+    assert mine[-3:] == [("case.open", actor), ("case.approve", f"owner:{owner_id}"), ("case.close", actor)]
+    with region.db.session() as s:
+        regional = [e.action for e in s.query(AuditEvent).filter(AuditEvent.chain == "region")]
+    assert {"case.open", "case.approve", "case.close"} <= set(regional)
+    assert region.audit.verify_chain(owner_id) and region.audit.verify_chain(None)
+
+
+@pytest.mark.slow
+def test_a_read_under_a_case_is_the_owners_data_and_in_their_access_log(
+    region: Region,
+    http: httpx.Client,
+    owner: OwnerClient,
+    vehicle: VehicleIdentity,
+    agent: VehicleAgent,
+) -> None:
+    opt_in(region, vehicle.vin)
+    agent.record(drive_table(seconds=120), batch_seconds=60)
+    assert len(agent.upload_pending()) == 2
+    region.vehicles.claim(owner.owner_id, vehicle.vin, vehicle.pairing_code)
+    support, secret = make_staff(region, Role.SUPPORT)
+    staff = {"Authorization": f"Bearer {secret}"}
+    r = http.post(
+        "/api/v1/admin/cases",
+        headers=staff,
+        json={
+            "kind": "support_ticket",
+            "vins": [vehicle.vin],
+            "legal_basis": "the owner's request for help",
+            "subject": "speed reads zero",
+            "reference": "T-42",
+            "ends_ms": now_ms() + 3 * DAY,
+        },
+    )
+    assert r.status_code == 201, r.text
+    case_id = r.json()["id"]
+    window = {"start": str(BASE_MS), "end": str(BASE_MS + 120_000), "signals": "Vehicle.Speed"}
+    read = f"/api/v1/admin/cases/{case_id}/vehicles/{vehicle.vin}/telemetry"
+    r = http.get(read, headers=staff, params=window)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "case_inactive"
+    # The owner sees the ticket and approves it.
+    tickets = http.get("/api/v1/support-tickets", headers=owner.headers).json()
+    assert [t["id"] for t in tickets] == [case_id] and tickets[0]["state"] == "awaiting_owner"
+    r = http.post(f"/api/v1/support-tickets/{case_id}/approve", headers=owner.headers)
+    assert r.status_code == 200 and r.json()["state"] == "open"
+    mine = http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers, params=window)
+    theirs = http.get(read, headers=staff, params=window)
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json() == mine.json() and theirs.json()["rows"] > 0  # the same data, through the same code
+    # Refused with a stable code: a driver-monitoring signal, a car not in the case, an owner token on the route.
+    heart = {**window, "signals": "Vehicle.Driver.HeartRate"}
+    r = http.get(read, headers=staff, params=heart)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
+    r = http.get(f"/api/v1/admin/cases/{case_id}/vehicles/{vin_for(9)}/telemetry", headers=staff, params=window)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
+    assert http.get(read, headers=owner.headers, params=window).status_code == 401
+    log = http.get("/api/v1/audit", headers=owner.headers, params={"action": "telemetry.read"}).json()
+    entries = log["events"] if isinstance(log, dict) else log
+    staff_reads = [e for e in entries if e["actor"].startswith("staff:")]
+    assert len(staff_reads) == 1
+    e = staff_reads[0]
+    assert e["actor"] == f"staff:support:{support.username}"
+    assert e["legal_basis"] == f"case {case_id} (support_ticket): the owner's request for help"
+    assert e["detail"]["case_id"] == case_id and e["detail"]["rows"] > 0
+    assert json.dumps(e)  # the entry is plain JSON for the portal's access log page
