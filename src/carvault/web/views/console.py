@@ -22,7 +22,9 @@ from carvault.web.views import (
     console_apps,
     console_deletions,
     console_holds,
+    console_incidents,
     console_orders,
+    console_records,
     console_retention,
     console_rights,
     console_staff,
@@ -52,6 +54,8 @@ AREAS: tuple[ModuleType, ...] = (
     console_orders,
     console_transfers,
     console_retention,
+    console_incidents,
+    console_records,
     console_apps,
     console_staff,
 )
