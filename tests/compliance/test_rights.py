@@ -191,3 +191,97 @@ def test_next_of_kin_is_verified_before_it_completes(region: Region) -> None:
     assert u.owner_id is None
     with pytest.raises(Conflict):
         region.rights.verify(u.id, dpo, "checked")
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+def _cli(region: Region, *args: str, code: int = 0) -> str:
+    from typer.testing import CliRunner
+
+    from carvault.cli import app as cli
+
+    where = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
+    result = CliRunner().invoke(cli, ["admin", *args, *where], env={"COLUMNS": "200"})
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_cli_handles_a_request_as_the_local_operator_or_a_named_dpo(region: Region) -> None:
+    alice = _owner(region, "alice")
+    dpo, _ = make_staff(region, Role.DPO)
+    auditor, _ = make_staff(region, Role.AUDITOR)
+    r = region.rights.file(region.rights.check(alice, Kind.COMPLAINT, details="the app shows the wrong car"))
+    listed = json.loads(_cli(region, "rights", "list", "--json"))
+    assert [x["id"] for x in listed["requests"]] == [r.id] and listed["counts"]["received"] == 1
+    out = _cli(region, "rights", "start", str(r.id), "--as", auditor.username, code=1)
+    assert "role_forbidden" in out  # the role matrix applies on the command line too
+    _cli(region, "rights", "start", str(r.id), "--as", dpo.username)
+    assert "validation_failed" in _cli(region, "rights", "refuse", str(r.id), "--reason", " ", code=1)
+    _cli(region, "rights", "complete", str(r.id), "--outcome", "The car list was fixed.")
+    shown = json.loads(_cli(region, "rights", "show", str(r.id), "--json"))
+    assert shown["status"] == "done" and shown["handler"] == dpo.username
+    r2 = region.rights.file(region.rights.check(alice, Kind.EXPLANATION))
+    _cli(region, "rights", "refuse", str(r2.id), "--reason", "Answered by e-mail on request 1.")
+    got = region.rights.get(r2.id)
+    assert got.status == Status.REFUSED and got.handler_role == "cli"
+    with region.db.session() as s:
+        actor = s.scalar(
+            select(AuditEvent.actor).where(AuditEvent.action == "rights.refuse", AuditEvent.owner_id == alice)
+        )
+    assert actor is not None and actor.startswith("staff:cli:")
+
+
+def test_cli_incidents_and_records(region: Region, tmp_path: Path) -> None:
+    alice = _owner(region, "alice")
+    text = {
+        lang: {f: f"{f} ({lang})" for f in ("what", "cause", "harm", "measures", "actions", "contact")}
+        for lang in ("en", "zh-CN")
+    }
+    (tmp_path / "notice.json").write_text(json.dumps(text, ensure_ascii=False), encoding="utf-8")
+    out = _cli(
+        region,
+        "incidents",
+        "record",
+        "--title",
+        "Support laptop stolen",
+        "--detected",
+        "2026-11-30T08:00:00Z",
+        "--content",
+        str(tmp_path / "notice.json"),
+        "--owner",
+        str(alice),
+    )
+    assert "1 owners affected" in out
+    assert _cli(region, "incidents", "notify-owners", "1").strip() == "1 owners notified"
+    assert [n.owner_id for n in region.incidents.notices(alice)] == [alice]
+    assert "validation_failed" in _cli(
+        region,
+        "incidents",
+        "record",
+        "--title",
+        "x",
+        "--detected",
+        "2026-11-30",
+        "--content",
+        str(tmp_path / "missing.json"),
+        "--owner",
+        str(alice),
+        code=1,
+    )
+    assert "added" in _cli(region, "records", "sync")
+    (tmp_path / "p.json").write_text(
+        json.dumps(
+            {
+                "name": "Support desk contractor",
+                "purpose": "first-line support",
+                "legal_basis": "contract S-1",
+                "retention": "ticket lifetime",
+                "jurisdiction": "cn",
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert "processor support" in _cli(
+        region, "records", "add-processor", "support", "--file", str(tmp_path / "p.json")
+    )
+    rid = region.records.list(kind="processor")[0].id
+    assert "record_retained" in _cli(region, "records", "delete", str(rid), code=1)

@@ -12,6 +12,13 @@ admin = typer.Typer(
     no_args_is_help=True,
 )
 # Areas are added here, one line each: admin.add_typer(<module>.<typer>, name="<area>")
+from carvault.admin.incidents import incidents  # noqa: E402
+from carvault.admin.records import records  # noqa: E402
+from carvault.admin.rights import rights  # noqa: E402
+
+admin.add_typer(rights, name="rights")
+admin.add_typer(incidents, name="incidents")
+admin.add_typer(records, name="records")
 from carvault.admin.retention import retention  # noqa: E402
 
 admin.add_typer(retention, name="retention")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, AuditAction, AuditLog
 from carvault.compliance.rights import Handler, actor_of
@@ -348,6 +348,16 @@ class Incidents:
             q = q.where(IncidentNotice.read_ms.is_(None))
         with self.db.session() as s:
             return list(s.scalars(q.order_by(IncidentNotice.id.desc())))
+
+    def unread_count(self, owner_id: int) -> int:
+        """How many of the owner's notices are unread (the portal's banner)."""
+        with self.db.session() as s:
+            n = s.scalar(
+                select(func.count())
+                .select_from(IncidentNotice)
+                .where(IncidentNotice.owner_id == owner_id, IncidentNotice.read_ms.is_(None))
+            )
+        return int(n or 0)
 
     def notice(self, owner_id: int, notice_id: int) -> IncidentNotice:
         """One of the owner's notices (anyone else's is ``NotFound``)."""

@@ -143,8 +143,14 @@ class Handler(Protocol):
     def role(self) -> str: ...
 
 
+CLI_ROLE = "cli"  # the local operator on the region's machine (``carvault admin`` without ``--as``)
+
+
 def actor_of(by: Handler) -> Actor:
-    """The audit actor of a staff member (``access.staff.staff_actor``: named by role and username)."""
+    """The audit actor of a staff member (``access.staff.staff_actor``: named by role and username), or of the local
+    operator (``staff:cli:<login name>``)."""
+    if by.role == CLI_ROLE:
+        return Actor("staff", f"{CLI_ROLE}:{by.username}")
     return staff_actor(by.role, by.username)
 
 

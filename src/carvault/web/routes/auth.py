@@ -136,4 +136,5 @@ def me(owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     with region.db.session() as s:
         o = s.get(Owner, owner.owner_id)
     assert o is not None
-    return owner_json(o)
+    # Unread security-incident notices (PIPL Art. 57): the portal shows a banner on every page while any is unread.
+    return {**owner_json(o), "unread_notices": region.incidents.unread_count(owner.owner_id)}

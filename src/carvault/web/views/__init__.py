@@ -18,6 +18,7 @@ from carvault.web.views import (
     oauth,
     packages,
     portability,
+    rights,
     sharing,
     vehicles,
 )
@@ -27,6 +28,7 @@ for _module in (account, vehicles, drives, downloads, packages, consent, access,
     router.include_router(_module.router)
 router.include_router(portability.router)  # issue 9: move my data to another company
 router.include_router(live.router)  # issue 10: a vehicle's Live page
+router.include_router(rights.router)  # issue 11: my rights requests and incident notices
 
 
 def install(app: FastAPI) -> None:

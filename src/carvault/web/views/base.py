@@ -64,6 +64,8 @@ NOTICES = {
     "language_changed",
     "signed_up",
     "grant_revoked",
+    "rights_filed",
+    "rights_withdrawn",
 }
 
 
