@@ -304,3 +304,35 @@ def test_live_last_values_past_their_period_are_not_served(vehicle: VehicleIdent
     assert set(region.live.latest(vehicle.vin)) == set(PATHS)
     region.retention.run(now=BODY_GONE)
     assert set(region.live.latest(vehicle.vin)) == {SPEED}  # the body value is a year and more old
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_purge_on_postgres_one_replica_at_a_time(tmp_path: Path) -> None:
+    from carvault.bench.pg_cluster import TemporaryPostgres
+    from carvault.provisioning import provision
+    from carvault.server import BackgroundServer
+    from carvault.settings import Settings
+    from tests.factories import vin_for
+
+    with TemporaryPostgres(fsync=False) as pg:
+        settings = Settings(data_dir=tmp_path / "cn", region="cn", database_url=pg.create_database("region_cn"))
+        region, second = Region(settings), Region(settings)
+        try:
+            car = provision(region, vin_for(3), tmp_path / "vehicles")
+            with BackgroundServer(region) as server:
+                agent = VehicleAgent(car, tmp_path / "vehicles" / car.vin, server.url)
+                agent.record(drive_table(BASE_MS, seconds=120, paths=PATHS), batch_seconds=60)
+                agent.upload_pending()
+            second.retention._acquire("replica-b")  # noqa: SLF001 - the other replica's purge is under way
+            with pytest.raises(RetentionRunning):
+                region.retention.run(now=ALL_GONE)
+            second.retention._release("replica-b")  # noqa: SLF001
+            summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+            assert summary["batches_erased"] == 2 and summary["errors"] == []
+            assert not _records(region, car.vin)
+            assert json.loads(second.retention.run(now=ALL_GONE).summary)["batches_erased"] == 0
+            assert second.retention.category_cutoffs()["body"] == ALL_GONE - period_ms("body")
+        finally:
+            second.close()
+            region.close()
