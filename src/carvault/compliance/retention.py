@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
@@ -275,12 +275,12 @@ class Retention:
                 columns,
                 BatchRecord.t1 >= keep_until,
                 BatchRecord.t1 < max(shorter.values()),
+                # a batch already withholding every shorter category has nothing more to withhold until it expires
+                or_(RetentionWithheld.categories.is_(None), RetentionWithheld.categories != full),
                 withheld=True,
             )
             for row in rows:
                 marked = row.categories
-                if marked == full:
-                    continue
                 due = frozenset(c for c, cut in shorter.items() if row.t1 < cut)
                 new = due - frozenset(json.loads(marked) if marked else ())
                 if not new:
