@@ -432,3 +432,14 @@ def test_an_order_from_an_authority_abroad_is_refused_without_a_record_and_store
     with pytest.raises(CrossBorderTransfer):
         order("us")
     assert orders(region.db) == [] and events(region) == 0
+
+
+def test_a_recheck_confirms_the_cover_without_counting_or_logging(region: Region) -> None:
+    (o,) = owners(region, 1)
+    rec = add_record(region)
+    got = region.transfers.check("app", "client-eu", "eu", owner_id=o, categories=PERSONAL, count=False)
+    assert got is not None and got.id == rec.id
+    assert events(region) == 0 and counter(region, REGION_SCOPE, Klass.PERSONAL) == 0
+    region.transfers.suspend(rec.id, reason="review", by=DPO)
+    with pytest.raises(CrossBorderTransfer):
+        region.transfers.check("app", "client-eu", "eu", owner_id=o, categories=PERSONAL, count=False)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
+from websockets.sync.client import connect
 
+from carvault.access.audit import Actor
 from carvault.cli import app as cli_app
 from carvault.compliance.roles import Role
 from carvault.compliance.transfers import year_of
@@ -26,6 +29,7 @@ from tests.conftest import OwnerClient
 from tests.factories import make_staff
 from tests.web import test_oauth
 from tests.web.test_oauth import WINDOW, approve, bearer, client_for, register_app
+from tests.web.test_viss_ws import SOC, Client, publish, ws_url
 
 pytestmark = pytest.mark.slow
 
@@ -270,3 +274,46 @@ def test_the_cli_adds_lists_shows_suspends_and_counts(region: Region) -> None:
     assert runner.invoke(cli_app, ["admin", "transfers", "show", "999", *data]).exit_code == 1
     with pytest.raises(CrossBorderTransfer):
         region.transfers.check("entity", "Acme Re GmbH", "eu", owner_id=o, categories=["location"])
+
+
+def test_a_live_stream_abroad_is_counted_once_and_ends_when_its_record_is_suspended(
+    region: Region, server: BackgroundServer, owner: OwnerClient, car: str
+) -> None:
+    """Open subscriptions are re-checked twice a second: each re-check confirms the cover, none logs a transfer."""
+    app = register_app(region, jurisdiction="eu", purposes=("charging",))
+    charging = region.catalogue[SOC].category
+    rec = add_direct(region, app.client_id, [charging])
+    grant = region.grants.create(
+        owner.owner_id, kind="app", client_id=app.client_id, vins=[car], signals=[SOC], purpose="charging", live=True
+    )
+    token, _ = region.accounts.issue(owner.owner_id, "access", grant_id=grant.id, client_id=app.client_id)
+    publish(region, car, {SOC: 50.0})
+    with connect(ws_url(server, car), additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        c = Client(ws)
+        r = c.request("subscribe", path=SOC, filter={"variant": "timebased", "parameter": {"period": "200"}})
+        c.event(r["subscriptionId"])
+        time.sleep(2)  # about four re-checks
+        c.event(r["subscriptionId"])
+        assert [e.action for e in region.transfers.events(record_id=rec.id)] == ["query"]
+        region.transfers.suspend(rec.id, reason="recipient stopped filing", by=Actor("staff", "dpo:test"))
+        deadline = time.monotonic() + 5
+        while "error" not in (e := c.event(r["subscriptionId"])):
+            assert time.monotonic() < deadline
+        assert (e["error"]["number"], e["error"]["code"]) == ("403", "cross_border_transfer")
+    assert len(region.transfers.events(record_id=rec.id)) == 1
+
+
+def add_direct(region: Region, client_id: str, categories: list[str]) -> TransferRecord:
+    return region.transfers.create(
+        route="standard_contract",
+        recipient_kind="app",
+        recipient=client_id,
+        recipient_jurisdiction="eu",
+        purpose="smart charging run from the EU",
+        categories=categories,
+        max_persons=100,
+        from_ms=now_ms() - 1000,
+        to_ms=now_ms() + 30 * DAY_MS,
+        approval_reference="SC-7",
+        by=Actor("staff", "dpo:test"),
+    )

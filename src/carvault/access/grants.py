@@ -31,6 +31,7 @@ from carvault.compliance.sharing import (
     shareable_signals,
 )
 from carvault.compliance.transfers import Transfers, transfer_note
+from carvault.compliance.transfers import Transfers, transfer_note
 from carvault.errors import NotFound, Unauthenticated, ValidationFailed
 from carvault.signals import Catalogue
 from carvault.store.metadata import App, Credential, Database, Grant, TransferRecord, Vehicle, now_ms
@@ -53,6 +54,7 @@ class Access:
     actor: Actor
     legal_basis: str
     grant: Grant | None = None
+    transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
     transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
     case_id: int | None = None  # an operator's read under a case (compliance/cases.py)
 
@@ -240,12 +242,14 @@ class Grants:
         return g
 
     # -------------------------------------------------------------- enforcing
-    def access(self, caller: Principal, vin: str) -> Access:
+    def access(self, caller: Principal, vin: str, *, count_transfer: bool = True) -> Access:
         """The caller's access to a vehicle: its owner's, or a live grant's that names it.
 
         The owner learns only of their own vehicles (``NotFound`` otherwise). A grant holder asking for a vehicle
         the grant does not name gets ``OutOfScope`` whether or not that vehicle exists; a grant whose owner no
-        longer owns the vehicle covers nothing.
+        longer owns the vehicle covers nothing. An app abroad passes the transfer gate (compliance/transfers.py):
+        each access is counted and logged, except a re-check of an open live subscription (``count_transfer``
+        False), which only confirms that a record still covers it.
         """
         vin = vin.strip().upper()
         if caller.grant_id is None:
@@ -276,6 +280,7 @@ class Grants:
                 owner_id=grant.owner_id,
                 categories={s.category for s in view.allowed()},
                 vin=v.vin,
+                count=count_transfer,
             )
         return Access(v, view, actor, legal_basis_of(grant, app), grant, transfer=transfer)
 
@@ -325,6 +330,7 @@ class Grants:
             detail={
                 **detail,
                 **({"grant_id": access.grant.id, "purpose": access.grant.purpose} if access.grant else {}),
+                **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
                 **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
                 **({"case_id": access.case_id} if access.case_id is not None else {}),
             },

@@ -564,7 +564,8 @@ class VissSession:
         memo = checks or Checks()
         # The token is read once per period for every vehicle it watches (an owner's or a fleet app's many cars).
         principal = memo.once(("principal", token), lambda: self.accounts.resolve(token))
-        access = memo.once(("access", token, self.vin), lambda: self._access(principal))
+        # A re-check confirms a transfer abroad is still covered; only the first authorisation counts and logs it.
+        access = memo.once(("access", token, self.vin), lambda: self._access(principal, recheck=checks is not None))
         access.view.signals(list(selection.leaves))  # OutOfScope for anything beyond the grant
         memo.once(
             ("hold", access.vin), lambda: self.check_served(access.vin)
@@ -581,9 +582,9 @@ class VissSession:
             raise ConsentNotGiven("collection of every signal named is stopped")
         return Allowance(access, leaves, token)
 
-    def _access(self, principal: Principal) -> Access:
+    def _access(self, principal: Principal, *, recheck: bool = False) -> Access:
         """The token holder's access to this vehicle, with live access for a grant holder."""
-        access = self.grants.access(principal, self.vin)
+        access = self.grants.access(principal, self.vin, count_transfer=not recheck)
         if access.view.scope is not None and not access.view.scope.live:
             raise OutOfScope("this grant does not include live access (scope 'live')", vin=self.vin)
         return access

@@ -543,10 +543,14 @@ class Transfers:
         categories: Collection[str],
         vin: str | None = None,
         action: TransferAction | str = TransferAction.QUERY,
+        count: bool = True,
     ) -> TransferRecord | None:
         """The one gate: None for a domestic principal (or the owner reading their own data), the covering record
         for a foreign one — counted and logged — and ``CrossBorderTransfer`` otherwise (``TransferCapReached``
-        when admitting one more person would pass what the record's route or approved scale covers)."""
+        when admitting one more person would pass what the record's route or approved scale covers).
+
+        ``count=False`` only confirms the cover (an open live subscription re-checked twice a second: the
+        subscription was counted and logged when it was admitted)."""
         if self.is_domestic(jurisdiction):
             return None
         assert jurisdiction is not None
@@ -566,6 +570,8 @@ class Transfers:
                 recipient_jurisdiction=jurisdiction,
                 region=self.region,
             )
+        if not count:
+            return record
         classes = classes_of(names)
         warnings = self._admit(
             record, principal_kind, principal_id, jurisdiction, owner_id, vin, names, classes, action, now
