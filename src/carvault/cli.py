@@ -48,7 +48,7 @@ def serve(
     import uvicorn
 
     from carvault.region import Region
-    from carvault.server import uvicorn_config
+    from carvault.server import run_region, uvicorn_config
 
     s = _settings(data_dir, region, database_url, host=host, port=port)
     if workers > 1:
@@ -61,6 +61,8 @@ def serve(
             }
         )
         Region(s).close()  # create keys, CA and schema once, before the workers race to
+        if s.fleet_telemetry_port:
+            console.print("the Fleet Telemetry listener runs with one worker: serve it from a --workers 1 replica")
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} with {workers} workers")
         uvicorn.run(
             "carvault.web.asgi:create_from_env",
@@ -75,7 +77,10 @@ def serve(
         return
     with Region(s) as r:
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
-        uvicorn.Server(uvicorn_config(r, s.host, s.port, log_level="info")).run()
+        if s.fleet_telemetry_port:
+            console.print(f"Fleet Telemetry (mTLS WebSocket) on wss://{s.host}:{s.fleet_telemetry_port}")
+        server = uvicorn.Server(uvicorn_config(r, s.host, s.port, log_level="info"))
+        run_region(server, r, s.host, s.fleet_telemetry_port)
 
 
 @app.command()

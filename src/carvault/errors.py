@@ -4,6 +4,8 @@
     ├── BadRequest                     400 bad_request
     │   ├── MalformedBatch             400 malformed_batch       (framing, Parquet, header JSON)
     │   ├── MalformedFrame             400 malformed_frame       (a live frame's bytes, §8 of protocol.md)
+    │   ├── MalformedFleetRecord       400 malformed_fleet_record (a Fleet Telemetry envelope or record)
+    │   ├── UnknownFleetField          400 unknown_fleet_field   (a Fleet Telemetry field with no catalogue signal)
     │   ├── LiveRootMismatch           400 live_root_mismatch    (batch live_root vs the frames received)
     │   ├── UnknownSignal              400 unknown_signal
     │   ├── WrongSignalType            400 wrong_signal_type
@@ -18,6 +20,7 @@
     │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
     ├── Unauthenticated                401 unauthenticated
     │   ├── BadSignature               401 bad_signature
+    │   ├── FleetVinMismatch           401 fleet_vin_mismatch    (a record for another car than the certificate's)
     │   └── UnknownVehicle             401 unknown_vehicle
     ├── Forbidden                      403 forbidden
     │   ├── DataFrozen                 403 data_frozen           (legal hold after a deletion request)
@@ -33,7 +36,7 @@
     │   ├── RetentionRunning           409 retention_running     (another replica's purge holds the lease)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
     │   ├── AlreadyExists              409 already_exists
-    │   └── ReportFinalised            409 report_finalised      (an annual report already filed for that year)
+    │   └── ReportFinalised            409 report_already_finalised (an annual report already filed for that year)
     ├── PayloadTooLarge                413 payload_too_large
     ├── UnsupportedMediaType           415 unsupported_media_type
     ├── WrongRegion                    421 wrong_region          (carries the home region and endpoint)
@@ -83,6 +86,18 @@ class MalformedFrame(BadRequest):
     """A live frame (docs/protocol.md §8) cannot be decoded, or is not in its one canonical form."""
 
     code = "malformed_frame"
+
+
+class MalformedFleetRecord(BadRequest):
+    """A Fleet Telemetry message (its FlatBuffers envelope or protobuf record) cannot be decoded."""
+
+    code = "malformed_fleet_record"
+
+
+class UnknownFleetField(BadRequest):
+    """A Fleet Telemetry record names a field that is not in Tesla's list or that no catalogue signal carries."""
+
+    code = "unknown_fleet_field"
 
 
 class LiveRootMismatch(BadRequest):
@@ -174,6 +189,12 @@ class BadSignature(Unauthenticated):
     """The batch signature does not verify against the vehicle's registered key."""
 
     code = "bad_signature"
+
+
+class FleetVinMismatch(Unauthenticated):
+    """A Fleet Telemetry record names another VIN than the vehicle certificate of its connection."""
+
+    code = "fleet_vin_mismatch"
 
 
 class UnknownVehicle(Unauthenticated):
@@ -321,7 +342,7 @@ class AlreadyExists(Conflict):
 class ReportFinalised(Conflict):
     """The annual report of that year was already finalised; a filed report is never replaced."""
 
-    code = "report_finalised"
+    code = "report_already_finalised"
 
 
 class PayloadTooLarge(CarVaultError):

@@ -19,13 +19,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VEHICLE_CERT_YEARS = 20
 CA_YEARS = 30
+# A region-attestation certificate (docs/fleet-telemetry.md, docs/protocol.md §9) binds a VIN to the region's
+# attestation key instead of a key the car holds: its subject carries this title, and the verifier says so.
+ATTESTATION_TITLE = "region-attested"
 
 
 class CertificateError(Exception):
     """A certificate is malformed, not issued by the expected CA, expired, or for another VIN."""
 
 
-def _name(common: str, region: str, vin: str | None = None) -> x509.Name:
+def _name(common: str, region: str, vin: str | None = None, *, attested: bool = False) -> x509.Name:
     attrs = [
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CarVault"),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"region {region}"),
@@ -33,7 +36,26 @@ def _name(common: str, region: str, vin: str | None = None) -> x509.Name:
     ]
     if vin:
         attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, vin))
+    if attested:
+        attrs.append(x509.NameAttribute(NameOID.TITLE, ATTESTATION_TITLE))
     return x509.Name(attrs)
+
+
+def attested_by(cert_pem: bytes | str) -> str | None:
+    """The region that attests a vehicle's data if ``cert_pem`` is a region-attestation certificate, else None.
+
+    Such a certificate names no key of the car: the batches it verifies were built and signed by that region from
+    records the car did not sign (Fleet Telemetry). The region is read from the subject's ``region <name>`` unit.
+    """
+    cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+    titles = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.TITLE)]
+    if ATTESTATION_TITLE not in titles:
+        return None
+    for unit in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        value = str(unit.value)
+        if value.startswith("region "):
+            return value.removeprefix("region ")
+    return ""
 
 
 def fingerprint(cert_pem: bytes | str) -> str:
@@ -101,13 +123,17 @@ class RegionCA:
             tmp.unlink()
         return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()), region)
 
-    def issue(self, vin: str, public_key: bytes) -> str:
-        """A certificate for a vehicle's raw Ed25519 public key, PEM."""
+    def issue(self, vin: str, public_key: bytes, *, attested: bool = False) -> str:
+        """A certificate for a vehicle's raw Ed25519 public key, PEM.
+
+        ``attested``: the key is the region's attestation key, not the car's (a region-attestation certificate,
+        ``attested_by``), for a car whose records the region signs on its behalf.
+        """
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         pub = Ed25519PublicKey.from_public_bytes(public_key)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(vin, self.region, vin))
+            .subject_name(_name(vin, self.region, vin, attested=attested))
             .issuer_name(self.cert.subject)
             .public_key(pub)
             .serial_number(x509.random_serial_number())

@@ -29,11 +29,12 @@ from carvault.compliance.rights import Rights
 from carvault.compliance.transfers import Transfers
 from carvault.durable import create_exclusively
 from carvault.ingest.broker import broker_of
+from carvault.ingest.fleet_telemetry import FleetTelemetry
 from carvault.ingest.frames import FrameStore
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.live import LastValueStore, LiveChannel, LiveHub
 from carvault.ingest.reconcile import reconcile
-from carvault.ledger.leaves import DATA_KEY_FILE, seal_clear_log_keys
+from carvault.ledger.leaves import DATA_KEY_FILE, log_key_of, seal_clear_log_keys
 from carvault.ledger.log import TransparencyLog
 from carvault.pki import RegionCA
 from carvault.settings import Settings
@@ -175,6 +176,16 @@ class Region:
         # Cars streaming live frames to this replica: checked like batches, fanned out through region.live.
         self.live_channel = LiveChannel(self.gateway, self.catalogue, self.live)
         self.gateway.live_root_check = self.live_channel.evidence.check_root
+        # Fleet Telemetry (issue 14): Teslas stream as they are; the region attests their records with its own key.
+        self.fleet = FleetTelemetry(
+            self.gateway,
+            self.catalogue,
+            self.ca,
+            load_or_create_key(keys / "attestation-ed25519.pem"),
+            register=self.vehicles.register,
+            log_key_of=lambda vin: log_key_of(self.db, vin),
+            hub=self.live,
+        )
 
     def _batch_kept(self, vin: str, batch_hash: str) -> bool:
         """Whether a batch is still stored (a query copy of a deleted batch is removed as soon as it is written)."""

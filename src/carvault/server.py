@@ -7,7 +7,9 @@ import threading
 import time
 
 import uvicorn
+from uvicorn._compat import asyncio_run
 
+from carvault.ingest.fleet_telemetry import FleetListener, server_context
 from carvault.region import Region
 from carvault.web.app import create_app
 
@@ -36,15 +38,42 @@ def uvicorn_config(region: Region, host: str, port: int, log_level: str = "warni
     )
 
 
-class BackgroundServer:
-    """A real HTTP server for a region on loopback, in a thread of this process."""
+async def serve_region(server: uvicorn.Server, region: Region, host: str, fleet_port: int = 0) -> None:
+    """The API under uvicorn and, when ``fleet_port`` is set, the Fleet Telemetry mTLS listener, in one event loop.
 
-    def __init__(self, region: Region, host: str = "127.0.0.1", port: int | None = None) -> None:
+    One loop, so the listener's live updates reach the same hub (and broker connection) as the API's subscribers.
+    """
+    listener = None
+    if fleet_port:
+        s = region.settings
+        listener = FleetListener(region.fleet, server_context(s.fleet_tls_cert, s.fleet_tls_key, s.fleet_issuer_cas))
+        await listener.start(host, fleet_port)
+    try:
+        await server.serve()
+    finally:
+        if listener is not None:
+            await listener.close()
+
+
+def run_region(server: uvicorn.Server, region: Region, host: str, fleet_port: int = 0) -> None:
+    """Run ``serve_region`` until the server stops (``carvault serve``, ``BackgroundServer``)."""
+    asyncio_run(serve_region(server, region, host, fleet_port), loop_factory=server.config.get_loop_factory())
+
+
+class BackgroundServer:
+    """A real HTTP server for a region on loopback, in a thread of this process (and its Fleet Telemetry listener)."""
+
+    def __init__(
+        self, region: Region, host: str = "127.0.0.1", port: int | None = None, *, fleet_port: int = 0
+    ) -> None:
         self.region = region
         self.host = host
         self.port = port or free_port(host)
+        self.fleet_port = fleet_port
         self.server = uvicorn.Server(uvicorn_config(region, self.host, self.port))
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{region.name}", daemon=True)
+        self.thread = threading.Thread(
+            target=run_region, args=(self.server, region, host, fleet_port), name=f"uvicorn-{region.name}", daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -80,6 +80,26 @@ class Settings:
         "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "
         "server) or `postgres` (LISTEN/NOTIFY on the PostgreSQL metadata database).",
     )
+    fleet_telemetry_port: int = _setting(
+        0,
+        "Port of the Fleet Telemetry listener (WebSocket over mutual TLS, for Teslas as they are; "
+        "docs/fleet-telemetry.md) that `carvault serve` opens beside the API; 0 turns it off.",
+    )
+    fleet_issuer_cas: str = _setting(
+        "",
+        "PEM file of the vehicle-issuer CA certificates whose vehicle certificates the Fleet Telemetry listener "
+        "accepts (the TLS handshake refuses any other issuer); required when the listener is on.",
+    )
+    fleet_tls_cert: str = _setting(
+        "", "PEM file of the Fleet Telemetry listener's own certificate chain (the server name the cars are given)."
+    )
+    fleet_tls_key: str = _setting("", "PEM file of the private key of `fleet_tls_cert`.")
+    fleet_batch_records: int = _setting(
+        60, "Most Fleet Telemetry records the region attests in one batch (one connection's records, in order)."
+    )
+    fleet_batch_wait_ms: int = _setting(
+        1000, "How long a Fleet Telemetry connection gathers records for one batch before attesting it, in ms."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

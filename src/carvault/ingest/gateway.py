@@ -33,6 +33,7 @@ from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
     CarVaultError,
+    MalformedBatch,
     PayloadTooLarge,
     SeqConflict,
     Unavailable,
@@ -173,6 +174,7 @@ _BATCH_COLUMNS = (
     "length",
     "log_index",
     "received_ms",
+    "attested_by",
 )
 
 
@@ -238,9 +240,13 @@ class Gateway:
         self._thread.start()
 
     # ------------------------------------------------------------------ checks
-    def accept(self, body: bytes, content_type: str | None) -> dict[str, Any]:
-        """Check and store one batch; return its receipt, or raise the reason it was refused."""
-        checked = self.check(body, content_type)
+    def accept(self, body: bytes, content_type: str | None, *, attested: bool = False) -> dict[str, Any]:
+        """Check and store one batch; return its receipt, or raise the reason it was refused.
+
+        ``attested``: a batch this region built and signed itself from records a car did not sign (Fleet Telemetry,
+        docs/protocol.md §9); never for a batch that came over the network.
+        """
+        checked = self.check(body, content_type, attested=attested)
         if isinstance(checked, dict):
             return checked
         return self.committed(checked, checked.future.result(timeout=120))
@@ -276,7 +282,7 @@ class Gateway:
             with self._derived_lock:
                 self._derived_backlog -= 1
 
-    def check(self, body: bytes, content_type: str | None) -> dict[str, Any] | _Pending:
+    def check(self, body: bytes, content_type: str | None, *, attested: bool = False) -> dict[str, Any] | _Pending:
         """Every check of a batch (CPU work, no lock); a replay's receipt, or the batch queued for commit."""
         media = (content_type or "").split(";")[0].strip().lower()
         if media != BATCH_MEDIA_TYPE:
@@ -290,6 +296,14 @@ class Gateway:
             )
         env = decode_envelope(body)
         h = env.header
+        if h.region_attested != attested:
+            # A car uploads only what it signed itself; only the region's own Fleet Telemetry ingest attests (§9).
+            raise MalformedBatch(
+                "a region-attested batch is built by the region, never uploaded"
+                if h.region_attested
+                else "a batch built by the region must name the attesting region (attested_by)",
+                field="attested_by",
+            )
         # Residency from the registrations (this region's vehicles, the region directory), never the header.
         self.residency.admit(h.vin)
         env.verify(self.vehicle_key(h.vin))
@@ -566,6 +580,7 @@ class Gateway:
                         length=length,
                         log_index=None,
                         received_ms=received,
+                        attested_by=h.attested_by,
                     )
                     accepted.append((p, rec))
             if accepted:

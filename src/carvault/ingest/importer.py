@@ -595,6 +595,7 @@ def _record(env: Envelope, summary: Any, location: tuple[str, int, int], receive
         length=length,
         log_index=None,
         received_ms=received_ms,
+        attested_by=h.attested_by,
     )
 
 

@@ -197,6 +197,7 @@ def batch_leaf(region: str, rec: BatchRecord, log_key: bytes | None, version: in
         seq=rec.seq,
         batch_hash=rec.batch_hash,
         received_ms=rec.received_ms,
+        attested_by=rec.attested_by,
     )
 
 

@@ -42,6 +42,11 @@ BATCH_KINDS = ("telemetry", "event", "media")
 _HEADER_FIELDS = {"v", "vin", "region", "seq", "prev", "t0", "t1", "rows", "payload", "kind"}
 # The live extension (docs/protocol.md §8): all three or none; a header without them is signed exactly as before.
 LIVE_FIELDS = ("live_first", "live_last", "live_root")
+# The region-attestation extension (docs/protocol.md §9): a batch the region built from records a car did not sign
+# (Fleet Telemetry) names the attesting region here and is signed by the region's attestation key. A header without
+# it is a car-signed batch, serialised exactly as before.
+ATTESTED_FIELD = "attested_by"
+_OPTIONAL_FIELDS = (*LIVE_FIELDS, ATTESTED_FIELD)
 _MAX_HEADER = 64 * 1024
 # Integer bounds of the header (docs/protocol.md §2.1). Every one fits a signed 64-bit database column and
 # is read exactly by every JSON parser (I-JSON, at most 2^53 - 1).
@@ -77,10 +82,16 @@ class BatchHeader:
     live_first: int | None = None  # §8: the live-frame counters this batch commits to, and their Merkle root
     live_last: int | None = None
     live_root: str | None = None
+    attested_by: str | None = None  # §9: the region that built and signed this batch; None for a car-signed batch
+
+    @property
+    def region_attested(self) -> bool:
+        """Whether the batch was built and signed by a region, not by the car (§9)."""
+        return self.attested_by is not None
 
     def to_json_bytes(self) -> bytes:
-        """Serialised header (sorted keys, no spaces); the live members only when the batch has them."""
-        doc = {k: v for k, v in self.__dict__.items() if v is not None or k not in LIVE_FIELDS}
+        """Serialised header (sorted keys, no spaces); the optional members (§8, §9) only when the batch has them."""
+        doc = {k: v for k, v in self.__dict__.items() if v is not None or k not in _OPTIONAL_FIELDS}
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -97,7 +108,7 @@ class BatchHeader:
         if not isinstance(obj, dict):
             raise MalformedBatch("batch header must be a JSON object")
         missing = _HEADER_FIELDS - obj.keys()
-        extra = obj.keys() - _HEADER_FIELDS - set(LIVE_FIELDS)
+        extra = obj.keys() - _HEADER_FIELDS - set(_OPTIONAL_FIELDS)
         live = [k for k in LIVE_FIELDS if k in obj]
         if live and len(live) != len(LIVE_FIELDS):
             missing |= set(LIVE_FIELDS) - set(live)
@@ -117,6 +128,8 @@ class BatchHeader:
             raise MalformedBatch("header fields live_first and live_last must be integers", field="live_first")
         if live and not isinstance(obj["live_root"], str):
             raise MalformedBatch("header field 'live_root' must be a string", field="live_root")
+        if ATTESTED_FIELD in obj and not isinstance(obj[ATTESTED_FIELD], str):
+            raise MalformedBatch("header field 'attested_by' must be a string", field=ATTESTED_FIELD)
         h = cls(**obj)
         h.check()
         return h
@@ -148,6 +161,10 @@ class BatchHeader:
         if not 1 <= self.rows <= MAX_ROWS:
             raise MalformedBatch(f"rows must lie in 1..{MAX_ROWS} (a batch holds at least one row)", field="rows")
         self._check_live()
+        if self.attested_by is not None and (self.attested_by != self.region or self.kind != "telemetry"):
+            raise MalformedBatch(
+                "attested_by names the batch's own region, on a telemetry batch only (§9)", field=ATTESTED_FIELD
+            )
         if self.t0 < EARLIEST_MS:
             raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=self.t0)
         if self.t1 > LATEST_MS:
@@ -362,10 +379,12 @@ def make_batch(
     t0: int | None = None,
     t1: int | None = None,
     live: tuple[int, int, str] | None = None,
+    attested_by: str | None = None,
 ) -> bytes:
     """Build a signed batch from a table (``t`` column first); the span defaults to the table's.
 
-    ``live`` is (first counter, last counter, hex Merkle root) of the live frames the batch commits to (§8).
+    ``live`` is (first counter, last counter, hex Merkle root) of the live frames the batch commits to (§8);
+    ``attested_by`` the region that attests a batch it built and signs with its attestation key (§9).
     """
     ts = table.column("t").cast(pa.int64())
     lo = int(ts[0].as_py()) if t0 is None else t0
@@ -383,7 +402,10 @@ def make_batch(
         live_first=first,
         live_last=last,
         live_root=root,
+        attested_by=attested_by,
     )
+    if attested_by is not None:
+        header.check()
     if live is not None:
         header._check_live()
     return encode_envelope(header, encode_payload(table), key)

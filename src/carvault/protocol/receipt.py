@@ -7,7 +7,10 @@ or with the per-batch *salt* derived from it (what an incident package carries, 
 
     salt  = HMAC-SHA256(log_key, "carvault-leaf-salt-v2\n" || decimal(seq))
     leaf  = "carvault-leaf-v2\n" || hex(HMAC-SHA256(salt, region "\n" vin "\n" seq "\n" batch_hash "\n"
-                                                     received_ms "\n")) || "\n"
+                                                     received_ms "\n" [attestation])) || "\n"
+
+``attestation`` is empty for a batch the car signed, and ``"attested-by " region "\n"`` for a batch the region built
+and signed from records the car did not sign (docs/protocol.md §9): the leaf itself tells the two apart.
 """
 
 from __future__ import annotations
@@ -34,9 +37,23 @@ def leaf_salt(log_key: bytes, seq: int) -> bytes:
     return hmac.new(log_key, _SALT_CONTEXT + str(seq).encode(), hashlib.sha256).digest()
 
 
-def leaf_data_v2(*, salt: bytes, region: str, vin: str, seq: int, batch_hash: str, received_ms: int) -> bytes:
-    """Leaf v2: a keyed commitment to the batch; 82 bytes that say nothing without the salt."""
+def leaf_data_v2(
+    *,
+    salt: bytes,
+    region: str,
+    vin: str,
+    seq: int,
+    batch_hash: str,
+    received_ms: int,
+    attested_by: str | None = None,
+) -> bytes:
+    """Leaf v2: a keyed commitment to the batch; 82 bytes that say nothing without the salt.
+
+    ``attested_by``: the region that attests a batch it built (§9); its leaf commits to that mark too.
+    """
     fields = f"{region}\n{vin}\n{seq}\n{batch_hash}\n{received_ms}\n".encode()
+    if attested_by is not None:
+        fields += f"attested-by {attested_by}\n".encode()
     return LEAF_V2_PREFIX + hmac.new(salt, fields, hashlib.sha256).hexdigest().encode() + b"\n"
 
 

@@ -226,6 +226,9 @@ class BatchRecord(Base):
     leaf_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # set when logged; NULL = v1
     leaf_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True, index=True)  # public anyway
     received_ms: Mapped[int] = mapped_column(BigInteger)
+    # The region that built and signed this batch from records the car did not sign (Fleet Telemetry, docs/protocol.md
+    # §9); NULL for a batch the car signed itself. The batch header says the same, inside the signed bytes.
+    attested_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class AuditEvent(Base):

@@ -87,6 +87,8 @@ def as_json(verdict: Verdict) -> dict[str, Any]:
         "exit_code": verdict.exit_code,
         "log_vkey": verdict.log_vkey,
         "ca_sha256": verdict.ca_sha256,
+        "provenance": verdict.provenance,
+        "attested_by": verdict.attested_by,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
     }
 
@@ -109,6 +111,11 @@ def render(verdict: Verdict, title: str) -> str:
             f"  log key   {verdict.log_vkey}",
             f"  CA sha256 {verdict.ca_sha256}",
         ]
+    elif verdict.attested_by is not None:
+        lines.append(
+            f"VERIFIED: every check holds; this data was attested by region {verdict.attested_by}, not signed by the "
+            "car, and the log holds it."
+        )
     else:
         lines.append("VERIFIED: every check holds; this is what the car signed and the log holds.")
     return "\n".join(lines)

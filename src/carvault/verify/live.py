@@ -90,6 +90,7 @@ def verify_live_frame(proof: LiveFrameProof, vehicle_key: Ed25519PublicKey, log:
             seq=h.seq,
             batch_hash=env.batch_hash,
             received_ms=log.received_ms,
+            attested_by=h.attested_by,
         )
     else:
         leaf = leaf_data_v1(

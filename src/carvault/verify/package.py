@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
-from carvault.pki import CertificateError, fingerprint, vehicle_key_from_certificate
+from carvault.pki import CertificateError, attested_by, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import MAX_DECODED_BYTES, Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
 from carvault.verify.container import (
     DEFAULT_LIMITS,
@@ -95,6 +95,16 @@ class Verdict:
     anchored: bool = False
     log_vkey: str = ""
     ca_sha256: str = ""
+    # The region that built and signed the batches from records the car did not sign (docs/protocol.md §9), or
+    # None when the car signed them itself: the provenance every reader of the verdict must be told.
+    attested_by: str | None = None
+
+    @property
+    def provenance(self) -> str:
+        """Who signed the batches, in words."""
+        if self.attested_by is None:
+            return "signed by the car"
+        return f"attested by region {self.attested_by}, not signed by the car"
 
     @property
     def ok(self) -> bool:
@@ -383,7 +393,16 @@ def check_certificate(run: _Run) -> None:
         if cert is None:
             raise CertificateError("the package has no certs/vehicle.pem")
         run.key = vehicle_key_from_certificate(cert, run.ca_pem, m.vin, at=at)
-        run.add("certificate chain", True, f"vehicle certificate for {m.vin} issued by the region CA")
+        run.verdict.attested_by = attested_by(cert)
+        if run.verdict.attested_by is not None:
+            run.add(
+                "certificate chain",
+                True,
+                f"region-attestation certificate for {m.vin} issued by the region CA: the key is region "
+                f"{run.verdict.attested_by}'s, not the car's",
+            )
+        else:
+            run.add("certificate chain", True, f"vehicle certificate for {m.vin} issued by the region CA")
     except (CertificateError, ValueError, OverflowError, OSError) as e:
         run.add("certificate chain", False, f"vehicle certificate does not chain to the region CA: {e}")
 
@@ -400,6 +419,10 @@ def check_batches(run: _Run) -> None:
                 raise ValueError(f"it is a batch of {env.header.vin}/{env.header.region}")
             if name != f"batches/{env.header.seq:012d}.cvb":
                 raise ValueError(f"it holds batch seq {env.header.seq}")
+            if env.header.attested_by != run.verdict.attested_by:
+                said = f"attested by region {env.header.attested_by}" if env.header.attested_by else "car-signed"
+                cert_kind = "a region-attestation certificate" if run.verdict.attested_by else "the car's certificate"
+                raise ValueError(f"it is marked {said}, but the package holds {cert_kind}")
             if run.key is not None:
                 env.verify(run.key)
                 run.envs.append(env)
@@ -411,7 +434,8 @@ def check_batches(run: _Run) -> None:
     elif problems or not run.envs:
         run.add("batch signatures", False, "; ".join(problems[:5]) or "no batch")
     else:
-        run.add("batch signatures", True, f"{len(run.envs)} batches signed by the vehicle over their exact bytes")
+        run.add("batch signatures", True, f"{len(run.envs)} batches {run.verdict.provenance}, over their exact bytes")
+        run.add("provenance", None, run.verdict.provenance)
 
 
 def check_chain(run: _Run) -> None:
@@ -452,12 +476,21 @@ def check_checkpoint(run: _Run) -> None:
     run.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {run.vkey.name}")
 
 
-def leaf_for(entry: InclusionEntry, *, region: str, vin: str) -> bytes:
-    """The leaf data a proof entry commits to: leaf v1 (fields in clear) or v2 (keyed by the entry's salt)."""
+def leaf_for(entry: InclusionEntry, *, region: str, vin: str, attested_by: str | None = None) -> bytes:
+    """The leaf data a proof entry commits to: leaf v1 (fields in clear) or v2 (keyed by the entry's salt).
+
+    ``attested_by`` is the batch header's region-attestation mark (docs/protocol.md §9), which a v2 leaf commits to.
+    """
     seq, batch_hash, received_ms = entry.seq, entry.batch_hash, entry.received_ms
     if entry.leaf_version == 2 and entry.leaf_salt is not None:
         return leaf_data_v2(
-            salt=entry.leaf_salt, region=region, vin=vin, seq=seq, batch_hash=batch_hash, received_ms=received_ms
+            salt=entry.leaf_salt,
+            region=region,
+            vin=vin,
+            seq=seq,
+            batch_hash=batch_hash,
+            received_ms=received_ms,
+            attested_by=attested_by,
         )
     return leaf_data_v1(region=region, vin=vin, seq=seq, batch_hash=batch_hash, received_ms=received_ms)
 
@@ -481,7 +514,7 @@ def check_inclusion(run: _Run) -> None:
                 raise VerificationError("no inclusion proof")
             if entry.batch_hash != env.batch_hash:
                 raise VerificationError("proof is for other bytes", expected=env.batch_hash, actual=entry.batch_hash)
-            leaf = leaf_for(entry, region=m.region, vin=m.vin)
+            leaf = leaf_for(entry, region=m.region, vin=m.vin, attested_by=env.header.attested_by)
             verify_inclusion(leaf_hash(leaf), entry.leaf_index, cp.size, list(entry.proof), cp.root)
             versions.add(entry.leaf_version)
         except VerificationError as e:
