@@ -132,7 +132,7 @@ class Region:
             check_served=self.deletions.check_served,
             transfers=lambda: getattr(self, "transfers", None),
         )
-        # Reports (issue 11): the operator's identity, the annual report (signed like deletion receipts), the data sheet.
+        # Reports (issue 11): the operator profile, the annual report (signed like deletion receipts), the data sheet.
         self.operator_profile = OperatorProfiles(self.db, self.audit, self.name)
         self.reports = AnnualReports(
             self.db, self.catalogue, self.name, self.operator_profile, self.audit, self.log_key, self.log.vkey

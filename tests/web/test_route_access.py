@@ -50,6 +50,7 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/auth/login"): "log-in (rate limited); answers only the account's own token",
     ("GET", "/api/v1/signals"): "the public signal catalogue",
     ("GET", "/api/v1/categories"): "the public category catalogue (privacy classes)",
+    ("GET", "/api/v1/data-sheet"): "the Data Act Art. 3(2) data sheet: catalogue, rules, models, operator contact",
     ("GET", "/api/v1/region/trust"): "the region's CA and log keys, for offline verification",
     ("GET", "/api/v1/log/checkpoint"): "transparency log: the signed checkpoint is public by design",
     ("GET", "/api/v1/log/key"): "transparency log verifier key",

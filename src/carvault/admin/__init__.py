@@ -25,3 +25,6 @@ admin.add_typer(retention, name="retention")
 from carvault.admin.transfers import transfers  # noqa: E402
 
 admin.add_typer(transfers, name="transfers")
+from carvault.admin.reports import reports  # noqa: E402
+
+admin.add_typer(reports, name="reports")

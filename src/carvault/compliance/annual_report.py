@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,7 +42,6 @@ from carvault.store.metadata import (
     AnnualReportFiling,
     App,
     AuthorityOrder,
-    Base,
     BatchRecord,
     ConsentRecord,
     Database,
@@ -52,6 +51,7 @@ from carvault.store.metadata import (
     LegalHold,
     Owner,
     PortabilityBundle,
+    RetentionRun,
     RightsRequest,
     TransferEvent,
     TransferRecord,
@@ -453,26 +453,13 @@ class AnnualReports:
                 {c.name: c.retention_days for c in CATEGORIES.values()}, "signals.CATEGORIES retention_days"
             ),
         }
-        runs = Base.metadata.tables.get("retention_runs")
-        if runs is None:
-            out["purge_runs"] = {"status": NOT_RECORDED, "source": "retention_runs"}
-        else:
-            out["purge_runs"] = figure(
-                self._count_runs(s, runs, y), "retention_runs (finished_ms in the year, status done, not dry runs)"
-            )
-        return out
-
-    @staticmethod
-    def _count_runs(s: Session, runs: Table, y: _Year) -> int:
-        c = runs.c
-        return int(
-            s.scalar(
-                select(func.count())
-                .select_from(runs)
-                .where(y.within(c.finished_ms), c.status == "done", c.dry_run.is_(False))
-            )
-            or 0
+        purges = s.scalar(
+            select(func.count())
+            .select_from(RetentionRun)
+            .where(y.within(RetentionRun.finished_ms), RetentionRun.status == "done", RetentionRun.dry_run.is_(False))
         )
+        out["purge_runs"] = figure(purges, "retention_runs (finished_ms in the year, status done, not dry runs)")
+        return out
 
     def _provision(self, s: Session, y: _Year) -> dict[str, Any]:
         in_force = and_(

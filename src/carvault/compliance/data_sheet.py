@@ -37,8 +37,8 @@ STORED_BYTES_SOURCE = "docs/benchmarks.md: Storage, bytes/sample (segments), 60 
 SECONDS_PER_HOUR = 3600
 HOURS_PER_DAY = 24
 
-# How the user reaches the data: (id, what, method, path, description). Every path is a route of the API; a test
-# (tests/compliance/test_data_sheet.py) fails when one of them no longer exists.
+# How the user reaches the data: (id, what, method, path, description). Every path is a route of the API; the
+# data sheet's test fails when one of them no longer exists.
 ACCESS_ROUTES: tuple[tuple[str, str, str, str, str], ...] = (
     ("telemetry", "access", "GET", "/api/v1/vehicles/{vin}/telemetry", "any time window of any signals"),
     ("timeline", "access", "GET", "/api/v1/vehicles/{vin}/timeline", "drives and charging sessions"),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import compile_path
 
 from carvault import __version__
 from carvault.compliance.retention import RetentionScheduler
@@ -21,6 +23,7 @@ from carvault.web.routes import (
     auth,
     catalogue,
     consents,
+    data_sheet,
     deletion,
     events,
     exports,
@@ -94,6 +97,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         grants.router,  # sharing (issue 9): the owner's grants and personal access tokens
         apps.router,  # sharing (issue 9): developer sign-up and apps' public metadata
         viss.router,  # live (issue 10): VISS v3 over WebSocket
+        data_sheet.router,  # issue 11: the public Data Act Art. 3(2) data sheet
         live.router,  # live (issue 10): the car's live channel (WebSocket, docs/protocol.md §8)
         admin.router,  # the operator's API (issue 11): every route behind a staff role
         support.router,  # issue 11: the owner approves or declines support tickets' access
@@ -101,7 +105,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     for r in routers:
         app.include_router(r)
-    app.state.api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
+    app.state.api_routes = [route for r in routers for route in api_routes(r)]
     generate = app.openapi
     app.openapi = lambda: declare_security(  # type: ignore[method-assign]
         errors.declare(generate(), app.state.api_routes), app.state.api_routes
@@ -110,6 +114,26 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
 
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def api_routes(router: APIRouter, prefix: str = "") -> list[APIRoute]:
+    """Every API route of a router with its full path, routers it includes walked too.
+
+    FastAPI (0.165) keeps an included router as one lazy entry, so the operator API's area routers, included in
+    /api/v1/admin, would otherwise be missing from the error and security declarations and the 405 ``Allow`` list.
+    """
+    found: list[APIRoute] = []
+    for route in router.routes:
+        inner = getattr(route, "original_router", None)
+        if isinstance(inner, APIRouter):
+            found += api_routes(inner, prefix + getattr(route.include_context, "prefix", ""))
+        elif isinstance(route, APIRoute):
+            if prefix:
+                route = copy.copy(route)
+                route.path = prefix + route.path
+                route.path_regex, route.path_format, route.param_convertors = compile_path(route.path)
+            found.append(route)
+    return found
 
 
 class SecurityHeaders:

@@ -99,7 +99,7 @@ CurrentStaff = Annotated[StaffPrincipal, Depends(current_staff)]
 def staff_with(permission: Permission) -> Callable[[StaffPrincipal], StaffPrincipal]:
     """A dependency admitting staff whose role has ``permission`` (``RoleForbidden`` otherwise).
 
-    The returned callable carries ``.permission``, so tests/web/test_admin_roles.py can read every admin route's
+    The returned callable carries ``.permission``, so the role-matrix test can read every admin route's
     permission off its dependencies and try it with every role.
     """
     permission = Permission(permission)

@@ -1,7 +1,7 @@
 """The operator's API (issue 11): every route under /api/v1/admin, one module per area, each route behind a role.
 
 Each area module defines ``router`` (paths relative to /api/v1/admin) and guards every route with
-``web.deps.staff_with(Permission.X)``; tests/web/test_admin_roles.py walks them all × every role.
+``web.deps.staff_with(Permission.X)``; the role-matrix test (test_admin_roles.py) walks them all × every role.
 """
 
 from __future__ import annotations
@@ -27,3 +27,6 @@ router.include_router(admin_staff.router)
 from carvault.web.routes import admin_cases  # noqa: E402
 
 router.include_router(admin_cases.router)
+from carvault.web.routes import admin_reports  # noqa: E402
+
+router.include_router(admin_reports.router)

@@ -10,6 +10,7 @@ from carvault.web.views import (
     base,
     consent,
     console,
+    data_sheet,
     deletion,
     developers,
     downloads,
@@ -28,6 +29,7 @@ for _module in (account, vehicles, drives, downloads, packages, consent, access,
     router.include_router(_module.router)
 router.include_router(portability.router)  # issue 9: move my data to another company
 router.include_router(live.router)  # issue 10: a vehicle's Live page
+router.include_router(data_sheet.router)  # issue 11: the public Data Act data sheet
 router.include_router(rights.router)  # issue 11: my rights requests and incident notices
 
 
