@@ -285,3 +285,13 @@ def test_cli_incidents_and_records(region: Region, tmp_path: Path) -> None:
     )
     rid = region.records.list(kind="processor")[0].id
     assert "record_retained" in _cli(region, "records", "delete", str(rid), code=1)
+
+
+def test_operator_guide_states_the_deadline_table_of_the_code() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operator.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Rights desk") : doc.index("## Incidents")]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {line.split("|")[1].strip().strip("`"): line.split("|")[3].strip() for line in rows}
+    assert {k: v for k, v in documented.items() if k in DEADLINES} == {k: d.source for k, d in DEADLINES.items()}
+    for kind in Kind:
+        assert f"| `{kind.value}` |" in section, kind

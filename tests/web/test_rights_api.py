@@ -164,3 +164,85 @@ def test_owner_and_other_roles_are_kept_out_of_the_desk(http: httpx.Client, owne
     assert http.get("/api/v1/admin/rights-requests", headers=s_headers).status_code == 200  # support may look
     refused = http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=s_headers)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "role_forbidden"
+
+
+def test_dpo_opens_a_case_from_a_request_and_the_read_shows_in_the_owners_log(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    rid = http.post(
+        "/api/v1/rights-requests",
+        headers=owner.headers,
+        json={"kind": "explanation", "vin": vehicle.vin, "details": "why does my trip show 200 km/h?"},
+    ).json()["id"]
+    dpo = _dpo(region)
+    case_form = {
+        "legal_basis": "answering the owner's request (PIPL Art. 48)",
+        "ends_ms": int(time.time() * 1000) + 7 * 86_400_000,
+    }
+    early = http.post(f"/api/v1/admin/rights-requests/{rid}/case", headers=dpo, json=case_form)
+    assert early.status_code == 409  # start the request first
+    http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=dpo)
+    r = http.post(f"/api/v1/admin/rights-requests/{rid}/case", headers=dpo, json=case_form)
+    assert r.status_code == 201, r.text
+    case = r.json()["case"]
+    assert r.json()["request"]["case_id"] == case["id"] and case["kind"] == "rights_request"
+    read = http.get(
+        f"/api/v1/admin/cases/{case['id']}/vehicles/{vehicle.vin}/telemetry",
+        headers=dpo,
+        params={"start": BASE_MS, "end": BASE_MS + 120_000, "signals": "Vehicle.Speed"},
+    )
+    assert read.status_code == 200, read.text
+    log = http.get("/api/v1/audit", headers=owner.headers).json()
+    events = log["events"] if isinstance(log, dict) else log
+    reads = [e for e in events if e["action"] == "telemetry.read" and e["actor"].startswith("staff:dpo:")]
+    assert reads and str(case["id"]) in reads[0]["legal_basis"]
+
+
+def test_incidents_and_records_over_http(http: httpx.Client, owner: OwnerClient, region: Region) -> None:
+    _, admin_secret = make_staff(region, Role.REGION_ADMIN)
+    _, auditor_secret = make_staff(region, Role.AUDITOR)
+    admin = {"Authorization": f"Bearer {admin_secret}"}
+    auditor = {"Authorization": f"Bearer {auditor_secret}"}
+    parts = ("what", "cause", "harm", "measures", "actions", "contact")
+    body = {
+        "title": "Misdirected e-mail",
+        "detected_ms": BASE_MS,
+        "owner_ids": [owner.owner_id],
+        "content": {"en": {p: f"{p} en" for p in parts}},
+    }
+    assert http.post("/api/v1/admin/incidents", headers=auditor, json=body).status_code == 403
+    r = http.post("/api/v1/admin/incidents", headers=admin, json=body)
+    assert r.status_code == 201, r.text
+    iid = r.json()["id"]
+    assert http.get(f"/api/v1/admin/incidents/{iid}/affected", headers=auditor).json()["owner_ids"] == [owner.owner_id]
+    no_zh = http.post(f"/api/v1/admin/incidents/{iid}/notify-owners", headers=admin)
+    assert no_zh.status_code == 422 and no_zh.json()["error"]["code"] == "validation_failed"
+    fixed = {"content": {"en": body["content"]["en"], "zh-CN": {p: f"{p} 中文" for p in parts}}}
+    assert http.patch(f"/api/v1/admin/incidents/{iid}", headers=admin, json=fixed).status_code == 200
+    sent = http.post(f"/api/v1/admin/incidents/{iid}/notify-owners", headers=admin).json()
+    assert sent["sent"] == 1 and sent["incident"]["status"] == "notified"
+    assert http.get("/api/v1/notices", headers=owner.headers, params={"lang": "zh-CN"}).json()[0]["harm"] == "harm 中文"
+    told = http.post(
+        f"/api/v1/admin/incidents/{iid}/authority",
+        headers=admin,
+        json={"authority": "CAC", "reference": "R-1", "content": "report"},
+    )
+    assert told.json()["authority"]["reference"] == "R-1"
+
+    assert http.post("/api/v1/admin/records/sync", headers=admin).json()["added"] > 0
+    proc = {
+        "key": "hosting",
+        "name": "Hosting Co.",
+        "purpose": "servers",
+        "legal_basis": "contract H-1",
+        "retention": "contract term",
+        "jurisdiction": "cn",
+    }
+    assert http.post("/api/v1/admin/records/processors", headers=auditor, json=proc).status_code == 403
+    rec = http.post("/api/v1/admin/records/processors", headers=admin, json=proc)
+    assert rec.status_code == 201, rec.text
+    gone = http.delete(f"/api/v1/admin/records/{rec.json()['id']}", headers=admin)
+    assert gone.status_code == 403 and gone.json()["error"]["code"] == "record_retained"
+    listed = http.get("/api/v1/admin/records", headers=auditor, params={"kind": "processor"}).json()
+    assert [x["key"] for x in listed] == ["hosting"]

@@ -103,13 +103,14 @@ DEADLINES: dict[str, Deadline] = {
     "cn": Deadline(
         15,
         Unit.WORKING_DAYS,
-        "China: accept and handle within 15 working days (App violation determination method 2019, item 6.4; "
-        "GB/T 41391-2022); GB/T 35273-2020 §8.7 sets 30 days as the outer limit",
+        "China: accept and handle within 15 working days (Methods for Determining the Illegal Collection and Use "
+        "of Personal Information by Apps, 2019, item 6.4); GB/T 35273-2020 §8.7 sets 30 days as the outer limit",
     ),
     "cn.deletion": Deadline(
         DELETION_WORKING_DAYS,
         Unit.WORKING_DAYS,
-        "China: deletion within 10 working days, as compliance/deletion.py carries it out",
+        "China: the deletion service's own commitment of 10 working days (compliance/deletion.py), inside the "
+        "15-working-day limit",
     ),
     "eu": Deadline(
         1,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from carvault.access.staff import StaffPrincipal
+from carvault.compliance.cases import case_json
 from carvault.compliance.rights import MAX_TEXT, Kind, Status, request_json
 from carvault.compliance.roles import Permission
 from carvault.errors import Conflict, NotFound, RoleForbidden, ValidationFailed
@@ -129,8 +130,6 @@ class CaseForm(BaseModel):
     responses=raises(NotFound, Conflict, ValidationFailed, RoleForbidden),
 )
 def open_case(request_id: RowId, form: CaseForm, staff: Handler, region: RegionDep) -> dict[str, Any]:
-    from carvault.compliance.cases import case_json  # the cases area (STAFF) is wired by region.cases
-
     r = region.rights.get(request_id)
     if r.status != Status.IN_PROGRESS:
         raise Conflict("start the request before opening a case for it", status=r.status)
