@@ -443,3 +443,36 @@ def test_a_recheck_confirms_the_cover_without_counting_or_logging(region: Region
     region.transfers.suspend(rec.id, reason="review", by=DPO)
     with pytest.raises(CrossBorderTransfer):
         region.transfers.check("app", "client-eu", "eu", owner_id=o, categories=PERSONAL, count=False)
+
+
+def test_staff_abroad_read_under_a_case_through_the_gate_and_the_owner_sees_the_transfer(
+    region: Region, vehicle: VehicleIdentity
+) -> None:
+    from carvault.compliance.roles import Role
+    from tests.factories import make_staff
+
+    owner = region.accounts.register("case-abroad@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vehicle.vin, vehicle.pairing_code)
+    dpo, _ = make_staff(region, Role.DPO, jurisdiction="eu")
+    case = region.cases.open(
+        dpo,
+        kind="rights_request",
+        vins=[vehicle.vin],
+        legal_basis="the owner's access request (PIPL Art. 45)",
+        ends_ms=now_ms() + 7 * DAY_MS,
+        reference="R-1",
+        subject="a copy of last month's trips",
+    )
+    with pytest.raises(CrossBorderTransfer):
+        region.cases.access(dpo, case.id, vehicle.vin)
+    shareable = sorted(c for c in CATEGORIES if CATEGORIES[c].privacy is not PrivacyClass.IMPORTANT)
+    rec = add_record(region, kind="staff", recipient=dpo.username, categories=shareable)
+    access = region.cases.access(dpo, case.id, vehicle.vin)
+    assert access.transfer is not None and access.transfer.id == rec.id
+    region.grants.record_read(access, AuditAction.TELEMETRY_READ, {"rows": 0})
+    (read,) = region.audit.list(owner.id, action=AuditAction.TELEMETRY_READ.value)
+    assert read.actor == f"staff:dpo:{dpo.username}"
+    note = json.loads(read.detail)["transfer"]
+    assert note["record_id"] == rec.id and note["destination"] == "eu" and note["route"] == "standard_contract"
+    (event,) = region.transfers.events(record_id=rec.id)
+    assert event.principal == f"staff:{dpo.username}" and event.owner_id == owner.id and event.vin == vehicle.vin

@@ -274,12 +274,13 @@ class Cases:
             expires_ms=case.ends_ms,
         )
         view = ScopedView(self.catalogue, vin, scope)
-        if staff.jurisdiction != self.region:
-            self._admit_transfer(staff, case, view, vin)
-        return Access(v, view, staff.actor, case_basis(case), case_id=case.id)
+        transfer = self._admit_transfer(staff, case, view, vin) if staff.jurisdiction != self.region else None
+        # The owner's access log then names the transfer record of a read from abroad (Grants.record_read).
+        return Access(v, view, staff.actor, case_basis(case), case_id=case.id, transfer=transfer)
 
-    def _admit_transfer(self, staff: StaffPrincipal, case: Case, view: ScopedView, vin: str) -> None:
-        """A staff member abroad reads only under a transfer record that covers them (compliance/transfers.py)."""
+    def _admit_transfer(self, staff: StaffPrincipal, case: Case, view: ScopedView, vin: str) -> Any:
+        """A staff member abroad reads only under a transfer record that covers them (compliance/transfers.py);
+        the record, counted and logged."""
         gate = self.transfers()
         if gate is None:  # no transfer gate wired: a foreign read is a cross-border transfer nobody approved
             raise CrossBorderTransfer(
@@ -287,7 +288,9 @@ class Cases:
                 jurisdiction=staff.jurisdiction,
             )
         categories = sorted({s.category for s in view.allowed()})
-        gate.check("staff", staff.username, staff.jurisdiction, owner_id=case.owner_id, categories=categories, vin=vin)
+        return gate.check(
+            "staff", staff.username, staff.jurisdiction, owner_id=case.owner_id, categories=categories, vin=vin
+        )
 
     # ---------------------------------------------------------------- helpers
     def _record(self, case: Case, actor: Actor, action: AuditAction, basis: str, **detail: Any) -> None:
