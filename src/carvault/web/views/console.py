@@ -20,11 +20,13 @@ from carvault.web.deps import STAFF_COOKIE
 from carvault.web.i18n import LANG_COOKIE, LANGUAGES
 from carvault.web.views import (
     console_apps,
+    console_cases,
     console_deletions,
     console_holds,
     console_incidents,
     console_orders,
     console_records,
+    console_reports,
     console_retention,
     console_rights,
     console_staff,
@@ -52,10 +54,12 @@ AREAS: tuple[ModuleType, ...] = (
     console_deletions,
     console_holds,
     console_orders,
+    console_cases,
     console_transfers,
     console_retention,
     console_incidents,
     console_records,
+    console_reports,
     console_apps,
     console_staff,
 )

@@ -65,6 +65,7 @@ NOTICES = {
     "incident_closed",
     "record_saved",
     "report_finalised",
+    "profile_saved",
 }
 
 
