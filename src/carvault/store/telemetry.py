@@ -44,6 +44,7 @@ class BatchRef:
     length: int
     columns: frozenset[str]
     batch_hash: str
+    attested_by: str | None = None  # the region that attests a batch it built (docs/protocol.md §9); None: car-signed
 
 
 class TelemetryStore:
@@ -75,13 +76,24 @@ class TelemetryStore:
             BatchRecord.length,
             BatchRecord.columns,
             BatchRecord.batch_hash,
+            BatchRecord.attested_by,
         ).where(BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
         if kind is not None:
             q = q.where(BatchRecord.kind == kind)
         with self.db.session() as s:
             rows = s.execute(q.order_by(BatchRecord.seq)).all()
         return [
-            BatchRef(r.seq, r.t0, r.t1, r.segment, r.offset, r.length, frozenset(r.columns.split(",")), r.batch_hash)
+            BatchRef(
+                r.seq,
+                r.t0,
+                r.t1,
+                r.segment,
+                r.offset,
+                r.length,
+                frozenset(r.columns.split(",")),
+                r.batch_hash,
+                r.attested_by,
+            )
             for r in rows
         ]
 

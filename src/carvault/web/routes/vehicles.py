@@ -152,5 +152,17 @@ def batches(
     return {
         "vin": v.vin,
         "count": len(refs),
-        "batches": [{"seq": r.seq, "t0": r.t0, "t1": r.t1, "bytes": r.length} for r in refs],
+        # Provenance (docs/protocol.md §9): signed by the car, or attested by the region from records the car did not
+        # sign (Fleet Telemetry); an owner and a court must always be able to tell the two apart.
+        "batches": [
+            {
+                "seq": r.seq,
+                "t0": r.t0,
+                "t1": r.t1,
+                "bytes": r.length,
+                "provenance": "region-attested" if r.attested_by else "car-signed",
+                "attested_by": r.attested_by,
+            }
+            for r in refs
+        ],
     }
