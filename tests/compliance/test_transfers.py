@@ -21,6 +21,7 @@ from carvault.compliance.transfers import (
     REGION_SCOPE,
     ROUTES,
     THRESHOLDS,
+    WARN_AT,
     Klass,
     Route,
     Transfers,
@@ -476,3 +477,21 @@ def test_staff_abroad_read_under_a_case_through_the_gate_and_the_owner_sees_the_
     assert note["record_id"] == rec.id and note["destination"] == "eu" and note["route"] == "standard_contract"
     (event,) = region.transfers.events(record_id=rec.id)
     assert event.principal == f"staff:{dpo.username}" and event.owner_id == owner.id and event.vin == vehicle.vin
+
+
+def test_the_operator_guide_states_the_figures_the_gate_uses() -> None:
+    """docs/operator.md, "Cross-border transfers", against THRESHOLDS and ROUTES (the one home of the figures)."""
+    text = (Path(__file__).parents[2] / "docs" / "operator.md").read_text(encoding="utf-8")
+    section = text.split("\n## Cross-border transfers\n", 1)[1].split("\n## ", 1)[0]
+    for t in THRESHOLDS.values():
+        assert f"| {t.persons:,} |" in section, t.name
+    for route, cover in ROUTES.items():
+        assert f"`{route.value}`" in section
+        row = next(line for line in section.splitlines() if line.startswith(f"| {route.value.replace('_', ' ')} |"))
+        for klass in (Klass.PERSONAL, Klass.SENSITIVE):
+            limit = cover.below.get(klass)
+            assert (f"< {limit.persons:,}" if limit else "`max_persons`") in row, (route, klass)
+        assert row.rstrip(" |").endswith("yes" if cover.important_data else "no")
+    assert f"{int(WARN_AT * 100)} %" in section
+    for code in ("cross_border_transfer", "transfer_cap_reached"):
+        assert f"`403 {code}`" in section
