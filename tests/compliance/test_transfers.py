@@ -495,3 +495,50 @@ def test_the_operator_guide_states_the_figures_the_gate_uses() -> None:
     assert f"{int(WARN_AT * 100)} %" in section
     for code in ("cross_border_transfer", "transfer_cap_reached"):
         assert f"`403 {code}`" in section
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_on_postgres_two_replicas_count_each_person_once_and_never_pass_a_ceiling(tmp_path: Path) -> None:
+    from carvault.bench.pg_cluster import TemporaryPostgres
+
+    with TemporaryPostgres(fsync=False) as pg:
+        settings = Settings(data_dir=tmp_path / "cn", region="cn", database_url=pg.create_database("region_cn"))
+        a, b = Region(settings), Region(settings)
+        try:
+            rec = add_record(a, max_persons=6)
+            people = owners(a, 10)
+            start = threading.Barrier(len(people) * 2)
+
+            def one(i: int) -> bool:
+                start.wait()
+                replica = (a, b)[i % 2]
+                try:
+                    replica.transfers.check(
+                        "app", "client-eu", "eu", owner_id=people[i // 2], categories=PERSONAL + SENSITIVE
+                    )
+                    return True
+                except TransferCapReached:
+                    return False
+
+            with ThreadPoolExecutor(len(people) * 2) as pool:  # every person asked for on both replicas at once
+                admitted = list(pool.map(one, range(len(people) * 2)))
+            assert counter(a, record_scope(rec.id), Klass.ALL) == 6
+            assert counter(a, REGION_SCOPE, Klass.SENSITIVE) == 6 == counter(a, REGION_SCOPE, Klass.PERSONAL)
+            assert sum(admitted) == events(a)
+            with a.db.session() as s:
+                counted = set(
+                    s.scalars(
+                        select(TransferPerson.owner_id).where(
+                            TransferPerson.scope == record_scope(rec.id), TransferPerson.klass == "all"
+                        )
+                    )
+                )
+            assert len(counted) == 6
+            # Everyone counted was admitted on at least one replica; nobody else was.
+            assert {people[i // 2] for i, ok in enumerate(admitted) if ok} == counted
+            # The warning at 80 % of the record's scale (5 of 6) was written once.
+            assert [(w["scope"], w["persons"]) for w in warnings_audited(a)] == [(record_scope(rec.id), 5)]
+        finally:
+            a.close()
+            b.close()
