@@ -336,3 +336,21 @@ def test_purge_on_postgres_one_replica_at_a_time(tmp_path: Path) -> None:
         finally:
             second.close()
             region.close()
+
+
+@pytest.mark.slow
+def test_the_purge_bench_measures_all_three_runs(tmp_path: Path) -> None:
+    from carvault.bench.retention_bench import NOTES_END, NOTES_START, RetentionBenchConfig, retention_figures, splice
+
+    fig = retention_figures(RetentionBenchConfig.quick(), work=tmp_path)
+    total = fig["store"]["batches"]
+    assert total > 0 and fig["store"]["evidence_bytes"] > 0
+    assert fig["dry_run"]["batches"] == total and fig["dry_run"]["batches_erased"] == 0
+    assert fig["withhold"]["batches_withheld"] == total and fig["withhold"]["query_copy_bytes_removed"] > 0
+    assert fig["purge"]["batches_erased"] == total and fig["purge"]["errors"] == 0
+    assert fig["purge"]["bytes_overwritten"] == fig["store"]["evidence_bytes"]
+    page = splice("# Benchmarks\n\n## Targets missed\n", fig)
+    assert page.index("## Retention purge") < page.index("## Targets missed")
+    kept = page.replace("_No notes yet._", "hand-written")
+    again = splice(kept, fig)
+    assert again.count("## Retention purge") == 1 and f"{NOTES_START}\nhand-written\n{NOTES_END}" in again
