@@ -1,0 +1,176 @@
+"""The operator console in Chromium: log in with a TOTP code, read the dashboard, refuse a rights request with a
+written reason, run a dry-run purge — in English and in Chinese, at desktop and phone width, with screenshots."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+
+from carvault.compliance.rights import Kind
+from carvault.compliance.roles import Role, allows
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.settings import Settings
+from carvault.web.views.console import SECTIONS
+from tests.conftest import make_owner
+from tests.factories import vin_for
+from tests.web.portal.a11y import accessibility_problems
+from tests.web.portal.conftest import new_context, screenshot
+
+pytestmark = pytest.mark.slow
+PASSWORD = "console password 1"
+
+
+@dataclass
+class ConsoleWorld:
+    """A region on a real server with an owner, a car, rights requests and a few staff accounts."""
+
+    region: Region
+    server: BackgroundServer
+    owner_headers: dict[str, str]
+    owner_id: int
+    totp: dict[str, str]  # username -> TOTP secret
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return self.server.url
+
+
+@pytest.fixture(scope="module")
+def cw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleWorld]:
+    folder = tmp_path_factory.mktemp("console")
+    region = Region(Settings(data_dir=folder / "region", region="cn"))
+    server = BackgroundServer(region).start()
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        owner = make_owner(http)
+        car = provision(region, vin_for(7), folder / "cars")
+        r = http.post(
+            "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": car.vin, "pairing_code": car.pairing_code}
+        )
+        assert r.status_code in (200, 201), r.text
+    totp = {}
+    for name, role in (("dpo.en", Role.DPO), ("dpo.zh", Role.DPO), ("support.one", Role.SUPPORT)):
+        _, totp[name] = region.staff.create(name, PASSWORD, role, display_name=name)
+    yield ConsoleWorld(region, server, owner.headers, owner.owner_id, totp)
+    server.stop()
+    region.close()
+
+
+def _complaint(cw: ConsoleWorld, text: str) -> int:
+    filed = cw.region.rights.file(cw.region.rights.check(cw.owner_id, Kind.COMPLAINT, details=text))
+    return filed.id
+
+
+def _log_in(page: Any, cw: ConsoleWorld, username: str) -> None:
+    page.goto("/console")
+    page.wait_for_url(re.compile(r".*/console/login\?next=/console$"))
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.fill("#code", pyotp.TOTP(cw.totp[username]).now())
+    page.click(".auth-card button[type=submit]")
+    page.wait_for_url(re.compile(r".*/console$"))
+
+
+def _check(page: Any, name: str) -> None:
+    problems = accessibility_problems(page)
+    assert not problems, (name, problems)
+    screenshot(page, name)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+def test_refuse_a_request_and_run_a_dry_purge(browser: Any, cw: ConsoleWorld, lang: str) -> None:
+    zh = lang == "zh-CN"
+    username = "dpo.zh" if zh else "dpo.en"
+    request_id = _complaint(cw, "my data went to an insurer" if not zh else "我的数据被提供给了保险公司")
+    ctx = new_context(browser, cw, lang=lang)  # type: ignore[arg-type]
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: d.accept())
+    try:
+        # Log in: the language follows the browser; the TOTP code is the second factor.
+        page.goto("/console/login")
+        assert page.locator("html").get_attribute("lang") == lang
+        assert page.locator("#code").get_attribute("autocomplete") == "one-time-code"
+        _check(page, f"console-login-{lang}")
+        page.fill("#username", username)
+        page.fill("#password", PASSWORD)
+        page.fill("#code", "000000")
+        page.click(".auth-card button[type=submit]")
+        assert page.locator(".flash-error").is_visible()  # a wrong code keeps you out
+        _log_in(page, cw, username)
+        # The dashboard: tiles of the DPO's areas, the rights desk among them, and no staff management.
+        assert page.locator("h1").inner_text() == ("总览" if zh else "Dashboard")
+        tile = page.locator("[data-tile=rights]")
+        assert tile.is_visible() and int(tile.locator(".figure dd").first.inner_text()) >= 1
+        assert page.locator("nav [data-section=staff]").count() == 0
+        assert page.locator("nav [data-section=retention]").is_visible()
+        _check(page, f"console-dashboard-{lang}")
+        # Rights desk: open the request, refuse it with a written reason.
+        page.click("nav [data-section=rights]")
+        page.click(f"tr[data-request='{request_id}'] a")
+        page.wait_for_url(re.compile(rf".*/console/rights/{request_id}$"))
+        reason = "该投诉不属于本公司处理范围" if zh else "Not a matter this company decides; see the insurer"
+        page.fill("#refuse-reason", reason)
+        page.click("#rights-refuse")
+        page.wait_for_url(re.compile(rf".*/console/rights/{request_id}\?notice=rights_refused$"))
+        assert page.locator("#rights-status").inner_text() == ("已拒绝" if zh else "Refused")
+        assert page.locator("#rights-reason").inner_text() == reason
+        _check(page, f"console-rights-refused-{lang}")
+        # The owner sees the refusal and its reason; the handler is named by role only.
+        r = httpx.get(f"{cw.url}/api/v1/rights-requests/{request_id}", headers=cw.owner_headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "refused" and r.json()["reason"] == reason
+        assert r.json()["handler_role"] == "dpo" and username not in r.text
+        # Retention: a dry run erases nothing and shows its signed record.
+        batches_before = cw.region.retention.plan().to_json()
+        page.click("nav [data-section=retention]")
+        page.click("#retention-dry-run")
+        page.wait_for_url(re.compile(r".*/console/retention/runs/\d+\?notice=retention_dry_run$"))
+        assert page.locator(".flash-info").is_visible()
+        assert page.locator("pre.code").inner_text().count('"dry_run": true') == 1
+        assert cw.region.retention.plan().to_json()["batches_to_erase"] == batches_before["batches_to_erase"]
+        _check(page, f"console-retention-dry-run-{lang}")
+        # At phone width the nav wraps and the dashboard still reads.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto("/console")
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        _check(page, f"console-dashboard-phone-{lang}")
+        # Log out: the session ends, the console asks for a log-in again.
+        page.click(".logout-form button")
+        page.wait_for_url(re.compile(r".*/console/login$"))
+        page.goto("/console/rights")
+        page.wait_for_url(re.compile(r".*/console/login\?next=/console/rights$"))
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_support_sees_only_its_areas_and_is_refused_elsewhere(browser: Any, cw: ConsoleWorld) -> None:
+    ctx = new_context(browser, cw)  # type: ignore[arg-type]
+    page = ctx.new_page()
+    try:
+        _log_in(page, cw, "support.one")
+        nav = set(page.locator("nav [data-section]").evaluate_all("els => els.map(e => e.dataset.section)"))
+        assert nav == {s.key for s in SECTIONS if s.permission is None or allows(Role.SUPPORT, s.permission)}
+        assert "rights" in nav and "retention" not in nav and "staff" not in nav
+        response = page.goto("/console/retention")
+        assert response is not None and response.status == 403
+        assert page.locator("h1").inner_text() == "Not allowed"
+        _check(page, "console-forbidden-support")
+        # The language switch keeps the page.
+        page.goto("/console/rights")
+        page.select_option("#lang-select", "zh-CN")
+        page.wait_for_url(re.compile(r".*/console/rights(\?.*)?$"))
+        assert page.locator("html").get_attribute("lang") == "zh-CN"
+        assert "权利请求" in page.locator("nav").inner_text()
+    finally:
+        ctx.close()
