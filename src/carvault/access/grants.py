@@ -31,7 +31,6 @@ from carvault.compliance.sharing import (
     shareable_signals,
 )
 from carvault.compliance.transfers import Transfers, transfer_note
-from carvault.compliance.transfers import Transfers, transfer_note
 from carvault.errors import NotFound, Unauthenticated, ValidationFailed
 from carvault.signals import Catalogue
 from carvault.store.metadata import App, Credential, Database, Grant, TransferRecord, Vehicle, now_ms
@@ -54,7 +53,6 @@ class Access:
     actor: Actor
     legal_basis: str
     grant: Grant | None = None
-    transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
     transfer: TransferRecord | None = None  # the record covering a read by a principal abroad (transfers.py)
     case_id: int | None = None  # an operator's read under a case (compliance/cases.py)
 
@@ -330,7 +328,6 @@ class Grants:
             detail={
                 **detail,
                 **({"grant_id": access.grant.id, "purpose": access.grant.purpose} if access.grant else {}),
-                **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
                 **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
                 **({"case_id": access.case_id} if access.case_id is not None else {}),
             },
