@@ -88,7 +88,7 @@ def world(region: Region, server: BackgroundServer, tmp_path: Path) -> World:
 def test_affected_owners_equal_an_independent_query(world: World, region: Region) -> None:
     dpo, _ = make_staff(region, Role.DPO)
     w0, w1 = BASE_MS - HOUR, BASE_MS + HOUR
-    cases = [
+    cases: list[tuple[dict[str, Any], tuple[Any, ...]]] = [
         (dict(occurred_from_ms=w0, occurred_to_ms=w1, categories=["location"]), (w0, w1, "CurrentLocation", [])),
         (dict(occurred_from_ms=w0, occurred_to_ms=w1), (w0, w1, None, [])),
         (dict(categories=["driving_dynamics"]), (None, None, "Vehicle.Speed", [])),

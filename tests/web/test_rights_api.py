@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -205,7 +206,7 @@ def test_incidents_and_records_over_http(http: httpx.Client, owner: OwnerClient,
     admin = {"Authorization": f"Bearer {admin_secret}"}
     auditor = {"Authorization": f"Bearer {auditor_secret}"}
     parts = ("what", "cause", "harm", "measures", "actions", "contact")
-    body = {
+    body: dict[str, Any] = {
         "title": "Misdirected e-mail",
         "detected_ms": BASE_MS,
         "owner_ids": [owner.owner_id],
@@ -246,3 +247,47 @@ def test_incidents_and_records_over_http(http: httpx.Client, owner: OwnerClient,
     assert gone.status_code == 403 and gone.json()["error"]["code"] == "record_retained"
     listed = http.get("/api/v1/admin/records", headers=auditor, params={"kind": "processor"}).json()
     assert [x["key"] for x in listed] == ["hosting"]
+
+
+def test_next_of_kin_deletion_is_verified_then_carried_out_by_the_dpo(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _with_data(http, owner, vehicle, agent)  # ``owner`` has died; a relative asks for the data to be deleted
+    relative = make_owner(http)
+    r = http.post(
+        "/api/v1/rights-requests",
+        headers=relative.headers,
+        json={
+            "kind": "next_of_kin",
+            "details": "Please delete my late father's driving data.",
+            "evidence": "death certificate 2026-0042; household register showing the relationship",
+            "subject_email": owner.email.upper(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert http.get(f"/api/v1/rights-requests/{rid}", headers=owner.headers).status_code == 404  # not the filer
+    dpo = _dpo(region)
+    assert http.get(f"/api/v1/admin/rights-requests/{rid}", headers=dpo).json()["owner_id"] == owner.owner_id
+    http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=dpo)
+    early = http.post(f"/api/v1/admin/rights-requests/{rid}/deletion", headers=dpo)
+    assert early.status_code == 409  # evidence first
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) > 0
+    ok = http.post(f"/api/v1/admin/rights-requests/{rid}/verify", headers=dpo, json={"note": "registry checked"})
+    assert ok.status_code == 200
+    done = http.post(f"/api/v1/admin/rights-requests/{rid}/deletion", headers=dpo)
+    assert done.status_code == 200, done.text
+    assert done.json()["produced"]["deletion_request_id"] is not None
+    assert http.post(f"/api/v1/admin/rights-requests/{rid}/deletion", headers=dpo).status_code == 409  # once
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) == 0
+    log = http.get("/api/v1/audit", headers=owner.headers, params={"action": "deletion.request"}).json()
+    events = log["events"] if isinstance(log, dict) else log
+    assert events and events[0]["actor"].startswith("staff:dpo:")  # not recorded as the owner's own request
+    closed = http.post(
+        f"/api/v1/admin/rights-requests/{rid}/complete", headers=dpo, json={"outcome": "Your father's data was erased."}
+    )
+    assert closed.status_code == 200
+    seen = http.get(f"/api/v1/rights-requests/{rid}", headers=relative.headers).json()
+    assert seen["status"] == "done" and seen["outcome"] == "Your father's data was erased."

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from carvault.compliance.rights import CLI_ROLE, Kind, Status, request_json
+from carvault.compliance.rights import CLI_ROLE, HANDLING_BASIS, Kind, Status, actor_of, request_json
 from carvault.compliance.roles import Permission, Role, allows
 from carvault.errors import CarVaultError, RoleForbidden
 
@@ -208,3 +208,23 @@ def refuse(
     with region_of(data_dir, region, database_url) as r:
         req = r.rights.refuse(request_id, handler_of(r, as_, Permission.RIGHTS_HANDLE), reason)
     console.print(f"request {req.id}: {req.status}", highlight=False)
+
+
+@rights.command("delete-data")
+def delete_data(
+    request_id: RequestId,
+    as_: As = None,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Carry out the deletion a request asks for (a verified next-of-kin request, PIPL Art. 49)."""
+    with region_of(data_dir, region, database_url) as r:
+        by = handler_of(r, as_, Permission.RIGHTS_HANDLE)
+        req = r.rights.deletion_due(request_id)
+        assert req.owner_id is not None
+        d = r.deletions.request(
+            req.owner_id, req.vin, f"rights request {req.id} ({req.kind})", by=actor_of(by), legal_basis=HANDLING_BASIS
+        )
+        r.rights.link(req.id, deletion_request_id=d.id)
+    console.print(f"request {request_id}: deletion {d.id} {d.status}", highlight=False)

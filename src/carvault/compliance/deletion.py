@@ -187,8 +187,13 @@ class Deletions:
             )
 
     # -------------------------------------------------------------- requests
-    def request(self, owner_id: int, vin: str | None, reason: str) -> DeletionRequest:
-        """Record a request (all my data, or one vehicle) and carry it out unless a hold stops it."""
+    def request(
+        self, owner_id: int, vin: str | None, reason: str, *, by: Actor | None = None, legal_basis: str = OWNER_REQUEST
+    ) -> DeletionRequest:
+        """Record a request (all my data, or one vehicle) and carry it out unless a hold stops it.
+
+        ``by``: who asked when it is not the owner (a staff member carrying out a next-of-kin request, PIPL Art. 49).
+        """
         if vin is not None:
             vin = self.region.vehicles.owned_one(owner_id, vin).vin
         now = now_ms()
@@ -202,8 +207,13 @@ class Deletions:
         )
         with self.db.session() as s:
             s.add(req)
-        self.region.audit.by_owner(
-            owner_id, "deletion.request", vin=vin, detail={"request_id": req.id, "deadline_ms": req.deadline_ms}
+        self.region.audit.record(
+            owner_id=owner_id,
+            vin=vin,
+            actor=by or Actor("owner", str(owner_id)),
+            action="deletion.request",
+            legal_basis=legal_basis,
+            detail={"request_id": req.id, "deadline_ms": req.deadline_ms},
         )
         return self.process(req.id)
 

@@ -13,6 +13,7 @@ notification of the authority is recorded with the authority, when, its referenc
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -341,7 +342,7 @@ class Incidents:
         with self.db.session() as s:
             return list(s.scalars(q.order_by(Incident.id.desc()).limit(limit).offset(offset)))
 
-    def notices(self, owner_id: int, *, unread: bool = False) -> list[IncidentNotice]:
+    def notices(self, owner_id: int, *, unread: bool = False) -> builtins.list[IncidentNotice]:
         """The notices sent to an owner, newest first."""
         q = select(IncidentNotice).where(IncidentNotice.owner_id == owner_id)
         if unread:

@@ -453,6 +453,40 @@ class Rights:
         self._audit(r, by, AuditAction.RIGHTS_REFUSE, {"reason": reason})
         return r
 
+    def deletion_due(self, request_id: int) -> RightsRequest:
+        """The request, if a deletion may now be carried out for it by the handler: a verified next-of-kin request
+        (PIPL Art. 49) or a deletion request that has none yet — in progress, naming an account here."""
+        r = self.get(request_id)
+        if r.kind not in (Kind.NEXT_OF_KIN, Kind.DELETION):
+            raise Conflict(f"a {r.kind} request deletes nothing", kind=r.kind)
+        if r.status != Status.IN_PROGRESS:
+            raise Conflict("start the request before carrying it out", status=r.status)
+        if r.owner_id is None:
+            raise Conflict("the request names no account here")
+        if r.deletion_request_id is not None:
+            raise Conflict("a deletion was already carried out for this request", deletion=r.deletion_request_id)
+        if r.kind == Kind.NEXT_OF_KIN and r.verified_ms is None:
+            raise Conflict("verify the next-of-kin evidence before deleting anything")
+        return r
+
+    def link(
+        self,
+        request_id: int,
+        *,
+        deletion_request_id: int | None = None,
+        export_job_id: int | None = None,
+        portability_bundle_id: str | None = None,
+    ) -> RightsRequest:
+        """Record what a service produced for the request (each link set once)."""
+        with self.db.session() as s:
+            row = s.get(RightsRequest, request_id)
+            if row is None:
+                raise NotFound("no such rights request", request_id=request_id)
+            row.deletion_request_id = row.deletion_request_id or deletion_request_id
+            row.export_job_id = row.export_job_id or export_job_id
+            row.portability_bundle_id = row.portability_bundle_id or portability_bundle_id
+            return row
+
     def link_case(self, request_id: int, case_id: int) -> RightsRequest:
         """Record the case opened to read the data this request needs."""
         with self.db.session() as s:

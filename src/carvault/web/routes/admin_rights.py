@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from carvault.access.staff import StaffPrincipal
 from carvault.compliance.cases import case_json
-from carvault.compliance.rights import MAX_TEXT, Kind, Status, request_json
+from carvault.compliance.rights import HANDLING_BASIS, MAX_TEXT, Kind, Status, actor_of, request_json
 from carvault.compliance.roles import Permission
 from carvault.errors import Conflict, NotFound, RoleForbidden, ValidationFailed
 from carvault.web.deps import MAX_DB_INT, MAX_TIME_MS, RegionDep, RowId, staff_with
@@ -111,6 +111,24 @@ class Refusal(BaseModel):
 )
 def refuse(request_id: RowId, form: Refusal, staff: Handler, region: RegionDep) -> dict[str, Any]:
     return request_json(region.rights.refuse(request_id, staff, form.reason), operator=True)
+
+
+@router.post(
+    "/rights-requests/{request_id}/deletion",
+    summary="Carry out the deletion a request asks for (a verified next-of-kin request, PIPL Art. 49)",
+    responses=raises(NotFound, Conflict),
+)
+def carry_out_deletion(request_id: RowId, staff: Handler, region: RegionDep) -> dict[str, Any]:
+    r = region.rights.deletion_due(request_id)
+    assert r.owner_id is not None
+    d = region.deletions.request(
+        r.owner_id,
+        r.vin,
+        f"rights request {r.id} ({r.kind})",
+        by=actor_of(staff),
+        legal_basis=HANDLING_BASIS,
+    )
+    return request_json(region.rights.link(r.id, deletion_request_id=d.id), operator=True)
 
 
 class CaseForm(BaseModel):
