@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pyotp
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
+from typer.testing import CliRunner
 
 from carvault.access.staff import IDLE_MS, MAX_SESSION_MS, TOTP_STEP_S
+from carvault.cli import app
 from carvault.compliance.roles import Role
 from carvault.errors import AlreadyExists, Conflict, TooManyRequests, Unauthenticated, ValidationFailed
 from carvault.region import Region
-from carvault.store.metadata import StaffMember, StaffSession, now_ms
+from carvault.store.metadata import AuditEvent, StaffMember, StaffSession, now_ms
 from tests.factories import make_staff
 
 PASSWORD = "a long staff password"
@@ -161,3 +165,45 @@ def test_staff_actions_are_in_the_region_chain(region: Region) -> None:
     principal, _ = make_staff(region, Role.DPO)
     region.staff.logout(principal)
     assert region.audit.verify_chain(None) >= 3
+
+
+runner = CliRunner()
+
+
+def cli(region: Region, *args: str, password: str | None = PASSWORD, code: int = 0) -> str:
+    """Run `carvault admin staff …` on the region's folder; its output."""
+    where = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
+    env = {"COLUMNS": "200", **({"CARVAULT_STAFF_PASSWORD": password} if password is not None else {})}
+    result = runner.invoke(app, ["admin", "staff", *args, *where], env=env)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_the_command_line_manages_staff(region: Region) -> None:
+    made = json.loads(cli(region, "add", "root", "--role", "region_admin", "--name", "Root", "--json"))
+    assert made["role"] == "region_admin" and made["totp_uri"].startswith("otpauth://totp/")
+    secret, principal = region.staff.login("root", PASSWORD, pyotp.TOTP(made["totp_secret"]).now())
+    assert principal.role is Role.REGION_ADMIN
+    out = cli(region, "add", "bob", "--role", "support", "--as", "root")
+    assert "shown only once" in out
+    listed = {m["username"]: m for m in json.loads(cli(region, "list", "--json"))}
+    assert listed["bob"]["role"] == "support" and listed["bob"]["created_by"] == "staff:region_admin:root"
+    assert "totp" not in json.dumps(listed) and "hash" not in json.dumps(listed)
+    cli(region, "set-role", "bob", "dpo")
+    assert region.staff.by_username("bob").role == "dpo"
+    # bob (a DPO) may not manage staff: refused, nothing changes.
+    assert "role_forbidden" in cli(region, "disable", "root", "--as", "bob", code=1)
+    assert "conflict" in cli(region, "disable", "root", code=1)  # the last region admin
+    cli(region, "disable", "bob")
+    assert region.staff.by_username("bob").disabled_ms is not None
+    cli(region, "enable", "bob")
+    reset = json.loads(cli(region, "reset-totp", "root", "--json"))
+    assert reset["totp_secret"] != made["totp_secret"]
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(secret)  # the reset ended root's session
+    assert "| `case.read` |" in runner.invoke(app, ["admin", "staff", "roles"], env={"COLUMNS": "200"}).output
+    assert "validation_failed" in cli(region, "add", "x", "--role", "dpo", password="short", code=1)
+    assert "already_exists" in cli(region, "add", "bob", "--role", "dpo", code=1)
+    with region.db.session() as s:
+        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.chain == "region"))]
+    assert actions.count("staff.create") == 2 and "staff.role" in actions and "staff.totp_reset" in actions

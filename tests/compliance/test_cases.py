@@ -12,8 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import update
+from typer.testing import CliRunner
 
 from carvault.access.staff import StaffPrincipal
+from carvault.cli import app
 from carvault.compliance.cases import case_state
 from carvault.compliance.roles import Role
 from carvault.compliance.sharing import NEVER_SHAREABLE
@@ -34,6 +36,7 @@ from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
 from tests.factories import BASE_MS, drive_table, make_staff, opt_in, vin_for
+from tests.web.portal.test_portal_http import _login, _token
 
 DAY = 86_400_000
 
@@ -260,3 +263,65 @@ def test_a_read_under_a_case_is_the_owners_data_and_in_their_access_log(
     assert e["legal_basis"] == f"case {case_id} (support_ticket): the owner's request for help"
     assert e["detail"]["case_id"] == case_id and e["detail"]["rows"] > 0
     assert json.dumps(e)  # the entry is plain JSON for the portal's access log page
+
+
+def test_the_command_line_opens_lists_and_closes_cases(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    liaison, _ = make_staff(region, Role.LIAISON)
+    runner = CliRunner()
+    where = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, ["admin", "cases", *args, *where], env={"COLUMNS": "200"})
+        assert result.exit_code == code, result.output
+        return result.output
+
+    opened = json.loads(
+        cli(
+            "open", "authority_order", "--vin", vins[0], "--legal-basis", "court order", "--as", liaison.username,
+            "--authority", "Pudong court", "--reference", "(2026)沪0115", "--days", "10", "--json",
+        )
+    )  # fmt: skip
+    assert opened["state"] == "open" and opened["owner_id"] == owner_id
+    assert opened["opened_by"] == f"staff:authority_liaison:{liaison.username}"
+    assert 9 * DAY < opened["ends_ms"] - now_ms() <= 10 * DAY
+    assert "role_forbidden" in cli("open", "support_ticket", "--vin", vins[0], "--legal-basis", "x",
+                                   "--subject", "y", "--as", liaison.username, code=1)  # fmt: skip
+    assert "validation_failed" in cli("open", "authority_order", "--vin", vins[0], "--legal-basis", "x",
+                                      "--as", liaison.username, code=1)  # fmt: skip
+    listed = json.loads(cli("list", "--json"))
+    assert [c["id"] for c in listed] == [opened["id"]]
+    assert str(opened["id"]) in cli("show", str(opened["id"]))
+    closed = json.loads(cli("close", str(opened["id"]), "--as", liaison.username, "--outcome", "done", "--json"))
+    assert closed["state"] == "closed" and closed["outcome"] == "done"
+    assert json.loads(cli("list", "--state", "open", "--json")) == []
+
+
+@pytest.mark.slow
+def test_the_owner_approves_and_declines_on_the_support_page(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
+    region.vehicles.claim(owner.owner_id, vehicle.vin, vehicle.pairing_code)
+    support, _ = make_staff(region, Role.SUPPORT)
+    first = _open(region, support, [vehicle.vin], subject="the app shows no trips")
+    second = _open(region, support, [vehicle.vin], subject="charging history looks wrong")
+    _login(http, owner)
+    html = http.get("/support").text
+    assert "the app shows no trips" in html and "charging history looks wrong" in html
+    assert f"staff:support:{support.username}" in html
+    token = _token(html)
+    r = http.post(f"/support/{first.id}", data={"csrf_token": token, "decision": "approve"})
+    assert r.status_code == 303 and r.headers["location"] == "/support?notice=support_approved"
+    r = http.post(f"/support/{second.id}", data={"csrf_token": token, "decision": "decline"})
+    assert r.status_code == 303
+    assert case_state(region.cases.get(first.id)) == "open"
+    assert case_state(region.cases.get(second.id)) == "declined"
+    assert region.cases.access(support, first.id, vehicle.vin).case_id == first.id
+    # Deciding again, a forged decision, or no CSRF token: refused, nothing changes.
+    assert http.post(f"/support/{first.id}", data={"csrf_token": token, "decision": "decline"}).status_code == 409
+    assert http.post(f"/support/{first.id}", data={"csrf_token": token, "decision": "maybe"}).status_code == 400
+    assert http.post(f"/support/{first.id}", data={"decision": "decline"}).status_code == 403
+    assert case_state(region.cases.get(first.id)) == "open"
+    # In Chinese too.
+    zh = http.get("/support", headers={"Accept-Language": "zh-CN"})
+    assert "客服工单" in zh.text and "以往工单" in zh.text

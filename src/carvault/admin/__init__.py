@@ -28,3 +28,8 @@ admin.add_typer(transfers, name="transfers")
 from carvault.admin.reports import reports  # noqa: E402
 
 admin.add_typer(reports, name="reports")
+from carvault.admin.cases import cases  # noqa: E402
+from carvault.admin.staff import staff  # noqa: E402
+
+admin.add_typer(staff, name="staff")
+admin.add_typer(cases, name="cases")

@@ -21,6 +21,7 @@ from carvault.web.views import (
     portability,
     rights,
     sharing,
+    support,
     vehicles,
 )
 
@@ -31,6 +32,7 @@ router.include_router(portability.router)  # issue 9: move my data to another co
 router.include_router(live.router)  # issue 10: a vehicle's Live page
 router.include_router(data_sheet.router)  # issue 11: the public Data Act data sheet
 router.include_router(rights.router)  # issue 11: my rights requests and incident notices
+router.include_router(support.router)  # issue 11: the owner approves or declines support tickets
 
 
 def install(app: FastAPI) -> None:

@@ -66,6 +66,8 @@ NOTICES = {
     "grant_revoked",
     "rights_filed",
     "rights_withdrawn",
+    "support_approved",
+    "support_declined",
 }
 
 

@@ -1,0 +1,201 @@
+"""`carvault admin staff …`: staff accounts from the region's machine, and who the command line acts as.
+
+The CLI runs where the region's keys are, so it acts as the local operator: its audit actor is
+``staff:cli:<login name>``, or the staff member ``--as`` names (who must be enabled and hold the permission the
+command needs). Other CLI modules use ``cli_actor`` / ``cli_principal`` from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from carvault.access.audit import Actor
+from carvault.access.staff import StaffPrincipal, staff_actor, staff_json
+from carvault.compliance.roles import MATRIX, Permission, Role, matrix_markdown
+from carvault.errors import CarVaultError, RoleForbidden
+
+if TYPE_CHECKING:
+    from carvault.region import Region
+
+# Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
+staff = typer.Typer(help="Staff accounts: roles, second factor, disabling (docs/operator.md).", no_args_is_help=True)
+
+from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
+
+PASSWORD_ENV = "CARVAULT_STAFF_PASSWORD"
+MAX_LOGIN = 60
+As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Username = Annotated[str, typer.Argument(help="The staff member's username.")]
+
+
+def cli_actor(region: Region | None = None, as_: str | None = None, permission: Permission | None = None) -> Actor:
+    """Who a CLI command acts as: the local operator ``staff:cli:<login name>``, or the staff member ``--as`` names.
+
+    With ``as_`` the member must exist, be enabled and (given ``permission``) hold it: ``RoleForbidden`` otherwise.
+    """
+    if as_ is None:
+        return Actor("staff", f"cli:{(getpass.getuser() or 'operator')[:MAX_LOGIN]}")
+    if region is None:
+        raise ValueError("resolving --as needs the region")
+    p = cli_principal(region, as_, permission)
+    return staff_actor(p.role, p.username)
+
+
+def cli_principal(region: Region, as_: str, permission: Permission | None = None) -> StaffPrincipal:
+    """The staff member ``--as`` names, as a principal for services that act for one (no session: id 0)."""
+    m = region.staff.by_username(as_)
+    if m.disabled_ms is not None:
+        raise RoleForbidden(f"{m.username} is disabled")
+    role = Role(m.role)
+    if permission is not None and permission not in MATRIX[role]:
+        raise RoleForbidden(f"the role {role.value} does not carry {permission.value}", permission=permission.value)
+    return StaffPrincipal(m.id, m.username, role, m.jurisdiction, 0)
+
+
+@contextmanager
+def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
+    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
+    from carvault.region import Region
+
+    try:
+        with Region(_settings(data_dir, region, database_url)) as r:
+            yield r
+    except CarVaultError as e:
+        console.print(f"[red]{e.code}:[/] {e.message}")
+        raise typer.Exit(1) from None
+
+
+def _when(ms: int | None) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "—"
+
+
+def _password() -> str:
+    """The new member's password: CARVAULT_STAFF_PASSWORD, or a hidden prompt asked twice."""
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env is not None:
+        return from_env
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _enrolment(r: Region, member: Any, secret: str, as_json: bool) -> None:
+    """Print the TOTP secret and URI once (they are not stored readable anywhere an operator can list)."""
+    uri = r.staff.totp_uri(member, secret)
+    if as_json:
+        print(json.dumps({**staff_json(member), "totp_secret": secret, "totp_uri": uri}, indent=2))
+        return
+    console.print(f"[green]{member.username}[/] ({member.role}, {member.jurisdiction})")
+    console.print("Enrol this in an authenticator app now; it is shown only once:", highlight=False)
+    console.print(f"  secret: [bold]{secret}[/]", highlight=False)
+    console.print(f"  URI:    {uri}", highlight=False, soft_wrap=True)
+
+
+@staff.command("add")
+def add(
+    username: Username,
+    role: Annotated[Role, typer.Option("--role", help="The member's role.")],
+    name: Annotated[str, typer.Option("--name", help="Display name.")] = "",
+    jurisdiction: Annotated[
+        str | None, typer.Option("--jurisdiction", help="Where they work from (default: this region).")
+    ] = None,
+    as_: As = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Create a staff account; prints the TOTP secret and otpauth URI once (password: prompt or env)."""
+    password = _password()
+    with _region(data_dir, region, database_url) as r:
+        by = cli_actor(r, as_, Permission.STAFF_MANAGE)
+        member, secret = r.staff.create(username, password, role, jurisdiction, name, by=by)
+        _enrolment(r, member, secret, as_json)
+
+
+@staff.command("list")
+def list_staff(
+    as_json: AsJson = False, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
+) -> None:
+    """Every staff account."""
+    with _region(data_dir, region, database_url) as r:
+        members = [staff_json(m) for m in r.staff.list()]
+    if as_json:
+        print(json.dumps(members, indent=2, ensure_ascii=False))
+        return
+    table = Table("id", "username", "name", "role", "jurisdiction", "created", "state")
+    for m in members:
+        state = "active" if m["active"] else f"disabled {_when(m['disabled_ms'])}"
+        table.add_row(
+            str(m["id"]), m["username"], m["display_name"], m["role"], m["jurisdiction"], _when(m["created_ms"]), state
+        )
+    console.print(table)
+
+
+@staff.command("disable")
+def disable(
+    username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
+) -> None:
+    """Disable an account: its sessions end at once (the last region admin stays)."""
+    with _region(data_dir, region, database_url) as r:
+        member = r.staff.disable(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
+    console.print(f"{member.username} disabled")
+
+
+@staff.command("enable")
+def enable(
+    username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
+) -> None:
+    """Enable a disabled account again."""
+    with _region(data_dir, region, database_url) as r:
+        member = r.staff.enable(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
+    console.print(f"{member.username} enabled")
+
+
+@staff.command("set-role")
+def set_role(
+    username: Username,
+    role: Annotated[Role, typer.Argument(help="The new role.")],
+    as_: As = None,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Give a member another role (their sessions end; the last region admin stays)."""
+    with _region(data_dir, region, database_url) as r:
+        by = cli_actor(r, as_, Permission.STAFF_MANAGE)
+        member = r.staff.set_role(r.staff.by_username(username).id, role, by=by)
+    console.print(f"{member.username} is now {member.role}")
+
+
+@staff.command("reset-totp")
+def reset_totp(
+    username: Username,
+    as_: As = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+) -> None:
+    """A new second factor for a member (the old one stops working; sessions end); printed once."""
+    with _region(data_dir, region, database_url) as r:
+        by = cli_actor(r, as_, Permission.STAFF_MANAGE)
+        member, secret = r.staff.reset_totp(r.staff.by_username(username).id, by=by)
+        _enrolment(r, member, secret, as_json)
+
+
+@staff.command("roles")
+def roles(as_json: AsJson = False) -> None:
+    """The role matrix: which role may do what (compliance/roles.py)."""
+    if as_json:
+        print(json.dumps({r.value: sorted(p.value for p in MATRIX[r]) for r in Role}, indent=2))
+        return
+    console.print(matrix_markdown(), highlight=False)
