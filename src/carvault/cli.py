@@ -194,6 +194,27 @@ def provision_cmd(
     console.print(f"vehicle {ident.vin} provisioned in region {ident.region}; pairing code {ident.pairing_code}")
 
 
+@app.command("fleet-register")
+def fleet_register(
+    vin: str,
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+    database_url: DbUrl = None,
+    model: str = "Tesla",
+) -> None:
+    """Register a Fleet Telemetry car (a Tesla as it is): the region attests its data; print its pairing code."""
+    from carvault.region import Region
+    from carvault.vehicle.identity import new_pairing_code
+
+    code = new_pairing_code()
+    with Region(_settings(data_dir, region, database_url)) as r:
+        r.fleet.register(vin.upper(), code, model=model)
+    console.print(
+        f"vehicle {vin.upper()} registered for Fleet Telemetry in region {r.name}; its data will be attested by the "
+        f"region, not signed by the car; pairing code {code}"
+    )
+
+
 @app.command()
 def simulate(
     vehicle_dir: Annotated[Path, typer.Argument(help="A provisioned vehicle's folder.")],

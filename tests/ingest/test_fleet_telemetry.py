@@ -83,6 +83,7 @@ def test_values_are_converted_to_catalogue_units(mapping: FleetMapping) -> None:
             F.DoorState: value_of(door_value={"DriverFront": True}),
             F.OutsideTemp: value_of(invalid=True),  # the car could not read it: no value, no refusal
             F.Soc: value_of(int_value=80),
+            F.DetailedChargeState: value_of(detailed_charge_state_value=pb.DetailedChargeStateStarting),
         },
     )
     r = decode_record(VIN, message(VIN, rec, "tx-1"), mapping)
@@ -91,12 +92,13 @@ def test_values_are_converted_to_catalogue_units(mapping: FleetMapping) -> None:
     assert math.isclose(v["Vehicle.Speed"], 62.5 * 1.609344)
     assert v["Vehicle.TraveledDistance"] == 1_609_344 and v["Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"] == 250
     assert (v["Vehicle.CurrentLocation.Latitude"], v["Vehicle.CurrentLocation.Longitude"]) == (22.5431, 114.0579)
-    assert v["Vehicle.Powertrain.Transmission.SelectedGear"] == 126  # VSS: 126 = drive
+    assert v["Vehicle.Powertrain.Transmission.SelectedGear"] == 127  # VSS: 127 = drive, 126 = park
     assert v["Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted"] is True
     assert v["Vehicle.Body.Lights.DirectionIndicator.Left.IsSignaling"] is True
     assert v["Vehicle.Body.Lights.DirectionIndicator.Right.IsSignaling"] is False
     assert v["Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"] is True
     assert v["Vehicle.Cabin.Door.Row1.PassengerSide.IsOpen"] is False
+    assert v["Vehicle.CarVault.Charging.State"] == "CONNECTED"
     assert (
         "Vehicle.Exterior.AirTemperature" not in v
         and v["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] == 80
