@@ -11,6 +11,8 @@ Classes (docs/sharing.md, "How a grant is enforced"):
   ``region.grants.access`` (or ``region.grants.vehicles`` for the listing), which hands back the grant's
   ``ScopedView``.
 - **portal page** — HTML pages of ``carvault.web.views`` outside ``/api/``; they read through the API in-process.
+- **console** — the operator console under ``/console`` (views/console*.py): every page behind
+  ``console_with(<permission>)`` (tests/web/test_console_pages.py tries each with every role) except ``CONSOLE_OPEN``.
 - **staff** — the operator's API under ``/api/v1/admin`` (issue 11): every route depends on ``staff_with(<permission>)``
   (tests/web/test_admin_roles.py tries each with every role); only the staff member's own session routes
   (``STAFF_SELF``) take any staff member, and only the log-in is public. A staff route naming a ``{vin}`` reads
@@ -78,6 +80,13 @@ PUBLIC_PREFIXES: dict[str, str] = {
     "/api/v1/apps": "developer sign-up of an app (pending until the operator approves it)",
     "/api/v1/log/tile": "public log tiles",
     "/api/v1/log/witness": "witness cosignatures of public checkpoints",
+}
+# Console pages reachable without a staff session: the log-in form, log-in, log-out and the language switch.
+CONSOLE_OPEN = {
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
+    ("POST", "/console/logout"),
+    ("POST", "/console/language"),
 }
 # FastAPI's own documentation routes.
 FRAMEWORK = {"/api/v1/openapi.json", "/api/v1/docs", "/docs/oauth2-redirect"}
@@ -158,6 +167,8 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
             return "framework", ""
         return "unknown", f"{path}: not an API route, a portal page or a framework route"
     module = route.endpoint.__module__
+    if module.startswith("carvault.web.views.console") or path.startswith("/console"):
+        return _console_page(path, route)
     if module.startswith("carvault.web.views."):
         if path.startswith("/api/"):
             return "portal", f"{path}: a portal page under /api/"
@@ -188,6 +199,18 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
     if unlisted:
         return "public", f"{unlisted} {path} is public but not in the allow-list (add it with a reason, or protect it)"
     return "public", ""
+
+
+def _console_page(path: str, route: APIRoute) -> tuple[str, str]:
+    """An operator-console page: under /console, and behind ``console_with(<permission>)`` unless it is one of the
+    log-in pages (``CONSOLE_OPEN``), so an owner's session or an unguarded page never shows operator data."""
+    methods = sorted(route.methods)
+    if not (path.startswith("/console") and route.endpoint.__module__.startswith("carvault.web.views.console")):
+        return "console", f"{methods} {path}: console pages live in views/console*.py under /console"
+    guarded = any(getattr(c, "console", False) for c in _calls(route))
+    if not guarded and not all((m, path) in CONSOLE_OPEN for m in methods):
+        return "console", f"{methods} {path}: a console page without console_with(<permission>)"
+    return "console", ""
 
 
 def staff_permission(route: APIRoute) -> Any:
@@ -228,7 +251,8 @@ def test_every_route_is_classified(region: Region) -> None:
             problems.append(problem)
     assert not problems, "\n".join(problems)
     # The classes are all populated: the walk really saw the app (a guard that sees nothing proves nothing).
-    assert {"public", "vehicle-signed", "owner-only", "grant-aware", "portal"} <= set(seen)
+    assert {"public", "vehicle-signed", "owner-only", "grant-aware", "portal", "console"} <= set(seen)
+    assert "/console/rights/{request_id}" in seen["console"]
     assert "/api/v1/vehicles/{vin}/telemetry" in seen["grant-aware"]
     assert "/api/v1/vehicles/{vin}/packages" in seen["owner-only"]
     assert "/api/v1/ingest/batches" in seen["vehicle-signed"]
@@ -269,6 +293,11 @@ def test_the_guard_catches_leaky_routes(region: Region) -> None:
     def owner(vin: str, owner: CurrentOwner) -> Any:
         return vin
 
+    def console_unguarded(region: RegionDep) -> Any:
+        return region.deletions.queue()
+
+    console_unguarded.__module__ = "carvault.web.views.console_fake"
+
     def staff_no_role(staff: CurrentStaff) -> Any:
         return staff.username
 
@@ -291,6 +320,8 @@ def test_the_guard_catches_leaky_routes(region: Region) -> None:
         ("/api/v1/vehicles/{vin}/around", around, "around the grant"),
         ("/api/v1/cars/{vin}", public_vin, "takes a {vin}"),
         ("/api/v1/secret", unlisted, "not in the allow-list"),
+        ("/console/secret", unlisted, "console pages live in views/console"),
+        ("/console/queue", console_unguarded, "without console_with"),
         ("/api/v1/vehicles/{vin}/fine", fine, ""),
         ("/api/v1/vehicles/{vin}/mine", owner, ""),
         ("/api/v1/admin/whoami", staff_no_role, "without staff_with(<permission>)"),

@@ -350,6 +350,17 @@ def install(app: FastAPI, sections: tuple[Section, ...]) -> None:
     async def _error(request: Request, e: ConsoleError) -> HTMLResponse:
         return await console_error_page(request, e.status, e.message)
 
+    # Framework errors under /console (an unknown page, a wrong method) get the console's page, not the portal's.
+    portal_error = getattr(app.state, "html_error", None)
+
+    async def html_error(request: Request, status: int, message: str) -> HTMLResponse:
+        if request.url.path == CONSOLE or request.url.path.startswith(CONSOLE + "/") or portal_error is None:
+            return await console_error_page(request, status, message)
+        response: HTMLResponse = await portal_error(request, status, message)
+        return response
+
+    app.state.html_error = html_error
+
 
 async def console_error_page(request: Request, status: int, message: str) -> HTMLResponse:
     """The console's error page (with the nav when a staff member is logged in)."""
