@@ -5,6 +5,7 @@ never open it, CSRF on every form, and each area's actions going through the rea
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from carvault.vehicle.identity import VehicleIdentity
 from carvault.web import csrf
 from carvault.web.app import create_app
 from carvault.web.deps import STAFF_COOKIE
-from carvault.web.views.console import SECTIONS
+from carvault.web.views.console import SECTIONS, sections_markdown
 from tests.conftest import OwnerClient, make_owner
 from tests.factories import make_staff
 from tests.web.test_route_access import _routes as app_routes
@@ -330,3 +331,10 @@ def test_console_pages_in_both_languages(region: Region, http: httpx.Client, lan
         "/console/language", data={"lang": "en", "next": "https://evil.example/", "csrf_token": csrf.token_for(secret)}
     )
     assert r.headers["location"] == "/console"
+
+
+def test_the_console_table_in_the_docs_is_the_code() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operator.md").read_text()
+    assert "\n## Console\n" in doc and sections_markdown() in doc
+    # Every area's page and forms are in it, each with the permission its routes really need.
+    assert "| cases | `/console/cases` | `cases.view` | `cases.open`, `case.read` |" in sections_markdown()

@@ -152,6 +152,28 @@ for _area in AREAS:
     router.include_router(_area.router)
 
 
+def permissions_of(area: ModuleType) -> list[str]:
+    """The permissions an area's pages and forms need, its page's first (from each route's ``console_with``)."""
+    found: list[str] = [area.SECTION.permission.value]
+    for route in area.router.routes:
+        for dep in route.dependant.dependencies:
+            permission = getattr(dep.call, "permission", None) if getattr(dep.call, "console", False) else None
+            if permission is not None and permission.value not in found:
+                found.append(permission.value)
+    return found
+
+
+def sections_markdown() -> str:
+    """The console's areas as the table in docs/operator.md ("Console"); a test keeps the two equal."""
+    lines = ["| area | page | opens with | its forms need |", "| --- | --- | --- | --- |"]
+    lines.append(f"| {DASHBOARD.key} | `{DASHBOARD.path}` | any staff member | — |")
+    for area in AREAS:
+        first, *rest = permissions_of(area)
+        forms = ", ".join(f"`{p}`" for p in rest) or "—"
+        lines.append(f"| {area.SECTION.key} | `{area.SECTION.path}` | `{first}` | {forms} |")
+    return "\n".join(lines) + "\n"
+
+
 def install(app: FastAPI) -> None:
     """Add the console's pages and error handling to an app."""
     install_frame(app, SECTIONS)
