@@ -36,6 +36,7 @@ from carvault.store.metadata import (
     Incident,
     LegalHold,
     Owner,
+    PortabilityBundle,
     RetentionRun,
     RightsRequest,
     TransferEvent,
@@ -654,3 +655,46 @@ def test_a_second_region_instance_serves_the_filed_copy(seeded: Region, settings
         assert other.reports.report(2026) == filed
         with pytest.raises(ReportFinalised):
             other.reports.finalise(2026, ADMIN)
+
+
+def test_a_portability_recipient_is_named_from_its_bundle(seeded: Region) -> None:
+    with seeded.db.session() as s:
+        owner = s.scalar(text("SELECT id FROM owners WHERE email = 'o2@example.cn'"))
+        g = Grant(
+            owner_id=owner,
+            kind="portability",
+            client_id=None,
+            vins=json.dumps(VINS[1:2]),
+            signals='["Vehicle"]',
+            purpose="portability",
+            created_ms=at(2026, 10, 1),
+            expires_ms=at(2026, 10, 8),
+        )
+        s.add(g)
+        s.flush()
+        s.add(
+            PortabilityBundle(
+                id="b" * 32,
+                owner_id=owner,
+                vin=VINS[1],
+                grant_id=g.id,
+                recipient=json.dumps({"name": "NewCar", "legal_entity": "NewCar GmbH", "jurisdiction": "eu"}),
+                file_name="x.zip",
+                sha256="0" * 64,
+                size=1,
+                batches=1,
+                batch_hashes="[]",
+                tree_size=1,
+                created_ms=at(2026, 10, 1),
+                expires_ms=at(2026, 10, 8),
+            )
+        )
+    rows_ = {r["id"]: r for r in seeded.reports.compute(2026, now=NOW)["sections"]["provision"]["rows"]}
+    assert set(rows_) == {"app_ins", "NewCar"}
+    assert (rows_["NewCar"]["kind"], rows_["NewCar"]["legal_entity"], rows_["NewCar"]["jurisdiction"]) == (
+        "portability",
+        "NewCar GmbH",
+        "eu",
+    )
+    assert rows_["NewCar"]["purposes"] == ["portability"] and rows_["NewCar"]["owners"] == 1
+    assert "not recorded" not in json.dumps(seeded.reports.compute(2025, now=NOW)["sections"])

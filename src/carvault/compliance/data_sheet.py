@@ -49,6 +49,7 @@ ACCESS_ROUTES: tuple[tuple[str, str, str, str, str], ...] = (
     ("packages", "retrieve", "POST", "/api/v1/vehicles/{vin}/packages", "an incident package with proofs"),
     ("portability", "retrieve", "POST", "/api/v1/vehicles/{vin}/portability", "a bundle for another company"),
     ("grants", "share", "GET", "/api/v1/grants", "the grants given to apps, each revocable"),
+    ("rights", "rights", "POST", "/api/v1/rights-requests", "a rights request (copy, correction, complaint ...)"),
     ("deletion", "erase", "POST", "/api/v1/deletion-requests", "deletion of every off-vehicle copy, with a receipt"),
     ("consent_stop", "erase", "DELETE", "/api/v1/vehicles/{vin}/consents/{category}", "stop collecting a category"),
 )
