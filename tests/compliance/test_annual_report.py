@@ -698,3 +698,23 @@ def test_a_portability_recipient_is_named_from_its_bundle(seeded: Region) -> Non
     )
     assert rows_["NewCar"]["purposes"] == ["portability"] and rows_["NewCar"]["owners"] == 1
     assert "not recorded" not in json.dumps(seeded.reports.compute(2025, now=NOW)["sections"])
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_postgres_gives_the_same_report(seeded: Region, tmp_path: Path) -> None:
+    from carvault.bench.pg_cluster import TemporaryPostgres
+
+    with TemporaryPostgres(fsync=False) as pg:
+        settings = Settings(data_dir=tmp_path / "pg", region="cn", database_url=pg.create_database("region_cn"))
+        with Region(settings) as other:
+            seed(other)
+            other.operator_profile.save(PROFILE, ADMIN)
+            for year in (2025, 2026):
+                mine, theirs = seeded.reports.compute(year, now=NOW), other.reports.compute(year, now=NOW)
+                for report in (mine, theirs):
+                    report["sections"]["storage"].pop("metadata_backend")
+                    report["sections"]["operator"].pop("updated_ms")
+                assert theirs == mine
+            filed = other.reports.finalise(2026, ADMIN)
+            assert verify_signature(filed, other.log.vkey) and other.reports.report(2026) == filed
