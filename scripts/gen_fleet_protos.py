@@ -24,7 +24,9 @@ def main() -> int:
         print("protoc is not installed (Debian: apt-get install protobuf-compiler)", file=sys.stderr)
         return 1
     protos = sorted(p.name for p in PACKAGE.glob("*.proto"))
-    subprocess.run([protoc, f"--proto_path={PACKAGE}", f"--python_out={PACKAGE}", *protos], check=True)
+    subprocess.run(
+        [protoc, f"--proto_path={PACKAGE}", f"--python_out={PACKAGE}", f"--pyi_out={PACKAGE}", *protos], check=True
+    )
     print(f"generated {', '.join(p.replace('.proto', '_pb2.py') for p in protos)} in {PACKAGE}")
     return 0
 

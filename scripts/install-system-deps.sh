@@ -12,6 +12,8 @@ if [ ! -x /usr/bin/chromium ]; then need+=(chromium); fi
 if [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then need+=(fonts-wqy-microhei); fi
 # NATS server: one of the live-broker choices (issue 10); the broker tests start it as a real process.
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then need+=(nats-server); fi
+# protoc: the Fleet Telemetry schema test regenerates the committed protobuf module and compares (issue 14).
+if ! command -v protoc >/dev/null 2>&1; then need+=(protobuf-compiler); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -39,9 +39,10 @@ def test_the_committed_module_has_every_field_of_the_proto() -> None:
 
 @pytest.mark.skipif(shutil.which("protoc") is None, reason="protoc (Debian protobuf-compiler) is not installed")
 def test_regenerating_gives_the_committed_descriptor(tmp_path: Path) -> None:
-    subprocess.run(["protoc", f"--proto_path={PACKAGE}", f"--python_out={tmp_path}", "vehicle_data.proto"], check=True)
-    text = (tmp_path / "vehicle_data_pb2.py").read_text()
-    assert text == (PACKAGE / "vehicle_data_pb2.py").read_text(), "run scripts/gen_fleet_protos.py"
+    out = [f"--python_out={tmp_path}", f"--pyi_out={tmp_path}"]
+    subprocess.run(["protoc", f"--proto_path={PACKAGE}", *out, "vehicle_data.proto"], check=True)
+    for name in ("vehicle_data_pb2.py", "vehicle_data_pb2.pyi"):
+        assert (tmp_path / name).read_text() == (PACKAGE / name).read_text(), f"{name}: run scripts/gen_fleet_protos.py"
     assert importlib.util.find_spec("carvault.protocol.fleet_telemetry.vehicle_data_pb2") is not None
 
 

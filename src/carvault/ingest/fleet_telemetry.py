@@ -32,6 +32,7 @@ import pyarrow as pa
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from sqlalchemy import select
 
@@ -214,9 +215,11 @@ def _rule(row: dict[str, str], catalogue: Catalogue) -> FieldRule:
         if wanted and sig.datatype != wanted or kind == "number" and sig.datatype in ("boolean", "string"):
             raise ValueError(f"{kind} values cannot fill {signal} ({sig.datatype})")
         part = kind.partition(".")[2]
-        holder = {"location": pb.LocationValue, "doors": pb.Doors}.get(kind.partition(".")[0])
-        if holder is not None and part not in holder.DESCRIPTOR.fields_by_name:
-            raise ValueError(f"{kind!r} names no member of {holder.DESCRIPTOR.name}")
+        holder: Descriptor | None = {"location": pb.LocationValue.DESCRIPTOR, "doors": pb.Doors.DESCRIPTOR}.get(
+            kind.partition(".")[0]
+        )
+        if holder is not None and part not in holder.fields_by_name:
+            raise ValueError(f"{kind!r} names no member of {holder.name}")
     else:
         member = pb.Value.DESCRIPTOR.fields_by_name.get(kind)
         if member is None or member.enum_type is None:

@@ -1,0 +1,380 @@
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+ACChargingEnergyIn: Field
+ACChargingPower: Field
+AutoSeatClimateLeft: Field
+AutoSeatClimateRight: Field
+AutomaticBlindSpotCamera: Field
+AutomaticEmergencyBrakingOff: Field
+BMSState: Field
+BatteryHeaterOn: Field
+BatteryLevel: Field
+BlindSpotCollisionWarningChime: Field
+BmsFullchargecomplete: Field
+BrakePedal: Field
+BrakePedalPos: Field
+BrickVoltageMax: Field
+BrickVoltageMin: Field
+BuckleStatusFaulted: BuckleStatus
+BuckleStatusLatched: BuckleStatus
+BuckleStatusUnknown: BuckleStatus
+BuckleStatusUnlatched: BuckleStatus
+CabinOverheatProtectionMode: Field
+CabinOverheatProtectionTemperatureLimit: Field
+CarType: Field
+CenterDisplay: Field
+ChargeAmps: Field
+ChargeCurrentRequest: Field
+ChargeCurrentRequestMax: Field
+ChargeEnableRequest: Field
+ChargeLimitSoc: Field
+ChargePort: Field
+ChargePortColdWeatherMode: Field
+ChargePortDoorOpen: Field
+ChargePortLatch: Field
+ChargeRateMilePerHour: Field
+ChargeState: Field
+ChargerPhases: Field
+ChargerVoltage: Field
+ChargingCableType: Field
+ClimateKeeperMode: Field
+ClimateSeatCoolingFrontLeft: Field
+ClimateSeatCoolingFrontRight: Field
+CruiseFollowDistance: Field
+CruiseSetSpeed: Field
+CurrentLimitMph: Field
+DCChargingEnergyIn: Field
+DCChargingPower: Field
+DCDCEnable: Field
+DESCRIPTOR: _descriptor.FileDescriptor
+DefrostForPreconditioning: Field
+DefrostMode: Field
+Deprecated_1: Field
+Deprecated_2: Field
+Deprecated_3: Field
+DestinationLocation: Field
+DestinationName: Field
+DetailedChargeState: Field
+DetailedChargeStateCharging: DetailedChargeStateValue
+DetailedChargeStateComplete: DetailedChargeStateValue
+DetailedChargeStateDisconnected: DetailedChargeStateValue
+DetailedChargeStateNoPower: DetailedChargeStateValue
+DetailedChargeStateStarting: DetailedChargeStateValue
+DetailedChargeStateStopped: DetailedChargeStateValue
+DetailedChargeStateUnknown: DetailedChargeStateValue
+DiAxleSpeedF: Field
+DiAxleSpeedR: Field
+DiAxleSpeedREL: Field
+DiAxleSpeedRER: Field
+DiHeatsinkTF: Field
+DiHeatsinkTR: Field
+DiHeatsinkTREL: Field
+DiHeatsinkTRER: Field
+DiInverterTF: Field
+DiInverterTR: Field
+DiInverterTREL: Field
+DiInverterTRER: Field
+DiMotorCurrentF: Field
+DiMotorCurrentR: Field
+DiMotorCurrentREL: Field
+DiMotorCurrentRER: Field
+DiSlaveTorqueCmd: Field
+DiStateF: Field
+DiStateR: Field
+DiStateREL: Field
+DiStateRER: Field
+DiStatorTempF: Field
+DiStatorTempR: Field
+DiStatorTempREL: Field
+DiStatorTempRER: Field
+DiTorqueActualF: Field
+DiTorqueActualR: Field
+DiTorqueActualREL: Field
+DiTorqueActualRER: Field
+DiTorquemotor: Field
+DiVBatF: Field
+DiVBatR: Field
+DiVBatREL: Field
+DiVBatRER: Field
+DoorState: Field
+DriveRail: Field
+DriverSeatBelt: Field
+DriverSeatOccupied: Field
+EfficiencyPackage: Field
+EmergencyLaneDepartureAvoidance: Field
+EnergyRemaining: Field
+EstBatteryRange: Field
+EstimatedHoursToChargeTermination: Field
+EuropeVehicle: Field
+ExpectedEnergyPercentAtTripArrival: Field
+Experimental_1: Field
+Experimental_10: Field
+Experimental_11: Field
+Experimental_12: Field
+Experimental_13: Field
+Experimental_14: Field
+Experimental_15: Field
+Experimental_2: Field
+Experimental_3: Field
+Experimental_4: Field
+Experimental_5: Field
+Experimental_6: Field
+Experimental_7: Field
+Experimental_8: Field
+Experimental_9: Field
+ExteriorColor: Field
+FastChargerPresent: Field
+FastChargerType: Field
+FdWindow: Field
+ForwardCollisionWarning: Field
+FpWindow: Field
+Gear: Field
+GpsHeading: Field
+GpsState: Field
+GuestModeEnabled: Field
+GuestModeMobileAccessState: Field
+HomelinkDeviceCount: Field
+HomelinkNearby: Field
+HvacACEnabled: Field
+HvacAutoMode: Field
+HvacFanSpeed: Field
+HvacFanStatus: Field
+HvacLeftTemperatureRequest: Field
+HvacPower: Field
+HvacRightTemperatureRequest: Field
+HvacSteeringWheelHeatAuto: Field
+HvacSteeringWheelHeatLevel: Field
+Hvil: Field
+IdealBatteryRange: Field
+InsideTemp: Field
+IsolationResistance: Field
+LaneDepartureAvoidance: Field
+LateralAcceleration: Field
+LifetimeEnergyGainedRegen: Field
+LifetimeEnergyUsed: Field
+LifetimeEnergyUsedDrive: Field
+LightsHazardsActive: Field
+LightsHighBeams: Field
+LightsTurnSignal: Field
+LocatedAtFavorite: Field
+LocatedAtHome: Field
+LocatedAtWork: Field
+Location: Field
+Locked: Field
+LongitudinalAcceleration: Field
+MediaAudioVolume: Field
+MediaAudioVolumeIncrement: Field
+MediaAudioVolumeMax: Field
+MediaNowPlayingAlbum: Field
+MediaNowPlayingArtist: Field
+MediaNowPlayingDuration: Field
+MediaNowPlayingElapsed: Field
+MediaNowPlayingStation: Field
+MediaNowPlayingTitle: Field
+MediaPlaybackSource: Field
+MediaPlaybackStatus: Field
+MilesSinceReset: Field
+MilesToArrival: Field
+MinutesToArrival: Field
+ModuleTempMax: Field
+ModuleTempMin: Field
+NotEnoughPowerToHeat: Field
+NumBrickVoltageMax: Field
+NumBrickVoltageMin: Field
+NumModuleTempMax: Field
+NumModuleTempMin: Field
+Odometer: Field
+OffroadLightbarPresent: Field
+OriginLocation: Field
+OutsideTemp: Field
+PackCurrent: Field
+PackVoltage: Field
+PairedPhoneKeyAndKeyFobQty: Field
+PassengerSeatBelt: Field
+PedalPosition: Field
+PinToDriveEnabled: Field
+PowershareHoursLeft: Field
+PowershareInstantaneousPowerKW: Field
+PowershareStatus: Field
+PowershareStopReason: Field
+PowershareType: Field
+PreconditioningEnabled: Field
+RatedRange: Field
+RdWindow: Field
+RearDefrostEnabled: Field
+RearDisplayHvacEnabled: Field
+RearSeatHeaters: Field
+RemoteStartEnabled: Field
+RightHandDrive: Field
+RoofColor: Field
+RouteLastUpdated: Field
+RouteLine: Field
+RouteTrafficMinutesDelay: Field
+RpWindow: Field
+ScheduledChargingMode: Field
+ScheduledChargingPending: Field
+ScheduledChargingStartTime: Field
+ScheduledDepartureTime: Field
+SeatHeaterLeft: Field
+SeatHeaterRearCenter: Field
+SeatHeaterRearLeft: Field
+SeatHeaterRearRight: Field
+SeatHeaterRight: Field
+SeatVentEnabled: Field
+SelfDrivingMilesSinceReset: Field
+SemitruckPassengerSeatFoldPosition: Field
+SemitruckTpmsPressureRe1L0: Field
+SemitruckTpmsPressureRe1L1: Field
+SemitruckTpmsPressureRe1R0: Field
+SemitruckTpmsPressureRe1R1: Field
+SemitruckTpmsPressureRe2L0: Field
+SemitruckTpmsPressureRe2L1: Field
+SemitruckTpmsPressureRe2R0: Field
+SemitruckTpmsPressureRe2R1: Field
+SemitruckTractorParkBrakeStatus: Field
+SemitruckTrailerParkBrakeStatus: Field
+SentryMode: Field
+ServiceMode: Field
+Setting24HourTime: Field
+SettingChargeUnit: Field
+SettingDistanceUnit: Field
+SettingTemperatureUnit: Field
+SettingTirePressureUnit: Field
+ShiftStateD: ShiftState
+ShiftStateInvalid: ShiftState
+ShiftStateN: ShiftState
+ShiftStateP: ShiftState
+ShiftStateR: ShiftState
+ShiftStateSNA: ShiftState
+ShiftStateUnknown: ShiftState
+Soc: Field
+SoftwareUpdateDownloadPercentComplete: Field
+SoftwareUpdateExpectedDurationMinutes: Field
+SoftwareUpdateInstallationPercentComplete: Field
+SoftwareUpdateScheduledStartTime: Field
+SoftwareUpdateVersion: Field
+SpeedLimitMode: Field
+SpeedLimitWarning: Field
+SunroofInstalled: Field
+SuperchargerSessionTripPlanner: Field
+TimeToFullCharge: Field
+TonneauOpenPercent: Field
+TonneauPosition: Field
+TonneauTentMode: Field
+TpmsHardWarnings: Field
+TpmsLastSeenPressureTimeFl: Field
+TpmsLastSeenPressureTimeFr: Field
+TpmsLastSeenPressureTimeRl: Field
+TpmsLastSeenPressureTimeRr: Field
+TpmsPressureFl: Field
+TpmsPressureFr: Field
+TpmsPressureRl: Field
+TpmsPressureRr: Field
+TpmsSoftWarnings: Field
+Trim: Field
+TurnSignalStateBoth: TurnSignalState
+TurnSignalStateLeft: TurnSignalState
+TurnSignalStateOff: TurnSignalState
+TurnSignalStateRight: TurnSignalState
+TurnSignalStateUnknown: TurnSignalState
+Unknown: Field
+ValetModeEnabled: Field
+VehicleName: Field
+VehicleSpeed: Field
+Version: Field
+WheelType: Field
+WiperHeatEnabled: Field
+
+class Datum(_message.Message):
+    __slots__ = ["key", "value"]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: Field
+    value: Value
+    def __init__(self, key: _Optional[_Union[Field, str]] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class Doors(_message.Message):
+    __slots__ = ["DriverFront", "DriverRear", "PassengerFront", "PassengerRear", "TrunkFront", "TrunkRear"]
+    DRIVERFRONT_FIELD_NUMBER: _ClassVar[int]
+    DRIVERREAR_FIELD_NUMBER: _ClassVar[int]
+    DriverFront: bool
+    DriverRear: bool
+    PASSENGERFRONT_FIELD_NUMBER: _ClassVar[int]
+    PASSENGERREAR_FIELD_NUMBER: _ClassVar[int]
+    PassengerFront: bool
+    PassengerRear: bool
+    TRUNKFRONT_FIELD_NUMBER: _ClassVar[int]
+    TRUNKREAR_FIELD_NUMBER: _ClassVar[int]
+    TrunkFront: bool
+    TrunkRear: bool
+    def __init__(self, DriverFront: bool = ..., DriverRear: bool = ..., PassengerFront: bool = ..., PassengerRear: bool = ..., TrunkFront: bool = ..., TrunkRear: bool = ...) -> None: ...
+
+class LocationValue(_message.Message):
+    __slots__ = ["latitude", "longitude"]
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    latitude: float
+    longitude: float
+    def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ...) -> None: ...
+
+class Payload(_message.Message):
+    __slots__ = ["created_at", "data", "is_resend", "vin"]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    IS_RESEND_FIELD_NUMBER: _ClassVar[int]
+    VIN_FIELD_NUMBER: _ClassVar[int]
+    created_at: _timestamp_pb2.Timestamp
+    data: _containers.RepeatedCompositeFieldContainer[Datum]
+    is_resend: bool
+    vin: str
+    def __init__(self, data: _Optional[_Iterable[_Union[Datum, _Mapping]]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., vin: _Optional[str] = ..., is_resend: bool = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ["boolean_value", "buckle_status_value", "detailed_charge_state_value", "door_value", "double_value", "float_value", "int_value", "invalid", "location_value", "long_value", "shift_state_value", "string_value", "turn_signal_state_value"]
+    BOOLEAN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BUCKLE_STATUS_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DETAILED_CHARGE_STATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOOR_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LONG_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_STATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TURN_SIGNAL_STATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    boolean_value: bool
+    buckle_status_value: BuckleStatus
+    detailed_charge_state_value: DetailedChargeStateValue
+    door_value: Doors
+    double_value: float
+    float_value: float
+    int_value: int
+    invalid: bool
+    location_value: LocationValue
+    long_value: int
+    shift_state_value: ShiftState
+    string_value: str
+    turn_signal_state_value: TurnSignalState
+    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., long_value: _Optional[int] = ..., float_value: _Optional[float] = ..., double_value: _Optional[float] = ..., boolean_value: bool = ..., location_value: _Optional[_Union[LocationValue, _Mapping]] = ..., shift_state_value: _Optional[_Union[ShiftState, str]] = ..., invalid: bool = ..., buckle_status_value: _Optional[_Union[BuckleStatus, str]] = ..., door_value: _Optional[_Union[Doors, _Mapping]] = ..., detailed_charge_state_value: _Optional[_Union[DetailedChargeStateValue, str]] = ..., turn_signal_state_value: _Optional[_Union[TurnSignalState, str]] = ...) -> None: ...
+
+class Field(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class ShiftState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class BuckleStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class DetailedChargeStateValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class TurnSignalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
