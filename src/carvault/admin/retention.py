@@ -120,7 +120,7 @@ def _print_run(run: dict[str, Any]) -> None:
     for h in s.get("skipped_by_hold", []):
         console.print(f"[yellow]skipped[/] {h['vin']}: legal hold {', '.join(map(str, h['holds']))}")
     for e in s.get("errors", []):
-        console.print(f"[red]error[/] {e['vin']} seq {e['seq']}: {e['error']}")
+        console.print(f"[red]error[/] {e['vin']} seq {e.get('seq')} (batch {e.get('batch_id')}): {e['error']}")
 
 
 @retention.command("runs")

@@ -64,16 +64,22 @@ def overwrite(path: Path, offset: int, length: int) -> int:
 
     In place, so other writers' offsets in the same segment never move. A segment already gone counts nothing.
     """
+    return overwrite_ranges(path, [(offset, length)])
+
+
+def overwrite_ranges(path: Path, ranges: list[tuple[int, int]]) -> int:
+    """Overwrite several (offset, length) ranges of one segment with zeros, then fsync once; return the bytes."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
         return 0
     try:
-        os.pwrite(fd, bytes(length), offset)
+        for offset, length in ranges:
+            os.pwrite(fd, bytes(length), offset)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return length
+    return sum(length for _, length in ranges)
 
 
 def signed_record(body: dict[str, Any], context: bytes, key: Ed25519PrivateKey, vkey: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
-from carvault.compliance.deletion import overwrite, signed_record
+from carvault.compliance.deletion import overwrite_ranges, signed_record
 from carvault.errors import CarVaultError, NotFound, RetentionRunning
 from carvault.ingest.frames import FrameStore
 from carvault.protocol import CAMERA, payload_view
@@ -74,6 +74,7 @@ LEASE_NAME = "purge"
 LEASE_MS = 10 * 60_000  # a lease outliving its holder (a killed run) frees itself after this
 CUTOFF_CACHE_S = 5.0  # how stale the read path's cutoffs may be (another replica's run shows within this)
 SCHEDULER_ACTOR = Actor("system", "retention")
+GROUP = 100  # batches per transaction and per fsync of a segment; the lease is renewed between groups
 FRAME_COLUMNS = (CAMERA + "FrameHash",)  # the column that binds a stored frame to its batch
 
 
@@ -408,41 +409,28 @@ class Retention:
     def _carry_out(
         self, run: RetentionRun, holder: str, actor: Actor, progress: Callable[[int, int], None] | None
     ) -> RetentionRun:
-        finished_earlier = 0 if run.dry_run else self._finish_pending()
+        errors: list[dict[str, Any]] = []
+        finished_earlier = 0 if run.dry_run else self._finish_pending(errors)
         plan = self.plan(run.now_ms)
         counts = {c: Counts() for c in CATEGORIES}
-        errors: list[dict[str, Any]] = []
         per_vin: dict[str, dict[str, Any]] = {}
         totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
         total = len(plan.erase) + len(plan.withhold)
         done = 0
-        for a in plan.erase:
-            try:
-                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
-                self._count(counts, figures, a.categories, erased=True)
-                if not run.dry_run and self._erase(a, run.id, totals):
+        for chunk in _chunks(plan.erase):
+            readable = self._measure(chunk, counts, errors, erased=True)
+            if not run.dry_run:
+                for a in self._erase_group(readable, run.id, totals, errors):
                     self._note(per_vin, a, "erased", a.categories)
-            except (OSError, CarVaultError, pa.ArrowException) as e:
-                errors.append({"vin": a.vin, "seq": a.seq, "error": f"{type(e).__name__}: {e}"[:300]})
-            done += 1
-            if progress:
-                progress(done, total)
-            if not run.dry_run and done % 200 == 0:
-                self._renew(holder)
-        for a in plan.withhold:
-            try:
-                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
-                self._count(counts, figures, a.withhold, erased=False)
-                if not run.dry_run:
-                    self._withhold(a, totals)
+            done += len(chunk)
+            self._step(run, holder, progress, done, total)
+        for chunk in _chunks(plan.withhold):
+            readable = self._measure(chunk, counts, errors, erased=False)
+            if not run.dry_run:
+                for a in self._withhold_group(readable, totals, errors):
                     self._note(per_vin, a, "withheld", a.withhold)
-            except (OSError, CarVaultError, pa.ArrowException) as e:
-                errors.append({"vin": a.vin, "seq": a.seq, "error": f"{type(e).__name__}: {e}"[:300]})
-            done += 1
-            if progress:
-                progress(done, total)
-            if not run.dry_run and done % 200 == 0:
-                self._renew(holder)
+            done += len(chunk)
+            self._step(run, holder, progress, done, total)
         held: dict[str, set[int]] = {}
         for a in plan.held:
             for c in a.withhold or a.categories:
@@ -484,6 +472,30 @@ class Retention:
         self._audit(run, actor, summary, per_vin)
         return run
 
+    def _measure(
+        self, chunk: list[BatchAction], counts: dict[str, Counts], errors: list[dict[str, Any]], *, erased: bool
+    ) -> list[BatchAction]:
+        """Count each batch's samples and bytes per category from its footer; the batches that could be read."""
+        readable = []
+        for a in chunk:
+            try:
+                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
+            except (OSError, CarVaultError, pa.ArrowException) as e:
+                errors.append(_error(a.vin, a.batch_id, e, a.seq))
+                continue
+            self._count(counts, figures, a.categories if erased else a.withhold, erased=erased)
+            readable.append(a)
+        return readable
+
+    def _step(
+        self, run: RetentionRun, holder: str, progress: Callable[[int, int], None] | None, done: int, total: int
+    ) -> None:
+        """Report progress and keep the lease alive between groups."""
+        if progress:
+            progress(done, total)
+        if not run.dry_run:
+            self._renew(holder)
+
     def _count(
         self, counts: dict[str, Counts], figures: Mapping[str, tuple[int, int]], cats: Iterable[str], *, erased: bool
     ) -> None:
@@ -518,40 +530,53 @@ class Retention:
         entry.setdefault(f"{what}_categories", set()).update(cats)
 
     # ------------------------------------------------------------------ erasing
-    def _erase(self, a: BatchAction, run_id: int, totals: dict[str, int]) -> bool:
-        """Swap the batch's row for an erasure row (one transaction), then erase; False if another run did."""
+    def _erase_group(
+        self, actions: list[BatchAction], run_id: int, totals: dict[str, int], errors: list[dict[str, Any]]
+    ) -> list[BatchAction]:
+        """Swap the batches' rows for erasure rows (one transaction), then erase; return the batches erased.
+
+        A batch whose vehicle got a hold since the plan is left alone (the hold wins), as is one already gone (a
+        deletion took it): nothing else of it is touched.
+        """
+        if not actions:
+            return []
+        swapped: list[BatchAction] = []
         with self.db.session() as s:
-            held = s.scalar(
-                select(LegalHold.id).where(LegalHold.vin == a.vin, LegalHold.released_ms.is_(None)).limit(1)
-            )
-            if held is not None:  # placed since the plan: the hold wins
-                return False
-            if not rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id))):
-                return False  # erased meanwhile (a deletion): nothing else of this batch is touched
-            frames = list(
-                s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
-            )
-            files = [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
-            files += self._copies(s, a)
-            s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
-            s.execute(delete(VehicleEvent).where(VehicleEvent.vin == a.vin, VehicleEvent.batch_seq == a.seq))
-            s.execute(delete(RetentionWithheld).where(RetentionWithheld.batch_id == a.batch_id))
-            s.add(
-                RetentionErasure(
-                    batch_id=a.batch_id,
-                    run_id=run_id,
-                    vin=a.vin,
-                    batch_hash=a.batch_hash,
-                    segment=a.segment,
-                    offset=a.offset,
-                    length=a.length,
-                    files=json.dumps(files),
+            held = set(
+                s.scalars(
+                    select(LegalHold.vin).where(
+                        LegalHold.vin.in_({a.vin for a in actions}), LegalHold.released_ms.is_(None)
+                    )
                 )
             )
-        totals["frames_erased"] += len(frames)
-        totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
-        self._finish(a.batch_id, totals)
-        return True
+            for a in actions:
+                if a.vin in held or not rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id))):
+                    continue
+                frames = list(
+                    s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+                )
+                files = [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
+                files += self._copies(s, a)
+                s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+                s.execute(delete(VehicleEvent).where(VehicleEvent.vin == a.vin, VehicleEvent.batch_seq == a.seq))
+                s.execute(delete(RetentionWithheld).where(RetentionWithheld.batch_id == a.batch_id))
+                s.add(
+                    RetentionErasure(
+                        batch_id=a.batch_id,
+                        run_id=run_id,
+                        vin=a.vin,
+                        batch_hash=a.batch_hash,
+                        segment=a.segment,
+                        offset=a.offset,
+                        length=a.length,
+                        files=json.dumps(files),
+                    )
+                )
+                totals["frames_erased"] += len(frames)
+                totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
+                swapped.append(a)
+        done = self._finish([a.batch_id for a in swapped], totals, errors, seqs={a.batch_id: a.seq for a in swapped})
+        return [a for a in swapped if a.batch_id in done]
 
     def _copies(self, s: Any, a: BatchAction) -> list[str]:
         """Files holding a copy of this batch's bytes or samples: incident packages over its span, bundles naming it.
@@ -575,65 +600,108 @@ class Retention:
                 files.append(f"portability/{name}")
         return files
 
-    def _finish(self, batch_id: int, totals: dict[str, int]) -> None:
-        """Erase what an erasure row names (idempotent: zeroing twice or unlinking a gone file is harmless)."""
-        with self.db.session() as s:
-            e = s.get(RetentionErasure, batch_id)
-        if e is None:
-            return
-        totals["query_copy_bytes_removed"] += self.derived.delete(e.vin, e.batch_hash)
-        for name in json.loads(e.files):
-            (self.data_dir / name).unlink(missing_ok=True)
-        totals["bytes_overwritten"] += overwrite(self.segments.directory / e.segment, e.offset, e.length)
-        with self.db.session() as s:
-            s.execute(delete(RetentionErasure).where(RetentionErasure.batch_id == batch_id))
+    def _finish(
+        self,
+        batch_ids: list[int],
+        totals: dict[str, int],
+        errors: list[dict[str, Any]],
+        *,
+        seqs: Mapping[int, int] | None = None,
+    ) -> set[int]:
+        """Erase what erasure rows name, one fsync per segment, then drop the rows; return the batch ids finished.
 
-    def _finish_pending(self) -> int:
+        Idempotent (zeroing twice or unlinking a gone file is harmless): a segment that cannot be written leaves
+        its rows for the next run, and its batches are listed in ``errors``.
+        """
+        if not batch_ids:
+            return set()
+        with self.db.session() as s:
+            rows = list(s.scalars(select(RetentionErasure).where(RetentionErasure.batch_id.in_(batch_ids))))
+        by_segment: dict[str, list[RetentionErasure]] = {}
+        for e in rows:
+            totals["query_copy_bytes_removed"] += self.derived.delete(e.vin, e.batch_hash)
+            for name in json.loads(e.files):
+                (self.data_dir / name).unlink(missing_ok=True)
+            by_segment.setdefault(e.segment, []).append(e)
+        finished: set[int] = set()
+        for segment, group in by_segment.items():
+            try:
+                totals["bytes_overwritten"] += overwrite_ranges(
+                    self.segments.directory / segment, [(e.offset, e.length) for e in group]
+                )
+            except OSError as err:
+                errors.extend(_error(e.vin, e.batch_id, err, (seqs or {}).get(e.batch_id)) for e in group)
+                continue
+            finished.update(e.batch_id for e in group)
+        if finished:
+            with self.db.session() as s:
+                s.execute(delete(RetentionErasure).where(RetentionErasure.batch_id.in_(finished)))
+        return finished
+
+    def _finish_pending(self, errors: list[dict[str, Any]]) -> int:
         """Finish erasures a killed run left; return how many."""
         with self.db.session() as s:
             ids = list(s.scalars(select(RetentionErasure.batch_id).order_by(RetentionErasure.batch_id)))
         scratch = {"query_copy_bytes_removed": 0, "bytes_overwritten": 0}
-        for batch_id in ids:
-            self._finish(batch_id, scratch)
-        return len(ids)
+        return sum(len(self._finish(chunk, scratch, errors)) for chunk in _chunks(ids))
 
     # ------------------------------------------------------------------ withholding
-    def _withhold(self, a: BatchAction, totals: dict[str, int]) -> None:
-        """Mark the batch's newly expired categories and rewrite its query copy without their columns.
+    def _withhold_group(
+        self, actions: list[BatchAction], totals: dict[str, int], errors: list[dict[str, Any]]
+    ) -> list[BatchAction]:
+        """Mark the batches' newly expired categories (one transaction), then rewrite their query copies.
 
         Camera frames are not evidence (the signed batch holds only their hashes), so frames of a batch whose
         camera category has ended are erased outright. Incident packages and portability bundles already built
         keep the whole signed batch, as new ones do (docs/retention.md, "What stays").
         """
+        if not actions:
+            return []
         frames: list[str] = []
         with self.db.session() as s:
-            mark = s.get(RetentionWithheld, a.batch_id)
-            before = set(json.loads(mark.categories)) if mark else set()
-            cats = json.dumps(sorted(before | a.withhold))
-            if mark is None:
-                s.add(RetentionWithheld(batch_id=a.batch_id, vin=a.vin, categories=cats))
-            else:
-                mark.categories = cats
-            if any((sig := self.catalogue.get(c)) and sig.category in a.withhold for c in FRAME_COLUMNS):
-                frames = list(
-                    s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+            marks = {
+                m.batch_id: m
+                for m in s.scalars(
+                    select(RetentionWithheld).where(RetentionWithheld.batch_id.in_([a.batch_id for a in actions]))
                 )
-                s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+            }
+            for a in actions:
+                mark = marks.get(a.batch_id)
+                before = set(json.loads(mark.categories)) if mark else set()
+                cats = json.dumps(sorted(before | a.withhold))
+                if mark is None:
+                    s.add(RetentionWithheld(batch_id=a.batch_id, vin=a.vin, categories=cats))
+                else:
+                    mark.categories = cats
+                if any((sig := self.catalogue.get(c)) and sig.category in a.withhold for c in FRAME_COLUMNS):
+                    where = (FrameRecord.vin == a.vin, FrameRecord.seq == a.seq)
+                    frames += s.scalars(select(FrameRecord.sha256).where(*where))
+                    s.execute(delete(FrameRecord).where(*where))
         for h in frames:
             self.frames.blob_path(h).unlink(missing_ok=True)
         totals["frames_erased"] += len(frames)
+        for a in actions:
+            try:
+                totals["query_copy_bytes_removed"] += self._drop_columns(a)
+            except (OSError, pa.ArrowException) as e:  # the mark stands: reads withhold; the next read rebuilds
+                errors.append(_error(a.vin, a.batch_id, e, a.seq))
+        return actions
+
+    def _drop_columns(self, a: BatchAction) -> int:
+        """Rewrite a batch's query copy without the withheld categories' columns; return the bytes it shrank."""
         copy = self.derived.read(a.vin, a.batch_hash)
         if copy is None:
-            return  # the next read rebuilds it, already without the withheld columns
+            return 0  # the next read rebuilds it, already without the withheld columns
         gone = [c for c in copy.column_names if (sig := self.catalogue.get(c)) and sig.category in a.withhold]
         if not gone:
-            return
-        before_size = self.derived.path(a.vin, a.batch_hash).stat().st_size
+            return 0
+        path = self.derived.path(a.vin, a.batch_hash)
+        before = path.stat().st_size
         self.derived.write(a.vin, a.batch_hash, copy.drop_columns(gone))
-        with contextlib.suppress(FileNotFoundError):
-            totals["query_copy_bytes_removed"] += max(
-                0, before_size - self.derived.path(a.vin, a.batch_hash).stat().st_size
-            )
+        try:
+            return max(0, before - path.stat().st_size)
+        except FileNotFoundError:
+            return before
 
     # ------------------------------------------------------------------ records
     def _audit(self, run: RetentionRun, actor: Actor, summary: dict[str, Any], per_vin: dict[str, Any]) -> None:
@@ -719,6 +787,17 @@ class Retention:
                 for c in CATEGORIES.values()
             ],
         }
+
+
+def _chunks(items: list[Any], size: int = GROUP) -> Iterator[list[Any]]:
+    """``items`` in consecutive groups of ``size``."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _error(vin: str, batch_id: int, e: BaseException, seq: int | None = None) -> dict[str, Any]:
+    """One batch a run could not finish, as the purge record lists it."""
+    return {"vin": vin, "batch_id": batch_id, "seq": seq, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
