@@ -197,6 +197,10 @@ def test_the_command_line_manages_staff(region: Region) -> None:
     cli(region, "disable", "bob")
     assert region.staff.by_username("bob").disabled_ms is not None
     cli(region, "enable", "bob")
+    bob_secret, _ = region.staff.login("bob", PASSWORD, pyotp.TOTP(_secret_of(region, "bob")).now())
+    cli(region, "set-password", "bob", password="another long password")
+    with pytest.raises(Unauthenticated):
+        region.staff.resolve(bob_secret)  # a new password ends the member's sessions
     reset = json.loads(cli(region, "reset-totp", "root", "--json"))
     assert reset["totp_secret"] != made["totp_secret"]
     with pytest.raises(Unauthenticated):
@@ -207,3 +211,12 @@ def test_the_command_line_manages_staff(region: Region) -> None:
     with region.db.session() as s:
         actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.chain == "region"))]
     assert actions.count("staff.create") == 2 and "staff.role" in actions and "staff.totp_reset" in actions
+
+
+def _secret_of(region: Region, username: str) -> str:
+    """A member's TOTP secret, opened with the region's data key (what the authenticator app holds)."""
+    from carvault.access.staff import open_totp
+
+    member = region.staff.by_username(username)
+    assert region.db.data_key is not None
+    return open_totp(region.db.data_key, member.username, member.totp_sealed)

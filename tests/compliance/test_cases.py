@@ -325,3 +325,35 @@ def test_the_owner_approves_and_declines_on_the_support_page(
     # In Chinese too.
     zh = http.get("/support", headers={"Accept-Language": "zh-CN"})
     assert "客服工单" in zh.text and "以往工单" in zh.text
+
+
+def test_listing_by_state_agrees_with_each_case_state(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    dpo, _ = make_staff(region, Role.DPO)
+    waiting = _open(region, support, vins[:1])
+    approved = _open(region, support, vins[:1])
+    region.cases.decide(owner_id, approved.id, approve=True)
+    declined = _open(region, support, vins[:1])
+    region.cases.decide(owner_id, declined.id, approve=False)
+    rights = _open(region, dpo, vins[:1], "rights_request")
+    ended = _open(region, dpo, vins[:1], "rights_request")
+    with region.db.session() as s:
+        s.execute(update(Case).where(Case.id == ended.id).values(ends_ms=now_ms() - 1))
+    closed = _open(region, dpo, vins[:1], "rights_request")
+    region.cases.close(dpo, closed.id)
+    expected = {
+        "awaiting_owner": [waiting.id],
+        "open": [rights.id, approved.id],
+        "declined": [declined.id],
+        "ended": [ended.id],
+        "closed": [closed.id],
+    }
+    every = region.cases.list()
+    for state, ids in expected.items():
+        assert [c.id for c in region.cases.list(state=state)] == ids, state
+        assert sorted(c.id for c in every if case_state(c) == state) == sorted(ids), state
+    assert [c.id for c in region.cases.list(kind="rights_request", state="open")] == [rights.id]
+    for bad in ({"state": "pending"}, {"kind": "fishing"}):
+        with pytest.raises(ValidationFailed):
+            region.cases.list(**bad)  # type: ignore[arg-type]

@@ -176,6 +176,18 @@ def set_role(
     console.print(f"{member.username} is now {member.role}")
 
 
+@staff.command("set-password")
+def set_password(
+    username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
+) -> None:
+    """Set a member's password (hidden prompt or CARVAULT_STAFF_PASSWORD); their sessions end."""
+    password = _password()
+    with _region(data_dir, region, database_url) as r:
+        by = cli_actor(r, as_, Permission.STAFF_MANAGE)
+        member = r.staff.set_password(r.staff.by_username(username).id, password, by=by)
+    console.print(f"password of {member.username} set; their sessions ended")
+
+
 @staff.command("reset-totp")
 def reset_totp(
     username: Username,

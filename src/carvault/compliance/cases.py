@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor, AuditAction, AuditLog
 from carvault.access.grants import Access
@@ -63,6 +63,27 @@ class TransferGate(Protocol):
 def case_basis(case: Case) -> str:
     """The legal basis recorded for a read under a case: the case, its kind and its own basis."""
     return f"case {case.id} ({case.kind}): {case.legal_basis}"
+
+
+STATES = ("open", "awaiting_owner", "declined", "ended", "closed")
+
+
+def _state_filter(state: str, now: int) -> list[ColumnElement[bool]]:
+    """The SQL conditions of one state: the same decision as ``case_state``, made by the database."""
+    running = [Case.closed_ms.is_(None), Case.ends_ms > now]
+    ticket = Case.kind == "support_ticket"
+    if state == "closed":
+        return [Case.closed_ms.is_not(None)]
+    if state == "ended":
+        return [Case.closed_ms.is_(None), Case.ends_ms <= now]
+    if state == "declined":
+        return [*running, ticket, Case.owner_declined_ms.is_not(None)]
+    if state == "awaiting_owner":
+        return [*running, ticket, Case.owner_declined_ms.is_(None), Case.owner_approved_ms.is_(None)]
+    return [
+        *running,
+        or_(~ticket, and_(Case.owner_declined_ms.is_(None), Case.owner_approved_ms.is_not(None))),
+    ]
 
 
 def case_state(case: Case, now: int | None = None) -> str:
@@ -190,20 +211,20 @@ class Cases:
     def list(
         self, *, state: str | None = None, kind: str | None = None, owner_id: int | None = None, limit: int = 200
     ) -> list[Case]:
-        """Cases, newest first, filtered by kind, owner and state (open | awaiting_owner | ended | closed...)."""
+        """Cases, newest first, filtered by kind, owner and state (one of ``STATES``, as ``case_state`` says)."""
+        if kind is not None and kind not in KINDS:
+            raise ValidationFailed(f"kind must be one of {', '.join(KINDS)}", field="kind")
+        if state is not None and state not in STATES:
+            raise ValidationFailed(f"state must be one of {', '.join(STATES)}", field="state")
         q = select(Case).order_by(Case.id.desc())
         if kind:
             q = q.where(Case.kind == kind)
         if owner_id is not None:
             q = q.where(Case.owner_id == owner_id)
-        if state in ("closed",):
-            q = q.where(Case.closed_ms.is_not(None))
-        elif state is not None:
-            q = q.where(Case.closed_ms.is_(None))
+        if state is not None:
+            q = q.where(*_state_filter(state, now_ms()))
         with self.db.session() as s:
-            found = list(s.scalars(q.limit(max(1, min(limit, 1000)) * (4 if state else 1))))
-        now = now_ms()
-        return [c for c in found if state is None or case_state(c, now) == state][: max(1, min(limit, 1000))]
+            return list(s.scalars(q.limit(max(1, min(limit, 1000)))))
 
     def close(self, staff: StaffPrincipal, case_id: int, outcome: str = "") -> Case:
         """Close a case (no read under it after this); recorded in both chains."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from carvault.access.staff import StaffPrincipal
-from carvault.compliance.cases import KINDS, MAX_VINS, case_json
+from carvault.compliance.cases import KINDS, MAX_VINS, STATES, case_json
 from carvault.compliance.roles import Permission
 from carvault.errors import (
     CaseInactive,
@@ -30,6 +30,7 @@ Reader = Annotated[StaffPrincipal, Depends(staff_with(Permission.CASE_READ))]
 Kind = Literal["rights_request", "authority_order", "breach_investigation", "support_ticket"]
 assert set(Kind.__args__) == set(KINDS)  # type: ignore[attr-defined]  # one list of kinds (compliance/cases.py)
 State = Literal["open", "awaiting_owner", "declined", "ended", "closed"]
+assert set(State.__args__) == set(STATES)  # type: ignore[attr-defined]
 
 
 class NewCase(BaseModel):
