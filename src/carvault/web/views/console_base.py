@@ -28,7 +28,7 @@ from carvault import __version__
 from carvault.access.audit import Actor
 from carvault.access.staff import StaffPrincipal
 from carvault.compliance.roles import Permission, allows
-from carvault.errors import CarVaultError, Forbidden, Unauthenticated
+from carvault.errors import CarVaultError, Forbidden, RoleForbidden, Unauthenticated
 from carvault.web import csrf
 from carvault.web.deps import STAFF_COOKIE, client_address
 from carvault.web.i18n import LANG_COOKIE, LANGUAGES, TZ_COOKIE, Translator, negotiate, supported, translator
@@ -160,7 +160,7 @@ class ConsolePage:
     def require(self, permission: Permission) -> None:
         """Refuse (403, the console's error page) unless the role carries ``permission``."""
         if not self.may(permission):
-            raise ConsoleError(403, self.t("console.forbidden", permission=permission.value), code="role_forbidden")
+            raise ConsoleError(403, self.t("console.forbidden", permission=permission.value), code=RoleForbidden.code)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a (blocking) service call off the event loop; a refusal becomes the console's error page."""
