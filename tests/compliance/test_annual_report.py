@@ -255,7 +255,7 @@ def seed(region: Region) -> None:
                     status="notified" if notified else "open",
                     detected_ms=detected,
                     scope_categories='["location"]',
-                    content="{}",
+                    content=json.dumps({"en": {"measures": "Link revoked"}, "zh-CN": {"measures": "链接已撤销"}}),
                     affected_owners=affected,
                     recorded_by="staff:dpo:bob",
                     owners_notified_ms=notified,
@@ -530,6 +530,11 @@ def test_the_2026_sections_say_what_happened(seeded: Region) -> None:
     assert by_kind["access"] == {"done": 1, "late": 0, "on_time": 1, "total": 1}
     assert by_kind["deletion"] == {"in_progress": 1, "late": 1, "on_time": 0, "total": 1}  # open past its deadline
     assert values(s["rights_requests"])["refused_with_reason"] == 1
+    assert s["rights_requests"]["refusals"] == [
+        {"id": complaint_id(seeded), "kind": "complaint", "reason": "Not our data."}
+    ]
+    (leak,) = s["incidents"]["rows"]
+    assert leak["measures"] == {"en": "Link revoked", "zh-CN": "链接已撤销"}
     (complaint,) = s["rights_requests"]["complaint_outcomes"]
     assert (complaint["status"], complaint["reason"]) == ("refused", "Not our data.")
     assert values(s["deletion_requests"]) == {"requests": 1, "by_status": {"completed": 1}, "completed_on_time": 1}
@@ -543,6 +548,10 @@ def test_the_2026_sections_say_what_happened(seeded: Region) -> None:
     op = values(s["operator"])
     assert op["operator_name"] == PROFILE["operator_name"]
     assert op["security_lead"] == {"name": "Li Wei", "contact": "security@example.cn"}
+
+
+def complaint_id(region: Region) -> int:
+    return int(one(region, "SELECT id FROM rights_requests WHERE kind = 'complaint'"))
 
 
 def test_every_figure_names_its_source(seeded: Region) -> None:
@@ -626,9 +635,11 @@ def test_the_pdf_is_chinese_first_and_english_on_request(seeded: Region) -> None
     zh = _pdf_text(report_pdf.render(report, messages("zh-CN")))
     assert "汽车数据安全管理情况年度报告" in zh
     assert "2026 年度" in zh and "数据安全负责人" in zh and "Li Wei" in zh and "SC-2025-17" in zh
+    assert "链接已撤销" in zh and "Not our data." in zh
     assert "草稿" in zh  # not finalised
     en = _pdf_text(report_pdf.render(report, messages("en")))
     assert "Annual report on automotive data security management" in en and "Insure Ltd." in en
+    assert "Link revoked" in en and "链接已撤销" not in en
 
 
 def test_the_pdf_refuses_without_its_font(seeded: Region, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

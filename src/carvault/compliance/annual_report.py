@@ -599,6 +599,7 @@ class AnnualReports:
                 "authority": i.authority,
                 "authority_notified_ms": i.authority_notified_ms,
                 "closed_ms": i.closed_ms,
+                "measures": _measures(i.content),
             }
             for i in found
         ]
@@ -628,6 +629,11 @@ class AnnualReports:
             late = (closed and r.closed_ms > r.deadline_ms) or (not closed and r.deadline_ms < y.end)  # type: ignore[operator]
             kinds[r.kind]["late"] += int(late)
         complaints = [r for r in found if r.kind == "complaint"]
+        refusals = [
+            {"id": r.id, "kind": r.kind, "reason": r.reason}
+            for r in sorted(found, key=lambda r: r.id)
+            if r.status == "refused"
+        ]
         return {
             "requests": figure(len(found), src + ", count"),
             "by_kind": figure(
@@ -640,6 +646,7 @@ class AnnualReports:
                 src + ", status refused with a written reason",
             ),
             "complaints": figure(len(complaints), src + ", kind complaint"),
+            "refusals": refusals,
             "complaint_outcomes": [
                 {
                     "id": r.id,
@@ -689,6 +696,21 @@ class AnnualReports:
             "holds_released": figure(released, "legal_holds (released_ms in the year)"),
             "holds_in_force_at_year_end": figure(in_force, "legal_holds placed before the end, not released by it"),
         }
+
+
+def _measures(content: str) -> dict[str, str]:
+    """The measures taken, per language, from an incident's notification content (compliance/incidents.py)."""
+    try:
+        by_language = json.loads(content)
+    except ValueError:
+        return {}
+    if not isinstance(by_language, dict):
+        return {}
+    return {
+        lang: str(text["measures"])
+        for lang, text in by_language.items()
+        if isinstance(text, dict) and text.get("measures")
+    }
 
 
 def due_text_en(year: int, days_left: int, state: str) -> str:

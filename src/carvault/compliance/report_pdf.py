@@ -45,8 +45,9 @@ MAX_CELL = 300  # characters of one record-provided value shown in a table cell
 class _Text:
     """Looks up ``report.*`` messages; a missing key shows the key (a test checks both catalogues are complete)."""
 
-    def __init__(self, messages: Mapping[str, str], zone: str) -> None:
+    def __init__(self, messages: Mapping[str, str], zone: str, language: str) -> None:
         self.messages = messages
+        self.language = language
         self.zone = zone  # the report's time zone, for the times in tables
 
     def __call__(self, message: str, /, **values: Any) -> str:
@@ -112,7 +113,7 @@ def _new_pdf(title: str) -> _Pdf:
 def render(report: Mapping[str, Any], messages: Mapping[str, str]) -> bytes:
     """The PDF of a report (as built by ``compliance.annual_report``) in the language of ``messages``."""
     zone = report["period"]["time_zone"]
-    t = _Text(messages, zone)
+    t = _Text(messages, zone, messages.get("report.language", "en"))
     pdf = _new_pdf(f"{t('report.title')} {report['year']}")
     _head(pdf, report, t, zone)
     sections = report["sections"]
@@ -271,7 +272,7 @@ def _transfers(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
 
 
 def _incidents(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
-    cols = ["title", "status", "detected", "affected", "authority"]
+    cols = ["title", "status", "detected", "affected", "authority", "measures"]
     zone = t.zone
     rows = [
         [
@@ -280,14 +281,24 @@ def _incidents(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
             _when(r["detected_ms"], zone),
             _value(r["affected_owners"], t),
             _value(r["authority_notified_ms"] is not None, t),
+            _measures(r.get("measures") or {}, t),
         ]
         for r in section["rows"]
     ]
     if rows:
-        _table(pdf, [t(f"report.c.{c}") for c in cols], rows, (70, 25, 35, 30, 30))
+        _table(pdf, [t(f"report.c.{c}") for c in cols], rows, (40, 20, 28, 20, 22, 60))
+
+
+def _measures(by_language: Mapping[str, str], t: _Text) -> str:
+    """The measures in the PDF's language, else in any language the incident was written in."""
+    return by_language.get(t.language) or next(iter(by_language.values()), "—")
 
 
 def _rights(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
+    refusals = section.get("refusals") or []
+    if refusals:
+        cols = ["kind", "reason"]
+        _table(pdf, [t(f"report.c.{c}") for c in cols], [[r["kind"], r["reason"] or "—"] for r in refusals], (40, 150))
     complaints = section["complaint_outcomes"]
     if complaints:
         cols = ["kind", "status", "outcome"]
