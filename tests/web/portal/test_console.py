@@ -12,15 +12,17 @@ import httpx
 import pyotp
 import pytest
 
+from carvault.compliance.incidents import FIELDS
 from carvault.compliance.rights import Kind
 from carvault.compliance.roles import Role, allows
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
+from carvault.store.metadata import now_ms
 from carvault.web.views.console import SECTIONS
 from tests.conftest import make_owner
-from tests.factories import vin_for
+from tests.factories import make_staff, vin_for
 from tests.web.portal.a11y import accessibility_problems
 from tests.web.portal.conftest import new_context, screenshot
 
@@ -57,11 +59,45 @@ def cw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleWorld]:
         )
         assert r.status_code in (200, 201), r.text
     totp = {}
-    for name, role in (("dpo.en", Role.DPO), ("dpo.zh", Role.DPO), ("support.one", Role.SUPPORT)):
+    staff = {
+        "dpo.en": Role.DPO,
+        "dpo.zh": Role.DPO,
+        "dpo.pages": Role.DPO,
+        "support.one": Role.SUPPORT,
+        "admin.one": Role.REGION_ADMIN,
+        "liaison.one": Role.LIAISON,
+    }
+    for name, role in staff.items():
         _, totp[name] = region.staff.create(name, PASSWORD, role, display_name=name)
+    _records(region, car.vin)
     yield ConsoleWorld(region, server, owner.headers, owner.owner_id, totp)
     server.stop()
     region.close()
+
+
+def _records(region: Region, vin: str) -> None:
+    """Something on every page: a hold, a case, an incident, a transfer record and a dry purge."""
+    dpo, _ = make_staff(region, Role.DPO)
+    region.deletions.place_hold(vin, "Shenzhen court", "(2026) 1")
+    region.cases.open(
+        dpo, kind="rights_request", vins=[vin], legal_basis="PIPL Art. 45", ends_ms=now_ms() + 7 * 86_400_000
+    )
+    text = {f: f"{f} text" for f in FIELDS}
+    region.incidents.record(dpo, title="Lost laptop", detected_ms=now_ms() - 60_000, content={"en": text}, vins=[vin])
+    region.transfers.create(
+        route="standard_contract",
+        recipient_kind="entity",
+        recipient="Example Insurance GmbH",
+        recipient_jurisdiction="eu",
+        purpose="claims",
+        categories=["driving_dynamics"],
+        max_persons=1000,
+        from_ms=now_ms() - 86_400_000,
+        to_ms=now_ms() + 300 * 86_400_000,
+        approval_reference="SC-2026-1",
+        by=dpo.actor,
+    )
+    region.retention.run(dry_run=True, actor=dpo.actor)
 
 
 def _complaint(cw: ConsoleWorld, text: str) -> int:
@@ -172,5 +208,32 @@ def test_support_sees_only_its_areas_and_is_refused_elsewhere(browser: Any, cw: 
         page.wait_for_url(re.compile(r".*/console/rights(\?.*)?$"))
         assert page.locator("html").get_attribute("lang") == "zh-CN"
         assert "权利请求" in page.locator("nav").inner_text()
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("username", ["admin.one", "dpo.pages", "liaison.one"])
+def test_every_page_a_role_opens_passes_the_accessibility_checks(browser: Any, cw: ConsoleWorld, username: str) -> None:
+    """Each nav area (and a detail page of the rights desk, cases and incidents) for three roles, in Chinese."""
+    _complaint(cw, "please explain")
+    ctx = new_context(browser, cw, lang="zh-CN")  # type: ignore[arg-type]
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        _log_in(page, cw, username)
+        links = page.locator("nav [data-section]").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+        assert len(links) >= 5
+        for href in links:
+            response = page.goto(href)
+            assert response is not None and response.status == 200, href
+            problems = accessibility_problems(page)
+            assert not problems, (username, href, problems)
+            detail = page.locator("table a[href^='/console/']").first
+            if detail.count():
+                target = detail.get_attribute("href")
+                assert page.goto(target).status == 200, target
+                assert not accessibility_problems(page), (username, target, accessibility_problems(page))
+        assert not errors, errors
     finally:
         ctx.close()
