@@ -295,3 +295,21 @@ def test_operator_guide_states_the_deadline_table_of_the_code() -> None:
     assert {k: v for k, v in documented.items() if k in DEADLINES} == {k: d.source for k, d in DEADLINES.items()}
     for kind in Kind:
         assert f"| `{kind.value}` |" in section, kind
+
+
+def test_every_kind_status_role_and_notice_part_has_english_and_chinese_text() -> None:
+    from carvault.compliance.incidents import FIELDS
+    from carvault.compliance.rights import CLI_ROLE
+    from carvault.web import i18n
+
+    keys = (
+        [f"rights.kind.{k.value}" for k in Kind]
+        + [f"rights.help.{k.value}" for k in Kind]
+        + [f"rights.status.{s.value}" for s in Status]
+        + [f"rights.role.{r.value}" for r in Role]
+        + [f"rights.role.{CLI_ROLE}", "notice.rights_filed", "notice.rights_withdrawn"]
+        + [f"notices.part.{f}" for f in FIELDS]
+    )
+    for lang in ("en", "zh-CN"):
+        messages = i18n.messages(lang)
+        assert [k for k in keys if not messages.get(k)] == [], lang
