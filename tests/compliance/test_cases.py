@@ -263,6 +263,12 @@ def test_a_read_under_a_case_is_the_owners_data_and_in_their_access_log(
     assert e["legal_basis"] == f"case {case_id} (support_ticket): the owner's request for help"
     assert e["detail"]["case_id"] == case_id and e["detail"]["rows"] > 0
     assert json.dumps(e)  # the entry is plain JSON for the portal's access log page
+    # The owner's "Who accessed my data" page names the staff member by role and the case, in both languages.
+    _login(http, owner)
+    page = http.get("/access").text
+    assert f"Operator staff (Support) {support.username}" in page and f"under case {case_id}" in page
+    zh = http.get("/access", headers={"Accept-Language": "zh-CN"}).text
+    assert "运营方员工" in zh and f"依据案件 {case_id}" in zh
 
 
 def test_the_command_line_opens_lists_and_closes_cases(region: Region, owned: tuple[int, list[str]]) -> None:

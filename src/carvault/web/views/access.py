@@ -24,6 +24,9 @@ def actor_label(p: Page, actor: str, apps: dict[str, str] | None = None) -> str:
         return f"{p.t('actor.app')} {apps[ident]}"
     if kind == "token":
         return f"{p.t('actor.token')} #{ident}"
+    if kind == "staff":  # an operator's staff member, named by role (compliance/roles.py) and username
+        role, _, username = ident.partition(":")
+        return f"{p.t('actor.staff')} ({p.t.maybe(f'console.role.{role}', role)}) {username}"
     return f"{p.t.maybe(f'actor.{kind}', kind)} {ident}".strip()
 
 
@@ -71,6 +74,8 @@ def summary(p: Page, e: dict[str, Any]) -> str:
     if d.get("signals") and d["signals"] != "*":
         n = len(str(d["signals"]).split(","))
         parts.append(p.t("access.signals", n=n))
+    if d.get("case_id") is not None:  # a staff member's read under a case (compliance/cases.py)
+        parts.append(p.t("access.case", id=d["case_id"]))
     transfer = d.get("transfer")
     if isinstance(transfer, dict) and transfer.get("record_id") is not None:  # a read from abroad (transfers.py)
         route = p.t.maybe(f"transfer.route.{transfer.get('route')}", str(transfer.get("route")))
