@@ -204,7 +204,7 @@ def classify(path: str, route: BaseRoute) -> tuple[str, str]:
 def _console_page(path: str, route: APIRoute) -> tuple[str, str]:
     """An operator-console page: under /console, and behind ``console_with(<permission>)`` unless it is one of the
     log-in pages (``CONSOLE_OPEN``), so an owner's session or an unguarded page never shows operator data."""
-    methods = sorted(route.methods)
+    methods = sorted(route.methods or ())
     if not (path.startswith("/console") and route.endpoint.__module__.startswith("carvault.web.views.console")):
         return "console", f"{methods} {path}: console pages live in views/console*.py under /console"
     guarded = any(getattr(c, "console", False) for c in _calls(route))
