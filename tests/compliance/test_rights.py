@@ -313,3 +313,20 @@ def test_every_kind_status_role_and_notice_part_has_english_and_chinese_text() -
     for lang in ("en", "zh-CN"):
         messages = i18n.messages(lang)
         assert [k for k in keys if not messages.get(k)] == [], lang
+
+
+def test_the_owners_own_jurisdiction_counts_when_its_deadline_is_sooner(region: Region) -> None:
+    from carvault.compliance.rights import Rights
+    from carvault.store.metadata import Owner
+
+    alice, bob = _owner(region, "alice"), _owner(region, "bob")
+    with region.db.session() as s:
+        s.get(Owner, alice).jurisdiction = "eu"  # type: ignore[union-attr]
+    received = _ms(2026, 11, 20, 12)
+    # in the cn region, China's 15 working days come before the EU's month: the region's rule stays
+    cn = region.rights.file(region.rights.check(alice, Kind.ACCESS), now=received)
+    assert cn.deadline_rule == "cn"
+    # a region under the 45-day Californian rule: an EU resident gets GDPR's month, a local owner the 45 days
+    us = Rights(region.db, region.audit, "us")
+    assert us.file(us.check(alice, Kind.ACCESS), now=received).deadline_rule == "eu"
+    assert us.file(us.check(bob, Kind.ACCESS), now=received).deadline_rule == "us"

@@ -286,7 +286,7 @@ class Rights:
     ) -> RightsRequest:
         """Store a checked request with its deadline and whatever a service already produced for it."""
         received = now if now is not None else now_ms()
-        rule = deadline_rule(self.region, f.kind)
+        rule = self.rule_for(f.owner_id, f.kind, received)
         r = RightsRequest(
             owner_id=f.owner_id,
             requester_owner_id=f.requester_owner_id,
@@ -312,6 +312,17 @@ class Rights:
             detail={"request_id": r.id, "kind": r.kind, "deadline_ms": r.deadline_ms},
         )
         return r
+
+    def rule_for(self, owner_id: int | None, kind: Kind, received_ms: int) -> str:
+        """The deadline rule of a request: the region's, or the owner's own jurisdiction's when that one is due
+        sooner (both laws apply to the operator; the stricter deadline is kept)."""
+        rules = {deadline_rule(self.region, kind)}
+        if owner_id is not None:
+            with self.db.session() as s:
+                where = s.scalar(select(Owner.jurisdiction).where(Owner.id == owner_id))
+            if where and where != self.region and (where in DEADLINES or f"{where}.{kind.value}" in DEADLINES):
+                rules.add(deadline_rule(where, kind))
+        return min(sorted(rules), key=lambda k: DEADLINES[k].due(received_ms))
 
     def of_requester(self, owner_id: int) -> list[RightsRequest]:
         """The requests this account filed, newest first."""
