@@ -154,13 +154,18 @@ class Counts:
         return dict(self.__dict__)
 
 
-def column_figures(raw: bytes) -> dict[str, tuple[int, int]]:
-    """Per column of a stored batch: (non-null samples, compressed bytes), from the Parquet footer.
+def column_figures(
+    raw: bytes, wanted: Iterable[str] | None = None, copy: pa.Table | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per column of a stored batch (``wanted`` ones only, if given): (non-null samples, compressed bytes).
 
-    The footer's statistics give the null counts; a column written without them is decoded to count.
+    The bytes come from the Parquet footer. The samples come from the footer's null counts when the car wrote
+    statistics, else from the query copy (Arrow keeps each column's null count: no decoding), else the column is
+    decoded from the evidence.
     """
     pf = pq.ParquetFile(pa.BufferReader(payload_view(raw)))
     md = pf.metadata
+    keep = set(wanted) if wanted is not None else None
     out: dict[str, list[int]] = {}
     undecided: set[str] = set()
     for g in range(md.num_row_groups):
@@ -168,6 +173,8 @@ def column_figures(raw: bytes) -> dict[str, tuple[int, int]]:
         for i in range(rg.num_columns):
             col = rg.column(i)
             name = col.path_in_schema
+            if keep is not None and name not in keep:
+                continue
             figures = out.setdefault(name, [0, 0])
             figures[1] += col.total_compressed_size
             stats = col.statistics
@@ -175,6 +182,11 @@ def column_figures(raw: bytes) -> dict[str, tuple[int, int]]:
                 figures[0] += col.num_values - stats.null_count
             else:
                 undecided.add(name)
+    if copy is not None:
+        for name in undecided & set(copy.column_names):
+            column = copy.column(name)
+            out[name][0] = len(column) - column.null_count
+        undecided -= set(copy.column_names)
     if undecided:
         table = pf.read(columns=sorted(undecided), use_threads=False)
         for name in undecided:
@@ -478,12 +490,15 @@ class Retention:
         """Count each batch's samples and bytes per category from its footer; the batches that could be read."""
         readable = []
         for a in chunk:
+            cats = a.categories if erased else a.withhold
+            wanted = [s.path for s in self.catalogue if s.category in cats]
             try:
-                figures = column_figures(self.segments.read(a.segment, a.offset, a.length))
+                raw = self.segments.read(a.segment, a.offset, a.length)
+                figures = column_figures(raw, wanted, self.derived.read(a.vin, a.batch_hash))
             except (OSError, CarVaultError, pa.ArrowException) as e:
                 errors.append(_error(a.vin, a.batch_id, e, a.seq))
                 continue
-            self._count(counts, figures, a.categories if erased else a.withhold, erased=erased)
+            self._count(counts, figures, cats, erased=erased)
             readable.append(a)
         return readable
 
@@ -549,56 +564,74 @@ class Retention:
                     )
                 )
             )
-            for a in actions:
-                if a.vin in held or not rowcount(s.execute(delete(BatchRecord).where(BatchRecord.id == a.batch_id))):
-                    continue
-                frames = list(
-                    s.scalars(select(FrameRecord.sha256).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
+            wanted = [a.batch_id for a in actions if a.vin not in held]
+            gone = set(
+                s.scalars(delete(BatchRecord).where(BatchRecord.id.in_(wanted)).returning(BatchRecord.id))
+                if wanted
+                else ()
+            )
+            swapped = [a for a in actions if a.batch_id in gone]
+            by_vin: dict[str, list[BatchAction]] = {}
+            for a in swapped:
+                by_vin.setdefault(a.vin, []).append(a)
+            files: dict[int, list[str]] = {a.batch_id: [] for a in swapped}
+            for vin, group in by_vin.items():
+                self._vehicle_copies(s, vin, group, files, totals)
+            if swapped:
+                s.execute(
+                    delete(RetentionWithheld).where(RetentionWithheld.batch_id.in_([a.batch_id for a in swapped]))
                 )
-                files = [str(self.frames.blob_path(h).relative_to(self.data_dir)) for h in frames]
-                files += self._copies(s, a)
-                s.execute(delete(FrameRecord).where(FrameRecord.vin == a.vin, FrameRecord.seq == a.seq))
-                s.execute(delete(VehicleEvent).where(VehicleEvent.vin == a.vin, VehicleEvent.batch_seq == a.seq))
-                s.execute(delete(RetentionWithheld).where(RetentionWithheld.batch_id == a.batch_id))
-                s.add(
-                    RetentionErasure(
-                        batch_id=a.batch_id,
-                        run_id=run_id,
-                        vin=a.vin,
-                        batch_hash=a.batch_hash,
-                        segment=a.segment,
-                        offset=a.offset,
-                        length=a.length,
-                        files=json.dumps(files),
-                    )
+            s.add_all(
+                RetentionErasure(
+                    batch_id=a.batch_id,
+                    run_id=run_id,
+                    vin=a.vin,
+                    batch_hash=a.batch_hash,
+                    segment=a.segment,
+                    offset=a.offset,
+                    length=a.length,
+                    files=json.dumps(files[a.batch_id]),
                 )
-                totals["frames_erased"] += len(frames)
-                totals["packages_erased"] += sum(1 for f in files if f.startswith("packages/"))
-                swapped.append(a)
+                for a in swapped
+            )
         done = self._finish([a.batch_id for a in swapped], totals, errors, seqs={a.batch_id: a.seq for a in swapped})
         return [a for a in swapped if a.batch_id in done]
 
-    def _copies(self, s: Any, a: BatchAction) -> list[str]:
-        """Files holding a copy of this batch's bytes or samples: incident packages over its span, bundles naming it.
-
-        The package rows go in the caller's transaction; the files are removed when the erasure finishes.
-        """
-        pkgs = list(
-            s.scalars(
-                select(IncidentPackage).where(
-                    IncidentPackage.vin == a.vin, IncidentPackage.start_ms <= a.t1, IncidentPackage.end_ms > a.t0
-                )
+    def _vehicle_copies(
+        self, s: Any, vin: str, group: list[BatchAction], files: dict[int, list[str]], totals: dict[str, int]
+    ) -> None:
+        """In the caller's transaction: drop the rows of a vehicle's batches' frames, events and the incident
+        packages over their spans, and name per batch the files holding a copy of its bytes (frame blobs,
+        packages, portability bundles naming it), removed when the erasure finishes."""
+        by_seq = {a.seq: a for a in group}
+        seqs = list(by_seq)
+        frames = s.execute(
+            select(FrameRecord.seq, FrameRecord.sha256).where(FrameRecord.vin == vin, FrameRecord.seq.in_(seqs))
+        ).all()
+        for seq, sha in frames:
+            files[by_seq[seq].batch_id].append(str(self.frames.blob_path(sha).relative_to(self.data_dir)))
+        totals["frames_erased"] += len(frames)
+        s.execute(delete(FrameRecord).where(FrameRecord.vin == vin, FrameRecord.seq.in_(seqs)))
+        s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin, VehicleEvent.batch_seq.in_(seqs)))
+        lo, hi = min(a.t0 for a in group), max(a.t1 for a in group)
+        packages = s.scalars(
+            select(IncidentPackage).where(
+                IncidentPackage.vin == vin, IncidentPackage.start_ms <= hi, IncidentPackage.end_ms > lo
             )
-        )
-        files = [f"packages/{p.file_name}" for p in pkgs]
-        for p in pkgs:
-            s.delete(p)
+        ).all()
+        for p in packages:
+            over = [a for a in group if p.start_ms <= a.t1 and p.end_ms > a.t0]
+            if over:
+                files[over[0].batch_id].append(f"packages/{p.file_name}")
+                totals["packages_erased"] += 1
+                s.delete(p)
+        by_hash = {a.batch_hash: a for a in group}
         for name, hashes in s.execute(
-            select(PortabilityBundle.file_name, PortabilityBundle.batch_hashes).where(PortabilityBundle.vin == a.vin)
+            select(PortabilityBundle.file_name, PortabilityBundle.batch_hashes).where(PortabilityBundle.vin == vin)
         ).all():
-            if a.batch_hash in json.loads(hashes or "[]"):
-                files.append(f"portability/{name}")
-        return files
+            held = [by_hash[h] for h in json.loads(hashes or "[]") if h in by_hash]
+            if held:
+                files[held[0].batch_id].append(f"portability/{name}")
 
     def _finish(
         self,
