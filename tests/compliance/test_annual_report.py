@@ -729,3 +729,13 @@ def test_postgres_gives_the_same_report(seeded: Region, tmp_path: Path) -> None:
                 assert theirs == mine
             filed = other.reports.finalise(2026, ADMIN)
             assert verify_signature(filed, other.log.vkey) and other.reports.report(2026) == filed
+
+
+def test_docs_name_every_figure_and_section(seeded: Region) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "annual-report.md").read_text(encoding="utf-8")
+    sections = seeded.reports.compute(2026, now=NOW)["sections"]
+    for name, section in sections.items():
+        assert f"| {name} " in doc, name
+        for key, value in section.items():
+            if isinstance(value, dict) and "value" in value or key in ("rows", "categories", "refusals"):
+                assert f"`{key}" in doc, (name, key)

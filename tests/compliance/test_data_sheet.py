@@ -115,3 +115,14 @@ def test_build_is_pure_over_its_inputs() -> None:
     a = build(catalogue(), region="eu", models=["X"], operator={"name": "O"})
     b = build(catalogue(), region="eu", models=["X"], operator={"name": "O"})
     assert a == b and a["region"] == "eu" and a["storage"]["region"] == "eu"
+
+
+def test_every_kind_and_route_has_its_text_in_both_languages() -> None:
+    from carvault.web.i18n import messages
+
+    for lang in ("en", "zh-CN"):
+        texts = messages(lang)
+        for key, kind, *_ in ACCESS_ROUTES:
+            assert f"data_sheet.route.{key}" in texts and f"data_sheet.kind.{kind}" in texts, (lang, key)
+        for name in CATEGORIES:
+            assert f"category.{name}" in texts and f"purpose.{name}" in texts, (lang, name)
