@@ -214,12 +214,14 @@ def test_support_sees_only_its_areas_and_is_refused_elsewhere(browser: Any, cw: 
 
 @pytest.mark.parametrize("username", ["admin.one", "dpo.pages", "liaison.one"])
 def test_every_page_a_role_opens_passes_the_accessibility_checks(browser: Any, cw: ConsoleWorld, username: str) -> None:
-    """Each nav area (and a detail page of the rights desk, cases and incidents) for three roles, in Chinese."""
+    """Each nav area (and a detail page of each list) for three roles, in Chinese at phone width: accessible, and
+    no wider than the phone."""
     _complaint(cw, "please explain")
-    ctx = new_context(browser, cw, lang="zh-CN")  # type: ignore[arg-type]
+    ctx = new_context(browser, cw, size="phone", lang="zh-CN")  # type: ignore[arg-type]
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    wide = "() => document.documentElement.scrollWidth <= window.innerWidth"
     try:
         _log_in(page, cw, username)
         links = page.locator("nav [data-section]").evaluate_all("els => els.map(e => e.getAttribute('href'))")
@@ -229,11 +231,14 @@ def test_every_page_a_role_opens_passes_the_accessibility_checks(browser: Any, c
             assert response is not None and response.status == 200, href
             problems = accessibility_problems(page)
             assert not problems, (username, href, problems)
+            assert page.evaluate(wide), (username, href, "wider than a phone")
             detail = page.locator("table a[href^='/console/']").first
             if detail.count():
                 target = detail.get_attribute("href")
                 assert page.goto(target).status == 200, target
                 assert not accessibility_problems(page), (username, target, accessibility_problems(page))
+                assert page.evaluate(wide), (username, target, "wider than a phone")
+        screenshot(page, f"console-phone-{username}")
         assert not errors, errors
     finally:
         ctx.close()
