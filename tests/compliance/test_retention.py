@@ -354,3 +354,24 @@ def test_the_purge_bench_measures_all_three_runs(tmp_path: Path) -> None:
     kept = page.replace("_No notes yet._", "hand-written")
     again = splice(kept, fig)
     assert again.count("## Retention purge") == 1 and f"{NOTES_START}\nhand-written\n{NOTES_END}" in again
+
+
+def test_packages_holding_an_erased_batch_go_with_it(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    made = []
+    for start, end in ((BASE_MS, BASE_MS + 120_000), (LATER_MS, LATER_MS + 60_000)):
+        r = http.post(
+            f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers, json={"start": start, "end": end}
+        )
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+    folder = region.settings.data_dir / "packages"
+    assert len(list(folder.glob("*.zip"))) == 2
+    summary = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert summary["packages_erased"] == 1 and summary["batches_erased"] == 2
+    left = list(folder.glob("*.zip"))
+    assert len(left) == 1 and str(LATER_MS) in left[0].name  # the package over the kept batch stays
+    listed = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers)
+    assert listed.status_code == 200 and [p["id"] for p in listed.json()] == [made[1]["id"]]
