@@ -73,7 +73,7 @@ def test_the_measured_bytes_per_sample_is_the_one_in_the_benchmarks() -> None:
 
 def test_every_route_the_sheet_names_exists(region: Region) -> None:
     app = create_app(region)
-    served = {(m, r.path) for r in app.state.api_routes if isinstance(r, APIRoute) for m in r.methods}
+    served = {(m, r.path) for r in app.state.api_routes if isinstance(r, APIRoute) for m in r.methods or ()}
     for _id, _kind, method, path, _text in ACCESS_ROUTES:
         assert (method, path) in served, (method, path)
     ws = {path for path, _route in _routes(app.routes)}  # every route, WebSockets included

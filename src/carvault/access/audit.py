@@ -259,7 +259,7 @@ class AuditLog:
 
     def list(
         self,
-        owner_id: int,
+        owner_id: int | None,
         *,
         action: str | None = None,
         actor: str | None = None,
@@ -268,7 +268,7 @@ class AuditLog:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[AuditEvent]:
-        """Events of one owner's chain, newest first, filtered."""
+        """Events of one owner's chain (None: the region's), newest first, filtered."""
         q = select(AuditEvent).where(AuditEvent.chain == chain_of(owner_id))
         if action:
             q = q.where(AuditEvent.action == action)

@@ -362,7 +362,7 @@ class AnnualReports:
             .where(in_year)
             .group_by(BatchRecord.vin, BatchRecord.columns)
         ).all()
-        by_category = self._by_category(tuple(g) for g in groups)
+        by_category = self._by_category((str(v), str(c), int(n), int(k), int(b)) for v, c, n, k, b in groups)
         scale = {
             "vehicles_registered": figure(
                 s.scalar(select(func.count()).select_from(Vehicle).where(Vehicle.provisioned_ms < y.end)),
@@ -543,7 +543,9 @@ class AnnualReports:
         ).all()
         per_record: dict[int, dict[str, Any]] = defaultdict(lambda: {"events": 0, "persons": set()})
         actions: dict[str, int] = defaultdict(int)
-        persons, sensitive, other = set(), set(), set()
+        persons: set[int] = set()
+        sensitive: set[int] = set()
+        other: set[int] = set()
         for record_id, owner_id, is_sensitive, action in events:
             per_record[record_id]["events"] += 1
             actions[action] += 1
@@ -624,9 +626,12 @@ class AnnualReports:
         for r in found:
             kinds[r.kind][r.status] += 1
             kinds[r.kind]["total"] += 1
-            closed = r.closed_ms is not None
-            kinds[r.kind]["on_time"] += int(closed and r.closed_ms <= r.deadline_ms)  # type: ignore[operator]
-            late = (closed and r.closed_ms > r.deadline_ms) or (not closed and r.deadline_ms < y.end)  # type: ignore[operator]
+            closed_ms = r.closed_ms
+            on_time = closed_ms is not None and closed_ms <= r.deadline_ms
+            late = (closed_ms is not None and closed_ms > r.deadline_ms) or (
+                closed_ms is None and r.deadline_ms < y.end
+            )
+            kinds[r.kind]["on_time"] += int(on_time)
             kinds[r.kind]["late"] += int(late)
         complaints = [r for r in found if r.kind == "complaint"]
         refusals = [
