@@ -309,7 +309,18 @@ class Incidents:
             row.authority, row.authority_reference, row.authority_content = authority, reference, content
             row.authority_notified_ms, row.updated_ms = when, now_ms()
             inc = row
-        self._audit_region(by, AuditAction.INCIDENT_AUTHORITY, {"incident_id": incident_id, "authority": authority})
+        # The full record goes to the region's chain: a later correction of it keeps this one there.
+        self._audit_region(
+            by,
+            AuditAction.INCIDENT_AUTHORITY,
+            {
+                "incident_id": incident_id,
+                "authority": authority,
+                "reference": reference,
+                "notified_ms": when,
+                "content": content,
+            },
+        )
         return inc
 
     def close(self, incident_id: int, by: Handler) -> Incident:
