@@ -11,6 +11,7 @@ the region's data key (AES-256-GCM, the username as associated data) rather than
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ from carvault.access.accounts import MIN_PASSWORD, FailureLimiter, hash_password
 from carvault.access.audit import LEGAL_OBLIGATION, Actor, AuditAction, AuditLog
 from carvault.compliance.roles import Role
 from carvault.errors import AlreadyExists, Conflict, NotFound, Unauthenticated, Unavailable, ValidationFailed
-from carvault.store.metadata import Database, StaffMember, StaffSession, now_ms
+from carvault.store.metadata import Database, StaffMember, StaffSession, now_ms, rowcount
 
 STAFF_TOKEN_PREFIX = "cvs_"
 IDLE_MS = 30 * 60 * 1000
@@ -297,14 +298,16 @@ class Staff:
                 # Accept a step only once, and never one older than the last accepted (conditional, so two
                 # concurrent log-ins with one code cannot both win).
                 with self.db.session() as s:
-                    won = s.execute(
-                        update(StaffMember)
-                        .where(
-                            StaffMember.id == m.id,
-                            or_(StaffMember.totp_last_step.is_(None), StaffMember.totp_last_step < step),
+                    won = rowcount(
+                        s.execute(
+                            update(StaffMember)
+                            .where(
+                                StaffMember.id == m.id,
+                                or_(StaffMember.totp_last_step.is_(None), StaffMember.totp_last_step < step),
+                            )
+                            .values(totp_last_step=step)
                         )
-                        .values(totp_last_step=step)
-                    ).rowcount
+                    )
                 return bool(won)
         return False
 
@@ -346,7 +349,7 @@ class Staff:
             detail={"staff_id": principal.staff_id, "session_id": principal.credential_id},
         )
 
-    def sessions(self, staff_id: int) -> list[StaffSession]:
+    def sessions(self, staff_id: int) -> builtins.list[StaffSession]:
         """A member's live sessions, oldest first."""
         now = now_ms()
         with self.db.session() as s:

@@ -127,16 +127,14 @@ def list_staff(
 ) -> None:
     """Every staff account."""
     with _region(data_dir, region, database_url) as r:
-        members = [staff_json(m) for m in r.staff.list()]
+        members = r.staff.list()
     if as_json:
-        print(json.dumps(members, indent=2, ensure_ascii=False))
+        print(json.dumps([staff_json(m) for m in members], indent=2, ensure_ascii=False))
         return
     table = Table("id", "username", "name", "role", "jurisdiction", "created", "state")
     for m in members:
-        state = "active" if m["active"] else f"disabled {_when(m['disabled_ms'])}"
-        table.add_row(
-            str(m["id"]), m["username"], m["display_name"], m["role"], m["jurisdiction"], _when(m["created_ms"]), state
-        )
+        state = "active" if m.disabled_ms is None else f"disabled {_when(m.disabled_ms)}"
+        table.add_row(str(m.id), m.username, m.display_name, m.role, m.jurisdiction, _when(m.created_ms), state)
     console.print(table)
 
 

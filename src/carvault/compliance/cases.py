@@ -15,6 +15,7 @@ owner's.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -242,11 +243,11 @@ class Cases:
         return c
 
     # ------------------------------------------------------ owner's decision
-    def pending_for_owner(self, owner_id: int) -> list[Case]:
+    def pending_for_owner(self, owner_id: int) -> builtins.list[Case]:
         """Support tickets waiting for the owner's decision."""
         return self.list(state="awaiting_owner", owner_id=owner_id)
 
-    def of_owner(self, owner_id: int) -> list[Case]:
+    def of_owner(self, owner_id: int) -> builtins.list[Case]:
         """Every case about the owner (they may know who looked into their data and why)."""
         return self.list(owner_id=owner_id)
 
