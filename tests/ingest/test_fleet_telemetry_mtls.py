@@ -288,3 +288,41 @@ def test_text_messages_close_the_connection(world: World) -> None:
 
     assert run_coroutine(go()) == 1003
     assert world.stored() == 0
+
+
+def test_viss_subscribers_see_what_a_tesla_streams(world: World) -> None:
+    """The live channel: a VISS v3 subscriber of the owner gets the values the region stored from the records."""
+    import json
+    import time
+
+    from websockets.sync.client import connect as ws_connect
+
+    url = world.server.url.replace("http://", "ws://") + f"/api/v1/viss/{VIN}"
+    token = world.owner.headers["Authorization"].removeprefix("Bearer ")
+    now = int(time.time() * 1000) - 10_000
+    with ws_connect(url, subprotocols=["VISSv3"]) as viss:  # type: ignore[list-item]
+        viss.send(
+            json.dumps(
+                {
+                    "action": "subscribe",
+                    "requestId": "1",
+                    "authorization": token,
+                    "path": "Vehicle.Speed",
+                    "filter": {"variant": "change", "parameter": {"logic-op": "gt", "diff": "1"}},
+                }
+            )
+        )
+        first = json.loads(viss.recv(timeout=10))
+        assert first.get("action") == "subscribe" and "error" not in first, first
+        mph = [30.0, 40.0, 50.0]
+        records = [payload(now + i * 1000, {F.VehicleSpeed: value_of(double_value=v)}) for i, v in enumerate(mph)]
+        assert all(a.ok for a in world.stream(VIN, [message(VIN, p, f"live-{i}") for i, p in enumerate(records)]))
+        seen: list[float] = []
+        deadline = time.monotonic() + 15
+        # VISS serves values at the signal's resolution (0.01 km/h for the speed).
+        while not seen or not math.isclose(seen[-1], 50.0 * 1.609344, abs_tol=0.006):
+            assert time.monotonic() < deadline, seen
+            msg = json.loads(viss.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if msg.get("action") == "subscription" and "data" in msg:
+                seen.append(float(msg["data"]["dp"]["value"]))
+        assert seen == [round(v * 1.609344, 2) for v in mph[-len(seen) :]] and len(seen) >= 2
