@@ -19,6 +19,7 @@ from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
+from carvault.store.metadata import RetentionRun
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
@@ -43,7 +44,7 @@ def test_a_purge_through_the_api_withholds_what_is_past_its_period(
     dry = http.post("/api/v1/admin/retention/runs", headers=_bearer(admin), json={"dry_run": True})
     assert dry.status_code == 201, dry.text
     assert dry.json()["dry_run"] and dry.json()["summary"]["categories"]["body"]["withheld_batches"] == 2
-    window = {"start": BASE_MS, "end": BASE_MS + 120_000, "signals": BODY}
+    window: dict[str, str | int] = {"start": BASE_MS, "end": BASE_MS + 120_000, "signals": BODY}
     served = http.get(f"/api/v1/vehicles/{vehicle.vin}/telemetry", headers=owner.headers, params=window).json()
     assert any(v is not None for v in served["signals"][BODY])  # a dry run withholds nothing
 
@@ -129,7 +130,7 @@ def test_the_scheduler_purges_on_its_own(settings: Settings, tmp_path: Path) -> 
             agent = VehicleAgent(identity, tmp_path / "vehicles" / identity.vin, server.url)
             agent.record(drive_table(BASE_MS, seconds=60, paths=["Vehicle.Speed", BODY]), batch_seconds=60)
             agent.upload_pending()
-            deadline, withheld = time.monotonic() + 30, []
+            deadline, withheld = time.monotonic() + 30, list[RetentionRun]()
             while not withheld and time.monotonic() < deadline:  # runs every second; one after the upload counts
                 time.sleep(0.2)
                 withheld = [

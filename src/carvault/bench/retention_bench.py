@@ -90,7 +90,7 @@ def drive(signals: list[Signal], start_ms: int, seconds: int, seed: int) -> pa.T
                 x = np.round(x / s.resolution) * s.resolution
             vals = pa.array(np.clip(x, lo, hi)).cast(s.arrow_type, safe=False)
         if s.rate_hz == 1:
-            vals = pa.array(np.where(whole, vals.to_numpy(zero_copy_only=False), None).tolist(), s.arrow_type)
+            vals = pa.array(vals.to_numpy(zero_copy_only=False), type=s.arrow_type, mask=~whole)
         cols.append(vals)
     return pa.Table.from_arrays(cols, schema=catalogue().arrow_schema([s.path for s in signals]))
 
