@@ -136,6 +136,14 @@ def test_a_foreign_app_is_refused_without_a_record_admitted_with_one_and_stopped
     shown = http.get(f"/api/v1/admin/transfers/records/{rec['id']}", headers=auditor).json()
     assert shown["counters"]["all"]["persons"] == 1 and shown["counters"]["all"]["limits"][0]["limit"] == 20_000
 
+    # An export is a transfer when it is asked for and when it is downloaded; polling its status is not.
+    job = http.post("/api/v1/exports", headers=bearer(token), json={"vin": data, **WINDOW, "format": "csv"})
+    assert job.status_code == 202, job.text
+    before = len(region.transfers.events(record_id=rec["id"]))
+    for _ in range(3):
+        assert http.get(f"/api/v1/exports/{job.json()['id']}", headers=bearer(token)).status_code == 200
+    assert len(region.transfers.events(record_id=rec["id"])) == before == 3
+
     # The owner's access log names the read as a transfer abroad: the record, its route, the destination.
     events = http.get("/api/v1/audit", headers=owner.headers, params={"action": "telemetry.read"}).json()["events"]
     assert events[0]["actor"] == f"app:{client_id}"

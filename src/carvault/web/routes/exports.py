@@ -102,7 +102,8 @@ def list_exports(request: Request, caller: Caller, region: RegionDep, vin: str |
 def get_export(export_id: RowId, request: Request, caller: Caller, region: RegionDep) -> dict[str, Any]:
     job = _job(request, caller, export_id)
     if not caller.is_owner:
-        region.grants.access(caller, job.vin)  # the grant re-checked: revoked or ended → 401, car not covered → 403
+        # The grant re-checked (revoked or ended → 401, car not covered → 403); a status is no transfer to count.
+        region.grants.access(caller, job.vin, count_transfer=False)
     return job_json(job)
 
 
@@ -134,5 +135,5 @@ def download_export(export_id: RowId, request: Request, caller: Caller, region: 
 def cancel_export(export_id: RowId, request: Request, caller: Caller, region: RegionDep) -> dict[str, Any]:
     job = _job(request, caller, export_id)
     if not caller.is_owner:
-        region.grants.access(caller, job.vin)
+        region.grants.access(caller, job.vin, count_transfer=False)
     return job_json(get_jobs(request).cancel(caller.owner_id, job.id, caller.grant_id))
