@@ -143,6 +143,7 @@ def test_a_foreign_app_is_refused_without_a_record_admitted_with_one_and_stopped
     for _ in range(3):
         assert http.get(f"/api/v1/exports/{job.json()['id']}", headers=bearer(token)).status_code == 200
     assert len(region.transfers.events(record_id=rec["id"])) == before == 3
+    assert region.transfers.events(record_id=rec["id"])[0].action == "export"
 
     # The owner's access log names the read as a transfer abroad: the record, its route, the destination.
     events = http.get("/api/v1/audit", headers=owner.headers, params={"action": "telemetry.read"}).json()["events"]

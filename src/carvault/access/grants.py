@@ -240,14 +240,17 @@ class Grants:
         return g
 
     # -------------------------------------------------------------- enforcing
-    def access(self, caller: Principal, vin: str, *, count_transfer: bool = True) -> Access:
+    def access(
+        self, caller: Principal, vin: str, *, count_transfer: bool = True, transfer_action: str = "query"
+    ) -> Access:
         """The caller's access to a vehicle: its owner's, or a live grant's that names it.
 
         The owner learns only of their own vehicles (``NotFound`` otherwise). A grant holder asking for a vehicle
         the grant does not name gets ``OutOfScope`` whether or not that vehicle exists; a grant whose owner no
         longer owns the vehicle covers nothing. An app abroad passes the transfer gate (compliance/transfers.py):
         each access is counted and logged, except a re-check of an open live subscription (``count_transfer``
-        False), which only confirms that a record still covers it.
+        False), which only confirms that a record still covers it; ``transfer_action`` names what the app does
+        (query, download or export: the Guideline's three).
         """
         vin = vin.strip().upper()
         if caller.grant_id is None:
@@ -278,6 +281,7 @@ class Grants:
                 owner_id=grant.owner_id,
                 categories={s.category for s in view.allowed()},
                 vin=v.vin,
+                action=transfer_action,
                 count=count_transfer,
             )
         return Access(v, view, actor, legal_basis_of(grant, app), grant, transfer=transfer)

@@ -52,7 +52,7 @@ class ExportRequest(BaseModel):
     responses=raises(NotFound, Conflict, DataFrozen, OutOfScope),
 )
 def create_export(req: ExportRequest, request: Request, caller: Caller, region: RegionDep) -> dict[str, Any]:
-    access = region.grants.access(caller, req.vin)
+    access = region.grants.access(caller, req.vin, transfer_action="export")
     v = access.vehicle
     region.deletions.check_served(v.vin)
     start = parse_time(str(req.start), "start") if req.start is not None else None
@@ -115,7 +115,7 @@ def get_export(export_id: RowId, request: Request, caller: Caller, region: Regio
 def download_export(export_id: RowId, request: Request, caller: Caller, region: RegionDep) -> FileResponse:
     jobs = get_jobs(request)
     job = _job(request, caller, export_id)
-    access = None if caller.is_owner else region.grants.access(caller, job.vin)
+    access = None if caller.is_owner else region.grants.access(caller, job.vin, transfer_action="download")
     region.deletions.check_served(job.vin)
     path = jobs.open_file(job)
     detail = {"export_id": job.id, "sha256": job.sha256}
