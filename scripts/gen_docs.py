@@ -16,7 +16,8 @@ from carvault.signals import CATEGORIES, catalogue
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIGNAL_HEADER = (
-    "| path | datatype | unit | range | rate | category | privacy | source |\n|---|---|---|---|---|---|---|---|\n"
+    "| path | datatype | unit | range | rate | category | privacy | source | description | 说明 |\n"
+    "|---|---|---|---|---|---|---|---|---|---|\n"
 )
 CATEGORY_HEADER = "| category | title | privacy class | purpose | retention (days) |\n|---|---|---|---|---|\n"
 ENUM_HEADER = "| signal | datatype | values | source |\n|---|---|---|---|\n"
@@ -41,8 +42,9 @@ def signal_rows() -> str:
         return f"{'' if lo is None else f'{lo:g}'}..{'' if hi is None else f'{hi:g}'}"
 
     return "\n".join(
-        f"| `{s.path}` | {s.datatype} | {s.unit} | {rng(s)} | {s.rate_hz} Hz | {s.category} | "
-        f"{s.privacy.value} | {'overlay' if s.overlay else 'VSS 6.0'} |"
+        f"| `{s.path}` | {s.datatype} | {s.unit} | {rng(s)} | {s.rate_hz} Hz{' on change' if s.on_change else ''} | "
+        f"{s.category} | {s.privacy.value} | {'overlay' if s.overlay else 'VSS 6.0'} | "
+        f"{s.description.replace('|', '/')} | {s.description_zh.replace('|', '/')} |"
         for s in catalogue()
     )
 

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
+from carvault.dtc import DTC_SIGNAL, DtcRecord, encode_dtcs
 from carvault.signals import catalogue
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ def drive_table(start_ms: int = BASE_MS, seconds: int = 120, paths: list[str] | 
     for s in sigs:
         if s.allowed:
             vals = pa.array(np.array(s.allowed)[rng.integers(0, len(s.allowed), n)].tolist(), pa.string())
+        elif s.path == DTC_SIGNAL:  # trouble codes: the JSON records carvault/dtc.py defines (the gateway checks)
+            rec = DtcRecord("P0A80", "active", "BMS", int(start_ms), int(start_ms))
+            vals = pa.array([encode_dtcs([rec])] * n, pa.string())
         elif s.datatype == "boolean":
             vals = pa.array(rng.random(n) < 0.1)
         else:

@@ -1,6 +1,8 @@
 """The signal catalogue: every signal CarVault knows, by COVESA VSS 6.0 path, with its type and class.
 
-Signals that VSS lacks live in the documented overlay branch ``Vehicle.EDR.*`` (see docs/signals.md).
+Signals that VSS lacks live in the documented overlay branches ``Vehicle.EDR.*`` and ``Vehicle.CarVault.*`` (see
+docs/signals.md). Each signal has an English and a Simplified Chinese description, and a sampling mode: ``periodic``
+at its rate, or ``on_change`` (sent when the value changes and when the car wakes, at most at its rate).
 Every signal belongs to a category, and every category has a privacy class; a column naming a path
 that is not here is refused at the gateway (unclassified data is never stored).
 """
@@ -20,7 +22,8 @@ import pyarrow as pa
 from carvault.errors import InvalidQuery
 
 OVERLAY_BRANCH = "Vehicle.EDR"
-# Overlay branches: event-recorder data VSS lacks, and CarVault's own records (camera frames bound to batches).
+# Overlay branches: event-recorder data VSS lacks, and CarVault's own records (camera frames bound to batches,
+# diagnostic trouble codes, warning lamps, software and update state, charging session state).
 OVERLAY_BRANCHES = (OVERLAY_BRANCH, "Vehicle.CarVault")
 
 
@@ -75,6 +78,20 @@ CATEGORIES: dict[str, Category] = {
         ),
         Category("body", "Body, lights and tyres", PrivacyClass.TECHNICAL, "Diagnostics", 365),
         Category(
+            "diagnostics",
+            "Diagnostics, warning lamps and software",
+            PrivacyClass.TECHNICAL,
+            "Fault finding and repair by any workshop the owner chooses",
+            3 * 365,
+        ),
+        Category(
+            "service",
+            "Service and wear",
+            PrivacyClass.TECHNICAL,
+            "Maintenance planning: service due, wear, fluids",
+            3 * 365,
+        ),
+        Category(
             "location", "Location track (coarse: H3 cells)", PrivacyClass.SENSITIVE, "Route history for the owner", 365
         ),
         Category(
@@ -126,6 +143,65 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "Vehicle.Body.Lights.Brake.IsActive": ("INACTIVE", "ACTIVE", "ADAPTIVE"),
     "Vehicle.LowVoltageSystemState": ("UNDEFINED", "LOCK", "OFF", "ACC", "ON", "START"),
     "Vehicle.CarVault.Camera.Position": ("FRONT", "REAR", "LEFT", "RIGHT"),
+    "Vehicle.Body.Windshield.Front.Wiping.Mode": ("OFF", "SLOW", "MEDIUM", "FAST", "INTERVAL", "RAIN_SENSOR"),
+    "Vehicle.Body.Windshield.Rear.Wiping.Mode": ("OFF", "SLOW", "MEDIUM", "FAST", "INTERVAL", "RAIN_SENSOR"),
+    "Vehicle.Body.Lights.LightSwitch": ("OFF", "POSITION", "DAYTIME_RUNNING_LIGHTS", "AUTO", "BEAM"),
+    "Vehicle.Cabin.HVAC.Station.Row1.Driver.AirDistribution": ("UP", "MIDDLE", "DOWN"),
+    "Vehicle.Cabin.HVAC.Station.Row1.Passenger.AirDistribution": ("UP", "MIDDLE", "DOWN"),
+    "Vehicle.Cabin.Seat.Row1.DriverSide.OccupancyStatus": ("UNKNOWN", "OCCUPIED", "EMPTY"),
+    "Vehicle.Cabin.Seat.Row1.PassengerSide.OccupancyStatus": ("UNKNOWN", "OCCUPIED", "EMPTY"),
+    "Vehicle.Cabin.Seat.Row2.DriverSide.OccupancyStatus": ("UNKNOWN", "OCCUPIED", "EMPTY"),
+    "Vehicle.Cabin.Seat.Row2.Middle.OccupancyStatus": ("UNKNOWN", "OCCUPIED", "EMPTY"),
+    "Vehicle.Cabin.Seat.Row2.PassengerSide.OccupancyStatus": ("UNKNOWN", "OCCUPIED", "EMPTY"),
+    "Vehicle.ADAS.ActiveAutonomyLevel": ("SAE_0", "SAE_1", "SAE_2_DISENGAGING", "SAE_2"),
+    "Vehicle.ADAS.SupportedAutonomyLevel": ("SAE_0", "SAE_1", "SAE_2", "SAE_3"),
+    "Vehicle.ADAS.ObstacleDetection.Rear.Left.WarningType": ("UNDEFINED", "CROSS_TRAFFIC", "BLIND_SPOT"),
+    "Vehicle.ADAS.ObstacleDetection.Rear.Right.WarningType": ("UNDEFINED", "CROSS_TRAFFIC", "BLIND_SPOT"),
+    "Vehicle.Powertrain.TractionBattery.BatteryConditioning.RequestedMode": (
+        "INACTIVE",
+        "FAST_CHARGING_PREPARATION",
+        "DRIVING_PREPARATION",
+    ),
+    "Vehicle.Powertrain.TractionBattery.Charging.StartStopCharging": ("START", "STOP"),
+    "Vehicle.Powertrain.TractionBattery.Charging.Timer.Mode": ("INACTIVE", "START_TIME", "END_TIME"),
+    "Vehicle.Powertrain.ElectricMotor.EngineCoolant.Level": ("CRITICALLY_LOW", "LOW", "NORMAL"),
+    "Vehicle.Powertrain.Transmission.PerformanceMode": ("NORMAL", "SPORT", "ECONOMY", "SNOW", "RAIN"),
+    "Vehicle.Powertrain.Type": ("COMBUSTION", "HYBRID", "ELECTRIC"),
+    "Vehicle.Powertrain.Transmission.DriveType": (
+        "UNKNOWN",
+        "FORWARD_WHEEL_DRIVE",
+        "REAR_WHEEL_DRIVE",
+        "ALL_WHEEL_DRIVE",
+    ),
+    "Vehicle.CarVault.WarningLamp.MalfunctionIndicator": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.BrakeSystem": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.ABS": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.StabilityControl": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.Airbag": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.TirePressure": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.HighVoltageSystem": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.LowVoltageCharging": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.ReducedPower": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.DriveUnitTemperature": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.SteeringAssist": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.BrakePadWear": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.WasherFluid": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.ServiceDue": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.LowCharge": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.ExteriorLightFault": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.DriverAssistFault": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.DoorAjar": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.WarningLamp.SeatBelt": ("OFF", "ON", "FLASHING"),
+    "Vehicle.CarVault.Software.UpdateState": (
+        "NONE",
+        "AVAILABLE",
+        "SCHEDULED",
+        "DOWNLOADING",
+        "INSTALLING",
+        "SUCCEEDED",
+        "FAILED",
+    ),
+    "Vehicle.CarVault.Charging.State": ("DISCONNECTED", "CONNECTED", "CHARGING", "COMPLETE", "STOPPED", "FAULT"),
 }
 
 # Integer signals whose values VSS 6.0 gives a meaning (its descriptions), within the catalogue's range.
@@ -139,6 +215,13 @@ CODED_VALUES: dict[str, dict[int, str]] = {
         127: "drive",
     },
 }
+
+
+class Sampling(StrEnum):
+    """When a signal is sent: at its rate, or when its value changes (and when the car wakes)."""
+
+    PERIODIC = "periodic"
+    ON_CHANGE = "on_change"
 
 
 @dataclass(frozen=True)
@@ -155,6 +238,8 @@ class Signal:
     category: str
     overlay: bool
     description: str
+    description_zh: str = ""
+    sampling: Sampling = Sampling.PERIODIC
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -172,6 +257,17 @@ class Signal:
         return ALLOWED_VALUES.get(self.path)
 
     @property
+    def on_change(self) -> bool:
+        """Whether the car sends this signal only when its value changes (and when it wakes)."""
+        return self.sampling is Sampling.ON_CHANGE
+
+    def describe(self, locale: str = "en") -> str:
+        """The plain-language description in ``locale`` (``zh-CN`` or English)."""
+        if locale.lower().startswith("zh") and self.description_zh:
+            return self.description_zh
+        return self.description
+
+    @property
     def coded(self) -> dict[int, str] | None:
         """Meanings of the coded values of an integer signal (gears), if VSS gives them."""
         return CODED_VALUES.get(self.path)
@@ -186,11 +282,13 @@ class Signal:
             "max": self.max,
             "resolution": self.resolution,
             "rate_hz": self.rate_hz,
+            "sampling": self.sampling.value,
             "category": self.category,
             "privacy": self.privacy.value,
             "overlay": self.overlay,
             "allowed": list(self.allowed) if self.allowed else None,
             "description": self.description or None,
+            "description_zh": self.description_zh or None,
         }
 
 
@@ -269,9 +367,13 @@ def catalogue() -> Catalogue:
                 category=r["category"],
                 overlay=r["overlay"] == "1",
                 description=r["description"],
+                description_zh=r.get("description_zh") or "",
+                sampling=Sampling(r.get("sampling") or "periodic"),
             )
         )
     for s in sigs:
+        if not s.description or not s.description_zh:
+            raise ValueError(f"signal {s.path} lacks its English or Chinese description")
         if s.category not in CATEGORIES:
             raise ValueError(f"signal {s.path} has unknown category {s.category}")
         if s.min is not None and s.max is not None and not (math.isfinite(s.min) and s.min <= s.max):

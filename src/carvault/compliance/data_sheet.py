@@ -72,6 +72,8 @@ def signal_json(s: Signal) -> dict[str, Any]:
         "unit": s.unit or None,
         "rate_hz": s.rate_hz,
         "description": s.description or None,
+        "description_zh": s.description_zh or None,
+        "sampling": s.sampling.value,
     }
 
 

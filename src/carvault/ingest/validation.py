@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.dtc import DTC_SIGNAL, parse_dtcs
 from carvault.errors import (
     DeIdentificationMissing,
     MalformedBatch,
@@ -162,6 +163,7 @@ def validate_payload(
                 got_max=hi,
             )
     _check_camera_frames(table, names)
+    _check_trouble_codes(table, names)
     return PayloadSummary(
         rows=table.num_rows, samples=samples, columns=tuple(names[1:]), event=event_meta(header, table)
     )
@@ -260,6 +262,15 @@ def _present_values(col: pa.ChunkedArray) -> np.ndarray:
     if arr.null_count:
         arr = arr.drop_null()
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _check_trouble_codes(table: pa.Table, names: list[str]) -> None:
+    """A trouble-code list must be the JSON records carvault/dtc.py defines (the car writes them with it too)."""
+    if DTC_SIGNAL not in names:
+        return
+    for value in pc.unique(table.column(DTC_SIGNAL)).to_pylist():  # sent on change: a handful per batch
+        if value is not None:
+            parse_dtcs(value)
 
 
 def _check_camera_frames(table: pa.Table, names: list[str]) -> None:

@@ -86,6 +86,11 @@ _units("length", 0.01, "cm")
 _units("length", 1000.0, "km")
 _units("length", 1609.344, "mi")
 _units("frequency", 1.0, "bpm")
+_units("time", 1.0, "s", "sec")
+_units("time", 60.0, "min")
+_units("time", 3600.0, "h", "hour")
+_units("energy", 1.0, "kWh")
+_units("energy", 0.001, "Wh")
 _units("none", 1.0, "", "1")
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from carvault.errors import UnknownSignal
 from carvault.signals import Signal, catalogue
+from carvault.vehicle import equipment
 from carvault.vehicle.cycles import Microtrip, microtrip_library, reference_dir
 
 G = 9.80665
@@ -526,8 +527,10 @@ def _route(
 # Per-row state every segment carries (floats default 0, booleans False).
 _FLOAT_KEYS: tuple[str, ...] = ("v", "kappa", "x", "y", "theta", "charge_w", "dv_long", "dv_lat", "hr_boost")
 _FLOAT_KEYS += ("p_override", "pedal_override")  # NaN where the physics decides
+_FLOAT_KEYS += ("dest_x", "dest_y")  # the navigation destination; NaN when none is set
 _BOOL_KEYS: tuple[str, ...] = ("gear_d", "door", "occ", "belt_d", "belt_p", "hvac", "charging", "dc", "hazard")
 _BOOL_KEYS += ("abs", "aeb", "eba", "emerg", "airbag_d", "airbag_p", "driving", "postcrash", "cruise", "ldw")
+_BOOL_KEYS += ("pax", "plug")  # a front passenger is in; a charging cable is in the port
 
 
 def _blank(n: int, *, x: float, y: float, theta: float) -> dict[str, np.ndarray]:
@@ -537,6 +540,8 @@ def _blank(n: int, *, x: float, y: float, theta: float) -> dict[str, np.ndarray]
     seg["x"][:], seg["y"][:], seg["theta"][:] = x, y, theta
     seg["p_override"][:] = np.nan
     seg["pedal_override"][:] = np.nan
+    seg["dest_x"][:] = np.nan
+    seg["dest_y"][:] = np.nan
     seg["lv"] = np.full(n, LV_ON, dtype=np.int8)
     return seg
 
@@ -550,6 +555,7 @@ def _pre_drive(n_s: int, pos: tuple[float, float, float], passenger: bool) -> di
     seg["occ"] = r >= 20
     seg["belt_d"] = r >= 80
     seg["belt_p"][:] = passenger & (r >= 90)
+    seg["pax"][:] = passenger & (r >= 25)
     seg["lv"] = np.where(r < n - 40, LV_ACC, np.where(r < n - 30, LV_START, LV_ON)).astype(np.int8)
     seg["gear_d"] = r >= n - 20
     seg["hvac"] = r >= n - 30
@@ -564,6 +570,7 @@ def _post_drive(n_s: int, pos: tuple[float, float, float], passenger: bool) -> d
     seg["gear_d"] = r < 10
     seg["belt_d"] = r < 30
     seg["belt_p"][:] = passenger & (r < 35)
+    seg["pax"][:] = passenger & (r < 85)
     seg["door"] = (r >= 60) & (r < 100)
     seg["occ"] = r < 80
     seg["hvac"] = r < 30
@@ -584,6 +591,7 @@ def _post_crash(n_s: int, pos: tuple[float, float, float], passenger: bool, inc:
     seg["dv_lat"][:] = inc.dv_lat_kmh
     seg["belt_d"] = r < 300
     seg["belt_p"][:] = passenger & (r < 320)
+    seg["pax"][:] = passenger & (r < 410)
     seg["door"] = (r >= 350) & (r < 420)
     seg["occ"] = r < 400
     seg["hr_boost"] = 45.0 * np.exp(-r / 900.0)
@@ -857,13 +865,18 @@ def _drive_leg(d: _Day, li: int, leg: _Leg, trips: Any, stops: Any) -> bool:
     start_ms = _depart(d, leg, n_pre)
     d.st.ign += 1  # this drive's ignition cycle
     d.pos = (d.pos[0], d.pos[1], float(theta[0]))
-    t = d.place(_pre_drive(n_pre, d.pos, passenger), start_ms)
+    pre = _pre_drive(n_pre, d.pos, passenger)
+    dest = d.places[leg.dest]
+    pre["dest_x"][:], pre["dest_y"][:] = dest.real, dest.imag  # the driver sets the destination getting in
+    t = d.place(pre, start_ms)
 
     drive = _blank(len(v10), x=0.0, y=0.0, theta=0.0)
     drive.update(v=v10, a=np.gradient(v10, DT), kappa=kappa, x=z.real, y=z.imag, theta=theta)
     for flag in ("driving", "gear_d", "occ", "belt_d", "hvac"):
         drive[flag][:] = True
     drive["belt_p"][:] = passenger
+    drive["pax"][:] = passenger
+    drive["dest_x"][:], drive["dest_y"][:] = dest.real, dest.imag
     drive_start = t
     if hard is not None:
         d.events += _hard_braking(drive, hard, t)
@@ -923,7 +936,7 @@ def simulate_day(
     return SimulatedDay(
         vin=vin,
         day=day,
-        table=_table(d.segs, d.spec, d.rng, paths, d.doy, d.midnight_ms),
+        table=_table(d.segs, d.spec, d.rng, paths, d.doy, d.midnight_ms, key=(vin, seed, day)),
         events=sorted(d.events, key=lambda e: e.t_ms),
         drives=d.drives,
         charges=d.charges,
@@ -1050,6 +1063,8 @@ def _charge(
             seg[k] = seg[k][:keep]
     seg["charging"] = seg["charge_w"] > 0
     seg["dc"] = seg["charging"] & (kind == "DC")
+    rows = np.arange(len(seg["v"]))
+    seg["plug"] = (rows >= 10 * HZ) & (rows < len(rows) - 30 * HZ)  # cable in after 10 s, out 30 s before sleep
     seg["occ"][:] = stays
     seg["hvac"][:] = stays
     seg["lv"][:] = LV_ACC if stays else LV_LOCK
@@ -1092,6 +1107,7 @@ def _table(
     paths: list[str],
     doy: int,
     midnight_ms: int,
+    key: tuple[str, int, dt.date],
 ) -> pa.Table:
     """Sensor readings from the simulated state, as the catalogue-typed wire table."""
     d = {k: np.concatenate([s[k] for s in segs]) for k in segs[0]}
@@ -1100,7 +1116,22 @@ def _table(
     col = _ten_hz(d, spec, rng)
     # 1 Hz signals are computed on whole-second rows only.
     dark = ~_daylight((t_ms[sec] - midnight_ms) / 3.6e6, doy)
-    one_hz = _one_hz({k: arr[sec] for k, arr in d.items()}, spec, rng, dark)
+    s = {k: arr[sec] for k, arr in d.items()}
+    one_hz = _one_hz(s, spec, rng, dark)
+    # The body, cabin, wear, diagnostics and software signals draw from their own stream (equipment.py).
+    vin, seed, day = key
+    s["dest_lat"] = ANCHOR[0] + np.degrees(s["dest_y"] / EARTH_RADIUS_M)
+    s["dest_lon"] = ANCHOR[1] + np.degrees(s["dest_x"] / (EARTH_RADIUS_M * np.cos(np.radians(ANCHOR[0]))))
+    extra = equipment.signals(
+        s,
+        spec,
+        _rng("equipment", vin, seed, day.isoformat()),
+        vin_int=_stable_int("equipment", vin),
+        day=day,
+        midnight_ms=midnight_ms,
+        dark=dark,
+    )
+    one_hz.update(extra)  # equipment also refines a few (tyre pressure with a leak, ABS faults with a trouble code)
     return _wire_table(paths, t_ms, sec, col, one_hz)
 
 
@@ -1284,17 +1315,44 @@ def _wire_table(
         if sig.rate_hz >= HZ:
             vals, mask = col[p], None
         else:
-            vals = np.zeros(n, dtype=one_hz[p].dtype)
-            vals[sec] = one_hz[p]
+            v1 = one_hz[p]
+            vals = np.zeros(n, dtype=v1.dtype)
+            vals[sec] = v1
+            absent = _absent(v1)
+            if sig.on_change:
+                absent |= ~_changes(sig, v1, t_ms[sec])
             mask = null_mask
+            if absent.any():
+                mask = null_mask.copy()
+                mask[sec] = absent
         arrays.append(_to_arrow(sig, vals, mask))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _absent(v: np.ndarray) -> np.ndarray:
+    """Rows with no reading: NaN numbers, None texts."""
+    if v.dtype == object:
+        return np.array([x is None for x in v], dtype=bool)
+    if np.issubdtype(v.dtype, np.floating):
+        return np.isnan(v)
+    return np.zeros(len(v), dtype=bool)
+
+
+def _changes(sig: Signal, v: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+    """The 1 Hz rows an on-change signal is sent on: where its value (as sent) changes, and on each wake."""
+    sent = v if v.dtype == object or sig.arrow_type in (pa.bool_(), pa.string()) else _quantise(sig, v)
+    if v.dtype != object and np.issubdtype(v.dtype, np.floating):
+        sent = np.where(np.isnan(v), np.inf, sent)  # a value appearing or vanishing is a change
+    wake = np.r_[True, np.diff(t_ms) > 1000]
+    return wake | np.r_[True, sent[1:] != sent[:-1]]
 
 
 def _to_arrow(sig: Signal, vals: np.ndarray, mask: np.ndarray | None) -> pa.Array:
     """One column with the catalogue type; ``mask`` marks rows where the signal was not sampled."""
     if sig.arrow_type == pa.bool_():
         return pa.array(vals.astype(bool), mask=mask, type=pa.bool_())
+    if sig.arrow_type == pa.string() and sig.allowed is None:  # free text (trouble codes, software versions)
+        return pa.array(list(vals), mask=mask, type=pa.string())
     if sig.arrow_type == pa.string():
         allowed = sig.allowed or ()
         codes = pa.array(vals.astype(np.int8), mask=mask, type=pa.int8())

@@ -44,9 +44,9 @@ _ORIGIN = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
 
 # ------------------------------------------------------------------------------------------- what is shown
 def _label(signal: Signal, p: Page) -> str:
-    """A signal in plain words: its description, or its path's last parts spelled out (English only)."""
+    """A signal in plain words: its description (in Chinese for zh-CN), or its path's last parts spelled out."""
     if p.t.zh:
-        return ""
+        return signal.description_zh.split("；")[0].split("（")[0]
     if signal.description:
         return signal.description.split(";")[0].split(" (")[0]
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", " ".join(signal.path.split(".")[1:]))
