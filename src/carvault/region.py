@@ -123,6 +123,10 @@ class Region:
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
         self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
         self.deletions = Deletions(self)
+        # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).
+        self.rights = Rights(self.db, self.audit, self.name)
+        self.incidents = Incidents(self.db, self.audit, self.catalogue)
+        self.records = Records(self.db, self.audit, self.catalogue, self.name)
         # Operator cases (issue 11): the one way staff read an owner's data; foreign staff pass the transfer gate.
         self.cases = Cases(
             self.db,
@@ -138,10 +142,6 @@ class Region:
             self.db, self.catalogue, self.name, self.operator_profile, self.audit, self.log_key, self.log.vkey
         )
         self.data_sheet = DataSheet(self.db, self.catalogue, self.name, self.operator_profile)
-        # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).
-        self.rights = Rights(self.db, self.audit, self.name)
-        self.incidents = Incidents(self.db, self.audit, self.catalogue)
-        self.records = Records(self.db, self.audit, self.catalogue, self.name)
         # Retention (issue 11): each category's period enforced by a purge; reads withhold what a run has cut off.
         self.retention = Retention(
             self.db,
@@ -185,6 +185,7 @@ class Region:
             register=self.vehicles.register,
             log_key_of=lambda vin: log_key_of(self.db, vin),
             hub=self.live,
+            telemetry=self.telemetry,
         )
 
     def _batch_kept(self, vin: str, batch_hash: str) -> bool:

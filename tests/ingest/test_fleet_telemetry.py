@@ -16,6 +16,7 @@ from carvault.errors import (
     MalformedFleetRecord,
     UnknownFleetField,
     UnknownVehicle,
+    WrongRegion,
     WrongSignalType,
 )
 from carvault.ingest.fleet_telemetry import FleetMapping, decode_record, vin_of_certificate
@@ -26,6 +27,7 @@ from carvault.protocol.fleet_telemetry import vehicle_data_pb2 as pb
 from carvault.protocol.fleet_telemetry.envelope import decode_answer, encode_stream
 from carvault.provisioning import provision
 from carvault.region import Region
+from carvault.settings import Settings
 from carvault.signals import catalogue
 from carvault.store.metadata import BatchRecord
 from tests.factories import BASE_MS, opt_in, vin_for
@@ -275,3 +277,38 @@ def test_an_unregistered_or_foreign_envelope_is_answered_without_a_txid(region: 
     a, b = (decode_answer(o.answer) for o in done.outcomes)
     assert not a.ok and a.txid == b"" and a.reason.startswith("malformed_fleet_record:")
     assert not b.ok and b.reason.startswith("malformed_fleet_record:")  # an empty record has no creation time
+
+
+def test_a_record_sent_again_is_acknowledged_and_kept_once(region: Region) -> None:
+    region.fleet.register(VIN, "PAIRCODE1")
+    first = _stream(region, 4)
+    region.fleet.ingest(VIN, first)
+    # The car lost the connection before the acks and sends two of the records again, with one new one.
+    again = region.fleet.ingest(VIN, [first[2], first[3], *_stream(region, 1, BASE_MS + 4000)])
+    assert all(decode_answer(o.answer).ok for o in again.outcomes)
+    assert again.stored is not None and again.stored.num_rows == 1
+    assert _window(region, BASE_MS, BASE_MS + 10_000, "Vehicle.Speed").num_rows == 5
+    nothing_new = region.fleet.ingest(VIN, first[:2])
+    assert nothing_new.stored is None and all(decode_answer(o.answer).ok for o in nothing_new.outcomes)
+    with region.db.session() as s:
+        assert list(s.scalars(select(BatchRecord.rows).where(BatchRecord.vin == VIN).order_by(BatchRecord.seq))) == [
+            4,
+            1,
+        ]
+
+
+def test_a_tesla_of_another_region_is_sent_home(tmp_path: Path) -> None:
+    directory = tmp_path / "directory.txt"
+    directory.write_text(f"{VIN} eu\n")
+    settings = Settings(
+        data_dir=tmp_path / "cn",
+        region="cn",
+        region_directory=str(directory),
+        region_endpoints={"eu": "http://127.0.0.1:9"},
+    )
+    with Region(settings) as r:
+        with pytest.raises(WrongRegion) as e:
+            r.fleet.register(VIN, "PAIRCODE1")
+        assert e.value.details["home_region"] == "eu"
+        with pytest.raises(WrongRegion):
+            r.fleet.admit(VIN)

@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
@@ -41,6 +42,7 @@ from carvault.errors import (
     BrokenChain,
     CarVaultError,
     FleetVinMismatch,
+    InvalidQuery,
     MalformedFleetRecord,
     SeqConflict,
     UnknownFleetField,
@@ -65,6 +67,7 @@ from carvault.protocol.fleet_telemetry.envelope import (
 )
 from carvault.signals import Catalogue
 from carvault.store.metadata import Vehicle
+from carvault.store.telemetry import TelemetryStore
 
 Scalar = bool | int | float | str
 VEHICLE_DATA_TOPIC = b"V"  # the topic of vehicle data records; alerts, errors and connectivity are not carried
@@ -361,6 +364,7 @@ class FleetTelemetry:
         register: Any,
         log_key_of: Any,
         hub: LiveHub | None = None,
+        telemetry: TelemetryStore | None = None,
     ) -> None:
         self.gateway = gateway
         self.catalogue = catalogue
@@ -369,6 +373,7 @@ class FleetTelemetry:
         self.region = gateway.settings.region
         self.mapping = FleetMapping.load(catalogue)
         self.hub = hub
+        self.telemetry = telemetry  # to drop records already stored (a car re-sends what it got no ack for)
         self._register = register  # Vehicles.register
         self._log_key_of = log_key_of
         self._locks: dict[str, threading.Lock] = {}
@@ -476,9 +481,10 @@ class FleetTelemetry:
     def _store(self, vin: str, group: _Group) -> pa.Table | None:
         """Attest the group's consented rows as one batch and commit it through the gateway (retrying a lost race)."""
         table = self.routine(vin, self._table(group.rows))
-        if table.num_rows == 0 or table.num_columns < 2:
-            return None  # nothing the owner lets the region keep: nothing to store, every record is answered
         with self._lock(vin):
+            table = self._unstored(vin, table)
+            if table.num_rows == 0 or table.num_columns < 2:
+                return None  # nothing new the owner lets the region keep: every record is answered all the same
             for attempt in range(COMMIT_TRIES):
                 head = self.gateway._head(vin, 0)
                 body = make_batch(
@@ -497,6 +503,24 @@ class FleetTelemetry:
                     if attempt == COMMIT_TRIES - 1:
                         raise
         return table
+
+    def _unstored(self, vin: str, table: pa.Table) -> pa.Table:
+        """The rows whose sample time the vehicle has no stored row for yet.
+
+        A car sends again every record it got no ack for (a connection lost between the commit and the ack), and
+        Tesla's records carry no sequence number: a sample time already stored is the same record, kept once.
+        """
+        if self.telemetry is None or table.num_rows == 0:
+            return table
+        t = table.column("t").cast(pa.int64())
+        lo, hi = pc.min_max(t).values()
+        try:
+            stored = self.telemetry.window(vin, lo.as_py(), hi.as_py() + 1, []).column("t").cast(pa.int64())
+        except InvalidQuery:  # a span beyond one window's limit: nothing is dropped
+            return table
+        if len(stored) == 0:
+            return table
+        return table.filter(pc.invert(pc.is_in(t, value_set=stored.combine_chunks())))
 
     def _lock(self, vin: str) -> threading.Lock:
         with self._locks_guard:
