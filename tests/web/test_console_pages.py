@@ -5,6 +5,7 @@ never open it, CSRF on every form, and each area's actions going through the rea
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from carvault.web.app import create_app
 from carvault.web.deps import STAFF_COOKIE
 from carvault.web.views.console import SECTIONS, sections_markdown
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import make_staff
+from tests.factories import make_staff, vin_for
 from tests.web.test_route_access import _routes as app_routes
 
 PASSWORD = "operator password 1"
@@ -339,3 +340,157 @@ def test_the_console_table_in_the_docs_is_the_code() -> None:
     assert "\n## Console\n" in doc and sections_markdown() in doc
     # Every area's page and forms are in it, each with the permission its routes really need.
     assert "| cases | `/console/cases` | `cases.view` | `cases.open`, `case.read` |" in sections_markdown()
+
+
+def _claimed(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity) -> None:
+    r = http.post(
+        "/api/v1/vehicles/claim", json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}, headers=owner.headers
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+def test_a_case_read_lands_in_the_owners_access_log(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
+    _claimed(http, owner, vehicle)
+    dpo, secret = make_staff(region, Role.DPO)
+    _as(http, secret)
+    token = csrf.token_for(secret)
+    form = {
+        "kind": "rights_request",
+        "vins": vehicle.vin,
+        "legal_basis": "PIPL Art. 45",
+        "ends": "",
+        "csrf_token": token,
+    }
+    assert http.post("/console/cases", data=form).status_code == 400  # an end date is required
+    r = http.post("/console/cases", data={**form, "kind": "support_ticket", "ends": "2099-01-01"})
+    assert r.status_code == 403  # a DPO does not open support tickets (roles.CASE_KINDS)
+    ends = time.strftime("%Y-%m-%d", time.localtime(time.time() + 20 * 86_400))
+    r = http.post("/console/cases", data={**form, "ends": ends})
+    assert r.status_code == 303, r.text
+    case_id = int(r.headers["location"].split("/")[-1].split("?")[0])
+    window = {"vin": vehicle.vin, "start": "2026-11-01T00:00:00", "end": "2026-11-01T01:00:00", "format": "csv"}
+    r = http.get(f"/console/cases/{case_id}/read", params=window)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    reads = [event_json(e) for e in region.audit.list(owner.owner_id, action=AuditAction.TELEMETRY_READ)]
+    assert reads and reads[0]["actor"] == f"staff:dpo:{dpo.username}" and f"case {case_id}" in reads[0]["legal_basis"]
+    assert http.get(f"/console/cases/{case_id}/read", params={**window, "vin": vin_for(99)}).status_code == 403
+    _, support = make_staff(region, Role.SUPPORT)
+    _as(http, support)
+    assert http.get(f"/console/cases/{case_id}/read", params=window).status_code == 403  # not a support case
+    _as(http, secret)
+    r = http.post(f"/console/cases/{case_id}/close", data={"outcome": "answered", "csrf_token": token})
+    assert r.status_code == 303
+    r = http.get(f"/console/cases/{case_id}/read", params=window)
+    assert r.status_code == 403 and "closed" in r.text  # case_inactive: nothing is read under a closed case
+
+
+def test_retention_dry_run_and_purge_from_the_console(region: Region, http: httpx.Client) -> None:
+    _, auditor = make_staff(region, Role.AUDITOR)
+    _as(http, auditor)
+    assert http.get("/console/retention").status_code == 200  # the auditor sees the policy and runs...
+    assert (
+        http.post("/console/retention/run", data={"dry_run": "1", "csrf_token": csrf.token_for(auditor)}).status_code
+        == 403
+    )
+    admin, secret = make_staff(region, Role.REGION_ADMIN)
+    _as(http, secret)
+    r = http.post("/console/retention/run", data={"dry_run": "1", "csrf_token": csrf.token_for(secret)})
+    assert r.status_code == 303 and r.headers["location"].endswith("?notice=retention_dry_run")
+    run = region.retention.runs(1)[0]
+    assert run.dry_run and run.status == "done" and run.actor == f"staff:region_admin:{admin.username}"
+    page = http.get(r.headers["location"].split("?")[0]).text
+    assert '"dry_run": true' in page and '"signature"' in page
+    r = http.post("/console/retention/run", data={"dry_run": "0", "csrf_token": csrf.token_for(secret)})
+    assert r.status_code == 303 and not region.retention.runs(1)[0].dry_run
+
+
+def test_transfer_records_from_the_console(region: Region, http: httpx.Client) -> None:
+    _, secret = make_staff(region, Role.DPO)
+    _as(http, secret)
+    form = {
+        "route": "standard_contract",
+        "recipient_kind": "entity",
+        "recipient": "Example Insurance GmbH",
+        "recipient_jurisdiction": "eu",
+        "purpose": "claims handling",
+        "categories": ["driving_dynamics", "exterior_camera"],
+        "max_persons": "500",
+        "from": time.strftime("%Y-%m-%d"),
+        "to": time.strftime("%Y-%m-%d", time.localtime(time.time() + 200 * 86_400)),
+        "approval_reference": "SC-2026-7",
+        "csrf_token": csrf.token_for(secret),
+    }
+    r = http.post("/console/transfers", data=form)
+    assert r.status_code == 422 and "security assessment" in r.text  # important data never leaves without one
+    assert not region.transfers.list()
+    assert http.post("/console/transfers", data={**form, "max_persons": "many"}).status_code == 400
+    r = http.post("/console/transfers", data={**form, "categories": ["driving_dynamics"]})
+    assert r.status_code == 303
+    record = region.transfers.list()[0]
+    assert record.recipient == "Example Insurance GmbH" and record.max_persons == 500
+    assert "SC-2026-7" in http.get("/console/transfers").text
+    r = http.post(
+        f"/console/transfers/{record.id}/suspend", data={"reason": "contract ended", "csrf_token": form["csrf_token"]}
+    )
+    assert r.status_code == 303 and region.transfers.get(record.id).status == "suspended"
+
+
+def test_an_incident_is_told_only_with_its_chinese_text(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
+    _claimed(http, owner, vehicle)
+    _, secret = make_staff(region, Role.DPO)
+    _as(http, secret)
+    token = csrf.token_for(secret)
+    english = {f"en_{f}": f"{f} in English" for f in ("what", "cause", "harm", "measures", "actions", "contact")}
+    form = {"title": "Lost laptop", "detected": "2026-11-30T09:00:00", "vins": vehicle.vin, "csrf_token": token}
+    r = http.post("/console/incidents", data={**form, **english})
+    assert r.status_code == 303, r.text
+    incident_id = int(r.headers["location"].split("/")[-1].split("?")[0])
+    page = http.get(f"/console/incidents/{incident_id}").text
+    assert 'id="incident-affected">1<' in page  # the vehicle's owner, computed from the records
+    r = http.post(f"/console/incidents/{incident_id}/notify", data={"csrf_token": token})
+    assert r.status_code == 422 and not region.incidents.notices(owner.owner_id)  # no Chinese text yet
+    chinese = {f"zh_{f}": f"中文的{f}" for f in ("what", "cause", "harm", "measures", "actions", "contact")}
+    r = http.post(
+        f"/console/incidents/{incident_id}/text",
+        data={"title": "Lost laptop", **english, **chinese, "csrf_token": token},
+    )
+    assert r.status_code == 303
+    r = http.post(f"/console/incidents/{incident_id}/notify", data={"csrf_token": token})
+    assert r.status_code == 303 and len(region.incidents.notices(owner.owner_id)) == 1
+
+
+def test_annual_report_from_the_console(region: Region, http: httpx.Client) -> None:
+    _, liaison = make_staff(region, Role.LIAISON)
+    _as(http, liaison)
+    year = region.reports.due()["year"]
+    assert http.get("/console/reports").status_code == 200  # the liaison reads reports...
+    r = http.post(f"/console/reports/{year}/finalise", data={"csrf_token": csrf.token_for(liaison)})
+    assert r.status_code == 403  # ...and does not file them
+    admin, secret = make_staff(region, Role.REGION_ADMIN)
+    _as(http, secret)
+    token = csrf.token_for(secret)
+    page = http.get("/console/reports").text
+    assert 'data-figure="scale.vehicles_registered"' in page and "source" in page.lower()
+    r = http.get(f"/console/reports/{year}.json")
+    assert r.status_code == 200 and r.json()["year"] == year and r.json()["signature"]["alg"] == "Ed25519"
+    profile = {
+        "operator_name": "CarVault Ltd",
+        "security_lead": "Li Na",
+        "security_lead_contact": "security@carvault.example",
+        "rights_contact": "Rights desk",
+        "rights_contact_contact": "rights@carvault.example",
+    }
+    assert (
+        http.post("/console/reports/operator", data={**profile, "rights_contact": "", "csrf_token": token}).status_code
+        == 422
+    )
+    assert http.post("/console/reports/operator", data={**profile, "csrf_token": token}).status_code == 303
+    r = http.post(f"/console/reports/{year}/finalise", data={"csrf_token": token})
+    assert r.status_code == 303 and region.reports.filing(year) is not None
+    assert http.post(f"/console/reports/{year}/finalise", data={"csrf_token": token}).status_code == 409
+    assert http.get(f"/console/reports/{year}.pdf", params={"lang": "xx"}).status_code == 400
