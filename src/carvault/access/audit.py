@@ -94,6 +94,7 @@ class AuditAction(StrEnum):
     STAFF_PASSWORD = "staff.password"
     STAFF_LOGIN = "staff.login"
     STAFF_LOGOUT = "staff.logout"
+    STAFF_SESSIONS_END = "staff.sessions_end"
     CASE_OPEN = "case.open"
     CASE_CLOSE = "case.close"
     CASE_APPROVE = "case.approve"

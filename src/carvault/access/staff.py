@@ -252,6 +252,16 @@ class Staff:
         self._record(by, AuditAction.STAFF_PASSWORD, m)
         return m
 
+    def end_sessions(self, staff_id: int, *, by: Actor | None = None) -> int:
+        """End every live session of a member at once (a lost laptop); the number ended."""
+        with self.db.session() as s:
+            m = s.get(StaffMember, staff_id)
+            if m is None:
+                raise NotFound("no such staff member", staff_id=staff_id)
+            ended = self._end_sessions(s, staff_id)
+        self._record(by, AuditAction.STAFF_SESSIONS_END, m, sessions=ended)
+        return ended
+
     # -------------------------------------------------------------- log-in
     def login(self, username: str, password: str, code: str, client: str = "") -> tuple[str, StaffPrincipal]:
         """Check password and TOTP code (rate-limited per account and per address); a new session's secret."""
@@ -388,11 +398,13 @@ class Staff:
             raise Conflict("this is the last active region admin; name another one first")
 
     @staticmethod
-    def _end_sessions(s: Session, staff_id: int) -> None:
-        s.execute(
-            update(StaffSession)
-            .where(StaffSession.staff_id == staff_id, StaffSession.revoked_ms.is_(None))
-            .values(revoked_ms=now_ms())
+    def _end_sessions(s: Session, staff_id: int) -> int:
+        return rowcount(
+            s.execute(
+                update(StaffSession)
+                .where(StaffSession.staff_id == staff_id, StaffSession.revoked_ms.is_(None))
+                .values(revoked_ms=now_ms())
+            )
         )
 
     def _record(self, by: Actor | None, action: AuditAction, m: StaffMember, **detail: object) -> None:

@@ -158,6 +158,16 @@ def enable(
     console.print(f"{member.username} enabled")
 
 
+@staff.command("logout")
+def logout(
+    username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
+) -> None:
+    """End every session of a member at once (a lost laptop); they log in again with password and code."""
+    with _region(data_dir, region, database_url) as r:
+        ended = r.staff.end_sessions(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
+    console.print(f"{ended} session(s) of {username} ended")
+
+
 @staff.command("set-role")
 def set_role(
     username: Username,

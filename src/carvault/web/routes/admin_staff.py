@@ -134,6 +134,11 @@ def change_staff(staff_id: RowId, change: StaffChange, staff: Manager, region: R
     return staff_json(member)
 
 
+@router.delete("/staff/{staff_id}/sessions", summary="End every session of a staff member at once")
+def end_sessions(staff_id: RowId, staff: Manager, region: RegionDep) -> dict[str, Any]:
+    return {"staff_id": staff_id, "ended": region.staff.end_sessions(staff_id, by=staff.actor)}
+
+
 @router.post(
     "/staff/{staff_id}/totp",
     summary="Reset a staff member's second factor (sessions end); the new secret is shown once",
