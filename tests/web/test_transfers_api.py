@@ -60,7 +60,7 @@ def new_record(client_id: str, **change: Any) -> dict[str, Any]:
 
 
 def read(http: httpx.Client, vin: str, token: str) -> httpx.Response:
-    params = {**WINDOW, "signals": "Vehicle.Speed", "format": "json"}
+    params: dict[str, str | int] = {**WINDOW, "signals": "Vehicle.Speed", "format": "json"}
     return http.get(f"/api/v1/vehicles/{vin}/telemetry", headers=bearer(token), params=params)
 
 

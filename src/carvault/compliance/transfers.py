@@ -30,6 +30,7 @@ The data subject is not a recipient: an owner reading their own data, wherever t
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import logging
@@ -55,6 +56,7 @@ from carvault.store.metadata import (
     TransferPerson,
     TransferRecord,
     now_ms,
+    rowcount,
 )
 
 log = logging.getLogger(__name__)
@@ -453,13 +455,18 @@ class Transfers:
         reason = _text(reason, "reason", 1000)
         now = now_ms()
         with self.db.session() as s:
-            done = s.execute(
-                update(TransferRecord)
-                .where(TransferRecord.id == record_id, TransferRecord.status == RecordStatus.APPROVED.value)
-                .values(
-                    status=RecordStatus.SUSPENDED.value, suspended_ms=now, suspended_by=str(by), suspend_reason=reason
+            done = rowcount(
+                s.execute(
+                    update(TransferRecord)
+                    .where(TransferRecord.id == record_id, TransferRecord.status == RecordStatus.APPROVED.value)
+                    .values(
+                        status=RecordStatus.SUSPENDED.value,
+                        suspended_ms=now,
+                        suspended_by=str(by),
+                        suspend_reason=reason,
+                    )
                 )
-            ).rowcount
+            )
         record = self.get(record_id)
         if not done:
             raise Conflict(f"transfer record {record_id} is already suspended", record_id=record_id)
@@ -588,14 +595,14 @@ class Transfers:
         jurisdiction: str,
         owner_id: int | None,
         vin: str | None,
-        names: list[str],
+        names: builtins.list[str],
         classes: set[Klass],
         action: TransferAction,
         now: int,
-    ) -> list[Warning_]:
+    ) -> builtins.list[Warning_]:
         """Count the person and log the event in one transaction; ``TransferCapReached`` (nothing kept) past a limit."""
         year = year_of(now)
-        warnings: list[Warning_] = []
+        warnings: builtins.list[Warning_] = []
         with self.db.session() as s:
             if owner_id is not None:
                 for limit in limits_of(record, classes):
@@ -726,7 +733,7 @@ class Transfers:
         year: int | None = None,
         limit: int = 100,
         before_id: int | None = None,
-    ) -> list[TransferEvent]:
+    ) -> builtins.list[TransferEvent]:
         """Logged transfers, newest first, filtered."""
         q = select(TransferEvent)
         if record_id is not None:
@@ -784,4 +791,4 @@ def _insert_ignore(s: Session, table: Table, values: dict[str, Any]) -> bool:
         stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
     else:  # pragma: no cover - the two supported backends are above
         stmt = insert(table).values(**values)
-    return bool(s.execute(stmt).rowcount)
+    return bool(rowcount(s.execute(stmt)))
