@@ -125,6 +125,7 @@ def test_generated_records_are_not_edited_or_retired_by_hand(region: Region) -> 
         {"categories": ["teleportation"]},
         {"purpose": "x" * 5000},
         {"detail": "not an object"},
+        {"retention": "ten\x00days"},
     ],
 )
 def test_processor_fields_are_validated(region: Region, change: dict[str, object]) -> None:

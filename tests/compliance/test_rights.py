@@ -141,6 +141,7 @@ def test_validation_rejects_before_storing(region: Region, tmp_path: Path) -> No
         dict(kind="access", evidence="x"),  # evidence only for next of kin
         dict(kind="next_of_kin", details="my father died", subject_email="dad@example.com"),  # no evidence
         dict(kind="access", details="x" * 5000),
+        dict(kind="complaint", details="nul \x00 inside"),  # PostgreSQL text refuses NUL
     ]
     for c in cases:
         with pytest.raises(ValidationFailed):

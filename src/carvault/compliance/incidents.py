@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, AuditAction, AuditLog
-from carvault.compliance.rights import Handler, actor_of
+from carvault.compliance.rights import Handler, actor_of, text_field
 from carvault.errors import Conflict, NotFound, ValidationFailed
 from carvault.signals import CATEGORIES, Catalogue
 from carvault.store.metadata import BatchRecord, Database, Incident, IncidentNotice, Owner, Vehicle, now_ms
@@ -67,14 +67,7 @@ def check_content(content: dict[str, Any], *, complete: bool) -> dict[str, dict[
             v = parts.get(f, "")
             if not isinstance(v, str):
                 raise ValidationFailed(f"content.{lang}.{f} must be text", field=f"content.{lang}.{f}")
-            v = v.strip()
-            if len(v) > MAX_FIELD:
-                raise ValidationFailed(
-                    f"content.{lang}.{f} exceeds {MAX_FIELD} characters", field=f"content.{lang}.{f}"
-                )
-            if not v and (complete or lang == "en"):
-                raise ValidationFailed(f"content.{lang}.{f} is required", field=f"content.{lang}.{f}")
-            clean[f] = v
+            clean[f] = text_field(v, f"content.{lang}.{f}", required=complete or lang == "en", limit=MAX_FIELD)
         out[lang] = clean
     return out
 
@@ -147,9 +140,7 @@ class Incidents:
     ) -> Incident:
         """Record an incident (validated whole before anything is stored)."""
         scope = self._scope(vins or [], owner_ids or [], categories or [], occurred_from_ms, occurred_to_ms)
-        title = title.strip()
-        if not title or len(title) > 300:
-            raise ValidationFailed("title is required (at most 300 characters)", field="title")
+        title = text_field(title, "title", required=True, limit=300)
         if detected_ms <= 0 or detected_ms > now_ms() + 60_000:
             raise ValidationFailed("detected_ms must be a past moment", field="detected_ms")
         text = check_content(content, complete=False)
@@ -180,9 +171,7 @@ class Incidents:
         inc = self.get(incident_id)
         if inc.status != Status.OPEN:
             raise Conflict(f"the incident is {inc.status}; its notice was already sent as it stands", status=inc.status)
-        new_title = inc.title if title is None else title.strip()
-        if not new_title or len(new_title) > 300:
-            raise ValidationFailed("title is required (at most 300 characters)", field="title")
+        new_title = inc.title if title is None else text_field(title, "title", required=True, limit=300)
         text = json.loads(inc.content) if content is None else check_content(content, complete=False)
         with self.db.session() as s:
             row = s.get(Incident, incident_id)
@@ -292,13 +281,9 @@ class Incidents:
         self, incident_id: int, by: Handler, *, authority: str, reference: str, content: str, notified_ms: int | None
     ) -> Incident:
         """Record that (and what) the authority was told."""
-        authority, reference, content = authority.strip(), reference.strip(), content.strip()
-        if not authority or len(authority) > 300:
-            raise ValidationFailed("authority is required (at most 300 characters)", field="authority")
-        if len(reference) > 200:
-            raise ValidationFailed("reference is at most 200 characters", field="reference")
-        if not content or len(content) > 20_000:
-            raise ValidationFailed("content (what was reported) is required", field="content")
+        authority = text_field(authority, "authority", required=True, limit=300)
+        reference = text_field(reference, "reference", limit=200)
+        content = text_field(content, "content", required=True, limit=20_000)
         when = notified_ms if notified_ms is not None else now_ms()
         if when <= 0 or when > now_ms() + 60_000:
             raise ValidationFailed("notified_ms must be a past moment", field="notified_ms")

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from carvault.access.audit import LEGAL_OBLIGATION, Actor, AuditAction, AuditLog
-from carvault.compliance.rights import Handler, actor_of
+from carvault.compliance.rights import Handler, actor_of, text_field
 from carvault.compliance.sharing import PURPOSES
 from carvault.errors import Conflict, InvalidQuery, NotFound, RecordRetained, ValidationFailed
 from carvault.signals import CATEGORIES, Catalogue, PrivacyClass
@@ -335,10 +335,7 @@ def _check_processor(fields: dict[str, Any]) -> dict[str, Any]:
         ("retention", 4000, True),
     ):
         v = fields.get(f)
-        v = v.strip() if isinstance(v, str) else ""
-        if (required and not v) or len(v) > limit:
-            raise ValidationFailed(f"{f} is required (at most {limit} characters)", field=f)
-        out[f] = v
+        out[f] = text_field(v if isinstance(v, str) else "", f, required=required, limit=limit)
     j = fields.get("jurisdiction")
     if not isinstance(j, str) or not re.fullmatch(r"[a-z]{2,16}", j):
         raise ValidationFailed("jurisdiction is a region name such as cn, eu or us", field="jurisdiction")

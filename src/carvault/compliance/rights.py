@@ -155,12 +155,16 @@ def actor_of(by: Handler) -> Actor:
     return staff_actor(by.role, by.username)
 
 
-def _text(value: str | None, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+def text_field(value: str | None, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    """A person's text, stripped and checked: present when required, within ``limit``, no NUL (PostgreSQL refuses
+    it in text columns, and no one means it)."""
     v = (value or "").strip()
     if required and not v:
         raise ValidationFailed(f"{field} is required", field=field)
     if len(v) > limit:
         raise ValidationFailed(f"{field} is longer than {limit} characters", field=field)
+    if "\x00" in v:
+        raise ValidationFailed(f"{field} contains a NUL character", field=field)
     return v
 
 
@@ -245,12 +249,12 @@ class Rights:
             k = Kind(kind)
         except ValueError:
             raise ValidationFailed(f"unknown kind {kind!r}; choose one of {', '.join(Kind)}", field="kind") from None
-        details = _text(details, "details", required=k in NEEDS_DETAILS)
+        details = text_field(details, "details", required=k in NEEDS_DETAILS)
         owner_id: int | None = requester_owner_id
         email: str | None = None
         if k is Kind.NEXT_OF_KIN:
-            evidence = _text(evidence, "evidence", required=True)
-            email = _text(subject_email, "subject_email", required=True, limit=320).lower()
+            evidence = text_field(evidence, "evidence", required=True)
+            email = text_field(subject_email, "subject_email", required=True, limit=320).lower()
             if "@" not in email:
                 raise ValidationFailed("subject_email must be the deceased's account e-mail", field="subject_email")
             if vin is not None:
@@ -261,7 +265,7 @@ class Rights:
             if owner_id == requester_owner_id:
                 raise ValidationFailed("a next-of-kin request is made for another person's account", field="kind")
         else:
-            evidence = _text(evidence, "evidence")
+            evidence = text_field(evidence, "evidence")
             if evidence:
                 raise ValidationFailed("evidence belongs to next-of-kin requests only", field="evidence")
             if subject_email:
@@ -417,7 +421,7 @@ class Rights:
 
     def verify(self, request_id: int, by: Handler, note: str) -> RightsRequest:
         """Record that a next-of-kin request's evidence (relationship, death) was checked and holds."""
-        note = _text(note, "note", required=True)
+        note = text_field(note, "note", required=True)
         r = self.get(request_id)
         if r.kind != Kind.NEXT_OF_KIN:
             raise Conflict("only a next-of-kin request has evidence to verify", kind=r.kind)
@@ -441,7 +445,7 @@ class Rights:
 
     def complete(self, request_id: int, by: Handler, outcome: str) -> RightsRequest:
         """Close a request in progress as done, with a written outcome the owner reads."""
-        outcome = _text(outcome, "outcome", required=True)
+        outcome = text_field(outcome, "outcome", required=True)
         r = self.get(request_id)
         if r.kind == Kind.NEXT_OF_KIN and r.verified_ms is None:
             raise Conflict("verify the next-of-kin evidence before completing the request")
@@ -459,7 +463,7 @@ class Rights:
 
     def refuse(self, request_id: int, by: Handler, reason: str) -> RightsRequest:
         """Refuse an open request; a written reason is required (PIPL Art. 50: reasons for a refusal)."""
-        reason = _text(reason, "reason", required=True)
+        reason = text_field(reason, "reason", required=True)
         r = self._move(request_id, Status.REFUSED, closed=True, reason=reason, handler=by)
         self._audit(r, by, AuditAction.RIGHTS_REFUSE, {"reason": reason})
         return r
