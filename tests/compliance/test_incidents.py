@@ -176,3 +176,54 @@ def test_scope_is_validated_before_anything_is_stored(region: Region) -> None:
     assert region.incidents.list() == []
     with pytest.raises(NotFound):
         region.incidents.affected(1)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_desk_incidents_and_records_on_postgres(tmp_path: Path) -> None:
+    """The same services on PostgreSQL: a request through its states, an incident's owners from the batches and its
+    notices, the records generated and kept."""
+    from carvault.bench.pg_cluster import TemporaryPostgres
+    from carvault.compliance.records import KEEP_MS
+    from carvault.errors import RecordRetained
+    from carvault.settings import Settings
+
+    with TemporaryPostgres(fsync=False) as pg:
+        region = Region(Settings(data_dir=tmp_path / "cn", region="cn", database_url=pg.create_database("region_cn")))
+        try:
+            assert not region.db.is_sqlite
+            with BackgroundServer(region) as server:
+                world = World(region, server, tmp_path)
+            dpo, _ = make_staff(region, Role.DPO)
+            a = world.owners["A"]
+            req = region.rights.file(region.rights.check(a, "complaint", details="wrong car shown"))
+            region.rights.start(req.id, dpo)
+            assert region.rights.refuse(req.id, dpo, "not our data").status == "refused"
+            assert region.rights.counts()["refused"] == 1 and region.rights.list(overdue=True) == []
+
+            inc = region.incidents.record(
+                dpo,
+                title="t",
+                detected_ms=BASE_MS + 3 * DAY,
+                content=content(),
+                occurred_from_ms=BASE_MS - HOUR,
+                occurred_to_ms=BASE_MS + HOUR,
+                categories=["location"],
+            )
+            assert region.incidents.affected(inc.id) == world.ids("C")
+            assert region.incidents.notify_owners(inc.id, dpo) == 1
+            assert region.incidents.unread_count(world.owners["C"]) == 1
+
+            assert region.records.sync(dpo)["added"] > 0
+            rec = region.records.add_processor(
+                dpo,
+                key="host",
+                fields={"name": "H", "purpose": "p", "legal_basis": "c", "retention": "r", "jurisdiction": "cn"},
+            )
+            retired = region.records.retire(rec.id, dpo)
+            assert retired.retired_ms is not None
+            with pytest.raises(RecordRetained):
+                region.records.delete(rec.id, dpo)
+            region.records.delete(rec.id, dpo, now=retired.retired_ms + KEEP_MS)
+        finally:
+            region.close()
