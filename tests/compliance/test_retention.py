@@ -187,6 +187,8 @@ def test_a_legal_hold_keeps_the_data_until_it_is_released(
     _upload(http, owner, vehicle, agent)
     recs = _records(region, vehicle.vin)
     hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 123")
+    due = region.retention.policy(now=ALL_GONE)["due_now"]
+    assert due["batches_held"] == 3 and due["holds"] == [hold.id] and due["batches_to_erase"] == 0
     summary = json.loads(region.retention.run(now=ALL_GONE).summary)
     assert summary["batches_erased"] == 0
     assert summary["skipped_by_hold"] == [{"vin": vehicle.vin, "holds": [hold.id]}]
@@ -290,6 +292,13 @@ def test_policy_names_every_category_with_its_period(region: Region) -> None:
         n: c.retention_days for n, c in CATEGORIES.items()
     }
     assert policy["last_run"] is None and policy["next_due_ms"] == BASE_MS and policy["interval_s"] == 3600
+    assert policy["due_now"] == {
+        "now_ms": BASE_MS,
+        "batches_to_erase": 0,
+        "batches_to_withhold": 0,
+        "batches_held": 0,
+        "holds": [],
+    }
     run = region.retention.run(now=BASE_MS)
     policy = region.retention.policy()
     assert policy["last_run"]["id"] == run.id

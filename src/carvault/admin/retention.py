@@ -170,7 +170,11 @@ def policy(
             c["category"], c["privacy"], str(c["retention_days"]), _when(c["withheld_before_ms"]), str(c["signals"])
         )
     console.print(t)
-    last = p["last_run"]
+    last, due = p["last_run"], p["due_now"]
+    console.print(
+        f"due now: {due['batches_to_erase']} batches to erase, {due['batches_to_withhold']} to withhold, "
+        f"{due['batches_held']} held" + (f" (holds {', '.join(map(str, due['holds']))})" if due["holds"] else "")
+    )
     console.print(
         f"scheduler {p['scheduler']} (every {p['interval_s']} s); last purge: "
         f"{_when(last['finished_ms']) if last else 'never'}; next due: {_when(p['next_due_ms'])}"

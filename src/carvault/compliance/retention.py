@@ -808,6 +808,7 @@ class Retention:
             "scheduler": "on" if self.interval_s > 0 else "off",
             "last_run": run_json(last) if last else None,
             "next_due_ms": next_due,
+            "due_now": self.plan(now).to_json(),  # what a run at this moment would do (batches; no bytes read)
             "categories": [
                 {
                     "category": c.name,
