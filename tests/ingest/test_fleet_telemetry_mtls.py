@@ -326,3 +326,16 @@ def test_viss_subscribers_see_what_a_tesla_streams(world: World) -> None:
             if msg.get("action") == "subscription" and "data" in msg:
                 seen.append(float(msg["data"]["dp"]["value"]))
         assert seen == [round(v * 1.609344, 2) for v in mph[-len(seen) :]] and len(seen) >= 2
+
+
+def test_the_owner_is_told_the_region_signs_not_the_car(world: World) -> None:
+    cars = world.http.get("/api/v1/vehicles", headers=world.owner.headers).json()
+    assert [(c["vin"], c["provenance"], c["attested_by"]) for c in cars] == [(VIN, "region-attested", "cn")]
+    token = world.owner.headers["Authorization"].removeprefix("Bearer ")
+    expected = {
+        "en": "region CN, not the car: this car streams Tesla Fleet Telemetry, which it does not sign",
+        "zh-CN": "CN 区域，而非车辆：这辆车发送的是特斯拉 Fleet Telemetry 数据，车辆本身不签名",
+    }
+    for lang, text in expected.items():
+        page = world.http.get("/vehicles", cookies={"carvault_session": token, "carvault_lang": lang})
+        assert page.status_code == 200 and text in page.text, (lang, page.text[-2000:])

@@ -11,6 +11,7 @@ from carvault.access.audit import AuditAction
 from carvault.access.exports import render
 from carvault.access.grants import Access
 from carvault.errors import AlreadyExists, NotFound, TooManyRequests
+from carvault.pki import attested_by
 from carvault.region import Region
 from carvault.store.metadata import Vehicle
 from carvault.store.telemetry import resample
@@ -33,6 +34,7 @@ def vehicle_json(v: Vehicle, *, owner: bool = True) -> dict[str, Any]:
     """
     if not owner:
         return {"vin": v.vin, "region": v.region, "model": v.model}
+    attested = attested_by(v.certificate_pem) if v.certificate_pem else None
     return {
         "vin": v.vin,
         "region": v.region,
@@ -40,6 +42,9 @@ def vehicle_json(v: Vehicle, *, owner: bool = True) -> dict[str, Any]:
         "claimed_ms": v.claimed_ms,
         "last_seq": v.last_seq,
         "last_hash": v.last_hash,
+        # Who signs the car's batches (docs/protocol.md §9): the car, or this region for a Fleet Telemetry car.
+        "provenance": "region-attested" if attested else "car-signed",
+        "attested_by": attested,
     }
 
 
