@@ -50,6 +50,7 @@ def owner_pages(world: World) -> dict[str, str]:
         "consent": f"/vehicles/{vin}/consent",
         "access": "/access",
         "deletion": "/deletion",
+        "support": "/support",
         "portability": "/portability",
         "account": "/account",
     }
@@ -67,6 +68,7 @@ H1 = {
         "consent": "Data and consent",
         "access": "Who accessed my data",
         "deletion": "Delete my data",
+        "support": "Support tickets",
         "portability": "Move my data",
         "account": "Account",
     },
@@ -81,6 +83,7 @@ H1 = {
         "consent": "数据与授权",
         "access": "谁访问了我的数据",
         "deletion": "删除我的数据",
+        "support": "客服工单",
         "portability": "把我的数据转给另一家公司",
         "account": "账户",
     },
