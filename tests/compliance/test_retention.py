@@ -20,7 +20,7 @@ from carvault.ledger import merkle
 from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
 from carvault.region import Region
 from carvault.signals import CATEGORIES
-from carvault.store.metadata import BatchRecord, RetentionErasure
+from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionWithheld
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
@@ -384,3 +384,15 @@ def test_packages_holding_an_erased_batch_go_with_it(
     assert len(left) == 1 and str(LATER_MS) in left[0].name  # the package over the kept batch stays
     listed = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers)
     assert listed.status_code == 200 and [p["id"] for p in listed.json()] == [made[1]["id"]]
+
+
+def test_a_deletion_takes_the_withholding_marks_of_its_batches(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    region.retention.run(now=BODY_GONE)
+    with region.db.session() as s:
+        assert len(list(s.scalars(select(RetentionWithheld).where(RetentionWithheld.vin == vehicle.vin)))) == 2
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
+    with region.db.session() as s:  # no stale mark can match a batch that later reuses a row id
+        assert not list(s.scalars(select(RetentionWithheld).where(RetentionWithheld.vin == vehicle.vin)))

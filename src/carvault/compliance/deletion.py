@@ -27,6 +27,7 @@ from carvault.store.metadata import (
     IncidentPackage,
     LegalHold,
     PortabilityBundle,
+    RetentionWithheld,
     Vehicle,
     VehicleEvent,
     now_ms,
@@ -261,6 +262,7 @@ class Deletions:
                 batches += rowcount(s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)))
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
                 packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
+                s.execute(delete(RetentionWithheld).where(RetentionWithheld.vin == vin))  # marks of the gone batches
             # Again, now that the rows are gone: a copy written between the first sweep and the rows' deletion
             # (a queued write, a racing read) found its batch still there and stayed; later ones remove themselves.
             self.region.derived.delete_vehicle(vin)
