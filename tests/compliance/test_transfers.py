@@ -542,3 +542,41 @@ def test_on_postgres_two_replicas_count_each_person_once_and_never_pass_a_ceilin
         finally:
             a.close()
             b.close()
+
+
+def test_an_app_abroad_is_granted_only_what_its_record_covers(region: Region, vehicle: VehicleIdentity) -> None:
+    from sqlalchemy import select as select_
+
+    from carvault.store.metadata import Grant
+
+    owner = region.accounts.register("grant-abroad@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vehicle.vin, vehicle.pairing_code)
+    app, _ = region.apps.register(
+        name="Euro Insure",
+        legal_entity="Euro Insure SE",
+        jurisdiction="eu",
+        contact="dpo@euro.example",
+        purposes=["insurance"],
+        redirect_uris=["https://euro.example/cb"],
+    )
+    region.apps.decide(app.client_id, "approved", by="operator")
+
+    def grant(*signals: str) -> object:
+        return region.grants.create(
+            owner.id,
+            kind="app",
+            client_id=app.client_id,
+            vins=[vehicle.vin],
+            signals=list(signals),
+            purpose="insurance",
+        )
+
+    with pytest.raises(CrossBorderTransfer, match="refused until a transfer record covers it"):
+        grant("Vehicle.Speed")
+    add_record(region, recipient=app.client_id, categories=["driving_dynamics"])
+    with pytest.raises(CrossBorderTransfer, match="covers driving_dynamics, location"):
+        grant("Vehicle.Speed", "Vehicle.CurrentLocation")
+    with region.db.session() as s:
+        assert list(s.scalars(select_(Grant))) == []
+    assert grant("Vehicle.Speed") is not None
+    assert events(region) == 0  # a grant is a promise, not yet a transfer

@@ -114,6 +114,16 @@ class Grants:
         else:
             check_purpose(purpose)
         chosen = shareable_signals(self.catalogue, signals)
+        if app is not None and self.transfers is not None and not self.transfers.is_domestic(app.jurisdiction):
+            # An app abroad may be granted only what its transfer record covers (checked, not counted: no data yet).
+            self.transfers.check(
+                "app",
+                app.client_id,
+                app.jurisdiction,
+                owner_id=owner_id,
+                categories={s.category for s in chosen},
+                count=False,
+            )
         expires_ms = check_end(expires_ms)
         check_window(from_ms, to_ms)
         wanted = list(dict.fromkeys(v.strip().upper() for v in vins if v.strip()))
