@@ -70,6 +70,7 @@ def _fill(path: str) -> str:
     return re.sub(r"\{[a-z_]+\}", lambda m: "reset_totp" if m.group(0) == "{action}" else "999999", path)
 
 
+@pytest.mark.slow  # argon2 per attempt, or a member per role
 def test_log_in_needs_the_password_and_a_fresh_totp_code(region: Region, http: httpx.Client) -> None:
     _, totp = region.staff.create("li.na", PASSWORD, Role.DPO)
     r = http.get("/console/rights")
@@ -106,6 +107,7 @@ def test_log_in_needs_the_password_and_a_fresh_totp_code(region: Region, http: h
     assert _as(http, secret).get("/console").status_code == 303
 
 
+@pytest.mark.slow  # argon2 per attempt, or a member per role
 def test_log_in_is_rate_limited(region: Region, http: httpx.Client) -> None:
     region.staff.create("wang.fang", PASSWORD, Role.SUPPORT)
     token = _token(http.get("/console/login").text)
@@ -118,6 +120,7 @@ def test_log_in_is_rate_limited(region: Region, http: httpx.Client) -> None:
     assert statuses[0] == 401 and statuses[-1] == 429, statuses
 
 
+@pytest.mark.slow  # argon2 per attempt, or a member per role
 def test_every_console_page_by_role(region: Region, http: httpx.Client) -> None:
     routes = _console_routes(region)
     gets = [(path, perm) for method, path, perm in routes if method == "GET" and perm != "open"]
