@@ -339,3 +339,46 @@ def test_the_owner_is_told_the_region_signs_not_the_car(world: World) -> None:
     for lang, text in expected.items():
         page = world.http.get("/vehicles", cookies={"carvault_session": token, "carvault_lang": lang})
         assert page.status_code == 200 and text in page.text, (lang, page.text[-2000:])
+
+
+def test_carvault_serve_opens_the_listener_and_fleet_register_registers(tmp_path: Path) -> None:
+    """The operator's path: `carvault fleet-register`, then `carvault serve` with the fleet settings set."""
+    import os
+    import re
+
+    from tests.factories import wait_until_up
+
+    pki = FleetPKI(tmp_path / "pki")
+    data = tmp_path / "region"
+    port, fleet_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CARVAULT_DATA_DIR": str(data),
+        "CARVAULT_REGION": "cn",
+        "CARVAULT_PORT": str(port),
+        "CARVAULT_FLEET_TELEMETRY_PORT": str(fleet_port),
+        "CARVAULT_FLEET_ISSUER_CAS": str(pki.issuers_file),
+        "CARVAULT_FLEET_TLS_CERT": str(pki.server.cert_file),
+        "CARVAULT_FLEET_TLS_KEY": str(pki.server.key_file),
+        "CARVAULT_FLEET_BATCH_WAIT_MS": "100",
+    }
+    cli = [sys.executable, "-m", "carvault.cli"]
+    out = subprocess.run([*cli, "fleet-register", VIN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"attested by the\s+region, not signed by the car; pairing code [A-Z0-9]{8}", out.stdout), (
+        out.stdout
+    )
+    proc = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", proc)
+        ctx = client_context(pki, pki.vehicle(VIN))
+
+        async def go() -> list[Answer]:
+            async with FleetClient(f"wss://127.0.0.1:{fleet_port}/", ctx) as c:
+                return await c.stream([_good(1)])
+
+        (answer,) = run_coroutine(go())
+        assert answer.ok and answer.txid == b"good-1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
