@@ -7,6 +7,8 @@ finds the read in the owner's access log.
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -363,3 +365,35 @@ def test_listing_by_state_agrees_with_each_case_state(region: Region, owned: tup
     for bad in ({"state": "pending"}, {"kind": "fishing"}):
         with pytest.raises(ValidationFailed):
             region.cases.list(**bad)  # type: ignore[arg-type]
+
+
+def test_concurrent_decisions_and_closings_count_once(region: Region, owned: tuple[int, list[str]]) -> None:
+    owner_id, vins = owned
+    support, _ = make_staff(region, Role.SUPPORT)
+    case = _open(region, support, vins[:1])
+    start = threading.Barrier(8)
+
+    def decide(n: int) -> str:
+        start.wait()
+        try:
+            region.cases.decide(owner_id, case.id, approve=n % 2 == 0)
+            return "ok"
+        except Conflict:
+            return "conflict"
+
+    def close(_: int) -> str:
+        start.wait()
+        try:
+            region.cases.close(support, case.id)
+            return "ok"
+        except Conflict:
+            return "conflict"
+
+    for work, action in ((decide, ("case.approve", "case.decline")), (close, ("case.close",))):
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        assert results.count("ok") == 1 and results.count("conflict") == 7, results
+        recorded = [e for e in region.audit.list(owner_id) if e.action in action]
+        assert len(recorded) == 1
+    final = region.cases.get(case.id)
+    assert (final.owner_approved_ms is None) != (final.owner_declined_ms is None) and final.closed_ms is not None

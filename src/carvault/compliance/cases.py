@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor, AuditAction, AuditLog
 from carvault.access.grants import Access
@@ -37,7 +37,7 @@ from carvault.errors import (
     ValidationFailed,
 )
 from carvault.signals import Catalogue
-from carvault.store.metadata import Case, Database, Vehicle, now_ms
+from carvault.store.metadata import Case, Database, Vehicle, now_ms, rowcount
 
 KINDS = ("rights_request", "authority_order", "breach_investigation", "support_ticket")
 MAX_CASE_MS = 90 * 86_400_000
@@ -233,12 +233,19 @@ class Cases:
         if len(outcome) > 1000:
             raise ValidationFailed("an outcome is at most 1000 characters", field="outcome")
         with self.db.session() as s:
+            # Conditional, so of two closings at once (any replica, any backend) exactly one is recorded.
+            closed = rowcount(
+                s.execute(
+                    update(Case)
+                    .where(Case.id == case_id, Case.closed_ms.is_(None))
+                    .values(closed_ms=now_ms(), closed_by=str(staff.actor), outcome=outcome)
+                )
+            )
             c = s.get(Case, case_id)
-            if c is None:
-                raise NotFound("no such case", case_id=case_id)
-            if c.closed_ms is not None:
-                raise Conflict("this case is already closed", case_id=case_id)
-            c.closed_ms, c.closed_by, c.outcome = now_ms(), str(staff.actor), outcome
+        if c is None:
+            raise NotFound("no such case", case_id=case_id)
+        if not closed:
+            raise Conflict("this case is already closed", case_id=case_id)
         self._record(c, staff.actor, AuditAction.CASE_CLOSE, LEGAL_OBLIGATION, outcome=outcome)
         return c
 
@@ -253,16 +260,22 @@ class Cases:
 
     def decide(self, owner_id: int, case_id: int, *, approve: bool) -> Case:
         """The owner approves or declines a support ticket's access; only while it waits for them."""
+        now = now_ms()
         with self.db.session() as s:
             c = s.get(Case, case_id)
             if c is None or c.owner_id != owner_id or c.kind != "support_ticket":
                 raise NotFound("no such support ticket", case_id=case_id)
-            if case_state(c) != "awaiting_owner":
-                raise Conflict(f"this ticket is {case_state(c)}; there is nothing to decide", case_id=case_id)
-            if approve:
-                c.owner_approved_ms = now_ms()
-            else:
-                c.owner_declined_ms = now_ms()
+            # Conditional on the ticket still waiting, so a second decision (another tab, another replica) loses.
+            decided = rowcount(
+                s.execute(
+                    update(Case)
+                    .where(Case.id == case_id, *_state_filter("awaiting_owner", now))
+                    .values(**({"owner_approved_ms": now} if approve else {"owner_declined_ms": now}))
+                )
+            )
+            s.refresh(c)
+        if not decided:
+            raise Conflict(f"this ticket is {case_state(c)}; there is nothing to decide", case_id=case_id)
         action = AuditAction.CASE_APPROVE if approve else AuditAction.CASE_DECLINE
         self._record(c, Actor("owner", str(owner_id)), action, OWNER_REQUEST)
         return c
