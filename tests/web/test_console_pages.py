@@ -497,3 +497,44 @@ def test_annual_report_from_the_console(region: Region, http: httpx.Client) -> N
     assert r.status_code == 303 and region.reports.filing(year) is not None
     assert http.post(f"/console/reports/{year}/finalise", data={"csrf_token": token}).status_code == 409
     assert http.get(f"/console/reports/{year}.pdf", params={"lang": "xx"}).status_code == 400
+
+
+def test_every_message_the_console_builds_exists_in_both_languages() -> None:
+    """Keys put together at run time (``'console.nav.' ~ key`` ...) are not seen by the catalogue test."""
+    from carvault.access.apps import APP_STATUSES
+    from carvault.compliance import incidents, records, rights, transfers
+    from carvault.compliance.cases import KINDS as CASE_KINDS
+    from carvault.web.i18n import messages
+    from carvault.web.views import console_cases
+    from carvault.web.views.console_base import NOTICES
+
+    keys = (
+        [f"console.nav.{s.key}" for s in SECTIONS]
+        + [f"console.role.{r.value}" for r in Role]
+        + [f"console.notice.{n}" for n in NOTICES]
+        + [f"console.rights.kind.{k.value}" for k in rights.Kind]
+        + [f"console.rights.status.{s.value}" for s in rights.Status]
+        + [f"console.cases.kind.{k}" for k in CASE_KINDS]
+        + [f"console.cases.state.{s}" for s in console_cases.STATES]
+        + [f"console.retention.status.{s}" for s in ("running", "done", "failed")]
+        + [f"console.transfers.route.{r.value}" for r in transfers.Route]
+        + [f"console.transfers.kind.{k.value}" for k in transfers.RecipientKind]
+        + [f"console.transfers.status.{s.value}" for s in transfers.RecordStatus]
+        + [f"console.transfers.do.{a.value}" for a in transfers.TransferAction]
+        + [f"console.transfers.level.{v}" for v in ("ok", "warning", "reached")]
+        + [f"console.transfers.klass.{k.value}" for k in transfers.Klass]
+        + [f"console.transfers.limit.{t}" for t in transfers.THRESHOLDS]
+        + ["console.transfers.limit.approved_scale"]  # warning_marks names a record's scale so
+        + [
+            f"console.incidents.status.{s}"
+            for s in (incidents.Status.OPEN, incidents.Status.NOTIFIED, incidents.Status.CLOSED)
+        ]
+        + [f"console.incidents.part.{f}" for f in incidents.FIELDS]
+        + [f"console.records.kind.{k}" for k in records.KINDS]
+        + [f"console.reports.state.{s}" for s in ("not_yet", "due", "overdue", "filed")]
+        + [f"console.apps.status.{s}" for s in APP_STATUSES]
+        + [f"console.apps.do.{s}" for s in APP_STATUSES if s != "pending"]
+    )
+    for language in ("en", "zh-CN"):
+        missing = [k for k in keys if k not in messages(language)]
+        assert not missing, (language, missing)
