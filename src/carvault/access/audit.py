@@ -102,6 +102,7 @@ class AuditAction(StrEnum):
     TRANSFER_RECORD = "transfer.record"
     TRANSFER_SUSPEND = "transfer.suspend"
     TRANSFER_WARNING = "transfer.warning"
+    DIAGNOSTICS_READ = "diagnostics.read"  # issue 14: trouble codes and warning lamps
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

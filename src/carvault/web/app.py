@@ -25,6 +25,7 @@ from carvault.web.routes import (
     consents,
     data_sheet,
     deletion,
+    diagnostics,
     events,
     exports,
     frames,
@@ -101,6 +102,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         live.router,  # live (issue 10): the car's live channel (WebSocket, docs/protocol.md §8)
         admin.router,  # the operator's API (issue 11): every route behind a staff role
         support.router,  # issue 11: the owner approves or declines support tickets' access
+        diagnostics.router,  # issue 14: trouble codes and warning lamps in plain words
         _operations(region),
     )
     for r in routers:

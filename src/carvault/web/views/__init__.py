@@ -13,6 +13,7 @@ from carvault.web.views import (
     data_sheet,
     deletion,
     developers,
+    diagnostics,
     downloads,
     drives,
     live,
@@ -33,6 +34,7 @@ router.include_router(live.router)  # issue 10: a vehicle's Live page
 router.include_router(data_sheet.router)  # issue 11: the public Data Act data sheet
 router.include_router(rights.router)  # issue 11: my rights requests and incident notices
 router.include_router(support.router)  # issue 11: the owner approves or declines support tickets
+router.include_router(diagnostics.router)  # issue 14: a vehicle's warning lamps and trouble codes
 
 
 def install(app: FastAPI) -> None:
