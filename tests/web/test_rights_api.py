@@ -291,3 +291,22 @@ def test_next_of_kin_deletion_is_verified_then_carried_out_by_the_dpo(
     assert closed.status_code == 200
     seen = http.get(f"/api/v1/rights-requests/{rid}", headers=relative.headers).json()
     assert seen["status"] == "done" and seen["outcome"] == "Your father's data was erased."
+
+
+def test_a_legal_hold_keeps_a_deletion_request_open_until_it_ends(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    hold = region.deletions.place_hold(vehicle.vin, "Shanghai court", "case 2026-17")
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "deletion", "vin": vehicle.vin})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    dpo = _dpo(region)
+    http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=dpo)
+    early = http.post(f"/api/v1/admin/rights-requests/{rid}/complete", headers=dpo, json={"outcome": "erased"})
+    assert early.status_code == 409 and "held" in early.json()["error"]["message"]
+    region.deletions.release_hold(hold.id)  # the waiting deletion proceeds
+    done = http.post(f"/api/v1/admin/rights-requests/{rid}/complete", headers=dpo, json={"outcome": "erased"})
+    assert done.status_code == 200, done.text
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) == 0

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from carvault.compliance.rights import CLI_ROLE, HANDLING_BASIS, Kind, Status, actor_of, request_json
 from carvault.compliance.roles import Permission, Role, allows
-from carvault.errors import CarVaultError, RoleForbidden
+from carvault.errors import CarVaultError, RoleForbidden, ValidationFailed
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -147,6 +147,8 @@ def assign(
     with region_of(data_dir, region, database_url) as r:
         by = handler_of(r, as_, Permission.RIGHTS_HANDLE)
         m = r.staff.by_username(to)
+        if m.disabled_ms is not None:
+            raise ValidationFailed(f"{m.username} is disabled", field="username")
         req = r.rights.assign(request_id, by, CliHandler(m.username, m.role))
     console.print(f"request {req.id} assigned to {req.handler_role}:{req.handler}", highlight=False)
 
