@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from carvault.ingest.fleet_telemetry import FleetMapping
 from carvault.protocol.fleet_telemetry import vehicle_data_pb2 as pb
-from carvault.protocol.fleet_telemetry.envelope import Answer
+from carvault.protocol.fleet_telemetry.envelope import Answer, decode_answer
 from carvault.region import Region
 from carvault.server import BackgroundServer, free_port
 from carvault.settings import Settings
@@ -274,20 +274,22 @@ def _closed_reason_with(world: World, cert: Issued) -> str:
     return run_coroutine(go())
 
 
-def test_text_messages_close_the_connection(world: World) -> None:
+def test_text_messages_close_the_connection_after_the_records_before_them(world: World) -> None:
     ctx = client_context(world.pki, world.pki.vehicle(VIN))
 
-    async def go() -> int | None:
+    async def go() -> tuple[bool, int | None]:
         async with FleetClient(world.url, ctx) as c:
+            await c.ws.send(_good(1))
             await c.ws.send("hello")
+            answer = decode_answer(await asyncio.wait_for(c.ws.recv(), 20))
             try:
                 await asyncio.wait_for(c.ws.recv(), 10)
             except ConnectionClosed as e:
-                return e.rcvd.code if e.rcvd is not None else None
-        return None
+                return answer.ok, e.rcvd.code if e.rcvd is not None else None
+        return answer.ok, None
 
-    assert run_coroutine(go()) == 1003
-    assert world.stored() == 0
+    assert run_coroutine(go()) == (True, 1003)
+    assert world.stored() == 1
 
 
 def test_viss_subscribers_see_what_a_tesla_streams(world: World) -> None:

@@ -608,35 +608,42 @@ class FleetListener:
         except CarVaultError as e:
             await ws.close(1008, f"{e.code}: {e.message}"[:120])
             return
-        try:
-            while True:
-                batch = await self._gather(ws)
-                if batch is None:
-                    return
+        while True:
+            batch, ending = await self._gather(ws)
+            if batch:
                 done = await asyncio.to_thread(self.fleet.ingest, vin, batch)
-                for o in done.outcomes:
-                    await ws.send(o.answer)
+                try:
+                    for o in done.outcomes:
+                        await ws.send(o.answer)
+                except ConnectionClosed:
+                    ending = ending or "closed"  # stored all the same: the car sends them again, kept once
                 await self.fleet.publish(vin, done.stored)
-        except ConnectionClosed:
-            return
+            if ending == "text":
+                await ws.close(1003, "Fleet Telemetry messages are binary")
+            if ending:
+                return
 
-    async def _gather(self, ws: Any) -> list[bytes] | None:
-        """The next messages for one batch: the first waited for, more for up to ``fleet_batch_wait_ms``."""
-        first = await ws.recv()
-        if isinstance(first, str):
-            await ws.close(1003, "Fleet Telemetry messages are binary")
-            return None
-        batch = [first]
-        deadline = asyncio.get_running_loop().time() + self.batch_wait_s
+    async def _gather(self, ws: Any) -> tuple[list[bytes], str | None]:
+        """The next messages for one batch (the first waited for, more for up to ``fleet_batch_wait_ms``), and
+        whether the connection ends after them: ``closed`` by the car, or ``text`` (a text message, refused)."""
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        batch: list[bytes] = []
+        deadline = 0.0
         while len(batch) < self.batch_records:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
+            left = deadline - loop.time()
+            if batch and left <= 0:
                 break
             try:
-                more = await asyncio.wait_for(ws.recv(), left)
+                message = await (asyncio.wait_for(ws.recv(), left) if batch else ws.recv())
             except TimeoutError:
                 break
-            if isinstance(more, str):
-                break
-            batch.append(more)
-        return batch
+            except ConnectionClosed:
+                return batch, "closed"
+            if isinstance(message, str):
+                return batch, "text"
+            batch.append(message)
+            if len(batch) == 1:
+                deadline = loop.time() + self.batch_wait_s
+        return batch, None
