@@ -586,6 +586,8 @@ def test_a_finalised_report_does_not_change_and_is_signed(seeded: Region) -> Non
     with seeded.db.session() as s:
         s.add(_batch(VINS[1], 3, at(2026, 11, 1), [SPEED], 1_000, 2_000))
     assert seeded.reports.report(2026) == filed
+    fresh = seeded.reports.compute(2026)["sections"]
+    assert [list(v) for v in seeded.reports.report(2026)["sections"].values()] == [list(v) for v in fresh.values()]
     assert seeded.reports.compute(2026)["sections"]["scale"]["batches"]["value"] == 5  # the records did change
     with pytest.raises(ReportFinalised):
         seeded.reports.finalise(2026, ADMIN)

@@ -200,7 +200,7 @@ class AnnualReports:
         body = self.compute(year)
         body["finalised"] = {"at_ms": body["generated_ms"], "by": str(actor)}
         report = self.sign(body)
-        text = json.dumps(report, ensure_ascii=False, sort_keys=True)
+        text = json.dumps(report, ensure_ascii=False)  # in report order (the PDF follows it); signed sorted
         digest = hashlib.sha256(text.encode()).hexdigest()
         try:
             with self.db.session() as s:
