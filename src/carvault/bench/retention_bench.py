@@ -9,7 +9,7 @@ that has been read. Then three runs of ``Retention.run`` are timed on the same s
 - **dry run** at the time every batch has expired: the plan and the per category figures from each batch's
   Parquet footer, nothing changed;
 - **withhold** a year and a day after the last batch: body and cabin are past their period in every batch, so
-  each batch is marked and its query copy rewritten without those columns;
+  each batch is marked and its query copy dropped (the next read rebuilds it without those columns);
 - **purge** ten years and a day after the last batch: every batch is erased (evidence zeroed and fsynced, index
   row, query copy).
 
