@@ -72,6 +72,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
             "carvault.access.exports",
             "carvault.compliance.orders",
             "carvault.compliance.residency",
+            "carvault.compliance.rights",
+            "carvault.compliance.incidents",
+            "carvault.compliance.records",
             "carvault.ingest.reconcile",
             "carvault.ingest.validation",
         )
