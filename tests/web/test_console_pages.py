@@ -263,6 +263,9 @@ def test_rights_request_refused_with_a_reason(region: Region, http: httpx.Client
     done = region.rights.get(filed.id)
     assert done.status == "refused" and done.reason == "Not ours to decide" and done.handler_role == "dpo"
     assert http.get("/console/rights/999999").status_code == 404
+    r = http.get("/console/rights/0")  # refused by the route's own validation: still the console's page
+    assert r.status_code == 400 and "<h1>This cannot be done</h1>" in r.text
+    assert http.get("/api/v1/rights-requests/0", headers=owner.headers).json()["error"]["code"] == "validation_failed"
 
 
 def test_apps_decided_in_the_console_are_recorded(region: Region, http: httpx.Client) -> None:

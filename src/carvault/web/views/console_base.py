@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -361,9 +362,21 @@ def install(app: FastAPI, sections: tuple[Section, ...]) -> None:
 
     app.state.html_error = html_error
 
+    # A path or query value a console route refuses (an id out of range) is a page too, not the API's JSON.
+    api_validation = app.exception_handlers.get(RequestValidationError)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> Response:
+        if request.url.path.startswith(CONSOLE + "/") or api_validation is None:
+            return await console_error_page(request, 400, "; ".join(str(x.get("msg", "")) for x in e.errors()[:3]))
+        response: Response = await api_validation(request, e)
+        return response
+
 
 async def console_error_page(request: Request, status: int, message: str) -> HTMLResponse:
     """The console's error page (with the nav when a staff member is logged in)."""
     p = await console_page(request, login=False)
-    key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(status, "error.other")
+    key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(
+        status, "console.cannot" if 400 <= status < 500 else "error.other"
+    )
     return p.render("console_error.html", status=status, title=p.t(key), message=message, status_code=status)
