@@ -23,7 +23,7 @@ import csv
 import math
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -361,8 +361,8 @@ class FleetTelemetry:
         catalogue: Catalogue,
         ca: RegionCA,
         attestation_key: Ed25519PrivateKey,
-        register: Any,
-        log_key_of: Any,
+        register: Callable[..., Any],
+        log_key_of: Callable[[str], bytes],
         hub: LiveHub | None = None,
         telemetry: TelemetryStore | None = None,
     ) -> None:
