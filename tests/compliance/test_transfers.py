@@ -580,3 +580,41 @@ def test_an_app_abroad_is_granted_only_what_its_record_covers(region: Region, ve
         assert list(s.scalars(select_(Grant))) == []
     assert grant("Vehicle.Speed") is not None
     assert events(region) == 0  # a grant is a promise, not yet a transfer
+
+
+def test_a_case_for_an_authority_abroad_reads_only_under_a_record_naming_that_authority(
+    region: Region, vehicle: VehicleIdentity
+) -> None:
+    from carvault.compliance.roles import Role
+    from tests.factories import make_staff
+
+    owner = region.accounts.register("order-abroad@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vehicle.vin, vehicle.pairing_code)
+    liaison, _ = make_staff(region, Role.LIAISON)  # works here; the order comes from abroad
+    case = region.cases.open(
+        liaison,
+        kind="authority_order",
+        vins=[vehicle.vin],
+        legal_basis="mutual legal assistance, approved by the competent authority",
+        ends_ms=now_ms() + 7 * DAY_MS,
+        reference="MLA-9",
+        subject="a crash under investigation",
+        authority="Foreign Police",
+        jurisdiction="us",
+    )
+    with pytest.raises(CrossBorderTransfer) as e:
+        region.cases.access(liaison, case.id, vehicle.vin)
+    assert "Foreign Police" in e.value.message
+    shareable = sorted(c for c in CATEGORIES if CATEGORIES[c].privacy is not PrivacyClass.IMPORTANT)
+    rec = add_record(
+        region,
+        kind="authority",
+        recipient="Foreign Police",
+        jurisdiction="us",
+        route="security_assessment",
+        categories=shareable,
+    )
+    access = region.cases.access(liaison, case.id, vehicle.vin)
+    assert access.transfer is not None and access.transfer.id == rec.id
+    (event,) = region.transfers.events(record_id=rec.id)
+    assert event.principal == "authority:Foreign Police" and event.owner_id == owner.id

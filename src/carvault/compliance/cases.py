@@ -310,6 +310,15 @@ class Cases:
         )
         view = ScopedView(self.catalogue, vin, scope)
         transfer = self._admit_transfer(staff, case, view, vin) if staff.jurisdiction != self.region else None
+        if case.kind == "authority_order" and case.authority and case.jurisdiction not in (None, self.region):
+            # Read for an authority abroad: the data goes to it (Data Security Law Art. 36), so it needs a record too.
+            gate = self.transfers()
+            categories = sorted({s.category for s in view.allowed()})
+            if gate is None:
+                raise CrossBorderTransfer(f"an order from {case.jurisdiction} needs a transfer record")
+            transfer = gate.check(
+                "authority", case.authority, case.jurisdiction, owner_id=case.owner_id, categories=categories, vin=vin
+            )
         # The owner's access log then names the transfer record of a read from abroad (Grants.record_read).
         return Access(v, view, staff.actor, case_basis(case), case_id=case.id, transfer=transfer)
 
