@@ -310,6 +310,7 @@ def test_every_kind_status_role_and_notice_part_has_english_and_chinese_text() -
         + [f"rights.role.{r.value}" for r in Role]
         + [f"rights.role.{CLI_ROLE}", "notice.rights_filed", "notice.rights_withdrawn"]
         + [f"notices.part.{f}" for f in FIELDS]
+        + [f"rights.deadline_rule.{k}" for k in DEADLINES]  # the owner reads each rule's source in their language
     )
     for lang in ("en", "zh-CN"):
         messages = i18n.messages(lang)

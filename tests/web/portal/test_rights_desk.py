@@ -127,6 +127,7 @@ def test_owner_files_requests_a_dpo_answers_and_the_owner_reads_the_outcomes(
     assert zh.locator("h1").inner_text() == "我的请求"
     assert "已完成" in _row(zh, "deletion").inner_text() and "个人信息保护负责人" in _row(zh, "deletion").inner_text()
     assert "已拒绝" in _row(zh, "complaint").inner_text() and "拒绝理由" in _row(zh, "complaint").inner_text()
+    assert "中国规定" in (_row(zh, "complaint").text_content() or "")  # where the deadline comes from, in Chinese
     _file(zh, "explanation", details="请说明我的行程数据如何被使用。")
     zh.wait_for_url(re.compile(r".*notice=rights_filed$"))
     assert "您的请求已受理" in zh.locator(".flash-ok[role=status]").inner_text()
