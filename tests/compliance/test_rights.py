@@ -332,3 +332,56 @@ def test_the_owners_own_jurisdiction_counts_when_its_deadline_is_sooner(region: 
     us = Rights(region.db, region.audit, "us")
     assert us.file(us.check(alice, Kind.ACCESS), now=received).deadline_rule == "eu"
     assert us.file(us.check(bob, Kind.ACCESS), now=received).deadline_rule == "us"
+
+
+def test_cli_every_incident_and_record_command(region: Region, tmp_path: Path) -> None:
+    alice = _owner(region, "alice")
+    text = {
+        lang: {f: f"{f} {lang}" for f in ("what", "cause", "harm", "measures", "actions", "contact")}
+        for lang in ("en", "zh-CN")
+    }
+    (tmp_path / "n.json").write_text(json.dumps(text, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "report.txt").write_text("Reported under PIPL Art. 57.", encoding="utf-8")
+    common = ["--detected", "2026-11-30T08:00:00Z", "--content", str(tmp_path / "n.json")]
+    _cli(region, "incidents", "record", "--title", "Laptop stolen", *common, "--owner", str(alice))
+    assert _cli(region, "incidents", "affected", "1").split() == [str(alice)]
+    assert "Laptop stolen" in _cli(region, "incidents", "list")
+    assert json.loads(_cli(region, "incidents", "list", "--json"))[0]["scope"]["owner_ids"] == [alice]
+    _cli(
+        region,
+        "incidents",
+        "authority",
+        "1",
+        "--authority",
+        "CAC",
+        "--reference",
+        "R-9",
+        "--content",
+        str(tmp_path / "report.txt"),
+    )
+    shown = json.loads(_cli(region, "incidents", "show", "1"))
+    assert shown["authority"]["reference"] == "R-9" and shown["authority"]["content"].startswith("Reported")
+    _cli(region, "incidents", "close", "1")
+    assert "conflict" in _cli(region, "incidents", "close", "1", code=1)
+
+    (tmp_path / "p.json").write_text(
+        json.dumps(
+            {
+                "name": "Call centre",
+                "purpose": "support",
+                "legal_basis": "contract C-2",
+                "retention": "1 year",
+                "jurisdiction": "cn",
+            }
+        ),
+        encoding="utf-8",
+    )
+    _cli(region, "records", "add-processor", "callcentre", "--file", str(tmp_path / "p.json"))
+    rid = region.records.list(kind="processor")[0].id
+    (tmp_path / "change.json").write_text(json.dumps({"retention": "2 years"}), encoding="utf-8")
+    _cli(region, "records", "update-processor", str(rid), "--file", str(tmp_path / "change.json"))
+    assert json.loads(_cli(region, "records", "show", str(rid)))["retention"] == "2 years"
+    _cli(region, "records", "retire", str(rid))
+    listed = json.loads(_cli(region, "records", "list", "--kind", "processor", "--retired", "--json"))
+    assert [r["key"] for r in listed] == ["callcentre"] and listed[0]["deletable_from_ms"] is not None
+    assert "callcentre" not in _cli(region, "records", "list", "--current")
