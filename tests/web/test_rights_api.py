@@ -273,7 +273,8 @@ def test_next_of_kin_deletion_is_verified_then_carried_out_by_the_dpo(
     early = http.post(f"/api/v1/admin/rights-requests/{rid}/deletion", headers=dpo)
     assert early.status_code == 409  # evidence first
     with region.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) > 0
+        kept = s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin))
+    assert kept is not None and kept > 0
     ok = http.post(f"/api/v1/admin/rights-requests/{rid}/verify", headers=dpo, json={"note": "registry checked"})
     assert ok.status_code == 200
     done = http.post(f"/api/v1/admin/rights-requests/{rid}/deletion", headers=dpo)
