@@ -158,7 +158,9 @@ def test_the_catalogue_covers_the_whole_car() -> None:
         assert cat.select([b]), b
     occupancy = [s for s in cat if s.path.endswith(".OccupancyStatus")]
     assert len(occupancy) == 5 and all(s.privacy is not PrivacyClass.TECHNICAL for s in occupancy)
-    assert cat["Vehicle.Cabin.Infotainment.Navigation.DestinationSet.Latitude"].privacy is PrivacyClass.SENSITIVE
+    # Precise coordinates live only in CurrentLocation, which consent and grants coarsen (location.coarsen).
+    coordinates = {s.path for s in cat if s.path.endswith(("Latitude", "Longitude"))}
+    assert coordinates == {"Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"}
     assert {"diagnostics", "service"} <= {s.category for s in cat}
     on_change = [s for s in cat if s.on_change]
     assert len(on_change) >= 150 and all(s.rate_hz == 1 for s in on_change)

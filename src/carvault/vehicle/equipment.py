@@ -402,8 +402,6 @@ def signals(
     out["Vehicle.Connectivity.IsConnectivityAvailable"] = trues
     out["Vehicle.Trailer.IsConnected"] = falses
     out["Vehicle.CurrentLocation.VerticalAccuracy"] = np.full(n, 4.5)
-    out["Vehicle.Cabin.Infotainment.Navigation.DestinationSet.Latitude"] = s["dest_lat"]
-    out["Vehicle.Cabin.Infotainment.Navigation.DestinationSet.Longitude"] = s["dest_lon"]
 
     # ---------------------------------------------------------------- trouble codes and lamps
     status, dtcs, fault, _ = _faults(s, rng)

@@ -527,7 +527,6 @@ def _route(
 # Per-row state every segment carries (floats default 0, booleans False).
 _FLOAT_KEYS: tuple[str, ...] = ("v", "kappa", "x", "y", "theta", "charge_w", "dv_long", "dv_lat", "hr_boost")
 _FLOAT_KEYS += ("p_override", "pedal_override")  # NaN where the physics decides
-_FLOAT_KEYS += ("dest_x", "dest_y")  # the navigation destination; NaN when none is set
 _BOOL_KEYS: tuple[str, ...] = ("gear_d", "door", "occ", "belt_d", "belt_p", "hvac", "charging", "dc", "hazard")
 _BOOL_KEYS += ("abs", "aeb", "eba", "emerg", "airbag_d", "airbag_p", "driving", "postcrash", "cruise", "ldw")
 _BOOL_KEYS += ("pax", "plug")  # a front passenger is in; a charging cable is in the port
@@ -540,8 +539,6 @@ def _blank(n: int, *, x: float, y: float, theta: float) -> dict[str, np.ndarray]
     seg["x"][:], seg["y"][:], seg["theta"][:] = x, y, theta
     seg["p_override"][:] = np.nan
     seg["pedal_override"][:] = np.nan
-    seg["dest_x"][:] = np.nan
-    seg["dest_y"][:] = np.nan
     seg["lv"] = np.full(n, LV_ON, dtype=np.int8)
     return seg
 
@@ -865,10 +862,7 @@ def _drive_leg(d: _Day, li: int, leg: _Leg, trips: Any, stops: Any) -> bool:
     start_ms = _depart(d, leg, n_pre)
     d.st.ign += 1  # this drive's ignition cycle
     d.pos = (d.pos[0], d.pos[1], float(theta[0]))
-    pre = _pre_drive(n_pre, d.pos, passenger)
-    dest = d.places[leg.dest]
-    pre["dest_x"][:], pre["dest_y"][:] = dest.real, dest.imag  # the driver sets the destination getting in
-    t = d.place(pre, start_ms)
+    t = d.place(_pre_drive(n_pre, d.pos, passenger), start_ms)
 
     drive = _blank(len(v10), x=0.0, y=0.0, theta=0.0)
     drive.update(v=v10, a=np.gradient(v10, DT), kappa=kappa, x=z.real, y=z.imag, theta=theta)
@@ -876,7 +870,6 @@ def _drive_leg(d: _Day, li: int, leg: _Leg, trips: Any, stops: Any) -> bool:
         drive[flag][:] = True
     drive["belt_p"][:] = passenger
     drive["pax"][:] = passenger
-    drive["dest_x"][:], drive["dest_y"][:] = dest.real, dest.imag
     drive_start = t
     if hard is not None:
         d.events += _hard_braking(drive, hard, t)
@@ -1120,8 +1113,6 @@ def _table(
     one_hz = _one_hz(s, spec, rng, dark)
     # The body, cabin, wear, diagnostics and software signals draw from their own stream (equipment.py).
     vin, seed, day = key
-    s["dest_lat"] = ANCHOR[0] + np.degrees(s["dest_y"] / EARTH_RADIUS_M)
-    s["dest_lon"] = ANCHOR[1] + np.degrees(s["dest_x"] / (EARTH_RADIUS_M * np.cos(np.radians(ANCHOR[0]))))
     extra = equipment.signals(
         s,
         spec,
