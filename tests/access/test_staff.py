@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pyotp
@@ -11,10 +13,12 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from carvault.access.staff import IDLE_MS, MAX_SESSION_MS, TOTP_STEP_S
+from carvault.bench.pg_cluster import TemporaryPostgres
 from carvault.cli import app
 from carvault.compliance.roles import Role
 from carvault.errors import AlreadyExists, Conflict, TooManyRequests, Unauthenticated, ValidationFailed
 from carvault.region import Region
+from carvault.settings import Settings
 from carvault.store.metadata import AuditEvent, StaffMember, StaffSession, now_ms
 from tests.factories import make_staff
 
@@ -277,3 +281,39 @@ def test_the_staff_api_logs_in_manages_and_logs_out(region: Region, http: httpx.
     # Logging out ends the admin's own session.
     assert http.delete("/api/v1/admin/session", headers=admin).status_code == 200
     assert http.get("/api/v1/admin/me", headers=admin).status_code == 401
+
+
+def test_two_admins_removing_each_other_at_once_leave_one(region: Region) -> None:
+    for _ in range(3):  # a few rounds: the race must never leave the region without an admin
+        a, _ = make_staff(region, Role.REGION_ADMIN)
+        b, _ = make_staff(region, Role.REGION_ADMIN)
+        for other in region.staff.list(include_disabled=False):
+            if other.role == Role.REGION_ADMIN and other.id not in (a.staff_id, b.staff_id):
+                region.staff.disable(other.id)
+        start = threading.Barrier(2)
+
+        def remove(pair: tuple[int, bool], start: threading.Barrier = start) -> str:
+            staff_id, by_role = pair
+            start.wait()
+            try:
+                if by_role:
+                    region.staff.set_role(staff_id, Role.AUDITOR)
+                else:
+                    region.staff.disable(staff_id)
+                return "ok"
+            except Conflict:
+                return "conflict"
+
+        with ThreadPoolExecutor(2) as pool:
+            results = sorted(pool.map(remove, [(a.staff_id, False), (b.staff_id, True)]))
+        assert results == ["conflict", "ok"]
+        admins = [m for m in region.staff.list(include_disabled=False) if m.role == Role.REGION_ADMIN]
+        assert len(admins) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_last_admin_stays_on_postgresql(settings: Settings) -> None:
+    """On PostgreSQL (READ COMMITTED) two transactions each see the other admin active unless rows are locked."""
+    with TemporaryPostgres(fsync=False) as pg, Region(settings.with_(database_url=pg.create_database("staff"))) as r:
+        test_two_admins_removing_each_other_at_once_leave_one(r)

@@ -17,6 +17,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from carvault.access.staff import StaffPrincipal
+from carvault.bench.pg_cluster import TemporaryPostgres
 from carvault.cli import app
 from carvault.compliance.cases import case_state
 from carvault.compliance.roles import Role
@@ -33,6 +34,7 @@ from carvault.errors import (
 )
 from carvault.provisioning import provision
 from carvault.region import Region
+from carvault.settings import Settings
 from carvault.store.metadata import AuditEvent, Case, Vehicle, now_ms
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
@@ -46,6 +48,10 @@ DAY = 86_400_000
 @pytest.fixture
 def owned(region: Region, tmp_path: Path) -> tuple[int, list[str]]:
     """An owner with two vehicles, and another owner's vehicle (vin_for(3))."""
+    return _owned(region, tmp_path)
+
+
+def _owned(region: Region, tmp_path: Path) -> tuple[int, list[str]]:
     owner = region.accounts.register("case-owner@example.com", "correct horse battery")
     other = region.accounts.register("someone-else@example.com", "correct horse battery")
     vins = []
@@ -397,3 +403,10 @@ def test_concurrent_decisions_and_closings_count_once(region: Region, owned: tup
         assert len(recorded) == 1
     final = region.cases.get(case.id)
     assert (final.owner_approved_ms is None) != (final.owner_declined_ms is None) and final.closed_ms is not None
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_concurrent_decisions_count_once_on_postgresql(settings: Settings, tmp_path: Path) -> None:
+    with TemporaryPostgres(fsync=False) as pg, Region(settings.with_(database_url=pg.create_database("cases"))) as r:
+        test_concurrent_decisions_and_closings_count_once(r, _owned(r, tmp_path))

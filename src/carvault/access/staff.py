@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import pyotp
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from carvault.access.accounts import MIN_PASSWORD, FailureLimiter, hash_password, token_hash, verify_password
 from carvault.access.audit import LEGAL_OBLIGATION, Actor, AuditAction, AuditLog
@@ -42,6 +42,9 @@ _SEAL_MAGIC = b"cvtotp1"
 _NONCE_LEN = 12
 # The basis of recording what staff do: the operator's duty to account for access to personal data.
 STAFF_BASIS = LEGAL_OBLIGATION
+
+
+_ACTIVE_ADMIN = (StaffMember.role == Role.REGION_ADMIN.value, StaffMember.disabled_ms.is_(None))
 
 
 @dataclass(frozen=True)
@@ -186,15 +189,15 @@ class Staff:
         log-in)."""
         role = check_role(str(role))
         with self.db.session() as s:
+            old = s.scalar(select(StaffMember.role).where(StaffMember.id == staff_id))
+            changed = self._change_keeping_an_admin(s, staff_id, StaffMember.role != role.value, role=role.value)
             m = s.get(StaffMember, staff_id)
             if m is None:
                 raise NotFound("no such staff member", staff_id=staff_id)
-            old = m.role
-            if old == role.value:
-                return m
-            if old == Role.REGION_ADMIN and m.disabled_ms is None:
-                self._keep_an_admin(s, staff_id)
-            m.role = role.value
+            if not changed:
+                if m.role == role.value:
+                    return m
+                raise Conflict("this is the last active region admin; name another one first")
             self._end_sessions(s, staff_id)
         self._record(by, AuditAction.STAFF_ROLE, m, role=role.value, previous=old)
         return m
@@ -202,14 +205,16 @@ class Staff:
     def disable(self, staff_id: int, *, by: Actor | None = None) -> StaffMember:
         """Disable an account: every session ends at once; the last active region admin cannot be disabled."""
         with self.db.session() as s:
+            changed = self._change_keeping_an_admin(
+                s, staff_id, StaffMember.disabled_ms.is_(None), disabled_ms=now_ms()
+            )
             m = s.get(StaffMember, staff_id)
             if m is None:
                 raise NotFound("no such staff member", staff_id=staff_id)
-            if m.disabled_ms is not None:
-                return m
-            if m.role == Role.REGION_ADMIN:
-                self._keep_an_admin(s, staff_id)
-            m.disabled_ms = now_ms()
+            if not changed:
+                if m.disabled_ms is not None:
+                    return m
+                raise Conflict("this is the last active region admin; name another one first")
             self._end_sessions(s, staff_id)
         self._record(by, AuditAction.STAFF_DISABLE, m)
         return m
@@ -382,20 +387,30 @@ class Staff:
             raise Unavailable("the region's data key is not loaded: staff second factors cannot be sealed")
         return self.db.data_key
 
-    @staticmethod
-    def _keep_an_admin(s: Session, staff_id: int) -> None:
-        """Refuse a change that would leave no active region admin."""
-        others = s.scalar(
+    def _change_keeping_an_admin(
+        self, s: Session, staff_id: int, needed: ColumnElement[bool], **values: object
+    ) -> bool:
+        """Apply ``values`` to a member if ``needed`` holds and an active region admin other than them remains
+        (or they are none themselves); whether it was applied.
+
+        One conditional UPDATE decides, so two admins disabling each other at once cannot leave none: SQLite runs
+        it under its one write lock; on PostgreSQL the active admins' rows are locked first, so the second
+        statement counts after the first commits.
+        """
+        if not self.db.is_sqlite:
+            s.execute(select(StaffMember.id).where(*_ACTIVE_ADMIN).with_for_update())
+        others = aliased(StaffMember)
+        remaining = (
             select(func.count())
-            .select_from(StaffMember)
-            .where(
-                StaffMember.role == Role.REGION_ADMIN.value,
-                StaffMember.disabled_ms.is_(None),
-                StaffMember.id != staff_id,
-            )
+            .select_from(others)
+            .where(others.role == Role.REGION_ADMIN.value, others.disabled_ms.is_(None), others.id != staff_id)
+            .scalar_subquery()
         )
-        if not others:
-            raise Conflict("this is the last active region admin; name another one first")
+        not_the_last = or_(
+            StaffMember.role != Role.REGION_ADMIN.value, StaffMember.disabled_ms.is_not(None), remaining > 0
+        )
+        done = s.execute(update(StaffMember).where(StaffMember.id == staff_id, needed, not_the_last).values(**values))
+        return rowcount(done) == 1
 
     @staticmethod
     def _end_sessions(s: Session, staff_id: int) -> int:
