@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from carvault.access.audit import Actor
 from carvault.compliance import report_pdf
-from carvault.compliance.annual_report import NOT_RECORDED, apportion, verify_signature
+from carvault.compliance.annual_report import NOT_RECORDED, apportion, verify_signature, year_bounds
 from carvault.errors import FontMissing, InvalidQuery, ReportFinalised, ValidationFailed
 from carvault.region import Region
 from carvault.settings import Settings
@@ -741,3 +741,18 @@ def test_docs_name_every_figure_and_section(seeded: Region) -> None:
         for key, value in section.items():
             if isinstance(value, dict) and "value" in value or key in ("rows", "categories", "refusals"):
                 assert f"`{key}" in doc, (name, key)
+
+
+def test_the_year_follows_each_region_civil_time() -> None:
+    utc = dt.UTC
+    assert year_bounds("cn", 2026)[:2] == (
+        int(dt.datetime(2025, 12, 31, 16, tzinfo=utc).timestamp() * 1000),
+        int(dt.datetime(2026, 12, 31, 16, tzinfo=utc).timestamp() * 1000),
+    )
+    assert year_bounds("eu", 2026)[0] == int(dt.datetime(2025, 12, 31, 23, tzinfo=utc).timestamp() * 1000)
+    assert year_bounds("us", 2026)[0] == int(dt.datetime(2026, 1, 1, 5, tzinfo=utc).timestamp() * 1000)
+    assert year_bounds("zz", 2026) == (
+        int(dt.datetime(2026, 1, 1, tzinfo=utc).timestamp() * 1000),
+        int(dt.datetime(2027, 1, 1, tzinfo=utc).timestamp() * 1000),
+        "UTC",
+    )
