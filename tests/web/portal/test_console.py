@@ -141,7 +141,8 @@ def test_refuse_a_request_and_run_a_dry_purge(browser: Any, cw: ConsoleWorld, la
         page.fill("#password", PASSWORD)
         page.fill("#code", "000000")
         page.click(".auth-card button[type=submit]")
-        assert page.locator(".flash-error").is_visible()  # a wrong code keeps you out
+        page.wait_for_selector(".flash-error")  # a wrong code keeps you out
+        assert page.url.endswith("/console/login")
         _log_in(page, cw, username)
         # The dashboard: tiles of the DPO's areas, the rights desk among them, and no staff management.
         assert page.locator("h1").inner_text() == ("总览" if zh else "Dashboard")
@@ -204,7 +205,8 @@ def test_support_sees_only_its_areas_and_is_refused_elsewhere(browser: Any, cw: 
         _check(page, "console-forbidden-support")
         # The language switch keeps the page.
         page.goto("/console/rights")
-        page.select_option("#lang-select", "zh-CN")
+        with page.expect_navigation():  # the switch submits itself and comes back to this page
+            page.select_option("#lang-select", "zh-CN")
         page.wait_for_url(re.compile(r".*/console/rights(\?.*)?$"))
         assert page.locator("html").get_attribute("lang") == "zh-CN"
         assert "权利请求" in page.locator("nav").inner_text()
