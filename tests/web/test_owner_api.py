@@ -144,6 +144,7 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}/timeline?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
     ("GET", "/api/v1/vehicles/{vin}/route?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
     ("GET", "/api/v1/vehicles/{vin}/portability", None),
+    ("GET", "/api/v1/vehicles/{vin}/diagnostics?end=2025-11-14T00:00:00Z&days=2", None),  # issue 14
     # No frame exists here, so the owner gets 404 too; tests/ingest/test_frames.py checks a real frame.
     ("GET", "/api/v1/vehicles/{vin}/frames/" + "0" * 64, None),
 ]
