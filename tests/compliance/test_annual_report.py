@@ -37,6 +37,7 @@ from carvault.store.metadata import (
     LegalHold,
     Owner,
     PortabilityBundle,
+    ProcessingRecord,
     RetentionRun,
     RightsRequest,
     TransferEvent,
@@ -283,6 +284,21 @@ def seed(region: Region) -> None:
                     outcome="copy sent" if status == "done" else None,
                 )
             )
+        for key, created, retired in (("cloud", at(2025, 2, 1), None), ("callcentre", at(2024, 1, 1), at(2025, 3, 1))):
+            s.add(
+                ProcessingRecord(
+                    kind="processor",
+                    key=key,
+                    name=key.title(),
+                    purpose="hosting",
+                    categories='["driving_dynamics"]',
+                    jurisdiction="cn",
+                    source="operator",
+                    created_ms=created,
+                    updated_ms=created,
+                    retired_ms=retired,
+                )
+            )
         s.add(
             DeletionRequest(
                 owner_id=o1,
@@ -461,6 +477,14 @@ def test_provision_transfers_incidents_requests_equal_independent_queries(seeded
     assert values(prov)["owners"] == len({r.owner_id for r in in_force})
     assert values(prov)["recipients"] == len({r.client_id for r in in_force})
     assert values(prov)["grants_created"] == sum(1 for r in in_force if a <= r.created_ms < b)
+    assert values(prov)["processors"] == one(
+        seeded,
+        "SELECT COUNT(*) FROM processing_records WHERE kind = 'processor' AND created_ms < :b "
+        "AND (retired_ms IS NULL OR retired_ms >= :a)",
+        a=a,
+        b=b,
+    )
+    assert values(prov)["processors"] == (2 if year == 2025 else 1)  # the call centre was retired in March 2025
 
     tr = values(sections["transfers"])
     ev = rows(
@@ -642,6 +666,7 @@ def test_the_pdf_is_chinese_first_and_english_on_request(seeded: Region) -> None
     en = _pdf_text(report_pdf.render(report, messages("en")))
     assert "Annual report on automotive data security management" in en and "Insure Ltd." in en
     assert "Link revoked" in en and "链接已撤销" not in en
+    assert "Cloud" in en and "Callcentre" not in en  # the processor engaged in 2026, not the one retired in 2025
 
 
 def test_the_pdf_refuses_without_its_font(seeded: Region, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

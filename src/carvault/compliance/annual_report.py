@@ -51,6 +51,7 @@ from carvault.store.metadata import (
     LegalHold,
     Owner,
     PortabilityBundle,
+    ProcessingRecord,
     RetentionRun,
     RightsRequest,
     TransferEvent,
@@ -66,6 +67,10 @@ FIRST_YEAR = 2000
 DUE_MONTH, DUE_DAY = 12, 15  # Art. 13: the report is due by 15 December of the year it covers
 REMIND_MONTH = 11  # the reminder shows from 1 November on
 NOT_RECORDED = "not recorded by this region"
+PROCESSOR_SOURCE = (
+    "processing_records of kind processor (entrusted processors) engaged during the year (recorded before its end, "
+    "not retired before its start)"
+)
 #: Grant kinds that provide data to a third party (a personal access token is the owner's own tool).
 PROVISION_KINDS = ("app", "portability")
 
@@ -502,6 +507,7 @@ class AnnualReports:
             "grants of kind app or portability in force during the year (created before its end, not expired or "
             "revoked before its start) joined to apps and portability_bundles"
         )
+        processors = self._processors(s, y)
         return {
             "recipients": figure(len(rows), src),
             "grants_in_force": figure(len(grants), src),
@@ -509,7 +515,32 @@ class AnnualReports:
             "owners": figure(len({g.owner_id for g in grants}), src + "; distinct owner_id"),
             "rows": rows,
             "source": src,
+            "processors": figure(len(processors), PROCESSOR_SOURCE),
+            "processor_rows": processors,
         }
+
+    @staticmethod
+    def _processors(s: Session, y: _Year) -> list[dict[str, Any]]:
+        found = s.scalars(
+            select(ProcessingRecord)
+            .where(
+                ProcessingRecord.kind == "processor",
+                ProcessingRecord.created_ms < y.end,
+                or_(ProcessingRecord.retired_ms.is_(None), ProcessingRecord.retired_ms >= y.start),
+            )
+            .order_by(ProcessingRecord.id)
+        )
+        return [
+            {
+                "key": p.key,
+                "name": p.name,
+                "purpose": p.purpose,
+                "categories": json.loads(p.categories),
+                "jurisdiction": p.jurisdiction,
+                "retired_ms": p.retired_ms,
+            }
+            for p in found
+        ]
 
     @staticmethod
     def _recipient(g: Grant, apps: dict[str, App], bundles: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -250,6 +250,13 @@ def _provision(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
     ]
     if rows:
         _table(pdf, [t(f"report.c.{c}") for c in cols], rows, (28, 30, 20, 30, 42, 18, 22))
+    processors = [
+        [p["name"], p["purpose"], ", ".join(t.name("category", c) for c in p["categories"]), p["jurisdiction"] or "—"]
+        for p in section.get("processor_rows") or []
+    ]
+    if processors:
+        cols = ["processor", "purpose", "categories", "jurisdiction"]
+        _table(pdf, [t(f"report.c.{c}") for c in cols], processors, (45, 60, 55, 30))
 
 
 def _transfers(pdf: FPDF, section: Mapping[str, Any], t: _Text) -> None:
