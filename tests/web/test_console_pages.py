@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pyotp
@@ -19,13 +21,14 @@ from carvault.compliance.rights import Kind
 from carvault.compliance.roles import Role, allows
 from carvault.region import Region
 from carvault.store.metadata import AuthorityOrder, LegalHold
+from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from carvault.web import csrf
 from carvault.web.app import create_app
 from carvault.web.deps import STAFF_COOKIE
 from carvault.web.views.console import SECTIONS, sections_markdown
 from tests.conftest import OwnerClient, make_owner
-from tests.factories import make_staff, vin_for
+from tests.factories import BASE_MS, drive_table, make_staff, opt_in, vin_for
 from tests.web.test_route_access import _routes as app_routes
 
 PASSWORD = "operator password 1"
@@ -541,3 +544,37 @@ def test_every_message_the_console_builds_exists_in_both_languages() -> None:
     for language in ("en", "zh-CN"):
         missing = [k for k in keys if k not in messages(language)]
         assert not missing, (language, missing)
+
+
+def test_an_order_releases_the_window_to_the_owner(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> None:
+    _claimed(http, owner, vehicle)
+    opt_in(region, vehicle.vin)
+    agent.record(drive_table(seconds=60), batch_seconds=60)
+    assert len(agent.upload_pending()) == 1
+    liaison, secret = make_staff(region, Role.LIAISON)
+    _as(http, secret)
+    shanghai = ZoneInfo("Asia/Shanghai")  # the region's display time zone (no browser zone cookie here)
+    at = datetime.fromtimestamp(BASE_MS / 1000, shanghai)
+    form = {
+        "authority": "Zhengzhou market supervision",
+        "reference": "(2026) 7",
+        "legal_basis": "Product Quality Law",
+        "vin": vehicle.vin,
+        "start": at.strftime("%Y-%m-%dT%H:%M:%S"),
+        "end": (at + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S"),
+        "csrf_token": csrf.token_for(secret),
+    }
+    r = http.post("/console/orders", data=form)
+    assert r.status_code == 303, r.text
+    with region.db.session() as s:
+        order = s.query(AuthorityOrder).one()
+    assert (order.start_ms, order.end_ms) == (BASE_MS, BASE_MS + 60_000)
+    page = http.get("/console/orders").text
+    assert f'data-order="{order.id}"' in page and "1 batches" in page
+    packages = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers).json()
+    assert any(p.get("order_id") == order.id for p in packages), packages  # the owner has the package
+    log = [event_json(e) for e in region.audit.list(owner.owner_id, action=AuditAction.ORDER_RELEASE)]
+    assert log[0]["actor"] == f"staff:authority_liaison:{liaison.username}"
+    assert log[0]["detail"]["authority"] == "Zhengzhou market supervision"
