@@ -235,8 +235,8 @@ def signals(
     # ---------------------------------------------------------------- wipers, washer, lights
     wipe = raining & (ready | driving)
     for end in ("Front", "Rear"):
-        mode = np.where(wipe, "RAIN_SENSOR" if end == "Front" else "INTERVAL", "OFF")
-        out[f"Vehicle.Body.Windshield.{end}.Wiping.Mode"] = _codes(f"Vehicle.Body.Windshield.{end}.Wiping.Mode", mode)
+        wiping = np.where(wipe, "RAIN_SENSOR" if end == "Front" else "INTERVAL", "OFF")
+        out[f"Vehicle.Body.Windshield.{end}.Wiping.Mode"] = _codes(f"Vehicle.Body.Windshield.{end}.Wiping.Mode", wiping)
         out[f"Vehicle.Body.Windshield.{end}.Wiping.System.IsWiping"] = wipe & (v > 0.5)
         out[f"Vehicle.Body.Windshield.{end}.Wiping.System.IsWiperError"] = falses
         out[f"Vehicle.Body.Windshield.{end}.IsHeatingOn"] = wipe & (amb < 5)
