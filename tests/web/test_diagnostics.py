@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 
@@ -230,3 +232,20 @@ def test_the_health_page_in_both_languages(
     assert f'href="/vehicles/{uploaded.vin}/diagnostics" aria-current="page"' in html  # the vehicle's tab
     later = http.get(f"/vehicles/{uploaded.vin}/diagnostics", params={"end": BASE_MS + 200_000, "days": 1}).text
     assert 'data-testid="no-lamps"' in later and 'data-code="B1A2F"' in later
+
+
+def test_new_signals_reach_the_data_sheet_and_exports_in_both_languages(
+    http: httpx.Client, owner: OwnerClient, uploaded: VehicleIdentity
+) -> None:
+    for lang, hood in (("en", "Bonnet (front hood) is open"), ("zh-CN", "前机舱盖打开")):
+        http.cookies.set(LANG_COOKIE, lang)
+        sheet = http.get("/data-sheet")
+        assert sheet.status_code == 200 and "Vehicle.Body.Hood.IsOpen" in sheet.text and hood in sheet.text, lang
+    csv_text = http.get(
+        f"/api/v1/vehicles/{uploaded.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 120_000, "format": "csv"},
+    ).text
+    header = next(csv.reader(io.StringIO(csv_text)))
+    assert {DTC_SIGNAL, LAMP, VERSION} <= set(header)
+    assert "P0AA6" in csv_text
