@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,14 +15,14 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import select
 
-from carvault.compliance.retention import DAY_MS, RECORD_CONTEXT, period_ms
+from carvault.compliance.retention import DAY_MS, RECORD_CONTEXT, lease_holder, period_ms
 from carvault.errors import RetentionRunning
 from carvault.ingest.live import LiveValue
 from carvault.ledger import merkle
 from carvault.ledger.checkpoint import parse_vkey, verify_checkpoint
 from carvault.region import Region
 from carvault.signals import CATEGORIES
-from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionWithheld
+from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionRun, RetentionWithheld
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
@@ -396,3 +398,17 @@ def test_a_deletion_takes_the_withholding_marks_of_its_batches(
     assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
     with region.db.session() as s:  # no stale mark can match a batch that later reuses a row id
         assert not list(s.scalars(select(RetentionWithheld).where(RetentionWithheld.vin == vehicle.vin)))
+
+
+def test_a_lease_left_by_a_killed_run_on_this_machine_is_taken_over(region: Region) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    region.retention._acquire(lease_holder(gone.pid))  # noqa: SLF001 - as a run killed midway leaves it
+    with region.db.session() as s:
+        s.add(RetentionRun(started_ms=BASE_MS, now_ms=BASE_MS, actor="system:retention", cutoffs="{}"))
+    run = region.retention.run(now=BASE_MS)
+    assert run.status == "done"
+    assert [r.status for r in region.retention.runs()] == ["done", "interrupted"]
+    region.retention._acquire(lease_holder())  # noqa: SLF001 - a live process of this machine holds it
+    with pytest.raises(RetentionRunning):
+        region.retention.run(now=BASE_MS)

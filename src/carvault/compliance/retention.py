@@ -344,16 +344,23 @@ class Retention:
 
     # ------------------------------------------------------------------ the lease
     def _acquire(self, holder: str) -> None:
-        """Take the one purge lease, or ``RetentionRunning`` when a live holder has it."""
+        """Take the one purge lease, or ``RetentionRunning`` when a live holder has it.
+
+        Free means: no lease row, an expired one, or one whose holder was a process of this machine that no
+        longer exists (a run killed here need not block the next one for the lease's whole term).
+        """
         now = now_ms()
         with self.db.session() as s:
-            taken = rowcount(
-                s.execute(
-                    update(RetentionLease)
-                    .where(RetentionLease.name == LEASE_NAME, RetentionLease.expires_ms < now)
-                    .values(holder=holder, expires_ms=now + LEASE_MS)
+            current = s.get(RetentionLease, LEASE_NAME)
+            taken = 0
+            if current is not None and (current.expires_ms < now or _dead_here(current.holder)):
+                taken = rowcount(  # only if nobody took it meanwhile
+                    s.execute(
+                        update(RetentionLease)
+                        .where(RetentionLease.name == LEASE_NAME, RetentionLease.holder == current.holder)
+                        .values(holder=holder, expires_ms=now + LEASE_MS)
+                    )
                 )
-            )
         if taken:
             return
         try:
@@ -388,9 +395,15 @@ class Retention:
         ``RetentionRunning`` if another run holds the lease. ``progress(done, total)`` is called per batch.
         """
         now = now_ms() if now is None else now
-        holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        holder = lease_holder()
         if not dry_run:
             self._acquire(holder)
+            with self.db.session() as s:  # holding the lease, no other real run is alive: earlier ones were killed
+                s.execute(
+                    update(RetentionRun)
+                    .where(RetentionRun.status == "running", RetentionRun.dry_run.is_(False))
+                    .values(status="interrupted")
+                )
         try:
             run = RetentionRun(
                 started_ms=now_ms(),
@@ -819,6 +832,25 @@ class Retention:
                 for c in CATEGORIES.values()
             ],
         }
+
+
+def lease_holder(pid: int | None = None) -> str:
+    """A lease holder's name: this machine, the process and a random part (``host:pid:random``)."""
+    return f"{os.uname().nodename}:{os.getpid() if pid is None else pid}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a lease holder names a process of this machine that has ended."""
+    parts = holder.split(":")
+    if len(parts) != 3 or parts[0] != os.uname().nodename or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _chunks(items: list[Any], size: int = GROUP) -> Iterator[list[Any]]:

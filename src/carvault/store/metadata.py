@@ -650,7 +650,7 @@ class RetentionRun(Base):
     now_ms: Mapped[int] = mapped_column(BigInteger)  # the time the plan was computed for
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     actor: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed | interrupted
     cutoffs: Mapped[str] = mapped_column(Text)  # JSON {category: ms}: samples before it are past their period
     summary: Mapped[str] = mapped_column(Text, default="{}")  # JSON per category counts and totals
     record: Mapped[str | None] = mapped_column(Text, nullable=True)  # the signed purge record (JSON)
