@@ -578,3 +578,18 @@ def test_an_order_releases_the_window_to_the_owner(
     log = [event_json(e) for e in region.audit.list(owner.owner_id, action=AuditAction.ORDER_RELEASE)]
     assert log[0]["actor"] == f"staff:authority_liaison:{liaison.username}"
     assert log[0]["detail"]["authority"] == "Zhengzhou market supervision"
+
+
+def test_a_refusal_reads_in_chinese_with_the_services_detail(
+    region: Region, http: httpx.Client, owner: OwnerClient
+) -> None:
+    filed = region.rights.file(region.rights.check(owner.owner_id, Kind.COMPLAINT, details="too many e-mails"))
+    _, secret = make_staff(region, Role.DPO)
+    _as(http, secret)
+    http.cookies.set("carvault_lang", "zh-CN")
+    r = http.post(f"/console/rights/{filed.id}/refuse", data={"reason": "", "csrf_token": csrf.token_for(secret)})
+    assert r.status_code == 422
+    assert "输入不符合要求（reason is required）" in r.text  # the code's Chinese text, then the service's words
+    http.cookies.set("carvault_lang", "en")
+    r = http.post(f"/console/rights/{filed.id}/refuse", data={"reason": "", "csrf_token": csrf.token_for(secret)})
+    assert ">reason is required<" in r.text and "输入" not in r.text

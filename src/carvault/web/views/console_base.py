@@ -32,7 +32,16 @@ from carvault.compliance.roles import Permission, allows
 from carvault.errors import CarVaultError, Forbidden, RoleForbidden, Unauthenticated
 from carvault.web import csrf
 from carvault.web.deps import STAFF_COOKIE, client_address
-from carvault.web.i18n import LANG_COOKIE, LANGUAGES, TZ_COOKIE, Translator, negotiate, supported, translator
+from carvault.web.i18n import (
+    DEFAULT_LANGUAGE,
+    LANG_COOKIE,
+    LANGUAGES,
+    TZ_COOKIE,
+    Translator,
+    negotiate,
+    supported,
+    translator,
+)
 from carvault.web.views.base import PAGE_HEADERS, env
 
 if TYPE_CHECKING:
@@ -190,8 +199,12 @@ class ConsolePage:
         return int(d.timestamp() * 1000)
 
     def error_text(self, e: CarVaultError) -> str:
-        """A service's refusal for people: the catalogue's text for its code when there is one, else its message."""
-        return self.t.maybe(f"console.error.{e.code}", e.message)
+        """A service's refusal for people. Services word their messages in English (they also answer the API and
+        the CLI); in another language the catalogue's text for the code leads and the service's detail follows."""
+        if self.t.language == DEFAULT_LANGUAGE:
+            return e.message
+        general = self.t.maybe(f"console.error.{e.code}", "")
+        return f"{general}（{e.message}）" if general else e.message
 
     # ------------------------------------------------------------------ rendering
     def nav(self) -> list[Section]:
