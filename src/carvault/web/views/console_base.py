@@ -14,6 +14,7 @@ audit actor. No page reads an owner's telemetry except through a case (complianc
 from __future__ import annotations
 
 import hmac
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -382,8 +383,8 @@ def install(app: FastAPI, sections: tuple[Section, ...]) -> None:
     async def _invalid(request: Request, e: RequestValidationError) -> Response:
         if request.url.path.startswith(CONSOLE + "/") or api_validation is None:
             return await console_error_page(request, 400, "; ".join(str(x.get("msg", "")) for x in e.errors()[:3]))
-        response: Response = await api_validation(request, e)
-        return response
+        answer = api_validation(request, e)
+        return await answer if inspect.isawaitable(answer) else answer
 
 
 async def console_error_page(request: Request, status: int, message: str) -> HTMLResponse:
