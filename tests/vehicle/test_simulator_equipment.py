@@ -102,6 +102,10 @@ def test_service_distance_falls_with_the_odometer(day: SimulatedDay) -> None:
     due = held(s, "Vehicle.Service.IsServiceDue").astype(bool)
     days_left = held(s, "Vehicle.Service.TimeToService").astype(float) / 86_400
     assert np.array_equal(due, (left < 1_000) | (days_left < 30))
+    brakes = held(s, "Vehicle.CarVault.Service.DistanceToBrakeService").astype(float)
+    assert brakes[-1] < brakes[0] and np.all(np.diff(brakes) <= 0)  # pads wear as the car drives
+    fluid = held(s, "Vehicle.CarVault.Service.TimeToBrakeFluidChange").astype(float)
+    assert 0 <= fluid.min() and fluid.max() <= 2 * 365 * 86_400 and np.ptp(fluid) <= 86_400
 
 
 def test_tyre_pressure_follows_tyre_temperature(day: SimulatedDay) -> None:

@@ -291,6 +291,7 @@ def signals(
     out["Vehicle.Cabin.Seat.Row1.PassengerSide.HeatingCooling"] = np.where(pax, seat, 0.0)
     out["Vehicle.Cabin.Seat.Row2.DriverSide.HeatingCooling"] = np.zeros(n)
     out["Vehicle.Cabin.Seat.Row2.PassengerSide.HeatingCooling"] = np.zeros(n)
+    out["Vehicle.Cabin.Seat.Row2.Middle.HeatingCooling"] = np.zeros(n)
     out["Vehicle.Chassis.SteeringWheel.HeatingCooling"] = np.where(occ & (amb < 10), 50.0, 0.0)
     occupancy = "Vehicle.Cabin.Seat.Row1.DriverSide.OccupancyStatus"
     out[occupancy] = _codes(occupancy, np.where(occ, "OCCUPIED", "EMPTY"))
@@ -330,6 +331,12 @@ def signals(
         out[f"Vehicle.Chassis.Axle.{w}.Brake.PadWear"] = wear
         out[f"Vehicle.Chassis.Axle.{w}.Brake.IsBrakesWorn"] = wear >= 85
     pads_worn = np.any([out[f"Vehicle.Chassis.Axle.{w}.Brake.IsBrakesWorn"] for w in WHEELS], axis=0)
+    # Pads are replaced at 85 % wear: the distance left is the most-worn pad's share of its life still to go.
+    pads_left = [
+        0.85 * life - np.mod(odo_km + 977.0 * i, life)
+        for i, life in enumerate((50_000.0, 50_000.0, 70_000.0, 70_000.0))
+    ]
+    out["Vehicle.CarVault.Service.DistanceToBrakeService"] = np.floor(np.min(pads_left, axis=0))
     out["Vehicle.Chassis.Axle.Row1.Wheel.Left.Brake.FluidLevel"] = np.floor(92 - np.mod(odo_km, 40_000) / 40_000 * 6)
     out["Vehicle.Chassis.Axle.Row1.Wheel.Left.Brake.IsFluidLevelLow"] = falses
     out["Vehicle.Chassis.Axle.Row1.SteeringAngle"] = np.degrees(np.arctan(spec.wheelbase_m * s["kappa"]))
@@ -343,6 +350,9 @@ def signals(
     out["Vehicle.Service.DistanceToService"] = np.floor(to_service_km)
     out["Vehicle.Service.TimeToService"] = np.floor(to_service_s / 86_400) * 86_400
     out["Vehicle.Service.IsServiceDue"] = due
+    # Brake fluid is changed every two years, on the service anniversary of an even year.
+    fluid_s = to_service_s + SERVICE_S * ((day.year + (anniversary < doy)) % 2)
+    out["Vehicle.CarVault.Service.TimeToBrakeFluidChange"] = np.floor(fluid_s / 86_400) * 86_400
 
     # ---------------------------------------------------------------- ADAS states
     cruise = s["cruise"].astype(bool)
