@@ -300,6 +300,7 @@ def test_policy_names_every_category_with_its_period(region: Region) -> None:
         "batches_to_withhold": 0,
         "batches_held": 0,
         "holds": [],
+        "more_due": False,
     }
     run = region.retention.run(now=BASE_MS)
     policy = region.retention.policy()
@@ -412,3 +413,16 @@ def test_a_lease_left_by_a_killed_run_on_this_machine_is_taken_over(region: Regi
     region.retention._acquire(lease_holder())  # noqa: SLF001 - a live process of this machine holds it
     with pytest.raises(RetentionRunning):
         region.retention.run(now=BASE_MS)
+
+
+def test_a_backlog_larger_than_a_run_is_worked_through_by_the_next(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    _upload(http, owner, vehicle, agent)
+    first = json.loads(region.retention.run(now=ALL_GONE, limit=1).summary)
+    assert first["batches_erased"] == 1 and first["more_due"] is True
+    second = json.loads(region.retention.run(now=ALL_GONE, limit=1).summary)
+    assert second["batches_erased"] == 1 and second["more_due"] is True  # the kept batch's withholding waits
+    third = json.loads(region.retention.run(now=ALL_GONE).summary)
+    assert third["batches_erased"] == 0 and third["batches_withheld"] == 1 and third["more_due"] is False
+    assert [r.seq for r in _records(region, vehicle.vin)] == [3]

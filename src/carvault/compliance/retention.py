@@ -75,6 +75,7 @@ LEASE_MS = 10 * 60_000  # a lease outliving its holder (a killed run) frees itse
 CUTOFF_CACHE_S = 5.0  # how stale the read path's cutoffs may be (another replica's run shows within this)
 SCHEDULER_ACTOR = Actor("system", "retention")
 GROUP = 100  # batches per transaction and per fsync of a segment; the lease is renewed between groups
+MAX_BATCHES_PER_RUN = 200_000  # bounds a run's memory and time; a larger backlog takes several runs
 FRAME_COLUMNS = (CAMERA + "FrameHash",)  # the column that binds a stored frame to its batch
 
 
@@ -125,6 +126,12 @@ class Plan:
     erase: list[BatchAction] = field(default_factory=list)
     withhold: list[BatchAction] = field(default_factory=list)
     held: list[BatchAction] = field(default_factory=list)
+    more_due: bool = False  # the plan stopped at its limit: the next run goes on
+
+    @property
+    def size(self) -> int:
+        """Batches planned, whatever the action."""
+        return len(self.erase) + len(self.withhold) + len(self.held)
 
     def to_json(self) -> dict[str, Any]:
         """Counts of batches per action (what ``policy`` and a dry run's caller see before any byte is read)."""
@@ -134,6 +141,7 @@ class Plan:
             "batches_to_withhold": len(self.withhold),
             "batches_held": len(self.held),
             "holds": sorted({a.hold_id for a in self.held if a.hold_id is not None}),
+            "more_due": self.more_due,
         }
 
 
@@ -262,11 +270,12 @@ class Retention:
             rows = s.execute(select(LegalHold.vin, LegalHold.id).where(LegalHold.released_ms.is_(None))).all()
         return {r.vin: r.id for r in rows}
 
-    def plan(self, now: int | None = None) -> Plan:
+    def plan(self, now: int | None = None, *, limit: int = MAX_BATCHES_PER_RUN) -> Plan:
         """What a run at ``now`` would do: batches to erase, to withhold, and skipped under a hold.
 
         Batches are grouped by their column set (few distinct sets), so each group's longest period and each
-        category's cutoff are one indexed range query, not a scan in Python of every batch.
+        category's cutoff are one indexed range query, not a scan in Python of every batch. At most ``limit``
+        batches are planned (a backlog larger than that is worked through by the following runs: ``more_due``).
         """
         now = now_ms() if now is None else now
         plan = Plan(now, cutoffs_at(now))
@@ -274,9 +283,12 @@ class Retention:
         with self.db.session() as s:
             column_sets = list(s.scalars(select(BatchRecord.columns).distinct()))
         for columns in column_sets:
+            if plan.size >= limit:
+                plan.more_due = True
+                break
             cats = categories_of(self.catalogue, columns.split(","))
             keep_until = now - longest_ms(cats)  # batches ending before this have outlived every category
-            for row in self._rows(columns, BatchRecord.t1 < keep_until):
+            for row in self._rows(columns, BatchRecord.t1 < keep_until, limit=limit - plan.size):
                 hold = holds.get(row.vin)
                 action = self._action(row, cats, hold_id=hold)
                 (plan.held if hold is not None else plan.erase).append(action)
@@ -291,6 +303,7 @@ class Retention:
                 # a batch already withholding every shorter category has nothing more to withhold until it expires
                 or_(RetentionWithheld.categories.is_(None), RetentionWithheld.categories != full),
                 withheld=True,
+                limit=limit - plan.size,
             )
             for row in rows:
                 marked = row.categories
@@ -301,9 +314,13 @@ class Retention:
                 hold = holds.get(row.vin)
                 action = self._action(row, cats, withhold=new, hold_id=hold)
                 (plan.held if hold is not None else plan.withhold).append(action)
+            if plan.size >= limit:
+                plan.more_due = True
         return plan
 
-    def _rows(self, columns: str, *where: Any, withheld: bool = False) -> list[Any]:
+    def _rows(self, columns: str, *where: Any, withheld: bool = False, limit: int) -> list[Any]:
+        if limit <= 0:
+            return []
         q = select(
             BatchRecord.id,
             BatchRecord.vin,
@@ -320,7 +337,7 @@ class Retention:
                 RetentionWithheld, RetentionWithheld.batch_id == BatchRecord.id
             )
         with self.db.session() as s:
-            rows = s.execute(q.order_by(BatchRecord.id)).all()
+            rows = s.execute(q.order_by(BatchRecord.id).limit(limit)).all()
         return list(rows)
 
     @staticmethod
@@ -389,10 +406,12 @@ class Retention:
         now: int | None = None,
         actor: Actor = SCHEDULER_ACTOR,
         progress: Callable[[int, int], None] | None = None,
+        limit: int = MAX_BATCHES_PER_RUN,
     ) -> RetentionRun:
         """Plan and carry out a purge (or, dry, only count it); return its signed run record.
 
-        ``RetentionRunning`` if another run holds the lease. ``progress(done, total)`` is called per batch.
+        ``RetentionRunning`` if another run holds the lease. ``progress(done, total)`` is called per group of
+        batches. At most ``limit`` batches are planned; the record says ``more_due`` when more are waiting.
         """
         now = now_ms() if now is None else now
         holder = lease_holder()
@@ -418,7 +437,7 @@ class Retention:
             if not dry_run:
                 self.forget_cutoffs()  # reads withhold by the new cutoffs from now on, before any copy changes
             try:
-                return self._carry_out(run, holder, actor, progress)
+                return self._carry_out(run, holder, actor, progress, limit)
             except Exception as e:
                 with self.db.session() as s:
                     s.execute(
@@ -432,11 +451,16 @@ class Retention:
                 self._release(holder)
 
     def _carry_out(
-        self, run: RetentionRun, holder: str, actor: Actor, progress: Callable[[int, int], None] | None
+        self,
+        run: RetentionRun,
+        holder: str,
+        actor: Actor,
+        progress: Callable[[int, int], None] | None,
+        limit: int,
     ) -> RetentionRun:
         errors: list[dict[str, Any]] = []
         finished_earlier = 0 if run.dry_run else self._finish_pending(errors)
-        plan = self.plan(run.now_ms)
+        plan = self.plan(run.now_ms, limit=limit)
         counts = {c: Counts() for c in CATEGORIES}
         per_vin: dict[str, dict[str, Any]] = {}
         totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
@@ -470,6 +494,7 @@ class Retention:
             "batches_erased": sum(1 for v in per_vin.values() for _ in v.get("erased_seqs", ())),
             "batches_withheld": sum(1 for v in per_vin.values() for _ in v.get("withheld_seqs", ())),
             "batches_planned": {"erase": len(plan.erase), "withhold": len(plan.withhold), "held": len(plan.held)},
+            "more_due": plan.more_due,  # the backlog was larger than one run takes: the next run goes on
             "skipped_by_hold": [{"vin": v, "holds": sorted(h)} for v, h in sorted(held.items())],
             "vehicles_affected": len(per_vin),
             "finished_from_earlier_runs": finished_earlier,
