@@ -87,7 +87,7 @@ def add_record(
 
 def seed(region: Region, scope: str, klass: Klass, persons: int) -> None:
     """Set a counter of this year as if ``persons`` people had already been transferred."""
-    year = year_of(now_ms())
+    year = region.transfers.year()
     with region.db.session() as s:
         row = s.scalar(
             select(TransferCounter).where(
@@ -101,7 +101,7 @@ def seed(region: Region, scope: str, klass: Klass, persons: int) -> None:
 
 
 def counter(region: Region, scope: str, klass: Klass) -> int:
-    year = year_of(now_ms())
+    year = region.transfers.year()
     with region.db.session() as s:
         value = s.scalar(
             select(TransferCounter.persons).where(
@@ -266,7 +266,7 @@ def test_the_region_wide_sensitive_trigger_warns_at_80_percent_then_refuses_past
     assert [(w["scope"], w["klass"], w["persons"], w["limit"]) for w in warned] == [
         ("region", "sensitive", 8_000, 10_000)
     ]
-    shown = region.transfers.counters(year_of(now_ms()))
+    shown = region.transfers.counters(region.transfers.year())
     assert shown["region"]["sensitive"]["persons"] == 8_000
     assert [w["level"] for w in shown["warnings"] if w["scope"] == "region"] == ["warning"]
     assert admit(region, b, SENSITIVE) is not None  # no second warning for the same mark
@@ -320,7 +320,7 @@ def test_a_security_assessment_is_bound_by_its_approved_scale_only(region: Regio
     with pytest.raises(TransferCapReached) as e:
         admit(region, people[3], SENSITIVE)
     assert e.value.details["limit"] == 3
-    shown = region.transfers.counters(year_of(now_ms()))
+    shown = region.transfers.counters(region.transfers.year())
     (entry,) = shown["records"]
     assert entry["record_id"] == rec.id and entry["all"]["persons"] == 3
     assert entry["all"]["limits"][0]["level"] == "reached"
@@ -329,7 +329,7 @@ def test_a_security_assessment_is_bound_by_its_approved_scale_only(region: Regio
 def test_counters_start_again_each_calendar_year(region: Region) -> None:
     add_record(region, max_persons=1)
     (o, p) = owners(region, 2)
-    year = year_of(now_ms())
+    year = region.transfers.year()
     with region.db.session() as s:  # last year's count was full
         s.add(TransferCounter(year=year - 1, scope=REGION_SCOPE, klass="personal", persons=99_999))
         s.add(TransferPerson(year=year - 1, scope=REGION_SCOPE, klass="personal", owner_id=o))
@@ -535,8 +535,10 @@ def test_on_postgres_two_replicas_count_each_person_once_and_never_pass_a_ceilin
                     )
                 )
             assert len(counted) == 6
-            # Everyone counted was admitted on at least one replica; nobody else was.
+            # Everyone counted was admitted, on both replicas (the second finds them counted); nobody else was.
             assert {people[i // 2] for i, ok in enumerate(admitted) if ok} == counted
+            assert all(admitted[2 * k] == admitted[2 * k + 1] for k in range(len(people))), admitted
+            assert events(a) == 12
             # The warning at 80 % of the record's scale (5 of 6) was written once.
             assert [(w["scope"], w["persons"]) for w in warnings_audited(a)] == [(record_scope(rec.id), 5)]
         finally:
@@ -618,3 +620,11 @@ def test_a_case_for_an_authority_abroad_reads_only_under_a_record_naming_that_au
     assert access.transfer is not None and access.transfer.id == rec.id
     (event,) = region.transfers.events(record_id=rec.id)
     assert event.principal == "authority:Foreign Police" and event.owner_id == owner.id
+
+
+def test_the_year_is_the_regions_civil_year() -> None:
+    """New Year in Beijing comes eight hours before UTC's: a transfer then counts in the new year in region cn."""
+    beijing_new_year = 1_798_761_600_000 - 8 * 3_600_000  # 2027-01-01T00:00 China time = 2026-12-31T16:00Z
+    assert year_of(beijing_new_year, "cn") == 2027
+    assert year_of(beijing_new_year - 1, "cn") == 2026
+    assert year_of(beijing_new_year) == 2026  # UTC when no region is named

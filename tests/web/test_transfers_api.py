@@ -20,7 +20,6 @@ from websockets.sync.client import connect
 from carvault.access.audit import Actor
 from carvault.cli import app as cli_app
 from carvault.compliance.roles import Role
-from carvault.compliance.transfers import year_of
 from carvault.errors import CrossBorderTransfer
 from carvault.region import Region
 from carvault.server import BackgroundServer
@@ -81,13 +80,13 @@ def seed(region: Region, klass: str, persons: int) -> None:
     with region.db.session() as s:
         row = s.scalar(
             select(TransferCounter).where(
-                TransferCounter.year == year_of(now_ms()),
+                TransferCounter.year == region.transfers.year(),
                 TransferCounter.scope == "region",
                 TransferCounter.klass == klass,
             )
         )
         if row is None:
-            s.add(TransferCounter(year=year_of(now_ms()), scope="region", klass=klass, persons=persons))
+            s.add(TransferCounter(year=region.transfers.year(), scope="region", klass=klass, persons=persons))
         else:
             row.persons = persons
 

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from carvault.access.audit import Actor
-from carvault.compliance.transfers import RecipientKind, RecordStatus, Route, event_json, record_json, year_of
+from carvault.compliance.transfers import RecipientKind, RecordStatus, Route, event_json, record_json
 from carvault.errors import CarVaultError
 from carvault.store.metadata import now_ms
 
@@ -35,7 +35,9 @@ from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: 
 MAX_AS = 100
 As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-YearOpt = Annotated[int | None, typer.Option("--year", min=2000, max=9999, help="Calendar year (UTC); default now.")]
+YearOpt = Annotated[
+    int | None, typer.Option("--year", min=2000, max=9999, help="Calendar year (the region's civil time); default now.")
+]
 
 
 @contextmanager
@@ -166,8 +168,8 @@ def show(
     database_url: DbUrl = None,
 ) -> None:
     """One record, its persons counted this year and its latest transfers."""
-    y = year or year_of(now_ms())
     with _region(data_dir, region, database_url) as r:
+        y = year or r.transfers.year()
         record = r.transfers.get(record_id)
         shown = {
             **record_json(record),
@@ -221,7 +223,7 @@ def counters(
 ) -> None:
     """Persons transferred abroad in a year: region-wide against each threshold, and per record."""
     with _region(data_dir, region, database_url) as r:
-        c = r.transfers.counters(year or year_of(now_ms()))
+        c = r.transfers.counters(year or r.transfers.year())
     if as_json:
         _print(c)
         return

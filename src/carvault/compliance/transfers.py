@@ -13,7 +13,7 @@ and every category read:
   with its source. Important data (``PrivacyClass.IMPORTANT``) leaves only under a security assessment
   (Several Provisions on Automotive Data Security Management, 2021, Art. 11–12).
 - **Counting**: distinct persons (owners) whose data was transferred are counted per calendar year (from
-  1 January, UTC), region-wide and per record, in two classes: sensitive personal information
+  1 January in the region's civil time), region-wide and per record, in two classes: sensitive personal information
   (``PrivacyClass.SENSITIVE``) and the rest. Counting is done by the database (a unique person row and a
   conditional ``UPDATE`` of the counter, in the transfer's own transaction), so two replicas admitting at once
   can never pass a ceiling together.
@@ -58,6 +58,7 @@ from carvault.store.metadata import (
     now_ms,
     rowcount,
 )
+from carvault.timezones import region_zone
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,11 @@ def record_scope(record_id: int) -> str:
     return f"record:{record_id}"
 
 
-def year_of(ms: int) -> int:
-    """The calendar year (UTC) a time falls in: counters start again on 1 January."""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).year
+def year_of(ms: int, region: str | None = None) -> int:
+    """The calendar year a time falls in, in the region's civil time (UTC without one): counters start again on
+    1 January there, as the annual report's years do."""
+    found = region_zone(region) if region else None
+    return dt.datetime.fromtimestamp(ms / 1000, found[1] if found else dt.UTC).year
 
 
 def warn_mark(limit: int) -> int:
@@ -345,6 +348,10 @@ class Transfers:
     def owner_jurisdiction(self, owner: Owner) -> str:
         """Where an owner is: their recorded jurisdiction, or this region's."""
         return owner.jurisdiction or self.region
+
+    def year(self, ms: int | None = None) -> int:
+        """The calendar year (the region's civil time) an instant, by default now, is counted in."""
+        return year_of(now_ms() if ms is None else ms, self.region)
 
     def is_domestic(self, jurisdiction: str | None) -> bool:
         """Whether a principal of this jurisdiction is inside this region (None: this region's own)."""
@@ -601,7 +608,7 @@ class Transfers:
         now: int,
     ) -> builtins.list[Warning_]:
         """Count the person and log the event in one transaction; ``TransferCapReached`` (nothing kept) past a limit."""
-        year = year_of(now)
+        year = year_of(now, self.region)
         warnings: builtins.list[Warning_] = []
         with self.db.session() as s:
             if owner_id is not None:
@@ -783,7 +790,11 @@ def _text(value: str, field: str, most: int) -> str:
 
 
 def _insert_ignore(s: Session, table: Table, values: dict[str, Any]) -> bool:
-    """Insert a row unless a unique key already holds it; True if it was inserted (SQLite and PostgreSQL)."""
+    """Insert a row unless a unique key already holds it; True if it was inserted (SQLite and PostgreSQL).
+
+    Whether it was inserted is read from ``RETURNING``: psycopg's row count for a skipped ``ON CONFLICT DO
+    NOTHING`` is not 0, so a count would call every row new (found by the PostgreSQL test).
+    """
     dialect = s.get_bind().dialect.name
     if dialect == "sqlite":
         stmt: Any = sqlite.insert(table).values(**values).on_conflict_do_nothing()
@@ -791,4 +802,4 @@ def _insert_ignore(s: Session, table: Table, values: dict[str, Any]) -> bool:
         stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
     else:  # pragma: no cover - the two supported backends are above
         stmt = insert(table).values(**values)
-    return bool(rowcount(s.execute(stmt)))
+    return s.execute(stmt.returning(table.c.id)).first() is not None

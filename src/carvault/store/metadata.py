@@ -604,7 +604,7 @@ class TransferEvent(Base):
     __tablename__ = "transfer_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms, index=True)
-    year: Mapped[int] = mapped_column(Integer, index=True)  # calendar year (UTC) the transfer is counted in
+    year: Mapped[int] = mapped_column(Integer, index=True)  # calendar year (region's civil time) it is counted in
     record_id: Mapped[int] = mapped_column(ForeignKey("transfer_records.id"), index=True)
     principal: Mapped[str] = mapped_column(String(300))  # "<kind>:<id>", e.g. "app:<client_id>"
     jurisdiction: Mapped[str] = mapped_column(String(16))  # the principal's

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from carvault.access.staff import StaffPrincipal
 from carvault.compliance.roles import Permission
-from carvault.compliance.transfers import RecipientKind, RecordStatus, Route, event_json, record_json, year_of
+from carvault.compliance.transfers import RecipientKind, RecordStatus, Route, event_json, record_json
 from carvault.errors import Conflict, NotFound, ValidationFailed
 from carvault.store.metadata import now_ms
 from carvault.web.deps import MAX_DB_INT, MAX_TIME_MS, RegionDep, RowId, staff_with
@@ -30,7 +30,9 @@ StatusName = Literal["approved", "suspended", "expired"]
 assert set(RouteName.__args__) == set(Route)  # type: ignore[attr-defined]
 assert set(KindName.__args__) == set(RecipientKind)  # type: ignore[attr-defined]
 assert set(StatusName.__args__) == set(RecordStatus)  # type: ignore[attr-defined]
-Year = Annotated[int | None, Query(ge=2000, le=9999, description="calendar year (UTC); default this year")]
+Year = Annotated[
+    int | None, Query(ge=2000, le=9999, description="calendar year (the region's civil time); default this year")
+]
 
 
 class NewRecord(BaseModel):
@@ -96,7 +98,7 @@ def list_records(
 )
 def get_record(record_id: RowId, staff: Viewer, region: RegionDep, year: Year = None) -> dict[str, Any]:
     record = region.transfers.get(record_id)
-    y = year or year_of(now_ms())
+    y = year or region.transfers.year()
     return {**record_json(record), "year": y, "counters": region.transfers.record_counters(record, y)}
 
 
@@ -112,7 +114,7 @@ def suspend_record(record_id: RowId, form: Suspension, staff: Manager, region: R
 @router.get("/transfers/counters", summary="Persons transferred abroad in a year, with thresholds and warnings")
 def counters(staff: Viewer, region: RegionDep, year: Year = None) -> dict[str, Any]:
     """Region-wide sensitive and non-sensitive persons, per record, each limit's level (ok, warning, reached)."""
-    return region.transfers.counters(year or year_of(now_ms()))
+    return region.transfers.counters(year or region.transfers.year())
 
 
 @router.get("/transfers/events", summary="Logged transfers abroad, newest first")

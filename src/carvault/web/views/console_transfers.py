@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
 
 from carvault.compliance.roles import Permission
-from carvault.compliance.transfers import THRESHOLDS, RecipientKind, Route, event_json, record_json, year_of
+from carvault.compliance.transfers import THRESHOLDS, RecipientKind, Route, event_json, record_json
 from carvault.signals import CATEGORIES
 from carvault.store.metadata import now_ms
 from carvault.web.deps import RowId
@@ -24,14 +24,14 @@ FIRST_YEAR = 2000
 
 
 def _year(p: ConsolePage) -> int:
-    now = year_of(now_ms())
+    now = p.region.transfers.year()  # the region's civil year, as the counters and the annual report count
     raw = p.request.query_params.get("year", "")
     return int(raw) if raw.isascii() and raw.isdigit() and FIRST_YEAR <= int(raw) <= now + 1 else now
 
 
 def tile(p: ConsolePage) -> Tile:
     """This year's persons transferred (sensitive and not), approved records, and the counters that warn."""
-    year = year_of(now_ms())
+    year = p.region.transfers.year()
     counters = p.region.transfers.counters(year)
     active = len(p.region.transfers.list(status="approved"))
     warnings = counters["warnings"]
