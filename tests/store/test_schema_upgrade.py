@@ -281,9 +281,11 @@ CREATE INDEX ix_vehicle_events_vin ON vehicle_events (vin);
 
 NEW_COLUMNS = {
     "vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms"},
-    "batches": {"leaf_version", "leaf_hash"},
+    "batches": {"leaf_version", "leaf_hash", "attested_by"},  # attested_by: region-attested batches (issue 14)
     "credentials": {"grant_id", "client_id", "family", "scope"},  # sharing (issue 9): tokens acting for a grant
     "export_jobs": {"grant_id"},  # sharing: an export a grant holder asked for
+    "owners": {"jurisdiction"},  # operator (issue 11): where an owner lives, for transfers abroad
+    "authority_orders": {"jurisdiction"},
 }
 VIN = "WVWZZZ1JZXW000001"
 BATCH_HASH = "ab" * 32
@@ -354,6 +356,9 @@ def check_upgrade(url: str, data_dir: Path, **settings: Any) -> None:
             "ix_credentials_grant_id",
             "ix_credentials_family",
             "export_jobs.grant_id",
+            "batches.attested_by",
+            "owners.jurisdiction",
+            "authority_orders.jurisdiction",
         }
         for table, new in NEW_COLUMNS.items():
             assert new <= columns_of(db.engine, table)
