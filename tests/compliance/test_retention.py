@@ -189,7 +189,7 @@ def test_a_legal_hold_keeps_the_data_until_it_is_released(
     _upload(http, owner, vehicle, agent)
     recs = _records(region, vehicle.vin)
     hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 123")
-    due = region.retention.policy(now=ALL_GONE)["due_now"]
+    due = region.retention.policy(now=ALL_GONE, due=True)["due_now"]
     assert due["batches_held"] == 3 and due["holds"] == [hold.id] and due["batches_to_erase"] == 0
     summary = json.loads(region.retention.run(now=ALL_GONE).summary)
     assert summary["batches_erased"] == 0
@@ -289,7 +289,7 @@ def test_two_runs_at_once_never_purge_twice(
 
 
 def test_policy_names_every_category_with_its_period(region: Region) -> None:
-    policy = region.retention.policy(now=BASE_MS)
+    policy = region.retention.policy(now=BASE_MS, due=True)
     assert {c["category"]: c["retention_days"] for c in policy["categories"]} == {
         n: c.retention_days for n, c in CATEGORIES.items()
     }

@@ -67,6 +67,7 @@ def test_a_purge_through_the_api_withholds_what_is_past_its_period(
     assert one.status_code == 200 and one.json()["record"] == record
     policy = http.get("/api/v1/admin/retention/policy", headers=_bearer(auditor)).json()
     assert policy["last_run"]["id"] == run["id"] and policy["next_due_ms"] == run["finished_ms"] + 3600 * 1000
+    assert policy["due_now"]["batches_to_withhold"] == 0 and policy["due_now"]["batches_to_erase"] == 0
     events = http.get("/api/v1/audit", headers=owner.headers).json()["events"]
     assert [e["actor"] for e in events if e["action"] == "retention.purge"] == [run["actor"]]
 

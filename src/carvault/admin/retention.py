@@ -160,7 +160,7 @@ def policy(
 ) -> None:
     """Periods per category (from the signal catalogue), the cutoffs in force and when the next run is due."""
     with _region(data_dir, region, database_url) as r:
-        p = r.retention.policy()
+        p = r.retention.policy(due=True)
     if as_json:
         print(json.dumps(p, indent=2, ensure_ascii=False))
         return

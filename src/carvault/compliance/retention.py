@@ -824,8 +824,12 @@ class Retention:
             raise NotFound(f"no retention run {run_id}", run_id=run_id)
         return run
 
-    def policy(self, now: int | None = None) -> dict[str, Any]:
-        """The periods per category, the cutoffs in force, the last run and when the next one is due."""
+    def policy(self, now: int | None = None, *, due: bool = False) -> dict[str, Any]:
+        """The periods per category, the cutoffs in force, the last run and when the next one is due.
+
+        With ``due``, also what a run now would do (``due_now``: a plan, so a scan of the index; the API and the
+        CLI ask for it, a dashboard tile does not).
+        """
         now = now_ms() if now is None else now
         with self.db.session() as s:
             last = s.scalar(
@@ -844,7 +848,7 @@ class Retention:
             "scheduler": "on" if self.interval_s > 0 else "off",
             "last_run": run_json(last) if last else None,
             "next_due_ms": next_due,
-            "due_now": self.plan(now).to_json(),  # what a run at this moment would do (batches; no bytes read)
+            **({"due_now": self.plan(now).to_json()} if due else {}),  # batches only; no bytes read
             "categories": [
                 {
                     "category": c.name,

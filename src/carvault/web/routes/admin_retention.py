@@ -54,4 +54,4 @@ def get_run(run_id: RowId, staff: Viewer, region: RegionDep) -> dict[str, Any]:
 
 @router.get("/retention/policy", summary="Retention periods per category, cutoffs in force, next run due")
 def policy(staff: Viewer, region: RegionDep) -> dict[str, Any]:
-    return region.retention.policy()
+    return region.retention.policy(due=True)
