@@ -473,6 +473,10 @@ class Retention:
                     self._note(per_vin, a, "erased", a.categories)
             done += len(chunk)
             self._step(run, holder, progress, done, total)
+        if plan.withhold and not run.dry_run:
+            # Other processes cache the cutoffs for CUTOFF_CACHE_S: a copy one of them rebuilds from the evidence
+            # before it sees the new cutoffs would keep the columns dropped here. Wait that long after publishing.
+            time.sleep(max(0.0, CUTOFF_CACHE_S - (now_ms() - run.started_ms) / 1000))
         for chunk in _chunks(plan.withhold):
             readable = self._measure(chunk, counts, errors, erased=False)
             if not run.dry_run:
