@@ -48,6 +48,7 @@ def owner_pages(world: World) -> dict[str, str]:
         "packages": f"/vehicles/{vin}/packages",
         "package": f"/vehicles/{vin}/packages/{packages[0]['id']}",
         "consent": f"/vehicles/{vin}/consent",
+        "diagnostics": f"/vehicles/{vin}/diagnostics",
         "access": "/access",
         "deletion": "/deletion",
         "support": "/support",
@@ -66,6 +67,7 @@ H1 = {
         "packages": "Incident packages",
         "package": "Incident package #",
         "consent": "Data and consent",
+        "diagnostics": "Health and diagnostics",
         "access": "Who accessed my data",
         "deletion": "Delete my data",
         "support": "Support tickets",
@@ -81,6 +83,7 @@ H1 = {
         "packages": "事故数据包",
         "package": "事故数据包 #",
         "consent": "数据与授权",
+        "diagnostics": "车况与诊断",
         "access": "谁访问了我的数据",
         "deletion": "删除我的数据",
         "support": "客服工单",
@@ -143,7 +146,7 @@ def test_pages_are_refused_to_strangers(browser: Any, world: World) -> None:
         assert page.locator(".vehicle-card").count() == 0
         for name, path in pages.items():
             r = page.goto(path)
-            if name in ("vehicles", "access", "deletion", "portability", "account"):
+            if name in ("vehicles", "access", "deletion", "portability", "account", "support"):
                 assert r.status == 200  # their own (empty) pages
                 assert world.cars[0].vin not in page.content(), name
             else:
