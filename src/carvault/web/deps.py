@@ -250,6 +250,7 @@ def declare_security(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any
             dep = stack.pop()
             calls.add(dep.call)
             stack.extend(dep.dependencies)
+        security: list[dict[str, list[str]]]
         if current_staff in calls:
             security = [{"staff": []}, {"staff_session": []}]
         elif current_owner in calls:
