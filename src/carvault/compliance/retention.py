@@ -458,6 +458,7 @@ class Retention:
         progress: Callable[[int, int], None] | None,
         limit: int,
     ) -> RetentionRun:
+        """Finish earlier erasures, plan, erase and withhold group by group, then sign and store the record."""
         errors: list[dict[str, Any]] = []
         finished_earlier = 0 if run.dry_run else self._finish_pending(errors)
         plan = self.plan(run.now_ms, limit=limit)
@@ -484,13 +485,28 @@ class Retention:
                     self._note(per_vin, a, "withheld", a.withhold)
             done += len(chunk)
             self._step(run, holder, progress, done, total)
-        held: dict[str, set[int]] = {}
         for a in plan.held:
             for c in a.withhold or a.categories:
                 counts[c].held_batches += 1
+        summary = self._summary(plan, counts, per_vin, totals, errors, finished_earlier)
+        run = self._sign(run, summary)
+        self._audit(run, actor, summary, per_vin)
+        return run
+
+    @staticmethod
+    def _summary(
+        plan: Plan,
+        counts: dict[str, Counts],
+        per_vin: dict[str, dict[str, Any]],
+        totals: dict[str, int],
+        errors: list[dict[str, Any]],
+        finished_earlier: int,
+    ) -> dict[str, Any]:
+        """The run's figures, per category and in total, as the purge record states them."""
+        held: dict[str, set[int]] = {}
+        for a in plan.held:
             held.setdefault(a.vin, set()).add(a.hold_id or 0)
-        finished = now_ms()
-        summary = {
+        return {
             "categories": {
                 c: {"retention_days": CATEGORIES[c].retention_days, "cutoff_ms": plan.cutoffs[c], **counts[c].to_json()}
                 for c in CATEGORIES
@@ -505,6 +521,10 @@ class Retention:
             **totals,
             "errors": errors,
         }
+
+    def _sign(self, run: RetentionRun, summary: dict[str, Any]) -> RetentionRun:
+        """Sign the purge record with the region's log key and store it with the run, now done."""
+        finished = now_ms()
         body = {
             "run_id": run.id,
             "region": self.region,
@@ -522,9 +542,7 @@ class Retention:
             assert row is not None
             row.status, row.finished_ms = "done", finished
             row.summary, row.record = json.dumps(summary, sort_keys=True), json.dumps(record, sort_keys=True)
-            run = row
-        self._audit(run, actor, summary, per_vin)
-        return run
+        return row
 
     def _measure(
         self, chunk: list[BatchAction], counts: dict[str, Counts], errors: list[dict[str, Any]], *, erased: bool
