@@ -132,6 +132,7 @@ def _run_steps(
     _refusals(w, agent, first_blob, first_receipt)
     _records(w, total)
     _sharing(w)
+    _operator(w)
 
 
 def _owner_and_cars(w: _World) -> None:
@@ -416,6 +417,72 @@ def _sharing(w: _World) -> None:
         refused == ["Giant Platform: gatekeeper_refused", "Overseas Analytics: cross_border_transfer"],
         "; ".join(refused),
     )
+
+
+def _operator(w: _World) -> None:
+    """The operator's duties (issue 11): a DPO logs in with a second factor, answers the owner's complaint,
+    runs a dry-run purge and downloads the annual report; the public data sheet describes the data."""
+    import pyotp
+
+    assert w.api is not None and w.auth is not None
+    api = w.api
+    password = secrets.token_urlsafe(12)
+    _, totp_secret = w.cn.staff.create("dpo", password, "dpo", display_name="Data protection officer")
+    r = api.post(
+        "/api/v1/admin/session", json={"username": "dpo", "password": password, "code": pyotp.TOTP(totp_secret).now()}
+    )
+    if r.status_code != 200:
+        w.result.add("operator logs in with a second factor", False, r.text[:200])
+        return
+    staff = {"Authorization": f"Bearer {r.json()['token']}"}
+    w.result.add("operator logs in with a second factor", True, "DPO: password + TOTP code; 30 min idle session")
+    filed = api.post(
+        "/api/v1/rights-requests",
+        headers=w.auth,
+        json={"kind": "complaint", "details": "Why is my location kept for a year?"},
+    ).json()
+    api.post(f"/api/v1/admin/rights-requests/{filed['id']}/start", headers=staff)
+    api.post(
+        f"/api/v1/admin/rights-requests/{filed['id']}/complete",
+        headers=staff,
+        json={"outcome": "Explained: the location track is kept 365 days for your route history; you can stop it."},
+    )
+    seen = api.get(f"/api/v1/rights-requests/{filed['id']}", headers=w.auth).json()
+    w.result.add(
+        "owner's complaint answered by the rights desk",
+        seen.get("status") == "done",
+        f"request {filed['id']}: {seen.get('status')}, deadline {_day(seen.get('deadline_ms'))}",
+    )
+    run = api.post("/api/v1/admin/retention/runs", headers=staff, json={"dry_run": True})
+    w.result.add(
+        "retention purge (dry run)",
+        run.status_code == 201 and run.json()["status"] == "done",
+        f"run {run.json().get('id')}: signed purge record" if run.status_code == 201 else run.text[:200],
+    )
+    year = datetime.now(UTC).year
+    report = api.get(f"/api/v1/admin/reports/annual/{year}", headers=staff)
+    pdf = api.get(f"/api/v1/admin/reports/annual/{year}.pdf", headers=staff, params={"lang": "zh-CN"})
+    ok = report.status_code == 200 and pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    if ok:
+        (w.data_dir / f"annual-report-{year}.json").write_bytes(report.content)
+        (w.data_dir / f"annual-report-{year}-zh-CN.pdf").write_bytes(pdf.content)
+    w.result.add(
+        "annual report from the region's own records",
+        ok,
+        f"JSON and Chinese PDF ({len(pdf.content):,} bytes) → {w.data_dir}/annual-report-{year}-zh-CN.pdf"
+        if ok
+        else (report.text if report.status_code != 200 else pdf.text)[:200],
+    )
+    sheet = api.get("/api/v1/data-sheet")
+    w.result.add(
+        "Data Act data sheet published",
+        sheet.status_code == 200,
+        f"{len(sheet.content):,} bytes of JSON at /api/v1/data-sheet, page at /data-sheet",
+    )
+
+
+def _day(ms: Any) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat() if isinstance(ms, int) else "?"
 
 
 def _form_body(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
