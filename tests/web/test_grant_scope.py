@@ -188,6 +188,8 @@ ROUTES: dict[str, RouteCase] = {
         "/api/v1/log/batches/{vin}/{seq}", {}, None, None, path_extra={"seq": (2, 1)}
     ),
     "/api/v1/vehicles/{vin}/events": RouteCase("/api/v1/vehicles/{vin}/events", {}, None, None),
+    # issue 14: a grant without the diagnostic signals gets an empty report (covered: false), not a refusal
+    "/api/v1/vehicles/{vin}/diagnostics": RouteCase("/api/v1/vehicles/{vin}/diagnostics", {}, None, None),
     "/api/v1/vehicles/{vin}/timeline": RouteCase(
         "/api/v1/vehicles/{vin}/timeline", {}, {"start": LO, "end": HI + 1}, None
     ),
