@@ -624,9 +624,15 @@ class Retention:
                     )
                 )
             )
-            wanted = [a.batch_id for a in actions if a.vin not in held]
+            wanted = {a.batch_id: a.batch_hash for a in actions if a.vin not in held}
+            # By id AND hash: SQLite reuses the row id of a batch a deletion removed since the plan, and a batch
+            # accepted meanwhile under that id must not lose its index row to this run.
             gone = set(
-                s.scalars(delete(BatchRecord).where(BatchRecord.id.in_(wanted)).returning(BatchRecord.id))
+                s.scalars(
+                    delete(BatchRecord)
+                    .where(BatchRecord.id.in_(list(wanted)), BatchRecord.batch_hash.in_(list(wanted.values())))
+                    .returning(BatchRecord.id)
+                )
                 if wanted
                 else ()
             )
@@ -752,6 +758,25 @@ class Retention:
             return []
         frames: list[str] = []
         with self.db.session() as s:
+            # Only batches still indexed as planned (a deletion since the plan took the others; a mark for a gone
+            # row id would fall to a batch that reuses it) and on no vehicle held since the plan (the hold wins:
+            # withholding erases camera frames).
+            held = set(
+                s.scalars(
+                    select(LegalHold.vin).where(
+                        LegalHold.vin.in_({a.vin for a in actions}), LegalHold.released_ms.is_(None)
+                    )
+                )
+            )
+            live = set(
+                s.scalars(
+                    select(BatchRecord.id).where(
+                        BatchRecord.id.in_([a.batch_id for a in actions]),
+                        BatchRecord.batch_hash.in_([a.batch_hash for a in actions]),
+                    )
+                )
+            )
+            actions = [a for a in actions if a.batch_id in live and a.vin not in held]
             marks = {
                 m.batch_id: m
                 for m in s.scalars(

@@ -11,12 +11,14 @@ from carvault.access.audit import AuditAction
 from carvault.errors import (
     BadRequest,
     DeIdentificationMissing,
+    NotFound,
     NotShareable,
     PayloadTooLarge,
     UnknownVehicle,
     UnsupportedMediaType,
 )
 from carvault.ingest.frames import FRAME_MEDIA_TYPE, VIN_HEADER, FrameStore, UnknownFrame
+from carvault.protocol import CAMERA
 from carvault.web.deps import Caller, RegionDep, binary_body, header_parameter, read_body
 from carvault.web.errors import raises
 
@@ -70,6 +72,10 @@ def download_frame(vin: str, sha256: str, caller: Caller, region: RegionDep, fra
     v = access.vehicle
     region.deletions.check_served(v.vin)
     rec, data = frames.read(v.vin, sha256)
+    # Past the camera category's period by the last purge's cutoffs (it skipped a held vehicle): not served.
+    cutoff = region.retention.withheld().get(CAMERA + "FrameHash")
+    if cutoff is not None and rec.t_ms < cutoff:
+        raise NotFound(f"vehicle {v.vin} has no stored frame {sha256}", vin=v.vin, sha256=sha256)
     region.audit.by_owner(
         caller.owner_id,
         AuditAction.FRAME_READ,

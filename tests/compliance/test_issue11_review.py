@@ -1,0 +1,119 @@
+"""Review of issue 11's retention purge: races between a plan and its run, and read paths the cutoffs must reach.
+
+Each test here failed before the fix it names (see the report of the review).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+from sqlalchemy import select
+
+from carvault.compliance.retention import DAY_MS, period_ms
+from carvault.region import Region
+from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionWithheld
+from carvault.vehicle.agent import VehicleAgent
+from carvault.vehicle.camera import spool_frames, upload_frames
+from carvault.vehicle.identity import VehicleIdentity
+from tests.conftest import OwnerClient
+from tests.factories import BASE_MS, drive_table
+from tests.ingest.test_frames import FACE_PHOTO, PLATE_PHOTO, consent_to_camera
+
+SPEED = "Vehicle.Speed"  # driving_dynamics: 3 years
+VOLTAGE = "Vehicle.LowVoltageBattery.CurrentVoltage"  # body: 1 year
+PATHS = [SPEED, VOLTAGE]
+BODY_GONE = BASE_MS + period_ms("body") + 2 * DAY_MS
+ALL_GONE = BASE_MS + period_ms("driving_dynamics") + 2 * DAY_MS
+CAMERA_GONE = BASE_MS + period_ms("exterior_camera") + 2 * DAY_MS
+
+
+def _claim(http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity) -> None:
+    r = http.post(
+        "/api/v1/vehicles/claim", headers=owner.headers, json={"vin": vehicle.vin, "pairing_code": vehicle.pairing_code}
+    )
+    assert r.status_code == 201, r.text
+
+
+def _records(region: Region, vin: str) -> list[BatchRecord]:
+    with region.db.session() as s:
+        return list(s.scalars(select(BatchRecord).where(BatchRecord.vin == vin).order_by(BatchRecord.seq)))
+
+
+def _bytes_of(region: Region, rec: BatchRecord) -> bytes:
+    with open(region.settings.data_dir / "segments" / rec.segment, "rb") as f:
+        f.seek(rec.offset)
+        return f.read(rec.length)
+
+
+def test_a_batch_accepted_under_a_reused_row_id_survives_a_stale_plan(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: the purge swapped index rows by id alone; SQLite reuses the id of a row a deletion removed, so a batch
+    accepted after a deletion that raced the run lost its index row (accepted data lost)."""
+    agent.record(drive_table(BASE_MS, seconds=60, paths=PATHS), batch_seconds=60)
+    agent.upload_pending()
+    _claim(http, owner, vehicle)
+    old = _records(region, vehicle.vin)
+    plan = region.retention.plan(ALL_GONE)
+    assert [a.batch_id for a in plan.erase] == [old[0].id]
+    # Meanwhile the owner deletes everything and the car uploads a new batch, which gets the freed row id.
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "fresh start").status == "completed"
+    agent.record(drive_table(BASE_MS + 3_600_000, seconds=60, paths=PATHS, seed=3), batch_seconds=60)
+    agent.upload_pending()
+    new = _records(region, vehicle.vin)
+    assert len(new) == 1 and new[0].id == old[0].id and new[0].batch_hash != old[0].batch_hash
+    kept = _bytes_of(region, new[0])
+
+    totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
+    errors: list[dict] = []
+    assert region.retention._erase_group(plan.erase, 0, totals, errors) == []
+    assert errors == []
+    assert [r.batch_hash for r in _records(region, vehicle.vin)] == [new[0].batch_hash]
+    assert _bytes_of(region, new[0]) == kept
+    with region.db.session() as s:
+        assert list(s.scalars(select(RetentionErasure.batch_id))) == []
+
+
+def test_withholding_marks_no_batch_deleted_or_held_since_the_plan(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: withholding re-checked neither holds nor whether the batch was still indexed: it marked gone rows (a
+    mark a later batch reusing the id inherits) and changed a vehicle held since the plan (camera frames erased)."""
+    agent.record(drive_table(BASE_MS, seconds=60, paths=PATHS), batch_seconds=60)
+    agent.upload_pending()
+    _claim(http, owner, vehicle)
+    plan = region.retention.plan(BODY_GONE)
+    assert len(plan.withhold) == 1
+    totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
+
+    hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 7")
+    assert region.retention._withhold_group(plan.withhold, totals, []) == []
+    region.deletions.release_hold(hold.id)
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
+    assert region.retention._withhold_group(plan.withhold, totals, []) == []
+    with region.db.session() as s:
+        assert list(s.scalars(select(RetentionWithheld).where(RetentionWithheld.vin == vehicle.vin))) == []
+
+
+def test_camera_frames_of_a_held_vehicle_are_not_served_past_their_period(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: the frame download route applied no cutoff, so frames a purge skipped under a legal hold were still
+    served after the camera category's period (every other read path withholds them)."""
+    consent_to_camera(region, vehicle, agent, owner)
+    _, blobs = spool_frames(agent, [(BASE_MS, "FRONT", PLATE_PHOTO), (BASE_MS + 1000, "REAR", FACE_PHOTO)])
+    agent.upload_pending()
+    upload_frames(agent)
+    _claim(http, owner, vehicle)
+    digest = hashlib.sha256(blobs[0]).hexdigest()
+    url = f"/api/v1/vehicles/{vehicle.vin}/frames/{digest}"
+    assert http.get(url, headers=owner.headers).status_code == 200
+
+    hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 8")
+    summary = json.loads(region.retention.run(now=CAMERA_GONE).summary)
+    assert summary["frames_erased"] == 0 and summary["skipped_by_hold"][0]["holds"] == [hold.id]
+    assert (region.frames.blob_path(digest)).exists()  # kept for the hold
+    r = http.get(url, headers=owner.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
