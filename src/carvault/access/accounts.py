@@ -107,6 +107,48 @@ class FailureLimiter:
         with self.db.session() as s:
             s.add_all([LoginAttempt(key=k) for k in keys])
 
+    def reserve(self, keys: list[str], what: str) -> list[int]:
+        """Count this attempt as a failure *before* it is checked; ``TooManyRequests`` if that exceeds the limit.
+
+        ``check`` then ``fail`` lets every attempt sent at once pass the count before any failure is recorded (a
+        slow password hash makes the gap wide), so parallel guesses outrun the limit. Recording first and counting
+        after (each count sees every attempt recorded before it) admits at most ``max_failures`` attempts per key
+        within the window, however many arrive together. A refused attempt's rows are removed (it was not
+        checked); an attempt that succeeds gives its rows back with ``release``.
+        """
+        since = now_ms() - self.window_ms
+        with self.db.session() as s:
+            s.execute(delete(LoginAttempt).where(LoginAttempt.at_ms < since))
+            rows = [LoginAttempt(key=k) for k in keys]
+            s.add_all(rows)
+            s.flush()
+            ids = [r.id for r in rows]
+        with self.db.session() as s:
+            over = any(
+                (
+                    s.scalar(
+                        select(func.count())
+                        .select_from(LoginAttempt)
+                        .where(LoginAttempt.key == k, LoginAttempt.at_ms >= since)
+                    )
+                    or 0
+                )
+                > self.max_failures
+                for k in keys
+            )
+        if over:
+            self.release(ids)
+            raise TooManyRequests(
+                f"{what}; try again in {self.window_ms // 60000} minutes", retry_after_s=self.window_ms // 1000
+            )
+        return ids
+
+    def release(self, ids: list[int]) -> None:
+        """Give back the attempts ``reserve`` recorded (the log-in succeeded, or it was refused unchecked)."""
+        if ids:
+            with self.db.session() as s:
+                s.execute(delete(LoginAttempt).where(LoginAttempt.id.in_(ids)))
+
 
 class Accounts:
     """Owner sign-up, authentication and credential management."""
@@ -135,14 +177,14 @@ class Accounts:
         """Check a password, rate-limited per email and per client address."""
         email = email.strip().lower()
         keys = [f"email:{email}"] + ([f"client:{client}"] if client else [])
-        self.limiter.check(keys, "too many failed log-ins")
+        attempt = self.limiter.reserve(keys, "too many failed log-ins")  # parallel guesses cannot outrun it
         with self.db.session() as s:
             owner = s.scalar(select(Owner).where(Owner.email == email))
         # Verify against a dummy hash when the account is unknown so timing does not reveal it.
         ok = verify_password(owner.password_hash if owner else _DUMMY_HASH, password)
         if owner is None or not ok:
-            self.limiter.fail(keys)
             raise Unauthenticated("wrong email or password")
+        self.limiter.release(attempt)
         return owner
 
     def issue(

@@ -272,13 +272,15 @@ class Staff:
         """Check password and TOTP code (rate-limited per account and per address); a new session's secret."""
         username = username.strip().lower()
         keys = [f"staff:{username}"] + ([f"staff-client:{client}"] if client else [])
-        self.limiter.check(keys, "too many failed staff log-ins")
+        # Recorded as a failure before the check and given back on success, so guesses sent in parallel cannot
+        # all pass the count before any is recorded (accounts.FailureLimiter.reserve).
+        attempt = self.limiter.reserve(keys, "too many failed staff log-ins")
         with self.db.session() as s:
             m = s.scalar(select(StaffMember).where(StaffMember.username == username))
         ok = verify_password(m.password_hash if m else _DUMMY_HASH, password)
         if m is None or not ok or m.disabled_ms is not None or not self._take_code(m, code):
-            self.limiter.fail(keys)
             raise Unauthenticated("wrong username, password or code, or the account is disabled")
+        self.limiter.release(attempt)
         secret = STAFF_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = now_ms()
         sess = StaffSession(
