@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from sqlalchemy import select
 
 from carvault.compliance.retention import DAY_MS, period_ms
+from carvault.compliance.rights import Kind
+from carvault.compliance.roles import Role
+from carvault.errors import Conflict
 from carvault.region import Region
 from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionWithheld
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.camera import spool_frames, upload_frames
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient
-from tests.factories import BASE_MS, drive_table
+from tests.factories import BASE_MS, drive_table, make_staff
 from tests.ingest.test_frames import FACE_PHOTO, PLATE_PHOTO, consent_to_camera
 
 SPEED = "Vehicle.Speed"  # driving_dynamics: 3 years
@@ -117,3 +122,32 @@ def test_camera_frames_of_a_held_vehicle_are_not_served_past_their_period(
     assert (region.frames.blob_path(digest)).exists()  # kept for the hold
     r = http.get(url, headers=owner.headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_concurrent_decisions_on_a_rights_request_decide_once(region: Region) -> None:
+    """Fix: a decision read the status and wrote the new one in two steps, so two handlers deciding at once (two
+    tabs, two replicas) could both succeed or fail with a database error instead of a clear conflict."""
+    owner_id = region.accounts.register("review-rights@example.com", "correct horse battery").id
+    dpo, _ = make_staff(region, Role.DPO)
+    r = region.rights.file(region.rights.check(owner_id, Kind.COMPLAINT, details="shared without asking"))
+    region.rights.start(r.id, dpo)
+    start = threading.Barrier(8)
+
+    def decide(n: int) -> str:
+        start.wait()
+        try:
+            if n % 2:
+                region.rights.refuse(r.id, dpo, "not ours to decide")
+            else:
+                region.rights.complete(r.id, dpo, "answered in writing")
+            return "ok"
+        except Conflict:
+            return "conflict"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(decide, range(8)))
+    assert results.count("ok") == 1 and results.count("conflict") == 7, results
+    final = region.rights.get(r.id)
+    assert final.status in ("done", "refused") and (final.outcome is None) != (final.reason is None)
+    decided = [e for e in region.audit.list(owner_id) if e.action in ("rights.complete", "rights.refuse")]
+    assert len(decided) == 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from carvault.access.audit import Actor, AuditAction, AuditLog
 from carvault.access.staff import staff_actor
@@ -30,7 +30,7 @@ from carvault.compliance.deletion import WORKING_DAYS as DELETION_WORKING_DAYS
 from carvault.compliance.deletion import add_working_days
 from carvault.compliance.roles import Permission, Role, allows
 from carvault.errors import Conflict, NotFound, ValidationFailed
-from carvault.store.metadata import Database, DeletionRequest, Owner, RightsRequest, Vehicle, now_ms
+from carvault.store.metadata import Database, DeletionRequest, Owner, RightsRequest, Vehicle, now_ms, rowcount
 
 DAY_MS = 86_400_000
 MAX_TEXT = 4000
@@ -529,27 +529,35 @@ class Rights:
             Status.WITHDRAWN: OPEN,
         }[to]
         now = now_ms()
+        values: dict[str, Any] = {"status": to.value}
+        if to is Status.IN_PROGRESS:
+            values["started_ms"] = now
+        if closed:
+            values["closed_ms"] = now
+        if outcome is not None:
+            values["outcome"] = outcome
+        if reason is not None:
+            values["reason"] = reason
         with self.db.session() as s:
+            # One conditional UPDATE decides: of concurrent decisions (two tabs, two replicas) exactly one moves it.
+            moved = rowcount(
+                s.execute(
+                    update(RightsRequest)
+                    .where(RightsRequest.id == request_id, RightsRequest.status.in_([a.value for a in allowed]))
+                    .values(**values)
+                )
+            )
             row = s.get(RightsRequest, request_id)
             if row is None:
                 raise NotFound("no such rights request", request_id=request_id)
-            if row.status not in allowed:
+            if not moved:
                 need = " or ".join(sorted(a.value for a in allowed))
                 raise Conflict(
                     f"the request is {row.status}; it must be {need} to become {to.value}",
                     status=row.status,
                 )
-            row.status = to.value
-            if to is Status.IN_PROGRESS:
-                row.started_ms = now
-            if closed:
-                row.closed_ms = now
             if handler is not None and row.handler is None:
                 row.handler, row.handler_role = handler.username, str(handler.role)
-            if outcome is not None:
-                row.outcome = outcome
-            if reason is not None:
-                row.reason = reason
             return row
 
     def _audit(self, r: RightsRequest, by: Handler, action: AuditAction, detail: dict[str, Any]) -> None:
