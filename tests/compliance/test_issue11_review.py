@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlalchemy import select
 
+from carvault.compliance.incidents import FIELDS
 from carvault.compliance.retention import DAY_MS, period_ms
 from carvault.compliance.rights import Kind
 from carvault.compliance.roles import Role
@@ -151,3 +152,23 @@ def test_concurrent_decisions_on_a_rights_request_decide_once(region: Region) ->
     assert final.status in ("done", "refused") and (final.outcome is None) != (final.reason is None)
     decided = [e for e in region.audit.list(owner_id) if e.action in ("rights.complete", "rights.refuse")]
     assert len(decided) == 1
+
+
+def test_concurrent_notifications_tell_each_owner_once_and_answer_cleanly(region: Region) -> None:
+    """Two handlers sending an incident's notices at once: each owner told once, no database error for anyone."""
+    admin, _ = make_staff(region, Role.REGION_ADMIN)
+    owners = [region.accounts.register(f"review-inc-{n}@example.com", "correct horse battery").id for n in range(3)]
+    content = {"en": {f: f"{f} en" for f in FIELDS}, "zh-CN": {f: f"{f}（中文）" for f in FIELDS}}
+    inc = region.incidents.record(admin, title="review", detected_ms=BASE_MS, content=content, owner_ids=owners)
+    start = threading.Barrier(6)
+
+    def send(_: int) -> int:
+        start.wait()
+        return region.incidents.notify_owners(inc.id, admin)
+
+    with ThreadPoolExecutor(6) as pool:
+        told = list(pool.map(send, range(6)))
+    assert sum(told) == 3, told
+    for o in owners:
+        assert len(region.incidents.notices(o)) == 1
+        assert len([e for e in region.audit.list(o) if e.action == "incident.notify"]) == 1

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import LEGAL_OBLIGATION, AuditAction, AuditLog
 from carvault.compliance.rights import Handler, actor_of, text_field
@@ -255,17 +256,13 @@ class Incidents:
         owners = self.affected(incident_id)
         body = json.dumps(text, ensure_ascii=False)
         now = now_ms()
-        with self.db.session() as s:
-            told = set(s.scalars(select(IncidentNotice.owner_id).where(IncidentNotice.incident_id == incident_id)))
-            new = [o for o in owners if o not in told]
-            for o in new:
-                s.add(IncidentNotice(incident_id=incident_id, owner_id=o, content=body, sent_ms=now))
-            row = s.get(Incident, incident_id)
-            assert row is not None
-            row.status = Status.NOTIFIED
-            row.owners_notified_ms = row.owners_notified_ms or now
-            row.affected_owners = len(told | set(new))
-            row.updated_ms = now
+        for attempt in range(3):
+            try:
+                new = self._send(incident_id, owners, body, now)
+                break
+            except IntegrityError:  # another handler sent some of them at the same moment: look again
+                if attempt == 2:
+                    raise Conflict("the notices are being sent by someone else right now; try again") from None
         for o in new:
             self.audit.record(
                 owner_id=o,
@@ -276,6 +273,23 @@ class Incidents:
             )
         self._audit_region(by, AuditAction.INCIDENT_NOTIFY, {"incident_id": incident_id, "owners": len(new)})
         return len(new)
+
+    def _send(self, incident_id: int, owners: list[int], body: str, now: int) -> list[int]:
+        """In one transaction: a notice to each owner not told yet (the unique pair refuses a second), the
+        incident marked notified; returns the owners told now."""
+        with self.db.session() as s:
+            told = set(s.scalars(select(IncidentNotice.owner_id).where(IncidentNotice.incident_id == incident_id)))
+            new = [o for o in owners if o not in told]
+            for o in new:
+                s.add(IncidentNotice(incident_id=incident_id, owner_id=o, content=body, sent_ms=now))
+            s.flush()
+            row = s.get(Incident, incident_id)
+            assert row is not None
+            row.status = Status.NOTIFIED
+            row.owners_notified_ms = row.owners_notified_ms or now
+            row.affected_owners = len(told | set(new))
+            row.updated_ms = now
+        return new
 
     def notify_authority(
         self, incident_id: int, by: Handler, *, authority: str, reference: str, content: str, notified_ms: int | None
