@@ -20,12 +20,18 @@ import pytest
 from sqlalchemy import func, select
 
 from carvault.access.staff import STAFF_TOKEN_PREFIX
+from carvault.compliance.cases import case_state
 from carvault.compliance.roles import Role
-from carvault.errors import TooManyRequests, Unauthenticated
+from carvault.errors import CaseInactive, Conflict, NotFound, TooManyRequests, Unauthenticated
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.store.metadata import LoginAttempt
+from carvault.vehicle.identity import VehicleIdentity
+from tests.compliance.test_cases import _open as open_ticket
+from tests.compliance.test_cases import _owned
+from tests.conftest import OwnerClient
 from tests.factories import make_staff
+from tests.web.portal.test_portal_http import _login, _token
 
 
 def test_parallel_guesses_cannot_outrun_the_staff_lockout(region: Region) -> None:
@@ -149,3 +155,51 @@ def test_parallel_guesses_cannot_outrun_the_owner_lockout(region: Region) -> Non
     if len(checked) == 10:  # the account is locked now: even the right password waits out the window
         with pytest.raises(TooManyRequests):
             region.accounts.authenticate("victim@example.com", "owner password 1234")
+
+
+def test_an_owner_takes_back_a_support_approval_and_reads_stop(region: Region, tmp_path: Path) -> None:
+    """Before the fix an approval, once given, let support read for up to 90 days: the owner could not withdraw
+    their consent (PIPL Art. 15). Now the owner withdraws it; reads stop at once; nobody else can withdraw it."""
+    owner_id, vins = _owned(region, tmp_path)
+    support, _ = make_staff(region, Role.SUPPORT)
+    ticket = open_ticket(region, support, vins[:1])
+    with pytest.raises(Conflict):  # nothing approved yet: nothing to withdraw
+        region.cases.withdraw(owner_id, ticket.id)
+    region.cases.decide(owner_id, ticket.id, approve=True)
+    assert region.cases.access(support, ticket.id, vins[0]).case_id == ticket.id
+    with pytest.raises(NotFound):  # another owner's ticket is not theirs to withdraw
+        region.cases.withdraw(owner_id + 1, ticket.id)
+    region.cases.withdraw(owner_id, ticket.id)
+    assert case_state(region.cases.get(ticket.id)) == "declined"
+    with pytest.raises(CaseInactive):
+        region.cases.access(support, ticket.id, vins[0])
+    with pytest.raises(Conflict):
+        region.cases.withdraw(owner_id, ticket.id)
+    logged = [e for e in region.audit.list(owner_id) if e.action == "case.decline"]
+    assert len(logged) == 1 and json.loads(logged[0].detail)["withdrawn"] is True
+
+
+@pytest.mark.slow
+def test_the_withdrawal_over_the_api_and_the_support_page(
+    region: Region, http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity
+) -> None:
+    region.vehicles.claim(owner.owner_id, vehicle.vin, vehicle.pairing_code)
+    support, _ = make_staff(region, Role.SUPPORT)
+    first = open_ticket(region, support, [vehicle.vin], subject="trips missing")
+    second = open_ticket(region, support, [vehicle.vin], subject="charging history")
+    for t in (first, second):
+        assert http.post(f"/api/v1/support-tickets/{t.id}/approve", headers=owner.headers).status_code == 200
+    r = http.post(f"/api/v1/support-tickets/{first.id}/withdraw", headers=owner.headers)
+    assert r.status_code == 200 and r.json()["state"] == "declined"
+    again = http.post(f"/api/v1/support-tickets/{first.id}/withdraw", headers=owner.headers)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    # The portal offers it on an approved ticket, behind the form token.
+    _login(http, owner)
+    html = http.get("/support").text
+    assert f'action="/support/{second.id}"' in html and 'value="withdraw"' in html
+    token = _token(html)
+    assert http.post(f"/support/{second.id}", data={"decision": "withdraw"}).status_code == 403
+    assert case_state(region.cases.get(second.id)) == "open"
+    r = http.post(f"/support/{second.id}", data={"csrf_token": token, "decision": "withdraw"})
+    assert r.status_code == 303
+    assert case_state(region.cases.get(second.id)) == "declined"

@@ -280,6 +280,30 @@ class Cases:
         self._record(c, Actor("owner", str(owner_id)), action, OWNER_REQUEST)
         return c
 
+    def withdraw(self, owner_id: int, case_id: int) -> Case:
+        """The owner withdraws an approval they gave (their consent is theirs to take back): reads stop at once.
+
+        The ticket then reads as declined; what was read before stays in the owner's access log.
+        """
+        now = now_ms()
+        with self.db.session() as s:
+            c = s.get(Case, case_id)
+            if c is None or c.owner_id != owner_id or c.kind != "support_ticket":
+                raise NotFound("no such support ticket", case_id=case_id)
+            # Conditional on the approval still standing, so a withdrawal counts once whatever runs beside it.
+            withdrawn = rowcount(
+                s.execute(
+                    update(Case)
+                    .where(Case.id == case_id, *_state_filter("open", now), Case.owner_approved_ms.is_not(None))
+                    .values(owner_declined_ms=now)
+                )
+            )
+            s.refresh(c)
+        if not withdrawn:
+            raise Conflict(f"this ticket is {case_state(c)}; there is no approval to withdraw", case_id=case_id)
+        self._record(c, Actor("owner", str(owner_id)), AuditAction.CASE_DECLINE, OWNER_REQUEST, withdrawn=True)
+        return c
+
     # ------------------------------------------------------ access under a case
     def access(self, staff: StaffPrincipal, case_id: int, vin: str) -> Access:
         """A staff member's access to one vehicle under a case, or the refusal that says why not."""

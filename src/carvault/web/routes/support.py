@@ -55,3 +55,12 @@ def approve(case_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str,
 @router.post("/{case_id}/decline", summary="Refuse support access under this ticket", responses=raises(Conflict))
 def decline(case_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     return ticket_json(region.cases.decide(owner.owner_id, case_id, approve=False))
+
+
+@router.post(
+    "/{case_id}/withdraw",
+    summary="Withdraw my approval of this ticket: support reads nothing more under it",
+    responses=raises(Conflict),
+)
+def withdraw(case_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    return ticket_json(region.cases.withdraw(owner.owner_id, case_id))

@@ -37,7 +37,7 @@ async def decide(case_id: RowId, request: Request) -> Response:
     p = await page(request)
     form = await p.form()
     choice = form.get("decision", "")
-    if choice not in ("approve", "decline"):
+    if choice not in ("approve", "decline", "withdraw"):  # withdraw: take back an approval given earlier
         return await _page(p, 400, p.t("support.choose"))
     r = await p.api("POST", f"/api/v1/support-tickets/{case_id}/{choice}")
     if r.status_code >= 400:
