@@ -259,3 +259,22 @@ def test_staff_secrets_are_not_kept_readable(region: Region) -> None:
                     if any(n in raw for n in needles):
                         found.append(table)
     assert not found, f"a staff secret is readable in {sorted(set(found))}"
+
+
+def test_an_account_cannot_flood_the_rights_desk(http: httpx.Client, owner: OwnerClient, region: Region) -> None:
+    """Before the fix an account could file requests without end, each access request starting an export of a
+    vehicle's whole history; now 20 may be open at once, the next is refused with nothing stored."""
+    from carvault.web.routes.rights import MAX_OPEN_REQUESTS
+
+    filed = []
+    for n in range(MAX_OPEN_REQUESTS):
+        r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "explanation", "details": f"{n}"})
+        assert r.status_code == 201, r.text
+        filed.append(r.json()["id"])
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "explanation", "details": "more"})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
+    assert len(region.rights.of_requester(owner.owner_id)) == MAX_OPEN_REQUESTS
+    withdrawn = http.post(f"/api/v1/rights-requests/{filed[0]}/withdraw", headers=owner.headers)
+    assert withdrawn.status_code == 200, withdrawn.text
+    r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "explanation", "details": "again"})
+    assert r.status_code == 201

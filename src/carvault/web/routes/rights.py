@@ -15,13 +15,14 @@ from pydantic import BaseModel, Field
 
 from carvault.access.portability import Portability, Recipient
 from carvault.compliance.incidents import LANGUAGE_CODES, notice_json
-from carvault.compliance.rights import MAX_TEXT, Kind, request_json
+from carvault.compliance.rights import MAX_TEXT, Kind, Status, request_json
 from carvault.errors import (
     Conflict,
     CrossBorderTransfer,
     DataFrozen,
     GatekeeperRefused,
     NotFound,
+    TooManyRequests,
     ValidationFailed,
 )
 from carvault.web.deps import CurrentOwner, RegionDep, RowId
@@ -30,6 +31,10 @@ from carvault.web.routes.exports import get_jobs
 from carvault.web.routes.portability import RecipientIn
 
 router = APIRouter(prefix="/api/v1", tags=["rights"])
+# Requests one account may have open at once: each may start an export of a vehicle's whole history or a deletion
+# and takes the officer's time, so an account (or a stolen token) cannot flood the desk and the export workers.
+MAX_OPEN_REQUESTS = 20
+OPEN = (Status.RECEIVED, Status.IN_PROGRESS)
 KindName = Literal[
     "access", "correction", "deletion", "portability", "restriction", "explanation", "complaint", "next_of_kin"
 ]
@@ -55,10 +60,15 @@ class RightsForm(BaseModel):
     status_code=201,
     summary="File a rights request (access, correction, deletion, portability, restriction, explanation, "
     "complaint, next of kin)",
-    responses=raises(NotFound, ValidationFailed, DataFrozen, CrossBorderTransfer, GatekeeperRefused),
+    responses=raises(NotFound, ValidationFailed, DataFrozen, CrossBorderTransfer, GatekeeperRefused, TooManyRequests),
 )
 def file_request(form: RightsForm, owner: CurrentOwner, region: RegionDep, request: Request) -> dict[str, Any]:
     rights = region.rights
+    if sum(r.status in OPEN for r in rights.of_requester(owner.owner_id)) >= MAX_OPEN_REQUESTS:
+        raise TooManyRequests(
+            f"you have {MAX_OPEN_REQUESTS} requests open; wait for an answer or withdraw one before filing another",
+            limit=MAX_OPEN_REQUESTS,
+        )
     f = rights.check(
         owner.owner_id,
         form.kind,
