@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -172,3 +173,57 @@ def test_concurrent_notifications_tell_each_owner_once_and_answer_cleanly(region
     for o in owners:
         assert len(region.incidents.notices(o)) == 1
         assert len([e for e in region.audit.list(o) if e.action == "incident.notify"]) == 1
+
+
+def _finished_export(http: httpx.Client, owner: OwnerClient, vin: str, start: int, end: int) -> int:
+    r = http.post("/api/v1/exports", headers=owner.headers, json={"vin": vin, "start": start, "end": end})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    for _ in range(200):
+        job = http.get(f"/api/v1/exports/{job_id}", headers=owner.headers).json()
+        if job["status"] == "done":
+            return job_id
+        time.sleep(0.05)
+    raise AssertionError(f"export {job_id} did not finish: {job}")
+
+
+def test_a_deletion_erases_the_vehicles_finished_exports(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: a completed deletion left the owner's finished export files (kept a week) on disk and downloadable."""
+    agent.record(drive_table(BASE_MS, seconds=60, paths=PATHS), batch_seconds=60)
+    agent.upload_pending()
+    _claim(http, owner, vehicle)
+    job_id = _finished_export(http, owner, vehicle.vin, BASE_MS, BASE_MS + 60_000)
+    folder = region.settings.data_dir / "exports"
+    assert http.get(f"/api/v1/exports/{job_id}/download", headers=owner.headers).status_code == 200
+    assert [p for p in folder.iterdir() if p.is_file()]
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
+    assert [p for p in folder.iterdir() if p.is_file()] == []
+    r = http.get(f"/api/v1/exports/{job_id}/download", headers=owner.headers)
+    assert r.status_code == 404, r.text
+
+
+def test_a_purge_removes_finished_exports_holding_what_it_withheld(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: an export finished before a purge kept serving, for its week, samples the purge withheld or erased."""
+    agent.record(drive_table(BASE_MS, seconds=60, paths=PATHS), batch_seconds=60)
+    agent.record(drive_table(BASE_MS + 30 * DAY_MS, seconds=60, paths=PATHS, seed=1), batch_seconds=60)
+    agent.upload_pending()
+    _claim(http, owner, vehicle)
+    old = _finished_export(http, owner, vehicle.vin, BASE_MS, BASE_MS + 60_000)
+    young = _finished_export(http, owner, vehicle.vin, BASE_MS + 30 * DAY_MS, BASE_MS + 30 * DAY_MS + 60_000)
+    summary = json.loads(region.retention.run(now=BODY_GONE + 13 * DAY_MS).summary)  # only the first batch's body
+    assert summary["batches_withheld"] == 1 and summary["export_files_removed"] == 1
+    assert http.get(f"/api/v1/exports/{old}/download", headers=owner.headers).status_code == 404
+    assert http.get(f"/api/v1/exports/{young}/download", headers=owner.headers).status_code == 200
+    # Asked again, the export leaves the withheld signal out.
+    again = _finished_export(http, owner, vehicle.vin, BASE_MS, BASE_MS + 60_000)
+    r = http.get(f"/api/v1/exports/{again}/download", headers=owner.headers)
+    assert r.status_code == 200
+    header, *lines = [line for line in r.text.strip().splitlines() if not line.startswith("#")]
+    assert lines and SPEED in header, header
+    if VOLTAGE in header.split(","):
+        col = header.split(",").index(VOLTAGE)
+        assert all(line.split(",")[col] == "" for line in lines)

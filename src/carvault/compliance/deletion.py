@@ -33,6 +33,7 @@ from carvault.store.metadata import (
     now_ms,
     rowcount,
 )
+from carvault.store.tables import ExportJob
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -256,6 +257,12 @@ class Deletions:
                 bundles = list(s.scalars(select(PortabilityBundle.file_name).where(PortabilityBundle.vin == vin)))
             for name in bundles:
                 (self.region.settings.data_dir / "portability" / name).unlink(missing_ok=True)
+            with self.db.session() as s:  # finished exports (kept a week) are copies of the vehicle's telemetry too
+                exports = list(
+                    s.scalars(select(ExportJob.file_name).where(ExportJob.vin == vin, ExportJob.file_name.is_not(None)))
+                )
+            for export in exports:
+                (self.region.settings.data_dir / "exports" / str(export)).unlink(missing_ok=True)
             self.region.derived.delete_vehicle(vin)
             frames += self.region.frames.delete_vehicle(vin)
             with self.db.session() as s:

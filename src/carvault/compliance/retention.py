@@ -64,7 +64,7 @@ from carvault.store.metadata import (
     rowcount,
 )
 from carvault.store.segments import SegmentReader
-from carvault.store.tables import FrameRecord
+from carvault.store.tables import ExportJob, FrameRecord
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +465,7 @@ class Retention:
         counts = {c: Counts() for c in CATEGORIES}
         per_vin: dict[str, dict[str, Any]] = {}
         totals = {"bytes_overwritten": 0, "query_copy_bytes_removed": 0, "frames_erased": 0, "packages_erased": 0}
+        totals["export_files_removed"] = 0
         total = len(plan.erase) + len(plan.withhold)
         done = 0
         for chunk in _chunks(plan.erase):
@@ -485,6 +486,8 @@ class Retention:
                     self._note(per_vin, a, "withheld", a.withhold)
             done += len(chunk)
             self._step(run, holder, progress, done, total)
+        if not run.dry_run:
+            self._drop_exports(per_vin, totals)
         for a in plan.held:
             for c in a.withhold or a.categories:
                 counts[c].held_batches += 1
@@ -601,8 +604,28 @@ class Retention:
     @staticmethod
     def _note(per_vin: dict[str, dict[str, Any]], a: BatchAction, what: str, cats: Iterable[str]) -> None:
         entry = per_vin.setdefault(a.vin, {})
+        entry["span"] = (min(a.t0, entry.get("span", (a.t0, a.t1))[0]), max(a.t1, entry.get("span", (a.t0, a.t1))[1]))
         entry.setdefault(f"{what}_seqs", []).append(a.seq)
         entry.setdefault(f"{what}_categories", set()).update(cats)
+
+    def _drop_exports(self, per_vin: dict[str, dict[str, Any]], totals: dict[str, int]) -> None:
+        """Remove finished export files (kept a week) whose window overlaps a batch this run erased or withheld
+        from: they were built before and hold what is now gone or withheld. The owner asks again; the new file
+        is built by the new cutoffs."""
+        if not per_vin:
+            return
+        with self.db.session() as s:
+            rows = s.execute(
+                select(ExportJob.vin, ExportJob.file_name, ExportJob.start_ms, ExportJob.end_ms).where(
+                    ExportJob.vin.in_(list(per_vin)), ExportJob.file_name.is_not(None)
+                )
+            ).all()
+        for vin, name, start, end in rows:
+            lo, hi = per_vin[vin]["span"]
+            path = self.data_dir / "exports" / str(name)
+            if start <= hi and end >= lo and path.exists():
+                path.unlink(missing_ok=True)
+                totals["export_files_removed"] += 1
 
     # ------------------------------------------------------------------ erasing
     def _erase_group(
