@@ -187,9 +187,13 @@ def test_the_withdrawal_over_the_api_and_the_support_page(
     region.vehicles.claim(owner.owner_id, vehicle.vin, vehicle.pairing_code)
     support, _ = make_staff(region, Role.SUPPORT)
     first = open_ticket(region, support, [vehicle.vin], subject="trips missing")
-    second = open_ticket(region, support, [vehicle.vin], subject="charging history")
+    second = open_ticket(region, support, [vehicle.vin], subject="charging history", from_ms=BASE_MS, to_ms=BASE_MS + 1)
     for t in (first, second):
         assert http.post(f"/api/v1/support-tickets/{t.id}/approve", headers=owner.headers).status_code == 200
+    listed = {t["id"]: t for t in http.get("/api/v1/support-tickets", headers=owner.headers).json()}
+    # The owner sees the window of data asked for before deciding (the ticket's, here all of it: None, None).
+    assert listed[first.id]["from_ms"] is None and listed[first.id]["to_ms"] is None
+    assert (listed[second.id]["from_ms"], listed[second.id]["to_ms"]) == (BASE_MS, BASE_MS + 1)
     r = http.post(f"/api/v1/support-tickets/{first.id}/withdraw", headers=owner.headers)
     assert r.status_code == 200 and r.json()["state"] == "declined"
     again = http.post(f"/api/v1/support-tickets/{first.id}/withdraw", headers=owner.headers)

@@ -29,6 +29,8 @@ def ticket_json(c: Case) -> dict[str, Any]:
             "opened_by",
             "opened_ms",
             "ends_ms",
+            "from_ms",  # the window of data asked for (None: from the first record / up to now)
+            "to_ms",
             "closed_ms",
             "owner_approved_ms",
             "owner_declined_ms",
