@@ -5,18 +5,20 @@ Each test here failed before the fix it names (see the report of the review).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import select
 
 from carvault.compliance.incidents import FIELDS
 from carvault.compliance.retention import DAY_MS, period_ms
-from carvault.compliance.rights import Kind
+from carvault.compliance.rights import DEADLINES, Kind, rule_zone
 from carvault.compliance.roles import Role
 from carvault.errors import Conflict
 from carvault.region import Region
@@ -227,3 +229,19 @@ def test_a_purge_removes_finished_exports_holding_what_it_withheld(
     if VOLTAGE in header.split(","):
         col = header.split(",").index(VOLTAGE)
         assert all(line.split(",")[col] == "" for line in lines)
+
+
+def test_working_day_deadlines_count_on_the_calendar_of_the_laws_place(region: Region) -> None:
+    """Fix: working days were counted on the UTC calendar, so a request received on a Saturday morning in China
+    (still Friday in UTC) counted that Friday as its day of receipt: its deadline fell a day later than the law's."""
+    saturday_cn = int(dt.datetime(2026, 12, 5, 2, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
+    china = ZoneInfo("Asia/Shanghai")
+    owner_id = region.accounts.register("review-deadline@example.com", "correct horse battery").id
+    r = region.rights.file(region.rights.check(owner_id, Kind.EXPLANATION), now=saturday_cn)
+    assert r.deadline_rule == "cn"
+    due = dt.datetime.fromtimestamp(r.deadline_ms / 1000, china)
+    # Received on a Saturday: Monday 7 December is the first working day, Friday 25 December the fifteenth.
+    assert due.date() == dt.date(2026, 12, 25) and due.weekday() == 4
+    # On the EU calendar a month still ends on the same day, counted in Brussels time.
+    eu = DEADLINES["eu"].due(saturday_cn, rule_zone("eu"))
+    assert dt.datetime.fromtimestamp(eu / 1000, ZoneInfo("Europe/Brussels")).date() == dt.date(2027, 1, 4)

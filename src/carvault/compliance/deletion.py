@@ -50,9 +50,10 @@ RETAINED = [
 ]
 
 
-def add_working_days(start_ms: int, days: int) -> int:
-    """``days`` working days (Monday–Friday) after ``start_ms`` (public holidays are not modelled)."""
-    d = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
+def add_working_days(start_ms: int, days: int, zone: dt.tzinfo = dt.UTC) -> int:
+    """``days`` working days (Monday–Friday) after ``start_ms``, the days as the calendar of ``zone`` has them
+    (public holidays are not modelled)."""
+    d = dt.datetime.fromtimestamp(start_ms / 1000, zone)
     left = days
     while left:
         d += dt.timedelta(days=1)

@@ -31,6 +31,7 @@ from carvault.compliance.deletion import add_working_days
 from carvault.compliance.roles import Permission, Role, allows
 from carvault.errors import Conflict, NotFound, ValidationFailed
 from carvault.store.metadata import Database, DeletionRequest, Owner, RightsRequest, Vehicle, now_ms, rowcount
+from carvault.timezones import region_zone
 
 DAY_MS = 86_400_000
 MAX_TEXT = 4000
@@ -83,13 +84,14 @@ class Deadline:
     unit: Unit
     source: str
 
-    def due(self, start_ms: int) -> int:
-        """The moment the answer is due for a request received at ``start_ms``."""
+    def due(self, start_ms: int, zone: dt.tzinfo = dt.UTC) -> int:
+        """The moment the answer is due for a request received at ``start_ms``, days and months counted on the
+        calendar of ``zone`` (the civil time of the law's place: a Saturday there is no working day)."""
         if self.unit is Unit.WORKING_DAYS:
-            return add_working_days(start_ms, self.amount)
+            return add_working_days(start_ms, self.amount, zone)
         if self.unit is Unit.CALENDAR_DAYS:
             return start_ms + self.amount * DAY_MS
-        d = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
+        d = dt.datetime.fromtimestamp(start_ms / 1000, zone)
         month0 = d.month - 1 + self.amount
         year, month = d.year + month0 // 12, month0 % 12 + 1
         day = min(d.day, calendar.monthrange(year, month)[1])
@@ -124,6 +126,12 @@ DEADLINES: dict[str, Deadline] = {
     ),
 }
 FALLBACK_RULE = "cn"
+
+
+def rule_zone(rule: str) -> dt.tzinfo:
+    """The civil time a DEADLINES rule counts its days in: its jurisdiction's (``carvault.timezones``), else UTC."""
+    found = region_zone(rule.split(".")[0])
+    return found[1] if found else dt.UTC
 
 
 def deadline_rule(jurisdiction: str, kind: Kind) -> str:
@@ -302,7 +310,7 @@ class Rights:
             deadline_rule=rule,
             status=Status.RECEIVED.value,
             received_ms=received,
-            deadline_ms=DEADLINES[rule].due(received),
+            deadline_ms=DEADLINES[rule].due(received, rule_zone(rule)),
             deletion_request_id=deletion_request_id,
             export_job_id=export_job_id,
             portability_bundle_id=portability_bundle_id,
@@ -326,7 +334,7 @@ class Rights:
                 where = s.scalar(select(Owner.jurisdiction).where(Owner.id == owner_id))
             if where and where != self.region and (where in DEADLINES or f"{where}.{kind.value}" in DEADLINES):
                 rules.add(deadline_rule(where, kind))
-        return min(sorted(rules), key=lambda k: DEADLINES[k].due(received_ms))
+        return min(sorted(rules), key=lambda k: DEADLINES[k].due(received_ms, rule_zone(k)))
 
     def of_requester(self, owner_id: int) -> list[RightsRequest]:
         """The requests this account filed, newest first."""
