@@ -282,3 +282,23 @@ def test_an_account_cannot_flood_the_rights_desk(http: httpx.Client, owner: Owne
     assert withdrawn.status_code == 200, withdrawn.text
     r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "explanation", "details": "again"})
     assert r.status_code == 201
+
+
+def test_only_those_who_work_a_kind_of_case_close_it(region: Region, tmp_path: Path) -> None:
+    """Before the fix anyone with cases.open closed any case: support could end an authority's investigation."""
+    from carvault.errors import RoleForbidden
+
+    _, vins = _owned(region, tmp_path)
+    support, _ = make_staff(region, Role.SUPPORT)
+    liaison, _ = make_staff(region, Role.LIAISON)
+    dpo, _ = make_staff(region, Role.DPO)
+    order = open_ticket(region, liaison, vins[:1], kind="authority_order", authority="City police", reference="O-7")
+    ticket = open_ticket(region, support, vins[:1])
+    with pytest.raises(RoleForbidden):
+        region.cases.close(support, order.id, "not ours")
+    with pytest.raises(RoleForbidden):
+        region.cases.close(liaison, ticket.id, "not ours")
+    assert case_state(region.cases.get(order.id)) == "open" and region.cases.get(ticket.id).closed_ms is None
+    region.cases.close(liaison, order.id, "order served")
+    region.cases.close(dpo, ticket.id, "closed in oversight")  # the DPO closes any case
+    assert region.cases.get(ticket.id).closed_by == str(dpo.actor)

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor, AuditAction, AuditLog
 from carvault.access.grants import Access
 from carvault.access.staff import StaffPrincipal
-from carvault.compliance.roles import CASE_KINDS, Permission, allows, may_open
+from carvault.compliance.roles import CASE_KINDS, Permission, Role, allows, may_open
 from carvault.compliance.sharing import Scope, ScopedView
 from carvault.errors import (
     CaseInactive,
@@ -228,10 +228,17 @@ class Cases:
             return list(s.scalars(q.limit(max(1, min(limit, 1000)))))
 
     def close(self, staff: StaffPrincipal, case_id: int, outcome: str = "") -> Case:
-        """Close a case (no read under it after this); recorded in both chains."""
+        """Close a case (no read under it after this); recorded in both chains.
+
+        Whoever works cases of its kind closes it (support its tickets, the liaison authority orders), and the
+        data-protection officer any case, in oversight; support cannot end an authority's investigation.
+        """
         outcome = outcome.strip()
         if len(outcome) > 1000:
             raise ValidationFailed("an outcome is at most 1000 characters", field="outcome")
+        kind = self.get(case_id).kind
+        if not allows(staff.role, Permission.CASES_OPEN) or not (may_open(staff.role, kind) or staff.role is Role.DPO):
+            raise RoleForbidden(f"the role {staff.role.value} does not close {kind} cases", kind=kind)
         with self.db.session() as s:
             # Conditional, so of two closings at once (any replica, any backend) exactly one is recorded.
             closed = rowcount(
