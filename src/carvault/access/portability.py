@@ -416,6 +416,9 @@ def _excluded_entry(rec: BatchRecord, categories: list[str]) -> dict[str, Any]:
         "t1": rec.t1,
         "kind": rec.kind,
         "categories": categories,
+        # A region-attested batch's leaf commits to its mark (docs/protocol.md §9): without it here the recipient
+        # could not open the left-out batch's leaf, and with it the mark is checked against the log.
+        **({"attested_by": rec.attested_by} if rec.attested_by is not None else {}),
     }
 
 

@@ -139,6 +139,7 @@ class Excluded:
     t1: int
     kind: str
     categories: tuple[str, ...]
+    attested_by: str | None = None  # the attesting region of a left-out region-attested batch (protocol §9)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,9 @@ def _excluded(raw: Any, what: str) -> Excluded:
     categories = member(e, "categories", list, what)
     if not all(isinstance(c, str) for c in categories):
         raise DocumentError(f"{what}: categories must be strings")
+    attested = e.get("attested_by")
+    if "attested_by" in e and (not isinstance(attested, str) or not attested):
+        raise DocumentError(f"{what}: attested_by must be a region name when present")
     return Excluded(
         seq=nonneg(e, "seq", what),
         batch_hash=hashes[0],
@@ -210,6 +214,7 @@ def _excluded(raw: Any, what: str) -> Excluded:
         t1=nonneg(e, "t1", what),
         kind=member(e, "kind", str, what),
         categories=tuple(categories),
+        attested_by=attested,
     )
 
 
@@ -288,7 +293,12 @@ def check_bundle_chain(run: Any) -> None:
 
 
 def check_excluded_logged(run: Any) -> None:
-    """Every left-out batch has an inclusion proof too, so the region cannot list a batch that never existed."""
+    """Every left-out batch has an inclusion proof too, so the region cannot list a batch that never existed.
+
+    A left-out region-attested batch is listed with its ``attested_by`` mark, which its v2 leaf commits to: the
+    proof opens only with the mark the log holds, and the mark must be the one the certificate implies (as for the
+    included batches), so a left-out batch can be neither re-labelled car-signed nor passed off as attested.
+    """
     excluded = _bundle_of(run).excluded
     if not excluded or run.checkpoint is None:
         return
@@ -303,7 +313,10 @@ def check_excluded_logged(run: Any) -> None:
         try:
             if entry is None or entry.batch_hash != e.batch_hash:
                 raise VerificationError("no inclusion proof for the listed hash")
-            leaf = leaf_for(entry, region=m.region, vin=m.vin)
+            if run.key is not None and e.attested_by != run.verdict.attested_by:
+                said = f"attested by region {e.attested_by}" if e.attested_by else "car-signed"
+                raise VerificationError(f"it is listed as {said}, which the vehicle certificate contradicts")
+            leaf = leaf_for(entry, region=m.region, vin=m.vin, attested_by=e.attested_by)
             verify_inclusion(leaf_hash(leaf), entry.leaf_index, cp.size, list(entry.proof), cp.root)
         except VerificationError as err:
             failed.append(f"left-out batch {e.seq}: {err}")
