@@ -16,13 +16,14 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import select
 
+from carvault.compliance.deletion import overwrite_ranges
 from carvault.compliance.incidents import FIELDS
 from carvault.compliance.retention import DAY_MS, period_ms
 from carvault.compliance.rights import DEADLINES, Kind, rule_zone
 from carvault.compliance.roles import Role
 from carvault.errors import Conflict
 from carvault.region import Region
-from carvault.store.metadata import BatchRecord, RetentionErasure, RetentionWithheld
+from carvault.store.metadata import BatchRecord, DeletionRequest, RetentionErasure, RetentionWithheld, now_ms
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.camera import spool_frames, upload_frames
 from carvault.vehicle.identity import VehicleIdentity
@@ -245,3 +246,35 @@ def test_working_day_deadlines_count_on_the_calendar_of_the_laws_place(region: R
     # On the EU calendar a month still ends on the same day, counted in Brussels time.
     eu = DEADLINES["eu"].due(saturday_cn, rule_zone("eu"))
     assert dt.datetime.fromtimestamp(eu / 1000, ZoneInfo("Europe/Brussels")).date() == dt.date(2027, 1, 4)
+
+
+def test_a_deletion_killed_midway_is_finished_when_the_region_starts_again(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent, region: Region
+) -> None:
+    """Fix: a deletion killed after zeroing some bytes stayed ``pending`` for ever, its rows naming zeroed bytes;
+    nothing carried it out again. ``Deletions.resume`` does (at start and before each scheduled purge)."""
+    agent.record(drive_table(BASE_MS, seconds=120, paths=PATHS), batch_seconds=60)
+    agent.upload_pending()
+    _claim(http, owner, vehicle)
+    recs = _records(region, vehicle.vin)
+    # What a process killed inside ``process`` leaves: the request recorded, the first batch's bytes zeroed.
+    with region.db.session() as s:
+        req = DeletionRequest(
+            owner_id=owner.owner_id,
+            vin=vehicle.vin,
+            reason="killed midway",
+            status="pending",
+            requested_ms=now_ms() - 120_000,
+            deadline_ms=now_ms() + 10 * DAY_MS,
+        )
+        s.add(req)
+    overwrite_ranges(region.settings.data_dir / "segments" / recs[0].segment, [(recs[0].offset, recs[0].length)])
+    assert region.deletions.resume(min_age_ms=600_000) == 0  # as if in flight in another process: left to it
+    assert len(_records(region, vehicle.vin)) == 2
+    assert region.deletions.resume() == 1
+    with region.db.session() as s:
+        done = s.get(DeletionRequest, req.id)
+        assert done is not None and done.status == "completed" and done.receipt
+    assert _records(region, vehicle.vin) == []
+    assert all(_bytes_of(region, r) == bytes(r.length) for r in recs)
+    assert region.deletions.resume() == 0

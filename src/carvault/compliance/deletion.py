@@ -226,6 +226,20 @@ class Deletions:
         )
         return self.process(req.id)
 
+    def resume(self, min_age_ms: int = 60_000) -> int:
+        """Carry out requests a killed process left pending (recorded, perhaps half erased: bytes zeroed, rows
+        still there); return how many were finished. Erasing again is harmless. Requests younger than
+        ``min_age_ms`` are left to the process that is carrying them out now."""
+        with self.db.session() as s:
+            ids = list(
+                s.scalars(
+                    select(DeletionRequest.id)
+                    .where(DeletionRequest.status == "pending", DeletionRequest.requested_ms < now_ms() - min_age_ms)
+                    .order_by(DeletionRequest.id)
+                )
+            )
+        return sum(1 for i in ids if self.process(i).status == "completed")
+
     def _vins(self, req: DeletionRequest) -> list[str]:
         if req.vin is not None:
             return [req.vin]

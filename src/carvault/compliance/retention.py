@@ -997,9 +997,10 @@ class RetentionScheduler:
     next turn. The first run comes one interval after start, not at start (a restart loop never purges in a loop).
     """
 
-    def __init__(self, retention: Retention, interval_s: int) -> None:
+    def __init__(self, retention: Retention, interval_s: int, chores: tuple[Callable[[], object], ...] = ()) -> None:
         self.retention = retention
         self.interval_s = interval_s
+        self.chores = chores  # run before each purge, e.g. finishing deletions a killed process left pending
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -1010,6 +1011,11 @@ class RetentionScheduler:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            for chore in self.chores:
+                try:
+                    await asyncio.to_thread(chore)
+                except Exception:  # noqa: BLE001 - a failed chore must not stop the purges
+                    log.exception("scheduled chore %s failed; the next interval tries again", chore)
             try:
                 await asyncio.to_thread(self.retention.run)
             except RetentionRunning:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,7 +59,10 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await region.live.start()  # this replica receives every live frame from the broker from now on
-        purges = RetentionScheduler(region.retention, region.settings.retention_interval_s)
+        await asyncio.to_thread(region.deletions.resume)  # deletions a killed process left half done
+        purges = RetentionScheduler(
+            region.retention, region.settings.retention_interval_s, chores=(region.deletions.resume,)
+        )
         purges.start()  # a retention purge every interval (docs/retention.md); the lease lets one replica at a time
         yield
         await purges.stop()
