@@ -217,9 +217,12 @@ def test_import_keeps_the_origin_regions_attestation_beside_car_signed_data(worl
     tesla, tesla_code = bundle(world, TESLA)
     native, native_code = bundle(world, NATIVE)
     imp = importer(world.b)
+    said = []
     for path, code in ((tesla, tesla_code), (native, native_code)):
         result = imp.import_bundle(path, import_code=code, owner_id=world.owner_b)
         assert result.anchored and not result.duplicate
+        said.append((result.as_json()["provenance"], result.as_json()["attested_by"]))
+    assert said == [("region-attested", "cn"), ("car-signed", None)]  # what the API and the audit entry say
     recs = records_of(world.b, TESLA)
     assert [(r.seq, r.attested_by) for r in recs] == [(1, "cn"), (3, "cn")]  # the ORIGIN's mark, not B's ("eu")
     assert all(r.attested_by is None for r in records_of(world.b, NATIVE))  # car-signed stays car-signed

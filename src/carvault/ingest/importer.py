@@ -391,6 +391,7 @@ class ImportResult:
     duplicate: bool
     excluded: int
     checks: list[dict[str, Any]] = field(default_factory=list)
+    attested_by: str | None = None  # the origin region that attested the batches (protocol §9); None: car-signed
 
     def as_json(self) -> dict[str, Any]:
         """The result as the API and CLI report it."""
@@ -403,6 +404,8 @@ class ImportResult:
             "anchored": self.anchored,
             "duplicate": self.duplicate,
             "excluded": self.excluded,
+            "provenance": "region-attested" if self.attested_by else "car-signed",
+            "attested_by": self.attested_by,
             "checks": self.checks,
         }
 
@@ -470,6 +473,7 @@ class Importer:
             duplicate=done is not None,
             excluded=len(m.excluded),
             checks=checks,
+            attested_by=verdict.attested_by,
         )
         if done is not None:
             return result
