@@ -22,14 +22,14 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, Actor, AuditAction, AuditLog
 from carvault.compliance.rights import Handler, actor_of, text_field
 from carvault.compliance.sharing import PURPOSES
 from carvault.errors import Conflict, InvalidQuery, NotFound, RecordRetained, ValidationFailed
 from carvault.signals import CATEGORIES, Catalogue, PrivacyClass
-from carvault.store.metadata import App, Database, Grant, PortabilityBundle, ProcessingRecord, now_ms
+from carvault.store.metadata import App, Database, Grant, PortabilityBundle, ProcessingRecord, now_ms, rowcount
 
 KEEP_YEARS = 3
 KEEP_MS = KEEP_YEARS * 365 * 86_400_000 + 86_400_000  # three years, counting a leap day
@@ -272,10 +272,17 @@ class Records:
                 + ("this one is still current" if until is None else "this one may be deleted from its date"),
                 deletable_from_ms=until,
             )
+        # One conditional DELETE: a sync that brought the record back into force meanwhile keeps it.
         with self.db.session() as s:
-            r = s.get(ProcessingRecord, record_id)
-            if r is not None:
-                s.delete(r)
+            gone = s.execute(
+                delete(ProcessingRecord).where(
+                    ProcessingRecord.id == record_id,
+                    ProcessingRecord.retired_ms.is_not(None),
+                    ProcessingRecord.retired_ms <= t - KEEP_MS,
+                )
+            )
+        if rowcount(gone) == 0:
+            raise RecordRetained("this processing record came back into force meanwhile; it is kept")
         self._audit(actor_of(by), AuditAction.RECORD_DELETE, {"kind": row.kind, "key": row.key, "before": _values(row)})
 
     # ------------------------------------------------------------------ reading
