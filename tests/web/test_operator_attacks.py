@@ -200,8 +200,11 @@ def test_the_withdrawal_over_the_api_and_the_support_page(
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
     # The portal offers it on an approved ticket, behind the form token.
     _login(http, owner)
+    third = open_ticket(region, support, [vehicle.vin], subject="range estimate")  # left waiting for the owner
     html = http.get("/support").text
-    assert f'action="/support/{second.id}"' in html and 'value="withdraw"' in html
+    assert f'action="/support/{second.id}"' in html and 'value="withdraw"' in html and "Withdraw approval" in html
+    # The waiting ticket names the window of data it asks for before the owner decides.
+    assert f'data-case="{third.id}"' in html and "Data asked for: the first record to now" in html
     token = _token(html)
     assert http.post(f"/support/{second.id}", data={"decision": "withdraw"}).status_code == 403
     assert case_state(region.cases.get(second.id)) == "open"
