@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from sqlalchemy import select
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from carvault.access.packages import trust_document
@@ -35,6 +36,7 @@ from carvault.settings import Settings
 from carvault.signals import catalogue
 from carvault.store.metadata import BatchRecord, Vehicle
 from carvault.vehicle.agent import VehicleAgent
+from carvault.web.app import create_app
 from tests.access.test_portability import PLAIN, importer, rezip, stored_in, trust_origin, upload
 from tests.factories import BASE_MS, drive_table, vin_for
 from tests.ingest.fleet_telemetry_client import message, payload, value_of
@@ -253,6 +255,24 @@ def test_import_keeps_the_origin_regions_attestation_beside_car_signed_data(worl
     assert got.num_rows == 10 and got.column(SPEED).to_pylist() == [want.column(SPEED)[i].as_py() for i in keep]
     with pytest.raises(CarVaultError, match="no valid certificate from this region's CA"):
         world.b.fleet.admit(TESLA)  # B ("eu") does not stream for a car region cn attests
+    # What the owner reads in B through the API says the same (in process, without the lifespan).
+    token, _ = world.b.accounts.issue(world.owner_b, "token", label="test")
+    http = TestClient(create_app(world.b), base_url="http://eu.test")
+    auth = {"Authorization": f"Bearer {token}"}
+    car = http.get(f"/api/v1/vehicles/{TESLA}", headers=auth).json()
+    assert (car["provenance"], car["attested_by"]) == ("region-attested", "cn"), car
+    listed = http.get(
+        f"/api/v1/vehicles/{TESLA}/batches", headers=auth, params={"start": BASE_MS, "end": BASE_MS + 60_000}
+    )
+    assert listed.status_code == 200, listed.text
+    assert [(x["seq"], x["provenance"], x["attested_by"]) for x in listed.json()["batches"]] == [
+        (1, "region-attested", "cn"),
+        (3, "region-attested", "cn"),
+    ]
+    native_batches = http.get(
+        f"/api/v1/vehicles/{NATIVE}/batches", headers=auth, params={"start": BASE_MS, "end": BASE_MS + 200_000}
+    )
+    assert {(x["provenance"], x["attested_by"]) for x in native_batches.json()["batches"]} == {("car-signed", None)}
 
 
 def test_a_later_bundle_with_the_cabin_batch_adds_it_still_attested(world: World) -> None:
