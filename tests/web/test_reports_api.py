@@ -153,8 +153,9 @@ def test_cli_annual_due_and_finalise(region: Region, tmp_path: Path) -> None:
     assert r.exit_code == 2
     r = runner.invoke(cli_app, ["admin", "reports", "due", *data])
     assert r.exit_code in (0, 3) and "15 Dec" in r.output
+    region.staff.create("dpo-ana", "a long enough password", "dpo")  # --as names a real member, checked
     r = runner.invoke(cli_app, ["admin", "reports", "finalise", "--year", str(YEAR), "--as", "dpo-ana", *data])
     assert r.exit_code == 0, r.output
-    assert region.reports.report(YEAR)["finalised"]["by"] == "staff:dpo-ana"
+    assert region.reports.report(YEAR)["finalised"]["by"] == "staff:dpo:dpo-ana"
     r = runner.invoke(cli_app, ["admin", "reports", "finalise", "--year", str(YEAR), *data])
     assert r.exit_code == 1 and "report_already_finalised" in r.output

@@ -105,10 +105,16 @@ def test_roles_bad_input_and_one_run_at_a_time(http: httpx.Client, owner: OwnerC
 def test_cli_runs_lists_and_shows_the_policy(region: Region) -> None:
     data = ["--data-dir", str(region.settings.data_dir), "--region", region.name]
     runner = CliRunner()
+    region.staff.create("dpo-ana", "a long enough password", "dpo")  # --as names a real member, checked
+    region.staff.create("sam-support", "a long enough password", "support")
+    refused = runner.invoke(cli_app, ["admin", "retention", "run", "--dry-run", "--as", "sam-support", *data])
+    assert refused.exit_code == 1 and "role_forbidden" in refused.output  # support runs no purge
+    unknown = runner.invoke(cli_app, ["admin", "retention", "run", "--dry-run", "--as", "nobody", *data])
+    assert unknown.exit_code == 1 and "not_found" in unknown.output  # a name is never recorded as given
     dry = runner.invoke(cli_app, ["admin", "retention", "run", "--dry-run", "--json", "--as", "dpo-ana", *data])
     assert dry.exit_code == 0, dry.output
     run = json.loads(dry.output)
-    assert run["dry_run"] and run["actor"] == "staff:dpo-ana" and run["record"]["run_id"] == run["id"]
+    assert run["dry_run"] and run["actor"] == "staff:dpo:dpo-ana" and run["record"]["run_id"] == run["id"]
     real = runner.invoke(cli_app, ["admin", "retention", "run", *data])
     assert real.exit_code == 0 and "purge, done" in real.output, real.output
     listed = runner.invoke(cli_app, ["admin", "retention", "runs", "--json", *data])
@@ -116,7 +122,7 @@ def test_cli_runs_lists_and_shows_the_policy(region: Region) -> None:
     policy = runner.invoke(cli_app, ["admin", "retention", "policy", *data])
     assert policy.exit_code == 0 and "driver_monitoring" in policy.output and "next due" in policy.output
     bad = runner.invoke(cli_app, ["admin", "retention", "run", "--as", " ", *data])
-    assert bad.exit_code == 2
+    assert bad.exit_code == 1  # an empty name names no staff member
     region.retention._acquire("another-replica")  # noqa: SLF001
     busy = runner.invoke(cli_app, ["admin", "retention", "run", *data])
     assert busy.exit_code == 1 and "retention_running" in busy.output

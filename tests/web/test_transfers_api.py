@@ -252,10 +252,11 @@ def test_the_cli_adds_lists_shows_suspends_and_counts(region: Region) -> None:
             "--to", to, "--reference", "CERT-2026-9", "--as", "dpo-li", "--json", *data,
         ]  # fmt: skip
 
+    region.staff.create("dpo-li", "a long enough password", "dpo")  # --as names a real member, checked
     made = runner.invoke(cli_app, add("driving_dynamics", "location"))
     assert made.exit_code == 0, made.output
     rec = json.loads(made.output)
-    assert rec["recipient_jurisdiction"] == "eu" and rec["created_by"] == "staff:dpo-li"
+    assert rec["recipient_jurisdiction"] == "eu" and rec["created_by"] == "staff:dpo:dpo-li"
     assert rec["categories"] == ["driving_dynamics", "location"] and rec["status"] == "approved"
     important = runner.invoke(cli_app, add("exterior_camera"))
     assert important.exit_code == 1, important.output

@@ -20,7 +20,7 @@ from carvault.compliance.roles import Permission
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 cases = typer.Typer(help="Operator cases: the only way staff read an owner's data.", no_args_is_help=True)
 
-from carvault.admin.staff import AsJson, _region, _when, cli_principal  # noqa: E402
+from carvault.admin.common import AsJson, cli_principal, region_of, when  # noqa: E402
 from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
 
 AsStaff = Annotated[str, typer.Option("--as", help="The staff member acting (their role must open this kind).")]
@@ -33,7 +33,7 @@ def _print(body: dict[str, object], as_json: bool) -> None:
         print(json.dumps(body, indent=2, ensure_ascii=False))
         return
     for k, v in body.items():
-        shown = _when(v) if k.endswith("_ms") and isinstance(v, int) else v  # type: ignore[arg-type]
+        shown = when(v) if k.endswith("_ms") and isinstance(v, int) else v  # type: ignore[arg-type]
         console.print(f"[bold]{k}[/]: {shown}", highlight=False)
 
 
@@ -54,7 +54,7 @@ def open_case(
     database_url: DbUrl = None,
 ) -> None:
     """Open a case (recorded in the region's and the owner's audit chains)."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         staff = cli_principal(r, as_, Permission.CASES_OPEN)
         ends = int(dt.datetime.now(dt.UTC).timestamp() * 1000) + days * DAY_MS
         case = r.cases.open(
@@ -81,7 +81,7 @@ def list_cases(
     database_url: DbUrl = None,
 ) -> None:
     """Cases, newest first."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         found = [case_json(c) for c in r.cases.list(state=state, kind=kind)]
     if as_json:
         print(json.dumps(found, indent=2, ensure_ascii=False))
@@ -95,7 +95,7 @@ def list_cases(
             str(c["owner_id"]),
             ", ".join(c["vins"]),  # type: ignore[arg-type]
             str(c["opened_by"]),
-            _when(c["ends_ms"]),  # type: ignore[arg-type]
+            when(c["ends_ms"]),  # type: ignore[arg-type]
             str(c["reference"]),
         )
     console.print(table)
@@ -110,7 +110,7 @@ def show(
     database_url: DbUrl = None,
 ) -> None:
     """One case."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         _print(case_json(r.cases.get(case_id)), as_json)
 
 
@@ -125,6 +125,6 @@ def close(
     database_url: DbUrl = None,
 ) -> None:
     """Close a case: nothing is read under it after this."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         staff = cli_principal(r, as_, Permission.CASES_OPEN)
         _print(case_json(r.cases.close(staff, case_id, outcome)), as_json)

@@ -24,7 +24,8 @@ incidents = typer.Typer(
     help="Security incidents: scope, affected owners, notices, the authority.", no_args_is_help=True
 )
 
-from carvault.admin.rights import As, AsJson, handler_of, print_json, region_of, when  # noqa: E402
+from carvault.admin.common import As, AsJson, print_json, region_of, when  # noqa: E402
+from carvault.admin.rights import handler_of  # noqa: E402
 from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
 
 IncidentId = Annotated[int, typer.Argument(min=1, help="The incident's id.")]

@@ -21,7 +21,8 @@ from carvault.errors import ValidationFailed
 # Defined before the imports of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 records = typer.Typer(help="Records of processing: activities, recipients, entrusted processors.", no_args_is_help=True)
 
-from carvault.admin.rights import As, AsJson, handler_of, print_json, region_of, when  # noqa: E402
+from carvault.admin.common import As, AsJson, print_json, region_of, when  # noqa: E402
+from carvault.admin.rights import handler_of  # noqa: E402
 from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
 
 RecordId = Annotated[int, typer.Argument(min=1, help="The record's id.")]

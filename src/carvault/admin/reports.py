@@ -7,23 +7,18 @@ operator: the audit actor is ``staff:cli:<login name>`` unless ``--as`` names th
 
 from __future__ import annotations
 
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from carvault.access.audit import Actor
 from carvault.compliance import report_pdf
 from carvault.compliance.operator_profile import FIELDS
-from carvault.errors import CarVaultError
 
 if TYPE_CHECKING:
-    from carvault.region import Region
+    pass
 
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 reports = typer.Typer(
@@ -31,34 +26,12 @@ reports = typer.Typer(
     no_args_is_help=True,
 )
 
-from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
+from carvault.admin.common import As, cli_actor, region_of  # noqa: E402
+from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
+from carvault.compliance.roles import Permission  # noqa: E402
 
-MAX_AS = 100
-As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
 YearOpt = Annotated[int, typer.Option("--year", help="The calendar year reported, e.g. 2026.")]
 Lang = Annotated[str, typer.Option("--lang", help="Language of the PDF: zh-CN (primary) or en.")]
-
-
-@contextmanager
-def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
-    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
-    from carvault.region import Region
-
-    try:
-        with Region(_settings(data_dir, region, database_url)) as r:
-            yield r
-    except CarVaultError as e:
-        console.print(f"[red]{e.code}:[/] {e.message}")
-        raise typer.Exit(1) from None
-
-
-def _actor(as_: str | None) -> Actor:
-    """Who acts: ``--as`` or ``cli:<login name>``; refused (exit 2) when empty or too long for the records."""
-    name = as_.strip() if as_ is not None else f"cli:{getpass.getuser()}"
-    if not name or len(name) > MAX_AS:
-        console.print(f"[red]--as names the staff member in 1 to {MAX_AS} characters[/]")
-        raise typer.Exit(2)
-    return Actor("staff", name)
 
 
 def _messages(lang: str) -> dict[str, str]:
@@ -99,7 +72,7 @@ def annual(
 ) -> None:
     """Compute (or, once finalised, read back) a year's report; print its figures, write JSON and/or PDF."""
     text = _messages(lang) if pdf is not None else None
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         report = r.reports.report(year)
         body = report_pdf.render(report, text) if text is not None else None
     if json_out is not None:
@@ -122,8 +95,8 @@ def finalise(
     database_url: DbUrl = None,
 ) -> None:
     """Store the year's signed report; later records no longer change it (exit 1 if already finalised)."""
-    actor = _actor(as_)
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
+        actor = cli_actor(r, as_, Permission.REPORTS_MANAGE)
         report = r.reports.finalise(year, actor)
         filed = r.reports.filings()
     sha = next(f["sha256"] for f in filed if f["year"] == year)
@@ -139,7 +112,7 @@ def due(
     database_url: DbUrl = None,
 ) -> None:
     """Print the filing reminder ("report for YEAR due by 15 Dec, N days left"); exit 3 when it is overdue."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         state = r.reports.due()
     if lang not in state["message"]:
         console.print(f"[red]--lang must be one of {', '.join(state['message'])}[/]")
@@ -174,8 +147,8 @@ def operator(
         "rights_contact_contact": rights_contact_contact,
     }
     given = {k: v for k, v in values.items() if v is not None}
-    actor = _actor(as_) if given else None
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
+        actor = cli_actor(r, as_, Permission.REPORTS_MANAGE) if given else None
         profile = r.operator_profile.save(given, actor) if actor is not None else r.operator_profile.get()
     if profile is None:
         console.print("no operator profile yet: give all five options to save one")

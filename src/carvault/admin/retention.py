@@ -7,60 +7,26 @@ The CLI runs on the region's machine with its keys, so it acts as the local oper
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carvault.access.audit import Actor
 from carvault.compliance.retention import run_json
-from carvault.errors import CarVaultError
 
 if TYPE_CHECKING:
-    from carvault.region import Region
+    pass
 
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 retention = typer.Typer(
     help="Retention purges: each category's period enforced (docs/retention.md).", no_args_is_help=True
 )
 
-from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
-
-MAX_AS = 100
-As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-@contextmanager
-def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
-    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
-    from carvault.region import Region
-
-    try:
-        with Region(_settings(data_dir, region, database_url)) as r:
-            yield r
-    except CarVaultError as e:
-        console.print(f"[red]{e.code}:[/] {e.message}")
-        raise typer.Exit(1) from None
-
-
-def _actor(as_: str | None) -> Actor:
-    """Who runs it: ``--as`` or ``cli:<login name>``; refused (exit 2) when empty or too long for the records."""
-    name = as_.strip() if as_ is not None else f"cli:{getpass.getuser()}"
-    if not name or len(name) > MAX_AS:
-        console.print(f"[red]--as names the staff member in 1 to {MAX_AS} characters[/]")
-        raise typer.Exit(2)
-    return Actor("staff", name)
-
-
-def _when(ms: int | None) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "—"
+from carvault.admin.common import As, AsJson, cli_actor, region_of, when  # noqa: E402
+from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
+from carvault.compliance.roles import Permission  # noqa: E402
 
 
 @retention.command("run")
@@ -73,9 +39,8 @@ def run(
     database_url: DbUrl = None,
 ) -> None:
     """Run a purge now; exit 1 if another replica's purge is running (code retention_running)."""
-    actor = _actor(as_)
     with (
-        _region(data_dir, region, database_url) as r,
+        region_of(data_dir, region, database_url) as r,
         Progress(
             TextColumn("[bold]retention[/] {task.description}"),
             BarColumn(),
@@ -90,6 +55,7 @@ def run(
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        actor = cli_actor(r, as_, Permission.RETENTION_RUN)
         result = run_json(r.retention.run(dry_run=dry_run, actor=actor, progress=advance))
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -132,7 +98,7 @@ def runs(
     database_url: DbUrl = None,
 ) -> None:
     """Recent runs: when, who, dry or not, what they erased and withheld."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         rows = [run_json(x) for x in r.retention.runs(limit)]
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -142,7 +108,7 @@ def runs(
         s = x["summary"]
         t.add_row(
             str(x["id"]),
-            _when(x["started_ms"]),
+            when(x["started_ms"]),
             "dry run" if x["dry_run"] else "purge",
             x["status"],
             x["actor"],
@@ -159,7 +125,7 @@ def policy(
     as_json: AsJson = False, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
 ) -> None:
     """Periods per category (from the signal catalogue), the cutoffs in force and when the next run is due."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         p = r.retention.policy(due=True)
     if as_json:
         print(json.dumps(p, indent=2, ensure_ascii=False))
@@ -167,7 +133,7 @@ def policy(
     t = Table("category", "privacy", "retention days", "withheld before (UTC)", "signals")
     for c in p["categories"]:
         t.add_row(
-            c["category"], c["privacy"], str(c["retention_days"]), _when(c["withheld_before_ms"]), str(c["signals"])
+            c["category"], c["privacy"], str(c["retention_days"]), when(c["withheld_before_ms"]), str(c["signals"])
         )
     console.print(t)
     last, due = p["last_run"], p["due_now"]
@@ -177,5 +143,5 @@ def policy(
     )
     console.print(
         f"scheduler {p['scheduler']} (every {p['interval_s']} s); last purge: "
-        f"{_when(last['finished_ms']) if last else 'never'}; next due: {_when(p['next_due_ms'])}"
+        f"{when(last['finished_ms']) if last else 'never'}; next due: {when(p['next_due_ms'])}"
     )

@@ -7,11 +7,6 @@ with its keys, so by default it acts as the local operator (audit actor ``staff:
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,8 +14,8 @@ import typer
 from rich.table import Table
 
 from carvault.compliance.rights import CLI_ROLE, HANDLING_BASIS, Kind, Status, actor_of, request_json
-from carvault.compliance.roles import Permission, Role, allows
-from carvault.errors import CarVaultError, RoleForbidden, ValidationFailed
+from carvault.compliance.roles import Permission
+from carvault.errors import ValidationFailed
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -28,10 +23,9 @@ if TYPE_CHECKING:
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 rights = typer.Typer(help="The rights desk: owners' requests and their legal deadlines.", no_args_is_help=True)
 
-from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
+from carvault.admin.common import As, AsJson, cli_principal, local_operator, print_json, region_of, when  # noqa: E402
+from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
 
-As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RequestId = Annotated[int, typer.Argument(min=1, help="The request's id.")]
 
 
@@ -43,39 +37,12 @@ class CliHandler:
     role: str
 
 
-@contextmanager
-def region_of(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
-    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
-    from carvault.region import Region
-
-    try:
-        with Region(_settings(data_dir, region, database_url)) as r:
-            yield r
-    except CarVaultError as e:
-        console.print(f"[red]{e.code}:[/] {e.message}")
-        raise typer.Exit(1) from None
-
-
 def handler_of(r: Region, as_: str | None, permission: Permission) -> CliHandler:
     """``--as`` resolved to an enabled staff member whose role carries ``permission``; else the local operator."""
     if as_ is None:
-        return CliHandler(getpass.getuser()[:60] or "operator", CLI_ROLE)
-    m = r.staff.by_username(as_)
-    if m.disabled_ms is not None:
-        raise RoleForbidden(f"{m.username} is disabled")
-    if not allows(Role(m.role), permission):
-        raise RoleForbidden(f"the role {m.role} does not carry {permission.value}", permission=permission.value)
-    return CliHandler(m.username, m.role)
-
-
-def when(ms: int | None) -> str:
-    """A UTC time for tables."""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M") if ms else "—"
-
-
-def print_json(value: Any) -> None:
-    """JSON on stdout, unwrapped (for scripts)."""
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+        return CliHandler(local_operator(), CLI_ROLE)
+    p = cli_principal(r, as_, permission)
+    return CliHandler(p.username, p.role.value)
 
 
 def _show(body: dict[str, Any], as_json: bool) -> None:

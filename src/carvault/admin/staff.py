@@ -1,27 +1,20 @@
 """`carvault admin staff …`: staff accounts from the region's machine, and who the command line acts as.
 
-The CLI runs where the region's keys are, so it acts as the local operator: its audit actor is
-``staff:cli:<login name>``, or the staff member ``--as`` names (who must be enabled and hold the permission the
-command needs). Other CLI modules use ``cli_actor`` / ``cli_principal`` from here.
+Who a command acts as (the local operator, or the checked staff member ``--as`` names) is decided in
+admin/common.py for every `carvault admin` command.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from carvault.access.audit import Actor
-from carvault.access.staff import StaffPrincipal, staff_actor, staff_json
+from carvault.access.staff import staff_json
 from carvault.compliance.roles import MATRIX, Permission, Role, matrix_markdown
-from carvault.errors import CarVaultError, RoleForbidden
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -29,54 +22,11 @@ if TYPE_CHECKING:
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 staff = typer.Typer(help="Staff accounts: roles, second factor, disabling (docs/operator.md).", no_args_is_help=True)
 
-from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
+from carvault.admin.common import As, AsJson, cli_actor, region_of, when  # noqa: E402
+from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
 
 PASSWORD_ENV = "CARVAULT_STAFF_PASSWORD"
-MAX_LOGIN = 60
-As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Username = Annotated[str, typer.Argument(help="The staff member's username.")]
-
-
-def cli_actor(region: Region | None = None, as_: str | None = None, permission: Permission | None = None) -> Actor:
-    """Who a CLI command acts as: the local operator ``staff:cli:<login name>``, or the staff member ``--as`` names.
-
-    With ``as_`` the member must exist, be enabled and (given ``permission``) hold it: ``RoleForbidden`` otherwise.
-    """
-    if as_ is None:
-        return Actor("staff", f"cli:{(getpass.getuser() or 'operator')[:MAX_LOGIN]}")
-    if region is None:
-        raise ValueError("resolving --as needs the region")
-    p = cli_principal(region, as_, permission)
-    return staff_actor(p.role, p.username)
-
-
-def cli_principal(region: Region, as_: str, permission: Permission | None = None) -> StaffPrincipal:
-    """The staff member ``--as`` names, as a principal for services that act for one (no session: id 0)."""
-    m = region.staff.by_username(as_)
-    if m.disabled_ms is not None:
-        raise RoleForbidden(f"{m.username} is disabled")
-    role = Role(m.role)
-    if permission is not None and permission not in MATRIX[role]:
-        raise RoleForbidden(f"the role {role.value} does not carry {permission.value}", permission=permission.value)
-    return StaffPrincipal(m.id, m.username, role, m.jurisdiction, 0)
-
-
-@contextmanager
-def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
-    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
-    from carvault.region import Region
-
-    try:
-        with Region(_settings(data_dir, region, database_url)) as r:
-            yield r
-    except CarVaultError as e:
-        console.print(f"[red]{e.code}:[/] {e.message}")
-        raise typer.Exit(1) from None
-
-
-def _when(ms: int | None) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "—"
 
 
 def _password() -> str:
@@ -115,7 +65,7 @@ def add(
 ) -> None:
     """Create a staff account; prints the TOTP secret and otpauth URI once (password: prompt or env)."""
     password = _password()
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         by = cli_actor(r, as_, Permission.STAFF_MANAGE)
         member, secret = r.staff.create(username, password, role, jurisdiction, name, by=by)
         _enrolment(r, member, secret, as_json)
@@ -126,15 +76,15 @@ def list_staff(
     as_json: AsJson = False, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
 ) -> None:
     """Every staff account."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         members = r.staff.list()
     if as_json:
         print(json.dumps([staff_json(m) for m in members], indent=2, ensure_ascii=False))
         return
     table = Table("id", "username", "name", "role", "jurisdiction", "created", "state")
     for m in members:
-        state = "active" if m.disabled_ms is None else f"disabled {_when(m.disabled_ms)}"
-        table.add_row(str(m.id), m.username, m.display_name, m.role, m.jurisdiction, _when(m.created_ms), state)
+        state = "active" if m.disabled_ms is None else f"disabled {when(m.disabled_ms)}"
+        table.add_row(str(m.id), m.username, m.display_name, m.role, m.jurisdiction, when(m.created_ms), state)
     console.print(table)
 
 
@@ -143,7 +93,7 @@ def disable(
     username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
 ) -> None:
     """Disable an account: its sessions end at once (the last region admin stays)."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         member = r.staff.disable(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
     console.print(f"{member.username} disabled")
 
@@ -153,7 +103,7 @@ def enable(
     username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
 ) -> None:
     """Enable a disabled account again."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         member = r.staff.enable(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
     console.print(f"{member.username} enabled")
 
@@ -163,7 +113,7 @@ def logout(
     username: Username, as_: As = None, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None
 ) -> None:
     """End every session of a member at once (a lost laptop); they log in again with password and code."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         ended = r.staff.end_sessions(r.staff.by_username(username).id, by=cli_actor(r, as_, Permission.STAFF_MANAGE))
     console.print(f"{ended} session(s) of {username} ended")
 
@@ -178,7 +128,7 @@ def set_role(
     database_url: DbUrl = None,
 ) -> None:
     """Give a member another role (their sessions end; the last region admin stays)."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         by = cli_actor(r, as_, Permission.STAFF_MANAGE)
         member = r.staff.set_role(r.staff.by_username(username).id, role, by=by)
     console.print(f"{member.username} is now {member.role}")
@@ -190,7 +140,7 @@ def set_password(
 ) -> None:
     """Set a member's password (hidden prompt or CARVAULT_STAFF_PASSWORD); their sessions end."""
     password = _password()
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         by = cli_actor(r, as_, Permission.STAFF_MANAGE)
         member = r.staff.set_password(r.staff.by_username(username).id, password, by=by)
     console.print(f"password of {member.username} set; their sessions ended")
@@ -206,7 +156,7 @@ def reset_totp(
     database_url: DbUrl = None,
 ) -> None:
     """A new second factor for a member (the old one stops working; sessions end); printed once."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         by = cli_actor(r, as_, Permission.STAFF_MANAGE)
         member, secret = r.staff.reset_totp(r.staff.by_username(username).id, by=by)
         _enrolment(r, member, secret, as_json)

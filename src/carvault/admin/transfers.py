@@ -7,59 +7,31 @@ machine with its keys, so it acts as the local operator: the audit actor is ``st
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from carvault.access.audit import Actor
 from carvault.compliance.transfers import RecipientKind, RecordStatus, Route, event_json, record_json
 from carvault.errors import CarVaultError
 from carvault.store.metadata import now_ms
 
 if TYPE_CHECKING:
-    from carvault.region import Region
+    pass
 
 # Defined before the import of carvault.cli below (see apps_cli.py: `python -m carvault.cli` imports it twice).
 transfers = typer.Typer(
     help="Cross-border transfers: records that let a principal abroad read (docs/operator.md).", no_args_is_help=True
 )
 
-from carvault.cli import DataDir, DbUrl, RegionOpt, _settings, console  # noqa: E402
+from carvault.admin.common import As, AsJson, cli_actor, region_of, when  # noqa: E402
+from carvault.cli import DataDir, DbUrl, RegionOpt, console  # noqa: E402
+from carvault.compliance.roles import Permission  # noqa: E402
 
-MAX_AS = 100
-As = Annotated[str | None, typer.Option("--as", help="The staff member acting (default: cli:<login name>).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 YearOpt = Annotated[
     int | None, typer.Option("--year", min=2000, max=9999, help="Calendar year (the region's civil time); default now.")
 ]
-
-
-@contextmanager
-def _region(data_dir: Any, region: str | None, database_url: str | None) -> Iterator[Region]:
-    """The region, with CarVault errors printed as ``code: message`` and exit code 1."""
-    from carvault.region import Region
-
-    try:
-        with Region(_settings(data_dir, region, database_url)) as r:
-            yield r
-    except CarVaultError as e:
-        console.print(f"[red]{e.code}:[/] {e.message}")
-        raise typer.Exit(1) from None
-
-
-def _actor(as_: str | None) -> Actor:
-    """Who acts: ``--as`` or ``cli:<login name>``; refused (exit 2) when empty or too long for the records."""
-    name = as_.strip() if as_ is not None else f"cli:{getpass.getuser()}"
-    if not name or len(name) > MAX_AS:
-        console.print(f"[red]--as names the staff member in 1 to {MAX_AS} characters[/]")
-        raise typer.Exit(2)
-    return Actor("staff", name)
 
 
 def _time(value: str, name: str) -> int:
@@ -71,10 +43,6 @@ def _time(value: str, name: str) -> int:
     except CarVaultError as e:
         console.print(f"[red]{e.code}:[/] {e.message}")
         raise typer.Exit(2) from None
-
-
-def _when(ms: int | None) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M") if ms else "—"
 
 
 def _print(data: Any) -> None:
@@ -100,10 +68,10 @@ def add(
     database_url: DbUrl = None,
 ) -> None:
     """Record an approved transfer; important data only on a security assessment (exit 1 with the reason)."""
-    actor = _actor(as_)
     start = _time(from_, "from") if from_ else now_ms()
     end = _time(to, "to")
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
+        actor = cli_actor(r, as_, Permission.TRANSFERS_MANAGE)
         record = r.transfers.create(
             route=route,
             recipient_kind=recipient_kind,
@@ -123,7 +91,7 @@ def add(
         return
     console.print(
         f"transfer record {shown['id']}: {shown['route']} to {shown['recipient_kind']} {shown['recipient']} "
-        f"({shown['recipient_jurisdiction']}), {', '.join(shown['categories'])}, until {_when(shown['to_ms'])} UTC"
+        f"({shown['recipient_jurisdiction']}), {', '.join(shown['categories'])}, until {when(shown['to_ms'])} UTC"
     )
 
 
@@ -137,7 +105,7 @@ def list_(
     database_url: DbUrl = None,
 ) -> None:
     """Transfer records, newest first, with their status now."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         rows = [record_json(x) for x in r.transfers.list(status=status, recipient=recipient)]
     if as_json:
         _print(rows)
@@ -152,7 +120,7 @@ def list_(
             x["recipient_jurisdiction"],
             ", ".join(x["categories"]),
             f"{x['max_persons']:,}",
-            _when(x["to_ms"]),
+            when(x["to_ms"]),
             x["approval_reference"],
         )
     console.print(t)
@@ -168,7 +136,7 @@ def show(
     database_url: DbUrl = None,
 ) -> None:
     """One record, its persons counted this year and its latest transfers."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         y = year or r.transfers.year()
         record = r.transfers.get(record_id)
         shown = {
@@ -184,17 +152,17 @@ def show(
         console.print(f"{key}: {shown[key]}")
     console.print(f"categories: {', '.join(shown['categories'])}")
     console.print(
-        f"period: {_when(shown['from_ms'])} – {_when(shown['to_ms'])} UTC; reference {shown['approval_reference']}"
+        f"period: {when(shown['from_ms'])} – {when(shown['to_ms'])} UTC; reference {shown['approval_reference']}"
     )
     if shown["suspended_ms"]:
-        console.print(f"suspended {_when(shown['suspended_ms'])} by {shown['suspended_by']}: {shown['suspend_reason']}")
+        console.print(f"suspended {when(shown['suspended_ms'])} by {shown['suspended_by']}: {shown['suspend_reason']}")
     c = shown["counters"]
     console.print(
         f"{y}: {c['all']['persons']:,} persons of {shown['max_persons']:,} "
         f"({c['sensitive']['persons']:,} sensitive, {c['personal']['persons']:,} non-sensitive)"
     )
     for e in shown["events"]:
-        console.print(f"  {_when(e['at_ms'])} {e['action']} {e['principal']} owner {e['owner_id']} {e['vin'] or ''}")
+        console.print(f"  {when(e['at_ms'])} {e['action']} {e['principal']} owner {e['owner_id']} {e['vin'] or ''}")
 
 
 @transfers.command("suspend")
@@ -207,9 +175,8 @@ def suspend(
     database_url: DbUrl = None,
 ) -> None:
     """Suspend a record: transfers under it are refused from the next request on."""
-    actor = _actor(as_)
-    with _region(data_dir, region, database_url) as r:
-        record = r.transfers.suspend(record_id, reason=reason, by=actor)
+    with region_of(data_dir, region, database_url) as r:
+        record = r.transfers.suspend(record_id, reason=reason, by=cli_actor(r, as_, Permission.TRANSFERS_MANAGE))
     console.print(f"transfer record {record.id} suspended")
 
 
@@ -222,7 +189,7 @@ def counters(
     database_url: DbUrl = None,
 ) -> None:
     """Persons transferred abroad in a year: region-wide against each threshold, and per record."""
-    with _region(data_dir, region, database_url) as r:
+    with region_of(data_dir, region, database_url) as r:
         c = r.transfers.counters(year or r.transfers.year())
     if as_json:
         _print(c)
