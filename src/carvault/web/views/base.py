@@ -98,8 +98,39 @@ env = Environment(
 env.filters["tojson_attr"] = lambda v: Markup(json.dumps(v, separators=(",", ":")).replace("<", "\\u003c"))
 
 
+class PageResponses:
+    """What the portal's and the console's page objects share: redirects and the cookies a request decided on."""
+
+    request: Request
+    new_presession: str | None
+    cookies: dict[str, str]
+
+    def redirect(self, url: str, notice: str | None = None) -> RedirectResponse:
+        """A 303 to another page of the same site (portal or console), optionally with a notice to show there."""
+        if notice:
+            url += ("&" if "?" in url else "?") + f"notice={notice}"
+        response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+        self.finish(response)
+        return response
+
+    def finish(self, response: Response) -> None:
+        """Set the cookies this request decided on."""
+        if self.new_presession:
+            csrf.set_presession(response, self.request, self.new_presession)
+        for name, value in self.cookies.items():
+            response.set_cookie(
+                name,
+                value,
+                max_age=365 * 86_400,
+                httponly=True,
+                samesite="lax",
+                secure=self.request.url.scheme == "https",
+                path="/",
+            )
+
+
 @dataclass
-class Page:
+class Page(PageResponses):
     """One page request: who, in which language, with which form token."""
 
     request: Request
@@ -145,7 +176,7 @@ class Page:
         """GET from the API; an error becomes the error page (a 404 stays a 404)."""
         r = await self.api("GET", path, params=params)
         if r.status_code == 401:
-            raise LoginRequired(_current_path(self.request))
+            raise LoginRequired(current_path(self.request))
         if r.status_code >= 400:
             raise PageError(r.status_code, api_message(r))
         return r.json()
@@ -162,7 +193,7 @@ class Page:
             csrf_token=self.csrf_token,
             csrf_field=csrf.FIELD,
             region=self.region,
-            path=_current_path(self.request),
+            path=current_path(self.request),
             version=__version__,
             notice=notice if notice in NOTICES else None,
             **{"error": None, **context},
@@ -170,29 +201,6 @@ class Page:
         response = HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
         self.finish(response)
         return response
-
-    def redirect(self, url: str, notice: str | None = None) -> RedirectResponse:
-        """A 303 to another portal page, optionally with a notice to show there."""
-        if notice:
-            url += ("&" if "?" in url else "?") + f"notice={notice}"
-        response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
-        self.finish(response)
-        return response
-
-    def finish(self, response: Response) -> None:
-        """Set the cookies this request decided on."""
-        if self.new_presession:
-            csrf.set_presession(response, self.request, self.new_presession)
-        for name, value in self.cookies.items():
-            response.set_cookie(
-                name,
-                value,
-                max_age=365 * 86_400,
-                httponly=True,
-                samesite="lax",
-                secure=self.request.url.scheme == "https",
-                path="/",
-            )
 
     async def form(self) -> dict[str, str]:
         """The posted form, after checking its CSRF token (``Forbidden`` otherwise)."""
@@ -221,7 +229,8 @@ class FormError(Exception):
     """A form value the page itself refuses (shown next to the form)."""
 
 
-def _current_path(request: Request) -> str:
+def current_path(request: Request) -> str:
+    """The request's path and query, without a one-time notice."""
     q = request.url.query
     q = "&".join(p for p in q.split("&") if p and not p.startswith("notice=")) if q else ""
     return request.url.path + (f"?{q}" if q else "")
@@ -266,7 +275,7 @@ async def page(request: Request, *, login: bool = True) -> Page:
         r = await call_api(request, "GET", "/api/v1/me", secret=secret)
         me = r.json() if r.status_code == 200 else None
     if login and me is None:
-        raise LoginRequired(_current_path(request))
+        raise LoginRequired(current_path(request))
     # The browser's explicit choice, then the account's (every account starts as "en", so only another
     # language counts as a choice), then what the browser asks for.
     chosen = supported(me.get("locale")) if me else None

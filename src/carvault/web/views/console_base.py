@@ -43,7 +43,7 @@ from carvault.web.i18n import (
     supported,
     translator,
 )
-from carvault.web.views.base import PAGE_HEADERS, env
+from carvault.web.views.base import PAGE_HEADERS, PageResponses, current_path, env
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -135,7 +135,7 @@ class ConsoleFormError(Exception):
 
 
 @dataclass
-class ConsolePage:
+class ConsolePage(PageResponses):
     """One console request: which staff member, in which language, with which form token."""
 
     request: Request
@@ -235,29 +235,6 @@ class ConsolePage:
         self.finish(response)
         return response
 
-    def redirect(self, url: str, notice: str | None = None) -> RedirectResponse:
-        """A 303 to another console page, optionally with a notice to show there."""
-        if notice:
-            url += ("&" if "?" in url else "?") + f"notice={notice}"
-        response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
-        self.finish(response)
-        return response
-
-    def finish(self, response: Response) -> None:
-        """Set the cookies this request decided on."""
-        if self.new_presession:
-            csrf.set_presession(response, self.request, self.new_presession)
-        for name, value in self.cookies.items():
-            response.set_cookie(
-                name,
-                value,
-                max_age=365 * 86_400,
-                httponly=True,
-                samesite="lax",
-                secure=self.request.url.scheme == "https",
-                path="/",
-            )
-
     async def form(self) -> dict[str, str]:
         """The posted form after its CSRF check: bound to the staff session, or the pre-session before log-in."""
         data = await self.request.form()
@@ -274,13 +251,6 @@ class ConsolePage:
         except Forbidden as e:
             raise ConsoleError(403, e.message, code=e.code) from None
         return values
-
-
-def current_path(request: Request) -> str:
-    """The request's path and query, without a one-time notice."""
-    q = request.url.query
-    q = "&".join(p for p in q.split("&") if p and not p.startswith("notice=")) if q else ""
-    return request.url.path + (f"?{q}" if q else "")
 
 
 def safe_console_next(value: str | None) -> str:
