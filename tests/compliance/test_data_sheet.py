@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
+import pytest
 from fastapi.routing import APIRoute
 
 from carvault.access.audit import Actor
+from carvault.compliance.change_rates import DATA_FILE, measure, measured, render
 from carvault.compliance.consent import IN_CAR_CATEGORIES, default_on
 from carvault.compliance.data_sheet import ACCESS_ROUTES, STORED_BYTES_PER_SAMPLE, build
 from carvault.compliance.sharing import NEVER_SHAREABLE
@@ -62,6 +66,48 @@ def test_volumes_are_rates_times_time_times_the_measured_size(region: Region) ->
     assert default["samples_per_second"] == sum(s.rate_hz for s in cat if default_on(s.category))
     assert 0 < default["samples_per_second"] < everything["samples_per_second"]  # sensitive data is opt-in
     assert sheet["volume"]["bytes_per_sample"] == STORED_BYTES_PER_SAMPLE
+
+
+def test_typical_volume_counts_change_only_signals_at_their_measured_rate(region: Region) -> None:
+    sheet = region.data_sheet.json()
+    cat = catalogue()
+    rates = measured()
+
+    def typical(sigs: list) -> float:  # computed here from the file, not with the module's helper
+        periodic = sum(s.rate_hz for s in sigs if not s.on_change)
+        return periodic + sum(rates[s.path].sends / rates[s.path].on_seconds for s in sigs if s.on_change)
+
+    for c in sheet["categories"]:
+        sigs = [s for s in cat if s.category == c["name"]]
+        v, t = c["volume"], c["volume"]["typical"]
+        assert t["samples_per_second"] == pytest.approx(typical(sigs), abs=1e-6)
+        assert t["samples_per_hour_of_driving"] == round(typical(sigs) * 3600)
+        assert t["bytes_per_hour_of_driving"] == round(typical(sigs) * 3600 * STORED_BYTES_PER_SAMPLE)
+        assert t["bytes_per_day_continuous"] == round(typical(sigs) * 86_400 * STORED_BYTES_PER_SAMPLE)
+        if any(s.on_change for s in sigs):
+            assert t["samples_per_second"] < v["samples_per_second"]  # the maximum stays stated beside it
+        else:
+            assert t["samples_per_second"] == v["samples_per_second"]
+        for s in c["signals"]:
+            sig = cat[s["path"]]
+            want = rates[sig.path].sends / rates[sig.path].on_seconds if sig.on_change else sig.rate_hz
+            assert s["typical_rate_hz"] == pytest.approx(want, abs=1e-6) and s["typical_rate_hz"] <= s["rate_hz"]
+    everything = sheet["volume"]["everything_consented"]
+    on_change = sum(s.rate_hz for s in cat if s.on_change)
+    assert on_change == 200  # the catalogue's change-only signals: counted at 200 Hz at most ...
+    assert everything["typical"]["samples_per_second"] < everything["samples_per_second"] - on_change + 1  # ... < 1
+    assert "measured with the simulator" in sheet["volume"]["typical_method"]
+
+
+def test_every_change_only_signal_has_a_measured_rate() -> None:
+    assert {s.path for s in catalogue() if s.on_change} == set(measured())
+    assert len({r.on_seconds for r in measured().values()}) == 1 and all(r.sends > 0 for r in measured().values())
+
+
+@pytest.mark.slow
+def test_the_change_rates_file_is_what_the_measurement_gives_now() -> None:
+    kept = (resources.files("carvault") / DATA_FILE).read_text(encoding="utf-8")
+    assert render(measure()) == kept, "regenerate: python -m carvault.compliance.change_rates"
 
 
 def test_the_measured_bytes_per_sample_is_the_one_in_the_benchmarks() -> None:

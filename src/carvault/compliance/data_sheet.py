@@ -6,7 +6,9 @@ and in real time; whether it stores data on the device or on a remote server, an
 may access, retrieve and erase it. Everything here is computed from the signal catalogue (``signals.py``:
 ``catalogue()`` and ``CATEGORIES``), the collection defaults (``compliance.consent``), the sharing rules
 (``compliance.sharing``) and the export formats (``access.jobs``): no figure is written by hand except one
-measured constant, ``STORED_BYTES_PER_SAMPLE``.
+measured constant, ``STORED_BYTES_PER_SAMPLE``, and one measured table, the typical send rates of the signals sent
+only on change (``compliance.change_rates``, made with the simulator). Volumes are stated twice: the maximum (every
+signal at its catalogue rate) and the typical (on-change signals at their measured rate).
 
 The catalogue applies to every vehicle model the region serves (the models differ in which signals their car
 fills in, not in what the region accepts), so the sheet is one document naming the models it covers.
@@ -21,6 +23,7 @@ from sqlalchemy import select
 
 from carvault.access.exports import FORMATS as READ_FORMATS
 from carvault.access.jobs import FORMATS as EXPORT_FORMATS
+from carvault.compliance.change_rates import DAYS, SEED, VEHICLES, typical_rate_hz
 from carvault.compliance.consent import IN_CAR_CATEGORIES, default_on
 from carvault.compliance.deletion import WORKING_DAYS
 from carvault.compliance.operator_profile import OperatorProfiles
@@ -74,19 +77,29 @@ def signal_json(s: Signal) -> dict[str, Any]:
         "description": s.description or None,
         "description_zh": s.description_zh or None,
         "sampling": s.sampling.value,
+        "typical_rate_hz": round(typical_rate_hz(s), 6),
+    }
+
+
+def figures(per_second: float) -> dict[str, Any]:
+    """Samples and stored bytes per hour of driving and per day of continuous collection at ``per_second``."""
+    samples_hour = per_second * SECONDS_PER_HOUR
+    return {
+        "samples_per_second": per_second,
+        "samples_per_hour_of_driving": round(samples_hour),
+        "bytes_per_hour_of_driving": round(samples_hour * STORED_BYTES_PER_SAMPLE),
+        "samples_per_day_continuous": round(samples_hour * HOURS_PER_DAY),
+        "bytes_per_day_continuous": round(samples_hour * HOURS_PER_DAY * STORED_BYTES_PER_SAMPLE),
     }
 
 
 def volume(signals: Iterable[Signal]) -> dict[str, Any]:
-    """Samples and stored bytes per hour of driving and per day of continuous collection, from the rates."""
-    per_second = sum(s.rate_hz for s in signals)
-    samples_hour = per_second * SECONDS_PER_HOUR
+    """The maximum (every signal at its catalogue rate; the flat figures) and, under ``typical``, the same with
+    each on-change signal at its measured rate (``compliance.change_rates``)."""
+    sigs = list(signals)
     return {
-        "samples_per_second": per_second,
-        "samples_per_hour_of_driving": samples_hour,
-        "bytes_per_hour_of_driving": round(samples_hour * STORED_BYTES_PER_SAMPLE),
-        "samples_per_day_continuous": samples_hour * HOURS_PER_DAY,
-        "bytes_per_day_continuous": round(samples_hour * HOURS_PER_DAY * STORED_BYTES_PER_SAMPLE),
+        **figures(sum(s.rate_hz for s in sigs)),
+        "typical": figures(round(sum(typical_rate_hz(s) for s in sigs), 6)),
     }
 
 
@@ -125,9 +138,14 @@ def build(catalogue: Catalogue, *, region: str, models: Iterable[str], operator:
             "everything_consented": volume(catalogue),
             "bytes_per_sample": STORED_BYTES_PER_SAMPLE,
             "bytes_per_sample_source": STORED_BYTES_SOURCE,
-            "method": "samples = sum of each signal's catalogue rate (Hz) x seconds; bytes = samples x the measured "
-            "stored bytes per sample; exterior camera frames (JPEG files) are stored beside the batches and not "
-            "counted",
+            "method": "maximum (the figures of each volume): samples = sum of each signal's catalogue rate (Hz) x "
+            "seconds; typical (each volume's 'typical'): the same with each signal sent only on change at its "
+            "measured rate; bytes = samples x the measured stored bytes per sample; exterior camera frames (JPEG "
+            "files) are stored beside the batches and not counted",
+            "typical_method": f"on-change signals' send rates measured with the simulator: {VEHICLES} simulated "
+            f"vehicles over the days {DAYS[0]} to {DAYS[1]} (seed {SEED}), values sent (changes and wakes) per "
+            "second the cars were on; periodic signals at their catalogue rate (docs/data-sheet.md)",
+            "signals_on_change": sum(1 for s in catalogue if s.on_change),
         },
         "format": {
             "upload": "Apache Parquet (or Arrow IPC) inside an envelope signed by the vehicle (Ed25519), logged in "
