@@ -198,7 +198,8 @@ class Region:
 
     def close(self) -> None:
         """Stop background work and release files and connections."""
-        self.gateway.close()
+        self.gateway.close()  # first: its group commit may still append to the log
+        self.log.close()
         self.segments.close()
         self.segment_reader.close()
         self.db.dispose()
