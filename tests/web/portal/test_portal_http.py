@@ -155,14 +155,17 @@ def test_message_catalogues_are_complete_and_consistent() -> None:
     assert not [k for k in dynamic if k not in en]
 
 
-def test_vendored_chart_library_matches_its_lock_file() -> None:
-    manifest = json.loads((WEB / "static" / "vendor" / "VENDOR.json").read_text())
+@pytest.mark.parametrize("folder", [WEB / "static" / "vendor", ROOT / "tests" / "web" / "portal" / "vendor"])
+def test_vendored_browser_code_matches_its_lock_file(folder: Path) -> None:
+    manifest = json.loads((folder / "VENDOR.json").read_text())
     lock = json.loads((ROOT / "frontend" / "package-lock.json").read_text())
+    pinned = json.loads((ROOT / "frontend" / "package.json").read_text())["dependencies"]
+    assert manifest["packages"]
     for name, pkg in manifest["packages"].items():
         locked = lock["packages"][f"node_modules/{name}"]
-        assert pkg["version"] == locked["version"] and pkg["integrity"] == locked["integrity"]
+        assert pkg["version"] == locked["version"] == pinned[name] and pkg["integrity"] == locked["integrity"]
         for file, meta in pkg["files"].items():
-            data = (WEB / "static" / "vendor" / file).read_bytes()
+            data = (folder / file).read_bytes()
             assert hashlib.sha256(data).hexdigest() == meta["sha256"], file
 
 
