@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and the benchmark need (PostgreSQL server for the
 # metadata-store tests and the benchmark peer; Chromium for the portal tests; nats-server for the live
-# broker). Idempotent; does nothing when they are present.
+# broker; haproxy and a JRE for the fleet-scale tests). Idempotent; does nothing when they are present.
 set -euo pipefail
 need=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
@@ -14,6 +14,10 @@ if [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then need+=(fonts-wq
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then need+=(nats-server); fi
 # protoc: the Fleet Telemetry schema test regenerates the committed protobuf module and compares (issue 14).
 if ! command -v protoc >/dev/null 2>&1; then need+=(protobuf-compiler); fi
+# haproxy: the load balancer in front of two replicas in the fleet-scale test (issue 12).
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then need+=(haproxy); fi
+# A Java runtime for Apache Spark (pyspark, local mode): the fleet jobs run on Spark as well as DuckDB (issue 12).
+if ! command -v java >/dev/null 2>&1; then need+=(default-jre-headless); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -39,6 +39,7 @@ from carvault.ledger.log import TransparencyLog
 from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
+from carvault.store.blobs import blob_store_of
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader, SegmentWriter
@@ -91,6 +92,13 @@ class Region:
         self.db.create_schema()
         self.catalogue = catalogue_ or catalogue()
         keys = settings.data_dir / "keys"
+        # Bytes that are not metadata (issue 12): the local folder by default, S3-compatible storage at scale.
+        self.blobs = blob_store_of(
+            settings.blob_store,
+            settings.data_dir,
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+        )
         self.db.data_key = load_or_create_data_key(keys / DATA_KEY_FILE)  # seals vehicles' log keys at rest
         seal_clear_log_keys(self.db)  # log keys written in the clear before sealing
         self.log_key = load_or_create_key(keys / "log-ed25519.pem")
@@ -202,6 +210,7 @@ class Region:
         self.log.close()
         self.segments.close()
         self.segment_reader.close()
+        self.blobs.close()
         self.db.dispose()
 
     def __enter__(self) -> Region:

@@ -70,6 +70,14 @@ class Settings:
     max_future_skew_s: int = _setting(300, "How far ahead of the server clock a batch may reach, in seconds.")
     session_ttl_s: int = _setting(7 * 24 * 3600, "Lifetime of a browser session or API token, in seconds.")
     segment_max_bytes: int = _setting(256 * 1024 * 1024, "Size at which a writer rolls to a new segment file.")
+    blob_store: str = _setting(
+        "local",
+        "Where evidence, query copies, frames, packages and log tiles live: `local` (a folder in data_dir), "
+        "`file:///path` (a folder elsewhere) or `s3://bucket/prefix` (S3-compatible object storage; "
+        "credentials from the usual AWS_* variables).",
+    )
+    s3_endpoint_url: str = _setting("", "URL of the S3-compatible server when it is not AWS (e.g. http://minio:9000).")
+    s3_region: str = _setting("us-east-1", "Region name given to the S3-compatible server.")
     retention_interval_s: int = _setting(
         3600,
         "Seconds between the in-process retention purges of each replica (one runs at a time); 0 turns the "

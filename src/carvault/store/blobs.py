@@ -1,0 +1,223 @@
+"""The blob store: where a region keeps bytes that are not metadata (evidence, copies, frames, packages, log tiles).
+
+One interface, two backends chosen by the ``blob_store`` setting:
+
+- ``local`` (the embedded default): a folder, ``<data_dir>/store`` unless ``blob_store`` is ``file:///path``;
+- ``s3://bucket/prefix``: S3-compatible object storage (``s3_endpoint_url`` for non-AWS servers).
+
+Keys are ``/``-separated relative names made of ``[A-Za-z0-9._=-]`` parts (Hive-style ``vin=…/day=…`` parts are
+allowed); a key never starts with ``/`` nor contains ``..``. ``put`` is atomic: a reader sees the whole new value
+or the old one, never a part. With ``durable=True`` (the default) the bytes are on stable storage when ``put``
+returns (local: file and folder fsynced; S3: the PUT was acknowledged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from carvault.durable import fsync_dir
+from carvault.errors import CarVaultError, Unavailable
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+
+
+class BlobNotFound(CarVaultError):
+    """No blob under the key asked for."""
+
+    code = "blob_not_found"
+    status = 404
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a well-formed blob key, else ValueError (keys come from our code, never from clients)."""
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.match(p) or p in (".", "..") for p in parts):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Where a region keeps its bytes; see the module docstring for the contract every backend keeps."""
+
+    kind: str  # "local" or "s3"
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+        """Store ``data`` under ``key`` atomically (replacing any old value)."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The whole value; BlobNotFound when there is none."""
+        ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; BlobNotFound when missing, Unavailable when shorter than asked."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether a value is stored under ``key``."""
+        ...
+
+    def size(self, key: str) -> int:
+        """The value's length in bytes; BlobNotFound when missing."""
+        ...
+
+    def delete(self, key: str) -> int:
+        """Remove one value; return the bytes freed (0 when there was none)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Every key starting with ``prefix`` (a folder-like prefix ends with ``/``), in no particular order."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every value whose key starts with ``prefix``; return the bytes freed."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The value's file on this machine (memory maps, engines reading files), or None on object storage."""
+        ...
+
+    def check(self) -> None:
+        """Raise Unavailable unless the store answers (readiness)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+class LocalBlobStore:
+    """Blobs as files under one folder: the reference backend."""
+
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+        """Write to a temporary name, fsync when durable, rename over the key, fsync the folder."""
+        target = self._path(key)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            except FileNotFoundError:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if durable:
+                    fsync_dir(target.parent.parent)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            if durable:
+                fsync_dir(target.parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise Unavailable(f"cannot store {key}: {e.strerror}") from None
+
+    def get(self, key: str) -> bytes:
+        """The whole file."""
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {key}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """One ``pread`` of the file."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {key}") from None
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise Unavailable(f"blob {key} is shorter than asked ({offset}+{length})")
+        return data
+
+    def exists(self, key: str) -> bool:
+        """Whether the file exists."""
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        """The file's size."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {key}") from None
+
+    def delete(self, key: str) -> int:
+        """Unlink the file."""
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Walk the folder under the prefix's directory part, skipping temporary files."""
+        base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                if name.startswith("."):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every matching file (folders left empty are removed too)."""
+        freed = sum(self.delete(k) for k in list(self.list(prefix)))
+        if prefix.endswith("/"):
+            folder = self.root / prefix.rstrip("/")
+            for dirpath, _dirs, _files in sorted(os.walk(folder), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+        return freed
+
+    def local_path(self, key: str) -> Path | None:
+        """The file itself."""
+        return self._path(key)
+
+    def check(self) -> None:
+        """The folder must exist and be writable."""
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise Unavailable(f"blob folder {self.root} is not writable")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", region_name: str = "") -> BlobStore:
+    """The backend named by the ``blob_store`` setting; ValueError (clear, at start) when it is misconfigured."""
+    if setting in ("", "local"):
+        return LocalBlobStore(data_dir / "store")
+    if setting.startswith("file://"):
+        return LocalBlobStore(Path(setting.removeprefix("file://")))
+    if setting.startswith("s3://"):
+        raise ValueError("the S3 blob store is not built yet")  # issue 12: store/s3.py
+    raise ValueError(f"blob_store must be 'local', 'file:///path' or 's3://bucket/prefix', got {setting!r}")
