@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"  # axe-core, vendored from npm (frontend/vendor.py)
 
 CHECK_JS = r"""
 () => {
@@ -57,3 +60,22 @@ def tab_through(page: Any, presses: int = 40) -> list[str]:
             return d.slice(0, 80); }""")
         )
     return seen
+
+
+def axe_violations(page: Any, *, exclude: tuple[str, ...] = ()) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA violations on the page as loaded, one line each (rule, impact, first targets)."""
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        # Evaluated through the DevTools protocol, which the portal's content security policy does not govern (a
+        # script tag would be refused, rightly): the page is checked under its real policy.
+        page.evaluate(f"() => {{ {AXE.read_text()}\n }}")
+    result = page.evaluate(
+        """async (exclude) => {
+          const r = await axe.run({include: [document], exclude: exclude.map(s => [s])},
+            {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']},
+             resultTypes: ['violations']});
+          return r.violations.map(v => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3)
+            .map(n => n.target.join(' ')).join(', ')}`);
+        }""",
+        list(exclude),
+    )
+    return list(result)
