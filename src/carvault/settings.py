@@ -72,7 +72,7 @@ class Settings:
     segment_max_bytes: int = _setting(256 * 1024 * 1024, "Size at which a writer rolls to a new segment file.")
     blob_store: str = _setting(
         "local",
-        "Where evidence, query copies, frames, packages and log tiles live: `local` (a folder in data_dir), "
+        "Where evidence, query copies, frames, packages and log tiles live: `local` (the data_dir folder itself), "
         "`file:///path` (a folder elsewhere) or `s3://bucket/prefix` (S3-compatible object storage; "
         "credentials from the usual AWS_* variables).",
     )

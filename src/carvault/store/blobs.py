@@ -2,7 +2,8 @@
 
 One interface, two backends chosen by the ``blob_store`` setting:
 
-- ``local`` (the embedded default): a folder, ``<data_dir>/store`` unless ``blob_store`` is ``file:///path``;
+- ``local`` (the embedded default): the data folder itself (so ``segments/…`` is ``<data_dir>/segments/…``, as it
+  always was), or another folder with ``file:///path``;
 - ``s3://bucket/prefix``: S3-compatible object storage (``s3_endpoint_url`` for non-AWS servers).
 
 Keys are ``/``-separated relative names made of ``[A-Za-z0-9._=-]`` parts (Hive-style ``vin=…/day=…`` parts are
@@ -215,7 +216,7 @@ class LocalBlobStore:
 def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", region_name: str = "") -> BlobStore:
     """The backend named by the ``blob_store`` setting; ValueError (clear, at start) when it is misconfigured."""
     if setting in ("", "local"):
-        return LocalBlobStore(data_dir / "store")
+        return LocalBlobStore(data_dir)
     if setting.startswith("file://"):
         return LocalBlobStore(Path(setting.removeprefix("file://")))
     if setting.startswith("s3://"):
