@@ -44,7 +44,7 @@ from carvault.ledger import merkle
 from carvault.ledger.checkpoint import checkpoint_body, format_vkey, sign_checkpoint
 from carvault.ledger.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError
 
-__all__ = ["FORMAT", "LogError", "TransparencyLog", "node_count", "node_position"]
+__all__ = ["FORMAT", "LogError", "MerkleLog", "TransparencyLog", "node_count", "node_position"]
 
 FORMAT = "carvault-tlog-v1"
 _SLOT = struct.Struct("<4sIQ16s")  # magic, format version, tree size, truncated SHA-256 of the first 16 bytes
@@ -124,17 +124,19 @@ class _Request:
         self.error: BaseException | None = None
 
 
-class TransparencyLog:
-    """One region's append-only Merkle log in ``directory``; safe for many threads and processes."""
+class MerkleLog:
+    """What every log backend shares: proofs, roots, checkpoints and tiles from stored complete-subtree hashes.
 
-    def __init__(
-        self,
-        directory: Path | str,
-        origin: str,
-        private_key: Ed25519PrivateKey,
-        key_name: str,
-    ) -> None:
-        self.directory = Path(directory)
+    A backend provides ``size`` (the committed leaf count), ``_node(level, index)`` (one stored hash),
+    ``_nodes(coords)`` (many at once) and ``append``; everything else is computed here.
+    """
+
+    origin: str
+    key_name: str
+    _private_key: Ed25519PrivateKey
+    _vkey: str
+
+    def _configure(self, origin: str, private_key: Ed25519PrivateKey, key_name: str) -> None:
         self.origin = origin
         self.key_name = key_name
         self._private_key = private_key
@@ -148,6 +150,120 @@ class TransparencyLog:
                 origin=origin,
                 key_name=key_name,
             ) from exc
+
+    @property
+    def size(self) -> int:
+        """The committed (acknowledged) number of leaves."""
+        raise NotImplementedError
+
+    def _node(self, level: int, index: int) -> bytes:
+        raise NotImplementedError
+
+    def _nodes(self, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Many stored hashes (level, index) at once; backends with round trips override this."""
+        return [self._node(level, index) for level, index in coords]
+
+    def _mth(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]); O(log n) reads when ``start`` is aligned as RFC 9162's recursion makes it."""
+        n = end - start
+        if n & (n - 1) == 0:
+            level = n.bit_length() - 1
+            if start % n == 0:
+                return self._node(level, start >> level)
+        k = 1 << ((n - 1).bit_length() - 1)
+        return merkle.node_hash(self._mth(start, start + k), self._mth(start + k, end))
+
+    @staticmethod
+    def _peak_coords(size: int) -> list[tuple[int, int]]:
+        coords = []
+        start = 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                coords.append((level, start >> level))
+                start += 1 << level
+        return coords
+
+    def _peaks(self, size: int) -> list[tuple[int, bytes]]:
+        """The complete subtrees of a tree of ``size`` leaves, largest first, as (level, hash)."""
+        coords = self._peak_coords(size)
+        return [(level, h) for (level, _), h in zip(coords, self._nodes(coords), strict=True)]
+
+    def _check_size(self, size: int | None, committed: int) -> int:
+        if size is None:
+            return committed
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= committed:
+            raise InvalidQuery("tree size out of range", size=size, log_size=committed)
+        return size
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The log's Ed25519 public key."""
+        return self._private_key.public_key()
+
+    @property
+    def vkey(self) -> str:
+        """The verifier key string that owners configure to check checkpoints."""
+        return self._vkey
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` leaves (default: the committed size)."""
+        size = self._check_size(size, self.size)
+        if size == 0:
+            return EMPTY_ROOT
+        peaks = self._peaks(size)
+        root = peaks[-1][1]
+        for _, h in reversed(peaks[:-1]):
+            root = merkle.node_hash(h, root)
+        return root
+
+    def leaf_hash(self, index: int) -> bytes:
+        """The stored hash of leaf ``index``."""
+        committed = self.size
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < committed:
+            raise InvalidQuery("leaf index out of range", index=index, log_size=committed)
+        return self._node(0, index)
+
+    def subtree_hashes(self, level: int, first: int, count: int) -> list[bytes]:
+        """The stored hashes of ``count`` consecutive complete subtrees of height ``level`` from ``first``.
+
+        Each must lie inside the committed tree (a tile's hashes); InvalidQuery otherwise.
+        """
+        if level < 0 or first < 0 or count < 0 or (first + count) << level > self.size:
+            raise InvalidQuery("subtrees outside the committed tree", level=level, first=first, count=count)
+        return self._nodes([(level, first + i) for i in range(count)])
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size`` leaves (default: current)."""
+        size = self._check_size(size, self.size)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+            raise InvalidQuery("leaf index out of range", index=index, tree_size=size)
+        return merkle.inclusion_proof(self._mth, index, size)
+
+    def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of ``old`` leaves to ``new`` (default: current)."""
+        new = self._check_size(new, self.size)
+        if not isinstance(old, int) or isinstance(old, bool) or not 0 <= old <= new:
+            raise InvalidQuery("old tree size out of range", old=old, new=new)
+        return merkle.consistency_proof(self._mth, old, new)
+
+    def checkpoint(self, size: int | None = None) -> str:
+        """A signed C2SP checkpoint for ``size`` leaves (default: the current committed size)."""
+        size = self._check_size(size, self.size)
+        return sign_checkpoint(self.origin, size, self.root(size), self._private_key, self.key_name)
+
+
+class TransparencyLog(MerkleLog):
+    """One region's append-only Merkle log in ``directory``; safe for many threads and processes."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        origin: str,
+        private_key: Ed25519PrivateKey,
+        key_name: str,
+    ) -> None:
+        self.directory = Path(directory)
+        self._configure(origin, private_key, key_name)
         # flock excludes other open files (other processes, other instances); threads share ours, so
         # appends within this object are serialised by _cond/_writing below.
         self._cond = threading.Condition()
@@ -258,49 +374,12 @@ class TransparencyLog:
             raise LogError("node record missing", expected=(level, index), actual=len(raw))
         return raw
 
-    def _mth(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]); O(log n) reads when ``start`` is aligned as RFC 9162's recursion makes it."""
-        n = end - start
-        if n & (n - 1) == 0:
-            level = n.bit_length() - 1
-            if start % n == 0:
-                return self._node(level, start >> level)
-        k = 1 << ((n - 1).bit_length() - 1)
-        return merkle.node_hash(self._mth(start, start + k), self._mth(start + k, end))
-
-    def _peaks(self, size: int) -> list[tuple[int, bytes]]:
-        """The complete subtrees of a tree of ``size`` leaves, largest first, as (level, hash)."""
-        peaks = []
-        start = 0
-        for level in range(size.bit_length() - 1, -1, -1):
-            if size >> level & 1:
-                peaks.append((level, self._node(level, start >> level)))
-                start += 1 << level
-        return peaks
-
-    def _check_size(self, size: int | None, committed: int) -> int:
-        if size is None:
-            return committed
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= committed:
-            raise InvalidQuery("tree size out of range", size=size, log_size=committed)
-        return size
-
     # -- public API ----------------------------------------------------------------------------
 
     @property
     def size(self) -> int:
         """The committed (acknowledged) number of leaves, as seen by any process."""
         return self._committed()[0]
-
-    @property
-    def public_key(self) -> Ed25519PublicKey:
-        """The log's Ed25519 public key."""
-        return self._private_key.public_key()
-
-    @property
-    def vkey(self) -> str:
-        """The verifier key string that owners configure to check checkpoints."""
-        return self._vkey
 
     def append(self, entries: Sequence[bytes | bytearray | memoryview]) -> int:
         """Append many leaves (their data, hashed here); durable on return; returns the first index."""
@@ -355,36 +434,15 @@ class TransparencyLog:
             for request in group:
                 request.done = True
 
-    def root(self, size: int | None = None) -> bytes:
-        """MTH of the first ``size`` leaves (default: the committed size)."""
-        size = self._check_size(size, self.size)
-        return EMPTY_ROOT if size == 0 else self._mth(0, size)
-
-    def leaf_hash(self, index: int) -> bytes:
-        """The stored hash of leaf ``index``."""
-        committed = self.size
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < committed:
-            raise InvalidQuery("leaf index out of range", index=index, log_size=committed)
-        return self._node(0, index)
-
-    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        """RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size`` leaves (default: current)."""
-        size = self._check_size(size, self.size)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
-            raise InvalidQuery("leaf index out of range", index=index, tree_size=size)
-        return merkle.inclusion_proof(self._mth, index, size)
-
-    def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
-        """RFC 9162 consistency proof from the tree of ``old`` leaves to ``new`` (default: current)."""
-        new = self._check_size(new, self.size)
-        if not isinstance(old, int) or isinstance(old, bool) or not 0 <= old <= new:
-            raise InvalidQuery("old tree size out of range", old=old, new=new)
-        return merkle.consistency_proof(self._mth, old, new)
-
-    def checkpoint(self) -> str:
-        """A signed C2SP checkpoint for the current committed size."""
-        size = self.size
-        return sign_checkpoint(self.origin, size, self.root(size), self._private_key, self.key_name)
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Exclusive (across this machine's processes) right to publish tiles and checkpoints of this log."""
+        fd = os.open(self.directory / "publish.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def check_integrity(self) -> int:
         """Recompute every stored node from the stored leaf hashes; raise LogError on a mismatch.
