@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from carvault.geo.tiles import check_tile_crs, check_tile_url
+
 ENV_PREFIX = "CARVAULT_"
 
 
@@ -108,6 +110,20 @@ class Settings:
     fleet_batch_wait_ms: int = _setting(
         1000, "How long a Fleet Telemetry connection gathers records for one batch before attesting it, in ms."
     )
+    map_tile_url: str = _setting(
+        "",
+        "XYZ tile URL template for the portal's maps, e.g. `https://tiles.example.org/{z}/{x}/{y}.png` (`{s}` "
+        "allowed in the first host label); its host is added to the pages' img-src; empty draws routes without "
+        "tiles (docs/maps.md).",
+    )
+    map_tile_attribution: str = _setting(
+        "", "Attribution the tile server's licence asks for, shown on every map (e.g. `© OpenStreetMap contributors`)."
+    )
+    map_tile_crs: str = _setting(
+        "wgs84",
+        "Datum the tiles are drawn in: `wgs84` (OpenStreetMap and most servers) or `gcj02` (Chinese providers; "
+        "positions are converted for display only, docs/maps.md).",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,6 +147,8 @@ class Settings:
                 raise ValueError(f"unknown setting {name!r}")
             typed[name] = table[name].parse(value)
         s = cls(**typed)
+        check_tile_url(s.map_tile_url)
+        check_tile_crs(s.map_tile_crs)
         if not s.region.isalnum() or not s.region.islower():
             raise ValueError(f"region must be a short lowercase name like 'cn', got {s.region!r}")
         return s
