@@ -14,6 +14,7 @@ from starlette.routing import compile_path
 
 from carvault import __version__
 from carvault.compliance.retention import RetentionScheduler
+from carvault.geo.tiles import tile_origin
 from carvault.region import Region
 from carvault.web import errors, views
 from carvault.web.deps import declare_security
@@ -118,7 +119,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, tiles=tile_origin(region.settings.map_tile_url))
     return app
 
 
@@ -152,8 +153,15 @@ class SecurityHeaders:
     _PAGE = tuple((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
     _API = (*_PAGE, (b"cache-control", b"no-store"))
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, tiles: str | None = None) -> None:
         self.app = app
+        # Map tiles come from the configured tile server (docs/maps.md): its origin joins every policy's img-src.
+        self.img_src = f"img-src 'self' data: {tiles}".encode() if tiles else None
+
+    def _with_tiles(self, name: bytes, value: bytes) -> bytes:
+        if name.lower() != b"content-security-policy" or self.img_src is None:
+            return value
+        return value.replace(b"img-src 'self' data:", self.img_src)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -166,6 +174,8 @@ class SecurityHeaders:
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in extra if name not in present]
+                if self.img_src:
+                    headers = [(n, self._with_tiles(n, v)) for n, v in headers]
                 message = {**message, "headers": headers}
             await send(message)
 
