@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from carvault.errors import CarVaultError
+from carvault.logs import log_config
 from carvault.settings import Settings
 
 app = typer.Typer(
@@ -71,6 +72,7 @@ def serve(
             port=s.port,
             workers=workers,
             log_level="info",
+            log_config=log_config(s.log_format, s.region),
             access_log=False,
             timeout_keep_alive=30,
         )
@@ -79,7 +81,10 @@ def serve(
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         if s.fleet_telemetry_port:
             console.print(f"Fleet Telemetry (mTLS WebSocket) on wss://{s.host}:{s.fleet_telemetry_port}")
-        server = uvicorn.Server(uvicorn_config(r, s.host, s.port, log_level="info"))
+        config = uvicorn_config(r, s.host, s.port, log_level="info")
+        config.log_config = log_config(s.log_format, s.region)
+        config.configure_logging()
+        server = uvicorn.Server(config)
         run_region(server, r, s.host, s.fleet_telemetry_port)
 
 

@@ -12,8 +12,11 @@ from sqlalchemy import select
 from carvault.access.accounts import Accounts
 from carvault.access.apps import Apps
 from carvault.access.audit import AuditLog
+from carvault.access.charging import Charging, nearest_towns
+from carvault.access.completeness import Completeness
 from carvault.access.consents import Consents
 from carvault.access.grants import Grants
+from carvault.access.statistics import Statistics
 from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.annual_report import AnnualReports
@@ -35,7 +38,9 @@ from carvault.ingest.gateway import Gateway
 from carvault.ingest.live import LastValueStore, LiveChannel, LiveHub
 from carvault.ingest.reconcile import reconcile
 from carvault.ledger.leaves import DATA_KEY_FILE, log_key_of, seal_clear_log_keys
-from carvault.ledger.log import TransparencyLog
+from carvault.ledger.sequencer import log_of
+from carvault.ledger.tiles import TilePublisher
+from carvault.metrics import Metrics
 from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
@@ -87,6 +92,7 @@ class Region:
     def __init__(self, settings: Settings, *, catalogue_: Catalogue | None = None) -> None:
         self.settings = settings
         self.name = settings.region
+        self.metrics = Metrics(self)  # what /metrics shows the operator's Prometheus (levels read when scraped)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self.db.create_schema()
@@ -103,16 +109,23 @@ class Region:
         seal_clear_log_keys(self.db)  # log keys written in the clear before sealing
         self.log_key = load_or_create_key(keys / "log-ed25519.pem")
         self.ca = RegionCA.load_or_create(load_or_create_key(keys / "ca-ed25519.pem"), keys / "ca.pem", self.name)
-        self.log = TransparencyLog(
+        # The log's tree: a folder (one machine) or PostgreSQL (replicas; ledger/sequencer.py), per log_backend.
+        self.log = log_of(
+            settings.log_backend,
             settings.data_dir / "log",
+            settings.resolved_database_url,
             origin=log_origin(self.name),
             private_key=self.log_key,
             key_name=log_origin(self.name),
         )
+        # C2SP tlog-tiles in the blob store (log/…), published in the background after appends (ledger/tiles.py).
+        self.tiles = TilePublisher(self.log, self.blobs, exclusive=self.log.publishing)
+        self.log.listeners.append(self.tiles.notify)
+        self.tiles.start()
         # Batches committed by a process killed before its log append get their leaf now, exactly once.
         self.reconciled = reconcile(self.db, self.log, self.name, settings.data_dir)
-        self.segments = SegmentWriter(settings.data_dir / "segments", settings.segment_max_bytes)
-        self.segment_reader = SegmentReader(settings.data_dir / "segments")
+        self.segments = SegmentWriter(self.blobs, settings.segment_max_bytes)  # evidence: segments/ keys
+        self.segment_reader = SegmentReader(self.blobs)
         self.accounts = Accounts(self.db, settings.session_ttl_s)
         self.residency = Residency.of_database(
             self.db, self.name, settings.region_endpoints, RegionDirectory.of_setting(settings.region_directory)
@@ -129,7 +142,7 @@ class Region:
         )
         self.derived = DerivedCopies(settings.data_dir / "derived", kept=self._batch_kept)
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
-        self.frames = FrameStore(self.db, self.segment_reader, settings.data_dir / "blobs")
+        self.frames = FrameStore(self.db, self.segment_reader, self.blobs)  # frames: blobs/ keys
         self.deletions = Deletions(self)
         # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).
         self.rights = Rights(self.db, self.audit, self.name)
@@ -165,6 +178,23 @@ class Region:
             interval_s=settings.retention_interval_s,
         )
         self.telemetry.withheld = self.retention.withheld
+        # Statistics (issue 13): day summaries kept as a cache of the evidence, dropped with the batches.
+        self.statistics = Statistics(
+            self.db, self.catalogue, self.telemetry.window, withheld=self.retention.withheld
+        )
+        # Charging (issue 13): sessions derived per day and kept as a cache of the evidence, tariffs, battery health.
+        self.charging = Charging(
+            self.db,
+            self.telemetry,
+            self.catalogue,
+            self.name,
+            places=lambda: getattr(self, "places", None),
+            describe=nearest_towns,
+        )
+        # Completeness (issue 13): per day and drive, what is missing and why; signed like deletion receipts.
+        self.completeness = Completeness(
+            self.db, self.catalogue, self.telemetry, self.consents.policy, self.name, self.log_key, self.log.vkey
+        )
         # Live frames (issue 10): last values and subscriptions, fanned out to every replica through the broker.
         self.live = LiveHub(
             broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)
@@ -181,6 +211,7 @@ class Region:
             policy_of=self.consents.policy,  # no cache: a stop applies to the very next batch, in every worker
             residency=self.residency,
         )
+        self.gateway.metrics = self.metrics
         # Cars streaming live frames to this replica: checked like batches, fanned out through region.live.
         self.live_channel = LiveChannel(self.gateway, self.catalogue, self.live)
         self.gateway.live_root_check = self.live_channel.evidence.check_root
@@ -207,6 +238,7 @@ class Region:
     def close(self) -> None:
         """Stop background work and release files and connections."""
         self.gateway.close()  # first: its group commit may still append to the log
+        self.tiles.close()
         self.log.close()
         self.segments.close()
         self.segment_reader.close()

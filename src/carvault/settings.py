@@ -80,10 +80,28 @@ class Settings:
     )
     s3_endpoint_url: str = _setting("", "URL of the S3-compatible server when it is not AWS (e.g. http://minio:9000).")
     s3_region: str = _setting("us-east-1", "Region name given to the S3-compatible server.")
+    metrics_token: str = _setting(
+        "",
+        "Bearer token Prometheus must send to read /metrics; empty leaves /metrics open (it shows aggregate "
+        "figures only, never a car or an owner).",
+    )
+    log_format: str = _setting(
+        "text", "How `carvault serve` writes its logs: `text` for people, `json` (one object per line) for collectors."
+    )
     retention_interval_s: int = _setting(
         3600,
         "Seconds between the in-process retention purges of each replica (one runs at a time); 0 turns the "
         "scheduler off, e.g. when a cron job runs `carvault admin retention run` instead (docs/retention.md).",
+    )
+    deletion_grace_s: int = _setting(
+        72 * 3600,
+        "Grace period between an owner's deletion request and its erasure, in seconds; the owner may cancel it "
+        "until then (at most 7 days, well inside the 10-working-day deadline; docs/deletion.md).",
+    )
+    log_backend: str = _setting(
+        "file",
+        "Where the transparency log keeps its tree: `file` (a folder in data_dir, one machine) or `postgres` "
+        "(tables in the PostgreSQL metadata database; appends of every replica sequenced by an advisory lock).",
     )
     live_broker: str = _setting(
         "memory",
@@ -151,6 +169,12 @@ class Settings:
         check_tile_crs(s.map_tile_crs)
         if not s.region.isalnum() or not s.region.islower():
             raise ValueError(f"region must be a short lowercase name like 'cn', got {s.region!r}")
+        if not 0 <= s.deletion_grace_s <= 7 * 86400:
+            raise ValueError(f"deletion_grace_s must be 0 to 604800 seconds (7 days), got {s.deletion_grace_s}")
+        if s.log_backend not in ("file", "postgres"):
+            raise ValueError(f"log_backend must be 'file' or 'postgres', got {s.log_backend!r}")
+        if s.log_backend == "postgres" and not s.resolved_database_url.startswith("postgresql"):
+            raise ValueError("log_backend 'postgres' needs a PostgreSQL database_url")
         return s
 
     def with_(self, **changes: Any) -> Settings:

@@ -48,6 +48,9 @@ from carvault.web.deps import (
 # Public API routes and why each may answer anyone. Keys: (METHOD, path) or a path prefix ending in '/'.
 PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/health"): "liveness; names the region and the log size only",
+    ("GET", "/livez"): "liveness for the load balancer; says ok and nothing else",
+    ("GET", "/readyz"): "readiness for the load balancer; names the parts that fail, never a car or owner",
+    ("GET", "/metrics"): "aggregate Prometheus figures (no car, no owner); a bearer token when metrics_token is set",
     ("POST", "/api/v1/auth/register"): "account sign-up",
     ("POST", "/api/v1/auth/login"): "log-in (rate limited); answers only the account's own token",
     ("GET", "/api/v1/signals"): "the public signal catalogue",
@@ -58,6 +61,8 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/log/key"): "transparency log verifier key",
     ("GET", "/api/v1/log/proof/inclusion"): "transparency log proofs: leaf indices and hashes, no VIN",
     ("GET", "/api/v1/log/proof/consistency"): "transparency log proofs between tree sizes",
+    ("GET", "/tlog/checkpoint"): "the tiled log's published checkpoint (C2SP tlog-tiles): public by design",
+    ("GET", "/tlog/tile/{path:path}"): "the tiled log's hash tiles (C2SP tlog-tiles): hashes only, no VIN",
     (
         "POST",
         "/api/v1/admin/session",

@@ -40,6 +40,10 @@ class Broker(ABC):
     async def close(self) -> None:
         """Disconnect; later publishes fail with Unavailable until started again."""
 
+    @abstractmethod
+    def healthy(self) -> bool:
+        """Whether the broker is connected now (readiness, web/routes/health.py)."""
+
 
 class MemoryBroker(Broker):
     """The in-process broker: delivery is a direct call (one replica only)."""
@@ -50,6 +54,10 @@ class MemoryBroker(Broker):
     async def start(self, deliver: Deliver) -> None:
         """Remember where to deliver."""
         self._deliver = deliver
+
+    def healthy(self) -> bool:
+        """Started: delivery is a call."""
+        return self._deliver is not None
 
     async def publish(self, message: bytes) -> None:
         """Deliver straight back to this process."""
@@ -109,6 +117,11 @@ class NatsBroker(Broker):
         except NatsError as e:
             raise Unavailable(f"the live broker refused a message: {e}") from None
 
+    def healthy(self) -> bool:
+        """Connected to the NATS server right now."""
+        nc = self._nc
+        return nc is not None and bool(nc.is_connected)
+
     async def close(self) -> None:
         """Disconnect."""
         nc, self._nc, self._deliver = self._nc, None, None
@@ -165,6 +178,10 @@ class PostgresBroker(Broker):
             await self._send.execute("SELECT pg_notify(%s, %s)", (self.channel, message.decode()))
         except psycopg.Error as e:
             raise Unavailable(f"the live broker (PostgreSQL NOTIFY) failed: {e}") from None
+
+    def healthy(self) -> bool:
+        """Both connections (listening and sending) open."""
+        return all(c is not None and not c.closed for c in (self._listen, self._send))
 
     async def close(self) -> None:
         """Stop listening and close both connections."""

@@ -15,6 +15,7 @@ compiled once and cached) instead of through the ORM per batch.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -22,11 +23,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from carvault.compliance.consent import Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
@@ -49,6 +51,7 @@ from carvault.signals import Catalogue
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
     BatchRecord,
+    BatchRefusal,
     ConsentRecord,
     Database,
     Vehicle,
@@ -58,6 +61,10 @@ from carvault.store.metadata import (
 )
 from carvault.store.segments import SegmentWriter
 
+if TYPE_CHECKING:
+    from carvault.metrics import Metrics
+
+_log = logging.getLogger(__name__)
 REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
 DERIVED_BACKLOG = 64  # query copies queued at most; past it a batch's copy is made by its first read
 
@@ -112,6 +119,89 @@ _ADVANCE_WITH_IGNITION = _HEAD_MOVES.values(
 )
 _INSERT_BATCHES = insert(_BATCHES).returning(_BATCHES.c.id, sort_by_parameter_order=True)
 _INSERT_EVENTS = insert(_EVENTS)
+
+
+_REFUSALS = cast(Table, BatchRefusal.__table__)
+_HOUR_MS = 3_600_000
+_REFUSAL_BUCKET = and_(
+    _REFUSALS.c.vin == bindparam("r_vin"),
+    _REFUSALS.c.code == bindparam("r_code"),
+    _REFUSALS.c.hour_ms == bindparam("r_hour"),
+)
+
+
+def _least(column: Any, name: str) -> Any:
+    return case((column > bindparam(name), bindparam(name)), else_=column)
+
+
+def _greatest(column: Any, name: str) -> Any:
+    return case((column < bindparam(name), bindparam(name)), else_=column)
+
+
+_REFUSAL_COUNT = (
+    update(_REFUSALS)
+    .where(_REFUSAL_BUCKET)
+    .values(
+        count=_REFUSALS.c.count + 1,
+        last_ms=_greatest(_REFUSALS.c.last_ms, "r_at"),
+        seq_min=_least(_REFUSALS.c.seq_min, "r_seq"),
+        seq_max=_greatest(_REFUSALS.c.seq_max, "r_seq"),
+        t0_min=_least(_REFUSALS.c.t0_min, "r_t0"),
+        t1_max=_greatest(_REFUSALS.c.t1_max, "r_t1"),
+        message=bindparam("r_message"),
+    )
+)
+
+
+class RefusalRecord:
+    """Durable, bounded record of refused uploads from authenticated cars: one counter per vehicle, code and hour.
+
+    Only a batch whose signature verified is recorded (anyone can send garbage naming a VIN; only the car can sign),
+    and a flood of refusals grows a counter, never the table (``BatchRefusal``).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, header: BatchHeader, error: CarVaultError, at_ms: int | None = None) -> None:
+        """Count one refusal; a storage failure here is logged and swallowed (the car still gets its answer)."""
+        at = now_ms() if at_ms is None else at_ms
+        params = {
+            "r_vin": header.vin,
+            "r_code": error.code[:64],
+            "r_hour": at - at % _HOUR_MS,
+            "r_at": at,
+            "r_seq": header.seq,
+            "r_t0": header.t0,
+            "r_t1": header.t1,
+            "r_message": error.message[:300],
+        }
+        for _ in range(2):  # a first refusal of the hour inserts; a racing insert makes the other one count
+            try:
+                with self.db.connection(write=True) as conn:
+                    if rowcount(conn.execute(_REFUSAL_COUNT, params)) == 1:
+                        return
+                    conn.execute(
+                        insert(_REFUSALS).values(
+                            vin=header.vin,
+                            code=params["r_code"],
+                            hour_ms=params["r_hour"],
+                            count=1,
+                            first_ms=at,
+                            last_ms=at,
+                            seq_min=header.seq,
+                            seq_max=header.seq,
+                            t0_min=header.t0,
+                            t1_max=header.t1,
+                            message=params["r_message"],
+                        )
+                    )
+                    return
+            except IntegrityError:
+                continue
+            except CarVaultError as e:
+                _log.warning("refusal of %s not recorded: %s", header.vin, e)
+                return
 
 
 class AppendOnlyLog(Protocol):
@@ -175,6 +265,7 @@ _BATCH_COLUMNS = (
     "log_index",
     "received_ms",
     "attested_by",
+    "software_version",
 )
 
 
@@ -231,6 +322,8 @@ class Gateway:
         )
         # The live extension (docs/protocol.md §8): checks a header's live_root against the frames received.
         self.live_root_check: Callable[[BatchHeader], None] | None = None
+        self.metrics: Metrics | None = None  # the region's counters (metrics.py), set by Region
+        self.refusals = RefusalRecord(db)  # refusals of authenticated cars, for the completeness report
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
         self._derived_lock = threading.Lock()
         self._derived_backlog = 0  # copies queued and not yet written
@@ -307,6 +400,16 @@ class Gateway:
         # Residency from the registrations (this region's vehicles, the region directory), never the header.
         self.residency.admit(h.vin)
         env.verify(self.vehicle_key(h.vin))
+        try:
+            return self._check_signed(env)
+        except CarVaultError as e:
+            if not isinstance(e, Unavailable):  # the region's own trouble is no refusal of the car's data
+                self.refusals.record(h, e)
+            raise
+
+    def _check_signed(self, env: Envelope) -> dict[str, Any] | _Pending:
+        """The checks of a batch whose signature holds (its refusals are recorded: ``RefusalRecord``)."""
+        h = env.header
         self.residency.check_claim(h.vin, h.region)
         head = self._head(h.vin, h.seq)
         if head["taken"] is not None:
@@ -493,6 +596,7 @@ class Gateway:
         others get its receipt as re-sends; a batch already accepted before the group (a re-send that raced
         its original through the checks) is answered from its row without writing anything.
         """
+        started = time.perf_counter()
         firsts: dict[str, _Pending] = {}
         for p in group:
             first = firsts.setdefault(p.env.batch_hash, p)
@@ -507,7 +611,9 @@ class Gateway:
                 done = {r.batch_hash: r for r in rows}
         for h, rec in done.items():
             self._settle_replay(firsts[h], rec)
-        self._store([p for h, p in firsts.items() if h not in done])
+        stored_now = self._store([p for h, p in firsts.items() if h not in done])
+        if self.metrics is not None:
+            self.metrics.committed(len(stored_now), sum(r.samples for r in stored_now), time.perf_counter() - started)
 
     def _settle_replay(self, p: _Pending, rec: BatchRecord) -> None:
         """Answer a queued batch that turned out to be accepted already, as a re-send is answered.
@@ -529,9 +635,10 @@ class Gateway:
         else:
             threading.Thread(target=settle, name="replay-settle", daemon=True).start()
 
-    def _store(self, group: list[_Pending]) -> None:
+    def _store(self, group: list[_Pending]) -> list[BatchRecord]:
+        """Store what continues each vehicle's chain; return the records stored (the rest are answered as re-sends)."""
         if not group:
-            return
+            return []
         locations = self.segments.append_many([p.env.raw for p in group])
         received = now_ms()
         # Each vehicle's batches in the group, in order, as far as they continue one another: checked against the
@@ -581,6 +688,7 @@ class Gateway:
                         log_index=None,
                         received_ms=received,
                         attested_by=h.attested_by,
+                        software_version=h.software_version,
                     )
                     accepted.append((p, rec))
             if accepted:
@@ -617,6 +725,7 @@ class Gateway:
                     _answer(p.future, error=e)
                     continue
                 self._settle_replay(p, existing)
+        return [rec for _, rec in accepted]
 
     def _recover_log_index(self, rec: BatchRecord, tail: int = RECOVERY_TAIL) -> int | None:
         """The batch's leaf index: found in the log's tail (its writer died before the index write), else appended."""

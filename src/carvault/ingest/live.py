@@ -311,6 +311,11 @@ class LiveHub:
         with self._lock:
             return self._seen.get(vin)
 
+    def subscription_count(self) -> int:
+        """Subscriptions open on this replica."""
+        with self._lock:
+            return sum(len(subs) for subs in self._subs.values())
+
     def subscribe(self, vin: str) -> LiveSubscription:
         """Start receiving the vehicle's accepted frames from now on."""
         sub = LiveSubscription(self, vin)
@@ -503,6 +508,7 @@ class LiveChannel:
         self.evidence = evidence or LiveEvidence()
         hub.evidence = self.evidence  # fed through the broker: a batch may arrive at another replica than its frames
         self._last: dict[str, int] = {}  # vin -> highest counter accepted here
+        self.connections = 0  # cars with a live channel open to this replica (web/routes/live.py counts them)
         self._policies: dict[str, tuple[int, Policy, tuple[int | None, int | None]]] = {}
 
     def admit(self, vin: str) -> None:

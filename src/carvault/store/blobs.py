@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from carvault.durable import fsync_dir
 from carvault.errors import CarVaultError, Unavailable
@@ -53,8 +54,16 @@ class BlobStore(Protocol):
         """Store ``data`` under ``key`` atomically (replacing any old value)."""
         ...
 
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a (large) file's content under ``key`` atomically and durably, without reading it into memory."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The whole value; BlobNotFound when there is none."""
+        ...
+
+    def stream(self, key: str, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+        """The value in chunks (downloads of large files); BlobNotFound when there is none."""
         ...
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
@@ -134,6 +143,31 @@ class LocalBlobStore:
                 tmp.unlink(missing_ok=True)
             raise Unavailable(f"cannot store {key}: {e.strerror}") from None
 
+    def put_file(self, key: str, path: Path) -> None:
+        """Copy the file beside the key's file, fsync, rename over it (a move when it is on the same disk)."""
+        target = self._path(key)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise Unavailable(f"cannot store {key}: {e.strerror}") from None
+
+    def stream(self, key: str, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+        """The file in chunks."""
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115 - closed below, after the last chunk
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {key}") from None
+        return _chunks(f, chunk)
+
     def get(self, key: str) -> bytes:
         """The whole file."""
         try:
@@ -205,12 +239,28 @@ class LocalBlobStore:
         return self._path(key)
 
     def check(self) -> None:
-        """The folder must exist and be writable."""
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise Unavailable(f"blob folder {self.root} is not writable")
+        """The folder takes a small file (written, synced and removed: full or read-only disks fail here)."""
+        probe = self.root / f".ready-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise Unavailable(f"blob folder {self.root} cannot be written: {e.strerror}") from None
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _chunks(f: BinaryIO, chunk: int) -> Iterator[bytes]:
+    """Read an open file to its end in chunks, then close it."""
+    with f:
+        while data := f.read(chunk):
+            yield data
 
 
 def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", region_name: str = "") -> BlobStore:
@@ -220,5 +270,7 @@ def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", regio
     if setting.startswith("file://"):
         return LocalBlobStore(Path(setting.removeprefix("file://")))
     if setting.startswith("s3://"):
-        raise ValueError("the S3 blob store is not built yet")  # issue 12: store/s3.py
+        from carvault.store.s3 import open_s3_store  # boto3 is loaded only by regions that use it
+
+        return open_s3_store(setting, endpoint_url=endpoint_url, region_name=region_name)
     raise ValueError(f"blob_store must be 'local', 'file:///path' or 's3://bucket/prefix', got {setting!r}")

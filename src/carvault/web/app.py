@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
 from carvault import __version__
+from carvault.compliance.deletion import DeletionScheduler
 from carvault.compliance.retention import RetentionScheduler
 from carvault.geo.tiles import tile_origin
 from carvault.region import Region
@@ -32,6 +33,7 @@ from carvault.web.routes import (
     exports,
     frames,
     grants,
+    health,
     ingest,
     live,
     log,
@@ -39,6 +41,7 @@ from carvault.web.routes import (
     packages,
     portability,
     rights,
+    statistics,
     support,
     timeline,
     vehicles,
@@ -65,7 +68,10 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
             region.retention, region.settings.retention_interval_s, chores=(region.deletions.resume,)
         )
         purges.start()  # a retention purge every interval (docs/retention.md); the lease lets one replica at a time
+        deletions = DeletionScheduler(region.deletions)
+        deletions.start()  # requests whose grace period has ended are carried out within a minute
         yield
+        await deletions.stop()
         await purges.stop()
         await region.live.close()
         if close_region_on_shutdown:
@@ -78,7 +84,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         description="Owner and third-party API of a CarVault region. Errors are JSON: "
         '{"error": {"code": "<stable code>", "message": "<for people>"}}.',
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # the reference page is the portal's own (views/api_docs.py): vendored viewer, no CDN
         redoc_url=None,
     )
     app.state.region = region
@@ -97,6 +103,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         rights.router,  # issue 11: the owner's rights requests and incident notices
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
+        statistics.router,  # issue 13: statistics, states, efficiency, vampire drain, conditions
         exports.router,
         oauth.router,  # OAuth 2.0 for apps (issue 9); RFC 8414 metadata describes it
         portability.router,
@@ -108,7 +115,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         admin.router,  # the operator's API (issue 11): every route behind a staff role
         support.router,  # issue 11: the owner approves or declines support tickets' access
         diagnostics.router,  # issue 14: trouble codes and warning lamps in plain words
-        _operations(region),
+        health.router,  # issue 12: liveness, readiness, Prometheus metrics
     )
     for r in routers:
         app.include_router(r)
@@ -171,6 +178,8 @@ class SecurityHeaders:
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: labels stay bounded
+                scope["app"].state.region.metrics.answered(route, message["status"])
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in extra if name not in present]
@@ -180,14 +189,3 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def _operations(region: Region) -> APIRouter:
-    """Liveness."""
-    router = APIRouter(prefix="/api/v1", tags=["operations"])
-
-    @router.get("/health", summary="Liveness and the region served")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "region": region.name, "version": __version__, "log_size": region.log.size}
-
-    return router

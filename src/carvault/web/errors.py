@@ -227,14 +227,22 @@ def _storage_or_raise(e: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers on an app."""
 
+    def refused(request: Request, code: str) -> None:
+        """Count the refusal by code and entry point (metrics.py: carvault_refusals_total)."""
+        region = getattr(request.app.state, "region", None)
+        if region is not None:
+            region.metrics.refused(code, request.url.path)
+
     @app.exception_handler(CarVaultError)
-    async def _carvault(_: Request, e: CarVaultError) -> JSONResponse:
+    async def _carvault(request: Request, e: CarVaultError) -> JSONResponse:
         if e.status >= 500:
             log.error("%s: %s", e.code, e.message)
+        refused(request, e.code)
         return error_response(e)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        refused(request, ValidationFailed.code)
         problems = [
             {"where": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")} for err in e.errors()
         ]

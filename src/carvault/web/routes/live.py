@@ -55,6 +55,15 @@ async def car_live(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_BASE + e.status, e.code)
         return
     await websocket.send_text(json.dumps({"type": "ready", "vin": vin, "region": region.name}))
+    region.live_channel.connections += 1  # the carvault_live_cars gauge (metrics.py)
+    try:
+        await _stream(websocket, region, vin)
+    finally:
+        region.live_channel.connections -= 1
+
+
+async def _stream(websocket: WebSocket, region: Region, vin: str) -> None:
+    """Check and publish each frame of an admitted car until it disconnects."""
     with contextlib.suppress(WebSocketDisconnect):
         while True:
             message = await websocket.receive()
@@ -70,6 +79,7 @@ async def car_live(websocket: WebSocket) -> None:
                 )
                 answer = await region.live_channel.publish(vin, data, frame)
             except CarVaultError as e:
+                region.metrics.refused(e.code, LIVE_PATH)
                 await websocket.send_text(_error(e, _counter(data)))
                 continue
             await websocket.send_text(json.dumps(answer))
