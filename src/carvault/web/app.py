@@ -97,6 +97,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         catalogue.router,
         audit.router,
         log.router,
+        log.tiles_router,  # issue 12: the log as C2SP tlog-tiles, read from the blob store
         consents.router,
         events.router,
         deletion.router,
