@@ -233,7 +233,9 @@ def log_batches(
     if not records:
         return []
     given = {r.id: r for r in reversed(records)}  # vin, seq, hash and time of a row never change: only its index
-    with fence(fence_dir):
+    # A log shared by several machines brings its own fence (PostgreSQL: an advisory lock); else the file fence.
+    log_fence = getattr(log, "fence", None)
+    with log_fence() if callable(log_fence) else fence(fence_dir):
         ids = [r.id for r in records]
         with db.connection() as conn:
             state = {i: index for i, index in conn.execute(_LOG_STATE, {"ids": list(given)})}

@@ -28,10 +28,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ _SLOT_VERSION = 1
 _SLOT_OFFSETS = (0, 4096)
 _SIZE_FILE_LEN = 8192
 _CHECK_CHUNK_LEAVES = 1 << 16
+_LOG = logging.getLogger("carvault.ledger.log")
 
 
 class LogError(CarVaultError):
@@ -140,6 +142,8 @@ class MerkleLog:
         self.origin = origin
         self.key_name = key_name
         self._private_key = private_key
+        # Called (with no argument) after every committed append: the tile publisher's wake-up; must not block.
+        self.listeners: list[Callable[[], None]] = []
         # Fail at construction, not at the first checkpoint, if the origin or key name is unusable.
         try:
             checkpoint_body(origin, 0, EMPTY_ROOT)
@@ -155,6 +159,13 @@ class MerkleLog:
     def size(self) -> int:
         """The committed (acknowledged) number of leaves."""
         raise NotImplementedError
+
+    def _appended(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener()
+            except Exception:  # a listener's trouble never fails an append that is committed
+                _LOG.exception("log append listener failed")
 
     def _node(self, level: int, index: int) -> bytes:
         raise NotImplementedError
@@ -407,6 +418,7 @@ class TransparencyLog(MerkleLog):
                     self._cond.notify_all()
         if request.error is not None:
             raise request.error
+        self._appended()
         return request.first
 
     def _write_group(self, group: list[_Request]) -> None:

@@ -202,12 +202,14 @@ class TilePublisher:
         exclusive: Callable[[], AbstractContextManager[object]] | None = None,
         on_published: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
+        interval_s: float = 5.0,
     ) -> None:
         self.log = log
         self.blobs = blobs
         self._exclusive = exclusive or nullcontext
-        self._on_published = on_published
+        self.on_published = on_published
         self._retry_s = retry_s
+        self._interval_s = interval_s  # also look unprompted: another replica's appends, or one that died
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -235,7 +237,7 @@ class TilePublisher:
     def _run(self) -> None:
         repaired = False
         while not self._stop.is_set():
-            self._wake.wait()
+            self._wake.wait(self._interval_s)
             if self._stop.is_set():
                 return
             self._wake.clear()
@@ -253,19 +255,19 @@ class TilePublisher:
                 self._idle.notify_all()
 
     def published_store_size(self) -> int:
-        """The tree size of the checkpoint in the store (0 when none or unreadable)."""
+        """The tree size of the checkpoint in the store (-1 when there is none or it is unreadable)."""
         note = latest_checkpoint(self.blobs)
         if note is None:
-            return 0
+            return -1
         try:
             return _checkpoint_size(note)
         except VerificationError:
-            return 0
+            return -1
 
     def repair(self) -> int:
         """Re-create every tile the published checkpoint's tree needs that the store lacks; return the count."""
         with self._exclusive():
-            size = min(self.published_store_size(), self.log.size)
+            size = max(0, min(self.published_store_size(), self.log.size))
             missing = missing_tiles(self.blobs, size)
             for level, index, width in missing:
                 self.blobs.put(PREFIX + tile_path(level, index, width), tile_bytes(self.log, level, index, width))
@@ -279,10 +281,10 @@ class TilePublisher:
             published = self.published_store_size()
             size = self.log.size
             if size > published:
-                publish_tiles(self.blobs, self.log, size, published)
+                publish_tiles(self.blobs, self.log, size, max(published, 0))
                 note = self.log.checkpoint(size)
-                if publish_checkpoint(self.blobs, note) and self._on_published is not None:
-                    self._on_published(note)
+                if publish_checkpoint(self.blobs, note) and self.on_published is not None:
+                    self.on_published(note)
                 published = size
             self._published = published
         return published
@@ -308,3 +310,7 @@ class TilePublisher:
             self._wake.set()
             self._thread.join(timeout=10)
             self._thread = None
+            try:
+                self.publish_once()
+            except Exception:  # the store or the log is gone: the next start repairs and publishes
+                _LOG.warning("could not publish the log's last tiles on close", exc_info=True)

@@ -12,16 +12,22 @@ import binascii
 from typing import Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import select
 
 from carvault.access.audit import AuditAction
-from carvault.errors import InvalidQuery, NotFound
+from carvault.errors import InvalidQuery, LogEntriesNotPublished, NotFound, TileNotFound
 from carvault.ledger.leaves import LEAF_V2, leaf_opening, log_key_of
+from carvault.ledger.tiles import PREFIX, TILE_WIDTH, latest_checkpoint, parse_tile_path, tile_path
+from carvault.store.blobs import BlobNotFound
 from carvault.store.metadata import BatchRecord
 from carvault.web.deps import MAX_DB_INT, Caller, CurrentOwner, RegionDep, RowId
 
 router = APIRouter(prefix="/api/v1/log", tags=["transparency log"])
+# C2SP tlog-tiles (https://c2sp.org/tlog-tiles): static resources, read from the blob store (ledger/tiles.py).
+tiles_router = APIRouter(prefix="/tlog", tags=["transparency log"])
+_IMMUTABLE = "public, max-age=31536000, immutable"
+_CHECKPOINT_CACHE = "public, max-age=2"  # mutable: the spec asks that it not be cached beyond a few seconds
 
 
 def _b64(items: list[bytes]) -> list[str]:
@@ -122,3 +128,38 @@ def vehicle_log_key(vin: str, owner: CurrentOwner, region: RegionDep) -> dict[st
     key = log_key_of(region.db, vehicle.vin)
     region.audit.by_owner(owner.owner_id, AuditAction.LOG_KEY_READ, vin=vehicle.vin)
     return {"vin": vehicle.vin, "leaf_version": LEAF_V2, "log_key": base64.b64encode(key).decode()}
+
+
+@tiles_router.get(
+    "/checkpoint",
+    response_class=PlainTextResponse,
+    summary="The published checkpoint of the tiled log (C2SP tlog-tiles; its tiles are all published)",
+)
+def tiles_checkpoint(region: RegionDep) -> Response:
+    note = latest_checkpoint(region.blobs)
+    if note is None:
+        raise NotFound("no checkpoint is published yet")
+    return PlainTextResponse(note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": _CHECKPOINT_CACHE})
+
+
+@tiles_router.get(
+    "/tile/{path:path}",
+    response_class=Response,
+    summary="A hash tile `<L>/<N>[.p/<W>]` of the log (C2SP tlog-tiles); entry bundles are not published",
+)
+def tile(path: str, region: RegionDep) -> Response:
+    if path == "entries" or path.startswith("entries/"):
+        raise LogEntriesNotPublished(
+            "this log publishes hash tiles only: its leaves are commitments that only a car's owner can open"
+        )
+    try:
+        level, index, width = parse_tile_path(path)
+    except ValueError as exc:
+        raise TileNotFound(f"not a tile path: {exc}") from None
+    try:
+        data = region.blobs.get(PREFIX + tile_path(level, index, width))
+    except BlobNotFound:
+        raise TileNotFound("this tile is not published", level=level, index=index, width=width) from None
+    if len(data) != width * 32 or width > TILE_WIDTH:
+        raise TileNotFound("this tile is not published", level=level, index=index, width=width)
+    return Response(data, media_type="application/octet-stream", headers={"Cache-Control": _IMMUTABLE})
