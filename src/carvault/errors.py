@@ -301,6 +301,18 @@ class NotFound(CarVaultError):
     status = 404
 
 
+class TileNotFound(NotFound):
+    """No such tile of the log: malformed path, beyond the published tree, or not (yet) published."""
+
+    code = "tile_not_found"
+
+
+class LogEntriesNotPublished(NotFound):
+    """The log publishes hash tiles only, not entry bundles (docs/transparency-log.md)."""
+
+    code = "log_entries_not_published"
+
+
 class MethodNotAllowed(CarVaultError):
     """The path exists but does not take this method; the answer's ``Allow`` header lists the ones it takes."""
 
