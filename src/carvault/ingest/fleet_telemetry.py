@@ -55,7 +55,7 @@ from carvault.ingest.validation import validate_payload
 from carvault.location import DEFAULT_RESOLUTION, LAT, coarsen
 from carvault.pki import RegionCA, attested_by
 from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, make_batch
-from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV
+from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, valid_software_version
 from carvault.protocol.fleet_telemetry import vehicle_data_pb2 as pb
 from carvault.protocol.fleet_telemetry.envelope import (
     MAX_MESSAGE_BYTES,
@@ -66,7 +66,7 @@ from carvault.protocol.fleet_telemetry.envelope import (
     encode_error,
 )
 from carvault.signals import Catalogue
-from carvault.store.metadata import Vehicle
+from carvault.store.metadata import BatchRecord, Vehicle
 from carvault.store.telemetry import TelemetryStore
 
 Scalar = bool | int | float | str
@@ -74,6 +74,7 @@ VEHICLE_DATA_TOPIC = b"V"  # the topic of vehicle data records; alerts, errors a
 MAPPING_FILE = "vehicle/fleet_mapping.csv"
 NUMERIC_MEMBERS = ("int_value", "long_value", "float_value", "double_value", "string_value")
 COMMIT_TRIES = 3  # another connection of the same car may take the chain head first: read it again and retry
+SOFTWARE_VERSION = "Vehicle.CarVault.Software.Version"  # Tesla's Version field (tesla_fields.csv), for the §10 header
 _INT_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 
 
@@ -106,6 +107,9 @@ class FieldRule:
         elif self.kind.startswith("location."):
             if member == "location_value":
                 return float(getattr(value.location_value, self.kind.removeprefix("location.")))
+        elif self.kind == "text":
+            if member == "string_value":
+                return value.string_value or None
         elif self.kind.startswith("doors."):
             if member == "door_value":
                 return bool(getattr(value.door_value, self.kind.removeprefix("doors.")))
@@ -213,7 +217,10 @@ def _rule(row: dict[str, str], catalogue: Catalogue) -> FieldRule:
     if sig is None:
         raise ValueError(f"{signal!r} is not a catalogue signal")
     values: dict[str, Scalar] = {}
-    if kind in ("number", "boolean") or kind.startswith(("location.", "doors.")):
+    if kind == "text":
+        if sig.datatype != "string":
+            raise ValueError(f"text values cannot fill {signal} ({sig.datatype})")
+    elif kind in ("number", "boolean") or kind.startswith(("location.", "doors.")):
         wanted = "boolean" if kind == "boolean" or kind.startswith("doors.") else None
         if wanted and sig.datatype != wanted or kind == "number" and sig.datatype in ("boolean", "string"):
             raise ValueError(f"{kind} values cannot fill {signal} ({sig.datatype})")
@@ -480,11 +487,13 @@ class FleetTelemetry:
 
     def _store(self, vin: str, group: _Group) -> pa.Table | None:
         """Attest the group's consented rows as one batch and commit it through the gateway (retrying a lost race)."""
-        table = self.routine(vin, self._table(group.rows))
+        raw = self._table(group.rows)
+        table = self.routine(vin, raw)
         with self._lock(vin):
             table = self._unstored(vin, table)
             if table.num_rows == 0 or table.num_columns < 2:
                 return None  # nothing new the owner lets the region keep: every record is answered all the same
+            version = self._software_version(vin, raw)
             for attempt in range(COMMIT_TRIES):
                 head = self.gateway._head(vin, 0)
                 body = make_batch(
@@ -495,6 +504,7 @@ class FleetTelemetry:
                     table=table,
                     key=self.key,
                     attested_by=self.region,
+                    software_version=version,
                 )
                 try:
                     self.gateway.accept(body, BATCH_MEDIA_TYPE, attested=True)
@@ -503,6 +513,22 @@ class FleetTelemetry:
                     if attempt == COMMIT_TRIES - 1:
                         raise
         return table
+
+    def _software_version(self, vin: str, raw: pa.Table) -> str | None:
+        """The car's software version for the batch header (docs/protocol.md §10): the newest ``Version`` field in the
+        records, else the version the vehicle's latest stored batch named (Tesla sends it on change, not each time).
+        """
+        if SOFTWARE_VERSION in raw.column_names:
+            values = [v for v in raw.column(SOFTWARE_VERSION).to_pylist() if v]
+            if values and valid_software_version(str(values[-1])):
+                return str(values[-1])
+        with self.gateway.db.session() as s:
+            return s.scalar(
+                select(BatchRecord.software_version)
+                .where(BatchRecord.vin == vin, BatchRecord.software_version.is_not(None))
+                .order_by(BatchRecord.seq.desc())
+                .limit(1)
+            )
 
     def _unstored(self, vin: str, table: pa.Table) -> pa.Table:
         """The rows whose sample time the vehicle has no stored row for yet.

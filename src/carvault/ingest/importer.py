@@ -613,6 +613,7 @@ def _record(env: Envelope, summary: Any, location: tuple[str, int, int], receive
         log_index=None,
         received_ms=received_ms,
         attested_by=h.attested_by,
+        software_version=h.software_version,
     )
 
 

@@ -46,7 +46,11 @@ LIVE_FIELDS = ("live_first", "live_last", "live_root")
 # (Fleet Telemetry) names the attesting region here and is signed by the region's attestation key. A header without
 # it is a car-signed batch, serialised exactly as before.
 ATTESTED_FIELD = "attested_by"
-_OPTIONAL_FIELDS = (*LIVE_FIELDS, ATTESTED_FIELD)
+# The software-version extension (docs/protocol.md §10): the software the car (or, for an attested batch, the car
+# as its records say) ran when the batch was made. Provenance only: the region stores it and trusts it for nothing.
+SOFTWARE_FIELD = "software_version"
+MAX_SOFTWARE_LEN = 64
+_OPTIONAL_FIELDS = (*LIVE_FIELDS, ATTESTED_FIELD, SOFTWARE_FIELD)
 _MAX_HEADER = 64 * 1024
 # Integer bounds of the header (docs/protocol.md §2.1). Every one fits a signed 64-bit database column and
 # is read exactly by every JSON parser (I-JSON, at most 2^53 - 1).
@@ -63,6 +67,11 @@ MAX_DECODED_BYTES = 256 * 1024 * 1024  # what one payload may take in memory onc
 def sha256_hex(data: bytes | memoryview) -> str:
     """Lower-case hex SHA-256."""
     return hashlib.sha256(data).hexdigest()
+
+
+def valid_software_version(text: str) -> bool:
+    """A software version as §10 allows it: 1 to ``MAX_SOFTWARE_LEN`` printable ASCII characters, no edge spaces."""
+    return 1 <= len(text) <= MAX_SOFTWARE_LEN and text.isascii() and text.isprintable() and text == text.strip()
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ class BatchHeader:
     live_last: int | None = None
     live_root: str | None = None
     attested_by: str | None = None  # §9: the region that built and signed this batch; None for a car-signed batch
+    software_version: str | None = None  # §10: the car's software version when the batch was made; None if unsaid
 
     @property
     def region_attested(self) -> bool:
@@ -130,6 +140,8 @@ class BatchHeader:
             raise MalformedBatch("header field 'live_root' must be a string", field="live_root")
         if ATTESTED_FIELD in obj and not isinstance(obj[ATTESTED_FIELD], str):
             raise MalformedBatch("header field 'attested_by' must be a string", field=ATTESTED_FIELD)
+        if SOFTWARE_FIELD in obj and not isinstance(obj[SOFTWARE_FIELD], str):
+            raise MalformedBatch("header field 'software_version' must be a string", field=SOFTWARE_FIELD)
         h = cls(**obj)
         h.check()
         return h
@@ -164,6 +176,11 @@ class BatchHeader:
         if self.attested_by is not None and (self.attested_by != self.region or self.kind != "telemetry"):
             raise MalformedBatch(
                 "attested_by names the batch's own region, on a telemetry batch only (§9)", field=ATTESTED_FIELD
+            )
+        if self.software_version is not None and not valid_software_version(self.software_version):
+            raise MalformedBatch(
+                f"software_version must be 1 to {MAX_SOFTWARE_LEN} printable ASCII characters (§10)",
+                field=SOFTWARE_FIELD,
             )
         if self.t0 < EARLIEST_MS:
             raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=self.t0)
@@ -380,11 +397,13 @@ def make_batch(
     t1: int | None = None,
     live: tuple[int, int, str] | None = None,
     attested_by: str | None = None,
+    software_version: str | None = None,
 ) -> bytes:
     """Build a signed batch from a table (``t`` column first); the span defaults to the table's.
 
     ``live`` is (first counter, last counter, hex Merkle root) of the live frames the batch commits to (§8);
-    ``attested_by`` the region that attests a batch it built and signs with its attestation key (§9).
+    ``attested_by`` the region that attests a batch it built and signs with its attestation key (§9);
+    ``software_version`` the software the car ran (§10).
     """
     ts = table.column("t").cast(pa.int64())
     lo = int(ts[0].as_py()) if t0 is None else t0
@@ -403,8 +422,9 @@ def make_batch(
         live_last=last,
         live_root=root,
         attested_by=attested_by,
+        software_version=software_version,
     )
-    if attested_by is not None:
+    if attested_by is not None or software_version is not None:
         header.check()
     if live is not None:
         header._check_live()

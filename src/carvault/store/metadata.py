@@ -229,6 +229,33 @@ class BatchRecord(Base):
     # The region that built and signed this batch from records the car did not sign (Fleet Telemetry, docs/protocol.md
     # §9); NULL for a batch the car signed itself. The batch header says the same, inside the signed bytes.
     attested_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The software version the signed header names (docs/protocol.md §10), NULL if the car said none: provenance
+    # shown to the owner (access/completeness.py), trusted for nothing else.
+    software_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class BatchRefusal(Base):
+    """Refused uploads of an authenticated vehicle (signature valid), counted per vehicle, code and hour received.
+
+    Bounded by design: one row per (vehicle, stable error code, hour), so a car that sends a flood of bad batches
+    grows a counter, not the table. The seq and header-span extremes say which data the refusals concerned
+    (access/completeness.py shows them as "sent but refused").
+    """
+
+    __tablename__ = "batch_refusals"
+    __table_args__ = (UniqueConstraint("vin", "code", "hour_ms", name="uq_batch_refusals_bucket"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    hour_ms: Mapped[int] = mapped_column(BigInteger)  # start of the hour (UTC) the refusals were received in
+    count: Mapped[int] = mapped_column(BigInteger, default=1)
+    first_ms: Mapped[int] = mapped_column(BigInteger)  # first and last refusal received in the hour
+    last_ms: Mapped[int] = mapped_column(BigInteger)
+    seq_min: Mapped[int] = mapped_column(BigInteger)
+    seq_max: Mapped[int] = mapped_column(BigInteger)
+    t0_min: Mapped[int] = mapped_column(BigInteger)  # the refused batches' header spans, earliest start ...
+    t1_max: Mapped[int] = mapped_column(BigInteger)  # ... and latest end
+    message: Mapped[str] = mapped_column(String(300), default="")  # the latest refusal's message, cut short
 
 
 class AuditEvent(Base):

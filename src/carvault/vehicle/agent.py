@@ -22,6 +22,7 @@ from carvault.compliance.consent import COLLECTING, Policy, filter_table, status
 from carvault.durable import write_durably
 from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
+from carvault.protocol.envelope import valid_software_version
 from carvault.signals import catalogue
 from carvault.vehicle.edr import EventRecord, EventRecorder
 from carvault.vehicle.identity import VehicleIdentity
@@ -33,6 +34,7 @@ RETRYABLE = frozenset({429, 502, 503, 504})
 # Five-minute batches: per-column Parquet overhead is amortised (0.7 bytes/sample and 6.5 M samples/s
 # decode on simulated drives, against 1.65 bytes/sample and 2.7 M samples/s for one-minute batches).
 DEFAULT_BATCH_SECONDS = 300
+SOFTWARE_VERSION = "Vehicle.CarVault.Software.Version"
 
 
 class UploadRefused(Exception):
@@ -89,6 +91,14 @@ def without_empty_columns(table: pa.Table) -> pa.Table:
     return table.drop_columns([n for n in empty if n != "t"]) if empty else table
 
 
+def running_version(table: pa.Table, current: str | None) -> str | None:
+    """The software version the car runs after these rows: the last one recorded in them, else ``current``."""
+    if SOFTWARE_VERSION not in table.column_names:
+        return current
+    values = [v for v in table.column(SOFTWARE_VERSION).to_pylist() if v]
+    return str(values[-1]) if values and valid_software_version(str(values[-1])) else current
+
+
 class VehicleAgent:
     """Batching, signing, spooling and uploading for one vehicle."""
 
@@ -118,6 +128,9 @@ class VehicleAgent:
         self._ignition_on = -(10**15)
         # The live extension (docs/protocol.md §8): the frames a telemetry batch commits to (vehicle.live).
         self.live: LiveCommitments | None = None
+        # The software the car runs, named in every batch header it signs (docs/protocol.md §10); set by the car's
+        # software, or followed from the recorded Software.Version signal as ``process`` goes (an update mid-way).
+        self.software_version: str | None = None
 
     # -------------------------------------------------------------- policy (consent)
     def _load_policy(self) -> Policy:
@@ -162,6 +175,7 @@ class VehicleAgent:
         for t0, t1, part in time_slices(table, batch_seconds * 1000):
             ign = ign_all[offset : offset + part.num_rows]
             offset += part.num_rows
+            self.software_version = running_version(part, self.software_version)
             for rec in self.recorder.feed(part):  # events go first: they rest on their own legal basis
                 self.spool_event(rec)
                 n += 1
@@ -241,6 +255,7 @@ class VehicleAgent:
             t0=t0,
             t1=t1,
             live=live,
+            software_version=self.software_version,
         )
         write_durably(self.spool_dir / f"{seq:012d}.cvb", blob)
         self.head = ChainHead(seq=seq, prev=sha256_hex(blob))

@@ -1,0 +1,279 @@
+"""The completeness report against the chain: real signed batches through the real gateway, then the figures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from carvault.access.accounts import Principal
+from carvault.access.completeness import (
+    DELETED,
+    NOT_SENT,
+    NOT_YET_RECEIVED,
+    REFUSED,
+    REPORT_CONTEXT,
+    RETENTION_ERASED,
+    gaps_csv,
+)
+from carvault.errors import BrokenChain, InvalidQuery
+from carvault.ledger.checkpoint import parse_vkey
+from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.store.metadata import BatchRefusal
+from carvault.vehicle.identity import VehicleIdentity
+from carvault.verify.completeness import verify_report
+from tests.factories import BASE_MS, drive_table, vin_for
+
+DAY = "2025-11-13"
+T = BASE_MS  # 2025-11-13T02:13:00Z
+SPEED = "Vehicle.Speed"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+PATHS = [SPEED, "Vehicle.IsMoving", "Vehicle.TraveledDistance", SOC]
+
+
+class Car:
+    """A provisioned car owned by an account, signing batches and sending them through the region's gateway."""
+
+    def __init__(self, region: Region, tmp_path: Path, n: int = 1) -> None:
+        self.region = region
+        self.identity: VehicleIdentity = provision(region, vin_for(n), tmp_path / "vehicles")
+        self.owner = region.accounts.register(f"owner{n}@example.com", "correct horse battery")
+        region.vehicles.claim(self.owner.id, self.identity.vin, self.identity.pairing_code)
+        self.seq, self.prev = 0, GENESIS_PREV
+
+    def batch(self, start_ms: int, seconds: int, paths: list[str] = PATHS, version: str | None = "2025.44.1") -> bytes:
+        """The next batch of the chain (not yet sent)."""
+        table = drive_table(start_ms, seconds, paths)
+        blob = make_batch(
+            vin=self.identity.vin,
+            region="cn",
+            seq=self.seq + 1,
+            prev=self.prev,
+            table=table,
+            key=self.identity.key,
+            software_version=version,
+        )
+        self.seq, self.prev = self.seq + 1, sha256_hex(blob)
+        return blob
+
+    def send(self, start_ms: int, seconds: int, **kw: object) -> dict:
+        return self.region.gateway.accept(self.batch(start_ms, seconds, **kw), BATCH_MEDIA_TYPE)  # type: ignore[arg-type]
+
+    def principal(self) -> Principal:
+        return Principal(self.owner.id, self.owner.email, 0, "session")
+
+    def report(self, day: str = DAY, now: int | None = None) -> dict:
+        c = self.region.completeness
+        lo, hi, zone = c.window(day=day, start_ms=None, end_ms=None, tz="UTC")
+        access = self.region.grants.access(self.principal(), self.identity.vin)
+        return c.report(access, lo, hi, zone, now=now)
+
+
+@pytest.fixture
+def car(region: Region, tmp_path: Path) -> Car:
+    return Car(region, tmp_path)
+
+
+def _gaps(report: dict, reason: str) -> list[dict]:
+    return [g for g in report["gaps"] if g["reason"] == reason]
+
+
+def test_figures_follow_the_chain(region: Region, car: Car) -> None:
+    """Three batches with a ten-minute pause, then a refused one: seconds, samples, gaps and reasons as sent."""
+    car.send(T, 60)
+    car.send(T + 60_000, 60)
+    car.send(T + 720_000, 60, version="2025.46.2")  # after a pause and an update
+    car.seq += 1  # the car's next batch skips a seq: the gateway refuses it (broken chain)
+    with pytest.raises(BrokenChain):
+        car.send(T + 780_000, 60)
+
+    report = car.report(now=T + 3_600_000)
+    assert report["chain"]["batches"] == 3 and report["chain"]["head_seq"] == 3
+    assert report["chain"]["missing_seqs"] == []
+    assert report["totals"]["seconds_with_data"] == 180
+    assert report["totals"]["samples"] == sum(b["samples"] for b in report["batches"])
+    # The pause: the chain is unbroken across it, so the car sent nothing for that time.
+    pause = [g for g in _gaps(report, NOT_SENT) if g["start_ms"] > T]
+    assert len(pause) == 1
+    assert pause[0]["detail"]["batch_before"] == 2 and pause[0]["detail"]["batch_after"] == 3
+    assert T + 119_900 < pause[0]["start_ms"] <= T + 120_000 and pause[0]["end_ms"] == T + 720_000
+    # Before the first batch of the day: nothing stored before it, seq 1 is the car's first: not sent.
+    first = report["gaps"][0]
+    assert first["start_ms"] == report["window"]["start_ms"] and first["reason"] == NOT_SENT
+    # After the last stored batch: the car sent seq 5, refused with broken_chain; its span lies there.
+    refused = _gaps(report, REFUSED)
+    assert len(refused) == 1 and refused[0]["detail"]["codes"] == ["broken_chain"]
+    assert refused[0]["detail"]["count"] == 1 and refused[0]["end_ms"] == T + 3_600_000  # up to "now"
+    assert report["refusals"][0]["seqs"] == [5, 5] and report["refusals"][0]["span"][0] == T + 780_000
+    # Per signal: Speed at 10 Hz over 180 seconds with data.
+    dyn = next(c for c in report["categories"] if c["category"] == "driving_dynamics")
+    speed = next(s for s in dyn["signals"] if s["path"] == SPEED)
+    assert speed == {"path": SPEED, "rate_hz": 10, "sampling": "periodic", "present": 1800, "expected": 1800}
+    # Software versions: one run per version, and nothing appeared or vanished (same columns).
+    assert [(r["version"], r["batches"]) for r in report["software"]] == [("2025.44.1", 2), ("2025.46.2", 1)]
+    assert report["software"][1]["appeared"] == [] and report["software"][1]["vanished"] == []
+    # The day's figures add up: every second of the day is either with data or in a gap.
+    day = report["days"][0]
+    assert day["date"] == DAY and day["seconds"] == 86_400
+    gap_seconds = sum(day["gap_seconds"].values())
+    assert day["seconds_elapsed"] == (T + 3_600_000 - day["start_ms"]) // 1000
+    assert abs(gap_seconds + day["seconds_with_data"] - day["seconds_elapsed"]) < 1
+
+
+def test_refusals_are_bounded_per_vehicle_code_and_hour(region: Region, car: Car) -> None:
+    """A flood of refused batches grows one counter, not the table."""
+    car.send(T, 60)
+    blobs = []
+    for i in range(20):
+        car.seq += 1
+        blobs.append(car.batch(T + 60_000 * (i + 2), 60))
+    for blob in blobs:
+        with pytest.raises(BrokenChain):
+            region.gateway.accept(blob, BATCH_MEDIA_TYPE)
+    with region.db.session() as s:
+        rows = list(s.query(BatchRefusal).filter_by(vin=car.identity.vin))
+    assert len(rows) == 1 and rows[0].count == 20
+    assert (rows[0].seq_min, rows[0].seq_max) == (3, 41)  # every refused batch skipped one more seq
+    assert rows[0].t0_min == T + 120_000 and rows[0].t1_max == T + 21 * 60_000 + 59_900
+    # Garbage that does not verify is nobody's refusal: nothing is recorded for it.
+    forged = bytearray(blobs[0])
+    forged[-1] ^= 1
+    with pytest.raises(Exception):  # noqa: B017 - bad_signature; the point is what is recorded
+        region.gateway.accept(bytes(forged), BATCH_MEDIA_TYPE)
+    with region.db.session() as s:
+        assert s.query(BatchRefusal).filter_by(vin=car.identity.vin).one().count == 20
+
+
+def test_consent_off_for_a_category(region: Region, car: Car) -> None:
+    """The owner stops battery data after two minutes: the category's off period and expected samples follow."""
+    car.send(T, 60)
+    car.send(T + 60_000, 60)
+    stop = T + 120_000
+    region.consents.decide(car.identity.vin, car.owner.id, "battery_charging", enabled=False, at_ms=stop)
+    car.send(T + 120_000, 60, paths=[p for p in PATHS if p != SOC])
+    report = car.report(now=T + 3_600_000)
+    battery = next(c for c in report["categories"] if c["category"] == "battery_charging")
+    assert battery["consent_off"] == [
+        {
+            "start_ms": stop,
+            "end_ms": report["window"]["end_ms"],
+            "start_utc": "2025-11-13T02:15:00.000Z",
+            "end_utc": "2025-11-14T00:00:00.000Z",
+            "seconds": (report["window"]["end_ms"] - stop) // 1000,
+        }
+    ]
+    soc = next(s for s in battery["signals"] if s["path"] == SOC)
+    assert soc["present"] == 120 and soc["expected"] == 120  # 1 Hz while collecting, none expected after the stop
+    assert battery["seconds_collecting_with_data"] == 120
+
+
+def test_a_deleted_day(region: Region, car: Car) -> None:
+    """The owner deletes the car's data; later uploads go on the chain: the erased day says so, by request."""
+    car.send(T, 60)
+    car.send(T + 60_000, 60)
+    req = region.deletions.request(car.owner.id, car.identity.vin, "erase", immediately=True)
+    assert req.status == "completed"
+    car.send(T + 86_400_000, 60)  # the next day, seq 3
+    report = car.report(now=T + 2 * 86_400_000)
+    assert report["chain"]["batches"] == 0 and report["totals"]["seconds_with_data"] == 0
+    [gap] = report["gaps"]
+    assert gap["reason"] == DELETED and gap["seconds"] == 86_400
+    assert gap["detail"]["missing_seqs"] == [1, 2] and gap["detail"]["deletion_requests"] == [req.id]
+    assert report["deletions"][0]["batches_erased"] == 2
+    # The next day: its batch is there; after it, nothing yet.
+    nxt = car.report(day="2025-11-14", now=T + 86_400_000 + 120_000)
+    assert nxt["chain"]["first_seq"] == 3 and nxt["totals"]["seconds_with_data"] == 60
+    assert nxt["gaps"][0]["reason"] == DELETED  # before seq 3 of that day: seqs 1..2 were erased
+    assert nxt["gaps"][-1]["reason"] == NOT_YET_RECEIVED
+
+
+def test_retention_erased_seqs(region: Region, car: Car) -> None:
+    """A retention purge's audit entry names the seqs it erased; the report attributes the hole to it."""
+    car.send(T, 60)
+    car.send(T + 60_000, 60)
+    car.send(T + 120_000, 60)
+    # Erase seq 2 the way a purge leaves it: row gone, the purge's entry in the owner's chain names the seq.
+    from sqlalchemy import delete
+
+    from carvault.access.audit import Actor
+    from carvault.store.metadata import BatchRecord
+
+    with region.db.session() as s:
+        s.execute(delete(BatchRecord).where(BatchRecord.vin == car.identity.vin, BatchRecord.seq == 2))
+    region.audit.record(
+        owner_id=car.owner.id,
+        vin=car.identity.vin,
+        actor=Actor("system", "retention"),
+        action="retention.purge",
+        legal_basis="storage limitation",
+        detail={"run_id": 7, "batches_erased": 1, "erased_seqs": [[2, 2]]},
+    )
+    report = car.report(now=T + 3_600_000)
+    [hole] = _gaps(report, RETENTION_ERASED)
+    assert hole["detail"]["missing_seqs"] == [2, 2] and hole["detail"]["retention_runs"] == [7]
+    assert report["chain"]["missing_seqs"] == [[2, 2]]
+
+
+def test_a_hold_freezes_the_figures(region: Region, car: Car) -> None:
+    """Under a legal hold the data is kept, not served: the report counts from the batch index and reads no rows."""
+    car.send(T, 60)
+    region.deletions.place_hold(car.identity.vin, "Shenzhen court", "case 2025-17")
+    report = car.report(now=T + 3_600_000)
+    assert report["frozen"] is True and report["drives"] is None
+    assert report["days"][0]["frozen"] is True
+    assert report["totals"]["seconds_with_data"] == 60  # the batch's span, from the index
+    assert report["holds"][0]["authority"] == "Shenzhen court"
+    dyn = next(c for c in report["categories"] if c["category"] == "driving_dynamics")
+    assert all(s["present"] is None for s in dyn["signals"])
+
+
+def test_signed_and_tamper_evident(region: Region, car: Car) -> None:
+    """The region's log key signs the report (the deletion receipts' signer); any change breaks it."""
+    car.send(T, 60)
+    report = car.report(now=T + 3_600_000)
+    assert report["signed_by"] == region.log.vkey
+    body = {k: v for k, v in report.items() if k not in ("signature", "signed_by")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    parse_vkey(report["signed_by"]).public_key.verify(base64.b64decode(report["signature"]), REPORT_CONTEXT + canonical)
+    assert verify_report(report, log_key=region.log.vkey).ok
+    tampered = json.loads(json.dumps(report))
+    tampered["totals"]["seconds_with_data"] += 1
+    result = verify_report(tampered, log_key=region.log.vkey)
+    assert not result.ok and "signature" in result.failures()[0].name
+
+
+def test_csv_of_gaps_says_utc(region: Region, car: Car) -> None:
+    car.send(T, 60)
+    text = gaps_csv(car.report(now=T + 3_600_000))
+    lines = text.splitlines()
+    assert "times in UTC" in lines[0]
+    assert lines[1] == "scope,start_utc,end_utc,seconds,reason,detail"
+    assert lines[2].startswith("window,2025-11-13T00:00:00.000Z,")
+
+
+def test_bad_windows(region: Region) -> None:
+    c = region.completeness
+    for kw in (
+        {"day": "13/11/2025", "start_ms": None, "end_ms": None, "tz": None},
+        {"day": None, "start_ms": T, "end_ms": None, "tz": None},
+        {"day": None, "start_ms": T, "end_ms": T, "tz": None},
+        {"day": None, "start_ms": T, "end_ms": T + 8 * 86_400_000, "tz": None},
+        {"day": DAY, "start_ms": T, "end_ms": T + 1, "tz": None},
+        {"day": DAY, "start_ms": None, "end_ms": None, "tz": "Mars/Olympus"},
+    ):
+        with pytest.raises(InvalidQuery):
+            c.window(**kw)
+    lo, hi, zone = c.window(day=DAY, start_ms=None, end_ms=None, tz=None)
+    assert zone == "Asia/Shanghai" and hi - lo == 86_400_000 and lo == T - 2 * 3_600_000 - 13 * 60_000 - 8 * 3_600_000
+
+
+def test_software_version_in_header_and_row(region: Region, car: Car) -> None:
+    """The signed header's software_version is stored per batch; an older car without it still uploads."""
+    car.send(T, 60, version=None)
+    car.send(T + 60_000, 60, version="2025.44.1")
+    report = car.report(now=T + 3_600_000)
+    assert [b["software_version"] for b in report["batches"]] == [None, "2025.44.1"]
