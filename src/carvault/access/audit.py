@@ -42,6 +42,7 @@ class AuditAction(StrEnum):
     TELEMETRY_READ = "telemetry.read"
     TIMELINE_READ = "timeline.read"
     FRAME_READ = "frame.read"
+    STATISTICS_READ = "statistics.read"
     LOG_KEY_READ = "log_key.read"
     TELEMETRY_EXPORT = "telemetry.export"
     EXPORT_CREATE = "export.create"

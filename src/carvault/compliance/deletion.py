@@ -37,6 +37,7 @@ from carvault.store.tables import ExportJob
 
 if TYPE_CHECKING:
     from carvault.region import Region
+    StatisticsDay,
 
 RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
 WORKING_DAYS = 10
@@ -360,3 +361,5 @@ class Deletions:
                 )
             )
         return [request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []) for r in reqs]
+                forget_charging(s, vin)  # charging sessions derived from them (access/charging.py)
+                s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin))  # summaries derived from them

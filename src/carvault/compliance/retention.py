@@ -59,6 +59,7 @@ from carvault.store.metadata import (
     RetentionRun,
     RetentionWithheld,
     Vehicle,
+    StatisticsDay,
     VehicleEvent,
     now_ms,
     rowcount,
@@ -665,6 +666,9 @@ class Retention:
                 by_vin.setdefault(a.vin, []).append(a)
             files: dict[int, list[str]] = {a.batch_id: [] for a in swapped}
             for vin, group in by_vin.items():
+                # Statistics summaries of the days these batches reached go with them (access/statistics.py).
+                reach = max(a.t1 for a in group) + 600_000 + 1  # statistics.LEAD_MS: a day reads 10 min before it
+                s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin, StatisticsDay.start_ms < reach))
                 self._vehicle_copies(s, vin, group, files, totals)
             if swapped:
                 s.execute(

@@ -722,6 +722,24 @@ class OperatorProfile(Base):
 
     __tablename__ = "operator_profile"
     region: Mapped[str] = mapped_column(String(16), primary_key=True)
+class StatisticsDay(Base):
+    """One local day's statistics summary of a vehicle (access/statistics.py): a cache derived from the evidence.
+
+    Recomputed when its fingerprint (the batches it was built from) changes; dropped with the batches by a deletion
+    or a retention purge. ``body`` is JSON.
+    """
+
+    __tablename__ = "statistics_days"
+    __table_args__ = (UniqueConstraint("vin", "start_ms", "end_ms", name="uq_statistics_days_span"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), index=True)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    computed_ms: Mapped[int] = mapped_column(BigInteger)
+
+
     operator_name: Mapped[str] = mapped_column(String(300))  # the legal entity processing the data
     security_lead: Mapped[str] = mapped_column(String(200))  # the person responsible for data security
     security_lead_contact: Mapped[str] = mapped_column(String(320))
