@@ -225,6 +225,7 @@ class TilePublisher:
     def start(self) -> TilePublisher:
         """Start the background thread; it first repairs the store, then publishes the current tree."""
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="tile-publisher", daemon=True)
             self._thread.start()
             self._wake.set()
