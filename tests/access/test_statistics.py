@@ -327,3 +327,91 @@ def test_a_year_of_history_answers_fast(region: Region, server: BackgroundServer
     print(f"a year: built in {build_s:.1f} s, answered in {elapsed * 1000:.0f} ms")
     assert len(months) == 13 and len(eff["drives"]) == 365
     assert elapsed < 0.5, elapsed
+
+
+# ------------------------------------------------------------------------------------ the API, on a real server
+def _get(http: httpx.Client, headers: dict[str, str], vin: str, view: str, **params: object) -> httpx.Response:
+    return http.get(f"/api/v1/vehicles/{vin}/{view}", headers=headers, params=params)
+
+
+@pytest.mark.slow
+def test_api_for_the_owner(http: httpx.Client, uploaded: Uploaded) -> None:
+    vin, h = uploaded.vin, uploaded.owner.headers
+    window = {"start": D0, "end": D0 + 2 * st.DAY_MS}
+    r = _get(http, h, vin, "statistics", granularity="day", **window)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [p["period"] for p in body["periods"]] == ["2026-11-20", "2026-11-21"]
+    assert [p["drives"] for p in body["periods"]] == [1, 1]
+    assert body["total"]["distance_m"] == pytest.approx(60_000, rel=0.002)
+    assert body["total"]["charged_kwh"] == pytest.approx(5.5, rel=0.002)
+    year = _get(http, h, vin, "statistics", granularity="year", tz="Asia/Shanghai", **window).json()
+    assert [p["period"] for p in year["periods"]] == ["2026"] and year["tz"] == "Asia/Shanghai"
+    states = _get(http, h, vin, "states", **window).json()
+    assert states["intervals"][0]["state"] == "offline" and states["intervals"][0]["duration_s"] == 6 * 3600
+    assert sum(states["totals_s"].values()) == pytest.approx(2 * 86_400)
+    eff = _get(http, h, vin, "efficiency", **window).json()
+    assert eff["drives"][0]["wh_per_km"] == pytest.approx(200, rel=0.005)
+    drain = _get(http, h, vin, "vampire-drain", **window).json()
+    assert [p["soc_lost"] for p in drain["periods"] if p["excluded"] is None] == pytest.approx([1.0, 0.8], abs=0.01)
+    cond = _get(http, h, vin, "conditions", **window).json()
+    assert cond["units"][st.TYRES[0]] == "kPa" and cond["units"][st.AIR] == "Celsius"
+    assert cond["series"][st.TYRES[2]][0] == pytest.approx(TYRE_KPA[2])
+    events = http.get("/api/v1/audit", headers=h).json()["events"]
+    assert any(e["action"] == "statistics.read" for e in events)
+
+
+@pytest.mark.slow
+def test_api_refuses_bad_input_with_stable_codes(http: httpx.Client, uploaded: Uploaded) -> None:
+    vin, h = uploaded.vin, uploaded.owner.headers
+    cases = [
+        ("statistics", {"tz": "Mars/Olympus"}, 400, "invalid_query"),
+        ("statistics", {"start": D0, "end": D0 - 1}, 400, "invalid_query"),
+        ("statistics", {"start": D0 - 500 * st.DAY_MS, "end": D0}, 400, "invalid_query"),
+        ("states", {"start": D0 - 100 * st.DAY_MS, "end": D0}, 400, "invalid_query"),
+        ("statistics", {"start": "yesterday"}, 400, "invalid_query"),
+    ]
+    for view, params, status, code in cases:
+        r = _get(http, h, vin, view, **params)
+        assert r.status_code == status, (view, params, r.text)
+        assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    r = _get(http, h, vin, "statistics", granularity="week")
+    assert r.status_code in (400, 422) and r.json()["error"]["code"]
+    r = _get(http, h, vin, "vampire-drain", min_hours=0)
+    assert r.status_code in (400, 422) and r.json()["error"]["code"]
+    assert _get(http, h, vin, "statistics").status_code == 200  # and keeps serving
+
+
+@pytest.mark.slow
+def test_api_for_a_stranger_and_a_grant_holder(region: Region, http: httpx.Client, uploaded: Uploaded) -> None:
+    vin = uploaded.vin
+    stranger = make_owner(http)
+    for view in ("statistics", "states", "efficiency", "vampire-drain", "conditions"):
+        r = _get(http, stranger.headers, vin, view)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", view
+    token, _ = region.grants.personal_token(
+        uploaded.owner.owner_id,
+        label="my dashboard",
+        vins=[vin],
+        signals=[*st.CORE_SIGNALS, *st.TYRES],
+        from_ms=D0,
+        to_ms=D0 + st.DAY_MS,
+        precise_location=False,
+    )
+    g = {"Authorization": f"Bearer {token}"}
+    r = _get(http, g, vin, "statistics", granularity="day")  # the default window is cut to the grant's
+    assert r.status_code == 200, r.text
+    assert [p["period"] for p in r.json()["periods"]] == ["2026-11-20"]
+    eff = _get(http, g, vin, "efficiency").json()
+    assert len(eff["drives"]) == 1 and eff["drives"][0]["outside_c"] is None  # outside temperature not granted
+    cond = _get(http, g, vin, "conditions").json()
+    assert set(cond["series"]) <= {*st.TYRES, st.SOC} and st.TYRES[0] in cond["series"]
+    r = _get(http, g, vin, "states", start=D0, end=D0 + 2 * st.DAY_MS)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
+    narrow, _ = region.grants.personal_token(
+        uploaded.owner.owner_id, label="speed only", vins=[vin], signals=[SPEED], from_ms=D0, to_ms=D0 + st.DAY_MS
+    )
+    r = _get(http, {"Authorization": f"Bearer {narrow}"}, vin, "vampire-drain")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
+    r = _get(http, {"Authorization": f"Bearer {narrow}"}, vin, "conditions")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
