@@ -91,6 +91,19 @@ class Translator:
         return messages(self.language).get(key) or messages(DEFAULT_LANGUAGE).get(key) or default
 
     @property
+    def tz_label(self) -> str:
+        """The display time zone as people read it: its name in this language where the catalogue has one (else, in
+        English, its IANA id) and its UTC offset now, e.g. ``中国标准时间（UTC+08:00）``."""
+        offset = datetime.now(self.tz).utcoffset()
+        minutes = int(offset.total_seconds() // 60) if offset else 0
+        sign = "+" if minutes >= 0 else "-"
+        utc = f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+        name = messages(self.language).get(f"a11y.tz.{self.tz_name}") or (None if self.zh else self.tz_name)
+        if not name:
+            return utc
+        return f"{name}（{utc}）" if self.zh else f"{name} ({utc})"
+
+    @property
     def zh(self) -> bool:
         """True for Chinese."""
         return self.language == "zh-CN"

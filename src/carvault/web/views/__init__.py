@@ -7,6 +7,7 @@ from fastapi import APIRouter, FastAPI
 from carvault.web.views import (
     access,
     account,
+    api_docs,
     base,
     consent,
     console,
@@ -41,4 +42,5 @@ def install(app: FastAPI) -> None:
     """Add the portal's pages, static files and error pages to an app."""
     base.install(app)
     app.include_router(router)
+    api_docs.install(app)  # issue 13: the API reference on the vendored Swagger UI
     console.install(app)  # issue 11: the operator console under /console (its own log-in, nav by role)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -289,6 +290,26 @@ async def page(request: Request, *, login: bool = True) -> Page:
     return Page(request=request, t=t, csrf_token=token, me=me, secret=secret if me else None, new_presession=fresh)
 
 
+def error_context(t: Translator, status: int, message: str) -> dict[str, Any]:
+    """What an error page says besides its title: a sentence in the page's language, and the server's own detail.
+
+    The detail is left out when it only repeats the HTTP status phrase ("Not Found"); API messages are English
+    whatever the page's language, so an English detail on a Chinese page is marked as English (``message_lang``).
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    detail = "" if message.strip().lower() in ("", phrase.lower()) else message.strip()
+    chinese = any("\u4e00" <= ch <= "\u9fff" for ch in detail)
+    return {
+        "status_code": status,
+        "explanation": t.maybe(f"a11y.error.{status}", t("a11y.error.other")),
+        "message": detail,
+        "message_lang": "en" if t.zh and not chinese else t.language,
+    }
+
+
 def safe_next(value: str | None, default: str = "/vehicles") -> str:
     """A local path to go back to (never another site)."""
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
@@ -309,7 +330,7 @@ def install(app: FastAPI) -> None:
     async def html_error(request: Request, status: int, message: str) -> HTMLResponse:
         p = await page(request, login=False)
         key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(status, "error.other")
-        return p.render("error.html", status=status, title=p.t(key), message=message, status_code=status)
+        return p.render("error.html", status=status, title=p.t(key), **error_context(p.t, status, message))
 
     app.state.html_error = html_error
 

@@ -43,7 +43,7 @@ from carvault.web.i18n import (
     supported,
     translator,
 )
-from carvault.web.views.base import PAGE_HEADERS, PageResponses, current_path, env
+from carvault.web.views.base import PAGE_HEADERS, PageResponses, current_path, env, error_context
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -363,4 +363,4 @@ async def console_error_page(request: Request, status: int, message: str) -> HTM
     key = {401: "error.401", 403: "error.403", 404: "error.404", 429: "error.429"}.get(
         status, "console.cannot" if 400 <= status < 500 else "error.other"
     )
-    return p.render("console_error.html", status=status, title=p.t(key), message=message, status_code=status)
+    return p.render("console_error.html", status=status, title=p.t(key), **error_context(p.t, status, message))

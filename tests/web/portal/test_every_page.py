@@ -1,0 +1,315 @@
+"""Every HTML page of the portal and the operator console, found from the app's routes, in Chromium: English and
+Chinese, desktop and phone (390×844). Each page has zero axe-core (WCAG 2.1 A/AA) violations, is no wider than the
+screen, and in Chinese shows no untranslated words; a screenshot of each goes to test-artifacts/screenshots/.
+
+A new page is picked up without touching this file, as long as its path parameters are ones named in ``IDS``
+(a new parameter fails the enumeration test, asking to be added here with a real value from the world)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from carvault.compliance.incidents import FIELDS
+from carvault.compliance.rights import Kind
+from carvault.compliance.roles import Role, allows
+from carvault.store.metadata import now_ms
+from carvault.web.app import create_app
+from carvault.web.deps import SESSION_COOKIE, STAFF_COOKIE
+from tests.factories import make_staff
+from tests.web.portal.a11y import axe_violations
+from tests.web.portal.conftest import SCREENSHOTS, SIZES, api, new_context
+from tests.web.portal.world import PASSWORD, World
+
+pytestmark = pytest.mark.slow
+
+# Pages that answer something other than HTML (files), by path suffix, and routes that answer a file whatever
+# their path says (each with what it answers).
+FILES = (".pdf", ".json", ".csv", ".zip")
+FILE_ROUTES = {"/console/cases/{case_id}/read": "a window of a covered car's telemetry as a CSV or Parquet file"}
+ROLES = (Role.DPO, Role.REGION_ADMIN, Role.AUDITOR, Role.SUPPORT, Role.LIAISON)
+# Words a Chinese page may show in Latin letters: names, units, codes and standards that are not translated.
+LATIN_WORDS = (
+    # the product, brands, car models, software and the example data's names
+    """CarVault Tesla Model EV Li Wei Fleetwise Swagger OpenAPI Apache Arrow Parquet COVESA WebSocket Leaflet
+    OpenStreetMap Chrome Firefox Safari Edge Linux Windows macOS Android iOS iPhone English"""
+    # units
+    """ km h kWh kW Wh bar kPa Nm ms s min V A Hz rpm bpm m kB KB MB GB UTC GMT"""
+    # codes, formats and standards, written the same way in Chinese texts
+    """ VIN API CSV GPX JSON PDF ZIP PNG JPEG HTML URL URI HTTP HTTPS OAuth TOTP ID IP SHA Ed25519 PIPL GDPR GB/T
+    DTC DTCs OBD SoC SOC AC DC CAN VSS VISS PKCE CN EU US QR SQL ISO RFC GPS TLS CA DPO WGS GCJ XYZ OSM C2SP
+    NEDC WLTP CLTC OTA ABS AEB EDR LED SAE CFR H3 Art"""
+)
+LATIN_OK = set(LATIN_WORDS.split())
+# The visible text (and accessible names) of a page, leaving out what is data or code, not UI text: elements marked
+# translate="no", code, pre, kbd, samp, .mono, and hidden elements.
+UI_TEXT = r"""() => {
+  const out = [];
+  const skip = el => el.getAttribute('translate') === 'no' || el.closest('[translate="no"]')
+    || ['SCRIPT', 'STYLE', 'NOSCRIPT', 'CODE', 'PRE', 'KBD', 'SAMP', 'svg', 'TEMPLATE'].includes(el.tagName)
+    || el.classList.contains('mono') || el.classList.contains('code');
+  const shown = el => {
+    const s = getComputedStyle(el);
+    if (s.display === 'none' || s.visibility === 'hidden') return false;
+    return !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length)
+      || el.classList.contains('visually-hidden');
+  };
+  const walk = node => {
+    if (node.nodeType === Node.TEXT_NODE) { if (node.textContent.trim()) out.push(node.textContent.trim()); return; }
+    if (node.nodeType !== Node.ELEMENT_NODE || skip(node)) return;
+    if (node.tagName !== 'OPTION' && !shown(node) && !node.closest('details')) return;
+    for (const a of ['aria-label', 'title', 'placeholder', 'alt']) {
+      const v = node.getAttribute(a);
+      if (v && v.trim()) out.push(v.trim());
+    }
+    node.childNodes.forEach(walk);
+  };
+  walk(document.body);
+  out.push(document.title);
+  return out;
+}"""
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9/'’.-]*[A-Za-z0-9]|[A-Za-z]{2,}")
+DATA = (
+    re.compile(r"\b[A-HJ-NPR-Z0-9]{17}\b"),  # VINs
+    re.compile(r"\S+@\S+"),  # e-mail addresses
+    re.compile(r"https?://\S+"),  # addresses
+    re.compile(r"\b[0-9a-f]{12,}\b"),  # hashes and ids
+    re.compile(r"\b(?=[A-Z0-9-]*[0-9])[A-Z][A-Z0-9-]{2,}\b"),  # trouble codes (P0A1F), references (SC-2026-1)
+)
+WIDER_THAN_SCREEN = "() => document.documentElement.scrollWidth - window.innerWidth"
+
+
+def untranslated(texts: list[str]) -> list[str]:
+    """Latin words in Chinese UI texts that are not on the allow-list (data values removed first)."""
+    words: set[str] = set()
+    for text in texts:
+        for pattern in DATA:
+            text = pattern.sub(" ", text)
+        for word in WORD.findall(text):
+            core = word.strip(".-/’'")
+            if core and core not in LATIN_OK and not all(part in LATIN_OK for part in re.split(r"[/.-]", core) if part):
+                words.add(core)
+    return sorted(words)
+
+
+@dataclass
+class Site:
+    """The shared portal world, with an operator's records in it and the ids every page needs."""
+
+    world: World
+    owner_secret: str
+    staff: dict[Role, str]  # role -> staff session secret
+    ids: dict[str, str]
+    queries: dict[str, str] = field(default_factory=dict)  # path template -> query a flow sends to it
+
+
+def _prepare(world: World) -> Site:
+    """Records behind every page: an export, a package, a rights request, a case, an incident told to the owner, a
+    retention dry run; staff sessions of every role; the owner's own browser session."""
+    region = world.region
+    vin = world.cars[0].vin
+    with httpx.Client(base_url=world.url, timeout=60) as http:
+        r = http.post("/api/v1/auth/login", json={"email": world.email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        owner_secret = r.json()["token"]
+        headers = {"Authorization": f"Bearer {owner_secret}"}
+        jobs = api(world, "/api/v1/exports", vin=vin).json()
+        if not jobs:
+            r = http.post("/api/v1/exports", headers=headers, json={"vin": vin, "format": "gpx"})
+            assert r.status_code in (200, 201, 202), r.text
+            jobs = [r.json()]
+        packages = api(world, f"/api/v1/vehicles/{vin}/packages").json()
+        if not packages:
+            crash = next(e for e in api(world, f"/api/v1/vehicles/{vin}/events").json() if e["kind"] == "crash")
+            body = {"event_time": crash["t_ms"], "event_kind": "crash", "minutes_before": 5}
+            r = http.post(f"/api/v1/vehicles/{vin}/packages", headers=headers, json=body)
+            assert r.status_code == 201, r.text
+            packages = [r.json()]
+        drive = api(world, f"/api/v1/vehicles/{vin}/timeline").json()["drives"][-1]
+    staff = {}
+    principals = {}
+    for role in ROLES:
+        principals[role], staff[role] = make_staff(region, role)
+    dpo = principals[Role.DPO]
+    request = region.rights.file(region.rights.check(world.owner_id, Kind.COMPLAINT, details="请说明数据的用途"))
+    case = region.cases.open(
+        dpo, kind="rights_request", vins=[vin], legal_basis="PIPL Art. 45", ends_ms=now_ms() + 7 * 86_400_000
+    )
+    text = {
+        "en": {f: f"The {f} in English." for f in FIELDS},
+        "zh-CN": {f: f"中文的说明（{i}）" for i, f in enumerate(FIELDS)},
+    }
+    incident = region.incidents.record(
+        dpo, title="客服笔记本电脑丢失", detected_ms=now_ms() - 60_000, content=text, owner_ids=[world.owner_id]
+    )
+    region.incidents.notify_owners(incident.id, dpo)
+    notice = api(world, "/api/v1/notices").json()[0]
+    httpx.post(f"{world.url}/api/v1/notices/{notice['id']}/read", headers=world.auth, timeout=30)  # no banner
+    run = region.retention.run(dry_run=True, actor=dpo.actor)
+    ids = {
+        "vin": vin,
+        "job_id": str(jobs[0]["id"]),
+        "package_id": str(packages[0]["id"]),
+        "notice_id": str(notice["id"]),
+        "request_id": str(request.id),
+        "case_id": str(case.id),
+        "incident_id": str(incident.id),
+        "run_id": str(run.id),
+        "year": str(2026),
+    }
+    app, _ = region.apps.register(
+        name="Fleetwise",
+        legal_entity="Fleetwise Logistics (Shanghai) Co., Ltd.",
+        jurisdiction="cn",
+        contact="privacy@fleetwise.example",
+        purposes=["fleet"],
+        redirect_uris=["http://127.0.0.1:9/fleetwise/callback"],
+    )
+    region.apps.decide(app.client_id, "approved", by="test")
+    authorize = {
+        "response_type": "code",
+        "client_id": app.client_id,
+        "redirect_uri": "http://127.0.0.1:9/fleetwise/callback",
+        "scope": "vss:Vehicle.Speed history",
+        "state": "every-page",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    }
+    queries = {
+        "/vehicles/{vin}/drive": urlencode({"start": drive["start_ms"], "end": drive["end_ms"]}),
+        "/oauth/authorize": urlencode(authorize),
+    }
+    return Site(world=world, owner_secret=owner_secret, staff=staff, ids=ids, queries=queries)
+
+
+@pytest.fixture(scope="module")
+def site(world: World) -> Site:
+    return _prepare(world)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page to open: its URL, who opens it (owner, staff role, or nobody) and its name for screenshots."""
+
+    url: str
+    who: str  # "owner", "anonymous", or a staff Role value
+    name: str
+    status: int = 200
+
+
+def _route_pages(site: Site) -> Iterator[Page]:
+    """Every GET page of the portal and the console, from the app's routes, with path parameters filled."""
+    from tests.web.test_route_access import _routes
+
+    for path, route in _routes(create_app(site.world.region).routes):
+        if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()):
+            continue
+        module = route.endpoint.__module__
+        if not module.startswith("carvault.web.views.") or path.endswith(FILES) or path in FILE_ROUTES:
+            continue
+        missing = [p for p in re.findall(r"\{(\w+)(?::\w+)?\}", path) if p not in site.ids]
+        assert not missing, f"{path}: add a value for {missing} to the ids of test_every_page"
+        url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: site.ids[m.group(1)], path)
+        if path in site.queries:
+            url += "?" + site.queries[path]
+        name = re.sub(r"[^a-z0-9]+", "-", path.replace("{vin}", "car").lower()).strip("-") or "home"
+        if path.startswith("/console"):
+            guards = [d.call for d in route.dependant.dependencies if getattr(d.call, "console", False)]
+            if not guards:
+                yield Page(url, "anonymous", name)
+                continue
+            permission = getattr(guards[0], "permission")  # noqa: B009 (set by console_with)
+            role = next(r for r in ROLES if permission is None or allows(r, permission))
+            yield Page(url, role.value, name)
+        else:
+            yield Page(url, "owner", name)
+
+
+def every_page(site: Site) -> list[Page]:
+    """The routes' pages plus the error pages, the pages a flow reaches and the API reference."""
+    vin = site.ids["vin"]
+    return [
+        *_route_pages(site),
+        Page("/login", "anonymous", "login"),
+        Page("/signup", "anonymous", "signup"),
+        Page("/", "anonymous", "home-anonymous"),
+        Page("/no-such-page", "owner", "error-404", 404),
+        Page("/no-such-page", "anonymous", "error-404-anonymous", 404),
+        Page(f"/vehicles/{vin}/drive?start=x&end=y", "owner", "error-400", 400),
+        Page("/console/no-such-page", Role.DPO.value, "console-error-404", 404),
+        Page("/console/staff", Role.SUPPORT.value, "console-error-403", 403),
+        Page("/oauth/authorize?client_id=nobody", "owner", "oauth-error", 400),
+        Page("/api/v1/docs", "anonymous", "api-docs"),
+    ]
+
+
+def test_every_page_with_a_path_parameter_gets_a_value(site: Site) -> None:
+    """The enumeration sees the app: vehicle pages, console pages with ids, and no page left unfilled."""
+    pages = list(_route_pages(site))
+    urls = {p.url for p in pages}
+    assert f"/vehicles/{site.ids['vin']}" in urls and f"/console/cases/{site.ids['case_id']}" in urls
+    assert len(pages) >= 40
+    assert not [u for u in urls if "{" in u]
+
+
+def _open(ctx: Any, page: Any, site: Site, p: Page) -> Any:
+    """Go to the page as its visitor; the response."""
+    ctx.clear_cookies()
+    if p.who == "owner":
+        ctx.add_cookies([{"name": SESSION_COOKIE, "value": site.owner_secret, "url": site.world.url}])
+    elif p.who != "anonymous":
+        ctx.add_cookies([{"name": STAFF_COOKIE, "value": site.staff[Role(p.who)], "url": site.world.url}])
+    return page.goto(p.url)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+def test_every_page_is_accessible_and_translated(browser: Any, site: Site, lang: str, size: str) -> None:
+    ctx = new_context(browser, site.world, size=size, lang=lang)
+    page = ctx.new_page()
+    js_errors: list[str] = []
+    page.on("pageerror", lambda e: js_errors.append(f"{page.url}: {e}"))
+    problems: dict[str, list[str]] = {}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for p in every_page(site):
+            response = _open(ctx, page, site, p)
+            found: list[str] = []
+            if p.status == 200 and page.url.split("?")[0] != (site.world.url + p.url).split("?")[0]:
+                continue  # a page for someone else (the log-in page, for a logged-in owner): checked as its own entry
+            if response is None or response.status != p.status:
+                found.append(f"answered {response and response.status}, expected {p.status} (at {page.url})")
+            if "text/html" not in ((response and response.headers.get("content-type")) or ""):
+                found.append("not an HTML page")
+            page.wait_for_load_state("load")
+            if p.name == "api-docs":
+                page.wait_for_selector(".opblock", timeout=15_000)
+            found += axe_violations(page)
+            if page.evaluate(WIDER_THAN_SCREEN) > 1:
+                found.append(f"wider than the screen by {page.evaluate(WIDER_THAN_SCREEN)} px")
+            if lang == "zh-CN":
+                words = untranslated(page.evaluate(UI_TEXT))
+                if words:
+                    found.append(f"untranslated: {words}")
+            if found:
+                problems[f"{p.url} as {p.who}"] = found
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.screenshot(path=str(SCREENSHOTS / f"every-{p.name}-{lang}-{size}.png"), full_page=True)
+    finally:
+        ctx.close()
+    assert not problems, "\n".join(f"{k}:\n  " + "\n  ".join(v) for k, v in problems.items())
+    assert not js_errors, js_errors
+
+
+def test_the_untranslated_check_catches_english() -> None:
+    """The Chinese check is not blind: English UI words are found, data values and allowed terms are not."""
+    assert untranslated(["Not Found", "返回"]) == ["Found", "Not"]
+    assert untranslated(["车辆 LRW3E7FS5PC000011 的 API 与 CSV", "li.wei@example.com", "12.5 km/h", "P0A1F"]) == []
+    assert untranslated(["时区：Asia/Shanghai"]) == ["Asia/Shanghai"]
