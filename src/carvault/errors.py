@@ -36,6 +36,7 @@
     │   ├── RetentionRunning           409 retention_running     (another replica's purge holds the lease)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
     │   ├── AlreadyExists              409 already_exists
+    │   ├── TariffOverlap              409 tariff_overlap        (two charging tariffs would price the same minute)
     │   └── ReportFinalised            409 report_already_finalised (an annual report already filed for that year)
     ├── PayloadTooLarge                413 payload_too_large
     ├── UnsupportedMediaType           415 unsupported_media_type
@@ -355,6 +356,12 @@ class ReportFinalised(Conflict):
     """The annual report of that year was already finalised; a filed report is never replaced."""
 
     code = "report_already_finalised"
+
+
+class TariffOverlap(Conflict):
+    """A charging tariff would price a minute another of the owner's tariffs for the same place already prices."""
+
+    code = "tariff_overlap"
 
 
 class PayloadTooLarge(CarVaultError):

@@ -104,6 +104,8 @@ class AuditAction(StrEnum):
     TRANSFER_SUSPEND = "transfer.suspend"
     TRANSFER_WARNING = "transfer.warning"
     DIAGNOSTICS_READ = "diagnostics.read"  # issue 14: trouble codes and warning lamps
+    CHARGING_READ = "charging.read"  # issue 13: charging sessions, costs, battery health
+    TARIFF_CHANGE = "tariff.change"  # issue 13: the owner set, changed or removed a charging tariff
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor
+from carvault.access.charging import forget as forget_charging
 from carvault.errors import Conflict, DataFrozen, NotFound, ValidationFailed
 from carvault.store.metadata import (
     BatchRecord,
@@ -286,6 +287,8 @@ class Deletions:
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
                 packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
                 s.execute(delete(RetentionWithheld).where(RetentionWithheld.vin == vin))  # marks of the gone batches
+                forget_charging(s, vin)  # charging sessions derived from them (access/charging.py)
+                s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin))  # summaries derived from them
             # Again, now that the rows are gone: a copy written between the first sweep and the rows' deletion
             # (a queued write, a racing read) found its batch still there and stayed; later ones remove themselves.
             self.region.derived.delete_vehicle(vin)
@@ -361,5 +364,3 @@ class Deletions:
                 )
             )
         return [request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []) for r in reqs]
-                forget_charging(s, vin)  # charging sessions derived from them (access/charging.py)
-                s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin))  # summaries derived from them

@@ -42,6 +42,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
+from carvault.access.charging import forget as forget_charging
 from carvault.compliance.deletion import overwrite_ranges, signed_record
 from carvault.errors import CarVaultError, NotFound, RetentionRunning
 from carvault.ingest.frames import FrameStore
@@ -698,6 +699,7 @@ class Retention:
         packages, portability bundles naming it), removed when the erasure finishes."""
         by_seq = {a.seq: a for a in group}
         seqs = list(by_seq)
+        forget_charging(s, vin, min(a.t0 for a in group), max(a.t1 for a in group))  # derived charging sessions
         frames = s.execute(
             select(FrameRecord.seq, FrameRecord.sha256).where(FrameRecord.vin == vin, FrameRecord.seq.in_(seqs))
         ).all()
@@ -814,6 +816,7 @@ class Retention:
                 mark = marks.get(a.batch_id)
                 before = set(json.loads(mark.categories)) if mark else set()
                 cats = json.dumps(sorted(before | a.withhold))
+                forget_charging(s, a.vin, a.t0, a.t1)  # charging sessions derived from what is now withheld
                 if mark is None:
                     s.add(RetentionWithheld(batch_id=a.batch_id, vin=a.vin, categories=cats))
                 else:

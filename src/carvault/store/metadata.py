@@ -763,6 +763,52 @@ class AnnualReportFiling(Base):
     finalised_by: Mapped[str] = mapped_column(String(200))
 
 
+class ChargingTariff(Base):
+    """A price an owner pays for charging (access/charging.py): at one of their places or anywhere, on some weekdays
+    between two local times, from/to a date; prices in millionths of the currency so sums are exact."""
+
+    __tablename__ = "charging_tariffs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    place_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # an owner place; NULL: anywhere
+    weekdays: Mapped[int] = mapped_column(Integer)  # bit 0 Monday … bit 6 Sunday
+    start_minute: Mapped[int] = mapped_column(Integer)  # local minute of the day, inclusive
+    end_minute: Mapped[int] = mapped_column(Integer)  # exclusive, at most 1440
+    price_micros: Mapped[int] = mapped_column(BigInteger)  # per kWh
+    session_fee_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    valid_from_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    valid_to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class ChargingDay(Base):
+    """A UTC day of a vehicle whose charging sessions were derived (access/charging.py) from the batches named by
+    ``fingerprint``; a different set of batches makes the day stale. Deletion and retention drop these rows."""
+
+    __tablename__ = "charging_days"
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    day_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    computed_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class ChargingSession(Base):
+    """One charging session derived from a vehicle's telemetry (never evidence; rebuilt from the batches when
+    missing): its figures as JSON, and its power curve and energy per minute as JSON, read only when needed."""
+
+    __tablename__ = "charging_sessions"
+    __table_args__ = (Index("ix_charging_sessions_vin_start", "vin", "start_ms"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    day_ms: Mapped[int] = mapped_column(BigInteger)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers and one writer (from any process) work at once; FULL makes a commit durable

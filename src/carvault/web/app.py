@@ -25,6 +25,7 @@ from carvault.web.routes import (
     audit,
     auth,
     catalogue,
+    charging,
     consents,
     data_sheet,
     deletion,
@@ -105,6 +106,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
         statistics.router,  # issue 13: statistics, states, efficiency, vampire drain, conditions
+        charging.router,  # issue 13: charging sessions, tariffs and costs, battery health
         exports.router,
         oauth.router,  # OAuth 2.0 for apps (issue 9); RFC 8414 metadata describes it
         portability.router,

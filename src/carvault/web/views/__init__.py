@@ -9,6 +9,7 @@ from carvault.web.views import (
     account,
     api_docs,
     base,
+    charging,
     consent,
     console,
     data_sheet,
@@ -36,6 +37,7 @@ router.include_router(data_sheet.router)  # issue 11: the public Data Act data s
 router.include_router(rights.router)  # issue 11: my rights requests and incident notices
 router.include_router(support.router)  # issue 11: the owner approves or declines support tickets
 router.include_router(diagnostics.router)  # issue 14: a vehicle's warning lamps and trouble codes
+router.include_router(charging.router)  # issue 13: a vehicle's charging sessions, tariffs, battery health
 
 
 def install(app: FastAPI) -> None:

@@ -69,6 +69,8 @@ NOTICES = {
     "rights_withdrawn",
     "support_approved",
     "support_declined",
+    "tariff_added",
+    "tariff_removed",
 }
 
 

@@ -1,0 +1,99 @@
+/* The Charging page's charts (web/templates/charging.html): a session's power against time and against state of
+   charge, and the battery's estimated usable capacity by month. Data come from the page's JSON block; every chart is
+   also a table on the page, so nothing here is the only way to read a figure. */
+(function () {
+  "use strict";
+
+  function num(v, digits) {
+    return v == null ? "—" : (Math.round(v * Math.pow(10, digits)) / Math.pow(10, digits)).toString();
+  }
+
+  function axis(label) {
+    return { label: label, stroke: "#5c6b80", size: 56, labelSize: 20,
+             grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" } };
+  }
+
+  function plot(el, opts, data) {
+    if (!el) return null;
+    opts.width = Math.max(260, el.clientWidth || 320);
+    var u = new uPlot(opts, data, el);
+    window.addEventListener("resize", function () {
+      u.setSize({ width: Math.max(260, el.clientWidth || 320), height: u.height });
+    });
+    return u;
+  }
+
+  function start() {
+    var block = document.getElementById("charging-data");
+    if (!block || typeof uPlot === "undefined") return;
+    var data = JSON.parse(block.textContent);
+    var L = data.labels;
+    var curve = data.curve;
+    if (curve && curve.t_s.length > 1) {
+      var minutes = curve.t_s.map(function (s) { return s / 60; });
+      plot(document.getElementById("chart-curve-time"), {
+        height: 220,
+        scales: { x: { time: false } },
+        series: [
+          { label: L.time + " (min)", value: function (u, v) { return num(v, 0) + " min"; } },
+          { label: L.power + " (kW)", stroke: "#0b6e4f", width: 1.6, fill: "#0b6e4f14", spanGaps: true,
+            value: function (u, v) { return num(v, 1) + " kW"; } }
+        ],
+        axes: [Object.assign(axis(L.time + " (min)"), { values: function (u, s) { return s.map(function (x) { return num(x, 0); }); } }),
+               axis(L.power + " (kW)")]
+      }, [minutes, curve.power_kw]);
+      // Power against SOC: x must rise, so points are ordered by SOC (charging only ever raises it).
+      var pts = curve.soc.map(function (s, i) { return [s, curve.power_kw[i]]; })
+        .filter(function (p) { return p[0] != null; })
+        .sort(function (a, b) { return a[0] - b[0]; });
+      if (pts.length > 1) {
+        plot(document.getElementById("chart-curve-soc"), {
+          height: 220,
+          scales: { x: { time: false } },
+          series: [
+            { label: L.soc + " (%)", value: function (u, v) { return num(v, 1) + " %"; } },
+            { label: L.power + " (kW)", stroke: "#1d4ed8", width: 1.6, spanGaps: true,
+              value: function (u, v) { return num(v, 1) + " kW"; } }
+          ],
+          axes: [axis(L.soc + " (%)"), axis(L.power + " (kW)")]
+        }, [pts.map(function (p) { return p[0]; }), pts.map(function (p) { return p[1]; })]);
+      }
+    }
+    var months = data.health;
+    if (months && months.length) {
+      var xs = months.map(function (m) {
+        var parts = m.month.split("-");
+        return Date.UTC(+parts[0], +parts[1] - 1, 15) / 1000;
+      });
+      var caps = months.map(function (m) { return m.capacity_kwh; });
+      var series = [
+        { label: L.time, value: function (u, v) { return v == null ? "—" : new Date(v * 1000).toISOString().slice(0, 7); } },
+        { label: L.capacity + " (kWh)", stroke: "#0e7490", width: 2, points: { show: true, size: 7 },
+          value: function (u, v) { return num(v, 1) + " kWh"; } }
+      ];
+      var cols = [xs, caps];
+      if (data.nominal) {
+        series.push({ label: "100 % (kWh)", stroke: "#94a3b8", width: 1, dash: [6, 4],
+                      value: function (u, v) { return num(v, 1) + " kWh"; } });
+        cols.push(xs.map(function () { return data.nominal; }));
+      }
+      var lo = Math.min.apply(null, caps.concat(data.nominal ? [data.nominal] : []));
+      var hi = Math.max.apply(null, caps.concat(data.nominal ? [data.nominal] : []));
+      var pad = Math.max(1, (hi - lo) * 0.2);
+      var pad_x = 20 * 86400;
+      plot(document.getElementById("chart-health"), {
+        height: 220,
+        scales: { x: { time: true, range: [xs[0] - pad_x, xs[xs.length - 1] + pad_x] },
+                  y: { range: [Math.max(0, lo - pad), hi + pad] } },
+        series: series,
+        axes: [Object.assign(axis(L.time), { space: 60, values: function (u, s) {
+                 return s.map(function (x) { return new Date(x * 1000).toISOString().slice(0, 7); });
+               } }),
+               axis(L.capacity + " (kWh)")]
+      }, cols);
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
