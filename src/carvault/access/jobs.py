@@ -41,8 +41,9 @@ from carvault.access.audit import AuditAction
 from carvault.access.exports import _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.compliance.sharing import Scope, ScopedView
-from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound
+from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound, Unavailable
 from carvault.signals import Signal
+from carvault.store.blobs import BlobNotFound
 from carvault.store.metadata import BatchRecord, now_ms
 from carvault.store.tables import ExportJob
 from carvault.store.telemetry import resample
@@ -136,7 +137,11 @@ class ExportJobs:
         background: bool = True,
     ) -> None:
         self.region = region
-        self.folder = region.settings.data_dir / "exports"
+        # Finished files are exports/<name> in the region's blob store; they are built in a local folder first
+        # (the store's own exports/ folder when it is local, so finishing is a rename).
+        self.blobs = region.blobs
+        local = region.blobs.local_path("exports/x")
+        self.folder = local.parent if local is not None else region.settings.data_dir / "exports-building"
         self.lease_ms = lease_ms
         self.chunk_ms = chunk_ms
         self.worker_id = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -244,17 +249,30 @@ class ExportJobs:
                 .values(status="cancelled", finished_ms=now_ms(), lease_until_ms=None)
             )
         if j.file_name:
-            (self.folder / j.file_name).unlink(missing_ok=True)
+            self.blobs.delete(f"exports/{j.file_name}")
         return self.get(owner_id, job_id, grant_id)
 
     def open_file(self, job: ExportJob) -> Path:
-        """The finished file of a job."""
+        """The finished file of a job on this machine (local blob store only; see ``download``)."""
+        found = self.download(job)
+        if not isinstance(found, Path):
+            raise Unavailable("the export is in object storage, not a file here; download it instead")
+        return found
+
+    def download(self, job: ExportJob) -> Path | Iterator[bytes]:
+        """The finished file of a job: its path on the local store, or its bytes streamed from object storage."""
         if job.status != "done" or not job.file_name:
             raise Conflict(f"the export is {job.status}, not ready", status=job.status)
-        path = self.folder / job.file_name
-        if not path.exists():
-            raise NotFound("the export file is gone (expired); request it again")
-        return path
+        key = f"exports/{job.file_name}"
+        path = self.blobs.local_path(key)
+        try:
+            if path is None:
+                return self.blobs.stream(key)
+            if path.exists():
+                return path
+        except BlobNotFound:
+            pass
+        raise NotFound("the export file is gone (expired); request it again")
 
     def file_name(self, job: ExportJob) -> str:
         """The name a download is saved under."""
@@ -300,7 +318,7 @@ class ExportJobs:
                 j.status = "expired"
         for j in old:
             if j.file_name:
-                (self.folder / j.file_name).unlink(missing_ok=True)
+                self.blobs.delete(f"exports/{j.file_name}")
 
     def run_pending(self) -> int:
         """Run every claimable job here and now (a worker process, or tests); return how many ran."""
@@ -376,7 +394,11 @@ class ExportJobs:
                 os.fsync(out.fileno())
             digest = _sha256(part)
             size = part.stat().st_size
-            os.replace(part, self.folder / final)
+            if self.blobs.local_path(f"exports/{final}") is not None:
+                os.replace(part, self.folder / final)
+            else:
+                self.blobs.put_file(f"exports/{final}", part)
+                part.unlink()
             with self.region.db.session() as s:
                 res = _cursor(
                     s.execute(
@@ -407,7 +429,7 @@ class ExportJobs:
             return True
         except _LeaseLost:
             part.unlink(missing_ok=True)
-            (self.folder / final).unlink(missing_ok=True)
+            self.blobs.delete(f"exports/{final}")
             return False
         except Exception as e:
             part.unlink(missing_ok=True)

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -149,7 +148,7 @@ class PackageBuilder:
 
     def __init__(self, region: Region) -> None:
         self.region = region
-        self.folder = region.settings.data_dir / "packages"
+        self.blobs = region.blobs  # packages/<name>.zip in the region's blob store
 
     def build(
         self,
@@ -287,12 +286,7 @@ class PackageBuilder:
         )
         blob = _zip(files, manifest, sign_manifest(manifest, r), created)
         name = f"{vin}-{start_ms}-{end_ms}-{uuid.uuid4().hex[:8]}.zip"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / name
-        with open(path, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        self.blobs.put(f"packages/{name}", blob)  # durable before the row names it
         row = IncidentPackage(
             owner_id=owner_id,
             vin=vin,
@@ -330,7 +324,7 @@ class PackageBuilder:
 
     def read(self, row: IncidentPackage) -> bytes:
         """The stored package file."""
-        return (self.folder / row.file_name).read_bytes()
+        return self.blobs.get(f"packages/{row.file_name}")
 
 
 def _json(obj: Any) -> bytes:

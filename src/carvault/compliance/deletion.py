@@ -266,10 +266,11 @@ class Deletions:
             with self.db.session() as s:
                 recs = list(s.scalars(select(BatchRecord).where(BatchRecord.vin == vin)))
                 pkgs = list(s.scalars(select(IncidentPackage).where(IncidentPackage.vin == vin)))
-            for rec in recs:
-                erased_bytes += overwrite(reader.directory / rec.segment, rec.offset, rec.length)
+            for rec in recs:  # zeroed in place (local) or rewritten zeroed / deleted (object storage)
+                erased_bytes += reader.erase(rec.segment, [(rec.offset, rec.length)])
+            blobs = self.region.blobs
             for p in pkgs:
-                (self.region.settings.data_dir / "packages" / p.file_name).unlink(missing_ok=True)
+                blobs.delete(f"packages/{p.file_name}")
             with self.db.session() as s:  # portability bundles not yet fetched hold copies of the batches too
                 bundles = list(s.scalars(select(PortabilityBundle.file_name).where(PortabilityBundle.vin == vin)))
             for name in bundles:
@@ -279,7 +280,7 @@ class Deletions:
                     s.scalars(select(ExportJob.file_name).where(ExportJob.vin == vin, ExportJob.file_name.is_not(None)))
                 )
             for export in exports:
-                (self.region.settings.data_dir / "exports" / str(export)).unlink(missing_ok=True)
+                blobs.delete(f"exports/{export}")
             self.region.derived.delete_vehicle(vin)
             frames += self.region.frames.delete_vehicle(vin)
             with self.db.session() as s:

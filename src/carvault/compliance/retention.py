@@ -43,8 +43,8 @@ from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
 from carvault.access.charging import forget as forget_charging
-from carvault.compliance.deletion import overwrite_ranges, signed_record
-from carvault.errors import CarVaultError, NotFound, RetentionRunning
+from carvault.compliance.deletion import signed_record
+from carvault.errors import CarVaultError, NotFound, RetentionRunning, Unavailable
 from carvault.ingest.frames import FrameStore
 from carvault.protocol import CAMERA, payload_view
 from carvault.signals import CATEGORIES, Catalogue
@@ -624,9 +624,7 @@ class Retention:
             ).all()
         for vin, name, start, end in rows:
             lo, hi = per_vin[vin]["span"]
-            path = self.data_dir / "exports" / str(name)
-            if start <= hi and end >= lo and path.exists():
-                path.unlink(missing_ok=True)
+            if start <= hi and end >= lo and self.frames.blobs.delete(f"exports/{name}"):
                 totals["export_files_removed"] += 1
 
     # ------------------------------------------------------------------ erasing
@@ -704,7 +702,7 @@ class Retention:
             select(FrameRecord.seq, FrameRecord.sha256).where(FrameRecord.vin == vin, FrameRecord.seq.in_(seqs))
         ).all()
         for seq, sha in frames:
-            files[by_seq[seq].batch_id].append(str(self.frames.blob_path(sha).relative_to(self.data_dir)))
+            files[by_seq[seq].batch_id].append(self.frames.blob_key(sha))
         totals["frames_erased"] += len(frames)
         s.execute(delete(FrameRecord).where(FrameRecord.vin == vin, FrameRecord.seq.in_(seqs)))
         s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin, VehicleEvent.batch_seq.in_(seqs)))
@@ -749,15 +747,13 @@ class Retention:
         for e in rows:
             totals["query_copy_bytes_removed"] += self.derived.delete(e.vin, e.batch_hash)
             for name in json.loads(e.files):
-                (self.data_dir / name).unlink(missing_ok=True)
+                self._remove_copy(name)
             by_segment.setdefault(e.segment, []).append(e)
         finished: set[int] = set()
         for segment, group in by_segment.items():
             try:
-                totals["bytes_overwritten"] += overwrite_ranges(
-                    self.segments.directory / segment, [(e.offset, e.length) for e in group]
-                )
-            except OSError as err:
+                totals["bytes_overwritten"] += self.segments.erase(segment, [(e.offset, e.length) for e in group])
+            except (OSError, Unavailable) as err:
                 errors.extend(_error(e.vin, e.batch_id, err, (seqs or {}).get(e.batch_id)) for e in group)
                 continue
             finished.update(e.batch_id for e in group)
@@ -765,6 +761,14 @@ class Retention:
             with self.db.session() as s:
                 s.execute(delete(RetentionErasure).where(RetentionErasure.batch_id.in_(finished)))
         return finished
+
+    def _remove_copy(self, name: str) -> None:
+        """Remove a file holding a copy of erased bytes: frames and packages from the blob store, portability
+        bundles from the data folder."""
+        if name.startswith("portability/"):
+            (self.data_dir / name).unlink(missing_ok=True)
+        else:
+            self.frames.blobs.delete(name)
 
     def _finish_pending(self, errors: list[dict[str, Any]]) -> int:
         """Finish erasures a killed run left; return how many."""
@@ -826,7 +830,7 @@ class Retention:
                     frames += s.scalars(select(FrameRecord.sha256).where(*where))
                     s.execute(delete(FrameRecord).where(*where))
         for h in frames:
-            self.frames.blob_path(h).unlink(missing_ok=True)
+            self.frames.blobs.delete(self.frames.blob_key(h))
         totals["frames_erased"] += len(frames)
         for a in actions:
             try:

@@ -6,7 +6,8 @@ accepted media batch of that vehicle whose ``DeIdentified`` is true; the gateway
 batch with unmarked frames, so every stored frame was blurred in the car, and its hash is covered by the
 vehicle's signature and the transparency log. Anything else is refused before a byte is written.
 
-Accepted frames are written once (fsync, atomic rename) to ``blobs/<ab>/<sha256>.jpg``; re-sending one is
+Accepted frames are written once, durably and atomically, to the blob store's ``blobs/<ab>/<sha256>.jpg`` (on
+the local store the file of that name in the data folder, as always); re-sending one is
 answered like the first time. The ``camera_frames`` table indexes which accepted batch names which
 frame; it is filled lazily from the stored batch bytes (the evidence), so no other component has to
 know about frames, and ``camera_frame_scans`` remembers how far each vehicle's media batches were read.
@@ -14,6 +15,7 @@ know about frames, and ``camera_frame_scans`` remembers how far each vehicle's m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -24,7 +26,6 @@ import pyarrow.parquet as pq
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from carvault.durable import write_durably
 from carvault.errors import (
     BadRequest,
     Conflict,
@@ -36,6 +37,7 @@ from carvault.errors import (
     UnsupportedMediaType,
 )
 from carvault.protocol import CAMERA, payload_view
+from carvault.store.blobs import BlobNotFound, BlobStore
 from carvault.store.metadata import BatchRecord, Database, Vehicle, now_ms
 from carvault.store.segments import SegmentReader
 from carvault.store.tables import FrameRecord, FrameScan
@@ -79,11 +81,11 @@ class FrameStore:
     """Accepts, indexes and serves one region's camera frames."""
 
     def __init__(
-        self, db: Database, segments: SegmentReader, blob_dir: Path, *, max_bytes: int = MAX_FRAME_BYTES
+        self, db: Database, segments: SegmentReader, blobs: BlobStore, *, max_bytes: int = MAX_FRAME_BYTES
     ) -> None:
         self.db = db
         self.segments = segments
-        self.blob_dir = blob_dir
+        self.blobs = blobs
         self.max_bytes = max_bytes
 
     def delete_vehicle(self, vin: str) -> int:
@@ -96,12 +98,17 @@ class FrameStore:
             s.execute(sql_delete(FrameRecord).where(FrameRecord.vin == vin))
             s.execute(sql_delete(FrameScan).where(FrameScan.vin == vin))
         for h in hashes:
-            self.blob_path(h).unlink(missing_ok=True)
+            self.blobs.delete(self.blob_key(h))
         return len(hashes)
 
-    def blob_path(self, sha256: str) -> Path:
-        """Where a frame's bytes live: ``blobs/<first two hex digits>/<sha256>.jpg``."""
-        return self.blob_dir / sha256[:2] / f"{sha256}.jpg"
+    @staticmethod
+    def blob_key(sha256: str) -> str:
+        """Where a frame's bytes live in the blob store: ``blobs/<first two hex digits>/<sha256>.jpg``."""
+        return f"blobs/{sha256[:2]}/{sha256}.jpg"
+
+    def blob_path(self, sha256: str) -> Path | None:
+        """The frame's file on this machine when the blob store is a local folder (else None)."""
+        return self.blobs.local_path(self.blob_key(sha256))
 
     # ------------------------------------------------------------------ upload
     def accept(self, vin: str | None, body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -142,7 +149,7 @@ class FrameStore:
                 sha256=sha,
                 seq=rec.seq,
             )
-        duplicate = rec.stored_ms is not None and self.blob_path(sha).is_file()
+        duplicate = rec.stored_ms is not None and self.blobs.exists(self.blob_key(sha))
         if not duplicate:
             self._write_blob(sha, body)
             with self.db.session() as s:
@@ -164,15 +171,15 @@ class FrameStore:
         }
 
     def _write_blob(self, sha256: str, body: bytes) -> None:
-        """Write once, durably: temp file, fsync, rename, fsync the folder."""
-        path = self.blob_path(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
-            return  # another replica stored it first
+        """Write once, durably and atomically (the blob store's ``put``); Unavailable when it could not be stored."""
+        key = self.blob_key(sha256)
+        with contextlib.suppress(BlobNotFound):
+            if hashlib.sha256(self.blobs.get(key)).hexdigest() == sha256:
+                return  # another replica stored it first
         try:
-            write_durably(path, body)
-        except OSError as e:
-            raise Unavailable(f"frame could not be stored: {e}") from None
+            self.blobs.put(key, body)
+        except Unavailable as e:
+            raise Unavailable(f"frame could not be stored: {e.message}") from None
 
     # ------------------------------------------------------------------ index
     def find(self, vin: str, sha256: str) -> FrameRecord | None:
@@ -242,9 +249,9 @@ class FrameStore:
         if rec is None or rec.stored_ms is None:
             raise NotFound(f"vehicle {vin} has no stored frame {sha256}", vin=vin, sha256=sha256)
         try:
-            data = self.blob_path(sha256).read_bytes()
-        except OSError as e:
-            raise Unavailable(f"frame {sha256} is indexed but its blob cannot be read: {e}") from None
+            data = self.blobs.get(self.blob_key(sha256))
+        except (BlobNotFound, Unavailable) as e:
+            raise Unavailable(f"frame {sha256} is indexed but its blob cannot be read: {e.message}") from None
         return rec, data
 
 

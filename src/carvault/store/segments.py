@@ -1,15 +1,26 @@
-"""Segment files: the exact bytes of accepted batches, appended and fsynced before acknowledgement.
+"""Segments: the exact bytes of accepted batches, durable in the blob store before acknowledgement.
 
-Each writer (one per gateway process) appends to segment files of its own, named
-``<writer-id>-<n>.cvseg``, so processes never interleave writes and need no lock. A segment is a plain
-concatenation of batch envelopes (self-delimiting, see ``carvault.protocol``); the metadata DB maps each
-batch to (segment, offset, length). Bytes written but never indexed (a crash between the fsync and the
-DB commit) are unreferenced and harmless.
+Batches live under the ``segments/`` keys of the region's blob store; the metadata DB maps each batch to
+(segment name, offset, length). How they get there depends on the backend:
+
+- local (the embedded default, and the fastest durable path): each writer (one per gateway process) appends to
+  segment files of its own, ``segments/<writer-id>-<n>.cvseg``, with one write and one fsync per group commit, so
+  processes never interleave writes and need no lock; a file rolls over at ``segment_max_bytes``;
+- object storage (S3): objects cannot be appended to, so each group commit is one immutable object,
+  ``segments/<writer-id>-<n>.cvseg``, holding the group's envelopes one after another; the group is acknowledged
+  only after the PUT succeeded, and reads are ranged GETs.
+
+Either way a segment is a plain concatenation of batch envelopes (self-delimiting, see ``carvault.protocol``), a
+failed write leaves nothing a reader could mistake for a batch, and bytes written but never indexed (a crash
+between the write and the DB commit) are unreferenced and harmless. Erasing a batch zeroes its exact range, so
+other batches' offsets never move; on object storage the object is rewritten with the range zeroed, and deleted
+once nothing but zeros is left in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import uuid
@@ -18,15 +29,82 @@ from pathlib import Path
 
 from carvault.durable import fsync_dir
 from carvault.errors import Unavailable
+from carvault.store.blobs import BlobNotFound, BlobStore
+
+#: The key prefix of evidence in the blob store.
+PREFIX = "segments/"
+
+
+def _folder(blobs: BlobStore) -> Path | None:
+    """The local folder holding the segment files, or None when the store is not a folder on this machine."""
+    path = blobs.local_path(PREFIX + "x")
+    return path.parent if path is not None else None
+
+
+def _writer_id(writer_id: str | None) -> str:
+    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in os.uname().nodename) or "host"
+    return writer_id or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class SegmentWriter:
-    """Appends batches to this process's own segment files."""
+    """Appends batches durably to this process's own segments (files locally, one object per group on S3)."""
 
-    def __init__(self, directory: Path, max_bytes: int, writer_id: str | None = None) -> None:
+    def __init__(self, blobs: BlobStore, max_bytes: int, writer_id: str | None = None) -> None:
+        self.blobs = blobs
+        folder = _folder(blobs)
+        self.writer_id = _writer_id(writer_id)
+        if folder is None:
+            self._appender: _FileAppender | _ObjectAppender = _ObjectAppender(blobs, self.writer_id)
+        else:
+            self._appender = _FileAppender(folder, max_bytes, self.writer_id)
+
+    @property
+    def directory(self) -> Path | None:
+        """The local folder of the segment files (None on object storage)."""
+        return self._appender.directory
+
+    def append_many(self, blobs: Sequence[bytes]) -> list[tuple[str, int, int]]:
+        """Store blobs durably together; return (segment, offset, length) for each. Unavailable stores nothing."""
+        return self._appender.append_many(blobs)
+
+    def close(self) -> None:
+        """Close the current segment file."""
+        self._appender.close()
+
+
+class _ObjectAppender:
+    """One immutable object per group commit."""
+
+    directory = None
+
+    def __init__(self, blobs: BlobStore, writer_id: str) -> None:
+        self.blobs = blobs
+        self.writer_id = writer_id
+        self._n = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def append_many(self, blobs: Sequence[bytes]) -> list[tuple[str, int, int]]:
+        """One PUT of the whole group; the locations only once it was acknowledged."""
+        with self._lock:
+            name = f"{self.writer_id}-{next(self._n):09d}.cvseg"
+        locations, offset = [], 0
+        for b in blobs:
+            locations.append((name, offset, len(b)))
+            offset += len(b)
+        self.blobs.put(PREFIX + name, b"".join(blobs))  # Unavailable when not stored: nothing to undo
+        return locations
+
+    def close(self) -> None:
+        """Nothing open between groups."""
+
+
+class _FileAppender:
+    """Appends to this process's own segment files: one write and one fsync per group."""
+
+    def __init__(self, directory: Path, max_bytes: int, writer_id: str) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.writer_id = writer_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.writer_id = writer_id
         self.max_bytes = max_bytes
         self._n = 0
         self._fd: int | None = None
@@ -99,18 +177,24 @@ class SegmentWriter:
 
 
 class SegmentReader:
-    """Reads batch bytes back by location, from any process."""
+    """Reads batch bytes back by location, from any process; erases batches in place."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.directory = _folder(blobs)  # None on object storage
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise Unavailable(f"bad segment name {name!r}")
 
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is None:
-            if "/" in name or name.startswith("."):
-                raise Unavailable(f"bad segment name {name!r}")
+            self._check(name)
+            assert self.directory is not None
             with self._lock:
                 fd = self._fds.get(name)
                 if fd is None:
@@ -119,14 +203,48 @@ class SegmentReader:
         return fd
 
     def read(self, segment: str, offset: int, length: int) -> bytes:
-        """The exact bytes of one batch."""
+        """The exact bytes of one batch (a ``pread`` of the file, or a ranged GET)."""
+        if self.directory is None:
+            self._check(segment)
+            try:
+                return self.blobs.get_range(PREFIX + segment, offset, length)
+            except BlobNotFound:
+                raise Unavailable(f"segment {segment} is missing from the blob store") from None
         data = os.pread(self._fd(segment), length, offset)
         if len(data) != length:
             raise Unavailable(f"segment {segment} is shorter than its index says")
         return data
 
+    def erase(self, segment: str, ranges: Sequence[tuple[int, int]]) -> int:
+        """Overwrite (offset, length) ranges of one segment with zeros durably; return the bytes erased.
+
+        Locally the file is zeroed in place and fsynced once (other batches' offsets never move); on object
+        storage the object is rewritten with the ranges zeroed (conditionally, so concurrent erasures of other
+        batches in it are never lost) and deleted once it holds nothing but zeros. A segment already gone
+        counts nothing. OSError or Unavailable when the erasure could not be made durable.
+        """
+        self._check(segment)
+        if self.directory is not None:
+            from carvault.compliance.deletion import overwrite_ranges  # the one implementation of zeroing a file
+
+            return overwrite_ranges(self.directory / segment, list(ranges))
+        update = getattr(self.blobs, "update", None)
+        if update is None:
+            raise Unavailable(f"the {self.blobs.kind} blob store cannot erase part of a segment")
+
+        def zeroed(old: bytes) -> bytes | None:
+            buf = bytearray(old)
+            for offset, length in ranges:
+                end = min(offset + length, len(buf))
+                if offset < end:
+                    buf[offset:end] = bytes(end - offset)
+            return None if not buf.strip(b"\0") else bytes(buf)
+
+        found = update(PREFIX + segment, zeroed)
+        return sum(length for _, length in ranges) if found else 0
+
     def close(self) -> None:
-        """Close every open segment."""
+        """Close every open segment file."""
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)

@@ -7,10 +7,11 @@ jobs made under it, and every look at a job re-checks the grant (revoked or ende
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from carvault.access.accounts import Principal
@@ -112,19 +113,26 @@ def get_export(export_id: RowId, request: Request, caller: Caller, region: Regio
     summary="The finished file",
     responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **raises(Conflict)},
 )
-def download_export(export_id: RowId, request: Request, caller: Caller, region: RegionDep) -> FileResponse:
+def download_export(export_id: RowId, request: Request, caller: Caller, region: RegionDep) -> Response:
     jobs = get_jobs(request)
     job = _job(request, caller, export_id)
     access = None if caller.is_owner else region.grants.access(caller, job.vin, transfer_action="download")
     region.deletions.check_served(job.vin)
-    path = jobs.open_file(job)
+    found = jobs.download(job)  # a file here (local blob store) or a stream from object storage
     detail = {"export_id": job.id, "sha256": job.sha256}
     if access is None:
         region.audit.by_owner(caller.owner_id, AuditAction.EXPORT_DOWNLOAD, vin=job.vin, detail=detail)
     else:  # the moment the data reaches the recipient: counted as served
         region.grants.record_read(access, AuditAction.EXPORT_DOWNLOAD, {**detail, "rows": job.rows}, rows=job.rows)
+    if not isinstance(found, Path):
+        disposition = f'attachment; filename="{jobs.file_name(job)}"'
+        return StreamingResponse(
+            found,
+            media_type=MEDIA_TYPES[job.format],
+            headers={"X-Content-SHA256": job.sha256 or "", "Content-Disposition": disposition},
+        )
     return FileResponse(
-        path,
+        found,
         media_type=MEDIA_TYPES[job.format],
         filename=jobs.file_name(job),
         headers={"X-Content-SHA256": job.sha256 or ""},

@@ -29,7 +29,7 @@ def get_frames(request: Request, region: RegionDep) -> FrameStore:
     """The region's frame store (built on first use and kept on the app)."""
     store = getattr(region, "frames", None) or getattr(request.app.state, "frames", None)
     if store is None:
-        store = FrameStore(region.db, region.segment_reader, region.settings.data_dir / "blobs")
+        store = FrameStore(region.db, region.segment_reader, region.blobs)
         request.app.state.frames = store
     return store
 
