@@ -1,0 +1,266 @@
+"""A region whose blob store is S3 (moto's real standalone server): evidence, frames, packages and exports live
+there, deletion erases them there, and an outage of the object store refuses uploads cleanly."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from carvault.ingest.frames import FrameStore
+from carvault.protocol import BATCH_MEDIA_TYPE
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.server import BackgroundServer, free_port
+from carvault.settings import Settings
+from carvault.store.metadata import BatchRecord
+from carvault.vehicle.agent import UploadRefused, VehicleAgent
+from carvault.vehicle.camera import spool_frames, upload_frames
+from carvault.vehicle.identity import VehicleIdentity
+from tests.conftest import OwnerClient, make_owner
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.s3server import S3Server, s3_bucket, s3_server, start_s3_server  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "images"
+
+
+def s3_settings(tmp_path: Path, server: S3Server, blob_store: str) -> Settings:
+    port = free_port()
+    return Settings(
+        data_dir=tmp_path / "region-cn",
+        region="cn",
+        port=port,
+        region_endpoints={"cn": f"http://127.0.0.1:{port}"},
+        blob_store=blob_store,
+        s3_endpoint_url=server.endpoint_url,
+    )
+
+
+@pytest.fixture
+def region(tmp_path: Path, s3_server: S3Server) -> Iterator[Region]:  # noqa: F811 - the imported fixture
+    r = Region(s3_settings(tmp_path, s3_server, s3_bucket(s3_server)))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def server(region: Region) -> Iterator[BackgroundServer]:
+    with BackgroundServer(region, port=region.settings.port) as s:
+        yield s
+
+
+@pytest.fixture
+def http(server: BackgroundServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def car(region: Region, server: BackgroundServer, tmp_path: Path, n: int) -> tuple[VehicleIdentity, VehicleAgent]:
+    v = provision(region, vin_for(n), tmp_path / "vehicles")
+    opt_in(region, v.vin)  # drive tables carry location and biometrics: the gateway checks consent
+    return v, VehicleAgent(v, tmp_path / "vehicles" / v.vin, server.url)
+
+
+def claim(http: httpx.Client, v: VehicleIdentity) -> OwnerClient:
+    owner = make_owner(http)
+    r = http.post("/api/v1/vehicles/claim", headers=owner.headers, json={"vin": v.vin, "pairing_code": v.pairing_code})
+    assert r.status_code == 201, r.text
+    return owner
+
+
+def indexed(region: Region) -> int:
+    with region.db.session() as s:
+        return s.scalar(select(func.count()).select_from(BatchRecord)) or 0
+
+
+def test_cars_upload_and_every_batch_reads_back_byte_exact(
+    region: Region, server: BackgroundServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    cars = [car(region, server, tmp_path, n) for n in range(1, 5)]
+    sent: list[bytes] = []
+    for n, (_, agent) in enumerate(cars):
+        agent.record(drive_table(seconds=300, seed=n), batch_seconds=60)
+        sent += [path.read_bytes() for path in agent.pending()]
+    receipts: dict[str, list[dict[str, object]]] = {}
+
+    def upload(v: VehicleIdentity, agent: VehicleAgent) -> None:
+        receipts[v.vin] = agent.upload_pending()
+
+    threads = [threading.Thread(target=upload, args=c) for c in cars]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(r) for r in receipts.values()) == [5, 5, 5, 5]
+    # Every acknowledged batch is in object storage, byte for byte, found through the index.
+    with region.db.session() as s:
+        recs = list(s.scalars(select(BatchRecord).order_by(BatchRecord.id)))
+    assert len(recs) == 20
+    stored = sorted(region.segment_reader.read(r.segment, r.offset, r.length) for r in recs)
+    assert stored == sorted(sent)
+    for r in recs:
+        assert hashlib.sha256(region.segment_reader.read(r.segment, r.offset, r.length)).hexdigest() == r.batch_hash
+    # One object per group commit: objects named by the index, nothing in a local segments folder.
+    objects = set(region.blobs.list("segments/"))
+    assert {f"segments/{r.segment}" for r in recs} == objects
+    assert len(objects) <= len(recs)
+    assert not (region.settings.data_dir / "segments").exists() or not any(
+        (region.settings.data_dir / "segments").iterdir()
+    )
+    # The owner's window reads back from the objects (ranged GETs) like from files.
+    v, _ = cars[0]
+    owner = claim(http, v)
+    r = http.get(
+        f"/api/v1/vehicles/{v.vin}/telemetry",
+        headers=owner.headers,
+        params={"start": BASE_MS, "end": BASE_MS + 300_000, "signals": "Vehicle.Speed"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == 300 * 10  # 10 Hz for 300 s
+    # A re-send is answered from the stored bytes with the same receipt.
+    first = min((rec for rec in recs if rec.vin == v.vin), key=lambda rec: rec.seq)
+    again = http.post(
+        "/api/v1/ingest/batches",
+        content=region.segment_reader.read(first.segment, first.offset, first.length),
+        headers={"Content-Type": BATCH_MEDIA_TYPE},
+    )
+    assert again.status_code == 200 and again.json()["duplicate"], again.text
+
+
+def test_frames_package_export_and_deletion_on_object_storage(
+    region: Region, server: BackgroundServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    v, agent = car(region, server, tmp_path, 7)
+    owner = claim(http, v)
+    agent.record(drive_table(seconds=240), batch_seconds=60)
+    assert len(agent.upload_pending()) == 4
+    # Frames: the de-identified JPEGs as blobs/<ab>/<sha>.jpg objects.
+    region.consents.decide(
+        v.vin,
+        owner.owner_id,
+        "exterior_camera",
+        enabled=True,
+        purpose="incident evidence",
+        ends_ms=int(time.time() * 1000) + 86_400_000,
+        lasting=True,
+        at_ms=BASE_MS - 60_000,
+    )
+    agent.fetch_policy()
+    _, frames = spool_frames(agent, [(BASE_MS + 5_000, "FRONT", (ASSETS / "ccpd_demo_3.jpg").read_bytes())])
+    agent.upload_pending()
+    answers = upload_frames(agent)
+    sha = hashlib.sha256(frames[0]).hexdigest()
+    assert [a["sha256"] for a in answers] == [sha]
+    assert region.blobs.get(FrameStore.blob_key(sha)) == frames[0]
+    assert not (region.settings.data_dir / "blobs").exists()
+    got = http.get(f"/api/v1/vehicles/{v.vin}/frames/{sha}", headers=owner.headers)
+    assert got.status_code == 200 and got.content == frames[0]
+    # An incident package: stored as packages/<name>.zip, downloaded from there.
+    r = http.post(
+        f"/api/v1/vehicles/{v.vin}/packages",
+        headers=owner.headers,
+        json={"start": BASE_MS, "end": BASE_MS + 120_000},
+    )
+    assert r.status_code == 201, r.text
+    package = r.json()
+    [key] = list(region.blobs.list("packages/"))
+    zipped = http.get(f"/api/v1/vehicles/{v.vin}/packages/{package['id']}/download", headers=owner.headers)
+    assert zipped.status_code == 200 and zipped.content == region.blobs.get(key)
+    assert hashlib.sha256(zipped.content).hexdigest() == package["sha256"]
+    assert "manifest.json" in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
+    # An export: built, uploaded as exports/<name>, streamed to the owner; equal to the API's answer.
+    window = {"start": BASE_MS, "end": BASE_MS + 200_000, "signals": "Vehicle.Speed,Vehicle.CurrentLocation"}
+    r = http.post("/api/v1/exports", headers=owner.headers, json={"vin": v.vin, "format": "csv", **window})
+    assert r.status_code in (200, 201, 202), r.text
+    job = r.json()
+    deadline = time.monotonic() + 60
+    while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = http.get(f"/api/v1/exports/{job['id']}", headers=owner.headers).json()
+    assert job["status"] == "done", job
+    assert len(list(region.blobs.list("exports/"))) == 1
+    file = http.get(f"/api/v1/exports/{job['id']}/download", headers=owner.headers)
+    assert file.status_code == 200
+    want = http.get(
+        f"/api/v1/vehicles/{v.vin}/telemetry", headers=owner.headers, params={**window, "format": "csv"}
+    ).content
+    assert file.content == want and hashlib.sha256(file.content).hexdigest() == file.headers["X-Content-SHA256"]
+    # Deletion erases on object storage: the vehicle's evidence, frames, package and export are gone.
+    kw = {"immediately": True} if "immediately" in inspect.signature(region.deletions.request).parameters else {}
+    req = region.deletions.request(owner.owner_id, v.vin, "sold the car", **kw)
+    assert req.status == "completed"
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == v.vin)) == 0
+    assert list(region.blobs.list("segments/")) == []  # every group held only this car's batches: deleted
+    assert list(region.blobs.list("blobs/")) == []
+    assert list(region.blobs.list("packages/")) == []
+    assert list(region.blobs.list("exports/")) == []
+    receipt = json.loads(req.receipt)
+    assert receipt["batches_erased"] == 5 and receipt["bytes_overwritten"] > 0 and receipt["frames_erased"] == 1
+
+
+def test_deleting_one_car_keeps_its_neighbours_in_a_shared_group(
+    region: Region, server: BackgroundServer, tmp_path: Path
+) -> None:
+    """Two cars' batches in one group object: erasing one zeroes its range and keeps the other byte-exact."""
+    (_, aa), (_, ab) = car(region, server, tmp_path, 1), car(region, server, tmp_path, 2)
+    aa.record(drive_table(seconds=60), batch_seconds=60)
+    ab.record(drive_table(seconds=60, seed=3), batch_seconds=60)
+    [blob_a], [blob_b] = [p.read_bytes() for p in aa.pending()], [p.read_bytes() for p in ab.pending()]
+    [(name, off_a, len_a), (_, off_b, len_b)] = region.segments.append_many([blob_a, blob_b])
+    reader = region.segment_reader
+    assert reader.erase(name, [(off_a, len_a)]) == len_a
+    assert reader.read(name, off_a, len_a) == bytes(len_a)
+    assert reader.read(name, off_b, len_b) == blob_b
+    assert reader.erase(name, [(off_b, len_b)]) == len_b
+    assert not region.blobs.exists(f"segments/{name}")
+
+
+def test_an_object_store_outage_refuses_uploads_cleanly_and_ingest_resumes(tmp_path: Path) -> None:
+    """The S3 server stops: the car gets a clear 503, nothing is indexed or logged, the region keeps serving;
+    after a restart the car's next upload succeeds and its bytes read back exactly."""
+    s3 = start_s3_server(tmp_path / "own-s3")
+    try:
+        bucket = s3.create_bucket()
+        region = Region(s3_settings(tmp_path, s3, f"s3://{bucket}/region"))
+        with region, BackgroundServer(region, port=region.settings.port) as server:
+            v, agent = car(region, server, tmp_path, 3)
+            agent.record(drive_table(seconds=180), batch_seconds=60)
+            assert len(agent.upload_pending(limit=1)) == 1
+            before = (indexed(region), region.log.size)
+            s3.stop()
+            with pytest.raises(UploadRefused) as refused:
+                agent.upload_pending()
+            assert refused.value.status == 503
+            assert refused.value.body["error"]["code"] == "unavailable"
+            assert "object storage" in refused.value.body["error"]["message"]
+            assert (indexed(region), region.log.size) == before
+            assert len(agent.pending()) == 2  # kept in the car's spool for later
+            # The region keeps serving while the store is down.
+            assert httpx.get(server.url + "/api/v1/health", timeout=10).status_code == 200
+            # Restarted (moto keeps objects in memory: the bucket is made again), ingest resumes.
+            s3.start()
+            s3.create_bucket(bucket)
+            receipts = agent.upload_pending()
+            assert [r["seq"] for r in receipts] == [2, 3]
+            with region.db.session() as s:
+                recs = list(s.scalars(select(BatchRecord).where(BatchRecord.seq > 1).order_by(BatchRecord.seq)))
+            assert [r.seq for r in recs] == [2, 3]
+            for r in recs:
+                raw = region.segment_reader.read(r.segment, r.offset, r.length)
+                assert hashlib.sha256(raw).hexdigest() == r.batch_hash
+            assert region.log.size == before[1] + 2
+    finally:
+        s3.stop()
