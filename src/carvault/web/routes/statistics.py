@@ -31,7 +31,13 @@ TZ = Query("UTC", description="IANA time zone the days, months and years are cut
 
 
 def _window(
-    region: Region, access: Access, start: str | None, end: str | None, default_days: int, max_days: int
+    region: Region,
+    access: Access,
+    start: str | None,
+    end: str | None,
+    default_days: int,
+    max_days: int,
+    tz: str = "UTC",
 ) -> tuple[int, int]:
     """The asked window, or the last ``default_days`` of data; a grant holder's stays inside the grant."""
     view = access.view
@@ -46,8 +52,8 @@ def _window(
         view.window(start_ms, end_ms)
     else:
         start_ms, end_ms = view.clip(start_ms, end_ms)
-    if lo is not None:  # nothing to say about days before the first upload
-        start_ms = min(max(start_ms, lo - lo % DAY_MS - DAY_MS), end_ms)
+    if lo is not None:  # nothing to say about days before the first upload's (local) day
+        start_ms = min(max(start_ms, st.local_days(lo, lo + 1, st.zone(tz)[1])[0][1]), end_ms)
     return start_ms, end_ms
 
 
@@ -90,7 +96,7 @@ def statistics(
     """Default window: the last 365 days of data; at most 400 days."""
     name, _ = st.zone(tz)
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "statistics")
-    start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS)
+    start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     periods = st.by_period(days, granularity)
     _record(region, access, "statistics", start_ms, end_ms, granularity=granularity)
@@ -117,7 +123,7 @@ def states(
     """Default window: the last 7 days of data; at most 92 days."""
     name, _ = st.zone(tz)
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "the states timeline")
-    start_ms, end_ms = _window(region, access, start, end, 7, MAX_DETAIL_DAYS)
+    start_ms, end_ms = _window(region, access, start, end, 7, MAX_DETAIL_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     rows = [r for r in days.states() if r[2] > start_ms and r[1] < end_ms]
     intervals = [
@@ -155,7 +161,7 @@ def efficiency(
     """Default window: the last 365 days of data; at most 400 days."""
     name, _ = st.zone(tz)
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "efficiency")
-    start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS)
+    start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     body = st.efficiency(days, with_temperature=st.AIR in _allowed(access))
     _record(region, access, "efficiency", start_ms, end_ms, drives=len(body["drives"]))
@@ -175,7 +181,7 @@ def vampire_drain(
     """Default window: the last 30 days of data; at most 92 days."""
     name, _ = st.zone(tz)
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "vampire drain")
-    start_ms, end_ms = _window(region, access, start, end, 30, MAX_DETAIL_DAYS)
+    start_ms, end_ms = _window(region, access, start, end, 30, MAX_DETAIL_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     body = st.vampire_drain(days, min_hours=min_hours, with_temperature=st.AIR in _allowed(access))
     _record(region, access, "vampire_drain", start_ms, end_ms)
@@ -198,7 +204,7 @@ def conditions(
     allowed = _allowed(access)
     if not any(p in allowed for p in st.CONDITION_SIGNALS):
         access.view.require(st.CONDITION_SIGNALS, "the conditions view")
-    start_ms, end_ms = _window(region, access, start, end, 7, MAX_STATISTICS_DAYS)
+    start_ms, end_ms = _window(region, access, start, end, 7, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     body = st.conditions(days, allowed, start_ms, end_ms)
     units = {p: region.catalogue[p].unit for p in body["series"] if p in region.catalogue}

@@ -24,6 +24,7 @@ from carvault.web.views import (
     portability,
     rights,
     sharing,
+    statistics,
     support,
     vehicles,
 )
@@ -38,6 +39,7 @@ router.include_router(rights.router)  # issue 11: my rights requests and inciden
 router.include_router(support.router)  # issue 11: the owner approves or declines support tickets
 router.include_router(diagnostics.router)  # issue 14: a vehicle's warning lamps and trouble codes
 router.include_router(charging.router)  # issue 13: a vehicle's charging sessions, tariffs, battery health
+router.include_router(statistics.router)  # issue 13: months and years, efficiency, states, drain, conditions
 
 
 def install(app: FastAPI) -> None:
