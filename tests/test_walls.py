@@ -21,6 +21,15 @@ WALLS: dict[str, tuple[str, ...]] = {
         "carvault.signals",
         "carvault.errors",
     ),
+    # The completeness report's verifier: the same kernel (issue 13).
+    "carvault.verify.completeness": (
+        "carvault.verify",
+        "carvault.protocol",
+        "carvault.ledger",
+        "carvault.pki",
+        "carvault.signals",
+        "carvault.errors",
+    ),
     # The wire format knows no database, server or gateway.
     "carvault.protocol": ("carvault.protocol", "carvault.errors"),
     # The log's proof and checkpoint code knows no database.
@@ -88,6 +97,7 @@ SERVERLESS = (
     "carvault.ledger.log",
     "carvault.verify.package",
     "carvault.verify.cli",
+    "carvault.verify.completeness",
     "carvault.vehicle.agent",
     "carvault.signals",
 )

@@ -29,13 +29,16 @@
     │   ├── TransferCapReached         403 transfer_cap_reached  (one more person abroad passes the route's cover)
     │   ├── CaseInactive               403 case_inactive         (a case closed, ended, or not approved by the owner)
     │   └── ConsentNotGiven            403 consent_not_given     (a routine batch carries data not consented)
+    │       └── LocationInMaskedPlace  403 location_in_masked_place (a position inside an owner's masked place)
     ├── NotFound                       404 not_found
+    │   └── PlaceNotFound              404 place_not_found       (no such place among the owner's own)
     ├── MethodNotAllowed               405 method_not_allowed    (answered with the Allow header)
     ├── Conflict                       409 conflict
     │   ├── SeqConflict                409 seq_conflict          (a different batch with a used seq)
     │   ├── RetentionRunning           409 retention_running     (another replica's purge holds the lease)
     │   ├── BrokenChain                409 broken_chain          (prev hash or seq does not follow)
     │   ├── AlreadyExists              409 already_exists
+    │   ├── TooManyPlaces              409 too_many_places       (an owner may name at most 50 places)
     │   ├── TariffOverlap              409 tariff_overlap        (two charging tariffs would price the same minute)
     │   └── ReportFinalised            409 report_already_finalised (an annual report already filed for that year)
     ├── PayloadTooLarge                413 payload_too_large
@@ -229,6 +232,12 @@ class ConsentNotGiven(Forbidden):
     code = "consent_not_given"
 
 
+class LocationInMaskedPlace(ConsentNotGiven):
+    """A batch or live frame carries a position inside a place the owner masks in the car (access/places.py)."""
+
+    code = "location_in_masked_place"
+
+
 class RoleForbidden(Forbidden):
     """The staff member's role does not carry the permission this operator route needs (compliance/roles.py)."""
 
@@ -302,6 +311,12 @@ class NotFound(CarVaultError):
     status = 404
 
 
+class PlaceNotFound(NotFound):
+    """No place with that id among the owner's own places."""
+
+    code = "place_not_found"
+
+
 class TileNotFound(NotFound):
     """No such tile of the log: malformed path, beyond the published tree, or not (yet) published."""
 
@@ -350,6 +365,12 @@ class AlreadyExists(Conflict):
     """A unique thing (email, VIN claim) already exists."""
 
     code = "already_exists"
+
+
+class TooManyPlaces(Conflict):
+    """The owner has named as many places as one account may keep (access/places.py ``MAX_PLACES``)."""
+
+    code = "too_many_places"
 
 
 class ReportFinalised(Conflict):

@@ -31,6 +31,24 @@ class Place:
     radius_m: float
 
 
+def places_from_json(items: object) -> tuple[Place, ...]:
+    """Masked places as the region sends them in the car's policy (``masked_places``); ValueError if malformed."""
+    if not isinstance(items, list):
+        raise ValueError("masked_places must be a list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("a masked place must be an object with lat, lon and radius_m")
+        try:
+            lat, lon, radius = float(item["lat"]), float(item["lon"]), float(item["radius_m"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("a masked place must have numeric lat, lon and radius_m") from None
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180 and radius > 0):
+            raise ValueError(f"masked place out of range: {lat}, {lon}, {radius} m")
+        out.append(Place(lat, lon, radius))
+    return tuple(out)
+
+
 def _replace(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(table.column_names.index(name), table.schema.field(name), values)
 

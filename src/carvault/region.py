@@ -16,6 +16,7 @@ from carvault.access.charging import Charging, nearest_towns
 from carvault.access.completeness import Completeness
 from carvault.access.consents import Consents
 from carvault.access.grants import Grants
+from carvault.access.places import Places
 from carvault.access.statistics import Statistics
 from carvault.access.staff import Staff
 from carvault.access.vehicles import Vehicles
@@ -200,6 +201,8 @@ class Region:
             broker_of(settings.live_broker, self.name, settings.resolved_database_url), LastValueStore(self.db)
         )
         self.live.withheld = self.retention.withheld  # last values past their retention period are not served
+        # Owner-defined places (issue 13): shown on maps; masked ones travel to the car and are enforced here.
+        self.places = Places(self.db, self.audit)
         self.gateway = Gateway(
             settings,
             self.db,
@@ -215,6 +218,7 @@ class Region:
         # Cars streaming live frames to this replica: checked like batches, fanned out through region.live.
         self.live_channel = LiveChannel(self.gateway, self.catalogue, self.live)
         self.gateway.live_root_check = self.live_channel.evidence.check_root
+        self.gateway.places_check = self.places.check_batch  # the owner's masked places, enforced here too
         # Fleet Telemetry (issue 14): Teslas stream as they are; the region attests their records with its own key.
         self.fleet = FleetTelemetry(
             self.gateway,

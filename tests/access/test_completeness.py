@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from carvault.access.accounts import Principal
@@ -25,6 +28,7 @@ from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.store.metadata import BatchRefusal
 from carvault.vehicle.identity import VehicleIdentity
+from carvault.verify.completeness import main as verify_main
 from carvault.verify.completeness import verify_report
 from tests.factories import BASE_MS, drive_table, vin_for
 
@@ -277,3 +281,88 @@ def test_software_version_in_header_and_row(region: Region, car: Car) -> None:
     car.send(T + 60_000, 60, version="2025.44.1")
     report = car.report(now=T + 3_600_000)
     assert [b["software_version"] for b in report["batches"]] == [None, "2025.44.1"]
+
+
+# ---------------------------------------------------------------------- API on the real server, and the verify CLI
+def _login(http: httpx.Client, email: str) -> dict[str, str]:
+    r = http.post("/api/v1/auth/login", json={"email": email, "password": "correct horse battery"})
+    assert r.status_code == 200, r.text
+    http.cookies.clear()
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+@pytest.mark.slow
+def test_api_owner_grant_holder_and_stranger(region: Region, car: Car, http: httpx.Client, tmp_path: Path) -> None:
+    """The owner reads and downloads the report; a grant sees its signals only; a stranger learns nothing."""
+    car.send(T, 60)
+    car.send(T + 600_000, 60)
+    vin = car.identity.vin
+    url = f"/api/v1/vehicles/{vin}/completeness"
+    owner = _login(http, car.owner.email)
+    r = http.get(url, params={"day": DAY, "tz": "UTC"}, headers=owner)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["chain"]["batches"] == 2 and _gaps(report, NOT_SENT)
+    assert verify_report(report, log_key=region.log.vkey).ok
+    # The download is the same signed report, as a file; the CSV says UTC.
+    f = http.get(f"{url}.json", params={"day": DAY, "tz": "UTC"}, headers=owner)
+    assert f.status_code == 200 and "attachment" in f.headers["content-disposition"]
+    saved = tmp_path / "report.json"
+    saved.write_bytes(f.content)
+    c = http.get(f"{url}.csv", params={"day": DAY, "tz": "UTC"}, headers=owner)
+    assert c.status_code == 200 and c.text.splitlines()[0].endswith("times in UTC")
+    cal = http.get(f"{url}/calendar", params={"end": str(T + 86_400_000), "days": 3, "tz": "UTC"}, headers=owner)
+    assert cal.status_code == 200 and [d["covered_seconds"] for d in cal.json()["days"]][-2] == 120
+    # A grant holder (speed only): the categories shown are the grant's; the read is in the owner's access log.
+    secret, _ = region.grants.personal_token(car.owner.id, label="script", vins=[vin], signals=[SPEED])
+    g = http.get(url, params={"day": DAY, "tz": "UTC"}, headers={"Authorization": f"Bearer {secret}"})
+    assert g.status_code == 200, g.text
+    assert g.json()["for"] == "grant" and [c["category"] for c in g.json()["categories"]] == ["driving_dynamics"]
+    assert [s["path"] for s in g.json()["categories"][0]["signals"]] == [SPEED]
+    log = http.get("/api/v1/audit", headers=owner).json()
+    assert any(e["action"] == "completeness.read" for e in log.get("events", log if isinstance(log, list) else []))
+    # A stranger: not found, as for any vehicle not theirs; bad input: stable codes.
+    region.accounts.register("stranger@example.com", "correct horse battery")
+    s = http.get(url, params={"day": DAY}, headers=_login(http, "stranger@example.com"))
+    assert s.status_code == 404 and s.json()["error"]["code"] == "not_found"
+    for params in ({"day": "yesterday"}, {"start_ms": T}, {"start_ms": T, "end_ms": T + 8 * 86_400_000}, {"tz": "X/Y"}):
+        bad = http.get(url, params=params, headers=owner)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query", params
+    # The offline check of the downloaded file: anchored with the published key, against the region's public log.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carvault",
+            "verify",
+            "completeness",
+            str(saved),
+            "--log-key",
+            region.log.vkey,
+            "--log",
+            str(http.base_url),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "VERIFIED" in proc.stdout and "2 batches are in the log" in proc.stdout
+
+
+def test_verify_cli_exit_codes(region: Region, car: Car, tmp_path: Path) -> None:
+    """0 anchored, 2 not anchored, 1 tampered or another key, 3 not a report, 4 usage."""
+    car.send(T, 60)
+    report = car.report(now=T + 3_600_000)
+    good = tmp_path / "r.json"
+    good.write_text(json.dumps(report))
+    assert verify_main([str(good), "--log-key", region.log.vkey]) == 0
+    assert verify_main([str(good)]) == 2
+    other = tmp_path / "o.json"
+    other.write_text(json.dumps({**report, "vin": vin_for(9)}))
+    assert verify_main([str(other), "--log-key", region.log.vkey]) == 1
+    assert verify_main([str(good), "--log-key", "someone+00000000+AAAA"]) == 1
+    junk = tmp_path / "j.json"
+    junk.write_text('{"format": "something else"}')
+    assert verify_main([str(junk)]) == 3
+    assert verify_main([str(tmp_path / "missing.json")]) == 4
+    assert verify_main(["--no-such-option"]) == 4

@@ -106,6 +106,7 @@ class AuditAction(StrEnum):
     DIAGNOSTICS_READ = "diagnostics.read"  # issue 14: trouble codes and warning lamps
     CHARGING_READ = "charging.read"  # issue 13: charging sessions, costs, battery health
     TARIFF_CHANGE = "tariff.change"  # issue 13: the owner set, changed or removed a charging tariff
+    PLACE_CHANGE = "place.change"  # issue 13: the owner named, changed or removed a place (maybe masked in the car)
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:

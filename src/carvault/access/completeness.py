@@ -731,7 +731,7 @@ class Completeness:
                     "date": date,
                     "start_ms": a,
                     "end_ms": b,
-                    "covered_seconds": covered // 1000,
+                    "covered_seconds": -(-covered // 1000),  # whole seconds the spans touch
                     "seconds": (b - a) // 1000,
                     "refusals": sum(r.count for r in refusals if r.t0_min < b and r.t1_max >= a),
                 }

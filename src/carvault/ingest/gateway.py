@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from carvault.compliance.consent import Policy, check_batch, ignition_summary
+from carvault.compliance.consent import ROUTINE_KINDS, Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
     BrokenChain,
@@ -322,6 +322,9 @@ class Gateway:
         )
         # The live extension (docs/protocol.md §8): checks a header's live_root against the frames received.
         self.live_root_check: Callable[[BatchHeader], None] | None = None
+        # The owner's masked places (access/places.py), enforced here too: a routine batch or live frame with a
+        # position inside one is refused (``LocationInMaskedPlace``); set by the region.
+        self.places_check: Callable[[str, pa.Table], None] | None = None
         self.metrics: Metrics | None = None  # the region's counters (metrics.py), set by Region
         self.refusals = RefusalRecord(db)  # refusals of authenticated cars, for the completeness report
         self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
@@ -437,6 +440,8 @@ class Gateway:
             kind=h.kind,
             previous=(head["ignition_cycle"], head["ignition_seen_ms"]),
         )
+        if self.places_check is not None and h.kind in ROUTINE_KINDS:
+            self.places_check(h.vin, table)
         pending = _Pending(env, summary, table, ignition_summary(table))
         self._queue.put(pending)
         return pending

@@ -553,6 +553,8 @@ class LiveChannel:
         )
         policy, previous = self._policy(vin, now_ms())
         check_batch(policy, table, self.catalogue, kind="telemetry", previous=previous)
+        if self.gateway.places_check is not None:  # the owner's masked places, as for batches
+            self.gateway.places_check(vin, table)
         return frame
 
     async def accept(self, vin: str, data: bytes) -> dict[str, Any]:

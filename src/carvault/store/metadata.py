@@ -20,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -843,6 +844,22 @@ def storage_failure(e: BaseException) -> Unavailable | None:
 SQLITE_BUSY_S = 30  # how long a writer waits for SQLite's one write lock before the store counts as unavailable
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 _HOLDS_WRITE_GATE = "carvault_holds_write_gate"
+
+
+class OwnerPlaceRecord(Base):
+    """A place an owner named (home, work …, access/places.py): centre (WGS-84), radius, and whether the car masks
+    every position inside it before anything leaves the car (the region refuses a batch that does not)."""
+
+    __tablename__ = "owner_places"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    radius_m: Mapped[int] = mapped_column(Integer)
+    mask_in_car: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 
 class WriteGate:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from carvault.compliance.consent import COLLECTING, Policy, filter_table, statuses
 from carvault.durable import write_durably
-from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
+from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places, places_from_json
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
 from carvault.protocol.envelope import valid_software_version
 from carvault.signals import catalogue
@@ -120,6 +120,8 @@ class VehicleAgent:
         self.client = client or httpx.Client(timeout=60)
         self.head = self._load_head()
         self.catalogue = catalogue()
+        # Places the owner masks (home, work …), sent with the policy; the region refuses positions inside them.
+        self.owner_places: tuple[Place, ...] = ()
         self.policy = self._load_policy()
         self.recorder = EventRecorder(self.catalogue)
         self.places = tuple(places)
@@ -135,7 +137,11 @@ class VehicleAgent:
     # -------------------------------------------------------------- policy (consent)
     def _load_policy(self) -> Policy:
         p = self.state_dir / "policy.json"
-        return Policy.from_json(json.loads(p.read_text())) if p.exists() else Policy(self.identity.vin, ())
+        if not p.exists():
+            return Policy(self.identity.vin, ())
+        doc = json.loads(p.read_text())
+        self.owner_places = places_from_json(doc.get("masked_places", []))
+        return Policy.from_json(doc)
 
     def fetch_policy(self) -> Policy:
         """Fetch the owner's current consents from the home region (vehicle-signed request) and keep them."""
@@ -145,8 +151,12 @@ class VehicleAgent:
         r = self.client.get(self.endpoint + POLICY_PATH, headers=headers)
         if r.status_code != 200:
             raise UploadRefused(r.status_code, r.json())
-        self.policy = Policy.from_json(r.json())
-        (self.state_dir / "policy.json").write_text(json.dumps(self.policy.to_json()))
+        doc = r.json()
+        places = places_from_json(doc.get("masked_places", []))
+        self.policy, self.owner_places = Policy.from_json(doc), places
+        (self.state_dir / "policy.json").write_text(
+            json.dumps({**self.policy.to_json(), "masked_places": doc.get("masked_places", [])})
+        )
         return self.policy
 
     def collection_status(self, at_ms: int | None = None) -> dict[str, str]:
@@ -194,7 +204,7 @@ class VehicleAgent:
             t = routine.column("t").cast(pa.int64()).to_numpy()
             if len(t) and self.policy.status("location_precise", int(t[-1]), int(ign[-1])) != COLLECTING:
                 routine = coarsen(routine, self.location_resolution)
-            routine = mask_places(routine, self.places)
+            routine = mask_places(routine, self.places + self.owner_places)
         return routine
 
     def ignition_of(self, t: np.ndarray) -> np.ndarray:

@@ -138,9 +138,14 @@ def _read_json(path: Path) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and verify; returns the exit code."""
+    """Parse the command line and verify; returns the exit code (``completeness REPORT``: a completeness report)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["completeness"]:
+        from carvault.verify.completeness import main as completeness_main
+
+        return completeness_main(args[1:])
     try:
-        a = parser().parse_args(argv)
+        a = parser().parse_args(args)
     except _Usage as e:
         print(f"carvault verify: {e}", file=sys.stderr)
         return EXIT_USAGE

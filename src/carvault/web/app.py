@@ -26,6 +26,7 @@ from carvault.web.routes import (
     auth,
     catalogue,
     charging,
+    completeness,
     consents,
     data_sheet,
     deletion,
@@ -118,6 +119,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         admin.router,  # the operator's API (issue 11): every route behind a staff role
         support.router,  # issue 11: the owner approves or declines support tickets' access
         diagnostics.router,  # issue 14: trouble codes and warning lamps in plain words
+        completeness.router,  # issue 13: what is missing and why, signed by the region
         health.router,  # issue 12: liveness, readiness, Prometheus metrics
     )
     for r in routers:

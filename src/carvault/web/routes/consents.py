@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from carvault.access.places import places_json
 from carvault.errors import BadSignature, Unauthenticated, UnknownVehicle
 from carvault.ingest.vehicle_auth import authenticate_vehicle
 from carvault.web.deps import VEHICLE_SIGNATURE, CurrentOwner, RegionDep, parse_time
@@ -68,4 +69,5 @@ def vehicle_policy(request: Request, region: RegionDep) -> dict[str, Any]:
     vin = authenticate_vehicle(region.gateway, "GET", request.url.path, request.headers)
     policy = region.consents.policy(vin)
     region.consents.mark_fetched(vin, policy.version)
-    return policy.to_json()
+    # The owner's places masked in the car travel with the policy (access/places.py); the region enforces them too.
+    return {**policy.to_json(), "masked_places": places_json(region.places.masked_for_vehicle(vin))}

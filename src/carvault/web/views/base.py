@@ -53,6 +53,9 @@ PAGE_HEADERS = {
     "Permissions-Policy": "geolocation=(), camera=(), microphone=(), payment=()",
 }
 NOTICES = {
+    "place_added",
+    "place_saved",
+    "place_removed",
     "password_changed",
     "session_revoked",
     "vehicle_paired",
