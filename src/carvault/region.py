@@ -17,8 +17,8 @@ from carvault.access.completeness import Completeness
 from carvault.access.consents import Consents
 from carvault.access.grants import Grants
 from carvault.access.places import Places
-from carvault.access.statistics import Statistics
 from carvault.access.staff import Staff
+from carvault.access.statistics import Statistics
 from carvault.access.vehicles import Vehicles
 from carvault.compliance.annual_report import AnnualReports
 from carvault.compliance.cases import Cases
@@ -46,6 +46,7 @@ from carvault.pki import RegionCA
 from carvault.settings import Settings
 from carvault.signals import Catalogue, catalogue
 from carvault.store.blobs import blob_store_of
+from carvault.store.day_copies import DayCopies
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader, SegmentWriter
@@ -142,7 +143,9 @@ class Region:
             self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name, transfers=self.transfers
         )
         self.derived = DerivedCopies(settings.data_dir / "derived", kept=self._batch_kept)
-        self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived)
+        # Compact per-day query copies in the blob store (issue 12), made by compaction of closed days.
+        self.derived.days = DayCopies(self.db, self.blobs, self.catalogue, settings.data_dir / "copies-cache")
+        self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived, days=self.derived.days)
         self.frames = FrameStore(self.db, self.segment_reader, self.blobs)  # frames: blobs/ keys
         self.deletions = Deletions(self)
         # Rights desk, incidents (PIPL Art. 57) and processing records (issue 11).

@@ -94,6 +94,8 @@ class Vehicle(Base):
     # a rise in a later batch is a new ignition cycle (compliance/consent.py ``ignition_starts``).
     ignition_cycle: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     ignition_seen_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The name its owner gave it (access/vehicles.py ``display_name``); cleared when another owner pairs it.
+    name: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class Credential(Base):
@@ -233,6 +235,8 @@ class BatchRecord(Base):
     # The software version the signed header names (docs/protocol.md §10), NULL if the car said none: provenance
     # shown to the owner (access/completeness.py), trusted for nothing else.
     software_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The compact query copy holding this batch (store/day_copies.py), NULL until its day is compacted.
+    copy_key: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
 
 
 class BatchRefusal(Base):
@@ -366,11 +370,14 @@ class DeletionRequest(Base):
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
     vin: Mapped[str | None] = mapped_column(String(17), nullable=True)
     reason: Mapped[str] = mapped_column(String(1000), default="")
-    status: Mapped[str] = mapped_column(String(16))  # pending | held | completed
+    status: Mapped[str] = mapped_column(String(16))  # scheduled | pending | held | completed | cancelled
     requested_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     deadline_ms: Mapped[int] = mapped_column(BigInteger)
     completed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     receipt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the grace period ends and erasure starts (compliance/deletion.py); the owner may cancel until then.
+    due_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelled_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class LegalHold(Base):
@@ -717,12 +724,6 @@ class RetentionWithheld(Base):
     categories: Mapped[str] = mapped_column(Text)  # JSON sorted list of category names
 
 
-class OperatorProfile(Base):
-    """Who runs this region and whom to contact (compliance/operator_profile.py): the one hand-entered part of the
-    annual report and the data sheet, edited by a region admin."""
-
-    __tablename__ = "operator_profile"
-    region: Mapped[str] = mapped_column(String(16), primary_key=True)
 class StatisticsDay(Base):
     """One local day's statistics summary of a vehicle (access/statistics.py): a cache derived from the evidence.
 
@@ -741,6 +742,12 @@ class StatisticsDay(Base):
     computed_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class OperatorProfile(Base):
+    """Who runs this region and whom to contact (compliance/operator_profile.py): the one hand-entered part of the
+    annual report and the data sheet, edited by a region admin."""
+
+    __tablename__ = "operator_profile"
+    region: Mapped[str] = mapped_column(String(16), primary_key=True)
     operator_name: Mapped[str] = mapped_column(String(300))  # the legal entity processing the data
     security_lead: Mapped[str] = mapped_column(String(200))  # the person responsible for data security
     security_lead_contact: Mapped[str] = mapped_column(String(320))

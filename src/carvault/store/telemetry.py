@@ -12,6 +12,7 @@ columns a whole batch has outlived.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from carvault.errors import InvalidQuery
 from carvault.protocol import TIME_TYPE, payload_view
 from carvault.signals import Signal
+from carvault.store.day_copies import Compacted, DayCopies
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader
@@ -45,6 +47,7 @@ class BatchRef:
     columns: frozenset[str]
     batch_hash: str
     attested_by: str | None = None  # the region that attests a batch it built (docs/protocol.md §9); None: car-signed
+    copy_key: str | None = None  # the compact query copy holding it (store/day_copies.py); None: read it alone
 
 
 class TelemetryStore:
@@ -58,11 +61,13 @@ class TelemetryStore:
         threads: int = 4,
         *,
         withheld: Callable[[], Mapping[str, int]] | None = None,
+        days: DayCopies | None = None,
     ) -> None:
         self.db = db
         self.segments = segments
         self.derived = derived
         self.withheld = withheld
+        self.days = days  # the compact per-day copies (issue 12); None reads every batch alone
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="telemetry-read")
 
     def batches(self, vin: str, start_ms: int, end_ms: int, kind: str | None = "telemetry") -> list[BatchRef]:
@@ -77,6 +82,7 @@ class TelemetryStore:
             BatchRecord.columns,
             BatchRecord.batch_hash,
             BatchRecord.attested_by,
+            BatchRecord.copy_key,
         ).where(BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
         if kind is not None:
             q = q.where(BatchRecord.kind == kind)
@@ -93,6 +99,7 @@ class TelemetryStore:
                 frozenset(r.columns.split(",")),
                 r.batch_hash,
                 r.attested_by,
+                r.copy_key,
             )
             for r in rows
         ]
@@ -113,14 +120,7 @@ class TelemetryStore:
         cutoffs = self.withheld() if self.withheld is not None else {}
 
         def load(ref: BatchRef) -> pa.Table:
-            copy = self.derived.read(vin, ref.batch_hash)
-            if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
-                raw = self.segments.read(ref.segment, ref.offset, ref.length)
-                copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
-                outlived = [c for c in copy.column_names if cutoffs.get(c, 0) > ref.t1]
-                if outlived:  # the copy never holds what the whole batch has outlived
-                    copy = copy.drop_columns(outlived)
-                self.derived.write(vin, ref.batch_hash, copy)
+            copy = self.batch_table(vin, ref, cutoffs)
             have = set(copy.column_names)
             part = copy.select(["t"] + [p for p in wanted if p in ref.columns and p in have])
             # Rows of a batch are strictly increasing in t: cut the window with a zero-copy slice.
@@ -129,10 +129,23 @@ class TelemetryStore:
             part = part.slice(int(a), int(b - a))
             return withhold(part, cutoffs) if cutoffs else part
 
-        need_decode = [r for r in refs if not self.derived.path(vin, r.batch_hash).exists()]
-        parts = list(self._pool.map(load, refs)) if len(need_decode) > 2 else [load(r) for r in refs]
+        parts: list[pa.Table] = []
+        alone = refs
+        if self.days is not None and any(r.copy_key for r in refs):
+            # Compacted days first (one read per copy); batches whose copy is missing are read alone.
+            alone = [r for r in refs if not r.copy_key]
+            for key in dict.fromkeys(r.copy_key for r in refs if r.copy_key):
+                assert key is not None
+                part = self.days.read(key, start_ms, end_ms, wanted)
+                if part is None:
+                    alone += [r for r in refs if r.copy_key == key]
+                else:
+                    parts.append(withhold(part, cutoffs) if cutoffs else part)
+            alone.sort(key=lambda r: r.seq)
+        need_decode = [r for r in alone if not self.derived.path(vin, r.batch_hash).exists()]
+        parts += list(self._pool.map(load, alone)) if len(need_decode) > 2 else [load(r) for r in alone]
         table = pa.concat_tables(parts, promote_options="default")
-        if len(refs) > 1 and not _is_sorted(table):
+        if len(parts) > 1 and not _is_sorted(table):
             table = table.sort_by("t")
         columns = [table.column("t")]
         for f in schema:
@@ -140,6 +153,47 @@ class TelemetryStore:
                 continue
             columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
         return pa.Table.from_arrays(columns, schema=schema)
+
+    def batch_table(self, vin: str, ref: BatchRef, cutoffs: Mapping[str, int]) -> pa.Table:
+        """One batch's whole table: its per-batch copy, else decoded from the evidence (and the copy kept)."""
+        copy = self.derived.read(vin, ref.batch_hash)
+        if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
+            raw = self.segments.read(ref.segment, ref.offset, ref.length)
+            copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
+            outlived = [c for c in copy.column_names if cutoffs.get(c, 0) > ref.t1]
+            if outlived:  # the copy never holds what the whole batch has outlived
+                copy = copy.drop_columns(outlived)
+            self.derived.write(vin, ref.batch_hash, copy)
+        return copy
+
+    def compact(self, now: int | None = None, limit: int = 1000) -> list[Compacted]:
+        """Compact every closed day holding batches without a compact copy (store/day_copies.py); oldest first.
+
+        Each day's batches come from their per-batch copies or, failing those, their evidence; once the day's copy
+        is written, the per-batch copies are removed. Several replicas may run this at once: a day's copy has one
+        name for one set of batches, so they write the same bytes.
+        """
+        if self.days is None:
+            return []
+        now = now if now is not None else int(time.time() * 1000)
+        cutoffs = self.withheld() if self.withheld is not None else {}
+        done = []
+        for vin, day in self.days.open_days(now, limit):
+
+            def load(rec: BatchRecord, vin: str = vin) -> pa.Table:
+                ref = BatchRef(
+                    rec.seq, rec.t0, rec.t1, rec.segment, rec.offset, rec.length, frozenset(), rec.batch_hash
+                )
+                return self.batch_table(vin, ref, cutoffs)
+
+            result = self.days.compact(vin, day, load, cutoffs)
+            if result is None:
+                continue
+            for rec in self.days.day_batches(vin, day):
+                if rec.copy_key == result.key:
+                    self.derived.discard(vin, rec.batch_hash)
+            done.append(result)
+        return done
 
 
 def withhold(table: pa.Table, cutoffs: Mapping[str, int]) -> pa.Table:

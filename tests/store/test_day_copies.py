@@ -1,0 +1,136 @@
+"""Compact per-day query copies (store/day_copies.py): same answers as the batches, small, engine-readable, dropped
+with their batches and rebuilt from the evidence."""
+
+from __future__ import annotations
+
+import random
+
+import duckdb
+import pyarrow as pa
+import pytest
+from sqlalchemy import func, select
+
+from carvault.region import Region
+from carvault.signals import catalogue
+from carvault.store.day_copies import PREFIX, day_of
+from carvault.store.metadata import BatchRecord
+from carvault.vehicle.agent import VehicleAgent
+from tests.factories import BASE_MS, drive_table, opt_in
+
+DAY = 86_400_000
+
+
+@pytest.fixture
+def uploaded(region: Region, agent: VehicleAgent) -> VehicleAgent:
+    opt_in(region, agent.identity.vin)
+    # Driving on three UTC days: 23:58 to 00:03, and a day later.
+    first = BASE_MS - BASE_MS % DAY + DAY - 120_000
+    agent.record(drive_table(start_ms=first, seconds=300, seed=1), batch_seconds=60)
+    agent.record(drive_table(start_ms=first + DAY + 3_600_000, seconds=300, seed=2), batch_seconds=60)
+    assert len(agent.upload_pending()) == 10
+    return agent
+
+
+def _windows(region: Region, vin: str, n: int = 25) -> list[pa.Table]:
+    cat = catalogue()
+    paths = sorted({c for r in region.telemetry.batches(vin, 0, 2**62) for c in r.columns} - {"t"})
+    rng = random.Random(7)
+    out = []
+    for _ in range(n):
+        start = rng.randrange(BASE_MS - DAY, BASE_MS + 3 * DAY, 1000)
+        length = rng.choice([60_000, 600_000, 1_800_000, 2 * DAY])
+        chosen = rng.sample(paths, k=rng.randint(1, len(paths)))
+        out.append(region.telemetry.window(vin, start, start + length, [cat.get(p) for p in chosen]))
+    everything = [cat.get(p) for p in paths]
+    out.append(region.telemetry.window(vin, BASE_MS - DAY, BASE_MS + 4 * DAY, everything))
+    return out
+
+
+def _copy_files(region: Region, vin: str) -> list[str]:
+    return sorted(region.blobs.list(f"{PREFIX}/vin={vin}/"))
+
+
+def test_compaction_keeps_every_answer_and_removes_per_batch_copies(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    before = _windows(region, vin)
+    assert sum(t.num_rows for t in before) > 0
+    per_day: dict = {}
+    for r in region.telemetry.batches(vin, 0, 2**62):
+        per_day[day_of(r.t0)] = per_day.get(day_of(r.t0), 0) + 1
+    done = region.telemetry.compact()
+    assert {c.day: c.batches for c in done} == per_day and len(per_day) == 3 and all(c.vin == vin for c in done)
+    files = _copy_files(region, vin)
+    assert len(files) == 6 and all("/rate=10hz/" in f or "/rate=1hz/" in f for f in files)
+    assert {f.split("/")[2] for f in files} == {f"day={c.day.isoformat()}" for c in done}
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).where(BatchRecord.copy_key.is_(None))) == 0
+    assert not list((region.settings.data_dir / "derived" / vin).glob("*.arrow"))  # per-batch copies gone
+    after = _windows(region, vin)
+    for a, b in zip(before, after, strict=True):
+        assert a.equals(b)
+    assert region.telemetry.compact() == []  # nothing left open: compaction is idempotent
+
+
+def test_a_late_batch_is_read_alone_then_recompacted(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    first = region.telemetry.compact()
+    day_one = min(c.day for c in first)
+    old_files = [f for f in _copy_files(region, vin) if f"day={day_one}" in f]
+    # The car uploads more of the first day later (it was offline).
+    late_start = BASE_MS - BASE_MS % DAY + DAY - 3_600_000
+    uploaded.record(drive_table(start_ms=late_start - 3_600_000, seconds=120, seed=3), batch_seconds=60)
+    uploaded.upload_pending()
+    with_late = _windows(region, vin)
+    again = region.telemetry.compact()
+    assert [c.day for c in again] == [day_one]
+    new_files = [f for f in _copy_files(region, vin) if f"day={day_one}" in f]
+    assert not set(old_files) & set(new_files)  # the old copy was replaced
+    for a, b in zip(with_late, _windows(region, vin), strict=True):
+        assert a.equals(b)
+
+
+def test_dropping_a_batch_copy_or_files_falls_back_to_the_evidence(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    before = _windows(region, vin)
+    region.telemetry.compact()
+    some = region.telemetry.batches(vin, 0, 2**62)[0]
+    freed = region.derived.delete(vin, some.batch_hash)  # retention drops a batch's copies this way
+    assert freed > 0
+    with region.db.session() as s:
+        open_rows = s.scalar(select(func.count()).where(BatchRecord.copy_key.is_(None)))
+    same_day = [r for r in region.telemetry.batches(vin, 0, 2**62) if day_of(r.t0) == day_of(some.t0)]
+    assert open_rows == len(same_day)  # the whole day went back to per-batch reads
+    for a, b in zip(before, _windows(region, vin), strict=True):
+        assert a.equals(b)
+    # A copy file lost behind the region's back: reads fall back too.
+    region.telemetry.compact()
+    for f in _copy_files(region, vin):
+        region.blobs.delete(f)
+    for a, b in zip(before, _windows(region, vin), strict=True):
+        assert a.equals(b)
+
+
+def test_vehicle_deletion_removes_every_copy(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    region.telemetry.compact()
+    assert _copy_files(region, vin)
+    region.derived.delete_vehicle(vin)
+    assert _copy_files(region, vin) == []
+
+
+def test_the_copies_are_a_hive_dataset_any_engine_reads(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    region.telemetry.compact()
+    root = region.blobs.local_path(PREFIX)
+    assert root is not None
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT vin, day, count(*) AS n FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
+        " GROUP BY vin, day ORDER BY day",
+        [f"{root}/*/*/rate=10hz/*.parquet"],
+    ).fetchall()
+    days = sorted({day_of(r.t0).isoformat() for r in region.telemetry.batches(vin, 0, 2**62)})
+    assert [r[0] for r in rows] == [vin] * 3 and [str(r[1]) for r in rows] == days
+    total_rows = sum(r[2] for r in rows)
+    with region.db.session() as s:
+        assert total_rows == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
