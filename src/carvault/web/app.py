@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,6 +42,7 @@ from carvault.web.routes import (
     log,
     oauth,
     packages,
+    places,
     portability,
     rights,
     statistics,
@@ -106,6 +108,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         rights.router,  # issue 11: the owner's rights requests and incident notices
         frames.router,
         timeline.router,  # the owner portal's API (issue 5)
+        places.router,  # issue 13: the owner's places (maps, masked in the car)
         statistics.router,  # issue 13: statistics, states, efficiency, vampire drain, conditions
         charging.router,  # issue 13: charging sessions, tariffs and costs, battery health
         exports.router,
@@ -131,7 +134,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
-    app.add_middleware(SecurityHeaders, tiles=tile_origin(region.settings.map_tile_url))
+    app.add_middleware(SecurityHeaders)
     return app
 
 
@@ -155,6 +158,19 @@ def api_routes(router: APIRouter, prefix: str = "") -> list[APIRoute]:
     return found
 
 
+@functools.lru_cache(maxsize=8)
+def _img_src(tile_url: str) -> bytes | None:
+    """The img-src directive with the configured tile server's origin (docs/maps.md), or None without one."""
+    origin = tile_origin(tile_url)
+    return f"img-src 'self' data: {origin}".encode() if origin else None
+
+
+def _with_img_src(name: bytes, value: bytes, img_src: bytes) -> bytes:
+    if name.lower() != b"content-security-policy":
+        return value
+    return value.replace(b"img-src 'self' data:", img_src)
+
+
 class SecurityHeaders:
     """Adds ``SECURITY_HEADERS`` (and ``Cache-Control: no-store`` under /api/) to every HTTP response lacking them.
 
@@ -165,15 +181,8 @@ class SecurityHeaders:
     _PAGE = tuple((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
     _API = (*_PAGE, (b"cache-control", b"no-store"))
 
-    def __init__(self, app: Any, tiles: str | None = None) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        # Map tiles come from the configured tile server (docs/maps.md): its origin joins every policy's img-src.
-        self.img_src = f"img-src 'self' data: {tiles}".encode() if tiles else None
-
-    def _with_tiles(self, name: bytes, value: bytes) -> bytes:
-        if name.lower() != b"content-security-policy" or self.img_src is None:
-            return value
-        return value.replace(b"img-src 'self' data:", self.img_src)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -188,8 +197,9 @@ class SecurityHeaders:
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in extra if name not in present]
-                if self.img_src:
-                    headers = [(n, self._with_tiles(n, v)) for n, v in headers]
+                img_src = _img_src(scope["app"].state.region.settings.map_tile_url)
+                if img_src:
+                    headers = [(n, _with_img_src(n, v, img_src)) for n, v in headers]
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -22,6 +22,7 @@ from carvault.web.views import (
     live,
     oauth,
     packages,
+    places,
     portability,
     rights,
     sharing,
@@ -42,6 +43,7 @@ router.include_router(diagnostics.router)  # issue 14: a vehicle's warning lamps
 router.include_router(charging.router)  # issue 13: a vehicle's charging sessions, tariffs, battery health
 router.include_router(completeness.router)  # issue 13: a vehicle's completeness report and software versions
 router.include_router(statistics.router)  # issue 13: months and years, efficiency, states, drain, conditions
+router.include_router(places.router)  # issue 13: the owner's places and the maps' tile configuration
 
 
 def install(app: FastAPI) -> None:

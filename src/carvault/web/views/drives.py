@@ -1,7 +1,14 @@
-"""A drive (or any window): its route drawn without map tiles, charts, zoom, and "download this window"."""
+"""A drive (or any window): its route, charts, zoom, and "download this window".
+
+The route is drawn on the operator's map tiles when a tile server is configured (static/map.js, vendored Leaflet;
+GCJ-02 tiles get the route shifted for display only) and as a tile-free SVG otherwise (kept inside the map element
+as its fallback). Start, end and events are named: the owner's own places first ("Home"), else the nearest town from
+the offline GeoNames geocoder (carvault/geo/geocoder.py).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 from urllib.parse import urlencode
@@ -9,7 +16,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from carvault.web.views.base import FormError, PageError, page
+from carvault.access.places import OwnerPlace, covering, place_of_json
+from carvault.geo.geocoder import describe_many
+from carvault.web.views.base import FormError, Page, PageError, page
 from carvault.web.views.vehicles import events, vehicle
 
 router = APIRouter(include_in_schema=False)
@@ -92,6 +101,57 @@ def route_svg(
     }
 
 
+def _positions(t: list[int], lat: list[float | None], lon: list[float | None]) -> list[tuple[int, float, float]]:
+    return [(ti, la, lo) for ti, la, lo in zip(t, lat, lon, strict=True) if la is not None and lo is not None]
+
+
+def route_map(pts: list[tuple[int, float, float]], marks: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The data-map of map.js: the route as tracks (a pen lift after a minute without location), start, end, events.
+
+    ``marks`` carry ``kind`` (start, end, event), ``t_ms`` and ``label``; each is placed at the nearest position."""
+    step = max(1, len(pts) // 2000)
+    tracks: list[list[list[float]]] = []
+    current: list[list[float]] = []
+    for i in range(0, len(pts), step):
+        if current and pts[i][0] - pts[max(0, i - step)][0] > 60_000 * step:
+            tracks.append(current)
+            current = []
+        current.append([round(pts[i][1], 6), round(pts[i][2], 6)])
+    if pts and (len(pts) - 1) % step:
+        current.append([round(pts[-1][1], 6), round(pts[-1][2], 6)])
+    if current:
+        tracks.append(current)
+    times = [p[0] for p in pts]
+    markers = []
+    for m in marks:
+        k = min(range(len(pts)), key=lambda i: abs(times[i] - m["t_ms"]))
+        markers.append({"lat": pts[k][1], "lon": pts[k][2], "kind": m["kind"], "label": m["label"]})
+    return {"tracks": tracks, "markers": markers, "label": label}
+
+
+async def _owner_places(p: Page) -> list[OwnerPlace]:
+    """The owner's places, to name where a drive starts and ends (none if the places API answers nothing)."""
+    r = await p.api("GET", "/api/v1/places")
+    return [place_of_json(x) for x in r.json().get("places", [])] if r.status_code == 200 else []
+
+
+async def name_points(p: Page, points: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per point, its name: the owner's place covering it (``place``), else the nearest town (``town``)."""
+    places = await _owner_places(p)
+    named: list[dict[str, Any]] = []
+    rest: list[int] = []
+    for i, (la, lo) in enumerate(points):
+        own = covering(places, la, lo)
+        named.append({"name": own.name, "source": "place"} if own else {"name": None, "source": "town"})
+        if own is None:
+            rest.append(i)
+    if rest:
+        towns = describe_many([points[i][0] for i in rest], [points[i][1] for i in rest], p.t.language)
+        for i, town in zip(rest, towns, strict=True):
+            named[i]["name"] = town or p.t("maps.unknown_place")
+    return named
+
+
 @router.get("/vehicles/{vin}/drive")
 async def drive(vin: str, request: Request) -> Response:
     p = await page(request)
@@ -124,6 +184,22 @@ async def drive(vin: str, request: Request) -> Response:
         sig.get(LON, []),
         [{"kind": e["kind"], "t_ms": e["t_ms"], "label": p.t.maybe(f"event.{e['kind']}", e["kind"])} for e in evs],
     )
+    pts = _positions(data["t"], sig.get(LAT, []), sig.get(LON, []))
+    where: list[dict[str, Any]] = []
+    map_spec = None
+    if len(pts) >= 2:
+        spots = [
+            {"kind": "start", "t_ms": pts[0][0], "label": p.t("drive.start")},
+            *[{"kind": "event", "t_ms": e["t_ms"], "label": p.t.maybe(f"event.{e['kind']}", e["kind"])} for e in evs],
+            {"kind": "end", "t_ms": pts[-1][0], "label": p.t("drive.end")},
+        ]
+        spec = route_map(pts, spots, p.t("maps.route_label"))
+        names = await name_points(p, [(m["lat"], m["lon"]) for m in spec["markers"]])
+        for spot, marker, name in zip(spots, spec["markers"], names, strict=True):
+            marker["label"] = f"{spot['label']} · {name['name']} · {p.t.dt(spot['t_ms'], 'time_s')}"
+            where.append({**spot, **name})
+        map_spec = json.dumps(spec, ensure_ascii=False)
+    settings = request.app.state.region.settings
     drives = tl["drives"]
     speeds = [d["top_speed_kmh"] for d in drives if d["top_speed_kmh"] is not None]
     stats = {
@@ -181,4 +257,8 @@ async def drive(vin: str, request: Request) -> Response:
         interval=interval,
         rows=data["rows"],
         coarse=route is not None and not precise,
+        map_spec=map_spec,
+        where=where,
+        tiles=bool(settings.map_tile_url),
+        gcj02=bool(settings.map_tile_url) and settings.map_tile_crs == "gcj02",
     )
