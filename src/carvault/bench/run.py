@@ -707,6 +707,9 @@ def log_figures(work: Path, cfg: BenchConfig, console: Console) -> dict[str, Any
     except ImportError:
         return {}
     out: dict[str, Any] = {"append": bench_log(work / "log-append", cfg.log_append_leaves, proof_samples=200)}
+    from carvault.bench.tlog_bench import bench_backends  # file vs PostgreSQL log backend, publisher lag
+
+    out["backends"] = bench_backends(work, min(cfg.log_append_leaves, 20_000))
     shutil.rmtree(work / "log-append", ignore_errors=True)
     if cfg.log_proof_leaves:
         console.print(f"  building a log of {cfg.log_proof_leaves:,} leaves for the proof figures ...")
@@ -949,6 +952,14 @@ def _other_rows(fig: dict[str, float]) -> list[dict[str, Any]]:
             _row(
                 "Transparency log append (leaves/s, batches of 1000)",
                 f"{fig['log_append_leaves_per_s'] / 1e3:.0f} k/s",
+            )
+        )
+    if "log_append_postgres_leaves_per_s" in fig:
+        rows.append(
+            _row(
+                "Log append on PostgreSQL (leaves/s, batches of 1000; 1-leaf appends/s from two processes)",
+                f"{fig['log_append_postgres_leaves_per_s'] / 1e3:.0f} k/s; "
+                f"{fig['log_append_postgres_two_process_per_s']:.0f}/s",
             )
         )
     if "package_build_s" in fig:
@@ -1574,6 +1585,10 @@ def _log_and_car_step(work: Path, cfg: BenchConfig, console: Console, details: d
     if lg:
         details["log"] = lg
         fig["log_append_leaves_per_s"] = lg["append"]["append_leaves_per_s"]
+        pg = lg["backends"].get("postgres", {})
+        if "batched_leaves_per_s" in pg:
+            fig["log_append_postgres_leaves_per_s"] = pg["batched_leaves_per_s"]
+            fig["log_append_postgres_two_process_per_s"] = pg["two_process_single_leaf_appends_per_s"]
         src = lg.get("large") or lg["append"]
         fig["log_inclusion_proof_ms_p50"] = src["inclusion_proof_ms_p50"]
         fig["log_consistency_proof_ms_p50"] = src["consistency_proof_ms_p50"]
