@@ -148,8 +148,8 @@ def sessions_csv(vin: str, sessions: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _read(region: Region, caller: Any, vin: str) -> Access:
-    access = region.grants.access(caller, vin)
+def _checked(region: Region, access: Access) -> Access:
+    """The access, if its view covers the charging signals and the vehicle's data is served (no legal hold)."""
     access.view.require(REQUIRED, "charging sessions")
     region.deletions.check_served(access.vin)
     return access
@@ -170,7 +170,7 @@ def charging(
     format: Literal["json", "csv"] = Query("json"),
 ) -> Any:
     """Sessions starting in the window (at most 400 days), oldest first; costs only for the owner."""
-    access = _read(region, caller, vin)
+    access = _checked(region, region.grants.access(caller, vin))
     start_ms, end_ms = _window(region, access, start, end)
     sessions = sessions_of(region, access, start_ms, end_ms, lang) if end_ms > start_ms else []
     region.grants.record_read(
@@ -203,7 +203,7 @@ def charging_session(
     lang: Literal["en", "zh-CN"] = Query("en", description="language of place names"),
 ) -> dict[str, Any]:
     """The session starting at ``start_ms`` (as the list gives it): figures, power curve, cost slices."""
-    access = _read(region, caller, vin)
+    access = _checked(region, region.grants.access(caller, vin))
     access.view.window(start_ms, start_ms + 1)
     found = [s for s in sessions_of(region, access, start_ms, start_ms + 1, lang) if s["start_ms"] == start_ms]
     if not found:
@@ -216,7 +216,7 @@ def charging_session(
 @router.get("/vehicles/{vin}/battery-health", summary="Usable battery capacity estimated from charging, by month")
 def battery_health(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any]:
     """Estimates from every session in the data (or the grant's window), the car's own SOH beside them."""
-    access = _read(region, caller, vin)
+    access = _checked(region, region.grants.access(caller, vin))
     lo, hi = data_span(region, access.vin)
     if lo is None or hi is None:
         sessions: list[dict[str, Any]] = []
