@@ -1338,6 +1338,10 @@ def render_markdown(result: dict[str, Any], analysis: str | None, live_notes: st
     """docs/benchmarks.md from a result."""
     lines = _results_lines(result) + _measured_lines(result) + _storage_window_lines(result)
     lines += _peer_log_lines(result["details"])
+    if result["details"].get("blob_store"):
+        from carvault.bench.blob_bench import blob_store_lines
+
+        lines += ["", *blob_store_lines(result["details"]["blob_store"])]
     if result.get("live"):
         from carvault.bench.live_bench import live_block
 
@@ -1539,6 +1543,19 @@ def _variants_step(
             fig[f"storage_{batch_s}s_bytes_per_sample"] = alt["storage"]["bytes_per_sample"]
 
 
+def _blob_store_step(
+    work: Path, data: list[VehicleData], console: Console, bar: Progress, details: dict[str, Any]
+) -> None:
+    """The same ingest with evidence on the local folder and on S3-compatible storage (bench/blob_bench.py)."""
+    from carvault.bench.blob_bench import blob_store_figures
+
+    def signed_for(data_dir: Path, vehicles_dir: Path) -> list[SignedVehicle]:
+        keys, _ = _provision(data_dir, [v.vin for v in data], vehicles_dir, [])
+        return [sign_vehicle(v.vin, keys[v.vin], i, v) for i, v in enumerate(data)]
+
+    details["blob_store"] = blob_store_figures(work, signed_for, console, bar, len(data))
+
+
 def _ingest_cost_step(
     work: Path,
     data: list[VehicleData],
@@ -1665,6 +1682,7 @@ def run_bench(
             server = None
             del signed  # the signed batches are the largest thing held; the rest needs only the tables
             _variants_step(work, data, cfg, console, bar, details, fig)
+            _blob_store_step(work, data, console, bar, details)
             _ingest_cost_step(work, data, cfg, console, bar, details, fig)
             if cfg.postgres:
                 details["peer"] = _run_peer(cfg, data, sigs, windows, dense, console, bar)
