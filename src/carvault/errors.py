@@ -15,6 +15,9 @@
     │   ├── DeIdentificationMissing    422 deidentification_missing (camera frame not blurred in the car)
     │   ├── RegionMismatch             400 region_mismatch       (header region is not the registered home)
     │   ├── InvalidQuery               400 invalid_query
+    │   │   ├── WindowReversed         400 window_reversed       (a time window that ends before it starts)
+    │   │   ├── WindowEmpty            400 window_empty          (a time window that ends when it starts)
+    │   │   └── WindowTooLong          400 window_too_long       (a time window longer than its limit)
     │   ├── BundleUnreadable           400 bundle_unreadable     (not a readable portability bundle ZIP)
     │   ├── BundleRejected             422 bundle_rejected       (a portability bundle fails verification)
     │   └── ValidationFailed           422 validation_failed     (request body/params fail the schema)
@@ -40,6 +43,7 @@
     │   ├── AlreadyExists              409 already_exists
     │   ├── TooManyPlaces              409 too_many_places       (an owner may name at most 50 places)
     │   ├── TariffOverlap              409 tariff_overlap        (two charging tariffs would price the same minute)
+    │   ├── DeletionNotCancellable     409 deletion_not_cancellable (its grace period is over: erasure started)
     │   └── ReportFinalised            409 report_already_finalised (an annual report already filed for that year)
     ├── PayloadTooLarge                413 payload_too_large
     ├── UnsupportedMediaType           415 unsupported_media_type
@@ -160,6 +164,24 @@ class InvalidQuery(BadRequest):
     """Query parameters are inconsistent (window, signals, format, resampling)."""
 
     code = "invalid_query"
+
+
+class WindowReversed(InvalidQuery):
+    """A time window whose end comes before its start (carvault.windows)."""
+
+    code = "window_reversed"
+
+
+class WindowEmpty(InvalidQuery):
+    """A time window whose end is its start: nothing to serve (carvault.windows)."""
+
+    code = "window_empty"
+
+
+class WindowTooLong(InvalidQuery):
+    """A time window longer than the limit of the place that takes it (carvault.windows)."""
+
+    code = "window_too_long"
 
 
 class BundleUnreadable(BadRequest):
@@ -377,6 +399,13 @@ class ReportFinalised(Conflict):
     """The annual report of that year was already finalised; a filed report is never replaced."""
 
     code = "report_already_finalised"
+
+
+class DeletionNotCancellable(Conflict):
+    """A deletion request can be cancelled only during its grace period; this one has started, ended or was
+    cancelled already."""
+
+    code = "deletion_not_cancellable"
 
 
 class TariffOverlap(Conflict):

@@ -186,7 +186,7 @@ def test_recipient_abroad_or_gatekeeper_is_refused_and_nothing_is_made(world: Wo
 
 def test_frozen_data_is_refused(world: World) -> None:
     world.a.deletions.place_hold(world.ident.vin, "court", "case 1")
-    world.a.deletions.request(world.owner_a, world.ident.vin, "please delete")
+    world.a.deletions.request(world.owner_a, world.ident.vin, "please delete", immediately=True)
     with pytest.raises(DataFrozen):
         Portability(world.a).request(world.owner_a, world.ident.vin, INSURER)
 
@@ -218,7 +218,7 @@ def test_fetch_once_then_the_token_is_dead(world: World) -> None:
 def test_bundle_of_deleted_data_is_erased_and_withdrawn(world: World) -> None:
     path, row, token = bundle_file(world)
     caller = principal(world.a, token)
-    world.a.deletions.request(world.owner_a, world.ident.vin, "erase everything")
+    world.a.deletions.request(world.owner_a, world.ident.vin, "erase everything", immediately=True)
     assert not path.exists()  # the deletion erased the unfetched copy too
     with pytest.raises(NotFound):
         Portability(world.a).start_fetch(caller, row.id)

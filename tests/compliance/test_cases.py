@@ -186,7 +186,7 @@ def test_frozen_data_is_not_served_under_a_case(region: Region, owned: tuple[int
     dpo, _ = make_staff(region, Role.DPO)
     case = _open(region, dpo, vins[:1], "rights_request")
     region.deletions.place_hold(vins[0], "court", "pending litigation")
-    region.deletions.request(owner_id, vins[0], "please delete")
+    region.deletions.request(owner_id, vins[0], "please delete", immediately=True)
     with pytest.raises(DataFrozen):
         region.cases.access(dpo, case.id, vins[0])
 

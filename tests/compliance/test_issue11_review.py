@@ -69,7 +69,7 @@ def test_a_batch_accepted_under_a_reused_row_id_survives_a_stale_plan(
     plan = region.retention.plan(ALL_GONE)
     assert [a.batch_id for a in plan.erase] == [old[0].id]
     # Meanwhile the owner deletes everything and the car uploads a new batch, which gets the freed row id.
-    assert region.deletions.request(owner.owner_id, vehicle.vin, "fresh start").status == "completed"
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "fresh start", immediately=True).status == "completed"
     agent.record(drive_table(BASE_MS + 3_600_000, seconds=60, paths=PATHS, seed=3), batch_seconds=60)
     agent.upload_pending()
     new = _records(region, vehicle.vin)
@@ -101,7 +101,7 @@ def test_withholding_marks_no_batch_deleted_or_held_since_the_plan(
     hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 7")
     assert region.retention._withhold_group(plan.withhold, totals, []) == []
     region.deletions.release_hold(hold.id)
-    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car", immediately=True).status == "completed"
     assert region.retention._withhold_group(plan.withhold, totals, []) == []
     with region.db.session() as s:
         assert list(s.scalars(select(RetentionWithheld).where(RetentionWithheld.vin == vehicle.vin))) == []
@@ -201,7 +201,7 @@ def test_a_deletion_erases_the_vehicles_finished_exports(
     folder = region.settings.data_dir / "exports"
     assert http.get(f"/api/v1/exports/{job_id}/download", headers=owner.headers).status_code == 200
     assert [p for p in folder.iterdir() if p.is_file()]
-    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car").status == "completed"
+    assert region.deletions.request(owner.owner_id, vehicle.vin, "sold the car", immediately=True).status == "completed"
     assert [p for p in folder.iterdir() if p.is_file()] == []
     r = http.get(f"/api/v1/exports/{job_id}/download", headers=owner.headers)
     assert r.status_code == 404, r.text

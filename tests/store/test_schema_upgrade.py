@@ -280,7 +280,8 @@ CREATE INDEX ix_vehicle_events_vin ON vehicle_events (vin);
 """
 
 NEW_COLUMNS = {
-    "vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms"},
+    "vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms", "name"},  # name: owners name their cars
+    "deletion_requests": {"due_ms", "cancelled_ms"},  # the grace period before erasure, and its cancelling
     "batches": {"leaf_version", "leaf_hash", "attested_by"},  # attested_by: region-attested batches (issue 14)
     "credentials": {"grant_id", "client_id", "family", "scope"},  # sharing (issue 9): tokens acting for a grant
     "export_jobs": {"grant_id"},  # sharing: an export a grant holder asked for

@@ -443,7 +443,7 @@ def test_holds_deletion_and_consent_stops_reach_grant_holders(world: World) -> N
     assert after.status_code == 200 and any(v is not None for v in after.json()["signals"][LAT])
     # Deletion asked while a legal hold stands: the data is frozen for the owner and for every grant holder.
     w.region.deletions.place_hold(V1, "court", "a pending dispute")
-    r = w.http.post("/api/v1/deletion-requests", headers=w.a.headers, json={"vin": V1})
+    r = w.http.post("/api/v1/deletion-requests", headers=w.a.headers, json={"vin": V1, "immediately": True})
     assert r.status_code == 201 and r.json()["status"] == "held"
     for caller in ("owner", "app", "pat"):
         for path, params in (

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from carvault.compliance.roles import Role
 from carvault.region import Region
-from carvault.store.metadata import BatchRecord, RightsRequest
+from carvault.store.metadata import BatchRecord, DeletionRequest, RightsRequest, now_ms
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient, make_owner
@@ -48,6 +48,11 @@ def test_deletion_request_is_carried_out_and_closed_by_the_dpo(
     assert req["status"] == "received" and req["deadline_rule"] == "cn.deletion" and not req["overdue"]
     deletion_id = req["produced"]["deletion_request_id"]
     assert deletion_id is not None
+    waiting = http.get("/api/v1/deletion-requests", headers=owner.headers).json()
+    assert waiting[0]["status"] == "scheduled"  # the grace period first (the owner may still cancel)
+    with region.db.session() as s:  # the grace period ends (its end moved to now), and the scheduler's turn comes
+        s.get(DeletionRequest, deletion_id).due_ms = now_ms()
+    assert region.deletions.run_due() == 1
     with region.db.session() as s:  # the deletion service erased the vehicle's batches
         assert s.scalar(select(func.count()).select_from(BatchRecord).where(BatchRecord.vin == vehicle.vin)) == 0
     deletions = http.get("/api/v1/deletion-requests", headers=owner.headers).json()
@@ -302,6 +307,9 @@ def test_a_legal_hold_keeps_a_deletion_request_open_until_it_ends(
     r = http.post("/api/v1/rights-requests", headers=owner.headers, json={"kind": "deletion", "vin": vehicle.vin})
     assert r.status_code == 201, r.text
     rid = r.json()["id"]
+    with region.db.session() as s:  # the grace period ends (moved to now); the scheduler finds the hold
+        s.get(DeletionRequest, r.json()["produced"]["deletion_request_id"]).due_ms = now_ms()
+    assert region.deletions.run_due() == 0
     dpo = _dpo(region)
     http.post(f"/api/v1/admin/rights-requests/{rid}/start", headers=dpo)
     early = http.post(f"/api/v1/admin/rights-requests/{rid}/complete", headers=dpo, json={"outcome": "erased"})

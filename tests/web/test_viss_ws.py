@@ -422,7 +422,7 @@ def test_consent_stop_and_legal_hold_end_the_subscription(
     assert SPEED not in dp(r["data"]) and SOC in dp(r["data"]), r
     # A legal hold after a deletion request freezes the data: the other subscription ends too.
     region.deletions.place_hold(car, "court", "dispute")
-    region.deletions.request(owner.owner_id, car, "please delete")
+    region.deletions.request(owner.owner_id, car, "please delete", immediately=True)
     deadline = time.monotonic() + 5
     while "error" not in (e := viss.event(soc["subscriptionId"])):
         assert time.monotonic() < deadline

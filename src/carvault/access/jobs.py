@@ -48,6 +48,7 @@ from carvault.store.metadata import BatchRecord, now_ms
 from carvault.store.tables import ExportJob
 from carvault.store.telemetry import resample
 from carvault.verify.window import iso_times
+from carvault.windows import check_window
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -199,8 +200,7 @@ class ExportJobs:
             raise InvalidQuery("give both start and end, or neither for the whole history")
         elif view is not None:
             view.window(start_ms, end_ms)
-        if end_ms <= start_ms:
-            raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
+        check_window(start_ms, end_ms)
         job = ExportJob(
             owner_id=owner_id,
             vin=vin,

@@ -23,7 +23,7 @@ import pyarrow as pa
 from sqlalchemy import func, select
 
 from carvault.access.audit import Actor
-from carvault.errors import InvalidQuery, NotFound, Unavailable
+from carvault.errors import NotFound, Unavailable
 from carvault.ledger.leaves import leaf_opening
 from carvault.pki import fingerprint
 from carvault.protocol import decode_envelope
@@ -31,6 +31,7 @@ from carvault.store.metadata import BatchRecord, IncidentPackage, SavedCheckpoin
 from carvault.verify.documents import PACKAGE_VERSION
 from carvault.verify.package import MANIFEST_CONTEXT, PACKAGE_FORMAT
 from carvault.verify.window import assemble, to_csv
+from carvault.windows import check_window
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -166,8 +167,7 @@ class PackageBuilder:
         from carvault.access.report import render_report
         from carvault.verify.edr import edr_csv, edr_elements
 
-        if end_ms <= start_ms or end_ms - start_ms > MAX_WINDOW_MS:
-            raise InvalidQuery("a package window must be positive and at most 24 hours")
+        check_window(start_ms, end_ms, MAX_WINDOW_MS, what="a package window")
         r = self.region
         with r.db.session() as s:
             vehicle = s.get(Vehicle, vin)

@@ -6,13 +6,35 @@ An owner only ever learns of vehicles they own: every lookup by VIN for an owner
 
 from __future__ import annotations
 
+import unicodedata
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.accounts import FailureLimiter, hash_password, verify_password
 from carvault.compliance.residency import RegionDirectory, Residency
-from carvault.errors import AlreadyExists, NotFound
+from carvault.errors import AlreadyExists, NotFound, ValidationFailed
 from carvault.store.metadata import Database, Vehicle, now_ms
+
+NAME_MAX = 40
+
+
+def display_name(v: Vehicle) -> str:
+    """What a car is called wherever it appears: the name its owner gave it, else its model, else its VIN."""
+    return v.name or v.model or v.vin
+
+
+def clean_name(name: str | None) -> str | None:
+    """An owner's name for a car, tidied (spaces collapsed); None clears it. ``ValidationFailed`` with its own
+    message for each mistake: too long, or with control or formatting characters (line breaks, direction marks)."""
+    if name is None:
+        return None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise ValidationFailed("a car's name cannot hold line breaks, tabs or invisible characters", field="name")
+    text = " ".join(name.split())
+    if len(text) > NAME_MAX:
+        raise ValidationFailed(f"a car's name is at most {NAME_MAX} characters", field="name", most=NAME_MAX)
+    return text or None
 
 
 class Vehicles:
@@ -71,8 +93,25 @@ class Vehicles:
                     "this vehicle is already paired with another account; the current owner must release it first",
                     vin=vin,
                 )
+            if v.owner_id != owner_id:
+                v.name = None  # a name is its owner's: a car paired anew starts with none
             v.owner_id = owner_id
             v.claimed_ms = now_ms()
+        return v
+
+    def rename(self, owner_id: int, vin: str, name: str | None) -> Vehicle:
+        """Name one of the owner's cars (None or blank: back to its model); two of one owner's cars never share a
+        name (``AlreadyExists``), so each stays recognisable in lists and the access log."""
+        text = clean_name(name)
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin.upper())
+            if v is None or v.owner_id != owner_id:
+                raise NotFound(f"you have no vehicle {vin}", vin=vin)
+            if text is not None:
+                others = s.scalars(select(Vehicle.name).where(Vehicle.owner_id == owner_id, Vehicle.vin != v.vin))
+                if any(o and o.casefold() == text.casefold() for o in others):
+                    raise AlreadyExists("another of your cars already has this name", field="name", name=text)
+            v.name = text
         return v
 
     def owned(self, owner_id: int) -> list[Vehicle]:

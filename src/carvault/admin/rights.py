@@ -193,7 +193,12 @@ def delete_data(
         req = r.rights.deletion_due(request_id)
         assert req.owner_id is not None
         d = r.deletions.request(
-            req.owner_id, req.vin, f"rights request {req.id} ({req.kind})", by=actor_of(by), legal_basis=HANDLING_BASIS
+            req.owner_id,
+            req.vin,
+            f"rights request {req.id} ({req.kind})",
+            by=actor_of(by),
+            legal_basis=HANDLING_BASIS,
+            immediately=True,  # a verified next-of-kin request: no owner is left to change their mind
         )
         r.rights.link(req.id, deletion_request_id=d.id)
     console.print(f"request {request_id}: deletion {d.id} {d.status}", highlight=False)

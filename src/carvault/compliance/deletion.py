@@ -5,23 +5,31 @@ index, recorded events, incident packages. What is kept, and why, is stated in t
 audit records (proof of lawful processing), the transparency-log leaves (hashes and the VIN only: the
 log is append-only, and erasing a leaf would break every later proof). Data under a legal hold is not
 erased: the request waits as ``held`` and the data is frozen (kept, not served) until the hold ends.
+
+An owner's request waits a grace period first (setting ``deletion_grace_s``, 72 hours by default, well inside the
+deadline) as ``scheduled``: until it ends the owner may cancel it (``cancelled``, recorded in the audit chain).
+When it ends, ``resume`` (at start and every minute in-process: ``DeletionScheduler``) carries it out. An owner who
+is sure may skip the grace period (``immediately``); so does staff carrying out a verified next-of-kin request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor
 from carvault.access.charging import forget as forget_charging
-from carvault.errors import Conflict, DataFrozen, NotFound, ValidationFailed
+from carvault.errors import Conflict, DataFrozen, DeletionNotCancellable, NotFound, ValidationFailed
 from carvault.store.metadata import (
     BatchRecord,
     DeletionRequest,
@@ -29,6 +37,7 @@ from carvault.store.metadata import (
     LegalHold,
     PortabilityBundle,
     RetentionWithheld,
+    StatisticsDay,
     Vehicle,
     VehicleEvent,
     now_ms,
@@ -38,8 +47,8 @@ from carvault.store.tables import ExportJob
 
 if TYPE_CHECKING:
     from carvault.region import Region
-    StatisticsDay,
 
+log = logging.getLogger(__name__)
 RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
 WORKING_DAYS = 10
 RETAINED = [
@@ -103,6 +112,8 @@ def request_json(r: DeletionRequest, holds: list[LegalHold]) -> dict[str, Any]:
         "requested_ms": r.requested_ms,
         "deadline_ms": r.deadline_ms,
         "completed_ms": r.completed_ms,
+        "due_ms": r.due_ms,
+        "cancelled_ms": r.cancelled_ms,
         "receipt": json.loads(r.receipt) if r.receipt else None,
         "holds": [{"vin": h.vin, "reason": h.reason, "authority": h.authority, "since_ms": h.since_ms} for h in holds],
     }
@@ -198,23 +209,39 @@ class Deletions:
             )
 
     # -------------------------------------------------------------- requests
+    @property
+    def grace_ms(self) -> int:
+        """The grace period between an owner's request and its erasure (setting ``deletion_grace_s``)."""
+        return self.region.settings.deletion_grace_s * 1000
+
     def request(
-        self, owner_id: int, vin: str | None, reason: str, *, by: Actor | None = None, legal_basis: str = OWNER_REQUEST
+        self,
+        owner_id: int,
+        vin: str | None,
+        reason: str,
+        *,
+        by: Actor | None = None,
+        legal_basis: str = OWNER_REQUEST,
+        immediately: bool = False,
     ) -> DeletionRequest:
-        """Record a request (all my data, or one vehicle) and carry it out unless a hold stops it.
+        """Record a request (all my data, or one vehicle): scheduled for the end of the grace period, or, with
+        ``immediately`` (the owner skipped it, or staff carry out a verified request), carried out now unless a
+        hold stops it.
 
         ``by``: who asked when it is not the owner (a staff member carrying out a next-of-kin request, PIPL Art. 49).
         """
         if vin is not None:
             vin = self.region.vehicles.owned_one(owner_id, vin).vin
         now = now_ms()
+        grace = 0 if immediately else self.grace_ms
         req = DeletionRequest(
             owner_id=owner_id,
             vin=vin,
             reason=reason[:1000],
-            status="pending",
+            status="pending" if grace == 0 else "scheduled",
             requested_ms=now,
             deadline_ms=add_working_days(now, WORKING_DAYS),
+            due_ms=now + grace,
         )
         with self.db.session() as s:
             s.add(req)
@@ -224,23 +251,85 @@ class Deletions:
             actor=by or Actor("owner", str(owner_id)),
             action="deletion.request",
             legal_basis=legal_basis,
-            detail={"request_id": req.id, "deadline_ms": req.deadline_ms},
+            detail={
+                "request_id": req.id,
+                "deadline_ms": req.deadline_ms,
+                "due_ms": req.due_ms,
+                "grace_skipped": grace == 0,
+            },
         )
-        return self.process(req.id)
+        return self.process(req.id) if req.status == "pending" else req
 
-    def resume(self, min_age_ms: int = 60_000) -> int:
-        """Carry out requests a killed process left pending (recorded, perhaps half erased: bytes zeroed, rows
-        still there); return how many were finished. Erasing again is harmless. Requests younger than
-        ``min_age_ms`` are left to the process that is carrying them out now."""
+    def cancel(self, owner_id: int, request_id: int) -> DeletionRequest:
+        """The owner takes back a request still in its grace period; recorded in the audit chain.
+
+        ``NotFound`` for another owner's request; ``DeletionNotCancellable`` once erasure has started or ended.
+        """
+        with self.db.session() as s:
+            req = s.get(DeletionRequest, request_id)
+            if req is None or req.owner_id != owner_id:
+                raise NotFound("you have no deletion request with that number", request_id=request_id)
+            # One conditional UPDATE: the scheduler claiming the request at the same moment wins or loses whole.
+            claimed = s.execute(
+                update(DeletionRequest)
+                .where(DeletionRequest.id == request_id, DeletionRequest.status == "scheduled")
+                .values(status="cancelled", cancelled_ms=now_ms())
+            )
+            status, vin, due = req.status, req.vin, req.due_ms
+        if rowcount(claimed) != 1:
+            raise DeletionNotCancellable(
+                "this deletion request can no longer be cancelled: it is no longer waiting out its grace period",
+                request_id=request_id,
+                status=status,
+            )
+        self.region.audit.by_owner(
+            owner_id, "deletion.cancel", vin=vin, detail={"request_id": request_id, "due_ms": due}
+        )
+        with self.db.session() as s:
+            row = s.get(DeletionRequest, request_id)
+            assert row is not None
+            return row
+
+    def run_due(self) -> int:
+        """Carry out the scheduled requests whose grace period has ended; return how many completed."""
+        now = now_ms()
         with self.db.session() as s:
             ids = list(
                 s.scalars(
                     select(DeletionRequest.id)
-                    .where(DeletionRequest.status == "pending", DeletionRequest.requested_ms < now_ms() - min_age_ms)
+                    .where(DeletionRequest.status == "scheduled", DeletionRequest.due_ms <= now)
                     .order_by(DeletionRequest.id)
                 )
             )
-        return sum(1 for i in ids if self.process(i).status == "completed")
+        finished = 0
+        for i in ids:
+            with self.db.session() as s:  # claimed by one conditional UPDATE: a cancel or another replica races it
+                won = rowcount(
+                    s.execute(
+                        update(DeletionRequest)
+                        .where(DeletionRequest.id == i, DeletionRequest.status == "scheduled")
+                        .values(status="pending", due_ms=now_ms())
+                    )
+                )
+            if won == 1 and self.process(i).status == "completed":
+                finished += 1
+        return finished
+
+    def resume(self, min_age_ms: int = 60_000) -> int:
+        """Carry out requests whose grace period has ended, and those a killed process left pending (recorded,
+        perhaps half erased: bytes zeroed, rows still naming them); return how many were finished. Erasing again
+        is harmless. Requests that started less than ``min_age_ms`` ago are left to the process carrying them out."""
+        finished = self.run_due()
+        started = func.coalesce(DeletionRequest.due_ms, DeletionRequest.requested_ms)
+        with self.db.session() as s:
+            ids = list(
+                s.scalars(
+                    select(DeletionRequest.id)
+                    .where(DeletionRequest.status == "pending", started < now_ms() - min_age_ms)
+                    .order_by(DeletionRequest.id)
+                )
+            )
+        return finished + sum(1 for i in ids if self.process(i).status == "completed")
 
     def _vins(self, req: DeletionRequest) -> list[str]:
         if req.vin is not None:
@@ -252,8 +341,8 @@ class Deletions:
         with self.db.session() as s:
             req = s.get(DeletionRequest, request_id)
             assert req is not None
-        if req.status == "completed":
-            return req
+        if req.status in ("completed", "cancelled", "scheduled"):
+            return req  # done, taken back, or still in its grace period (``run_due`` claims it when that ends)
         vins = self._vins(req)
         if self.active_holds(vins):
             with self.db.session() as s:
@@ -331,7 +420,7 @@ class Deletions:
             reqs = list(
                 s.scalars(
                     select(DeletionRequest)
-                    .where(DeletionRequest.status != "completed")
+                    .where(DeletionRequest.status.not_in(("completed", "cancelled")))
                     .order_by(DeletionRequest.deadline_ms, DeletionRequest.id)
                     .limit(limit)
                 )
@@ -365,3 +454,35 @@ class Deletions:
                 )
             )
         return [request_json(r, self.active_holds(self._vins(r)) if r.status == "held" else []) for r in reqs]
+
+
+class DeletionScheduler:
+    """The in-process trigger: every ``interval_s`` seconds, carry out requests whose grace period has ended
+    (``Deletions.resume``) in a worker thread. Every replica runs one; the claim is one conditional UPDATE."""
+
+    def __init__(self, deletions: Deletions, interval_s: float = 60.0) -> None:
+        self.deletions = deletions
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop on the running event loop (nothing when the interval is 0)."""
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="deletion-scheduler")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.deletions.resume)
+            except Exception:  # noqa: BLE001 - whatever failed, the loop must live to try again next interval
+                log.exception("carrying out due deletions failed; the next interval tries again")
+
+    async def stop(self) -> None:
+        """Cancel the loop (a deletion already in its thread finishes on its own; ``resume`` heals a killed one)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

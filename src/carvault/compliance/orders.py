@@ -10,8 +10,9 @@ from carvault.access.audit import LEGAL_OBLIGATION, Actor
 from carvault.access.packages import MAX_WINDOW_MS, PackageBuilder
 from carvault.compliance.residency import region_name
 from carvault.compliance.transfers import transfer_note
-from carvault.errors import InvalidQuery, NotFound, ValidationFailed
+from carvault.errors import NotFound, ValidationFailed
 from carvault.store.metadata import AuthorityOrder, Database, IncidentPackage, Vehicle
+from carvault.windows import check_window
 
 if TYPE_CHECKING:
     from carvault.region import Region
@@ -36,8 +37,7 @@ def check_order(start_ms: int, end_ms: int, *, authority: str, reference: str, l
             raise ValidationFailed(f"{name} is required (at most {most} characters)", field=name)
     if not legal_basis.strip() or len(legal_basis) > 400:
         raise ValidationFailed("legal_basis is required (at most 400 characters)", field="legal_basis")
-    if end_ms <= start_ms or end_ms - start_ms > MAX_WINDOW_MS:
-        raise InvalidQuery("an order's window must be positive and at most 24 hours", parameter="end")
+    check_window(start_ms, end_ms, MAX_WINDOW_MS, what="an order's window")
 
 
 def release_to_owner(

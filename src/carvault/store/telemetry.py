@@ -30,6 +30,7 @@ from carvault.store.day_copies import Compacted, DayCopies
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader
+from carvault.windows import check_window
 
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
 
@@ -106,10 +107,7 @@ class TelemetryStore:
 
     def window(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> pa.Table:
         """All samples of ``signals`` with start_ms <= t < end_ms, sorted by t, one column per signal."""
-        if end_ms <= start_ms:
-            raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
-        if end_ms - start_ms > MAX_WINDOW_MS:
-            raise InvalidQuery("a window may span at most 400 days; use a bulk export for more")
+        check_window(start_ms, end_ms, MAX_WINDOW_MS, what="a window (use a bulk export for more)")
         refs = self.batches(vin, start_ms, end_ms - 1)
         wanted = [s.path for s in signals]
         schema = pa.schema(

@@ -153,13 +153,26 @@ class Translator:
         text = f"{value:,.{digits}f}"
         return f"{text} {unit}".strip()
 
+    def count(self, n: int, noun: str) -> str:
+        """A count with its noun, the one way every page shows one: "1 year", "2 years"; in Chinese with the noun's
+        measure word, "1 年", "3 个信号" (messages ``edges.n.<noun>.one`` / ``.other``)."""
+        return self(f"edges.n.{noun}.{'one' if n == 1 else 'other'}", n=f"{n:,}")
+
+    def period(self, seconds: int) -> str:
+        """A stated period: up to 72 hours in hours ("72 hours"), longer in whole days ("5 days"), else minutes."""
+        if seconds > 72 * 3600 and seconds % 86400 == 0:
+            return self.count(seconds // 86400, "day")
+        if seconds % 3600 == 0:
+            return self.count(seconds // 3600, "hour")
+        return self.count(max(1, seconds // 60), "minute")
+
     def retention(self, days: int | None) -> str:
         """A retention period: whole years as years, else days."""
         if not days:
             return self("consent.not_kept")
         if days % 365 == 0:
-            return self("consent.years", n=days // 365)
-        return self("consent.days", n=days)
+            return self.count(days // 365, "year")
+        return self.count(days, "day")
 
     def km(self, metres: float | None) -> str:
         """A distance in km."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,7 +90,7 @@ def test_the_completeness_page(browser: Any, world: World, lang: str, size: str)
         if size == "desktop":
             with page.expect_download() as info:
                 page.locator("a[download]").click()
-            downloaded = json.loads(open(info.value.path(), encoding="utf-8").read())
+            downloaded = json.loads(Path(info.value.path()).read_text(encoding="utf-8"))
             assert verify_report(downloaded, log_key=world.region.log.vkey).ok
             assert downloaded["totals"] == report["totals"] and downloaded["gaps"] == report["gaps"]
         assert errors == [], errors

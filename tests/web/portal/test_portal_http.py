@@ -148,7 +148,7 @@ def test_message_catalogues_are_complete_and_consistent() -> None:
         + [f"purpose.{c}" for c in CATEGORIES]
         + [f"privacy.{p}" for p in ("technical", "personal", "sensitive", "important")]
         + [f"status.{s}" for s in ("collecting", "off", "in_car_only")]
-        + [f"deletion.status.{s}" for s in ("pending", "completed", "held")]
+        + [f"deletion.status.{s}" for s in ("scheduled", "pending", "completed", "held", "cancelled")]
         + [f"event.{k}" for k in ("hard_braking", "abs", "aeb", "crash")]
         + [f"field.{f}" for f in ("from", "to", "ends", "since", "until")]
     )

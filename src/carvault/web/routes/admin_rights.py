@@ -127,6 +127,7 @@ def carry_out_deletion(request_id: RowId, staff: Handler, region: RegionDep) -> 
         f"rights request {r.id} ({r.kind})",
         by=actor_of(staff),
         legal_basis=HANDLING_BASIS,
+        immediately=True,  # a verified next-of-kin request: no owner is left to change their mind (docs/deletion.md)
     )
     return request_json(region.rights.link(r.id, deletion_request_id=d.id), operator=True)
 

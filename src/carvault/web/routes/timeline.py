@@ -14,10 +14,10 @@ from carvault.access.audit import AuditAction
 from carvault.access.gpx import LATITUDE, LONGITUDE, MEDIA_TYPE, ROUTE_SIGNALS, gpx_name, to_gpx
 from carvault.access.trips import TIMELINE_SIGNALS, detect
 from carvault.compliance.sharing import ScopedView
-from carvault.errors import InvalidQuery
 from carvault.region import Region
 from carvault.store.metadata import BatchRecord, now_ms
 from carvault.web.deps import Caller, RegionDep, parse_time
+from carvault.windows import check_window
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["timeline"])
 
@@ -56,10 +56,7 @@ def window_or_default(
         start_ms, end_ms = view.clip(start_ms, end_ms)
         if end_ms <= start_ms:  # the grant's window holds none of the default week: an empty answer, not an error
             return start_ms, start_ms, lo, hi
-    if end_ms <= start_ms:
-        raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
-    if end_ms - start_ms > limit_ms:
-        raise InvalidQuery(f"this window may span at most {limit_ms // DAY_MS} days", start_ms=start_ms, end_ms=end_ms)
+    check_window(start_ms, end_ms, limit_ms)
     return start_ms, end_ms, lo, hi
 
 

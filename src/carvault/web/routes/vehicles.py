@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from carvault.access.audit import AuditAction
 from carvault.access.exports import render
 from carvault.access.grants import Access
-from carvault.errors import AlreadyExists, NotFound, TooManyRequests
+from carvault.access.vehicles import NAME_MAX, display_name
+from carvault.errors import AlreadyExists, NotFound, TooManyRequests, ValidationFailed
 from carvault.pki import attested_by
 from carvault.region import Region
 from carvault.store.metadata import Vehicle
@@ -26,19 +27,27 @@ class ClaimRequest(BaseModel):
     pairing_code: str = Field(min_length=4, max_length=32)
 
 
+class RenameRequest(BaseModel):
+    name: str | None = Field(
+        None, max_length=4 * NAME_MAX, description=f"the car's name (at most {NAME_MAX} characters); null: its model"
+    )
+
+
 def vehicle_json(v: Vehicle, *, owner: bool = True) -> dict[str, Any]:
     """A vehicle as its owner sees it; a grant holder sees its identity only.
 
     The chain head moves with every upload, so it would tell a grant holder that (and when) the car is still
     sending data after its history window ended; when the owner paired the car is none of its business either.
     """
-    if not owner:
-        return {"vin": v.vin, "region": v.region, "model": v.model}
+    if not owner:  # the owner's name for the car is theirs
+        return {"vin": v.vin, "region": v.region, "model": v.model, "display_name": v.model or v.vin}
     attested = attested_by(v.certificate_pem) if v.certificate_pem else None
     return {
         "vin": v.vin,
         "region": v.region,
         "model": v.model,
+        "name": v.name,
+        "display_name": display_name(v),
         "claimed_ms": v.claimed_ms,
         "last_seq": v.last_seq,
         "last_hash": v.last_hash,
@@ -75,6 +84,17 @@ def get_vehicle(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any]:
     if not access.view.is_owner:  # every third-party read is in the owner's access log
         region.grants.record_read(access, AuditAction.VEHICLE_READ, {})
     return vehicle_json(access.vehicle, owner=access.view.is_owner)
+
+
+@router.patch(
+    "/{vin}",
+    summary="Name one of my vehicles (shown wherever it appears; null or blank: its model)",
+    responses=raises(NotFound, AlreadyExists, ValidationFailed),
+)
+def rename_vehicle(vin: str, req: RenameRequest, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
+    v = region.vehicles.rename(owner.owner_id, vin, req.name)
+    region.audit.by_owner(owner.owner_id, "vehicle.rename", vin=v.vin, detail={"name": v.name})
+    return vehicle_json(v)
 
 
 @router.get(

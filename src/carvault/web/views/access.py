@@ -49,10 +49,21 @@ def basis_label(p: Page, e: dict[str, Any], grants: dict[int, dict[str, Any]]) -
     d = e.get("detail") or {}
     g = grant_of(e, grants)
     if g is None or not d.get("purpose") or e["actor"].partition(":")[0] not in ("app", "token"):
-        return p.t.maybe(f"basis.{e['legal_basis']}", e["legal_basis"])
+        return basis_text(p, e["legal_basis"])
     who = g["app"]["name"] if g["app"] else g["label"] or p.t("sharing.unnamed_token")
     purpose = p.t.maybe(f"purpose.{d['purpose']}", str(d["purpose"]))
     return f"{p.t('access.basis_grant', app=who, purpose=purpose)} ({p.t('access.via_grant', id=g['id'])})"
+
+
+def basis_text(p: Page, basis: str) -> str:
+    """A recorded legal basis in the reader's language: the whole text if the catalogue has it, else its kind
+    ("legal obligation: <the law or order>") translated and the law or order as recorded."""
+    whole = p.t.maybe(f"basis.{basis}", "")
+    if whole:
+        return whole
+    head, sep, rest = basis.partition(": ")
+    named = p.t.maybe(f"basis.{head}", "") if sep else ""
+    return f"{named}{'：' if p.t.zh else ': '}{rest}" if named else basis
 
 
 def summary(p: Page, e: dict[str, Any]) -> str:
@@ -64,7 +75,7 @@ def summary(p: Page, e: dict[str, Any]) -> str:
     if d.get("format"):
         parts.append(str(d["format"]).upper())
     if d.get("rows") is not None:
-        parts.append(p.t("access.rows", n=f"{d['rows']:,}"))
+        parts.append(p.t.count(int(d["rows"]), "row"))
     if d.get("category"):
         parts.append(p.t.maybe(f"category.{d['category']}", str(d["category"])))
     if d.get("package_id"):
@@ -73,7 +84,7 @@ def summary(p: Page, e: dict[str, Any]) -> str:
         parts.append(p.t("access.export", id=d["export_id"]))
     if d.get("signals") and d["signals"] != "*":
         n = len(str(d["signals"]).split(","))
-        parts.append(p.t("access.signals", n=n))
+        parts.append(p.t.count(n, "signal"))
     if d.get("case_id") is not None:  # a staff member's read under a case (compliance/cases.py)
         parts.append(p.t("access.case", id=d["case_id"]))
     transfer = d.get("transfer")

@@ -33,6 +33,7 @@ from carvault.web.i18n import (
     LANGUAGES,
     TZ_COOKIE,
     Translator,
+    messages,
     negotiate,
     supported,
     translator,
@@ -59,10 +60,13 @@ NOTICES = {
     "password_changed",
     "session_revoked",
     "vehicle_paired",
+    "vehicle_renamed",
     "package_built",
     "consent_on",
     "consent_off",
     "deletion_requested",
+    "deletion_done",
+    "deletion_cancelled",
     "export_started",
     "export_cancelled",
     "language_changed",
@@ -186,6 +190,19 @@ class Page(PageResponses):
         if r.status_code >= 400:
             raise PageError(r.status_code, api_message(r))
         return r.json()
+
+    def error_text(self, r: httpx.Response) -> str:
+        """An API error in the reader's language when its stable code has a message (``edges.code.<code>``,
+        with the error's details as values), else the API's own message."""
+        try:
+            err = r.json().get("error", {})
+        except ValueError:
+            return api_message(r)
+        code = str(err.get("code", ""))
+        if f"edges.code.{code}" not in messages(self.t.language):
+            return api_message(r)
+        most = err.get("most_ms")
+        return self.t(f"edges.code.{code}", most=self.t.period(int(most) // 1000) if isinstance(most, int) else "")
 
     # ------------------------------------------------------------------ rendering
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:

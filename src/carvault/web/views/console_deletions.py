@@ -36,7 +36,7 @@ def tile(p: ConsolePage) -> Tile:
         Figure(p.t("console.deletions.overdue"), overdue, "bad" if overdue else ""),
         Figure(p.t("console.deletions.held"), held, "warn" if held else ""),
     )
-    warnings = (p.t("console.deletions.overdue_warning", n=overdue),) if overdue else ()
+    warnings = (p.t("console.deletions.overdue_warning", n=p.t.count(overdue, "deletion")),) if overdue else ()
     return Tile(SECTION, figures, warnings)
 
 

@@ -32,7 +32,7 @@ def tile(p: ConsolePage) -> Tile:
         Figure(p.t("console.incidents.open"), open_, "bad" if open_ else ""),
         Figure(p.t("console.incidents.notified"), notified, "warn" if notified else ""),
     )
-    warnings = (p.t("console.incidents.open_warning", n=open_),) if open_ else ()
+    warnings = (p.t("console.incidents.open_warning", n=p.t.count(open_, "incident")),) if open_ else ()
     return Tile(SECTION, figures, warnings)
 
 

@@ -40,7 +40,7 @@ def tile(p: ConsolePage) -> Tile:
         Figure(p.t("console.rights.overdue"), late, "bad" if late else ""),
         Figure(p.t("console.rights.next_deadline"), p.t.dt(due, "date")),
     )
-    warnings = (p.t("console.rights.overdue_warning", n=late),) if late else ()
+    warnings = (p.t("console.rights.overdue_warning", n=p.t.count(late, "request")),) if late else ()
     return Tile(SECTION, figures, warnings)
 
 

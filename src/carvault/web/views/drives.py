@@ -17,9 +17,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carvault.access.places import OwnerPlace, covering, place_of_json
+from carvault.errors import InvalidQuery
 from carvault.geo.geocoder import describe_many
 from carvault.web.views.base import FormError, Page, PageError, page
 from carvault.web.views.vehicles import events, vehicle
+from carvault.windows import check_window
 
 router = APIRouter(include_in_schema=False)
 
@@ -164,8 +166,11 @@ async def drive(vin: str, request: Request) -> Response:
             start, end = int(q.get("start", "")), int(q.get("end", ""))
     except (ValueError, FormError) as e:
         raise PageError(400, str(e) if isinstance(e, FormError) else p.t("error.window")) from None
-    if not 0 < end - start <= MAX_WINDOW_MS:
-        raise PageError(400, p.t("drive.window_limit"))
+    try:
+        check_window(start, end, MAX_WINDOW_MS)
+    except InvalidQuery as e:  # each mistake its own words: reversed, empty, too long
+        key = "drive.window_limit" if e.code == "window_too_long" else f"edges.code.{e.code}"
+        raise PageError(400, p.t(key)) from None
     interval = resample_for(end - start)
     data = await p.get_json(
         f"/api/v1/vehicles/{car['vin']}/telemetry",

@@ -70,9 +70,7 @@ async def request_package(vin: str, request: Request) -> Response:
         return await _page(p, vin, 400, str(e) if isinstance(e, FormError) else p.t("error.window"), form)
     r = await p.api("POST", f"/api/v1/vehicles/{car['vin']}/packages", json_body=body)
     if r.status_code != 201:
-        return await _page(
-            p, vin, 400 if r.status_code < 500 else 503, r.json().get("error", {}).get("message", ""), form
-        )
+        return await _page(p, vin, 400 if r.status_code < 500 else 503, p.error_text(r), form)
     return p.redirect(f"/vehicles/{car['vin']}/packages/{r.json()['id']}", "package_built")
 
 

@@ -84,7 +84,7 @@ async def _page(
     grants = (await p.get_json("/api/v1/grants", params={"all": "true"}))["grants"]
     catalogue = await p.get_json("/api/v1/signals")
     vehicles = await p.get_json("/api/v1/vehicles")
-    cars = {v["vin"]: v["model"] for v in vehicles}
+    cars = {v["vin"]: v["display_name"] for v in vehicles}
     shown = [grant_view(p, g, catalogue, cars) for g in grants]
     today = datetime.now(p.t.tz).date()
     return p.render(

@@ -98,6 +98,20 @@ async def pair(request: Request) -> Response:
     return await _list(p, 400 if r.status_code != 429 else 429, error, {"vin": vin})
 
 
+@router.post("/vehicles/{vin}/name")
+async def rename(vin: str, request: Request) -> Response:
+    p = await page(request)
+    car = await vehicle(p, vin)
+    form = await p.form()
+    r = await p.api("PATCH", f"/api/v1/vehicles/{car['vin']}", json_body={"name": form.get("name", "")})
+    if r.status_code == 200:
+        return p.redirect("/vehicles", "vehicle_renamed")
+    err = r.json().get("error", {}) if r.status_code < 500 else {}
+    key = "taken" if r.status_code == 409 else "too_long" if "most" in err else "characters"
+    form_back = {"rename_vin": car["vin"], "name": form.get("name", "")}
+    return await _list(p, 409 if r.status_code == 409 else 400, p.t(f"edges.name.{key}"), form_back)
+
+
 def _day_start(p: Page, ms: int) -> int:
     d = datetime.fromtimestamp(ms / 1000, p.t.tz)
     return int(d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
