@@ -82,8 +82,10 @@ def zone(name: str | None) -> tuple[str, tzinfo]:
     """An IANA time zone by name (default UTC); ``InvalidQuery`` for an unknown one."""
     key = (name or "UTC").strip() or "UTC"
     try:
+        if len(key) > 64 or not key.isascii():  # no IANA name is longer; the file system would refuse it anyway
+            raise ValueError(key)
         return key, ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidQuery(
             f"unknown time zone {key[:60]!r}; use an IANA name such as Asia/Shanghai", tz=key[:60]
         ) from None
