@@ -681,8 +681,9 @@ def storage_figures(data_dir: Path, samples: int) -> dict[str, Any]:
     seg = _dir_bytes(data_dir / "segments", "*.cvseg")
     meta = _dir_bytes(data_dir, "metadata.sqlite3*")
     log = _dir_bytes(data_dir / "log")
-    # Query-optimised copies (store/derived.py), when the store keeps them: not evidence, but disk all the same.
-    derived = _dir_bytes(data_dir / "derived", "*/*.arrow")
+    # Query copies: per-batch Arrow files of days not compacted yet (store/derived.py) and the compact per-day
+    # Parquet copies (store/day_copies.py). Not evidence, but disk all the same.
+    derived = _dir_bytes(data_dir / "derived", "*/*.arrow") + _dir_bytes(data_dir / "copies", "**/*.parquet")
     if int(stored[0]) != samples:
         raise BenchError(f"the batch index holds {stored[0]} samples, the dataset {samples}")
     return {
@@ -1252,7 +1253,10 @@ def _storage_window_lines(result: dict[str, Any]) -> list[str]:
         f"{d['samples']:,}-sample ingest: {det['storage']['segment_bytes']:,} B. With the metadata DB "
         f"(checkpointed) and the transparency log: "
         f"{det['storage']['segment_bytes'] + det['storage']['metadata_db_bytes'] + det['storage']['log_bytes']:,} B;"
-        f" the derived query copies (Arrow IPC, `store/derived.py`) add {det['storage'].get('derived_bytes', 0):,} B.",
+        f" the query copies add {det['storage'].get('derived_bytes', 0):,} B as written at ingest (per-batch Arrow, "
+        f"`store/derived.py`) and {det.get('storage_compacted', {}).get('derived_bytes', 0):,} B once compacted "
+        f"into per-day Parquet (`store/day_copies.py`; {det.get('compaction', {}).get('days', 0)} vehicle-days in "
+        f"{det.get('compaction', {}).get('seconds', 0)} s). Windows are read from the compacted copies.",
         f"- **Window**: {win['n']} random {c['window_minutes']:g}-minute windows, each starting at a random drive "
         f"row (uniform over driving time), one vehicle, all {len(BENCH_SIGNALS)} signals, read with "
         f"`Region.telemetry.window` in the bench process from a store of {det['store_samples']:,} samples, after 3 "
@@ -1483,8 +1487,30 @@ def _ingest_step(
     details["storage"] = storage_figures(data_dir, samples)
     fig["storage_bytes_per_sample"] = details["storage"]["bytes_per_sample"]
     fig["storage_bytes_per_sample_with_metadata"] = details["storage"]["bytes_per_sample_with_metadata"]
-    if details["storage"]["derived_bytes"]:
-        fig["storage_bytes_per_sample_with_derived"] = details["storage"]["bytes_per_sample_with_derived"]
+    with _step(console, bar, "compact the query copies", n_batches) as adv:
+        details["compaction"] = compact_copies(data_dir, samples, adv)
+    fig["compaction_samples_per_s"] = details["compaction"]["samples_per_s"]
+    details["storage_compacted"] = storage_figures(data_dir, samples)
+    fig["storage_bytes_per_sample_with_derived"] = details["storage_compacted"]["bytes_per_sample_with_derived"]
+
+
+def compact_copies(data_dir: Path, samples: int, advance: Callable[[int], None]) -> dict[str, Any]:
+    """Compact every day of the store into its per-day Parquet copies (store/day_copies.py), timed in-process."""
+    from carvault.region import Region
+    from carvault.settings import Settings
+
+    with Region(Settings(data_dir=data_dir, region=REGION)) as region:
+        t0 = time.perf_counter()
+        done = region.telemetry.compact(now=2**61, limit=1_000_000)
+        seconds = time.perf_counter() - t0
+    advance(sum(c.batches for c in done))
+    return {
+        "days": len(done),
+        "batches": sum(c.batches for c in done),
+        "seconds": round(seconds, 2),
+        "samples_per_s": samples / seconds if seconds else None,
+        "copy_bytes": sum(c.bytes for c in done),
+    }
 
 
 def _window_step(
@@ -1507,6 +1533,8 @@ def _window_step(
         details["ingest_growth"] = {"vehicles": len(growth), **g.to_json()}
         store_samples += g.samples
         fig["ingest_growth_samples_per_s"] = g.samples_per_s
+        with _step(console, bar, "compact the grown store", g_batches) as adv:
+            details["compaction_growth"] = compact_copies(server.data_dir, g.samples, adv)
     details["store_samples"] = store_samples
     windows = pick_windows(data, cfg.windows, cfg.window_minutes, cfg.seed)
     dense = pick_dense_windows(data, cfg.dense_windows, cfg.window_minutes, cfg.seed)
