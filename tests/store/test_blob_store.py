@@ -17,6 +17,13 @@ from carvault.store.segments import SegmentReader, SegmentWriter
 from tests.s3server import S3_TEST_ENV, S3Server, s3_bucket, s3_server  # noqa: F401
 
 
+@pytest.fixture(autouse=True)
+def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test server's keys in the environment, also for tests that start their own server."""
+    for k, v in S3_TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
     if request.param == "local":
@@ -185,7 +192,9 @@ def test_local_setting_forms(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_misconfiguration_fails_clearly_at_region_start(
-    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_server: S3Server,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bucket that does not exist, a server that does not answer, no credentials: one readable error each."""
     from carvault.region import Region

@@ -3,10 +3,12 @@ there, deletion erases them there, and an outage of the object store refuses upl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import io
 import json
+import socket
 import threading
 import time
 import zipfile
@@ -29,14 +31,21 @@ from carvault.vehicle.camera import spool_frames, upload_frames
 from carvault.vehicle.identity import VehicleIdentity
 from tests.conftest import OwnerClient, make_owner
 from tests.factories import BASE_MS, drive_table, opt_in, vin_for
-from tests.s3server import S3Server, s3_bucket, s3_server, start_s3_server  # noqa: F401
+from tests.s3server import S3_TEST_ENV, S3Server, s3_bucket, s3_server, start_s3_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "images"
 
 
-def s3_settings(tmp_path: Path, server: S3Server, blob_store: str) -> Settings:
+@pytest.fixture(autouse=True)
+def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test server's keys in the environment, also for tests that start their own server."""
+    for k, v in S3_TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+def s3_settings(tmp_path: Path, server: S3Server, blob_store: str, endpoint_url: str | None = None) -> Settings:
     port = free_port()
     return Settings(
         data_dir=tmp_path / "region-cn",
@@ -44,7 +53,7 @@ def s3_settings(tmp_path: Path, server: S3Server, blob_store: str) -> Settings:
         port=port,
         region_endpoints={"cn": f"http://127.0.0.1:{port}"},
         blob_store=blob_store,
-        s3_endpoint_url=server.endpoint_url,
+        s3_endpoint_url=endpoint_url or server.endpoint_url,
     )
 
 
@@ -263,4 +272,119 @@ def test_an_object_store_outage_refuses_uploads_cleanly_and_ingest_resumes(tmp_p
                 assert hashlib.sha256(raw).hexdigest() == r.batch_hash
             assert region.log.size == before[1] + 2
     finally:
+        s3.stop()
+
+
+class CuttableProxy:
+    """A TCP forwarder in front of the S3 server whose link can be cut (listener and every connection closed) and
+    restored on the same port: a real network outage while the server keeps its objects."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        """Listen again and forward new connections."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Stop listening and close every open connection at once."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_network_cut_mid_upload_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Cars upload while the link to the object store is cut for 10 s and comes back: some groups are refused
+    with 503 (the cars re-send them), and afterwards every batch is stored once, byte for byte, and logged once."""
+    s3 = start_s3_server(tmp_path / "own-s3")
+    proxy = CuttableProxy(s3.port)
+    try:
+        bucket = s3.create_bucket()
+        region = Region(s3_settings(tmp_path, s3, f"s3://{bucket}/region", endpoint_url=proxy.url))
+        with region, BackgroundServer(region, port=region.settings.port) as server:
+            cars = [car(region, server, tmp_path, n) for n in range(1, 4)]
+            sent: dict[str, list[bytes]] = {}
+            for n, (v, agent) in enumerate(cars):
+                agent.record(drive_table(seconds=600, seed=n), batch_seconds=30)
+                sent[v.vin] = [p.read_bytes() for p in agent.pending()]
+            refusals: list[int] = []
+            acknowledged: list[dict[str, object]] = []
+
+            def drive(agent: VehicleAgent) -> None:
+                deadline = time.monotonic() + 120
+                while agent.pending() and time.monotonic() < deadline:
+                    try:
+                        acknowledged.extend(agent.upload_pending(limit=1))
+                        time.sleep(0.05)
+                    except UploadRefused as e:
+                        refusals.append(e.status)
+                        time.sleep(0.3)
+
+            threads = [threading.Thread(target=drive, args=(a,)) for _, a in cars]
+            for t in threads:
+                t.start()
+            while len(acknowledged) < 6:
+                time.sleep(0.05)
+            proxy.cut()
+            time.sleep(10)
+            assert httpx.get(server.url + "/api/v1/health", timeout=10).status_code == 200  # still serving
+            proxy.restore()
+            for t in threads:
+                t.join()
+            assert refusals and set(refusals) == {503}
+            assert len(acknowledged) == sum(len(b) for b in sent.values()) == 60
+            with region.db.session() as s:
+                recs = list(s.scalars(select(BatchRecord).order_by(BatchRecord.vin, BatchRecord.seq)))
+            assert len(recs) == 60 and len({(r.vin, r.seq) for r in recs}) == 60
+            for r in recs:
+                assert region.segment_reader.read(r.segment, r.offset, r.length) == sent[r.vin][r.seq - 1]
+            assert region.log.size == 60
+            assert {r.log_index for r in recs} == set(range(60))
+    finally:
+        proxy.cut()
         s3.stop()
