@@ -12,7 +12,8 @@ from carvault.errors import ValidationFailed
 from carvault.signals import CATEGORIES
 from carvault.store.metadata import ConsentRecord, Database, Vehicle, now_ms
 
-RIGHTS_CONTACT = "privacy@carvault.example · +86 400 000 0000 · CarVault data protection officer"
+RIGHTS_EMAIL, RIGHTS_PHONE = "privacy@carvault.example", "+86 400 000 0000"  # the portal names the desk in its language
+RIGHTS_CONTACT = f"{RIGHTS_EMAIL} · {RIGHTS_PHONE} · CarVault data protection officer"
 
 
 def _consent(r: ConsentRecord) -> Consent:

@@ -8,12 +8,14 @@ A new page is picked up without touching this file, as long as its path paramete
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import pyotp
 import pytest
 from fastapi.routing import APIRoute
 
@@ -23,7 +25,6 @@ from carvault.compliance.roles import Role, allows
 from carvault.store.metadata import now_ms
 from carvault.web.app import create_app
 from carvault.web.deps import SESSION_COOKIE, STAFF_COOKIE
-from tests.factories import make_staff
 from tests.web.portal.a11y import axe_violations
 from tests.web.portal.conftest import SCREENSHOTS, SIZES, api, new_context
 from tests.web.portal.world import PASSWORD, World
@@ -45,14 +46,20 @@ LATIN_WORDS = (
     # codes, formats and standards, written the same way in Chinese texts
     """ VIN API CSV GPX JSON PDF ZIP PNG JPEG HTML URL URI HTTP HTTPS OAuth TOTP ID IP SHA Ed25519 PIPL GDPR GB/T
     DTC DTCs OBD SoC SOC AC DC CAN VSS VISS PKCE CN EU US QR SQL ISO RFC GPS TLS CA DPO WGS GCJ XYZ OSM C2SP
-    NEDC WLTP CLTC OTA ABS AEB EDR LED SAE CFR H3 Art"""
+    NEDC WLTP CLTC OTA ABS AEB EDR LED SAE CFR H3 Art GET POST PUT DELETE Authorization Bearer CNY EUR USD
+    GeoNames CC BY cn eu us http https localhost PARQUET EBA MIL II IsCharging v3"""
+    # a word inside the official Chinese names of Chinese regulations (《App违法违规收集使用个人信息行为认定方法》)
+    """ App"""
 )
 LATIN_OK = set(LATIN_WORDS.split())
 # The visible text (and accessible names) of a page, leaving out what is data or code, not UI text: elements marked
 # translate="no", code, pre, kbd, samp, .mono, and hidden elements.
 UI_TEXT = r"""() => {
   const out = [];
+  // Text in an element declared to be in another language (lang="en": an English original shown as such) is not
+  // untranslated UI text; neither is data marked translate="no".
   const skip = el => el.getAttribute('translate') === 'no' || el.closest('[translate="no"]')
+    || (el.closest('[lang]') && !el.closest('[lang]').lang.startsWith('zh'))
     || ['SCRIPT', 'STYLE', 'NOSCRIPT', 'CODE', 'PRE', 'KBD', 'SAMP', 'svg', 'TEMPLATE'].includes(el.tagName)
     || el.classList.contains('mono') || el.classList.contains('code');
   const shown = el => {
@@ -81,7 +88,15 @@ DATA = (
     re.compile(r"\S+@\S+"),  # e-mail addresses
     re.compile(r"https?://\S+"),  # addresses
     re.compile(r"\b[0-9a-f]{12,}\b"),  # hashes and ids
+    re.compile(r"\b[a-z]+(?:[-.][a-z]+)*-[0-9a-f]{8}\b"),  # the staff members' usernames made here
+    re.compile(r"\b[A-Z]{2,}(?:-[A-Z0-9]{2,})+\b"),  # user codes (WDJB-MJHT)
+    re.compile(r"\b[A-Za-z][\w-]*/\d[\w.]*"),  # product/version tokens of browsers' user-agent strings
+    re.compile(r"(?<![\w/])/?[a-z0-9_.{}-]+(?:/[a-z0-9_.{}-]+)*\.(?:md|py|json|csv)\b"),  # file paths
+    re.compile(r"(?<![\w/])/[a-z0-9_.{}-]+(?:/[a-z0-9_.{}-]+)+"),  # URL paths (/api/v1/...)
     re.compile(r"\b(?=[A-Z0-9-]*[0-9])[A-Z][A-Z0-9-]{2,}\b"),  # trouble codes (P0A1F), references (SC-2026-1)
+    re.compile(r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)+/\S*"),  # host/path names (a log's origin)
+    re.compile(r"\bcarvault(?: [a-z-]+)+"),  # carvault commands
+    re.compile(r"\b[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\b"),  # dotted names: signals, permissions
 )
 WIDER_THAN_SCREEN = "() => document.documentElement.scrollWidth - window.innerWidth"
 
@@ -135,8 +150,10 @@ def _prepare(world: World) -> Site:
         drive = api(world, f"/api/v1/vehicles/{vin}/timeline").json()["drives"][-1]
     staff = {}
     principals = {}
-    for role in ROLES:
-        principals[role], staff[role] = make_staff(region, role)
+    for role in ROLES:  # display names in Chinese: the names are data the Chinese pages show as given
+        username, password = f"{role.value.replace('_', '-')}-{secrets.token_hex(4)}", "staff password 1"
+        _, totp = region.staff.create(username, password, role, None, f"测试员{ROLES.index(role) + 1}")
+        staff[role], principals[role] = region.staff.login(username, password, pyotp.TOTP(totp).now())
     dpo = principals[Role.DPO]
     request = region.rights.file(region.rights.check(world.owner_id, Kind.COMPLAINT, details="请说明数据的用途"))
     case = region.cases.open(
@@ -166,13 +183,13 @@ def _prepare(world: World) -> Site:
     }
     app, _ = region.apps.register(
         name="Fleetwise",
-        legal_entity="Fleetwise Logistics (Shanghai) Co., Ltd.",
+        legal_entity="上海快车物流有限公司",
         jurisdiction="cn",
         contact="privacy@fleetwise.example",
         purposes=["fleet"],
         redirect_uris=["http://127.0.0.1:9/fleetwise/callback"],
     )
-    region.apps.decide(app.client_id, "approved", by="test")
+    region.apps.decide(app.client_id, "approved", by="测试员")
     authorize = {
         "response_type": "code",
         "client_id": app.client_id,
@@ -232,11 +249,20 @@ def _route_pages(site: Site) -> Iterator[Page]:
             yield Page(url, "owner", name)
 
 
+def _is_page(site: Site, page: Page) -> bool:
+    """Whether a route answers HTML (a page) rather than data (a JSON or file route among the views)."""
+    cookie = SESSION_COOKIE if page.who == "owner" else STAFF_COOKIE
+    value = site.owner_secret if page.who == "owner" else site.staff.get(Role(page.who)) if page.who in ROLES else ""
+    cookies = {cookie: value} if value else {}
+    r = httpx.get(site.world.url + page.url, cookies=cookies, timeout=60, follow_redirects=True)
+    return r.status_code != 200 or r.headers.get("content-type", "").startswith("text/html")
+
+
 def every_page(site: Site) -> list[Page]:
     """The routes' pages plus the error pages, the pages a flow reaches and the API reference."""
     vin = site.ids["vin"]
     return [
-        *_route_pages(site),
+        *(p for p in _route_pages(site) if _is_page(site, p)),
         Page("/login", "anonymous", "login"),
         Page("/signup", "anonymous", "signup"),
         Page("/", "anonymous", "home-anonymous"),
@@ -295,9 +321,11 @@ def test_every_page_is_accessible_and_translated(browser: Any, site: Site, lang:
             if page.evaluate(WIDER_THAN_SCREEN) > 1:
                 found.append(f"wider than the screen by {page.evaluate(WIDER_THAN_SCREEN)} px")
             if lang == "zh-CN":
-                words = untranslated(page.evaluate(UI_TEXT))
+                texts = page.evaluate(UI_TEXT)
+                words = untranslated(texts)
                 if words:
-                    found.append(f"untranslated: {words}")
+                    where = {w: next((t[:80] for t in texts if w in t), "") for w in words[:12]}
+                    found.append(f"untranslated: {words} in {where}")
             if found:
                 problems[f"{p.url} as {p.who}"] = found
             page.evaluate("() => window.scrollTo(0, 0)")

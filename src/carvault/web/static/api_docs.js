@@ -8,7 +8,7 @@
     window.SwaggerUIBundle({
       url: el.getAttribute('data-openapi'),
       domNode: el,
-      deepLinking: true,
+      deepLinking: false, // a deep link inside each operation's toggle button would nest a control in a control
       docExpansion: 'list',
       defaultModelsExpandDepth: -1, // the schemas are shown with each operation; the long list at the end is left out
       syntaxHighlight: false, // plain text: readable colours, and no inline styles for the policy to refuse

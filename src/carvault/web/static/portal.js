@@ -106,6 +106,145 @@
     return values;
   }
 
+  // --- charts and the route as tables, for screen readers and anyone who prefers numbers ------------------
+  var TEXT = null;
+  function text(key) {
+    if (TEXT === null) {
+      var el = document.getElementById("portal-text");
+      try { TEXT = el ? JSON.parse(el.textContent) : {}; } catch (e) { TEXT = {}; }
+    }
+    return TEXT[key] || key;
+  }
+
+  function formatNumber(v, lang) {
+    if (v == null) return "";
+    var digits = Math.abs(v) >= 100 ? 0 : 1;
+    return new Intl.NumberFormat(lang, { maximumFractionDigits: digits }).format(v);
+  }
+
+  // The unit a chart's y axis is in: the one its series share (the ABS lamp is drawn on the % scale, 0 or 100).
+  function chartUnit(chart) {
+    var units = [];
+    chart.series.forEach(function (s) { if (s.unit && units.indexOf(s.unit) < 0) units.push(s.unit); });
+    return units.join(" / ");
+  }
+
+  // A y range that always spans a few ticks: a battery that loses 1 % on a drive still gets a readable axis.
+  function yRange(unit) {
+    var least = { "%": 10, "km/h": 20, "bar": 10 }[unit] || 1;
+    return function (u, lo, hi) {
+      if (lo == null || hi == null) return [0, least];
+      if (hi - lo < least) { var mid = (hi + lo) / 2; lo = mid - least / 2; hi = mid + least / 2; }
+      if (unit === "%") {
+        if (lo < 0) { hi -= lo; lo = 0; }
+        if (hi > 100) { lo = Math.max(0, lo - (hi - 100)); hi = 100; }
+      } else if (lo < 0 && hi - least / 2 >= 0) { hi -= lo; lo = 0; }
+      var pad = (hi - lo) * 0.05;
+      return [unit === "%" ? Math.max(0, lo - pad) : lo - pad, unit === "%" ? Math.min(100, hi + pad) : hi + pad];
+    };
+  }
+
+  function cell(tag, content, scope) {
+    var c = document.createElement(tag);
+    c.textContent = content;
+    if (scope) c.setAttribute("scope", scope);
+    return c;
+  }
+
+  // A table beside a chart: one row per step (at most ~60 rows over the window), a column per series with its unit.
+  function chartTable(chart, src, data, timeFormat) {
+    var details = document.createElement("details");
+    details.className = "more chart-data";
+    details.appendChild(cell("summary", text("chart_table") + " · " + chart.title));
+    var wrap = document.createElement("div");
+    wrap.className = "table-wrap";
+    var table = document.createElement("table");
+    table.className = "table";
+    table.appendChild(cell("caption", chart.title));
+    var head = document.createElement("tr");
+    head.appendChild(cell("th", text("time"), "col"));
+    chart.series.forEach(function (s) { head.appendChild(cell("th", s.label + (s.unit && s.path.indexOf("IsEngaged") < 0 ? " (" + s.unit + ")" : ""), "col")); });
+    var thead = document.createElement("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var body = document.createElement("tbody");
+    var n = src.t.length, step = Math.max(1, Math.ceil(n / 60));
+    var lang = document.documentElement.lang || "en";
+    for (var i = 0; i < n; i += step) {
+      var row = document.createElement("tr");
+      row.appendChild(cell("th", timeFormat.format(new Date(src.t[i])), "row"));
+      var any = false;
+      chart.series.forEach(function (s) {
+        var values = src.signals[s.path] || [], v = null;
+        for (var k = i; k < Math.min(n, i + step) && v == null; k++) v = values[k];  // the step's first sample
+        if (v != null) any = true;
+        var shown = v == null ? "—" : (s.path.indexOf("IsEngaged") >= 0 ? text(v ? "yes" : "no") : formatNumber(v, lang));
+        row.appendChild(cell("td", shown));
+      });
+      if (any) body.appendChild(row);
+    }
+    table.appendChild(body);
+    wrap.appendChild(table);
+    details.appendChild(wrap);
+    return details;
+  }
+
+  // The route's points (start, events, end) as a table after the drawing, from the drawing's own titles.
+  function routeTable() {
+    var svg = document.getElementById("route-svg");
+    if (!svg) return;
+    var rows = [];
+    svg.querySelectorAll(".route-start, .route-mark, .route-end").forEach(function (el) {
+      var title = el.querySelector("title");
+      if (title) rows.push(title.textContent.split(" · "));
+    });
+    if (!rows.length) return;
+    var details = document.createElement("details");
+    details.className = "more chart-data";
+    details.appendChild(cell("summary", text("route_table")));
+    var table = document.createElement("table");
+    table.className = "table";
+    table.appendChild(cell("caption", text("route_table")));
+    var head = document.createElement("tr");
+    head.appendChild(cell("th", text("point"), "col"));
+    head.appendChild(cell("th", text("time"), "col"));
+    var thead = document.createElement("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var body = document.createElement("tbody");
+    rows.forEach(function (r) {
+      var row = document.createElement("tr");
+      row.appendChild(cell("th", r[0], "row"));
+      row.appendChild(cell("td", r[1] || "—"));
+      body.appendChild(row);
+    });
+    table.appendChild(body);
+    details.appendChild(table);
+    svg.parentNode.insertBefore(details, svg.nextSibling);
+  }
+
+  // Scrolling table boxes take the keyboard focus (WCAG 2.1.1): a named region to scroll with the arrow keys.
+  function focusableScrollers() {
+    document.querySelectorAll(".table-wrap").forEach(function (w) {
+      if (w.scrollWidth <= w.clientWidth + 1 || w.hasAttribute("tabindex")) return;
+      var caption = w.querySelector("caption");
+      var heading = w.closest("section") && w.closest("section").querySelector("h2, h3");
+      w.setAttribute("tabindex", "0");
+      w.setAttribute("role", "region");
+      w.setAttribute("aria-label", (caption || heading || {}).textContent || text("table"));
+    });
+  }
+
+  // On a narrow screen the nav and the tabs scroll sideways (portal.css): show the current page's entry.
+  function currentIntoView() {
+    document.querySelectorAll(".mainnav ul, .tabs ul").forEach(function (ul) {
+      var cur = ul.querySelector('[aria-current="page"]');
+      if (!cur || ul.scrollWidth <= ul.clientWidth) return;
+      var delta = cur.getBoundingClientRect().left - ul.getBoundingClientRect().left;
+      ul.scrollLeft += delta - (ul.clientWidth - cur.offsetWidth) / 2;
+    });
+  }
+
   function drivePage() {
     var block = document.getElementById("drive-data");
     if (!block || typeof uPlot === "undefined") return;
@@ -136,7 +275,7 @@
         width: Math.max(280, el.clientWidth), height: c.id === "speed" ? 200 : 150,
         tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), data.tz); },
         cursor: { sync: { key: "drive" }, drag: { x: true, y: false, setScale: false } },
-        scales: { x: { time: true } },
+        scales: { x: { time: true }, y: { range: yRange(chartUnit(c)) } },
         legend: { live: true },
         series: [{ label: data.labels.time, value: function (u, ts) { return ts == null ? "—" : hms.format(new Date(ts * 1e3)); } }].concat(c.series.map(function (s) {
           // 1 Hz signals are null on the 10 Hz rows between their samples: draw through those.
@@ -151,16 +290,24 @@
                    var f = span < 300 ? hms : hm;
                    return splits.map(function (s) { return f.format(new Date(s * 1e3)); });
                  } },
-               { stroke: "#5c6b80", size: 48, grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" } }],
+               { stroke: "#5c6b80", size: 56, space: 28, grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
+                 label: chartUnit(c), labelSize: 18, labelFont: "600 12px system-ui, sans-serif",
+                 values: function (u, splits) { return splits.map(function (v) { return formatNumber(v, lang); }); } }],
         hooks: { setSelect: [function (u) {
           if (u.select.width > 3) {
             var lo = u.posToVal(u.select.left, "x"), hi = u.posToVal(u.select.left + u.select.width, "x");
             zoomTo(Math.round(lo * 1000), Math.round(hi * 1000));
           }
           u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+        }], draw: [function (u) {
+          // What the y axis shows, for people checking the page (and its tests): its unit and how many ticks.
+          var splits = (u.axes[1]._splits || []).filter(function (v) { return v != null; });
+          el.setAttribute("data-y-ticks", String(splits.length));
+          el.setAttribute("data-y-unit", chartUnit(c));
         }] }
       };
       plots.push(new uPlot(opts, cols[i], el));
+      el.insertAdjacentElement("afterend", chartTable(c, original, data, hms));
     });
 
     window.addEventListener("resize", function () {
@@ -244,5 +391,8 @@
     enhanceForms();
     watchJobs();
     drivePage();
+    routeTable();
+    focusableScrollers();
+    currentIntoView();
   });
 })();

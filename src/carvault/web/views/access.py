@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,8 @@ from carvault.web.views.base import FormError, Page, page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
+# The basis of a read under a case, as compliance/cases.case_basis writes it.
+CASE_BASIS = re.compile(r"case (?P<id>\d+) \((?P<kind>[a-z_]+)\): (?P<basis>.*)", re.DOTALL)
 
 
 def actor_label(p: Page, actor: str, apps: dict[str, str] | None = None) -> str:
@@ -61,6 +64,10 @@ def basis_text(p: Page, basis: str) -> str:
     whole = p.t.maybe(f"basis.{basis}", "")
     if whole:
         return whole
+    case = CASE_BASIS.fullmatch(basis)  # a staff member's read under a case (compliance/cases.py)
+    if case:
+        kind = p.t.maybe(f"console.cases.kind.{case['kind']}", case["kind"])
+        return p.t("a11y.basis.case", id=case["id"], kind=kind, basis=case["basis"])
     head, sep, rest = basis.partition(": ")
     named = p.t.maybe(f"basis.{head}", "") if sep else ""
     return f"{named}{'：' if p.t.zh else ': '}{rest}" if named else basis

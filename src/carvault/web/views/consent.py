@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from carvault.access.consents import RIGHTS_EMAIL, RIGHTS_PHONE
 from carvault.web.views.base import FormError, Page, page
 from carvault.web.views.vehicles import vehicle
 
@@ -33,6 +34,8 @@ async def _page(
         default_end=(today + timedelta(days=365)).isoformat(),
         min_end=(today + timedelta(days=1)).isoformat(),
         max_end=(today + timedelta(days=MAX_CONSENT_DAYS)).isoformat(),
+        rights_email=RIGHTS_EMAIL,
+        rights_phone=RIGHTS_PHONE,
     )
 
 
