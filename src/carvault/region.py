@@ -184,7 +184,11 @@ class Region:
         self.telemetry.withheld = self.retention.withheld
         # Statistics (issue 13): day summaries kept as a cache of the evidence, dropped with the batches.
         self.statistics = Statistics(
-            self.db, self.catalogue, self.telemetry.window, withheld=self.retention.withheld
+            self.db,
+            self.catalogue,
+            self.telemetry.window,
+            withheld=self.retention.withheld,
+            last_seen=lambda vin: self.live.last_seen_ms(vin),  # the live channel: online though batches are pending
         )
         # Charging (issue 13): sessions derived per day and kept as a cache of the evidence, tariffs, battery health.
         self.charging = Charging(

@@ -174,6 +174,38 @@ def test_a_charge_that_was_not_recorded_is_not_drain() -> None:
     assert p["excluded"] == "soc_rose"
 
 
+def test_a_gap_in_the_chain_is_missing_data_not_drain() -> None:
+    table = trace()
+    t = table.column("t").cast(pa.int64()).to_numpy()
+    name, zone = st.zone("UTC")
+    out = []
+    for _, a, b in st.local_days(D0, D0 + 2 * st.DAY_MS, zone):
+        keep = (t >= a - st.LEAD_MS) & (t < b + st.TRAIL_MS)
+        # Batches sent between 09:00 and 10:00 on day one never arrived (their sequence numbers are missing).
+        out.append(st.summarise(table.filter(pa.array(keep)), a, b, missing=[(D0 + 9 * H, D0 + 10 * H)]))
+    days = st.Days(name, zone, out)
+    flagged = [r for r in days.states() if r[8]]
+    assert [(r[0], round((r[1] - D0) / MIN)) for r in flagged] == [("offline", 425)]
+    drain = st.vampire_drain(days)
+    p = next(q for q in drain["periods"] if round((q["start_ms"] - D0) / MIN) == 420)
+    assert p["excluded"] == "missing_data"
+    assert all(d["soc_lost"] < 0.8 for d in drain["per_day"])  # only the night is counted
+
+
+def test_the_live_channel_shortens_offline_on_a_running_day() -> None:
+    table = pa.Table.from_arrays(
+        [pa.array(D0 + 6 * H + np.arange(600, dtype=np.int64) * 1000).cast(pa.timestamp("ms", tz="UTC"))],
+        names=["t"],
+    )
+    now = D0 + 11 * H
+    plain = st.summarise(table, D0, D0 + st.DAY_MS, now)
+    seen = st.summarise(table, D0, D0 + st.DAY_MS, now, seen_ms=D0 + 10 * H)
+    assert [r[0] for r in plain["states"]] == ["offline", "parked", "offline"]
+    assert plain["states"][-1][2] == now  # nothing is said about the future
+    assert round((plain["states"][-1][1] - D0) / MIN) == 370
+    assert seen["states"][-1][1] == D0 + 10 * H  # heard from at 10:00: offline only after that
+
+
 def test_totals_by_month_and_day() -> None:
     days = days_of(trace())
     (month,) = st.by_period(days, "month")

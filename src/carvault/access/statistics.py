@@ -48,7 +48,7 @@ from carvault.errors import InvalidQuery
 from carvault.signals import Catalogue
 from carvault.store.metadata import BatchRecord, Database, StatisticsDay, now_ms
 
-VERSION = 1  # bump when a definition changes: every kept summary is then recomputed
+VERSION = 2  # bump when a definition changes: every kept summary is then recomputed
 DAY_MS = 86_400_000
 GAP_MS = 60_000  # no sample for longer than this: offline
 LEAD_MS = 10 * 60_000  # read before the day, so a drive begun just before midnight is not cut in two
@@ -175,10 +175,22 @@ def paint(start_ms: int, end_ms: int, layers: Sequence[tuple[np.ndarray, np.ndar
 
 
 # ----------------------------------------------------------------------------------------- one day
-def summarise(table: pa.Table, start_ms: int, end_ms: int, until_ms: int | None = None) -> dict[str, Any]:
+def summarise(
+    table: pa.Table,
+    start_ms: int,
+    end_ms: int,
+    until_ms: int | None = None,
+    *,
+    missing: Sequence[tuple[int, int]] = (),
+    seen_ms: int | None = None,
+) -> dict[str, Any]:
     """The summary of [start_ms, end_ms) from a window read from ``start_ms - LEAD_MS`` to ``end_ms + TRAIL_MS``.
 
-    ``until_ms`` (now) cuts a day that has not ended: nothing is said about the future.
+    ``until_ms`` (now) cuts a day that has not ended: nothing is said about the future. ``missing`` are stretches
+    the chain says were sent but are not here (between batches whose sequence numbers are not consecutive): an
+    offline interval overlapping one is marked, and a standstill containing it is not counted as drain.
+    ``seen_ms`` is when the live channel last heard the car: on a running day the car counts as awake from its last
+    stored sample until then (its batches are still on their way), and offline only after.
     """
     stop = min(end_ms, until_ms) if until_ms is not None else end_ms
     t = table.column("t").cast(pa.int64()).to_numpy() if table.num_rows else np.empty(0, np.int64)
@@ -190,6 +202,10 @@ def summarise(table: pa.Table, start_ms: int, end_ms: int, until_ms: int | None 
     pts = np.r_[start_ms - 1, inside, stop + 1] if len(inside) else np.array([start_ms, stop])
     gap = np.flatnonzero(np.diff(pts) > GAP_MS) if len(inside) else np.array([0])
     off_a, off_b = pts[gap], pts[gap + 1]
+    if seen_ms is not None and len(off_a) and off_b[-1] >= stop and off_a[-1] <= seen_ms < stop:
+        # The live channel heard the car after its last stored sample: awake, its batches still on their way.
+        off_a = off_a.copy()
+        off_a[-1] = seen_ms
     all_drives = found.drives if found else []
     all_charges = found.charges if found else []
     layers = [
@@ -210,8 +226,12 @@ def summarise(table: pa.Table, start_ms: int, end_ms: int, until_ms: int | None 
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             temp = np.where(offline, np.nanmean(ends, axis=0), temp)
+    gap_a = np.array([m[0] for m in missing], np.int64)
+    gap_b = np.array([m[1] for m in missing], np.int64)
+    lost = [bool(((gap_a < b[i]) & (gap_b > a[i])).any()) if len(gap_a) else False for i in range(len(intervals))]
     states = [
         [STATES[k], int(a[i]), int(b[i]), _r(soc_a[i]), _r(soc_b[i]), _r(e_a[i]), _r(e_b[i]), _r(temp[i], 2)]
+        + [int(lost[i] and STATES[k] == "offline")]
         for i, (k, _, _) in enumerate(intervals)
     ]
     return {
@@ -314,7 +334,8 @@ class Days:
                     w0, w1 = last[2] - last[1], row[2] - row[1]
                     temps = [(x, w) for x, w in ((last[7], w0), (row[7], w1)) if x is not None]
                     tmean = sum(x * w for x, w in temps) / sum(w for _, w in temps) if temps else None
-                    out[-1] = [last[0], last[1], row[2], last[3], row[4], last[5], row[6], _r(tmean, 2)]
+                    flag = max(last[8] if len(last) > 8 else 0, row[8] if len(row) > 8 else 0)
+                    out[-1] = [last[0], last[1], row[2], last[3], row[4], last[5], row[6], _r(tmean, 2), flag]
                 else:
                     out.append(list(row))
         return out
@@ -433,6 +454,8 @@ def vampire_drain(days: Days, *, min_hours: float = MIN_STANDSTILL_MS / 3.6e6, w
             excluded = "short"
         elif soc0 is None or soc1 is None:
             excluded = "missing_soc"
+        elif any(len(r) > 8 and r[8] for r in run):
+            excluded = "missing_data"
         elif soc1 - soc0 > RISE_TOLERANCE:
             excluded = "soc_rose"
         lost = None if soc0 is None or soc1 is None else round(soc0 - soc1, 3)
@@ -552,12 +575,14 @@ class Statistics:
         window: Callable[[str, int, int, list[Any]], pa.Table],
         *,
         withheld: Callable[[], Mapping[str, int]] | None = None,
+        last_seen: Callable[[str], int | None] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.db = db
         self.catalogue = catalogue
         self.window = window
         self.withheld = withheld
+        self.last_seen = last_seen
         self.clock = clock
         self._signals = [catalogue[p] for p in DAY_SIGNALS if p in catalogue]
 
@@ -569,7 +594,8 @@ class Statistics:
         spans = [s for s in spans if s[1] < now]
         if not spans:
             return Days(name, tz, [])
-        prints = self._fingerprints(vin, spans)
+        prints, missing = self._fingerprints(vin, spans)
+        seen = self.last_seen(vin) if self.last_seen is not None else None
         with self.db.session() as s:
             rows = {
                 (r.start_ms, r.end_ms): r
@@ -587,13 +613,13 @@ class Statistics:
         for (_, a, b), fp in zip(spans, prints, strict=True):
             hit = cached.get((a, b))
             if fp is None:  # no batch near the day: nothing to read
-                out.append(summarise(pa.table({"t": pa.array([], pa.int64())}), a, b, now))
+                out.append(summarise(pa.table({"t": pa.array([], pa.int64())}), a, b, now, seen_ms=seen))
                 continue
             if hit is not None and hit[0] == fp:
                 out.append(json.loads(hit[1]))
                 continue
             table = self.window(vin, a - LEAD_MS, b + TRAIL_MS, self._signals)
-            day = summarise(table, a, b, now)
+            day = summarise(table, a, b, now, missing=missing, seen_ms=seen if b > now else None)
             out.append(day)
             if b + TRAIL_MS <= now:  # a day still running (or its overhang) is never kept
                 fresh.append((a, b, fp, json.dumps(day, separators=(",", ":"))))
@@ -618,21 +644,25 @@ class Statistics:
         except IntegrityError:
             pass  # another request kept the same days first: its rows are as good as ours
 
-    def _fingerprints(self, vin: str, spans: list[tuple[date, int, int]]) -> list[str | None]:
-        """What each day's summary depends on (None: no batch in reach of the day)."""
+    def _fingerprints(
+        self, vin: str, spans: list[tuple[date, int, int]]
+    ) -> tuple[list[str | None], list[tuple[int, int]]]:
+        """What each day's summary depends on (None: no batch in reach of the day), and the chain's gaps."""
         lo, hi = spans[0][1] - LEAD_MS, spans[-1][2] + TRAIL_MS
         with self.db.session() as s:
             rows = s.execute(
                 select(BatchRecord.seq, BatchRecord.t0, BatchRecord.t1).where(
-                    BatchRecord.vin == vin,
-                    BatchRecord.kind == "telemetry",
+                    BatchRecord.vin == vin,  # every kind: the chain's sequence numbers run across them
                     BatchRecord.t0 < hi,
                     BatchRecord.t1 >= lo,
                 )
             ).all()
         if not rows:
-            return [None] * len(spans)
+            return [None] * len(spans), []
         arr = np.array(rows, dtype=np.int64)
+        by_seq = arr[np.argsort(arr[:, 0])]
+        hole = np.flatnonzero(np.diff(by_seq[:, 0]) > 1)
+        missing = [(int(by_seq[i, 2]), int(by_seq[i + 1, 1])) for i in hole]
         seq, t0, t1 = arr[:, 0], arr[:, 1], arr[:, 2]
         o0, o1 = np.argsort(t0), np.argsort(t1)
         t0s, t1s = t0[o0], t1[o1]
@@ -654,7 +684,7 @@ class Statistics:
             cut = sorted((p, c) for p, c in cutoffs.items() if p in DAY_SIGNALS and c > sp[1] - LEAD_MS)
             text = f"{VERSION}:{count[k]}:{sums[k]}:{ends[k]}:{cut}"
             out.append(hashlib.sha256(text.encode()).hexdigest()[:32])
-        return out
+        return out, missing
 
     def forget(self, vin: str, before_ms: int | None = None) -> int:
         """Drop a vehicle's kept summaries (those of days starting before ``before_ms``, or all)."""
