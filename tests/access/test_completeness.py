@@ -366,3 +366,87 @@ def test_verify_cli_exit_codes(region: Region, car: Car, tmp_path: Path) -> None
     assert verify_main([str(junk)]) == 3
     assert verify_main([str(tmp_path / "missing.json")]) == 4
     assert verify_main(["--no-such-option"]) == 4
+
+
+# ---------------------------------------------------------------------- software-version provenance (protocol §10)
+def test_header_software_version_is_optional_and_bounded(car: Car) -> None:
+    """Without the member a header is serialised as before; a bad one is refused; nothing else trusts it."""
+    from carvault.errors import MalformedBatch
+    from carvault.protocol import decode_envelope
+
+    plain = decode_envelope(car.batch(T, 1, version=None))
+    assert b"software_version" not in plain.header.to_json_bytes()
+    named = decode_envelope(car.batch(T + 1_000, 1, version="2025.44.1 (abc)"))
+    assert named.header.software_version == "2025.44.1 (abc)"
+    for bad in ("", " 1.0", "x" * 65, "版本", "a\\nb"):
+        with pytest.raises(MalformedBatch) as e:
+            car.batch(T + 2_000, 1, version=bad.replace("\\n", "\n"))
+        assert e.value.details["field"] == "software_version"
+
+
+def test_agent_names_the_version_and_follows_an_update(region: Region, car: Car, tmp_path: Path) -> None:
+    """The agent signs each batch with the version it runs; the recorded update mid-way changes the next batches."""
+    import pyarrow as pa
+
+    from carvault.protocol import decode_envelope
+    from carvault.vehicle.agent import SOFTWARE_VERSION, VehicleAgent
+
+    agent = VehicleAgent(car.identity, tmp_path / "agent", "http://127.0.0.1:9")
+    table = drive_table(T, 900, PATHS)
+    versions = ["2025.44.1"] * 6000 + ["2025.46.2"] * 3000  # the update installs at T + 600 s
+    table = table.append_column(SOFTWARE_VERSION, pa.array(versions, pa.string()))
+    agent.process(table, 300)
+    headers = [decode_envelope(p.read_bytes()).header for p in agent.pending()]
+    routine = [h for h in headers if h.kind == "telemetry"]
+    assert [(h.t0, h.software_version) for h in routine] == [
+        (T - T % 300_000 + i * 300_000, v) for i, v in enumerate(["2025.44.1", "2025.44.1", "2025.46.2", "2025.46.2"])
+    ][: len(routine)]
+    for p in agent.pending():  # the region stores what the signed header says
+        region.gateway.accept(p.read_bytes(), BATCH_MEDIA_TYPE)
+    report = car.report(now=T + 3_600_000)
+    # Five-minute slices from 02:10: the third holds the update (02:23) and is signed by the new version.
+    assert [(r["version"], r["batches"]) for r in report["software"]] == [("2025.44.1", 2), ("2025.46.2", 2)]
+
+
+def test_signals_that_appear_or_vanish_after_an_update(region: Region, car: Car) -> None:
+    car.send(T, 60, paths=PATHS)
+    car.send(
+        T + 60_000,
+        60,
+        paths=[SPEED, "Vehicle.IsMoving", "Vehicle.Powertrain.TractionBattery.CurrentPower"],
+        version="2025.46.2",
+    )
+    [before, after] = car.report(now=T + 3_600_000)["software"]
+    assert before["appeared"] == [] and before["vanished"] == []
+    assert after["appeared"] == ["Vehicle.Powertrain.TractionBattery.CurrentPower"]
+    assert after["vanished"] == [SOC, "Vehicle.TraveledDistance"]
+
+
+def test_fleet_telemetry_fills_the_version_from_tesla_records(region: Region) -> None:
+    """A Tesla's Version field fills the attested batch header; a later batch without it repeats the last one."""
+    from sqlalchemy import select
+
+    from carvault.protocol.fleet_telemetry import vehicle_data_pb2 as pb
+    from carvault.store.metadata import BatchRecord
+    from tests.ingest.fleet_telemetry_client import message, payload, value_of
+
+    vin = vin_for(7)
+    region.fleet.register(vin, "PAIRCODE7")
+    f = pb.Field
+    first = [
+        message(
+            vin,
+            payload(
+                T + i * 1000,
+                {f.VehicleSpeed: value_of(double_value=20.0), f.Version: value_of(string_value="2025.44.25.1 abc123")},
+            ),
+            f"tx-{i}",
+        )
+        for i in range(3)
+    ]
+    later = [message(vin, payload(T + 10_000, {f.VehicleSpeed: value_of(double_value=21.0)}), "tx-later")]
+    region.fleet.ingest(vin, first)
+    region.fleet.ingest(vin, later)
+    with region.db.session() as s:
+        got = s.execute(select(BatchRecord.seq, BatchRecord.software_version).where(BatchRecord.vin == vin)).all()
+    assert sorted(got) == [(1, "2025.44.25.1 abc123"), (2, "2025.44.25.1 abc123")]

@@ -186,6 +186,8 @@ def _tesla_value(rules: list[FieldRule], row: dict[str, Any]) -> pb.Value | None
         return value_of(string_value=repr(x)) if r.field == "VehicleSpeed" else value_of(double_value=x)
     if kind == "boolean":
         return value_of(boolean_value=bool(row[present[0].signal]))
+    if kind == "text":  # the car's Version field (docs/protocol.md §10)
+        return value_of(string_value=str(row[present[0].signal]))
     if kind.startswith("location."):
         if len(present) < 2:
             return None
