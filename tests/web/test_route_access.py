@@ -260,6 +260,8 @@ def test_every_route_is_classified(region: Region) -> None:
     assert "/console/rights/{request_id}" in seen["console"]
     assert "/api/v1/vehicles/{vin}/telemetry" in seen["grant-aware"]
     assert "/api/v1/vehicles/{vin}/packages" in seen["owner-only"]
+    assert {"/api/v1/places", "/api/v1/places/{place_id}"} <= set(seen["owner-only"])  # the owner's places
+    assert {"/places", "/map/config"} <= set(seen["portal"])
     assert "/api/v1/ingest/batches" in seen["vehicle-signed"]
     assert "/api/v1/admin/cases/{case_id}/vehicles/{vin}/telemetry" in seen["staff"]
     # Every API route the app keeps in state was walked.
