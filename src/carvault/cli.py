@@ -443,6 +443,17 @@ def hold(
     console.print(f"legal hold {h.id} placed on {vin.upper()}")
 
 
+@app.command()
+def compact(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
+    """Compact every closed day into the compact query copies (store/day_copies.py), e.g. from cron."""
+    from carvault.region import Region
+
+    with Region(_settings(data_dir, region, database_url)) as r, console.status("compacting closed days"):
+        done = r.telemetry.compact(limit=1_000_000)
+    size = sum(c.bytes for c in done)
+    console.print(f"{len(done)} vehicle-days compacted ({sum(c.batches for c in done)} batches, {size:,} bytes)")
+
+
 @app.command("release-hold")
 def release_hold(hold_id: int, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
     """Release a legal hold; deletion requests it held are carried out."""

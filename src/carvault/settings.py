@@ -103,6 +103,11 @@ class Settings:
         "Where the transparency log keeps its tree: `file` (a folder in data_dir, one machine) or `postgres` "
         "(tables in the PostgreSQL metadata database; appends of every replica sequenced by an advisory lock).",
     )
+    compaction_interval_s: int = _setting(
+        900,
+        "Seconds between compactions of closed days into compact query copies on each replica (store/day_copies.py); "
+        "0 turns it off, e.g. when cron runs `carvault compact` instead.",
+    )
     live_broker: str = _setting(
         "memory",
         "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "

@@ -24,9 +24,12 @@ what is still stored, with the values retention withholds already removed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import io
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +45,8 @@ from sqlalchemy import select, update
 from carvault.signals import Catalogue
 from carvault.store.blobs import BlobNotFound, BlobStore
 from carvault.store.metadata import BatchRecord, Database, rowcount
+
+log = logging.getLogger(__name__)
 
 PREFIX = "copies"
 FAST_HZ = 10  # signals sampled at least this often go to the rate=10hz file
@@ -330,6 +335,41 @@ class DayCopies:
         for key in old - ({done.key} if done else set()):
             self._remove(key)
         return done
+
+
+class Compactor:
+    """The in-process schedule: compaction of closed days every ``interval_s`` seconds in a worker thread (0 = off).
+
+    Every replica may run one: a day's copy has one name for one set of batches, so replicas racing on a day write
+    the same bytes. ``carvault compact`` runs it once from the command line (e.g. from cron when this is off).
+    """
+
+    def __init__(self, compact: Callable[[], object], interval_s: int) -> None:
+        self.compact = compact
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop on the running event loop (nothing when the interval is 0)."""
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="copy-compactor")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.compact)
+            except Exception:  # noqa: BLE001 - the loop must live to try again next interval
+                log.exception("compaction of query copies failed; the next interval tries again")
+
+    async def stop(self) -> None:
+        """Cancel the loop (a compaction already running finishes in its thread)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
 
 
 def _rows(f: pq.ParquetFile, meta: pq.FileMetaData, start_ms: int, end_ms: int, wanted: Sequence[str]) -> pa.Table:

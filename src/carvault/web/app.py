@@ -18,6 +18,7 @@ from carvault.compliance.deletion import DeletionScheduler
 from carvault.compliance.retention import RetentionScheduler
 from carvault.geo.tiles import tile_origin
 from carvault.region import Region
+from carvault.store.day_copies import Compactor
 from carvault.web import errors, views
 from carvault.web.deps import declare_security
 from carvault.web.routes import (
@@ -74,7 +75,10 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         purges.start()  # a retention purge every interval (docs/retention.md); the lease lets one replica at a time
         deletions = DeletionScheduler(region.deletions)
         deletions.start()  # requests whose grace period has ended are carried out within a minute
+        compactor = Compactor(region.telemetry.compact, region.settings.compaction_interval_s)
+        compactor.start()  # closed days into compact query copies (store/day_copies.py)
         yield
+        await compactor.stop()
         await deletions.stop()
         await purges.stop()
         await region.live.close()
