@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,6 +27,10 @@ CONTRACT = "performance of the service contract"
 LEGAL_OBLIGATION = "legal obligation"
 # Retention purges: data kept no longer than its purpose needs (PIPL Art. 19, 47(1); GDPR Art. 5(1)(e)).
 STORAGE_LIMITATION = "storage limitation: the retention period has ended"
+
+# The owner's portal page a request serves, as (kind, view id): set for the portal's in-process API calls (web/views/
+# base.py ``PortalPages``) so the owner's own reads say which page they showed, and the access log groups them.
+PORTAL_PAGE: ContextVar[tuple[str, str] | None] = ContextVar("portal_page", default=None)
 
 
 class AuditAction(StrEnum):
@@ -112,6 +117,21 @@ class AuditAction(StrEnum):
 
 
 def audit_action(action: AuditAction | str) -> AuditAction:
+# Running the account itself (signing up, logging in, tokens, passwords, naming a car) is done under the service
+# contract, not the right of access: the access log must not say "right of access" for a log-in.
+ACCOUNT_ACTIONS = frozenset(
+    {
+        AuditAction.ACCOUNT_CREATE,
+        AuditAction.SESSION_CREATE,
+        AuditAction.TOKEN_CREATE,
+        AuditAction.CREDENTIAL_REVOKE,
+        AuditAction.PASSWORD_CHANGE,
+        AuditAction.VEHICLE_CLAIM,
+        AuditAction.VEHICLE_RENAME,
+    }
+)
+
+
     """The enum member for an action; an action not in ``AuditAction`` is a programming error, refused."""
     try:
         return AuditAction(action)
@@ -255,13 +275,14 @@ class AuditLog:
     def by_owner(
         self, owner_id: int, action: AuditAction | str, *, vin: str | None = None, detail: dict[str, Any] | None = None
     ) -> AuditEvent:
-        """Record what an owner did with their own data (actor and legal basis: the owner's request)."""
+        """Record what an owner did (actor: the owner; legal basis: the owner's request, or the service contract
+        for running the account: ``ACCOUNT_ACTIONS``)."""
         return self.record(
             owner_id=owner_id,
             vin=vin,
             actor=Actor("owner", str(owner_id)),
             action=action,
-            legal_basis=OWNER_REQUEST,
+            legal_basis=CONTRACT if audit_action(action) in ACCOUNT_ACTIONS else OWNER_REQUEST,
             detail=detail,
         )
 

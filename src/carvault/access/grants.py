@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from carvault.access.accounts import Accounts, Principal
 from carvault.access.apps import Apps, app_purposes
-from carvault.access.audit import OWNER_REQUEST, Actor, AuditAction, AuditLog
+from carvault.access.audit import OWNER_REQUEST, PORTAL_PAGE, Actor, AuditAction, AuditLog
 from carvault.compliance.sharing import (
     OutOfScope,
     Scope,
@@ -332,7 +332,10 @@ class Grants:
         return grant, app
 
     def record_read(self, access: Access, action: AuditAction | str, detail: dict[str, Any], rows: int = 0) -> None:
-        """Record a read in the owner's audit log (named by app, purpose and legal basis) and count the grant's use."""
+        """Record a read in the owner's audit log (named by app, purpose and legal basis) and count the grant's use.
+
+        The owner's own reads for a portal page carry the page's kind and view id (the access log groups them)."""
+        shown = PORTAL_PAGE.get() if access.view.is_owner else None
         self.audit.record(
             owner_id=access.vehicle.owner_id,
             vin=access.vin,
@@ -344,6 +347,7 @@ class Grants:
                 **({"grant_id": access.grant.id, "purpose": access.grant.purpose} if access.grant else {}),
                 **({"transfer": transfer_note(access.transfer)} if access.transfer is not None else {}),
                 **({"case_id": access.case_id} if access.case_id is not None else {}),
+                **({"page": shown[0], "view": shown[1]} if shown else {}),
             },
         )
         if access.grant is not None:

@@ -13,7 +13,9 @@ from carvault.access.audit import AuditAction
 from carvault.web.views.base import FormError, Page, page
 
 router = APIRouter(include_in_schema=False)
-PAGE_SIZE = 50
+PAGE_SIZE = 50  # rows shown per page
+FETCH = 500  # events read to fill them: the owner's page views fold into a few rows
+HOUR_MS = 3_600_000
 # The basis of a read under a case, as compliance/cases.case_basis writes it.
 CASE_BASIS = re.compile(r"case (?P<id>\d+) \((?P<kind>[a-z_]+)\): (?P<basis>.*)", re.DOTALL)
 
@@ -102,11 +104,55 @@ def summary(p: Page, e: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def group_key(p: Page, e: dict[str, Any]) -> tuple[str, str | None, int] | None:
+    """The group an event folds into: the owner's own reads made for a portal page, by page kind, vehicle and
+    hour (everyone else's reads, and everything not a read, stand alone)."""
+    d = e.get("detail") or {}
+    kind, _, ident = e["actor"].partition(":")
+    if not (kind == "owner" and ident == str(p.owner_id) and isinstance(d.get("page"), str) and d.get("view")):
+        return None
+    return d["page"], e.get("vin"), e["at_ms"] // HOUR_MS
+
+
+def fold(p: Page, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
+    """Events (newest first) as rows: the owner's page views grouped per page kind, vehicle and hour, with how
+    many views; returns the rows (at most ``PAGE_SIZE``) and the id of the last event they cover."""
+    rows: list[dict[str, Any]] = []
+    groups: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    last = None
+    for e in events:
+        key = group_key(p, e)
+        if key is not None and key in groups:
+            g = groups[key]
+            g["views"].add(e["detail"]["view"])
+            g["first_ms"] = e["at_ms"]
+            g["reads"] += 1
+            last = e["id"]
+            continue
+        if len(rows) == PAGE_SIZE:
+            break
+        row = {**e, "group": key is not None}
+        if key is not None:
+            row.update(views={e["detail"]["view"]}, first_ms=e["at_ms"], last_ms=e["at_ms"], reads=1)
+            groups[key] = row
+        rows.append(row)
+        last = e["id"]
+    return rows, last
+
+
+def page_summary(p: Page, row: dict[str, Any]) -> str:
+    """What a group of page views says: how many views and the span of time they fall in."""
+    span = p.t.dt(row["first_ms"], "time")
+    if p.t.dt(row["last_ms"], "time") != span:
+        span += f"–{p.t.dt(row['last_ms'], 'time')}"
+    return f"{p.t.count(len(row['views']), 'view')} · {span}"
+
+
 @router.get("/access")
 async def access(request: Request) -> Response:
     p = await page(request)
     q = request.query_params
-    params: dict[str, Any] = {"limit": PAGE_SIZE}
+    params: dict[str, Any] = {"limit": FETCH}
     error = None
     for name in ("actor", "action"):
         if q.get(name):
@@ -128,20 +174,27 @@ async def access(request: Request) -> Response:
     # Third-party reads are named by app, purpose and legal basis: the owner's grants say who is behind each.
     grants = {g["id"]: g for g in (await p.get_json("/api/v1/grants", params={"all": "true"}))["grants"]}
     apps = {g["app"]["client_id"]: g["app"]["name"] for g in grants.values() if g["app"]}
+    folded, last = fold(p, events)
+    cars = {v["vin"]: v["display_name"] for v in await p.get_json("/api/v1/vehicles")}
     rows = [
         {
             **e,
             "who": reader_label(p, e, grants) or actor_label(p, e["actor"], apps),
-            "what": p.t.maybe(f"action.{e['action']}", e["action"]),
-            "summary": summary(p, e),
+            "what": (
+                p.t.maybe(f"edges.page.{e['detail']['page']}", p.t("edges.page.other"))
+                if e["group"]
+                else p.t.maybe(f"action.{e['action']}", e["action"])
+            ),
+            "summary": page_summary(p, e) if e["group"] else summary(p, e),
             "basis": basis_label(p, e, grants),
+            "car": cars.get(e["vin"]) if e.get("vin") else None,
         }
-        for e in events
+        for e in folded
     ]
     older = None
-    if len(events) == PAGE_SIZE:
+    if last is not None and (len(events) == FETCH or last != events[-1]["id"]):
         keep = {k: v for k, v in q.items() if k not in ("before", "notice")}
-        older = "&".join(f"{k}={v}" for k, v in {**keep, "before": events[-1]["id"]}.items())
+        older = "&".join(f"{k}={v}" for k, v in {**keep, "before": last}.items())
     return p.render(
         "access.html",
         title=p.t("access.title"),

@@ -12,6 +12,7 @@ from carvault.store.metadata import Owner
 from carvault.web import csrf
 from carvault.web.deps import SESSION_COOKIE, RowId
 from carvault.web.i18n import LANG_COOKIE, LANGUAGES
+from carvault.web.user_agents import parse
 from carvault.web.views.base import Page, PageError, page, safe_next
 
 router = APIRouter(include_in_schema=False)
@@ -122,7 +123,20 @@ async def logout(request: Request) -> Response:
 
 async def _account(p: Page, status: int = 200, error: str | None = None) -> HTMLResponse:
     creds = await p.get_json("/api/v1/auth/credentials")
+    for c in creds:  # a session's label is its browser's User-Agent: named for people, the raw text in a tooltip
+        c["shown"] = session_name(p, c["label"]) if c["kind"] == "session" else c["label"]
     return p.render("account.html", status=status, title=p.t("account.title"), credentials=creds, error=error)
+
+
+def session_name(p: Page, user_agent: str | None) -> str:
+    """ "Chrome on Linux" / "Linux 上的 Chrome" for a session's User-Agent; the raw text when it names no known
+    browser."""
+    agent = parse(user_agent)
+    if agent is None:
+        return (user_agent or "").strip() or p.t("edges.ua.unknown")
+    if agent.system is None:
+        return agent.browser
+    return p.t("edges.ua.on", browser=agent.browser, system=agent.system)
 
 
 @router.get("/account")

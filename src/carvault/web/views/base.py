@@ -9,6 +9,8 @@ vehicle data is audited exactly as an API read is, and someone else's vehicle is
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
@@ -24,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from carvault import __version__
+from carvault.access.audit import PORTAL_PAGE
 from carvault.errors import Forbidden
 from carvault.web import csrf
 from carvault.web.deps import SESSION_COOKIE, client_address
@@ -53,6 +56,8 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Permissions-Policy": "geolocation=(), camera=(), microphone=(), payment=()",
 }
+PAGE_HEADER = "X-CarVault-Page"  # "<page kind> <view id>" on the portal's in-process API calls
+PAGE_VALUE = re.compile(r"([a-z][a-z0-9_-]{0,31}) ([0-9a-f]{8})")
 NOTICES = {
     "place_added",
     "place_saved",
@@ -284,6 +289,9 @@ async def call_api(
     }
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
+    if not hasattr(request.state, "page_view"):  # one id per page shown: the access log counts views, not calls
+        request.state.page_view = secrets.token_hex(4)
+    headers[PAGE_HEADER] = f"{page_kind(request)} {request.state.page_view}"
     client = (client_address(request) or "127.0.0.1", request.client.port if request.client else 0)
     transport = httpx.ASGITransport(app=request.app, client=client)
     async with httpx.AsyncClient(transport=transport, base_url="http://carvault.portal") as c:
@@ -339,9 +347,50 @@ def safe_next(value: str | None, default: str = "/vehicles") -> str:
     return default
 
 
+def page_kind(request: Request) -> str:
+    """The kind of portal page a request shows, from its route: ``/vehicles/{vin}/drive`` -> ``drive``,
+    ``/vehicles/{vin}`` -> ``timeline``, ``/access`` -> ``access``."""
+    template = getattr(request.scope.get("route"), "path", "") or request.url.path
+    if template == "/vehicles/{vin}":
+        return "timeline"
+    words = [w for w in template.split("/") if w and not w.startswith("{")]
+    return words[-1] if words else "home"
+
+
+class PortalPages:
+    """Marks the API requests the portal makes in-process for a page (``PAGE_HEADER``: kind and view id), so the
+    owner's own reads are recorded with the page they showed (``carvault.access.audit.PORTAL_PAGE``).
+
+    A plain ASGI middleware; the value is checked (a short word and a hex id) and only ever labels the owner's own
+    reads (``Grants.record_read``), so a client sending it can at most relabel its own owner's reads.
+    """
+
+    _HEADER = PAGE_HEADER.lower().encode()
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raw = (
+            next((v for k, v in scope.get("headers", ()) if k == self._HEADER), None)
+            if scope["type"] == "http"
+            else None
+        )
+        match = PAGE_VALUE.fullmatch(raw.decode("latin-1")) if raw else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        token = PORTAL_PAGE.set((match[1], match[2]))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            PORTAL_PAGE.reset(token)
+
+
 def install(app: FastAPI) -> None:
     """Serve the static files and turn portal exceptions into redirects and HTML error pages."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(PortalPages)
 
     @app.exception_handler(LoginRequired)
     async def _login(_: Request, e: LoginRequired) -> RedirectResponse:
