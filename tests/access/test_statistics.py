@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from carvault.access import statistics as st
 from carvault.access.trips import IS_CHARGING, IS_MOVING, ODOMETER, POWER, SOC, SPEED
+from carvault.compliance.retention import period_ms
 from carvault.errors import InvalidQuery
 from carvault.provisioning import provision
 from carvault.region import Region
@@ -319,6 +320,25 @@ def test_summaries_are_kept_reused_and_dropped_with_the_batches(region: Region, 
     req = region.deletions.request(uploaded.owner.owner_id, vin, "sold the car", immediately=True)
     assert req.status == "completed"
     assert _kept(region, vin) == 0
+
+
+@pytest.mark.slow
+def test_retention_withholds_then_purges_the_summaries(region: Region, uploaded: Uploaded) -> None:
+    vin = uploaded.vin
+    before = region.statistics.days(vin, D0, D0 + 2 * st.DAY_MS)
+    assert st.TYRES[0] in before.days[0]["conditions"]["series"] and _kept(region, vin) == 2
+    # Body (tyres, outside temperature) past its period: withheld from reads, so the kept days are recomputed.
+    region.retention.run(now=D0 + period_ms("body") + 3 * st.DAY_MS)
+    withheld = region.statistics.days(vin, D0, D0 + 2 * st.DAY_MS)
+    assert st.TYRES[0] not in withheld.days[0]["conditions"]["series"]
+    assert withheld.days[0]["drives"][0]["outside_c"] is None
+    assert st.totals(withheld.days)["drives"] == 2
+    # Everything past its period: the batches are erased, and the summaries made from them go too.
+    last = max(period_ms(c) for c in ("driving_dynamics", "battery_charging", "body"))
+    run = region.retention.run(now=D0 + last + 3 * st.DAY_MS)
+    assert run.status == "done", run.summary
+    assert _kept(region, vin) == 0
+    assert st.totals(region.statistics.days(vin, D0, D0 + 2 * st.DAY_MS).days)["drives"] == 0
 
 
 @pytest.mark.slow
