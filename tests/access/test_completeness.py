@@ -450,3 +450,33 @@ def test_fleet_telemetry_fills_the_version_from_tesla_records(region: Region) ->
     with region.db.session() as s:
         got = s.execute(select(BatchRecord.seq, BatchRecord.software_version).where(BatchRecord.vin == vin)).all()
     assert sorted(got) == [(1, "2025.44.25.1 abc123"), (2, "2025.44.25.1 abc123")]
+
+
+def test_against_an_incident_package(region: Region, car: Car, tmp_path: Path) -> None:
+    """Over the seqs both cover, the report counts exactly the package's batches; a report that differs fails."""
+    from carvault.access.audit import Actor
+    from carvault.access.packages import PackageBuilder
+
+    for i in range(4):
+        car.send(T + i * 60_000, 60)
+    builder = PackageBuilder(region)
+    row = builder.build(
+        car.identity.vin,
+        T + 60_000,
+        T + 180_000,
+        event=None,
+        requested_by=Actor("owner", str(car.owner.id)),
+        owner_id=car.owner.id,
+        legal_basis="owner's request",
+    )
+    path = tmp_path / "package.zip"
+    path.write_bytes(builder.read(row))
+    report = car.report(now=T + 3_600_000)
+    result = verify_report(report, log_key=region.log.vkey, package=path)
+    assert result.ok, result.checks
+    check = next(c for c in result.checks if c.name == "package")
+    assert check.ok and "seqs 2..3" in check.detail
+    other = json.loads(json.dumps(report))
+    other["batches"][1]["batch_hash"] = "0" * 64
+    failed = verify_report(other, package=path)
+    assert next(c for c in failed.checks if c.name == "package").ok is False
