@@ -15,6 +15,7 @@ from sqlalchemy import select
 from carvault.access.places import MAX_PLACES, Places, check_masked, covering, parse_place, place_of_json
 from carvault.errors import LocationInMaskedPlace, TooManyPlaces, ValidationFailed
 from carvault.location import LAT, LON, Place, distance_m, places_from_json
+from carvault.protocol.live import encode_frame
 from carvault.region import Region
 from carvault.store.metadata import BatchRefusal
 from carvault.vehicle.agent import UploadRefused, VehicleAgent
@@ -213,3 +214,20 @@ def test_masked_places_reach_the_car_and_the_region_enforces_them(
         params={"start": BASE_MS + 120_000, "end": BASE_MS + 150_000, "signals": LAT, "format": "json"},
     ).json()
     assert all(x is None for x in after["signals"][LAT])  # nothing of the refused batch is stored
+
+
+def test_live_frames_inside_a_masked_place_are_refused(region: Region, vehicle: VehicleIdentity) -> None:
+    owner = region.accounts.register("live-places@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vehicle.vin, vehicle.pairing_code)
+    opt_in(region, vehicle.vin, "location", "location_precise")
+
+    def frame(counter: int, lat: float) -> bytes:
+        return encode_frame(vehicle.vin, "cn", counter, BASE_MS, {LAT: lat, LON: HOME["lon"]}, vehicle.key)
+
+    assert region.live_channel.check(vehicle.vin, frame(1, HOME["lat"])) is not None  # no place yet
+    home = region.places.create(owner.id, HOME)
+    with pytest.raises(LocationInMaskedPlace):
+        region.live_channel.check(vehicle.vin, frame(2, HOME["lat"] + 0.001))  # ~110 m from the centre
+    assert region.live_channel.check(vehicle.vin, frame(3, HOME["lat"] + 0.01)) is not None  # ~1.1 km: outside
+    region.places.update(owner.id, home.id, {"mask_in_car": False})  # a place kept, no longer masked
+    assert region.live_channel.check(vehicle.vin, frame(4, HOME["lat"])) is not None
