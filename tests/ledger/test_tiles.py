@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from carvault.bench.pg_cluster import TemporaryPostgres
 from carvault.ledger.checkpoint import format_vkey, sign_checkpoint
 from carvault.ledger.merkle import EMPTY_ROOT
 from carvault.ledger.tiles import (
@@ -26,7 +27,7 @@ from carvault.ledger.tiles import (
 )
 from carvault.provisioning import provision
 from carvault.region import Region
-from carvault.server import BackgroundServer
+from carvault.server import BackgroundServer, free_port
 from carvault.settings import Settings
 from carvault.store.blobs import LocalBlobStore
 from carvault.store.metadata import BatchRecord
@@ -268,3 +269,48 @@ def test_the_client_refuses_a_checkpoint_it_cannot_trust(tmp_path: Path) -> None
     other = Verifier.parse(format_vkey(ORIGIN, log_key("someone else").public_key()))
     with pytest.raises(ClientError):
         open_checkpoint(note, other, ORIGIN)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[TemporaryPostgres]:
+    with TemporaryPostgres(fsync=False) as pg:
+        yield pg
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_replicas_on_postgresql_and_s3_publish_one_verifiable_log(
+    settings: Settings,
+    tmp_path: Path,
+    postgres: TemporaryPostgres,
+    s3_server,  # noqa: F811
+) -> None:
+    """Two replicas (one data folder for the keys, one PostgreSQL log, one bucket) take uploads in turn."""
+    shared = settings.with_(
+        database_url=postgres.create_database("tiles_replicas"),
+        log_backend="postgres",
+        blob_store=s3_bucket(s3_server),
+        s3_endpoint_url=s3_server.endpoint_url,
+    )
+    Region(shared).close()  # keys and schema once, as `carvault serve --workers` does
+    one, two = Region(shared), Region(shared.with_(port=free_port()))
+    try:
+        with BackgroundServer(one, port=shared.port) as s1, BackgroundServer(two, port=two.settings.port) as s2:
+            receipts = _upload(one, s1, tmp_path, 1, 2) + _upload(two, s2, tmp_path, 2, 2)
+            one.log.append([b"bulk %d" % i for i in range(300)])
+            receipts += _upload(two, s2, tmp_path, 3, 1)
+            size = two.log.size
+            assert one.log.size == size == 305 and sorted(r["log_index"] for r in receipts) == [0, 1, 2, 3, 304]
+            assert one.tiles.wait_published(size) and two.tiles.wait_published(size)
+            for server, region in ((s1, one), (s2, two)):  # either replica serves the same verifiable log
+                with httpx.Client(base_url=server.url, timeout=30) as http:
+                    client = _client(http, region)
+                    cp = client.checkpoint()
+                    assert cp.size == size and client.root(size) == cp.root
+                    leaves = _leaf_hashes(region, receipts)
+                    for r in receipts:
+                        proof = client.inclusion_proof(r["log_index"], size)
+                        assert root_from_inclusion(leaves[r["log_index"]], r["log_index"], size, proof) == cp.root
+    finally:
+        two.close()
+        one.close()
