@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from carvault.store.metadata import (
     now_ms,
     rowcount,
 )
+from carvault.store.segments import zero_ranges
 from carvault.store.tables import ExportJob
 
 if TYPE_CHECKING:
@@ -82,18 +82,8 @@ def overwrite(path: Path, offset: int, length: int) -> int:
 
 
 def overwrite_ranges(path: Path, ranges: list[tuple[int, int]]) -> int:
-    """Overwrite several (offset, length) ranges of one segment with zeros, then fsync once; return the bytes."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return 0
-    try:
-        for offset, length in ranges:
-            os.pwrite(fd, bytes(length), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return sum(length for _, length in ranges)
+    """Overwrite several (offset, length) ranges of one segment file with zeros, then fsync once; return the bytes."""
+    return zero_ranges(path, ranges)
 
 
 def signed_record(body: dict[str, Any], context: bytes, key: Ed25519PrivateKey, vkey: str) -> dict[str, Any]:
