@@ -21,11 +21,14 @@ def span_text(ms: int) -> str:
     return f"{ms // 1000} seconds"
 
 
-def check_window(start_ms: int, end_ms: int, most_ms: int | None = None, *, what: str = "the window") -> None:
+def check_window(
+    start_ms: int, end_ms: int, most_ms: int | None = None, *, what: str = "the window", instead: str = ""
+) -> None:
     """Refuse a window whose end comes before its start, equals it, or lies more than ``most_ms`` after it.
 
     Each mistake has its own error (``window_reversed``, ``window_empty``, ``window_too_long``), naming the
-    window's bounds and, when too long, the limit (``most_ms``) so a page can say it in the reader's language.
+    window's bounds and, when too long, the limit (``most_ms``) so a page can say it in the reader's language;
+    ``instead`` says what to use for longer windows.
     """
     if end_ms < start_ms:
         raise WindowReversed(
@@ -35,5 +38,5 @@ def check_window(start_ms: int, end_ms: int, most_ms: int | None = None, *, what
         raise WindowEmpty(f"{what} ends when it starts: give an end after the start", start_ms=start_ms, end_ms=end_ms)
     if most_ms is not None and end_ms - start_ms > most_ms:
         raise WindowTooLong(
-            f"{what} may span at most {span_text(most_ms)}", start_ms=start_ms, end_ms=end_ms, most_ms=most_ms
+            f"{what} may span at most {span_text(most_ms)}{instead}", start_ms=start_ms, end_ms=end_ms, most_ms=most_ms
         )

@@ -46,12 +46,15 @@ def to_parquet(table: pa.Table, meta: dict[str, Any]) -> bytes:
     return sink.getvalue()
 
 
+CSV_TIME_COLUMN = "t_utc"  # the time column of every telemetry CSV offered for download: ISO 8601, UTC
+
+
 def render(table: pa.Table, fmt: str, meta: dict[str, Any]) -> tuple[bytes, str]:
     """Encode a table in the requested format; return (body, media type)."""
     if fmt == "json":
         return to_json(table, meta), FORMATS["json"]
-    if fmt == "csv":
-        return to_csv(table), FORMATS["csv"]
+    if fmt == "csv":  # the column says its times are UTC (pages show local time): issue 13
+        return to_csv(table, CSV_TIME_COLUMN), FORMATS["csv"]
     if fmt == "parquet":
         return to_parquet(table, meta), FORMATS["parquet"]
     raise InvalidQuery(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", format=fmt)

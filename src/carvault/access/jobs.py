@@ -38,7 +38,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult, Result
 
 from carvault.access.audit import AuditAction
-from carvault.access.exports import _json_values
+from carvault.access.exports import CSV_TIME_COLUMN, _json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.compliance.sharing import Scope, ScopedView
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound, Unavailable
@@ -550,8 +550,8 @@ class ExportJobs:
 
 
 def _csv(table: pa.Table, *, header: bool) -> bytes:
-    """The same CSV as ``windows.to_csv``, with or without its header row (for appending chunks)."""
-    out = table.set_column(0, "t", iso_times(table.column("t")))
+    """The same CSV as ``exports.render`` (``t_utc`` first), with or without its header row (for appending chunks)."""
+    out = table.set_column(0, CSV_TIME_COLUMN, iso_times(table.column("t")))
     sink = io.BytesIO()
     pcsv.write_csv(out, sink, pcsv.WriteOptions(quoting_style="needed", include_header=header))
     return sink.getvalue()

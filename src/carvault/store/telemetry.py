@@ -107,7 +107,7 @@ class TelemetryStore:
 
     def window(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> pa.Table:
         """All samples of ``signals`` with start_ms <= t < end_ms, sorted by t, one column per signal."""
-        check_window(start_ms, end_ms, MAX_WINDOW_MS, what="a window (use a bulk export for more)")
+        check_window(start_ms, end_ms, MAX_WINDOW_MS, what="a window", instead="; use a bulk export for more")
         refs = self.batches(vin, start_ms, end_ms - 1)
         wanted = [s.path for s in signals]
         schema = pa.schema(

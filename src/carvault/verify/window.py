@@ -103,9 +103,10 @@ def iso_times(t: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chars)])
 
 
-def to_csv(table: pa.Table) -> bytes:
-    """CSV with a header row: ``t`` in ISO 8601 UTC, then one column per signal path (empty = not sampled)."""
-    out = table.set_column(0, "t", iso_times(table.column("t")))
+def to_csv(table: pa.Table, time_column: str = "t") -> bytes:
+    """CSV with a header row: the time (``time_column``) in ISO 8601 UTC, then one column per signal path (empty =
+    not sampled). Packages keep ``t`` (their data/window.csv is checked byte for byte); downloads say ``t_utc``."""
+    out = table.set_column(0, time_column, iso_times(table.column("t")))
     sink = io.BytesIO()
     pcsv.write_csv(out, sink, pcsv.WriteOptions(quoting_style="needed", batch_size=16384))
     return sink.getvalue()

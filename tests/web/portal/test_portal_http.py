@@ -211,7 +211,7 @@ def test_timeline_and_route_api(
     geo = http.get(f"{base}/route", headers=uploaded.headers, params={**window, "format": "geojson"}).json()
     assert geo["geometry"]["type"] == "LineString" and len(geo["geometry"]["coordinates"]) == 60
     bad = http.get(f"{base}/timeline", headers=uploaded.headers, params={"start": 0, "end": 400 * 86_400_000})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "window_too_long"  # issue 13: its own code
 
 
 def test_portal_api_routes_are_the_owners_only(

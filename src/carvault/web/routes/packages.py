@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import tempfile
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,26 @@ def package_json(p: IncidentPackage) -> dict[str, Any]:
         "tree_size": p.tree_size,
         "created_ms": p.created_ms,
         "download": f"/api/v1/vehicles/{p.vin}/packages/{p.id}/download",
+        "file_name": download_name(p),
     }
+
+
+def download_name(p: IncidentPackage) -> str:
+    """The file name a package downloads as (the page's verify command names exactly this file)."""
+    return f"carvault-{p.file_name}"
+
+
+def listed_gaps(data: bytes) -> list[dict[str, Any]]:
+    """The gaps a package's coverage.json lists (kind, from_ms, to_ms, detail); none when it cannot be read (the
+    verification's coverage check then says why)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            doc = json.loads(z.read("coverage.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        return []
+    gaps = doc.get("gaps") if isinstance(doc, dict) else None
+    keys = ("kind", "from_ms", "to_ms", "detail")
+    return [{k: g.get(k) for k in keys} for g in gaps or [] if isinstance(g, dict)]
 
 
 def _owned_package(region: Any, owner_id: int, vin: str, package_id: int) -> IncidentPackage:
@@ -113,21 +135,23 @@ def download_package(vin: str, package_id: RowId, owner: CurrentOwner, region: R
     return Response(
         PackageBuilder(region).read(p),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="carvault-{p.file_name}"'},
+        headers={"Content-Disposition": f'attachment; filename="{download_name(p)}"'},
     )
 
 
 @router.get(
     "/vehicles/{vin}/packages/{package_id}/verification",
-    summary="Run the offline verifier on the stored package (the same checks `carvault verify` does)",
+    summary="Run the offline verifier on the stored package (the same checks `carvault verify` does); the gaps "
+    "its coverage report lists, with their times",
 )
 def verification(vin: str, package_id: RowId, owner: CurrentOwner, region: RegionDep) -> dict[str, Any]:
     p = _owned_package(region, owner.owner_id, vin, package_id)
+    data = PackageBuilder(region).read(p)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "package.zip"
-        path.write_bytes(PackageBuilder(region).read(p))
+        path.write_bytes(data)
         verdict = verify_package(path, trust=trust_document(region))
-    return {"ok": verdict.ok, "checks": [asdict(c) for c in verdict.checks]}
+    return {"ok": verdict.ok, "checks": [asdict(c) for c in verdict.checks], "gaps": listed_gaps(data)}
 
 
 @router.get(

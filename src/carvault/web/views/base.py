@@ -122,8 +122,9 @@ class PageResponses:
 
     def redirect(self, url: str, notice: str | None = None) -> RedirectResponse:
         """A 303 to another page of the same site (portal or console), optionally with a notice to show there."""
-        if notice:
-            url += ("&" if "?" in url else "?") + f"notice={notice}"
+        if notice:  # before any #fragment: a notice after it never reaches the server (nothing was confirmed)
+            path, hash_, fragment = url.partition("#")
+            url = path + ("&" if "?" in path else "?") + f"notice={notice}" + hash_ + fragment
         response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
         self.finish(response)
         return response

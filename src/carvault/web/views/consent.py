@@ -36,6 +36,7 @@ async def _page(
         max_end=(today + timedelta(days=MAX_CONSENT_DAYS)).isoformat(),
         rights_email=RIGHTS_EMAIL,
         rights_phone=RIGHTS_PHONE,
+        changed=p.request.query_params.get("changed") if p.request.query_params.get("notice") else None,
     )
 
 
@@ -72,4 +73,5 @@ async def change(vin: str, category: str, request: Request) -> Response:
         notice = "consent_on"
     if r.status_code >= 400:
         return await _page(p, vin, 400, r.json().get("error", {}).get("message", ""), category)
-    return p.redirect(f"/vehicles/{car['vin']}/consent#cat-{category}", notice)
+    # The page confirms the change at the top and on the card itself (``changed``), and scrolls to the card.
+    return p.redirect(f"/vehicles/{car['vin']}/consent?changed={category}#cat-{category}", notice)
