@@ -3,7 +3,7 @@
 CarVault keeps every position in WGS-84. Tiles from Chinese providers (AMap/Gaode, Tencent, and others licensed in
 mainland China) place streets in GCJ-02, which differs by a few hundred metres, so a WGS-84 route drawn on them
 runs beside the road. For display only, positions are shifted with the published offset formula (the same one the
-open implementations use; checked against their published pairs in tests/geo/test_gcj02.py). Positions outside
+open implementations use; checked against their published pairs by the geo tests). Positions outside
 mainland China are not shifted: the providers draw those in WGS-84.
 
 "Mainland China" is decided by a coarse outline (:data:`MAINLAND_OUTLINE`, lat/lon vertices) minus Hong Kong and

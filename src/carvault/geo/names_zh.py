@@ -2,7 +2,7 @@
 
 GeoNames' cities1000 file (what the offline geocoder uses) carries English/ASCII names only. These tables give
 a Chinese reader at least the country and, in China, the province; town names stay as GeoNames spells them.
-Keys for provinces are the ``admin1`` spellings found in that file (checked by tests/geo/test_geocoder.py).
+Keys for provinces are the ``admin1`` spellings found in that file (a test checks that every one in the data is here).
 """
 
 from __future__ import annotations
