@@ -480,3 +480,16 @@ def test_against_an_incident_package(region: Region, car: Car, tmp_path: Path) -
     other["batches"][1]["batch_hash"] = "0" * 64
     failed = verify_report(other, package=path)
     assert next(c for c in failed.checks if c.name == "package").ok is False
+
+
+def test_every_reason_has_words_in_both_languages() -> None:
+    """The page names each reason and explains it in English and Chinese (keys built at run time)."""
+    from carvault.access.completeness import REASONS
+    from carvault.verify.completeness import REASONS as VERIFIED_REASONS
+    from carvault.web import i18n
+
+    assert set(REASONS) == set(VERIFIED_REASONS)  # the verifier knows every reason the report gives
+    for lang in ("en", "zh-CN"):
+        m = i18n.messages(lang)
+        missing = [k for r in REASONS for k in (f"completeness.reason.{r}", f"completeness.why.{r}") if k not in m]
+        assert not missing, (lang, missing)
