@@ -75,6 +75,9 @@ def serve(
             log_config=log_config(s.log_format, s.region),
             access_log=False,
             timeout_keep_alive=30,
+            # A worker answers the supervisor's health check only once the app is imported, which takes seconds on a
+            # busy machine; uvicorn's 5 s default killed and restarted such workers forever (load 10, 2 cores).
+            timeout_worker_healthcheck=60,
         )
         return
     with Region(s) as r:
