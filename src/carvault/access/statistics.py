@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
@@ -57,6 +59,7 @@ SOC_TOLERANCE_MS = 120_000
 MIN_STANDSTILL_MS = 3_600_000
 RISE_TOLERANCE = 0.3  # state-of-charge points a standstill may gain from sensor noise
 BUCKET_MS = 600_000  # condition views keep 10-minute means
+RECENT_REQUESTS = 4  # parsed days kept in memory for this many recent requests
 
 AIR = "Vehicle.Exterior.AirTemperature"
 CABIN = "Vehicle.Cabin.HVAC.AmbientAirTemperature"
@@ -497,33 +500,33 @@ def vampire_drain(days: Days, *, min_hours: float = MIN_STANDSTILL_MS / 3.6e6, w
 
 def _drain_per_day(kept: list[dict[str, Any]], days: Days) -> list[dict[str, Any]]:
     """Each local day's share of the kept standstills (a standstill's loss spread evenly over its hours)."""
-    out = []
-    for d in days.days:
-        a0, b0 = d["start_ms"], d["end_ms"]
-        hours = lost = kwh = 0.0
-        has_kwh = False
-        for p in kept:
-            overlap = min(b0, p["end_ms"]) - max(a0, p["start_ms"])
-            if overlap <= 0:
-                continue
-            share = overlap / (p["end_ms"] - p["start_ms"])
-            hours += overlap / 3.6e6
-            lost += p["soc_lost"] * share
-            if p["kwh_lost"] is not None:
-                kwh += p["kwh_lost"] * share
-                has_kwh = True
-        if hours > 0:
-            out.append(
-                {
-                    "day": period_key(a0, days.tz, "day"),
-                    "start_ms": a0,
-                    "parked_hours": round(hours, 3),
-                    "soc_lost": round(lost, 3),
-                    "kwh_lost": round(kwh, 3) if has_kwh else None,
-                    "pct_per_hour": round(lost / hours, 4),
-                }
-            )
-    return out
+    if not kept or not days.days:
+        return []
+    pa_ = np.array([p["start_ms"] for p in kept], np.float64)
+    pb = np.array([p["end_ms"] for p in kept], np.float64)
+    lost = np.array([p["soc_lost"] for p in kept], np.float64)
+    kwh = np.array([np.nan if p["kwh_lost"] is None else p["kwh_lost"] for p in kept], np.float64)
+    da = np.array([d["start_ms"] for d in days.days], np.float64)
+    db = np.array([d["end_ms"] for d in days.days], np.float64)
+    # days x standstills: the milliseconds each standstill spends in each day (one matrix, no Python loop).
+    overlap = np.clip(np.minimum(db[:, None], pb[None, :]) - np.maximum(da[:, None], pa_[None, :]), 0, None)
+    share = overlap / np.maximum(pb - pa_, 1)[None, :]
+    hours = overlap.sum(axis=1) / 3.6e6
+    lost_d = share @ lost
+    has_kwh = (share[:, ~np.isnan(kwh)] > 0).any(axis=1)
+    kwh_d = share[:, ~np.isnan(kwh)] @ kwh[~np.isnan(kwh)]
+    return [
+        {
+            "day": period_key(d["start_ms"], days.tz, "day"),
+            "start_ms": d["start_ms"],
+            "parked_hours": round(float(hours[k]), 3),
+            "soc_lost": round(float(lost_d[k]), 3),
+            "kwh_lost": round(float(kwh_d[k]), 3) if has_kwh[k] else None,
+            "pct_per_hour": round(float(lost_d[k] / hours[k]), 4),
+        }
+        for k, d in enumerate(days.days)
+        if hours[k] > 0
+    ]
 
 
 def conditions(days: Days, allowed: set[str], start_ms: int, end_ms: int) -> dict[str, Any]:
@@ -584,6 +587,8 @@ class Statistics:
         self.withheld = withheld
         self.last_seen = last_seen
         self.clock = clock
+        self._recent: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
         self._signals = [catalogue[p] for p in DAY_SIGNALS if p in catalogue]
 
     def days(self, vin: str, start_ms: int, end_ms: int, tz_name: str | None = None) -> Days:
@@ -595,19 +600,27 @@ class Statistics:
         if not spans:
             return Days(name, tz, [])
         prints, missing = self._fingerprints(vin, spans)
+        # A page asks for the same finished days more than once (months, then years): the parsed days are kept for
+        # the last few requests, under their fingerprints, so a change is never served stale.
+        key = (vin, name, spans[0][1], spans[-1][2], tuple(prints)) if spans[-1][2] + TRAIL_MS <= now else None
+        with self._lock:
+            recent = self._recent.get(key) if key is not None else None
+        if recent is not None:
+            return Days(name, tz, recent)
         seen = self.last_seen(vin) if self.last_seen is not None else None
         with self.db.session() as s:
-            rows = {
-                (r.start_ms, r.end_ms): r
-                for r in s.scalars(
-                    select(StatisticsDay).where(
+            cached = {
+                (r.start_ms, r.end_ms): (r.fingerprint, r.body)
+                for r in s.execute(
+                    select(
+                        StatisticsDay.start_ms, StatisticsDay.end_ms, StatisticsDay.fingerprint, StatisticsDay.body
+                    ).where(
                         StatisticsDay.vin == vin,
                         StatisticsDay.start_ms >= spans[0][1],
                         StatisticsDay.start_ms <= spans[-1][1],
                     )
                 )
             }
-            cached = {k: (r.fingerprint, r.body) for k, r in rows.items()}
         out: list[dict[str, Any]] = []
         fresh: list[tuple[int, int, str, str]] = []
         for (_, a, b), fp in zip(spans, prints, strict=True):
@@ -625,6 +638,11 @@ class Statistics:
                 fresh.append((a, b, fp, json.dumps(day, separators=(",", ":"))))
         if fresh:
             self._keep(vin, fresh, stale=[k for k in cached if k in {(a, b) for a, b, _, _ in fresh}])
+        if key is not None:
+            with self._lock:
+                self._recent[key] = out
+                while len(self._recent) > RECENT_REQUESTS:
+                    self._recent.popitem(last=False)
         return Days(name, tz, out)
 
     def _keep(self, vin: str, fresh: list[tuple[int, int, str, str]], stale: list[tuple[int, int]]) -> None:
@@ -688,6 +706,9 @@ class Statistics:
 
     def forget(self, vin: str, before_ms: int | None = None) -> int:
         """Drop a vehicle's kept summaries (those of days starting before ``before_ms``, or all)."""
+        with self._lock:
+            for key in [k for k in self._recent if k[0] == vin]:
+                del self._recent[key]
         with self.db.session() as s:
             q = delete(StatisticsDay).where(StatisticsDay.vin == vin)
             if before_ms is not None:
