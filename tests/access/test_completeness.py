@@ -49,10 +49,29 @@ class Car:
         region.vehicles.claim(self.owner.id, self.identity.vin, self.identity.pairing_code)
         self.seq, self.prev = 0, GENESIS_PREV
 
-    def batch(self, start_ms: int, seconds: int, paths: list[str] = PATHS, version: str | None = "2025.44.1") -> bytes:
-        """The next batch of the chain (not yet sent)."""
+    def batch(
+        self,
+        start_ms: int,
+        seconds: int,
+        paths: list[str] = PATHS,
+        version: str | None = "2025.44.1",
+        kind: str = "telemetry",
+    ) -> bytes:
+        """The next batch of the chain (not yet sent); an event batch carries a hard-braking description."""
         table = drive_table(start_ms, seconds, paths)
+        if kind == "event":
+            meta = {
+                "kind": "hard_braking",
+                "trigger_ms": start_ms + 1_000,
+                "legal_basis": "safety event record for incident reconstruction (service contract, GB/T 41871-2022)",
+                "locked": False,
+                "pre_s": 1,
+                "post_s": 1,
+                "triggers": [],
+            }
+            table = table.replace_schema_metadata({b"carvault.event": json.dumps(meta).encode()})
         blob = make_batch(
+            kind=kind,
             vin=self.identity.vin,
             region="cn",
             seq=self.seq + 1,
@@ -493,3 +512,18 @@ def test_every_reason_has_words_in_both_languages() -> None:
         m = i18n.messages(lang)
         missing = [k for r in REASONS for k in (f"completeness.reason.{r}", f"completeness.why.{r}") if k not in m]
         assert not missing, (lang, missing)
+
+
+def test_event_batches_in_the_chain_are_not_missing(region: Region, car: Car) -> None:
+    """An event batch between two telemetry batches is in the chain: the pause around it is 'not sent'."""
+    car.send(T, 60)
+    car.send(T + 300_000, 3, kind="event")
+    car.send(T + 600_000, 60)
+    report = car.report(now=T + 3_600_000)
+    [pause] = [g for g in report["gaps"] if T < g["start_ms"] < T + 600_000]
+    assert pause["reason"] == NOT_SENT and pause["detail"]["batch_before"] == 1 and pause["detail"]["batch_after"] == 3
+    assert report["chain"]["missing_seqs"] == [] and [b["kind"] for b in report["batches"]] == [
+        "telemetry",
+        "event",
+        "telemetry",
+    ]

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from carvault.access.grants import Access
 from carvault.access.trips import TIMELINE_SIGNALS, detect
@@ -463,8 +463,9 @@ class Completeness:
             "batch_before": before.seq if before is not None else None,
             "batch_after": after.seq if after is not None else None,
         }
-        if hi_seq >= lo_seq:  # the car made batches here that the region does not hold
-            return {**gap, **self._explain_missing(ctx, lo_seq, hi_seq, detail)}
+        stored = self._stored_between(ctx.vin, lo_seq, hi_seq)  # event and media batches sit in the chain too
+        if hi_seq >= lo_seq and stored < hi_seq - lo_seq + 1:  # the car made batches here the region does not hold
+            return {**gap, **self._explain_missing(ctx, lo_seq, hi_seq, {**detail, "stored_in_range": stored})}
         if refused:
             return {
                 **gap,
@@ -478,6 +479,14 @@ class Completeness:
         if after is None:
             return {**gap, "reason": NOT_YET_RECEIVED, "detail": detail}
         return {**gap, "reason": NOT_SENT, "detail": detail}
+
+    def _stored_between(self, vin: str, lo: int, hi: int) -> int:
+        """How many batches of any kind the region holds with ``lo <= seq <= hi``."""
+        if hi < lo:
+            return 0
+        with self.db.session() as s:
+            q = select(func.count()).where(BatchRecord.vin == vin, BatchRecord.seq >= lo, BatchRecord.seq <= hi)
+            return int(s.scalar(q) or 0)
 
     def _explain_missing(self, ctx: _Context, lo: int, hi: int, detail: dict[str, Any]) -> dict[str, Any]:
         """Why seqs ``lo..hi`` are not stored: a retention purge, a deletion, or nothing on record."""
