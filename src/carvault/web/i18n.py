@@ -92,16 +92,24 @@ class Translator:
 
     @property
     def tz_label(self) -> str:
-        """The display time zone as people read it: its name in this language where the catalogue has one (else, in
-        English, its IANA id) and its UTC offset now, e.g. ``中国标准时间（UTC+08:00）``."""
-        offset = datetime.now(self.tz).utcoffset()
+        """The display time zone as people read it (``zone_label`` of ``tz_name``)."""
+        return self.zone_label(self.tz_name)
+
+    def zone_label(self, name: str) -> str:
+        """A time zone as people read it: its name in this language where the catalogue has one (else, in English,
+        its IANA id) and its UTC offset now, e.g. ``中国标准时间（UTC+08:00）``."""
+        try:
+            zone: tzinfo = self.tz if name == self.tz_name else ZoneInfo(name)
+        except (ValueError, KeyError, OSError):
+            return name
+        offset = datetime.now(zone).utcoffset()
         minutes = int(offset.total_seconds() // 60) if offset else 0
         sign = "+" if minutes >= 0 else "-"
         utc = f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-        name = messages(self.language).get(f"a11y.tz.{self.tz_name}") or (None if self.zh else self.tz_name)
-        if not name:
+        label = messages(self.language).get(f"a11y.tz.{name}") or (None if self.zh else name)
+        if not label:
             return utc
-        return f"{name}（{utc}）" if self.zh else f"{name} ({utc})"
+        return f"{label}（{utc}）" if self.zh else f"{label} ({utc})"
 
     @property
     def zh(self) -> bool:

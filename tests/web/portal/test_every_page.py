@@ -48,6 +48,8 @@ LATIN_WORDS = (
     DTC DTCs OBD SoC SOC AC DC CAN VSS VISS PKCE CN EU US QR SQL ISO RFC GPS TLS CA DPO WGS GCJ XYZ OSM C2SP
     NEDC WLTP CLTC OTA ABS AEB EDR LED SAE CFR H3 Art GET POST PUT DELETE Authorization Bearer CNY EUR USD
     GeoNames CC BY cn eu us http https localhost PARQUET EBA MIL II IsCharging v3"""
+    # the browser names of the test's own HTTP client, shown as the sessions' browsers
+    """ python httpx"""
     # a word inside the official Chinese names of Chinese regulations (《App违法违规收集使用个人信息行为认定方法》)
     """ App"""
 )
@@ -96,6 +98,7 @@ DATA = (
     re.compile(r"\b(?=[A-Z0-9-]*[0-9])[A-Z][A-Z0-9-]{2,}\b"),  # trouble codes (P0A1F), references (SC-2026-1)
     re.compile(r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)+/\S*"),  # host/path names (a log's origin)
     re.compile(r"\bcarvault(?: [a-z-]+)+"),  # carvault commands
+    re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b"),  # snake_case names: file columns (t_utc), codes
     re.compile(r"\b[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\b"),  # dotted names: signals, permissions
 )
 WIDER_THAN_SCREEN = "() => document.documentElement.scrollWidth - window.innerWidth"
@@ -339,5 +342,103 @@ def test_every_page_is_accessible_and_translated(browser: Any, site: Site, lang:
 def test_the_untranslated_check_catches_english() -> None:
     """The Chinese check is not blind: English UI words are found, data values and allowed terms are not."""
     assert untranslated(["Not Found", "返回"]) == ["Found", "Not"]
+    assert untranslated(["python-httpx/0.29.0 · /api/v1/docs · docs/sharing.md · Vehicle.Speed"]) == []
+    assert untranslated(["单位：degrees", "batches"]) == ["batches", "degrees"]
     assert untranslated(["车辆 LRW3E7FS5PC000011 的 API 与 CSV", "li.wei@example.com", "12.5 km/h", "P0A1F"]) == []
     assert untranslated(["时区：Asia/Shanghai"]) == ["Asia/Shanghai"]
+
+
+def _owner_page(browser: Any, site: Site, size: str = "desktop", lang: str = "en") -> tuple[Any, Any, list[str]]:
+    ctx = new_context(browser, site.world, size=size, lang=lang)
+    ctx.add_cookies([{"name": SESSION_COOKIE, "value": site.owner_secret, "url": site.world.url}])
+    page = ctx.new_page()
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: messages.append(str(e)))
+    return ctx, page, messages
+
+
+def test_drive_charts_have_units_several_ticks_and_data_tables(browser: Any, site: Site) -> None:
+    ctx, page, errors = _owner_page(browser, site)
+    try:
+        vin = site.ids["vin"]
+        page.goto(f"/vehicles/{vin}/drive?" + site.queries["/vehicles/{vin}/drive"])
+        page.wait_for_selector("#chart-soc[data-y-ticks]")
+        units = {c: page.get_attribute(f"#chart-{c}", "data-y-unit") for c in ("speed", "pedals", "pressure", "soc")}
+        assert units == {"speed": "km/h", "pedals": "%", "pressure": "bar", "soc": "%"}
+        ticks = {c: int(page.get_attribute(f"#chart-{c}", "data-y-ticks") or 0) for c in units}
+        assert all(n >= 3 for n in ticks.values()), ticks  # the battery chart among them: not one lonely tick
+        # Each chart offers its numbers as a table: a header per series with its unit, rows of real values.
+        tables = page.locator("details.chart-data")
+        assert tables.count() == len(units) + 1  # the four charts and the route
+        speed = page.locator("#chart-speed + details.chart-data")
+        speed.locator("summary").click()
+        assert "(km/h)" in speed.locator("thead").inner_text()
+        rows = speed.locator("tbody tr")
+        assert 5 <= rows.count() <= 61
+        values = [r for r in speed.locator("tbody td").all_inner_texts() if r != "—"]
+        top = float(api(site.world, f"/api/v1/vehicles/{vin}/timeline").json()["drives"][-1]["top_speed_kmh"])
+        assert values and max(float(v.replace(",", "")) for v in values) <= top + 0.5
+        route = page.locator("#route-svg + details.chart-data")
+        assert route.count() == 1 and route.locator("tbody tr").count() >= 2  # start and end at least
+        assert axe_violations(page) == []  # with the tables open
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_the_api_reference_renders_its_operations_under_the_portal_policy(browser: Any, site: Site) -> None:
+    ctx = new_context(browser, site.world)
+    page = ctx.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        response = page.goto("/api/v1/docs")
+        assert response is not None and response.status == 200
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+        page.wait_for_selector(".opblock")
+        operations = page.locator(".opblock").count()
+        assert operations >= 50, operations
+        assert page.locator(".opblock-summary-path", has_text="/api/v1/vehicles/{vin}/telemetry").count() >= 1
+        # Opening an operation shows its parameters and answers, from the region's own OpenAPI document.
+        page.locator(".opblock-summary-control").first.click()
+        page.wait_for_selector(".opblock.is-open .responses-wrapper")
+        scripts = page.locator("script[src]").evaluate_all("els => els.map(e => e.getAttribute('src'))")
+        assert all(s.startswith("/static/") for s in scripts), scripts  # no CDN
+        assert not problems, problems  # nothing refused by the policy, no script error
+    finally:
+        ctx.close()
+
+
+def test_menus_stay_on_one_line_on_a_phone_and_every_entry_is_reachable(browser: Any, site: Site) -> None:
+    ctx, page, errors = _owner_page(browser, site, size="phone", lang="zh-CN")
+    try:
+        page.goto(f"/vehicles/{site.ids['vin']}/consent")
+        for menu in (".mainnav ul", ".tabs ul"):
+            tops = page.locator(f"{menu} > li").evaluate_all("els => els.map(e => Math.round(e.offsetTop))")
+            assert len(set(tops)) == 1, (menu, tops)  # one line, not two or three
+            assert page.evaluate(f"() => document.querySelector('{menu}').scrollWidth") > 390  # it scrolls
+        # The current tab is brought into view; the last one is reached by the keyboard and scrolled to.
+        current = page.locator('.tabs a[aria-current="page"]').bounding_box()
+        assert current is not None and current["x"] >= 0 and current["x"] + current["width"] <= 390
+        last = page.locator(".tabs li:last-child a")
+        last.focus()
+        box = last.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 391, box
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_error_pages_speak_the_pages_language(site: Site) -> None:
+    """A 404 in Chinese says so in Chinese (no "Not Found" from the framework), readable number included."""
+    for lang, title, status_text in (("zh-CN", "未找到", "错误 404"), ("en", "Not found", "Error 404")):
+        r = httpx.get(site.world.url + "/no-such-page", headers={"Accept-Language": lang}, timeout=30)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert f"<h1>{title}</h1>" in r.text and status_text in r.text
+        assert "Not Found" not in r.text
+        r = httpx.get(site.world.url + "/console/no-such-page", headers={"Accept-Language": lang}, timeout=30)
+        assert r.status_code == 404 and status_text in r.text and "Not Found" not in r.text

@@ -158,6 +158,9 @@
     details.appendChild(cell("summary", text("chart_table") + " · " + chart.title));
     var wrap = document.createElement("div");
     wrap.className = "table-wrap";
+    wrap.setAttribute("tabindex", "0");  // it scrolls (portal.css): the keyboard scrolls it too
+    wrap.setAttribute("role", "region");
+    wrap.setAttribute("aria-label", chart.title);
     var table = document.createElement("table");
     table.className = "table";
     table.appendChild(cell("caption", chart.title));
