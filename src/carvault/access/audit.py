@@ -47,8 +47,8 @@ class AuditAction(StrEnum):
     CONSENT_STOP = "consent.stop"
     TELEMETRY_READ = "telemetry.read"
     TIMELINE_READ = "timeline.read"
-    FRAME_READ = "frame.read"
     STATISTICS_READ = "statistics.read"
+    FRAME_READ = "frame.read"
     LOG_KEY_READ = "log_key.read"
     TELEMETRY_EXPORT = "telemetry.export"
     EXPORT_CREATE = "export.create"
@@ -103,6 +103,7 @@ class AuditAction(StrEnum):
     STAFF_LOGIN = "staff.login"
     STAFF_LOGOUT = "staff.logout"
     STAFF_SESSIONS_END = "staff.sessions_end"
+    COMPLETENESS_READ = "completeness.read"  # issue 13: the completeness report (what is missing and why)
     CASE_OPEN = "case.open"
     CASE_CLOSE = "case.close"
     CASE_APPROVE = "case.approve"
@@ -116,7 +117,6 @@ class AuditAction(StrEnum):
     PLACE_CHANGE = "place.change"  # issue 13: the owner named, changed or removed a place (maybe masked in the car)
 
 
-def audit_action(action: AuditAction | str) -> AuditAction:
 # Running the account itself (signing up, logging in, tokens, passwords, naming a car) is done under the service
 # contract, not the right of access: the access log must not say "right of access" for a log-in.
 ACCOUNT_ACTIONS = frozenset(
@@ -132,6 +132,7 @@ ACCOUNT_ACTIONS = frozenset(
 )
 
 
+def audit_action(action: AuditAction | str) -> AuditAction:
     """The enum member for an action; an action not in ``AuditAction`` is a programming error, refused."""
     try:
         return AuditAction(action)
