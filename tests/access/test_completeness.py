@@ -527,3 +527,17 @@ def test_event_batches_in_the_chain_are_not_missing(region: Region, car: Car) ->
         "event",
         "telemetry",
     ]
+
+
+def test_calendar_counts_coverage_and_refusals(region: Region, car: Car) -> None:
+    """The strip's figures come from the batch index and the refusal record."""
+    car.send(T, 60)
+    car.send(T + 60_000, 60)
+    car.seq += 1
+    with pytest.raises(BrokenChain):
+        car.send(T + 180_000, 60)
+    days = region.completeness.calendar(car.identity.vin, T + 86_400_000, "UTC", days=2)
+    assert [(d["date"], d["covered_seconds"], d["refusals"]) for d in days][-2:] == [
+        ("2025-11-13", 120, 1),
+        ("2025-11-14", 0, 0),
+    ]

@@ -113,7 +113,7 @@ def day_window(day: str, zone: dt.tzinfo) -> tuple[int, int]:
 
 def _days(start_ms: int, end_ms: int, zone: dt.tzinfo) -> list[tuple[str, int, int]]:
     """The civil days that ``[start_ms, end_ms)`` touches, each as (date, start, end) clipped to the window."""
-    out = []
+    out: list[tuple[str, int, int]] = []
     d = dt.datetime.fromtimestamp(start_ms / 1000, zone).date()
     while True:
         lo, hi = day_window(d.isoformat(), zone)
@@ -589,7 +589,7 @@ class Completeness:
                 for a, b in off:
                     mask &= ~((times >= a) & (times < b))
                 on_seconds = len(np.unique(times[mask] // 1000))
-            rows = []
+            rows: list[dict[str, Any]] = []
             for s in sigs:
                 present = counts.get(s.path) if counts is not None else None
                 expected = None if s.on_change or on_seconds is None else int(s.rate_hz * on_seconds)
@@ -727,7 +727,7 @@ class Completeness:
                 )
             ).all()
             refusals = s.execute(
-                select(BatchRefusal.t0_min, BatchRefusal.t1_max, BatchRefusal.count).where(
+                select(BatchRefusal.t0_min, BatchRefusal.t1_max, BatchRefusal.count.label("n")).where(
                     BatchRefusal.vin == vin, BatchRefusal.t0_min < end_ms, BatchRefusal.t1_max >= lo
                 )
             ).all()
@@ -742,7 +742,7 @@ class Completeness:
                     "end_ms": b,
                     "covered_seconds": -(-covered // 1000),  # whole seconds the spans touch
                     "seconds": (b - a) // 1000,
-                    "refusals": sum(r.count for r in refusals if r.t0_min < b and r.t1_max >= a),
+                    "refusals": sum(int(r.n) for r in refusals if r.t0_min < b and r.t1_max >= a),
                 }
             )
         return out
