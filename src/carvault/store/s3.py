@@ -81,9 +81,11 @@ class S3BlobStore:
         self.endpoint_url = endpoint_url
         config = Config(
             max_pool_connections=POOL_CONNECTIONS,
-            retries={"mode": "standard", "max_attempts": 4},
-            connect_timeout=5,
-            read_timeout=60,
+            # A group commit waits for its PUT: bounded, so a server that stops answering (not only one that
+            # refuses) turns into a 503 for the cars within about a minute instead of holding the committer.
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=3,
+            read_timeout=15,
             tcp_keepalive=True,
             s3={"addressing_style": "path"} if endpoint_url else {},
         )
