@@ -13,12 +13,19 @@
              grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" } };
   }
 
+  function widthOf(el) {
+    // The figure's width (the card's when the figure has none yet), never wider than the card.
+    var box = el.closest("section") || el.parentNode;
+    return Math.max(260, Math.min(el.clientWidth || box.clientWidth, box.clientWidth - 8));
+  }
+
   function plot(el, opts, data) {
     if (!el) return null;
-    opts.width = Math.max(260, el.clientWidth || 320);
+    opts.width = widthOf(el);
     var u = new uPlot(opts, data, el);
+    el.uplot = u;  // for the page's tests
     window.addEventListener("resize", function () {
-      u.setSize({ width: Math.max(260, el.clientWidth || 320), height: u.height });
+      u.setSize({ width: widthOf(el), height: u.height });
     });
     return u;
   }
@@ -33,7 +40,7 @@
       var minutes = curve.t_s.map(function (s) { return s / 60; });
       plot(document.getElementById("chart-curve-time"), {
         height: 220,
-        scales: { x: { time: false } },
+        scales: { x: { time: false, range: function (u, lo, hi) { return [0, Math.max(1, Math.ceil(hi / 5) * 5)]; } } },
         series: [
           { label: L.time + " (min)", value: function (u, v) { return num(v, 0) + " min"; } },
           { label: L.power + " (kW)", stroke: "#0b6e4f", width: 1.6, fill: "#0b6e4f14", spanGaps: true,
@@ -49,7 +56,10 @@
       if (pts.length > 1) {
         plot(document.getElementById("chart-curve-soc"), {
           height: 220,
-          scales: { x: { time: false } },
+          // Whole tens of percent at the ends, so even a phone-wide chart has ticks at both ends.
+          scales: { x: { time: false, range: function (u, lo, hi) {
+            return [Math.floor(lo / 10) * 10, Math.max(Math.ceil(hi / 10) * 10, Math.floor(lo / 10) * 10 + 10)];
+          } } },
           series: [
             { label: L.soc + " (%)", value: function (u, v) { return num(v, 1) + " %"; } },
             { label: L.power + " (kW)", stroke: "#1d4ed8", width: 1.6, spanGaps: true,

@@ -132,7 +132,7 @@ async def add_tariff(vin: str, request: Request) -> Response:
     days = [v for k, v in (await request.form()).multi_items() if k == "weekday" and isinstance(v, str)]
     r = await p.api("POST", "/api/v1/tariffs", json_body=_tariff_body(form, days))
     if r.status_code == 201:
-        return p.redirect(f"/vehicles/{vin}/charging#tariffs-h", "tariff_added")
+        return p.redirect(f"/vehicles/{vin}/charging?notice=tariff_added#tariffs-h")
     err = r.json().get("error", {}) if r.headers.get("content-type", "").startswith("application/json") else {}
     code, field = err.get("code", ""), err.get("field", "")
     message = p.t(f"charging.error.{code}.{field}") if field else ""
@@ -148,4 +148,4 @@ async def delete_tariff(vin: str, tariff_id: int, request: Request) -> Response:
     r = await p.api("DELETE", f"/api/v1/tariffs/{tariff_id}")
     if r.status_code not in (204, 404):
         raise PageError(r.status_code, p.t("charging.error.other"))
-    return p.redirect(f"/vehicles/{vin}/charging#tariffs-h", "tariff_removed")
+    return p.redirect(f"/vehicles/{vin}/charging?notice=tariff_removed#tariffs-h")
