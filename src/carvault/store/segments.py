@@ -42,8 +42,9 @@ def _folder(blobs: BlobStore) -> Path | None:
 
 
 def _writer_id(writer_id: str | None) -> str:
-    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in os.uname().nodename) or "host"
-    return writer_id or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """This writer's name in segment keys: host, process and a random part (a well-formed blob key part)."""
+    host = "".join(c if c.isascii() and c.isalnum() or c in ".-" else "-" for c in os.uname().nodename)
+    return writer_id or f"h{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def zero_ranges(path: Path, ranges: Sequence[tuple[int, int]]) -> int:
