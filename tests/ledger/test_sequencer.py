@@ -239,6 +239,43 @@ def test_two_processes_append_and_one_is_killed_mid_append(pg_url: str) -> None:
             assert hashes[stray[0]] == merkle.leaf_hash(f"a r{len(acked['a'])} 0".encode())
 
 
+@pytest.mark.slow
+def test_the_fence_of_a_killed_holder_is_released(pg_url: str) -> None:
+    """A replica killed inside the fence (between reading rows and writing indices) does not block the others."""
+    code = (
+        "import sys, time\n"
+        "from tests.ledger.conftest import ORIGIN, log_key\n"
+        "from carvault.ledger.sequencer import PostgresLog\n"
+        "log = PostgresLog(sys.argv[1], ORIGIN, log_key(), ORIGIN)\n"
+        "with log.fence():\n"
+        "    log.append([b'inside the fence'])\n"
+        "    print('in', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "in"
+        entered = threading.Event()
+        with PostgresLog(pg_url, ORIGIN, log_key(), ORIGIN) as log:
+
+            def enter() -> None:
+                with log.fence():
+                    entered.set()
+                    log.append([b"after the kill"])
+
+            waiter = threading.Thread(target=enter)
+            waiter.start()
+            assert not entered.wait(1.0)  # held by the other process
+            holder.send_signal(signal.SIGKILL)
+            assert entered.wait(30)
+            waiter.join(timeout=30)
+            assert log.size == 2 and log.leaf_hash(1) == merkle.leaf_hash(b"after the kill")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 # -- exactly once per batch, with reconciliation, on PostgreSQL ------------------------------------------------
 
 

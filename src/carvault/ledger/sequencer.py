@@ -177,28 +177,31 @@ class PostgresLog(MerkleLog):
     # -- appends -------------------------------------------------------------------------------
 
     @contextmanager
+    def _session_lock(self, key: int) -> Iterator[Any]:
+        """Hold a session advisory lock on a pooled connection; on any failure the connection is closed instead
+        of returned, and closing a session releases its locks."""
+        with self._connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            yield conn
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextmanager
     def fence(self) -> Iterator[None]:
         """Hold the log-writer fence (a session advisory lock: exclusive across every replica) for the block."""
         if getattr(self._local, "fenced", None) is not None:
             raise LogError("the log fence is not re-entrant")
-        conn = self._connect()
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (self._fence_key,))
+        with self._session_lock(self._fence_key) as conn:
             self._local.fenced = conn
-            yield
-        finally:
-            self._local.fenced = None
-            conn.close()  # ends the session, which releases the lock even if the unlock was never sent
+            try:
+                yield
+            finally:
+                self._local.fenced = None
 
     @contextmanager
     def publishing(self) -> Iterator[None]:
         """Exclusive right (across replicas) to publish this log's tiles and checkpoints."""
-        conn = self._connect()
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (self._publish_key,))
+        with self._session_lock(self._publish_key):
             yield
-        finally:
-            conn.close()
 
     def append(self, entries: Sequence[bytes | bytearray | memoryview]) -> int:
         """Append many leaves (their data, hashed here); committed on return; returns the first index."""
