@@ -132,7 +132,7 @@
       }
       if (m.label) layer.bindTooltip(escapeHtml(m.label));
       layer.addTo(map);
-      bounds.extend(at);
+      bounds.extend(m.kind === "place" && m.radius_m ? L.latLng(at).toBounds(2 * m.radius_m) : at); // whole circle
       return { kind: m.kind, label: m.label, at: at };
     });
     if (bounds.isValid() && !bounds.getNorthEast().equals(bounds.getSouthWest())) {
