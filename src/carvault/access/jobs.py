@@ -38,7 +38,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult, Result
 
 from carvault.access.audit import AuditAction
-from carvault.access.exports import CSV_TIME_COLUMN, _json_values
+from carvault.access.exports import CSV_TIME_COLUMN, json_values
 from carvault.access.gpx import ROUTE_SIGNALS, GpxWriter, gpx_name
 from carvault.compliance.sharing import Scope, ScopedView
 from carvault.errors import CarVaultError, Conflict, InvalidQuery, NotFound, Unavailable
@@ -566,14 +566,13 @@ def _parquet_to_json(path: Path, meta: dict[str, Any], out: BinaryIO) -> None:
     def column(name: str) -> None:
         out.write(b"[")
         first = True
-        for batch in f.iter_batches(columns=[name], batch_size=65_536):
-            col = batch.column(0)
-            values = col.cast(pa.int64()).to_pylist() if name == "t" else _json_values(pa.chunked_array([col]))
-            if not values:
+        for batch in f.iter_batches(columns=[name], batch_size=1 << 20):
+            text = json_values(batch.column(0))
+            if not text:
                 continue
             if not first:
                 out.write(b",")
-            out.write(json.dumps(values, separators=(",", ":"), allow_nan=False)[1:-1].encode())
+            out.write(text)
             first = False
         out.write(b"]")
 
