@@ -66,6 +66,7 @@ def _bars(
         "x_label": axis,
         "series": [{"label": title, "unit": unit, "color": colour, "values": values}],
         "y_label": unit,
+        "table_only": len(labels) < 2,  # one bar says nothing a table row does not (and has a single tick)
     }
 
 
@@ -226,7 +227,7 @@ async def statistics_page(vin: str, request: Request) -> Response:
             }
         )
     tables = {c["id"]: _table(t, c) for c in charts}
-    chart_data = {"tz": t.tz_name, "lang": t.language, "charts": charts}
+    chart_data = {"tz": t.tz_name, "lang": t.language, "charts": [c for c in charts if not c.get("table_only")]}
     return p.render(
         "statistics.html",
         title=t("stats.title"),
