@@ -126,6 +126,7 @@ def test_every_read_is_audited(
 
 OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}", None),
+    ("PATCH", "/api/v1/vehicles/{vin}", {"name": "Family car"}),  # naming a car (issue 13)
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
     ("GET", "/api/v1/vehicles/{vin}/telemetry?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=csv", None),
     (
