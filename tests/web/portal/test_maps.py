@@ -90,9 +90,12 @@ def test_csp_and_map_config_follow_the_tile_setting(world: World, tile_server: T
         assert "script-src 'self'" in csp  # nothing else loosened
 
 
-def test_drive_without_tiles_keeps_the_drawing_and_names_the_places(browser: Any, world: World) -> None:
+@pytest.mark.parametrize(("lang", "size"), [("en", "desktop"), ("zh-CN", "phone")])
+def test_drive_without_tiles_keeps_the_drawing_and_names_the_places(
+    browser: Any, world: World, lang: str, size: str
+) -> None:
     url = _drive_url(world)
-    ctx = new_context(browser, world)
+    ctx = new_context(browser, world, size, lang)
     page = ctx.new_page()
     errors = _open(page, world.email, url)
     spec = _route(page)
@@ -105,11 +108,12 @@ def test_drive_without_tiles_keeps_the_drawing_and_names_the_places(browser: Any
         items = page.locator("[data-testid=route-places] li")
         assert items.first.get_attribute("data-source") == "place" and "Home" in items.first.inner_text()
         last = items.last
-        town = geocoder.describe(end["lat"], end["lon"], "en")
+        town = geocoder.describe(end["lat"], end["lon"], lang)
+        assert town and (town.startswith("中国 · 广东省 · ") if lang == "zh-CN" else town.endswith(", CN"))
         assert last.get_attribute("data-kind") == "end"
         assert (town or "") in last.inner_text() or last.get_attribute("data-source") == "place"
         assert "GeoNames" in page.inner_text(".route-card")
-        screenshot(page, "maps-drive-no-tiles-en")
+        screenshot(page, f"maps-drive-no-tiles-{lang}-{size}")
         assert axe_violations(page) == []
     assert not errors, errors
     ctx.close()
