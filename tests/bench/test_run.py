@@ -61,9 +61,14 @@ def test_quick_bench_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     assert saved["details"]["ingest"]["batches"] == saved["dataset"]["batches"]
     assert {r["figure"] for r in saved["not_measured"]} == {"Vehicle-year export stream"}
     assert saved["machine"]["nproc"] >= 1
+    # the blob-store section: the same batches ingested with evidence on the local folder and on S3 (moto)
+    blobs = saved["details"]["blob_store"]
+    assert blobs["s3"]["batches"] == blobs["local"]["batches"] > 0
+    assert blobs["s3"]["samples_per_s"] > 0 and blobs["s3"]["read_batch_ms_p50"] > 0
 
     report = docs.read_text()
     assert report.startswith("# Benchmarks")
     assert "| figure | CarVault | peer | ratio CarVault/peer | target | met? |" in report
     assert "not yet measured" in report
+    assert "### Blob store: ingest with evidence on the local folder and on S3" in report
     assert "hot spots: the committer" in report and "old\n" not in report
