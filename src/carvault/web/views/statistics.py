@@ -118,6 +118,39 @@ async def statistics_page(vin: str, request: Request) -> Response:
     drain = await p.get_json(f"{base}/vampire-drain", params=window)
     cond = await p.get_json(f"{base}/conditions", params=window)
 
+    charts = _efficiency_charts(t, eff, year["periods"], drain) + _condition_charts(t, cond)
+    tables = {c["id"]: _table(t, c) for c in charts}
+    chart_data = {"tz": t.tz_name, "lang": t.language, "charts": [c for c in charts if not c.get("table_only")]}
+    return p.render(
+        "statistics.html",
+        title=t("stats.title"),
+        car=car,
+        start=start,
+        end=end,
+        last_day=end - st.DAY_MS,
+        months=year["periods"],
+        years=years["periods"],
+        chosen=chosen["total"],
+        days=_states_by_day(t, states["intervals"], start, end),
+        state_totals=states["totals_s"],
+        state_colours=STATE_COLOURS,
+        states_list=list(reversed(st.STATES)),
+        intervals=states["intervals"],
+        eff=eff,
+        drives=sorted(eff["drives"], key=lambda d: d["start_ms"], reverse=True)[:100],
+        drain=drain,
+        standstills=sorted(drain["periods"], key=lambda d: d["start_ms"], reverse=True),
+        cond=cond,
+        charts=charts,
+        tables=tables,
+        chart_data=chart_data,
+    )
+
+
+def _efficiency_charts(
+    t: Translator, eff: dict[str, Any], months: list[dict[str, Any]], drain: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Bar charts: efficiency by speed, temperature and month; drain per day."""
     charts: list[dict[str, Any]] = []
     kmh, whkm, celsius = "km/h", "Wh/km", "°C"
     speed_labels = [f"{b['bin']}–{b['bin'] + 20}" if b["bin"] < 120 else f"≥{b['bin']}" for b in eff["by_speed"]]
@@ -147,7 +180,6 @@ async def statistics_page(vin: str, request: Request) -> Response:
                 "#0e7490",
             )
         )
-    months = year["periods"]
     if any(m["wh_per_km"] is not None for m in months):
         charts.append(
             _bars(
@@ -172,6 +204,13 @@ async def statistics_page(vin: str, request: Request) -> Response:
                 "#b45309",
             )
         )
+    return charts
+
+
+def _condition_charts(t: Translator, cond: dict[str, Any]) -> list[dict[str, Any]]:
+    """Line charts of tyre pressures and temperatures over time; range against state of charge as points."""
+    charts: list[dict[str, Any]] = []
+    celsius = "°C"
     series = cond["series"]
     xs = [ms / 1000 for ms in cond["t"]]
     tyres = [
@@ -226,32 +265,7 @@ async def statistics_page(vin: str, request: Request) -> Response:
                 "y_label": "km",
             }
         )
-    tables = {c["id"]: _table(t, c) for c in charts}
-    chart_data = {"tz": t.tz_name, "lang": t.language, "charts": [c for c in charts if not c.get("table_only")]}
-    return p.render(
-        "statistics.html",
-        title=t("stats.title"),
-        car=car,
-        start=start,
-        end=end,
-        last_day=end - st.DAY_MS,
-        months=months,
-        years=years["periods"],
-        chosen=chosen["total"],
-        days=_states_by_day(t, states["intervals"], start, end),
-        state_totals=states["totals_s"],
-        state_colours=STATE_COLOURS,
-        states_list=list(reversed(st.STATES)),
-        intervals=states["intervals"],
-        eff=eff,
-        drives=sorted(eff["drives"], key=lambda d: d["start_ms"], reverse=True)[:100],
-        drain=drain,
-        standstills=sorted(drain["periods"], key=lambda d: d["start_ms"], reverse=True),
-        cond=cond,
-        charts=charts,
-        tables=tables,
-        chart_data=chart_data,
-    )
+    return charts
 
 
 def _table(t: Translator, chart: dict[str, Any]) -> dict[str, Any]:
