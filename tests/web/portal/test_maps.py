@@ -148,6 +148,23 @@ def test_drive_on_tiles(browser: Any, world: World, tile_server: TileServer, crs
             shift_m = geocoder.EARTH_RADIUS_M * np.radians(np.hypot(shown[:, 0] - wgs[:, 0], shown[:, 1] - wgs[:, 1]))
             assert shift_m.max() > 100
             assert page.locator("[data-testid=gcj02-note]").is_visible()
+            # Beyond this route: 3000 points over China and its borders, both directions, browser against server.
+            rng = np.random.default_rng(5)
+            pts = np.column_stack([rng.uniform(15, 56, 3000), rng.uniform(70, 140, 3000)])
+            both = page.evaluate(
+                """async (pts) => {
+                    const cfg = await (await fetch('/map/config')).json();
+                    return pts.map(p => [window.carvaultMapToTiles(p[0], p[1], cfg),
+                                         window.carvaultMapFromTiles(p[0], p[1], cfg)]);
+                }""",
+                pts.tolist(),
+            )
+            js_to = np.array([b[0] for b in both])
+            js_from = np.array([b[1] for b in both])
+            py_to = np.column_stack(gcj02.to_gcj02(pts[:, 0], pts[:, 1]))
+            py_from = np.column_stack(gcj02.to_wgs84(pts[:, 0], pts[:, 1]))
+            assert np.allclose(js_to, py_to, atol=1e-9) and np.allclose(js_from, py_from, atol=1e-9)
+            assert 500 < (js_to != pts).any(axis=1).sum() < 2500  # some inside the outline, some outside
         path = page.locator("path.cv-map-track").first.get_attribute("d")
         assert path and path.count("L") > 10  # the polyline is drawn
         assert "Test tiles" in page.inner_text(".leaflet-control-attribution")
