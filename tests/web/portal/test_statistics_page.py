@@ -94,7 +94,7 @@ def test_page_in_chromium(browser: Any, world: World, lang: str, size: str) -> N
             assert ticks[2], cid
         # The states bar: one row per day, coloured segments, a legend, and a table.
         assert page.locator("[data-testid=states-bars] rect").count() >= 4
-        assert page.locator("[data-testid=states-legend] li").count() == 4
+        assert page.locator("[data-testid=states-legend] .legend-item").count() == 4
         assert page.locator("[data-testid=state-totals] tbody tr").count() == 4
         assert page.locator("[data-testid=months] tbody tr").count() >= 1
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")

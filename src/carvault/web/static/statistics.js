@@ -28,7 +28,11 @@
     var opts = {
       width: Math.max(280, el.clientWidth), height: 220,
       tzDate: isTime ? function (ts) { return uPlot.tzDate(new Date(ts * 1e3), data.tz); } : undefined,
-      scales: { x: isTime ? { time: true } : { time: false, range: isBars ? function () { return [-0.5, xs.length - 0.5]; } : undefined } },
+      scales: {
+        x: isTime ? { time: true } : { time: false, range: isBars ? function () { return [-0.5, xs.length - 0.5]; } : undefined },
+        // Bars start at zero: a bar's length is its value (a cut axis would make 174 look half of 177).
+        y: isBars ? { range: function (u, lo, hi) { return [Math.min(0, lo), hi > 0 ? hi * 1.1 : 1]; } } : {}
+      },
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       series: [{ label: spec.x_label, value: function (u, v) {
