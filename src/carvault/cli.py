@@ -457,6 +457,32 @@ def compact(data_dir: DataDir = None, region: RegionOpt = None, database_url: Db
     console.print(f"{len(done)} vehicle-days compacted ({sum(c.batches for c in done)} batches, {size:,} bytes)")
 
 
+@app.command("copy-blobs")
+def copy_blobs_cmd(
+    to: Annotated[str, typer.Option("--to", help="Blob store to copy into: s3://bucket/prefix or file:///path.")],
+    s3_endpoint_url: Annotated[str, typer.Option(help="URL of the target S3 server when it is not AWS.")] = "",
+    data_dir: DataDir = None,
+    region: RegionOpt = None,
+) -> None:
+    """Copy the region's blobs (evidence, frames, packages, exports, log tiles, query copies) into another blob
+    store before switching `blob_store` to it; run it again to resume (docs/operations.md, Blob store)."""
+    from carvault.store.blobs import blob_store_of, copy_blobs
+
+    settings = _settings(data_dir, region)
+    try:
+        where = {"region_name": settings.s3_region}
+        src = blob_store_of(settings.blob_store, settings.data_dir, endpoint_url=settings.s3_endpoint_url, **where)
+        dst = blob_store_of(to, settings.data_dir, endpoint_url=s3_endpoint_url or settings.s3_endpoint_url, **where)
+    except ValueError as e:
+        console.print(f"[red]bad setting:[/] {e}")
+        raise typer.Exit(2) from None
+    with console.status(f"copying blobs to {to}"):
+        copied, skipped, size = copy_blobs(src, dst)
+    src.close()
+    dst.close()
+    console.print(f"{copied} blobs copied ({size:,} bytes); {skipped} were there already")
+
+
 @app.command("release-hold")
 def release_hold(hold_id: int, data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
     """Release a legal hold; deletion requests it held are carried out."""

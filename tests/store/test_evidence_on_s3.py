@@ -388,3 +388,55 @@ def test_a_network_cut_mid_upload_loses_nothing_acknowledged(tmp_path: Path) -> 
     finally:
         proxy.cut()
         s3.stop()
+
+
+def test_moving_a_local_region_to_s3_keeps_every_batch_and_package(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    """`carvault copy-blobs --to s3://…`, then the same region started on S3: the index still finds every batch
+    (file segments read as objects), packages download, new uploads go to objects; a second copy skips all."""
+    from typer.testing import CliRunner
+
+    from carvault.cli import app
+
+    local = s3_settings(tmp_path, s3_server, "local")
+    with Region(local) as region, BackgroundServer(region, port=local.port) as server:
+        v, agent = car(region, server, tmp_path, 5)
+        agent.record(drive_table(seconds=240), batch_seconds=60)
+        assert len(agent.upload_pending(limit=3)) == 3
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            owner = claim(http, v)
+            r = http.post(
+                f"/api/v1/vehicles/{v.vin}/packages",
+                headers=owner.headers,
+                json={"start": BASE_MS, "end": BASE_MS + 60_000},
+            )
+            assert r.status_code == 201, r.text
+            package = r.json()
+        with region.db.session() as s:
+            before = {
+                r.seq: region.segment_reader.read(r.segment, r.offset, r.length) for r in s.scalars(select(BatchRecord))
+            }
+    target = s3_bucket(s3_server)
+    args = ["copy-blobs", "--to", target, "--s3-endpoint-url", s3_server.endpoint_url]
+    env = {"CARVAULT_DATA_DIR": str(local.data_dir), "CARVAULT_REGION": "cn"}
+    done = CliRunner().invoke(app, args, env=env)
+    assert done.exit_code == 0, done.output
+    assert "0 were there already" in done.output
+    again = CliRunner().invoke(app, args, env=env)
+    assert again.exit_code == 0 and "0 blobs copied" in again.output, again.output
+
+    moved = s3_settings(tmp_path, s3_server, target)
+    with Region(moved) as region, BackgroundServer(region, port=moved.port) as server:
+        with region.db.session() as s:
+            recs = list(s.scalars(select(BatchRecord)))
+        assert {r.seq: region.segment_reader.read(r.segment, r.offset, r.length) for r in recs} == before
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            login = http.post("/api/v1/auth/login", json={"email": owner.email, "password": owner.password})
+            headers = {"Authorization": f"Bearer {login.json()['token']}"}
+            got = http.get(f"/api/v1/vehicles/{v.vin}/packages/{package['id']}/download", headers=headers)
+            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == package["sha256"]
+        agent = VehicleAgent(v, tmp_path / "vehicles" / v.vin, server.url)
+        assert [r["seq"] for r in agent.upload_pending()] == [4]
+        with region.db.session() as s:
+            rec = s.scalar(select(BatchRecord).where(BatchRecord.seq == 4))
+        assert rec is not None and region.blobs.exists(f"segments/{rec.segment}")
+        assert not (local.data_dir / "segments" / rec.segment).exists()  # the new batch went to object storage

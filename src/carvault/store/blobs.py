@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -261,6 +261,31 @@ def _chunks(f: BinaryIO, chunk: int) -> Iterator[bytes]:
     with f:
         while data := f.read(chunk):
             yield data
+
+
+#: What moving a region to another blob store copies (portability/, imports/ and keys/ stay in the data folder;
+#: the file log's own tree under log/ is not a blob: only its published tiles and checkpoint are).
+MOVABLE_PREFIXES = ("segments/", "blobs/", "packages/", "exports/", "copies/", "log/checkpoint", "log/tile/")
+
+
+def copy_blobs(src: BlobStore, dst: BlobStore, prefixes: Sequence[str] = MOVABLE_PREFIXES) -> tuple[int, int, int]:
+    """Copy every value under ``prefixes`` from ``src`` to ``dst`` under the same key; return (copied, skipped,
+    bytes copied). A key already in ``dst`` with the same size is skipped, so an interrupted copy is resumed by
+    running it again. Files go as files (S3 multipart for large ones), never read whole into memory."""
+    copied = skipped = total = 0
+    for prefix in prefixes:
+        for key in src.list(prefix):
+            size = src.size(key)
+            if dst.exists(key) and dst.size(key) == size:
+                skipped += 1
+                continue
+            path = src.local_path(key)
+            if path is not None:
+                dst.put_file(key, path)
+            else:
+                dst.put(key, src.get(key))
+            copied, total = copied + 1, total + size
+    return copied, skipped, total
 
 
 def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", region_name: str = "") -> BlobStore:
