@@ -147,8 +147,9 @@ def test_sessions_access_log_and_csv_in_the_owners_words(browser: Any, world: Wo
         page.goto("/account")
         names = page.locator(".cred-name").all_inner_texts()
         assert "Chrome on Linux" in names
-        raw = page.locator(".cred-name[title]").first.get_attribute("title")
-        assert "Mozilla/5.0" in raw  # the raw string stays, as the tooltip
+        assert "httpx" in names  # the sign-up's own log-in, through the API
+        raw = page.locator(".cred-name[title]", has_text="Chrome on Linux").first.get_attribute("title")
+        assert raw.startswith("Mozilla/5.0") and "Chrome/" in raw  # the raw string stays, as the tooltip
         assert axe_violations(page) == []
         for _ in range(2):
             page.goto(f"/vehicles/{vin}")
