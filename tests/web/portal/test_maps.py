@@ -18,7 +18,7 @@ from carvault.geo import gcj02, geocoder
 from tests.tileserver import TileServer, tile_server  # noqa: F401 - the fixture
 from tests.web.portal.a11y import axe_violations
 from tests.web.portal.conftest import api, new_context, screenshot
-from tests.web.portal.world import PASSWORD, World
+from tests.web.portal.world import DAY, PASSWORD, World
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +50,13 @@ def _open(page: Any, email: str, url: str) -> list[str]:
     return problems
 
 
+def _first_drive(world: World) -> dict[str, Any]:
+    return api(world, f"/api/v1/vehicles/{world.cars[0].vin}/timeline").json()["drives"][0]
+
+
 def _drive_url(world: World) -> str:
-    vin = world.cars[0].vin
-    drive = api(world, f"/api/v1/vehicles/{vin}/timeline").json()["drives"][0]
-    return f"/vehicles/{vin}/drive?start={drive['start_ms']}&end={drive['end_ms']}"
+    drive = _first_drive(world)
+    return f"/vehicles/{world.cars[0].vin}/drive?start={drive['start_ms']}&end={drive['end_ms']}"
 
 
 def _route(page: Any) -> dict[str, Any]:
@@ -94,7 +97,7 @@ def test_csp_and_map_config_follow_the_tile_setting(world: World, tile_server: T
 def test_drive_without_tiles_keeps_the_drawing_and_names_the_places(
     browser: Any, world: World, lang: str, size: str
 ) -> None:
-    url = _drive_url(world)
+    url, start_ms = _drive_url(world), _first_drive(world)["start_ms"]
     ctx = new_context(browser, world, size, lang)
     page = ctx.new_page()
     errors = _open(page, world.email, url)
@@ -114,6 +117,12 @@ def test_drive_without_tiles_keeps_the_drawing_and_names_the_places(
         assert (town or "") in last.inner_text() or last.get_attribute("data-source") == "place"
         assert "GeoNames" in page.inner_text(".route-card")
         screenshot(page, f"maps-drive-no-tiles-{lang}-{size}")
+        assert axe_violations(page) == []
+        # The timeline names where each drive started and ended, too.
+        page.goto(f"/vehicles/{world.cars[0].vin}?from={DAY.isoformat()}&to={DAY.isoformat()}")
+        routes = page.locator("[data-testid=drive-places]").all_inner_texts()
+        first = page.locator(f"a[href*='start={start_ms}']").locator("xpath=ancestor::li[1]")
+        assert len(routes) >= 2 and "Home" in first.locator("[data-testid=drive-places]").inner_text()
         assert axe_violations(page) == []
     assert not errors, errors
     ctx.close()

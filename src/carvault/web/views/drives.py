@@ -16,10 +16,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from carvault.access.places import OwnerPlace, covering, place_of_json
 from carvault.errors import InvalidQuery
-from carvault.geo.geocoder import describe_many
-from carvault.web.views.base import FormError, Page, PageError, page
+from carvault.web.views.base import FormError, PageError, page
+from carvault.web.views.places import name_points
 from carvault.web.views.vehicles import events, vehicle
 from carvault.windows import check_window
 
@@ -129,29 +128,6 @@ def route_map(pts: list[tuple[int, float, float]], marks: list[dict[str, Any]], 
         k = min(range(len(pts)), key=lambda i: abs(times[i] - m["t_ms"]))
         markers.append({"lat": pts[k][1], "lon": pts[k][2], "kind": m["kind"], "label": m["label"]})
     return {"tracks": tracks, "markers": markers, "label": label}
-
-
-async def _owner_places(p: Page) -> list[OwnerPlace]:
-    """The owner's places, to name where a drive starts and ends (none if the places API answers nothing)."""
-    r = await p.api("GET", "/api/v1/places")
-    return [place_of_json(x) for x in r.json().get("places", [])] if r.status_code == 200 else []
-
-
-async def name_points(p: Page, points: list[tuple[float, float]]) -> list[dict[str, Any]]:
-    """Per point, its name: the owner's place covering it (``place``), else the nearest town (``town``)."""
-    places = await _owner_places(p)
-    named: list[dict[str, Any]] = []
-    rest: list[int] = []
-    for i, (la, lo) in enumerate(points):
-        own = covering(places, la, lo)
-        named.append({"name": own.name, "source": "place"} if own else {"name": None, "source": "town"})
-        if own is None:
-            rest.append(i)
-    if rest:
-        towns = describe_many([points[i][0] for i in rest], [points[i][1] for i in rest], p.t.language)
-        for i, town in zip(rest, towns, strict=True):
-            named[i]["name"] = town or p.t("maps.unknown_place")
-    return named
 
 
 @router.get("/vehicles/{vin}/drive")

@@ -14,8 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from carvault.access.places import MAX_RADIUS_M, MIN_RADIUS_M
+from carvault.access.places import MAX_RADIUS_M, MIN_RADIUS_M, OwnerPlace, covering, place_of_json
 from carvault.geo.gcj02 import EXCLUDED_BOXES, MAINLAND_OUTLINE
+from carvault.geo.geocoder import describe_many
 from carvault.settings import Settings
 from carvault.web.views.base import Page, PageError, page
 
@@ -35,6 +36,29 @@ def map_config(settings: Settings) -> dict[str, Any]:
         config["outline"] = [list(p) for p in MAINLAND_OUTLINE]
         config["excluded"] = [list(b) for b in EXCLUDED_BOXES]
     return config
+
+
+async def _owner_places(p: Page) -> list[OwnerPlace]:
+    """The owner's places, to name where a drive starts and ends (none if the places API answers nothing)."""
+    r = await p.api("GET", "/api/v1/places")
+    return [place_of_json(x) for x in r.json().get("places", [])] if r.status_code == 200 else []
+
+
+async def name_points(p: Page, points: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per point, its name: the owner's place covering it (``place``), else the nearest town (``town``)."""
+    places = await _owner_places(p)
+    named: list[dict[str, Any]] = []
+    rest: list[int] = []
+    for i, (la, lo) in enumerate(points):
+        own = covering(places, la, lo)
+        named.append({"name": own.name, "source": "place"} if own else {"name": None, "source": "town"})
+        if own is None:
+            rest.append(i)
+    if rest:
+        towns = describe_many([points[i][0] for i in rest], [points[i][1] for i in rest], p.t.language)
+        for i, town in zip(rest, towns, strict=True):
+            named[i]["name"] = town or p.t("maps.unknown_place")
+    return named
 
 
 @router.get("/map/config")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from carvault.web.views.base import FormError, Page, page
+from carvault.web.views.places import name_points
 
 router = APIRouter(include_in_schema=False)
 DAY_MS = 86_400_000
@@ -117,6 +118,15 @@ def _day_start(p: Page, ms: int) -> int:
     return int(d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 
 
+async def _name_drives(p: Page, drives: list[dict[str, Any]]) -> None:
+    """Where each drive started and ended (``from_name``, ``to_name``): the owner's places, else the nearest town."""
+    located = [d for d in drives if None not in (d["start_lat"], d["start_lon"], d["end_lat"], d["end_lon"])]
+    points = [pt for d in located for pt in ((d["start_lat"], d["start_lon"]), (d["end_lat"], d["end_lon"]))]
+    names = await name_points(p, points) if points else []
+    for k, d in enumerate(located):
+        d["from_name"], d["to_name"] = names[2 * k]["name"], names[2 * k + 1]["name"]
+
+
 @router.get("/vehicles/{vin}")
 async def timeline(vin: str, request: Request) -> Response:
     p = await page(request)
@@ -140,6 +150,7 @@ async def timeline(vin: str, request: Request) -> Response:
         error = r.json().get("error", {}).get("message")
         r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/timeline")
     tl = r.json()
+    await _name_drives(p, tl["drives"])
     evs = await events(p, car["vin"], tl["start_ms"], tl["end_ms"])
     items: list[dict[str, Any]] = [*tl["drives"], *tl["charges"]]
     items += [
