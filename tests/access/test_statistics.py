@@ -221,6 +221,26 @@ def test_totals_by_month_and_day() -> None:
         st.by_period(days, "week")
 
 
+def test_charging_sessions_from_the_charging_service_replace_the_days_own() -> None:
+    days = days_of(trace())
+    own = st.totals(days.days)["charged_kwh"]
+    sessions = [
+        {
+            "start_ms": D0 + 17 * H + 10 * MIN,
+            "end_ms": D0 + 17 * H + 40 * MIN,
+            "energy_kwh": 5.9,
+            "current": "AC",
+            "soc_start": 69.0,
+            "soc_end": 79.0,
+        }
+    ]
+    merged = st.with_sessions(days, sessions)
+    assert st.totals(merged.days)["charged_kwh"] == 5.9 and st.totals(merged.days)["charges"] == 1
+    assert [p["charges"] for p in st.by_period(merged, "day")] == [1, 0]
+    assert st.totals(days.days)["charged_kwh"] == own  # the kept days are untouched
+    assert st.totals(st.with_sessions(days, []).days)["charges"] == 0
+
+
 def test_days_are_cut_in_the_owners_time_zone() -> None:
     days = days_of(trace(), n=3, tz="Asia/Shanghai")
     assert days.days[0]["start_ms"] == D0 - 8 * H

@@ -352,6 +352,30 @@ class Days:
         return [r for d in self.days for r in d["charges"]]
 
 
+def with_sessions(days: Days, sessions: Sequence[Mapping[str, Any]]) -> Days:
+    """The days with their charging sessions taken from the charging service (access/charging.py) instead.
+
+    That service prices and keeps the sessions the Charging tab shows; using its sessions keeps the two tabs'
+    charged energy equal. Each session belongs to the day it started. The kept days are not changed (copies).
+    """
+    starts = np.array([d["start_ms"] for d in days.days], np.int64)
+    per_day: list[list[dict[str, Any]]] = [[] for _ in days.days]
+    for f in sessions:
+        k = int(np.searchsorted(starts, int(f["start_ms"]), side="right")) - 1
+        if 0 <= k < len(days.days) and f["start_ms"] < days.days[k]["end_ms"]:
+            per_day[k].append(
+                {
+                    "start_ms": f["start_ms"],
+                    "end_ms": f["end_ms"],
+                    "energy_kwh": _r(f.get("energy_kwh")),
+                    "kind": f.get("current"),
+                    "soc_start": _r(f.get("soc_start")),
+                    "soc_end": _r(f.get("soc_end")),
+                }
+            )
+    return Days(days.tz_name, days.tz, [{**d, "charges": c} for d, c in zip(days.days, per_day, strict=True)])
+
+
 def period_key(ms: int, tz: tzinfo, granularity: str) -> str:
     """``2026``, ``2026-11`` or ``2026-11-20`` for a moment, in the local zone."""
     d = datetime.fromtimestamp(ms / 1000, tz)

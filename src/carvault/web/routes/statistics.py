@@ -98,6 +98,8 @@ def statistics(
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "statistics")
     start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
+    # Charged energy as the Charging tab counts it (its sessions, kept and priced by region.charging).
+    days = st.with_sessions(days, region.charging.facts(access.vin, start_ms, end_ms))
     periods = st.by_period(days, granularity)
     _record(region, access, "statistics", start_ms, end_ms, granularity=granularity)
     return {
