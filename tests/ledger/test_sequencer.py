@@ -325,7 +325,7 @@ def test_reconciliation_logs_each_unlogged_batch_once(tmp_path: Path, pg_url: st
             h = merkle.leaf_hash(batch_leaf(region.name, rec, log_key_of(region.db, rec.vin)))
             assert region.log.leaf_hash(rec.log_index) == h
         assert reconcile(region.db, region.log, region.name, settings.data_dir).unlogged == 0
-        assert region.tiles.wait_published(region.log.size)
+        assert region.tiles.wait_published(region.log.size, timeout=60)
 
 
 if __name__ == "__main__":

@@ -149,14 +149,14 @@ def _check_region(region: Region, server: BackgroundServer, tmp_path: Path, bulk
     """Uploads, bulk leaves, more uploads; then everything the spec promises, checked from tiles over HTTP."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
         first = _upload(region, server, tmp_path, 1, 3)
-        assert region.tiles.wait_published(region.log.size)
+        assert region.tiles.wait_published(region.log.size, timeout=60)
         client = _client(http, region)
         old = client.checkpoint()
         assert old.size == region.log.size and client.root(old.size) == old.root
         # Enough leaves for full tiles and a level-1 tile, then receipts after them.
         region.log.append([b"bulk %d" % i for i in range(bulk)])
         later = _upload(region, server, tmp_path, 2, 2)
-        assert region.tiles.wait_published(region.log.size)
+        assert region.tiles.wait_published(region.log.size, timeout=60)
         new = client.checkpoint()
         assert new.size == region.log.size > old.size + bulk
         assert client.root(new.size) == new.root
@@ -236,7 +236,7 @@ def test_receipts_do_not_wait_for_the_blob_store(settings: Settings, tmp_path: P
         assert max(r["log_index"] for r in receipts) == region.log.size - 1
         region.blobs.delete_prefix("log/tile/")  # and the store lost its tiles meanwhile
         region.tiles.start()
-        assert region.tiles.wait_published(region.log.size)
+        assert region.tiles.wait_published(region.log.size, timeout=60)
         with httpx.Client(base_url=server.url, timeout=30) as http:
             client = _client(http, region)
             cp = client.checkpoint()
@@ -246,12 +246,12 @@ def test_receipts_do_not_wait_for_the_blob_store(settings: Settings, tmp_path: P
 def test_a_restarted_region_rebuilds_missing_tiles(settings: Settings) -> None:
     with Region(settings) as region:
         region.log.append([b"leaf %d" % i for i in range(300)])
-        assert region.tiles.wait_published(300)
+        assert region.tiles.wait_published(300, timeout=60)
         full = region.blobs.get("log/tile/0/000")
         region.blobs.delete("log/tile/0/000")
         region.blobs.delete("log/tile/0/001.p/44")
     with Region(settings) as region:  # the publisher repairs on start
-        assert region.tiles.wait_published(300)
+        assert region.tiles.wait_published(300, timeout=60)
         assert region.blobs.get("log/tile/0/000") == full
         assert region.blobs.exists("log/tile/0/001.p/44")
 
@@ -301,7 +301,7 @@ def test_two_replicas_on_postgresql_and_s3_publish_one_verifiable_log(
             receipts += _upload(two, s2, tmp_path, 3, 1)
             size = two.log.size
             assert one.log.size == size == 305 and sorted(r["log_index"] for r in receipts) == [0, 1, 2, 3, 304]
-            assert one.tiles.wait_published(size) and two.tiles.wait_published(size)
+            assert one.tiles.wait_published(size, timeout=60) and two.tiles.wait_published(size, timeout=60)
             for server, region in ((s1, one), (s2, two)):  # either replica serves the same verifiable log
                 with httpx.Client(base_url=server.url, timeout=30) as http:
                     client = _client(http, region)
