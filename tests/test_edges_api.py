@@ -313,3 +313,17 @@ def test_the_portal_marks_the_owners_reads_with_the_page_they_showed(
         headers={**owner.headers, "X-CarVault-Page": "<script> 1234"},
     )
     assert "page" not in _actions(http, owner)[0]["detail"]
+
+
+def test_pages_say_window_mistakes_in_the_readers_language(
+    http: httpx.Client, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> None:
+    _with_data(http, owner, vehicle, agent)
+    login = http.post("/api/v1/auth/login", json={"email": owner.email, "password": owner.password})
+    http.cookies.set("carvault_session", login.json()["token"])
+    for lang, words in (("en", "ends before it starts"), ("zh-CN", "结束早于开始")):
+        http.cookies.set("carvault_lang", lang)
+        timeline = http.get(f"/vehicles/{vehicle.vin}", params={"from": "2026-11-20", "to": "2026-11-10"})
+        assert timeline.status_code == 200 and words in timeline.text, lang  # the page, with the mistake named
+        drive = http.get(f"/vehicles/{vehicle.vin}/drive", params={"start": BASE_MS + 60_000, "end": BASE_MS})
+        assert drive.status_code == 400 and words in drive.text and "24" not in drive.text.split("<main")[1][:2000]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from carvault.web.deps import RowId
-from carvault.web.views.base import Page, api_message, page
+from carvault.web.views.base import Page, page
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,7 +51,7 @@ async def request_deletion(request: Request) -> Response:
         json_body={"vin": scope if scope and scope != "all" else None, "reason": reason, "immediately": now},
     )
     if r.status_code >= 400:
-        return await _page(p, 400, api_message(r), reason)
+        return await _page(p, 400, p.error_text(r), reason)
     return p.redirect("/deletion", "deletion_done" if now else "deletion_requested")
 
 

@@ -76,7 +76,7 @@ async def start_download(vin: str, request: Request) -> Response:
         body["resample"] = form["resample"]
     r = await p.api("POST", "/api/v1/exports", json_body=body)
     if r.status_code != 202:
-        return await _page(p, vin, 400, r.json().get("error", {}).get("message", ""), keep)
+        return await _page(p, vin, 400, p.error_text(r), keep)
     return p.redirect(f"/vehicles/{car['vin']}/downloads/{r.json()['id']}", "export_started")
 
 

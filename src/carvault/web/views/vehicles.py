@@ -147,7 +147,7 @@ async def timeline(vin: str, request: Request) -> Response:
         error, params = str(e), {}
     r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/timeline", params=params)
     if r.status_code != 200 and params:
-        error = r.json().get("error", {}).get("message")
+        error = p.error_text(r)
         r = await p.api("GET", f"/api/v1/vehicles/{car['vin']}/timeline")
     tl = r.json()
     await _name_drives(p, tl["drives"])
