@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +11,9 @@ from rich.console import Console
 from carvault.errors import CarVaultError
 from carvault.logs import log_config
 from carvault.settings import Settings
+
+if TYPE_CHECKING:
+    from carvault.region import Region
 
 app = typer.Typer(
     help="CarVault: owners' access to their vehicle's data, signed, logged, kept in its region.",
@@ -34,6 +37,17 @@ def _settings(
         raise typer.Exit(2) from None
 
 
+def _region_or_exit(s: Settings) -> Region:
+    """Open the region; a setting that cannot work (a blob store that does not answer, say) is one line, exit 2."""
+    from carvault.region import Region
+
+    try:
+        return Region(s)
+    except ValueError as e:
+        console.print(f"[red]bad setting:[/] {e}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     data_dir: DataDir = None,
@@ -48,7 +62,6 @@ def serve(
 
     import uvicorn
 
-    from carvault.region import Region
     from carvault.server import run_region, uvicorn_config
 
     s = _settings(data_dir, region, database_url, host=host, port=port)
@@ -61,7 +74,7 @@ def serve(
                 "CARVAULT_REGION_ENDPOINTS": ",".join(f"{k}={v}" for k, v in s.region_endpoints.items()),
             }
         )
-        Region(s).close()  # create keys, CA and schema once, before the workers race to
+        _region_or_exit(s).close()  # create keys, CA and schema once, before the workers race to
         if s.fleet_telemetry_port:
             console.print("the Fleet Telemetry listener runs with one worker: serve it from a --workers 1 replica")
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} with {workers} workers")
@@ -80,7 +93,7 @@ def serve(
             timeout_worker_healthcheck=60,
         )
         return
-    with Region(s) as r:
+    with _region_or_exit(s) as r:
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         if s.fleet_telemetry_port:
             console.print(f"Fleet Telemetry (mTLS WebSocket) on wss://{s.host}:{s.fleet_telemetry_port}")

@@ -239,3 +239,22 @@ def test_s3_store_outage_is_unavailable(tmp_path: Path) -> None:
         store.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_serve_with_a_missing_bucket_says_so_in_one_line(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    from carvault.cli import app
+
+    env = {
+        "CARVAULT_DATA_DIR": str(tmp_path / "region"),
+        "CARVAULT_REGION": "cn",
+        "CARVAULT_BLOB_STORE": "s3://no-such-bucket/region",
+        "CARVAULT_S3_ENDPOINT_URL": s3_server.endpoint_url,
+    }
+    done = CliRunner().invoke(app, ["serve", "--port", str(free_port())], env=env)
+    assert done.exit_code == 2, done.output
+    said = " ".join(done.output.split())  # the console wraps long lines
+    assert said.startswith("bad setting: ") and "bucket 'no-such-bucket' does not exist" in said
+    assert "Traceback" not in said
