@@ -77,6 +77,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
             "carvault.store.tables",
             "carvault.store.derived",
             "carvault.access.consents",
+            "carvault.access.places",
             "carvault.access.vehicles",
             "carvault.access.exports",
             "carvault.compliance.orders",
@@ -100,6 +101,8 @@ SERVERLESS = (
     "carvault.verify.completeness",
     "carvault.vehicle.agent",
     "carvault.signals",
+    "carvault.geo.gcj02",  # the portal's map maths and place names: pure, no server
+    "carvault.geo.geocoder",
 )
 
 # Product code may name the bench only here: the CLI's ``bench`` command runs it.
