@@ -8,6 +8,7 @@ shift applies in (carvault/geo/gcj02.py), so browser and server decide alike.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -55,7 +56,9 @@ async def name_points(p: Page, points: list[tuple[float, float]]) -> list[dict[s
         if own is None:
             rest.append(i)
     if rest:
-        towns = describe_many([points[i][0] for i in rest], [points[i][1] for i in rest], p.t.language)
+        # In a worker thread: the first call in a process loads the GeoNames table (about a second).
+        lats, lons = [points[i][0] for i in rest], [points[i][1] for i in rest]
+        towns = await asyncio.to_thread(describe_many, lats, lons, p.t.language)
         for i, town in zip(rest, towns, strict=True):
             named[i]["name"] = town or p.t("maps.unknown_place")
     return named
