@@ -278,16 +278,19 @@ class TilePublisher:
 
     def publish_once(self) -> int:
         """Publish tiles and a checkpoint for the log's current size if the store is behind; return that size."""
+        fresh = None
         with self._exclusive():
             published = self.published_store_size()
             size = self.log.size
             if size > published:
                 publish_tiles(self.blobs, self.log, size, max(published, 0))
                 note = self.log.checkpoint(size)
-                if publish_checkpoint(self.blobs, note) and self.on_published is not None:
-                    self.on_published(note)
+                if publish_checkpoint(self.blobs, note):
+                    fresh = note
                 published = size
             self._published = published
+        if fresh is not None and self.on_published is not None:
+            self.on_published(fresh)  # outside the lock: it may talk to witnesses
         return published
 
     def wait_published(self, size: int, timeout: float = 10.0) -> bool:
