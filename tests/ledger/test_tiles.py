@@ -104,11 +104,14 @@ def test_publish_checkpoint_keeps_the_largest_tree(tmp_path: Path) -> None:
 def test_publisher_coalesces_repairs_and_deletes_superseded_partials(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path / "store")
     with open_log(tmp_path / "log") as log:
-        publisher = TilePublisher(log, blobs)
+        seen: list[str] = []
+        publisher = TilePublisher(log, blobs, on_published=seen.append)
         assert publisher.publish_once() == 0  # an empty tree is published too (its checkpoint needs no tile)
         assert latest_checkpoint(blobs) is not None
         log.append([b"leaf %d" % i for i in range(200)])
         assert publisher.publish_once() == 200
+        assert publisher.publish_once() == 200  # nothing new: nothing written, nobody told
+        assert [n.split("\n")[1] for n in seen] == ["0", "200"] and seen[-1] == latest_checkpoint(blobs)
         assert blobs.exists("log/tile/0/000.p/200")
         log.append([b"more %d" % i for i in range(100)])
         publisher.publish_once()
