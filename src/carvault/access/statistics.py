@@ -269,9 +269,8 @@ def _drive_rows(drives: list[Any], energy: _Samples, air: _Samples) -> list[dict
     temp = air.mean(s, e)
     rows = []
     for k, d in enumerate(drives):
-        kwh, source = (d.energy_kwh, "power") if d.energy_kwh is not None else (_fin(stored[k]), "battery_energy")
-        if kwh is None:
-            source = None
+        kwh = d.energy_kwh if d.energy_kwh is not None else _fin(stored[k])
+        source: str | None = None if kwh is None else ("power" if d.energy_kwh is not None else "battery_energy")
         rows.append(
             {
                 "start_ms": d.start_ms,
