@@ -541,3 +541,16 @@ def test_calendar_counts_coverage_and_refusals(region: Region, car: Car) -> None
         ("2025-11-13", 120, 1),
         ("2025-11-14", 0, 0),
     ]
+
+
+def test_window_bounds(region: Region) -> None:
+    """Days and instants outside 2000..9998 are refused with a stable code, not a crash (9999-12-31 + 1 day)."""
+    c = region.completeness
+    for kw in (
+        {"day": "9999-12-31", "start_ms": None, "end_ms": None, "tz": "UTC"},
+        {"day": "0001-01-01", "start_ms": None, "end_ms": None, "tz": "UTC"},
+        {"day": None, "start_ms": 0, "end_ms": 1, "tz": None},
+        {"day": None, "start_ms": 2**53, "end_ms": 2**53 + 1, "tz": None},
+    ):
+        with pytest.raises(InvalidQuery):
+            c.window(**kw)

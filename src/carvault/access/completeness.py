@@ -31,7 +31,7 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -73,6 +73,10 @@ CALENDAR_DAYS = 30
 MAX_GAPS = 500  # per report; more are counted, not listed
 TIMES_NOTE = "times are milliseconds since 1970-01-01 UTC; *_utc members are ISO 8601 in UTC"
 
+FIRST_YEAR, LAST_YEAR = 2000, 9998  # batches start in 2000 (protocol §2.1); a day's end must still be a date
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+LATEST_REPORT_MS = 253_370_678_400_000  # 9998-12-31T00:00:00Z
+
 NOT_SENT = "not_sent"
 REFUSED = "refused"
 DELETED = "deleted"
@@ -101,14 +105,23 @@ def zone_of(name: str | None, region: str) -> tuple[str, dt.tzinfo]:
 
 
 def day_window(day: str, zone: dt.tzinfo) -> tuple[int, int]:
-    """``[start_ms, end_ms)`` of a civil date (YYYY-MM-DD) in ``zone``."""
+    """``[start_ms, end_ms)`` of a civil date (YYYY-MM-DD, 2000 to 9998) in ``zone``."""
     try:
         d = dt.date.fromisoformat(day)
     except ValueError:
         raise InvalidQuery("day must be a date, YYYY-MM-DD", parameter="day") from None
+    if not FIRST_YEAR <= d.year <= LAST_YEAR:
+        raise InvalidQuery(f"day must lie in the years {FIRST_YEAR} to {LAST_YEAR}", parameter="day")
     start = dt.datetime.combine(d, dt.time(), zone)
     end = dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), zone)
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def check_instant(ms: int, name: str) -> int:
+    """An instant a report may name: within the years ``FIRST_YEAR`` to ``LAST_YEAR`` (UTC)."""
+    if not EARLIEST_MS <= ms <= LATEST_REPORT_MS:
+        raise InvalidQuery(f"{name} must lie in the years {FIRST_YEAR} to {LAST_YEAR}", parameter=name)
+    return ms
 
 
 def _days(start_ms: int, end_ms: int, zone: dt.tzinfo) -> list[tuple[str, int, int]]:
@@ -315,7 +328,7 @@ class Completeness:
         db: Database,
         catalogue: Catalogue,
         telemetry: TelemetryStore,
-        policy_of: Any,
+        policy_of: Callable[[str], Policy],
         region: str,
         log_key: Ed25519PrivateKey,
         log_vkey: str,
@@ -341,6 +354,8 @@ class Completeness:
             return lo, hi, zone_name
         if start_ms is None or end_ms is None:
             raise InvalidQuery("give day=YYYY-MM-DD, or both start_ms and end_ms")
+        check_instant(start_ms, "start_ms")
+        check_instant(end_ms, "end_ms")
         if end_ms <= start_ms:
             raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
         if end_ms - start_ms > MAX_DAYS * DAY_MS:
@@ -348,7 +363,9 @@ class Completeness:
         return start_ms, end_ms, zone_name
 
     # ------------------------------------------------------------------ the report
-    def report(self, access: Access, start_ms: int, end_ms: int, zone_name: str, now: int | None = None) -> dict:
+    def report(
+        self, access: Access, start_ms: int, end_ms: int, zone_name: str, now: int | None = None
+    ) -> dict[str, Any]:
         """The signed report of ``access``'s vehicle over ``[start_ms, end_ms)``, days cut in ``zone_name``."""
         start_ms, end_ms = access.view.window(start_ms, end_ms)
         now = now_ms() if now is None else now

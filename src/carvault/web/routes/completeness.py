@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from carvault.access.audit import AuditAction
-from carvault.access.completeness import CALENDAR_DAYS, gaps_csv, zone_of
+from carvault.access.completeness import CALENDAR_DAYS, check_instant, gaps_csv, zone_of
 from carvault.access.grants import Access
 from carvault.errors import InvalidQuery, NotFound, OutOfScope
 from carvault.store.metadata import now_ms
@@ -121,7 +121,7 @@ def completeness_calendar(
 ) -> dict[str, Any]:
     access = region.grants.access(caller, vin)
     zone_name = zone_of(tz, region.name)[0]
-    end_ms = parse_time(end, "end") if end is not None else now_ms()
+    end_ms = check_instant(parse_time(end, "end") if end is not None else now_ms(), "end")
     start_ms, end_ms = access.view.window(end_ms - days * 86_400_000, end_ms)
     cal = region.completeness.calendar(access.vin, end_ms, zone_name, days=(end_ms - start_ms) // 86_400_000 or 1)
     if not access.view.is_owner:
