@@ -49,6 +49,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from carvault.access.places import covering
 from carvault.access.trips import (
     DC_CURRENT,
     IS_CHARGING,
@@ -576,8 +577,8 @@ def nearest_towns(lats: Sequence[float], lons: Sequence[float], lang: str) -> li
 class PlaceMatcher(Protocol):
     """What charging needs of the owner's places (access/places.py)."""
 
-    def match(self, owner_id: int, lat: float, lon: float) -> Any:
-        """The owner's place covering the point (with ``id`` and ``name``), or None."""
+    def list(self, owner_id: int) -> Any:
+        """The owner's places (``OwnerPlace``), matched to positions with ``covering``."""
 
     def get(self, owner_id: int, place_id: int) -> Any:
         """The owner's place of that id; ``NotFound`` (a subclass) when the owner has none."""
@@ -638,7 +639,7 @@ class Charging:
                     )
                 ).all()
             )
-        batches = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        batches = np.array([tuple(r) for r in rows], dtype=np.int64).reshape(-1, 3)  # plain tuples: fast
         prints = _fingerprints(batches, days)
         stale = [(int(d), fp) for d, fp in zip(days.tolist(), prints, strict=True) if stored.get(int(d)) != fp]
         runs: list[list[tuple[int, str]]] = []
@@ -737,15 +738,16 @@ class Charging:
         """Per point: the owner's place covering it (``kind`` "place") or the nearest town (``kind`` "area")."""
         out: list[dict[str, Any] | None] = [None] * len(points)
         seen: dict[tuple[float, float], Any] = {}
+        matcher = self.places()
+        owned = matcher.list(owner_id) if matcher is not None and owner_id is not None else []  # one query
         rest: list[int] = []
         for i, (lat, lon) in enumerate(points):
             if lat is None or lon is None:
                 continue
-            matcher = self.places()
-            if matcher is not None and owner_id is not None:
+            if owned:
                 key = (round(lat, 4), round(lon, 4))
                 if key not in seen:
-                    seen[key] = matcher.match(owner_id, lat, lon)
+                    seen[key] = covering(owned, lat, lon)
                 p = seen[key]
                 if p is not None:
                     out[i] = {"kind": "place", "id": int(p.id), "name": str(p.name)}
