@@ -158,3 +158,34 @@ def test_an_unknown_session_is_not_found(w: World, http: httpx.Client) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = http.get(f"/api/v1/vehicles/{w.cars[0].vin}/charging/0", headers=w.auth)
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+
+
+def test_an_owner_place_names_the_session_and_its_tariff_wins(w: World, http: httpx.Client) -> None:
+    car = w.cars[1]
+    s = http.get(f"/api/v1/vehicles/{car.vin}/charging", headers=w.auth).json()["sessions"][0]
+    r = http.post(
+        "/api/v1/places",
+        headers=w.auth,
+        json={"name": "Mall car park", "lat": s["lat"], "lon": s["lon"], "radius_m": 200, "mask_in_car": False},
+    )
+    assert r.status_code == 201, r.text
+    place_id = r.json()["id"]
+    anywhere = http.post(
+        "/api/v1/tariffs", headers=w.auth, json={"name": "Public", "price_per_kwh": "2", "currency": "CNY"}
+    ).json()
+    mall = http.post(
+        "/api/v1/tariffs",
+        headers=w.auth,
+        json={"name": "Mall", "place_id": place_id, "price_per_kwh": "1", "currency": "CNY"},
+    )
+    assert mall.status_code == 201, mall.text  # same minutes as "Public", but for a place: no overlap
+    unknown = http.post(
+        "/api/v1/tariffs", headers=w.auth, json={"name": "X", "place_id": 9999, "price_per_kwh": "1", "currency": "CNY"}
+    )
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "place_id"
+    got = http.get(f"/api/v1/vehicles/{car.vin}/charging", headers=w.auth).json()["sessions"][0]
+    assert got["place"] == {"kind": "place", "id": place_id, "name": "Mall car park"}
+    assert got["cost"]["amounts"]["CNY"] == pytest.approx(got["energy_kwh"] * 1.0, abs=0.001)
+    for t in (anywhere["id"], mall.json()["id"]):
+        assert http.delete(f"/api/v1/tariffs/{t}", headers=w.auth).status_code == 204
+    assert http.delete(f"/api/v1/places/{place_id}", headers=w.auth).status_code in (200, 204)
