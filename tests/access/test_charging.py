@@ -312,3 +312,22 @@ def test_tariffs_refuse_overlaps_and_store_nothing_partial(region: Region) -> No
         ch.delete_tariff(other.id, 3)
     ch.delete_tariff(owner.id, 3)
     assert [t.name for t in ch.tariffs(owner.id)] == ["night", "night", "weekend", "old"]
+
+
+@pytest.mark.slow
+def test_a_retention_purge_drops_the_sessions_derived_from_what_it_removes(
+    region: Region, uploaded: tuple[str, int, list[SimulatedDay]]
+) -> None:
+    vin, _, sims = uploaded
+    lo = min(c.start_ms for s in sims for c in s.charges) - 86_400_000
+    hi = lo + 4 * 86_400_000
+    assert len(region.charging.facts(vin, lo, hi)) == sum(len(s.charges) for s in sims)
+    # Ten years on, every category's period has ended: the purge erases or withholds every batch.
+    run = region.retention.run(now=hi + 10 * 365 * 86_400_000)
+    assert run is not None
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ChargingSession).where(ChargingSession.vin == vin)) == 0
+        # Days that saw the erased batches are gone too; only days that saw none may stay (no data of the car).
+        left = s.scalars(select(ChargingDay.fingerprint).where(ChargingDay.vin == vin)).all()
+        assert all(fp.startswith("0:") for fp in left), left
+    assert region.charging.facts(vin, lo, hi) == []  # and nothing is derived again from what is gone
