@@ -518,6 +518,10 @@ from carvault.admin import admin  # noqa: E402 - the operator's sub-app (issue 1
 
 app.add_typer(admin, name="admin")
 
+from carvault.witness.cli import witness  # noqa: E402 - an independent witness anyone can run (issue 12)
+
+app.add_typer(witness, name="witness")
+
 
 def main() -> None:
     """Entry point: CarVault errors become a message and exit code 1."""

@@ -15,6 +15,11 @@ After the text comes a blank line, then signature lines ``— <key name> <base64
 Ed25519 over the note text including its final newline. A verifier key ("vkey") is shared as
 ``<name>+<hex key ID>+<base64(0x01 || public key)>`` (Go ``golang.org/x/mod/sumdb/note`` encoding).
 
+Witness cosignatures (C2SP ``tlog-cosignature``, ``cosignature/v1``, signature type 0x04) are signature
+lines of the same note: the key ID is ``SHA-256(name || 0x0A || 0x04 || public key)[:4]``, the signature bytes
+are ``key ID || 8-byte big-endian timestamp || Ed25519 signature`` over the message
+``"cosignature/v1\ntime <timestamp>\n" || checkpoint text``; a witness vkey carries ``0x04 || public key``.
+
 Only the standard library and ``cryptography``: the offline verifier imports this module. Every
 failure raises ``carvault.ledger.merkle.VerificationError``.
 """
@@ -35,6 +40,12 @@ from carvault.ledger.merkle import HASH_SIZE, VerificationError
 
 __all__ = [
     "Checkpoint",
+    "Cosignature",
+    "cosign_checkpoint",
+    "cosignature_message",
+    "format_witness_vkey",
+    "verify_cosignatures",
+    "witness_key_id",
     "NoteSignature",
     "VerifierKey",
     "checkpoint_body",
@@ -50,6 +61,8 @@ __all__ = [
 ]
 
 SIGNATURE_TYPE_ED25519 = 0x01
+SIGNATURE_TYPE_COSIGNATURE = 0x04  # C2SP tlog-cosignature: cosignature/v1 over Ed25519
+COSIGNATURE_HEADER = "cosignature/v1\n"
 SIGNATURE_LINE_PREFIX = "\u2014 "  # em dash, space (signed-note §Format)
 MAX_SIGNATURES = 100  # signed-note: verifiers SHOULD cap, and MUST accept at least 16
 MAX_TREE_SIZE = 2**64 - 1
@@ -84,11 +97,20 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class VerifierKey:
-    """A parsed vkey: key name, 4-byte key ID and the Ed25519 public key."""
+    """A parsed vkey: key name, 4-byte key ID, the Ed25519 public key and its signature type (0x01 or 0x04)."""
 
     name: str
     key_id: bytes
     public_key: Ed25519PublicKey
+    signature_type: int = SIGNATURE_TYPE_ED25519
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    """A verified witness cosignature: the witness's key name and the time (Unix seconds) it cosigned at."""
+
+    name: str
+    timestamp: int
 
 
 def _raw_public(public_key: Ed25519PublicKey | bytes) -> bytes:
@@ -140,10 +162,25 @@ def _b64decode(text: str, what: str) -> bytes:
     return raw
 
 
-def key_id(key_name: str, public_key: Ed25519PublicKey | bytes) -> bytes:
-    """SHA-256(key name || 0x0A || 0x01 || public key)[:4] — the Ed25519 key ID of signed-note."""
+def key_id(
+    key_name: str, public_key: Ed25519PublicKey | bytes, signature_type: int = SIGNATURE_TYPE_ED25519
+) -> bytes:
+    """SHA-256(key name || 0x0A || type || public key)[:4] — the key ID of signed-note (type 0x01 by default)."""
     raw = _raw_public(public_key)
-    return hashlib.sha256(key_name.encode() + b"\n" + bytes([SIGNATURE_TYPE_ED25519]) + raw).digest()[:4]
+    return hashlib.sha256(key_name.encode() + b"\n" + bytes([signature_type]) + raw).digest()[:4]
+
+
+def witness_key_id(key_name: str, public_key: Ed25519PublicKey | bytes) -> bytes:
+    """The cosignature/v1 key ID: SHA-256(key name || 0x0A || 0x04 || public key)[:4]."""
+    return key_id(key_name, public_key, SIGNATURE_TYPE_COSIGNATURE)
+
+
+def format_witness_vkey(name: str, public_key: Ed25519PublicKey | bytes) -> str:
+    """A witness's verifier key ``<name>+<hex key ID>+<base64(0x04 || public key)>``."""
+    _check_key_name(name)
+    raw = _raw_public(public_key)
+    material = base64.b64encode(bytes([SIGNATURE_TYPE_COSIGNATURE]) + raw).decode("ascii")
+    return f"{name}+{witness_key_id(name, raw).hex()}+{material}"
 
 
 def format_vkey(name: str, public_key: Ed25519PublicKey | bytes) -> str:
@@ -167,13 +204,13 @@ def parse_vkey(vkey: str) -> VerifierKey:
     if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
         raise VerificationError("malformed vkey key ID", expected="8 lowercase hex digits", actual=hex_id)
     raw = _b64decode(material, "vkey key material")
-    if len(raw) != 33 or raw[0] != SIGNATURE_TYPE_ED25519:
+    if len(raw) != 33 or raw[0] not in (SIGNATURE_TYPE_ED25519, SIGNATURE_TYPE_COSIGNATURE):
         raise VerificationError(
-            "vkey is not an Ed25519 key",
-            expected="0x01 || 32 bytes",
+            "vkey is not an Ed25519 or cosignature/v1 key",
+            expected="0x01 or 0x04 || 32 bytes",
             actual=raw[:1].hex(),
         )
-    want = key_id(name, raw[1:])
+    want = key_id(name, raw[1:], raw[0])
     if want.hex() != hex_id:
         raise VerificationError("vkey key ID does not match its key", expected=want.hex(), actual=hex_id)
     try:
@@ -184,7 +221,7 @@ def parse_vkey(vkey: str) -> VerifierKey:
             expected="valid key",
             actual=raw.hex(),
         ) from exc
-    return VerifierKey(name=name, key_id=want, public_key=public)
+    return VerifierKey(name=name, key_id=want, public_key=public, signature_type=raw[0])
 
 
 def _check_note_chars(text: str) -> None:
@@ -340,3 +377,45 @@ def verify_checkpoint(
     if origin is not None and checkpoint.origin != origin:
         raise VerificationError("checkpoint is for another log", expected=origin, actual=checkpoint.origin)
     return checkpoint
+
+
+def cosignature_message(body: str, timestamp: int) -> bytes:
+    """The bytes a cosignature/v1 signs: header line, ``time <timestamp>`` line, then the checkpoint text."""
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TREE_SIZE:
+        raise VerificationError("invalid cosignature timestamp", expected="0 <= t < 2**64", actual=timestamp)
+    return f"{COSIGNATURE_HEADER}time {timestamp}\n{body}".encode()
+
+
+def cosign_checkpoint(body: str, private_key: Ed25519PrivateKey, key_name: str, timestamp: int) -> str:
+    """One cosignature/v1 signature line (``— name base64``, with its newline) over the checkpoint text."""
+    _check_key_name(key_name)
+    _parse_body(body, ())  # only checkpoints are cosigned
+    signature = private_key.sign(cosignature_message(body, timestamp))
+    raw = witness_key_id(key_name, private_key.public_key()) + timestamp.to_bytes(8, "big") + signature
+    return f"{SIGNATURE_LINE_PREFIX}{key_name} {base64.b64encode(raw).decode('ascii')}\n"
+
+
+def verify_cosignatures(note: str | bytes, witnesses: list[VerifierKey]) -> list[Cosignature]:
+    """The valid cosignatures on ``note`` by the given witness keys (one per witness; unknown lines ignored).
+
+    A line that names a known witness key but does not verify raises ``VerificationError``: a tampered
+    cosignature is an error, not a missing one.
+    """
+    body, signatures = parse_note(note)
+    _parse_body(body, signatures)
+    found: dict[str, Cosignature] = {}
+    for key in witnesses:
+        if key.signature_type != SIGNATURE_TYPE_COSIGNATURE:
+            raise VerificationError("not a witness key", expected="cosignature/v1 vkey (0x04)", actual=key.name)
+        for sig in signatures:
+            if sig.key_name != key.name or sig.key_id != key.key_id:
+                continue
+            if len(sig.signature) != 8 + 64:
+                raise VerificationError("malformed cosignature", expected="timestamp + 64 bytes", actual=key.name)
+            timestamp = int.from_bytes(sig.signature[:8], "big")
+            try:
+                key.public_key.verify(sig.signature[8:], cosignature_message(body, timestamp))
+            except InvalidSignature as exc:
+                raise VerificationError("cosignature does not verify", expected=key.name, actual=timestamp) from exc
+            found[key.name] = Cosignature(key.name, timestamp)
+    return list(found.values())
