@@ -4,7 +4,7 @@
 server; evidence, copies, frames, packages, log tiles), a NATS server (live data across replicas), the region's
 witnesses (``carvault witness serve``), N ``carvault serve`` replicas, and HAProxy in front of them checking each
 replica's ``/readyz``. It is the deployment docs/operations.md draws, shrunk onto loopback ports: the fleet-scale
-test (tests/cluster/) kills replicas in it, and ``carvault bench`` measures ingest through its balancer.
+test kills replicas in it, and ``carvault bench`` measures ingest through its balancer.
 
 The replicas share nothing but those services and the region's keys: the keys are made once and copied into each
 replica's own data folder, as an operator hands them to each machine (a secret store, a mounted volume).

@@ -1,0 +1,159 @@
+"""Fleet jobs (fleet/jobs.py) on DuckDB and on Apache Spark over the same compact copies: the same answers, and
+answers that agree with the batch index."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import func, select
+
+from carvault.fleet.engines import DuckDBEngine, SparkEngine, engine_of, spark_session
+from carvault.fleet.jobs import monthly_statistics, research_aggregate, retention_scan, vehicle_year_export
+from carvault.provisioning import provision
+from carvault.region import Region
+from carvault.server import BackgroundServer
+from carvault.settings import Settings
+from carvault.signals import catalogue
+from carvault.store.day_copies import PREFIX
+from carvault.store.metadata import BatchRecord
+from carvault.vehicle.agent import VehicleAgent
+from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+
+CARS = 5
+YEAR = 2025
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
+    """Five cars driving the same road on two days, uploaded over HTTP and compacted."""
+    from carvault.server import free_port
+
+    root = tmp_path_factory.mktemp("fleet")
+    port = free_port()
+    settings = Settings(
+        data_dir=root / "region", region="cn", port=port, region_endpoints={"cn": f"http://127.0.0.1:{port}"}
+    )
+    region = Region(settings)
+    with BackgroundServer(region, port=port) as server:
+        for i in range(CARS):
+            identity = provision(region, vin_for(200 + i), root / "cars")
+            opt_in(region, identity.vin)
+            agent = VehicleAgent(identity, root / "cars" / identity.vin, server.url)
+            agent.record(drive_table(start_ms=BASE_MS, seconds=240, seed=0), batch_seconds=60)
+            agent.record(drive_table(start_ms=BASE_MS + 86_400_000, seconds=120, seed=i), batch_seconds=60)
+            agent.upload_pending()
+    assert len(region.telemetry.compact(now=2**61)) == 2 * CARS
+    yield region
+    region.close()
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[object]:
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+def _root(region: Region) -> Path:
+    root = region.blobs.local_path(PREFIX)
+    assert root is not None
+    return root
+
+
+def _engines(region: Region, spark: object) -> list[tuple[str, object]]:
+    return [("duckdb", DuckDBEngine(_root(region))), ("spark", SparkEngine(_root(region), session=spark))]
+
+
+def _same(a: pa.Table, b: pa.Table) -> None:
+    assert a.column_names == b.column_names
+    assert a.num_rows == b.num_rows
+    for name in a.column_names:
+        for x, y in zip(a.column(name).to_pylist(), b.column(name).to_pylist(), strict=True):
+            if isinstance(x, float) and isinstance(y, float):
+                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9), (name, x, y)
+            else:
+                assert x == y, (name, x, y)
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_monthly_statistics_agree_with_each_other_and_the_batch_index(fleet: Region, spark: object) -> None:
+    answers = {name: monthly_statistics(e, fleet.catalogue, YEAR) for name, e in _engines(fleet, spark)}
+    _same(answers["duckdb"], answers["spark"])
+    with fleet.db.session() as s:
+        stored = s.scalar(select(func.sum(BatchRecord.samples)).where(BatchRecord.kind == "telemetry"))
+    assert sum(answers["duckdb"].column("samples").to_pylist()) == stored
+    assert set(answers["duckdb"].column("vehicles").to_pylist()) == {CARS}
+
+
+def test_retention_scan_counts_what_a_purge_would_withhold(fleet: Region, spark: object) -> None:
+    categories = {s.category for s in fleet.catalogue}
+    everything = {c: 2**60 for c in categories}  # every sample is past a cutoff in the far future
+    nothing = {c: 0 for c in categories}
+    second_day = {c: BASE_MS + 86_400_000 for c in categories}
+    for cutoffs in (everything, nothing, second_day):
+        answers = {name: retention_scan(e, fleet.catalogue, cutoffs) for name, e in _engines(fleet, spark)}
+        _same(answers["duckdb"], answers["spark"])
+    with fleet.db.session() as s:
+        stored = s.scalar(select(func.sum(BatchRecord.samples)).where(BatchRecord.kind == "telemetry"))
+    past_all = retention_scan(DuckDBEngine(_root(fleet)), fleet.catalogue, everything)
+    assert sum(past_all.column("samples_past").to_pylist()) == stored
+    assert set(past_all.column("vehicles").to_pylist()) == {CARS}
+    assert (
+        sum(retention_scan(DuckDBEngine(_root(fleet)), fleet.catalogue, nothing).column("samples_past").to_pylist())
+        == 0
+    )
+    first_day = retention_scan(DuckDBEngine(_root(fleet)), fleet.catalogue, second_day)
+    assert 0 < sum(first_day.column("samples_past").to_pylist()) < stored
+    assert max(first_day.column("oldest_ms").to_pylist()) < BASE_MS + 86_400_000
+
+
+def test_vehicle_year_export_is_the_same_file_content(fleet: Region, spark: object, tmp_path: Path) -> None:
+    vin = vin_for(201)
+    tables = {}
+    for name, e in _engines(fleet, spark):
+        target = tmp_path / f"{name}.parquet"
+        rows = vehicle_year_export(e, vin, YEAR, target)
+        tables[name] = pq.read_table(target)
+        assert rows == tables[name].num_rows
+    with fleet.db.session() as s:
+        stored_rows = s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
+    assert tables["duckdb"].num_rows == stored_rows
+    d, sp = tables["duckdb"], tables["spark"]
+    assert d.column_names == sp.column_names
+    # DuckDB writes times as microseconds in UTC, Spark as nanoseconds: the same instants.
+    as_ms = pa.timestamp("ms", tz="UTC")
+    assert d.column("t").cast(as_ms).equals(sp.column("t").cast(as_ms))
+    for name in d.column_names[1:]:
+        assert d.column(name).equals(sp.column(name).cast(d.schema.field(name).type)), name
+    # The same values as the region's own window read.
+    window = fleet.telemetry.window(
+        vin, BASE_MS - 1, BASE_MS + 2 * 86_400_000, [fleet.catalogue[c] for c in d.column_names[1:]]
+    )
+    assert window.num_rows == d.num_rows
+    assert window.column("Vehicle.Speed").equals(d.column("Vehicle.Speed"))
+
+
+def test_research_aggregate_is_k_anonymous_and_the_same_on_both(fleet: Region, spark: object) -> None:
+    answers = {name: research_aggregate(e, k=CARS) for name, e in _engines(fleet, spark)}
+    _same(answers["duckdb"], answers["spark"])
+    table = answers["duckdb"]
+    assert table.num_rows > 0 and min(table.column("vehicles").to_pylist()) >= CARS
+    assert research_aggregate(DuckDBEngine(_root(fleet)), k=CARS + 1).num_rows == 0  # no cell has six cars
+    with pytest.raises(ValueError, match="k must be"):
+        research_aggregate(DuckDBEngine(_root(fleet)), k=1)
+
+
+def test_unknown_engine_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="unknown engine"):
+        engine_of("hive", tmp_path)
+    # An empty region: every job answers with nothing rather than failing.
+    e = DuckDBEngine(tmp_path)
+    assert retention_scan(e, catalogue(), {"driving": 2**60}).num_rows == 0
+    assert monthly_statistics(e, catalogue(), YEAR).num_rows == 0
