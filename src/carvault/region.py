@@ -41,6 +41,7 @@ from carvault.ingest.reconcile import reconcile
 from carvault.ledger.leaves import DATA_KEY_FILE, log_key_of, seal_clear_log_keys
 from carvault.ledger.sequencer import log_of
 from carvault.ledger.tiles import TilePublisher
+from carvault.ledger.witnessing import Witnessing, parse_witnesses
 from carvault.metrics import Metrics
 from carvault.pki import RegionCA
 from carvault.settings import Settings
@@ -123,6 +124,11 @@ class Region:
         # C2SP tlog-tiles in the blob store (log/…), published in the background after appends (ledger/tiles.py).
         self.tiles = TilePublisher(self.log, self.blobs, exclusive=self.log.publishing)
         self.log.listeners.append(self.tiles.notify)
+        # Independent witnesses cosign each published checkpoint, in the background (ledger/witnessing.py).
+        self.witnessing = Witnessing(
+            self.log, self.blobs, self.db, parse_witnesses(settings.witnesses), settings.witness_quorum
+        ).start()
+        self.tiles.on_published = self.witnessing.notify
         self.tiles.start()
         # Batches committed by a process killed before its log append get their leaf now, exactly once.
         self.reconciled = reconcile(self.db, self.log, self.name, settings.data_dir)
@@ -250,6 +256,7 @@ class Region:
         """Stop background work and release files and connections."""
         self.gateway.close()  # first: its group commit may still append to the log
         self.tiles.close()
+        self.witnessing.close()
         self.log.close()
         self.segments.close()
         self.segment_reader.close()

@@ -108,6 +108,17 @@ class Settings:
         "Seconds between compactions of closed days into compact query copies on each replica (store/day_copies.py); "
         "0 turns it off, e.g. when cron runs `carvault compact` instead.",
     )
+    witnesses: str = _setting(
+        "",
+        "Independent witnesses that cosign the log's checkpoints: `name=vkey@url` entries separated by `;` "
+        "(vkey: the witness's cosignature/v1 key as `carvault witness init` prints it; url: its submission "
+        "prefix); empty = none (docs/witness.md).",
+    )
+    witness_quorum: int = _setting(
+        0,
+        "Cosignatures a checkpoint needs to count as witnessed (0 to the number of witnesses); cosigned "
+        "checkpoints are published and carried in receipts' proofs and incident packages.",
+    )
     live_broker: str = _setting(
         "memory",
         "Broker fanning live frames out to every replica: `memory` (one process), `nats://host:port` (NATS "
@@ -176,6 +187,11 @@ class Settings:
             raise ValueError(f"region must be a short lowercase name like 'cn', got {s.region!r}")
         if not 0 <= s.deletion_grace_s <= 7 * 86400:
             raise ValueError(f"deletion_grace_s must be 0 to 604800 seconds (7 days), got {s.deletion_grace_s}")
+        from carvault.ledger.witnessing import parse_witnesses
+
+        configured = parse_witnesses(s.witnesses)  # ValueError naming the bad entry
+        if not 0 <= s.witness_quorum <= len(configured):
+            raise ValueError(f"witness_quorum must be 0 to {len(configured)} (the witnesses configured)")
         if s.log_backend not in ("file", "postgres"):
             raise ValueError(f"log_backend must be 'file' or 'postgres', got {s.log_backend!r}")
         if s.log_backend == "postgres" and not s.resolved_database_url.startswith("postgresql"):

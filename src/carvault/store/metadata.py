@@ -817,6 +817,26 @@ class ChargingSession(Base):
     detail: Mapped[str] = mapped_column(Text)
 
 
+class WitnessCosignatureRecord(Base):
+    """A witness's cosignature/v1 line on the log's checkpoint of one tree size (ledger/witnessing.py)."""
+
+    __tablename__ = "witness_cosignatures"
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CosignedCheckpointRecord(Base):
+    """A checkpoint note carrying enough witness cosignatures (the quorum, at least one) for its tree size."""
+
+    __tablename__ = "cosigned_checkpoints"
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    note: Mapped[str] = mapped_column(Text)
+    cosignatures: Mapped[int] = mapped_column(Integer)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers and one writer (from any process) work at once; FULL makes a commit durable
