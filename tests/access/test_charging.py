@@ -331,3 +331,20 @@ def test_a_retention_purge_drops_the_sessions_derived_from_what_it_removes(
         left = s.scalars(select(ChargingDay.fingerprint).where(ChargingDay.vin == vin)).all()
         assert all(fp.startswith("0:") for fp in left), left
     assert region.charging.facts(vin, lo, hi) == []  # and nothing is derived again from what is gone
+
+
+def test_day_fingerprints_name_exactly_the_batches_overlapping_each_days_window() -> None:
+    from carvault.access.charging import DAY_MS, PAD_AFTER_MS, PAD_BEFORE_MS, _fingerprints
+
+    rng = np.random.default_rng(1)
+    t0 = np.sort(rng.integers(0, 30 * DAY_MS, 500))
+    batches = np.stack([np.arange(1, 501), t0, t0 + rng.integers(0, 900_000, 500)], 1).astype(np.int64)
+    days = np.arange(-2 * DAY_MS, 33 * DAY_MS, DAY_MS, dtype=np.int64)
+    for day, fp in zip(days.tolist(), _fingerprints(batches, days), strict=True):
+        inside = (batches[:, 1] < day + DAY_MS + PAD_AFTER_MS) & (batches[:, 2] >= day - PAD_BEFORE_MS)
+        seqs = [int(x) for x in batches[inside, 0]]
+        assert fp == f"{len(seqs)}:{sum(seqs)}:{sum(x * x for x in seqs)}:{sum(x**3 for x in seqs)}"
+    # Dropping one batch changes the fingerprint of every day that saw it.
+    fewer = _fingerprints(np.delete(batches, 250, axis=0), days)
+    saw = (batches[250, 1] < days + DAY_MS + PAD_AFTER_MS) & (batches[250, 2] >= days - PAD_BEFORE_MS)
+    assert [a != b for a, b in zip(_fingerprints(batches, days), fewer, strict=True)] == saw.tolist()

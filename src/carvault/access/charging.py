@@ -585,13 +585,24 @@ class PlaceMatcher(Protocol):
 
 
 def _fingerprints(batches: np.ndarray, days: np.ndarray) -> list[str]:
-    """Per day, a fingerprint of the batches (rows: seq, t0, t1) that overlap the day's analysis window."""
-    out = []
-    for d in days.tolist():
-        lo, hi = d - PAD_BEFORE_MS, d + DAY_MS + PAD_AFTER_MS
-        seqs = batches[(batches[:, 1] < hi) & (batches[:, 2] >= lo), 0] if len(batches) else batches[:0, 0]
-        out.append(f"{len(seqs)}:{int(seqs.sum())}:{int((seqs * seqs).sum())}:{int(seqs.max()) if len(seqs) else 0}")
-    return out
+    """Per day, a fingerprint of the batches (rows: seq, t0, t1) that overlap the day's analysis window.
+
+    A batch overlaps [lo, hi) when t0 < hi and t1 >= lo; as t0 <= t1, those are the batches with t0 < hi less those
+    with t1 < lo, so counts and power sums of their seqs come from two sorted prefix sums (uint64, wrapping).
+    """
+    if not len(batches):
+        return ["0:0:0:0"] * len(days)
+    lo, hi = days - PAD_BEFORE_MS, days + DAY_MS + PAD_AFTER_MS
+    o0, o1 = np.argsort(batches[:, 1], kind="stable"), np.argsort(batches[:, 2], kind="stable")
+    a = np.searchsorted(batches[o0, 1], hi, side="left")  # batches starting before the window ends
+    b = np.searchsorted(batches[o1, 2], lo, side="left")  # batches ending before the window starts
+    seq = batches[:, 0].astype(np.uint64)
+    parts = []
+    for w in (np.ones_like(seq), seq, seq * seq, seq * seq * seq):
+        p0 = np.concatenate([np.zeros(1, np.uint64), np.cumsum(w[o0], dtype=np.uint64)])
+        p1 = np.concatenate([np.zeros(1, np.uint64), np.cumsum(w[o1], dtype=np.uint64)])
+        parts.append(p0[a] - p1[b])
+    return [f"{n}:{s1}:{s2}:{s3}" for n, s1, s2, s3 in zip(*(x.tolist() for x in parts), strict=True)]
 
 
 class Charging:
