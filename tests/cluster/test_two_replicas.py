@@ -103,6 +103,7 @@ def test_kill_one_replica_mid_upload(cluster: LocalCluster, operator: Region, tm
     for t in threads:
         t.start()
     time.sleep(0.5)
+    killed_ms = int(time.time() * 1000)
     cluster.replica("r1").kill()  # mid-upload, no goodbye
     for t in threads:
         t.join(300)
@@ -114,6 +115,9 @@ def test_kill_one_replica_mid_upload(cluster: LocalCluster, operator: Region, tm
         rows = s.execute(select(BatchRecord).where(BatchRecord.vin.in_(list(sent)))).scalars().all()
         total_leaves_for = s.scalar(select(func.count(func.distinct(BatchRecord.log_index))))
     by_vin_seq = {(r.vin, r.seq): r for r in rows}
+    # The kill fell in the middle: batches were accepted before it and after it (by the survivor alone).
+    assert sum(r.received_ms < killed_ms for r in rows) > CARS
+    assert sum(r.received_ms > killed_ms + 1000 for r in rows) > 0
     assert len(rows) == CARS * BATCHES_PER_CAR == len(by_vin_seq)
     for vin, spooled in sent.items():
         for name, data in spooled.items():
