@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from carvault.errors import InvalidQuery
+from carvault.errors import InvalidQuery, WindowTooLong
 from carvault.web.views.base import FormError, PageError, page
 from carvault.web.views.places import name_points
 from carvault.web.views.vehicles import events, vehicle
@@ -145,7 +145,7 @@ async def drive(vin: str, request: Request) -> Response:
     try:
         check_window(start, end, MAX_WINDOW_MS)
     except InvalidQuery as e:  # each mistake its own words: reversed, empty, too long
-        key = "drive.window_limit" if e.code == "window_too_long" else f"edges.code.{e.code}"
+        key = "drive.window_limit" if isinstance(e, WindowTooLong) else f"edges.code.{e.code}"
         raise PageError(400, p.t(key)) from None
     interval = resample_for(end - start)
     data = await p.get_json(
