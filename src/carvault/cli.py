@@ -151,14 +151,19 @@ def bench(
     only: Annotated[
         str | None,
         typer.Option(
-            help="Run one step alone: `live` (streaming cars and VISS subscribers) or `retention` (purge rate); "
-            "updates its section."
+            help="Run one step alone: `live` (streaming cars and VISS subscribers), `retention` (purge rate) or "
+            "`fleet` (two replicas behind HAProxy, exports, fleet jobs on DuckDB and Spark); updates its section."
         ),
     ] = None,
 ) -> None:
     """Measure ingest, storage and query figures; write them to JSON and docs/benchmarks.md."""
     from carvault.bench.run import run_bench
 
+    if only == "fleet":
+        from carvault.bench.fleet_bench import FleetBenchConfig, run_fleet_only
+
+        run_fleet_only(out, docs, console, FleetBenchConfig.quick() if quick else None, work_dir)
+        return
     if only == "retention":
         from carvault.bench.retention_bench import RetentionBenchConfig, run_retention_only
 

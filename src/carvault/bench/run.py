@@ -1377,15 +1377,19 @@ def _existing_analysis(path: Path) -> str | None:
 
 # ---------------------------------------------------------------------------------------- run
 def _provision(
-    data_dir: Path, vins: Sequence[str], vehicles_dir: Path, owner_vins: Sequence[str]
+    data_dir: Path | Any, vins: Sequence[str], vehicles_dir: Path, owner_vins: Sequence[str]
 ) -> tuple[dict[str, Ed25519PrivateKey], str]:
-    """Provision every VIN and make an owner (with an API token) of ``owner_vins``."""
+    """Provision every VIN and make an owner (with an API token) of ``owner_vins``.
+
+    ``data_dir``: the region's folder (embedded settings), or the region's whole ``Settings`` (a cluster).
+    """
     from carvault.provisioning import provision
     from carvault.region import Region
     from carvault.settings import Settings
 
     keys = {}
-    with Region(Settings(data_dir=data_dir, region=REGION)) as region:
+    settings = data_dir if isinstance(data_dir, Settings) else Settings(data_dir=data_dir, region=REGION)
+    with Region(settings) as region:
         codes = {}
         for vin in vins:
             ident = provision(region, vin, vehicles_dir)

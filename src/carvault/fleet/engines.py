@@ -105,7 +105,7 @@ class DuckDBEngine(Engine):
 
     def sql(self, query: str) -> pa.Table:
         """The query's Arrow table."""
-        return self.con.execute(query).to_arrow_table()
+        return self.con.sql(query).to_arrow_table()
 
     def write_parquet(self, query: str, target: Path) -> int:
         """COPY … TO the file (zstd)."""

@@ -1,0 +1,296 @@
+"""``carvault bench --only fleet``: one region on several machines, exports, and fleet jobs on DuckDB and Spark.
+
+1. **Two replicas behind the balancer.** ``LocalCluster`` (bench/cluster.py: PostgreSQL for metadata and the log,
+   moto's S3 server for evidence, NATS, HAProxy) takes the fleet's signed batches through HAProxy; then the same
+   batches (re-signed for fresh VINs) go to one replica of that cluster directly, and to an embedded region
+   (SQLite, local folder) — the per-replica comparison issue 12 asks for.
+2. **Exports** of one vehicle's history through the export job's own writers (access/jobs.py): Parquet, CSV and
+   JSON, samples per second.
+3. **Fleet jobs** (fleet/jobs.py) on the compacted copies of the embedded region: the same job on DuckDB and on
+   Spark (local mode), seconds each, and whether the answers agree.
+
+Figures go to the ``fleet`` key of the bench JSON and to the section between ``<!-- fleet:start -->`` and
+``<!-- fleet:end -->`` of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+SECTION_START = "<!-- fleet:start (written by carvault bench --only fleet) -->"
+SECTION_END = "<!-- fleet:end -->"
+
+
+@dataclass(frozen=True)
+class FleetBenchConfig:
+    """Sizes of the fleet section."""
+
+    vehicles: int = 8
+    hours: float = 0.5
+    batch_seconds: int = 60
+    spark: bool = True
+
+    @classmethod
+    def quick(cls) -> FleetBenchConfig:
+        """A tiny run that checks the machinery (figures mean nothing)."""
+        return cls(vehicles=2, hours=0.05, spark=False)
+
+
+class _Front:
+    """What ``bench.run.upload`` needs of a server: its port and the CPU its processes used."""
+
+    def __init__(self, port: int, pids: list[int]) -> None:
+        self.port = port
+        self.pids = pids
+
+    def cpu_seconds(self) -> float:
+        from carvault.bench.run import _cpu_seconds
+
+        return sum(_cpu_seconds(p) for p in self.pids)
+
+
+def _signed(data: list[Any], settings: Any, vehicles_dir: Path, offset: int, sets: int = 1) -> list[list[Any]]:
+    """Provision ``sets`` fresh VINs per vehicle in the region ``settings`` names; each set signs the whole dataset."""
+    from carvault.bench.run import _provision, sign_vehicle
+
+    vins = [[f"BFLT{offset + k * 1000 + i:013d}" for i in range(len(data))] for k in range(sets)]
+    keys, _ = _provision(settings, [v for group in vins for v in group], vehicles_dir, [])
+    return [
+        [sign_vehicle(vin, keys[vin], i, v) for i, (vin, v) in enumerate(zip(group, data, strict=True))]
+        for group in vins
+    ]
+
+
+def _ingest_cluster(work: Path, data: list[Any], console: Console) -> dict[str, Any]:
+    from carvault.bench.cluster import LocalCluster
+    from carvault.bench.run import upload
+    from carvault.settings import Settings
+
+    out: dict[str, Any] = {}
+    with LocalCluster(work / "cluster", replicas=2, settings={"log_backend": "postgres"}) as cluster:
+        env = cluster.settings_env(work / "cluster-operator")
+        shutil.copytree(cluster.root / "r1" / "keys", work / "cluster-operator" / "keys")
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            settings = Settings.from_env()
+            both, one = _signed(data, settings, work / "cars-cluster", 1000, sets=2)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        pids = [cluster.replica(n).proc.pid for n in ("r1", "r2")]  # type: ignore[union-attr]
+        console.print("fleet: ingest through HAProxy into two replicas")
+        r = upload(_Front(cluster.port, pids), both, len(both), lambda n: None)  # type: ignore[arg-type]
+        out["two_replicas"] = r.to_json()
+        console.print("fleet: ingest into one replica of the same cluster")
+        r1 = cluster.replica_ports["r1"]
+        r = upload(_Front(r1, pids[:1]), one, len(one), lambda n: None)  # type: ignore[arg-type]
+        out["one_replica_postgres_s3"] = r.to_json()
+    return out
+
+
+def _ingest_embedded(work: Path, data: list[Any], console: Console) -> tuple[dict[str, Any], Path]:
+    from carvault.bench.run import REGION, ServerProcess, upload
+    from carvault.server import free_port
+    from carvault.settings import Settings
+
+    data_dir = work / "embedded"
+    (signed,) = _signed(data, Settings(data_dir=data_dir, region=REGION), work / "cars-embedded", 5000)
+    server = ServerProcess(data_dir, free_port(), work / "embedded.log").start()
+    try:
+        console.print("fleet: ingest into one embedded replica (SQLite, local folder)")
+        r = upload(server, signed, len(signed), lambda n: None)
+    finally:
+        server.stop()
+    return r.to_json(), data_dir
+
+
+def _exports(data_dir: Path) -> dict[str, Any]:
+    """Each format of an owner's whole-history export of the first vehicle, run by the export job, samples/s."""
+    from sqlalchemy import func, select
+
+    from carvault.access.jobs import ExportJobs
+    from carvault.bench.run import REGION
+    from carvault.region import Region
+    from carvault.settings import Settings
+    from carvault.store.metadata import BatchRecord, Owner
+    from carvault.store.tables import ExportJob
+
+    out: dict[str, Any] = {}
+    with Region(Settings(data_dir=data_dir, region=REGION)) as region:
+        with region.db.session() as s:
+            vin, samples = s.execute(
+                select(BatchRecord.vin, func.sum(BatchRecord.samples)).group_by(BatchRecord.vin).limit(1)
+            ).one()
+            owner_id = s.scalar(select(Owner.id).limit(1))
+        jobs = ExportJobs(region, background=False)
+        for fmt in ("parquet", "csv", "json"):
+            job = jobs.create(owner_id, vin, start_ms=None, end_ms=None, fmt=fmt)
+            t0 = time.perf_counter()
+            if not jobs.run(job.id):
+                raise RuntimeError(f"the {fmt} export did not run")
+            seconds = time.perf_counter() - t0
+            with region.db.session() as s:
+                done = s.get(ExportJob, job.id)
+                assert done is not None
+                size = done.size
+            out[fmt] = {
+                "samples": int(samples),
+                "seconds": round(seconds, 3),
+                "bytes": size,
+                "samples_per_s": int(samples / seconds),
+            }
+    return out
+
+
+def _jobs(data_dir: Path, spark: bool) -> dict[str, Any]:
+    """The monthly statistics job on DuckDB and on Spark over the compacted copies."""
+    from carvault.bench.run import REGION
+    from carvault.fleet.engines import DuckDBEngine, SparkEngine
+    from carvault.fleet.jobs import monthly_statistics
+    from carvault.region import Region
+    from carvault.settings import Settings
+    from carvault.store.day_copies import PREFIX
+
+    out: dict[str, Any] = {}
+    with Region(Settings(data_dir=data_dir, region=REGION)) as region:
+        t0 = time.perf_counter()
+        done = region.telemetry.compact(now=2**61, limit=1_000_000)
+        out["compaction"] = {"days": len(done), "seconds": round(time.perf_counter() - t0, 2)}
+        root = region.blobs.local_path(PREFIX)
+        year = time.gmtime().tm_year
+        catalogue = region.catalogue
+    assert root is not None
+    answers = {}
+    engines: list[tuple[str, Any]] = [("duckdb", lambda: DuckDBEngine(root))]
+    if spark:
+        engines.append(("spark", lambda: SparkEngine(root)))
+    for name, make in engines:
+        t0 = time.perf_counter()
+        engine = make()
+        started = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        answers[name] = monthly_statistics(engine, catalogue, year).to_pylist()
+        ran = time.perf_counter() - t1
+        engine.close()
+        out[name] = {"start_s": round(started, 2), "job_s": round(ran, 2)}
+    if "spark" in answers:
+        out["same_answer"] = answers["spark"] == answers["duckdb"]
+    return out
+
+
+def fleet_figures(
+    cfg: FleetBenchConfig | None = None, console: Console | None = None, work: Path | None = None
+) -> dict:
+    """Measure the section; return its figures."""
+    from carvault.bench.run import BenchConfig, _loadavg, make_dataset
+
+    cfg = cfg or FleetBenchConfig()
+    console = console or Console()
+    own = work is None
+    work = work or Path(tempfile.mkdtemp(prefix="carvault-fleet-bench-"))
+    load = _loadavg()
+    try:
+        bc = BenchConfig.quick_config(vehicles=cfg.vehicles, hours=cfg.hours, batch_seconds=cfg.batch_seconds)
+        vins = [f"BENCHFLEET{i:07d}" for i in range(cfg.vehicles)]
+        console.print(f"fleet: simulating {cfg.vehicles} vehicles × {cfg.hours:g} h")
+        data = make_dataset(vins, bc, lambda n: None)
+        fig: dict[str, Any] = {"vehicles": cfg.vehicles, "hours": cfg.hours, "batch_seconds": cfg.batch_seconds}
+        fig["cluster"] = _ingest_cluster(work, data, console)
+        fig["embedded"], data_dir = _ingest_embedded(work, data, console)
+        console.print("fleet: exports")
+        fig["exports"] = _exports(data_dir)
+        console.print("fleet: jobs on DuckDB" + (" and Spark" if cfg.spark else ""))
+        fig["jobs"] = _jobs(data_dir, cfg.spark)
+        fig["load_average"] = {"start": load, "end": _loadavg()}
+        return fig
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def fleet_lines(fig: dict[str, Any]) -> list[str]:
+    """The docs section."""
+    c, e = fig["cluster"], fig["embedded"]
+
+    def rate(r: dict[str, Any]) -> str:
+        return f"{r['samples_per_s'] / 1e6:.2f} M samples/s"
+
+    lines = [
+        "## Fleet scale (issue 12)",
+        "",
+        f"{fig['vehicles']} simulated vehicles × {fig['hours']:g} h, {fig['batch_seconds']} s batches; load average "
+        f"{fig['load_average']['start']} at the start, {fig['load_average']['end']} at the end.",
+        "",
+        "| measurement | figure |",
+        "|---|---|",
+        "| ingest through HAProxy into two replicas (PostgreSQL metadata and log, S3 evidence) | "
+        f"{rate(c['two_replicas'])} |",
+        f"| ingest into one replica of that cluster | {rate(c['one_replica_postgres_s3'])} |",
+        f"| ingest into one embedded replica (SQLite, local folder) | {rate(e)} |",
+    ]
+    for fmt, x in fig["exports"].items():
+        lines.append(
+            f"| export of one vehicle's history as {fmt} ({x['samples']:,} samples) | "
+            f"{x['samples_per_s'] / 1e6:.2f} M samples/s |"
+        )
+    j = fig["jobs"]
+    lines.append(
+        f"| compaction into per-day copies | {j['compaction']['days']} vehicle-days in {j['compaction']['seconds']} s |"
+    )
+    for name in ("duckdb", "spark"):
+        if name in j:
+            lines.append(
+                f"| monthly statistics job on {name} | start {j[name]['start_s']} s, job {j[name]['job_s']} s |"
+            )
+    if "same_answer" in j:
+        lines.append(f"| DuckDB and Spark give the same answer | {'yes' if j['same_answer'] else 'NO'} |")
+    lines += [
+        "",
+        "All processes share the 2-core machine: two replicas cannot be faster than one there (they split the same "
+        "cores); the figure shows what the balancer and the shared PostgreSQL and S3 cost, not a scaling curve. moto "
+        "is a Python S3 server keeping objects in memory: a lower bound for a real object store.",
+    ]
+    return lines
+
+
+def splice(markdown: str, fig: dict[str, Any]) -> str:
+    """Put the section into the benchmarks page (replacing an earlier one, else before ``## Targets missed``)."""
+    block = "\n".join([SECTION_START, *fleet_lines(fig), SECTION_END])
+    a, b = markdown.find(SECTION_START), markdown.find(SECTION_END)
+    if a >= 0 and b > a:
+        return markdown[:a] + block + markdown[b + len(SECTION_END) :]
+    anchor = markdown.find("## Targets missed")
+    if anchor < 0:
+        return markdown.rstrip("\n") + "\n\n" + block + "\n"
+    return markdown[:anchor] + block + "\n\n" + markdown[anchor:]
+
+
+def run_fleet_only(
+    out: Path, docs: Path, console: Console | None = None, cfg: FleetBenchConfig | None = None, work: Path | None = None
+) -> dict[str, Any]:
+    """``carvault bench --only fleet``: measure, set ``fleet`` in ``out``, rewrite its docs section."""
+    fig = fleet_figures(cfg, console, work)
+    try:
+        result = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        result = {}
+    result["fleet"] = fig
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    try:
+        page = docs.read_text(encoding="utf-8")
+    except OSError:
+        page = "# Benchmarks\n"
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(splice(page, fig), encoding="utf-8")
+    return fig
