@@ -12,6 +12,7 @@ runtime (Debian's ``default-jre-headless``).
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -192,8 +193,10 @@ def spark_session(master: str = "local[2]") -> Any:
         from pyspark.sql import SparkSession
     except ImportError:
         raise Unavailable("pyspark is not installed") from None
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode listens on loopback only
     with _SPARK_LOCK:
-        return (
+        session = (
             SparkSession.builder.master(master)
             .appName("carvault-fleet")
             .config("spark.ui.enabled", "false")
@@ -203,6 +206,8 @@ def spark_session(master: str = "local[2]") -> Any:
             .config("spark.driver.memory", "1g")
             .getOrCreate()
         )
+    session.sparkContext.setLogLevel("ERROR")  # Spark's warnings (e.g. about glob paths) are not ours to print
+    return session
 
 
 def engine_of(name: str, root: Path, **options: Any) -> Engine:
