@@ -243,6 +243,7 @@ class Region:
             hub=self.live,
             telemetry=self.telemetry,
         )
+        self.fleet.masked_places = self.places.masked_for_vehicle  # a Tesla does not mask: the region does
 
     def _batch_kept(self, vin: str, batch_hash: str) -> bool:
         """Whether a batch is still stored (a query copy of a deleted batch is removed as soon as it is written)."""

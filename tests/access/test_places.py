@@ -231,3 +231,52 @@ def test_live_frames_inside_a_masked_place_are_refused(region: Region, vehicle: 
     assert region.live_channel.check(vehicle.vin, frame(3, HOME["lat"] + 0.01)) is not None  # ~1.1 km: outside
     region.places.update(owner.id, home.id, {"mask_in_car": False})  # a place kept, no longer masked
     assert region.live_channel.check(vehicle.vin, frame(4, HOME["lat"])) is not None
+
+
+def _at_cell_vertex() -> tuple[float, float, float]:
+    """A point on a corner of its H3 cell (res 8) and how far that cell's centre lies from it (~the edge length)."""
+    import h3
+
+    from carvault.location import DEFAULT_RESOLUTION
+
+    cell = h3.latlng_to_cell(HOME["lat"], HOME["lon"], DEFAULT_RESOLUTION)
+    lat, lon = h3.cell_to_boundary(cell)[0]
+    lat, lon = lat + 1e-6, lon  # nudged so the point has one cell, not three
+    centre = h3.cell_to_latlng(h3.latlng_to_cell(lat, lon, DEFAULT_RESOLUTION))
+    return lat, lon, float(distance_m(np.array([centre[0]]), np.array([centre[1]]), Place(lat, lon, 0))[0])
+
+
+def _parked_at(lat: float, lon: float) -> pa.Table:
+    table = drive_table(BASE_MS, seconds=10)
+    n = table.num_rows
+    table = table.set_column(table.column_names.index(LAT), LAT, pa.array(np.full(n, lat)))
+    return table.set_column(table.column_names.index(LON), LON, pa.array(np.full(n, lon)))
+
+
+def test_the_car_masks_before_it_coarsens(region: Region, vehicle: VehicleIdentity, tmp_path: Path) -> None:
+    """Inside the circle but in a cell whose centre is outside it: the car must still send no position (coarsening
+    first moved the point out of the circle, so home's cell travelled and passed the region's check)."""
+    lat, lon, centre_m = _at_cell_vertex()
+    radius = 200.0
+    assert centre_m > radius + 100  # the cell's centre lies well outside the circle
+    opt_in(region, vehicle.vin, "location")  # coarse location only
+    car = VehicleAgent(vehicle, tmp_path / "car", "http://127.0.0.1:9", places=(Place(lat, lon, radius),))
+    car.policy = region.gateway.policy_of(vehicle.vin)
+    table = _parked_at(lat, lon)
+    sent = car.routine(table, np.full(table.num_rows, BASE_MS))
+    assert LAT in sent.column_names and sent.column(LAT).null_count == sent.num_rows
+
+
+def test_fleet_telemetry_masks_the_owners_places(region: Region, vehicle: VehicleIdentity) -> None:
+    """A Tesla does not mask: the region applies the owner's masked places in its place, before coarsening, so
+    neither home's cell is kept nor the whole group refused."""
+    lat, lon, _ = _at_cell_vertex()
+    owner = region.accounts.register("ft-places@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vehicle.vin, vehicle.pairing_code)
+    opt_in(region, vehicle.vin, "location")
+    region.places.create(owner.id, {**HOME, "lat": lat, "lon": lon, "radius_m": 200})
+    kept = region.fleet.routine(vehicle.vin, _parked_at(lat, lon))
+    assert LAT in kept.column_names and kept.column(LAT).null_count == kept.num_rows
+    region.places.check_batch(vehicle.vin, kept)  # what the gateway checks next passes
+    far = region.fleet.routine(vehicle.vin, _parked_at(lat + 0.02, lon))
+    assert far.column(LAT).null_count == 0  # outside the circle: kept (coarse)

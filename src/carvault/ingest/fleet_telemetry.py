@@ -52,7 +52,7 @@ from carvault.errors import (
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.live import LiveHub, LiveUpdate, LiveValue, now_ms
 from carvault.ingest.validation import validate_payload
-from carvault.location import DEFAULT_RESOLUTION, LAT, coarsen
+from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
 from carvault.pki import RegionCA, attested_by
 from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, make_batch
 from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, valid_software_version
@@ -385,6 +385,8 @@ class FleetTelemetry:
         self._log_key_of = log_key_of
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # The owner's masked places of a vehicle (access/places.py ``masked_for_vehicle``), set by the region.
+        self.masked_places: Callable[[str], Sequence[Place]] | None = None
 
     @property
     def attestation_public_key(self) -> bytes:
@@ -479,6 +481,9 @@ class FleetTelemetry:
         """
         policy: Policy = self.gateway.policy_of(vin)
         kept = filter_table(table, policy, self.catalogue)
+        if LAT in kept.column_names and kept.num_rows and self.masked_places is not None:
+            # The owner's masked places, as the car would mask them: on the true positions, before coarsening.
+            kept = mask_places(kept, self.masked_places(vin))
         if LAT in kept.column_names and kept.num_rows:
             last = int(kept.column("t").cast(pa.int64())[-1].as_py())
             if policy.status("location_precise", last, None) != COLLECTING:

@@ -201,10 +201,11 @@ class VehicleAgent:
         instant of each row). Batches and live frames both go through here."""
         routine = filter_table(part, self.policy, self.catalogue, ignition_on_ms=ign)
         if LAT in routine.column_names:
+            # Masked first, on the true positions: a point inside a circle can coarsen to a cell centre outside it.
+            routine = mask_places(routine, self.places + self.owner_places)
             t = routine.column("t").cast(pa.int64()).to_numpy()
             if len(t) and self.policy.status("location_precise", int(t[-1]), int(ign[-1])) != COLLECTING:
                 routine = coarsen(routine, self.location_resolution)
-            routine = mask_places(routine, self.places + self.owner_places)
         return routine
 
     def ignition_of(self, t: np.ndarray) -> np.ndarray:
