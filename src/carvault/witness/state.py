@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carvault.ledger.checkpoint import VerifierKey, parse_vkey
+from carvault.ledger.merkle import VerificationError
 
 __all__ = ["KnownLog", "WitnessState", "WitnessStateError"]
 
@@ -76,7 +77,7 @@ class WitnessState:
         """Witness the log whose checkpoints ``vkey_text`` signs (origin defaults to the key name)."""
         try:
             key = parse_vkey(vkey_text.strip())
-        except ValueError as exc:
+        except VerificationError as exc:
             raise WitnessStateError(f"not a log verifier key: {exc}") from exc
         if key.signature_type != 0x01:
             raise WitnessStateError("a log's checkpoint key must be an Ed25519 note key (type 0x01)")
