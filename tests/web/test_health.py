@@ -117,3 +117,46 @@ def test_json_log_lines() -> None:
     assert log_config("json", "eu")["formatters"]["main"]["()"] is JsonFormatter
     with pytest.raises(ValueError, match="log_format"):
         log_config("yaml", "eu")
+
+
+@pytest.mark.slow
+def test_readiness_names_no_secret(tmp_path: Path, settings: Settings) -> None:
+    """/readyz answers anyone: a failing part is named, but never with the password of its URL."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "hunter2-broker-password"
+    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    nats = subprocess.Popen(
+        [exe, "-a", "127.0.0.1", "-p", str(port), "--user", "carvault", "--pass", secret],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        with (
+            Region(settings.with_(live_broker=f"nats://carvault:{secret}@127.0.0.1:{port}")) as region,
+            BackgroundServer(region, port=settings.port) as server,
+            httpx.Client(base_url=server.url, timeout=30) as http,
+        ):
+            assert http.get("/readyz").status_code == 200
+            nats.terminate()
+            nats.wait(10)
+            for _ in range(100):
+                r = http.get("/readyz")
+                if r.status_code == 503:
+                    break
+                time.sleep(0.1)
+            assert r.status_code == 503 and not r.json()["checks"]["broker"]["ok"], r.text
+            assert "127.0.0.1" in r.text and secret not in r.text
+    finally:
+        nats.kill()
+        nats.wait(10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,14 @@ from carvault.errors import Unavailable
 
 # Called with each message the broker delivers (from any replica); must not block.
 Deliver = Callable[[bytes], None]
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]*@")  # user:password@ in a URL
+
+
+def without_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:password@host``) replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
 
 SUBJECT = "carvault.live"  # NATS subject prefix; the region name is appended
 RECONNECTS = 10  # NATS reconnect attempts (one a second) before the client gives up
@@ -100,7 +109,8 @@ class NatsBroker(Broker):
             await self._nc.flush()  # the subscription is registered at the server before start returns
         except (NatsError, OSError, TimeoutError) as e:
             self._nc = None
-            raise Unavailable(f"the live broker at {self.url} cannot be reached: {e or type(e).__name__}") from None
+            where = without_passwords(self.url)  # cars read this message: never the broker's password
+            raise Unavailable(f"the live broker at {where} cannot be reached: {e or type(e).__name__}") from None
 
     async def publish(self, message: bytes) -> None:
         """Publish on the region's subject (buffered by the client while reconnecting)."""

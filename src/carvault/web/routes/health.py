@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,14 +18,33 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from carvault import __version__
 from carvault.errors import Unauthenticated
+from carvault.ingest.broker import without_passwords
 from carvault.metrics import CONTENT_TYPE
 from carvault.region import Region
 from carvault.web.deps import get_region
 
 router = APIRouter(tags=["operations"])
+
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
+
+
+def without_secrets(text: str, region: Region) -> str:
+    """An error text with URL passwords and the region's known secrets (database password, metrics token, S3 secret
+    key) replaced by ``***``."""
+    text = without_passwords(text)  # /readyz answers anyone
+    try:
+        db_password = make_url(region.settings.resolved_database_url).password
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: nothing more to hide from it
+        db_password = None
+    secrets = [db_password, region.settings.metrics_token, *(os.environ.get(k) for k in _SECRET_ENV)]
+    for secret in secrets:
+        if secret and len(str(secret)) >= 4:
+            text = text.replace(str(secret), "***")
+    return text
 
 
 @router.get("/api/v1/health", summary="Liveness and the region served")
@@ -71,7 +91,7 @@ def readyz(request: Request) -> JSONResponse:
         try:
             check()
         except Exception as e:  # noqa: BLE001 - any failure makes the replica not ready; say which and why
-            results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+            results[name] = {"ok": False, "error": without_secrets(f"{type(e).__name__}: {e}", region)[:300]}
         else:
             results[name] = {"ok": True}
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
