@@ -134,3 +134,76 @@ def test_the_copies_are_a_hive_dataset_any_engine_reads(region: Region, uploaded
     total_rows = sum(r[2] for r in rows)
     with region.db.session() as s:
         assert total_rows == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
+
+
+def _per_batch(region: Region, vin: str) -> list[pa.Table]:
+    """The same windows read batch by batch (no compact copies): what the copies must answer."""
+    days, region.telemetry.days = region.telemetry.days, None
+    try:
+        return _windows(region, vin)
+    finally:
+        region.telemetry.days = days
+
+
+def test_a_purged_batch_takes_its_day_copy_with_it(region: Region, uploaded: VehicleAgent) -> None:
+    from carvault.compliance.retention import DAY_MS, period_ms
+    from carvault.signals import CATEGORIES
+
+    vin = uploaded.identity.vin
+    region.telemetry.compact()
+    with region.db.session() as s:
+        before = {r.batch_hash: (r.t0, r.t1, r.copy_key) for r in s.scalars(select(BatchRecord))}
+    later = BASE_MS + max(period_ms(c) for c in CATEGORIES) + 30 * DAY_MS
+    for _ in range(12):  # one batch per run: days end up partly purged
+        region.retention.run(now=later, limit=1)
+        with region.db.session() as s:
+            left = set(s.scalars(select(BatchRecord.batch_hash)))
+        gone = set(before) - left
+        if gone:
+            break
+    assert gone and left
+    gone_days = {day_of(before[h][0]).isoformat() for h in gone}
+    gone_keys = {before[h][2] for h in gone}
+    files = _copy_files(region, vin)
+    assert not [f for f in files if any(k and k.split("/part-")[1] in f for k in gone_keys)]  # erased with it
+    with region.db.session() as s:
+        assert not s.scalars(select(BatchRecord).where(BatchRecord.copy_key.in_(gone_keys))).all()
+    assert gone_days
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)
+    region.telemetry.compact()  # the day is compacted again from what is still stored
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)
+
+
+def test_a_stale_compaction_racing_a_newer_one_changes_nothing(region: Region, uploaded: VehicleAgent) -> None:
+    """Compaction A lists day one's batches; a late batch of that day arrives and compaction B compacts the whole
+    day; then A finishes. A's copy (without the late batch) must not take over B's batches: no duplicated rows, no
+    copy file that no batch names (it would outlive its batches' erasure)."""
+    from carvault.store.telemetry import BatchRef
+
+    vin = uploaded.identity.vin
+    days = region.telemetry.days
+    assert days is not None
+    day_one = min(day_of(r.t0) for r in region.telemetry.batches(vin, 0, 2**62))
+    raced: list[object] = []
+
+    def load(rec: BatchRecord) -> pa.Table:
+        if not raced:  # B runs while A is loading
+            late = BASE_MS - BASE_MS % DAY + DAY - 3_600_000
+            uploaded.record(drive_table(start_ms=late - 3_600_000, seconds=120, seed=3), batch_seconds=60)
+            uploaded.upload_pending()
+            raced.extend(region.telemetry.compact())
+        ref = BatchRef(rec.seq, rec.t0, rec.t1, rec.segment, rec.offset, rec.length, frozenset(), rec.batch_hash)
+        return region.telemetry.batch_table(vin, ref, {})
+
+    stale = days.compact(vin, day_one, load)
+    assert day_one in {c.day for c in raced}  # type: ignore[attr-defined]
+    assert stale is None  # A's set of batches is no longer the day's: it attaches nothing
+    with region.db.session() as s:
+        keys = {r.copy_key for r in s.scalars(select(BatchRecord).where(BatchRecord.vin == vin))}
+    assert None not in keys
+    named = {days_file.split("/part-")[1].removesuffix(".parquet") for days_file in _copy_files(region, vin)}
+    assert named == {k.split("/part-")[1] for k in keys if k}  # no orphan copy
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)

@@ -48,6 +48,9 @@ from carvault.errors import CarVaultError, NotFound, RetentionRunning, Unavailab
 from carvault.ingest.frames import FrameStore
 from carvault.protocol import CAMERA, payload_view
 from carvault.signals import CATEGORIES, Catalogue
+from carvault.store.day_copies import PREFIX as COPIES
+from carvault.store.day_copies import RATES as COPY_RATES
+from carvault.store.day_copies import file_key as copy_file
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
     BatchRecord,
@@ -648,6 +651,17 @@ class Retention:
                 )
             )
             wanted = {a.batch_id: a.batch_hash for a in actions if a.vin not in held}
+            # The compact day copies holding these batches (store/day_copies.py) are erased with them: their rows
+            # are gone once the batches' are, so the copies are named here, in the same transaction.
+            copy_keys = dict(
+                s.execute(
+                    select(BatchRecord.id, BatchRecord.copy_key).where(
+                        BatchRecord.id.in_(list(wanted)), BatchRecord.copy_key.is_not(None)
+                    )
+                ).all()
+                if wanted
+                else ()
+            )
             # By id AND hash: SQLite reuses the row id of a batch a deletion removed since the plan, and a batch
             # accepted meanwhile under that id must not lose its index row to this run.
             gone = set(
@@ -664,6 +678,12 @@ class Retention:
             for a in swapped:
                 by_vin.setdefault(a.vin, []).append(a)
             files: dict[int, list[str]] = {a.batch_id: [] for a in swapped}
+            erased_keys = {copy_keys[a.batch_id] for a in swapped if a.batch_id in copy_keys}
+            for a in swapped:
+                if a.batch_id in copy_keys:
+                    files[a.batch_id] += [copy_file(copy_keys[a.batch_id], rate) for rate in COPY_RATES]
+            if erased_keys:  # the rest of those days is read batch by batch until compacted again without them
+                s.execute(update(BatchRecord).where(BatchRecord.copy_key.in_(erased_keys)).values(copy_key=None))
             for vin, group in by_vin.items():
                 # Statistics summaries of the days these batches reached go with them (access/statistics.py).
                 reach = max(a.t1 for a in group) + 600_000 + 1  # statistics.LEAD_MS: a day reads 10 min before it
@@ -763,10 +783,12 @@ class Retention:
         return finished
 
     def _remove_copy(self, name: str) -> None:
-        """Remove a file holding a copy of erased bytes: frames and packages from the blob store, portability
-        bundles from the data folder."""
+        """Remove a file holding a copy of erased bytes: frames, packages and compact day copies from the blob
+        store, portability bundles from the data folder."""
         if name.startswith("portability/"):
             (self.data_dir / name).unlink(missing_ok=True)
+        elif name.startswith(f"{COPIES}/") and self.derived.days is not None:
+            self.derived.days.remove_file(name)  # its cached download on object storage too
         else:
             self.frames.blobs.delete(name)
 

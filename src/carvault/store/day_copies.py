@@ -32,7 +32,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select, update
+from sqlalchemy.orm import aliased
 
 from carvault.signals import Catalogue
 from carvault.store.blobs import BlobNotFound, BlobStore
@@ -49,6 +50,7 @@ from carvault.store.metadata import BatchRecord, Database, rowcount
 log = logging.getLogger(__name__)
 
 PREFIX = "copies"
+RATES = ("10hz", "1hz")  # the files of one copy
 FAST_HZ = 10  # signals sampled at least this often go to the rate=10hz file
 ROW_GROUP_FAST = 18_000  # 30 minutes of 10 Hz rows
 ROW_GROUP_SLOW = 3_600  # an hour of 1 Hz rows
@@ -192,11 +194,21 @@ class DayCopies:
         return table
 
     # ------------------------------------------------------------------ writing
-    def write(self, vin: str, day: dt.date, refs: Sequence[tuple[int, str]], table: pa.Table) -> Compacted | None:
+    def write(
+        self,
+        vin: str,
+        day: dt.date,
+        refs: Sequence[tuple[int, str]],
+        table: pa.Table,
+        replaces: Collection[str] = (),
+    ) -> Compacted | None:
         """Store the day's table (all columns, sorted by t) as the copy of the batches ``refs`` (id, hash).
 
-        The rows then name the copy, but only those still stored and not compacted into another copy meanwhile;
-        if none is, the files are removed again (their batches were deleted while this ran).
+        The rows name the copy only if ``refs`` are still exactly the day's batches and each row still names no
+        copy or one of ``replaces`` (what it named when this compaction listed the day): in one statement, so a
+        compaction that listed the day before a batch arrived or went (a late batch, a purge, another replica's
+        newer compaction) attaches nothing, and a day's batches never name two copies holding the same rows.
+        Otherwise None, and the files are removed again unless a batch names them.
         """
         key = copy_key(vin, day, [h for _, h in refs])
         fast_cols = ["t"] + [c for c in table.column_names if c != "t" and self.rate_of(c) == "10hz"]
@@ -214,18 +226,35 @@ class DayCopies:
             self.blobs.put(file_key(key, rate), data, durable=False)  # derived: rebuilt from the evidence if lost
             written += len(data)
         ids = [i for i, _ in refs]
+        start = _day_start(day)
+        other = aliased(BatchRecord)
+        others = (
+            select(other.id)
+            .where(
+                other.vin == vin,
+                other.kind == "telemetry",
+                other.t0 >= start,
+                other.t0 < start + MS_PER_DAY,
+                other.id.not_in(ids),
+            )
+            .exists()
+        )
         with self.db.session() as s:
             moved = rowcount(
                 s.execute(
                     update(BatchRecord)
-                    .where(BatchRecord.id.in_(ids), BatchRecord.vin == vin)
-                    .where((BatchRecord.copy_key.is_(None)) | (BatchRecord.copy_key != key))
+                    .where(BatchRecord.id.in_(ids), BatchRecord.vin == vin, ~others)
+                    .where(BatchRecord.copy_key.is_(None) | BatchRecord.copy_key.in_([*replaces, key]))
                     .values(copy_key=key)
                 )
             )
-            s.commit()
-        if not moved and not self._batches_in(key):  # every batch was deleted while this ran
-            self._remove(key)
+            if moved == len(ids):
+                s.commit()
+            else:  # a batch went, came or was compacted by a newer listing: nothing attached
+                s.rollback()
+        if moved != len(ids):
+            if not self._batches_in(key):
+                self._remove(key)
             return None
         return Compacted(vin, day, key, len(refs), table.num_rows, written)
 
@@ -235,14 +264,14 @@ class DayCopies:
 
     # ------------------------------------------------------------------ dropping
     def _remove(self, key: str) -> int:
-        freed = 0
-        for rate in ("10hz", "1hz"):
-            k = file_key(key, rate)
-            freed += self.blobs.delete(k)
-            cached = self.cache_dir / k
-            cached.unlink(missing_ok=True)
-            with self._lock:
-                self._footers.pop(k, None)
+        return sum(self.remove_file(file_key(key, rate)) for rate in RATES)
+
+    def remove_file(self, name: str) -> int:
+        """Remove one file of a copy (its blob, its cached download, its parsed footer); bytes freed."""
+        freed = self.blobs.delete(name)
+        (self.cache_dir / name).unlink(missing_ok=True)
+        with self._lock:
+            self._footers.pop(name, None)
         return freed
 
     def drop(self, key: str) -> int:
@@ -296,7 +325,7 @@ class DayCopies:
 
     def day_batches(self, vin: str, day: dt.date) -> list[BatchRecord]:
         """The telemetry batches whose first sample is on ``day`` (UTC), in chain order."""
-        start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
+        start = _day_start(day)
         with self.db.session() as s:
             return list(
                 s.scalars(
@@ -331,9 +360,10 @@ class DayCopies:
             from carvault.store.telemetry import withhold
 
             table = withhold(table, cutoffs)
-        done = self.write(vin, day, [(b.id, b.batch_hash) for b in batches], table)
+        done = self.write(vin, day, [(b.id, b.batch_hash) for b in batches], table, replaces=old)
         for key in old - ({done.key} if done else set()):
-            self._remove(key)
+            if not self._batches_in(key):  # a copy still named (this compaction attached nothing) stays
+                self._remove(key)
         return done
 
 
@@ -392,6 +422,11 @@ def _rows(f: pq.ParquetFile, meta: pq.FileMetaData, start_ms: int, end_ms: int, 
     t = table.column("t").cast(pa.int64()).to_numpy()
     a, b = np.searchsorted(t, [start_ms, end_ms])
     return table.slice(int(a), int(b - a))
+
+
+def _day_start(day: dt.date) -> int:
+    """Milliseconds of a UTC day's midnight."""
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
 
 
 def _ms(value: object) -> int:
