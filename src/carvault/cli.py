@@ -300,6 +300,10 @@ def verify(
     log_key: Annotated[str | None, typer.Option("--log-key", help="Pin the region's published log key.")] = None,
     ca_sha256: Annotated[str | None, typer.Option("--ca-sha256", help="Pin the published CA SHA-256.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    witness: Annotated[
+        list[str] | None, typer.Option("--witness", help="A witness you trust (cosignature/v1 vkey); repeatable.")
+    ] = None,
+    quorum: Annotated[int | None, typer.Option("--quorum", help="How many --witness keys must have cosigned.")] = None,
 ) -> None:
     """Verify an incident package offline. Exit 0 verified, 1 a check failed, 2 NOT anchored, 3 unreadable, 4 usage.
 
@@ -307,7 +311,16 @@ def verify(
     """
     from carvault.verify.cli import run
 
-    code = run(package, trust=trust, checkpoint=checkpoint, log_key=log_key, ca_sha256=ca_sha256, json_out=json_out)
+    code = run(
+        package,
+        trust=trust,
+        checkpoint=checkpoint,
+        log_key=log_key,
+        ca_sha256=ca_sha256,
+        json_out=json_out,
+        witnesses=witness or [],
+        quorum=quorum,
+    )
     raise typer.Exit(code)
 
 

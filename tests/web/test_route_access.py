@@ -58,6 +58,7 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/data-sheet"): "the Data Act Art. 3(2) data sheet: catalogue, rules, models, operator contact",
     ("GET", "/api/v1/region/trust"): "the region's CA and log keys, for offline verification",
     ("GET", "/api/v1/log/checkpoint"): "transparency log: the signed checkpoint is public by design",
+    ("GET", "/api/v1/log/cosigned-checkpoint"): "the witness-cosigned checkpoint: public by design (docs/witness.md)",
     ("GET", "/api/v1/log/key"): "transparency log verifier key",
     ("GET", "/api/v1/log/proof/inclusion"): "transparency log proofs: leaf indices and hashes, no VIN",
     ("GET", "/api/v1/log/proof/consistency"): "transparency log proofs between tree sizes",

@@ -212,6 +212,12 @@ class PackageBuilder:
         records = []
         checkpoint = r.log.checkpoint()
         tree_size = int(checkpoint.splitlines()[1])
+        # A witnessed tree that holds every batch is preferred: its note carries the witnesses' cosignatures.
+        cosigned = r.witnessing.latest_cosigned()
+        if cosigned is not None:
+            cosigned_size = int(cosigned.splitlines()[1])
+            if cosigned_size > max((rec.log_index or 0) for rec in recs) and cosigned_size <= tree_size:
+                checkpoint, tree_size = cosigned, cosigned_size
         proofs = []
         for rec in recs:
             raw = r.segment_reader.read(rec.segment, rec.offset, rec.length)

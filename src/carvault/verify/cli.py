@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from carvault.ledger.checkpoint import SIGNATURE_TYPE_COSIGNATURE, parse_vkey
+from carvault.ledger.merkle import VerificationError
 from carvault.verify.documents import DocumentError, load_json
-from carvault.verify.package import EXIT_USAGE, Pins, Verdict, verify_package
+from carvault.verify.package import EXIT_USAGE, Pins, Verdict, WitnessPolicy, verify_package
 
 _MARKS = {True: "holds", False: "FAILS", None: "note"}
 
@@ -43,6 +45,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-key", help="Pin the region's log verifier key (vkey) as published on its trust page.")
     p.add_argument("--ca-sha256", help="Pin the SHA-256 of the region CA certificate (DER) as published.")
     p.add_argument("--checkpoint", type=Path, help="A checkpoint you saved earlier: prove the log was not rewritten.")
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        dest="witnesses",
+        help="A witness you trust (its cosignature/v1 vkey); repeat for each.",
+    )
+    p.add_argument("--quorum", type=int, default=None, help="How many of the --witness keys must have cosigned.")
     p.add_argument("--json", action="store_true", dest="json_out", help="Print the result as JSON.")
     return p
 
@@ -56,6 +66,8 @@ def run(
     ca_sha256: str | None = None,
     json_out: bool = False,
     out: TextIO | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
 ) -> int:
     """Verify one package, print the result, return the exit code."""
     out = out or sys.stdout
@@ -66,11 +78,12 @@ def run(
             raise _Usage("pin both --log-key and --ca-sha256, or neither")
         trust_doc = _read_json(trust) if trust else None
         saved = _read_text(checkpoint) if checkpoint else None
+        policy = _witness_policy(witnesses, quorum)
     except _Usage as e:
         print(f"carvault verify: {e}", file=sys.stderr)
         return EXIT_USAGE
     pins = Pins(log_key, ca_sha256) if log_key is not None and ca_sha256 is not None else None
-    verdict = verify_package(package, saved_checkpoint=saved, trust=trust_doc, pins=pins)
+    verdict = verify_package(package, saved_checkpoint=saved, trust=trust_doc, pins=pins, witnesses=policy)
     if json_out:
         print(json.dumps(as_json(verdict), indent=2), file=out)
     else:
@@ -137,6 +150,25 @@ def _read_json(path: Path) -> Any:
         raise _Usage(e.detail) from None
 
 
+def _witness_policy(witnesses: Sequence[str], quorum: int | None) -> WitnessPolicy | None:
+    keys = []
+    for text in witnesses:
+        try:
+            key = parse_vkey(text.strip())
+        except VerificationError as e:
+            raise _Usage(f"--witness {text!r} is not a verifier key: {e}") from None
+        if key.signature_type != SIGNATURE_TYPE_COSIGNATURE:
+            raise _Usage(f"--witness {key.name} is not a witness key (cosignature/v1, type 0x04)")
+        if any(k.name == key.name for k in keys):
+            raise _Usage(f"--witness {key.name} is given twice")
+        keys.append(key)
+    if quorum is None:
+        quorum = len(keys)  # every witness named, unless --quorum says fewer
+    if not 0 <= quorum <= len(keys) or (quorum > 0 and not keys):
+        raise _Usage(f"--quorum must be between 0 and the number of --witness keys ({len(keys)})")
+    return WitnessPolicy(tuple(keys), quorum) if keys else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and verify; returns the exit code (``completeness REPORT``: a completeness report)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -150,5 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"carvault verify: {e}", file=sys.stderr)
         return EXIT_USAGE
     return run(
-        a.package, trust=a.trust, checkpoint=a.checkpoint, log_key=a.log_key, ca_sha256=a.ca_sha256, json_out=a.json_out
+        a.package,
+        trust=a.trust,
+        checkpoint=a.checkpoint,
+        log_key=a.log_key,
+        ca_sha256=a.ca_sha256,
+        json_out=a.json_out,
+        witnesses=a.witnesses,
+        quorum=a.quorum,
     )

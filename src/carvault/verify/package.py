@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint
+from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint, verify_cosignatures
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, attested_by, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import MAX_DECODED_BYTES, Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
@@ -83,6 +83,14 @@ class Pins:
 
     log_vkey: str
     ca_sha256: str
+
+
+@dataclass(frozen=True)
+class WitnessPolicy:
+    """The witnesses the verifier knows (cosignature/v1 vkeys) and how many must have cosigned the checkpoint."""
+
+    keys: tuple[VerifierKey, ...]
+    quorum: int
 
 
 @dataclass
@@ -187,6 +195,7 @@ class _Run:
     key: Ed25519PublicKey | None = None
     envs: list[Envelope] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    witnesses: WitnessPolicy | None = None
 
     def add(self, name: str, ok: bool | None, detail: str) -> None:
         """Record a check."""
@@ -204,6 +213,7 @@ def verify_package(
     trust: Any = None,
     pins: Pins | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    witnesses: WitnessPolicy | None = None,
 ) -> Verdict:
     """Check everything in a package; never raises for a bad package, it reports.
 
@@ -212,7 +222,7 @@ def verify_package(
     """
     verdict = Verdict(str(path))
     try:
-        return _verify(verdict, path, saved_checkpoint, trust, pins, limits)
+        return _verify(verdict, path, saved_checkpoint, trust, pins, limits, witnesses)
     except MemoryError:
         verdict.readable = False
         verdict.add("package readable", False, "checking this package needs more memory than this computer has")
@@ -220,7 +230,13 @@ def verify_package(
 
 
 def _verify(
-    verdict: Verdict, path: Path | str, saved_checkpoint: str | None, trust: Any, pins: Pins | None, limits: Limits
+    verdict: Verdict,
+    path: Path | str,
+    saved_checkpoint: str | None,
+    trust: Any,
+    pins: Pins | None,
+    limits: Limits,
+    witnesses: WitnessPolicy | None = None,
 ) -> Verdict:
     try:
         pkg = open_package(path, limits)
@@ -230,7 +246,9 @@ def _verify(
         return verdict
     m = pkg.manifest
     verdict.add("package readable", True, f"vehicle {m.vin}, region {m.region}, {len(pkg.files)} files")
-    return run_checks(pkg, CHECKS, verdict, trust=trust, pins=pins, saved_checkpoint=saved_checkpoint)
+    return run_checks(
+        pkg, CHECKS, verdict, trust=trust, pins=pins, saved_checkpoint=saved_checkpoint, witnesses=witnesses
+    )
 
 
 def run_checks(
@@ -241,9 +259,10 @@ def run_checks(
     trust: Any = None,
     pins: Pins | None = None,
     saved_checkpoint: str | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> Verdict:
     """Run ``checks`` over an opened package, in order (also used for portability bundles, which share them)."""
-    run = _Run(pkg, verdict, trust, pins, saved_checkpoint)
+    run = _Run(pkg, verdict, trust, pins, saved_checkpoint, witnesses=witnesses)
     for check in checks:
         try:
             check(run)
@@ -476,6 +495,25 @@ def check_checkpoint(run: _Run) -> None:
     run.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {run.vkey.name}")
 
 
+def check_witnesses(run: _Run) -> None:
+    """At least ``quorum`` of the witnesses the verifier knows cosigned log/checkpoint.txt (C2SP cosignature/v1)."""
+    policy, cp = run.witnesses, run.checkpoint
+    if policy is None or not policy.keys or cp is None:
+        return
+    name = "witness cosignatures"
+    try:
+        found = verify_cosignatures(run.pkg.files["log/checkpoint.txt"], list(policy.keys))
+    except (VerificationError, ValueError) as e:
+        run.add(name, False, f"a cosignature by a known witness does not verify (tampered?): {e}")
+        return
+    names = ", ".join(sorted(c.name for c in found)) or "none"
+    detail = f"{len(found)} of the {len(policy.keys)} witnesses you know cosigned tree size {cp.size} ({names})"
+    if len(found) >= policy.quorum:
+        run.add(name, True, f"{detail}; {policy.quorum} required")
+    else:
+        run.add(name, False, f"NOT WITNESSED ENOUGH: {detail}; --quorum {policy.quorum} needs {policy.quorum}")
+
+
 def leaf_for(entry: InclusionEntry, *, region: str, vin: str, attested_by: str | None = None) -> bytes:
     """The leaf data a proof entry commits to: leaf v1 (fields in clear) or v2 (keyed by the entry's salt).
 
@@ -622,6 +660,7 @@ CHECKS: tuple[Callable[[_Run], None], ...] = (
     check_batches,
     check_chain,
     check_checkpoint,
+    check_witnesses,
     check_inclusion,
     check_consistency_document,
     check_saved,

@@ -35,6 +35,18 @@ def _b64(items: list[bytes]) -> list[str]:
 
 
 @router.get(
+    "/cosigned-checkpoint",
+    response_class=PlainTextResponse,
+    summary="Latest checkpoint cosigned by the quorum of the region's witnesses (C2SP cosignature/v1)",
+)
+def cosigned_checkpoint(region: RegionDep) -> str:
+    note = region.witnessing.latest_cosigned()
+    if note is None:
+        raise NotFound("no checkpoint is cosigned by the witnesses yet")
+    return note
+
+
+@router.get(
     "/checkpoint", response_class=PlainTextResponse, summary="Latest checkpoint (C2SP tlog-checkpoint signed note)"
 )
 def checkpoint(region: RegionDep) -> str:
@@ -76,12 +88,22 @@ def inclusion(
     n = size or region.log.size
     if index >= n or n > region.log.size:
         raise InvalidQuery(f"need index < size <= {region.log.size}", index=index, size=n)
-    return {
+    answer: dict[str, Any] = {
         "index": index,
         "size": n,
         "leaf_hash": base64.b64encode(region.log.leaf_hash(index)).decode(),
         "proof": _b64(region.log.inclusion_proof(index, n)),
     }
+    # Witnessed evidence (docs/witness.md): the first checkpoint of at least this size that the region's witnesses
+    # cosigned, with the consistency proof from `size` to it (empty when the sizes are equal).
+    cosigned = region.witnessing.cosigned_at_least(n)
+    if cosigned is not None:
+        cosigned_size = int(cosigned.splitlines()[1])
+        answer["cosigned_checkpoint"] = cosigned
+        answer["cosigned_consistency"] = (
+            _b64(region.log.consistency_proof(n, cosigned_size)) if cosigned_size > n else []
+        )
+    return answer
 
 
 @router.get("/proof/consistency", summary="Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
