@@ -554,3 +554,40 @@ def test_window_bounds(region: Region) -> None:
     ):
         with pytest.raises(InvalidQuery):
             c.window(**kw)
+
+
+def test_a_grant_holder_is_not_told_when_the_car_was_in_a_masked_place(region: Region, car: Car) -> None:
+    """A batch refused as ``location_in_masked_place`` says when the car was at the owner's home (or another masked
+    place): the owner's report shows it; a grant holder's shows the gap without that reason, message or count."""
+    car.send(T, 60)
+    car.send(T + 600_000, 60)
+    with region.db.session() as s:
+        s.add(
+            BatchRefusal(
+                vin=car.identity.vin,
+                code="location_in_masked_place",
+                hour_ms=T - T % 3_600_000,
+                count=3,
+                first_ms=T + 200_000,
+                last_ms=T + 400_000,
+                seq_min=2,
+                seq_max=2,
+                t0_min=T + 120_000,
+                t1_max=T + 300_000,
+                message="batch carries 5 position(s) inside a place the owner masks in the car",
+            )
+        )
+    owner_report = car.report()
+    assert "location_in_masked_place" in json.dumps(owner_report)
+    _, grant = region.grants.personal_token(car.owner.id, label="app", vins=[car.identity.vin], signals=PATHS)
+    holder = Principal(car.owner.id, car.owner.email, 0, "personal", grant_id=grant.id)
+    c = region.completeness
+    lo, hi, zone = c.window(day=DAY, start_ms=None, end_ms=None, tz="UTC")
+    report = c.report(region.grants.access(holder, car.identity.vin), lo, hi, zone)
+    assert report["for"] == "grant" and report["gaps"]
+    text = json.dumps(report)
+    assert "location_in_masked_place" not in text and "masks" not in text
+    assert report["totals"]["refusals"] == 0 and report["refusals"] == []
+    calendar = c.calendar(car.identity.vin, T + 86_400_000, "UTC", days=2, owner=False)
+    assert sum(d["refusals"] for d in calendar) == 0
+    assert sum(d["refusals"] for d in c.calendar(car.identity.vin, T + 86_400_000, "UTC", days=2)) == 3

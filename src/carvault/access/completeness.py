@@ -39,14 +39,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, true
 
 from carvault.access.grants import Access
 from carvault.access.trips import TIMELINE_SIGNALS, detect
 from carvault.compliance.consent import COLLECTING, Policy, change_points
 from carvault.compliance.deletion import signed_record
 from carvault.compliance.retention import column_figures
-from carvault.errors import InvalidQuery
+from carvault.errors import InvalidQuery, LocationInMaskedPlace
 from carvault.signals import CATEGORIES, Catalogue, Signal
 from carvault.store.metadata import (
     AuditEvent,
@@ -71,6 +71,8 @@ DRIVE_GAP_MS = 2_000  # within a drive, periodic signals come at 1-10 Hz: two se
 MAX_DAYS = 7  # a detailed report covers at most a week; the calendar strip covers CALENDAR_DAYS from the index
 CALENDAR_DAYS = 30
 MAX_GAPS = 500  # per report; more are counted, not listed
+# Refusals a grant holder's report leaves out: they say when the car was inside one of the owner's masked places.
+OWNER_ONLY_REFUSALS = (LocationInMaskedPlace.code,)
 TIMES_NOTE = "times are milliseconds since 1970-01-01 UTC; *_utc members are ISO 8601 in UTC"
 
 FIRST_YEAR, LAST_YEAR = 2000, 9998  # batches start in 2000 (protocol §2.1); a day's end must still be a date
@@ -260,6 +262,8 @@ class _Context:
                     .order_by(BatchRefusal.hour_ms, BatchRefusal.code)
                 )
             )
+            if not access.view.is_owner:  # when the car was at the owner's home is not a grant holder's to know
+                self.refusals = [r for r in self.refusals if r.code not in OWNER_ONLY_REFUSALS]
             self.holds = list(
                 s.scalars(
                     select(LegalHold)  # in force now (a hold freezes all of the vehicle's data), or during the window
@@ -730,8 +734,12 @@ class Completeness:
             run["vanished"] = sorted(cols[i - 1] - cols[i]) if i else []
         return runs
 
-    def calendar(self, vin: str, end_ms: int, zone_name: str, days: int = CALENDAR_DAYS) -> list[dict[str, Any]]:
-        """Per day of the ``days`` before ``end_ms`` (in ``zone_name``): seconds covered by batch spans (index only)."""
+    def calendar(
+        self, vin: str, end_ms: int, zone_name: str, days: int = CALENDAR_DAYS, *, owner: bool = True
+    ) -> list[dict[str, Any]]:
+        """Per day of the ``days`` before ``end_ms`` (in ``zone_name``): seconds covered by batch spans (index only).
+
+        ``owner`` false (a grant holder's calendar): refusals only the owner may see are not counted."""
         zone = zone_of(zone_name, self.region)[1]
         lo = end_ms - days * DAY_MS
         with self.db.session() as s:
@@ -745,7 +753,10 @@ class Completeness:
             ).all()
             refusals = s.execute(
                 select(BatchRefusal.t0_min, BatchRefusal.t1_max, BatchRefusal.count.label("n")).where(
-                    BatchRefusal.vin == vin, BatchRefusal.t0_min < end_ms, BatchRefusal.t1_max >= lo
+                    BatchRefusal.vin == vin,
+                    BatchRefusal.t0_min < end_ms,
+                    BatchRefusal.t1_max >= lo,
+                    true() if owner else BatchRefusal.code.not_in(OWNER_ONLY_REFUSALS),
                 )
             ).all()
         merged = _merge((a, b + 1) for a, b in spans)

@@ -123,7 +123,9 @@ def completeness_calendar(
     zone_name = zone_of(tz, region.name)[0]
     end_ms = check_instant(parse_time(end, "end") if end is not None else now_ms(), "end")
     start_ms, end_ms = access.view.window(end_ms - days * 86_400_000, end_ms)
-    cal = region.completeness.calendar(access.vin, end_ms, zone_name, days=(end_ms - start_ms) // 86_400_000 or 1)
+    cal = region.completeness.calendar(
+        access.vin, end_ms, zone_name, days=(end_ms - start_ms) // 86_400_000 or 1, owner=access.view.is_owner
+    )
     if not access.view.is_owner:
         region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": start_ms, "end_ms": end_ms})
     return {"vin": access.vin, "time_zone": zone_name, "days": cal}
