@@ -711,6 +711,10 @@ def log_figures(work: Path, cfg: BenchConfig, console: Console) -> dict[str, Any
     from carvault.bench.tlog_bench import bench_backends  # file vs PostgreSQL log backend, publisher lag
 
     out["backends"] = bench_backends(work, min(cfg.log_append_leaves, 20_000))
+    from carvault.bench.witness_bench import witness_figures  # receipt -> cosigned checkpoint (issue 12)
+
+    out["witness"] = witness_figures(work / "witness", appends=20 if cfg.quick else 100)
+    console.print(f"  receipt to cosigned checkpoint: {out['witness']}")
     shutil.rmtree(work / "log-append", ignore_errors=True)
     if cfg.log_proof_leaves:
         console.print(f"  building a log of {cfg.log_proof_leaves:,} leaves for the proof figures ...")
