@@ -207,12 +207,37 @@ ROUTES: dict[str, RouteCase] = {
         "/api/v1/vehicles/{vin}/charging/{start_ms}", {}, None, None, path_extra={"start_ms": (LO + 1000, LO - 1)}
     ),
     "/api/v1/vehicles/{vin}/battery-health": RouteCase("/api/v1/vehicles/{vin}/battery-health", {}, None, None),
+    # issue 13: statistics (a default window is cut to the grant's; an asked one must lie inside it)
+    **{
+        f"/api/v1/vehicles/{{vin}}/{name}": RouteCase(
+            f"/api/v1/vehicles/{{vin}}/{name}", {}, {"start": LO, "end": HI + 1}, None
+        )
+        for name in ("statistics", "states", "efficiency", "vampire-drain", "conditions")
+    },
+    # issue 13: completeness reports (no signal needed: the report shows the grant's signals only)
+    **{
+        f"/api/v1/vehicles/{{vin}}/{name}": RouteCase(
+            f"/api/v1/vehicles/{{vin}}/{name}",
+            {"start_ms": LO, "end_ms": LO + 60_000},
+            {"start_ms": LO - 1, "end_ms": LO + 60_000},
+            None,
+        )
+        for name in ("completeness", "completeness.json", "completeness.csv")
+    },
+    # whole days before `end`: a grant whose history window is shorter than a day never holds one
+    "/api/v1/vehicles/{vin}/completeness/calendar": RouteCase(
+        "/api/v1/vehicles/{vin}/completeness/calendar", {"end": HI, "days": 1}, None, None
+    ),
 }
 # Routes whose data needs more than Vehicle.Speed: the 'narrow' grant is refused there.
 NEEDS_MORE = {"/api/v1/vehicles/{vin}/events", "/api/v1/vehicles/{vin}/timeline", "/api/v1/vehicles/{vin}/route"}
 FRAMES = "/api/v1/vehicles/{vin}/frames/{sha256}"
 CHARGE_SESSION = "/api/v1/vehicles/{vin}/charging/{start_ms}"
 NEEDS_MORE |= {"/api/v1/vehicles/{vin}/charging", CHARGE_SESSION, "/api/v1/vehicles/{vin}/battery-health"}
+NEEDS_MORE |= {
+    f"/api/v1/vehicles/{{vin}}/{name}" for name in ("statistics", "states", "efficiency", "vampire-drain", "conditions")
+}
+CALENDAR = "/api/v1/vehicles/{vin}/completeness/calendar"
 
 
 def _url(case: RouteCase, vin: str, out_of_window: bool = False) -> str:
@@ -243,6 +268,8 @@ def _expected(path: str, caller: str, variant: str) -> tuple[int, str | None]:
         return 403, "not_shareable"
     if caller == "narrow" and path in NEEDS_MORE:
         return 403, "out_of_scope"
+    if path == CALENDAR:
+        return 403, "out_of_scope"  # a day does not fit in the grants' four-minute history window
     if path == CHARGE_SESSION and variant != "window":
         return 404, "not_found"
     if variant == "signal" or (variant == "window" and not listing):
