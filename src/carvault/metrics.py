@@ -204,3 +204,17 @@ class RegionCollector(Collector):
             for name, leaves in sorted(lag().items()):
                 w.add_metric([name], float(leaves))
             yield w
+            status = getattr(witnessing, "status", {})
+            ok = GaugeMetricFamily(
+                "carvault_witness_last_success_seconds",
+                "Unix time of the witness's last cosignature (0: none since start).",
+                labels=["witness"],
+            )
+            failures = GaugeMetricFamily(
+                "carvault_witness_failures", "Failed submissions to the witness since start.", labels=["witness"]
+            )
+            for name, st in sorted(status.items()):
+                ok.add_metric([name], st.last_success_ms / 1000)
+                failures.add_metric([name], float(st.failures))
+            yield ok
+            yield failures

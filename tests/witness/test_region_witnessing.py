@@ -117,6 +117,10 @@ def test_a_witness_down_stalls_nothing_and_catches_up(tmp_path: Path, stop_all: 
         note = wait_for(lambda: region.witnessing.cosigned_for(6), timeout=60)
         assert cosigners(str(note), witnesses) == {w.name for w in witnesses}
         assert region.witnessing.status["w2"].last_error == ""
+        metrics = region.metrics.exposition().decode()
+        assert 'carvault_witness_lag_leaves{witness="w2"}' in metrics
+        assert 'carvault_witness_failures{witness="w2"}' in metrics
+        assert 'carvault_witness_last_success_seconds{witness="w1"}' in metrics
 
 
 def test_a_witness_that_saw_another_tree_refuses(tmp_path: Path, stop_all: list[WitnessProcess]) -> None:

@@ -79,8 +79,9 @@ def witness_figures(work: Path, *, witnesses: int = 2, appends: int = 40, gap_s:
         )
         with Region(settings) as region:
             appended: list[tuple[int, float]] = []
+            log: Any = region.log  # either backend (file or PostgreSQL) appends
             for i in range(appends):
-                size = region.log.append([f"bench-{i}".encode()]) + 1
+                size = log.append([f"bench-{i}".encode()]) + 1
                 appended.append((size, time.monotonic()))
                 time.sleep(gap_s)
             deadline = time.monotonic() + 30

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from carvault.ledger.checkpoint import SIGNATURE_TYPE_COSIGNATURE, parse_vkey
+from carvault.ledger.checkpoint import SIGNATURE_TYPE_COSIGNATURE, VerifierKey, parse_vkey
 from carvault.ledger.merkle import VerificationError
 from carvault.verify.documents import DocumentError, load_json
 from carvault.verify.package import EXIT_USAGE, Pins, Verdict, WitnessPolicy, verify_package
@@ -151,7 +151,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _witness_policy(witnesses: Sequence[str], quorum: int | None) -> WitnessPolicy | None:
-    keys = []
+    keys: list[VerifierKey] = []
     for text in witnesses:
         try:
             key = parse_vkey(text.strip())
