@@ -1,9 +1,9 @@
 """One region on several machines (issue 12): two `carvault serve` replicas behind HAProxy, on PostgreSQL, an
-S3-compatible server, NATS and the region's witnesses, all real processes (carvault.bench.cluster).
+S3-compatible server, NATS and two witnesses (`carvault witness serve`), all real processes (carvault.bench.cluster).
 
 Cars upload through the balancer; one replica is killed with `kill -9` in the middle; the cars carry on through the
 other. Afterwards every acknowledged batch is stored byte for byte, each exactly once in the log, and the log is
-consistent with a checkpoint taken before the kill.
+consistent with a checkpoint taken before the kill, and both witnesses cosigned a tree holding every batch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from carvault.bench.cluster import LocalCluster
-from carvault.ledger.checkpoint import parse_checkpoint
+from carvault.ledger.checkpoint import parse_checkpoint, parse_vkey, verify_cosignatures
 from carvault.ledger.merkle import verify_consistency
 from carvault.provisioning import provision
 from carvault.region import Region
@@ -48,7 +48,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     if "log_backend" not in Settings.__dataclass_fields__:
         pytest.fail("the log has no PostgreSQL backend: replicas on several machines cannot share one log")
     root = tmp_path_factory.mktemp("cluster")
-    with LocalCluster(root, replicas=2, settings=_settings_available()) as c:
+    with LocalCluster(root, replicas=2, settings=_settings_available(), witnesses=2, quorum=2) as c:
         yield c
 
 
@@ -135,6 +135,22 @@ def test_kill_one_replica_mid_upload(cluster: LocalCluster, operator: Region, tm
     assert new.size >= old.size + CARS * (BATCHES_PER_CAR - 1)
     proof = operator.log.consistency_proof(old.size, new.size)
     verify_consistency(old.size, new.size, old.root, new.root, proof)
+
+    # Both witnesses cosigned a tree holding every batch (each line checked against its key).
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.get(cluster.url + "/api/v1/log/cosigned-checkpoint", timeout=10)
+        if r.status_code == 200 and parse_checkpoint(r.text).size >= new.size:
+            break
+        assert time.monotonic() < deadline, f"no cosigned checkpoint of size {new.size}: {r.status_code} {r.text}"
+        time.sleep(0.5)
+    cosigned = r.text
+    keys = [parse_vkey(v) for v in cluster.witness_vkeys.values()]
+    assert len(verify_cosignatures(cosigned, keys)) == 2
+    consistency = operator.log.consistency_proof(old.size, parse_checkpoint(cosigned).size)
+    verify_consistency(
+        old.size, parse_checkpoint(cosigned).size, old.root, parse_checkpoint(cosigned).root, consistency
+    )
 
     # The surviving replica keeps serving, and the killed one comes back and agrees.
     cluster.start_replica("r1")

@@ -154,7 +154,14 @@ class LocalCluster:
     """A region of ``replicas`` processes behind HAProxy, on PostgreSQL, S3, NATS and its witnesses."""
 
     def __init__(
-        self, root: Path, replicas: int = 2, *, region: str = "cn", settings: Mapping[str, str] | None = None
+        self,
+        root: Path,
+        replicas: int = 2,
+        *,
+        region: str = "cn",
+        settings: Mapping[str, str] | None = None,
+        witnesses: int = 0,
+        quorum: int = 0,
     ) -> None:
         self.root = root
         self.region = region
@@ -169,6 +176,9 @@ class LocalCluster:
         self.nats_port = free_port()
         self.bucket = f"carvault-{region}"
         self.env: dict[str, str] = {}
+        self.witness_ports = {f"w{i + 1}": free_port() for i in range(witnesses)}
+        self.witness_vkeys: dict[str, str] = {}
+        self.quorum = quorum
 
     # ------------------------------------------------------------------ parts
     def _start_infrastructure(self) -> None:
@@ -203,16 +213,44 @@ class LocalCluster:
         """The environment of a process of this region using ``data_dir`` for its own files."""
         return {**self.env, "CARVAULT_DATA_DIR": str(data_dir)}
 
-    def _make_keys(self) -> Path:
-        """Create the region's keys and schema once (one process), to hand to every replica."""
+    def _make_keys(self) -> tuple[Path, str]:
+        """Create the region's keys and schema once (one process), to hand to every replica; (keys, log vkey)."""
         first = self.root / "keys-origin"
         env = self.settings_env(first)
         code = (
             "from carvault.region import Region; from carvault.settings import Settings; "
-            "Region(Settings.from_env()).close()"
+            "r = Region(Settings.from_env()); print(r.log.vkey); r.close()"
         )
-        subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, timeout=120)
-        return first / "keys"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, check=True, timeout=120, capture_output=True
+        )
+        return first / "keys", done.stdout.decode().strip().splitlines()[-1]
+
+    def _start_witnesses(self, log_vkey: str) -> None:
+        """``carvault witness init``, ``add-log`` and ``serve`` for each witness, as their operators would."""
+        cli = [sys.executable, "-m", "carvault.cli", "witness"]
+        for name, port in self.witness_ports.items():
+            folder = self.root / f"witness-{name}"
+            made = subprocess.run(
+                [*cli, "init", "--name", f"{name}.witness.example", "--dir", str(folder)],
+                check=True,
+                timeout=120,
+                capture_output=True,
+            )
+            self.witness_vkeys[name] = made.stdout.decode().strip().splitlines()[-1]
+            subprocess.run([*cli, "add-log", log_vkey, "--dir", str(folder)], check=True, timeout=120)
+            svc = Service(name, [*cli, "serve", "--dir", str(folder), "--port", str(port)], self.root / f"{name}.log")
+            self.services[name] = svc.start()
+        for name, port in self.witness_ports.items():
+            url = f"http://127.0.0.1:{port}/"
+            svc = self.services[name]
+            _wait(name, lambda url=url: httpx.get(url, timeout=2).status_code == 200, svc.proc, svc.log, 60)
+        if self.witness_ports:
+            self.env["CARVAULT_WITNESSES"] = ";".join(
+                f"{name}={self.witness_vkeys[name]}@http://127.0.0.1:{port}"
+                for name, port in self.witness_ports.items()
+            )
+            self.env["CARVAULT_WITNESS_QUORUM"] = str(self.quorum)
 
     def replica(self, name: str) -> Service:
         """The replica process called ``name`` (r1, r2 …)."""
@@ -237,7 +275,8 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             self._start_infrastructure()
-            keys = self._make_keys()
+            keys, log_vkey = self._make_keys()
+            self._start_witnesses(log_vkey)
             for name in self.replica_ports:
                 shutil.copytree(keys, self.root / name / "keys", dirs_exist_ok=True)
                 self.start_replica(name)
@@ -253,7 +292,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop everything, balancer first, database last."""
-        for name in ["haproxy", *self.replica_ports, "nats", "s3"]:
+        for name in ["haproxy", *self.replica_ports, *self.witness_ports, "nats", "s3"]:
             svc = self.services.get(name)
             if svc is not None:
                 svc.stop()
