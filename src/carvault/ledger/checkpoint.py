@@ -162,9 +162,7 @@ def _b64decode(text: str, what: str) -> bytes:
     return raw
 
 
-def key_id(
-    key_name: str, public_key: Ed25519PublicKey | bytes, signature_type: int = SIGNATURE_TYPE_ED25519
-) -> bytes:
+def key_id(key_name: str, public_key: Ed25519PublicKey | bytes, signature_type: int = SIGNATURE_TYPE_ED25519) -> bytes:
     """SHA-256(key name || 0x0A || type || public key)[:4] — the key ID of signed-note (type 0x01 by default)."""
     raw = _raw_public(public_key)
     return hashlib.sha256(key_name.encode() + b"\n" + bytes([signature_type]) + raw).digest()[:4]
