@@ -148,6 +148,20 @@ OWNER_ROUTES = [
     ("GET", "/api/v1/vehicles/{vin}/diagnostics?end=2025-11-14T00:00:00Z&days=2", None),  # issue 14
     # No frame exists here, so the owner gets 404 too; tests/ingest/test_frames.py checks a real frame.
     ("GET", "/api/v1/vehicles/{vin}/frames/" + "0" * 64, None),
+    # issue 13: charging, statistics and completeness
+    ("GET", "/api/v1/vehicles/{vin}/charging?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
+    ("GET", "/api/v1/vehicles/{vin}/charging?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z&format=csv", None),
+    ("GET", f"/api/v1/vehicles/{{vin}}/charging/{BASE_MS}", None),  # no session starts then: 404 for the owner too
+    ("GET", "/api/v1/vehicles/{vin}/battery-health", None),
+    ("GET", "/api/v1/vehicles/{vin}/statistics?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
+    ("GET", "/api/v1/vehicles/{vin}/states?start=2025-11-13T00:00:00Z&end=2025-11-14T00:00:00Z", None),
+    ("GET", "/api/v1/vehicles/{vin}/efficiency", None),
+    ("GET", "/api/v1/vehicles/{vin}/vampire-drain", None),
+    ("GET", "/api/v1/vehicles/{vin}/conditions", None),
+    ("GET", "/api/v1/vehicles/{vin}/completeness?day=2025-11-13&tz=UTC", None),
+    ("GET", "/api/v1/vehicles/{vin}/completeness.json?day=2025-11-13", None),
+    ("GET", "/api/v1/vehicles/{vin}/completeness.csv?day=2025-11-13", None),
+    ("GET", "/api/v1/vehicles/{vin}/completeness/calendar?end=2025-11-14T00:00:00Z&days=2", None),
 ]
 
 
@@ -169,7 +183,7 @@ def test_owner_b_never_sees_owner_a_vehicle(
         # ... and the same answer as for a VIN that does not exist at all.
         r2 = http.request(method, path.format(vin="LRWNOSUCHVIN00000", pid=pid), headers=stranger.headers, json=body)
         assert r2.status_code == 404 and r2.json()["error"]["code"] == "not_found"
-        expected = (404,) if "/frames/" in path else (200, 201)
+        expected = (404,) if "/frames/" in path or f"/charging/{BASE_MS}" in path else (200, 201)
         assert http.request(method, url, headers=owner.headers, json=body).status_code in expected
     # Claiming someone else's car without its code fails the same way.
     r = http.post(
@@ -185,6 +199,7 @@ def test_owner_b_never_sees_owner_a_vehicle(
         .replace("{pid}", "{package_id}")
         .replace("consents/location", "consents/{category}")
         .replace("0" * 64, "{sha256}")
+        .replace(f"/charging/{BASE_MS}", "/charging/{start_ms}")
         for _, p, _ in OWNER_ROUTES
     }
     assert vin_routes <= covered, vin_routes - covered
