@@ -207,3 +207,42 @@ def test_a_stale_compaction_racing_a_newer_one_changes_nothing(region: Region, u
     assert named == {k.split("/part-")[1] for k in keys if k}  # no orphan copy
     for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
         assert a.equals(b)
+
+
+def test_withheld_values_leave_the_day_copies(region: Region, uploaded: VehicleAgent) -> None:
+    import pyarrow.parquet as pq
+
+    from carvault.compliance.retention import DAY_MS, period_ms
+    from carvault.signals import CATEGORIES
+
+    vin = uploaded.identity.vin
+    region.telemetry.compact()
+    with region.db.session() as s:
+        unwithheld = set(s.scalars(select(BatchRecord.copy_key)))
+    cat = catalogue()
+    now = BASE_MS + period_ms("body") + 30 * DAY_MS
+    expired = {c for c in CATEGORIES if period_ms(c) < now - BASE_MS - 10 * DAY_MS}
+    assert "body" in expired and "driving_dynamics" not in expired
+    region.retention.run(now=now)
+
+    def withheld_values() -> dict[str, int]:
+        found: dict[str, int] = {}
+        for name in _copy_files(region, vin):
+            path = region.blobs.local_path(name)
+            assert path is not None
+            table = pq.read_table(path)
+            for c in table.column_names:
+                sig = cat.get(c)
+                if c != "t" and sig is not None and sig.category in expired:
+                    found[name + ":" + c] = len(table.column(c)) - table.column(c).null_count
+        return {k: v for k, v in found.items() if v}
+
+    assert withheld_values() == {}  # no file keeps what retention withholds
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)
+    region.telemetry.compact()  # rebuilt without them, under new names (no replica's download is read as them)
+    assert withheld_values() == {} and _copy_files(region, vin)
+    with region.db.session() as s:
+        assert not unwithheld & set(s.scalars(select(BatchRecord.copy_key)))
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)

@@ -868,8 +868,8 @@ class Retention:
         data is seldom read: the next read rebuilds the copy from the evidence, already without those columns.
         """
         copy = self.derived.read(a.vin, a.batch_hash)
-        if copy is None:
-            return 0
+        if copy is None:  # compacted, or never read: its day's compact copy (if any) holds every column, so it goes
+            return self.derived.delete(a.vin, a.batch_hash)
         if not any((sig := self.catalogue.get(c)) and sig.category in a.withhold for c in copy.column_names):
             return 0
         del copy  # the memory map is closed before the file goes

@@ -65,10 +65,20 @@ def day_of(t_ms: int) -> dt.date:
     return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).date()
 
 
-def copy_key(vin: str, day: dt.date, batch_hashes: Iterable[str]) -> str:
-    """The copy's name (without the rate part): ``vin=<VIN>/day=<day>/part-<digest>``."""
-    digest = hashlib.sha256("\n".join(sorted(batch_hashes)).encode()).hexdigest()[:24]
+def copy_key(vin: str, day: dt.date, batch_hashes: Iterable[str], withheld: Iterable[str] = ()) -> str:
+    """The copy's name (without the rate part): ``vin=<VIN>/day=<day>/part-<digest>``.
+
+    ``withheld`` names what retention withheld from it (column and cutoff): the same batches compacted again after a
+    withholding get a new name, so no replica's cached download of the old bytes is ever read as the new copy.
+    """
+    digest = hashlib.sha256("\n".join([*sorted(batch_hashes), *sorted(withheld)]).encode()).hexdigest()[:24]
     return f"vin={vin}/day={day.isoformat()}/part-{digest}"
+
+
+def key_of(name: str) -> str:
+    """The copy's name from one of its files' blob keys (the inverse of ``file_key``)."""
+    folder, _, part = name.removeprefix(f"{PREFIX}/").rpartition("/")
+    return f"{folder.rpartition('/')[0]}/{part.removesuffix('.parquet')}"
 
 
 def file_key(key: str, rate: str) -> str:
@@ -201,6 +211,7 @@ class DayCopies:
         refs: Sequence[tuple[int, str]],
         table: pa.Table,
         replaces: Collection[str] = (),
+        withheld: Iterable[str] = (),
     ) -> Compacted | None:
         """Store the day's table (all columns, sorted by t) as the copy of the batches ``refs`` (id, hash).
 
@@ -210,7 +221,7 @@ class DayCopies:
         newer compaction) attaches nothing, and a day's batches never name two copies holding the same rows.
         Otherwise None, and the files are removed again unless a batch names them.
         """
-        key = copy_key(vin, day, [h for _, h in refs])
+        key = copy_key(vin, day, [h for _, h in refs], withheld)
         fast_cols = ["t"] + [c for c in table.column_names if c != "t" and self.rate_of(c) == "10hz"]
         slow_cols = [c for c in table.column_names if c != "t" and self.rate_of(c) != "10hz"]
         fast = table.select(fast_cols)
@@ -273,6 +284,36 @@ class DayCopies:
         with self._lock:
             self._footers.pop(name, None)
         return freed
+
+    def sweep_cache(self) -> int:
+        """Remove cached downloads of copies no batch names any more (dropped, replaced or erased by another
+        replica: their blobs are gone, this replica's downloads must go too); files removed.
+
+        Every replica runs this with its compaction, so erased data leaves every replica's disk within an interval.
+        """
+        root = self.cache_dir / PREFIX
+        if not root.exists():
+            return 0
+        files = [p for p in root.rglob("*.parquet") if not p.name.startswith(".")]
+        by_key: dict[str, list[Path]] = {}
+        for p in files:
+            by_key.setdefault(key_of(p.relative_to(self.cache_dir).as_posix()), []).append(p)
+        keys = list(by_key)
+        named: set[str] = set()
+        with self.db.session() as s:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                named.update(k for k in s.scalars(select(BatchRecord.copy_key).where(BatchRecord.copy_key.in_(chunk))))
+        removed = 0
+        for key, paths in by_key.items():
+            if key in named:
+                continue
+            for p in paths:
+                p.unlink(missing_ok=True)
+                with self._lock:
+                    self._footers.pop(p.relative_to(self.cache_dir).as_posix(), None)
+                removed += 1
+        return removed
 
     def drop(self, key: str) -> int:
         """Remove one copy; its batches go back to per-batch reads until the next compaction. Bytes freed."""
@@ -356,11 +397,16 @@ class DayCopies:
         table = pa.concat_tables(parts, promote_options="default")
         if table.num_rows and not _sorted(table):
             table = table.sort_by("t")
+        withheld: list[str] = []
         if cutoffs:
             from carvault.store.telemetry import withhold
 
             table = withhold(table, cutoffs)
-        done = self.write(vin, day, [(b.id, b.batch_hash) for b in batches], table, replaces=old)
+            start = _day_start(day)
+            # Every cutoff reaching into the day (a column the batches outlived is not in the table at all).
+            withheld = [f"{c}<{min(cut, start + MS_PER_DAY)}" for c, cut in cutoffs.items() if cut > start]
+        refs = [(b.id, b.batch_hash) for b in batches]
+        done = self.write(vin, day, refs, table, replaces=old, withheld=withheld)
         for key in old - ({done.key} if done else set()):
             if not self._batches_in(key):  # a copy still named (this compaction attached nothing) stays
                 self._remove(key)

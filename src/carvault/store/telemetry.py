@@ -174,6 +174,7 @@ class TelemetryStore:
         if self.days is None:
             return []
         now = now if now is not None else int(time.time() * 1000)
+        self.days.sweep_cache()  # this replica's downloads of copies dropped anywhere (object storage)
         cutoffs = self.withheld() if self.withheld is not None else {}
         done = []
         for vin, day in self.days.open_days(now, limit):
