@@ -246,3 +246,19 @@ def test_withheld_values_leave_the_day_copies(region: Region, uploaded: VehicleA
         assert not unwithheld & set(s.scalars(select(BatchRecord.copy_key)))
     for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
         assert a.equals(b)
+
+
+def test_a_day_that_cannot_be_read_does_not_stop_the_others(region: Region, uploaded: VehicleAgent) -> None:
+    """A batch whose evidence reads as zeros (a deletion erasing it while compaction runs, or damage) fails its own
+    day only: the other days are compacted in the same run, and that day is tried again next time."""
+    vin = uploaded.identity.vin
+    refs = region.telemetry.batches(vin, 0, 2**62)
+    first_day = min(day_of(r.t0) for r in refs)
+    broken = next(r for r in refs if day_of(r.t0) == first_day)
+    region.derived.discard(vin, broken.batch_hash)
+    region.segment_reader.erase(broken.segment, [(broken.offset, broken.length)])
+    done = region.telemetry.compact()
+    assert {c.day for c in done} == {day_of(r.t0) for r in refs} - {first_day}
+    with region.db.session() as s:
+        still_open = {day_of(t0) for t0 in s.scalars(select(BatchRecord.t0).where(BatchRecord.copy_key.is_(None)))}
+    assert still_open == {first_day}

@@ -12,6 +12,7 @@ columns a whole batch has outlived.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
 from carvault.store.segments import SegmentReader
 from carvault.windows import check_window
+
+log = logging.getLogger(__name__)
 
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
 
@@ -185,7 +188,11 @@ class TelemetryStore:
                 )
                 return self.batch_table(vin, ref, cutoffs)
 
-            result = self.days.compact(vin, day, load, cutoffs)
+            try:
+                result = self.days.compact(vin, day, load, cutoffs)
+            except Exception:  # noqa: BLE001 - one unreadable day (evidence being erased, damage) stops no other day
+                log.exception("compaction of %s on %s failed; it is read batch by batch and tried again", vin, day)
+                continue
             if result is None:
                 continue
             for rec in self.days.day_batches(vin, day):
