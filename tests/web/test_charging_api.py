@@ -145,6 +145,7 @@ def test_a_grant_holder_reads_within_the_grant_and_a_stranger_nothing(w: World, 
         ({"start": "yesterday"}, 400, "invalid_query"),
         ({"format": "xml"}, 422, "validation_failed"),
         ({"lang": "fr"}, 422, "validation_failed"),
+        ({"end": "9999-12-31T23:59:59Z"}, 400, "invalid_query"),
     ],
 )
 def test_bad_queries_get_stable_codes(w: World, http: httpx.Client, params: dict, status: int, code: str) -> None:
@@ -158,6 +159,9 @@ def test_an_unknown_session_is_not_found(w: World, http: httpx.Client) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = http.get(f"/api/v1/vehicles/{w.cars[0].vin}/charging/0", headers=w.auth)
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+    # The largest row id: no instant a session can start at (was a 500: start + 1 overflowed the database's integer)
+    r = http.get(f"/api/v1/vehicles/{w.cars[0].vin}/charging/{2**63 - 1}", headers=w.auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_query", r.text
 
 
 def test_an_owner_place_names_the_session_and_its_tariff_wins(w: World, http: httpx.Client) -> None:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Query, Response
 from carvault.access.audit import OWNER_REQUEST, Actor, AuditAction
 from carvault.access.charging import DAY_MS, REQUIRED, monthly_totals
 from carvault.access.charging import battery_health as estimate_health
+from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
 from carvault.access.trips import LATITUDE, LONGITUDE
 from carvault.errors import InvalidQuery, NotFound
@@ -55,8 +56,8 @@ def _window(region: Region, access: Access, start: str | None, end: str | None) 
     """The asked window (at most ``MAX_DAYS``), or the last year of data; a grant holder's is within the grant."""
     view = access.view
     lo, hi = data_span(region, access.vin)
-    end_ms = parse_time(end, "end") if end else (hi if hi is not None else now_ms())
-    start_ms = parse_time(start, "start") if start else end_ms - DEFAULT_DAYS * DAY_MS
+    end_ms = check_instant(parse_time(end, "end"), "end") if end else (hi if hi is not None else now_ms())
+    start_ms = check_instant(parse_time(start, "start"), "start") if start else end_ms - DEFAULT_DAYS * DAY_MS
     if end_ms <= start_ms:
         raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
     if end_ms - start_ms > MAX_DAYS * DAY_MS:
@@ -204,6 +205,7 @@ def charging_session(
 ) -> dict[str, Any]:
     """The session starting at ``start_ms`` (as the list gives it): figures, power curve, cost slices."""
     access = _checked(region, region.grants.access(caller, vin))
+    check_instant(start_ms, "start_ms")  # a row id may be any 64-bit integer; start_ms + 1 must still be one
     access.view.window(start_ms, start_ms + 1)
     found = [s for s in sessions_of(region, access, start_ms, start_ms + 1, lang) if s["start_ms"] == start_ms]
     if not found:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 
 from carvault.access import statistics as st
 from carvault.access.audit import AuditAction
+from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
 from carvault.errors import InvalidQuery
 from carvault.region import Region
@@ -42,8 +43,8 @@ def _window(
     """The asked window, or the last ``default_days`` of data; a grant holder's stays inside the grant."""
     view = access.view
     lo, hi = data_span(region, access.vin)
-    end_ms = parse_time(end, "end") if end else (hi if hi is not None else now_ms())
-    start_ms = parse_time(start, "start") if start else end_ms - default_days * DAY_MS
+    end_ms = check_instant(parse_time(end, "end"), "end") if end else (hi if hi is not None else now_ms())
+    start_ms = check_instant(parse_time(start, "start"), "start") if start else end_ms - default_days * DAY_MS
     if end_ms <= start_ms:
         raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
     if end_ms - start_ms > max_days * DAY_MS:
