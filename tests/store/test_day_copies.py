@@ -262,3 +262,22 @@ def test_a_day_that_cannot_be_read_does_not_stop_the_others(region: Region, uplo
     with region.db.session() as s:
         still_open = {day_of(t0) for t0 in s.scalars(select(BatchRecord.t0).where(BatchRecord.copy_key.is_(None)))}
     assert still_open == {first_day}
+
+
+def test_a_damaged_copy_file_falls_back_to_the_batches(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    region.telemetry.compact()
+    for name in _copy_files(region, vin):  # the pages damaged, the footer intact: opening works, decoding fails
+        path = region.blobs.local_path(name)
+        assert path is not None
+        data = bytearray(path.read_bytes())
+        size = int.from_bytes(data[-8:-4], "little")  # footer length
+        for i in range(8, len(data) - size - 8, 7):
+            data[i] ^= 0x5A
+        path.write_bytes(bytes(data))
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)
+    assert _copy_files(region, vin) == []  # dropped: rebuilt by the next compaction
+    assert len(region.telemetry.compact()) == 3
+    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
+        assert a.equals(b)

@@ -194,13 +194,18 @@ class DayCopies:
             return None
         fast_wanted = [p for p in wanted if self.rate_of(p) == "10hz"]
         slow_wanted = [p for p in wanted if self.rate_of(p) != "10hz"]
-        table = _rows(fast[0], fast[1], start_ms, end_ms, fast_wanted)
-        if slow_wanted:
-            slow = self._file(file_key(key, "1hz"))
-            if slow is None:
-                return None
-            part = _rows(slow[0], slow[1], start_ms, end_ms, slow_wanted)
-            table = _merge(table, part)
+        try:
+            table = _rows(fast[0], fast[1], start_ms, end_ms, fast_wanted)
+            if slow_wanted:
+                slow = self._file(file_key(key, "1hz"))
+                if slow is None:
+                    return None
+                part = _rows(slow[0], slow[1], start_ms, end_ms, slow_wanted)
+                table = _merge(table, part)
+        except (OSError, pa.ArrowException):  # damaged pages under an intact footer: the batches answer instead
+            log.warning("compact copy %s is unreadable; dropped, the next compaction rebuilds it", key, exc_info=True)
+            self.drop(key)
+            return None
         return table
 
     # ------------------------------------------------------------------ writing
