@@ -109,7 +109,16 @@ def test_a_grant_holder_reads_within_the_grant_and_a_stranger_nothing(w: World, 
     assert r.status_code == 200, r.text
     for s in r.json()["sessions"]:  # no location in the grant: no position, no place; never the owner's costs
         assert s["lat"] is None and s["lon"] is None and s["place"] is None and s["cost"] is None
-    assert http.get(f"/api/v1/vehicles/{car.vin}/battery-health", headers=pat).status_code == 200
+    # Figures from signals the grant does not cover (range, the car's SOH, gross capacity, DC current) are not served.
+    owner_sessions = http.get(f"/api/v1/vehicles/{car.vin}/charging", headers=w.auth).json()["sessions"]
+    assert any(s["range_added_km"] is not None and s["soh_pct"] is not None for s in owner_sessions)
+    for s in r.json()["sessions"]:
+        assert s["range_added_km"] is None and s["soh_pct"] is None and s["gross_capacity_kwh"] is None
+        assert s["current"] is None
+    health = http.get(f"/api/v1/vehicles/{car.vin}/battery-health", headers=pat)
+    assert health.status_code == 200 and all(m["car_soh_pct"] is None for m in health.json()["months"])
+    owner_health = http.get(f"/api/v1/vehicles/{car.vin}/battery-health", headers=w.auth).json()
+    assert any(m["car_soh_pct"] is not None for m in owner_health["months"])
     assert http.get("/api/v1/tariffs", headers=pat).json()["error"]["code"] == "owner_only"
     assert http.post("/api/v1/tariffs", headers=pat, json={}).json()["error"]["code"] == "owner_only"
     other = http.get(f"/api/v1/vehicles/{w.cars[1].vin}/charging", headers=pat)
