@@ -82,3 +82,26 @@ def test_legal_hold_freezes_instead_of_deleting(
     region.deletions.release_hold(hold.id)
     listed = http.get("/api/v1/deletion-requests", headers=owner.headers).json()
     assert listed[0]["status"] == "completed" and not region.telemetry.batches(vehicle.vin, 0, 10**13)
+
+
+def test_deletion_takes_the_refusal_counters_of_the_vehicle(region: Region, tmp_path) -> None:  # noqa: ANN001
+    """Refused uploads are counted per vehicle with their seqs and spans (completeness shows them): data about the
+    car's trips, so a deletion of the vehicle takes them too."""
+    import pytest
+    from sqlalchemy import func, select
+
+    from carvault.errors import BrokenChain
+    from carvault.store.metadata import BatchRefusal
+    from tests.access.test_completeness import Car
+
+    car = Car(region, tmp_path)
+    car.send(BASE_MS, 60)
+    car.seq += 1  # a skipped seq: refused and counted
+    with pytest.raises(BrokenChain):
+        car.send(BASE_MS + 60_000, 60)
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).where(BatchRefusal.vin == car.identity.vin)) == 1
+    req = region.deletions.request(car.owner.id, car.identity.vin, "sold the car", immediately=True)
+    assert region.deletions.process(req.id).status == "completed"
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).where(BatchRefusal.vin == car.identity.vin)) == 0

@@ -31,6 +31,7 @@ from carvault.access.charging import forget as forget_charging
 from carvault.errors import Conflict, DataFrozen, DeletionNotCancellable, NotFound, ValidationFailed
 from carvault.store.metadata import (
     BatchRecord,
+    BatchRefusal,
     DeletionRequest,
     IncidentPackage,
     LegalHold,
@@ -369,6 +370,8 @@ class Deletions:
                 s.execute(delete(RetentionWithheld).where(RetentionWithheld.vin == vin))  # marks of the gone batches
                 forget_charging(s, vin)  # charging sessions derived from them (access/charging.py)
                 s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin))  # summaries derived from them
+                # Counters of refused uploads name their seqs and spans (when the car drove): they go too.
+                s.execute(delete(BatchRefusal).where(BatchRefusal.vin == vin))
             # Again, now that the rows are gone: a copy written between the first sweep and the rows' deletion
             # (a queued write, a racing read) found its batch still there and stayed; later ones remove themselves.
             self.region.derived.delete_vehicle(vin)
