@@ -180,6 +180,10 @@ def test_a_stale_compaction_racing_a_newer_one_changes_nothing(region: Region, u
     """Compaction A lists day one's batches; a late batch of that day arrives and compaction B compacts the whole
     day; then A finishes. A's copy (without the late batch) must not take over B's batches: no duplicated rows, no
     copy file that no batch names (it would outlive its batches' erasure)."""
+    _stale_race(region, uploaded)
+
+
+def _stale_race(region: Region, uploaded: VehicleAgent) -> None:
     from carvault.store.telemetry import BatchRef
 
     vin = uploaded.identity.vin
@@ -207,6 +211,44 @@ def test_a_stale_compaction_racing_a_newer_one_changes_nothing(region: Region, u
     assert named == {k.split("/part-")[1] for k in keys if k}  # no orphan copy
     for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
         assert a.equals(b)
+
+
+@pytest.mark.slow
+def test_the_race_and_a_purge_on_postgres(tmp_path) -> None:  # noqa: ANN001
+    """The same on a PostgreSQL metadata DB (its UPDATE re-checks a row another compaction changed meanwhile)."""
+    from carvault.bench.pg_cluster import TemporaryPostgres
+    from carvault.compliance.retention import DAY_MS, period_ms
+    from carvault.provisioning import provision
+    from carvault.server import BackgroundServer
+    from carvault.settings import Settings
+    from carvault.signals import CATEGORIES
+    from tests.factories import vin_for
+
+    with TemporaryPostgres(fsync=False) as pg:
+        settings = Settings(data_dir=tmp_path / "cn", region="cn", database_url=pg.create_database("region_cn"))
+        region = Region(settings)
+        try:
+            car = provision(region, vin_for(4), tmp_path / "vehicles")
+            opt_in(region, car.vin)
+            with BackgroundServer(region) as server:
+                agent = VehicleAgent(car, tmp_path / "vehicles" / car.vin, server.url)
+                first = BASE_MS - BASE_MS % DAY + DAY - 120_000
+                agent.record(drive_table(start_ms=first, seconds=300, seed=1), batch_seconds=60)
+                agent.record(drive_table(start_ms=first + DAY + 3_600_000, seconds=300, seed=2), batch_seconds=60)
+                agent.upload_pending()
+                _stale_race(region, agent)
+            with region.db.session() as s:
+                before = dict(s.execute(select(BatchRecord.batch_hash, BatchRecord.copy_key)).all())
+            region.retention.run(now=BASE_MS + max(period_ms(c) for c in CATEGORIES) + 30 * DAY_MS, limit=1)
+            with region.db.session() as s:
+                left = set(s.scalars(select(BatchRecord.batch_hash)))
+            erased = {before[h].split("/part-")[1] for h in set(before) - left}
+            assert erased and left  # one batch purged, the rest of its day kept
+            assert not [f for f in _copy_files(region, car.vin) if any(k in f for k in erased)]
+            for a, b in zip(_per_batch(region, car.vin), _windows(region, car.vin), strict=True):
+                assert a.equals(b)
+        finally:
+            region.close()
 
 
 def test_withheld_values_leave_the_day_copies(region: Region, uploaded: VehicleAgent) -> None:
