@@ -332,6 +332,9 @@ def test_api_owner_grant_holder_and_stranger(region: Region, car: Car, http: htt
     assert c.status_code == 200 and c.text.splitlines()[0].endswith("times in UTC")
     cal = http.get(f"{url}/calendar", params={"end": str(T + 86_400_000), "days": 3, "tz": "UTC"}, headers=owner)
     assert cal.status_code == 200 and [d["covered_seconds"] for d in cal.json()["days"]][-2] == 120
+    # The owner's own reads are in their access log too (report, file, CSV, calendar), as every read of the car's data.
+    own = [e for e in http.get("/api/v1/audit", headers=owner).json()["events"] if e["action"] == "completeness.read"]
+    assert len(own) == 4 and all("grant_id" not in e["detail"] for e in own)
     # A grant holder (speed only): the categories shown are the grant's; the read is in the owner's access log.
     secret, _ = region.grants.personal_token(car.owner.id, label="script", vins=[vin], signals=[SPEED])
     g = http.get(url, params={"day": DAY, "tz": "UTC"}, headers={"Authorization": f"Bearer {secret}"})

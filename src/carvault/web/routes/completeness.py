@@ -34,12 +34,11 @@ _WINDOW_HELP = {
 def _report(
     access: Access, region: RegionDep, day: str | None, tz: str | None, start: int | None, end: int | None
 ) -> dict[str, Any]:
-    """The signed report of the vehicle ``access`` opens; a grant holder's read goes in the owner's access log."""
+    """The signed report of the vehicle ``access`` opens; the read goes in the owner's access log (anyone's)."""
     service = region.completeness
     lo, hi, zone = service.window(day=day, start_ms=start, end_ms=end, tz=tz)
     report = service.report(access, lo, hi, zone)
-    if not access.view.is_owner:
-        region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": lo, "end_ms": hi})
+    region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": lo, "end_ms": hi})
     return report
 
 
@@ -126,6 +125,5 @@ def completeness_calendar(
     cal = region.completeness.calendar(
         access.vin, end_ms, zone_name, days=(end_ms - start_ms) // 86_400_000 or 1, owner=access.view.is_owner
     )
-    if not access.view.is_owner:
-        region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": start_ms, "end_ms": end_ms})
+    region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": start_ms, "end_ms": end_ms})
     return {"vin": access.vin, "time_zone": zone_name, "days": cal}
