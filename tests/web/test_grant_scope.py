@@ -478,7 +478,17 @@ def test_holds_deletion_and_consent_stops_reach_grant_holders(world: World) -> N
             (f"/api/v1/vehicles/{V1}/timeline", {}),
             (f"/api/v1/vehicles/{V1}/route", WIN_IN),
             (f"/api/v1/vehicles/{V1}/events", {}),
+            # issue 13: charging, statistics, completeness (its batch index too: when the car drove is data)
+            *((f"/api/v1/vehicles/{V1}/{p}", {}) for p in ("charging", "battery-health", "statistics", "states")),
+            *((f"/api/v1/vehicles/{V1}/{p}", {}) for p in ("efficiency", "vampire-drain", "conditions")),
+            *(
+                (f"/api/v1/vehicles/{V1}/{p}", {"start_ms": LO, "end_ms": LO + 60_000})
+                for p in ("completeness", "completeness.json", "completeness.csv")
+            ),
+            (f"/api/v1/vehicles/{V1}/completeness/calendar", {"end": HI, "days": 1}),
         ):
+            if caller != "owner" and path.endswith("/calendar"):
+                continue  # a day does not fit in the grants' history window (out_of_scope first)
             r = w.http.get(path, headers=w.headers(caller), params=params)
             assert (r.status_code, r.json()["error"]["code"]) == (403, "data_frozen"), (caller, path)
 

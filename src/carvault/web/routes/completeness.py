@@ -35,6 +35,7 @@ def _report(
     access: Access, region: RegionDep, day: str | None, tz: str | None, start: int | None, end: int | None
 ) -> dict[str, Any]:
     """The signed report of the vehicle ``access`` opens; the read goes in the owner's access log (anyone's)."""
+    region.deletions.check_served(access.vin)  # kept, not served, while a hold stops its deletion
     service = region.completeness
     lo, hi, zone = service.window(day=day, start_ms=start, end_ms=end, tz=tz)
     report = service.report(access, lo, hi, zone)
@@ -119,6 +120,7 @@ def completeness_calendar(
     tz: str | None = Query(None, max_length=64, description=_WINDOW_HELP["tz"]),
 ) -> dict[str, Any]:
     access = region.grants.access(caller, vin)
+    region.deletions.check_served(access.vin)
     zone_name = zone_of(tz, region.name)[0]
     end_ms = check_instant(parse_time(end, "end") if end is not None else now_ms(), "end")
     start_ms, end_ms = access.view.window(end_ms - days * 86_400_000, end_ms)
