@@ -492,3 +492,33 @@ def test_api_for_a_stranger_and_a_grant_holder(region: Region, http: httpx.Clien
     assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
     r = _get(http, {"Authorization": f"Bearer {narrow}"}, vin, "conditions")
     assert r.status_code == 403 and r.json()["error"]["code"] == "out_of_scope"
+
+
+def test_efficiency_without_battery_energy_hides_what_came_from_it() -> None:
+    """A drive's energy read from the battery's stored energy (no power samples) is that signal's: a grant without
+    StateOfCharge.CurrentEnergy gets neither it nor the Wh/km it gives."""
+    import datetime as dt
+
+    def drive(start_ms: int, kwh: float, source: str) -> dict:
+        return {
+            "start_ms": start_ms,
+            "end_ms": start_ms + 600_000,
+            "duration_s": 600.0,
+            "distance_m": 10_000.0,
+            "energy_kwh": kwh,
+            "energy_source": source,
+            "wh_per_km": kwh * 100,
+            "avg_speed_kmh": 60.0,
+            "top_speed_kmh": 80.0,
+            "outside_c": 10.0,
+            "soc_start": 80.0,
+            "soc_end": 78.0,
+        }
+
+    days = st.Days("UTC", dt.UTC, [{"drives": [drive(D0, 1.5, "power"), drive(D0 + 3_600_000, 2.0, "battery_energy")]}])
+    full = st.efficiency(days)
+    assert [r["energy_kwh"] for r in full["drives"]] == [1.5, 2.0] and full["wh_per_km"] == 175.0
+    scoped = st.efficiency(days, with_battery_energy=False)
+    assert [r["energy_kwh"] for r in scoped["drives"]] == [1.5, None]
+    assert scoped["drives"][1]["wh_per_km"] is None and scoped["drives"][1]["energy_source"] is None
+    assert scoped["wh_per_km"] == 150.0

@@ -436,9 +436,18 @@ def _weighted(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) 
     return out
 
 
-def efficiency(days: Days, *, with_temperature: bool = True) -> dict[str, Any]:
-    """Wh/km per drive, binned by average speed and outside temperature, and per month (distance-weighted)."""
+def efficiency(days: Days, *, with_temperature: bool = True, with_battery_energy: bool = True) -> dict[str, Any]:
+    """Wh/km per drive, binned by average speed and outside temperature, and per month (distance-weighted).
+
+    ``with_battery_energy`` false (a grant without ``ENERGY``): drives whose energy came from it have none."""
     drives = [r if with_temperature else {**r, "outside_c": None} for r in days.drives()]
+    if not with_battery_energy:
+        drives = [
+            {**r, "energy_kwh": None, "energy_source": None, "wh_per_km": None}
+            if r.get("energy_source") == "battery_energy"
+            else r
+            for r in drives
+        ]
     usable = [r for r in drives if r["energy_kwh"] is not None and r["distance_m"] and r["distance_m"] > 0]
 
     def speed_bin(r: dict[str, Any]) -> int | None:

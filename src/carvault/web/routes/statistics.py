@@ -166,7 +166,8 @@ def efficiency(
     access = _check(region, region.grants.access(caller, vin), st.CORE_SIGNALS, "efficiency")
     start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
-    body = st.efficiency(days, with_temperature=st.AIR in _allowed(access))
+    allowed = _allowed(access)
+    body = st.efficiency(days, with_temperature=st.AIR in allowed, with_battery_energy=st.ENERGY in allowed)
     _record(region, access, "efficiency", start_ms, end_ms, drives=len(body["drives"]))
     return {"vin": access.vin, "tz": name, "start_ms": start_ms, "end_ms": end_ms, **body}
 
