@@ -653,15 +653,19 @@ class Retention:
             wanted = {a.batch_id: a.batch_hash for a in actions if a.vin not in held}
             # The compact day copies holding these batches (store/day_copies.py) are erased with them: their rows
             # are gone once the batches' are, so the copies are named here, in the same transaction.
-            copy_keys = dict(
-                s.execute(
-                    select(BatchRecord.id, BatchRecord.copy_key).where(
-                        BatchRecord.id.in_(list(wanted)), BatchRecord.copy_key.is_not(None)
-                    )
-                ).all()
-                if wanted
-                else ()
-            )
+            copy_keys: dict[int, str] = {
+                i: k
+                for i, k in (
+                    s.execute(
+                        select(BatchRecord.id, BatchRecord.copy_key).where(
+                            BatchRecord.id.in_(list(wanted)), BatchRecord.copy_key.is_not(None)
+                        )
+                    ).all()
+                    if wanted
+                    else ()
+                )
+                if k
+            }
             # By id AND hash: SQLite reuses the row id of a batch a deletion removed since the plan, and a batch
             # accepted meanwhile under that id must not lose its index row to this run.
             gone = set(

@@ -308,7 +308,8 @@ class DayCopies:
         with self.db.session() as s:
             for i in range(0, len(keys), 500):
                 chunk = keys[i : i + 500]
-                named.update(k for k in s.scalars(select(BatchRecord.copy_key).where(BatchRecord.copy_key.in_(chunk))))
+                found = s.scalars(select(BatchRecord.copy_key).where(BatchRecord.copy_key.in_(chunk)))
+                named.update(k for k in found if k is not None)
         removed = 0
         for key, paths in by_key.items():
             if key in named:
