@@ -317,3 +317,14 @@ def test_two_replicas_on_postgresql_and_s3_publish_one_verifiable_log(
     finally:
         two.close()
         one.close()
+
+
+def test_tile_paths_answer_programs_in_json(http: httpx.Client) -> None:
+    """tlog clients read /tlog/: a wrong method is a JSON 405 naming GET (it was the portal's HTML error page)."""
+    for path in ("/tlog/checkpoint", "/tlog/tile/0/000"):
+        r = http.request("TRACE", path)
+        assert r.status_code == 405 and r.headers["allow"] == "GET", (path, r.headers)
+        assert r.json()["error"]["code"] == "method_not_allowed"
+    for path in ("/tlog/tile/0/../../etc/passwd", "/tlog/tile/" + "9" * 5000 + "/000", "/tlog/tile/0/x999999/000"):
+        r = http.get(path)
+        assert r.status_code in (400, 404) and r.json()["error"]["code"] in ("tile_not_found", "not_found"), path

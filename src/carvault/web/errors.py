@@ -255,8 +255,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> Response:
         html_error = getattr(request.app.state, "html_error", None)
-        if html_error is not None and not request.url.path.startswith("/api/"):
-            return await html_error(request, e.status_code, str(e.detail))  # people browsing get a page
+        if html_error is not None and not request.url.path.startswith(("/api/", "/tlog/")):
+            return await html_error(request, e.status_code, str(e.detail))  # people browsing get a page (programs:
+            # the API and the log's tiles, read by tlog clients, get JSON errors)
         body = error_for_status(e.status_code, str(e.detail)).to_json()
         headers = dict(e.headers or {})
         if e.status_code == 405:  # every method of the path, not only those of the first route that matched it

@@ -21,10 +21,11 @@ from carvault.access.charging import battery_health as estimate_health
 from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
 from carvault.access.trips import LATITUDE, LONGITUDE
-from carvault.errors import InvalidQuery, NotFound
+from carvault.errors import InvalidQuery, NotFound, TariffOverlap, ValidationFailed
 from carvault.region import Region
 from carvault.store.metadata import now_ms
 from carvault.web.deps import Caller, CurrentOwner, RegionDep, RowId, parse_time
+from carvault.web.errors import raises
 from carvault.web.routes.timeline import data_span
 
 router = APIRouter(prefix="/api/v1", tags=["charging"])
@@ -291,7 +292,9 @@ TARIFF_EXAMPLE = {
 }
 
 
-@router.post("/tariffs", status_code=201, summary="Add a charging tariff")
+@router.post(
+    "/tariffs", status_code=201, summary="Add a charging tariff", responses=raises(ValidationFailed, TariffOverlap)
+)
 def add_tariff(
     owner: CurrentOwner, region: RegionDep, body: Any = Body(..., examples=[TARIFF_EXAMPLE])
 ) -> dict[str, Any]:
@@ -301,7 +304,11 @@ def add_tariff(
     return t.to_json()
 
 
-@router.put("/tariffs/{tariff_id}", summary="Change a charging tariff (the whole tariff, as when adding)")
+@router.put(
+    "/tariffs/{tariff_id}",
+    summary="Change a charging tariff (the whole tariff, as when adding)",
+    responses=raises(NotFound, ValidationFailed, TariffOverlap),
+)
 def update_tariff(
     tariff_id: RowId, owner: CurrentOwner, region: RegionDep, body: Any = Body(..., examples=[TARIFF_EXAMPLE])
 ) -> dict[str, Any]:

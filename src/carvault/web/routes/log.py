@@ -22,6 +22,7 @@ from carvault.ledger.tiles import PREFIX, TILE_WIDTH, latest_checkpoint, parse_t
 from carvault.store.blobs import BlobNotFound
 from carvault.store.metadata import BatchRecord
 from carvault.web.deps import MAX_DB_INT, Caller, CurrentOwner, RegionDep, RowId
+from carvault.web.errors import raises
 
 router = APIRouter(prefix="/api/v1/log", tags=["transparency log"])
 # C2SP tlog-tiles (https://c2sp.org/tlog-tiles): static resources, read from the blob store (ledger/tiles.py).
@@ -38,6 +39,7 @@ def _b64(items: list[bytes]) -> list[str]:
     "/cosigned-checkpoint",
     response_class=PlainTextResponse,
     summary="Latest checkpoint cosigned by the quorum of the region's witnesses (C2SP cosignature/v1)",
+    responses=raises(NotFound),
 )
 def cosigned_checkpoint(region: RegionDep) -> str:
     note = region.witnessing.latest_cosigned()
