@@ -15,7 +15,6 @@ Figures go to the ``fleet`` key of the bench JSON and to the section between ``<
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from carvault.bench.sections import save_section, splice_section
 
 SECTION_START = "<!-- fleet:start (written by carvault bench --only fleet) -->"
 SECTION_END = "<!-- fleet:end -->"
@@ -265,14 +266,9 @@ def fleet_lines(fig: dict[str, Any]) -> list[str]:
 
 def splice(markdown: str, fig: dict[str, Any]) -> str:
     """Put the section into the benchmarks page (replacing an earlier one, else before ``## Targets missed``)."""
-    block = "\n".join([SECTION_START, *fleet_lines(fig), SECTION_END])
-    a, b = markdown.find(SECTION_START), markdown.find(SECTION_END)
-    if a >= 0 and b > a:
-        return markdown[:a] + block + markdown[b + len(SECTION_END) :]
-    anchor = markdown.find("## Targets missed")
-    if anchor < 0:
-        return markdown.rstrip("\n") + "\n\n" + block + "\n"
-    return markdown[:anchor] + block + "\n\n" + markdown[anchor:]
+    return splice_section(
+        markdown, "\n".join([SECTION_START, *fleet_lines(fig), SECTION_END]), SECTION_START, SECTION_END
+    )
 
 
 def run_fleet_only(
@@ -280,17 +276,5 @@ def run_fleet_only(
 ) -> dict[str, Any]:
     """``carvault bench --only fleet``: measure, set ``fleet`` in ``out``, rewrite its docs section."""
     fig = fleet_figures(cfg, console, work)
-    try:
-        result = json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        result = {}
-    result["fleet"] = fig
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    try:
-        page = docs.read_text(encoding="utf-8")
-    except OSError:
-        page = "# Benchmarks\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(splice(page, fig), encoding="utf-8")
+    save_section(out, docs, "fleet", fig, lambda page: splice(page, fig))
     return fig

@@ -43,6 +43,7 @@ from rich.console import Console
 
 from carvault.bench.live_load import car_worker, quantiles, subscriber_worker
 from carvault.bench.run import REGION, BenchError, ServerProcess, _loadavg, machine_busy_seconds
+from carvault.bench.sections import save_section, splice_section
 
 OWNER_EMAIL = "live-bench-owner@carvault.example"
 FLEET_PREFIX = "LRWLIVE"
@@ -553,13 +554,7 @@ def live_notes(markdown: str) -> str | None:
 def splice_live(markdown: str, live: dict[str, Any]) -> str:
     """Put the Live section into a benchmarks page (replacing an earlier one, else before ``## Targets missed``)."""
     block = live_block(live, live_notes(markdown))
-    a, b = markdown.find(LIVE_START), markdown.find(LIVE_END)
-    if a >= 0 and b > a:
-        return markdown[:a] + block + markdown[b + len(LIVE_END) :]
-    anchor = markdown.find("## Targets missed")
-    if anchor < 0:
-        return markdown.rstrip("\n") + "\n\n" + block + "\n"
-    return markdown[:anchor] + block + "\n\n" + markdown[anchor:]
+    return splice_section(markdown, block, LIVE_START, LIVE_END)
 
 
 def run_live_only(
@@ -569,20 +564,7 @@ def run_live_only(
 
     With ``work`` the data (and the provisioned fleet, reused next time) stays there.
     """
-    import json
 
     live = live_figures(cfg, console, work)
-    try:
-        result = json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        result = {}
-    result["live"] = live
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    try:
-        page = docs.read_text(encoding="utf-8")
-    except OSError:
-        page = "# Benchmarks\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(splice_live(page, live), encoding="utf-8")
+    save_section(out, docs, "live", live, lambda page: splice_live(page, live))
     return live

@@ -36,6 +36,7 @@ import pyarrow as pa
 from rich.console import Console
 
 from carvault.bench.run import BENCH_SIGNALS, machine_info
+from carvault.bench.sections import save_section, splice_section
 from carvault.compliance.consent import default_on
 from carvault.compliance.retention import DAY_MS, longest_ms, period_ms
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, BatchHeader, encode_envelope, encode_payload, sha256_hex
@@ -260,13 +261,7 @@ def splice(markdown: str, fig: dict[str, Any]) -> str:
     a, b = markdown.find(NOTES_START), markdown.find(NOTES_END)
     notes = markdown[a + len(NOTES_START) : b].strip() if 0 <= a < b else "_No notes yet._"
     block = "\n".join([SECTION_START, *retention_lines(fig), "", NOTES_START, notes, NOTES_END, SECTION_END])
-    a, b = markdown.find(SECTION_START), markdown.find(SECTION_END)
-    if a >= 0 and b > a:
-        return markdown[:a] + block + markdown[b + len(SECTION_END) :]
-    anchor = markdown.find("## Targets missed")
-    if anchor < 0:
-        return markdown.rstrip("\n") + "\n\n" + block + "\n"
-    return markdown[:anchor] + block + "\n\n" + markdown[anchor:]
+    return splice_section(markdown, block, SECTION_START, SECTION_END)
 
 
 def run_retention_only(
@@ -278,19 +273,7 @@ def run_retention_only(
 ) -> dict[str, Any]:
     """``carvault bench --only retention``: measure, set ``retention`` in ``out``, rewrite its docs section."""
     fig = retention_figures(cfg, console, work)
-    try:
-        result = json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        result = {}
-    result["retention"] = fig
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    try:
-        page = docs.read_text(encoding="utf-8")
-    except OSError:
-        page = "# Benchmarks\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(splice(page, fig), encoding="utf-8")
+    save_section(out, docs, "retention", fig, lambda page: splice(page, fig))
     return fig
 
 
