@@ -62,8 +62,8 @@ from carvault.store.metadata import (
     RetentionLease,
     RetentionRun,
     RetentionWithheld,
-    Vehicle,
     StatisticsDay,
+    Vehicle,
     VehicleEvent,
     now_ms,
     rowcount,
@@ -689,10 +689,10 @@ class Retention:
             if erased_keys:  # the rest of those days is read batch by batch until compacted again without them
                 s.execute(update(BatchRecord).where(BatchRecord.copy_key.in_(erased_keys)).values(copy_key=None))
             for vin, group in by_vin.items():
+                self._vehicle_copies(s, vin, group, files, totals)
                 # Statistics summaries of the days these batches reached go with them (access/statistics.py).
                 reach = max(a.t1 for a in group) + 600_000 + 1  # statistics.LEAD_MS: a day reads 10 min before it
                 s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin, StatisticsDay.start_ms < reach))
-                self._vehicle_copies(s, vin, group, files, totals)
             if swapped:
                 s.execute(
                     delete(RetentionWithheld).where(RetentionWithheld.batch_id.in_([a.batch_id for a in swapped]))

@@ -41,8 +41,8 @@ router.include_router(rights.router)  # issue 11: my rights requests and inciden
 router.include_router(support.router)  # issue 11: the owner approves or declines support tickets
 router.include_router(diagnostics.router)  # issue 14: a vehicle's warning lamps and trouble codes
 router.include_router(charging.router)  # issue 13: a vehicle's charging sessions, tariffs, battery health
-router.include_router(completeness.router)  # issue 13: a vehicle's completeness report and software versions
 router.include_router(statistics.router)  # issue 13: months and years, efficiency, states, drain, conditions
+router.include_router(completeness.router)  # issue 13: a vehicle's completeness report and software versions
 router.include_router(places.router)  # issue 13: the owner's places and the maps' tile configuration
 
 
