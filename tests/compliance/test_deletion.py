@@ -40,7 +40,9 @@ def test_deletion_erases_and_signs_a_receipt(
     segs = list((region.settings.data_dir / "segments").glob("*.cvseg"))
     assert any(b"CVB1" in p.read_bytes() for p in segs)
     r = http.post(
-        "/api/v1/deletion-requests", headers=owner.headers, json={"vin": vehicle.vin, "reason": "sold the car", "immediately": True}
+        "/api/v1/deletion-requests",
+        headers=owner.headers,
+        json={"vin": vehicle.vin, "reason": "sold the car", "immediately": True},
     )
     assert r.status_code == 201, r.text
     req = r.json()
@@ -69,7 +71,9 @@ def test_legal_hold_freezes_instead_of_deleting(
 ) -> None:
     _setup(http, owner, vehicle, agent)
     hold = region.deletions.place_hold(vehicle.vin, "Shenzhen Intermediate Court", "case (2026) 123")
-    r = http.post("/api/v1/deletion-requests", headers=owner.headers, json={"vin": None, "reason": "all", "immediately": True})
+    r = http.post(
+        "/api/v1/deletion-requests", headers=owner.headers, json={"vin": None, "reason": "all", "immediately": True}
+    )
     req = r.json()
     assert req["status"] == "held" and req["holds"][0]["authority"] == "Shenzhen Intermediate Court"
     q = http.get(

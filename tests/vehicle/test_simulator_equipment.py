@@ -105,7 +105,7 @@ def test_service_distance_falls_with_the_odometer(day: SimulatedDay) -> None:
     brakes = held(s, "Vehicle.CarVault.Service.DistanceToBrakeService").astype(float)
     assert brakes[-1] < brakes[0] and np.all(np.diff(brakes) <= 0)  # pads wear as the car drives
     fluid = held(s, "Vehicle.CarVault.Service.TimeToBrakeFluidChange").astype(float)
-    assert 0 <= fluid.min() and fluid.max() <= 2 * 365 * 86_400 and np.ptp(fluid) <= 86_400
+    assert fluid.min() >= 0 and fluid.max() <= 2 * 365 * 86_400 and np.ptp(fluid) <= 86_400
 
 
 def test_tyre_pressure_follows_tyre_temperature(day: SimulatedDay) -> None:
