@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +69,9 @@ from carvault.signals import Catalogue
 from carvault.store.metadata import BatchRecord, ChargingDay, ChargingSession, ChargingTariff, Database, now_ms
 from carvault.store.telemetry import TelemetryStore
 from carvault.timezones import region_zone
+
+if TYPE_CHECKING:
+    from carvault.compliance.sharing import ScopedView
 
 RANGE = "Vehicle.Powertrain.Range"
 SOH = "Vehicle.Powertrain.TractionBattery.StateOfHealth"
@@ -603,6 +606,34 @@ def _fingerprints(batches: np.ndarray, days: np.ndarray) -> list[str]:
         p1 = np.concatenate([np.zeros(1, np.uint64), np.cumsum(w[o1], dtype=np.uint64)])
         parts.append(p0[a] - p1[b])
     return [f"{n}:{s1}:{s2}:{s3}" for n, s1, s2, s3 in zip(*(x.tolist() for x in parts), strict=True)]
+
+
+# A session's figures derived from one signal each beyond ``REQUIRED``: a grant holder gets them only if the grant
+# covers that signal (the energy only when it was read from the battery's stored energy).
+FIGURE_SIGNALS = {
+    "range_added_km": RANGE,
+    "soh_pct": SOH,
+    "gross_capacity_kwh": GROSS,
+    "current": DC_CURRENT,
+}
+
+
+def for_view(view: ScopedView, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sessions without the figures whose signals the reader's grant does not cover (the owner's: all).
+
+    Every place that shows session figures to a grant holder goes through this (the Charging API, the statistics'
+    charged energy).
+    """
+    if view.is_owner:
+        return sessions
+    allowed = {s.path for s in view.allowed()}
+    hidden = [k for k, path in FIGURE_SIGNALS.items() if path not in allowed]
+    for s in sessions:
+        for k in hidden:
+            s[k] = None
+        if s.get("energy_method") == "battery_energy" and ENERGY not in allowed:
+            s["energy_kwh"] = s["energy_method"] = None
+    return sessions
 
 
 class Charging:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Body, Query, Response
 
 from carvault.access.audit import OWNER_REQUEST, Actor, AuditAction
-from carvault.access.charging import DAY_MS, DC_CURRENT, ENERGY, GROSS, RANGE, REQUIRED, SOH, monthly_totals
+from carvault.access.charging import DAY_MS, REQUIRED, for_view, monthly_totals
 from carvault.access.charging import battery_health as estimate_health
 from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
@@ -96,33 +96,9 @@ def _located(access: Access, sessions: list[dict[str, Any]]) -> None:
         s["lat"], s["lon"] = la, lo
 
 
-# A session's figures derived from one signal each beyond ``REQUIRED``: a grant holder gets them only if the grant
-# covers that signal (the energy only when it was read from the battery's stored energy).
-_FIGURE_SIGNALS = {
-    "range_added_km": RANGE,
-    "soh_pct": SOH,
-    "gross_capacity_kwh": GROSS,
-    "current": DC_CURRENT,
-}
-
-
-def _scoped(access: Access, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sessions without the figures whose signals the caller's grant does not cover (the owner's: all)."""
-    if access.view.is_owner:
-        return sessions
-    allowed = {s.path for s in access.view.allowed()}
-    hidden = [k for k, path in _FIGURE_SIGNALS.items() if path not in allowed]
-    for s in sessions:
-        for k in hidden:
-            s[k] = None
-        if s.get("energy_method") == "battery_energy" and ENERGY not in allowed:
-            s["energy_kwh"] = s["energy_method"] = None
-    return sessions
-
-
 def sessions_of(region: Region, access: Access, start_ms: int, end_ms: int, lang: str) -> list[dict[str, Any]]:
     """The sessions starting in the window as the API shows them (place, cost for the owner)."""
-    facts = _scoped(access, region.charging.facts(access.vin, start_ms, end_ms))
+    facts = for_view(access.view, region.charging.facts(access.vin, start_ms, end_ms))
     _located(access, facts)
     owner_id = access.vehicle.owner_id if access.view.is_owner else None
     places = region.charging.places_of(owner_id, [(f["lat"], f["lon"]) for f in facts], lang)
@@ -249,7 +225,7 @@ def battery_health(vin: str, caller: Caller, region: RegionDep) -> dict[str, Any
         sessions: list[dict[str, Any]] = []
     else:
         lo, hi = access.view.clip(lo, hi)
-        sessions = _scoped(access, region.charging.facts(access.vin, lo, hi)) if hi > lo else []
+        sessions = for_view(access.view, region.charging.facts(access.vin, lo, hi)) if hi > lo else []
     region.grants.record_read(access, AuditAction.CHARGING_READ, {"battery_health": True, "sessions": len(sessions)})
     return {
         "vin": access.vin,

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 
 from carvault.access import statistics as st
 from carvault.access.audit import AuditAction
+from carvault.access.charging import for_view
 from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
 from carvault.errors import InvalidQuery
@@ -100,7 +101,7 @@ def statistics(
     start_ms, end_ms = _window(region, access, start, end, 365, MAX_STATISTICS_DAYS, name)
     days = _days(region, access, start_ms, end_ms, name)
     # Charged energy as the Charging tab counts it (its sessions, kept and priced by region.charging).
-    days = st.with_sessions(days, region.charging.facts(access.vin, start_ms, end_ms))
+    days = st.with_sessions(days, for_view(access.view, region.charging.facts(access.vin, start_ms, end_ms)))
     periods = st.by_period(days, granularity)
     _record(region, access, "statistics", start_ms, end_ms, granularity=granularity)
     return {
