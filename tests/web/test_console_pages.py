@@ -572,7 +572,7 @@ def test_an_order_releases_the_window_to_the_owner(
         order = s.query(AuthorityOrder).one()
     assert (order.start_ms, order.end_ms) == (BASE_MS, BASE_MS + 60_000)
     page = http.get("/console/orders").text
-    assert f'data-order="{order.id}"' in page and "1 batches" in page
+    assert f'data-order="{order.id}"' in page and "1 batch, " in page  # counts read "1 batch", never "1 batches"
     packages = http.get(f"/api/v1/vehicles/{vehicle.vin}/packages", headers=owner.headers).json()
     assert any(p.get("order_id") == order.id for p in packages), packages  # the owner has the package
     log = [event_json(e) for e in region.audit.list(owner.owner_id, action=AuditAction.ORDER_RELEASE)]
