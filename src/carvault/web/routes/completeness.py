@@ -8,9 +8,10 @@ as a download, ``completeness.csv`` the gaps with their reasons (times in UTC, a
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from carvault.access.audit import AuditAction
@@ -31,13 +32,24 @@ _WINDOW_HELP = {
 }
 
 
-def _report(
-    access: Access, region: RegionDep, day: str | None, tz: str | None, start: int | None, end: int | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Window:
+    """The query parameters that choose a report's window (one definition for the report, its file and its CSV)."""
+
+    day: str | None = Query(None, max_length=10, description=_WINDOW_HELP["day"])
+    tz: str | None = Query(None, max_length=64, description=_WINDOW_HELP["tz"])
+    start_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["start_ms"])
+    end_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["end_ms"])
+
+
+ReportWindow = Annotated[_Window, Depends()]
+
+
+def _report(access: Access, region: RegionDep, window: _Window) -> dict[str, Any]:
     """The signed report of the vehicle ``access`` opens; the read goes in the owner's access log (anyone's)."""
     region.deletions.check_served(access.vin)  # kept, not served, while a hold stops its deletion
     service = region.completeness
-    lo, hi, zone = service.window(day=day, start_ms=start, end_ms=end, tz=tz)
+    lo, hi, zone = service.window(day=window.day, start_ms=window.start_ms, end_ms=window.end_ms, tz=window.tz)
     report = service.report(access, lo, hi, zone)
     region.grants.record_read(access, AuditAction.COMPLETENESS_READ, {"start_ms": lo, "end_ms": hi})
     return report
@@ -52,12 +64,9 @@ def completeness(
     vin: str,
     caller: Caller,
     region: RegionDep,
-    day: str | None = Query(None, max_length=10, description=_WINDOW_HELP["day"]),
-    tz: str | None = Query(None, max_length=64, description=_WINDOW_HELP["tz"]),
-    start_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["start_ms"]),
-    end_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["end_ms"]),
+    window: ReportWindow,
 ) -> dict[str, Any]:
-    return _report(region.grants.access(caller, vin), region, day, tz, start_ms, end_ms)
+    return _report(region.grants.access(caller, vin), region, window)
 
 
 @router.get(
@@ -69,13 +78,10 @@ def completeness_file(
     vin: str,
     caller: Caller,
     region: RegionDep,
-    day: str | None = Query(None, max_length=10, description=_WINDOW_HELP["day"]),
-    tz: str | None = Query(None, max_length=64, description=_WINDOW_HELP["tz"]),
-    start_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["start_ms"]),
-    end_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["end_ms"]),
+    window: ReportWindow,
 ) -> Response:
-    report = _report(region.grants.access(caller, vin), region, day, tz, start_ms, end_ms)
-    name = f"completeness-{report['vin']}-{day or report['window']['start_ms']}.json"
+    report = _report(region.grants.access(caller, vin), region, window)
+    name = f"completeness-{report['vin']}-{window.day or report['window']['start_ms']}.json"
     return Response(
         json.dumps(report, indent=1, ensure_ascii=False),
         media_type="application/json",
@@ -92,13 +98,10 @@ def completeness_csv(
     vin: str,
     caller: Caller,
     region: RegionDep,
-    day: str | None = Query(None, max_length=10, description=_WINDOW_HELP["day"]),
-    tz: str | None = Query(None, max_length=64, description=_WINDOW_HELP["tz"]),
-    start_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["start_ms"]),
-    end_ms: int | None = Query(None, ge=0, le=2**53, description=_WINDOW_HELP["end_ms"]),
+    window: ReportWindow,
 ) -> Response:
-    report = _report(region.grants.access(caller, vin), region, day, tz, start_ms, end_ms)
-    name = f"completeness-gaps-{report['vin']}-{day or report['window']['start_ms']}-utc.csv"
+    report = _report(region.grants.access(caller, vin), region, window)
+    name = f"completeness-gaps-{report['vin']}-{window.day or report['window']['start_ms']}-utc.csv"
     return Response(
         gaps_csv(report),
         media_type="text/csv; charset=utf-8",
