@@ -21,12 +21,13 @@ from carvault.access.charging import battery_health as estimate_health
 from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
 from carvault.access.trips import LATITUDE, LONGITUDE
-from carvault.errors import InvalidQuery, NotFound, TariffOverlap, ValidationFailed
+from carvault.errors import NotFound, TariffOverlap, ValidationFailed
 from carvault.region import Region
 from carvault.store.metadata import now_ms
 from carvault.web.deps import Caller, CurrentOwner, RegionDep, RowId, parse_time
 from carvault.web.errors import raises
 from carvault.web.routes.timeline import data_span
+from carvault.windows import check_window
 
 router = APIRouter(prefix="/api/v1", tags=["charging"])
 
@@ -59,10 +60,7 @@ def _window(region: Region, access: Access, start: str | None, end: str | None) 
     lo, hi = data_span(region, access.vin)
     end_ms = check_instant(parse_time(end, "end"), "end") if end else (hi if hi is not None else now_ms())
     start_ms = check_instant(parse_time(start, "start"), "start") if start else end_ms - DEFAULT_DAYS * DAY_MS
-    if end_ms <= start_ms:
-        raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
-    if end_ms - start_ms > MAX_DAYS * DAY_MS:
-        raise InvalidQuery(f"this window may span at most {MAX_DAYS} days", start_ms=start_ms, end_ms=end_ms)
+    check_window(start_ms, end_ms, MAX_DAYS * DAY_MS, what="the charging window")
     if start or end:
         view.window(start_ms, end_ms)
         return start_ms, end_ms

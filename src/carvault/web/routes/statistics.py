@@ -16,11 +16,11 @@ from carvault.access.audit import AuditAction
 from carvault.access.charging import for_view
 from carvault.access.completeness import check_instant
 from carvault.access.grants import Access
-from carvault.errors import InvalidQuery
 from carvault.region import Region
 from carvault.store.metadata import now_ms
 from carvault.web.deps import Caller, RegionDep, parse_time
 from carvault.web.routes.timeline import data_span
+from carvault.windows import check_window
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["statistics"])
 
@@ -46,10 +46,7 @@ def _window(
     lo, hi = data_span(region, access.vin)
     end_ms = check_instant(parse_time(end, "end"), "end") if end else (hi if hi is not None else now_ms())
     start_ms = check_instant(parse_time(start, "start"), "start") if start else end_ms - default_days * DAY_MS
-    if end_ms <= start_ms:
-        raise InvalidQuery("the window's end must be after its start", start_ms=start_ms, end_ms=end_ms)
-    if end_ms - start_ms > max_days * DAY_MS:
-        raise InvalidQuery(f"this window may span at most {max_days} days", start_ms=start_ms, end_ms=end_ms)
+    check_window(start_ms, end_ms, max_days * DAY_MS, what="this window")
     if start or end:
         view.window(start_ms, end_ms)
     else:
