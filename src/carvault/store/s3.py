@@ -17,6 +17,7 @@ environment, a profile, an instance role); they are never settings of CarVault.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ POOL_CONNECTIONS = 64
 #: Keys per DeleteObjects request (the S3 limit).
 DELETE_BATCH = 1000
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_LOG = logging.getLogger("carvault.store.s3")
 _MULTIPART = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
 
 
@@ -79,6 +81,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
+        self._warned = False  # the versioning warning is logged once per store
         config = Config(
             max_pool_connections=POOL_CONNECTIONS,
             # A group commit waits for its PUT: bounded, so a server that stops answering (not only one that
@@ -276,9 +279,11 @@ class S3BlobStore:
         return None
 
     def check(self) -> None:
-        """HEAD the bucket: Unavailable (naming what is wrong) unless it answers."""
+        """HEAD the bucket and read its versioning: Unavailable (naming what is wrong) unless it answers and keeps
+        no old versions (``check_versioning``)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            self.check_versioning()
         except NoCredentialsError:
             raise Unavailable(
                 f"no credentials for object storage {self.url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -298,6 +303,39 @@ class S3BlobStore:
             raise Unavailable(
                 f"object storage at {where} does not answer (setting s3_endpoint_url): {type(e).__name__}: {e}"
             ) from None
+
+    def check_versioning(self) -> None:
+        """Refuse a bucket that keeps old versions of objects: erasure (deletion, retention) rewrites or deletes an
+        object, and with versioning Enabled the erased bytes would stay as a noncurrent version. Suspended keeps the
+        versions made while it was enabled: a warning in the log (once per store), not a refusal. A bucket whose
+        versioning this region may not read (no s3:GetBucketVersioning) is also only a warning."""
+        try:
+            status = str(self.client.get_bucket_versioning(Bucket=self.bucket).get("Status", ""))
+        except ClientError as e:
+            if _code(e) in ("403", "AccessDenied"):
+                self._warn_once(
+                    f"cannot read the versioning setting of bucket {self.bucket!r} (AccessDenied): make sure "
+                    "versioning was never enabled on it, or erased data may survive as old versions"
+                )
+                return
+            raise
+        if status == "Enabled":
+            raise Unavailable(
+                f"bucket {self.bucket!r} has versioning Enabled (setting blob_store={self.url}): erased data would "
+                "survive as old object versions. Use a bucket on which versioning was never enabled "
+                "(versioning cannot be switched off once enabled, only Suspended)"
+            )
+        if status == "Suspended":
+            self._warn_once(
+                f"bucket {self.bucket!r} has versioning Suspended: object versions made while it was enabled may "
+                "still hold erased data. Delete the noncurrent versions (or expire them with a lifecycle rule "
+                "NoncurrentVersionExpiration), or move the region to a bucket that never had versioning"
+            )
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            _LOG.warning("%s", message)
 
     def close(self) -> None:
         """Close the client's connections."""
