@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ from carvault.windows import check_window
 log = logging.getLogger(__name__)
 
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
+MS_PER_DAY = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,24 @@ class TelemetryStore:
                 continue
             columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
         return pa.Table.from_arrays(columns, schema=schema)
+
+    def scan(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> Iterator[pa.Table]:
+        """The samples of [start_ms, end_ms) as consecutive tables with ``window``'s schema, each at most a UTC day.
+
+        In time order, non-overlapping, withholding applied, together exactly what ``window`` over the whole span
+        would answer (without its length limit): what a vehicle-year export streams.
+        """
+        check_window(start_ms, end_ms, what="a scan")  # now, not at the first next()
+        return self._scan(vin, start_ms, end_ms, signals)
+
+    def _scan(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> Iterator[pa.Table]:
+        lo = start_ms
+        while lo < end_ms:
+            hi = min(end_ms, (lo // MS_PER_DAY + 1) * MS_PER_DAY)
+            table = self.window(vin, lo, hi, signals)
+            if table.num_rows:
+                yield table
+            lo = hi
 
     def batch_table(self, vin: str, ref: BatchRef, cutoffs: Mapping[str, int]) -> pa.Table:
         """One batch's whole table: its per-batch copy, else decoded from the evidence (and the copy kept)."""

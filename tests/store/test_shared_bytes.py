@@ -1,0 +1,36 @@
+"""Evidence and query copy share their bytes (issue 12): scans, compaction into payload parts, byte-exact envelopes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from carvault.region import Region
+from carvault.signals import catalogue
+from carvault.vehicle.agent import VehicleAgent
+from tests.factories import BASE_MS, drive_table, opt_in
+
+DAY = 86_400_000
+
+
+def _upload(region: Region, agent: VehicleAgent) -> str:
+    opt_in(region, agent.identity.vin)
+    first = BASE_MS - BASE_MS % DAY + DAY - 120_000  # 23:58 to 00:03, and a day later
+    agent.record(drive_table(start_ms=first, seconds=300, seed=1), batch_seconds=60)
+    agent.record(drive_table(start_ms=first + DAY + 3_600_000, seconds=300, seed=2), batch_seconds=60)
+    assert len(agent.upload_pending()) == 10
+    return agent.identity.vin
+
+
+def test_scan_covers_the_window_in_day_pieces(region: Region, agent: VehicleAgent) -> None:
+    vin = _upload(region, agent)
+    cat = catalogue()
+    paths = sorted({c for r in region.telemetry.batches(vin, 0, 2**62) for c in r.columns} - {"t"})
+    signals = [cat.get(p) for p in paths]
+    start, end = BASE_MS - DAY, BASE_MS + 3 * DAY
+    whole = region.telemetry.window(vin, start, end, signals)
+    pieces = list(region.telemetry.scan(vin, start, end, signals))
+    assert len(pieces) == 3  # three UTC days hold data
+    for a, b in zip(pieces, pieces[1:], strict=False):
+        assert a.column("t").cast(pa.int64())[-1].as_py() < b.column("t").cast(pa.int64())[0].as_py()
+        assert a.column("t").cast(pa.int64())[-1].as_py() // DAY < b.column("t").cast(pa.int64())[0].as_py() // DAY
+    assert pa.concat_tables(pieces).equals(whole)
