@@ -22,6 +22,9 @@ from typing import Protocol
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from carvault.ledger.checkpoint import (
     VerifierKey,
@@ -231,42 +234,28 @@ class Witnessing:
                 continue
             if response.status_code != 200:
                 raise RuntimeError(f"witness answered {response.status_code}: {response.text.strip()[:200]}")
-            self._accept(w, status, note, size, response.text)
+            self.accept(w.label, note, size, response.text)
             return
         raise RuntimeError("witness kept answering 409")
 
-    def _accept(self, w: WitnessEndpoint, status: WitnessStatus, note: str, size: int, answer: str) -> None:
+    def accept(self, label: str, note: str, size: int, answer: str) -> None:
+        """Check a witness's answer for its cosignature of ``note`` (size ``size``) and record it; once the size has
+        the quorum, keep and publish the cosigned note. RuntimeError when the answer holds no valid line.
+
+        Idempotent across replicas: every replica of a region runs this, and two can record the same witness's
+        cosignature of the same size at the same moment. Both rows are written with ``INSERT … ON CONFLICT``, so
+        the loser of that race changes nothing and succeeds (it used to hit the duplicate key and heal only on the
+        next retry); the kept cosigned note is replaced only by one with more cosignatures.
+        """
+        w = next(x for x in self.witnesses if x.label == label)
+        status = self.status[label]
         lines = [line + "\n" for line in answer.splitlines() if line.startswith("\u2014 ")]
         mine = [line for line in lines if verify_cosignatures(note + line, [w.vkey])]
         if not mine:
             raise RuntimeError("the witness's answer holds no cosignature by its configured key")
         now_ms = int(self._now() * 1000)
         with self._record_lock, self.db.session() as s:
-            row = s.get(WitnessCosignatureRecord, (size, w.label))
-            if row is None:
-                s.add(WitnessCosignatureRecord(tree_size=size, witness=w.label, line=mine[0], created_ms=now_ms))
-            else:
-                row.line, row.created_ms = mine[0], now_ms
-            s.flush()
-            lines_for_size = list(
-                s.scalars(
-                    select(WitnessCosignatureRecord.line)
-                    .where(WitnessCosignatureRecord.tree_size == size)
-                    .order_by(WitnessCosignatureRecord.witness)
-                )
-            )
-            cosigned = None
-            if len(lines_for_size) >= self.needed:
-                cosigned = note + "".join(lines_for_size)
-                record = s.get(CosignedCheckpointRecord, size)
-                if record is None:
-                    s.add(
-                        CosignedCheckpointRecord(
-                            tree_size=size, note=cosigned, cosignatures=len(lines_for_size), created_ms=now_ms
-                        )
-                    )
-                else:
-                    record.note, record.cosignatures = cosigned, len(lines_for_size)
+            cosigned = self._record(s, size, w.label, note, mine[0], now_ms)
         status.cosigned_size = max(status.cosigned_size, size)
         status.last_success_ms = now_ms
         status.last_error = ""
@@ -276,6 +265,37 @@ class Witnessing:
                 publish_checkpoint(self.blobs, cosigned)
             except Exception:  # the store is down: the note is kept in the database; a later one is published
                 _LOG.warning("publishing the cosigned checkpoint %d failed", size, exc_info=True)
+
+    def _record(self, s: Session, size: int, label: str, note: str, line: str, now_ms: int) -> str | None:
+        """Insert the line unless this witness's line for this size is there; keep the cosigned note when the size
+        has the quorum (replacing a kept one only by one with more cosignatures). The cosigned note, or None."""
+        insert_ = sqlite_insert if s.get_bind().dialect.name == "sqlite" else pg_insert
+        lines_table = WitnessCosignatureRecord.__table__
+        s.execute(
+            insert_(lines_table)
+            .values(tree_size=size, witness=label, line=line, created_ms=now_ms)
+            .on_conflict_do_nothing(index_elements=[lines_table.c.tree_size, lines_table.c.witness])
+        )
+        lines_for_size = list(
+            s.scalars(
+                select(WitnessCosignatureRecord.line)
+                .where(WitnessCosignatureRecord.tree_size == size)
+                .order_by(WitnessCosignatureRecord.witness)
+            )
+        )
+        if len(lines_for_size) < self.needed:
+            return None
+        cosigned = note + "".join(lines_for_size)
+        notes = CosignedCheckpointRecord.__table__
+        stmt = insert_(notes).values(tree_size=size, note=cosigned, cosignatures=len(lines_for_size), created_ms=now_ms)
+        s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[notes.c.tree_size],
+                set_={"note": stmt.excluded.note, "cosignatures": stmt.excluded.cosignatures},
+                where=notes.c.cosignatures < stmt.excluded.cosignatures,
+            )
+        )
+        return cosigned
 
     # -- reads -----------------------------------------------------------------------------------------------
     def latest_cosigned(self) -> str | None:
