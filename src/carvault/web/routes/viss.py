@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from carvault.access.viss import SUBPROTOCOL, Checks, VissSession
+from carvault.access.viss import SUBPROTOCOL, Rechecker, VissSession
 from carvault.region import Region
 from carvault.web.deps import SESSION_COOKIE
 
@@ -59,8 +59,8 @@ async def viss(websocket: WebSocket, vin: str) -> None:
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     region: Region = websocket.app.state.region
     state = websocket.app.state
-    if getattr(state, "viss_checks", None) is None:
-        state.viss_checks = Checks()  # one per app: connections watching the same car share re-check reads
+    if getattr(state, "viss_rechecker", None) is None:
+        state.viss_rechecker = Rechecker(region.db)  # one per app: every open subscription re-checked in one pass
 
     async def send(message: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
@@ -75,7 +75,7 @@ async def viss(websocket: WebSocket, vin: str) -> None:
         check_served=region.deletions.check_served,
         send=send,
         connection_token=token,
-        checks=state.viss_checks,
+        rechecker=state.viss_rechecker,
     )
     try:
         while True:
