@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carvault.access.audit import STORAGE_LIMITATION, Actor, AuditAction, AuditLog
@@ -54,6 +54,7 @@ from carvault.store.day_copies import file_key as copy_file
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
     BatchRecord,
+    BatchRefusal,
     Database,
     IncidentPackage,
     LegalHold,
@@ -82,6 +83,10 @@ SCHEDULER_ACTOR = Actor("system", "retention")
 GROUP = 100  # batches per transaction and per fsync of a segment; the lease is renewed between groups
 MAX_BATCHES_PER_RUN = 200_000  # bounds a run's memory and time; a larger backlog takes several runs
 FRAME_COLUMNS = (CAMERA + "FrameHash",)  # the column that binds a stored frame to its batch
+# A refusal row (``batch_refusals``: a car's refused uploads per code and hour) records when the car's uploads failed
+# and why: a diagnostic record of the car, kept for that category's period after the later of the refused data's end
+# and the last refusal (docs/retention.md).
+REFUSALS_KEPT_AS = "diagnostics"
 
 
 def period_ms(category: str) -> int:
@@ -493,6 +498,9 @@ class Retention:
             self._step(run, holder, progress, done, total)
         if not run.dry_run:
             self._drop_exports(per_vin, totals)
+        totals["refusal_rows_erased"], totals["refusal_rows_held"] = self._purge_refusals(
+            run.now_ms, dry_run=run.dry_run
+        )
         for a in plan.held:
             for c in a.withhold or a.categories:
                 counts[c].held_batches += 1
@@ -612,6 +620,23 @@ class Retention:
         entry["span"] = (min(a.t0, entry.get("span", (a.t0, a.t1))[0]), max(a.t1, entry.get("span", (a.t0, a.t1))[1]))
         entry.setdefault(f"{what}_seqs", []).append(a.seq)
         entry.setdefault(f"{what}_categories", set()).update(cats)
+
+    def _purge_refusals(self, now: int, *, dry_run: bool) -> tuple[int, int]:
+        """Delete the refusal rows past their period (``REFUSALS_KEPT_AS``), except those of vehicles under a legal
+        hold; (rows deleted, or due in a dry run; rows a hold kept). One statement: nothing of the evidence depends
+        on them, and a run killed before it simply leaves them for the next."""
+        cutoff = now - period_ms(REFUSALS_KEPT_AS)
+        expired = and_(BatchRefusal.t1_max < cutoff, BatchRefusal.last_ms < cutoff)
+        held_vins = sorted(self._holds())
+        with self.db.session() as s:
+            rows = s.execute(select(BatchRefusal.vin, func.count()).where(expired).group_by(BatchRefusal.vin)).all()
+            per_vin = {str(vin): int(n) for vin, n in rows}
+            held = sum(n for vin, n in per_vin.items() if vin in held_vins)
+            due = sum(per_vin.values()) - held
+            if dry_run or not due:
+                return due, held
+            result = s.execute(delete(BatchRefusal).where(expired, BatchRefusal.vin.not_in(held_vins)))
+            return rowcount(result), held
 
     def _drop_exports(self, per_vin: dict[str, dict[str, Any]], totals: dict[str, int]) -> None:
         """Remove finished export files (kept a week) whose window overlaps a batch this run erased or withheld
