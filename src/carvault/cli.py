@@ -88,6 +88,8 @@ def serve(
             log_config=log_config(s.log_format, s.region),
             access_log=False,
             timeout_keep_alive=30,
+            limit_concurrency=5000,  # as uvicorn_config (server.py): a car or a VISS subscriber holds a connection
+            ws_per_message_deflate=False,  # as uvicorn_config: the workers deflated every live event (~0.9 ms each)
             # A worker answers the supervisor's health check only once the app is imported, which takes seconds on a
             # busy machine; uvicorn's 5 s default killed and restarted such workers forever (load 10, 2 cores).
             timeout_worker_healthcheck=60,
