@@ -149,8 +149,8 @@ class Region:
             self.db, self.catalogue, self.apps, self.accounts, self.audit, self.name, transfers=self.transfers
         )
         self.derived = DerivedCopies(settings.data_dir / "derived", kept=self._batch_kept)
-        # Compact per-day query copies in the blob store (issue 12), made by compaction of closed days.
-        self.derived.days = DayCopies(self.db, self.blobs, self.catalogue, settings.data_dir / "copies-cache")
+        # Payload parts of closed days (issue 12): evidence and query copy share their bytes (store/day_copies.py).
+        self.derived.days = DayCopies(self.db, self.blobs, self.segment_reader, settings.data_dir / "copies-cache")
         self.telemetry = TelemetryStore(self.db, self.segment_reader, self.derived, days=self.derived.days)
         self.frames = FrameStore(self.db, self.segment_reader, self.blobs)  # frames: blobs/ keys
         self.deletions = Deletions(self)

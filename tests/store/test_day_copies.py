@@ -1,23 +1,50 @@
-"""Compact per-day query copies (store/day_copies.py): same answers as the batches, small, engine-readable, dropped
-with their batches and rebuilt from the evidence."""
+"""Closed days' payload parts (store/day_copies.py): evidence and query copy share their bytes, on both blob backends.
+
+After compaction every envelope reads back byte for byte (its hash is the batch hash), every window answers as
+before, the segments keep only skeletons, deletion and purges take the parts with their batches, a compaction
+killed between its steps is healed by the next one, and two compactions at once agree.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
+import threading
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
 from sqlalchemy import func, select
 
+from carvault.compliance.retention import DAY_MS, period_ms
+from carvault.protocol import decode_envelope
 from carvault.region import Region
-from carvault.signals import catalogue
-from carvault.store.day_copies import PREFIX, day_of
-from carvault.store.metadata import BatchRecord
+from carvault.server import free_port
+from carvault.settings import Settings
+from carvault.signals import CATEGORIES, catalogue
+from carvault.store.day_copies import PREFIX, day_of, part_key
+from carvault.store.metadata import BatchRecord, PayloadReclaim
 from carvault.vehicle.agent import VehicleAgent
 from tests.factories import BASE_MS, drive_table, opt_in
+from tests.s3server import S3_TEST_ENV, s3_bucket, s3_server  # noqa: F401 - the fixture
 
 DAY = 86_400_000
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The region's settings on the local folder store, then on the moto S3 server (tests/s3server.py)."""
+    port = free_port()
+    base = Settings(
+        data_dir=tmp_path / "region-cn", region="cn", port=port, region_endpoints={"cn": f"http://127.0.0.1:{port}"}
+    )
+    if request.param == "local":
+        return base
+    for k, v in S3_TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    s3 = request.getfixturevalue("s3_server")
+    return base.with_(blob_store=s3_bucket(s3), s3_endpoint_url=s3.endpoint_url)
 
 
 @pytest.fixture
@@ -31,7 +58,23 @@ def uploaded(region: Region, agent: VehicleAgent) -> VehicleAgent:
     return agent
 
 
-def _windows(region: Region, vin: str, n: int = 25) -> list[pa.Table]:
+def _records(region: Region, vin: str | None = None) -> list[BatchRecord]:
+    with region.db.session() as s:
+        q = select(BatchRecord).order_by(BatchRecord.vin, BatchRecord.seq)
+        return list(s.scalars(q.where(BatchRecord.vin == vin) if vin else q))
+
+
+def _envelopes(region: Region) -> dict[str, bytes]:
+    """Every batch's envelope as the one evidence reader answers it, checked against its hash."""
+    out = {}
+    for r in _records(region):
+        raw = region.segment_reader.envelope(r)
+        assert hashlib.sha256(raw).hexdigest() == r.batch_hash
+        out[r.batch_hash] = raw
+    return out
+
+
+def _windows(region: Region, vin: str, n: int = 20) -> list[pa.Table]:
     cat = catalogue()
     paths = sorted({c for r in region.telemetry.batches(vin, 0, 2**62) for c in r.columns} - {"t"})
     rng = random.Random(7)
@@ -41,285 +84,183 @@ def _windows(region: Region, vin: str, n: int = 25) -> list[pa.Table]:
         length = rng.choice([60_000, 600_000, 1_800_000, 2 * DAY])
         chosen = rng.sample(paths, k=rng.randint(1, len(paths)))
         out.append(region.telemetry.window(vin, start, start + length, [cat.get(p) for p in chosen]))
-    everything = [cat.get(p) for p in paths]
-    out.append(region.telemetry.window(vin, BASE_MS - DAY, BASE_MS + 4 * DAY, everything))
+    out.append(region.telemetry.window(vin, BASE_MS - DAY, BASE_MS + 4 * DAY, [cat.get(p) for p in paths]))
     return out
 
 
-def _copy_files(region: Region, vin: str) -> list[str]:
+def _same(a: list[pa.Table], b: list[pa.Table]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.equals(y)
+
+
+def _parts(region: Region, vin: str) -> list[str]:
     return sorted(region.blobs.list(f"{PREFIX}/vin={vin}/"))
 
 
-def test_compaction_keeps_every_answer_and_removes_per_batch_copies(region: Region, uploaded: VehicleAgent) -> None:
+def _allocated(region: Region) -> int:
+    """Bytes the segments occupy: allocated blocks locally, object sizes on S3."""
+    folder = region.segment_reader.directory
+    if folder is not None:
+        return sum(p.stat().st_blocks * 512 for p in folder.glob("*.cvseg"))
+    return sum(region.blobs.size(k) for k in region.blobs.list("segments/"))
+
+
+def test_compaction_moves_payloads_and_keeps_every_byte_and_answer(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
-    before = _windows(region, vin)
-    assert sum(t.num_rows for t in before) > 0
-    per_day: dict = {}
-    for r in region.telemetry.batches(vin, 0, 2**62):
-        per_day[day_of(r.t0)] = per_day.get(day_of(r.t0), 0) + 1
+    before_env, before_win, before_bytes = _envelopes(region), _windows(region, vin), _allocated(region)
+    # A store of an earlier release still holds re-encoded day files: they go when their day is compacted.
+    old = f"{PREFIX}/vin={vin}/day={day_of(BASE_MS).isoformat()}/rate=10hz/part-0123.parquet"
+    region.blobs.put(old, b"old layout")
     done = region.telemetry.compact()
-    assert {c.day: c.batches for c in done} == per_day and len(per_day) == 3 and all(c.vin == vin for c in done)
-    files = _copy_files(region, vin)
-    assert len(files) == 6 and all("/rate=10hz/" in f or "/rate=1hz/" in f for f in files)
-    assert {f.split("/")[2] for f in files} == {f"day={c.day.isoformat()}" for c in done}
-    with region.db.session() as s:
-        assert s.scalar(select(func.count()).where(BatchRecord.copy_key.is_(None))) == 0
+    assert sum(c.batches for c in done) == 10 and len(done) == 3
+    recs = _records(region, vin)
+    assert all(r.payload_key == part_key(vin, r.t0, r.batch_hash) for r in recs)
+    assert _parts(region, vin) == sorted(r.payload_key for r in recs)  # Hive layout, one part per batch
+    assert old not in _parts(region, vin)
+    for r in recs:  # the part IS the signed payload
+        assert region.blobs.get(r.payload_key) == decode_envelope(before_env[r.batch_hash]).payload
+    assert _envelopes(region) == before_env  # byte for byte, wherever the payload now lives
+    _same(before_win, _windows(region, vin))
+    saved = before_bytes - _allocated(region)
+    assert saved >= 0.9 * sum(c.bytes for c in done)  # the payload ranges were reclaimed (holes / new objects)
     assert not list((region.settings.data_dir / "derived" / vin).glob("*.arrow"))  # per-batch copies gone
-    after = _windows(region, vin)
-    for a, b in zip(before, after, strict=True):
-        assert a.equals(b)
-    assert region.telemetry.compact() == []  # nothing left open: compaction is idempotent
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(PayloadReclaim)) == 0
+    assert region.telemetry.compact() == []  # nothing left open: idempotent
 
 
-def test_a_late_batch_is_read_alone_then_recompacted(region: Region, uploaded: VehicleAgent) -> None:
+def test_a_late_batch_joins_its_day_at_the_next_run(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
-    first = region.telemetry.compact()
-    day_one = min(c.day for c in first)
-    old_files = [f for f in _copy_files(region, vin) if f"day={day_one}" in f]
-    # The car uploads more of the first day later (it was offline).
+    region.telemetry.compact()
+    first = set(_parts(region, vin))
     late_start = BASE_MS - BASE_MS % DAY + DAY - 3_600_000
     uploaded.record(drive_table(start_ms=late_start - 3_600_000, seconds=120, seed=3), batch_seconds=60)
     uploaded.upload_pending()
     with_late = _windows(region, vin)
     again = region.telemetry.compact()
-    assert [c.day for c in again] == [day_one]
-    new_files = [f for f in _copy_files(region, vin) if f"day={day_one}" in f]
-    assert not set(old_files) & set(new_files)  # the old copy was replaced
-    for a, b in zip(with_late, _windows(region, vin), strict=True):
-        assert a.equals(b)
+    assert [c.batches for c in again] == [2]
+    assert first < set(_parts(region, vin))
+    _same(with_late, _windows(region, vin))
+    _envelopes(region)
 
 
-def test_dropping_a_batch_copy_or_files_falls_back_to_the_evidence(region: Region, uploaded: VehicleAgent) -> None:
-    vin = uploaded.identity.vin
-    before = _windows(region, vin)
-    region.telemetry.compact()
-    some = region.telemetry.batches(vin, 0, 2**62)[0]
-    freed = region.derived.delete(vin, some.batch_hash)  # retention drops a batch's copies this way
-    assert freed > 0
-    with region.db.session() as s:
-        open_rows = s.scalar(select(func.count()).where(BatchRecord.copy_key.is_(None)))
-    same_day = [r for r in region.telemetry.batches(vin, 0, 2**62) if day_of(r.t0) == day_of(some.t0)]
-    assert open_rows == len(same_day)  # the whole day went back to per-batch reads
-    for a, b in zip(before, _windows(region, vin), strict=True):
-        assert a.equals(b)
-    # A copy file lost behind the region's back: reads fall back too.
-    region.telemetry.compact()
-    for f in _copy_files(region, vin):
-        region.blobs.delete(f)
-    for a, b in zip(before, _windows(region, vin), strict=True):
-        assert a.equals(b)
-
-
-def test_vehicle_deletion_removes_every_copy(region: Region, uploaded: VehicleAgent) -> None:
+def test_withholding_applies_to_parts_without_touching_them(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
     region.telemetry.compact()
-    assert _copy_files(region, vin)
-    region.derived.delete_vehicle(vin)
-    assert _copy_files(region, vin) == []
+    parts = {k: region.blobs.get(k) for k in _parts(region, vin)}
+    now = BASE_MS + period_ms("body") + 30 * DAY_MS
+    region.retention.run(now=now)
+    assert {k: region.blobs.get(k) for k in _parts(region, vin)} == parts  # evidence: unchanged
+    cat = catalogue()
+    body = [s for s in cat if s.category == "body"]
+    paths = {c for r in region.telemetry.batches(vin, 0, 2**62) for c in r.columns}
+    wanted = [s for s in body if s.path in paths]
+    assert wanted
+    table = region.telemetry.window(vin, BASE_MS - DAY, BASE_MS + 3 * DAY, wanted)
+    assert table.num_rows and all(table.column(s.path).null_count == table.num_rows for s in wanted)
 
 
-def test_the_copies_are_a_hive_dataset_any_engine_reads(region: Region, uploaded: VehicleAgent) -> None:
+def test_a_purge_and_a_deletion_take_the_parts_with_their_batches(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
     region.telemetry.compact()
-    root = region.blobs.local_path(PREFIX)
-    assert root is not None
-    con = duckdb.connect()
-    rows = con.execute(
-        "SELECT vin, day, count(*) AS n FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
-        " GROUP BY vin, day ORDER BY day",
-        [f"{root}/*/*/rate=10hz/*.parquet"],
-    ).fetchall()
-    days = sorted({day_of(r.t0).isoformat() for r in region.telemetry.batches(vin, 0, 2**62)})
-    assert [r[0] for r in rows] == [vin] * 3 and [str(r[1]) for r in rows] == days
-    total_rows = sum(r[2] for r in rows)
-    with region.db.session() as s:
-        assert total_rows == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
-
-
-def _per_batch(region: Region, vin: str) -> list[pa.Table]:
-    """The same windows read batch by batch (no compact copies): what the copies must answer."""
-    days, region.telemetry.days = region.telemetry.days, None
-    try:
-        return _windows(region, vin)
-    finally:
-        region.telemetry.days = days
-
-
-def test_a_purged_batch_takes_its_day_copy_with_it(region: Region, uploaded: VehicleAgent) -> None:
-    from carvault.compliance.retention import DAY_MS, period_ms
-    from carvault.signals import CATEGORIES
-
-    vin = uploaded.identity.vin
-    region.telemetry.compact()
-    with region.db.session() as s:
-        before = {r.batch_hash: (r.t0, r.t1, r.copy_key) for r in s.scalars(select(BatchRecord))}
+    before = {r.batch_hash: r.payload_key for r in _records(region, vin)}
     later = BASE_MS + max(period_ms(c) for c in CATEGORIES) + 30 * DAY_MS
-    for _ in range(12):  # one batch per run: days end up partly purged
-        region.retention.run(now=later, limit=1)
-        with region.db.session() as s:
-            left = set(s.scalars(select(BatchRecord.batch_hash)))
-        gone = set(before) - left
-        if gone:
-            break
+    region.retention.run(now=later, limit=1)  # one batch erased, the rest of its day kept
+    left = {r.batch_hash for r in _records(region, vin)}
+    gone = set(before) - left
     assert gone and left
-    gone_days = {day_of(before[h][0]).isoformat() for h in gone}
-    gone_keys = {before[h][2] for h in gone}
-    files = _copy_files(region, vin)
-    assert not [f for f in files if any(k and k.split("/part-")[1] in f for k in gone_keys)]  # erased with it
-    with region.db.session() as s:
-        assert not s.scalars(select(BatchRecord).where(BatchRecord.copy_key.in_(gone_keys))).all()
-    assert gone_days
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
-    region.telemetry.compact()  # the day is compacted again from what is still stored
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
+    assert set(_parts(region, vin)) == {before[h] for h in left}
+    _envelopes(region)
+    owner = region.accounts.register("owner-parts@example.com", "correct horse battery")
+    region.vehicles.claim(owner.id, vin, uploaded.identity.pairing_code)
+    req = region.deletions.request(owner.id, vin, "sold the car", immediately=True)
+    assert region.deletions.process(req.id).status == "completed"
+    assert _parts(region, vin) == [] and _records(region, vin) == []
+    if region.segment_reader.directory is None:  # the skeleton objects went with their batches
+        assert not [k for k in region.blobs.list("segments/") if "skel-" in k]
 
 
-def test_a_stale_compaction_racing_a_newer_one_changes_nothing(region: Region, uploaded: VehicleAgent) -> None:
-    """Compaction A lists day one's batches; a late batch of that day arrives and compaction B compacts the whole
-    day; then A finishes. A's copy (without the late batch) must not take over B's batches: no duplicated rows, no
-    copy file that no batch names (it would outlive its batches' erasure)."""
-    _stale_race(region, uploaded)
-
-
-def _stale_race(region: Region, uploaded: VehicleAgent) -> None:
-    from carvault.store.telemetry import BatchRef
-
+def test_a_compaction_killed_between_its_steps_is_healed(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
     days = region.telemetry.days
     assert days is not None
-    day_one = min(day_of(r.t0) for r in region.telemetry.batches(vin, 0, 2**62))
-    raced: list[object] = []
-
-    def load(rec: BatchRecord) -> pa.Table:
-        if not raced:  # B runs while A is loading
-            late = BASE_MS - BASE_MS % DAY + DAY - 3_600_000
-            uploaded.record(drive_table(start_ms=late - 3_600_000, seconds=120, seed=3), batch_seconds=60)
-            uploaded.upload_pending()
-            raced.extend(region.telemetry.compact())
-        ref = BatchRef(rec.seq, rec.t0, rec.t1, rec.segment, rec.offset, rec.length, frozenset(), rec.batch_hash)
-        return region.telemetry.batch_table(vin, ref, {})
-
-    stale = days.compact(vin, day_one, load)
-    assert day_one in {c.day for c in raced}  # type: ignore[attr-defined]
-    assert stale is None  # A's set of batches is no longer the day's: it attaches nothing
+    before_env, before_win = _envelopes(region), _windows(region, vin)
+    batches = _records(region, vin)  # the steps take any batches (a run takes a day's)
+    # Killed after step 1 (parts durable, no row names them yet): nothing changed for any reader.
+    days.write_parts(batches[:2])
+    assert _envelopes(region) == before_env
+    # Killed after step 2 (rows name parts, old ranges queued, nothing reclaimed yet).
+    ids = days.attach(days.write_parts(batches[2:]))
+    assert ids and _envelopes(region) == before_env
+    _same(before_win, _windows(region, vin))
+    region.telemetry.compact()  # the next run finishes both
     with region.db.session() as s:
-        keys = {r.copy_key for r in s.scalars(select(BatchRecord).where(BatchRecord.vin == vin))}
-    assert None not in keys
-    named = {days_file.split("/part-")[1].removesuffix(".parquet") for days_file in _copy_files(region, vin)}
-    assert named == {k.split("/part-")[1] for k in keys if k}  # no orphan copy
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
+        assert s.scalar(select(func.count()).select_from(PayloadReclaim)) == 0
+        assert s.scalar(select(func.count()).where(BatchRecord.payload_key.is_(None))) == 0
+    assert _envelopes(region) == before_env
+    _same(before_win, _windows(region, vin))
+    assert len(_parts(region, vin)) == 10
 
 
-@pytest.mark.slow
-def test_the_race_and_a_purge_on_postgres(tmp_path) -> None:  # noqa: ANN001
-    """The same on a PostgreSQL metadata DB (its UPDATE re-checks a row another compaction changed meanwhile)."""
-    from carvault.bench.pg_cluster import TemporaryPostgres
-    from carvault.compliance.retention import DAY_MS, period_ms
-    from carvault.provisioning import provision
-    from carvault.server import BackgroundServer
-    from carvault.settings import Settings
-    from carvault.signals import CATEGORIES
-    from tests.factories import vin_for
-
-    with TemporaryPostgres(fsync=False) as pg:
-        settings = Settings(data_dir=tmp_path / "cn", region="cn", database_url=pg.create_database("region_cn"))
-        region = Region(settings)
-        try:
-            car = provision(region, vin_for(4), tmp_path / "vehicles")
-            opt_in(region, car.vin)
-            with BackgroundServer(region) as server:
-                agent = VehicleAgent(car, tmp_path / "vehicles" / car.vin, server.url)
-                first = BASE_MS - BASE_MS % DAY + DAY - 120_000
-                agent.record(drive_table(start_ms=first, seconds=300, seed=1), batch_seconds=60)
-                agent.record(drive_table(start_ms=first + DAY + 3_600_000, seconds=300, seed=2), batch_seconds=60)
-                agent.upload_pending()
-                _stale_race(region, agent)
-            with region.db.session() as s:
-                before = dict(s.execute(select(BatchRecord.batch_hash, BatchRecord.copy_key)).all())
-            region.retention.run(now=BASE_MS + max(period_ms(c) for c in CATEGORIES) + 30 * DAY_MS, limit=1)
-            with region.db.session() as s:
-                left = set(s.scalars(select(BatchRecord.batch_hash)))
-            erased = {before[h].split("/part-")[1] for h in set(before) - left}
-            assert erased and left  # one batch purged, the rest of its day kept
-            assert not [f for f in _copy_files(region, car.vin) if any(k in f for k in erased)]
-            for a, b in zip(_per_batch(region, car.vin), _windows(region, car.vin), strict=True):
-                assert a.equals(b)
-        finally:
-            region.close()
+def test_two_compactions_at_once_agree(region: Region, uploaded: VehicleAgent) -> None:
+    vin = uploaded.identity.vin
+    days = region.telemetry.days
+    assert days is not None
+    before_env, before_win = _envelopes(region), _windows(region, vin)
+    day = day_of(min(r.t0 for r in _records(region, vin)))
+    # A lists and writes; B compacts everything meanwhile; then A's rows change nothing and A removes nothing.
+    stale = days.write_parts(days.day_batches(vin, day, open_only=True))
+    region.telemetry.compact()
+    assert days.attach(stale) == []
+    assert len(_parts(region, vin)) == 10
+    assert _envelopes(region) == before_env
+    # And truly at once, in threads, on a fresh late day.
+    late = BASE_MS - BASE_MS % DAY + 5 * DAY
+    uploaded.record(drive_table(start_ms=late, seconds=300, seed=4), batch_seconds=60)
+    uploaded.upload_pending()
+    before_env = _envelopes(region)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(region.telemetry.compact())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _envelopes(region) == before_env
+    with region.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(PayloadReclaim)) == 0
+    assert len(_parts(region, vin)) == 15
+    _same(before_win, _windows(region, vin)[: len(before_win)])
 
 
-def test_withheld_values_leave_the_day_copies(region: Region, uploaded: VehicleAgent) -> None:
-    import pyarrow.parquet as pq
-
-    from carvault.compliance.retention import DAY_MS, period_ms
-    from carvault.signals import CATEGORIES
-
+def test_the_parts_are_a_hive_dataset_any_engine_reads(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
     region.telemetry.compact()
+    root = region.blobs.local_path(PREFIX)
+    if root is None:
+        pytest.skip("the fleet jobs' own tests read parts on S3 through the engines")
+    rows = (
+        duckdb.connect()
+        .execute(
+            "SELECT vin, day, count(*) AS n FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
+            " GROUP BY vin, day ORDER BY day",
+            [f"{root}/*/*/*.parquet"],
+        )
+        .fetchall()
+    )
+    days = sorted({day_of(r.t0).isoformat() for r in _records(region, vin)})
+    assert [r[0] for r in rows] == [vin] * 3 and [str(r[1]) for r in rows] == days
     with region.db.session() as s:
-        unwithheld = set(s.scalars(select(BatchRecord.copy_key)))
-    cat = catalogue()
-    now = BASE_MS + period_ms("body") + 30 * DAY_MS
-    expired = {c for c in CATEGORIES if period_ms(c) < now - BASE_MS - 10 * DAY_MS}
-    assert "body" in expired and "driving_dynamics" not in expired
-    region.retention.run(now=now)
-
-    def withheld_values() -> dict[str, int]:
-        found: dict[str, int] = {}
-        for name in _copy_files(region, vin):
-            path = region.blobs.local_path(name)
-            assert path is not None
-            table = pq.read_table(path)
-            for c in table.column_names:
-                sig = cat.get(c)
-                if c != "t" and sig is not None and sig.category in expired:
-                    found[name + ":" + c] = len(table.column(c)) - table.column(c).null_count
-        return {k: v for k, v in found.items() if v}
-
-    assert withheld_values() == {}  # no file keeps what retention withholds
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
-    region.telemetry.compact()  # rebuilt without them, under new names (no replica's download is read as them)
-    assert withheld_values() == {} and _copy_files(region, vin)
-    with region.db.session() as s:
-        assert not unwithheld & set(s.scalars(select(BatchRecord.copy_key)))
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
+        assert sum(r[2] for r in rows) == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
 
 
-def test_a_day_that_cannot_be_read_does_not_stop_the_others(region: Region, uploaded: VehicleAgent) -> None:
-    """A batch whose evidence reads as zeros (a deletion erasing it while compaction runs, or damage) fails its own
-    day only: the other days are compacted in the same run, and that day is tried again next time."""
+def test_an_unreadable_batch_stays_in_its_segment_and_stops_nothing(region: Region, uploaded: VehicleAgent) -> None:
     vin = uploaded.identity.vin
-    refs = region.telemetry.batches(vin, 0, 2**62)
-    first_day = min(day_of(r.t0) for r in refs)
-    broken = next(r for r in refs if day_of(r.t0) == first_day)
+    recs = _records(region, vin)
+    broken = recs[0]
     region.derived.discard(vin, broken.batch_hash)
     region.segment_reader.erase(broken.segment, [(broken.offset, broken.length)])
     done = region.telemetry.compact()
-    assert {c.day for c in done} == {day_of(r.t0) for r in refs} - {first_day}
+    assert sum(c.batches for c in done) == 9
     with region.db.session() as s:
-        still_open = {day_of(t0) for t0 in s.scalars(select(BatchRecord.t0).where(BatchRecord.copy_key.is_(None)))}
-    assert still_open == {first_day}
-
-
-def test_a_damaged_copy_file_falls_back_to_the_batches(region: Region, uploaded: VehicleAgent) -> None:
-    vin = uploaded.identity.vin
-    region.telemetry.compact()
-    for name in _copy_files(region, vin):  # the pages damaged, the footer intact: opening works, decoding fails
-        path = region.blobs.local_path(name)
-        assert path is not None
-        data = bytearray(path.read_bytes())
-        size = int.from_bytes(data[-8:-4], "little")  # footer length
-        for i in range(8, len(data) - size - 8, 7):
-            data[i] ^= 0x5A
-        path.write_bytes(bytes(data))
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
-    assert _copy_files(region, vin) == []  # dropped: rebuilt by the next compaction
-    assert len(region.telemetry.compact()) == 3
-    for a, b in zip(_per_batch(region, vin), _windows(region, vin), strict=True):
-        assert a.equals(b)
+        still = list(s.scalars(select(BatchRecord.batch_hash).where(BatchRecord.payload_key.is_(None))))
+    assert still == [broken.batch_hash]

@@ -282,8 +282,8 @@ CREATE INDEX ix_vehicle_events_vin ON vehicle_events (vin);
 NEW_COLUMNS = {
     "vehicles": {"log_key", "ignition_cycle", "ignition_seen_ms", "name"},  # name: owners name their cars
     "deletion_requests": {"due_ms", "cancelled_ms"},  # the grace period before erasure, and its cancelling
-    # attested_by: region-attested batches (issue 14); software_version: provenance, copy_key: compact copies (13, 12)
-    "batches": {"leaf_version", "leaf_hash", "attested_by", "software_version", "copy_key"},
+    # attested_by: region-attested batches (issue 14); software_version: provenance, payload_key: payload parts (13, 12)
+    "batches": {"leaf_version", "leaf_hash", "attested_by", "software_version", "payload_key"},
     "credentials": {"grant_id", "client_id", "family", "scope"},  # sharing (issue 9): tokens acting for a grant
     "export_jobs": {"grant_id"},  # sharing: an export a grant holder asked for
     "owners": {"jurisdiction"},  # operator (issue 11): where an owner lives, for transfers abroad
@@ -365,8 +365,8 @@ def check_upgrade(url: str, data_dir: Path, **settings: Any) -> None:
             "deletion_requests.due_ms",
             "deletion_requests.cancelled_ms",
             "batches.software_version",
-            "batches.copy_key",
-            "ix_batches_copy_key",
+            "batches.payload_key",
+            "ix_batches_payload_key",
         }
         for table, new in NEW_COLUMNS.items():
             assert new <= columns_of(db.engine, table)

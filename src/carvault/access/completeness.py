@@ -184,6 +184,7 @@ class _Batch:
     segment: str
     offset: int
     length: int
+    payload_key: str | None  # where its payload is once compacted (store/day_copies.py)
 
     def to_json(self) -> dict[str, Any]:
         """The batch as the report lists it (what ``carvault verify completeness`` checks against the log)."""
@@ -216,6 +217,7 @@ _BATCH_COLUMNS = (
     BatchRecord.segment,
     BatchRecord.offset,
     BatchRecord.length,
+    BatchRecord.payload_key,
 )
 
 
@@ -236,6 +238,7 @@ def _batch(r: Any) -> _Batch:
         r.segment,
         r.offset,
         r.length,
+        r.payload_key,
     )
 
 
@@ -652,7 +655,7 @@ class Completeness:
             wanted = [c for c in b.columns if c in paths]
             if not wanted:
                 continue
-            raw = self.telemetry.segments.read(b.segment, b.offset, b.length)
+            raw = self.telemetry.segments.envelope(b)
             for path, (samples, _) in column_figures(
                 raw, wanted, self.telemetry.derived.read(ctx.vin, b.batch_hash)
             ).items():

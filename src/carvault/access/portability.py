@@ -248,7 +248,7 @@ class Portability:
             if barred and not include_sensitive:
                 excluded.append(_excluded_entry(rec, barred))
                 continue
-            files[f"batches/{rec.seq:012d}.cvb"] = r.segment_reader.read(rec.segment, rec.offset, rec.length)
+            files[f"batches/{rec.seq:012d}.cvb"] = r.segment_reader.envelope(rec)
             records.append(
                 {"seq": rec.seq, "t0": rec.t0, "t1": rec.t1, "prev": rec.prev_hash, "batch_hash": rec.batch_hash}
             )

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,7 @@ from carvault.ingest.frames import FrameStore
 from carvault.protocol import CAMERA, payload_view
 from carvault.signals import CATEGORIES, Catalogue
 from carvault.store.day_copies import PREFIX as COPIES
-from carvault.store.day_copies import RATES as COPY_RATES
-from carvault.store.day_copies import file_key as copy_file
+from carvault.store.day_copies import part_key
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
     BatchRecord,
@@ -125,6 +124,7 @@ class BatchAction:
     categories: frozenset[str]
     withhold: frozenset[str] = frozenset()  # newly past their period (withheld batches only)
     hold_id: int | None = None  # skipped because of this legal hold
+    payload_key: str | None = None  # its payload part, once its day is compacted (store/day_copies.py)
 
 
 @dataclass
@@ -341,6 +341,7 @@ class Retention:
             BatchRecord.segment,
             BatchRecord.offset,
             BatchRecord.length,
+            BatchRecord.payload_key,
         ).where(BatchRecord.columns == columns, *where)
         if withheld:
             q = q.add_columns(RetentionWithheld.categories).outerjoin(
@@ -367,6 +368,7 @@ class Retention:
             categories=cats,
             withhold=withhold,
             hold_id=hold_id,
+            payload_key=row.payload_key,
         )
 
     # ------------------------------------------------------------------ the lease
@@ -569,7 +571,7 @@ class Retention:
             cats = a.categories if erased else a.withhold
             wanted = [s.path for s in self.catalogue if s.category in cats]
             try:
-                raw = self.segments.read(a.segment, a.offset, a.length)
+                raw = self.segments.envelope(a)
                 figures = column_figures(raw, wanted, self.derived.read(a.vin, a.batch_hash))
             except (OSError, CarVaultError, pa.ArrowException) as e:
                 errors.append(_error(a.vin, a.batch_id, e, a.seq))
@@ -676,20 +678,19 @@ class Retention:
                 )
             )
             wanted = {a.batch_id: a.batch_hash for a in actions if a.vin not in held}
-            # The compact day copies holding these batches (store/day_copies.py) are erased with them: their rows
-            # are gone once the batches' are, so the copies are named here, in the same transaction.
-            copy_keys: dict[int, str] = {
-                i: k
-                for i, k in (
+            # Where each batch is now (a compaction since the plan may have moved its payload to its part and, on
+            # object storage, its skeleton to an object of its own): read in the same transaction as the deletion.
+            now_at = {
+                r.id: r
+                for r in (
                     s.execute(
-                        select(BatchRecord.id, BatchRecord.copy_key).where(
-                            BatchRecord.id.in_(list(wanted)), BatchRecord.copy_key.is_not(None)
+                        select(BatchRecord.id, BatchRecord.segment, BatchRecord.offset, BatchRecord.length).where(
+                            BatchRecord.id.in_(list(wanted))
                         )
                     ).all()
                     if wanted
                     else ()
                 )
-                if k
             }
             # By id AND hash: SQLite reuses the row id of a batch a deletion removed since the plan, and a batch
             # accepted meanwhile under that id must not lose its index row to this run.
@@ -706,13 +707,14 @@ class Retention:
             by_vin: dict[str, list[BatchAction]] = {}
             for a in swapped:
                 by_vin.setdefault(a.vin, []).append(a)
-            files: dict[int, list[str]] = {a.batch_id: [] for a in swapped}
-            erased_keys = {copy_keys[a.batch_id] for a in swapped if a.batch_id in copy_keys}
-            for a in swapped:
-                if a.batch_id in copy_keys:
-                    files[a.batch_id] += [copy_file(copy_keys[a.batch_id], rate) for rate in COPY_RATES]
-            if erased_keys:  # the rest of those days is read batch by batch until compacted again without them
-                s.execute(update(BatchRecord).where(BatchRecord.copy_key.in_(erased_keys)).values(copy_key=None))
+            # A batch's payload part (store/day_copies.py) is erased with it, by its one name: also a part a killed
+            # compaction wrote before any row named it.
+            files: dict[int, list[str]] = {a.batch_id: [part_key(a.vin, a.t0, a.batch_hash)] for a in swapped}
+            swapped = [
+                replace(a, segment=at.segment, offset=at.offset, length=at.length)
+                for a in swapped
+                if (at := now_at[a.batch_id])
+            ]
             for vin, group in by_vin.items():
                 self._vehicle_copies(s, vin, group, files, totals)
                 # Statistics summaries of the days these batches reached go with them (access/statistics.py).
@@ -817,7 +819,7 @@ class Retention:
         if name.startswith("portability/"):
             (self.data_dir / name).unlink(missing_ok=True)
         elif name.startswith(f"{COPIES}/") and self.derived.days is not None:
-            self.derived.days.remove_file(name)  # its cached download on object storage too
+            self.derived.days.remove_part(name)  # its cached download on object storage too
         else:
             self.frames.blobs.delete(name)
 
@@ -897,7 +899,7 @@ class Retention:
         data is seldom read: the next read rebuilds the copy from the evidence, already without those columns.
         """
         copy = self.derived.read(a.vin, a.batch_hash)
-        if copy is None:  # compacted, or never read: its day's compact copy (if any) holds every column, so it goes
+        if copy is None:  # compacted (its part is evidence: reads withhold from it) or never read
             return self.derived.delete(a.vin, a.batch_hash)
         if not any((sig := self.catalogue.get(c)) and sig.category in a.withhold for c in copy.column_names):
             return 0

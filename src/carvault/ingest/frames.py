@@ -198,6 +198,7 @@ class FrameStore:
                     BatchRecord.segment,
                     BatchRecord.offset,
                     BatchRecord.length,
+                    BatchRecord.payload_key,
                     BatchRecord.columns,
                 )
                 .where(BatchRecord.vin == vin, BatchRecord.kind == "media", BatchRecord.seq > scanned)
@@ -206,7 +207,7 @@ class FrameStore:
         added = 0
         for b in batches:
             if CAMERA + "FrameHash" in b.columns.split(","):
-                raw = self.segments.read(b.segment, b.offset, b.length)
+                raw = self.segments.envelope(b)
                 added += self._index(vin, b.seq, b.batch_hash, _camera_rows(raw, b.columns.split(",")))
         if batches:
             last = batches[-1].seq

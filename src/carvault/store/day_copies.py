@@ -1,25 +1,32 @@
-"""Compact query copies: one vehicle's day of telemetry as compressed Parquet, the 10 Hz and slower signals apart.
+"""Query copies of closed days that *are* the evidence's payloads: each batch's Parquet payload as its own part.
 
-Derived from the evidence, never the evidence (issue 12). Each closed day of a vehicle (the batches whose first
-sample falls on that UTC day) is compacted into two Parquet files in the blob store, Hive-style so any engine reads
-them as one partitioned dataset::
+A batch envelope is ``prefix · payload · signature`` and its payload is already a compressed Parquet file (the
+car's). Once a vehicle's UTC day is closed, compaction moves every telemetry batch's payload, byte for byte, into a
+standalone object of the blob store, Hive-style so any engine reads them as one partitioned dataset::
 
-    copies/vin=<VIN>/day=<YYYY-MM-DD>/rate=10hz/part-<digest>.parquet   t + every signal sampled at 10 Hz or faster
-    copies/vin=<VIN>/day=<YYYY-MM-DD>/rate=1hz/part-<digest>.parquet    t + the slower signals, rows with any value
+    copies/vin=<VIN>/day=<YYYY-MM-DD>/part-<batch hash>.parquet     (day = UTC day of the batch's first sample)
 
-``digest`` names the exact set of batches inside (a hash of their sorted batch hashes), so compacting the same day
-twice — two replicas at once, or a retry — writes the same key with the same bytes. Each batch row records the copy
-that holds it (``batches.copy_key``); a batch without one (its day still open, arrived late, or its copy dropped) is
-read from its per-batch copy (store/derived.py) or its evidence until the next compaction.
+and the segment keeps only the batch's skeleton (store/segments.py). The same bytes serve as evidence (put back
+together by ``SegmentReader.envelope``, byte-exact, so signatures, hashes and log leaves still verify) and as the
+query copy (window reads and fleet jobs read the part's columns directly). Open days keep the per-batch derived
+copies (store/derived.py); the old re-encoded ``rate=10hz|1hz`` day files of earlier releases are dropped when their
+day is compacted.
 
-Size: zstd with dictionary encoding for columns with few distinct values (quantised sensors, flags, enumerations),
-byte-stream-split for the rest of the floating-point ones, delta encoding for time; row groups of 30 minutes of
-10 Hz rows, so a 30-minute window decodes one or two row groups of the columns asked for. docs/benchmarks.md has the
-bytes per sample and the window times.
+The steps, each idempotent so a re-run heals a killed one, and deterministic so two replicas compacting the same
+day at once agree:
 
-Dropping: deleting a batch's copy drops its whole day copy (and clears ``copy_key`` of the day's batches), the
-vehicle's deletion drops everything under ``copies/vin=<VIN>/``; the next compaction rebuilds from the evidence
-what is still stored, with the values retention withholds already removed.
+1. the part is written durably (same key, same bytes on every replica); on object storage the skeleton too, as
+   ``segments/skel-<batch hash>.cvseg``;
+2. one transaction sets ``payload_key`` (and on object storage repoints segment/offset to the skeleton) with a
+   conditional UPDATE per batch (still uncompacted, still at its old place) and queues the old range in
+   ``payload_reclaims``; a batch whose UPDATE found nothing (another replica won, or it was deleted) queues nothing;
+3. the queued ranges are reclaimed — a hole punched locally (offsets never move), the range zeroed on object
+   storage (an object left holding only zeros is deleted) — and their rows removed. Every run starts by finishing
+   the rows a killed run left.
+
+Parts written for batches that were deleted meanwhile are removed again unless a row names them. Deletion and
+retention remove a batch's part with the batch; withholding (retention) never touches a part — it is evidence —
+reads and fleet jobs apply the cutoffs instead.
 """
 
 from __future__ import annotations
@@ -27,37 +34,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
-import io
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import delete, select, update
 
-from carvault.signals import Catalogue
+from carvault.errors import Unavailable
 from carvault.store.blobs import BlobNotFound, BlobStore
-from carvault.store.metadata import BatchRecord, Database, rowcount
+from carvault.store.metadata import BatchRecord, Database, PayloadReclaim, rowcount
+from carvault.store.segments import PREFIX as SEGMENTS
+from carvault.store.segments import SegmentReader, payload_range
 
 log = logging.getLogger(__name__)
 
 PREFIX = "copies"
-RATES = ("10hz", "1hz")  # the files of one copy
-FAST_HZ = 10  # signals sampled at least this often go to the rate=10hz file
-ROW_GROUP_FAST = 18_000  # 30 minutes of 10 Hz rows
-ROW_GROUP_SLOW = 3_600  # an hour of 1 Hz rows
-DICTIONARY_RATIO = 0.05  # a float column with fewer distinct values than this share of its values gets a dictionary
-CLOSED_AFTER_MS = 3_600_000  # a UTC day is compacted once it ended this long ago (late batches are recompacted)
-_METADATA_CACHE = 256  # parsed Parquet footers kept in memory (a window reads the footer, then row groups)
+CLOSED_AFTER_MS = 3_600_000  # a UTC day is compacted once it ended this long ago (late batches join at the next run)
 MS_PER_DAY = 86_400_000
+_OLD_LAYOUT = "rate="  # the re-encoded day files of earlier releases: copies/vin=/day=/rate=10hz|1hz/
 
 
 def day_of(t_ms: int) -> dt.date:
@@ -65,90 +63,49 @@ def day_of(t_ms: int) -> dt.date:
     return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).date()
 
 
-def copy_key(vin: str, day: dt.date, batch_hashes: Iterable[str], withheld: Iterable[str] = ()) -> str:
-    """The copy's name (without the rate part): ``vin=<VIN>/day=<day>/part-<digest>``.
-
-    ``withheld`` names what retention withheld from it (column and cutoff): the same batches compacted again after a
-    withholding get a new name, so no replica's cached download of the old bytes is ever read as the new copy.
-    """
-    digest = hashlib.sha256("\n".join([*sorted(batch_hashes), *sorted(withheld)]).encode()).hexdigest()[:24]
-    return f"vin={vin}/day={day.isoformat()}/part-{digest}"
-
-
-def key_of(name: str) -> str:
-    """The copy's name from one of its files' blob keys (the inverse of ``file_key``)."""
-    folder, _, part = name.removeprefix(f"{PREFIX}/").rpartition("/")
-    return f"{folder.rpartition('/')[0]}/{part.removesuffix('.parquet')}"
-
-
-def file_key(key: str, rate: str) -> str:
-    """The blob key of one rate's file of a copy."""
-    folder, _, part = key.rpartition("/")
-    return f"{PREFIX}/{folder}/rate={rate}/{part}.parquet"
+def part_key(vin: str, t0: int, batch_hash: str) -> str:
+    """The blob key of a batch's payload part (the day of its first sample)."""
+    return f"{PREFIX}/vin={vin}/day={day_of(t0).isoformat()}/part-{batch_hash}.parquet"
 
 
 @dataclass(frozen=True)
 class Compacted:
-    """What one compaction wrote."""
+    """What one compaction of a vehicle's day moved."""
 
     vin: str
     day: dt.date
-    key: str
     batches: int
-    rows: int
-    bytes: int
+    bytes: int  # payload bytes now in parts (and reclaimed from the segments)
 
 
-def encode(table: pa.Table, row_group: int, level: int = 9) -> bytes:
-    """The table as compact Parquet: encodings chosen per column from its values (see the module docstring)."""
-    dictionary, split = [], []
-    for f in table.schema:
-        if f.name == "t":
-            continue
-        if not pa.types.is_floating(f.type):
-            dictionary.append(f.name)
-            continue
-        col = table.column(f.name)
-        present = len(col) - col.null_count
-        if present and pc.count_distinct(col).as_py() < present * DICTIONARY_RATIO:
-            dictionary.append(f.name)
-        else:
-            split.append(f.name)
-    sink = io.BytesIO()
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        compression_level=level,
-        use_dictionary=dictionary or False,
-        use_byte_stream_split=split or False,
-        column_encoding={"t": "DELTA_BINARY_PACKED"},
-        write_statistics=["t"],
-        row_group_size=row_group,
-        store_schema=True,
-    )
-    return sink.getvalue()
+@dataclass(frozen=True)
+class _Moved:
+    """One batch whose part is durable (step 1), ready for its row to name it (step 2)."""
+
+    id: int
+    batch_hash: str
+    old_segment: str
+    old_offset: int
+    key: str
+    segment: str
+    offset: int
+    reclaim: tuple[str, int, int]
+    size: int
 
 
 class DayCopies:
-    """The compact copies of a region: written by compaction, read by window reads, dropped with their batches."""
+    """The payload parts of a region: written by compaction, read by window reads and fleet jobs, removed with
+    their batches."""
 
-    def __init__(self, db: Database, blobs: BlobStore, catalogue: Catalogue, cache_dir: Path) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, segments: SegmentReader, cache_dir: Path) -> None:
         self.db = db
         self.blobs = blobs
-        self.catalogue = catalogue
-        self.cache_dir = cache_dir  # object storage: files fetched once and read locally (a cache, never the truth)
-        self._footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
-        self._lock = threading.Lock()
+        self.segments = segments
+        self.cache_dir = cache_dir  # object storage: parts fetched once and read locally (a cache, never the truth)
 
-    # ------------------------------------------------------------------ layout
-    def rate_of(self, path: str) -> str:
-        """Which file a signal's column goes to."""
-        sig = self.catalogue.get(path)
-        return "10hz" if sig is not None and sig.rate_hz >= FAST_HZ else "1hz"
-
-    def _local(self, key: str) -> Path | None:
-        """A local file holding the blob (the blob itself on the local store; a cached download on S3)."""
+    # ------------------------------------------------------------------ reading
+    def local(self, key: str) -> Path | None:
+        """A local file holding the part (the blob itself on the local store; a cached download on S3)."""
         path = self.blobs.local_path(key)
         if path is not None:
             return path if path.exists() else None
@@ -164,266 +121,198 @@ class DayCopies:
             tmp.replace(cached)
         return cached
 
-    def _file(self, key: str) -> tuple[pq.ParquetFile, pq.FileMetaData] | None:
-        path = self._local(key)
+    def read(self, key: str, columns: Sequence[str]) -> pa.Table | None:
+        """``t`` and ``columns`` (those the part has) of one part; None when it cannot be read (the caller then
+        reads the whole envelope, which says precisely what is wrong)."""
+        path = self.local(key)
         if path is None:
             return None
-        with self._lock:
-            meta = self._footers.get(key)
-            if meta is not None:
-                self._footers.move_to_end(key)
         try:
-            f = pq.ParquetFile(str(path), memory_map=True, metadata=meta)
-        except (OSError, pa.ArrowInvalid):
+            f = pq.ParquetFile(str(path), memory_map=True)
+            have = set(f.schema_arrow.names)
+            return f.read(columns=["t", *[c for c in columns if c in have and c != "t"]], use_threads=False)
+        except (OSError, pa.ArrowException):
+            log.warning("payload part %s is unreadable here", key, exc_info=True)
             return None
-        if meta is None:
-            with self._lock:
-                self._footers[key] = f.metadata
-                while len(self._footers) > _METADATA_CACHE:
-                    self._footers.popitem(last=False)
-        return f, f.metadata
-
-    # ------------------------------------------------------------------ reading
-    def read(self, key: str, start_ms: int, end_ms: int, wanted: Sequence[str]) -> pa.Table | None:
-        """Rows of the copy with start_ms <= t < end_ms: ``t`` and the ``wanted`` columns the copy has.
-
-        None when the copy's files are missing or unreadable (the caller falls back to per-batch copies).
-        """
-        fast = self._file(file_key(key, "10hz"))
-        if fast is None:
-            return None
-        fast_wanted = [p for p in wanted if self.rate_of(p) == "10hz"]
-        slow_wanted = [p for p in wanted if self.rate_of(p) != "10hz"]
-        try:
-            table = _rows(fast[0], fast[1], start_ms, end_ms, fast_wanted)
-            if slow_wanted:
-                slow = self._file(file_key(key, "1hz"))
-                if slow is None:
-                    return None
-                part = _rows(slow[0], slow[1], start_ms, end_ms, slow_wanted)
-                table = _merge(table, part)
-        except (OSError, pa.ArrowException):  # damaged pages under an intact footer: the batches answer instead
-            log.warning("compact copy %s is unreadable; dropped, the next compaction rebuilds it", key, exc_info=True)
-            self.drop(key)
-            return None
-        return table
-
-    # ------------------------------------------------------------------ writing
-    def write(
-        self,
-        vin: str,
-        day: dt.date,
-        refs: Sequence[tuple[int, str]],
-        table: pa.Table,
-        replaces: Collection[str] = (),
-        withheld: Iterable[str] = (),
-    ) -> Compacted | None:
-        """Store the day's table (all columns, sorted by t) as the copy of the batches ``refs`` (id, hash).
-
-        The rows name the copy only if ``refs`` are still exactly the day's batches and each row still names no
-        copy or one of ``replaces`` (what it named when this compaction listed the day): in one statement, so a
-        compaction that listed the day before a batch arrived or went (a late batch, a purge, another replica's
-        newer compaction) attaches nothing, and a day's batches never name two copies holding the same rows.
-        Otherwise None, and the files are removed again unless a batch names them.
-        """
-        key = copy_key(vin, day, [h for _, h in refs], withheld)
-        fast_cols = ["t"] + [c for c in table.column_names if c != "t" and self.rate_of(c) == "10hz"]
-        slow_cols = [c for c in table.column_names if c != "t" and self.rate_of(c) != "10hz"]
-        fast = table.select(fast_cols)
-        slow = table.select(["t", *slow_cols])
-        if slow_cols:
-            any_value = pc.is_valid(slow.column(1))
-            for c in slow_cols[1:]:
-                any_value = pc.or_(any_value, pc.is_valid(slow.column(c)))
-            slow = slow.filter(any_value)
-        written = 0
-        for rate, part, group in (("10hz", fast, ROW_GROUP_FAST), ("1hz", slow, ROW_GROUP_SLOW)):
-            data = encode(part, group)
-            self.blobs.put(file_key(key, rate), data, durable=False)  # derived: rebuilt from the evidence if lost
-            written += len(data)
-        ids = [i for i, _ in refs]
-        start = _day_start(day)
-        other = aliased(BatchRecord)
-        others = (
-            select(other.id)
-            .where(
-                other.vin == vin,
-                other.kind == "telemetry",
-                other.t0 >= start,
-                other.t0 < start + MS_PER_DAY,
-                other.id.not_in(ids),
-            )
-            .exists()
-        )
-        with self.db.session() as s:
-            moved = rowcount(
-                s.execute(
-                    update(BatchRecord)
-                    .where(BatchRecord.id.in_(ids), BatchRecord.vin == vin, ~others)
-                    .where(BatchRecord.copy_key.is_(None) | BatchRecord.copy_key.in_([*replaces, key]))
-                    .values(copy_key=key)
-                )
-            )
-            if moved == len(ids):
-                s.commit()
-            else:  # a batch went, came or was compacted by a newer listing: nothing attached
-                s.rollback()
-        if moved != len(ids):
-            if not self._batches_in(key):
-                self._remove(key)
-            return None
-        return Compacted(vin, day, key, len(refs), table.num_rows, written)
-
-    def _batches_in(self, key: str) -> int:
-        with self.db.session() as s:
-            return len(s.scalars(select(BatchRecord.id).where(BatchRecord.copy_key == key)).all())
-
-    # ------------------------------------------------------------------ dropping
-    def _remove(self, key: str) -> int:
-        return sum(self.remove_file(file_key(key, rate)) for rate in RATES)
-
-    def remove_file(self, name: str) -> int:
-        """Remove one file of a copy (its blob, its cached download, its parsed footer); bytes freed."""
-        freed = self.blobs.delete(name)
-        (self.cache_dir / name).unlink(missing_ok=True)
-        with self._lock:
-            self._footers.pop(name, None)
-        return freed
-
-    def sweep_cache(self) -> int:
-        """Remove cached downloads of copies no batch names any more (dropped, replaced or erased by another
-        replica: their blobs are gone, this replica's downloads must go too); files removed.
-
-        Every replica runs this with its compaction, so erased data leaves every replica's disk within an interval.
-        """
-        root = self.cache_dir / PREFIX
-        if not root.exists():
-            return 0
-        files = [p for p in root.rglob("*.parquet") if not p.name.startswith(".")]
-        by_key: dict[str, list[Path]] = {}
-        for p in files:
-            by_key.setdefault(key_of(p.relative_to(self.cache_dir).as_posix()), []).append(p)
-        keys = list(by_key)
-        named: set[str] = set()
-        with self.db.session() as s:
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                found = s.scalars(select(BatchRecord.copy_key).where(BatchRecord.copy_key.in_(chunk)))
-                named.update(k for k in found if k is not None)
-        removed = 0
-        for key, paths in by_key.items():
-            if key in named:
-                continue
-            for p in paths:
-                p.unlink(missing_ok=True)
-                with self._lock:
-                    self._footers.pop(p.relative_to(self.cache_dir).as_posix(), None)
-                removed += 1
-        return removed
-
-    def drop(self, key: str) -> int:
-        """Remove one copy; its batches go back to per-batch reads until the next compaction. Bytes freed."""
-        with self.db.session() as s:
-            s.execute(update(BatchRecord).where(BatchRecord.copy_key == key).values(copy_key=None))
-            s.commit()
-        return self._remove(key)
-
-    def drop_batch(self, vin: str, batch_hash: str) -> int:
-        """Remove the copy holding one batch (the whole day's copy); bytes freed."""
-        with self.db.session() as s:
-            key = s.scalar(
-                select(BatchRecord.copy_key).where(BatchRecord.vin == vin, BatchRecord.batch_hash == batch_hash)
-            )
-        return self.drop(key) if key else 0
-
-    def drop_vehicle(self, vin: str) -> int:
-        """Remove every copy of a vehicle (its deletion); bytes freed."""
-        freed = self.blobs.delete_prefix(f"{PREFIX}/vin={vin}/")
-        for folder in (self.cache_dir / PREFIX / f"vin={vin}",):
-            if folder.exists():
-                for p in folder.rglob("*.parquet"):
-                    p.unlink(missing_ok=True)
-        with self._lock:
-            for k in [k for k in self._footers if k.startswith(f"{PREFIX}/vin={vin}/")]:
-                del self._footers[k]
-        with self.db.session() as s:
-            s.execute(update(BatchRecord).where(BatchRecord.vin == vin).values(copy_key=None))
-            s.commit()
-        return freed
 
     # ------------------------------------------------------------------ compaction
     def open_days(self, now_ms: int, limit: int = 1000) -> list[tuple[str, dt.date]]:
-        """(vin, day) pairs of closed days holding batches without a compact copy, oldest first."""
+        """(vin, day) pairs of closed days holding telemetry batches whose payload is still in a segment."""
         cutoff = now_ms - CLOSED_AFTER_MS
         with self.db.session() as s:
             rows = s.execute(
                 select(BatchRecord.vin, BatchRecord.t0)
-                .where(BatchRecord.copy_key.is_(None), BatchRecord.kind == "telemetry", BatchRecord.t0 < cutoff)
+                .where(BatchRecord.payload_key.is_(None), BatchRecord.kind == "telemetry", BatchRecord.t0 < cutoff)
                 .order_by(BatchRecord.t0)
                 .limit(limit * 50)
             ).all()
         seen: dict[tuple[str, dt.date], None] = {}
         for vin, t0 in rows:
             day = day_of(t0)
-            end = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000) + MS_PER_DAY
-            if end <= cutoff:
+            if _day_start(day) + MS_PER_DAY <= cutoff:
                 seen.setdefault((vin, day), None)
         return list(seen)[:limit]
 
-    def day_batches(self, vin: str, day: dt.date) -> list[BatchRecord]:
+    def day_batches(self, vin: str, day: dt.date, *, open_only: bool = False) -> list[BatchRecord]:
         """The telemetry batches whose first sample is on ``day`` (UTC), in chain order."""
         start = _day_start(day)
+        q = select(BatchRecord).where(
+            BatchRecord.vin == vin,
+            BatchRecord.kind == "telemetry",
+            BatchRecord.t0 >= start,
+            BatchRecord.t0 < start + MS_PER_DAY,
+        )
+        if open_only:
+            q = q.where(BatchRecord.payload_key.is_(None))
         with self.db.session() as s:
-            return list(
-                s.scalars(
-                    select(BatchRecord)
-                    .where(
-                        BatchRecord.vin == vin,
-                        BatchRecord.kind == "telemetry",
-                        BatchRecord.t0 >= start,
-                        BatchRecord.t0 < start + MS_PER_DAY,
-                    )
-                    .order_by(BatchRecord.seq)
-                )
-            )
+            return list(s.scalars(q.order_by(BatchRecord.seq)))
 
-    def compact(
-        self,
-        vin: str,
-        day: dt.date,
-        load: Callable[[BatchRecord], pa.Table],
-        cutoffs: Mapping[str, int] | None = None,
-    ) -> Compacted | None:
-        """Compact one vehicle's day: every batch of it (``load`` gives its full table), then the old copy dropped."""
-        batches = self.day_batches(vin, day)
-        if not batches:
+    def compact(self, vin: str, day: dt.date) -> Compacted | None:
+        """Move the payloads of one vehicle's closed day into parts (the three steps of the module docstring)."""
+        batches = self.day_batches(vin, day, open_only=True)
+        moved = self.write_parts(batches)
+        reclaims = self.attach(moved)
+        self.reclaim(reclaims)
+        self.blobs.delete_prefix(f"{PREFIX}/vin={vin}/day={day.isoformat()}/{_OLD_LAYOUT}")  # earlier layout
+        if not moved:
             return None
-        old = {b.copy_key for b in batches if b.copy_key}
-        parts = [load(b) for b in batches]
-        table = pa.concat_tables(parts, promote_options="default")
-        if table.num_rows and not _sorted(table):
-            table = table.sort_by("t")
-        withheld: list[str] = []
-        if cutoffs:
-            from carvault.store.telemetry import withhold
+        return Compacted(vin, day, len(moved), sum(m.size for m in moved))
 
-            table = withhold(table, cutoffs)
-            start = _day_start(day)
-            # Every cutoff reaching into the day (a column the batches outlived is not in the table at all).
-            withheld = [f"{c}<{min(cut, start + MS_PER_DAY)}" for c, cut in cutoffs.items() if cut > start]
-        refs = [(b.id, b.batch_hash) for b in batches]
-        done = self.write(vin, day, refs, table, replaces=old, withheld=withheld)
-        for key in old - ({done.key} if done else set()):
-            if not self._batches_in(key):  # a copy still named (this compaction attached nothing) stays
-                self._remove(key)
-        return done
+    def write_parts(self, batches: Sequence[BatchRecord]) -> list[_Moved]:
+        """Step 1: each batch's payload durably as its part (and, on object storage, its skeleton object)."""
+        moved = []
+        for rec in batches:
+            try:
+                envelope = self.segments.envelope(rec)
+                start, plen = payload_range(envelope[: 16 + 65_536])
+            except (OSError, Unavailable) as e:  # being erased, or damaged: it stays where it is, tried next run
+                log.warning("batch %s of %s stays in its segment: %s", rec.seq, rec.vin, e)
+                continue
+            key = part_key(rec.vin, rec.t0, rec.batch_hash)
+            self.blobs.put(key, envelope[start : start + plen])  # durable before any row names it
+            segment, offset = self.segments.skeleton(rec, envelope, rec.batch_hash)
+            reclaim = self.segments.reclaim_range(rec, envelope)
+            moved.append(_Moved(rec.id, rec.batch_hash, rec.segment, rec.offset, key, segment, offset, reclaim, plen))
+        return moved
+
+    def attach(self, moved: Sequence[_Moved]) -> list[int]:
+        """Step 2: the rows name their parts, the old ranges queued for reclaiming; the queue rows' ids.
+
+        One conditional UPDATE per batch in one transaction: a row already compacted (another replica) or gone (a
+        deletion or purge) is left alone and queues nothing; what this run wrote for it is removed unless named.
+        """
+        if not moved:
+            return []
+        lost: list[_Moved] = []
+        queued: list[PayloadReclaim] = []
+        with self.db.session() as s:
+            for m in moved:
+                done = rowcount(
+                    s.execute(
+                        update(BatchRecord)
+                        .where(
+                            BatchRecord.id == m.id,
+                            BatchRecord.batch_hash == m.batch_hash,
+                            BatchRecord.payload_key.is_(None),
+                            BatchRecord.segment == m.old_segment,
+                            BatchRecord.offset == m.old_offset,
+                        )
+                        .values(payload_key=m.key, segment=m.segment, offset=m.offset)
+                    )
+                )
+                if done == 1:
+                    queued.append(PayloadReclaim(segment=m.reclaim[0], offset=m.reclaim[1], length=m.reclaim[2]))
+                else:
+                    lost.append(m)
+            s.add_all(queued)
+            s.flush()
+            ids = [q.id for q in queued]
+        for m in lost:
+            self._forget_unnamed(m)
+        return ids
+
+    def _forget_unnamed(self, m: _Moved) -> None:
+        """Remove a part (and skeleton object) this run wrote for a batch no row names with it."""
+        with self.db.session() as s:
+            named = s.scalar(select(BatchRecord.id).where(BatchRecord.payload_key == m.key).limit(1))
+        if named is None:
+            self.remove_part(m.key)
+            if m.segment != m.old_segment:
+                self.blobs.delete(SEGMENTS + m.segment)
+
+    def reclaim(self, ids: Sequence[int] | None = None) -> int:
+        """Step 3: reclaim queued ranges (all of them when ``ids`` is None: what killed runs left); bytes freed.
+
+        A range that cannot be reclaimed now stays queued for the next run.
+        """
+        with self.db.session() as s:
+            q = select(PayloadReclaim)
+            if ids is not None:
+                if not ids:
+                    return 0
+                q = q.where(PayloadReclaim.id.in_(list(ids)))
+            rows = [(r.id, r.segment, r.offset, r.length) for r in s.scalars(q.order_by(PayloadReclaim.id))]
+        by_segment: dict[str, list[tuple[int, int, int]]] = {}
+        for i, segment, offset, length in rows:
+            by_segment.setdefault(segment, []).append((i, offset, length))
+        freed, done = 0, []
+        for segment, group in by_segment.items():
+            try:
+                freed += self.segments.erase(segment, [(o, n) for _, o, n in group])
+            except (OSError, Unavailable) as e:  # stays queued
+                log.warning("reclaiming %d ranges of %s failed (%s); the next run retries", len(group), segment, e)
+                continue
+            done += [i for i, _, _ in group]
+        if done:
+            with self.db.session() as s:
+                s.execute(delete(PayloadReclaim).where(PayloadReclaim.id.in_(done)))
+        return freed
+
+    # ------------------------------------------------------------------ removing
+    def remove_part(self, key: str) -> int:
+        """Remove one part (its blob and any cached download); bytes freed."""
+        freed = self.blobs.delete(key)
+        (self.cache_dir / key).unlink(missing_ok=True)
+        return freed
+
+    def remove_batch(self, vin: str, t0: int, batch_hash: str) -> int:
+        """Remove a batch's part by its deterministic name (also one a killed compaction left unnamed); bytes."""
+        return self.remove_part(part_key(vin, t0, batch_hash))
+
+    def drop_vehicle(self, vin: str) -> int:
+        """Remove every part of a vehicle (its deletion, after its batches' skeletons are erased); bytes freed."""
+        freed = self.blobs.delete_prefix(f"{PREFIX}/vin={vin}/")
+        folder = self.cache_dir / PREFIX / f"vin={vin}"
+        if folder.exists():
+            for p in folder.rglob("*"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+        return freed
+
+    def sweep_cache(self) -> int:
+        """Remove cached downloads of parts no batch names any more (erased or deleted through another replica);
+        files removed. Every replica runs this with its compaction, so erased data leaves every disk."""
+        root = self.cache_dir / PREFIX
+        if not root.exists():
+            return 0
+        files = {p.relative_to(self.cache_dir).as_posix(): p for p in root.rglob("*.parquet") if p.name[0] != "."}
+        keys = list(files)
+        named: set[str] = set()
+        with self.db.session() as s:
+            for i in range(0, len(keys), 500):
+                found = s.scalars(select(BatchRecord.payload_key).where(BatchRecord.payload_key.in_(keys[i : i + 500])))
+                named.update(k for k in found if k is not None)
+        gone = [p for k, p in files.items() if k not in named]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return len(gone)
 
 
 class Compactor:
     """The in-process schedule: compaction of closed days every ``interval_s`` seconds in a worker thread (0 = off).
 
-    Every replica may run one: a day's copy has one name for one set of batches, so replicas racing on a day write
-    the same bytes. ``carvault compact`` runs it once from the command line (e.g. from cron when this is off).
+    Every replica may run one: parts and skeletons have one name per batch and the rows change conditionally, so
+    replicas racing on a day agree. ``carvault compact`` runs it once from the command line (e.g. from cron).
     """
 
     def __init__(self, compact: Callable[[], object], interval_s: int) -> None:
@@ -442,7 +331,7 @@ class Compactor:
             try:
                 await asyncio.to_thread(self.compact)
             except Exception:  # noqa: BLE001 - the loop must live to try again next interval
-                log.exception("compaction of query copies failed; the next interval tries again")
+                log.exception("compaction of closed days failed; the next interval tries again")
 
     async def stop(self) -> None:
         """Cancel the loop (a compaction already running finishes in its thread)."""
@@ -454,57 +343,6 @@ class Compactor:
         self._task = None
 
 
-def _rows(f: pq.ParquetFile, meta: pq.FileMetaData, start_ms: int, end_ms: int, wanted: Sequence[str]) -> pa.Table:
-    """t and ``wanted`` (those the file has) of the row groups that can hold [start_ms, end_ms), cut to it."""
-    names = set(meta.schema.names)
-    columns = ["t", *[p for p in wanted if p in names]]
-    groups = []
-    t_index = meta.schema.names.index("t")
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(t_index).statistics
-        if stats is None or not stats.has_min_max:
-            groups.append(i)
-            continue
-        lo, hi = _ms(stats.min), _ms(stats.max)
-        if hi >= start_ms and lo < end_ms:
-            groups.append(i)
-    if not groups:
-        return f.schema_arrow.empty_table().select(columns)
-    table = f.read_row_groups(groups, columns=columns, use_threads=len(groups) > 1)
-    t = table.column("t").cast(pa.int64()).to_numpy()
-    a, b = np.searchsorted(t, [start_ms, end_ms])
-    return table.slice(int(a), int(b - a))
-
-
 def _day_start(day: dt.date) -> int:
     """Milliseconds of a UTC day's midnight."""
     return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
-
-
-def _ms(value: object) -> int:
-    if isinstance(value, dt.datetime):
-        return int(value.timestamp() * 1000)
-    return int(value)  # type: ignore[call-overload]
-
-
-def _merge(fast: pa.Table, slow: pa.Table) -> pa.Table:
-    """The slow file's values put on the fast file's rows (every row's t is in the fast file)."""
-    if slow.num_columns == 1 or fast.num_rows == 0:
-        return fast
-    tf = fast.column("t").cast(pa.int64()).to_numpy()
-    ts = slow.column("t").cast(pa.int64()).to_numpy()
-    pos = np.searchsorted(tf, ts)
-    ok = (pos < len(tf)) & (tf[np.minimum(pos, len(tf) - 1)] == ts)
-    if not ok.all():  # a slow row without its fast row (should not happen): keep what lines up
-        pos, slow = pos[ok], slow.filter(pa.array(ok))
-    take = np.full(len(tf), -1, dtype=np.int64)
-    take[pos] = np.arange(len(pos))
-    indices = pa.array(take, mask=take < 0)
-    for name in slow.column_names[1:]:
-        fast = fast.append_column(slow.schema.field(name), slow.column(name).take(indices))
-    return fast
-
-
-def _sorted(table: pa.Table) -> bool:
-    t = table.column("t").cast(pa.int64()).to_numpy()
-    return bool(len(t) < 2 or (np.diff(t) > 0).all())

@@ -31,7 +31,7 @@ class DerivedCopies:
         # Whether a batch (vin, hash) is still stored: a copy written while the batch was being deleted (a queued
         # write, or a read racing the deletion) is removed again, so deleted data never reappears here.
         self.kept = kept
-        self.days: DayCopies | None = None  # the compact day copies (store/day_copies.py), set by Region
+        self.days: DayCopies | None = None  # the payload parts of closed days (store/day_copies.py), set by Region
 
     def path(self, vin: str, batch_hash: str) -> Path:
         """Where the copy of one batch lives."""
@@ -76,12 +76,15 @@ class DerivedCopies:
             return None
 
     def delete(self, vin: str, batch_hash: str) -> int:
-        """Remove every copy of one batch — its own and the compact day copy holding it; return the bytes freed."""
-        freed = self.days.drop_batch(vin, batch_hash) if self.days is not None else 0
-        return freed + self.discard(vin, batch_hash)
+        """Remove the per-batch copy of one batch; return the bytes freed.
+
+        A compacted batch's payload part is evidence as well as its query copy: deletion and retention erasure
+        remove it with the batch (store/day_copies.py), withholding never does.
+        """
+        return self.discard(vin, batch_hash)
 
     def discard(self, vin: str, batch_hash: str) -> int:
-        """Remove the per-batch copy only (compaction, once the day copy holds the batch); bytes freed."""
+        """Remove the per-batch copy only (compaction, once the batch is read from its part); bytes freed."""
         target = self.path(vin, batch_hash)
         try:
             size = target.stat().st_size
@@ -91,7 +94,7 @@ class DerivedCopies:
         return size
 
     def delete_vehicle(self, vin: str) -> int:
-        """Remove every copy of a vehicle's batches, compact day copies included; return the bytes freed."""
+        """Remove every copy of a vehicle's batches, payload parts included (its deletion); return the bytes freed."""
         folder = self.directory / vin
         size = sum(p.stat().st_size for p in folder.glob("*.arrow")) if folder.exists() else 0
         if self.days is not None:

@@ -235,8 +235,10 @@ class BatchRecord(Base):
     # The software version the signed header names (docs/protocol.md §10), NULL if the car said none: provenance
     # shown to the owner (access/completeness.py), trusted for nothing else.
     software_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # The compact query copy holding this batch (store/day_copies.py), NULL until its day is compacted.
-    copy_key: Mapped[str | None] = mapped_column(String(120), nullable=True, index=True)
+    # The blob key of the standalone Parquet part holding this batch's payload bytes (store/day_copies.py): set when
+    # its closed day is compacted, NULL while the payload is still inside the segment. Either way the envelope is
+    # read back byte for byte through SegmentReader.envelope (store/segments.py).
+    payload_key: Mapped[str | None] = mapped_column(String(160), nullable=True, index=True)
 
 
 class BatchRefusal(Base):
@@ -713,6 +715,20 @@ class RetentionErasure(Base):
     offset: Mapped[int] = mapped_column(BigInteger)
     length: Mapped[int] = mapped_column(Integer)
     files: Mapped[str] = mapped_column(Text, default="[]")  # JSON: frame blobs, packages, bundles to remove
+
+
+class PayloadReclaim(Base):
+    """A segment range whose payload now lives in its part, not yet reclaimed (crash-safe queue of compaction).
+
+    Inserted in the transaction that sets ``BatchRecord.payload_key``, removed once the range is a hole (local) or
+    zeroed/deleted (object storage); a compaction run first finishes the rows a killed one left.
+    """
+
+    __tablename__ = "payload_reclaims"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    segment: Mapped[str] = mapped_column(String(200))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
 
 
 class RetentionWithheld(Base):

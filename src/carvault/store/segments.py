@@ -13,26 +13,92 @@ Batches live under the ``segments/`` keys of the region's blob store; the metada
 Either way a segment is a plain concatenation of batch envelopes (self-delimiting, see ``carvault.protocol``), a
 failed write leaves nothing a reader could mistake for a batch, and bytes written but never indexed (a crash
 between the write and the DB commit) are unreferenced and harmless. Erasing a batch zeroes its exact range, so
-other batches' offsets never move; on object storage the object is rewritten with the range zeroed, and deleted
-once nothing but zeros is left in it.
+other batches' offsets never move (locally the range becomes a hole, ``fallocate`` PUNCH_HOLE, where the file
+system can); on object storage the object is rewritten with the range zeroed, and deleted once nothing but zeros is
+left in it.
+
+Shared bytes (issue 12): once a batch's UTC day is closed, compaction (store/day_copies.py) moves the envelope's
+payload — a Parquet file — out to its own blob, ``BatchRecord.payload_key``, the query copy of that batch. What the
+segment keeps is the *skeleton*, the envelope without its payload: locally in place, the payload range punched out
+(prefix · hole · signature, offsets unchanged); on object storage in an object of its own,
+``segments/skel-<batch hash>.cvseg`` (prefix · signature), the row repointed to it. ``SegmentReader.envelope`` puts
+the original envelope back together byte for byte whichever way it is stored; every reader of evidence goes
+through it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import itertools
 import os
+import struct
 import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from carvault.durable import fsync_dir
 from carvault.errors import Unavailable
+from carvault.protocol import MAGIC, SIGNATURE_LEN
 from carvault.store.blobs import BlobNotFound, BlobStore
 
 #: The key prefix of evidence in the blob store.
 PREFIX = "segments/"
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+class Located(Protocol):
+    """Where a batch's bytes are: what the batch index row says (``BatchRecord`` and the read models built on it)."""
+
+    segment: str
+    offset: int
+    length: int  # the whole envelope's length, wherever its payload is
+    payload_key: str | None
+
+
+def skeleton_name(batch_hash: str) -> str:
+    """The segment (object storage) holding a compacted batch's skeleton: one name per batch, so replicas agree."""
+    return f"skel-{batch_hash}.cvseg"
+
+
+def payload_range(prefix: bytes) -> tuple[int, int]:
+    """(offset within the envelope, length) of the payload, from the envelope's first ``8 + H + 8`` bytes."""
+    if len(prefix) < 16 or prefix[:4] != MAGIC:
+        raise Unavailable("a stored batch does not start like an envelope")
+    (hlen,) = struct.unpack_from(">I", prefix, 4)
+    if len(prefix) < 16 + hlen:
+        raise Unavailable("a stored batch's header is cut short")
+    (plen,) = struct.unpack_from(">Q", prefix, 8 + hlen)
+    return 16 + hlen, plen
+
+
+def _libc_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Make a range of an open file read as zeros, freeing its whole blocks (a hole) where the file system can.
+
+    The file keeps its size and every other byte its offset; where holes are not supported, zeros are written.
+    """
+    if length <= 0:
+        return
+    if _FALLOCATE is not None and _FALLOCATE(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    os.pwrite(fd, bytes(length), offset)
 
 
 def _folder(blobs: BlobStore) -> Path | None:
@@ -48,7 +114,7 @@ def _writer_id(writer_id: str | None) -> str:
 
 
 def zero_ranges(path: Path, ranges: Sequence[tuple[int, int]]) -> int:
-    """Overwrite (offset, length) ranges of a file with zeros in place, then fsync once; return the bytes.
+    """Make (offset, length) ranges of a file zeros in place (holes where possible), then fsync once; return the bytes.
 
     In place, so other batches' offsets never move. A file already gone counts nothing.
     """
@@ -58,7 +124,7 @@ def zero_ranges(path: Path, ranges: Sequence[tuple[int, int]]) -> int:
         return 0
     try:
         for offset, length in ranges:
-            os.pwrite(fd, bytes(length), offset)
+            punch(fd, offset, length)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -233,6 +299,58 @@ class SegmentReader:
         if len(data) != length:
             raise Unavailable(f"segment {segment} is shorter than its index says")
         return data
+
+    def envelope(self, rec: Located) -> bytes:
+        """The exact envelope of one batch as the car (or region) signed it, wherever its payload lives now.
+
+        The one function that reads evidence: incident packages, portability bundles, verification, completeness,
+        retention, frames and window reads all call it. Unavailable when the bytes cannot be read back whole.
+        """
+        if rec.payload_key is None:
+            return self.read(rec.segment, rec.offset, rec.length)
+        payload = self.payload(rec.payload_key)
+        keep = rec.length - len(payload)  # the skeleton: prefix and signature
+        if keep < 16 + SIGNATURE_LEN:
+            raise Unavailable(f"payload {rec.payload_key} is longer than its batch")
+        if self.directory is None:
+            skeleton = self.read(rec.segment, rec.offset, keep)
+            prefix, signature = skeleton[: keep - SIGNATURE_LEN], skeleton[keep - SIGNATURE_LEN :]
+        else:
+            fd = self._fd(rec.segment)
+            prefix = os.pread(fd, keep - SIGNATURE_LEN, rec.offset)
+            signature = os.pread(fd, SIGNATURE_LEN, rec.offset + rec.length - SIGNATURE_LEN)
+        start, plen = payload_range(prefix)
+        if start != len(prefix) or plen != len(payload):
+            raise Unavailable(f"the skeleton of the batch in {rec.segment} does not frame its payload")
+        return b"".join((prefix, payload, signature))
+
+    def payload(self, key: str) -> bytes:
+        """The bytes of a payload part (a compacted batch's Parquet payload)."""
+        try:
+            return self.blobs.get(key)
+        except BlobNotFound:
+            raise Unavailable(f"payload {key} is missing from the blob store") from None
+
+    def skeleton(self, rec: Located, envelope: bytes, batch_hash: str) -> tuple[str, int]:
+        """Make the segment keep only the skeleton of ``envelope`` (its payload already durable in its part).
+
+        Object storage: the skeleton is written to its own object (same name and bytes on every replica) and
+        (segment, offset) of it returned for the row; locally nothing moves, the same place is returned and the
+        payload range is reclaimed after the row names the part (``reclaim_range``).
+        """
+        if self.directory is not None:
+            return rec.segment, rec.offset
+        start, plen = payload_range(envelope[:65_600])
+        name = skeleton_name(batch_hash)
+        self.blobs.put(PREFIX + name, envelope[:start] + envelope[start + plen :])
+        return name, 0
+
+    def reclaim_range(self, rec: Located, envelope: bytes) -> tuple[str, int, int]:
+        """The (segment, offset, length) to reclaim once a batch's row names its part instead of the old place."""
+        if self.directory is not None:
+            start, plen = payload_range(envelope[:65_600])
+            return rec.segment, rec.offset + start, plen
+        return rec.segment, rec.offset, rec.length
 
     def erase(self, segment: str, ranges: Sequence[tuple[int, int]]) -> int:
         """Overwrite (offset, length) ranges of one segment with zeros durably; return the bytes erased.

@@ -6,8 +6,9 @@ releases the GIL while decoding).
 
 Samples past their category's retention period are withheld here, the one place every read of telemetry
 passes (windows, exports, timeline, route): ``withheld`` names, per signal path, the time before which its
-samples are no longer served (compliance/retention.py); a query copy rebuilt from the evidence leaves out the
-columns a whole batch has outlived.
+samples are no longer served (compliance/retention.py); a per-batch copy rebuilt from the evidence leaves out the
+columns a whole batch has outlived. Batches of compacted days are read from their payload parts (store/day_copies.py),
+only the columns asked for; the parts are evidence too, so withholding is applied to what is read from them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from carvault.errors import InvalidQuery
+from carvault.errors import InvalidQuery, Unavailable
 from carvault.protocol import TIME_TYPE, payload_view
 from carvault.signals import Signal
+from carvault.store.day_copies import PREFIX as COPIES
 from carvault.store.day_copies import Compacted, DayCopies
 from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import BatchRecord, Database
@@ -52,7 +54,7 @@ class BatchRef:
     columns: frozenset[str]
     batch_hash: str
     attested_by: str | None = None  # the region that attests a batch it built (docs/protocol.md §9); None: car-signed
-    copy_key: str | None = None  # the compact query copy holding it (store/day_copies.py); None: read it alone
+    payload_key: str | None = None  # its payload part once its day is compacted (store/day_copies.py)
 
 
 class TelemetryStore:
@@ -72,7 +74,7 @@ class TelemetryStore:
         self.segments = segments
         self.derived = derived
         self.withheld = withheld
-        self.days = days  # the compact per-day copies (issue 12); None reads every batch alone
+        self.days = days  # the payload parts of closed days (issue 12); None reads every batch from its envelope
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="telemetry-read")
 
     def batches(self, vin: str, start_ms: int, end_ms: int, kind: str | None = "telemetry") -> list[BatchRef]:
@@ -87,7 +89,7 @@ class TelemetryStore:
             BatchRecord.columns,
             BatchRecord.batch_hash,
             BatchRecord.attested_by,
-            BatchRecord.copy_key,
+            BatchRecord.payload_key,
         ).where(BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
         if kind is not None:
             q = q.where(BatchRecord.kind == kind)
@@ -104,7 +106,7 @@ class TelemetryStore:
                 frozenset(r.columns.split(",")),
                 r.batch_hash,
                 r.attested_by,
-                r.copy_key,
+                r.payload_key,
             )
             for r in rows
         ]
@@ -122,30 +124,21 @@ class TelemetryStore:
         cutoffs = self.withheld() if self.withheld is not None else {}
 
         def load(ref: BatchRef) -> pa.Table:
-            copy = self.batch_table(vin, ref, cutoffs)
-            have = set(copy.column_names)
-            part = copy.select(["t"] + [p for p in wanted if p in ref.columns and p in have])
+            part = None
+            if ref.payload_key is not None and self.days is not None:  # a compacted day: the part's columns only
+                part = self.days.read(ref.payload_key, [p for p in wanted if p in ref.columns])
+            if part is None:
+                copy = self.batch_table(vin, ref, cutoffs)
+                have = set(copy.column_names)
+                part = copy.select(["t"] + [p for p in wanted if p in ref.columns and p in have])
             # Rows of a batch are strictly increasing in t: cut the window with a zero-copy slice.
             t = part.column("t").cast(pa.int64()).to_numpy()
             a, b = np.searchsorted(t, [start_ms, end_ms])
             part = part.slice(int(a), int(b - a))
             return withhold(part, cutoffs) if cutoffs else part
 
-        parts: list[pa.Table] = []
-        alone = refs
-        if self.days is not None and any(r.copy_key for r in refs):
-            # Compacted days first (one read per copy); batches whose copy is missing are read alone.
-            alone = [r for r in refs if not r.copy_key]
-            for key in dict.fromkeys(r.copy_key for r in refs if r.copy_key):
-                assert key is not None
-                part = self.days.read(key, start_ms, end_ms, wanted)
-                if part is None:
-                    alone += [r for r in refs if r.copy_key == key]
-                else:
-                    parts.append(withhold(part, cutoffs) if cutoffs else part)
-            alone.sort(key=lambda r: r.seq)
-        need_decode = [r for r in alone if not self.derived.path(vin, r.batch_hash).exists()]
-        parts += list(self._pool.map(load, alone)) if len(need_decode) > 2 else [load(r) for r in alone]
+        slow = sum(1 for r in refs if r.payload_key is not None or not self.derived.path(vin, r.batch_hash).exists())
+        parts = list(self._pool.map(load, refs)) if slow > 2 else [load(r) for r in refs]
         table = pa.concat_tables(parts, promote_options="default")
         if len(parts) > 1 and not _is_sorted(table):
             table = table.sort_by("t")
@@ -178,7 +171,7 @@ class TelemetryStore:
         """One batch's whole table: its per-batch copy, else decoded from the evidence (and the copy kept)."""
         copy = self.derived.read(vin, ref.batch_hash)
         if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
-            raw = self.segments.read(ref.segment, ref.offset, ref.length)
+            raw = self.segments.envelope(ref)
             copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
             outlived = [c for c in copy.column_names if cutoffs.get(c, 0) > ref.t1]
             if outlived:  # the copy never holds what the whole batch has outlived
@@ -187,37 +180,32 @@ class TelemetryStore:
         return copy
 
     def compact(self, now: int | None = None, limit: int = 1000) -> list[Compacted]:
-        """Compact every closed day holding batches without a compact copy (store/day_copies.py); oldest first.
+        """Move the payloads of every closed day into their parts (store/day_copies.py); oldest days first.
 
-        Each day's batches come from their per-batch copies or, failing those, their evidence; once the day's copy
-        is written, the per-batch copies are removed. Several replicas may run this at once: a day's copy has one
-        name for one set of batches, so they write the same bytes.
+        First the ranges a killed run left queued are reclaimed; then per day the parts are written and the rows
+        name them; the old ranges of the whole run are reclaimed together at the end (on object storage one rewrite
+        per group object, not one per vehicle-day). The per-batch derived copies of those batches go: their reads
+        take the part's columns now. Several replicas may run this at once (deterministic names, conditional rows).
         """
         if self.days is None:
             return []
         now = now if now is not None else int(time.time() * 1000)
-        self.days.sweep_cache()  # this replica's downloads of copies dropped anywhere (object storage)
-        cutoffs = self.withheld() if self.withheld is not None else {}
-        done = []
+        self.days.sweep_cache()  # this replica's downloads of parts erased anywhere (object storage)
+        self.days.reclaim()  # what a killed run left
+        done, queued = [], []
         for vin, day in self.days.open_days(now, limit):
-
-            def load(rec: BatchRecord, vin: str = vin) -> pa.Table:
-                ref = BatchRef(
-                    rec.seq, rec.t0, rec.t1, rec.segment, rec.offset, rec.length, frozenset(), rec.batch_hash
-                )
-                return self.batch_table(vin, ref, cutoffs)
-
             try:
-                result = self.days.compact(vin, day, load, cutoffs)
-            except Exception:  # noqa: BLE001 - one unreadable day (evidence being erased, damage) stops no other day
-                log.exception("compaction of %s on %s failed; it is read batch by batch and tried again", vin, day)
+                moved = self.days.write_parts(self.days.day_batches(vin, day, open_only=True))
+                queued += self.days.attach(moved)
+            except (OSError, Unavailable, pa.ArrowException):  # one unreadable day stops no other day
+                log.exception("compaction of %s on %s failed; it stays in its segments and is tried again", vin, day)
                 continue
-            if result is None:
-                continue
-            for rec in self.days.day_batches(vin, day):
-                if rec.copy_key == result.key:
-                    self.derived.discard(vin, rec.batch_hash)
-            done.append(result)
+            self.days.blobs.delete_prefix(f"{COPIES}/vin={vin}/day={day.isoformat()}/rate=")  # earlier releases
+            for m in moved:
+                self.derived.discard(vin, m.batch_hash)
+            if moved:
+                done.append(Compacted(vin, day, len(moved), sum(m.size for m in moved)))
+        self.days.reclaim(queued)
         return done
 
 
