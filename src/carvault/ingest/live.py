@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +28,7 @@ from carvault.errors import (
     TimestampOutOfSpan,
     Unauthenticated,
     UnknownSignal,
+    UnknownVehicle,
     ValueOutOfRange,
     WrongSignalType,
 )
@@ -39,7 +40,7 @@ from carvault.protocol.columns import TIME_TYPE
 from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, BatchHeader
 from carvault.protocol.live import LiveFrame, decode_frame
 from carvault.signals import Catalogue
-from carvault.store.metadata import Database
+from carvault.store.metadata import ConsentRecord, Database, Vehicle
 
 Scalar = bool | int | float | str | None
 
@@ -365,6 +366,24 @@ class LiveHub:
 
 # ---------------------------------------------------------------------------------------------- the car channel
 POLICY_TTL_MS = 1000  # a consent stop reaches live frames within a second (a batch reads it afresh each time)
+POLICY_CHUNK = 500  # vehicles per read of the streaming cars' policies
+_V = Vehicle.__table__
+_C = ConsentRecord.__table__
+# What a live frame's checks need of the database, for many streaming cars in one read: the ignition counter and
+# which consent decisions are on record (append-only rows: their count and newest id name the policy exactly, as
+# the gateway's batch head read says).
+_LIVE_HEADS = (
+    select(
+        _V.c.vin,
+        _V.c.ignition_cycle,
+        _V.c.ignition_seen_ms,
+        func.count(_C.c.id).label("decisions"),
+        func.max(_C.c.id).label("newest"),
+    )
+    .select_from(_V.outerjoin(_C, _C.c.vin == _V.c.vin))
+    .where(_V.c.vin.in_(bindparam("vins", expanding=True)))
+    .group_by(_V.c.vin, _V.c.ignition_cycle, _V.c.ignition_seen_ms)
+)
 EVIDENCE_TTL_MS = 30 * 60 * 1000  # frame hashes kept for root checks and proofs: 5-minute batches, late uploads
 HASH_LEN = 32
 _TAGS = {bool: "boolean", int: "integer", float: "float", str: "string"}
@@ -510,6 +529,9 @@ class LiveChannel:
         self._last: dict[str, int] = {}  # vin -> highest counter accepted here
         self.connections = 0  # cars with a live channel open to this replica (web/routes/live.py counts them)
         self._policies: dict[str, tuple[int, Policy, tuple[int | None, int | None]]] = {}
+        self._used: dict[str, int] = {}  # vin -> when a frame last needed its policy
+        self._refresh = threading.Lock()
+        self.policy_reads = 0  # reads of streaming cars' policies (each for up to POLICY_CHUNK cars)
 
     def admit(self, vin: str) -> None:
         """A car may stream here only if it lives here (``WrongRegion`` / ``UnknownVehicle`` otherwise)."""
@@ -517,14 +539,55 @@ class LiveChannel:
         self.gateway.vehicle_key(vin)
 
     def _policy(self, vin: str, at_ms: int) -> tuple[Policy, tuple[int | None, int | None]]:
+        """The car's consent policy and ignition counter, read less than ``POLICY_TTL_MS`` ago.
+
+        One read renews them for this car and every car that streamed here lately and is past half that age, so a
+        replica with many streaming cars reads their policies a few times a second in all, not once a car.
+        """
+        self._used[vin] = at_ms
         kept = self._policies.get(vin)
         if kept is not None and at_ms - kept[0] < POLICY_TTL_MS:
             return kept[1], kept[2]
-        head = self.gateway._head(vin, 0)  # one read: the decisions on record and the ignition counter
-        policy = self.gateway._policy(vin, head)  # the policy is built again only when the decisions changed
-        previous = (head["ignition_cycle"], head["ignition_seen_ms"])
-        self._policies[vin] = (at_ms, policy, previous)
-        return policy, previous
+        with self._refresh:
+            kept = self._policies.get(vin)
+            if kept is None or now_ms() - kept[0] >= POLICY_TTL_MS:  # not renewed by another thread meanwhile
+                self._renew(vin)
+            kept = self._policies.get(vin)
+        if kept is None:
+            self._used.pop(vin, None)
+            raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.gateway.settings.region}", vin=vin)
+        return kept[1], kept[2]
+
+    def _renew(self, vin: str) -> None:
+        """Read the policies of ``vin`` and of the other cars streaming here that are past half their age."""
+        read_ms = now_ms()
+        horizon = read_ms - 2 * POLICY_TTL_MS
+        streaming = list(self._used.items())  # one copy: frame checks on other threads keep adding to it
+        for other, used in streaming:
+            if used < horizon:  # stopped streaming: forget it
+                self._used.pop(other, None)
+                self._policies.pop(other, None)
+        due = [vin] + [
+            v
+            for v, used in streaming
+            if v != vin
+            and used >= horizon
+            and (k := self._policies.get(v)) is not None
+            and read_ms - k[0] >= POLICY_TTL_MS // 2
+        ]
+        found = set()
+        with self.gateway.db.connection() as conn:
+            for i in range(0, len(due), POLICY_CHUNK):
+                rows = conn.execute(_LIVE_HEADS, {"vins": due[i : i + POLICY_CHUNK]}).all()
+                self.policy_reads += 1
+                for row in rows:
+                    head = {"decisions": row.decisions, "newest": row.newest}
+                    policy = self.gateway._policy(row.vin, head)  # built again only when the decisions changed
+                    self._policies[row.vin] = (read_ms, policy, (row.ignition_cycle, row.ignition_seen_ms))
+                    found.add(row.vin)
+        for v in due:
+            if v not in found:  # no longer provisioned here
+                self._policies.pop(v, None)
 
     def check(self, vin: str, data: bytes) -> LiveFrame | None:
         """Every check of one frame from the car connected as ``vin``; None for a counter already accepted."""
