@@ -668,34 +668,42 @@ def time_windows_http(
 
 # ---------------------------------------------------------------------------------------- storage
 def _dir_bytes(path: Path, pattern: str = "*") -> int:
-    return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
+    """Bytes the files allocate on disk (st_blocks × 512): a punched-out range (a compacted payload) counts nothing."""
+    return sum(p.stat().st_blocks * 512 for p in path.glob(pattern) if p.is_file())
 
 
 def storage_figures(data_dir: Path, samples: int) -> dict[str, Any]:
-    """Bytes on disk: segments (the evidence), the metadata DB (checkpointed) and the log."""
+    """Bytes allocated on disk: the evidence (segments and, for compacted days, the payload parts they share with the
+    query copies), the metadata DB (checkpointed) and the log, and the query-only copies of open days."""
     db = data_dir / "metadata.sqlite3"
     with sqlite3.connect(db, timeout=30) as conn:
         # Fold the WAL into the main file so its size is the DB's, not the WAL's high-water mark.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         stored = conn.execute("SELECT COALESCE(SUM(samples), 0), COUNT(*) FROM batches").fetchone()
     seg = _dir_bytes(data_dir / "segments", "*.cvseg")
+    # Payload parts (store/day_copies.py): evidence and query copy at once, counted once, as evidence.
+    parts = _dir_bytes(data_dir / "copies", "*/*/part-*.parquet")
     meta = _dir_bytes(data_dir, "metadata.sqlite3*")
     log = _dir_bytes(data_dir / "log")
-    # Query copies: per-batch Arrow files of days not compacted yet (store/derived.py) and the compact per-day
-    # Parquet copies (store/day_copies.py). Not evidence, but disk all the same.
-    derived = _dir_bytes(data_dir / "derived", "*/*.arrow") + _dir_bytes(data_dir / "copies", "**/*.parquet")
+    # Query-only copies: per-batch Arrow files of days not compacted yet (store/derived.py), and any re-encoded day
+    # files an earlier release left (copies/.../rate=*/). Not evidence, but disk all the same.
+    derived = _dir_bytes(data_dir / "derived", "*/*.arrow") + _dir_bytes(data_dir / "copies", "*/*/rate=*/*.parquet")
     if int(stored[0]) != samples:
         raise BenchError(f"the batch index holds {stored[0]} samples, the dataset {samples}")
+    evidence = seg + parts
     return {
         "samples": samples,
         "batches": int(stored[1]),
         "segment_bytes": seg,
+        "part_bytes": parts,
+        "evidence_bytes": evidence,
         "metadata_db_bytes": meta,
         "log_bytes": log,
         "derived_bytes": derived,
-        "bytes_per_sample": seg / samples,
-        "bytes_per_sample_with_metadata": (seg + meta + log) / samples,
-        "bytes_per_sample_with_derived": (seg + meta + log + derived) / samples,
+        "bytes_per_sample": evidence / samples,
+        "bytes_per_sample_with_metadata": (evidence + meta + log) / samples,
+        "bytes_per_sample_with_derived": (evidence + meta + log + derived) / samples,
+        "query_copy_bytes_per_sample": derived / samples,
     }
 
 
@@ -1252,15 +1260,18 @@ def _storage_window_lines(result: dict[str, Any]) -> list[str]:
     """What was measured: storage and window reads."""
     c, d, det = result["config"], result["dataset"], result["details"]
     win = det["window"]
+    st = det["storage"]
+    evidence = st.get("evidence_bytes", st["segment_bytes"])
     return [
-        f"- **Storage**: segment bytes (the exact signed batches, the evidence) / samples after the "
-        f"{d['samples']:,}-sample ingest: {det['storage']['segment_bytes']:,} B. With the metadata DB "
-        f"(checkpointed) and the transparency log: "
-        f"{det['storage']['segment_bytes'] + det['storage']['metadata_db_bytes'] + det['storage']['log_bytes']:,} B;"
-        f" the query copies add {det['storage'].get('derived_bytes', 0):,} B as written at ingest (per-batch Arrow, "
-        f"`store/derived.py`) and {det.get('storage_compacted', {}).get('derived_bytes', 0):,} B once compacted "
-        f"into per-day Parquet (`store/day_copies.py`; {det.get('compaction', {}).get('days', 0)} vehicle-days in "
-        f"{det.get('compaction', {}).get('seconds', 0)} s). Windows are read from the compacted copies.",
+        f"- **Storage** (bytes allocated on disk, st_blocks): the evidence (the exact signed batches) after the "
+        f"{d['samples']:,}-sample ingest: {evidence:,} B."
+        f" With the metadata DB (checkpointed) and the transparency log: "
+        f"{evidence + st['metadata_db_bytes'] + st['log_bytes']:,} B; the query copies add "
+        f"{st.get('derived_bytes', 0):,} B as written at ingest (per-batch "
+        f"Arrow, `store/derived.py`) and {det.get('storage_compacted', {}).get('derived_bytes', 0):,} B once the "
+        f"days are compacted: compaction moves each payload into its Parquet part (`store/day_copies.py`; "
+        f"{det.get('compaction', {}).get('days', 0)} vehicle-days in {det.get('compaction', {}).get('seconds', 0)} s),"
+        f" evidence and query copy at once. Windows are read from the parts.",
         f"- **Window**: {win['n']} random {c['window_minutes']:g}-minute windows, each starting at a random drive "
         f"row (uniform over driving time), one vehicle, all {len(BENCH_SIGNALS)} signals, read with "
         f"`Region.telemetry.window` in the bench process from a store of {det['store_samples']:,} samples, after 3 "
@@ -1503,7 +1514,7 @@ def _ingest_step(
 
 
 def compact_copies(data_dir: Path, samples: int, advance: Callable[[int], None]) -> dict[str, Any]:
-    """Compact every day of the store into its per-day Parquet copies (store/day_copies.py), timed in-process."""
+    """Compact every day of the store: payloads into their parts (store/day_copies.py), timed in-process."""
     from carvault.region import Region
     from carvault.settings import Settings
 

@@ -121,6 +121,11 @@ class DayCopies:
             tmp.replace(cached)
         return cached
 
+    def local_root(self) -> Path:
+        """The local folder the parts are read from as a Hive dataset (the store's, or the download cache's)."""
+        path = self.blobs.local_path(PREFIX)
+        return path if path is not None else self.cache_dir / PREFIX
+
     def read(self, key: str, columns: Sequence[str]) -> pa.Table | None:
         """``t`` and ``columns`` (those the part has) of one part; None when it cannot be read (the caller then
         reads the whole envelope, which says precisely what is wrong)."""
