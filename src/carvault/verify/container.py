@@ -43,6 +43,7 @@ FIXED_NAMES = frozenset(
         "log/checkpoint.txt",
         "log/proofs.json",
         "log/consistency.json",
+        "log/witnessed.json",
         "trust.json",
         "coverage.json",
         "data/window.csv",

@@ -236,6 +236,32 @@ def parse_consistency(data: bytes) -> list[ConsistencyEntry]:
 
 
 @dataclass(frozen=True)
+class Witnessed:
+    """log/witnessed.json: a later checkpoint the witnesses cosigned, and the consistency proof from the package's
+    tree (``old_size``) to it. Added after the package was built, so outside the manifest: it proves itself."""
+
+    checkpoint: str
+    old_size: int
+    new_size: int
+    proof: tuple[bytes, ...]
+
+
+def parse_witnessed(data: bytes) -> Witnessed:
+    """log/witnessed.json."""
+    what = "log/witnessed.json"
+    doc = obj(load_json(data, what), what)
+    note = member(doc, "checkpoint", str, what)
+    if len(note) > 64 * 1024:
+        raise DocumentError(f"{what}: 'checkpoint' is longer than a checkpoint note can be")
+    return Witnessed(
+        note,
+        nonneg(doc, "old_size", what),
+        nonneg(doc, "new_size", what),
+        _hashes(member(doc, "proof", list, what), what),
+    )
+
+
+@dataclass(frozen=True)
 class Coverage:
     """coverage.json: the batches and gaps the builder reported."""
 

@@ -17,7 +17,14 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from carvault.ledger.checkpoint import Checkpoint, VerifierKey, parse_vkey, verify_checkpoint, verify_cosignatures
+from carvault.ledger.checkpoint import (
+    Checkpoint,
+    VerifierKey,
+    parse_checkpoint,
+    parse_vkey,
+    verify_checkpoint,
+    verify_cosignatures,
+)
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, attested_by, fingerprint, vehicle_key_from_certificate
 from carvault.protocol import MAX_DECODED_BYTES, Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
@@ -42,10 +49,14 @@ from carvault.verify.documents import (
     parse_manifest,
     parse_proofs,
     parse_trust,
+    parse_witnessed,
 )
 
 MANIFEST_CONTEXT = b"carvault-package-manifest-v1\n"
 SIGNATURE_LEN = 64
+#: A later witnessed checkpoint and the consistency proof to it, added to a package after it was built (the region
+#: adds it once its witnesses have cosigned a tree holding the package's): outside the manifest, it proves itself.
+WITNESSED = "log/witnessed.json"
 #: Files every package holds (edr/part563.csv only with an event).
 REQUIRED = ("certs/vehicle.pem", "log/checkpoint.txt", "log/proofs.json", "trust.json", "coverage.json")
 
@@ -195,6 +206,7 @@ class _Run:
     key: Ed25519PublicKey | None = None
     envs: list[Envelope] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    witnessed: str | None = None  # log/witnessed.json's note, once it is proven to extend the package's tree
     witnesses: WitnessPolicy | None = None
 
     def add(self, name: str, ok: bool | None, detail: str) -> None:
@@ -383,10 +395,11 @@ def check_manifest_signature(run: _Run) -> None:
 
 
 def check_files(run: _Run) -> None:
-    """Every file is listed in the manifest with its SHA-256, and nothing else is in the package."""
+    """Every file is listed in the manifest with its SHA-256, and nothing else is in the package (but the
+    self-proving log/witnessed.json, which is added after the manifest was signed)."""
     files, listed = run.pkg.files, run.pkg.manifest.files
     bad = sorted(n for n, h in listed.items() if n not in files or hashlib.sha256(files[n]).hexdigest() != h)
-    extra = sorted(set(files) - set(listed))
+    extra = sorted(set(files) - set(listed) - {WITNESSED})
     ok = not bad and not extra
     detail = (
         "every file is listed with its SHA-256" if ok else f"changed or missing: {bad[:5]}; not listed: {extra[:5]}"
@@ -495,19 +508,57 @@ def check_checkpoint(run: _Run) -> None:
     run.add("checkpoint signature", True, f"{cp.origin} tree size {cp.size}, signed by {run.vkey.name}")
 
 
+def check_witnessed(run: _Run) -> None:
+    """log/witnessed.json, when present: a checkpoint signed by the log key whose tree extends the package's (RFC
+    9162 consistency from the package's size and root), so its witnesses' cosignatures cover the package too."""
+    data, cp, vkey = run.pkg.files.get(WITNESSED), run.checkpoint, run.vkey
+    if data is None or cp is None or vkey is None:
+        return
+    name = "later witnessed checkpoint"
+    try:
+        doc = parse_witnessed(data)
+        later = verify_checkpoint(doc.checkpoint, vkey.public_key, vkey.name, origin=run.pkg.manifest.log_origin)
+        if doc.old_size != cp.size or doc.new_size != later.size:
+            raise VerificationError(
+                "its sizes are not the package's and the checkpoint's",
+                expected=(cp.size, later.size),
+                actual=(doc.old_size, doc.new_size),
+            )
+        if later.size < cp.size:
+            raise VerificationError("its checkpoint is older than the package's", expected=cp.size, actual=later.size)
+        verify_consistency(cp.size, later.size, cp.root, later.root, list(doc.proof))
+    except DocumentError as e:
+        run.add(name, False, e.detail)
+        return
+    except (VerificationError, ValueError) as e:
+        run.add(name, False, f"{WITNESSED} does not prove a later tree of this log that extends the package's: {e}")
+        return
+    run.witnessed = doc.checkpoint
+    run.add(name, True, f"tree size {later.size}, signed by {vkey.name}, extends the package's tree size {cp.size}")
+
+
 def check_witnesses(run: _Run) -> None:
-    """At least ``quorum`` of the witnesses the verifier knows cosigned log/checkpoint.txt (C2SP cosignature/v1)."""
+    """At least ``quorum`` of the witnesses the verifier knows cosigned log/checkpoint.txt, or the later checkpoint
+    of log/witnessed.json that extends it (C2SP cosignature/v1)."""
     policy, cp = run.witnesses, run.checkpoint
     if policy is None or not policy.keys or cp is None:
         return
     name = "witness cosignatures"
-    try:
-        found = verify_cosignatures(run.pkg.files["log/checkpoint.txt"], list(policy.keys))
-    except (VerificationError, ValueError) as e:
-        run.add(name, False, f"a cosignature by a known witness does not verify (tampered?): {e}")
-        return
+    notes = [(run.pkg.files["log/checkpoint.txt"], cp.size)]
+    if run.witnessed is not None:
+        notes.append((run.witnessed.encode(), parse_checkpoint(run.witnessed).size))
+    counted = []
+    for note, size in notes:
+        try:
+            counted.append((verify_cosignatures(note, list(policy.keys)), size))
+        except (VerificationError, ValueError) as e:
+            run.add(name, False, f"a cosignature by a known witness does not verify (tampered?): {e}")
+            return
+    found, size = max(counted, key=lambda fs: len(fs[0]))  # the package's own tree first when as well witnessed
     names = ", ".join(sorted(c.name for c in found)) or "none"
-    detail = f"{len(found)} of the {len(policy.keys)} witnesses you know cosigned tree size {cp.size} ({names})"
+    detail = f"{len(found)} of the {len(policy.keys)} witnesses you know cosigned tree size {size} ({names})"
+    if size != cp.size:
+        detail += f", which extends the package's tree size {cp.size} ({WITNESSED})"
     if len(found) >= policy.quorum:
         run.add(name, True, f"{detail}; {policy.quorum} required")
     else:
@@ -660,6 +711,7 @@ CHECKS: tuple[Callable[[_Run], None], ...] = (
     check_batches,
     check_chain,
     check_checkpoint,
+    check_witnessed,
     check_witnesses,
     check_inclusion,
     check_consistency_document,
