@@ -481,13 +481,14 @@ def hold(
 
 @app.command()
 def compact(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
-    """Compact every closed day into the compact query copies (store/day_copies.py), e.g. from cron."""
+    """Move closed days' payloads into their Parquet parts, evidence and query copy at once (store/day_copies.py)."""
     from carvault.region import Region
 
     with Region(_settings(data_dir, region, database_url)) as r, console.status("compacting closed days"):
         done = r.telemetry.compact(limit=1_000_000)
     size = sum(c.bytes for c in done)
-    console.print(f"{len(done)} vehicle-days compacted ({sum(c.batches for c in done)} batches, {size:,} bytes)")
+    batches = sum(c.batches for c in done)
+    console.print(f"{len(done)} vehicle-days compacted ({batches} batches, {size:,} payload bytes)")
 
 
 @app.command("copy-blobs")
