@@ -13,7 +13,12 @@ erased seqs), retention withholding and legal holds. A stretch of time without r
 - ``deleted`` — the batches are missing from the chain because the owner's deletion request erased them;
 - ``retention_erased`` — missing because a retention purge erased them (its run and the erased seqs);
 - ``missing_from_chain`` — seqs missing with no record that explains them (should never happen; shown if it does);
-- ``not_yet_received`` — after the newest batch the region holds: still in the car, or never made.
+- ``not_yet_received`` — after the newest batch the region holds: still in the car, or never made;
+- ``not_available`` — a grant holder's report only: data is missing, and why is the owner's own business. A grant
+  holder learns that data is missing and when, never why when the why is the owner's private act: batches erased
+  by the owner's deletion request (and, so that the neutral word does not single them out, seqs missing without a
+  record) read ``not_available``; the owner's deletion requests, the software versions and the signals that
+  appeared or vanished with an update are in the owner's report only.
 
 Per category: periods with consent off (``consent_off``) and batches whose category is withheld by retention.
 Per signal: samples present against samples expected (the catalogue rate times the seconds the car was sending and
@@ -85,7 +90,11 @@ DELETED = "deleted"
 RETENTION_ERASED = "retention_erased"
 MISSING = "missing_from_chain"
 NOT_YET_RECEIVED = "not_yet_received"
-REASONS = (NOT_SENT, REFUSED, DELETED, RETENTION_ERASED, MISSING, NOT_YET_RECEIVED)
+NOT_AVAILABLE = "not_available"
+REASONS = (NOT_SENT, REFUSED, DELETED, RETENTION_ERASED, MISSING, NOT_YET_RECEIVED, NOT_AVAILABLE)
+# What a grant holder's report says instead of a reason that is the owner's private act (and of the one reason
+# that would then single it out by elimination).
+GRANT_HOLDER_REASONS = {DELETED: NOT_AVAILABLE, MISSING: NOT_AVAILABLE}
 CSV_FIELDS = ("scope", "start_utc", "end_utc", "seconds", "reason", "detail")
 
 
@@ -186,8 +195,9 @@ class _Batch:
     length: int
     payload_key: str | None  # where its payload is once compacted (store/day_copies.py)
 
-    def to_json(self) -> dict[str, Any]:
-        """The batch as the report lists it (what ``carvault verify completeness`` checks against the log)."""
+    def to_json(self, owner: bool = True) -> dict[str, Any]:
+        """The batch as the report lists it (what ``carvault verify completeness`` checks against the log); a grant
+        holder's report leaves its software version out (``null``)."""
         return {
             "seq": self.seq,
             "kind": self.kind,
@@ -197,7 +207,7 @@ class _Batch:
             "log_index": self.log_index,
             "leaf_hash": self.leaf_hash.hex() if self.leaf_hash else None,
             "samples": self.samples,
-            "software_version": self.software_version,
+            "software_version": self.software_version if owner else None,
         }
 
 
@@ -248,6 +258,7 @@ class _Context:
     def __init__(self, service: Completeness, access: Access, start_ms: int, end_ms: int, now: int) -> None:
         self.vin = access.vin
         self.owner_id = access.vehicle.owner_id
+        self.is_owner = access.view.is_owner
         self.start_ms, self.end_ms, self.now = start_ms, end_ms, now
         db = service.db
         with db.session() as s:
@@ -383,6 +394,7 @@ class Completeness:
         times = self._row_times(ctx)
         gaps = self._gaps(ctx, times, start_ms, min(end_ms, max(now, start_ms)), GAP_MS, "window")
         drives = self._drives(ctx, access)
+        owner = access.view.is_owner
         body: dict[str, Any] = {
             "format": REPORT_FORMAT,
             "version": REPORT_VERSION,
@@ -406,14 +418,14 @@ class Completeness:
             "drives": drives,
             "categories": self._categories(ctx, signals, policy, times),
             "refusals": [self._refusal_json(r) for r in ctx.refusals],
-            "deletions": [self._deletion_json(r) for r in ctx.deletions if r.status == "completed"],
+            "deletions": [self._deletion_json(r) for r in ctx.deletions if r.status == "completed"] if owner else [],
             "retention_purges": [
                 {"first_seq": lo, "last_seq": hi, "run_id": run, "at_ms": at, "at_utc": utc(at)}
                 for lo, hi, run, at in ctx.purged
             ],
-            "holds": [self._hold_json(h, access.view.is_owner) for h in ctx.holds],
-            "software": self.software(ctx.vin, start_ms, end_ms),
-            "batches": [b.to_json() for b in ctx.batches],
+            "holds": [self._hold_json(h, owner) for h in ctx.holds],
+            "software": self.software(ctx.vin, start_ms, end_ms) if owner else [],
+            "batches": [b.to_json(owner) for b in ctx.batches],
         }
         return signed_record(body, REPORT_CONTEXT, self.log_key, self.log_vkey)
 
@@ -489,7 +501,13 @@ class Completeness:
         }
         stored = self._stored_between(ctx.vin, lo_seq, hi_seq)  # event and media batches sit in the chain too
         if hi_seq >= lo_seq and stored < hi_seq - lo_seq + 1:  # the car made batches here the region does not hold
-            return {**gap, **self._explain_missing(ctx, lo_seq, hi_seq, {**detail, "stored_in_range": stored})}
+            found = self._explain_missing(ctx, lo_seq, hi_seq, {**detail, "stored_in_range": stored})
+            if not ctx.is_owner and found["reason"] in GRANT_HOLDER_REASONS:
+                found = {
+                    "reason": GRANT_HOLDER_REASONS[found["reason"]],
+                    "detail": {k: v for k, v in found["detail"].items() if k != "deletion_requests"},
+                }
+            return {**gap, **found}
         if refused:
             return {
                 **gap,
@@ -585,7 +603,7 @@ class Completeness:
                     "distance_m": round(d.distance_m, 1),
                     "gaps": holes,
                     "signals": per_signal,
-                    "software_version": self._version_at(ctx, d.start_ms),
+                    "software_version": self._version_at(ctx, d.start_ms) if ctx.is_owner else None,
                 }
             )
         return out

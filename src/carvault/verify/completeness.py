@@ -37,7 +37,15 @@ from carvault.verify.documents import DocumentError, load_json
 
 REPORT_FORMAT = "carvault-completeness-report"
 REPORT_CONTEXT = b"carvault-completeness-report-v1\n"
-REASONS = ("not_sent", "refused", "deleted", "retention_erased", "missing_from_chain", "not_yet_received")
+REASONS = (
+    "not_sent",
+    "refused",
+    "deleted",
+    "retention_erased",
+    "missing_from_chain",
+    "not_yet_received",
+    "not_available",  # a grant holder's report: missing, and why is the owner's business
+)
 EXIT_OK, EXIT_FAILED, EXIT_NOT_ANCHORED, EXIT_UNREADABLE, EXIT_USAGE = 0, 1, 2, 3, 4
 _MARKS = {True: "holds", False: "FAILS", None: "note"}
 
