@@ -366,6 +366,8 @@ class PackageBuilder:
         if later is None:
             return data
         size = parse_checkpoint(later).size
+        if size > self.region.log.size:  # this process has not caught up with the log yet: next time
+            return data
         proof = self.region.log.consistency_proof(row.tree_size, size) if row.tree_size < size else []
         doc = {
             "checkpoint": later,
