@@ -247,8 +247,8 @@ class Region:
 
     def _batch_kept(self, vin: str, batch_hash: str) -> bool:
         """Whether a batch is still stored (a query copy of a deleted batch is removed as soon as it is written)."""
-        with self.db.session() as s:
-            found = s.scalar(
+        with self.db.connection() as conn:  # one read per ingested batch: Core, no session (issue 10)
+            found = conn.scalar(
                 select(BatchRecord.seq).where(BatchRecord.vin == vin, BatchRecord.batch_hash == batch_hash).limit(1)
             )
         return found is not None

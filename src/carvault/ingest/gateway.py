@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import RowMapping, Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
+from carvault.access.places import check_masked
 from carvault.compliance.consent import ROUTINE_KINDS, Policy, check_batch, ignition_summary
 from carvault.compliance.residency import RegionDirectory, Residency
 from carvault.errors import (
@@ -44,6 +45,7 @@ from carvault.errors import (
 )
 from carvault.ingest.validation import PayloadSummary, validate_payload
 from carvault.ledger.leaves import RECOVERY_TAIL, log_batches
+from carvault.location import Place
 from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, Envelope, decode_envelope, receipt_json
 from carvault.settings import Settings
@@ -54,6 +56,7 @@ from carvault.store.metadata import (
     BatchRefusal,
     ConsentRecord,
     Database,
+    OwnerPlaceRecord,
     Vehicle,
     VehicleEvent,
     now_ms,
@@ -72,11 +75,15 @@ _VEHICLES = cast(Table, Vehicle.__table__)
 _BATCHES = cast(Table, BatchRecord.__table__)
 _EVENTS = cast(Table, VehicleEvent.__table__)
 _CONSENTS = cast(Table, ConsentRecord.__table__)
+_PLACES = cast(Table, OwnerPlaceRecord.__table__)
 
 # What the checks need of the database, in one read: the chain head, the ignition counter, whether a batch
-# already holds this seq (then the batch is answered as a re-send, docs/protocol.md §3.4), and which consent
-# decisions are on record. Decisions are append-only (a stop is a new row), so their count and newest id name the
+# already holds this seq (then the batch is answered as a re-send, docs/protocol.md §3.4), which consent
+# decisions are on record, and the places the owner masks in the car (one row each; a single row of NULLs when
+# there are none). Decisions are append-only (a stop is a new row), so their count and newest id name the
 # vehicle's policy exactly: the policy is read again whenever they change, and a stop counts from the next batch.
+# Places are edited in place, so they are read with every batch, in the same round trip (issue 12: on PostgreSQL a
+# statement's cost is mostly its round trip).
 _DECISIONS = _CONSENTS.c.vin == _VEHICLES.c.vin
 _HEAD = (
     select(
@@ -87,12 +94,19 @@ _HEAD = (
         _BATCHES.c.id.label("taken"),
         select(func.count(_CONSENTS.c.id)).where(_DECISIONS).scalar_subquery().label("decisions"),
         select(func.max(_CONSENTS.c.id)).where(_DECISIONS).scalar_subquery().label("newest"),
+        _PLACES.c.lat.label("place_lat"),
+        _PLACES.c.lon.label("place_lon"),
+        _PLACES.c.radius_m.label("place_radius_m"),
     )
     .select_from(
-        _VEHICLES.outerjoin(_BATCHES, and_(_BATCHES.c.vin == _VEHICLES.c.vin, _BATCHES.c.seq == bindparam("seq")))
+        _VEHICLES.outerjoin(
+            _BATCHES, and_(_BATCHES.c.vin == _VEHICLES.c.vin, _BATCHES.c.seq == bindparam("seq"))
+        ).outerjoin(_PLACES, and_(_PLACES.c.owner_id == _VEHICLES.c.owner_id, _PLACES.c.mask_in_car == true()))
     )
     .where(_VEHICLES.c.vin == bindparam("vin"))
+    .order_by(_PLACES.c.id)
 )
+_HEAD_FIELDS = ("last_seq", "last_hash", "ignition_cycle", "ignition_seen_ms", "taken", "decisions", "newest")
 # Which of a group's batch hashes are stored already (re-sends that raced their original through the checks).
 _STORED = select(_BATCHES.c.batch_hash).where(_BATCHES.c.batch_hash.in_(bindparam("hashes", expanding=True)))
 # A vehicle's chain head moves over all of its batches in a group at once, only from the head they were checked
@@ -202,6 +216,10 @@ class RefusalRecord:
             except CarVaultError as e:
                 _log.warning("refusal of %s not recorded: %s", header.vin, e)
                 return
+
+
+class _HeadsMoved(Exception):
+    """Raised inside a group's transaction to roll it back: not every chain head moved (``Gateway._record``)."""
 
 
 class AppendOnlyLog(Protocol):
@@ -323,7 +341,8 @@ class Gateway:
         # The live extension (docs/protocol.md §8): checks a header's live_root against the frames received.
         self.live_root_check: Callable[[BatchHeader], None] | None = None
         # The owner's masked places (access/places.py), enforced here too: a routine batch or live frame with a
-        # position inside one is refused (``LocationInMaskedPlace``); set by the region.
+        # position inside one is refused (``LocationInMaskedPlace``); set by the region. Live frames call it; a
+        # batch's check reads the places with its chain head (``_HEAD``), so setting it turns that check on.
         self.places_check: Callable[[str, pa.Table], None] | None = None
         self.metrics: Metrics | None = None  # the region's counters (metrics.py), set by Region
         self.refusals = RefusalRecord(db)  # refusals of authenticated cars, for the completeness report
@@ -440,8 +459,8 @@ class Gateway:
             kind=h.kind,
             previous=(head["ignition_cycle"], head["ignition_seen_ms"]),
         )
-        if self.places_check is not None and h.kind in ROUTINE_KINDS:
-            self.places_check(h.vin, table)
+        if self.places_check is not None and h.kind in ROUTINE_KINDS and head["masked"]:
+            check_masked(table, head["masked"])  # the places came with the head: no read of their own
         pending = _Pending(env, summary, table, ignition_summary(table))
         self._queue.put(pending)
         return pending
@@ -467,15 +486,22 @@ class Gateway:
             self._keys[vin] = key
         return key
 
-    def _head(self, vin: str, seq: int) -> RowMapping:
-        """The vehicle's chain head and ignition counter, and ``taken``: the id of a batch with this seq, or None."""
+    def _head(self, vin: str, seq: int) -> dict[str, Any]:
+        """The vehicle's chain head and ignition counter, ``taken``: the id of a batch with this seq, or None, the
+        consent decisions on record (``decisions``, ``newest``) and ``masked``: the owner's masked places."""
         with self.db.connection() as conn:
-            head = conn.execute(_HEAD, {"vin": vin, "seq": seq}).mappings().first()
-        if head is None:
+            rows = conn.execute(_HEAD, {"vin": vin, "seq": seq}).all()
+        if not rows:
             raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.settings.region}", vin=vin)
+        head = dict(zip(_HEAD_FIELDS, rows[0], strict=False))
+        head["masked"] = tuple(
+            Place(float(r.place_lat), float(r.place_lon), float(r.place_radius_m))
+            for r in rows
+            if r.place_lat is not None and r.place_lon is not None and r.place_radius_m is not None
+        )
         return head
 
-    def _policy(self, vin: str, head: RowMapping) -> Policy:
+    def _policy(self, vin: str, head: Mapping[str, Any]) -> Policy:
         """The vehicle's consent policy as of ``head``'s read: kept while the decisions on record are the same."""
         on_record = (head["decisions"], head["newest"])
         kept = self._policies.get(vin)
@@ -531,7 +557,7 @@ class Gateway:
             duplicate=True,
         )
 
-    def _check_chain(self, env: Envelope, head: RowMapping | None = None) -> None:
+    def _check_chain(self, env: Envelope, head: Mapping[str, Any] | None = None) -> None:
         """Raise ``BrokenChain`` unless the batch continues its vehicle's chain (or ``SeqConflict``, see below).
 
         ``head`` is the vehicle's chain head as ``_head`` read it (read afresh if not given). A batch whose seq is
@@ -655,55 +681,10 @@ class Gateway:
             chain = chains.setdefault(h.vin, [])
             if not chain or (h.seq == chain[-1][0].env.header.seq + 1 and h.prev == chain[-1][0].env.batch_hash):
                 chain.append((p, location))
-        accepted: list[tuple[_Pending, BatchRecord]] = []
-        with self.db.connection(write=True) as conn:
-            for vin, chain in chains.items():
-                first, last = chain[0][0], chain[-1][0]
-                ignition = max((p.ignition for p, _ in chain if p.ignition is not None), default=None)
-                params: dict[str, Any] = {
-                    "b_vin": vin,
-                    "from_seq": first.env.header.seq - 1,
-                    "from_hash": first.env.header.prev,
-                    "to_seq": last.env.header.seq,
-                    "to_hash": last.env.batch_hash,
-                }
-                if ignition is None:
-                    moved = rowcount(conn.execute(_ADVANCE, params))
-                else:
-                    params["cycle"], params["seen"] = ignition
-                    moved = rowcount(conn.execute(_ADVANCE_WITH_IGNITION, params))
-                if moved != 1:
-                    continue  # lost a race (another process, or a different batch with this seq); resolved below
-                for p, (segment, offset, length) in chain:
-                    h = p.env.header
-                    rec = BatchRecord(
-                        vin=h.vin,
-                        seq=h.seq,
-                        kind=h.kind,
-                        batch_hash=p.env.batch_hash,
-                        prev_hash=h.prev,
-                        t0=h.t0,
-                        t1=h.t1,
-                        rows=p.summary.rows,
-                        samples=p.summary.samples,
-                        columns=",".join(p.summary.columns),
-                        segment=segment,
-                        offset=offset,
-                        length=length,
-                        log_index=None,
-                        received_ms=received,
-                        attested_by=h.attested_by,
-                        software_version=h.software_version,
-                    )
-                    accepted.append((p, rec))
-            if accepted:
-                rows = [_row(rec) for _, rec in accepted]
-                ids = conn.execute(_INSERT_BATCHES, rows).scalars().all()
-                for (_, rec), row_id in zip(accepted, ids, strict=True):
-                    rec.id = row_id
-                events = [_event_row(p) for p, _ in accepted if p.summary.event is not None]
-                if events:
-                    conn.execute(_INSERT_EVENTS, events)
+        try:
+            accepted = self._record(chains, received, each=len(chains) == 1)
+        except _HeadsMoved:  # some head moved under us: again, one statement per vehicle, to learn which
+            accepted = self._record(chains, received, each=True)
         indices = self._log_records([rec for _, rec in accepted]) if accepted else []
         for (p, rec), idx in zip(accepted, indices, strict=True):
             _answer(
@@ -731,6 +712,76 @@ class Gateway:
                     continue
                 self._settle_replay(p, existing)
         return [rec for _, rec in accepted]
+
+    def _record(
+        self, chains: dict[str, list[tuple[_Pending, tuple[str, int, int]]]], received: int, *, each: bool
+    ) -> list[tuple[_Pending, BatchRecord]]:
+        """One transaction: advance each vehicle's chain head over its batches, insert their rows and events.
+
+        With ``each`` false, the heads move in at most two statements for the whole group (one per statement shape,
+        many parameter sets): if any of them did not move (another process advanced it, a different batch took
+        the seq), ``_HeadsMoved`` rolls the transaction back for a run with ``each``, which finds out which.
+        """
+        accepted: list[tuple[_Pending, BatchRecord]] = []
+        with self.db.connection(write=True) as conn:
+            plain: list[dict[str, Any]] = []
+            ignited: list[dict[str, Any]] = []
+            for vin, chain in chains.items():
+                first, last = chain[0][0], chain[-1][0]
+                ignition = max((p.ignition for p, _ in chain if p.ignition is not None), default=None)
+                params: dict[str, Any] = {
+                    "b_vin": vin,
+                    "from_seq": first.env.header.seq - 1,
+                    "from_hash": first.env.header.prev,
+                    "to_seq": last.env.header.seq,
+                    "to_hash": last.env.batch_hash,
+                }
+                if ignition is not None:
+                    params["cycle"], params["seen"] = ignition
+                if each:
+                    statement = _ADVANCE if ignition is None else _ADVANCE_WITH_IGNITION
+                    if rowcount(conn.execute(statement, params)) != 1:
+                        continue  # lost a race (another process, or a different batch with this seq); resolved later
+                else:
+                    (plain if ignition is None else ignited).append(params)
+                accepted += [(p, self._new_record(p, location, received)) for p, location in chain]
+            for statement, many in ((_ADVANCE, plain), (_ADVANCE_WITH_IGNITION, ignited)):
+                if many and rowcount(conn.execute(statement, many)) != len(many):
+                    raise _HeadsMoved
+            if accepted:
+                rows = [_row(rec) for _, rec in accepted]
+                ids = conn.execute(_INSERT_BATCHES, rows).scalars().all()
+                for (_, rec), row_id in zip(accepted, ids, strict=True):
+                    rec.id = row_id
+                events = [_event_row(p) for p, _ in accepted if p.summary.event is not None]
+                if events:
+                    conn.execute(_INSERT_EVENTS, events)
+        return accepted
+
+    @staticmethod
+    def _new_record(p: _Pending, location: tuple[str, int, int], received: int) -> BatchRecord:
+        """The row of a batch about to be stored at ``location`` (segment, offset, length)."""
+        h = p.env.header
+        segment, offset, length = location
+        return BatchRecord(
+            vin=h.vin,
+            seq=h.seq,
+            kind=h.kind,
+            batch_hash=p.env.batch_hash,
+            prev_hash=h.prev,
+            t0=h.t0,
+            t1=h.t1,
+            rows=p.summary.rows,
+            samples=p.summary.samples,
+            columns=",".join(p.summary.columns),
+            segment=segment,
+            offset=offset,
+            length=length,
+            log_index=None,
+            received_ms=received,
+            attested_by=h.attested_by,
+            software_version=h.software_version,
+        )
 
     def _recover_log_index(self, rec: BatchRecord, tail: int = RECOVERY_TAIL) -> int | None:
         """The batch's leaf index: found in the log's tail (its writer died before the index write), else appended."""

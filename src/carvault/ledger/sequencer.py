@@ -99,6 +99,9 @@ class PostgresLog(MerkleLog):
         self._writing = False
         self._queue: list[_Request] = []
         self._closed = False
+        # (size, right-edge peaks) after this process's last committed append: the next one needs no reads.
+        self._tail: tuple[int, tuple[tuple[int, bytes], ...]] | None = None
+        self._tail_lock = threading.Lock()
         with self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._append_key,))
             conn.execute(_SCHEMA)
@@ -245,7 +248,62 @@ class PostgresLog(MerkleLog):
         return request.first
 
     def _write(self, conn: Any, hashes: list[bytes]) -> int:
-        """One transaction appending ``hashes``; returns the first new index."""
+        """Append ``hashes`` in one transaction; returns the first new index.
+
+        When this process made the last append, it knows the log's size and right-edge peaks, so the append is
+        one statement (``_write_after``); else, or when another appender came first, the locked transaction.
+        """
+        with self._tail_lock:
+            tail = self._tail
+        if tail is not None and hashes:
+            first = self._write_after(conn, tail, hashes)
+            if first is not None:
+                return first
+        return self._write_locked(conn, hashes)
+
+    def _keep_tail(self, size: int, stack: list[tuple[int, bytes]]) -> None:
+        """Remember the log's size and peaks after an append this process committed (the newest one known)."""
+        with self._tail_lock:
+            if self._tail is None or self._tail[0] <= size:
+                self._tail = (size, tuple(stack))
+
+    def _write_after(
+        self, conn: Any, tail: tuple[int, tuple[tuple[int, bytes], ...]], hashes: list[bytes]
+    ) -> int | None:
+        """Append on top of the tree this process last saw, in one round trip; None if the log has moved since.
+
+        One statement raises the size only if it is still the one expected and inserts the new records only if it
+        did: PostgreSQL runs it all or nothing, and a concurrent appender's row lock makes it wait and then see the
+        new size (READ COMMITTED re-checks the condition), so a stale view inserts nothing.
+        """
+        size, peaks = tail
+        stack = list(peaks)
+        records = _encode_appended(stack, hashes)
+        count = len(records) // HASH_SIZE
+        base = node_count(size)
+        try:
+            cur = conn.execute(
+                "WITH moved AS (UPDATE carvault_tlog_state SET size = %s WHERE origin = %s AND size = %s "
+                "RETURNING origin) INSERT INTO carvault_tlog_nodes (origin, position, hash) "
+                "SELECT moved.origin, n.position, n.hash FROM moved, "
+                "unnest(%s::bigint[], %s::bytea[]) AS n(position, hash)",
+                (
+                    size + len(hashes),
+                    self.origin,
+                    size,
+                    list(range(base, base + count)),
+                    [records[n * HASH_SIZE : (n + 1) * HASH_SIZE] for n in range(count)],
+                ),
+            )
+        except self._psycopg.OperationalError as exc:
+            raise Unavailable(f"the log's PostgreSQL database is unavailable: {exc}") from None
+        if cur.rowcount != count:
+            return None
+        self._keep_tail(size + len(hashes), stack)
+        return size
+
+    def _write_locked(self, conn: Any, hashes: list[bytes]) -> int:
+        """One transaction under the append lock reading the size and peaks, then appending ``hashes``."""
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._append_key,))
@@ -271,6 +329,7 @@ class PostgresLog(MerkleLog):
                 conn.execute(
                     "UPDATE carvault_tlog_state SET size = %s WHERE origin = %s", (size + len(hashes), self.origin)
                 )
+            self._keep_tail(size + len(hashes), stack)  # committed: the next append of this process needs no reads
             return size
         except self._psycopg.OperationalError as exc:
             raise Unavailable(f"the log's PostgreSQL database is unavailable: {exc}") from None

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -35,7 +35,7 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.schema import CreateColumn, CreateIndex
 
@@ -1025,6 +1025,30 @@ def upgrade_schema(engine: Engine, metadata: MetaData) -> list[str]:
     return added
 
 
+IDLE_PING_S = 5.0  # a pooled server-database connection unused this long is pinged before its next use
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only if it sat idle ``IDLE_PING_S`` (a dead one is replaced)."""
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:  # noqa: BLE001 - any failure of the ping means the connection is gone
+            alive = False
+        if not alive:
+            raise DisconnectionError("pooled connection did not answer its ping")  # the pool connects afresh
+
+    event.listen(engine.pool, "checkin", checkin)
+    event.listen(engine.pool, "checkout", checkout)
+
+
 class Database:
     """An engine plus a session factory over the metadata schema."""
 
@@ -1042,7 +1066,12 @@ class Database:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
                 self.write_gate: WriteGate | None = WriteGate(self.engine)
             else:
-                self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+                # No ping on every checkout (``pool_pre_ping``): on a busy server it doubled the round trips of
+                # each statement (issue 12). A connection idle for ``IDLE_PING_S`` is pinged before use (a database
+                # restart while the server was quiet costs no request); one that dies while busy fails its statement
+                # as ``Unavailable`` and SQLAlchemy drops the pool's connections.
+                self.engine = create_engine(url, pool_size=10, max_overflow=20)
+                _ping_when_idle(self.engine)
                 self.write_gate = None
         except (ArgumentError, NoSuchModuleError, ImportError) as e:
             raise Unavailable(f"metadata database URL {url!r} is not usable: {e}") from None
@@ -1077,7 +1106,16 @@ class Database:
         ``Unavailable``. For per-batch paths (ingest checks, commit, log indexing), where an ORM session costs
         several times the statements' own time (issue 10)."""
         try:
-            with self.engine.begin() if write else self.engine.connect() as conn:
+            context: AbstractContextManager[Connection]
+            if write:
+                context = self.engine.begin()
+            elif self.engine.dialect.name == "sqlite":
+                context = self.engine.connect()  # pysqlite begins no transaction for a read
+            else:
+                # A read outside a transaction: no BEGIN and ROLLBACK round trips around it (each statement of a
+                # READ COMMITTED transaction sees its own snapshot anyway).
+                context = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            with context as conn:
                 yield conn
         except Exception as e:
             failure = storage_failure(e)
