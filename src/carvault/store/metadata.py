@@ -874,6 +874,8 @@ POSTGRES_STORAGE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, re
 def storage_failure(e: BaseException) -> Unavailable | None:
     """``Unavailable`` if ``e`` (an OSError, a DB-API error or SQLAlchemy's wrapper of one) is a storage failure."""
     orig = e.orig if isinstance(e, DBAPIError) else e
+    if isinstance(e, DBAPIError) and e.connection_invalidated:  # the server went away (SQLAlchemy drops the pool)
+        return Unavailable(f"metadata database connection lost: {str(orig).strip()[:200]}")
     if isinstance(orig, OSError) and orig.errno in STORAGE_ERRNOS:
         return Unavailable(f"storage unavailable: {orig.strerror}")
     if isinstance(orig, sqlite3.Error) and (getattr(orig, "sqlite_errorcode", -1) & 0xFF) in SQLITE_STORAGE_CODES:
