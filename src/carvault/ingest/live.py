@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -36,6 +37,7 @@ from carvault.ingest.broker import Broker, MemoryBroker
 from carvault.ingest.gateway import Gateway
 from carvault.ingest.validation import validate_payload
 from carvault.ledger.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
+from carvault.location import LAT, LON
 from carvault.protocol.columns import TIME_TYPE
 from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, BatchHeader
 from carvault.protocol.live import LiveFrame, decode_frame
@@ -78,12 +80,12 @@ class LiveUpdate:
         }
         if self.frame_hash is not None:
             doc["hash"] = self.frame_hash.hex()
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        return orjson.dumps(doc)  # values are checked finite before (a frame with NaN is refused)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LiveUpdate:
         """Read a broker message written by ``to_bytes``."""
-        doc: dict[str, Any] = json.loads(data)
+        doc: dict[str, Any] = orjson.loads(data)
         values = {p: LiveValue(str(p), int(t), v, int(r)) for p, t, v, r in doc["values"]}
         digest = bytes.fromhex(doc["hash"]) if "hash" in doc else None
         return cls(str(doc["vin"]), int(doc["seq"]), int(doc["t_ms"]), values, digest)
@@ -546,13 +548,22 @@ class LiveChannel:
         """
         self._used[vin] = at_ms
         kept = self._policies.get(vin)
-        if kept is not None and at_ms - kept[0] < POLICY_TTL_MS:
+        if kept is not None and at_ms - kept[0] < POLICY_TTL_MS // 2:
             return kept[1], kept[2]
-        with self._refresh:
-            kept = self._policies.get(vin)
-            if kept is None or now_ms() - kept[0] >= POLICY_TTL_MS:  # not renewed by another thread meanwhile
-                self._renew(vin)
-            kept = self._policies.get(vin)
+        if kept is not None and at_ms - kept[0] < POLICY_TTL_MS:
+            # Half its age: renew it now if no other thread is renewing (which then takes this one along), but
+            # never wait for that: the kept policy is still good.
+            if self._refresh.acquire(blocking=False):
+                try:
+                    self._renew(vin)
+                finally:
+                    self._refresh.release()
+        else:
+            with self._refresh:
+                kept = self._policies.get(vin)
+                if kept is None or now_ms() - kept[0] >= POLICY_TTL_MS:  # not renewed by another thread meanwhile
+                    self._renew(vin)
+        kept = self._policies.get(vin)
         if kept is None:
             self._used.pop(vin, None)
             raise UnknownVehicle(f"vehicle {vin} is not provisioned in region {self.gateway.settings.region}", vin=vin)
@@ -573,7 +584,7 @@ class LiveChannel:
             if v != vin
             and used >= horizon
             and (k := self._policies.get(v)) is not None
-            and read_ms - k[0] >= POLICY_TTL_MS // 2
+            and read_ms - k[0] >= POLICY_TTL_MS // 4
         ]
         found = set()
         with self.gateway.db.connection() as conn:
@@ -589,9 +600,26 @@ class LiveChannel:
             if v not in found:  # no longer provisioned here
                 self._policies.pop(v, None)
 
-    def check(self, vin: str, data: bytes) -> LiveFrame | None:
-        """Every check of one frame from the car connected as ``vin``; None for a counter already accepted."""
+    def inline(self, vin: str, data: bytes) -> LiveFrame | None:
+        """The decoded frame when checking it reads nothing from the database, else None.
+
+        So it is: the car's policy is fresh (younger than half ``POLICY_TTL_MS``), its key and home were cached when
+        its channel was admitted, and the frame carries no position (masked places are read with each position).
+        The caller then checks it on the event loop (``check(..., decoded=frame)``) instead of in a thread: the
+        hop costs more than the check. ``MalformedFrame`` as ``check``.
+        """
         frame = decode_frame(data)
+        kept = self._policies.get(vin)
+        if kept is None or now_ms() - kept[0] >= POLICY_TTL_MS // 2 or LAT in frame.values or LON in frame.values:
+            return None
+        return frame
+
+    def check(self, vin: str, data: bytes, decoded: LiveFrame | None = None) -> LiveFrame | None:
+        """Every check of one frame from the car connected as ``vin``; None for a counter already accepted.
+
+        ``decoded``: the frame ``inline`` decoded from ``data`` already.
+        """
+        frame = decoded if decoded is not None else decode_frame(data)
         if frame.vin != vin:
             raise Unauthenticated(f"this connection streams vehicle {vin}, the frame is for {frame.vin}", vin=vin)
         self.gateway.residency.admit(frame.vin)

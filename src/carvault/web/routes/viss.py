@@ -11,9 +11,9 @@ so another site's page could otherwise ride on the owner's cookie).
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from carvault.access.viss import SUBPROTOCOL, Rechecker, VissSession
@@ -63,7 +63,7 @@ async def viss(websocket: WebSocket, vin: str) -> None:
         state.viss_rechecker = Rechecker(region.db)  # one per app: every open subscription re-checked in one pass
 
     async def send(message: dict[str, Any]) -> None:
-        await websocket.send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+        await websocket.send_text(orjson.dumps(message).decode())
 
     session = VissSession(
         vin[:64],
