@@ -119,7 +119,8 @@ def test_one_worker_per_job_and_takeover_after_a_stalled_lease(
 
 
 def test_cancel_progress_and_strangers(region: Region, claimed: OwnerClient, vehicle: VehicleIdentity) -> None:
-    jobs = ExportJobs(region, background=False, chunk_ms=60_000)
+    # A progress update after every chunk (heartbeat_s=0; by default at most one a second).
+    jobs = ExportJobs(region, background=False, chunk_ms=60_000, heartbeat_s=0)
     job = jobs.create(claimed.owner_id, vehicle.vin, start_ms=BASE_MS, end_ms=BASE_MS + SECONDS * 1000, fmt="csv")
     seen: list[float] = []
     real = jobs._heartbeat
