@@ -1,5 +1,5 @@
-"""Fleet jobs (fleet/jobs.py) on DuckDB and on Apache Spark over the same compact copies: the same answers, and
-answers that agree with the batch index."""
+"""Fleet jobs (fleet/jobs.py) on DuckDB and on Apache Spark over the same payload parts: the same answers, answers
+that agree with the batch index, only the parts the metadata DB lists, withheld values null on both."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
-from carvault.fleet.engines import DuckDBEngine, SparkEngine, engine_of, spark_session
+from carvault.fleet.engines import Dataset, DuckDBEngine, SparkEngine, dataset_of, engine_of, spark_session
 from carvault.fleet.jobs import monthly_statistics, research_aggregate, retention_scan, vehicle_year_export
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.server import BackgroundServer
 from carvault.settings import Settings
 from carvault.signals import catalogue
-from carvault.store.day_copies import PREFIX
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
 from tests.factories import BASE_MS, drive_table, opt_in, vin_for
@@ -59,14 +58,15 @@ def spark() -> Iterator[object]:
     session.stop()
 
 
-def _root(region: Region) -> Path:
-    root = region.blobs.local_path(PREFIX)
-    assert root is not None
-    return root
+def _root(region: Region) -> Dataset:
+    """The parts the metadata DB lists (never a glob of the folder), with the region's withheld cutoffs."""
+    assert region.telemetry.days is not None and region.telemetry.withheld is not None
+    return dataset_of(region.db, region.telemetry.days, region.catalogue, region.telemetry.withheld())
 
 
-def _engines(region: Region, spark: object) -> list[tuple[str, object]]:
-    return [("duckdb", DuckDBEngine(_root(region))), ("spark", SparkEngine(_root(region), session=spark))]
+def _engines(region: Region, spark: object, data: Dataset | None = None) -> list[tuple[str, object]]:
+    data = data or _root(region)
+    return [("duckdb", DuckDBEngine(data)), ("spark", SparkEngine(data, session=spark))]
 
 
 def _same(a: pa.Table, b: pa.Table) -> None:
@@ -152,8 +152,37 @@ def test_research_aggregate_is_k_anonymous_and_the_same_on_both(fleet: Region, s
 
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unknown engine"):
-        engine_of("hive", tmp_path)
+        engine_of("hive", Dataset(tmp_path))
     # An empty region: every job answers with nothing rather than failing.
-    e = DuckDBEngine(tmp_path)
+    e = DuckDBEngine(Dataset(tmp_path))
     assert retention_scan(e, catalogue(), {"driving": 2**60}).num_rows == 0
     assert monthly_statistics(e, catalogue(), YEAR).num_rows == 0
+
+
+def test_only_listed_parts_are_read_and_withheld_values_are_null(fleet: Region, spark: object) -> None:
+    """A stray file in the folder (a part whose batch is gone) is never read; a withheld category is null in SQL."""
+    data = _root(fleet)
+    stray = data.root / f"vin={vin_for(299)}" / "day=2025-01-01" / "part-stray.parquet"
+    stray.parent.mkdir(parents=True)
+    pq.write_table(pq.read_table(data.files[0]), stray)
+    try:
+        body = [c for c in data.signals if fleet.catalogue[c].category == "body"]
+        assert body
+        cut = BASE_MS + 86_400_000  # the first day's body values are withheld
+        withheld = Dataset(data.root, data.files, data.fast, data.slow, dict.fromkeys(body, cut))
+        answers = {}
+        for name, e in _engines(fleet, spark, withheld):
+            answers[name] = monthly_statistics(e, fleet.catalogue, YEAR)  # type: ignore[arg-type]
+            vins = e.sql("SELECT DISTINCT vin FROM telemetry").column("vin").to_pylist()  # type: ignore[attr-defined]
+            assert vin_for(299) not in vins and len(vins) == CARS
+            t = e.epoch_ms("t")  # type: ignore[attr-defined]
+            present = " OR ".join(f"{e.q(c)} IS NOT NULL" for c in body)  # type: ignore[attr-defined]
+            early = e.sql(f"SELECT count(*) AS n FROM telemetry WHERE {t} < {cut} AND ({present})")  # type: ignore[attr-defined]
+            late = e.sql(f"SELECT count(*) AS n FROM telemetry WHERE {t} >= {cut} AND ({present})")  # type: ignore[attr-defined]
+            assert early.column("n")[0].as_py() == 0 and late.column("n")[0].as_py() > 0
+        _same(answers["duckdb"], answers["spark"])
+        full = monthly_statistics(DuckDBEngine(data), fleet.catalogue, YEAR)
+        body_samples = sum(r["samples"] for r in full.to_pylist() if r["category"] == "body")
+        assert 0 < sum(r["samples"] for r in answers["duckdb"].to_pylist() if r["category"] == "body") < body_samples
+    finally:
+        stray.unlink()

@@ -1,13 +1,17 @@
 """The engines fleet jobs run on: DuckDB in-process (the embedded default) and Apache Spark (at scale).
 
-Both read the same files: the compact query copies (store/day_copies.py), a Hive-partitioned Parquet dataset
-``copies/vin=<VIN>/day=<YYYY-MM-DD>/rate=<10hz|1hz>/part-*.parquet``. A job is one SQL text per question
-(fleet/jobs.py), written once; an engine supplies the few spellings the two dialects do not share (quoting names
-that contain dots, a time as epoch milliseconds) and answers with an Arrow table.
+Both read the same files: the payload parts of compacted days (store/day_copies.py), Hive-partitioned Parquet
+``copies/vin=<VIN>/day=<YYYY-MM-DD>/part-<batch hash>.parquet`` — the very payloads the cars signed. A job never
+globs the folder: ``dataset_of`` lists the parts of the batches the metadata DB holds (so erased, deleted or
+half-moved payloads are never read) and the columns they carry; the engine unions their schemas (a payload's 1 Hz
+columns are null on its 10 Hz rows) and nulls in SQL every value retention withholds (``TelemetryStore.withheld``
+cutoffs), the same on both engines. A job is one SQL text per question (fleet/jobs.py), written once; an engine
+supplies the few spellings the two dialects do not share (quoting names that contain dots, a time as epoch
+milliseconds) and answers with an Arrow table.
 
-Two views are defined over the dataset: ``fast`` (t, vin, day and the 10 Hz signals) and ``slow`` (t, vin, day and
-the slower ones). Spark runs in local mode unless given a master URL (``spark://…``, ``yarn``); it needs a Java
-runtime (Debian's ``default-jre-headless``).
+Three views are defined: ``telemetry`` (t, vin, day and every signal), ``fast`` (t, vin, day and the 10 Hz
+signals) and ``slow`` (t, vin, day and the slower ones, the rows holding any of them). Spark runs in local mode
+unless given a master URL (``spark://…``, ``yarn``); it needs a Java runtime (Debian's ``default-jre-headless``).
 """
 
 from __future__ import annotations
@@ -15,27 +19,118 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from sqlalchemy import select
 
 from carvault.errors import InvalidQuery, Unavailable
+from carvault.signals import Catalogue
 
-RATES = {"fast": "10hz", "slow": "1hz"}
+if TYPE_CHECKING:
+    from carvault.store.day_copies import DayCopies
+    from carvault.store.metadata import Database
+
+FAST_HZ = 10  # signals sampled at least this often are the ``fast`` view's
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a job reads: explicit part files under their Hive root, the signal columns, the withheld cutoffs."""
+
+    root: Path
+    files: tuple[Path, ...] = ()
+    fast: tuple[str, ...] = ()
+    slow: tuple[str, ...] = ()
+    withheld: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Every signal column, fast ones first."""
+        return self.fast + self.slow
+
+
+def dataset_of(
+    db: Database,
+    days: DayCopies,
+    catalogue: Catalogue,
+    withheld: Mapping[str, int] | None = None,
+    *,
+    vins: Iterable[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> Dataset:
+    """The live parts of compacted telemetry batches (optionally of ``vins`` overlapping [start_ms, end_ms)).
+
+    On object storage each part is read through this replica's download cache (fetched once).
+    """
+    from carvault.store.metadata import BatchRecord
+
+    q = select(BatchRecord.payload_key, BatchRecord.columns).where(
+        BatchRecord.kind == "telemetry", BatchRecord.payload_key.is_not(None)
+    )
+    if vins is not None:
+        q = q.where(BatchRecord.vin.in_(list(vins)))
+    if start_ms is not None:
+        q = q.where(BatchRecord.t1 >= start_ms)
+    if end_ms is not None:
+        q = q.where(BatchRecord.t0 < end_ms)
+    with db.session() as s:
+        rows = s.execute(q.order_by(BatchRecord.vin, BatchRecord.seq)).all()
+    files, names = [], set()
+    for key, columns in rows:
+        path = days.local(key)
+        if path is None:
+            raise Unavailable(f"payload part {key} is missing from the blob store")
+        files.append(path)
+        names.update(c for c in columns.split(",") if c and c != "t")
+    root = days.local_root()
+    known = sorted(n for n in names if catalogue.get(n) is not None)
+    fast = tuple(n for n in known if catalogue[n].rate_hz >= FAST_HZ)
+    slow = tuple(n for n in known if catalogue[n].rate_hz < FAST_HZ)
+    return Dataset(root, tuple(files), fast, slow, dict(withheld or {}))
 
 
 class Engine(ABC):
-    """A SQL engine over the copies dataset rooted at ``root`` (the ``copies`` folder)."""
+    """A SQL engine over a dataset of payload parts."""
 
     name: str
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
 
-    def has(self, view: str) -> bool:
-        """Whether any file of the view exists (an empty region has none)."""
-        return any(self.root.glob(f"*/*/rate={RATES[view]}/*.parquet"))
+    def _select(self) -> str:
+        """The ``telemetry`` view's columns: withheld values nulled by their cutoffs."""
+        cols = ["t", "vin", "day"]
+        t = self.epoch_ms("t")
+        for c in self.data.signals:
+            cut = self.data.withheld.get(c)
+            q = self.q(c)
+            cols.append(q if cut is None else f"CASE WHEN {t} >= {int(cut)} THEN {q} END AS {q}")
+        return ", ".join(cols)
+
+    def _views(self, source: str | None) -> list[str]:
+        """CREATE statements of the three views over ``source`` (a relation naming the parts), or empty views."""
+        if source is None or not self.data.files:
+            empty = f"SELECT {self.empty_row()} WHERE 1 = 0"
+            return [f"{self.create_view} {v} AS {empty}" for v in ("telemetry", "fast", "slow")]
+        fast = ", ".join(["t", "vin", "day", *(self.q(c) for c in self.data.fast)])
+        slow = ", ".join(["t", "vin", "day", *(self.q(c) for c in self.data.slow)])
+        any_slow = " OR ".join(f"{self.q(c)} IS NOT NULL" for c in self.data.slow) or "1 = 0"
+        return [
+            f"{self.create_view} telemetry AS SELECT {self._select()} FROM {source}",
+            f"{self.create_view} fast AS SELECT {fast} FROM telemetry",
+            f"{self.create_view} slow AS SELECT {slow} FROM telemetry WHERE {any_slow}",
+        ]
+
+    create_view = "CREATE VIEW"
+
+    @abstractmethod
+    def empty_row(self) -> str:
+        """A SELECT list of typed NULL t, vin and day (the views of a region with nothing compacted)."""
 
     @abstractmethod
     def q(self, name: str) -> str:
@@ -67,30 +162,34 @@ class Engine(ABC):
         self.close()
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 class DuckDBEngine(Engine):
     """DuckDB in this process: the embedded default."""
 
     name = "duckdb"
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, data: Dataset, threads: int | None = None) -> None:
         import duckdb
 
-        super().__init__(root)
+        super().__init__(data)
         self.con = duckdb.connect()
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute("SET TimeZone = 'UTC'")
-        for view, rate in RATES.items():
-            if self.has(view):
-                pattern = str(root / "*" / "*" / f"rate={rate}" / "*.parquet").replace("'", "''")
-                self.con.execute(
-                    f"CREATE VIEW {view} AS SELECT * EXCLUDE (rate) FROM read_parquet('{pattern}', "
-                    "hive_partitioning = true, union_by_name = true)"
-                )
-            else:
-                self.con.execute(
-                    f"CREATE VIEW {view} AS SELECT NULL::TIMESTAMPTZ AS t, '' AS vin, NULL::DATE AS day WHERE false"
-                )
+        files = "[" + ", ".join(_sql_text(str(f)) for f in data.files) + "]"
+        source = (
+            f"read_parquet({files}, hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'vin': VARCHAR, 'day': DATE})"
+        )
+        for statement in self._views(source):
+            self.con.execute(statement)
+
+    def empty_row(self) -> str:
+        """DuckDB's typed NULLs."""
+        return "NULL::TIMESTAMPTZ AS t, '' AS vin, NULL::DATE AS day"
 
     def q(self, name: str) -> str:
         """Double quotes."""
@@ -127,23 +226,27 @@ class SparkEngine(Engine):
 
     name = "spark"
 
-    def __init__(self, root: Path, master: str = "local[2]", session: Any = None) -> None:
-        super().__init__(root)
+    create_view = "CREATE OR REPLACE TEMPORARY VIEW"
+
+    def __init__(self, data: Dataset, master: str = "local[2]", session: Any = None) -> None:
+        super().__init__(data)
         self.own = session is None
         self.spark = session or spark_session(master)
-        for view, rate in RATES.items():
-            if self.has(view):
-                df = (
-                    self.spark.read.option("mergeSchema", "true")
-                    .option("basePath", str(root))
-                    .parquet(str(root / "*" / "*" / f"rate={rate}"))
-                    .drop("rate")
-                )
-            else:
-                df = self.spark.sql(
-                    "SELECT CAST(NULL AS TIMESTAMP) AS t, '' AS vin, CAST(NULL AS DATE) AS day WHERE false"
-                )
-            df.createOrReplaceTempView(view)
+        source = None
+        if data.files:
+            df = (
+                self.spark.read.option("mergeSchema", "true")
+                .option("basePath", str(data.root))
+                .parquet(*[str(f) for f in data.files])
+            )
+            df.withColumn("day", df["day"].cast("date")).createOrReplaceTempView("carvault_parts")
+            source = "carvault_parts"
+        for statement in self._views(source):
+            self.spark.sql(statement)
+
+    def empty_row(self) -> str:
+        """Spark's typed NULLs."""
+        return "CAST(NULL AS TIMESTAMP) AS t, '' AS vin, CAST(NULL AS DATE) AS day"
 
     def q(self, name: str) -> str:
         """Backticks."""
@@ -204,16 +307,17 @@ def spark_session(master: str = "local[2]") -> Any:
             .config("spark.sql.shuffle.partitions", "4")
             .config("spark.sql.parquet.enableVectorizedReader", "true")
             .config("spark.driver.memory", "1g")
+            .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")  # a VIN stays a string
             .getOrCreate()
         )
     session.sparkContext.setLogLevel("ERROR")  # Spark's warnings (e.g. about glob paths) are not ours to print
     return session
 
 
-def engine_of(name: str, root: Path, **options: Any) -> Engine:
-    """The engine called ``name`` (duckdb | spark) over the copies under ``root``."""
+def engine_of(name: str, data: Dataset, **options: Any) -> Engine:
+    """The engine called ``name`` (duckdb | spark) over the parts of ``data``."""
     if name == "duckdb":
-        return DuckDBEngine(root, **options)
+        return DuckDBEngine(data, **options)
     if name == "spark":
-        return SparkEngine(root, **options)
+        return SparkEngine(data, **options)
     raise InvalidQuery(f"unknown engine {name!r}; choose duckdb or spark", engine=name)

@@ -1,5 +1,8 @@
 """Fleet-wide jobs, written once as SQL and run on any engine of fleet/engines.py (DuckDB or Spark).
 
+They read the payload parts of compacted days the metadata DB lists (``engines.dataset_of``), withheld values
+already null.
+
 - ``retention_scan``: per category, the samples (and vehicles) older than the category's retention cutoff — what
   the next purge will withhold (compliance/retention.py decides; this sizes it across the fleet).
 - ``monthly_statistics``: per month of a year, vehicles with data, rows and samples per category (the annual
@@ -117,17 +120,13 @@ def monthly_statistics(engine: Engine, catalogue: Catalogue, year: int) -> pa.Ta
 
 
 def vehicle_year_export(engine: Engine, vin: str, year: int, target: Path) -> int:
-    """One vehicle's year, every signal of both views on one row per instant, to ``target`` (Parquet); rows."""
+    """One vehicle's year, every signal (fast ones first) on one row per instant, to ``target`` (Parquet); rows."""
     if not vin.isalnum():
         raise ValueError(f"bad VIN {vin!r}")
-    fast = [engine.q(c) for c in _signals(engine, "fast")]
-    slow = [engine.q(c) for c in _signals(engine, "slow")]
-    where = f"vin = '{vin}' AND year(t) = {int(year)}"
-    query = (
-        f"SELECT coalesce(f.t, s.t) AS t, {', '.join([*(f'f.{c}' for c in fast), *(f's.{c}' for c in slow)])} "
-        f"FROM (SELECT * FROM fast WHERE {where}) f FULL OUTER JOIN (SELECT * FROM slow WHERE {where}) s "
-        "ON f.t = s.t ORDER BY 1"
+    cols = ", ".join(
+        ["t", *(engine.q(c) for c in _signals(engine, "fast")), *(engine.q(c) for c in _signals(engine, "slow"))]
     )
+    query = f"SELECT {cols} FROM telemetry WHERE vin = '{vin}' AND year(t) = {int(year)} ORDER BY t"
     return engine.write_parquet(query, target)
 
 

@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 PREFIX = "copies"
 CLOSED_AFTER_MS = 3_600_000  # a UTC day is compacted once it ended this long ago (late batches join at the next run)
 MS_PER_DAY = 86_400_000
+_FOOTERS = 4096  # parsed part footers kept in memory (about 10 KB each)
 _OLD_LAYOUT = "rate="  # the re-encoded day files of earlier releases: copies/vin=/day=/rate=10hz|1hz/
 
 
@@ -102,6 +104,9 @@ class DayCopies:
         self.blobs = blobs
         self.segments = segments
         self.cache_dir = cache_dir  # object storage: parts fetched once and read locally (a cache, never the truth)
+        # Parsed footers of recently read parts (a part never changes under its name: its batch hash is in it).
+        self._footers: OrderedDict[str, tuple[pq.FileMetaData, frozenset[str]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ reading
     def local(self, key: str) -> Path | None:
@@ -132,10 +137,19 @@ class DayCopies:
         path = self.local(key)
         if path is None:
             return None
+        with self._lock:
+            known = self._footers.get(key)
+            if known is not None:
+                self._footers.move_to_end(key)
         try:
-            f = pq.ParquetFile(str(path), memory_map=True)
-            have = set(f.schema_arrow.names)
-            return f.read(columns=["t", *[c for c in columns if c in have and c != "t"]], use_threads=False)
+            f = pq.ParquetFile(str(path), memory_map=True, metadata=known[0] if known else None)
+            if known is None:
+                known = (f.metadata, frozenset(f.metadata.schema.names))
+                with self._lock:
+                    self._footers[key] = known
+                    while len(self._footers) > _FOOTERS:
+                        self._footers.popitem(last=False)
+            return f.read(columns=["t", *[c for c in columns if c in known[1] and c != "t"]], use_threads=False)
         except (OSError, pa.ArrowException):
             log.warning("payload part %s is unreadable here", key, exc_info=True)
             return None
@@ -275,9 +289,11 @@ class DayCopies:
 
     # ------------------------------------------------------------------ removing
     def remove_part(self, key: str) -> int:
-        """Remove one part (its blob and any cached download); bytes freed."""
+        """Remove one part (its blob, any cached download, its parsed footer); bytes freed."""
         freed = self.blobs.delete(key)
         (self.cache_dir / key).unlink(missing_ok=True)
+        with self._lock:
+            self._footers.pop(key, None)
         return freed
 
     def remove_batch(self, vin: str, t0: int, batch_hash: str) -> int:

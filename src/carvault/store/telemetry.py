@@ -137,8 +137,10 @@ class TelemetryStore:
             part = part.slice(int(a), int(b - a))
             return withhold(part, cutoffs) if cutoffs else part
 
+        # Decoding (a part's columns, or an envelope without a per-batch copy) releases the GIL: two or more such
+        # batches are read in parallel; memory-mapped per-batch copies cost less than handing them to a thread.
         slow = sum(1 for r in refs if r.payload_key is not None or not self.derived.path(vin, r.batch_hash).exists())
-        parts = list(self._pool.map(load, refs)) if slow > 2 else [load(r) for r in refs]
+        parts = list(self._pool.map(load, refs)) if slow > 1 else [load(r) for r in refs]
         table = pa.concat_tables(parts, promote_options="default")
         if len(parts) > 1 and not _is_sorted(table):
             table = table.sort_by("t")
