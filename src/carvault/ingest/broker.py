@@ -37,6 +37,8 @@ RECONNECTS = 10  # NATS reconnect attempts (one a second) before the client give
 class Broker(ABC):
     """Publish live updates to every replica of one region and deliver theirs to us."""
 
+    max_message = 256 * 1024  # bytes a published message may carry (updates are batched up to it)
+
     @abstractmethod
     async def start(self, deliver: Deliver) -> None:
         """Connect and start delivering every published message to ``deliver`` (idempotent)."""
@@ -144,6 +146,7 @@ class PostgresBroker(Broker):
     """LISTEN/NOTIFY on the region's PostgreSQL metadata database: no extra service to run."""
 
     MAX_PAYLOAD = 7900  # NOTIFY payloads must stay under 8000 bytes
+    max_message = MAX_PAYLOAD
 
     def __init__(self, database_url: str, region: str) -> None:
         url = make_url(database_url)

@@ -71,7 +71,7 @@ class LiveUpdate:
     frame_hash: bytes | None = None  # SHA-256 of the signed frame: every replica can check a batch's live_root
 
     def to_bytes(self) -> bytes:
-        """The broker message (compact JSON)."""
+        """The update as compact JSON (a broker message carries one, or an array of them: ``decode_message``)."""
         doc = {
             "vin": self.vin,
             "seq": self.seq,
@@ -85,10 +85,25 @@ class LiveUpdate:
     @classmethod
     def from_bytes(cls, data: bytes) -> LiveUpdate:
         """Read a broker message written by ``to_bytes``."""
-        doc: dict[str, Any] = orjson.loads(data)
+        return cls.from_doc(orjson.loads(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> LiveUpdate:
+        """An update from its parsed JSON object."""
         values = {p: LiveValue(str(p), int(t), v, int(r)) for p, t, v, r in doc["values"]}
         digest = bytes.fromhex(doc["hash"]) if "hash" in doc else None
         return cls(str(doc["vin"]), int(doc["seq"]), int(doc["t_ms"]), values, digest)
+
+
+def encode_message(updates: list[bytes]) -> bytes:
+    """One broker message carrying several updates (each ``LiveUpdate.to_bytes``): a JSON array."""
+    return b"[" + b",".join(updates) + b"]"
+
+
+def decode_message(message: bytes) -> list[LiveUpdate]:
+    """The updates of a broker message: an array of them, or one (as replicas before batching sent)."""
+    doc = orjson.loads(message)
+    return [LiveUpdate.from_doc(d) for d in doc] if isinstance(doc, list) else [LiveUpdate.from_doc(doc)]
 
 
 _TABLES = MetaData()
@@ -228,6 +243,11 @@ class LiveHub:
         self._subs: dict[str, set[LiveSubscription]] = {}
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        # Updates accepted during one turn of the event loop go to the broker as one message (per-message broker
+        # work is most of the fan-out's cost); each publisher waits for its message to be sent.
+        self._outbox: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps only weak ones)
+        self.messages_published = 0
 
     async def start(self) -> None:
         """Connect to the broker (once); called lazily by publish and subscribe, or by the server at start."""
@@ -335,19 +355,58 @@ class LiveHub:
                     del self._subs[sub.vin]
 
     async def publish_local(self, update: LiveUpdate) -> None:
-        """Fan an accepted frame out to every replica (this one included) through the broker."""
+        """Fan an accepted frame out to every replica (this one included) through the broker.
+
+        Returns once the broker took the message carrying it (``Unavailable`` if it could not); updates published
+        in the same turn of the event loop share one message.
+        """
         await self.start()
         with self._lock:
             self._dirty.add(update.vin)
-        await self.broker.publish(update.to_bytes())
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._outbox.append((update.to_bytes(), done))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._send_soon, loop)
+        await done
+
+    def _send_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self._send_outbox())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_outbox(self) -> None:
+        """Send the waiting updates, as few messages as the broker's message size allows."""
+        waiting, self._outbox = self._outbox, []
+        limit = self.broker.max_message
+        start = 0
+        while start < len(waiting):
+            end, size = start, 2
+            while end < len(waiting) and (end == start or size + len(waiting[end][0]) + 1 <= limit):
+                size += len(waiting[end][0]) + 1
+                end += 1
+            part = waiting[start:end]
+            try:
+                await self.broker.publish(encode_message([body for body, _ in part]))
+                self.messages_published += 1
+            except Exception as e:  # noqa: BLE001 - every waiting publisher learns of the failure (Unavailable)
+                for _, done in part:
+                    if not done.done():
+                        done.set_exception(e)
+            else:
+                for _, done in part:
+                    if not done.done():
+                        done.set_result(None)
+            start = end
 
     def _deliver(self, message: bytes) -> None:
-        """A message from the broker: update the last-value store, then hand it to the VIN's subscribers."""
+        """A message from the broker: update the last-value store, then hand it to the VINs' subscribers."""
         try:
-            update = LiveUpdate.from_bytes(message)
+            updates = decode_message(message)
         except (ValueError, KeyError, TypeError):
             return  # not ours (a foreign publisher on the subject); never stop the stream for it
-        self.apply(update)
+        for update in updates:
+            self.apply(update)
 
     def apply(self, update: LiveUpdate) -> None:
         """Record an update in the last-value store and give it to subscribers (no broker)."""
