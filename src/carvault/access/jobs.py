@@ -25,6 +25,7 @@ row is updated at most once a second.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import io
@@ -533,6 +534,15 @@ class ExportJobs:
         interval = job.resample_ms
 
         def read() -> Iterator[tuple[pa.Table, float]]:
+            scan = getattr(r.telemetry, "scan", None)
+            if scan is not None and self.chunk_ms == CHUNK_MS and todo:
+                # The store's stream over the whole span (pieces of at most a day, edges its own); the fraction
+                # done is that of the windows with data up to the piece's last instant.
+                starts = [a for a, _ in todo]
+                for table in scan(job.vin, todo[0][0], todo[-1][1], wanted):
+                    last = table.column("t")[table.num_rows - 1].value if table.num_rows else todo[0][0]
+                    yield table, bisect.bisect_right(starts, last) / len(todo)
+                return
             for k, (a, b) in enumerate(todo):
                 yield r.telemetry.window(job.vin, a, b, wanted), (k + 1) / len(todo)
 
@@ -662,21 +672,35 @@ class _Stream(io.RawIOBase):
     """A write-only file over a ``_Sink`` for writers that want one (pyarrow's Parquet writer); closing it leaves
     the sink open."""
 
+    BLOCK = 1 << 22  # pages and their headers arrive as many small writes: handed on in blocks of 4 MiB
+
     def __init__(self, sink: BinaryIO | _Sink) -> None:
         self.sink = sink
         self.position = 0
+        self.buffer = bytearray()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        data = data if isinstance(data, bytes) else bytes(data)
-        self.sink.write(data)
-        self.position += len(data)
-        return len(data)
+        self.buffer += data
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self.position += n
+        if len(self.buffer) >= self.BLOCK:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.sink.write(bytes(self.buffer))
+            self.buffer.clear()
 
     def tell(self) -> int:
         return self.position
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
 
 
 class _Writer:
@@ -768,6 +792,7 @@ class _ParquetOut(_Writer):
         if self.writer is None:
             self.writer = _parquet_writer(self.out, self.schema, self.present)
         self.writer.close()
+        self.out.flush()
 
 
 class _JsonOut(_Writer):
