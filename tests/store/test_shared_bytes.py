@@ -34,3 +34,23 @@ def test_scan_covers_the_window_in_day_pieces(region: Region, agent: VehicleAgen
         assert a.column("t").cast(pa.int64())[-1].as_py() < b.column("t").cast(pa.int64())[0].as_py()
         assert a.column("t").cast(pa.int64())[-1].as_py() // DAY < b.column("t").cast(pa.int64())[0].as_py() // DAY
     assert pa.concat_tables(pieces).equals(whole)
+
+
+def test_scan_reads_compacted_parts_and_withholds(region: Region, agent: VehicleAgent) -> None:
+    from carvault.compliance.retention import DAY_MS, period_ms
+
+    vin = _upload(region, agent)
+    cat = catalogue()
+    paths = sorted({c for r in region.telemetry.batches(vin, 0, 2**62) for c in r.columns} - {"t"})
+    signals = [cat.get(p) for p in paths]
+    start, end = BASE_MS - DAY, BASE_MS + 3 * DAY
+    before = pa.concat_tables(list(region.telemetry.scan(vin, start, end, signals)))
+    assert sum(c.batches for c in region.telemetry.compact()) == 10
+    assert all(r.payload_key for r in region.telemetry.batches(vin, 0, 2**62))
+    assert pa.concat_tables(list(region.telemetry.scan(vin, start, end, signals))).equals(before)
+    region.retention.run(now=BASE_MS + period_ms("body") + 30 * DAY_MS)  # body values withheld, parts untouched
+    after = pa.concat_tables(list(region.telemetry.scan(vin, start, end, signals)))
+    body = [s.path for s in signals if s.category == "body"]
+    assert body and after.num_rows == before.num_rows
+    assert all(after.column(p).null_count == after.num_rows for p in body)
+    assert after.column("Vehicle.Speed").equals(before.column("Vehicle.Speed"))

@@ -161,13 +161,25 @@ class TelemetryStore:
         return self._scan(vin, start_ms, end_ms, signals)
 
     def _scan(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> Iterator[pa.Table]:
-        lo = start_ms
-        while lo < end_ms:
-            hi = min(end_ms, (lo // MS_PER_DAY + 1) * MS_PER_DAY)
-            table = self.window(vin, lo, hi, signals)
-            if table.num_rows:
-                yield table
-            lo = hi
+        """Day by day, the next day read (its parts decoded) in a thread while the caller handles this one."""
+        held = self.batches(vin, start_ms, end_ms - 1)
+        touched: set[int] = set()
+        for r in held:
+            touched.update(range(max(start_ms, r.t0) // MS_PER_DAY, min(end_ms - 1, r.t1) // MS_PER_DAY + 1))
+        days = sorted(touched)
+        spans = []
+        for d in days:  # only days some batch touches: a year of a car that drove on 40 days reads 40 windows
+            lo, hi = max(start_ms, d * MS_PER_DAY), min(end_ms, (d + 1) * MS_PER_DAY)
+            if lo < hi:
+                spans.append((lo, hi))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="telemetry-scan") as ahead:
+            pending = ahead.submit(self.window, vin, *spans[0], signals) if spans else None
+            for i in range(len(spans)):
+                assert pending is not None
+                table = pending.result()
+                pending = ahead.submit(self.window, vin, *spans[i + 1], signals) if i + 1 < len(spans) else None
+                if table.num_rows:
+                    yield table
 
     def batch_table(self, vin: str, ref: BatchRef, cutoffs: Mapping[str, int]) -> pa.Table:
         """One batch's whole table: its per-batch copy, else decoded from the evidence (and the copy kept)."""
