@@ -205,3 +205,32 @@ def test_progress_is_written_at_most_once_a_second(
     with region.db.session() as s:
         done = s.get(ExportJob, job.id)
         assert done is not None and done.status == "done" and done.rows == 3000 and done.progress == 1.0
+
+
+def test_the_store_stream_and_small_chunks_give_the_same_files(
+    region: Region, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
+) -> None:
+    # Four minutes across a UTC midnight: the store's stream cuts there, the small chunks every 70 s.
+    midnight = (BASE_MS // 86_400_000 + 1) * 86_400_000
+    paths = ["Vehicle.Speed", "Vehicle.Powertrain.Transmission.SelectedGear", "Vehicle.IsMoving"]
+    agent.record(drive_table(start_ms=midnight - 120_000, seconds=240, paths=paths), batch_seconds=50)
+    agent.upload_pending()
+    stream = ExportJobs(region, background=False)
+    small = ExportJobs(region, background=False, chunk_ms=70_000)
+    for fmt in ("csv", "json", "parquet"):
+        for resample_ms in (None, 30_000, 45_000):
+            files = []
+            for jobs in (stream, small):
+                job = jobs.create(
+                    owner.owner_id, vehicle.vin, start_ms=None, end_ms=None, fmt=fmt, resample_ms=resample_ms
+                )
+                assert jobs.run(job.id)
+                done = jobs.get(owner.owner_id, job.id)
+                assert done.status == "done", done.error
+                files.append(jobs.open_file(done).read_bytes())
+            if fmt == "parquet":
+                assert pq.read_table(io.BytesIO(files[0])).equals(pq.read_table(io.BytesIO(files[1])))
+            else:
+                assert files[0] == files[1], (fmt, resample_ms)
+            # 30 s buckets: 8 (the span starts on one); 45 s: 6 (midnight is on one, the start is not).
+            assert done.rows == {None: 2400, 30_000: 8, 45_000: 6}[resample_ms]
