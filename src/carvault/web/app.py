@@ -138,6 +138,7 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
     )
     views.install(app)  # the owner portal: HTML pages under /, static files under /static
 
+    app.add_middleware(ingest.BatchFastPath)  # batch uploads skip the router (issue 10); inside SecurityHeaders
     app.add_middleware(SecurityHeaders)
     return app
 
