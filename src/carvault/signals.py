@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 import pyarrow as pa
@@ -327,17 +327,30 @@ class Catalogue:
         """Signals named by VSS paths or branches (``Vehicle.ADAS`` selects everything under it)."""
         if not selectors:
             return list(self)
-        chosen: dict[str, Signal] = {}
+        chosen: set[str] = set()
         for sel in selectors:
             sel = sel.strip()
             if not sel:
                 continue
-            hits = [s for s in self if s.path == sel or s.path.startswith(sel + ".")]
+            hits = self._under.get(sel)
             if not hits:
                 raise InvalidQuery(f"no signal or branch named {sel!r} in the catalogue", selector=sel)
-            for s in hits:
-                chosen[s.path] = s
+            chosen.update(hits)
         return [s for s in self if s.path in chosen]
+
+    @cached_property
+    def _under(self) -> dict[str, tuple[str, ...]]:
+        """Every path and every branch above one (``Vehicle``, ``Vehicle.ADAS`` ...), with the paths it selects.
+
+        Built once: ``select`` runs on every telemetry request, and scanning the catalogue once per selector cost
+        ~1.5 ms for a request naming 40 signals (issue 12).
+        """
+        under: dict[str, list[str]] = {}
+        for path in self._by_path:
+            parts = path.split(".")
+            for i in range(1, len(parts) + 1):
+                under.setdefault(".".join(parts[:i]), []).append(path)
+        return {name: tuple(paths) for name, paths in under.items()}
 
     def arrow_schema(self, paths: Iterable[str] | None = None) -> pa.Schema:
         """Wire schema: ``t`` (UTC milliseconds) then one nullable column per signal."""

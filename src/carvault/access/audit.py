@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from contextvars import ContextVar
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +33,11 @@ STORAGE_LIMITATION = "storage limitation: the retention period has ended"
 # The owner's portal page a request serves, as (kind, view id): set for the portal's in-process API calls (web/views/
 # base.py ``PortalPages``) so the owner's own reads say which page they showed, and the access log groups them.
 PORTAL_PAGE: ContextVar[tuple[str, str] | None] = ContextVar("portal_page", default=None)
+
+T = TypeVar("T")
+# Threads that write records while the request that made them encodes its answer (``AuditLog.begin``); one set per
+# process, shared by every AuditLog in it. More threads than this wait their turn, each record still group-committed.
+_WRITERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit-writer")
 
 
 class AuditAction(StrEnum):
@@ -219,6 +226,17 @@ class AuditLog:
             hash="",
         )
         return self._append(_Waiting(e))
+
+    @staticmethod
+    def begin(write: Callable[[], T]) -> Future[T]:
+        """Start ``write`` (a call that records events, e.g. ``lambda: log.record(...)``) on a writer thread.
+
+        The caller does its own work meanwhile (encoding a telemetry window) and calls ``result()`` on the future
+        before it answers: the record is still durable before the response leaves and a failure to write it still
+        fails the request, but the commit's fsync no longer adds to the response time (issue 12). ``write`` runs
+        in a copy of the caller's context (``PORTAL_PAGE`` and any other context variable keep their values).
+        """
+        return _WRITERS.submit(copy_context().run, write)
 
     def _append(self, waiting: _Waiting) -> AuditEvent:
         """Group commit: whoever finds no writer busy writes every event waiting, in one transaction and fsync.

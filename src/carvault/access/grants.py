@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,6 +358,13 @@ class Grants:
                     .where(Grant.id == access.grant.id)
                     .values(last_access_ms=now_ms(), reads=Grant.reads + 1, rows_served=Grant.rows_served + rows)
                 )
+
+    def begin_record_read(
+        self, access: Access, action: AuditAction | str, detail: dict[str, Any], rows: int = 0
+    ) -> Future[None]:
+        """``record_read`` started on an audit writer thread (``AuditLog.begin``) while the caller encodes its answer;
+        the caller waits on the future before it responds, so the record is durable before the data leaves."""
+        return AuditLog.begin(lambda: self.record_read(access, action, detail, rows))
 
     # --------------------------------------------------------------- revoking
     def revoke(self, owner_id: int, grant_id: int, *, by: Actor | None = None) -> Grant:

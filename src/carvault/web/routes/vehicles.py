@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from carvault.access.audit import AuditAction
-from carvault.access.exports import render
+from carvault.access.exports import FORMATS, render, window_parquet
 from carvault.access.grants import Access
 from carvault.access.vehicles import NAME_MAX, display_name
 from carvault.errors import AlreadyExists, NotFound, TooManyRequests, ValidationFailed
@@ -139,8 +139,9 @@ def serve_telemetry(
         "resample_ms": interval,
         "units": {s.path: s.unit or None for s in chosen},
     }
-    body, media = render(table, format, meta)
-    region.grants.record_read(
+    # The access-log record is written while the answer is encoded, and is durable before the answer leaves (a
+    # failed write fails the request). Should the encoding fail, the read stays recorded: the data was taken out.
+    recorded = region.grants.begin_record_read(
         access,
         AuditAction.TELEMETRY_READ,
         {
@@ -153,6 +154,13 @@ def serve_telemetry(
         },
         rows=table.num_rows,
     )
+    try:
+        if format == "parquet":  # cheap to write and to read: the window is fetched, not kept (exports are kept)
+            body, media = window_parquet(table, meta), FORMATS["parquet"]
+        else:
+            body, media = render(table, format, meta)
+    finally:
+        recorded.result()
     headers = {}
     if format != "json":
         headers["Content-Disposition"] = f'attachment; filename="{v.vin}-{start_ms}-{end_ms}.{format}"'
