@@ -78,7 +78,7 @@ LEASE_MS = 60_000
 CHUNK_MS = 86_400_000  # a UTC day per read
 KEEP_MS = 7 * 24 * 3_600_000  # finished files are kept a week, then deleted
 HEARTBEAT_S = 1.0  # progress (and the lease) is written at most this often
-ROW_GROUP_ROWS = 1 << 20  # Parquet row groups of up to about a million rows (pyarrow's own upper bound)
+ROW_GROUP_ROWS = 1 << 17  # Parquet row groups of about 131,000 rows (DuckDB's own are 122,880)
 CSV_BLOCK_ROWS = 1 << 16  # rows per CSV block handed to the encoding pool
 ENCODE_THREADS = 2
 
@@ -769,6 +769,9 @@ class _ParquetOut(_Writer):
         self.parts: list[pa.Table] = []
         self.rows = 0
         self.writer: pq.ParquetWriter | None = None
+        # Row groups are encoded by a thread of their own (pyarrow releases the GIL) while the next is gathered.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-parquet")
+        self.encoding: Future[None] | None = None
 
     def write(self, table: pa.Table) -> int:
         if table.num_rows:
@@ -785,14 +788,21 @@ class _ParquetOut(_Writer):
         self.parts, self.rows = [], 0
         if self.writer is None:
             self.writer = _parquet_writer(self.out, self.schema, self.present)
-        self.writer.write_table(_widen(narrow, self.schema), row_group_size=narrow.num_rows)
+        if self.encoding is not None:
+            self.encoding.result()  # one row group in the works at a time: memory stays flat
+        self.encoding = self.pool.submit(self.writer.write_table, _widen(narrow, self.schema), narrow.num_rows)
 
     def close(self) -> None:
         self._flush()
+        if self.encoding is not None:
+            self.encoding.result()
         if self.writer is None:
             self.writer = _parquet_writer(self.out, self.schema, self.present)
         self.writer.close()
         self.out.flush()
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class _JsonOut(_Writer):
