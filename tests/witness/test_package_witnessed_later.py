@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carvault.ledger.checkpoint import format_vkey, parse_checkpoint
+from carvault.ledger.checkpoint import format_vkey, parse_checkpoint, parse_vkey
 from carvault.region import Region, load_or_create_key, log_origin
 from carvault.server import free_port
 from carvault.settings import Settings
 from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
+from carvault.verify.package import WitnessPolicy, verify_package
 from tests.conftest import OwnerClient
 from tests.verify.test_package import EVENT_MS, consented_drive
 from tests.witness.conftest import WitnessProcess, make_witness
@@ -80,6 +81,7 @@ def test_a_package_built_before_cosigning_verifies_once_witnesses_cosigned(
     trust = tmp_path / "trust.json"
     trust.write_text(http.get("/api/v1/region/trust").text)
     keys = [arg for w in witnesses for arg in ("--witness", w.vkey)]
+    policy = WitnessPolicy(tuple(parse_vkey(w.vkey) for w in witnesses), 2)
 
     first = tmp_path / "first.zip"
     first.write_bytes(http.get(built["download"], headers=owner.headers).content)
@@ -129,7 +131,9 @@ def test_a_package_built_before_cosigning_verifies_once_witnesses_cosigned(
         with zipfile.ZipFile(later) as src, zipfile.ZipFile(forged, "w") as z:
             for name in src.namelist():
                 z.writestr(name, json.dumps(doc) if name == "log/witnessed.json" else src.read(name))
-        bad = verify(forged, trust, *keys, "--quorum", "2")
-        assert bad.returncode == 1, bad.stdout
-        assert "later witnessed checkpoint" in bad.stdout and "NOT WITNESSED ENOUGH" in bad.stdout
-        assert verify(forged, trust).returncode == 1  # checked even when no witness is named
+        anchors = json.loads(trust.read_text())
+        verdict = verify_package(forged, trust=anchors, witnesses=policy)
+        failed = {c.name: c.detail for c in verdict.failures()}
+        assert set(failed) == {"later witnessed checkpoint", "witness cosignatures"}, failed
+        assert "NOT WITNESSED ENOUGH" in failed["witness cosignatures"]
+        assert not verify_package(forged, trust=anchors).ok  # checked even when no witness is named
