@@ -116,7 +116,7 @@ def _ingest_embedded(work: Path, data: list[Any], console: Console) -> tuple[dic
     return r.to_json(), data_dir
 
 
-def _exports(data_dir: Path, formats: tuple[str, ...] = ("parquet", "csv", "json")) -> dict[str, Any]:
+def _exports(data_dir: Path, formats: tuple[str, ...] = ("parquet", "csv", "json"), repeats: int = 2) -> dict[str, Any]:
     """Each format of an owner's whole-history export of the first vehicle, run by the export job, samples/s.
 
     Besides the wall clock, the CPU seconds of this process during the job (all its threads: the job encodes in a
@@ -125,7 +125,7 @@ def _exports(data_dir: Path, formats: tuple[str, ...] = ("parquet", "csv", "json
     from sqlalchemy import func, select
 
     from carvault.access.jobs import ExportJobs
-    from carvault.bench.run import REGION, _loadavg
+    from carvault.bench.run import REGION, _loadavg, machine_busy_seconds
     from carvault.region import Region
     from carvault.settings import Settings
     from carvault.store.metadata import BatchRecord, Owner
@@ -140,25 +140,30 @@ def _exports(data_dir: Path, formats: tuple[str, ...] = ("parquet", "csv", "json
             owner_id = s.scalar(select(Owner.id).limit(1))
         jobs = ExportJobs(region, background=False)
         for fmt in formats:
-            job = jobs.create(owner_id, vin, start_ms=None, end_ms=None, fmt=fmt)
-            load = _loadavg()
-            c0, t0 = time.process_time(), time.perf_counter()
-            if not jobs.run(job.id):
-                raise RuntimeError(f"the {fmt} export did not run")
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - c0
-            with region.db.session() as s:
-                done = s.get(ExportJob, job.id)
-                assert done is not None
-                size = done.size
-            out[fmt] = {
-                "samples": int(samples),
-                "seconds": round(seconds, 3),
-                "bytes": size,
-                "samples_per_s": int(samples / seconds),
-                "cpu_s": round(cpu, 3),
-                "load_average": [load, _loadavg()],
-            }
+            for _ in range(repeats):  # the best of a few: the first run also pays for fresh memory
+                job = jobs.create(owner_id, vin, start_ms=None, end_ms=None, fmt=fmt)
+                load, busy = _loadavg(), machine_busy_seconds()
+                c0, t0 = time.process_time(), time.perf_counter()
+                if not jobs.run(job.id):
+                    raise RuntimeError(f"the {fmt} export did not run")
+                seconds = time.perf_counter() - t0
+                cpu = time.process_time() - c0
+                other = machine_busy_seconds() - busy - cpu
+                with region.db.session() as s:
+                    done = s.get(ExportJob, job.id)
+                    assert done is not None
+                    size = done.size
+                if fmt in out and out[fmt]["seconds"] <= seconds:
+                    continue
+                out[fmt] = {
+                    "samples": int(samples),
+                    "seconds": round(seconds, 3),
+                    "bytes": size,
+                    "samples_per_s": int(samples / seconds),
+                    "cpu_s": round(cpu, 3),
+                    "other_cpu_s": round(max(other, 0.0), 2),  # every other process on the machine meanwhile
+                    "load_average": [load, _loadavg()],
+                }
     return out
 
 
@@ -255,7 +260,8 @@ def fleet_lines(fig: dict[str, Any]) -> list[str]:
             load = x["load_average"]
             extra = (
                 f" (wall {x['seconds']} s, CPU {x['cpu_s']} s = {x['samples'] / max(x['cpu_s'], 1e-9) / 1e6:.1f} M "
-                f"samples per CPU-second; load {load[0]}→{load[1]})"
+                f"samples per CPU-second; load {load[0]}→{load[1]}, other processes {x.get('other_cpu_s', '?')} "
+                "CPU-s meanwhile)"
             )
         hours = f", {fig['export_hours']:g} h of driving" if "export_hours" in fig else ""
         lines.append(
@@ -341,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         console.print(
             f"{fmt}: {x['samples']:,} samples in {x['seconds']} s wall, {x['cpu_s']} s CPU: "
             f"{x['samples_per_s'] / 1e6:.2f} M samples/s wall, "
-            f"{x['samples'] / x['cpu_s'] / 1e6:.2f} M/s per CPU-second, load {x['load_average']}"
+            f"{x['samples'] / x['cpu_s'] / 1e6:.2f} M/s per CPU-second, load {x['load_average']}, "
+            f"other processes {x['other_cpu_s']} CPU-s"
         )
     print(json.dumps(out))
 
