@@ -64,7 +64,7 @@ class LiveBenchConfig:
     # (streaming cars, VISS subscribers): the subscribers watch the first cars, one connection each.
     # (streaming cars, VISS subscribers, `carvault serve --workers`); subscribers may land on another worker
     # process than their car: the broker joins them as it joins replicas.
-    runs: tuple[tuple[int, int, int], ...] = ((100, 100, 1), (1000, 1000, 2), (1000, 100, 2))
+    runs: tuple[tuple[int, int, int], ...] = ((100, 100, 1), (1000, 1000, 1), (1000, 1000, 2), (1000, 100, 2))
     seconds: float = 30.0
     interval_ms: int = 1000
     fanout_cars: int = 100
