@@ -621,12 +621,14 @@ class ExportJobs:
             writer = _ParquetOut(out, schema, {"t"} | {s.path for s in wanted})
         else:
             writer = _JsonOut(out, schema, meta, self.folder)
+        pieces = self._tables(job, wanted, todo, view)
         try:
-            for table, done in self._tables(job, wanted, todo, view):
+            for table, done in pieces:
                 rows += writer.write(table)
                 progress(done)
             writer.close()
         finally:
+            pieces.close()  # stops the reader thread now when the job stops early (cancelled, failed)
             writer.abort()
         return rows
 
