@@ -40,15 +40,17 @@ def test_a_job_during_a_recompaction_counts_each_row_once(region: Region, tmp_pa
             car.send(T + (10 + k) * 60_000, 60)
 
     seen: list[tuple[int, int]] = []
-    done = threading.Event()
+    done, running = threading.Event(), threading.Event()
 
     def jobs() -> None:
         while not done.is_set():
             seen.append(_rows(region))
+            running.set()
 
     runner = threading.Thread(target=jobs)
     runner.start()
     try:
+        assert running.wait(60)  # jobs are under way before compaction starts, and go on while it runs
         assert region.telemetry.compact(now=2**61)
     finally:
         done.set()
