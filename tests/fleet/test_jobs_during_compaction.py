@@ -42,9 +42,15 @@ def test_a_job_during_a_recompaction_counts_each_row_once(region: Region, tmp_pa
     seen: list[tuple[int, int]] = []
     done, running = threading.Event(), threading.Event()
 
+    errors: list[BaseException] = []
+
     def jobs() -> None:
-        while not done.is_set():
-            seen.append(_rows(region))
+        try:
+            while not done.is_set():
+                seen.append(_rows(region))
+                running.set()
+        except BaseException as e:  # noqa: BLE001 - a job that fails while compaction runs fails the test
+            errors.append(e)
             running.set()
 
     runner = threading.Thread(target=jobs)
@@ -55,6 +61,7 @@ def test_a_job_during_a_recompaction_counts_each_row_once(region: Region, tmp_pa
     finally:
         done.set()
         runner.join()
+    assert not errors, errors
     after, twice = _rows(region)
     assert after == before + 6 * ROWS_PER_BATCH and twice == 0
     seen.append((after, twice))
