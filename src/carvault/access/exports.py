@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,19 @@ _NULLS = b"null," * 65536
 
 def json_nulls(n: int) -> bytes:
     """``n`` JSON nulls as the inside of an array (``null,null``)."""
-    whole, rest = divmod(n, 65536)
-    return (_NULLS * whole + _NULLS[: 5 * rest])[:-1] if n else b""
+    return b"".join(json_null_pieces(n))
+
+
+def json_null_pieces(n: int) -> Iterator[bytes]:
+    """``json_nulls(n)`` in pieces of at most 320 KiB, most of them one shared constant (nothing to allocate)."""
+    if n <= 0:
+        return
+    whole, rest = divmod(n - 1, 65536)
+    for _ in range(whole):
+        yield _NULLS
+    if rest:
+        yield _NULLS[: 5 * rest]
+    yield b"null"
 
 
 def to_json(table: pa.Table, meta: dict[str, Any]) -> bytes:
