@@ -18,7 +18,7 @@ import pytest
 from carvault.access.viss import Rechecker, VissSession
 from carvault.provisioning import provision
 from carvault.region import Region
-from carvault.store.metadata import now_ms
+from carvault.store.metadata import Database, now_ms
 from tests.factories import run_coroutine, vin_for
 
 SPEED = "Vehicle.Speed"  # driving dynamics: collected unless the owner stops it
@@ -166,3 +166,23 @@ def test_a_grant_ending_by_time_ends_its_stream_though_no_row_changed(
     started = time.monotonic()
     run_coroutine(scenario())
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow  # provisions three cars (an argon2 hash each)
+def test_a_pass_that_cannot_read_ends_its_streams_rather_than_leave_them_unchecked(
+    region: Region, fleet: tuple[int, list[str]], tmp_path: Path
+) -> None:
+    owner_id, vins = fleet
+    own, _ = region.accounts.issue(owner_id, "token", label="owner script")
+    unreachable = Database(f"sqlite:///{tmp_path / 'no-such-folder' / 'metadata.db'}")  # cannot be opened
+
+    async def scenario() -> None:
+        rechecker = Rechecker(unreachable, period_s=3600)
+        boxes = [Box(region, vin, own, rechecker) for vin in vins]
+        for b in boxes:
+            await b.session.handle(_subscribe(SPEED))
+        await rechecker.run_pass(_pairs(boxes))
+        assert all(b.ended() == {"1": "unavailable"} for b in boxes), [b.sent for b in boxes]
+        assert region.live.subscription_count() == 0
+
+    run_coroutine(scenario())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import operator
 import re
@@ -68,6 +69,7 @@ from carvault.store.metadata import (
     now_ms,
 )
 
+_log = logging.getLogger(__name__)
 SUBPROTOCOL = "VISSv3"  # the WebSocket sub-protocol name VISS v3 gives
 ACTIONS = ("get", "subscribe", "unsubscribe")
 MAX_MESSAGE_CHARS = 16_384
@@ -960,6 +962,7 @@ class Rechecker:
         try:
             verdicts = await asyncio.to_thread(self.verdicts, pairs)
         except Exception:  # noqa: BLE001 - fail closed: a pass that cannot decide must not leave streams unchecked
+            _log.exception("re-check pass over %d VISS subscriptions failed: ending them", len(pairs))
             problem = Unavailable("The server is temporarily unable to check this subscription")
             verdicts = [(session, sub, problem) for session, sub in pairs]
         for session, sub, problem in verdicts:
@@ -980,6 +983,9 @@ class Rechecker:
             try:
                 verdict = session.verdict(sub, snapshot, checks)
             except SQLAlchemyError:  # the metadata DB is unreachable: end rather than stream unchecked
+                verdict = Unavailable("The server is temporarily unable to check this subscription")
+            except Exception:  # noqa: BLE001 - a subscription that cannot be checked ends; the others go on
+                _log.exception("re-check of VISS subscription %s of %s failed", sub.id, session.vin)
                 verdict = Unavailable("The server is temporarily unable to check this subscription")
             out.append((session, sub, verdict))
         snapshot.touch(self.db, {sub.allowance.token for _, sub, v in out if v is None})
