@@ -814,8 +814,8 @@ class Retention:
         return finished
 
     def _remove_copy(self, name: str) -> None:
-        """Remove a file holding a copy of erased bytes: frames, packages and compact day copies from the blob
-        store, portability bundles from the data folder."""
+        """Remove a file holding erased bytes: frames, packages and payload parts from the blob store,
+        portability bundles from the data folder."""
         if name.startswith("portability/"):
             (self.data_dir / name).unlink(missing_ok=True)
         elif name.startswith(f"{COPIES}/") and self.derived.days is not None:
