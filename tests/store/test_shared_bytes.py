@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+import pytest
 
 from carvault.region import Region
 from carvault.signals import catalogue
@@ -54,3 +57,36 @@ def test_scan_reads_compacted_parts_and_withholds(region: Region, agent: Vehicle
     assert body and after.num_rows == before.num_rows
     assert all(after.column(p).null_count == after.num_rows for p in body)
     assert after.column("Vehicle.Speed").equals(before.column("Vehicle.Speed"))
+
+
+def test_punch_frees_whole_blocks_and_reads_zeros(tmp_path: Path) -> None:
+    import os
+
+    from carvault.store.segments import punch
+
+    path = tmp_path / "f.cvseg"
+    path.write_bytes(b"\x01" * (1 << 20))
+    os.sync()
+    before = path.stat().st_blocks
+    fd = os.open(path, os.O_RDWR)
+    try:
+        punch(fd, 1000, 600_000)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert len(data) == 1 << 20 and data[1000:601_000] == bytes(600_000)
+    assert data[:1000] == b"\x01" * 1000 and data[601_000:] == b"\x01" * ((1 << 20) - 601_000)
+    assert path.stat().st_blocks * 512 <= before * 512 - 500_000  # the whole blocks inside went back
+
+
+def test_a_missing_part_is_reported_not_papered_over(region: Region, agent: VehicleAgent) -> None:
+    from carvault.errors import Unavailable
+
+    vin = _upload(region, agent)
+    region.telemetry.compact()
+    ref = region.telemetry.batches(vin, 0, 2**62)[0]
+    assert ref.payload_key is not None
+    region.blobs.delete(ref.payload_key)
+    with pytest.raises(Unavailable, match="missing"):
+        region.segment_reader.envelope(ref)
