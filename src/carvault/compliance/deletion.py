@@ -364,6 +364,12 @@ class Deletions:
             self.region.derived.delete_vehicle(vin)
             frames += self.region.frames.delete_vehicle(vin)
             with self.db.session() as s:
+                # A compaction since the first read moved a skeleton (object storage): erase it where it is now.
+                erased = {(r.segment, r.offset) for r in recs}
+                now_at = s.execute(
+                    select(BatchRecord.segment, BatchRecord.offset, BatchRecord.length).where(BatchRecord.vin == vin)
+                ).all()
+                moved = [r for r in now_at if (r[0], r[1]) not in erased]
                 batches += rowcount(s.execute(delete(BatchRecord).where(BatchRecord.vin == vin)))
                 events += rowcount(s.execute(delete(VehicleEvent).where(VehicleEvent.vin == vin)))
                 packages += rowcount(s.execute(delete(IncidentPackage).where(IncidentPackage.vin == vin)))
@@ -372,8 +378,11 @@ class Deletions:
                 s.execute(delete(StatisticsDay).where(StatisticsDay.vin == vin))  # summaries derived from them
                 # Counters of refused uploads name their seqs and spans (when the car drove): they go too.
                 s.execute(delete(BatchRefusal).where(BatchRefusal.vin == vin))
+            for seg, off, n in moved:
+                erased_bytes += reader.erase(seg, [(off, n)])
             # Again, now that the rows are gone: a copy written between the first sweep and the rows' deletion
-            # (a queued write, a racing read) found its batch still there and stayed; later ones remove themselves.
+            # (a queued write, a racing read, a compaction's part) found its batch still there and stayed; later
+            # ones remove themselves (a compaction whose rows are gone removes the part it wrote).
             self.region.derived.delete_vehicle(vin)
         done = now_ms()
         body = {
