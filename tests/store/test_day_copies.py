@@ -12,7 +12,6 @@ import random
 import threading
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from sqlalchemy import func, select
@@ -233,24 +232,20 @@ def test_two_compactions_at_once_agree(region: Region, uploaded: VehicleAgent) -
 
 
 def test_the_parts_are_a_hive_dataset_any_engine_reads(region: Region, uploaded: VehicleAgent) -> None:
+    """Listed by the metadata DB (on S3 through this replica's download cache), read by DuckDB as one dataset."""
+    from carvault.fleet.engines import DuckDBEngine, dataset_of
+
     vin = uploaded.identity.vin
     region.telemetry.compact()
-    root = region.blobs.local_path(PREFIX)
-    if root is None:
-        pytest.skip("the fleet jobs' own tests read parts on S3 through the engines")
-    rows = (
-        duckdb.connect()
-        .execute(
-            "SELECT vin, day, count(*) AS n FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
-            " GROUP BY vin, day ORDER BY day",
-            [f"{root}/*/*/*.parquet"],
-        )
-        .fetchall()
-    )
+    assert region.telemetry.days is not None
+    data = dataset_of(region.db, region.telemetry.days, region.catalogue)
+    assert len(data.files) == 10 and all(f.is_relative_to(data.root) for f in data.files)
+    with DuckDBEngine(data) as engine:
+        rows = engine.sql("SELECT vin, day, count(*) AS n FROM telemetry GROUP BY vin, day ORDER BY day").to_pylist()
     days = sorted({day_of(r.t0).isoformat() for r in _records(region, vin)})
-    assert [r[0] for r in rows] == [vin] * 3 and [str(r[1]) for r in rows] == days
+    assert [r["vin"] for r in rows] == [vin] * 3 and [str(r["day"]) for r in rows] == days
     with region.db.session() as s:
-        assert sum(r[2] for r in rows) == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
+        assert sum(r["n"] for r in rows) == s.scalar(select(func.sum(BatchRecord.rows)).where(BatchRecord.vin == vin))
 
 
 def test_an_unreadable_batch_stays_in_its_segment_and_stops_nothing(region: Region, uploaded: VehicleAgent) -> None:
