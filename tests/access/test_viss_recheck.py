@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from carvault.access.viss import Rechecker, VissSession
+from carvault.access.viss import EVENT_TEXTS, Rechecker, VissSession
+from carvault.ingest.live import LiveUpdate, LiveValue
 from carvault.provisioning import provision
 from carvault.region import Region
 from carvault.store.metadata import Database, now_ms
@@ -44,8 +45,8 @@ class Box:
         self.vin, self.token = vin, token
         self.sent: list[dict[str, Any]] = []
 
-        async def send(message: dict[str, Any]) -> None:
-            self.sent.append(message)
+        async def send(message: dict[str, Any] | bytes) -> None:
+            self.sent.append(json.loads(message) if isinstance(message, bytes) else message)
 
         self.session = VissSession(
             vin,
@@ -184,5 +185,37 @@ def test_a_pass_that_cannot_read_ends_its_streams_rather_than_leave_them_uncheck
         await rechecker.run_pass(_pairs(boxes))
         assert all(b.ended() == {"1": "unavailable"} for b in boxes), [b.sent for b in boxes]
         assert region.live.subscription_count() == 0
+
+    run_coroutine(scenario())
+
+
+@pytest.mark.slow  # provisions three cars (an argon2 hash each)
+def test_subscribers_of_one_car_share_the_events_text(region: Region, fleet: tuple[int, list[str]]) -> None:
+    owner_id, vins = fleet
+    own, _ = region.accounts.issue(owner_id, "token", label="owner script")
+
+    async def scenario() -> None:
+        rechecker = Rechecker(region.db, period_s=3600)
+        boxes = [Box(region, vins[0], own, rechecker) for _ in range(5)] + [Box(region, vins[1], own, rechecker)]
+        for b in boxes:
+            await b.session.handle(_subscribe(SPEED))
+        t = now_ms()
+        written = EVENT_TEXTS.written
+        for vin, speed in ((vins[0], 1.0), (vins[0], 2.5), (vins[1], 7.0)):
+            t += 1000
+            await region.live.publish_local(LiveUpdate(vin, t, t, {SPEED: LiveValue(SPEED, t, speed, t)}))
+        deadline = time.monotonic() + 5
+        while sum(len(b.sent) for b in boxes) < 6 + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        events = [[m for m in b.sent if m.get("action") == "subscription"] for b in boxes]
+        # The change filter fires from the second value on: one event for each of the five, none yet on the sixth.
+        assert [len(e) for e in events] == [1, 1, 1, 1, 1, 0], events
+        assert {json.dumps(e[0]["data"]) for e in events[:5]} == {
+            json.dumps({"path": SPEED, "dp": {"value": "2.5", "ts": events[0][0]["data"]["dp"]["ts"]}})
+        }
+        assert all(e[0]["subscriptionId"] == "1" and e[0]["ts"].endswith("Z") for e in events[:5])
+        assert EVENT_TEXTS.written == written + 1  # written once for the five subscribers
+        for b in boxes:
+            await b.session.close()
 
     run_coroutine(scenario())

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from sqlalchemy import func, update
 from sqlalchemy import select as query
@@ -529,7 +530,35 @@ class Subscription:
     basis: Basis | None = None  # what the last full authorisation rested on (``Rechecker``)
 
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# A message to send: a JSON object, or an event already written as JSON text (UTF-8).
+Send = Callable[[dict[str, Any] | bytes], Awaitable[None]]
+
+
+class EventTexts:
+    """The ``data`` member of events as JSON text, written once for every subscriber sent the same values.
+
+    Subscribers of one vehicle receiving the same frame's values (same paths, times, values and precision) share
+    the text; the key is what the text is made of, so a subscriber served coarser values gets its own.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._texts: dict[Any, bytes] = {}
+        self.written = 0  # texts made (for tests and profiles)
+
+    def data(self, chosen: Sequence[LiveValue], catalogue: Catalogue) -> bytes:
+        """``data_member(chosen)`` as compact JSON."""
+        key = (id(catalogue), tuple((v.path, v.t_ms, type(v.value), v.value) for v in chosen))
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= self.limit:
+                self._texts = {}
+            text = self._texts[key] = orjson.dumps(data_member(chosen, catalogue))
+            self.written += 1
+        return text
+
+
+EVENT_TEXTS = EventTexts()  # one per process: sessions on the event loop share it
 
 
 class VissSession:
@@ -691,7 +720,7 @@ class VissSession:
         return {"action": "unsubscribe", "requestId": request.request_id, "ts": iso(now_ms())}
 
     # ------------------------------------------------------------------- events out
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: dict[str, Any] | bytes) -> None:
         """Send one message (responses and events never interleave)."""
         async with self._send_lock:
             await self._send(message)
@@ -731,13 +760,15 @@ class VissSession:
         if not chosen:
             return
         sub.events += 1
+        data = EVENT_TEXTS.data(chosen, self.catalogue)
         await self.send(
-            {
-                "action": "subscription",
-                "subscriptionId": sub.id,
-                "data": data_member(chosen, self.catalogue),
-                "ts": iso(now_ms()),
-            }
+            b'{"action":"subscription","subscriptionId":'
+            + orjson.dumps(sub.id)
+            + b',"data":'
+            + data
+            + b',"ts":"'
+            + iso(now_ms()).encode()
+            + b'"}'
         )
 
     # ---------------------------------------------------------------- keeping honest

@@ -62,8 +62,8 @@ async def viss(websocket: WebSocket, vin: str) -> None:
     if getattr(state, "viss_rechecker", None) is None:
         state.viss_rechecker = Rechecker(region.db)  # one per app: every open subscription re-checked in one pass
 
-    async def send(message: dict[str, Any]) -> None:
-        await websocket.send_text(orjson.dumps(message).decode())
+    async def send(message: dict[str, Any] | bytes) -> None:
+        await websocket.send_text((message if isinstance(message, bytes) else orjson.dumps(message)).decode())
 
     session = VissSession(
         vin[:64],
