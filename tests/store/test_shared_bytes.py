@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,3 +91,24 @@ def test_a_missing_part_is_reported_not_papered_over(region: Region, agent: Vehi
     region.blobs.delete(ref.payload_key)
     with pytest.raises(Unavailable, match="missing"):
         region.segment_reader.envelope(ref)
+
+
+def test_a_window_that_listed_batches_before_a_compaction_still_answers(region: Region, agent: VehicleAgent) -> None:
+    """The interleaving forced: a window lists batches, then a compaction moves their payloads out (per-batch copies
+    gone, ranges punched out), then the window reads them. It follows each batch to its part."""
+    vin = _upload(region, agent)
+    cat = catalogue()
+    signals = [cat.get("Vehicle.Speed")]
+    start, end = BASE_MS - DAY, BASE_MS + 3 * DAY
+    expected = region.telemetry.window(vin, start, end, signals)
+    listed = region.telemetry.batches
+    stale = listed(vin, start, end - 1)
+    assert all(r.payload_key is None for r in stale)
+    assert sum(c.batches for c in region.telemetry.compact()) == 10
+    old = region.segment_reader.read(stale[0].segment, stale[0].offset, stale[0].length)
+    assert hashlib.sha256(old).hexdigest() != stale[0].batch_hash  # the old place no longer holds the payload
+    region.telemetry.batches = lambda *_a, **_k: stale  # type: ignore[method-assign]
+    try:
+        assert region.telemetry.window(vin, start, end, signals).equals(expected)
+    finally:
+        region.telemetry.batches = listed  # type: ignore[method-assign]

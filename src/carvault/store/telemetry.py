@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -128,7 +128,13 @@ class TelemetryStore:
             if ref.payload_key is not None and self.days is not None:  # a compacted day: the part's columns only
                 part = self.days.read(ref.payload_key, [p for p in wanted if p in ref.columns])
             if part is None:
-                copy = self.batch_table(vin, ref, cutoffs)
+                try:
+                    copy = self.batch_table(vin, ref, cutoffs)
+                except (Unavailable, pa.ArrowException):
+                    moved = self._moved(vin, ref)  # compacted meanwhile: its payload left the segment
+                    if moved is None:
+                        raise
+                    return load(moved)
                 have = set(copy.column_names)
                 part = copy.select(["t"] + [p for p in wanted if p in ref.columns and p in have])
             # Rows of a batch are strictly increasing in t: cut the window with a zero-copy slice.
@@ -180,6 +186,20 @@ class TelemetryStore:
                 pending = ahead.submit(self.window, vin, *spans[i + 1], signals) if i + 1 < len(spans) else None
                 if table.num_rows:
                     yield table
+
+    def _moved(self, vin: str, ref: BatchRef) -> BatchRef | None:
+        """The batch's reference again if a compaction moved its payload into a part since ``ref`` was read."""
+        if ref.payload_key is not None:
+            return None
+        with self.db.session() as s:
+            row = s.execute(
+                select(BatchRecord.segment, BatchRecord.offset, BatchRecord.payload_key).where(
+                    BatchRecord.vin == vin, BatchRecord.batch_hash == ref.batch_hash
+                )
+            ).one_or_none()
+        if row is None or row.payload_key is None:
+            return None
+        return replace(ref, segment=row.segment, offset=row.offset, payload_key=row.payload_key)
 
     def batch_table(self, vin: str, ref: BatchRef, cutoffs: Mapping[str, int]) -> pa.Table:
         """One batch's whole table: its per-batch copy, else decoded from the evidence (and the copy kept)."""
