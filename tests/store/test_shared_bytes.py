@@ -96,6 +96,8 @@ def test_a_missing_part_is_reported_not_papered_over(region: Region, agent: Vehi
 def test_a_window_that_listed_batches_before_a_compaction_still_answers(region: Region, agent: VehicleAgent) -> None:
     """The interleaving forced: a window lists batches, then a compaction moves their payloads out (per-batch copies
     gone, ranges punched out), then the window reads them. It follows each batch to its part."""
+    from carvault.errors import Unavailable
+
     vin = _upload(region, agent)
     cat = catalogue()
     signals = [cat.get("Vehicle.Speed")]
@@ -107,6 +109,8 @@ def test_a_window_that_listed_batches_before_a_compaction_still_answers(region: 
     assert sum(c.batches for c in region.telemetry.compact()) == 10
     old = region.segment_reader.read(stale[0].segment, stale[0].offset, stale[0].length)
     assert hashlib.sha256(old).hexdigest() != stale[0].batch_hash  # the old place no longer holds the payload
+    with pytest.raises(Unavailable, match="moved"):  # an evidence reader with the stale row gets no wrong bytes
+        region.segment_reader.envelope(stale[0])
     region.telemetry.batches = lambda *_a, **_k: stale  # type: ignore[method-assign]
     try:
         assert region.telemetry.window(vin, start, end, signals).equals(expected)

@@ -48,6 +48,7 @@ from carvault.store.blobs import BlobNotFound, BlobStore
 #: The key prefix of evidence in the blob store.
 PREFIX = "segments/"
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_PARQUET = b"PAR1"  # a payload (a Parquet file, docs/protocol.md §2.2) starts and ends with it
 
 
 class Located(Protocol):
@@ -307,7 +308,13 @@ class SegmentReader:
         retention, frames and window reads all call it. Unavailable when the bytes cannot be read back whole.
         """
         if rec.payload_key is None:
-            return self.read(rec.segment, rec.offset, rec.length)
+            data = self.read(rec.segment, rec.offset, rec.length)
+            start, plen = payload_range(data[: 16 + 65_536])
+            if plen < 8 or data[start : start + 4] != _PARQUET or data[start + plen - 4 : start + plen] != _PARQUET:
+                # Its payload was moved to its part (or the batch erased) after ``rec`` was read: never hand out
+                # anything but the signed bytes.
+                raise Unavailable(f"the batch in {rec.segment} moved while it was read; ask again")
+            return data
         payload = self.payload(rec.payload_key)
         keep = rec.length - len(payload)  # the skeleton: prefix and signature
         if keep < 16 + SIGNATURE_LEN:
