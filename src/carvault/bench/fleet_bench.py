@@ -170,25 +170,24 @@ def _exports(data_dir: Path, formats: tuple[str, ...] = ("parquet", "csv", "json
 def _jobs(data_dir: Path, spark: bool) -> dict[str, Any]:
     """The monthly statistics job on DuckDB and on Spark over the compacted copies."""
     from carvault.bench.run import REGION
-    from carvault.fleet.engines import DuckDBEngine, SparkEngine
+    from carvault.fleet.engines import DuckDBEngine, SparkEngine, dataset_of
     from carvault.fleet.jobs import monthly_statistics
     from carvault.region import Region
     from carvault.settings import Settings
-    from carvault.store.day_copies import PREFIX
 
     out: dict[str, Any] = {}
     with Region(Settings(data_dir=data_dir, region=REGION)) as region:
         t0 = time.perf_counter()
         done = region.telemetry.compact(now=2**61, limit=1_000_000)
         out["compaction"] = {"days": len(done), "seconds": round(time.perf_counter() - t0, 2)}
-        root = region.blobs.local_path(PREFIX)
+        assert region.telemetry.days is not None and region.telemetry.withheld is not None
+        data = dataset_of(region.db, region.telemetry.days, region.catalogue, region.telemetry.withheld())
         year = time.gmtime().tm_year
         catalogue = region.catalogue
-    assert root is not None
     answers = {}
-    engines: list[tuple[str, Any]] = [("duckdb", lambda: DuckDBEngine(root))]
+    engines: list[tuple[str, Any]] = [("duckdb", lambda: DuckDBEngine(data))]
     if spark:
-        engines.append(("spark", lambda: SparkEngine(root)))
+        engines.append(("spark", lambda: SparkEngine(data)))
     for name, make in engines:
         t0 = time.perf_counter()
         engine = make()
