@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from carvault.access.accounts import Accounts
 from carvault.access.audit import PORTAL_PAGE, AuditAction, AuditLog, event_json
@@ -54,3 +56,27 @@ def test_the_record_carries_the_callers_portal_page(region: Region, tmp_path: Pa
     region.grants.begin_record_read(access, AuditAction.TELEMETRY_READ, {"rows": 4}, rows=4).result(timeout=30)
     reads = [event_json(e) for e in region.audit.list(owner.id, action="telemetry.read")]
     assert [r["detail"] for r in reads] == [{"rows": 4}, {"rows": 3, "page": "drive", "view": "42"}]
+
+
+def test_a_statement_written_with_the_record_commits_with_it_or_not_at_all(tmp_path: Path) -> None:
+    log, owner = _log(tmp_path)
+    log.by_owner(owner, AuditAction.TELEMETRY_READ)
+    with pytest.raises(OperationalError):  # the companion statement fails: the event is not stored either
+        log.record(
+            owner_id=owner,
+            actor="owner:1",
+            action=AuditAction.TELEMETRY_READ,
+            legal_basis="test",
+            also=text("UPDATE audit_events SET no_such_column = 1"),
+        )
+    assert len(log.list(owner)) == 1 and log.verify_chain(owner) == 1
+    log.record(
+        owner_id=owner,
+        actor="owner:1",
+        action=AuditAction.TELEMETRY_READ,
+        legal_basis="test",
+        also=text("UPDATE owners SET display_name = 'counted' WHERE id = :id").bindparams(id=owner),
+    )
+    assert len(log.list(owner)) == 2 and log.verify_chain(owner) == 2
+    with log.db.session() as s:
+        assert s.scalar(text("SELECT display_name FROM owners WHERE id = :id"), {"id": owner}) == "counted"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Executable, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from carvault.errors import Unavailable
@@ -195,6 +195,7 @@ class _Waiting:
     """An event waiting for the group commit, and how it ended."""
 
     event: AuditEvent
+    also: Executable | None = None  # a statement committed with the event (e.g. a grant's read counters)
     done: bool = False
     error: Exception | None = None
 
@@ -217,8 +218,13 @@ class AuditLog:
         legal_basis: str,
         vin: str | None = None,
         detail: dict[str, Any] | None = None,
+        also: Executable | None = None,
     ) -> AuditEvent:
-        """Append one event to the owner's chain; it is durable when this returns (else the error says why)."""
+        """Append one event to the owner's chain; it is durable when this returns (else the error says why).
+
+        ``also``: a statement executed in the same transaction, so it commits with the event or not at all (one
+        commit, one fsync: a grant holder's read updates the grant's counters this way).
+        """
         e = AuditEvent(
             chain=chain_of(owner_id),
             owner_id=owner_id,
@@ -231,7 +237,7 @@ class AuditLog:
             prev_hash="",
             hash="",
         )
-        return self._append(_Waiting(e))
+        return self._append(_Waiting(e, also))
 
     @staticmethod
     def begin(write: Callable[[], T]) -> Future[T]:
@@ -285,6 +291,8 @@ class AuditLog:
                             e.hash = heads[e.chain] = entry_hash(e.prev_hash, _fields(e))
                             row = {c: getattr(e, c) for c in _COLUMNS}
                             ids.append(conn.execute(_TABLE.insert(), row).inserted_primary_key[0])
+                            if w.also is not None:
+                                conn.execute(w.also)
                     for w, event_id in zip(group, ids, strict=True):  # stored: the events carry their ids
                         w.event.id = event_id
                     break

@@ -337,6 +337,13 @@ class Grants:
 
         The owner's own reads for a portal page carry the page's kind and view id (the access log groups them)."""
         shown = PORTAL_PAGE.get() if access.view.is_owner else None
+        counters = None
+        if access.grant is not None:  # committed with the record: one transaction and one fsync per read, not two
+            counters = (
+                update(Grant)
+                .where(Grant.id == access.grant.id)
+                .values(last_access_ms=now_ms(), reads=Grant.reads + 1, rows_served=Grant.rows_served + rows)
+            )
         self.audit.record(
             owner_id=access.vehicle.owner_id,
             vin=access.vin,
@@ -350,14 +357,8 @@ class Grants:
                 **({"case_id": access.case_id} if access.case_id is not None else {}),
                 **({"page": shown[0], "view": shown[1]} if shown else {}),
             },
+            also=counters,
         )
-        if access.grant is not None:
-            with self.db.session() as s:
-                s.execute(
-                    update(Grant)
-                    .where(Grant.id == access.grant.id)
-                    .values(last_access_ms=now_ms(), reads=Grant.reads + 1, rows_served=Grant.rows_served + rows)
-                )
 
     def begin_record_read(
         self, access: Access, action: AuditAction | str, detail: dict[str, Any], rows: int = 0
