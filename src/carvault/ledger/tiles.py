@@ -203,6 +203,7 @@ class TilePublisher:
         on_published: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
         interval_s: float = 5.0,
+        min_gap_s: float = 0.2,
     ) -> None:
         self.log = log
         self.blobs = blobs
@@ -210,6 +211,10 @@ class TilePublisher:
         self.on_published = on_published
         self._retry_s = retry_s
         self._interval_s = interval_s  # also look unprompted: another replica's appends, or one that died
+        # At most one publication per gap: under steady uploads every group commit would otherwise publish a
+        # checkpoint and its tiles (several blob-store writes), the largest blob-store cost per batch on object
+        # storage. Receipts never wait for it; witnesses cosign within the gap plus their round trip.
+        self._min_gap_s = min_gap_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -254,6 +259,7 @@ class TilePublisher:
                 self._stop.wait(self._retry_s)
             with self._idle:
                 self._idle.notify_all()
+            self._stop.wait(self._min_gap_s)
 
     def published_store_size(self) -> int:
         """The tree size of the checkpoint in the store (-1 when there is none or it is unreadable)."""
