@@ -215,7 +215,9 @@ def test_full_disk_refuses_uploads_and_unauditable_reads_then_heals(
             refused_upload()
         after = _open_files(proc.pid)
         assert len(after) <= len(before) + 3, sorted(set(after) - set(before))
-        assert sum(f.endswith(".cvseg") for f in after) <= 1
+        # One segment file in use (a window read may hold its own read descriptor on it), none opened since.
+        assert len({f for f in after if f.endswith(".cvseg")}) <= 1
+        assert sum(f.endswith(".cvseg") for f in after) <= sum(f.endswith(".cvseg") for f in before)
         assert [p.name for p in volume.rglob("*.cvseg") if p.stat().st_size == 0] == []
 
         # A read that cannot be audited is a clear 503 on a connection that stays usable; unaudited ones still work.

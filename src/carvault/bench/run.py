@@ -1365,8 +1365,31 @@ def _closing_lines(rows: list[dict[str, Any]], analysis: str | None) -> list[str
     return lines
 
 
-def render_markdown(result: dict[str, Any], analysis: str | None, live_notes: str | None = None) -> str:
-    """docs/benchmarks.md from a result."""
+_SECTION = re.compile(r"<!-- ([a-z][a-z0-9-]*):start[^>]*-->")
+
+
+def other_sections(text: str, own: Sequence[str] = ("live", "analysis")) -> list[str]:
+    """The page's sections written by other steps (``carvault bench --only retention|fleet…``), whole and in order.
+
+    A full run rewrites the page but not these: it carries them over as they are (top-level sections only)."""
+    out: list[str] = []
+    pos = 0
+    while (m := _SECTION.search(text, pos)) is not None:
+        end = f"<!-- {m.group(1)}:end -->"
+        b = text.find(end, m.end())
+        if b < 0:
+            pos = m.end()
+            continue
+        if m.group(1) not in own:
+            out.append(text[m.start() : b + len(end)])
+        pos = b + len(end)
+    return out
+
+
+def render_markdown(
+    result: dict[str, Any], analysis: str | None, live_notes: str | None = None, others: Sequence[str] = ()
+) -> str:
+    """docs/benchmarks.md from a result (``others``: sections of other steps, carried over before the targets)."""
     lines = _results_lines(result) + _measured_lines(result) + _storage_window_lines(result)
     lines += _peer_log_lines(result["details"])
     if result["details"].get("blob_store"):
@@ -1377,6 +1400,8 @@ def render_markdown(result: dict[str, Any], analysis: str | None, live_notes: st
         from carvault.bench.live_bench import live_block
 
         lines += ["", live_block(result["live"], live_notes)]
+    for block in others:
+        lines += ["", block]
     lines += _closing_lines(result["rows"], analysis)
     return "\n".join(lines)
 
@@ -1760,10 +1785,23 @@ def run_bench(
     result = _result(out, cfg, started, load_start, details, fig)
     if live is not None:
         result["live"] = live
+    try:  # figures of the steps this run did not make (``--only fleet``, ``--only retention`` …) stay
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = {}
+    if isinstance(previous, dict):
+        result = {**{k: v for k, v in previous.items() if k not in result}, **result}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    try:
+        page = docs.read_text(encoding="utf-8")
+    except OSError:
+        page = ""
     docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(render_markdown(result, _existing_analysis(docs), _existing_live_notes(docs)), encoding="utf-8")
+    docs.write_text(
+        render_markdown(result, _existing_analysis(docs), _existing_live_notes(docs), other_sections(page)),
+        encoding="utf-8",
+    )
     _print_summary(console, result)
     return result
 
