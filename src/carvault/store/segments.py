@@ -65,6 +65,11 @@ def skeleton_name(batch_hash: str) -> str:
     return f"skel-{batch_hash}.cvseg"
 
 
+def is_skeleton(segment: str) -> bool:
+    """Whether a segment is a compacted batch's skeleton object (``skeleton_name``), not a group of envelopes."""
+    return segment.startswith("skel-")
+
+
 def payload_range(prefix: bytes) -> tuple[int, int]:
     """(offset within the envelope, length) of the payload, from the envelope's first ``8 + H + 8`` bytes."""
     if len(prefix) < 16 or prefix[:4] != MAGIC:
@@ -319,13 +324,15 @@ class SegmentReader:
         keep = rec.length - len(payload)  # the skeleton: prefix and signature
         if keep < 16 + SIGNATURE_LEN:
             raise Unavailable(f"payload {rec.payload_key} is longer than its batch")
-        if self.directory is None:
+        # The skeleton's layout follows from where it is, not from the backend reading it: segments move between
+        # backends unchanged (``carvault copy-blobs``), so a segment file compacted in place may be read from S3
+        # and a skeleton object from a folder.
+        if is_skeleton(rec.segment):  # an object of its own: prefix · signature
             skeleton = self.read(rec.segment, rec.offset, keep)
             prefix, signature = skeleton[: keep - SIGNATURE_LEN], skeleton[keep - SIGNATURE_LEN :]
-        else:
-            fd = self._fd(rec.segment)
-            prefix = os.pread(fd, keep - SIGNATURE_LEN, rec.offset)
-            signature = os.pread(fd, SIGNATURE_LEN, rec.offset + rec.length - SIGNATURE_LEN)
+        else:  # compacted in place: prefix · reclaimed range · signature, offsets unchanged
+            prefix = self.read(rec.segment, rec.offset, keep - SIGNATURE_LEN)
+            signature = self.read(rec.segment, rec.offset + rec.length - SIGNATURE_LEN, SIGNATURE_LEN)
         start, plen = payload_range(prefix)
         if start != len(prefix) or plen != len(payload):
             raise Unavailable(f"the skeleton of the batch in {rec.segment} does not frame its payload")
