@@ -43,7 +43,8 @@ from carvault.store.metadata import (
     now_ms,
     rowcount,
 )
-from carvault.store.segments import zero_ranges
+from carvault.store.segments import PREFIX as SEGMENTS
+from carvault.store.segments import skeleton_name, zero_ranges
 from carvault.store.tables import ExportJob
 
 if TYPE_CHECKING:
@@ -380,6 +381,12 @@ class Deletions:
                 s.execute(delete(BatchRefusal).where(BatchRefusal.vin == vin))
             for seg, off, n in moved:
                 erased_bytes += reader.erase(seg, [(off, n)])
+            if reader.directory is None:
+                # Object storage: a compaction killed after writing a batch's skeleton object and before its row
+                # named it left the object under its one name (prefix and signature of the batch): it goes too.
+                for rec in recs:
+                    if rec.kind == "telemetry" and rec.payload_key is None:
+                        blobs.delete(SEGMENTS + skeleton_name(rec.batch_hash))
             # Again, now that the rows are gone: a copy written between the first sweep and the rows' deletion
             # (a queued write, a racing read, a compaction's part) found its batch still there and stayed; later
             # ones remove themselves (a compaction whose rows are gone removes the part it wrote).

@@ -68,7 +68,8 @@ from carvault.store.metadata import (
     now_ms,
     rowcount,
 )
-from carvault.store.segments import SegmentReader
+from carvault.store.segments import PREFIX as SEGMENTS
+from carvault.store.segments import SegmentReader, skeleton_name
 from carvault.store.tables import ExportJob, FrameRecord
 
 log = logging.getLogger(__name__)
@@ -710,6 +711,10 @@ class Retention:
             # A batch's payload part (store/day_copies.py) is erased with it, by its one name: also a part a killed
             # compaction wrote before any row named it.
             files: dict[int, list[str]] = {a.batch_id: [part_key(a.vin, a.t0, a.batch_hash)] for a in swapped}
+            if self.segments.directory is None:  # object storage: a killed compaction's unnamed skeleton object too
+                for a in swapped:
+                    if now_at[a.batch_id].segment != skeleton_name(a.batch_hash):
+                        files[a.batch_id].append(SEGMENTS + skeleton_name(a.batch_hash))
             swapped = [
                 replace(a, segment=at.segment, offset=at.offset, length=at.length)
                 for a in swapped
