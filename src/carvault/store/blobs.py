@@ -103,6 +103,24 @@ class BlobStore(Protocol):
         ...
 
 
+def _make_folder(folder: Path, *, durable: bool) -> None:
+    """Create ``folder`` and its missing parents; durable: each new folder's entry fsynced in its parent.
+
+    A key's folder may be several levels deep and new (``copies/vin=…/day=…/``): a value renamed into it is only
+    as durable as every folder above it, and a payload part is the only copy of its bytes once compaction has
+    reclaimed them from the segment.
+    """
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if durable:
+        for made in reversed(missing):
+            fsync_dir(made.parent)
+
+
 class LocalBlobStore:
     """Blobs as files under one folder: the reference backend."""
 
@@ -123,9 +141,7 @@ class LocalBlobStore:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             except FileNotFoundError:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if durable:
-                    fsync_dir(target.parent.parent)
+                _make_folder(target.parent, durable=durable)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             try:
                 view = memoryview(data)
@@ -148,7 +164,7 @@ class LocalBlobStore:
         target = self._path(key)
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(target.parent, durable=True)
             with open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1024 * 1024)
                 dst.flush()
