@@ -1019,7 +1019,10 @@ class Rechecker:
                 _log.exception("re-check of VISS subscription %s of %s failed", sub.id, session.vin)
                 verdict = Unavailable("The server is temporarily unable to check this subscription")
             out.append((session, sub, verdict))
-        snapshot.touch(self.db, {sub.allowance.token for _, sub, v in out if v is None})
+        try:
+            snapshot.touch(self.db, {sub.allowance.token for _, sub, v in out if v is None})
+        except Exception:  # noqa: BLE001 - bookkeeping only: a failed write of last uses must not end allowed streams
+            _log.warning("re-check pass could not record the last use of streaming tokens", exc_info=True)
         self.passes += 1
         self.seen += len(pairs)
         return out
