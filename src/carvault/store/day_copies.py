@@ -302,27 +302,40 @@ class DayCopies:
 
     def drop_vehicle(self, vin: str) -> int:
         """Remove every part of a vehicle (its deletion, after its batches' skeletons are erased); bytes freed."""
-        freed = self.blobs.delete_prefix(f"{PREFIX}/vin={vin}/")
+        prefix = f"{PREFIX}/vin={vin}/"
+        freed = self.blobs.delete_prefix(prefix)
         folder = self.cache_dir / PREFIX / f"vin={vin}"
         if folder.exists():
             for p in folder.rglob("*"):
                 if p.is_file():
                     p.unlink(missing_ok=True)
+        with self._lock:  # parsed footers hold the parts' column statistics (min/max positions): they go too
+            for key in [k for k in self._footers if k.startswith(prefix)]:
+                del self._footers[key]
         return freed
 
     def sweep_cache(self) -> int:
-        """Remove cached downloads of parts no batch names any more (erased or deleted through another replica);
-        files removed. Every replica runs this with its compaction, so erased data leaves every disk."""
+        """Remove cached downloads of parts no batch names any more (erased or deleted through another replica or
+        worker), and their parsed footers (which hold column statistics); files removed. Every replica runs this
+        with its compaction, so erased data leaves every disk and every process's memory."""
         root = self.cache_dir / PREFIX
-        if not root.exists():
-            return 0
-        files = {p.relative_to(self.cache_dir).as_posix(): p for p in root.rglob("*.parquet") if p.name[0] != "."}
-        keys = list(files)
+        files = (
+            {p.relative_to(self.cache_dir).as_posix(): p for p in root.rglob("*.parquet") if p.name[0] != "."}
+            if root.exists()
+            else {}
+        )
+        with self._lock:
+            remembered = list(self._footers)
+        keys = sorted(set(files) | set(remembered))
         named: set[str] = set()
         with self.db.session() as s:
             for i in range(0, len(keys), 500):
                 found = s.scalars(select(BatchRecord.payload_key).where(BatchRecord.payload_key.in_(keys[i : i + 500])))
                 named.update(k for k in found if k is not None)
+        with self._lock:
+            for key in remembered:
+                if key not in named:
+                    self._footers.pop(key, None)
         gone = [p for k, p in files.items() if k not in named]
         for p in gone:
             p.unlink(missing_ok=True)
