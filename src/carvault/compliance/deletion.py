@@ -357,6 +357,14 @@ class Deletions:
             for name in bundles:
                 (self.region.settings.data_dir / "portability" / name).unlink(missing_ok=True)
             with self.db.session() as s:  # finished exports (kept a week) are copies of the vehicle's telemetry too
+                # Jobs still queued or running are cancelled first: a job's last step is a conditional UPDATE from
+                # running to done, so one building now drops its file instead of storing a copy of erased data.
+                s.execute(
+                    update(ExportJob)
+                    .where(ExportJob.vin == vin, ExportJob.status.in_(("queued", "running")))
+                    .values(status="cancelled", error="the vehicle's data was deleted", finished_ms=now_ms())
+                )
+            with self.db.session() as s:
                 exports = list(
                     s.scalars(select(ExportJob.file_name).where(ExportJob.vin == vin, ExportJob.file_name.is_not(None)))
                 )
