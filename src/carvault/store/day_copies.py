@@ -342,6 +342,10 @@ class DayCopies:
         return len(gone)
 
 
+#: How often each replica drops its cached downloads of parts that no batch names any more (erased elsewhere).
+SWEEP_S = 60.0
+
+
 class Compactor:
     """The in-process schedule: compaction of closed days every ``interval_s`` seconds in a worker thread (0 = off).
 
@@ -349,32 +353,48 @@ class Compactor:
     replicas racing on a day agree. ``carvault compact`` runs it once from the command line (e.g. from cron).
     """
 
-    def __init__(self, compact: Callable[[], object], interval_s: int) -> None:
+    def __init__(
+        self,
+        compact: Callable[[], object],
+        interval_s: int,
+        *,
+        sweep: Callable[[], object] | None = None,
+        sweep_s: float = SWEEP_S,
+    ) -> None:
         self.compact = compact
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        # This replica's downloads of parts erased through another replica go within ``sweep_s``, whatever the
+        # compaction interval (off, or hours, where compaction runs from cron): erased data leaves every disk soon.
+        self.sweep = sweep
+        self.sweep_s = sweep_s
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start the loop on the running event loop (nothing when the interval is 0)."""
-        if self.interval_s > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="copy-compactor")
+        """Start the loops on the running event loop (compaction: nothing when the interval is 0)."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        if self.interval_s > 0:
+            self._tasks.append(loop.create_task(self._loop(self.interval_s, self.compact), name="copy-compactor"))
+        if self.sweep is not None and self.sweep_s > 0:
+            self._tasks.append(loop.create_task(self._loop(self.sweep_s, self.sweep), name="copy-cache-sweeper"))
 
-    async def _loop(self) -> None:
+    @staticmethod
+    async def _loop(every_s: float, work: Callable[[], object]) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(every_s)
             try:
-                await asyncio.to_thread(self.compact)
+                await asyncio.to_thread(work)
             except Exception:  # noqa: BLE001 - the loop must live to try again next interval
-                log.exception("compaction of closed days failed; the next interval tries again")
+                log.exception("%s failed; the next interval tries again", getattr(work, "__name__", "compaction"))
 
     async def stop(self) -> None:
-        """Cancel the loop (a compaction already running finishes in its thread)."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        """Cancel the loops (a compaction already running finishes in its thread)."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
 
 def _day_start(day: dt.date) -> int:

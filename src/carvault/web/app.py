@@ -75,7 +75,12 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
         purges.start()  # a retention purge every interval (docs/retention.md); the lease lets one replica at a time
         deletions = DeletionScheduler(region.deletions)
         deletions.start()  # requests whose grace period has ended are carried out within a minute
-        compactor = Compactor(region.telemetry.compact, region.settings.compaction_interval_s)
+        days = region.telemetry.days
+        compactor = Compactor(
+            region.telemetry.compact,
+            region.settings.compaction_interval_s,
+            sweep=days.sweep_cache if days is not None else None,
+        )
         compactor.start()  # closed days into compact query copies (store/day_copies.py)
         yield
         await compactor.stop()
