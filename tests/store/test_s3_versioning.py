@@ -81,3 +81,24 @@ def test_a_bucket_without_versioning_logs_nothing(
         finally:
             store.close()
     assert not [r for r in caplog.records if r.name == "carvault.store.s3"]
+
+
+@pytest.mark.parametrize(("code", "status"), [("NotImplemented", 501), ("MethodNotAllowed", 405)])
+def test_a_store_without_bucket_versioning_is_a_warning_not_a_refusal(
+    s3_server: S3Server,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    code: str,
+    status: int,
+) -> None:
+    """S3-compatible stores without the versioning API answer it with an error: the region starts, and says so."""
+    from botocore.stub import Stubber
+
+    store = S3BlobStore(_bucket(s3_server, None), "region", endpoint_url=s3_server.endpoint_url)
+    try:
+        with Stubber(store.client) as stub, caplog.at_level(logging.WARNING, logger="carvault.store.s3"):
+            stub.add_client_error("get_bucket_versioning", service_error_code=code, http_status_code=status)
+            store.check_versioning()
+    finally:
+        store.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "carvault.store.s3"]
+    assert len(warnings) == 1 and code in warnings[0], warnings

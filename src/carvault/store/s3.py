@@ -312,9 +312,10 @@ class S3BlobStore:
         try:
             status = str(self.client.get_bucket_versioning(Bucket=self.bucket).get("Status", ""))
         except ClientError as e:
-            if _code(e) in ("403", "AccessDenied"):
+            if _code(e) in ("403", "AccessDenied", "405", "MethodNotAllowed", "501", "NotImplemented"):
+                # Not allowed to read it, or an S3-compatible store without bucket versioning at all.
                 self._warn_once(
-                    f"cannot read the versioning setting of bucket {self.bucket!r} (AccessDenied): make sure "
+                    f"cannot read the versioning setting of bucket {self.bucket!r} ({_code(e)}): make sure "
                     "versioning was never enabled on it, or erased data may survive as old versions"
                 )
                 return
