@@ -17,7 +17,8 @@ ROWS_PER_BATCH = 600  # a minute at 10 Hz
 def _rows(region: Region) -> tuple[int, int]:
     """(rows, rows that repeat a vehicle and time) of the telemetry view over the parts listed now."""
     assert region.telemetry.days is not None
-    with DuckDBEngine(dataset_of(region.db, region.telemetry.days, region.catalogue), threads=1) as e:
+    data = dataset_of(region.db, region.telemetry.days, region.catalogue, region.telemetry.withheld())
+    with DuckDBEngine(data, threads=1) as e:
         n = e.sql("SELECT count(*) AS n FROM telemetry").column("n")[0].as_py()
         twice = (
             e.sql("SELECT count(*) AS n FROM (SELECT vin, t FROM telemetry GROUP BY vin, t HAVING count(*) > 1)")

@@ -57,13 +57,16 @@ def dataset_of(
     db: Database,
     days: DayCopies,
     catalogue: Catalogue,
-    withheld: Mapping[str, int] | None = None,
+    withheld: Mapping[str, int],
     *,
     vins: Iterable[str] | None = None,
     start_ms: int | None = None,
     end_ms: int | None = None,
 ) -> Dataset:
     """The live parts of compacted telemetry batches (optionally of ``vins`` overlapping [start_ms, end_ms)).
+
+    ``withheld`` (``TelemetryStore.withheld()``: per signal, the time before which retention withholds it) is
+    required, so no caller can forget it: the engines null every value it withholds.
 
     On object storage each part is read through this replica's download cache (fetched once).
     """
@@ -91,7 +94,7 @@ def dataset_of(
     known = sorted(n for n in names if catalogue.get(n) is not None)
     fast = tuple(n for n in known if catalogue[n].rate_hz >= FAST_HZ)
     slow = tuple(n for n in known if catalogue[n].rate_hz < FAST_HZ)
-    return Dataset(root, tuple(files), fast, slow, dict(withheld or {}))
+    return Dataset(root, tuple(files), fast, slow, dict(withheld))
 
 
 class Engine(ABC):
