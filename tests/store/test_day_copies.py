@@ -259,3 +259,25 @@ def test_an_unreadable_batch_stays_in_its_segment_and_stops_nothing(region: Regi
     with region.db.session() as s:
         still = list(s.scalars(select(BatchRecord.batch_hash).where(BatchRecord.payload_key.is_(None))))
     assert still == [broken.batch_hash]
+
+
+def test_a_batch_whose_bytes_no_longer_hash_is_never_moved(region: Region, uploaded: VehicleAgent) -> None:
+    """A flipped bit inside a payload (bit rot, tampering) leaves the batch whole in its segment, for verify to
+    report; the others move."""
+    vin = uploaded.identity.vin
+    recs = _records(region, vin)
+    damaged = recs[1]
+    path = region.segment_reader.directory
+    if path is None:
+        pytest.skip("flipping a byte in place needs the local segment files")
+    with open(path / damaged.segment, "r+b") as f:
+        at = damaged.offset + damaged.length // 2  # inside the payload
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+    done = region.telemetry.compact()
+    assert sum(c.batches for c in done) == len(recs) - 1
+    with region.db.session() as s:
+        still = list(s.scalars(select(BatchRecord.batch_hash).where(BatchRecord.payload_key.is_(None))))
+    assert still == [damaged.batch_hash]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -203,6 +204,8 @@ class DayCopies:
         for rec in batches:
             try:
                 envelope = self.segments.envelope(rec)
+                if hashlib.sha256(envelope).hexdigest() != rec.batch_hash:  # never restructure damaged evidence
+                    raise Unavailable("its bytes no longer hash to its batch hash")
                 start, plen = payload_range(envelope[: 16 + 65_536])
             except (OSError, Unavailable) as e:  # being erased, or damaged: it stays where it is, tried next run
                 log.warning("batch %s of %s stays in its segment: %s", rec.seq, rec.vin, e)
