@@ -48,18 +48,7 @@ class Box:
         async def send(message: dict[str, Any] | bytes) -> None:
             self.sent.append(json.loads(message) if isinstance(message, bytes) else message)
 
-        self.session = VissSession(
-            vin,
-            catalogue=region.catalogue,
-            accounts=region.accounts,
-            grants=region.grants,
-            live=region.live,
-            policy_of=region.consents.policy,
-            check_served=region.deletions.check_served,
-            send=send,
-            connection_token=token,
-            rechecker=rechecker,
-        )
+        self.session = VissSession.of_region(region, vin, send, connection_token=token, rechecker=rechecker)
 
     def ended(self) -> dict[str, str]:
         """subscription id -> error code of the subscriptions the server ended."""

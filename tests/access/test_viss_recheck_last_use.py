@@ -33,18 +33,7 @@ def _session(region: Region, vin: str, token: str, rechecker: Rechecker, sent: l
     async def send(message: dict[str, Any] | bytes) -> None:
         sent.append(json.loads(message) if isinstance(message, bytes) else message)
 
-    return VissSession(
-        vin,
-        catalogue=region.catalogue,
-        accounts=region.accounts,
-        grants=region.grants,
-        live=region.live,
-        policy_of=region.consents.policy,
-        check_served=region.deletions.check_served,
-        send=send,
-        connection_token=token,
-        rechecker=rechecker,
-    )
+    return VissSession.of_region(region, vin, send, connection_token=token, rechecker=rechecker)
 
 
 def _ended(sent: list[dict[str, Any]]) -> dict[str, str]:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
@@ -69,6 +69,9 @@ from carvault.store.metadata import (
     Vehicle,
     now_ms,
 )
+
+if TYPE_CHECKING:
+    from carvault.region import Region
 
 _log = logging.getLogger(__name__)
 SUBPROTOCOL = "VISSv3"  # the WebSocket sub-protocol name VISS v3 gives
@@ -599,6 +602,24 @@ class VissSession:
         self._next_id = 1
         self._send_lock = asyncio.Lock()
         self._recorded: set[tuple[str, tuple[str, ...]]] = set()
+
+    @classmethod
+    def of_region(
+        cls, region: Region, vin: str, send: Send, *, connection_token: str | None, rechecker: Rechecker | None
+    ) -> VissSession:
+        """A session wired to a region's own services (the server's route and tests build it the same way)."""
+        return cls(
+            vin,
+            catalogue=region.catalogue,
+            accounts=region.accounts,
+            grants=region.grants,
+            live=region.live,
+            policy_of=region.consents.policy,
+            check_served=region.deletions.check_served,
+            send=send,
+            connection_token=connection_token,
+            rechecker=rechecker,
+        )
 
     # ----------------------------------------------------------------- authorisation
     def authorise(self, token: str | None, selection: Selection, checks: Checks | None = None) -> Allowance:

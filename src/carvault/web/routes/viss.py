@@ -65,18 +65,7 @@ async def viss(websocket: WebSocket, vin: str) -> None:
     async def send(message: dict[str, Any] | bytes) -> None:
         await websocket.send_text((message if isinstance(message, bytes) else orjson.dumps(message)).decode())
 
-    session = VissSession(
-        vin[:64],
-        catalogue=region.catalogue,
-        accounts=region.accounts,
-        grants=region.grants,
-        live=region.live,
-        policy_of=region.consents.policy,
-        check_served=region.deletions.check_served,
-        send=send,
-        connection_token=token,
-        rechecker=state.viss_rechecker,
-    )
+    session = VissSession.of_region(region, vin[:64], send, connection_token=token, rechecker=state.viss_rechecker)
     try:
         while True:
             message = await websocket.receive()
