@@ -303,6 +303,103 @@ def run_fleet_only(
     return fig
 
 
+def _pid_tree_cpu(pid: int) -> float:
+    from carvault.bench.run import _cpu_seconds
+
+    return _cpu_seconds(pid)
+
+
+def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console: Console) -> list[dict[str, Any]]:
+    """``--replica-only``: issue 12's per-replica comparison alone, with the scale backend's two costs apart.
+
+    Three ``carvault serve`` processes over the same signed batches (fresh VINs each run): PostgreSQL metadata and
+    log with evidence on S3 (moto), the same with evidence in the local folder, and the embedded region (SQLite,
+    local folder). For each run: the server's CPU per batch, and the CPU per batch of the PostgreSQL server (the
+    postmaster and its backends) and of moto, which share the machine's cores with it. Runs alternate
+    (``rounds`` times the three) so that a load change on the shared machine touches every variant alike.
+    """
+    import boto3
+
+    from carvault.bench.cluster import S3_ENV, Service, _boto_keys, _wait, moto_binary
+    from carvault.bench.pg_cluster import TemporaryPostgres
+    from carvault.bench.run import REGION, BenchConfig, ServerProcess, _loadavg, make_dataset, upload
+    from carvault.server import free_port
+    from carvault.settings import Settings
+
+    bc = BenchConfig.quick_config(vehicles=vehicles, hours=hours, batch_seconds=60)
+    console.print(f"replica costs: simulating {vehicles} vehicles × {hours:g} h")
+    data = make_dataset([f"BENCHREPL{i:08d}" for i in range(vehicles)], bc, lambda n: None)
+    work.mkdir(parents=True, exist_ok=True)
+    pg = TemporaryPostgres().start()
+    s3_port = free_port()
+    moto = Service("s3", [moto_binary(), "-H", "127.0.0.1", "-p", str(s3_port)], work / "s3.log", S3_ENV).start()
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    results: list[dict[str, Any]] = []
+    try:
+        import httpx
+
+        _wait("moto_server", lambda: httpx.get(s3_url + "/", timeout=2).status_code < 500, moto.proc, moto.log, 60)
+        boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **_boto_keys()).create_bucket(
+            Bucket="carvault-bench"
+        )
+        postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+        variants: dict[str, dict[str, str]] = {
+            "pg_s3": {
+                "CARVAULT_DATABASE_URL": pg.create_database("bench_pg_s3"),
+                "CARVAULT_BLOB_STORE": "s3://carvault-bench/r",
+                "CARVAULT_S3_ENDPOINT_URL": s3_url,
+                "CARVAULT_LOG_BACKEND": "postgres",
+                "CARVAULT_RETENTION_INTERVAL_S": "0",
+                **S3_ENV,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+            "pg_local": {
+                "CARVAULT_DATABASE_URL": pg.create_database("bench_pg_local"),
+                "CARVAULT_LOG_BACKEND": "postgres",
+                "CARVAULT_RETENTION_INTERVAL_S": "0",
+            },
+            "embedded": {"CARVAULT_RETENTION_INTERVAL_S": "0"},
+        }
+        for rnd in range(rounds):
+            for name, env in variants.items():
+                data_dir = work / name
+                saved = dict(os.environ)
+                os.environ.update(env)
+                try:
+                    settings = Settings.from_env(env, data_dir=str(data_dir), region=REGION)
+                    (signed,) = _signed(data, settings, work / f"cars-{name}-{rnd}", 10_000 + 1000 * rnd)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                server = ServerProcess(data_dir, free_port(), work / f"{name}.log", extra_env=env).start()
+                try:
+                    load0 = _loadavg()
+                    pg0, moto0 = _pid_tree_cpu(postmaster), _pid_tree_cpu(moto.proc.pid)  # type: ignore[union-attr]
+                    r = upload(server, signed, len(signed), lambda n: None).to_json()
+                    pg_s = _pid_tree_cpu(postmaster) - pg0
+                    moto_s = _pid_tree_cpu(moto.proc.pid) - moto0  # type: ignore[union-attr]
+                finally:
+                    server.stop()
+                n = r["batches"]
+                row = {
+                    "variant": name,
+                    "round": rnd,
+                    "samples_per_s": r["samples_per_s"],
+                    "batches": n,
+                    "server_cpu_ms_per_batch": r["server_cpu_ms_per_batch"],
+                    "postgres_cpu_ms_per_batch": round(pg_s * 1000 / n, 3),
+                    "moto_cpu_ms_per_batch": round(moto_s * 1000 / n, 3),
+                    "other_cpu_s": round(max(0.0, r["other_processes_cpu_seconds"] - pg_s - moto_s), 2),
+                    "load_average": [load0, _loadavg()],
+                }
+                results.append(row)
+                console.print(row)
+    finally:
+        moto.stop()
+        pg.stop()
+    return results
+
+
 def export_history(work: Path, hours: float, console: Console, *, compact: bool = True) -> Path:
     """An embedded region in ``work`` holding ``hours`` of one vehicle's driving (made once, reused after)."""
     from carvault.bench.run import BenchConfig, make_dataset
@@ -328,18 +425,35 @@ def export_history(work: Path, hours: float, console: Console, *, compact: bool 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m carvault.bench.fleet_bench --export-only``: the export step alone, on a longer history."""
+    """``python -m carvault.bench.fleet_bench --export-only``: the export step alone, on a longer history;
+    ``--replica-only``: the per-replica ingest comparison alone (PostgreSQL + S3, PostgreSQL + local, embedded)."""
     import argparse
     import json
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--export-only", action="store_true", required=True)
+    step = p.add_mutually_exclusive_group(required=True)
+    step.add_argument("--export-only", action="store_true")
+    step.add_argument(
+        "--replica-only",
+        action="store_true",
+        help="issue 12's per-replica comparison alone: PostgreSQL + S3, PostgreSQL + local blobs, embedded",
+    )
+    p.add_argument("--vehicles", type=int, default=8, help="--replica-only: vehicles uploading at once")
+    p.add_argument("--rounds", type=int, default=2, help="--replica-only: alternating runs of the three variants")
     p.add_argument("--hours", type=float, default=8.0, help="hours of one vehicle's driving (8 h: about 6 M samples)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "carvault-export-bench")
     p.add_argument("--formats", default="parquet,csv,json")
     p.add_argument("--no-compact", action="store_true", help="leave the days uncompacted (read batch by batch)")
     a = p.parse_args(argv)
     console = Console()
+    if a.replica_only:
+        work = Path(tempfile.mkdtemp(prefix="carvault-replica-bench-"))
+        try:
+            rows = replica_costs(work, a.hours if a.hours != 8.0 else 0.5, a.vehicles, a.rounds, console)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(rows))
+        return
     data_dir = export_history(a.work, a.hours, console, compact=not a.no_compact)
     out = _exports(data_dir, tuple(a.formats.split(",")))
     for fmt, x in out.items():
