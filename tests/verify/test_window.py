@@ -95,3 +95,24 @@ def test_csv_format() -> None:
         b'"2023-11-14T22:13:20.000Z",-0,"say ""hi""",true\n'
         b'"2023-11-14T22:13:20.100Z",1e-7,,\n'
     )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assemble_sorts_rows_out_of_order_and_drops_rows_without_a_time(seed: int) -> None:
+    """A hostile batch may hold its rows in any order, or a row with no time; the rule stays the same."""
+    rng = np.random.default_rng(1000 + seed)
+    tables = []
+    for table in random_batches(seed):
+        shuffled = table.take(pa.array(rng.permutation(table.num_rows)))
+        t = shuffled.column("t").to_pylist()
+        t[0] = None  # a row without a time is in no window
+        tables.append(shuffled.set_column(0, "t", pa.array(t, pa.timestamp("ms", tz="UTC"))))
+    start, end = T0 + 500, T0 + 2500
+    window = assemble(tables, start, end, catalogue())
+    want = reference([t.filter(t.column("t").is_valid()) for t in tables], start, end)
+    got = {int(r.pop("t").timestamp() * 1000): r for r in window.to_pylist()}
+    assert list(got) == sorted(want)
+    for ms, row in got.items():
+        assert {k: v for k, v in row.items() if v is not None} == {
+            k: v for k, v in want[ms].items() if v is not None
+        }, ms
