@@ -588,7 +588,7 @@ class LiveChannel:
         self.evidence = evidence or LiveEvidence()
         hub.evidence = self.evidence  # fed through the broker: a batch may arrive at another replica than its frames
         self._last: dict[str, int] = {}  # vin -> highest counter accepted here
-        self.connections = 0  # cars with a live channel open to this replica (web/routes/live.py counts them)
+        self._open: dict[str, int] = {}  # vin -> live channels open to this replica (``opened``/``closed``)
         self._policies: dict[str, tuple[int, Policy, tuple[int | None, int | None]]] = {}
         self._used: dict[str, int] = {}  # vin -> when a frame last needed its policy
         self._refresh = threading.Lock()
@@ -598,6 +598,30 @@ class LiveChannel:
         """A car may stream here only if it lives here (``WrongRegion`` / ``UnknownVehicle`` otherwise)."""
         self.gateway.residency.admit(vin)
         self.gateway.vehicle_key(vin)
+
+    @property
+    def connections(self) -> int:
+        """Cars with a live channel open to this replica (the ``carvault_live_cars`` gauge)."""
+        return sum(self._open.values())
+
+    def opened(self, vin: str) -> None:
+        """A channel of ``vin`` opened here: its policy is read with the other streaming cars' from now on.
+
+        So when many cars start streaming at once (a replica restarts, every car reconnects), the first frame's read
+        takes the policies of all connected cars, instead of one read per car in the first second, each hopping to
+        a thread: a burst of database reads that queued every frame behind it.
+        """
+        self._open[vin] = self._open.get(vin, 0) + 1
+
+    def closed(self, vin: str) -> None:
+        """A channel of ``vin`` closed here."""
+        left = self._open.get(vin, 0) - 1
+        if left > 0:
+            self._open[vin] = left
+            return
+        self._open.pop(vin, None)
+        self._used.pop(vin, None)  # its stream ended here (no frame of it is being checked: the route awaits each)
+        self._policies.pop(vin, None)
 
     def _policy(self, vin: str, at_ms: int) -> tuple[Policy, tuple[int | None, int | None]]:
         """The car's consent policy and ignition counter, read less than ``POLICY_TTL_MS`` ago.
@@ -629,22 +653,28 @@ class LiveChannel:
         return kept[1], kept[2]
 
     def _renew(self, vin: str) -> None:
-        """Read the policies of ``vin`` and of the other cars streaming here that are past half their age."""
+        """Read the policies of ``vin``, of the other cars streaming here that are past half their age, and of the
+        cars connected here whose policy was never read or is past that age (their next frames need it)."""
         read_ms = now_ms()
         horizon = read_ms - 2 * POLICY_TTL_MS
         streaming = list(self._used.items())  # one copy: frame checks on other threads keep adding to it
+        connected = list(self._open)
         for other, used in streaming:
-            if used < horizon:  # stopped streaming: forget it
+            if used < horizon and other not in self._open:  # stopped streaming: forget it
                 self._used.pop(other, None)
                 self._policies.pop(other, None)
-        due = [vin] + [
-            v
-            for v, used in streaming
-            if v != vin
-            and used >= horizon
-            and (k := self._policies.get(v)) is not None
-            and read_ms - k[0] >= POLICY_TTL_MS // 4
-        ]
+        due = (
+            [vin]
+            + [
+                v
+                for v, used in streaming
+                if v != vin
+                and used >= horizon
+                and (k := self._policies.get(v)) is not None
+                and read_ms - k[0] >= POLICY_TTL_MS // 4
+            ]
+            + [v for v in connected if v != vin and v not in self._policies]
+        )
         found = set()
         with self.gateway.db.connection() as conn:
             for i in range(0, len(due), POLICY_CHUNK):

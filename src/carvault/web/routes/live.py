@@ -56,11 +56,11 @@ async def car_live(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_BASE + e.status, e.code)
         return
     await websocket.send_text(json.dumps({"type": "ready", "vin": vin, "region": region.name}))
-    region.live_channel.connections += 1  # the carvault_live_cars gauge (metrics.py)
+    region.live_channel.opened(vin)  # its policy joins the streaming cars' reads; counted by the carvault_live_cars gauge
     try:
         await _stream(websocket, region, vin)
     finally:
-        region.live_channel.connections -= 1
+        region.live_channel.closed(vin)
 
 
 async def _stream(websocket: WebSocket, region: Region, vin: str) -> None:
