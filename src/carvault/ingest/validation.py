@@ -8,6 +8,7 @@ counts); a batch that fails any check is refused whole.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 
 from carvault.dtc import DTC_SIGNAL, parse_dtcs
 from carvault.errors import (
+    CarVaultError,
     DeIdentificationMissing,
     MalformedBatch,
     PayloadTooLarge,
@@ -118,28 +120,28 @@ def validate_payload(
     max_future_skew_ms: int,
     max_rows: int,
 ) -> PayloadSummary:
-    """Raise the matching ``BadRequest`` for the first defect; return a summary if the batch is sound."""
-    if table.num_rows != header.rows:
-        raise MalformedBatch(f"header says {header.rows} rows but the payload has {table.num_rows}")
-    if table.num_rows > max_rows:
-        raise PayloadTooLarge(f"batch has {table.num_rows} rows; the limit is {max_rows}", limit=max_rows)
-    names = table.column_names
-    if not names or names[0] != "t":
-        raise MalformedBatch("the first payload column must be 't' (UTC milliseconds)")
-    if len(set(names)) != len(names):
-        raise MalformedBatch("payload has duplicate column names")
-    if table.schema.field("t").type != TIME_TYPE:
-        raise WrongSignalType(f"column 't' must be {TIME_TYPE}, got {table.schema.field('t').type}", signal="t")
-    _check_time(header, table.column("t"), now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    """Raise the matching ``BadRequest`` for the first defect; return a summary if the batch is sound.
 
-    checks = _column_checks(catalogue, table.schema)
-    samples = 0
-    inspected: list[tuple[_ColumnCheck, pa.ChunkedArray]] = []
-    for check, col in zip(checks, table.columns[1:], strict=True):
-        present = len(col) - col.null_count
-        samples += present
-        if present and check.inspects_values:
-            inspected.append((check, col))
+    What depends on the payload's schema alone (names, types, which columns are read) is decided once per schema
+    (``_SchemaPlan``); a schema with a defect is never kept, and its batch is refused by the same checks, in the
+    same order, as a first sight of it.
+    """
+    rows = table.num_rows
+    if rows != header.rows:
+        raise MalformedBatch(f"header says {header.rows} rows but the payload has {rows}")
+    if rows > max_rows:
+        raise PayloadTooLarge(f"batch has {rows} rows; the limit is {max_rows}", limit=max_rows)
+    plan = _plan(catalogue, table.schema)
+    if plan is None:
+        _check_shape(table.schema)  # raises the defect that kept the schema from being planned, if it is one of these
+    _check_time(header, table.column(0), now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    if plan is None:
+        plan = _SchemaPlan.of(catalogue, table.schema)  # raises an unknown or mistyped signal
+
+    columns = table.columns
+    nulls = [col.null_count for col in columns]
+    samples = rows * (len(columns) - 1) - sum(nulls) + nulls[0]
+    inspected = [(plan.checks[i - 1], columns[i]) for i in plan.inspected if nulls[i] < rows]
     bounds = _bounds([(c, col) for c, col in inspected if c.value_set is None])
     for check, col in inspected:  # in column order: the first defect is the one reported
         name, sig = check.name, check.signal
@@ -162,11 +164,22 @@ def validate_payload(
                 got_min=lo,
                 got_max=hi,
             )
-    _check_camera_frames(table, names)
-    _check_trouble_codes(table, names)
-    return PayloadSummary(
-        rows=table.num_rows, samples=samples, columns=tuple(names[1:]), event=event_meta(header, table)
-    )
+    if plan.camera:
+        _check_camera_frames(table, plan.names)
+    if plan.trouble_codes:
+        _check_trouble_codes(table, plan.names)
+    return PayloadSummary(rows=rows, samples=samples, columns=plan.columns, event=event_meta(header, table))
+
+
+def _check_shape(schema: pa.Schema) -> None:
+    """The payload's columns: ``t`` first, as UTC milliseconds, and no name twice."""
+    names = schema.names
+    if not names or names[0] != "t":
+        raise MalformedBatch("the first payload column must be 't' (UTC milliseconds)")
+    if len(set(names)) != len(names):
+        raise MalformedBatch("payload has duplicate column names")
+    if schema.field("t").type != TIME_TYPE:
+        raise WrongSignalType(f"column 't' must be {TIME_TYPE}, got {schema.field('t').type}", signal="t")
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,7 @@ class _ColumnCheck:
     ranged: bool  # the signal has a minimum or maximum (booleans and texts have none that apply)
     value_set: pa.Array | None  # an enumerated signal's allowed values
     allowed: frozenset[Any] = frozenset()  # the same values, for comparing a column's distinct values
+    dtype: np.dtype[Any] | None = None  # a fixed-width number's layout in Arrow's value buffer, read in place
 
     @property
     def inspects_values(self) -> bool:
@@ -186,19 +200,8 @@ class _ColumnCheck:
         return self.floating or self.ranged or self.value_set is not None
 
 
-_SCHEMA_CHECKS: dict[tuple[int, pa.Schema], tuple[_ColumnCheck, ...]] = {}
-_SCHEMA_CHECKS_KEPT = 256  # distinct payload schemas remembered (a fleet sends a handful)
-
-
 def _column_checks(catalogue: Catalogue, schema: pa.Schema) -> tuple[_ColumnCheck, ...]:
-    """The checks of every signal column (all but ``t``), or the error of the first unknown or mistyped one.
-
-    Names and types depend on the schema alone, so a schema seen before costs one dictionary lookup.
-    """
-    key = (id(catalogue), schema)
-    checks = _SCHEMA_CHECKS.get(key)
-    if checks is not None:
-        return checks
+    """The checks of every signal column (all but ``t``), or the error of the first unknown or mistyped one."""
     built = []
     for field in list(schema)[1:]:
         name = field.name
@@ -224,35 +227,135 @@ def _column_checks(catalogue: Catalogue, schema: pa.Schema) -> tuple[_ColumnChec
                 and sig.allowed is None,
                 value_set=pa.array(sig.allowed) if sig.allowed is not None else None,
                 allowed=frozenset(sig.allowed or ()),
+                dtype=_NUMPY_TYPES.get(field.type),
             )
         )
-    checks = tuple(built)
-    if len(_SCHEMA_CHECKS) >= _SCHEMA_CHECKS_KEPT:
-        _SCHEMA_CHECKS.clear()
-    _SCHEMA_CHECKS[key] = checks
-    return checks
+    return tuple(built)
+
+
+@dataclass(frozen=True)
+class _SchemaPlan:
+    """Everything the checks decide from a sound payload schema alone, kept per schema (``_plan``)."""
+
+    catalogue: Catalogue
+    schema: pa.Schema
+    names: tuple[str, ...]  # every column, ``t`` first
+    columns: tuple[str, ...]  # the signal columns, as the summary names them
+    checks: tuple[_ColumnCheck, ...]  # one per signal column
+    inspected: tuple[int, ...]  # indices (in the table) of the columns whose values a check reads
+    camera: bool  # the payload has camera columns (their de-identification marks are checked)
+    trouble_codes: bool  # the payload has the trouble-code list
+
+    @classmethod
+    def of(cls, catalogue: Catalogue, schema: pa.Schema) -> _SchemaPlan:
+        """The plan of a schema, or the error of its first defect (``_check_shape``, then ``_column_checks``)."""
+        _check_shape(schema)
+        checks = _column_checks(catalogue, schema)
+        names = tuple(schema.names)
+        return cls(
+            catalogue=catalogue,
+            schema=schema,
+            names=names,
+            columns=names[1:],
+            checks=checks,
+            inspected=tuple(i for i, c in enumerate(checks, start=1) if c.inspects_values),
+            camera=any(n.startswith(CAMERA) for n in names),
+            trouble_codes=DTC_SIGNAL in names,
+        )
+
+
+_PLANS: dict[tuple[int, str], _SchemaPlan] = {}
+_PLANS_KEPT = 256  # distinct payload schemas remembered (a fleet sends a handful)
+
+
+def _plan(catalogue: Catalogue, schema: pa.Schema) -> _SchemaPlan | None:
+    """The kept plan of a sound schema (made on first sight), or None if the schema has a defect.
+
+    Hashing an Arrow schema walks every field in Python (≈ 50 µs for a one-minute batch's 41 columns, per batch);
+    its text is one call. Texts are not unique (a field name may contain a line that reads like another field),
+    so a kept plan is used only for a schema *equal* to the one it was made from; any other gets no keeping.
+    """
+    key = (id(catalogue), schema.to_string(show_field_metadata=False, show_schema_metadata=False))
+    kept = _PLANS.get(key)
+    if kept is not None:
+        return kept if kept.catalogue is catalogue and kept.schema.equals(schema) else None
+    try:
+        plan = _SchemaPlan.of(catalogue, schema)
+    except CarVaultError:
+        return None
+    if len(_PLANS) >= _PLANS_KEPT:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+# Arrow's fixed-width numbers whose value buffer numpy reads in place (every catalogue number type).
+_NUMPY_TYPES: dict[pa.DataType, np.dtype[Any]] = {
+    t: np.dtype(t.to_pandas_dtype())
+    for t in (
+        pa.int8(),
+        pa.int16(),
+        pa.int32(),
+        pa.int64(),
+        pa.uint8(),
+        pa.uint16(),
+        pa.uint32(),
+        pa.uint64(),
+        pa.float32(),
+        pa.float64(),
+    )
+}
 
 
 def _bounds(columns: list[tuple[_ColumnCheck, pa.ChunkedArray]]) -> dict[str, tuple[Any, Any]]:
-    """Each column's lowest and highest present value, as Python numbers.
+    """Each column's lowest and highest present value, as Python numbers (ints for integer columns).
 
-    A one-minute batch has some forty numeric columns of a few hundred values, so calls, not values, are the
-    cost (issue 10): columns of one type and length are stacked and reduced together, two calls for the lot.
+    The columns are one table's, so all have its length. A one-minute batch has some forty numeric columns of a few
+    hundred values, so calls, not values, are the cost (issue 10): the values are read in place from Arrow's buffers
+    (no null-dropping call per column), stacked as doubles (exact for every catalogue number but 64-bit integers,
+    which are reduced on their own) and reduced in one pass, null slots (whatever bytes they hold) replaced by an
+    infinity that never wins. A NaN among the present values still makes both bounds NaN (numpy propagates it).
     """
-    groups: dict[tuple[np.dtype[Any], int], list[tuple[str, np.ndarray]]] = {}
-    for check, col in columns:
-        values = _present_values(col)
-        groups.setdefault((values.dtype, len(values)), []).append((check.name, values))
     bounds: dict[str, tuple[Any, Any]] = {}
-    for members in groups.values():
-        if len(members) == 1:
-            name, values = members[0]
-            bounds[name] = (values.min().item(), values.max().item())
+    if not columns:
+        return bounds
+    length = len(columns[0][1])
+    stacked = np.empty((len(columns), length), dtype=np.float64)  # a row per column, filled in place
+    mask: np.ndarray | None = None  # where a value is present, made at the first column with nulls
+    names: list[tuple[str, bool]] = []  # (column, integral) of each row filled
+    for check, col in columns:
+        dtype = check.dtype
+        if dtype is None:  # not a fixed-width number
+            values = _present_values(col)
+            bounds[check.name] = (values.min().item(), values.max().item())
             continue
-        stacked = np.stack([values for _, values in members])
-        lows, highs = stacked.min(axis=1).tolist(), stacked.max(axis=1).tolist()
-        for (name, _), lo, hi in zip(members, lows, highs, strict=True):
-            bounds[name] = (lo, hi)
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        validity, data = arr.buffers()[:2]
+        offset = arr.offset
+        values = np.frombuffer(data, dtype=dtype, count=length, offset=offset * dtype.itemsize)
+        present = None
+        if arr.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), count=offset + length, bitorder="little")
+            present = bits[offset:].view(np.bool_)
+        if dtype.kind != "f" and dtype.itemsize > 4:  # not exact as a double: on its own
+            kept = values if present is None else values[present]
+            bounds[check.name] = (kept.min().item(), kept.max().item())
+            continue
+        row = len(names)
+        stacked[row] = values
+        if present is not None:
+            if mask is None:
+                mask = np.ones(stacked.shape, dtype=np.bool_)
+            mask[row] = present
+        names.append((check.name, dtype.kind != "f"))
+    stacked = stacked[: len(names)]
+    if mask is not None:
+        mask = mask[: len(names)]
+        lows, highs = np.where(mask, stacked, np.inf).min(axis=1), np.where(mask, stacked, -np.inf).max(axis=1)
+    else:
+        lows, highs = stacked.min(axis=1), stacked.max(axis=1)
+    for (name, integral), lo, hi in zip(names, lows.tolist(), highs.tolist(), strict=True):
+        bounds[name] = (int(lo), int(hi)) if integral else (lo, hi)
     return bounds
 
 
@@ -264,7 +367,7 @@ def _present_values(col: pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _check_trouble_codes(table: pa.Table, names: list[str]) -> None:
+def _check_trouble_codes(table: pa.Table, names: Sequence[str]) -> None:
     """A trouble-code list must be the JSON records carvault/dtc.py defines (the car writes them with it too)."""
     if DTC_SIGNAL not in names:
         return
@@ -273,7 +376,7 @@ def _check_trouble_codes(table: pa.Table, names: list[str]) -> None:
             parse_dtcs(value)
 
 
-def _check_camera_frames(table: pa.Table, names: list[str]) -> None:
+def _check_camera_frames(table: pa.Table, names: Sequence[str]) -> None:
     """Exterior frames are accepted only when the agent marks them de-identified and says how."""
     if CAMERA + "FrameHash" not in names:
         if any(n.startswith(CAMERA) for n in names):
@@ -373,10 +476,16 @@ def _redactions(text: str, detectors: set[str], t: Any) -> None:
 
 
 def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_future_skew_ms: int) -> None:
+    """The timestamps: none null, within the header's span, strictly increasing.
+
+    Read as int64 milliseconds in place from Arrow's buffer (the type is checked before): three numpy reductions
+    instead of four Arrow calls, for every batch (issue 10).
+    """
     if t.null_count:
         raise TimestampOutOfSpan("column 't' has null timestamps")
-    ms = t.cast(pa.int64())
-    lo, hi = pc.min_max(ms).as_py().values()
+    arr = t.chunk(0) if t.num_chunks == 1 else t.combine_chunks()
+    ms = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr), offset=arr.offset * 8)
+    lo, hi = (int(ms.min()), int(ms.max())) if len(ms) else (None, None)
     if header.t0 < EARLIEST_MS:
         raise TimestampOutOfSpan("batch span starts before 2000-01-01", t0=header.t0)
     if header.t1 > now_ms + max_future_skew_ms:
@@ -386,14 +495,13 @@ def _check_time(header: BatchHeader, t: pa.ChunkedArray, *, now_ms: int, max_fut
             t1=header.t1,
             server_ms=now_ms,
         )
+    if lo is None or hi is None:
+        raise MalformedBatch("the payload has no rows")
     if lo < header.t0 or hi > header.t1:
         raise TimestampOutOfSpan(
             f"timestamps {lo}..{hi} fall outside the header span {header.t0}..{header.t1}",
             t0=header.t0,
             t1=header.t1,
         )
-    if len(ms) > 1:
-        flat = ms.combine_chunks() if isinstance(ms, pa.ChunkedArray) else ms
-        steps = pc.subtract(flat[1:], flat[:-1])
-        if pc.min(steps).as_py() <= 0:
-            raise TimestampOutOfSpan("timestamps must be strictly increasing")
+    if len(ms) > 1 and int(np.diff(ms).min()) <= 0:
+        raise TimestampOutOfSpan("timestamps must be strictly increasing")
