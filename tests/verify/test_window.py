@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from carvault.signals import catalogue
-from carvault.verify.window import assemble, iso_times, to_csv
+from carvault.verify.window import assemble, csv_equals, iso_times, to_csv
 
 T0 = 1_700_000_000_000
 
@@ -116,3 +116,31 @@ def test_assemble_sorts_rows_out_of_order_and_drops_rows_without_a_time(seed: in
         assert {k: v for k, v in row.items() if v is not None} == {
             k: v for k, v in want[ms].items() if v is not None
         }, ms
+
+
+def _table_of(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    text = np.array(['say "hi"', "a,b", "plain", "x\ny"], dtype=object)[rng.integers(0, 4, rows)]
+    return pa.table(
+        {
+            "t": pa.array(T0 + np.arange(rows) * 100, pa.timestamp("ms", tz="UTC")),
+            "Vehicle.Speed": pa.array(rng.normal(size=rows), mask=rng.random(rows) < 0.5).cast(pa.float32()),
+            "Vehicle.Body.Lights.Brake.IsActive": pa.array(list(text), mask=rng.random(rows) < 0.3),
+            "Vehicle.ADAS.ABS.IsEngaged": pa.array(rng.random(rows) < 0.5, mask=rng.random(rows) < 0.2),
+        }
+    )
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2047, 2048, 5001, 40_000])
+def test_csv_equals_is_the_byte_comparison_with_to_csv(rows: int) -> None:
+    """csv_equals renders the rows in two halves; it must answer exactly data == to_csv(table)."""
+    table = _table_of(rows)
+    text = to_csv(table)
+    assert csv_equals(table, text)
+    assert not csv_equals(table, None)
+    assert not csv_equals(table, text + b"\n")
+    assert not csv_equals(table, text[:-1])
+    for at in {0, len(text) // 2, len(text) - 1}:  # one byte changed: header, the middle, the last row
+        changed = bytearray(text)
+        changed[at] ^= 0x01
+        assert not csv_equals(table, bytes(changed)), at
