@@ -340,8 +340,13 @@ def decode_payload(
             raise PayloadTooLarge(f"payload expands to {stored} bytes; the limit is {max_bytes}", limit=max_bytes)
         arrow_schema = md.schema.to_arrow_schema()  # a stored Arrow schema may ask for dictionary columns
         texts = [i for i, t in enumerate(arrow_schema.types) if _is_text(t)]
+        # Columns named by their index when the file is flat (one Parquet column per field, as a payload is): by
+        # name, pyarrow builds a map of every column's path for each file opened.
+        flat = md.num_columns == len(arrow_schema)
         pf = pq.ParquetFile(
-            pa.BufferReader(payload), metadata=md, read_dictionary=[arrow_schema[i].name for i in texts] or None
+            pa.BufferReader(payload),
+            metadata=md,
+            read_dictionary=(texts if flat else [arrow_schema[i].name for i in texts]) or None,
         )
         # ParquetFile.read without threads is ~35% faster than read_table for small batch files.
         table = pf.read(use_threads=False)
@@ -372,13 +377,22 @@ def _expand_dictionaries(table: pa.Table, schema: pa.Schema, texts: list[int], b
 
     plain = []
     for i in texts:
-        col = table.column(i).combine_chunks()
+        chunked = table.column(i)
+        plain.append((i, chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()))
+    # Each row expands to at most its dictionary's bytes: when even that fits for every column (a batch's few short
+    # values), the exact sizes need no computing; else they are summed column by column, as the limit says.
+    most = 0
+    for _, col in plain:
         if isinstance(col, pa.DictionaryArray):
-            lengths = pc.binary_length(col.dictionary)
-            budget -= int(pc.sum(pc.take(lengths, col.indices)).as_py() or 0)
-            if budget < 0:
-                raise PayloadTooLarge("payload text columns expand beyond the decode limit", signal=schema[i].name)
-        plain.append((i, col))
+            values = col.dictionary.buffers()[-1]
+            most += len(col) * (values.size if values is not None else 0)
+    if most > budget:
+        for i, col in plain:
+            if isinstance(col, pa.DictionaryArray):
+                lengths = pc.binary_length(col.dictionary)
+                budget -= int(pc.sum(pc.take(lengths, col.indices)).as_py() or 0)
+                if budget < 0:
+                    raise PayloadTooLarge("payload text columns expand beyond the decode limit", signal=schema[i].name)
     for i, col in plain:
         table = table.set_column(i, schema[i], col.cast(schema[i].type))
     return table
