@@ -12,12 +12,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from carvault.ledger.checkpoint import SIGNATURE_TYPE_COSIGNATURE, VerifierKey, parse_vkey
-from carvault.ledger.merkle import VerificationError
-from carvault.verify.documents import DocumentError, load_json
-from carvault.verify.package import EXIT_USAGE, Pins, Verdict, WitnessPolicy, verify_package
+from carvault.verify.exit_codes import EXIT_USAGE
+
+if TYPE_CHECKING:
+    from carvault.ledger.checkpoint import VerifierKey
+    from carvault.verify.package import Verdict, WitnessPolicy
+
+# The kernel (carvault.verify.package: pyarrow, NumPy, cryptography) is imported where a package is verified, so
+# `carvault verify --help` and a usage error answer at once.
 
 _MARKS = {True: "holds", False: "FAILS", None: "note"}
 
@@ -82,6 +86,8 @@ def run(
     except _Usage as e:
         print(f"carvault verify: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from carvault.verify.package import Pins, verify_package
+
     pins = Pins(log_key, ca_sha256) if log_key is not None and ca_sha256 is not None else None
     verdict = verify_package(package, saved_checkpoint=saved, trust=trust_doc, pins=pins, witnesses=policy)
     if json_out:
@@ -142,6 +148,8 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    from carvault.verify.documents import DocumentError, load_json
+
     try:
         return load_json(path.read_bytes(), str(path))
     except OSError as e:
@@ -151,6 +159,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _witness_policy(witnesses: Sequence[str], quorum: int | None) -> WitnessPolicy | None:
+    from carvault.ledger.checkpoint import SIGNATURE_TYPE_COSIGNATURE, parse_vkey
+    from carvault.ledger.merkle import VerificationError
+    from carvault.verify.package import WitnessPolicy
+
     keys: list[VerifierKey] = []
     for text in witnesses:
         try:

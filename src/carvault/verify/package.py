@@ -51,6 +51,13 @@ from carvault.verify.documents import (
     parse_trust,
     parse_witnessed,
 )
+from carvault.verify.exit_codes import (  # noqa: F401 - re-exported: the codes a verdict maps to
+    EXIT_FAILED,
+    EXIT_NOT_ANCHORED,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+)
 
 MANIFEST_CONTEXT = b"carvault-package-manifest-v1\n"
 SIGNATURE_LEN = 64
@@ -60,12 +67,6 @@ WITNESSED = "log/witnessed.json"
 #: Files every package holds (edr/part563.csv only with an event).
 REQUIRED = ("certs/vehicle.pem", "log/checkpoint.txt", "log/proofs.json", "trust.json", "coverage.json")
 
-# Exit codes of `carvault verify` (docs/incident-package.md §4).
-EXIT_VERIFIED = 0
-EXIT_FAILED = 1
-EXIT_NOT_ANCHORED = 2
-EXIT_UNREADABLE = 3
-EXIT_USAGE = 4
 
 __all__ = [
     "MANIFEST_CONTEXT",
@@ -664,7 +665,7 @@ def check_tables(run: _Run) -> None:
     if not run.envs or run.key is None:
         return
     from carvault.signals import catalogue
-    from carvault.verify.window import assemble, to_csv
+    from carvault.verify.window import assemble, csv_equals
 
     m = run.pkg.manifest
     try:
@@ -676,7 +677,7 @@ def check_tables(run: _Run) -> None:
     except Exception as e:  # noqa: BLE001 - a signed payload the kernel cannot read is reported, not raised
         run.add("CSV equals the signed data", False, f"the signed batches cannot be read as tables: {e}")
         return
-    same = run.pkg.files.get("data/window.csv") == to_csv(window)
+    same = csv_equals(window, run.pkg.files.get("data/window.csv"))  # data/window.csv == to_csv(window)
     detail = f"{window.num_rows} rows recomputed from the batches" if same else "data/window.csv differs"
     run.add("CSV equals the signed data", same, detail + ("" if same else " from the data in the signed batches"))
     if m.event_ms is not None:
