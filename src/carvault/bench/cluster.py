@@ -150,6 +150,31 @@ def moto_binary() -> str:
     return str(exe)
 
 
+def s3_server_args(port: int, *, keep_alive: bool = True) -> list[str]:
+    """The command of the local S3-compatible server: moto's S3 application on ``127.0.0.1:port``.
+
+    ``moto_server`` itself runs on Werkzeug's development server, which answers every request with
+    ``Connection: close``: each S3 request of a replica then paid a new TCP connection on both sides, and moto a new
+    thread per request — costs a real object store (which keeps HTTP/1.1 connections alive, and which the
+    replica's one pooled boto3 client reuses) does not impose. With ``keep_alive`` (the default) the same
+    application is served by uvicorn (HTTP/1.1 keep-alive, a thread pool); ``keep_alive=False`` gives the old
+    server, for comparisons (``fleet_bench --replica-only``).
+    """
+    if not keep_alive:
+        return [moto_binary(), "-H", "127.0.0.1", "-p", str(port)]
+    moto_binary()  # the same dependency check
+    return [sys.executable, "-m", "carvault.bench.cluster", "s3", "--port", str(port)]
+
+
+def serve_s3(port: int, host: str = "127.0.0.1") -> None:
+    """Serve moto's S3 application with keep-alive connections until stopped (``s3_server_args``)."""
+    import uvicorn
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    uvicorn.run(app, host=host, port=port, interface="wsgi", log_level="warning", timeout_keep_alive=60)
+
+
 class LocalCluster:
     """A region of ``replicas`` processes behind HAProxy, on PostgreSQL, S3, NATS and its witnesses."""
 
@@ -184,7 +209,7 @@ class LocalCluster:
     def _start_infrastructure(self) -> None:
         self.pg = TemporaryPostgres().start()
         database_url = self.pg.create_database(f"carvault_{self.region}")
-        s3 = Service("s3", [moto_binary(), "-H", "127.0.0.1", "-p", str(self.s3_port)], self.root / "s3.log", S3_ENV)
+        s3 = Service("s3", s3_server_args(self.s3_port), self.root / "s3.log", S3_ENV)
         self.services["s3"] = s3.start()
         nats = Service("nats", [nats_binary(), "-a", "127.0.0.1", "-p", str(self.nats_port)], self.root / "nats.log")
         self.services["nats"] = nats.start()
@@ -309,3 +334,14 @@ class LocalCluster:
 
 def _boto_keys() -> dict[str, str]:
     return {"aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    _p = argparse.ArgumentParser(description="The local S3-compatible server of LocalCluster (moto, keep-alive).")
+    _p.add_argument("service", choices=["s3"])
+    _p.add_argument("--port", type=int, required=True)
+    _p.add_argument("--host", default="127.0.0.1")
+    _a = _p.parse_args()
+    serve_s3(_a.port, _a.host)

@@ -312,15 +312,16 @@ def _pid_tree_cpu(pid: int) -> float:
 def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console: Console) -> list[dict[str, Any]]:
     """``--replica-only``: issue 12's per-replica comparison alone, with the scale backend's two costs apart.
 
-    Three ``carvault serve`` processes over the same signed batches (fresh VINs each run): PostgreSQL metadata and
-    log with evidence on S3 (moto), the same with evidence in the local folder, and the embedded region (SQLite,
-    local folder). For each run: the server's CPU per batch, and the CPU per batch of the PostgreSQL server (the
-    postmaster and its backends) and of moto, which share the machine's cores with it. Runs alternate
-    (``rounds`` times the three) so that a load change on the shared machine touches every variant alike.
+    Four ``carvault serve`` processes over the same signed batches (fresh VINs each run): PostgreSQL metadata and
+    log with evidence on S3 (moto served with keep-alive, as LocalCluster serves it), the same on moto_server's own
+    server (a new connection per request), the same with evidence in the local folder, and the embedded region
+    (SQLite, local folder). For each run: the server's CPU per batch, and the CPU per batch of the PostgreSQL server
+    (the postmaster and its backends) and of moto, which share the machine's cores with it. Runs alternate
+    (``rounds`` times the four) so that a load change on the shared machine touches every variant alike.
     """
     import boto3
 
-    from carvault.bench.cluster import S3_ENV, Service, _boto_keys, _wait, moto_binary
+    from carvault.bench.cluster import S3_ENV, Service, _boto_keys, _wait, s3_server_args
     from carvault.bench.pg_cluster import TemporaryPostgres
     from carvault.bench.run import REGION, BenchConfig, ServerProcess, _loadavg, make_dataset, upload
     from carvault.server import free_port
@@ -331,28 +332,39 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
     data = make_dataset([f"BENCHREPL{i:08d}" for i in range(vehicles)], bc, lambda n: None)
     work.mkdir(parents=True, exist_ok=True)
     pg = TemporaryPostgres().start()
-    s3_port = free_port()
-    moto = Service("s3", [moto_binary(), "-H", "127.0.0.1", "-p", str(s3_port)], work / "s3.log", S3_ENV).start()
-    s3_url = f"http://127.0.0.1:{s3_port}"
+    # Two S3 servers over the same moto application: the cluster's (keep-alive) and moto_server's own, which
+    # closes the connection after every request (what the fleet bench used before; bench/cluster.py).
+    s3_servers: dict[bool, tuple[Service, str]] = {}
     results: list[dict[str, Any]] = []
     try:
         import httpx
 
-        _wait("moto_server", lambda: httpx.get(s3_url + "/", timeout=2).status_code < 500, moto.proc, moto.log, 60)
-        boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **_boto_keys()).create_bucket(
-            Bucket="carvault-bench"
-        )
+        for keep_alive in (True, False):
+            port = free_port()
+            log = work / f"s3-{'keepalive' if keep_alive else 'close'}.log"
+            svc = Service("s3", s3_server_args(port, keep_alive=keep_alive), log, S3_ENV).start()
+            s3_servers[keep_alive] = (svc, f"http://127.0.0.1:{port}")
+        for svc, url in s3_servers.values():
+            _wait("s3 server", lambda url=url: httpx.get(url + "/", timeout=2).status_code < 500, svc.proc, svc.log, 60)
+            boto3.client("s3", endpoint_url=url, region_name="us-east-1", **_boto_keys()).create_bucket(
+                Bucket="carvault-bench"
+            )
         postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
-        variants: dict[str, dict[str, str]] = {
-            "pg_s3": {
-                "CARVAULT_DATABASE_URL": pg.create_database("bench_pg_s3"),
+
+        def on_s3(database: str, keep_alive: bool) -> dict[str, str]:
+            return {
+                "CARVAULT_DATABASE_URL": pg.create_database(database),
                 "CARVAULT_BLOB_STORE": "s3://carvault-bench/r",
-                "CARVAULT_S3_ENDPOINT_URL": s3_url,
+                "CARVAULT_S3_ENDPOINT_URL": s3_servers[keep_alive][1],
                 "CARVAULT_LOG_BACKEND": "postgres",
                 "CARVAULT_RETENTION_INTERVAL_S": "0",
                 **S3_ENV,
                 "AWS_DEFAULT_REGION": "us-east-1",
-            },
+            }
+
+        variants: dict[str, dict[str, str]] = {
+            "pg_s3": on_s3("bench_pg_s3", True),
+            "pg_s3_closing": on_s3("bench_pg_s3_closing", False),
             "pg_local": {
                 "CARVAULT_DATABASE_URL": pg.create_database("bench_pg_local"),
                 "CARVAULT_LOG_BACKEND": "postgres",
@@ -371,13 +383,15 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
                 finally:
                     os.environ.clear()
                     os.environ.update(saved)
-                server = ServerProcess(data_dir, free_port(), work / f"{name}.log", extra_env=env).start()
+                server = ServerProcess(data_dir, free_port(), work / f"{name}.log", extra_env=env)
+                server.start(timeout=240)  # a shared machine at load 15 takes over a minute to start it
+                moto_pids = [svc.proc.pid for svc, _ in s3_servers.values() if svc.proc is not None]
                 try:
                     load0 = _loadavg()
-                    pg0, moto0 = _pid_tree_cpu(postmaster), _pid_tree_cpu(moto.proc.pid)  # type: ignore[union-attr]
+                    pg0, moto0 = _pid_tree_cpu(postmaster), sum(_pid_tree_cpu(p) for p in moto_pids)
                     r = upload(server, signed, len(signed), lambda n: None).to_json()
                     pg_s = _pid_tree_cpu(postmaster) - pg0
-                    moto_s = _pid_tree_cpu(moto.proc.pid) - moto0  # type: ignore[union-attr]
+                    moto_s = sum(_pid_tree_cpu(p) for p in moto_pids) - moto0
                 finally:
                     server.stop()
                 n = r["batches"]
@@ -395,7 +409,8 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
                 results.append(row)
                 console.print(row)
     finally:
-        moto.stop()
+        for svc, _ in s3_servers.values():
+            svc.stop()
         pg.stop()
     return results
 
