@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from carvault.access.audit import LEGAL_OBLIGATION, OWNER_REQUEST, Actor
 from carvault.access.charging import forget as forget_charging
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from carvault.region import Region
 
 log = logging.getLogger(__name__)
+
+# Whether any hold is in force on one vehicle (Deletions.check_served, on every read of its data).
+_HOLD_IN_FORCE = select(LegalHold.id).where(LegalHold.vin == bindparam("vin"), LegalHold.released_ms.is_(None)).limit(1)
 RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
 WORKING_DAYS = 10
 RETAINED = [
@@ -177,9 +180,16 @@ class Deletions:
         return [self.process(r.id) for r in waiting]
 
     def check_served(self, vin: str) -> None:
-        """Refuse to serve data frozen by a hold after the owner asked for its deletion."""
+        """Refuse to serve data frozen by a hold after the owner asked for its deletion.
+
+        Every read of a vehicle's data asks this first, and almost always no hold is in force: that answer is one
+        Core statement on a plain connection (an ORM session cost about 0.5 ms a read, issue 12)."""
+        with self.db.connection() as conn:
+            held = conn.execute(_HOLD_IN_FORCE, {"vin": vin}).first()
+        if held is None:
+            return
         holds = self.active_holds([vin])
-        if not holds:
+        if not holds:  # released between the two reads
             return
         with self.db.session() as s:
             v = s.get(Vehicle, vin)

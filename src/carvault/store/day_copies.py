@@ -58,6 +58,10 @@ PREFIX = "copies"
 CLOSED_AFTER_MS = 3_600_000  # a UTC day is compacted once it ended this long ago (late batches join at the next run)
 MS_PER_DAY = 86_400_000
 _FOOTERS = 4096  # parsed part footers kept in memory (about 10 KB each)
+# Decoded columns of recently read parts kept in memory, per process: a part's zstd pages cost about 2 ms of CPU to
+# decode for every window that touches it, and the windows people read overlap (a day's chart, then a zoom into it;
+# an app polling the last minutes). About 1 MB per 5-minute part of 40 signals.
+DECODED_BYTES = 64 << 20
 _OLD_LAYOUT = "rate="  # the re-encoded day files of earlier releases: copies/vin=/day=/rate=10hz|1hz/
 
 
@@ -100,13 +104,26 @@ class DayCopies:
     """The payload parts of a region: written by compaction, read by window reads and fleet jobs, removed with
     their batches."""
 
-    def __init__(self, db: Database, blobs: BlobStore, segments: SegmentReader, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        segments: SegmentReader,
+        cache_dir: Path,
+        *,
+        decoded_bytes: int = DECODED_BYTES,
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.segments = segments
         self.cache_dir = cache_dir  # object storage: parts fetched once and read locally (a cache, never the truth)
         # Parsed footers of recently read parts (a part never changes under its name: its batch hash is in it).
         self._footers: OrderedDict[str, tuple[pq.FileMetaData, frozenset[str]]] = OrderedDict()
+        # Decoded columns of recently read parts (least recently used first), within ``decoded_bytes`` in all. Only
+        # consulted once the part is known to be present here, and forgotten with it: never a way around erasure.
+        self._decoded: OrderedDict[str, pa.Table] = OrderedDict()
+        self._decoded_size = 0
+        self.decoded_bytes = decoded_bytes
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ reading
@@ -134,7 +151,11 @@ class DayCopies:
 
     def read(self, key: str, columns: Sequence[str]) -> pa.Table | None:
         """``t`` and ``columns`` (those the part has) of one part; None when it cannot be read (the caller then
-        reads the whole envelope, which says precisely what is wrong)."""
+        reads the whole envelope, which says precisely what is wrong).
+
+        Recently decoded columns come from memory, but only while the part is still here (``local``): a part erased
+        by another worker or replica is never answered from this process's memory.
+        """
         path = self.local(key)
         if path is None:
             return None
@@ -142,6 +163,11 @@ class DayCopies:
             known = self._footers.get(key)
             if known is not None:
                 self._footers.move_to_end(key)
+                want = ["t", *[c for c in columns if c in known[1] and c != "t"]]
+                held = self._decoded.get(key)
+                if held is not None and all(c in held.schema.names for c in want):
+                    self._decoded.move_to_end(key)
+                    return held.select(want)
         try:
             f = pq.ParquetFile(str(path), memory_map=True, metadata=known[0] if known else None)
             if known is None:
@@ -150,10 +176,41 @@ class DayCopies:
                     self._footers[key] = known
                     while len(self._footers) > _FOOTERS:
                         self._footers.popitem(last=False)
-            return f.read(columns=["t", *[c for c in columns if c in known[1] and c != "t"]], use_threads=False)
+            want = ["t", *[c for c in columns if c in known[1] and c != "t"]]
+            with self._lock:
+                held = self._decoded.get(key)
+            also = [c for c in held.schema.names if c not in want] if held is not None else []
+            table = f.read(columns=want + also, use_threads=False)
         except (OSError, pa.ArrowException):
             log.warning("payload part %s is unreadable here", key, exc_info=True)
             return None
+        self._keep(key, table)
+        return table.select(want)
+
+    def _keep(self, key: str, table: pa.Table) -> None:
+        """Remember a part's decoded columns, evicting the least recently used beyond ``decoded_bytes``."""
+        size = table.get_total_buffer_size()
+        if size > self.decoded_bytes // 4:  # one huge part would push out everything else
+            return
+        with self._lock:
+            old = self._decoded.pop(key, None)
+            if old is not None:
+                self._decoded_size -= old.get_total_buffer_size()
+            self._decoded[key] = table
+            self._decoded_size += size
+            while self._decoded_size > self.decoded_bytes:
+                _, gone = self._decoded.popitem(last=False)
+                self._decoded_size -= gone.get_total_buffer_size()
+
+    def _forget(self, keys: Sequence[str]) -> None:
+        """Drop what this process remembers of these parts: parsed footers (they hold column statistics) and
+        decoded columns. Called whenever a part is removed, here or (by the sweep) anywhere else."""
+        with self._lock:
+            for key in keys:
+                self._footers.pop(key, None)
+                gone = self._decoded.pop(key, None)
+                if gone is not None:
+                    self._decoded_size -= gone.get_total_buffer_size()
 
     # ------------------------------------------------------------------ compaction
     def open_days(self, now_ms: int, limit: int = 1000) -> list[tuple[str, dt.date]]:
@@ -295,8 +352,7 @@ class DayCopies:
         """Remove one part (its blob, any cached download, its parsed footer); bytes freed."""
         freed = self.blobs.delete(key)
         (self.cache_dir / key).unlink(missing_ok=True)
-        with self._lock:
-            self._footers.pop(key, None)
+        self._forget([key])
         return freed
 
     def remove_batch(self, vin: str, t0: int, batch_hash: str) -> int:
@@ -313,14 +369,14 @@ class DayCopies:
                 if p.is_file():
                     p.unlink(missing_ok=True)
         with self._lock:  # parsed footers hold the parts' column statistics (min/max positions): they go too
-            for key in [k for k in self._footers if k.startswith(prefix)]:
-                del self._footers[key]
+            remembered = [k for k in {*self._footers, *self._decoded} if k.startswith(prefix)]
+        self._forget(remembered)
         return freed
 
     def sweep_cache(self) -> int:
         """Remove cached downloads of parts no batch names any more (erased or deleted through another replica or
-        worker), and their parsed footers (which hold column statistics); files removed. Every replica runs this
-        with its compaction, so erased data leaves every disk and every process's memory."""
+        worker), and their parsed footers (which hold column statistics) and decoded columns; files removed. Every
+        replica runs this each minute, so erased data leaves every disk and every process's memory."""
         root = self.cache_dir / PREFIX
         files = (
             {p.relative_to(self.cache_dir).as_posix(): p for p in root.rglob("*.parquet") if p.name[0] != "."}
@@ -328,17 +384,14 @@ class DayCopies:
             else {}
         )
         with self._lock:
-            remembered = list(self._footers)
+            remembered = list({*self._footers, *self._decoded})
         keys = sorted(set(files) | set(remembered))
         named: set[str] = set()
         with self.db.session() as s:
             for i in range(0, len(keys), 500):
                 found = s.scalars(select(BatchRecord.payload_key).where(BatchRecord.payload_key.in_(keys[i : i + 500])))
                 named.update(k for k in found if k is not None)
-        with self._lock:
-            for key in remembered:
-                if key not in named:
-                    self._footers.pop(key, None)
+        self._forget([k for k in remembered if k not in named])
         gone = [p for k, p in files.items() if k not in named]
         for p in gone:
             p.unlink(missing_ok=True)

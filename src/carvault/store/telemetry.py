@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from carvault.errors import InvalidQuery, Unavailable
 from carvault.protocol import TIME_TYPE, payload_view
@@ -39,6 +39,31 @@ log = logging.getLogger(__name__)
 
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
 MS_PER_DAY = 86_400_000
+
+
+_BATCH_REF_COLUMNS = (
+    BatchRecord.seq,
+    BatchRecord.t0,
+    BatchRecord.t1,
+    BatchRecord.segment,
+    BatchRecord.offset,
+    BatchRecord.length,
+    BatchRecord.columns,
+    BatchRecord.batch_hash,
+    BatchRecord.attested_by,
+    BatchRecord.payload_key,
+)
+# Built once: the overlap test of ``TelemetryStore.batches`` (inclusive at both ends), of one kind or of all.
+_BATCHES = (
+    select(*_BATCH_REF_COLUMNS)
+    .where(
+        BatchRecord.vin == bindparam("vin"),
+        BatchRecord.t0 <= bindparam("end"),
+        BatchRecord.t1 >= bindparam("start"),
+    )
+    .order_by(BatchRecord.seq)
+)
+_BATCHES_OF_KIND = _BATCHES.where(BatchRecord.kind == bindparam("kind"))
 
 
 @dataclass(frozen=True)
@@ -78,37 +103,17 @@ class TelemetryStore:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="telemetry-read")
 
     def batches(self, vin: str, start_ms: int, end_ms: int, kind: str | None = "telemetry") -> list[BatchRef]:
-        """Batches of ``vin`` whose span overlaps [start_ms, end_ms], in seq order."""
-        q = select(
-            BatchRecord.seq,
-            BatchRecord.t0,
-            BatchRecord.t1,
-            BatchRecord.segment,
-            BatchRecord.offset,
-            BatchRecord.length,
-            BatchRecord.columns,
-            BatchRecord.batch_hash,
-            BatchRecord.attested_by,
-            BatchRecord.payload_key,
-        ).where(BatchRecord.vin == vin, BatchRecord.t0 <= end_ms, BatchRecord.t1 >= start_ms)
-        if kind is not None:
-            q = q.where(BatchRecord.kind == kind)
-        with self.db.session() as s:
-            rows = s.execute(q.order_by(BatchRecord.seq)).all()
+        """Batches of ``vin`` whose span overlaps [start_ms, end_ms], in seq order.
+
+        Every window read starts here, so it is one prepared Core statement on a plain connection: an ORM session
+        and a freshly built statement cost about as much as the part reads of a short window (issue 12).
+        """
+        q = _BATCHES_OF_KIND if kind is not None else _BATCHES
+        with self.db.connection() as conn:
+            rows = conn.execute(q, {"vin": vin, "start": start_ms, "end": end_ms, "kind": kind}).all()
         return [
-            BatchRef(
-                r.seq,
-                r.t0,
-                r.t1,
-                r.segment,
-                r.offset,
-                r.length,
-                frozenset(r.columns.split(",")),
-                r.batch_hash,
-                r.attested_by,
-                r.payload_key,
-            )
-            for r in rows
+            BatchRef(seq, t0, t1, segment, offset, length, frozenset(columns.split(",")), h, attested, key)
+            for seq, t0, t1, segment, offset, length, columns, h, attested, key in rows
         ]
 
     def window(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> pa.Table:
