@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from carvault.ingest.live import now_ms
+from carvault.ingest.live import POLICY_TTL_MS, now_ms
 from carvault.protocol.live import encode_frame
 from carvault.provisioning import provision
 from carvault.region import Region
@@ -61,3 +62,22 @@ def test_a_closed_channel_leaves_the_reads(region: Region, cars: list[VehicleIde
     assert b.vin not in channel._policies  # b is no longer read with the others
     channel.closed(a.vin)
     assert channel.connections == 0 and a.vin not in channel._policies
+
+
+@pytest.mark.slow
+def test_a_renewal_takes_connected_cars_that_have_not_streamed_yet(region: Region, cars: list[VehicleIdentity]) -> None:
+    """Cars start streaming anywhere in their second: one renewal must take them all, not one read each."""
+    channel = region.live_channel
+    a, b, c = cars[0], cars[1], cars[2]
+    for car in (a, b, c):
+        channel.admit(car.vin)
+        channel.opened(car.vin)
+    assert channel.check(a.vin, frame(a, 1)) is not None  # reads all three
+    time.sleep(POLICY_TTL_MS * 0.55 / 1000)  # b's and c's policies are past half their age
+    assert channel.inline(b.vin, frame(b, 1)) is None
+    assert channel.check(b.vin, frame(b, 1)) is not None  # renews a and c along with b
+    assert channel.policy_reads == 2
+    data = frame(c, 1)
+    decoded = channel.inline(c.vin, data)
+    assert decoded is not None and channel.check(c.vin, data, decoded) is not None
+    assert channel.policy_reads == 2

@@ -653,8 +653,9 @@ class LiveChannel:
         return kept[1], kept[2]
 
     def _renew(self, vin: str) -> None:
-        """Read the policies of ``vin``, of the other cars streaming here that are past half their age, and of the
-        cars connected here whose policy was never read or is past that age (their next frames need it)."""
+        """Read the policies of ``vin`` and of the other cars streaming or connected here that are past a quarter of
+        their age or were never read (their next frames need them): one read for all, wherever they are in their
+        second."""
         read_ms = now_ms()
         horizon = read_ms - 2 * POLICY_TTL_MS
         streaming = list(self._used.items())  # one copy: frame checks on other threads keep adding to it
@@ -663,18 +664,11 @@ class LiveChannel:
             if used < horizon and other not in self._open:  # stopped streaming: forget it
                 self._used.pop(other, None)
                 self._policies.pop(other, None)
-        due = (
-            [vin]
-            + [
-                v
-                for v, used in streaming
-                if v != vin
-                and used >= horizon
-                and (k := self._policies.get(v)) is not None
-                and read_ms - k[0] >= POLICY_TTL_MS // 4
-            ]
-            + [v for v in connected if v != vin and v not in self._policies]
-        )
+        due = [vin]
+        for v in dict.fromkeys([v for v, used in streaming if used >= horizon] + connected):
+            k = self._policies.get(v)
+            if v != vin and (read_ms - k[0] >= POLICY_TTL_MS // 4 if k is not None else v in self._open):
+                due.append(v)
         found = set()
         with self.gateway.db.connection() as conn:
             for i in range(0, len(due), POLICY_CHUNK):
