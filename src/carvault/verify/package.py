@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -664,16 +665,14 @@ def check_tables(run: _Run) -> None:
     """data/window.csv and edr/part563.csv equal what the signed batches say."""
     if not run.envs or run.key is None:
         return
+    decoding = _Decoding(run.envs)  # the Parquet reads release the GIL: they go on while the code below loads
     from carvault.signals import catalogue
+    from carvault.verify.edr import edr_csv, edr_elements
     from carvault.verify.window import assemble, csv_equals
 
     m = run.pkg.manifest
     try:
-        budget, tables = MAX_DECODED_BYTES, []
-        for env in run.envs:  # one decode budget for the whole package, however many batches it holds
-            tables.append(env.table(max_bytes=budget))
-            budget -= tables[-1].nbytes
-        window = assemble(tables, m.start_ms, m.end_ms, catalogue())
+        window = assemble(decoding.tables(), m.start_ms, m.end_ms, catalogue())
     except Exception as e:  # noqa: BLE001 - a signed payload the kernel cannot read is reported, not raised
         run.add("CSV equals the signed data", False, f"the signed batches cannot be read as tables: {e}")
         return
@@ -681,11 +680,42 @@ def check_tables(run: _Run) -> None:
     detail = f"{window.num_rows} rows recomputed from the batches" if same else "data/window.csv differs"
     run.add("CSV equals the signed data", same, detail + ("" if same else " from the data in the signed batches"))
     if m.event_ms is not None:
-        from carvault.verify.edr import edr_csv, edr_elements
-
         same = run.pkg.files.get("edr/part563.csv") == edr_csv(edr_elements(window, m.event_ms))
         detail = "49 CFR 563 elements recomputed from the batches" if same else "edr/part563.csv differs"
         run.add("EDR table equals the signed data", same, detail + ("" if same else " from the signed batches"))
+
+
+class _Decoding:
+    """The signed batches' payloads decoded on a thread of their own, in seq order, under one decode budget.
+
+    ``check_tables`` starts it before loading the window, EDR and catalogue code (pyarrow.compute is most of that),
+    which holds the GIL while Parquet decoding does not; ``tables`` waits for it. The batches, their order and the
+    budget are those a loop in the caller would use, so the tables, and any error (raised again by ``tables``), are
+    the same.
+    """
+
+    def __init__(self, envs: list[Envelope]) -> None:
+        self._envs = list(envs)
+        self._tables: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="decode-batches")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            budget = MAX_DECODED_BYTES  # one decode budget for the whole package, however many batches it holds
+            for env in self._envs:
+                self._tables.append(env.table(max_bytes=budget))
+                budget -= self._tables[-1].nbytes
+        except BaseException as e:  # noqa: BLE001 - raised again in the checking thread by ``tables``
+            self._error = e
+
+    def tables(self) -> list[Any]:
+        """The decoded tables in seq order, once all are read; raises what decoding raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._tables
 
 
 def check_coverage(run: _Run) -> None:
