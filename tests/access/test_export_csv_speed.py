@@ -66,3 +66,15 @@ def test_the_job_writer_with_blocks_of_a_few_rows(monkeypatch: pytest.MonkeyPatc
     writer.abort()
     sink.close()
     assert buf.getvalue() == render(full, "csv", META)[0]
+
+
+def test_times_outside_the_fast_range_in_several_chunks() -> None:
+    t = pa.array([-86_400_001, -1, 0, 253_402_300_799_999], pa.int64()).cast(TIME_TYPE)
+    table = pa.table(
+        {
+            "t": pa.chunked_array([t.slice(0, 2), t.slice(2)]),
+            "a": pa.chunked_array([pa.array([1.5, None], pa.float32()), pa.array([-0.0, 0.0], pa.float32())]),
+            "b": pa.array([True] * 4),
+        }
+    )
+    assert csv_header(table.schema) + bytes(csv_rows(table, table.schema)) == render(table, "csv", META)[0]
