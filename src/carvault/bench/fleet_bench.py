@@ -354,7 +354,7 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
         def on_s3(database: str, keep_alive: bool) -> dict[str, str]:
             return {
                 "CARVAULT_DATABASE_URL": pg.create_database(database),
-                "CARVAULT_BLOB_STORE": "s3://carvault-bench/r",
+                "CARVAULT_BLOB_STORE": f"s3://carvault-bench/{database}",
                 "CARVAULT_S3_ENDPOINT_URL": s3_servers[keep_alive][1],
                 "CARVAULT_LOG_BACKEND": "postgres",
                 "CARVAULT_RETENTION_INTERVAL_S": "0",
@@ -362,19 +362,20 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
 
-        variants: dict[str, dict[str, str]] = {
-            "pg_s3": on_s3("bench_pg_s3", True),
-            "pg_s3_closing": on_s3("bench_pg_s3_closing", False),
-            "pg_local": {
-                "CARVAULT_DATABASE_URL": pg.create_database("bench_pg_local"),
+        variants: dict[str, Any] = {  # each run a fresh region: its own database, bucket prefix and folder
+            "pg_s3": lambda db: on_s3(db, True),
+            "pg_s3_closing": lambda db: on_s3(db, False),
+            "pg_local": lambda db: {
+                "CARVAULT_DATABASE_URL": pg.create_database(db),
                 "CARVAULT_LOG_BACKEND": "postgres",
                 "CARVAULT_RETENTION_INTERVAL_S": "0",
             },
-            "embedded": {"CARVAULT_RETENTION_INTERVAL_S": "0"},
+            "embedded": lambda db: {"CARVAULT_RETENTION_INTERVAL_S": "0"},
         }
         for rnd in range(rounds):
-            for name, env in variants.items():
-                data_dir = work / name
+            for name, make_env in variants.items():
+                env = make_env(f"bench_{name}_{rnd}")
+                data_dir = work / f"{name}-{rnd}"
                 saved = dict(os.environ)
                 os.environ.update(env)
                 try:
@@ -383,7 +384,7 @@ def replica_costs(work: Path, hours: float, vehicles: int, rounds: int, console:
                 finally:
                     os.environ.clear()
                     os.environ.update(saved)
-                server = ServerProcess(data_dir, free_port(), work / f"{name}.log", extra_env=env)
+                server = ServerProcess(data_dir, free_port(), work / f"{name}-{rnd}.log", extra_env=env)
                 server.start(timeout=240)  # a shared machine at load 15 takes over a minute to start it
                 moto_pids = [svc.proc.pid for svc, _ in s3_servers.values() if svc.proc is not None]
                 try:
