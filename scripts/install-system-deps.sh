@@ -14,6 +14,9 @@ if [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then need+=(fonts-wq
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then need+=(nats-server); fi
 # protoc: the Fleet Telemetry schema test regenerates the committed protobuf module and compares (issue 14).
 if ! command -v protoc >/dev/null 2>&1; then need+=(protobuf-compiler); fi
+# Its well-known types (google/protobuf/timestamp.proto, imported by the schema) come with libprotobuf-dev, which
+# protobuf-compiler only recommends: installed without recommends, or present without it, protoc cannot compile.
+if [ ! -f /usr/include/google/protobuf/timestamp.proto ]; then need+=(libprotobuf-dev); fi
 # haproxy: the load balancer in front of two replicas in the fleet-scale test (issue 12).
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then need+=(haproxy); fi
 # A Java runtime for Apache Spark (pyspark, local mode): the fleet jobs run on Spark as well as DuckDB (issue 12).
