@@ -180,6 +180,9 @@ def test_only_listed_parts_are_read_and_withheld_values_are_null(fleet: Region, 
             early = e.sql(f"SELECT count(*) AS n FROM telemetry WHERE {t} < {cut} AND ({present})")  # type: ignore[attr-defined]
             late = e.sql(f"SELECT count(*) AS n FROM telemetry WHERE {t} >= {cut} AND ({present})")  # type: ignore[attr-defined]
             assert early.column("n")[0].as_py() == 0 and late.column("n")[0].as_py() > 0
+            if name == "spark":  # no relation of the session holds the raw parts: only the withholding views
+                names = {r.viewName for r in e.spark.sql("SHOW VIEWS").collect()}  # type: ignore[attr-defined]
+                assert names == {"telemetry", "fast", "slow"}, names
         _same(answers["duckdb"], answers["spark"])
         full = monthly_statistics(DuckDBEngine(data), fleet.catalogue, YEAR)
         body_samples = sum(r["samples"] for r in full.to_pylist() if r["category"] == "body")

@@ -105,26 +105,28 @@ class Engine(ABC):
     def __init__(self, data: Dataset) -> None:
         self.data = data
 
-    def _select(self) -> str:
-        """The ``telemetry`` view's columns: withheld values nulled by their cutoffs."""
+    def _select(self) -> list[str]:
+        """The ``telemetry`` view's column expressions: withheld values nulled by their cutoffs."""
         cols = ["t", "vin", "day"]
         t = self.epoch_ms("t")
         for c in self.data.signals:
             cut = self.data.withheld.get(c)
             q = self.q(c)
             cols.append(q if cut is None else f"CASE WHEN {t} >= {int(cut)} THEN {q} END AS {q}")
-        return ", ".join(cols)
+        return cols
 
-    def _views(self, source: str | None) -> list[str]:
-        """CREATE statements of the three views over ``source`` (a relation naming the parts), or empty views."""
+    def _views(self, source: str | None, *, telemetry: bool = True) -> list[str]:
+        """CREATE statements of the three views over ``source`` (a relation naming the parts), or empty views;
+        without ``telemetry`` when the engine made that view itself (Spark, from a DataFrame)."""
         if source is None or not self.data.files:
             empty = f"SELECT {self.empty_row()} WHERE 1 = 0"
             return [f"{self.create_view} {v} AS {empty}" for v in ("telemetry", "fast", "slow")]
         fast = ", ".join(["t", "vin", "day", *(self.q(c) for c in self.data.fast)])
         slow = ", ".join(["t", "vin", "day", *(self.q(c) for c in self.data.slow)])
         any_slow = " OR ".join(f"{self.q(c)} IS NOT NULL" for c in self.data.slow) or "1 = 0"
+        own = f"{self.create_view} telemetry AS SELECT {', '.join(self._select())} FROM {source}"
         return [
-            f"{self.create_view} telemetry AS SELECT {self._select()} FROM {source}",
+            *([own] if telemetry else []),
             f"{self.create_view} fast AS SELECT {fast} FROM telemetry",
             f"{self.create_view} slow AS SELECT {slow} FROM telemetry WHERE {any_slow}",
         ]
@@ -242,9 +244,12 @@ class SparkEngine(Engine):
                 .option("basePath", str(data.root))
                 .parquet(*[str(f) for f in data.files])
             )
-            df.withColumn("day", df["day"].cast("date")).createOrReplaceTempView("carvault_parts")
-            source = "carvault_parts"
-        for statement in self._views(source):
+            # The withheld values are nulled in the DataFrame itself: no view of the raw parts is ever named in the
+            # session, so no query run on it can read what retention withholds.
+            df = df.withColumn("day", df["day"].cast("date")).selectExpr(*self._select())
+            df.createOrReplaceTempView("telemetry")
+            source = "telemetry"
+        for statement in self._views(source, telemetry=source is None):
             self.spark.sql(statement)
 
     def empty_row(self) -> str:
