@@ -57,18 +57,20 @@ def token_hash(secret: str) -> str:
 # Credential kinds a request may authenticate with; a refresh token only ever goes to the token endpoint.
 BEARER_KINDS = ("session", "token", "access")
 # The credential behind a secret's hash, with what ``Accounts.resolve`` checks and its owner's e-mail.
+# What decides whether a credential is in force and whom it speaks for (``Accounts.resolve``; VISS re-checks read the
+# same in bulk: access/viss.py).
+CREDENTIAL_COLUMNS = (
+    Credential.id,
+    Credential.owner_id,
+    Credential.kind,
+    Credential.grant_id,
+    Credential.client_id,
+    Credential.revoked_ms,
+    Credential.expires_ms,
+    Credential.last_used_ms,
+)
 _CREDENTIAL_BY_HASH = (
-    select(
-        Credential.id,
-        Credential.owner_id,
-        Credential.kind,
-        Credential.grant_id,
-        Credential.client_id,
-        Credential.revoked_ms,
-        Credential.expires_ms,
-        Credential.last_used_ms,
-        Owner.email,
-    )
+    select(*CREDENTIAL_COLUMNS, Owner.email)
     .join(Owner, Owner.id == Credential.owner_id)
     .where(Credential.token_hash == bindparam("token_hash"))
 )

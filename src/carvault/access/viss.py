@@ -39,7 +39,7 @@ from sqlalchemy import func, update
 from sqlalchemy import select as query
 from sqlalchemy.exc import SQLAlchemyError
 
-from carvault.access.accounts import Accounts, Principal, token_hash
+from carvault.access.accounts import CREDENTIAL_COLUMNS, Accounts, Principal, token_hash
 from carvault.access.audit import AuditAction
 from carvault.access.grants import Access, Grants
 from carvault.compliance.consent import COLLECTING, Policy
@@ -899,17 +899,7 @@ class Snapshot:
         with db.engine.connect() as conn:
             for part in _chunks(sorted(set(self.hashes.values()))):
                 rows = conn.execute(
-                    query(
-                        Credential.token_hash,
-                        Credential.id,
-                        Credential.owner_id,
-                        Credential.kind,
-                        Credential.grant_id,
-                        Credential.client_id,
-                        Credential.revoked_ms,
-                        Credential.expires_ms,
-                        Credential.last_used_ms,
-                    )
+                    query(Credential.token_hash, *CREDENTIAL_COLUMNS)
                     .join(Owner, Owner.id == Credential.owner_id)
                     .where(Credential.token_hash.in_(part))
                 )
