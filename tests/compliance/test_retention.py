@@ -208,6 +208,9 @@ def test_a_dry_run_plans_the_same_and_changes_nothing(
 ) -> None:
     _upload(http, owner, vehicle, agent)
     _read(region, vehicle.vin, BASE_MS, LATER_MS + 60_000)
+    # The log publishes its tiles in the background (at most every 0.2 s): let it catch up with the upload first,
+    # so what the comparison below sees is the dry run's doing alone.
+    assert region.tiles.wait_published(region.log.size, timeout=60)
     stores = region.settings.data_dir
     files = {d: _tree(stores / d) for d in ("segments", "derived", "log")}
     dry = region.retention.run(now=ALL_GONE, dry_run=True)

@@ -9,7 +9,7 @@
   }
 
   function axis(label) {
-    return { label: label, stroke: "#5c6b80", size: 56, labelSize: 20,
+    return { label: label, stroke: "#5c6b80", size: 56, labelSize: 20, splits: CarVaultTicks.numbers(50, 24),
              grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" } };
   }
 
@@ -90,13 +90,24 @@
       var lo = Math.min.apply(null, caps.concat(data.nominal ? [data.nominal] : []));
       var hi = Math.max.apply(null, caps.concat(data.nominal ? [data.nominal] : []));
       var pad = Math.max(1, (hi - lo) * 0.2);
-      var pad_x = 20 * 86400;
+      var pad_x = 31 * 86400;
       plot(document.getElementById("chart-health"), {
         height: 220,
         scales: { x: { time: true, range: [xs[0] - pad_x, xs[xs.length - 1] + pad_x] },
                   y: { range: [Math.max(0, lo - pad), hi + pad] } },
         series: series,
-        axes: [Object.assign(axis(L.time), { space: 60, values: function (u, s) {
+        // A tick in the middle of every month shown (where its point sits), thinned when they would crowd; the range
+        // reaches into the months either side, so one month measured still has an axis to read it against.
+        axes: [Object.assign(axis(L.time), { splits: function (u, i, min, max, foundIncr, foundSpace) {
+                 var step = Math.max(1, Math.ceil(64 / (30 * 86400 * foundSpace / foundIncr)));
+                 var d = new Date(min * 1000), out = [];
+                 for (var m = d.getUTCFullYear() * 12 + d.getUTCMonth(), k = 0; k < 1200; m++, k++) {
+                   var x = Date.UTC(Math.floor(m / 12), m % 12, 15) / 1000;
+                   if (x > max) break;
+                   if (x >= min) out.push(x);
+                 }
+                 return out.filter(function (x, n) { return n % step === 0; });
+               }, values: function (u, s) {
                  return s.map(function (x) { return new Date(x * 1000).toISOString().slice(0, 7); });
                } }),
                axis(L.capacity + " (kWh)")]

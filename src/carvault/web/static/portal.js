@@ -287,13 +287,14 @@
             paths: s.path === "Vehicle.ADAS.ABS.IsEngaged" ? uPlot.paths.stepped({ align: 1 }) : undefined,
             value: function (u, v) { return v == null ? "—" : (Math.round(v * 10) / 10) + (s.unit ? " " + s.unit : ""); } };
         })),
-        axes: [{ stroke: "#5c6b80", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" }, space: 72,
+        axes: [{ stroke: "#5c6b80", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
+                 splits: CarVaultTicks.times(80, 60, data.tz),
                  values: function (u, splits) {
                    var span = u.scales.x.max - u.scales.x.min;
                    var f = span < 300 ? hms : hm;
                    return splits.map(function (s) { return f.format(new Date(s * 1e3)); });
                  } },
-               { stroke: "#5c6b80", size: 56, space: 28, grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
+               { stroke: "#5c6b80", size: 56, splits: CarVaultTicks.numbers(28, 16), grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" },
                  label: chartUnit(c), labelSize: 18, labelFont: "600 12px system-ui, sans-serif",
                  values: function (u, splits) { return splits.map(function (v) { return formatNumber(v, lang); }); } }],
         hooks: { setSelect: [function (u) {

@@ -19,11 +19,19 @@
     var xAxis = { label: spec.x_label + (spec.x_unit ? " (" + spec.x_unit + ")" : ""), stroke: "#334155",
       grid: { stroke: "#eef2f7" }, ticks: { stroke: "#dfe5ee" }, labelSize: 22, space: 60 };
     if (isTime) {
-      xAxis.values = function (u, splits) { return splits.map(function (s) { return dateFmt.format(new Date(s * 1e3)); }); };
-      xAxis.space = 110;
+      // Day over time of day: two short lines fit three ticks even on a phone.
+      var dayFmt = new Intl.DateTimeFormat(lang, { timeZone: data.tz, month: "2-digit", day: "2-digit" });
+      var hmFmt = new Intl.DateTimeFormat(lang, { timeZone: data.tz, hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+      xAxis.values = function (u, splits) {
+        return splits.map(function (s) { var d = new Date(s * 1e3); return dayFmt.format(d) + "\n" + hmFmt.format(d); });
+      };
+      xAxis.splits = CarVaultTicks.times(90, 48, data.tz);
+      xAxis.size = 64;
     } else if (spec.labels) {
       xAxis.splits = function () { return xs; };
       xAxis.values = function (u, splits) { return splits.map(function (i) { return spec.labels[i] == null ? "" : spec.labels[i]; }); };
+    } else {
+      xAxis.splits = CarVaultTicks.numbers(60, 32);
     }
     var opts = {
       width: Math.max(280, el.clientWidth), height: 220,
@@ -48,7 +56,7 @@
         return o;
       })),
       axes: [xAxis, { label: yUnit, stroke: "#334155", size: 56, labelSize: 22, grid: { stroke: "#eef2f7" },
-        ticks: { stroke: "#dfe5ee" }, space: 30,
+        ticks: { stroke: "#dfe5ee" }, splits: CarVaultTicks.numbers(30, 16),
         values: function (u, splits) { return splits.map(function (v) { return fmt(v, 1); }); } }]
     };
     return new uPlot(opts, cols, el);
