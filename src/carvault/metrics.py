@@ -157,11 +157,6 @@ class RegionCollector(Collector):
                 ),
             ),
             (
-                "carvault_copies_backlog",
-                "Query copies queued behind accepted batches on this replica.",
-                lambda: getattr(region.gateway, "_derived_backlog", None),
-            ),
-            (
                 "carvault_live_subscriptions",
                 "Live subscriptions (VISS and the portal's Live page) open on this replica.",
                 lambda: region.live.subscription_count(),

@@ -223,7 +223,6 @@ class Region:
             self.log,
             self.catalogue,
             self.ca.cert_pem,
-            self.derived,
             policy_of=self.consents.policy,  # no cache: a stop applies to the very next batch, in every worker
             residency=self.residency,
         )

@@ -1,14 +1,12 @@
-"""Query copies (store/derived.py) are a cache of the evidence: written after the receipt, at most a bounded
-backlog of them queued, and a window read of a batch without its copy decodes the evidence (and keeps the copy)."""
+"""Query copies (store/derived.py) are a cache of the evidence: ingest writes none, and a window read of a batch
+without its copy decodes the evidence (and keeps the copy for the next read)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
-from carvault.ingest import gateway as gateway_module
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch
 from carvault.region import Region
 from carvault.store.derived import DerivedCopies
@@ -28,7 +26,6 @@ def _upload(region: Region, vehicle: VehicleIdentity, batches: int) -> tuple[lis
         prev = receipt["batch_hash"]
         hashes.append(prev)
         tables.append(table)
-    region.gateway._derived_pool.submit(lambda: None).result()  # the copies queued so far are written
     return hashes, pa.concat_tables(tables)
 
 
@@ -38,20 +35,10 @@ def _window(region: Region, vin: str, rows: pa.Table) -> pa.Table:
     return region.telemetry.window(vin, t[0].as_py(), t[-1].as_py() + 1, signals)
 
 
-def test_copies_are_written_after_the_receipt_and_read_back_equal(region: Region, vehicle: VehicleIdentity) -> None:
+def test_ingest_writes_no_copy_and_the_first_read_makes_it(region: Region, vehicle: VehicleIdentity) -> None:
     hashes, rows = _upload(region, vehicle, 3)
-    assert all(region.derived.path(vehicle.vin, h).exists() for h in hashes)
-    assert region.gateway.derived_skipped == 0
-    assert _window(region, vehicle.vin, rows).equals(rows)
-
-
-def test_past_the_backlog_a_batch_gets_its_copy_from_its_first_read(
-    region: Region, vehicle: VehicleIdentity, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(gateway_module, "DERIVED_BACKLOG", 0)  # every batch finds the queue full
-    hashes, rows = _upload(region, vehicle, 3)
-    assert region.gateway.derived_skipped == 3
     assert not any(region.derived.path(vehicle.vin, h).exists() for h in hashes)
+    assert not (region.settings.data_dir / "derived" / vehicle.vin).exists()
     # Read right after the upload: the evidence answers, and the copies are kept for the next read.
     assert _window(region, vehicle.vin, rows).equals(rows)
     assert all(region.derived.path(vehicle.vin, h).exists() for h in hashes)
@@ -76,6 +63,7 @@ def test_a_copy_written_after_its_batch_was_deleted_removes_itself(region: Regio
     """A queued copy (or a read racing a deletion) written once the batch's rows are gone leaves nothing behind."""
     hashes, rows = _upload(region, vehicle, 2)
     path = region.derived.path(vehicle.vin, hashes[0])
+    _window(region, vehicle.vin, rows)
     assert path.exists()
     region.derived.write(vehicle.vin, "0" * 64, rows)  # a batch this region does not hold (any more)
     assert not region.derived.path(vehicle.vin, "0" * 64).exists()

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -50,7 +50,6 @@ from carvault.pki import CertificateError, vehicle_key_from_certificate
 from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, Envelope, decode_envelope, receipt_json
 from carvault.settings import Settings
 from carvault.signals import Catalogue
-from carvault.store.derived import DerivedCopies
 from carvault.store.metadata import (
     BatchRecord,
     BatchRefusal,
@@ -69,7 +68,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 REPLAY_WAIT_MS = 2000  # a re-send waits this long after the original's commit for its leaf index
-DERIVED_BACKLOG = 64  # query copies queued at most; past it a batch's copy is made by its first read
 
 _VEHICLES = cast(Table, Vehicle.__table__)
 _BATCHES = cast(Table, BatchRecord.__table__)
@@ -317,7 +315,6 @@ class Gateway:
         log: AppendOnlyLog,
         catalogue: Catalogue,
         ca_pem: str,
-        derived: DerivedCopies | None = None,
         *,
         policy_of: Callable[[str], Policy] | None = None,
         residency: Residency | None = None,
@@ -328,7 +325,6 @@ class Gateway:
         self.log = log
         self.catalogue = catalogue
         self.ca_pem = ca_pem
-        self.derived = derived
         self._keys: dict[str, Ed25519PublicKey] = {}
         # The owner's decisions (``policy_of`` reads them from the consents table); every batch reads which decisions
         # are on record, so a stop counts from the very next one, in every worker process. The policy built from
@@ -346,10 +342,6 @@ class Gateway:
         self.places_check: Callable[[str, pa.Table], None] | None = None
         self.metrics: Metrics | None = None  # the region's counters (metrics.py), set by Region
         self.refusals = RefusalRecord(db)  # refusals of authenticated cars, for the completeness report
-        self._derived_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-copies")
-        self._derived_lock = threading.Lock()
-        self._derived_backlog = 0  # copies queued and not yet written
-        self.derived_skipped = 0  # batches left for their first read to copy (the queue was full)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-committer", daemon=True)
         self._thread.start()
@@ -364,38 +356,7 @@ class Gateway:
         checked = self.check(body, content_type, attested=attested)
         if isinstance(checked, dict):
             return checked
-        return self.committed(checked, checked.future.result(timeout=120))
-
-    def committed(self, pending: _Pending, receipt: dict[str, Any]) -> dict[str, Any]:
-        """After the receipt: queue the query-optimised copy (never the evidence) off the request path.
-
-        The queue is bounded (``DERIVED_BACKLOG`` batches): when ingest outruns the copy writer, a batch gets no
-        copy now and its first read builds one from the evidence (``TelemetryStore.window``), so a burst never
-        holds decoded tables in memory without limit nor costs the acknowledgements CPU.
-        """
-        if self.derived is None or receipt["duplicate"] or pending.env.header.kind != "telemetry":
-            return receipt
-        with self._derived_lock:
-            if self._derived_backlog >= DERIVED_BACKLOG:
-                self.derived_skipped += 1
-                return receipt
-            self._derived_backlog += 1
-        try:
-            self._derived_pool.submit(
-                self._write_derived, self.derived, pending.env.header.vin, receipt["batch_hash"], pending.table
-            )
-        except RuntimeError:  # the gateway is closing: the first read makes the copy
-            with self._derived_lock:
-                self._derived_backlog -= 1
-        return receipt
-
-    def _write_derived(self, derived: DerivedCopies, vin: str, batch_hash: str, table: pa.Table) -> None:
-        """Write one queued copy and free its place in the queue."""
-        try:
-            derived.write(vin, batch_hash, table)
-        finally:
-            with self._derived_lock:
-                self._derived_backlog -= 1
+        return checked.future.result(timeout=120)
 
     def check(self, body: bytes, content_type: str | None, *, attested: bool = False) -> dict[str, Any] | _Pending:
         """Every check of a batch (CPU work, no lock); a replay's receipt, or the batch queued for commit."""
@@ -797,4 +758,3 @@ class Gateway:
         """Stop the committer after the batches already queued."""
         self._queue.put(None)
         self._thread.join(timeout=30)
-        self._derived_pool.shutdown(wait=True)

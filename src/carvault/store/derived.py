@@ -1,9 +1,10 @@
 """Query-optimised copies of accepted batches: uncompressed Arrow IPC files, memory-mapped on read.
 
 Derived from the evidence (the exact signed bytes in the segments), never the evidence: each file is keyed
-by the batch hash, written after the batch is acknowledged, not fsynced, and rebuilt from the segment
-whenever it is missing or unreadable. Reading one is a memory map, not a decode, which is what makes a
-30-minute window a few milliseconds.
+by the batch hash, made by the batch's first read (``TelemetryStore.batch_table``), not fsynced, and made
+again whenever it is missing or unreadable. Ingest writes none: most batches are never read before their day
+is compacted into payload parts (store/day_copies.py), and a copy per accepted batch cost the gateway about an
+eighth of its CPU per batch (issue 10). Reading one is a memory map, not a decode.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ async def _upload(request: Request) -> Response:
     )
     if isinstance(checked, dict):
         return _receipt_response(checked)
-    return _receipt_response(region.gateway.committed(checked, await asyncio.wrap_future(checked.future)))
+    return _receipt_response(await asyncio.wrap_future(checked.future))
 
 
 class BatchFastPath:
