@@ -169,7 +169,7 @@ class DayCopies:
                     self._decoded.move_to_end(key)
                     return held.select(want)
         try:
-            f = pq.ParquetFile(str(path), memory_map=True, metadata=known[0] if known else None)
+            f = pq.ParquetFile(str(path), memory_map=True, metadata=known[0] if known else None, pre_buffer=False)
             if known is None:
                 known = (f.metadata, frozenset(f.metadata.schema.names))
                 with self._lock:
