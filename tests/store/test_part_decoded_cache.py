@@ -92,7 +92,6 @@ def test_removed_parts_leave_memory(region: Region, agent: VehicleAgent) -> None
 
 def test_memory_stays_within_its_bound(region: Region, agent: VehicleAgent) -> None:
     days, recs = _compacted(region, agent, batches=6)
-    vin = agent.identity.vin
     one = days.read(recs[0].payload_key or "", [SPEED])
     assert one is not None
     size = days._decoded[recs[0].payload_key or ""].get_total_buffer_size()

@@ -30,9 +30,15 @@ _INTERVAL = re.compile(r"(?P<number>[0-9]{1,12}(?:\.[0-9]{1,6})?)(?P<unit>ms|min
 _INTERVAL_UNITS = {"ms": 1, "min": 60_000, "s": 1000, "h": 3_600_000}
 
 
-def get_region(request: Request) -> Region:
+def region_of(request: Request) -> Region:
     """The region this app serves."""
     return request.app.state.region
+
+
+async def get_region(request: Request) -> Region:
+    """``region_of`` as a dependency. A dependency that does no I/O is ``async``: FastAPI runs a plain ``def`` one
+    in a worker thread, a thread hop for every request that names it (issue 12: the HTTP window)."""
+    return region_of(request)
 
 
 RegionDep = Annotated[Region, Depends(get_region)]
@@ -62,7 +68,7 @@ def current_caller(request: Request, region: RegionDep) -> Principal:
 Caller = Annotated[Principal, Depends(current_caller)]
 
 
-def current_owner(caller: Caller) -> Principal:
+async def current_owner(caller: Caller) -> Principal:
     """The owner's own access (session or unscoped token): grant tokens are refused with ``owner_only``."""
     if not caller.is_owner:
         raise OwnerOnly("this route is for the owner only; a grant token does not cover it")
@@ -104,7 +110,7 @@ def staff_with(permission: Permission) -> Callable[[StaffPrincipal], StaffPrinci
     """
     permission = Permission(permission)
 
-    def require(staff: CurrentStaff) -> StaffPrincipal:
+    async def require(staff: CurrentStaff) -> StaffPrincipal:
         if not allows(staff.role, permission):
             raise RoleForbidden(
                 f"the role {staff.role.value} does not carry {permission.value}", permission=permission.value

@@ -25,7 +25,7 @@ from carvault.errors import Unauthenticated
 from carvault.ingest.broker import without_passwords
 from carvault.metrics import CONTENT_TYPE
 from carvault.region import Region
-from carvault.web.deps import get_region
+from carvault.web.deps import region_of
 
 router = APIRouter(tags=["operations"])
 
@@ -50,7 +50,7 @@ def without_secrets(text: str, region: Region) -> str:
 @router.get("/api/v1/health", summary="Liveness and the region served")
 def health(request: Request) -> dict[str, Any]:
     """The region's name, version and log size."""
-    region = get_region(request)
+    region = region_of(request)
     return {"status": "ok", "region": region.name, "version": __version__, "log_size": region.log.size}
 
 
@@ -84,7 +84,7 @@ def _checks(region: Region) -> dict[str, Callable[[], object]]:
 @router.get("/readyz", summary="Readiness: the database, blob store, log and broker answer", include_in_schema=False)
 def readyz(request: Request) -> JSONResponse:
     """200 when every part answers; 503 naming the parts that do not."""
-    region = get_region(request)
+    region = region_of(request)
     results: dict[str, dict[str, Any]] = {}
     for name, check in _checks(region).items():
         started = time.perf_counter()
@@ -106,7 +106,7 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     """The region's metrics in Prometheus' text format."""
-    region = get_region(request)
+    region = region_of(request)
     token = region.settings.metrics_token
     if token:
         given = request.headers.get("authorization", "")

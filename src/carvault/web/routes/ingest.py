@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from carvault.errors import CarVaultError, UnsupportedMediaType
 from carvault.protocol.envelope import BATCH_MEDIA_TYPE
 from carvault.store.metadata import storage_failure
-from carvault.web.deps import binary_body, get_region, read_body
+from carvault.web.deps import binary_body, read_body, region_of
 from carvault.web.errors import INGEST_ERRORS, error_response, raises
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["vehicle upload"])
@@ -70,7 +70,7 @@ async def _upload(request: Request) -> Response:
             "the envelope's payload is compressed already",
             accept_encoding="identity",
         )
-    region = get_region(request)  # called, not declared: a dependency costs a resolution per batch (issue 10)
+    region = region_of(request)  # called, not declared: a dependency costs a resolution per batch (issue 10)
     body = await read_body(request, region.settings.max_batch_bytes, "batch")
     # The checks are CPU work: a few threads keep both cores busy; more only fight over the GIL. The wait for
     # the group commit happens outside the cap, so many batches still share each fsync.

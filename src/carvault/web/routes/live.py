@@ -56,7 +56,8 @@ async def car_live(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_BASE + e.status, e.code)
         return
     await websocket.send_text(json.dumps({"type": "ready", "vin": vin, "region": region.name}))
-    region.live_channel.opened(vin)  # its policy joins the streaming cars' reads; counted by the carvault_live_cars gauge
+    # Its policy joins the streaming cars' reads; counted by the carvault_live_cars gauge.
+    region.live_channel.opened(vin)
     try:
         await _stream(websocket, region, vin)
     finally:
