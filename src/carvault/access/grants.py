@@ -265,7 +265,8 @@ class Grants:
         """
         vin = vin.strip().upper()
         if caller.grant_id is None:
-            v = self.db.vehicle(vin)
+            with self.db.session() as s:
+                v = s.get(Vehicle, vin)
             if v is None or v.owner_id != caller.owner_id:
                 raise NotFound(f"you have no vehicle {vin}", vin=vin)
             return Access(
@@ -275,7 +276,8 @@ class Grants:
         if grant.kind == "portability":  # its one use is fetching its bundle (access/portability.py)
             raise OutOfScope("a portability token only fetches its bundle; it reads nothing else", vin=vin)
         scope = Scope.of_grant(grant)
-        v = self.db.vehicle(vin)
+        with self.db.session() as s:
+            v = s.get(Vehicle, vin)
         if vin not in scope.vins or v is None or v.owner_id != grant.owner_id:
             raise OutOfScope(f"this grant does not cover vehicle {vin}", vin=vin)
         actor = Actor("app", app.client_id) if app else Actor("token", str(caller.credential_id))

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -30,11 +30,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    bindparam,
     create_engine,
     event,
     inspect,
-    select,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError, OperationalError
@@ -1053,9 +1051,6 @@ def _ping_when_idle(engine: Engine) -> None:
     event.listen(engine.pool, "checkout", checkout)
 
 
-_VEHICLE = select(*cast(Table, Vehicle.__table__).c).where(Vehicle.vin == bindparam("vin"))
-
-
 class Database:
     """An engine plus a session factory over the metadata schema."""
 
@@ -1129,16 +1124,6 @@ class Database:
             if failure is not None:
                 raise failure from e
             raise
-
-    def vehicle(self, vin: str) -> Vehicle | None:
-        """One vehicle's row as a detached ``Vehicle``, read with a prepared Core statement.
-
-        Every request about a vehicle starts here (``Grants.access``): ``Session.get`` cost about 1 ms of CPU on a
-        small VM, this about a tenth of it (issue 12: the HTTP window).
-        """
-        with self.connection() as conn:
-            row = conn.execute(_VEHICLE, {"vin": vin}).first()
-        return None if row is None else Vehicle(**row._mapping)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
