@@ -101,6 +101,7 @@ class AuditAction(StrEnum):
     RECORD_DELETE = "record.delete"
     RETENTION_RUN = "retention.run"
     RETENTION_PURGE = "retention.purge"
+    FLEET_JOB = "fleet.job"
     STAFF_CREATE = "staff.create"
     STAFF_ROLE = "staff.role"
     STAFF_DISABLE = "staff.disable"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 admin = typer.Typer(
-    help="Operator duties: staff, cases, rights requests, retention, transfers, incidents, reports.",
+    help="Operator duties: staff, cases, rights requests, retention, transfers, incidents, reports, fleet jobs.",
     no_args_is_help=True,
 )
 # Areas are added here, one line each: admin.add_typer(<module>.<typer>, name="<area>")
@@ -33,3 +33,6 @@ from carvault.admin.staff import staff  # noqa: E402
 
 admin.add_typer(staff, name="staff")
 admin.add_typer(cases, name="cases")
+from carvault.admin.fleet import fleet  # noqa: E402
+
+admin.add_typer(fleet, name="fleet")

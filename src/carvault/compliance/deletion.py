@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from carvault.errors import Conflict, DataFrozen, DeletionNotCancellable, NotFou
 from carvault.store.metadata import (
     BatchRecord,
     BatchRefusal,
+    Database,
     DeletionRequest,
     IncidentPackage,
     LegalHold,
@@ -55,6 +57,33 @@ log = logging.getLogger(__name__)
 # Whether any hold is in force on one vehicle (Deletions.check_served, on every read of its data).
 _HOLD_IN_FORCE = select(LegalHold.id).where(LegalHold.vin == bindparam("vin"), LegalHold.released_ms.is_(None)).limit(1)
 RECEIPT_CONTEXT = b"carvault-deletion-receipt-v1\n"
+
+
+def frozen_vins(db: Database, vins: Iterable[str] | None = None) -> set[str]:
+    """The vehicles (of ``vins``, or all) whose data is frozen: a legal hold in force on the vehicle while its
+    owner's deletion request for it (or for all their data) waits on that hold.
+
+    Frozen data is kept, not served: no read answers it (``Deletions.check_served``) and no fleet job reads it
+    (``fleet.engines.dataset_of``). The one statement of the rule for both.
+    """
+    q = (
+        select(LegalHold.vin)
+        .distinct()
+        .join(Vehicle, Vehicle.vin == LegalHold.vin)
+        .join(
+            DeletionRequest,
+            (DeletionRequest.owner_id == Vehicle.owner_id)
+            & (DeletionRequest.status == "held")
+            & ((DeletionRequest.vin == LegalHold.vin) | DeletionRequest.vin.is_(None)),
+        )
+        .where(LegalHold.released_ms.is_(None))
+    )
+    if vins is not None:
+        q = q.where(LegalHold.vin.in_(list(vins)))
+    with db.connection() as conn:
+        return set(conn.execute(q).scalars())
+
+
 WORKING_DAYS = 10
 RETAINED = [
     {"what": "consent and audit records", "why": "proof of lawful processing (PIPL art. 54; audit duty)"},
@@ -189,20 +218,7 @@ class Deletions:
         if held is None:
             return
         holds = self.active_holds([vin])
-        if not holds:  # released between the two reads
-            return
-        with self.db.session() as s:
-            v = s.get(Vehicle, vin)
-            waiting = s.scalar(
-                select(DeletionRequest.id)
-                .where(
-                    DeletionRequest.status == "held",
-                    DeletionRequest.owner_id == (v.owner_id if v else -1),
-                    (DeletionRequest.vin == vin) | DeletionRequest.vin.is_(None),
-                )
-                .limit(1)
-            )
-        if waiting is not None:
+        if holds and frozen_vins(self.db, [vin]):  # a hold in force (not released since) that a request waits on
             h = holds[0]
             raise DataFrozen(
                 f"this data is under a legal hold ({h.authority}: {h.reason}); it is kept, not served, "

@@ -39,13 +39,15 @@ FAST_HZ = 10  # signals sampled at least this often are the ``fast`` view's
 
 @dataclass(frozen=True)
 class Dataset:
-    """What a job reads: explicit part files under their Hive root, the signal columns, the withheld cutoffs."""
+    """What a job reads: explicit part files under their Hive root, the signal columns, the withheld cutoffs, and
+    the vehicles left out because their data is frozen."""
 
     root: Path
     files: tuple[Path, ...] = ()
     fast: tuple[str, ...] = ()
     slow: tuple[str, ...] = ()
     withheld: Mapping[str, int] = field(default_factory=dict)
+    frozen: frozenset[str] = frozenset()
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -66,17 +68,24 @@ def dataset_of(
     """The live parts of compacted telemetry batches (optionally of ``vins`` overlapping [start_ms, end_ms)).
 
     ``withheld`` (``TelemetryStore.withheld()``: per signal, the time before which retention withholds it) is
-    required, so no caller can forget it: the engines null every value it withholds.
+    required, so no caller can forget it: the engines null every value it withholds. Vehicles whose data is frozen
+    (a legal hold a deletion request waits on: ``compliance.deletion.frozen_vins``) are left out: their data is
+    kept, not served, and no fleet job reads it (``frozen`` names them).
 
     On object storage each part is read through this replica's download cache (fetched once).
     """
+    from carvault.compliance.deletion import frozen_vins
     from carvault.store.metadata import BatchRecord
 
     q = select(BatchRecord.payload_key, BatchRecord.columns).where(
         BatchRecord.kind == "telemetry", BatchRecord.payload_key.is_not(None)
     )
     if vins is not None:
-        q = q.where(BatchRecord.vin.in_(list(vins)))
+        vins = list(vins)
+        q = q.where(BatchRecord.vin.in_(vins))
+    frozen = frozen_vins(db, vins)
+    if frozen:
+        q = q.where(BatchRecord.vin.not_in(sorted(frozen)))
     if start_ms is not None:
         q = q.where(BatchRecord.t1 >= start_ms)
     if end_ms is not None:
@@ -94,7 +103,7 @@ def dataset_of(
     known = sorted(n for n in names if catalogue.get(n) is not None)
     fast = tuple(n for n in known if catalogue[n].rate_hz >= FAST_HZ)
     slow = tuple(n for n in known if catalogue[n].rate_hz < FAST_HZ)
-    return Dataset(root, tuple(files), fast, slow, dict(withheld))
+    return Dataset(root, tuple(files), fast, slow, dict(withheld), frozenset(frozen))
 
 
 class Engine(ABC):
