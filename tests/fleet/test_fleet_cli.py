@@ -15,14 +15,11 @@ from typer.testing import CliRunner
 
 from carvault.cli import app as cli_app
 from carvault.compliance.deletion import frozen_vins
-from carvault.provisioning import provision
 from carvault.region import Region
-from carvault.server import BackgroundServer, free_port
-from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord
-from carvault.vehicle.agent import VehicleAgent
 from carvault.vehicle.identity import VehicleIdentity
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS
+from tests.fleet.fleets import compacted_fleet
 
 CARS = 3
 YEAR = 2025
@@ -33,22 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, list[VehicleIdentity]]]:
     """Three cars on the same road (so research cells hold several vehicles), uploaded over HTTP and compacted."""
-    root = tmp_path_factory.mktemp("fleet-cli")
-    port = free_port()
-    settings = Settings(
-        data_dir=root / "region", region="cn", port=port, region_endpoints={"cn": f"http://127.0.0.1:{port}"}
-    )
-    region = Region(settings)
-    cars = []
-    with BackgroundServer(region, port=port) as server:
-        for i in range(CARS):
-            identity = provision(region, vin_for(300 + i), root / "cars")
-            opt_in(region, identity.vin)
-            agent = VehicleAgent(identity, root / "cars" / identity.vin, server.url)
-            agent.record(drive_table(start_ms=BASE_MS, seconds=180, seed=0), batch_seconds=60)
-            agent.upload_pending()
-            cars.append(identity)
-    assert len(region.telemetry.compact(now=2**61)) == CARS
+    region, cars = compacted_fleet(tmp_path_factory.mktemp("fleet-cli"), 300, CARS, lambda i: [(BASE_MS, 180, 0)])
     region.staff.create("ada-admin", "a long enough password", "region_admin")
     region.staff.create("sam-support", "a long enough password", "support")
     yield region, cars

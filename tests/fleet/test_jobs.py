@@ -14,14 +14,11 @@ from sqlalchemy import func, select
 
 from carvault.fleet.engines import Dataset, DuckDBEngine, SparkEngine, dataset_of, engine_of, spark_session
 from carvault.fleet.jobs import monthly_statistics, research_aggregate, retention_scan, vehicle_year_export
-from carvault.provisioning import provision
 from carvault.region import Region
-from carvault.server import BackgroundServer
-from carvault.settings import Settings
 from carvault.signals import catalogue
 from carvault.store.metadata import BatchRecord
-from carvault.vehicle.agent import VehicleAgent
-from tests.factories import BASE_MS, drive_table, opt_in, vin_for
+from tests.factories import BASE_MS, vin_for
+from tests.fleet.fleets import compacted_fleet
 
 CARS = 5
 YEAR = 2025
@@ -30,23 +27,12 @@ YEAR = 2025
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
     """Five cars driving the same road on two days, uploaded over HTTP and compacted."""
-    from carvault.server import free_port
-
-    root = tmp_path_factory.mktemp("fleet")
-    port = free_port()
-    settings = Settings(
-        data_dir=root / "region", region="cn", port=port, region_endpoints={"cn": f"http://127.0.0.1:{port}"}
+    region, _ = compacted_fleet(
+        tmp_path_factory.mktemp("fleet"),
+        200,
+        CARS,
+        lambda i: [(BASE_MS, 240, 0), (BASE_MS + 86_400_000, 120, i)],
     )
-    region = Region(settings)
-    with BackgroundServer(region, port=port) as server:
-        for i in range(CARS):
-            identity = provision(region, vin_for(200 + i), root / "cars")
-            opt_in(region, identity.vin)
-            agent = VehicleAgent(identity, root / "cars" / identity.vin, server.url)
-            agent.record(drive_table(start_ms=BASE_MS, seconds=240, seed=0), batch_seconds=60)
-            agent.record(drive_table(start_ms=BASE_MS + 86_400_000, seconds=120, seed=i), batch_seconds=60)
-            agent.upload_pending()
-    assert len(region.telemetry.compact(now=2**61)) == 2 * CARS
     yield region
     region.close()
 
