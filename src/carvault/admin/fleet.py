@@ -68,6 +68,14 @@ def _engine(region: Region, name: str, master: str) -> Engine:
     return engine_of("duckdb", data)
 
 
+_COMMON = ("engine", "spark_master", "out", "as_", "as_json", "data_dir", "region", "database_url")
+
+
+def _common(values: dict[str, Any]) -> dict[str, Any]:
+    """The options every command takes, picked by name from the command's own parameters."""
+    return {name: values[name] for name in _COMMON}
+
+
 def _check_out(out: Path | None) -> None:
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise ValidationFailed("--out names a .parquet or .csv file", field="out")
@@ -95,7 +103,7 @@ def _run(
     work: Any,
     *,
     engine: str,
-    master: str,
+    spark_master: str,
     out: Path | None,
     as_: str | None,
     as_json: bool,
@@ -109,7 +117,7 @@ def _run(
         actor: Actor = cli_actor(r, as_, permission)
         started = time.perf_counter()
         status = nullcontext() if as_json else console.status(f"[bold]{job}[/] on {engine} …", spinner="dots")
-        with status, _engine(r, engine, master) as e:
+        with status, _engine(r, engine, spark_master) as e:
             table: pa.Table = work(r, e)
             frozen = len(e.data.frozen)
         seconds = round(time.perf_counter() - started, 2)
@@ -175,14 +183,7 @@ def statistics(
         Permission.REPORTS_MANAGE,
         LEGAL_OBLIGATION,
         lambda r, e: monthly_statistics(e, r.catalogue, year),
-        engine=engine,
-        master=spark_master,
-        out=out,
-        as_=as_,
-        as_json=as_json,
-        data_dir=data_dir,
-        region=region,
-        database_url=database_url,
+        **_common(locals()),
     )
 
 
@@ -208,14 +209,7 @@ def retention_scan(
         Permission.RETENTION_VIEW,
         LEGAL_OBLIGATION,
         lambda r, e: scan(e, r.catalogue, cutoffs_at(now)),
-        engine=engine,
-        master=spark_master,
-        out=out,
-        as_=as_,
-        as_json=as_json,
-        data_dir=data_dir,
-        region=region,
-        database_url=database_url,
+        **_common(locals()),
     )
 
 
@@ -240,12 +234,5 @@ def research(
         Permission.REPORTS_MANAGE,
         RESEARCH_BASIS,
         lambda r, e: research_aggregate(e, k),
-        engine=engine,
-        master=spark_master,
-        out=out,
-        as_=as_,
-        as_json=as_json,
-        data_dir=data_dir,
-        region=region,
-        database_url=database_url,
+        **_common(locals()),
     )
