@@ -235,7 +235,6 @@ class AppendOnlyLog(Protocol):
 class _Pending:
     env: Envelope
     summary: PayloadSummary
-    table: pa.Table
     ignition: tuple[int, int] | None = None  # (highest IgnitionCycle, time of its last sample) in the batch
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
@@ -422,7 +421,7 @@ class Gateway:
         )
         if self.places_check is not None and h.kind in ROUTINE_KINDS and head["masked"]:
             check_masked(table, head["masked"])  # the places came with the head: no read of their own
-        pending = _Pending(env, summary, table, ignition_summary(table))
+        pending = _Pending(env, summary, ignition_summary(table))  # the decoded table is not kept while queued
         self._queue.put(pending)
         return pending
 
