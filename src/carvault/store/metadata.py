@@ -1090,17 +1090,23 @@ class Database:
     def create_schema(self) -> list[str]:
         """Create every table that does not exist yet and add the columns and indexes older tables lack."""
         attempts = len(Base.metadata.tables) + 1  # each lost race means another process made one more table
-        for attempt in range(attempts):
+        deadline = time.monotonic() + SQLITE_BUSY_S
+        while True:
             try:
                 Base.metadata.create_all(self.engine)
                 return upgrade_schema(self.engine, Base.metadata)
             except OperationalError as e:
                 # Processes starting at once on an older database race to create a new table: the loser's
-                # CREATE TABLE fails with "already exists"; inspecting again finds the winner's table.
-                if "already exists" in str(e.orig) and attempt < attempts - 1:
+                # CREATE TABLE fails with "already exists"; inspecting again finds the winner's table. On SQLite a
+                # transaction that read the schema and then writes finds "database is locked" at once when another
+                # starter wrote meanwhile (its snapshot is stale; no busy handler waits for that): start again.
+                raced = "already exists" in str(e.orig) and attempts > 1
+                locked = "database is locked" in str(e.orig) and time.monotonic() < deadline
+                if raced or locked:
+                    attempts -= 1 if raced else 0
+                    time.sleep(0.05 if locked else 0)
                     continue
                 raise Unavailable(f"metadata database at {self.engine.url!r} is unavailable: {e.orig}") from None
-        raise AssertionError("unreachable")
 
     @contextmanager
     def connection(self, *, write: bool = False) -> Iterator[Connection]:
