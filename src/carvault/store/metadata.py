@@ -975,8 +975,9 @@ def _missing_columns(engine: Engine, metadata: MetaData) -> list[tuple[Table, Co
     return missing
 
 
-def upgrade_schema(engine: Engine, metadata: MetaData) -> list[str]:
-    """Add the nullable or server-defaulted columns and the indexes that existing tables lack; names what it added.
+def upgrade_schema(engine: Engine, metadata: MetaData, added: list[str] | None = None) -> list[str]:
+    """Add the nullable or server-defaulted columns and the indexes that existing tables lack; names what it added
+    (appended to ``added`` as it goes, so a caller that retries after a failure still names what the first try did).
 
     ``create_all`` creates missing tables only, so a database made by an earlier release would lack the columns
     added since. Each column is added with ``ALTER TABLE ... ADD COLUMN`` compiled for the dialect, each in its own
@@ -986,7 +987,7 @@ def upgrade_schema(engine: Engine, metadata: MetaData) -> list[str]:
     """
     missing = _missing_columns(engine, metadata)  # refuses before anything is altered
     quote = engine.dialect.identifier_preparer
-    added: list[str] = []
+    added = [] if added is None else added
     for table, column in missing:
         definition = CreateColumn(column).compile(dialect=engine.dialect)
         ddl = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {definition}"
@@ -1091,17 +1092,20 @@ class Database:
         """Create every table that does not exist yet and add the columns and indexes older tables lack."""
         attempts = len(Base.metadata.tables) + 1  # each lost race means another process made one more table
         deadline = time.monotonic() + SQLITE_BUSY_S
+        added: list[str] = []  # kept across attempts: a try that fails after adding columns still names them
         while True:
             try:
                 Base.metadata.create_all(self.engine)
-                return upgrade_schema(self.engine, Base.metadata)
+                return upgrade_schema(self.engine, Base.metadata, added)
             except OperationalError as e:
                 # Processes starting at once on an older database race to create a new table: the loser's
                 # CREATE TABLE fails with "already exists"; inspecting again finds the winner's table. On SQLite a
                 # transaction that read the schema and then writes finds "database is locked" at once when another
-                # starter wrote meanwhile (its snapshot is stale; no busy handler waits for that): start again.
-                raced = "already exists" in str(e.orig) and attempts > 1
-                locked = "database is locked" in str(e.orig) and time.monotonic() < deadline
+                # starter wrote meanwhile (its snapshot is stale; no busy handler waits for that), and a prepared
+                # statement may find "database schema has changed" under it: start again.
+                text = str(e.orig)
+                raced = "already exists" in text and attempts > 1
+                locked = ("database is locked" in text or "schema has changed" in text) and time.monotonic() < deadline
                 if raced or locked:
                     attempts -= 1 if raced else 0
                     time.sleep(0.05 if locked else 0)
