@@ -185,6 +185,28 @@ def test_a_failed_write_fails_the_sink() -> None:
         sink.close()
 
 
+def test_the_sink_hashes_what_it_writes_and_syncs_as_it_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written and hashed by two threads in the order given; on disk in steps, so the job's last fsync is short."""
+    import hashlib
+    import os
+
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.fstat(fd).st_size), real(fd))[1])
+    monkeypatch.setattr(export_jobs._Sink, "SYNC_BYTES", 1000)
+    pieces = [bytes([i]) * (300 + 37 * i) for i in range(40)]
+    path = tmp_path / "export.part"
+    with open(path, "wb") as out:
+        sink = export_jobs._Sink(out)
+        for i, piece in enumerate(pieces):
+            sink.write(piece if i % 2 else pa.py_buffer(piece))
+        digest = sink.close()
+    data = path.read_bytes()
+    assert data == b"".join(pieces)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert len(synced) >= len(data) // 2000 and synced == sorted(synced) and synced[-1] <= len(data)
+
+
 def test_progress_is_written_at_most_once_a_second(
     region: Region, owner: OwnerClient, vehicle: VehicleIdentity, agent: VehicleAgent
 ) -> None:

@@ -635,22 +635,45 @@ class ExportJobs:
 
 
 class _Sink:
-    """The export file, written and hashed (SHA-256) by a thread of its own, in the order of ``write`` calls."""
+    """The export file, written by one thread and hashed (SHA-256) by another, both in the order of ``write`` calls.
+
+    Two threads, so the file's end is written and hashed on both cores at once once the encoders are done (both
+    release the GIL); together they are a large share of a CSV export's CPU (128 MB for a vehicle's 8 hours).
+    """
+
+    DEPTH = 16  # buffers queued for each thread
+    SYNC_BYTES = 32 << 20  # written to disk in steps of this, so the job's final fsync has little left to wait for
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.hash = hashlib.sha256()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self._unsynced = 0
+        try:
+            self._fd: int | None = out.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):  # not a file (an in-memory buffer)
+            self._fd = None
+        self._queues: tuple[queue.Queue[Any], ...] = (queue.Queue(maxsize=self.DEPTH), queue.Queue(maxsize=self.DEPTH))
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="export-write", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(q, step), name=f"export-{name}", daemon=True)
+            for q, step, name in zip(self._queues, (self._write, self.hash.update), ("write", "hash"), strict=True)
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
+    def _write(self, data: bytes | pa.Buffer) -> None:
+        self.out.write(data)
+        self._unsynced += len(data)
+        if self._unsynced >= self.SYNC_BYTES and self._fd is not None:  # the disk stores this while more is encoded
+            self.out.flush()
+            os.fdatasync(self._fd)
+            self._unsynced = 0
+
+    def _run(self, q: queue.Queue[Any], step: Any) -> None:
+        while (data := q.get()) is not None:
             if self._error is None:
                 try:
-                    self.out.write(data)
-                    self.hash.update(data)
+                    step(data)
                 except BaseException as e:  # noqa: BLE001 - reported to the job by the next write or close
                     self._error = e
 
@@ -659,13 +682,16 @@ class _Sink:
         if self._error is not None:
             raise self._error
         if len(data):
-            self._queue.put(data)
+            for q in self._queues:
+                q.put(data)
 
     def close(self) -> str:
         """Wait for every write; the file's SHA-256 (hex)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        for q, t in zip(self._queues, self._threads, strict=True):
+            if t.is_alive():
+                q.put(None)
+        for t in self._threads:
+            t.join()
         if self._error is not None:
             raise self._error
         return self.hash.hexdigest()
