@@ -216,10 +216,11 @@ def csv_rows(table: pa.Table, schema: pa.Schema) -> pa.Buffer:
 
 
 def _csv_fallback(table: pa.Table, schema: pa.Schema) -> pa.Buffer:
+    have = set(table.column_names)
     columns = [
         iso_times(table.column("t"))
         if f.name == "t"
-        else (table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
+        else (table.column(f.name) if f.name in have else pa.nulls(table.num_rows, f.type))
         for f in schema
     ]
     sink = io.BytesIO()

@@ -165,7 +165,7 @@ class DayCopies:
                 self._footers.move_to_end(key)
                 want = ["t", *[c for c in columns if c in known[1] and c != "t"]]
                 held = self._decoded.get(key)
-                if held is not None and all(c in held.schema.names for c in want):
+                if held is not None and set(want).issubset(held.schema.names):  # names built once, not per column
                     self._decoded.move_to_end(key)
                     return held.select(want)
         try:

@@ -155,11 +155,9 @@ class TelemetryStore:
         table = pa.concat_tables(parts, promote_options="default")
         if len(parts) > 1 and not _is_sorted(table):
             table = table.sort_by("t")
-        columns = [table.column("t")]
-        for f in schema:
-            if f.name == "t":
-                continue
-            columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type))
+        # ``column_names`` builds a new list (a Python object per field) on every access: read it once.
+        have = dict(zip(table.column_names, table.columns, strict=True))
+        columns = [have[f.name] if f.name in have else pa.nulls(table.num_rows, f.type) for f in schema]
         return pa.Table.from_arrays(columns, schema=schema)
 
     def scan(self, vin: str, start_ms: int, end_ms: int, signals: list[Signal]) -> Iterator[pa.Table]:
