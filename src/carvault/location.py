@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.protocol.columns import has_column
+
 LAT = "Vehicle.CurrentLocation.Latitude"
 LON = "Vehicle.CurrentLocation.Longitude"
 ALT = "Vehicle.CurrentLocation.Altitude"
@@ -50,12 +52,12 @@ def places_from_json(items: object) -> tuple[Place, ...]:
 
 
 def _replace(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
-    return table.set_column(table.column_names.index(name), table.schema.field(name), values)
+    return table.set_column(table.schema.get_field_index(name), table.schema.field(name), values)
 
 
 def coarsen(table: pa.Table, resolution: int = DEFAULT_RESOLUTION) -> pa.Table:
     """Replace coordinates by the centre of their H3 cell; drop altitude; accuracy becomes the cell edge."""
-    if LAT not in table.column_names or LON not in table.column_names:
+    if not has_column(table, LAT) or not has_column(table, LON):
         return table
     lat = table.column(LAT).to_numpy(zero_copy_only=False).astype(np.float64)
     lon = table.column(LON).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -72,9 +74,9 @@ def coarsen(table: pa.Table, resolution: int = DEFAULT_RESOLUTION) -> pa.Table:
     mask = pa.array(~ok)
     table = _replace(table, LAT, pa.array(np.round(out_lat, 7), pa.float64(), mask=~ok))
     table = _replace(table, LON, pa.array(np.round(out_lon, 7), pa.float64(), mask=~ok))
-    if ALT in table.column_names:
+    if has_column(table, ALT):
         table = _replace(table, ALT, pa.nulls(table.num_rows, pa.float64()))
-    if ACC in table.column_names:
+    if has_column(table, ACC):
         edge = round(h3.average_hexagon_edge_length(resolution, "m"), 1)
         table = _replace(table, ACC, pc.if_else(mask, pa.scalar(None, pa.float64()), pa.scalar(edge)))
     return table
@@ -90,7 +92,7 @@ def distance_m(lat: np.ndarray, lon: np.ndarray, place: Place) -> np.ndarray:
 
 def mask_places(table: pa.Table, places: Sequence[Place]) -> pa.Table:
     """Null every location column at instants within a masked place's radius (trip ends near home/work)."""
-    if not places or LAT not in table.column_names:
+    if not places or not has_column(table, LAT):
         return table
     lat = table.column(LAT).to_numpy(zero_copy_only=False).astype(np.float64)
     lon = table.column(LON).to_numpy(zero_copy_only=False).astype(np.float64)

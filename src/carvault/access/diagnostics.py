@@ -18,6 +18,7 @@ import pyarrow as pa
 from carvault.access.grants import Access
 from carvault.dtc import DTC_COUNT_SIGNAL, DTC_SIGNAL, LAMP_BRANCH, STATUSES, meaning, parse_dtcs, system_of
 from carvault.errors import CarVaultError, InvalidQuery
+from carvault.protocol.columns import has_column
 from carvault.signals import Catalogue, Signal
 
 DAY_MS = 86_400_000
@@ -128,7 +129,7 @@ class Diagnostics:
             report.latest[s.path] = col[last].as_py()
             if s.path.startswith(LAMP_BRANCH):
                 report.lamps.append(self._lamp(s, col, valid, t, last))
-        if DTC_SIGNAL in table.column_names:
+        if has_column(table, DTC_SIGNAL):
             report.codes = self._codes(table.column(DTC_SIGNAL).to_pylist())
         report.lamps.sort(key=lambda lamp: (lamp["state"] == "OFF", lamp["name"]))
         return report

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.protocol.columns import has_column
+
 LATITUDE = "Vehicle.CurrentLocation.Latitude"
 LONGITUDE = "Vehicle.CurrentLocation.Longitude"
 ALTITUDE = "Vehicle.CurrentLocation.Altitude"
@@ -43,7 +45,7 @@ class GpxWriter:
 
     def write(self, table: pa.Table) -> int:
         """Append the located samples of ``table`` (columns ``t`` and the location paths); return how many."""
-        if table.num_rows == 0 or LATITUDE not in table.column_names or LONGITUDE not in table.column_names:
+        if table.num_rows == 0 or not has_column(table, LATITUDE) or not has_column(table, LONGITUDE):
             return 0
         located = pc.and_(pc.is_valid(table.column(LATITUDE)), pc.is_valid(table.column(LONGITUDE)))
         table = table.filter(located)
@@ -53,7 +55,7 @@ class GpxWriter:
         # Every point is formatted by Arrow string kernels (no Python loop over samples).
         lat = pc.cast(pc.round(pc.cast(table.column(LATITUDE), pa.float64()), 7), pa.string())
         lon = pc.cast(pc.round(pc.cast(table.column(LONGITUDE), pa.float64()), 7), pa.string())
-        if ALTITUDE in table.column_names:
+        if has_column(table, ALTITUDE):
             alt = pc.cast(pc.round(pc.cast(table.column(ALTITUDE), pa.float64()), 1), pa.string())
             ele = pc.fill_null(pc.binary_join_element_wise("<ele>", alt, "</ele>", ""), "")
         else:

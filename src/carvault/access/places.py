@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from carvault.access.audit import CONTRACT, Actor, AuditAction, AuditLog
 from carvault.errors import AlreadyExists, LocationInMaskedPlace, PlaceNotFound, TooManyPlaces, ValidationFailed
 from carvault.location import LAT, LON, Place, distance_m
+from carvault.protocol.columns import has_column
 from carvault.store.metadata import Database, OwnerPlaceRecord, Vehicle, now_ms
 
 MAX_PLACES = 50
@@ -116,7 +117,7 @@ def parse_place(body: Any, *, partial: bool = False) -> dict[str, Any]:
 
 def positions_inside(table: pa.Table, places: Sequence[Place]) -> np.ndarray:
     """Per row, whether the row's position (non-null latitude and longitude) lies inside one of ``places``."""
-    if not places or LAT not in table.column_names or LON not in table.column_names:
+    if not places or not has_column(table, LAT) or not has_column(table, LON):
         return np.zeros(table.num_rows, dtype=bool)
     lat = pc.fill_null(table.column(LAT).cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False)
     lon = pc.fill_null(table.column(LON).cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False)
@@ -257,7 +258,7 @@ class Places:
 
     def check_batch(self, vin: str, table: pa.Table) -> None:
         """The region's own masking check of a batch or live frame (``LocationInMaskedPlace`` when it fails)."""
-        if LAT not in table.column_names or table.column(LAT).null_count == table.num_rows:
+        if not has_column(table, LAT) or table.column(LAT).null_count == table.num_rows:
             return  # no position at all: nothing to read from the database
         check_masked(table, self.masked_for_vehicle(vin))
 

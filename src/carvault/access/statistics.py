@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 
 from carvault.access.trips import DC_CURRENT, IS_CHARGING, IS_MOVING, ODOMETER, POWER, SOC, SPEED, detect
 from carvault.errors import InvalidQuery
+from carvault.protocol.columns import has_column
 from carvault.signals import Catalogue
 from carvault.store.metadata import BatchRecord, Database, StatisticsDay, now_ms
 
@@ -110,7 +111,7 @@ def local_days(start_ms: int, end_ms: int, tz: tzinfo) -> list[tuple[date, int, 
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
-    if name not in table.column_names:
+    if not has_column(table, name):
         return np.full(table.num_rows, np.nan)
     return np.asarray(pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.protocol.columns import has_column
+
 SPEED = "Vehicle.Speed"
 IS_MOVING = "Vehicle.IsMoving"
 ODOMETER = "Vehicle.TraveledDistance"
@@ -113,7 +115,7 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ helpers
 def _floats(table: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN where not sampled (all NaN when the column is absent)."""
-    if name not in table.column_names:
+    if not has_column(table, name):
         return np.full(table.num_rows, np.nan)
     col = table.column(name)
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)

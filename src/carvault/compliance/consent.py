@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from carvault.errors import ConsentNotGiven
+from carvault.protocol.columns import has_column
 from carvault.signals import CATEGORIES, Catalogue, PrivacyClass
 
 COLLECTING = "collecting"
@@ -213,7 +214,7 @@ def statuses(
 
 def _counter_samples(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Row indices and values of the batch's valid ``Vehicle.EDR.IgnitionCycle`` samples (both empty if none)."""
-    if IGNITION_CYCLE not in table.column_names:
+    if not has_column(table, IGNITION_CYCLE):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     col = table.column(IGNITION_CYCLE)
     idx = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))

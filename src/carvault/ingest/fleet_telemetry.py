@@ -55,6 +55,7 @@ from carvault.ingest.validation import validate_payload
 from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places
 from carvault.pki import RegionCA, attested_by
 from carvault.protocol import BATCH_MEDIA_TYPE, BatchHeader, make_batch
+from carvault.protocol.columns import has_column
 from carvault.protocol.envelope import EARLIEST_MS, GENESIS_PREV, valid_software_version
 from carvault.protocol.fleet_telemetry import vehicle_data_pb2 as pb
 from carvault.protocol.fleet_telemetry.envelope import (
@@ -481,10 +482,10 @@ class FleetTelemetry:
         """
         policy: Policy = self.gateway.policy_of(vin)
         kept = filter_table(table, policy, self.catalogue)
-        if LAT in kept.column_names and kept.num_rows and self.masked_places is not None:
+        if has_column(kept, LAT) and kept.num_rows and self.masked_places is not None:
             # The owner's masked places, as the car would mask them: on the true positions, before coarsening.
             kept = mask_places(kept, self.masked_places(vin))
-        if LAT in kept.column_names and kept.num_rows:
+        if has_column(kept, LAT) and kept.num_rows:
             last = int(kept.column("t").cast(pa.int64())[-1].as_py())
             if policy.status("location_precise", last, None) != COLLECTING:
                 kept = coarsen(kept, DEFAULT_RESOLUTION)
@@ -523,7 +524,7 @@ class FleetTelemetry:
         """The car's software version for the batch header (docs/protocol.md §10): the newest ``Version`` field in the
         records, else the version the vehicle's latest stored batch named (Tesla sends it on change, not each time).
         """
-        if SOFTWARE_VERSION in raw.column_names:
+        if has_column(raw, SOFTWARE_VERSION):
             values = [v for v in raw.column(SOFTWARE_VERSION).to_pylist() if v]
             if values and valid_software_version(str(values[-1])):
                 return str(values[-1])

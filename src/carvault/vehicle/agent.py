@@ -22,6 +22,7 @@ from carvault.compliance.consent import COLLECTING, Policy, filter_table, status
 from carvault.durable import write_durably
 from carvault.location import DEFAULT_RESOLUTION, LAT, Place, coarsen, mask_places, places_from_json
 from carvault.protocol import BATCH_MEDIA_TYPE, GENESIS_PREV, make_batch, sha256_hex
+from carvault.protocol.columns import has_column
 from carvault.protocol.envelope import valid_software_version
 from carvault.signals import catalogue
 from carvault.vehicle.edr import EventRecord, EventRecorder
@@ -93,7 +94,7 @@ def without_empty_columns(table: pa.Table) -> pa.Table:
 
 def running_version(table: pa.Table, current: str | None) -> str | None:
     """The software version the car runs after these rows: the last one recorded in them, else ``current``."""
-    if SOFTWARE_VERSION not in table.column_names:
+    if not has_column(table, SOFTWARE_VERSION):
         return current
     values = [v for v in table.column(SOFTWARE_VERSION).to_pylist() if v]
     return str(values[-1]) if values and valid_software_version(str(values[-1])) else current
@@ -200,7 +201,7 @@ class VehicleAgent:
         """What consent lets leave the car of these rows, at the consented location precision (``ign``: ignition-on
         instant of each row). Batches and live frames both go through here."""
         routine = filter_table(part, self.policy, self.catalogue, ignition_on_ms=ign)
-        if LAT in routine.column_names:
+        if has_column(routine, LAT):
             # Masked first, on the true positions: a point inside a circle can coarsen to a cell centre outside it.
             routine = mask_places(routine, self.places + self.owner_places)
             t = routine.column("t").cast(pa.int64()).to_numpy()

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.protocol.columns import has_column
 from carvault.signals import Catalogue
 
 SEVERITY = ("crash", "restraint", "aeb", "abs", "hard_braking")
@@ -90,13 +91,13 @@ def _rising(values: np.ndarray) -> np.ndarray:
 
 
 def _bool_col(table: pa.Table, name: str) -> np.ndarray | None:
-    if name not in table.column_names:
+    if not has_column(table, name):
         return None
     return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def _float_col(table: pa.Table, name: str) -> np.ndarray | None:
-    if name not in table.column_names:
+    if not has_column(table, name):
         return None
     return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 

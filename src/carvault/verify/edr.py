@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from carvault.protocol.columns import has_column
 from carvault.signals import catalogue
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -209,7 +210,7 @@ class Samples:
     """
 
     def __init__(self, table: pa.Table) -> None:
-        if "t" not in table.column_names:
+        if not has_column(table, "t"):
             raise ValueError("the table has no 't' column")
         self._table = table
         t = np.asarray(table.column("t").cast(pa.int64()).to_numpy(), dtype=np.int64)
@@ -221,7 +222,7 @@ class Samples:
 
     def has(self, path: str) -> bool:
         """True if the table has a column for ``path``."""
-        return path in self._table.column_names
+        return has_column(self._table, path)
 
     def series(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """(t in ms, value as float64) of the non-null, finite samples of ``path``; booleans are 1.0/0.0."""
