@@ -637,8 +637,8 @@ class ExportJobs:
 class _Sink:
     """The export file, written by one thread and hashed (SHA-256) by another, both in the order of ``write`` calls.
 
-    Two threads, so the file's end is written and hashed on both cores at once once the encoders are done (both
-    release the GIL); together they are a large share of a CSV export's CPU (128 MB for a vehicle's 8 hours).
+    Two threads (both release the GIL), so when the encoders are done the file's last blocks are written and hashed
+    on both cores; together they are a large share of a CSV export's CPU (128 MB for a vehicle's 8 hours).
     """
 
     DEPTH = 16  # buffers queued for each thread
