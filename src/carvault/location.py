@@ -52,7 +52,8 @@ def places_from_json(items: object) -> tuple[Place, ...]:
 
 
 def _replace(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
-    return table.set_column(table.schema.get_field_index(name), table.schema.field(name), values)
+    i = table.schema.get_all_field_indices(name)[0]
+    return table.set_column(i, table.schema.field(i), values)
 
 
 def coarsen(table: pa.Table, resolution: int = DEFAULT_RESOLUTION) -> pa.Table:
