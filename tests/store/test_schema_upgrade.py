@@ -422,6 +422,25 @@ def test_not_null_column_without_default_is_refused(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_a_retry_still_names_what_an_earlier_try_added(tmp_path: Path) -> None:
+    """``create_schema`` retries after a lock or a changed schema: the columns its first try added are still named."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    make_old_database(url)
+    future = MetaData()
+    Table("batches", future, Column("id", Integer, primary_key=True), Column("tier", Integer, server_default="7"))
+    Table("vehicles", future, Column("vin", String(17), primary_key=True), Column("nickname", String(40)))
+    engine = create_engine(url)
+    try:
+        added: list[str] = []
+        with engine.begin() as conn:  # the first try got as far as one column before it failed
+            conn.exec_driver_sql("ALTER TABLE batches ADD COLUMN tier INTEGER DEFAULT '7'")
+        added.append("batches.tier")
+        assert upgrade_schema(engine, future, added) == ["batches.tier", "vehicles.nickname"]
+        assert added == ["batches.tier", "vehicles.nickname"]
+    finally:
+        engine.dispose()
+
+
 def test_process_losing_the_race_to_add_a_column_carries_on(tmp_path: Path) -> None:
     """Another process adds the columns between this one's look and its ALTER: the duplicate is taken as done."""
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
