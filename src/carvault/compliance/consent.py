@@ -88,6 +88,16 @@ def default_on(category: str) -> bool:
     )
 
 
+# ``default_on`` of every category, read once per column of every received batch (``check_batch``).
+_DEFAULT_ON: dict[str, bool] = {category: default_on(category) for category in CATEGORIES}
+
+
+def _times(table: pa.Table) -> np.ndarray:
+    """The batch's ``t`` column as int64 UTC milliseconds (a view of Arrow's buffer where it allows)."""
+    t = table.column("t").to_numpy()
+    return t.view(np.int64) if t.dtype.kind == "M" else t.astype(np.int64, copy=False)
+
+
 def needs_opt_in(category: str) -> bool:
     """Sensitive and important categories need an explicit, dated opt-in."""
     return not default_on(category)
@@ -173,7 +183,7 @@ def filter_table(
     table: pa.Table, policy: Policy, catalogue: Catalogue, ignition_on_ms: np.ndarray | None = None
 ) -> pa.Table:
     """Null every sample of a category at instants it may not leave the car; drop columns left empty."""
-    t = table.column("t").cast(pa.int64()).to_numpy()
+    t = _times(table)
     cols: list[pa.ChunkedArray] = [table.column("t")]
     fields: list[pa.Field] = [table.schema.field("t")]
     masks: dict[str, np.ndarray] = {}
@@ -232,7 +242,7 @@ def ignition_summary(table: pa.Table) -> tuple[int, int] | None:
     if len(idx) == 0:
         return None
     top = int(counts.max())
-    t = table.column("t").cast(pa.int64()).to_numpy()
+    t = _times(table)
     return top, int(t[idx[counts == top]].max())
 
 
@@ -251,7 +261,7 @@ def ignition_starts(table: pa.Table, previous: tuple[int | None, int | None] | N
     idx, counts = _counter_samples(table)
     if len(idx) == 0:
         return None
-    t = table.column("t").cast(pa.int64()).to_numpy()
+    t = _times(table)
     times = t[idx]
     if previous is not None and previous[0] is not None and previous[1] is not None:
         counts = np.concatenate(([int(previous[0])], counts))
@@ -281,7 +291,7 @@ def cycle_unverifiable(table: pa.Table, previous: tuple[int | None, int | None] 
 
 def _one_drive_rows(policy: Policy, category: str, t: np.ndarray) -> np.ndarray:
     """Rows at which ``category`` is collected only under a non-lasting opt-in (one status call per piece)."""
-    if default_on(category) or len(t) == 0:
+    if _DEFAULT_ON[category] or len(t) == 0 or all(c.lasting for c in policy.consents if c.category == category):
         return np.zeros(len(t), dtype=bool)
     cuts = np.array(change_points(policy, category), dtype=np.int64)
     piece = np.searchsorted(cuts, t, side="right")
@@ -319,11 +329,11 @@ def check_batch(
     checked = None if kind in ROUTINE_KINDS else EVENT_BASIS_EXCLUDES
     decided = {c.category for c in policy.consents}
     present: dict[str, np.ndarray] = {}
-    for name in table.column_names[1:]:
+    for name in table.schema.names[1:]:
         sig = catalogue.get(name)
         if sig is None or (checked is not None and sig.category not in checked):
             continue
-        if sig.category not in decided and default_on(sig.category):
+        if sig.category not in decided and _DEFAULT_ON[sig.category]:
             continue  # collected under the contract and never stopped: allowed at every instant
         col = table.column(name)
         if col.null_count == len(col):
@@ -335,7 +345,7 @@ def check_batch(
         present[sig.category] = valid if prev is None else prev | valid
     if not present:
         return
-    t = table.column("t").cast(pa.int64()).to_numpy()
+    t = _times(table)
     ign = ignition_starts(table, previous)
     unverifiable = cycle_unverifiable(table, previous)
     for category, mask in present.items():

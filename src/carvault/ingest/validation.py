@@ -141,18 +141,18 @@ def validate_payload(
     columns = table.columns
     nulls = [col.null_count for col in columns]
     samples = rows * (len(columns) - 1) - sum(nulls) + nulls[0]
-    inspected = [(plan.checks[i - 1], columns[i]) for i in plan.inspected if nulls[i] < rows]
-    bounds = _bounds([(c, col) for c, col in inspected if c.value_set is None])
-    for check, col in inspected:  # in column order: the first defect is the one reported
+    inspected = [(plan.checks[i - 1], i) for i in plan.inspected if nulls[i] < rows]
+    bounds = _bounds(table, [(c, i) for c, i in inspected if c.value_set is None], nulls)
+    for check, i in inspected:  # in column order: the first defect is the one reported
         name, sig = check.name, check.signal
         if check.value_set is not None:
             # The distinct values, one call, compared in Python: a column holds a handful of them.
-            if any(v is not None and v not in check.allowed for v in pc.unique(col).to_pylist()):
+            if any(v is not None and v not in check.allowed for v in pc.unique(columns[i]).to_pylist()):
                 raise ValueOutOfRange(
                     f"signal {name} has a value outside {list(check.value_set.to_pylist())}", signal=name
                 )
             continue
-        lo, hi = bounds[name]  # a NaN anywhere makes both NaN: numpy propagates it
+        lo, hi = bounds[name]  # a NaN among the present values makes both NaN (``_bounds``)
         if check.floating and not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueOutOfRange(f"signal {name} has a NaN or infinite value", signal=name)
         if check.ranged and ((sig.min is not None and lo < sig.min) or (sig.max is not None and hi > sig.max)):
@@ -307,55 +307,41 @@ _NUMPY_TYPES: dict[pa.DataType, np.dtype[Any]] = {
 }
 
 
-def _bounds(columns: list[tuple[_ColumnCheck, pa.ChunkedArray]]) -> dict[str, tuple[Any, Any]]:
-    """Each column's lowest and highest present value, as Python numbers (ints for integer columns).
+def _bounds(table: pa.Table, wanted: list[tuple[_ColumnCheck, int]], nulls: list[int]) -> dict[str, tuple[Any, Any]]:
+    """Each wanted column's (by index) lowest and highest present value, as Python numbers (ints for integers).
 
-    The columns are one table's, so all have its length. A one-minute batch has some forty numeric columns of a few
-    hundred values, so calls, not values, are the cost (issue 10): the values are read in place from Arrow's buffers
-    (no null-dropping call per column), stacked as doubles (exact for every catalogue number but 64-bit integers,
-    which are reduced on their own) and reduced in one pass, null slots (whatever bytes they hold) replaced by an
-    infinity that never wins. A NaN among the present values still makes both bounds NaN (numpy propagates it).
+    A one-minute batch has some forty numeric columns of a few hundred values, so calls, not values, are the cost
+    (issue 10), and they hold the GIL that every upload shares: the columns are selected in one call and laid out by
+    Arrow as one column-major matrix (``RecordBatch.to_tensor``: null slots become NaN, integers the smallest float
+    that holds them exactly, 32-bit ones included), reduced by NaN-skipping minimum and maximum in one pass each. A
+    column holding more NaNs than nulls has a NaN among its present values: both its bounds are NaN then, which the
+    caller refuses. 64-bit integers (not exact as doubles) and other types are reduced on their own.
     """
     bounds: dict[str, tuple[Any, Any]] = {}
-    if not columns:
-        return bounds
-    length = len(columns[0][1])
-    stacked = np.empty((len(columns), length), dtype=np.float64)  # a row per column, filled in place
-    mask: np.ndarray | None = None  # where a value is present, made at the first column with nulls
-    names: list[tuple[str, bool]] = []  # (column, integral) of each row filled
-    for check, col in columns:
+    matrix: list[tuple[_ColumnCheck, int]] = []
+    for check, i in wanted:
         dtype = check.dtype
-        if dtype is None:  # not a fixed-width number
-            values = _present_values(col)
+        if dtype is None or (dtype.kind != "f" and dtype.itemsize > 4):
+            values = _present_values(table.column(i))
             bounds[check.name] = (values.min().item(), values.max().item())
-            continue
-        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        validity, data = arr.buffers()[:2]
-        offset = arr.offset
-        values = np.frombuffer(data, dtype=dtype, count=length, offset=offset * dtype.itemsize)
-        present = None
-        if arr.null_count:
-            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), count=offset + length, bitorder="little")
-            present = bits[offset:].view(np.bool_)
-        if dtype.kind != "f" and dtype.itemsize > 4:  # not exact as a double: on its own
-            kept = values if present is None else values[present]
-            bounds[check.name] = (kept.min().item(), kept.max().item())
-            continue
-        row = len(names)
-        stacked[row] = values
-        if present is not None:
-            if mask is None:
-                mask = np.ones(stacked.shape, dtype=np.bool_)
-            mask[row] = present
-        names.append((check.name, dtype.kind != "f"))
-    stacked = stacked[: len(names)]
-    if mask is not None:
-        mask = mask[: len(names)]
-        lows, highs = np.where(mask, stacked, np.inf).min(axis=1), np.where(mask, stacked, -np.inf).max(axis=1)
-    else:
-        lows, highs = stacked.min(axis=1), stacked.max(axis=1)
-    for (name, integral), lo, hi in zip(names, lows.tolist(), highs.tolist(), strict=True):
-        bounds[name] = (int(lo), int(hi)) if integral else (lo, hi)
+        else:
+            matrix.append((check, i))
+    if not matrix:
+        return bounds
+    chosen = table.select([i for _, i in matrix])
+    batches = chosen.to_batches()
+    if len(batches) != 1:  # columns cut into chunks at different rows
+        batches = chosen.combine_chunks().to_batches()
+    values = np.asarray(batches[0].to_tensor(null_to_nan=True, row_major=False))
+    lows, highs = np.fmin.reduce(values, axis=0).tolist(), np.fmax.reduce(values, axis=0).tolist()
+    nans = np.count_nonzero(np.isnan(values), axis=0).tolist()
+    for (check, i), lo, hi, nan in zip(matrix, lows, highs, nans, strict=True):
+        if nan > nulls[i]:
+            bounds[check.name] = (math.nan, math.nan)
+        elif check.dtype is not None and check.dtype.kind != "f":
+            bounds[check.name] = (int(lo), int(hi))
+        else:
+            bounds[check.name] = (lo, hi)
     return bounds
 
 
