@@ -337,7 +337,11 @@ def decode_payload(
     ``nbytes`` that costs no per-column walk), and only the text columns are touched after the read.
     """
     try:
-        md = pq.read_metadata(pa.BufferReader(payload))
+        # Arrow's Parquet reader itself: ``read_metadata`` and ``ParquetFile`` each wrap it in a ParquetFile, which
+        # maps every column's path in Python (~50 µs for 41 columns, holding the GIL every upload shares).
+        reader = pq.ParquetReader()
+        reader.open(pa.BufferReader(payload), pre_buffer=False, arrow_extensions_enabled=True)
+        md = reader.metadata
         if md.num_rows > max_rows:
             raise PayloadTooLarge(f"payload has {md.num_rows} rows; the limit is {max_rows}", limit=max_rows)
         stored = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
@@ -348,14 +352,17 @@ def decode_payload(
         # Columns named by their index when the file is flat (one Parquet column per field, as a payload is): by
         # name, pyarrow builds a map of every column's path for each file opened.
         flat = md.num_columns == len(arrow_schema)
-        pf = pq.ParquetFile(
-            pa.BufferReader(payload),
-            metadata=md,
-            read_dictionary=(texts if flat else [arrow_schema[i].name for i in texts]) or None,
-            pre_buffer=False,  # the bytes are in memory: coalescing their ranges first only costs (~0.15 ms a batch)
-        )
-        # ParquetFile.read without threads is ~35% faster than read_table for small batch files.
-        table = pf.read(use_threads=False)
+        if texts:  # the text columns are read as dictionaries: an option of opening, so open again (footer kept)
+            reader = pq.ParquetReader()
+            reader.open(
+                pa.BufferReader(payload),
+                metadata=md,
+                read_dictionary=texts if flat else [arrow_schema[i].name for i in texts],
+                pre_buffer=False,  # the bytes are in memory: coalescing their ranges first only costs (~0.15 ms)
+                arrow_extensions_enabled=True,
+            )
+        # One read without threads: ~35% faster than read_table for small batch files.
+        table = reader.read_all(use_threads=False)
         size = table.get_total_buffer_size()
         if size > max_bytes:
             raise PayloadTooLarge(f"payload decodes to {size} bytes; the limit is {max_bytes}", limit=max_bytes)
