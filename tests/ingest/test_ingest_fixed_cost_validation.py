@@ -19,8 +19,8 @@ RANGE = "Vehicle.Powertrain.Range"  # uint32, 0..2,000,000
 ROWS = 8
 
 
-def _times() -> pa.Array:
-    return pa.array(np.arange(ROWS, dtype=np.int64) * 100 + BASE_MS, pa.int64()).cast(TIME_TYPE)
+def _times(rows: int = ROWS) -> pa.Array:
+    return pa.array(np.arange(rows, dtype=np.int64) * 100 + BASE_MS, pa.int64()).cast(TIME_TYPE)
 
 
 def _validate(table: pa.Table) -> PayloadSummary:
@@ -124,7 +124,7 @@ def test_bounds_agree_with_arrow_for_every_number_type(seed: int) -> None:
                     f"c{k}", catalogue().get(SPEED), pa.types.is_floating(type_), True, None, dtype=_NUMPY_TYPES[type_]
                 )
             )
-        table = pa.table([_times_of(rows)] + arrays, names=["t"] + [c.name for c in checks])
+        table = pa.table([_times(rows)] + arrays, names=["t"] + [c.name for c in checks])
         cut = int(rng.integers(0, rows - 1))
         table = table.slice(cut)
         if rng.random() < 0.5:  # chunks cut at different rows per column
@@ -144,10 +144,6 @@ def test_bounds_agree_with_arrow_for_every_number_type(seed: int) -> None:
             expected = pc.min_max(column).as_py()
             assert got[check.name] == (expected["min"], expected["max"]), (column.type, got[check.name], expected)
             assert type(got[check.name][0]) is type(expected["min"])
-
-
-def _times_of(rows: int) -> pa.Array:
-    return pa.array(np.arange(rows, dtype=np.int64) * 100 + BASE_MS, pa.int64()).cast(TIME_TYPE)
 
 
 def _cut(array: pa.Array, at: int) -> pa.ChunkedArray:

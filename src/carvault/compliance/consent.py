@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from carvault.errors import ConsentNotGiven
-from carvault.protocol.columns import has_column
+from carvault.protocol.columns import has_column, times_ms
 from carvault.signals import CATEGORIES, Catalogue, PrivacyClass
 
 COLLECTING = "collecting"
@@ -90,12 +90,6 @@ def default_on(category: str) -> bool:
 
 # ``default_on`` of every category, read once per column of every received batch (``check_batch``).
 _DEFAULT_ON: dict[str, bool] = {category: default_on(category) for category in CATEGORIES}
-
-
-def _times(table: pa.Table) -> np.ndarray:
-    """The batch's ``t`` column as int64 UTC milliseconds (a view of Arrow's buffer where it allows)."""
-    t = table.column("t").to_numpy()
-    return t.view(np.int64) if t.dtype.kind == "M" else t.astype(np.int64, copy=False)
 
 
 def needs_opt_in(category: str) -> bool:
@@ -183,7 +177,7 @@ def filter_table(
     table: pa.Table, policy: Policy, catalogue: Catalogue, ignition_on_ms: np.ndarray | None = None
 ) -> pa.Table:
     """Null every sample of a category at instants it may not leave the car; drop columns left empty."""
-    t = _times(table)
+    t = times_ms(table)
     cols: list[pa.ChunkedArray] = [table.column("t")]
     fields: list[pa.Field] = [table.schema.field("t")]
     masks: dict[str, np.ndarray] = {}
@@ -242,7 +236,7 @@ def ignition_summary(table: pa.Table) -> tuple[int, int] | None:
     if len(idx) == 0:
         return None
     top = int(counts.max())
-    t = _times(table)
+    t = times_ms(table)
     return top, int(t[idx[counts == top]].max())
 
 
@@ -261,7 +255,7 @@ def ignition_starts(table: pa.Table, previous: tuple[int | None, int | None] | N
     idx, counts = _counter_samples(table)
     if len(idx) == 0:
         return None
-    t = _times(table)
+    t = times_ms(table)
     times = t[idx]
     if previous is not None and previous[0] is not None and previous[1] is not None:
         counts = np.concatenate(([int(previous[0])], counts))
@@ -345,7 +339,7 @@ def check_batch(
         present[sig.category] = valid if prev is None else prev | valid
     if not present:
         return
-    t = _times(table)
+    t = times_ms(table)
     ign = ignition_starts(table, previous)
     unverifiable = cycle_unverifiable(table, previous)
     for category, mask in present.items():

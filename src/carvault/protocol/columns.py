@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 TIME_COLUMN = "t"
@@ -23,6 +24,13 @@ def has_column(table: pa.Table, name: str) -> bool:
     """Whether ``table`` has a column ``name``: a lookup in the schema. ``name in table.column_names`` builds a
     Python list of every field first (~40 µs for a 40-column batch, under the GIL), which hot paths cannot afford."""
     return bool(table.schema.get_all_field_indices(name))
+
+
+def times_ms(table: pa.Table) -> np.ndarray:
+    """The table's time column as int64 UTC milliseconds: a view of Arrow's buffer where its layout allows (a cast
+    through ``pyarrow.compute`` costs ~8 µs more per call)."""
+    t = table.column(TIME_COLUMN).to_numpy()
+    return t.view(np.int64) if t.dtype.kind == "M" else t.astype(np.int64, copy=False)
 
 
 EVENT_META_KEY = b"carvault.event"
