@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from carvault.bench.pg_cluster import TemporaryPostgres
+from carvault.errors import InvalidQuery
 from carvault.ledger.checkpoint import format_vkey, sign_checkpoint
 from carvault.ledger.merkle import EMPTY_ROOT
 from carvault.ledger.tiles import (
@@ -96,6 +97,33 @@ def test_publish_checkpoint_keeps_the_largest_tree(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="checkpoint|note|signature|lines"):
         publish_checkpoint(blobs, "not a checkpoint\n")
     assert latest_checkpoint(blobs) == cosigned
+
+
+def test_publish_checkpoint_with_the_size_the_publisher_read(tmp_path: Path) -> None:
+    """The tile publisher passes the published size it read under the log's publishing lock: no second read."""
+    blobs = LocalBlobStore(tmp_path / "store")
+    key = log_key()
+    root = hashlib.sha256(b"r").digest()
+    notes = {n: sign_checkpoint(ORIGIN, n, root, key, ORIGIN) for n in (3, 5, 8)}
+    assert publish_checkpoint(blobs, notes[5], published=-1) is True  # -1: none published yet
+    assert publish_checkpoint(blobs, notes[3], published=5) is False  # still never back to a smaller tree
+    assert latest_checkpoint(blobs) == notes[5]
+    blobs.put(CHECKPOINT_KEY, b"torn")  # the store is not read again: the size read says what is there
+    assert publish_checkpoint(blobs, notes[8], published=5) is True
+    assert latest_checkpoint(blobs) == notes[8]
+
+
+def test_tiles_are_checked_against_the_size_the_publisher_read(tmp_path: Path) -> None:
+    log = open_log(tmp_path / "log")
+    log.append([b"leaf %d" % i for i in range(300)])
+    full = log.subtree_hashes(0, 0, 256, committed=300)
+    assert full == log.subtree_hashes(0, 0, 256)  # the same hashes as with the size read from the log
+    with pytest.raises(InvalidQuery):  # beyond the size given, though the log holds it
+        log.subtree_hashes(0, 256, 44, committed=299)
+    with pytest.raises(InvalidQuery):
+        log.subtree_hashes(0, 256, 45)
+    assert log.checkpoint() == log.checkpoint(300)  # one size read; the same note as with the size given
+    log.close()
 
 
 # -- a publisher over a log, without HTTP ----------------------------------------------------------------------

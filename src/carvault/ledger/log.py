@@ -218,7 +218,10 @@ class MerkleLog:
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first ``size`` leaves (default: the committed size)."""
-        size = self._check_size(size, self.size)
+        return self._root(self._check_size(size, self.size))
+
+    def _root(self, size: int) -> bytes:
+        """MTH of the first ``size`` leaves, ``size`` already checked against the committed size."""
         if size == 0:
             return EMPTY_ROOT
         peaks = self._peaks(size)
@@ -234,12 +237,15 @@ class MerkleLog:
             raise InvalidQuery("leaf index out of range", index=index, log_size=committed)
         return self._node(0, index)
 
-    def subtree_hashes(self, level: int, first: int, count: int) -> list[bytes]:
+    def subtree_hashes(self, level: int, first: int, count: int, *, committed: int | None = None) -> list[bytes]:
         """The stored hashes of ``count`` consecutive complete subtrees of height ``level`` from ``first``.
 
-        Each must lie inside the committed tree (a tile's hashes); InvalidQuery otherwise.
+        Each must lie inside the committed tree (a tile's hashes); InvalidQuery otherwise. ``committed`` is a size
+        the caller read from this log moments ago (a log only grows, so what lies inside it stays committed):
+        given, the size is not read again (the tile publisher reads it once per publication, not once per tile).
         """
-        if level < 0 or first < 0 or count < 0 or (first + count) << level > self.size:
+        within = self.size if committed is None else committed
+        if level < 0 or first < 0 or count < 0 or (first + count) << level > within:
             raise InvalidQuery("subtrees outside the committed tree", level=level, first=first, count=count)
         return self._nodes([(level, first + i) for i in range(count)])
 
@@ -259,8 +265,8 @@ class MerkleLog:
 
     def checkpoint(self, size: int | None = None) -> str:
         """A signed C2SP checkpoint for ``size`` leaves (default: the current committed size)."""
-        size = self._check_size(size, self.size)
-        return sign_checkpoint(self.origin, size, self.root(size), self._private_key, self.key_name)
+        size = self._check_size(size, self.size)  # the committed size read once (a query on PostgreSQL)
+        return sign_checkpoint(self.origin, size, self._root(size), self._private_key, self.key_name)
 
 
 class TransparencyLog(MerkleLog):

@@ -69,21 +69,27 @@ def latest_checkpoint(blobs: BlobStore) -> str | None:
         return None
 
 
-def publish_checkpoint(blobs: BlobStore, note: str) -> bool:
+def publish_checkpoint(blobs: BlobStore, note: str, *, published: int | None = None) -> bool:
     """Write ``note`` as ``log/checkpoint`` unless the published one names a larger tree; True when written.
 
     A note of the same size replaces the published one (so a cosigned note replaces the log-signed note of its
     tree). The note must parse as a checkpoint; its signatures are the caller's business.
+
+    ``published`` is the published tree size as the caller read it while holding the log's publishing lock (the
+    tile publisher): no one can publish a larger tree meanwhile (a cosigned note is of a tree already published),
+    so the store is not read again; the write still waits for any read-compare-write of this process to end.
     """
     size = _checkpoint_size(note)  # VerificationError on anything that is not a checkpoint
     with _publish_lock:
-        current = latest_checkpoint(blobs)
-        if current is not None:
-            try:
-                if _checkpoint_size(current) > size:
-                    return False
-            except VerificationError:
-                _LOG.warning("replacing an unreadable published checkpoint")
+        if published is None:
+            current = latest_checkpoint(blobs)
+            if current is not None:
+                try:
+                    published = _checkpoint_size(current)
+                except VerificationError:
+                    _LOG.warning("replacing an unreadable published checkpoint")
+        if published is not None and published > size:
+            return False
         blobs.put(CHECKPOINT_KEY, note.encode("utf-8"))
     return True
 
@@ -152,14 +158,17 @@ class TileSource(Protocol):
     @property
     def size(self) -> int: ...
 
-    def subtree_hashes(self, level: int, first: int, count: int) -> list[bytes]: ...
+    def subtree_hashes(self, level: int, first: int, count: int, *, committed: int | None = None) -> list[bytes]: ...
 
     def checkpoint(self, size: int | None = None) -> str: ...
 
 
-def tile_bytes(log: TileSource, level: int, index: int, width: int) -> bytes:
-    """The bytes of a tile: hashes of the complete subtrees of height 8·level, ``width`` of them from the tile start."""
-    hashes = log.subtree_hashes(TILE_HEIGHT * level, index * TILE_WIDTH, width)
+def tile_bytes(log: TileSource, level: int, index: int, width: int, *, committed: int | None = None) -> bytes:
+    """The bytes of a tile: hashes of the complete subtrees of height 8·level, ``width`` of them from the tile start.
+
+    ``committed``: a size just read from the log, which the tile must lie within (else the log's size is read).
+    """
+    hashes = log.subtree_hashes(TILE_HEIGHT * level, index * TILE_WIDTH, width, committed=committed)
     data = b"".join(hashes)
     if len(data) != width * HASH_SIZE:
         raise ValueError(f"log returned {len(data)} bytes for tile {level}/{index} of width {width}")
@@ -174,7 +183,7 @@ def publish_tiles(blobs: BlobStore, log: TileSource, size: int, since: int = 0) 
     written = 0
     for level, index, width in tiles_for(size, since):
         key = PREFIX + tile_path(level, index, width)
-        blobs.put(key, tile_bytes(log, level, index, width), durable=True)
+        blobs.put(key, tile_bytes(log, level, index, width, committed=size), durable=True)
         written += 1
         if width == TILE_WIDTH:
             blobs.delete_prefix(PREFIX + tile_path(level, index) + ".p/")
@@ -291,7 +300,7 @@ class TilePublisher:
             if size > published:
                 publish_tiles(self.blobs, self.log, size, max(published, 0))
                 note = self.log.checkpoint(size)
-                if publish_checkpoint(self.blobs, note):
+                if publish_checkpoint(self.blobs, note, published=published):
                     fresh = note
                 published = size
             self._published = published

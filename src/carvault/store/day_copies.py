@@ -117,8 +117,9 @@ class DayCopies:
         self.blobs = blobs
         self.segments = segments
         self.cache_dir = cache_dir  # object storage: parts fetched once and read locally (a cache, never the truth)
-        # Parsed footers of recently read parts (a part never changes under its name: its batch hash is in it).
-        self._footers: OrderedDict[str, tuple[pq.FileMetaData, frozenset[str]]] = OrderedDict()
+        # Parsed footers of recently read parts (a part never changes under its name: its batch hash is in it), each
+        # with its columns' indices by name.
+        self._footers: OrderedDict[str, tuple[pq.FileMetaData, dict[str, int]]] = OrderedDict()
         # Decoded columns of recently read parts (least recently used first), within ``decoded_bytes`` in all. Only
         # consulted once the part is known to be present here, and forgotten with it: never a way around erasure.
         self._decoded: OrderedDict[str, pa.Table] = OrderedDict()
@@ -169,19 +170,23 @@ class DayCopies:
                     self._decoded.move_to_end(key)
                     return held.select(want)
         try:
-            f = pq.ParquetFile(str(path), memory_map=True, metadata=known[0] if known else None, pre_buffer=False)
+            # Arrow's Parquet reader itself, the columns named by index: ``ParquetFile`` maps every column's path in
+            # Python for each file it opens, per part of every window (as in ``protocol.envelope.decode_payload``).
+            reader = pq.ParquetReader()
+            reader.open(pa.memory_map(str(path)), metadata=known[0] if known else None, pre_buffer=False)
             if known is None:
-                known = (f.metadata, frozenset(f.metadata.schema.names))
+                known = (reader.metadata, _column_indices(reader.metadata))
                 with self._lock:
                     self._footers[key] = known
                     while len(self._footers) > _FOOTERS:
                         self._footers.popitem(last=False)
-            want = ["t", *[c for c in columns if c in known[1] and c != "t"]]
+            index = known[1]
+            want = ["t", *[c for c in columns if c in index and c != "t"]]
             with self._lock:
                 held = self._decoded.get(key)
             also = [c for c in held.schema.names if c not in want] if held is not None else []
-            table = f.read(columns=want + also, use_threads=False)
-        except (OSError, pa.ArrowException):
+            table = reader.read_all(column_indices=[index[c] for c in want + also], use_threads=False)
+        except (OSError, KeyError, pa.ArrowException):
             log.warning("payload part %s is unreadable here", key, exc_info=True)
             return None
         self._keep(key, table)
@@ -451,6 +456,18 @@ class Compactor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+
+def _column_indices(md: pq.FileMetaData) -> dict[str, int]:
+    """A part's columns by name, as the indices Arrow's reader takes (a payload is flat: one column per field).
+
+    A file whose schema is not flat (it could only come from outside a payload's checks) gets no names, so
+    ``read`` answers it as unreadable and the caller falls back to the envelope, which says what is wrong.
+    """
+    schema = md.schema.to_arrow_schema()
+    if md.num_columns != len(schema):
+        return {}
+    return {name: i for i, name in enumerate(schema.names)}
 
 
 def _day_start(day: dt.date) -> int:
