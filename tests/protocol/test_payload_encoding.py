@@ -1,0 +1,67 @@
+"""The agent's payload encoding: each float column plain or byte-stream-split, whichever zstd makes smaller for the
+batch, so a payload is never larger than either uniform layout and always reads back as the same table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from carvault.protocol import TIME_TYPE, decode_payload, encode_payload
+from carvault.protocol.envelope import _write_payload
+from tests.factories import BASE_MS
+
+ROWS = 3_000
+NOISY = "Vehicle.Acceleration.Vertical"  # full-precision noise: the bytes of a float barely repeat
+QUANTISED = "Vehicle.Speed"  # a slow signal in 0.1 steps, as CAN scaling makes it: plain repeats byte for byte
+ON_CHANGE = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"  # mostly null
+
+
+def _table(seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    speed = np.round(np.cumsum(rng.normal(0, 0.3, ROWS)).clip(0, 60) * 10) / 10
+    soc = np.full(ROWS, np.nan)
+    soc[::100] = np.round(80 - np.arange(ROWS // 100) * 0.1, 1)
+    return pa.table(
+        {
+            "t": pa.array(range(BASE_MS, BASE_MS + ROWS * 100, 100), pa.int64()).cast(TIME_TYPE),
+            NOISY: pa.array(rng.normal(0, 1, ROWS).astype(np.float32)),
+            QUANTISED: pa.array(speed.astype(np.float32)),
+            ON_CHANGE: pa.array(soc.astype(np.float32), from_pandas=True),
+            "Vehicle.IsMoving": pa.array(speed > 0),
+        }
+    )
+
+
+def _encodings(payload: bytes) -> dict[str, set[str]]:
+    rg = pq.read_metadata(pa.BufferReader(payload)).row_group(0)
+    return {rg.column(i).path_in_schema: set(rg.column(i).encodings) for i in range(rg.num_columns)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_each_float_column_takes_the_smaller_layout(seed: int) -> None:
+    table = _table(seed)
+    payload = encode_payload(table)
+    encodings = _encodings(payload)
+    assert "BYTE_STREAM_SPLIT" in encodings[NOISY]
+    assert "BYTE_STREAM_SPLIT" not in encodings[QUANTISED]
+    floats = [NOISY, QUANTISED, ON_CHANGE]
+    assert len(payload) <= len(_write_payload(table, {}, []))
+    assert len(payload) <= len(_write_payload(table, {}, floats))
+    assert decode_payload(payload).equals(table)
+
+
+def test_uniform_choices_and_metadata_survive() -> None:
+    """All noisy, all quantised, no floats at all: one layout for every column; the event description is kept."""
+    rng = np.random.default_rng(7)
+    times = pa.array(range(BASE_MS, BASE_MS + ROWS), pa.int64()).cast(TIME_TYPE)
+    noisy = pa.table({"t": times, NOISY: pa.array(rng.normal(0, 1, ROWS).astype(np.float32))})
+    flat = pa.table({"t": times, QUANTISED: pa.array(np.full(ROWS, 12.5, np.float32))})
+    flags = pa.table({"t": times, "Vehicle.IsMoving": pa.array(rng.random(ROWS) > 0.5)})
+    assert "BYTE_STREAM_SPLIT" in _encodings(encode_payload(noisy))[NOISY]
+    assert "BYTE_STREAM_SPLIT" not in _encodings(encode_payload(flat))[QUANTISED]
+    described = flags.replace_schema_metadata({"carvault.event": "crash"})
+    back = decode_payload(encode_payload(described))
+    assert back.schema.metadata == {b"carvault.event": b"crash"}
+    assert back.replace_schema_metadata(None).equals(flags)
