@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from carvault.protocol import TIME_TYPE, decode_payload, encode_payload
+from carvault.protocol import TIME_TYPE, decode_payload, encode_payload, read_payload
 from carvault.protocol.envelope import _write_payload
 from tests.factories import BASE_MS
 
@@ -65,3 +65,12 @@ def test_uniform_choices_and_metadata_survive() -> None:
     back = decode_payload(encode_payload(described))
     assert back.schema.metadata == {b"carvault.event": b"crash"}
     assert back.replace_schema_metadata(None).equals(flags)
+
+
+def test_an_accepted_payload_reads_back_as_it_decodes() -> None:
+    """``read_payload`` (stored batches, already checked) gives the table ``decode_payload`` gave on the way in."""
+    table = _table(4).append_column("Vehicle.Body.Lights.Brake.IsActive", pa.array(["ACTIVE", "INACTIVE", None] * 1000))
+    payload = encode_payload(table.replace_schema_metadata({"carvault.event": "crash"}))
+    read, decoded = read_payload(payload), decode_payload(payload)
+    assert read.equals(decoded) and read.schema.metadata == decoded.schema.metadata
+    assert read.replace_schema_metadata(None).equals(table)

@@ -32,6 +32,7 @@ from carvault.protocol.envelope import (
     encode_payload,
     make_batch,
     payload_view,
+    read_payload,
     sha256_hex,
 )
 from carvault.protocol.receipt import (
@@ -75,6 +76,7 @@ __all__ = [
     "leaf_salt",
     "make_batch",
     "payload_view",
+    "read_payload",
     "receipt_json",
     "sha256_hex",
 ]

@@ -317,7 +317,7 @@ def encode_payload(table: pa.Table) -> bytes:
     table = table.replace_schema_metadata(None)
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     plain = _write_payload(table, metadata, [])
-    if not floats:
+    if not floats or table.num_rows == 0:
         return plain
     split = _write_payload(table, metadata, floats)
     plain_sizes, split_sizes = _chunk_sizes(plain), _chunk_sizes(split)
@@ -356,6 +356,17 @@ def _chunk_sizes(payload: bytes) -> dict[str, int]:
     """Compressed bytes of each column chunk of a one-row-group payload, by column name."""
     rg = pq.read_metadata(pa.BufferReader(payload)).row_group(0)
     return {rg.column(i).path_in_schema: rg.column(i).total_compressed_size for i in range(rg.num_columns)}
+
+
+def read_payload(payload: bytes | memoryview) -> pa.Table:
+    """Every column of a payload the region has already accepted (``decode_payload`` checked it on the way in).
+
+    Arrow's Parquet reader itself, on one thread: ``ParquetFile`` around it maps every column's path in Python first
+    (~55 µs of a one-minute bench batch's 0.88 ms), once per batch of every window over days not yet compacted.
+    """
+    reader = pq.ParquetReader()
+    reader.open(pa.BufferReader(payload), pre_buffer=False, arrow_extensions_enabled=True)
+    return reader.read_all(use_threads=False)
 
 
 def decode_payload(

@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import bindparam, select
 
 from carvault.errors import InvalidQuery, Unavailable
-from carvault.protocol import TIME_TYPE, payload_view
+from carvault.protocol import TIME_TYPE, payload_view, read_payload
 from carvault.signals import Signal
 from carvault.store.day_copies import PREFIX as COPIES
 from carvault.store.day_copies import Compacted, DayCopies
@@ -209,7 +208,7 @@ class TelemetryStore:
         copy = self.derived.read(vin, ref.batch_hash)
         if copy is None:  # no derived copy yet: decode the evidence once and keep the copy
             raw = self.segments.envelope(ref)
-            copy = pq.ParquetFile(pa.BufferReader(payload_view(raw))).read(use_threads=False)
+            copy = read_payload(payload_view(raw))
             outlived = [c for c in copy.column_names if cutoffs.get(c, 0) > ref.t1]
             if outlived:  # the copy never holds what the whole batch has outlived
                 copy = copy.drop_columns(outlived)
