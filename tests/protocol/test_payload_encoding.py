@@ -1,5 +1,6 @@
-"""The agent's payload encoding: each float column plain or byte-stream-split, whichever zstd makes smaller for the
-batch, so a payload is never larger than either uniform layout and always reads back as the same table."""
+"""The agent's payload encoding, chosen chunk by chunk: each float column plain or byte-stream-split, whichever zstd
+makes smaller for the batch, and a chunk compressed only when that saves ``MIN_COMPRESSION_GAIN`` bytes; the payload
+always reads back as the same table."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from carvault.protocol import TIME_TYPE, decode_payload, encode_payload, read_payload
-from carvault.protocol.envelope import _write_payload
+from carvault.protocol.envelope import MIN_COMPRESSION_GAIN, _write_payload
 from tests.factories import BASE_MS
 
 ROWS = 3_000
@@ -39,6 +40,15 @@ def _encodings(payload: bytes) -> dict[str, set[str]]:
     return {rg.column(i).path_in_schema: set(rg.column(i).encodings) for i in range(rg.num_columns)}
 
 
+def _chunks(payload: bytes) -> dict[str, tuple[str, int]]:
+    """Each column chunk's codec and stored bytes."""
+    rg = pq.read_metadata(pa.BufferReader(payload)).row_group(0)
+    return {
+        rg.column(i).path_in_schema: (rg.column(i).compression, rg.column(i).total_compressed_size)
+        for i in range(rg.num_columns)
+    }
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_each_float_column_takes_the_smaller_layout(seed: int) -> None:
     table = _table(seed)
@@ -46,10 +56,27 @@ def test_each_float_column_takes_the_smaller_layout(seed: int) -> None:
     encodings = _encodings(payload)
     assert "BYTE_STREAM_SPLIT" in encodings[NOISY]
     assert "BYTE_STREAM_SPLIT" not in encodings[QUANTISED]
-    floats = [NOISY, QUANTISED, ON_CHANGE]
-    assert len(payload) <= len(_write_payload(table, {}, []))
-    assert len(payload) <= len(_write_payload(table, {}, floats))
+    floats, names = [NOISY, QUANTISED, ON_CHANGE], table.schema.names
+    trials = [_chunks(_write_payload(table, {}, split=split, compress=names)) for split in ([], floats)]
+    raw = _chunks(_write_payload(table, {}, split=[], compress=[]))
+    for name, (codec, size) in _chunks(payload).items():
+        smallest = min(trial[name][1] for trial in trials)
+        if codec == "UNCOMPRESSED":  # left so only when zstd saves too little
+            assert raw[name][1] - smallest < MIN_COMPRESSION_GAIN, name
+        else:
+            assert size == smallest and raw[name][1] - size >= MIN_COMPRESSION_GAIN, name
     assert decode_payload(payload).equals(table)
+
+
+def test_small_chunks_stay_uncompressed() -> None:
+    """Five seconds of a car: most chunks are too small for zstd to pay for a decompression context in the region."""
+    table = _table(5).slice(0, 50)
+    chunks = _chunks(encode_payload(table))
+    assert chunks["Vehicle.IsMoving"][0] == "UNCOMPRESSED"  # 50 flags: a handful of bytes
+    assert chunks[ON_CHANGE][0] == "UNCOMPRESSED"  # one value in 50 rows
+    noisy = _table(5).slice(0, 600)
+    assert _chunks(encode_payload(noisy))[NOISY][0] == "ZSTD"  # a minute of noise: zstd saves hundreds of bytes
+    assert decode_payload(encode_payload(table)).equals(table)
 
 
 def test_uniform_choices_and_metadata_survive() -> None:

@@ -298,11 +298,16 @@ def payload_view(envelope: bytes) -> memoryview:
 #: floats at level 9 alone 7 %; the region decodes it in the same time, the car encodes it in 4-6 times as long
 #: (9 ms for a 1-minute batch on the bench machine; docs/benchmarks.md).
 PAYLOAD_ZSTD_LEVEL = 12
+#: A column chunk is compressed only when zstd makes it at least this many bytes smaller. Every compressed page costs
+#: the region a decompression context each time it is read (~7 µs on the bench machine, issue 10), and a small chunk
+#: (a few seconds of a signal, a column of flags) saves little or nothing, zstd's frame header counted: on the bench's
+#: 5-second batches this keeps 29 of 41 chunks uncompressed, 1.4 % fewer bytes and a third less decoding.
+MIN_COMPRESSION_GAIN = 32
 
 
 def encode_payload(table: pa.Table) -> bytes:
-    """Write a batch table as the compact Parquet payload (zstd; text through a dictionary; each float column plain
-    or byte-stream-split, whichever is smaller for this batch).
+    """Write a batch table as the compact Parquet payload: zstd where it pays, text through a dictionary, each float
+    column plain or byte-stream-split, whichever is smaller for this batch.
 
     Numbers and flags are written plain: zstd finds their repeats as well as a dictionary page does (a one-minute
     batch comes out ~3 % smaller without them), and every dictionary page is one more page for the region to
@@ -310,36 +315,47 @@ def encode_payload(table: pa.Table) -> bytes:
 
     Byte-stream-split helps a float column whose values are noisy and hurts one of quantised values, which plain
     repeats byte for byte; which a signal is depends on the car and the drive. Each column chunk is compressed on
-    its own, so the file is written both ways, each float column takes the layout whose chunk is smaller, and a
-    mixed choice is written once more: the payload is never larger than either uniform layout.
+    its own, so the choices are made chunk by chunk from trial files: written uncompressed, compressed plain and
+    compressed split, each chunk takes its smallest compressed form, and stays uncompressed unless that saves
+    ``MIN_COMPRESSION_GAIN`` bytes. The file is written once more only when the choices are mixed.
     """
     metadata = table.schema.metadata or {}
     table = table.replace_schema_metadata(None)
+    names = table.schema.names
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
-    plain = _write_payload(table, metadata, [])
-    if not floats or table.num_rows == 0:
+    plain = _write_payload(table, metadata, split=[], compress=names)
+    if table.num_rows == 0:
         return plain
-    split = _write_payload(table, metadata, floats)
-    plain_sizes, split_sizes = _chunk_sizes(plain), _chunk_sizes(split)
-    chosen = [name for name in floats if split_sizes[name] < plain_sizes[name]]
-    if not chosen:
-        return plain
-    if len(chosen) == len(floats):
-        return split
-    return _write_payload(table, metadata, chosen)
+    raw = _chunk_sizes(_write_payload(table, metadata, split=[], compress=[]))
+    best = _chunk_sizes(plain)
+    split_file, split = None, []
+    if floats:
+        split_file = _write_payload(table, metadata, split=floats, compress=names)
+        split_sizes = _chunk_sizes(split_file)
+        split = [name for name in floats if split_sizes[name] < best[name]]
+        best.update({name: split_sizes[name] for name in split})
+    compress = [name for name in names if raw[name] - best[name] >= MIN_COMPRESSION_GAIN]
+    if len(compress) == len(names):
+        if not split:
+            return plain
+        if split_file is not None and len(split) == len(floats):
+            return split_file
+    return _write_payload(table, metadata, split=split, compress=compress)
 
 
-def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], split: list[str]) -> bytes:
-    """The payload file of ``table`` (schema metadata removed) with ``split`` float columns byte-stream-split."""
+def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list[str], compress: list[str]) -> bytes:
+    """The payload file of ``table`` (schema metadata removed): ``split`` float columns byte-stream-split, the
+    ``compress`` columns zstd-compressed and the others not."""
     sink = io.BytesIO()
     # No stored Arrow schema: every catalogue type maps to a Parquet logical type that reads back as the same
     # Arrow type, and the schema blob was ~40% of a one-minute batch's bytes. Our own metadata (an event's
     # description) goes in the file's key-value metadata, which readers return as schema metadata.
+    zstd = set(compress)
     with pq.ParquetWriter(
         sink,
         table.schema,
-        compression="zstd",
-        compression_level=PAYLOAD_ZSTD_LEVEL,
+        compression={name: "zstd" if name in zstd else "none" for name in table.schema.names},
+        compression_level={name: PAYLOAD_ZSTD_LEVEL for name in compress} or None,
         use_dictionary=[f.name for f in table.schema if _is_text(f.type)] or False,
         use_byte_stream_split=split or False,
         column_encoding={"t": "DELTA_BINARY_PACKED"},
@@ -353,7 +369,7 @@ def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], split: list[st
 
 
 def _chunk_sizes(payload: bytes) -> dict[str, int]:
-    """Compressed bytes of each column chunk of a one-row-group payload, by column name."""
+    """Bytes of each column chunk of a one-row-group payload (page headers included, as stored), by column name."""
     rg = pq.read_metadata(pa.BufferReader(payload)).row_group(0)
     return {rg.column(i).path_in_schema: rg.column(i).total_compressed_size for i in range(rg.num_columns)}
 
