@@ -295,13 +295,13 @@ def payload_view(envelope: bytes) -> memoryview:
 #: zstd level of the agent's payloads. From 12 on, zstd's longer matches find the repeats of quantised floats written
 #: plain. On the bench's drives, level 12 with each float column's smaller layout makes a 5-minute batch 19 % smaller
 #: than level 9 with every float byte-stream-split (a 1-minute one 12 %), where level 12 alone gives 2 % and plain
-#: floats at level 9 alone 7 %; the region decodes it in the same time, the car encodes it in 4-6 times as long
-#: (9 ms for a 1-minute batch on the bench machine; docs/benchmarks.md).
+#: floats at level 9 alone 7 %; the region decodes it in the same time, the car encodes it in about five times as long
+#: (its trial files included: 9-15 ms for a 1-minute batch on the bench machine, 2 ms before; docs/benchmarks.md).
 PAYLOAD_ZSTD_LEVEL = 12
 #: A column chunk is compressed only when zstd makes it at least this many bytes smaller. Every compressed page costs
 #: the region a decompression context each time it is read (~7 µs on the bench machine, issue 10), and a small chunk
 #: (a few seconds of a signal, a column of flags) saves little or nothing, zstd's frame header counted: on the bench's
-#: 5-second batches this keeps 29 of 41 chunks uncompressed, 1.4 % fewer bytes and a third less decoding.
+#: 5-second batches this keeps 29 of 41 chunks uncompressed, 1.4 % fewer bytes and about 30 % less decoding.
 MIN_COMPRESSION_GAIN = 32
 
 
@@ -469,7 +469,7 @@ def _expand_dictionaries(table: pa.Table, schema: pa.Schema, texts: list[int], b
                 if budget < 0:
                     raise PayloadTooLarge("payload text columns expand beyond the decode limit", signal=schema[i].name)
     for i, col in plain:
-        # ``dictionary_decode`` gathers the values directly; ``cast`` costs twice as much through the compute layer.
+        # ``dictionary_decode`` (the dictionary taken by the indices): 7.5 µs for 600 rows, where the cast took 12.6.
         if isinstance(col, pa.DictionaryArray) and not pa.types.is_dictionary(schema[i].type):
             col = col.dictionary_decode()
         table = table.set_column(i, schema[i], col if col.type == schema[i].type else col.cast(schema[i].type))
