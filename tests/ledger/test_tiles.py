@@ -108,9 +108,11 @@ def test_publish_checkpoint_with_the_size_the_publisher_read(tmp_path: Path) -> 
     assert publish_checkpoint(blobs, notes[5], published=-1) is True  # -1: none published yet
     assert publish_checkpoint(blobs, notes[3], published=5) is False  # still never back to a smaller tree
     assert latest_checkpoint(blobs) == notes[5]
-    blobs.put(CHECKPOINT_KEY, b"torn")  # the store is not read again: the size read says what is there
-    assert publish_checkpoint(blobs, notes[8], published=5) is True
-    assert latest_checkpoint(blobs) == notes[8]
+    # The size the caller read under the publishing lock is what counts: the store is not read again. (A re-read
+    # would find the larger tree put here behind the lock's back and refuse.)
+    blobs.put(CHECKPOINT_KEY, notes[8].encode())
+    assert publish_checkpoint(blobs, notes[5], published=3) is True
+    assert latest_checkpoint(blobs) == notes[5]
 
 
 def test_tiles_are_checked_against_the_size_the_publisher_read(tmp_path: Path) -> None:

@@ -301,7 +301,7 @@ PAYLOAD_ZSTD_LEVEL = 12
 #: A column chunk is compressed only when zstd makes it at least this many bytes smaller. Every compressed page costs
 #: the region a decompression context each time it is read (~7 µs on the bench machine, issue 10), and a small chunk
 #: (a few seconds of a signal, a column of flags) saves little or nothing, zstd's frame header counted: on the bench's
-#: 5-second batches this keeps 29 of 41 chunks uncompressed, 1.4 % fewer bytes and about 30 % less decoding.
+#: 5-second batches this keeps 28-31 of 41 chunks uncompressed, 1.4 % fewer bytes and about 30 % less decoding.
 MIN_COMPRESSION_GAIN = 32
 
 
