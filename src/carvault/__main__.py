@@ -12,9 +12,10 @@ import sys
 def main() -> None:
     """Dispatch `verify` before anything heavy is imported; everything else to carvault.cli."""
     if sys.argv[1:2] == ["verify"]:
+        from carvault.verify.cli import exit_process
         from carvault.verify.cli import main as verify_main
 
-        raise SystemExit(verify_main(sys.argv[2:]))
+        exit_process(verify_main(sys.argv[2:]))
     from carvault.cli import main as full_main
 
     full_main()

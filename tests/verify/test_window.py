@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from carvault.signals import catalogue
-from carvault.verify.window import assemble, csv_equals, iso_times, to_csv
+from carvault.verify.window import _gather, assemble, csv_equals, iso_times, to_csv
 
 T0 = 1_700_000_000_000
 
@@ -144,3 +144,23 @@ def test_csv_equals_is_the_byte_comparison_with_to_csv(rows: int) -> None:
         changed = bytearray(text)
         changed[at] ^= 0x01
         assert not csv_equals(table, bytes(changed)), at
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gather_is_take_in_one_chunk(seed: int) -> None:
+    """Rows in a few runs (joined slices) or in many (one take): the same table as a take, one chunk per column."""
+    rng = np.random.default_rng(seed)
+    parts = [_table_of(int(rng.integers(1, 300)), seed=seed * 10 + i) for i in range(4)]
+    table = pa.concat_tables(parts)  # a column per batch: chunked as a window's input is
+    n = table.num_rows
+    cases = [
+        np.arange(0, dtype=np.int64),
+        np.arange(n, dtype=np.int64),
+        np.concatenate([np.arange(a, b) for a, b in sorted({tuple(sorted(rng.integers(0, n, 2))) for _ in range(5)})]),
+        rng.permutation(n),  # scattered: hundreds of runs, past MAX_SLICED_RUNS
+        np.sort(rng.choice(n, size=min(n, 150), replace=False)),
+    ]
+    for rows in cases:
+        got = _gather(table, rows.astype(np.int64))
+        assert got.equals(table.take(pa.array(rows, pa.int64()))), rows[:10]
+        assert all(column.num_chunks <= 1 for column in got.columns)

@@ -25,9 +25,13 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# The reader pyarrow.parquet re-exports, taken from its own module: pyarrow.parquet also loads pyarrow's file
+# systems (pyarrow.fs and its S3 and TLS layers), about 10 ms of the offline verifier's start-up, and payloads are
+# read from memory. The writer (the car's side) imports pyarrow.parquet where it writes.
+from pyarrow._parquet import ParquetReader
 
 from carvault.errors import BadSignature, MalformedBatch, PayloadTooLarge, TimestampInFuture, TimestampOutOfSpan
 from carvault.protocol.json import JSONRejected, strict_loads
@@ -350,6 +354,8 @@ def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list
     # No stored Arrow schema: every catalogue type maps to a Parquet logical type that reads back as the same
     # Arrow type, and the schema blob was ~40% of a one-minute batch's bytes. Our own metadata (an event's
     # description) goes in the file's key-value metadata, which readers return as schema metadata.
+    import pyarrow.parquet as pq
+
     zstd = set(compress)
     with pq.ParquetWriter(
         sink,
@@ -370,7 +376,9 @@ def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list
 
 def _chunk_sizes(payload: bytes) -> dict[str, int]:
     """Bytes of each column chunk of a one-row-group payload (page headers included, as stored), by column name."""
-    rg = pq.read_metadata(pa.BufferReader(payload)).row_group(0)
+    reader = ParquetReader()
+    reader.open(pa.BufferReader(payload), pre_buffer=False)
+    rg = reader.metadata.row_group(0)
     return {rg.column(i).path_in_schema: rg.column(i).total_compressed_size for i in range(rg.num_columns)}
 
 
@@ -380,7 +388,7 @@ def read_payload(payload: bytes | memoryview) -> pa.Table:
     Arrow's Parquet reader itself, on one thread: ``ParquetFile`` around it maps every column's path in Python first
     (~55 µs of a one-minute bench batch's 0.88 ms), once per batch of every window over days not yet compacted.
     """
-    reader = pq.ParquetReader()
+    reader = ParquetReader()
     reader.open(pa.BufferReader(payload), pre_buffer=False, arrow_extensions_enabled=True)
     return reader.read_all(use_threads=False)
 
@@ -401,7 +409,7 @@ def decode_payload(
     try:
         # Arrow's Parquet reader itself: ``read_metadata`` and ``ParquetFile`` each wrap it in a ParquetFile, which
         # maps every column's path in Python (~50 µs for 41 columns, holding the GIL every upload shares).
-        reader = pq.ParquetReader()
+        reader = ParquetReader()
         reader.open(pa.BufferReader(payload), pre_buffer=False, arrow_extensions_enabled=True)
         md = reader.metadata
         if md.num_rows > max_rows:
@@ -415,7 +423,7 @@ def decode_payload(
         # name, pyarrow builds a map of every column's path for each file opened.
         flat = md.num_columns == len(arrow_schema)
         if texts:  # the text columns are read as dictionaries: an option of opening, so open again (footer kept)
-            reader = pq.ParquetReader()
+            reader = ParquetReader()
             reader.open(
                 pa.BufferReader(payload),
                 metadata=md,

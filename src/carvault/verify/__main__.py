@@ -1,5 +1,5 @@
 """`python -m carvault.verify PACKAGE ...`: the offline verifier alone (the same as `carvault verify`)."""
 
-from carvault.verify.cli import main
+from carvault.verify.cli import exit_process, main
 
-raise SystemExit(main())
+exit_process(main())

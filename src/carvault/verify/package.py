@@ -28,7 +28,7 @@ from carvault.ledger.checkpoint import (
 )
 from carvault.ledger.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from carvault.pki import CertificateError, attested_by, fingerprint, vehicle_key_from_certificate
-from carvault.protocol import MAX_DECODED_BYTES, Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
+from carvault.protocol import Envelope, decode_envelope, leaf_data_v1, leaf_data_v2
 from carvault.verify.container import (
     DEFAULT_LIMITS,
     FIXED_NAMES,
@@ -59,6 +59,7 @@ from carvault.verify.exit_codes import (  # noqa: F401 - re-exported: the codes 
     EXIT_USAGE,
     EXIT_VERIFIED,
 )
+from carvault.verify.prefetch import Prefetch, decode_batches
 
 MANIFEST_CONTEXT = b"carvault-package-manifest-v1\n"
 SIGNATURE_LEN = 64
@@ -175,10 +176,15 @@ class Package:
     signature: bytes
 
 
-def open_package(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> Package:
-    """Read and parse a package; raises ``Unreadable`` naming the failed check."""
+def open_package(path: Path | str, limits: Limits = DEFAULT_LIMITS, prefetch: Prefetch | None = None) -> Package:
+    """Read and parse a package; raises ``Unreadable`` naming the failed check.
+
+    ``prefetch``: the read of this same path within these same limits, already under way.
+    """
+    if prefetch is not None and (prefetch.path, prefetch.limits) != (Path(path), limits):
+        raise ValueError(f"the read under way is of {prefetch.path}, not of {path} within the same limits")
     try:
-        members = read_container(Path(path), limits).files
+        members = (prefetch.container() if prefetch is not None else read_container(Path(path), limits)).files
     except ContainerError as e:
         raise Unreadable("ZIP container", e.detail) from None
     files = dict(members)
@@ -210,6 +216,7 @@ class _Run:
     checkpoint: Checkpoint | None = None
     witnessed: str | None = None  # log/witnessed.json's note, once it is proven to extend the package's tree
     witnesses: WitnessPolicy | None = None
+    prefetch: Prefetch | None = None  # the package read ahead, its batches decoded
 
     def add(self, name: str, ok: bool | None, detail: str) -> None:
         """Record a check."""
@@ -228,15 +235,18 @@ def verify_package(
     pins: Pins | None = None,
     limits: Limits = DEFAULT_LIMITS,
     witnesses: WitnessPolicy | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Verdict:
     """Check everything in a package; never raises for a bad package, it reports.
 
     ``trust`` is the region's published trust document (parsed JSON); ``pins`` pins its log key and CA
     fingerprint instead. With neither, the package's own keys are used and the verdict is not anchored.
+    ``prefetch``: the package read ahead (``Prefetch(path, limits)``), started before this module was imported, as
+    `carvault verify` does.
     """
     verdict = Verdict(str(path))
     try:
-        return _verify(verdict, path, saved_checkpoint, trust, pins, limits, witnesses)
+        return _verify(verdict, path, saved_checkpoint, trust, pins, limits, witnesses, prefetch)
     except MemoryError:
         verdict.readable = False
         verdict.add("package readable", False, "checking this package needs more memory than this computer has")
@@ -251,9 +261,10 @@ def _verify(
     pins: Pins | None,
     limits: Limits,
     witnesses: WitnessPolicy | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Verdict:
     try:
-        pkg = open_package(path, limits)
+        pkg = open_package(path, limits, prefetch)
     except Unreadable as e:
         verdict.readable = False
         verdict.add(e.check, False, e.detail)
@@ -261,7 +272,14 @@ def _verify(
     m = pkg.manifest
     verdict.add("package readable", True, f"vehicle {m.vin}, region {m.region}, {len(pkg.files)} files")
     return run_checks(
-        pkg, CHECKS, verdict, trust=trust, pins=pins, saved_checkpoint=saved_checkpoint, witnesses=witnesses
+        pkg,
+        CHECKS,
+        verdict,
+        trust=trust,
+        pins=pins,
+        saved_checkpoint=saved_checkpoint,
+        witnesses=witnesses,
+        prefetch=prefetch,
     )
 
 
@@ -274,9 +292,10 @@ def run_checks(
     pins: Pins | None = None,
     saved_checkpoint: str | None = None,
     witnesses: WitnessPolicy | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Verdict:
     """Run ``checks`` over an opened package, in order (also used for portability bundles, which share them)."""
-    run = _Run(pkg, verdict, trust, pins, saved_checkpoint, witnesses=witnesses)
+    run = _Run(pkg, verdict, trust, pins, saved_checkpoint, witnesses=witnesses, prefetch=prefetch)
     for check in checks:
         try:
             check(run)
@@ -665,7 +684,7 @@ def check_tables(run: _Run) -> None:
     """data/window.csv and edr/part563.csv equal what the signed batches say."""
     if not run.envs or run.key is None:
         return
-    decoding = _Decoding(run.envs)  # the Parquet reads release the GIL: they go on while the code below loads
+    decoding = _Decoding(run.envs, run.prefetch)  # Parquet reads release the GIL: they go on while the code below loads
     from carvault.signals import catalogue
     from carvault.verify.edr import edr_csv, edr_elements
     from carvault.verify.window import assemble, csv_equals
@@ -691,11 +710,12 @@ class _Decoding:
     ``check_tables`` starts it before loading the window, EDR and catalogue code (pyarrow.compute is most of that),
     which holds the GIL while Parquet decoding does not; ``tables`` waits for it. The batches, their order and the
     budget are those a loop in the caller would use, so the tables, and any error (raised again by ``tables``), are
-    the same.
+    the same. With a prefetch whose tables are those of these batches, they are taken as they are.
     """
 
-    def __init__(self, envs: list[Envelope]) -> None:
+    def __init__(self, envs: list[Envelope], prefetch: Prefetch | None = None) -> None:
         self._envs = list(envs)
+        self._prefetch = prefetch
         self._tables: list[Any] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="decode-batches")
@@ -703,10 +723,8 @@ class _Decoding:
 
     def _run(self) -> None:
         try:
-            budget = MAX_DECODED_BYTES  # one decode budget for the whole package, however many batches it holds
-            for env in self._envs:
-                self._tables.append(env.table(max_bytes=budget))
-                budget -= self._tables[-1].nbytes
+            early = self._prefetch.tables(self._envs) if self._prefetch is not None else None
+            self._tables = early if early is not None else [table for _, table in decode_batches(self._envs)]
         except BaseException as e:  # noqa: BLE001 - raised again in the checking thread by ``tables``
             self._error = e
 

@@ -57,7 +57,7 @@ def _merge_instants(table: pa.Table, rows: np.ndarray, times: np.ndarray) -> pa.
     """
     starts = np.flatnonzero(np.concatenate(([True], times[1:] != times[:-1]))) if len(times) else rows
     firsts = rows[starts]
-    merged = table.take(_indices(firsts))
+    merged = _gather(table, firsts)
     if len(starts) == len(rows):
         return merged
     sizes = np.diff(np.append(starts, len(rows)))
@@ -79,6 +79,26 @@ def _merge_instants(table: pa.Table, rows: np.ndarray, times: np.ndarray) -> pa.
         source[repeated[fills]] = rows[member[first[fills]]]
         merged = merged.set_column(i, name, table.column(name).take(_indices(source)))
     return merged
+
+
+#: Most runs of consecutive rows gathered as slices; past it, one ``take`` gathers the rows.
+MAX_SLICED_RUNS = 64
+
+
+def _gather(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)``, one chunk per column: as slices joined when the rows are a few runs of consecutive rows.
+
+    A window's rows are each batch's rows in order, one run per batch or a few more around an event batch's repeated
+    instants. Slicing those runs and joining each column's pieces copies whole buffers, where a take gathers every
+    value of every column: 3-4 ms against 12-17 ms for a 30-minute window of 317 columns. The chunks are joined because
+    the CSV writer renders a table of a few chunks per column about 8 ms slower than one of a single chunk.
+    """
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(rows) == 0 or len(cuts) >= MAX_SLICED_RUNS:
+        return table.take(_indices(rows))
+    bounds = np.concatenate(([0], cuts, [len(rows)]))
+    runs = [table.slice(int(rows[a]), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return pa.concat_tables(runs).combine_chunks()
 
 
 def _validity(col: pa.ChunkedArray) -> np.ndarray | None:
