@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pyarrow._parquet import ParquetReader
 
 from carvault.errors import BadSignature, MalformedBatch, PayloadTooLarge, TimestampInFuture, TimestampOutOfSpan
+from carvault.protocol import kernels
 from carvault.protocol.json import JSONRejected, strict_loads
 
 MAGIC = b"CVB1"
@@ -456,8 +457,6 @@ def _expand_dictionaries(table: pa.Table, schema: pa.Schema, texts: list[int], b
     """
     if not texts:
         return table
-    import pyarrow.compute as pc  # only payloads with text columns need it
-
     plain = []
     for i in texts:
         chunked = table.column(i)
@@ -472,15 +471,14 @@ def _expand_dictionaries(table: pa.Table, schema: pa.Schema, texts: list[int], b
     if most > budget:
         for i, col in plain:
             if isinstance(col, pa.DictionaryArray):
-                lengths = pc.binary_length(col.dictionary)
-                budget -= int(pc.sum(pc.take(lengths, col.indices)).as_py() or 0)
+                budget -= kernels.total(kernels.take(kernels.binary_length(col.dictionary), col.indices))
                 if budget < 0:
                     raise PayloadTooLarge("payload text columns expand beyond the decode limit", signal=schema[i].name)
     for i, col in plain:
         # ``dictionary_decode`` (the dictionary taken by the indices): 7.5 µs for 600 rows, where the cast took 12.6.
         if isinstance(col, pa.DictionaryArray) and not pa.types.is_dictionary(schema[i].type):
-            col = col.dictionary_decode()
-        table = table.set_column(i, schema[i], col if col.type == schema[i].type else col.cast(schema[i].type))
+            col = kernels.dictionary_decode(col)
+        table = table.set_column(i, schema[i], col if col.type == schema[i].type else kernels.cast(col, schema[i].type))
     return table
 
 

@@ -59,8 +59,8 @@ from importlib import resources
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from carvault.protocol import kernels
 from carvault.protocol.columns import has_column
 from carvault.signals import catalogue
 
@@ -213,7 +213,7 @@ class Samples:
         if not has_column(table, "t"):
             raise ValueError("the table has no 't' column")
         self._table = table
-        t = np.asarray(table.column("t").cast(pa.int64()).to_numpy(), dtype=np.int64)
+        t = np.asarray(kernels.cast(table.column("t"), pa.int64()).to_numpy(), dtype=np.int64)
         # Batches may overlap or arrive out of order; a stable sort keeps the later-sent sample last on ties,
         # so "latest at or before" picks it, the same way every time.
         self._order = None if np.all(t[1:] >= t[:-1]) else np.argsort(t, kind="stable")
@@ -230,11 +230,11 @@ class Samples:
             col = self._table.column(path)
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                 # The only string source is the brake light: map its enum to "brake applied".
-                num = pc.cast(pc.is_in(col, value_set=pa.array(list(BRAKE_LIGHT_ON), pa.string())), pa.float64())
+                num = kernels.cast(kernels.is_in(col, pa.array(list(BRAKE_LIGHT_ON), pa.string())), pa.float64())
             else:
-                num = pc.cast(col, pa.float64())
-            vals = np.asarray(pc.fill_null(num, 0.0).to_numpy(), dtype=np.float64)
-            valid = np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)
+                num = kernels.cast(col, pa.float64())
+            vals = np.asarray(kernels.fill_null(num, 0.0).to_numpy(), dtype=np.float64)
+            valid = np.asarray(kernels.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)
             if self._order is not None:
                 vals, valid = vals[self._order], valid[self._order]
             valid &= np.isfinite(vals)

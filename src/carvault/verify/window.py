@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from carvault.protocol import kernels
 from carvault.protocol.columns import TIME_TYPE
 from carvault.signals import Catalogue
 
@@ -38,7 +38,7 @@ def assemble(tables: Sequence[pa.Table], start_ms: int, end_ms: int, catalogue: 
     table = pa.concat_tables(list(tables), promote_options="default")
     table = pa.Table.from_arrays([table.column("t")] + [table.column(p) for p in order], schema=schema)
     # A row without a time (null t) is outside every window: filled with end_ms it fails t < end_ms.
-    t = np.asarray(pc.fill_null(table.column("t").cast(pa.int64()), end_ms).to_numpy(), dtype=np.int64)
+    t = np.asarray(kernels.fill_null(kernels.cast(table.column("t"), pa.int64()), end_ms).to_numpy(), dtype=np.int64)
     rows = np.flatnonzero((t >= start_ms) & (t < end_ms))
     times = t[rows]
     if len(times) > 1 and not (times[1:] >= times[:-1]).all():
@@ -65,7 +65,7 @@ def _merge_instants(table: pa.Table, rows: np.ndarray, times: np.ndarray) -> pa.
     counts = sizes[repeated]
     local = np.concatenate(([0], np.cumsum(counts)[:-1]))  # where each repeated instant's rows start in ``member``
     member = np.repeat(starts[repeated] - local, counts) + np.arange(int(counts.sum()))  # their positions in rows
-    members = table.take(_indices(rows[member]))
+    members = kernels.take(table, _indices(rows[member]))
     positions = np.arange(len(member), dtype=np.int64)
     for i, name in enumerate(table.column_names[1:], start=1):
         valid = _validity(members.column(name))
@@ -77,7 +77,7 @@ def _merge_instants(table: pa.Table, rows: np.ndarray, times: np.ndarray) -> pa.
             continue
         source = firsts.copy()
         source[repeated[fills]] = rows[member[first[fills]]]
-        merged = merged.set_column(i, name, table.column(name).take(_indices(source)))
+        merged = merged.set_column(i, name, kernels.take(table.column(name), _indices(source)))
     return merged
 
 
@@ -95,7 +95,7 @@ def _gather(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """
     cuts = np.flatnonzero(np.diff(rows) != 1) + 1
     if len(rows) == 0 or len(cuts) >= MAX_SLICED_RUNS:
-        return table.take(_indices(rows))
+        return kernels.take(table, _indices(rows))
     bounds = np.concatenate(([0], cuts, [len(rows)]))
     runs = [table.slice(int(rows[a]), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     return pa.concat_tables(runs).combine_chunks()
@@ -128,10 +128,10 @@ _FIXED_WIDTH_MS = (-62167219200000, 253402300800000)
 
 def iso_times(t: pa.ChunkedArray | pa.Array) -> pa.Array:
     """UTC timestamps as ISO 8601 strings with milliseconds, ``YYYY-MM-DDTHH:MM:SS.sssZ``."""
-    ms = np.asarray(t.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ms = np.asarray(kernels.cast(t, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
     n = len(ms)
     if n and (ms.min() < _FIXED_WIDTH_MS[0] or ms.max() >= _FIXED_WIDTH_MS[1]):
-        return pc.strftime(t, format="%Y-%m-%dT%H:%M:%SZ")  # the same text, the slow general way
+        return kernels.strftime(t, "%Y-%m-%dT%H:%M:%SZ")  # the same text, the slow general way
     text = np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms")
     chars = np.empty((n, _ISO_LEN + 1), dtype=np.uint8)
     chars[:, :_ISO_LEN] = text.astype(f"S{_ISO_LEN}").view(np.uint8).reshape(n, _ISO_LEN)
