@@ -495,11 +495,18 @@ def compact(data_dir: DataDir = None, region: RegionOpt = None, database_url: Db
 def copy_blobs_cmd(
     to: Annotated[str, typer.Option("--to", help="Blob store to copy into: s3://bucket/prefix or file:///path.")],
     s3_endpoint_url: Annotated[str, typer.Option(help="URL of the target S3 server when it is not AWS.")] = "",
+    delete_extra: Annotated[
+        bool, typer.Option("--delete-extra", help="Delete what the target holds that the region no longer does.")
+    ] = False,
     data_dir: DataDir = None,
     region: RegionOpt = None,
 ) -> None:
     """Copy the region's blobs (evidence, frames, packages, exports, log tiles, query copies) into another blob
-    store before switching `blob_store` to it; run it again to resume (docs/operations.md, Blob store)."""
+    store before switching `blob_store` to it; run it again to resume (docs/operations.md, Blob store).
+
+    Exits 1 while the target still holds blobs the region has erased or purged since an earlier copy: they would
+    outlive their erasure; `--delete-extra` removes them.
+    """
     from carvault.store.blobs import blob_store_of, copy_blobs
 
     settings = _settings(data_dir, region)
@@ -510,11 +517,23 @@ def copy_blobs_cmd(
     except ValueError as e:
         console.print(f"[red]bad setting:[/] {e}")
         raise typer.Exit(2) from None
-    with console.status(f"copying blobs to {to}"):
-        copied, skipped, size = copy_blobs(src, dst)
-    src.close()
-    dst.close()
-    console.print(f"{copied} blobs copied ({size:,} bytes); {skipped} were there already")
+    try:
+        with console.status(f"copying blobs to {to}"):
+            done = copy_blobs(src, dst, delete_extra=delete_extra)
+    finally:
+        src.close()
+        dst.close()
+    console.print(
+        f"{done.copied} blobs copied ({done.bytes_copied:,} bytes); {done.skipped} were there already, byte for byte"
+    )
+    if done.deleted:
+        console.print(f"{done.deleted} blobs the region no longer holds deleted from the target")
+    elif done.extra:
+        console.print(
+            f"[red]{len(done.extra)} blobs in the target are no longer in the region[/] (erased or purged since an "
+            f"earlier copy), e.g. {done.extra[0]}: run again with --delete-extra before switching to it"
+        )
+        raise typer.Exit(1)
 
 
 @app.command("release-hold")

@@ -15,11 +15,13 @@ returns (local: file and folder fsynced; S3: the PUT was acknowledged).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -284,15 +286,37 @@ def _chunks(f: BinaryIO, chunk: int) -> Iterator[bytes]:
 MOVABLE_PREFIXES = ("segments/", "blobs/", "packages/", "exports/", "copies/", "log/checkpoint", "log/tile/")
 
 
-def copy_blobs(src: BlobStore, dst: BlobStore, prefixes: Sequence[str] = MOVABLE_PREFIXES) -> tuple[int, int, int]:
-    """Copy every value under ``prefixes`` from ``src`` to ``dst`` under the same key; return (copied, skipped,
-    bytes copied). A key already in ``dst`` with the same size is skipped, so an interrupted copy is resumed by
-    running it again. Files go as files (S3 multipart for large ones), never read whole into memory."""
+@dataclass(frozen=True)
+class CopyReport:
+    """What ``copy_blobs`` did."""
+
+    copied: int  # values written to the target (new, or different there)
+    skipped: int  # values the target already held byte for byte
+    bytes_copied: int
+    extra: tuple[str, ...]  # keys under the prefixes the target holds and the source no longer does
+    deleted: int  # of those, how many were deleted (``delete_extra``)
+
+
+def copy_blobs(
+    src: BlobStore, dst: BlobStore, prefixes: Sequence[str] = MOVABLE_PREFIXES, *, delete_extra: bool = False
+) -> CopyReport:
+    """Copy every value under ``prefixes`` from ``src`` to ``dst`` under the same key, so that an interrupted copy
+    is resumed by running it again. Files go as files (S3 multipart for large ones), never read whole into memory.
+
+    A key the target already holds is skipped only when it holds the same bytes (SHA-256 of both, streamed), not
+    merely the same size: erasure zeroes a batch's range of its segment in place, and the log's checkpoint is
+    rewritten at the same length, so a size check would keep erased data, or an old checkpoint, in the copy.
+    Keys the target holds under the prefixes that the source no longer has (erased or purged since an earlier
+    copy) are reported, and deleted with ``delete_extra``.
+    """
     copied = skipped = total = 0
+    extra: list[str] = []
     for prefix in prefixes:
+        present: set[str] = set()
         for key in src.list(prefix):
+            present.add(key)
             size = src.size(key)
-            if dst.exists(key) and dst.size(key) == size:
+            if dst.exists(key) and dst.size(key) == size and _digest(dst, key) == _digest(src, key):
                 skipped += 1
                 continue
             path = src.local_path(key)
@@ -301,7 +325,19 @@ def copy_blobs(src: BlobStore, dst: BlobStore, prefixes: Sequence[str] = MOVABLE
             else:
                 dst.put(key, src.get(key))
             copied, total = copied + 1, total + size
-    return copied, skipped, total
+        extra += [key for key in dst.list(prefix) if key not in present]
+    if delete_extra:
+        for key in extra:
+            dst.delete(key)
+    return CopyReport(copied, skipped, total, tuple(extra), len(extra) if delete_extra else 0)
+
+
+def _digest(store: BlobStore, key: str) -> bytes:
+    """SHA-256 of a value, read in chunks."""
+    h = hashlib.sha256()
+    for chunk in store.stream(key):
+        h.update(chunk)
+    return h.digest()
 
 
 def blob_store_of(setting: str, data_dir: Path, *, endpoint_url: str = "", region_name: str = "") -> BlobStore:
