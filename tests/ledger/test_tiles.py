@@ -131,7 +131,9 @@ def test_tiles_are_checked_against_the_size_the_publisher_read(tmp_path: Path) -
 # -- a publisher over a log, without HTTP ----------------------------------------------------------------------
 
 
-def test_publisher_coalesces_repairs_and_deletes_superseded_partials(tmp_path: Path) -> None:
+def test_publisher_coalesces_repairs_and_deletes_superseded_partials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blobs = LocalBlobStore(tmp_path / "store")
     with open_log(tmp_path / "log") as log:
         seen: list[str] = []
@@ -150,12 +152,41 @@ def test_publisher_coalesces_repairs_and_deletes_superseded_partials(tmp_path: P
         assert not any(k.startswith("log/tile/0/000.p/") for k in keys)  # superseded by the full tile
         full = blobs.get("log/tile/0/000")
         assert full == b"".join(log.leaf_hash(i) for i in range(256))
-        # Lost tiles (a wiped prefix, a crash before a PUT) are re-created from the log, byte for byte.
+        # Lost tiles (a wiped prefix, a crash before a PUT) are re-created from the log, byte for byte, the log's
+        # size read once for all of them.
         blobs.delete("log/tile/0/000")
         blobs.delete("log/tile/1/000.p/1")
+        reads = _count_size_reads(monkeypatch, log)
         assert publisher.repair() == 2
-        assert blobs.get("log/tile/0/000") == full
+        assert blobs.get("log/tile/0/000") == full and len(reads) == 1
         assert publisher.repair() == 0
+
+
+def _count_size_reads(monkeypatch: pytest.MonkeyPatch, log: object) -> list[int]:
+    """Every read of ``log.size`` from now on, recorded."""
+    reads: list[int] = []
+    size = type(log).size
+
+    def counted(self: object) -> int:
+        reads.append(size.fget(self))
+        return reads[-1]
+
+    monkeypatch.setattr(type(log), "size", property(counted))
+    return reads
+
+
+def test_an_unreadable_published_checkpoint_is_replaced_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blobs = LocalBlobStore(tmp_path / "store")
+    with open_log(tmp_path / "log") as log:
+        log.append([b"leaf %d" % i for i in range(3)])
+        blobs.put(CHECKPOINT_KEY, b"not a checkpoint")
+        publisher = TilePublisher(log, blobs)
+        with caplog.at_level("WARNING", logger="carvault"):
+            assert publisher.publish_once() == 3
+        assert "published checkpoint is unreadable" in caplog.text
+        assert latest_checkpoint(blobs).split("\n")[1] == "3"
 
 
 def _upload(region: Region, server: BackgroundServer, tmp_path: Path, vin_no: int, batches: int) -> list[dict]:

@@ -278,15 +278,17 @@ class TilePublisher:
         try:
             return _checkpoint_size(note)
         except VerificationError:
+            _LOG.warning("the published checkpoint is unreadable; the next publication replaces it")
             return -1
 
     def repair(self) -> int:
         """Re-create every tile the published checkpoint's tree needs that the store lacks; return the count."""
         with self._exclusive():
-            size = max(0, min(self.published_store_size(), self.log.size))
+            size = max(0, min(self.published_store_size(), self.log.size))  # the log's size read once, here
             missing = missing_tiles(self.blobs, size)
             for level, index, width in missing:
-                self.blobs.put(PREFIX + tile_path(level, index, width), tile_bytes(self.log, level, index, width))
+                data = tile_bytes(self.log, level, index, width, committed=size)
+                self.blobs.put(PREFIX + tile_path(level, index, width), data)
         if missing:
             _LOG.warning("re-created %d missing log tiles", len(missing))
         return len(missing)
