@@ -12,20 +12,15 @@ from typer.testing import CliRunner
 from carvault.cli import app
 from carvault.store.blobs import BlobStore, LocalBlobStore, blob_store_of, copy_blobs
 from carvault.store.segments import zero_ranges
-from tests.s3server import S3_TEST_ENV, S3Server, s3_bucket, s3_server  # noqa: F401
+from tests.s3server import S3Server, s3_bucket, s3_server  # noqa: F401
 
 SEGMENT = "segments/0001-000001.cvseg"
 CHECKPOINT = "log/checkpoint"
 
 
-@pytest.fixture(autouse=True)
-def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in S3_TEST_ENV.items():
-        monkeypatch.setenv(k, v)
-
-
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    """An empty target: a folder, or a fresh bucket on the session's S3 server (its keys in the environment)."""
     if request.param == "local":
         store: BlobStore = LocalBlobStore(tmp_path / "target")
     else:
