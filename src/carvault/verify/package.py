@@ -707,8 +707,8 @@ def check_tables(run: _Run) -> None:
 class _Decoding:
     """The signed batches' payloads decoded on a thread of their own, in seq order, under one decode budget.
 
-    ``check_tables`` starts it before loading the window, EDR and catalogue code (pyarrow.compute is most of that),
-    which holds the GIL while Parquet decoding does not; ``tables`` waits for it. The batches, their order and the
+    ``check_tables`` starts it before loading the window, EDR and catalogue code, which holds the GIL while Parquet
+    decoding does not; ``tables`` waits for it. The batches, their order and the
     budget are those a loop in the caller would use, so the tables, and any error (raised again by ``tables``), are
     the same. With a prefetch whose tables are those of these batches, they are taken as they are.
     """
