@@ -482,10 +482,15 @@ def hold(
 @app.command()
 def compact(data_dir: DataDir = None, region: RegionOpt = None, database_url: DbUrl = None) -> None:
     """Move closed days' payloads into their Parquet parts, evidence and query copy at once (store/day_copies.py)."""
+    from rich.progress import Progress
+
     from carvault.region import Region
 
-    with Region(_settings(data_dir, region, database_url)) as r, console.status("compacting closed days"):
-        done = r.telemetry.compact(limit=1_000_000)
+    with Region(_settings(data_dir, region, database_url)) as r, Progress(console=console) as bar:
+        task = bar.add_task("compacting closed days", total=None)
+        done = r.telemetry.compact(
+            limit=1_000_000, progress=lambda n, total: bar.update(task, completed=n, total=total) if total else None
+        )
     size = sum(c.bytes for c in done)
     batches = sum(c.batches for c in done)
     console.print(f"{len(done)} vehicle-days compacted ({batches} batches, {size:,} payload bytes)")
@@ -507,6 +512,8 @@ def copy_blobs_cmd(
     Exits 1 while the target still holds blobs the region has erased or purged since an earlier copy: they would
     outlive their erasure; `--delete-extra` removes them.
     """
+    from rich.progress import Progress
+
     from carvault.store.blobs import blob_store_of, copy_blobs
 
     settings = _settings(data_dir, region)
@@ -518,8 +525,14 @@ def copy_blobs_cmd(
         console.print(f"[red]bad setting:[/] {e}")
         raise typer.Exit(2) from None
     try:
-        with console.status(f"copying blobs to {to}"):
-            done = copy_blobs(src, dst, delete_extra=delete_extra)
+        with Progress(console=console) as bar:
+            task = bar.add_task(f"copying blobs to {to}", total=None)
+            done = copy_blobs(
+                src,
+                dst,
+                delete_extra=delete_extra,
+                progress=lambda n, total: bar.update(task, completed=n, total=total),
+            )
     finally:
         src.close()
         dst.close()

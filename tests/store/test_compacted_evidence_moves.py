@@ -55,7 +55,9 @@ def test_compacted_envelopes_read_back_exactly_after_a_move(
     assert len(agent.upload_pending()) == 4
     with region.db.session() as s:
         before = {r.batch_hash: region.segment_reader.envelope(r) for r in s.scalars(select(BatchRecord))}
-    assert sum(c.batches for c in region.telemetry.compact()) == 4
+    told: list[tuple[int, int]] = []  # the command line's progress bar
+    assert sum(c.batches for c in region.telemetry.compact(progress=lambda *n: told.append(n))) == 4
+    assert told == [(0, 2), (1, 2), (2, 2)]  # two vehicle-days: the drive crosses midnight
     with region.db.session() as s:
         recs = list(s.scalars(select(BatchRecord)))
     assert all(r.payload_key for r in recs)
@@ -64,7 +66,9 @@ def test_compacted_envelopes_read_back_exactly_after_a_move(
         target = open_s3_store(s3_bucket(s3_server), endpoint_url=s3_server.endpoint_url)
     else:  # skeleton objects on S3, moved to a folder
         target = LocalBlobStore(tmp_path / "moved")
-    assert copy_blobs(region.blobs, target).copied >= len(recs)
+    counted: list[tuple[int, int]] = []
+    assert copy_blobs(region.blobs, target, progress=lambda *n: counted.append(n)).copied >= len(recs)
+    assert [n for n, _ in counted] == list(range(1, len(counted) + 1)) and {t for _, t in counted} == {len(counted)}
     reader = SegmentReader(target)
     try:
         for r in recs:

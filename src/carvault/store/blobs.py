@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -298,7 +298,12 @@ class CopyReport:
 
 
 def copy_blobs(
-    src: BlobStore, dst: BlobStore, prefixes: Sequence[str] = MOVABLE_PREFIXES, *, delete_extra: bool = False
+    src: BlobStore,
+    dst: BlobStore,
+    prefixes: Sequence[str] = MOVABLE_PREFIXES,
+    *,
+    delete_extra: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CopyReport:
     """Copy every value under ``prefixes`` from ``src`` to ``dst`` under the same key, so that an interrupted copy
     is resumed by running it again. Files go as files (S3 multipart for large ones), never read whole into memory.
@@ -307,14 +312,18 @@ def copy_blobs(
     merely the same size: erasure zeroes a batch's range of its segment in place, and the log's checkpoint is
     rewritten at the same length, so a size check would keep erased data, or an old checkpoint, in the copy.
     Keys the target holds under the prefixes that the source no longer has (erased or purged since an earlier
-    copy) are reported, and deleted with ``delete_extra``.
+    copy) are reported, and deleted with ``delete_extra``. ``progress(done, total)`` is told after each key.
     """
     copied = skipped = total = 0
     extra: list[str] = []
-    for prefix in prefixes:
-        present: set[str] = set()
-        for key in src.list(prefix):
-            present.add(key)
+    listed = [(prefix, list(src.list(prefix))) for prefix in prefixes]
+    count, done = sum(len(keys) for _, keys in listed), 0
+    for prefix, keys in listed:
+        present = set(keys)
+        for key in keys:
+            done += 1
+            if progress is not None:
+                progress(done, count)
             size = src.size(key)
             if dst.exists(key) and dst.size(key) == size and _digest(dst, key) == _digest(src, key):
                 skipped += 1

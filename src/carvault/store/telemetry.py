@@ -215,13 +215,16 @@ class TelemetryStore:
             self.derived.write(vin, ref.batch_hash, copy)
         return copy
 
-    def compact(self, now: int | None = None, limit: int = 1000) -> list[Compacted]:
+    def compact(
+        self, now: int | None = None, limit: int = 1000, progress: Callable[[int, int], None] | None = None
+    ) -> list[Compacted]:
         """Move the payloads of every closed day into their parts (store/day_copies.py); oldest days first.
 
         First the ranges a killed run left queued are reclaimed; then per day the parts are written and the rows
         name them; the old ranges of the whole run are reclaimed together at the end (on object storage one rewrite
         per group object, not one per vehicle-day). The per-batch derived copies of those batches go: their reads
         take the part's columns now. Several replicas may run this at once (deterministic names, conditional rows).
+        ``progress(done, total)`` is told after each vehicle-day (the command line's progress bar).
         """
         if self.days is None:
             return []
@@ -229,7 +232,10 @@ class TelemetryStore:
         self.days.sweep_cache()  # this replica's downloads of parts erased anywhere (object storage)
         self.days.reclaim()  # what a killed run left
         done, queued = [], []
-        for vin, day in self.days.open_days(now, limit):
+        days = self.days.open_days(now, limit)
+        for number, (vin, day) in enumerate(days, start=1):
+            if progress is not None:
+                progress(number - 1, len(days))
             try:
                 moved = self.days.write_parts(self.days.day_batches(vin, day, open_only=True))
                 queued += self.days.attach(moved)
@@ -242,6 +248,8 @@ class TelemetryStore:
             if moved:
                 done.append(Compacted(vin, day, len(moved), sum(m.size for m in moved)))
         self.days.reclaim(queued)
+        if progress is not None:
+            progress(len(days), len(days))
         return done
 
 
