@@ -312,7 +312,7 @@ def copy_blobs(
     merely the same size: erasure zeroes a batch's range of its segment in place, and the log's checkpoint is
     rewritten at the same length, so a size check would keep erased data, or an old checkpoint, in the copy.
     Keys the target holds under the prefixes that the source no longer has (erased or purged since an earlier
-    copy) are reported, and deleted with ``delete_extra``. ``progress(done, total)`` is told after each key.
+    copy) are reported, and deleted with ``delete_extra``. ``progress(done, total)`` is told as each key is taken up.
     """
     copied = skipped = total = 0
     extra: list[str] = []

@@ -224,7 +224,7 @@ class TelemetryStore:
         name them; the old ranges of the whole run are reclaimed together at the end (on object storage one rewrite
         per group object, not one per vehicle-day). The per-batch derived copies of those batches go: their reads
         take the part's columns now. Several replicas may run this at once (deterministic names, conditional rows).
-        ``progress(done, total)`` is told after each vehicle-day (the command line's progress bar).
+        ``progress(done, total)`` is told before each vehicle-day and once all are done (the command line's bar).
         """
         if self.days is None:
             return []
