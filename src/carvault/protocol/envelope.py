@@ -303,66 +303,71 @@ def payload_view(envelope: bytes) -> memoryview:
 #: floats at level 9 alone 7 %; the region decodes it in the same time, the car encodes it in about five times as long
 #: (its trial files included: 9-15 ms for a 1-minute batch on the bench machine, 2 ms before; docs/benchmarks.md).
 PAYLOAD_ZSTD_LEVEL = 12
-#: A column chunk is compressed only when zstd makes it at least this many bytes smaller. Every compressed page costs
-#: the region a decompression context each time it is read (~7 µs on the bench machine, issue 10), and a small chunk
-#: (a few seconds of a signal, a column of flags) saves little or nothing, zstd's frame header counted: on the bench's
-#: 5-second batches this keeps 28-31 of 41 chunks uncompressed, 1.4 % fewer bytes and about 30 % less decoding.
-MIN_COMPRESSION_GAIN = 32
+#: What a column chunk's codec costs the region each time the chunk is read, in the bytes a chunk must save to be
+#: worth it: a chunk takes the form (codec, and for floats plain or byte-stream-split) whose stored bytes plus this
+#: charge are least. Arrow's zstd makes and frees a decompression context for every page (~7-9 µs on the bench
+#: machine, issue 10), LZ4_RAW needs none and decodes at memory speed. On the bench's drives, charging zstd 128 bytes
+#: makes the payloads 0.7-1.4 % larger than zstd wherever it saved 32 bytes, and decodes them 21-30 % faster
+#: (5-second batches 603 -> 470 µs, 1-minute 973 -> 683, 5-minute 1,219 -> 963): the chunks zstd shrinks far more
+#: than LZ4 (noisy floats, long minutes) keep zstd, the rest take LZ4_RAW or stay uncompressed.
+CODEC_CHARGE = {"none": 0, "lz4_raw": 16, "zstd": 128}
 
 
 def encode_payload(table: pa.Table) -> bytes:
-    """Write a batch table as the compact Parquet payload: zstd where it pays, text through a dictionary, each float
-    column plain or byte-stream-split, whichever is smaller for this batch.
+    """Write a batch table as the compact Parquet payload: each column chunk in the form that costs least (its bytes
+    plus ``CODEC_CHARGE``), text through a dictionary.
 
     Numbers and flags are written plain: zstd finds their repeats as well as a dictionary page does (a one-minute
     batch comes out ~3 % smaller without them), and every dictionary page is one more page for the region to
-    decompress, each with a decompression context of its own (issue 10).
+    decompress (issue 10).
 
     Byte-stream-split helps a float column whose values are noisy and hurts one of quantised values, which plain
     repeats byte for byte; which a signal is depends on the car and the drive. Each column chunk is compressed on
-    its own, so the choices are made chunk by chunk from trial files: written uncompressed, compressed plain and
-    compressed split, each chunk takes its smallest compressed form, and stays uncompressed unless that saves
-    ``MIN_COMPRESSION_GAIN`` bytes. The file is written once more only when the choices are mixed.
+    its own, so the choices are made chunk by chunk from trial files, each codec with floats plain and split (a
+    chunk's uncompressed size is in every trial's footer). The file is written once more only when the choices differ
+    from every trial.
     """
     metadata = table.schema.metadata or {}
     table = table.replace_schema_metadata(None)
     names = table.schema.names
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
-    plain = _write_payload(table, metadata, split=[], compress=names)
     if table.num_rows == 0:
-        return plain
-    raw = _chunk_sizes(_write_payload(table, metadata, split=[], compress=[]))
-    best = _chunk_sizes(plain)
-    split_file, split = None, []
-    if floats:
-        split_file = _write_payload(table, metadata, split=floats, compress=names)
-        split_sizes = _chunk_sizes(split_file)
-        split = [name for name in floats if split_sizes[name] < best[name]]
-        best.update({name: split_sizes[name] for name in split})
-    compress = [name for name in names if raw[name] - best[name] >= MIN_COMPRESSION_GAIN]
-    if len(compress) == len(names):
-        if not split:
-            return plain
-        if split_file is not None and len(split) == len(floats):
-            return split_file
-    return _write_payload(table, metadata, split=split, compress=compress)
+        return _write_payload(table, metadata, split=[], codecs={})
+    trials = [
+        (codec, split, _write_payload(table, metadata, split=split, codecs=dict.fromkeys(names, codec)))
+        for codec in ("zstd", "lz4_raw")
+        for split in (([], floats) if floats else ([],))
+    ]
+    best: dict[str, tuple[int, str, bool]] = {}  # column: (bytes + charge, codec, split)
+    for codec, split, payload in trials:
+        for name, (stored, raw) in _chunk_sizes(payload).items():
+            is_split = name in split
+            for form, size in ((codec, stored), ("none", raw)):
+                cost = (size + CODEC_CHARGE[form], form, is_split and form != "none")
+                if name not in best or cost[0] < best[name][0]:
+                    best[name] = cost
+    codecs = {name: form for name, (_, form, _) in best.items() if form != "none"}
+    split = [name for name, (_, _, is_split) in best.items() if is_split]
+    for codec, trial_split, payload in trials:
+        if codecs == dict.fromkeys(names, codec) and split == trial_split:
+            return payload
+    return _write_payload(table, metadata, split=split, codecs=codecs)
 
 
-def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list[str], compress: list[str]) -> bytes:
-    """The payload file of ``table`` (schema metadata removed): ``split`` float columns byte-stream-split, the
-    ``compress`` columns zstd-compressed and the others not."""
+def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list[str], codecs: dict[str, str]) -> bytes:
+    """The payload file of ``table`` (schema metadata removed): ``split`` float columns byte-stream-split, each column
+    compressed with its codec in ``codecs`` (zstd at ``PAYLOAD_ZSTD_LEVEL``), the others not."""
     sink = io.BytesIO()
     # No stored Arrow schema: every catalogue type maps to a Parquet logical type that reads back as the same
     # Arrow type, and the schema blob was ~40% of a one-minute batch's bytes. Our own metadata (an event's
     # description) goes in the file's key-value metadata, which readers return as schema metadata.
     import pyarrow.parquet as pq
 
-    zstd = set(compress)
     with pq.ParquetWriter(
         sink,
         table.schema,
-        compression={name: "zstd" if name in zstd else "none" for name in table.schema.names},
-        compression_level={name: PAYLOAD_ZSTD_LEVEL for name in compress} or None,
+        compression={name: codecs.get(name, "none") for name in table.schema.names},
+        compression_level={name: PAYLOAD_ZSTD_LEVEL for name, c in codecs.items() if c == "zstd"} or None,
         use_dictionary=[f.name for f in table.schema if _is_text(f.type)] or False,
         use_byte_stream_split=split or False,
         column_encoding={"t": "DELTA_BINARY_PACKED"},
@@ -375,12 +380,16 @@ def _write_payload(table: pa.Table, metadata: dict[bytes, bytes], *, split: list
     return sink.getvalue()
 
 
-def _chunk_sizes(payload: bytes) -> dict[str, int]:
-    """Bytes of each column chunk of a one-row-group payload (page headers included, as stored), by column name."""
+def _chunk_sizes(payload: bytes) -> dict[str, tuple[int, int]]:
+    """Bytes of each column chunk of a one-row-group payload as stored and uncompressed (page headers included), by
+    column name."""
     reader = ParquetReader()
     reader.open(pa.BufferReader(payload), pre_buffer=False)
     rg = reader.metadata.row_group(0)
-    return {rg.column(i).path_in_schema: rg.column(i).total_compressed_size for i in range(rg.num_columns)}
+    return {
+        (c := rg.column(i)).path_in_schema: (c.total_compressed_size, c.total_uncompressed_size)
+        for i in range(rg.num_columns)
+    }
 
 
 def read_payload(payload: bytes | memoryview) -> pa.Table:
