@@ -99,7 +99,7 @@ def serve(
         console.print(f"region [bold]{s.region}[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         if s.fleet_telemetry_port:
             console.print(f"Fleet Telemetry (mTLS WebSocket) on wss://{s.host}:{s.fleet_telemetry_port}")
-        config = uvicorn_config(r, s.host, s.port, log_level="info")
+        config = uvicorn_config(r, s.host, s.port, log_level="info", own_process=True)
         config.log_config = log_config(s.log_format, s.region)
         config.configure_logging()
         server = uvicorn.Server(config)

@@ -4,19 +4,21 @@ Events are counted where they happen (a counter increment, no I/O): batches acce
 stable code and entry point, group-commit size and latency, HTTP answers by route and status class. Levels are read
 when Prometheus scrapes (``RegionCollector``): log size and how many accepted batches still wait for their leaf,
 live connections, queue depths (export jobs, deletions, the erasure queue, query copies waiting), the last
-retention purge, and the witnesses' lag when witnesses are configured. Each region has its own registry, so several
-regions in one process (tests, the demo) never mix their figures. docs/operations.md lists every metric and a
-dashboard built on them.
+retention purge, and the witnesses' lag when witnesses are configured. The process's garbage collections
+(``python_gc_*``) and its frozen start-up heap show whether collections pause the event loop. Each region has its
+own registry, so several regions in one process (tests, the demo) never mix their figures. docs/operations.md lists
+every metric and a dashboard built on them.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -75,6 +77,7 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
+        GCCollector(registry=r)  # the process's garbage collections by generation (python_gc_*)
         if region is not None:
             r.register(RegionCollector(region))
 
@@ -165,6 +168,11 @@ class RegionCollector(Collector):
                 "carvault_live_cars",
                 "Cars with a live channel open to this replica.",
                 lambda: region.live_channel.connections,
+            ),
+            (
+                "carvault_gc_frozen_objects",
+                "Start-up objects taken out of the garbage collector's view (0: this process is not a carvault serve).",
+                gc.get_freeze_count,
             ),
             (
                 "carvault_retention_last_run_timestamp_seconds",

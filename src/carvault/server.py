@@ -21,10 +21,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def uvicorn_config(region: Region, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
-    """The uvicorn configuration CarVault uses."""
+def uvicorn_config(
+    region: Region, host: str, port: int, log_level: str = "warning", *, own_process: bool = False
+) -> uvicorn.Config:
+    """The uvicorn configuration CarVault uses (``own_process``: ``carvault serve``, see ``create_app``)."""
     return uvicorn.Config(
-        create_app(region),
+        create_app(region, own_process=own_process),
         host=host,
         port=port,
         log_level=log_level,

@@ -8,7 +8,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from carvault.ledger.leaves import LEAF_V2, batch_leaf, log_key_of
@@ -27,6 +29,13 @@ pytestmark = pytest.mark.slow
 N_VEHICLES = 6
 N_BATCHES = 12
 PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by default: no consent needed
+
+
+def frozen_objects(url: str) -> float:
+    """The server's ``carvault_gc_frozen_objects`` (the start-up heap ``carvault serve`` freezes once started)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "carvault_gc_frozen_objects"]
+    return family.samples[0].value
 
 
 def test_two_processes_share_one_store(tmp_path: Path) -> None:
@@ -52,6 +61,8 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
 
         with ThreadPoolExecutor(N_VEHICLES) as pool:
             all_receipts = [r for rs in pool.map(drive, range(N_VEHICLES)) for r in rs]
+        for u in urls:
+            assert frozen_objects(u) > 50_000  # carvault serve froze its start-up heap
     finally:
         for p in procs:
             p.terminate()
@@ -105,6 +116,7 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
 
         with ThreadPoolExecutor(4) as pool:
             assert sum(pool.map(drive, range(4))) == 20
+        assert min(frozen_objects(url) for _ in range(6)) > 50_000  # whichever worker answers
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -69,6 +69,8 @@ def test_metrics_count_what_happened(http: httpx.Client, region: Region, agent: 
     ok = after[("carvault_http_responses_total", (("route", "/api/v1/ingest/batches"), ("status", "2xx")))]
     assert ok >= 3
     assert ("carvault_live_subscriptions", ()) in after and ("carvault_live_cars", ()) in after
+    assert ("python_gc_collections_total", (("generation", "2"),)) in after
+    assert after[("carvault_gc_frozen_objects", ())] == 0  # an app a test process serves leaves its heap alone
 
 
 def test_metrics_token_is_enforced(tmp_path: Path, settings: Settings) -> None:

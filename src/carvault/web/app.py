@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -62,8 +63,23 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> FastAPI:
-    """Build the API (and pages) for one region."""
+def _freeze_startup_heap() -> None:
+    """Take what start-up built (modules, the catalogue, the routes, the region's tables; ~240 k objects) out of the
+    cyclic garbage collector's view for the life of the process.
+
+    A full collection walks every tracked object: ~80 ms on the bench machine for the imports alone, more with the
+    region, each one stopping the event loop, uploads and live frames with it, and it recurs as uploads and frames
+    allocate (six of them, 436 ms, over 2,154 five-second batches). Start-up objects live as long as the process, so
+    walking them finds nothing; what requests allocate is still collected. Garbage left by start-up is collected
+    first, so nothing unreachable is frozen with it.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def create_app(region: Region, *, close_region_on_shutdown: bool = False, own_process: bool = False) -> FastAPI:
+    """Build the API (and pages) for one region; ``own_process``: the app is what this process is for (``carvault
+    serve`` and its workers), so its start-up heap is frozen once started (``_freeze_startup_heap``)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +98,8 @@ def create_app(region: Region, *, close_region_on_shutdown: bool = False) -> Fas
             sweep=days.sweep_cache if days is not None else None,
         )
         compactor.start()  # closed days into compact query copies (store/day_copies.py)
+        if own_process:
+            _freeze_startup_heap()
         yield
         await compactor.stop()
         await deletions.stop()

@@ -16,4 +16,4 @@ from carvault.web.app import create_app
 
 def create_from_env() -> FastAPI:
     """The app of the region described by ``CARVAULT_*`` variables."""
-    return create_app(Region(Settings.from_env()), close_region_on_shutdown=True)
+    return create_app(Region(Settings.from_env()), close_region_on_shutdown=True, own_process=True)
