@@ -307,9 +307,9 @@ PAYLOAD_ZSTD_LEVEL = 12
 #: worth it: a chunk takes the form (codec, and for floats plain or byte-stream-split) whose stored bytes plus this
 #: charge are least. Arrow's zstd makes and frees a decompression context for every page (~7-9 µs on the bench
 #: machine, issue 10), LZ4_RAW needs none and decodes at memory speed. On the bench's drives, charging zstd 128 bytes
-#: makes the payloads 0.7-1.4 % larger than zstd wherever it saved 32 bytes, and decodes them 21-30 % faster
-#: (5-second batches 603 -> 470 µs, 1-minute 973 -> 683, 5-minute 1,219 -> 963): the chunks zstd shrinks far more
-#: than LZ4 (noisy floats, long minutes) keep zstd, the rest take LZ4_RAW or stay uncompressed.
+#: makes the payloads 0.7-1.5 % larger than zstd wherever it saved 32 bytes, and decodes them 17-29 % faster
+#: (5-second batches 612 -> 476 µs, 1-minute 976 -> 695, 5-minute 1,165 -> 966; docs/benchmarks.md): the chunks zstd
+#: shrinks far more than LZ4 (noisy floats, long minutes) keep zstd, the rest take LZ4_RAW or stay uncompressed.
 CODEC_CHARGE = {"none": 0, "lz4_raw": 16, "zstd": 128}
 
 
