@@ -35,7 +35,7 @@ SCHEMA = "carvault-data-sheet/1"
 #: Stored bytes per sample, measured by ``carvault bench`` (docs/benchmarks.md "Storage, bytes/sample (segments),
 #: 60 s batches"): compressed Parquet inside the signed envelopes, timestamps included. The larger of the two
 #: measured figures (0.77 B with 300 s batches), so the estimate errs on the high side.
-STORED_BYTES_PER_SAMPLE = 1.32
+STORED_BYTES_PER_SAMPLE = 1.34
 STORED_BYTES_SOURCE = "docs/benchmarks.md: Storage, bytes/sample (segments), 60 s batches"
 SECONDS_PER_HOUR = 3600
 HOURS_PER_DAY = 24
