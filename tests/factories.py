@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import numpy as np
 import pyarrow as pa
+from prometheus_client.parser import text_string_to_metric_families
 
 from carvault.dtc import DTC_SIGNAL, DtcRecord, encode_dtcs
 from carvault.signals import catalogue
@@ -94,6 +95,18 @@ def serve_process(data_dir: Path, port: int, *, stderr: int | None = subprocess.
     return subprocess.Popen(
         [sys.executable, "-m", "carvault.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=stderr
     )
+
+
+def scrape(http: httpx.Client, **kw: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics as {(name, sorted labels): value}."""
+    r = http.get("/metrics", **kw)  # type: ignore[arg-type]
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
 
 
 def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from carvault.ledger.leaves import LEAF_V2, batch_leaf, log_key_of
@@ -22,7 +21,7 @@ from carvault.server import free_port
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
-from tests.factories import BASE_MS, drive_table, serve_process, vin_for, wait_until_up
+from tests.factories import BASE_MS, drive_table, scrape, serve_process, vin_for, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +32,8 @@ PATHS = ["Vehicle.Speed", "Vehicle.Chassis.Brake.PedalPosition"]  # on by defaul
 
 def frozen_objects(url: str) -> float:
     """The server's ``carvault_gc_frozen_objects`` (the start-up heap ``carvault serve`` freezes once started)."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "carvault_gc_frozen_objects"]
-    return family.samples[0].value
+    with httpx.Client(base_url=url, timeout=10) as http:
+        return scrape(http)[("carvault_gc_frozen_objects", ())]
 
 
 def test_two_processes_share_one_store(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from carvault.logs import JsonFormatter, log_config
@@ -19,19 +18,7 @@ from carvault.server import BackgroundServer
 from carvault.settings import Settings
 from carvault.store.metadata import BatchRecord
 from carvault.vehicle.agent import VehicleAgent
-from tests.factories import drive_table, opt_in
-
-
-def scrape(http: httpx.Client, **kw: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics as {(name, sorted labels): value}."""
-    r = http.get("/metrics", **kw)  # type: ignore[arg-type]
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.factories import drive_table, opt_in, scrape
 
 
 def test_liveness_and_readiness(http: httpx.Client, region: Region) -> None:
